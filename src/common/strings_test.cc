@@ -1,0 +1,61 @@
+#include "common/strings.h"
+
+#include <gtest/gtest.h>
+
+namespace shoal {
+namespace {
+
+TEST(ParseInt64, AcceptsRedisIntegers) {
+  EXPECT_EQ(ParseInt64("0"), 0);
+  EXPECT_EQ(ParseInt64("-1"), -1);
+  EXPECT_EQ(ParseInt64("9223372036854775807"), INT64_MAX);
+  EXPECT_EQ(ParseInt64("-9223372036854775808"), INT64_MIN);
+}
+
+TEST(ParseInt64, RejectsWhatRedisRejects) {
+  for (const char* s : {"", "-", "+1", "01", "-0", " 1", "1 ", "1a", "9223372036854775808",
+                        "-9223372036854775809", "1.0", "99999999999999999999999"}) {
+    EXPECT_FALSE(ParseInt64(s).has_value()) << s;
+  }
+}
+
+TEST(ParseLongDouble, RejectsSpacesAndNan) {
+  EXPECT_FALSE(ParseLongDouble(" 1").has_value());
+  EXPECT_FALSE(ParseLongDouble("nan").has_value());
+  EXPECT_FALSE(ParseLongDouble("").has_value());
+  EXPECT_FALSE(ParseLongDouble("1x").has_value());
+  EXPECT_EQ(*ParseLongDouble("1.5"), 1.5L);
+}
+
+TEST(FormatLongDoubleHuman, TrimsLikeRedis) {
+  EXPECT_EQ(FormatLongDoubleHuman(10.5L), "10.5");
+  EXPECT_EQ(FormatLongDoubleHuman(3.0L), "3");
+  EXPECT_EQ(FormatLongDoubleHuman(-0.0L), "0");
+  EXPECT_EQ(FormatLongDoubleHuman(5.0e3L), "5000");
+}
+
+TEST(GlobMatch, RedisPatterns) {
+  EXPECT_TRUE(GlobMatch("*", "anything"));
+  EXPECT_TRUE(GlobMatch("h?llo", "hello"));
+  EXPECT_TRUE(GlobMatch("h*llo", "heeeello"));
+  EXPECT_TRUE(GlobMatch("h[ae]llo", "hallo"));
+  EXPECT_FALSE(GlobMatch("h[ae]llo", "hillo"));
+  EXPECT_TRUE(GlobMatch("h[^e]llo", "hallo"));
+  EXPECT_FALSE(GlobMatch("h[^e]llo", "hello"));
+  EXPECT_TRUE(GlobMatch("h[a-b]llo", "hbllo"));
+  EXPECT_TRUE(GlobMatch("h\\*llo", "h*llo"));
+  EXPECT_FALSE(GlobMatch("h\\*llo", "hello"));
+  EXPECT_TRUE(GlobMatch("MAXMEMORY*", "maxmemory-policy", true));
+  EXPECT_FALSE(GlobMatch("a", ""));
+  EXPECT_TRUE(GlobMatch("", ""));
+}
+
+TEST(GlobMatch, HostilePatternTerminates) {
+  std::string pattern(200, '*');
+  pattern += "b";
+  EXPECT_FALSE(GlobMatch("*a*a*a*a*a*a*a*a*a*a*a*a*b", std::string(40, 'a')));
+  EXPECT_FALSE(GlobMatch(pattern, std::string(100, 'a')));
+}
+
+}  // namespace
+}  // namespace shoal

@@ -1,0 +1,51 @@
+#include "kv/command_util.h"
+
+#include <charconv>
+
+#include "storage/keys.h"
+
+namespace shoal::kv {
+
+std::string InvalidExpireError(std::string_view command) {
+  return "ERR invalid expire time in '" + std::string(command) + "' command";
+}
+
+std::string ArityError(std::string_view name) {
+  return "ERR wrong number of arguments for '" + std::string(name) + "' command";
+}
+
+bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
+              resp::Writer* reply) {
+  *found = false;
+  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw);
+  if (s.code() == Code::kNotFound) return true;
+  if (!s.ok() || !DecodeValue(*raw, value)) {
+    reply->Error("ERR storage error: " + (s.ok() ? std::string("corrupt value") : s.ToString()));
+    return false;
+  }
+  *found = !value->ExpiredAt(ctx.now_ms);
+  return true;
+}
+
+Value DecodeOrDie(const std::string& raw) {
+  Value v;
+  SHOAL_CHECK(DecodeValue(raw, &v));
+  return v;
+}
+
+Status PutString(ApplyTxn& txn, uint16_t db, std::string_view key, std::string_view payload,
+                 int64_t expire_at_ms) {
+  if (expire_at_ms != 0 && expire_at_ms <= txn.now_ms()) {
+    bool existed = false;
+    return txn.Delete(db, key, &existed);
+  }
+  return txn.Put(db, key, EncodeValue(ValueType::kString, expire_at_ms, payload));
+}
+
+std::string Int64ToString(int64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, static_cast<size_t>(r.ptr - buf));
+}
+
+}  // namespace shoal::kv

@@ -1,0 +1,37 @@
+// Helpers shared by the command implementations (internal to src/kv).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "kv/commands.h"
+#include "kv/value.h"
+
+namespace shoal::kv {
+
+inline constexpr std::string_view kErrWrongType =
+    "WRONGTYPE Operation against a key holding the wrong kind of value";
+inline constexpr std::string_view kErrNotInteger = "ERR value is not an integer or out of range";
+inline constexpr std::string_view kErrNotFloat = "ERR value is not a valid float";
+inline constexpr std::string_view kErrSyntax = "ERR syntax error";
+inline constexpr std::string_view kErrStringTooLong =
+    "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+
+std::string InvalidExpireError(std::string_view command);
+
+// Reads the live value of key for a read command. Returns false and writes
+// an error reply on a storage failure; *found says whether a live value exists.
+bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
+              resp::Writer* reply);
+
+// Decodes a value fetched by ApplyTxn::GetLive (a corrupt record is a bug).
+Value DecodeOrDie(const std::string& raw);
+
+// Stores a string, or deletes the key if expire_at_ms is already past.
+Status PutString(ApplyTxn& txn, uint16_t db, std::string_view key, std::string_view payload,
+                 int64_t expire_at_ms);
+
+std::string Int64ToString(int64_t v);
+
+}  // namespace shoal::kv

@@ -1,0 +1,78 @@
+// The data commands of shoal as a table: name, arity, flags, key positions,
+// and how each runs. A read runs against current state on any thread. A write
+// is first *prepared* (validated, relative times made absolute) into an Entry,
+// then *applied* by the shard that owns its keys (see shard.h).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "kv/entry.h"
+#include "kv/shard.h"
+#include "resp/writer.h"
+#include "storage/engine.h"
+
+namespace shoal::kv {
+
+enum CommandFlag : uint32_t {
+  kCmdWrite = 1u << 0,
+  kCmdReadonly = 1u << 1,
+  kCmdFast = 1u << 2,
+  kCmdAdmin = 1u << 3,
+  kCmdNoAuth = 1u << 4,   // allowed before AUTH
+  kCmdDenyOom = 1u << 5,
+  kCmdLoading = 1u << 6,
+  kCmdStale = 1u << 7,
+  kCmdNoScript = 1u << 8,
+  kCmdConnection = 1u << 9,  // runs on the connection (server layer)
+};
+
+using Args = std::span<const std::string_view>;  // args[0] is the command name
+
+struct ReadContext {
+  storage::Engine* engine = nullptr;
+  uint16_t db = 0;
+  int64_t now_ms = 0;
+  const Limits* limits = nullptr;
+  std::span<Shard* const> shards;  // for counts (DBSIZE, RANDOMKEY)
+  uint64_t random = 0;             // fresh randomness for RANDOMKEY
+};
+
+struct PrepareContext {
+  uint16_t db = 0;
+  int64_t now_ms = 0;
+  const Limits* limits = nullptr;
+};
+
+using ReadFn = void (*)(ReadContext& ctx, Args args, resp::Writer* reply);
+// Fills *entry (op and db are set by the caller) and returns true, or writes
+// an error reply and returns false.
+using PrepareFn = bool (*)(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply);
+
+struct CommandSpec {
+  std::string_view name;  // lower case
+  int arity;              // > 0: exactly; < 0: at least -arity (name included)
+  uint32_t flags;
+  int first_key, last_key, key_step;  // as in COMMAND INFO
+  std::string_view group;             // documentation group (string, keyspace, ...)
+  uint16_t op;                        // stable log op id for writes; 0 for reads
+  ReadFn read = nullptr;
+  PrepareFn prepare = nullptr;
+  ApplyFn apply = nullptr;
+};
+
+// Every data command (reads and writes) that the kv layer implements.
+std::span<const CommandSpec> DataCommands();
+// The apply function of a write op id, or nullptr (also covers internal ops).
+ApplyFn FindApply(uint16_t op);
+
+// Internal op: removes key args[0] if it still expires at args[1] (ms) and
+// that time has passed at entry.now_ms. Proposed by active expiry.
+inline constexpr uint16_t kOpExpireKey = 1000;
+
+// The error Redis sends for wrong arity of `name`.
+std::string ArityError(std::string_view name);
+
+}  // namespace shoal::kv

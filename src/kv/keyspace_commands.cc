@@ -1,0 +1,424 @@
+// Keyspace commands: DEL, EXISTS, TYPE, RENAME, KEYS, SCAN, RANDOMKEY, the
+// EXPIRE and TTL families, DBSIZE, FLUSHDB, FLUSHALL, and active expiry's op.
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+
+#include "common/strings.h"
+#include "kv/command_util.h"
+#include "kv/string_commands.h"
+#include "storage/keys.h"
+#include "storage/slot.h"
+
+namespace shoal::kv {
+namespace {
+
+// ---- reads
+
+void ExistsRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  int64_t n = 0;
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string raw;
+    Value v;
+    bool found = false;
+    if (!ReadLive(ctx, args[i], &raw, &v, &found, reply)) return;
+    n += found;
+  }
+  reply->Integer(n);
+}
+
+void TypeRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  reply->Simple(found ? TypeName(v.type) : "none");
+}
+
+// TTL, PTTL, EXPIRETIME, PEXPIRETIME.
+void TtlImpl(ReadContext& ctx, Args args, resp::Writer* reply, bool ms, bool absolute) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  if (!found) return reply->Integer(-2);
+  if (v.expire_at_ms == 0) return reply->Integer(-1);
+  int64_t t = absolute ? v.expire_at_ms : v.expire_at_ms - ctx.now_ms;
+  if (t < 0) t = 0;
+  reply->Integer(ms ? t : (t + 500) / 1000);
+}
+void TtlRead(ReadContext& c, Args a, resp::Writer* r) { TtlImpl(c, a, r, false, false); }
+void PttlRead(ReadContext& c, Args a, resp::Writer* r) { TtlImpl(c, a, r, true, false); }
+void ExpiretimeRead(ReadContext& c, Args a, resp::Writer* r) { TtlImpl(c, a, r, false, true); }
+void PexpiretimeRead(ReadContext& c, Args a, resp::Writer* r) { TtlImpl(c, a, r, true, true); }
+
+void DbsizeRead(ReadContext& ctx, Args, resp::Writer* reply) {
+  int64_t n = 0;
+  for (const Shard* s : ctx.shards) n += s->KeyCount(ctx.db);
+  reply->Integer(n);
+}
+
+// Visits the keys of ctx.db in slot order starting at (slot, skip), calling
+// fn(key, value) for each stored key; fn returns false to stop. Returns the
+// position after the last visited key as (slot, offset in slot).
+template <typename Fn>
+bool VisitKeys(ReadContext& ctx, const storage::Snapshot* snap, uint32_t slot, uint64_t skip,
+               Fn&& fn, resp::Writer* reply) {
+  auto it = ctx.engine->NewIterator(storage::Cf::kData, snap);
+  for (; slot < storage::kSlotCount; ++slot, skip = 0) {
+    std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), ctx.db);
+    uint64_t index = 0;
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next(), ++index) {
+      if (index < skip) continue;
+      if (!fn(slot, index, it->key().substr(prefix.size()), it->value())) return true;
+    }
+    if (!it->status().ok()) {
+      reply->Error("ERR storage error: " + it->status().ToString());
+      return false;
+    }
+    if (!fn(slot, UINT64_MAX, std::string_view(), std::string_view())) return true;
+  }
+  return true;
+}
+
+void KeysRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string_view pattern = args[1];
+  bool all = pattern == "*";
+  auto snap = ctx.engine->NewSnapshot();
+  std::string out;
+  resp::Writer items(&out, reply->protocol());
+  size_t n = 0;
+  bool ok = VisitKeys(
+      ctx, snap.get(), 0, 0,
+      [&](uint32_t, uint64_t index, std::string_view key, std::string_view raw) {
+        if (index == UINT64_MAX) return true;
+        Value v;
+        if (!DecodeValue(raw, &v) || v.ExpiredAt(ctx.now_ms)) return true;
+        if (all || GlobMatch(pattern, key)) {
+          items.Bulk(key);
+          ++n;
+        }
+        return true;
+      },
+      reply);
+  if (!ok) return;
+  reply->ArrayHeader(n);
+  reply->Raw(out);
+}
+
+// A SCAN cursor is (offset in slot << 14) | slot; 0 starts and ends a scan.
+// A scan normally stops at a slot boundary, so keys that stay are returned
+// exactly once; only a slot with very many keys is split by an offset.
+void ScanRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string cursor_text(args[1]);
+  if (cursor_text.empty() || std::isspace(static_cast<unsigned char>(cursor_text[0]))) {
+    return reply->Error("ERR invalid cursor");
+  }
+  errno = 0;
+  char* end = nullptr;
+  uint64_t cursor = std::strtoull(cursor_text.c_str(), &end, 10);
+  if (*end != '\0' || errno == ERANGE) return reply->Error("ERR invalid cursor");
+  int64_t count = 10;
+  std::string_view pattern, type;
+  bool use_pattern = false, use_type = false;
+  for (size_t i = 2; i < args.size();) {
+    size_t left = args.size() - i;
+    if (EqualsIgnoreCase(args[i], "count") && left >= 2) {
+      auto c = ParseInt64(args[i + 1]);
+      if (!c) return reply->Error(kErrNotInteger);
+      if (*c < 1) return reply->Error(kErrSyntax);
+      count = *c;
+      i += 2;
+    } else if (EqualsIgnoreCase(args[i], "match") && left >= 2) {
+      pattern = args[i + 1];
+      use_pattern = pattern != "*";
+      i += 2;
+    } else if (EqualsIgnoreCase(args[i], "type") && left >= 2) {
+      type = args[i + 1];
+      use_type = true;
+      i += 2;
+    } else {
+      return reply->Error(kErrSyntax);
+    }
+  }
+  uint32_t slot = static_cast<uint32_t>(cursor & (storage::kSlotCount - 1));
+  uint64_t skip = cursor >> 14;
+  const uint64_t split_at = static_cast<uint64_t>(std::max<int64_t>(count, 1000));
+  int64_t visited = 0;
+  uint64_t next = 0;
+  std::vector<std::string> keys;
+  bool ok = VisitKeys(
+      ctx, nullptr, slot, skip,
+      [&](uint32_t s, uint64_t index, std::string_view key, std::string_view raw) {
+        if (index == UINT64_MAX) {  // end of slot s
+          next = s + 1 < storage::kSlotCount ? s + 1 : 0;
+          return visited < count;
+        }
+        if (index - skip >= split_at && visited >= count) {
+          next = (index << 14) | s;
+          return false;
+        }
+        ++visited;
+        Value v;
+        if (!DecodeValue(raw, &v) || v.ExpiredAt(ctx.now_ms)) return true;
+        if (use_type && !EqualsIgnoreCase(TypeName(v.type), type)) return true;
+        if (use_pattern && !GlobMatch(pattern, key)) return true;
+        keys.emplace_back(key);
+        return true;
+      },
+      reply);
+  if (!ok) return;
+  reply->ArrayHeader(2);
+  reply->Bulk(std::to_string(next));
+  reply->ArrayHeader(keys.size());
+  for (const auto& k : keys) reply->Bulk(k);
+}
+
+void RandomkeyRead(ReadContext& ctx, Args, resp::Writer* reply) {
+  int64_t total = 0;
+  for (const Shard* s : ctx.shards) total += s->KeyCount(ctx.db);
+  if (total <= 0) return reply->NullBulk();
+  // Start at a random slot and take the first live key from there, wrapping once.
+  uint32_t start = static_cast<uint32_t>(ctx.random % storage::kSlotCount);
+  std::string found;
+  bool have = false;
+  for (int pass = 0; pass < 2 && !have; ++pass) {
+    uint32_t from = pass == 0 ? start : 0;
+    bool ok = VisitKeys(
+        ctx, nullptr, from, 0,
+        [&](uint32_t s, uint64_t index, std::string_view key, std::string_view raw) {
+          if (pass == 1 && s > start) return false;
+          if (index == UINT64_MAX) return true;
+          Value v;
+          if (!DecodeValue(raw, &v) || v.ExpiredAt(ctx.now_ms)) return true;
+          found.assign(key);
+          have = true;
+          return false;
+        },
+        reply);
+    if (!ok) return;
+  }
+  have ? reply->Bulk(found) : reply->NullBulk();
+}
+
+// ---- writes
+
+Status DelApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  int64_t n = 0;
+  for (const auto& key : e.args) {
+    bool existed = false;
+    Status s = txn.Delete(e.db, key, &existed);
+    if (!s.ok()) return s;
+    n += existed;
+  }
+  reply->Integer(n);
+  return Status::Ok();
+}
+
+// args: src dst nx(0|1)
+Status RenameImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool nx) {
+  const std::string &src = e.args[0], &dst = e.args[1];
+  auto value = txn.GetLive(e.db, src);
+  if (!value.ok()) return value.status();
+  if (!*value) {
+    reply->Error("ERR no such key");
+    return Status::Ok();
+  }
+  if (src == dst) {
+    nx ? reply->Integer(0) : reply->Simple("OK");
+    return Status::Ok();
+  }
+  if (nx) {
+    auto target = txn.GetLive(e.db, dst);
+    if (!target.ok()) return target.status();
+    if (*target) {
+      reply->Integer(0);
+      return Status::Ok();
+    }
+  }
+  std::string raw = std::move(**value);
+  Status s = txn.Put(e.db, dst, std::move(raw));
+  bool existed = false;
+  if (s.ok()) s = txn.Delete(e.db, src, &existed);
+  if (!s.ok()) return s;
+  nx ? reply->Integer(1) : reply->Simple("OK");
+  return Status::Ok();
+}
+Status RenameApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) {
+  return RenameImpl(t, e, r, false);
+}
+Status RenamenxApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) {
+  return RenameImpl(t, e, r, true);
+}
+
+enum ExpireFlag : unsigned { kExpNx = 1, kExpXx = 2, kExpGt = 4, kExpLt = 8 };
+
+// EXPIRE family: validated here, applied as [key, absolute ms, flags].
+bool ExpirePrepareImpl(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply,
+                       bool seconds, bool relative) {
+  unsigned flags = 0;
+  for (size_t j = 3; j < args.size(); ++j) {
+    if (EqualsIgnoreCase(args[j], "nx")) flags |= kExpNx;
+    else if (EqualsIgnoreCase(args[j], "xx")) flags |= kExpXx;
+    else if (EqualsIgnoreCase(args[j], "gt")) flags |= kExpGt;
+    else if (EqualsIgnoreCase(args[j], "lt")) flags |= kExpLt;
+    else {
+      reply->Error("ERR Unsupported option " + std::string(args[j]));
+      return false;
+    }
+  }
+  if ((flags & kExpNx) && (flags & (kExpXx | kExpGt | kExpLt))) {
+    reply->Error("ERR NX and XX, GT or LT options at the same time are not compatible");
+    return false;
+  }
+  if ((flags & kExpGt) && (flags & kExpLt)) {
+    reply->Error("ERR GT and LT options at the same time are not compatible");
+    return false;
+  }
+  auto when = ParseInt64(args[2]);
+  if (!when) {
+    reply->Error(kErrNotInteger);
+    return false;
+  }
+  int64_t ms = *when;
+  std::string name = ToLower(args[0]);
+  if (seconds) {
+    if (ms > LLONG_MAX / 1000 || ms < LLONG_MIN / 1000) {
+      reply->Error(InvalidExpireError(name));
+      return false;
+    }
+    ms *= 1000;
+  }
+  if (relative) {
+    if (ms > LLONG_MAX - ctx.now_ms) {
+      reply->Error(InvalidExpireError(name));
+      return false;
+    }
+    ms += ctx.now_ms;
+  }
+  entry->args = {std::string(args[1]), Int64ToString(ms), std::to_string(flags)};
+  return true;
+}
+bool ExpirePrepare(const PrepareContext& c, Args a, Entry* e, resp::Writer* r) {
+  return ExpirePrepareImpl(c, a, e, r, true, true);
+}
+bool PexpirePrepare(const PrepareContext& c, Args a, Entry* e, resp::Writer* r) {
+  return ExpirePrepareImpl(c, a, e, r, false, true);
+}
+bool ExpireatPrepare(const PrepareContext& c, Args a, Entry* e, resp::Writer* r) {
+  return ExpirePrepareImpl(c, a, e, r, true, false);
+}
+bool PexpireatPrepare(const PrepareContext& c, Args a, Entry* e, resp::Writer* r) {
+  return ExpirePrepareImpl(c, a, e, r, false, false);
+}
+
+Status ExpireApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const std::string& key = e.args[0];
+  int64_t when = *ParseInt64(e.args[1]);
+  unsigned flags = static_cast<unsigned>(std::stoul(e.args[2]));
+  auto old = txn.GetLive(e.db, key);
+  if (!old.ok()) return old.status();
+  if (!*old) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  Value v = DecodeOrDie(**old);
+  int64_t current = v.expire_at_ms == 0 ? -1 : v.expire_at_ms;
+  if (((flags & kExpNx) && current != -1) || ((flags & kExpXx) && current == -1) ||
+      ((flags & kExpGt) && (when <= current || current == -1)) ||
+      ((flags & kExpLt) && current != -1 && when >= current)) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  Status s;
+  if (when <= txn.now_ms()) {
+    bool existed = false;
+    s = txn.Delete(e.db, key, &existed);
+  } else {
+    s = txn.Put(e.db, key, EncodeValue(v.type, when, v.payload));
+  }
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
+Status PersistApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  if (!*old || DecodeOrDie(**old).expire_at_ms == 0) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  Value v = DecodeOrDie(**old);
+  Status s = txn.Put(e.db, e.args[0], EncodeValue(v.type, 0, v.payload));
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
+bool FlushPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  if (args.size() > 2 || (args.size() == 2 && !EqualsIgnoreCase(args[1], "sync") &&
+                          !EqualsIgnoreCase(args[1], "async"))) {
+    reply->Error(kErrSyntax);
+    return false;
+  }
+  entry->args.clear();
+  return true;
+}
+
+Status FlushdbApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  txn.Flush(e.db);
+  reply->Simple("OK");
+  return Status::Ok();
+}
+
+Status FlushallApply(ApplyTxn& txn, const Entry&, const Limits&, resp::Writer* reply) {
+  txn.Flush(std::nullopt);
+  reply->Simple("OK");
+  return Status::Ok();
+}
+
+// Internal: args key expire_at_ms. Deletes the key only if it still carries
+// that expiry and it has passed; either way the index entry goes.
+Status ExpireKeyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer*) {
+  int64_t when = *ParseInt64(e.args[1]);
+  auto old = txn.GetLive(e.db, e.args[0]);  // deletes it if expired
+  if (!old.ok()) return old.status();
+  if (!*old || DecodeOrDie(**old).expire_at_ms != when) txn.DropExpiryIndex(e.db, e.args[0], when);
+  return Status::Ok();
+}
+
+}  // namespace
+
+ApplyFn ExpireKeyApplyFn() { return ExpireKeyApply; }
+
+void AppendKeyspaceCommands(std::vector<CommandSpec>* out) {
+  constexpr uint32_t kR = kCmdReadonly | kCmdFast;
+  constexpr uint32_t kW = kCmdWrite;
+  constexpr uint32_t kWF = kCmdWrite | kCmdFast;
+  out->insert(out->end(), {
+      {"exists", -2, kR, 1, -1, 1, "keyspace", 0, ExistsRead},
+      {"type", 2, kR, 1, 1, 1, "keyspace", 0, TypeRead},
+      {"ttl", 2, kR, 1, 1, 1, "keyspace", 0, TtlRead},
+      {"pttl", 2, kR, 1, 1, 1, "keyspace", 0, PttlRead},
+      {"expiretime", 2, kR, 1, 1, 1, "keyspace", 0, ExpiretimeRead},
+      {"pexpiretime", 2, kR, 1, 1, 1, "keyspace", 0, PexpiretimeRead},
+      {"dbsize", 1, kR, 0, 0, 0, "server", 0, DbsizeRead},
+      {"keys", 2, kCmdReadonly, 0, 0, 0, "keyspace", 0, KeysRead},
+      {"scan", -2, kCmdReadonly, 0, 0, 0, "keyspace", 0, ScanRead},
+      {"randomkey", 1, kCmdReadonly, 0, 0, 0, "keyspace", 0, RandomkeyRead},
+      {"del", -2, kW, 1, -1, 1, "keyspace", 20, nullptr, nullptr, DelApply},
+      {"unlink", -2, kWF, 1, -1, 1, "keyspace", 21, nullptr, nullptr, DelApply},
+      {"rename", 3, kW, 1, 2, 1, "keyspace", 22, nullptr, nullptr, RenameApply},
+      {"renamenx", 3, kWF, 1, 2, 1, "keyspace", 23, nullptr, nullptr, RenamenxApply},
+      {"expire", -3, kWF, 1, 1, 1, "keyspace", 24, nullptr, ExpirePrepare, ExpireApply},
+      {"pexpire", -3, kWF, 1, 1, 1, "keyspace", 25, nullptr, PexpirePrepare, ExpireApply},
+      {"expireat", -3, kWF, 1, 1, 1, "keyspace", 26, nullptr, ExpireatPrepare, ExpireApply},
+      {"pexpireat", -3, kWF, 1, 1, 1, "keyspace", 27, nullptr, PexpireatPrepare, ExpireApply},
+      {"persist", 2, kWF, 1, 1, 1, "keyspace", 28, nullptr, nullptr, PersistApply},
+      {"flushdb", -1, kW, 0, 0, 0, "server", 29, nullptr, FlushPrepare, FlushdbApply},
+      {"flushall", -1, kW, 0, 0, 0, "server", 30, nullptr, FlushPrepare, FlushallApply},
+  });
+}
+
+}  // namespace shoal::kv

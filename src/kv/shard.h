@@ -1,0 +1,127 @@
+// Shard: the key-value state machine of one slot range. Apply(entry) performs
+// one write atomically together with the shard's applied index and key
+// counters. It is the seam where Raft plugs in: a replica applies committed
+// entries here, in log order. Owned by one worker thread; only the counters
+// may be read from other threads.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "kv/entry.h"
+#include "kv/value.h"
+#include "resp/writer.h"
+#include "storage/engine.h"
+
+namespace shoal::kv {
+
+inline constexpr int kDatabasesMax = 1024;
+
+struct Limits {
+  int64_t proto_max_bulk_len = 512LL * 1024 * 1024;  // longest string value
+  int databases = 16;
+};
+
+// The staged changes of one apply: reads see earlier writes of the same apply.
+class Shard;
+
+class ApplyTxn {
+ public:
+  ApplyTxn(Shard* shard, storage::Engine* engine, storage::WriteBatch* batch, int64_t now_ms)
+      : shard_(shard), engine_(engine), batch_(batch), now_ms_(now_ms) {}
+
+  int64_t now_ms() const { return now_ms_; }
+  // The live (unexpired) value of key, or nullopt. An expired key found here
+  // is deleted as part of this apply, as Redis deletes keys on access.
+  Result<std::optional<std::string>> GetLive(uint16_t db, std::string_view key);
+  // Stores an encoded value (see value.h) for key.
+  Status Put(uint16_t db, std::string_view key, std::string encoded);
+  // Deletes key; *existed says whether a live value was there.
+  Status Delete(uint16_t db, std::string_view key, bool* existed);
+  // Deletes every key of the shard in `db`, or in all databases if nullopt.
+  // Must be the only change of its apply.
+  void Flush(std::optional<uint16_t> db);
+  // Removes the expiry index entry of key at `expire_at_ms` (a stale hint).
+  void DropExpiryIndex(uint16_t db, std::string_view key, int64_t expire_at_ms);
+
+  struct Counts {
+    int64_t keys = 0;
+    int64_t expires = 0;
+  };
+  const std::map<uint16_t, Counts>& count_deltas() const { return deltas_; }
+
+ private:
+  struct Staged {
+    std::optional<std::string> raw;  // nullopt: deleted
+  };
+  Result<std::optional<std::string>> GetRaw(uint16_t db, std::string_view key,
+                                            const std::string& dkey);
+  Shard* shard_;
+  storage::Engine* engine_;
+  storage::WriteBatch* batch_;
+  int64_t now_ms_;
+  std::map<std::string, Staged> staged_;  // by data key
+  std::map<uint16_t, Counts> deltas_;
+};
+
+// How a command writes: `apply` changes state through txn and writes the
+// reply. It must be deterministic in (state, entry).
+using ApplyFn = Status (*)(ApplyTxn& txn, const Entry& entry, const Limits& limits,
+                           resp::Writer* reply);
+
+class Shard {
+ public:
+  Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end);
+
+  // Loads the applied index and counters from storage.
+  Status Load();
+  // Applies one entry (index = applied_index() + 1) and writes its reply.
+  // Returns the storage write sequence (for durability waits).
+  Result<uint64_t> Apply(const Entry& entry, ApplyFn fn, const Limits& limits, resp::Writer* reply);
+
+  struct ExpiredKey {
+    uint16_t db;
+    std::string key;
+    int64_t expire_at_ms;
+  };
+  // Up to `max` expiry index entries due at `now_ms`, oldest first, for
+  // active expiry to propose as kOpExpireKey entries.
+  std::vector<ExpiredKey> DueExpiries(int64_t now_ms, size_t max) const;
+
+  uint64_t applied_index() const { return applied_index_; }
+  uint32_t id() const { return id_; }
+  uint16_t slot_begin() const { return slot_begin_; }
+  uint16_t slot_end() const { return slot_end_; }
+  // Keys stored (live or expired but not yet removed) in db. Any thread.
+  int64_t KeyCount(uint16_t db) const { return counts_[db].keys.load(std::memory_order_relaxed); }
+  int64_t ExpiresCount(uint16_t db) const {
+    return counts_[db].expires.load(std::memory_order_relaxed);
+  }
+
+ private:
+  friend class ApplyTxn;
+  std::string MetaKey(std::string_view name) const;
+  std::string CountKey(char kind, uint16_t db) const;
+  Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d);
+
+  struct AtomicCounts {
+    std::atomic<int64_t> keys{0};
+    std::atomic<int64_t> expires{0};
+  };
+  storage::Engine* engine_;
+  uint32_t id_;
+  uint16_t slot_begin_, slot_end_;
+  uint64_t applied_index_ = 0;
+  std::unique_ptr<storage::WriteBatch> batch_;
+  std::unique_ptr<AtomicCounts[]> counts_;
+};
+
+}  // namespace shoal::kv

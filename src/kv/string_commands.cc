@@ -1,0 +1,557 @@
+// String commands: GET SET and friends, INCR family, APPEND, ranges.
+#include <climits>
+#include <cmath>
+
+#include "common/strings.h"
+#include "kv/command_util.h"
+#include "kv/string_commands.h"
+#include "storage/keys.h"
+
+namespace shoal::kv {
+namespace {
+
+// SET/GETEX option flags, as letters in the entry.
+constexpr char kNx = 'N', kXx = 'X', kGet = 'G', kKeepTtl = 'K', kPersist = 'P';
+
+enum class ExpireUnit { kNone, kEx, kPx, kExAt, kPxAt };
+
+struct ExtendedArgs {
+  std::string flags;
+  ExpireUnit unit = ExpireUnit::kNone;
+  std::string_view expire;
+};
+
+bool HasFlag(std::string_view flags, char f) { return flags.find(f) != std::string_view::npos; }
+
+// Parses SET's (for_get == false) or GETEX's (for_get == true) options, as
+// Redis's parseExtendedStringArgumentsOrReply does.
+bool ParseExtended(Args args, size_t first, bool for_get, ExtendedArgs* out) {
+  for (size_t j = first; j < args.size(); ++j) {
+    std::string_view a = args[j];
+    bool has_next = j + 1 < args.size();
+    bool any_expire = out->unit != ExpireUnit::kNone;
+    auto expire_unit = [&]() -> ExpireUnit {
+      if (EqualsIgnoreCase(a, "ex")) return ExpireUnit::kEx;
+      if (EqualsIgnoreCase(a, "px")) return ExpireUnit::kPx;
+      if (EqualsIgnoreCase(a, "exat")) return ExpireUnit::kExAt;
+      if (EqualsIgnoreCase(a, "pxat")) return ExpireUnit::kPxAt;
+      return ExpireUnit::kNone;
+    }();
+    if (!for_get && EqualsIgnoreCase(a, "nx") && !HasFlag(out->flags, kXx)) {
+      out->flags += kNx;
+    } else if (!for_get && EqualsIgnoreCase(a, "xx") && !HasFlag(out->flags, kNx)) {
+      out->flags += kXx;
+    } else if (!for_get && EqualsIgnoreCase(a, "get")) {
+      out->flags += kGet;
+    } else if (!for_get && EqualsIgnoreCase(a, "keepttl") && !any_expire) {
+      out->flags += kKeepTtl;
+    } else if (for_get && EqualsIgnoreCase(a, "persist") && !any_expire) {
+      out->flags += kPersist;
+    } else if (expire_unit != ExpireUnit::kNone && !any_expire && !HasFlag(out->flags, kKeepTtl) &&
+               !HasFlag(out->flags, kPersist) && has_next) {
+      out->unit = expire_unit;
+      out->expire = args[++j];
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Turns an expire argument into an absolute time in ms, or an error message.
+std::optional<std::string> ExpireToAbsolute(const PrepareContext& ctx, std::string_view command,
+                                            ExpireUnit unit, std::string_view arg, int64_t* out) {
+  auto v = ParseInt64(arg);
+  if (!v) return std::string(kErrNotInteger);
+  int64_t ms = *v;
+  bool seconds = unit == ExpireUnit::kEx || unit == ExpireUnit::kExAt;
+  if (ms <= 0 || (seconds && ms > LLONG_MAX / 1000)) return InvalidExpireError(command);
+  if (seconds) ms *= 1000;
+  if (unit == ExpireUnit::kEx || unit == ExpireUnit::kPx) {
+    if (ms > LLONG_MAX - ctx.now_ms) return InvalidExpireError(command);
+    ms += ctx.now_ms;
+  }
+  *out = ms;
+  return std::nullopt;
+}
+
+void ReplyStringOrNull(const std::optional<std::string>& raw, resp::Writer* reply) {
+  if (!raw) {
+    reply->NullBulk();
+    return;
+  }
+  reply->Bulk(DecodeOrDie(*raw).payload);
+}
+
+// ---- GET, STRLEN, GETRANGE, MGET (reads)
+
+void GetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  if (!found) return reply->NullBulk();
+  if (v.type != ValueType::kString) return reply->Error(kErrWrongType);
+  reply->Bulk(v.payload);
+}
+
+void StrlenRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  if (!found) return reply->Integer(0);
+  if (v.type != ValueType::kString) return reply->Error(kErrWrongType);
+  reply->Integer(static_cast<int64_t>(v.payload.size()));
+}
+
+void GetrangeRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  auto start = ParseInt64(args[2]);
+  auto end = ParseInt64(args[3]);
+  if (!start || !end) return reply->Error(kErrNotInteger);
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  if (!found) return reply->Bulk("");
+  if (v.type != ValueType::kString) return reply->Error(kErrWrongType);
+  int64_t s = *start, e = *end, len = static_cast<int64_t>(v.payload.size());
+  if (s < 0 && e < 0 && s > e) return reply->Bulk("");
+  if (s < 0) s = len + s;
+  if (e < 0) e = len + e;
+  if (s < 0) s = 0;
+  if (e < 0) e = 0;
+  if (e >= len) e = len - 1;
+  if (s > e || len == 0) return reply->Bulk("");
+  reply->Bulk(v.payload.substr(static_cast<size_t>(s), static_cast<size_t>(e - s + 1)));
+}
+
+void MgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  // One snapshot: MGET sees a single point in time, as Redis's does.
+  auto snap = ctx.engine->NewSnapshot();
+  std::string out;
+  resp::Writer items(&out, reply->protocol());
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string raw;
+    Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, args[i]), &raw, snap.get());
+    Value v;
+    if (s.ok() && DecodeValue(raw, &v) && !v.ExpiredAt(ctx.now_ms) && v.type == ValueType::kString) {
+      items.Bulk(v.payload);
+    } else if (s.ok() || s.code() == Code::kNotFound) {
+      items.NullBulk();
+    } else {
+      return reply->Error("ERR storage error: " + s.ToString());
+    }
+  }
+  reply->ArrayHeader(args.size() - 1);
+  reply->Raw(out);
+}
+
+// ---- SET family
+
+bool SetPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  ExtendedArgs ext;
+  if (!ParseExtended(args, 3, false, &ext)) {
+    reply->Error(kErrSyntax);
+    return false;
+  }
+  int64_t expire_at = 0;
+  if (ext.unit != ExpireUnit::kNone) {
+    if (auto err = ExpireToAbsolute(ctx, "set", ext.unit, ext.expire, &expire_at)) {
+      reply->Error(*err);
+      return false;
+    }
+  }
+  entry->args = {std::string(args[1]), std::string(args[2]), ext.flags, Int64ToString(expire_at)};
+  return true;
+}
+
+// args: key value flags expire_at_ms
+Status SetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const std::string& key = e.args[0];
+  std::string_view flags = e.args[2];
+  int64_t expire_at = *ParseInt64(e.args[3]);
+  auto old = txn.GetLive(e.db, key);
+  if (!old.ok()) return old.status();
+  bool get = HasFlag(flags, kGet);
+  if (get && *old && DecodeOrDie(**old).type != ValueType::kString) {
+    reply->Error(kErrWrongType);
+    return Status::Ok();
+  }
+  bool found = old->has_value();
+  if ((HasFlag(flags, kNx) && found) || (HasFlag(flags, kXx) && !found)) {
+    get ? ReplyStringOrNull(*old, reply) : reply->NullBulk();
+    return Status::Ok();
+  }
+  if (expire_at == 0 && HasFlag(flags, kKeepTtl) && found) {
+    expire_at = DecodeOrDie(**old).expire_at_ms;
+  }
+  Status s = PutString(txn, e.db, key, e.args[1], expire_at);
+  if (!s.ok()) return s;
+  get ? ReplyStringOrNull(*old, reply) : reply->Simple("OK");
+  return Status::Ok();
+}
+
+bool SetexPrepareImpl(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply,
+                      std::string_view name, ExpireUnit unit) {
+  int64_t expire_at = 0;
+  if (auto err = ExpireToAbsolute(ctx, name, unit, args[2], &expire_at)) {
+    reply->Error(*err);
+    return false;
+  }
+  entry->args = {std::string(args[1]), std::string(args[3]), "", Int64ToString(expire_at)};
+  return true;
+}
+
+bool SetexPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  return SetexPrepareImpl(ctx, args, entry, reply, "setex", ExpireUnit::kEx);
+}
+
+bool PsetexPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  return SetexPrepareImpl(ctx, args, entry, reply, "psetex", ExpireUnit::kPx);
+}
+
+Status SetnxApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  if (*old) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  Status s = PutString(txn, e.db, e.args[0], e.args[1], 0);
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
+Status GetsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  if (*old && DecodeOrDie(**old).type != ValueType::kString) {
+    reply->Error(kErrWrongType);
+    return Status::Ok();
+  }
+  Status s = PutString(txn, e.db, e.args[0], e.args[1], 0);
+  if (s.ok()) ReplyStringOrNull(*old, reply);
+  return s;
+}
+
+Status GetdelApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  if (*old && DecodeOrDie(**old).type != ValueType::kString) {
+    reply->Error(kErrWrongType);
+    return Status::Ok();
+  }
+  if (*old) {
+    bool existed = false;
+    Status s = txn.Delete(e.db, e.args[0], &existed);
+    if (!s.ok()) return s;
+  }
+  ReplyStringOrNull(*old, reply);
+  return Status::Ok();
+}
+
+// GETEX validates its expire only when the key exists, so an invalid one is
+// carried to apply as an error message: args key mode(E|P|-|!) value.
+bool GetexPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  ExtendedArgs ext;
+  if (!ParseExtended(args, 2, true, &ext)) {
+    reply->Error(kErrSyntax);
+    return false;
+  }
+  std::string mode = "-", value;
+  if (ext.unit != ExpireUnit::kNone) {
+    int64_t at = 0;
+    if (auto err = ExpireToAbsolute(ctx, "getex", ext.unit, ext.expire, &at)) {
+      mode = "!";
+      value = *err;
+    } else {
+      mode = "E";
+      value = Int64ToString(at);
+    }
+  } else if (HasFlag(ext.flags, kPersist)) {
+    mode = "P";
+  }
+  entry->args = {std::string(args[1]), mode, value};
+  return true;
+}
+
+Status GetexApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const std::string& key = e.args[0];
+  auto old = txn.GetLive(e.db, key);
+  if (!old.ok()) return old.status();
+  if (!*old) {
+    reply->NullBulk();
+    return Status::Ok();
+  }
+  Value v = DecodeOrDie(**old);
+  if (v.type != ValueType::kString) {
+    reply->Error(kErrWrongType);
+    return Status::Ok();
+  }
+  char mode = e.args[1][0];
+  if (mode == '!') {
+    reply->Error(e.args[2]);
+    return Status::Ok();
+  }
+  std::string payload(v.payload);
+  Status s;
+  if (mode == 'E') {
+    s = PutString(txn, e.db, key, payload, *ParseInt64(e.args[2]));
+  } else if (mode == 'P' && v.expire_at_ms != 0) {
+    s = PutString(txn, e.db, key, payload, 0);
+  }
+  if (s.ok()) reply->Bulk(payload);
+  return s;
+}
+
+// ---- MSET, MSETNX
+
+bool MsetPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  if (args.size() % 2 == 0) {
+    reply->Error(ArityError(ToLower(args[0])));
+    return false;
+  }
+  entry->args.assign(args.begin() + 1, args.end());
+  return true;
+}
+
+Status MsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
+    Status s = PutString(txn, e.db, e.args[i], e.args[i + 1], 0);
+    if (!s.ok()) return s;
+  }
+  reply->Simple("OK");
+  return Status::Ok();
+}
+
+Status MsetnxApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+  for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
+    auto old = txn.GetLive(e.db, e.args[i]);
+    if (!old.ok()) return old.status();
+    if (*old) {
+      reply->Integer(0);
+      return Status::Ok();
+    }
+  }
+  std::string ignored;
+  resp::Writer sink(&ignored);
+  Status s = MsetApply(txn, e, limits, &sink);
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
+// ---- APPEND, SETRANGE
+
+bool CheckLength(int64_t size, int64_t append, const Limits& limits) {
+  int64_t total = size + append;
+  return !(total > limits.proto_max_bulk_len || total < size || total < append);
+}
+
+Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  std::string payload;
+  int64_t expire_at = 0;
+  if (*old) {
+    Value v = DecodeOrDie(**old);
+    if (v.type != ValueType::kString) {
+      reply->Error(kErrWrongType);
+      return Status::Ok();
+    }
+    if (!CheckLength(static_cast<int64_t>(v.payload.size()), static_cast<int64_t>(e.args[1].size()),
+                     limits)) {
+      reply->Error(kErrStringTooLong);
+      return Status::Ok();
+    }
+    payload.reserve(v.payload.size() + e.args[1].size());
+    payload.assign(v.payload);
+    expire_at = v.expire_at_ms;
+  }
+  payload.append(e.args[1]);
+  Status s = PutString(txn, e.db, e.args[0], payload, expire_at);
+  if (s.ok()) reply->Integer(static_cast<int64_t>(payload.size()));
+  return s;
+}
+
+bool SetrangePrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  auto offset = ParseInt64(args[2]);
+  if (!offset) {
+    reply->Error(kErrNotInteger);
+    return false;
+  }
+  if (*offset < 0) {
+    reply->Error("ERR offset is out of range");
+    return false;
+  }
+  entry->args = {std::string(args[1]), std::string(args[2]), std::string(args[3])};
+  return true;
+}
+
+Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+  int64_t offset = *ParseInt64(e.args[1]);
+  const std::string& value = e.args[2];
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  std::string payload;
+  int64_t expire_at = 0;
+  if (*old) {
+    Value v = DecodeOrDie(**old);
+    if (v.type != ValueType::kString) {
+      reply->Error(kErrWrongType);
+      return Status::Ok();
+    }
+    if (value.empty()) {
+      reply->Integer(static_cast<int64_t>(v.payload.size()));
+      return Status::Ok();
+    }
+    payload.assign(v.payload);
+    expire_at = v.expire_at_ms;
+  } else if (value.empty()) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  if (!CheckLength(offset, static_cast<int64_t>(value.size()), limits)) {
+    reply->Error(kErrStringTooLong);
+    return Status::Ok();
+  }
+  size_t end = static_cast<size_t>(offset) + value.size();
+  if (payload.size() < end) payload.resize(end, '\0');
+  payload.replace(static_cast<size_t>(offset), value.size(), value);
+  Status s = PutString(txn, e.db, e.args[0], payload, expire_at);
+  if (s.ok()) reply->Integer(static_cast<int64_t>(payload.size()));
+  return s;
+}
+
+// ---- INCR family
+
+bool IncrPrepareBy(Args args, Entry* entry, resp::Writer* reply, bool negate) {
+  auto by = ParseInt64(args[2]);
+  if (!by) {
+    reply->Error(kErrNotInteger);
+    return false;
+  }
+  if (negate) {
+    if (*by == LLONG_MIN) {
+      reply->Error("ERR decrement would overflow");
+      return false;
+    }
+    *by = -*by;
+  }
+  entry->args = {std::string(args[1]), Int64ToString(*by)};
+  return true;
+}
+
+bool IncrPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*) {
+  entry->args = {std::string(args[1]), "1"};
+  return true;
+}
+bool DecrPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*) {
+  entry->args = {std::string(args[1]), "-1"};
+  return true;
+}
+bool IncrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return IncrPrepareBy(args, entry, reply, false);
+}
+bool DecrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return IncrPrepareBy(args, entry, reply, true);
+}
+
+// args: key increment (all of INCR, DECR, INCRBY, DECRBY)
+Status IncrApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  int64_t by = *ParseInt64(e.args[1]);
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  int64_t value = 0, expire_at = 0;
+  if (*old) {
+    Value v = DecodeOrDie(**old);
+    if (v.type != ValueType::kString) {
+      reply->Error(kErrWrongType);
+      return Status::Ok();
+    }
+    auto parsed = ParseInt64(v.payload);
+    if (!parsed) {
+      reply->Error(kErrNotInteger);
+      return Status::Ok();
+    }
+    value = *parsed;
+    expire_at = v.expire_at_ms;
+  }
+  if ((by < 0 && value < 0 && by < (LLONG_MIN - value)) ||
+      (by > 0 && value > 0 && by > (LLONG_MAX - value))) {
+    reply->Error("ERR increment or decrement would overflow");
+    return Status::Ok();
+  }
+  value += by;
+  Status s = PutString(txn, e.db, e.args[0], Int64ToString(value), expire_at);
+  if (s.ok()) reply->Integer(value);
+  return s;
+}
+
+Status IncrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  auto old = txn.GetLive(e.db, e.args[0]);
+  if (!old.ok()) return old.status();
+  long double value = 0;
+  int64_t expire_at = 0;
+  if (*old) {
+    Value v = DecodeOrDie(**old);
+    if (v.type != ValueType::kString) {
+      reply->Error(kErrWrongType);
+      return Status::Ok();
+    }
+    auto parsed = ParseLongDouble(v.payload);
+    if (!parsed) {
+      reply->Error(kErrNotFloat);
+      return Status::Ok();
+    }
+    value = *parsed;
+    expire_at = v.expire_at_ms;
+  }
+  auto by = ParseLongDouble(e.args[1]);
+  if (!by) {
+    reply->Error(kErrNotFloat);
+    return Status::Ok();
+  }
+  value += *by;
+  if (std::isnan(value) || std::isinf(value)) {
+    reply->Error("ERR increment would produce NaN or Infinity");
+    return Status::Ok();
+  }
+  std::string text = FormatLongDoubleHuman(value);
+  Status s = PutString(txn, e.db, e.args[0], text, expire_at);
+  if (s.ok()) reply->Bulk(text);
+  return s;
+}
+
+}  // namespace
+
+void AppendStringCommands(std::vector<CommandSpec>* out) {
+  constexpr uint32_t kR = kCmdReadonly | kCmdFast;
+  constexpr uint32_t kW = kCmdWrite | kCmdDenyOom;
+  constexpr uint32_t kWF = kCmdWrite | kCmdDenyOom | kCmdFast;
+  // name, arity, flags, first, last, step, group, op, read, prepare, apply
+  out->insert(out->end(), {
+      {"get", 2, kR, 1, 1, 1, "string", 0, GetRead},
+      {"strlen", 2, kR, 1, 1, 1, "string", 0, StrlenRead},
+      {"getrange", 4, kCmdReadonly, 1, 1, 1, "string", 0, GetrangeRead},
+      {"mget", -2, kR, 1, -1, 1, "string", 0, MgetRead},
+      {"set", -3, kW, 1, 1, 1, "string", 1, nullptr, SetPrepare, SetApply},
+      {"setnx", 3, kWF, 1, 1, 1, "string", 2, nullptr, nullptr, SetnxApply},
+      {"setex", 4, kW, 1, 1, 1, "string", 3, nullptr, SetexPrepare, SetApply},
+      {"psetex", 4, kW, 1, 1, 1, "string", 4, nullptr, PsetexPrepare, SetApply},
+      {"getset", 3, kWF, 1, 1, 1, "string", 5, nullptr, nullptr, GetsetApply},
+      {"getdel", 2, kWF, 1, 1, 1, "string", 6, nullptr, nullptr, GetdelApply},
+      {"getex", -2, kWF, 1, 1, 1, "string", 7, nullptr, GetexPrepare, GetexApply},
+      {"mset", -3, kW, 1, -1, 2, "string", 8, nullptr, MsetPrepare, MsetApply},
+      {"msetnx", -3, kW, 1, -1, 2, "string", 9, nullptr, MsetPrepare, MsetnxApply},
+      {"append", 3, kWF, 1, 1, 1, "string", 10, nullptr, nullptr, AppendApply},
+      {"setrange", 4, kW, 1, 1, 1, "string", 11, nullptr, SetrangePrepare, SetrangeApply},
+      {"incr", 2, kWF, 1, 1, 1, "string", 12, nullptr, IncrPrepare, IncrApply},
+      {"decr", 2, kWF, 1, 1, 1, "string", 13, nullptr, DecrPrepare, IncrApply},
+      {"incrby", 3, kWF, 1, 1, 1, "string", 14, nullptr, IncrbyPrepare, IncrApply},
+      {"decrby", 3, kWF, 1, 1, 1, "string", 15, nullptr, DecrbyPrepare, IncrApply},
+      {"incrbyfloat", 3, kWF, 1, 1, 1, "string", 16, nullptr, nullptr, IncrbyfloatApply},
+  });
+}
+
+}  // namespace shoal::kv

@@ -1,0 +1,13 @@
+// Internal to src/kv: each command group adds its specs to the table.
+#pragma once
+
+#include <vector>
+
+#include "kv/commands.h"
+
+namespace shoal::kv {
+
+void AppendStringCommands(std::vector<CommandSpec>* out);
+void AppendKeyspaceCommands(std::vector<CommandSpec>* out);
+
+}  // namespace shoal::kv

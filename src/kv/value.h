@@ -1,0 +1,33 @@
+// The encoding of a stored value (see docs/design/storage.md):
+//   [type u8][flags u8][expire_at_ms i64 LE, only if flags & kHasExpiry][payload]
+// The high nibble of flags is the encoding version (1). Types other than
+// string are reserved for hashes, sets, sorted sets and lists; their payload
+// will be a header, with elements under keys of their own.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace shoal::kv {
+
+enum class ValueType : uint8_t { kString = 1, kHash = 2, kSet = 3, kZSet = 4, kList = 5 };
+
+inline constexpr uint8_t kHasExpiry = 0x01;
+inline constexpr uint8_t kEncodingVersion = 1;
+
+struct Value {
+  ValueType type = ValueType::kString;
+  int64_t expire_at_ms = 0;  // 0: no expiry
+  std::string_view payload;
+
+  bool ExpiredAt(int64_t now_ms) const { return expire_at_ms != 0 && expire_at_ms <= now_ms; }
+};
+
+std::string EncodeValue(ValueType type, int64_t expire_at_ms, std::string_view payload);
+// Returns false on a record that is not a valid encoding (corruption).
+bool DecodeValue(std::string_view raw, Value* out);
+// The Redis TYPE name of a value type.
+std::string_view TypeName(ValueType type);
+
+}  // namespace shoal::kv

@@ -1,0 +1,239 @@
+#include "storage/engine.h"
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_buffer_manager.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace shoal::storage {
+namespace {
+
+constexpr int kCfCount = 3;
+const char* const kCfNames[kCfCount] = {"default", "expiry",
+                                        "meta"};
+
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  std::string msg = std::string(what) + ": " + s.ToString();
+  if (s.IsNotFound()) return Status::NotFound(msg);
+  if (s.IsCorruption()) return Status::Corruption(msg);
+  if (s.IsBusy()) return Status::Busy(msg);
+  return Status::IOError(msg);
+}
+
+rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+std::string_view FromSlice(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
+
+class RocksIterator final : public Iterator {
+ public:
+  explicit RocksIterator(rocksdb::Iterator* it) : it_(it) {}
+  void Seek(std::string_view target) override { it_->Seek(ToSlice(target)); }
+  void SeekToFirst() override { it_->SeekToFirst(); }
+  bool Valid() const override { return it_->Valid(); }
+  void Next() override { it_->Next(); }
+  std::string_view key() const override { return FromSlice(it_->key()); }
+  std::string_view value() const override { return FromSlice(it_->value()); }
+  Status status() const override { return FromRocks(it_->status(), "iterator"); }
+
+ private:
+  std::unique_ptr<rocksdb::Iterator> it_;
+};
+
+class RocksSnapshot final : public Snapshot {
+ public:
+  RocksSnapshot(rocksdb::DB* db, const rocksdb::Snapshot* snap) : db_(db), snap_(snap) {}
+  ~RocksSnapshot() override { db_->ReleaseSnapshot(snap_); }
+  const rocksdb::Snapshot* get() const { return snap_; }
+
+ private:
+  rocksdb::DB* db_;
+  const rocksdb::Snapshot* snap_;
+};
+
+}  // namespace
+
+struct WriteBatch::Impl {
+  rocksdb::WriteBatch batch;
+  const std::vector<rocksdb::ColumnFamilyHandle*>* handles;
+};
+
+WriteBatch::WriteBatch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+WriteBatch::~WriteBatch() = default;
+size_t WriteBatch::Count() const { return static_cast<size_t>(impl_->batch.Count()); }
+void WriteBatch::Clear() { impl_->batch.Clear(); }
+
+void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
+  auto s = impl_->batch.Put((*impl_->handles)[static_cast<int>(cf)], ToSlice(key), ToSlice(value));
+  SHOAL_CHECK(s.ok());
+}
+
+void WriteBatch::Delete(Cf cf, std::string_view key) {
+  auto s = impl_->batch.Delete((*impl_->handles)[static_cast<int>(cf)], ToSlice(key));
+  SHOAL_CHECK(s.ok());
+}
+
+void WriteBatch::DeleteRange(Cf cf, std::string_view begin, std::string_view end) {
+  auto s = impl_->batch.DeleteRange((*impl_->handles)[static_cast<int>(cf)], ToSlice(begin),
+                                    ToSlice(end));
+  SHOAL_CHECK(s.ok());
+}
+
+class RocksEngineAccess {
+ public:
+  static std::unique_ptr<WriteBatch> Make(const std::vector<rocksdb::ColumnFamilyHandle*>* h) {
+    auto impl = std::make_unique<WriteBatch::Impl>();
+    impl->handles = h;
+    return std::unique_ptr<WriteBatch>(new WriteBatch(std::move(impl)));
+  }
+  static rocksdb::WriteBatch* Raw(WriteBatch& b) { return &b.impl_->batch; }
+};
+
+namespace {
+
+class RocksEngine final : public Engine {
+ public:
+  ~RocksEngine() override {
+    if (db_) {
+      // A clean close leaves nothing to replay: flush memtables, sync the WAL.
+      rocksdb::FlushOptions fo;
+      (void)db_->Flush(fo, handles_);
+      (void)db_->SyncWAL();
+      for (auto* h : handles_) (void)db_->DestroyColumnFamilyHandle(h);
+      (void)db_->Close();
+    }
+  }
+
+  Status OpenDb(const EngineOptions& options);
+
+  Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot) override {
+    rocksdb::ReadOptions ro;
+    if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
+    auto s = db_->Get(ro, handles_[static_cast<int>(cf)], ToSlice(key), value);
+    if (s.IsNotFound()) return Status::NotFound("");
+    return FromRocks(s, "get");
+  }
+
+  Result<uint64_t> Write(WriteBatch& batch) override {
+    rocksdb::WriteOptions wo;
+    wo.sync = false;
+    auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
+    if (!s.ok()) return FromRocks(s, "write");
+    return write_seq_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  }
+
+  std::unique_ptr<WriteBatch> NewBatch() override { return RocksEngineAccess::Make(&handles_); }
+
+  Result<uint64_t> Sync() override {
+    // Seq first: everything counted before the fsync is covered by it.
+    uint64_t covered = write_seq_.load(std::memory_order_acquire);
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    if (covered <= durable_seq_.load(std::memory_order_acquire)) return durable_seq_.load();
+    auto s = db_->SyncWAL();
+    if (!s.ok()) return FromRocks(s, "sync wal");
+    durable_seq_.store(covered, std::memory_order_release);
+    return covered;
+  }
+
+  std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot) override {
+    rocksdb::ReadOptions ro;
+    if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
+    return std::make_unique<RocksIterator>(db_->NewIterator(ro, handles_[static_cast<int>(cf)]));
+  }
+
+  std::unique_ptr<Snapshot> NewSnapshot() override {
+    return std::make_unique<RocksSnapshot>(db_.get(), db_->GetSnapshot());
+  }
+
+  MemoryUsage Memory() override {
+    MemoryUsage m;
+    m.block_cache_bytes = static_cast<int64_t>(cache_->GetUsage());
+    m.cache_capacity_bytes = static_cast<int64_t>(cache_->GetCapacity());
+    uint64_t v = 0;
+    for (auto* h : handles_) {
+      if (db_->GetIntProperty(h, rocksdb::DB::Properties::kSizeAllMemTables, &v)) {
+        m.memtable_bytes += static_cast<int64_t>(v);
+      }
+      if (db_->GetIntProperty(h, rocksdb::DB::Properties::kEstimateTableReadersMem, &v)) {
+        m.table_readers_bytes += static_cast<int64_t>(v);
+      }
+    }
+    return m;
+  }
+
+  int64_t DiskBytes() override {
+    uint64_t total = 0, v = 0;
+    for (auto* h : handles_) {
+      if (db_->GetIntProperty(h, rocksdb::DB::Properties::kLiveSstFilesSize, &v)) total += v;
+    }
+    return static_cast<int64_t>(total);
+  }
+
+ private:
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::shared_ptr<rocksdb::Cache> cache_;
+  std::shared_ptr<rocksdb::WriteBufferManager> wbm_;
+  std::mutex sync_mu_;
+};
+
+
+Status RocksEngine::OpenDb(const EngineOptions& options) {
+  int64_t budget = std::max<int64_t>(options.memory_budget_bytes, 32LL << 20);
+  int64_t cache_bytes = budget / 4 * 3;
+  int64_t memtable_bytes = budget / 4;
+  cache_ = rocksdb::NewLRUCache(static_cast<size_t>(cache_bytes));
+  // Memtables are charged to the same cache, so one number bounds both.
+  wbm_ = std::make_shared<rocksdb::WriteBufferManager>(static_cast<size_t>(memtable_bytes), cache_);
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache_;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  table.cache_index_and_filter_blocks = true;
+  table.cache_index_and_filter_blocks_with_high_priority = true;
+  table.pin_l0_filter_and_index_blocks_in_cache = true;
+  table.format_version = 5;
+  table.block_size = 16 * 1024;
+
+  rocksdb::ColumnFamilyOptions cf;
+  cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  cf.write_buffer_size = static_cast<size_t>(std::clamp<int64_t>(memtable_bytes / 3, 4LL << 20, 64LL << 20));
+  cf.max_write_buffer_number = 4;
+  cf.compression = rocksdb::kLZ4Compression;
+  cf.bottommost_compression = rocksdb::kZSTD;
+  cf.memtable_whole_key_filtering = true;
+  cf.memtable_prefix_bloom_size_ratio = 0.05;
+  cf.level_compaction_dynamic_level_bytes = true;
+
+  rocksdb::DBOptions db;
+  db.create_if_missing = true;
+  db.create_missing_column_families = true;
+  db.write_buffer_manager = wbm_;
+  db.max_background_jobs = 2;
+  db.max_open_files = 2048;
+  db.avoid_unnecessary_blocking_io = true;
+  db.keep_log_file_num = 4;
+  db.max_total_wal_size = static_cast<uint64_t>(memtable_bytes * 2);
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const char* name : kCfNames) cfs.emplace_back(name, cf);
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::Open(db, options.dir, cfs, &handles_, &raw);
+  if (!s.ok()) return FromRocks(s, "open " + options.dir);
+  db_.reset(raw);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
+  auto engine = std::make_unique<RocksEngine>();
+  Status s = engine->OpenDb(options);
+  if (!s.ok()) return s;
+  return std::unique_ptr<Engine>(std::move(engine));
+}
+
+}  // namespace shoal::storage

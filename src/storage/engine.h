@@ -1,0 +1,108 @@
+// Engine: shoal's only door to RocksDB. Holds the data, expiry-index and meta
+// column families of one node, counts writes, and syncs the WAL on request so
+// that a runtime thread can group-commit many writes with one fsync.
+// Thread-safe: reads and Sync may run on any thread; writes to one shard must
+// come from that shard's owner (the caller orders them).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace shoal::storage {
+
+enum class Cf : uint8_t { kData = 0, kExpiry = 1, kMeta = 2 };
+
+struct EngineOptions {
+  std::string dir;
+  // Memory RocksDB may hold: block cache and memtables are charged to one
+  // cache of 3/4 of this; the rest is left for client buffers and indexes.
+  int64_t memory_budget_bytes = 1LL << 30;
+};
+
+// A set of changes applied atomically by Engine::Write. Made by
+// Engine::NewBatch and bound to that engine; reusable after Clear().
+class WriteBatch {
+ public:
+  ~WriteBatch();
+  WriteBatch(const WriteBatch&) = delete;
+  WriteBatch& operator=(const WriteBatch&) = delete;
+
+  void Put(Cf cf, std::string_view key, std::string_view value);
+  void Delete(Cf cf, std::string_view key);
+  // Deletes every key in [begin, end) of `cf`.
+  void DeleteRange(Cf cf, std::string_view begin, std::string_view end);
+  void Clear();
+  size_t Count() const;
+
+ private:
+  friend class RocksEngineAccess;
+  struct Impl;
+  explicit WriteBatch(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// A forward iterator over one column family. Not thread-safe; owned by its user.
+class Iterator {
+ public:
+  virtual ~Iterator() = default;
+  virtual void Seek(std::string_view target) = 0;
+  virtual void SeekToFirst() = 0;
+  virtual bool Valid() const = 0;
+  virtual void Next() = 0;
+  virtual std::string_view key() const = 0;
+  virtual std::string_view value() const = 0;
+  virtual Status status() const = 0;
+};
+
+// A consistent point-in-time view for multi-key reads.
+class Snapshot {
+ public:
+  virtual ~Snapshot() = default;
+};
+
+struct MemoryUsage {
+  int64_t block_cache_bytes = 0;  // includes memtables charged to the cache
+  int64_t memtable_bytes = 0;
+  int64_t table_readers_bytes = 0;
+  int64_t cache_capacity_bytes = 0;
+};
+
+class Engine {
+ public:
+  // Opens (creating if needed) the database under options.dir.
+  static Result<std::unique_ptr<Engine>> Open(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  // Reads `key`; NotFound if absent. `snapshot` may be null (latest state).
+  virtual Status Get(Cf cf, std::string_view key, std::string* value,
+                     const Snapshot* snapshot = nullptr) = 0;
+  // Applies `batch` atomically, without waiting for the disk. The write is
+  // visible at once; it is durable once durable_seq() >= the returned seq.
+  virtual Result<uint64_t> Write(WriteBatch& batch) = 0;
+  // A new, empty batch for this engine.
+  virtual std::unique_ptr<WriteBatch> NewBatch() = 0;
+  // Makes every write issued before the call durable (fsync of the WAL), and
+  // returns the write sequence it covers. Safe to call while others write.
+  virtual Result<uint64_t> Sync() = 0;
+
+  virtual std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot = nullptr) = 0;
+  virtual std::unique_ptr<Snapshot> NewSnapshot() = 0;
+  virtual MemoryUsage Memory() = 0;
+  // Bytes of live SST and WAL data on disk (approximate).
+  virtual int64_t DiskBytes() = 0;
+
+  uint64_t write_seq() const { return write_seq_.load(std::memory_order_acquire); }
+  uint64_t durable_seq() const { return durable_seq_.load(std::memory_order_acquire); }
+
+ protected:
+  std::atomic<uint64_t> write_seq_{0};
+  std::atomic<uint64_t> durable_seq_{0};
+};
+
+}  // namespace shoal::storage
