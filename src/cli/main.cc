@@ -1,0 +1,104 @@
+// shoal: the command-line entry point.
+//   shoal server [flags]     run one node
+//   shoal --version
+#include <csignal>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "server/config.h"
+#include "server/server.h"
+
+namespace {
+
+using shoal::server::Config;
+using shoal::server::Durability;
+
+struct ServerFlags {
+  std::string config_file, bind, dir, durability, requirepass, maxmemory;
+  int port = -1, workers = -1, databases = -1;
+};
+
+void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
+  cmd->add_option("--config", f->config_file, "TOML file with settings (flags override it)");
+  cmd->add_option("--bind", f->bind, "Address to listen on (default 127.0.0.1)");
+  cmd->add_option("--port", f->port, "TCP port (default 6379)");
+  cmd->add_option("--dir", f->dir, "Data directory (default ./shoal-data)");
+  cmd->add_option("--workers", f->workers, "Worker threads (default: one per core)");
+  cmd->add_option("--durability", f->durability,
+                  "fsync: acknowledge writes once on disk (default); none: leave it to the OS")
+      ->check(CLI::IsMember({"fsync", "none"}));
+  cmd->add_option("--requirepass", f->requirepass, "Password clients must AUTH with");
+  cmd->add_option("--maxmemory", f->maxmemory, "Memory budget, e.g. 256mb (default 1gb)");
+  cmd->add_option("--databases", f->databases, "Number of databases for SELECT (default 16)");
+}
+
+shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
+  if (!f.config_file.empty()) {
+    shoal::Status s = shoal::server::LoadConfigFile(f.config_file, c);
+    if (!s.ok()) return s;
+  }
+  if (cmd->count("--bind")) c->bind = f.bind;
+  if (cmd->count("--port")) c->port = f.port;
+  if (cmd->count("--dir")) c->dir = f.dir;
+  if (cmd->count("--workers")) c->workers = f.workers;
+  if (cmd->count("--durability")) c->durability = f.durability == "none" ? Durability::kNone : Durability::kFsync;
+  if (cmd->count("--requirepass")) c->requirepass = f.requirepass;
+  if (cmd->count("--databases")) c->databases = f.databases;
+  if (cmd->count("--maxmemory")) {
+    auto m = shoal::server::ParseMemory(f.maxmemory);
+    if (!m.ok()) return m.status();
+    c->maxmemory = *m;
+  }
+  return c->Validate();
+}
+
+int RunServer(const Config& config) {
+  std::signal(SIGPIPE, SIG_IGN);
+  shoal::server::Server server(config);
+  shoal::Status s = server.Start();
+  if (!s.ok()) {
+    spdlog::critical("cannot start: {}", s.ToString());
+    return 1;
+  }
+  asio::io_context signals_io(1);
+  asio::signal_set signals(signals_io, SIGINT, SIGTERM);
+  signals.async_wait([&](const asio::error_code&, int sig) {
+    spdlog::info("received signal {}", sig);
+    signals_io.stop();
+  });
+  signals_io.run();
+  server.Stop();
+  spdlog::info("bye");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("shoal"));
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  CLI::App app{"shoal: a distributed database that speaks the Redis protocol"};
+  app.set_version_flag("--version", std::string("shoal ") + SHOAL_VERSION);
+  app.require_subcommand(1);
+  ServerFlags flags;
+  CLI::App* server_cmd = app.add_subcommand("server", "Run a shoal node");
+  AddServerFlags(server_cmd, &flags);
+  CLI11_PARSE(app, argc, argv);
+  if (server_cmd->parsed()) {
+    Config config;
+    shoal::Status s = BuildConfig(flags, server_cmd, &config);
+    if (!s.ok()) {
+      std::cerr << "shoal: " << s.message() << "\n";
+      return 2;
+    }
+    if (config.loglevel == "debug") spdlog::set_level(spdlog::level::debug);
+    if (config.loglevel == "warning") spdlog::set_level(spdlog::level::warn);
+    return RunServer(config);
+  }
+  return 0;
+}

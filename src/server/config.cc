@@ -1,0 +1,116 @@
+#include "server/config.h"
+
+#include <thread>
+#include <toml++/toml.h>
+
+#include "common/strings.h"
+
+namespace shoal::server {
+
+Status Config::Validate() const {
+  if (port < 0 || port > 65535) return Status::InvalidArgument("port must be 0..65535");
+  if (workers < 0 || workers > 256) return Status::InvalidArgument("workers must be 0..256");
+  if (databases < 1 || databases > 1024) return Status::InvalidArgument("databases must be 1..1024");
+  if (maxmemory < (32LL << 20)) return Status::InvalidArgument("maxmemory must be at least 32mb");
+  if (proto_max_bulk_len < 1024) return Status::InvalidArgument("proto-max-bulk-len must be >= 1kb");
+  if (client_query_buffer_limit < 1024 * 1024) {
+    return Status::InvalidArgument("client-query-buffer-limit must be >= 1mb");
+  }
+  if (maxclients < 1) return Status::InvalidArgument("maxclients must be >= 1");
+  if (hz < 1 || hz > 500) return Status::InvalidArgument("hz must be 1..500");
+  if (dir.empty()) return Status::InvalidArgument("dir must not be empty");
+  return Status::Ok();
+}
+
+Result<int64_t> ParseMemory(std::string_view text) {
+  std::string t = ToLower(text);
+  int64_t mul = 1;
+  auto strip = [&](std::string_view suffix, int64_t m) {
+    if (t.size() > suffix.size() && t.ends_with(suffix)) {
+      t.resize(t.size() - suffix.size());
+      mul = m;
+      return true;
+    }
+    return false;
+  };
+  strip("gb", 1LL << 30) || strip("mb", 1LL << 20) || strip("kb", 1LL << 10) ||
+      strip("g", 1000LL * 1000 * 1000) || strip("m", 1000LL * 1000) || strip("k", 1000) ||
+      strip("b", 1);
+  auto v = ParseInt64(t);
+  if (!v || *v < 0 || *v > INT64_MAX / mul) {
+    return Status::InvalidArgument("invalid memory size '" + std::string(text) + "'");
+  }
+  return *v * mul;
+}
+
+std::string DurabilityName(Durability d) { return d == Durability::kFsync ? "fsync" : "none"; }
+
+namespace {
+
+Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
+  auto want_int = [&](auto* field) -> Status {
+    auto v = node.value<int64_t>();
+    if (!v) return Status::InvalidArgument(key + " must be an integer");
+    *field = static_cast<std::remove_pointer_t<decltype(field)>>(*v);
+    return Status::Ok();
+  };
+  auto want_str = [&](std::string* field) -> Status {
+    auto v = node.value<std::string>();
+    if (!v) return Status::InvalidArgument(key + " must be a string");
+    *field = *v;
+    return Status::Ok();
+  };
+  auto want_mem = [&](int64_t* field) -> Status {
+    if (auto i = node.value<int64_t>()) {
+      *field = *i;
+      return Status::Ok();
+    }
+    auto s = node.value<std::string>();
+    if (!s) return Status::InvalidArgument(key + " must be a size");
+    auto m = ParseMemory(*s);
+    if (!m.ok()) return m.status().WithContext(key);
+    *field = *m;
+    return Status::Ok();
+  };
+  if (key == "bind") return want_str(&c->bind);
+  if (key == "port") return want_int(&c->port);
+  if (key == "dir") return want_str(&c->dir);
+  if (key == "workers") return want_int(&c->workers);
+  if (key == "requirepass") return want_str(&c->requirepass);
+  if (key == "databases") return want_int(&c->databases);
+  if (key == "maxclients") return want_int(&c->maxclients);
+  if (key == "hz") return want_int(&c->hz);
+  if (key == "loglevel") return want_str(&c->loglevel);
+  if (key == "maxmemory") return want_mem(&c->maxmemory);
+  if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);
+  if (key == "client-query-buffer-limit") return want_mem(&c->client_query_buffer_limit);
+  if (key == "durability") {
+    std::string d;
+    Status s = want_str(&d);
+    if (!s.ok()) return s;
+    if (d == "fsync") c->durability = Durability::kFsync;
+    else if (d == "none") c->durability = Durability::kNone;
+    else return Status::InvalidArgument("durability must be \"fsync\" or \"none\"");
+    return Status::Ok();
+  }
+  return Status::InvalidArgument("unknown setting '" + key + "'");
+}
+
+}  // namespace
+
+Status LoadConfigFile(const std::string& path, Config* config) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return Status::InvalidArgument("config " + path + ": " + std::string(e.description()) +
+                                   " at line " + std::to_string(e.source().begin.line));
+  }
+  for (const auto& [key, node] : table) {
+    Status s = SetFromNode(std::string(key.str()), node, config);
+    if (!s.ok()) return s.WithContext("config " + path);
+  }
+  return Status::Ok();
+}
+
+}  // namespace shoal::server

@@ -1,0 +1,41 @@
+// Server settings: defaults, a TOML file (--config), then command-line flags.
+// Names follow redis.conf wherever shoal has the same setting.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace shoal::server {
+
+enum class Durability { kFsync, kNone };
+
+struct Config {
+  std::string bind = "127.0.0.1";  // safe by default: loopback only
+  int port = 6379;
+  std::string dir = "./shoal-data";
+  int workers = 0;                  // 0: one per core
+  Durability durability = Durability::kFsync;
+  std::string requirepass;          // empty: no AUTH needed
+  int databases = 16;
+  int64_t maxmemory = 1LL << 30;    // memory budget (RocksDB cache + memtables + buffers)
+  int64_t proto_max_bulk_len = 512LL * 1024 * 1024;
+  int64_t client_query_buffer_limit = 1LL << 30;
+  int maxclients = 10000;
+  int hz = 10;                      // active expiry cycles per second
+  std::string loglevel = "notice";
+
+  // Validates ranges; returns InvalidArgument naming the bad setting.
+  Status Validate() const;
+};
+
+// Reads a TOML file into *config (keys as in redis.conf, e.g. `port = 7000`,
+// `durability = "none"`). Unknown keys are an error, so typos do not pass.
+Status LoadConfigFile(const std::string& path, Config* config);
+
+// Parses a memory size such as "64mb", "1gb", "1024" (bytes).
+Result<int64_t> ParseMemory(std::string_view text);
+std::string DurabilityName(Durability d);
+
+}  // namespace shoal::server

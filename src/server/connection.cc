@@ -1,0 +1,284 @@
+#include "server/connection.h"
+
+#include <asio/read.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <cstring>
+#include <random>
+
+#include "common/clock.h"
+#include "common/strings.h"
+#include "storage/slot.h"
+
+namespace shoal::server {
+namespace {
+
+constexpr size_t kReadBufferBytes = 16 * 1024;
+constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
+
+std::string Endpoint(const asio::ip::tcp::endpoint& ep) {
+  return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+std::string UnknownCommandError(kv::Args args) {
+  std::string list;
+  for (size_t i = 1; i < args.size() && list.size() < 128; ++i) {
+    size_t room = 128 - list.size();
+    list += "'" + std::string(args[i].substr(0, room)) + "' ";
+  }
+  return "ERR unknown command '" + std::string(args[0].substr(0, 128)) +
+         "', with args beginning with: " + list;
+}
+
+bool ArityOk(int arity, size_t argc) {
+  return arity > 0 ? argc == static_cast<size_t>(arity) : argc >= static_cast<size_t>(-arity);
+}
+
+}  // namespace
+
+Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket)
+    : server_(server),
+      worker_(worker),
+      socket_(std::move(socket)),
+      id_(server.NextClientId()),
+      authenticated_(server.config().requirepass.empty()),
+      created_ms_(RealClock().NowUnixMs()),
+      last_active_ms_(created_ms_),
+      rbuf_(kReadBufferBytes),
+      writer_(&wbuf_, 2),
+      parser_(resp::ParserLimits{.bulk_bytes_max = server.config().proto_max_bulk_len}) {
+  asio::error_code ec;
+  auto remote = socket_.remote_endpoint(ec);
+  if (!ec) addr_ = Endpoint(remote);
+  auto local = socket_.local_endpoint(ec);
+  if (!ec) laddr_ = Endpoint(local);
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  server_.worker_state(worker_.index()).connections.push_back(this);
+  server_.stats().connected_clients.fetch_add(1, std::memory_order_relaxed);
+  server_.stats().client_buffer_bytes.fetch_add(static_cast<int64_t>(rbuf_.size()),
+                                                std::memory_order_relaxed);
+}
+
+Connection::~Connection() {
+  std::erase(server_.worker_state(worker_.index()).connections, this);
+  server_.stats().connected_clients.fetch_sub(1, std::memory_order_relaxed);
+  server_.stats().client_buffer_bytes.fetch_sub(static_cast<int64_t>(rbuf_.size()),
+                                                std::memory_order_relaxed);
+}
+
+void Connection::Kill() {
+  killed_ = true;
+  asio::error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
+}
+
+void Connection::GrowReadBuffer(size_t wanted) {
+  size_t old = rbuf_.size();
+  size_t size = std::max(wanted, old * 2);
+  rbuf_.resize(size);
+  server_.stats().client_buffer_bytes.fetch_add(static_cast<int64_t>(size - old),
+                                                std::memory_order_relaxed);
+}
+
+asio::awaitable<void> Connection::Run() {
+  auto self = shared_from_this();
+  auto& stats = server_.stats();
+  try {
+    while (!killed_) {
+      if (rlen_ == rbuf_.size()) GrowReadBuffer(rbuf_.size() * 2);
+      size_t n = co_await socket_.async_read_some(
+          asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_), asio::use_awaitable);
+      rlen_ += n;
+      stats.net_input_bytes.fetch_add(n, std::memory_order_relaxed);
+      last_active_ms_ = RealClock().NowUnixMs();
+      size_t pos = 0;
+      while (pos < rlen_ && !close_after_reply_ && !killed_) {
+        size_t consumed = 0;
+        auto st = parser_.Parse(rbuf_.data() + pos, rlen_ - pos, authenticated_, &args_, &consumed);
+        if (st == resp::ParseStatus::kIncomplete) break;
+        if (st == resp::ParseStatus::kError) {
+          writer_.Error("ERR " + parser_.error());
+          close_after_reply_ = true;
+          break;
+        }
+        pos += consumed;
+        if (args_.empty()) continue;
+        const Command* later = nullptr;
+        if (!ExecuteNow(args_, &later)) co_await ExecuteLater(*later, args_);
+      }
+      if (pos > 0) {
+        std::memmove(rbuf_.data(), rbuf_.data() + pos, rlen_ - pos);
+        rlen_ -= pos;
+      }
+      // A request bigger than the buffer: grow to what it needs, within limits.
+      size_t wanted = parser_.bytes_wanted_hint();
+      if (rlen_ > 0 && wanted > rbuf_.size()) {
+        if (static_cast<int64_t>(wanted) > server_.config().client_query_buffer_limit) {
+          close_after_reply_ = true;
+        } else {
+          GrowReadBuffer(wanted);
+        }
+      } else if (rlen_ == rbuf_.size() &&
+                 static_cast<int64_t>(rbuf_.size()) >= server_.config().client_query_buffer_limit) {
+        close_after_reply_ = true;
+      }
+      if (!co_await FlushReplies()) break;
+      if (close_after_reply_) break;
+    }
+  } catch (const std::exception&) {
+    // The peer went away or the socket failed: nothing to answer.
+  }
+  asio::error_code ec;
+  socket_.close(ec);
+}
+
+asio::awaitable<bool> Connection::FlushReplies() {
+  if (wbuf_.empty()) co_return true;
+  // Hold every reply until the writes it may have seen are on disk, as
+  // redis-server does with appendfsync always.
+  storage::Engine& engine = server_.engine();
+  if (server_.config().durability == Durability::kFsync) {
+    uint64_t seq = engine.write_seq();
+    if (seq > engine.durable_seq()) {
+      co_await worker_.WaitDurable(engine, seq, [this] { server_.syncer().Kick(); });
+    }
+  }
+  if (killed_) co_return false;
+  co_await asio::async_write(socket_, asio::buffer(wbuf_), asio::use_awaitable);
+  server_.stats().net_output_bytes.fetch_add(wbuf_.size(), std::memory_order_relaxed);
+  wbuf_.clear();
+  if (wbuf_.capacity() > kWriteBufferKeepBytes) wbuf_.shrink_to_fit();
+  co_return true;
+}
+
+bool Connection::CheckCommand(const Command* cmd, kv::Args args) {
+  if (cmd == nullptr) {
+    writer_.Error(UnknownCommandError(args));
+    return false;
+  }
+  if (!ArityOk(cmd->spec.arity, args.size())) {
+    writer_.Error(kv::ArityError(cmd->spec.name));
+    return false;
+  }
+  if (!cmd->subcommands.empty() && args.size() >= 2) {
+    const Subcommand* sub = nullptr;
+    for (const auto& s : cmd->subcommands) {
+      if (EqualsIgnoreCase(s.name, args[1])) sub = &s;
+    }
+    if (sub == nullptr) {
+      writer_.Error("ERR unknown subcommand '" + std::string(args[1].substr(0, 128)) + "'. Try " +
+                    ToUpper(cmd->spec.name) + " HELP.");
+      return false;
+    }
+    if (!ArityOk(sub->arity, args.size())) {
+      writer_.Error(kv::ArityError(std::string(cmd->spec.name) + "|" + std::string(sub->name)));
+      return false;
+    }
+  }
+  if (!authenticated_ && !(cmd->spec.flags & kv::kCmdNoAuth)) {
+    writer_.Error("NOAUTH Authentication required.");
+    return false;
+  }
+  return true;
+}
+
+kv::Shard* Connection::ShardOf(const Command& cmd, kv::Args args) {
+  // One shard per node today; keyed commands go to the owner of their slot.
+  if (cmd.spec.first_key > 0 && static_cast<size_t>(cmd.spec.first_key) < args.size()) {
+    return &server_.ShardForSlot(storage::KeySlot(args[static_cast<size_t>(cmd.spec.first_key)]));
+  }
+  return server_.shards()[0];
+}
+
+void Connection::RunRead(const Command& cmd, kv::Args args) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  kv::ReadContext ctx{&server_.engine(), db_, RealClock().NowUnixMs(), &server_.limits(),
+                      server_.shards(), rng()};
+  cmd.spec.read(ctx, args, &writer_);
+}
+
+bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry) {
+  entry->op = cmd.spec.op;
+  entry->db = db_;
+  entry->now_ms = RealClock().NowUnixMs();
+  if (cmd.spec.prepare) {
+    kv::PrepareContext ctx{db_, entry->now_ms, &server_.limits()};
+    return cmd.spec.prepare(ctx, args, entry, &writer_);
+  }
+  entry->args.assign(args.begin() + 1, args.end());
+  return true;
+}
+
+bool Connection::ExecuteNow(kv::Args args, const Command** later) {
+  const Command* cmd = server_.commands().Find(args[0]);
+  if (!CheckCommand(cmd, args)) return true;
+  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  last_command_ = cmd->spec.name;
+  if (cmd->sync) {
+    cmd->sync(*this, args, &writer_);
+    return true;
+  }
+  if (cmd->spec.read) {
+    RunRead(*cmd, args);
+    return true;
+  }
+  if (cmd->async) {
+    *later = cmd;
+    return false;
+  }
+  kv::Shard* shard = ShardOf(*cmd, args);
+  if (server_.OwnerWorker(*shard) != worker_.index()) {
+    *later = cmd;
+    return false;
+  }
+  kv::Entry entry;
+  if (!PrepareWrite(*cmd, args, &entry)) return true;
+  (void)shard->Apply(entry, cmd->spec.apply, server_.limits(), &writer_);
+  return true;
+}
+
+asio::awaitable<void> Connection::ExecuteLater(const Command& cmd, kv::Args args) {
+  if (cmd.async) {
+    co_await cmd.async(*this, args);
+    co_return;
+  }
+  kv::Entry entry;
+  if (!PrepareWrite(cmd, args, &entry)) co_return;
+  kv::Shard* shard = ShardOf(cmd, args);
+  Server* server = &server_;
+  int protocol = protocol_;
+  kv::ApplyFn apply = cmd.spec.apply;
+  auto task = [server, shard, protocol, apply, entry = std::move(entry)]() {
+    std::string out;
+    resp::Writer w(&out, protocol);
+    (void)shard->Apply(entry, apply, server->limits(), &w);
+    return out;
+  };
+  std::string reply = co_await node::RunOn(
+      server_.runtime().worker(server_.OwnerWorker(*shard)).io(), worker_.io(), std::move(task));
+  writer_.Raw(reply);
+}
+
+std::string Connection::InfoLine() const {
+  int64_t now = RealClock().NowUnixMs();
+  std::string line;
+  line += "id=" + std::to_string(id_);
+  line += " addr=" + addr_ + " laddr=" + laddr_;
+  line += " fd=" + std::to_string(const_cast<asio::ip::tcp::socket&>(socket_).native_handle());
+  line += " name=" + name_;
+  line += " age=" + std::to_string((now - created_ms_) / 1000);
+  line += " idle=" + std::to_string((now - last_active_ms_) / 1000);
+  line += " flags=N db=" + std::to_string(db_);
+  line += " sub=0 psub=0 ssub=0 multi=-1";
+  line += " qbuf=" + std::to_string(rlen_) + " qbuf-free=" + std::to_string(rbuf_.size() - rlen_);
+  line += " argv-mem=0 multi-mem=0 rbs=" + std::to_string(rbuf_.size()) + " rbp=0";
+  line += " obl=0 oll=0 omem=0 tot-mem=" + std::to_string(rbuf_.size() + wbuf_.capacity());
+  line += " events=r cmd=" + last_command_ + " user=default redir=-1";
+  line += " resp=" + std::to_string(protocol_);
+  line += " lib-name=" + lib_name_ + " lib-ver=" + lib_ver_;
+  return line;
+}
+
+}  // namespace shoal::server

@@ -1,0 +1,85 @@
+// Connection: one client. Reads requests, runs them in order, and writes the
+// replies of a whole pipeline at once, after the writes they depend on are
+// durable. Lives on one worker; touched only on that worker's thread.
+#pragma once
+
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "resp/parser.h"
+#include "resp/writer.h"
+#include "server/server.h"
+
+namespace shoal::server {
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket);
+  ~Connection();
+
+  asio::awaitable<void> Run();
+
+  // --- state that commands read and change
+  Server& server() { return server_; }
+  node::Worker& worker() { return worker_; }
+  uint64_t id() const { return id_; }
+  uint16_t db() const { return db_; }
+  void set_db(uint16_t db) { db_ = db; }
+  int protocol() const { return protocol_; }
+  void set_protocol(int p) {
+    protocol_ = p;
+    writer_.set_protocol(p);
+  }
+  bool authenticated() const { return authenticated_; }
+  void set_authenticated(bool a) { authenticated_ = a; }
+  const std::string& name() const { return name_; }
+  void set_name(std::string n) { name_ = std::move(n); }
+  void set_lib_name(std::string n) { lib_name_ = std::move(n); }
+  void set_lib_ver(std::string v) { lib_ver_ = std::move(v); }
+  const std::string& addr() const { return addr_; }
+  const std::string& laddr() const { return laddr_; }
+  // Closes the connection after the current reply is written.
+  void CloseAfterReply() { close_after_reply_ = true; }
+  // Closes the connection now (CLIENT KILL); safe from its own worker only.
+  void Kill();
+  // One line of CLIENT LIST / CLIENT INFO for this client.
+  std::string InfoLine() const;
+  // The reply buffer of the current pipeline (for async handlers).
+  resp::Writer& writer() { return writer_; }
+
+ private:
+  // Runs one command; returns false if it must continue asynchronously.
+  bool ExecuteNow(kv::Args args, const Command** async_cmd);
+  asio::awaitable<void> ExecuteLater(const Command& cmd, kv::Args args);
+  bool CheckCommand(const Command* cmd, kv::Args args);
+  void RunRead(const Command& cmd, kv::Args args);
+  bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry);
+  kv::Shard* ShardOf(const Command& cmd, kv::Args args);
+  asio::awaitable<bool> FlushReplies();
+  void GrowReadBuffer(size_t wanted);
+
+  Server& server_;
+  node::Worker& worker_;
+  asio::ip::tcp::socket socket_;
+  uint64_t id_;
+  uint16_t db_ = 0;
+  int protocol_ = 2;
+  bool authenticated_;
+  bool close_after_reply_ = false;
+  bool killed_ = false;
+  std::string name_, lib_name_, lib_ver_, addr_, laddr_;
+  std::string last_command_ = "NULL";
+  int64_t created_ms_, last_active_ms_;
+  std::vector<char> rbuf_;
+  size_t rlen_ = 0;
+  std::string wbuf_;
+  resp::Writer writer_;
+  resp::Parser parser_;
+  std::vector<std::string_view> args_;
+};
+
+}  // namespace shoal::server

@@ -1,0 +1,105 @@
+// Server: one shoal node serving clients. Owns the storage engine, the
+// shards (state machines), the worker runtime, the acceptors and the WAL
+// syncer. Start() and Stop() are called from the main thread only.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <asio/ip/tcp.hpp>
+
+#include "kv/shard.h"
+#include "node/runtime.h"
+#include "server/command_table.h"
+#include "server/config.h"
+#include "storage/engine.h"
+
+namespace shoal::server {
+
+class Connection;
+
+// Counters for INFO stats; incremented on workers with relaxed atomics.
+struct Stats {
+  std::atomic<uint64_t> connections_received{0};
+  std::atomic<uint64_t> connections_rejected{0};
+  std::atomic<uint64_t> commands_processed{0};
+  std::atomic<uint64_t> expired_keys{0};
+  std::atomic<uint64_t> net_input_bytes{0};
+  std::atomic<uint64_t> net_output_bytes{0};
+  std::atomic<int64_t> connected_clients{0};
+  std::atomic<int64_t> client_buffer_bytes{0};
+  void Reset() {
+    connections_received = 0;
+    connections_rejected = 0;
+    commands_processed = 0;
+    expired_keys = 0;
+    net_input_bytes = 0;
+    net_output_bytes = 0;
+  }
+};
+
+// Per-worker state, touched only on that worker's thread.
+struct WorkerState {
+  std::vector<Connection*> connections;
+};
+
+class Server {
+ public:
+  explicit Server(Config config);
+  ~Server();
+
+  // Opens storage, starts workers and listens. Returns an error if any step fails.
+  Status Start();
+  // Stops accepting, closes connections, syncs and closes storage. Idempotent.
+  void Stop();
+
+  // The port actually bound (useful with port 0).
+  int port() const { return bound_port_; }
+
+  // --- for connections and commands
+  Config& config() { return config_; }
+  storage::Engine& engine() { return *engine_; }
+  node::Runtime& runtime() { return *runtime_; }
+  node::WalSyncer& syncer() { return *syncer_; }
+  Stats& stats() { return stats_; }
+  const CommandTable& commands() const { return commands_; }
+  WorkerState& worker_state(int worker) { return worker_states_[static_cast<size_t>(worker)]; }
+  // The shard that owns `slot`, and the worker that owns a shard.
+  kv::Shard& ShardForSlot(uint16_t slot);
+  std::span<kv::Shard* const> shards() const { return shard_ptrs_; }
+  int OwnerWorker(const kv::Shard& shard) const {
+    return static_cast<int>(shard.id() % static_cast<uint32_t>(runtime_->size()));
+  }
+  const kv::Limits& limits() const { return limits_; }
+  // Re-reads the limits from config() after CONFIG SET.
+  void RefreshLimits() { limits_ = kv::Limits{config_.proto_max_bulk_len, config_.databases}; }
+  uint64_t NextClientId() { return next_client_id_.fetch_add(1) + 1; }
+  int64_t start_time_ms() const { return start_time_ms_; }
+  std::string run_id() const { return run_id_; }
+
+ private:
+  Status Listen();
+  void StartActiveExpiry(kv::Shard* shard);
+
+  Config config_;
+  kv::Limits limits_;
+  Stats stats_;
+  CommandTable commands_;
+  std::unique_ptr<storage::Engine> engine_;
+  std::vector<std::unique_ptr<kv::Shard>> shards_;
+  std::vector<kv::Shard*> shard_ptrs_;
+  std::vector<WorkerState> worker_states_;
+  std::atomic<uint64_t> next_client_id_{0};
+  int bound_port_ = 0;
+  int64_t start_time_ms_ = 0;
+  std::string run_id_;
+  bool stopped_ = false;
+  // Declared last: destroyed first, while what connections use still lives.
+  std::unique_ptr<node::Runtime> runtime_;
+  std::unique_ptr<node::WalSyncer> syncer_;
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
+};
+
+}  // namespace shoal::server
