@@ -103,13 +103,21 @@ void ApplyTxn::Flush(std::optional<uint16_t> db) {
     c.expires = -shard_->ExpiresCount(d);
   };
   if (db) {
+    // Point deletes, not a range tombstone per slot: thousands of range
+    // tombstones in a memtable would slow every later read. O(keys), as in Redis.
+    auto it = engine_->NewIterator(storage::Cf::kData);
     for (uint32_t slot = begin; slot < end; ++slot) {
-      batch_->DeleteRange(storage::Cf::kData, storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), *db),
-                          storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(*db + 1)));
+      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), *db);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        Value v;
+        if (DecodeValue(it->value(), &v) && v.expire_at_ms != 0) {
+          batch_->Delete(storage::Cf::kExpiry,
+                         storage::ExpiryKey(v.expire_at_ms, *db, it->key().substr(prefix.size())));
+        }
+        batch_->Delete(storage::Cf::kData, it->key());
+      }
     }
     reset(*db);
-    // Expiry index entries of the flushed keys stay behind; active expiry
-    // checks each against its key before acting, and drops stale ones.
     return;
   }
   batch_->DeleteRange(storage::Cf::kData, storage::DataSlotDbPrefix(begin, 0),

@@ -47,7 +47,8 @@ bool ParseExtended(Args args, size_t first, bool for_get, ExtendedArgs* out) {
       out->flags += kKeepTtl;
     } else if (for_get && EqualsIgnoreCase(a, "persist") && !any_expire) {
       out->flags += kPersist;
-    } else if (expire_unit != ExpireUnit::kNone && !any_expire && !HasFlag(out->flags, kKeepTtl) &&
+    } else if (expire_unit != ExpireUnit::kNone && (!any_expire || out->unit == expire_unit) &&
+               !HasFlag(out->flags, kKeepTtl) &&
                !HasFlag(out->flags, kPersist) && has_next) {
       out->unit = expire_unit;
       out->expire = args[++j];
@@ -344,8 +345,9 @@ Status MsetnxApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Wr
 // ---- APPEND, SETRANGE
 
 bool CheckLength(int64_t size, int64_t append, const Limits& limits) {
-  int64_t total = size + append;
-  return !(total > limits.proto_max_bulk_len || total < size || total < append);
+  int64_t total = 0;
+  if (__builtin_add_overflow(size, append, &total)) return false;
+  return total <= limits.proto_max_bulk_len;
 }
 
 Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
@@ -534,6 +536,7 @@ void AppendStringCommands(std::vector<CommandSpec>* out) {
       {"get", 2, kR, 1, 1, 1, "string", 0, GetRead},
       {"strlen", 2, kR, 1, 1, 1, "string", 0, StrlenRead},
       {"getrange", 4, kCmdReadonly, 1, 1, 1, "string", 0, GetrangeRead},
+      {"substr", 4, kCmdReadonly, 1, 1, 1, "string", 0, GetrangeRead},
       {"mget", -2, kR, 1, -1, 1, "string", 0, MgetRead},
       {"set", -3, kW, 1, 1, 1, "string", 1, nullptr, SetPrepare, SetApply},
       {"setnx", 3, kWF, 1, 1, 1, "string", 2, nullptr, nullptr, SetnxApply},

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -14,7 +15,7 @@ namespace shoal::resp {
 // Limits on what a request may be; exceeding one is a protocol error.
 struct ParserLimits {
   int64_t bulk_bytes_max = 512LL * 1024 * 1024;  // proto-max-bulk-len
-  int64_t multibulk_args_max = 1024 * 1024;      // arguments in one command
+  int64_t multibulk_args_max = INT32_MAX;        // arguments in one command (as Redis 7)
   size_t inline_bytes_max = 64 * 1024;           // an inline line without "\n"
   // While the client has not authenticated, Redis allows at most these.
   int64_t unauthenticated_args_max = 10;

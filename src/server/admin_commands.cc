@@ -108,7 +108,7 @@ void Hello(Connection& c, Args args, resp::Writer* r) {
   if (!c.authenticated()) {
     return r->Error(
         "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-        "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+        "HELLO AUTH <user> <pass> option can be used to authenticate the client and "
         "select the RESP protocol version at the same time");
   }
   if (has_name) {
@@ -349,11 +349,17 @@ void ConfigCmd(Connection& c, Args args, resp::Writer* r) {
   std::string sub = ToLower(args[1]);
   Server& server = c.server();
   if (sub == "get") {
-    std::vector<std::pair<std::string_view, std::string>> out;
+    // A plain name is echoed as typed (as Redis does); a pattern lists matches.
+    std::vector<std::pair<std::string, std::string>> out;
     for (const Param& p : kParams) {
-      bool match = false;
-      for (size_t i = 2; i < args.size() && !match; ++i) match = GlobMatch(args[i], p.name, true);
-      if (match) out.emplace_back(p.name, ParamValue(server.config(), p.name));
+      for (size_t i = 2; i < args.size(); ++i) {
+        bool plain = args[i].find_first_of("*?[") == std::string_view::npos;
+        if (plain ? EqualsIgnoreCase(args[i], p.name) : GlobMatch(args[i], p.name, true)) {
+          out.emplace_back(plain ? std::string(args[i]) : std::string(p.name),
+                           ParamValue(server.config(), p.name));
+          break;
+        }
+      }
     }
     r->MapHeader(out.size());
     for (const auto& [k, v] : out) {
