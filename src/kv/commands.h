@@ -27,6 +27,7 @@ enum CommandFlag : uint32_t {
   kCmdStale = 1u << 7,
   kCmdNoScript = 1u << 8,
   kCmdConnection = 1u << 9,  // runs on the connection (server layer)
+  kCmdNoBatch = 1u << 10,    // a write that must be applied alone (FLUSHDB, FLUSHALL)
 };
 
 using Args = std::span<const std::string_view>;  // args[0] is the command name

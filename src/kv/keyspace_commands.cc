@@ -416,8 +416,8 @@ void AppendKeyspaceCommands(std::vector<CommandSpec>* out) {
       {"expireat", -3, kWF, 1, 1, 1, "keyspace", 26, nullptr, ExpireatPrepare, ExpireApply},
       {"pexpireat", -3, kWF, 1, 1, 1, "keyspace", 27, nullptr, PexpireatPrepare, ExpireApply},
       {"persist", 2, kWF, 1, 1, 1, "keyspace", 28, nullptr, nullptr, PersistApply},
-      {"flushdb", -1, kW, 0, 0, 0, "server", 29, nullptr, FlushPrepare, FlushdbApply},
-      {"flushall", -1, kW, 0, 0, 0, "server", 30, nullptr, FlushPrepare, FlushallApply},
+      {"flushdb", -1, kW | kCmdNoBatch, 0, 0, 0, "server", 29, nullptr, FlushPrepare, FlushdbApply},
+      {"flushall", -1, kW | kCmdNoBatch, 0, 0, 0, "server", 30, nullptr, FlushPrepare, FlushallApply},
   });
 }
 

@@ -185,8 +185,8 @@ Status Shard::Load() {
 }
 
 Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
-                               const std::map<uint16_t, ApplyTxn::Counts>& deltas) {
-  ++applied_index_;
+                               const std::map<uint16_t, ApplyTxn::Counts>& deltas, size_t entries) {
+  applied_index_ += entries;
   if (batch.Count() == 0) return engine_->write_seq();
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_)));
   for (const auto& [db, d] : deltas) {
@@ -199,7 +199,7 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
   }
   auto seq = engine_->Write(batch);
   if (!seq.ok()) {
-    --applied_index_;
+    applied_index_ -= entries;
     return seq;
   }
   for (const auto& [db, d] : deltas) {
@@ -211,19 +211,30 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
 
 Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limits,
                               resp::Writer* reply) {
+  return ApplyBatch(std::span<const Entry>(&entry, 1), std::span<const ApplyFn>(&fn, 1), limits,
+                    reply);
+}
+
+Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
+                                   const Limits& limits, resp::Writer* reply) {
+  SHOAL_CHECK(entries.size() == fns.size() && !entries.empty());
   batch_->Clear();
-  ApplyTxn txn(this, engine_, batch_.get(), entry.now_ms);
+  ApplyTxn txn(this, engine_, batch_.get(), entries[0].now_ms);
   std::string* out = reply->buffer();
   size_t mark = out->size();
-  Status s = fn(txn, entry, limits, reply);
+  Status s;
+  for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
+    txn.set_now_ms(entries[i].now_ms);
+    s = fns[i](txn, entries[i], limits, reply);
+  }
   if (s.ok()) {
-    auto seq = Commit(*batch_, txn.count_deltas());
+    auto seq = Commit(*batch_, txn.count_deltas(), entries.size());
     if (seq.ok()) return seq;
     s = seq.status();
   }
-  // A storage failure: nothing of this entry was written; say so instead.
+  // A storage failure: nothing of these entries was written; say so instead.
   out->resize(mark);
-  reply->Error("ERR storage error: " + s.ToString());
+  for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());
   return s;
 }
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,6 +40,8 @@ class ApplyTxn {
       : shard_(shard), engine_(engine), batch_(batch), now_ms_(now_ms) {}
 
   int64_t now_ms() const { return now_ms_; }
+  // Entries applied together each bring their own time.
+  void set_now_ms(int64_t now_ms) { now_ms_ = now_ms; }
   // The live (unexpired) value of key, or nullopt. An expired key found here
   // is deleted as part of this apply, as Redis deletes keys on access.
   Result<std::optional<std::string>> GetLive(uint16_t db, std::string_view key);
@@ -47,7 +50,7 @@ class ApplyTxn {
   // Deletes key; *existed says whether a live value was there.
   Status Delete(uint16_t db, std::string_view key, bool* existed);
   // Deletes every key of the shard in `db`, or in all databases if nullopt.
-  // Must be the only change of its apply.
+  // Must be the only entry of its apply (see ApplyBatch).
   void Flush(std::optional<uint16_t> db);
   // Removes the expiry index entry of key at `expire_at_ms` (a stale hint).
   void DropExpiryIndex(uint16_t db, std::string_view key, int64_t expire_at_ms);
@@ -86,6 +89,11 @@ class Shard {
   // Applies one entry (index = applied_index() + 1) and writes its reply.
   // Returns the storage write sequence (for durability waits).
   Result<uint64_t> Apply(const Entry& entry, ApplyFn fn, const Limits& limits, resp::Writer* reply);
+  // Applies entries in order as one atomic storage write (group commit):
+  // the same state and replies as applying them one by one. fns[i] applies
+  // entries[i]. On a storage failure every reply of the batch is that error.
+  Result<uint64_t> ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
+                              const Limits& limits, resp::Writer* reply);
 
   struct ExpiredKey {
     uint16_t db;
@@ -110,7 +118,8 @@ class Shard {
   friend class ApplyTxn;
   std::string MetaKey(std::string_view name) const;
   std::string CountKey(char kind, uint16_t db) const;
-  Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d);
+  Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
+                          size_t entries);
 
   struct AtomicCounts {
     std::atomic<int64_t> keys{0};

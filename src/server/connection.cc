@@ -16,6 +16,9 @@ namespace {
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
 constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
+// A pipeline's writes are applied in batches of at most this much.
+constexpr size_t kWriteBatchEntriesMax = 512;
+constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 
 std::string Endpoint(const asio::ip::tcp::endpoint& ep) {
   return ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -105,9 +108,33 @@ asio::awaitable<void> Connection::Run() {
         }
         pos += consumed;
         if (args_.empty()) continue;
+        const Command* cmd = server_.commands().Find(args_[0]);
+        bool batchable = cmd != nullptr && cmd->spec.apply != nullptr &&
+                         !(cmd->spec.flags & kv::kCmdNoBatch) && Refusal(cmd, args_).empty();
+        if (batchable) {
+          // Writes queue up and are applied together (one storage write),
+          // until something else must see them or the queue is full.
+          kv::Entry entry;
+          std::string error;
+          resp::Writer errors(&error, protocol_);
+          server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+          last_command_ = cmd->spec.name;
+          if (!PrepareWrite(*cmd, args_, &entry, &errors)) {
+            if (!queued_entries_.empty()) co_await FlushWrites();
+            writer_.Raw(error);
+            continue;
+          }
+          kv::Shard* shard = ShardOf(*cmd, args_);
+          if (queued_shard_ != nullptr && queued_shard_ != shard) co_await FlushWrites();
+          SHOAL_CHECK(QueueWrite(*cmd, shard, std::move(entry)));
+          if (WritesQueueFull()) co_await FlushWrites();
+          continue;
+        }
+        if (!queued_entries_.empty()) co_await FlushWrites();
         const Command* later = nullptr;
-        if (!ExecuteNow(args_, &later)) co_await ExecuteLater(*later, args_);
+        if (!ExecuteNow(cmd, args_, &later)) co_await ExecuteLater(*later, args_);
       }
+      if (!queued_entries_.empty()) co_await FlushWrites();
       if (pos > 0) {
         std::memmove(rbuf_.data(), rbuf_.data() + pos, rlen_ - pos);
         rlen_ -= pos;
@@ -153,35 +180,64 @@ asio::awaitable<bool> Connection::FlushReplies() {
   co_return true;
 }
 
-bool Connection::CheckCommand(const Command* cmd, kv::Args args) {
-  if (cmd == nullptr) {
-    writer_.Error(UnknownCommandError(args));
-    return false;
-  }
-  if (!ArityOk(cmd->spec.arity, args.size())) {
-    writer_.Error(kv::ArityError(cmd->spec.name));
-    return false;
-  }
+std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
+  if (cmd == nullptr) return UnknownCommandError(args);
+  if (!ArityOk(cmd->spec.arity, args.size())) return kv::ArityError(cmd->spec.name);
   if (!cmd->subcommands.empty() && args.size() >= 2) {
     const Subcommand* sub = nullptr;
     for (const auto& s : cmd->subcommands) {
       if (EqualsIgnoreCase(s.name, args[1])) sub = &s;
     }
     if (sub == nullptr) {
-      writer_.Error("ERR unknown subcommand '" + std::string(args[1].substr(0, 128)) + "'. Try " +
-                    ToUpper(cmd->spec.name) + " HELP.");
-      return false;
+      return "ERR unknown subcommand '" + std::string(args[1].substr(0, 128)) + "'. Try " +
+             ToUpper(cmd->spec.name) + " HELP.";
     }
     if (!ArityOk(sub->arity, args.size())) {
-      writer_.Error(kv::ArityError(std::string(cmd->spec.name) + "|" + std::string(sub->name)));
-      return false;
+      return kv::ArityError(std::string(cmd->spec.name) + "|" + std::string(sub->name));
     }
   }
-  if (!authenticated_ && !(cmd->spec.flags & kv::kCmdNoAuth)) {
-    writer_.Error("NOAUTH Authentication required.");
-    return false;
-  }
+  if (!authenticated_ && !(cmd->spec.flags & kv::kCmdNoAuth)) return "NOAUTH Authentication required.";
+  return "";
+}
+
+bool Connection::QueueWrite(const Command& cmd, kv::Shard* shard, kv::Entry entry) {
+  if (queued_shard_ != nullptr && queued_shard_ != shard) return false;
+  queued_shard_ = shard;
+  for (const auto& a : entry.args) queued_bytes_ += a.size();
+  queued_entries_.push_back(std::move(entry));
+  queued_fns_.push_back(cmd.spec.apply);
   return true;
+}
+
+bool Connection::WritesQueueFull() const {
+  return queued_entries_.size() >= kWriteBatchEntriesMax || queued_bytes_ >= kWriteBatchBytesMax;
+}
+
+asio::awaitable<void> Connection::FlushWrites() {
+  kv::Shard* shard = queued_shard_;
+  std::vector<kv::Entry> entries = std::move(queued_entries_);
+  std::vector<kv::ApplyFn> fns = std::move(queued_fns_);
+  queued_shard_ = nullptr;
+  queued_entries_.clear();
+  queued_fns_.clear();
+  queued_bytes_ = 0;
+  if (entries.empty()) co_return;
+  int owner = server_.OwnerWorker(*shard);
+  if (owner == worker_.index()) {
+    (void)shard->ApplyBatch(entries, fns, server_.limits(), &writer_);
+    co_return;
+  }
+  Server* server = &server_;
+  int protocol = protocol_;
+  auto task = [server, shard, protocol, entries = std::move(entries), fns = std::move(fns)]() {
+    std::string out;
+    resp::Writer w(&out, protocol);
+    (void)shard->ApplyBatch(entries, fns, server->limits(), &w);
+    return out;
+  };
+  std::string reply =
+      co_await node::RunOn(server_.runtime().worker(owner).io(), worker_.io(), std::move(task));
+  writer_.Raw(reply);
 }
 
 kv::Shard* Connection::ShardOf(const Command& cmd, kv::Args args) {
@@ -199,21 +255,25 @@ void Connection::RunRead(const Command& cmd, kv::Args args) {
   cmd.spec.read(ctx, args, &writer_);
 }
 
-bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry) {
+bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry,
+                              resp::Writer* errors) {
   entry->op = cmd.spec.op;
   entry->db = db_;
   entry->now_ms = RealClock().NowUnixMs();
   if (cmd.spec.prepare) {
     kv::PrepareContext ctx{db_, entry->now_ms, &server_.limits()};
-    return cmd.spec.prepare(ctx, args, entry, &writer_);
+    return cmd.spec.prepare(ctx, args, entry, errors);
   }
   entry->args.assign(args.begin() + 1, args.end());
   return true;
 }
 
-bool Connection::ExecuteNow(kv::Args args, const Command** later) {
-  const Command* cmd = server_.commands().Find(args[0]);
-  if (!CheckCommand(cmd, args)) return true;
+bool Connection::ExecuteNow(const Command* cmd, kv::Args args, const Command** later) {
+  std::string refusal = Refusal(cmd, args);
+  if (!refusal.empty()) {
+    writer_.Error(refusal);
+    return true;
+  }
   server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
   last_command_ = cmd->spec.name;
   if (cmd->sync) {
@@ -234,7 +294,7 @@ bool Connection::ExecuteNow(kv::Args args, const Command** later) {
     return false;
   }
   kv::Entry entry;
-  if (!PrepareWrite(*cmd, args, &entry)) return true;
+  if (!PrepareWrite(*cmd, args, &entry, &writer_)) return true;
   (void)shard->Apply(entry, cmd->spec.apply, server_.limits(), &writer_);
   return true;
 }
@@ -245,7 +305,7 @@ asio::awaitable<void> Connection::ExecuteLater(const Command& cmd, kv::Args args
     co_return;
   }
   kv::Entry entry;
-  if (!PrepareWrite(cmd, args, &entry)) co_return;
+  if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
   kv::Shard* shard = ShardOf(cmd, args);
   Server* server = &server_;
   int protocol = protocol_;

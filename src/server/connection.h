@@ -53,11 +53,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   // Runs one command; returns false if it must continue asynchronously.
-  bool ExecuteNow(kv::Args args, const Command** async_cmd);
+  bool ExecuteNow(const Command* cmd, kv::Args args, const Command** async_cmd);
   asio::awaitable<void> ExecuteLater(const Command& cmd, kv::Args args);
-  bool CheckCommand(const Command* cmd, kv::Args args);
+  // The error a command is refused with (unknown, arity, auth), or "".
+  std::string Refusal(const Command* cmd, kv::Args args) const;
   void RunRead(const Command& cmd, kv::Args args);
-  bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry);
+  bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors);
+  // Queues a write for group commit; returns false if the queue must be
+  // flushed first (another shard) — the caller flushes and calls again.
+  bool QueueWrite(const Command& cmd, kv::Shard* shard, kv::Entry entry);
+  bool WritesQueueFull() const;
+  // Applies the queued writes as one batch on their shard's worker.
+  asio::awaitable<void> FlushWrites();
   kv::Shard* ShardOf(const Command& cmd, kv::Args args);
   asio::awaitable<bool> FlushReplies();
   void GrowReadBuffer(size_t wanted);
@@ -80,6 +87,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   resp::Writer writer_;
   resp::Parser parser_;
   std::vector<std::string_view> args_;
+  // Writes of the current pipeline waiting to be applied as one batch.
+  kv::Shard* queued_shard_ = nullptr;
+  std::vector<kv::Entry> queued_entries_;
+  std::vector<kv::ApplyFn> queued_fns_;
+  size_t queued_bytes_ = 0;
 };
 
 }  // namespace shoal::server

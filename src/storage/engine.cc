@@ -1,8 +1,11 @@
 #include "storage/engine.h"
+#include "storage/keys.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/memtablerep.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_buffer_manager.h>
 
@@ -67,6 +70,7 @@ size_t WriteBatch::Count() const { return static_cast<size_t>(impl_->batch.Count
 void WriteBatch::Clear() { impl_->batch.Clear(); }
 
 void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
+  SHOAL_CHECK(cf != Cf::kData || key.size() >= kDataKeyPrefixBytes);
   auto s = impl_->batch.Put((*impl_->handles)[static_cast<int>(cf)], ToSlice(key), ToSlice(value));
   SHOAL_CHECK(s.ok());
 }
@@ -110,6 +114,7 @@ class RocksEngine final : public Engine {
   Status OpenDb(const EngineOptions& options);
 
   Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot) override {
+    SHOAL_CHECK(cf != Cf::kData || key.size() >= kDataKeyPrefixBytes);
     rocksdb::ReadOptions ro;
     if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
     auto s = db_->Get(ro, handles_[static_cast<int>(cf)], ToSlice(key), value);
@@ -141,6 +146,8 @@ class RocksEngine final : public Engine {
   std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot) override {
     rocksdb::ReadOptions ro;
     if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
+    // Data iterators are prefix iterators: callers stay within one [slot][db].
+    ro.total_order_seek = cf != Cf::kData;
     return std::make_unique<RocksIterator>(db_->NewIterator(ro, handles_[static_cast<int>(cf)]));
   }
 
@@ -211,6 +218,8 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   rocksdb::DBOptions db;
   db.create_if_missing = true;
   db.create_missing_column_families = true;
+  // Hash memtables take one writer at a time; each shard writes from one thread.
+  db.allow_concurrent_memtable_write = false;
   db.write_buffer_manager = wbm_;
   db.max_background_jobs = 2;
   db.max_open_files = 2048;
@@ -218,8 +227,16 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   db.keep_log_file_num = 4;
   db.max_total_wal_size = static_cast<uint64_t>(memtable_bytes * 2);
 
+  // The data CF is hashed by its [slot][db] prefix: a point lookup finds its
+  // bucket directly, and every scan of ours stays within one prefix.
+  rocksdb::ColumnFamilyOptions data_cf = cf;
+  data_cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kDataKeyPrefixBytes));
+  data_cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(1 << 16));
+  data_cf.memtable_prefix_bloom_size_ratio = 0;
+
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  for (const char* name : kCfNames) cfs.emplace_back(name, cf);
+  cfs.emplace_back(kCfNames[0], data_cf);
+  for (int i = 1; i < kCfCount; ++i) cfs.emplace_back(kCfNames[i], cf);
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db, options.dir, cfs, &handles_, &raw);
   if (!s.ok()) return FromRocks(s, "open " + options.dir);

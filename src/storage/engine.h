@@ -48,6 +48,8 @@ class WriteBatch {
 };
 
 // A forward iterator over one column family. Not thread-safe; owned by its user.
+// On Cf::kData it is a prefix iterator: after Seek(k) it is only defined while
+// keys share k's 4-byte [slot][db] prefix, so callers must stop at its end.
 class Iterator {
  public:
   virtual ~Iterator() = default;

@@ -28,16 +28,16 @@ TEST_F(EngineTest, WriteIsVisibleAndSurvivesReopen) {
   {
     auto engine = Open();
     auto batch = engine->NewBatch();
-    batch->Put(Cf::kData, "k1", "v1");
+    batch->Put(Cf::kData, "slotk1", "v1");
     batch->Put(Cf::kMeta, "applied", "7");
     auto seq = engine->Write(*batch);
     ASSERT_TRUE(seq.ok());
     EXPECT_EQ(*seq, 1u);
     EXPECT_EQ(engine->durable_seq(), 0u);
     std::string v;
-    ASSERT_TRUE(engine->Get(Cf::kData, "k1", &v).ok());
+    ASSERT_TRUE(engine->Get(Cf::kData, "slotk1", &v).ok());
     EXPECT_EQ(v, "v1");
-    EXPECT_EQ(engine->Get(Cf::kExpiry, "k1", &v).code(), Code::kNotFound);
+    EXPECT_EQ(engine->Get(Cf::kExpiry, "slotk1", &v).code(), Code::kNotFound);
     auto synced = engine->Sync();
     ASSERT_TRUE(synced.ok());
     EXPECT_EQ(*synced, 1u);
@@ -52,20 +52,36 @@ TEST_F(EngineTest, WriteIsVisibleAndSurvivesReopen) {
 TEST_F(EngineTest, DeleteRangeAndIterate) {
   auto engine = Open();
   auto batch = engine->NewBatch();
-  for (char c = 'a'; c <= 'e'; ++c) batch->Put(Cf::kData, std::string(1, c), "x");
+  for (char c = 'a'; c <= 'e'; ++c) batch->Put(Cf::kExpiry, std::string(1, c), "x");
   ASSERT_TRUE(engine->Write(*batch).ok());
   batch->Clear();
-  batch->DeleteRange(Cf::kData, "b", "d");
+  batch->DeleteRange(Cf::kExpiry, "b", "d");
   ASSERT_TRUE(engine->Write(*batch).ok());
   auto snap = engine->NewSnapshot();
   batch->Clear();
-  batch->Put(Cf::kData, "f", "x");
+  batch->Put(Cf::kExpiry, "f", "x");
   ASSERT_TRUE(engine->Write(*batch).ok());
   std::string seen;
-  auto it = engine->NewIterator(Cf::kData, snap.get());
+  auto it = engine->NewIterator(Cf::kExpiry, snap.get());
   for (it->SeekToFirst(); it->Valid(); it->Next()) seen += it->key();
   EXPECT_EQ(seen, "ade");
   EXPECT_TRUE(it->status().ok());
+}
+
+TEST_F(EngineTest, DataIteratorStaysWithinPrefix) {
+  auto engine = Open();
+  auto batch = engine->NewBatch();
+  batch->Put(Cf::kData, std::string("\0\1\0\0a", 5), "1");
+  batch->Put(Cf::kData, std::string("\0\1\0\0b", 5), "2");
+  batch->Put(Cf::kData, std::string("\0\2\0\0a", 5), "3");
+  ASSERT_TRUE(engine->Write(*batch).ok());
+  std::string prefix("\0\1\0\0", 4), seen;
+  auto it = engine->NewIterator(Cf::kData);
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) seen += it->value();
+  EXPECT_EQ(seen, "12");
+  std::string v;
+  ASSERT_TRUE(engine->Get(Cf::kData, std::string("\0\2\0\0a", 5), &v).ok());
+  EXPECT_EQ(v, "3");
 }
 
 }  // namespace

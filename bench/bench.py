@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: shoal against redis-server, same machine, same run,
+same parameters. Prints throughput, p50/p99 latency, server CPU seconds per
+100k operations and the shoal/redis ratio for every line, then memory:
+resident memory after loading 1M keys (16-byte keys, 100-byte values) and
+shoal's resident memory while it loads ten times its memory budget.
+
+  bench/bench.py --shoal build/release/src/cli/shoal [--quick]
+
+Every server it starts listens on 127.0.0.1 only and is stopped by PID."""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TESTS = ["set", "get", "incr", "mset"]
+PIPELINES = [1, 16]
+CLIENTS = 50
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    def __init__(self, name, argv, port, workdir):
+        self.name, self.port = name, port
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early, see {self.log.name}")
+            try:
+                out = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                                     text=True, timeout=5).stdout.strip()
+                if out == "PONG":
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{name} did not answer PING")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start_redis(workdir, fsync):
+    port = free_port()
+    d = tempfile.mkdtemp(dir=workdir)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
+            "--daemonize", "no"]
+    argv += ["--appendonly", "yes", "--appendfsync", "always"] if fsync else ["--appendonly", "no"]
+    return Server("redis", argv, port, workdir)
+
+
+def start_shoal(binary, workdir, fsync, maxmemory="1gb", workers=None):
+    port = free_port()
+    d = tempfile.mkdtemp(dir=workdir)
+    argv = [binary, "server", "--port", str(port), "--dir", d, "--durability",
+            "fsync" if fsync else "none", "--maxmemory", maxmemory]
+    if workers:
+        argv += ["--workers", str(workers)]
+    return Server("shoal", argv, port, workdir)
+
+
+def run_benchmark(server, test, pipeline, requests):
+    """One redis-benchmark run; returns (ops/s, p50 ms, p99 ms, cpu s per 100k ops)."""
+    cpu0 = cpu_seconds(server.pid)
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(server.port), "-c", str(CLIENTS), "-n", str(requests),
+         "-P", str(pipeline), "-t", test, "-r", "100000", "-d", "100", "--csv", "-q"],
+        capture_output=True, text=True, timeout=600).stdout
+    cpu = cpu_seconds(server.pid) - cpu0
+    for line in out.splitlines():
+        cols = [c.strip('"') for c in line.split(",")]
+        if len(cols) >= 7 and cols[0] != "test":
+            rps, p50, p99 = float(cols[1]), float(cols[4]), float(cols[6])
+            return rps, p50, p99, cpu / requests * 100000
+    raise RuntimeError(f"no result from redis-benchmark for {test}: {out!r}")
+
+
+def throughput_section(args, workdir, fsync):
+    mode = "fsync  vs redis appendfsync always" if fsync else "none   vs redis without persistence"
+    print(f"\n== durability {mode}; -c {CLIENTS}, median of {args.rounds} rounds")
+    print(f"{'test':<7}{'P':>3} | {'shoal ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | "
+          f"{'redis ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | {'ratio':>6}{'cpu ratio':>10}")
+    rows = []
+    for test in TESTS:
+        for p in PIPELINES:
+            n = args.requests * (4 if p > 1 else 1)
+            if fsync and p == 1:
+                n = max(n // 4, 20000)
+            results = {"shoal": [], "redis": []}
+            for _ in range(args.rounds):
+                # Fresh servers each round, alternating who goes first.
+                for name in (["shoal", "redis"] if _ % 2 == 0 else ["redis", "shoal"]):
+                    srv = (start_shoal(args.shoal, workdir, fsync, workers=args.workers)
+                           if name == "shoal" else start_redis(workdir, fsync))
+                    try:
+                        results[name].append(run_benchmark(srv, test, p, n))
+                    finally:
+                        srv.stop()
+            med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in results.items()}
+            s, r = med["shoal"], med["redis"]
+            ratio = s[0] / r[0] if r[0] else 0
+            cpu_ratio = r[3] / s[3] if s[3] else 0
+            rows.append((test, p, ratio))
+            print(f"{test:<7}{p:>3} | {s[0]:>12.0f}{s[1]:>7.3f}{s[2]:>7.3f}{s[3]:>9.3f} | "
+                  f"{r[0]:>12.0f}{r[1]:>7.3f}{r[2]:>7.3f}{r[3]:>9.3f} | {ratio:>6.2f}{cpu_ratio:>10.2f}",
+                  flush=True)
+    return rows
+
+
+def load_keys(port, count, key_bytes=16, value_bytes=100, chunk=100000):
+    """Loads `count` distinct keys via redis-cli --pipe (16-byte keys, 100-byte values)."""
+    value = b"v" * value_bytes
+    for start in range(0, count, chunk):
+        buf = bytearray()
+        for i in range(start, min(count, start + chunk)):
+            key = b"k%0*d" % (key_bytes - 1, i)
+            buf += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value)
+        subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=bytes(buf),
+                       capture_output=True, check=True, timeout=600)
+        yield min(count, start + chunk)
+
+
+def memory_section(args, workdir):
+    print(f"\n== memory: resident after loading {args.keys:,} keys (16-byte keys, 100-byte values)")
+    rss = {}
+    for name in ("shoal", "redis"):
+        srv = start_shoal(args.shoal, workdir, False) if name == "shoal" else start_redis(workdir, False)
+        try:
+            for _ in load_keys(srv.port, args.keys):
+                pass
+            time.sleep(1)
+            rss[name] = rss_bytes(srv.pid)
+        finally:
+            srv.stop()
+    print(f"shoal {rss['shoal'] / 2**20:8.1f} MiB   redis {rss['redis'] / 2**20:8.1f} MiB   "
+          f"ratio redis/shoal {rss['redis'] / rss['shoal']:.2f} (>= 1.0: shoal uses less)")
+
+    budget = args.budget_mb
+    data_mb = budget * 10
+    keys = data_mb * 2**20 // 116
+    print(f"\n== memory budget: shoal --maxmemory {budget}mb loading {data_mb} MiB "
+          f"({keys:,} keys), resident sampled after every 100k keys")
+    srv = start_shoal(args.shoal, workdir, False, maxmemory=f"{budget}mb")
+    peak = 0
+    try:
+        for done in load_keys(srv.port, keys):
+            r = rss_bytes(srv.pid)
+            peak = max(peak, r)
+        info = subprocess.run(["redis-cli", "-p", str(srv.port), "INFO", "memory"],
+                              capture_output=True, text=True).stdout
+        dbsize = subprocess.run(["redis-cli", "-p", str(srv.port), "DBSIZE"],
+                                capture_output=True, text=True).stdout.strip()
+        sample = subprocess.run(["redis-cli", "-p", str(srv.port), "GET", "k%015d" % (keys // 2)],
+                                capture_output=True, text=True).stdout.strip()
+    finally:
+        srv.stop()
+    print(f"peak resident {peak / 2**20:.1f} MiB for a {budget} MiB budget "
+          f"(ratio budget/peak {budget * 2**20 / peak:.2f}); DBSIZE {dbsize}; "
+          f"a key from the middle reads back {'ok' if sample == 'v' * 100 else 'WRONG'}")
+    for line in info.splitlines():
+        if line.startswith(("storage_", "client_buffers", "used_memory:", "maxmemory:")):
+            print("  " + line)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shoal", default="build/release/src/cli/shoal")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=200000, help="requests per run at -P 1")
+    ap.add_argument("--keys", type=int, default=1000000)
+    ap.add_argument("--budget-mb", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
+    ap.add_argument("--only", choices=["none", "fsync", "memory"], action="append")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.requests, args.keys = 1, 50000, 200000
+    if not os.access(args.shoal, os.X_OK):
+        sys.exit(f"no shoal binary at {args.shoal}: cmake --preset release && cmake --build build/release")
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: scripts/install-deps.sh installs it")
+    print(f"shoal {subprocess.run([args.shoal, '--version'], capture_output=True, text=True).stdout.strip()}"
+          f" vs {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};"
+          f" {os.cpu_count()} cores")
+    only = set(args.only or ["none", "fsync", "memory"])
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir:
+        if "none" in only:
+            throughput_section(args, workdir, False)
+        if "fsync" in only:
+            throughput_section(args, workdir, True)
+        if "memory" in only:
+            memory_section(args, workdir)
+
+
+if __name__ == "__main__":
+    main()
