@@ -165,6 +165,27 @@ TEST(Shard, ReplayingTheLogGivesTheSameState) {
   EXPECT_EQ(b.Run({"strlen", "z"}), ":11\r\n");
 }
 
+TEST(Shard, ABatchAppliesLikeOneByOne) {
+  ShardHarness a("batch_a"), b("batch_b");
+  a.Run({"mset", "x", "1", "y", "2"});
+  a.Run({"incr", "x"});
+  a.Run({"set", "x", "10", "px", "50", "get"});
+  a.Run({"append", "x", "0"});
+  a.Run({"rename", "y", "z"});
+  a.Run({"msetnx", "z", "9", "w", "9"});
+  a.Run({"del", "x", "w"});
+  a.Run({"incrbyfloat", "z", "0.5"});
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : a.log) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(b.shard().ApplyBatch(a.log, fns, Limits{}, &w).ok());
+  EXPECT_EQ(replies, "+OK\r\n:2\r\n$1\r\n2\r\n:3\r\n+OK\r\n:0\r\n:1\r\n$3\r\n2.5\r\n");
+  for (const char* key : {"x", "y", "z", "w"}) EXPECT_EQ(a.Run({"get", key}), b.Run({"get", key}));
+  EXPECT_EQ(b.Run({"dbsize"}), ":1\r\n");
+  EXPECT_EQ(b.shard().applied_index(), a.shard().applied_index());
+}
+
 TEST(Shard, ScanVisitsEveryKeyOnce) {
   ShardHarness h("scan");
   for (int i = 0; i < 300; ++i) h.Run({"set", "key:" + std::to_string(i), "v"});
