@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake --preset release >/dev/null
 cmake --build build/release --target shoal -- -j"$(nproc)"
 echo "shoal: starting; connect with: redis-cli -p 6379   (Ctrl-C stops it)"

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 jobs="${SHOAL_BUILD_JOBS:-$(nproc)}"
+# Let ccache reuse objects across clones in other folders (CI clones afresh).
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake --preset fuzz >/dev/null
 cmake --build build/fuzz -- -j"$jobs"
 cmake --preset debug -DSHOAL_FUZZ_BINARY="$PWD/build/fuzz/tests/fuzz/resp_parser_fuzz" >/dev/null

@@ -1,0 +1,113 @@
+"""Server behaviour that has no redis-server counterpart to diff against:
+active expiry, INFO, the memory budget, configuration, maxclients."""
+import os
+import subprocess
+import time
+
+import pytest
+import redis
+
+from conftest import shoal_available
+
+pytestmark = pytest.mark.skipif(not shoal_available(), reason="SHOAL_BIN not set")
+
+
+def test_active_expiry_removes_keys_without_access(shoal):
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):
+        pipe.set(f"short:{i}", "v", px=100)
+    pipe.set("long", "v", ex=3600)
+    pipe.execute()
+    assert r.dbsize() == 301
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and r.dbsize() > 1:  # bounded wait, never touching the keys
+        time.sleep(0.1)
+    assert r.dbsize() == 1, "active expiry did not remove expired keys"
+    info = r.info()
+    assert info["expired_keys"] == 300
+    assert info["db0"]["keys"] == 1 and info["db0"]["expires"] == 1
+    assert r.get("long") == b"v"
+
+
+def test_info_sections_and_counters(shoal):
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    r.set("a", "1")
+    r.get("a")
+    info = r.info("all")
+    for field in ("redis_version", "tcp_port", "connected_clients", "used_memory",
+                  "storage_block_cache_bytes", "durability", "total_commands_processed"):
+        assert field in info, field
+    assert info["tcp_port"] == shoal.port
+    assert info["durability"] == "fsync"
+    assert info["total_commands_processed"] >= 2
+    assert info["durable_seq"] >= 1, "an acknowledged write in fsync mode must be synced"
+    r.config_resetstat()
+    assert r.info("stats")["total_commands_processed"] <= 2
+    assert set(r.info("keyspace")) == {"db0"}
+
+
+def test_config_set_changes_limits_at_run_time(shoal):
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    assert r.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(512 * 1024 * 1024)}
+    assert r.config_set("proto-max-bulk-len", "1mb")
+    r.set("k", "")
+    with pytest.raises(redis.ResponseError, match="string exceeds maximum allowed size"):
+        r.setrange("k", 1024 * 1024, "x")
+    with pytest.raises(redis.ResponseError, match="Unknown option"):
+        r.config_set("port", "1")
+    with pytest.raises(redis.ResponseError, match="CONFIG SET failed"):
+        r.config_set("maxclients", "abc")
+
+
+def test_maxclients_refuses_extra_connections(shoal):
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    r.config_set("maxclients", "3")
+    held = [redis.Redis(host=shoal.host, port=shoal.port) for _ in range(2)]
+    for h in held:
+        assert h.ping()
+    extra = redis.Redis(host=shoal.host, port=shoal.port)
+    with pytest.raises(redis.exceptions.ConnectionError, match="max number of clients"):
+        extra.ping()
+    for h in held:
+        h.close()
+    r.config_set("maxclients", "10000")
+
+
+def test_bad_configuration_is_refused_clearly(tmp_path):
+    binary = os.environ["SHOAL_BIN"]
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('prot = 7000\n')
+    out = subprocess.run([binary, "server", "--config", str(cfg), "--dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "unknown setting 'prot'" in out.stderr
+    out = subprocess.run([binary, "server", "--durability", "sometimes"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode != 0 and "durability" in out.stderr
+
+
+def test_data_larger_than_the_memory_budget(shoal_factory, tmp_path):
+    # 32 MiB budget, ~80 MiB of values: everything must read back.
+    cfg = tmp_path / "small.toml"
+    cfg.write_text('maxmemory = "32mb"\n')
+    s = shoal_factory(config=cfg, durability="none")
+    r = redis.Redis(host=s.host, port=s.port)
+    import random
+    rng = random.Random(7)  # incompressible values, reproducible
+    kept = {}
+    for start in range(0, 20000, 1000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, start + 1000):
+            v = rng.randbytes(4096)
+            if i % 997 == 0:
+                kept[i] = v
+            pipe.set(f"big:{i}", v)
+        pipe.execute()
+    assert r.dbsize() == 20000
+    for i, v in kept.items():
+        assert r.get(f"big:{i}") == v
+    mem = r.info("memory")
+    assert mem["maxmemory"] == 32 * 1024 * 1024
+    assert mem["storage_block_cache_capacity"] <= 24 * 1024 * 1024
+    assert mem["storage_disk_bytes"] > 32 * 1024 * 1024, "the data should have gone to disk"
