@@ -1,7 +1,10 @@
 // shoal: the command-line entry point.
 //   shoal server [flags]     run one node
 //   shoal --version
+#include <sys/resource.h>
+
 #include <csignal>
+#include <algorithm>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -57,8 +60,23 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   return c->Validate();
 }
 
+// Raises the open-file limit so that maxclients connections fit, as far as
+// the hard limit allows (RocksDB needs descriptors too).
+void RaiseFileLimit(const Config& config) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t want = static_cast<rlim_t>(config.maxclients) + 2048 + 64;
+  if (rl.rlim_cur >= want) return;
+  rl.rlim_cur = std::min(want, rl.rlim_max);
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want) {
+    spdlog::warn("open file limit {} is below maxclients {} + storage needs", rl.rlim_cur,
+                 config.maxclients);
+  }
+}
+
 int RunServer(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit(config);
   shoal::server::Server server(config);
   shoal::Status s = server.Start();
   if (!s.ok()) {

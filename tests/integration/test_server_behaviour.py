@@ -111,3 +111,36 @@ def test_data_larger_than_the_memory_budget(shoal_factory, tmp_path):
     assert mem["maxmemory"] == 32 * 1024 * 1024
     assert mem["storage_block_cache_capacity"] <= 24 * 1024 * 1024
     assert mem["storage_disk_bytes"] > 32 * 1024 * 1024, "the data should have gone to disk"
+
+
+def test_two_thousand_concurrent_connections(shoal):
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 2200:
+        pytest.skip("this process may not open 2000 sockets")
+    socks = []
+    try:
+        for _ in range(2000):
+            socks.append(socket.create_connection((shoal.host, shoal.port), timeout=10))
+        for i, s in enumerate(socks):
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nconn%02d\r\n$1\r\nv\r\n" % (i % 100) if i < 100
+                      else b"PING\r\n")
+        for i, s in enumerate(socks):
+            want = b"+OK\r\n" if i < 100 else b"+PONG\r\n"
+            got = b""
+            for _ in range(100):  # bounded: a reply is a few bytes
+                if len(got) >= len(want):
+                    break
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+            assert got == want, (i, got)
+        r = redis.Redis(host=shoal.host, port=shoal.port)
+        assert r.info("clients")["connected_clients"] >= 2000
+    finally:
+        for s in socks:
+            s.close()
