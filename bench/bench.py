@@ -37,10 +37,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def rss_bytes(pid):
+def rss_bytes(pid, field="VmRSS:"):
+    """Resident memory; field "RssAnon:" leaves out the mapped binary and libraries."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -175,17 +176,20 @@ def memory_section(args, workdir):
     print(f"shoal {rss['shoal'] / 2**20:8.1f} MiB   redis {rss['redis'] / 2**20:8.1f} MiB   "
           f"ratio redis/shoal {rss['redis'] / rss['shoal']:.2f} (>= 1.0: shoal uses less)")
 
+
+def budget_section(args, workdir):
+    start = time.time()
     budget = args.budget_mb
     data_mb = budget * 10
     keys = data_mb * 2**20 // 116
     print(f"\n== memory budget: shoal --maxmemory {budget}mb loading {data_mb} MiB "
           f"({keys:,} keys), resident sampled after every 100k keys")
     srv = start_shoal(args.shoal, workdir, False, maxmemory=f"{budget}mb")
-    peak = 0
+    peak = peak_anon = 0
     try:
         for done in load_keys(srv.port, keys):
-            r = rss_bytes(srv.pid)
-            peak = max(peak, r)
+            peak = max(peak, rss_bytes(srv.pid))
+            peak_anon = max(peak_anon, rss_bytes(srv.pid, "RssAnon:"))
         info = subprocess.run(["redis-cli", "-p", str(srv.port), "INFO", "memory"],
                               capture_output=True, text=True).stdout
         dbsize = subprocess.run(["redis-cli", "-p", str(srv.port), "DBSIZE"],
@@ -194,8 +198,11 @@ def memory_section(args, workdir):
                                 capture_output=True, text=True).stdout.strip()
     finally:
         srv.stop()
-    print(f"peak resident {peak / 2**20:.1f} MiB for a {budget} MiB budget "
-          f"(ratio budget/peak {budget * 2**20 / peak:.2f}); DBSIZE {dbsize}; "
+    rate = keys / (time.time() - start)
+    print(f"loaded at {rate:,.0f} keys/s; "
+          f"peak resident {peak / 2**20:.1f} MiB (anonymous {peak_anon / 2**20:.1f} MiB) for a "
+          f"{budget} MiB budget (ratio budget/peak {budget * 2**20 / peak:.2f}, "
+          f"budget/anonymous {budget * 2**20 / peak_anon:.2f}); DBSIZE {dbsize}; "
           f"a key from the middle reads back {'ok' if sample == 'v' * 100 else 'WRONG'}")
     for line in info.splitlines():
         if line.startswith(("storage_", "client_buffers", "used_memory:", "maxmemory:")):
@@ -211,7 +218,7 @@ def main():
     ap.add_argument("--budget-mb", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
-    ap.add_argument("--only", choices=["none", "fsync", "memory"], action="append")
+    ap.add_argument("--only", choices=["none", "fsync", "memory", "budget"], action="append")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.requests, args.keys = 1, 50000, 200000
@@ -223,7 +230,7 @@ def main():
     print(f"shoal {subprocess.run([args.shoal, '--version'], capture_output=True, text=True).stdout.strip()}"
           f" vs {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};"
           f" {os.cpu_count()} cores")
-    only = set(args.only or ["none", "fsync", "memory"])
+    only = set(args.only or ["none", "fsync", "memory", "budget"])
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir:
         if "none" in only:
             throughput_section(args, workdir, False)
@@ -231,6 +238,8 @@ def main():
             throughput_section(args, workdir, True)
         if "memory" in only:
             memory_section(args, workdir)
+        if "budget" in only:
+            budget_section(args, workdir)
 
 
 if __name__ == "__main__":

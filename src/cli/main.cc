@@ -1,6 +1,7 @@
 // shoal: the command-line entry point.
 //   shoal server [flags]     run one node
 //   shoal --version
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <csignal>
@@ -76,6 +77,8 @@ void RaiseFileLimit(const Config& config) {
 
 int RunServer(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
+  // Few malloc arenas: per-thread arenas fragment and hold memory outside the budget.
+  mallopt(M_ARENA_MAX, 2);
   RaiseFileLimit(config);
   shoal::server::Server server(config);
   shoal::Status s = server.Start();

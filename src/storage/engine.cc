@@ -190,9 +190,15 @@ class RocksEngine final : public Engine {
 
 Status RocksEngine::OpenDb(const EngineOptions& options) {
   int64_t budget = std::max<int64_t>(options.memory_budget_bytes, 32LL << 20);
-  int64_t cache_bytes = budget / 4 * 3;
+  // Half the budget for RocksDB's cache, memtables included; the rest covers
+  // the process itself, compaction buffers and client buffers.
+  int64_t cache_bytes = budget / 2;
   int64_t memtable_bytes = budget / 4;
-  cache_ = rocksdb::NewLRUCache(static_cast<size_t>(cache_bytes));
+  // Few cache shards: a shard must hold the largest block we cache (index and
+  // filter partitions), or such blocks would be read from disk on every Get.
+  int shard_bits = 0;
+  while (shard_bits < 6 && (cache_bytes >> (shard_bits + 1)) >= (16LL << 20)) ++shard_bits;
+  cache_ = rocksdb::NewLRUCache(static_cast<size_t>(cache_bytes), shard_bits);
   // Memtables are charged to the same cache, so one number bounds both.
   wbm_ = std::make_shared<rocksdb::WriteBufferManager>(static_cast<size_t>(memtable_bytes), cache_);
 
@@ -202,6 +208,12 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   table.cache_index_and_filter_blocks = true;
   table.cache_index_and_filter_blocks_with_high_priority = true;
   table.pin_l0_filter_and_index_blocks_in_cache = true;
+  // Partitioned index and filters: a lookup loads small partitions, so data
+  // far larger than the cache does not thrash whole multi-MB filter blocks.
+  table.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+  table.partition_filters = true;
+  table.pin_top_level_index_and_filter = true;
+  table.metadata_block_size = 4096;
   table.format_version = 5;
   table.block_size = 16 * 1024;
 

@@ -20,8 +20,9 @@ enum class Cf : uint8_t { kData = 0, kExpiry = 1, kMeta = 2 };
 
 struct EngineOptions {
   std::string dir;
-  // Memory RocksDB may hold: block cache and memtables are charged to one
-  // cache of 3/4 of this; the rest is left for client buffers and indexes.
+  // Memory the node may hold: block cache and memtables are charged to one
+  // cache of 1/2 of this (memtables at most 1/4); the rest is left for the
+  // process, compaction buffers and client buffers.
   int64_t memory_budget_bytes = 1LL << 30;
 };
 
