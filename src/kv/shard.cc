@@ -35,8 +35,12 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(uint16_t db, std::string_vie
   if (it != staged_.end()) return it->second.raw;
   std::string raw;
   Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
-  if (s.code() == Code::kNotFound) return std::optional<std::string>();
+  if (s.code() == Code::kNotFound) {
+    staged_.emplace(dkey, Staged{std::nullopt});  // remembered: a command reads, then writes
+    return std::optional<std::string>();
+  }
   if (!s.ok()) return s;
+  staged_.emplace(dkey, Staged{raw});
   return std::optional<std::string>(std::move(raw));
 }
 
@@ -95,7 +99,8 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
 }
 
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
-  SHOAL_CHECK(staged_.empty());
+  SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
+  staged_.clear();
   uint16_t begin = shard_->slot_begin_, end = shard_->slot_end_;
   auto reset = [&](uint16_t d) {
     Counts& c = deltas_[d];

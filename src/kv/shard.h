@@ -71,7 +71,7 @@ class ApplyTxn {
   storage::Engine* engine_;
   storage::WriteBatch* batch_;
   int64_t now_ms_;
-  std::map<std::string, Staged> staged_;  // by data key
+  std::map<std::string, Staged> staged_;  // by data key: values read or written in this apply
   std::map<uint16_t, Counts> deltas_;
 };
 
