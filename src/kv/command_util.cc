@@ -42,6 +42,26 @@ Status PutString(ApplyTxn& txn, uint16_t db, std::string_view key, std::string_v
   return txn.Put(db, key, EncodeValue(ValueType::kString, expire_at_ms, payload));
 }
 
+std::optional<StringAt> GetStringForWrite(ApplyTxn& txn, uint16_t db, std::string_view key,
+                                          resp::Writer* reply, Status* status) {
+  auto raw = txn.GetLive(db, key);
+  if (!raw.ok()) {
+    *status = raw.status();
+    return std::nullopt;
+  }
+  StringAt out;
+  if (!*raw) return out;
+  Value v = DecodeOrDie(**raw);
+  if (v.type != ValueType::kString) {
+    reply->Error(kErrWrongType);
+    return std::nullopt;
+  }
+  out.found = true;
+  out.payload.assign(v.payload);
+  out.expire_at_ms = v.expire_at_ms;
+  return out;
+}
+
 std::string Int64ToString(int64_t v) {
   char buf[24];
   auto r = std::to_chars(buf, buf + sizeof(buf), v);

@@ -34,4 +34,16 @@ Status PutString(ApplyTxn& txn, uint16_t db, std::string_view key, std::string_v
 
 std::string Int64ToString(int64_t v);
 
+// The live value at a key that a string command is about to change.
+struct StringAt {
+  bool found = false;
+  std::string payload;
+  int64_t expire_at_ms = 0;
+};
+
+// Reads key for a string write. Returns nullopt if the command must stop:
+// WRONGTYPE was replied (*status ok), or storage failed (*status says why).
+std::optional<StringAt> GetStringForWrite(ApplyTxn& txn, uint16_t db, std::string_view key,
+                                          resp::Writer* reply, Status* status);
+
 }  // namespace shoal::kv

@@ -76,12 +76,8 @@ std::optional<std::string> ExpireToAbsolute(const PrepareContext& ctx, std::stri
   return std::nullopt;
 }
 
-void ReplyStringOrNull(const std::optional<std::string>& raw, resp::Writer* reply) {
-  if (!raw) {
-    reply->NullBulk();
-    return;
-  }
-  reply->Bulk(DecodeOrDie(*raw).payload);
+void ReplyStringOrNull(const StringAt& at, resp::Writer* reply) {
+  at.found ? reply->Bulk(at.payload) : reply->NullBulk();
 }
 
 // ---- GET, STRLEN, GETRANGE, MGET (reads)
@@ -172,24 +168,28 @@ Status SetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* repl
   const std::string& key = e.args[0];
   std::string_view flags = e.args[2];
   int64_t expire_at = *ParseInt64(e.args[3]);
-  auto old = txn.GetLive(e.db, key);
-  if (!old.ok()) return old.status();
   bool get = HasFlag(flags, kGet);
-  if (get && *old && DecodeOrDie(**old).type != ValueType::kString) {
-    reply->Error(kErrWrongType);
+  StringAt old;
+  Status s;
+  if (get) {
+    // SET ... GET answers WRONGTYPE for a non-string; plain SET overwrites any type.
+    auto at = GetStringForWrite(txn, e.db, key, reply, &s);
+    if (!at) return s;
+    old = std::move(*at);
+  } else {
+    auto raw = txn.GetLive(e.db, key);
+    if (!raw.ok()) return raw.status();
+    old.found = raw->has_value();
+    if (old.found) old.expire_at_ms = DecodeOrDie(**raw).expire_at_ms;
+  }
+  if ((HasFlag(flags, kNx) && old.found) || (HasFlag(flags, kXx) && !old.found)) {
+    get ? ReplyStringOrNull(old, reply) : reply->NullBulk();
     return Status::Ok();
   }
-  bool found = old->has_value();
-  if ((HasFlag(flags, kNx) && found) || (HasFlag(flags, kXx) && !found)) {
-    get ? ReplyStringOrNull(*old, reply) : reply->NullBulk();
-    return Status::Ok();
-  }
-  if (expire_at == 0 && HasFlag(flags, kKeepTtl) && found) {
-    expire_at = DecodeOrDie(**old).expire_at_ms;
-  }
-  Status s = PutString(txn, e.db, key, e.args[1], expire_at);
+  if (expire_at == 0 && HasFlag(flags, kKeepTtl) && old.found) expire_at = old.expire_at_ms;
+  s = PutString(txn, e.db, key, e.args[1], expire_at);
   if (!s.ok()) return s;
-  get ? ReplyStringOrNull(*old, reply) : reply->Simple("OK");
+  get ? ReplyStringOrNull(old, reply) : reply->Simple("OK");
   return Status::Ok();
 }
 
@@ -225,27 +225,21 @@ Status SetnxApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
 }
 
 Status GetsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
-  if (*old && DecodeOrDie(**old).type != ValueType::kString) {
-    reply->Error(kErrWrongType);
-    return Status::Ok();
-  }
-  Status s = PutString(txn, e.db, e.args[0], e.args[1], 0);
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
+  s = PutString(txn, e.db, e.args[0], e.args[1], 0);
   if (s.ok()) ReplyStringOrNull(*old, reply);
   return s;
 }
 
 Status GetdelApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
-  if (*old && DecodeOrDie(**old).type != ValueType::kString) {
-    reply->Error(kErrWrongType);
-    return Status::Ok();
-  }
-  if (*old) {
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
+  if (old->found) {
     bool existed = false;
-    Status s = txn.Delete(e.db, e.args[0], &existed);
+    s = txn.Delete(e.db, e.args[0], &existed);
     if (!s.ok()) return s;
   }
   ReplyStringOrNull(*old, reply);
@@ -279,15 +273,11 @@ bool GetexPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writ
 
 Status GetexApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string& key = e.args[0];
-  auto old = txn.GetLive(e.db, key);
-  if (!old.ok()) return old.status();
-  if (!*old) {
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, key, reply, &s);
+  if (!old) return s;
+  if (!old->found) {
     reply->NullBulk();
-    return Status::Ok();
-  }
-  Value v = DecodeOrDie(**old);
-  if (v.type != ValueType::kString) {
-    reply->Error(kErrWrongType);
     return Status::Ok();
   }
   char mode = e.args[1][0];
@@ -295,14 +285,12 @@ Status GetexApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
     reply->Error(e.args[2]);
     return Status::Ok();
   }
-  std::string payload(v.payload);
-  Status s;
   if (mode == 'E') {
-    s = PutString(txn, e.db, key, payload, *ParseInt64(e.args[2]));
-  } else if (mode == 'P' && v.expire_at_ms != 0) {
-    s = PutString(txn, e.db, key, payload, 0);
+    s = PutString(txn, e.db, key, old->payload, *ParseInt64(e.args[2]));
+  } else if (mode == 'P' && old->expire_at_ms != 0) {
+    s = PutString(txn, e.db, key, old->payload, 0);
   }
-  if (s.ok()) reply->Bulk(payload);
+  if (s.ok()) reply->Bulk(old->payload);
   return s;
 }
 
@@ -351,27 +339,17 @@ bool CheckLength(int64_t size, int64_t append, const Limits& limits) {
 }
 
 Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
-  std::string payload;
-  int64_t expire_at = 0;
-  if (*old) {
-    Value v = DecodeOrDie(**old);
-    if (v.type != ValueType::kString) {
-      reply->Error(kErrWrongType);
-      return Status::Ok();
-    }
-    if (!CheckLength(static_cast<int64_t>(v.payload.size()), static_cast<int64_t>(e.args[1].size()),
-                     limits)) {
-      reply->Error(kErrStringTooLong);
-      return Status::Ok();
-    }
-    payload.reserve(v.payload.size() + e.args[1].size());
-    payload.assign(v.payload);
-    expire_at = v.expire_at_ms;
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
+  if (old->found && !CheckLength(static_cast<int64_t>(old->payload.size()),
+                                 static_cast<int64_t>(e.args[1].size()), limits)) {
+    reply->Error(kErrStringTooLong);
+    return Status::Ok();
   }
+  std::string& payload = old->payload;
   payload.append(e.args[1]);
-  Status s = PutString(txn, e.db, e.args[0], payload, expire_at);
+  s = PutString(txn, e.db, e.args[0], payload, old->expire_at_ms);
   if (s.ok()) reply->Integer(static_cast<int64_t>(payload.size()));
   return s;
 }
@@ -393,24 +371,12 @@ bool SetrangePrepare(const PrepareContext&, Args args, Entry* entry, resp::Write
 Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
   int64_t offset = *ParseInt64(e.args[1]);
   const std::string& value = e.args[2];
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
-  std::string payload;
-  int64_t expire_at = 0;
-  if (*old) {
-    Value v = DecodeOrDie(**old);
-    if (v.type != ValueType::kString) {
-      reply->Error(kErrWrongType);
-      return Status::Ok();
-    }
-    if (value.empty()) {
-      reply->Integer(static_cast<int64_t>(v.payload.size()));
-      return Status::Ok();
-    }
-    payload.assign(v.payload);
-    expire_at = v.expire_at_ms;
-  } else if (value.empty()) {
-    reply->Integer(0);
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
+  std::string& payload = old->payload;
+  if (value.empty()) {  // nothing to write: the current length (0 when absent)
+    reply->Integer(static_cast<int64_t>(payload.size()));
     return Status::Ok();
   }
   if (!CheckLength(offset, static_cast<int64_t>(value.size()), limits)) {
@@ -420,7 +386,7 @@ Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::
   size_t end = static_cast<size_t>(offset) + value.size();
   if (payload.size() < end) payload.resize(end, '\0');
   payload.replace(static_cast<size_t>(offset), value.size(), value);
-  Status s = PutString(txn, e.db, e.args[0], payload, expire_at);
+  s = PutString(txn, e.db, e.args[0], payload, old->expire_at_ms);
   if (s.ok()) reply->Integer(static_cast<int64_t>(payload.size()));
   return s;
 }
@@ -462,22 +428,17 @@ bool DecrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*
 // args: key increment (all of INCR, DECR, INCRBY, DECRBY)
 Status IncrApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   int64_t by = *ParseInt64(e.args[1]);
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
-  int64_t value = 0, expire_at = 0;
-  if (*old) {
-    Value v = DecodeOrDie(**old);
-    if (v.type != ValueType::kString) {
-      reply->Error(kErrWrongType);
-      return Status::Ok();
-    }
-    auto parsed = ParseInt64(v.payload);
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
+  int64_t value = 0;
+  if (old->found) {
+    auto parsed = ParseInt64(old->payload);
     if (!parsed) {
       reply->Error(kErrNotInteger);
       return Status::Ok();
     }
     value = *parsed;
-    expire_at = v.expire_at_ms;
   }
   if ((by < 0 && value < 0 && by < (LLONG_MIN - value)) ||
       (by > 0 && value > 0 && by > (LLONG_MAX - value))) {
@@ -485,29 +446,23 @@ Status IncrApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
     return Status::Ok();
   }
   value += by;
-  Status s = PutString(txn, e.db, e.args[0], Int64ToString(value), expire_at);
+  s = PutString(txn, e.db, e.args[0], Int64ToString(value), old->expire_at_ms);
   if (s.ok()) reply->Integer(value);
   return s;
 }
 
 Status IncrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  auto old = txn.GetLive(e.db, e.args[0]);
-  if (!old.ok()) return old.status();
+  Status s;
+  auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
+  if (!old) return s;
   long double value = 0;
-  int64_t expire_at = 0;
-  if (*old) {
-    Value v = DecodeOrDie(**old);
-    if (v.type != ValueType::kString) {
-      reply->Error(kErrWrongType);
-      return Status::Ok();
-    }
-    auto parsed = ParseLongDouble(v.payload);
+  if (old->found) {
+    auto parsed = ParseLongDouble(old->payload);
     if (!parsed) {
       reply->Error(kErrNotFloat);
       return Status::Ok();
     }
     value = *parsed;
-    expire_at = v.expire_at_ms;
   }
   auto by = ParseLongDouble(e.args[1]);
   if (!by) {
@@ -520,7 +475,7 @@ Status IncrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writ
     return Status::Ok();
   }
   std::string text = FormatLongDoubleHuman(value);
-  Status s = PutString(txn, e.db, e.args[0], text, expire_at);
+  s = PutString(txn, e.db, e.args[0], text, old->expire_at_ms);
   if (s.ok()) reply->Bulk(text);
   return s;
 }
