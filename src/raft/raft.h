@@ -1,0 +1,226 @@
+// Raft: the consensus state machine of one replica (Ongaro's thesis, shaped
+// after etcd-io/raft). It does no I/O: callers feed it ticks, messages and
+// proposals and collect the messages, entries and state it produces through
+// RawNode. Single-threaded; owned by one RawNode. See docs/design/raft.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "raft/progress.h"
+#include "raft/raft_log.h"
+#include "raft/read_only.h"
+#include "raft/rng.h"
+#include "raft/storage.h"
+#include "raft/types.h"
+
+namespace shoal::raft {
+
+// How the leader serves linearizable reads.
+enum class ReadOnlyOption : uint8_t {
+  kSafe,        // every read waits for a heartbeat quorum (ReadIndex)
+  kLeaseBased,  // the leader answers alone while its lease holds (needs check_quorum)
+};
+
+// A replica's role; kPreCandidate runs the pre-vote round.
+enum class Role : uint8_t { kFollower, kPreCandidate, kCandidate, kLeader };
+// Short name for logs.
+const char* to_string(Role r);
+
+// Tuning and identity of one replica. Defaults suit a LAN with a 100 ms tick.
+struct Config {
+  NodeId id = kNoNode;
+  // Ticks without leader contact before a follower campaigns (randomised in
+  // [election_tick, 2*election_tick)). Must exceed heartbeat_tick.
+  int election_tick = 10;
+  // Ticks between leader heartbeats.
+  int heartbeat_tick = 1;
+  // Last index the application applied before a restart; 0 = the snapshot index.
+  Index applied = 0;
+  // Byte budget of entries in one kApp message (at least one entry is sent).
+  uint64_t max_size_per_msg = 1 << 20;
+  // In-flight kApp messages per follower in the replicate state.
+  size_t max_inflight_msgs = 256;
+  // Bytes of in-flight entries per follower.
+  uint64_t max_inflight_bytes = kNoLimit;
+  // Bytes of proposed but uncommitted entries the leader accepts; beyond it
+  // proposals are refused (one proposal is always accepted when none is pending).
+  uint64_t max_uncommitted_entries_size = 64 << 20;
+  // Bytes of committed entries handed out per Ready.
+  uint64_t max_committed_size_per_ready = 64 << 20;
+  // ReadIndex requests a new leader holds until it commits in its term.
+  size_t max_pending_reads = 4096;
+  // Run a pre-vote round so a partitioned node cannot disrupt on rejoin.
+  bool pre_vote = true;
+  // A leader that has not heard from a quorum within an election timeout
+  // steps down; followers in contact with a leader ignore vote requests.
+  bool check_quorum = true;
+  ReadOnlyOption read_only_option = ReadOnlyOption::kSafe;
+  // Lease safety margin in ticks for the worst clock drift between replicas
+  // over one election timeout (docs/design/raft.md). Must be < election_tick.
+  int lease_drift_margin_ticks = 2;
+  // Seed of this replica's PRNG (election timeouts). Differ it per replica.
+  uint64_t seed = 0;
+  // TEST ONLY. Breaks safety: commits entries of previous terms by counting
+  // replicas (Raft paper Figure 8). Used to prove the simulator catches it.
+  bool unsafe_commit_previous_term_ForTest = false;
+
+  // Checks the values above; a bad config is an InvalidArgument.
+  Status validate() const;
+};
+
+// Why a proposal was refused.
+enum class ProposeError : uint8_t {
+  kNone,
+  kNotLeader,           // see leader_hint (kNoNode when no leader is known)
+  kTransferring,        // leadership transfer in progress
+  kTooManyUncommitted,  // max_uncommitted_entries_size reached; retry later
+  kConfChangePending,   // a membership change is still being applied
+  kInvalidConfChange,   // the change is invalid for the current configuration
+  kRemoved,             // this leader is no longer a member
+};
+// Short description for logs and client errors.
+const char* to_string(ProposeError e);
+
+// Outcome of a proposal: on success the entry's index and term (it is
+// committed when an entry with this index and term is applied).
+struct [[nodiscard]] Proposal {
+  ProposeError error = ProposeError::kNone;
+  NodeId leader_hint = kNoNode;
+  Index index = 0;
+  Term term = 0;
+  bool ok() const { return error == ProposeError::kNone; }
+};
+
+// Volatile state worth reporting when it changes.
+struct SoftState {
+  NodeId lead = kNoNode;
+  Role role = Role::kFollower;
+  bool operator==(const SoftState&) const = default;
+};
+
+// The consensus state machine of one replica; see the file comment.
+class Raft {
+ public:
+  // Restores from storage. `config` must be valid; storage must outlive this.
+  Raft(const Config& config, const Storage* storage);
+
+  // Advances logical time by one tick.
+  void tick();
+  // Processes one message (from a peer or a local kHup/kBeat/...).
+  void step(Message m);
+  // Appends a normal entry if this node is leader.
+  Proposal propose(std::string data);
+  // Appends a membership change entry if this node is leader.
+  Proposal propose_conf_change(const ConfChange& cc);
+  // Applies a committed membership change; returns the resulting ConfState.
+  ConfState apply_conf_change(const ConfChange& cc);
+  // Entries up to (last_index, last_term) and any snapshot are durable.
+  void on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index snapshot_index);
+  // Committed entries up to `index` were handed to the application.
+  void on_applied(Index index, uint64_t applied_bytes);
+
+  // Read-only state, for RawNode, status reports, tests and the simulator.
+  NodeId id() const { return id_; }
+  Term term() const { return term_; }
+  NodeId vote() const { return vote_; }
+  NodeId lead() const { return lead_; }
+  Role role() const { return role_; }
+  HardState hard_state() const { return {term_, vote_, log_.committed()}; }
+  SoftState soft_state() const { return {lead_, role_}; }
+  RaftLog& log() { return log_; }
+  const RaftLog& log() const { return log_; }
+  const ProgressTracker& tracker() const { return prs_; }
+  NodeId lead_transferee() const { return lead_transferee_; }
+  // Whether the leader may serve a read from its lease right now.
+  bool lease_valid() const;
+
+  // Output queues drained by RawNode::ready(): messages that may be sent
+  // now, messages that must wait for durability, and read results.
+  std::vector<Message>& msgs() { return msgs_; }
+  std::vector<Message>& msgs_after_persist() { return msgs_after_persist_; }
+  std::vector<ReadState>& read_states() { return read_states_; }
+  const std::vector<Message>& msgs() const { return msgs_; }
+  const std::vector<Message>& msgs_after_persist() const { return msgs_after_persist_; }
+  const std::vector<ReadState>& read_states() const { return read_states_; }
+
+ private:
+  // raft.cc: roles, elections, follower side.
+  void reset(Term term);
+  void become_follower(Term term, NodeId lead);
+  void become_pre_candidate();
+  void become_candidate();
+  void become_leader();
+  void tick_election();
+  void tick_heartbeat();
+  bool promotable() const;
+  bool has_unapplied_conf_change() const;
+  void hup(bool transfer);
+  void campaign(bool pre_vote, bool transfer);
+  bool step_term(const Message& m);
+  void step_vote_request(const Message& m);
+  void step_follower(Message& m);
+  void step_candidate(Message& m);
+  void handle_append(const Message& m);
+  void handle_heartbeat(const Message& m);
+  void handle_snapshot(const Message& m);
+  bool restore(const Snapshot& s);
+  void send(Message m);
+  void reset_randomized_election_timeout();
+
+  // raft_leader.cc: leader side.
+  void step_leader(Message& m);
+  void handle_append_response(const Message& m, Progress& pr);
+  void handle_heartbeat_response(const Message& m, Progress& pr);
+  void handle_read_index(const Message& m);
+  void handle_transfer_leader(const Message& m);
+  void respond_read(const ReadOnly::Pending& p);
+  void release_pending_reads();
+  bool append_entries(std::vector<Entry> ents);
+  bool maybe_commit();
+  bool maybe_send_append(NodeId to, bool send_if_empty);
+  bool send_snapshot(NodeId to, Progress& pr);
+  void bcast_append();
+  void bcast_heartbeat(const std::string& context);
+  void send_timeout_now(NodeId to);
+  void abort_leader_transfer() { lead_transferee_ = kNoNode; }
+  bool committed_in_current_term() const;
+  void after_conf_change();
+  void step_down_if_removed();
+  void maybe_auto_leave_joint();
+  Proposal refuse(ProposeError e) const;
+
+  Config config_;
+  NodeId id_;
+  Term term_ = 0;
+  NodeId vote_ = kNoNode;
+  NodeId lead_ = kNoNode;
+  Role role_ = Role::kFollower;
+  RaftLog log_;
+  ProgressTracker prs_;
+  SplitMix64 rng_;
+
+  int election_elapsed_ = 0;
+  int heartbeat_elapsed_ = 0;
+  int randomized_election_timeout_ = 0;
+  // Ticks since a leader last contacted us (or since start, in lease mode).
+  int leader_contact_elapsed_ = 0;
+  // Monotonic local ticks; stamped on leader messages for the lease.
+  uint64_t tick_count_ = 1;
+  // Once a TimeoutNow is sent, the lease is void for the rest of the term.
+  bool lease_void_ = false;
+
+  NodeId lead_transferee_ = kNoNode;
+  Index pending_conf_index_ = 0;
+  uint64_t uncommitted_size_ = 0;
+  ReadOnly read_only_;
+  std::vector<Message> pending_read_msgs_;
+
+  std::vector<Message> msgs_;
+  std::vector<Message> msgs_after_persist_;
+  std::vector<ReadState> read_states_;
+};
+
+}  // namespace shoal::raft
