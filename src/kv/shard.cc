@@ -27,10 +27,7 @@ int64_t ExpiryOf(const std::optional<std::string>& raw) {
 
 }  // namespace
 
-Result<std::optional<std::string>> ApplyTxn::GetRaw(uint16_t db, std::string_view key,
-                                                    const std::string& dkey) {
-  (void)db;
-  (void)key;
+Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
   auto it = staged_.find(dkey);
   if (it != staged_.end()) return it->second.raw;
   std::string raw;
@@ -46,7 +43,7 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(uint16_t db, std::string_vie
 
 Result<std::optional<std::string>> ApplyTxn::GetLive(uint16_t db, std::string_view key) {
   std::string dkey = storage::DataKey(db, key);
-  auto raw = GetRaw(db, key, dkey);
+  auto raw = GetRaw(dkey);
   if (!raw.ok() || !raw->has_value()) return raw;
   Value v;
   if (!DecodeValue(**raw, &v)) return Status::Corruption("bad value record");
@@ -59,7 +56,7 @@ Result<std::optional<std::string>> ApplyTxn::GetLive(uint16_t db, std::string_vi
 
 Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   std::string dkey = storage::DataKey(db, key);
-  auto old = GetRaw(db, key, dkey);
+  auto old = GetRaw(dkey);
   if (!old.ok()) return old.status();
   int64_t old_exp = ExpiryOf(*old);
   Value nv;
@@ -80,7 +77,7 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
 
 Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
   std::string dkey = storage::DataKey(db, key);
-  auto old = GetRaw(db, key, dkey);
+  auto old = GetRaw(dkey);
   if (!old.ok()) return old.status();
   *existed = false;
   if (!old->has_value()) return Status::Ok();

@@ -65,8 +65,7 @@ class ApplyTxn {
   struct Staged {
     std::optional<std::string> raw;  // nullopt: deleted
   };
-  Result<std::optional<std::string>> GetRaw(uint16_t db, std::string_view key,
-                                            const std::string& dkey);
+  Result<std::optional<std::string>> GetRaw(const std::string& dkey);
   Shard* shard_;
   storage::Engine* engine_;
   storage::WriteBatch* batch_;

@@ -1,9 +1,6 @@
 // Connection and server commands: PING ECHO HELLO AUTH QUIT SELECT TIME
 // CLIENT CONFIG INFO COMMAND.
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <fstream>
+#include <functional>
 
 #include "common/clock.h"
 #include "common/strings.h"
