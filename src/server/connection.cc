@@ -102,6 +102,7 @@ asio::awaitable<void> Connection::Run() {
         auto st = parser_.Parse(rbuf_.data() + pos, rlen_ - pos, authenticated_, &args_, &consumed);
         if (st == resp::ParseStatus::kIncomplete) break;
         if (st == resp::ParseStatus::kError) {
+          if (!queued_entries_.empty()) co_await FlushWrites();  // their replies come first
           writer_.Error("ERR " + parser_.error());
           close_after_reply_ = true;
           break;

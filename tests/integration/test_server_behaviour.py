@@ -144,3 +144,18 @@ def test_two_thousand_concurrent_connections(shoal):
     finally:
         for s in socks:
             s.close()
+
+
+def test_pipelined_writes_answer_before_a_protocol_error(shoal):
+    import socket
+    with socket.create_connection((shoal.host, shoal.port), timeout=10) as s:
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*1\r\n+bad\r\n")
+        got = b""
+        for _ in range(100):  # bounded: the server answers, then closes
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    assert got == b"+OK\r\n:1\r\n-ERR Protocol error: expected '$', got '+'\r\n"
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    assert r.get("a") == b"1" and r.get("n") == b"1"
