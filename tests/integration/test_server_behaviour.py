@@ -159,3 +159,34 @@ def test_pipelined_writes_answer_before_a_protocol_error(shoal):
     assert got == b"+OK\r\n:1\r\n-ERR Protocol error: expected '$', got '+'\r\n"
     r = redis.Redis(host=shoal.host, port=shoal.port)
     assert r.get("a") == b"1" and r.get("n") == b"1"
+
+
+def test_client_list_kill_and_setinfo_across_workers(shoal):
+    import socket
+    admin = redis.Redis(host=shoal.host, port=shoal.port)
+    others = [redis.Redis(host=shoal.host, port=shoal.port) for _ in range(6)]
+    for i, o in enumerate(others):  # six connections land on both workers
+        o.client_setname(f"peer{i}")
+    assert admin.execute_command("CLIENT", "SETINFO", "lib-name", "shoal-test") == b"OK"
+    assert "lib-name=shoal-test" in admin.execute_command("CLIENT", "INFO").decode()
+    names = {c["name"] for c in admin.client_list()}
+    assert {f"peer{i}" for i in range(6)} <= names
+    with socket.create_connection((shoal.host, shoal.port), timeout=10) as victim:
+        victim.sendall(b"CLIENT SETNAME victim\r\nCLIENT ID\r\n")
+        reply = b""
+        for _ in range(100):  # bounded: two short replies
+            if reply.count(b"\r\n") >= 2:
+                break
+            reply += victim.recv(256)
+        victim_id = int(reply.split(b"\r\n")[1][1:])
+        assert admin.client_kill_filter(_id=victim_id) == 1
+        assert victim.recv(256) == b"", "a killed client's connection is closed"
+    assert admin.client_kill_filter(_id=victim_id) == 0
+    names_after = {c["name"] for c in admin.client_list()}
+    assert "victim" not in names_after and "peer4" in names_after
+    with pytest.raises(redis.ResponseError, match="No such client"):
+        admin.execute_command("CLIENT", "KILL", "127.0.0.1:1")
+    with pytest.raises(redis.ResponseError, match="Unrecognized option"):
+        admin.execute_command("CLIENT", "SETINFO", "lib-color", "x")
+    for o in others:
+        o.close()
