@@ -34,10 +34,12 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
   Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
   if (s.code() == Code::kNotFound) {
     staged_.emplace(dkey, Staged{std::nullopt});  // remembered: a command reads, then writes
+    shard_->meta_cache_.Set(dkey, {false, 0});
     return std::optional<std::string>();
   }
   if (!s.ok()) return s;
   staged_.emplace(dkey, Staged{raw});
+  shard_->meta_cache_.Set(dkey, {true, ExpiryOf(raw)});
   return std::optional<std::string>(std::move(raw));
 }
 
@@ -56,13 +58,22 @@ Result<std::optional<std::string>> ApplyTxn::GetLive(uint16_t db, std::string_vi
 
 Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   std::string dkey = storage::DataKey(db, key);
-  auto old = GetRaw(dkey);
-  if (!old.ok()) return old.status();
-  int64_t old_exp = ExpiryOf(*old);
+  bool old_exists = false;
+  int64_t old_exp = 0;
+  const KeyMetaCache::Meta* meta = nullptr;
+  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) != nullptr) {
+    old_exists = meta->exists;  // a blind write needs only this, not the value
+    old_exp = meta->expire_at_ms;
+  } else {
+    auto old = GetRaw(dkey);
+    if (!old.ok()) return old.status();
+    old_exists = old->has_value();
+    old_exp = ExpiryOf(*old);
+  }
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
   Counts& d = deltas_[db];
-  if (!old->has_value()) d.keys += 1;
+  if (!old_exists) d.keys += 1;
   d.expires += (nv.expire_at_ms != 0) - (old_exp != 0);
   if (old_exp != nv.expire_at_ms) {
     if (old_exp != 0) batch_->Delete(storage::Cf::kExpiry, storage::ExpiryKey(old_exp, db, key));
@@ -95,9 +106,16 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
   return Status::Ok();
 }
 
+void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
+  for (const auto& [dkey, staged] : staged_) {
+    cache->Set(dkey, {staged.raw.has_value(), ExpiryOf(staged.raw)});
+  }
+}
+
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   staged_.clear();
+  shard_->meta_cache_.Clear();
   uint16_t begin = shard_->slot_begin_, end = shard_->slot_end_;
   auto reset = [&](uint16_t d) {
     Counts& c = deltas_[d];
@@ -145,13 +163,15 @@ std::vector<Shard::ExpiredKey> Shard::DueExpiries(int64_t now_ms, size_t max) co
   return out;
 }
 
-Shard::Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end)
+Shard::Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
+             size_t meta_cache_entries)
     : engine_(engine),
       id_(id),
       slot_begin_(slot_begin),
       slot_end_(slot_end),
       batch_(engine->NewBatch()),
-      counts_(new AtomicCounts[kDatabasesMax]) {}
+      counts_(new AtomicCounts[kDatabasesMax]),
+      meta_cache_(meta_cache_entries) {}
 
 std::string Shard::MetaKey(std::string_view name) const {
   return "shard/" + std::to_string(id_) + "/" + std::string(name);
@@ -231,9 +251,13 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   }
   if (s.ok()) {
     auto seq = Commit(*batch_, txn.count_deltas(), entries.size());
-    if (seq.ok()) return seq;
+    if (seq.ok()) {
+      txn.PublishTo(&meta_cache_);
+      return seq;
+    }
     s = seq.status();
   }
+  meta_cache_.Clear();  // reads may have cached what this failed apply saw
   // A storage failure: nothing of these entries was written; say so instead.
   out->resize(mark);
   for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "common/status.h"
@@ -33,6 +34,34 @@ struct Limits {
 
 // The staged changes of one apply: reads see earlier writes of the same apply.
 class Shard;
+
+// What apply knows of keys' committed state without reading storage: whether
+// a key exists and its expiry. Filled by apply's reads and commits, emptied by
+// FLUSHDB/FLUSHALL and on storage errors; cleared whole when full (bounded).
+// It lets a blind write (SET, MSET) skip the read it needs for the counters
+// and the expiry index when the key was seen recently. Owner thread only.
+class KeyMetaCache {
+ public:
+  struct Meta {
+    bool exists;
+    int64_t expire_at_ms;
+  };
+  explicit KeyMetaCache(size_t max_entries) : max_entries_(max_entries) {}
+  const Meta* Find(const std::string& dkey) const {
+    auto it = map_.find(dkey);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  void Set(const std::string& dkey, Meta meta) {
+    if (map_.size() >= max_entries_ && !map_.contains(dkey)) map_.clear();
+    if (max_entries_ > 0) map_[dkey] = meta;
+  }
+  void Clear() { map_.clear(); }
+  size_t size() const { return map_.size(); }
+
+ private:
+  size_t max_entries_;
+  std::unordered_map<std::string, Meta> map_;
+};
 
 class ApplyTxn {
  public:
@@ -60,6 +89,8 @@ class ApplyTxn {
     int64_t expires = 0;
   };
   const std::map<uint16_t, Counts>& count_deltas() const { return deltas_; }
+  // Records the final state of every key this apply touched.
+  void PublishTo(KeyMetaCache* cache) const;
 
  private:
   struct Staged {
@@ -81,7 +112,9 @@ using ApplyFn = Status (*)(ApplyTxn& txn, const Entry& entry, const Limits& limi
 
 class Shard {
  public:
-  Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end);
+  // meta_cache_entries bounds the KeyMetaCache (0 disables it).
+  Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
+        size_t meta_cache_entries = 1 << 16);
 
   // Loads the applied index and counters from storage.
   Status Load();
@@ -104,6 +137,7 @@ class Shard {
   std::vector<ExpiredKey> DueExpiries(int64_t now_ms, size_t max) const;
 
   uint64_t applied_index() const { return applied_index_; }
+  size_t meta_cache_size() const { return meta_cache_.size(); }
   uint32_t id() const { return id_; }
   uint16_t slot_begin() const { return slot_begin_; }
   uint16_t slot_end() const { return slot_end_; }
@@ -130,6 +164,7 @@ class Shard {
   uint64_t applied_index_ = 0;
   std::unique_ptr<storage::WriteBatch> batch_;
   std::unique_ptr<AtomicCounts[]> counts_;
+  KeyMetaCache meta_cache_;
 };
 
 }  // namespace shoal::kv

@@ -186,6 +186,31 @@ TEST(Shard, ABatchAppliesLikeOneByOne) {
   EXPECT_EQ(b.shard().applied_index(), a.shard().applied_index());
 }
 
+TEST(Shard, BlindWritesKeepCountersAndExpiryIndexExact) {
+  ShardHarness h("blind");
+  // Seen keys are overwritten without a read; counters and index must hold.
+  h.Run({"set", "k", "v", "px", "100"});
+  h.Run({"set", "k", "v2"});  // blind: drops the TTL and its index entry
+  EXPECT_EQ(h.shard().ExpiresCount(0), 0);
+  h.Run({"mset", "k", "v3", "j", "1", "j", "2"});
+  EXPECT_EQ(h.Run({"dbsize"}), ":2\r\n");
+  EXPECT_GT(h.shard().meta_cache_size(), 0u);
+  h.Run({"setex", "j", "1", "x"});
+  EXPECT_EQ(h.shard().ExpiresCount(0), 1);
+  h.Run({"flushall"});
+  h.Run({"set", "k", "again"});  // after a flush nothing cached may claim k exists
+  EXPECT_EQ(h.Run({"dbsize"}), ":1\r\n");
+  h.now_ms += 5000;
+  auto due = h.shard().DueExpiries(h.now_ms, 10);
+  for (const auto& d : due) {  // only FLUSHALL's stale hint for j may remain
+    EXPECT_EQ(d.key, "j");
+  }
+  h.Open();  // a fresh cache reads storage again: same answers
+  h.Run({"set", "k", "v4"});
+  EXPECT_EQ(h.Run({"dbsize"}), ":1\r\n");
+  EXPECT_EQ(h.Run({"get", "k"}), "$2\r\nv4\r\n");
+}
+
 TEST(Shard, ScanVisitsEveryKeyOnce) {
   ShardHarness h("scan");
   for (int i = 0; i < 300; ++i) h.Run({"set", "key:" + std::to_string(i), "v"});

@@ -169,6 +169,11 @@ Status SetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* repl
   std::string_view flags = e.args[2];
   int64_t expire_at = *ParseInt64(e.args[3]);
   bool get = HasFlag(flags, kGet);
+  if (flags.empty()) {  // a blind write: nothing to read first
+    Status s = PutString(txn, e.db, key, e.args[1], expire_at);
+    if (s.ok()) reply->Simple("OK");
+    return s;
+  }
   StringAt old;
   Status s;
   if (get) {

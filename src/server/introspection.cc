@@ -106,6 +106,9 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("storage_memtable_bytes", m.memtable_bytes);
     w.Field("storage_table_readers_bytes", m.table_readers_bytes);
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
+    size_t meta_entries = 0;
+    for (const kv::Shard* s : server.shards()) meta_entries += s->meta_cache_size();
+    w.Field("key_meta_cache_entries", meta_entries);
     w.Field("storage_disk_bytes", server.engine().DiskBytes());
   }
   if (w.Begin("Persistence")) {

@@ -83,7 +83,10 @@ Status Server::Start() {
   engine_ = std::move(engine).value();
   // A single node holds one shard covering every slot; the cluster layer
   // will split the slot space into many shards, each a Raft group.
-  shards_.push_back(std::make_unique<kv::Shard>(engine_.get(), 0, 0, storage::kSlotCount));
+  // The key metadata cache gets about 1/10 of the budget (~100 bytes an entry).
+  size_t meta_cache_entries = static_cast<size_t>(config_.maxmemory / 1024);
+  shards_.push_back(std::make_unique<kv::Shard>(engine_.get(), 0, 0, storage::kSlotCount,
+                                                meta_cache_entries));
   for (auto& s : shards_) {
     Status st = s->Load();
     if (!st.ok()) return st.WithContext("loading shard");
