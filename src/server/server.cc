@@ -83,8 +83,9 @@ Status Server::Start() {
   engine_ = std::move(engine).value();
   // A single node holds one shard covering every slot; the cluster layer
   // will split the slot space into many shards, each a Raft group.
-  // The key metadata cache gets about 1/10 of the budget (~100 bytes an entry).
-  size_t meta_cache_entries = static_cast<size_t>(config_.maxmemory / 1024);
+  // The key metadata cache gets about 1/64 of the budget (~120 bytes an
+  // entry): 131k keys for the default 1gb, enough for a hot working set.
+  size_t meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192);
   shards_.push_back(std::make_unique<kv::Shard>(engine_.get(), 0, 0, storage::kSlotCount,
                                                 meta_cache_entries));
   for (auto& s : shards_) {
