@@ -9,5 +9,5 @@ scripts/install-deps.sh
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake --preset release >/dev/null
 cmake --build build/release --target shoal -- -j"$(nproc)"
-echo "shoal: starting; connect with: redis-cli -p 6379   (Ctrl-C stops it)"
+echo "shoal: starting; connect with redis-cli (port 6379 unless --port is given); Ctrl-C stops it"
 exec build/release/src/cli/shoal server "$@"
