@@ -172,6 +172,89 @@ asio::awaitable<int64_t> ClientKill(Connection& c, std::function<bool(Connection
   co_return killed;
 }
 
+// CLIENT LIST [ID id | TYPE normal]
+asio::awaitable<void> ClientListCmd(Connection& c, Args args) {
+  resp::Writer& r = c.writer();
+  std::optional<uint64_t> id;
+  if (args.size() == 4 && EqualsIgnoreCase(args[2], "id")) {
+    auto v = ParseInt64(args[3]);
+    if (!v || *v <= 0) {
+      r.Error("ERR Invalid client ID");
+      co_return;
+    }
+    id = static_cast<uint64_t>(*v);
+  } else if (args.size() == 4 && EqualsIgnoreCase(args[2], "type")) {
+    if (!EqualsIgnoreCase(args[3], "normal")) {
+      r.Verbatim("");
+      co_return;
+    }
+  } else if (args.size() != 2) {
+    r.Error("ERR syntax error");
+    co_return;
+  }
+  r.Verbatim(co_await ClientList(c, id));
+}
+
+// CLIENT KILL addr:port | CLIENT KILL [ID id] [ADDR a] [LADDR a] [SKIPME yes|no] ...
+asio::awaitable<void> ClientKillCmd(Connection& c, Args args) {
+  resp::Writer& r = c.writer();
+  if (args.size() == 3) {  // old form: CLIENT KILL addr:port
+    std::string addr(args[2]);
+    std::function<bool(Connection&)> match = [addr](Connection& x) { return x.addr() == addr; };
+    int64_t n = co_await ClientKill(c, std::move(match));
+    n > 0 ? r.Simple("OK") : r.Error("ERR No such client");
+    co_return;
+  }
+  std::optional<uint64_t> id;
+  std::string addr, laddr;
+  bool skipme = true;
+  for (size_t i = 2; i < args.size(); i += 2) {
+    if (i + 1 >= args.size()) {
+      r.Error("ERR syntax error");
+      co_return;
+    }
+    std::string_view opt = args[i], val = args[i + 1];
+    if (EqualsIgnoreCase(opt, "id")) {
+      auto v = ParseInt64(val);
+      if (!v || *v <= 0) {
+        r.Error("ERR client-id should be greater than 0");
+        co_return;
+      }
+      id = static_cast<uint64_t>(*v);
+    } else if (EqualsIgnoreCase(opt, "addr")) {
+      addr = val;
+    } else if (EqualsIgnoreCase(opt, "laddr")) {
+      laddr = val;
+    } else if (EqualsIgnoreCase(opt, "skipme")) {
+      if (EqualsIgnoreCase(val, "yes")) skipme = true;
+      else if (EqualsIgnoreCase(val, "no")) skipme = false;
+      else {
+        r.Error("ERR syntax error");
+        co_return;
+      }
+    } else if (EqualsIgnoreCase(opt, "user") || EqualsIgnoreCase(opt, "type")) {
+      // Every client is a normal client of the default user.
+      if (!EqualsIgnoreCase(val, "default") && !EqualsIgnoreCase(val, "normal")) {
+        r.Integer(0);
+        co_return;
+      }
+    } else {
+      r.Error("ERR syntax error");
+      co_return;
+    }
+  }
+  uint64_t me = c.id();
+  std::function<bool(Connection&)> match = [=](Connection& x) {
+    if (skipme && x.id() == me) return false;
+    if (id && x.id() != *id) return false;
+    if (!addr.empty() && x.addr() != addr) return false;
+    if (!laddr.empty() && x.laddr() != laddr) return false;
+    return true;
+  };
+  int64_t n = co_await ClientKill(c, std::move(match));
+  r.Integer(n);
+}
+
 asio::awaitable<void> Client(Connection& c, Args args) {
   resp::Writer& r = c.writer();
   std::string sub = ToLower(args[1]);
@@ -199,80 +282,9 @@ asio::awaitable<void> Client(Connection& c, Args args) {
   } else if (sub == "info") {
     r.Verbatim(c.InfoLine() + "\n");
   } else if (sub == "list") {
-    std::optional<uint64_t> id;
-    if (args.size() == 4 && EqualsIgnoreCase(args[2], "id")) {
-      auto v = ParseInt64(args[3]);
-      if (!v || *v <= 0) {
-        r.Error("ERR Invalid client ID");
-        co_return;
-      }
-      id = static_cast<uint64_t>(*v);
-    } else if (args.size() == 4 && EqualsIgnoreCase(args[2], "type")) {
-      if (!EqualsIgnoreCase(args[3], "normal")) {
-        r.Verbatim("");
-        co_return;
-      }
-    } else if (args.size() != 2) {
-      r.Error("ERR syntax error");
-      co_return;
-    }
-    r.Verbatim(co_await ClientList(c, id));
+    co_await ClientListCmd(c, args);
   } else if (sub == "kill") {
-    if (args.size() == 3) {  // old form: CLIENT KILL addr:port
-      std::string addr(args[2]);
-      std::function<bool(Connection&)> match = [addr](Connection& x) { return x.addr() == addr; };
-      int64_t n = co_await ClientKill(c, std::move(match));
-      n > 0 ? r.Simple("OK") : r.Error("ERR No such client");
-      co_return;
-    }
-    std::optional<uint64_t> id;
-    std::string addr, laddr;
-    bool skipme = true;
-    for (size_t i = 2; i < args.size(); i += 2) {
-      if (i + 1 >= args.size()) {
-        r.Error("ERR syntax error");
-        co_return;
-      }
-      std::string_view opt = args[i], val = args[i + 1];
-      if (EqualsIgnoreCase(opt, "id")) {
-        auto v = ParseInt64(val);
-        if (!v || *v <= 0) {
-          r.Error("ERR client-id should be greater than 0");
-          co_return;
-        }
-        id = static_cast<uint64_t>(*v);
-      } else if (EqualsIgnoreCase(opt, "addr")) {
-        addr = val;
-      } else if (EqualsIgnoreCase(opt, "laddr")) {
-        laddr = val;
-      } else if (EqualsIgnoreCase(opt, "skipme")) {
-        if (EqualsIgnoreCase(val, "yes")) skipme = true;
-        else if (EqualsIgnoreCase(val, "no")) skipme = false;
-        else {
-          r.Error("ERR syntax error");
-          co_return;
-        }
-      } else if (EqualsIgnoreCase(opt, "user") || EqualsIgnoreCase(opt, "type")) {
-        // Every client is a normal client of the default user.
-        if (!EqualsIgnoreCase(val, "default") && !EqualsIgnoreCase(val, "normal")) {
-          r.Integer(0);
-          co_return;
-        }
-      } else {
-        r.Error("ERR syntax error");
-        co_return;
-      }
-    }
-    uint64_t me = c.id();
-    std::function<bool(Connection&)> match = [=](Connection& x) {
-      if (skipme && x.id() == me) return false;
-      if (id && x.id() != *id) return false;
-      if (!addr.empty() && x.addr() != addr) return false;
-      if (!laddr.empty() && x.laddr() != laddr) return false;
-      return true;
-    };
-    int64_t n = co_await ClientKill(c, std::move(match));
-    r.Integer(n);
+    co_await ClientKillCmd(c, args);
   } else if (sub == "help") {
     r.ArrayHeader(8);
     for (const char* line :
