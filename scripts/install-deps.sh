@@ -11,7 +11,7 @@ PACKAGES=(
   libcli11-dev libtomlplusplus-dev libcpp-httplib-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests and benchmarks: the real Redis as reference, real clients
-  redis-server redis-tools python3 python3-redis python3-pytest procps
+  redis-server redis-tools python3 python3-redis python3-pytest procps iptables
 )
 
 missing=()

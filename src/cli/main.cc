@@ -1,11 +1,13 @@
 // shoal: the command-line entry point.
 //   shoal server [flags]     run one node
+//   shoal demo [flags]       run a local 3-node cluster
 //   shoal --version
 #include <malloc.h>
 #include <sys/resource.h>
 
 #include <csignal>
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +16,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "cli/demo.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -23,8 +26,8 @@ using shoal::server::Config;
 using shoal::server::Durability;
 
 struct ServerFlags {
-  std::string config_file, bind, dir, durability, requirepass, maxmemory;
-  int port = -1, workers = -1, databases = -1;
+  std::string config_file, bind, dir, durability, requirepass, maxmemory, join;
+  int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
 };
 
 void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
@@ -39,6 +42,10 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--requirepass", f->requirepass, "Password clients must AUTH with");
   cmd->add_option("--maxmemory", f->maxmemory, "Memory budget, e.g. 256mb (default 1gb)");
   cmd->add_option("--databases", f->databases, "Number of databases for SELECT (default 16)");
+  cmd->add_option("--peer-port", f->peer_port, "Port for Raft traffic between nodes (default port+10000)");
+  cmd->add_option("--join", f->join, "host:port of any member of the cluster to join (default: start a new one)");
+  cmd->add_option("--shards", f->shards, "Data shards of a new cluster (default 16)");
+  cmd->add_option("--replicas", f->replicas, "Replication factor of a new cluster (default 3)");
 }
 
 shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
@@ -53,6 +60,10 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   if (cmd->count("--durability")) c->durability = f.durability == "none" ? Durability::kNone : Durability::kFsync;
   if (cmd->count("--requirepass")) c->requirepass = f.requirepass;
   if (cmd->count("--databases")) c->databases = f.databases;
+  if (cmd->count("--peer-port")) c->peer_port = f.peer_port;
+  if (cmd->count("--join")) c->join = f.join;
+  if (cmd->count("--shards")) c->shards = f.shards;
+  if (cmd->count("--replicas")) c->replicas = f.replicas;
   if (cmd->count("--maxmemory")) {
     auto m = shoal::server::ParseMemory(f.maxmemory);
     if (!m.ok()) return m.status();
@@ -109,7 +120,17 @@ int main(int argc, char** argv) {
   ServerFlags flags;
   CLI::App* server_cmd = app.add_subcommand("server", "Run a shoal node");
   AddServerFlags(server_cmd, &flags);
+  shoal::cli::DemoOptions demo;
+  CLI::App* demo_cmd = app.add_subcommand("demo", "Run a local 3-node cluster (3 processes on loopback)");
+  demo_cmd->add_option("--dir", demo.dir, "Folder for the nodes' data and logs (default ./shoal-demo)");
+  demo_cmd->add_option("--bind", demo.bind, "Address of all nodes (default 127.0.0.1)");
+  demo_cmd->add_option("--port", demo.port, "Client port of node 1; nodes 2 and 3 use the next ones (default 7001)");
   CLI11_PARSE(app, argc, argv);
+  if (demo_cmd->parsed()) {
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return shoal::cli::RunDemo(demo, ec ? std::string(argv[0]) : self.string());
+  }
   if (server_cmd->parsed()) {
     Config config;
     shoal::Status s = BuildConfig(flags, server_cmd, &config);

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "storage/keys.h"
+#include "storage/slot.h"
 
 namespace shoal::kv {
 namespace {
@@ -158,6 +159,7 @@ std::vector<Shard::ExpiredKey> Shard::DueExpiries(int64_t now_ms, size_t max) co
     storage::DecodedExpiryKey d;
     if (!storage::DecodeExpiryKey(it->key(), &d)) continue;
     if (d.expire_at_ms > now_ms) break;
+    if (!OwnsSlot(storage::KeySlot(d.key))) continue;  // another shard's key
     out.push_back({d.db, std::string(d.key), d.expire_at_ms});
   }
   return out;
@@ -206,9 +208,16 @@ Status Shard::Load() {
   return it->status();
 }
 
+void Shard::StageApplied(uint64_t index, storage::WriteBatch& batch) {
+  applied_index_ = index;
+  batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(index)));
+}
+
 Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
-                               const std::map<uint16_t, ApplyTxn::Counts>& deltas, size_t entries) {
-  applied_index_ += entries;
+                               const std::map<uint16_t, ApplyTxn::Counts>& deltas, size_t entries,
+                               uint64_t applied_to) {
+  uint64_t before = applied_index_;
+  applied_index_ = applied_to != 0 ? applied_to : applied_index_ + entries;
   if (batch.Count() == 0) return engine_->write_seq();
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_)));
   for (const auto& [db, d] : deltas) {
@@ -221,7 +230,7 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
   }
   auto seq = engine_->Write(batch);
   if (!seq.ok()) {
-    applied_index_ -= entries;
+    applied_index_ = before;
     return seq;
   }
   for (const auto& [db, d] : deltas) {
@@ -238,7 +247,7 @@ Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limi
 }
 
 Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
-                                   const Limits& limits, resp::Writer* reply) {
+                                   const Limits& limits, resp::Writer* reply, uint64_t applied_to) {
   SHOAL_CHECK(entries.size() == fns.size() && !entries.empty());
   batch_->Clear();
   ApplyTxn txn(this, engine_, batch_.get(), entries[0].now_ms);
@@ -250,7 +259,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
     s = fns[i](txn, entries[i], limits, reply);
   }
   if (s.ok()) {
-    auto seq = Commit(*batch_, txn.count_deltas(), entries.size());
+    auto seq = Commit(*batch_, txn.count_deltas(), entries.size(), applied_to);
     if (seq.ok()) {
       txn.PublishTo(&meta_cache_);
       return seq;
@@ -262,6 +271,126 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   out->resize(mark);
   for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());
   return s;
+}
+
+namespace {
+constexpr char kImageVersion = 1;
+
+void PutU32(std::string* out, uint32_t v) {
+  char b[4];
+  std::memcpy(b, &v, 4);
+  out->append(b, 4);
+}
+
+bool GetBytes(std::string_view* in, std::string_view* out) {
+  if (in->size() < 4) return false;
+  uint32_t n = 0;
+  std::memcpy(&n, in->data(), 4);
+  if (in->size() - 4 < n) return false;
+  *out = in->substr(4, n);
+  in->remove_prefix(4 + n);
+  return true;
+}
+}  // namespace
+
+// Image layout (version 1): [version u8] then records, each
+//   [kind u8: 'd' data, 'x' expiry index, 'k'/'e' counter][len u32 key][len u32 value].
+Result<std::string> Shard::ExportImage() const {
+  std::string out(1, kImageVersion);
+  auto snap = engine_->NewSnapshot();
+  auto put = [&out](char kind, std::string_view k, std::string_view v) {
+    out.push_back(kind);
+    PutU32(&out, static_cast<uint32_t>(k.size()));
+    out.append(k);
+    PutU32(&out, static_cast<uint32_t>(v.size()));
+    out.append(v);
+  };
+  auto it = engine_->NewIterator(storage::Cf::kData, snap.get());
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    if (KeyCount(static_cast<uint16_t>(db)) == 0) continue;
+    put('k', std::to_string(db), EncodeI64(KeyCount(static_cast<uint16_t>(db))));
+    put('e', std::to_string(db), EncodeI64(ExpiresCount(static_cast<uint16_t>(db))));
+    for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
+      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(db));
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        put('d', it->key(), it->value());
+      }
+      if (!it->status().ok()) return it->status();
+    }
+  }
+  auto ex = engine_->NewIterator(storage::Cf::kExpiry, snap.get());
+  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
+    storage::DecodedExpiryKey d;
+    if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
+      put('x', ex->key(), "");
+    }
+  }
+  if (!ex->status().ok()) return ex->status();
+  return out;
+}
+
+Status Shard::StageImage(std::string_view image, storage::WriteBatch& batch) {
+  if (image.empty() || image[0] != kImageVersion) return Status::Corruption("shard image version");
+  // Validate everything before staging anything.
+  std::string_view in = image.substr(1);
+  struct Rec {
+    char kind;
+    std::string_view k, v;
+  };
+  std::vector<Rec> recs;
+  while (!in.empty()) {
+    Rec r{in[0], {}, {}};
+    in.remove_prefix(1);
+    if (!GetBytes(&in, &r.k) || !GetBytes(&in, &r.v)) return Status::Corruption("shard image record");
+    if (r.kind != 'd' && r.kind != 'x' && r.kind != 'k' && r.kind != 'e') {
+      return Status::Corruption("shard image record kind");
+    }
+    recs.push_back(r);
+  }
+  // Clear what this shard held: data by slot range, expiry index by key, counters.
+  std::string lo, hi;
+  storage::PutU16BE(&lo, slot_begin_);
+  storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
+  batch.DeleteRange(storage::Cf::kData, lo, hi);
+  auto ex = engine_->NewIterator(storage::Cf::kExpiry);
+  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
+    storage::DecodedExpiryKey d;
+    if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
+      batch.Delete(storage::Cf::kExpiry, ex->key());
+    }
+  }
+  if (!ex->status().ok()) return ex->status();
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    if (KeyCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
+    if (ExpiresCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
+  }
+  pending_counts_.clear();
+  for (const auto& r : recs) {
+    switch (r.kind) {
+      case 'd': batch.Put(storage::Cf::kData, r.k, r.v); break;
+      case 'x': batch.Put(storage::Cf::kExpiry, r.k, ""); break;
+      default: {
+        int db = std::atoi(std::string(r.k).c_str());
+        int64_t v = 0;
+        if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
+        batch.Put(storage::Cf::kMeta, CountKey(r.kind, static_cast<uint16_t>(db)), r.v);
+        pending_counts_.push_back({r.kind, static_cast<uint16_t>(db), v});
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+void Shard::FinishImage() {
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    counts_[db].keys.store(0, std::memory_order_relaxed);
+    counts_[db].expires.store(0, std::memory_order_relaxed);
+  }
+  for (const auto& c : pending_counts_) {
+    (c.kind == 'k' ? counts_[c.db].keys : counts_[c.db].expires).store(c.value, std::memory_order_relaxed);
+  }
+  pending_counts_.clear();
+  meta_cache_.Clear();
 }
 
 }  // namespace shoal::kv

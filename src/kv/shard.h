@@ -124,8 +124,21 @@ class Shard {
   // Applies entries in order as one atomic storage write (group commit):
   // the same state and replies as applying them one by one. fns[i] applies
   // entries[i]. On a storage failure every reply of the batch is that error.
+  // applied_to, when not 0, is the applied index after the batch (the Raft
+  // index of the log entry that carried it); otherwise each entry counts one.
   Result<uint64_t> ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
-                              const Limits& limits, resp::Writer* reply);
+                              const Limits& limits, resp::Writer* reply, uint64_t applied_to = 0);
+  // Stages "applied up to index" for a log entry that changes no data.
+  void StageApplied(uint64_t index, storage::WriteBatch& batch);
+
+  // The shard's whole state (its slot range's keys, expiry index entries and
+  // counters) as one image, for Raft snapshots. Read from a consistent view.
+  Result<std::string> ExportImage() const;
+  // Stages replacing the shard's state by `image` into batch; call
+  // FinishImage() once the batch is written. Corrupt images change nothing.
+  Status StageImage(std::string_view image, storage::WriteBatch& batch);
+  void FinishImage();
+  bool OwnsSlot(uint16_t slot) const { return slot >= slot_begin_ && slot < slot_end_; }
 
   struct ExpiredKey {
     uint16_t db;
@@ -152,7 +165,13 @@ class Shard {
   std::string MetaKey(std::string_view name) const;
   std::string CountKey(char kind, uint16_t db) const;
   Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
-                          size_t entries);
+                          size_t entries, uint64_t applied_to);
+  struct PendingCount {
+    char kind;
+    uint16_t db;
+    int64_t value;
+  };
+  std::vector<PendingCount> pending_counts_;
 
   struct AtomicCounts {
     std::atomic<int64_t> keys{0};

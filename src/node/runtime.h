@@ -83,6 +83,23 @@ auto RunOn(asio::io_context& target, asio::io_context& home, Fn fn) {
       asio::use_awaitable, std::move(fn));
 }
 
+// Runs fn(done) on `target`; fn (or whatever it hands `done` to) calls
+// done(result) exactly once, on `target`'s thread, and the awaiting
+// coroutine resumes on `home` with the result.
+template <typename R, typename Fn>
+auto RunOnAsync(asio::io_context& target, asio::io_context& home, Fn fn) {
+  return asio::async_initiate<const asio::use_awaitable_t<>&, void(R)>(
+      [&target, &home](auto handler, Fn f) {
+        asio::post(target, [handler = std::move(handler), f = std::move(f), &home]() mutable {
+          auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+          f(std::function<void(R)>([shared, &home](R r) {
+            asio::post(home, [shared, r = std::move(r)]() mutable { std::move(*shared)(std::move(r)); });
+          }));
+        });
+      },
+      asio::use_awaitable, std::move(fn));
+}
+
 // A thread that fsyncs the WAL whenever writes are pending and someone waits
 // for them, then tells every worker. Many writes share one fsync.
 class WalSyncer {

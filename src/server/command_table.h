@@ -47,5 +47,7 @@ class CommandTable {
 
 // Server command rows (defined in admin_commands.cc).
 void AppendServerCommands(std::vector<Command>* out);
+// CLUSTER, READONLY, READWRITE, ASKING, SHOAL.* (cluster_commands.cc).
+void AppendClusterCommands(std::vector<Command>* out);
 
 }  // namespace shoal::server

@@ -10,6 +10,16 @@ namespace shoal::server {
 Status Config::Validate() const {
   if (port < 0 || port > 65535) return Status::InvalidArgument("port must be 0..65535");
   if (workers < 0 || workers > 256) return Status::InvalidArgument("workers must be 0..256");
+  if (peer_port < 0 || peer_port > 65535) return Status::InvalidArgument("peer-port must be 0..65535");
+  if (peer_port == 0 && port + 10000 > 65535) {
+    return Status::InvalidArgument("port + 10000 is not a valid peer port: set peer-port");
+  }
+  if (shards < 1 || shards > 1024) return Status::InvalidArgument("shards must be 1..1024");
+  if (replicas < 1 || replicas > 7) return Status::InvalidArgument("replicas must be 1..7");
+  if (tick_ms < 10 || tick_ms > 1000) return Status::InvalidArgument("tick-ms must be 10..1000");
+  if (!join.empty() && join.find(':') == std::string::npos) {
+    return Status::InvalidArgument("join must be host:port");
+  }
   if (databases < 1 || databases > 1024) return Status::InvalidArgument("databases must be 1..1024");
   if (maxmemory < (32LL << 20)) return Status::InvalidArgument("maxmemory must be at least 32mb");
   if (proto_max_bulk_len < 1024) return Status::InvalidArgument("proto-max-bulk-len must be >= 1kb");
@@ -80,6 +90,11 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "databases") return want_int(&c->databases);
   if (key == "maxclients") return want_int(&c->maxclients);
   if (key == "hz") return want_int(&c->hz);
+  if (key == "peer-port") return want_int(&c->peer_port);
+  if (key == "join") return want_str(&c->join);
+  if (key == "shards") return want_int(&c->shards);
+  if (key == "replicas") return want_int(&c->replicas);
+  if (key == "tick-ms") return want_int(&c->tick_ms);
   if (key == "loglevel") return want_str(&c->loglevel);
   if (key == "maxmemory") return want_mem(&c->maxmemory);
   if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);

@@ -25,6 +25,14 @@ struct Config {
   int maxclients = 10000;
   int hz = 10;                      // active expiry cycles per second
   std::string loglevel = "notice";
+  // Cluster settings.
+  int peer_port = 0;                // Raft traffic between nodes; 0: port + 10000
+  std::string join;                 // host:port of any member; empty: bootstrap a new cluster
+  int shards = 16;                  // data shards of a new cluster
+  int replicas = 3;                 // replication factor of a new cluster
+  int tick_ms = 50;                 // Raft tick; elections time out after 10-20 ticks
+
+  int effective_peer_port() const { return peer_port != 0 ? peer_port : (port == 0 ? 0 : port + 10000); }
 
   // Validates ranges; returns InvalidArgument naming the bad setting.
   Status Validate() const;

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "common/clock.h"
+#include "server/forwarder.h"
 #include "common/strings.h"
 #include "storage/slot.h"
 
@@ -19,6 +20,19 @@ constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
 // A pipeline's writes are applied in batches of at most this much.
 constexpr size_t kWriteBatchEntriesMax = 512;
 constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
+
+// The slot of every key of a keyed command, or nullopt if they differ.
+std::optional<uint16_t> KeysSlot(const kv::CommandSpec& spec, kv::Args args) {
+  size_t first = static_cast<size_t>(spec.first_key);
+  size_t last = spec.last_key >= 0 ? static_cast<size_t>(spec.last_key)
+                                   : args.size() - static_cast<size_t>(-spec.last_key);
+  size_t step = spec.key_step > 0 ? static_cast<size_t>(spec.key_step) : 1;
+  uint16_t slot = storage::KeySlot(args[first]);
+  for (size_t i = first + step; i <= last && i < args.size(); i += step) {
+    if (storage::KeySlot(args[i]) != slot) return std::nullopt;
+  }
+  return slot;
+}
 
 std::string Endpoint(const asio::ip::tcp::endpoint& ep) {
   return ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -110,25 +124,38 @@ asio::awaitable<void> Connection::Run() {
         pos += consumed;
         if (args_.empty()) continue;
         const Command* cmd = server_.commands().Find(args_[0]);
-        bool batchable = cmd != nullptr && cmd->spec.apply != nullptr &&
-                         !(cmd->spec.flags & kv::kCmdNoBatch) && Refusal(cmd, args_).empty();
-        if (batchable) {
-          // Writes queue up and are applied together (one storage write),
-          // until something else must see them or the queue is full.
-          kv::Entry entry;
-          std::string error;
-          resp::Writer errors(&error, protocol_);
-          server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
-          last_command_ = cmd->spec.name;
-          if (!PrepareWrite(*cmd, args_, &entry, &errors)) {
+        bool keyed = cmd != nullptr && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
+                     cmd->spec.first_key > 0 && Refusal(cmd, args_).empty();
+        if (keyed) {
+          std::optional<uint16_t> slot = KeysSlot(cmd->spec, args_);
+          if (!slot) {
             if (!queued_entries_.empty()) co_await FlushWrites();
-            writer_.Raw(error);
+            server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+            writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
             continue;
           }
-          kv::Shard* shard = ShardOf(*cmd, args_);
-          if (queued_shard_ != nullptr && queued_shard_ != shard) co_await FlushWrites();
-          SHOAL_CHECK(QueueWrite(*cmd, shard, std::move(entry)));
-          if (WritesQueueFull()) co_await FlushWrites();
+          uint64_t group = server_.cluster().routing()->ForSlot(*slot).id;
+          replica::Replica* r = server_.groups().Find(group);
+          if (cmd->spec.apply != nullptr && r != nullptr && r->published_is_leader()) {
+            // Writes queue up and are proposed together (one log entry),
+            // until something else must see them or the queue is full.
+            kv::Entry entry;
+            std::string error;
+            resp::Writer errors(&error, protocol_);
+            server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+            last_command_ = cmd->spec.name;
+            if (!PrepareWrite(*cmd, args_, &entry, &errors)) {
+              if (!queued_entries_.empty()) co_await FlushWrites();
+              writer_.Raw(error);
+              continue;
+            }
+            if (queued_group_ != group && !queued_entries_.empty()) co_await FlushWrites();
+            QueueWrite(group, std::move(entry));
+            if (WritesQueueFull()) co_await FlushWrites();
+            continue;
+          }
+          if (!queued_entries_.empty()) co_await FlushWrites();
+          co_await RunKeyed(*cmd, args_, *slot);
           continue;
         }
         if (!queued_entries_.empty()) co_await FlushWrites();
@@ -164,15 +191,8 @@ asio::awaitable<void> Connection::Run() {
 
 asio::awaitable<bool> Connection::FlushReplies() {
   if (wbuf_.empty()) co_return true;
-  // Hold every reply until the writes it may have seen are on disk, as
-  // redis-server does with appendfsync always.
-  storage::Engine& engine = server_.engine();
-  if (server_.config().durability == Durability::kFsync) {
-    uint64_t seq = engine.write_seq();
-    if (seq > engine.durable_seq()) {
-      co_await worker_.WaitDurable(engine, seq, [this] { server_.syncer().Kick(); });
-    }
-  }
+  // Writes are durable before they are applied (a majority of their
+  // shard's replicas has the log entry on disk), so a reply needs no wait.
   if (killed_) co_return false;
   co_await asio::async_write(socket_, asio::buffer(wbuf_), asio::use_awaitable);
   server_.stats().net_output_bytes.fetch_add(wbuf_.size(), std::memory_order_relaxed);
@@ -201,58 +221,134 @@ std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
   return "";
 }
 
-bool Connection::QueueWrite(const Command& cmd, kv::Shard* shard, kv::Entry entry) {
-  if (queued_shard_ != nullptr && queued_shard_ != shard) return false;
-  queued_shard_ = shard;
+void Connection::QueueWrite(uint64_t group, kv::Entry entry) {
+  queued_group_ = group;
   for (const auto& a : entry.args) queued_bytes_ += a.size();
   queued_entries_.push_back(std::move(entry));
-  queued_fns_.push_back(cmd.spec.apply);
-  return true;
 }
 
 bool Connection::WritesQueueFull() const {
   return queued_entries_.size() >= kWriteBatchEntriesMax || queued_bytes_ >= kWriteBatchBytesMax;
 }
 
+namespace {
+struct ProposeResult {
+  bool applied = false;
+  std::string reply;
+};
+}  // namespace
+
 asio::awaitable<void> Connection::FlushWrites() {
-  kv::Shard* shard = queued_shard_;
   std::vector<kv::Entry> entries = std::move(queued_entries_);
-  std::vector<kv::ApplyFn> fns = std::move(queued_fns_);
-  queued_shard_ = nullptr;
+  uint64_t group = queued_group_;
   queued_entries_.clear();
-  queued_fns_.clear();
   queued_bytes_ = 0;
   if (entries.empty()) co_return;
-  int owner = server_.OwnerWorker(*shard);
-  if (owner == worker_.index()) {
-    (void)shard->ApplyBatch(entries, fns, server_.limits(), &writer_);
+  size_t n = entries.size();
+  replica::Replica* r = server_.groups().Find(group);
+  SHOAL_CHECK(r != nullptr);
+  node::Groups* groups = &server_.groups();
+  auto propose = [r, groups, data = replica::EncodeKvBatch(entries, protocol_)](
+                     std::function<void(ProposeResult)> done) mutable {
+    auto p = r->Propose(std::move(data), [done](bool applied, std::string reply) {
+      done(ProposeResult{applied, std::move(reply)});
+    }, node::MonoUs());
+    if (!p.ok()) {
+      done(ProposeResult{false, std::string("-TRYAGAIN the shard's leader moved (") +
+                                    raft::to_string(p.error) + "); retry\r\n"});
+      return;
+    }
+    groups->Notify(r);
+  };
+  entries.clear();
+  ProposeResult res = co_await node::RunOnAsync<ProposeResult>(server_.groups().WorkerFor(group).io(),
+                                                               worker_.io(), std::move(propose));
+  if (res.applied) {
+    writer_.Raw(res.reply);
+  } else {
+    for (size_t i = 0; i < n; ++i) writer_.Raw(res.reply);
+  }
+}
+
+asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {
+  if (r->LeaseReadOk(node::MonoUs())) co_return true;
+  node::Groups* groups = &server_.groups();
+  auto read = [r, groups](std::function<void(bool)> done) {
+    r->ReadIndex(std::move(done), node::MonoUs());
+    groups->Notify(r);
+  };
+  co_return co_await node::RunOnAsync<bool>(server_.groups().WorkerFor(r->group()).io(), worker_.io(),
+                                             std::move(read));
+}
+
+asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot) {
+  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  last_command_ = cmd.spec.name;
+  auto rt = server_.cluster().routing();
+  uint64_t group = rt->ForSlot(slot).id;
+  replica::Replica* r = server_.groups().Find(group);
+  bool leader_here = r != nullptr && r->published_is_leader();
+  if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
+    if (co_await ReadBarrier(r)) {
+      RunRead(cmd, args);
+    } else {
+      writer_.Error("TRYAGAIN the read could not be confirmed by a quorum of the shard's replicas; retry");
+    }
     co_return;
   }
-  Server* server = &server_;
-  int protocol = protocol_;
-  auto task = [server, shard, protocol, entries = std::move(entries), fns = std::move(fns)]() {
-    std::string out;
-    resp::Writer w(&out, protocol);
-    (void)shard->ApplyBatch(entries, fns, server->limits(), &w);
-    return out;
-  };
-  std::string reply =
-      co_await node::RunOn(server_.runtime().worker(owner).io(), worker_.io(), std::move(task));
+  if (leader_here) {  // a write that could not be queued (leadership just came here)
+    kv::Entry entry;
+    if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
+    QueueWrite(group, std::move(entry));
+    co_await FlushWrites();
+    co_return;
+  }
+  if (cluster_aware_) {
+    const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
+    if (addr == nullptr) {
+      writer_.Error("CLUSTERDOWN The cluster is down: the key's shard has no leader right now");
+    } else {
+      writer_.Error("MOVED " + std::to_string(slot) + " " + addr->host + ":" + std::to_string(addr->port));
+    }
+    co_return;
+  }
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, db_, args);
   writer_.Raw(reply);
 }
 
-kv::Shard* Connection::ShardOf(const Command& cmd, kv::Args args) {
-  // One shard per node today; keyed commands go to the owner of their slot.
-  if (cmd.spec.first_key > 0 && static_cast<size_t>(cmd.spec.first_key) < args.size()) {
-    return &server_.ShardForSlot(storage::KeySlot(args[static_cast<size_t>(cmd.spec.first_key)]));
+asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args args) {
+  kv::Entry entry;
+  if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
+  std::string error;
+  for (kv::Shard* shard : server_.LedShards()) {
+    QueueWrite(shard->id(), entry);
+    std::string before = std::move(wbuf_);
+    wbuf_.clear();
+    co_await FlushWrites();
+    if (!wbuf_.starts_with("+") && error.empty()) error = wbuf_;
+    wbuf_ = std::move(before);
   }
-  return server_.shards()[0];
+  if (!cluster_aware_) {
+    // A plain client means the whole database: the other nodes flush theirs.
+    auto rt = server_.cluster().routing();
+    for (const auto& [id, node] : rt->nodes) {
+      if (id == server_.cluster().node_id()) continue;
+      bool sent = false;
+      std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, db_, args, &sent);
+      if (!reply.starts_with("+") && error.empty()) error = reply;
+    }
+  }
+  if (error.empty()) {
+    writer_.Simple("OK");
+  } else {
+    writer_.Raw(error);
+  }
 }
 
 void Connection::RunRead(const Command& cmd, kv::Args args) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  kv::ReadContext ctx{&server_.engine(), db_, RealClock().NowUnixMs(), &server_.limits(),
-                      server_.shards(), rng()};
+  std::vector<kv::Shard*> shards = cluster_aware_ ? server_.LedShards() : server_.LocalShards();
+  kv::ReadContext ctx{&server_.engine(), db_, RealClock().NowUnixMs(), &server_.limits(), shards, rng()};
   cmd.spec.read(ctx, args, &writer_);
 }
 
@@ -289,15 +385,8 @@ bool Connection::ExecuteNow(const Command* cmd, kv::Args args, const Command** l
     *later = cmd;
     return false;
   }
-  kv::Shard* shard = ShardOf(*cmd, args);
-  if (server_.OwnerWorker(*shard) != worker_.index()) {
-    *later = cmd;
-    return false;
-  }
-  kv::Entry entry;
-  if (!PrepareWrite(*cmd, args, &entry, &writer_)) return true;
-  (void)shard->Apply(entry, cmd->spec.apply, server_.limits(), &writer_);
-  return true;
+  *later = cmd;  // a keyless write (FLUSHDB, FLUSHALL)
+  return false;
 }
 
 asio::awaitable<void> Connection::ExecuteLater(const Command& cmd, kv::Args args) {
@@ -305,21 +394,7 @@ asio::awaitable<void> Connection::ExecuteLater(const Command& cmd, kv::Args args
     co_await cmd.async(*this, args);
     co_return;
   }
-  kv::Entry entry;
-  if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
-  kv::Shard* shard = ShardOf(cmd, args);
-  Server* server = &server_;
-  int protocol = protocol_;
-  kv::ApplyFn apply = cmd.spec.apply;
-  auto task = [server, shard, protocol, apply, entry = std::move(entry)]() {
-    std::string out;
-    resp::Writer w(&out, protocol);
-    (void)shard->Apply(entry, apply, server->limits(), &w);
-    return out;
-  };
-  std::string reply = co_await node::RunOn(
-      server_.runtime().worker(server_.OwnerWorker(*shard)).io(), worker_.io(), std::move(task));
-  writer_.Raw(reply);
+  co_await RunKeylessWrite(cmd, args);
 }
 
 std::string Connection::InfoLine() const {

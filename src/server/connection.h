@@ -50,6 +50,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string InfoLine() const;
   // The reply buffer of the current pipeline (for async handlers).
   resp::Writer& writer() { return writer_; }
+  // A cluster-aware client (it asked about the cluster, or it is another
+  // node) gets MOVED for keys led elsewhere; any other client's requests
+  // are forwarded.
+  bool cluster_aware() const { return cluster_aware_; }
+  void set_cluster_aware(bool v) { cluster_aware_ = v; }
+  // READONLY: reads may be served by a follower (linearizable, ReadIndex).
+  void set_readonly(bool v) { readonly_ = v; }
 
  private:
   // Runs one command; returns false if it must continue asynchronously.
@@ -61,11 +68,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors);
   // Queues a write for group commit; returns false if the queue must be
   // flushed first (another shard) — the caller flushes and calls again.
-  bool QueueWrite(const Command& cmd, kv::Shard* shard, kv::Entry entry);
+  void QueueWrite(uint64_t group, kv::Entry entry);
   bool WritesQueueFull() const;
-  // Applies the queued writes as one batch on their shard's worker.
+  // Proposes the queued writes as one log entry to their shard's replica.
   asio::awaitable<void> FlushWrites();
-  kv::Shard* ShardOf(const Command& cmd, kv::Args args);
+  // Routes and runs a command on keys (all in one slot); see Run().
+  asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
+  // Waits until local state may serve a linearizable read of the group.
+  asio::awaitable<bool> ReadBarrier(replica::Replica* r);
+  // Keyless writes (FLUSHDB, FLUSHALL): every shard this node leads, and for
+  // a plain client every other node as well.
+  asio::awaitable<void> RunKeylessWrite(const Command& cmd, kv::Args args);
   asio::awaitable<bool> FlushReplies();
   void GrowReadBuffer(size_t wanted);
 
@@ -87,10 +100,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   resp::Writer writer_;
   resp::Parser parser_;
   std::vector<std::string_view> args_;
-  // Writes of the current pipeline waiting to be applied as one batch.
-  kv::Shard* queued_shard_ = nullptr;
+  bool cluster_aware_ = false;
+  bool readonly_ = false;
+  // Writes of the current pipeline waiting to be proposed as one entry.
+  uint64_t queued_group_ = 0;
   std::vector<kv::Entry> queued_entries_;
-  std::vector<kv::ApplyFn> queued_fns_;
   size_t queued_bytes_ = 0;
 };
 

@@ -107,7 +107,7 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("storage_table_readers_bytes", m.table_readers_bytes);
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
     size_t meta_entries = 0;
-    for (const kv::Shard* s : server.shards()) meta_entries += s->meta_cache_size();
+    for (const kv::Shard* s : server.LocalShards()) meta_entries += s->meta_cache_size();
     w.Field("key_meta_cache_entries", meta_entries);
     w.Field("storage_disk_bytes", server.engine().DiskBytes());
   }
@@ -120,7 +120,7 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("durable_seq", server.engine().durable_seq());
     w.Field("wal_syncs", server.syncer().syncs());
     uint64_t applied = 0;
-    for (const kv::Shard* s : server.shards()) applied += s->applied_index();
+    for (const kv::Shard* s : server.LocalShards()) applied += s->applied_index();
     w.Field("applied_index", applied);
   }
   if (w.Begin("Stats")) {
@@ -142,10 +142,13 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("used_cpu_sys", ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
     w.Field("used_cpu_user", ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6);
   }
+  if (w.Begin("Cluster")) {
+    w.Field("cluster_enabled", 1);
+  }
   if (w.Begin("Keyspace")) {
     for (int db = 0; db < cfg.databases; ++db) {
       int64_t keys = 0, expires = 0;
-      for (const kv::Shard* s : server.shards()) {
+      for (const kv::Shard* s : server.LocalShards()) {
         keys += s->KeyCount(static_cast<uint16_t>(db));
         expires += s->ExpiresCount(static_cast<uint16_t>(db));
       }

@@ -7,12 +7,14 @@
 
 #include <filesystem>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "common/clock.h"
 #include "server/connection.h"
+#include "server/forwarder.h"
 #include "storage/slot.h"
 
 namespace shoal::server {
@@ -64,12 +66,13 @@ Server::Server(Config config) : config_(std::move(config)) { RefreshLimits(); }
 
 Server::~Server() { Stop(); }
 
-kv::Shard& Server::ShardForSlot(uint16_t slot) {
-  for (kv::Shard* s : shard_ptrs_) {
-    if (slot >= s->slot_begin() && slot < s->slot_end()) return *s;
+std::vector<kv::Shard*> Server::LedShards() const {
+  std::vector<kv::Shard*> out;
+  for (kv::Shard* s : cluster_->LocalShards()) {
+    replica::Replica* r = groups_->Find(s->id());
+    if (r != nullptr && r->published_is_leader()) out.push_back(s);
   }
-  SHOAL_CHECK(false && "slot not covered by any shard");
-  __builtin_unreachable();
+  return out;
 }
 
 Status Server::Start() {
@@ -81,30 +84,53 @@ Status Server::Start() {
   auto engine = storage::Engine::Open({.dir = config_.dir, .memory_budget_bytes = config_.maxmemory});
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
-  // A single node holds one shard covering every slot; the cluster layer
-  // will split the slot space into many shards, each a Raft group.
-  // The key metadata cache gets about 1/64 of the budget (~120 bytes an
-  // entry): 131k keys for the default 1gb, enough for a hot working set.
-  size_t meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192);
-  shards_.push_back(std::make_unique<kv::Shard>(engine_.get(), 0, 0, storage::kSlotCount,
-                                                meta_cache_entries));
-  for (auto& s : shards_) {
-    Status st = s->Load();
-    if (!st.ok()) return st.WithContext("loading shard");
-    shard_ptrs_.push_back(s.get());
-  }
   int workers = config_.workers > 0 ? config_.workers
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   worker_states_.resize(static_cast<size_t>(workers));
   runtime_ = std::make_unique<node::Runtime>(workers);
   syncer_ = std::make_unique<node::WalSyncer>(engine_.get(), runtime_.get());
+  forwarder_ = std::make_unique<Forwarder>(*this, workers);
   Status st = Listen();
   if (!st.ok()) return st;
+  // Raft traffic: messages go to their group's worker, leadership gossip to the cluster.
+  node::TransportOptions to;
+  to.bind_host = config_.bind;
+  to.peer_port = static_cast<uint16_t>(config_.effective_peer_port());
+  transport_ = std::make_unique<node::Transport>(
+      to, [this](uint64_t group, raft::Message m) { groups_->Deliver(group, std::move(m)); },
+      [this](raft::NodeId from, std::vector<std::pair<uint64_t, uint64_t>> l) {
+        cluster_->OnLeaders(from, std::move(l));
+      });
+  node::GroupsOptions go;
+  go.fsync = config_.durability == Durability::kFsync;
+  go.tick_ms = config_.tick_ms;
+  groups_ = std::make_unique<node::Groups>(runtime_.get(), engine_.get(), syncer_.get(), transport_.get(), go);
+  cluster::ClusterOptions co;
+  co.host = config_.bind;
+  co.port = static_cast<uint16_t>(bound_port_);
+  co.join = config_.join;
+  co.shards = config_.shards;
+  co.replication_factor = config_.replicas;
+  // The key metadata cache gets about 1/64 of the budget (~120 bytes an
+  // entry), shared out over the shards.
+  co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));
+  co.limits = &limits_;
+  // The peer port must be bound before the cluster records this node's address.
+  st = transport_->Start();
+  if (!st.ok()) return st;
+  co.peer_port = transport_->port();
+  cluster_ = std::make_unique<cluster::Cluster>(co, engine_.get(), runtime_.get(), groups_.get(), transport_.get());
+  st = cluster_->Open();
+  if (!st.ok()) return st.WithContext("cluster");
+  transport_->set_node_id(cluster_->node_id());
   syncer_->Start();
   runtime_->Start();
-  for (kv::Shard* s : shard_ptrs_) StartActiveExpiry(s);
-  spdlog::info("shoal {} listening on {}:{} with {} workers, dir {}, durability {}", SHOAL_VERSION,
-               config_.bind, bound_port_, workers, config_.dir, DurabilityName(config_.durability));
+  groups_->Start();
+  cluster_->Start();
+  for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
+  spdlog::info("shoal {} node {} listening on {}:{} (peers {}) with {} workers, dir {}, durability {}",
+               SHOAL_VERSION, cluster::NodeName(cluster_->node_id()).substr(0, 16), config_.bind,
+               bound_port_, transport_->port(), workers, config_.dir, DurabilityName(config_.durability));
   return Status::Ok();
 }
 
@@ -143,41 +169,53 @@ Status Server::Listen() {
   return Status::Ok();
 }
 
-void Server::StartActiveExpiry(kv::Shard* shard) {
-  node::Worker& worker = runtime_->worker(OwnerWorker(*shard));
-  auto loop = [](Server* server, kv::Shard* shard, node::Worker* worker) -> asio::awaitable<void> {
-    asio::steady_timer timer(worker->io());
-    kv::ApplyFn apply = kv::FindApply(kv::kOpExpireKey);
+void Server::StartActiveExpiry(int w) {
+  // Each worker expires keys of the shards it leads: due keys are proposed
+  // as kOpExpireKey entries, one batch per shard in flight at a time.
+  auto loop = [](Server* server, int w) -> asio::awaitable<void> {
+    node::Worker& worker = server->runtime().worker(w);
+    asio::steady_timer timer(worker.io());
+    auto inflight = std::make_shared<std::set<uint64_t>>();
     for (;;) {
       timer.expires_after(std::chrono::milliseconds(1000 / server->config().hz));
       auto [ec] = co_await timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
       if (ec) co_return;
-      int64_t start_us = RealClock().NowMonoUs();
-      for (int round = 0; round < kExpireBatchesPerCycle; ++round) {
-        int64_t now = RealClock().NowUnixMs();
-        auto due = shard->DueExpiries(now, kExpireBatchKeys);
+      int64_t now = RealClock().NowUnixMs();
+      for (kv::Shard* shard : server->cluster().LocalShards()) {
+        if (server->groups().WorkerOf(shard->id()) != w || inflight->contains(shard->id())) continue;
+        replica::Replica* r = server->groups().Find(shard->id());
+        if (r == nullptr || !r->is_leader()) continue;
+        auto due = shard->DueExpiries(now, kExpireBatchKeys * kExpireBatchesPerCycle);
+        if (due.empty()) continue;
+        std::vector<kv::Entry> entries;
         for (const auto& d : due) {
-          kv::Entry e{kv::kOpExpireKey, d.db, now, {d.key, std::to_string(d.expire_at_ms)}};
-          int64_t before = shard->KeyCount(d.db);
-          std::string ignored;
-          resp::Writer w(&ignored);
-          (void)shard->Apply(e, apply, server->limits(), &w);
-          if (shard->KeyCount(d.db) < before) {
-            server->stats().expired_keys.fetch_add(1, std::memory_order_relaxed);
-          }
+          entries.push_back(kv::Entry{kv::kOpExpireKey, d.db, now, {d.key, std::to_string(d.expire_at_ms)}});
         }
-        if (due.size() < kExpireBatchKeys) break;
-        if (RealClock().NowMonoUs() - start_us > kExpireCycleBudgetUs) break;
+        uint64_t id = shard->id();
+        size_t n = entries.size();
+        auto p = r->Propose(replica::EncodeKvBatch(entries, 2),
+                            [server, inflight, id, n](bool applied, std::string reply) {
+                              inflight->erase(id);
+                              if (!applied) return;
+                              (void)reply;
+                              server->stats().expired_keys.fetch_add(n, std::memory_order_relaxed);
+                            },
+                            node::MonoUs());
+        if (p.ok()) {
+          inflight->insert(id);
+          server->groups().Notify(r);
+        }
       }
     }
   };
-  asio::co_spawn(worker.io(), loop(this, shard, &worker), asio::detached);
+  asio::co_spawn(runtime_->worker(w).io(), loop(this, w), asio::detached);
 }
 
 void Server::Stop() {
   if (stopped_ || !runtime_) return;
   stopped_ = true;
   spdlog::info("shutting down");
+  if (transport_) transport_->Stop();
   runtime_->Stop();
   acceptors_.clear();
   syncer_->Stop();

@@ -10,8 +10,11 @@
 
 #include <asio/ip/tcp.hpp>
 
+#include "cluster/cluster.h"
 #include "kv/shard.h"
+#include "node/groups.h"
 #include "node/runtime.h"
+#include "node/transport.h"
 #include "server/command_table.h"
 #include "server/config.h"
 #include "storage/engine.h"
@@ -19,6 +22,7 @@
 namespace shoal::server {
 
 class Connection;
+class Forwarder;
 
 // Counters for INFO stats; incremented on workers with relaxed atomics.
 struct Stats {
@@ -66,12 +70,13 @@ class Server {
   Stats& stats() { return stats_; }
   const CommandTable& commands() const { return commands_; }
   WorkerState& worker_state(int worker) { return worker_states_[static_cast<size_t>(worker)]; }
-  // The shard that owns `slot`, and the worker that owns a shard.
-  kv::Shard& ShardForSlot(uint16_t slot);
-  std::span<kv::Shard* const> shards() const { return shard_ptrs_; }
-  int OwnerWorker(const kv::Shard& shard) const {
-    return static_cast<int>(shard.id() % static_cast<uint32_t>(runtime_->size()));
-  }
+  cluster::Cluster& cluster() { return *cluster_; }
+  node::Groups& groups() { return *groups_; }
+  node::Transport& transport() { return *transport_; }
+  Forwarder& forwarder() { return *forwarder_; }
+  // The shards this node leads (cluster-aware views) or holds (plain views).
+  std::vector<kv::Shard*> LedShards() const;
+  std::vector<kv::Shard*> LocalShards() const { return cluster_->LocalShards(); }
   const kv::Limits& limits() const { return limits_; }
   // Re-reads the limits from config() after CONFIG SET.
   void RefreshLimits() { limits_ = kv::Limits{config_.proto_max_bulk_len, config_.databases}; }
@@ -81,15 +86,13 @@ class Server {
 
  private:
   Status Listen();
-  void StartActiveExpiry(kv::Shard* shard);
+  void StartActiveExpiry(int worker);
 
   Config config_;
   kv::Limits limits_;
   Stats stats_;
   CommandTable commands_;
   std::unique_ptr<storage::Engine> engine_;
-  std::vector<std::unique_ptr<kv::Shard>> shards_;
-  std::vector<kv::Shard*> shard_ptrs_;
   std::vector<WorkerState> worker_states_;
   std::atomic<uint64_t> next_client_id_{0};
   int bound_port_ = 0;
@@ -99,6 +102,10 @@ class Server {
   // Declared last: destroyed first, while what connections use still lives.
   std::unique_ptr<node::Runtime> runtime_;
   std::unique_ptr<node::WalSyncer> syncer_;
+  std::unique_ptr<node::Transport> transport_;
+  std::unique_ptr<node::Groups> groups_;
+  std::unique_ptr<cluster::Cluster> cluster_;
+  std::unique_ptr<Forwarder> forwarder_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
 };
 

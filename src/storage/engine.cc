@@ -15,9 +15,8 @@
 namespace shoal::storage {
 namespace {
 
-constexpr int kCfCount = 3;
-const char* const kCfNames[kCfCount] = {"default", "expiry",
-                                        "meta"};
+constexpr int kCfCount = 4;
+const char* const kCfNames[kCfCount] = {"default", "expiry", "meta", "raft"};
 
 Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return Status::Ok();

@@ -16,7 +16,8 @@
 
 namespace shoal::storage {
 
-enum class Cf : uint8_t { kData = 0, kExpiry = 1, kMeta = 2 };
+// kRaft holds every Raft group's log, hard state and log start (raft_store.h).
+enum class Cf : uint8_t { kData = 0, kExpiry = 1, kMeta = 2, kRaft = 3 };
 
 struct EngineOptions {
   std::string dir;

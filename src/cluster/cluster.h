@@ -1,0 +1,144 @@
+// Cluster: this node's membership in a shoal cluster. It
+//   - keeps the node's identity (node id, cluster id) in storage;
+//   - bootstraps a one-node cluster, or joins one through any member;
+//   - hosts the meta shard replica (every node holds one: a voter on up to
+//     3 or 5 nodes, a learner elsewhere) and a replica of each data shard
+//     the metadata places here;
+//   - as the leader of a group, brings its membership to what the metadata
+//     wants (learner, snapshot, catch-up, promotion) and hands leadership to
+//     the preferred replica;
+//   - as the meta leader, runs the placement driver: replicas up to the
+//     replication factor, leaders spread evenly;
+//   - publishes the routing table (slot -> shard -> leader -> address).
+// See docs/design/cluster.md.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cluster/meta.h"
+#include "kv/shard.h"
+#include "node/groups.h"
+#include "node/transport.h"
+#include "storage/slot.h"
+
+namespace shoal::cluster {
+
+struct ClusterOptions {
+  std::string host = "127.0.0.1";  // advertised client/peer address (the bind address)
+  uint16_t port = 6379;
+  uint16_t peer_port = 16379;
+  std::string join;  // "host:port" of any member; empty: bootstrap
+  int shards = 16;
+  int replication_factor = 3;
+  size_t meta_cache_entries = 1 << 16;
+  const kv::Limits* limits = nullptr;
+};
+
+struct NodeAddr {
+  uint64_t id = 0;
+  std::string name;  // 40 hex characters, as Redis Cluster node ids
+  std::string host;
+  uint16_t port = 0;
+};
+
+struct ShardRoute {
+  uint64_t id = 0;
+  uint16_t begin = 0, end = 0;  // [begin, end)
+  uint64_t epoch = 0;
+  std::vector<uint64_t> replicas;
+};
+
+// An immutable view for routing; rebuilt when metadata or leaders change.
+struct RoutingTable {
+  uint64_t meta_epoch = 0;
+  std::vector<ShardRoute> shards;
+  std::array<uint16_t, storage::kSlotCount> slot_to_shard{};  // index into shards
+  std::map<uint64_t, NodeAddr> nodes;
+  std::map<uint64_t, uint64_t> remote_leaders;  // group -> node, from gossip
+  int replication_factor = 3;
+  std::vector<uint64_t> meta_voters;
+  const ShardRoute& ForSlot(uint16_t slot) const { return shards[slot_to_shard[slot]]; }
+  const NodeAddr* Node(uint64_t id) const {
+    auto it = nodes.find(id);
+    return it == nodes.end() ? nullptr : &it->second;
+  }
+};
+using RoutingPtr = std::shared_ptr<const RoutingTable>;
+
+// 40-hex name of a node id.
+std::string NodeName(uint64_t id);
+
+class Cluster {
+ public:
+  Cluster(ClusterOptions opts, storage::Engine* engine, node::Runtime* runtime,
+          node::Groups* groups, node::Transport* transport);
+  ~Cluster();
+
+  // Loads or creates the identity, opens local replicas, bootstraps or
+  // starts joining. Call before the runtime starts.
+  Status Open();
+  // Starts the background work (join, reconcile); the runtime must run.
+  void Start();
+
+  uint64_t node_id() const { return node_id_; }
+  uint64_t cluster_id() const { return cluster_id_.load(std::memory_order_acquire); }
+  const ClusterOptions& options() const { return opts_; }
+  RoutingPtr routing() const { return std::atomic_load(&routing_); }
+  MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
+  // The leader of group as this node knows it (kNoNode if unknown).
+  uint64_t LeaderOf(uint64_t group) const;
+  replica::Replica* Local(uint64_t group) const { return groups_->Find(group); }
+  kv::Shard* LocalShard(uint64_t group) const;
+  std::vector<kv::Shard*> LocalShards() const;
+
+  // A node asks to join (SHOAL.JOIN). done(reply) runs on worker 0 with a
+  // RESP reply: "+<cluster id hex>", "-REDIRECT host:port" or an error.
+  void HandleJoin(const proto::NodeInfo& node, std::function<void(std::string)> done);
+  // Leadership gossip from a peer (transport thread).
+  void OnLeaders(uint64_t from, std::vector<std::pair<uint64_t, uint64_t>> leaders);
+
+  // Whether every shard has a known leader.
+  bool Healthy() const;
+
+ private:
+  Status LoadIdentity();
+  Status OpenMeta(bool bootstrap, const proto::MetaState* initial);
+  Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
+  void OnTick(int worker);
+  void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
+  void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
+  void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
+  void RebuildRouting(const MetaPtr& meta);
+  asio::awaitable<void> JoinLoop();
+
+  ClusterOptions opts_;
+  storage::Engine* engine_;
+  node::Runtime* runtime_;
+  node::Groups* groups_;
+  node::Transport* transport_;
+  uint64_t node_id_ = 0;
+  std::atomic<uint64_t> cluster_id_{0};
+  MetaStateMachine* meta_sm_ = nullptr;  // owned by the meta replica
+  std::mutex shards_mu_;
+  std::map<uint64_t, std::unique_ptr<kv::Shard>> shards_;  // local data shards
+  RoutingPtr routing_;
+  // Gossip (transport thread writes, worker 0 reads).
+  mutable std::mutex gossip_mu_;
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> gossip_;  // group -> (node, term)
+  bool gossip_changed_ = false;
+  // Worker-0 state.
+  uint64_t routed_epoch_ = UINT64_MAX;
+  int64_t last_placement_us_ = 0;
+  int tick_count_ = 0;
+  std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
+  std::mutex transfer_mu_;
+};
+
+}  // namespace shoal::cluster

@@ -1,0 +1,145 @@
+#include "cluster/meta.h"
+
+#include <spdlog/spdlog.h>
+
+#include "storage/slot.h"
+
+namespace shoal::cluster {
+namespace {
+
+constexpr std::string_view kStateKey = "cluster/meta/state";
+constexpr std::string_view kAppliedKey = "cluster/meta/applied";
+
+std::string EncodeU64(uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
+
+}  // namespace
+
+proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
+                             int replication_factor) {
+  proto::MetaState m;
+  m.set_version(1);
+  m.set_cluster_id(cluster_id);
+  m.set_replication_factor(static_cast<uint32_t>(replication_factor));
+  *m.add_nodes() = self;
+  m.add_meta_voters(self.id());
+  uint32_t per = storage::kSlotCount / static_cast<uint32_t>(shards);
+  uint32_t extra = storage::kSlotCount % static_cast<uint32_t>(shards);
+  uint32_t begin = 0;
+  for (int i = 0; i < shards; ++i) {
+    uint32_t size = per + (static_cast<uint32_t>(i) < extra ? 1 : 0);
+    auto* s = m.add_shards();
+    s->set_id(static_cast<uint64_t>(i) + 1);
+    s->set_slot_begin(begin);
+    s->set_slot_end(begin + size);
+    s->set_epoch(1);
+    s->add_replicas(self.id());
+    s->set_preferred_leader(self.id());
+    begin += size;
+  }
+  m.set_epoch(1);
+  return m;
+}
+
+bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
+  switch (cmd.cmd_case()) {
+    case proto::MetaCommand::kAddNode: {
+      const auto& n = cmd.add_node();
+      if (n.id() == 0 || n.port() == 0 || n.port() > 65535 || n.peer_port() == 0 || n.peer_port() > 65535) return false;
+      for (auto& existing : *state->mutable_nodes()) {
+        if (existing.id() == n.id()) {
+          existing = n;  // a restarted node may come back on a new address
+          state->set_epoch(state->epoch() + 1);
+          return true;
+        }
+      }
+      *state->add_nodes() = n;
+      state->set_epoch(state->epoch() + 1);
+      return true;
+    }
+    case proto::MetaCommand::kSetShard: {
+      const auto& s = cmd.set_shard();
+      for (auto& existing : *state->mutable_shards()) {
+        if (existing.id() != s.id()) continue;
+        if (s.slot_begin() != existing.slot_begin() || s.slot_end() != existing.slot_end()) return false;
+        for (uint64_t r : s.replicas()) {
+          bool known = false;
+          for (const auto& n : state->nodes()) known |= n.id() == r;
+          if (!known) return false;
+        }
+        existing = s;
+        existing.set_epoch(existing.epoch() + 1);
+        state->set_epoch(state->epoch() + 1);
+        return true;
+      }
+      return false;
+    }
+    case proto::MetaCommand::kSetMetaVoters: {
+      state->clear_meta_voters();
+      for (uint64_t v : cmd.set_meta_voters().voters()) state->add_meta_voters(v);
+      state->set_epoch(state->epoch() + 1);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+MetaStateMachine::MetaStateMachine(storage::Engine* engine)
+    : engine_(engine), published_(std::make_shared<proto::MetaState>()) {}
+
+Status MetaStateMachine::Load() {
+  std::string raw;
+  Status s = engine_->Get(storage::Cf::kMeta, kAppliedKey, &raw);
+  if (s.code() == Code::kNotFound) return Status::Ok();
+  if (!s.ok()) return s;
+  if (raw.size() != 8) return Status::Corruption("meta applied index");
+  std::memcpy(&applied_, raw.data(), 8);
+  s = engine_->Get(storage::Cf::kMeta, kStateKey, &raw);
+  if (!s.ok()) return s.WithContext("meta state");
+  if (!state_.ParseFromString(raw)) return Status::Corruption("meta state");
+  std::atomic_store(&published_, MetaPtr(std::make_shared<proto::MetaState>(state_)));
+  return Status::Ok();
+}
+
+void MetaStateMachine::Stage(storage::WriteBatch& batch) {
+  batch.Put(storage::Cf::kMeta, kStateKey, state_.SerializeAsString());
+  batch.Put(storage::Cf::kMeta, kAppliedKey, EncodeU64(applied_));
+}
+
+void MetaStateMachine::Apply(const raft::Entry& e, std::string* reply) {
+  proto::MetaCommand cmd;
+  bool ok = cmd.ParseFromString(e.data) && cmd.version() == 1 && ApplyMetaCommand(cmd, &state_);
+  if (!ok) spdlog::warn("meta entry {} refused (invalid command)", e.index);
+  applied_ = e.index;
+  auto batch = engine_->NewBatch();
+  Stage(*batch);
+  auto seq = engine_->Write(*batch);
+  if (!seq.ok()) spdlog::error("meta state write failed: {}", seq.status().ToString());
+  if (ok) std::atomic_store(&published_, MetaPtr(std::make_shared<proto::MetaState>(state_)));
+  if (reply != nullptr) reply->append(ok ? "+OK\r\n" : "-ERR invalid cluster change\r\n");
+}
+
+void MetaStateMachine::StageApplied(uint64_t index, storage::WriteBatch& batch) {
+  applied_ = index;
+  batch.Put(storage::Cf::kMeta, kAppliedKey, EncodeU64(applied_));
+}
+
+Result<std::string> MetaStateMachine::Export() { return state_.SerializeAsString(); }
+
+Status MetaStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) {
+  proto::MetaState m;
+  if (!m.ParseFromArray(image.data(), static_cast<int>(image.size()))) {
+    return Status::Corruption("meta snapshot");
+  }
+  staged_ = m;
+  state_ = std::move(m);
+  applied_ = index;
+  Stage(batch);
+  return Status::Ok();
+}
+
+void MetaStateMachine::FinishImport() {
+  std::atomic_store(&published_, MetaPtr(std::make_shared<proto::MetaState>(state_)));
+}
+
+}  // namespace shoal::cluster

@@ -1,0 +1,53 @@
+// The meta shard's state machine: cluster metadata (nodes, shard map,
+// desired meta voters) as proto::MetaState. Each applied command rewrites
+// the (small) state and the applied index in one storage write, so a
+// restarted node has it at once. The current state is published as an
+// immutable copy for every thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "meta.pb.h"
+#include "replica/replica.h"
+
+namespace shoal::cluster {
+
+using MetaPtr = std::shared_ptr<const proto::MetaState>;
+
+// The metadata of a new cluster: this node alone, `shards` shards of equal
+// slot ranges, each with this node as its only replica.
+proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
+                             int replication_factor);
+
+// Applies one command to `state`; false (state unchanged) if it is invalid.
+bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state);
+
+class MetaStateMachine final : public replica::StateMachine {
+ public:
+  explicit MetaStateMachine(storage::Engine* engine);
+  // Loads the persisted state (if any).
+  Status Load();
+
+  uint64_t applied_index() const override { return applied_; }
+  void Apply(const raft::Entry& e, std::string* reply) override;
+  void StageApplied(uint64_t index, storage::WriteBatch& batch) override;
+  Result<std::string> Export() override;
+  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) override;
+  void FinishImport() override;
+
+  // The current state; any thread. Never null (empty before the first apply).
+  MetaPtr state() const { return std::atomic_load(&published_); }
+
+ private:
+  void Stage(storage::WriteBatch& batch);
+  storage::Engine* engine_;
+  proto::MetaState state_;
+  proto::MetaState staged_;
+  uint64_t applied_ = 0;
+  MetaPtr published_;
+};
+
+}  // namespace shoal::cluster

@@ -1,0 +1,138 @@
+#include "node/groups.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/as_tuple.hpp>
+
+#include <chrono>
+
+#include "common/clock.h"
+
+namespace shoal::node {
+
+int64_t MonoUs() { return RealClock().NowMonoUs(); }
+
+Groups::Groups(Runtime* runtime, storage::Engine* engine, WalSyncer* syncer, Transport* transport,
+               GroupsOptions opts)
+    : runtime_(runtime),
+      engine_(engine),
+      syncer_(syncer),
+      transport_(transport),
+      opts_(opts),
+      hosts_(static_cast<size_t>(runtime->size())),
+      table_(new std::atomic<replica::Replica*>[kMaxGroups]) {
+  for (uint64_t i = 0; i < kMaxGroups; ++i) table_[i].store(nullptr);
+}
+
+Groups::~Groups() = default;
+
+void Groups::Start() {
+  for (int w = 0; w < runtime_->size(); ++w) {
+    asio::co_spawn(runtime_->worker(w).io(), TickLoop(w), asio::detached);
+  }
+}
+
+replica::Replica* Groups::Add(std::unique_ptr<replica::Replica> r) {
+  replica::Replica* raw = r.get();
+  SHOAL_CHECK(raw->group() < kMaxGroups);
+  int w = WorkerOf(raw->group());
+  {
+    std::lock_guard lock(mu_);
+    owned_.push_back(std::move(r));
+  }
+  asio::post(runtime_->worker(w).io(), [this, raw, w] {
+    hosts_[static_cast<size_t>(w)].replicas.push_back(raw);
+    Notify(raw);
+  });
+  table_[raw->group()].store(raw, std::memory_order_release);
+  return raw;
+}
+
+std::vector<replica::Replica*> Groups::All() const {
+  std::lock_guard lock(mu_);
+  std::vector<replica::Replica*> out;
+  for (const auto& r : owned_) out.push_back(r.get());
+  return out;
+}
+
+void Groups::Deliver(uint64_t group, raft::Message m) {
+  if (group >= kMaxGroups) return;
+  asio::post(WorkerFor(group).io(), [this, group, m = std::move(m)]() mutable {
+    replica::Replica* r = Find(group);
+    if (r == nullptr) return;  // not created here yet: the leader retries
+    r->Step(std::move(m));
+    Notify(r);
+  });
+}
+
+void Groups::Notify(replica::Replica* r) {
+  int w = WorkerOf(r->group());
+  Host& h = hosts_[static_cast<size_t>(w)];
+  if (!r->HasReady()) return;
+  h.dirty.insert(r);
+  if (h.running) return;
+  h.running = true;
+  asio::co_spawn(runtime_->worker(w).io(), Drive(w), asio::detached);
+}
+
+asio::awaitable<void> Groups::Drive(int w) {
+  Host& h = hosts_[static_cast<size_t>(w)];
+  Worker& worker = runtime_->worker(w);
+  auto batch = engine_->NewBatch();
+  std::vector<replica::Replica*> begun;
+  std::vector<raft::Message> msgs;
+  while (!h.dirty.empty()) {
+    std::set<replica::Replica*> dirty;
+    dirty.swap(h.dirty);
+    batch->Clear();
+    begun.clear();
+    std::vector<GroupMessage> out;
+    for (replica::Replica* r : dirty) {
+      msgs.clear();
+      if (!r->BeginReady(*batch, &msgs)) continue;
+      begun.push_back(r);
+      for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
+    }
+    transport_->Send(std::move(out));
+    if (batch->Count() > 0) {
+      auto seq = engine_->Write(*batch);
+      SHOAL_CHECK(seq.ok() && "raft log write failed");
+      batches_.fetch_add(1, std::memory_order_relaxed);
+      if (opts_.fsync && engine_->durable_seq() < *seq) {
+        WalSyncer* syncer = syncer_;
+        co_await worker.WaitDurable(*engine_, *seq, [syncer] { syncer->Kick(); });
+        if (worker.io().stopped()) co_return;
+      }
+    }
+    int64_t now = MonoUs();
+    std::vector<GroupMessage> after;
+    for (replica::Replica* r : begun) {
+      msgs.clear();
+      r->FinishReady(&msgs, now);
+      for (auto& m : msgs) after.push_back(GroupMessage{r->group(), std::move(m)});
+      if (r->HasReady()) h.dirty.insert(r);
+    }
+    transport_->Send(std::move(after));
+  }
+  h.running = false;
+}
+
+asio::awaitable<void> Groups::TickLoop(int w) {
+  Host& h = hosts_[static_cast<size_t>(w)];
+  asio::steady_timer timer(runtime_->worker(w).io());
+  auto next = std::chrono::steady_clock::now();
+  for (;;) {
+    next += std::chrono::milliseconds(opts_.tick_ms);
+    timer.expires_at(next);
+    auto [ec] = co_await timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    int64_t now = MonoUs();
+    for (replica::Replica* r : h.replicas) {
+      r->Tick(now);
+      Notify(r);
+    }
+    if (tick_hook_) tick_hook_(w);
+  }
+}
+
+}  // namespace shoal::node

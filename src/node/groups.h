@@ -1,0 +1,86 @@
+// Groups: every Raft group replica this node hosts, each pinned to one
+// worker (group id mod workers), and the loop that drives them. Per worker,
+// the replicas with work are collected, their durable state staged into one
+// write batch, written once and made durable with one fsync by the WAL
+// syncer (off the event loop), and only then are their acknowledgements sent
+// and their committed entries applied (group commit).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <vector>
+
+#include "node/runtime.h"
+#include "node/transport.h"
+#include "replica/replica.h"
+
+namespace shoal::node {
+
+struct GroupsOptions {
+  bool fsync = true;  // make Raft state durable before acknowledging it
+  int tick_ms = 50;
+};
+
+class Groups {
+ public:
+  static constexpr uint64_t kMaxGroups = 4096;
+
+  Groups(Runtime* runtime, storage::Engine* engine, WalSyncer* syncer, Transport* transport,
+         GroupsOptions opts);
+  ~Groups();
+
+  // Starts the tick loops; call once the runtime runs.
+  void Start();
+  const GroupsOptions& options() const { return opts_; }
+  int WorkerOf(uint64_t group) const { return static_cast<int>(group % static_cast<uint64_t>(runtime_->size())); }
+  Worker& WorkerFor(uint64_t group) { return runtime_->worker(WorkerOf(group)); }
+
+  // Takes ownership of a replica; any thread. Find() sees it at once; its
+  // worker starts driving it with the next event.
+  replica::Replica* Add(std::unique_ptr<replica::Replica> r);
+  // The replica of `group` on this node, or nullptr. Any thread.
+  replica::Replica* Find(uint64_t group) const {
+    return group < kMaxGroups ? table_[group].load(std::memory_order_acquire) : nullptr;
+  }
+  // Every replica (snapshot of the list). Any thread.
+  std::vector<replica::Replica*> All() const;
+  // Hands a received message to its group's worker. Any thread.
+  void Deliver(uint64_t group, raft::Message m);
+  // The replica has work to drive; call on its worker's thread.
+  void Notify(replica::Replica* r);
+  // fn runs on every worker after each tick, with the worker index.
+  void SetTickHook(std::function<void(int worker)> fn) { tick_hook_ = std::move(fn); }
+
+  uint64_t batches_written() const { return batches_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Host {
+    std::vector<replica::Replica*> replicas;
+    std::set<replica::Replica*> dirty;
+    bool running = false;
+  };
+  asio::awaitable<void> Drive(int w);
+  asio::awaitable<void> TickLoop(int w);
+
+  Runtime* runtime_;
+  storage::Engine* engine_;
+  WalSyncer* syncer_;
+  Transport* transport_;
+  GroupsOptions opts_;
+  std::vector<Host> hosts_;
+  std::unique_ptr<std::atomic<replica::Replica*>[]> table_;
+  mutable std::mutex mu_;  // guards owned_
+  std::vector<std::unique_ptr<replica::Replica>> owned_;
+  std::function<void(int)> tick_hook_;
+  std::atomic<uint64_t> batches_{0};
+};
+
+// Microseconds on the monotonic clock.
+int64_t MonoUs();
+
+}  // namespace shoal::node

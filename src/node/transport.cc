@@ -1,0 +1,278 @@
+#include "node/transport.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/connect.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/post.hpp>
+#include <asio/read.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include "node/codec.h"
+#include "peer.pb.h"
+
+namespace shoal::node {
+namespace {
+
+constexpr uint32_t kWireVersion = 1;
+constexpr auto kGossipInterval = std::chrono::milliseconds(100);
+constexpr auto kBackoffMin = std::chrono::milliseconds(20);
+constexpr auto kBackoffMax = std::chrono::milliseconds(500);
+// Messages queued for an unreachable peer beyond this are dropped (Raft resends).
+constexpr size_t kQueueMax = 8192;
+
+using asio::experimental::as_tuple;
+
+}  // namespace
+
+struct Transport::Peer {
+  explicit Peer(asio::io_context& io) : socket(io), signal(io) {
+    signal.expires_at(asio::steady_timer::time_point::max());
+  }
+  std::string host;
+  uint16_t port = 0;
+  asio::ip::tcp::socket socket;
+  asio::steady_timer signal;
+  std::vector<GroupMessage> queue;
+  bool send_leaders = false;
+  bool writer_running = false;
+};
+
+Transport::Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders)
+    : opts_(std::move(opts)), deliver_(std::move(deliver)), leaders_(std::move(leaders)) {
+  node_id_.store(opts_.node_id);
+}
+
+Transport::~Transport() { Stop(); }
+
+Status Transport::Start() {
+  asio::error_code ec;
+  auto address = asio::ip::make_address(opts_.bind_host, ec);
+  if (ec) return Status::InvalidArgument("bad bind address '" + opts_.bind_host + "'");
+  acceptor_ = std::make_unique<asio::ip::tcp::acceptor>(io_);
+  asio::ip::tcp::endpoint ep(address, opts_.peer_port);
+  acceptor_->open(ep.protocol(), ec);
+  if (!ec) acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_->bind(ep, ec);
+  if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status::IOError("cannot listen for peers on " + opts_.bind_host + ":" +
+                           std::to_string(opts_.peer_port) + ": " + ec.message());
+  }
+  port_ = acceptor_->local_endpoint().port();
+  asio::co_spawn(io_, AcceptLoop(), asio::detached);
+  asio::co_spawn(io_, GossipLoop(), asio::detached);
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "shoal-peers");
+    io_.run();
+  });
+  return Status::Ok();
+}
+
+void Transport::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  io_.stop();
+  if (thread_.joinable()) thread_.join();
+  peers_.clear();
+  acceptor_.reset();
+}
+
+Transport::Peer& Transport::PeerFor(raft::NodeId id) {
+  auto& p = peers_[id];
+  if (!p) p = std::make_unique<Peer>(io_);
+  return *p;
+}
+
+void Transport::Wake(Peer& p) {
+  if (p.writer_running) {
+    p.signal.cancel();
+    return;
+  }
+  if (p.port == 0) return;  // address unknown yet
+  p.writer_running = true;
+  asio::co_spawn(io_, WriteLoop(&p), asio::detached);
+}
+
+void Transport::SetAddress(raft::NodeId id, const std::string& host, uint16_t port) {
+  if (id == node_id()) return;
+  asio::post(io_, [this, id, host, port] {
+    Peer& p = PeerFor(id);
+    if (p.host == host && p.port == port) return;
+    p.host = host;
+    p.port = port;
+    asio::error_code ec;
+    p.socket.close(ec);  // reconnect to the new address
+    Wake(p);
+  });
+}
+
+void Transport::Send(std::vector<GroupMessage> msgs) {
+  if (msgs.empty()) return;
+  asio::post(io_, [this, msgs = std::move(msgs)]() mutable {
+    std::map<raft::NodeId, Peer*> touched;
+    for (auto& gm : msgs) {
+      if (gm.msg.to == node_id()) continue;
+      Peer& p = PeerFor(gm.msg.to);
+      if (p.queue.size() >= kQueueMax) continue;
+      touched[gm.msg.to] = &p;
+      p.queue.push_back(std::move(gm));
+    }
+    for (auto& [id, p] : touched) Wake(*p);
+  });
+}
+
+void Transport::SetLocalLeaders(std::vector<std::pair<uint64_t, uint64_t>> leaders) {
+  asio::post(io_, [this, leaders = std::move(leaders)]() mutable { local_leaders_ = std::move(leaders); });
+}
+
+asio::awaitable<void> Transport::GossipLoop() {
+  asio::steady_timer timer(io_);
+  for (;;) {
+    timer.expires_after(kGossipInterval);
+    auto [ec] = co_await timer.async_wait(as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    for (auto& [id, p] : peers_) {
+      p->send_leaders = true;
+      Wake(*p);
+    }
+  }
+}
+
+asio::awaitable<void> Transport::WriteLoop(Peer* p) {
+  auto backoff = kBackoffMin;
+  asio::steady_timer wait(io_);
+  std::string frame;
+  for (;;) {
+    if (p->queue.empty() && !p->send_leaders) {
+      p->signal.expires_at(asio::steady_timer::time_point::max());
+      auto [ec] = co_await p->signal.async_wait(as_tuple(asio::use_awaitable));
+      (void)ec;
+      if (stopped_) co_return;
+      continue;
+    }
+    if (!p->socket.is_open()) {
+      asio::error_code ec;
+      auto remote = asio::ip::make_address(p->host, ec);
+      auto local = asio::ip::make_address(opts_.bind_host, ec);
+      asio::ip::tcp::socket s(io_);
+      s.open(asio::ip::tcp::v4(), ec);
+      // Originate from our bind address, so that rules by address apply.
+      if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
+      if (!ec) {
+        auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, p->port),
+                                              as_tuple(asio::use_awaitable));
+        ec = cec;
+      }
+      if (ec) {
+        p->queue.clear();  // Raft resends what matters
+        p->send_leaders = false;
+        wait.expires_after(backoff);
+        co_await wait.async_wait(as_tuple(asio::use_awaitable));
+        backoff = std::min(backoff * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kBackoffMax));
+        if (stopped_) co_return;
+        continue;
+      }
+      s.set_option(asio::ip::tcp::no_delay(true), ec);
+      p->socket = std::move(s);
+      backoff = kBackoffMin;
+    }
+    proto::PeerFrame pf;
+    pf.set_version(kWireVersion);
+    pf.set_cluster_id(cluster_id());
+    pf.set_from_node(node_id());
+    pf.set_from_host(opts_.bind_host);
+    pf.set_from_peer_port(port_);
+    for (auto& gm : p->queue) {
+      auto* out = pf.add_messages();
+      out->set_group(gm.group);
+      ToProto(gm.msg, out->mutable_msg());
+    }
+    p->queue.clear();
+    if (p->send_leaders) {
+      p->send_leaders = false;
+      pf.set_has_leaders(true);
+      for (auto [g, t] : local_leaders_) {
+        auto* l = pf.add_leaders();
+        l->set_group(g);
+        l->set_term(t);
+      }
+    }
+    frame.clear();
+    uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
+    for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
+    pf.AppendToString(&frame);
+    auto [ec, written] = co_await asio::async_write(p->socket, asio::buffer(frame), as_tuple(asio::use_awaitable));
+    (void)written;
+    if (ec) {
+      asio::error_code cec;
+      p->socket.close(cec);
+      if (stopped_) co_return;
+      continue;
+    }
+    frames_sent_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+asio::awaitable<void> Transport::AcceptLoop() {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor_->async_accept(as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+    if (ec) continue;
+    asio::error_code nec;
+    socket.set_option(asio::ip::tcp::no_delay(true), nec);
+    asio::co_spawn(io_, ReadLoop(std::move(socket)), asio::detached);
+  }
+}
+
+asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
+  std::string body;
+  for (;;) {
+    unsigned char head[4];
+    auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
+    if (len > opts_.max_frame_bytes) {
+      frames_refused_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("peer frame of {} bytes refused", len);
+      co_return;
+    }
+    body.resize(len);
+    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), as_tuple(asio::use_awaitable));
+    if (ec2) co_return;
+    proto::PeerFrame pf;
+    if (!pf.ParseFromString(body) || pf.version() != kWireVersion || pf.from_node() == 0) {
+      frames_refused_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("malformed peer frame refused");
+      co_return;
+    }
+    uint64_t ours = cluster_id();
+    if (ours == 0 || node_id() == 0 || pf.cluster_id() != ours) {
+      frames_refused_.fetch_add(1, std::memory_order_relaxed);
+      if (ours != 0) spdlog::warn("frame from node {:016x} of foreign cluster {:016x} refused", pf.from_node(), pf.cluster_id());
+      co_return;
+    }
+    if (!pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
+      Peer& p = PeerFor(pf.from_node());
+      if (p.port == 0) {
+        p.host = pf.from_host();
+        p.port = static_cast<uint16_t>(pf.from_peer_port());
+      }
+    }
+    for (const auto& gm : pf.messages()) {
+      raft::Message m;
+      if (!FromProto(gm.msg(), &m) || m.from != pf.from_node() || m.to != node_id()) continue;
+      deliver_(gm.group(), std::move(m));
+    }
+    if (pf.has_leaders()) {
+      std::vector<std::pair<uint64_t, uint64_t>> leaders;
+      for (const auto& l : pf.leaders()) leaders.emplace_back(l.group(), l.term());
+      leaders_(pf.from_node(), std::move(leaders));
+    }
+  }
+}
+
+}  // namespace shoal::node

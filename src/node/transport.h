@@ -1,0 +1,95 @@
+// Transport: Raft traffic between nodes. Frames are [u32 big-endian
+// length][proto::PeerFrame], version 1, each carrying every message queued
+// for one destination node since the last write (batched per node). One
+// outgoing connection per peer, opened from this node's bind address and
+// re-opened with backoff; frames of another cluster are refused. Runs on a
+// thread of its own; Send() and the setters may be called from any thread.
+#pragma once
+
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "raft/types.h"
+
+namespace shoal::node {
+
+struct GroupMessage {
+  uint64_t group;
+  raft::Message msg;
+};
+
+struct TransportOptions {
+  raft::NodeId node_id = raft::kNoNode;
+  std::string bind_host = "127.0.0.1";
+  uint16_t peer_port = 0;  // 0: any (tests)
+  // Frames larger than this are refused (a snapshot travels in one frame).
+  uint32_t max_frame_bytes = 1u << 30;
+};
+
+class Transport {
+ public:
+  // Called on the transport thread for every well-formed message received.
+  using DeliverFn = std::function<void(uint64_t group, raft::Message m)>;
+  // Called on the transport thread with a peer's complete leadership list.
+  using LeadersFn = std::function<void(raft::NodeId from, std::vector<std::pair<uint64_t, uint64_t>>)>;
+
+  Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders);
+  ~Transport();
+  Status Start();
+  void Stop();
+  uint16_t port() const { return port_; }
+
+  // This node's id; frames are refused until it and the cluster id are set.
+  void set_node_id(raft::NodeId id) { node_id_.store(id, std::memory_order_release); }
+  raft::NodeId node_id() const { return node_id_.load(std::memory_order_acquire); }
+  void set_cluster_id(uint64_t id) { cluster_id_.store(id, std::memory_order_release); }
+  uint64_t cluster_id() const { return cluster_id_.load(std::memory_order_acquire); }
+  // Where node `id` listens for peers.
+  void SetAddress(raft::NodeId id, const std::string& host, uint16_t port);
+  // Queues messages (each to msg.to) and wakes the writers.
+  void Send(std::vector<GroupMessage> msgs);
+  // The groups this node leads (group, term), gossiped to every peer.
+  void SetLocalLeaders(std::vector<std::pair<uint64_t, uint64_t>> leaders);
+
+  uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
+  uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Peer;
+  Peer& PeerFor(raft::NodeId id);
+  void Wake(Peer& p);
+  asio::awaitable<void> AcceptLoop();
+  asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
+  asio::awaitable<void> WriteLoop(Peer* p);
+  asio::awaitable<void> GossipLoop();
+
+  TransportOptions opts_;
+  DeliverFn deliver_;
+  LeadersFn leaders_;
+  std::atomic<uint64_t> cluster_id_{0};
+  std::atomic<raft::NodeId> node_id_{0};
+  asio::io_context io_{1};
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  uint16_t port_ = 0;
+  std::thread thread_;
+  // Peers and local leaders are touched only on the transport thread.
+  std::map<raft::NodeId, std::unique_ptr<Peer>> peers_;
+  std::vector<std::pair<uint64_t, uint64_t>> local_leaders_;
+  std::atomic<uint64_t> frames_sent_{0};
+  std::atomic<uint64_t> frames_refused_{0};
+  bool stopped_ = false;
+};
+
+}  // namespace shoal::node

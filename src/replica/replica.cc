@@ -1,0 +1,327 @@
+#include "replica/replica.h"
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include <spdlog/spdlog.h>
+
+#include "kv/commands.h"
+#include "kv/entry.h"
+#include "resp/writer.h"
+
+namespace shoal::replica {
+namespace {
+
+constexpr char kKvBatchTag = 'B';
+// How long a proposal or read may wait before its client is told.
+constexpr int64_t kWriteTimeoutUs = 8'000'000;
+constexpr int64_t kReadTimeoutUs = 3'000'000;
+
+void PutU32(std::string* out, uint32_t v) {
+  char b[4];
+  std::memcpy(b, &v, 4);
+  out->append(b, 4);
+}
+
+bool GetU32(std::string_view* in, uint32_t* v) {
+  if (in->size() < 4) return false;
+  std::memcpy(v, in->data(), 4);
+  in->remove_prefix(4);
+  return true;
+}
+
+}  // namespace
+
+std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
+  std::string out;
+  out.push_back(kKvBatchTag);
+  out.push_back(static_cast<char>(protocol));
+  PutU32(&out, static_cast<uint32_t>(entries.size()));
+  for (const auto& e : entries) {
+    std::string enc = kv::EncodeEntry(e);
+    PutU32(&out, static_cast<uint32_t>(enc.size()));
+    out += enc;
+  }
+  return out;
+}
+
+bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol) {
+  if (data.size() < 6 || data[0] != kKvBatchTag) return false;
+  *protocol = data[1];
+  if (*protocol != 2 && *protocol != 3) return false;
+  data.remove_prefix(2);
+  uint32_t n = 0;
+  if (!GetU32(&data, &n) || n > data.size() / 4) return false;
+  entries->resize(n);
+  for (auto& e : *entries) {
+    uint32_t len = 0;
+    if (!GetU32(&data, &len) || len > data.size()) return false;
+    if (!kv::DecodeEntry(data.substr(0, len), &e)) return false;
+    data.remove_prefix(len);
+  }
+  return data.empty();
+}
+
+void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
+  std::vector<kv::Entry> entries;
+  int protocol = 2;
+  std::vector<kv::ApplyFn> fns;
+  bool ok = DecodeKvBatch(e.data, &entries, &protocol) && !entries.empty();
+  for (const auto& ke : entries) {
+    fns.push_back(kv::FindApply(ke.op));
+    if (fns.back() == nullptr) ok = false;
+  }
+  std::string scratch;
+  std::string* out = reply != nullptr ? reply : &scratch;
+  if (!ok) {
+    // Every replica refuses the same bytes the same way: skip the entry.
+    spdlog::error("shard {}: log entry {} is not a valid write batch; skipped", shard_->id(), e.index);
+    out->append("-ERR internal error: malformed log entry\r\n");
+    return;
+  }
+  resp::Writer w(out, protocol);
+  auto seq = shard_->ApplyBatch(entries, fns, *limits_, &w, e.index);
+  if (!seq.ok()) spdlog::error("shard {}: apply of {} failed: {}", shard_->id(), e.index, seq.status().ToString());
+}
+
+Status KvStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) {
+  static const std::string kEmpty(1, '\x01');
+  Status s = shard_->StageImage(image.empty() ? std::string_view(kEmpty) : image, batch);
+  if (!s.ok()) return s;
+  shard_->StageApplied(index, batch);
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Replica>> Replica::Open(storage::Engine* engine, const ReplicaOptions& opts,
+                                               std::unique_ptr<StateMachine> sm) {
+  std::unique_ptr<Replica> r(new Replica(engine, opts, std::move(sm)));
+  Status s = r->Init();
+  if (!s.ok()) return s.WithContext("replica of group " + std::to_string(opts.group));
+  return r;
+}
+
+Status Replica::Init() {
+  auto store = storage::RaftStore::Open(engine_, opts_.group);
+  if (!store.ok()) return store.status();
+  store_ = std::move(store).value();
+  apply_batch_ = engine_->NewBatch();
+  bool fresh = store_->last_index() == 0 && store_->hard_state().empty() &&
+               store_->conf_state().voters.empty() && store_->conf_state().learners.empty();
+  if (fresh && !opts_.bootstrap_voters.empty()) {
+    raft::ConfState cs;
+    cs.voters = opts_.bootstrap_voters;
+    std::sort(cs.voters.begin(), cs.voters.end());
+    auto batch = engine_->NewBatch();
+    Status s = sm_->StageImport(opts_.bootstrap_image, 1, *batch);
+    if (!s.ok()) return s;
+    store_->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = cs}, *batch);
+    store_->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, *batch);
+    auto seq = engine_->Write(*batch);
+    if (!seq.ok()) return seq.status();
+    auto synced = engine_->Sync();
+    if (!synced.ok()) return synced.status();
+    sm_->FinishImport();
+  }
+  store_->set_snapshot_fn([this]() -> Result<raft::Snapshot> {
+    raft::Snapshot snap;
+    snap.meta.index = sm_->applied_index();
+    auto term = store_->term(snap.meta.index);
+    if (!term.ok()) return raft::unavailable_error();
+    snap.meta.term = *term;
+    snap.meta.conf_state = store_->conf_state();
+    auto data = sm_->Export();
+    if (!data.ok()) return raft::unavailable_error();
+    snap.data = std::move(data).value();
+    return snap;
+  });
+  raft::Config cfg;
+  cfg.id = opts_.node_id;
+  cfg.election_tick = opts_.election_tick;
+  cfg.heartbeat_tick = opts_.heartbeat_tick;
+  cfg.applied = std::min<uint64_t>(sm_->applied_index(), store_->hard_state().commit);
+  if (cfg.applied < store_->first_index() - 1) cfg.applied = 0;
+  cfg.read_only_option = raft::ReadOnlyOption::kLeaseBased;
+  cfg.check_quorum = true;
+  cfg.pre_vote = true;
+  cfg.max_size_per_msg = 1 << 20;
+  cfg.max_inflight_msgs = 256;
+  cfg.seed = std::random_device{}() ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^ opts_.node_id;
+  auto node = raft::RawNode::create(cfg, store_.get());
+  if (!node.ok()) return node.status();
+  node_ = std::move(node).value();
+  applied_.store(sm_->applied_index());
+  const auto& cs = store_->conf_state();
+  if (cs.voters.size() == 1 && cs.voters[0] == opts_.node_id && cs.voters_outgoing.empty()) {
+    node_->campaign();  // a group of one elects itself at once
+  }
+  return Status::Ok();
+}
+
+void Replica::Tick(int64_t now_mono_us) {
+  node_->tick();
+  Publish(now_mono_us);
+  ExpireWaiters(now_mono_us);
+}
+
+void Replica::Step(raft::Message m) {
+  if (m.to != opts_.node_id) return;
+  (void)node_->step(std::move(m));
+}
+
+raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
+  raft::Proposal p = node_->propose(std::move(data));
+  if (p.ok()) writes_[p.index] = PendingWrite{p.term, std::move(done), now_mono_us + kWriteTimeoutUs};
+  return p;
+}
+
+void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
+  std::string ctx = std::to_string(++next_read_);
+  reads_[ctx] = PendingRead{std::move(done), now_mono_us + kReadTimeoutUs};
+  node_->read_index(ctx);
+}
+
+void Replica::ExpireWaiters(int64_t now_mono_us) {
+  for (auto it = writes_.begin(); it != writes_.end();) {
+    if (it->second.deadline_us > now_mono_us) {
+      ++it;
+      continue;
+    }
+    auto done = std::move(it->second.done);
+    it = writes_.erase(it);
+    done(false, "-TIMEOUT the write was not confirmed in time (leader change or lost quorum); its outcome is unknown\r\n");
+  }
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    if (it->second.deadline_us > now_mono_us) {
+      ++it;
+      continue;
+    }
+    auto done = std::move(it->second.done);
+    it = reads_.erase(it);
+    done(false);
+  }
+}
+
+bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send) {
+  if (ready_ || !node_->has_ready()) return false;
+  ready_ = node_->ready();
+  raft::Ready& rd = *ready_;
+  if (rd.soft_state) {
+    if (rd.soft_state->role == raft::Role::kLeader) term_start_index_ = node_->raft().log().last_index();
+    leader_.store(rd.soft_state->lead, std::memory_order_release);
+    if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
+  }
+  if (rd.snapshot) {
+    Status s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch);
+    if (!s.ok()) {
+      spdlog::error("group {}: snapshot at {} cannot be applied: {}", opts_.group,
+                    rd.snapshot->meta.index, s.ToString());
+    }
+    store_->ApplySnapshot(rd.snapshot->meta, batch);
+  }
+  if (!rd.entries.empty()) store_->Append(rd.entries, batch);
+  if (rd.hard_state) {
+    store_->SetHardState(*rd.hard_state, batch);
+  } else if (rd.snapshot) {
+    store_->SetHardState(store_->hard_state(), batch);
+  }
+  for (auto& m : rd.messages) send->push_back(std::move(m));
+  return true;
+}
+
+void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
+  SHOAL_CHECK(ready_.has_value());
+  raft::Ready& rd = *ready_;
+  if (rd.snapshot) {
+    sm_->FinishImport();
+    // Proposals below the snapshot can no longer be matched to their entries.
+    for (auto it = writes_.begin(); it != writes_.end() && it->first <= rd.snapshot->meta.index;) {
+      auto done = std::move(it->second.done);
+      it = writes_.erase(it);
+      done(false, "-TIMEOUT the write's outcome is unknown (replica restored from a snapshot)\r\n");
+    }
+  }
+  for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
+  ApplyCommitted(rd.committed_entries, now_mono_us);
+  for (const auto& rs : rd.read_states) {
+    auto it = reads_.find(rs.context);
+    if (it != reads_.end()) it->second.index = std::max<uint64_t>(rs.index, 1);
+  }
+  ready_.reset();
+  node_->advance();
+  ServeReads();
+  Publish(now_mono_us);
+}
+
+void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
+  auto flush = [this] {
+    if (apply_batch_->Count() == 0) return;
+    auto seq = engine_->Write(*apply_batch_);
+    if (!seq.ok()) spdlog::error("group {}: apply write failed: {}", opts_.group, seq.status().ToString());
+    apply_batch_->Clear();
+  };
+  for (const auto& e : ents) {
+    if (e.index <= sm_->applied_index()) continue;
+    auto pending = writes_.find(e.index);
+    bool mine = pending != writes_.end() && pending->second.term == e.term;
+    std::string reply;
+    if (e.type == raft::EntryType::kConfChange) {
+      auto cc = raft::decode_conf_change(e.data);
+      if (cc.ok()) {
+        raft::ConfState cs = node_->apply_conf_change(*cc);
+        store_->SetConfState(cs, *apply_batch_);
+      } else {
+        spdlog::error("group {}: malformed membership change at {}", opts_.group, e.index);
+      }
+      sm_->StageApplied(e.index, *apply_batch_);
+      reply = "+OK\r\n";
+    } else if (e.data.empty()) {
+      sm_->StageApplied(e.index, *apply_batch_);
+    } else {
+      flush();
+      sm_->Apply(e, mine ? &reply : nullptr);
+    }
+    if (pending != writes_.end()) {
+      auto done = std::move(pending->second.done);
+      writes_.erase(pending);
+      if (mine) {
+        done(true, std::move(reply));
+      } else {
+        done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
+      }
+    }
+  }
+  // Keep the log bounded: entries far below the applied index are dropped
+  // (a follower that needs them gets a snapshot instead).
+  uint64_t applied = sm_->applied_index();
+  if (applied >= store_->first_index() + opts_.compact_entries) {
+    store_->Compact(applied - opts_.compact_entries / 2, *apply_batch_);
+  }
+  flush();
+  applied_.store(sm_->applied_index(), std::memory_order_release);
+}
+
+void Replica::ServeReads() {
+  uint64_t applied = sm_->applied_index();
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    if (it->second.index == 0 || it->second.index > applied) {
+      ++it;
+      continue;
+    }
+    auto done = std::move(it->second.done);
+    it = reads_.erase(it);
+    done(true);
+  }
+}
+
+void Replica::Publish(int64_t now_mono_us) {
+  const raft::Raft& r = node_->raft();
+  leader_.store(r.lead(), std::memory_order_release);
+  term_.store(r.term(), std::memory_order_release);
+  applied_.store(sm_->applied_index(), std::memory_order_release);
+  bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&
+               sm_->applied_index() >= term_start_index_;
+  lease_until_us_.store(lease ? now_mono_us + opts_.tick_ms * 1000 : 0, std::memory_order_release);
+}
+
+}  // namespace shoal::replica

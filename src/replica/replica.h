@@ -1,0 +1,178 @@
+// Replica: one member of a shard's Raft group on this node: the RawNode, its
+// durable log (storage::RaftStore) and the state machine it feeds. Owned and
+// driven by one worker thread (node::RaftHost); the published_* accessors
+// may be read from any thread.
+//
+// Driving a replica (docs/design/cluster.md):
+//   Tick()/Step()/Propose()/ReadIndex() change Raft state;
+//   while HasReady(): BeginReady(batch, now) stages the durable state into a
+//   batch shared by every replica of the worker; the host writes and syncs
+//   the batch once; FinishReady(after) sends what had to wait, applies
+//   committed entries, answers proposals and reads, and advances.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kv/shard.h"
+#include "raft/raw_node.h"
+#include "storage/engine.h"
+#include "storage/raft_store.h"
+
+namespace shoal::replica {
+
+// What a Raft group replicates into. Apply must be deterministic.
+class StateMachine {
+ public:
+  virtual ~StateMachine() = default;
+  virtual uint64_t applied_index() const = 0;
+  // Applies the committed normal entry e (non-empty data) and writes it to
+  // storage; appends its client reply to *reply when reply is not null.
+  virtual void Apply(const raft::Entry& e, std::string* reply) = 0;
+  // Stages "applied up to index" for an entry that changes no state.
+  virtual void StageApplied(uint64_t index, storage::WriteBatch& batch) = 0;
+  // The whole state as of applied_index(), for a snapshot.
+  virtual Result<std::string> Export() = 0;
+  // Stages replacing the state by an exported image taken at `index`;
+  // FinishImport() runs once the batch is written.
+  virtual Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) = 0;
+  virtual void FinishImport() = 0;
+};
+
+// The key-value state machine of a data shard: log entries carry batches of
+// kv::Entry (EncodeKvBatch).
+class KvStateMachine final : public StateMachine {
+ public:
+  KvStateMachine(kv::Shard* shard, const kv::Limits* limits) : shard_(shard), limits_(limits) {}
+  uint64_t applied_index() const override { return shard_->applied_index(); }
+  void Apply(const raft::Entry& e, std::string* reply) override;
+  void StageApplied(uint64_t index, storage::WriteBatch& batch) override {
+    shard_->StageApplied(index, batch);
+  }
+  Result<std::string> Export() override { return shard_->ExportImage(); }
+  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) override;
+  void FinishImport() override { shard_->FinishImage(); }
+  kv::Shard* shard() { return shard_; }
+
+ private:
+  kv::Shard* shard_;
+  const kv::Limits* limits_;
+};
+
+// A log entry's data for a batch of writes; `protocol` (2 or 3) is the RESP
+// version the proposer's client speaks, for the replies.
+std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol);
+bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol);
+
+struct ReplicaOptions {
+  uint64_t group = 0;
+  raft::NodeId node_id = raft::kNoNode;
+  int tick_ms = 50;
+  int election_tick = 10;
+  int heartbeat_tick = 1;
+  // Founding members of a new group; empty: join an existing group (the
+  // leader sends a snapshot).
+  std::vector<raft::NodeId> bootstrap_voters;
+  // State machine image the founders start from (at index 1).
+  std::string bootstrap_image;
+  // Compact the log once this many applied entries are kept.
+  uint64_t compact_entries = 4096;
+};
+
+// Reply callbacks run on the replica's worker thread. applied: `reply` is
+// the state machine's output for the entry; otherwise it is one error
+// reply that stands for the whole entry (it was not applied, or its
+// outcome is unknown).
+using ReplyFn = std::function<void(bool applied, std::string reply)>;
+using ReadFn = std::function<void(bool ok)>;
+
+class Replica {
+ public:
+  static Result<std::unique_ptr<Replica>> Open(storage::Engine* engine, const ReplicaOptions& opts,
+                                               std::unique_ptr<StateMachine> sm);
+
+  uint64_t group() const { return opts_.group; }
+  raft::NodeId node_id() const { return opts_.node_id; }
+  StateMachine& state_machine() { return *sm_; }
+
+  void Tick(int64_t now_mono_us);
+  // A message from a peer; malformed or foreign messages are dropped.
+  void Step(raft::Message m);
+  // Proposes `data`; done(reply) runs once the entry is applied here, or with
+  // an error reply if it cannot be. Returns the refusal (not leader...).
+  raft::Proposal Propose(std::string data, ReplyFn done, int64_t now_mono_us);
+  // Calls done(true) once a linearizable read may be served from local state.
+  void ReadIndex(ReadFn done, int64_t now_mono_us);
+  raft::Proposal ProposeConfChange(const raft::ConfChange& cc) {
+    return node_->propose_conf_change(cc);
+  }
+  void TransferLeader(raft::NodeId to) { node_->transfer_leader(to); }
+  void ReportUnreachable(raft::NodeId to) { node_->report_unreachable(to); }
+  void Campaign() { node_->campaign(); }
+  // Fails proposals and reads that waited past their deadline.
+  void ExpireWaiters(int64_t now_mono_us);
+
+  bool HasReady() const { return !ready_ && node_->has_ready(); }
+  // Stages this Ready's durable state into batch; messages that may leave
+  // now go to *send. Returns false if there was nothing to do.
+  bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send);
+  // Once the batch is durable: *send gets the rest; entries are applied.
+  void FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us);
+
+  const raft::Raft& raft() const { return node_->raft(); }
+  const storage::RaftStore& store() const { return *store_; }
+  bool is_leader() const { return node_->raft().role() == raft::Role::kLeader; }
+
+  // --- any thread
+  raft::NodeId published_leader() const { return leader_.load(std::memory_order_acquire); }
+  uint64_t published_term() const { return term_.load(std::memory_order_acquire); }
+  bool published_is_leader() const { return published_leader() == opts_.node_id; }
+  // True while the leader's lease lets it answer reads alone.
+  bool LeaseReadOk(int64_t now_mono_us) const {
+    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us;
+  }
+  uint64_t published_applied() const { return applied_.load(std::memory_order_acquire); }
+
+ private:
+  Replica(storage::Engine* engine, const ReplicaOptions& opts, std::unique_ptr<StateMachine> sm)
+      : engine_(engine), opts_(opts), sm_(std::move(sm)) {}
+  Status Init();
+  void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
+  void Publish(int64_t now_mono_us);
+  void ServeReads();
+
+  struct PendingWrite {
+    raft::Term term;
+    ReplyFn done;
+    int64_t deadline_us;
+  };
+  struct PendingRead {
+    ReadFn done;
+    int64_t deadline_us;
+    uint64_t index = 0;  // 0: waiting for the leader's answer
+  };
+
+  storage::Engine* engine_;
+  ReplicaOptions opts_;
+  std::unique_ptr<StateMachine> sm_;
+  std::unique_ptr<storage::RaftStore> store_;
+  std::unique_ptr<raft::RawNode> node_;
+  std::unique_ptr<storage::WriteBatch> apply_batch_;
+  std::optional<raft::Ready> ready_;
+  std::map<raft::Index, PendingWrite> writes_;
+  std::map<std::string, PendingRead> reads_;
+  uint64_t next_read_ = 0;
+  raft::Index term_start_index_ = 0;
+  std::atomic<raft::NodeId> leader_{raft::kNoNode};
+  std::atomic<uint64_t> term_{0};
+  std::atomic<int64_t> lease_until_us_{0};
+  std::atomic<uint64_t> applied_{0};
+};
+
+}  // namespace shoal::replica

@@ -1,0 +1,234 @@
+#include "replica/replica.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "kv/commands.h"
+#include "storage/keys.h"
+#include "storage/slot.h"
+
+namespace shoal::replica {
+namespace {
+
+const kv::CommandSpec& Spec(std::string_view name) {
+  for (const auto& s : kv::DataCommands()) {
+    if (s.name == name) return s;
+  }
+  ADD_FAILURE() << "no command " << name;
+  return kv::DataCommands()[0];
+}
+
+// A SET as a one-entry write batch.
+std::string SetBatch(const std::string& key, const std::string& value) {
+  const kv::CommandSpec& spec = Spec("set");
+  kv::Entry e;
+  e.op = spec.op;
+  e.now_ms = 1000;
+  static kv::Limits limits;
+  std::vector<std::string_view> args = {"set", key, value};
+  std::string err;
+  resp::Writer w(&err, 2);
+  kv::PrepareContext ctx{0, e.now_ms, &limits};
+  EXPECT_TRUE(spec.prepare(ctx, args, &e, &w)) << err;
+  return EncodeKvBatch({e}, 2);
+}
+
+// One node: an engine, a shard and its replica.
+struct TestNode {
+  std::filesystem::path dir;
+  std::unique_ptr<storage::Engine> engine;
+  std::unique_ptr<kv::Shard> shard;
+  std::unique_ptr<Replica> replica;
+  kv::Limits limits;
+};
+
+// Three (or more) replicas of group 7, driven by hand: every Ready is
+// written, then its messages delivered, until nothing moves.
+class ReplicaCluster : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (auto& n : nodes_) {
+      n->replica.reset();
+      n->shard.reset();
+      n->engine.reset();
+      std::filesystem::remove_all(n->dir);
+    }
+  }
+
+  TestNode& AddNode(raft::NodeId id, std::vector<raft::NodeId> founders, uint64_t compact = 4096) {
+    auto n = std::make_unique<TestNode>();
+    n->dir = std::filesystem::temp_directory_path() /
+             ("shoal_replica_test_" + std::to_string(::getpid()) + "_" + std::to_string(id));
+    std::filesystem::remove_all(n->dir);
+    n->engine = std::move(storage::Engine::Open({.dir = n->dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    n->shard = std::make_unique<kv::Shard>(n->engine.get(), 7, 0, storage::kSlotCount);
+    EXPECT_TRUE(n->shard->Load().ok());
+    ReplicaOptions ro;
+    ro.group = 7;
+    ro.node_id = id;
+    ro.bootstrap_voters = std::move(founders);
+    ro.compact_entries = compact;
+    auto r = Replica::Open(n->engine.get(), ro, std::make_unique<KvStateMachine>(n->shard.get(), &n->limits));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    n->replica = std::move(r).value();
+    ids_.push_back(id);
+    nodes_.push_back(std::move(n));
+    return *nodes_.back();
+  }
+
+  Replica& R(size_t i) { return *nodes_[i]->replica; }
+
+  // Moves everything until quiet (bounded).
+  void Pump(int rounds = 200) {
+    for (int round = 0; round < rounds; ++round) {
+      std::vector<raft::Message> inflight;
+      bool any = false;
+      for (auto& n : nodes_) {
+        auto batch = n->engine->NewBatch();
+        std::vector<raft::Message> out;
+        if (!n->replica->BeginReady(*batch, &out)) continue;
+        any = true;
+        if (batch->Count() > 0) {
+          ASSERT_TRUE(n->engine->Write(*batch).ok());
+        }
+        n->replica->FinishReady(&out, now_);
+        for (auto& m : out) inflight.push_back(std::move(m));
+      }
+      for (auto& m : inflight) {
+        for (size_t i = 0; i < ids_.size(); ++i) {
+          if (ids_[i] == m.to) R(i).Step(m);
+        }
+      }
+      if (!any && inflight.empty()) return;
+    }
+  }
+
+  void TickAll(int ticks) {
+    for (int t = 0; t < ticks; ++t) {
+      now_ += 50'000;
+      for (auto& n : nodes_) n->replica->Tick(now_);
+      Pump();
+    }
+  }
+
+  std::string Get(size_t i, const std::string& key) {
+    std::string raw;
+    Status s = nodes_[i]->engine->Get(storage::Cf::kData, storage::DataKey(0, key), &raw);
+    if (!s.ok()) return "<none>";
+    kv::Value v;
+    EXPECT_TRUE(kv::DecodeValue(raw, &v));
+    return std::string(v.payload);
+  }
+
+  size_t LeaderIndex() {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (R(i).is_leader()) return i;
+    }
+    return SIZE_MAX;
+  }
+
+  int64_t now_ = 1'000'000;
+  std::vector<raft::NodeId> ids_;
+  std::vector<std::unique_ptr<TestNode>> nodes_;
+};
+
+TEST_F(ReplicaCluster, ReplicatesAndAnswersTheProposer) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  std::string reply;
+  bool applied = false;
+  auto p = R(leader).Propose(SetBatch("k", "v1"), [&](bool ok, std::string r) {
+    applied = ok;
+    reply = std::move(r);
+  }, now_);
+  ASSERT_TRUE(p.ok());
+  Pump();
+  EXPECT_TRUE(applied);
+  EXPECT_EQ(reply, "+OK\r\n");
+  TickAll(2);  // followers learn the commit index with the next heartbeat
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(Get(i, "k"), "v1") << i;
+  // A follower refuses proposals and names the leader.
+  size_t follower = (leader + 1) % 3;
+  auto refused = R(follower).Propose(SetBatch("k", "v2"), [](bool, std::string) {}, now_);
+  EXPECT_EQ(refused.error, raft::ProposeError::kNotLeader);
+  EXPECT_EQ(refused.leader_hint, ids_[leader]);
+}
+
+TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  (void)R(leader).Propose(SetBatch("k", "v"), [](bool, std::string) {}, now_);
+  Pump();
+  size_t follower = (leader + 1) % 3;
+  bool served = false;
+  R(follower).ReadIndex([&](bool ok) { served = ok; }, now_);
+  Pump();
+  EXPECT_TRUE(served);
+  EXPECT_EQ(Get(follower, "k"), "v");  // applied before the read is served
+}
+
+TEST_F(ReplicaCluster, NewMemberCatchesUpFromASnapshot) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, /*compact=*/8);
+  TickAll(60);
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  for (int i = 0; i < 40; ++i) {
+    (void)R(leader).Propose(SetBatch("k" + std::to_string(i), std::to_string(i)), [](bool, std::string) {}, now_);
+    Pump();
+  }
+  EXPECT_GT(R(leader).store().first_index(), 2u);  // the log was compacted
+  AddNode(4, {});  // empty: learns everything from the leader
+  raft::ConfChange cc{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, 4}}};
+  ASSERT_TRUE(R(leader).ProposeConfChange(cc).ok());
+  TickAll(20);
+  EXPECT_EQ(Get(3, "k0"), "0");
+  EXPECT_EQ(Get(3, "k39"), "39");
+  EXPECT_EQ(nodes_[3]->shard->KeyCount(0), 40);
+  EXPECT_EQ(R(3).store().conf_state().learners, std::vector<raft::NodeId>{4});
+}
+
+TEST_F(ReplicaCluster, RestartRecoversLogAndState) {
+  AddNode(1, {1});
+  TickAll(2);
+  ASSERT_TRUE(R(0).is_leader());
+  (void)R(0).Propose(SetBatch("a", "1"), [](bool, std::string) {}, now_);
+  Pump();
+  uint64_t applied = R(0).state_machine().applied_index();
+  // Reopen the same storage.
+  auto& n = *nodes_[0];
+  n.replica.reset();
+  n.shard = std::make_unique<kv::Shard>(n.engine.get(), 7, 0, storage::kSlotCount);
+  ASSERT_TRUE(n.shard->Load().ok());
+  ReplicaOptions ro;
+  ro.group = 7;
+  ro.node_id = 1;
+  n.replica = std::move(Replica::Open(n.engine.get(), ro, std::make_unique<KvStateMachine>(n.shard.get(), &n.limits)).value());
+  EXPECT_EQ(n.replica->state_machine().applied_index(), applied);
+  TickAll(2);
+  ASSERT_TRUE(R(0).is_leader());
+  std::string reply;
+  (void)R(0).Propose(SetBatch("a", "2"), [&](bool, std::string r) { reply = r; }, now_);
+  Pump();
+  EXPECT_EQ(reply, "+OK\r\n");
+  EXPECT_EQ(Get(0, "a"), "2");
+}
+
+TEST(KvBatch, RoundTripAndRejectsGarbage) {
+  kv::Entry e{5, 2, 99, {"x", "y"}};
+  std::string enc = EncodeKvBatch({e, e}, 3);
+  std::vector<kv::Entry> out;
+  int protocol = 0;
+  ASSERT_TRUE(DecodeKvBatch(enc, &out, &protocol));
+  EXPECT_EQ(protocol, 3);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[1].args, e.args);
+  for (size_t cut = 0; cut < enc.size(); ++cut) EXPECT_FALSE(DecodeKvBatch(enc.substr(0, cut), &out, &protocol));
+}
+
+}  // namespace
+}  // namespace shoal::replica

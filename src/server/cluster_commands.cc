@@ -1,0 +1,273 @@
+// CLUSTER, READONLY, READWRITE, ASKING and the internal SHOAL.* commands.
+// Formats follow Redis Cluster 7.0, so cluster-aware clients parse them.
+#include <asio/use_awaitable.hpp>
+
+#include <set>
+
+#include "common/strings.h"
+#include "server/connection.h"
+#include "server/forwarder.h"
+#include "storage/keys.h"
+#include "storage/slot.h"
+
+namespace shoal::server {
+namespace {
+
+using kv::Args;
+
+// The node that answers for a shard: its leader, or its first replica while
+// it has none (so that every slot is always listed).
+uint64_t MasterOf(cluster::Cluster& c, const cluster::ShardRoute& s) {
+  uint64_t leader = c.LeaderOf(s.id);
+  if (leader != 0) return leader;
+  return s.replicas.empty() ? 0 : s.replicas.front();
+}
+
+void NodeTriple(const cluster::NodeAddr& n, resp::Writer* r) {
+  r->ArrayHeader(3);
+  r->Bulk(n.host);
+  r->Integer(n.port);
+  r->Bulk(n.name);
+}
+
+void Slots(Connection& c, resp::Writer* r) {
+  auto& cl = c.server().cluster();
+  auto rt = cl.routing();
+  r->ArrayHeader(rt->shards.size());
+  for (const auto& s : rt->shards) {
+    uint64_t master = MasterOf(cl, s);
+    std::vector<const cluster::NodeAddr*> nodes;
+    if (const auto* m = rt->Node(master)) nodes.push_back(m);
+    for (uint64_t id : s.replicas) {
+      if (id == master) continue;
+      if (const auto* n = rt->Node(id)) nodes.push_back(n);
+    }
+    r->ArrayHeader(2 + nodes.size());
+    r->Integer(s.begin);
+    r->Integer(s.end - 1);
+    for (const auto* n : nodes) NodeTriple(*n, r);
+  }
+}
+
+void Shards(Connection& c, resp::Writer* r) {
+  auto& cl = c.server().cluster();
+  auto rt = cl.routing();
+  r->ArrayHeader(rt->shards.size());
+  for (const auto& s : rt->shards) {
+    uint64_t master = MasterOf(cl, s);
+    r->MapHeader(2);
+    r->Bulk("slots");
+    r->ArrayHeader(2);
+    r->Integer(s.begin);
+    r->Integer(s.end - 1);
+    r->Bulk("nodes");
+    std::vector<uint64_t> ids = {master};
+    for (uint64_t id : s.replicas) {
+      if (id != master) ids.push_back(id);
+    }
+    size_t known = 0;
+    for (uint64_t id : ids) known += rt->Node(id) != nullptr;
+    r->ArrayHeader(known);
+    for (uint64_t id : ids) {
+      const auto* n = rt->Node(id);
+      if (n == nullptr) continue;
+      replica::Replica* local = id == cl.node_id() ? cl.Local(s.id) : nullptr;
+      r->MapHeader(7);
+      r->Bulk("id");
+      r->Bulk(n->name);
+      r->Bulk("port");
+      r->Integer(n->port);
+      r->Bulk("ip");
+      r->Bulk(n->host);
+      r->Bulk("endpoint");
+      r->Bulk(n->host);
+      r->Bulk("role");
+      r->Bulk(id == master ? "master" : "replica");
+      r->Bulk("replication-offset");
+      r->Integer(local != nullptr ? static_cast<int64_t>(local->published_applied()) : 0);
+      r->Bulk("health");
+      r->Bulk("online");
+    }
+  }
+}
+
+std::string NodesText(Connection& c) {
+  auto& cl = c.server().cluster();
+  auto rt = cl.routing();
+  std::map<uint64_t, std::vector<std::pair<int, int>>> led;
+  for (const auto& s : rt->shards) led[MasterOf(cl, s)].emplace_back(s.begin, s.end - 1);
+  std::string out;
+  for (const auto& [id, n] : rt->nodes) {
+    out += n.name + " " + n.host + ":" + std::to_string(n.port) + "@" +
+           std::to_string(n.port + 10000) + " ";
+    out += id == cl.node_id() ? "myself,master" : "master";
+    out += " - 0 0 " + std::to_string(rt->meta_epoch) + " connected";
+    // Adjacent ranges of one node are merged, as Redis prints them.
+    auto ranges = led[id];
+    std::sort(ranges.begin(), ranges.end());
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      int b = ranges[i].first, e = ranges[i].second;
+      while (i + 1 < ranges.size() && ranges[i + 1].first == e + 1) e = ranges[++i].second;
+      out += " " + std::to_string(b);
+      if (e != b) out += "-" + std::to_string(e);
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+std::string InfoText(Connection& c) {
+  auto& cl = c.server().cluster();
+  auto rt = cl.routing();
+  size_t with_leader = 0, replicated = 0, leaders_here = 0;
+  std::set<uint64_t> masters;
+  size_t rf = std::min<size_t>(static_cast<size_t>(std::max(rt->replication_factor, 1)), rt->nodes.size());
+  for (const auto& s : rt->shards) {
+    uint64_t leader = cl.LeaderOf(s.id);
+    if (leader != 0) {
+      ++with_leader;
+      masters.insert(leader);
+    }
+    if (leader == cl.node_id()) ++leaders_here;
+    // Replicated: the placement wants rf replicas and (as far as this node
+    // can see) they are voters.
+    bool ok = s.replicas.size() >= rf;
+    if (replica::Replica* r = cl.Local(s.id); ok && r != nullptr && leader == cl.node_id()) {
+      ok = r->raft().tracker().conf_state().voters.size() >= rf;
+    } else if (ok && r != nullptr) {
+      ok = r->store().conf_state().voters.size() >= rf;
+    }
+    replicated += ok;
+  }
+  size_t slots_ok = 0;
+  for (const auto& s : rt->shards) slots_ok += cl.LeaderOf(s.id) != 0 ? (s.end - s.begin) : 0;
+  bool healthy = !rt->shards.empty() && with_leader == rt->shards.size();
+  std::string out;
+  auto line = [&out](std::string_view k, const std::string& v) {
+    out += std::string(k) + ":" + v + "\r\n";
+  };
+  line("cluster_enabled", "1");
+  line("cluster_state", healthy ? "ok" : "fail");
+  line("cluster_slots_assigned", std::to_string(rt->shards.empty() ? 0 : storage::kSlotCount));
+  line("cluster_slots_ok", std::to_string(slots_ok));
+  line("cluster_slots_pfail", "0");
+  line("cluster_slots_fail", std::to_string((rt->shards.empty() ? 0 : storage::kSlotCount) - slots_ok));
+  line("cluster_known_nodes", std::to_string(rt->nodes.size()));
+  line("cluster_size", std::to_string(masters.size()));
+  line("cluster_current_epoch", std::to_string(rt->meta_epoch));
+  line("cluster_my_epoch", std::to_string(rt->meta_epoch));
+  line("shoal_shards", std::to_string(rt->shards.size()));
+  line("shoal_shards_replicated", std::to_string(replicated));
+  line("shoal_shards_with_leader", std::to_string(with_leader));
+  line("shoal_leaders_here", std::to_string(leaders_here));
+  line("shoal_meta_voters", std::to_string(rt->meta_voters.size()));
+  line("shoal_node_id", cluster::NodeName(cl.node_id()));
+  return out;
+}
+
+bool ParseSlot(std::string_view text, uint16_t* slot) {
+  auto v = ParseInt64(text);
+  if (!v || *v < 0 || *v >= storage::kSlotCount) return false;
+  *slot = static_cast<uint16_t>(*v);
+  return true;
+}
+
+void Cluster(Connection& c, Args args, resp::Writer* r) {
+  std::string sub = ToLower(args[1]);
+  if (sub == "slots" || sub == "shards" || sub == "nodes") c.set_cluster_aware(true);
+  if (sub == "slots") return Slots(c, r);
+  if (sub == "shards") return Shards(c, r);
+  if (sub == "nodes") return r->Bulk(NodesText(c));
+  if (sub == "info") return r->Verbatim(InfoText(c));
+  if (sub == "myid") return r->Bulk(cluster::NodeName(c.server().cluster().node_id()));
+  if (sub == "keyslot") return r->Integer(storage::KeySlot(args[2]));
+  if (sub == "countkeysinslot" || sub == "getkeysinslot") {
+    uint16_t slot = 0;
+    if (!ParseSlot(args[2], &slot)) return r->Error("ERR Invalid slot");
+    int64_t max = INT64_MAX;
+    if (sub == "getkeysinslot") {
+      auto n = ParseInt64(args[3]);
+      if (!n || *n < 0) return r->Error("ERR Invalid number of keys");
+      max = *n;
+    }
+    auto it = c.server().engine().NewIterator(storage::Cf::kData);
+    std::string prefix = storage::DataSlotDbPrefix(slot, c.db());
+    std::vector<std::string> keys;
+    int64_t count = 0;
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix) && count < max; it->Next()) {
+      ++count;
+      if (sub == "getkeysinslot") keys.emplace_back(it->key().substr(prefix.size()));
+    }
+    if (sub == "countkeysinslot") return r->Integer(count);
+    r->ArrayHeader(keys.size());
+    for (const auto& k : keys) r->Bulk(k);
+    return;
+  }
+  if (sub == "help") {
+    const char* lines[] = {"CLUSTER <subcommand> [<arg> ...]. Subcommands are:",
+                           "INFO", "MYID", "NODES", "SHARDS", "SLOTS", "KEYSLOT <key>",
+                           "COUNTKEYSINSLOT <slot>", "GETKEYSINSLOT <slot> <count>"};
+    r->ArrayHeader(std::size(lines));
+    for (const char* l : lines) r->Simple(l);
+    return;
+  }
+}
+
+void Readonly(Connection& c, Args, resp::Writer* r) {
+  c.set_readonly(true);
+  c.set_cluster_aware(true);
+  r->Simple("OK");
+}
+
+void Readwrite(Connection& c, Args, resp::Writer* r) {
+  c.set_readonly(false);
+  r->Simple("OK");
+}
+
+void Asking(Connection&, Args, resp::Writer* r) { r->Simple("OK"); }
+
+void Routed(Connection& c, Args, resp::Writer* r) {
+  c.set_cluster_aware(true);
+  r->Simple("OK");
+}
+
+// SHOAL.JOIN node-id host port peer-port
+asio::awaitable<void> Join(Connection& c, Args args) {
+  auto id = ParseInt64(args[1]);
+  auto port = ParseInt64(args[3]);
+  auto peer = ParseInt64(args[4]);
+  uint64_t node_id = id ? static_cast<uint64_t>(*id) : std::strtoull(std::string(args[1]).c_str(), nullptr, 10);
+  if (node_id == 0 || !port || *port <= 0 || *port > 65535 || !peer || *peer <= 0 || *peer > 65535) {
+    c.writer().Error("ERR SHOAL.JOIN wants node-id host port peer-port");
+    co_return;
+  }
+  proto::NodeInfo info;
+  info.set_id(node_id);
+  info.set_host(std::string(args[2]));
+  info.set_port(static_cast<uint32_t>(*port));
+  info.set_peer_port(static_cast<uint32_t>(*peer));
+  auto& cl = c.server().cluster();
+  auto join = [&cl, info](std::function<void(std::string)> done) { cl.HandleJoin(info, std::move(done)); };
+  std::string reply = co_await node::RunOnAsync<std::string>(c.server().runtime().worker(0).io(),
+                                                             c.worker().io(), std::move(join));
+  c.writer().Raw(reply);
+}
+
+}  // namespace
+
+void AppendClusterCommands(std::vector<Command>* out) {
+  using namespace kv;
+  auto row = [](std::string_view name, int arity, uint32_t flags, std::string_view group) {
+    return CommandSpec{name, arity, flags | kCmdConnection, 0, 0, 0, group, 0};
+  };
+  out->push_back(Command{row("cluster", -2, kCmdLoading | kCmdStale, "cluster"), Cluster, nullptr,
+                         {{"info", 2}, {"myid", 2}, {"slots", 2}, {"shards", 2}, {"nodes", 2},
+                          {"keyslot", 3}, {"countkeysinslot", 3}, {"getkeysinslot", 4}, {"help", 2}}});
+  out->push_back(Command{row("readonly", 1, kCmdFast | kCmdLoading | kCmdStale, "cluster"), Readonly});
+  out->push_back(Command{row("readwrite", 1, kCmdFast | kCmdLoading | kCmdStale, "cluster"), Readwrite});
+  out->push_back(Command{row("asking", 1, kCmdFast, "cluster"), Asking});
+  out->push_back(Command{row("shoal.routed", 1, kCmdFast | kCmdNoAuth, "cluster"), Routed});
+  out->push_back(Command{row("shoal.join", 5, kCmdAdmin, "cluster"), nullptr, Join});
+}
+
+}  // namespace shoal::server

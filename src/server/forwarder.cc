@@ -1,0 +1,150 @@
+#include "server/forwarder.h"
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include "common/clock.h"
+#include "resp/reply_scan.h"
+#include "server/server.h"
+
+namespace shoal::server {
+namespace {
+
+using asio::experimental::as_tuple;
+
+constexpr int64_t kRetryForUs = 6'000'000;
+constexpr auto kRetryPause = std::chrono::milliseconds(50);
+constexpr size_t kIdleLinksMax = 16;
+constexpr int kHopsMax = 16;
+
+void AppendCommand(std::string* out, kv::Args args) {
+  *out += "*" + std::to_string(args.size()) + "\r\n";
+  for (auto a : args) {
+    *out += "$" + std::to_string(a.size()) + "\r\n";
+    out->append(a);
+    *out += "\r\n";
+  }
+}
+
+}  // namespace
+
+struct Forwarder::Link {
+  explicit Link(asio::io_context& io) : socket(io) {}
+  asio::ip::tcp::socket socket;
+  uint16_t db = 0;
+  std::string buf;
+};
+
+Forwarder::Forwarder(Server& server, int workers) : server_(server), idle_(static_cast<size_t>(workers)) {}
+Forwarder::~Forwarder() = default;
+
+asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t port, uint16_t db,
+                                               kv::Args args, bool* sent) {
+  *sent = false;
+  auto& pool = idle_[static_cast<size_t>(w)][host + ":" + std::to_string(port)];
+  std::unique_ptr<Link> link;
+  std::string req;
+  size_t skip_replies = 0;
+  if (!pool.empty()) {
+    link = std::move(pool.back());
+    pool.pop_back();
+  } else {
+    link = std::make_unique<Link>(server_.runtime().worker(w).io());
+    asio::error_code ec;
+    auto addr = asio::ip::make_address(host, ec);
+    if (ec) co_return "-ERR bad node address " + host + "\r\n";
+    auto [cec] = co_await link->socket.async_connect(asio::ip::tcp::endpoint(addr, port),
+                                                     as_tuple(asio::use_awaitable));
+    if (cec) co_return "-TRYAGAIN cannot reach " + host + ":" + std::to_string(port) + "\r\n";
+    link->socket.set_option(asio::ip::tcp::no_delay(true), ec);
+    std::string_view hello[] = {"SHOAL.ROUTED"};
+    AppendCommand(&req, hello);
+    ++skip_replies;
+    if (!server_.config().requirepass.empty()) {
+      std::string_view auth[] = {"AUTH", server_.config().requirepass};
+      AppendCommand(&req, auth);
+      ++skip_replies;
+    }
+  }
+  if (link->db != db) {
+    std::string dbs = std::to_string(db);
+    std::string_view sel[] = {"SELECT", dbs};
+    AppendCommand(&req, sel);
+    ++skip_replies;
+    link->db = db;
+  }
+  AppendCommand(&req, args);
+  auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
+  (void)wn;
+  if (wec) co_return "-TRYAGAIN connection to " + host + " failed\r\n";
+  *sent = true;
+  link->buf.clear();
+  size_t pos = 0;
+  char chunk[16 * 1024];
+  for (;;) {
+    size_t len = resp::ScanReply(link->buf.data() + pos, link->buf.size() - pos);
+    if (len == resp::kReplyMalformed) co_return "-ERR malformed reply from " + host + "\r\n";
+    if (len != resp::kReplyIncomplete) {
+      if (skip_replies > 0) {
+        std::string_view first(link->buf.data() + pos, len);
+        if (first.starts_with("-")) co_return std::string(first);  // AUTH or SELECT refused
+        --skip_replies;
+        pos += len;
+        continue;
+      }
+      std::string reply = link->buf.substr(pos, len);
+      if (pos + len == link->buf.size() && pool.size() < kIdleLinksMax) pool.push_back(std::move(link));
+      co_return reply;
+    }
+    auto [rec, rn] = co_await link->socket.async_read_some(asio::buffer(chunk), as_tuple(asio::use_awaitable));
+    if (rec) co_return "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n";
+    link->buf.append(chunk, rn);
+  }
+}
+
+asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args) {
+  auto& cluster = server_.cluster();
+  asio::steady_timer pause(server_.runtime().worker(w).io());
+  int64_t deadline = RealClock().NowMonoUs() + kRetryForUs;
+  std::string host;
+  uint16_t port = 0;
+  std::string last = "-CLUSTERDOWN The cluster is down: no leader for the key's shard\r\n";
+  for (int hop = 0; hop < 1000; ++hop) {
+    if (host.empty()) {
+      auto rt = cluster.routing();
+      const auto& shard = rt->ForSlot(slot);
+      const cluster::NodeAddr* addr = rt->Node(cluster.LeaderOf(shard.id));
+      if (addr != nullptr) {
+        host = addr->host;
+        port = addr->port;
+      }
+    }
+    if (!host.empty()) {
+      bool sent = false;
+      std::string reply = co_await ToNode(w, host, port, db, args, &sent);
+      host.clear();
+      bool retry = reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN");
+      if (reply.starts_with("-MOVED ") && hop < kHopsMax) {
+        // -MOVED slot host:port
+        auto sp = reply.find(' ', 7);
+        auto colon = reply.rfind(':');
+        if (sp != std::string::npos && colon != std::string::npos && colon > sp) {
+          host = reply.substr(sp + 1, colon - sp - 1);
+          port = static_cast<uint16_t>(std::atoi(reply.c_str() + colon + 1));
+          continue;
+        }
+      }
+      if (!retry) co_return reply;
+      last = reply;
+    }
+    if (RealClock().NowMonoUs() > deadline) break;
+    pause.expires_after(kRetryPause);
+    co_await pause.async_wait(as_tuple(asio::use_awaitable));
+  }
+  co_return last;
+}
+
+}  // namespace shoal::server

@@ -1,0 +1,42 @@
+// Forwarder: relays a plain client's request to the node that leads the
+// key's shard, and the reply back unchanged. Each worker keeps a pool of
+// connections per destination; a connection announces itself with
+// SHOAL.ROUTED, so the receiving node answers with MOVED instead of
+// forwarding again. While a shard has no leader (failover) the request is
+// retried for a few seconds before the client sees CLUSTERDOWN.
+#pragma once
+
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/commands.h"
+
+namespace shoal::server {
+
+class Server;
+
+class Forwarder {
+ public:
+  Forwarder(Server& server, int workers);
+  ~Forwarder();
+  // Runs args (in db) on the leader of `slot`'s shard; returns its raw reply.
+  // Call on worker `w`.
+  asio::awaitable<std::string> ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args);
+  // Runs args on the node at host:port (as a routed connection) and returns
+  // the raw reply, or an error reply if it cannot be reached.
+  asio::awaitable<std::string> ToNode(int w, std::string host, uint16_t port, uint16_t db, kv::Args args,
+                                      bool* sent);
+
+ private:
+  struct Link;
+  Server& server_;
+  // Per worker: "host:port" -> idle links.
+  std::vector<std::map<std::string, std::vector<std::unique_ptr<Link>>>> idle_;
+};
+
+}  // namespace shoal::server

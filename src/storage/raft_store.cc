@@ -1,0 +1,245 @@
+#include "storage/raft_store.h"
+
+#include <cstring>
+
+namespace shoal::storage {
+namespace {
+
+void PutU64(std::string* out, uint64_t v) {
+  char b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  out->append(b, 8);
+}
+
+bool GetU64(std::string_view* in, uint64_t* v) {
+  if (in->size() < 8) return false;
+  *v = 0;
+  for (int i = 0; i < 8; ++i) *v |= static_cast<uint64_t>(static_cast<uint8_t>((*in)[i])) << (8 * i);
+  in->remove_prefix(8);
+  return true;
+}
+
+void PutBe64(std::string* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+
+void PutIds(std::string* out, const std::vector<raft::NodeId>& ids) {
+  PutU64(out, ids.size());
+  for (auto id : ids) PutU64(out, id);
+}
+
+bool GetIds(std::string_view* in, std::vector<raft::NodeId>* ids) {
+  uint64_t n = 0;
+  if (!GetU64(in, &n) || n > in->size() / 8) return false;
+  ids->resize(n);
+  for (auto& id : *ids) GetU64(in, &id);
+  return true;
+}
+
+constexpr char kVersion = 1;
+
+}  // namespace
+
+std::string EncodeRaftEntry(const raft::Entry& e) {
+  std::string out;
+  out.reserve(18 + e.data.size());
+  out.push_back(kVersion);
+  out.push_back(static_cast<char>(e.type));
+  PutU64(&out, e.term);
+  PutU64(&out, e.index);
+  out += e.data;
+  return out;
+}
+
+bool DecodeRaftEntry(std::string_view raw, raft::Entry* e) {
+  if (raw.size() < 18 || raw[0] != kVersion) return false;
+  auto type = static_cast<uint8_t>(raw[1]);
+  if (type > static_cast<uint8_t>(raft::EntryType::kConfChange)) return false;
+  e->type = static_cast<raft::EntryType>(type);
+  raw.remove_prefix(2);
+  GetU64(&raw, &e->term);
+  GetU64(&raw, &e->index);
+  e->data.assign(raw);
+  return true;
+}
+
+std::string EncodeConfState(const raft::ConfState& cs) {
+  std::string out(1, kVersion);
+  PutIds(&out, cs.voters);
+  PutIds(&out, cs.voters_outgoing);
+  PutIds(&out, cs.learners);
+  return out;
+}
+
+bool DecodeConfState(std::string_view raw, raft::ConfState* cs) {
+  if (raw.empty() || raw[0] != kVersion) return false;
+  raw.remove_prefix(1);
+  return GetIds(&raw, &cs->voters) && GetIds(&raw, &cs->voters_outgoing) &&
+         GetIds(&raw, &cs->learners) && raw.empty();
+}
+
+std::string RaftStore::Key(char kind) const {
+  std::string k(1, kind);
+  PutBe64(&k, group_);
+  return k;
+}
+
+std::string RaftStore::EntryKey(raft::Index index) const {
+  std::string k = Key('L');
+  PutBe64(&k, index);
+  return k;
+}
+
+void RaftStore::Destroy(uint64_t group, WriteBatch& batch) {
+  RaftStore s(nullptr, group);
+  batch.DeleteRange(Cf::kRaft, s.EntryKey(0), s.EntryKey(UINT64_MAX));
+  for (char kind : {'H', 'S', 'C'}) batch.Delete(Cf::kRaft, s.Key(kind));
+}
+
+Result<std::unique_ptr<RaftStore>> RaftStore::Open(Engine* engine, uint64_t group) {
+  std::unique_ptr<RaftStore> store(new RaftStore(engine, group));
+  Status s = store->Load();
+  if (!s.ok()) return s.WithContext("raft group " + std::to_string(group));
+  return store;
+}
+
+Status RaftStore::Load() {
+  std::string raw;
+  Status s = engine_->Get(Cf::kRaft, Key('H'), &raw);
+  if (s.ok()) {
+    std::string_view in = raw;
+    if (in.empty() || in[0] != kVersion) return Status::Corruption("hard state");
+    in.remove_prefix(1);
+    if (!GetU64(&in, &hard_state_.term) || !GetU64(&in, &hard_state_.vote) ||
+        !GetU64(&in, &hard_state_.commit)) {
+      return Status::Corruption("hard state");
+    }
+  } else if (s.code() != Code::kNotFound) {
+    return s;
+  }
+  s = engine_->Get(Cf::kRaft, Key('S'), &raw);
+  if (s.ok()) {
+    std::string_view in = raw;
+    if (!GetU64(&in, &start_index_) || !GetU64(&in, &start_term_)) {
+      return Status::Corruption("log start");
+    }
+  } else if (s.code() != Code::kNotFound) {
+    return s;
+  }
+  s = engine_->Get(Cf::kRaft, Key('C'), &raw);
+  if (s.ok()) {
+    if (!DecodeConfState(raw, &conf_state_)) return Status::Corruption("membership");
+  } else if (s.code() != Code::kNotFound) {
+    return s;
+  }
+  auto it = engine_->NewIterator(Cf::kRaft);
+  std::string lo = EntryKey(start_index_ + 1);
+  std::string prefix = Key('L');
+  for (it->Seek(lo); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    raft::Entry e;
+    if (!DecodeRaftEntry(it->value(), &e)) return Status::Corruption("log entry");
+    if (e.index != last_index() + 1) {
+      return Status::Corruption("log gap at " + std::to_string(last_index() + 1));
+    }
+    log_bytes_ += raft::entry_size(e);
+    log_.push_back(std::move(e));
+  }
+  return it->status();
+}
+
+Result<raft::InitialState> RaftStore::initial_state() const {
+  return raft::InitialState{hard_state_, conf_state_};
+}
+
+Result<std::vector<raft::Entry>> RaftStore::entries(raft::Index lo, raft::Index hi,
+                                                    uint64_t max_bytes) const {
+  if (lo <= start_index_) return raft::compacted_error();
+  if (hi > last_index() + 1 || lo > hi) return raft::unavailable_error();
+  std::vector<raft::Entry> out;
+  uint64_t size = 0;
+  for (raft::Index i = lo; i < hi; ++i) {
+    const raft::Entry& e = log_[i - start_index_ - 1];
+    size += raft::entry_size(e);
+    if (!out.empty() && size > max_bytes) break;
+    out.push_back(e);
+  }
+  return out;
+}
+
+Result<raft::Term> RaftStore::term(raft::Index i) const {
+  if (i == start_index_) return start_term_;
+  if (i < start_index_) return raft::compacted_error();
+  if (i > last_index()) return raft::unavailable_error();
+  return log_[i - start_index_ - 1].term;
+}
+
+Result<raft::Snapshot> RaftStore::snapshot() const {
+  if (!snapshot_fn_) return raft::unavailable_error();
+  return snapshot_fn_();
+}
+
+void RaftStore::Append(const std::vector<raft::Entry>& ents, WriteBatch& batch) {
+  if (ents.empty()) return;
+  raft::Index first = ents.front().index;
+  SHOAL_CHECK(first > start_index_ && first <= last_index() + 1);
+  // Drop a conflicting suffix: in memory and on disk.
+  if (first <= last_index()) {
+    batch.DeleteRange(Cf::kRaft, EntryKey(first), EntryKey(last_index() + 1));
+    while (last_index() >= first) {
+      log_bytes_ -= raft::entry_size(log_.back());
+      log_.pop_back();
+    }
+  }
+  for (const auto& e : ents) {
+    batch.Put(Cf::kRaft, EntryKey(e.index), EncodeRaftEntry(e));
+    log_bytes_ += raft::entry_size(e);
+    log_.push_back(e);
+  }
+}
+
+void RaftStore::SetHardState(const raft::HardState& hs, WriteBatch& batch) {
+  hard_state_ = hs;
+  std::string raw(1, kVersion);
+  PutU64(&raw, hs.term);
+  PutU64(&raw, hs.vote);
+  PutU64(&raw, hs.commit);
+  batch.Put(Cf::kRaft, Key('H'), raw);
+}
+
+void RaftStore::SetConfState(const raft::ConfState& cs, WriteBatch& batch) {
+  conf_state_ = cs;
+  batch.Put(Cf::kRaft, Key('C'), EncodeConfState(cs));
+}
+
+void RaftStore::ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch) {
+  batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(UINT64_MAX));
+  log_.clear();
+  log_bytes_ = 0;
+  start_index_ = meta.index;
+  start_term_ = meta.term;
+  std::string raw;
+  PutU64(&raw, start_index_);
+  PutU64(&raw, start_term_);
+  batch.Put(Cf::kRaft, Key('S'), raw);
+  SetConfState(meta.conf_state, batch);
+  if (hard_state_.commit < meta.index) hard_state_.commit = meta.index;
+}
+
+void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
+  if (index <= start_index_) return;
+  SHOAL_CHECK(index <= last_index());
+  raft::Term t = log_[index - start_index_ - 1].term;
+  batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(index + 1));
+  while (start_index_ < index) {
+    log_bytes_ -= raft::entry_size(log_.front());
+    log_.pop_front();
+    ++start_index_;
+  }
+  start_term_ = t;
+  std::string raw;
+  PutU64(&raw, start_index_);
+  PutU64(&raw, start_term_);
+  batch.Put(Cf::kRaft, Key('S'), raw);
+}
+
+}  // namespace shoal::storage
