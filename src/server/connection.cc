@@ -7,7 +7,10 @@
 #include <cstring>
 #include <random>
 
+#include <map>
+
 #include "common/clock.h"
+#include "resp/reply_scan.h"
 #include "server/forwarder.h"
 #include "common/strings.h"
 #include "storage/slot.h"
@@ -149,7 +152,6 @@ asio::awaitable<void> Connection::Run() {
               writer_.Raw(error);
               continue;
             }
-            if (queued_group_ != group && !queued_entries_.empty()) co_await FlushWrites();
             QueueWrite(group, std::move(entry));
             if (WritesQueueFull()) co_await FlushWrites();
             continue;
@@ -222,9 +224,8 @@ std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
 }
 
 void Connection::QueueWrite(uint64_t group, kv::Entry entry) {
-  queued_group_ = group;
   for (const auto& a : entry.args) queued_bytes_ += a.size();
-  queued_entries_.push_back(std::move(entry));
+  queued_entries_.emplace_back(group, std::move(entry));
 }
 
 bool Connection::WritesQueueFull() const {
@@ -238,36 +239,96 @@ struct ProposeResult {
 };
 }  // namespace
 
+// Proposes one batch per shard, all at once, and completes with every
+// result (in the order of `batches`) on `home`.
+struct ShardBatch {
+  replica::Replica* replica;
+  std::string data;
+};
+
+template <typename Token>
+auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardBatch> batches, Token&& token) {
+  return asio::async_initiate<Token, void(std::vector<ProposeResult>)>(
+      [groups, &home](auto handler, std::vector<ShardBatch> batches) {
+        using Handler = decltype(handler);
+        struct State {
+          explicit State(Handler h, size_t n) : handler(std::move(h)), results(n), remaining(n) {}
+          Handler handler;
+          std::vector<ProposeResult> results;
+          size_t remaining;
+        };
+        auto state = std::make_shared<State>(std::move(handler), batches.size());
+        for (size_t i = 0; i < batches.size(); ++i) {
+          replica::Replica* r = batches[i].replica;
+          auto finish = [state, i, &home](ProposeResult res) {
+            asio::post(home, [state, i, res = std::move(res)]() mutable {
+              state->results[i] = std::move(res);
+              if (--state->remaining == 0) std::move(state->handler)(std::move(state->results));
+            });
+          };
+          asio::post(groups->WorkerFor(r->group()).io(),
+                     [r, groups, finish, data = std::move(batches[i].data)]() mutable {
+                       auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
+                         finish(ProposeResult{applied, std::move(reply)});
+                       }, node::MonoUs());
+                       if (!p.ok()) {
+                         finish(ProposeResult{false, std::string("-TRYAGAIN the shard's leader moved (") +
+                                                         raft::to_string(p.error) + "); retry\r\n"});
+                         return;
+                       }
+                       groups->Notify(r);
+                     });
+        }
+      },
+      token, std::move(batches));
+}
+
 asio::awaitable<void> Connection::FlushWrites() {
-  std::vector<kv::Entry> entries = std::move(queued_entries_);
-  uint64_t group = queued_group_;
+  auto queued = std::move(queued_entries_);
   queued_entries_.clear();
   queued_bytes_ = 0;
-  if (entries.empty()) co_return;
-  size_t n = entries.size();
-  replica::Replica* r = server_.groups().Find(group);
-  SHOAL_CHECK(r != nullptr);
-  node::Groups* groups = &server_.groups();
-  auto propose = [r, groups, data = replica::EncodeKvBatch(entries, protocol_)](
-                     std::function<void(ProposeResult)> done) mutable {
-    auto p = r->Propose(std::move(data), [done](bool applied, std::string reply) {
-      done(ProposeResult{applied, std::move(reply)});
-    }, node::MonoUs());
-    if (!p.ok()) {
-      done(ProposeResult{false, std::string("-TRYAGAIN the shard's leader moved (") +
-                                    raft::to_string(p.error) + "); retry\r\n"});
-      return;
-    }
-    groups->Notify(r);
-  };
-  entries.clear();
-  ProposeResult res = co_await node::RunOnAsync<ProposeResult>(server_.groups().WorkerFor(group).io(),
-                                                               worker_.io(), std::move(propose));
-  if (res.applied) {
-    writer_.Raw(res.reply);
-  } else {
-    for (size_t i = 0; i < n; ++i) writer_.Raw(res.reply);
+  if (queued.empty()) co_return;
+  // One batch per shard, in order of first appearance; each write keeps its
+  // position so that replies go out in request order.
+  std::vector<uint64_t> order;
+  std::map<uint64_t, std::vector<size_t>> positions;
+  std::map<uint64_t, std::vector<kv::Entry>> per_group;
+  for (size_t i = 0; i < queued.size(); ++i) {
+    uint64_t g = queued[i].first;
+    if (!positions.contains(g)) order.push_back(g);
+    positions[g].push_back(i);
+    per_group[g].push_back(std::move(queued[i].second));
   }
+  std::vector<ShardBatch> batches;
+  for (uint64_t g : order) {
+    replica::Replica* r = server_.groups().Find(g);
+    SHOAL_CHECK(r != nullptr);
+    batches.push_back(ShardBatch{r, replica::EncodeKvBatch(per_group[g], protocol_)});
+  }
+  per_group.clear();
+  std::vector<ProposeResult> results =
+      co_await ProposeAll(&server_.groups(), worker_.io(), std::move(batches), asio::use_awaitable);
+  std::vector<std::string_view> replies(queued.size());
+  for (size_t b = 0; b < order.size(); ++b) {
+    const auto& pos = positions[order[b]];
+    const ProposeResult& res = results[b];
+    size_t off = 0;
+    for (size_t k = 0; k < pos.size(); ++k) {
+      std::string_view reply = res.reply;
+      if (res.applied) {
+        size_t len = resp::ScanReply(res.reply.data() + off, res.reply.size() - off);
+        if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
+          static const std::string kBroken = "-ERR internal error: reply of a replicated write is malformed\r\n";
+          reply = kBroken;
+        } else {
+          reply = std::string_view(res.reply).substr(off, len);
+          off += len;
+        }
+      }
+      replies[pos[k]] = reply;
+    }
+  }
+  for (auto r : replies) writer_.Raw(r);
 }
 
 asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {

@@ -70,7 +70,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // flushed first (another shard) — the caller flushes and calls again.
   void QueueWrite(uint64_t group, kv::Entry entry);
   bool WritesQueueFull() const;
-  // Proposes the queued writes as one log entry to their shard's replica.
+  // Proposes the queued writes (one log entry per shard, concurrently) and
+  // writes their replies in request order.
   asio::awaitable<void> FlushWrites();
   // Routes and runs a command on keys (all in one slot); see Run().
   asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
@@ -102,9 +103,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::vector<std::string_view> args_;
   bool cluster_aware_ = false;
   bool readonly_ = false;
-  // Writes of the current pipeline waiting to be proposed as one entry.
-  uint64_t queued_group_ = 0;
-  std::vector<kv::Entry> queued_entries_;
+  // Writes of the current pipeline waiting to be proposed: one log entry
+  // per shard, all shards at once.
+  std::vector<std::pair<uint64_t, kv::Entry>> queued_entries_;
   size_t queued_bytes_ = 0;
 };
 
