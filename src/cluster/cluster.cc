@@ -477,6 +477,11 @@ asio::awaitable<void> Cluster::JoinLoop() {
       co_return;
     }
     asio::ip::tcp::socket sock(io);
+    auto local = asio::ip::make_address(opts_.host, ec);
+    sock.open(addr.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), ec);
+    if (!ec && !local.is_unspecified() && local.is_v4() == addr.is_v4()) {
+      sock.bind(asio::ip::tcp::endpoint(local, 0), ec);
+    }
     auto [cec] = co_await sock.async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
                                              as_tuple(asio::use_awaitable));
     if (cec) {

@@ -56,6 +56,14 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     asio::error_code ec;
     auto addr = asio::ip::make_address(host, ec);
     if (ec) co_return "-ERR bad node address " + host + "\r\n";
+    // Originate from our bind address, like peer traffic, so that a node cut
+    // off by address rules cannot reach around them.
+    auto local = asio::ip::make_address(server_.config().bind, ec);
+    link->socket.open(addr.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), ec);
+    if (!ec && !local.is_unspecified() && local.is_v4() == addr.is_v4()) {
+      link->socket.bind(asio::ip::tcp::endpoint(local, 0), ec);
+    }
+    if (ec) co_return "-TRYAGAIN cannot open a connection to " + host + "\r\n";
     auto [cec] = co_await link->socket.async_connect(asio::ip::tcp::endpoint(addr, port),
                                                      as_tuple(asio::use_awaitable));
     if (cec) co_return "-TRYAGAIN cannot reach " + host + ":" + std::to_string(port) + "\r\n";

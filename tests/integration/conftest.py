@@ -528,9 +528,19 @@ def make_shoal(tmp: Path, name: str = "shoal", durability: str = "fsync",
         return ServerProcess(name + "(selftest-redis)", fn, port, d, Path(tmp) / f"{name}.log",
                              password)
 
+    # Every shoal is a (one-node) cluster with a Raft peer port; its default,
+    # port + 10000, is out of range for most ephemeral ports. Picked once, so a
+    # restart reuses it.
+    peer_port = free_port()
+    for _ in range(100):
+        if peer_port != port:
+            break
+        peer_port = free_port()
+
     def fn(s):
-        argv = [SHOAL_BIN, "server", "--bind", HOST, "--port", str(s.port), "--dir", str(s.dir),
-                "--durability", durability, "--workers", str(workers)]
+        argv = [SHOAL_BIN, "server", "--bind", HOST, "--port", str(s.port), "--peer-port",
+                str(peer_port), "--dir", str(s.dir), "--durability", durability,
+                "--workers", str(workers)]
         if password is not None:
             argv += ["--requirepass", password]
         if config is not None:

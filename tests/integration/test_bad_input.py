@@ -199,15 +199,17 @@ def test_unauthenticated_limits(tmp_path, server_pool):
 
 def _fuzz_inputs(rng: random.Random):
     """Yields garbage: random bytes, and mutated valid requests."""
+    # the fuzzed commands keep their keys in one slot ({fz} hash tag), so that
+    # mutated MSET/MGET still reach the multi-key code, not only CROSSSLOT
     corpus = [
-        encode_command("SET", "fz:a", "v"), encode_command("GET", "fz:a"),
-        encode_command("MSET", "fz:b", "1", "fz:c", "2"), encode_command("INCRBY", "fz:b", "5"),
-        encode_command("SET", "fz:d", "x", "EX", "100", "NX"), encode_command("GETRANGE", "fz:a", "0", "-1"),
-        encode_command("SCAN", "0", "MATCH", "fz:*", "COUNT", "10"), encode_command("HELLO", "3"),
-        encode_command("HELLO", "2"), encode_command("EXPIRE", "fz:a", "100"),
-        encode_command("APPEND", "fz:a", "yy"), encode_command("SELECT", "3"),
-        encode_command("MGET", "fz:a", "fz:b", "fz:c"), encode_command("CLIENT", "SETNAME", "fz"),
-        b"PING\r\n", b'SET "fz:q" "a\\x00b"\r\n', b"ECHO 'x y'\r\n", b"GETEX fz:a PERSIST\r\n",
+        encode_command("SET", "{fz}a", "v"), encode_command("GET", "{fz}a"),
+        encode_command("MSET", "{fz}b", "1", "{fz}c", "2"), encode_command("INCRBY", "{fz}b", "5"),
+        encode_command("SET", "{fz}d", "x", "EX", "100", "NX"), encode_command("GETRANGE", "{fz}a", "0", "-1"),
+        encode_command("SCAN", "0", "MATCH", "{fz}*", "COUNT", "10"), encode_command("HELLO", "3"),
+        encode_command("HELLO", "2"), encode_command("EXPIRE", "{fz}a", "100"),
+        encode_command("APPEND", "{fz}a", "yy"), encode_command("SELECT", "3"),
+        encode_command("MGET", "{fz}a", "{fz}b", "{fz}c"), encode_command("CLIENT", "SETNAME", "fz"),
+        b"PING\r\n", b'SET "{fz}q" "a\\x00b"\r\n', b"ECHO 'x y'\r\n", b"GETEX {fz}a PERSIST\r\n",
     ]
     specials = [b"\r\n", b"\n", b"\r", b"*", b"$", b"-1", b"0", b"99999999999", b"\x00", b'"', b"'",
                 b"\\", b"*-1\r\n", b"$-1\r\n", b"2147483648", b"%", b"~", b"\xff"]

@@ -89,7 +89,8 @@ def test_redis_cli_args(srv, pair):
     assert cli_both(pair, "GET", "nokey") == b"\n"
     assert cli_both(pair, "--no-raw", "GET", "nokey") == b"(nil)\n"
     assert cli_both(pair, "--no-raw", "INCR", "n") == b"(integer) 2\n"
-    assert cli_both(pair, "--no-raw", "MGET", "k", "nokey") == b'1) "hello world"\n2) (nil)\n'
+    # {k}nokey hashes to k's slot (multi-key commands need keys in one slot)
+    assert cli_both(pair, "--no-raw", "MGET", "k", "{k}nokey") == b'1) "hello world"\n2) (nil)\n'
     assert cli_both(pair, "-n", "2", "SET", "k", "in-db2") == b"OK\n"
     assert cli_both(pair, "-n", "2", "GET", "k") == b"in-db2\n"
     assert cli_both(pair, "GET", "k") == b"hello world\n"
@@ -98,7 +99,7 @@ def test_redis_cli_args(srv, pair):
 
 
 def test_redis_cli_stdin(srv, pair):
-    script = b"SET a 1\nINCR a\nINCRBY a 10\nGET a\nGET nokey\nMGET a nokey\nDEL a\nEXISTS a\n"
+    script = b"SET a 1\nINCR a\nINCRBY a 10\nGET a\nGET nokey\nMGET a {a}nokey\nDEL a\nEXISTS a\n"
     out = cli_both(pair, stdin=script)
     assert out == b"OK\n2\n12\n12\n\n12\n\n1\n0\n", out
 
@@ -163,14 +164,15 @@ def test_redis_py_basics(r):
     assert r.incrby("c", 41) == 42
     assert r.decr("c") == 41
     assert r.incrbyfloat("f", 2.5) == 2.5
-    assert r.mset({"a": "1", "b": "2", "c3": "3"}) is True
-    assert r.mget("a", "b", "nokey", "c3") == [b"1", b"2", None, b"3"]
-    assert r.msetnx({"a": "x", "new": "y"}) is False
-    assert r.get("new") is None
-    assert r.append("a", "23") == 3 and r.get("a") == b"123"
-    assert r.strlen("a") == 3
-    assert r.getrange("a", 1, -1) == b"23"
-    assert r.setrange("a", 5, "z") == 6 and r.get("a") == b"123\x00\x00z"
+    # keys used together in one command share a hash tag ({t}: one slot)
+    assert r.mset({"{t}a": "1", "{t}b": "2", "{t}c3": "3"}) is True
+    assert r.mget("{t}a", "{t}b", "{t}nokey", "{t}c3") == [b"1", b"2", None, b"3"]
+    assert r.msetnx({"{t}a": "x", "{t}new": "y"}) is False
+    assert r.get("{t}new") is None
+    assert r.append("{t}a", "23") == 3 and r.get("{t}a") == b"123"
+    assert r.strlen("{t}a") == 3
+    assert r.getrange("{t}a", 1, -1) == b"23"
+    assert r.setrange("{t}a", 5, "z") == 6 and r.get("{t}a") == b"123\x00\x00z"
     assert r.expire("k", 100) is True
     assert 99 <= r.ttl("k") <= 100
     assert 99000 <= r.pttl("k") <= 100000
@@ -180,14 +182,14 @@ def test_redis_py_basics(r):
     assert r.get("k") is None and r.exists("k") == 0
     assert r.setex("s", 100, "v") is True and 99 <= r.ttl("s") <= 100
     assert r.getdel("s") == b"v" and r.get("s") is None
-    assert r.type("a") == b"string" and r.type("nokey") == b"none"
-    assert r.rename("a", "a2") is True and r.get("a2") == b"123\x00\x00z"
-    assert r.delete("a2", "b", "nokey") == 2
+    assert r.type("{t}a") == b"string" and r.type("nokey") == b"none"
+    assert r.rename("{t}a", "{t}a2") is True and r.get("{t}a2") == b"123\x00\x00z"
+    assert r.delete("{t}a2", "{t}b", "{t}nokey") == 2
     assert r.set("c3x", "abc") is True
     with pytest.raises(redis.exceptions.ResponseError, match="value is not an integer or out of range"):
         r.incr("c3x")
     with pytest.raises(redis.exceptions.ResponseError, match="no such key"):
-        r.rename("nokey", "x")
+        r.rename("{t}nokey", "{t}x")
 
 
 def test_redis_py_scan_iter(r):
@@ -214,7 +216,7 @@ def test_redis_py_pipeline_1000(r):
             elif i % 4 == 2:
                 p.get(f"p:{i - 2}")
             else:
-                p.exists(f"p:{i - 3}", "p:none")
+                p.exists(f"p:{i - 3}", f"{{p:{i - 3}}}none")  # same slot as p:{i - 3}
         res = p.execute()
     assert len(res) == 1000
     for i, v in enumerate(res):
@@ -313,7 +315,7 @@ def test_resp3_raw_socket(srv):
         assert d[b"proto"] == 3 and isinstance(d[b"id"], int) and d[b"modules"] == []
         assert c.call("GET", "nokey").raw == b"_\r\n"
         assert c.call("SET", "k", "v").raw == b"+OK\r\n"
-        assert c.call("MGET", "k", "nokey").raw == b"*2\r\n$1\r\nv\r\n_\r\n"
+        assert c.call("MGET", "k", "{k}nokey").raw == b"*2\r\n$1\r\nv\r\n_\r\n"
         assert c.call("CONFIG", "GET", "databases").raw == b"%1\r\n$9\r\ndatabases\r\n$2\r\n16\r\n"
         assert c.call("HELLO", "2").type == "*"
         assert c.call("GET", "nokey").raw == b"$-1\r\n"
@@ -336,7 +338,7 @@ def test_big_values(r):
     assert r.append("big-app", big) == len(big)
     assert r.append("big-app", big) == 2 * len(big)
     assert r.getrange("big-app", (1 << 20) - 2, (1 << 20) + 1) == b"xxxx"
-    assert r.mget("big1048576", "nokey")[0] is not None
+    assert r.mget("big1048576", "{big1048576}nokey")[0] is not None
     # a 1 MB value through a raw socket
     with RespConn(r.connection_pool.connection_kwargs["host"], r.connection_pool.connection_kwargs["port"]) as c:
         rep = c.call("GET", "big-app")
@@ -344,7 +346,10 @@ def test_big_values(r):
 
 
 def test_binary_safe(r):
+    # MGET/EXISTS/DEL below take them all at once, so they share one slot: that
+    # of the empty key, slot 0, which the hash tag {la2} also hashes to
     keys = [b"\x00", b"a\x00b", b"\r\n", b"k\r\nv", b"\xff\xfe\x00", b" ", b"", b"*1\r\n$4\r\nPING\r\n"]
+    keys = [k and k + b"{la2}" for k in keys]
     for i, k in enumerate(keys):
         val = k + b"|\x00\r\n|" + bytes([i])
         assert r.set(k, val) is True
@@ -354,7 +359,7 @@ def test_binary_safe(r):
     assert set(r.keys("*")) == set(keys)
     assert set(r.scan_iter(count=3)) == set(keys)
     assert r.exists(*keys) == len(keys)
-    assert r.append(b"a\x00b", b"\x00") == len(keys[1]) + 6 + 1
+    assert r.append(keys[1], b"\x00") == len(keys[1]) + 6 + 1
     assert r.delete(*keys) == len(keys)
 
 

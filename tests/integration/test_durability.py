@@ -163,9 +163,11 @@ def _populate(c):
     assert c.call("SET", "deleted", "x").raw == ok
     assert c.call("DEL", "deleted").value == 1
     assert c.call("SET", "long-ttl", "v", "EX", "10000").raw == ok
+    # keys used together in one command share a hash tag (one slot):
+    # {short-ttl}2 hashes like short-ttl; {ren}src/{ren}dst; {m}1/{m}2
     assert c.call("SET", "short-ttl", "v", "PX", "1500").raw == ok
-    assert c.call("SET", "short-ttl2", "v").raw == ok
-    assert c.call("PEXPIRE", "short-ttl2", "1500").value == 1
+    assert c.call("SET", "{short-ttl}2", "v").raw == ok
+    assert c.call("PEXPIRE", "{short-ttl}2", "1500").value == 1
     t_short = time.monotonic()  # both short TTLs end by t_short + 1.5 s
     assert c.call("SET", "abs-ttl", "v", "EXAT", "4102444800").raw == ok
     assert c.call("SET", "persisted", "v", "EX", "1").raw == ok
@@ -178,10 +180,10 @@ def _populate(c):
     assert c.call("APPEND", "appended", "ab").value == 2
     assert c.call("APPEND", "appended", "cd").value == 4
     assert c.call("SETRANGE", "ranged", "3", "xy").value == 5
-    assert c.call("SET", "ren-src", "moved").raw == ok
-    assert c.call("RENAME", "ren-src", "ren-dst").raw == ok
-    assert c.call("MSET", "m1", "1", "m2", "2").raw == ok
-    assert c.call("GETDEL", "m2").value == b"2"
+    assert c.call("SET", "{ren}src", "moved").raw == ok
+    assert c.call("RENAME", "{ren}src", "{ren}dst").raw == ok
+    assert c.call("MSET", "{m}1", "1", "{m}2", "2").raw == ok
+    assert c.call("GETDEL", "{m}2").value == b"2"
     assert c.call("SELECT", "1").raw == ok
     assert c.call("SET", "plain", "db1").raw == ok
     assert c.call("SET", "db1-ttl", "v", "EX", "5000").raw == ok
@@ -204,8 +206,8 @@ def _check(c, elapsed_s):
     ttl = c.call("TTL", "long-ttl").value
     assert 10000 - elapsed_s - 2 <= ttl <= 10000, f"TTL of long-ttl after restart: {ttl}"
     assert get("short-ttl") is None, "key whose TTL passed while the server was down came back"
-    assert get("short-ttl2") is None, "key whose TTL passed while the server was down came back"
-    assert c.call("EXISTS", "short-ttl", "short-ttl2").value == 0
+    assert get("{short-ttl}2") is None, "key whose TTL passed while the server was down came back"
+    assert c.call("EXISTS", "short-ttl", "{short-ttl}2").value == 0
     assert c.call("PEXPIRETIME", "abs-ttl").value == 4102444800000
     assert c.call("TTL", "persisted").value == -1 and get("persisted") == b"v"
     assert get("bin\x00key") == b"\x00\r\n\xff"
@@ -215,12 +217,12 @@ def _check(c, elapsed_s):
     assert get("float") == b"2.5"
     assert get("appended") == b"abcd"
     assert get("ranged") == b"\x00\x00\x00xy"
-    assert get("ren-src") is None and get("ren-dst") == b"moved"
-    assert c.call("MGET", "m1", "m2").value == [b"1", None]
+    assert get("{ren}src") is None and get("{ren}dst") == b"moved"
+    assert c.call("MGET", "{m}1", "{m}2").value == [b"1", None]
     keys = sorted(c.call("KEYS", "*").value)
     assert keys == sorted([b"plain", b"overwritten", b"long-ttl", b"abs-ttl", b"persisted",
                            b"bin\x00key", b"big", b"counter", b"float", b"appended", b"ranged",
-                           b"ren-dst", b"m1"]), keys
+                           b"{ren}dst", b"{m}1"]), keys
     assert c.call("SELECT", "1").raw == b"+OK\r\n"
     assert get("plain") == b"db1"
     assert 5000 - elapsed_s - 2 <= c.call("TTL", "db1-ttl").value <= 5000

@@ -1,0 +1,961 @@
+"""Multi-node shoal clusters for the integration tests, and the client
+workloads the fault tests run against them.
+
+Addresses: node i binds 127.0.0.(i + 2) (client port and peer port both on
+that address, picked free by binding there). 127.0.0.1 is left to the test
+clients: a loopback connection from an unbound socket has source address
+127.0.0.1, so the iptables rules that cut node addresses apart never cut the
+test off from any node (the partition test must still reach the isolated
+node to see that it stops serving).
+
+Every wait is bounded in iterations and in time; every process is stopped by
+PID at teardown (SIGCONT first for paused ones, SIGTERM, SIGKILL after a
+timeout); every iptables rule added is removed at teardown (and at exit).
+Node logs are ``<tmp>/node<i>.log``; teardown prints their tails (pytest shows
+them when the test failed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+from conftest import (SHOAL_BIN, SKIP_NO_SHOAL, WORKERS, ConnectionClosed, RespConn, RespError,
+                      RespProtocolError, ServerProcess)
+from linearizability import READ, WRITE, History
+
+try:  # python3-redis
+    import redis
+    from redis.cluster import ClusterNode as _RCNode
+    from redis.cluster import RedisCluster
+    from redis.crc import key_slot as _key_slot
+except ImportError:  # pragma: no cover - Debian's python3-redis is a test dependency
+    redis = None
+
+HASH_SLOTS = 16384
+IP_BASE = 2                     # node i binds 127.0.0.(i + IP_BASE)
+READY_TIMEOUT_S = float(os.environ.get("SHOAL_CLUSTER_READY_TIMEOUT", "60"))
+STOP_TIMEOUT_S = 15.0
+CLUSTER_WORKERS = int(os.environ.get("SHOAL_CLUSTER_WORKERS", str(WORKERS)))
+IPTABLES = shutil.which("iptables")
+RULE_TAG = f"shoal-test-{os.getpid()}"
+
+NET_ERRORS = (OSError, ConnectionClosed, RespProtocolError)
+
+
+def node_ip(i: int) -> str:
+    return f"127.0.0.{i + IP_BASE}"
+
+
+def free_ports_on(ip: str, count: int = 1) -> List[int]:
+    """``count`` distinct free TCP ports on ``ip`` (held open together while picking)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((ip, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def key_slot(key) -> int:
+    if isinstance(key, str):
+        key = key.encode()
+    return _key_slot(key)
+
+
+_SLOT_KEYS: Optional[List[str]] = None
+
+
+def key_for_every_slot(prefix: str = "s") -> List[str]:
+    """A list of 16384 keys, the i-th hashing to slot i (computed once)."""
+    global _SLOT_KEYS
+    if _SLOT_KEYS is not None and _SLOT_KEYS[0].startswith(prefix + ":"):
+        return _SLOT_KEYS
+    keys: List[Optional[str]] = [None] * HASH_SLOTS
+    missing = HASH_SLOTS
+    for n in range(5_000_000):
+        k = f"{prefix}:{n}"
+        s = key_slot(k)
+        if keys[s] is None:
+            keys[s] = k
+            missing -= 1
+            if missing == 0:
+                break
+    assert missing == 0
+    _SLOT_KEYS = keys  # type: ignore[assignment]
+    return _SLOT_KEYS  # type: ignore[return-value]
+
+
+def parse_info(text) -> Dict[str, str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = {}
+    for line in str(text).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        out[k] = v
+    return out
+
+
+def _s(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def is_moved(value) -> bool:
+    return isinstance(value, RespError) and value.startswith("MOVED ")
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([IPTABLES, "-w", "5", *args], capture_output=True, timeout=30)
+
+
+def _tagged_rules(tag_prefix: str) -> List[List[str]]:
+    """INPUT rules whose comment starts with tag_prefix, as specs for -D."""
+    r = _iptables("-S", "INPUT")
+    out = []
+    for ln in r.stdout.decode(errors="replace").splitlines():
+        if ln.startswith("-A ") and tag_prefix in ln:
+            out.append([s.strip('"') for s in ln.split()[1:]])
+    return out
+
+
+def remove_stale_rules() -> None:
+    """Delete rules left by earlier test processes that died without healing
+    (their tag names a PID that no longer exists)."""
+    if not IPTABLES or os.geteuid() != 0:
+        return
+    for spec in _tagged_rules("shoal-test-"):
+        tag = next((x for x in spec if x.startswith("shoal-test-")), "")
+        pid = tag[len("shoal-test-"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            _iptables("-D", *spec)
+
+
+# --------------------------------------------------------------------------
+# nodes
+# --------------------------------------------------------------------------
+
+class ClusterNode(ServerProcess):
+    """One ``shoal server`` of a cluster. Restart uses the same command line."""
+
+    def __init__(self, cluster: "Cluster", index: int, join: Optional[str]):
+        ip = node_ip(index)
+        port, peer_port = free_ports_on(ip, 2)
+        super().__init__(f"node{index}", ClusterNode._make_argv, port,
+                         cluster.tmp / f"node{index}", cluster.tmp / f"node{index}.log")
+        self.host = ip
+        self.index = index
+        self.peer_port = peer_port
+        self.join = join
+        self.cluster = cluster
+        self.paused = False
+
+    @staticmethod
+    def _make_argv(node: "ClusterNode") -> List[str]:
+        c = node.cluster
+        argv = [SHOAL_BIN, "server", "--bind", node.host, "--port", str(node.port),
+                "--peer-port", str(node.peer_port), "--dir", str(node.dir),
+                "--durability", c.durability, "--workers", str(c.workers)]
+        if node.join:
+            argv += ["--join", node.join]
+        if c.shards is not None:
+            argv += ["--shards", str(c.shards)]
+        if c.replicas is not None:
+            argv += ["--replicas", str(c.replicas)]
+        return argv + list(c.extra_args)
+
+    @property
+    def ip(self) -> str:
+        return self.host
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def info(self) -> Dict[str, object]:
+        return {"index": self.index, "addr": self.host, "port": self.port,
+                "peer_port": self.peer_port, "pid": self.pid, "dir": str(self.dir),
+                "log": str(self.log_path), "alive": self.alive(), "paused": self.paused}
+
+    def sigstop(self) -> None:
+        self.check_alive(" before SIGSTOP")
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def sigcont(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
+
+    def _terminate(self, sig=signal.SIGTERM, timeout: float = STOP_TIMEOUT_S):
+        if self.paused:
+            self.sigcont()
+        return super()._terminate(sig, timeout)
+
+    def client(self, **kw) -> RespConn:
+        kw.setdefault("timeout", 10.0)
+        kw.setdefault("connect_timeout", 2.0)
+        return RespConn(self.host, self.port, **kw)
+
+    def call(self, *args, timeout: float = 10.0):
+        """One command on a fresh plain (not cluster-aware) connection; returns the value."""
+        with self.client(timeout=timeout) as c:
+            return c.execute(*args)
+
+
+# --------------------------------------------------------------------------
+# the cluster
+# --------------------------------------------------------------------------
+
+_LIVE_CLUSTERS: List["Cluster"] = []
+
+
+def _cleanup_at_exit() -> None:  # last resort if a teardown never ran
+    for c in list(_LIVE_CLUSTERS):
+        try:
+            c.teardown(print_logs=False)
+        except Exception:
+            pass
+
+
+atexit.register(_cleanup_at_exit)
+
+
+def stop_live_clusters() -> None:
+    """Tear down every cluster still running (e.g. a module-scoped one, before a
+    test that starts a big cluster of its own on a small machine). Their own
+    fixtures' teardown later returns the problems found now."""
+    for c in list(_LIVE_CLUSTERS):
+        c.teardown()
+
+
+class Cluster:
+    """N shoal nodes on 127.0.0.2.. ; node 0 bootstraps, the others --join it."""
+
+    def __init__(self, tmp: Path, n: int = 3, durability: str = "fsync",
+                 shards: Optional[int] = None, replicas: Optional[int] = None,
+                 workers: Optional[int] = None, extra_args: Sequence[str] = ()):
+        if not SHOAL_BIN:
+            pytest.skip(SKIP_NO_SHOAL)
+        if not (os.path.isfile(SHOAL_BIN) and os.access(SHOAL_BIN, os.X_OK)):
+            pytest.fail(f"SHOAL_BIN={SHOAL_BIN!r} is not an executable file", pytrace=False)
+        if redis is None:
+            pytest.skip("python3-redis is not installed")
+        assert durability in ("fsync", "none")
+        self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.durability = durability
+        self.shards = shards
+        self.replicas = replicas
+        self.workers = workers if workers is not None else CLUSTER_WORKERS
+        self.extra_args = list(extra_args)
+        self.nodes: List[ClusterNode] = []
+        self.rules: List[List[str]] = []
+        self._partitioned_once = False
+        self.problems: List[str] = []
+        self._torn_down = False
+        self.teardown_problems: List[str] = []
+        self._cleanups: List[Callable[[], None]] = []
+        for i in range(n):
+            self._new_node()
+        _LIVE_CLUSTERS.append(self)
+
+    # -- membership ----------------------------------------------------------
+    def _new_node(self) -> ClusterNode:
+        i = len(self.nodes)
+        join = None if i == 0 else self.nodes[0].address
+        node = ClusterNode(self, i, join)
+        self.nodes.append(node)
+        return node
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def node(self, i: int) -> ClusterNode:
+        return self.nodes[i]
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> "Cluster":
+        """Start the nodes one after another, then wait until ready."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if node.alive():
+                continue
+            node.start()
+            # let each node be known before the next joins (bounded)
+            self._wait(lambda: self._known_nodes(node) >= node.index + 1,
+                       deadline, f"{node.name} to see {node.index + 1} known nodes")
+        self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+        return self
+
+    def add_node(self, timeout: float = READY_TIMEOUT_S) -> ClusterNode:
+        node = self._new_node()
+        node.start()
+        self.wait_ready(timeout=timeout)
+        return node
+
+    def _known_nodes(self, node: ClusterNode) -> int:
+        try:
+            return int(self.cluster_info(node.index, timeout=2.0).get("cluster_known_nodes", 0))
+        except (NET_ERRORS + (ValueError, AssertionError)):
+            return 0
+
+    # -- observation ---------------------------------------------------------
+    def alive_nodes(self) -> List[ClusterNode]:
+        return [n for n in self.nodes if n.alive() and not n.paused]
+
+    def check_alive(self) -> None:
+        """Fail (with the log tail) if a node died without the test asking for it."""
+        for n in self.nodes:
+            n.check_alive(" during the test")
+
+    def cluster_info(self, i: int, timeout: float = 5.0) -> Dict[str, str]:
+        v = self.nodes[i].call("CLUSTER", "INFO", timeout=timeout)
+        if isinstance(v, RespError):
+            raise AssertionError(f"CLUSTER INFO on node{i}: {v}")
+        return parse_info(v)
+
+    def is_ready_info(self, info: Dict[str, str], expect_nodes: int) -> bool:
+        try:
+            return (info.get("cluster_state") == "ok"
+                    and int(info.get("shoal_shards", -1)) > 0
+                    and int(info.get("shoal_shards_replicated", -2))
+                    == int(info.get("shoal_shards", -1))
+                    and int(info.get("cluster_known_nodes", -1)) == expect_nodes)
+        except ValueError:
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, nodes: Optional[Sequence[int]] = None,
+                   expect_nodes: Optional[int] = None) -> float:
+        """Wait until every (given, running) node reports cluster_state:ok, all shards
+        replicated and the expected number of known nodes. Returns seconds waited."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        expect = expect_nodes if expect_nodes is not None else len(self.nodes)
+        idx = list(nodes) if nodes is not None else [n.index for n in self.nodes
+                                                     if n.alive() and not n.paused]
+        last: Dict[int, object] = {}
+        for _ in range(100_000):
+            self.check_alive()
+            all_ok = True
+            for i in idx:
+                try:
+                    info = self.cluster_info(i, timeout=2.0)
+                    last[i] = {k: v for k, v in info.items()
+                               if k.startswith(("cluster_state", "cluster_known", "shoal_"))}
+                    if not self.is_ready_info(info, expect):
+                        all_ok = False
+                except (NET_ERRORS + (AssertionError,)) as e:
+                    last[i] = repr(e)
+                    all_ok = False
+                if not all_ok:
+                    break
+            if all_ok:
+                return time.monotonic() - t0
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"cluster not ready after {timeout:.0f}s (expecting {expect} "
+                             f"nodes); last CLUSTER INFO: {last}\n{self.log_tails(2500)}")
+
+    def _wait(self, cond: Callable[[], bool], deadline: float, what: str,
+              interval: float = 0.1) -> None:
+        for _ in range(100_000):
+            self.check_alive()
+            if cond():
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log_tails(2500)}")
+
+    def node_by_addr(self, host, port) -> Optional[int]:
+        host, port = _s(host), int(port)
+        for n in self.nodes:
+            if n.host == host and n.port == port:
+                return n.index
+        return None
+
+    def _via(self, via: Optional[int], exclude: Sequence[int] = ()) -> List[int]:
+        if via is not None:
+            return [via]
+        return [n.index for n in self.alive_nodes() if n.index not in exclude]
+
+    def slots(self, via: Optional[int] = None, exclude: Sequence[int] = ()
+              ) -> List[Tuple[int, int, List[Tuple[str, int, str]]]]:
+        """CLUSTER SLOTS (from a cluster-aware connection) as
+        [(start, end, [(ip, port, id), ...master first])]."""
+        errors = []
+        for i in self._via(via, exclude):
+            try:
+                with self.nodes[i].client(timeout=5.0) as c:
+                    v = c.execute("CLUSTER", "SLOTS")
+            except NET_ERRORS as e:
+                errors.append(f"node{i}: {e!r}")
+                continue
+            if isinstance(v, RespError) or not isinstance(v, list):
+                errors.append(f"node{i}: {v!r}")
+                continue
+            out = []
+            for entry in v:
+                nodes = [(_s(x[0]), int(x[1]), _s(x[2]) if len(x) > 2 else "")
+                         for x in entry[2:]]
+                out.append((int(entry[0]), int(entry[1]), nodes))
+            return out
+        raise AssertionError(f"CLUSTER SLOTS failed everywhere: {errors}")
+
+    def slot_owner(self, slot: int, via: Optional[int] = None,
+                   exclude: Sequence[int] = ()) -> Optional[int]:
+        """Index of the node CLUSTER SLOTS names as master of ``slot`` (None if unknown)."""
+        for start, end, nodes in self.slots(via, exclude):
+            if start <= slot <= end and nodes:
+                return self.node_by_addr(nodes[0][0], nodes[0][1])
+        return None
+
+    def slot_replicas(self, slot: int, via: Optional[int] = None) -> List[int]:
+        for start, end, nodes in self.slots(via):
+            if start <= slot <= end:
+                return [self.node_by_addr(h, p) for h, p, _ in nodes[1:]]
+        return []
+
+    def leader_of_key(self, key, via: Optional[int] = None,
+                      exclude: Sequence[int] = ()) -> Optional[int]:
+        return self.slot_owner(key_slot(key), via, exclude)
+
+    def wait_leader(self, key, not_on: Sequence[int] = (), via: Optional[int] = None,
+                    timeout: float = 15.0) -> int:
+        """Wait until the shard of ``key`` has a leader on a running node outside
+        ``not_on`` (as seen from ``via``, or from any node outside ``not_on``)."""
+        deadline = time.monotonic() + timeout
+        found: List[Optional[int]] = [None]
+
+        def cond():
+            try:
+                i = self.leader_of_key(key, via, exclude=not_on)
+            except AssertionError:
+                return False
+            if i is None or i in not_on or not self.nodes[i].alive() or self.nodes[i].paused:
+                return False
+            found[0] = i
+            return True
+        self._wait(cond, deadline, f"a leader for {key!r} outside {list(not_on)}")
+        return found[0]  # type: ignore[return-value]
+
+    def myid(self, i: int) -> str:
+        return _s(self.nodes[i].call("CLUSTER", "MYID"))
+
+    # -- clients -------------------------------------------------------------
+    def redis_cluster(self, **kw) -> "RedisCluster":
+        """A redis-py RedisCluster seeded with every running node."""
+        kw.setdefault("decode_responses", True)
+        kw.setdefault("socket_timeout", 10)
+        kw.setdefault("socket_connect_timeout", 2)
+        startup = [_RCNode(n.host, n.port) for n in self.alive_nodes()]
+        return RedisCluster(startup_nodes=startup, **kw)
+
+    def redis(self, i: int, **kw) -> "redis.Redis":
+        kw.setdefault("socket_timeout", 10)
+        kw.setdefault("socket_connect_timeout", 2)
+        return redis.Redis(host=self.nodes[i].host, port=self.nodes[i].port, **kw)
+
+    # -- faults --------------------------------------------------------------
+    def kill9(self, i: int) -> None:
+        self.nodes[i].kill9()
+
+    def stop(self, i: int) -> Optional[int]:
+        return self.nodes[i].stop()
+
+    def sigstop(self, i: int) -> None:
+        self.nodes[i].sigstop()
+
+    def sigcont(self, i: int) -> None:
+        self.nodes[i].sigcont()
+
+    def restart(self, i: int) -> ClusterNode:
+        """Start node i again with the same command line (same --dir, --join)."""
+        node = self.nodes[i]
+        if node.alive():
+            node.stop()
+        return node.start()  # type: ignore[return-value]
+
+    @staticmethod
+    def iptables_usable() -> Tuple[bool, str]:
+        if not IPTABLES:
+            return False, "iptables is not installed"
+        if os.geteuid() != 0:
+            return False, "iptables needs root"
+        r = subprocess.run([IPTABLES, "-w", "5", "-S", "INPUT"], capture_output=True,
+                           timeout=30)
+        if r.returncode != 0:
+            return False, f"iptables -S fails: {r.stderr.decode(errors='replace').strip()}"
+        return True, ""
+
+    def partition(self, i: int, others: Optional[Sequence[int]] = None) -> None:
+        """Drop all traffic between node i's address and every other node's address,
+        both directions (INPUT chain: on loopback every packet passes it)."""
+        ok, why = self.iptables_usable()
+        if not ok:
+            pytest.skip(why)
+        remove_stale_rules()
+        others = [j for j in (others if others is not None else range(len(self.nodes)))
+                  if j != i]
+        a = node_ip(i)
+        for j in others:
+            b = node_ip(j)
+            for src, dst in ((a, b), (b, a)):
+                spec = ["INPUT", "-s", src, "-d", dst, "-m", "comment", "--comment",
+                        RULE_TAG, "-j", "DROP"]
+                r = _iptables("-I", *spec)
+                if r.returncode != 0:
+                    self.heal()
+                    raise AssertionError(f"iptables -I {' '.join(spec)} failed: "
+                                         f"{r.stderr.decode(errors='replace')}")
+                self.rules.append(spec)
+                self._partitioned_once = True
+
+    def heal(self) -> List[str]:
+        """Remove every rule partition() added (and any left with our tag)."""
+        problems = []
+        while self.rules:
+            spec = self.rules.pop()
+            r = _iptables("-D", *spec)
+            if r.returncode != 0:
+                problems.append(f"iptables -D {' '.join(spec)}: "
+                                f"{r.stderr.decode(errors='replace').strip()}")
+        if IPTABLES and os.geteuid() == 0 and self._partitioned_once:
+            # belt and braces: nothing tagged with our pid may survive
+            for _ in range(100):
+                left = _tagged_rules(RULE_TAG)
+                if not left:
+                    break
+                if _iptables("-D", *left[0]).returncode != 0:
+                    problems.append(f"could not delete leftover rule {' '.join(left[0])}")
+                    break
+        self.problems.extend(problems)
+        return problems
+
+    # -- logs and teardown ----------------------------------------------------
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Run fn() at the start of teardown (before the nodes are stopped)."""
+        self._cleanups.append(fn)
+
+    def log_tails(self, n: int = 4000) -> str:
+        parts = []
+        for node in self.nodes:
+            parts.append(f"---- {node.name} {node.address} (pid {node.pid}, "
+                         f"{'alive' if node.alive() else 'exited'}) log tail:\n"
+                         f"{node.log_tail(n)}")
+        return "\n".join(parts)
+
+    def print_logs(self, n: int = 4000) -> None:
+        print(self.log_tails(n))
+
+    def teardown(self, print_logs: bool = True) -> List[str]:
+        """Heal, SIGCONT, SIGTERM everything by PID (in parallel), SIGKILL after
+        STOP_TIMEOUT_S. Returns the problems seen (unexpected deaths, unclean exits)."""
+        if self._torn_down:
+            return self.teardown_problems
+        self._torn_down = True
+        problems: List[str] = []
+        for fn in reversed(self._cleanups):  # e.g. stop client threads first
+            try:
+                fn()
+            except Exception as e:
+                problems.append(f"cleanup {fn!r}: {e!r}")
+        problems += self.heal()
+        for node in self.nodes:
+            try:
+                node.check_alive(" during the test")
+            except AssertionError as e:
+                problems.append(str(e))
+        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for node in running:
+            node._expected_dead = True
+            node.sigcont()
+            try:
+                os.kill(node.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node in running:
+            try:
+                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(node.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                node.proc.wait(timeout=10)
+                problems.append(f"{node.name} did not exit within {STOP_TIMEOUT_S}s of "
+                                f"SIGTERM; SIGKILLed")
+                continue
+            if node.proc.returncode != 0:
+                problems.append(f"{node.name} exited with {node.proc.returncode} after SIGTERM")
+        for node in self.nodes:
+            problems.extend(m for m in node.unexpected_exits if m not in problems)
+        if print_logs:
+            self.print_logs()
+        if self in _LIVE_CLUSTERS:
+            _LIVE_CLUSTERS.remove(self)
+        self.teardown_problems = problems
+        return problems
+
+
+# --------------------------------------------------------------------------
+# workloads
+# --------------------------------------------------------------------------
+
+class _Conn:
+    """A RespConn to one node of a rotation; reconnects (to the next node) after errors."""
+
+    def __init__(self, cluster: Cluster, nodes: Sequence[int], start: int, timeout: float,
+                 readonly: bool = False):
+        self.cluster = cluster
+        self.nodes = list(nodes)
+        self.pos = start % len(self.nodes)
+        self.timeout = timeout
+        self.readonly = readonly
+        self.conn: Optional[RespConn] = None
+
+    @property
+    def node_index(self) -> int:
+        return self.nodes[self.pos]
+
+    def get(self) -> Optional[RespConn]:
+        if self.conn is not None:
+            return self.conn
+        node = self.cluster.nodes[self.node_index]
+        try:
+            c = RespConn(node.host, node.port, timeout=self.timeout, connect_timeout=1.0)
+        except OSError:
+            self.rotate()
+            return None
+        if self.readonly:
+            try:
+                if c.call("READONLY").raw != b"+OK\r\n":
+                    c.close()
+                    self.rotate()
+                    return None
+            except NET_ERRORS:
+                c.close()
+                self.rotate()
+                return None
+        self.conn = c
+        return c
+
+    def broken(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.rotate()
+
+    def rotate(self) -> None:
+        self.pos = (self.pos + 1) % len(self.nodes)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class _Worker(threading.Thread):
+    def __init__(self, name: str, stop: threading.Event, deadline: float):
+        super().__init__(name=name, daemon=True)
+        self.stop_ev = stop
+        self.deadline = deadline
+        self.unexpected: List[str] = []
+        self.errors = 0
+
+    def running(self) -> bool:
+        return not self.stop_ev.is_set() and time.monotonic() < self.deadline
+
+    def pause(self, s: float) -> None:
+        self.stop_ev.wait(s)
+
+
+class AckWriter(_Worker):
+    """SETs unique keys with unique values over plain (forwarded) connections,
+    rotating over ``nodes`` after errors. ``acked`` holds every acknowledged write;
+    ``timeline`` (invoke, complete, ok) every attempt. Keys are
+    ``<key_prefix>:w<wid>:<n>``; a {hash tag} in the prefix aims at one shard."""
+
+    def __init__(self, cluster: Cluster, wid: int, nodes: Sequence[int], stop: threading.Event,
+                 deadline: float, key_prefix: str = "ack", timeout: float = 3.0,
+                 interval: float = 0.0, max_ops: int = 100_000):
+        super().__init__(f"ackwriter{wid}", stop, deadline)
+        self.wid = wid
+        self.conn = _Conn(cluster, nodes, wid, timeout)
+        self.key_prefix = key_prefix
+        self.interval = interval
+        self.max_ops = max_ops
+        self.acked: Dict[str, bytes] = {}
+        self.unknown: Dict[str, bytes] = {}
+        self.timeline: List[Tuple[float, float, bool]] = []
+
+    def run(self):
+        try:
+            for n in range(self.max_ops):
+                if not self.running():
+                    break
+                c = self.conn.get()
+                if c is None:
+                    self.pause(0.05)
+                    continue
+                key = f"{self.key_prefix}:w{self.wid}:{n}"
+                val = f"v-{self.wid}-{n}-{random.getrandbits(32):08x}".encode()
+                t0 = time.monotonic()
+                try:
+                    rep = c.call("SET", key, val)
+                except NET_ERRORS:
+                    self.timeline.append((t0, time.monotonic(), False))
+                    self.unknown[key] = val
+                    self.errors += 1
+                    self.conn.broken()
+                    continue
+                t1 = time.monotonic()
+                if rep.raw == b"+OK\r\n":
+                    self.acked[key] = val
+                    self.timeline.append((t0, t1, True))
+                else:
+                    self.timeline.append((t0, t1, False))
+                    self.unknown[key] = val
+                    self.errors += 1
+                    if not isinstance(rep.value, RespError):
+                        self.unexpected.append(f"SET {key} -> {rep.raw[:200]!r}")
+                    self.conn.rotate()
+                    self.conn.close()
+                    self.pause(0.02)
+                if self.interval:
+                    self.pause(self.interval)
+        except Exception as e:  # must not vanish with the thread
+            self.unexpected.append(f"{self.name}: {e!r}")
+        finally:
+            self.conn.close()
+
+
+class ClusterClientWriter(_Worker):
+    """SETs unique keys through redis-py's RedisCluster (cluster-aware: follows
+    MOVED, refreshes its slot map after connection errors). redis-py logs every
+    failed attempt with a traceback; its cluster logger is quietened while this runs."""
+
+    def __init__(self, cluster: Cluster, stop: threading.Event, deadline: float,
+                 prefix: str = "ack:rc", interval: float = 0.002):
+        super().__init__("rcwriter", stop, deadline)
+        self.cluster = cluster
+        self.prefix = prefix
+        self.interval = interval
+        self.acked: Dict[str, bytes] = {}
+        self.unknown: Dict[str, bytes] = {}
+
+    def run(self):
+        rc = None
+        log = logging.getLogger("redis.cluster")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            n = 0
+            for _ in range(1_000_000):
+                if not self.running():
+                    break
+                if rc is None:
+                    try:
+                        rc = self.cluster.redis_cluster(decode_responses=False, socket_timeout=2,
+                                                        cluster_error_retry_attempts=2)
+                    except Exception:
+                        self.errors += 1
+                        self.pause(0.2)
+                        continue
+                key = f"{self.prefix}:{n}"
+                val = f"rc-{n}-{random.getrandbits(32):08x}".encode()
+                n += 1
+                try:
+                    ok = rc.set(key, val)
+                except Exception:  # redis-py raises many kinds during failover
+                    self.unknown[key] = val
+                    self.errors += 1
+                    self.pause(0.05)
+                    continue
+                if ok is True:
+                    self.acked[key] = val
+                else:
+                    self.unknown[key] = val
+                    self.unexpected.append(f"RedisCluster.set({key}) -> {ok!r}")
+                if self.interval:
+                    self.pause(self.interval)
+        except Exception as e:
+            self.unexpected.append(f"{self.name}: {e!r}")
+        finally:
+            log.setLevel(level)
+            if rc is not None:
+                try:
+                    rc.close()
+                except Exception:
+                    pass
+
+
+class RegisterClient(_Worker):
+    """Random GET/SET on a few register keys, recorded in a History for the
+    linearizability checker. Write values are unique. A write that gets an error
+    or no answer has an unknown outcome; a read that fails is dropped. With
+    ``readonly`` the connection sends READONLY (follower reads); MOVED replies
+    then count as failed reads."""
+
+    def __init__(self, cluster: Cluster, cid: int, keys: Sequence[str], nodes: Sequence[int],
+                 history: History, stop: threading.Event, deadline: float,
+                 readonly: bool = False, timeout: float = 8.0, interval: float = 0.02,
+                 write_ratio: float = 0.5, max_ops: int = 3000, seed: Optional[int] = None):
+        super().__init__(f"register{cid}", stop, deadline)
+        self.cid = cid
+        self.keys = list(keys)
+        self.conn = _Conn(cluster, nodes, cid, timeout, readonly=readonly)
+        self.history = history
+        self.readonly = readonly
+        self.interval = interval
+        self.write_ratio = 0.0 if readonly else write_ratio
+        self.max_ops = max_ops
+        self.rng = random.Random(seed if seed is not None else cid)
+        self.ops = 0
+        self.moved = 0
+
+    def run(self):
+        try:
+            seq = 0
+            for _ in range(self.max_ops * 4):
+                if not self.running() or self.ops >= self.max_ops:
+                    break
+                c = self.conn.get()
+                if c is None:
+                    self.pause(0.05)
+                    continue
+                key = self.rng.choice(self.keys)
+                self.ops += 1
+                if self.rng.random() < self.write_ratio:
+                    seq += 1
+                    val = f"c{self.cid}-{seq}".encode()
+                    h = self.history.invoke(self.cid, WRITE, key, val)
+                    try:
+                        rep = c.call("SET", key, val)
+                    except NET_ERRORS:
+                        self.history.info(h)
+                        self.errors += 1
+                        self.conn.broken()
+                        continue
+                    if rep.raw == b"+OK\r\n":
+                        self.history.ok(h)
+                    else:
+                        self.history.info(h)
+                        self.errors += 1
+                        if not isinstance(rep.value, RespError):
+                            self.unexpected.append(f"SET {key} -> {rep.raw[:200]!r}")
+                        self.conn.close()
+                        self.conn.rotate()
+                else:
+                    h = self.history.invoke(self.cid, READ, key)
+                    try:
+                        rep = c.call("GET", key)
+                    except NET_ERRORS:
+                        self.history.info(h)
+                        self.errors += 1
+                        self.conn.broken()
+                        continue
+                    v = rep.value
+                    if v is None or (isinstance(v, bytes) and not isinstance(v, RespError)):
+                        self.history.ok(h, value=v)
+                    else:
+                        self.history.info(h)
+                        if is_moved(v):
+                            self.moved += 1
+                        else:
+                            self.errors += 1
+                        if not isinstance(v, RespError):
+                            self.unexpected.append(f"GET {key} -> {rep.raw[:200]!r}")
+                        self.conn.close()
+                        self.conn.rotate()
+                if self.interval:
+                    self.pause(self.interval)
+        except Exception as e:
+            self.unexpected.append(f"{self.name}: {e!r}")
+        finally:
+            self.conn.close()
+
+
+def verify_acked(cluster: Cluster, acked: Dict[str, bytes], timeout: float = 60.0) -> List[str]:
+    """Read every acknowledged key through RedisCluster; return the mismatches."""
+    rc = cluster.redis_cluster(decode_responses=False)
+    try:
+        keys = list(acked)
+        bad: List[str] = []
+        deadline = time.monotonic() + timeout
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            vals = None
+            for attempt in range(20):
+                try:
+                    vals = rc.mget_nonatomic(chunk)
+                    break
+                except Exception as e:  # a slot map refresh racing a move
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"reading acknowledged keys: {e!r}")
+                    time.sleep(0.25)
+            if vals is None:
+                raise AssertionError("reading acknowledged keys failed 20 times")
+            for k, v in zip(chunk, vals):
+                if v != acked[k]:
+                    bad.append(f"{k}: expected {acked[k]!r}, got {v!r}")
+        return bad
+    finally:
+        rc.close()
+
+
+def readonly_read_all(cluster: Cluster, i: int, expected: Dict[str, bytes],
+                      timeout: float = 30.0) -> Tuple[int, List[str]]:
+    """READONLY GET of every key on node i until all match (bounded).
+    Returns (keys verified, stale or wrong values seen). A value that differs
+    from the single acknowledged write of that key is a stale read."""
+    pending = dict(expected)
+    wrong: List[str] = []
+    deadline = time.monotonic() + timeout
+    conn: Optional[RespConn] = None
+    for _ in range(1000):  # rounds over the keys not verified yet
+        if not pending or time.monotonic() > deadline:
+            break
+        try:
+            if conn is None:
+                conn = cluster.nodes[i].client(timeout=5.0)
+                if conn.call("READONLY").raw != b"+OK\r\n":
+                    raise AssertionError(f"node{i} refused READONLY")
+            for k in list(pending):
+                if time.monotonic() > deadline:
+                    break
+                v = conn.execute("GET", k)
+                if isinstance(v, RespError):
+                    continue  # MOVED / not ready yet: try again next round
+                if v != pending[k]:
+                    wrong.append(f"node{i} READONLY GET {k}: expected {pending[k]!r}, got {v!r}")
+                del pending[k]
+        except NET_ERRORS:
+            if conn is not None:
+                conn.close()
+            conn = None
+        if pending:
+            time.sleep(0.2)
+    if conn is not None:
+        conn.close()
+    return len(expected) - len(pending), wrong

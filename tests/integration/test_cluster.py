@@ -1,0 +1,697 @@
+"""A healthy shoal cluster seen by real clients: redis-py's RedisCluster,
+redis-cli (-c and plain), plain redis.Redis, redis-benchmark --cluster, and the
+CLUSTER commands in Redis Cluster's formats.
+
+One 3-node cluster is shared by the module (started once); the 5-node test
+has its own. Needs SHOAL_BIN (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from cluster_util import (HASH_SLOTS, Cluster, is_moved, key_for_every_slot, key_slot,
+                          parse_info, stop_live_clusters)
+from conftest import SELFTEST, SHOAL_BIN, SKIP_NO_SHOAL, RespConn, RespError
+
+REDIS_CLI = shutil.which("redis-cli")
+REDIS_BENCHMARK = shutil.which("redis-benchmark")
+
+pytestmark = pytest.mark.skipif(SELFTEST, reason="cluster tests need a real shoal binary")
+
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster3"), n=3)
+    problems = []
+    try:
+        c.start()
+        yield c
+    finally:
+        problems = c.teardown()
+    if problems:
+        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def cl(cluster3):
+    """The shared cluster, checked alive after the test; node log tails are
+    printed at the end of every test (pytest shows them only on failure)."""
+    if cluster3.teardown_problems or not cluster3.alive_nodes():
+        pytest.fail("the shared 3-node cluster was already stopped", pytrace=False)
+    yield cluster3
+    try:
+        cluster3.check_alive()
+    finally:
+        cluster3.print_logs(2000)
+
+
+def eventually(fn, timeout=10.0, interval=0.1, what="condition"):
+    """Call fn() until it returns a truthy value (bounded); return it."""
+    deadline = time.monotonic() + timeout
+    last = None
+    for _ in range(100_000):
+        try:
+            last = fn()
+            if last:
+                return last
+        except AssertionError as e:
+            last = e
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def run_cli(*args, timeout=30, input=None):
+    assert REDIS_CLI, "redis-cli is not installed"
+    return subprocess.run([REDIS_CLI, *map(str, args)], capture_output=True, timeout=timeout,
+                          input=input)
+
+
+def slot_ranges_cover_all(ranges):
+    """ranges: [(start, end)]; True if they cover 0..16383 exactly once."""
+    seen = bytearray(HASH_SLOTS)
+    for a, b in ranges:
+        assert 0 <= a <= b < HASH_SLOTS, (a, b)
+        for s in range(a, b + 1):
+            seen[s] += 1
+    bad = [s for s in range(HASH_SLOTS) if seen[s] != 1]
+    assert not bad, (f"{len(bad)} slots not covered exactly once, e.g. slot {bad[0]} "
+                     f"covered {seen[bad[0]]} times")
+    return True
+
+
+def key_led_elsewhere(cl, node_index, prefix):
+    """A key whose shard leader is not node_index."""
+    slots = cl.slots()
+    for n in range(10_000):
+        k = f"{prefix}:{n}"
+        s = key_slot(k)
+        for a, b, nodes in slots:
+            if a <= s <= b and cl.node_by_addr(nodes[0][0], nodes[0][1]) != node_index:
+                return k
+    raise AssertionError(f"every slot is led by node{node_index}")
+
+
+# --------------------------------------------------------------------------
+# CLUSTER INFO / MYID / SLOTS / SHARDS / NODES / KEYSLOT
+# --------------------------------------------------------------------------
+
+def test_cluster_info_ready_on_every_node(cl):
+    for n in cl.nodes:
+        info = cl.cluster_info(n.index)
+        assert info["cluster_state"] == "ok", info
+        assert int(info["cluster_known_nodes"]) == 3, info
+        assert int(info["cluster_slots_assigned"]) == HASH_SLOTS, info
+        assert int(info["cluster_slots_ok"]) == HASH_SLOTS, info
+        assert int(info["cluster_size"]) >= 1, info
+        assert int(info["shoal_shards"]) == 16, info  # the default
+        assert int(info["shoal_shards_replicated"]) == int(info["shoal_shards"]), info
+        assert 0 <= int(info["shoal_shards_with_leader"]) <= int(info["shoal_shards"]), info
+        assert 0 <= int(info["shoal_leaders_here"]) <= int(info["shoal_shards"]), info
+    # every shard has one leader somewhere
+    total = sum(int(cl.cluster_info(n.index)["shoal_leaders_here"]) for n in cl.nodes)
+    assert total == 16 or eventually(
+        lambda: sum(int(cl.cluster_info(n.index)["shoal_leaders_here"])
+                    for n in cl.nodes) == 16, what="16 leaders in total")
+
+
+def test_cluster_myid(cl):
+    ids = [cl.myid(n.index) for n in cl.nodes]
+    for i in ids:
+        assert re.fullmatch(r"[0-9a-f]{40}", i), i
+    assert len(set(ids)) == 3
+    assert ids == [cl.myid(n.index) for n in cl.nodes]  # stable
+
+
+def test_cluster_slots_cover_all_slots_with_three_replicas(cl):
+    ids = {cl.myid(n.index): n.index for n in cl.nodes}
+    for n in cl.nodes:
+        slots = cl.slots(via=n.index)
+        slot_ranges_cover_all([(a, b) for a, b, _ in slots])
+        for a, b, nodes in slots:
+            assert len(nodes) == 3, (a, b, nodes)
+            addrs = {(h, p) for h, p, _ in nodes}
+            assert len(addrs) == 3, f"range {a}-{b}: replicas not on distinct nodes: {nodes}"
+            for h, p, nid in nodes:
+                idx = cl.node_by_addr(h, p)
+                assert idx is not None, f"unknown node address {h}:{p}"
+                assert ids.get(nid) == idx, f"{h}:{p} reported with id {nid}"
+
+
+def test_cluster_shards_parse_with_redis_py(cl):
+    rc = cl.redis_cluster()
+    try:
+        ids = {cl.myid(n.index): n.index for n in cl.nodes}
+        for n in cl.nodes:
+            node = rc.get_node(host=n.host, port=n.port)
+            assert node is not None
+            shards = rc.cluster_shards(target_nodes=node)
+            info = cl.cluster_info(n.index)
+            assert len(shards) == int(info["shoal_shards"]), shards
+            ranges = []
+            for sh in shards:
+                ranges += [(int(a), int(b)) for a, b in sh["slots"]]
+                nodes = sh["nodes"]
+                assert len(nodes) == 3, sh
+                assert len({x["id"] for x in nodes}) == 3, sh
+                assert all(x["id"] in ids for x in nodes), sh
+                roles = sorted(x["role"] for x in nodes)
+                assert roles == ["master", "replica", "replica"], sh
+                for x in nodes:
+                    idx = ids[x["id"]]
+                    assert x["ip"] == cl.nodes[idx].host, x
+                    assert int(x["port"]) == cl.nodes[idx].port, x
+            slot_ranges_cover_all(ranges)
+    finally:
+        rc.close()
+
+
+def test_cluster_nodes_parse_with_redis_py(cl):
+    rc = cl.redis_cluster()
+    try:
+        ids = [cl.myid(n.index) for n in cl.nodes]
+        for n in cl.nodes:
+            # raw text from that node: exactly one line has "myself"
+            text = n.call("CLUSTER", "NODES").decode()
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            assert len(lines) == 3, text
+            mine = [ln for ln in lines if "myself" in ln.split()[2].split(",")]
+            assert len(mine) == 1 and mine[0].split()[0] == ids[n.index], text
+            parsed = rc.cluster_nodes()  # redis-py's parser (dict addr -> fields)
+            assert set(parsed) == {x.address for x in cl.nodes}, parsed
+            ranges = []
+            for addr, d in parsed.items():
+                assert d["node_id"] in ids, d
+                assert d["connected"], d
+                flags = d["flags"].split(",")
+                assert "master" in flags or "slave" in flags, d
+                for s in d["slots"]:
+                    a = int(s[0])
+                    b = int(s[1]) if len(s) > 1 else a
+                    ranges.append((a, b))
+                    assert "master" in flags, f"slots listed on a non-master line: {d}"
+            # Redis Cluster format: every slot on exactly one master line
+            slot_ranges_cover_all(ranges)
+    finally:
+        rc.close()
+
+
+def test_cluster_keyslot_matches_redis_py(cl):
+    keys = ["", "a", "foo", "{user1000}.following", "{user1000}.followers", "foo{}{bar}",
+            "foo{{bar}}zap", "foo{bar}{zap}", "{}", "{a", "a}", "{a}b", "\xe9t\xe9",
+            "x" * 1000] + [f"k{i}" for i in range(300)]
+    with cl.nodes[0].client() as c:
+        for k in keys:
+            v = c.execute("CLUSTER", "KEYSLOT", k)
+            assert v == key_slot(k), (k, v)
+        v = c.execute("CLUSTER", "KEYSLOT", b"\x00\xff{\x01}")
+        assert v == key_slot(b"\x00\xff{\x01}")
+
+
+def test_countkeysinslot_and_getkeysinslot(cl):
+    tag = "{cks-test}"
+    slot = key_slot(tag)
+    r = cl.redis(0)
+
+    def leader_call(*args):
+        i = cl.slot_owner(slot)
+        return cl.nodes[i].call(*args)
+
+    before = leader_call("CLUSTER", "COUNTKEYSINSLOT", slot)
+    assert isinstance(before, int), before
+    keys = [f"{tag}:k{i}" for i in range(25)]
+    for k in keys:
+        assert r.set(k, "x") is True
+    eventually(lambda: leader_call("CLUSTER", "COUNTKEYSINSLOT", slot) == before + 25,
+               what="COUNTKEYSINSLOT to grow by 25")
+    got = leader_call("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    got = {x.decode() for x in got}
+    assert set(keys) <= got, sorted(set(keys) - got)
+    assert len(got) == before + 25
+    assert all(key_slot(k) == slot for k in got)
+    limited = leader_call("CLUSTER", "GETKEYSINSLOT", slot, 3)
+    assert len(limited) == 3
+    assert r.delete(*keys[:5]) == 5
+    eventually(lambda: leader_call("CLUSTER", "COUNTKEYSINSLOT", slot) == before + 20,
+               what="COUNTKEYSINSLOT to shrink by 5")
+    # an empty slot (keys of this test only ever land in `slot`)
+    other = (slot + 1) % HASH_SLOTS
+    assert isinstance(leader_call("CLUSTER", "COUNTKEYSINSLOT", other), int)
+    bad = cl.nodes[0].call("CLUSTER", "COUNTKEYSINSLOT", HASH_SLOTS)
+    assert isinstance(bad, RespError), bad
+    r.close()
+
+
+# --------------------------------------------------------------------------
+# clients
+# --------------------------------------------------------------------------
+
+def test_redis_cluster_client_all_slots(cl):
+    """One key in every one of the 16384 slots through RedisCluster, read back."""
+    rc = cl.redis_cluster()
+    try:
+        keys = key_for_every_slot("allslots")
+        vals = {k: f"val-{i}" for i, k in enumerate(keys)}
+        pipe = rc.pipeline(transaction=False)
+        for n, k in enumerate(keys):
+            pipe.set(k, vals[k])
+            if n % 1000 == 999:
+                assert all(x is True for x in pipe.execute())
+        assert all(x is True for x in pipe.execute())
+        got = rc.mget_nonatomic(keys)
+        wrong = [(k, v) for k, v in zip(keys, got) if v != vals[k]]
+        assert not wrong, f"{len(wrong)} wrong values, e.g. {wrong[:5]}"
+        # single-key commands through the client
+        assert rc.incr("allslots:ctr") == 1
+        assert rc.incrby("allslots:ctr", 41) == 42
+        assert rc.get("allslots:ctr") == "42"
+        assert rc.delete(keys[0]) == 1
+        assert rc.get(keys[0]) is None
+        assert rc.exists(keys[1]) == 1
+    finally:
+        rc.close()
+
+
+@pytest.mark.skipif(not REDIS_CLI, reason="redis-cli is not installed")
+def test_redis_cli_cluster_mode_follows_redirects(cl):
+    """redis-cli -c: set/get through node 0 of keys led elsewhere."""
+    n0 = cl.nodes[0]
+    for j in range(5):
+        k = key_led_elsewhere(cl, 0, f"cli-c-{j}")
+        r = run_cli("-c", "-h", n0.host, "-p", n0.port, "SET", k, f"v{j}")
+        assert r.returncode == 0 and r.stdout.strip() == b"OK", (r.stdout, r.stderr)
+        r = run_cli("-c", "-h", n0.host, "-p", n0.port, "GET", k)
+        assert r.returncode == 0 and r.stdout.strip() == f"v{j}".encode(), (r.stdout, r.stderr)
+    # redis-cli never says it is cluster-aware, so the above may have been
+    # forwarded; after READONLY the connection is, and a write led elsewhere gets
+    # MOVED, which redis-cli -c must follow
+    redirected = []
+    for attempt in range(5):  # (a leader may move between the lookup and the SET)
+        k = key_led_elsewhere(cl, 0, f"cli-moved-{attempt}")
+        r = run_cli("-c", "-h", n0.host, "-p", n0.port,
+                    input=f"READONLY\nSET {k} moved\n".encode())
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.decode().splitlines()
+        assert [ln for ln in lines if not ln.startswith("-> Redirected")] == ["OK", "OK"], lines
+        assert cl.nodes[1].call("GET", k) == b"moved"
+        redirected = [ln for ln in lines
+                      if ln.startswith(f"-> Redirected to slot [{key_slot(k)}]")]
+        if redirected:
+            break
+    assert redirected, "redis-cli -c was never redirected after READONLY"
+    # several commands on stdin, keys on every node
+    script = "".join(f"SET cli-batch:{i} b{i}\nGET cli-batch:{i}\n" for i in range(30))
+    r = run_cli("-c", "-h", n0.host, "-p", n0.port, input=script.encode())
+    assert r.returncode == 0, r.stderr
+    out = [ln for ln in r.stdout.decode().splitlines() if not ln.startswith("-> Redirected")]
+    assert [x for x in out if x != "OK"] == [f"b{i}" for i in range(30)], out
+
+
+@pytest.mark.skipif(not REDIS_CLI, reason="redis-cli is not installed")
+def test_plain_redis_cli_reads_writes_forwarded(cl):
+    """Without -c: any node serves any key (the request is forwarded to the leader)."""
+    for j, reader in enumerate(cl.nodes):
+        writer = cl.nodes[(j + 1) % 3]
+        for t in range(6):
+            k = f"plain-cli:{j}:{t}"
+            r = run_cli("-h", writer.host, "-p", writer.port, "SET", k, f"w{j}-{t}")
+            assert r.returncode == 0 and r.stdout.strip() == b"OK", (k, r.stdout, r.stderr)
+            r = run_cli("-h", reader.host, "-p", reader.port, "GET", k)
+            assert r.stdout.strip() == f"w{j}-{t}".encode(), (k, r.stdout, r.stderr)
+            assert b"MOVED" not in r.stdout + r.stderr
+        # a key whose leader is neither the writer nor the reader, if there is one
+        k = None
+        for n in range(2000):
+            cand = f"plain-cli-third:{j}:{n}"
+            owner = cl.leader_of_key(cand)
+            if owner not in (reader.index, writer.index):
+                k = cand
+                break
+        if k is not None:
+            r = run_cli("-h", writer.host, "-p", writer.port, "SET", k, "third")
+            assert r.stdout.strip() == b"OK", (r.stdout, r.stderr)
+            r = run_cli("-h", reader.host, "-p", reader.port, "GET", k)
+            assert r.stdout.strip() == b"third", (r.stdout, r.stderr)
+
+
+def test_plain_redis_py_against_one_node(cl):
+    r = cl.redis(1, decode_responses=True)
+    try:
+        keys = [f"plainpy:{i}" for i in range(300)]
+        leaders = {cl.slot_owner(key_slot(k)) for k in keys[:60]}
+        assert len(leaders) > 1, "the keys should span several leaders"
+        for i, k in enumerate(keys):
+            assert r.set(k, str(i)) is True
+        for i, k in enumerate(keys):
+            assert r.get(k) == str(i)
+        assert r.incr("plainpy:ctr") == 1
+        assert r.append(keys[0], "x") == 2
+        assert r.get(keys[0]) == "0x"
+        assert r.delete(keys[1]) == 1
+        assert r.exists(keys[1]) == 0
+        assert r.mset({"{pp}a": "1", "{pp}b": "2"}) is True
+        assert r.mget(["{pp}a", "{pp}b"]) == ["1", "2"]
+        p = r.pipeline(transaction=False)
+        for k in keys[10:60]:
+            p.get(k)
+        assert p.execute() == [str(i) for i in range(10, 60)]
+    finally:
+        r.close()
+    # and through node 2, what node 1 wrote
+    r2 = cl.redis(2, decode_responses=True)
+    try:
+        assert r2.get("plainpy:299") == "299"
+    finally:
+        r2.close()
+
+
+def test_crossslot_and_hash_tags(cl):
+    assert key_slot("a") != key_slot("b")
+    for n in cl.nodes:
+        with n.client() as c:
+            v = c.execute("MSET", "a", "1", "b", "2")
+            assert isinstance(v, RespError) and v == CROSSSLOT, v
+            v = c.execute("MGET", "a", "b")
+            assert isinstance(v, RespError) and v == CROSSSLOT, v
+            v = c.execute("DEL", "a", "b")
+            assert isinstance(v, RespError) and v == CROSSSLOT, v
+            assert c.call("MSET", "{tag}a", "1", "{tag}b", "2").raw == b"+OK\r\n"
+            assert c.execute("MGET", "{tag}a", "{tag}b") == [b"1", b"2"]
+            assert c.execute("DEL", "{tag}a", "{tag}b") == 2
+        # a cluster-aware connection gets CROSSSLOT too (checked before MOVED)
+        with n.client() as c:
+            c.execute("CLUSTER", "SLOTS")
+            v = c.execute("MSET", "a", "1", "b", "2")
+            assert isinstance(v, RespError) and v == CROSSSLOT, v
+    rc = cl.redis_cluster()
+    try:
+        assert rc.mset({"{u1}x": "1", "{u1}y": "2"}) is True
+        assert rc.mget("{u1}x", "{u1}y") == ["1", "2"]
+    finally:
+        rc.close()
+
+
+def test_cluster_aware_connection_gets_moved(cl):
+    for n in cl.nodes:
+        with n.client() as c:
+            assert isinstance(c.execute("CLUSTER", "SLOTS"), list)  # now cluster-aware
+            k = key_led_elsewhere(cl, n.index, f"moved-{n.index}")
+            v = c.execute("SET", k, "x")
+            assert is_moved(v), v
+            _, slot, addr = v.split()
+            assert int(slot) == key_slot(k)
+            host, port = addr.rsplit(":", 1)
+            owner = cl.node_by_addr(host, port)
+            assert owner is not None and owner != n.index, v
+            # the node it points at takes the write
+            with cl.nodes[owner].client() as c2:
+                c2.execute("CLUSTER", "SLOTS")
+                r = c2.call("SET", k, "x")
+                assert r.raw == b"+OK\r\n" or is_moved(r.value), r  # moved meanwhile
+            # a key this node leads is served here
+            for m in range(2000):
+                k2 = f"mine-{n.index}-{m}"
+                if cl.leader_of_key(k2, via=n.index) == n.index:
+                    r = c.call("SET", k2, "y")
+                    assert r.raw == b"+OK\r\n" or is_moved(r.value), r
+                    break
+
+
+def test_readonly_reads_from_replicas(cl):
+    rc = cl.redis_cluster()
+    try:
+        keys = [f"ro:{i}" for i in range(60)]
+        for k in keys:
+            assert rc.set(k, k + "-v") is True
+    finally:
+        rc.close()
+    checked = 0
+    for k in keys:
+        slot = key_slot(k)
+        for ri in cl.slot_replicas(slot):
+            assert ri is not None
+            with cl.nodes[ri].client() as c:
+                assert c.call("READONLY").raw == b"+OK\r\n"
+                v = c.execute("GET", k)
+                assert v == (k + "-v").encode(), (k, ri, v)
+                checked += 1
+                # READWRITE: back to the leader-only behaviour -> MOVED (cluster-aware)
+                assert c.call("READWRITE").raw == b"+OK\r\n"
+                v = c.execute("GET", k)
+                if cl.slot_owner(slot) != ri:  # unless it became the leader meanwhile
+                    assert is_moved(v) or v == (k + "-v").encode(), v
+    assert checked >= len(keys)  # two replicas per key, barring leader moves
+    # redis-py with read_from_replicas
+    rc = cl.redis_cluster(read_from_replicas=True)
+    try:
+        for k in keys:
+            assert rc.get(k) == k + "-v"
+    finally:
+        rc.close()
+
+
+def test_readonly_reads_see_latest_write(cl):
+    """A follower read right after a write acknowledged by the leader sees it."""
+    k = "ro-latest"
+    slot = key_slot(k)
+    replicas = cl.slot_replicas(slot)
+    assert replicas
+    conns = []
+    try:
+        for ri in replicas:
+            c = cl.nodes[ri].client()
+            assert c.call("READONLY").raw == b"+OK\r\n"
+            conns.append(c)
+        w = cl.redis(0)
+        for i in range(50):
+            assert w.set(k, str(i)) is True
+            for c in conns:
+                v = c.execute("GET", k)
+                assert v == str(i).encode(), (i, v)
+        w.close()
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.skipif(not REDIS_BENCHMARK, reason="redis-benchmark is not installed")
+def test_redis_benchmark_cluster(cl):
+    n = cl.nodes[0]
+    r = subprocess.run([REDIS_BENCHMARK, "--cluster", "-h", n.host, "-p", str(n.port),
+                        "-n", "2000", "-t", "set,get", "-q"],
+                       capture_output=True, timeout=180)
+    out = (r.stdout + r.stderr).decode("utf-8", "replace")
+    print(out)
+    assert r.returncode == 0, out
+    assert not re.search(r"error", out, re.I), out
+    for t in ("SET", "GET"):  # final figures (progress lines end in \r)
+        assert re.search(rf"(^|\r){t}: [0-9.]+ requests per second", out, re.M), out
+
+
+def test_parse_info_helper():
+    """cluster_util.parse_info on a CLUSTER INFO sample (no shoal needed)."""
+    sample = (b"cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
+              b"shoal_shards:16\r\nshoal_shards_replicated:16\r\n")
+    d = parse_info(sample)
+    assert d["cluster_state"] == "ok" and d["shoal_shards"] == "16"
+
+
+# --------------------------------------------------------------------------
+# five nodes
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def cluster5(tmp_path):
+    stop_live_clusters()  # the 3-node cluster is done: do not run 8 nodes at once
+    c = Cluster(tmp_path / "cluster5", n=5)
+    problems = []
+    try:
+        c.start(timeout=120)
+        yield c
+    finally:
+        problems = c.teardown()
+    if problems:
+        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.mark.slow
+def test_five_nodes_three_replicas_per_shard(cluster5):
+    c = cluster5
+    ids = {c.myid(n.index): n.index for n in c.nodes}
+    assert len(ids) == 5
+    for n in c.nodes:
+        info = c.cluster_info(n.index)
+        assert int(info["cluster_known_nodes"]) == 5, info
+        assert info["cluster_state"] == "ok", info
+    rc = c.redis_cluster()
+    try:
+        per_node = {i: 0 for i in range(5)}
+        for n in c.nodes:
+            shards = rc.cluster_shards(target_nodes=rc.get_node(host=n.host, port=n.port))
+            assert len(shards) == int(c.cluster_info(n.index)["shoal_shards"])
+            ranges = []
+            for sh in shards:
+                ranges += [(int(a), int(b)) for a, b in sh["slots"]]
+                nodes = sh["nodes"]
+                assert len(nodes) == 3, sh
+                members = {ids.get(x["id"]) for x in nodes}
+                assert None not in members and len(members) == 3, sh
+                assert sorted(x["role"] for x in nodes) == ["master", "replica", "replica"], sh
+                if n.index == 0:
+                    for m in members:
+                        per_node[m] += 1
+            slot_ranges_cover_all(ranges)
+        print(f"replicas per node: {per_node}")
+        for s in c.slots():
+            assert len({(h, p) for h, p, _ in s[2]}) == 3, s
+        keys = [f"five:{i}" for i in range(1000)]
+        pipe = rc.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, k[::-1])
+        assert all(x is True for x in pipe.execute())
+        assert rc.mget_nonatomic(keys) == [k[::-1] for k in keys]
+    finally:
+        rc.close()
+    # plain clients on every node see the same data
+    for n in c.nodes:
+        with n.client() as conn:
+            assert conn.execute("GET", "five:7") == b"7:evif"
+    c.check_alive()
+
+
+# --------------------------------------------------------------------------
+# shoal demo
+# --------------------------------------------------------------------------
+
+DEMO_IP = "127.0.0.20"
+
+
+def _demo_ports_free(ip, p):
+    socks = []
+    try:
+        for q in (p, p + 1, p + 2, p + 10000, p + 10001, p + 10002):
+            s = socket.socket()
+            s.bind((ip, q))
+            socks.append(s)
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _proc_start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[1]), rest[19]  # (ppid, start time)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive_same(pid, start_time):
+    """pid is still the process we saw (same start time) and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return rest[0] != "Z" and rest[19] == start_time
+    except (OSError, IndexError):
+        return False
+
+
+def _children_of(pid):
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _proc_start_time(int(d))
+            if st and st[0] == pid:
+                out[int(d)] = st[1]
+    return out
+
+
+def test_shoal_demo(tmp_path):
+    """`shoal demo` starts 3 nodes on P..P+2, they form a working cluster, and
+    SIGINT stops all of them with exit code 0."""
+    if not SHOAL_BIN:
+        pytest.skip(SKIP_NO_SHOAL)
+    stop_live_clusters()
+    port = next((p for p in range(21000, 29000, 7) if _demo_ports_free(DEMO_IP, p)), None)
+    assert port, "no free port range for the demo"
+    log_path = tmp_path / "demo.log"
+    children = {}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([SHOAL_BIN, "demo", "--dir", str(tmp_path / "demo"),
+                                 "--bind", DEMO_IP, "--port", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        for _ in range(1000):
+            children.update(_children_of(proc.pid))
+            assert proc.poll() is None, f"demo exited with {proc.returncode}:\n" \
+                                        f"{log_path.read_text(errors='replace')[-3000:]}"
+            infos = []
+            for q in (port, port + 1, port + 2):
+                try:
+                    with RespConn(DEMO_IP, q, timeout=2, connect_timeout=1) as c:
+                        infos.append(parse_info(c.execute("CLUSTER", "INFO")))
+                except Exception:
+                    infos.append({})
+            ready = all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == "3"
+                        and i.get("shoal_shards_replicated") == i.get("shoal_shards")
+                        for i in infos)
+            if ready or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ready, f"demo cluster not ready: {infos}\n" \
+                      f"{log_path.read_text(errors='replace')[-3000:]}"
+        from redis.cluster import ClusterNode as RCNode
+        from redis.cluster import RedisCluster
+        rc = RedisCluster(startup_nodes=[RCNode(DEMO_IP, port)], decode_responses=True,
+                          socket_timeout=10)
+        try:
+            for i in range(100):
+                assert rc.set(f"demo:{i}", str(i)) is True
+            assert rc.mget_nonatomic([f"demo:{i}" for i in range(100)]) == \
+                [str(i) for i in range(100)]
+        finally:
+            rc.close()
+        proc.send_signal(signal.SIGINT)
+        rc_exit = proc.wait(timeout=30)
+        out = log_path.read_text(errors="replace")
+        assert rc_exit == 0, out[-3000:]
+        assert str(port) in out, f"the demo should print how to connect:\n{out[-3000:]}"
+        left = list(children)
+        for _ in range(100):  # (children may take a moment to be reaped)
+            left = [pid for pid, st in children.items() if _alive_same(pid, st)]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"demo left server processes running: {left}"
+        for q in (port, port + 1, port + 2):
+            with pytest.raises(OSError):
+                socket.create_connection((DEMO_IP, q), timeout=2).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for pid, st in children.items():  # only our own children (same start time)
+            if _alive_same(pid, st):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
