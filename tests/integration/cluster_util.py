@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from conftest import (SHOAL_BIN, SKIP_NO_SHOAL, WORKERS, ConnectionClosed, RespConn, RespError,
-                      RespProtocolError, ServerProcess)
+                      RespProtocolError, ServerProcess, encode_command)
 from linearizability import READ, WRITE, History
 
 try:  # python3-redis
@@ -171,7 +171,8 @@ class ClusterNode(ServerProcess):
     @staticmethod
     def _make_argv(node: "ClusterNode") -> List[str]:
         c = node.cluster
-        argv = [SHOAL_BIN, "server", "--bind", node.host, "--port", str(node.port),
+        # absolute: the process runs with its data folder as working directory
+        argv = [os.path.abspath(SHOAL_BIN), "server", "--bind", node.host, "--port", str(node.port),
                 "--peer-port", str(node.peer_port), "--dir", str(node.dir),
                 "--durability", c.durability, "--workers", str(c.workers)]
         if node.join:
@@ -457,6 +458,28 @@ class Cluster:
             return True
         self._wait(cond, deadline, f"a leader for {key!r} outside {list(not_on)}")
         return found[0]  # type: ignore[return-value]
+
+    def wait_stable_leaders(self, stable_for: float = 2.0, timeout: float = 20.0) -> bool:
+        """Wait (bounded) until CLUSTER SLOTS names the same masters for
+        ``stable_for`` seconds: right after start the placement driver may still
+        be moving leaders around. Returns False if they kept moving."""
+        deadline = time.monotonic() + timeout
+        last = None
+        since = time.monotonic()
+        for _ in range(100_000):
+            try:
+                cur = [(a, b, nodes[0][:2] if nodes else None) for a, b, nodes in self.slots()]
+            except AssertionError:
+                cur = None
+            now = time.monotonic()
+            if cur != last or cur is None:
+                last, since = cur, now
+            elif now - since >= stable_for:
+                return True
+            if now > deadline:
+                return False
+            time.sleep(0.2)
+        return False
 
     def myid(self, i: int) -> str:
         return _s(self.nodes[i].call("CLUSTER", "MYID"))
@@ -748,6 +771,145 @@ class AckWriter(_Worker):
             self.unexpected.append(f"{self.name}: {e!r}")
         finally:
             self.conn.close()
+
+
+class FailoverProbe(_Worker):
+    """Measures when a shard takes writes again: every ``interval`` seconds it
+    sends one SET (unique key under ``key_prefix``, which carries the shard's
+    {hash tag}) on an idle plain connection to one of ``nodes``, opening more
+    connections while earlier requests are stuck (on a dead or paused leader),
+    so that one stuck request never delays the next: the resolution is
+    ``interval``, not a client timeout. A request unanswered after ``timeout``
+    is abandoned (unknown outcome). ``timeline`` holds (invoke, complete, ok)
+    for every request; ``acked`` every acknowledged write."""
+
+    def __init__(self, cluster: Cluster, nodes: Sequence[int], stop: threading.Event,
+                 deadline: float, key_prefix: str, interval: float = 0.025,
+                 timeout: float = 1.5, max_conns: int = 100):
+        super().__init__("failover-probe", stop, deadline)
+        self.cluster = cluster
+        self.nodes = list(nodes)
+        self.key_prefix = key_prefix
+        self.interval = interval
+        self.timeout = timeout
+        self.max_conns = max_conns
+        self.acked: Dict[str, bytes] = {}
+        self.unknown: Dict[str, bytes] = {}
+        self.timeline: List[Tuple[float, float, bool]] = []
+
+    def retarget(self, nodes: Sequence[int]) -> None:
+        """Send through these nodes from now on (idle connections elsewhere are dropped)."""
+        self.nodes = list(nodes)
+
+    def run(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        idle: List[socket.socket] = []
+        node_of: Dict[socket.socket, int] = {}
+        busy: Dict[socket.socket, list] = {}  # sock -> [t0, key, val, buffer]
+        n = 0
+        rr = 0
+        next_send = time.monotonic()
+
+        def drop(sock):
+            try:
+                sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            node_of.pop(sock, None)
+            sock.close()
+
+        try:
+            for _ in range(10_000_000):
+                if not self.running():
+                    break
+                now = time.monotonic()
+                if now >= next_send:
+                    next_send = now + self.interval
+                    targets = list(self.nodes)
+                    for x in [x for x in idle if node_of.get(x) not in targets]:
+                        idle.remove(x)
+                        drop(x)
+                    sock = idle.pop() if idle else None
+                    if sock is None and len(busy) < self.max_conns:
+                        ni = targets[rr % len(targets)]
+                        node = self.cluster.nodes[ni]
+                        rr += 1
+                        try:
+                            sock = socket.create_connection((node.host, node.port), timeout=0.2)
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            sock.setblocking(False)
+                            sel.register(sock, selectors.EVENT_READ)
+                            node_of[sock] = ni
+                        except OSError:
+                            sock = None
+                    if sock is not None:
+                        key = f"{self.key_prefix}:{n}"
+                        val = f"p-{n}-{random.getrandbits(32):08x}".encode()
+                        n += 1
+                        t0 = time.monotonic()
+                        try:
+                            sock.send(encode_command("SET", key, val))
+                            busy[sock] = [t0, key, val, b""]
+                        except OSError:
+                            self.timeline.append((t0, time.monotonic(), False))
+                            self.unknown[key] = val
+                            drop(sock)
+                wait = max(0.0, min(next_send - time.monotonic(), 0.05))
+                for ev, _ in sel.select(timeout=wait):
+                    sock = ev.fileobj
+                    st = busy.get(sock)
+                    try:
+                        data = sock.recv(4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if st is None:  # bytes on an idle connection: should not happen
+                        if data:
+                            self.unexpected.append(f"unsolicited bytes {data[:100]!r}")
+                        if sock in idle:
+                            idle.remove(sock)
+                        drop(sock)
+                        continue
+                    t1 = time.monotonic()
+                    if not data:  # closed: unknown outcome
+                        del busy[sock]
+                        self.timeline.append((st[0], t1, False))
+                        self.unknown[st[1]] = st[2]
+                        self.errors += 1
+                        drop(sock)
+                        continue
+                    st[3] += data
+                    if b"\r\n" not in st[3]:
+                        continue
+                    del busy[sock]
+                    line = st[3].split(b"\r\n", 1)[0]
+                    if line == b"+OK":
+                        self.timeline.append((st[0], t1, True))
+                        self.acked[st[1]] = st[2]
+                        idle.append(sock)
+                    else:
+                        self.timeline.append((st[0], t1, False))
+                        self.unknown[st[1]] = st[2]
+                        self.errors += 1
+                        if not line.startswith(b"-"):
+                            self.unexpected.append(f"SET {st[1]} -> {st[3][:200]!r}")
+                        drop(sock)  # (an error reply: start afresh, maybe elsewhere)
+                now = time.monotonic()
+                for sock, st in list(busy.items()):
+                    if now - st[0] > self.timeout:
+                        del busy[sock]
+                        self.timeline.append((st[0], now, False))
+                        self.unknown[st[1]] = st[2]
+                        self.errors += 1
+                        drop(sock)
+        except Exception as e:
+            self.unexpected.append(f"{self.name}: {e!r}")
+        finally:
+            for sock in list(busy) + idle:
+                drop(sock)
+            sel.close()
 
 
 class ClusterClientWriter(_Worker):
