@@ -87,18 +87,26 @@ asio::awaitable<void> Groups::Drive(int w) {
     batch->Clear();
     begun.clear();
     std::vector<GroupMessage> out;
+    bool needs_sync = false;
     for (replica::Replica* r : dirty) {
       msgs.clear();
-      if (!r->BeginReady(*batch, &msgs)) continue;
+      if (!r->BeginReady(*batch, &msgs, &needs_sync)) continue;
       begun.push_back(r);
       for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
     }
     transport_->Send(std::move(out));
-    if (batch->Count() > 0) {
+    if (batch->Count() == 0) {
+      int64_t applied_at = MonoUs();
+      for (replica::Replica* r : begun) r->ApplyReady(applied_at);
+    } else {
       auto seq = engine_->Write(*batch);
       SHOAL_CHECK(seq.ok() && "raft log write failed");
       batches_.fetch_add(1, std::memory_order_relaxed);
-      if (opts_.fsync && engine_->durable_seq() < *seq) {
+      // Committed entries are durable on a majority already: apply them now,
+      // while this batch's own entries wait for the disk.
+      int64_t applied_at = MonoUs();
+      for (replica::Replica* r : begun) r->ApplyReady(applied_at);
+      if (needs_sync && opts_.fsync && engine_->durable_seq() < *seq) {
         WalSyncer* syncer = syncer_;
         co_await worker.WaitDurable(*engine_, *seq, [syncer] { syncer->Kick(); });
         if (worker.io().stopped()) co_return;

@@ -202,10 +202,15 @@ void Replica::ExpireWaiters(int64_t now_mono_us) {
   }
 }
 
-bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send) {
+bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync) {
   if (ready_ || !node_->has_ready()) return false;
+  raft::HardState before = store_->hard_state();
   ready_ = node_->ready();
   raft::Ready& rd = *ready_;
+  if (!rd.entries.empty() || rd.snapshot ||
+      (rd.hard_state && (rd.hard_state->term != before.term || rd.hard_state->vote != before.vote))) {
+    *needs_sync = true;
+  }
   if (rd.soft_state) {
     if (rd.soft_state->role == raft::Role::kLeader) term_start_index_ = node_->raft().log().last_index();
     leader_.store(rd.soft_state->lead, std::memory_order_release);
@@ -229,7 +234,7 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   return true;
 }
 
-void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
+void Replica::ApplyReady(int64_t now_mono_us) {
   SHOAL_CHECK(ready_.has_value());
   raft::Ready& rd = *ready_;
   if (rd.snapshot) {
@@ -241,12 +246,18 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
       done(false, "-TIMEOUT the write's outcome is unknown (replica restored from a snapshot)\r\n");
     }
   }
-  for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
   ApplyCommitted(rd.committed_entries, now_mono_us);
   for (const auto& rs : rd.read_states) {
     auto it = reads_.find(rs.context);
     if (it != reads_.end()) it->second.index = std::max<uint64_t>(rs.index, 1);
   }
+  ServeReads();
+}
+
+void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
+  SHOAL_CHECK(ready_.has_value());
+  raft::Ready& rd = *ready_;
+  for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
   ready_.reset();
   node_->advance();
   ServeReads();

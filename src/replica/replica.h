@@ -121,8 +121,17 @@ class Replica {
   bool HasReady() const { return !ready_ && node_->has_ready(); }
   // Stages this Ready's durable state into batch; messages that may leave
   // now go to *send. Returns false if there was nothing to do.
-  bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send);
-  // Once the batch is durable: *send gets the rest; entries are applied.
+  // *needs_sync is set when the staged state must be durable before the
+  // Ready completes (entries, a snapshot, a new term or vote); a changed
+  // commit index alone need not be.
+  bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync);
+  // Once the batch is written (not yet durable): applies the committed
+  // entries, which a majority already holds durably, and answers their
+  // proposals. The write's place in the WAL, before the applies, keeps a
+  // crash from keeping an apply without the log it came from.
+  void ApplyReady(int64_t now_mono_us);
+  // Once the batch is durable: *send gets the messages that had to wait, and
+  // Raft learns that the Ready is handled.
   void FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us);
 
   const raft::Raft& raft() const { return node_->raft(); }

@@ -87,11 +87,13 @@ class ReplicaCluster : public ::testing::Test {
       for (auto& n : nodes_) {
         auto batch = n->engine->NewBatch();
         std::vector<raft::Message> out;
-        if (!n->replica->BeginReady(*batch, &out)) continue;
+        bool needs_sync = false;
+        if (!n->replica->BeginReady(*batch, &out, &needs_sync)) continue;
         any = true;
         if (batch->Count() > 0) {
           ASSERT_TRUE(n->engine->Write(*batch).ok());
         }
+        n->replica->ApplyReady(now_);
         n->replica->FinishReady(&out, now_);
         for (auto& m : out) inflight.push_back(std::move(m));
       }

@@ -242,7 +242,11 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   // bucket directly, and every scan of ours stays within one prefix.
   rocksdb::ColumnFamilyOptions data_cf = cf;
   data_cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kDataKeyPrefixBytes));
-  data_cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(1 << 16));
+  // Each bucket is a skiplist; RocksDB's default height of 4 (branching 4)
+  // degrades to a linear walk beyond a few hundred keys, and hash tags put
+  // many keys in one slot (one bucket): height 12 keeps millions logarithmic.
+  data_cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(1 << 16, /*skiplist_height=*/12,
+                                                                    /*skiplist_branching_factor=*/4));
   data_cf.memtable_prefix_bloom_size_ratio = 0;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
