@@ -146,7 +146,8 @@ Status Replica::Init() {
   cfg.pre_vote = true;
   cfg.max_size_per_msg = 1 << 20;
   cfg.max_inflight_msgs = 256;
-  cfg.seed = std::random_device{}() ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^ opts_.node_id;
+  cfg.seed = (opts_.seed != 0 ? opts_.seed : std::random_device{}()) ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^
+             opts_.node_id;
   auto node = raft::RawNode::create(cfg, store_.get());
   if (!node.ok()) return node.status();
   node_ = std::move(node).value();
@@ -230,7 +231,12 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   } else if (rd.snapshot) {
     store_->SetHardState(store_->hard_state(), batch);
   }
-  for (auto& m : rd.messages) send->push_back(std::move(m));
+  for (auto& m : rd.messages) {
+    // The transport gives no delivery report; a snapshot counts as sent.
+    // If it was lost, the leader's next probe is refused and it sends another.
+    if (m.type == raft::MessageType::kSnap) snapshots_sent_.push_back(m.to);
+    send->push_back(std::move(m));
+  }
   return true;
 }
 
@@ -260,6 +266,8 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
   for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
   ready_.reset();
   node_->advance();
+  for (raft::NodeId to : snapshots_sent_) node_->report_snapshot(to, false);
+  snapshots_sent_.clear();
   ServeReads();
   Publish(now_mono_us);
 }

@@ -83,6 +83,8 @@ struct ReplicaOptions {
   std::string bootstrap_image;
   // Compact the log once this many applied entries are kept.
   uint64_t compact_entries = 4096;
+  // Seed of Raft's election timer; 0: random (simulations fix it).
+  uint64_t seed = 0;
 };
 
 // Reply callbacks run on the replica's worker thread. applied: `reply` is
@@ -174,6 +176,7 @@ class Replica {
   std::unique_ptr<raft::RawNode> node_;
   std::unique_ptr<storage::WriteBatch> apply_batch_;
   std::optional<raft::Ready> ready_;
+  std::vector<raft::NodeId> snapshots_sent_;
   std::map<raft::Index, PendingWrite> writes_;
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;
