@@ -361,7 +361,8 @@ class ShoalCluster(Cluster):
 
     def wait_ready(self, deadline):
         """cluster_state:ok, shoal_shards_replicated == shoal_shards and all 3 nodes known,
-        on every node."""
+        on every node, and every node leading shards (the placement driver spreads
+        leaders right after replication; redis-benchmark needs them spread)."""
         state = {}
         while time.time() < deadline:
             state = {}
@@ -372,16 +373,18 @@ class ShoalCluster(Cluster):
                 try:
                     ci = info_fields(call(n.host, n.port, "CLUSTER", "INFO"))
                     state[n.name] = (ci.get("cluster_state"), ci.get("shoal_shards_replicated"),
-                                     ci.get("shoal_shards"), ci.get("cluster_known_nodes"))
+                                     ci.get("shoal_shards"), ci.get("cluster_known_nodes"),
+                                     ci.get("shoal_leaders_here", "0"))
                 except (OSError, RespError) as e:
                     state[n.name] = (str(e),)
-            if all(len(s) == 4 and s[0] == "ok" and s[1] is not None and s[1] == s[2]
-                   and s[3] == str(len(self.nodes)) for s in state.values()):
+            if all(len(s) == 5 and s[0] == "ok" and s[1] is not None and s[1] == s[2]
+                   and s[3] == str(len(self.nodes)) and s[4] != "0" for s in state.values()):
                 return
             time.sleep(0.2)
         lines = [f"  {name}: " + (f"cluster_state:{s[0]} shoal_shards_replicated:{s[1]} "
                                   f"shoal_shards:{s[2]} cluster_known_nodes:{s[3]}"
-                                  if len(s) == 4 else s[0])
+                                  + f" shoal_leaders_here:{s[4]}"
+                                  if len(s) == 5 else s[0])
                  for name, s in state.items()]
         raise Failed(f"shoal cluster not ready within {self.ready_timeout} s of the first start "
                      f"(needs cluster_state:ok, shoal_shards_replicated == shoal_shards and "
