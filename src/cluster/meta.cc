@@ -126,7 +126,9 @@ void MetaStateMachine::StageApplied(uint64_t index, storage::WriteBatch& batch) 
 
 Result<std::string> MetaStateMachine::Export() { return state_.SerializeAsString(); }
 
-Status MetaStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) {
+Status MetaStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                                     const kv::Shard::ImportMarker&) {
+  // The whole state goes into `batch`: no marker is needed.
   proto::MetaState m;
   if (!m.ParseFromArray(image.data(), static_cast<int>(image.size()))) {
     return Status::Corruption("meta snapshot");

@@ -35,7 +35,8 @@ class MetaStateMachine final : public replica::StateMachine {
   void Apply(const raft::Entry& e, std::string* reply) override;
   void StageApplied(uint64_t index, storage::WriteBatch& batch) override;
   Result<std::string> Export() override;
-  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) override;
+  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                     const kv::Shard::ImportMarker& marker) override;
   void FinishImport() override;
 
   // The current state; any thread. Never null (empty before the first apply).

@@ -1,6 +1,11 @@
 #include "kv/shard.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "storage/keys.h"
 #include "storage/slot.h"
@@ -274,7 +279,8 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
 }
 
 namespace {
-constexpr char kImageVersion = 1;
+constexpr char kImageV1 = 1;  // records only (data included); still read
+constexpr char kImageV2 = 2;  // an SST file of the data, then records
 
 void PutU32(std::string* out, uint32_t v) {
   char b[4];
@@ -291,13 +297,92 @@ bool GetBytes(std::string_view* in, std::string_view* out) {
   in->remove_prefix(4 + n);
   return true;
 }
+
+Status ReadWholeFile(const std::string& path, std::string* out) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return Status::IOError("open " + path + ": " + std::strerror(errno));
+  char buf[1 << 16];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out->append(buf, static_cast<size_t>(n));
+  int err = n < 0 ? errno : 0;
+  ::close(fd);
+  if (err != 0) return Status::IOError("read " + path + ": " + std::strerror(err));
+  return Status::Ok();
+}
+
+Status WriteFileDurably(const std::string& path, std::string_view data) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return Status::IOError("create " + path + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      return Status::IOError("write " + path + ": " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Status::IOError("fsync " + path);
+  return Status::Ok();
+}
 }  // namespace
 
-// Image layout (version 1): [version u8] then records, each
-//   [kind u8: 'd' data, 'x' expiry index, 'k'/'e' counter][len u32 key][len u32 value].
+std::string Shard::SnapshotDir() const { return engine_->dir() + "/snapshots"; }
+
+std::string Shard::IncomingSstPath(uint64_t index) const {
+  return SnapshotDir() + "/in-" + std::to_string(id_) + "-" + std::to_string(index) + ".sst";
+}
+
+std::string Shard::SentinelKey() const {
+  std::string k("\xff\xff\xff\xffsnap", 8);
+  storage::PutU64BE(&k, id_);
+  return k;
+}
+
+// Image layout (version 2): [2][len u32][an SST file of the slot range's data
+// keys, then a sentinel key naming the shard and the applied index], then
+// records, each [kind u8: 'x' expiry index, 'k'/'e' counter][len u32 key]
+// [len u32 value]. Version 1 had no SST and carried data as 'd' records.
 Result<std::string> Shard::ExportImage() const {
-  std::string out(1, kImageVersion);
+  std::string out(1, kImageV2);
   auto snap = engine_->NewSnapshot();
+  std::error_code ec;
+  std::filesystem::create_directories(SnapshotDir(), ec);
+  std::string path = SnapshotDir() + "/out-" + std::to_string(id_) + "-" + std::to_string(applied_index_) + ".sst";
+  {
+    auto writer = engine_->NewSstWriter(storage::Cf::kData, path);
+    auto it = engine_->NewIterator(storage::Cf::kData, snap.get());
+    std::vector<uint16_t> dbs;
+    for (int db = 0; db < kDatabasesMax; ++db) {
+      if (KeyCount(static_cast<uint16_t>(db)) != 0) dbs.push_back(static_cast<uint16_t>(db));
+    }
+    // Keys in order: slot, then db, then key.
+    for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
+      for (uint16_t db : dbs) {
+        std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), db);
+        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+          Status s = writer->Put(it->key(), it->value());
+          if (!s.ok()) return s;
+        }
+        if (!it->status().ok()) return it->status();
+      }
+    }
+    Status s = writer->Put(SentinelKey(), EncodeI64(static_cast<int64_t>(applied_index_)));
+    if (s.ok()) s = writer->Finish();
+    if (!s.ok()) {
+      std::filesystem::remove(path, ec);
+      return s;
+    }
+  }
+  std::string sst;
+  Status rs = ReadWholeFile(path, &sst);
+  std::filesystem::remove(path, ec);
+  if (!rs.ok()) return rs;
+  PutU32(&out, static_cast<uint32_t>(sst.size()));
+  out += sst;
   auto put = [&out](char kind, std::string_view k, std::string_view v) {
     out.push_back(kind);
     PutU32(&out, static_cast<uint32_t>(k.size()));
@@ -305,18 +390,10 @@ Result<std::string> Shard::ExportImage() const {
     PutU32(&out, static_cast<uint32_t>(v.size()));
     out.append(v);
   };
-  auto it = engine_->NewIterator(storage::Cf::kData, snap.get());
   for (int db = 0; db < kDatabasesMax; ++db) {
     if (KeyCount(static_cast<uint16_t>(db)) == 0) continue;
     put('k', std::to_string(db), EncodeI64(KeyCount(static_cast<uint16_t>(db))));
     put('e', std::to_string(db), EncodeI64(ExpiresCount(static_cast<uint16_t>(db))));
-    for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
-      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(db));
-      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-        put('d', it->key(), it->value());
-      }
-      if (!it->status().ok()) return it->status();
-    }
   }
   auto ex = engine_->NewIterator(storage::Cf::kExpiry, snap.get());
   for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
@@ -329,10 +406,16 @@ Result<std::string> Shard::ExportImage() const {
   return out;
 }
 
-Status Shard::StageImage(std::string_view image, storage::WriteBatch& batch) {
-  if (image.empty() || image[0] != kImageVersion) return Status::Corruption("shard image version");
-  // Validate everything before staging anything.
+Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                         const ImportMarker* marker) {
+  if (image.empty() || (image[0] != kImageV1 && image[0] != kImageV2)) {
+    return Status::Corruption("shard image version");
+  }
+  bool v2 = image[0] == kImageV2;
+  // Validate everything before changing anything.
   std::string_view in = image.substr(1);
+  std::string_view sst;
+  if (v2 && !GetBytes(&in, &sst)) return Status::Corruption("shard image sst");
   struct Rec {
     char kind;
     std::string_view k, v;
@@ -342,42 +425,88 @@ Status Shard::StageImage(std::string_view image, storage::WriteBatch& batch) {
     Rec r{in[0], {}, {}};
     in.remove_prefix(1);
     if (!GetBytes(&in, &r.k) || !GetBytes(&in, &r.v)) return Status::Corruption("shard image record");
-    if (r.kind != 'd' && r.kind != 'x' && r.kind != 'k' && r.kind != 'e') {
+    if ((r.kind != 'd' || v2) && r.kind != 'x' && r.kind != 'k' && r.kind != 'e') {
       return Status::Corruption("shard image record kind");
     }
+    if (r.kind == 'k' || r.kind == 'e') {
+      int db = std::atoi(std::string(r.k).c_str());
+      int64_t v = 0;
+      if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
+    }
     recs.push_back(r);
+  }
+  // With an SST, the clearing and the small records go first, in one durable
+  // write that also records the import in progress (marker); then the file
+  // is ingested; `batch` finishes it. A crash in between is finished by
+  // ResumeImage at the next start.
+  std::unique_ptr<storage::WriteBatch> pre;
+  storage::WriteBatch* first = &batch;
+  std::string path;
+  if (v2) {
+    std::error_code ec;
+    std::filesystem::create_directories(SnapshotDir(), ec);
+    path = IncomingSstPath(index);
+    Status s = WriteFileDurably(path, sst);
+    if (!s.ok()) return s;
+    pre = engine_->NewBatch();
+    first = pre.get();
+    if (marker != nullptr) first->Put(storage::Cf::kRaft, marker->key, marker->value);
   }
   // Clear what this shard held: data by slot range, expiry index by key, counters.
   std::string lo, hi;
   storage::PutU16BE(&lo, slot_begin_);
   storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
-  batch.DeleteRange(storage::Cf::kData, lo, hi);
+  first->DeleteRange(storage::Cf::kData, lo, hi);
   auto ex = engine_->NewIterator(storage::Cf::kExpiry);
   for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
     storage::DecodedExpiryKey d;
     if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
-      batch.Delete(storage::Cf::kExpiry, ex->key());
+      first->Delete(storage::Cf::kExpiry, ex->key());
     }
   }
   if (!ex->status().ok()) return ex->status();
   for (int db = 0; db < kDatabasesMax; ++db) {
-    if (KeyCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
-    if (ExpiresCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
+    if (KeyCount(static_cast<uint16_t>(db)) != 0) first->Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
+    if (ExpiresCount(static_cast<uint16_t>(db)) != 0) first->Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
   }
   pending_counts_.clear();
   for (const auto& r : recs) {
     switch (r.kind) {
-      case 'd': batch.Put(storage::Cf::kData, r.k, r.v); break;
-      case 'x': batch.Put(storage::Cf::kExpiry, r.k, ""); break;
+      case 'd': first->Put(storage::Cf::kData, r.k, r.v); break;
+      case 'x': first->Put(storage::Cf::kExpiry, r.k, ""); break;
       default: {
         int db = std::atoi(std::string(r.k).c_str());
         int64_t v = 0;
-        if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
-        batch.Put(storage::Cf::kMeta, CountKey(r.kind, static_cast<uint16_t>(db)), r.v);
+        DecodeI64(r.v, &v);
+        first->Put(storage::Cf::kMeta, CountKey(r.kind, static_cast<uint16_t>(db)), r.v);
         pending_counts_.push_back({r.kind, static_cast<uint16_t>(db), v});
       }
     }
   }
+  if (v2) {
+    auto seq = engine_->Write(*pre);
+    if (!seq.ok()) return seq.status();
+    auto synced = engine_->Sync();
+    if (!synced.ok()) return synced.status();
+    return ResumeImage(index, batch);
+  }
+  return Status::Ok();
+}
+
+Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
+  std::string raw;
+  Status s = engine_->Get(storage::Cf::kData, SentinelKey(), &raw);
+  int64_t at = -1;
+  bool ingested = s.ok() && DecodeI64(raw, &at) && static_cast<uint64_t>(at) == index;
+  if (!ingested) {
+    std::string path = IncomingSstPath(index);
+    s = engine_->IngestSst(storage::Cf::kData, path);
+    if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
+    std::error_code ec;
+    std::filesystem::remove(path, ec);  // moved into the store (a link may remain)
+  }
+  batch.Delete(storage::Cf::kData, SentinelKey());
+  StageApplied(index, batch);
   return Status::Ok();
 }
 

@@ -134,9 +134,22 @@ class Shard {
   // The shard's whole state (its slot range's keys, expiry index entries and
   // counters) as one image, for Raft snapshots. Read from a consistent view.
   Result<std::string> ExportImage() const;
-  // Stages replacing the shard's state by `image` into batch; call
-  // FinishImage() once the batch is written. Corrupt images change nothing.
-  Status StageImage(std::string_view image, storage::WriteBatch& batch);
+  // A record (raft column family) that says an import is under way; see
+  // StageImage.
+  struct ImportMarker {
+    std::string key, value;
+  };
+  // Replaces the shard's state by `image`, taken at applied index `index`;
+  // call FinishImage() once `batch` is written. A version-2 image carries
+  // the data as an SST file: the clearing of the range, the small records
+  // and `marker` are written durably first, then the file is ingested, and
+  // `batch` gets the rest (the applied index); whoever wrote the marker
+  // removes it in `batch`, and after a crash in between, ResumeImage
+  // finishes the import. Corrupt images change nothing.
+  Status StageImage(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                    const ImportMarker* marker = nullptr);
+  // Finishes an import that a crash interrupted (the marker was found).
+  Status ResumeImage(uint64_t index, storage::WriteBatch& batch);
   void FinishImage();
   bool OwnsSlot(uint16_t slot) const { return slot >= slot_begin_ && slot < slot_end_; }
 
@@ -163,6 +176,9 @@ class Shard {
  private:
   friend class ApplyTxn;
   std::string MetaKey(std::string_view name) const;
+  std::string SnapshotDir() const;
+  std::string IncomingSstPath(uint64_t index) const;
+  std::string SentinelKey() const;
   std::string CountKey(char kind, uint16_t db) const;
   Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
                           size_t entries, uint64_t applied_to);

@@ -31,6 +31,27 @@ bool GetU32(std::string_view* in, uint32_t* v) {
   return true;
 }
 
+// 'P' group: a snapshot import under way (its position and membership).
+std::string ImportMarkerKey(uint64_t group) {
+  std::string k(1, 'P');
+  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
+  return k;
+}
+
+std::string EncodeMarker(const raft::SnapshotMeta& meta) {
+  std::string out;
+  for (uint64_t v : {meta.index, meta.term}) out.append(reinterpret_cast<const char*>(&v), 8);
+  out += storage::EncodeConfState(meta.conf_state);
+  return out;
+}
+
+bool DecodeMarker(std::string_view raw, raft::SnapshotMeta* meta) {
+  if (raw.size() < 16) return false;
+  std::memcpy(&meta->index, raw.data(), 8);
+  std::memcpy(&meta->term, raw.data() + 8, 8);
+  return storage::DecodeConfState(raw.substr(16), &meta->conf_state);
+}
+
 }  // namespace
 
 std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
@@ -85,9 +106,10 @@ void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
   if (!seq.ok()) spdlog::error("shard {}: apply of {} failed: {}", shard_->id(), e.index, seq.status().ToString());
 }
 
-Status KvStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) {
-  static const std::string kEmpty(1, '\x01');
-  Status s = shard_->StageImage(image.empty() ? std::string_view(kEmpty) : image, batch);
+Status KvStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                                   const kv::Shard::ImportMarker& marker) {
+  static const std::string kEmpty(1, '\x01');  // a version-1 image with no records
+  Status s = shard_->StageImage(image.empty() ? std::string_view(kEmpty) : image, index, batch, &marker);
   if (!s.ok()) return s;
   shard_->StageApplied(index, batch);
   return Status::Ok();
@@ -106,6 +128,26 @@ Status Replica::Init() {
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();
   apply_batch_ = engine_->NewBatch();
+  std::string marker;
+  Status ms = engine_->Get(storage::Cf::kRaft, ImportMarkerKey(opts_.group), &marker);
+  if (ms.ok()) {
+    // A crash interrupted a snapshot import: finish it.
+    raft::SnapshotMeta meta;
+    if (!DecodeMarker(marker, &meta)) return Status::Corruption("snapshot import marker");
+    auto batch = engine_->NewBatch();
+    Status s = sm_->ResumeImport(meta.index, *batch);
+    if (!s.ok()) return s;
+    store_->ApplySnapshot(meta, *batch);
+    store_->SetHardState(store_->hard_state(), *batch);
+    batch->Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+    auto seq = engine_->Write(*batch);
+    if (!seq.ok()) return seq.status();
+    auto synced = engine_->Sync();
+    if (!synced.ok()) return synced.status();
+    spdlog::info("group {}: finished the snapshot import at {} that a restart interrupted", opts_.group, meta.index);
+  } else if (ms.code() != Code::kNotFound) {
+    return ms;
+  }
   bool fresh = store_->last_index() == 0 && store_->hard_state().empty() &&
                store_->conf_state().voters.empty() && store_->conf_state().learners.empty();
   if (fresh && !opts_.bootstrap_voters.empty()) {
@@ -113,7 +155,8 @@ Status Replica::Init() {
     cs.voters = opts_.bootstrap_voters;
     std::sort(cs.voters.begin(), cs.voters.end());
     auto batch = engine_->NewBatch();
-    Status s = sm_->StageImport(opts_.bootstrap_image, 1, *batch);
+    Status s = sm_->StageImport(opts_.bootstrap_image, 1, *batch,
+                                kv::Shard::ImportMarker{ImportMarkerKey(opts_.group), ""});
     if (!s.ok()) return s;
     store_->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = cs}, *batch);
     store_->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, *batch);
@@ -218,7 +261,9 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
   }
   if (rd.snapshot) {
-    Status s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch);
+    kv::Shard::ImportMarker marker{ImportMarkerKey(opts_.group), EncodeMarker(rd.snapshot->meta)};
+    Status s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch, marker);
+    batch.Delete(storage::Cf::kRaft, marker.key);
     if (!s.ok()) {
       spdlog::error("group {}: snapshot at {} cannot be applied: {}", opts_.group,
                     rd.snapshot->meta.index, s.ToString());

@@ -40,8 +40,15 @@ class StateMachine {
   // The whole state as of applied_index(), for a snapshot.
   virtual Result<std::string> Export() = 0;
   // Stages replacing the state by an exported image taken at `index`;
-  // FinishImport() runs once the batch is written.
-  virtual Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) = 0;
+  // FinishImport() runs once the batch is written. A state machine that must
+  // change storage outside `batch` (ingesting a file) first writes `marker`
+  // durably with those changes; the replica removes it in `batch`, and calls
+  // ResumeImport at its next start if a crash came in between.
+  virtual Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                             const kv::Shard::ImportMarker& marker) = 0;
+  virtual Status ResumeImport(uint64_t, storage::WriteBatch&) {
+    return Status::Corruption("an interrupted snapshot import cannot be resumed");
+  }
   virtual void FinishImport() = 0;
 };
 
@@ -56,7 +63,11 @@ class KvStateMachine final : public StateMachine {
     shard_->StageApplied(index, batch);
   }
   Result<std::string> Export() override { return shard_->ExportImage(); }
-  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch) override;
+  Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
+                     const kv::Shard::ImportMarker& marker) override;
+  Status ResumeImport(uint64_t index, storage::WriteBatch& batch) override {
+    return shard_->ResumeImage(index, batch);
+  }
   void FinishImport() override { shard_->FinishImage(); }
   kv::Shard* shard() { return shard_; }
 

@@ -220,6 +220,58 @@ TEST_F(ReplicaCluster, RestartRecoversLogAndState) {
   EXPECT_EQ(Get(0, "a"), "2");
 }
 
+TEST_F(ReplicaCluster, SnapshotImportInterruptedByACrashIsFinishedAtRestart) {
+  AddNode(1, {1});
+  TickAll(2);
+  ASSERT_TRUE(R(0).is_leader());
+  for (int i = 0; i < 20; ++i) {
+    (void)R(0).Propose(SetBatch("k" + std::to_string(i), "v" + std::to_string(i)), [](bool, std::string) {}, now_);
+    Pump();
+  }
+  uint64_t index = nodes_[0]->shard->applied_index();
+  auto image = nodes_[0]->shard->ExportImage();
+  ASSERT_TRUE(image.ok());
+  ASSERT_EQ((*image)[0], 2);  // the data travels as an SST file
+  // Node 2 starts empty and imports the image, but "crashes" before the
+  // replica's own batch (applied index, log position, marker removal) is written.
+  TestNode& b = AddNode(2, {});
+  b.replica.reset();
+  auto batch = b.engine->NewBatch();
+  std::string marker;
+  marker.append(reinterpret_cast<const char*>(&index), 8);
+  uint64_t term = R(0).raft().term();
+  marker.append(reinterpret_cast<const char*>(&term), 8);
+  raft::ConfState cs;
+  cs.voters = {1};
+  cs.learners = {2};
+  marker += storage::EncodeConfState(cs);
+  std::string key(1, 'P');
+  for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(uint64_t{7} >> (8 * i)));
+  kv::Shard::ImportMarker import_marker{key, marker};
+  ASSERT_TRUE(b.shard->StageImage(*image, index, *batch, &import_marker).ok());
+  // The batch is dropped: reopen everything from disk.
+  batch.reset();
+  b.shard.reset();
+  b.engine.reset();
+  b.engine = std::move(storage::Engine::Open({.dir = b.dir.string(), .memory_budget_bytes = 32 << 20}).value());
+  b.shard = std::make_unique<kv::Shard>(b.engine.get(), 7, 0, storage::kSlotCount);
+  ASSERT_TRUE(b.shard->Load().ok());
+  ReplicaOptions ro;
+  ro.group = 7;
+  ro.node_id = 2;
+  auto r = Replica::Open(b.engine.get(), ro, std::make_unique<KvStateMachine>(b.shard.get(), &b.limits));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  b.replica = std::move(r).value();
+  EXPECT_EQ(b.shard->applied_index(), index);
+  EXPECT_EQ(b.replica->store().first_index(), index + 1);
+  EXPECT_EQ(b.replica->store().conf_state().learners, std::vector<raft::NodeId>{2});
+  EXPECT_EQ(Get(1, "k0"), "v0");
+  EXPECT_EQ(Get(1, "k19"), "v19");
+  EXPECT_EQ(b.shard->KeyCount(0), 20);
+  std::string raw;
+  EXPECT_EQ(b.engine->Get(storage::Cf::kRaft, key, &raw).code(), Code::kNotFound);  // marker gone
+}
+
 TEST(KvBatch, RoundTripAndRejectsGarbage) {
   kv::Entry e{5, 2, 99, {"x", "y"}};
   std::string enc = EncodeKvBatch({e, e}, 3);

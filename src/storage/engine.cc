@@ -3,6 +3,7 @@
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
@@ -150,6 +151,19 @@ class RocksEngine final : public Engine {
     return std::make_unique<RocksIterator>(db_->NewIterator(ro, handles_[static_cast<int>(cf)]));
   }
 
+  std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override;
+
+  Status IngestSst(Cf cf, const std::string& path) override {
+    rocksdb::IngestExternalFileOptions io;
+    io.move_files = true;
+    io.allow_global_seqno = true;
+    io.allow_blocking_flush = true;  // overlapping memtable data is flushed first
+    auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
+    return FromRocks(s, "ingest " + path);
+  }
+
+  const std::string& dir() const override { return dir_; }
+
   std::unique_ptr<Snapshot> NewSnapshot() override {
     return std::make_unique<RocksSnapshot>(db_.get(), db_->GetSnapshot());
   }
@@ -184,7 +198,34 @@ class RocksEngine final : public Engine {
   std::shared_ptr<rocksdb::Cache> cache_;
   std::shared_ptr<rocksdb::WriteBufferManager> wbm_;
   std::mutex sync_mu_;
+  std::string dir_;
 };
+
+class RocksSstWriter final : public SstWriter {
+ public:
+  RocksSstWriter(const rocksdb::Options& options, std::string path)
+      : writer_(rocksdb::EnvOptions(), options), path_(std::move(path)) {
+    open_ = writer_.Open(path_);
+  }
+  Status Put(std::string_view key, std::string_view value) override {
+    if (!open_.ok()) return FromRocks(open_, "sst open " + path_);
+    return FromRocks(writer_.Put(ToSlice(key), ToSlice(value)), "sst put");
+  }
+  Status Finish() override {
+    if (!open_.ok()) return FromRocks(open_, "sst open " + path_);
+    return FromRocks(writer_.Finish(), "sst finish " + path_);  // Finish syncs the file
+  }
+
+ private:
+  rocksdb::SstFileWriter writer_;
+  std::string path_;
+  rocksdb::Status open_;
+};
+
+std::unique_ptr<SstWriter> RocksEngine::NewSstWriter(Cf cf, const std::string& path) {
+  rocksdb::Options options(db_->GetDBOptions(), db_->GetOptions(handles_[static_cast<int>(cf)]));
+  return std::make_unique<RocksSstWriter>(options, path);
+}
 
 
 Status RocksEngine::OpenDb(const EngineOptions& options) {
@@ -253,6 +294,7 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   cfs.emplace_back(kCfNames[0], data_cf);
   for (int i = 1; i < kCfCount; ++i) cfs.emplace_back(kCfNames[i], cf);
   rocksdb::DB* raw = nullptr;
+  dir_ = options.dir;
   auto s = rocksdb::DB::Open(db, options.dir, cfs, &handles_, &raw);
   if (!s.ok()) return FromRocks(s, "open " + options.dir);
   db_.reset(raw);

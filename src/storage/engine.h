@@ -70,6 +70,16 @@ class Snapshot {
   virtual ~Snapshot() = default;
 };
 
+// Builds one SST file of sorted keys for one column family (Engine::NewSstWriter).
+class SstWriter {
+ public:
+  virtual ~SstWriter() = default;
+  // Keys must come in strictly increasing order.
+  virtual Status Put(std::string_view key, std::string_view value) = 0;
+  // Finishes and syncs the file; fails if no key was added.
+  virtual Status Finish() = 0;
+};
+
 struct MemoryUsage {
   int64_t block_cache_bytes = 0;  // includes memtables charged to the cache
   int64_t memtable_bytes = 0;
@@ -96,6 +106,13 @@ class Engine {
   virtual Result<uint64_t> Sync() = 0;
 
   virtual std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot = nullptr) = 0;
+  // A writer of an SST file at `path` in cf's format (for snapshots).
+  virtual std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) = 0;
+  // Adds the SST file at `path` to cf atomically and durably; its keys
+  // supersede every earlier write. The file is moved into the store.
+  virtual Status IngestSst(Cf cf, const std::string& path) = 0;
+  // The store's folder (snapshot files are staged under it).
+  virtual const std::string& dir() const = 0;
   virtual std::unique_ptr<Snapshot> NewSnapshot() = 0;
   virtual MemoryUsage Memory() = 0;
   // Bytes of live SST and WAL data on disk (approximate).
