@@ -279,16 +279,10 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   db.keep_log_file_num = 4;
   db.max_total_wal_size = static_cast<uint64_t>(memtable_bytes * 2);
 
-  // The data CF is hashed by its [slot][db] prefix: a point lookup finds its
-  // bucket directly, and every scan of ours stays within one prefix.
+  // The data CF has a [slot][db] prefix extractor: every scan of ours stays
+  // within one prefix, and the memtable's bloom filter answers most misses.
   rocksdb::ColumnFamilyOptions data_cf = cf;
   data_cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kDataKeyPrefixBytes));
-  // Each bucket is a skiplist; RocksDB's default height of 4 (branching 4)
-  // degrades to a linear walk beyond a few hundred keys, and hash tags put
-  // many keys in one slot (one bucket): height 12 keeps millions logarithmic.
-  data_cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(1 << 16, /*skiplist_height=*/12,
-                                                                    /*skiplist_branching_factor=*/4));
-  data_cf.memtable_prefix_bloom_size_ratio = 0;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   cfs.emplace_back(kCfNames[0], data_cf);
