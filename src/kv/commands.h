@@ -68,6 +68,8 @@ struct CommandSpec {
 std::span<const CommandSpec> DataCommands();
 // The apply function of a write op id, or nullptr (also covers internal ops).
 ApplyFn FindApply(uint16_t op);
+// Whether entries of this op must be applied alone (kCmdNoBatch: FLUSHDB...).
+bool MustApplyAlone(uint16_t op);
 
 // Internal op: removes key args[0] if it still expires at args[1] (ms) and
 // that time has passed at entry.now_ms. Proposed by active expiry.

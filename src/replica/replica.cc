@@ -8,6 +8,7 @@
 
 #include "kv/commands.h"
 #include "kv/entry.h"
+#include "resp/reply_scan.h"
 #include "resp/writer.h"
 
 namespace shoal::replica {
@@ -104,6 +105,53 @@ void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
   resp::Writer w(out, protocol);
   auto seq = shard_->ApplyBatch(entries, fns, *limits_, &w, e.index);
   if (!seq.ok()) spdlog::error("shard {}: apply of {} failed: {}", shard_->id(), e.index, seq.status().ToString());
+}
+
+void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
+                               std::span<std::string* const> replies) {
+  std::vector<kv::Entry> all;
+  std::vector<kv::ApplyFn> fns;
+  std::vector<size_t> counts;
+  int protocol = 2;
+  bool ok = raft_entries.size() > 1;
+  for (size_t i = 0; ok && i < raft_entries.size(); ++i) {
+    std::vector<kv::Entry> part;
+    int p = 2;
+    if (!DecodeKvBatch(raft_entries[i]->data, &part, &p) || part.empty() || (i > 0 && p != protocol)) {
+      ok = false;
+      break;
+    }
+    protocol = p;
+    for (auto& ke : part) {
+      kv::ApplyFn fn = kv::FindApply(ke.op);
+      if (fn == nullptr || kv::MustApplyAlone(ke.op)) ok = false;
+      fns.push_back(fn);
+      all.push_back(std::move(ke));
+    }
+    counts.push_back(part.size());
+  }
+  if (!ok) {  // one by one: malformed entries, FLUSH*, mixed protocols
+    StateMachine::ApplyMany(raft_entries, replies);
+    return;
+  }
+  std::string out;
+  resp::Writer w(&out, protocol);
+  auto seq = shard_->ApplyBatch(all, fns, *limits_, &w, raft_entries.back()->index);
+  if (!seq.ok()) spdlog::error("shard {}: apply up to {} failed: {}", shard_->id(), raft_entries.back()->index, seq.status().ToString());
+  // Hand each entry its own replies (one RESP value per command).
+  size_t off = 0;
+  for (size_t i = 0; i < raft_entries.size(); ++i) {
+    size_t start = off;
+    for (size_t k = 0; k < counts[i]; ++k) {
+      size_t len = resp::ScanReply(out.data() + off, out.size() - off);
+      if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
+        off = out.size();
+        break;
+      }
+      off += len;
+    }
+    if (replies[i] != nullptr) replies[i]->append(out, start, off - start);
+  }
 }
 
 Status KvStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
@@ -324,11 +372,42 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
     if (!seq.ok()) spdlog::error("group {}: apply write failed: {}", opts_.group, seq.status().ToString());
     apply_batch_->Clear();
   };
+  // Answers the proposal of entry e, if it is waiting here.
+  auto answer = [this](const raft::Entry& e, std::string reply) {
+    auto pending = writes_.find(e.index);
+    if (pending == writes_.end()) return;
+    bool mine = pending->second.term == e.term;
+    auto done = std::move(pending->second.done);
+    writes_.erase(pending);
+    if (mine) {
+      done(true, std::move(reply));
+    } else {
+      done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
+    }
+  };
+  // Runs of normal entries are applied together (one storage write).
+  std::vector<const raft::Entry*> run;
+  std::vector<std::string> run_replies;
+  auto apply_run = [&] {
+    if (run.empty()) return;
+    flush();
+    run_replies.assign(run.size(), std::string());
+    std::vector<std::string*> outs(run.size(), nullptr);
+    for (size_t i = 0; i < run.size(); ++i) {
+      auto pending = writes_.find(run[i]->index);
+      if (pending != writes_.end() && pending->second.term == run[i]->term) outs[i] = &run_replies[i];
+    }
+    sm_->ApplyMany(run, outs);
+    for (size_t i = 0; i < run.size(); ++i) answer(*run[i], std::move(run_replies[i]));
+    run.clear();
+  };
   for (const auto& e : ents) {
     if (e.index <= sm_->applied_index()) continue;
-    auto pending = writes_.find(e.index);
-    bool mine = pending != writes_.end() && pending->second.term == e.term;
-    std::string reply;
+    if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
+      run.push_back(&e);
+      continue;
+    }
+    apply_run();
     if (e.type == raft::EntryType::kConfChange) {
       auto cc = raft::decode_conf_change(e.data);
       if (cc.ok()) {
@@ -338,23 +417,13 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
         spdlog::error("group {}: malformed membership change at {}", opts_.group, e.index);
       }
       sm_->StageApplied(e.index, *apply_batch_);
-      reply = "+OK\r\n";
-    } else if (e.data.empty()) {
-      sm_->StageApplied(e.index, *apply_batch_);
+      answer(e, "+OK\r\n");
     } else {
-      flush();
-      sm_->Apply(e, mine ? &reply : nullptr);
-    }
-    if (pending != writes_.end()) {
-      auto done = std::move(pending->second.done);
-      writes_.erase(pending);
-      if (mine) {
-        done(true, std::move(reply));
-      } else {
-        done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
-      }
+      sm_->StageApplied(e.index, *apply_batch_);
+      answer(e, "");
     }
   }
+  apply_run();
   // Keep the log bounded: entries far below the applied index are dropped
   // (a follower that needs them gets a snapshot instead).
   uint64_t applied = sm_->applied_index();

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,11 @@ class StateMachine {
   // Applies the committed normal entry e (non-empty data) and writes it to
   // storage; appends its client reply to *reply when reply is not null.
   virtual void Apply(const raft::Entry& e, std::string* reply) = 0;
+  // Applies consecutive committed normal entries, as if one by one
+  // (replies[i] may be null); a state machine may write them together.
+  virtual void ApplyMany(std::span<const raft::Entry* const> entries, std::span<std::string* const> replies) {
+    for (size_t i = 0; i < entries.size(); ++i) Apply(*entries[i], replies[i]);
+  }
   // Stages "applied up to index" for an entry that changes no state.
   virtual void StageApplied(uint64_t index, storage::WriteBatch& batch) = 0;
   // The whole state as of applied_index(), for a snapshot.
@@ -59,6 +65,8 @@ class KvStateMachine final : public StateMachine {
   KvStateMachine(kv::Shard* shard, const kv::Limits* limits) : shard_(shard), limits_(limits) {}
   uint64_t applied_index() const override { return shard_->applied_index(); }
   void Apply(const raft::Entry& e, std::string* reply) override;
+  // One storage write for all the entries (unless one must apply alone).
+  void ApplyMany(std::span<const raft::Entry* const> entries, std::span<std::string* const> replies) override;
   void StageApplied(uint64_t index, storage::WriteBatch& batch) override {
     shard_->StageApplied(index, batch);
   }

@@ -34,6 +34,25 @@ std::string SetBatch(const std::string& key, const std::string& value) {
   return EncodeKvBatch({e}, 2);
 }
 
+// Any write command as a one-entry batch.
+std::string WriteBatchOf(std::vector<std::string> words) {
+  const kv::CommandSpec& spec = Spec(words[0]);
+  kv::Entry e;
+  e.op = spec.op;
+  e.now_ms = 1000;
+  static kv::Limits limits;
+  std::vector<std::string_view> args(words.begin(), words.end());
+  std::string err;
+  resp::Writer w(&err, 2);
+  kv::PrepareContext ctx{0, e.now_ms, &limits};
+  if (spec.prepare) {
+    EXPECT_TRUE(spec.prepare(ctx, args, &e, &w)) << err;
+  } else {
+    e.args.assign(words.begin() + 1, words.end());
+  }
+  return EncodeKvBatch({e}, 2);
+}
+
 // One node: an engine, a shard and its replica.
 struct TestNode {
   std::filesystem::path dir;
@@ -157,6 +176,28 @@ TEST_F(ReplicaCluster, ReplicatesAndAnswersTheProposer) {
   auto refused = R(follower).Propose(SetBatch("k", "v2"), [](bool, std::string) {}, now_);
   EXPECT_EQ(refused.error, raft::ProposeError::kNotLeader);
   EXPECT_EQ(refused.leader_hint, ids_[leader]);
+}
+
+TEST_F(ReplicaCluster, EntriesAppliedTogetherKeepTheirOwnReplies) {
+  AddNode(1, {1});
+  TickAll(2);
+  ASSERT_TRUE(R(0).is_leader());
+  // Five proposals before any Ready: they commit and apply as one run.
+  std::vector<std::string> replies(5);
+  const std::vector<std::vector<std::string>> cmds = {
+      {"incr", "n"}, {"incr", "n"}, {"set", "s", "x"}, {"incrby", "n", "10"}, {"incr", "s"}};
+  for (size_t i = 0; i < cmds.size(); ++i) {
+    ASSERT_TRUE(R(0).Propose(WriteBatchOf(cmds[i]), [&replies, i](bool ok, std::string r) {
+      replies[i] = ok ? r : "refused " + r;
+    }, now_).ok());
+  }
+  Pump();
+  EXPECT_EQ(replies[0], ":1\r\n");
+  EXPECT_EQ(replies[1], ":2\r\n");
+  EXPECT_EQ(replies[2], "+OK\r\n");
+  EXPECT_EQ(replies[3], ":12\r\n");
+  EXPECT_EQ(replies[4], "-ERR value is not an integer or out of range\r\n");
+  EXPECT_EQ(Get(0, "n"), "12");
 }
 
 TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {

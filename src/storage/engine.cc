@@ -270,8 +270,11 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   rocksdb::DBOptions db;
   db.create_if_missing = true;
   db.create_missing_column_families = true;
-  // Hash memtables take one writer at a time; each shard writes from one thread.
-  db.allow_concurrent_memtable_write = false;
+  // Workers write concurrently (the Raft log of their groups, applies):
+  // skiplist memtables take concurrent inserts, and a writer that must wait
+  // for the write group blocks rather than spinning on our few cores.
+  db.allow_concurrent_memtable_write = true;
+  db.enable_write_thread_adaptive_yield = true;
   db.write_buffer_manager = wbm_;
   db.max_background_jobs = 2;
   db.max_open_files = 2048;
