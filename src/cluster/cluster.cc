@@ -175,6 +175,7 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
   ro.group = s.id();
   ro.node_id = node_id_;
   ro.tick_ms = groups_->options().tick_ms;
+  ro.compact_bytes = opts_.log_bytes_per_replica;
   if (bootstrap) ro.bootstrap_voters = {node_id_};
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();

@@ -38,6 +38,8 @@ struct ClusterOptions {
   int shards = 16;
   int replication_factor = 3;
   size_t meta_cache_entries = 1 << 16;
+  // Bytes of Raft log each replica keeps in memory before compacting.
+  uint64_t log_bytes_per_replica = 4 << 20;
   const kv::Limits* limits = nullptr;
 };
 

@@ -430,6 +430,21 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   if (applied >= store_->first_index() + opts_.compact_entries) {
     store_->Compact(applied - opts_.compact_entries / 2, *apply_batch_);
   }
+  if (store_->log_bytes() > opts_.compact_bytes && applied >= store_->first_index()) {
+    // Keep about a quarter of the byte budget of applied entries for
+    // followers that are slightly behind.
+    raft::Index keep_from = applied;
+    uint64_t kept = 0;
+    auto ents = store_->entries(store_->first_index(), applied + 1, raft::kNoLimit);
+    if (ents.ok()) {
+      for (auto it = ents->rbegin(); it != ents->rend(); ++it) {
+        kept += raft::entry_size(*it);
+        if (kept > opts_.compact_bytes / 4) break;
+        keep_from = it->index;
+      }
+      if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, *apply_batch_);
+    }
+  }
   flush();
   applied_.store(sm_->applied_index(), std::memory_order_release);
 }

@@ -102,6 +102,8 @@ struct ReplicaOptions {
   std::string bootstrap_image;
   // Compact the log once this many applied entries are kept.
   uint64_t compact_entries = 4096;
+  // ... or once the log held in memory passes this many bytes.
+  uint64_t compact_bytes = 4 << 20;
   // Seed of Raft's election timer; 0: random (simulations fix it).
   uint64_t seed = 0;
 };

@@ -115,6 +115,9 @@ Status Server::Start() {
   // entry), shared out over the shards.
   co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));
   co.limits = &limits_;
+  // The Raft log held in memory gets at most 1/32 of the budget over all shards.
+  co.log_bytes_per_replica =
+      static_cast<uint64_t>(std::max<int64_t>(256 << 10, config_.maxmemory / 32 / std::max(1, config_.shards)));
   // The peer port must be bound before the cluster records this node's address.
   st = transport_->Start();
   if (!st.ok()) return st;

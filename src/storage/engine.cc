@@ -287,9 +287,19 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   rocksdb::ColumnFamilyOptions data_cf = cf;
   data_cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kDataKeyPrefixBytes));
 
+  // The Raft log is short-lived (compacted soon after it is applied) and the
+  // meta records are rewritten on every apply: small memtables flush them
+  // early, so they do not hold memory that the data could use.
+  rocksdb::ColumnFamilyOptions small_cf = cf;
+  small_cf.write_buffer_size = 4 << 20;
+  small_cf.max_write_buffer_number = 2;
+
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   cfs.emplace_back(kCfNames[0], data_cf);
-  for (int i = 1; i < kCfCount; ++i) cfs.emplace_back(kCfNames[i], cf);
+  cfs.emplace_back(kCfNames[1], cf);
+  cfs.emplace_back(kCfNames[2], small_cf);
+  cfs.emplace_back(kCfNames[3], small_cf);
+  static_assert(kCfCount == 4);
   rocksdb::DB* raw = nullptr;
   dir_ = options.dir;
   auto s = rocksdb::DB::Open(db, options.dir, cfs, &handles_, &raw);
