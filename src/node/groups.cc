@@ -110,6 +110,12 @@ asio::awaitable<void> Groups::Drive(int w) {
         WalSyncer* syncer = syncer_;
         co_await worker.WaitDurable(*engine_, *seq, [syncer] { syncer->Kick(); });
         if (worker.io().stopped()) co_return;
+      } else {
+        // Let the worker's other work (connections queueing proposals, peer
+        // messages) run before the next round, so rounds stay batched as they
+        // are while an fsync is awaited.
+        co_await asio::post(worker.io(), asio::use_awaitable);
+        if (worker.io().stopped()) co_return;
       }
     }
     int64_t now = MonoUs();
