@@ -259,7 +259,7 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
     route.epoch = s.epoch();
     route.replicas.assign(s.replicas().begin(), s.replicas().end());
     for (uint32_t slot = route.begin; slot < s.slot_end() && slot < storage::kSlotCount; ++slot) {
-      rt->slot_to_shard[slot] = static_cast<uint16_t>(rt->shards.size());
+      slot_group_[slot].store(static_cast<uint32_t>(route.id), std::memory_order_release);
     }
     rt->shards.push_back(std::move(route));
   }
@@ -268,7 +268,6 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
 
 void Cluster::OnTick(int worker) {
   int64_t now = node::MonoUs();
-  if (worker == 0) ++tick_count_;
   MetaPtr m = meta();
   if (!m || m->cluster_id() == 0) return;
   // Leaders bring their groups' membership to what the metadata wants.

@@ -61,12 +61,10 @@ struct ShardRoute {
 struct RoutingTable {
   uint64_t meta_epoch = 0;
   std::vector<ShardRoute> shards;
-  std::array<uint16_t, storage::kSlotCount> slot_to_shard{};  // index into shards
   std::map<uint64_t, NodeAddr> nodes;
   std::map<uint64_t, uint64_t> remote_leaders;  // group -> node, from gossip
   int replication_factor = 3;
   std::vector<uint64_t> meta_voters;
-  const ShardRoute& ForSlot(uint16_t slot) const { return shards[slot_to_shard[slot]]; }
   const NodeAddr* Node(uint64_t id) const {
     auto it = nodes.find(id);
     return it == nodes.end() ? nullptr : &it->second;
@@ -93,6 +91,8 @@ class Cluster {
   uint64_t cluster_id() const { return cluster_id_.load(std::memory_order_acquire); }
   const ClusterOptions& options() const { return opts_; }
   RoutingPtr routing() const { return std::atomic_load(&routing_); }
+  // The group that owns `slot`: lock-free, for the per-command path.
+  uint64_t GroupOfSlot(uint16_t slot) const { return slot_group_[slot].load(std::memory_order_acquire); }
   MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
   // The leader of group as this node knows it (kNoNode if unknown).
   uint64_t LeaderOf(uint64_t group) const;
@@ -131,14 +131,13 @@ class Cluster {
   std::mutex shards_mu_;
   std::map<uint64_t, std::unique_ptr<kv::Shard>> shards_;  // local data shards
   RoutingPtr routing_;
+  std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_group_{};
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> gossip_;  // group -> (node, term)
-  bool gossip_changed_ = false;
   // Worker-0 state.
   uint64_t routed_epoch_ = UINT64_MAX;
   int64_t last_placement_us_ = 0;
-  int tick_count_ = 0;
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
 };

@@ -133,7 +133,6 @@ Status MetaStateMachine::StageImport(std::string_view image, uint64_t index, sto
   if (!m.ParseFromArray(image.data(), static_cast<int>(image.size()))) {
     return Status::Corruption("meta snapshot");
   }
-  staged_ = m;
   state_ = std::move(m);
   applied_ = index;
   Stage(batch);

@@ -46,7 +46,6 @@ class MetaStateMachine final : public replica::StateMachine {
   void Stage(storage::WriteBatch& batch);
   storage::Engine* engine_;
   proto::MetaState state_;
-  proto::MetaState staged_;
   uint64_t applied_ = 0;
   MetaPtr published_;
 };

@@ -101,7 +101,6 @@ asio::awaitable<void> Groups::Drive(int w) {
     } else {
       auto seq = engine_->Write(*batch);
       SHOAL_CHECK(seq.ok() && "raft log write failed");
-      batches_.fetch_add(1, std::memory_order_relaxed);
       // Committed entries are durable on a majority already: apply them now,
       // while this batch's own entries wait for the disk.
       int64_t applied_at = MonoUs();

@@ -56,8 +56,6 @@ class Groups {
   // fn runs on every worker after each tick, with the worker index.
   void SetTickHook(std::function<void(int worker)> fn) { tick_hook_ = std::move(fn); }
 
-  uint64_t batches_written() const { return batches_.load(std::memory_order_relaxed); }
-
  private:
   struct Host {
     std::vector<replica::Replica*> replicas;
@@ -77,7 +75,6 @@ class Groups {
   mutable std::mutex mu_;  // guards owned_
   std::vector<std::unique_ptr<replica::Replica>> owned_;
   std::function<void(int)> tick_hook_;
-  std::atomic<uint64_t> batches_{0};
 };
 
 // Microseconds on the monotonic clock.

@@ -19,21 +19,6 @@ const kv::CommandSpec& Spec(std::string_view name) {
   return kv::DataCommands()[0];
 }
 
-// A SET as a one-entry write batch.
-std::string SetBatch(const std::string& key, const std::string& value) {
-  const kv::CommandSpec& spec = Spec("set");
-  kv::Entry e;
-  e.op = spec.op;
-  e.now_ms = 1000;
-  static kv::Limits limits;
-  std::vector<std::string_view> args = {"set", key, value};
-  std::string err;
-  resp::Writer w(&err, 2);
-  kv::PrepareContext ctx{0, e.now_ms, &limits};
-  EXPECT_TRUE(spec.prepare(ctx, args, &e, &w)) << err;
-  return EncodeKvBatch({e}, 2);
-}
-
 // Any write command as a one-entry batch.
 std::string WriteBatchOf(std::vector<std::string> words) {
   const kv::CommandSpec& spec = Spec(words[0]);
@@ -52,6 +37,9 @@ std::string WriteBatchOf(std::vector<std::string> words) {
   }
   return EncodeKvBatch({e}, 2);
 }
+
+// A SET as a one-entry write batch.
+std::string SetBatch(const std::string& key, const std::string& value) { return WriteBatchOf({"set", key, value}); }
 
 // One node: an engine, a shard and its replica.
 struct TestNode {

@@ -137,8 +137,8 @@ asio::awaitable<void> Connection::Run() {
             writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
             continue;
           }
-          uint64_t group = server_.cluster().routing()->ForSlot(*slot).id;
-          replica::Replica* r = server_.groups().Find(group);
+          uint64_t group = server_.cluster().GroupOfSlot(*slot);
+          replica::Replica* r = group != 0 ? server_.groups().Find(group) : nullptr;
           if (cmd->spec.apply != nullptr && r != nullptr && r->published_is_leader()) {
             // Writes queue up and are proposed together (one log entry),
             // until something else must see them or the queue is full.
@@ -345,8 +345,11 @@ asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {
 asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot) {
   server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
   last_command_ = cmd.spec.name;
-  auto rt = server_.cluster().routing();
-  uint64_t group = rt->ForSlot(slot).id;
+  uint64_t group = server_.cluster().GroupOfSlot(slot);
+  if (group == 0) {  // group 0 is the meta shard: no shard map yet (joining)
+    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+    co_return;
+  }
   replica::Replica* r = server_.groups().Find(group);
   bool leader_here = r != nullptr && r->published_is_leader();
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
@@ -365,6 +368,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     co_return;
   }
   if (cluster_aware_) {
+    auto rt = server_.cluster().routing();
     const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
     if (addr == nullptr) {
       writer_.Error("CLUSTERDOWN The cluster is down: the key's shard has no leader right now");

@@ -123,8 +123,8 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint1
   for (int hop = 0; hop < 1000; ++hop) {
     if (host.empty()) {
       auto rt = cluster.routing();
-      const auto& shard = rt->ForSlot(slot);
-      const cluster::NodeAddr* addr = rt->Node(cluster.LeaderOf(shard.id));
+      uint64_t group = cluster.GroupOfSlot(slot);
+      const cluster::NodeAddr* addr = group != 0 ? rt->Node(cluster.LeaderOf(group)) : nullptr;
       if (addr != nullptr) {
         host = addr->host;
         port = addr->port;

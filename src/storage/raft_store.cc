@@ -90,12 +90,6 @@ std::string RaftStore::EntryKey(raft::Index index) const {
   return k;
 }
 
-void RaftStore::Destroy(uint64_t group, WriteBatch& batch) {
-  RaftStore s(nullptr, group);
-  batch.DeleteRange(Cf::kRaft, s.EntryKey(0), s.EntryKey(UINT64_MAX));
-  for (char kind : {'H', 'S', 'C'}) batch.Delete(Cf::kRaft, s.Key(kind));
-}
-
 Result<std::unique_ptr<RaftStore>> RaftStore::Open(Engine* engine, uint64_t group) {
   std::unique_ptr<RaftStore> store(new RaftStore(engine, group));
   Status s = store->Load();

@@ -31,8 +31,6 @@ class RaftStore final : public raft::Storage {
 
   // Loads group's state; an unknown group starts empty (no members).
   static Result<std::unique_ptr<RaftStore>> Open(Engine* engine, uint64_t group);
-  // Stages removal of everything the group stored.
-  static void Destroy(uint64_t group, WriteBatch& batch);
 
   // raft::Storage
   Result<raft::InitialState> initial_state() const override;

@@ -248,6 +248,23 @@ def stop_live_clusters() -> None:
         c.teardown()
 
 
+def running_cluster(path: Path, start_timeout: Optional[float] = None, **kwargs):
+    """Fixture body: yields a started Cluster, tears it down (by PID) and fails
+    the test if teardown found problems (a node that died, a bad exit code)."""
+    c = Cluster(path, **kwargs)
+    problems: List[str] = []
+    try:
+        if start_timeout is None:
+            c.start()
+        else:
+            c.start(timeout=start_timeout)
+        yield c
+    finally:
+        problems = c.teardown()
+    if problems:
+        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+
+
 class Cluster:
     """N shoal nodes on 127.0.0.2.. ; node 0 bootstraps, the others --join it."""
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from cluster_util import (HASH_SLOTS, Cluster, is_moved, key_for_every_slot, key_slot,
-                          parse_info, stop_live_clusters)
+from cluster_util import (HASH_SLOTS, is_moved, key_for_every_slot, key_slot,
+                          parse_info, running_cluster, stop_live_clusters)
 from conftest import SELFTEST, SHOAL_BIN, SKIP_NO_SHOAL, RespConn, RespError
 
 REDIS_CLI = shutil.which("redis-cli")
@@ -32,15 +32,7 @@ CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 
 @pytest.fixture(scope="module")
 def cluster3(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cluster3"), n=3)
-    problems = []
-    try:
-        c.start()
-        yield c
-    finally:
-        problems = c.teardown()
-    if problems:
-        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+    yield from running_cluster(tmp_path_factory.mktemp("cluster3"), n=3)
 
 
 @pytest.fixture
@@ -515,15 +507,7 @@ def test_parse_info_helper():
 @pytest.fixture
 def cluster5(tmp_path):
     stop_live_clusters()  # the 3-node cluster is done: do not run 8 nodes at once
-    c = Cluster(tmp_path / "cluster5", n=5)
-    problems = []
-    try:
-        c.start(timeout=120)
-        yield c
-    finally:
-        problems = c.teardown()
-    if problems:
-        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+    yield from running_cluster(tmp_path / "cluster5", start_timeout=120, n=5)
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ from typing import Dict, List, Optional
 import pytest
 
 from cluster_util import (NET_ERRORS, AckWriter, Cluster, ClusterClientWriter, FailoverProbe,
-                          RegisterClient, is_moved, key_slot, readonly_read_all, verify_acked)
+                          RegisterClient, is_moved, key_slot, readonly_read_all, running_cluster,
+                          verify_acked)
 from conftest import SELFTEST, RespConn, RespError, encode_command
 from linearizability import FAIL, OK, READ, WRITE, History, check
 
@@ -42,15 +43,7 @@ SAFETY_DEADLINE_S = 150.0    # no workload thread runs longer than this
 
 @pytest.fixture
 def fcluster(tmp_path):
-    c = Cluster(tmp_path / "cluster", n=3, durability="fsync")
-    problems: List[str] = []
-    try:
-        c.start()
-        yield c
-    finally:
-        problems = c.teardown()
-    if problems:
-        pytest.fail("cluster problems at teardown:\n" + "\n".join(problems), pytrace=False)
+    yield from running_cluster(tmp_path / "cluster", n=3, durability="fsync")
 
 
 class Scenario:
