@@ -105,8 +105,10 @@ int RunDemo(const DemoOptions& opts, const std::string& self_exe) {
       break;
     }
     pids.push_back(pid);
+    std::string command;
+    for (const auto& arg : args) command += (command.empty() ? "" : " ") + arg;
     std::cout << "node " << i + 1 << ": " << opts.bind << ":" << port << " (pid " << pid << ", log " << log
-              << ")\n";
+              << ")\n  to restart it after a kill: " << command << " >> " << log << " 2>&1 &\n";
   }
   // Wait (bounded) until every shard is replicated on every node.
   bool ready = false;
@@ -128,7 +130,8 @@ int RunDemo(const DemoOptions& opts, const std::string& self_exe) {
                 << "  redis-cli -h " << opts.bind << " -p " << opts.port + 1
                 << "         (any node answers every key)\n"
                 << "  redis-cli -h " << opts.bind << " -p " << opts.port << " cluster shards\n"
-                << "Kill a node (kill -9 <pid>): writes resume within about a second.\n"
+                << "Kill a node (kill -9 <pid>): writes resume within about a second; restart it\n"
+                << "with the command printed above and it catches up.\n"
                 << "Ctrl-C stops all nodes.\n"
                 << std::flush;
     } else {
