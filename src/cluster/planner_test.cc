@@ -1,0 +1,319 @@
+#include "cluster/planner.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+
+namespace shoal::cluster {
+namespace {
+
+using Ids = std::vector<uint64_t>;
+
+ClusterView Cluster(int nodes, int shards, Ids replicas) {
+  ClusterView v;
+  for (int n = 1; n <= nodes; ++n) v.nodes.push_back({static_cast<uint64_t>(n), NodeState::kUp});
+  for (int s = 1; s <= shards; ++s) {
+    ShardView sv;
+    sv.id = static_cast<uint64_t>(s);
+    sv.want.voters = replicas;
+    sv.actual = sv.want;
+    sv.reported = true;
+    sv.preferred_leader = replicas[static_cast<size_t>(s) % replicas.size()];
+    v.shards.push_back(sv);
+  }
+  v.meta_voters = v.meta_actual_voters = Ids(replicas.begin(), replicas.begin() + std::min<size_t>(3, replicas.size()));
+  return v;
+}
+
+void SetState(ClusterView* v, uint64_t node, NodeState st) {
+  for (auto& n : v->nodes) {
+    if (n.id == node) n.state = st;
+  }
+}
+
+void AddNode(ClusterView* v, uint64_t node) { v->nodes.push_back({node, NodeState::kUp}); }
+
+// Carries moves out as if every group reached its target at once.
+void Execute(ClusterView* v, const std::vector<Move>& moves) {
+  for (const Move& m : moves) {
+    if (m.kind == MoveKind::kSetMetaVoters) {
+      v->meta_voters = v->meta_actual_voters = m.target.voters;
+      continue;
+    }
+    if (m.kind == MoveKind::kRemoveNode) {
+      SetState(v, m.nodes[0], NodeState::kRemoved);
+      continue;
+    }
+    for (auto& s : v->shards) {
+      if (s.id != m.shard) continue;
+      s.want = s.actual = m.target;
+      s.preferred_leader = m.leader;
+    }
+  }
+}
+
+// Plans and executes until nothing is planned; returns the rounds taken.
+int Converge(ClusterView* v, const PlannerPolicy& policy = {}, int max_rounds = 200) {
+  for (int round = 0; round < max_rounds; ++round) {
+    auto moves = Plan(*v, policy);
+    if (moves.empty()) return round;
+    Execute(v, moves);
+  }
+  return -1;
+}
+
+std::map<uint64_t, int> ReplicasPerNode(const ClusterView& v) {
+  std::map<uint64_t, int> out;
+  for (const auto& n : v.nodes) {
+    if (n.state == NodeState::kUp) out[n.id] = 0;
+  }
+  for (const auto& s : v.shards) {
+    for (uint64_t r : s.want.voters) out[r]++;
+    for (uint64_t r : s.want.learners) out[r]++;
+  }
+  return out;
+}
+
+std::map<uint64_t, int> LeadersPerNode(const ClusterView& v) {
+  std::map<uint64_t, int> out;
+  for (const auto& n : v.nodes) {
+    if (n.state == NodeState::kUp) out[n.id] = 0;
+  }
+  for (const auto& s : v.shards) out[s.preferred_leader]++;
+  return out;
+}
+
+int Spread(const std::map<uint64_t, int>& m) {
+  int lo = INT32_MAX, hi = INT32_MIN;
+  for (auto [n, c] : m) {
+    lo = std::min(lo, c);
+    hi = std::max(hi, c);
+  }
+  return hi - lo;
+}
+
+void ExpectEveryShard(const ClusterView& v, size_t voters, size_t learners) {
+  for (const auto& s : v.shards) {
+    EXPECT_EQ(s.want.voters.size(), voters) << "shard " << s.id;
+    EXPECT_EQ(s.want.learners.size(), learners) << "shard " << s.id;
+    EXPECT_TRUE(std::find(s.want.voters.begin(), s.want.voters.end(), s.preferred_leader) != s.want.voters.end())
+        << "shard " << s.id << " leader " << s.preferred_leader;
+  }
+}
+
+TEST(Planner, BalancedClusterPlansNothing) {
+  ClusterView v = Cluster(3, 16, {1, 2, 3});
+  EXPECT_LE(Converge(&v), 1);  // one round of leader choices at most
+  EXPECT_TRUE(Plan(v, {}).empty());
+}
+
+TEST(Planner, JoinedNodesGetReplicasAndLeaders) {
+  for (int grow_to : {4, 5, 7}) {
+    ClusterView v = Cluster(3, 16, {1, 2, 3});
+    for (int n = 4; n <= grow_to; ++n) AddNode(&v, static_cast<uint64_t>(n));
+    int rounds = Converge(&v);
+    ASSERT_GE(rounds, 1) << grow_to;
+    ExpectEveryShard(v, 3, 0);
+    EXPECT_LE(Spread(ReplicasPerNode(v)), 1) << grow_to;
+    EXPECT_LE(Spread(LeadersPerNode(v)), 1) << grow_to;
+    for (auto [n, c] : ReplicasPerNode(v)) EXPECT_GT(c, 0) << "node " << n;
+    EXPECT_EQ(v.meta_voters.size(), grow_to >= 5 ? 5u : 3u);
+  }
+}
+
+TEST(Planner, GrowingOneTwoThreeNeverRestsAtTwoVoters) {
+  ClusterView v = Cluster(1, 4, {1});
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 1, 0);
+  AddNode(&v, 2);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 1, 1);  // the second node holds learners: losing it wedges nothing
+  EXPECT_EQ(v.meta_voters, Ids({1}));
+  AddNode(&v, 3);
+  auto moves = Plan(v, {});
+  for (const auto& m : moves) {
+    if (m.kind == MoveKind::kAddReplicas) {
+      EXPECT_EQ(m.target.voters.size(), 3u) << Describe(m);
+    }
+  }
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 3, 0);
+  EXPECT_EQ(v.meta_voters, Ids({1, 2, 3}));
+}
+
+TEST(Planner, StuckGrowthIsReplannedOnceTheNodeIsDown) {
+  // Node 1 alone, node 2 joined (learner) then died, node 3 joined: the move
+  // to 3 voters cannot finish while 2 is gone.
+  ClusterView v = Cluster(3, 2, {1});
+  for (auto& s : v.shards) {
+    s.want = Membership{{1, 2, 3}, {}};
+    s.actual = Membership{{1}, {2, 3}};
+  }
+  v.meta_voters = {1, 2, 3};
+  v.meta_actual_voters = {1};
+  EXPECT_TRUE(Plan(v, {}).empty() || Plan(v, {})[0].kind == MoveKind::kTransferLeader);
+  SetState(&v, 2, NodeState::kDown);
+  auto moves = Plan(v, {});
+  int shard_moves = 0;
+  for (const auto& m : moves) {
+    if (m.shard == 0) continue;
+    ++shard_moves;
+    EXPECT_EQ(m.target, (Membership{{1}, {3}})) << Describe(m);
+  }
+  EXPECT_EQ(shard_moves, 2);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 1, 1);
+  EXPECT_EQ(v.meta_voters, Ids({1}));
+}
+
+TEST(Planner, DownNodeReplicasAreRebuiltElsewhere) {
+  ClusterView v = Cluster(5, 16, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  SetState(&v, 2, NodeState::kDown);
+  for (const auto& m : Plan(v, {})) {
+    if (m.kind == MoveKind::kReplaceReplica || m.kind == MoveKind::kRemoveReplica) {
+      EXPECT_EQ(m.target.voters.size(), 3u) << Describe(m);  // never fewer voters while replacing
+    }
+  }
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 3, 0);
+  for (const auto& s : v.shards) {
+    EXPECT_TRUE(std::find(s.want.voters.begin(), s.want.voters.end(), 2) == s.want.voters.end());
+  }
+  EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
+  EXPECT_LE(Spread(LeadersPerNode(v)), 1);
+  EXPECT_EQ(std::count(v.meta_voters.begin(), v.meta_voters.end(), 2u), 0);
+}
+
+TEST(Planner, DeadVoterIsKeptWhileNothingCanReplaceIt) {
+  ClusterView v = Cluster(3, 4, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  SetState(&v, 3, NodeState::kDown);
+  for (const auto& m : Plan(v, {})) EXPECT_EQ(m.kind, MoveKind::kTransferLeader) << Describe(m);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 3, 0);
+  EXPECT_EQ(v.meta_voters, Ids({1, 2, 3}));
+}
+
+TEST(Planner, RemovedNodeIsDroppedEvenWithoutReplacement) {
+  ClusterView v = Cluster(3, 4, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  SetState(&v, 3, NodeState::kRemoved);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 2, 0);
+  EXPECT_EQ(v.meta_voters, Ids({1, 2}));
+}
+
+TEST(Planner, NoMoveForAShardThatLostItsMajority) {
+  ClusterView v = Cluster(5, 1, {1, 2, 3});
+  SetState(&v, 2, NodeState::kDown);
+  SetState(&v, 3, NodeState::kDown);
+  for (const auto& m : Plan(v, {})) {
+    EXPECT_EQ(m.kind, MoveKind::kTransferLeader) << Describe(m);  // a leader, no membership change
+  }
+}
+
+TEST(Planner, MovesInFlightAreBounded) {
+  ClusterView v = Cluster(3, 32, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  for (uint64_t n = 4; n <= 7; ++n) AddNode(&v, n);
+  PlannerPolicy policy;
+  policy.max_moves_per_node = 2;
+  policy.max_moves_total = 5;
+  auto moves = Plan(v, policy);
+  std::map<uint64_t, int> per_node;
+  int total = 0;
+  for (const auto& m : moves) {
+    if (m.kind != MoveKind::kReplaceReplica && m.kind != MoveKind::kAddReplicas &&
+        m.kind != MoveKind::kRemoveReplica) {
+      continue;
+    }
+    ++total;
+    for (uint64_t n : m.nodes) per_node[n]++;
+  }
+  EXPECT_GT(total, 0);
+  EXPECT_LE(total, 5);
+  for (auto [n, c] : per_node) EXPECT_LE(c, 2) << "node " << n;
+  // Moves not yet carried out count against the bound in the next round.
+  ClusterView pending = v;
+  for (const auto& m : moves) {
+    for (auto& s : pending.shards) {
+      if (s.id == m.shard) s.want = m.target;
+    }
+  }
+  int more = 0;
+  for (const auto& m : Plan(pending, policy)) more += m.kind == MoveKind::kReplaceReplica ? 1 : 0;
+  EXPECT_EQ(more, 5 - total);
+  EXPECT_GE(Converge(&v, policy), 0);
+  EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
+}
+
+TEST(Planner, UnderWayShardIsLeftAlone) {
+  ClusterView v = Cluster(4, 1, {1, 2, 3});
+  v.shards[0].want = Membership{{1, 2, 4}, {}};
+  v.shards[0].actual = Membership{{1, 2, 3}, {4}};
+  for (const auto& m : Plan(v, {})) {
+    EXPECT_NE(m.kind, MoveKind::kReplaceReplica) << Describe(m);
+    EXPECT_NE(m.kind, MoveKind::kAddReplicas) << Describe(m);
+  }
+}
+
+TEST(Planner, UnreportedShardIsLeftAlone) {
+  ClusterView v = Cluster(5, 1, {1, 2, 3});
+  v.shards[0].reported = false;
+  SetState(&v, 1, NodeState::kDown);
+  for (const auto& m : Plan(v, {})) EXPECT_NE(m.kind, MoveKind::kReplaceReplica) << Describe(m);
+}
+
+TEST(Planner, DrainMovesEverythingThenRemovesTheNode) {
+  ClusterView v = Cluster(4, 16, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  v.meta_voters = v.meta_actual_voters = {1, 2, 4};
+  SetState(&v, 4, NodeState::kDraining);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 3, 0);
+  for (const auto& s : v.shards) {
+    EXPECT_EQ(std::count(s.want.voters.begin(), s.want.voters.end(), 4u), 0);
+  }
+  EXPECT_EQ(v.nodes[3].state, NodeState::kRemoved);
+  EXPECT_EQ(std::count(v.meta_voters.begin(), v.meta_voters.end(), 4u), 0);
+}
+
+TEST(Planner, BalanceOffRepairsOnly) {
+  ClusterView v = Cluster(3, 8, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  AddNode(&v, 4);
+  PlannerPolicy off;
+  off.balance = false;
+  for (const auto& m : Plan(v, off)) {
+    EXPECT_NE(m.kind, MoveKind::kReplaceReplica) << Describe(m);
+  }
+  SetState(&v, 3, NodeState::kDown);
+  int replaced = 0;
+  for (const auto& m : Plan(v, off)) replaced += m.kind == MoveKind::kReplaceReplica ? 1 : 0;
+  EXPECT_GT(replaced, 0);
+}
+
+TEST(Planner, ReturningNodeIsUsedAgain) {
+  ClusterView v = Cluster(4, 12, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  SetState(&v, 4, NodeState::kDown);
+  ASSERT_GE(Converge(&v), 0);
+  EXPECT_EQ(ReplicasPerNode(v).count(4), 0u);
+  SetState(&v, 4, NodeState::kUp);
+  ASSERT_GE(Converge(&v), 0);
+  EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
+  EXPECT_GT(ReplicasPerNode(v)[4], 0);
+}
+
+TEST(Planner, OddAtMost) {
+  EXPECT_EQ(OddAtMost(0), 0);
+  EXPECT_EQ(OddAtMost(1), 1);
+  EXPECT_EQ(OddAtMost(2), 1);
+  EXPECT_EQ(OddAtMost(5), 5);
+  EXPECT_EQ(OddAtMost(6), 5);
+}
+
+}  // namespace
+}  // namespace shoal::cluster
