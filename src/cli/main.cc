@@ -28,6 +28,7 @@ using shoal::server::Durability;
 struct ServerFlags {
   std::string config_file, bind, dir, durability, requirepass, maxmemory, join;
   int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
+  int64_t down_after_ms = -1;
 };
 
 void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
@@ -46,6 +47,8 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--join", f->join, "host:port of any member of the cluster to join (default: start a new one)");
   cmd->add_option("--shards", f->shards, "Data shards of a new cluster (default 16)");
   cmd->add_option("--replicas", f->replicas, "Replication factor of a new cluster (default 3)");
+  cmd->add_option("--down-after-ms", f->down_after_ms,
+                  "A node silent this long is down and its replicas are rebuilt elsewhere (default 30000)");
 }
 
 shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
@@ -64,6 +67,7 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   if (cmd->count("--join")) c->join = f.join;
   if (cmd->count("--shards")) c->shards = f.shards;
   if (cmd->count("--replicas")) c->replicas = f.replicas;
+  if (cmd->count("--down-after-ms")) c->down_after_ms = f.down_after_ms;
   if (cmd->count("--maxmemory")) {
     auto m = shoal::server::ParseMemory(f.maxmemory);
     if (!m.ok()) return m.status();

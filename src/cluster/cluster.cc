@@ -102,7 +102,10 @@ Status Cluster::Open() {
     s = OpenMeta(false, nullptr);
     if (!s.ok()) return s;
     for (const auto& shard : meta()->shards()) {
-      if (!Contains(shard.replicas(), node_id_)) continue;
+      // Also a replica the metadata no longer places here but whose state
+      // is still on disk: its group may still count it as a voter.
+      bool listed = Contains(shard.replicas(), node_id_) || Contains(shard.learners(), node_id_);
+      if (!listed && !storage::RaftStore::HasState(engine_, shard.id())) continue;
       s = EnsureShardReplica(shard, false);
       if (!s.ok()) return s;
     }
@@ -210,8 +213,16 @@ uint64_t Cluster::LeaderOf(uint64_t group) const {
   }
   std::lock_guard lock(gossip_mu_);
   auto it = gossip_.find(group);
-  if (it != gossip_.end() && (leader == 0 || it->second.second > term)) leader = it->second.first;
+  if (it != gossip_.end() && (leader == 0 || it->second.term > term)) leader = it->second.node;
   return leader;
+}
+
+bool Cluster::GossipOf(uint64_t group, LeaderGossip* out) const {
+  std::lock_guard lock(gossip_mu_);
+  auto it = gossip_.find(group);
+  if (it == gossip_.end()) return false;
+  *out = it->second;
+  return true;
 }
 
 bool Cluster::Healthy() const {
@@ -223,20 +234,23 @@ bool Cluster::Healthy() const {
   return true;
 }
 
-void Cluster::OnLeaders(uint64_t from, std::vector<std::pair<uint64_t, uint64_t>> leaders) {
+void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) {
   std::lock_guard lock(gossip_mu_);
+  last_heard_us_[from] = node::MonoUs();
   for (auto it = gossip_.begin(); it != gossip_.end();) {
     bool still = false;
-    for (auto [g, t] : leaders) still |= g == it->first;
-    if (it->second.first == from && !still) {
+    for (const auto& l : leaders) still |= l.group == it->first;
+    if (it->second.node == from && !still) {
       it = gossip_.erase(it);
     } else {
       ++it;
     }
   }
-  for (auto [g, t] : leaders) {
-    auto& cur = gossip_[g];
-    if (cur.first == 0 || cur.second <= t) cur = {from, t};
+  for (auto& l : leaders) {
+    auto& cur = gossip_[l.group];
+    if (cur.node == 0 || cur.term <= l.term) {
+      cur = LeaderGossip{from, l.term, std::move(l.voters), std::move(l.learners), l.joint};
+    }
   }
 }
 
@@ -266,6 +280,55 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
   std::atomic_store(&routing_, RoutingPtr(std::move(rt)));
 }
 
+namespace {
+
+std::vector<uint64_t> SortedIds(std::vector<uint64_t> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
+bool HasId(const std::vector<uint64_t>& v, uint64_t id) { return std::find(v.begin(), v.end(), id) != v.end(); }
+
+// What the metadata wants group `group`'s membership to be.
+bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* want, uint64_t* preferred) {
+  *preferred = 0;
+  if (group == 0) {
+    want->voters.assign(meta.meta_voters().begin(), meta.meta_voters().end());
+    want->learners.clear();
+    for (const auto& n : meta.nodes()) {
+      if (n.state() != proto::NODE_REMOVED && !HasId(want->voters, n.id())) want->learners.push_back(n.id());
+    }
+  } else {
+    const proto::ShardInfo* info = nullptr;
+    for (const auto& s : meta.shards()) {
+      if (s.id() == group) info = &s;
+    }
+    if (info == nullptr) return false;
+    want->voters.assign(info->replicas().begin(), info->replicas().end());
+    want->learners.assign(info->learners().begin(), info->learners().end());
+    *preferred = info->preferred_leader();
+  }
+  want->voters = SortedIds(want->voters);
+  want->learners = SortedIds(want->learners);
+  return true;
+}
+
+node::LeaderReport ReportOf(const replica::Replica& r) {
+  const raft::ConfState cs = r.raft().tracker().conf_state();
+  node::LeaderReport rep;
+  rep.group = r.group();
+  rep.term = r.published_term();
+  rep.voters = cs.voters;
+  rep.voters.insert(rep.voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+  rep.voters = SortedIds(rep.voters);
+  rep.learners = cs.learners;
+  rep.joint = !cs.voters_outgoing.empty();
+  return rep;
+}
+
+}  // namespace
+
 void Cluster::OnTick(int worker) {
   int64_t now = node::MonoUs();
   MetaPtr m = meta();
@@ -275,6 +338,15 @@ void Cluster::OnTick(int worker) {
     if (groups_->WorkerOf(r->group()) != worker || !r->is_leader()) continue;
     Reconcile(r, *m, now);
   }
+  bool retire_due = false;
+  {
+    std::lock_guard lock(transfer_mu_);
+    if (last_retire_check_us_.empty()) last_retire_check_us_.assign(static_cast<size_t>(runtime_->size()), 0);
+    int64_t& last = last_retire_check_us_[static_cast<size_t>(worker)];
+    retire_due = now - last >= kPlacementIntervalUs;
+    if (retire_due) last = now;
+  }
+  if (retire_due) RetireRemoved(worker, *m);
   if (worker != 0) return;
   if (m->epoch() != routed_epoch_) {
     routed_epoch_ = m->epoch();
@@ -282,81 +354,161 @@ void Cluster::OnTick(int worker) {
       transport_->SetAddress(n.id(), n.host(), static_cast<uint16_t>(n.peer_port()));
     }
     for (const auto& s : m->shards()) {
-      if (!Contains(s.replicas(), node_id_)) continue;
+      if (!Contains(s.replicas(), node_id_) && !Contains(s.learners(), node_id_)) continue;
       Status st = EnsureShardReplica(s, false);
       if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
     }
     RebuildRouting(m);
   }
-  std::vector<std::pair<uint64_t, uint64_t>> leading;
+  std::vector<node::LeaderReport> leading;
   for (replica::Replica* r : groups_->All()) {
-    if (r->published_is_leader()) leading.emplace_back(r->group(), r->published_term());
+    if (r->published_is_leader()) leading.push_back(ReportOf(*r));
   }
   transport_->SetLocalLeaders(std::move(leading));
   replica::Replica* meta_replica = groups_->Find(0);
-  if (meta_replica != nullptr && meta_replica->is_leader() &&
-      now - last_placement_us_ >= kPlacementIntervalUs) {
+  bool meta_leader = meta_replica != nullptr && meta_replica->is_leader();
+  if (!meta_leader) {
+    meta_leader_since_us_ = 0;
+    return;
+  }
+  if (meta_leader_since_us_ == 0) meta_leader_since_us_ = now;  // every node gets down-after from now
+  if (now - last_placement_us_ >= kPlacementIntervalUs) {
     last_placement_us_ = now;
     PlacementDriver(meta_replica, *m, now);
   }
 }
 
-void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
-  std::vector<uint64_t> members, voters;
-  uint64_t preferred = 0;
-  if (r->group() == 0) {
-    for (const auto& n : meta.nodes()) members.push_back(n.id());
-    voters.assign(meta.meta_voters().begin(), meta.meta_voters().end());
-  } else {
-    const proto::ShardInfo* info = nullptr;
-    for (const auto& s : meta.shards()) {
-      if (s.id() == r->group()) info = &s;
+void Cluster::RetireRemoved(int worker, const proto::MetaState& meta) {
+  for (const auto& s : meta.shards()) {
+    bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
+    if (groups_->WorkerOf(s.id()) != worker) continue;
+    replica::Replica* r = groups_->Find(s.id());
+    if (wanted) {
+      if (r == nullptr && worker == 0) {
+        Status st = EnsureShardReplica(s, false);
+        if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
+      }
+      continue;
     }
-    if (info == nullptr) return;
-    members.assign(info->replicas().begin(), info->replicas().end());
-    voters = members;
-    preferred = info->preferred_leader();
+    if (r == nullptr || r->is_leader()) continue;
+    // Only once the group's leader no longer counts this node as a member:
+    // a voter that deleted its log while still counted could elect a leader
+    // that lacks committed entries.
+    LeaderGossip g;
+    if (!GossipOf(s.id(), &g) || g.node == node_id_ || g.joint) continue;
+    if (HasId(g.voters, node_id_) || HasId(g.learners, node_id_)) continue;
+    Status st = Retire(r);
+    if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
   }
+}
+
+Status Cluster::Retire(replica::Replica* r) {
+  uint64_t group = r->group();
+  Status st = groups_->Retire(group);
+  if (!st.ok()) return st;
+  std::lock_guard lock(shards_mu_);
+  auto it = shards_.find(group);
+  if (it != shards_.end()) {
+    retired_shards_.push_back(std::move(it->second));
+    shards_.erase(it);
+  }
+  spdlog::info("shard {}: replica removed from this node, its data deleted", group);
+  return Status::Ok();
+}
+
+void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
+  Membership want;
+  uint64_t preferred = 0;
+  if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
+  if (want.voters.empty()) return;
   const raft::Raft& raft = r->raft();
   const auto& tracker = raft.tracker();
   raft::ConfState cs = tracker.conf_state();
   if (!cs.voters_outgoing.empty()) return;  // the leader leaves the joint state by itself
   if (raft.log().applied() < raft.log().committed()) return;  // membership may be about to change
-  for (uint64_t id : members) {
-    if (tracker.is_member(id)) continue;
-    raft::ConfChange cc{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, id}}};
-    auto p = r->ProposeConfChange(cc);
-    if (p.ok()) {
-      spdlog::info("group {}: adding {} as a learner", r->group(), Hex(id));
-      groups_->Notify(r);
-    } else {
-      spdlog::debug("group {}: cannot add {} yet: {}", r->group(), Hex(id), raft::to_string(p.error));
-    }
-    return;
-  }
   raft::Index committed = raft.log().committed();
-  for (uint64_t id : voters) {
-    if (tracker.is_voter(id)) continue;
+  auto caught_up = [&](uint64_t id) {
     auto it = tracker.progress().find(id);
-    if (it == tracker.progress().end() || it->second.match < committed) continue;  // catching up
-    raft::ConfChange cc{{raft::ConfChangeSingle{raft::ConfChangeType::kAddVoter, id}}};
-    if (r->ProposeConfChange(cc).ok()) {
-      spdlog::info("group {}: promoting {} to voter", r->group(), Hex(id));
-      groups_->Notify(r);
-    }
-    return;
-  }
-  if (preferred != 0 && preferred != node_id_ && tracker.is_voter(preferred) &&
-      raft.lead_transferee() == raft::kNoNode) {
-    auto it = tracker.progress().find(preferred);
+    return it != tracker.progress().end() && it->second.match >= committed;
+  };
+  auto transfer = [&](uint64_t to) {
+    if (to == 0 || to == node_id_ || raft.lead_transferee() != raft::kNoNode) return;
+    auto it = tracker.progress().find(to);
     if (it == tracker.progress().end() || it->second.match < raft.log().last_index()) return;
     std::lock_guard lock(transfer_mu_);
     int64_t& last = last_transfer_us_[r->group()];
     if (now - last < kTransferRetryUs) return;
     last = now;
-    r->TransferLeader(preferred);
+    r->TransferLeader(to);
     groups_->Notify(r);
+  };
+  auto propose = [&](const raft::ConfChange& cc, const char* what) {
+    auto p = r->ProposeConfChange(cc);
+    if (p.ok()) {
+      std::string ids;
+      for (const auto& c : cc.changes) ids += " " + Hex(c.node);
+      spdlog::info("group {}: {}{}", r->group(), what, ids);
+      groups_->Notify(r);
+    } else {
+      spdlog::debug("group {}: cannot {} yet: {}", r->group(), what, raft::to_string(p.error));
+    }
+  };
+  // 1. A leader that is to leave hands leadership to a wanted voter first.
+  if (!HasId(want.voters, node_id_)) {
+    uint64_t to = preferred;
+    if (!HasId(cs.voters, to) || !HasId(want.voters, to)) to = 0;
+    for (uint64_t v : want.voters) {
+      if (to == 0 && HasId(cs.voters, v) && caught_up(v)) to = v;
+    }
+    transfer(to);
+    return;
   }
+  // 2. New members join as learners, one at a time, and catch up.
+  for (uint64_t id : want.voters) {
+    if (!tracker.is_member(id)) {
+      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, id}}}, "adding learner");
+    }
+  }
+  for (uint64_t id : want.learners) {
+    if (!tracker.is_member(id)) {
+      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, id}}}, "adding learner");
+    }
+  }
+  // 3. Voters: promote caught-up learners and drop unwanted voters in one
+  //    joint change. Unwanted voters stay while they are needed to keep the
+  //    count, and the count never rests at an even number short of the target.
+  std::vector<uint64_t> next;
+  std::vector<uint64_t> extra;
+  for (uint64_t v : cs.voters) (HasId(want.voters, v) ? next : extra).push_back(v);
+  std::vector<uint64_t> promote;
+  for (uint64_t v : want.voters) {
+    if (!HasId(cs.voters, v) && caught_up(v)) promote.push_back(v);
+  }
+  next.insert(next.end(), promote.begin(), promote.end());
+  size_t keep_at_least = std::min(want.voters.size(), cs.voters.size());
+  for (uint64_t e : extra) {
+    if (next.size() >= keep_at_least) break;
+    next.push_back(e);
+  }
+  next = SortedIds(next);
+  if (next != cs.voters && (next.size() >= want.voters.size() || next.size() % 2 == 1)) {
+    raft::ConfChange cc;
+    for (uint64_t v : next) {
+      if (!HasId(cs.voters, v)) cc.changes.push_back({raft::ConfChangeType::kAddVoter, v});
+    }
+    for (uint64_t v : cs.voters) {
+      if (!HasId(next, v)) cc.changes.push_back({raft::ConfChangeType::kRemoveNode, v});
+    }
+    return propose(cc, "changing voters:");
+  }
+  // 4. Learners that are not wanted leave.
+  for (uint64_t l : cs.learners) {
+    if (!HasId(want.voters, l) && !HasId(want.learners, l)) {
+      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kRemoveNode, l}}}, "removing learner");
+    }
+  }
+  // 5. Leadership goes where the placement driver prefers.
+  if (preferred != 0 && HasId(cs.voters, preferred)) transfer(preferred);
 }
 
 void Cluster::ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd) {
@@ -364,56 +516,94 @@ void Cluster::ProposeMeta(replica::Replica* meta_replica, const proto::MetaComma
   groups_->Notify(meta_replica);
 }
 
-void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t) {
+ClusterView Cluster::View(int64_t now) const {
+  ClusterView view;
+  MetaPtr m = meta();
+  if (!m) return view;
+  view.replication_factor = static_cast<int>(std::max<uint32_t>(m->replication_factor(), 1));
+  const int64_t down_after_us = opts_.down_after_ms * 1000;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& n : m->nodes()) {
+      NodeView nv{n.id(), NodeState::kUp};
+      if (n.state() == proto::NODE_REMOVED) {
+        nv.state = NodeState::kRemoved;
+      } else if (n.state() == proto::NODE_DRAINING) {
+        nv.state = NodeState::kDraining;
+      } else if (n.id() != node_id_) {
+        auto it = last_heard_us_.find(n.id());
+        int64_t heard = std::max(it == last_heard_us_.end() ? 0 : it->second, meta_leader_since_us_);
+        if (meta_leader_since_us_ == 0) heard = it == last_heard_us_.end() ? 0 : it->second;
+        if (now - heard > down_after_us) nv.state = NodeState::kDown;
+      }
+      view.nodes.push_back(nv);
+    }
+  }
+  for (const auto& s : m->shards()) {
+    ShardView sv;
+    sv.id = s.id();
+    uint64_t preferred = 0;
+    (void)WantedMembership(*m, s.id(), &sv.want, &preferred);
+    sv.preferred_leader = preferred;
+    replica::Replica* local = groups_->Find(s.id());
+    LeaderGossip g;
+    if (local != nullptr && local->published_is_leader()) {
+      node::LeaderReport rep = ReportOf(*local);
+      sv.reported = true;
+      sv.actual = Membership{rep.voters, rep.learners};
+      sv.joint = rep.joint;
+    } else if (GossipOf(s.id(), &g)) {
+      sv.reported = true;
+      sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
+      sv.joint = g.joint;
+    }
+    view.shards.push_back(std::move(sv));
+  }
+  view.meta_voters.assign(m->meta_voters().begin(), m->meta_voters().end());
+  LeaderGossip mg;
+  if (replica::Replica* mr = groups_->Find(0); mr != nullptr && mr->published_is_leader()) {
+    view.meta_actual_voters = ReportOf(*mr).voters;
+  } else if (GossipOf(0, &mg)) {
+    view.meta_actual_voters = SortedIds(mg.voters);
+  }
+  return view;
+}
+
+void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now) {
   const raft::Raft& raft = meta_replica->raft();
-  if (raft.log().applied() < raft.log().committed()) return;  // decide on the latest state only
-  std::vector<uint64_t> nodes;
-  for (const auto& n : meta.nodes()) nodes.push_back(n.id());
-  if (nodes.empty()) return;
-  size_t rf = std::min<size_t>(std::max<uint32_t>(meta.replication_factor(), 1), nodes.size());
-  std::map<uint64_t, int> load;
-  for (uint64_t n : nodes) load[n] = 0;
-  for (const auto& s : meta.shards()) {
-    for (uint64_t r : s.replicas()) load[r]++;
-  }
-  std::map<uint64_t, int> leads;
-  for (uint64_t n : nodes) leads[n] = 0;
-  size_t target = (static_cast<size_t>(meta.shards_size()) + nodes.size() - 1) / nodes.size();
-  for (const auto& s : meta.shards()) {
-    proto::ShardInfo next = s;
-    while (static_cast<size_t>(next.replicas_size()) < rf) {
-      uint64_t best = 0;
-      for (uint64_t n : nodes) {
-        if (Contains(next.replicas(), n)) continue;
-        if (best == 0 || load[n] < load[best]) best = n;
-      }
-      if (best == 0) break;
-      next.add_replicas(best);
-      load[best]++;
-    }
-    uint64_t pref = next.preferred_leader();
-    if (!Contains(next.replicas(), pref) || static_cast<size_t>(leads[pref]) >= target) {
-      pref = 0;
-      for (uint64_t r : next.replicas()) {
-        if (pref == 0 || leads[r] < leads[pref]) pref = r;
-      }
-    }
-    leads[pref]++;
-    next.set_preferred_leader(pref);
-    if (next.SerializeAsString() != s.SerializeAsString()) {
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = next;
-      ProposeMeta(meta_replica, cmd);
-    }
-  }
-  size_t want_voters = std::min<size_t>(nodes.size() >= 5 ? 5 : 3, nodes.size());
-  std::vector<uint64_t> voters(nodes.begin(), nodes.begin() + static_cast<long>(want_voters));
-  std::vector<uint64_t> have(meta.meta_voters().begin(), meta.meta_voters().end());
-  if (voters != have) {
+  // Decide on the latest state only, once earlier changes are applied.
+  if (raft.log().applied() < raft.log().last_index()) return;
+  if (!raft.tracker().conf_state().voters_outgoing.empty()) return;
+  ClusterView view = View(now);
+  PlannerPolicy policy;
+  policy.balance = !meta.balance_off();
+  for (const Move& mv : Plan(view, policy)) {
     proto::MetaCommand cmd;
     cmd.set_version(1);
-    for (uint64_t v : voters) cmd.mutable_set_meta_voters()->add_voters(v);
+    if (mv.kind == MoveKind::kSetMetaVoters) {
+      for (uint64_t v : mv.target.voters) cmd.mutable_set_meta_voters()->add_voters(v);
+    } else if (mv.kind == MoveKind::kRemoveNode) {
+      cmd.mutable_set_node_state()->set_node(mv.nodes[0]);
+      cmd.mutable_set_node_state()->set_state(proto::NODE_REMOVED);
+    } else {
+      const proto::ShardInfo* cur = nullptr;
+      for (const auto& s : meta.shards()) {
+        if (s.id() == mv.shard) cur = &s;
+      }
+      if (cur == nullptr) continue;
+      proto::ShardInfo next = *cur;
+      next.clear_replicas();
+      next.clear_learners();
+      for (uint64_t v : mv.target.voters) next.add_replicas(v);
+      for (uint64_t l : mv.target.learners) next.add_learners(l);
+      next.set_preferred_leader(mv.leader);
+      *cmd.mutable_set_shard() = next;
+    }
+    if (mv.kind == MoveKind::kTransferLeader) {
+      spdlog::debug("placement: {}", Describe(mv));
+    } else {
+      spdlog::info("placement: {}", Describe(mv));
+    }
     ProposeMeta(meta_replica, cmd);
   }
 }
@@ -518,6 +708,189 @@ asio::awaitable<void> Cluster::JoinLoop() {
     }
     spdlog::warn("join through {}: {}", target, line);
   }
+}
+
+}  // namespace shoal::cluster
+
+namespace shoal::cluster {
+namespace {
+
+AdminReply AdminError(std::string e) {
+  AdminReply r;
+  r.kind = AdminReply::Kind::kError;
+  r.error = std::move(e);
+  return r;
+}
+
+std::string IdList(const std::vector<uint64_t>& ids) {
+  std::string out;
+  for (uint64_t id : ids) out += (out.empty() ? "" : ",") + Hex(id);
+  return out.empty() ? "-" : out;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+}  // namespace
+
+const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std::string& who) const {
+  uint64_t id = 0;
+  if (who.size() >= 16 && who.find(':') == std::string::npos) {
+    bool hex = std::all_of(who.begin(), who.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+    if (hex) id = std::strtoull(who.substr(0, 16).c_str(), nullptr, 16);
+  }
+  for (const auto& n : meta.nodes()) {
+    if ((id != 0 && n.id() == id) || who == n.host() + ":" + std::to_string(n.port())) return &n;
+  }
+  return nullptr;
+}
+
+AdminReply Cluster::AdminStatus(int64_t now) const {
+  AdminReply out;
+  out.kind = AdminReply::Kind::kLines;
+  MetaPtr m = meta();
+  ClusterView view = View(now);
+  std::map<uint64_t, int> replicas, leaders;
+  int moving = 0;
+  for (const ShardView& s : view.shards) {
+    for (uint64_t v : s.want.voters) replicas[v]++;
+    for (uint64_t l : s.want.learners) replicas[l]++;
+    uint64_t leader = LeaderOf(s.id);
+    if (leader != 0) leaders[leader]++;
+    if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) ++moving;
+  }
+  out.lines.push_back("cluster " + Hex(m->cluster_id()) + " epoch " + std::to_string(m->epoch()) +
+                      " replication-factor " + std::to_string(m->replication_factor()) + " balance " +
+                      (m->balance_off() ? "off" : "on") + " down-after-ms " + std::to_string(opts_.down_after_ms));
+  for (const NodeView& n : view.nodes) {
+    const proto::NodeInfo* info = nullptr;
+    for (const auto& i : m->nodes()) {
+      if (i.id() == n.id) info = &i;
+    }
+    out.lines.push_back("node " + Hex(n.id) + " " + info->host() + ":" + std::to_string(info->port()) + " " +
+                        NodeStateName(n.state) + " replicas " + std::to_string(replicas[n.id]) + " leaders " +
+                        std::to_string(leaders[n.id]) +
+                        (HasId(view.meta_voters, n.id) ? " meta-voter" : ""));
+  }
+  for (const ShardView& s : view.shards) {
+    const proto::ShardInfo* info = nullptr;
+    for (const auto& i : m->shards()) {
+      if (i.id() == s.id) info = &i;
+    }
+    std::string line = "shard " + std::to_string(s.id) + " slots " + std::to_string(info->slot_begin()) + "-" +
+                       std::to_string(info->slot_end() - 1) + " leader " + Hex(LeaderOf(s.id)) + " voters " +
+                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners);
+    if (!s.reported) {
+      line += " (no leader known)";
+    } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
+      line += " moving-to voters " + IdList(s.want.voters) + " learners " + IdList(s.want.learners);
+    }
+    out.lines.push_back(line);
+  }
+  out.lines.push_back("moves-in-flight " + std::to_string(moving));
+  return out;
+}
+
+void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done) {
+  asio::post(runtime_->worker(0).io(), [this, args = std::move(args), done = std::move(done)]() mutable {
+    replica::Replica* mr = groups_->Find(0);
+    if (mr == nullptr || cluster_id() == 0) return done(AdminError("TRYAGAIN this node has not joined a cluster yet"));
+    MetaPtr m = meta();
+    if (!mr->is_leader()) {
+      uint64_t leader = mr->published_leader();
+      for (const auto& n : m->nodes()) {
+        if (n.id() == leader && leader != 0) {
+          AdminReply r;
+          r.kind = AdminReply::Kind::kRedirect;
+          r.host = n.host();
+          r.port = static_cast<uint16_t>(n.port());
+          return done(std::move(r));
+        }
+      }
+      return done(AdminError("TRYAGAIN the meta shard has no leader yet"));
+    }
+    int64_t now = node::MonoUs();
+    std::string sub = args.empty() ? "" : Lower(args[0]);
+    auto propose = [&](const proto::MetaCommand& cmd, std::string what) {
+      auto p = mr->Propose(
+          cmd.SerializeAsString(),
+          [done, what](bool applied, std::string reply) {
+            if (applied && reply.starts_with("+")) {
+              AdminReply ok;
+              ok.lines = {what};
+              ok.kind = AdminReply::Kind::kLines;
+              return done(std::move(ok));
+            }
+            done(AdminError("ERR the cluster did not accept the change: " + reply.substr(1, reply.size() - 3)));
+          },
+          now);
+      if (!p.ok()) return done(AdminError("TRYAGAIN meta shard busy"));
+      groups_->Notify(mr);
+    };
+    if (sub == "status" && args.size() == 1) return done(AdminStatus(now));
+    if (sub == "plan" && args.size() == 1) {
+      PlannerPolicy policy;
+      policy.balance = !m->balance_off();
+      AdminReply r;
+      r.kind = AdminReply::Kind::kLines;
+      for (const Move& mv : Plan(View(now), policy)) r.lines.push_back(Describe(mv));
+      return done(std::move(r));
+    }
+    if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.set_set_balance_off(Lower(args[1]) == "off");
+      return propose(cmd, "balance " + Lower(args[1]));
+    }
+    if ((sub == "drain" || sub == "remove") && args.size() == 2) {
+      const proto::NodeInfo* node = FindNode(*m, args[1]);
+      if (node == nullptr) return done(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
+      if (node->state() == proto::NODE_REMOVED) return done(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
+      ClusterView view = View(now);
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
+      if (sub == "drain") {
+        int remaining = 0;
+        for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
+        if (remaining < static_cast<int>(m->replication_factor())) {
+          return done(AdminError("ERR cannot drain: " + std::to_string(remaining) +
+                                 " up nodes would remain for a replication factor of " +
+                                 std::to_string(m->replication_factor())));
+        }
+      } else {
+        bool holds = false;
+        for (const ShardView& s : view.shards) {
+          holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
+                   HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
+          std::vector<uint64_t> voters = s.actual.voters.empty() ? s.want.voters : s.actual.voters;
+          if (!HasId(voters, node->id())) continue;
+          size_t left = 0, up = 0;
+          for (uint64_t v : voters) {
+            if (v == node->id()) continue;
+            ++left;
+            up += alive(v) ? 1 : 0;
+          }
+          if (left == 0 || up * 2 <= left) {
+            return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
+                                   std::to_string(s.id) + " without a majority of live voters"));
+          }
+        }
+        if (holds && state[node->id()] == NodeState::kUp) {
+          return done(AdminError("ERR node " + Hex(node->id()) +
+                                 " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
+        }
+      }
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.mutable_set_node_state()->set_node(node->id());
+      cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
+      return propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
+    }
+    done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, BALANCE on|off"));
+  });
 }
 
 }  // namespace shoal::cluster

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cluster/meta.h"
+#include "cluster/planner.h"
 #include "kv/shard.h"
 #include "node/groups.h"
 #include "node/transport.h"
@@ -41,6 +42,27 @@ struct ClusterOptions {
   // Bytes of Raft log each replica keeps in memory before compacting.
   uint64_t log_bytes_per_replica = 4 << 20;
   const kv::Limits* limits = nullptr;
+  // A node without a heartbeat for this long is down: the placement driver
+  // rebuilds its replicas on other nodes.
+  int64_t down_after_ms = 30'000;
+};
+
+// What the membership of a group is, as its leader gossips it.
+struct LeaderGossip {
+  uint64_t node = 0;
+  uint64_t term = 0;
+  std::vector<uint64_t> voters, learners;
+  bool joint = false;
+};
+
+// The answer to an admin command (SHOAL.ADMIN): text lines, an error, or
+// "ask the meta leader at host:port".
+struct AdminReply {
+  enum class Kind { kOk, kLines, kError, kRedirect } kind = Kind::kOk;
+  std::vector<std::string> lines;  // kLines
+  std::string error;               // kError: "CODE message"
+  std::string host;                // kRedirect
+  uint16_t port = 0;
 };
 
 struct NodeAddr {
@@ -103,8 +125,13 @@ class Cluster {
   // A node asks to join (SHOAL.JOIN). done(reply) runs on worker 0 with a
   // RESP reply: "+<cluster id hex>", "-REDIRECT host:port" or an error.
   void HandleJoin(const proto::NodeInfo& node, std::function<void(std::string)> done);
-  // Leadership gossip from a peer (transport thread).
-  void OnLeaders(uint64_t from, std::vector<std::pair<uint64_t, uint64_t>> leaders);
+  // Leadership gossip from a peer (transport thread); also its heartbeat.
+  void OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders);
+  // SHOAL.ADMIN STATUS | DRAIN node | REMOVE node | BALANCE on|off | PLAN.
+  // Runs on worker 0; only the meta leader answers (others: kRedirect).
+  void HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done);
+  // The planner's view of the cluster as this node sees it now (worker 0).
+  ClusterView View(int64_t now_us) const;
 
   // Whether every shard has a known leader.
   bool Healthy() const;
@@ -115,6 +142,15 @@ class Cluster {
   Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
   void OnTick(int worker);
   void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
+  // Retires local data replicas that the metadata no longer places here and
+  // that their group's leader no longer counts as members (its worker).
+  void RetireRemoved(int worker, const proto::MetaState& meta);
+  Status Retire(replica::Replica* r);
+  bool GossipOf(uint64_t group, LeaderGossip* out) const;
+  AdminReply AdminStatus(int64_t now_us) const;
+  AdminReply AdminSetNodeState(const std::string& who, proto::NodeState state,
+                               std::function<void(AdminReply)>* done);
+  const proto::NodeInfo* FindNode(const proto::MetaState& meta, const std::string& who) const;
   void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
   void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
   void RebuildRouting(const MetaPtr& meta);
@@ -134,12 +170,16 @@ class Cluster {
   std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_group_{};
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> gossip_;  // group -> (node, term)
+  std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report
+  std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
   // Worker-0 state.
   uint64_t routed_epoch_ = UINT64_MAX;
   int64_t last_placement_us_ = 0;
+  int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
+  std::vector<int64_t> last_retire_check_us_;  // per worker
+  std::vector<std::unique_ptr<kv::Shard>> retired_shards_;  // kept alive: readers may hold them
 };
 
 }  // namespace shoal::cluster

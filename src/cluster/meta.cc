@@ -1,5 +1,7 @@
 #include "cluster/meta.h"
 
+#include <set>
+
 #include <spdlog/spdlog.h>
 
 #include "storage/slot.h"
@@ -47,7 +49,9 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       if (n.id() == 0 || n.port() == 0 || n.port() > 65535 || n.peer_port() == 0 || n.peer_port() > 65535) return false;
       for (auto& existing : *state->mutable_nodes()) {
         if (existing.id() == n.id()) {
+          proto::NodeState kept = existing.state();
           existing = n;  // a restarted node may come back on a new address
+          existing.set_state(kept);
           state->set_epoch(state->epoch() + 1);
           return true;
         }
@@ -61,7 +65,12 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       for (auto& existing : *state->mutable_shards()) {
         if (existing.id() != s.id()) continue;
         if (s.slot_begin() != existing.slot_begin() || s.slot_end() != existing.slot_end()) return false;
-        for (uint64_t r : s.replicas()) {
+        if (s.replicas_size() == 0) return false;
+        std::set<uint64_t> seen;
+        for (uint64_t r : s.replicas()) seen.insert(r);
+        for (uint64_t r : s.learners()) seen.insert(r);
+        if (seen.size() != static_cast<size_t>(s.replicas_size() + s.learners_size())) return false;
+        for (uint64_t r : seen) {
           bool known = false;
           for (const auto& n : state->nodes()) known |= n.id() == r;
           if (!known) return false;
@@ -73,7 +82,28 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       }
       return false;
     }
+    case proto::MetaCommand::kSetNodeState: {
+      const auto& c = cmd.set_node_state();
+      for (auto& n : *state->mutable_nodes()) {
+        if (n.id() != c.node()) continue;
+        if (n.state() == proto::NODE_REMOVED) return false;  // removed is for good
+        n.set_state(c.state());
+        state->set_epoch(state->epoch() + 1);
+        return true;
+      }
+      return false;
+    }
+    case proto::MetaCommand::kSetBalanceOff:
+      state->set_balance_off(cmd.set_balance_off());
+      state->set_epoch(state->epoch() + 1);
+      return true;
     case proto::MetaCommand::kSetMetaVoters: {
+      if (cmd.set_meta_voters().voters_size() == 0) return false;
+      for (uint64_t v : cmd.set_meta_voters().voters()) {
+        bool known = false;
+        for (const auto& n : state->nodes()) known |= n.id() == v;
+        if (!known) return false;
+      }
       state->clear_meta_voters();
       for (uint64_t v : cmd.set_meta_voters().voters()) state->add_meta_voters(v);
       state->set_epoch(state->epoch() + 1);

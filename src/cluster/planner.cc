@@ -405,7 +405,7 @@ class Planner {
                                  std::min(static_cast<int>(actual.size()), OddAtMost(wanted))});
     Ids next;
     for (uint64_t v : actual) {
-      if (IsUp(v)) next.push_back(v);
+      if (IsUp(v) && static_cast<int>(next.size()) < target) next.push_back(v);
     }
     for (uint64_t n : up_) {
       if (static_cast<int>(next.size()) >= target) break;

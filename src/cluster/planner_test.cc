@@ -184,6 +184,7 @@ TEST(Planner, DownNodeReplicasAreRebuiltElsewhere) {
   EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
   EXPECT_LE(Spread(LeadersPerNode(v)), 1);
   EXPECT_EQ(std::count(v.meta_voters.begin(), v.meta_voters.end(), 2u), 0);
+  EXPECT_EQ(v.meta_voters.size(), 3u);  // 4 up nodes: 3 meta voters
 }
 
 TEST(Planner, DeadVoterIsKeptWhileNothingCanReplaceIt) {

@@ -452,23 +452,8 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
     first = pre.get();
     if (marker != nullptr) first->Put(storage::Cf::kRaft, marker->key, marker->value);
   }
-  // Clear what this shard held: data by slot range, expiry index by key, counters.
-  std::string lo, hi;
-  storage::PutU16BE(&lo, slot_begin_);
-  storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
-  first->DeleteRange(storage::Cf::kData, lo, hi);
-  auto ex = engine_->NewIterator(storage::Cf::kExpiry);
-  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
-    storage::DecodedExpiryKey d;
-    if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
-      first->Delete(storage::Cf::kExpiry, ex->key());
-    }
-  }
-  if (!ex->status().ok()) return ex->status();
-  for (int db = 0; db < kDatabasesMax; ++db) {
-    if (KeyCount(static_cast<uint16_t>(db)) != 0) first->Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
-    if (ExpiresCount(static_cast<uint16_t>(db)) != 0) first->Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
-  }
+  Status cleared = StageClear(*first);
+  if (!cleared.ok()) return cleared;
   pending_counts_.clear();
   for (const auto& r : recs) {
     switch (r.kind) {
@@ -490,6 +475,35 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
     if (!synced.ok()) return synced.status();
     return ResumeImage(index, batch);
   }
+  return Status::Ok();
+}
+
+Status Shard::StageClear(storage::WriteBatch& batch) {
+  // Data by slot range, expiry index by key, counters.
+  std::string lo, hi;
+  storage::PutU16BE(&lo, slot_begin_);
+  storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
+  batch.DeleteRange(storage::Cf::kData, lo, hi);
+  auto ex = engine_->NewIterator(storage::Cf::kExpiry);
+  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
+    storage::DecodedExpiryKey d;
+    if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
+      batch.Delete(storage::Cf::kExpiry, ex->key());
+    }
+  }
+  if (!ex->status().ok()) return ex->status();
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    if (KeyCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
+    if (ExpiresCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
+  }
+  return Status::Ok();
+}
+
+Status Shard::StageDestroy(storage::WriteBatch& batch) {
+  Status s = StageClear(batch);
+  if (!s.ok()) return s;
+  batch.Delete(storage::Cf::kMeta, MetaKey("applied"));
+  batch.Delete(storage::Cf::kData, SentinelKey());
   return Status::Ok();
 }
 

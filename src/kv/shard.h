@@ -148,9 +148,14 @@ class Shard {
   // finishes the import. Corrupt images change nothing.
   Status StageImage(std::string_view image, uint64_t index, storage::WriteBatch& batch,
                     const ImportMarker* marker = nullptr);
+  // Stages deleting everything the shard holds here (data, expiry index,
+  // counters, applied index): its replica leaves this node.
+  Status StageDestroy(storage::WriteBatch& batch);
   // Finishes an import that a crash interrupted (the marker was found).
   Status ResumeImage(uint64_t index, storage::WriteBatch& batch);
   void FinishImage();
+  // Stages deleting the data, expiry index entries and counters of the range.
+  Status StageClear(storage::WriteBatch& batch);
   bool OwnsSlot(uint16_t slot) const { return slot >= slot_begin_ && slot < slot_end_; }
 
   struct ExpiredKey {

@@ -55,6 +55,35 @@ std::vector<replica::Replica*> Groups::All() const {
   return out;
 }
 
+Status Groups::Retire(uint64_t group) {
+  replica::Replica* r = Find(group);
+  if (r == nullptr) return Status::NotFound("group " + std::to_string(group));
+  Host& h = hosts_[static_cast<size_t>(WorkerOf(group))];
+  table_[group].store(nullptr, std::memory_order_release);
+  std::erase(h.replicas, r);
+  h.dirty.erase(r);
+  h.retired.insert(r);
+  {
+    std::lock_guard lock(mu_);
+    for (auto& owned : owned_) {
+      if (owned.get() == r) {
+        retired_.push_back(std::move(owned));
+        std::erase(owned_, nullptr);
+        break;
+      }
+    }
+  }
+  // Written after any round of this worker that staged the replica's state,
+  // so nothing of it survives.
+  auto batch = engine_->NewBatch();
+  Status s = r->StageDestroy(*batch);
+  if (!s.ok()) return s;
+  auto seq = engine_->Write(*batch);
+  if (!seq.ok()) return seq.status();
+  auto synced = engine_->Sync();
+  return synced.ok() ? Status::Ok() : synced.status();
+}
+
 void Groups::Deliver(uint64_t group, raft::Message m) {
   if (group >= kMaxGroups) return;
   asio::post(WorkerFor(group).io(), [this, group, m = std::move(m)]() mutable {
@@ -68,7 +97,7 @@ void Groups::Deliver(uint64_t group, raft::Message m) {
 void Groups::Notify(replica::Replica* r) {
   int w = WorkerOf(r->group());
   Host& h = hosts_[static_cast<size_t>(w)];
-  if (!r->HasReady()) return;
+  if (!r->HasReady() || h.retired.count(r) != 0) return;
   h.dirty.insert(r);
   if (h.running) return;
   h.running = true;
@@ -123,7 +152,7 @@ asio::awaitable<void> Groups::Drive(int w) {
       msgs.clear();
       r->FinishReady(&msgs, now);
       for (auto& m : msgs) after.push_back(GroupMessage{r->group(), std::move(m)});
-      if (r->HasReady()) h.dirty.insert(r);
+      if (r->HasReady() && h.retired.count(r) == 0) h.dirty.insert(r);
     }
     transport_->Send(std::move(after));
   }

@@ -49,6 +49,11 @@ class Groups {
   }
   // Every replica (snapshot of the list). Any thread.
   std::vector<replica::Replica*> All() const;
+  // Stops driving `group`'s replica and deletes its durable state (log,
+  // hard state, data) with one synced write. Call on the group's worker.
+  // The object stays alive, never driven again (other threads may still
+  // hold its pointer); Find() no longer returns it.
+  Status Retire(uint64_t group);
   // Hands a received message to its group's worker. Any thread.
   void Deliver(uint64_t group, raft::Message m);
   // The replica has work to drive; call on its worker's thread.
@@ -60,6 +65,7 @@ class Groups {
   struct Host {
     std::vector<replica::Replica*> replicas;
     std::set<replica::Replica*> dirty;
+    std::set<replica::Replica*> retired;
     bool running = false;
   };
   asio::awaitable<void> Drive(int w);
@@ -74,6 +80,7 @@ class Groups {
   std::unique_ptr<std::atomic<replica::Replica*>[]> table_;
   mutable std::mutex mu_;  // guards owned_
   std::vector<std::unique_ptr<replica::Replica>> owned_;
+  std::vector<std::unique_ptr<replica::Replica>> retired_;
   std::function<void(int)> tick_hook_;
 };
 

@@ -125,7 +125,7 @@ void Transport::Send(std::vector<GroupMessage> msgs) {
   });
 }
 
-void Transport::SetLocalLeaders(std::vector<std::pair<uint64_t, uint64_t>> leaders) {
+void Transport::SetLocalLeaders(std::vector<LeaderReport> leaders) {
   asio::post(io_, [this, leaders = std::move(leaders)]() mutable { local_leaders_ = std::move(leaders); });
 }
 
@@ -195,10 +195,13 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     if (p->send_leaders) {
       p->send_leaders = false;
       pf.set_has_leaders(true);
-      for (auto [g, t] : local_leaders_) {
+      for (const LeaderReport& r : local_leaders_) {
         auto* l = pf.add_leaders();
-        l->set_group(g);
-        l->set_term(t);
+        l->set_group(r.group);
+        l->set_term(r.term);
+        for (raft::NodeId v : r.voters) l->add_voters(v);
+        for (raft::NodeId v : r.learners) l->add_learners(v);
+        l->set_joint(r.joint);
       }
     }
     frame.clear();
@@ -268,8 +271,11 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       deliver_(gm.group(), std::move(m));
     }
     if (pf.has_leaders()) {
-      std::vector<std::pair<uint64_t, uint64_t>> leaders;
-      for (const auto& l : pf.leaders()) leaders.emplace_back(l.group(), l.term());
+      std::vector<LeaderReport> leaders;
+      for (const auto& l : pf.leaders()) {
+        leaders.push_back(LeaderReport{l.group(), l.term(), {l.voters().begin(), l.voters().end()},
+                                       {l.learners().begin(), l.learners().end()}, l.joint()});
+      }
       leaders_(pf.from_node(), std::move(leaders));
     }
   }

@@ -30,6 +30,15 @@ struct GroupMessage {
   raft::Message msg;
 };
 
+// A group this node leads, with its membership, as gossiped to every peer.
+struct LeaderReport {
+  uint64_t group = 0;
+  uint64_t term = 0;
+  std::vector<raft::NodeId> voters;  // incoming and outgoing while joint
+  std::vector<raft::NodeId> learners;
+  bool joint = false;
+};
+
 struct TransportOptions {
   raft::NodeId node_id = raft::kNoNode;
   std::string bind_host = "127.0.0.1";
@@ -42,8 +51,9 @@ class Transport {
  public:
   // Called on the transport thread for every well-formed message received.
   using DeliverFn = std::function<void(uint64_t group, raft::Message m)>;
-  // Called on the transport thread with a peer's complete leadership list.
-  using LeadersFn = std::function<void(raft::NodeId from, std::vector<std::pair<uint64_t, uint64_t>>)>;
+  // Called on the transport thread with a peer's complete leadership list
+  // (every gossip round, so also a heartbeat of that peer).
+  using LeadersFn = std::function<void(raft::NodeId from, std::vector<LeaderReport>)>;
 
   Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders);
   ~Transport();
@@ -60,8 +70,8 @@ class Transport {
   void SetAddress(raft::NodeId id, const std::string& host, uint16_t port);
   // Queues messages (each to msg.to) and wakes the writers.
   void Send(std::vector<GroupMessage> msgs);
-  // The groups this node leads (group, term), gossiped to every peer.
-  void SetLocalLeaders(std::vector<std::pair<uint64_t, uint64_t>> leaders);
+  // The groups this node leads, gossiped to every peer.
+  void SetLocalLeaders(std::vector<LeaderReport> leaders);
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
   uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
@@ -86,7 +96,7 @@ class Transport {
   std::thread thread_;
   // Peers and local leaders are touched only on the transport thread.
   std::map<raft::NodeId, std::unique_ptr<Peer>> peers_;
-  std::vector<std::pair<uint64_t, uint64_t>> local_leaders_;
+  std::vector<LeaderReport> local_leaders_;
   std::atomic<uint64_t> frames_sent_{0};
   std::atomic<uint64_t> frames_refused_{0};
   bool stopped_ = false;

@@ -23,7 +23,7 @@ struct Endpoint {
             std::lock_guard lock(mu);
             got.emplace_back(group, std::move(m));
           },
-          [this](raft::NodeId from, std::vector<std::pair<uint64_t, uint64_t>> l) {
+          [this](raft::NodeId from, std::vector<LeaderReport> l) {
             std::lock_guard lock(mu);
             leaders_from = from;
             leaders = std::move(l);
@@ -39,7 +39,7 @@ struct Endpoint {
   std::mutex mu;
   std::vector<std::pair<uint64_t, raft::Message>> got;
   raft::NodeId leaders_from = 0;
-  std::vector<std::pair<uint64_t, uint64_t>> leaders;
+  std::vector<LeaderReport> leaders;
 };
 
 raft::Message Heartbeat(raft::NodeId from, raft::NodeId to) {
@@ -65,7 +65,7 @@ bool WaitFor(Cond cond, int ms = 3000) {
 TEST(Transport, DeliversBatchedMessagesAndLeadershipGossip) {
   Endpoint a(1, 77), b(2, 77);
   a.t.SetAddress(2, "127.0.0.1", b.t.port());
-  a.t.SetLocalLeaders({{4, 3}});
+  a.t.SetLocalLeaders({LeaderReport{4, 3, {1, 2, 5}, {7}, true}});
   std::vector<GroupMessage> msgs;
   for (uint64_t g = 1; g <= 5; ++g) msgs.push_back(GroupMessage{g, Heartbeat(1, 2)});
   a.t.Send(std::move(msgs));
@@ -80,6 +80,14 @@ TEST(Transport, DeliversBatchedMessagesAndLeadershipGossip) {
     std::lock_guard lock(b.mu);
     return b.leaders_from == 1 && b.leaders.size() == 1;
   }));
+  {
+    std::lock_guard lock(b.mu);
+    EXPECT_EQ(b.leaders[0].group, 4u);
+    EXPECT_EQ(b.leaders[0].term, 3u);
+    EXPECT_EQ(b.leaders[0].voters, (std::vector<raft::NodeId>{1, 2, 5}));
+    EXPECT_EQ(b.leaders[0].learners, (std::vector<raft::NodeId>{7}));
+    EXPECT_TRUE(b.leaders[0].joint);
+  }
   // b learned a's address from its frames and can answer.
   b.t.Send({GroupMessage{3, Heartbeat(2, 1)}});
   ASSERT_TRUE(WaitFor([&] { return a.count() == 1; }));
@@ -135,7 +143,7 @@ TEST(Transport, ReconnectsWhenThePeerComesBack) {
   std::atomic<int> got{0};
   Transport b3(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1", .peer_port = port},
                [&](uint64_t, raft::Message) { got++; },
-               [](raft::NodeId, std::vector<std::pair<uint64_t, uint64_t>>) {});
+               [](raft::NodeId, std::vector<LeaderReport>) {});
   b3.set_cluster_id(77);
   ASSERT_TRUE(b3.Start().ok());
   ASSERT_TRUE(WaitFor([&] {

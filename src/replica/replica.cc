@@ -273,6 +273,24 @@ void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
   node_->read_index(ctx);
 }
 
+Status Replica::StageDestroy(storage::WriteBatch& batch) {
+  Status s = sm_->StageDestroy(batch);
+  if (!s.ok()) return s;
+  store_->StageDestroy(batch);
+  batch.Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+  leader_.store(raft::kNoNode, std::memory_order_release);
+  lease_until_us_.store(0, std::memory_order_release);
+  auto writes = std::move(writes_);
+  writes_.clear();
+  for (auto& [index, w] : writes) {
+    w.done(false, "-TRYAGAIN the shard's replica left this node; its outcome is unknown\r\n");
+  }
+  auto reads = std::move(reads_);
+  reads_.clear();
+  for (auto& [key, r] : reads) r.done(false);
+  return Status::Ok();
+}
+
 void Replica::ExpireWaiters(int64_t now_mono_us) {
   for (auto it = writes_.begin(); it != writes_.end();) {
     if (it->second.deadline_us > now_mono_us) {

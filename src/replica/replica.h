@@ -56,6 +56,10 @@ class StateMachine {
     return Status::Corruption("an interrupted snapshot import cannot be resumed");
   }
   virtual void FinishImport() = 0;
+  // Stages deleting the whole state: the replica leaves this node.
+  virtual Status StageDestroy(storage::WriteBatch&) {
+    return Status::InvalidArgument("this state machine cannot be destroyed");
+  }
 };
 
 // The key-value state machine of a data shard: log entries carry batches of
@@ -77,6 +81,7 @@ class KvStateMachine final : public StateMachine {
     return shard_->ResumeImage(index, batch);
   }
   void FinishImport() override { shard_->FinishImage(); }
+  Status StageDestroy(storage::WriteBatch& batch) override { return shard_->StageDestroy(batch); }
   kv::Shard* shard() { return shard_; }
 
  private:
@@ -138,6 +143,9 @@ class Replica {
   void TransferLeader(raft::NodeId to) { node_->transfer_leader(to); }
   void ReportUnreachable(raft::NodeId to) { node_->report_unreachable(to); }
   void Campaign() { node_->campaign(); }
+  // Stages deleting this replica's log, hard state, membership and state
+  // machine, and fails every waiter: the replica leaves this node.
+  Status StageDestroy(storage::WriteBatch& batch);
   // Fails proposals and reads that waited past their deadline.
   void ExpireWaiters(int64_t now_mono_us);
 

@@ -227,7 +227,7 @@ void Readwrite(Connection& c, Args, resp::Writer* r) {
 void Asking(Connection&, Args, resp::Writer* r) { r->Simple("OK"); }
 
 void Routed(Connection& c, Args, resp::Writer* r) {
-  c.set_cluster_aware(true);
+  c.set_routed();
   r->Simple("OK");
 }
 
@@ -253,6 +253,39 @@ asio::awaitable<void> Join(Connection& c, Args args) {
   c.writer().Raw(reply);
 }
 
+// SHOAL.ADMIN STATUS | PLAN | DRAIN node | REMOVE node | BALANCE on|off:
+// answered by the meta leader; any other node relays it there.
+asio::awaitable<void> Admin(Connection& c, Args args) {
+  std::vector<std::string> sub;
+  for (size_t i = 1; i < args.size(); ++i) sub.emplace_back(args[i]);
+  auto& cl = c.server().cluster();
+  auto admin = [&cl, sub](std::function<void(cluster::AdminReply)> done) { cl.HandleAdmin(sub, std::move(done)); };
+  cluster::AdminReply reply = co_await node::RunOnAsync<cluster::AdminReply>(
+      c.server().runtime().worker(0).io(), c.worker().io(), std::move(admin));
+  switch (reply.kind) {
+    case cluster::AdminReply::Kind::kOk:
+      c.writer().Simple("OK");
+      break;
+    case cluster::AdminReply::Kind::kLines:
+      c.writer().ArrayHeader(reply.lines.size());
+      for (const auto& l : reply.lines) c.writer().Bulk(l);
+      break;
+    case cluster::AdminReply::Kind::kError:
+      c.writer().Error(reply.error);
+      break;
+    case cluster::AdminReply::Kind::kRedirect: {
+      if (c.routed()) {  // one hop only: the meta leader moved meanwhile
+        c.writer().Error("TRYAGAIN the meta leader moved; try again");
+        break;
+      }
+      bool sent = false;
+      std::string raw = co_await c.server().forwarder().ToNode(c.worker().index(), reply.host, reply.port, 0, args, &sent);
+      c.writer().Raw(raw);
+      break;
+    }
+  }
+}
+
 }  // namespace
 
 void AppendClusterCommands(std::vector<Command>* out) {
@@ -268,6 +301,7 @@ void AppendClusterCommands(std::vector<Command>* out) {
   out->push_back(Command{row("asking", 1, kCmdFast, "cluster"), Asking});
   out->push_back(Command{row("shoal.routed", 1, kCmdFast | kCmdNoAuth, "cluster"), Routed});
   out->push_back(Command{row("shoal.join", 5, kCmdAdmin, "cluster"), nullptr, Join});
+  out->push_back(Command{row("shoal.admin", -2, kCmdAdmin, "cluster"), nullptr, Admin});
 }
 
 }  // namespace shoal::server

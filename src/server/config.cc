@@ -17,6 +17,9 @@ Status Config::Validate() const {
   if (shards < 1 || shards > 1024) return Status::InvalidArgument("shards must be 1..1024");
   if (replicas < 1 || replicas > 7) return Status::InvalidArgument("replicas must be 1..7");
   if (tick_ms < 10 || tick_ms > 1000) return Status::InvalidArgument("tick-ms must be 10..1000");
+  if (down_after_ms < 1000 || down_after_ms > 86'400'000) {
+    return Status::InvalidArgument("down-after-ms must be 1000..86400000");
+  }
   if (!join.empty() && join.find(':') == std::string::npos) {
     return Status::InvalidArgument("join must be host:port");
   }
@@ -95,6 +98,7 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "shards") return want_int(&c->shards);
   if (key == "replicas") return want_int(&c->replicas);
   if (key == "tick-ms") return want_int(&c->tick_ms);
+  if (key == "down-after-ms") return want_int(&c->down_after_ms);
   if (key == "loglevel") return want_str(&c->loglevel);
   if (key == "maxmemory") return want_mem(&c->maxmemory);
   if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);

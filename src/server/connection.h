@@ -55,6 +55,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // are forwarded.
   bool cluster_aware() const { return cluster_aware_; }
   void set_cluster_aware(bool v) { cluster_aware_ = v; }
+  // A connection from another node's forwarder (SHOAL.ROUTED).
+  bool routed() const { return routed_; }
+  void set_routed() { routed_ = cluster_aware_ = true; }
   // READONLY: reads may be served by a follower (linearizable, ReadIndex).
   void set_readonly(bool v) { readonly_ = v; }
 
@@ -102,6 +105,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   resp::Parser parser_;
   std::vector<std::string_view> args_;
   bool cluster_aware_ = false;
+  bool routed_ = false;
   bool readonly_ = false;
   // Writes of the current pipeline waiting to be proposed: one log entry
   // per shard, all shards at once.

@@ -98,7 +98,7 @@ Status Server::Start() {
   to.peer_port = static_cast<uint16_t>(config_.effective_peer_port());
   transport_ = std::make_unique<node::Transport>(
       to, [this](uint64_t group, raft::Message m) { groups_->Deliver(group, std::move(m)); },
-      [this](raft::NodeId from, std::vector<std::pair<uint64_t, uint64_t>> l) {
+      [this](raft::NodeId from, std::vector<node::LeaderReport> l) {
         cluster_->OnLeaders(from, std::move(l));
       });
   node::GroupsOptions go;
@@ -111,6 +111,7 @@ Status Server::Start() {
   co.join = config_.join;
   co.shards = config_.shards;
   co.replication_factor = config_.replicas;
+  co.down_after_ms = config_.down_after_ms;
   // The key metadata cache gets about 1/64 of the budget (~120 bytes an
   // entry), shared out over the shards.
   co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));

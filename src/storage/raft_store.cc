@@ -84,6 +84,20 @@ std::string RaftStore::Key(char kind) const {
   return k;
 }
 
+bool RaftStore::HasState(Engine* engine, uint64_t group) {
+  RaftStore probe(engine, group);
+  std::string raw;
+  return engine->Get(Cf::kRaft, probe.Key('H'), &raw).ok();
+}
+
+void RaftStore::StageDestroy(WriteBatch& batch) {
+  batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(UINT64_MAX));
+  batch.Delete(Cf::kRaft, EntryKey(UINT64_MAX));
+  for (char kind : {'H', 'S', 'C'}) batch.Delete(Cf::kRaft, Key(kind));
+  log_.clear();
+  log_bytes_ = 0;
+}
+
 std::string RaftStore::EntryKey(raft::Index index) const {
   std::string k = Key('L');
   PutBe64(&k, index);
