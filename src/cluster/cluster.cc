@@ -1,5 +1,7 @@
 #include "cluster/cluster.h"
 
+#include "cluster/membership.h"
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -420,95 +422,34 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
-  if (want.voters.empty()) return;
   const raft::Raft& raft = r->raft();
-  const auto& tracker = raft.tracker();
-  raft::ConfState cs = tracker.conf_state();
-  if (!cs.voters_outgoing.empty()) return;  // the leader leaves the joint state by itself
-  if (raft.log().applied() < raft.log().committed()) return;  // membership may be about to change
-  raft::Index committed = raft.log().committed();
-  auto caught_up = [&](uint64_t id) {
-    auto it = tracker.progress().find(id);
-    return it != tracker.progress().end() && it->second.match >= committed;
-  };
-  auto transfer = [&](uint64_t to) {
-    if (to == 0 || to == node_id_ || raft.lead_transferee() != raft::kNoNode) return;
-    auto it = tracker.progress().find(to);
-    if (it == tracker.progress().end() || it->second.match < raft.log().last_index()) return;
+  GroupState g;
+  g.self = node_id_;
+  g.conf = raft.tracker().conf_state();
+  g.committed = raft.log().committed();
+  g.applied = raft.log().applied();
+  g.last_index = raft.log().last_index();
+  g.transferring = raft.lead_transferee() != raft::kNoNode;
+  for (const auto& [id, pr] : raft.tracker().progress()) g.match[id] = pr.match;
+  MembershipStep step = NextMembershipStep(want, preferred, g);
+  if (step.kind == MembershipStep::Kind::kTransferLeader) {
     std::lock_guard lock(transfer_mu_);
     int64_t& last = last_transfer_us_[r->group()];
     if (now - last < kTransferRetryUs) return;
     last = now;
-    r->TransferLeader(to);
+    r->TransferLeader(step.transfer_to);
     groups_->Notify(r);
-  };
-  auto propose = [&](const raft::ConfChange& cc, const char* what) {
-    auto p = r->ProposeConfChange(cc);
+  } else if (step.kind == MembershipStep::Kind::kConfChange) {
+    auto p = r->ProposeConfChange(step.change);
+    std::string ids;
+    for (const auto& c : step.change.changes) ids += " " + Hex(c.node);
     if (p.ok()) {
-      std::string ids;
-      for (const auto& c : cc.changes) ids += " " + Hex(c.node);
-      spdlog::info("group {}: {}{}", r->group(), what, ids);
+      spdlog::info("group {}: {}{}", r->group(), step.what, ids);
       groups_->Notify(r);
     } else {
-      spdlog::debug("group {}: cannot {} yet: {}", r->group(), what, raft::to_string(p.error));
-    }
-  };
-  // 1. A leader that is to leave hands leadership to a wanted voter first.
-  if (!HasId(want.voters, node_id_)) {
-    uint64_t to = preferred;
-    if (!HasId(cs.voters, to) || !HasId(want.voters, to)) to = 0;
-    for (uint64_t v : want.voters) {
-      if (to == 0 && HasId(cs.voters, v) && caught_up(v)) to = v;
-    }
-    transfer(to);
-    return;
-  }
-  // 2. New members join as learners, one at a time, and catch up.
-  for (uint64_t id : want.voters) {
-    if (!tracker.is_member(id)) {
-      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, id}}}, "adding learner");
+      spdlog::debug("group {}: cannot {} yet:{} {}", r->group(), step.what, ids, raft::to_string(p.error));
     }
   }
-  for (uint64_t id : want.learners) {
-    if (!tracker.is_member(id)) {
-      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, id}}}, "adding learner");
-    }
-  }
-  // 3. Voters: promote caught-up learners and drop unwanted voters in one
-  //    joint change. Unwanted voters stay while they are needed to keep the
-  //    count, and the count never rests at an even number short of the target.
-  std::vector<uint64_t> next;
-  std::vector<uint64_t> extra;
-  for (uint64_t v : cs.voters) (HasId(want.voters, v) ? next : extra).push_back(v);
-  std::vector<uint64_t> promote;
-  for (uint64_t v : want.voters) {
-    if (!HasId(cs.voters, v) && caught_up(v)) promote.push_back(v);
-  }
-  next.insert(next.end(), promote.begin(), promote.end());
-  size_t keep_at_least = std::min(want.voters.size(), cs.voters.size());
-  for (uint64_t e : extra) {
-    if (next.size() >= keep_at_least) break;
-    next.push_back(e);
-  }
-  next = SortedIds(next);
-  if (next != cs.voters && (next.size() >= want.voters.size() || next.size() % 2 == 1)) {
-    raft::ConfChange cc;
-    for (uint64_t v : next) {
-      if (!HasId(cs.voters, v)) cc.changes.push_back({raft::ConfChangeType::kAddVoter, v});
-    }
-    for (uint64_t v : cs.voters) {
-      if (!HasId(next, v)) cc.changes.push_back({raft::ConfChangeType::kRemoveNode, v});
-    }
-    return propose(cc, "changing voters:");
-  }
-  // 4. Learners that are not wanted leave.
-  for (uint64_t l : cs.learners) {
-    if (!HasId(want.voters, l) && !HasId(want.learners, l)) {
-      return propose(raft::ConfChange{{raft::ConfChangeSingle{raft::ConfChangeType::kRemoveNode, l}}}, "removing learner");
-    }
-  }
-  // 5. Leadership goes where the placement driver prefers.
-  if (preferred != 0 && HasId(cs.voters, preferred)) transfer(preferred);
 }
 
 void Cluster::ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd) {

@@ -1,0 +1,90 @@
+#include "cluster/membership.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace shoal::cluster {
+namespace {
+
+using Ids = std::vector<raft::NodeId>;
+
+bool Has(const Ids& ids, raft::NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+MembershipStep Change(raft::ConfChangeType type, raft::NodeId id, const char* what) {
+  MembershipStep s;
+  s.kind = MembershipStep::Kind::kConfChange;
+  s.change.changes.push_back({type, id});
+  s.what = what;
+  return s;
+}
+
+}  // namespace
+
+MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred, const GroupState& g) {
+  MembershipStep none;
+  if (want.voters.empty()) return none;
+  if (!g.conf.voters_outgoing.empty()) return none;  // the leader leaves the joint state by itself
+  if (g.applied < g.committed || g.applied < g.last_index) return none;  // a change may be in flight
+  auto member = [&](raft::NodeId id) { return Has(g.conf.voters, id) || Has(g.conf.learners, id); };
+  auto caught_up_to = [&](raft::NodeId id, raft::Index index) {
+    auto it = g.match.find(id);
+    return it != g.match.end() && it->second >= index;
+  };
+  auto transfer = [&](raft::NodeId to, const char* what) {
+    MembershipStep s;
+    if (to == raft::kNoNode || to == g.self || g.transferring || !caught_up_to(to, g.last_index)) return s;
+    s.kind = MembershipStep::Kind::kTransferLeader;
+    s.transfer_to = to;
+    s.what = what;
+    return s;
+  };
+  // 1. A leader that is to leave hands leadership to a wanted voter first.
+  if (!Has(want.voters, g.self)) {
+    raft::NodeId to = Has(want.voters, preferred) && Has(g.conf.voters, preferred) ? preferred : raft::kNoNode;
+    for (raft::NodeId v : want.voters) {
+      if (to == raft::kNoNode && Has(g.conf.voters, v) && caught_up_to(v, g.last_index)) to = v;
+    }
+    return transfer(to, "leader leaves");
+  }
+  // 2. New members join as learners, one at a time.
+  for (const Ids* ids : {&want.voters, &want.learners}) {
+    for (raft::NodeId id : *ids) {
+      if (!member(id)) return Change(raft::ConfChangeType::kAddLearner, id, "adding learner");
+    }
+  }
+  // 3. Voters: promote caught-up learners, drop unwanted voters, in one change.
+  Ids next, extra;
+  for (raft::NodeId v : g.conf.voters) (Has(want.voters, v) ? next : extra).push_back(v);
+  for (raft::NodeId v : want.voters) {
+    if (!Has(g.conf.voters, v) && caught_up_to(v, g.committed)) next.push_back(v);
+  }
+  const size_t keep_at_least = std::min(want.voters.size(), g.conf.voters.size());
+  for (raft::NodeId e : extra) {
+    if (next.size() >= keep_at_least) break;
+    next.push_back(e);
+  }
+  std::sort(next.begin(), next.end());
+  if (next != g.conf.voters && (next.size() >= want.voters.size() || next.size() % 2 == 1)) {
+    MembershipStep s;
+    s.kind = MembershipStep::Kind::kConfChange;
+    s.what = "changing voters";
+    for (raft::NodeId v : next) {
+      if (!Has(g.conf.voters, v)) s.change.changes.push_back({raft::ConfChangeType::kAddVoter, v});
+    }
+    for (raft::NodeId v : g.conf.voters) {
+      if (!Has(next, v)) s.change.changes.push_back({raft::ConfChangeType::kRemoveNode, v});
+    }
+    return s;
+  }
+  // 4. Learners that are not wanted leave.
+  for (raft::NodeId l : g.conf.learners) {
+    if (!Has(want.voters, l) && !Has(want.learners, l)) {
+      return Change(raft::ConfChangeType::kRemoveNode, l, "removing learner");
+    }
+  }
+  // 5. Leadership goes where the placement driver prefers.
+  if (Has(g.conf.voters, preferred)) return transfer(preferred, "preferred leader");
+  return none;
+}
+
+}  // namespace shoal::cluster

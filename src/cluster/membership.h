@@ -1,0 +1,47 @@
+// The executor's side of placement: given what the metadata wants a group's
+// membership to be and what its leader has, the next safe Raft step. Pure
+// (no I/O, no clock): cluster::Cluster calls it on every group leader each
+// tick, and the replica simulation calls it the same way.
+//
+// Steps, one at a time, each waiting for the last to apply:
+//   1. a leader that is to leave hands leadership to a wanted voter;
+//   2. a wanted node that is not a member joins as a learner (it catches up
+//      from a snapshot);
+//   3. caught-up learners are promoted and unwanted voters removed in one
+//      joint change; an unwanted voter stays while it is needed to keep the
+//      voter count, and the count never rests at an even number short of
+//      the wanted one (two voters of a growing group would wedge on one loss);
+//   4. unwanted learners leave;
+//   5. leadership moves to the preferred replica.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "cluster/planner.h"
+#include "raft/types.h"
+
+namespace shoal::cluster {
+
+// What the group's leader knows of its group.
+struct GroupState {
+  raft::NodeId self = raft::kNoNode;
+  raft::ConfState conf;
+  raft::Index committed = 0;
+  raft::Index applied = 0;
+  raft::Index last_index = 0;
+  bool transferring = false;               // a leadership transfer is under way
+  std::map<raft::NodeId, raft::Index> match;  // per member: highest index known replicated
+};
+
+struct MembershipStep {
+  enum class Kind { kNone, kConfChange, kTransferLeader } kind = Kind::kNone;
+  raft::ConfChange change;
+  raft::NodeId transfer_to = raft::kNoNode;
+  std::string what;  // for logs
+};
+
+MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred_leader, const GroupState& g);
+
+}  // namespace shoal::cluster

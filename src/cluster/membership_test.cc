@@ -1,0 +1,81 @@
+#include "cluster/membership.h"
+
+#include <gtest/gtest.h>
+
+namespace shoal::cluster {
+namespace {
+
+using Kind = MembershipStep::Kind;
+using raft::ConfChangeType;
+
+// A settled leader (node 1) at index 100 whose members are all caught up.
+GroupState Group(std::vector<raft::NodeId> voters, std::vector<raft::NodeId> learners = {}) {
+  GroupState g;
+  g.self = 1;
+  g.conf.voters = voters;
+  g.conf.learners = learners;
+  g.committed = g.applied = g.last_index = 100;
+  for (auto v : voters) g.match[v] = 100;
+  for (auto l : learners) g.match[l] = 100;
+  return g;
+}
+
+std::string Show(const MembershipStep& s) {
+  std::string out = s.what;
+  for (const auto& c : s.change.changes) {
+    out += c.type == ConfChangeType::kAddVoter ? " +v" : c.type == ConfChangeType::kAddLearner ? " +l" : " -";
+    out += std::to_string(c.node);
+  }
+  if (s.kind == Kind::kTransferLeader) out += " ->" + std::to_string(s.transfer_to);
+  return out;
+}
+
+struct Case {
+  const char* name;
+  Membership want;
+  raft::NodeId preferred;
+  GroupState g;
+  std::string expect;  // Show() of the step, "" for none
+};
+
+TEST(MembershipStep, Table) {
+  auto lagging = [](GroupState g, raft::NodeId id, raft::Index match) {
+    g.match[id] = match;
+    return g;
+  };
+  auto joint = [](GroupState g) {
+    g.conf.voters_outgoing = {1, 2, 3};
+    return g;
+  };
+  auto busy = [](GroupState g) {
+    g.last_index = 101;
+    return g;
+  };
+  const Case cases[] = {
+      {"settled", {{1, 2, 3}, {}}, 1, Group({1, 2, 3}), ""},
+      {"new voter joins as a learner first", {{1, 2, 4}, {}}, 1, Group({1, 2, 3}), "adding learner +l4"},
+      {"caught-up learner replaces a voter in one joint change", {{1, 2, 4}, {}}, 1, Group({1, 2, 3}, {4}),
+       "changing voters +v4 -3"},
+      {"lagging learner: the old voter stays", {{1, 2, 4}, {}}, 1, lagging(Group({1, 2, 3}, {4}), 4, 50), ""},
+      {"1 -> 3 voters waits for both learners", {{1, 2, 3}, {}}, 1, lagging(Group({1}, {2, 3}), 3, 10), ""},
+      {"1 -> 3 voters together", {{1, 2, 3}, {}}, 1, Group({1}, {2, 3}), "changing voters +v2 +v3"},
+      {"removed node's voter dropped (target reached)", {{1, 2}, {}}, 1, Group({1, 2, 3}), "changing voters -3"},
+      {"unwanted learner leaves", {{1, 2, 3}, {}}, 1, Group({1, 2, 3}, {4}), "removing learner -4"},
+      {"wanted learner added", {{1}, {2}}, 1, Group({1}), "adding learner +l2"},
+      {"leaving leader hands over first", {{2, 3, 4}, {}}, 2, Group({1, 2, 3}, {4}), "leader leaves ->2"},
+      {"leaving leader waits for a caught-up successor", {{2, 3, 4}, {}}, 0,
+       lagging(lagging(Group({1, 2, 3}, {4}), 2, 90), 3, 90), ""},
+      {"nothing while joint", {{1, 2, 4}, {}}, 1, joint(Group({1, 2, 4})), ""},
+      {"nothing while a change is unapplied", {{1, 2, 4}, {}}, 1, busy(Group({1, 2, 3})), ""},
+      {"preferred leader", {{1, 2, 3}, {}}, 3, Group({1, 2, 3}), "preferred leader ->3"},
+      {"preferred leader not caught up", {{1, 2, 3}, {}}, 3, lagging(Group({1, 2, 3}), 3, 99), ""},
+      {"3 -> 5 voters waits for both", {{1, 2, 3, 4, 5}, {}}, 1, lagging(Group({1, 2, 3}, {4, 5}), 5, 1), ""},
+  };
+  for (const Case& c : cases) {
+    MembershipStep s = NextMembershipStep(c.want, c.preferred, c.g);
+    EXPECT_EQ(s.kind == Kind::kNone ? std::string() : Show(s), c.expect) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace shoal::cluster
