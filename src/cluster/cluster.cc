@@ -393,12 +393,8 @@ void Cluster::RetireRemoved(int worker, const proto::MetaState& meta) {
       continue;
     }
     if (r == nullptr || r->is_leader()) continue;
-    // Only once the group's leader no longer counts this node as a member:
-    // a voter that deleted its log while still counted could elect a leader
-    // that lacks committed entries.
     LeaderGossip g;
-    if (!GossipOf(s.id(), &g) || g.node == node_id_ || g.joint) continue;
-    if (HasId(g.voters, node_id_) || HasId(g.learners, node_id_)) continue;
+    if (!GossipOf(s.id(), &g) || !MayRetire(node_id_, false, g.node, Membership{g.voters, g.learners}, g.joint)) continue;
     Status st = Retire(r);
     if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
   }

@@ -87,4 +87,9 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
   return none;
 }
 
+bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint) {
+  if (wanted || leader == raft::kNoNode || leader == self || joint) return false;
+  return !Has(leader_conf.voters, self) && !Has(leader_conf.learners, self);
+}
+
 }  // namespace shoal::cluster

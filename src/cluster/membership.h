@@ -44,4 +44,11 @@ struct MembershipStep {
 
 MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred_leader, const GroupState& g);
 
+// Whether the replica on node `self`, which the metadata no longer places
+// there (`wanted` false), may delete its state: only once the group's leader
+// (another node) reports a settled membership without it. A voter that
+// deleted its log while still counted could elect a leader lacking
+// committed entries.
+bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint);
+
 }  // namespace shoal::cluster

@@ -119,6 +119,153 @@ def _s(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+# --------------------------------------------------------------------------
+# SHOAL.ADMIN STATUS
+# --------------------------------------------------------------------------
+
+NO_LEADER = "0" * 16
+
+
+class NodeStatus:
+    """One ``node <id> <host:port> <state> replicas N leaders N[ meta-voter]`` line."""
+
+    def __init__(self, node_id: str, addr: str, state: str, replicas: int, leaders: int,
+                 meta_voter: bool):
+        self.id, self.addr, self.state = node_id, addr, state
+        self.replicas, self.leaders, self.meta_voter = replicas, leaders, meta_voter
+
+    def __repr__(self):
+        return (f"node {self.id} {self.addr} {self.state} replicas {self.replicas} "
+                f"leaders {self.leaders}{' meta-voter' if self.meta_voter else ''}")
+
+
+class ShardStatus:
+    """One ``shard <id> slots a-b leader <id> voters .. learners ..[ moving-to
+    voters .. learners ..| (no leader known)]`` line. ``voters``/``learners``:
+    what the shard's leader has; ``want_*``: where it is moving (= the actual
+    sets when it is not moving)."""
+
+    def __init__(self, line: str):
+        self.line = line
+        t = line.split()
+        try:
+            assert t[0] == "shard" and t[2] == "slots" and t[4] == "leader", line
+            assert t[6] == "voters" and t[8] == "learners", line
+            self.id = int(t[1])
+            a, b = t[3].split("-")
+            self.slots = (int(a), int(b))
+            self.leader: Optional[str] = None if t[5] == NO_LEADER else t[5]
+            self.voters = _id_list(t[7])
+            self.learners = _id_list(t[9])
+            rest = t[10:]
+            self.leader_known = "(no leader known)" not in line
+            self.moving = bool(rest) and rest[0] == "moving-to"
+            if self.moving:
+                assert rest[1] == "voters" and rest[3] == "learners", line
+                self.want_voters, self.want_learners = _id_list(rest[2]), _id_list(rest[4])
+            else:
+                assert not rest or " ".join(rest) == "(no leader known)", line
+                self.want_voters, self.want_learners = list(self.voters), list(self.learners)
+        except (IndexError, ValueError) as e:
+            raise AssertionError(f"cannot parse SHOAL.ADMIN STATUS line {line!r}: {e!r}")
+
+    def members(self) -> List[str]:
+        """Every node named on the line (voters, learners, and where it moves)."""
+        return sorted(set(self.voters + self.learners + self.want_voters + self.want_learners))
+
+    def __repr__(self):
+        return self.line
+
+
+def _id_list(text: str) -> List[str]:
+    if text == "-":
+        return []
+    ids = text.split(",")
+    for i in ids:
+        assert len(i) == 16 and all(c in "0123456789abcdef" for c in i), f"bad node id {i!r}"
+    return ids
+
+
+class AdminStatus:
+    """SHOAL.ADMIN STATUS parsed: ``header`` (cluster, epoch, replication-factor,
+    balance, down-after-ms), ``nodes`` {id: NodeStatus} in the order listed,
+    ``shards`` [ShardStatus], ``moves_in_flight``."""
+
+    def __init__(self, lines: Sequence):
+        self.lines = [_s(x) for x in lines]
+        assert self.lines, "SHOAL.ADMIN STATUS: empty reply"
+        h = self.lines[0].split()
+        assert len(h) == 10 and h[0] == "cluster" and h[2] == "epoch", self.lines[0]
+        assert h[4] == "replication-factor" and h[6] == "balance" and h[8] == "down-after-ms", \
+            self.lines[0]
+        self.cluster_id = h[1]
+        self.epoch = int(h[3])
+        self.replication_factor = int(h[5])
+        self.balance = h[7]
+        self.down_after_ms = int(h[9])
+        self.nodes: Dict[str, NodeStatus] = {}
+        self.shards: List[ShardStatus] = []
+        self.moves_in_flight: Optional[int] = None
+        for ln in self.lines[1:]:
+            t = ln.split()
+            if t and t[0] == "node":
+                assert len(t) in (8, 9) and t[4] == "replicas" and t[6] == "leaders", ln
+                assert len(t) == 8 or t[8] == "meta-voter", ln
+                self.nodes[t[1]] = NodeStatus(t[1], t[2], t[3], int(t[5]), int(t[7]), len(t) == 9)
+            elif t and t[0] == "shard":
+                self.shards.append(ShardStatus(ln))
+            elif t and t[0] == "moves-in-flight":
+                assert len(t) == 2, ln
+                self.moves_in_flight = int(t[1])
+            else:
+                raise AssertionError(f"unexpected SHOAL.ADMIN STATUS line {ln!r}")
+        assert self.moves_in_flight is not None, "no moves-in-flight line"
+        assert self.lines[-1].startswith("moves-in-flight "), self.lines[-1]
+
+    def ids_in(self, *states: str) -> List[str]:
+        return [i for i, n in self.nodes.items() if n.state in states]
+
+    def by_addr(self, addr: str) -> Optional[NodeStatus]:
+        return next((n for n in self.nodes.values() if n.addr == addr), None)
+
+    def meta_voters(self) -> List[str]:
+        return [i for i, n in self.nodes.items() if n.meta_voter]
+
+    def placement_problems(self, voters: Optional[int] = None) -> List[str]:
+        """Why placement is not settled and even (empty list: it is): a move in
+        flight, a shard without a known leader on an up node, a voter or learner
+        on a node not up, fewer than ``voters`` voters (given), or replicas or
+        leaders per up node differing by more than one."""
+        up = set(self.ids_in("up"))
+        out = []
+        if self.moves_in_flight != 0:
+            out.append(f"moves-in-flight {self.moves_in_flight}")
+        for sh in self.shards:
+            if sh.moving or not sh.leader_known:
+                out.append(f"not settled: {sh}")
+            if sh.leader not in up:
+                out.append(f"shard {sh.id}: leader {sh.leader} is not an up node")
+            off = [x for x in sh.voters + sh.learners if x not in up]
+            if off:
+                out.append(f"shard {sh.id}: replicas on nodes not up: {off}")
+            if voters is not None and len(sh.voters) != voters:
+                out.append(f"shard {sh.id}: {len(sh.voters)} voters, not {voters}")
+        ups = [self.nodes[i] for i in up]
+        if ups:
+            for what in ("replicas", "leaders"):
+                vals = {n.id: getattr(n, what) for n in ups}
+                if max(vals.values()) - min(vals.values()) > 1:
+                    out.append(f"{what} per up node differ by more than one: {vals}")
+        return out
+
+    def __str__(self):
+        return "\n".join(self.lines)
+
+
+def parse_admin_status(lines: Sequence) -> AdminStatus:
+    return AdminStatus(lines)
+
+
 def is_moved(value) -> bool:
     return isinstance(value, RespError) and value.startswith("MOVED ")
 
@@ -167,6 +314,7 @@ class ClusterNode(ServerProcess):
         self.join = join
         self.cluster = cluster
         self.paused = False
+        self._node_id: Optional[str] = None
 
     @staticmethod
     def _make_argv(node: "ClusterNode") -> List[str]:
@@ -186,6 +334,17 @@ class ClusterNode(ServerProcess):
     @property
     def ip(self) -> str:
         return self.host
+
+    @property
+    def node_id(self) -> str:
+        """The node's 64-bit id as 16 hex digits (as SHOAL.ADMIN prints it): the
+        first 16 of the 40 of CLUSTER MYID. Asked once (it survives restarts)."""
+        if self._node_id is None:
+            v = self.call("CLUSTER", "MYID")
+            if isinstance(v, RespError) or not isinstance(v, bytes) or len(v) != 40:
+                raise AssertionError(f"{self.name}: CLUSTER MYID -> {v!r}")
+            self._node_id = v.decode()[:16]
+        return self._node_id
 
     @property
     def address(self) -> str:
@@ -323,10 +482,24 @@ class Cluster:
         self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
         return self
 
-    def add_node(self, timeout: float = READY_TIMEOUT_S) -> ClusterNode:
+    def add_node(self, timeout: float = READY_TIMEOUT_S, ready: bool = True) -> ClusterNode:
+        """Start one more node (joining through node 0). ``ready``: wait until the
+        whole cluster is ready (wait_ready); else only until the new node is a
+        member (knows the cluster and is listed by SHOAL.ADMIN STATUS) - a
+        cluster with a dead node, or of two nodes, is never "ready"."""
         node = self._new_node()
         node.start()
-        self.wait_ready(timeout=timeout)
+        if ready:
+            self.wait_ready(timeout=timeout)
+        else:
+            deadline = time.monotonic() + timeout
+
+            def member() -> bool:
+                try:
+                    return node.node_id in self.admin_status(via=node.index).nodes
+                except (NET_ERRORS + (AssertionError,)):
+                    return False
+            self._wait(member, deadline, f"{node.name} to be a member of the cluster", 0.2)
         return node
 
     def _known_nodes(self, node: ClusterNode) -> int:
@@ -403,6 +576,63 @@ class Cluster:
                 break
             time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what}\n{self.log_tails(2500)}")
+
+    # -- SHOAL.ADMIN -------------------------------------------------------------
+    def admin(self, *args, via: Optional[int] = None, timeout: float = 20.0, retry: bool = True):
+        """SHOAL.ADMIN args on node ``via`` (default: any running node; a non-leader
+        relays it to the meta leader). Returns the reply value (a RespError too).
+        With ``retry``, a -TRYAGAIN reply or a connection error is retried (bounded),
+        on the next running node when ``via`` is not given."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        for attempt in range(200):
+            idx = self._via(via)
+            if not idx:
+                raise AssertionError("SHOAL.ADMIN: no running node")
+            i = idx[attempt % len(idx)]
+            try:
+                v = self.nodes[i].call("SHOAL.ADMIN", *args, timeout=min(10.0, timeout))
+                if not (retry and isinstance(v, RespError) and v.startswith("TRYAGAIN")):
+                    return v
+                last = f"node{i}: {v}"
+            except NET_ERRORS as e:
+                if not retry:
+                    raise
+                last = f"node{i}: {e!r}"
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"SHOAL.ADMIN {' '.join(map(str, args))} kept failing: {last}")
+
+    def admin_status(self, via: Optional[int] = None, timeout: float = 20.0) -> "AdminStatus":
+        v = self.admin("STATUS", via=via, timeout=timeout)
+        if isinstance(v, RespError) or not isinstance(v, list):
+            raise AssertionError(f"SHOAL.ADMIN STATUS -> {v!r}")
+        return parse_admin_status(v)
+
+    def wait_status(self, cond: Callable[["AdminStatus"], object], timeout: float, what: str,
+                    interval: float = 0.5, via: Optional[int] = None) -> "AdminStatus":
+        """Poll SHOAL.ADMIN STATUS until cond(status) is truthy (bounded in time and
+        count); cond may also return a list of problems (empty = satisfied).
+        Returns the satisfying status; fails with the last status and log tails."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        why: object = None
+        for _ in range(100_000):
+            self.check_alive()
+            try:
+                st = self.admin_status(via=via, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+                r = cond(st)
+                if (isinstance(r, list) and not r) or (not isinstance(r, list) and r):
+                    return st
+                last, why = st, r
+            except (NET_ERRORS + (AssertionError,)) as e:
+                why = repr(e)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {why}\n"
+                             f"last SHOAL.ADMIN STATUS:\n{last}\n{self.log_tails(2500)}")
 
     def node_by_addr(self, host, port) -> Optional[int]:
         host, port = _s(host), int(port)
@@ -730,57 +960,116 @@ class _Worker(threading.Thread):
         self.stop_ev.wait(s)
 
 
+RETRYABLE_ERRORS = ("TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "LOADING")
+
+
 class AckWriter(_Worker):
     """SETs unique keys with unique values over plain (forwarded) connections,
     rotating over ``nodes`` after errors. ``acked`` holds every acknowledged write;
     ``timeline`` (invoke, complete, ok) every attempt. Keys are
-    ``<key_prefix>:w<wid>:<n>``; a {hash tag} in the prefix aims at one shard."""
+    ``<key_prefix>:w<wid>:<n>``; a {hash tag} in the prefix aims at one shard.
+
+    ``retries`` > 0 is what a careful plain client does: a -TRYAGAIN,
+    -CLUSTERDOWN, -LOADING reply or a connection error is retried (the same
+    key and value: a unique key makes the SET idempotent) on the next node after
+    a short pause, a -MOVED/-ASK one on the node it names, up to ``retries``
+    times within ``retry_for`` seconds. ``failed`` lists the SETs that still
+    failed, with their last error (another error reply fails at once);
+    ``retried`` counts the retries."""
 
     def __init__(self, cluster: Cluster, wid: int, nodes: Sequence[int], stop: threading.Event,
                  deadline: float, key_prefix: str = "ack", timeout: float = 3.0,
-                 interval: float = 0.0, max_ops: int = 100_000):
+                 interval: float = 0.0, max_ops: int = 100_000, retries: int = 0,
+                 retry_for: float = 10.0):
         super().__init__(f"ackwriter{wid}", stop, deadline)
         self.wid = wid
+        self.cluster = cluster
         self.conn = _Conn(cluster, nodes, wid, timeout)
         self.key_prefix = key_prefix
         self.interval = interval
         self.max_ops = max_ops
+        self.retries = retries
+        self.retry_for = retry_for
         self.acked: Dict[str, bytes] = {}
         self.unknown: Dict[str, bytes] = {}
         self.timeline: List[Tuple[float, float, bool]] = []
+        self.failed: List[str] = []
+        self.retried = 0
+
+    def retarget(self, nodes: Sequence[int]) -> None:
+        """Rotate over these nodes from the next connection on."""
+        self.conn.nodes = list(nodes)
+        self.conn.pos %= len(self.conn.nodes)
+
+    def _follow(self, err: str) -> None:
+        """After -MOVED/-ASK slot host:port: the next connection goes there."""
+        parts = err.split()
+        host, _, port = parts[-1].rpartition(":") if len(parts) >= 3 else ("", "", "")
+        i = self.cluster.node_by_addr(host, port) if port.isdigit() else None
+        self.conn.close()
+        if i is not None and i in self.conn.nodes:
+            self.conn.pos = self.conn.nodes.index(i)
+        else:
+            self.conn.rotate()
+
+    def _set_once(self, key: str, val: bytes) -> Optional[str]:
+        """One attempt; None when acknowledged, else what went wrong (prefixed
+        "retry:" when it may be retried)."""
+        c = self.conn.get()
+        if c is None:
+            return "retry:no connection"
+        t0 = time.monotonic()
+        try:
+            rep = c.call("SET", key, val)
+        except NET_ERRORS as e:
+            self.timeline.append((t0, time.monotonic(), False))
+            self.conn.broken()
+            return f"retry:{e!r}"
+        t1 = time.monotonic()
+        if rep.raw == b"+OK\r\n":
+            self.timeline.append((t0, t1, True))
+            return None
+        self.timeline.append((t0, t1, False))
+        if not isinstance(rep.value, RespError):
+            self.unexpected.append(f"SET {key} -> {rep.raw[:200]!r}")
+            self.conn.close()
+            self.conn.rotate()
+            return f"reply {rep.raw[:200]!r}"
+        err = str(rep.value)
+        if err.startswith(("MOVED ", "ASK ")):
+            self._follow(err)
+        else:
+            self.conn.close()
+            self.conn.rotate()
+        return ("retry:" if err.startswith(RETRYABLE_ERRORS) else "") + err
 
     def run(self):
         try:
             for n in range(self.max_ops):
                 if not self.running():
                     break
-                c = self.conn.get()
-                if c is None:
-                    self.pause(0.05)
-                    continue
                 key = f"{self.key_prefix}:w{self.wid}:{n}"
                 val = f"v-{self.wid}-{n}-{random.getrandbits(32):08x}".encode()
-                t0 = time.monotonic()
-                try:
-                    rep = c.call("SET", key, val)
-                except NET_ERRORS:
-                    self.timeline.append((t0, time.monotonic(), False))
-                    self.unknown[key] = val
-                    self.errors += 1
-                    self.conn.broken()
-                    continue
-                t1 = time.monotonic()
-                if rep.raw == b"+OK\r\n":
+                give_up = time.monotonic() + self.retry_for
+                err = self._set_once(key, val)
+                for attempt in range(self.retries):
+                    if err is None or not err.startswith("retry:") or not self.running() \
+                            or time.monotonic() > give_up:
+                        break
+                    self.retried += 1
+                    self.pause(min(0.5, 0.02 * (2 ** min(attempt, 5))))
+                    err = self._set_once(key, val)
+                if err is None:
                     self.acked[key] = val
-                    self.timeline.append((t0, t1, True))
+                    self.unknown.pop(key, None)
                 else:
-                    self.timeline.append((t0, t1, False))
+                    if err == "retry:no connection" and not self.retries:
+                        self.pause(0.05)  # nothing was sent
+                        continue
                     self.unknown[key] = val
                     self.errors += 1
-                    if not isinstance(rep.value, RespError):
-                        self.unexpected.append(f"SET {key} -> {rep.raw[:200]!r}")
-                    self.conn.rotate()
-                    self.conn.close()
+                    if self.retries:
+                        self.failed.append(f"SET {key}: {err}")
                     self.pause(0.02)
                 if self.interval:
                     self.pause(self.interval)
@@ -935,13 +1224,17 @@ class ClusterClientWriter(_Worker):
     failed attempt with a traceback; its cluster logger is quietened while this runs."""
 
     def __init__(self, cluster: Cluster, stop: threading.Event, deadline: float,
-                 prefix: str = "ack:rc", interval: float = 0.002):
+                 prefix: str = "ack:rc", interval: float = 0.002, retry_attempts: int = 2,
+                 socket_timeout: float = 2.0):
         super().__init__("rcwriter", stop, deadline)
         self.cluster = cluster
         self.prefix = prefix
         self.interval = interval
+        self.retry_attempts = retry_attempts
+        self.socket_timeout = socket_timeout
         self.acked: Dict[str, bytes] = {}
         self.unknown: Dict[str, bytes] = {}
+        self.failed: List[str] = []  # SETs that raised after redis-py's own retries
 
     def run(self):
         rc = None
@@ -955,9 +1248,11 @@ class ClusterClientWriter(_Worker):
                     break
                 if rc is None:
                     try:
-                        rc = self.cluster.redis_cluster(decode_responses=False, socket_timeout=2,
-                                                        cluster_error_retry_attempts=2)
-                    except Exception:
+                        rc = self.cluster.redis_cluster(
+                            decode_responses=False, socket_timeout=self.socket_timeout,
+                            cluster_error_retry_attempts=self.retry_attempts)
+                    except Exception as e:
+                        self.failed.append(f"RedisCluster(): {e!r}")
                         self.errors += 1
                         self.pause(0.2)
                         continue
@@ -966,8 +1261,9 @@ class ClusterClientWriter(_Worker):
                 n += 1
                 try:
                     ok = rc.set(key, val)
-                except Exception:  # redis-py raises many kinds during failover
+                except Exception as e:  # redis-py raises many kinds during failover
                     self.unknown[key] = val
+                    self.failed.append(f"set {key}: {e!r}")
                     self.errors += 1
                     self.pause(0.05)
                     continue
@@ -987,6 +1283,46 @@ class ClusterClientWriter(_Worker):
                     rc.close()
                 except Exception:
                     pass
+
+
+class StateMonitor(_Worker):
+    """Polls CLUSTER INFO on the given running nodes every ``interval`` s;
+    ``bad`` lists every answer whose cluster_state was not ok (or that failed),
+    ``samples`` counts the answers seen."""
+
+    def __init__(self, cluster: Cluster, nodes: Sequence[int], stop: threading.Event,
+                 deadline: float, interval: float = 0.5):
+        super().__init__("state-monitor", stop, deadline)
+        self.cluster = cluster
+        self.nodes = list(nodes)
+        self.interval = interval
+        self.samples = 0
+        self.bad: List[str] = []
+
+    def retarget(self, nodes: Sequence[int]) -> None:
+        self.nodes = list(nodes)
+
+    def run(self):
+        try:
+            for _ in range(1_000_000):
+                if not self.running():
+                    break
+                for i in list(self.nodes):
+                    node = self.cluster.nodes[i]
+                    if not node.alive() or node.paused:
+                        continue
+                    t = time.monotonic()
+                    try:
+                        info = self.cluster.cluster_info(i, timeout=5.0)
+                        self.samples += 1
+                        if info.get("cluster_state") != "ok":
+                            self.bad.append(f"t={t:.1f} node{i}: {info}")
+                    except (NET_ERRORS + (AssertionError,)) as e:
+                        if node.alive():  # (not one the test just killed)
+                            self.bad.append(f"t={t:.1f} node{i}: CLUSTER INFO failed: {e!r}")
+                self.pause(self.interval)
+        except Exception as e:
+            self.unexpected.append(f"{self.name}: {e!r}")
 
 
 class RegisterClient(_Worker):

@@ -15,6 +15,8 @@
 #include <map>
 #include <random>
 
+#include "cluster/membership.h"
+#include "cluster/planner.h"
 #include "kv/commands.h"
 #include "replica/replica.h"
 #include "sim/linearizability.h"
@@ -25,7 +27,10 @@ namespace shoal::sim {
 namespace {
 
 constexpr uint64_t kGroup = 3;
-constexpr int kNodes = 3;
+constexpr int kMaxNodes = 5;  // nodes 4 and 5 join later in the placement runs
+constexpr int kFounders = 3;
+// Steps without a node before the placement driver calls it down.
+constexpr uint64_t kDownAfterSteps = 400;
 
 const kv::CommandSpec& Spec(std::string_view name) {
   for (const auto& s : kv::DataCommands()) {
@@ -54,8 +59,13 @@ struct SimNode {
   kv::Limits limits;
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<kv::Shard> shard;
-  std::unique_ptr<replica::Replica> replica;
-  bool up = false;
+  std::unique_ptr<replica::Replica> replica;  // null: no replica of the group here
+  bool up = false;        // the process runs (engine open)
+  bool joined = false;    // a member of the cluster
+  bool lost = false;      // gone for good, its disk with it
+  bool draining = false;  // an operator asked to move everything off it
+  bool removed = false;   // removed from the cluster
+  uint64_t down_since = 0;
 };
 
 struct InFlight {
@@ -74,20 +84,31 @@ class ReplicaSim {
   }
 
   void Start() {
-    nodes_.resize(kNodes);
-    for (int i = 0; i < kNodes; ++i) {
+    nodes_.resize(kMaxNodes);
+    for (int i = 0; i < kMaxNodes; ++i) {
       SimNode& n = nodes_[static_cast<size_t>(i)];
       n.id = static_cast<raft::NodeId>(i + 1);
       n.dir = std::filesystem::temp_directory_path() /
               ("shoal_replica_sim_" + std::to_string(::getpid()) + "_" + std::to_string(seed_) + "_" +
                std::to_string(i));
       std::filesystem::remove_all(n.dir);
-      Up(n, /*bootstrap=*/true);
+      if (i < kFounders) {
+        n.joined = true;
+        Up(n, /*bootstrap=*/true);
+      }
     }
+    want_.voters = {1, 2, 3};
   }
 
+  // Starts the node's process; it opens its replica if it was bootstrapped,
+  // has one on disk, or the placement wants one there (as Cluster::Open).
   void Up(SimNode& n, bool bootstrap) {
     n.engine = std::move(storage::Engine::Open({.dir = n.dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    n.up = true;
+    if (bootstrap || storage::RaftStore::HasState(n.engine.get(), kGroup) || Wanted(n.id)) OpenReplica(n, bootstrap);
+  }
+
+  void OpenReplica(SimNode& n, bool bootstrap) {
     n.shard = std::make_unique<kv::Shard>(n.engine.get(), kGroup, 0, storage::kSlotCount, 1024);
     SHOAL_CHECK(n.shard->Load().ok());
     replica::ReplicaOptions ro;
@@ -100,15 +121,19 @@ class ReplicaSim {
                                     std::make_unique<replica::KvStateMachine>(n.shard.get(), &n.limits));
     SHOAL_CHECK(r.ok());
     n.replica = std::move(r).value();
-    n.up = true;
   }
 
   void Down(SimNode& n) {
     if (!n.up) return;
     n.up = false;
+    n.down_since = step_;
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
     n.shard.reset();
     n.engine.reset();
+  }
+
+  bool Wanted(raft::NodeId id) const {
+    return std::count(want_.voters.begin(), want_.voters.end(), id) + std::count(want_.learners.begin(), want_.learners.end(), id) > 0;
   }
 
   uint64_t Now() { return ++clock_; }
@@ -121,12 +146,13 @@ class ReplicaSim {
       Deliver();
       if (step_ % 5 == 0) {
         for (auto& n : nodes_) {
-          if (n.up) n.replica->Tick(static_cast<int64_t>(step_) * 10'000);
+          if (n.replica) n.replica->Tick(static_cast<int64_t>(step_) * 10'000);
         }
       }
       DriveAll();
+      if (placement_ && step_ % 10 == 0) Placement();
       for (auto& n : nodes_) {
-        if (!n.up || !n.replica->is_leader()) continue;
+        if (!n.replica || !n.replica->is_leader()) continue;
         uint64_t term = n.replica->raft().term();
         if (term > leader_term_) {
           if (leader_term_ != 0) leader_changes_++;
@@ -139,15 +165,16 @@ class ReplicaSim {
   void Faults() {
     if (!faults_) return;
     std::uniform_int_distribution<int> pct(0, 999);
+    if (placement_) PlacementEvents();
     if (partitioned_ == 0 && pct(rng_) < 3) {
-      partitioned_ = 1 + rng_() % kNodes;
+      partitioned_ = 1 + rng_() % kMaxNodes;
       heal_at_ = step_ + 100 + rng_() % 400;
     } else if (partitioned_ != 0 && step_ >= heal_at_) {
       partitioned_ = 0;
     }
     if (pct(rng_) < 2) {
-      SimNode& n = nodes_[rng_() % kNodes];
-      if (n.up) {
+      SimNode& n = nodes_[rng_() % kMaxNodes];
+      if (n.up && n.joined) {
         Down(n);
         restarts_++;
         restart_at_[n.id] = step_ + 50 + rng_() % 300;
@@ -155,7 +182,7 @@ class ReplicaSim {
     }
     for (auto& n : nodes_) {
       auto it = restart_at_.find(n.id);
-      if (!n.up && it != restart_at_.end() && step_ >= it->second) {
+      if (!n.up && !n.lost && !n.removed && it != restart_at_.end() && step_ >= it->second) {
         restart_at_.erase(it);
         Up(n, false);
       }
@@ -175,8 +202,8 @@ class ReplicaSim {
       if (busy_[c]) continue;
       if (rng_() % 4 != 0) continue;
       SimNode* n = Node(believed_leader_[c]);
-      if (!n->up || !Connected(1000, n->id)) {
-        believed_leader_[c] = 1 + rng_() % kNodes;
+      if (!n->replica || !Connected(1000, n->id)) {
+        believed_leader_[c] = 1 + rng_() % kMaxNodes;
         continue;
       }
       std::string key = "k" + std::to_string(rng_() % 3);
@@ -221,12 +248,12 @@ class ReplicaSim {
     }
     // A client whose node went down gives up on its operation (unknown outcome).
     for (int c = 0; c < 3; ++c) {
-      if (busy_[c] && !Node(believed_leader_[c])->up) busy_[c] = false;
+      if (busy_[c] && !Node(believed_leader_[c])->replica) busy_[c] = false;
     }
   }
 
   void Reroute(int c, raft::NodeId hint) {
-    raft::NodeId next = hint != raft::kNoNode ? hint : 1 + rng_() % kNodes;
+    raft::NodeId next = hint != raft::kNoNode ? hint : 1 + rng_() % kMaxNodes;
     if (next != believed_leader_[c]) reroutes_++;
     believed_leader_[c] = next;
   }
@@ -243,14 +270,14 @@ class ReplicaSim {
     }
     for (auto& f : now) {
       SimNode* to = Node(f.msg.to);
-      if (!to->up || !Connected(f.msg.from, f.msg.to)) continue;
+      if (!to->replica || !Connected(f.msg.from, f.msg.to)) continue;
       to->replica->Step(std::move(f.msg));
     }
   }
 
   void Send(std::vector<raft::Message>& msgs) {
     for (auto& m : msgs) {
-      if (m.to < 1 || m.to > kNodes) continue;
+      if (m.to < 1 || m.to > kMaxNodes) continue;
       if (rng_() % 100 < drop_pct_) continue;  // lost
       net_.push_back(InFlight{step_ + 1 + rng_() % 3, std::move(m)});
     }
@@ -260,7 +287,7 @@ class ReplicaSim {
   void DriveAll() {
     for (int round = 0; round < 4; ++round) {
       for (auto& n : nodes_) {
-        if (!n.up) continue;
+        if (!n.replica) continue;
         auto batch = n.engine->NewBatch();
         std::vector<raft::Message> out;
         bool needs_sync = false;
@@ -280,20 +307,176 @@ class ReplicaSim {
     drop_pct_ = 0;
     partitioned_ = 0;
     for (auto& n : nodes_) {
-      if (!n.up) Up(n, false);
+      if (!n.up && n.joined && !n.lost && !n.removed) Up(n, false);
     }
     restart_at_.clear();
-    Run(400);
+    Run(placement_ ? 3000 : 400);
     clients_ = false;
-    Run(400);
+    Run(placement_ ? 1500 : 400);
   }
 
   SimNode& Leader() {
+    SimNode* best = nullptr;
     for (auto& n : nodes_) {
-      if (n.replica->is_leader()) return n;
+      if (n.replica && n.replica->is_leader() && (best == nullptr || n.replica->raft().term() > best->replica->raft().term())) {
+        best = &n;
+      }
     }
-    return nodes_[0];
+    return best != nullptr ? *best : nodes_[0];
   }
+
+  // --- placement: the real planner and membership steps drive the group
+  // while nodes join, drain, restart and die for good.
+
+  void PlacementEvents() {
+    if (step_ == join_at_[0] || step_ == join_at_[1]) {
+      SimNode& n = nodes_[step_ == join_at_[0] ? 3 : 4];
+      n.joined = true;
+      Up(n, false);
+      events_.push_back("join " + std::to_string(n.id));
+    }
+    if (step_ == loss_at_) {
+      // A voter dies for good (only one, so a majority always survives).
+      raft::NodeId victim = want_.voters[rng_() % want_.voters.size()];
+      SimNode& n = *Node(victim);
+      Down(n);
+      n.lost = true;
+      std::filesystem::remove_all(n.dir);
+      events_.push_back("lose " + std::to_string(n.id));
+    }
+    if (step_ == outage_at_) {
+      // A voter is down longer than down-after, then comes back with its
+      // stale replica, which must retire itself.
+      raft::NodeId victim = want_.voters[rng_() % want_.voters.size()];
+      SimNode& n = *Node(victim);
+      if (n.up && !n.lost) {
+        Down(n);
+        restart_at_[n.id] = step_ + kDownAfterSteps + 300;
+        events_.push_back("outage " + std::to_string(n.id));
+      }
+    }
+    if (step_ == drain_at_) {
+      std::vector<raft::NodeId> candidates;
+      for (auto& n : nodes_) {
+        if (n.joined && !n.lost && !n.removed) candidates.push_back(n.id);
+      }
+      if (candidates.size() >= 4) {
+        SimNode& n = *Node(candidates[rng_() % candidates.size()]);
+        n.draining = true;
+        events_.push_back("drain " + std::to_string(n.id));
+      }
+    }
+  }
+
+  cluster::ClusterView View() {
+    cluster::ClusterView view;
+    for (auto& n : nodes_) {
+      if (!n.joined) continue;
+      cluster::NodeState st = cluster::NodeState::kUp;
+      if (n.removed) {
+        st = cluster::NodeState::kRemoved;
+      } else if (n.draining) {
+        st = cluster::NodeState::kDraining;
+      } else if (!n.up && step_ - n.down_since > kDownAfterSteps) {
+        st = cluster::NodeState::kDown;
+      }
+      view.nodes.push_back({n.id, st});
+    }
+    cluster::ShardView sv;
+    sv.id = kGroup;
+    sv.want = want_;
+    sv.preferred_leader = preferred_;
+    SimNode& l = Leader();
+    if (l.replica && l.replica->is_leader()) {
+      raft::ConfState cs = l.replica->raft().tracker().conf_state();
+      sv.reported = true;
+      sv.actual.voters = cs.voters;
+      sv.actual.voters.insert(sv.actual.voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+      std::sort(sv.actual.voters.begin(), sv.actual.voters.end());
+      sv.actual.voters.erase(std::unique(sv.actual.voters.begin(), sv.actual.voters.end()), sv.actual.voters.end());
+      sv.actual.learners = cs.learners;
+      sv.joint = !cs.voters_outgoing.empty();
+    }
+    view.shards.push_back(sv);
+    return view;
+  }
+
+  void Placement() {
+    // The placement driver: plan, and record the plan as the metadata would.
+    for (const cluster::Move& m : cluster::Plan(View(), {})) {
+      if (m.kind == cluster::MoveKind::kRemoveNode) {
+        SimNode& n = *Node(m.nodes[0]);
+        n.removed = true;  // it runs on until its operator stops it; its replica retires itself
+        events_.push_back("removed " + std::to_string(n.id));
+        continue;
+      }
+      if (m.shard != kGroup) continue;
+      if (m.target != want_) moves_++;
+      want_ = m.target;
+      preferred_ = m.leader;
+    }
+    // The group's leader carries it out.
+    SimNode& l = Leader();
+    if (l.replica && l.replica->is_leader()) {
+      const raft::Raft& raft = l.replica->raft();
+      cluster::GroupState g;
+      g.self = l.id;
+      g.conf = raft.tracker().conf_state();
+      g.committed = raft.log().committed();
+      g.applied = raft.log().applied();
+      g.last_index = raft.log().last_index();
+      g.transferring = raft.lead_transferee() != raft::kNoNode;
+      for (const auto& [id, pr] : raft.tracker().progress()) g.match[id] = pr.match;
+      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, g);
+      if (step.kind == cluster::MembershipStep::Kind::kConfChange) {
+        (void)l.replica->ProposeConfChange(step.change);
+      } else if (step.kind == cluster::MembershipStep::Kind::kTransferLeader) {
+        l.replica->TransferLeader(step.transfer_to);
+      }
+      // Replicas the metadata no longer wants, and the leader no longer
+      // counts, delete themselves (Cluster::RetireRemoved).
+      raft::ConfState cs = raft.tracker().conf_state();
+      std::vector<raft::NodeId> voters = cs.voters;
+      voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+      for (auto& n : nodes_) {
+        if (!n.replica) continue;
+        if (!cluster::MayRetire(n.id, Wanted(n.id), l.id, cluster::Membership{voters, cs.learners},
+                                !cs.voters_outgoing.empty())) {
+          continue;
+        }
+        auto batch = n.engine->NewBatch();
+        SHOAL_CHECK(n.replica->StageDestroy(*batch).ok());
+        SHOAL_CHECK(n.engine->Write(*batch).ok());
+        n.replica.reset();
+        n.shard.reset();
+        retired_++;
+      }
+    }
+    // Invariant: a voter the leader counts keeps its replica while its node
+    // runs (it was never retired too early).
+    if (l.replica && l.replica->is_leader()) {
+      raft::ConfState cs = l.replica->raft().tracker().conf_state();
+      for (auto& n : nodes_) {
+        bool voter = std::count(cs.voters.begin(), cs.voters.end(), n.id) +
+                         std::count(cs.voters_outgoing.begin(), cs.voters_outgoing.end(), n.id) > 0;
+        if (voter && n.up && !n.replica) {
+          early_retire_++;
+          events_.push_back("voter " + std::to_string(n.id) + " without its replica at step " + std::to_string(step_));
+        }
+      }
+    }
+    // Nodes the metadata places the group on open an empty replica.
+    for (auto& n : nodes_) {
+      if (n.up && !n.replica && Wanted(n.id)) OpenReplica(n, false);
+    }
+  }
+
+  bool placement_ = false;
+  cluster::Membership want_;
+  raft::NodeId preferred_ = 0;
+  uint64_t join_at_[2] = {0, 0}, loss_at_ = 0, drain_at_ = 0, outage_at_ = 0;
+  std::vector<std::string> events_;
+  int moves_ = 0, retired_ = 0, early_retire_ = 0;
 
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
@@ -331,6 +514,7 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
     // Converged: every replica has applied the same index and holds the same values.
     uint64_t applied = sim.nodes_[0].replica->state_machine().applied_index();
     for (auto& n : sim.nodes_) {
+      if (!n.joined) continue;
       EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
       for (int k = 0; k < 3; ++k) {
         std::string key = "k" + std::to_string(k);
@@ -359,6 +543,75 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   EXPECT_GT(snapshots_seen, 0u);
   std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes\n", acked,
               total_restarts, total_changes, total_reroutes);
+}
+
+}  // namespace
+}  // namespace shoal::sim
+
+namespace shoal::sim {
+namespace {
+
+// The placement driver and the leaders' membership steps under the same
+// faults, while nodes join, a voter dies for good and a node drains: no
+// acknowledged write is lost, the history stays linearizable, and the group
+// ends on three voters on live nodes, every member holding the same data and
+// every removed replica's data deleted.
+TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
+  int moves = 0, retired = 0, acked = 0;
+  for (uint64_t seed = 101; seed <= 108; ++seed) {
+    ReplicaSim sim(seed);
+    sim.placement_ = true;
+    sim.join_at_[0] = 200 + seed * 37 % 600;
+    sim.join_at_[1] = sim.join_at_[0] + 300 + seed * 53 % 600;
+    if (seed % 2 == 0) sim.loss_at_ = 1800 + seed * 71 % 600;
+    if (seed % 4 != 1) sim.drain_at_ = 2600 + seed * 13 % 400;
+    if (seed % 2 == 1) sim.outage_at_ = 1200 + seed * 29 % 500;
+    sim.Start();
+    sim.Run(4000);
+    sim.Settle();
+    std::string events;
+    for (const auto& e : sim.events_) events += e + "; ";
+    SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
+    SimNode& l = sim.Leader();
+    ASSERT_TRUE(l.replica && l.replica->is_leader());
+    raft::ConfState cs = l.replica->raft().tracker().conf_state();
+    EXPECT_TRUE(cs.voters_outgoing.empty());
+    EXPECT_EQ(cs.voters, sim.want_.voters);
+    EXPECT_EQ(cs.learners, sim.want_.learners);
+    EXPECT_EQ(cs.voters.size(), 3u);
+    EXPECT_EQ(sim.early_retire_, 0);
+    uint64_t applied = l.replica->state_machine().applied_index();
+    for (auto& n : sim.nodes_) {
+      bool member = std::count(cs.voters.begin(), cs.voters.end(), n.id) + std::count(cs.learners.begin(), cs.learners.end(), n.id) > 0;
+      if (member) {
+        EXPECT_TRUE(n.up && !n.lost && !n.removed && !n.draining) << "node " << n.id;
+        ASSERT_TRUE(n.replica) << "node " << n.id;
+        EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "node " << n.id;
+        for (int k = 0; k < 3; ++k) {
+          std::string key = "k" + std::to_string(k);
+          EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(l, key)) << "node " << n.id << " " << key;
+        }
+      } else if (n.up) {
+        EXPECT_FALSE(n.replica) << "node " << n.id << " kept a replica it no longer has";
+        for (int k = 0; k < 3; ++k) EXPECT_EQ(sim.ValueOn(n, "k" + std::to_string(k)), "") << "node " << n.id;
+      }
+    }
+    for (int k = 0; k < 3; ++k) {
+      std::string key = "k" + std::to_string(k);
+      uint64_t t = sim.Now();
+      sim.history_.push_back(Operation{sim.history_.size(), false, key, sim.ValueOn(l, key), t, sim.Now()});
+    }
+    auto result = check_linearizable(sim.history_);
+    EXPECT_TRUE(result.ok) << result.key << "\n" << result.explain;
+    for (const auto& op : sim.history_) acked += op.is_write && op.response != kNeverReturned;
+    moves += sim.moves_;
+    retired += sim.retired_;
+  }
+  EXPECT_GT(moves, 8);
+  EXPECT_GT(retired, 4);
+  EXPECT_GT(acked, 300);
+  std::printf("placement sim: %d membership moves, %d replicas retired, %d acknowledged writes\n", moves, retired,
+              acked);
 }
 
 }  // namespace

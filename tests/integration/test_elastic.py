@@ -1,0 +1,524 @@
+"""Elastic placement seen from outside: real ``shoal server`` processes on
+loopback, real clients (redis-py's RedisCluster, plain connections, redis-cli),
+the placement driven by the meta leader and observed with SHOAL.ADMIN STATUS.
+
+* grow 3 -> 5 nodes while a cluster-aware and a plain client write: placement
+  settles (no move in flight, 3 voters per shard, replicas and leaders per up
+  node within one, 5 meta voters), no client operation fails once the clients'
+  usual redirect/retry handling is done, every acknowledged write is readable;
+* kill -9 one node of 5 for good: it is "down" no sooner than --down-after-ms,
+  then every shard is rebuilt to 3 voters on up nodes; no acknowledged write lost;
+* the 2-node stage: 1 node, a 2nd joins (each shard 1 voter + 1 learner), the
+  2nd is killed and a 3rd joins: writes keep succeeding and cluster_state stays
+  ok throughout; after down-after no shard has a voter or learner on the dead
+  node; the dead node restarts and every shard gets 3 voters again, with all
+  data readable (also by follower reads on the restarted node);
+* drain: 4 nodes, one drained by host:port (redis-cli) ends up "removed" and
+  listed by no shard, data intact; the admin errors (unknown node, REMOVE of an
+  up node holding replicas, DRAIN below the replication factor, unknown
+  subcommand) return their exact prefixes and change nothing; BALANCE off/on.
+
+Each test has its own cluster with 8 shards and --down-after-ms 3000. Every
+wait is bounded; every process is stopped by PID (cluster_util). Needs SHOAL_BIN.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+
+from cluster_util import (NET_ERRORS, AckWriter, AdminStatus, Cluster, ClusterClientWriter,
+                          StateMonitor, readonly_read_all, running_cluster, verify_acked)
+from conftest import SELFTEST, RespError
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(SELFTEST, reason="cluster tests need a real shoal binary")]
+
+SHARDS = 8
+DOWN_AFTER_MS = 3000
+DOWN_AFTER_S = DOWN_AFTER_MS / 1000.0
+ELASTIC_ARGS = ["--down-after-ms", str(DOWN_AFTER_MS)]
+SETTLE_TIMEOUT_S = 90.0                  # joins / restarts until placement is settled
+REPAIR_TIMEOUT_S = DOWN_AFTER_S + 75.0   # a death until its replicas are rebuilt
+SAFETY_DEADLINE_S = 200.0                # no workload thread runs longer than this
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def elastic_cluster(tmp_path, n: int):
+    yield from running_cluster(tmp_path / "cluster", n=n, shards=SHARDS,
+                               extra_args=ELASTIC_ARGS)
+
+
+@pytest.fixture
+def cluster1(tmp_path):
+    yield from elastic_cluster(tmp_path, 1)
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    yield from elastic_cluster(tmp_path, 3)
+
+
+@pytest.fixture
+def cluster4(tmp_path):
+    yield from elastic_cluster(tmp_path, 4)
+
+
+@pytest.fixture
+def cluster5(tmp_path):
+    yield from elastic_cluster(tmp_path, 5)
+
+
+class Workload:
+    """Writers running through a whole scenario: a plain client (retrying
+    AckWriter over ``plain_nodes``) and a RedisCluster client; optionally a
+    CLUSTER INFO monitor on ``monitor_nodes``."""
+
+    def __init__(self, c: Cluster, tag: str, plain_nodes: Sequence[int],
+                 monitor_nodes: Optional[Sequence[int]] = None):
+        self.c = c
+        self.tag = tag
+        self.stop_ev = threading.Event()
+        deadline = time.monotonic() + SAFETY_DEADLINE_S
+        self.plain = AckWriter(c, 0, plain_nodes, self.stop_ev, deadline, key_prefix=f"el:{tag}",
+                               interval=0.01, timeout=5.0, retries=30, retry_for=15.0)
+        self.rc = ClusterClientWriter(c, self.stop_ev, deadline, prefix=f"el:{tag}:rc",
+                                      interval=0.01, retry_attempts=5, socket_timeout=5.0)
+        self.writers = [self.plain, self.rc]
+        self.monitor = (StateMonitor(c, monitor_nodes, self.stop_ev, deadline)
+                        if monitor_nodes is not None else None)
+        self.threads = self.writers + ([self.monitor] if self.monitor else [])
+        c.add_cleanup(self.stop)  # a failed test stops the clients before the nodes
+
+    def start(self, warmup: float = 1.0) -> None:
+        for t in self.threads:
+            t.start()
+        time.sleep(warmup)
+        for t in self.threads:
+            assert t.is_alive(), f"{t.name} ended early: {t.unexpected}"
+
+    def retarget(self, nodes: Sequence[int]) -> None:
+        self.plain.retarget(nodes)
+        if self.monitor:
+            self.monitor.retarget(nodes)
+
+    def acked_count(self) -> int:
+        return sum(len(w.acked) for w in self.writers)
+
+    def stop(self, timeout: float = 45.0) -> List[str]:
+        self.stop_ev.set()
+        stuck = []
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            if t.ident is None:
+                continue
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(t.name)
+        return stuck
+
+    def finish(self, run_after: float = 1.0) -> None:
+        time.sleep(run_after)
+        stuck = self.stop()
+        assert not stuck, f"workload threads did not stop: {stuck}"
+        unexpected = [u for t in self.threads for u in t.unexpected]
+        assert not unexpected, "unexpected replies:\n" + "\n".join(unexpected[:20])
+        print(f"[{self.tag}] plain writer: {len(self.plain.acked)} acked, {self.plain.retried} "
+              f"retries, {len(self.plain.failed)} failed; RedisCluster writer: "
+              f"{len(self.rc.acked)} acked, {len(self.rc.failed)} failed"
+              + (f"; monitor: {self.monitor.samples} CLUSTER INFO samples, "
+                 f"{len(self.monitor.bad)} not ok" if self.monitor else ""))
+
+    def acked(self) -> Dict[str, bytes]:
+        out: Dict[str, bytes] = {}
+        for w in self.writers:
+            out.update(w.acked)
+        return out
+
+    def assert_no_failed_ops(self) -> None:
+        failed = self.plain.failed + self.rc.failed
+        assert not failed, (f"{len(failed)} client operations failed after the clients' "
+                            f"redirect/retry handling, e.g.:\n" + "\n".join(failed[:20]))
+
+    def assert_state_ok(self) -> None:
+        assert self.monitor is not None and self.monitor.samples > 0
+        assert not self.monitor.bad, ("cluster_state was not ok:\n" +
+                                      "\n".join(self.monitor.bad[:20]))
+
+    def verify(self, min_acked: int = 50) -> Dict[str, bytes]:
+        acked = self.acked()
+        assert len(self.plain.acked) > 10 and len(self.rc.acked) > 10, (
+            f"too few acknowledged writes: plain {len(self.plain.acked)}, "
+            f"RedisCluster {len(self.rc.acked)}")
+        assert len(acked) >= min_acked, f"only {len(acked)} acknowledged writes"
+        bad = verify_acked(self.c, acked)
+        assert not bad, (f"{len(bad)} of {len(acked)} acknowledged writes lost or wrong, e.g.:\n"
+                         + "\n".join(bad[:20]))
+        return acked
+
+
+def ids_of(c: Cluster, idx: Sequence[int]) -> List[str]:
+    return [c.nodes[i].node_id for i in idx]
+
+
+def settled(voters: Optional[int] = 3, up: Optional[Sequence[str]] = None,
+            meta_voters: Optional[int] = None):
+    """A wait_status condition: placement settled and even (see
+    AdminStatus.placement_problems) with exactly the nodes ``up`` up (given),
+    and ``meta_voters`` meta voters, all up (given)."""
+    def cond(st: AdminStatus) -> List[str]:
+        out = st.placement_problems(voters=voters)
+        if up is not None and sorted(st.ids_in("up")) != sorted(up):
+            out.append(f"up nodes {sorted(st.ids_in('up'))}, want {sorted(up)}")
+        if meta_voters is not None:
+            mv = st.meta_voters()
+            if len(mv) != meta_voters or any(st.nodes[m].state != "up" for m in mv):
+                out.append(f"meta voters {mv}, want {meta_voters} on up nodes")
+        return out
+    return cond
+
+
+def check_header(st: AdminStatus, rf: int = 3, balance: str = "on") -> None:
+    assert len(st.cluster_id) == 16, st.lines[0]
+    assert st.replication_factor == rf, st.lines[0]
+    assert st.balance == balance, st.lines[0]
+    assert st.down_after_ms == DOWN_AFTER_MS, st.lines[0]
+    assert st.epoch >= 1, st.lines[0]
+    assert len(st.shards) == SHARDS, st
+    # the shards cover the 16384 slots exactly once, in order
+    ranges = sorted(sh.slots for sh in st.shards)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 16383, ranges
+    for (a, b), (c2, _) in zip(ranges, ranges[1:]):
+        assert a <= b and c2 == b + 1, ranges
+
+
+def check_slots_agree(c: Cluster, st: AdminStatus, via: Sequence[int], timeout: float = 20.0):
+    """CLUSTER SLOTS on each node in ``via`` names, for every shard, the leader
+    and the voters SHOAL.ADMIN STATUS shows (bounded wait: routing catches up)."""
+    by_range = {sh.slots: sh for sh in st.shards}
+    deadline = time.monotonic() + timeout
+    for i in via:
+        last = None
+        for _ in range(1000):
+            last = []
+            try:
+                for a, b, nodes in c.slots(via=i):
+                    sh = by_range.get((a, b))
+                    if sh is None:
+                        last.append(f"range {a}-{b} is no shard of STATUS")
+                        continue
+                    ids = [nid[:16] for _, _, nid in nodes]
+                    if not ids or ids[0] != sh.leader or sorted(ids) != sorted(sh.voters):
+                        last.append(f"{a}-{b}: SLOTS {ids}, STATUS leader {sh.leader} "
+                                    f"voters {sh.voters}")
+            except AssertionError as e:
+                last.append(repr(e))
+            if not last or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not last, f"CLUSTER SLOTS on node{i} disagrees with SHOAL.ADMIN STATUS: {last}"
+
+
+# --------------------------------------------------------------------------
+# 1. grow 3 -> 5 under writes
+# --------------------------------------------------------------------------
+
+def test_grow_3_to_5_under_writes(cluster3):
+    c = cluster3
+    t_begin = time.monotonic()
+    st = c.wait_status(settled(voters=3, meta_voters=3), SETTLE_TIMEOUT_S, "3 nodes settled")
+    check_header(st)
+    assert sorted(st.ids_in("up")) == sorted(ids_of(c, range(3))), st
+    for i in range(3):  # every node answers (a follower relays to the meta leader)
+        assert isinstance(c.admin("STATUS", via=i), list)
+
+    wl = Workload(c, "grow", plain_nodes=[0, 1, 2])
+    wl.start()
+    before = wl.acked_count()
+    for _ in range(2):
+        node = c.add_node(timeout=SETTLE_TIMEOUT_S)
+        wl.retarget(range(len(c.nodes)))  # the plain client uses the new node too
+        print(f"[grow] {node.name} joined ({node.node_id}); cluster ready "
+              f"{time.monotonic() - t_begin:.1f} s into the test")
+    t_joined = time.monotonic()
+    st = c.wait_status(settled(voters=3, up=ids_of(c, range(5)), meta_voters=5),
+                       SETTLE_TIMEOUT_S, "5 nodes settled and balanced")
+    print(f"[grow] settled {time.monotonic() - t_joined:.1f} s after the 5th node joined:\n{st}")
+    check_header(st)
+    for nid in ids_of(c, [3, 4]):
+        assert st.nodes[nid].replicas >= 4 and st.nodes[nid].leaders >= 1, st
+    check_slots_agree(c, st, via=range(5))
+    assert wl.acked_count() > before + 20, "the writers stalled while the cluster grew"
+
+    wl.finish()
+    wl.assert_no_failed_ops()
+    acked = wl.verify()
+    print(f"[grow] {len(acked)} acknowledged writes verified; test took "
+          f"{time.monotonic() - t_begin:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# 2. kill -9 one node of 5 for good
+# --------------------------------------------------------------------------
+
+def test_kill9_one_of_five_rebuilds_replicas(cluster5):
+    c = cluster5
+    t_begin = time.monotonic()
+    st = c.wait_status(settled(voters=3, meta_voters=5), SETTLE_TIMEOUT_S, "5 nodes settled")
+    check_header(st)
+    # the victim: the node (other than node 0, which the others joined through)
+    # holding the most leaders, then replicas
+    victim = max(range(1, 5), key=lambda i: (st.nodes[c.nodes[i].node_id].leaders,
+                                             st.nodes[c.nodes[i].node_id].replicas))
+    vid = c.nodes[victim].node_id
+    held = [sh.id for sh in st.shards if vid in sh.members()]
+    assert held, f"node{victim} holds no replica: {st}"
+    others = [i for i in range(5) if i != victim]
+
+    wl = Workload(c, "kill", plain_nodes=others)
+    wl.start()
+    t_kill = time.monotonic()
+    c.kill9(victim)
+    print(f"[kill] killed node{victim} ({vid}), which held shards {held} and led "
+          f"{st.nodes[vid].leaders}")
+
+    # "down" no sooner than --down-after-ms (polled every 0.25 s)
+    seen_up_at = t_kill
+    t_down = None
+    for _ in range(2000):
+        s2 = c.admin_status()
+        now = time.monotonic()
+        state = s2.nodes[vid].state
+        if state == "up":
+            seen_up_at = now
+        elif state == "down":
+            t_down = now
+            break
+        else:
+            raise AssertionError(f"node{victim} is {state!r}, expected up or down:\n{s2}")
+        if now - t_kill > DOWN_AFTER_S + 30:
+            break
+        time.sleep(0.25)
+    assert t_down is not None, f"node{victim} never marked down:\n{c.admin_status()}"
+    print(f"[kill] marked down between {seen_up_at - t_kill:.2f} and {t_down - t_kill:.2f} s "
+          f"after the kill (down-after {DOWN_AFTER_S} s)")
+    assert t_down - t_kill >= DOWN_AFTER_S - 0.3, (
+        f"node{victim} was marked down {t_down - t_kill:.2f} s after its death, before "
+        f"--down-after-ms {DOWN_AFTER_MS}")
+
+    st = c.wait_status(settled(voters=3, up=ids_of(c, others), meta_voters=3),
+                       REPAIR_TIMEOUT_S, "every shard rebuilt to 3 voters on up nodes")
+    print(f"[kill] replicas rebuilt {time.monotonic() - t_kill:.1f} s after the kill:\n{st}")
+    assert st.nodes[vid].state == "down", st
+    assert st.nodes[vid].replicas == 0 and st.nodes[vid].leaders == 0, st
+    assert not [sh for sh in st.shards if vid in sh.members()], st
+    acked_at_repair = wl.acked_count()
+    check_slots_agree(c, st, via=others)
+
+    wl.finish(run_after=2.0)
+    assert wl.acked_count() > acked_at_repair, "no write acknowledged after the repair"
+    acked = wl.verify()
+    print(f"[kill] {len(acked)} acknowledged writes verified (failed after retries: plain "
+          f"{len(wl.plain.failed)}, RedisCluster {len(wl.rc.failed)}); test took "
+          f"{time.monotonic() - t_begin:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# 3. the 2-node stage
+# --------------------------------------------------------------------------
+
+def test_two_node_stage_survives_a_death_and_a_join(cluster1):
+    c = cluster1
+    t_begin = time.monotonic()
+    id0 = c.nodes[0].node_id
+    st = c.wait_status(settled(voters=1, up=[id0]), SETTLE_TIMEOUT_S, "1 node settled")
+    check_header(st)
+
+    wl = Workload(c, "two", plain_nodes=[0], monitor_nodes=[0])
+    wl.start()
+
+    # 2 nodes: every shard 1 voter + 1 learner, so losing either node never wedges it
+    c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)
+    id1 = c.nodes[1].node_id
+
+    def two_nodes(s: AdminStatus) -> List[str]:
+        out = []
+        if sorted(s.ids_in("up")) != sorted([id0, id1]) or s.moves_in_flight != 0:
+            out.append(f"up {s.ids_in('up')}, moves {s.moves_in_flight}")
+        for sh in s.shards:
+            if (sh.moving or len(sh.voters) != 1 or len(sh.learners) != 1
+                    or sorted(sh.voters + sh.learners) != sorted([id0, id1])):
+                out.append(f"shard {sh.id}: voters {sh.voters} learners {sh.learners}"
+                           + (" (moving)" if sh.moving else ""))
+            if sh.leader not in (id0, id1):
+                out.append(f"shard {sh.id}: no leader")
+        return out
+    st = c.wait_status(two_nodes, SETTLE_TIMEOUT_S, "1 voter + 1 learner per shard on 2 nodes")
+    print(f"[two] 2-node stage:\n{st}")
+
+    t_kill = time.monotonic()
+    c.kill9(1)
+    c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)  # node2 joins through node0
+    id2 = c.nodes[2].node_id
+    live = [id0, id2]
+    print(f"[two] killed node1 ({id1}); node2 ({id2}) joined "
+          f"{time.monotonic() - t_kill:.1f} s later")
+
+    def only_live(s: AdminStatus) -> List[str]:
+        out = []
+        if s.nodes[id1].state != "down":
+            out.append(f"node1 is {s.nodes[id1].state}")
+        if s.moves_in_flight != 0:
+            out.append(f"moves-in-flight {s.moves_in_flight}")
+        for sh in s.shards:
+            if not sh.voters or any(v not in live for v in sh.voters):
+                out.append(f"shard {sh.id}: voters {sh.voters}")
+            if any(x not in live for x in sh.members()):
+                out.append(f"shard {sh.id}: replicas on a dead node: {sh}")
+            if sh.leader not in live:
+                out.append(f"shard {sh.id}: leader {sh.leader}")
+        return out
+    st = c.wait_status(only_live, REPAIR_TIMEOUT_S,
+                       "every shard's voters and learners on live nodes only")
+    print(f"[two] {time.monotonic() - t_kill:.1f} s after the kill:\n{st}")
+    wl.retarget([0, 2])
+
+    # the dead node comes back: 3 up nodes, 3 voters per shard again
+    t_restart = time.monotonic()
+    c.restart(1)
+    st = c.wait_status(settled(voters=3, up=[id0, id1, id2], meta_voters=3),
+                       SETTLE_TIMEOUT_S, "3 voters per shard after node1's restart")
+    print(f"[two] settled {time.monotonic() - t_restart:.1f} s after node1's restart:\n{st}")
+    wl.retarget([0, 1, 2])
+    time.sleep(1.0)
+
+    wl.finish()
+    wl.assert_no_failed_ops()
+    wl.assert_state_ok()
+    acked = wl.verify()
+    # the restarted node holds every shard again: follower reads there see it all
+    sample = dict(list(acked.items())[:: max(1, len(acked) // 1000)])
+    verified, wrong = readonly_read_all(c, 1, sample, timeout=30)
+    assert not wrong, "stale reads on the restarted node:\n" + "\n".join(wrong[:20])
+    assert verified == len(sample), (f"node1 served only {verified} of {len(sample)} "
+                                     f"acknowledged keys by READONLY reads within 30 s")
+    print(f"[two] {len(acked)} acknowledged writes verified; test took "
+          f"{time.monotonic() - t_begin:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# 4. drain, and the admin errors
+# --------------------------------------------------------------------------
+
+def _shape(st: AdminStatus):
+    """What an admin command that fails must not change."""
+    return (st.epoch, st.balance, {i: n.state for i, n in st.nodes.items()},
+            sorted((sh.id, tuple(sh.want_voters), tuple(sh.want_learners)) for sh in st.shards))
+
+
+def _expect_error(c: Cluster, prefix: str, *args, via: Optional[int] = None) -> str:
+    v = c.admin(*args, via=via)
+    assert isinstance(v, RespError), f"SHOAL.ADMIN {' '.join(args)} -> {v!r}, expected an error"
+    assert v.startswith(prefix), f"SHOAL.ADMIN {' '.join(args)} -> {v!r}, expected {prefix!r}..."
+    return str(v)
+
+
+def _cli(c: Cluster, i: int, *args) -> str:
+    assert REDIS_CLI, "redis-cli is not installed"
+    n = c.nodes[i]
+    r = subprocess.run([REDIS_CLI, "-h", n.host, "-p", str(n.port), *args],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r
+    return r.stdout.decode()
+
+
+def test_drain_and_admin_errors(cluster4):
+    c = cluster4
+    t_begin = time.monotonic()
+    ids = ids_of(c, range(4))
+    st = c.wait_status(settled(voters=3, up=ids, meta_voters=3), SETTLE_TIMEOUT_S,
+                       "4 nodes settled")
+    check_header(st)
+    plan = c.admin("PLAN")
+    assert plan == [], f"SHOAL.ADMIN PLAN on a settled cluster: {plan!r}"
+
+    # errors on a settled cluster: exact prefixes, nothing changes
+    shape = _shape(st)
+    _expect_error(c, "ERR no such node", "DRAIN", "ffffffffffffffff")
+    _expect_error(c, "ERR no such node", "DRAIN", "127.0.0.1:1")
+    _expect_error(c, "ERR no such node", "REMOVE", "no-such-node", via=1)
+    err = _expect_error(c, f"ERR node {ids[2]} is up and holds replicas: drain it first",
+                        "REMOVE", ids[2])
+    err2 = _expect_error(c, f"ERR node {ids[3]} is up and holds replicas: drain it first",
+                         "REMOVE", c.nodes[3].address, via=2)
+    for args in (["FROB"], ["DRAIN"], ["STATUS", "x"], ["BALANCE", "maybe"],
+                 ["DRAIN", ids[3], ids[2]]):
+        _expect_error(c, "ERR unknown SHOAL.ADMIN subcommand", *args)
+    # redis-cli sees the same error
+    out = _cli(c, 1, "SHOAL.ADMIN", "FROB")
+    assert out.startswith("ERR unknown SHOAL.ADMIN subcommand"), out
+    time.sleep(1.0)
+    st = c.admin_status()
+    assert _shape(st) == shape, f"failed admin commands changed the cluster:\n{st}"
+    print(f"[drain] errors: {err!r}, {err2!r}")
+
+    # BALANCE off / on
+    assert c.admin("BALANCE", "off") == [b"balance off"]
+    assert c.admin_status(via=3).balance == "off"
+    assert c.admin("BALANCE", "ON", via=2) == [b"balance on"]
+    assert c.admin_status().balance == "on"
+
+    wl = Workload(c, "drain", plain_nodes=[0, 1, 2])
+    wl.start()
+
+    # drain node3 by host:port, through redis-cli on node0
+    victim, vid = 3, ids[3]
+    out = _cli(c, 0, "SHOAL.ADMIN", "DRAIN", c.nodes[victim].address).strip()
+    assert out == f"draining node {vid}", out
+    t_drain = time.monotonic()
+    st = c.admin_status()
+    assert st.nodes[vid].state in ("draining", "removed"), st
+    # with node3 draining only 2 other up nodes would be left
+    shape = _shape(st)
+    err = _expect_error(c, "ERR cannot drain: ", "DRAIN", ids[2])
+    _expect_error(c, "ERR cannot drain: ", "DRAIN", c.nodes[1].address)
+    st2 = c.admin_status()
+    assert st2.nodes[ids[2]].state == "up" and st2.nodes[ids[1]].state == "up", st2
+    print(f"[drain] {err!r}")
+
+    def drained(s: AdminStatus) -> List[str]:
+        out = settled(voters=3, up=ids[:3], meta_voters=3)(s)
+        if s.nodes[vid].state != "removed":
+            out.append(f"node3 is {s.nodes[vid].state}")
+        if s.nodes[vid].replicas or s.nodes[vid].leaders or s.nodes[vid].meta_voter:
+            out.append(f"node3 still holds something: {s.nodes[vid]}")
+        listed = [sh.id for sh in s.shards if vid in sh.members()]
+        if listed:
+            out.append(f"shards {listed} still list node3")
+        return out
+    st = c.wait_status(drained, SETTLE_TIMEOUT_S, "node3 drained and removed")
+    print(f"[drain] node3 removed {time.monotonic() - t_drain:.1f} s after DRAIN:\n{st}")
+    for sh in st.shards:  # 3 up nodes, 3 voters: every node holds every shard
+        assert sorted(sh.voters) == sorted(ids[:3]) and not sh.learners, sh
+    check_slots_agree(c, st, via=range(3))
+
+    # a removed node stays removed; the 3 left cannot be drained below rf
+    shape = _shape(st)
+    _expect_error(c, f"ERR node {vid} is already removed", "DRAIN", vid)
+    _expect_error(c, f"ERR node {vid} is already removed", "REMOVE", c.nodes[victim].address)
+    _expect_error(c, "ERR cannot drain: 2 up nodes would remain", "DRAIN", ids[0])
+    _expect_error(c, "ERR node ", "REMOVE", ids[1])
+    time.sleep(1.0)
+    st = c.admin_status()
+    assert _shape(st) == shape, f"failed admin commands changed the cluster:\n{st}"
+
+    wl.finish()
+    wl.assert_no_failed_ops()
+    acked = wl.verify()
+    print(f"[drain] {len(acked)} acknowledged writes verified; test took "
+          f"{time.monotonic() - t_begin:.1f} s")
