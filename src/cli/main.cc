@@ -16,6 +16,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "cli/admin.h"
 #include "cli/demo.h"
 #include "server/config.h"
 #include "server/server.h"
@@ -129,7 +130,31 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--dir", demo.dir, "Folder for the nodes' data and logs (default ./shoal-demo)");
   demo_cmd->add_option("--bind", demo.bind, "Address of all nodes (default 127.0.0.1)");
   demo_cmd->add_option("--port", demo.port, "Client port of node 1; nodes 2 and 3 use the next ones (default 7001)");
+  shoal::cli::AdminOptions admin;
+  CLI::App* admin_cmd = app.add_subcommand("admin", "Watch and steer a running cluster (through any node)");
+  admin_cmd->add_option("--host", admin.host, "Any node's address (default 127.0.0.1)");
+  admin_cmd->add_option("--port", admin.port, "Its client port (default 6379)");
+  admin_cmd->add_option("--password", admin.password, "AUTH password, if the cluster has one");
+  admin_cmd->require_subcommand(1);
+  auto verb = [&](const char* name, const char* help) {
+    CLI::App* v = admin_cmd->add_subcommand(name, help);
+    v->callback([&admin, name] { admin.verb = name; });
+    return v;
+  };
+  verb("status", "Nodes (state, replicas, leaders), shards (slots, leader, members) and moves in flight");
+  verb("plan", "The moves the placement driver would make now (a dry run)");
+  CLI::App* drain_cmd = verb("drain", "Move every replica off a node, then remove it; shows progress");
+  drain_cmd->add_option("node", admin.args, "Node id (16 or 40 hex) or host:port")->required()->expected(1);
+  drain_cmd->add_flag("!--no-wait", admin.wait, "Return at once instead of following the drain");
+  drain_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow the drain (default 3600)");
+  CLI::App* remove_cmd = verb("remove", "Remove a node that is down or drained (its replicas are rebuilt elsewhere)");
+  remove_cmd->add_option("node", admin.args, "Node id (16 or 40 hex) or host:port")->required()->expected(1);
+  CLI::App* balance_cmd = verb("balance", "on: spread replicas and leaders (default); off: repair only");
+  balance_cmd->add_option("mode", admin.args, "on or off")->required()->expected(1)->check(CLI::IsMember({"on", "off"}));
+  CLI::App* watch_cmd = verb("watch", "Follow moves until placement is balanced");
+  watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)");
   CLI11_PARSE(app, argc, argv);
+  if (admin_cmd->parsed()) return shoal::cli::RunAdmin(admin);
   if (demo_cmd->parsed()) {
     std::error_code ec;
     auto self = std::filesystem::read_symlink("/proc/self/exe", ec);

@@ -24,6 +24,10 @@ constexpr std::string_view kNodeIdKey = "node/id";
 constexpr std::string_view kClusterIdKey = "node/cluster";
 constexpr int64_t kPlacementIntervalUs = 300'000;
 constexpr int64_t kTransferRetryUs = 3'000'000;
+// A leader's gossip older than this no longer counts as its group's state.
+constexpr int64_t kGossipFreshUs = 1'000'000;
+// A replica that heard from a leader within this many ticks is still a member.
+constexpr uint64_t kRetireQuietTicks = 20;
 
 uint64_t RandomId() {
   std::random_device rd;
@@ -219,10 +223,10 @@ uint64_t Cluster::LeaderOf(uint64_t group) const {
   return leader;
 }
 
-bool Cluster::GossipOf(uint64_t group, LeaderGossip* out) const {
+bool Cluster::GossipOf(uint64_t group, int64_t now, LeaderGossip* out) const {
   std::lock_guard lock(gossip_mu_);
   auto it = gossip_.find(group);
-  if (it == gossip_.end()) return false;
+  if (it == gossip_.end() || now - it->second.heard_us > kGossipFreshUs) return false;
   *out = it->second;
   return true;
 }
@@ -238,7 +242,8 @@ bool Cluster::Healthy() const {
 
 void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) {
   std::lock_guard lock(gossip_mu_);
-  last_heard_us_[from] = node::MonoUs();
+  const int64_t now = node::MonoUs();
+  last_heard_us_[from] = now;
   for (auto it = gossip_.begin(); it != gossip_.end();) {
     bool still = false;
     for (const auto& l : leaders) still |= l.group == it->first;
@@ -251,7 +256,7 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
   for (auto& l : leaders) {
     auto& cur = gossip_[l.group];
     if (cur.node == 0 || cur.term <= l.term) {
-      cur = LeaderGossip{from, l.term, std::move(l.voters), std::move(l.learners), l.joint};
+      cur = LeaderGossip{from, l.term, std::move(l.voters), std::move(l.learners), l.joint, now};
     }
   }
 }
@@ -316,8 +321,10 @@ bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* 
   return true;
 }
 
+// Any thread: reads only what the replica publishes.
 node::LeaderReport ReportOf(const replica::Replica& r) {
-  const raft::ConfState cs = r.raft().tracker().conf_state();
+  auto published = r.published_conf();
+  const raft::ConfState cs = published ? *published : raft::ConfState{};
   node::LeaderReport rep;
   rep.group = r.group();
   rep.term = r.published_term();
@@ -340,28 +347,26 @@ void Cluster::OnTick(int worker) {
     if (groups_->WorkerOf(r->group()) != worker || !r->is_leader()) continue;
     Reconcile(r, *m, now);
   }
-  bool retire_due = false;
+  bool sync_due = false;
   {
     std::lock_guard lock(transfer_mu_);
     if (last_retire_check_us_.empty()) last_retire_check_us_.assign(static_cast<size_t>(runtime_->size()), 0);
     int64_t& last = last_retire_check_us_[static_cast<size_t>(worker)];
-    retire_due = now - last >= kPlacementIntervalUs;
-    if (retire_due) last = now;
+    sync_due = now - last >= kPlacementIntervalUs || (worker == 0 && m->epoch() != routed_epoch_);
+    if (sync_due) last = now;
   }
-  if (retire_due) RetireRemoved(worker, *m);
-  if (worker != 0) return;
+  if (worker != 0) {
+    if (sync_due) SyncLocalReplicas(worker, now);
+    return;
+  }
   if (m->epoch() != routed_epoch_) {
     routed_epoch_ = m->epoch();
     for (const auto& n : m->nodes()) {
       transport_->SetAddress(n.id(), n.host(), static_cast<uint16_t>(n.peer_port()));
     }
-    for (const auto& s : m->shards()) {
-      if (!Contains(s.replicas(), node_id_) && !Contains(s.learners(), node_id_)) continue;
-      Status st = EnsureShardReplica(s, false);
-      if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
-    }
     RebuildRouting(m);
   }
+  if (sync_due) SyncLocalReplicas(worker, now);
   std::vector<node::LeaderReport> leading;
   for (replica::Replica* r : groups_->All()) {
     if (r->published_is_leader()) leading.push_back(ReportOf(*r));
@@ -380,21 +385,24 @@ void Cluster::OnTick(int worker) {
   }
 }
 
-void Cluster::RetireRemoved(int worker, const proto::MetaState& meta) {
-  for (const auto& s : meta.shards()) {
-    bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
+void Cluster::SyncLocalReplicas(int worker, int64_t now) {
+  MetaPtr m = meta();  // read here, on the worker that creates and retires
+  for (const auto& s : m->shards()) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
+    bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
-    if (wanted) {
-      if (r == nullptr && worker == 0) {
-        Status st = EnsureShardReplica(s, false);
-        if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
-      }
+    if (wanted && r == nullptr) {
+      Status st = EnsureShardReplica(s, false);
+      if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
       continue;
     }
-    if (r == nullptr || r->is_leader()) continue;
+    if (wanted || r == nullptr || r->is_leader()) continue;
     LeaderGossip g;
-    if (!GossipOf(s.id(), &g) || !MayRetire(node_id_, false, g.node, Membership{g.voters, g.learners}, g.joint)) continue;
+    if (!GossipOf(s.id(), now, &g) ||
+        !MayRetire(node_id_, false, g.node, Membership{g.voters, g.learners}, g.joint,
+                   r->HeardFromLeaderWithin(kRetireQuietTicks))) {
+      continue;
+    }
     Status st = Retire(r);
     if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
   }
@@ -404,9 +412,10 @@ Status Cluster::Retire(replica::Replica* r) {
   uint64_t group = r->group();
   Status st = groups_->Retire(group);
   if (!st.ok()) return st;
+  auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
   std::lock_guard lock(shards_mu_);
   auto it = shards_.find(group);
-  if (it != shards_.end()) {
+  if (it != shards_.end() && kv_sm != nullptr && it->second.get() == kv_sm->shard()) {
     retired_shards_.push_back(std::move(it->second));
     shards_.erase(it);
   }
@@ -489,7 +498,7 @@ ClusterView Cluster::View(int64_t now) const {
       sv.reported = true;
       sv.actual = Membership{rep.voters, rep.learners};
       sv.joint = rep.joint;
-    } else if (GossipOf(s.id(), &g)) {
+    } else if (GossipOf(s.id(), now, &g)) {
       sv.reported = true;
       sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
       sv.joint = g.joint;
@@ -500,7 +509,7 @@ ClusterView Cluster::View(int64_t now) const {
   LeaderGossip mg;
   if (replica::Replica* mr = groups_->Find(0); mr != nullptr && mr->published_is_leader()) {
     view.meta_actual_voters = ReportOf(*mr).voters;
-  } else if (GossipOf(0, &mg)) {
+  } else if (GossipOf(0, now, &mg)) {
     view.meta_actual_voters = SortedIds(mg.voters);
   }
   return view;
@@ -813,6 +822,18 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
           if (left == 0 || up * 2 <= left) {
             return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
                                    std::to_string(s.id) + " without a majority of live voters"));
+          }
+        }
+        if (HasId(view.meta_voters, node->id())) {
+          size_t left = 0, up = 0;
+          for (uint64_t v : view.meta_voters) {
+            if (v == node->id()) continue;
+            ++left;
+            up += alive(v) ? 1 : 0;
+          }
+          if (left == 0 || up * 2 <= left) {
+            return done(AdminError("ERR removing node " + Hex(node->id()) +
+                                   " would leave the meta shard without a majority of live voters"));
           }
         }
         if (holds && state[node->id()] == NodeState::kUp) {

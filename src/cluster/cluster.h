@@ -53,6 +53,7 @@ struct LeaderGossip {
   uint64_t term = 0;
   std::vector<uint64_t> voters, learners;
   bool joint = false;
+  int64_t heard_us = 0;  // when the report arrived (monotonic)
 };
 
 // The answer to an admin command (SHOAL.ADMIN): text lines, an error, or
@@ -142,11 +143,14 @@ class Cluster {
   Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
   void OnTick(int worker);
   void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
-  // Retires local data replicas that the metadata no longer places here and
-  // that their group's leader no longer counts as members (its worker).
-  void RetireRemoved(int worker, const proto::MetaState& meta);
+  // On `worker`, for the groups it drives: creates the replicas the
+  // metadata places here, and retires those it no longer places here once
+  // their group has let them go (MayRetire). Creating and retiring a group
+  // on its own worker keeps the two from racing.
+  void SyncLocalReplicas(int worker, int64_t now_us);
   Status Retire(replica::Replica* r);
-  bool GossipOf(uint64_t group, LeaderGossip* out) const;
+  // The latest report of group's leader, if one arrived recently.
+  bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
   AdminReply AdminStatus(int64_t now_us) const;
   AdminReply AdminSetNodeState(const std::string& who, proto::NodeState state,
                                std::function<void(AdminReply)>* done);

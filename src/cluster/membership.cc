@@ -24,7 +24,9 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
   MembershipStep none;
   if (want.voters.empty()) return none;
   if (!g.conf.voters_outgoing.empty()) return none;  // the leader leaves the joint state by itself
-  if (g.applied < g.committed || g.applied < g.last_index) return none;  // a change may be in flight
+  // A committed change may be about to apply (Raft refuses a second
+  // proposal while one is pending, so uncommitted ones need no wait).
+  if (g.applied < g.committed) return none;
   auto member = [&](raft::NodeId id) { return Has(g.conf.voters, id) || Has(g.conf.learners, id); };
   auto caught_up_to = [&](raft::NodeId id, raft::Index index) {
     auto it = g.match.find(id);
@@ -32,19 +34,25 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
   };
   auto transfer = [&](raft::NodeId to, const char* what) {
     MembershipStep s;
-    if (to == raft::kNoNode || to == g.self || g.transferring || !caught_up_to(to, g.last_index)) return s;
+    // Raft's transfer catches the transferee up itself; committed is enough
+    // (last_index would stall under steady writes).
+    if (to == raft::kNoNode || to == g.self || g.transferring || !caught_up_to(to, g.committed)) return s;
     s.kind = MembershipStep::Kind::kTransferLeader;
     s.transfer_to = to;
     s.what = what;
     return s;
   };
   // 1. A leader that is to leave hands leadership to a wanted voter first.
+  //    With none among the voters yet (a single voter moving), it carries
+  //    on: the joint change below replaces it, and Raft steps it down.
   if (!Has(want.voters, g.self)) {
     raft::NodeId to = Has(want.voters, preferred) && Has(g.conf.voters, preferred) ? preferred : raft::kNoNode;
+    bool any = false;
     for (raft::NodeId v : want.voters) {
-      if (to == raft::kNoNode && Has(g.conf.voters, v) && caught_up_to(v, g.last_index)) to = v;
+      any |= Has(g.conf.voters, v);
+      if (to == raft::kNoNode && Has(g.conf.voters, v) && caught_up_to(v, g.committed)) to = v;
     }
-    return transfer(to, "leader leaves");
+    if (any) return transfer(to, "leader leaves");
   }
   // 2. New members join as learners, one at a time.
   for (const Ids* ids : {&want.voters, &want.learners}) {
@@ -87,8 +95,9 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
   return none;
 }
 
-bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint) {
-  if (wanted || leader == raft::kNoNode || leader == self || joint) return false;
+bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint,
+               bool leader_contact_recent) {
+  if (wanted || leader == raft::kNoNode || leader == self || joint || leader_contact_recent) return false;
   return !Has(leader_conf.voters, self) && !Has(leader_conf.learners, self);
 }
 

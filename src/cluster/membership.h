@@ -46,9 +46,13 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
 
 // Whether the replica on node `self`, which the metadata no longer places
 // there (`wanted` false), may delete its state: only once the group's leader
-// (another node) reports a settled membership without it. A voter that
-// deleted its log while still counted could elect a leader lacking
-// committed entries.
-bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint);
+// (another node) reports a settled membership without it, and the replica
+// has heard nothing from a leader for a while (a leader sends heartbeats to
+// every member, so a stale report cannot hide that it was added again). A
+// voter that deleted its log while still counted could elect a leader
+// lacking committed entries; a member that did so would look caught up to
+// its leader while empty.
+bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint,
+               bool leader_contact_recent);
 
 }  // namespace shoal::cluster

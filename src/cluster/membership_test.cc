@@ -48,7 +48,7 @@ TEST(MembershipStep, Table) {
     return g;
   };
   auto busy = [](GroupState g) {
-    g.last_index = 101;
+    g.last_index = g.committed = 101;
     return g;
   };
   const Case cases[] = {
@@ -66,15 +66,29 @@ TEST(MembershipStep, Table) {
       {"leaving leader waits for a caught-up successor", {{2, 3, 4}, {}}, 0,
        lagging(lagging(Group({1, 2, 3}, {4}), 2, 90), 3, 90), ""},
       {"nothing while joint", {{1, 2, 4}, {}}, 1, joint(Group({1, 2, 4})), ""},
-      {"nothing while a change is unapplied", {{1, 2, 4}, {}}, 1, busy(Group({1, 2, 3})), ""},
+      {"nothing while a committed change is unapplied", {{1, 2, 4}, {}}, 1, busy(Group({1, 2, 3})), ""},
       {"preferred leader", {{1, 2, 3}, {}}, 3, Group({1, 2, 3}), "preferred leader ->3"},
       {"preferred leader not caught up", {{1, 2, 3}, {}}, 3, lagging(Group({1, 2, 3}), 3, 99), ""},
+      {"a single voter moves in one joint change", {{2}, {}}, 2, Group({1}, {2}), "changing voters +v2 -1"},
+      {"a single voter's successor joins first", {{2}, {}}, 2, Group({1}), "adding learner +l2"},
       {"3 -> 5 voters waits for both", {{1, 2, 3, 4, 5}, {}}, 1, lagging(Group({1, 2, 3}, {4, 5}), 5, 1), ""},
   };
   for (const Case& c : cases) {
     MembershipStep s = NextMembershipStep(c.want, c.preferred, c.g);
     EXPECT_EQ(s.kind == Kind::kNone ? std::string() : Show(s), c.expect) << c.name;
   }
+}
+
+TEST(MembershipStep, RetireOnlyOnceTheLeaderHasLetGo) {
+  Membership without{{1, 2, 3}, {}};
+  Membership with{{1, 2, 3}, {4}};
+  EXPECT_TRUE(MayRetire(4, false, 1, without, false, false));
+  EXPECT_FALSE(MayRetire(4, true, 1, without, false, false));   // wanted again
+  EXPECT_FALSE(MayRetire(4, false, 1, with, false, false));     // still a learner
+  EXPECT_FALSE(MayRetire(4, false, 1, without, true, false));   // joint: may still count
+  EXPECT_FALSE(MayRetire(4, false, 0, without, false, false));  // no leader known
+  EXPECT_FALSE(MayRetire(4, false, 4, without, false, false));  // it leads
+  EXPECT_FALSE(MayRetire(4, false, 1, without, false, true));   // a leader still talks to it
 }
 
 }  // namespace

@@ -251,23 +251,31 @@ Status Replica::Init() {
 }
 
 void Replica::Tick(int64_t now_mono_us) {
+  if (retired_) return;
+  ++ticks_;
   node_->tick();
   Publish(now_mono_us);
   ExpireWaiters(now_mono_us);
 }
 
 void Replica::Step(raft::Message m) {
-  if (m.to != opts_.node_id) return;
+  if (m.to != opts_.node_id || retired_) return;
+  if (m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
+      m.type == raft::MessageType::kSnap) {
+    leader_contact_tick_ = ticks_;
+  }
   (void)node_->step(std::move(m));
 }
 
 raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
+  if (retired_) return raft::Proposal{raft::ProposeError::kRemoved, raft::kNoNode, 0, 0};
   raft::Proposal p = node_->propose(std::move(data));
   if (p.ok()) writes_[p.index] = PendingWrite{p.term, std::move(done), now_mono_us + kWriteTimeoutUs};
   return p;
 }
 
 void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
+  if (retired_) return done(false);
   std::string ctx = std::to_string(++next_read_);
   reads_[ctx] = PendingRead{std::move(done), now_mono_us + kReadTimeoutUs};
   node_->read_index(ctx);
@@ -278,6 +286,7 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   if (!s.ok()) return s;
   store_->StageDestroy(batch);
   batch.Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+  retired_ = true;
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
   auto writes = std::move(writes_);
@@ -374,6 +383,10 @@ void Replica::ApplyReady(int64_t now_mono_us) {
 void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
   SHOAL_CHECK(ready_.has_value());
   raft::Ready& rd = *ready_;
+  if (retired_) {  // its state was deleted meanwhile: it promises nothing
+    ready_.reset();
+    return;
+  }
   for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
   ready_.reset();
   node_->advance();
@@ -482,6 +495,11 @@ void Replica::ServeReads() {
 
 void Replica::Publish(int64_t now_mono_us) {
   const raft::Raft& r = node_->raft();
+  if (retired_) return;
+  const raft::ConfState& cs = r.tracker().conf_state();
+  if (auto cur = published_conf(); cur == nullptr || !(*cur == cs)) {
+    std::atomic_store(&conf_, std::shared_ptr<const raft::ConfState>(std::make_shared<raft::ConfState>(cs)));
+  }
   leader_.store(r.lead(), std::memory_order_release);
   term_.store(r.term(), std::memory_order_release);
   applied_.store(sm_->applied_index(), std::memory_order_release);

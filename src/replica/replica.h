@@ -140,7 +140,12 @@ class Replica {
   raft::Proposal ProposeConfChange(const raft::ConfChange& cc) {
     return node_->propose_conf_change(cc);
   }
-  void TransferLeader(raft::NodeId to) { node_->transfer_leader(to); }
+  // Starts handing leadership to `to`; the lease ends at once (the
+  // transferee may win an election before this replica steps down).
+  void TransferLeader(raft::NodeId to) {
+    lease_until_us_.store(0, std::memory_order_release);
+    node_->transfer_leader(to);
+  }
   void ReportUnreachable(raft::NodeId to) { node_->report_unreachable(to); }
   void Campaign() { node_->campaign(); }
   // Stages deleting this replica's log, hard state, membership and state
@@ -178,6 +183,15 @@ class Replica {
     return lease_until_us_.load(std::memory_order_acquire) > now_mono_us;
   }
   uint64_t published_applied() const { return applied_.load(std::memory_order_acquire); }
+  // The group's membership as this replica has applied it (null before the
+  // first round).
+  std::shared_ptr<const raft::ConfState> published_conf() const { return std::atomic_load(&conf_); }
+
+  // --- its worker
+  // Whether a message from the group's leader (appends, heartbeats,
+  // snapshots) arrived within the last `ticks` ticks.
+  bool HeardFromLeaderWithin(uint64_t ticks) const { return ticks_ - leader_contact_tick_ <= ticks; }
+  bool retired() const { return retired_; }
 
  private:
   Replica(storage::Engine* engine, const ReplicaOptions& opts, std::unique_ptr<StateMachine> sm)
@@ -214,6 +228,10 @@ class Replica {
   std::atomic<uint64_t> term_{0};
   std::atomic<int64_t> lease_until_us_{0};
   std::atomic<uint64_t> applied_{0};
+  std::shared_ptr<const raft::ConfState> conf_;  // atomic_load/atomic_store only
+  uint64_t ticks_ = 0;
+  uint64_t leader_contact_tick_ = 0;
+  bool retired_ = false;  // its state is deleted: never driven again
 };
 
 }  // namespace shoal::replica

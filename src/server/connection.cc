@@ -266,6 +266,10 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
               if (--state->remaining == 0) std::move(state->handler)(std::move(state->results));
             });
           };
+          if (r == nullptr) {
+            finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n"});
+            continue;
+          }
           asio::post(groups->WorkerFor(r->group()).io(),
                      [r, groups, finish, data = std::move(batches[i].data)]() mutable {
                        auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
@@ -301,8 +305,7 @@ asio::awaitable<void> Connection::FlushWrites() {
   }
   std::vector<ShardBatch> batches;
   for (uint64_t g : order) {
-    replica::Replica* r = server_.groups().Find(g);
-    SHOAL_CHECK(r != nullptr);
+    replica::Replica* r = server_.groups().Find(g);  // null: the replica just left this node
     batches.push_back(ShardBatch{r, replica::EncodeKvBatch(per_group[g], protocol_)});
   }
   per_group.clear();

@@ -87,15 +87,21 @@ std::string RaftStore::Key(char kind) const {
 bool RaftStore::HasState(Engine* engine, uint64_t group) {
   RaftStore probe(engine, group);
   std::string raw;
-  return engine->Get(Cf::kRaft, probe.Key('H'), &raw).ok();
+  return engine->Get(Cf::kRaft, probe.Key('C'), &raw).ok() || engine->Get(Cf::kRaft, probe.Key('S'), &raw).ok();
 }
 
 void RaftStore::StageDestroy(WriteBatch& batch) {
   batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(UINT64_MAX));
   batch.Delete(Cf::kRaft, EntryKey(UINT64_MAX));
-  for (char kind : {'H', 'S', 'C'}) batch.Delete(Cf::kRaft, Key(kind));
+  for (char kind : {'S', 'C'}) batch.Delete(Cf::kRaft, Key(kind));
+  // The term and vote stay: a replica of this group created here again
+  // must not vote twice in a term this one voted in.
+  SetHardState(raft::HardState{hard_state_.term, hard_state_.vote, 0}, batch);
   log_.clear();
   log_bytes_ = 0;
+  start_index_ = 0;
+  start_term_ = 0;
+  conf_state_ = raft::ConfState{};
 }
 
 std::string RaftStore::EntryKey(raft::Index index) const {

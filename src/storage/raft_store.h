@@ -32,7 +32,7 @@ class RaftStore final : public raft::Storage {
   // Loads group's state; an unknown group starts empty (no members).
   static Result<std::unique_ptr<RaftStore>> Open(Engine* engine, uint64_t group);
 
-  // Whether `group` has durable state here (a hard state).
+  // Whether `group` has a log or a membership here (was a member).
   static bool HasState(Engine* engine, uint64_t group);
   // raft::Storage
   Result<raft::InitialState> initial_state() const override;
@@ -52,7 +52,8 @@ class RaftStore final : public raft::Storage {
   void SetConfState(const raft::ConfState& cs, WriteBatch& batch);
   // Replaces the whole log by a snapshot's position and membership.
   void ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch);
-  // Deletes every record of the group (the replica leaves this node).
+  // Deletes the group's log and membership (the replica leaves this node);
+  // keeps the term and vote.
   void StageDestroy(WriteBatch& batch);
   // Drops entries up to and including `index` (which must be applied).
   void Compact(raft::Index index, WriteBatch& batch);

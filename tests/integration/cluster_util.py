@@ -610,6 +610,30 @@ class Cluster:
             raise AssertionError(f"SHOAL.ADMIN STATUS -> {v!r}")
         return parse_admin_status(v)
 
+    def meta_leader(self, timeout: float = 20.0) -> int:
+        """Index of the running node that leads the meta shard (where the placement
+        driver runs): the one that answers SHOAL.ADMIN STATUS itself on a
+        connection marked as relayed already (SHOAL.ROUTED); the others answer
+        -TRYAGAIN there instead of relaying (bounded wait while there is none)."""
+        deadline = time.monotonic() + timeout
+        last: Dict[int, object] = {}
+        for _ in range(1000):
+            for i in self._via(None):
+                try:
+                    with self.nodes[i].client(timeout=5.0) as conn:
+                        if conn.call("SHOAL.ROUTED").raw != b"+OK\r\n":
+                            raise AssertionError(f"node{i}: SHOAL.ROUTED refused")
+                        v = conn.execute("SHOAL.ADMIN", "STATUS")
+                    if isinstance(v, list):
+                        return i
+                    last[i] = v
+                except NET_ERRORS as e:
+                    last[i] = repr(e)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no node leads the meta shard: {last}")
+
     def wait_status(self, cond: Callable[["AdminStatus"], object], timeout: float, what: str,
                     interval: float = 0.5, via: Optional[int] = None) -> "AdminStatus":
         """Poll SHOAL.ADMIN STATUS until cond(status) is truthy (bounded in time and

@@ -45,33 +45,41 @@ DOWN_AFTER_S = DOWN_AFTER_MS / 1000.0
 ELASTIC_ARGS = ["--down-after-ms", str(DOWN_AFTER_MS)]
 SETTLE_TIMEOUT_S = 90.0                  # joins / restarts until placement is settled
 REPAIR_TIMEOUT_S = DOWN_AFTER_S + 75.0   # a death until its replicas are rebuilt
-SAFETY_DEADLINE_S = 200.0                # no workload thread runs longer than this
+SAFETY_DEADLINE_S = 200.0
+PRELOAD_KEYS = 3000                      # keys written before a change (copied by snapshots)                # no workload thread runs longer than this
 REDIS_CLI = shutil.which("redis-cli")
 
 
-def elastic_cluster(tmp_path, n: int):
-    yield from running_cluster(tmp_path / "cluster", n=n, shards=SHARDS,
-                               extra_args=ELASTIC_ARGS)
-
-
 @pytest.fixture
-def cluster1(tmp_path):
-    yield from elastic_cluster(tmp_path, 1)
+def ecl(tmp_path):
+    """A 1-node cluster (8 shards, --down-after-ms 3000); tests grow it with grow()."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=SHARDS, extra_args=ELASTIC_ARGS)
 
 
-@pytest.fixture
-def cluster3(tmp_path):
-    yield from elastic_cluster(tmp_path, 3)
+def grow(c: Cluster, n: int, timeout: float = SETTLE_TIMEOUT_S) -> AdminStatus:
+    """Join nodes one after another (each as soon as the previous one is a
+    member, as an operator scaling out would) until there are ``n``, then wait
+    until placement has settled: no move in flight, min(3, n) voters per shard
+    (1 voter + 1 learner at 2 nodes), replicas and leaders per up node within
+    one (leaders: from 3 nodes), 3 meta voters (5 from 5 nodes, 1 below 3)."""
+    t0 = time.monotonic()
+    for _ in range(len(c.nodes), n):
+        c.add_node(ready=False, timeout=timeout)
+    ids = ids_of(c, range(n))
+    voters = 1 if n < 3 else 3
+    meta = 5 if n >= 5 else (3 if n >= 3 else 1)
 
-
-@pytest.fixture
-def cluster4(tmp_path):
-    yield from elastic_cluster(tmp_path, 4)
-
-
-@pytest.fixture
-def cluster5(tmp_path):
-    yield from elastic_cluster(tmp_path, 5)
+    def cond(st: AdminStatus) -> List[str]:
+        out = settled(voters=voters, up=ids, meta_voters=meta)(st)
+        if n == 2:  # the leaders stay on the only voter
+            out = [x for x in out if not x.startswith("leaders per up node")]
+            out += [f"shard {sh.id}: learners {sh.learners}" for sh in st.shards
+                    if len(sh.learners) != 1]
+        return out
+    st = c.wait_status(cond, timeout, f"placement to settle after growing to {n} nodes "
+                                      f"(a shard still 'moving-to' is wedged)")
+    print(f"grew to {n} nodes, settled {time.monotonic() - t0:.1f} s after the first join")
+    return st
 
 
 class Workload:
@@ -162,6 +170,21 @@ class Workload:
         return acked
 
 
+def preload(c: Cluster, prefix: str, n: int) -> Dict[str, bytes]:
+    """SET n keys (100-byte values, spread over every shard) through RedisCluster."""
+    data = {f"{prefix}:{i}": (f"{prefix}-{i}-".encode() + b"x" * 100)[:100] for i in range(n)}
+    rc = c.redis_cluster(decode_responses=False)
+    try:
+        keys = list(data)
+        for k in range(0, n, 500):
+            chunk = {key: data[key] for key in keys[k:k + 500]}
+            res = rc.mset_nonatomic(chunk)
+            assert res and all(r is True for r in res), f"MSET through RedisCluster: {res!r}"
+    finally:
+        rc.close()
+    return data
+
+
 def ids_of(c: Cluster, idx: Sequence[int]) -> List[str]:
     return [c.nodes[i].node_id for i in idx]
 
@@ -228,22 +251,22 @@ def check_slots_agree(c: Cluster, st: AdminStatus, via: Sequence[int], timeout: 
 # 1. grow 3 -> 5 under writes
 # --------------------------------------------------------------------------
 
-def test_grow_3_to_5_under_writes(cluster3):
-    c = cluster3
+def test_grow_3_to_5_under_writes(ecl):
+    c = ecl
     t_begin = time.monotonic()
-    st = c.wait_status(settled(voters=3, meta_voters=3), SETTLE_TIMEOUT_S, "3 nodes settled")
+    st = grow(c, 3)
     check_header(st)
-    assert sorted(st.ids_in("up")) == sorted(ids_of(c, range(3))), st
     for i in range(3):  # every node answers (a follower relays to the meta leader)
-        assert isinstance(c.admin("STATUS", via=i), list)
+        assert AdminStatus(c.admin("STATUS", via=i)).nodes.keys() == st.nodes.keys()
+    data = preload(c, "pre:grow", PRELOAD_KEYS)  # the new nodes must copy something
 
     wl = Workload(c, "grow", plain_nodes=[0, 1, 2])
     wl.start()
     before = wl.acked_count()
     for _ in range(2):
-        node = c.add_node(timeout=SETTLE_TIMEOUT_S)
+        node = c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)
         wl.retarget(range(len(c.nodes)))  # the plain client uses the new node too
-        print(f"[grow] {node.name} joined ({node.node_id}); cluster ready "
+        print(f"[grow] {node.name} joined ({node.node_id}) "
               f"{time.monotonic() - t_begin:.1f} s into the test")
     t_joined = time.monotonic()
     st = c.wait_status(settled(voters=3, up=ids_of(c, range(5)), meta_voters=5),
@@ -258,7 +281,10 @@ def test_grow_3_to_5_under_writes(cluster3):
     wl.finish()
     wl.assert_no_failed_ops()
     acked = wl.verify()
-    print(f"[grow] {len(acked)} acknowledged writes verified; test took "
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    print(f"[grow] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
+          f"test took "
           f"{time.monotonic() - t_begin:.1f} s")
 
 
@@ -266,16 +292,25 @@ def test_grow_3_to_5_under_writes(cluster3):
 # 2. kill -9 one node of 5 for good
 # --------------------------------------------------------------------------
 
-def test_kill9_one_of_five_rebuilds_replicas(cluster5):
-    c = cluster5
+@pytest.mark.parametrize("which", ["shard-leader", "meta-leader"])
+def test_kill9_one_of_five_rebuilds_replicas(ecl, which):
+    """``which``: the victim leads the most shards (not the meta shard), or it
+    leads the meta shard (the placement driver then moves to another node, which
+    must see the death by itself)."""
+    c = ecl
     t_begin = time.monotonic()
-    st = c.wait_status(settled(voters=3, meta_voters=5), SETTLE_TIMEOUT_S, "5 nodes settled")
+    st = grow(c, 5)
     check_header(st)
-    # the victim: the node (other than node 0, which the others joined through)
-    # holding the most leaders, then replicas
-    victim = max(range(1, 5), key=lambda i: (st.nodes[c.nodes[i].node_id].leaders,
-                                             st.nodes[c.nodes[i].node_id].replicas))
+    data = preload(c, "pre:kill", PRELOAD_KEYS)
+    meta_leader = c.meta_leader()
+    if which == "meta-leader":
+        victim = meta_leader
+    else:
+        victim = max((i for i in range(5) if i != meta_leader),
+                     key=lambda i: (st.nodes[c.nodes[i].node_id].leaders,
+                                    st.nodes[c.nodes[i].node_id].replicas))
     vid = c.nodes[victim].node_id
+    print(f"[kill] meta leader: node{meta_leader}; victim: node{victim} ({which})")
     held = [sh.id for sh in st.shards if vid in sh.members()]
     assert held, f"node{victim} holds no replica: {st}"
     others = [i for i in range(5) if i != victim]
@@ -323,8 +358,10 @@ def test_kill9_one_of_five_rebuilds_replicas(cluster5):
     wl.finish(run_after=2.0)
     assert wl.acked_count() > acked_at_repair, "no write acknowledged after the repair"
     acked = wl.verify()
-    print(f"[kill] {len(acked)} acknowledged writes verified (failed after retries: plain "
-          f"{len(wl.plain.failed)}, RedisCluster {len(wl.rc.failed)}); test took "
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    print(f"[kill] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified "
+          f"(failed after retries: {(wl.plain.failed + wl.rc.failed)[:5]}); test took "
           f"{time.monotonic() - t_begin:.1f} s")
 
 
@@ -332,8 +369,8 @@ def test_kill9_one_of_five_rebuilds_replicas(cluster5):
 # 3. the 2-node stage
 # --------------------------------------------------------------------------
 
-def test_two_node_stage_survives_a_death_and_a_join(cluster1):
-    c = cluster1
+def test_two_node_stage_survives_a_death_and_a_join(ecl):
+    c = ecl
     t_begin = time.monotonic()
     id0 = c.nodes[0].node_id
     st = c.wait_status(settled(voters=1, up=[id0]), SETTLE_TIMEOUT_S, "1 node settled")
@@ -393,6 +430,7 @@ def test_two_node_stage_survives_a_death_and_a_join(cluster1):
     c.restart(1)
     st = c.wait_status(settled(voters=3, up=[id0, id1, id2], meta_voters=3),
                        SETTLE_TIMEOUT_S, "3 voters per shard after node1's restart")
+    assert sorted(st.nodes) == sorted([id0, id1, id2]), f"node1 came back as a new node?\n{st}"
     print(f"[two] settled {time.monotonic() - t_restart:.1f} s after node1's restart:\n{st}")
     wl.retarget([0, 1, 2])
     time.sleep(1.0)
@@ -437,13 +475,13 @@ def _cli(c: Cluster, i: int, *args) -> str:
     return r.stdout.decode()
 
 
-def test_drain_and_admin_errors(cluster4):
-    c = cluster4
+def test_drain_and_admin_errors(ecl):
+    c = ecl
     t_begin = time.monotonic()
+    st = grow(c, 4)
     ids = ids_of(c, range(4))
-    st = c.wait_status(settled(voters=3, up=ids, meta_voters=3), SETTLE_TIMEOUT_S,
-                       "4 nodes settled")
     check_header(st)
+    data = preload(c, "pre:drain", PRELOAD_KEYS)
     plan = c.admin("PLAN")
     assert plan == [], f"SHOAL.ADMIN PLAN on a settled cluster: {plan!r}"
 
@@ -520,5 +558,8 @@ def test_drain_and_admin_errors(cluster4):
     wl.finish()
     wl.assert_no_failed_ops()
     acked = wl.verify()
-    print(f"[drain] {len(acked)} acknowledged writes verified; test took "
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    print(f"[drain] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
+          f"test took "
           f"{time.monotonic() - t_begin:.1f} s")

@@ -31,6 +31,7 @@ constexpr int kMaxNodes = 5;  // nodes 4 and 5 join later in the placement runs
 constexpr int kFounders = 3;
 // Steps without a node before the placement driver calls it down.
 constexpr uint64_t kDownAfterSteps = 400;
+constexpr uint64_t kRetireQuietTicks = 20;
 
 const kv::CommandSpec& Spec(std::string_view name) {
   for (const auto& s : kv::DataCommands()) {
@@ -441,7 +442,7 @@ class ReplicaSim {
       for (auto& n : nodes_) {
         if (!n.replica) continue;
         if (!cluster::MayRetire(n.id, Wanted(n.id), l.id, cluster::Membership{voters, cs.learners},
-                                !cs.voters_outgoing.empty())) {
+                                !cs.voters_outgoing.empty(), n.replica->HeardFromLeaderWithin(kRetireQuietTicks))) {
           continue;
         }
         auto batch = n.engine->NewBatch();

@@ -1,0 +1,285 @@
+#include "cli/admin.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "resp/reply_scan.h"
+
+namespace shoal::cli {
+namespace {
+
+constexpr size_t kReplyBytesMax = 64 << 20;
+
+// A reply as the admin verbs produce them: a status, an error, a bulk
+// string, or an array of those.
+struct Reply {
+  char type = 0;  // '+', '-', '$', '*', ':'
+  std::string text;
+  std::vector<std::string> lines;
+};
+
+class Conn {
+ public:
+  ~Conn() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool Open(const std::string& host, int port, std::string* err) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || res == nullptr) {
+      *err = "cannot resolve " + host;
+      return false;
+    }
+    for (addrinfo* a = res; a != nullptr && fd_ < 0; a = a->ai_next) {
+      int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+      if (fd < 0) continue;
+      timeval tv{10, 0};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+        fd_ = fd;
+      } else {
+        close(fd);
+      }
+    }
+    freeaddrinfo(res);
+    if (fd_ < 0) *err = "cannot connect to " + host + ":" + std::to_string(port);
+    return fd_ >= 0;
+  }
+
+  std::optional<Reply> Call(const std::vector<std::string>& args, std::string* err) {
+    std::string req = "*" + std::to_string(args.size()) + "\r\n";
+    for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+    for (size_t off = 0; off < req.size();) {
+      ssize_t n = write(fd_, req.data() + off, req.size() - off);
+      if (n <= 0) {
+        *err = "connection lost while sending";
+        return std::nullopt;
+      }
+      off += static_cast<size_t>(n);
+    }
+    std::string in;
+    size_t len = resp::kReplyIncomplete;
+    while ((len = resp::ScanReply(in.data(), in.size())) == resp::kReplyIncomplete) {
+      char buf[16384];
+      ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0 || in.size() > kReplyBytesMax) {
+        *err = n == 0 ? "connection closed" : "no answer in time";
+        return std::nullopt;
+      }
+      in.append(buf, static_cast<size_t>(n));
+    }
+    if (len == resp::kReplyMalformed) {
+      *err = "malformed reply";
+      return std::nullopt;
+    }
+    return Parse(in.substr(0, len));
+  }
+
+ private:
+  static Reply Parse(const std::string& raw) {
+    Reply r;
+    r.type = raw[0];
+    auto line_end = raw.find("\r\n");
+    std::string head = raw.substr(1, line_end - 1);
+    if (r.type != '*' && r.type != '$') {
+      r.text = head;
+      return r;
+    }
+    if (r.type == '$') {
+      long n = std::strtol(head.c_str(), nullptr, 10);
+      if (n >= 0) r.text = raw.substr(line_end + 2, static_cast<size_t>(n));
+      return r;
+    }
+    size_t pos = line_end + 2;
+    long count = std::strtol(head.c_str(), nullptr, 10);
+    for (long i = 0; i < count && pos < raw.size(); ++i) {
+      char t = raw[pos];
+      size_t e = raw.find("\r\n", pos);
+      std::string h = raw.substr(pos + 1, e - pos - 1);
+      if (t == '$') {
+        size_t n = std::strtoul(h.c_str(), nullptr, 10);
+        r.lines.push_back(raw.substr(e + 2, n));
+        pos = e + 2 + n + 2;
+      } else {
+        r.lines.push_back(h);
+        pos = e + 2;
+      }
+    }
+    return r;
+  }
+  int fd_ = -1;
+};
+
+std::vector<std::string> Words(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+// From STATUS lines: the node's line ("node <id> <addr> <state> replicas N leaders N ...").
+std::vector<std::string> NodeLine(const std::vector<std::string>& status, const std::string& who) {
+  for (const auto& l : status) {
+    auto w = Words(l);
+    if (w.size() >= 8 && w[0] == "node" && (w[1] == who.substr(0, 16) || w[2] == who)) return w;
+  }
+  return {};
+}
+
+int MovesInFlight(const std::vector<std::string>& status) {
+  for (const auto& l : status) {
+    auto w = Words(l);
+    if (w.size() == 2 && w[0] == "moves-in-flight") return std::atoi(w[1].c_str());
+  }
+  return -1;
+}
+
+std::string Duration(double s) {
+  char buf[32];
+  if (s < 120) {
+    std::snprintf(buf, sizeof(buf), "%.0fs", s);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.0fm%02.0fs", s / 60, static_cast<double>(static_cast<int>(s) % 60));
+  }
+  return buf;
+}
+
+// Progress on one line: rewritten in place on a terminal, one line per
+// change when piped.
+class Progress {
+ public:
+  Progress() : tty_(isatty(STDOUT_FILENO) != 0) {}
+  void Show(const std::string& line) {
+    if (tty_) {
+      std::printf("\r\033[K%s", line.c_str());
+      std::fflush(stdout);
+    } else if (line != last_) {
+      std::printf("%s\n", line.c_str());
+    }
+    last_ = line;
+  }
+  void Done(const std::string& line) {
+    if (tty_) std::printf("\r\033[K");
+    std::printf("%s\n", line.c_str());
+  }
+
+ private:
+  bool tty_;
+  std::string last_;
+};
+
+}  // namespace
+
+int RunAdmin(const AdminOptions& opts) {
+  Conn conn;
+  std::string err;
+  if (!conn.Open(opts.host, opts.port, &err)) {
+    std::cerr << "shoal admin: " << err << "\n";
+    return 2;
+  }
+  auto call = [&](std::vector<std::string> args) -> std::optional<Reply> {
+    auto r = conn.Call(args, &err);
+    if (!r) std::cerr << "shoal admin: " << err << "\n";
+    return r;
+  };
+  if (!opts.password.empty()) {
+    auto r = call({"AUTH", opts.password});
+    if (!r || r->type == '-') {
+      std::cerr << "shoal admin: AUTH failed" << (r ? ": " + r->text : "") << "\n";
+      return 2;
+    }
+  }
+  auto admin = [&](std::vector<std::string> args) -> std::optional<Reply> {
+    args.insert(args.begin(), "SHOAL.ADMIN");
+    auto r = call(args);
+    if (r && r->type == '-') std::cerr << "shoal admin: " << r->text << "\n";
+    return r && r->type != '-' ? r : std::nullopt;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+
+  if (opts.verb == "status" || opts.verb == "plan") {
+    auto r = admin({opts.verb});
+    if (!r) return 1;
+    for (const auto& l : r->lines) std::printf("%s\n", l.c_str());
+    if (opts.verb == "plan" && r->lines.empty()) std::printf("(nothing to do: placement is balanced)\n");
+    return 0;
+  }
+  if (opts.verb == "balance" || opts.verb == "remove") {
+    auto r = admin({opts.verb, opts.args.empty() ? "" : opts.args[0]});
+    if (!r) return 1;
+    for (const auto& l : r->lines) std::printf("%s\n", l.c_str());
+    return 0;
+  }
+  if (opts.verb == "drain") {
+    auto r = admin({"drain", opts.args[0]});
+    if (!r) return 1;
+    for (const auto& l : r->lines) std::printf("%s\n", l.c_str());
+    if (!opts.wait) return 0;
+    Progress progress;
+    int first = -1;
+    while (elapsed() < opts.timeout_s) {
+      auto st = admin({"status"});
+      if (!st) return 1;
+      auto node = NodeLine(st->lines, opts.args[0]);
+      if (node.empty()) {
+        std::cerr << "shoal admin: the node left the status\n";
+        return 1;
+      }
+      if (node[3] == "removed") {
+        progress.Done("drained and removed " + node[1] + " in " + Duration(elapsed()));
+        return 0;
+      }
+      int left = std::atoi(node[5].c_str());
+      if (first < 0) first = left;
+      double rate = elapsed() > 0 ? (first - left) / elapsed() : 0;
+      std::string eta = rate > 0 ? ", about " + Duration(left / rate) + " left" : "";
+      progress.Show("draining " + node[1] + ": " + std::to_string(left) + " replicas and " + node[7] +
+                    " leaderships left, " + std::to_string(MovesInFlight(st->lines)) + " moves in flight, " +
+                    Duration(elapsed()) + eta);
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    progress.Done("still draining after " + Duration(elapsed()) + "; `shoal admin status` shows where it stands");
+    return 1;
+  }
+  if (opts.verb == "watch") {
+    Progress progress;
+    int quiet = 0;
+    while (elapsed() < opts.timeout_s) {
+      auto st = admin({"status"});
+      if (!st) return 1;
+      int moving = MovesInFlight(st->lines);
+      std::string nodes;
+      for (const auto& l : st->lines) {
+        auto w = Words(l);
+        if (w.size() >= 8 && w[0] == "node") nodes += " " + w[2] + "=" + w[5] + "/" + w[7];
+      }
+      quiet = moving == 0 ? quiet + 1 : 0;
+      if (quiet >= 3 || !opts.wait) {
+        progress.Done("balanced: replicas/leaders per node" + nodes);
+        return 0;
+      }
+      progress.Show(std::to_string(moving) + " moves in flight; replicas/leaders per node" + nodes + " (" +
+                    Duration(elapsed()) + ")");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    progress.Done("moves still in flight after " + Duration(elapsed()));
+    return 1;
+  }
+  std::cerr << "shoal admin: unknown verb '" << opts.verb << "'\n";
+  return 2;
+}
+
+}  // namespace shoal::cli
