@@ -71,7 +71,8 @@ class Planner {
   struct Target {
     Membership m;
     uint64_t leader = 0;
-    bool moved = false;  // a membership move was planned this round
+    bool moved = false;     // a membership move was planned this round
+    bool complete = false;  // settled and needing no repair: may be balanced
   };
 
   bool IsUp(uint64_t n) const { return StateOf(n) == NodeState::kUp; }
@@ -186,7 +187,10 @@ class Planner {
     bool stuck = Stuck(s);
     if (!Settled(s) && !stuck) return;  // a move is under way
     if (!stuck) {
-      RepairFrom(s.id, Normalized(s.want));
+      // Only a shard that needs no repair may be balanced; one whose repair
+      // waits for budget must not have its replicas moved meanwhile.
+      Membership want = Normalized(s.want);
+      if (!RepairFrom(s.id, want) && !NeedsRepair(want)) targets_[s.id].complete = true;
       return;
     }
     // Plan again from what the group has; if that needs nothing, the wanted
@@ -207,12 +211,29 @@ class Planner {
     Emit(s.id, MoveKind::kRemoveReplica, unreachable, want, base, "give up a move that waits for a node that is not up");
   }
 
+  // What RepairFrom would change, without a budget: the voter target, the
+  // learner target, and no replica on a node that is not up.
+  bool NeedsRepair(const Membership& base) const {
+    auto [voters_target, learners_target] = Targets(base);
+    for (uint64_t n : Members(base)) {
+      if (!IsUp(n)) return true;
+    }
+    return static_cast<int>(base.voters.size()) != voters_target ||
+           static_cast<int>(base.learners.size()) != learners_target;
+  }
+
   // Plans at most one membership move for a settled shard; true if it did.
-  bool RepairFrom(uint64_t id, const Membership& base) {
+  // Voters: the largest odd count the up nodes allow, never fewer than the
+  // shard has (up to the replication factor); learners make up the rest.
+  std::pair<int, int> Targets(const Membership& base) const {
     const int usable = std::min<int>(rf_, static_cast<int>(up_.size()));
-    const int voters_target =
+    const int voters =
         std::max({1, OddAtMost(usable), std::min(static_cast<int>(base.voters.size()), OddAtMost(rf_))});
-    const int learners_target = std::max(0, usable - voters_target);
+    return {voters, std::max(0, usable - voters)};
+  }
+
+  bool RepairFrom(uint64_t id, const Membership& base) {
+    auto [voters_target, learners_target] = Targets(base);
     Ids members = Members(base);
 
     // 1. A voter on a node that is not up: replace it (an up learner first:
@@ -314,7 +335,7 @@ class Planner {
   bool MoveOneReplica(uint64_t from, uint64_t to) {
     for (const ShardView& s : view_.shards) {
       Target& t = targets_[s.id];
-      if (t.moved || !Settled(s)) continue;
+      if (t.moved || !t.complete) continue;
       Ids members = Members(t.m);
       if (!Has(members, from) || Has(members, to)) continue;
       Membership next = t.m;

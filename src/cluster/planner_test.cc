@@ -250,6 +250,25 @@ TEST(Planner, MovesInFlightAreBounded) {
   EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
 }
 
+TEST(Planner, ShardWaitingForRepairIsNotBalanced) {
+  // Grown from one node: every shard has one voter and needs two more, but
+  // the budget lets only some repairs start. The others must not have their
+  // lone voter moved meanwhile.
+  ClusterView v = Cluster(5, 8, {1});
+  PlannerPolicy policy;
+  policy.max_moves_total = 2;
+  policy.max_moves_per_node = 8;
+  for (const auto& m : Plan(v, policy)) {
+    EXPECT_NE(m.kind, MoveKind::kReplaceReplica) << Describe(m);
+    if (m.kind == MoveKind::kAddReplicas) {
+      EXPECT_EQ(m.target.voters.size(), 3u) << Describe(m);
+    }
+  }
+  EXPECT_GE(Converge(&v, policy), 0);
+  ExpectEveryShard(v, 3, 0);
+  EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
+}
+
 TEST(Planner, UnderWayShardIsLeftAlone) {
   ClusterView v = Cluster(4, 1, {1, 2, 3});
   v.shards[0].want = Membership{{1, 2, 4}, {}};

@@ -157,6 +157,11 @@ class RocksEngine final : public Engine {
     rocksdb::IngestExternalFileOptions io;
     io.move_files = true;
     io.allow_global_seqno = true;
+    // The seqno goes into the MANIFEST, not into the file: with move_files
+    // the file is a hard link to ours, and writing into it before the
+    // ingestion commits left a file that a crash-resumed import could never
+    // ingest again.
+    io.write_global_seqno = false;
     io.allow_blocking_flush = true;  // overlapping memtable data is flushed first
     auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
     return FromRocks(s, "ingest " + path);

@@ -578,11 +578,13 @@ class Cluster:
         raise AssertionError(f"timed out waiting for {what}\n{self.log_tails(2500)}")
 
     # -- SHOAL.ADMIN -------------------------------------------------------------
-    def admin(self, *args, via: Optional[int] = None, timeout: float = 20.0, retry: bool = True):
+    def admin(self, *args, via: Optional[int] = None, timeout: float = 20.0, retry: bool = True,
+              retry_errors: Sequence[str] = ("TRYAGAIN",)):
         """SHOAL.ADMIN args on node ``via`` (default: any running node; a non-leader
         relays it to the meta leader). Returns the reply value (a RespError too).
-        With ``retry``, a -TRYAGAIN reply or a connection error is retried (bounded),
-        on the next running node when ``via`` is not given."""
+        With ``retry``, an error reply starting with one of ``retry_errors`` or a
+        connection error is retried (bounded), on the next running node when
+        ``via`` is not given."""
         deadline = time.monotonic() + timeout
         last: object = None
         for attempt in range(200):
@@ -592,7 +594,7 @@ class Cluster:
             i = idx[attempt % len(idx)]
             try:
                 v = self.nodes[i].call("SHOAL.ADMIN", *args, timeout=min(10.0, timeout))
-                if not (retry and isinstance(v, RespError) and v.startswith("TRYAGAIN")):
+                if not (retry and isinstance(v, RespError) and v.startswith(tuple(retry_errors))):
                     return v
                 last = f"node{i}: {v}"
             except NET_ERRORS as e:
@@ -605,7 +607,10 @@ class Cluster:
         raise AssertionError(f"SHOAL.ADMIN {' '.join(map(str, args))} kept failing: {last}")
 
     def admin_status(self, via: Optional[int] = None, timeout: float = 20.0) -> "AdminStatus":
-        v = self.admin("STATUS", via=via, timeout=timeout)
+        """SHOAL.ADMIN STATUS, parsed. A relay that lost the meta leader (which just
+        died: "ERR connection to ... lost") is retried like -TRYAGAIN: STATUS reads."""
+        v = self.admin("STATUS", via=via, timeout=timeout,
+                       retry_errors=("TRYAGAIN", "ERR connection to "))
         if isinstance(v, RespError) or not isinstance(v, list):
             raise AssertionError(f"SHOAL.ADMIN STATUS -> {v!r}")
         return parse_admin_status(v)
@@ -1245,23 +1250,48 @@ class FailoverProbe(_Worker):
 class ClusterClientWriter(_Worker):
     """SETs unique keys through redis-py's RedisCluster (cluster-aware: follows
     MOVED, refreshes its slot map after connection errors). redis-py logs every
-    failed attempt with a traceback; its cluster logger is quietened while this runs."""
+    failed attempt with a traceback; its cluster logger is quietened while this runs.
+
+    ``retry_for`` > 0 is what a careful application adds to redis-py's own
+    retries (``retry_attempts``): a SET that raised is sent again (same key and
+    value) for up to ``retry_for`` seconds, on a new RedisCluster client when
+    the old one raised RedisClusterException (its own bookkeeping failed, e.g.
+    redis-py 4.3's "cannot pickle" while re-reading the slot map from a dead
+    seed node). ``failed`` lists the SETs that still raised, with the last
+    exception; ``retried`` counts the retries."""
 
     def __init__(self, cluster: Cluster, stop: threading.Event, deadline: float,
                  prefix: str = "ack:rc", interval: float = 0.002, retry_attempts: int = 2,
-                 socket_timeout: float = 2.0):
+                 socket_timeout: float = 2.0, retry_for: float = 0.0):
         super().__init__("rcwriter", stop, deadline)
         self.cluster = cluster
         self.prefix = prefix
         self.interval = interval
         self.retry_attempts = retry_attempts
         self.socket_timeout = socket_timeout
+        self.retry_for = retry_for
         self.acked: Dict[str, bytes] = {}
         self.unknown: Dict[str, bytes] = {}
         self.failed: List[str] = []  # SETs that raised after redis-py's own retries
+        self.retried = 0
+        self._rc = None
+
+    def _client(self):
+        if self._rc is None:
+            self._rc = self.cluster.redis_cluster(
+                decode_responses=False, socket_timeout=self.socket_timeout,
+                cluster_error_retry_attempts=self.retry_attempts)
+        return self._rc
+
+    def _drop_client(self) -> None:
+        if self._rc is not None:
+            try:
+                self._rc.close()
+            except Exception:
+                pass
+        self._rc = None
 
     def run(self):
-        rc = None
         log = logging.getLogger("redis.cluster")
         level = log.level
         log.setLevel(logging.CRITICAL)
@@ -1270,11 +1300,9 @@ class ClusterClientWriter(_Worker):
             for _ in range(1_000_000):
                 if not self.running():
                     break
-                if rc is None:
+                if self._rc is None and not self.retry_for:
                     try:
-                        rc = self.cluster.redis_cluster(
-                            decode_responses=False, socket_timeout=self.socket_timeout,
-                            cluster_error_retry_attempts=self.retry_attempts)
+                        self._client()
                     except Exception as e:
                         self.failed.append(f"RedisCluster(): {e!r}")
                         self.errors += 1
@@ -1283,11 +1311,25 @@ class ClusterClientWriter(_Worker):
                 key = f"{self.prefix}:{n}"
                 val = f"rc-{n}-{random.getrandbits(32):08x}".encode()
                 n += 1
-                try:
-                    ok = rc.set(key, val)
-                except Exception as e:  # redis-py raises many kinds during failover
+                give_up = time.monotonic() + self.retry_for
+                ok: object = None
+                err: Optional[Exception] = None
+                for attempt in range(1000):
+                    try:
+                        ok = self._client().set(key, val)
+                        err = None
+                        break
+                    except Exception as e:  # redis-py raises many kinds during failover
+                        err = e
+                        if redis is not None and isinstance(e, redis.exceptions.RedisClusterException):
+                            self._drop_client()
+                    if time.monotonic() >= give_up or not self.running():
+                        break
+                    self.retried += 1
+                    self.pause(min(0.5, 0.05 * (attempt + 1)))
+                if err is not None:
                     self.unknown[key] = val
-                    self.failed.append(f"set {key}: {e!r}")
+                    self.failed.append(f"set {key}: {err!r}")
                     self.errors += 1
                     self.pause(0.05)
                     continue
@@ -1302,11 +1344,7 @@ class ClusterClientWriter(_Worker):
             self.unexpected.append(f"{self.name}: {e!r}")
         finally:
             log.setLevel(level)
-            if rc is not None:
-                try:
-                    rc.close()
-                except Exception:
-                    pass
+            self._drop_client()
 
 
 class StateMonitor(_Worker):
