@@ -579,8 +579,9 @@ void Cluster::HandleJoin(const proto::NodeInfo& node, std::function<void(std::st
     cmd.set_version(1);
     *cmd.mutable_add_node() = node;
     auto p = r->Propose(cmd.SerializeAsString(),
-                        [done, ok](bool applied, std::string reply) {
-                          done(applied && reply.starts_with("+") ? ok : reply);
+                        [done, ok](bool applied, const std::string& reply) {
+                          if (applied && reply.rfind('+', 0) == 0) return done(ok);
+                          done(reply);
                         },
                         node::MonoUs());
     if (!p.ok()) return done("-TRYAGAIN meta shard busy\r\n");
@@ -762,8 +763,8 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     auto propose = [&](const proto::MetaCommand& cmd, std::string what) {
       auto p = mr->Propose(
           cmd.SerializeAsString(),
-          [done, what](bool applied, std::string reply) {
-            if (applied && reply.starts_with("+")) {
+          [done, what](bool applied, const std::string& reply) {
+            if (applied && reply.rfind('+', 0) == 0) {
               AdminReply ok;
               ok.lines = {what};
               ok.kind = AdminReply::Kind::kLines;
@@ -791,6 +792,10 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       return propose(cmd, "balance " + Lower(args[1]));
     }
     if ((sub == "drain" || sub == "remove") && args.size() == 2) {
+      // One node change at a time: each check below reads applied state.
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
       const proto::NodeInfo* node = FindNode(*m, args[1]);
       if (node == nullptr) return done(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
       if (node->state() == proto::NODE_REMOVED) return done(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
@@ -798,6 +803,17 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       std::map<uint64_t, NodeState> state;
       for (const NodeView& n : view.nodes) state[n.id] = n.state;
       auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
+      // Whether `voters` keeps a majority of live voters once the node is gone.
+      auto majority_without = [&](const std::vector<uint64_t>& voters) {
+        if (!HasId(voters, node->id())) return true;
+        size_t left = 0, up = 0;
+        for (uint64_t v : voters) {
+          if (v == node->id()) continue;
+          ++left;
+          up += alive(v) ? 1 : 0;
+        }
+        return left > 0 && up * 2 > left;
+      };
       if (sub == "drain") {
         int remaining = 0;
         for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
@@ -811,30 +827,14 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
         for (const ShardView& s : view.shards) {
           holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
                    HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
-          std::vector<uint64_t> voters = s.actual.voters.empty() ? s.want.voters : s.actual.voters;
-          if (!HasId(voters, node->id())) continue;
-          size_t left = 0, up = 0;
-          for (uint64_t v : voters) {
-            if (v == node->id()) continue;
-            ++left;
-            up += alive(v) ? 1 : 0;
-          }
-          if (left == 0 || up * 2 <= left) {
+          if (!majority_without(s.want.voters) || !majority_without(s.actual.voters)) {
             return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
                                    std::to_string(s.id) + " without a majority of live voters"));
           }
         }
-        if (HasId(view.meta_voters, node->id())) {
-          size_t left = 0, up = 0;
-          for (uint64_t v : view.meta_voters) {
-            if (v == node->id()) continue;
-            ++left;
-            up += alive(v) ? 1 : 0;
-          }
-          if (left == 0 || up * 2 <= left) {
-            return done(AdminError("ERR removing node " + Hex(node->id()) +
-                                   " would leave the meta shard without a majority of live voters"));
-          }
+        if (!majority_without(view.meta_voters) || !majority_without(view.meta_actual_voters)) {
+          return done(AdminError("ERR removing node " + Hex(node->id()) +
+                                 " would leave the meta shard without a majority of live voters"));
         }
         if (holds && state[node->id()] == NodeState::kUp) {
           return done(AdminError("ERR node " + Hex(node->id()) +

@@ -46,7 +46,10 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
   //    With none among the voters yet (a single voter moving), it carries
   //    on: the joint change below replaces it, and Raft steps it down.
   if (!Has(want.voters, g.self)) {
-    raft::NodeId to = Has(want.voters, preferred) && Has(g.conf.voters, preferred) ? preferred : raft::kNoNode;
+    raft::NodeId to = Has(want.voters, preferred) && Has(g.conf.voters, preferred) &&
+                              caught_up_to(preferred, g.committed)
+                          ? preferred
+                          : raft::kNoNode;
     bool any = false;
     for (raft::NodeId v : want.voters) {
       any |= Has(g.conf.voters, v);

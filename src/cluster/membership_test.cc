@@ -63,6 +63,8 @@ TEST(MembershipStep, Table) {
       {"unwanted learner leaves", {{1, 2, 3}, {}}, 1, Group({1, 2, 3}, {4}), "removing learner -4"},
       {"wanted learner added", {{1}, {2}}, 1, Group({1}), "adding learner +l2"},
       {"leaving leader hands over first", {{2, 3, 4}, {}}, 2, Group({1, 2, 3}, {4}), "leader leaves ->2"},
+      {"leaving leader skips a lagging preferred voter", {{2, 3, 4}, {}}, 2,
+       lagging(Group({1, 2, 3}, {4}), 2, 90), "leader leaves ->3"},
       {"leaving leader waits for a caught-up successor", {{2, 3, 4}, {}}, 0,
        lagging(lagging(Group({1, 2, 3}, {4}), 2, 90), 3, 90), ""},
       {"nothing while joint", {{1, 2, 4}, {}}, 1, joint(Group({1, 2, 4})), ""},

@@ -23,6 +23,13 @@ constexpr auto kBackoffMin = std::chrono::milliseconds(20);
 constexpr auto kBackoffMax = std::chrono::milliseconds(500);
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
+// A frame takes queued messages up to about this many payload bytes, so a
+// snapshot travels alone and heartbeats and gossip do not wait behind two.
+constexpr uint64_t kFrameSoftBytes = 8 << 20;
+
+uint64_t PayloadBytes(const raft::Message& m) {
+  return raft::entries_size(m.entries) + m.snapshot.data.size() + m.context.size();
+}
 
 using asio::experimental::as_tuple;
 
@@ -186,12 +193,26 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     pf.set_from_node(node_id());
     pf.set_from_host(opts_.bind_host);
     pf.set_from_peer_port(port_);
-    for (auto& gm : p->queue) {
+    uint64_t payload = 0;
+    size_t taken = 0;
+    for (; taken < p->queue.size(); ++taken) {
+      auto& gm = p->queue[taken];
+      uint64_t bytes = PayloadBytes(gm.msg);
+      if (taken > 0 && payload + bytes > kFrameSoftBytes) break;
+      if (bytes + (1 << 20) > opts_.max_frame_bytes) {
+        // The peer would refuse the frame and drop the connection with
+        // everything else queued on it; Raft resends (a shard this large
+        // cannot move until snapshots are streamed).
+        spdlog::error("group {}: a {} byte message to node {} is over the frame limit; dropped", gm.group,
+                      bytes, gm.msg.to);
+        continue;
+      }
+      payload += bytes;
       auto* out = pf.add_messages();
       out->set_group(gm.group);
       ToProto(gm.msg, out->mutable_msg());
     }
-    p->queue.clear();
+    p->queue.erase(p->queue.begin(), p->queue.begin() + static_cast<long>(taken));
     if (p->send_leaders) {
       p->send_leaders = false;
       pf.set_has_leaders(true);

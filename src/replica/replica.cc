@@ -260,6 +260,13 @@ void Replica::Tick(int64_t now_mono_us) {
 
 void Replica::Step(raft::Message m) {
   if (m.to != opts_.node_id || retired_) return;
+  // A replica with no membership yet (new here, or created again after it
+  // left) holds no log: it must not help elect anyone. A voter is always
+  // promoted from a caught-up learner, so no election needs its vote.
+  if ((m.type == raft::MessageType::kVote || m.type == raft::MessageType::kPreVote) &&
+      node_->raft().tracker().conf_state().voters.empty()) {
+    return;
+  }
   if (m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
       m.type == raft::MessageType::kSnap) {
     leader_contact_tick_ = ticks_;
@@ -340,8 +347,12 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     Status s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch, marker);
     batch.Delete(storage::Cf::kRaft, marker.key);
     if (!s.ok()) {
-      spdlog::error("group {}: snapshot at {} cannot be applied: {}", opts_.group,
-                    rd.snapshot->meta.index, s.ToString());
+      // Raft already counts the snapshot as taken: acknowledging it without
+      // its data would let an empty replica be promoted. Stop instead; at
+      // restart the replica asks for the snapshot again.
+      spdlog::critical("group {}: snapshot at {} cannot be applied: {}", opts_.group,
+                       rd.snapshot->meta.index, s.ToString());
+      SHOAL_CHECK(s.ok() && "snapshot import failed");
     }
     store_->ApplySnapshot(rd.snapshot->meta, batch);
   }
