@@ -45,6 +45,13 @@ class InfoWriter {
     out_ += "# " + name + "\r\n";
     return true;
   }
+  // A section shown only when asked for by name (or "all"/"everything").
+  bool BeginOnRequest(const std::string& name) {
+    for (const auto& s : sections_) {
+      if (s == "all" || s == "everything" || s == ToLower(name)) return Begin(name);
+    }
+    return false;
+  }
   template <typename T>
   void Field(const std::string& key, const T& value) {
     std::ostringstream os;
@@ -144,6 +151,21 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
   }
   if (w.Begin("Cluster")) {
     w.Field("cluster_enabled", 1);
+  }
+  if (w.BeginOnRequest("Raft")) {  // this node's replicas, as each last published itself
+    auto ids = [](const std::vector<raft::NodeId>& v) {
+      std::string out;
+      for (raft::NodeId id : v) out += (out.empty() ? "" : "|") + std::to_string(id);
+      return out.empty() ? std::string("-") : out;
+    };
+    for (replica::Replica* r : server.groups().All()) {
+      auto conf = r->published_conf();
+      w.Field("group" + std::to_string(r->group()),
+              "leader=" + std::to_string(r->published_leader()) + ",term=" + std::to_string(r->published_term()) +
+                  ",applied=" + std::to_string(r->published_applied()) +
+                  ",voters=" + (conf ? ids(conf->voters) + (conf->voters_outgoing.empty() ? "" : "+" + ids(conf->voters_outgoing)) : "?") +
+                  ",learners=" + (conf ? ids(conf->learners) : "?"));
+    }
   }
   if (w.Begin("Keyspace")) {
     for (int db = 0; db < cfg.databases; ++db) {
