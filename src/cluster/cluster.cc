@@ -427,16 +427,7 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
-  const raft::Raft& raft = r->raft();
-  GroupState g;
-  g.self = node_id_;
-  g.conf = raft.tracker().conf_state();
-  g.committed = raft.log().committed();
-  g.applied = raft.log().applied();
-  g.last_index = raft.log().last_index();
-  g.transferring = raft.lead_transferee() != raft::kNoNode;
-  for (const auto& [id, pr] : raft.tracker().progress()) g.match[id] = pr.match;
-  MembershipStep step = NextMembershipStep(want, preferred, g);
+  MembershipStep step = NextMembershipStep(want, preferred, GroupStateOf(r->raft()));
   if (step.kind == MembershipStep::Kind::kTransferLeader) {
     std::lock_guard lock(transfer_mu_);
     int64_t& last = last_transfer_us_[r->group()];

@@ -20,6 +20,18 @@ MembershipStep Change(raft::ConfChangeType type, raft::NodeId id, const char* wh
 
 }  // namespace
 
+GroupState GroupStateOf(const raft::Raft& raft) {
+  GroupState g;
+  g.self = raft.id();
+  g.conf = raft.tracker().conf_state();
+  g.committed = raft.log().committed();
+  g.applied = raft.log().applied();
+  g.last_index = raft.log().last_index();
+  g.transferring = raft.lead_transferee() != raft::kNoNode;
+  for (const auto& [id, pr] : raft.tracker().progress()) g.match[id] = pr.match;
+  return g;
+}
+
 MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred, const GroupState& g) {
   MembershipStep none;
   if (want.voters.empty()) return none;

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "cluster/planner.h"
+#include "raft/raft.h"
 #include "raft/types.h"
 
 namespace shoal::cluster {
@@ -34,6 +35,9 @@ struct GroupState {
   bool transferring = false;               // a leadership transfer is under way
   std::map<raft::NodeId, raft::Index> match;  // per member: highest index known replicated
 };
+
+// The GroupState of a leader's Raft (call on the group's worker).
+GroupState GroupStateOf(const raft::Raft& raft);
 
 struct MembershipStep {
   enum class Kind { kNone, kConfChange, kTransferLeader } kind = Kind::kNone;

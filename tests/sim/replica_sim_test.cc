@@ -420,15 +420,7 @@ class ReplicaSim {
     SimNode& l = Leader();
     if (l.replica && l.replica->is_leader()) {
       const raft::Raft& raft = l.replica->raft();
-      cluster::GroupState g;
-      g.self = l.id;
-      g.conf = raft.tracker().conf_state();
-      g.committed = raft.log().committed();
-      g.applied = raft.log().applied();
-      g.last_index = raft.log().last_index();
-      g.transferring = raft.lead_transferee() != raft::kNoNode;
-      for (const auto& [id, pr] : raft.tracker().progress()) g.match[id] = pr.match;
-      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, g);
+      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, cluster::GroupStateOf(raft));
       if (step.kind == cluster::MembershipStep::Kind::kConfChange) {
         (void)l.replica->ProposeConfChange(step.change);
       } else if (step.kind == cluster::MembershipStep::Kind::kTransferLeader) {
