@@ -350,8 +350,8 @@ void Cluster::OnTick(int worker) {
   bool sync_due = false;
   {
     std::lock_guard lock(transfer_mu_);
-    if (last_retire_check_us_.empty()) last_retire_check_us_.assign(static_cast<size_t>(runtime_->size()), 0);
-    int64_t& last = last_retire_check_us_[static_cast<size_t>(worker)];
+    if (last_sync_us_.empty()) last_sync_us_.assign(static_cast<size_t>(runtime_->size()), 0);
+    int64_t& last = last_sync_us_[static_cast<size_t>(worker)];
     sync_due = now - last >= kPlacementIntervalUs || (worker == 0 && m->epoch() != routed_epoch_);
     if (sync_due) last = now;
   }

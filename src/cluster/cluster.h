@@ -152,8 +152,6 @@ class Cluster {
   // The latest report of group's leader, if one arrived recently.
   bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
   AdminReply AdminStatus(int64_t now_us) const;
-  AdminReply AdminSetNodeState(const std::string& who, proto::NodeState state,
-                               std::function<void(AdminReply)>* done);
   const proto::NodeInfo* FindNode(const proto::MetaState& meta, const std::string& who) const;
   void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
   void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
@@ -182,7 +180,7 @@ class Cluster {
   int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
-  std::vector<int64_t> last_retire_check_us_;  // per worker
+  std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas
   std::vector<std::unique_ptr<kv::Shard>> retired_shards_;  // kept alive: readers may hold them
 };
 

@@ -189,6 +189,15 @@ def preload(c: Cluster, prefix: str, n: int) -> Dict[str, bytes]:
     return data
 
 
+def verify_all(c: Cluster, wl, data: Dict[str, bytes]) -> Dict:
+    """Every write the workload saw acknowledged, and every preloaded key, is
+    readable with its value; returns the acknowledged writes."""
+    acked = wl.verify()
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    return acked
+
+
 def ids_of(c: Cluster, idx: Sequence[int]) -> List[str]:
     return [c.nodes[i].node_id for i in idx]
 
@@ -284,9 +293,7 @@ def test_grow_3_to_5_under_writes(ecl):
 
     wl.finish()
     wl.assert_no_failed_ops()
-    acked = wl.verify()
-    bad = verify_acked(c, data)
-    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    acked = verify_all(c, wl, data)
     print(f"[grow] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
           f"test took {time.monotonic() - t_begin:.1f} s")
 
@@ -360,9 +367,7 @@ def test_kill9_one_of_five_rebuilds_replicas(ecl, which):
 
     wl.finish(run_after=2.0)
     assert wl.acked_count() > acked_at_repair, "no write acknowledged after the repair"
-    acked = wl.verify()
-    bad = verify_acked(c, data)
-    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    acked = verify_all(c, wl, data)
     print(f"[kill] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified "
           f"(failed after retries: {(wl.plain.failed + wl.rc.failed)[:5]}); test took "
           f"{time.monotonic() - t_begin:.1f} s")
@@ -447,9 +452,7 @@ def test_two_node_stage_survives_a_death_and_a_join(ecl):
     wl.assert_no_failed_ops()
     print(f"[two] after node1's restart (leaders rebalanced): "
           f"{wl.monitor.samples - phase1_samples} CLUSTER INFO samples, not ok: {wl.monitor.bad}")
-    acked = wl.verify()
-    bad = verify_acked(c, data)
-    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    acked = verify_all(c, wl, data)
     # the restarted node holds every shard again: follower reads there see it all
     sample = dict(list(acked.items())[:: max(1, len(acked) // 1000)])
     sample.update(list(data.items())[::10])
@@ -569,8 +572,6 @@ def test_drain_and_admin_errors(ecl):
 
     wl.finish()
     wl.assert_no_failed_ops()
-    acked = wl.verify()
-    bad = verify_acked(c, data)
-    assert not bad, f"{len(bad)} preloaded keys lost or wrong, e.g.:\n" + "\n".join(bad[:20])
+    acked = verify_all(c, wl, data)
     print(f"[drain] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
           f"test took {time.monotonic() - t_begin:.1f} s")
