@@ -30,6 +30,7 @@ struct ServerFlags {
   std::string config_file, bind, dir, durability, requirepass, maxmemory, join;
   int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
   int64_t down_after_ms = -1;
+  int64_t snapshot_rate_mb = -1;
 };
 
 void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
@@ -50,6 +51,8 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--replicas", f->replicas, "Replication factor of a new cluster (default 3)");
   cmd->add_option("--down-after-ms", f->down_after_ms,
                   "A node silent this long is down and its replicas are rebuilt elsewhere (default 30000)");
+  cmd->add_option("--snapshot-rate-mb", f->snapshot_rate_mb,
+                  "MB/s this node sends snapshots at, all transfers together; 0: unlimited (default 128)");
 }
 
 shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
@@ -69,6 +72,7 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   if (cmd->count("--shards")) c->shards = f.shards;
   if (cmd->count("--replicas")) c->replicas = f.replicas;
   if (cmd->count("--down-after-ms")) c->down_after_ms = f.down_after_ms;
+  if (cmd->count("--snapshot-rate-mb")) c->snapshot_rate_mb = f.snapshot_rate_mb;
   if (cmd->count("--maxmemory")) {
     auto m = shoal::server::ParseMemory(f.maxmemory);
     if (!m.ok()) return m.status();

@@ -185,6 +185,7 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
   ro.node_id = node_id_;
   ro.tick_ms = groups_->options().tick_ms;
   ro.compact_bytes = opts_.log_bytes_per_replica;
+  ro.courier = opts_.courier;
   if (bootstrap) ro.bootstrap_voters = {node_id_};
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
@@ -412,6 +413,7 @@ Status Cluster::Retire(replica::Replica* r) {
   uint64_t group = r->group();
   Status st = groups_->Retire(group);
   if (!st.ok()) return st;
+  if (opts_.courier != nullptr) opts_.courier->Discard(group);
   auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
   std::lock_guard lock(shards_mu_);
   auto it = shards_.find(group);

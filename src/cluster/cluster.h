@@ -45,6 +45,8 @@ struct ClusterOptions {
   // A node without a heartbeat for this long is down: the placement driver
   // rebuilds its replicas on other nodes.
   int64_t down_after_ms = 30'000;
+  // Carries data shards' snapshots (null: inside Raft messages).
+  replica::SnapshotCourier* courier = nullptr;
 };
 
 // What the membership of a group is, as its leader gossips it.

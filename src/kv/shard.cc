@@ -336,10 +336,132 @@ std::string Shard::IncomingSstPath(uint64_t index) const {
   return SnapshotDir() + "/in-" + std::to_string(id_) + "-" + std::to_string(index) + ".sst";
 }
 
-std::string Shard::SentinelKey() const {
+std::string Shard::IncomingExpiryPath(uint64_t index) const {
+  return SnapshotDir() + "/in-" + std::to_string(id_) + "-" + std::to_string(index) + ".expiry.sst";
+}
+
+std::string Shard::SentinelKey(uint32_t id) {
   std::string k("\xff\xff\xff\xffsnap", 8);
-  storage::PutU64BE(&k, id_);
+  storage::PutU64BE(&k, id);
   return k;
+}
+
+namespace {
+
+void PutRecord(std::string* out, char kind, std::string_view k, std::string_view v) {
+  out->push_back(kind);
+  PutU32(out, static_cast<uint32_t>(k.size()));
+  out->append(k);
+  PutU32(out, static_cast<uint32_t>(v.size()));
+  out->append(v);
+}
+
+struct Record {
+  char kind;
+  std::string_view k, v;
+};
+
+// Parses image records; `allowed` lists the kinds that may appear.
+Status ParseRecords(std::string_view in, std::string_view allowed, std::vector<Record>* recs) {
+  while (!in.empty()) {
+    Record r{in[0], {}, {}};
+    in.remove_prefix(1);
+    if (!GetBytes(&in, &r.k) || !GetBytes(&in, &r.v)) return Status::Corruption("shard image record");
+    if (allowed.find(r.kind) == std::string_view::npos) return Status::Corruption("shard image record kind");
+    if (r.kind == 'k' || r.kind == 'e') {
+      int db = std::atoi(std::string(r.k).c_str());
+      int64_t v = 0;
+      if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
+    }
+    recs->push_back(r);
+  }
+  return Status::Ok();
+}
+
+Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return Status::IOError("open " + dir + ": " + std::strerror(errno));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  return rc == 0 ? Status::Ok() : Status::IOError("fsync " + dir);
+}
+
+}  // namespace
+
+Status ShardExport::WriteDataSst(const std::string& path) const {
+  auto writer = engine_->NewSstWriter(storage::Cf::kData, path);
+  auto it = engine_->NewIterator(storage::Cf::kData, view_.get());
+  std::vector<uint16_t> dbs;
+  for (size_t db = 0; db < counts_.size(); ++db) {
+    if (counts_[db].first != 0) dbs.push_back(static_cast<uint16_t>(db));
+  }
+  // Keys in order: slot, then db, then key; the sentinel sorts last.
+  for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
+    for (uint16_t db : dbs) {
+      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), db);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        Status s = writer->Put(it->key(), it->value());
+        if (!s.ok()) return s;
+      }
+      if (!it->status().ok()) return it->status();
+    }
+  }
+  Status s = writer->Put(Shard::SentinelKey(id_), EncodeI64(static_cast<int64_t>(index_)));
+  if (s.ok()) s = writer->Finish();
+  if (!s.ok()) {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+  }
+  return s;
+}
+
+std::string ShardExport::CounterRecords() const {
+  std::string out;
+  for (size_t db = 0; db < counts_.size(); ++db) {
+    if (counts_[db].first == 0) continue;
+    PutRecord(&out, 'k', std::to_string(db), EncodeI64(counts_[db].first));
+    PutRecord(&out, 'e', std::to_string(db), EncodeI64(counts_[db].second));
+  }
+  return out;
+}
+
+Status ShardExport::ForEachExpiry(const std::function<Status(std::string_view)>& fn) const {
+  auto ex = engine_->NewIterator(storage::Cf::kExpiry, view_.get());
+  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
+    storage::DecodedExpiryKey d;
+    if (!storage::DecodeExpiryKey(ex->key(), &d)) continue;
+    uint16_t slot = storage::KeySlot(d.key);
+    if (slot < slot_begin_ || slot >= slot_end_) continue;
+    Status s = fn(ex->key());
+    if (!s.ok()) return s;
+  }
+  return ex->status();
+}
+
+Status ShardExport::Write(const std::string& dir) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IOError("create " + dir + ": " + ec.message());
+  Status s = WriteDataSst(dir + "/data.sst");
+  if (!s.ok()) return s;
+  std::unique_ptr<storage::SstWriter> expiry;
+  s = ForEachExpiry([&](std::string_view key) {
+    if (!expiry) expiry = engine_->NewSstWriter(storage::Cf::kExpiry, dir + "/expiry.sst");
+    return expiry->Put(key, "");
+  });
+  if (s.ok() && expiry) s = expiry->Finish();
+  if (s.ok()) s = WriteFileDurably(dir + "/counters", CounterRecords());
+  if (s.ok()) s = SyncDir(dir);
+  return s;
+}
+
+std::unique_ptr<ShardExport> Shard::BeginExport() const {
+  std::vector<std::pair<int64_t, int64_t>> counts(kDatabasesMax);
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    counts[static_cast<size_t>(db)] = {KeyCount(static_cast<uint16_t>(db)), ExpiresCount(static_cast<uint16_t>(db))};
+  }
+  return std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin_, slot_end_,
+                                       applied_index_, std::move(counts));
 }
 
 // Image layout (version 2): [2][len u32][an SST file of the slot range's data
@@ -347,62 +469,25 @@ std::string Shard::SentinelKey() const {
 // records, each [kind u8: 'x' expiry index, 'k'/'e' counter][len u32 key]
 // [len u32 value]. Version 1 had no SST and carried data as 'd' records.
 Result<std::string> Shard::ExportImage() const {
-  std::string out(1, kImageV2);
-  auto snap = engine_->NewSnapshot();
+  auto exp = BeginExport();
   std::error_code ec;
   std::filesystem::create_directories(SnapshotDir(), ec);
   std::string path = SnapshotDir() + "/out-" + std::to_string(id_) + "-" + std::to_string(applied_index_) + ".sst";
-  {
-    auto writer = engine_->NewSstWriter(storage::Cf::kData, path);
-    auto it = engine_->NewIterator(storage::Cf::kData, snap.get());
-    std::vector<uint16_t> dbs;
-    for (int db = 0; db < kDatabasesMax; ++db) {
-      if (KeyCount(static_cast<uint16_t>(db)) != 0) dbs.push_back(static_cast<uint16_t>(db));
-    }
-    // Keys in order: slot, then db, then key.
-    for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
-      for (uint16_t db : dbs) {
-        std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), db);
-        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-          Status s = writer->Put(it->key(), it->value());
-          if (!s.ok()) return s;
-        }
-        if (!it->status().ok()) return it->status();
-      }
-    }
-    Status s = writer->Put(SentinelKey(), EncodeI64(static_cast<int64_t>(applied_index_)));
-    if (s.ok()) s = writer->Finish();
-    if (!s.ok()) {
-      std::filesystem::remove(path, ec);
-      return s;
-    }
-  }
+  Status s = exp->WriteDataSst(path);
+  if (!s.ok()) return s;
   std::string sst;
   Status rs = ReadWholeFile(path, &sst);
   std::filesystem::remove(path, ec);
   if (!rs.ok()) return rs;
+  std::string out(1, kImageV2);
   PutU32(&out, static_cast<uint32_t>(sst.size()));
   out += sst;
-  auto put = [&out](char kind, std::string_view k, std::string_view v) {
-    out.push_back(kind);
-    PutU32(&out, static_cast<uint32_t>(k.size()));
-    out.append(k);
-    PutU32(&out, static_cast<uint32_t>(v.size()));
-    out.append(v);
-  };
-  for (int db = 0; db < kDatabasesMax; ++db) {
-    if (KeyCount(static_cast<uint16_t>(db)) == 0) continue;
-    put('k', std::to_string(db), EncodeI64(KeyCount(static_cast<uint16_t>(db))));
-    put('e', std::to_string(db), EncodeI64(ExpiresCount(static_cast<uint16_t>(db))));
-  }
-  auto ex = engine_->NewIterator(storage::Cf::kExpiry, snap.get());
-  for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
-    storage::DecodedExpiryKey d;
-    if (storage::DecodeExpiryKey(ex->key(), &d) && OwnsSlot(storage::KeySlot(d.key))) {
-      put('x', ex->key(), "");
-    }
-  }
-  if (!ex->status().ok()) return ex->status();
+  out += exp->CounterRecords();
+  s = exp->ForEachExpiry([&out](std::string_view key) {
+    PutRecord(&out, 'x', key, "");
+    return Status::Ok();
+  });
+  if (!s.ok()) return s;
   return out;
 }
 
@@ -416,37 +501,20 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   std::string_view in = image.substr(1);
   std::string_view sst;
   if (v2 && !GetBytes(&in, &sst)) return Status::Corruption("shard image sst");
-  struct Rec {
-    char kind;
-    std::string_view k, v;
-  };
-  std::vector<Rec> recs;
-  while (!in.empty()) {
-    Rec r{in[0], {}, {}};
-    in.remove_prefix(1);
-    if (!GetBytes(&in, &r.k) || !GetBytes(&in, &r.v)) return Status::Corruption("shard image record");
-    if ((r.kind != 'd' || v2) && r.kind != 'x' && r.kind != 'k' && r.kind != 'e') {
-      return Status::Corruption("shard image record kind");
-    }
-    if (r.kind == 'k' || r.kind == 'e') {
-      int db = std::atoi(std::string(r.k).c_str());
-      int64_t v = 0;
-      if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
-    }
-    recs.push_back(r);
-  }
+  std::vector<Record> recs;
+  Status parsed = ParseRecords(in, v2 ? "xke" : "dxke", &recs);
+  if (!parsed.ok()) return parsed;
   // With an SST, the clearing and the small records go first, in one durable
   // write that also records the import in progress (marker); then the file
   // is ingested; `batch` finishes it. A crash in between is finished by
   // ResumeImage at the next start.
   std::unique_ptr<storage::WriteBatch> pre;
   storage::WriteBatch* first = &batch;
-  std::string path;
   if (v2) {
     std::error_code ec;
     std::filesystem::create_directories(SnapshotDir(), ec);
-    path = IncomingSstPath(index);
-    Status s = WriteFileDurably(path, sst);
+    std::filesystem::remove(IncomingExpiryPath(index), ec);
+    Status s = WriteFileDurably(IncomingSstPath(index), sst);
     if (!s.ok()) return s;
     pre = engine_->NewBatch();
     first = pre.get();
@@ -468,14 +536,51 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
       }
     }
   }
-  if (v2) {
-    auto seq = engine_->Write(*pre);
-    if (!seq.ok()) return seq.status();
-    auto synced = engine_->Sync();
-    if (!synced.ok()) return synced.status();
-    return ResumeImage(index, batch);
-  }
+  if (v2) return IngestStaged(*pre, index, batch);
   return Status::Ok();
+}
+
+Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::WriteBatch& batch,
+                               const ImportMarker& marker) {
+  std::string counters;
+  Status s = ReadWholeFile(dir + "/counters", &counters);
+  if (!s.ok()) return s;
+  std::vector<Record> recs;
+  s = ParseRecords(counters, "ke", &recs);
+  if (!s.ok()) return s;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
+  std::filesystem::create_directories(SnapshotDir(), ec);
+  std::filesystem::remove(IncomingExpiryPath(index), ec);
+  std::filesystem::rename(dir + "/data.sst", IncomingSstPath(index), ec);
+  if (ec) return Status::IOError("move " + dir + "/data.sst: " + ec.message());
+  if (std::filesystem::exists(dir + "/expiry.sst", ec)) {
+    std::filesystem::rename(dir + "/expiry.sst", IncomingExpiryPath(index), ec);
+    if (ec) return Status::IOError("move " + dir + "/expiry.sst: " + ec.message());
+  }
+  s = SyncDir(SnapshotDir());
+  if (!s.ok()) return s;
+  auto pre = engine_->NewBatch();
+  pre->Put(storage::Cf::kRaft, marker.key, marker.value);
+  s = StageClear(*pre);
+  if (!s.ok()) return s;
+  pending_counts_.clear();
+  for (const auto& r : recs) {
+    int db = std::atoi(std::string(r.k).c_str());
+    int64_t v = 0;
+    DecodeI64(r.v, &v);
+    pre->Put(storage::Cf::kMeta, CountKey(r.kind, static_cast<uint16_t>(db)), r.v);
+    pending_counts_.push_back({r.kind, static_cast<uint16_t>(db), v});
+  }
+  return IngestStaged(*pre, index, batch);
+}
+
+Status Shard::IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch) {
+  auto seq = engine_->Write(pre);
+  if (!seq.ok()) return seq.status();
+  auto synced = engine_->Sync();
+  if (!synced.ok()) return synced.status();
+  return ResumeImage(index, batch);
 }
 
 Status Shard::StageClear(storage::WriteBatch& batch) {
@@ -518,6 +623,15 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::error_code ec;
     std::filesystem::remove(path, ec);  // moved into the store (a link may remain)
+  }
+  // The expiry index file, when the image had one: ingesting it again after
+  // a crash writes the same keys.
+  std::string expiry = IncomingExpiryPath(index);
+  std::error_code ec;
+  if (std::filesystem::exists(expiry, ec)) {
+    s = engine_->IngestSst(storage::Cf::kExpiry, expiry);
+    if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
+    std::filesystem::remove(expiry, ec);
   }
   batch.Delete(storage::Cf::kData, SentinelKey());
   StageApplied(index, batch);

@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -110,6 +111,38 @@ class ApplyTxn {
 using ApplyFn = Status (*)(ApplyTxn& txn, const Entry& entry, const Limits& limits,
                            resp::Writer* reply);
 
+// The shard's state as files, for snapshots that travel beside Raft
+// (replica::SnapshotCourier): taken by Shard::BeginExport on the owner
+// thread from a consistent storage view, then written by Write on any
+// thread while the shard goes on applying. The files: data.sst (the slot
+// range's data keys and a sentinel naming the shard and index), expiry.sst
+// (its expiry index entries, when it has any) and counters.
+class ShardExport {
+ public:
+  ShardExport(storage::Engine* engine, std::unique_ptr<storage::Snapshot> view, uint32_t id,
+              uint16_t slot_begin, uint16_t slot_end, uint64_t index,
+              std::vector<std::pair<int64_t, int64_t>> counts)
+      : engine_(engine), view_(std::move(view)), id_(id), slot_begin_(slot_begin), slot_end_(slot_end),
+        index_(index), counts_(std::move(counts)) {}
+  uint64_t index() const { return index_; }
+  // Writes the files into `dir` (created; must not hold other files).
+  Status Write(const std::string& dir) const;
+  // The data keys as one SST file at `path` (also used by inline images).
+  Status WriteDataSst(const std::string& path) const;
+  // The counter records (kind 'k'/'e', db, value), as the image's records.
+  std::string CounterRecords() const;
+  // Calls fn with every expiry index key of the range, in key order.
+  Status ForEachExpiry(const std::function<Status(std::string_view)>& fn) const;
+
+ private:
+  storage::Engine* engine_;
+  std::unique_ptr<storage::Snapshot> view_;
+  uint32_t id_;
+  uint16_t slot_begin_, slot_end_;
+  uint64_t index_;
+  std::vector<std::pair<int64_t, int64_t>> counts_;  // per db: keys, expires
+};
+
 class Shard {
  public:
   // meta_cache_entries bounds the KeyMetaCache (0 disables it).
@@ -134,6 +167,8 @@ class Shard {
   // The shard's whole state (its slot range's keys, expiry index entries and
   // counters) as one image, for Raft snapshots. Read from a consistent view.
   Result<std::string> ExportImage() const;
+  // The same state as files written later, off this thread (ShardExport).
+  std::unique_ptr<ShardExport> BeginExport() const;
   // A record (raft column family) that says an import is under way; see
   // StageImage.
   struct ImportMarker {
@@ -148,6 +183,10 @@ class Shard {
   // finishes the import. Corrupt images change nothing.
   Status StageImage(std::string_view image, uint64_t index, storage::WriteBatch& batch,
                     const ImportMarker* marker = nullptr);
+  // Like StageImage, from the files a ShardExport wrote into `dir` (which
+  // the import empties: its files move into the store).
+  Status StageImportFiles(const std::string& dir, uint64_t index, storage::WriteBatch& batch,
+                          const ImportMarker& marker);
   // Stages deleting everything the shard holds here (data, expiry index,
   // counters, applied index): its replica leaves this node.
   Status StageDestroy(storage::WriteBatch& batch);
@@ -156,6 +195,8 @@ class Shard {
   void FinishImage();
   // Stages deleting the data, expiry index entries and counters of the range.
   Status StageClear(storage::WriteBatch& batch);
+  // The key an image's data SST ends with (names the shard and the index).
+  static std::string SentinelKey(uint32_t id);
   bool OwnsSlot(uint16_t slot) const { return slot >= slot_begin_ && slot < slot_end_; }
 
   struct ExpiredKey {
@@ -183,7 +224,11 @@ class Shard {
   std::string MetaKey(std::string_view name) const;
   std::string SnapshotDir() const;
   std::string IncomingSstPath(uint64_t index) const;
-  std::string SentinelKey() const;
+  std::string IncomingExpiryPath(uint64_t index) const;
+  // Writes `pre` (the clearing, small records, the marker) durably, then
+  // ingests the staged files (the common tail of both imports).
+  Status IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch);
+  std::string SentinelKey() const { return SentinelKey(id_); }
   std::string CountKey(char kind, uint16_t db) const;
   Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
                           size_t entries, uint64_t applied_to);

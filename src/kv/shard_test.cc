@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -66,6 +67,17 @@ class ShardHarness {
   }
 
   Shard& shard() { return *shard_; }
+  Status ImportFiles(const std::string& dir, uint64_t index) {
+    auto batch = engine_->NewBatch();
+    Shard::ImportMarker marker{"Ptest", "x"};
+    Status s = shard_->StageImportFiles(dir, index, *batch, marker);
+    if (!s.ok()) return s;
+    batch->Delete(storage::Cf::kRaft, marker.key);
+    auto seq = engine_->Write(*batch);
+    if (!seq.ok()) return seq.status();
+    shard_->FinishImage();
+    return Status::Ok();
+  }
   int64_t now_ms = 1'700'000'000'000;
   std::vector<Entry> log;
 
@@ -75,6 +87,58 @@ class ShardHarness {
   std::unique_ptr<storage::Engine> engine_;
   std::unique_ptr<Shard> shard_;
 };
+
+// A file export sees the state of the moment it began, not later writes;
+// importing it elsewhere gives the same keys, counters and expiry index.
+TEST(Shard, FileExportIsAConsistentViewAndImportsWhole) {
+  ShardHarness a("fexp_a"), b("fexp_b");
+  a.Run({"set", "k1", "v1"});
+  a.Run({"set", "k2", "v2", "px", "500"});
+  a.Run({"set", "k3", "v3"}, 2);
+  b.Run({"set", "old", "gone"});  // the import replaces everything
+  uint64_t index = a.shard().applied_index();
+  auto exp = a.shard().BeginExport();
+  EXPECT_EQ(exp->index(), index);
+  a.Run({"set", "later", "x"});
+  a.Run({"del", "k1"});
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_fexp_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(exp->Write(dir.string()).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir / "data.sst"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "expiry.sst"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "counters"));
+  ASSERT_TRUE(b.ImportFiles(dir.string(), index).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "data.sst"));  // moved into the store
+  EXPECT_EQ(b.shard().applied_index(), index);
+  EXPECT_EQ(b.Run({"get", "k1"}), "$2\r\nv1\r\n");
+  EXPECT_EQ(b.Run({"get", "later"}), "$-1\r\n");
+  EXPECT_EQ(b.Run({"get", "old"}), "$-1\r\n");
+  EXPECT_EQ(b.Run({"get", "k3"}, 2), "$2\r\nv3\r\n");
+  EXPECT_EQ(b.shard().KeyCount(0), 2);
+  EXPECT_EQ(b.shard().KeyCount(2), 1);
+  EXPECT_EQ(b.shard().ExpiresCount(0), 1);
+  auto due = b.shard().DueExpiries(b.now_ms + 1000, 10);
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].key, "k2");
+  // A shard with no expiring keys exports no expiry file; still imports.
+  ShardHarness c("fexp_c");
+  c.Run({"set", "x", "1"});
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(c.shard().BeginExport()->Write(dir.string()).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "expiry.sst"));
+  ASSERT_TRUE(b.ImportFiles(dir.string(), 1).ok());
+  EXPECT_EQ(b.Run({"get", "x"}), "$1\r\n1\r\n");
+  EXPECT_EQ(b.Run({"get", "k1"}), "$-1\r\n");
+  EXPECT_EQ(b.shard().ExpiresCount(0), 0);
+  EXPECT_TRUE(b.shard().DueExpiries(b.now_ms + 1000, 10).empty());
+  // A folder without its data is refused and changes nothing.
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir / "counters"); }
+  EXPECT_FALSE(b.ImportFiles(dir.string(), 5).ok());
+  EXPECT_EQ(b.Run({"get", "x"}), "$1\r\n1\r\n");
+  std::filesystem::remove_all(dir);
+}
 
 TEST(Shard, SetGetIncrAndCounters) {
   ShardHarness h("basic");

@@ -11,6 +11,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <deque>
+
 #include "node/codec.h"
 #include "peer.pb.h"
 
@@ -23,6 +25,7 @@ constexpr auto kBackoffMin = std::chrono::milliseconds(20);
 constexpr auto kBackoffMax = std::chrono::milliseconds(500);
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
+constexpr size_t kChunkQueueMax = 64;
 // A frame takes queued messages up to about this many payload bytes, so a
 // snapshot travels alone and heartbeats and gossip do not wait behind two.
 constexpr uint64_t kFrameSoftBytes = 8 << 20;
@@ -44,6 +47,7 @@ struct Transport::Peer {
   asio::ip::tcp::socket socket;
   asio::steady_timer signal;
   std::vector<GroupMessage> queue;
+  std::deque<SnapshotChunk> chunks;
   bool send_leaders = false;
   bool writer_running = false;
 };
@@ -132,6 +136,16 @@ void Transport::Send(std::vector<GroupMessage> msgs) {
   });
 }
 
+void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
+  asio::post(io_, [this, to, c = std::move(c)]() mutable {
+    if (to == node_id()) return;
+    Peer& p = PeerFor(to);
+    if (p.chunks.size() >= kChunkQueueMax) return;
+    p.chunks.push_back(std::move(c));
+    Wake(p);
+  });
+}
+
 void Transport::SetLocalLeaders(std::vector<LeaderReport> leaders) {
   asio::post(io_, [this, leaders = std::move(leaders)]() mutable { local_leaders_ = std::move(leaders); });
 }
@@ -154,7 +168,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   asio::steady_timer wait(io_);
   std::string frame;
   for (;;) {
-    if (p->queue.empty() && !p->send_leaders) {
+    if (p->queue.empty() && p->chunks.empty() && !p->send_leaders) {
       p->signal.expires_at(asio::steady_timer::time_point::max());
       auto [ec] = co_await p->signal.async_wait(as_tuple(asio::use_awaitable));
       (void)ec;
@@ -176,6 +190,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       }
       if (ec) {
         p->queue.clear();  // Raft resends what matters
+        p->chunks.clear();  // so do snapshot senders
         p->send_leaders = false;
         wait.expires_after(backoff);
         co_await wait.async_wait(as_tuple(asio::use_awaitable));
@@ -213,6 +228,23 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       ToProto(gm.msg, out->mutable_msg());
     }
     p->queue.erase(p->queue.begin(), p->queue.begin() + static_cast<long>(taken));
+    // Snapshot chunks share the frame budget; at least one goes each frame.
+    while (!p->chunks.empty() && (pf.chunks_size() == 0 || payload + p->chunks.front().data.size() <= kFrameSoftBytes)) {
+      SnapshotChunk& c = p->chunks.front();
+      payload += c.data.size();
+      auto* out = pf.add_chunks();
+      out->set_kind(static_cast<uint32_t>(c.kind));
+      out->set_group(c.group);
+      out->set_from(c.from);
+      out->set_to(c.to);
+      out->set_export_id(c.export_id);
+      out->set_offset(c.offset);
+      out->set_total(c.total);
+      out->set_data(std::move(c.data));
+      out->set_done(c.done);
+      out->set_refused(c.refused);
+      p->chunks.pop_front();
+    }
     if (p->send_leaders) {
       p->send_leaders = false;
       pf.set_has_leaders(true);
@@ -290,6 +322,25 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       raft::Message m;
       if (!FromProto(gm.msg(), &m) || m.from != pf.from_node() || m.to != node_id()) continue;
       deliver_(gm.group(), std::move(m));
+    }
+    for (const auto& pc : pf.chunks()) {
+      if (!chunks_ || pc.kind() > static_cast<uint32_t>(SnapshotChunk::Kind::kAck)) continue;
+      SnapshotChunk c;
+      c.kind = static_cast<SnapshotChunk::Kind>(pc.kind());
+      c.group = pc.group();
+      c.from = pc.from();
+      c.to = pc.to();
+      c.export_id = pc.export_id();
+      c.offset = pc.offset();
+      c.total = pc.total();
+      c.data = pc.data();
+      c.done = pc.done();
+      c.refused = pc.refused();
+      // Offers and data come from the image's sender, acknowledgements
+      // from its receiver.
+      bool ack = c.kind == SnapshotChunk::Kind::kAck;
+      if ((ack ? c.to : c.from) != pf.from_node() || (ack ? c.from : c.to) != node_id()) continue;
+      chunks_(pf.from_node(), std::move(c));
     }
     if (pf.has_leaders()) {
       std::vector<LeaderReport> leaders;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "node/image_stream.h"
 #include "raft/types.h"
 
 namespace shoal::node {
@@ -55,7 +56,12 @@ class Transport {
   // (every gossip round, so also a heartbeat of that peer).
   using LeadersFn = std::function<void(raft::NodeId from, std::vector<LeaderReport>)>;
 
+  // Called on the transport thread with a snapshot chunk from peer `from`.
+  using ChunkFn = std::function<void(raft::NodeId from, SnapshotChunk)>;
+
   Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders);
+  // Where snapshot chunks go; set before Start (chunks are dropped without).
+  void set_chunk_handler(ChunkFn fn) { chunks_ = std::move(fn); }
   ~Transport();
   Status Start();
   void Stop();
@@ -70,6 +76,9 @@ class Transport {
   void SetAddress(raft::NodeId id, const std::string& host, uint16_t port);
   // Queues messages (each to msg.to) and wakes the writers.
   void Send(std::vector<GroupMessage> msgs);
+  // Queues a snapshot chunk for node `to` (dropped, and sent again by its
+  // sender, if too many wait).
+  void SendChunk(raft::NodeId to, SnapshotChunk c);
   // The groups this node leads, gossiped to every peer.
   void SetLocalLeaders(std::vector<LeaderReport> leaders);
 
@@ -88,6 +97,7 @@ class Transport {
   TransportOptions opts_;
   DeliverFn deliver_;
   LeadersFn leaders_;
+  ChunkFn chunks_;
   std::atomic<uint64_t> cluster_id_{0};
   std::atomic<raft::NodeId> node_id_{0};
   asio::io_context io_{1};

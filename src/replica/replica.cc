@@ -53,7 +53,22 @@ bool DecodeMarker(std::string_view raw, raft::SnapshotMeta* meta) {
   return storage::DecodeConfState(raw.substr(16), &meta->conf_state);
 }
 
+constexpr std::string_view kTicketMagic("\0SHTKT1\0", 8);
+
 }  // namespace
+
+std::string SnapshotTicket::Encode() const {
+  std::string out(kTicketMagic);
+  for (uint64_t v : {from, export_id}) out.append(reinterpret_cast<const char*>(&v), 8);
+  return out;
+}
+
+bool SnapshotTicket::Decode(std::string_view data, SnapshotTicket* out) {
+  if (data.size() != kTicketMagic.size() + 16 || !data.starts_with(kTicketMagic)) return false;
+  std::memcpy(&out->from, data.data() + 8, 8);
+  std::memcpy(&out->export_id, data.data() + 16, 8);
+  return true;
+}
 
 std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
   std::string out;
@@ -221,6 +236,17 @@ Status Replica::Init() {
     if (!term.ok()) return raft::unavailable_error();
     snap.meta.term = *term;
     snap.meta.conf_state = store_->conf_state();
+    if (opts_.courier != nullptr) {
+      if (ImageWriter write = sm_->BeginFileExport()) {
+        // Cheap here: a storage view; the files are written off the worker.
+        SnapshotTicket t{opts_.node_id, ++last_export_id_};
+        snap.data = t.Encode();
+        // Each export leaves in the next Ready's message; a few at most wait.
+        if (exports_.size() >= 8) exports_.erase(exports_.begin());
+        exports_[t.export_id] = std::move(write);
+        return snap;
+      }
+    }
     auto data = sm_->Export();
     if (!data.ok()) return raft::unavailable_error();
     snap.data = std::move(data).value();
@@ -237,6 +263,9 @@ Status Replica::Init() {
   cfg.pre_vote = true;
   cfg.max_size_per_msg = 1 << 20;
   cfg.max_inflight_msgs = 256;
+  // Export ids name an export's bytes to the receiver, across restarts of
+  // either side: start each incarnation somewhere new.
+  last_export_id_ = (opts_.seed != 0 ? opts_.seed * 0x9E3779B97F4A7C15ULL : (uint64_t{std::random_device{}()} << 32 | std::random_device{}())) & ~0xFFFFFULL;
   cfg.seed = (opts_.seed != 0 ? opts_.seed : std::random_device{}()) ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^
              opts_.node_id;
   auto node = raft::RawNode::create(cfg, store_.get());
@@ -266,6 +295,16 @@ void Replica::Step(raft::Message m) {
   if ((m.type == raft::MessageType::kVote || m.type == raft::MessageType::kPreVote) &&
       node_->raft().tracker().conf_state().voters.empty()) {
     return;
+  }
+  if (m.type == raft::MessageType::kSnap) {
+    SnapshotTicket t;
+    if (SnapshotTicket::Decode(m.snapshot.data, &t) &&
+        (opts_.courier == nullptr || opts_.courier->Received(opts_.group, t).empty())) {
+      // Its image has not (all) arrived: the leader sends it again.
+      spdlog::warn("group {}: snapshot at {} from node {} without its image; dropped", opts_.group,
+                   m.snapshot.meta.index, m.from);
+      return;
+    }
   }
   if (m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
       m.type == raft::MessageType::kSnap) {
@@ -344,7 +383,16 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   }
   if (rd.snapshot) {
     kv::Shard::ImportMarker marker{ImportMarkerKey(opts_.group), EncodeMarker(rd.snapshot->meta)};
-    Status s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch, marker);
+    SnapshotTicket t;
+    Status s;
+    if (SnapshotTicket::Decode(rd.snapshot->data, &t)) {
+      std::string dir = opts_.courier != nullptr ? opts_.courier->Received(opts_.group, t) : "";
+      s = dir.empty() ? Status::NotFound("the snapshot's image is gone")
+                      : sm_->StageImportFiles(dir, rd.snapshot->meta.index, batch, marker);
+      if (s.ok()) opts_.courier->Discard(opts_.group);
+    } else {
+      s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch, marker);
+    }
     batch.Delete(storage::Cf::kRaft, marker.key);
     if (!s.ok()) {
       // Raft already counts the snapshot as taken: acknowledging it without
@@ -362,13 +410,32 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   } else if (rd.snapshot) {
     store_->SetHardState(store_->hard_state(), batch);
   }
-  for (auto& m : rd.messages) {
-    // The transport gives no delivery report; a snapshot counts as sent.
-    // If it was lost, the leader's next probe is refused and it sends another.
-    if (m.type == raft::MessageType::kSnap) snapshots_sent_.push_back(m.to);
-    send->push_back(std::move(m));
-  }
+  for (auto& m : rd.messages) Route(std::move(m), send);
   return true;
+}
+
+void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
+  if (m.type != raft::MessageType::kSnap) {
+    send->push_back(std::move(m));
+    return;
+  }
+  SnapshotTicket t;
+  if (!SnapshotTicket::Decode(m.snapshot.data, &t)) {
+    // Inline image. The transport gives no delivery report; it counts as
+    // sent. If it was lost, the leader's next probe is refused and it
+    // sends another.
+    snapshots_sent_.push_back(m.to);
+    send->push_back(std::move(m));
+    return;
+  }
+  auto it = exports_.find(t.export_id);
+  if (t.from != opts_.node_id || it == exports_.end() || opts_.courier == nullptr) {
+    snapshots_failed_.push_back(m.to);  // not ours to send (a received one)
+    return;
+  }
+  ImageWriter write = std::move(it->second);
+  exports_.erase(it);
+  opts_.courier->Ship(opts_.group, std::move(m), std::move(write));
 }
 
 void Replica::ApplyReady(int64_t now_mono_us) {
@@ -398,11 +465,13 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
     ready_.reset();
     return;
   }
-  for (auto& m : rd.messages_after_persist) send->push_back(std::move(m));
+  for (auto& m : rd.messages_after_persist) Route(std::move(m), send);
   ready_.reset();
   node_->advance();
   for (raft::NodeId to : snapshots_sent_) node_->report_snapshot(to, false);
   snapshots_sent_.clear();
+  for (raft::NodeId to : snapshots_failed_) node_->report_snapshot(to, true);
+  snapshots_failed_.clear();
   ServeReads();
   Publish(now_mono_us);
 }
@@ -469,10 +538,18 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   // Keep the log bounded: entries far below the applied index are dropped
   // (a follower that needs them gets a snapshot instead).
   uint64_t applied = sm_->applied_index();
+  // A follower being sent a snapshot resumes from the log right after it:
+  // keep those entries (within a bound) or it would need another snapshot.
+  raft::Index floor = SnapshotFloor();
+  auto held = [&](raft::Index to) {
+    return floor != 0 && to > floor && to - floor <= opts_.compact_hold_entries ? floor : to;
+  };
   if (applied >= store_->first_index() + opts_.compact_entries) {
-    store_->Compact(applied - opts_.compact_entries / 2, *apply_batch_);
+    raft::Index to = held(applied - opts_.compact_entries / 2);
+    if (to >= store_->first_index()) store_->Compact(to, *apply_batch_);
   }
-  if (store_->log_bytes() > opts_.compact_bytes && applied >= store_->first_index()) {
+  if (store_->log_bytes() > opts_.compact_bytes && applied >= store_->first_index() &&
+      (floor == 0 || store_->log_bytes() > 16 * opts_.compact_bytes)) {
     // Keep about a quarter of the byte budget of applied entries for
     // followers that are slightly behind.
     raft::Index keep_from = applied;
@@ -489,6 +566,19 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   }
   flush();
   applied_.store(sm_->applied_index(), std::memory_order_release);
+}
+
+raft::Index Replica::SnapshotFloor() const {
+  const raft::Raft& r = node_->raft();
+  if (r.role() != raft::Role::kLeader) return 0;
+  raft::Index floor = 0;
+  for (const auto& [id, pr] : r.tracker().progress()) {
+    if (pr.state == raft::ProgressState::kSnapshot && pr.pending_snapshot != 0 &&
+        (floor == 0 || pr.pending_snapshot < floor)) {
+      floor = pr.pending_snapshot;
+    }
+  }
+  return floor;
 }
 
 void Replica::ServeReads() {

@@ -28,6 +28,10 @@
 
 namespace shoal::replica {
 
+// Writes a state machine's image as files into a folder; runs off the
+// worker, reading a consistent view taken when it was made.
+using ImageWriter = std::function<Status(const std::string& dir)>;
+
 // What a Raft group replicates into. Apply must be deterministic.
 class StateMachine {
  public:
@@ -56,6 +60,14 @@ class StateMachine {
     return Status::Corruption("an interrupted snapshot import cannot be resumed");
   }
   virtual void FinishImport() = 0;
+  // The state as of applied_index() as files written later, off the worker;
+  // null when this state machine exports only in memory (Export).
+  virtual ImageWriter BeginFileExport() { return nullptr; }
+  // Like StageImport, from the files an ImageWriter wrote into `dir`.
+  virtual Status StageImportFiles(const std::string&, uint64_t, storage::WriteBatch&,
+                                  const kv::Shard::ImportMarker&) {
+    return Status::InvalidArgument("this state machine imports no files");
+  }
   // Stages deleting the whole state: the replica leaves this node.
   virtual Status StageDestroy(storage::WriteBatch&) {
     return Status::InvalidArgument("this state machine cannot be destroyed");
@@ -81,6 +93,14 @@ class KvStateMachine final : public StateMachine {
     return shard_->ResumeImage(index, batch);
   }
   void FinishImport() override { shard_->FinishImage(); }
+  ImageWriter BeginFileExport() override {
+    std::shared_ptr<kv::ShardExport> exp = shard_->BeginExport();
+    return [exp](const std::string& dir) { return exp->Write(dir); };
+  }
+  Status StageImportFiles(const std::string& dir, uint64_t index, storage::WriteBatch& batch,
+                          const kv::Shard::ImportMarker& marker) override {
+    return shard_->StageImportFiles(dir, index, batch, marker);
+  }
   Status StageDestroy(storage::WriteBatch& batch) override { return shard_->StageDestroy(batch); }
   kv::Shard* shard() { return shard_; }
 
@@ -93,6 +113,33 @@ class KvStateMachine final : public StateMachine {
 // version the proposer's client speaks, for the replies.
 std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol);
 bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol);
+
+// A snapshot whose image travels beside the Raft messages: its kSnap
+// message carries this ticket in place of the image.
+struct SnapshotTicket {
+  raft::NodeId from = raft::kNoNode;  // the node that exported it
+  uint64_t export_id = 0;             // names one export's bytes
+  std::string Encode() const;
+  // False unless `data` is exactly an encoded ticket.
+  static bool Decode(std::string_view data, SnapshotTicket* out);
+};
+
+// Carries snapshot images between nodes in chunks, beside the Raft messages
+// (node::SnapshotStreams; the simulation has its own over its network).
+class SnapshotCourier {
+ public:
+  virtual ~SnapshotCourier() = default;
+  // On the group's worker: has `write` write the image off the worker,
+  // carries it to msg.to and then sends msg (the ticket); the outcome
+  // reaches Replica::ReportSnapshot on the group's worker.
+  virtual void Ship(uint64_t group, raft::Message msg, ImageWriter write) = 0;
+  // The folder holding the whole image `ticket` names, durably received,
+  // or "" while it has not all arrived.
+  virtual std::string Received(uint64_t group, const SnapshotTicket& ticket) = 0;
+  // The group's received images are no longer needed (imported, or the
+  // replica left): delete them.
+  virtual void Discard(uint64_t group) = 0;
+};
 
 struct ReplicaOptions {
   uint64_t group = 0;
@@ -111,6 +158,12 @@ struct ReplicaOptions {
   uint64_t compact_bytes = 4 << 20;
   // Seed of Raft's election timer; 0: random (simulations fix it).
   uint64_t seed = 0;
+  // Carries snapshots of state machines that export files; null: snapshots
+  // travel inside the Raft message.
+  SnapshotCourier* courier = nullptr;
+  // A follower being sent a snapshot keeps the leader from compacting the
+  // log past that snapshot, for at most this many entries beyond it.
+  uint64_t compact_hold_entries = 1 << 16;
 };
 
 // Reply callbacks run on the replica's worker thread. applied: `reply` is
@@ -147,6 +200,10 @@ class Replica {
     node_->transfer_leader(to);
   }
   void ReportUnreachable(raft::NodeId to) { node_->report_unreachable(to); }
+  // The courier finished carrying a snapshot to `to` (failed: it gave up).
+  void ReportSnapshot(raft::NodeId to, bool failed) {
+    if (!retired_) node_->report_snapshot(to, failed);
+  }
   void Campaign() { node_->campaign(); }
   // Stages deleting this replica's log, hard state, membership and state
   // machine, and fails every waiter: the replica leaves this node.
@@ -200,6 +257,10 @@ class Replica {
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
   void Publish(int64_t now_mono_us);
   void ServeReads();
+  // Hands an outgoing message to *send, or a snapshot's to the courier.
+  void Route(raft::Message m, std::vector<raft::Message>* send);
+  // The oldest index a follower being sent a snapshot still needs, or 0.
+  raft::Index SnapshotFloor() const;
 
   struct PendingWrite {
     raft::Term term;
@@ -220,6 +281,10 @@ class Replica {
   std::unique_ptr<storage::WriteBatch> apply_batch_;
   std::optional<raft::Ready> ready_;
   std::vector<raft::NodeId> snapshots_sent_;
+  std::vector<raft::NodeId> snapshots_failed_;
+  // Exports made for snapshots, by export id, until their message leaves.
+  std::map<uint64_t, ImageWriter> exports_;
+  uint64_t last_export_id_ = 0;
   std::map<raft::Index, PendingWrite> writes_;
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;

@@ -20,6 +20,9 @@ Status Config::Validate() const {
   if (down_after_ms < 1000 || down_after_ms > 86'400'000) {
     return Status::InvalidArgument("down-after-ms must be 1000..86400000");
   }
+  if (snapshot_rate_mb < 0 || snapshot_rate_mb > 100'000) {
+    return Status::InvalidArgument("snapshot-rate-mb must be 0..100000 (0: unlimited)");
+  }
   if (!join.empty() && join.find(':') == std::string::npos) {
     return Status::InvalidArgument("join must be host:port");
   }
@@ -99,6 +102,7 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "replicas") return want_int(&c->replicas);
   if (key == "tick-ms") return want_int(&c->tick_ms);
   if (key == "down-after-ms") return want_int(&c->down_after_ms);
+  if (key == "snapshot-rate-mb") return want_int(&c->snapshot_rate_mb);
   if (key == "loglevel") return want_str(&c->loglevel);
   if (key == "maxmemory") return want_mem(&c->maxmemory);
   if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);

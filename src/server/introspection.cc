@@ -158,6 +158,12 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
       for (raft::NodeId id : v) out += (out.empty() ? "" : "|") + std::to_string(id);
       return out.empty() ? std::string("-") : out;
     };
+    node::SnapshotStreams::Stats ss = server.snapshots().stats();
+    w.Field("snapshots_sending", ss.sending);
+    w.Field("snapshots_sent", ss.sent);
+    w.Field("snapshots_failed", ss.failed);
+    w.Field("snapshot_bytes_sent", ss.bytes_sent);
+    w.Field("snapshot_bytes_received", ss.bytes_received);
     for (replica::Replica* r : server.groups().All()) {
       auto conf = r->published_conf();
       w.Field("group" + std::to_string(r->group()),

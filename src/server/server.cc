@@ -3,6 +3,7 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/post.hpp>
 #include <asio/write.hpp>
 
 #include <filesystem>
@@ -105,6 +106,22 @@ Status Server::Start() {
   go.fsync = config_.durability == Durability::kFsync;
   go.tick_ms = config_.tick_ms;
   groups_ = std::make_unique<node::Groups>(runtime_.get(), engine_.get(), syncer_.get(), transport_.get(), go);
+  // Snapshots of data shards travel in chunks beside the Raft messages; the
+  // outcome of each goes back to its group's worker.
+  node::SnapshotStreamsOptions so;
+  so.dir = config_.dir + "/snapshots/streams";
+  so.rate_bytes_per_s = static_cast<uint64_t>(config_.snapshot_rate_mb) << 20;
+  snapshots_ = std::make_unique<node::SnapshotStreams>(
+      transport_.get(), so, [this](uint64_t group, raft::NodeId to, bool failed) {
+        asio::post(groups_->WorkerFor(group).io(), [this, group, to, failed] {
+          if (replica::Replica* r = groups_->Find(group)) {
+            r->ReportSnapshot(to, failed);
+            groups_->Notify(r);
+          }
+        });
+      });
+  transport_->set_chunk_handler(
+      [this](raft::NodeId from, node::SnapshotChunk c) { snapshots_->OnChunk(from, std::move(c)); });
   cluster::ClusterOptions co;
   co.host = config_.bind;
   co.port = static_cast<uint16_t>(bound_port_);
@@ -112,6 +129,7 @@ Status Server::Start() {
   co.shards = config_.shards;
   co.replication_factor = config_.replicas;
   co.down_after_ms = config_.down_after_ms;
+  co.courier = snapshots_.get();
   // The key metadata cache gets about 1/64 of the budget (~120 bytes an
   // entry), shared out over the shards.
   co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));
@@ -130,6 +148,7 @@ Status Server::Start() {
   syncer_->Start();
   runtime_->Start();
   groups_->Start();
+  snapshots_->Start();
   cluster_->Start();
   for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
   spdlog::info("shoal {} node {} listening on {}:{} (peers {}) with {} workers, dir {}, durability {}",
@@ -219,6 +238,7 @@ void Server::Stop() {
   if (stopped_ || !runtime_) return;
   stopped_ = true;
   spdlog::info("shutting down");
+  if (snapshots_) snapshots_->Stop();
   if (transport_) transport_->Stop();
   runtime_->Stop();
   acceptors_.clear();

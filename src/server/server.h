@@ -14,6 +14,7 @@
 #include "kv/shard.h"
 #include "node/groups.h"
 #include "node/runtime.h"
+#include "node/snapshot_streams.h"
 #include "node/transport.h"
 #include "server/command_table.h"
 #include "server/config.h"
@@ -73,6 +74,7 @@ class Server {
   cluster::Cluster& cluster() { return *cluster_; }
   node::Groups& groups() { return *groups_; }
   node::Transport& transport() { return *transport_; }
+  node::SnapshotStreams& snapshots() { return *snapshots_; }
   Forwarder& forwarder() { return *forwarder_; }
   // The shards this node leads (cluster-aware views) or holds (plain views).
   std::vector<kv::Shard*> LedShards() const;
@@ -104,6 +106,7 @@ class Server {
   std::unique_ptr<node::WalSyncer> syncer_;
   std::unique_ptr<node::Transport> transport_;
   std::unique_ptr<node::Groups> groups_;
+  std::unique_ptr<node::SnapshotStreams> snapshots_;
   std::unique_ptr<cluster::Cluster> cluster_;
   std::unique_ptr<Forwarder> forwarder_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
-from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor,
+from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor, parse_info,
                           readonly_read_all, running_cluster, verify_acked)
 from conftest import SELFTEST, RespError
 
@@ -290,6 +290,12 @@ def test_grow_3_to_5_under_writes(ecl):
         assert st.nodes[nid].replicas >= 4 and st.nodes[nid].leaders >= 1, st
     check_slots_agree(c, st, via=range(5))
     assert wl.acked_count() > before + 20, "the writers stalled while the cluster grew"
+    # The new nodes got their data as streamed snapshots (chunks beside Raft).
+    for i in (3, 4):
+        raft = parse_info(c.nodes[i].call("INFO", "raft"))
+        assert int(raft["snapshot_bytes_received"]) > 0, raft
+    sent = sum(int(parse_info(c.nodes[i].call("INFO", "raft"))["snapshots_sent"]) for i in range(3))
+    assert sent >= 4, f"only {sent} snapshots streamed to the new nodes"
 
     wl.finish()
     wl.assert_no_failed_ops()

@@ -18,6 +18,7 @@
 #include "cluster/membership.h"
 #include "cluster/planner.h"
 #include "kv/commands.h"
+#include "node/image_stream.h"
 #include "replica/replica.h"
 #include "sim/linearizability.h"
 #include "storage/keys.h"
@@ -74,6 +75,25 @@ struct InFlight {
   raft::Message msg;
 };
 
+struct ChunkInFlight {
+  uint64_t deliver_at;
+  node::SnapshotChunk chunk;
+};
+
+class ReplicaSim;
+
+// The simulation's snapshot courier: an image is exported at once into the
+// sender's folder, then carried chunk by chunk over the simulated network
+// (delays, losses, partitions) to the receiver's folder, as
+// node::SnapshotStreams carries it between processes.
+struct SimCourier final : replica::SnapshotCourier {
+  ReplicaSim* sim = nullptr;
+  raft::NodeId node = 0;
+  void Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) override;
+  std::string Received(uint64_t group, const replica::SnapshotTicket& t) override;
+  void Discard(uint64_t group) override;
+};
+
 class ReplicaSim {
  public:
   explicit ReplicaSim(uint64_t seed) : rng_(seed), seed_(seed) {}
@@ -86,6 +106,10 @@ class ReplicaSim {
 
   void Start() {
     nodes_.resize(kMaxNodes);
+    for (int i = 0; i < kMaxNodes; ++i) {
+      couriers_[i].sim = this;
+      couriers_[i].node = static_cast<raft::NodeId>(i + 1);
+    }
     for (int i = 0; i < kMaxNodes; ++i) {
       SimNode& n = nodes_[static_cast<size_t>(i)];
       n.id = static_cast<raft::NodeId>(i + 1);
@@ -106,6 +130,9 @@ class ReplicaSim {
   void Up(SimNode& n, bool bootstrap) {
     n.engine = std::move(storage::Engine::Open({.dir = n.dir.string(), .memory_budget_bytes = 32 << 20}).value());
     n.up = true;
+    // Unfinished incoming images stay on disk: transfers resume.
+    receivers_[n.id - 1] = std::make_unique<node::ImageReceiver>((n.dir / "streams").string());
+    receivers_[n.id - 1]->Recover();
     if (bootstrap || storage::RaftStore::HasState(n.engine.get(), kGroup) || Wanted(n.id)) OpenReplica(n, bootstrap);
   }
 
@@ -118,6 +145,7 @@ class ReplicaSim {
     ro.compact_entries = 16;  // snapshots happen often
     ro.seed = seed_ * 7919 + restarts_ + 1;
     if (bootstrap) ro.bootstrap_voters = {1, 2, 3};
+    if (streamed_) ro.courier = &couriers_[n.id - 1];
     auto r = replica::Replica::Open(n.engine.get(), ro,
                                     std::make_unique<replica::KvStateMachine>(n.shard.get(), &n.limits));
     SHOAL_CHECK(r.ok());
@@ -129,6 +157,8 @@ class ReplicaSim {
     n.up = false;
     n.down_since = step_;
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
+    receivers_[n.id - 1].reset();
+    std::erase_if(images_, [&](const Image& im) { return im.from == n.id; });  // its sends die with it
     n.shard.reset();
     n.engine.reset();
   }
@@ -145,6 +175,7 @@ class ReplicaSim {
       Faults();
       if (clients_) Clients();
       Deliver();
+      Stream();
       if (step_ % 5 == 0) {
         for (auto& n : nodes_) {
           if (n.replica) n.replica->Tick(static_cast<int64_t>(step_) * 10'000);
@@ -259,20 +290,108 @@ class ReplicaSim {
     believed_leader_[c] = next;
   }
 
-  void Deliver() {
-    std::vector<InFlight> now;
-    for (auto it = net_.begin(); it != net_.end();) {
+  // Takes out of `net` what is due by now.
+  template <typename Net>
+  auto TakeDue(Net& net) {
+    using T = typename Net::value_type;
+    std::vector<T> now;
+    for (auto it = net.begin(); it != net.end();) {
       if (it->deliver_at <= step_) {
         now.push_back(std::move(*it));
-        it = net_.erase(it);
+        it = net.erase(it);
       } else {
         ++it;
       }
     }
-    for (auto& f : now) {
+    return now;
+  }
+
+  void Deliver() {
+    for (auto& f : TakeDue(net_)) {
       SimNode* to = Node(f.msg.to);
       if (!to->replica || !Connected(f.msg.from, f.msg.to)) continue;
       to->replica->Step(std::move(f.msg));
+    }
+  }
+
+  // --- streamed snapshots
+  struct Image {
+    raft::NodeId from;
+    uint64_t group;
+    raft::Message msg;
+    std::unique_ptr<node::ImageSender> sender;
+  };
+  struct Report {
+    raft::NodeId node, to;
+    bool failed;
+  };
+
+  int64_t NowUs() const { return static_cast<int64_t>(step_) * 10'000; }
+
+  void ShipImage(raft::NodeId from, uint64_t group, raft::Message msg, replica::ImageWriter write) {
+    SimNode* n = Node(from);
+    replica::SnapshotTicket t;
+    replica::SnapshotTicket::Decode(msg.snapshot.data, &t);
+    std::string dir = (n->dir / ("out-" + std::to_string(msg.to) + "-" + std::to_string(t.export_id))).string();
+    std::filesystem::remove_all(dir);
+    node::ImageSenderOptions o;
+    o.chunk_bytes = 512;  // images span several chunks
+    o.resend_us = 200'000;
+    o.give_up_us = 5'000'000;
+    auto sender = std::make_unique<node::ImageSender>(group, from, msg.to, t.export_id, dir, o);
+    if (!write(dir).ok() || !sender->Open(NowUs()).ok()) {
+      reports_.push_back(Report{from, msg.to, true});
+      return;
+    }
+    images_.push_back(Image{from, group, std::move(msg), std::move(sender)});
+  }
+
+  node::ImageReceiver* ReceiverOf(raft::NodeId id) { return receivers_[id - 1].get(); }
+
+  void SendChunk(raft::NodeId a, raft::NodeId b, node::SnapshotChunk c) {
+    if (rng_() % 100 < drop_pct_ * 3) return;  // lost (chunks more often than messages)
+    (void)a;
+    (void)b;
+    chunks_.push_back(ChunkInFlight{step_ + 1 + rng_() % 3, std::move(c)});
+  }
+
+  void Stream() {
+    for (auto& r : reports_) {
+      SimNode* n = Node(r.node);
+      if (n->replica) n->replica->ReportSnapshot(r.to, r.failed);
+    }
+    reports_.clear();
+    for (auto& f : TakeDue(chunks_)) {
+      node::SnapshotChunk& c = f.chunk;
+      if (!Connected(c.from, c.to)) continue;
+      if (c.kind == node::SnapshotChunk::Kind::kAck) {
+        for (auto& im : images_) im.sender->OnAck(c, NowUs());
+        continue;
+      }
+      node::ImageReceiver* r = ReceiverOf(c.to);
+      if (r == nullptr) continue;  // the receiver is down
+      SendChunk(c.to, c.from, r->Handle(c));
+    }
+    for (auto it = images_.begin(); it != images_.end();) {
+      auto& s = *it->sender;
+      for (int k = 0; k < 2 && !s.done() && !s.failed(NowUs()); ++k) {
+        auto c = s.Next(NowUs());
+        SHOAL_CHECK(c.ok());
+        if (!c->has_value()) break;
+        SendChunk(it->from, it->msg.to, std::move(**c));
+      }
+      if (s.done() || s.failed(NowUs())) {
+        if (s.done()) {
+          images_streamed_++;
+          std::vector<raft::Message> out{it->msg};
+          Send(out);
+        }
+        reports_.push_back(Report{it->from, it->msg.to, !s.done()});
+        std::filesystem::remove_all(s.dir());
+        it = images_.erase(it);
+      } else {
+        ++it;
+      }
     }
   }
 
@@ -487,6 +606,13 @@ class ReplicaSim {
   bool clients_ = true;
   uint64_t leader_term_ = 0;
   uint64_t drop_pct_ = 3;
+  bool streamed_ = false;  // snapshots travel through couriers in chunks
+  SimCourier couriers_[kMaxNodes];
+  std::unique_ptr<node::ImageReceiver> receivers_[kMaxNodes];
+  std::vector<Image> images_;
+  std::vector<ChunkInFlight> chunks_;
+  std::vector<Report> reports_;
+  int images_streamed_ = 0;
   raft::NodeId partitioned_ = 0;
   uint64_t heal_at_ = 0;
   std::map<raft::NodeId, uint64_t> restart_at_;
@@ -496,11 +622,25 @@ class ReplicaSim {
   int restarts_ = 0, reroutes_ = 0, leader_changes_ = 0, reads_ok_ = 0;
 };
 
+void SimCourier::Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) {
+  sim->ShipImage(node, group, std::move(msg), std::move(write));
+}
+
+std::string SimCourier::Received(uint64_t group, const replica::SnapshotTicket& t) {
+  node::ImageReceiver* r = sim->ReceiverOf(node);
+  return r == nullptr ? "" : r->Complete(group, t.from, t.export_id);
+}
+
+void SimCourier::Discard(uint64_t group) {
+  if (node::ImageReceiver* r = sim->ReceiverOf(node)) r->Discard(group);
+}
+
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
-  int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0;
+  int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0, streamed = 0;
   uint64_t snapshots_seen = 0;
   for (uint64_t seed = 1; seed <= 12; ++seed) {
     ReplicaSim sim(seed);
+    sim.streamed_ = seed % 2 == 0;  // half the seeds stream their snapshots in chunks
     sim.Start();
     sim.Run(3000);
     sim.Settle();
@@ -527,15 +667,17 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
     total_restarts += sim.restarts_;
     total_reroutes += sim.reroutes_;
     total_changes += sim.leader_changes_;
+    streamed += sim.images_streamed_;
   }
+  EXPECT_GT(streamed, 0);  // snapshots went through the courier too
   // The faults really happened: restarts, leader changes clients had to follow, compaction.
   EXPECT_GT(total_restarts, 5);
   EXPECT_GT(total_changes, 5);
   EXPECT_GT(total_reroutes, 5);
   EXPECT_GT(acked, 500);
   EXPECT_GT(snapshots_seen, 0u);
-  std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes\n", acked,
-              total_restarts, total_changes, total_reroutes);
+  std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes, %d snapshots streamed\n",
+              acked, total_restarts, total_changes, total_reroutes, streamed);
 }
 
 }  // namespace
@@ -550,9 +692,10 @@ namespace {
 // ends on three voters on live nodes, every member holding the same data and
 // every removed replica's data deleted.
 TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
-  int moves = 0, retired = 0, acked = 0;
+  int moves = 0, retired = 0, acked = 0, streamed = 0;
   for (uint64_t seed = 101; seed <= 108; ++seed) {
     ReplicaSim sim(seed);
+    sim.streamed_ = seed % 4 != 3;
     sim.placement_ = true;
     sim.join_at_[0] = 200 + seed * 37 % 600;
     sim.join_at_[1] = sim.join_at_[0] + 300 + seed * 53 % 600;
@@ -599,12 +742,14 @@ TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
     for (const auto& op : sim.history_) acked += op.is_write && op.response != kNeverReturned;
     moves += sim.moves_;
     retired += sim.retired_;
+    streamed += sim.images_streamed_;
   }
+  EXPECT_GT(streamed, 4);  // new members got their data in chunks
   EXPECT_GT(moves, 8);
   EXPECT_GT(retired, 4);
   EXPECT_GT(acked, 300);
-  std::printf("placement sim: %d membership moves, %d replicas retired, %d acknowledged writes\n", moves, retired,
-              acked);
+  std::printf("placement sim: %d membership moves, %d replicas retired, %d snapshots streamed, %d acknowledged writes\n",
+              moves, retired, streamed, acked);
 }
 
 }  // namespace

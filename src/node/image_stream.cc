@@ -1,0 +1,403 @@
+#include "node/image_stream.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+namespace shoal::node {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr size_t kMaxFiles = 16;
+constexpr uint64_t kMaxImageBytes = uint64_t{1} << 42;  // 4 TiB
+
+template <typename T>
+void Put(std::string* out, T v) {
+  out->append(reinterpret_cast<const char*>(&v), sizeof(v));
+}
+
+template <typename T>
+bool Get(std::string_view* in, T* v) {
+  if (in->size() < sizeof(T)) return false;
+  std::memcpy(v, in->data(), sizeof(T));
+  in->remove_prefix(sizeof(T));
+  return true;
+}
+
+bool SafeName(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+Status Errno(const std::string& what) { return Status::IOError(what + ": " + std::strerror(errno)); }
+
+Status SyncPath(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return Errno("open " + path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  return rc == 0 ? Status::Ok() : Errno("fsync " + path);
+}
+
+Status WriteDurably(const std::string& dir, const std::string& name, std::string_view data) {
+  std::string tmp = dir + "/" + name + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return Errno("create " + tmp);
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n <= 0) {
+      Status s = Errno("write " + tmp);
+      ::close(fd);
+      return s;
+    }
+    done += static_cast<size_t>(n);
+  }
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Errno("fsync " + tmp);
+  if (::rename(tmp.c_str(), (dir + "/" + name).c_str()) != 0) return Errno("rename " + tmp);
+  return SyncPath(dir, O_RDONLY | O_DIRECTORY);
+}
+
+Status ReadAll(const std::string& path, std::string* out) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return Errno("open " + path);
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out->append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return n < 0 ? Errno("read " + path) : Status::Ok();
+}
+
+// Files of size zero get no chunk: create them, then mark the image whole.
+Status MarkComplete(const std::string& dir, const std::vector<ImageFile>& files) {
+  for (const auto& f : files) {
+    std::string path = dir + "/" + f.name;
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT, 0644);
+    if (fd < 0) return Errno("create " + path);
+    ::close(fd);
+  }
+  return WriteDurably(dir, ".complete", "");
+}
+
+}  // namespace
+
+std::string EncodeManifest(const std::vector<ImageFile>& files) {
+  std::string out;
+  Put<uint32_t>(&out, static_cast<uint32_t>(files.size()));
+  for (const auto& f : files) {
+    Put<uint16_t>(&out, static_cast<uint16_t>(f.name.size()));
+    out += f.name;
+    Put<uint64_t>(&out, f.size);
+  }
+  return out;
+}
+
+bool DecodeManifest(std::string_view raw, std::vector<ImageFile>* files) {
+  uint32_t n = 0;
+  if (!Get(&raw, &n) || n == 0 || n > kMaxFiles) return false;
+  uint64_t total = 0;
+  files->clear();
+  for (uint32_t i = 0; i < n; ++i) {
+    uint16_t len = 0;
+    if (!Get(&raw, &len) || raw.size() < len) return false;
+    ImageFile f{std::string(raw.substr(0, len)), 0};
+    raw.remove_prefix(len);
+    if (!Get(&raw, &f.size) || !SafeName(f.name) || f.size > kMaxImageBytes) return false;
+    for (const auto& g : *files) {
+      if (g.name == f.name) return false;
+    }
+    total += f.size;
+    files->push_back(std::move(f));
+  }
+  return raw.empty() && total <= kMaxImageBytes;
+}
+
+// --- sender
+
+ImageSender::ImageSender(uint64_t group, raft::NodeId from, raft::NodeId to, uint64_t export_id,
+                         std::string dir, ImageSenderOptions opts)
+    : group_(group), from_(from), to_(to), export_id_(export_id), dir_(std::move(dir)), opts_(opts) {}
+
+Status ImageSender::Open(int64_t now_us) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    if (!e.is_regular_file()) continue;
+    std::string name = e.path().filename().string();
+    if (!SafeName(name)) return Status::InvalidArgument("image file name " + name);
+    files_.push_back(ImageFile{name, e.file_size()});
+  }
+  if (ec) return Status::IOError("list " + dir_ + ": " + ec.message());
+  if (files_.empty() || files_.size() > kMaxFiles) return Status::InvalidArgument("image folder " + dir_);
+  std::sort(files_.begin(), files_.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  for (const auto& f : files_) total_ += f.size;
+  manifest_ = EncodeManifest(files_);
+  progress_us_ = now_us;
+  return Status::Ok();
+}
+
+Result<std::optional<SnapshotChunk>> ImageSender::Next(int64_t now_us) {
+  if (done_ || refused_) return std::optional<SnapshotChunk>();
+  SnapshotChunk c;
+  c.group = group_;
+  c.from = from_;
+  c.to = to_;
+  c.export_id = export_id_;
+  c.total = total_;
+  if (offered_ && sent_ > acked_ && now_us - ack_us_ >= opts_.resend_us) {
+    offered_ = false;  // silence: ask the receiver where it stands
+    offer_us_ = -1;
+  }
+  if (!offered_) {
+    if (offer_us_ >= 0 && now_us - offer_us_ < opts_.resend_us) return std::optional<SnapshotChunk>();
+    offer_us_ = now_us;
+    c.kind = SnapshotChunk::Kind::kOffer;
+    c.data = manifest_;
+    return std::optional<SnapshotChunk>(std::move(c));
+  }
+  uint64_t window = opts_.chunk_bytes * static_cast<uint64_t>(opts_.window);
+  if (sent_ >= total_ || sent_ - acked_ >= window) return std::optional<SnapshotChunk>();
+  if (sent_ == acked_) ack_us_ = now_us;  // the wait for an acknowledgement starts
+  uint64_t n = std::min(opts_.chunk_bytes, total_ - sent_);
+  c.kind = SnapshotChunk::Kind::kData;
+  c.offset = sent_;
+  c.data.resize(n);
+  // Copy from the files the range [sent_, sent_ + n) covers.
+  uint64_t file_start = 0, done = 0;
+  for (const auto& f : files_) {
+    uint64_t lo = std::max(sent_ + done, file_start);
+    uint64_t end = file_start + f.size;
+    if (done < n && lo < end) {
+      uint64_t take = std::min(end - lo, n - done);
+      std::string path = dir_ + "/" + f.name;
+      int fd = ::open(path.c_str(), O_RDONLY);
+      if (fd < 0) return Errno("open " + path);
+      uint64_t got = 0;
+      while (got < take) {
+        ssize_t r = ::pread(fd, c.data.data() + done + got, take - got, static_cast<off_t>(lo - file_start + got));
+        if (r <= 0) {
+          Status s = r < 0 ? Errno("read " + path) : Status::IOError(path + " is shorter than its manifest");
+          ::close(fd);
+          return s;
+        }
+        got += static_cast<uint64_t>(r);
+      }
+      ::close(fd);
+      done += take;
+    }
+    file_start = end;
+  }
+  sent_ += n;
+  return std::optional<SnapshotChunk>(std::move(c));
+}
+
+void ImageSender::OnAck(const SnapshotChunk& ack, int64_t now_us) {
+  if (ack.kind != SnapshotChunk::Kind::kAck || ack.group != group_ || ack.from != from_ || ack.to != to_ ||
+      ack.export_id != export_id_ || done_) {
+    return;
+  }
+  if (ack.refused) {
+    refused_ = true;
+    return;
+  }
+  if (ack.done) {
+    done_ = true;
+    acked_ = sent_ = total_;
+    progress_us_ = now_us;
+    return;
+  }
+  if (ack.offset > total_) return;
+  ack_us_ = now_us;
+  if (!offered_ && offer_us_ >= 0) {
+    // The answer to an offer: the receiver's offset is where to go on.
+    offered_ = true;
+    if (ack.offset > acked_) progress_us_ = now_us;
+    acked_ = sent_ = ack.offset;
+    return;
+  }
+  if (ack.offset < acked_) {
+    // The receiver lost what it had (its folder was replaced): offer again.
+    offered_ = false;
+    offer_us_ = -1;
+    acked_ = sent_ = 0;
+    return;
+  }
+  if (ack.offset > acked_) {
+    acked_ = ack.offset;
+    progress_us_ = now_us;
+    sent_ = std::max(sent_, acked_);
+  } else if (sent_ > acked_) {
+    sent_ = acked_;  // a chunk went missing: send again from there
+  }
+}
+
+// --- receiver
+
+ImageReceiver::ImageReceiver(std::string root) : root_(std::move(root)) {}
+
+std::string ImageReceiver::DirOf(const Key& k) const {
+  return root_ + "/in-" + std::to_string(std::get<0>(k)) + "-" + std::to_string(std::get<1>(k)) + "-" +
+         std::to_string(std::get<2>(k));
+}
+
+void ImageReceiver::Recover() {
+  std::error_code ec;
+  fs::create_directories(root_, ec);
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    std::string name = e.path().filename().string();
+    if (!e.is_directory() || !name.starts_with("in-")) continue;
+    std::error_code ec2;
+    if (fs::exists(e.path() / ".complete", ec2) || !fs::exists(e.path() / ".manifest", ec2)) {
+      gone.push_back(e.path());
+    }
+  }
+  for (const auto& p : gone) fs::remove_all(p, ec);
+}
+
+SnapshotChunk ImageReceiver::Ack(const SnapshotChunk& c, uint64_t held, bool done, bool refused) const {
+  SnapshotChunk a;
+  a.kind = SnapshotChunk::Kind::kAck;
+  a.group = c.group;
+  a.from = c.from;
+  a.to = c.to;
+  a.export_id = c.export_id;
+  a.offset = held;
+  a.total = c.total;
+  a.done = done;
+  a.refused = refused;
+  return a;
+}
+
+std::string ImageReceiver::Complete(uint64_t group, raft::NodeId from, uint64_t export_id) const {
+  std::string dir = DirOf(Key{group, from, export_id});
+  std::error_code ec;
+  return fs::exists(dir + "/.complete", ec) ? dir : std::string();
+}
+
+void ImageReceiver::Discard(uint64_t group) {
+  std::string prefix = "in-" + std::to_string(group) + "-";
+  std::error_code ec;
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    if (e.path().filename().string().starts_with(prefix)) gone.push_back(e.path());
+  }
+  for (const auto& p : gone) fs::remove_all(p, ec);
+  for (auto it = open_.begin(); it != open_.end();) {
+    it = std::get<0>(it->first) == group ? open_.erase(it) : std::next(it);
+  }
+}
+
+SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
+  Key key{c.group, c.from, c.export_id};
+  std::string dir = DirOf(key);
+  std::error_code ec;
+  if (c.kind == SnapshotChunk::Kind::kOffer) {
+    std::vector<ImageFile> files;
+    uint64_t total = 0;
+    if (!DecodeManifest(c.data, &files)) return Ack(c, 0, false, true);
+    for (const auto& f : files) total += f.size;
+    if (total != c.total) return Ack(c, 0, false, true);
+    if (!Complete(c.group, c.from, c.export_id).empty()) return Ack(c, total, true, false);
+    auto it = open_.find(key);
+    if (it != open_.end()) return Ack(c, it->second.held, false, false);
+    Open o{files, total, 0};
+    std::string have;
+    if (ReadAll(dir + "/.manifest", &have).ok() && have == c.data) {
+      // Resume: keep the durable prefix, drop anything past it.
+      bool cut = false;
+      for (const auto& f : files) {
+        std::string path = dir + "/" + f.name;
+        uint64_t size = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
+        if (cut || size > f.size) {
+          fs::resize_file(path, cut ? 0 : f.size, ec);
+          size = cut ? 0 : f.size;
+        }
+        o.held += size;
+        if (size < f.size) cut = true;
+      }
+    } else {
+      // A new image for this group: others still unfinished are obsolete.
+      std::string prefix = "in-" + std::to_string(c.group) + "-";
+      std::vector<fs::path> gone;
+      for (const auto& e : fs::directory_iterator(root_, ec)) {
+        std::error_code ec2;
+        if (e.path().filename().string().starts_with(prefix) && !fs::exists(e.path() / ".complete", ec2)) {
+          gone.push_back(e.path());
+        }
+      }
+      for (const auto& p : gone) fs::remove_all(p, ec);
+      for (auto jt = open_.begin(); jt != open_.end();) {
+        jt = std::get<0>(jt->first) == c.group ? open_.erase(jt) : std::next(jt);
+      }
+      fs::create_directories(dir, ec);
+      if (ec || !WriteDurably(dir, ".manifest", c.data).ok()) return Ack(c, 0, false, true);
+    }
+    if (o.held == o.total) {
+      if (!MarkComplete(dir, o.files).ok()) return Ack(c, 0, false, true);
+      return Ack(c, o.total, true, false);
+    }
+    uint64_t held = o.held;
+    open_[key] = std::move(o);
+    return Ack(c, held, false, false);
+  }
+  if (c.kind != SnapshotChunk::Kind::kData) return Ack(c, 0, false, true);
+  auto it = open_.find(key);
+  if (it == open_.end()) {
+    if (!Complete(c.group, c.from, c.export_id).empty()) return Ack(c, c.total, true, false);
+    return Ack(c, 0, false, false);  // unknown here (restarted): the sender offers again
+  }
+  Open& o = it->second;
+  if (c.offset != o.held || c.data.empty()) return Ack(c, o.held, false, false);
+  if (c.offset + c.data.size() > o.total) return Ack(c, o.held, false, true);
+  Status s = Write(dir, o, c.offset, c.data);
+  if (!s.ok()) return Ack(c, o.held, false, true);
+  o.held += c.data.size();
+  bytes_received_ += c.data.size();
+  if (o.held < o.total) return Ack(c, o.held, false, false);
+  uint64_t total = o.total;
+  std::vector<ImageFile> files = std::move(o.files);
+  open_.erase(it);
+  if (!MarkComplete(dir, files).ok()) return Ack(c, 0, false, true);
+  return Ack(c, total, true, false);
+}
+
+Status ImageReceiver::Write(const std::string& dir, Open& o, uint64_t offset, std::string_view data) {
+  uint64_t file_start = 0;
+  for (const auto& f : o.files) {
+    uint64_t end = file_start + f.size;
+    if (!data.empty() && offset < end) {
+      uint64_t take = std::min<uint64_t>(end - offset, data.size());
+      std::string path = dir + "/" + f.name;
+      int fd = ::open(path.c_str(), O_WRONLY | O_CREAT, 0644);
+      if (fd < 0) return Errno("open " + path);
+      uint64_t put = 0;
+      while (put < take) {
+        ssize_t n = ::pwrite(fd, data.data() + put, take - put, static_cast<off_t>(offset - file_start + put));
+        if (n <= 0) {
+          Status s = Errno("write " + path);
+          ::close(fd);
+          return s;
+        }
+        put += static_cast<uint64_t>(n);
+      }
+      int rc = ::fdatasync(fd);
+      ::close(fd);
+      if (rc != 0) return Errno("fsync " + path);
+      offset += take;
+      data.remove_prefix(take);
+    }
+    file_start = end;
+  }
+  // A new file's name must be durable too before the bytes count as held.
+  return SyncPath(dir, O_RDONLY | O_DIRECTORY);
+}
+
+}  // namespace shoal::node

@@ -1,0 +1,125 @@
+// Snapshot images in chunks: the two ends of one image's transfer, with no
+// threads and no network of their own (node::SnapshotStreams drives them
+// over the transport; the replica simulation over its simulated network).
+//
+// An image is a folder of files. The sender offers it (its manifest: file
+// names and sizes), then sends the files' bytes, concatenated in manifest
+// order, in chunks at increasing offsets. The receiver writes each chunk
+// into place and makes it durable before acknowledging the offset it now
+// holds, so an acknowledgement is never taken back, and a receiver that
+// restarts answers the next offer with what it kept: the transfer resumes
+// there. Chunks lost, repeated or out of order are answered with the
+// receiver's offset, from which the sender sends again. An image is named
+// by (group, sender, export id); the export id changes with the bytes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/status.h"
+#include "raft/types.h"
+
+namespace shoal::node {
+
+struct SnapshotChunk {
+  enum class Kind : uint8_t { kOffer = 0, kData = 1, kAck = 2 };
+  Kind kind = Kind::kOffer;
+  uint64_t group = 0;
+  raft::NodeId from = raft::kNoNode;  // the image's sender (also on acks)
+  raft::NodeId to = raft::kNoNode;    // the image's receiver (also on acks)
+  uint64_t export_id = 0;
+  uint64_t offset = 0;  // kData: where data goes; kAck: bytes held durably
+  uint64_t total = 0;   // the image's size
+  std::string data;     // kData: bytes; kOffer: the manifest
+  bool done = false;    // kAck: the whole image is held durably
+  bool refused = false; // kAck: the receiver will not take this image
+};
+
+struct ImageFile {
+  std::string name;
+  uint64_t size = 0;
+};
+std::string EncodeManifest(const std::vector<ImageFile>& files);
+// Refuses names that could leave the folder and absurd sizes.
+bool DecodeManifest(std::string_view raw, std::vector<ImageFile>* files);
+
+struct ImageSenderOptions {
+  uint64_t chunk_bytes = 4 << 20;
+  int window = 2;                        // chunks sent and not yet acknowledged
+  int64_t resend_us = 1'000'000;         // no acknowledgement this long: offer again
+  int64_t give_up_us = 30'000'000;       // no progress this long: fail
+};
+
+// One image going to one receiver.
+class ImageSender {
+ public:
+  ImageSender(uint64_t group, raft::NodeId from, raft::NodeId to, uint64_t export_id, std::string dir,
+              ImageSenderOptions opts = {});
+  // Lists the folder's files (the manifest); call once, before Next.
+  Status Open(int64_t now_us);
+  // The next chunk to send now, or nothing (waiting for acknowledgements).
+  // Reads file bytes for data chunks.
+  Result<std::optional<SnapshotChunk>> Next(int64_t now_us);
+  void OnAck(const SnapshotChunk& ack, int64_t now_us);
+  bool done() const { return done_; }
+  // Refused, or no progress for give_up_us.
+  bool failed(int64_t now_us) const { return refused_ || now_us - progress_us_ > opts_.give_up_us; }
+  uint64_t total() const { return total_; }
+  uint64_t acked() const { return acked_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  uint64_t group_;
+  raft::NodeId from_, to_;
+  uint64_t export_id_;
+  std::string dir_;
+  ImageSenderOptions opts_;
+  std::vector<ImageFile> files_;
+  std::string manifest_;
+  uint64_t total_ = 0;
+  bool offered_ = false;  // the receiver answered an offer
+  int64_t offer_us_ = -1;
+  uint64_t acked_ = 0, sent_ = 0;
+  int64_t progress_us_ = 0, ack_us_ = 0;
+  bool done_ = false, refused_ = false;
+};
+
+// Every image coming to this node, kept under `root` in a folder per image:
+// in-<group>-<sender>-<export id>, with .manifest, the files, and .complete
+// once all of it is durable. A new offer for a group removes that group's
+// unfinished images from other senders or exports.
+class ImageReceiver {
+ public:
+  explicit ImageReceiver(std::string root);
+  // Removes complete images left by an earlier run (their Raft message is
+  // gone with it) and unreadable folders; keeps unfinished ones to resume.
+  void Recover();
+  // Handles an offer or a data chunk; returns the acknowledgement to send.
+  SnapshotChunk Handle(const SnapshotChunk& c);
+  // The folder of a complete image, or "".
+  std::string Complete(uint64_t group, raft::NodeId from, uint64_t export_id) const;
+  // Removes every image of the group.
+  void Discard(uint64_t group);
+  uint64_t bytes_received() const { return bytes_received_; }
+
+ private:
+  struct Open {
+    std::vector<ImageFile> files;
+    uint64_t total = 0;
+    uint64_t held = 0;  // durable bytes
+  };
+  using Key = std::tuple<uint64_t, raft::NodeId, uint64_t>;
+  std::string DirOf(const Key& k) const;
+  SnapshotChunk Ack(const SnapshotChunk& c, uint64_t held, bool done, bool refused) const;
+  Status Write(const std::string& dir, Open& o, uint64_t offset, std::string_view data);
+
+  std::string root_;
+  std::map<Key, Open> open_;
+  uint64_t bytes_received_ = 0;
+};
+
+}  // namespace shoal::node

@@ -1,0 +1,267 @@
+#include "node/image_stream.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "node/snapshot_streams.h"
+
+namespace shoal::node {
+namespace {
+namespace fs = std::filesystem;
+
+std::string TempDir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("shoal_image_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
+}
+
+std::string Bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// An image of three files, one empty, spread over several chunks.
+struct Image {
+  explicit Image(const std::string& dir) : dir(dir) {
+    files = {{"a.sst", Bytes(10'000, 1)}, {"b", ""}, {"c.sst", Bytes(3'333, 2)}};
+    for (auto& [name, data] : files) WriteFile(dir + "/" + name, data);
+  }
+  void ExpectAt(const std::string& got) const {
+    ASSERT_FALSE(got.empty());
+    for (auto& [name, data] : files) EXPECT_EQ(ReadFile(got + "/" + name), data) << name;
+  }
+  std::string dir;
+  std::vector<std::pair<std::string, std::string>> files;
+};
+
+ImageSenderOptions SmallChunks() {
+  ImageSenderOptions o;
+  o.chunk_bytes = 1000;
+  o.window = 3;
+  o.resend_us = 100;
+  o.give_up_us = 100'000;
+  return o;
+}
+
+// Runs the transfer, losing one in `drop` chunks each way at random; a receiver
+// restart (a new object on the same folder) at step `restart_at`.
+bool Transfer(ImageSender& s, std::unique_ptr<ImageReceiver>& r, const std::string& root, int drop,
+              int restart_at = -1) {
+  int64_t now = 0;
+  std::mt19937 rng(5);
+  for (int step = 0; step < 100'000 && !s.done() && !s.failed(now); ++step) {
+    now += 10;
+    if (step == restart_at) {
+      r = std::make_unique<ImageReceiver>(root);
+      r->Recover();
+    }
+    auto c = s.Next(now);
+    EXPECT_TRUE(c.ok());
+    if (!c->has_value()) continue;
+    if (drop > 0 && rng() % drop == 0) continue;
+    SnapshotChunk ack = r->Handle(**c);
+    if (drop > 0 && rng() % drop == 0) continue;
+    s.OnAck(ack, now);
+  }
+  return s.done();
+}
+
+TEST(ImageStream, CarriesAFolderInChunks) {
+  Image img(TempDir("src1"));
+  std::string root = TempDir("dst1");
+  auto r = std::make_unique<ImageReceiver>(root);
+  r->Recover();
+  ImageSender s(7, 1, 2, 42, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  EXPECT_EQ(s.total(), 13'333u);
+  EXPECT_TRUE(r->Complete(7, 1, 42).empty());
+  ASSERT_TRUE(Transfer(s, r, root, 0));
+  img.ExpectAt(r->Complete(7, 1, 42));
+  EXPECT_EQ(r->bytes_received(), 13'333u);
+  r->Discard(7);
+  EXPECT_TRUE(r->Complete(7, 1, 42).empty());
+}
+
+TEST(ImageStream, SurvivesLostChunksAndAcknowledgements) {
+  Image img(TempDir("src2"));
+  std::string root = TempDir("dst2");
+  auto r = std::make_unique<ImageReceiver>(root);
+  ImageSender s(7, 1, 2, 43, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  ASSERT_TRUE(Transfer(s, r, root, 3));
+  img.ExpectAt(r->Complete(7, 1, 43));
+}
+
+TEST(ImageStream, ResumesWhereTheReceiverLeftOffAfterItRestarts) {
+  Image img(TempDir("src3"));
+  std::string root = TempDir("dst3");
+  auto r = std::make_unique<ImageReceiver>(root);
+  ImageSender s(7, 1, 2, 44, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  ASSERT_TRUE(Transfer(s, r, root, 0, /*restart_at=*/8));
+  img.ExpectAt(r->Complete(7, 1, 44));
+  // Bytes received by the first receiver were not received again.
+  EXPECT_LT(r->bytes_received(), 13'333u);
+  EXPECT_GT(r->bytes_received(), 0u);
+}
+
+TEST(ImageStream, ANewImageOfTheGroupReplacesAnUnfinishedOne) {
+  Image img(TempDir("src4"));
+  std::string root = TempDir("dst4");
+  ImageReceiver r(root);
+  ImageSender old(7, 1, 2, 50, img.dir, SmallChunks());
+  ASSERT_TRUE(old.Open(0).ok());
+  auto offer = old.Next(1);
+  old.OnAck(r.Handle(**offer), 2);
+  auto data = old.Next(3);
+  old.OnAck(r.Handle(**data), 4);
+  EXPECT_EQ(old.acked(), 1000u);
+  EXPECT_TRUE(fs::exists(root + "/in-7-1-50"));
+  ImageSender next(7, 3, 2, 60, img.dir, SmallChunks());
+  ASSERT_TRUE(next.Open(0).ok());
+  auto offer2 = next.Next(1);
+  r.Handle(**offer2);
+  EXPECT_FALSE(fs::exists(root + "/in-7-1-50"));
+  // The old sender's next chunk is answered with "start again".
+  auto more = old.Next(5);
+  SnapshotChunk ack = r.Handle(**more);
+  EXPECT_EQ(ack.offset, 0u);
+  old.OnAck(ack, 6);
+  EXPECT_EQ(old.acked(), 0u);
+}
+
+TEST(ImageStream, RefusesBadManifestsAndOutOfRangeData) {
+  std::string root = TempDir("dst5");
+  ImageReceiver r(root);
+  for (const std::string& name : std::vector<std::string>{"../x", ".hidden", "a/b", "", std::string(100, 'a')}) {
+    SnapshotChunk c;
+    c.kind = SnapshotChunk::Kind::kOffer;
+    c.group = 1, c.from = 2, c.to = 3, c.export_id = 4;
+    c.data = EncodeManifest({{name, 10}});
+    c.total = 10;
+    EXPECT_TRUE(r.Handle(c).refused) << name;
+  }
+  SnapshotChunk c;
+  c.kind = SnapshotChunk::Kind::kOffer;
+  c.group = 1, c.from = 2, c.to = 3, c.export_id = 4;
+  c.data = EncodeManifest({{"ok", 10}});
+  c.total = 11;  // disagrees with the manifest
+  EXPECT_TRUE(r.Handle(c).refused);
+  c.total = 10;
+  EXPECT_FALSE(r.Handle(c).refused);
+  c.kind = SnapshotChunk::Kind::kData;
+  c.data = std::string(11, 'x');
+  EXPECT_TRUE(r.Handle(c).refused);
+  EXPECT_TRUE(r.Complete(1, 2, 4).empty());
+  std::vector<ImageFile> files;
+  EXPECT_FALSE(DecodeManifest("garbage", &files));
+}
+
+TEST(ImageStream, GivesUpOnASilentReceiver) {
+  Image img(TempDir("src6"));
+  ImageSender s(7, 1, 2, 45, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  int64_t now = 0;
+  int offers = 0;
+  while (!s.failed(now) && now < 1'000'000) {
+    now += 10;
+    auto c = s.Next(now);
+    if (c->has_value() && (*c)->kind == SnapshotChunk::Kind::kOffer) ++offers;
+  }
+  EXPECT_TRUE(s.failed(now));
+  EXPECT_FALSE(s.done());
+  EXPECT_GT(offers, 10);  // it kept asking, at the resend interval
+}
+
+// Two nodes' SnapshotStreams over real transports on loopback: the image
+// arrives whole, then its Raft message, and the sender is told.
+TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
+  constexpr uint64_t kCluster = 77;
+  std::mutex mu;
+  std::vector<raft::Message> delivered;
+  std::vector<std::tuple<uint64_t, raft::NodeId, bool>> reports;
+  auto deliver = [&](uint64_t, raft::Message m) {
+    std::lock_guard lock(mu);
+    delivered.push_back(std::move(m));
+  };
+  Transport ta(TransportOptions{.node_id = 1, .bind_host = "127.0.0.1"}, deliver, [](auto, auto) {});
+  Transport tb(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1"}, deliver, [](auto, auto) {});
+  std::string dir_a = TempDir("streams_a"), dir_b = TempDir("streams_b");
+  SnapshotStreams a(&ta, {.dir = dir_a, .rate_bytes_per_s = 200'000, .sender = {.chunk_bytes = 64 << 10}},
+                    [&](uint64_t g, raft::NodeId to, bool failed) {
+                      std::lock_guard lock(mu);
+                      reports.emplace_back(g, to, failed);
+                    });
+  SnapshotStreams b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {});
+  ta.set_chunk_handler([&](raft::NodeId from, SnapshotChunk c) { a.OnChunk(from, std::move(c)); });
+  tb.set_chunk_handler([&](raft::NodeId from, SnapshotChunk c) { b.OnChunk(from, std::move(c)); });
+  for (Transport* t : {&ta, &tb}) {
+    t->set_cluster_id(kCluster);
+    ASSERT_TRUE(t->Start().ok());
+  }
+  ta.SetAddress(2, "127.0.0.1", tb.port());
+  tb.SetAddress(1, "127.0.0.1", ta.port());
+  a.Start();
+  b.Start();
+  const std::string payload = Bytes(300'000, 9);
+  replica::SnapshotTicket t{1, 99};
+  raft::Message m{.type = raft::MessageType::kSnap, .to = 2, .from = 1, .term = 3};
+  m.snapshot.meta.index = 10;
+  m.snapshot.data = t.Encode();
+  auto start = std::chrono::steady_clock::now();
+  a.Ship(5, m, [&payload](const std::string& dir) {
+    fs::create_directories(dir);
+    WriteFile(dir + "/data.sst", payload);
+    WriteFile(dir + "/counters", "");
+    return Status::Ok();
+  });
+  for (int i = 0; i < 1000; ++i) {
+    {
+      std::lock_guard lock(mu);
+      if (!reports.empty() && !delivered.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::lock_guard lock(mu);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
+  ASSERT_EQ(delivered.size(), 1u);
+  EXPECT_EQ(delivered[0].snapshot.data, t.Encode());
+  std::string got = b.Received(5, t);
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(ReadFile(got + "/data.sst"), payload);
+  EXPECT_TRUE(fs::exists(got + "/counters"));
+  // The rate setting holds: 300 kB at 200 kB/s (with two chunks of burst).
+  EXPECT_GT(secs, 0.6);
+  EXPECT_EQ(a.stats().bytes_sent, 300'000u);
+  EXPECT_EQ(b.stats().bytes_received, 300'000u);
+  EXPECT_EQ(a.stats().sent, 1u);
+  EXPECT_FALSE(fs::exists(dir_a + "/out-5-2-99"));  // the export is cleaned up
+  b.Discard(5);
+  a.Stop();
+  b.Stop();
+  ta.Stop();
+  tb.Stop();
+  EXPECT_TRUE(b.Received(5, t).empty());
+}
+
+}  // namespace
+}  // namespace shoal::node

@@ -1,0 +1,209 @@
+#include "node/snapshot_streams.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "common/clock.h"
+
+namespace shoal::node {
+namespace fs = std::filesystem;
+
+SnapshotStreams::SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report)
+    : transport_(transport), opts_(std::move(opts)), report_(std::move(report)), receiver_(opts_.dir) {}
+
+SnapshotStreams::~SnapshotStreams() { Stop(); }
+
+void SnapshotStreams::Start() {
+  std::error_code ec;
+  fs::create_directories(opts_.dir, ec);
+  // Exports of an earlier run are orphans: their transfers ended with it.
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(opts_.dir, ec)) {
+    if (e.is_directory() && e.path().filename().string().starts_with("out-")) gone.push_back(e.path());
+  }
+  for (const auto& p : gone) fs::remove_all(p, ec);
+  receiver_.Recover();
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "shoal-snapshots");
+    Loop();
+  });
+}
+
+void SnapshotStreams::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto* list : {&jobs_, &new_jobs_}) {
+    for (auto& j : *list) {
+      if (j->exporter.joinable()) j->exporter.join();
+    }
+    list->clear();
+  }
+}
+
+void SnapshotStreams::Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) {
+  replica::SnapshotTicket t;
+  replica::SnapshotTicket::Decode(msg.snapshot.data, &t);
+  auto job = std::make_unique<Job>();
+  job->group = group;
+  job->dir = opts_.dir + "/out-" + std::to_string(group) + "-" + std::to_string(msg.to) + "-" +
+             std::to_string(t.export_id);
+  job->sender = std::make_unique<ImageSender>(group, msg.from, msg.to, t.export_id, job->dir, opts_.sender);
+  job->msg = std::move(msg);
+  job->write = std::move(write);
+  Job* j = job.get();
+  sending_.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  // The export reads a consistent storage view; it may take a while.
+  j->exporter = std::thread([this, j] {
+    pthread_setname_np(pthread_self(), "shoal-export");
+    std::error_code ec;
+    fs::remove_all(j->dir, ec);
+    j->export_status = j->write(j->dir);
+    j->write = nullptr;  // releases the storage view
+    j->exported.store(true, std::memory_order_release);
+    cv_.notify_all();
+  });
+  new_jobs_.push_back(std::move(job));
+  cv_.notify_all();
+}
+
+std::string SnapshotStreams::Received(uint64_t group, const replica::SnapshotTicket& ticket) {
+  return receiver_.Complete(group, ticket.from, ticket.export_id);
+}
+
+void SnapshotStreams::Discard(uint64_t group) {
+  {
+    std::lock_guard lock(mu_);
+    discards_.push_back(group);
+  }
+  cv_.notify_all();
+}
+
+void SnapshotStreams::OnChunk(raft::NodeId, SnapshotChunk c) {
+  {
+    std::lock_guard lock(mu_);
+    if (incoming_.size() >= 256) return;  // senders send again
+    incoming_.push_back(std::move(c));
+  }
+  cv_.notify_all();
+}
+
+SnapshotStreams::Stats SnapshotStreams::stats() const {
+  return Stats{bytes_sent_.load(std::memory_order_relaxed), bytes_received_.load(std::memory_order_relaxed),
+               sending_.load(std::memory_order_relaxed), sent_.load(std::memory_order_relaxed),
+               failed_.load(std::memory_order_relaxed)};
+}
+
+void SnapshotStreams::Finish(Job& job, bool failed) {
+  if (job.exporter.joinable()) job.exporter.join();
+  std::error_code ec;
+  fs::remove_all(job.dir, ec);
+  sending_.fetch_sub(1, std::memory_order_relaxed);
+  (failed ? failed_ : sent_).fetch_add(1, std::memory_order_relaxed);
+  if (!failed) {
+    // The image is durable at the receiver: now the ticket may follow.
+    std::vector<GroupMessage> out;
+    out.push_back(GroupMessage{job.group, job.msg});
+    transport_->Send(std::move(out));
+  }
+  report_(job.group, job.msg.to, failed);
+}
+
+void SnapshotStreams::Loop() {
+  for (;;) {
+    std::deque<SnapshotChunk> incoming;
+    std::vector<uint64_t> discards;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(jobs_.empty() ? 100 : 5), [this] {
+        return stop_ || !incoming_.empty() || !new_jobs_.empty() || !discards_.empty();
+      });
+      if (stop_) return;
+      incoming.swap(incoming_);
+      discards.swap(discards_);
+      jobs_.splice(jobs_.end(), new_jobs_);
+    }
+    for (uint64_t g : discards) receiver_.Discard(g);
+    int64_t now = RealClock().NowMonoUs();
+    for (auto& c : incoming) {
+      if (c.kind == SnapshotChunk::Kind::kAck) {
+        for (auto& j : jobs_) {
+          if (j->sender && j->exported.load(std::memory_order_acquire)) j->sender->OnAck(c, now);
+        }
+        continue;
+      }
+      uint64_t before = receiver_.bytes_received();
+      SnapshotChunk ack = receiver_.Handle(c);
+      bytes_received_.fetch_add(receiver_.bytes_received() - before, std::memory_order_relaxed);
+      if (ack.refused) spdlog::warn("group {}: refused a snapshot chunk from node {}", c.group, c.from);
+      transport_->SendChunk(c.from, std::move(ack));
+    }
+    // Refill the rate budget: at most two chunks' worth saved up.
+    if (opts_.rate_bytes_per_s > 0) {
+      double cap = 2.0 * static_cast<double>(opts_.sender.chunk_bytes);
+      tokens_ = std::min(cap, tokens_ + static_cast<double>(now - tokens_at_us_) *
+                                          static_cast<double>(opts_.rate_bytes_per_s) / 1e6);
+      tokens_at_us_ = now;
+    }
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+      Job& j = **it;
+      if (!j.exported.load(std::memory_order_acquire)) {
+        ++it;
+        continue;
+      }
+      bool failed = false, finished = false;
+      if (j.exporter.joinable()) {
+        j.exporter.join();
+        Status s = j.export_status;
+        if (s.ok()) s = j.sender->Open(now);
+        if (!s.ok()) {
+          spdlog::error("group {}: snapshot export for node {} failed: {}", j.group, j.msg.to, s.ToString());
+          failed = finished = true;
+        } else {
+          spdlog::info("group {}: sending a snapshot at {} to node {} ({} bytes)", j.group,
+                       j.msg.snapshot.meta.index, j.msg.to, j.sender->total());
+        }
+      }
+      while (!finished) {
+        if (j.sender->done()) {
+          finished = true;
+          break;
+        }
+        if (j.sender->failed(now)) {
+          spdlog::warn("group {}: snapshot to node {} gave up at {} of {} bytes", j.group, j.msg.to,
+                       j.sender->acked(), j.sender->total());
+          failed = finished = true;
+          break;
+        }
+        if (opts_.rate_bytes_per_s > 0 && tokens_ < 0) break;
+        auto next = j.sender->Next(now);
+        if (!next.ok()) {
+          spdlog::error("group {}: snapshot to node {}: {}", j.group, j.msg.to, next.status().ToString());
+          failed = finished = true;
+          break;
+        }
+        if (!next->has_value()) break;
+        SnapshotChunk& c = **next;
+        if (c.kind == SnapshotChunk::Kind::kData) {
+          tokens_ -= static_cast<double>(c.data.size());
+          bytes_sent_.fetch_add(c.data.size(), std::memory_order_relaxed);
+        }
+        transport_->SendChunk(j.msg.to, std::move(c));
+      }
+      if (finished) {
+        Finish(j, failed);
+        it = jobs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+}
+
+}  // namespace shoal::node

@@ -1,0 +1,92 @@
+// SnapshotStreams: this node's end of snapshot transfers (the
+// replica::SnapshotCourier of its data shards). An outgoing snapshot is
+// exported into files by a thread of its own, off the group's worker, then
+// streamed in chunks over the peer transport, at most `rate` bytes a second
+// for all transfers together, and only then is its Raft message sent. Incoming
+// chunks are written and made durable on this object's thread, never on a
+// worker. See node/image_stream.h for the protocol and its resumption.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "node/image_stream.h"
+#include "node/transport.h"
+#include "replica/replica.h"
+
+namespace shoal::node {
+
+struct SnapshotStreamsOptions {
+  std::string dir;                // where images are written and received
+  uint64_t rate_bytes_per_s = 0;  // outgoing, all transfers together; 0: unlimited
+  ImageSenderOptions sender;
+};
+
+class SnapshotStreams final : public replica::SnapshotCourier {
+ public:
+  // Runs on this object's thread when a transfer ends; failed: it gave up.
+  using ReportFn = std::function<void(uint64_t group, raft::NodeId to, bool failed)>;
+
+  SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report);
+  ~SnapshotStreams() override;
+  // Cleans what an earlier run left and starts the thread.
+  void Start();
+  // Stops the thread and waits for exports under way.
+  void Stop();
+
+  void Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) override;
+  std::string Received(uint64_t group, const replica::SnapshotTicket& ticket) override;
+  void Discard(uint64_t group) override;
+  // A chunk from the transport (its thread).
+  void OnChunk(raft::NodeId from, SnapshotChunk c);
+
+  struct Stats {
+    uint64_t bytes_sent = 0, bytes_received = 0;
+    uint64_t sending = 0, sent = 0, failed = 0;
+  };
+  Stats stats() const;
+
+ private:
+  struct Job {
+    uint64_t group;
+    raft::Message msg;
+    replica::ImageWriter write;
+    std::string dir;
+    std::thread exporter;
+    std::atomic<bool> exported{false};
+    Status export_status;
+    std::unique_ptr<ImageSender> sender;
+  };
+  void Loop();
+  void Finish(Job& job, bool failed);
+
+  Transport* transport_;
+  SnapshotStreamsOptions opts_;
+  ReportFn report_;
+  ImageReceiver receiver_;  // this object's thread only (Complete is const)
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::deque<SnapshotChunk> incoming_;
+  std::vector<uint64_t> discards_;
+  std::list<std::unique_ptr<Job>> new_jobs_;
+  // This object's thread only.
+  std::list<std::unique_ptr<Job>> jobs_;
+  double tokens_ = 0;
+  int64_t tokens_at_us_ = 0;
+
+  std::thread thread_;
+  std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, sending_{0}, sent_{0}, failed_{0};
+};
+
+}  // namespace shoal::node
