@@ -143,7 +143,7 @@ Status ImageSender::Open(int64_t now_us) {
   return Status::Ok();
 }
 
-Result<std::optional<SnapshotChunk>> ImageSender::Next(int64_t now_us) {
+Result<std::optional<SnapshotChunk>> ImageSender::Next(int64_t now_us, bool may_send_data) {
   if (done_ || refused_) return std::optional<SnapshotChunk>();
   SnapshotChunk c;
   c.group = group_;
@@ -163,7 +163,7 @@ Result<std::optional<SnapshotChunk>> ImageSender::Next(int64_t now_us) {
     return std::optional<SnapshotChunk>(std::move(c));
   }
   uint64_t window = opts_.chunk_bytes * static_cast<uint64_t>(opts_.window);
-  if (sent_ >= total_ || sent_ - acked_ >= window) return std::optional<SnapshotChunk>();
+  if (!may_send_data || sent_ >= total_ || sent_ - acked_ >= window) return std::optional<SnapshotChunk>();
   if (sent_ == acked_) ack_us_ = now_us;  // the wait for an acknowledgement starts
   uint64_t n = std::min(opts_.chunk_bytes, total_ - sent_);
   c.kind = SnapshotChunk::Kind::kData;
@@ -215,10 +215,16 @@ void ImageSender::OnAck(const SnapshotChunk& ack, int64_t now_us) {
   }
   if (ack.offset > total_) return;
   ack_us_ = now_us;
+  if (ack.resync) {
+    offered_ = false;  // the receiver lost track of it (it restarted)
+    offer_us_ = -1;
+    return;
+  }
   if (!offered_ && offer_us_ >= 0) {
     // The answer to an offer: the receiver's offset is where to go on.
+    // Counts as progress: a transfer that waited its turn starts now.
     offered_ = true;
-    if (ack.offset > acked_) progress_us_ = now_us;
+    progress_us_ = now_us;
     acked_ = sent_ = ack.offset;
     return;
   }
@@ -295,10 +301,36 @@ void ImageReceiver::Discard(uint64_t group) {
   }
 }
 
+void ImageReceiver::Discard(uint64_t group, raft::NodeId from, uint64_t export_id) {
+  Key key{group, from, export_id};
+  std::error_code ec;
+  fs::remove_all(DirOf(key), ec);
+  open_.erase(key);
+}
+
+void ImageReceiver::Expire(int64_t age_s) {
+  std::error_code ec;
+  auto now = fs::file_time_type::clock::now();
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    if (!e.is_directory() || !e.path().filename().string().starts_with("in-")) continue;
+    auto newest = fs::last_write_time(e.path(), ec);
+    for (const auto& f : fs::directory_iterator(e.path(), ec)) newest = std::max(newest, fs::last_write_time(f.path(), ec));
+    if (now - newest > std::chrono::seconds(age_s)) gone.push_back(e.path());
+  }
+  for (const auto& p : gone) {
+    fs::remove_all(p, ec);
+    for (auto it = open_.begin(); it != open_.end();) it = DirOf(it->first) == p.string() ? open_.erase(it) : std::next(it);
+  }
+}
+
 SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
   Key key{c.group, c.from, c.export_id};
   std::string dir = DirOf(key);
   std::error_code ec;
+  if (std::find(superseded_.begin(), superseded_.end(), key) != superseded_.end()) {
+    return Ack(c, 0, false, true);  // a newer image of the group came since
+  }
   if (c.kind == SnapshotChunk::Kind::kOffer) {
     std::vector<ImageFile> files;
     uint64_t total = 0;
@@ -309,19 +341,22 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
     auto it = open_.find(key);
     if (it != open_.end()) return Ack(c, it->second.held, false, false);
     Open o{files, total, 0};
-    std::string have;
+    std::string have, held;
     if (ReadAll(dir + "/.manifest", &have).ok() && have == c.data) {
-      // Resume: keep the durable prefix, drop anything past it.
-      bool cut = false;
+      // Resume from the durable offset (.held); bytes past it may be torn.
+      if (ReadAll(dir + "/.held", &held).ok() && held.size() == 8) std::memcpy(&o.held, held.data(), 8);
+      o.held = std::min(o.held, total);
+      uint64_t file_start = 0;
       for (const auto& f : files) {
         std::string path = dir + "/" + f.name;
+        uint64_t keep = o.held > file_start ? std::min(o.held - file_start, f.size) : 0;
         uint64_t size = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
-        if (cut || size > f.size) {
-          fs::resize_file(path, cut ? 0 : f.size, ec);
-          size = cut ? 0 : f.size;
+        if (size < keep) {  // shorter than what was acknowledged: start over
+          o.held = 0;
+          break;
         }
-        o.held += size;
-        if (size < f.size) cut = true;
+        if (size > keep) fs::resize_file(path, keep, ec);
+        file_start += f.size;
       }
     } else {
       // A new image for this group: others still unfinished are obsolete.
@@ -335,7 +370,13 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
       }
       for (const auto& p : gone) fs::remove_all(p, ec);
       for (auto jt = open_.begin(); jt != open_.end();) {
-        jt = std::get<0>(jt->first) == c.group ? open_.erase(jt) : std::next(jt);
+        if (std::get<0>(jt->first) == c.group) {
+          superseded_.push_back(jt->first);
+          if (superseded_.size() > 64) superseded_.pop_front();
+          jt = open_.erase(jt);
+        } else {
+          ++jt;
+        }
       }
       fs::create_directories(dir, ec);
       if (ec || !WriteDurably(dir, ".manifest", c.data).ok()) return Ack(c, 0, false, true);
@@ -344,20 +385,28 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
       if (!MarkComplete(dir, o.files).ok()) return Ack(c, 0, false, true);
       return Ack(c, o.total, true, false);
     }
-    uint64_t held = o.held;
+    uint64_t at = o.held;
     open_[key] = std::move(o);
-    return Ack(c, held, false, false);
+    return Ack(c, at, false, false);
   }
   if (c.kind != SnapshotChunk::Kind::kData) return Ack(c, 0, false, true);
   auto it = open_.find(key);
   if (it == open_.end()) {
     if (!Complete(c.group, c.from, c.export_id).empty()) return Ack(c, c.total, true, false);
-    return Ack(c, 0, false, false);  // unknown here (restarted): the sender offers again
+    SnapshotChunk a = Ack(c, 0, false, false);  // unknown here (restarted): offer again
+    a.resync = true;
+    return a;
   }
   Open& o = it->second;
   if (c.offset != o.held || c.data.empty()) return Ack(c, o.held, false, false);
-  if (c.offset + c.data.size() > o.total) return Ack(c, o.held, false, true);
+  if (c.offset + c.data.size() > o.total || c.data.size() > kMaxChunkBytes) return Ack(c, o.held, false, true);
   Status s = Write(dir, o, c.offset, c.data);
+  if (s.ok()) {
+    std::string held;
+    uint64_t after = o.held + c.data.size();
+    held.append(reinterpret_cast<const char*>(&after), 8);
+    s = WriteDurably(dir, ".held", held);
+  }
   if (!s.ok()) return Ack(c, o.held, false, true);
   o.held += c.data.size();
   bytes_received_ += c.data.size();
@@ -396,8 +445,7 @@ Status ImageReceiver::Write(const std::string& dir, Open& o, uint64_t offset, st
     }
     file_start = end;
   }
-  // A new file's name must be durable too before the bytes count as held.
-  return SyncPath(dir, O_RDONLY | O_DIRECTORY);
+  return Status::Ok();  // .held is written next, with the folder synced
 }
 
 }  // namespace shoal::node

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <string>
@@ -37,6 +38,7 @@ struct SnapshotChunk {
   std::string data;     // kData: bytes; kOffer: the manifest
   bool done = false;    // kAck: the whole image is held durably
   bool refused = false; // kAck: the receiver will not take this image
+  bool resync = false;  // kAck: the receiver does not know this image: offer again
 };
 
 struct ImageFile {
@@ -61,9 +63,9 @@ class ImageSender {
               ImageSenderOptions opts = {});
   // Lists the folder's files (the manifest); call once, before Next.
   Status Open(int64_t now_us);
-  // The next chunk to send now, or nothing (waiting for acknowledgements).
-  // Reads file bytes for data chunks.
-  Result<std::optional<SnapshotChunk>> Next(int64_t now_us);
+  // The next chunk to send now, or nothing (waiting for acknowledgements;
+  // or only offers, when !may_send_data). Reads file bytes for data chunks.
+  Result<std::optional<SnapshotChunk>> Next(int64_t now_us, bool may_send_data = true);
   void OnAck(const SnapshotChunk& ack, int64_t now_us);
   bool done() const { return done_; }
   // Refused, or no progress for give_up_us.
@@ -89,9 +91,11 @@ class ImageSender {
 };
 
 // Every image coming to this node, kept under `root` in a folder per image:
-// in-<group>-<sender>-<export id>, with .manifest, the files, and .complete
-// once all of it is durable. A new offer for a group removes that group's
-// unfinished images from other senders or exports.
+// in-<group>-<sender>-<export id>, with .manifest, the files, .held (the
+// durable offset) and .complete once all of it is durable. A new offer for
+// a group supersedes that group's unfinished images: they are removed, and
+// their senders are refused from then on (so two senders never take turns
+// wiping each other's transfer).
 class ImageReceiver {
  public:
   explicit ImageReceiver(std::string root);
@@ -104,6 +108,12 @@ class ImageReceiver {
   std::string Complete(uint64_t group, raft::NodeId from, uint64_t export_id) const;
   // Removes every image of the group.
   void Discard(uint64_t group);
+  // Removes one image (imported).
+  void Discard(uint64_t group, raft::NodeId from, uint64_t export_id);
+  // Removes images nothing has written to for `age_s` seconds (given up,
+  // or whose Raft message never came).
+  void Expire(int64_t age_s);
+  static constexpr uint64_t kMaxChunkBytes = 16 << 20;
   uint64_t bytes_received() const { return bytes_received_; }
 
  private:
@@ -119,6 +129,7 @@ class ImageReceiver {
 
   std::string root_;
   std::map<Key, Open> open_;
+  std::deque<Key> superseded_;  // the newest few
   uint64_t bytes_received_ = 0;
 };
 

@@ -139,12 +139,51 @@ TEST(ImageStream, ANewImageOfTheGroupReplacesAnUnfinishedOne) {
   auto offer2 = next.Next(1);
   r.Handle(**offer2);
   EXPECT_FALSE(fs::exists(root + "/in-7-1-50"));
-  // The old sender's next chunk is answered with "start again".
+  // The old sender is refused from now on (it does not wipe the new one).
   auto more = old.Next(5);
   SnapshotChunk ack = r.Handle(**more);
-  EXPECT_EQ(ack.offset, 0u);
+  EXPECT_TRUE(ack.refused);
   old.OnAck(ack, 6);
-  EXPECT_EQ(old.acked(), 0u);
+  EXPECT_TRUE(old.failed(7));
+  EXPECT_TRUE(fs::exists(root + "/in-7-3-60"));
+}
+
+TEST(ImageStream, TornBytesPastTheAcknowledgedOffsetAreNotKept) {
+  Image img(TempDir("src7"));
+  std::string root = TempDir("dst7");
+  auto r = std::make_unique<ImageReceiver>(root);
+  ImageSender s(7, 1, 2, 46, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  s.OnAck(r->Handle(**s.Next(1)), 2);  // offer
+  s.OnAck(r->Handle(**s.Next(3)), 4);  // 1000 bytes
+  s.OnAck(r->Handle(**s.Next(5)), 6);  // 2000 bytes
+  ASSERT_EQ(s.acked(), 2000u);
+  // A crash in the middle of the next write left garbage past the offset.
+  { std::ofstream(root + "/in-7-1-46/a.sst", std::ios::binary | std::ios::app) << std::string(700, '\0'); }
+  r = std::make_unique<ImageReceiver>(root);
+  r->Recover();
+  ASSERT_TRUE(Transfer(s, r, root, 0));
+  img.ExpectAt(r->Complete(7, 1, 46));
+}
+
+TEST(ImageStream, ARestartedReceiverThatKeptNothingAsksForAnOffer) {
+  Image img(TempDir("src8"));
+  std::string root = TempDir("dst8");
+  auto r = std::make_unique<ImageReceiver>(root);
+  ImageSender s(7, 1, 2, 47, img.dir, SmallChunks());
+  ASSERT_TRUE(s.Open(0).ok());
+  s.OnAck(r->Handle(**s.Next(1)), 2);  // offer answered, nothing written yet
+  fs::remove_all(root);                 // the receiver lost its disk
+  r = std::make_unique<ImageReceiver>(root);
+  r->Recover();
+  SnapshotChunk ack = r->Handle(**s.Next(3));
+  EXPECT_TRUE(ack.resync);
+  s.OnAck(ack, 4);
+  auto next = s.Next(5);
+  ASSERT_TRUE(next->has_value());
+  EXPECT_EQ((*next)->kind, SnapshotChunk::Kind::kOffer);
+  ASSERT_TRUE(Transfer(s, r, root, 0));
+  img.ExpectAt(r->Complete(7, 1, 47));
 }
 
 TEST(ImageStream, RefusesBadManifestsAndOutOfRangeData) {

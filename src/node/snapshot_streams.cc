@@ -8,6 +8,14 @@
 
 namespace shoal::node {
 namespace fs = std::filesystem;
+namespace {
+
+constexpr int kMaxExports = 2;                       // export threads at once
+constexpr uint64_t kIncomingMaxBytes = 64 << 20;     // chunks waiting to be written
+constexpr int64_t kExpireEveryUs = 60'000'000;       // look for abandoned images
+constexpr int64_t kAbandonedAfterS = 600;            // ... untouched this long
+
+}  // namespace
 
 SnapshotStreams::SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report)
     : transport_(transport), opts_(std::move(opts)), report_(std::move(report)), receiver_(opts_.dir) {}
@@ -24,6 +32,7 @@ void SnapshotStreams::Start() {
   }
   for (const auto& p : gone) fs::remove_all(p, ec);
   receiver_.Recover();
+  receiver_.Expire(kAbandonedAfterS);
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "shoal-snapshots");
     Loop();
@@ -38,6 +47,7 @@ void SnapshotStreams::Stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // Exports under way read the store: wait for them (they cannot be cut short).
   for (auto* list : {&jobs_, &new_jobs_}) {
     for (auto& j : *list) {
       if (j->exporter.joinable()) j->exporter.join();
@@ -56,20 +66,11 @@ void SnapshotStreams::Ship(uint64_t group, raft::Message msg, replica::ImageWrit
   job->sender = std::make_unique<ImageSender>(group, msg.from, msg.to, t.export_id, job->dir, opts_.sender);
   job->msg = std::move(msg);
   job->write = std::move(write);
-  Job* j = job.get();
-  sending_.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  // The export reads a consistent storage view; it may take a while.
-  j->exporter = std::thread([this, j] {
-    pthread_setname_np(pthread_self(), "shoal-export");
-    std::error_code ec;
-    fs::remove_all(j->dir, ec);
-    j->export_status = j->write(j->dir);
-    j->write = nullptr;  // releases the storage view
-    j->exported.store(true, std::memory_order_release);
-    cv_.notify_all();
-  });
-  new_jobs_.push_back(std::move(job));
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return;  // shutting down: the transfer dies with the process
+    new_jobs_.push_back(std::move(job));
+  }
   cv_.notify_all();
 }
 
@@ -77,10 +78,18 @@ std::string SnapshotStreams::Received(uint64_t group, const replica::SnapshotTic
   return receiver_.Complete(group, ticket.from, ticket.export_id);
 }
 
+void SnapshotStreams::Consumed(uint64_t group, const replica::SnapshotTicket& ticket) {
+  {
+    std::lock_guard lock(mu_);
+    discards_.push_back(Drop{group, ticket.from, ticket.export_id});
+  }
+  cv_.notify_all();
+}
+
 void SnapshotStreams::Discard(uint64_t group) {
   {
     std::lock_guard lock(mu_);
-    discards_.push_back(group);
+    discards_.push_back(Drop{group, raft::kNoNode, 0});
   }
   cv_.notify_all();
 }
@@ -88,7 +97,8 @@ void SnapshotStreams::Discard(uint64_t group) {
 void SnapshotStreams::OnChunk(raft::NodeId, SnapshotChunk c) {
   {
     std::lock_guard lock(mu_);
-    if (incoming_.size() >= 256) return;  // senders send again
+    if (incoming_bytes_ + c.data.size() > kIncomingMaxBytes) return;  // senders send again
+    incoming_bytes_ += c.data.size();
     incoming_.push_back(std::move(c));
   }
   cv_.notify_all();
@@ -105,6 +115,7 @@ void SnapshotStreams::Finish(Job& job, bool failed) {
   std::error_code ec;
   fs::remove_all(job.dir, ec);
   sending_.fetch_sub(1, std::memory_order_relaxed);
+  if (job.cancelled) return;  // replaced by a newer transfer, which reports
   (failed ? failed_ : sent_).fetch_add(1, std::memory_order_relaxed);
   if (!failed) {
     // The image is durable at the receiver: now the ticket may follow.
@@ -118,7 +129,8 @@ void SnapshotStreams::Finish(Job& job, bool failed) {
 void SnapshotStreams::Loop() {
   for (;;) {
     std::deque<SnapshotChunk> incoming;
-    std::vector<uint64_t> discards;
+    std::vector<Drop> discards;
+    std::list<std::unique_ptr<Job>> fresh;
     {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(jobs_.empty() ? 100 : 5), [this] {
@@ -126,11 +138,30 @@ void SnapshotStreams::Loop() {
       });
       if (stop_) return;
       incoming.swap(incoming_);
+      incoming_bytes_ = 0;
       discards.swap(discards_);
-      jobs_.splice(jobs_.end(), new_jobs_);
+      fresh.swap(new_jobs_);
     }
-    for (uint64_t g : discards) receiver_.Discard(g);
+    for (auto& j : fresh) {
+      // One transfer per receiving replica and group: a newer one replaces it.
+      for (auto& old : jobs_) {
+        if (old->group == j->group && old->msg.to == j->msg.to) old->cancelled = true;
+      }
+      sending_.fetch_add(1, std::memory_order_relaxed);
+    }
+    jobs_.splice(jobs_.end(), fresh);
+    for (const auto& d : discards) {
+      if (d.from == raft::kNoNode) {
+        receiver_.Discard(d.group);
+      } else {
+        receiver_.Discard(d.group, d.from, d.export_id);
+      }
+    }
     int64_t now = RealClock().NowMonoUs();
+    if (now - expired_at_us_ > kExpireEveryUs) {
+      expired_at_us_ = now;
+      receiver_.Expire(kAbandonedAfterS);
+    }
     for (auto& c : incoming) {
       if (c.kind == SnapshotChunk::Kind::kAck) {
         for (auto& j : jobs_) {
@@ -144,6 +175,25 @@ void SnapshotStreams::Loop() {
       if (ack.refused) spdlog::warn("group {}: refused a snapshot chunk from node {}", c.group, c.from);
       transport_->SendChunk(c.from, std::move(ack));
     }
+    // Start exports, a few at a time: each writes a whole shard.
+    int exporting = 0;
+    for (auto& j : jobs_) exporting += j->started && !j->exported.load(std::memory_order_acquire);
+    for (auto& j : jobs_) {
+      if (exporting >= kMaxExports) break;
+      if (j->started || j->cancelled) continue;
+      j->started = true;
+      ++exporting;
+      Job* p = j.get();
+      p->exporter = std::thread([this, p] {
+        pthread_setname_np(pthread_self(), "shoal-export");
+        std::error_code ec;
+        fs::remove_all(p->dir, ec);
+        p->export_status = p->write(p->dir);  // reads a consistent storage view
+        p->write = nullptr;                   // releases it
+        p->exported.store(true, std::memory_order_release);
+        cv_.notify_all();
+      });
+    }
     // Refill the rate budget: at most two chunks' worth saved up.
     if (opts_.rate_bytes_per_s > 0) {
       double cap = 2.0 * static_cast<double>(opts_.sender.chunk_bytes);
@@ -151,9 +201,16 @@ void SnapshotStreams::Loop() {
                                           static_cast<double>(opts_.rate_bytes_per_s) / 1e6);
       tokens_at_us_ = now;
     }
+    // Each pass starts at another transfer, so they share the budget.
+    if (jobs_.size() > 1) jobs_.splice(jobs_.end(), jobs_, jobs_.begin());
     for (auto it = jobs_.begin(); it != jobs_.end();) {
       Job& j = **it;
-      if (!j.exported.load(std::memory_order_acquire)) {
+      if (j.cancelled && (!j.started || j.exported.load(std::memory_order_acquire))) {
+        Finish(j, true);
+        it = jobs_.erase(it);
+        continue;
+      }
+      if (!j.started || !j.exported.load(std::memory_order_acquire)) {
         ++it;
         continue;
       }
@@ -170,7 +227,7 @@ void SnapshotStreams::Loop() {
                        j.msg.snapshot.meta.index, j.msg.to, j.sender->total());
         }
       }
-      while (!finished) {
+      for (int sent = 0; !finished && sent < 4; ++sent) {
         if (j.sender->done()) {
           finished = true;
           break;
@@ -181,8 +238,7 @@ void SnapshotStreams::Loop() {
           failed = finished = true;
           break;
         }
-        if (opts_.rate_bytes_per_s > 0 && tokens_ < 0) break;
-        auto next = j.sender->Next(now);
+        auto next = j.sender->Next(now, opts_.rate_bytes_per_s == 0 || tokens_ >= 0);
         if (!next.ok()) {
           spdlog::error("group {}: snapshot to node {}: {}", j.group, j.msg.to, next.status().ToString());
           failed = finished = true;

@@ -45,6 +45,7 @@ class SnapshotStreams final : public replica::SnapshotCourier {
 
   void Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) override;
   std::string Received(uint64_t group, const replica::SnapshotTicket& ticket) override;
+  void Consumed(uint64_t group, const replica::SnapshotTicket& ticket) override;
   void Discard(uint64_t group) override;
   // A chunk from the transport (its thread).
   void OnChunk(raft::NodeId from, SnapshotChunk c);
@@ -62,6 +63,8 @@ class SnapshotStreams final : public replica::SnapshotCourier {
     replica::ImageWriter write;
     std::string dir;
     std::thread exporter;
+    bool started = false;    // the exporter runs or ran
+    bool cancelled = false;  // a newer transfer to the same replica replaced it
     std::atomic<bool> exported{false};
     Status export_status;
     std::unique_ptr<ImageSender> sender;
@@ -78,12 +81,19 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   std::condition_variable cv_;
   bool stop_ = false;
   std::deque<SnapshotChunk> incoming_;
-  std::vector<uint64_t> discards_;
+  struct Drop {
+    uint64_t group;
+    raft::NodeId from;  // 0: every image of the group
+    uint64_t export_id;
+  };
+  std::vector<Drop> discards_;
+  uint64_t incoming_bytes_ = 0;
   std::list<std::unique_ptr<Job>> new_jobs_;
   // This object's thread only.
   std::list<std::unique_ptr<Job>> jobs_;
   double tokens_ = 0;
   int64_t tokens_at_us_ = 0;
+  int64_t expired_at_us_ = 0;
 
   std::thread thread_;
   std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, sending_{0}, sent_{0}, failed_{0};

@@ -243,6 +243,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       out->set_data(std::move(c.data));
       out->set_done(c.done);
       out->set_refused(c.refused);
+      out->set_resync(c.resync);
       p->chunks.pop_front();
     }
     if (p->send_leaders) {
@@ -336,6 +337,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       c.data = pc.data();
       c.done = pc.done();
       c.refused = pc.refused();
+      c.resync = pc.resync();
       // Offers and data come from the image's sender, acknowledgements
       // from its receiver.
       bool ack = c.kind == SnapshotChunk::Kind::kAck;

@@ -389,7 +389,7 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
       std::string dir = opts_.courier != nullptr ? opts_.courier->Received(opts_.group, t) : "";
       s = dir.empty() ? Status::NotFound("the snapshot's image is gone")
                       : sm_->StageImportFiles(dir, rd.snapshot->meta.index, batch, marker);
-      if (s.ok()) opts_.courier->Discard(opts_.group);
+      if (s.ok()) opts_.courier->Consumed(opts_.group, t);
     } else {
       s = sm_->StageImport(rd.snapshot->data, rd.snapshot->meta.index, batch, marker);
     }
@@ -435,6 +435,7 @@ void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
   }
   ImageWriter write = std::move(it->second);
   exports_.erase(it);
+  snapshot_holds_[m.to] = Hold{m.snapshot.meta.index, ticks_};
   opts_.courier->Ship(opts_.group, std::move(m), std::move(write));
 }
 
@@ -568,15 +569,24 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   applied_.store(sm_->applied_index(), std::memory_order_release);
 }
 
-raft::Index Replica::SnapshotFloor() const {
+raft::Index Replica::SnapshotFloor() {
   const raft::Raft& r = node_->raft();
-  if (r.role() != raft::Role::kLeader) return 0;
+  if (r.role() != raft::Role::kLeader) {
+    snapshot_holds_.clear();
+    return 0;
+  }
+  // A hold lasts until the follower's log matches past the snapshot (it
+  // imported it and caught up), or 2400 ticks (2 minutes at 50 ms).
   raft::Index floor = 0;
-  for (const auto& [id, pr] : r.tracker().progress()) {
-    if (pr.state == raft::ProgressState::kSnapshot && pr.pending_snapshot != 0 &&
-        (floor == 0 || pr.pending_snapshot < floor)) {
-      floor = pr.pending_snapshot;
+  for (auto it = snapshot_holds_.begin(); it != snapshot_holds_.end();) {
+    auto pr = r.tracker().progress().find(it->first);
+    if (pr == r.tracker().progress().end() || pr->second.match >= it->second.index ||
+        ticks_ - it->second.since_tick > 2400) {
+      it = snapshot_holds_.erase(it);
+      continue;
     }
+    if (floor == 0 || it->second.index < floor) floor = it->second.index;
+    ++it;
   }
   return floor;
 }

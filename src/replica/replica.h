@@ -136,8 +136,9 @@ class SnapshotCourier {
   // The folder holding the whole image `ticket` names, durably received,
   // or "" while it has not all arrived.
   virtual std::string Received(uint64_t group, const SnapshotTicket& ticket) = 0;
-  // The group's received images are no longer needed (imported, or the
-  // replica left): delete them.
+  // The image `ticket` names was imported: delete it.
+  virtual void Consumed(uint64_t group, const SnapshotTicket& ticket) = 0;
+  // The replica left: delete every image of the group.
   virtual void Discard(uint64_t group) = 0;
 };
 
@@ -202,7 +203,9 @@ class Replica {
   void ReportUnreachable(raft::NodeId to) { node_->report_unreachable(to); }
   // The courier finished carrying a snapshot to `to` (failed: it gave up).
   void ReportSnapshot(raft::NodeId to, bool failed) {
-    if (!retired_) node_->report_snapshot(to, failed);
+    if (retired_) return;
+    if (failed) snapshot_holds_.erase(to);
+    node_->report_snapshot(to, failed);
   }
   void Campaign() { node_->campaign(); }
   // Stages deleting this replica's log, hard state, membership and state
@@ -259,8 +262,8 @@ class Replica {
   void ServeReads();
   // Hands an outgoing message to *send, or a snapshot's to the courier.
   void Route(raft::Message m, std::vector<raft::Message>* send);
-  // The oldest index a follower being sent a snapshot still needs, or 0.
-  raft::Index SnapshotFloor() const;
+  // The oldest index a follower sent a snapshot still needs, or 0.
+  raft::Index SnapshotFloor();
 
   struct PendingWrite {
     raft::Term term;
@@ -285,6 +288,13 @@ class Replica {
   // Exports made for snapshots, by export id, until their message leaves.
   std::map<uint64_t, ImageWriter> exports_;
   uint64_t last_export_id_ = 0;
+  struct Hold {
+    raft::Index index;
+    uint64_t since_tick;
+  };
+  // Followers sent a snapshot, until they have caught up past it: the log
+  // after its index is kept for them (SnapshotFloor).
+  std::map<raft::NodeId, Hold> snapshot_holds_;
   std::map<raft::Index, PendingWrite> writes_;
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;

@@ -163,6 +163,8 @@ class RocksEngine final : public Engine {
     // ingest again.
     io.write_global_seqno = false;
     io.allow_blocking_flush = true;  // overlapping memtable data is flushed first
+    // Files may come from another node over the network: check every block.
+    io.verify_checksums_before_ingest = true;
     auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
     return FromRocks(s, "ingest " + path);
   }

@@ -91,6 +91,7 @@ struct SimCourier final : replica::SnapshotCourier {
   raft::NodeId node = 0;
   void Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) override;
   std::string Received(uint64_t group, const replica::SnapshotTicket& t) override;
+  void Consumed(uint64_t group, const replica::SnapshotTicket& t) override;
   void Discard(uint64_t group) override;
 };
 
@@ -339,6 +340,8 @@ class ReplicaSim {
     o.resend_us = 200'000;
     o.give_up_us = 5'000'000;
     auto sender = std::make_unique<node::ImageSender>(group, from, msg.to, t.export_id, dir, o);
+    // A newer transfer to the same replica replaces the one under way.
+    std::erase_if(images_, [&](const Image& im) { return im.from == from && im.group == group && im.msg.to == msg.to; });
     if (!write(dir).ok() || !sender->Open(NowUs()).ok()) {
       reports_.push_back(Report{from, msg.to, true});
       return;
@@ -629,6 +632,10 @@ void SimCourier::Ship(uint64_t group, raft::Message msg, replica::ImageWriter wr
 std::string SimCourier::Received(uint64_t group, const replica::SnapshotTicket& t) {
   node::ImageReceiver* r = sim->ReceiverOf(node);
   return r == nullptr ? "" : r->Complete(group, t.from, t.export_id);
+}
+
+void SimCourier::Consumed(uint64_t group, const replica::SnapshotTicket& t) {
+  if (node::ImageReceiver* r = sim->ReceiverOf(node)) r->Discard(group, t.from, t.export_id);
 }
 
 void SimCourier::Discard(uint64_t group) {
