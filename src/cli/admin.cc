@@ -217,8 +217,11 @@ int RunAdmin(const AdminOptions& opts) {
     if (opts.verb == "plan" && r->lines.empty()) std::printf("(nothing to do: placement is balanced)\n");
     return 0;
   }
-  if (opts.verb == "balance" || opts.verb == "remove") {
-    auto r = admin({opts.verb, opts.args.empty() ? "" : opts.args[0]});
+  if (opts.verb == "balance" || opts.verb == "remove" || opts.verb == "move" || opts.verb == "transfer") {
+    std::vector<std::string> args = {opts.verb};
+    args.insert(args.end(), opts.args.begin(), opts.args.end());
+    if (args.size() == 1) args.push_back("");
+    auto r = admin(args);
     if (!r) return 1;
     for (const auto& l : r->lines) std::printf("%s\n", l.c_str());
     return 0;

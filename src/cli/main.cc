@@ -155,6 +155,10 @@ int main(int argc, char** argv) {
   remove_cmd->add_option("node", admin.args, "Node id (16 or 40 hex) or host:port")->required()->expected(1);
   CLI::App* balance_cmd = verb("balance", "on: spread replicas and leaders (default); off: repair only");
   balance_cmd->add_option("mode", admin.args, "on or off")->required()->expected(1)->check(CLI::IsMember({"on", "off"}));
+  CLI::App* move_cmd = verb("move", "Move a shard's replica from one node to another (balance off keeps it there)");
+  move_cmd->add_option("args", admin.args, "SHARD FROM-NODE TO-NODE")->required()->expected(3);
+  CLI::App* transfer_cmd = verb("transfer", "Make a voter of a shard its leader");
+  transfer_cmd->add_option("args", admin.args, "SHARD NODE")->required()->expected(2);
   CLI::App* watch_cmd = verb("watch", "Follow moves until placement is balanced");
   watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)");
   CLI11_PARSE(app, argc, argv);

@@ -1,6 +1,7 @@
 #include "cluster/cluster.h"
 
 #include "cluster/membership.h"
+#include "common/strings.h"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -840,7 +841,76 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
       return propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
     }
-    done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, BALANCE on|off"));
+    if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) {
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      uint64_t shard_id = 0;
+      const proto::ShardInfo* info = nullptr;
+      if (auto v = ParseInt64(args[1]); v && *v > 0) {
+        shard_id = static_cast<uint64_t>(*v);
+        for (const auto& s : m->shards()) {
+          if (s.id() == shard_id) info = &s;
+        }
+      }
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      ClusterView view = View(now);
+      const ShardView* sv = nullptr;
+      for (const ShardView& s : view.shards) {
+        if (s.id == shard_id) sv = &s;
+      }
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
+        return done(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
+      }
+      size_t up = 0;
+      for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      if (up * 2 <= sv->want.voters.size()) {
+        return done(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
+      }
+      proto::ShardInfo next = *info;
+      const proto::NodeInfo* target = FindNode(*m, args.back());
+      if (target == nullptr) return done(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
+      if (sub == "transfer") {
+        if (!HasId(sv->want.voters, target->id())) {
+          return done(AdminError("ERR node " + Hex(target->id()) + " is not a voter of shard " + args[1]));
+        }
+        if (state[target->id()] != NodeState::kUp) {
+          return done(AdminError("ERR node " + Hex(target->id()) + " is not up"));
+        }
+        next.set_preferred_leader(target->id());
+        proto::MetaCommand cmd;
+        cmd.set_version(1);
+        *cmd.mutable_set_shard() = next;
+        return propose(cmd, "shard " + args[1] + ": leadership moving to " + Hex(target->id()));
+      }
+      const proto::NodeInfo* from = FindNode(*m, args[2]);
+      if (from == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+      bool voter = HasId(sv->want.voters, from->id());
+      if (!voter && !HasId(sv->want.learners, from->id())) {
+        return done(AdminError("ERR node " + Hex(from->id()) + " holds no replica of shard " + args[1]));
+      }
+      if (HasId(sv->want.voters, target->id()) || HasId(sv->want.learners, target->id())) {
+        return done(AdminError("ERR node " + Hex(target->id()) + " already holds a replica of shard " + args[1]));
+      }
+      if (state[target->id()] != NodeState::kUp) {
+        return done(AdminError("ERR node " + Hex(target->id()) + " is not up (draining, down or removed)"));
+      }
+      // The same role on the new node; the group's leader carries it out
+      // (learner, snapshot, catch-up, then one joint change).
+      next.clear_replicas();
+      next.clear_learners();
+      for (uint64_t v : sv->want.voters) next.add_replicas(v == from->id() ? target->id() : v);
+      for (uint64_t l : sv->want.learners) next.add_learners(l == from->id() ? target->id() : l);
+      if (next.preferred_leader() == from->id()) next.set_preferred_leader(target->id());
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      *cmd.mutable_set_shard() = next;
+      return propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
+    }
+    done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
+                    "MOVE shard from-node to-node, TRANSFER shard node, BALANCE on|off"));
   });
 }
 

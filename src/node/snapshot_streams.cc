@@ -172,7 +172,7 @@ void SnapshotStreams::Loop() {
       uint64_t before = receiver_.bytes_received();
       SnapshotChunk ack = receiver_.Handle(c);
       bytes_received_.fetch_add(receiver_.bytes_received() - before, std::memory_order_relaxed);
-      if (ack.refused) spdlog::warn("group {}: refused a snapshot chunk from node {}", c.group, c.from);
+      if (ack.refused) spdlog::warn("group {}: refused a snapshot chunk from node {:016x}", c.group, c.from);
       transport_->SendChunk(c.from, std::move(ack));
     }
     // Start exports, a few at a time: each writes a whole shard.
@@ -220,10 +220,10 @@ void SnapshotStreams::Loop() {
         Status s = j.export_status;
         if (s.ok()) s = j.sender->Open(now);
         if (!s.ok()) {
-          spdlog::error("group {}: snapshot export for node {} failed: {}", j.group, j.msg.to, s.ToString());
+          spdlog::error("group {}: snapshot export for node {:016x} failed: {}", j.group, j.msg.to, s.ToString());
           failed = finished = true;
         } else {
-          spdlog::info("group {}: sending a snapshot at {} to node {} ({} bytes)", j.group,
+          spdlog::info("group {}: sending a snapshot at {} to node {:016x} ({} bytes)", j.group,
                        j.msg.snapshot.meta.index, j.msg.to, j.sender->total());
         }
       }
@@ -233,14 +233,14 @@ void SnapshotStreams::Loop() {
           break;
         }
         if (j.sender->failed(now)) {
-          spdlog::warn("group {}: snapshot to node {} gave up at {} of {} bytes", j.group, j.msg.to,
+          spdlog::warn("group {}: snapshot to node {:016x} gave up at {} of {} bytes", j.group, j.msg.to,
                        j.sender->acked(), j.sender->total());
           failed = finished = true;
           break;
         }
         auto next = j.sender->Next(now, opts_.rate_bytes_per_s == 0 || tokens_ >= 0);
         if (!next.ok()) {
-          spdlog::error("group {}: snapshot to node {}: {}", j.group, j.msg.to, next.status().ToString());
+          spdlog::error("group {}: snapshot to node {:016x}: {}", j.group, j.msg.to, next.status().ToString());
           failed = finished = true;
           break;
         }

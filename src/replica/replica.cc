@@ -301,7 +301,7 @@ void Replica::Step(raft::Message m) {
     if (SnapshotTicket::Decode(m.snapshot.data, &t) &&
         (opts_.courier == nullptr || opts_.courier->Received(opts_.group, t).empty())) {
       // Its image has not (all) arrived: the leader sends it again.
-      spdlog::warn("group {}: snapshot at {} from node {} without its image; dropped", opts_.group,
+      spdlog::warn("group {}: snapshot at {} from node {:016x} without its image; dropped", opts_.group,
                    m.snapshot.meta.index, m.from);
       return;
     }

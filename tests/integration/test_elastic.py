@@ -37,7 +37,7 @@ import pytest
 
 from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor, parse_info,
                           readonly_read_all, running_cluster, verify_acked)
-from conftest import SELFTEST, RespError
+from conftest import SELFTEST, SHOAL_BIN, RespError
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(SELFTEST, reason="cluster tests need a real shoal binary")]
@@ -581,3 +581,73 @@ def test_drain_and_admin_errors(ecl):
     acked = verify_all(c, wl, data)
     print(f"[drain] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
           f"test took {time.monotonic() - t_begin:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# 5. MOVE and TRANSFER by hand (balance off keeps them), and their errors
+# --------------------------------------------------------------------------
+
+def test_move_and_transfer_by_hand(ecl):
+    c = ecl
+    st = grow(c, 4)
+    ids = ids_of(c, range(4))
+    data = preload(c, "pre:move", PRELOAD_KEYS)
+    assert c.admin("BALANCE", "off") == [b"balance off"]
+    st = c.admin_status()
+    shard = next(s for s in st.shards if not s.moving and s.leader)
+    src = next(v for v in shard.voters if v != shard.leader)
+    dst = next(i for i in ids if i not in shard.members())
+    other = next(i for i in shard.voters if i != src)
+
+    # errors first: exact prefixes, nothing changes
+    shape = _shape(st)
+    _expect_error(c, "ERR no such shard", "MOVE", "9999", src, dst)
+    _expect_error(c, "ERR no such shard", "MOVE", "x", src, dst)
+    _expect_error(c, "ERR no such node", "MOVE", str(shard.id), "ffffffffffffffff", dst)
+    _expect_error(c, f"ERR node {dst} holds no replica of shard {shard.id}", "MOVE", str(shard.id), dst, src)
+    _expect_error(c, f"ERR node {other} already holds a replica of shard {shard.id}",
+                  "MOVE", str(shard.id), src, other, via=2)
+    _expect_error(c, f"ERR node {dst} is not a voter of shard {shard.id}", "TRANSFER", str(shard.id), dst)
+    _expect_error(c, "ERR unknown SHOAL.ADMIN subcommand", "MOVE", str(shard.id), src)
+    time.sleep(1.0)
+    assert _shape(c.admin_status()) == shape, "failed MOVE/TRANSFER changed the cluster"
+
+    wl = Workload(c, "move", plain_nodes=[0, 1, 2, 3])
+    wl.start()
+    # MOVE through the CLI, by host:port for the target
+    out = _cli_admin(c, 1, "move", str(shard.id), src, c.nodes[ids.index(dst)].address)
+    assert f"shard {shard.id}: moving its replica from {src} to {dst}" in out, out
+
+    def moved(s: AdminStatus) -> List[str]:
+        sh = next(x for x in s.shards if x.id == shard.id)
+        if sh.moving or dst not in sh.voters or src in sh.members() or len(sh.voters) != 3:
+            return [f"shard {shard.id}: {sh}"]
+        return []
+    c.wait_status(moved, SETTLE_TIMEOUT_S, f"shard {shard.id} moved to {dst}")
+
+    out = _cli_admin(c, 2, "transfer", str(shard.id), dst)
+    assert f"shard {shard.id}: leadership moving to {dst}" in out, out
+
+    def led(s: AdminStatus) -> List[str]:
+        sh = next(x for x in s.shards if x.id == shard.id)
+        return [] if sh.leader == dst else [f"shard {shard.id} led by {sh.leader}"]
+    c.wait_status(led, SETTLE_TIMEOUT_S, f"shard {shard.id} led by {dst}")
+    # balance off: the driver leaves the hand-made placement alone
+    time.sleep(2.0)
+    st = c.admin_status()
+    sh = next(x for x in st.shards if x.id == shard.id)
+    assert sh.leader == dst and dst in sh.voters and src not in sh.members(), st
+
+    wl.finish()
+    wl.assert_no_failed_ops()
+    verify_all(c, wl, data)
+    assert c.admin("BALANCE", "on") == [b"balance on"]
+    c.wait_status(settled(voters=3, up=ids), SETTLE_TIMEOUT_S, "balanced again")
+
+
+def _cli_admin(c: Cluster, i: int, *args) -> str:
+    n = c.nodes[i]
+    r = subprocess.run([SHOAL_BIN, "admin", "--host", n.host, "--port", str(n.port), *args],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r
+    return r.stdout.decode()
