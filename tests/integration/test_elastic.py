@@ -27,6 +27,7 @@ the timings and the final SHOAL.ADMIN STATUS of each step.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -651,3 +652,107 @@ def _cli_admin(c: Cluster, i: int, *args) -> str:
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r
     return r.stdout.decode()
+
+
+# --------------------------------------------------------------------------
+# 6. a partition in the middle of a move: nothing lost, it finishes after
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def slow_snapshots_cl(tmp_path):
+    """As ecl, with snapshots sent at 1 MB/s per node: moves last long enough
+    to cut a node off in the middle of one."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=SHARDS,
+                               extra_args=ELASTIC_ARGS + ["--snapshot-rate-mb", "1"])
+
+
+def test_partition_in_the_middle_of_a_move(slow_snapshots_cl):
+    c = slow_snapshots_cl
+    grow(c, 3)
+    ok, why = c.iptables_usable()
+    if not ok:
+        pytest.skip(why)
+    rc = c.redis_cluster(decode_responses=False)
+    try:  # about 0.75 MB per shard, incompressible
+        big = {f"pre:part:{i}": (b"%d-" % i) + os.urandom(2000) for i in range(3000)}
+        keys = list(big)
+        for k in range(0, len(keys), 200):
+            res = rc.mset_nonatomic({key: big[key] for key in keys[k:k + 200]})
+            assert res and all(r is True for r in res), res
+    finally:
+        rc.close()
+    wl = Workload(c, "part", plain_nodes=[0, 1, 2])
+    wl.start()
+    node = c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)
+    new = node.index
+    # wait until a snapshot is on its way to the new node
+    deadline = time.monotonic() + 30
+    received = 0
+    while time.monotonic() < deadline:
+        received = int(parse_info(node.call("INFO", "raft"))["snapshot_bytes_received"])
+        if received > 0:
+            break
+        time.sleep(0.05)
+    assert received > 0, "no snapshot reached the new node"
+    c.partition(new)
+    t_cut = time.monotonic()
+    time.sleep(2.0)  # under down-after-ms: the transfers stall, nothing is replanned
+    during = int(parse_info(node.call("INFO", "raft"))["snapshot_bytes_received"])
+    problems = c.heal()
+    assert not problems, problems
+    print(f"[part] cut {new} for {time.monotonic() - t_cut:.1f} s after {received} bytes "
+          f"({during} when healed)")
+    ids = ids_of(c, range(4))
+    st = c.wait_status(settled(voters=3, up=ids), SETTLE_TIMEOUT_S + 30,
+                       "the moves to finish after the partition healed")
+    for sh in st.shards:
+        assert len(sh.voters) == 3, sh
+    assert st.nodes[ids[new]].replicas >= 5, st
+    raft = parse_info(node.call("INFO", "raft"))
+    total = int(raft["snapshot_bytes_received"])
+    print(f"[part] settled; the new node received {total} snapshot bytes:\n{st}")
+    wl.finish()
+    wl.assert_no_failed_ops()
+    verify_all(c, wl, big)
+    # the copies on the new node hold the data: read it there (READONLY)
+    held = [sh for sh in st.shards if ids[new] in sh.voters]
+    assert held, st
+
+
+# --------------------------------------------------------------------------
+# 7. grow 3 -> 5 -> 7, then drain 7 -> 3, under writes
+# --------------------------------------------------------------------------
+
+def test_grow_to_seven_then_drain_to_three(ecl):
+    c = ecl
+    t_begin = time.monotonic()
+    grow(c, 3)
+    data = preload(c, "pre:g7", PRELOAD_KEYS)
+    wl = Workload(c, "g7", plain_nodes=[0, 1, 2])
+    wl.start()
+    for n in (5, 7):
+        for _ in range(len(c.nodes), n):
+            c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)
+        wl.retarget(range(n))
+        st = c.wait_status(settled(voters=3, up=ids_of(c, range(n)), meta_voters=5),
+                           SETTLE_TIMEOUT_S + 30, f"{n} nodes settled and balanced")
+        check_header(st)
+        print(f"[g7] {n} nodes balanced {time.monotonic() - t_begin:.1f} s into the test")
+    # shrink by draining the four newest, one after another (through the CLI)
+    wl.retarget([0, 1, 2])
+    for victim in (6, 5, 4, 3):
+        vid = c.nodes[victim].node_id
+        out = _cli_admin(c, 0, "drain", vid, "--timeout", str(int(SETTLE_TIMEOUT_S)))
+        assert f"drained and removed {vid}" in out, out
+        c.stop(victim)
+    ids = ids_of(c, range(3))
+    st = c.wait_status(settled(voters=3, up=ids, meta_voters=3), SETTLE_TIMEOUT_S,
+                       "back to 3 nodes")
+    for sh in st.shards:
+        assert sorted(sh.voters) == sorted(ids) and not sh.learners, sh
+    check_slots_agree(c, st, via=range(3))
+    wl.finish()
+    wl.assert_no_failed_ops()
+    acked = verify_all(c, wl, data)
+    print(f"[g7] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
+          f"test took {time.monotonic() - t_begin:.1f} s")
