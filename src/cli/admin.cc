@@ -217,9 +217,17 @@ int RunAdmin(const AdminOptions& opts) {
     if (opts.verb == "plan" && r->lines.empty()) std::printf("(nothing to do: placement is balanced)\n");
     return 0;
   }
-  if (opts.verb == "balance" || opts.verb == "remove" || opts.verb == "move" || opts.verb == "transfer") {
+  if (opts.verb == "recover" && !opts.unsafe) {
+    std::cerr << "shoal admin: recover is unsafe: the shard keeps only what the chosen replica has, and writes "
+                 "only the lost voters held are gone. Use it only when those nodes are gone for good and will "
+                 "never return; then add --unsafe.\n";
+    return 2;
+  }
+  if (opts.verb == "balance" || opts.verb == "remove" || opts.verb == "move" || opts.verb == "transfer" ||
+      opts.verb == "recover") {
     std::vector<std::string> args = {opts.verb};
     args.insert(args.end(), opts.args.begin(), opts.args.end());
+    if (opts.verb == "recover") args.push_back("UNSAFE");
     if (args.size() == 1) args.push_back("");
     auto r = admin(args);
     if (!r) return 1;

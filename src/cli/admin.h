@@ -12,10 +12,11 @@ struct AdminOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
   std::string password;
-  std::string verb;               // status, plan, drain, remove, balance, watch
+  std::string verb;               // status, plan, drain, remove, move, transfer, recover, balance, watch
   std::vector<std::string> args;  // the verb's arguments
   bool wait = true;               // drain/watch: follow the moves until they finish
   int timeout_s = 3600;           // ... for at most this long
+  bool unsafe = false;            // recover: the operator accepts losing writes
 };
 
 // Runs one admin verb; returns the process exit code (0 ok, 1 refused or

@@ -159,6 +159,11 @@ int main(int argc, char** argv) {
   move_cmd->add_option("args", admin.args, "SHARD FROM-NODE TO-NODE")->required()->expected(3);
   CLI::App* transfer_cmd = verb("transfer", "Make a voter of a shard its leader");
   transfer_cmd->add_option("args", admin.args, "SHARD NODE")->required()->expected(2);
+  CLI::App* recover_cmd = verb("recover",
+                              "UNSAFE: a shard that lost its majority for good takes one survivor's replica as "
+                              "its only voter (writes only the lost voters held are gone)");
+  recover_cmd->add_option("args", admin.args, "SHARD NODE")->required()->expected(2);
+  recover_cmd->add_flag("--unsafe", admin.unsafe, "Required: say that you accept losing writes");
   CLI::App* watch_cmd = verb("watch", "Follow moves until placement is balanced");
   watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)");
   CLI11_PARSE(app, argc, argv);

@@ -393,6 +393,11 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
     bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
+    if (r != nullptr && s.recovery() > 0 && s.recovered_on() == node_id_) {
+      auto forced = r->ForceSoleVoter(s.recovery());
+      if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
+      if (forced.ok() && *forced) groups_->Notify(r);
+    }
     if (wanted && r == nullptr) {
       Status st = EnsureShardReplica(s, false);
       if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
@@ -909,8 +914,58 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       *cmd.mutable_set_shard() = next;
       return propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
     }
+    if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") {
+      // UNSAFE: a shard whose majority of voters is lost for good takes the
+      // replica on one surviving node as its only voter; the driver then
+      // rebuilds the others from it. Writes only the lost voters held are gone.
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      const proto::ShardInfo* info = nullptr;
+      if (auto v = ParseInt64(args[1]); v && *v > 0) {
+        for (const auto& s : m->shards()) {
+          if (s.id() == static_cast<uint64_t>(*v)) info = &s;
+        }
+      }
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      const proto::NodeInfo* node = FindNode(*m, args[2]);
+      if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+      ClusterView view = View(now);
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      if (!Contains(info->replicas(), node->id())) {
+        return done(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
+      }
+      if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
+        return done(AdminError("ERR node " + Hex(node->id()) + " is not up"));
+      }
+      size_t live = 0;
+      for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      if (live * 2 > static_cast<size_t>(info->replicas_size())) {
+        return done(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
+                               " of " + std::to_string(info->replicas_size()) +
+                               "); recovery is only for a majority lost for good"));
+      }
+      proto::ShardInfo next = *info;
+      next.clear_replicas();
+      next.clear_learners();
+      next.add_replicas(node->id());
+      next.set_preferred_leader(node->id());
+      next.set_recovery(info->recovery() + 1);
+      next.set_recovered_on(node->id());
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      *cmd.mutable_set_shard() = next;
+      spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
+                       info->id(), Hex(node->id()), live, info->replicas_size());
+      return propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
+                              Hex(node->id()) + " (writes only the lost voters held are gone)");
+    }
+    if (sub == "recover") {
+      return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
+    }
     done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
-                    "MOVE shard from-node to-node, TRANSFER shard node, BALANCE on|off"));
+                    "MOVE shard from-node to-node, TRANSFER shard node, RECOVER shard node UNSAFE, BALANCE on|off"));
   });
 }
 

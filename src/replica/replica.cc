@@ -252,6 +252,61 @@ Status Replica::Init() {
     snap.data = std::move(data).value();
     return snap;
   });
+  // Export ids name an export's bytes to the receiver, across restarts of
+  // either side: start each incarnation somewhere new.
+  last_export_id_ = (opts_.seed != 0 ? opts_.seed * 0x9E3779B97F4A7C15ULL : (uint64_t{std::random_device{}()} << 32 | std::random_device{}())) & ~0xFFFFFULL;
+  Status started = StartNode();
+  if (!started.ok()) return started;
+  return Status::Ok();
+}
+
+// 'R' group: the last unsafe recovery this replica carried out.
+static std::string RecoveryKey(uint64_t group) {
+  std::string k(1, 'R');
+  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
+  return k;
+}
+
+Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
+  if (retired_ || ready_) return false;  // not between Ready rounds: later
+  std::string raw;
+  Status g = engine_->Get(storage::Cf::kRaft, RecoveryKey(opts_.group), &raw);
+  uint64_t done = 0;
+  if (g.ok() && raw.size() == 8) std::memcpy(&done, raw.data(), 8);
+  if (!g.ok() && g.code() != Code::kNotFound) return g;
+  if (done >= recovery) return false;
+  raft::ConfState before = store_->conf_state();
+  raft::ConfState cs;
+  cs.voters = {opts_.node_id};
+  auto batch = engine_->NewBatch();
+  store_->SetConfState(cs, *batch);
+  batch->Put(storage::Cf::kRaft, RecoveryKey(opts_.group),
+             std::string_view(reinterpret_cast<const char*>(&recovery), 8));
+  auto seq = engine_->Write(*batch);
+  if (!seq.ok()) return seq.status();
+  auto synced = engine_->Sync();
+  if (!synced.ok()) return synced.status();
+  spdlog::critical(
+      "group {}: UNSAFE RECOVERY {}: this replica (applied {}, log up to {}) is now the group's only voter; "
+      "it had voters {} learners {}; writes only the lost voters held are gone",
+      opts_.group, recovery, sm_->applied_index(), store_->last_index(), before.voters.size(),
+      before.learners.size());
+  auto writes = std::move(writes_);
+  writes_.clear();
+  for (auto& [index, w] : writes) w.done(false, "-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
+  auto reads = std::move(reads_);
+  reads_.clear();
+  for (auto& [key, r] : reads) r.done(false);
+  exports_.clear();
+  snapshot_holds_.clear();
+  leader_.store(raft::kNoNode, std::memory_order_release);
+  lease_until_us_.store(0, std::memory_order_release);
+  Status s = StartNode();  // the new Raft reads the sole-voter membership
+  if (!s.ok()) return s;
+  return true;
+}
+
+Status Replica::StartNode() {
   raft::Config cfg;
   cfg.id = opts_.node_id;
   cfg.election_tick = opts_.election_tick;
@@ -263,9 +318,6 @@ Status Replica::Init() {
   cfg.pre_vote = true;
   cfg.max_size_per_msg = 1 << 20;
   cfg.max_inflight_msgs = 256;
-  // Export ids name an export's bytes to the receiver, across restarts of
-  // either side: start each incarnation somewhere new.
-  last_export_id_ = (opts_.seed != 0 ? opts_.seed * 0x9E3779B97F4A7C15ULL : (uint64_t{std::random_device{}()} << 32 | std::random_device{}())) & ~0xFFFFFULL;
   cfg.seed = (opts_.seed != 0 ? opts_.seed : std::random_device{}()) ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^
              opts_.node_id;
   auto node = raft::RawNode::create(cfg, store_.get());

@@ -211,6 +211,11 @@ class Replica {
   // Stages deleting this replica's log, hard state, membership and state
   // machine, and fails every waiter: the replica leaves this node.
   Status StageDestroy(storage::WriteBatch& batch);
+  // UNSAFE: makes this replica the group's only voter (recovery of a group
+  // whose majority is lost for good), once per `recovery` number (kept on
+  // disk). Waiters fail; Raft restarts on the new membership and elects
+  // this replica. False: nothing done (already done, or in a Ready round).
+  Result<bool> ForceSoleVoter(uint64_t recovery);
   // Fails proposals and reads that waited past their deadline.
   void ExpireWaiters(int64_t now_mono_us);
 
@@ -257,6 +262,8 @@ class Replica {
   Replica(storage::Engine* engine, const ReplicaOptions& opts, std::unique_ptr<StateMachine> sm)
       : engine_(engine), opts_(opts), sm_(std::move(sm)) {}
   Status Init();
+  // Creates the RawNode from the store (Init, ForceSoleVoter).
+  Status StartNode();
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
   void Publish(int64_t now_mono_us);
   void ServeReads();

@@ -756,3 +756,68 @@ def test_grow_to_seven_then_drain_to_three(ecl):
     acked = verify_all(c, wl, data)
     print(f"[g7] {len(acked)} acknowledged writes and {len(data)} preloaded keys verified; "
           f"test took {time.monotonic() - t_begin:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# 8. unsafe recovery of shards whose majority is lost for good
+# --------------------------------------------------------------------------
+
+def test_unsafe_recovery_after_losing_a_majority(ecl):
+    c = ecl
+    st = grow(c, 5)
+    ids = ids_of(c, range(5))
+    data = preload(c, "pre:rec", PRELOAD_KEYS)
+    time.sleep(1.0)  # every voter has applied the preload
+    # two nodes that share at least one shard die for good
+    pair = next((a, b) for a in range(5) for b in range(a + 1, 5)
+                if any(ids[a] in sh.voters and ids[b] in sh.voters for sh in st.shards))
+    lost = [sh for sh in st.shards if ids[pair[0]] in sh.voters and ids[pair[1]] in sh.voters]
+    survivors = [i for i in range(5) if i not in pair]
+    print(f"[rec] killing node{pair[0]} and node{pair[1]}; shards {[s.id for s in lost]} lose "
+          f"their majority")
+    healthy = next(sh for sh in st.shards if sh not in lost)
+    for i in pair:
+        c.kill9(i)
+
+    def down(s: AdminStatus) -> List[str]:
+        return [f"node{i} is {s.nodes[ids[i]].state}" for i in pair if s.nodes[ids[i]].state != "down"]
+    c.wait_status(down, DOWN_AFTER_S + 30, "the two nodes down")
+
+    # refusals first
+    sh0 = lost[0]
+    keeper = next(v for v in sh0.voters if v not in (ids[pair[0]], ids[pair[1]]))
+    _expect_error(c, "ERR RECOVER is unsafe and must say so", "RECOVER", str(sh0.id), keeper,
+                  via=survivors[0])
+    _expect_error(c, f"ERR node {ids[pair[0]]} is not up", "RECOVER", str(sh0.id), ids[pair[0]], "UNSAFE",
+                  via=survivors[0])
+    if any(v not in (ids[pair[0]], ids[pair[1]]) for v in healthy.voters):
+        live = next(v for v in healthy.voters if v not in (ids[pair[0]], ids[pair[1]]))
+        _expect_error(c, f"ERR shard {healthy.id} still has a majority", "RECOVER", str(healthy.id), live,
+                      "UNSAFE", via=survivors[0])
+    r = subprocess.run([SHOAL_BIN, "admin", "--host", c.nodes[survivors[0]].host, "--port",
+                        str(c.nodes[survivors[0]].port), "recover", str(sh0.id), keeper],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"--unsafe" in r.stderr, r
+
+    for sh in lost:
+        keep = next(v for v in sh.voters if v not in (ids[pair[0]], ids[pair[1]]))
+        out = _cli_admin(c, survivors[0], "recover", str(sh.id), keep, "--unsafe")
+        assert f"shard {sh.id}: UNSAFE recovery 1 on {keep}" in out, out
+    st = c.wait_status(settled(voters=3, up=ids_of(c, survivors), meta_voters=3),
+                       REPAIR_TIMEOUT_S, "every shard back at 3 voters on the survivors")
+    print(f"[rec] recovered:\n{st}")
+    for sh in st.shards:
+        assert not set(sh.members()) & {ids[pair[0]], ids[pair[1]]}, sh
+    # what the survivors held is all there, and the shards take writes again
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
+    rc = c.redis_cluster(decode_responses=False)
+    try:
+        fresh = {f"post:rec:{i}": b"v%d" % i for i in range(500)}
+        res = rc.mset_nonatomic(fresh)
+        assert res and all(x is True for x in res), res
+    finally:
+        rc.close()
+    assert not verify_acked(c, fresh)
+    logs = "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
+    assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
