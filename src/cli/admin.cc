@@ -146,6 +146,25 @@ int MovesInFlight(const std::vector<std::string>& status) {
   return -1;
 }
 
+// Bytes of snapshots received over the cluster's up nodes (the "transfers"
+// line), or -1.
+double BytesReceived(const std::vector<std::string>& status) {
+  for (const auto& l : status) {
+    auto w = Words(l);
+    if (w.size() == 7 && w[0] == "transfers") return std::atof(w[6].c_str());
+  }
+  return -1;
+}
+
+// "230 MB moved at 45.1 MB/s" since `base`, or "".
+std::string Moved(double base, double now, double secs) {
+  if (base < 0 || now < base || secs <= 0) return "";
+  char buf[96];
+  double mb = (now - base) / (1 << 20);
+  std::snprintf(buf, sizeof(buf), ", %.0f MB moved at %.1f MB/s", mb, mb / secs);
+  return buf;
+}
+
 std::string Duration(double s) {
   char buf[32];
   if (s < 120) {
@@ -241,6 +260,7 @@ int RunAdmin(const AdminOptions& opts) {
     if (!opts.wait) return 0;
     Progress progress;
     int first = -1;
+    double base = -1;
     while (elapsed() < opts.timeout_s) {
       auto st = admin({"status"});
       if (!st) return 1;
@@ -255,11 +275,12 @@ int RunAdmin(const AdminOptions& opts) {
       }
       int left = std::atoi(node[5].c_str());
       if (first < 0) first = left;
+      if (base < 0) base = BytesReceived(st->lines);
       double rate = elapsed() > 0 ? (first - left) / elapsed() : 0;
       std::string eta = rate > 0 ? ", about " + Duration(left / rate) + " left" : "";
       progress.Show("draining " + node[1] + ": " + std::to_string(left) + " replicas and " + node[7] +
-                    " leaderships left, " + std::to_string(MovesInFlight(st->lines)) + " moves in flight, " +
-                    Duration(elapsed()) + eta);
+                    " leaderships left, " + std::to_string(MovesInFlight(st->lines)) + " moves in flight" +
+                    Moved(base, BytesReceived(st->lines), elapsed()) + ", " + Duration(elapsed()) + eta);
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     progress.Done("still draining after " + Duration(elapsed()) + "; `shoal admin status` shows where it stands");
@@ -268,9 +289,11 @@ int RunAdmin(const AdminOptions& opts) {
   if (opts.verb == "watch") {
     Progress progress;
     int quiet = 0;
+    double base = -1;
     while (elapsed() < opts.timeout_s) {
       auto st = admin({"status"});
       if (!st) return 1;
+      if (base < 0) base = BytesReceived(st->lines);
       int moving = MovesInFlight(st->lines);
       std::string nodes;
       for (const auto& l : st->lines) {
@@ -282,8 +305,8 @@ int RunAdmin(const AdminOptions& opts) {
         progress.Done("balanced: replicas/leaders per node" + nodes);
         return 0;
       }
-      progress.Show(std::to_string(moving) + " moves in flight; replicas/leaders per node" + nodes + " (" +
-                    Duration(elapsed()) + ")");
+      progress.Show(std::to_string(moving) + " moves in flight" + Moved(base, BytesReceived(st->lines), elapsed()) +
+                    "; replicas/leaders per node" + nodes + " (" + Duration(elapsed()) + ")");
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     progress.Done("moves still in flight after " + Duration(elapsed()));

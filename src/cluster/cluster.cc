@@ -188,8 +188,27 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
   ro.compact_bytes = opts_.log_bytes_per_replica;
   ro.courier = opts_.courier;
   if (bootstrap) ro.bootstrap_voters = {node_id_};
+  bool had_state = storage::RaftStore::HasState(engine_, s.id());
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
+  if (s.recovery() > (*r)->recovery() && s.recovered_on() != node_id_) {
+    if (had_state) {
+      // From before an unsafe recovery of its shard: stale, and it must not
+      // vote or answer again. Its state goes; a new replica comes next round
+      // if the placement wants one here.
+      auto batch = engine_->NewBatch();
+      Status d = (*r)->StageDestroy(*batch);
+      if (!d.ok()) return d;
+      auto seq = engine_->Write(*batch);
+      if (!seq.ok()) return seq.status();
+      auto synced = engine_->Sync();
+      if (!synced.ok()) return synced.status();
+      spdlog::warn("shard {}: deleted this node's replica from before unsafe recovery {}", s.id(), s.recovery());
+      return Status::Ok();
+    }
+    Status rs = (*r)->SetRecovery(s.recovery());
+    if (!rs.ok()) return rs;
+  }
   {
     std::lock_guard lock(shards_mu_);
     shards_[s.id()] = std::move(shard);
@@ -261,6 +280,11 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
       cur = LeaderGossip{from, l.term, std::move(l.voters), std::move(l.learners), l.joint, now};
     }
   }
+}
+
+void Cluster::OnTransfers(uint64_t from, node::TransferStats stats) {
+  std::lock_guard lock(gossip_mu_);
+  transfers_[from] = stats;
 }
 
 void Cluster::RebuildRouting(const MetaPtr& meta) {
@@ -374,6 +398,7 @@ void Cluster::OnTick(int worker) {
     if (r->published_is_leader()) leading.push_back(ReportOf(*r));
   }
   transport_->SetLocalLeaders(std::move(leading));
+  if (opts_.local_transfers) transport_->SetLocalTransfers(opts_.local_transfers());
   replica::Replica* meta_replica = groups_->Find(0);
   bool meta_leader = meta_replica != nullptr && meta_replica->is_leader();
   if (!meta_leader) {
@@ -393,6 +418,13 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
     bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
+    if (r != nullptr && s.recovery() > r->recovery() && s.recovered_on() != node_id_) {
+      // A replica from before an unsafe recovery of its shard: stale.
+      spdlog::warn("shard {}: removing this node's replica from before unsafe recovery {}", s.id(), s.recovery());
+      Status st = Retire(r);
+      if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
+      continue;
+    }
     if (r != nullptr && s.recovery() > 0 && s.recovered_on() == node_id_) {
       auto forced = r->ForceSoleVoter(s.recovery());
       if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
@@ -735,6 +767,21 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     }
     out.lines.push_back(line);
   }
+  // Snapshot transfers over the nodes that are up (counters since each started).
+  node::TransferStats total;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const NodeView& n : view.nodes) {
+      if (n.state == NodeState::kDown || n.state == NodeState::kRemoved) continue;
+      node::TransferStats t = n.id == node_id_ && opts_.local_transfers ? opts_.local_transfers() : node::TransferStats{};
+      if (auto it = transfers_.find(n.id); n.id != node_id_ && it != transfers_.end()) t = it->second;
+      total.sending += t.sending;
+      total.bytes_sent += t.bytes_sent;
+      total.bytes_received += t.bytes_received;
+    }
+  }
+  out.lines.push_back("transfers sending " + std::to_string(total.sending) + " bytes-sent " +
+                      std::to_string(total.bytes_sent) + " bytes-received " + std::to_string(total.bytes_received));
   out.lines.push_back("moves-in-flight " + std::to_string(moving));
   return out;
 }
@@ -933,6 +980,10 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       ClusterView view = View(now);
       std::map<uint64_t, NodeState> state;
       for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      const ShardView* sv = nullptr;
+      for (const ShardView& x : view.shards) {
+        if (x.id == info->id()) sv = &x;
+      }
       if (!Contains(info->replicas(), node->id())) {
         return done(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
       }
@@ -941,7 +992,18 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       }
       size_t live = 0;
       for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-      if (live * 2 > static_cast<size_t>(info->replicas_size())) {
+      // The group may still be on its old voters (a move under way when the
+      // majority died): with no leader now, its last reported voters count.
+      bool lost_actual = false;
+      if (sv == nullptr || !sv->reported) {
+        std::lock_guard lock(gossip_mu_);
+        if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
+          size_t up = 0;
+          for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+          lost_actual = up * 2 <= it->second.voters.size();
+        }
+      }
+      if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
         return done(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
                                " of " + std::to_string(info->replicas_size()) +
                                "); recovery is only for a majority lost for good"));

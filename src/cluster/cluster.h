@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,8 @@ struct ClusterOptions {
   int64_t down_after_ms = 30'000;
   // Carries data shards' snapshots (null: inside Raft messages).
   replica::SnapshotCourier* courier = nullptr;
+  // This node's snapshot transfer counters (for SHOAL.ADMIN STATUS).
+  std::function<node::TransferStats()> local_transfers;
 };
 
 // What the membership of a group is, as its leader gossips it.
@@ -130,6 +133,8 @@ class Cluster {
   void HandleJoin(const proto::NodeInfo& node, std::function<void(std::string)> done);
   // Leadership gossip from a peer (transport thread); also its heartbeat.
   void OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders);
+  // A peer's snapshot transfer counters (transport thread).
+  void OnTransfers(uint64_t from, node::TransferStats stats);
   // SHOAL.ADMIN STATUS | DRAIN node | REMOVE node | BALANCE on|off | PLAN.
   // Runs on worker 0; only the meta leader answers (others: kRedirect).
   void HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done);
@@ -176,6 +181,7 @@ class Cluster {
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
+  std::map<uint64_t, node::TransferStats> transfers_;  // node -> its counters
   // Worker-0 state.
   uint64_t routed_epoch_ = UINT64_MAX;
   int64_t last_placement_us_ = 0;

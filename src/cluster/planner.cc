@@ -1,6 +1,8 @@
 #include "cluster/planner.h"
 
 #include <algorithm>
+#include <climits>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -392,6 +394,51 @@ class Planner {
           }
         }
         if (!changed) break;
+      }
+      // No single transfer helps, yet leaders per node still differ by two
+      // or more: shift along a chain. A node with the fewest takes a shard
+      // from a voter peer, which takes one from its peer, ..., back to a
+      // node with the most (counts in between stay the same).
+      for (size_t round = 0; round < max_rounds; ++round) {
+        int lo = INT32_MAX, hi = 0;
+        for (const auto& [n, c] : leads) {
+          lo = std::min(lo, c);
+          hi = std::max(hi, c);
+        }
+        if (hi - lo <= 1) break;
+        std::map<uint64_t, std::pair<uint64_t, uint64_t>> gives;  // node -> (shard, to whom)
+        std::deque<uint64_t> queue;
+        std::set<uint64_t> seen;
+        for (const auto& [n, c] : leads) {
+          if (c == lo) {
+            queue.push_back(n);
+            seen.insert(n);
+          }
+        }
+        uint64_t from = 0;
+        while (!queue.empty() && from == 0) {
+          uint64_t v = queue.front();
+          queue.pop_front();
+          for (const ShardView& s : view_.shards) {
+            uint64_t u = targets_[s.id].leader;
+            if (u == 0 || seen.contains(u) || !Has(eligible[s.id], v)) continue;
+            gives[u] = {s.id, v};
+            seen.insert(u);
+            if (leads[u] >= lo + 2) {
+              from = u;
+              break;
+            }
+            queue.push_back(u);
+          }
+        }
+        if (from == 0) break;
+        leads[from]--;
+        for (uint64_t u = from; gives.contains(u);) {
+          auto [shard, to] = gives[u];
+          targets_[shard].leader = to;
+          if (!gives.contains(to)) leads[to]++;
+          u = to;
+        }
       }
     }
     for (Move& m : out_) {

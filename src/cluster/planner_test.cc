@@ -327,6 +327,39 @@ TEST(Planner, ReturningNodeIsUsedAgain) {
   EXPECT_GT(ReplicasPerNode(v)[4], 0);
 }
 
+// Found at 7 nodes and 8 shards: no single transfer evens leaders out (the
+// node with none is not a voter of any shard led by a node with two), so
+// leaderships shift along a chain of voters.
+TEST(Planner, LeadersBalanceThroughAChainOfTransfers) {
+  ClusterView v;
+  for (uint64_t n = 1; n <= 7; ++n) v.nodes.push_back({n, NodeState::kUp});
+  // shard: voters, leader (nodes 1 and 5 lead two, node 7 none)
+  std::vector<std::pair<Ids, uint64_t>> shards = {
+      {{6, 5, 4}, 5}, {{7, 6, 5}, 6}, {{7, 1, 4}, 4}, {{6, 5, 4}, 5},
+      {{3, 2, 4}, 3}, {{7, 3, 2}, 2}, {{1, 3, 2}, 1}, {{1, 3, 2}, 1}};
+  for (size_t i = 0; i < shards.size(); ++i) {
+    ShardView sv;
+    sv.id = i + 1;
+    sv.want.voters = shards[i].first;
+    std::sort(sv.want.voters.begin(), sv.want.voters.end());
+    sv.actual = sv.want;
+    sv.reported = true;
+    sv.preferred_leader = shards[i].second;
+    v.shards.push_back(sv);
+  }
+  v.meta_voters = v.meta_actual_voters = {1, 2, 3, 4, 5};
+  ASSERT_GE(Converge(&v), 1);
+  auto leads = LeadersPerNode(v);
+  int lo = 99, hi = 0;
+  for (const auto& [n, c] : leads) {
+    lo = std::min(lo, c);
+    hi = std::max(hi, c);
+  }
+  EXPECT_LE(hi - lo, 1);
+  EXPECT_TRUE(Plan(v, {}).empty());  // a fixed point: nothing moves back
+  for (const auto& s : v.shards) EXPECT_EQ(s.want.voters.size(), 3u);  // only leaderships moved
+}
+
 TEST(Planner, OddAtMost) {
   EXPECT_EQ(OddAtMost(0), 0);
   EXPECT_EQ(OddAtMost(1), 1);

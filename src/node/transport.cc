@@ -146,6 +146,10 @@ void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
   });
 }
 
+void Transport::SetLocalTransfers(TransferStats stats) {
+  asio::post(io_, [this, stats] { local_transfers_ = stats; });
+}
+
 void Transport::SetLocalLeaders(std::vector<LeaderReport> leaders) {
   asio::post(io_, [this, leaders = std::move(leaders)]() mutable { local_leaders_ = std::move(leaders); });
 }
@@ -249,6 +253,10 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     if (p->send_leaders) {
       p->send_leaders = false;
       pf.set_has_leaders(true);
+      pf.set_has_transfers(true);
+      pf.set_transfers_sending(local_transfers_.sending);
+      pf.set_transfer_bytes_sent(local_transfers_.bytes_sent);
+      pf.set_transfer_bytes_received(local_transfers_.bytes_received);
       for (const LeaderReport& r : local_leaders_) {
         auto* l = pf.add_leaders();
         l->set_group(r.group);
@@ -343,6 +351,10 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       bool ack = c.kind == SnapshotChunk::Kind::kAck;
       if ((ack ? c.to : c.from) != pf.from_node() || (ack ? c.from : c.to) != node_id()) continue;
       chunks_(pf.from_node(), std::move(c));
+    }
+    if (pf.has_transfers() && transfers_) {
+      transfers_(pf.from_node(), TransferStats{pf.transfers_sending(), pf.transfer_bytes_sent(),
+                                               pf.transfer_bytes_received()});
     }
     if (pf.has_leaders()) {
       std::vector<LeaderReport> leaders;

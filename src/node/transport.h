@@ -40,6 +40,13 @@ struct LeaderReport {
   bool joint = false;
 };
 
+// A node's snapshot transfers, as gossiped (counters since it started).
+struct TransferStats {
+  uint64_t sending = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+};
+
 struct TransportOptions {
   raft::NodeId node_id = raft::kNoNode;
   std::string bind_host = "127.0.0.1";
@@ -62,6 +69,9 @@ class Transport {
   Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders);
   // Where snapshot chunks go; set before Start (chunks are dropped without).
   void set_chunk_handler(ChunkFn fn) { chunks_ = std::move(fn); }
+  // Called on the transport thread with a peer's transfer counters.
+  using TransfersFn = std::function<void(raft::NodeId from, TransferStats)>;
+  void set_transfers_handler(TransfersFn fn) { transfers_ = std::move(fn); }
   ~Transport();
   Status Start();
   void Stop();
@@ -81,6 +91,8 @@ class Transport {
   void SendChunk(raft::NodeId to, SnapshotChunk c);
   // The groups this node leads, gossiped to every peer.
   void SetLocalLeaders(std::vector<LeaderReport> leaders);
+  // This node's transfer counters, gossiped with the leaderships.
+  void SetLocalTransfers(TransferStats stats);
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
   uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
@@ -98,6 +110,8 @@ class Transport {
   DeliverFn deliver_;
   LeadersFn leaders_;
   ChunkFn chunks_;
+  TransfersFn transfers_;
+  TransferStats local_transfers_;  // transport thread
   std::atomic<uint64_t> cluster_id_{0};
   std::atomic<raft::NodeId> node_id_{0};
   asio::io_context io_{1};

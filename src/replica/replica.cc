@@ -255,6 +255,8 @@ Status Replica::Init() {
   // Export ids name an export's bytes to the receiver, across restarts of
   // either side: start each incarnation somewhere new.
   last_export_id_ = (opts_.seed != 0 ? opts_.seed * 0x9E3779B97F4A7C15ULL : (uint64_t{std::random_device{}()} << 32 | std::random_device{}())) & ~0xFFFFFULL;
+  Status loaded = LoadRecovery();
+  if (!loaded.ok()) return loaded;
   Status started = StartNode();
   if (!started.ok()) return started;
   return Status::Ok();
@@ -267,25 +269,69 @@ static std::string RecoveryKey(uint64_t group) {
   return k;
 }
 
-Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
-  if (retired_ || ready_) return false;  // not between Ready rounds: later
+void Replica::WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch) {
+  std::string v;
+  for (uint64_t x : {recovery, void_upto}) v.append(reinterpret_cast<const char*>(&x), 8);
+  batch.Put(storage::Cf::kRaft, RecoveryKey(opts_.group), v);
+}
+
+Status Replica::LoadRecovery() {
   std::string raw;
   Status g = engine_->Get(storage::Cf::kRaft, RecoveryKey(opts_.group), &raw);
-  uint64_t done = 0;
-  if (g.ok() && raw.size() == 8) std::memcpy(&done, raw.data(), 8);
-  if (!g.ok() && g.code() != Code::kNotFound) return g;
-  if (done >= recovery) return false;
+  if (g.code() == Code::kNotFound) return Status::Ok();
+  if (!g.ok()) return g;
+  if (raw.size() != 16) return Status::Corruption("recovery marker of group " + std::to_string(opts_.group));
+  std::memcpy(&recovery_, raw.data(), 8);
+  std::memcpy(&void_conf_upto_, raw.data() + 8, 8);
+  return Status::Ok();
+}
+
+Status Replica::SetRecovery(uint64_t recovery) {
+  if (recovery <= recovery_) return Status::Ok();
+  auto batch = engine_->NewBatch();
+  WriteRecovery(recovery, void_conf_upto_, *batch);
+  auto seq = engine_->Write(*batch);
+  if (!seq.ok()) return seq.status();
+  auto synced = engine_->Sync();
+  if (!synced.ok()) return synced.status();
+  recovery_ = recovery;
+  return Status::Ok();
+}
+
+Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
+  if (retired_ || ready_ || recovery_ >= recovery) return false;  // done, or between Ready rounds later
+  // Only a voter with state, in a group that has had no leader for a while:
+  // never a replica that is new, a learner, or part of a working group.
+  const raft::ConfState& now = store_->conf_state();
+  bool voter = std::count(now.voters.begin(), now.voters.end(), opts_.node_id) +
+                   std::count(now.voters_outgoing.begin(), now.voters_outgoing.end(), opts_.node_id) > 0;
+  const char* refused = !voter                           ? "it is not a voter of the group"
+                        : store_->last_index() == 0      ? "it holds no state"
+                        : is_leader()                    ? "it leads the group"
+                        : HeardFromLeaderWithin(60)      ? "the group had a leader within the last 60 ticks"
+                                                         : nullptr;
+  if (refused != nullptr) {
+    if (force_refused_ != recovery) {
+      spdlog::error("group {}: unsafe recovery {} refused here: {}", opts_.group, recovery, refused);
+      force_refused_ = recovery;
+    }
+    return false;
+  }
   raft::ConfState before = store_->conf_state();
   raft::ConfState cs;
   cs.voters = {opts_.node_id};
   auto batch = engine_->NewBatch();
   store_->SetConfState(cs, *batch);
-  batch->Put(storage::Cf::kRaft, RecoveryKey(opts_.group),
-             std::string_view(reinterpret_cast<const char*>(&recovery), 8));
+  // Membership changes still in the log (up to its end) are void from now on.
+  raft::Index void_upto = store_->last_index();
+  WriteRecovery(recovery, void_upto, *batch);
   auto seq = engine_->Write(*batch);
   if (!seq.ok()) return seq.status();
   auto synced = engine_->Sync();
   if (!synced.ok()) return synced.status();
+  recovery_ = recovery;
+  void_conf_upto_ = void_upto;
+  term_start_index_ = UINT64_MAX;  // no lease until this term's first entry applies
   spdlog::critical(
       "group {}: UNSAFE RECOVERY {}: this replica (applied {}, log up to {}) is now the group's only voter; "
       "it had voters {} learners {}; writes only the lost voters held are gone",
@@ -341,6 +387,13 @@ void Replica::Tick(int64_t now_mono_us) {
 
 void Replica::Step(raft::Message m) {
   if (m.to != opts_.node_id || retired_) return;
+  if (void_conf_upto_ > 0) {
+    // An unsafely recovered replica hears only members of its membership:
+    // a lost voter that comes back must not take over again.
+    const raft::ConfState& cs = node_->raft().tracker().conf_state();
+    auto in = [&](const std::vector<raft::NodeId>& v) { return std::find(v.begin(), v.end(), m.from) != v.end(); };
+    if (!in(cs.voters) && !in(cs.voters_outgoing) && !in(cs.learners)) return;
+  }
   // A replica with no membership yet (new here, or created again after it
   // left) holds no log: it must not help elect anyone. A voter is always
   // promoted from a caught-up learner, so no election needs its vote.
@@ -384,6 +437,9 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   if (!s.ok()) return s;
   store_->StageDestroy(batch);
   batch.Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+  // The recovery number outlives the replica (a new one here must not force
+  // again); what was void in this one's log does not.
+  if (recovery_ > 0) WriteRecovery(recovery_, 0, batch);
   retired_ = true;
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
@@ -574,7 +630,11 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
     apply_run();
     if (e.type == raft::EntryType::kConfChange) {
       auto cc = raft::decode_conf_change(e.data);
-      if (cc.ok()) {
+      if (cc.ok() && e.index <= void_conf_upto_) {
+        // Left in the log from before an unsafe recovery: the forced
+        // membership stands (applying it could bring back lost voters).
+        spdlog::warn("group {}: membership change at {} predates the unsafe recovery; ignored", opts_.group, e.index);
+      } else if (cc.ok()) {
         raft::ConfState cs = node_->apply_conf_change(*cc);
         store_->SetConfState(cs, *apply_batch_);
       } else {

@@ -216,6 +216,10 @@ class Replica {
   // disk). Waiters fail; Raft restarts on the new membership and elects
   // this replica. False: nothing done (already done, or in a Ready round).
   Result<bool> ForceSoleVoter(uint64_t recovery);
+  // The unsafe recovery this replica belongs to (0: none): a replica of an
+  // older one is stale and must go. SetRecovery records it (new replicas).
+  uint64_t recovery() const { return recovery_; }
+  Status SetRecovery(uint64_t recovery);
   // Fails proposals and reads that waited past their deadline.
   void ExpireWaiters(int64_t now_mono_us);
 
@@ -264,6 +268,8 @@ class Replica {
   Status Init();
   // Creates the RawNode from the store (Init, ForceSoleVoter).
   Status StartNode();
+  Status LoadRecovery();
+  void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
   void Publish(int64_t now_mono_us);
   void ServeReads();
@@ -302,6 +308,9 @@ class Replica {
   // Followers sent a snapshot, until they have caught up past it: the log
   // after its index is kept for them (SnapshotFloor).
   std::map<raft::NodeId, Hold> snapshot_holds_;
+  uint64_t recovery_ = 0;            // see recovery()
+  raft::Index void_conf_upto_ = 0;   // membership changes at or below: void (recovered)
+  uint64_t force_refused_ = 0;       // the recovery whose refusal was logged
   std::map<raft::Index, PendingWrite> writes_;
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "kv/commands.h"
 #include "storage/keys.h"
@@ -92,6 +93,7 @@ class ReplicaCluster : public ::testing::Test {
       std::vector<raft::Message> inflight;
       bool any = false;
       for (auto& n : nodes_) {
+        if (down_.contains(n->replica->node_id())) continue;
         auto batch = n->engine->NewBatch();
         std::vector<raft::Message> out;
         bool needs_sync = false;
@@ -106,7 +108,7 @@ class ReplicaCluster : public ::testing::Test {
       }
       for (auto& m : inflight) {
         for (size_t i = 0; i < ids_.size(); ++i) {
-          if (ids_[i] == m.to) R(i).Step(m);
+          if (ids_[i] == m.to && !down_.contains(m.to) && !down_.contains(m.from)) R(i).Step(m);
         }
       }
       if (!any && inflight.empty()) return;
@@ -116,7 +118,9 @@ class ReplicaCluster : public ::testing::Test {
   void TickAll(int ticks) {
     for (int t = 0; t < ticks; ++t) {
       now_ += 50'000;
-      for (auto& n : nodes_) n->replica->Tick(now_);
+      for (auto& n : nodes_) {
+        if (!down_.contains(n->replica->node_id())) n->replica->Tick(now_);
+      }
       Pump();
     }
   }
@@ -139,6 +143,7 @@ class ReplicaCluster : public ::testing::Test {
 
   int64_t now_ = 1'000'000;
   std::vector<raft::NodeId> ids_;
+  std::set<raft::NodeId> down_;  // nodes whose process is "dead"
   std::vector<std::unique_ptr<TestNode>> nodes_;
 };
 
@@ -299,6 +304,56 @@ TEST_F(ReplicaCluster, SnapshotImportInterruptedByACrashIsFinishedAtRestart) {
   EXPECT_EQ(b.shard->KeyCount(0), 20);
   std::string raw;
   EXPECT_EQ(b.engine->Get(storage::Cf::kRaft, key, &raw).code(), Code::kNotFound);  // marker gone
+}
+
+// Two of three voters die for good: the survivor, forced to be the only
+// voter, keeps what it had, takes writes again, does it once, and ignores a
+// lost voter that comes back. A follower of a working group refuses.
+TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(30);
+  size_t l = LeaderIndex();
+  std::string reply;
+  (void)R(l).Propose(SetBatch("k", "before"), [&](bool, std::string r) { reply = r; }, now_);
+  Pump();
+  ASSERT_EQ(reply, "+OK\r\n");
+  TickAll(3);
+  // a follower of a working group refuses
+  size_t f = (l + 1) % 3;
+  auto refused = R(f).ForceSoleVoter(1);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_FALSE(*refused);
+  down_ = {2, 3};
+  TickAll(80);
+  EXPECT_FALSE(R(0).is_leader());  // alone, it cannot win
+  auto forced = R(0).ForceSoleVoter(1);
+  ASSERT_TRUE(forced.ok()) << forced.status().ToString();
+  EXPECT_TRUE(*forced);
+  TickAll(3);
+  ASSERT_TRUE(R(0).is_leader());
+  EXPECT_EQ(R(0).raft().tracker().conf_state().voters, std::vector<raft::NodeId>{1});
+  EXPECT_EQ(R(0).recovery(), 1u);
+  EXPECT_EQ(Get(0, "k"), "before");
+  reply.clear();
+  (void)R(0).Propose(SetBatch("k", "after"), [&](bool, std::string r) { reply = r; }, now_);
+  Pump();
+  EXPECT_EQ(reply, "+OK\r\n");
+  EXPECT_EQ(Get(0, "k"), "after");
+  auto again = R(0).ForceSoleVoter(1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);  // once per recovery number
+  // a lost voter returns: its messages are not heard, the leader stays
+  uint64_t term = R(0).raft().term();
+  down_ = {3};
+  TickAll(60);
+  EXPECT_TRUE(R(0).is_leader());
+  EXPECT_EQ(R(0).raft().term(), term);
+  EXPECT_FALSE(R(1).is_leader());
+  // ... even one that leads the old membership at a higher term
+  R(0).Step(raft::Message{.type = raft::MessageType::kHeartbeat, .to = 1, .from = 2, .term = term + 5});
+  Pump();
+  EXPECT_TRUE(R(0).is_leader());
+  EXPECT_EQ(R(0).raft().term(), term);
 }
 
 TEST(KvBatch, RoundTripAndRejectsGarbage) {

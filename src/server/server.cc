@@ -102,6 +102,8 @@ Status Server::Start() {
       [this](raft::NodeId from, std::vector<node::LeaderReport> l) {
         cluster_->OnLeaders(from, std::move(l));
       });
+  transport_->set_transfers_handler(
+      [this](raft::NodeId from, node::TransferStats t) { cluster_->OnTransfers(from, t); });
   node::GroupsOptions go;
   go.fsync = config_.durability == Durability::kFsync;
   go.tick_ms = config_.tick_ms;
@@ -130,6 +132,10 @@ Status Server::Start() {
   co.replication_factor = config_.replicas;
   co.down_after_ms = config_.down_after_ms;
   co.courier = snapshots_.get();
+  co.local_transfers = [this] {
+    node::SnapshotStreams::Stats s = snapshots_->stats();
+    return node::TransferStats{s.sending, s.bytes_sent, s.bytes_received};
+  };
   // The key metadata cache gets about 1/64 of the budget (~120 bytes an
   // entry), shared out over the shards.
   co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));

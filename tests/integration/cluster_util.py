@@ -206,6 +206,7 @@ class AdminStatus:
         self.nodes: Dict[str, NodeStatus] = {}
         self.shards: List[ShardStatus] = []
         self.moves_in_flight: Optional[int] = None
+        self.transfers_sending = self.transfer_bytes_sent = self.transfer_bytes_received = -1
         for ln in self.lines[1:]:
             t = ln.split()
             if t and t[0] == "node":
@@ -214,12 +215,18 @@ class AdminStatus:
                 self.nodes[t[1]] = NodeStatus(t[1], t[2], t[3], int(t[5]), int(t[7]), len(t) == 9)
             elif t and t[0] == "shard":
                 self.shards.append(ShardStatus(ln))
+            elif t and t[0] == "transfers":
+                assert len(t) == 7 and t[1] == "sending" and t[3] == "bytes-sent" \
+                    and t[5] == "bytes-received", ln
+                self.transfers_sending, self.transfer_bytes_sent, self.transfer_bytes_received = \
+                    int(t[2]), int(t[4]), int(t[6])
             elif t and t[0] == "moves-in-flight":
                 assert len(t) == 2, ln
                 self.moves_in_flight = int(t[1])
             else:
                 raise AssertionError(f"unexpected SHOAL.ADMIN STATUS line {ln!r}")
         assert self.moves_in_flight is not None, "no moves-in-flight line"
+        assert self.transfer_bytes_received >= 0, "no transfers line"
         assert self.lines[-1].startswith("moves-in-flight "), self.lines[-1]
 
     def ids_in(self, *states: str) -> List[str]:

@@ -297,6 +297,9 @@ def test_grow_3_to_5_under_writes(ecl):
         assert int(raft["snapshot_bytes_received"]) > 0, raft
     sent = sum(int(parse_info(c.nodes[i].call("INFO", "raft"))["snapshots_sent"]) for i in range(3))
     assert sent >= 4, f"only {sent} snapshots streamed to the new nodes"
+    # SHOAL.ADMIN STATUS sums the nodes' transfer counters (gossiped)
+    st = c.admin_status()
+    assert st.transfer_bytes_received > 0 and st.transfer_bytes_sent > 0, st
 
     wl.finish()
     wl.assert_no_failed_ops()
