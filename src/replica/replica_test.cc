@@ -356,6 +356,38 @@ TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
   EXPECT_EQ(R(0).raft().term(), term);
 }
 
+// A membership change proposed before the majority died (never committed)
+// commits with the recovered replica's first entries; applying it would put
+// the lost voters back and wedge the group again: it is ignored.
+TEST_F(ReplicaCluster, MembershipChangesLeftFromBeforeARecoveryAreIgnored) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(30);
+  for (int i = 0; i < 5 && !R(0).is_leader(); ++i) {
+    R(LeaderIndex()).TransferLeader(1);
+    TickAll(10);
+  }
+  ASSERT_TRUE(R(0).is_leader());
+  down_ = {2, 3};
+  raft::ConfChange cc;
+  cc.changes = {{raft::ConfChangeType::kAddVoter, 4}, {raft::ConfChangeType::kRemoveNode, 3}};
+  ASSERT_TRUE(R(0).ProposeConfChange(cc).ok());
+  Pump();
+  TickAll(80);  // it steps down (no quorum); the change stays uncommitted
+  ASSERT_FALSE(R(0).is_leader());
+  auto forced = R(0).ForceSoleVoter(1);
+  ASSERT_TRUE(forced.ok()) << forced.status().ToString();
+  ASSERT_TRUE(*forced);
+  TickAll(5);
+  ASSERT_TRUE(R(0).is_leader());
+  const raft::ConfState& cs = R(0).raft().tracker().conf_state();
+  EXPECT_EQ(cs.voters, std::vector<raft::NodeId>{1});
+  EXPECT_TRUE(cs.voters_outgoing.empty());
+  std::string reply;
+  (void)R(0).Propose(SetBatch("k", "v"), [&](bool, std::string r) { reply = r; }, now_);
+  Pump();
+  EXPECT_EQ(reply, "+OK\r\n");  // not wedged
+}
+
 TEST(KvBatch, RoundTripAndRejectsGarbage) {
   kv::Entry e{5, 2, 99, {"x", "y"}};
   std::string enc = EncodeKvBatch({e, e}, 3);
