@@ -158,7 +158,7 @@ double BytesReceived(const std::vector<std::string>& status) {
 
 // "230 MB moved at 45.1 MB/s" since `base`, or "".
 std::string Moved(double base, double now, double secs) {
-  if (base < 0 || now < base || secs <= 0) return "";
+  if (base < 0 || now <= base || secs <= 0) return "";
   char buf[96];
   double mb = (now - base) / (1 << 20);
   std::snprintf(buf, sizeof(buf), ", %.0f MB moved at %.1f MB/s", mb, mb / secs);

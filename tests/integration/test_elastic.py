@@ -747,6 +747,7 @@ def test_grow_to_seven_then_drain_to_three(ecl):
         vid = c.nodes[victim].node_id
         out = _cli_admin(c, 0, "drain", vid, "--timeout", str(int(SETTLE_TIMEOUT_S)))
         assert f"drained and removed {vid}" in out, out
+        print(f"[g7] shoal admin drain node{victim}:\n{out}")
         c.stop(victim)
     ids = ids_of(c, range(3))
     st = c.wait_status(settled(voters=3, up=ids, meta_voters=3), SETTLE_TIMEOUT_S,
