@@ -713,6 +713,15 @@ std::string Lower(std::string s) {
 
 }  // namespace
 
+static const proto::ShardInfo* FindShard(const proto::MetaState& meta, const std::string& id) {
+  auto v = ParseInt64(id);
+  if (!v || *v <= 0) return nullptr;
+  for (const auto& s : meta.shards()) {
+    if (s.id() == static_cast<uint64_t>(*v)) return &s;
+  }
+  return nullptr;
+}
+
 const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std::string& who) const {
   uint64_t id = 0;
   if (who.size() >= 16 && who.find(':') == std::string::npos) {
@@ -897,15 +906,9 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       if (mr->raft().log().applied() < mr->raft().log().last_index()) {
         return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
       }
-      uint64_t shard_id = 0;
-      const proto::ShardInfo* info = nullptr;
-      if (auto v = ParseInt64(args[1]); v && *v > 0) {
-        shard_id = static_cast<uint64_t>(*v);
-        for (const auto& s : m->shards()) {
-          if (s.id() == shard_id) info = &s;
-        }
-      }
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
       if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      uint64_t shard_id = info->id();
       ClusterView view = View(now);
       const ShardView* sv = nullptr;
       for (const ShardView& s : view.shards) {
@@ -968,12 +971,7 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       if (mr->raft().log().applied() < mr->raft().log().last_index()) {
         return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
       }
-      const proto::ShardInfo* info = nullptr;
-      if (auto v = ParseInt64(args[1]); v && *v > 0) {
-        for (const auto& s : m->shards()) {
-          if (s.id() == static_cast<uint64_t>(*v)) info = &s;
-        }
-      }
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
       if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
       const proto::NodeInfo* node = FindNode(*m, args[2]);
       if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));

@@ -203,10 +203,8 @@ Status Replica::Init() {
     store_->ApplySnapshot(meta, *batch);
     store_->SetHardState(store_->hard_state(), *batch);
     batch->Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
-    auto seq = engine_->Write(*batch);
-    if (!seq.ok()) return seq.status();
-    auto synced = engine_->Sync();
-    if (!synced.ok()) return synced.status();
+    Status written = WriteSynced(*batch);
+    if (!written.ok()) return written;
     spdlog::info("group {}: finished the snapshot import at {} that a restart interrupted", opts_.group, meta.index);
   } else if (ms.code() != Code::kNotFound) {
     return ms;
@@ -223,10 +221,8 @@ Status Replica::Init() {
     if (!s.ok()) return s;
     store_->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = cs}, *batch);
     store_->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, *batch);
-    auto seq = engine_->Write(*batch);
-    if (!seq.ok()) return seq.status();
-    auto synced = engine_->Sync();
-    if (!synced.ok()) return synced.status();
+    Status written = WriteSynced(*batch);
+    if (!written.ok()) return written;
     sm_->FinishImport();
   }
   store_->set_snapshot_fn([this]() -> Result<raft::Snapshot> {
@@ -262,11 +258,19 @@ Status Replica::Init() {
   return Status::Ok();
 }
 
-// 'R' group: the last unsafe recovery this replica carried out.
+// 'R' group: the unsafe recovery this replica belongs to, and the log index
+// up to which membership changes are void (the replica that was forced).
 static std::string RecoveryKey(uint64_t group) {
   std::string k(1, 'R');
   for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
   return k;
+}
+
+Status Replica::WriteSynced(storage::WriteBatch& batch) {
+  auto seq = engine_->Write(batch);
+  if (!seq.ok()) return seq.status();
+  auto synced = engine_->Sync();
+  return synced.ok() ? Status::Ok() : synced.status();
 }
 
 void Replica::WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch) {
@@ -290,10 +294,8 @@ Status Replica::SetRecovery(uint64_t recovery) {
   if (recovery <= recovery_) return Status::Ok();
   auto batch = engine_->NewBatch();
   WriteRecovery(recovery, void_conf_upto_, *batch);
-  auto seq = engine_->Write(*batch);
-  if (!seq.ok()) return seq.status();
-  auto synced = engine_->Sync();
-  if (!synced.ok()) return synced.status();
+  Status written = WriteSynced(*batch);
+  if (!written.ok()) return written;
   recovery_ = recovery;
   return Status::Ok();
 }
@@ -325,10 +327,8 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
   // Membership changes still in the log (up to its end) are void from now on.
   raft::Index void_upto = store_->last_index();
   WriteRecovery(recovery, void_upto, *batch);
-  auto seq = engine_->Write(*batch);
-  if (!seq.ok()) return seq.status();
-  auto synced = engine_->Sync();
-  if (!synced.ok()) return synced.status();
+  Status written = WriteSynced(*batch);
+  if (!written.ok()) return written;
   recovery_ = recovery;
   void_conf_upto_ = void_upto;
   term_start_index_ = UINT64_MAX;  // no lease until this term's first entry applies
@@ -337,12 +337,7 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
       "it had voters {} learners {}; writes only the lost voters held are gone",
       opts_.group, recovery, sm_->applied_index(), store_->last_index(), before.voters.size(),
       before.learners.size());
-  auto writes = std::move(writes_);
-  writes_.clear();
-  for (auto& [index, w] : writes) w.done(false, "-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
-  auto reads = std::move(reads_);
-  reads_.clear();
-  for (auto& [key, r] : reads) r.done(false);
+  FailWaiters("-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
   exports_.clear();
   snapshot_holds_.clear();
   leader_.store(raft::kNoNode, std::memory_order_release);
@@ -443,15 +438,17 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   retired_ = true;
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
+  FailWaiters("-TRYAGAIN the shard's replica left this node; its outcome is unknown\r\n");
+  return Status::Ok();
+}
+
+void Replica::FailWaiters(const std::string& reply) {
   auto writes = std::move(writes_);
   writes_.clear();
-  for (auto& [index, w] : writes) {
-    w.done(false, "-TRYAGAIN the shard's replica left this node; its outcome is unknown\r\n");
-  }
+  for (auto& [index, w] : writes) w.done(false, reply);
   auto reads = std::move(reads_);
   reads_.clear();
   for (auto& [key, r] : reads) r.done(false);
-  return Status::Ok();
 }
 
 void Replica::ExpireWaiters(int64_t now_mono_us) {

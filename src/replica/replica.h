@@ -269,6 +269,10 @@ class Replica {
   // Creates the RawNode from the store (Init, ForceSoleVoter).
   Status StartNode();
   Status LoadRecovery();
+  // Writes `batch` and makes it durable.
+  Status WriteSynced(storage::WriteBatch& batch);
+  // Answers every waiting write with `reply` and fails every waiting read.
+  void FailWaiters(const std::string& reply);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
   void Publish(int64_t now_mono_us);
