@@ -26,8 +26,8 @@ constexpr auto kBackoffMax = std::chrono::milliseconds(500);
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
 constexpr size_t kChunkQueueMax = 64;
-// A frame takes queued messages up to about this many payload bytes, so a
-// snapshot travels alone and heartbeats and gossip do not wait behind two.
+// A frame takes queued messages and snapshot chunks up to about this many
+// payload bytes, so heartbeats and gossip do not wait behind much.
 constexpr uint64_t kFrameSoftBytes = 8 << 20;
 
 uint64_t PayloadBytes(const raft::Message& m) {
@@ -220,8 +220,8 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       if (taken > 0 && payload + bytes > kFrameSoftBytes) break;
       if (bytes + (1 << 20) > opts_.max_frame_bytes) {
         // The peer would refuse the frame and drop the connection with
-        // everything else queued on it; Raft resends (a shard this large
-        // cannot move until snapshots are streamed).
+        // everything else queued on it; Raft resends (only inline
+        // snapshots, the meta shard's, can be this large).
         spdlog::error("group {}: a {} byte message to node {} is over the frame limit; dropped", gm.group,
                       bytes, gm.msg.to);
         continue;

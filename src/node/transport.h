@@ -51,7 +51,8 @@ struct TransportOptions {
   raft::NodeId node_id = raft::kNoNode;
   std::string bind_host = "127.0.0.1";
   uint16_t peer_port = 0;  // 0: any (tests)
-  // Frames larger than this are refused (a snapshot travels in one frame).
+  // Frames larger than this are refused (an inline snapshot, as the meta
+  // shard sends, travels in one frame; data shards stream theirs in chunks).
   uint32_t max_frame_bytes = 1u << 30;
 };
 
