@@ -243,7 +243,7 @@ int RunAdmin(const AdminOptions& opts) {
     return 2;
   }
   if (opts.verb == "balance" || opts.verb == "remove" || opts.verb == "move" || opts.verb == "transfer" ||
-      opts.verb == "recover") {
+      opts.verb == "split" || opts.verb == "recover") {
     std::vector<std::string> args = {opts.verb};
     args.insert(args.end(), opts.args.begin(), opts.args.end());
     if (opts.verb == "recover") args.push_back("UNSAFE");

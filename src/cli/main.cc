@@ -31,6 +31,8 @@ struct ServerFlags {
   int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
   int64_t down_after_ms = -1;
   int64_t snapshot_rate_mb = -1;
+  int64_t split_size_mb = -1;
+  int64_t split_ops = -1;
 };
 
 void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
@@ -53,6 +55,10 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
                   "A node silent this long is down and its replicas are rebuilt elsewhere (default 30000)");
   cmd->add_option("--snapshot-rate-mb", f->snapshot_rate_mb,
                   "MB/s this node sends snapshots at, all transfers together; 0: unlimited (default 128)");
+  cmd->add_option("--split-size-mb", f->split_size_mb,
+                  "A shard bigger than this splits in two by itself; 0: never (default 512)");
+  cmd->add_option("--split-ops", f->split_ops,
+                  "A shard busier than this (operations per second, sustained) splits; 0: never (default 0)");
 }
 
 shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
@@ -73,6 +79,8 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   if (cmd->count("--replicas")) c->replicas = f.replicas;
   if (cmd->count("--down-after-ms")) c->down_after_ms = f.down_after_ms;
   if (cmd->count("--snapshot-rate-mb")) c->snapshot_rate_mb = f.snapshot_rate_mb;
+  if (cmd->count("--split-size-mb")) c->split_size_mb = f.split_size_mb;
+  if (cmd->count("--split-ops")) c->split_ops = f.split_ops;
   if (cmd->count("--maxmemory")) {
     auto m = shoal::server::ParseMemory(f.maxmemory);
     if (!m.ok()) return m.status();
@@ -159,6 +167,8 @@ int main(int argc, char** argv) {
   move_cmd->add_option("args", admin.args, "SHARD FROM-NODE TO-NODE")->required()->expected(3);
   CLI::App* transfer_cmd = verb("transfer", "Make a voter of a shard its leader");
   transfer_cmd->add_option("args", admin.args, "SHARD NODE")->required()->expected(2);
+  CLI::App* split_cmd = verb("split", "Split a shard in two at a slot (default: where its size or load halves)");
+  split_cmd->add_option("args", admin.args, "SHARD [SLOT]")->required()->expected(1, 2);
   CLI::App* recover_cmd = verb("recover",
                               "UNSAFE: a shard that lost its majority for good takes one survivor's replica as "
                               "its only voter (writes only the lost voters held are gone)");

@@ -2,6 +2,7 @@
 
 #include "cluster/membership.h"
 #include "common/strings.h"
+#include "storage/keys.h"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -11,6 +12,7 @@
 #include <asio/write.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -70,6 +72,13 @@ bool Contains(const google::protobuf::RepeatedField<uint64_t>& ids, uint64_t id)
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+const proto::ShardInfo* FindShardById(const proto::MetaState& meta, uint64_t id) {
+  for (const auto& s : meta.shards()) {
+    if (s.id() == id) return &s;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 std::string NodeName(uint64_t id) {
@@ -108,13 +117,18 @@ Status Cluster::Open() {
   if (cid != 0) {
     s = OpenMeta(false, nullptr);
     if (!s.ok()) return s;
-    for (const auto& shard : meta()->shards()) {
-      // Also a replica the metadata no longer places here but whose state
-      // is still on disk: its group may still count it as a voter.
-      bool listed = Contains(shard.replicas(), node_id_) || Contains(shard.learners(), node_id_);
-      if (!listed && !storage::RaftStore::HasState(engine_, shard.id())) continue;
-      s = EnsureShardReplica(shard, false);
-      if (!s.ok()) return s;
+    // Replicas with state first: their ranges (after splits) decide which
+    // empty replicas may be created beside them.
+    for (bool with_state : {true, false}) {
+      for (const auto& shard : meta()->shards()) {
+        // Also a replica the metadata no longer places here but whose state
+        // is still on disk: its group may still count it as a voter.
+        bool has_state = storage::RaftStore::HasState(engine_, shard.id());
+        bool listed = Contains(shard.replicas(), node_id_) || Contains(shard.learners(), node_id_);
+        if (has_state != with_state || (!listed && !has_state)) continue;
+        s = EnsureShardReplica(shard, false);
+        if (!s.ok()) return s;
+      }
     }
     spdlog::info("node {} restarted in cluster {}", Hex(node_id_), Hex(cid));
   } else if (opts_.join.empty()) {
@@ -169,29 +183,72 @@ Status Cluster::OpenMeta(bool bootstrap, const proto::MetaState* initial) {
   return Status::Ok();
 }
 
+bool Cluster::ClaimLocked(uint64_t id, std::pair<uint16_t, uint16_t> range) {
+  if (shards_.contains(id) || opening_.contains(id) || groups_->Find(id) != nullptr) return false;
+  opening_[id] = range;
+  return true;
+}
+
 Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
   if (groups_->Find(s.id()) != nullptr) return Status::Ok();
   if (s.id() == 0 || s.id() >= node::Groups::kMaxGroups || s.slot_end() > storage::kSlotCount ||
       s.slot_begin() >= s.slot_end()) {
     return Status::Corruption("shard map entry " + std::to_string(s.id()));
   }
-  auto shard = std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(s.id()),
-                                           static_cast<uint16_t>(s.slot_begin()),
-                                           static_cast<uint16_t>(s.slot_end()), opts_.meta_cache_entries);
+  {
+    std::lock_guard lock(shards_mu_);
+    if (!bootstrap && !storage::RaftStore::HasState(engine_, s.id())) {
+      // A new, empty replica waits for a snapshot. Not while a replica here
+      // still holds some of its slots (a split this node has not applied
+      // yet: the split creates the child with its data in place), and not
+      // for a split's child before the split is done.
+      for (const auto& [id, shard] : shards_) {
+        if (shard->slot_begin() < s.slot_end() && s.slot_begin() < shard->slot_end()) {
+          spdlog::debug("shard {}: not created yet: shard {} here still holds slots {}-{}", s.id(), id,
+                        shard->slot_begin(), shard->slot_end() - 1);
+          return Status::Ok();
+        }
+      }
+      if (MetaPtr m = meta()) {
+        for (const auto& p : m->shards()) {
+          if (p.split_child() == s.id()) return Status::Ok();
+        }
+      }
+    }
+    if (!ClaimLocked(s.id(), {0, 0})) return Status::Ok();  // opened, or being opened, elsewhere
+  }
+  auto r = OpenShardReplica(s.id(), static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end()),
+                            bootstrap, s.recovery(), s.recovered_on());
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin, uint16_t end, bool bootstrap,
+                                                    uint64_t recovery, uint64_t recovered_on) {
+  // The caller claimed `id` (ClaimLocked); the claim ends here, however this ends.
+  struct Release {
+    Cluster* c;
+    uint64_t id;
+    ~Release() {
+      std::lock_guard lock(c->shards_mu_);
+      c->opening_.erase(id);
+    }
+  } release{this, id};
+  auto shard = std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end, opts_.meta_cache_entries);
   Status st = shard->Load();
   if (!st.ok()) return st;
   auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits);
   replica::ReplicaOptions ro;
-  ro.group = s.id();
+  ro.group = id;
   ro.node_id = node_id_;
   ro.tick_ms = groups_->options().tick_ms;
   ro.compact_bytes = opts_.log_bytes_per_replica;
   ro.courier = opts_.courier;
+  ro.splitter = this;
   if (bootstrap) ro.bootstrap_voters = {node_id_};
-  bool had_state = storage::RaftStore::HasState(engine_, s.id());
+  bool had_state = storage::RaftStore::HasState(engine_, id);
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
-  if (s.recovery() > (*r)->recovery() && s.recovered_on() != node_id_) {
+  if (recovery > (*r)->recovery() && recovered_on != node_id_) {
     if (had_state) {
       // From before an unsafe recovery of its shard: stale, and it must not
       // vote or answer again. Its state goes; a new replica comes next round
@@ -203,18 +260,202 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
       if (!seq.ok()) return seq.status();
       auto synced = engine_->Sync();
       if (!synced.ok()) return synced.status();
-      spdlog::warn("shard {}: deleted this node's replica from before unsafe recovery {}", s.id(), s.recovery());
-      return Status::Ok();
+      spdlog::warn("shard {}: deleted this node's replica from before unsafe recovery {}", id, recovery);
+      return static_cast<replica::Replica*>(nullptr);
     }
-    Status rs = (*r)->SetRecovery(s.recovery());
+    Status rs = (*r)->SetRecovery(recovery);
     if (!rs.ok()) return rs;
   }
   {
     std::lock_guard lock(shards_mu_);
-    shards_[s.id()] = std::move(shard);
+    shards_[id] = std::move(shard);
   }
-  groups_->Add(std::move(r).value());
-  return Status::Ok();
+  replica::Replica* added = groups_->Add(std::move(r).value());
+  RebuildLocalSlots();
+  return added;
+}
+
+bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
+                         uint64_t index, storage::WriteBatch& batch) {
+  auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&parent.state_machine());
+  if (kv_sm == nullptr || split.child >= node::Groups::kMaxGroups) return false;
+  {
+    // Claimed here until FinishSplit has opened it: nothing else opens it.
+    std::lock_guard lock(shards_mu_);
+    if (!ClaimLocked(split.child, {split.slot, kv_sm->shard()->slot_end()})) {
+      spdlog::error("shard {}: split child {} already exists here; only the parent's range shrinks", parent.group(),
+                    split.child);
+      return false;
+    }
+  }
+  // The key scan that splits the counters runs without the lock.
+  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch);
+  if (!s.ok()) {
+    spdlog::error("shard {}: cannot create split child {} here: {}", parent.group(), split.child, s.ToString());
+    std::lock_guard lock(shards_mu_);
+    opening_.erase(split.child);
+    return false;
+  }
+  return true;
+}
+
+void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) {
+  std::pair<uint16_t, uint16_t> range;
+  {
+    std::lock_guard lock(shards_mu_);
+    auto it = opening_.find(split.child);
+    if (it == opening_.end()) return;
+    range = it->second;
+  }
+  auto r = OpenShardReplica(split.child, range.first, range.second, false, 0, 0);  // ends the claim
+  if (!r.ok() || *r == nullptr) {
+    spdlog::critical("shard {}: split child {} could not be opened: {}", parent.group(), split.child,
+                     r.ok() ? "gone" : r.status().ToString());
+    return;
+  }
+  spdlog::info("shard {}: split: shard {} takes slots {}-{} here", parent.group(), split.child, range.first,
+               range.second - 1);
+  // The node meant to lead the child (else the parent's leader's) elects
+  // it at once: no election timeout without a leader for the moved slots.
+  MetaPtr m = meta();
+  const proto::ShardInfo* info = m ? FindShardById(*m, split.child) : nullptr;
+  bool preferred_here = info != nullptr && info->preferred_leader() == node_id_;
+  bool preferred_known = info != nullptr && info->preferred_leader() != 0;
+  if (preferred_here || (!preferred_known && parent.is_leader())) {
+    replica::Replica* child = *r;
+    asio::post(groups_->WorkerFor(split.child).io(), [this, child] {
+      if (child->retired()) return;
+      child->Campaign();
+      groups_->Notify(child);
+    });
+  }
+}
+
+uint64_t Cluster::LocalRangesSig() {
+  std::lock_guard lock(shards_mu_);
+  uint64_t sig = 0;
+  for (const auto& [id, shard] : shards_) {
+    sig = sig * 0x9E3779B97F4A7C15ULL + (id << 32 | uint64_t{shard->slot_begin()} << 16 | shard->slot_end());
+  }
+  return sig;
+}
+
+void Cluster::MeasureLoad(int64_t now) {
+  if (now - last_load_us_ < 1'000'000) return;
+  const double secs = last_load_us_ == 0 ? 0.0 : static_cast<double>(now - last_load_us_) / 1e6;
+  last_load_us_ = now;
+  std::vector<uint32_t> cur(storage::kSlotCount);
+  for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) cur[slot] = slot_ops_[slot].load(std::memory_order_relaxed);
+  const bool first = last_slot_ops_.size() != cur.size();
+  const bool size_due = now - last_size_us_ >= 5'000'000;
+  if (size_due) last_size_us_ = now;
+  std::map<uint64_t, ShardLoad> next;
+  for (kv::Shard* sh : LocalShards()) {
+    replica::Replica* r = groups_->Find(sh->id());
+    if (r == nullptr || !r->published_is_leader()) continue;
+    ShardLoad l = load_.contains(sh->id()) ? load_[sh->id()] : ShardLoad{};
+    const uint16_t b = sh->slot_begin(), e = sh->slot_end();
+    // This second's operations per slot (counters wrap: unsigned difference).
+    uint64_t ops = 0;
+    for (uint32_t slot = b; slot < e && !first; ++slot) ops += cur[slot] - last_slot_ops_[slot];
+    if (secs > 0) {
+      double alpha = 1.0 - std::exp(-secs / 10.0);  // about 10 s of memory: sustained load only
+      l.ops_per_sec += alpha * (static_cast<double>(ops) / secs - l.ops_per_sec);
+    }
+    uint32_t load_slot = 0;
+    if (ops >= 1000 && e - b >= 2) {
+      // Where the load halves: the child takes the upper half.
+      uint64_t acc = 0;
+      for (uint32_t slot = b; slot < e; ++slot) {
+        acc += cur[slot] - last_slot_ops_[slot];
+        if (acc * 2 >= ops) {
+          load_slot = std::clamp<uint32_t>(slot, b + 1u, e - 1u);
+          break;
+        }
+      }
+    }
+    if (size_due || l.bytes == 0) {
+      auto size_of = [&](uint32_t lo, uint32_t hi) {
+        return engine_->ApproximateSize(storage::Cf::kData, storage::DataSlotDbPrefix(static_cast<uint16_t>(lo), 0),
+                                        storage::DataSlotDbPrefix(static_cast<uint16_t>(hi), 0));
+      };
+      l.bytes = size_of(b, e);
+      // Where the size halves (a binary search over slots).
+      uint32_t lo = b + 1u, hi = e - 1u;
+      while (e - b >= 2 && lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (size_of(b, mid) * 2 >= l.bytes) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      if (e - b >= 2) l.split_slot = l.bytes > 0 ? lo : b + (e - b) / 2;
+    }
+    if (load_slot != 0 && l.ops_per_sec >= 100) l.split_slot = load_slot;
+    if (l.split_slot <= b || l.split_slot >= e) l.split_slot = e - b >= 2 ? b + (e - b) / 2 : 0;
+    next[sh->id()] = l;
+  }
+  load_ = std::move(next);
+  last_slot_ops_ = std::move(cur);
+}
+
+void Cluster::FillLoad(node::LeaderReport* rep) const {
+  if (rep->group == 0) return;
+  if (kv::Shard* sh = LocalShard(rep->group)) {
+    rep->slot_begin = sh->slot_begin();
+    rep->slot_end = sh->slot_end();
+  }
+  auto it = load_.find(rep->group);
+  if (it == load_.end()) return;
+  rep->bytes = it->second.bytes;
+  rep->ops_per_sec = static_cast<uint64_t>(it->second.ops_per_sec);
+  rep->split_slot = it->second.split_slot;
+}
+
+void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
+  const proto::ShardInfo* info = FindShardById(meta, r->group());
+  if (info == nullptr || info->split_child() == 0) return;
+  kv::Shard* sh = LocalShard(r->group());
+  if (sh == nullptr || sh->slot_end() <= info->slot_end()) return;  // split here already
+  {
+    std::lock_guard lock(transfer_mu_);
+    int64_t& last = last_split_us_[r->group()];
+    if (now - last < 1'000'000) return;
+    last = now;
+  }
+  const proto::ShardInfo* child = FindShardById(meta, info->split_child());
+  if (child == nullptr || child->slot_begin() != info->slot_end() || child->slot_end() != sh->slot_end() ||
+      sh->slot_begin() != info->slot_begin()) {
+    spdlog::warn("shard {}: split into {} waits: this replica holds slots {}-{}, the metadata {}-{}", r->group(),
+                 info->split_child(), sh->slot_begin(), sh->slot_end() - 1, info->slot_begin(), info->slot_end() - 1);
+    return;
+  }
+  if (!r->raft().tracker().conf_state().voters_outgoing.empty()) return;  // joint: it would be ignored
+  replica::SplitCommand split{child->id(), static_cast<uint16_t>(info->slot_end())};
+  auto p = r->ProposeSplit(split, now);
+  if (p.ok()) {
+    spdlog::info("shard {}: proposed its split at slot {} into shard {}", r->group(), split.slot, split.child);
+    groups_->Notify(r);
+  }
+}
+
+void Cluster::RebuildLocalSlots() {
+  std::lock_guard rebuild(local_slots_mu_);
+  std::vector<uint32_t> owner(storage::kSlotCount, 0);
+  {
+    std::lock_guard lock(shards_mu_);
+    uint64_t sig = 0;
+    for (const auto& [id, shard] : shards_) {
+      uint16_t b = shard->slot_begin(), e = shard->slot_end();
+      sig = sig * 0x9E3779B97F4A7C15ULL + (id << 32 | uint64_t{b} << 16 | e);
+      for (uint32_t slot = b; slot < e && slot < storage::kSlotCount; ++slot) owner[slot] = static_cast<uint32_t>(id);
+    }
+    local_ranges_sig_ = sig;
+  }
+  for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) {
+    local_slot_group_[slot].store(owner[slot], std::memory_order_release);
+  }
 }
 
 kv::Shard* Cluster::LocalShard(uint64_t group) const {
@@ -255,8 +496,13 @@ bool Cluster::GossipOf(uint64_t group, int64_t now, LeaderGossip* out) const {
 bool Cluster::Healthy() const {
   RoutingPtr rt = routing();
   if (rt->shards.empty()) return false;
+  MetaPtr m = meta();
   for (const auto& s : rt->shards) {
-    if (LeaderOf(s.id) == 0) return false;
+    if (LeaderOf(s.id) != 0) continue;
+    // A split's child before its first election: its parent still serves.
+    bool parent_serves = false;
+    for (const auto& p : m->shards()) parent_serves |= p.split_child() == s.id && LeaderOf(p.id()) != 0;
+    if (!parent_serves) return false;
   }
   return true;
 }
@@ -277,7 +523,7 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
   for (auto& l : leaders) {
     auto& cur = gossip_[l.group];
     if (cur.node == 0 || cur.term <= l.term) {
-      cur = LeaderGossip{from, l.term, std::move(l.voters), std::move(l.learners), l.joint, now};
+      cur = LeaderGossip{from, l.term, l.voters, l.learners, l.joint, now, l};
     }
   }
 }
@@ -372,6 +618,7 @@ void Cluster::OnTick(int worker) {
   for (replica::Replica* r : groups_->All()) {
     if (groups_->WorkerOf(r->group()) != worker || !r->is_leader()) continue;
     Reconcile(r, *m, now);
+    if (r->group() != 0) ProposeSplitIfDue(r, *m, now);
   }
   bool sync_due = false;
   {
@@ -393,9 +640,20 @@ void Cluster::OnTick(int worker) {
     RebuildRouting(m);
   }
   if (sync_due) SyncLocalReplicas(worker, now);
+  // A snapshot may have shrunk a local replica's range (it split elsewhere).
+  uint64_t sig = LocalRangesSig();
+  bool ranges_changed;
+  {
+    std::lock_guard lock(local_slots_mu_);
+    ranges_changed = sig != local_ranges_sig_;
+  }
+  if (ranges_changed) RebuildLocalSlots();
+  MeasureLoad(now);
   std::vector<node::LeaderReport> leading;
   for (replica::Replica* r : groups_->All()) {
-    if (r->published_is_leader()) leading.push_back(ReportOf(*r));
+    if (!r->published_is_leader()) continue;
+    leading.push_back(ReportOf(*r));
+    FillLoad(&leading.back());
   }
   transport_->SetLocalLeaders(std::move(leading));
   if (opts_.local_transfers) transport_->SetLocalTransfers(opts_.local_transfers());
@@ -426,6 +684,18 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       continue;
     }
     if (r != nullptr && s.recovery() > 0 && s.recovered_on() == node_id_) {
+      auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
+      if (kv_sm != nullptr && (kv_sm->shard()->slot_begin() != s.slot_begin() ||
+                               kv_sm->shard()->slot_end() != s.slot_end())) {
+        // It missed a split (or holds a later one): as the only voter it
+        // would serve slots another shard now holds.
+        if (r->recovery() < s.recovery()) {
+          spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
+                           "metadata {}-{} (it missed a split)", s.id(), s.recovery(), kv_sm->shard()->slot_begin(),
+                           kv_sm->shard()->slot_end() - 1, s.slot_begin(), s.slot_end() - 1);
+        }
+        continue;
+      }
       auto forced = r->ForceSoleVoter(s.recovery());
       if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
       if (forced.ok() && *forced) groups_->Notify(r);
@@ -453,12 +723,14 @@ Status Cluster::Retire(replica::Replica* r) {
   if (!st.ok()) return st;
   if (opts_.courier != nullptr) opts_.courier->Discard(group);
   auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
-  std::lock_guard lock(shards_mu_);
+  std::unique_lock lock(shards_mu_);
   auto it = shards_.find(group);
   if (it != shards_.end() && kv_sm != nullptr && it->second.get() == kv_sm->shard()) {
     retired_shards_.push_back(std::move(it->second));
     shards_.erase(it);
   }
+  lock.unlock();
+  RebuildLocalSlots();
   spdlog::info("shard {}: replica removed from this node, its data deleted", group);
   return Status::Ok();
 }
@@ -486,6 +758,14 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
       spdlog::debug("group {}: cannot {} yet:{} {}", r->group(), step.what, ids, raft::to_string(p.error));
     }
   }
+}
+
+PlannerPolicy Cluster::Policy(const proto::MetaState& meta) const {
+  PlannerPolicy policy;
+  policy.balance = !meta.balance_off();
+  policy.split_bytes = opts_.split_bytes;
+  policy.split_ops_per_sec = opts_.split_ops_per_sec;
+  return policy;
 }
 
 void Cluster::ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd) {
@@ -524,16 +804,26 @@ ClusterView Cluster::View(int64_t now) const {
     sv.preferred_leader = preferred;
     replica::Replica* local = groups_->Find(s.id());
     LeaderGossip g;
+    node::LeaderReport rep;
     if (local != nullptr && local->published_is_leader()) {
-      node::LeaderReport rep = ReportOf(*local);
+      rep = ReportOf(*local);
+      FillLoad(&rep);
       sv.reported = true;
       sv.actual = Membership{rep.voters, rep.learners};
       sv.joint = rep.joint;
     } else if (GossipOf(s.id(), now, &g)) {
+      rep = g.report;
       sv.reported = true;
       sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
       sv.joint = g.joint;
     }
+    sv.slot_begin = rep.slot_begin;
+    sv.slot_end = rep.slot_end;
+    sv.bytes = rep.bytes;
+    sv.ops_per_sec = rep.ops_per_sec;
+    sv.split_slot = rep.split_slot;
+    sv.splitting = s.split_child() != 0;
+    for (const auto& other : m->shards()) sv.splitting |= other.split_child() == s.id();
     view.shards.push_back(std::move(sv));
   }
   view.meta_voters.assign(m->meta_voters().begin(), m->meta_voters().end());
@@ -552,12 +842,25 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
   if (raft.log().applied() < raft.log().last_index()) return;
   if (!raft.tracker().conf_state().voters_outgoing.empty()) return;
   ClusterView view = View(now);
-  PlannerPolicy policy;
-  policy.balance = !meta.balance_off();
-  for (const Move& mv : Plan(view, policy)) {
+  // A split the parent's leader reports applied (its range is the
+  // metadata's) is done: the shards may move again, and split again.
+  for (const ShardView& sv : view.shards) {
+    const proto::ShardInfo* info = FindShardById(meta, sv.id);
+    if (info == nullptr || info->split_child() == 0 || !sv.reported || sv.slot_end == 0) continue;
+    if (sv.slot_end != info->slot_end()) continue;
     proto::MetaCommand cmd;
     cmd.set_version(1);
-    if (mv.kind == MoveKind::kSetMetaVoters) {
+    cmd.set_split_done(sv.id);
+    spdlog::info("placement: shard {} has split; shard {} holds slots {}+", sv.id, info->split_child(), info->slot_end());
+    ProposeMeta(meta_replica, cmd);
+  }
+  for (const Move& mv : Plan(view, Policy(meta))) {
+    proto::MetaCommand cmd;
+    cmd.set_version(1);
+    if (mv.kind == MoveKind::kSplit) {
+      cmd.mutable_split_shard()->set_parent(mv.shard);
+      cmd.mutable_split_shard()->set_slot(mv.slot);
+    } else if (mv.kind == MoveKind::kSetMetaVoters) {
       for (uint64_t v : mv.target.voters) cmd.mutable_set_meta_voters()->add_voters(v);
     } else if (mv.kind == MoveKind::kRemoveNode) {
       cmd.mutable_set_node_state()->set_node(mv.nodes[0]);
@@ -716,10 +1019,7 @@ std::string Lower(std::string s) {
 static const proto::ShardInfo* FindShard(const proto::MetaState& meta, const std::string& id) {
   auto v = ParseInt64(id);
   if (!v || *v <= 0) return nullptr;
-  for (const auto& s : meta.shards()) {
-    if (s.id() == static_cast<uint64_t>(*v)) return &s;
-  }
-  return nullptr;
+  return FindShardById(meta, static_cast<uint64_t>(*v));
 }
 
 const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std::string& who) const {
@@ -761,14 +1061,19 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
                         std::to_string(leaders[n.id]) +
                         (HasId(view.meta_voters, n.id) ? " meta-voter" : ""));
   }
-  for (const ShardView& s : view.shards) {
-    const proto::ShardInfo* info = nullptr;
-    for (const auto& i : m->shards()) {
-      if (i.id() == s.id) info = &i;
-    }
+  std::vector<const ShardView*> by_slot;
+  for (const ShardView& s : view.shards) by_slot.push_back(&s);
+  std::sort(by_slot.begin(), by_slot.end(), [&](const ShardView* a, const ShardView* b) {
+    return FindShardById(*m, a->id)->slot_begin() < FindShardById(*m, b->id)->slot_begin();
+  });
+  for (const ShardView* sp : by_slot) {
+    const ShardView& s = *sp;
+    const proto::ShardInfo* info = FindShardById(*m, s.id);
     std::string line = "shard " + std::to_string(s.id) + " slots " + std::to_string(info->slot_begin()) + "-" +
                        std::to_string(info->slot_end() - 1) + " leader " + Hex(LeaderOf(s.id)) + " voters " +
-                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners);
+                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners) + " bytes " +
+                       std::to_string(s.bytes) + " ops-per-sec " + std::to_string(s.ops_per_sec);
+    if (info->split_child() != 0) line += " splitting-into " + std::to_string(info->split_child());
     if (!s.reported) {
       line += " (no leader known)";
     } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
@@ -833,12 +1138,61 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     };
     if (sub == "status" && args.size() == 1) return done(AdminStatus(now));
     if (sub == "plan" && args.size() == 1) {
-      PlannerPolicy policy;
-      policy.balance = !m->balance_off();
       AdminReply r;
       r.kind = AdminReply::Kind::kLines;
-      for (const Move& mv : Plan(View(now), policy)) r.lines.push_back(Describe(mv));
+      for (const Move& mv : Plan(View(now), Policy(*m))) r.lines.push_back(Describe(mv));
       return done(std::move(r));
+    }
+    if (sub == "split" && (args.size() == 2 || args.size() == 3)) {
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      if (info->slot_end() - info->slot_begin() < 2) {
+        return done(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
+      }
+      for (const auto& s : m->shards()) {
+        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+          return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+        }
+      }
+      for (const ShardView& sv : View(now).shards) {
+        if (sv.id == info->id() && (!sv.reported || sv.joint || !(sv.actual == sv.want))) {
+          return done(AdminError("TRYAGAIN shard " + args[1] +
+                                 " has a move in flight (or no leader); retry when it is done"));
+        }
+      }
+      uint64_t slot = 0;
+      if (args.size() == 3) {
+        auto v = ParseInt64(args[2]);
+        if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
+          return done(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
+                                 std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
+                                 ")"));
+        }
+        slot = static_cast<uint64_t>(*v);
+      } else {
+        // Where its leader says the size (or the load) halves, else the middle.
+        LeaderGossip g;
+        node::LeaderReport rep;
+        if (replica::Replica* r = groups_->Find(info->id()); r != nullptr && r->published_is_leader()) {
+          rep = ReportOf(*r);
+          FillLoad(&rep);
+        } else if (GossipOf(info->id(), now, &g)) {
+          rep = g.report;
+        }
+        slot = rep.split_slot > info->slot_begin() && rep.split_slot < info->slot_end()
+                   ? rep.split_slot
+                   : info->slot_begin() + (info->slot_end() - info->slot_begin()) / 2;
+      }
+      uint64_t next_id = 0;
+      for (const auto& s : m->shards()) next_id = std::max(next_id, s.id() + 1);
+      if (next_id >= kMaxShardId) return done(AdminError("ERR the cluster has as many shards as it can hold"));
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.mutable_split_shard()->set_parent(info->id());
+      cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
+      return propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
+                              std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
+                              std::to_string(info->slot_end() - 1));
     }
     if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
       proto::MetaCommand cmd;
@@ -918,6 +1272,9 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       for (const NodeView& n : view.nodes) state[n.id] = n.state;
       if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
         return done(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
+      }
+      if (sub == "move" && sv->splitting) {
+        return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
       }
       size_t up = 0;
       for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
@@ -1025,7 +1382,8 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
     }
     done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
-                    "MOVE shard from-node to-node, TRANSFER shard node, RECOVER shard node UNSAFE, BALANCE on|off"));
+                    "MOVE shard from-node to-node, TRANSFER shard node, SPLIT shard [slot], RECOVER shard node UNSAFE, "
+                    "BALANCE on|off"));
   });
 }
 

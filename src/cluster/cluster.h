@@ -50,6 +50,10 @@ struct ClusterOptions {
   replica::SnapshotCourier* courier = nullptr;
   // This node's snapshot transfer counters (for SHOAL.ADMIN STATUS).
   std::function<node::TransferStats()> local_transfers;
+  // A shard splits by itself past this size, or this sustained load
+  // (operations per second); 0: never (SHOAL.ADMIN SPLIT still splits).
+  uint64_t split_bytes = 512ULL << 20;
+  uint64_t split_ops_per_sec = 0;
 };
 
 // What the membership of a group is, as its leader gossips it.
@@ -59,6 +63,7 @@ struct LeaderGossip {
   std::vector<uint64_t> voters, learners;
   bool joint = false;
   int64_t heard_us = 0;  // when the report arrived (monotonic)
+  node::LeaderReport report;  // the whole report (range, size, load)
 };
 
 // The answer to an admin command (SHOAL.ADMIN): text lines, an error, or
@@ -103,7 +108,7 @@ using RoutingPtr = std::shared_ptr<const RoutingTable>;
 // 40-hex name of a node id.
 std::string NodeName(uint64_t id);
 
-class Cluster {
+class Cluster final : public replica::Splitter {
  public:
   Cluster(ClusterOptions opts, storage::Engine* engine, node::Runtime* runtime,
           node::Groups* groups, node::Transport* transport);
@@ -119,8 +124,20 @@ class Cluster {
   uint64_t cluster_id() const { return cluster_id_.load(std::memory_order_acquire); }
   const ClusterOptions& options() const { return opts_; }
   RoutingPtr routing() const { return std::atomic_load(&routing_); }
-  // The group that owns `slot`: lock-free, for the per-command path.
-  uint64_t GroupOfSlot(uint16_t slot) const { return slot_group_[slot].load(std::memory_order_acquire); }
+  // The group that owns `slot`: lock-free, for the per-command path. A
+  // local replica that holds the slot wins over the metadata: around a
+  // split the two disagree for a moment, and the replicas here know.
+  uint64_t GroupOfSlot(uint16_t slot) const {
+    uint32_t local = local_slot_group_[slot].load(std::memory_order_acquire);
+    return local != 0 ? local : slot_group_[slot].load(std::memory_order_acquire);
+  }
+  // Counts an operation on `slot` served here (load-based splits). Any thread.
+  void NoteOp(uint16_t slot) { slot_ops_[slot].fetch_add(1, std::memory_order_relaxed); }
+
+  // replica::Splitter: creates a split's child replica here.
+  bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
+                  uint64_t index, storage::WriteBatch& batch) override;
+  void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
   MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
   // The leader of group as this node knows it (kNoNode if unknown).
   uint64_t LeaderOf(uint64_t group) const;
@@ -148,6 +165,18 @@ class Cluster {
   Status LoadIdentity();
   Status OpenMeta(bool bootstrap, const proto::MetaState* initial);
   Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
+  // Opens the replica of data shard `id` (its range from storage, else
+  // [begin, end)) and hosts it.
+  Result<replica::Replica*> OpenShardReplica(uint64_t id, uint16_t begin, uint16_t end, bool bootstrap,
+                                             uint64_t recovery, uint64_t recovered_on);
+  // Recomputes which local replica holds each slot (GroupOfSlot).
+  void RebuildLocalSlots();
+  // Worker 0, about once a second: each led shard's load and size, and
+  // where it would split (gossiped with the leadership).
+  void MeasureLoad(int64_t now_us);
+  void FillLoad(node::LeaderReport* rep) const;
+  // As the leader of a shard the metadata splits: proposes the split.
+  void ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
   void OnTick(int worker);
   void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
   // On `worker`, for the groups it drives: creates the replicas the
@@ -161,6 +190,7 @@ class Cluster {
   AdminReply AdminStatus(int64_t now_us) const;
   const proto::NodeInfo* FindNode(const proto::MetaState& meta, const std::string& who) const;
   void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
+  PlannerPolicy Policy(const proto::MetaState& meta) const;
   void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
   void RebuildRouting(const MetaPtr& meta);
   asio::awaitable<void> JoinLoop();
@@ -177,6 +207,27 @@ class Cluster {
   std::map<uint64_t, std::unique_ptr<kv::Shard>> shards_;  // local data shards
   RoutingPtr routing_;
   std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_group_{};
+  std::array<std::atomic<uint32_t>, storage::kSlotCount> local_slot_group_{};
+  std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_ops_{};
+  // Replicas being opened here (shards_mu_), so that no other thread opens
+  // them too: id -> range (a split child's; else unused).
+  std::map<uint64_t, std::pair<uint16_t, uint16_t>> opening_;
+  // Claims `id` for opening (false: it is open or being opened). shards_mu_.
+  bool ClaimLocked(uint64_t id, std::pair<uint16_t, uint16_t> range);
+  // Worker 0: load measurement.
+  struct ShardLoad {
+    double ops_per_sec = 0;  // smoothed over about 10 s
+    uint64_t bytes = 0;
+    uint32_t split_slot = 0;
+  };
+  std::map<uint64_t, ShardLoad> load_;
+  std::vector<uint32_t> last_slot_ops_;
+  int64_t last_load_us_ = 0;
+  int64_t last_size_us_ = 0;
+  std::mutex local_slots_mu_;  // one RebuildLocalSlots at a time
+  uint64_t local_ranges_sig_ = 0;     // local_slots_mu_
+  uint64_t LocalRangesSig();
+  std::map<uint64_t, int64_t> last_split_us_;  // per group, on its worker (transfer_mu_)
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report

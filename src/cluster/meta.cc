@@ -1,5 +1,6 @@
 #include "cluster/meta.h"
 
+#include <algorithm>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -75,7 +76,9 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
           for (const auto& n : state->nodes()) known |= n.id() == r;
           if (!known) return false;
         }
+        uint64_t split_child = existing.split_child();  // not a placement's to change
         existing = s;
+        existing.set_split_child(split_child);
         existing.set_epoch(existing.epoch() + 1);
         state->set_epoch(state->epoch() + 1);
         return true;
@@ -109,6 +112,49 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       state->set_epoch(state->epoch() + 1);
       return true;
     }
+    case proto::MetaCommand::kSplitShard: {
+      const auto& c = cmd.split_shard();
+      proto::ShardInfo* parent = nullptr;
+      uint64_t max_id = 0;
+      for (auto& sh : *state->mutable_shards()) {
+        max_id = std::max(max_id, sh.id());
+        if (sh.id() == c.parent()) parent = &sh;
+        // One split at a time per shard: neither a parent nor a child of a
+        // split still under way splits again.
+        if (sh.split_child() != 0 && (sh.id() == c.parent() || sh.split_child() == c.parent())) return false;
+      }
+      if (parent == nullptr || c.slot() <= parent->slot_begin() || c.slot() >= parent->slot_end()) return false;
+      if (max_id + 1 >= kMaxShardId) return false;
+      proto::ShardInfo child = *parent;
+      child.set_id(max_id + 1);
+      child.set_slot_begin(c.slot());
+      child.set_epoch(1);
+      child.set_split_child(0);
+      child.set_recovery(0);  // a new group: no recovery of it happened
+      child.set_recovered_on(0);
+      // The halves are led from different nodes: the child's preferred
+      // leader is the parent's next voter (in id order).
+      std::vector<uint64_t> voters(parent->replicas().begin(), parent->replicas().end());
+      std::sort(voters.begin(), voters.end());
+      auto at = std::find(voters.begin(), voters.end(), parent->preferred_leader());
+      if (voters.size() > 1 && at != voters.end()) {
+        child.set_preferred_leader(*(std::next(at) == voters.end() ? voters.begin() : std::next(at)));
+      }
+      parent->set_slot_end(c.slot());
+      parent->set_split_child(child.id());
+      parent->set_epoch(parent->epoch() + 1);
+      *state->add_shards() = std::move(child);
+      state->set_epoch(state->epoch() + 1);
+      return true;
+    }
+    case proto::MetaCommand::kSplitDone:
+      for (auto& sh : *state->mutable_shards()) {
+        if (sh.id() != cmd.split_done() || sh.split_child() == 0) continue;
+        sh.set_split_child(0);
+        state->set_epoch(state->epoch() + 1);
+        return true;
+      }
+      return false;
     default:
       return false;
   }

@@ -22,6 +22,9 @@ using MetaPtr = std::shared_ptr<const proto::MetaState>;
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
                              int replication_factor);
 
+// Shard ids are group ids: below node::Groups::kMaxGroups.
+inline constexpr uint64_t kMaxShardId = 4096;
+
 // Applies one command to `state`; false (state unchanged) if it is invalid.
 bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state);
 

@@ -66,6 +66,7 @@ class Planner {
     PlanMetaVoters();
     PlanLeaders();
     PlanNodeRemovals();
+    PlanSplit();
     return std::move(out_);
   }
 
@@ -184,8 +185,41 @@ class Planner {
     return true;
   }
 
+  // One split at a time, of the shard most over a threshold, once no split
+  // is under way.
+  void PlanSplit() {
+    if (policy_.split_bytes == 0 && policy_.split_ops_per_sec == 0) return;
+    const ShardView* best = nullptr;
+    double best_over = 1.0;
+    for (const ShardView& s : view_.shards) {
+      if (s.splitting) return;
+      if (!s.reported || s.split_slot <= s.slot_begin || s.split_slot >= s.slot_end) continue;
+      // Only a shard whose membership is settled (and not moved this round):
+      // the child copies the membership.
+      if (!Settled(s) || targets_[s.id].moved) continue;
+      double over = 0;
+      if (policy_.split_bytes > 0) over = std::max(over, double(s.bytes) / double(policy_.split_bytes));
+      if (policy_.split_ops_per_sec > 0) {
+        over = std::max(over, double(s.ops_per_sec) / double(policy_.split_ops_per_sec));
+      }
+      if (over > best_over) {
+        best_over = over;
+        best = &s;
+      }
+    }
+    if (best == nullptr) return;
+    Move mv;
+    mv.kind = MoveKind::kSplit;
+    mv.shard = best->id;
+    mv.slot = best->split_slot;
+    bool by_bytes = policy_.split_bytes > 0 && best->bytes > policy_.split_bytes;
+    mv.reason = by_bytes ? std::to_string(best->bytes >> 20) + " MB" : std::to_string(best->ops_per_sec) + " ops/s";
+    out_.push_back(std::move(mv));
+  }
+
   void Repair(const ShardView& s) {
     if (!s.reported) return;  // no leader known: nothing would carry a move out
+    if (s.splitting) return;  // its membership is copied into the child: hold it
     bool stuck = Stuck(s);
     if (!Settled(s) && !stuck) return;  // a move is under way
     if (!stuck) {
@@ -546,6 +580,7 @@ const char* MoveKindName(MoveKind k) {
     case MoveKind::kTransferLeader: return "transfer";
     case MoveKind::kSetMetaVoters: return "meta-voters";
     case MoveKind::kRemoveNode: return "remove-node";
+    case MoveKind::kSplit: return "split";
   }
   return "?";
 }
@@ -567,6 +602,9 @@ std::string Describe(const Move& m) {
   std::string out = MoveKindName(m.kind);
   if (m.shard != 0) out += " shard " + std::to_string(m.shard);
   out += " nodes " + ids(m.nodes);
+  if (m.kind == MoveKind::kSplit) {
+    return out + " at slot " + std::to_string(m.slot) + " (" + m.reason + ")";
+  }
   if (m.kind != MoveKind::kRemoveNode && m.kind != MoveKind::kTransferLeader) {
     out += " -> voters " + ids(m.target.voters);
     if (!m.target.learners.empty()) out += " learners " + ids(m.target.learners);

@@ -56,6 +56,14 @@ struct ShardView {
   bool reported = false;
   Membership actual;          // voters include the outgoing ones while joint
   bool joint = false;
+  // A split of this shard, or into it, is under way: no membership move.
+  bool splitting = false;
+  // From the leader's report (0: unknown): its range, approximate bytes,
+  // recent load, and the slot a split would start the upper half at.
+  uint32_t slot_begin = 0, slot_end = 0;
+  uint64_t bytes = 0;
+  uint64_t ops_per_sec = 0;
+  uint32_t split_slot = 0;
 };
 
 struct ClusterView {
@@ -75,6 +83,10 @@ struct PlannerPolicy {
   // false: repair only (replication factor, dead and draining nodes), no
   // spreading of replicas or leaders.
   bool balance = true;
+  // A shard splits once its leader reports more bytes, or more operations
+  // per second (sustained), than these; 0: never. One split at a time.
+  uint64_t split_bytes = 0;
+  uint64_t split_ops_per_sec = 0;
 };
 
 enum class MoveKind : uint8_t {
@@ -84,6 +96,7 @@ enum class MoveKind : uint8_t {
   kTransferLeader, // nodes[0] should lead the shard
   kSetMetaVoters,  // the meta shard's voters become target.voters
   kRemoveNode,     // a drained node holds nothing any more: remove it
+  kSplit,          // the shard splits at `slot` (too big, or too busy)
 };
 const char* MoveKindName(MoveKind k);
 
@@ -93,6 +106,7 @@ struct Move {
   std::vector<uint64_t> nodes;  // see MoveKind
   Membership target;            // the shard's (or meta's) wanted membership after the move
   uint64_t leader = 0;          // the shard's preferred leader after the move
+  uint32_t slot = 0;            // kSplit: the child's first slot
   std::string reason;
 };
 

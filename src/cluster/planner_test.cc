@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 
 namespace shoal::cluster {
@@ -358,6 +359,149 @@ TEST(Planner, LeadersBalanceThroughAChainOfTransfers) {
   EXPECT_LE(hi - lo, 1);
   EXPECT_TRUE(Plan(v, {}).empty());  // a fixed point: nothing moves back
   for (const auto& s : v.shards) EXPECT_EQ(s.want.voters.size(), 3u);  // only leaderships moved
+}
+
+// The kSplit moves of a plan.
+std::vector<Move> Splits(const ClusterView& v, const PlannerPolicy& policy) {
+  std::vector<Move> out;
+  for (const Move& m : Plan(v, policy)) {
+    if (m.kind == MoveKind::kSplit) out.push_back(m);
+  }
+  return out;
+}
+
+// Three settled shards of 100 bytes and 10 ops/s each, ranges of 4096
+// slots from 0, each reporting its middle slot as the split point.
+ClusterView SplitView() {
+  ClusterView v = Cluster(3, 3, {1, 2, 3});
+  EXPECT_GE(Converge(&v), 0);
+  for (auto& s : v.shards) {
+    s.slot_begin = static_cast<uint32_t>((s.id - 1) * 4096);
+    s.slot_end = s.slot_begin + 4096;
+    s.split_slot = s.slot_begin + 2048;
+    s.bytes = 100;
+    s.ops_per_sec = 10;
+  }
+  return v;
+}
+
+TEST(Planner, SplitsTheShardMostOverAThreshold) {
+  PlannerPolicy both;
+  both.split_bytes = 1000;
+  both.split_ops_per_sec = 100;
+  PlannerPolicy none;  // thresholds 0: never
+  struct Case {
+    const char* name;
+    std::function<void(ClusterView*)> change;
+    PlannerPolicy policy;
+    uint64_t shard;  // 0: no split planned
+    uint32_t slot;
+  };
+  const std::vector<Case> cases = {
+      {"all under", [](ClusterView*) {}, both, 0, 0},
+      {"bytes over", [](ClusterView* v) { v->shards[1].bytes = 1001; }, both, 2, 6144},
+      {"bytes at the threshold", [](ClusterView* v) { v->shards[1].bytes = 1000; }, both, 0, 0},
+      {"ops over", [](ClusterView* v) { v->shards[2].ops_per_sec = 101; }, both, 3, 10240},
+      {"split slot reported elsewhere", [](ClusterView* v) {
+         v->shards[0].bytes = 5000;
+         v->shards[0].split_slot = 100;
+       }, both, 1, 100},
+      {"the most over of two", [](ClusterView* v) {
+         v->shards[0].bytes = 2000;         // 2x
+         v->shards[2].ops_per_sec = 300;    // 3x
+       }, both, 3, 10240},
+      {"the most over of two, by bytes", [](ClusterView* v) {
+         v->shards[0].bytes = 4000;         // 4x
+         v->shards[2].ops_per_sec = 300;    // 3x
+       }, both, 1, 2048},
+      {"only bytes count", [](ClusterView* v) { v->shards[0].ops_per_sec = 1'000'000; },
+       [] { PlannerPolicy p; p.split_bytes = 1000; return p; }(), 0, 0},
+      {"only ops count", [](ClusterView* v) { v->shards[0].bytes = 1'000'000; },
+       [] { PlannerPolicy p; p.split_ops_per_sec = 100; return p; }(), 0, 0},
+      {"thresholds 0", [](ClusterView* v) {
+         v->shards[0].bytes = UINT64_MAX / 2;
+         v->shards[0].ops_per_sec = UINT64_MAX / 2;
+       }, none, 0, 0},
+      {"a split under way", [](ClusterView* v) {
+         v->shards[0].bytes = 5000;
+         v->shards[2].splitting = true;
+       }, both, 0, 0},
+      {"the over shard itself splitting", [](ClusterView* v) {
+         v->shards[0].bytes = 5000;
+         v->shards[0].splitting = true;
+       }, both, 0, 0},
+      {"split slot at the range's begin", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].split_slot = v->shards[1].slot_begin;
+       }, both, 0, 0},
+      {"split slot at the range's end", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].split_slot = v->shards[1].slot_end;
+       }, both, 0, 0},
+      {"split slot past the range", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].split_slot = 12000;
+       }, both, 0, 0},
+      {"split slot below the range", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].split_slot = 100;
+       }, both, 0, 0},
+      {"nothing reported (0)", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].split_slot = v->shards[1].slot_begin = v->shards[1].slot_end = 0;
+       }, both, 0, 0},
+      {"over, but no leader reported", [](ClusterView* v) {
+         v->shards[1].bytes = 5000;
+         v->shards[1].reported = false;
+       }, both, 0, 0},
+      {"an invalid one does not hide a valid one", [](ClusterView* v) {
+         v->shards[0].bytes = 9000;
+         v->shards[0].split_slot = 0;
+         v->shards[1].bytes = 5000;
+       }, both, 2, 6144},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ClusterView v = SplitView();
+    c.change(&v);
+    auto splits = Splits(v, c.policy);
+    if (c.shard == 0) {
+      EXPECT_TRUE(splits.empty()) << Describe(splits[0]);
+      continue;
+    }
+    ASSERT_EQ(splits.size(), 1u);
+    EXPECT_EQ(splits[0].shard, c.shard) << Describe(splits[0]);
+    EXPECT_EQ(splits[0].slot, c.slot) << Describe(splits[0]);
+    EXPECT_FALSE(splits[0].reason.empty());
+  }
+}
+
+// Its membership is copied into the child: while a split is under way the
+// shard keeps it, even with a voter dead (a shard beside it is repaired).
+TEST(Planner, SplittingShardGetsNoMembershipMove) {
+  ClusterView v = Cluster(4, 2, {1, 2, 3});
+  ASSERT_GE(Converge(&v), 0);
+  for (auto& s : v.shards) {
+    s.want = s.actual = Membership{{1, 2, 3}, {}};
+    s.preferred_leader = 1;
+  }
+  v.shards[0].splitting = true;
+  SetState(&v, 3, NodeState::kDown);
+  int repairs_beside = 0;
+  for (const Move& m : Plan(v, {})) {
+    bool membership = m.kind == MoveKind::kReplaceReplica || m.kind == MoveKind::kAddReplicas ||
+                      m.kind == MoveKind::kRemoveReplica;
+    if (!membership) continue;
+    EXPECT_NE(m.shard, v.shards[0].id) << Describe(m);
+    repairs_beside += m.shard == v.shards[1].id ? 1 : 0;
+  }
+  EXPECT_EQ(repairs_beside, 1);
+  v.shards[0].splitting = false;  // the split done: it is repaired too
+  bool repaired = false;
+  for (const Move& m : Plan(v, {})) {
+    repaired |= m.shard == v.shards[0].id && m.kind == MoveKind::kReplaceReplica;
+  }
+  EXPECT_TRUE(repaired);
 }
 
 TEST(Planner, OddAtMost) {

@@ -14,6 +14,7 @@ struct Table {
   std::vector<CommandSpec> specs;
   std::array<ApplyFn, 1024> apply_by_op{};
   std::array<bool, 1024> alone_by_op{};
+  std::array<bool, 1024> keyed_by_op{};
 };
 
 const Table& GetTable() {
@@ -27,8 +28,12 @@ const Table& GetTable() {
       SHOAL_CHECK(t.apply_by_op[s.op] == nullptr);  // op ids are unique
       t.apply_by_op[s.op] = s.apply;
       t.alone_by_op[s.op] = (s.flags & kCmdNoBatch) != 0;
+      // A prepared entry keeps the first key first (every keyed write's first_key is 1).
+      SHOAL_CHECK(s.first_key == 0 || s.first_key == 1);
+      t.keyed_by_op[s.op] = s.first_key == 1;
     }
     t.apply_by_op[kOpExpireKey] = ExpireKeyApplyFn();
+    t.keyed_by_op[kOpExpireKey] = true;
     return t;
   }();
   return table;
@@ -46,6 +51,12 @@ ApplyFn FindApply(uint16_t op) {
 bool MustApplyAlone(uint16_t op) {
   const Table& t = GetTable();
   return op < t.alone_by_op.size() && t.alone_by_op[op];
+}
+
+std::optional<std::string_view> EntryKey(const Entry& entry) {
+  const Table& t = GetTable();
+  if (entry.op >= t.keyed_by_op.size() || !t.keyed_by_op[entry.op] || entry.args.empty()) return std::nullopt;
+  return std::string_view(entry.args[0]);
 }
 
 }  // namespace shoal::kv

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -70,6 +71,10 @@ std::span<const CommandSpec> DataCommands();
 ApplyFn FindApply(uint16_t op);
 // Whether entries of this op must be applied alone (kCmdNoBatch: FLUSHDB...).
 bool MustApplyAlone(uint16_t op);
+
+// The key a write entry changes (all its keys share that key's slot), or
+// nullopt for a keyless one (FLUSHDB, FLUSHALL).
+std::optional<std::string_view> EntryKey(const Entry& entry);
 
 // Internal op: removes key args[0] if it still expires at args[1] (ms) and
 // that time has passed at entry.now_ms. Proposed by active expiry.

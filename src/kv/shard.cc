@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "kv/commands.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
 
@@ -122,7 +123,7 @@ void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   staged_.clear();
   shard_->meta_cache_.Clear();
-  uint16_t begin = shard_->slot_begin_, end = shard_->slot_end_;
+  uint16_t begin = shard_->slot_begin(), end = shard_->slot_end();
   auto reset = [&](uint16_t d) {
     Counts& c = deltas_[d];
     c.keys = -shard_->KeyCount(d);
@@ -180,17 +181,55 @@ Shard::Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t
       counts_(new AtomicCounts[kDatabasesMax]),
       meta_cache_(meta_cache_entries) {}
 
-std::string Shard::MetaKey(std::string_view name) const {
-  return "shard/" + std::to_string(id_) + "/" + std::string(name);
+std::string Shard::MetaKeyOf(uint32_t id, std::string_view name) {
+  return "shard/" + std::to_string(id) + "/" + std::string(name);
 }
 
-std::string Shard::CountKey(char kind, uint16_t db) const {
-  return MetaKey(std::string(1, kind) + std::to_string(db));
+std::string Shard::CountKeyOf(uint32_t id, char kind, uint16_t db) {
+  return MetaKeyOf(id, std::string(1, kind) + std::to_string(db));
+}
+
+std::string Shard::CountKey(char kind, uint16_t db) const { return CountKeyOf(id_, kind, db); }
+
+std::string Shard::EncodeRange(uint16_t begin, uint16_t end) {
+  std::string v;
+  storage::PutU16BE(&v, begin);
+  storage::PutU16BE(&v, end);
+  return v;
+}
+
+namespace {
+bool DecodeRange(std::string_view v, uint16_t* begin, uint16_t* end) {
+  if (v.size() != 4) return false;
+  *begin = storage::GetU16BE(v.data());
+  *end = storage::GetU16BE(v.data() + 2);
+  return *begin < *end && *end <= storage::kSlotCount;
+}
+}  // namespace
+
+void Shard::StageRange(uint16_t begin, uint16_t end, storage::WriteBatch& batch) const {
+  batch.Put(storage::Cf::kMeta, MetaKey("range"), EncodeRange(begin, end));
 }
 
 Status Shard::Load() {
   std::string raw;
-  Status s = engine_->Get(storage::Cf::kMeta, MetaKey("applied"), &raw);
+  // The range this replica holds (it outlives the metadata's view of it:
+  // after a split the metadata may run ahead of, or behind, this replica).
+  Status s = engine_->Get(storage::Cf::kMeta, MetaKey("range"), &raw);
+  if (s.ok()) {
+    uint16_t b = 0, e = 0;
+    if (!DecodeRange(raw, &b, &e)) return Status::Corruption("range record of shard " + std::to_string(id_));
+    slot_begin_.store(b);
+    slot_end_.store(e);
+  } else if (s.code() == Code::kNotFound) {
+    auto batch = engine_->NewBatch();
+    StageRange(slot_begin(), slot_end(), *batch);
+    auto seq = engine_->Write(*batch);
+    if (!seq.ok()) return seq.status();
+  } else {
+    return s;
+  }
+  s = engine_->Get(storage::Cf::kMeta, MetaKey("applied"), &raw);
   if (s.ok()) {
     int64_t v = 0;
     if (!DecodeI64(raw, &v)) return Status::Corruption("applied index record");
@@ -261,6 +300,13 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   Status s;
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
     txn.set_now_ms(entries[i].now_ms);
+    std::optional<std::string_view> key = EntryKey(entries[i]);
+    if (key && !OwnsSlot(storage::KeySlot(*key))) {
+      // Proposed before this shard split and ordered after the split: the
+      // slot is another shard's now. Every replica refuses it alike.
+      reply->Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
+      continue;
+    }
     s = fns[i](txn, entries[i], limits, reply);
   }
   if (s.ok()) {
@@ -373,6 +419,8 @@ Status ParseRecords(std::string_view in, std::string_view allowed, std::vector<R
       int64_t v = 0;
       if (db < 0 || db >= kDatabasesMax || !DecodeI64(r.v, &v)) return Status::Corruption("image counter");
     }
+    uint16_t b = 0, e = 0;
+    if (r.kind == 'r' && !DecodeRange(r.v, &b, &e)) return Status::Corruption("image range");
     recs->push_back(r);
   }
   return Status::Ok();
@@ -417,6 +465,7 @@ Status ShardExport::WriteDataSst(const std::string& path) const {
 
 std::string ShardExport::CounterRecords() const {
   std::string out;
+  PutRecord(&out, 'r', "range", Shard::EncodeRange(slot_begin_, slot_end_));
   for (size_t db = 0; db < counts_.size(); ++db) {
     if (counts_[db].first == 0) continue;
     PutRecord(&out, 'k', std::to_string(db), EncodeI64(counts_[db].first));
@@ -460,7 +509,7 @@ std::unique_ptr<ShardExport> Shard::BeginExport() const {
   for (int db = 0; db < kDatabasesMax; ++db) {
     counts[static_cast<size_t>(db)] = {KeyCount(static_cast<uint16_t>(db)), ExpiresCount(static_cast<uint16_t>(db))};
   }
-  return std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin_, slot_end_,
+  return std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin(), slot_end(),
                                        applied_index_, std::move(counts));
 }
 
@@ -502,7 +551,7 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   std::string_view sst;
   if (v2 && !GetBytes(&in, &sst)) return Status::Corruption("shard image sst");
   std::vector<Record> recs;
-  Status parsed = ParseRecords(in, v2 ? "xke" : "dxke", &recs);
+  Status parsed = ParseRecords(in, v2 ? "xker" : "dxker", &recs);
   if (!parsed.ok()) return parsed;
   // With an SST, the clearing and the small records go first, in one durable
   // write that also records the import in progress (marker); then the file
@@ -523,10 +572,15 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   Status cleared = StageClear(*first);
   if (!cleared.ok()) return cleared;
   pending_counts_.clear();
+  pending_begin_ = pending_end_ = 0;
   for (const auto& r : recs) {
     switch (r.kind) {
       case 'd': first->Put(storage::Cf::kData, r.k, r.v); break;
       case 'x': first->Put(storage::Cf::kExpiry, r.k, ""); break;
+      case 'r':
+        DecodeRange(r.v, &pending_begin_, &pending_end_);
+        first->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
+        break;
       default: {
         int db = std::atoi(std::string(r.k).c_str());
         int64_t v = 0;
@@ -546,7 +600,7 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   Status s = ReadWholeFile(dir + "/counters", &counters);
   if (!s.ok()) return s;
   std::vector<Record> recs;
-  s = ParseRecords(counters, "ke", &recs);
+  s = ParseRecords(counters, "ker", &recs);
   if (!s.ok()) return s;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
@@ -565,7 +619,13 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   s = StageClear(*pre);
   if (!s.ok()) return s;
   pending_counts_.clear();
+  pending_begin_ = pending_end_ = 0;
   for (const auto& r : recs) {
+    if (r.kind == 'r') {
+      DecodeRange(r.v, &pending_begin_, &pending_end_);
+      pre->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
+      continue;
+    }
     int db = std::atoi(std::string(r.k).c_str());
     int64_t v = 0;
     DecodeI64(r.v, &v);
@@ -608,6 +668,7 @@ Status Shard::StageDestroy(storage::WriteBatch& batch) {
   Status s = StageClear(batch);
   if (!s.ok()) return s;
   batch.Delete(storage::Cf::kMeta, MetaKey("applied"));
+  batch.Delete(storage::Cf::kMeta, MetaKey("range"));
   batch.Delete(storage::Cf::kData, SentinelKey());
   return Status::Ok();
 }
@@ -647,6 +708,72 @@ void Shard::FinishImage() {
     (c.kind == 'k' ? counts_[c.db].keys : counts_[c.db].expires).store(c.value, std::memory_order_relaxed);
   }
   pending_counts_.clear();
+  if (pending_end_ != 0) {
+    // The image's range (a later state may hold fewer slots: it split).
+    slot_begin_.store(pending_begin_, std::memory_order_release);
+    slot_end_.store(pending_end_, std::memory_order_release);
+    pending_begin_ = pending_end_ = 0;
+  }
+  meta_cache_.Clear();
+}
+
+Status Shard::StageSplit(uint32_t child, uint16_t slot, uint64_t index, storage::WriteBatch& batch,
+                         bool write_child) {
+  const uint16_t begin = slot_begin(), end = slot_end();
+  if (slot <= begin || slot >= end) {
+    return Status::InvalidArgument("split slot " + std::to_string(slot) + " is not inside the range [" +
+                                   std::to_string(begin) + ", " + std::to_string(end) + ")");
+  }
+  // Count what goes with the child: its keys and expiring keys, per db.
+  PendingSplit split;
+  split.slot = slot;
+  split.counts.assign(kDatabasesMax, {0, 0});
+  std::vector<uint16_t> dbs;
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    if (KeyCount(static_cast<uint16_t>(db)) != 0) dbs.push_back(static_cast<uint16_t>(db));
+  }
+  auto it = engine_->NewIterator(storage::Cf::kData);
+  for (uint32_t s = slot; s < end; ++s) {  // by [slot][db] prefix, as the store seeks
+    for (uint16_t db : dbs) {
+      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(s), db);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        Value v;
+        auto& c = split.counts[db];
+        c.first += 1;
+        if (DecodeValue(it->value(), &v) && v.expire_at_ms != 0) c.second += 1;
+      }
+      if (!it->status().ok()) return it->status();
+    }
+  }
+  StageRange(begin, slot, batch);
+  if (write_child) {
+    batch.Put(storage::Cf::kMeta, MetaKeyOf(child, "range"), EncodeRange(slot, end));
+    batch.Put(storage::Cf::kMeta, MetaKeyOf(child, "applied"), EncodeI64(1));
+  }
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    auto [keys, expires] = split.counts[static_cast<size_t>(db)];
+    if (keys == 0 && expires == 0) continue;
+    uint16_t d = static_cast<uint16_t>(db);
+    batch.Put(storage::Cf::kMeta, CountKey('k', d), EncodeI64(KeyCount(d) - keys));
+    batch.Put(storage::Cf::kMeta, CountKey('e', d), EncodeI64(ExpiresCount(d) - expires));
+    if (!write_child) continue;
+    batch.Put(storage::Cf::kMeta, CountKeyOf(child, 'k', d), EncodeI64(keys));
+    batch.Put(storage::Cf::kMeta, CountKeyOf(child, 'e', d), EncodeI64(expires));
+  }
+  StageApplied(index, batch);
+  pending_split_ = std::move(split);
+  return Status::Ok();
+}
+
+void Shard::FinishSplit() {
+  if (!pending_split_) return;
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    auto [keys, expires] = pending_split_->counts[static_cast<size_t>(db)];
+    counts_[db].keys.fetch_sub(keys, std::memory_order_relaxed);
+    counts_[db].expires.fetch_sub(expires, std::memory_order_relaxed);
+  }
+  slot_end_.store(pending_split_->slot, std::memory_order_release);
+  pending_split_.reset();
   meta_cache_.Clear();
 }
 

@@ -197,7 +197,29 @@ class Shard {
   Status StageClear(storage::WriteBatch& batch);
   // The key an image's data SST ends with (names the shard and the index).
   static std::string SentinelKey(uint32_t id);
-  bool OwnsSlot(uint16_t slot) const { return slot >= slot_begin_ && slot < slot_end_; }
+  // A slot range as stored ([begin u16 BE][end u16 BE]).
+  static std::string EncodeRange(uint16_t begin, uint16_t end);
+  // Whether the shard holds `slot` now. Any thread. The range is part of the
+  // replicated state: it shrinks only when the shard splits (StageSplit) or
+  // takes an image of a later state, and a write of a slot the shard no
+  // longer holds is refused at apply, the same way on every replica.
+  bool OwnsSlot(uint16_t slot) const {
+    return slot >= slot_begin_.load(std::memory_order_acquire) && slot < slot_end_.load(std::memory_order_acquire);
+  }
+
+  // Hands the slots [slot, slot_end()) to a new shard `child`, as the log
+  // entry at `index` says (docs/design/splits.md). The data stays where it
+  // is (keys are slot-prefixed); staged into `batch`: this shard's smaller
+  // range, counters and applied index, and the child's range, counters and
+  // applied index 1 (a child's Raft log starts at 1). FinishSplit() once the
+  // batch is written. Fails, staging nothing, unless slot_begin() < slot <
+  // slot_end(). Reads the shard's range of the store: the caller has
+  // written every earlier apply.
+  // write_child false: only this shard's records (the child, if any, is
+  // not this split's).
+  Status StageSplit(uint32_t child, uint16_t slot, uint64_t index, storage::WriteBatch& batch,
+                    bool write_child = true);
+  void FinishSplit();
 
   struct ExpiredKey {
     uint16_t db;
@@ -211,8 +233,8 @@ class Shard {
   uint64_t applied_index() const { return applied_index_; }
   size_t meta_cache_size() const { return meta_cache_.size(); }
   uint32_t id() const { return id_; }
-  uint16_t slot_begin() const { return slot_begin_; }
-  uint16_t slot_end() const { return slot_end_; }
+  uint16_t slot_begin() const { return slot_begin_.load(std::memory_order_acquire); }
+  uint16_t slot_end() const { return slot_end_.load(std::memory_order_acquire); }
   // Keys stored (live or expired but not yet removed) in db. Any thread.
   int64_t KeyCount(uint16_t db) const { return counts_[db].keys.load(std::memory_order_relaxed); }
   int64_t ExpiresCount(uint16_t db) const {
@@ -221,7 +243,10 @@ class Shard {
 
  private:
   friend class ApplyTxn;
-  std::string MetaKey(std::string_view name) const;
+  std::string MetaKey(std::string_view name) const { return MetaKeyOf(id_, name); }
+  static std::string MetaKeyOf(uint32_t id, std::string_view name);
+  static std::string CountKeyOf(uint32_t id, char kind, uint16_t db);
+  void StageRange(uint16_t begin, uint16_t end, storage::WriteBatch& batch) const;
   std::string SnapshotDir() const;
   std::string IncomingSstPath(uint64_t index) const;
   std::string IncomingExpiryPath(uint64_t index) const;
@@ -238,6 +263,15 @@ class Shard {
     int64_t value;
   };
   std::vector<PendingCount> pending_counts_;
+  // An image's range, set by FinishImage (0, 0: the image named none).
+  uint16_t pending_begin_ = 0, pending_end_ = 0;
+  // A staged split: the first slot given away and, per db, the keys and
+  // expiring keys that went with it.
+  struct PendingSplit {
+    uint16_t slot = 0;
+    std::vector<std::pair<int64_t, int64_t>> counts;
+  };
+  std::optional<PendingSplit> pending_split_;
 
   struct AtomicCounts {
     std::atomic<int64_t> keys{0};
@@ -245,7 +279,7 @@ class Shard {
   };
   storage::Engine* engine_;
   uint32_t id_;
-  uint16_t slot_begin_, slot_end_;
+  std::atomic<uint16_t> slot_begin_, slot_end_;  // written on the owner thread only
   uint64_t applied_index_ = 0;
   std::unique_ptr<storage::WriteBatch> batch_;
   std::unique_ptr<AtomicCounts[]> counts_;

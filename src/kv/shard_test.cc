@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kv/commands.h"
+#include "storage/keys.h"
 #include "storage/slot.h"
 
 namespace shoal::kv {
@@ -17,26 +18,34 @@ namespace {
 // writes through prepare + apply.
 class ShardHarness {
  public:
-  explicit ShardHarness(const std::string& name) {
+  explicit ShardHarness(const std::string& name, uint16_t slot_begin = 0,
+                        uint16_t slot_end = storage::kSlotCount) {
     dir_ = std::filesystem::temp_directory_path() /
            ("shoal_shard_test_" + std::to_string(::getpid()) + "_" + name);
     std::filesystem::remove_all(dir_);
-    Open();
+    Open(slot_begin, slot_end);
   }
   ~ShardHarness() {
     shard_.reset();
     engine_.reset();
     std::filesystem::remove_all(dir_);
   }
-  void Open() {
+  // (Re)opens the engine and shard 0; [begin, end) is the range a shard
+  // without a stored one starts with.
+  void Open(uint16_t begin = 0, uint16_t end = storage::kSlotCount) {
     shard_.reset();
     engine_.reset();
     engine_ = std::move(storage::Engine::Open({.dir = dir_.string(), .memory_budget_bytes = 64 << 20}).value());
-    shard_ = std::make_unique<Shard>(engine_.get(), 0, 0, storage::kSlotCount);
+    shard_ = std::make_unique<Shard>(engine_.get(), 0, begin, end);
     EXPECT_TRUE(shard_->Load().ok());
   }
 
   std::string Run(std::vector<std::string> words, uint16_t db = 0) {
+    return RunOn(*shard_, std::move(words), db);
+  }
+
+  // As Run, against another shard of the same engine (a split's child).
+  std::string RunOn(Shard& shard, std::vector<std::string> words, uint16_t db = 0) {
     std::vector<std::string_view> args(words.begin(), words.end());
     std::string out;
     resp::Writer w(&out, 2);
@@ -46,7 +55,7 @@ class ShardHarness {
     }
     if (spec == nullptr) return "unknown";
     if (spec->read) {
-      Shard* shards[] = {shard_.get()};
+      Shard* shards[] = {&shard};
       ReadContext ctx{engine_.get(), db, now_ms, &limits_, shards, 42};
       spec->read(ctx, args, &w);
       return out;
@@ -62,11 +71,31 @@ class ShardHarness {
       entry.args.assign(words.begin() + 1, words.end());
     }
     log.push_back(entry);
-    EXPECT_TRUE(shard_->Apply(entry, FindApply(entry.op), limits_, &w).ok());
+    EXPECT_TRUE(shard.Apply(entry, FindApply(entry.op), limits_, &w).ok());
     return out;
   }
 
   Shard& shard() { return *shard_; }
+  storage::Engine& engine() { return *engine_; }
+  // Splits shard 0 at `slot` into `child` as the log entry after the last
+  // applied one, as a replica does: stage, write, finish.
+  Status Split(uint32_t child, uint16_t slot) {
+    auto batch = engine_->NewBatch();
+    Status s = shard_->StageSplit(child, slot, shard_->applied_index() + 1, *batch);
+    if (!s.ok()) return s;
+    auto seq = engine_->Write(*batch);
+    if (!seq.ok()) return seq.status();
+    shard_->FinishSplit();
+    return Status::Ok();
+  }
+  // The stored value of key in db (whichever shard holds it), or "<none>".
+  std::string Stored(const std::string& key, uint16_t db = 0) {
+    std::string raw;
+    if (!engine_->Get(storage::Cf::kData, storage::DataKey(db, key), &raw).ok()) return "<none>";
+    Value v;
+    EXPECT_TRUE(DecodeValue(raw, &v));
+    return std::string(v.payload);
+  }
   Status ImportFiles(const std::string& dir, uint64_t index) {
     auto batch = engine_->NewBatch();
     Shard::ImportMarker marker{"Ptest", "x"};
@@ -301,6 +330,228 @@ TEST(Shard, ScanVisitsEveryKeyOnce) {
   }
   EXPECT_EQ(cursor, "0");
   EXPECT_EQ(seen.size(), 300u);
+}
+
+
+constexpr uint16_t kSplitSlot = 8192;
+constexpr uint32_t kChild = 9;
+
+// `n` keys named prefix + number, all below kSplitSlot (kept by the parent
+// of a split there) or all at or above it (moved to the child).
+std::vector<std::string> KeysOnSide(const std::string& prefix, size_t n, bool moved) {
+  std::vector<std::string> out;
+  for (int i = 0; out.size() < n; ++i) {
+    std::string key = prefix + std::to_string(i);
+    if ((storage::KeySlot(key) >= kSplitSlot) == moved) out.push_back(key);
+  }
+  return out;
+}
+
+// Writes, per side of kSplitSlot, plain and expiring keys into dbs 0 and 5
+// (and kept ones into db 2): db 0 keeps 3 + 2 expiring, moves 4 + 3; db 5
+// keeps 1, moves 1 + 1; db 2 keeps 2, moves none.
+void FillBothSides(ShardHarness& h) {
+  for (const auto& k : KeysOnSide("kp", 3, false)) h.Run({"set", k, "v"});
+  for (const auto& k : KeysOnSide("ke", 2, false)) h.Run({"set", k, "v", "px", "100000"});
+  for (const auto& k : KeysOnSide("mp", 4, true)) h.Run({"set", k, "v"});
+  for (const auto& k : KeysOnSide("me", 3, true)) h.Run({"set", k, "v", "px", "100000"});
+  for (const auto& k : KeysOnSide("kp", 1, false)) h.Run({"set", k, "v"}, 5);
+  for (const auto& k : KeysOnSide("mp", 1, true)) h.Run({"set", k, "v"}, 5);
+  for (const auto& k : KeysOnSide("me", 1, true)) h.Run({"set", k, "v", "ex", "100"}, 5);
+  for (const auto& k : KeysOnSide("kp", 2, false)) h.Run({"set", k, "v"}, 2);
+}
+
+// The counters of the keys that go with the child add up exactly: the
+// parent keeps the rest, the child's records get what moved, per db.
+TEST(ShardSplit, MovesCountersExactlyAndShrinksTheRange) {
+  ShardHarness h("split_counts");
+  FillBothSides(h);
+  ASSERT_EQ(h.shard().KeyCount(0), 12);
+  ASSERT_EQ(h.shard().ExpiresCount(0), 5);
+  uint64_t index = h.shard().applied_index() + 1;
+  ASSERT_TRUE(h.Split(kChild, kSplitSlot).ok());
+  EXPECT_EQ(h.shard().slot_begin(), 0);
+  EXPECT_EQ(h.shard().slot_end(), kSplitSlot);
+  EXPECT_EQ(h.shard().applied_index(), index);
+  EXPECT_EQ(h.shard().KeyCount(0), 5);
+  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
+  EXPECT_EQ(h.shard().KeyCount(5), 1);
+  EXPECT_EQ(h.shard().ExpiresCount(5), 0);
+  EXPECT_EQ(h.shard().KeyCount(2), 2);
+  EXPECT_EQ(h.Run({"dbsize"}), ":5\r\n");
+  // The child, opened on the same engine, finds its range, applied index
+  // and counters stored (not the range it was constructed with).
+  Shard child(&h.engine(), kChild, 0, storage::kSlotCount);
+  ASSERT_TRUE(child.Load().ok());
+  EXPECT_EQ(child.slot_begin(), kSplitSlot);
+  EXPECT_EQ(child.slot_end(), storage::kSlotCount);
+  EXPECT_EQ(child.applied_index(), 1u);
+  EXPECT_EQ(child.KeyCount(0), 7);
+  EXPECT_EQ(child.ExpiresCount(0), 3);
+  EXPECT_EQ(child.KeyCount(5), 2);
+  EXPECT_EQ(child.ExpiresCount(5), 1);
+  EXPECT_EQ(child.KeyCount(2), 0);
+  // The expiry index stays in place: each shard finds only its own keys due.
+  const int64_t later = h.now_ms + 200'000;
+  EXPECT_EQ(h.shard().DueExpiries(later, 100).size(), 2u);
+  auto due = child.DueExpiries(later, 100);
+  EXPECT_EQ(due.size(), 4u);
+  for (const auto& d : due) EXPECT_GE(storage::KeySlot(d.key), kSplitSlot) << d.key;
+  // The parent's counters are stored too: a reopen finds the same.
+  h.Open();
+  EXPECT_EQ(h.shard().slot_end(), kSplitSlot);
+  EXPECT_EQ(h.shard().KeyCount(0), 5);
+  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
+  EXPECT_EQ(h.shard().KeyCount(5), 1);
+  EXPECT_EQ(h.shard().applied_index(), index);
+}
+
+// After the split the parent refuses writes of the moved slots (they belong
+// to the child now) without changing anything, and takes writes of its own.
+TEST(ShardSplit, ParentRefusesMovedSlotsAndChildTakesThem) {
+  ShardHarness h("split_writes");
+  FillBothSides(h);
+  const std::string moved = KeysOnSide("mp", 1, true)[0];
+  const std::string moved_new = KeysOnSide("mnew", 1, true)[0];
+  const std::string kept = KeysOnSide("kp", 1, false)[0];
+  ASSERT_TRUE(h.Split(kChild, kSplitSlot).ok());
+  EXPECT_TRUE(h.Run({"set", moved, "changed"}).starts_with("-TRYAGAIN"));
+  EXPECT_TRUE(h.Run({"set", moved_new, "x", "px", "50"}).starts_with("-TRYAGAIN"));
+  EXPECT_TRUE(h.Run({"del", moved}).starts_with("-TRYAGAIN"));
+  EXPECT_TRUE(h.Run({"incr", moved_new}).starts_with("-TRYAGAIN"));
+  EXPECT_EQ(h.Stored(moved), "v");
+  EXPECT_EQ(h.Stored(moved_new), "<none>");
+  EXPECT_EQ(h.shard().KeyCount(0), 5);
+  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
+  EXPECT_EQ(h.Run({"set", kept, "new"}), "+OK\r\n");
+  EXPECT_EQ(h.Stored(kept), "new");
+  // In one batch, a refused entry keeps its place among the replies.
+  const std::string kept_new = KeysOnSide("knew", 1, false)[0];
+  ShardHarness scratch("split_writes_log");  // prepares the entries
+  scratch.Run({"set", kept_new, "1"});
+  scratch.Run({"set", moved, "2"});
+  scratch.Run({"incr", kept_new});
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : scratch.log) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(h.shard().ApplyBatch(scratch.log, fns, Limits{}, &w).ok());
+  EXPECT_EQ(replies, "+OK\r\n-TRYAGAIN the key's slot moved to another shard (a split); retry\r\n:2\r\n");
+  EXPECT_EQ(h.Stored(moved), "v");
+  EXPECT_EQ(h.shard().KeyCount(0), 6);
+  // The child applies writes of its slots, refuses the parent's, and its
+  // counters go on from the moved ones.
+  Shard child(&h.engine(), kChild, kSplitSlot, storage::kSlotCount);
+  ASSERT_TRUE(child.Load().ok());
+  EXPECT_EQ(h.RunOn(child, {"get", moved}), "$1\r\nv\r\n");
+  EXPECT_EQ(h.RunOn(child, {"set", moved, "child"}), "+OK\r\n");
+  EXPECT_EQ(h.RunOn(child, {"set", moved_new, "n"}), "+OK\r\n");
+  EXPECT_TRUE(h.RunOn(child, {"set", kept, "x"}).starts_with("-TRYAGAIN"));
+  EXPECT_EQ(h.Stored(moved), "child");
+  EXPECT_EQ(h.Stored(kept), "new");
+  EXPECT_EQ(child.KeyCount(0), 8);
+  EXPECT_EQ(child.applied_index(), 4u);
+  // Flushing one shard leaves the other's keys on the shared engine alone.
+  EXPECT_EQ(h.Run({"flushall"}), "+OK\r\n");
+  EXPECT_EQ(h.Stored(kept), "<none>");
+  EXPECT_EQ(h.Stored(moved), "child");
+  EXPECT_EQ(h.RunOn(child, {"dbsize"}), ":8\r\n");
+}
+
+TEST(ShardSplit, SlotOutsideTheRangeFailsAndStagesNothing) {
+  ShardHarness h("split_bad", 100, 200);
+  std::string key;
+  for (int i = 0; key.empty() || storage::KeySlot(key) < 100 || storage::KeySlot(key) >= 200; ++i) {
+    key = "k" + std::to_string(i);
+  }
+  ASSERT_EQ(h.Run({"set", key, "v"}), "+OK\r\n");
+  uint64_t applied = h.shard().applied_index();
+  for (uint16_t slot : std::vector<uint16_t>{0, 99, 100, 200, 201, storage::kSlotCount}) {
+    auto batch = h.engine().NewBatch();
+    EXPECT_FALSE(h.shard().StageSplit(kChild, slot, applied + 1, *batch).ok()) << slot;
+    EXPECT_EQ(batch->Count(), 0u) << slot;
+    h.shard().FinishSplit();  // nothing staged: nothing to finish
+    EXPECT_EQ(h.shard().slot_begin(), 100) << slot;
+    EXPECT_EQ(h.shard().slot_end(), 200) << slot;
+    EXPECT_EQ(h.shard().applied_index(), applied) << slot;
+  }
+  Shard child(&h.engine(), kChild, 1, 2);
+  ASSERT_TRUE(child.Load().ok());
+  EXPECT_EQ(child.slot_begin(), 1);  // no range was stored for it
+  EXPECT_EQ(child.applied_index(), 0u);
+  // The edges of a valid split: one slot on either side.
+  ASSERT_TRUE(h.Split(kChild, 101).ok());
+  EXPECT_EQ(h.shard().slot_end(), 101);
+  EXPECT_FALSE(h.Split(kChild + 1, 101).ok());  // a range of one slot cannot split
+}
+
+TEST(ShardSplit, RangePersistsAcrossReopen) {
+  ShardHarness h("split_range", 100, 200);  // no range stored yet: this one is written
+  h.Open(0, storage::kSlotCount);
+  EXPECT_EQ(h.shard().slot_begin(), 100);
+  EXPECT_EQ(h.shard().slot_end(), 200);
+  ASSERT_TRUE(h.Split(kChild, 150).ok());
+  h.Open(0, storage::kSlotCount);
+  EXPECT_EQ(h.shard().slot_begin(), 100);
+  EXPECT_EQ(h.shard().slot_end(), 150);
+}
+
+// A replica that missed the split catches up from an image taken after it:
+// it takes the image's smaller range and drops the keys of the slots it no
+// longer holds (inline and file images alike).
+TEST(ShardSplit, ImageCarriesTheRangeAndAnOlderReplicaAdoptsIt) {
+  ShardHarness a("split_img_a");
+  FillBothSides(a);
+  ASSERT_TRUE(a.Split(kChild, kSplitSlot).ok());
+  const std::string moved = KeysOnSide("mp", 1, true)[0];
+  const std::string kept = KeysOnSide("kp", 1, false)[0];
+  a.Run({"set", kept, "after"});
+  uint64_t index = a.shard().applied_index();
+  auto image = a.shard().ExportImage();
+  ASSERT_TRUE(image.ok());
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_split_img_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  // Two replicas that hold the whole range, the moved keys included.
+  ShardHarness inline_b("split_img_b"), files_c("split_img_c");
+  for (ShardHarness* h : {&inline_b, &files_c}) FillBothSides(*h);
+  {
+    auto batch = inline_b.engine().NewBatch();
+    ASSERT_TRUE(inline_b.shard().StageImage(*image, index, *batch).ok());
+    ASSERT_TRUE(inline_b.engine().Write(*batch).ok());
+    inline_b.shard().FinishImage();
+  }
+  ASSERT_TRUE(files_c.ImportFiles(dir.string(), index).ok());
+  std::filesystem::remove_all(dir);
+  for (ShardHarness* h : {&inline_b, &files_c}) {
+    for (int reopened = 0; reopened < 2; ++reopened) {
+      SCOPED_TRACE(h == &inline_b ? "inline image" : "file image");
+      EXPECT_EQ(h->shard().slot_begin(), 0);
+      EXPECT_EQ(h->shard().slot_end(), kSplitSlot);
+      EXPECT_EQ(h->shard().applied_index(), index);
+      EXPECT_EQ(h->Stored(kept), "after");
+      EXPECT_EQ(h->Stored(moved), "<none>");
+      EXPECT_EQ(h->Stored(KeysOnSide("mp", 1, true)[0], 5), "<none>");
+      EXPECT_EQ(h->shard().KeyCount(0), 5);
+      EXPECT_EQ(h->shard().ExpiresCount(0), 2);
+      EXPECT_EQ(h->shard().KeyCount(5), 1);
+      EXPECT_EQ(h->shard().ExpiresCount(5), 0);
+      EXPECT_TRUE(h->Run({"set", moved, "x"}).starts_with("-TRYAGAIN"));
+      // The expiry index holds the kept expiring keys only.
+      size_t expiring = 0;
+      {
+        auto it = h->engine().NewIterator(storage::Cf::kExpiry);
+        for (it->SeekToFirst(); it->Valid(); it->Next()) {
+          storage::DecodedExpiryKey d;
+          ASSERT_TRUE(storage::DecodeExpiryKey(it->key(), &d));
+          EXPECT_LT(storage::KeySlot(d.key), kSplitSlot) << d.key;
+          ++expiring;
+        }
+      }
+      EXPECT_EQ(expiring, 2u);
+      h->Open();  // the adopted range is stored
+    }
+  }
 }
 
 }  // namespace

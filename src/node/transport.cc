@@ -264,6 +264,11 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         for (raft::NodeId v : r.voters) l->add_voters(v);
         for (raft::NodeId v : r.learners) l->add_learners(v);
         l->set_joint(r.joint);
+        l->set_slot_begin(r.slot_begin);
+        l->set_slot_end(r.slot_end);
+        l->set_bytes(r.bytes);
+        l->set_ops_per_sec(r.ops_per_sec);
+        l->set_split_slot(r.split_slot);
       }
     }
     frame.clear();
@@ -360,7 +365,9 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       std::vector<LeaderReport> leaders;
       for (const auto& l : pf.leaders()) {
         leaders.push_back(LeaderReport{l.group(), l.term(), {l.voters().begin(), l.voters().end()},
-                                       {l.learners().begin(), l.learners().end()}, l.joint()});
+                                       {l.learners().begin(), l.learners().end()}, l.joint(),
+                                       l.slot_begin(), l.slot_end(), l.bytes(), l.ops_per_sec(),
+                                       l.split_slot()});
       }
       leaders_(pf.from_node(), std::move(leaders));
     }

@@ -38,6 +38,11 @@ struct LeaderReport {
   std::vector<raft::NodeId> voters;  // incoming and outgoing while joint
   std::vector<raft::NodeId> learners;
   bool joint = false;
+  // Data shards (see LeaderReport in proto/peer.proto); 0 when unknown.
+  uint32_t slot_begin = 0, slot_end = 0;
+  uint64_t bytes = 0;
+  uint64_t ops_per_sec = 0;
+  uint32_t split_slot = 0;
 };
 
 // A node's snapshot transfers, as gossiped (counters since it started).

@@ -54,8 +54,38 @@ bool DecodeMarker(std::string_view raw, raft::SnapshotMeta* meta) {
 }
 
 constexpr std::string_view kTicketMagic("\0SHTKT1\0", 8);
+constexpr char kSplitTag = 'S';
+constexpr char kSplitVersion = 1;
 
 }  // namespace
+
+std::string SplitCommand::Encode() const {
+  std::string out{kSplitTag, kSplitVersion};
+  out.append(reinterpret_cast<const char*>(&child), 8);
+  out.append(reinterpret_cast<const char*>(&slot), 2);
+  return out;
+}
+
+bool SplitCommand::Decode(std::string_view data, SplitCommand* out) {
+  if (data.size() != 12 || data[0] != kSplitTag || data[1] != kSplitVersion) return false;
+  std::memcpy(&out->child, data.data() + 2, 8);
+  std::memcpy(&out->slot, data.data() + 10, 2);
+  return out->child != 0;
+}
+
+Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
+                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch) {
+  if (storage::RaftStore::HasState(engine, split.child)) {
+    return Status::InvalidArgument("group " + std::to_string(split.child) + " already has state here");
+  }
+  auto store = storage::RaftStore::Open(engine, split.child);
+  if (!store.ok()) return store.status();
+  Status s = parent.StageSplit(static_cast<uint32_t>(split.child), split.slot, index, batch);
+  if (!s.ok()) return s;
+  (*store)->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = conf}, batch);
+  (*store)->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, batch);
+  return Status::Ok();
+}
 
 std::string SnapshotTicket::Encode() const {
   std::string out(kTicketMagic);
@@ -226,6 +256,10 @@ Status Replica::Init() {
     sm_->FinishImport();
   }
   store_->set_snapshot_fn([this]() -> Result<raft::Snapshot> {
+    // A new leader sends no snapshot until it has applied what earlier
+    // leaders committed: an older image could name a range wider than what
+    // the receiver now holds (a split it already applied).
+    if (is_leader() && sm_->applied_index() < term_start_index_) return raft::unavailable_error();
     raft::Snapshot snap;
     snap.meta.index = sm_->applied_index();
     auto term = store_->term(snap.meta.index);
@@ -510,6 +544,13 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     store_->ApplySnapshot(rd.snapshot->meta, batch);
   }
   if (!rd.entries.empty()) store_->Append(rd.entries, batch);
+  for (const auto& e : rd.entries) {
+    SplitCommand split;
+    if (e.type == raft::EntryType::kNormal && SplitCommand::Decode(e.data, &split)) {
+      split_index_ = std::max(split_index_, e.index);
+      lease_until_us_.store(0, std::memory_order_release);
+    }
+  }
   if (rd.hard_state) {
     store_->SetHardState(*rd.hard_state, batch);
   } else if (rd.snapshot) {
@@ -620,12 +661,18 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   };
   for (const auto& e : ents) {
     if (e.index <= sm_->applied_index()) continue;
-    if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
+    SplitCommand split;
+    bool is_split = e.type == raft::EntryType::kNormal && SplitCommand::Decode(e.data, &split);
+    if (e.type == raft::EntryType::kNormal && !e.data.empty() && !is_split) {
       run.push_back(&e);
       continue;
     }
     apply_run();
-    if (e.type == raft::EntryType::kConfChange) {
+    if (is_split) {
+      flush();  // the split reads the store: earlier applies first
+      ApplySplit(e, split);
+      answer(e, "+OK\r\n");
+    } else if (e.type == raft::EntryType::kConfChange) {
       auto cc = raft::decode_conf_change(e.data);
       if (cc.ok() && e.index <= void_conf_upto_) {
         // Left in the log from before an unsafe recovery: the forced
@@ -678,6 +725,46 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   applied_.store(sm_->applied_index(), std::memory_order_release);
 }
 
+void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split) {
+  // Whether the group splits is decided by replicated state only (its range
+  // and membership at this index), so every replica decides alike; whether
+  // a child is created here is this node's business (the splitter's).
+  auto* kv_sm = dynamic_cast<KvStateMachine*>(sm_.get());
+  const raft::ConfState cs = store_->conf_state();
+  const char* refused = kv_sm == nullptr                 ? "the group holds no data shard"
+                        : !cs.voters_outgoing.empty()    ? "the group is changing its membership"
+                        : split.slot <= kv_sm->shard()->slot_begin() || split.slot >= kv_sm->shard()->slot_end()
+                            ? "the slot is not inside the shard's range"
+                            : nullptr;
+  if (refused != nullptr) {
+    spdlog::warn("group {}: split at {} into group {} ignored: {}", opts_.group, e.index, split.child, refused);
+    sm_->StageApplied(e.index, *apply_batch_);
+    return;
+  }
+  bool child_here = opts_.splitter != nullptr && opts_.splitter->StageSplit(*this, split, cs, e.index, *apply_batch_);
+  if (!child_here) {
+    apply_batch_->Clear();  // whatever a refusing splitter staged
+    Status s = kv_sm->shard()->StageSplit(static_cast<uint32_t>(split.child), split.slot, e.index, *apply_batch_,
+                                          /*write_child=*/false);
+    if (!s.ok()) {
+      spdlog::error("group {}: split at {}: {}", opts_.group, e.index, s.ToString());
+      sm_->StageApplied(e.index, *apply_batch_);
+    }
+  }
+  auto seq = engine_->Write(*apply_batch_);
+  apply_batch_->Clear();
+  if (!seq.ok()) {
+    // Going on would leave this replica holding slots the others gave away.
+    // Stop; at restart the entry applies again.
+    spdlog::critical("group {}: split write at {} failed: {}", opts_.group, e.index, seq.status().ToString());
+    SHOAL_CHECK(seq.ok() && "split write failed");
+  }
+  kv_sm->shard()->FinishSplit();
+  spdlog::info("group {}: split at log index {}: slots from {} now belong to group {}{}", opts_.group, e.index,
+               split.slot, split.child, child_here ? "" : " (no replica of it created here)");
+  if (child_here) opts_.splitter->FinishSplit(*this, split);
+}
+
 raft::Index Replica::SnapshotFloor() {
   const raft::Raft& r = node_->raft();
   if (r.role() != raft::Role::kLeader) {
@@ -724,7 +811,7 @@ void Replica::Publish(int64_t now_mono_us) {
   term_.store(r.term(), std::memory_order_release);
   applied_.store(sm_->applied_index(), std::memory_order_release);
   bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&
-               sm_->applied_index() >= term_start_index_;
+               sm_->applied_index() >= term_start_index_ && sm_->applied_index() >= split_index_;
   lease_until_us_.store(lease ? now_mono_us + opts_.tick_ms * 1000 : 0, std::memory_order_release);
 }
 

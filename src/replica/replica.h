@@ -72,6 +72,9 @@ class StateMachine {
   virtual Status StageDestroy(storage::WriteBatch&) {
     return Status::InvalidArgument("this state machine cannot be destroyed");
   }
+  // Whether the state machine holds `slot` now (a data shard's range). Any
+  // thread.
+  virtual bool OwnsSlot(uint16_t) const { return true; }
 };
 
 // The key-value state machine of a data shard: log entries carry batches of
@@ -102,6 +105,7 @@ class KvStateMachine final : public StateMachine {
     return shard_->StageImportFiles(dir, index, batch, marker);
   }
   Status StageDestroy(storage::WriteBatch& batch) override { return shard_->StageDestroy(batch); }
+  bool OwnsSlot(uint16_t slot) const override { return shard_->OwnsSlot(slot); }
   kv::Shard* shard() { return shard_; }
 
  private:
@@ -142,6 +146,42 @@ class SnapshotCourier {
   virtual void Discard(uint64_t group) = 0;
 };
 
+// A split (docs/design/splits.md): a log entry of the parent group that
+// hands the slots from `slot` to the end of its range to the new group
+// `child`. Every replica applies it at the same index: the parent's range
+// shrinks, and the child starts beside it with the parent's membership, its
+// data in place.
+struct SplitCommand {
+  uint64_t child = 0;
+  uint16_t slot = 0;
+  std::string Encode() const;
+  // False unless `data` is exactly an encoded split.
+  static bool Decode(std::string_view data, SplitCommand* out);
+};
+
+class Replica;
+
+// Creates the child of a split on this node (the cluster layer; the
+// simulation has its own). StageSplit runs on the parent's worker while the
+// parent applies the split: it stages the parent's smaller range and the
+// child's state into `batch` (StageSplitChild) and returns false if it
+// created no child here (the parent's range still shrinks: the replica
+// stages that itself then). FinishSplit runs once the batch is written.
+class Splitter {
+ public:
+  virtual ~Splitter() = default;
+  virtual bool StageSplit(Replica& parent, const SplitCommand& split, const raft::ConfState& conf,
+                          uint64_t index, storage::WriteBatch& batch) = 0;
+  virtual void FinishSplit(Replica& parent, const SplitCommand& split) = 0;
+};
+
+// Stages a split's child on this node into `batch`: the parent shard's
+// smaller range (kv::Shard::StageSplit), and the child group's Raft state:
+// log at index 1, term 1, membership `conf`, as a founding group's. Fails
+// (nothing staged) if the child already has Raft state here.
+Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
+                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch);
+
 struct ReplicaOptions {
   uint64_t group = 0;
   raft::NodeId node_id = raft::kNoNode;
@@ -165,6 +205,8 @@ struct ReplicaOptions {
   // A follower being sent a snapshot keeps the leader from compacting the
   // log past that snapshot, for at most this many entries beyond it.
   uint64_t compact_hold_entries = 1 << 16;
+  // Creates split children; null: split entries only shrink the range.
+  Splitter* splitter = nullptr;
 };
 
 // Reply callbacks run on the replica's worker thread. applied: `reply` is
@@ -208,6 +250,11 @@ class Replica {
     node_->report_snapshot(to, failed);
   }
   void Campaign() { node_->campaign(); }
+  // Proposes splitting the group (a data shard's leader only): see
+  // SplitCommand. The outcome shows in the shard's range once applied.
+  raft::Proposal ProposeSplit(const SplitCommand& split, int64_t now_mono_us) {
+    return Propose(split.Encode(), [](bool, std::string) {}, now_mono_us);
+  }
   // Stages deleting this replica's log, hard state, membership and state
   // machine, and fails every waiter: the replica leaves this node.
   Status StageDestroy(storage::WriteBatch& batch);
@@ -275,6 +322,8 @@ class Replica {
   void FailWaiters(const std::string& reply);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
+  // Applies a split entry (the earlier applies are written).
+  void ApplySplit(const raft::Entry& e, const SplitCommand& split);
   void Publish(int64_t now_mono_us);
   void ServeReads();
   // Hands an outgoing message to *send, or a snapshot's to the courier.
@@ -319,6 +368,10 @@ class Replica {
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;
   raft::Index term_start_index_ = 0;
+  // The last split entry in the log: until it applies, no lease (the
+  // lease would vouch for slots the split hands to a group elected
+  // elsewhere).
+  raft::Index split_index_ = 0;
   std::atomic<raft::NodeId> leader_{raft::kNoNode};
   std::atomic<uint64_t> term_{0};
   std::atomic<int64_t> lease_until_us_{0};

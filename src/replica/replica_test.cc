@@ -42,13 +42,53 @@ std::string WriteBatchOf(std::vector<std::string> words) {
 // A SET as a one-entry write batch.
 std::string SetBatch(const std::string& key, const std::string& value) { return WriteBatchOf({"set", key, value}); }
 
-// One node: an engine, a shard and its replica.
+// One node: an engine, a shard and its replica; after a split (with a
+// splitter), the child's shard and replica beside them.
 struct TestNode {
   std::filesystem::path dir;
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<kv::Shard> shard;
   std::unique_ptr<Replica> replica;
   kv::Limits limits;
+  std::unique_ptr<Splitter> splitter;
+  std::unique_ptr<kv::Shard> child_shard;
+  std::unique_ptr<Replica> child;
+  uint64_t split_index = 0;  // the parent's applied index when the child was made
+  int splits_staged = 0;
+};
+
+// Makes a split's child on one test node as the cluster layer does: its
+// Raft state and shard records staged with the parent's apply
+// (StageSplitChild), then a replica of it opened on the same engine.
+class TestSplitter final : public Splitter {
+ public:
+  explicit TestSplitter(TestNode* node) : node_(node) {}
+  bool StageSplit(Replica& parent, const SplitCommand& split, const raft::ConfState& conf, uint64_t index,
+                  storage::WriteBatch& batch) override {
+    ++node_->splits_staged;
+    kv::Shard* shard = static_cast<KvStateMachine&>(parent.state_machine()).shard();
+    child_end_ = shard->slot_end();
+    Status s = StageSplitChild(node_->engine.get(), *shard, split, conf, index, batch);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return s.ok();
+  }
+  void FinishSplit(Replica& parent, const SplitCommand& split) override {
+    node_->split_index = parent.state_machine().applied_index();
+    node_->child_shard = std::make_unique<kv::Shard>(node_->engine.get(), static_cast<uint32_t>(split.child),
+                                                     split.slot, child_end_);
+    ASSERT_TRUE(node_->child_shard->Load().ok());
+    ReplicaOptions ro;
+    ro.group = split.child;
+    ro.node_id = parent.node_id();
+    auto r = Replica::Open(node_->engine.get(), ro,
+                           std::make_unique<KvStateMachine>(node_->child_shard.get(), &node_->limits));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    node_->child = std::move(r).value();
+  }
+
+ private:
+  TestNode* node_;
+  uint16_t child_end_ = 0;
 };
 
 // Three (or more) replicas of group 7, driven by hand: every Ready is
@@ -57,6 +97,8 @@ class ReplicaCluster : public ::testing::Test {
  protected:
   void TearDown() override {
     for (auto& n : nodes_) {
+      n->child.reset();
+      n->child_shard.reset();
       n->replica.reset();
       n->shard.reset();
       n->engine.reset();
@@ -64,7 +106,9 @@ class ReplicaCluster : public ::testing::Test {
     }
   }
 
-  TestNode& AddNode(raft::NodeId id, std::vector<raft::NodeId> founders, uint64_t compact = 4096) {
+  // with_splitter: the node makes split children (TestSplitter).
+  TestNode& AddNode(raft::NodeId id, std::vector<raft::NodeId> founders, uint64_t compact = 4096,
+                    bool with_splitter = false) {
     auto n = std::make_unique<TestNode>();
     n->dir = std::filesystem::temp_directory_path() /
              ("shoal_replica_test_" + std::to_string(::getpid()) + "_" + std::to_string(id));
@@ -77,6 +121,10 @@ class ReplicaCluster : public ::testing::Test {
     ro.node_id = id;
     ro.bootstrap_voters = std::move(founders);
     ro.compact_entries = compact;
+    if (with_splitter) {
+      n->splitter = std::make_unique<TestSplitter>(n.get());
+      ro.splitter = n->splitter.get();
+    }
     auto r = Replica::Open(n->engine.get(), ro, std::make_unique<KvStateMachine>(n->shard.get(), &n->limits));
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     n->replica = std::move(r).value();
@@ -87,28 +135,41 @@ class ReplicaCluster : public ::testing::Test {
 
   Replica& R(size_t i) { return *nodes_[i]->replica; }
 
+  // The replicas of node i: its parent's and, after a split, its child's.
+  std::vector<Replica*> Replicas(size_t i) {
+    std::vector<Replica*> out = {nodes_[i]->replica.get()};
+    if (nodes_[i]->child) out.push_back(nodes_[i]->child.get());
+    return out;
+  }
+
   // Moves everything until quiet (bounded).
   void Pump(int rounds = 200) {
     for (int round = 0; round < rounds; ++round) {
-      std::vector<raft::Message> inflight;
+      std::vector<std::pair<uint64_t, raft::Message>> inflight;  // by group
       bool any = false;
-      for (auto& n : nodes_) {
+      for (size_t i = 0; i < nodes_.size(); ++i) {
+        auto& n = nodes_[i];
         if (down_.contains(n->replica->node_id())) continue;
-        auto batch = n->engine->NewBatch();
-        std::vector<raft::Message> out;
-        bool needs_sync = false;
-        if (!n->replica->BeginReady(*batch, &out, &needs_sync)) continue;
-        any = true;
-        if (batch->Count() > 0) {
-          ASSERT_TRUE(n->engine->Write(*batch).ok());
+        for (Replica* r : Replicas(i)) {
+          auto batch = n->engine->NewBatch();
+          std::vector<raft::Message> out;
+          bool needs_sync = false;
+          if (!r->BeginReady(*batch, &out, &needs_sync)) continue;
+          any = true;
+          if (batch->Count() > 0) {
+            ASSERT_TRUE(n->engine->Write(*batch).ok());
+          }
+          r->ApplyReady(now_);
+          r->FinishReady(&out, now_);
+          for (auto& m : out) inflight.emplace_back(r->group(), std::move(m));
         }
-        n->replica->ApplyReady(now_);
-        n->replica->FinishReady(&out, now_);
-        for (auto& m : out) inflight.push_back(std::move(m));
       }
-      for (auto& m : inflight) {
+      for (auto& [group, m] : inflight) {
         for (size_t i = 0; i < ids_.size(); ++i) {
-          if (ids_[i] == m.to && !down_.contains(m.to) && !down_.contains(m.from)) R(i).Step(m);
+          if (ids_[i] != m.to || down_.contains(m.to) || down_.contains(m.from)) continue;
+          for (Replica* r : Replicas(i)) {
+            if (r->group() == group) r->Step(m);
+          }
         }
       }
       if (!any && inflight.empty()) return;
@@ -118,8 +179,9 @@ class ReplicaCluster : public ::testing::Test {
   void TickAll(int ticks) {
     for (int t = 0; t < ticks; ++t) {
       now_ += 50'000;
-      for (auto& n : nodes_) {
-        if (!down_.contains(n->replica->node_id())) n->replica->Tick(now_);
+      for (size_t i = 0; i < nodes_.size(); ++i) {
+        if (down_.contains(ids_[i])) continue;
+        for (Replica* r : Replicas(i)) r->Tick(now_);
       }
       Pump();
     }
@@ -132,6 +194,17 @@ class ReplicaCluster : public ::testing::Test {
     kv::Value v;
     EXPECT_TRUE(kv::DecodeValue(raw, &v));
     return std::string(v.payload);
+  }
+
+  // Proposes a write to `r` and pumps until it is applied; its reply, or
+  // why it was not.
+  std::string Write(Replica& r, std::string data) {
+    std::string reply = "<no answer>";
+    auto done = [&](bool ok, std::string out) { reply = ok ? out : "refused " + out; };
+    auto p = r.Propose(std::move(data), done, now_);
+    if (!p.ok()) return std::string("not proposed: ") + raft::to_string(p.error);
+    Pump();
+    return reply;
   }
 
   size_t LeaderIndex() {
@@ -386,6 +459,173 @@ TEST_F(ReplicaCluster, MembershipChangesLeftFromBeforeARecoveryAreIgnored) {
   (void)R(0).Propose(SetBatch("k", "v"), [&](bool, std::string r) { reply = r; }, now_);
   Pump();
   EXPECT_EQ(reply, "+OK\r\n");  // not wedged
+}
+
+
+constexpr uint64_t kChildGroup = 8;
+constexpr uint16_t kSplitSlot = 8192;
+
+// A key named prefix + number whose slot is below kSplitSlot (kept by the
+// parent of a split there) or at or above it (moved to the child).
+std::string KeyOnSide(const std::string& prefix, bool moved) {
+  for (int i = 0;; ++i) {
+    std::string key = prefix + std::to_string(i);
+    if ((storage::KeySlot(key) >= kSplitSlot) == moved) return key;
+  }
+}
+
+// Every replica applies the split at the same index: the parent keeps the
+// lower slots, and each node gets a replica of the child group, which elects
+// a leader and takes the moved slots' writes; the parent refuses them.
+TEST_F(ReplicaCluster, SplitHandsTheUpperSlotsToAChildGroup) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, 4096, /*with_splitter=*/true);
+  TickAll(60);
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  const std::string kept = KeyOnSide("kept", false), moved = KeyOnSide("moved", true);
+  EXPECT_EQ(Write(R(leader), SetBatch(kept, "before")), "+OK\r\n");
+  EXPECT_EQ(Write(R(leader), SetBatch(moved, "before")), "+OK\r\n");
+  auto split = R(leader).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
+  ASSERT_TRUE(split.ok());
+  Pump();
+  TickAll(2);  // followers learn the commit with the next heartbeat
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    SCOPED_TRACE("node " + std::to_string(ids_[i]));
+    TestNode& n = *nodes_[i];
+    EXPECT_EQ(n.shard->slot_begin(), 0);
+    EXPECT_EQ(n.shard->slot_end(), kSplitSlot);
+    EXPECT_EQ(n.split_index, split.index);
+    EXPECT_EQ(n.splits_staged, 1);
+    EXPECT_EQ(n.shard->KeyCount(0), 1);
+    ASSERT_NE(n.child, nullptr);
+    EXPECT_EQ(n.child->group(), kChildGroup);
+    EXPECT_EQ(n.child_shard->slot_begin(), kSplitSlot);
+    EXPECT_EQ(n.child_shard->slot_end(), storage::kSlotCount);
+    EXPECT_EQ(n.child_shard->KeyCount(0), 1);
+    EXPECT_EQ(n.child->store().conf_state().voters, (std::vector<raft::NodeId>{1, 2, 3}));
+  }
+  TickAll(60);  // the child group elects its leader
+  std::vector<size_t> child_leaders;
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i]->child->is_leader()) child_leaders.push_back(i);
+  }
+  ASSERT_EQ(child_leaders.size(), 1u);
+  Replica& child = *nodes_[child_leaders[0]]->child;
+  EXPECT_EQ(Write(child, SetBatch(moved, "child")), "+OK\r\n");
+  EXPECT_TRUE(Write(child, SetBatch(kept, "child")).starts_with("-TRYAGAIN"));
+  leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  EXPECT_TRUE(Write(R(leader), SetBatch(moved, "parent")).starts_with("-TRYAGAIN"));
+  EXPECT_EQ(Write(R(leader), SetBatch(kept, "parent")), "+OK\r\n");
+  TickAll(2);
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    EXPECT_EQ(Get(i, moved), "child") << i;
+    EXPECT_EQ(Get(i, kept), "parent") << i;
+    EXPECT_EQ(nodes_[i]->child_shard->KeyCount(0), 1) << i;
+    EXPECT_EQ(nodes_[i]->shard->KeyCount(0), 1) << i;
+  }
+}
+
+// Whether a group splits depends on its state at the split's index alone:
+// a split applied while the membership is joint, or at a slot outside the
+// range, is ignored by every replica (none makes a child); the same split
+// once the membership settled goes through.
+TEST_F(ReplicaCluster, SplitWhileJointOrOutsideTheRangeIsIgnoredEverywhere) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, 4096, /*with_splitter=*/true);
+  TickAll(60);
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  AddNode(4, {}, 4096, /*with_splitter=*/true);
+  auto joint = R(leader).ProposeConfChange(raft::ConfChange{{{raft::ConfChangeType::kAddVoter, 4}}});
+  ASSERT_TRUE(joint.ok());
+  auto split = R(leader).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
+  ASSERT_TRUE(split.ok());
+  EXPECT_LT(joint.index, split.index);
+  TickAll(20);
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    SCOPED_TRACE("node " + std::to_string(ids_[i]));
+    TestNode& n = *nodes_[i];
+    EXPECT_GE(n.shard->applied_index(), split.index);
+    EXPECT_EQ(n.shard->slot_end(), storage::kSlotCount);
+    EXPECT_EQ(n.splits_staged, 0);
+    EXPECT_EQ(n.child, nullptr);
+    EXPECT_TRUE(n.replica->store().conf_state().voters_outgoing.empty());  // it left the joint state
+    EXPECT_EQ(n.replica->store().conf_state().voters, (std::vector<raft::NodeId>{1, 2, 3, 4}));
+  }
+  leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  raft::Index outside_index = 0;
+  for (uint16_t slot : {uint16_t{0}, storage::kSlotCount}) {
+    auto outside = R(leader).ProposeSplit(SplitCommand{kChildGroup, slot}, now_);
+    ASSERT_TRUE(outside.ok());
+    outside_index = outside.index;
+  }
+  TickAll(3);
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    SCOPED_TRACE("node " + std::to_string(ids_[i]));
+    EXPECT_GE(nodes_[i]->shard->applied_index(), outside_index);
+    EXPECT_EQ(nodes_[i]->shard->slot_end(), storage::kSlotCount);
+    EXPECT_EQ(nodes_[i]->splits_staged, 0);
+  }
+  auto again = R(leader).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
+  ASSERT_TRUE(again.ok());
+  TickAll(3);
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    SCOPED_TRACE("node " + std::to_string(ids_[i]));
+    EXPECT_EQ(nodes_[i]->shard->slot_end(), kSplitSlot);
+    EXPECT_EQ(nodes_[i]->split_index, again.index);
+    ASSERT_NE(nodes_[i]->child, nullptr);
+    EXPECT_EQ(nodes_[i]->child->store().conf_state().voters, (std::vector<raft::NodeId>{1, 2, 3, 4}));
+  }
+}
+
+// A replica that was down through the split and is past the leader's log
+// catches up from a snapshot of the smaller range: it drops the moved
+// slots' keys and makes no child (the cluster gives it one separately).
+TEST_F(ReplicaCluster, LaggingReplicaTakesTheSplitFromASnapshot) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, /*compact=*/8, /*with_splitter=*/true);
+  TickAll(60);
+  for (int i = 0; i < 5 && !R(0).is_leader(); ++i) {
+    R(LeaderIndex()).TransferLeader(1);
+    TickAll(10);
+  }
+  ASSERT_TRUE(R(0).is_leader());
+  const std::string kept = KeyOnSide("kept", false), moved = KeyOnSide("moved", true);
+  EXPECT_EQ(Write(R(0), SetBatch(kept, "v")), "+OK\r\n");
+  EXPECT_EQ(Write(R(0), SetBatch(moved, "v")), "+OK\r\n");
+  TickAll(2);
+  ASSERT_EQ(Get(2, moved), "v");
+  down_ = {3};
+  auto split = R(0).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
+  ASSERT_TRUE(split.ok());
+  for (int i = 0; i < 30; ++i) {
+    EXPECT_EQ(Write(R(0), SetBatch(KeyOnSide("k" + std::to_string(i) + "_", false), "x")), "+OK\r\n");
+  }
+  ASSERT_GT(R(0).store().first_index(), split.index);  // the split entry is compacted away
+  down_.clear();
+  TickAll(20);
+  TestNode& lagging = *nodes_[2];
+  EXPECT_EQ(lagging.shard->applied_index(), nodes_[0]->shard->applied_index());
+  EXPECT_EQ(lagging.shard->slot_end(), kSplitSlot);
+  EXPECT_EQ(lagging.splits_staged, 0);
+  EXPECT_EQ(lagging.child, nullptr);
+  EXPECT_EQ(Get(2, moved), "<none>");
+  EXPECT_EQ(Get(2, kept), "v");
+  EXPECT_EQ(lagging.shard->KeyCount(0), nodes_[0]->shard->KeyCount(0));
+  EXPECT_EQ(Get(0, moved), "v");  // the child's data on the nodes that split
+}
+
+TEST(SplitCommand, RoundTripAndRejectsOtherData) {
+  SplitCommand in{kChildGroup, 1234};
+  std::string enc = in.Encode();
+  SplitCommand out;
+  ASSERT_TRUE(SplitCommand::Decode(enc, &out));
+  EXPECT_EQ(out.child, kChildGroup);
+  EXPECT_EQ(out.slot, 1234);
+  for (size_t cut = 0; cut < enc.size(); ++cut) EXPECT_FALSE(SplitCommand::Decode(enc.substr(0, cut), &out));
+  EXPECT_FALSE(SplitCommand::Decode(enc + "x", &out));
+  EXPECT_FALSE(SplitCommand::Decode(SplitCommand{0, 5}.Encode(), &out));  // no group 0
+  EXPECT_FALSE(SplitCommand::Decode(SetBatch("k", "v"), &out));
 }
 
 TEST(KvBatch, RoundTripAndRejectsGarbage) {

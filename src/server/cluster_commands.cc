@@ -141,7 +141,7 @@ std::string InfoText(Connection& c) {
   }
   size_t slots_ok = 0;
   for (const auto& s : rt->shards) slots_ok += cl.LeaderOf(s.id) != 0 ? (s.end - s.begin) : 0;
-  bool healthy = !rt->shards.empty() && with_leader == rt->shards.size();
+  bool healthy = cl.Healthy();  // a split's child without a leader yet: its parent serves
   std::string out;
   auto line = [&out](std::string_view k, const std::string& v) {
     out += std::string(k) + ":" + v + "\r\n";

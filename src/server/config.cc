@@ -23,6 +23,12 @@ Status Config::Validate() const {
   if (snapshot_rate_mb < 0 || snapshot_rate_mb > 100'000) {
     return Status::InvalidArgument("snapshot-rate-mb must be 0..100000 (0: unlimited)");
   }
+  if (split_size_mb < 0 || split_size_mb > 1'000'000) {
+    return Status::InvalidArgument("split-size-mb must be 0..1000000 (0: no size-based splits)");
+  }
+  if (split_ops < 0 || split_ops > 100'000'000) {
+    return Status::InvalidArgument("split-ops must be 0..100000000 (0: no load-based splits)");
+  }
   if (!join.empty() && join.find(':') == std::string::npos) {
     return Status::InvalidArgument("join must be host:port");
   }
@@ -103,6 +109,8 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "tick-ms") return want_int(&c->tick_ms);
   if (key == "down-after-ms") return want_int(&c->down_after_ms);
   if (key == "snapshot-rate-mb") return want_int(&c->snapshot_rate_mb);
+  if (key == "split-size-mb") return want_int(&c->split_size_mb);
+  if (key == "split-ops") return want_int(&c->split_ops);
   if (key == "loglevel") return want_str(&c->loglevel);
   if (key == "maxmemory") return want_mem(&c->maxmemory);
   if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);

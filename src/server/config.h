@@ -33,6 +33,8 @@ struct Config {
   int tick_ms = 50;                 // Raft tick; elections time out after 10-20 ticks
   int64_t down_after_ms = 30'000;  // a node silent this long is down: its replicas are rebuilt elsewhere
   int64_t snapshot_rate_mb = 128;  // MB/s this node sends snapshots at, all together; 0: unlimited
+  int64_t split_size_mb = 512;     // a shard bigger than this splits by itself; 0: never
+  int64_t split_ops = 0;           // ... or busier than this (ops/s, sustained); 0: never
 
   int effective_peer_port() const { return peer_port != 0 ? peer_port : (port == 0 ? 0 : port + 10000); }
 

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 namespace shoal::server {
 namespace {
@@ -48,6 +49,46 @@ TEST(Config, RejectsUnknownKeysAndBadValues) {
   c.port = 70000;
   EXPECT_FALSE(c.Validate().ok());
   for (auto p : {typo, bad, broken}) std::filesystem::remove(p);
+}
+
+TEST(Config, SplitThresholds) {
+  Config c;
+  EXPECT_EQ(c.split_size_mb, 512);  // size-based splits on by default
+  EXPECT_EQ(c.split_ops, 0);        // load-based ones off
+  auto path = WriteTemp("split", "split-size-mb = 0\nsplit-ops = 25000\n");
+  ASSERT_TRUE(LoadConfigFile(path, &c).ok());
+  EXPECT_EQ(c.split_size_mb, 0);
+  EXPECT_EQ(c.split_ops, 25000);
+  EXPECT_TRUE(c.Validate().ok());
+  auto text = WriteTemp("split_text", "split-ops = \"many\"\n");
+  Status s = LoadConfigFile(text, &c);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("split-ops must be an integer"), std::string::npos) << s.message();
+  for (auto p : {path, text}) std::filesystem::remove(p);
+  // name, field, values that validate, values that do not
+  struct Case {
+    const char* name;
+    int64_t Config::*field;
+    std::vector<int64_t> ok, bad;
+  };
+  const std::vector<Case> cases = {
+      {"split-size-mb", &Config::split_size_mb, {0, 1, 1'000'000}, {-1, 1'000'001, INT64_MAX}},
+      {"split-ops", &Config::split_ops, {0, 1, 100'000'000}, {-1, 100'000'001, INT64_MIN}},
+  };
+  for (const Case& k : cases) {
+    for (int64_t v : k.ok) {
+      Config cfg;
+      cfg.*k.field = v;
+      EXPECT_TRUE(cfg.Validate().ok()) << k.name << " = " << v;
+    }
+    for (int64_t v : k.bad) {
+      Config cfg;
+      cfg.*k.field = v;
+      Status bad = cfg.Validate();
+      EXPECT_FALSE(bad.ok()) << k.name << " = " << v;
+      EXPECT_NE(bad.message().find(k.name), std::string::npos) << bad.message();
+    }
+  }
 }
 
 TEST(Config, ParseMemory) {

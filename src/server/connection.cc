@@ -152,6 +152,7 @@ asio::awaitable<void> Connection::Run() {
               writer_.Raw(error);
               continue;
             }
+            server_.cluster().NoteOp(*slot);
             QueueWrite(group, std::move(entry));
             if (WritesQueueFull()) co_await FlushWrites();
             continue;
@@ -356,10 +357,15 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
   replica::Replica* r = server_.groups().Find(group);
   bool leader_here = r != nullptr && r->published_is_leader();
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
-    if (co_await ReadBarrier(r)) {
-      RunRead(cmd, args);
-    } else {
+    if (!co_await ReadBarrier(r)) {
       writer_.Error("TRYAGAIN the read could not be confirmed by a quorum of the shard's replicas; retry");
+    } else if (!r->state_machine().OwnsSlot(slot)) {
+      // The shard split meanwhile: its confirmation says nothing of the
+      // slot's new shard.
+      writer_.Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
+    } else {
+      if (leader_here) server_.cluster().NoteOp(slot);
+      RunRead(cmd, args);
     }
     co_return;
   }

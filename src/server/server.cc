@@ -131,6 +131,8 @@ Status Server::Start() {
   co.shards = config_.shards;
   co.replication_factor = config_.replicas;
   co.down_after_ms = config_.down_after_ms;
+  co.split_bytes = static_cast<uint64_t>(config_.split_size_mb) << 20;
+  co.split_ops_per_sec = static_cast<uint64_t>(config_.split_ops);
   co.courier = snapshots_.get();
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();

@@ -175,6 +175,16 @@ class RocksEngine final : public Engine {
     return std::make_unique<RocksSnapshot>(db_.get(), db_->GetSnapshot());
   }
 
+  uint64_t ApproximateSize(Cf cf, std::string_view begin, std::string_view end) override {
+    rocksdb::Range r(ToSlice(begin), ToSlice(end));
+    rocksdb::SizeApproximationOptions o;
+    o.include_memtables = true;
+    o.include_files = true;
+    uint64_t size = 0;
+    if (!db_->GetApproximateSizes(o, handles_[static_cast<int>(cf)], &r, 1, &size).ok()) return 0;
+    return size;
+  }
+
   MemoryUsage Memory() override {
     MemoryUsage m;
     m.block_cache_bytes = static_cast<int64_t>(cache_->GetUsage());

@@ -117,6 +117,8 @@ class Engine {
   virtual MemoryUsage Memory() = 0;
   // Bytes of live SST and WAL data on disk (approximate).
   virtual int64_t DiskBytes() = 0;
+  // Approximate bytes of cf's keys in [begin, end), memtables included.
+  virtual uint64_t ApproximateSize(Cf cf, std::string_view begin, std::string_view end) = 0;
 
   uint64_t write_seq() const { return write_seq_.load(std::memory_order_acquire); }
   uint64_t durable_seq() const { return durable_seq_.load(std::memory_order_acquire); }

@@ -158,6 +158,15 @@ class ShardStatus:
             self.voters = _id_list(t[7])
             self.learners = _id_list(t[9])
             rest = t[10:]
+            self.bytes = self.ops_per_sec = 0
+            if rest and rest[0] == "bytes":
+                assert rest[2] == "ops-per-sec", line
+                self.bytes, self.ops_per_sec = int(rest[1]), int(rest[3])
+                rest = rest[4:]
+            self.splitting_into: Optional[int] = None
+            if rest and rest[0] == "splitting-into":
+                self.splitting_into = int(rest[1])
+                rest = rest[2:]
             self.leader_known = "(no leader known)" not in line
             self.moving = bool(rest) and rest[0] == "moving-to"
             if self.moving:

@@ -1,0 +1,189 @@
+#include "cluster/meta.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace shoal::cluster {
+namespace {
+
+proto::NodeInfo Node(uint64_t id) {
+  proto::NodeInfo n;
+  n.set_id(id);
+  n.set_host("127.0.0.1");
+  n.set_port(static_cast<uint32_t>(7000 + id));
+  n.set_peer_port(static_cast<uint32_t>(17000 + id));
+  return n;
+}
+
+// Four nodes; shard 1 holds [0, 8192) and shard 5 [8192, 16384), each on
+// voters 1-3 with learner 4, led by 2, after an unsafe recovery on 2.
+proto::MetaState TwoShards() {
+  proto::MetaState m = InitialMeta(42, Node(1), 2, 3);
+  for (uint64_t id : {2, 3, 4}) *m.add_nodes() = Node(id);
+  for (auto& s : *m.mutable_shards()) {
+    s.clear_replicas();
+    for (uint64_t r : {1, 2, 3}) s.add_replicas(r);
+    s.add_learners(4);
+    s.set_preferred_leader(2);
+    s.set_recovery(3);
+    s.set_recovered_on(2);
+  }
+  m.mutable_shards(1)->set_id(5);  // ids need not be dense: the child takes max + 1
+  return m;
+}
+
+proto::MetaCommand Split(uint64_t parent, uint32_t slot) {
+  proto::MetaCommand cmd;
+  cmd.mutable_split_shard()->set_parent(parent);
+  cmd.mutable_split_shard()->set_slot(slot);
+  return cmd;
+}
+
+proto::MetaCommand SplitDone(uint64_t parent) {
+  proto::MetaCommand cmd;
+  cmd.set_split_done(parent);
+  return cmd;
+}
+
+const proto::ShardInfo* Find(const proto::MetaState& m, uint64_t id) {
+  for (const auto& s : m.shards()) {
+    if (s.id() == id) return &s;
+  }
+  return nullptr;
+}
+
+std::vector<uint64_t> Ids(const google::protobuf::RepeatedField<uint64_t>& f) {
+  return {f.begin(), f.end()};
+}
+
+TEST(MetaSplit, SplitShardCreatesTheChildAndShrinksTheParent) {
+  proto::MetaState m = TwoShards();
+  const uint64_t epoch = m.epoch(), parent_epoch = Find(m, 1)->epoch();
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+  ASSERT_EQ(m.shards_size(), 3);
+  EXPECT_EQ(m.epoch(), epoch + 1);
+  const proto::ShardInfo* parent = Find(m, 1);
+  ASSERT_NE(parent, nullptr);
+  EXPECT_EQ(parent->slot_begin(), 0u);
+  EXPECT_EQ(parent->slot_end(), 3000u);
+  EXPECT_EQ(parent->split_child(), 6u);
+  EXPECT_EQ(parent->epoch(), parent_epoch + 1);
+  EXPECT_EQ(parent->recovery(), 3u);  // the parent's own history stays
+  const proto::ShardInfo* child = Find(m, 6);
+  ASSERT_NE(child, nullptr);
+  EXPECT_EQ(child->slot_begin(), 3000u);
+  EXPECT_EQ(child->slot_end(), 8192u);
+  EXPECT_EQ(Ids(child->replicas()), (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(Ids(child->learners()), (std::vector<uint64_t>{4}));
+  EXPECT_EQ(child->preferred_leader(), 3u);  // the parent's next voter: the halves lead apart
+  EXPECT_EQ(child->epoch(), 1u);
+  EXPECT_EQ(child->split_child(), 0u);
+  EXPECT_EQ(child->recovery(), 0u);  // a new group: no recovery of it happened
+  EXPECT_EQ(child->recovered_on(), 0u);
+  const proto::ShardInfo* other = Find(m, 5);
+  EXPECT_EQ(other->slot_begin(), 8192u);
+  EXPECT_EQ(other->split_child(), 0u);
+}
+
+TEST(MetaSplit, ChildIsLedFromTheParentsNextVoter) {
+  // parent's preferred leader -> the child's (voters 1, 2, 3 in id order)
+  const std::vector<std::pair<uint64_t, uint64_t>> cases = {{1, 2}, {2, 3}, {3, 1}};
+  for (auto [parent_leader, child_leader] : cases) {
+    proto::MetaState m = TwoShards();
+    m.mutable_shards(0)->set_preferred_leader(parent_leader);
+    ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+    EXPECT_EQ(Find(m, 1)->preferred_leader(), parent_leader);
+    EXPECT_EQ(Find(m, 6)->preferred_leader(), child_leader) << parent_leader;
+  }
+  proto::MetaState alone = TwoShards();  // one voter: it leads both
+  alone.mutable_shards(0)->clear_replicas();
+  alone.mutable_shards(0)->add_replicas(2);
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &alone));
+  EXPECT_EQ(Find(alone, 6)->preferred_leader(), 2u);
+}
+
+TEST(MetaSplit, InvalidSplitsChangeNothing) {
+  proto::MetaState split_once = TwoShards();
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &split_once));  // 1: [0, 3000) -> 6: [3000, 8192)
+  proto::MetaState near_max = TwoShards();
+  near_max.mutable_shards(1)->set_id(kMaxShardId - 1);
+  struct Case {
+    const char* name;
+    proto::MetaState state;
+    proto::MetaCommand cmd;
+  };
+  const std::vector<Case> cases = {
+      {"slot at the parent's begin", TwoShards(), Split(1, 0)},
+      {"slot at the parent's end", TwoShards(), Split(1, 8192)},
+      {"slot past the parent's end", TwoShards(), Split(1, 9000)},
+      {"slot below the parent's begin", TwoShards(), Split(5, 100)},
+      {"slot past every slot", TwoShards(), Split(5, 20000)},
+      {"unknown parent", TwoShards(), Split(9, 100)},
+      {"parent of a pending split", split_once, Split(1, 1000)},
+      {"child of a pending split", split_once, Split(6, 5000)},
+      {"no shard id left for the child", near_max, Split(1, 3000)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    proto::MetaState m = c.state;
+    EXPECT_FALSE(ApplyMetaCommand(c.cmd, &m));
+    EXPECT_EQ(m.SerializeAsString(), c.state.SerializeAsString());
+  }
+  // A shard beside a pending split may split.
+  proto::MetaState m = split_once;
+  ASSERT_TRUE(ApplyMetaCommand(Split(5, 10000), &m));
+  EXPECT_EQ(Find(m, 7)->slot_begin(), 10000u);
+  // The highest id a shard may have is still allowed for the child.
+  proto::MetaState max = TwoShards();
+  max.mutable_shards(1)->set_id(kMaxShardId - 2);
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &max));
+  EXPECT_NE(Find(max, kMaxShardId - 1), nullptr);
+}
+
+TEST(MetaSplit, SplitDoneClearsThePendingSplit) {
+  proto::MetaState m = TwoShards();
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+  for (uint64_t id : {6, 5, 9}) {  // the child, a shard not splitting, an unknown one
+    proto::MetaState before = m;
+    EXPECT_FALSE(ApplyMetaCommand(SplitDone(id), &m)) << id;
+    EXPECT_EQ(m.SerializeAsString(), before.SerializeAsString()) << id;
+  }
+  const uint64_t epoch = m.epoch();
+  ASSERT_TRUE(ApplyMetaCommand(SplitDone(1), &m));
+  EXPECT_EQ(Find(m, 1)->split_child(), 0u);
+  EXPECT_EQ(Find(m, 1)->slot_end(), 3000u);
+  EXPECT_EQ(m.epoch(), epoch + 1);
+  EXPECT_FALSE(ApplyMetaCommand(SplitDone(1), &m));  // once
+  // Parent and child may split again.
+  ASSERT_TRUE(ApplyMetaCommand(Split(6, 5000), &m));
+  EXPECT_EQ(Find(m, 6)->split_child(), 7u);
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 1000), &m));
+  EXPECT_EQ(Find(m, 1)->split_child(), 8u);
+}
+
+// A placement change (set_shard) replaces the shard's membership but not
+// the split under way, and must name the shard's current range.
+TEST(MetaSplit, SetShardKeepsTheSplitChild) {
+  proto::MetaState m = TwoShards();
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+  proto::MetaCommand stale;
+  *stale.mutable_set_shard() = *Find(TwoShards(), 1);  // the range before the split
+  EXPECT_FALSE(ApplyMetaCommand(stale, &m));
+  proto::MetaCommand set;
+  proto::ShardInfo* s = set.mutable_set_shard();
+  *s = *Find(m, 1);
+  s->clear_replicas();
+  for (uint64_t r : {1, 2, 4}) s->add_replicas(r);
+  s->clear_learners();
+  s->set_split_child(0);
+  ASSERT_TRUE(ApplyMetaCommand(set, &m));
+  EXPECT_EQ(Ids(Find(m, 1)->replicas()), (std::vector<uint64_t>{1, 2, 4}));
+  EXPECT_EQ(Find(m, 1)->split_child(), 6u);
+  s->set_split_child(99);  // nor can it name another child
+  ASSERT_TRUE(ApplyMetaCommand(set, &m));
+  EXPECT_EQ(Find(m, 1)->split_child(), 6u);
+}
+
+}  // namespace
+}  // namespace shoal::cluster
