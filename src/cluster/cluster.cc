@@ -93,7 +93,64 @@ Cluster::Cluster(ClusterOptions opts, storage::Engine* engine, node::Runtime* ru
   std::atomic_store(&routing_, RoutingPtr(std::make_shared<RoutingTable>()));
 }
 
-Cluster::~Cluster() = default;
+Cluster::~Cluster() { Stop(); }
+
+void Cluster::Stop() {
+  {
+    std::lock_guard lock(recount_mu_);
+    recount_stop_ = true;
+    recount_abort_.store(true);
+  }
+  recount_cv_.notify_all();
+  if (recount_thread_.joinable()) recount_thread_.join();
+}
+
+void Cluster::StartRecounts(int worker) {
+  for (kv::Shard* sh : LocalShards()) {
+    if (groups_->WorkerOf(sh->id()) != worker || !sh->NeedsRecount()) continue;
+    {
+      std::lock_guard lock(recount_mu_);
+      if (recount_stop_ || recounting_.contains(sh->id())) continue;
+      recounting_.insert(sh->id());
+    }
+    std::optional<kv::Shard::RecountJob> job = sh->BeginRecount();
+    std::lock_guard lock(recount_mu_);
+    if (!job) {
+      recounting_.erase(sh->id());
+      continue;
+    }
+    recount_queue_.push_back(Recount{sh->id(), std::move(*job)});
+    if (!recount_thread_.joinable()) recount_thread_ = std::thread([this] { RecountLoop(); });
+  }
+  recount_cv_.notify_one();
+}
+
+void Cluster::RecountLoop() {
+  std::unique_lock lock(recount_mu_);
+  while (true) {
+    recount_cv_.wait(lock, [this] { return recount_stop_ || !recount_queue_.empty(); });
+    if (recount_stop_) return;
+    Recount r = std::move(recount_queue_.front());
+    recount_queue_.pop_front();
+    lock.unlock();
+    auto counted = r.job.count(recount_abort_);  // the scan, off every worker
+    lock.lock();
+    if (recount_stop_) return;
+    asio::post(groups_->WorkerFor(r.shard).io(), [this, shard = r.shard, gen = r.job.generation,
+                                                  counted = std::move(counted)] {
+      kv::Shard* sh = LocalShard(shard);
+      if (sh != nullptr && counted.ok()) {
+        auto done = sh->FinishRecount(gen, *counted);
+        if (!done.ok()) spdlog::error("shard {}: key recount not saved: {}", shard, done.status().ToString());
+        if (done.ok() && *done) spdlog::info("shard {}: key counters recounted", shard);
+      } else if (!counted.ok()) {
+        spdlog::error("shard {}: key recount failed: {}", shard, counted.status().ToString());
+      }
+      std::lock_guard l(recount_mu_);
+      recounting_.erase(shard);  // still pending (stale, failed): the next round starts another
+    });
+  }
+}
 
 Status Cluster::LoadIdentity() {
   auto id = GetU64(engine_, kNodeIdKey);
@@ -288,7 +345,6 @@ bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& 
       return false;
     }
   }
-  // The key scan that splits the counters runs without the lock.
   Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch);
   if (!s.ok()) {
     spdlog::error("shard {}: cannot create split child {} here: {}", parent.group(), split.child, s.ToString());
@@ -355,6 +411,7 @@ void Cluster::MeasureLoad(int64_t now) {
     if (r == nullptr || !r->published_is_leader()) continue;
     ShardLoad l = load_.contains(sh->id()) ? load_[sh->id()] : ShardLoad{};
     const uint16_t b = sh->slot_begin(), e = sh->slot_end();
+    if (l.begin != b || l.end != e) l = ShardLoad{.begin = b, .end = e};  // new, or split: load is measured anew
     // This second's operations per slot (counters wrap: unsigned difference).
     uint64_t ops = 0;
     for (uint32_t slot = b; slot < e && !first; ++slot) ops += cur[slot] - last_slot_ops_[slot];
@@ -363,7 +420,7 @@ void Cluster::MeasureLoad(int64_t now) {
       l.ops_per_sec += alpha * (static_cast<double>(ops) / secs - l.ops_per_sec);
     }
     uint32_t load_slot = 0;
-    if (ops >= 1000 && e - b >= 2) {
+    if (ops >= 20 && e - b >= 2) {
       // Where the load halves: the child takes the upper half.
       uint64_t acc = 0;
       for (uint32_t slot = b; slot < e; ++slot) {
@@ -380,9 +437,11 @@ void Cluster::MeasureLoad(int64_t now) {
                                         storage::DataSlotDbPrefix(static_cast<uint16_t>(hi), 0));
       };
       l.bytes = size_of(b, e);
-      // Where the size halves (a binary search over slots).
+      // Where the size halves (a binary search over slots). Small ranges
+      // are mostly in memtables, whose size estimates are too coarse to
+      // find a median: those split in the middle.
       uint32_t lo = b + 1u, hi = e - 1u;
-      while (e - b >= 2 && lo < hi) {
+      while (e - b >= 2 && lo < hi && l.bytes >= (64ULL << 20)) {
         uint32_t mid = lo + (hi - lo) / 2;
         if (size_of(b, mid) * 2 >= l.bytes) {
           hi = mid;
@@ -390,9 +449,12 @@ void Cluster::MeasureLoad(int64_t now) {
           lo = mid + 1;
         }
       }
-      if (e - b >= 2) l.split_slot = l.bytes > 0 ? lo : b + (e - b) / 2;
+      if (e - b >= 2) l.split_slot = l.bytes >= (64ULL << 20) ? lo : b + (e - b) / 2;
     }
-    if (load_slot != 0 && l.ops_per_sec >= 100) l.split_slot = load_slot;
+    // A busy shard splits where its load halves (a split for load is what
+    // the planner would make of it); else where its size does.
+    bool busy = opts_.split_ops_per_sec > 0 && l.ops_per_sec * 2 >= static_cast<double>(opts_.split_ops_per_sec);
+    if (load_slot != 0 && busy) l.split_slot = load_slot;
     if (l.split_slot <= b || l.split_slot >= e) l.split_slot = e - b >= 2 ? b + (e - b) / 2 : 0;
     next[sh->id()] = l;
   }
@@ -671,6 +733,7 @@ void Cluster::OnTick(int worker) {
 }
 
 void Cluster::SyncLocalReplicas(int worker, int64_t now) {
+  StartRecounts(worker);
   MetaPtr m = meta();  // read here, on the worker that creates and retires
   for (const auto& s : m->shards()) {
     if (groups_->WorkerOf(s.id()) != worker) continue;

@@ -15,6 +15,10 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <set>
+#include <thread>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -158,6 +162,10 @@ class Cluster final : public replica::Splitter {
   // The planner's view of the cluster as this node sees it now (worker 0).
   ClusterView View(int64_t now_us) const;
 
+  // Stops the background work that reads storage (call before the engine
+  // closes).
+  void Stop();
+
   // Whether every shard has a known leader.
   bool Healthy() const;
 
@@ -171,6 +179,10 @@ class Cluster final : public replica::Splitter {
                                              uint64_t recovery, uint64_t recovered_on);
   // Recomputes which local replica holds each slot (GroupOfSlot).
   void RebuildLocalSlots();
+  // On `worker`: starts the key recounts its shards need (after a split),
+  // counted on the recount thread and finished back on the worker.
+  void StartRecounts(int worker);
+  void RecountLoop();
   // Worker 0, about once a second: each led shard's load and size, and
   // where it would split (gossiped with the leadership).
   void MeasureLoad(int64_t now_us);
@@ -219,6 +231,7 @@ class Cluster final : public replica::Splitter {
     double ops_per_sec = 0;  // smoothed over about 10 s
     uint64_t bytes = 0;
     uint32_t split_slot = 0;
+    uint32_t begin = 0, end = 0;  // the range measured (a split starts the rate over)
   };
   std::map<uint64_t, ShardLoad> load_;
   std::vector<uint32_t> last_slot_ops_;
@@ -227,6 +240,18 @@ class Cluster final : public replica::Splitter {
   std::mutex local_slots_mu_;  // one RebuildLocalSlots at a time
   uint64_t local_ranges_sig_ = 0;     // local_slots_mu_
   uint64_t LocalRangesSig();
+  // Key recounts (kv::Shard::BeginRecount): one thread counts, in order.
+  struct Recount {
+    uint64_t shard;
+    kv::Shard::RecountJob job;
+  };
+  std::mutex recount_mu_;
+  std::condition_variable recount_cv_;
+  std::deque<Recount> recount_queue_;
+  std::set<uint64_t> recounting_;  // queued or counting (recount_mu_)
+  bool recount_stop_ = false;
+  std::atomic<bool> recount_abort_{false};
+  std::thread recount_thread_;
   std::map<uint64_t, int64_t> last_split_us_;  // per group, on its worker (transfer_mu_)
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;

@@ -121,6 +121,7 @@ void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
 
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
+  ++shard_->recount_generation_;  // a recount under way counted keys this removes
   staged_.clear();
   shard_->meta_cache_.Clear();
   uint16_t begin = shard_->slot_begin(), end = shard_->slot_end();
@@ -229,6 +230,9 @@ Status Shard::Load() {
   } else {
     return s;
   }
+  s = engine_->Get(storage::Cf::kMeta, MetaKey("recount"), &raw);
+  if (!s.ok() && s.code() != Code::kNotFound) return s;
+  recount_pending_ = s.ok();
   s = engine_->Get(storage::Cf::kMeta, MetaKey("applied"), &raw);
   if (s.ok()) {
     int64_t v = 0;
@@ -280,6 +284,10 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
   for (const auto& [db, d] : deltas) {
     counts_[db].keys.fetch_add(d.keys, std::memory_order_relaxed);
     counts_[db].expires.fetch_add(d.expires, std::memory_order_relaxed);
+    if (recount_running_ != 0) {
+      recount_deltas_[db].first += d.keys;
+      recount_deltas_[db].second += d.expires;
+    }
   }
   return seq;
 }
@@ -465,6 +473,7 @@ Status ShardExport::WriteDataSst(const std::string& path) const {
 
 std::string ShardExport::CounterRecords() const {
   std::string out;
+  if (recount_) PutRecord(&out, 'c', "recount", "");  // the counters are estimates
   PutRecord(&out, 'r', "range", Shard::EncodeRange(slot_begin_, slot_end_));
   for (size_t db = 0; db < counts_.size(); ++db) {
     if (counts_[db].first == 0) continue;
@@ -509,8 +518,10 @@ std::unique_ptr<ShardExport> Shard::BeginExport() const {
   for (int db = 0; db < kDatabasesMax; ++db) {
     counts[static_cast<size_t>(db)] = {KeyCount(static_cast<uint16_t>(db)), ExpiresCount(static_cast<uint16_t>(db))};
   }
-  return std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin(), slot_end(),
-                                       applied_index_, std::move(counts));
+  auto exp = std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin(), slot_end(),
+                                           applied_index_, std::move(counts));
+  exp->set_recount(recount_pending_);
+  return exp;
 }
 
 // Image layout (version 2): [2][len u32][an SST file of the slot range's data
@@ -551,7 +562,7 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   std::string_view sst;
   if (v2 && !GetBytes(&in, &sst)) return Status::Corruption("shard image sst");
   std::vector<Record> recs;
-  Status parsed = ParseRecords(in, v2 ? "xker" : "dxker", &recs);
+  Status parsed = ParseRecords(in, v2 ? "xkerc" : "dxkerc", &recs);
   if (!parsed.ok()) return parsed;
   // With an SST, the clearing and the small records go first, in one durable
   // write that also records the import in progress (marker); then the file
@@ -573,8 +584,13 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   if (!cleared.ok()) return cleared;
   pending_counts_.clear();
   pending_begin_ = pending_end_ = 0;
+  pending_image_recount_ = false;
   for (const auto& r : recs) {
     switch (r.kind) {
+      case 'c':
+        pending_image_recount_ = true;
+        first->Put(storage::Cf::kMeta, MetaKey("recount"), "");
+        break;
       case 'd': first->Put(storage::Cf::kData, r.k, r.v); break;
       case 'x': first->Put(storage::Cf::kExpiry, r.k, ""); break;
       case 'r':
@@ -600,7 +616,7 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   Status s = ReadWholeFile(dir + "/counters", &counters);
   if (!s.ok()) return s;
   std::vector<Record> recs;
-  s = ParseRecords(counters, "ker", &recs);
+  s = ParseRecords(counters, "kerc", &recs);
   if (!s.ok()) return s;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
@@ -620,7 +636,13 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   if (!s.ok()) return s;
   pending_counts_.clear();
   pending_begin_ = pending_end_ = 0;
+  pending_image_recount_ = false;
   for (const auto& r : recs) {
+    if (r.kind == 'c') {
+      pending_image_recount_ = true;
+      pre->Put(storage::Cf::kMeta, MetaKey("recount"), "");
+      continue;
+    }
     if (r.kind == 'r') {
       DecodeRange(r.v, &pending_begin_, &pending_end_);
       pre->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
@@ -657,6 +679,7 @@ Status Shard::StageClear(storage::WriteBatch& batch) {
     }
   }
   if (!ex->status().ok()) return ex->status();
+  batch.Delete(storage::Cf::kMeta, MetaKey("recount"));
   for (int db = 0; db < kDatabasesMax; ++db) {
     if (KeyCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('k', static_cast<uint16_t>(db)));
     if (ExpiresCount(static_cast<uint16_t>(db)) != 0) batch.Delete(storage::Cf::kMeta, CountKey('e', static_cast<uint16_t>(db)));
@@ -708,6 +731,9 @@ void Shard::FinishImage() {
     (c.kind == 'k' ? counts_[c.db].keys : counts_[c.db].expires).store(c.value, std::memory_order_relaxed);
   }
   pending_counts_.clear();
+  recount_pending_ = pending_image_recount_;
+  pending_image_recount_ = false;
+  ++recount_generation_;
   if (pending_end_ != 0) {
     // The image's range (a later state may hold fewer slots: it split).
     slot_begin_.store(pending_begin_, std::memory_order_release);
@@ -724,57 +750,81 @@ Status Shard::StageSplit(uint32_t child, uint16_t slot, uint64_t index, storage:
     return Status::InvalidArgument("split slot " + std::to_string(slot) + " is not inside the range [" +
                                    std::to_string(begin) + ", " + std::to_string(end) + ")");
   }
-  // Count what goes with the child: its keys and expiring keys, per db.
-  PendingSplit split;
-  split.slot = slot;
-  split.counts.assign(kDatabasesMax, {0, 0});
-  std::vector<uint16_t> dbs;
-  for (int db = 0; db < kDatabasesMax; ++db) {
-    if (KeyCount(static_cast<uint16_t>(db)) != 0) dbs.push_back(static_cast<uint16_t>(db));
-  }
-  auto it = engine_->NewIterator(storage::Cf::kData);
-  for (uint32_t s = slot; s < end; ++s) {  // by [slot][db] prefix, as the store seeks
-    for (uint16_t db : dbs) {
-      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(s), db);
-      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-        Value v;
-        auto& c = split.counts[db];
-        c.first += 1;
-        if (DecodeValue(it->value(), &v) && v.expire_at_ms != 0) c.second += 1;
-      }
-      if (!it->status().ok()) return it->status();
-    }
-  }
   StageRange(begin, slot, batch);
+  batch.Put(storage::Cf::kMeta, MetaKey("recount"), "");
   if (write_child) {
     batch.Put(storage::Cf::kMeta, MetaKeyOf(child, "range"), EncodeRange(slot, end));
     batch.Put(storage::Cf::kMeta, MetaKeyOf(child, "applied"), EncodeI64(1));
-  }
-  for (int db = 0; db < kDatabasesMax; ++db) {
-    auto [keys, expires] = split.counts[static_cast<size_t>(db)];
-    if (keys == 0 && expires == 0) continue;
-    uint16_t d = static_cast<uint16_t>(db);
-    batch.Put(storage::Cf::kMeta, CountKey('k', d), EncodeI64(KeyCount(d) - keys));
-    batch.Put(storage::Cf::kMeta, CountKey('e', d), EncodeI64(ExpiresCount(d) - expires));
-    if (!write_child) continue;
-    batch.Put(storage::Cf::kMeta, CountKeyOf(child, 'k', d), EncodeI64(keys));
-    batch.Put(storage::Cf::kMeta, CountKeyOf(child, 'e', d), EncodeI64(expires));
+    batch.Put(storage::Cf::kMeta, MetaKeyOf(child, "recount"), "");
   }
   StageApplied(index, batch);
-  pending_split_ = std::move(split);
+  pending_split_ = slot;
   return Status::Ok();
 }
 
 void Shard::FinishSplit() {
   if (!pending_split_) return;
-  for (int db = 0; db < kDatabasesMax; ++db) {
-    auto [keys, expires] = pending_split_->counts[static_cast<size_t>(db)];
-    counts_[db].keys.fetch_sub(keys, std::memory_order_relaxed);
-    counts_[db].expires.fetch_sub(expires, std::memory_order_relaxed);
-  }
-  slot_end_.store(pending_split_->slot, std::memory_order_release);
+  slot_end_.store(*pending_split_, std::memory_order_release);
   pending_split_.reset();
+  recount_pending_ = true;
+  ++recount_generation_;  // a recount of the wider range is stale
   meta_cache_.Clear();
+}
+
+std::optional<Shard::RecountJob> Shard::BeginRecount() {
+  if (!recount_pending_) return std::nullopt;
+  RecountJob job;
+  job.generation = ++recount_generation_;
+  recount_running_ = job.generation;
+  recount_deltas_.assign(kDatabasesMax, {0, 0});
+  std::shared_ptr<storage::Snapshot> view = engine_->NewSnapshot();
+  storage::Engine* engine = engine_;
+  std::string lo, hi;
+  storage::PutU16BE(&lo, slot_begin());
+  storage::PutU16BE(&hi, slot_end());  // may be 16384: past every slot
+  job.count = [engine, view, lo, hi](const std::atomic<bool>& stop) -> Result<Counts> {
+    Counts counts(kDatabasesMax, {0, 0});
+    auto it = engine->NewScanIterator(storage::Cf::kData, view.get());
+    uint64_t n = 0;
+    for (it->Seek(lo); it->Valid() && it->key() < hi; it->Next()) {
+      if (++n % 4096 == 0 && stop.load(std::memory_order_relaxed)) return Status::Aborted("stopping");
+      storage::DecodedDataKey d;
+      if (!storage::DecodeDataKey(it->key(), &d) || d.db >= kDatabasesMax) continue;
+      Value v;
+      counts[d.db].first += 1;
+      if (DecodeValue(it->value(), &v) && v.expire_at_ms != 0) counts[d.db].second += 1;
+    }
+    if (!it->status().ok()) return it->status();
+    return counts;
+  };
+  return job;
+}
+
+Result<bool> Shard::FinishRecount(uint64_t generation, const Counts& counted) {
+  if (generation != recount_generation_ || generation != recount_running_ || !recount_pending_ ||
+      counted.size() != static_cast<size_t>(kDatabasesMax)) {
+    return false;
+  }
+  auto batch = engine_->NewBatch();
+  Counts exact(kDatabasesMax, {0, 0});
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    auto d = static_cast<uint16_t>(db);
+    exact[d] = {counted[d].first + recount_deltas_[d].first, counted[d].second + recount_deltas_[d].second};
+    if (exact[d].first != 0 || KeyCount(d) != 0) batch->Put(storage::Cf::kMeta, CountKey('k', d), EncodeI64(exact[d].first));
+    if (exact[d].second != 0 || ExpiresCount(d) != 0) {
+      batch->Put(storage::Cf::kMeta, CountKey('e', d), EncodeI64(exact[d].second));
+    }
+  }
+  batch->Delete(storage::Cf::kMeta, MetaKey("recount"));
+  auto seq = engine_->Write(*batch);
+  if (!seq.ok()) return seq.status();
+  for (int db = 0; db < kDatabasesMax; ++db) {
+    counts_[db].keys.store(exact[static_cast<size_t>(db)].first, std::memory_order_relaxed);
+    counts_[db].expires.store(exact[static_cast<size_t>(db)].second, std::memory_order_relaxed);
+  }
+  recount_pending_ = false;
+  recount_running_ = 0;
+  return true;
 }
 
 }  // namespace shoal::kv

@@ -125,6 +125,8 @@ class ShardExport {
       : engine_(engine), view_(std::move(view)), id_(id), slot_begin_(slot_begin), slot_end_(slot_end),
         index_(index), counts_(std::move(counts)) {}
   uint64_t index() const { return index_; }
+  // The counters are estimates (a recount was pending): the image says so.
+  void set_recount(bool recount) { recount_ = recount; }
   // Writes the files into `dir` (created; must not hold other files).
   Status Write(const std::string& dir) const;
   // The data keys as one SST file at `path` (also used by inline images).
@@ -141,6 +143,7 @@ class ShardExport {
   uint16_t slot_begin_, slot_end_;
   uint64_t index_;
   std::vector<std::pair<int64_t, int64_t>> counts_;  // per db: keys, expires
+  bool recount_ = false;
 };
 
 class Shard {
@@ -210,16 +213,34 @@ class Shard {
   // Hands the slots [slot, slot_end()) to a new shard `child`, as the log
   // entry at `index` says (docs/design/splits.md). The data stays where it
   // is (keys are slot-prefixed); staged into `batch`: this shard's smaller
-  // range, counters and applied index, and the child's range, counters and
-  // applied index 1 (a child's Raft log starts at 1). FinishSplit() once the
-  // batch is written. Fails, staging nothing, unless slot_begin() < slot <
-  // slot_end(). Reads the shard's range of the store: the caller has
-  // written every earlier apply.
-  // write_child false: only this shard's records (the child, if any, is
-  // not this split's).
+  // range and applied index, and the child's range and applied index 1 (a
+  // child's Raft log starts at 1); write_child false: this shard's records
+  // only. FinishSplit() once the batch is written. Fails, staging nothing,
+  // unless slot_begin() < slot < slot_end(). Reads nothing: the key
+  // counters of both are recounted later, off the owner thread (Recount).
   Status StageSplit(uint32_t child, uint16_t slot, uint64_t index, storage::WriteBatch& batch,
                     bool write_child = true);
   void FinishSplit();
+
+  // Key counters that need a recount (after a split: this shard still
+  // counts the keys it gave away, the child starts at zero, so a node that
+  // holds both still sums them right). Kept on disk until the recount ends.
+  // Owner thread.
+  bool NeedsRecount() const { return recount_pending_; }
+  // Per db: keys, expiring keys.
+  using Counts = std::vector<std::pair<int64_t, int64_t>>;
+  struct RecountJob {
+    uint64_t generation = 0;
+    // Any thread: counts the range in a view taken at Begin; gives up (an
+    // error) once `stop` is set.
+    std::function<Result<Counts>(const std::atomic<bool>& stop)> count;
+  };
+  // Owner thread: starts a recount as of now (null if none is needed).
+  std::optional<RecountJob> BeginRecount();
+  // Owner thread: the counters become the job's counts plus what applied
+  // since it began; false (nothing changed) if the job is stale (a flush,
+  // an image or a split came between: start another).
+  Result<bool> FinishRecount(uint64_t generation, const Counts& counted);
 
   struct ExpiredKey {
     uint16_t db;
@@ -265,13 +286,16 @@ class Shard {
   std::vector<PendingCount> pending_counts_;
   // An image's range, set by FinishImage (0, 0: the image named none).
   uint16_t pending_begin_ = 0, pending_end_ = 0;
-  // A staged split: the first slot given away and, per db, the keys and
-  // expiring keys that went with it.
-  struct PendingSplit {
-    uint16_t slot = 0;
-    std::vector<std::pair<int64_t, int64_t>> counts;
-  };
-  std::optional<PendingSplit> pending_split_;
+  // A staged split: the first slot given away.
+  std::optional<uint16_t> pending_split_;
+  // Recount (see NeedsRecount): pending, the generation a finished job must
+  // match, the generation of the job running (0: none) and what applied
+  // since it began. An image's flag is set by FinishImage.
+  bool recount_pending_ = false;
+  bool pending_image_recount_ = false;
+  uint64_t recount_generation_ = 1;
+  uint64_t recount_running_ = 0;
+  Counts recount_deltas_;
 
   struct AtomicCounts {
     std::atomic<int64_t> keys{0};

@@ -79,14 +79,27 @@ class ShardHarness {
   storage::Engine& engine() { return *engine_; }
   // Splits shard 0 at `slot` into `child` as the log entry after the last
   // applied one, as a replica does: stage, write, finish.
-  Status Split(uint32_t child, uint16_t slot) {
+  // With `recount`, the parent's counters are then recounted (as the
+  // cluster does, off the worker) and exact.
+  Status Split(uint32_t child, uint16_t slot, bool recount = false) {
     auto batch = engine_->NewBatch();
     Status s = shard_->StageSplit(child, slot, shard_->applied_index() + 1, *batch);
     if (!s.ok()) return s;
     auto seq = engine_->Write(*batch);
     if (!seq.ok()) return seq.status();
     shard_->FinishSplit();
-    return Status::Ok();
+    return recount ? Recount(*shard_) : Status::Ok();
+  }
+  // Runs a shard's pending recount to its end.
+  static Status Recount(Shard& shard) {
+    auto job = shard.BeginRecount();
+    if (!job) return Status::Ok();
+    const std::atomic<bool> go{false};
+    auto counted = job->count(go);
+    if (!counted.ok()) return counted.status();
+    auto done = shard.FinishRecount(job->generation, *counted);
+    if (!done.ok()) return done.status();
+    return *done ? Status::Ok() : Status::Aborted("stale recount");
   }
   // The stored value of key in db (whichever shard holds it), or "<none>".
   std::string Stored(const std::string& key, uint16_t db = 0) {
@@ -361,31 +374,61 @@ void FillBothSides(ShardHarness& h) {
   for (const auto& k : KeysOnSide("kp", 2, false)) h.Run({"set", k, "v"}, 2);
 }
 
-// The counters of the keys that go with the child add up exactly: the
-// parent keeps the rest, the child's records get what moved, per db.
-TEST(ShardSplit, MovesCountersExactlyAndShrinksTheRange) {
+// A split reads nothing: the parent keeps counting what it gave away and the
+// child starts at zero (their sum stays right), both marked for a recount,
+// which counts the range off the owner thread in a view taken when it began
+// and adds what applied since. Then the counters are exact, per db, and kept.
+TEST(ShardSplit, RecountMakesTheCountersExactAfterASplit) {
   ShardHarness h("split_counts");
   FillBothSides(h);
   ASSERT_EQ(h.shard().KeyCount(0), 12);
   ASSERT_EQ(h.shard().ExpiresCount(0), 5);
+  EXPECT_FALSE(h.shard().NeedsRecount());
+  EXPECT_FALSE(h.shard().BeginRecount().has_value());
   uint64_t index = h.shard().applied_index() + 1;
   ASSERT_TRUE(h.Split(kChild, kSplitSlot).ok());
   EXPECT_EQ(h.shard().slot_begin(), 0);
   EXPECT_EQ(h.shard().slot_end(), kSplitSlot);
   EXPECT_EQ(h.shard().applied_index(), index);
-  EXPECT_EQ(h.shard().KeyCount(0), 5);
-  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
-  EXPECT_EQ(h.shard().KeyCount(5), 1);
-  EXPECT_EQ(h.shard().ExpiresCount(5), 0);
-  EXPECT_EQ(h.shard().KeyCount(2), 2);
-  EXPECT_EQ(h.Run({"dbsize"}), ":5\r\n");
+  EXPECT_EQ(h.shard().KeyCount(0), 12);  // unchanged until the recount
+  EXPECT_TRUE(h.shard().NeedsRecount());
   // The child, opened on the same engine, finds its range, applied index
-  // and counters stored (not the range it was constructed with).
+  // and the recount mark stored (not the range it was constructed with).
   Shard child(&h.engine(), kChild, 0, storage::kSlotCount);
   ASSERT_TRUE(child.Load().ok());
   EXPECT_EQ(child.slot_begin(), kSplitSlot);
   EXPECT_EQ(child.slot_end(), storage::kSlotCount);
   EXPECT_EQ(child.applied_index(), 1u);
+  EXPECT_EQ(child.KeyCount(0), 0);
+  EXPECT_TRUE(child.NeedsRecount());
+
+  const std::atomic<bool> go{false};
+  auto job = h.shard().BeginRecount();
+  ASSERT_TRUE(job.has_value());
+  // A write applied after the recount began: counted through the deltas.
+  h.Run({"set", KeysOnSide("late", 1, false)[0], "v"});
+  auto counted = job->count(go);
+  ASSERT_TRUE(counted.ok());
+  EXPECT_EQ((*counted)[0].first, 5);  // what the view held
+  auto done = h.shard().FinishRecount(job->generation, *counted);
+  ASSERT_TRUE(done.ok() && *done);
+  EXPECT_FALSE(h.shard().NeedsRecount());
+  EXPECT_EQ(h.shard().KeyCount(0), 6);
+  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
+  EXPECT_EQ(h.shard().KeyCount(5), 1);
+  EXPECT_EQ(h.shard().ExpiresCount(5), 0);
+  EXPECT_EQ(h.shard().KeyCount(2), 2);
+  EXPECT_EQ(h.Run({"dbsize"}), ":6\r\n");
+  // The same job cannot finish twice.
+  auto again = h.shard().FinishRecount(job->generation, *counted);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);
+
+  auto cjob = child.BeginRecount();
+  ASSERT_TRUE(cjob.has_value());
+  auto ccount = cjob->count(go);
+  ASSERT_TRUE(ccount.ok());
+  ASSERT_TRUE(*child.FinishRecount(cjob->generation, *ccount));
   EXPECT_EQ(child.KeyCount(0), 7);
   EXPECT_EQ(child.ExpiresCount(0), 3);
   EXPECT_EQ(child.KeyCount(5), 2);
@@ -397,13 +440,49 @@ TEST(ShardSplit, MovesCountersExactlyAndShrinksTheRange) {
   auto due = child.DueExpiries(later, 100);
   EXPECT_EQ(due.size(), 4u);
   for (const auto& d : due) EXPECT_GE(storage::KeySlot(d.key), kSplitSlot) << d.key;
-  // The parent's counters are stored too: a reopen finds the same.
+  // The exact counters are stored: a reopen finds them, and no recount due.
+  job.reset();  // their views of the store go before it closes
+  cjob.reset();
   h.Open();
   EXPECT_EQ(h.shard().slot_end(), kSplitSlot);
-  EXPECT_EQ(h.shard().KeyCount(0), 5);
+  EXPECT_EQ(h.shard().KeyCount(0), 6);
   EXPECT_EQ(h.shard().ExpiresCount(0), 2);
   EXPECT_EQ(h.shard().KeyCount(5), 1);
-  EXPECT_EQ(h.shard().applied_index(), index);
+  EXPECT_FALSE(h.shard().NeedsRecount());
+  EXPECT_EQ(h.shard().applied_index(), index + 1);
+}
+
+// A recount is stale once a flush (or another split, or an image) came
+// between its view and its end: it changes nothing, and the next one is
+// exact. A stop request makes the count give up.
+TEST(ShardSplit, StaleOrStoppedRecountChangesNothing) {
+  ShardHarness h("split_stale");
+  FillBothSides(h);
+  ASSERT_TRUE(h.Split(kChild, kSplitSlot).ok());
+  auto job = h.shard().BeginRecount();
+  ASSERT_TRUE(job.has_value());
+  const std::atomic<bool> go{false}, stop{true};
+  auto counted = job->count(go);
+  ASSERT_TRUE(counted.ok());
+  EXPECT_EQ(h.Run({"flushdb"}), "+OK\r\n");  // db 0
+  auto done = h.shard().FinishRecount(job->generation, *counted);
+  ASSERT_TRUE(done.ok());
+  EXPECT_FALSE(*done);
+  EXPECT_TRUE(h.shard().NeedsRecount());
+  auto next = h.shard().BeginRecount();
+  ASSERT_TRUE(next.has_value());
+  auto recounted = next->count(go);
+  ASSERT_TRUE(recounted.ok());
+  ASSERT_TRUE(*h.shard().FinishRecount(next->generation, *recounted));
+  EXPECT_EQ(h.shard().KeyCount(0), 0);
+  EXPECT_EQ(h.shard().KeyCount(5), 1);
+  EXPECT_EQ(h.shard().KeyCount(2), 2);
+  // A big enough range for the stop check to be reached.
+  ASSERT_TRUE(h.Split(kChild + 1, kSplitSlot / 2).ok());
+  for (int i = 0; i < 10000; ++i) h.Run({"set", KeysOnSide("bulk" + std::to_string(i) + ":", 1, false)[0], "v"});
+  auto stopped = h.shard().BeginRecount();
+  ASSERT_TRUE(stopped.has_value());
+  EXPECT_FALSE(stopped->count(stop).ok());
 }
 
 // After the split the parent refuses writes of the moved slots (they belong
@@ -414,7 +493,7 @@ TEST(ShardSplit, ParentRefusesMovedSlotsAndChildTakesThem) {
   const std::string moved = KeysOnSide("mp", 1, true)[0];
   const std::string moved_new = KeysOnSide("mnew", 1, true)[0];
   const std::string kept = KeysOnSide("kp", 1, false)[0];
-  ASSERT_TRUE(h.Split(kChild, kSplitSlot).ok());
+  ASSERT_TRUE(h.Split(kChild, kSplitSlot, /*recount=*/true).ok());
   EXPECT_TRUE(h.Run({"set", moved, "changed"}).starts_with("-TRYAGAIN"));
   EXPECT_TRUE(h.Run({"set", moved_new, "x", "px", "50"}).starts_with("-TRYAGAIN"));
   EXPECT_TRUE(h.Run({"del", moved}).starts_with("-TRYAGAIN"));
@@ -443,6 +522,7 @@ TEST(ShardSplit, ParentRefusesMovedSlotsAndChildTakesThem) {
   // counters go on from the moved ones.
   Shard child(&h.engine(), kChild, kSplitSlot, storage::kSlotCount);
   ASSERT_TRUE(child.Load().ok());
+  ASSERT_TRUE(ShardHarness::Recount(child).ok());
   EXPECT_EQ(h.RunOn(child, {"get", moved}), "$1\r\nv\r\n");
   EXPECT_EQ(h.RunOn(child, {"set", moved, "child"}), "+OK\r\n");
   EXPECT_EQ(h.RunOn(child, {"set", moved_new, "n"}), "+OK\r\n");
@@ -477,6 +557,7 @@ TEST(ShardSplit, SlotOutsideTheRangeFailsAndStagesNothing) {
   }
   Shard child(&h.engine(), kChild, 1, 2);
   ASSERT_TRUE(child.Load().ok());
+  ASSERT_TRUE(ShardHarness::Recount(child).ok());
   EXPECT_EQ(child.slot_begin(), 1);  // no range was stored for it
   EXPECT_EQ(child.applied_index(), 0u);
   // The edges of a valid split: one slot on either side.
@@ -523,6 +604,14 @@ TEST(ShardSplit, ImageCarriesTheRangeAndAnOlderReplicaAdoptsIt) {
   }
   ASSERT_TRUE(files_c.ImportFiles(dir.string(), index).ok());
   std::filesystem::remove_all(dir);
+  for (ShardHarness* h : {&inline_b, &files_c}) {
+    // The image was taken before the exporter's recount: its counters are
+    // estimates, and the image says so; the importer recounts.
+    EXPECT_TRUE(h->shard().NeedsRecount());
+    EXPECT_EQ(h->shard().KeyCount(0), 12);
+    ASSERT_TRUE(ShardHarness::Recount(h->shard()).ok());
+    EXPECT_FALSE(h->shard().NeedsRecount());
+  }
   for (ShardHarness* h : {&inline_b, &files_c}) {
     for (int reopened = 0; reopened < 2; ++reopened) {
       SCOPED_TRACE(h == &inline_b ? "inline image" : "file image");

@@ -248,6 +248,7 @@ void Server::Stop() {
   spdlog::info("shutting down");
   if (snapshots_) snapshots_->Stop();
   if (transport_) transport_->Stop();
+  if (cluster_) cluster_->Stop();
   runtime_->Stop();
   acceptors_.clear();
   syncer_->Stop();

@@ -151,6 +151,14 @@ class RocksEngine final : public Engine {
     return std::make_unique<RocksIterator>(db_->NewIterator(ro, handles_[static_cast<int>(cf)]));
   }
 
+  std::unique_ptr<Iterator> NewScanIterator(Cf cf, const Snapshot* snapshot) override {
+    rocksdb::ReadOptions ro;
+    if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
+    ro.total_order_seek = true;
+    ro.fill_cache = false;  // a scan must not evict the working set
+    return std::make_unique<RocksIterator>(db_->NewIterator(ro, handles_[static_cast<int>(cf)]));
+  }
+
   std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override;
 
   Status IngestSst(Cf cf, const std::string& path) override {

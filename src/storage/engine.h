@@ -106,6 +106,9 @@ class Engine {
   virtual Result<uint64_t> Sync() = 0;
 
   virtual std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot = nullptr) = 0;
+  // An iterator that may cross [slot][db] prefixes of the data CF (slower
+  // seeks: for scans of whole slot ranges).
+  virtual std::unique_ptr<Iterator> NewScanIterator(Cf cf, const Snapshot* snapshot = nullptr) = 0;
   // A writer of an SST file at `path` in cf's format (for snapshots).
   virtual std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) = 0;
   // Adds the SST file at `path` to cf atomically and durably; its keys
