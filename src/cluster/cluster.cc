@@ -859,6 +859,10 @@ ClusterView Cluster::View(int64_t now) const {
       view.nodes.push_back(nv);
     }
   }
+  std::set<uint64_t> children;  // of splits under way
+  for (const auto& s : m->shards()) {
+    if (s.split_child() != 0) children.insert(s.split_child());
+  }
   for (const auto& s : m->shards()) {
     ShardView sv;
     sv.id = s.id();
@@ -885,8 +889,7 @@ ClusterView Cluster::View(int64_t now) const {
     sv.bytes = rep.bytes;
     sv.ops_per_sec = rep.ops_per_sec;
     sv.split_slot = rep.split_slot;
-    sv.splitting = s.split_child() != 0;
-    for (const auto& other : m->shards()) sv.splitting |= other.split_child() == s.id();
+    sv.splitting = s.split_child() != 0 || children.contains(s.id());
     view.shards.push_back(std::move(sv));
   }
   view.meta_voters.assign(m->meta_voters().begin(), m->meta_voters().end());

@@ -256,10 +256,14 @@ Status Replica::Init() {
     sm_->FinishImport();
   }
   store_->set_snapshot_fn([this]() -> Result<raft::Snapshot> {
-    // A new leader sends no snapshot until it has applied what earlier
-    // leaders committed: an older image could name a range wider than what
-    // the receiver now holds (a split it already applied).
-    if (is_leader() && sm_->applied_index() < term_start_index_) return raft::unavailable_error();
+    // No image from before a committed split that is not applied here yet:
+    // it would name the wider range, and the receiver may already hold the
+    // child (created after the split). Applying a committed entry waits for
+    // no one, so this passes soon (waiting for the term's first entry
+    // instead could wedge a group whose quorum needs the receiver).
+    if (split_index_ > sm_->applied_index() && split_index_ <= node_->raft().log().committed()) {
+      return raft::unavailable_error();
+    }
     raft::Snapshot snap;
     snap.meta.index = sm_->applied_index();
     auto term = store_->term(snap.meta.index);
@@ -287,6 +291,17 @@ Status Replica::Init() {
   last_export_id_ = (opts_.seed != 0 ? opts_.seed * 0x9E3779B97F4A7C15ULL : (uint64_t{std::random_device{}()} << 32 | std::random_device{}())) & ~0xFFFFFULL;
   Status loaded = LoadRecovery();
   if (!loaded.ok()) return loaded;
+  // Split entries in the log not applied yet (see split_index_).
+  if (store_->last_index() > sm_->applied_index()) {
+    raft::Index from = std::max<raft::Index>(sm_->applied_index() + 1, store_->first_index());
+    auto ents = store_->entries(from, store_->last_index() + 1, raft::kNoLimit);
+    if (ents.ok()) {
+      for (const auto& e : *ents) {
+        SplitCommand split;
+        if (e.type == raft::EntryType::kNormal && SplitCommand::Decode(e.data, &split)) split_index_ = e.index;
+      }
+    }
+  }
   Status started = StartNode();
   if (!started.ok()) return started;
   return Status::Ok();

@@ -7,13 +7,17 @@
 // lagging and restarted replicas catch up from snapshots, and clients that
 // route by leader hints and retry after leader changes. Every seed is
 // reproducible; the history is checked for linearizability and the
-// replicas must converge.
+// replicas must converge. Some runs split the group in two while all this
+// goes on (docs/design/splits.md).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <deque>
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 
 #include "cluster/membership.h"
 #include "cluster/planner.h"
@@ -28,6 +32,9 @@ namespace shoal::sim {
 namespace {
 
 constexpr uint64_t kGroup = 3;
+// The group that takes kGroup's upper slots when it splits (the cluster
+// gives a split child the next unused id).
+constexpr uint64_t kChild = 4;
 constexpr int kMaxNodes = 5;  // nodes 4 and 5 join later in the placement runs
 constexpr int kFounders = 3;
 // Steps without a node before the placement driver calls it down.
@@ -41,13 +48,16 @@ const kv::CommandSpec& Spec(std::string_view name) {
   return kv::DataCommands()[0];
 }
 
-std::string SetBatch(const std::string& key, const std::string& value) {
+// A SET of key to value; `expiring`: with an expiry far in the future (the
+// key counts among the shard's expiring keys).
+std::string SetBatch(const std::string& key, const std::string& value, bool expiring = false) {
   const kv::CommandSpec& spec = Spec("set");
   kv::Entry e;
   e.op = spec.op;
   e.now_ms = 1000;
   static kv::Limits limits;
   std::vector<std::string_view> args = {"set", key, value};
+  if (expiring) args.insert(args.end(), {"px", "1000000000"});
   std::string err;
   resp::Writer w(&err, 2);
   kv::PrepareContext ctx{0, e.now_ms, &limits};
@@ -62,6 +72,10 @@ struct SimNode {
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<kv::Shard> shard;
   std::unique_ptr<replica::Replica> replica;  // null: no replica of the group here
+  // kChild's replica here, once a split made it beside the parent or the
+  // node created it empty for a snapshot; null in runs without splits.
+  std::unique_ptr<kv::Shard> child_shard;
+  std::unique_ptr<replica::Replica> child_replica;
   bool up = false;        // the process runs (engine open)
   bool joined = false;    // a member of the cluster
   bool lost = false;      // gone for good, its disk with it
@@ -72,6 +86,7 @@ struct SimNode {
 
 struct InFlight {
   uint64_t deliver_at;
+  uint64_t group;
   raft::Message msg;
 };
 
@@ -95,6 +110,17 @@ struct SimCourier final : replica::SnapshotCourier {
   void Discard(uint64_t group) override;
 };
 
+// The simulation's splitter, as cluster::Cluster's StageSplit/FinishSplit:
+// the split of kGroup creates kChild's replica beside the parent, its data
+// in place.
+struct SimSplitter final : replica::Splitter {
+  ReplicaSim* sim = nullptr;
+  raft::NodeId node = 0;
+  bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
+                  uint64_t index, storage::WriteBatch& batch) override;
+  void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
+};
+
 class ReplicaSim {
  public:
   explicit ReplicaSim(uint64_t seed) : rng_(seed), seed_(seed) {}
@@ -110,6 +136,8 @@ class ReplicaSim {
     for (int i = 0; i < kMaxNodes; ++i) {
       couriers_[i].sim = this;
       couriers_[i].node = static_cast<raft::NodeId>(i + 1);
+      splitters_[i].sim = this;
+      splitters_[i].node = static_cast<raft::NodeId>(i + 1);
     }
     for (int i = 0; i < kMaxNodes; ++i) {
       SimNode& n = nodes_[static_cast<size_t>(i)];
@@ -135,22 +163,45 @@ class ReplicaSim {
     receivers_[n.id - 1] = std::make_unique<node::ImageReceiver>((n.dir / "streams").string());
     receivers_[n.id - 1]->Recover();
     if (bootstrap || storage::RaftStore::HasState(n.engine.get(), kGroup) || Wanted(n.id)) OpenReplica(n, bootstrap);
+    // A split's child found on disk reopens too; its shard reads its range.
+    if (storage::RaftStore::HasState(n.engine.get(), kChild)) OpenChild(n);
+  }
+
+  replica::ReplicaOptions OptionsOf(const SimNode& n, uint64_t group) {
+    replica::ReplicaOptions ro;
+    ro.group = group;
+    ro.node_id = n.id;
+    ro.compact_entries = compact_entries_;
+    ro.seed = seed_ * 7919 + restarts_ + 1;
+    if (streamed_) ro.courier = &couriers_[n.id - 1];
+    ro.splitter = &splitters_[n.id - 1];
+    return ro;
   }
 
   void OpenReplica(SimNode& n, bool bootstrap) {
     n.shard = std::make_unique<kv::Shard>(n.engine.get(), kGroup, 0, storage::kSlotCount, 1024);
     SHOAL_CHECK(n.shard->Load().ok());
-    replica::ReplicaOptions ro;
-    ro.group = kGroup;
-    ro.node_id = n.id;
-    ro.compact_entries = 16;  // snapshots happen often
-    ro.seed = seed_ * 7919 + restarts_ + 1;
+    replica::ReplicaOptions ro = OptionsOf(n, kGroup);
     if (bootstrap) ro.bootstrap_voters = {1, 2, 3};
-    if (streamed_) ro.courier = &couriers_[n.id - 1];
     auto r = replica::Replica::Open(n.engine.get(), ro,
                                     std::make_unique<replica::KvStateMachine>(n.shard.get(), &n.limits));
     SHOAL_CHECK(r.ok());
     n.replica = std::move(r).value();
+  }
+
+  // Opens kChild's replica: the state a split staged, or none (it waits for
+  // a snapshot). Never founding voters: a child's membership is its parent's.
+  void OpenChild(SimNode& n) {
+    n.child_shard = std::make_unique<kv::Shard>(n.engine.get(), kChild, split_slot_, storage::kSlotCount, 1024);
+    SHOAL_CHECK(n.child_shard->Load().ok());
+    auto r = replica::Replica::Open(n.engine.get(), OptionsOf(n, kChild),
+                                    std::make_unique<replica::KvStateMachine>(n.child_shard.get(), &n.limits));
+    SHOAL_CHECK(r.ok());
+    n.child_replica = std::move(r).value();
+  }
+
+  replica::Replica* ReplicaOf(SimNode& n, uint64_t group) {
+    return group == kGroup ? n.replica.get() : group == kChild ? n.child_replica.get() : nullptr;
   }
 
   void Down(SimNode& n) {
@@ -158,6 +209,9 @@ class ReplicaSim {
     n.up = false;
     n.down_since = step_;
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
+    n.child_replica.reset();
+    std::erase_if(recounts_, [&](const Recount& r) { return r.node == n.id; });  // the scan dies with it
+    n.child_shard.reset();
     receivers_[n.id - 1].reset();
     std::erase_if(images_, [&](const Image& im) { return im.from == n.id; });  // its sends die with it
     n.shard.reset();
@@ -180,9 +234,11 @@ class ReplicaSim {
       if (step_ % 5 == 0) {
         for (auto& n : nodes_) {
           if (n.replica) n.replica->Tick(static_cast<int64_t>(step_) * 10'000);
+          if (n.child_replica) n.child_replica->Tick(static_cast<int64_t>(step_) * 10'000);
         }
       }
       DriveAll();
+      if (splits_) Splits();
       if (placement_ && step_ % 10 == 0) Placement();
       for (auto& n : nodes_) {
         if (!n.replica || !n.replica->is_leader()) continue;
@@ -229,46 +285,66 @@ class ReplicaSim {
   SimNode* Node(raft::NodeId id) { return &nodes_[id - 1]; }
 
   // Each client has at most one operation in flight, sent to the node it
-  // believes leads; a refusal's leader hint reroutes it.
+  // believes leads the key's group; a refusal's leader hint reroutes it.
   void Clients() {
     for (int c = 0; c < 3; ++c) {
       if (busy_[c]) continue;
       if (rng_() % 4 != 0) continue;
-      SimNode* n = Node(believed_leader_[c]);
-      if (!n->replica || !Connected(1000, n->id)) {
-        believed_leader_[c] = 1 + rng_() % kMaxNodes;
+      // With splits the key comes first: its slot decides the group.
+      std::string key = splits_ ? PickKey(c) : "";
+      const uint64_t group = splits_ ? RouteOf(c, key) : kGroup;
+      raft::NodeId& believed = believed_leader_[c][group == kChild];
+      SimNode* n = Node(believed);
+      replica::Replica* r = ReplicaOf(*n, group);
+      if (r == nullptr || !Connected(1000, n->id)) {
+        believed = 1 + rng_() % kMaxNodes;
         continue;
       }
-      std::string key = "k" + std::to_string(rng_() % 3);
+      if (!splits_) key = "k" + std::to_string(rng_() % 3);
       size_t op = history_.size();
       bool write = rng_() % 2 == 0;
       history_.push_back(Operation{op, write, key, write ? "v" + std::to_string(op) : "", Now(), kNeverReturned});
       if (write) {
         int client = c;
-        auto p = n->replica->Propose(SetBatch(key, history_[op].value),
-                                     [this, op, client](bool applied, std::string reply) {
-                                       if (applied && reply == "+OK\r\n") history_[op].response = Now();
-                                       busy_[client] = false;
-                                     },
-                                     static_cast<int64_t>(step_) * 10'000);
+        bool expiring = splits_ && rng_() % 3 == 0;
+        if (expiring) expiring_ops_.insert(op);
+        auto p = r->Propose(SetBatch(key, history_[op].value, expiring),
+                            [this, op, client](bool applied, std::string reply) {
+                              if (applied && reply == "+OK\r\n") {
+                                history_[op].response = Now();
+                              } else if (applied && reply.starts_with("-TRYAGAIN")) {
+                                Refused(client, op);  // its slot moved (a split): applied as nothing
+                              }
+                              busy_[client] = false;
+                            },
+                            static_cast<int64_t>(step_) * 10'000);
         if (!p.ok()) {
           history_.pop_back();  // refused: never in the log
-          Reroute(c, p.leader_hint);
+          expiring_ops_.erase(op);
+          Reroute(c, group, p.leader_hint);
           continue;
         }
         busy_[c] = true;
+        busy_group_[c] = group;
       } else {
-        if (!n->replica->is_leader()) {  // reads go to the leader (routing)
+        if (!r->is_leader()) {  // reads go to the leader (routing)
           history_.pop_back();
-          Reroute(c, n->replica->raft().lead());
+          Reroute(c, group, r->raft().lead());
           continue;
         }
         int client = c;
         SimNode* node = n;
         raft::NodeId at = n->id;
-        n->replica->ReadIndex([this, op, client, node, at](bool ok) {
+        r->ReadIndex([this, op, client, node, at, group](bool ok) {
           busy_[client] = false;
           if (!ok || !node->up || node->id != at) return;
+          // As Connection::RunKeyed: confirmed, but by a group that may have
+          // split meanwhile.
+          replica::Replica* served = ReplicaOf(*node, group);
+          if (served == nullptr || !served->state_machine().OwnsSlot(storage::KeySlot(history_[op].key))) {
+            Refused(client, op);
+            return;
+          }
           std::string raw;
           Status s = node->engine->Get(storage::Cf::kData, storage::DataKey(0, history_[op].key), &raw);
           kv::Value v;
@@ -277,18 +353,21 @@ class ReplicaSim {
           reads_ok_++;
         }, static_cast<int64_t>(step_) * 10'000);
         busy_[c] = true;
+        busy_group_[c] = group;
       }
     }
     // A client whose node went down gives up on its operation (unknown outcome).
     for (int c = 0; c < 3; ++c) {
-      if (busy_[c] && !Node(believed_leader_[c])->replica) busy_[c] = false;
+      uint64_t g = busy_group_[c];
+      if (busy_[c] && !ReplicaOf(*Node(believed_leader_[c][g == kChild]), g)) busy_[c] = false;
     }
   }
 
-  void Reroute(int c, raft::NodeId hint) {
+  void Reroute(int c, uint64_t group, raft::NodeId hint) {
+    raft::NodeId& believed = believed_leader_[c][group == kChild];
     raft::NodeId next = hint != raft::kNoNode ? hint : 1 + rng_() % kMaxNodes;
-    if (next != believed_leader_[c]) reroutes_++;
-    believed_leader_[c] = next;
+    if (next != believed) reroutes_++;
+    believed = next;
   }
 
   // Takes out of `net` what is due by now.
@@ -309,9 +388,9 @@ class ReplicaSim {
 
   void Deliver() {
     for (auto& f : TakeDue(net_)) {
-      SimNode* to = Node(f.msg.to);
-      if (!to->replica || !Connected(f.msg.from, f.msg.to)) continue;
-      to->replica->Step(std::move(f.msg));
+      replica::Replica* to = ReplicaOf(*Node(f.msg.to), f.group);
+      if (to == nullptr || !Connected(f.msg.from, f.msg.to)) continue;
+      to->Step(std::move(f.msg));
     }
   }
 
@@ -323,7 +402,9 @@ class ReplicaSim {
     std::unique_ptr<node::ImageSender> sender;
   };
   struct Report {
-    raft::NodeId node, to;
+    raft::NodeId node;
+    uint64_t group;
+    raft::NodeId to;
     bool failed;
   };
 
@@ -333,7 +414,8 @@ class ReplicaSim {
     SimNode* n = Node(from);
     replica::SnapshotTicket t;
     replica::SnapshotTicket::Decode(msg.snapshot.data, &t);
-    std::string dir = (n->dir / ("out-" + std::to_string(msg.to) + "-" + std::to_string(t.export_id))).string();
+    std::string dir = (n->dir / ("out-" + std::to_string(group) + "-" + std::to_string(msg.to) + "-" +
+                                 std::to_string(t.export_id))).string();
     std::filesystem::remove_all(dir);
     node::ImageSenderOptions o;
     o.chunk_bytes = 512;  // images span several chunks
@@ -343,7 +425,7 @@ class ReplicaSim {
     // A newer transfer to the same replica replaces the one under way.
     std::erase_if(images_, [&](const Image& im) { return im.from == from && im.group == group && im.msg.to == msg.to; });
     if (!write(dir).ok() || !sender->Open(NowUs()).ok()) {
-      reports_.push_back(Report{from, msg.to, true});
+      reports_.push_back(Report{from, group, msg.to, true});
       return;
     }
     images_.push_back(Image{from, group, std::move(msg), std::move(sender)});
@@ -360,8 +442,7 @@ class ReplicaSim {
 
   void Stream() {
     for (auto& r : reports_) {
-      SimNode* n = Node(r.node);
-      if (n->replica) n->replica->ReportSnapshot(r.to, r.failed);
+      if (replica::Replica* rep = ReplicaOf(*Node(r.node), r.group)) rep->ReportSnapshot(r.to, r.failed);
     }
     reports_.clear();
     for (auto& f : TakeDue(chunks_)) {
@@ -387,9 +468,9 @@ class ReplicaSim {
         if (s.done()) {
           images_streamed_++;
           std::vector<raft::Message> out{it->msg};
-          Send(out);
+          Send(out, it->group);
         }
-        reports_.push_back(Report{it->from, it->msg.to, !s.done()});
+        reports_.push_back(Report{it->from, it->group, it->msg.to, !s.done()});
         std::filesystem::remove_all(s.dir());
         it = images_.erase(it);
       } else {
@@ -398,11 +479,11 @@ class ReplicaSim {
     }
   }
 
-  void Send(std::vector<raft::Message>& msgs) {
+  void Send(std::vector<raft::Message>& msgs, uint64_t group) {
     for (auto& m : msgs) {
       if (m.to < 1 || m.to > kMaxNodes) continue;
       if (rng_() % 100 < drop_pct_) continue;  // lost
-      net_.push_back(InFlight{step_ + 1 + rng_() % 3, std::move(m)});
+      net_.push_back(InFlight{step_ + 1 + rng_() % 3, group, std::move(m)});
     }
     msgs.clear();
   }
@@ -410,16 +491,19 @@ class ReplicaSim {
   void DriveAll() {
     for (int round = 0; round < 4; ++round) {
       for (auto& n : nodes_) {
-        if (!n.replica) continue;
-        auto batch = n.engine->NewBatch();
-        std::vector<raft::Message> out;
-        bool needs_sync = false;
-        if (!n.replica->BeginReady(*batch, &out, &needs_sync)) continue;
-        Send(out);
-        if (batch->Count() > 0) SHOAL_CHECK(n.engine->Write(*batch).ok());
-        n.replica->ApplyReady(static_cast<int64_t>(step_) * 10'000);
-        n.replica->FinishReady(&out, static_cast<int64_t>(step_) * 10'000);
-        Send(out);
+        for (uint64_t group : {kGroup, kChild}) {
+          replica::Replica* r = ReplicaOf(n, group);
+          if (r == nullptr) continue;
+          auto batch = n.engine->NewBatch();
+          std::vector<raft::Message> out;
+          bool needs_sync = false;
+          if (!r->BeginReady(*batch, &out, &needs_sync)) continue;
+          Send(out, group);
+          if (batch->Count() > 0) SHOAL_CHECK(n.engine->Write(*batch).ok());
+          r->ApplyReady(static_cast<int64_t>(step_) * 10'000);  // a split may open the child here
+          r->FinishReady(&out, static_cast<int64_t>(step_) * 10'000);
+          Send(out, group);
+        }
       }
     }
   }
@@ -438,10 +522,12 @@ class ReplicaSim {
     Run(placement_ ? 1500 : 400);
   }
 
-  SimNode& Leader() {
+  SimNode& Leader(uint64_t group = kGroup) {
     SimNode* best = nullptr;
     for (auto& n : nodes_) {
-      if (n.replica && n.replica->is_leader() && (best == nullptr || n.replica->raft().term() > best->replica->raft().term())) {
+      replica::Replica* r = ReplicaOf(n, group);
+      if (r != nullptr && r->is_leader() &&
+          (best == nullptr || r->raft().term() > ReplicaOf(*best, group)->raft().term())) {
         best = &n;
       }
     }
@@ -593,6 +679,221 @@ class ReplicaSim {
   std::vector<std::string> events_;
   int moves_ = 0, retired_ = 0, early_retire_ = 0;
 
+  // --- splits: kGroup's leader splits it at split_slot_ into kChild while
+  // clients write on both sides, as Cluster::ProposeSplitIfDue (re-proposed
+  // until the leader's range shrinks), Cluster::StageSplit/FinishSplit (the
+  // splitter) and Cluster::EnsureShardReplica (a node creates the child
+  // empty only once no replica of its own holds the child's slots).
+
+  void Splits() {
+    ProposeSplit();
+    LagAcrossSplit();
+    if (split_proposed_ && step_ % 10 == 0) EnsureChildren();
+    if (step_ % 50 == 0) LeadChildElsewhere();
+    Recounts();
+    CheckOneOwnerPerSlot();
+  }
+
+  // Key recounts after a split, as Cluster::StartRecounts: begun on the
+  // owner, counted a while later over the view taken then (the recount
+  // thread) while applies go on, finished on the owner.
+  struct Recount {
+    raft::NodeId node;
+    uint64_t group;
+    uint64_t due;
+    kv::Shard::RecountJob job;
+  };
+
+  kv::Shard* ShardOf(SimNode& n, uint64_t group) {
+    return group == kGroup ? n.shard.get() : group == kChild ? n.child_shard.get() : nullptr;
+  }
+
+  void Recounts() {
+    for (auto it = recounts_.begin(); it != recounts_.end();) {
+      if (it->due > step_) {
+        ++it;
+        continue;
+      }
+      std::atomic<bool> stop{false};
+      auto counted = it->job.count(stop);
+      SHOAL_CHECK(counted.ok());
+      kv::Shard* sh = ShardOf(*Node(it->node), it->group);
+      if (sh != nullptr) {
+        auto done = sh->FinishRecount(it->job.generation, *counted);
+        SHOAL_CHECK(done.ok());
+        (*done ? recounts_done_ : recounts_stale_)++;
+      }
+      it = recounts_.erase(it);
+    }
+    if (step_ % 10 != 0) return;
+    for (auto& n : nodes_) {
+      for (uint64_t group : {kGroup, kChild}) {
+        kv::Shard* sh = ShardOf(n, group);
+        if (sh == nullptr || !sh->NeedsRecount()) continue;
+        if (std::any_of(recounts_.begin(), recounts_.end(),
+                        [&](const Recount& r) { return r.node == n.id && r.group == group; })) {
+          continue;
+        }
+        std::optional<kv::Shard::RecountJob> job = sh->BeginRecount();
+        if (job) recounts_.push_back(Recount{n.id, group, step_ + 1 + rng_() % 40, std::move(*job)});
+      }
+    }
+  }
+
+  // As the metadata's preferred leader of a split's child (the parent's next
+  // voter in id order): the halves are led from different nodes, so a
+  // parent's leader may hold a lagging child replica.
+  void LeadChildElsewhere() {
+    SimNode& pl = Leader(kGroup);
+    SimNode& cl = Leader(kChild);
+    if (!pl.replica || !pl.replica->is_leader() || !cl.child_replica || !cl.child_replica->is_leader()) return;
+    if (&pl != &cl) return;
+    raft::NodeId to = pl.id % kFounders + 1;
+    if (Node(to)->child_replica) cl.child_replica->TransferLeader(to);
+  }
+
+  void ProposeSplit() {
+    if (step_ < split_at_) return;
+    SimNode& l = Leader();
+    if (!l.replica || !l.replica->is_leader() || l.shard->slot_end() <= split_slot_) return;  // split here already
+    if (split_proposals_ > 0 && step_ - last_split_proposal_ < kSplitRetrySteps) return;
+    const replica::SplitCommand split{kChild, split_slot_};
+    if (!l.replica->ProposeSplit(split, NowUs()).ok()) return;
+    if (!split_proposed_) events_.push_back("split proposed at " + std::to_string(step_) + " on " + std::to_string(l.id));
+    split_proposed_ = true;
+    last_split_proposal_ = step_;
+    split_proposals_++;
+    if (double_split_ && split_proposals_ == 1 && l.replica->ProposeSplit(split, NowUs()).ok()) {
+      split_proposals_++;  // the same split again, right behind: a no-op when it applies
+    }
+  }
+
+  // A follower goes down just before the split and comes back a while after
+  // its leader has applied it: it catches up through the log, or through a
+  // snapshot when the log was compacted past the split.
+  void LagAcrossSplit() {
+    if (lag_steps_ == 0) return;
+    if (lagger_ == 0 && step_ + 20 == split_at_) {
+      SimNode& l = Leader();
+      for (auto& n : nodes_) {
+        if (!n.up || !n.joined || &n == &l) continue;
+        lagger_ = n.id;
+        Down(n);
+        restart_at_.erase(n.id);  // back only once the split has applied (below)
+        events_.push_back("node " + std::to_string(n.id) + " down across the split at " + std::to_string(step_));
+        break;
+      }
+      return;
+    }
+    if (lagger_ == 0 || lagger_back_) return;
+    SimNode& l = Leader();
+    if (l.replica && l.replica->is_leader() && l.shard->slot_end() == split_slot_) {
+      lagger_back_ = true;
+      restart_at_[lagger_] = step_ + lag_steps_;
+      events_.push_back("split applied on leader " + std::to_string(l.id) + " at " + std::to_string(step_));
+    }
+  }
+
+  void EnsureChildren() {
+    for (auto& n : nodes_) {
+      if (!n.up || !n.joined || n.child_replica) continue;
+      if (storage::RaftStore::HasState(n.engine.get(), kChild)) {
+        OpenChild(n);
+        continue;
+      }
+      if (n.replica && n.shard->slot_end() > split_slot_) continue;  // its parent still holds the slots
+      // Checked apart from the rule: the parent here is past the split entry
+      // (through the log or a snapshot), so it gave up the child's slots.
+      uint64_t parent_applied = n.replica ? n.replica->state_machine().applied_index() : 0;
+      if (split_indexes_.empty() || parent_applied < *split_indexes_.begin()) {
+        empty_over_parent_++;
+        events_.push_back("node " + std::to_string(n.id) + " created the child empty at parent index " +
+                          std::to_string(parent_applied));
+      }
+      OpenChild(n);
+      children_empty_++;
+      child_origin_[n.id] = "empty";
+      events_.push_back("node " + std::to_string(n.id) + " created the child empty at " + std::to_string(step_));
+    }
+  }
+
+  // At most one replica on a node holds a slot.
+  void CheckOneOwnerPerSlot() {
+    for (auto& n : nodes_) {
+      if (!n.replica || !n.child_replica) continue;
+      if (n.shard->slot_end() > n.child_shard->slot_begin() && n.child_shard->slot_end() > n.shard->slot_begin()) {
+        overlaps_++;
+        events_.push_back("node " + std::to_string(n.id) + ": parent " + std::to_string(n.shard->slot_begin()) + "-" +
+                          std::to_string(n.shard->slot_end()) + " overlaps child " +
+                          std::to_string(n.child_shard->slot_begin()) + "-" +
+                          std::to_string(n.child_shard->slot_end()) + " at " + std::to_string(step_));
+      }
+    }
+  }
+
+  bool StageSplit(raft::NodeId id, replica::Replica& parent, const replica::SplitCommand& split,
+                  const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch) {
+    SimNode& n = *Node(id);
+    auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&parent.state_machine());
+    SHOAL_CHECK(kv_sm != nullptr && kv_sm->shard() == n.shard.get());
+    if (split.child != kChild || n.child_replica) return false;  // it exists here already: the parent only shrinks
+    if (!replica::StageSplitChild(n.engine.get(), *kv_sm->shard(), split, conf, index, batch).ok()) return false;
+    splits_staged_[id]++;
+    split_indexes_.insert(index);
+    return true;
+  }
+
+  void FinishSplit(raft::NodeId id, replica::Replica& parent) {
+    SimNode& n = *Node(id);
+    OpenChild(n);
+    children_split_++;
+    child_origin_[n.id] = "split";
+    events_.push_back("node " + std::to_string(n.id) + " split at " + std::to_string(step_));
+    // The parent's leader elects the child at once.
+    if (parent.is_leader()) n.child_replica->Campaign();
+  }
+
+  static constexpr uint64_t kSplitRetrySteps = 100;  // as ProposeSplitIfDue's second
+  bool splits_ = false;
+  uint16_t split_slot_ = storage::kSlotCount / 2;
+  uint64_t split_at_ = 0;
+  bool double_split_ = false;
+  uint64_t lag_steps_ = 0;  // 0: no follower is down across the split
+  uint64_t compact_entries_ = 16;  // snapshots happen often
+  std::vector<std::string> keys_;
+  bool split_proposed_ = false, lagger_back_ = false;
+  uint64_t last_split_proposal_ = 0;
+  raft::NodeId lagger_ = 0;
+  int split_proposals_ = 0, children_split_ = 0, children_empty_ = 0, empty_over_parent_ = 0, overlaps_ = 0;
+  int moved_refusals_ = 0;
+  std::map<raft::NodeId, int> splits_staged_;
+  std::set<uint64_t> split_indexes_;  // where the split applied: one index everywhere
+  std::map<raft::NodeId, std::string> child_origin_;
+  bool knows_split_[3] = {false, false, false};
+  std::vector<Recount> recounts_;
+  int recounts_done_ = 0, recounts_stale_ = 0;
+  std::set<size_t> refused_ops_;   // refused with TRYAGAIN: they never happened
+  std::set<size_t> expiring_ops_;  // writes with an expiry
+
+  std::string PickKey(int c) {
+    // A client learns of the split from the metadata now and then, or from a refusal.
+    if (split_proposed_ && !knows_split_[c] && rng_() % 40 == 0) knows_split_[c] = true;
+    return keys_[rng_() % keys_.size()];
+  }
+
+  // One operation in eight goes by a map from before the split (clients
+  // that have not refreshed theirs).
+  uint64_t RouteOf(int c, const std::string& key) {
+    bool stale = rng_() % 8 == 0;
+    return knows_split_[c] && !stale && storage::KeySlot(key) >= split_slot_ ? kChild : kGroup;
+  }
+
+  void Refused(int c, size_t op) {
+    refused_ops_.insert(op);
+    knows_split_[c] = true;
+    moved_refusals_++;
+  }
+
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
     Status s = n.engine->Get(storage::Cf::kData, storage::DataKey(0, key), &raw);
@@ -611,6 +912,7 @@ class ReplicaSim {
   uint64_t drop_pct_ = 3;
   bool streamed_ = false;  // snapshots travel through couriers in chunks
   SimCourier couriers_[kMaxNodes];
+  SimSplitter splitters_[kMaxNodes];
   std::unique_ptr<node::ImageReceiver> receivers_[kMaxNodes];
   std::vector<Image> images_;
   std::vector<ChunkInFlight> chunks_;
@@ -621,9 +923,18 @@ class ReplicaSim {
   std::map<raft::NodeId, uint64_t> restart_at_;
   std::vector<Operation> history_;
   bool busy_[3] = {false, false, false};
-  raft::NodeId believed_leader_[3] = {1, 2, 3};
+  uint64_t busy_group_[3] = {kGroup, kGroup, kGroup};
+  // Per client, the node it believes leads kGroup ([0]) and kChild ([1]).
+  raft::NodeId believed_leader_[3][2] = {{1, 1}, {2, 2}, {3, 3}};
   int restarts_ = 0, reroutes_ = 0, leader_changes_ = 0, reads_ok_ = 0;
 };
+
+bool SimSplitter::StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
+                             uint64_t index, storage::WriteBatch& batch) {
+  return sim->StageSplit(node, parent, split, conf, index, batch);
+}
+
+void SimSplitter::FinishSplit(replica::Replica& parent, const replica::SplitCommand&) { sim->FinishSplit(node, parent); }
 
 void SimCourier::Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) {
   sim->ShipImage(node, group, std::move(msg), std::move(write));
@@ -757,6 +1068,155 @@ TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
   EXPECT_GT(acked, 300);
   std::printf("placement sim: %d membership moves, %d replicas retired, %d snapshots streamed, %d acknowledged writes\n",
               moves, retired, streamed, acked);
+}
+
+}  // namespace
+}  // namespace shoal::sim
+
+namespace shoal::sim {
+namespace {
+
+// The keys' expected counters on a shard holding [begin, end): keys written,
+// and those whose last write set an expiry.
+std::pair<int64_t, int64_t> ExpectedCounts(ReplicaSim& sim, SimNode& owner_of_values, uint16_t begin, uint16_t end) {
+  int64_t keys = 0, expires = 0;
+  for (const auto& key : sim.keys_) {
+    uint16_t slot = storage::KeySlot(key);
+    std::string v = sim.ValueOn(owner_of_values, key);
+    if (slot < begin || slot >= end || v.empty()) continue;
+    keys++;
+    expires += sim.expiring_ops_.contains(std::stoull(v.substr(1)));
+  }
+  return {keys, expires};
+}
+
+// kGroup splits in two while clients write keys on both sides of the split
+// slot, nodes restart, the network loses and partitions, and (some seeds) a
+// follower is down across the split: it gets its child from its own split
+// entry (log kept) or creates it empty after a snapshot taken past the split
+// (log compacted). Writes proposed to the parent for moved slots are refused
+// and retried on the child. Some seeds propose the split twice.
+TEST(ReplicaSim, SplitsUnderFaultsLoseNothing) {
+  int recounts = 0, stale_recounts = 0;
+  int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
+  for (uint64_t seed = 201; seed <= 208; ++seed) {
+    ReplicaSim sim(seed);
+    sim.splits_ = true;
+    sim.streamed_ = seed / 2 % 2 == 0;
+    sim.compact_entries_ = seed % 2 == 1 ? 16 : 1 << 20;  // odd seeds: laggers need snapshots
+    sim.double_split_ = seed % 3 != 0;
+    sim.lag_steps_ = seed % 4 != 0 ? 150 + seed * 37 % 200 : 0;
+    sim.split_at_ = 600 + seed * 89 % 700;
+    // Six keys of distinct slots; the split slot is the fourth's (a key on
+    // the boundary), so three keys stay and three move.
+    std::map<uint16_t, std::string> by_slot;
+    for (int i = 0; by_slot.size() < 6; ++i) {
+      std::string key = "s" + std::to_string(seed) + "k" + std::to_string(i);
+      by_slot.emplace(storage::KeySlot(key), key);
+    }
+    for (const auto& [slot, key] : by_slot) sim.keys_.push_back(key);
+    sim.split_slot_ = std::next(by_slot.begin(), 3)->first;
+    sim.Start();
+    sim.Run(3000);
+    sim.Settle();
+    std::string events;
+    for (const auto& e : sim.events_) events += e + "; ";
+    SCOPED_TRACE("seed " + std::to_string(seed) + " split slot " + std::to_string(sim.split_slot_) + " events: " + events);
+
+    SimNode& pl = sim.Leader(kGroup);
+    SimNode& cl = sim.Leader(kChild);
+    ASSERT_TRUE(pl.replica && pl.replica->is_leader());
+    ASSERT_TRUE(cl.child_replica && cl.child_replica->is_leader());
+    auto owner = [&](const std::string& key) -> SimNode& {
+      return storage::KeySlot(key) < sim.split_slot_ ? pl : cl;
+    };
+    // Every node holds both groups, split at one place, with the same state.
+    auto check_nodes = [&](const char* when) {
+      for (int i = 0; i < kFounders; ++i) {
+        SimNode& n = sim.nodes_[static_cast<size_t>(i)];
+        SCOPED_TRACE(std::string(when) + " node " + std::to_string(n.id));
+        ASSERT_TRUE(n.replica && n.child_replica);
+        EXPECT_EQ(n.shard->slot_begin(), 0);
+        EXPECT_EQ(n.shard->slot_end(), sim.split_slot_);
+        EXPECT_EQ(n.child_shard->slot_begin(), sim.split_slot_);
+        EXPECT_EQ(n.child_shard->slot_end(), storage::kSlotCount);
+        EXPECT_EQ(n.replica->state_machine().applied_index(), pl.replica->state_machine().applied_index());
+        EXPECT_EQ(n.child_replica->state_machine().applied_index(), cl.child_replica->state_machine().applied_index());
+        for (const auto& key : sim.keys_) EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(owner(key), key)) << key;
+        auto [pk, pe] = ExpectedCounts(sim, pl, 0, sim.split_slot_);
+        auto [ck, ce] = ExpectedCounts(sim, cl, sim.split_slot_, storage::kSlotCount);
+        EXPECT_FALSE(n.shard->NeedsRecount() || n.child_shard->NeedsRecount());
+        EXPECT_EQ(n.shard->KeyCount(0), pk);
+        EXPECT_EQ(n.shard->ExpiresCount(0), pe);
+        EXPECT_EQ(n.child_shard->KeyCount(0), ck);
+        EXPECT_EQ(n.child_shard->ExpiresCount(0), ce);
+        EXPECT_LE(sim.splits_staged_[n.id], 1);  // a repeated split entry changes nothing
+      }
+    };
+    check_nodes("settled");
+    EXPECT_EQ(sim.split_indexes_.size(), 1u);
+    EXPECT_EQ(sim.overlaps_, 0);
+    EXPECT_EQ(sim.empty_over_parent_, 0);
+
+    // Final reads (after every acknowledged write) join the history; refused
+    // operations never happened.
+    for (const auto& key : sim.keys_) {
+      uint64_t t = sim.Now();
+      sim.history_.push_back(Operation{sim.history_.size(), false, key, sim.ValueOn(owner(key), key), t, sim.Now()});
+    }
+    std::vector<Operation> history;
+    for (const auto& op : sim.history_) {
+      if (!sim.refused_ops_.contains(op.id)) history.push_back(op);
+    }
+    auto result = check_linearizable(history);
+    EXPECT_TRUE(result.ok) << result.key << "\n" << result.explain;
+    // No acknowledged write is lost: each key ends with its last acknowledged
+    // write's value, or with a write that did not finish before it began.
+    for (const auto& key : sim.keys_) {
+      const Operation* last = nullptr;
+      for (const auto& op : history) {
+        if (op.is_write && op.key == key && op.response != kNeverReturned && (!last || op.response > last->response)) last = &op;
+      }
+      if (last == nullptr) continue;
+      std::string v = sim.ValueOn(owner(key), key);
+      ASSERT_FALSE(v.empty()) << key;
+      const Operation& w = sim.history_[std::stoull(v.substr(1))];
+      EXPECT_TRUE(w.is_write && w.key == key && !sim.refused_ops_.contains(w.id)) << key << "=" << v;
+      EXPECT_TRUE(w.id == last->id || w.response > last->invoke) << key << " holds " << v << ", acked " << last->value;
+    }
+    for (const auto& op : history) acked += op.is_write && op.response != kNeverReturned;
+
+    // Restarted, every node reads the same ranges and counters from its store.
+    for (auto& n : sim.nodes_) {
+      if (!n.up) continue;
+      sim.Down(n);
+      sim.Up(n, false);
+    }
+    check_nodes("restarted");
+
+    if (sim.lagger_ != 0) {
+      const std::string& origin = sim.child_origin_[sim.lagger_];
+      lag_log += origin == "split";
+      lag_snapshot += origin == "empty";
+    }
+    recounts += sim.recounts_done_;
+    stale_recounts += sim.recounts_stale_;
+    proposals += sim.split_proposals_;
+    refusals += sim.moved_refusals_;
+    by_split += sim.children_split_;
+    empty += sim.children_empty_;
+    restarts += sim.restarts_;
+  }
+  EXPECT_GT(refusals, 0);      // writes and reads reached the parent after the split
+  EXPECT_GT(lag_log, 0);       // a follower down across the split split through its log
+  EXPECT_GT(lag_snapshot, 0);  // ... and one came back to a log compacted past it
+  EXPECT_GT(empty, 0);
+  EXPECT_GT(restarts, 5);
+  EXPECT_GT(acked, 300);
+  std::printf("split sim: 8 splits, %d split proposals, %d children by the split entry, %d created empty for a "
+              "snapshot, %d laggers through the log, %d through a snapshot, %d operations refused (TRYAGAIN), "
+              "%d restarts, %d acknowledged writes, %d key recounts (%d stale)\n",
+              proposals, by_split, empty, lag_log, lag_snapshot, refusals, restarts, acked, recounts, stale_recounts);
 }
 
 }  // namespace
