@@ -96,13 +96,15 @@ Cluster::Cluster(ClusterOptions opts, storage::Engine* engine, node::Runtime* ru
 Cluster::~Cluster() { Stop(); }
 
 void Cluster::Stop() {
+  std::thread thread;
   {
     std::lock_guard lock(recount_mu_);
     recount_stop_ = true;
     recount_abort_.store(true);
+    thread = std::move(recount_thread_);
   }
   recount_cv_.notify_all();
-  if (recount_thread_.joinable()) recount_thread_.join();
+  if (thread.joinable()) thread.join();
 }
 
 void Cluster::StartRecounts(int worker) {
@@ -115,7 +117,7 @@ void Cluster::StartRecounts(int worker) {
     }
     std::optional<kv::Shard::RecountJob> job = sh->BeginRecount();
     std::lock_guard lock(recount_mu_);
-    if (!job) {
+    if (!job || recount_stop_) {
       recounting_.erase(sh->id());
       continue;
     }
@@ -385,6 +387,17 @@ void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand&
       groups_->Notify(child);
     });
   }
+}
+
+bool Cluster::MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) {
+  std::lock_guard lock(shards_mu_);
+  for (const auto& [id, shard] : shards_) {
+    if (id != r.group() && shard->slot_begin() < end && begin < shard->slot_end()) return false;
+  }
+  for (const auto& [id, range] : opening_) {
+    if (id != r.group() && range.second != 0 && range.first < end && begin < range.second) return false;
+  }
+  return true;
 }
 
 uint64_t Cluster::LocalRangesSig() {
@@ -748,7 +761,7 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     }
     if (r != nullptr && s.recovery() > 0 && s.recovered_on() == node_id_) {
       auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
-      if (kv_sm != nullptr && (kv_sm->shard()->slot_begin() != s.slot_begin() ||
+      if (kv_sm != nullptr && r->recovery() < s.recovery() && (kv_sm->shard()->slot_begin() != s.slot_begin() ||
                                kv_sm->shard()->slot_end() != s.slot_end())) {
         // It missed a split (or holds a later one): as the only voter it
         // would serve slots another shard now holds.
@@ -1398,6 +1411,14 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
       const proto::NodeInfo* node = FindNode(*m, args[2]);
       if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+      for (const auto& s : m->shards()) {
+        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+          // A survivor may or may not have applied the split: as the only
+          // voter it could serve slots the other half holds.
+          return done(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
+                                 std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
+        }
+      }
       ClusterView view = View(now);
       std::map<uint64_t, NodeState> state;
       for (const NodeView& n : view.nodes) state[n.id] = n.state;

@@ -135,6 +135,8 @@ class Cluster final : public replica::Splitter {
     uint32_t local = local_slot_group_[slot].load(std::memory_order_acquire);
     return local != 0 ? local : slot_group_[slot].load(std::memory_order_acquire);
   }
+  // Changes whenever a local replica comes, goes or changes its range. Any thread.
+  uint64_t LocalRangesSig();
   // Counts an operation on `slot` served here (load-based splits). Any thread.
   void NoteOp(uint16_t slot) { slot_ops_[slot].fetch_add(1, std::memory_order_relaxed); }
 
@@ -142,6 +144,7 @@ class Cluster final : public replica::Splitter {
   bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
                   uint64_t index, storage::WriteBatch& batch) override;
   void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
+  bool MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
   MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
   // The leader of group as this node knows it (kNoNode if unknown).
   uint64_t LeaderOf(uint64_t group) const;
@@ -239,7 +242,6 @@ class Cluster final : public replica::Splitter {
   int64_t last_size_us_ = 0;
   std::mutex local_slots_mu_;  // one RebuildLocalSlots at a time
   uint64_t local_ranges_sig_ = 0;     // local_slots_mu_
-  uint64_t LocalRangesSig();
   // Key recounts (kv::Shard::BeginRecount): one thread counts, in order.
   struct Recount {
     uint64_t shard;

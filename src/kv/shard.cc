@@ -610,6 +610,28 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   return Status::Ok();
 }
 
+bool Shard::ImageRange(std::string_view image, uint16_t* begin, uint16_t* end) {
+  if (image.empty() || (image[0] != kImageV1 && image[0] != kImageV2)) return false;
+  std::string_view in = image.substr(1), sst;
+  if (image[0] == kImageV2 && !GetBytes(&in, &sst)) return false;
+  std::vector<Record> recs;
+  if (!ParseRecords(in, image[0] == kImageV2 ? "xkerc" : "dxkerc", &recs).ok()) return false;
+  for (const auto& r : recs) {
+    if (r.kind == 'r') return DecodeRange(r.v, begin, end);
+  }
+  return false;
+}
+
+bool Shard::ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* end) {
+  std::string counters;
+  std::vector<Record> recs;
+  if (!ReadWholeFile(dir + "/counters", &counters).ok() || !ParseRecords(counters, "kerc", &recs).ok()) return false;
+  for (const auto& r : recs) {
+    if (r.kind == 'r') return DecodeRange(r.v, begin, end);
+  }
+  return false;
+}
+
 Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::WriteBatch& batch,
                                const ImportMarker& marker) {
   std::string counters;

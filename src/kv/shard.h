@@ -202,6 +202,10 @@ class Shard {
   static std::string SentinelKey(uint32_t id);
   // A slot range as stored ([begin u16 BE][end u16 BE]).
   static std::string EncodeRange(uint16_t begin, uint16_t end);
+  // The range an image names (inline, or the files a ShardExport wrote
+  // into `dir`); false if it names none or cannot be read.
+  static bool ImageRange(std::string_view image, uint16_t* begin, uint16_t* end);
+  static bool ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* end);
   // Whether the shard holds `slot` now. Any thread. The range is part of the
   // replicated state: it shrinks only when the shard splits (StageSplit) or
   // takes an image of a later state, and a write of a slot the shard no

@@ -593,6 +593,17 @@ TEST(ShardSplit, ImageCarriesTheRangeAndAnOlderReplicaAdoptsIt) {
   auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_split_img_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  // Both forms name their range (a node checks it before taking the image).
+  uint16_t b = 1, e = 1;
+  ASSERT_TRUE(Shard::ImageRange(*image, &b, &e));
+  EXPECT_EQ(b, 0);
+  EXPECT_EQ(e, kSplitSlot);
+  b = e = 1;
+  ASSERT_TRUE(Shard::ImageFilesRange(dir.string(), &b, &e));
+  EXPECT_EQ(b, 0);
+  EXPECT_EQ(e, kSplitSlot);
+  EXPECT_FALSE(Shard::ImageRange("junk", &b, &e));
+  EXPECT_FALSE(Shard::ImageFilesRange((dir / "missing").string(), &b, &e));
   // Two replicas that hold the whole range, the moved keys included.
   ShardHarness inline_b("split_img_b"), files_c("split_img_c");
   for (ShardHarness* h : {&inline_b, &files_c}) FillBothSides(*h);

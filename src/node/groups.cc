@@ -41,6 +41,7 @@ replica::Replica* Groups::Add(std::unique_ptr<replica::Replica> r) {
     owned_.push_back(std::move(r));
   }
   asio::post(runtime_->worker(w).io(), [this, raw, w] {
+    if (raw->retired()) return;  // retired on its worker before this ran (added from another)
     hosts_[static_cast<size_t>(w)].replicas.push_back(raw);
     Notify(raw);
   });

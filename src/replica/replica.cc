@@ -447,11 +447,22 @@ void Replica::Step(raft::Message m) {
   }
   if (m.type == raft::MessageType::kSnap) {
     SnapshotTicket t;
-    if (SnapshotTicket::Decode(m.snapshot.data, &t) &&
-        (opts_.courier == nullptr || opts_.courier->Received(opts_.group, t).empty())) {
+    std::string dir;
+    bool ticket = SnapshotTicket::Decode(m.snapshot.data, &t);
+    if (ticket && (opts_.courier == nullptr || (dir = opts_.courier->Received(opts_.group, t)).empty())) {
       // Its image has not (all) arrived: the leader sends it again.
       spdlog::warn("group {}: snapshot at {} from node {:016x} without its image; dropped", opts_.group,
                    m.snapshot.meta.index, m.from);
+      return;
+    }
+    uint16_t b = 0, e = 0;
+    if (opts_.splitter != nullptr && sm_->ImageRange(ticket ? std::string_view() : std::string_view(m.snapshot.data), dir, &b, &e) &&
+        !opts_.splitter->MayTakeImage(*this, b, e)) {
+      // From before a split whose child is already here: the leader sends
+      // a later one (narrower) once it has applied the split.
+      spdlog::warn("group {}: snapshot at {} names slots {}-{}, some held by another replica here; dropped",
+                   opts_.group, m.snapshot.meta.index, b, e - 1);
+      if (ticket) opts_.courier->Consumed(opts_.group, t);
       return;
     }
   }

@@ -75,6 +75,8 @@ class StateMachine {
   // Whether the state machine holds `slot` now (a data shard's range). Any
   // thread.
   virtual bool OwnsSlot(uint16_t) const { return true; }
+  // The slot range an image names (inline, or files in `dir`); false: none.
+  virtual bool ImageRange(std::string_view, const std::string&, uint16_t*, uint16_t*) const { return false; }
 };
 
 // The key-value state machine of a data shard: log entries carry batches of
@@ -106,6 +108,9 @@ class KvStateMachine final : public StateMachine {
   }
   Status StageDestroy(storage::WriteBatch& batch) override { return shard_->StageDestroy(batch); }
   bool OwnsSlot(uint16_t slot) const override { return shard_->OwnsSlot(slot); }
+  bool ImageRange(std::string_view image, const std::string& dir, uint16_t* b, uint16_t* e) const override {
+    return dir.empty() ? kv::Shard::ImageRange(image, b, e) : kv::Shard::ImageFilesRange(dir, b, e);
+  }
   kv::Shard* shard() { return shard_; }
 
  private:
@@ -173,6 +178,10 @@ class Splitter {
   virtual bool StageSplit(Replica& parent, const SplitCommand& split, const raft::ConfState& conf,
                           uint64_t index, storage::WriteBatch& batch) = 0;
   virtual void FinishSplit(Replica& parent, const SplitCommand& split) = 0;
+  // Whether `r` may take an image naming slots [begin, end): not when
+  // another replica on this node holds some of them (an image from before
+  // a split, reaching a node that has the split's child already).
+  virtual bool MayTakeImage(Replica&, uint16_t, uint16_t) { return true; }
 };
 
 // Stages a split's child on this node into `batch`: the parent shard's

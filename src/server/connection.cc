@@ -393,6 +393,20 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
 asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args args) {
   kv::Entry entry;
   if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
+  if (!cluster_aware_) {
+    // The whole database: every shard must have a leader to flush it (a
+    // split's child before its first election has none yet).
+    auto rt = server_.cluster().routing();
+    for (const auto& s : rt->shards) {
+      if (server_.cluster().LeaderOf(s.id) == 0) {
+        writer_.Error("TRYAGAIN shard " + std::to_string(s.id) + " has no leader right now; retry");
+        co_return;
+      }
+    }
+  }
+  // A shard that splits meanwhile may keep keys of the moved slots: then
+  // the client is told to retry (a flush may be repeated).
+  const uint64_t ranges = server_.cluster().LocalRangesSig();
   std::string error;
   for (kv::Shard* shard : server_.LedShards()) {
     QueueWrite(shard->id(), entry);
@@ -411,6 +425,9 @@ asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args a
       std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, db_, args, &sent);
       if (!reply.starts_with("+") && error.empty()) error = reply;
     }
+  }
+  if (error.empty() && server_.cluster().LocalRangesSig() != ranges) {
+    error = "-TRYAGAIN a shard split during the flush; retry\r\n";
   }
   if (error.empty()) {
     writer_.Simple("OK");

@@ -119,6 +119,7 @@ struct SimSplitter final : replica::Splitter {
   bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
                   uint64_t index, storage::WriteBatch& batch) override;
   void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
+  bool MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
 };
 
 class ReplicaSim {
@@ -935,6 +936,14 @@ bool SimSplitter::StageSplit(replica::Replica& parent, const replica::SplitComma
 }
 
 void SimSplitter::FinishSplit(replica::Replica& parent, const replica::SplitCommand&) { sim->FinishSplit(node, parent); }
+
+// As Cluster::MayTakeImage: no image naming slots the node's other replica holds.
+bool SimSplitter::MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) {
+  SimNode& n = sim->nodes_[node - 1];
+  kv::Shard* other = r.group() == kGroup ? n.child_shard.get() : n.shard.get();
+  bool held = other != nullptr && (r.group() == kGroup ? n.child_replica != nullptr : n.replica != nullptr);
+  return !held || other->slot_end() <= begin || end <= other->slot_begin();
+}
 
 void SimCourier::Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) {
   sim->ShipImage(node, group, std::move(msg), std::move(write));
