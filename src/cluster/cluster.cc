@@ -1,5 +1,6 @@
 #include "cluster/cluster.h"
 
+#include "cluster/cluster_internal.h"
 #include "cluster/membership.h"
 #include "common/strings.h"
 #include "storage/keys.h"
@@ -19,6 +20,15 @@
 #include <spdlog/spdlog.h>
 
 namespace shoal::cluster {
+
+using internal::Contains;
+using internal::FindShardById;
+using internal::HasId;
+using internal::Hex;
+using internal::ReportOf;
+using internal::SortedIds;
+using internal::WantedMembership;
+
 namespace {
 
 using asio::experimental::as_tuple;
@@ -62,6 +72,10 @@ Status PutU64Durable(storage::Engine* engine, std::string_view key, uint64_t v) 
   return synced.ok() ? Status::Ok() : synced.status();
 }
 
+}  // namespace
+
+namespace internal {
+
 std::string Hex(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
@@ -79,7 +93,7 @@ const proto::ShardInfo* FindShardById(const proto::MetaState& meta, uint64_t id)
   return nullptr;
 }
 
-}  // namespace
+}  // namespace internal
 
 std::string NodeName(uint64_t id) {
   uint64_t b = id * 0x9E3779B97F4A7C15ULL;
@@ -105,53 +119,6 @@ void Cluster::Stop() {
   }
   recount_cv_.notify_all();
   if (thread.joinable()) thread.join();
-}
-
-void Cluster::StartRecounts(int worker) {
-  for (kv::Shard* sh : LocalShards()) {
-    if (groups_->WorkerOf(sh->id()) != worker || !sh->NeedsRecount()) continue;
-    {
-      std::lock_guard lock(recount_mu_);
-      if (recount_stop_ || recounting_.contains(sh->id())) continue;
-      recounting_.insert(sh->id());
-    }
-    std::optional<kv::Shard::RecountJob> job = sh->BeginRecount();
-    std::lock_guard lock(recount_mu_);
-    if (!job || recount_stop_) {
-      recounting_.erase(sh->id());
-      continue;
-    }
-    recount_queue_.push_back(Recount{sh->id(), std::move(*job)});
-    if (!recount_thread_.joinable()) recount_thread_ = std::thread([this] { RecountLoop(); });
-  }
-  recount_cv_.notify_one();
-}
-
-void Cluster::RecountLoop() {
-  std::unique_lock lock(recount_mu_);
-  while (true) {
-    recount_cv_.wait(lock, [this] { return recount_stop_ || !recount_queue_.empty(); });
-    if (recount_stop_) return;
-    Recount r = std::move(recount_queue_.front());
-    recount_queue_.pop_front();
-    lock.unlock();
-    auto counted = r.job.count(recount_abort_);  // the scan, off every worker
-    lock.lock();
-    if (recount_stop_) return;
-    asio::post(groups_->WorkerFor(r.shard).io(), [this, shard = r.shard, gen = r.job.generation,
-                                                  counted = std::move(counted)] {
-      kv::Shard* sh = LocalShard(shard);
-      if (sh != nullptr && counted.ok()) {
-        auto done = sh->FinishRecount(gen, *counted);
-        if (!done.ok()) spdlog::error("shard {}: key recount not saved: {}", shard, done.status().ToString());
-        if (done.ok() && *done) spdlog::info("shard {}: key counters recounted", shard);
-      } else if (!counted.ok()) {
-        spdlog::error("shard {}: key recount failed: {}", shard, counted.status().ToString());
-      }
-      std::lock_guard l(recount_mu_);
-      recounting_.erase(shard);  // still pending (stale, failed): the next round starts another
-    });
-  }
 }
 
 Status Cluster::LoadIdentity() {
@@ -334,205 +301,6 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   return added;
 }
 
-bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
-                         uint64_t index, storage::WriteBatch& batch) {
-  auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&parent.state_machine());
-  if (kv_sm == nullptr || split.child >= node::Groups::kMaxGroups) return false;
-  {
-    // Claimed here until FinishSplit has opened it: nothing else opens it.
-    std::lock_guard lock(shards_mu_);
-    if (!ClaimLocked(split.child, {split.slot, kv_sm->shard()->slot_end()})) {
-      spdlog::error("shard {}: split child {} already exists here; only the parent's range shrinks", parent.group(),
-                    split.child);
-      return false;
-    }
-  }
-  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch);
-  if (!s.ok()) {
-    spdlog::error("shard {}: cannot create split child {} here: {}", parent.group(), split.child, s.ToString());
-    std::lock_guard lock(shards_mu_);
-    opening_.erase(split.child);
-    return false;
-  }
-  return true;
-}
-
-void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) {
-  std::pair<uint16_t, uint16_t> range;
-  {
-    std::lock_guard lock(shards_mu_);
-    auto it = opening_.find(split.child);
-    if (it == opening_.end()) return;
-    range = it->second;
-  }
-  auto r = OpenShardReplica(split.child, range.first, range.second, false, 0, 0);  // ends the claim
-  if (!r.ok() || *r == nullptr) {
-    spdlog::critical("shard {}: split child {} could not be opened: {}", parent.group(), split.child,
-                     r.ok() ? "gone" : r.status().ToString());
-    return;
-  }
-  spdlog::info("shard {}: split: shard {} takes slots {}-{} here", parent.group(), split.child, range.first,
-               range.second - 1);
-  // The node meant to lead the child (else the parent's leader's) elects
-  // it at once: no election timeout without a leader for the moved slots.
-  MetaPtr m = meta();
-  const proto::ShardInfo* info = m ? FindShardById(*m, split.child) : nullptr;
-  bool preferred_here = info != nullptr && info->preferred_leader() == node_id_;
-  bool preferred_known = info != nullptr && info->preferred_leader() != 0;
-  if (preferred_here || (!preferred_known && parent.is_leader())) {
-    replica::Replica* child = *r;
-    asio::post(groups_->WorkerFor(split.child).io(), [this, child] {
-      if (child->retired()) return;
-      child->Campaign();
-      groups_->Notify(child);
-    });
-  }
-}
-
-bool Cluster::MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) {
-  std::lock_guard lock(shards_mu_);
-  for (const auto& [id, shard] : shards_) {
-    if (id != r.group() && shard->slot_begin() < end && begin < shard->slot_end()) return false;
-  }
-  for (const auto& [id, range] : opening_) {
-    if (id != r.group() && range.second != 0 && range.first < end && begin < range.second) return false;
-  }
-  return true;
-}
-
-uint64_t Cluster::LocalRangesSig() {
-  std::lock_guard lock(shards_mu_);
-  uint64_t sig = 0;
-  for (const auto& [id, shard] : shards_) {
-    sig = sig * 0x9E3779B97F4A7C15ULL + (id << 32 | uint64_t{shard->slot_begin()} << 16 | shard->slot_end());
-  }
-  return sig;
-}
-
-void Cluster::MeasureLoad(int64_t now) {
-  if (now - last_load_us_ < 1'000'000) return;
-  const double secs = last_load_us_ == 0 ? 0.0 : static_cast<double>(now - last_load_us_) / 1e6;
-  last_load_us_ = now;
-  std::vector<uint32_t> cur(storage::kSlotCount);
-  for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) cur[slot] = slot_ops_[slot].load(std::memory_order_relaxed);
-  const bool first = last_slot_ops_.size() != cur.size();
-  const bool size_due = now - last_size_us_ >= 5'000'000;
-  if (size_due) last_size_us_ = now;
-  std::map<uint64_t, ShardLoad> next;
-  for (kv::Shard* sh : LocalShards()) {
-    replica::Replica* r = groups_->Find(sh->id());
-    if (r == nullptr || !r->published_is_leader()) continue;
-    ShardLoad l = load_.contains(sh->id()) ? load_[sh->id()] : ShardLoad{};
-    const uint16_t b = sh->slot_begin(), e = sh->slot_end();
-    if (l.begin != b || l.end != e) l = ShardLoad{.begin = b, .end = e};  // new, or split: load is measured anew
-    // This second's operations per slot (counters wrap: unsigned difference).
-    uint64_t ops = 0;
-    for (uint32_t slot = b; slot < e && !first; ++slot) ops += cur[slot] - last_slot_ops_[slot];
-    if (secs > 0) {
-      double alpha = 1.0 - std::exp(-secs / 10.0);  // about 10 s of memory: sustained load only
-      l.ops_per_sec += alpha * (static_cast<double>(ops) / secs - l.ops_per_sec);
-    }
-    uint32_t load_slot = 0;
-    if (ops >= 20 && e - b >= 2) {
-      // Where the load halves: the child takes the upper half.
-      uint64_t acc = 0;
-      for (uint32_t slot = b; slot < e; ++slot) {
-        acc += cur[slot] - last_slot_ops_[slot];
-        if (acc * 2 >= ops) {
-          load_slot = std::clamp<uint32_t>(slot, b + 1u, e - 1u);
-          break;
-        }
-      }
-    }
-    if (size_due || l.bytes == 0) {
-      auto size_of = [&](uint32_t lo, uint32_t hi) {
-        return engine_->ApproximateSize(storage::Cf::kData, storage::DataSlotDbPrefix(static_cast<uint16_t>(lo), 0),
-                                        storage::DataSlotDbPrefix(static_cast<uint16_t>(hi), 0));
-      };
-      l.bytes = size_of(b, e);
-      // Where the size halves (a binary search over slots). Small ranges
-      // are mostly in memtables, whose size estimates are too coarse to
-      // find a median: those split in the middle.
-      uint32_t lo = b + 1u, hi = e - 1u;
-      while (e - b >= 2 && lo < hi && l.bytes >= (64ULL << 20)) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (size_of(b, mid) * 2 >= l.bytes) {
-          hi = mid;
-        } else {
-          lo = mid + 1;
-        }
-      }
-      if (e - b >= 2) l.split_slot = l.bytes >= (64ULL << 20) ? lo : b + (e - b) / 2;
-    }
-    // A busy shard splits where its load halves (a split for load is what
-    // the planner would make of it); else where its size does.
-    bool busy = opts_.split_ops_per_sec > 0 && l.ops_per_sec * 2 >= static_cast<double>(opts_.split_ops_per_sec);
-    if (load_slot != 0 && busy) l.split_slot = load_slot;
-    if (l.split_slot <= b || l.split_slot >= e) l.split_slot = e - b >= 2 ? b + (e - b) / 2 : 0;
-    next[sh->id()] = l;
-  }
-  load_ = std::move(next);
-  last_slot_ops_ = std::move(cur);
-}
-
-void Cluster::FillLoad(node::LeaderReport* rep) const {
-  if (rep->group == 0) return;
-  if (kv::Shard* sh = LocalShard(rep->group)) {
-    rep->slot_begin = sh->slot_begin();
-    rep->slot_end = sh->slot_end();
-  }
-  auto it = load_.find(rep->group);
-  if (it == load_.end()) return;
-  rep->bytes = it->second.bytes;
-  rep->ops_per_sec = static_cast<uint64_t>(it->second.ops_per_sec);
-  rep->split_slot = it->second.split_slot;
-}
-
-void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
-  const proto::ShardInfo* info = FindShardById(meta, r->group());
-  if (info == nullptr || info->split_child() == 0) return;
-  kv::Shard* sh = LocalShard(r->group());
-  if (sh == nullptr || sh->slot_end() <= info->slot_end()) return;  // split here already
-  {
-    std::lock_guard lock(transfer_mu_);
-    int64_t& last = last_split_us_[r->group()];
-    if (now - last < 1'000'000) return;
-    last = now;
-  }
-  const proto::ShardInfo* child = FindShardById(meta, info->split_child());
-  if (child == nullptr || child->slot_begin() != info->slot_end() || child->slot_end() != sh->slot_end() ||
-      sh->slot_begin() != info->slot_begin()) {
-    spdlog::warn("shard {}: split into {} waits: this replica holds slots {}-{}, the metadata {}-{}", r->group(),
-                 info->split_child(), sh->slot_begin(), sh->slot_end() - 1, info->slot_begin(), info->slot_end() - 1);
-    return;
-  }
-  if (!r->raft().tracker().conf_state().voters_outgoing.empty()) return;  // joint: it would be ignored
-  replica::SplitCommand split{child->id(), static_cast<uint16_t>(info->slot_end())};
-  auto p = r->ProposeSplit(split, now);
-  if (p.ok()) {
-    spdlog::info("shard {}: proposed its split at slot {} into shard {}", r->group(), split.slot, split.child);
-    groups_->Notify(r);
-  }
-}
-
-void Cluster::RebuildLocalSlots() {
-  std::lock_guard rebuild(local_slots_mu_);
-  std::vector<uint32_t> owner(storage::kSlotCount, 0);
-  {
-    std::lock_guard lock(shards_mu_);
-    uint64_t sig = 0;
-    for (const auto& [id, shard] : shards_) {
-      uint16_t b = shard->slot_begin(), e = shard->slot_end();
-      sig = sig * 0x9E3779B97F4A7C15ULL + (id << 32 | uint64_t{b} << 16 | e);
-      for (uint32_t slot = b; slot < e && slot < storage::kSlotCount; ++slot) owner[slot] = static_cast<uint32_t>(id);
-    }
-    local_ranges_sig_ = sig;
-  }
-  for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) {
-    local_slot_group_[slot].store(owner[slot], std::memory_order_release);
-  }
-}
-
 kv::Shard* Cluster::LocalShard(uint64_t group) const {
   auto* self = const_cast<Cluster*>(this);
   std::lock_guard lock(self->shards_mu_);
@@ -634,7 +402,7 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
   std::atomic_store(&routing_, RoutingPtr(std::move(rt)));
 }
 
-namespace {
+namespace internal {
 
 std::vector<uint64_t> SortedIds(std::vector<uint64_t> v) {
   std::sort(v.begin(), v.end());
@@ -683,7 +451,7 @@ node::LeaderReport ReportOf(const replica::Replica& r) {
   return rep;
 }
 
-}  // namespace
+}  // namespace internal
 
 void Cluster::OnTick(int worker) {
   int64_t now = node::MonoUs();
@@ -1068,410 +836,6 @@ asio::awaitable<void> Cluster::JoinLoop() {
     }
     spdlog::warn("join through {}: {}", target, line);
   }
-}
-
-}  // namespace shoal::cluster
-
-namespace shoal::cluster {
-namespace {
-
-AdminReply AdminError(std::string e) {
-  AdminReply r;
-  r.kind = AdminReply::Kind::kError;
-  r.error = std::move(e);
-  return r;
-}
-
-std::string IdList(const std::vector<uint64_t>& ids) {
-  std::string out;
-  for (uint64_t id : ids) out += (out.empty() ? "" : ",") + Hex(id);
-  return out.empty() ? "-" : out;
-}
-
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-}  // namespace
-
-static const proto::ShardInfo* FindShard(const proto::MetaState& meta, const std::string& id) {
-  auto v = ParseInt64(id);
-  if (!v || *v <= 0) return nullptr;
-  return FindShardById(meta, static_cast<uint64_t>(*v));
-}
-
-const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std::string& who) const {
-  uint64_t id = 0;
-  if (who.size() >= 16 && who.find(':') == std::string::npos) {
-    bool hex = std::all_of(who.begin(), who.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
-    if (hex) id = std::strtoull(who.substr(0, 16).c_str(), nullptr, 16);
-  }
-  for (const auto& n : meta.nodes()) {
-    if ((id != 0 && n.id() == id) || who == n.host() + ":" + std::to_string(n.port())) return &n;
-  }
-  return nullptr;
-}
-
-AdminReply Cluster::AdminStatus(int64_t now) const {
-  AdminReply out;
-  out.kind = AdminReply::Kind::kLines;
-  MetaPtr m = meta();
-  ClusterView view = View(now);
-  std::map<uint64_t, int> replicas, leaders;
-  int moving = 0;
-  for (const ShardView& s : view.shards) {
-    for (uint64_t v : s.want.voters) replicas[v]++;
-    for (uint64_t l : s.want.learners) replicas[l]++;
-    uint64_t leader = LeaderOf(s.id);
-    if (leader != 0) leaders[leader]++;
-    if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) ++moving;
-  }
-  out.lines.push_back("cluster " + Hex(m->cluster_id()) + " epoch " + std::to_string(m->epoch()) +
-                      " replication-factor " + std::to_string(m->replication_factor()) + " balance " +
-                      (m->balance_off() ? "off" : "on") + " down-after-ms " + std::to_string(opts_.down_after_ms));
-  for (const NodeView& n : view.nodes) {
-    const proto::NodeInfo* info = nullptr;
-    for (const auto& i : m->nodes()) {
-      if (i.id() == n.id) info = &i;
-    }
-    out.lines.push_back("node " + Hex(n.id) + " " + info->host() + ":" + std::to_string(info->port()) + " " +
-                        NodeStateName(n.state) + " replicas " + std::to_string(replicas[n.id]) + " leaders " +
-                        std::to_string(leaders[n.id]) +
-                        (HasId(view.meta_voters, n.id) ? " meta-voter" : ""));
-  }
-  std::vector<const ShardView*> by_slot;
-  for (const ShardView& s : view.shards) by_slot.push_back(&s);
-  std::sort(by_slot.begin(), by_slot.end(), [&](const ShardView* a, const ShardView* b) {
-    return FindShardById(*m, a->id)->slot_begin() < FindShardById(*m, b->id)->slot_begin();
-  });
-  for (const ShardView* sp : by_slot) {
-    const ShardView& s = *sp;
-    const proto::ShardInfo* info = FindShardById(*m, s.id);
-    std::string line = "shard " + std::to_string(s.id) + " slots " + std::to_string(info->slot_begin()) + "-" +
-                       std::to_string(info->slot_end() - 1) + " leader " + Hex(LeaderOf(s.id)) + " voters " +
-                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners) + " bytes " +
-                       std::to_string(s.bytes) + " ops-per-sec " + std::to_string(s.ops_per_sec);
-    if (info->split_child() != 0) line += " splitting-into " + std::to_string(info->split_child());
-    if (!s.reported) {
-      line += " (no leader known)";
-    } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
-      line += " moving-to voters " + IdList(s.want.voters) + " learners " + IdList(s.want.learners);
-    }
-    out.lines.push_back(line);
-  }
-  // Snapshot transfers over the nodes that are up (counters since each started).
-  node::TransferStats total;
-  {
-    std::lock_guard lock(gossip_mu_);
-    for (const NodeView& n : view.nodes) {
-      if (n.state == NodeState::kDown || n.state == NodeState::kRemoved) continue;
-      node::TransferStats t = n.id == node_id_ && opts_.local_transfers ? opts_.local_transfers() : node::TransferStats{};
-      if (auto it = transfers_.find(n.id); n.id != node_id_ && it != transfers_.end()) t = it->second;
-      total.sending += t.sending;
-      total.bytes_sent += t.bytes_sent;
-      total.bytes_received += t.bytes_received;
-    }
-  }
-  out.lines.push_back("transfers sending " + std::to_string(total.sending) + " bytes-sent " +
-                      std::to_string(total.bytes_sent) + " bytes-received " + std::to_string(total.bytes_received));
-  out.lines.push_back("moves-in-flight " + std::to_string(moving));
-  return out;
-}
-
-void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done) {
-  asio::post(runtime_->worker(0).io(), [this, args = std::move(args), done = std::move(done)]() mutable {
-    replica::Replica* mr = groups_->Find(0);
-    if (mr == nullptr || cluster_id() == 0) return done(AdminError("TRYAGAIN this node has not joined a cluster yet"));
-    MetaPtr m = meta();
-    if (!mr->is_leader()) {
-      uint64_t leader = mr->published_leader();
-      for (const auto& n : m->nodes()) {
-        if (n.id() == leader && leader != 0) {
-          AdminReply r;
-          r.kind = AdminReply::Kind::kRedirect;
-          r.host = n.host();
-          r.port = static_cast<uint16_t>(n.port());
-          return done(std::move(r));
-        }
-      }
-      return done(AdminError("TRYAGAIN the meta shard has no leader yet"));
-    }
-    int64_t now = node::MonoUs();
-    std::string sub = args.empty() ? "" : Lower(args[0]);
-    auto propose = [&](const proto::MetaCommand& cmd, std::string what) {
-      auto p = mr->Propose(
-          cmd.SerializeAsString(),
-          [done, what](bool applied, const std::string& reply) {
-            if (applied && reply.rfind('+', 0) == 0) {
-              AdminReply ok;
-              ok.lines = {what};
-              ok.kind = AdminReply::Kind::kLines;
-              return done(std::move(ok));
-            }
-            done(AdminError("ERR the cluster did not accept the change: " + reply.substr(1, reply.size() - 3)));
-          },
-          now);
-      if (!p.ok()) return done(AdminError("TRYAGAIN meta shard busy"));
-      groups_->Notify(mr);
-    };
-    if (sub == "status" && args.size() == 1) return done(AdminStatus(now));
-    if (sub == "plan" && args.size() == 1) {
-      AdminReply r;
-      r.kind = AdminReply::Kind::kLines;
-      for (const Move& mv : Plan(View(now), Policy(*m))) r.lines.push_back(Describe(mv));
-      return done(std::move(r));
-    }
-    if (sub == "split" && (args.size() == 2 || args.size() == 3)) {
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      if (info->slot_end() - info->slot_begin() < 2) {
-        return done(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
-      }
-      for (const auto& s : m->shards()) {
-        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
-          return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
-        }
-      }
-      for (const ShardView& sv : View(now).shards) {
-        if (sv.id == info->id() && (!sv.reported || sv.joint || !(sv.actual == sv.want))) {
-          return done(AdminError("TRYAGAIN shard " + args[1] +
-                                 " has a move in flight (or no leader); retry when it is done"));
-        }
-      }
-      uint64_t slot = 0;
-      if (args.size() == 3) {
-        auto v = ParseInt64(args[2]);
-        if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
-          return done(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
-                                 std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
-                                 ")"));
-        }
-        slot = static_cast<uint64_t>(*v);
-      } else {
-        // Where its leader says the size (or the load) halves, else the middle.
-        LeaderGossip g;
-        node::LeaderReport rep;
-        if (replica::Replica* r = groups_->Find(info->id()); r != nullptr && r->published_is_leader()) {
-          rep = ReportOf(*r);
-          FillLoad(&rep);
-        } else if (GossipOf(info->id(), now, &g)) {
-          rep = g.report;
-        }
-        slot = rep.split_slot > info->slot_begin() && rep.split_slot < info->slot_end()
-                   ? rep.split_slot
-                   : info->slot_begin() + (info->slot_end() - info->slot_begin()) / 2;
-      }
-      uint64_t next_id = 0;
-      for (const auto& s : m->shards()) next_id = std::max(next_id, s.id() + 1);
-      if (next_id >= kMaxShardId) return done(AdminError("ERR the cluster has as many shards as it can hold"));
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      cmd.mutable_split_shard()->set_parent(info->id());
-      cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
-      return propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
-                              std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
-                              std::to_string(info->slot_end() - 1));
-    }
-    if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      cmd.set_set_balance_off(Lower(args[1]) == "off");
-      return propose(cmd, "balance " + Lower(args[1]));
-    }
-    if ((sub == "drain" || sub == "remove") && args.size() == 2) {
-      // One node change at a time: each check below reads applied state.
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::NodeInfo* node = FindNode(*m, args[1]);
-      if (node == nullptr) return done(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
-      if (node->state() == proto::NODE_REMOVED) return done(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
-      ClusterView view = View(now);
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
-      // Whether `voters` keeps a majority of live voters once the node is gone.
-      auto majority_without = [&](const std::vector<uint64_t>& voters) {
-        if (!HasId(voters, node->id())) return true;
-        size_t left = 0, up = 0;
-        for (uint64_t v : voters) {
-          if (v == node->id()) continue;
-          ++left;
-          up += alive(v) ? 1 : 0;
-        }
-        return left > 0 && up * 2 > left;
-      };
-      if (sub == "drain") {
-        int remaining = 0;
-        for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
-        if (remaining < static_cast<int>(m->replication_factor())) {
-          return done(AdminError("ERR cannot drain: " + std::to_string(remaining) +
-                                 " up nodes would remain for a replication factor of " +
-                                 std::to_string(m->replication_factor())));
-        }
-      } else {
-        bool holds = false;
-        for (const ShardView& s : view.shards) {
-          holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
-                   HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
-          if (!majority_without(s.want.voters) || !majority_without(s.actual.voters)) {
-            return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
-                                   std::to_string(s.id) + " without a majority of live voters"));
-          }
-        }
-        if (!majority_without(view.meta_voters) || !majority_without(view.meta_actual_voters)) {
-          return done(AdminError("ERR removing node " + Hex(node->id()) +
-                                 " would leave the meta shard without a majority of live voters"));
-        }
-        if (holds && state[node->id()] == NodeState::kUp) {
-          return done(AdminError("ERR node " + Hex(node->id()) +
-                                 " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
-        }
-      }
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      cmd.mutable_set_node_state()->set_node(node->id());
-      cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
-      return propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
-    }
-    if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) {
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      uint64_t shard_id = info->id();
-      ClusterView view = View(now);
-      const ShardView* sv = nullptr;
-      for (const ShardView& s : view.shards) {
-        if (s.id == shard_id) sv = &s;
-      }
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
-        return done(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
-      }
-      if (sub == "move" && sv->splitting) {
-        return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
-      }
-      size_t up = 0;
-      for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-      if (up * 2 <= sv->want.voters.size()) {
-        return done(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
-      }
-      proto::ShardInfo next = *info;
-      const proto::NodeInfo* target = FindNode(*m, args.back());
-      if (target == nullptr) return done(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
-      if (sub == "transfer") {
-        if (!HasId(sv->want.voters, target->id())) {
-          return done(AdminError("ERR node " + Hex(target->id()) + " is not a voter of shard " + args[1]));
-        }
-        if (state[target->id()] != NodeState::kUp) {
-          return done(AdminError("ERR node " + Hex(target->id()) + " is not up"));
-        }
-        next.set_preferred_leader(target->id());
-        proto::MetaCommand cmd;
-        cmd.set_version(1);
-        *cmd.mutable_set_shard() = next;
-        return propose(cmd, "shard " + args[1] + ": leadership moving to " + Hex(target->id()));
-      }
-      const proto::NodeInfo* from = FindNode(*m, args[2]);
-      if (from == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
-      bool voter = HasId(sv->want.voters, from->id());
-      if (!voter && !HasId(sv->want.learners, from->id())) {
-        return done(AdminError("ERR node " + Hex(from->id()) + " holds no replica of shard " + args[1]));
-      }
-      if (HasId(sv->want.voters, target->id()) || HasId(sv->want.learners, target->id())) {
-        return done(AdminError("ERR node " + Hex(target->id()) + " already holds a replica of shard " + args[1]));
-      }
-      if (state[target->id()] != NodeState::kUp) {
-        return done(AdminError("ERR node " + Hex(target->id()) + " is not up (draining, down or removed)"));
-      }
-      // The same role on the new node; the group's leader carries it out
-      // (learner, snapshot, catch-up, then one joint change).
-      next.clear_replicas();
-      next.clear_learners();
-      for (uint64_t v : sv->want.voters) next.add_replicas(v == from->id() ? target->id() : v);
-      for (uint64_t l : sv->want.learners) next.add_learners(l == from->id() ? target->id() : l);
-      if (next.preferred_leader() == from->id()) next.set_preferred_leader(target->id());
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = next;
-      return propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
-    }
-    if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") {
-      // UNSAFE: a shard whose majority of voters is lost for good takes the
-      // replica on one surviving node as its only voter; the driver then
-      // rebuilds the others from it. Writes only the lost voters held are gone.
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      const proto::NodeInfo* node = FindNode(*m, args[2]);
-      if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
-      for (const auto& s : m->shards()) {
-        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
-          // A survivor may or may not have applied the split: as the only
-          // voter it could serve slots the other half holds.
-          return done(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
-                                 std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
-        }
-      }
-      ClusterView view = View(now);
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      const ShardView* sv = nullptr;
-      for (const ShardView& x : view.shards) {
-        if (x.id == info->id()) sv = &x;
-      }
-      if (!Contains(info->replicas(), node->id())) {
-        return done(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
-      }
-      if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
-        return done(AdminError("ERR node " + Hex(node->id()) + " is not up"));
-      }
-      size_t live = 0;
-      for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-      // The group may still be on its old voters (a move under way when the
-      // majority died): with no leader now, its last reported voters count.
-      bool lost_actual = false;
-      if (sv == nullptr || !sv->reported) {
-        std::lock_guard lock(gossip_mu_);
-        if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
-          size_t up = 0;
-          for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-          lost_actual = up * 2 <= it->second.voters.size();
-        }
-      }
-      if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
-        return done(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
-                               " of " + std::to_string(info->replicas_size()) +
-                               "); recovery is only for a majority lost for good"));
-      }
-      proto::ShardInfo next = *info;
-      next.clear_replicas();
-      next.clear_learners();
-      next.add_replicas(node->id());
-      next.set_preferred_leader(node->id());
-      next.set_recovery(info->recovery() + 1);
-      next.set_recovered_on(node->id());
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = next;
-      spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
-                       info->id(), Hex(node->id()), live, info->replicas_size());
-      return propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
-                              Hex(node->id()) + " (writes only the lost voters held are gone)");
-    }
-    if (sub == "recover") {
-      return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
-    }
-    done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
-                    "MOVE shard from-node to-node, TRANSFER shard node, SPLIT shard [slot], RECOVER shard node UNSAFE, "
-                    "BALANCE on|off"));
-  });
 }
 
 }  // namespace shoal::cluster

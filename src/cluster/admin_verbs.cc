@@ -1,0 +1,424 @@
+// cluster::Cluster, the admin verbs (SHOAL.ADMIN): status, plan, drain,
+// remove, move, transfer, split, recover, balance. Only the meta leader
+// answers; see docs/OPERATIONS.md.
+#include "cluster/cluster.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include <spdlog/spdlog.h>
+
+#include "cluster/cluster_internal.h"
+#include "common/strings.h"
+namespace shoal::cluster {
+
+using internal::Contains;
+using internal::FindShardById;
+using internal::HasId;
+using internal::Hex;
+using internal::ReportOf;
+using internal::SortedIds;
+using internal::WantedMembership;
+
+namespace {
+
+AdminReply AdminError(std::string e) {
+  AdminReply r;
+  r.kind = AdminReply::Kind::kError;
+  r.error = std::move(e);
+  return r;
+}
+
+std::string IdList(const std::vector<uint64_t>& ids) {
+  std::string out;
+  for (uint64_t id : ids) out += (out.empty() ? "" : ",") + Hex(id);
+  return out.empty() ? "-" : out;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+const proto::ShardInfo* FindShard(const proto::MetaState& meta, const std::string& id) {
+  auto v = ParseInt64(id);
+  if (!v || *v <= 0) return nullptr;
+  return FindShardById(meta, static_cast<uint64_t>(*v));
+}
+
+}  // namespace
+
+const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std::string& who) const {
+  uint64_t id = 0;
+  if (who.size() >= 16 && who.find(':') == std::string::npos) {
+    bool hex = std::all_of(who.begin(), who.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+    if (hex) id = std::strtoull(who.substr(0, 16).c_str(), nullptr, 16);
+  }
+  for (const auto& n : meta.nodes()) {
+    if ((id != 0 && n.id() == id) || who == n.host() + ":" + std::to_string(n.port())) return &n;
+  }
+  return nullptr;
+}
+
+AdminReply Cluster::AdminStatus(int64_t now) const {
+  AdminReply out;
+  out.kind = AdminReply::Kind::kLines;
+  MetaPtr m = meta();
+  ClusterView view = View(now);
+  std::map<uint64_t, int> replicas, leaders;
+  int moving = 0;
+  for (const ShardView& s : view.shards) {
+    for (uint64_t v : s.want.voters) replicas[v]++;
+    for (uint64_t l : s.want.learners) replicas[l]++;
+    uint64_t leader = LeaderOf(s.id);
+    if (leader != 0) leaders[leader]++;
+    if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) ++moving;
+  }
+  out.lines.push_back("cluster " + Hex(m->cluster_id()) + " epoch " + std::to_string(m->epoch()) +
+                      " replication-factor " + std::to_string(m->replication_factor()) + " balance " +
+                      (m->balance_off() ? "off" : "on") + " down-after-ms " + std::to_string(opts_.down_after_ms));
+  for (const NodeView& n : view.nodes) {
+    const proto::NodeInfo* info = nullptr;
+    for (const auto& i : m->nodes()) {
+      if (i.id() == n.id) info = &i;
+    }
+    out.lines.push_back("node " + Hex(n.id) + " " + info->host() + ":" + std::to_string(info->port()) + " " +
+                        NodeStateName(n.state) + " replicas " + std::to_string(replicas[n.id]) + " leaders " +
+                        std::to_string(leaders[n.id]) +
+                        (HasId(view.meta_voters, n.id) ? " meta-voter" : ""));
+  }
+  std::vector<const ShardView*> by_slot;
+  for (const ShardView& s : view.shards) by_slot.push_back(&s);
+  std::sort(by_slot.begin(), by_slot.end(), [&](const ShardView* a, const ShardView* b) {
+    return FindShardById(*m, a->id)->slot_begin() < FindShardById(*m, b->id)->slot_begin();
+  });
+  for (const ShardView* sp : by_slot) {
+    const ShardView& s = *sp;
+    const proto::ShardInfo* info = FindShardById(*m, s.id);
+    std::string line = "shard " + std::to_string(s.id) + " slots " + std::to_string(info->slot_begin()) + "-" +
+                       std::to_string(info->slot_end() - 1) + " leader " + Hex(LeaderOf(s.id)) + " voters " +
+                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners) + " bytes " +
+                       std::to_string(s.bytes) + " ops-per-sec " + std::to_string(s.ops_per_sec);
+    if (info->split_child() != 0) line += " splitting-into " + std::to_string(info->split_child());
+    if (!s.reported) {
+      line += " (no leader known)";
+    } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
+      line += " moving-to voters " + IdList(s.want.voters) + " learners " + IdList(s.want.learners);
+    }
+    out.lines.push_back(line);
+  }
+  // Snapshot transfers over the nodes that are up (counters since each started).
+  node::TransferStats total;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const NodeView& n : view.nodes) {
+      if (n.state == NodeState::kDown || n.state == NodeState::kRemoved) continue;
+      node::TransferStats t = n.id == node_id_ && opts_.local_transfers ? opts_.local_transfers() : node::TransferStats{};
+      if (auto it = transfers_.find(n.id); n.id != node_id_ && it != transfers_.end()) t = it->second;
+      total.sending += t.sending;
+      total.bytes_sent += t.bytes_sent;
+      total.bytes_received += t.bytes_received;
+    }
+  }
+  out.lines.push_back("transfers sending " + std::to_string(total.sending) + " bytes-sent " +
+                      std::to_string(total.bytes_sent) + " bytes-received " + std::to_string(total.bytes_received));
+  out.lines.push_back("moves-in-flight " + std::to_string(moving));
+  return out;
+}
+
+void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done) {
+  asio::post(runtime_->worker(0).io(), [this, args = std::move(args), done = std::move(done)]() mutable {
+    replica::Replica* mr = groups_->Find(0);
+    if (mr == nullptr || cluster_id() == 0) return done(AdminError("TRYAGAIN this node has not joined a cluster yet"));
+    MetaPtr m = meta();
+    if (!mr->is_leader()) {
+      uint64_t leader = mr->published_leader();
+      for (const auto& n : m->nodes()) {
+        if (n.id() == leader && leader != 0) {
+          AdminReply r;
+          r.kind = AdminReply::Kind::kRedirect;
+          r.host = n.host();
+          r.port = static_cast<uint16_t>(n.port());
+          return done(std::move(r));
+        }
+      }
+      return done(AdminError("TRYAGAIN the meta shard has no leader yet"));
+    }
+    int64_t now = node::MonoUs();
+    std::string sub = args.empty() ? "" : Lower(args[0]);
+    auto propose = [&](const proto::MetaCommand& cmd, std::string what) {
+      auto p = mr->Propose(
+          cmd.SerializeAsString(),
+          [done, what](bool applied, const std::string& reply) {
+            if (applied && reply.rfind('+', 0) == 0) {
+              AdminReply ok;
+              ok.lines = {what};
+              ok.kind = AdminReply::Kind::kLines;
+              return done(std::move(ok));
+            }
+            done(AdminError("ERR the cluster did not accept the change: " + reply.substr(1, reply.size() - 3)));
+          },
+          now);
+      if (!p.ok()) return done(AdminError("TRYAGAIN meta shard busy"));
+      groups_->Notify(mr);
+    };
+    if (sub == "status" && args.size() == 1) return done(AdminStatus(now));
+    if (sub == "plan" && args.size() == 1) {
+      AdminReply r;
+      r.kind = AdminReply::Kind::kLines;
+      for (const Move& mv : Plan(View(now), Policy(*m))) r.lines.push_back(Describe(mv));
+      return done(std::move(r));
+    }
+    if (sub == "split" && (args.size() == 2 || args.size() == 3)) {
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      if (info->slot_end() - info->slot_begin() < 2) {
+        return done(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
+      }
+      for (const auto& s : m->shards()) {
+        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+          return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+        }
+      }
+      for (const ShardView& sv : View(now).shards) {
+        if (sv.id == info->id() && (!sv.reported || sv.joint || !(sv.actual == sv.want))) {
+          return done(AdminError("TRYAGAIN shard " + args[1] +
+                                 " has a move in flight (or no leader); retry when it is done"));
+        }
+      }
+      uint64_t slot = 0;
+      if (args.size() == 3) {
+        auto v = ParseInt64(args[2]);
+        if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
+          return done(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
+                                 std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
+                                 ")"));
+        }
+        slot = static_cast<uint64_t>(*v);
+      } else {
+        // Where its leader says the size (or the load) halves, else the middle.
+        LeaderGossip g;
+        node::LeaderReport rep;
+        if (replica::Replica* r = groups_->Find(info->id()); r != nullptr && r->published_is_leader()) {
+          rep = ReportOf(*r);
+          FillLoad(&rep);
+        } else if (GossipOf(info->id(), now, &g)) {
+          rep = g.report;
+        }
+        slot = rep.split_slot > info->slot_begin() && rep.split_slot < info->slot_end()
+                   ? rep.split_slot
+                   : info->slot_begin() + (info->slot_end() - info->slot_begin()) / 2;
+      }
+      uint64_t next_id = 0;
+      for (const auto& s : m->shards()) next_id = std::max(next_id, s.id() + 1);
+      if (next_id >= kMaxShardId) return done(AdminError("ERR the cluster has as many shards as it can hold"));
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.mutable_split_shard()->set_parent(info->id());
+      cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
+      return propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
+                              std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
+                              std::to_string(info->slot_end() - 1));
+    }
+    if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.set_set_balance_off(Lower(args[1]) == "off");
+      return propose(cmd, "balance " + Lower(args[1]));
+    }
+    if ((sub == "drain" || sub == "remove") && args.size() == 2) {
+      // One node change at a time: each check below reads applied state.
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      const proto::NodeInfo* node = FindNode(*m, args[1]);
+      if (node == nullptr) return done(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
+      if (node->state() == proto::NODE_REMOVED) return done(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
+      ClusterView view = View(now);
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
+      // Whether `voters` keeps a majority of live voters once the node is gone.
+      auto majority_without = [&](const std::vector<uint64_t>& voters) {
+        if (!HasId(voters, node->id())) return true;
+        size_t left = 0, up = 0;
+        for (uint64_t v : voters) {
+          if (v == node->id()) continue;
+          ++left;
+          up += alive(v) ? 1 : 0;
+        }
+        return left > 0 && up * 2 > left;
+      };
+      if (sub == "drain") {
+        int remaining = 0;
+        for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
+        if (remaining < static_cast<int>(m->replication_factor())) {
+          return done(AdminError("ERR cannot drain: " + std::to_string(remaining) +
+                                 " up nodes would remain for a replication factor of " +
+                                 std::to_string(m->replication_factor())));
+        }
+      } else {
+        bool holds = false;
+        for (const ShardView& s : view.shards) {
+          holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
+                   HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
+          if (!majority_without(s.want.voters) || !majority_without(s.actual.voters)) {
+            return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
+                                   std::to_string(s.id) + " without a majority of live voters"));
+          }
+        }
+        if (!majority_without(view.meta_voters) || !majority_without(view.meta_actual_voters)) {
+          return done(AdminError("ERR removing node " + Hex(node->id()) +
+                                 " would leave the meta shard without a majority of live voters"));
+        }
+        if (holds && state[node->id()] == NodeState::kUp) {
+          return done(AdminError("ERR node " + Hex(node->id()) +
+                                 " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
+        }
+      }
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.mutable_set_node_state()->set_node(node->id());
+      cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
+      return propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
+    }
+    if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) {
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      uint64_t shard_id = info->id();
+      ClusterView view = View(now);
+      const ShardView* sv = nullptr;
+      for (const ShardView& s : view.shards) {
+        if (s.id == shard_id) sv = &s;
+      }
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
+        return done(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
+      }
+      if (sub == "move" && sv->splitting) {
+        return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+      }
+      size_t up = 0;
+      for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      if (up * 2 <= sv->want.voters.size()) {
+        return done(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
+      }
+      proto::ShardInfo next = *info;
+      const proto::NodeInfo* target = FindNode(*m, args.back());
+      if (target == nullptr) return done(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
+      if (sub == "transfer") {
+        if (!HasId(sv->want.voters, target->id())) {
+          return done(AdminError("ERR node " + Hex(target->id()) + " is not a voter of shard " + args[1]));
+        }
+        if (state[target->id()] != NodeState::kUp) {
+          return done(AdminError("ERR node " + Hex(target->id()) + " is not up"));
+        }
+        next.set_preferred_leader(target->id());
+        proto::MetaCommand cmd;
+        cmd.set_version(1);
+        *cmd.mutable_set_shard() = next;
+        return propose(cmd, "shard " + args[1] + ": leadership moving to " + Hex(target->id()));
+      }
+      const proto::NodeInfo* from = FindNode(*m, args[2]);
+      if (from == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+      bool voter = HasId(sv->want.voters, from->id());
+      if (!voter && !HasId(sv->want.learners, from->id())) {
+        return done(AdminError("ERR node " + Hex(from->id()) + " holds no replica of shard " + args[1]));
+      }
+      if (HasId(sv->want.voters, target->id()) || HasId(sv->want.learners, target->id())) {
+        return done(AdminError("ERR node " + Hex(target->id()) + " already holds a replica of shard " + args[1]));
+      }
+      if (state[target->id()] != NodeState::kUp) {
+        return done(AdminError("ERR node " + Hex(target->id()) + " is not up (draining, down or removed)"));
+      }
+      // The same role on the new node; the group's leader carries it out
+      // (learner, snapshot, catch-up, then one joint change).
+      next.clear_replicas();
+      next.clear_learners();
+      for (uint64_t v : sv->want.voters) next.add_replicas(v == from->id() ? target->id() : v);
+      for (uint64_t l : sv->want.learners) next.add_learners(l == from->id() ? target->id() : l);
+      if (next.preferred_leader() == from->id()) next.set_preferred_leader(target->id());
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      *cmd.mutable_set_shard() = next;
+      return propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
+    }
+    if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") {
+      // UNSAFE: a shard whose majority of voters is lost for good takes the
+      // replica on one surviving node as its only voter; the driver then
+      // rebuilds the others from it. Writes only the lost voters held are gone.
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      const proto::ShardInfo* info = FindShard(*m, args[1]);
+      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+      const proto::NodeInfo* node = FindNode(*m, args[2]);
+      if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+      for (const auto& s : m->shards()) {
+        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+          // A survivor may or may not have applied the split: as the only
+          // voter it could serve slots the other half holds.
+          return done(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
+                                 std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
+        }
+      }
+      ClusterView view = View(now);
+      std::map<uint64_t, NodeState> state;
+      for (const NodeView& n : view.nodes) state[n.id] = n.state;
+      const ShardView* sv = nullptr;
+      for (const ShardView& x : view.shards) {
+        if (x.id == info->id()) sv = &x;
+      }
+      if (!Contains(info->replicas(), node->id())) {
+        return done(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
+      }
+      if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
+        return done(AdminError("ERR node " + Hex(node->id()) + " is not up"));
+      }
+      size_t live = 0;
+      for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      // The group may still be on its old voters (a move under way when the
+      // majority died): with no leader now, its last reported voters count.
+      bool lost_actual = false;
+      if (sv == nullptr || !sv->reported) {
+        std::lock_guard lock(gossip_mu_);
+        if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
+          size_t up = 0;
+          for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+          lost_actual = up * 2 <= it->second.voters.size();
+        }
+      }
+      if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
+        return done(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
+                               " of " + std::to_string(info->replicas_size()) +
+                               "); recovery is only for a majority lost for good"));
+      }
+      proto::ShardInfo next = *info;
+      next.clear_replicas();
+      next.clear_learners();
+      next.add_replicas(node->id());
+      next.set_preferred_leader(node->id());
+      next.set_recovery(info->recovery() + 1);
+      next.set_recovered_on(node->id());
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      *cmd.mutable_set_shard() = next;
+      spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
+                       info->id(), Hex(node->id()), live, info->replicas_size());
+      return propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
+                              Hex(node->id()) + " (writes only the lost voters held are gone)");
+    }
+    if (sub == "recover") {
+      return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
+    }
+    done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
+                    "MOVE shard from-node to-node, TRANSFER shard node, SPLIT shard [slot], RECOVER shard node UNSAFE, "
+                    "BALANCE on|off"));
+  });
+}
+
+}  // namespace shoal::cluster

@@ -1,0 +1,28 @@
+// Helpers shared by the files that make up cluster::Cluster (cluster.cc,
+// admin_verbs.cc, splits.cc). Not for other layers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cluster/planner.h"
+#include "meta.pb.h"
+#include "node/transport.h"
+#include "replica/replica.h"
+
+namespace shoal::cluster::internal {
+
+// 16 hex digits.
+std::string Hex(uint64_t v);
+bool Contains(const google::protobuf::RepeatedField<uint64_t>& ids, uint64_t id);
+const proto::ShardInfo* FindShardById(const proto::MetaState& meta, uint64_t id);
+// Sorted, without duplicates.
+std::vector<uint64_t> SortedIds(std::vector<uint64_t> v);
+bool HasId(const std::vector<uint64_t>& v, uint64_t id);
+// What the metadata wants group `group`'s membership to be.
+bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* want, uint64_t* preferred);
+// A replica's leadership report. Any thread: reads only what it publishes.
+node::LeaderReport ReportOf(const replica::Replica& r);
+
+}  // namespace shoal::cluster::internal
