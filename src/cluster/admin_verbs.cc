@@ -12,14 +12,6 @@
 #include "common/strings.h"
 namespace shoal::cluster {
 
-using internal::Contains;
-using internal::FindShardById;
-using internal::HasId;
-using internal::Hex;
-using internal::ReportOf;
-using internal::SortedIds;
-using internal::WantedMembership;
-
 namespace {
 
 AdminReply AdminError(std::string e) {

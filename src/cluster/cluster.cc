@@ -21,14 +21,6 @@
 
 namespace shoal::cluster {
 
-using internal::Contains;
-using internal::FindShardById;
-using internal::HasId;
-using internal::Hex;
-using internal::ReportOf;
-using internal::SortedIds;
-using internal::WantedMembership;
-
 namespace {
 
 using asio::experimental::as_tuple;
@@ -74,7 +66,7 @@ Status PutU64Durable(storage::Engine* engine, std::string_view key, uint64_t v) 
 
 }  // namespace
 
-namespace internal {
+// Shared with the other files of Cluster (cluster_internal.h).
 
 std::string Hex(uint64_t v) {
   char buf[17];
@@ -93,7 +85,6 @@ const proto::ShardInfo* FindShardById(const proto::MetaState& meta, uint64_t id)
   return nullptr;
 }
 
-}  // namespace internal
 
 std::string NodeName(uint64_t id) {
   uint64_t b = id * 0x9E3779B97F4A7C15ULL;
@@ -402,7 +393,7 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
   std::atomic_store(&routing_, RoutingPtr(std::move(rt)));
 }
 
-namespace internal {
+// Shared with the other files of Cluster (cluster_internal.h).
 
 std::vector<uint64_t> SortedIds(std::vector<uint64_t> v) {
   std::sort(v.begin(), v.end());
@@ -451,7 +442,6 @@ node::LeaderReport ReportOf(const replica::Replica& r) {
   return rep;
 }
 
-}  // namespace internal
 
 void Cluster::OnTick(int worker) {
   int64_t now = node::MonoUs();

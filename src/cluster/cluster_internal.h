@@ -11,7 +11,7 @@
 #include "node/transport.h"
 #include "replica/replica.h"
 
-namespace shoal::cluster::internal {
+namespace shoal::cluster {
 
 // 16 hex digits.
 std::string Hex(uint64_t v);
@@ -25,4 +25,4 @@ bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* 
 // A replica's leadership report. Any thread: reads only what it publishes.
 node::LeaderReport ReportOf(const replica::Replica& r);
 
-}  // namespace shoal::cluster::internal
+}  // namespace shoal::cluster

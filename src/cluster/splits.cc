@@ -14,14 +14,6 @@
 
 namespace shoal::cluster {
 
-using internal::Contains;
-using internal::FindShardById;
-using internal::HasId;
-using internal::Hex;
-using internal::ReportOf;
-using internal::SortedIds;
-using internal::WantedMembership;
-
 bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
                          uint64_t index, storage::WriteBatch& batch) {
   auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&parent.state_machine());
