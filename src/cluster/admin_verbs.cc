@@ -154,6 +154,19 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       if (!p.ok()) return done(AdminError("TRYAGAIN meta shard busy"));
       groups_->Notify(mr);
     };
+    auto run = [&](AdminStep step) {
+      if (step.reply) return done(std::move(*step.reply));
+      propose(step.cmd, std::move(step.what));
+    };
+    // A verb checks the applied metadata before it changes it: one change
+    // at a time.
+    using Verb = AdminStep (Cluster::*)(const std::string&, const std::vector<std::string>&, const MetaPtr&, int64_t);
+    auto checked = [&](Verb verb) {
+      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
+        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
+      }
+      run((this->*verb)(sub, args, m, now));
+    };
     if (sub == "status" && args.size() == 1) return done(AdminStatus(now));
     if (sub == "plan" && args.size() == 1) {
       AdminReply r;
@@ -161,249 +174,16 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       for (const Move& mv : Plan(View(now), Policy(*m))) r.lines.push_back(Describe(mv));
       return done(std::move(r));
     }
-    if (sub == "split" && (args.size() == 2 || args.size() == 3)) {
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      if (info->slot_end() - info->slot_begin() < 2) {
-        return done(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
-      }
-      for (const auto& s : m->shards()) {
-        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
-          return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
-        }
-      }
-      for (const ShardView& sv : View(now).shards) {
-        if (sv.id == info->id() && (!sv.reported || sv.joint || !(sv.actual == sv.want))) {
-          return done(AdminError("TRYAGAIN shard " + args[1] +
-                                 " has a move in flight (or no leader); retry when it is done"));
-        }
-      }
-      uint64_t slot = 0;
-      if (args.size() == 3) {
-        auto v = ParseInt64(args[2]);
-        if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
-          return done(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
-                                 std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
-                                 ")"));
-        }
-        slot = static_cast<uint64_t>(*v);
-      } else {
-        // Where its leader says the size (or the load) halves, else the middle.
-        LeaderGossip g;
-        node::LeaderReport rep;
-        if (replica::Replica* r = groups_->Find(info->id()); r != nullptr && r->published_is_leader()) {
-          rep = ReportOf(*r);
-          FillLoad(&rep);
-        } else if (GossipOf(info->id(), now, &g)) {
-          rep = g.report;
-        }
-        slot = rep.split_slot > info->slot_begin() && rep.split_slot < info->slot_end()
-                   ? rep.split_slot
-                   : info->slot_begin() + (info->slot_end() - info->slot_begin()) / 2;
-      }
-      uint64_t next_id = 0;
-      for (const auto& s : m->shards()) next_id = std::max(next_id, s.id() + 1);
-      if (next_id >= kMaxShardId) return done(AdminError("ERR the cluster has as many shards as it can hold"));
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      cmd.mutable_split_shard()->set_parent(info->id());
-      cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
-      return propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
-                              std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
-                              std::to_string(info->slot_end() - 1));
-    }
+    if (sub == "split" && (args.size() == 2 || args.size() == 3)) return checked(&Cluster::AdminSplit);
     if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
       proto::MetaCommand cmd;
       cmd.set_version(1);
       cmd.set_set_balance_off(Lower(args[1]) == "off");
       return propose(cmd, "balance " + Lower(args[1]));
     }
-    if ((sub == "drain" || sub == "remove") && args.size() == 2) {
-      // One node change at a time: each check below reads applied state.
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::NodeInfo* node = FindNode(*m, args[1]);
-      if (node == nullptr) return done(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
-      if (node->state() == proto::NODE_REMOVED) return done(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
-      ClusterView view = View(now);
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
-      // Whether `voters` keeps a majority of live voters once the node is gone.
-      auto majority_without = [&](const std::vector<uint64_t>& voters) {
-        if (!HasId(voters, node->id())) return true;
-        size_t left = 0, up = 0;
-        for (uint64_t v : voters) {
-          if (v == node->id()) continue;
-          ++left;
-          up += alive(v) ? 1 : 0;
-        }
-        return left > 0 && up * 2 > left;
-      };
-      if (sub == "drain") {
-        int remaining = 0;
-        for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
-        if (remaining < static_cast<int>(m->replication_factor())) {
-          return done(AdminError("ERR cannot drain: " + std::to_string(remaining) +
-                                 " up nodes would remain for a replication factor of " +
-                                 std::to_string(m->replication_factor())));
-        }
-      } else {
-        bool holds = false;
-        for (const ShardView& s : view.shards) {
-          holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
-                   HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
-          if (!majority_without(s.want.voters) || !majority_without(s.actual.voters)) {
-            return done(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
-                                   std::to_string(s.id) + " without a majority of live voters"));
-          }
-        }
-        if (!majority_without(view.meta_voters) || !majority_without(view.meta_actual_voters)) {
-          return done(AdminError("ERR removing node " + Hex(node->id()) +
-                                 " would leave the meta shard without a majority of live voters"));
-        }
-        if (holds && state[node->id()] == NodeState::kUp) {
-          return done(AdminError("ERR node " + Hex(node->id()) +
-                                 " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
-        }
-      }
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      cmd.mutable_set_node_state()->set_node(node->id());
-      cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
-      return propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
-    }
-    if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) {
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      uint64_t shard_id = info->id();
-      ClusterView view = View(now);
-      const ShardView* sv = nullptr;
-      for (const ShardView& s : view.shards) {
-        if (s.id == shard_id) sv = &s;
-      }
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
-        return done(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
-      }
-      if (sub == "move" && sv->splitting) {
-        return done(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
-      }
-      size_t up = 0;
-      for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-      if (up * 2 <= sv->want.voters.size()) {
-        return done(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
-      }
-      proto::ShardInfo next = *info;
-      const proto::NodeInfo* target = FindNode(*m, args.back());
-      if (target == nullptr) return done(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
-      if (sub == "transfer") {
-        if (!HasId(sv->want.voters, target->id())) {
-          return done(AdminError("ERR node " + Hex(target->id()) + " is not a voter of shard " + args[1]));
-        }
-        if (state[target->id()] != NodeState::kUp) {
-          return done(AdminError("ERR node " + Hex(target->id()) + " is not up"));
-        }
-        next.set_preferred_leader(target->id());
-        proto::MetaCommand cmd;
-        cmd.set_version(1);
-        *cmd.mutable_set_shard() = next;
-        return propose(cmd, "shard " + args[1] + ": leadership moving to " + Hex(target->id()));
-      }
-      const proto::NodeInfo* from = FindNode(*m, args[2]);
-      if (from == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
-      bool voter = HasId(sv->want.voters, from->id());
-      if (!voter && !HasId(sv->want.learners, from->id())) {
-        return done(AdminError("ERR node " + Hex(from->id()) + " holds no replica of shard " + args[1]));
-      }
-      if (HasId(sv->want.voters, target->id()) || HasId(sv->want.learners, target->id())) {
-        return done(AdminError("ERR node " + Hex(target->id()) + " already holds a replica of shard " + args[1]));
-      }
-      if (state[target->id()] != NodeState::kUp) {
-        return done(AdminError("ERR node " + Hex(target->id()) + " is not up (draining, down or removed)"));
-      }
-      // The same role on the new node; the group's leader carries it out
-      // (learner, snapshot, catch-up, then one joint change).
-      next.clear_replicas();
-      next.clear_learners();
-      for (uint64_t v : sv->want.voters) next.add_replicas(v == from->id() ? target->id() : v);
-      for (uint64_t l : sv->want.learners) next.add_learners(l == from->id() ? target->id() : l);
-      if (next.preferred_leader() == from->id()) next.set_preferred_leader(target->id());
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = next;
-      return propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
-    }
-    if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") {
-      // UNSAFE: a shard whose majority of voters is lost for good takes the
-      // replica on one surviving node as its only voter; the driver then
-      // rebuilds the others from it. Writes only the lost voters held are gone.
-      if (mr->raft().log().applied() < mr->raft().log().last_index()) {
-        return done(AdminError("TRYAGAIN another cluster change is being applied; retry"));
-      }
-      const proto::ShardInfo* info = FindShard(*m, args[1]);
-      if (info == nullptr) return done(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
-      const proto::NodeInfo* node = FindNode(*m, args[2]);
-      if (node == nullptr) return done(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
-      for (const auto& s : m->shards()) {
-        if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
-          // A survivor may or may not have applied the split: as the only
-          // voter it could serve slots the other half holds.
-          return done(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
-                                 std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
-        }
-      }
-      ClusterView view = View(now);
-      std::map<uint64_t, NodeState> state;
-      for (const NodeView& n : view.nodes) state[n.id] = n.state;
-      const ShardView* sv = nullptr;
-      for (const ShardView& x : view.shards) {
-        if (x.id == info->id()) sv = &x;
-      }
-      if (!Contains(info->replicas(), node->id())) {
-        return done(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
-      }
-      if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
-        return done(AdminError("ERR node " + Hex(node->id()) + " is not up"));
-      }
-      size_t live = 0;
-      for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-      // The group may still be on its old voters (a move under way when the
-      // majority died): with no leader now, its last reported voters count.
-      bool lost_actual = false;
-      if (sv == nullptr || !sv->reported) {
-        std::lock_guard lock(gossip_mu_);
-        if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
-          size_t up = 0;
-          for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-          lost_actual = up * 2 <= it->second.voters.size();
-        }
-      }
-      if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
-        return done(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
-                               " of " + std::to_string(info->replicas_size()) +
-                               "); recovery is only for a majority lost for good"));
-      }
-      proto::ShardInfo next = *info;
-      next.clear_replicas();
-      next.clear_learners();
-      next.add_replicas(node->id());
-      next.set_preferred_leader(node->id());
-      next.set_recovery(info->recovery() + 1);
-      next.set_recovered_on(node->id());
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = next;
-      spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
-                       info->id(), Hex(node->id()), live, info->replicas_size());
-      return propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
-                              Hex(node->id()) + " (writes only the lost voters held are gone)");
-    }
+    if ((sub == "drain" || sub == "remove") && args.size() == 2) return checked(&Cluster::AdminNodeState);
+    if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) return checked(&Cluster::AdminPlace);
+    if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") return checked(&Cluster::AdminRecover);
     if (sub == "recover") {
       return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
     }
@@ -412,5 +192,240 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
                     "BALANCE on|off"));
   });
 }
+
+Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::vector<std::string>& args, const MetaPtr& m,
+                                       int64_t now) {
+  const proto::ShardInfo* info = FindShard(*m, args[1]);
+  if (info == nullptr) return AdminStep::Reply(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+  if (info->slot_end() - info->slot_begin() < 2) {
+    return AdminStep::Reply(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
+  }
+  for (const auto& s : m->shards()) {
+    if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+      return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+    }
+  }
+  for (const ShardView& sv : View(now).shards) {
+    if (sv.id == info->id() && (!sv.reported || sv.joint || !(sv.actual == sv.want))) {
+      return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] +
+                             " has a move in flight (or no leader); retry when it is done"));
+    }
+  }
+  uint64_t slot = 0;
+  if (args.size() == 3) {
+    auto v = ParseInt64(args[2]);
+    if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
+      return AdminStep::Reply(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
+                             std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
+                             ")"));
+    }
+    slot = static_cast<uint64_t>(*v);
+  } else {
+    // Where its leader says the size (or the load) halves, else the middle.
+    LeaderGossip g;
+    node::LeaderReport rep;
+    if (replica::Replica* r = groups_->Find(info->id()); r != nullptr && r->published_is_leader()) {
+      rep = ReportOf(*r);
+      FillLoad(&rep);
+    } else if (GossipOf(info->id(), now, &g)) {
+      rep = g.report;
+    }
+    slot = rep.split_slot > info->slot_begin() && rep.split_slot < info->slot_end()
+               ? rep.split_slot
+               : info->slot_begin() + (info->slot_end() - info->slot_begin()) / 2;
+  }
+  uint64_t next_id = 0;
+  for (const auto& s : m->shards()) next_id = std::max(next_id, s.id() + 1);
+  if (next_id >= kMaxShardId) return AdminStep::Reply(AdminError("ERR the cluster has as many shards as it can hold"));
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  cmd.mutable_split_shard()->set_parent(info->id());
+  cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
+  return AdminStep::Propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
+                          std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
+                          std::to_string(info->slot_end() - 1));
+  }
+
+Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                                           int64_t now) {
+  const proto::NodeInfo* node = FindNode(*m, args[1]);
+  if (node == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args[1] + "' (give its id or host:port)"));
+  if (node->state() == proto::NODE_REMOVED) return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is already removed"));
+  ClusterView view = View(now);
+  std::map<uint64_t, NodeState> state;
+  for (const NodeView& n : view.nodes) state[n.id] = n.state;
+  auto alive = [&](uint64_t id) { return state[id] == NodeState::kUp || state[id] == NodeState::kDraining; };
+  // Whether `voters` keeps a majority of live voters once the node is gone.
+  auto majority_without = [&](const std::vector<uint64_t>& voters) {
+    if (!HasId(voters, node->id())) return true;
+    size_t left = 0, up = 0;
+    for (uint64_t v : voters) {
+      if (v == node->id()) continue;
+      ++left;
+      up += alive(v) ? 1 : 0;
+    }
+    return left > 0 && up * 2 > left;
+  };
+  if (sub == "drain") {
+    int remaining = 0;
+    for (const NodeView& n : view.nodes) remaining += n.state == NodeState::kUp && n.id != node->id() ? 1 : 0;
+    if (remaining < static_cast<int>(m->replication_factor())) {
+      return AdminStep::Reply(AdminError("ERR cannot drain: " + std::to_string(remaining) +
+                             " up nodes would remain for a replication factor of " +
+                             std::to_string(m->replication_factor())));
+    }
+  } else {
+    bool holds = false;
+    for (const ShardView& s : view.shards) {
+      holds |= HasId(s.want.voters, node->id()) || HasId(s.actual.voters, node->id()) ||
+               HasId(s.want.learners, node->id()) || HasId(s.actual.learners, node->id());
+      if (!majority_without(s.want.voters) || !majority_without(s.actual.voters)) {
+        return AdminStep::Reply(AdminError("ERR removing node " + Hex(node->id()) + " would leave shard " +
+                               std::to_string(s.id) + " without a majority of live voters"));
+      }
+    }
+    if (!majority_without(view.meta_voters) || !majority_without(view.meta_actual_voters)) {
+      return AdminStep::Reply(AdminError("ERR removing node " + Hex(node->id()) +
+                             " would leave the meta shard without a majority of live voters"));
+    }
+    if (holds && state[node->id()] == NodeState::kUp) {
+      return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) +
+                             " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
+    }
+  }
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  cmd.mutable_set_node_state()->set_node(node->id());
+  cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
+  return AdminStep::Propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
+  }
+
+Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                                       int64_t now) {
+  const proto::ShardInfo* info = FindShard(*m, args[1]);
+  if (info == nullptr) return AdminStep::Reply(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+  uint64_t shard_id = info->id();
+  ClusterView view = View(now);
+  const ShardView* sv = nullptr;
+  for (const ShardView& s : view.shards) {
+    if (s.id == shard_id) sv = &s;
+  }
+  std::map<uint64_t, NodeState> state;
+  for (const NodeView& n : view.nodes) state[n.id] = n.state;
+  if (sv == nullptr || !sv->reported || sv->joint || !(sv->actual == sv->want)) {
+    return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + " has a move in flight (or no leader); retry when it is done"));
+  }
+  if (sub == "move" && sv->splitting) {
+    return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+  }
+  size_t up = 0;
+  for (uint64_t v : sv->want.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+  if (up * 2 <= sv->want.voters.size()) {
+    return AdminStep::Reply(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
+  }
+  proto::ShardInfo next = *info;
+  const proto::NodeInfo* target = FindNode(*m, args.back());
+  if (target == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
+  if (sub == "transfer") {
+    if (!HasId(sv->want.voters, target->id())) {
+      return AdminStep::Reply(AdminError("ERR node " + Hex(target->id()) + " is not a voter of shard " + args[1]));
+    }
+    if (state[target->id()] != NodeState::kUp) {
+      return AdminStep::Reply(AdminError("ERR node " + Hex(target->id()) + " is not up"));
+    }
+    next.set_preferred_leader(target->id());
+    proto::MetaCommand cmd;
+    cmd.set_version(1);
+    *cmd.mutable_set_shard() = next;
+    return AdminStep::Propose(cmd, "shard " + args[1] + ": leadership moving to " + Hex(target->id()));
+  }
+  const proto::NodeInfo* from = FindNode(*m, args[2]);
+  if (from == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+  bool voter = HasId(sv->want.voters, from->id());
+  if (!voter && !HasId(sv->want.learners, from->id())) {
+    return AdminStep::Reply(AdminError("ERR node " + Hex(from->id()) + " holds no replica of shard " + args[1]));
+  }
+  if (HasId(sv->want.voters, target->id()) || HasId(sv->want.learners, target->id())) {
+    return AdminStep::Reply(AdminError("ERR node " + Hex(target->id()) + " already holds a replica of shard " + args[1]));
+  }
+  if (state[target->id()] != NodeState::kUp) {
+    return AdminStep::Reply(AdminError("ERR node " + Hex(target->id()) + " is not up (draining, down or removed)"));
+  }
+  // The same role on the new node; the group's leader carries it out
+  // (learner, snapshot, catch-up, then one joint change).
+  next.clear_replicas();
+  next.clear_learners();
+  for (uint64_t v : sv->want.voters) next.add_replicas(v == from->id() ? target->id() : v);
+  for (uint64_t l : sv->want.learners) next.add_learners(l == from->id() ? target->id() : l);
+  if (next.preferred_leader() == from->id()) next.set_preferred_leader(target->id());
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  *cmd.mutable_set_shard() = next;
+  return AdminStep::Propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
+  }
+
+Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::vector<std::string>& args, const MetaPtr& m,
+                                         int64_t now) {
+  // UNSAFE: a shard whose majority of voters is lost for good takes the
+  // replica on one surviving node as its only voter; the driver then
+  // rebuilds the others from it. Writes only the lost voters held are gone.
+  const proto::ShardInfo* info = FindShard(*m, args[1]);
+  if (info == nullptr) return AdminStep::Reply(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
+  const proto::NodeInfo* node = FindNode(*m, args[2]);
+  if (node == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+  for (const auto& s : m->shards()) {
+    if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
+      // A survivor may or may not have applied the split: as the only
+      // voter it could serve slots the other half holds.
+      return AdminStep::Reply(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
+                             std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
+    }
+  }
+  ClusterView view = View(now);
+  std::map<uint64_t, NodeState> state;
+  for (const NodeView& n : view.nodes) state[n.id] = n.state;
+  const ShardView* sv = nullptr;
+  for (const ShardView& x : view.shards) {
+    if (x.id == info->id()) sv = &x;
+  }
+  if (!Contains(info->replicas(), node->id())) {
+    return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
+  }
+  if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
+    return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is not up"));
+  }
+  size_t live = 0;
+  for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+  // The group may still be on its old voters (a move under way when the
+  // majority died): with no leader now, its last reported voters count.
+  bool lost_actual = false;
+  if (sv == nullptr || !sv->reported) {
+    std::lock_guard lock(gossip_mu_);
+    if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
+      size_t up = 0;
+      for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      lost_actual = up * 2 <= it->second.voters.size();
+    }
+  }
+  if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
+    return AdminStep::Reply(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
+                           " of " + std::to_string(info->replicas_size()) +
+                           "); recovery is only for a majority lost for good"));
+  }
+  proto::ShardInfo next = *info;
+  next.clear_replicas();
+  next.clear_learners();
+  next.add_replicas(node->id());
+  next.set_preferred_leader(node->id());
+  next.set_recovery(info->recovery() + 1);
+  next.set_recovered_on(node->id());
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  *cmd.mutable_set_shard() = next;
+  spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
+                   info->id(), Hex(node->id()), live, info->replicas_size());
+  return AdminStep::Propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
+                          Hex(node->id()) + " (writes only the lost voters held are gone)");
+  }
 
 }  // namespace shoal::cluster

@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -204,6 +205,33 @@ class Cluster final : public replica::Splitter {
   bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
   AdminReply AdminStatus(int64_t now_us) const;
   const proto::NodeInfo* FindNode(const proto::MetaState& meta, const std::string& who) const;
+  // A SHOAL.ADMIN verb's outcome: a reply now, or a metadata change to
+  // propose and the line that reports it once applied.
+  struct AdminStep {
+    std::optional<AdminReply> reply;
+    proto::MetaCommand cmd;
+    std::string what;
+    static AdminStep Reply(AdminReply r) {
+      AdminStep s;
+      s.reply = std::move(r);
+      return s;
+    }
+    static AdminStep Propose(proto::MetaCommand c, std::string w) {
+      AdminStep s;
+      s.cmd = std::move(c);
+      s.what = std::move(w);
+      return s;
+    }
+  };
+  // The verbs that change the metadata (admin_verbs.cc), on the meta leader.
+  AdminStep AdminSplit(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                       int64_t now);
+  AdminStep AdminNodeState(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                           int64_t now);
+  AdminStep AdminPlace(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                       int64_t now);
+  AdminStep AdminRecover(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
+                         int64_t now);
   void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
   PlannerPolicy Policy(const proto::MetaState& meta) const;
   void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
