@@ -16,6 +16,9 @@ back after a node dies.
    against idle (the ratio).
 4. One node is killed with kill -9; printed: time until every shard has 3
    voters on live nodes again (down-after-ms plus the copies).
+5. One shard is split by hand (SHOAL.ADMIN SPLIT); printed: time until the
+   split is done (the new shard led, no move in flight; STATUS polled every
+   50 ms) and the GET p99 of runs during it and for a second after.
 redis-server is measured in the same run for the same GETs, as the
 reference for what the foreground latency costs on this machine.
 
@@ -27,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -204,6 +208,38 @@ def main():
         heal_s = time.time() - t_kill
         print(f"kill -9 -> replication factor restored: {heal_s:.1f} s "
               f"(down-after-ms {args.down_after_ms}, so {heal_s - args.down_after_ms / 1000:.1f} s of copying)")
+        # 5. A split by hand: the new shard keeps its data in place.
+        nodes, shards, _ = parse_status(status(n0))
+        t_split = time.time()
+        reply = call(n0.host, n0.port, "SHOAL.ADMIN", "SPLIT", str(shards[0]["id"]), timeout=10)
+        # GETs run beside it (a thread) while STATUS is polled every 50 ms.
+        split_lat = []
+        stop_gets = threading.Event()
+
+        def gets_during():
+            while not stop_gets.is_set():
+                split_lat.append(get_latency(n0.host, n0.port, 5000, args.clients))
+        getter = threading.Thread(target=gets_during, daemon=True)
+        getter.start()
+        split_s = None
+        while time.time() < t_split + 300:
+            try:
+                _, sh, moving = parse_status(status(n0))
+                if len(sh) == len(shards) + 1 and moving == 0:
+                    split_s = time.time() - t_split
+                    break
+            except (OSError, RespError):
+                pass
+            time.sleep(0.05)
+        time.sleep(1.0)  # GETs just after the split too
+        stop_gets.set()
+        getter.join(timeout=60)
+        if split_s is None:
+            raise Failed("the split did not finish within 300 s")
+        worst = max(d[2] for d in split_lat) if split_lat else float("nan")
+        print(f"split ({' '.join(reply) if isinstance(reply, list) else reply}): done in {split_s:.2f} s; "
+              f"GET p99 (worst of {len(split_lat)} runs during and just after) {worst:.2f} ms, "
+              f"{worst / idle[2]:.2f}x idle")
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; shoal {args.shards} shards, "
               f"fsync; data {args.data_mb} MB; values {args.value_size} B")
     except Failed as e:

@@ -64,7 +64,11 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     for (uint64_t l : s.want.learners) replicas[l]++;
     uint64_t leader = LeaderOf(s.id);
     if (leader != 0) leaders[leader]++;
-    if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) ++moving;
+    // A split under way counts once (at its parent), like a move.
+    bool split = s.splitting && FindShardById(*m, s.id)->split_child() != 0;
+    if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners || split) {
+      ++moving;
+    }
   }
   out.lines.push_back("cluster " + Hex(m->cluster_id()) + " epoch " + std::to_string(m->epoch()) +
                       " replication-factor " + std::to_string(m->replication_factor()) + " balance " +
