@@ -211,14 +211,28 @@ def main():
         # 5. A split by hand: the new shard keeps its data in place.
         nodes, shards, _ = parse_status(status(n0))
         t_split = time.time()
-        reply = call(n0.host, n0.port, "SHOAL.ADMIN", "SPLIT", str(shards[0]["id"]), timeout=10)
+        reply = None
+        while reply is None and time.time() < t_split + 30:
+            try:
+                reply = call(n0.host, n0.port, "SHOAL.ADMIN", "SPLIT", str(shards[0]["id"]), timeout=10)
+            except RespError as e:
+                if not str(e).startswith("TRYAGAIN"):
+                    raise Failed(f"SHOAL.ADMIN SPLIT: {e}")
+                time.sleep(0.2)
+        if reply is None:
+            raise Failed("SHOAL.ADMIN SPLIT kept answering TRYAGAIN for 30 s")
         # GETs run beside it (a thread) while STATUS is polled every 50 ms.
         split_lat = []
         stop_gets = threading.Event()
 
+        get_errors = []
+
         def gets_during():
-            while not stop_gets.is_set():
-                split_lat.append(get_latency(n0.host, n0.port, 5000, args.clients))
+            try:
+                while not stop_gets.is_set():
+                    split_lat.append(get_latency(n0.host, n0.port, 5000, args.clients))
+            except Exception as e:  # noqa: BLE001 -- reported below, not lost with the thread
+                get_errors.append(e)
         getter = threading.Thread(target=gets_during, daemon=True)
         getter.start()
         split_s = None
@@ -236,7 +250,9 @@ def main():
         getter.join(timeout=60)
         if split_s is None:
             raise Failed("the split did not finish within 300 s")
-        worst = max(d[2] for d in split_lat) if split_lat else float("nan")
+        if getter.is_alive() or get_errors or not split_lat:
+            raise Failed(f"GETs beside the split: {get_errors or 'none finished'}")
+        worst = max(d[2] for d in split_lat)
         print(f"split ({' '.join(reply) if isinstance(reply, list) else reply}): done in {split_s:.2f} s; "
               f"GET p99 (worst of {len(split_lat)} runs during and just after) {worst:.2f} ms, "
               f"{worst / idle[2]:.2f}x idle")

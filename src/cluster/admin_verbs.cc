@@ -64,8 +64,9 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     for (uint64_t l : s.want.learners) replicas[l]++;
     uint64_t leader = LeaderOf(s.id);
     if (leader != 0) leaders[leader]++;
-    // A split under way counts once (at its parent), like a move.
-    bool split = s.splitting && FindShardById(*m, s.id)->split_child() != 0;
+    // A split under way counts as a move (at its parent; its child, until
+    // its first election, as one without a leader).
+    bool split = FindShardById(*m, s.id)->split_child() != 0;
     if (!s.reported || s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners || split) {
       ++moving;
     }
@@ -178,7 +179,7 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       for (const Move& mv : Plan(View(now), Policy(*m))) r.lines.push_back(Describe(mv));
       return done(std::move(r));
     }
-    if (sub == "split" && (args.size() == 2 || args.size() == 3)) return checked(&Cluster::AdminSplit);
+    if (sub == "split" && (args.size() == 2 || args.size() == 3)) return run(AdminSplit(sub, args, m, now));  // the metadata refuses a second split itself
     if (sub == "balance" && args.size() == 2 && (Lower(args[1]) == "on" || Lower(args[1]) == "off")) {
       proto::MetaCommand cmd;
       cmd.set_version(1);
@@ -248,7 +249,7 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
   return AdminStep::Propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
                           std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
                           std::to_string(info->slot_end() - 1));
-  }
+}
 
 Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
                                            int64_t now) {
@@ -302,7 +303,7 @@ Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::ve
   cmd.mutable_set_node_state()->set_node(node->id());
   cmd.mutable_set_node_state()->set_state(sub == "drain" ? proto::NODE_DRAINING : proto::NODE_REMOVED);
   return AdminStep::Propose(cmd, (sub == "drain" ? "draining node " : "removed node ") + Hex(node->id()));
-  }
+}
 
 Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
                                        int64_t now) {
@@ -366,7 +367,7 @@ Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector
   cmd.set_version(1);
   *cmd.mutable_set_shard() = next;
   return AdminStep::Propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
-  }
+}
 
 Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::vector<std::string>& args, const MetaPtr& m,
                                          int64_t now) {
@@ -430,6 +431,6 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
                    info->id(), Hex(node->id()), live, info->replicas_size());
   return AdminStep::Propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
                           Hex(node->id()) + " (writes only the lost voters held are gone)");
-  }
+}
 
 }  // namespace shoal::cluster
