@@ -58,12 +58,21 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
   MetaPtr m = meta();
   ClusterView view = View(now);
   std::map<uint64_t, int> replicas, leaders;
+  std::map<uint64_t, uint64_t> bytes, ops;  // held by its replicas; served by its leaderships
   int moving = 0;
   for (const ShardView& s : view.shards) {
-    for (uint64_t v : s.want.voters) replicas[v]++;
-    for (uint64_t l : s.want.learners) replicas[l]++;
-    uint64_t leader = LeaderOf(s.id);
-    if (leader != 0) leaders[leader]++;
+    for (uint64_t n : SortedIds([&] {
+           std::vector<uint64_t> all = s.want.voters;
+           all.insert(all.end(), s.want.learners.begin(), s.want.learners.end());
+           return all;
+         }())) {
+      replicas[n]++;
+      bytes[n] += s.bytes;
+    }
+    if (uint64_t leader = LeaderOf(s.id); leader != 0) {
+      leaders[leader]++;
+      ops[leader] += s.ops_per_sec;
+    }
     // A split under way counts as a move (at its parent; its child, until
     // its first election, as one without a leader).
     bool split = FindShardById(*m, s.id)->split_child() != 0;
@@ -81,7 +90,8 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     }
     out.lines.push_back("node " + Hex(n.id) + " " + info->host() + ":" + std::to_string(info->port()) + " " +
                         NodeStateName(n.state) + " replicas " + std::to_string(replicas[n.id]) + " leaders " +
-                        std::to_string(leaders[n.id]) +
+                        std::to_string(leaders[n.id]) + " bytes " + std::to_string(bytes[n.id]) +
+                        " ops-per-sec " + std::to_string(ops[n.id]) +
                         (HasId(view.meta_voters, n.id) ? " meta-voter" : ""));
   }
   std::vector<const ShardView*> by_slot;

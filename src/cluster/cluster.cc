@@ -643,25 +643,38 @@ ClusterView Cluster::View(int64_t now) const {
     replica::Replica* local = groups_->Find(s.id());
     LeaderGossip g;
     node::LeaderReport rep;
+    uint64_t leader = 0;
     if (local != nullptr && local->published_is_leader()) {
       rep = ReportOf(*local);
       FillLoad(&rep);
       sv.reported = true;
       sv.actual = Membership{rep.voters, rep.learners};
       sv.joint = rep.joint;
+      leader = node_id_;
     } else if (GossipOf(s.id(), now, &g)) {
       rep = g.report;
       sv.reported = true;
       sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
       sv.joint = g.joint;
+      leader = g.node;
     }
     sv.slot_begin = rep.slot_begin;
     sv.slot_end = rep.slot_end;
-    sv.bytes = rep.bytes;
-    sv.ops_per_sec = rep.ops_per_sec;
+    {
+      LoadBook::Report lr{leader, rep.term, rep.slot_begin, rep.slot_end, rep.load_measured, rep.bytes, rep.ops_per_sec};
+      std::lock_guard lock(load_book_mu_);
+      LoadBook::Estimate est = load_book_.Observe(s.id(), sv.reported ? &lr : nullptr, now);
+      sv.load_known = est.known;
+      sv.bytes = est.bytes;
+      sv.ops_per_sec = est.ops_per_sec;
+    }
     sv.split_slot = rep.split_slot;
     sv.splitting = s.split_child() != 0 || children.contains(s.id());
     view.shards.push_back(std::move(sv));
+  }
+  {
+    std::lock_guard lock(load_book_mu_);
+    load_book_.Forget(now);
   }
   view.meta_voters.assign(m->meta_voters().begin(), m->meta_voters().end());
   LeaderGossip mg;

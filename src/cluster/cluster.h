@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "cluster/meta.h"
+#include "cluster/load_book.h"
 #include "cluster/planner.h"
 #include "kv/shard.h"
 #include "node/groups.h"
@@ -265,6 +266,9 @@ class Cluster final : public replica::Splitter {
     uint32_t begin = 0, end = 0;  // the range measured (a split starts the rate over)
   };
   std::map<uint64_t, ShardLoad> load_;
+  // The meta leader's memory of shards' sizes and loads (View).
+  mutable std::mutex load_book_mu_;
+  mutable LoadBook load_book_;
   std::vector<uint32_t> last_slot_ops_;
   int64_t last_load_us_ = 0;
   int64_t last_size_us_ = 0;

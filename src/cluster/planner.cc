@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <set>
@@ -10,6 +11,11 @@ namespace shoal::cluster {
 namespace {
 
 using Ids = std::vector<uint64_t>;
+
+// A balancing move (or chain of transfers) must lower the sum of squared
+// node loads by at least 2 * kMargin * its weight: with shards alike
+// (weight 1) loads that differ by two move, by one do not.
+constexpr double kMargin = 0.5;
 
 bool Has(const Ids& ids, uint64_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
@@ -51,13 +57,14 @@ class Planner {
     up_ = Sorted(up_);
     rf_ = std::max(1, view.replication_factor);
     for (uint64_t n : up_) load_[n] = 0;
+    Weigh();
   }
 
   std::vector<Move> Run() {
     // What each shard will want after this round (starts as what it wants).
     for (const ShardView& s : view_.shards) {
       Target t{Normalized(s.want), s.preferred_leader, false};
-      for (uint64_t n : Members(t.m)) load_[n]++;
+      for (uint64_t n : Members(t.m)) load_[n] += rw_[s.id];
       targets_[s.id] = t;
     }
     for (const ShardView& s : view_.shards) CountInFlight(s);
@@ -77,6 +84,37 @@ class Planner {
     bool moved = false;     // a membership move was planned this round
     bool complete = false;  // settled and needing no repair: may be balanced
   };
+
+  // Replica and leader weights (planner.h); a shard whose load is not known
+  // weighs the mean. Rounded to steps of sqrt(2): shards within about 19%
+  // of each other weigh the same, so measuring noise moves nothing and
+  // shards alike balance exactly by count.
+  static double Step(double ratio) {
+    return ratio > 0 ? std::exp2(std::round(2 * std::log2(ratio)) / 2) : 0.0;
+  }
+  void Weigh() {
+    double bytes = 0, ops = 0;
+    size_t known = 0;
+    for (const ShardView& s : view_.shards) {
+      if (!s.load_known) continue;
+      bytes += static_cast<double>(s.bytes);
+      ops += static_cast<double>(s.ops_per_sec);
+      ++known;
+    }
+    const double mean_bytes = known == 0 ? 0 : bytes / static_cast<double>(known);
+    const double mean_ops = known == 0 ? 0 : ops / static_cast<double>(known);
+    const double fb = static_cast<double>(policy_.weight_floor_bytes);
+    const double fo = static_cast<double>(policy_.weight_floor_ops);
+    min_rw_ = min_lw_ = 1.0;
+    for (const ShardView& s : view_.shards) {
+      double b = s.load_known ? static_cast<double>(s.bytes) : mean_bytes;
+      double o = s.load_known ? static_cast<double>(s.ops_per_sec) : mean_ops;
+      rw_[s.id] = mean_bytes + fb > 0 ? Step((b + fb) / (mean_bytes + fb)) : 1.0;
+      lw_[s.id] = mean_ops + fo > 0 ? Step((o + fo) / (mean_ops + fo)) : 1.0;
+      min_rw_ = std::min(min_rw_, rw_[s.id]);
+      min_lw_ = std::min(min_lw_, lw_[s.id]);
+    }
+  }
 
   bool IsUp(uint64_t n) const { return StateOf(n) == NodeState::kUp; }
   // Alive: its replicas still vote and acknowledge (a draining node is alive).
@@ -154,7 +192,7 @@ class Planner {
   uint64_t MostLoaded(const Ids& among) const {
     uint64_t best = 0;
     for (uint64_t n : among) {
-      int l = load_.count(n) ? load_.at(n) : 0;
+      double l = load_.count(n) ? load_.at(n) : 0;
       if (best == 0 || l > (load_.count(best) ? load_.at(best) : 0)) best = n;
     }
     return best;
@@ -171,8 +209,8 @@ class Planner {
     busy_total_++;
     for (uint64_t n : involved) busy_[n]++;
     Target& t = targets_[id];
-    for (uint64_t n : Members(t.m)) load_[n]--;
-    for (uint64_t n : Members(to)) load_[n]++;
+    for (uint64_t n : Members(t.m)) load_[n] -= rw_[id];
+    for (uint64_t n : Members(to)) load_[n] += rw_[id];
     t.m = to;
     t.moved = true;
     Move mv;
@@ -233,13 +271,14 @@ class Planner {
     // membership simply becomes what the group has.
     Membership want = Normalized(s.want), base = Normalized(s.actual);
     Target& t = targets_[s.id];
-    for (uint64_t n : Members(t.m)) load_[n]--;
-    for (uint64_t n : Members(base)) load_[n]++;
+    const double w = rw_[s.id];
+    for (uint64_t n : Members(t.m)) load_[n] -= w;
+    for (uint64_t n : Members(base)) load_[n] += w;
     t.m = base;
     if (RepairFrom(s.id, base)) return;
     t.m = want;
-    for (uint64_t n : Members(base)) load_[n]--;
-    for (uint64_t n : Members(want)) load_[n]++;
+    for (uint64_t n : Members(base)) load_[n] -= w;
+    for (uint64_t n : Members(want)) load_[n] += w;
     Ids unreachable;
     for (uint64_t n : Members(want)) {
       if (!IsUp(n)) unreachable.push_back(n);
@@ -347,8 +386,8 @@ class Planner {
     return false;
   }
 
-  // Moves one replica at a time from the most to the least loaded up node
-  // while they differ by more than one.
+  // Moves one replica at a time from a more to a less loaded up node while
+  // a move lowers the spread by the margin.
   void BalanceReplicas() {
     const size_t max_rounds = view_.shards.size() * (up_.size() + 1) + 1;
     for (size_t round = 0; round < max_rounds; ++round) {
@@ -360,7 +399,7 @@ class Planner {
       for (size_t i = 0; i < by_load.size() && !moved; ++i) {
         for (size_t j = by_load.size(); j-- > i + 1 && !moved;) {
           uint64_t from = by_load[i], to = by_load[j];
-          if (load_[from] - load_[to] <= 1) break;
+          if (load_[from] - load_[to] - min_rw_ <= kMargin) break;
           moved = MoveOneReplica(from, to);
         }
       }
@@ -368,12 +407,24 @@ class Planner {
     }
   }
 
+  // The shard whose weight is nearest half the gap goes first (the most
+  // even result); one that would not lower the spread by the margin never.
   bool MoveOneReplica(uint64_t from, uint64_t to) {
+    const double gap = load_[from] - load_[to];
+    std::vector<std::pair<double, const ShardView*>> candidates;
     for (const ShardView& s : view_.shards) {
-      Target& t = targets_[s.id];
+      const Target& t = targets_[s.id];
       if (t.moved || !t.complete) continue;
       Ids members = Members(t.m);
       if (!Has(members, from) || Has(members, to)) continue;
+      if (rw_[s.id] <= 0 || gap - rw_[s.id] <= kMargin) continue;
+      candidates.emplace_back(std::abs(gap / 2 - rw_[s.id]), &s);
+    }
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [score, sp] : candidates) {
+      const ShardView& s = *sp;
+      Target& t = targets_[s.id];
       Membership next = t.m;
       if (Has(next.voters, from)) {
         next.voters = With(Without(next.voters, from), to);
@@ -385,10 +436,73 @@ class Planner {
     return false;
   }
 
+  // When no single transfer helps yet leaders are still uneven: a lightest
+  // node takes a shard from a voter peer, which takes one from its peer,
+  // ..., back to a heavy node. Loads in between change only by the
+  // difference of two weights. Applies the first chain (from the heaviest
+  // end) that lowers the spread by the margin; false if none does.
+  bool ShiftLeadersAlongAChain(const std::map<uint64_t, Ids>& eligible, std::map<uint64_t, double>* leads_out) {
+    std::map<uint64_t, double>& leads = *leads_out;
+    double lo = 0, hi = 0;
+    bool first = true;
+    for (const auto& [n, l] : leads) {
+      lo = first ? l : std::min(lo, l);
+      hi = first ? l : std::max(hi, l);
+      first = false;
+    }
+    if (first || hi - lo - min_lw_ <= kMargin) return false;
+    std::map<uint64_t, std::pair<uint64_t, uint64_t>> gives;  // node -> (shard, to whom)
+    std::deque<uint64_t> queue;
+    std::set<uint64_t> seen;
+    for (const auto& [n, l] : leads) {
+      if (l <= lo + 1e-9) {
+        queue.push_back(n);
+        seen.insert(n);
+      }
+    }
+    std::vector<uint64_t> reached;
+    while (!queue.empty()) {
+      uint64_t v = queue.front();
+      queue.pop_front();
+      for (const ShardView& s : view_.shards) {
+        uint64_t u = targets_[s.id].leader;
+        if (u == 0 || seen.contains(u) || !Has(eligible.at(s.id), v)) continue;
+        gives[u] = {s.id, v};
+        seen.insert(u);
+        reached.push_back(u);
+        queue.push_back(u);
+      }
+    }
+    std::stable_sort(reached.begin(), reached.end(), [&](uint64_t a, uint64_t b) { return leads[a] > leads[b]; });
+    for (uint64_t from : reached) {
+      std::map<uint64_t, double> delta;
+      double lightest = 0;
+      for (uint64_t u = from; gives.contains(u);) {
+        auto [shard, to] = gives[u];
+        delta[u] -= lw_[shard];
+        delta[to] += lw_[shard];
+        lightest = lightest == 0 ? lw_[shard] : std::min(lightest, lw_[shard]);
+        u = to;
+      }
+      double change = 0;  // in the sum of squared loads
+      for (const auto& [n, d] : delta) change += (leads[n] + d) * (leads[n] + d) - leads[n] * leads[n];
+      if (change >= -2 * kMargin * lightest) continue;
+      for (const auto& [n, d] : delta) leads[n] += d;
+      for (uint64_t u = from; gives.contains(u);) {
+        auto [shard, to] = gives[u];
+        targets_[shard].leader = to;
+        u = to;
+      }
+      return true;
+    }
+    return false;
+  }
+
   // Preferred leaders: keep each where it may lead, then move leaderships
-  // from a node with more than one above another voter of the same shard.
+  // (weighted, see planner.h) from heavier to lighter voters of the same
+  // shard while that lowers the spread by the margin.
   void PlanLeaders() {
-    std::map<uint64_t, int> leads;
+    std::map<uint64_t, double> leads;
     for (uint64_t n : up_) leads[n] = 0;
     std::map<uint64_t, Ids> eligible;
     for (const ShardView& s : view_.shards) {
@@ -399,7 +513,7 @@ class Planner {
       }
       eligible[s.id] = e;
       if (!Has(e, t.leader)) t.leader = 0;
-      if (t.leader != 0) leads[t.leader]++;
+      if (t.leader != 0) leads[t.leader] += lw_[s.id];
     }
     for (const ShardView& s : view_.shards) {
       Target& t = targets_[s.id];
@@ -407,7 +521,7 @@ class Planner {
       for (uint64_t v : eligible[s.id]) {
         if (t.leader == 0 || leads[v] < leads[t.leader]) t.leader = v;
       }
-      if (t.leader != 0) leads[t.leader]++;
+      if (t.leader != 0) leads[t.leader] += lw_[s.id];
     }
     if (policy_.balance) {
       const size_t max_rounds = view_.shards.size() * (up_.size() + 1) + 1;
@@ -416,63 +530,22 @@ class Planner {
         for (const ShardView& s : view_.shards) {
           Target& t = targets_[s.id];
           if (t.leader == 0) continue;
+          const double w = lw_[s.id];
           uint64_t best = t.leader;
           for (uint64_t v : eligible[s.id]) {
             if (leads[v] < leads[best]) best = v;
           }
-          if (leads[t.leader] - leads[best] > 1) {
-            leads[t.leader]--;
-            leads[best]++;
+          if (w > 0 && leads[t.leader] - leads[best] - w > kMargin) {
+            leads[t.leader] -= w;
+            leads[best] += w;
             t.leader = best;
             changed = true;
           }
         }
         if (!changed) break;
       }
-      // No single transfer helps, yet leaders per node still differ by two
-      // or more: shift along a chain. A node with the fewest takes a shard
-      // from a voter peer, which takes one from its peer, ..., back to a
-      // node with the most (counts in between stay the same).
       for (size_t round = 0; round < max_rounds; ++round) {
-        int lo = INT32_MAX, hi = 0;
-        for (const auto& [n, c] : leads) {
-          lo = std::min(lo, c);
-          hi = std::max(hi, c);
-        }
-        if (hi - lo <= 1) break;
-        std::map<uint64_t, std::pair<uint64_t, uint64_t>> gives;  // node -> (shard, to whom)
-        std::deque<uint64_t> queue;
-        std::set<uint64_t> seen;
-        for (const auto& [n, c] : leads) {
-          if (c == lo) {
-            queue.push_back(n);
-            seen.insert(n);
-          }
-        }
-        uint64_t from = 0;
-        while (!queue.empty() && from == 0) {
-          uint64_t v = queue.front();
-          queue.pop_front();
-          for (const ShardView& s : view_.shards) {
-            uint64_t u = targets_[s.id].leader;
-            if (u == 0 || seen.contains(u) || !Has(eligible[s.id], v)) continue;
-            gives[u] = {s.id, v};
-            seen.insert(u);
-            if (leads[u] >= lo + 2) {
-              from = u;
-              break;
-            }
-            queue.push_back(u);
-          }
-        }
-        if (from == 0) break;
-        leads[from]--;
-        for (uint64_t u = from; gives.contains(u);) {
-          auto [shard, to] = gives[u];
-          targets_[shard].leader = to;
-          if (!gives.contains(to)) leads[to]++;
-          u = to;
-        }
+        if (!ShiftLeadersAlongAChain(eligible, &leads)) break;
       }
     }
     for (Move& m : out_) {
@@ -551,7 +624,9 @@ class Planner {
   std::map<uint64_t, NodeState> state_;
   Ids up_;
   int rf_ = 3;
-  std::map<uint64_t, int> load_;
+  std::map<uint64_t, double> load_;      // replica weight per node
+  std::map<uint64_t, double> rw_, lw_;   // shard -> replica, leader weight
+  double min_rw_ = 1.0, min_lw_ = 1.0;
   std::map<uint64_t, int> busy_;
   int busy_total_ = 0;
   std::map<uint64_t, Target> targets_;

@@ -18,8 +18,15 @@
 //     would weaken durability), and lowers the voter count only when an
 //     operator removes a node for good;
 //   - bounds membership moves in flight per node and per cluster;
-//   - converges: every balancing move strictly lowers the spread of
-//     replicas or leaders, and a balanced view plans nothing.
+//   - converges: every balancing move lowers the sum of squared node loads
+//     by a margin (half a typical shard), so nothing moves back and forth,
+//     and a balanced view plans nothing.
+//
+// Balance is weighted. A replica weighs what its shard holds, a leadership
+// what its shard serves, each relative to the mean shard, with a floor for
+// the fixed cost of a shard (its Raft group), rounded to steps of sqrt(2):
+// shards alike weigh exactly 1 each and balance is by counts (per node
+// they differ by at most one); a shard ten times the mean weighs about ten.
 #pragma once
 
 #include <cstdint>
@@ -64,6 +71,8 @@ struct ShardView {
   uint64_t bytes = 0;
   uint64_t ops_per_sec = 0;
   uint32_t split_slot = 0;
+  // false: nothing is known of its size and load; it weighs the mean shard.
+  bool load_known = true;
 };
 
 struct ClusterView {
@@ -87,6 +96,12 @@ struct PlannerPolicy {
   // per second (sustained), than these; 0: never. One split at a time.
   uint64_t split_bytes = 0;
   uint64_t split_ops_per_sec = 0;
+  // Balance weights: a replica weighs (bytes + weight_floor_bytes) /
+  // (mean bytes + weight_floor_bytes), a leadership (ops/s +
+  // weight_floor_ops) / (mean ops/s + weight_floor_ops). The floors keep
+  // small or idle shards (and measuring noise) from moving anything.
+  uint64_t weight_floor_bytes = 64ULL << 20;
+  uint64_t weight_floor_ops = 1000;
 };
 
 enum class MoveKind : uint8_t {

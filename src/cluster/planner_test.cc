@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <map>
 
@@ -359,6 +360,142 @@ TEST(Planner, LeadersBalanceThroughAChainOfTransfers) {
   EXPECT_LE(hi - lo, 1);
   EXPECT_TRUE(Plan(v, {}).empty());  // a fixed point: nothing moves back
   for (const auto& s : v.shards) EXPECT_EQ(s.want.voters.size(), 3u);  // only leaderships moved
+}
+
+// Weighted balance (planner.h): replica weight (bytes + floor) / (mean +
+// floor), rounded to a step of sqrt(2).
+double Step(double r) { return std::exp2(std::round(2 * std::log2(r)) / 2); }
+
+std::map<uint64_t, double> WeightedReplicas(const ClusterView& v, const PlannerPolicy& p = {}) {
+  double mean = 0;
+  for (const auto& s : v.shards) mean += static_cast<double>(s.bytes) / static_cast<double>(v.shards.size());
+  const double floor = static_cast<double>(p.weight_floor_bytes);
+  std::map<uint64_t, double> out;
+  for (const auto& n : v.nodes) {
+    if (n.state == NodeState::kUp) out[n.id] = 0;
+  }
+  for (const auto& s : v.shards) {
+    for (uint64_t r : s.want.voters) out[r] += Step((static_cast<double>(s.bytes) + floor) / (mean + floor));
+  }
+  return out;
+}
+
+// One replica per shard: a 1 GB shard and three empty ones on node 1, node 2
+// joins. By count it would take two shards; by weight it takes the big one
+// and nothing else.
+TEST(Planner, ReplicasBalanceByBytes) {
+  ClusterView v = Cluster(1, 4, {1});
+  v.replication_factor = 1;
+  v.shards[0].bytes = 1ULL << 30;
+  ASSERT_GE(Converge(&v), 0);
+  AddNode(&v, 2);
+  ASSERT_GE(Converge(&v), 1);
+  EXPECT_EQ(v.shards[0].want.voters, Ids{2});
+  for (size_t i = 1; i < v.shards.size(); ++i) EXPECT_EQ(v.shards[i].want.voters, Ids{1}) << i;
+  EXPECT_EQ(ReplicasPerNode(v)[1], 3);
+}
+
+// Shards that differ a little (measuring noise, growth) weigh about 1 each:
+// the result is the count balance, and noise after it moves nothing.
+TEST(Planner, ShardsAlikeBalanceByCountAndNoiseMovesNothing) {
+  ClusterView v = Cluster(3, 16, {1, 2, 3});
+  for (auto& s : v.shards) {
+    s.bytes = (90 + s.id * 7 % 21) << 20;  // 90..110 MB
+    s.ops_per_sec = 200 + s.id * 37 % 100;
+  }
+  ASSERT_GE(Converge(&v), 0);
+  for (uint64_t n = 4; n <= 5; ++n) AddNode(&v, n);
+  ASSERT_GE(Converge(&v), 1);
+  EXPECT_LE(Spread(ReplicasPerNode(v)), 1);
+  EXPECT_LE(Spread(LeadersPerNode(v)), 1);
+  for (auto& s : v.shards) {
+    s.bytes = s.bytes * (s.id % 2 == 0 ? 11 : 9) / 10;  // +-10%
+    s.ops_per_sec = s.ops_per_sec * (s.id % 3 == 0 ? 13 : 7) / 10;  // +-30%
+  }
+  for (const Move& m : Plan(v, {})) ADD_FAILURE() << Describe(m);
+  // At scale (120 replicas per node), with every figure redrawn within
+  // +-15% each round: nothing moves.
+  ClusterView big = Cluster(5, 200, {1, 2, 3});
+  for (auto& s : big.shards) s.bytes = 1ULL << 30;
+  ASSERT_GE(Converge(&big, {}, 400), 1);
+  uint64_t seed = 1;
+  for (int round = 0; round < 50; ++round) {
+    for (auto& s : big.shards) {
+      seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+      s.bytes = (1ULL << 30) / 100 * (85 + (seed >> 33) % 31);
+      s.ops_per_sec = 20000 / 100 * (85 + (seed >> 45) % 31);
+    }
+    for (const Move& m : Plan(big, {})) ADD_FAILURE() << "round " << round << ": " << Describe(m);
+  }
+}
+
+// A shard whose size and load are not known (a new leader that has not
+// measured, and no memory of it) weighs the mean: with nothing known,
+// balance is by count whatever the figures say.
+TEST(Planner, UnknownLoadWeighsTheMean) {
+  ClusterView v = Cluster(1, 4, {1});
+  v.replication_factor = 1;
+  v.shards[0].bytes = 1ULL << 30;
+  v.shards[0].ops_per_sec = 1'000'000;
+  for (auto& s : v.shards) s.load_known = false;
+  ASSERT_GE(Converge(&v), 0);
+  AddNode(&v, 2);
+  ASSERT_GE(Converge(&v), 1);
+  EXPECT_EQ(ReplicasPerNode(v)[1], 2);
+  EXPECT_EQ(ReplicasPerNode(v)[2], 2);
+}
+
+// Leaders weigh what their shards serve: the node leading a shard with most
+// of the cluster's load leads nothing else.
+TEST(Planner, LeadersBalanceByLoad) {
+  ClusterView v = Cluster(3, 6, {1, 2, 3});
+  v.shards[0].ops_per_sec = 30000;
+  ASSERT_GE(Converge(&v), 1);
+  uint64_t hot = v.shards[0].preferred_leader;
+  auto leads = LeadersPerNode(v);
+  EXPECT_EQ(leads[hot], 1);
+  for (const auto& [n, c] : leads) {
+    if (n != hot) {
+      EXPECT_GE(c, 2) << n;
+    }
+  }
+  // Uneven by count (1, 2, 3), yet a fixed point.
+  EXPECT_TRUE(Plan(v, {}).empty());
+  // The load gone, counts even out again.
+  v.shards[0].ops_per_sec = 0;
+  ASSERT_GE(Converge(&v), 0);
+  EXPECT_LE(Spread(LeadersPerNode(v)), 1);
+}
+
+// At the fixed point no single replica move from a heavier to a lighter
+// node would lower the spread by the margin, with sizes spread widely.
+TEST(Planner, WeightedReplicasReachALocalOptimum) {
+  for (int nodes : {4, 5, 7}) {
+    ClusterView v = Cluster(3, 24, {1, 2, 3});
+    for (auto& s : v.shards) s.bytes = (s.id * 2654435761ULL % 1024) << 20;  // 0..1 GB
+    ASSERT_GE(Converge(&v), 0);
+    for (int n = 4; n <= nodes; ++n) AddNode(&v, static_cast<uint64_t>(n));
+    ASSERT_GE(Converge(&v, {}, 400), 1) << nodes;
+    ExpectEveryShard(v, 3, 0);
+    auto load = WeightedReplicas(v);
+    double mean = 0;
+    for (const auto& s : v.shards) mean += static_cast<double>(s.bytes) / 24.0;
+    for (const auto& s : v.shards) {
+      double w = Step((static_cast<double>(s.bytes) + (64 << 20)) / (mean + (64 << 20)));
+      for (uint64_t from : s.want.voters) {
+        for (const auto& [to, l] : load) {
+          if (std::find(s.want.voters.begin(), s.want.voters.end(), to) != s.want.voters.end()) continue;
+          EXPECT_LE(load[from] - l - w, 0.5 + 1e-9) << nodes << " nodes, shard " << s.id << " " << from << "->" << to;
+        }
+      }
+    }
+    double lo = 1e18, hi = 0;
+    for (const auto& [n, l] : load) {
+      lo = std::min(lo, l);
+      hi = std::max(hi, l);
+    }
+    EXPECT_LT(hi - lo, 3.0) << nodes;  // a replica weighs at most about 3 here
+  }
 }
 
 // The kSplit moves of a plan.

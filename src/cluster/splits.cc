@@ -109,7 +109,7 @@ void Cluster::MeasureLoad(int64_t now) {
     uint64_t ops = 0;
     for (uint32_t slot = b; slot < e && !first; ++slot) ops += cur[slot] - last_slot_ops_[slot];
     if (secs > 0) {
-      double alpha = 1.0 - std::exp(-secs / 10.0);  // about 10 s of memory: sustained load only
+      double alpha = 1.0 - std::exp(-secs / LoadBook::kLoadMemorySecs);
       l.ops_per_sec += alpha * (static_cast<double>(ops) / secs - l.ops_per_sec);
     }
     uint32_t load_slot = 0;
@@ -166,6 +166,7 @@ void Cluster::FillLoad(node::LeaderReport* rep) const {
   rep->bytes = it->second.bytes;
   rep->ops_per_sec = static_cast<uint64_t>(it->second.ops_per_sec);
   rep->split_slot = it->second.split_slot;
+  rep->load_measured = true;
 }
 
 void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now) {

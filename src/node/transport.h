@@ -43,6 +43,7 @@ struct LeaderReport {
   uint64_t bytes = 0;
   uint64_t ops_per_sec = 0;
   uint32_t split_slot = 0;
+  bool load_measured = false;
 };
 
 // A node's snapshot transfers, as gossiped (counters since it started).

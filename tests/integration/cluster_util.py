@@ -127,16 +127,20 @@ NO_LEADER = "0" * 16
 
 
 class NodeStatus:
-    """One ``node <id> <host:port> <state> replicas N leaders N[ meta-voter]`` line."""
+    """One ``node <id> <host:port> <state> replicas N leaders N bytes N ops-per-sec N[
+    meta-voter]`` line (bytes held by its replicas, operations per second served
+    by the shards it leads)."""
 
     def __init__(self, node_id: str, addr: str, state: str, replicas: int, leaders: int,
-                 meta_voter: bool):
+                 meta_voter: bool, nbytes: int = 0, ops_per_sec: int = 0):
         self.id, self.addr, self.state = node_id, addr, state
         self.replicas, self.leaders, self.meta_voter = replicas, leaders, meta_voter
+        self.bytes, self.ops_per_sec = nbytes, ops_per_sec
 
     def __repr__(self):
         return (f"node {self.id} {self.addr} {self.state} replicas {self.replicas} "
-                f"leaders {self.leaders}{' meta-voter' if self.meta_voter else ''}")
+                f"leaders {self.leaders} bytes {self.bytes} ops-per-sec {self.ops_per_sec}"
+                f"{' meta-voter' if self.meta_voter else ''}")
 
 
 class ShardStatus:
@@ -219,9 +223,11 @@ class AdminStatus:
         for ln in self.lines[1:]:
             t = ln.split()
             if t and t[0] == "node":
-                assert len(t) in (8, 9) and t[4] == "replicas" and t[6] == "leaders", ln
-                assert len(t) == 8 or t[8] == "meta-voter", ln
-                self.nodes[t[1]] = NodeStatus(t[1], t[2], t[3], int(t[5]), int(t[7]), len(t) == 9)
+                assert len(t) in (12, 13) and t[4] == "replicas" and t[6] == "leaders", ln
+                assert t[8] == "bytes" and t[10] == "ops-per-sec", ln
+                assert len(t) == 12 or t[12] == "meta-voter", ln
+                self.nodes[t[1]] = NodeStatus(t[1], t[2], t[3], int(t[5]), int(t[7]), len(t) == 13,
+                                              int(t[9]), int(t[11]))
             elif t and t[0] == "shard":
                 self.shards.append(ShardStatus(ln))
             elif t and t[0] == "transfers":
