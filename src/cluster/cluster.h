@@ -30,6 +30,7 @@
 
 #include "cluster/meta.h"
 #include "cluster/load_book.h"
+#include "cluster/membership.h"
 #include "cluster/planner.h"
 #include "kv/shard.h"
 #include "node/groups.h"
@@ -260,10 +261,13 @@ class Cluster final : public replica::Splitter {
   bool ClaimLocked(uint64_t id, std::pair<uint16_t, uint16_t> range);
   // Worker 0: load measurement.
   struct ShardLoad {
-    double ops_per_sec = 0;  // smoothed over about 10 s
     uint64_t bytes = 0;
     uint32_t split_slot = 0;
     uint32_t begin = 0, end = 0;  // the range measured (a split starts the rate over)
+    int64_t since_us = 0;         // measured since
+    double ewma_ops = 0;          // moving average over about 10 s, from 0
+    double ops_per_sec = 0;       // the same, corrected for its start at 0
+    bool measured = false;
   };
   std::map<uint64_t, ShardLoad> load_;
   // The meta leader's memory of shards' sizes and loads (View).
@@ -297,6 +301,7 @@ class Cluster final : public replica::Splitter {
   int64_t last_placement_us_ = 0;
   int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
+  std::map<uint64_t, RejoinGuard> rejoin_guards_;  // per led group (transfer_mu_)
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas
   std::vector<std::unique_ptr<kv::Shard>> retired_shards_;  // kept alive: readers may hold them

@@ -9,12 +9,18 @@
 // change or a split, and the planner would move replicas and leaders
 // towards it and back. So:
 //   - the size is the last one measured for the shard's range, whoever
-//     measured it; a split's halves start with half the parent's;
+//     measured it; a split's halves start with half the parent's (the
+//     smallest remembered range holding them); a leader that has not
+//     applied a split yet (it reports the range before it) is not taken;
 //   - the load of a new leader (or term, or range) is its report plus the
 //     previous figure fading at the same rate as the new one grows (their
 //     sum is the steady rate), never more than the larger of the two;
+//   - the figures handed on change only when they move by more than
+//     kDeadBand (20%): measuring noise changes nothing, so the planner
+//     sees the same weights round after round and moves nothing back;
 //   - a shard not seen for kForgetUs is forgotten (a stale figure would be
-//     carried onto a later leader).
+//     carried onto a later leader), and one whose leader has measured
+//     nothing for twice that is unknown (it weighs the mean).
 #pragma once
 
 #include <cstddef>
@@ -27,6 +33,7 @@ class LoadBook {
  public:
   static constexpr double kLoadMemorySecs = 10.0;
   static constexpr int64_t kForgetUs = 5'000'000;
+  static constexpr double kDeadBand = 0.20;
 
   struct Report {
     uint64_t leader = 0, term = 0;
@@ -55,15 +62,19 @@ class LoadBook {
     uint64_t leader = 0, term = 0;  // whose measurement the load is
     double ops = 0;                 // the last estimate
     double carried = 0;             // the figure before the change, fading from since_us
-    int64_t since_us = 0, seen_us = 0;
+    double bytes_in_use = 0, ops_in_use = 0;  // handed on (kDeadBand)
+    int64_t since_us = 0, seen_us = 0, measured_at_us = 0;
     // Before the last range change (a split): what a child takes half of.
     uint32_t prev_begin = 0, prev_end = 0;
     bool prev_known = false;
     uint64_t prev_bytes = 0;
     double prev_ops = 0;
+    int64_t prev_at_us = 0;
   };
-  // Half the figures of a remembered range that strictly contains [begin, end).
-  bool ParentHalf(uint64_t shard, uint32_t begin, uint32_t end, uint64_t* bytes, double* ops) const;
+  // Half the figures of the smallest remembered range (current, or before a
+  // recent split) that strictly contains [begin, end).
+  bool ParentHalf(uint64_t shard, uint32_t begin, uint32_t end, int64_t now_us, uint64_t* bytes, double* ops) const;
+  Estimate Out(const Entry& e, int64_t now_us) const;
 
   std::map<uint64_t, Entry> book_;
 };

@@ -109,5 +109,72 @@ TEST(LoadBook, StaleFiguresAreForgotten) {
   EXPECT_FALSE(book.Observe(5, nullptr, 0).known);
 }
 
+// Figures within kDeadBand of those in use leave them in use: the planner
+// sees the same weights round after round.
+TEST(LoadBook, SmallChangesLeaveTheFiguresAsTheyAre) {
+  LoadBook book;
+  auto r = Rep(1, 1, 0, 100, true, 1000, 1000);
+  book.Observe(1, &r, 0);
+  r = Rep(1, 1, 0, 100, true, 1150, 850);  // +-15%
+  auto e = book.Observe(1, &r, kSec);
+  EXPECT_EQ(e.bytes, 1000u);
+  EXPECT_EQ(e.ops_per_sec, 1000u);
+  r = Rep(1, 1, 0, 100, true, 1300, 700);  // +-30%
+  e = book.Observe(1, &r, 2 * kSec);
+  EXPECT_EQ(e.bytes, 1300u);
+  EXPECT_EQ(e.ops_per_sec, 700u);
+}
+
+// A split of a split: the new child takes half of its closest parent, not
+// of the first shard it ever split from.
+TEST(LoadBook, ASplitsChildTakesHalfItsClosestParent) {
+  LoadBook book;
+  auto p = Rep(1, 1, 0, 16384, true, 1000, 1000);
+  book.Observe(1, &p, 0);
+  p = Rep(1, 1, 0, 8192, true, 500, 500);
+  book.Observe(1, &p, kSec);
+  auto c1 = Rep(2, 1, 8192, 16384, true, 8000, 40000);  // grew hot
+  book.Observe(2, &c1, 2 * kSec);
+  c1 = Rep(2, 1, 8192, 12288, false, 0, 0);
+  book.Observe(2, &c1, 3 * kSec);
+  auto c3 = Rep(3, 1, 12288, 16384, false, 0, 0);
+  auto e = book.Observe(3, &c3, 3 * kSec);
+  EXPECT_TRUE(e.known);
+  EXPECT_EQ(e.bytes, 4000u);
+  EXPECT_NEAR(static_cast<double>(e.ops_per_sec), 20000, 1000);
+}
+
+// A new leader that has not applied the split yet reports the range before
+// it; its figures are not taken, and the shard's are kept.
+TEST(LoadBook, ALeaderBehindASplitDoesNotResetTheFigures) {
+  LoadBook book;
+  auto a = Rep(1, 1, 0, 8192, true, 500, 10000);
+  book.Observe(1, &a, 0);
+  auto b = Rep(2, 2, 0, 16384, true, 1000, 0);
+  auto e = book.Observe(1, &b, kSec);
+  EXPECT_TRUE(e.known);
+  EXPECT_EQ(e.bytes, 500u);
+  EXPECT_NEAR(static_cast<double>(e.ops_per_sec), 10000, 2000);
+  b = Rep(2, 2, 0, 8192, true, 500, 9000);  // applied now
+  e = book.Observe(1, &b, 2 * kSec);
+  EXPECT_EQ(e.bytes, 500u);
+  EXPECT_NEAR(static_cast<double>(e.ops_per_sec), 10000, 2000);
+  // A report without a range (an older node) changes nothing either.
+  auto old = Rep(3, 3, 0, 0, false, 0, 0);
+  e = book.Observe(1, &old, 3 * kSec);
+  EXPECT_EQ(e.bytes, 500u);
+}
+
+// A leader that measures nothing for a long while (one of an older
+// version): its shard is unknown, weighing the mean, rather than idle.
+TEST(LoadBook, NothingMeasuredForLongIsUnknown) {
+  LoadBook book;
+  auto a = Rep(1, 1, 0, 100, true, 500, 10000);
+  book.Observe(1, &a, 0);
+  auto b = Rep(2, 2, 0, 100, false, 0, 0);
+  for (int64_t t = kSec; t <= 2 * LoadBook::kForgetUs; t += kSec) EXPECT_TRUE(book.Observe(1, &b, t).known) << t;
+  EXPECT_FALSE(book.Observe(1, &b, 2 * LoadBook::kForgetUs + kSec).known);
+}
+
 }  // namespace
 }  // namespace shoal::cluster

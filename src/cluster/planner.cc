@@ -86,12 +86,7 @@ class Planner {
   };
 
   // Replica and leader weights (planner.h); a shard whose load is not known
-  // weighs the mean. Rounded to steps of sqrt(2): shards within about 19%
-  // of each other weigh the same, so measuring noise moves nothing and
-  // shards alike balance exactly by count.
-  static double Step(double ratio) {
-    return ratio > 0 ? std::exp2(std::round(2 * std::log2(ratio)) / 2) : 0.0;
-  }
+  // weighs the mean.
   void Weigh() {
     double bytes = 0, ops = 0;
     size_t known = 0;
@@ -109,8 +104,8 @@ class Planner {
     for (const ShardView& s : view_.shards) {
       double b = s.load_known ? static_cast<double>(s.bytes) : mean_bytes;
       double o = s.load_known ? static_cast<double>(s.ops_per_sec) : mean_ops;
-      rw_[s.id] = mean_bytes + fb > 0 ? Step((b + fb) / (mean_bytes + fb)) : 1.0;
-      lw_[s.id] = mean_ops + fo > 0 ? Step((o + fo) / (mean_ops + fo)) : 1.0;
+      rw_[s.id] = mean_bytes + fb > 0 ? (b + fb) / (mean_bytes + fb) : 1.0;
+      lw_[s.id] = mean_ops + fo > 0 ? (o + fo) / (mean_ops + fo) : 1.0;
       min_rw_ = std::min(min_rw_, rw_[s.id]);
       min_lw_ = std::min(min_lw_, lw_[s.id]);
     }
@@ -460,11 +455,17 @@ class Planner {
         seen.insert(n);
       }
     }
+    // Lighter shards first: a chain of them changes the loads in between least.
+    std::vector<const ShardView*> by_weight;
+    for (const ShardView& s : view_.shards) by_weight.push_back(&s);
+    std::stable_sort(by_weight.begin(), by_weight.end(),
+                     [&](const ShardView* a, const ShardView* b) { return lw_[a->id] < lw_[b->id]; });
     std::vector<uint64_t> reached;
     while (!queue.empty()) {
       uint64_t v = queue.front();
       queue.pop_front();
-      for (const ShardView& s : view_.shards) {
+      for (const ShardView* sp : by_weight) {
+        const ShardView& s = *sp;
         uint64_t u = targets_[s.id].leader;
         if (u == 0 || seen.contains(u) || !Has(eligible.at(s.id), v)) continue;
         gives[u] = {s.id, v};

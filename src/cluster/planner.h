@@ -24,9 +24,10 @@
 //
 // Balance is weighted. A replica weighs what its shard holds, a leadership
 // what its shard serves, each relative to the mean shard, with a floor for
-// the fixed cost of a shard (its Raft group), rounded to steps of sqrt(2):
-// shards alike weigh exactly 1 each and balance is by counts (per node
-// they differ by at most one); a shard ten times the mean weighs about ten.
+// the fixed cost of a shard (its Raft group): shards alike weigh about 1
+// each and balance is by counts (per node they differ by at most one); a
+// shard ten times the mean weighs about ten. The figures come through
+// cluster::LoadBook, which holds them steady against measuring noise.
 #pragma once
 
 #include <cstdint>

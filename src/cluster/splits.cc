@@ -104,13 +104,19 @@ void Cluster::MeasureLoad(int64_t now) {
     if (r == nullptr || !r->published_is_leader()) continue;
     ShardLoad l = load_.contains(sh->id()) ? load_[sh->id()] : ShardLoad{};
     const uint16_t b = sh->slot_begin(), e = sh->slot_end();
-    if (l.begin != b || l.end != e) l = ShardLoad{.begin = b, .end = e};  // new, or split: load is measured anew
+    if (l.begin != b || l.end != e) l = ShardLoad{.begin = b, .end = e, .since_us = now};  // new, or split: measured anew
     // This second's operations per slot (counters wrap: unsigned difference).
     uint64_t ops = 0;
     for (uint32_t slot = b; slot < e && !first; ++slot) ops += cur[slot] - last_slot_ops_[slot];
     if (secs > 0) {
       double alpha = 1.0 - std::exp(-secs / LoadBook::kLoadMemorySecs);
-      l.ops_per_sec += alpha * (static_cast<double>(ops) / secs - l.ops_per_sec);
+      l.ewma_ops += alpha * (static_cast<double>(ops) / secs - l.ewma_ops);
+      // The average starts at 0: once it has gathered half its weight
+      // (about 7 s), divided by that weight it is the rate, not an
+      // underestimate (before, the meta leader's LoadBook carries the
+      // previous leader's figure).
+      const double gathered = 1.0 - std::exp(-static_cast<double>(now - l.since_us) / 1e6 / LoadBook::kLoadMemorySecs);
+      l.ops_per_sec = gathered >= 0.5 ? l.ewma_ops / gathered : l.ewma_ops;
     }
     uint32_t load_slot = 0;
     if (ops >= 20 && e - b >= 2) {
@@ -124,7 +130,8 @@ void Cluster::MeasureLoad(int64_t now) {
         }
       }
     }
-    if (size_due || l.bytes == 0) {
+    if (size_due || !l.measured) {
+      l.measured = true;
       auto size_of = [&](uint32_t lo, uint32_t hi) {
         return engine_->ApproximateSize(storage::Cf::kData, storage::DataSlotDbPrefix(static_cast<uint16_t>(lo), 0),
                                         storage::DataSlotDbPrefix(static_cast<uint16_t>(hi), 0));
@@ -162,7 +169,11 @@ void Cluster::FillLoad(node::LeaderReport* rep) const {
     rep->slot_end = sh->slot_end();
   }
   auto it = load_.find(rep->group);
-  if (it == load_.end()) return;
+  // Figures for another range (a split since) are not this range's.
+  if (it == load_.end() || !it->second.measured || it->second.begin != rep->slot_begin ||
+      it->second.end != rep->slot_end) {
+    return;
+  }
   rep->bytes = it->second.bytes;
   rep->ops_per_sec = static_cast<uint64_t>(it->second.ops_per_sec);
   rep->split_slot = it->second.split_slot;
