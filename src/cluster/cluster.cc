@@ -573,14 +573,7 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
-  GroupState gs = GroupStateOf(r->raft());
-  {
-    std::lock_guard lock(transfer_mu_);
-    RejoinGuard& guard = rejoin_guards_[r->group()];
-    guard.Observe(gs.conf, now);
-    gs.rejoin_wait = guard.Waiting(now);
-  }
-  MembershipStep step = NextMembershipStep(want, preferred, gs);
+  MembershipStep step = NextMembershipStep(want, preferred, GroupStateOf(r->raft()));
   if (step.kind == MembershipStep::Kind::kTransferLeader) {
     std::lock_guard lock(transfer_mu_);
     int64_t& last = last_transfer_us_[r->group()];

@@ -30,7 +30,6 @@
 
 #include "cluster/meta.h"
 #include "cluster/load_book.h"
-#include "cluster/membership.h"
 #include "cluster/planner.h"
 #include "kv/shard.h"
 #include "node/groups.h"
@@ -301,7 +300,6 @@ class Cluster final : public replica::Splitter {
   int64_t last_placement_us_ = 0;
   int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
-  std::map<uint64_t, RejoinGuard> rejoin_guards_;  // per led group (transfer_mu_)
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas
   std::vector<std::unique_ptr<kv::Shard>> retired_shards_;  // kept alive: readers may hold them

@@ -32,28 +32,6 @@ GroupState GroupStateOf(const raft::Raft& raft) {
   return g;
 }
 
-void RejoinGuard::Observe(const raft::ConfState& conf, int64_t now) {
-  std::set<raft::NodeId> members(conf.voters.begin(), conf.voters.end());
-  members.insert(conf.voters_outgoing.begin(), conf.voters_outgoing.end());
-  members.insert(conf.learners.begin(), conf.learners.end());
-  if (seen_) {
-    for (raft::NodeId n : members_) {
-      if (!members.contains(n)) left_at_[n] = now;
-    }
-  }
-  seen_ = true;
-  members_ = std::move(members);
-  std::erase_if(left_at_, [&](const auto& e) { return now - e.second >= delay_us_; });
-}
-
-std::vector<raft::NodeId> RejoinGuard::Waiting(int64_t now) const {
-  std::vector<raft::NodeId> out;
-  for (const auto& [n, at] : left_at_) {
-    if (now - at < delay_us_ && !members_.contains(n)) out.push_back(n);
-  }
-  return out;
-}
-
 MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred, const GroupState& g) {
   MembershipStep none;
   if (want.voters.empty()) return none;
@@ -91,11 +69,10 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
     }
     if (any) return transfer(to, "leader leaves");
   }
-  // 2. New members join as learners, one at a time; one that left just
-  //    now waits (RejoinGuard).
+  // 2. New members join as learners, one at a time.
   for (const Ids* ids : {&want.voters, &want.learners}) {
     for (raft::NodeId id : *ids) {
-      if (!member(id) && !Has(g.rejoin_wait, id)) return Change(raft::ConfChangeType::kAddLearner, id, "adding learner");
+      if (!member(id)) return Change(raft::ConfChangeType::kAddLearner, id, "adding learner");
     }
   }
   // 3. Voters: promote caught-up learners, drop unwanted voters, in one change.

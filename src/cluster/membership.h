@@ -17,9 +17,7 @@
 
 #include <cstdint>
 #include <map>
-#include <set>
 #include <string>
-#include <vector>
 
 #include "cluster/planner.h"
 #include "raft/raft.h"
@@ -36,36 +34,6 @@ struct GroupState {
   raft::Index last_index = 0;
   bool transferring = false;               // a leadership transfer is under way
   std::map<raft::NodeId, raft::Index> match;  // per member: highest index known replicated
-  // Nodes that left the group too recently to join it again (RejoinGuard).
-  std::vector<raft::NodeId> rejoin_wait;
-};
-
-// Raft member ids are node ids, so a replica deleted from a node and later
-// added back reuses its id. A response of the deleted incarnation arriving
-// after the new one was added would be taken for the new one's: a match
-// index the empty newcomer does not have, which would count it towards a
-// commit quorum. The transport delivers no message older than about
-// Transport::kMaxMessageAgeUs + kMaxLatenessUs (7 s); a leader adds no node
-// back to its group within kRejoinDelayUs of seeing it leave, so by then
-// every message of the old incarnation is gone. (A later leader needs no
-// record: Raft ignores responses from an older term, and a node removed in
-// an older term was sent nothing by it.)
-inline constexpr int64_t kRejoinDelayUs = 20'000'000;
-
-// The leader's record of who left its group when (on the group's worker).
-class RejoinGuard {
- public:
-  explicit RejoinGuard(int64_t delay_us = kRejoinDelayUs) : delay_us_(delay_us) {}
-  // The group's membership as its leader has it now.
-  void Observe(const raft::ConfState& conf, int64_t now_us);
-  // Nodes that left within the delay (kRejoinDelayUs).
-  std::vector<raft::NodeId> Waiting(int64_t now_us) const;
-
- private:
-  int64_t delay_us_;
-  bool seen_ = false;
-  std::set<raft::NodeId> members_;
-  std::map<raft::NodeId, int64_t> left_at_;
 };
 
 // The GroupState of a leader's Raft (call on the group's worker).

@@ -51,10 +51,6 @@ TEST(MembershipStep, Table) {
     g.last_index = g.committed = 101;
     return g;
   };
-  auto left_just_now = [](GroupState g, raft::NodeId id) {
-    g.rejoin_wait.push_back(id);
-    return g;
-  };
   const Case cases[] = {
       {"settled", {{1, 2, 3}, {}}, 1, Group({1, 2, 3}), ""},
       {"new voter joins as a learner first", {{1, 2, 4}, {}}, 1, Group({1, 2, 3}), "adding learner +l4"},
@@ -78,9 +74,6 @@ TEST(MembershipStep, Table) {
       {"a single voter moves in one joint change", {{2}, {}}, 2, Group({1}, {2}), "changing voters +v2 -1"},
       {"a single voter's successor joins first", {{2}, {}}, 2, Group({1}), "adding learner +l2"},
       {"3 -> 5 voters waits for both", {{1, 2, 3, 4, 5}, {}}, 1, lagging(Group({1, 2, 3}, {4, 5}), 5, 1), ""},
-      {"a node that just left does not rejoin yet", {{1, 2, 4}, {}}, 1, left_just_now(Group({1, 2, 3}), 4), ""},
-      {"...another wanted node joins meanwhile", {{1, 2, 4}, {5}}, 1, left_just_now(Group({1, 2, 3}), 4),
-       "adding learner +l5"},
   };
   for (const Case& c : cases) {
     MembershipStep s = NextMembershipStep(c.want, c.preferred, c.g);
@@ -98,33 +91,6 @@ TEST(MembershipStep, RetireOnlyOnceTheLeaderHasLetGo) {
   EXPECT_FALSE(MayRetire(4, false, 0, without, false, false));  // no leader known
   EXPECT_FALSE(MayRetire(4, false, 4, without, false, false));  // it leads
   EXPECT_FALSE(MayRetire(4, false, 1, without, false, true));   // a leader still talks to it
-}
-
-// The leader records who left its group; a node that left waits
-// kRejoinDelayUs before it may be added again (membership.h).
-TEST(RejoinGuard, ANodeThatLeftWaitsBeforeRejoining) {
-  RejoinGuard guard;
-  raft::ConfState conf{{1, 2, 3}, {}, {4}};
-  guard.Observe(conf, 0);
-  EXPECT_TRUE(guard.Waiting(0).empty());
-  conf.learners.clear();  // 4 leaves
-  guard.Observe(conf, 1'000);
-  EXPECT_EQ(guard.Waiting(1'000), std::vector<raft::NodeId>{4});
-  conf = raft::ConfState{{1, 2}, {1, 2, 3}, {}};  // 3 leaving through a joint change: still a member
-  guard.Observe(conf, 2'000);
-  EXPECT_EQ(guard.Waiting(2'000), std::vector<raft::NodeId>{4});
-  conf.voters_outgoing.clear();  // 3 is out
-  guard.Observe(conf, 3'000);
-  EXPECT_EQ(guard.Waiting(3'000), (std::vector<raft::NodeId>{3, 4}));
-  EXPECT_EQ(guard.Waiting(1'000 + kRejoinDelayUs - 1), (std::vector<raft::NodeId>{3, 4}));
-  guard.Observe(conf, 1'000 + kRejoinDelayUs);
-  EXPECT_EQ(guard.Waiting(1'000 + kRejoinDelayUs), std::vector<raft::NodeId>{3});
-  guard.Observe(conf, 3'000 + kRejoinDelayUs);
-  EXPECT_TRUE(guard.Waiting(3'000 + kRejoinDelayUs).empty());
-  // The first look records nobody as having left.
-  RejoinGuard fresh;
-  fresh.Observe(raft::ConfState{{1}, {}, {}}, 5);
-  EXPECT_TRUE(fresh.Waiting(5).empty());
 }
 
 }  // namespace

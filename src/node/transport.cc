@@ -13,7 +13,6 @@
 
 #include <deque>
 
-#include "common/clock.h"
 #include "node/codec.h"
 #include "peer.pb.h"
 
@@ -47,11 +46,7 @@ struct Transport::Peer {
   uint16_t port = 0;
   asio::ip::tcp::socket socket;
   asio::steady_timer signal;
-  struct Queued {
-    GroupMessage gm;
-    int64_t at_us;  // when it was queued (MonoUs)
-  };
-  std::vector<Queued> queue;
+  std::vector<GroupMessage> queue;
   std::deque<SnapshotChunk> chunks;
   bool send_leaders = false;
   bool writer_running = false;
@@ -135,7 +130,7 @@ void Transport::Send(std::vector<GroupMessage> msgs) {
       Peer& p = PeerFor(gm.msg.to);
       if (p.queue.size() >= kQueueMax) continue;
       touched[gm.msg.to] = &p;
-      p.queue.push_back({std::move(gm), RealClock().NowMonoUs()});
+      p.queue.push_back(std::move(gm));
     }
     for (auto& [id, p] : touched) Wake(*p);
   });
@@ -217,16 +212,10 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     pf.set_from_node(node_id());
     pf.set_from_host(opts_.bind_host);
     pf.set_from_peer_port(port_);
-    const int64_t now = RealClock().NowMonoUs();
-    pf.set_sent_us(static_cast<uint64_t>(now));
     uint64_t payload = 0;
     size_t taken = 0;
     for (; taken < p->queue.size(); ++taken) {
-      if (now - p->queue[taken].at_us > kMaxMessageAgeUs) {
-        messages_expired_.fetch_add(1, std::memory_order_relaxed);
-        continue;  // too old to send: Raft resends what still matters
-      }
-      auto& gm = p->queue[taken].gm;
+      auto& gm = p->queue[taken];
       uint64_t bytes = PayloadBytes(gm.msg);
       if (taken > 0 && payload + bytes > kFrameSoftBytes) break;
       if (bytes + (1 << 20) > opts_.max_frame_bytes) {
@@ -292,7 +281,6 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     if (ec) {
       asio::error_code cec;
       p->socket.close(cec);
-      p->queue.clear();  // as for a failed connect: Raft resends
       if (stopped_) co_return;
       continue;
     }
@@ -313,10 +301,6 @@ asio::awaitable<void> Transport::AcceptLoop() {
 
 asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
   std::string body;
-  // The least (arrival - sent_us) seen on this connection: the two clocks'
-  // offset plus the fastest delivery. A frame that took kMaxLateness more
-  // than that is late, and so may be everything behind it.
-  int64_t base_offset = INT64_MAX;
   for (;;) {
     unsigned char head[4];
     auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
@@ -335,16 +319,6 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
       spdlog::warn("malformed peer frame refused");
       co_return;
-    }
-    if (pf.sent_us() != 0 && pf.sent_us() < (uint64_t{1} << 62)) {
-      const int64_t offset = RealClock().NowMonoUs() - static_cast<int64_t>(pf.sent_us());
-      base_offset = std::min(base_offset, offset);
-      if (offset - base_offset > kMaxLatenessUs) {
-        frames_late_.fetch_add(1, std::memory_order_relaxed);
-        spdlog::warn("a frame from node {:016x} arrived {} ms late: connection closed, its messages dropped",
-                     pf.from_node(), (offset - base_offset) / 1000);
-        co_return;
-      }
     }
     uint64_t ours = cluster_id();
     if (ours == 0 || node_id() == 0 || pf.cluster_id() != ours) {

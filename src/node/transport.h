@@ -103,19 +103,6 @@ class Transport {
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
   uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
-  uint64_t frames_late() const { return frames_late_.load(std::memory_order_relaxed); }
-  uint64_t messages_expired() const { return messages_expired_.load(std::memory_order_relaxed); }
-
-  // Bounds on how old a Raft message may be when it is delivered: one that
-  // waited in the send queue longer than kMaxMessageAgeUs is dropped, and
-  // a connection whose frame arrives kMaxLatenessUs later than the fastest
-  // one did is closed unread (the kernel may hold a stalled stream for
-  // minutes and deliver it all when a partition heals). Raft tolerates
-  // lost messages; what it does not tolerate is a response from a replica
-  // that has since been deleted and added again under the same id, which
-  // these bounds (with cluster::kRejoinDelayUs) rule out.
-  static constexpr int64_t kMaxMessageAgeUs = 2'000'000;
-  static constexpr int64_t kMaxLatenessUs = 5'000'000;
 
  private:
   struct Peer;
@@ -143,8 +130,6 @@ class Transport {
   std::vector<LeaderReport> local_leaders_;
   std::atomic<uint64_t> frames_sent_{0};
   std::atomic<uint64_t> frames_refused_{0};
-  std::atomic<uint64_t> frames_late_{0};
-  std::atomic<uint64_t> messages_expired_{0};
   bool stopped_ = false;
 };
 

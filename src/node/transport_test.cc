@@ -12,10 +12,6 @@
 #include <mutex>
 #include <thread>
 
-#include "common/clock.h"
-#include "node/codec.h"
-#include "peer.pb.h"
-
 namespace shoal::node {
 namespace {
 
@@ -54,21 +50,6 @@ raft::Message Heartbeat(raft::NodeId from, raft::NodeId to) {
   m.term = 5;
   m.commit = 9;
   return m;
-}
-
-// A plain TCP connection to 127.0.0.1:port (-1 on failure).
-int ConnectTo(uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // Waits (bounded) for cond.
@@ -129,8 +110,13 @@ TEST(Transport, SurvivesGarbageOnThePeerPort) {
       "GET / HTTP/1.1\r\nHost: x\r\n\r\n",              // wrong protocol
   };
   for (const auto& in : inputs) {
-    int fd = ConnectTo(b.t.port());
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
     ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(b.t.port());
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
     ASSERT_EQ(write(fd, in.data(), in.size()), static_cast<ssize_t>(in.size()));
     close(fd);
   }
@@ -164,65 +150,6 @@ TEST(Transport, ReconnectsWhenThePeerComesBack) {
     a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
     return got.load() > 0;
   }, 5000));
-}
-
-// A frame as a peer would write it: a heartbeat for group 1, stamped `sent_us`.
-std::string Frame(uint64_t cluster, uint64_t sent_us) {
-  proto::PeerFrame pf;
-  pf.set_version(1);
-  pf.set_cluster_id(cluster);
-  pf.set_from_node(1);
-  pf.set_sent_us(sent_us);
-  auto* gm = pf.add_messages();
-  gm->set_group(1);
-  ToProto(Heartbeat(1, 2), gm->mutable_msg());
-  std::string body = pf.SerializeAsString();
-  std::string out;
-  for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>(body.size() >> (8 * i)));
-  return out + body;
-}
-
-// A stream that stalled (the kernel holds it through a partition and
-// delivers it all when the partition heals): a frame that arrives much later
-// than the fastest one on its connection closes the connection, and neither
-// it nor anything behind it is delivered.
-TEST(Transport, LateFramesCloseTheConnectionUnread) {
-  Endpoint b(2, 77);
-  int fd = ConnectTo(b.t.port());
-  ASSERT_GE(fd, 0);
-  const uint64_t now = static_cast<uint64_t>(RealClock().NowMonoUs()) + (1ULL << 40);  // any origin
-  std::string first = Frame(77, now), on_time = Frame(77, now + 1000);
-  ASSERT_EQ(write(fd, first.data(), first.size()), static_cast<ssize_t>(first.size()));
-  ASSERT_EQ(write(fd, on_time.data(), on_time.size()), static_cast<ssize_t>(on_time.size()));
-  ASSERT_TRUE(WaitFor([&] { return b.count() == 2; }));
-  // Built well before the first one, arriving after it: late.
-  const uint64_t late_by = static_cast<uint64_t>(Transport::kMaxLatenessUs) + 1'000'000;
-  std::string late = Frame(77, now - late_by), behind = Frame(77, now + 2000);
-  ASSERT_EQ(write(fd, late.data(), late.size()), static_cast<ssize_t>(late.size()));
-  (void)write(fd, behind.data(), behind.size());  // may fail: the peer closes
-  ASSERT_TRUE(WaitFor([&] { return b.t.frames_late() == 1; }));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(b.count(), 2u);
-  close(fd);
-  // A new connection starts afresh.
-  Endpoint a(1, 77);
-  a.t.SetAddress(2, "127.0.0.1", b.t.port());
-  a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
-  ASSERT_TRUE(WaitFor([&] { return b.count() == 3; }));
-}
-
-// Messages that waited in the send queue (the peer's address unknown, or
-// unreachable) longer than kMaxMessageAgeUs are dropped, not sent late.
-TEST(Transport, OldQueuedMessagesAreDroppedNotSent) {
-  Endpoint a(1, 77), b(2, 77);
-  a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});  // no address yet: it waits
-  std::this_thread::sleep_for(std::chrono::microseconds(Transport::kMaxMessageAgeUs + 300'000));
-  a.t.SetAddress(2, "127.0.0.1", b.t.port());
-  ASSERT_TRUE(WaitFor([&] { return a.t.messages_expired() == 1; }));
-  a.t.Send({GroupMessage{2, Heartbeat(1, 2)}});
-  ASSERT_TRUE(WaitFor([&] { return b.count() == 1; }));
-  std::lock_guard lock(b.mu);
-  EXPECT_EQ(b.got[0].first, 2u);  // the fresh one only
 }
 
 }  // namespace

@@ -63,6 +63,12 @@ void Progress::become_replicate() {
   inflights.reset();
 }
 
+void Progress::forget_match(Index last) {
+  match = 0;
+  become_probe();
+  next = last + 1;
+}
+
 void Progress::become_snapshot(Index snapshot_index) {
   state = ProgressState::kSnapshot;
   pending_snapshot = snapshot_index;

@@ -70,6 +70,13 @@ struct Progress {
   void become_probe();
   void become_replicate();
   void become_snapshot(Index snapshot_index);
+  // The follower says its log ends at `last`, below `match`: what it was
+  // credited with came from an earlier replica under the same id (deleted,
+  // and created anew on that node), whose acknowledgement arrived late.
+  // Forget it and probe again from what the follower has. Lowering match is
+  // always safe (the commit index never goes back); credited entries were
+  // committed before this replica existed, so no commit relied on it.
+  void forget_match(Index last);
   // A successful append response for n: returns true if match advanced.
   bool maybe_update(Index n);
   // Optimistically advances next after sending entries up to n (kReplicate).

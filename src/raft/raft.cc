@@ -396,9 +396,16 @@ void Raft::handle_append(const Message& m) {
 }
 
 void Raft::handle_heartbeat(const Message& m) {
-  log_.commit_to(m.commit);
-  send(Message{.type = MessageType::kHeartbeatResp, .to = m.from, .lease_tick = m.lease_tick,
-               .context = m.context});
+  Message resp{.type = MessageType::kHeartbeatResp, .to = m.from, .lease_tick = m.lease_tick, .context = m.context};
+  if (m.commit > log_.last_index()) {
+    // The leader credits us with entries we do not have (Progress::
+    // forget_match): tell it where our log ends rather than commit them.
+    resp.reject = true;
+    resp.reject_hint = log_.last_index();
+  } else {
+    log_.commit_to(m.commit);
+  }
+  send(std::move(resp));
 }
 
 void Raft::handle_snapshot(const Message& m) {

@@ -192,6 +192,13 @@ void Raft::step_leader(Message& m) {
 void Raft::handle_append_response(const Message& m, Progress& pr) {
   pr.recent_active = true;
   pr.lease_ack_tick = std::max(pr.lease_ack_tick, m.lease_tick);
+  if (m.reject && m.index <= pr.match && m.reject_hint < pr.match) {
+    // A rejection at or below what it was credited with, from a log that
+    // ends below it: the credit was not this replica's.
+    pr.forget_match(m.reject_hint);
+    maybe_send_append(m.from, true);
+    return;
+  }
   if (m.reject) {
     Index next_probe = m.reject_hint;
     if (m.hint_term > 0) next_probe = log_.find_conflict_by_term(m.reject_hint, m.hint_term).first;
@@ -223,6 +230,7 @@ void Raft::handle_append_response(const Message& m, Progress& pr) {
 
 void Raft::handle_heartbeat_response(const Message& m, Progress& pr) {
   pr.recent_active = true;
+  if (m.reject && m.reject_hint < pr.match) pr.forget_match(m.reject_hint);
   pr.probe_sent = false;
   pr.lease_ack_tick = std::max(pr.lease_ack_tick, m.lease_tick);
   if (pr.state == ProgressState::kReplicate && pr.inflights.full()) pr.inflights.free_first();

@@ -187,6 +187,37 @@ TEST(RaftTest, LearnerCatchesUpByteSnapshotAndIsPromoted) {
   EXPECT_EQ(c.applied(4).back(), "after");
 }
 
+// Raft ids are node ids: a replica deleted from a node and created anew
+// there has its predecessor's id, and an acknowledgement of the deleted one
+// that arrives late is credited to the new, empty one (here: the leader's
+// progress simply keeps the old credit). The newcomer must neither commit
+// what it does not have (a heartbeat's commit beyond its log used to stop
+// the process) nor stay stuck: the leader forgets the credit and catches it
+// up, by heartbeat (first case) or by a rejected append (second).
+TEST(RaftTest, ReplicaCreatedAnewUnderItsIdIsCaughtUpNotTrusted) {
+  for (bool by_append : {false, true}) {
+    SCOPED_TRACE(by_append ? "append" : "heartbeat");
+    TestCluster c(3);
+    c.campaign(1);
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
+    const Index credited = c.raft(1).tracker().progress().at(3).match;
+    ASSERT_EQ(credited, c.raft(1).log().last_index());
+    c.add(3, ConfState{});  // deleted and created anew: an empty log
+    if (by_append) {
+      ASSERT_TRUE(c.propose(1, "x").ok());
+    } else {
+      c.tick_all(3);
+    }
+    c.tick_all(3);
+    ASSERT_TRUE(c.propose(1, "after").ok());
+    c.tick_all(2);
+    EXPECT_EQ(c.raft(3).log().committed(), c.raft(1).log().committed());
+    EXPECT_EQ(c.raft(1).tracker().progress().at(3).match, c.raft(1).log().last_index());
+    ASSERT_FALSE(c.applied(3).empty());
+    EXPECT_EQ(c.applied(3).back(), "after");
+  }
+}
+
 TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {
   TestCluster c(3);
   c.campaign(1);

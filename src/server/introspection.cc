@@ -164,9 +164,6 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("snapshots_failed", ss.failed);
     w.Field("snapshot_bytes_sent", ss.bytes_sent);
     w.Field("snapshot_bytes_received", ss.bytes_received);
-    w.Field("peer_frames_refused", server.transport().frames_refused());
-    w.Field("peer_frames_late", server.transport().frames_late());
-    w.Field("peer_messages_expired", server.transport().messages_expired());
     for (replica::Replica* r : server.groups().All()) {
       auto conf = r->published_conf();
       w.Field("group" + std::to_string(r->group()),

@@ -40,7 +40,7 @@ constexpr int kFounders = 3;
 // Steps without a node before the placement driver calls it down.
 constexpr uint64_t kDownAfterSteps = 400;
 constexpr uint64_t kRetireQuietTicks = 20;
-constexpr uint64_t kMaxMessageAgeSteps = 400;
+constexpr uint64_t kStaleSteps = 400;
 
 const kv::CommandSpec& Spec(std::string_view name) {
   for (const auto& s : kv::DataCommands()) {
@@ -210,7 +210,6 @@ class ReplicaSim {
     if (!n.up) return;
     n.up = false;
     n.down_since = step_;
-    rejoin_.erase(n.id);
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
     n.child_replica.reset();
     std::erase_if(recounts_, [&](const Recount& r) { return r.node == n.id; });  // the scan dies with it
@@ -487,9 +486,7 @@ class ReplicaSim {
       if (m.to < 1 || m.to > kMaxNodes) continue;
       if (rng_() % 100 < drop_pct_) continue;  // lost
       uint64_t delay = 1 + rng_() % 3;
-      // A few are held back as long as the transport lets a message live
-      // (node::Transport::kMaxMessageAgeUs + kMaxLatenessUs, in steps).
-      if (stale_permille_ > 0 && rng_() % 1000 < stale_permille_) delay = 1 + rng_() % kMaxMessageAgeSteps;
+      if (stale_permille_ > 0 && rng_() % 1000 < stale_permille_) delay = 1 + rng_() % kStaleSteps;
       net_.push_back(InFlight{step_ + delay, group, std::move(m)});
     }
     msgs.clear();
@@ -635,12 +632,7 @@ class ReplicaSim {
     SimNode& l = Leader();
     if (l.replica && l.replica->is_leader()) {
       const raft::Raft& raft = l.replica->raft();
-      cluster::GroupState gs = cluster::GroupStateOf(raft);
-      // Each leader's own record of who left (lost when its node restarts).
-      cluster::RejoinGuard& guard = rejoin_.try_emplace(l.id, rejoin_delay_steps_).first->second;
-      guard.Observe(gs.conf, static_cast<int64_t>(step_));
-      gs.rejoin_wait = guard.Waiting(static_cast<int64_t>(step_));
-      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, gs);
+      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, cluster::GroupStateOf(raft));
       if (step.kind == cluster::MembershipStep::Kind::kConfChange) {
         (void)l.replica->ProposeConfChange(step.change);
       } else if (step.kind == cluster::MembershipStep::Kind::kTransferLeader) {
@@ -922,13 +914,10 @@ class ReplicaSim {
   bool clients_ = true;
   uint64_t leader_term_ = 0;
   uint64_t drop_pct_ = 3;
-  // Per mille of messages held back up to kMaxMessageAgeSteps (stale
-  // responses of replicas deleted since, arriving after their node was
-  // added back); and how long a leader waits before adding back a node
-  // that left (cluster::RejoinGuard, in steps; 0 turns the guard off).
+  // Per mille of messages held back for up to kStaleSteps (a stalled
+  // stream: stale responses, among them those of replicas deleted since
+  // and added back under the same id).
   uint64_t stale_permille_ = 0;
-  int64_t rejoin_delay_steps_ = 3 * kMaxMessageAgeSteps;
-  std::map<raft::NodeId, cluster::RejoinGuard> rejoin_;  // per leader node
   bool streamed_ = false;  // snapshots travel through couriers in chunks
   SimCourier couriers_[kMaxNodes];
   SimSplitter splitters_[kMaxNodes];
@@ -1043,7 +1032,6 @@ TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
     sim.streamed_ = seed % 4 != 3;
     sim.placement_ = true;
     sim.stale_permille_ = 10;
-    if (const char* d = std::getenv("SHOAL_SIM_REJOIN_DELAY")) sim.rejoin_delay_steps_ = std::atoll(d);
     sim.join_at_[0] = 200 + seed * 37 % 600;
     sim.join_at_[1] = sim.join_at_[0] + 300 + seed * 53 % 600;
     if (seed % 2 == 0) sim.loss_at_ = 1800 + seed * 71 % 600;
