@@ -63,10 +63,11 @@ void Progress::become_replicate() {
   inflights.reset();
 }
 
-void Progress::forget_match(Index last) {
+void Progress::forget_match() {
+  const Index credited = match;
   match = 0;
   become_probe();
-  next = last + 1;
+  next = credited + 1;
 }
 
 void Progress::become_snapshot(Index snapshot_index) {

@@ -70,13 +70,16 @@ struct Progress {
   void become_probe();
   void become_replicate();
   void become_snapshot(Index snapshot_index);
-  // The follower says its log ends at `last`, below `match`: what it was
-  // credited with came from an earlier replica under the same id (deleted,
-  // and created anew on that node), whose acknowledgement arrived late.
-  // Forget it and probe again from what the follower has. Lowering match is
-  // always safe (the commit index never goes back); credited entries were
-  // committed before this replica existed, so no commit relied on it.
-  void forget_match(Index last);
+  // The follower says its log ends below `match`: what it was credited with
+  // may have come from an earlier replica under the same id (deleted, and
+  // created anew on that node), whose acknowledgement arrived late. Forget
+  // it and probe again, first at the old match: a follower that has it (the
+  // signal was a stale, reordered answer) is back at once, without a
+  // snapshot; one that does not walks back as any probe does. Lowering
+  // match is always safe (the commit index never goes back), and a credit
+  // from an earlier incarnation is below the entry that added this one, so
+  // no commit relied on it.
+  void forget_match();
   // A successful append response for n: returns true if match advanced.
   bool maybe_update(Index n);
   // Optimistically advances next after sending entries up to n (kReplicate).

@@ -402,6 +402,7 @@ void Raft::handle_heartbeat(const Message& m) {
     // forget_match): tell it where our log ends rather than commit them.
     resp.reject = true;
     resp.reject_hint = log_.last_index();
+    ++commits_refused_;
   } else {
     log_.commit_to(m.commit);
   }

@@ -134,6 +134,12 @@ class Raft {
   const RaftLog& log() const { return log_; }
   const ProgressTracker& tracker() const { return prs_; }
   NodeId lead_transferee() const { return lead_transferee_; }
+  // Times this replica, as a follower, was told to commit beyond its log
+  // and refused; and, as leader, forgot a follower's credit because its log
+  // ends below it (Progress::forget_match). Either means a replica created
+  // anew under an old id, or a log lost: the replica layer logs them.
+  uint64_t commits_refused() const { return commits_refused_; }
+  uint64_t credits_forgotten() const { return credits_forgotten_; }
   // Whether the leader may serve a read from its lease right now.
   bool lease_valid() const;
 
@@ -213,6 +219,8 @@ class Raft {
   bool lease_void_ = false;
 
   NodeId lead_transferee_ = kNoNode;
+  uint64_t commits_refused_ = 0;
+  uint64_t credits_forgotten_ = 0;
   Index pending_conf_index_ = 0;
   uint64_t uncommitted_size_ = 0;
   ReadOnly read_only_;

@@ -194,8 +194,9 @@ void Raft::handle_append_response(const Message& m, Progress& pr) {
   pr.lease_ack_tick = std::max(pr.lease_ack_tick, m.lease_tick);
   if (m.reject && m.index <= pr.match && m.reject_hint < pr.match) {
     // A rejection at or below what it was credited with, from a log that
-    // ends below it: the credit was not this replica's.
-    pr.forget_match(m.reject_hint);
+    // ends below it: the credit may not be this replica's.
+    pr.forget_match();
+    ++credits_forgotten_;
     maybe_send_append(m.from, true);
     return;
   }
@@ -230,7 +231,10 @@ void Raft::handle_append_response(const Message& m, Progress& pr) {
 
 void Raft::handle_heartbeat_response(const Message& m, Progress& pr) {
   pr.recent_active = true;
-  if (m.reject && m.reject_hint < pr.match) pr.forget_match(m.reject_hint);
+  if (m.reject && m.reject_hint < pr.match) {
+    pr.forget_match();
+    ++credits_forgotten_;
+  }
   pr.probe_sent = false;
   pr.lease_ack_tick = std::max(pr.lease_ack_tick, m.lease_tick);
   if (pr.state == ProgressState::kReplicate && pr.inflights.full()) pr.inflights.free_first();

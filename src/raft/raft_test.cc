@@ -215,7 +215,37 @@ TEST(RaftTest, ReplicaCreatedAnewUnderItsIdIsCaughtUpNotTrusted) {
     EXPECT_EQ(c.raft(1).tracker().progress().at(3).match, c.raft(1).log().last_index());
     ASSERT_FALSE(c.applied(3).empty());
     EXPECT_EQ(c.applied(3).back(), "after");
+    EXPECT_GE(c.raft(1).credits_forgotten(), 1u);
   }
+}
+
+// The same signal from a follower that does have what it was credited
+// with (a rejection sent before it caught up, delivered late): the leader
+// probes at the credit first, so the follower is back at once, with no
+// snapshot, even though the log before the credit is compacted.
+TEST(RaftTest, LateRejectionFromACaughtUpFollowerCostsOneProbe) {
+  TestCluster c(3);
+  c.campaign(1);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
+  const Index applied = c.raft(1).log().applied();
+  ASSERT_TRUE(c.storage(1).create_snapshot(applied, c.raft(1).tracker().conf_state(), "image").ok());
+  ASSERT_TRUE(c.storage(1).compact(applied).ok());
+  const Index credited = c.raft(1).tracker().progress().at(3).match;
+  ASSERT_EQ(credited, c.raft(1).log().last_index());
+  Message late{.type = MessageType::kAppResp, .to = 1, .from = 3, .term = c.raft(1).term(), .index = credited,
+               .reject = true, .reject_hint = 2};
+  int snapshots = 0;
+  c.set_filter([&](const Message& m) {
+    snapshots += m.type == MessageType::kSnap ? 1 : 0;
+    return false;
+  });
+  ASSERT_TRUE(c.node(1).step(late).ok());
+  EXPECT_EQ(c.raft(1).credits_forgotten(), 1u);
+  c.deliver();
+  EXPECT_EQ(snapshots, 0);
+  EXPECT_EQ(c.raft(1).tracker().progress().at(3).match, credited);
+  EXPECT_EQ(c.raft(1).tracker().progress().at(3).state, ProgressState::kReplicate);
+  EXPECT_EQ(c.raft(3).commits_refused(), 0u);
 }
 
 TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {

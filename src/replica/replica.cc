@@ -425,6 +425,17 @@ void Replica::Tick(int64_t now_mono_us) {
   if (retired_) return;
   ++ticks_;
   node_->tick();
+  const raft::Raft& raft = node_->raft();
+  if (raft.commits_refused() > seen_commits_refused_ || raft.credits_forgotten() > seen_credits_forgotten_) {
+    // Expected once after a replica comes back to a node under the same
+    // id (or a reordered answer); anything else means a lost log.
+    spdlog::warn("group {}: a log shorter than its leader believed ({} commits refused here, {} followers' "
+                 "credits forgotten): a replica created anew under an old id, or a lost log",
+                 opts_.group, raft.commits_refused() - std::min(seen_commits_refused_, raft.commits_refused()),
+                 raft.credits_forgotten() - std::min(seen_credits_forgotten_, raft.credits_forgotten()));
+  }
+  seen_commits_refused_ = raft.commits_refused();  // the counters restart with the Raft node
+  seen_credits_forgotten_ = raft.credits_forgotten();
   Publish(now_mono_us);
   ExpireWaiters(now_mono_us);
 }

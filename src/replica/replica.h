@@ -387,6 +387,7 @@ class Replica {
   std::atomic<uint64_t> applied_{0};
   std::shared_ptr<const raft::ConfState> conf_;  // atomic_load/atomic_store only
   uint64_t ticks_ = 0;
+  uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
   bool retired_ = false;  // its state is deleted: never driven again
 };
