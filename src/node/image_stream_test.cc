@@ -229,77 +229,134 @@ TEST(ImageStream, GivesUpOnASilentReceiver) {
   EXPECT_GT(offers, 10);  // it kept asking, at the resend interval
 }
 
-// Two nodes' SnapshotStreams over real transports on loopback: the image
-// arrives whole, then its Raft message, and the sender is told.
-TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
-  constexpr uint64_t kCluster = 77;
+// Two nodes' SnapshotStreams over real transports on loopback; node 1
+// sends at `rate` bytes a second.
+struct TwoNodes {
+  explicit TwoNodes(uint64_t rate)
+      : ta(TransportOptions{.node_id = 1, .bind_host = "127.0.0.1"}, Deliver(), [](auto, auto) {}),
+        tb(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1"}, Deliver(), [](auto, auto) {}),
+        dir_a(TempDir("streams_a")),
+        dir_b(TempDir("streams_b")),
+        a(&ta, {.dir = dir_a, .rate_bytes_per_s = rate, .sender = {.chunk_bytes = 64 << 10}},
+          [this](uint64_t g, raft::NodeId to, bool failed) {
+            std::lock_guard lock(mu);
+            reports.emplace_back(g, to, failed);
+          }),
+        b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {}) {
+    ta.set_chunk_handler([this](raft::NodeId from, SnapshotChunk c) { a.OnChunk(from, std::move(c)); });
+    tb.set_chunk_handler([this](raft::NodeId from, SnapshotChunk c) { b.OnChunk(from, std::move(c)); });
+    for (Transport* t : {&ta, &tb}) {
+      t->set_cluster_id(77);
+      EXPECT_TRUE(t->Start().ok());
+    }
+    ta.SetAddress(2, "127.0.0.1", tb.port());
+    tb.SetAddress(1, "127.0.0.1", ta.port());
+    a.Start();
+    b.Start();
+  }
+  ~TwoNodes() {
+    a.Stop();
+    b.Stop();
+    ta.Stop();
+    tb.Stop();
+  }
+  Transport::DeliverFn Deliver() {
+    return [this](uint64_t, raft::Message m) {
+      std::lock_guard lock(mu);
+      delivered.push_back(std::move(m));
+    };
+  }
+  // Ships group 5's image `export_id` of `payload` to node 2.
+  replica::SnapshotTicket Ship(uint64_t export_id, const std::string& payload) {
+    replica::SnapshotTicket t{1, export_id};
+    raft::Message m{.type = raft::MessageType::kSnap, .to = 2, .from = 1, .term = 3};
+    m.snapshot.meta.index = 10;
+    m.snapshot.data = t.Encode();
+    a.Ship(5, m, [payload](const std::string& dir) {
+      fs::create_directories(dir);
+      WriteFile(dir + "/data.sst", payload);
+      WriteFile(dir + "/counters", "");
+      return Status::Ok();
+    });
+    return t;
+  }
+  // Waits (at most 10 s) until `done` holds, under mu.
+  template <typename Cond>
+  bool Wait(Cond done) {
+    for (int i = 0; i < 1000; ++i) {
+      {
+        std::lock_guard lock(mu);
+        if (done()) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
   std::mutex mu;
   std::vector<raft::Message> delivered;
   std::vector<std::tuple<uint64_t, raft::NodeId, bool>> reports;
-  auto deliver = [&](uint64_t, raft::Message m) {
-    std::lock_guard lock(mu);
-    delivered.push_back(std::move(m));
-  };
-  Transport ta(TransportOptions{.node_id = 1, .bind_host = "127.0.0.1"}, deliver, [](auto, auto) {});
-  Transport tb(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1"}, deliver, [](auto, auto) {});
-  std::string dir_a = TempDir("streams_a"), dir_b = TempDir("streams_b");
-  SnapshotStreams a(&ta, {.dir = dir_a, .rate_bytes_per_s = 200'000, .sender = {.chunk_bytes = 64 << 10}},
-                    [&](uint64_t g, raft::NodeId to, bool failed) {
-                      std::lock_guard lock(mu);
-                      reports.emplace_back(g, to, failed);
-                    });
-  SnapshotStreams b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {});
-  ta.set_chunk_handler([&](raft::NodeId from, SnapshotChunk c) { a.OnChunk(from, std::move(c)); });
-  tb.set_chunk_handler([&](raft::NodeId from, SnapshotChunk c) { b.OnChunk(from, std::move(c)); });
-  for (Transport* t : {&ta, &tb}) {
-    t->set_cluster_id(kCluster);
-    ASSERT_TRUE(t->Start().ok());
-  }
-  ta.SetAddress(2, "127.0.0.1", tb.port());
-  tb.SetAddress(1, "127.0.0.1", ta.port());
-  a.Start();
-  b.Start();
+  Transport ta, tb;
+  std::string dir_a, dir_b;
+  SnapshotStreams a, b;
+};
+
+// The image arrives whole, then its Raft message, and the sender is told.
+TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
+  TwoNodes n(200'000);
   const std::string payload = Bytes(300'000, 9);
-  replica::SnapshotTicket t{1, 99};
-  raft::Message m{.type = raft::MessageType::kSnap, .to = 2, .from = 1, .term = 3};
-  m.snapshot.meta.index = 10;
-  m.snapshot.data = t.Encode();
   auto start = std::chrono::steady_clock::now();
-  a.Ship(5, m, [&payload](const std::string& dir) {
-    fs::create_directories(dir);
-    WriteFile(dir + "/data.sst", payload);
-    WriteFile(dir + "/counters", "");
-    return Status::Ok();
-  });
-  for (int i = 0; i < 1000; ++i) {
-    {
-      std::lock_guard lock(mu);
-      if (!reports.empty() && !delivered.empty()) break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  replica::SnapshotTicket t = n.Ship(99, payload);
+  n.Wait([&] { return !n.reports.empty() && !n.delivered.empty(); });
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::lock_guard lock(mu);
-  ASSERT_EQ(reports.size(), 1u);
-  EXPECT_EQ(reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
-  ASSERT_EQ(delivered.size(), 1u);
-  EXPECT_EQ(delivered[0].snapshot.data, t.Encode());
-  std::string got = b.Received(5, t);
+  {
+    std::lock_guard lock(n.mu);
+    ASSERT_EQ(n.reports.size(), 1u);
+    EXPECT_EQ(n.reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
+    ASSERT_EQ(n.delivered.size(), 1u);
+    EXPECT_EQ(n.delivered[0].snapshot.data, t.Encode());
+  }
+  std::string got = n.b.Received(5, t);
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(ReadFile(got + "/data.sst"), payload);
   EXPECT_TRUE(fs::exists(got + "/counters"));
   // The rate setting holds: 300 kB at 200 kB/s (with two chunks of burst).
   EXPECT_GT(secs, 0.6);
-  EXPECT_EQ(a.stats().bytes_sent, 300'000u);
-  EXPECT_EQ(b.stats().bytes_received, 300'000u);
-  EXPECT_EQ(a.stats().sent, 1u);
-  EXPECT_FALSE(fs::exists(dir_a + "/out-5-2-99"));  // the export is cleaned up
-  b.Discard(5);
-  a.Stop();
-  b.Stop();
-  ta.Stop();
-  tb.Stop();
-  EXPECT_TRUE(b.Received(5, t).empty());
+  EXPECT_EQ(n.a.stats().bytes_sent, 300'000u);
+  EXPECT_EQ(n.b.stats().bytes_received, 300'000u);
+  EXPECT_EQ(n.a.stats().sent, 1u);
+  EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-99"));  // the export is cleaned up
+  n.b.Discard(5);
+  n.b.Stop();
+  EXPECT_TRUE(n.b.Received(5, t).empty());
+}
+
+// A sender that loses its leadership, or whose receiver left the group,
+// abandons the transfer: no more bytes, no ticket, no report, its export
+// deleted. A recall reaches only transfers shipped before it, and one that
+// keeps the receiver leaves its transfer alone.
+TEST(SnapshotStreams, RecalledTransfersStop) {
+  TwoNodes n(200'000);
+  n.Ship(7, Bytes(2'000'000, 3));  // 10 s at this rate
+  ASSERT_TRUE(n.Wait([&] { return n.a.stats().bytes_sent > 0; }));
+  n.a.Recall(5, {2, 3});  // the receiver stays a member: nothing happens
+  n.a.Recall(6, {});      // another group
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(n.a.stats().recalled, 0u);
+  EXPECT_EQ(n.a.stats().sending, 1u);
+  n.a.Recall(5, {3});     // the receiver left
+  replica::SnapshotTicket later = n.Ship(8, Bytes(100'000, 4));  // shipped after the recall: it goes
+  ASSERT_TRUE(n.Wait([&] { return !n.reports.empty(); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::lock_guard lock(n.mu);
+  EXPECT_EQ(n.a.stats().recalled, 1u);
+  EXPECT_EQ(n.a.stats().sending, 0u);
+  EXPECT_LT(n.a.stats().bytes_sent, 2'000'000u);
+  ASSERT_EQ(n.reports.size(), 1u);  // for the later one only
+  EXPECT_EQ(n.reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
+  ASSERT_EQ(n.delivered.size(), 1u);
+  EXPECT_EQ(n.delivered[0].snapshot.data, later.Encode());
+  EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-7"));
 }
 
 }  // namespace

@@ -69,6 +69,7 @@ void SnapshotStreams::Ship(uint64_t group, raft::Message msg, replica::ImageWrit
   {
     std::lock_guard lock(mu_);
     if (stop_) return;  // shutting down: the transfer dies with the process
+    job->seq = ++seq_;
     new_jobs_.push_back(std::move(job));
   }
   cv_.notify_all();
@@ -94,6 +95,14 @@ void SnapshotStreams::Discard(uint64_t group) {
   cv_.notify_all();
 }
 
+void SnapshotStreams::Recall(uint64_t group, const std::vector<raft::NodeId>& keep) {
+  {
+    std::lock_guard lock(mu_);
+    recalls_.push_back(RecallOrder{group, keep, ++seq_});
+  }
+  cv_.notify_all();
+}
+
 void SnapshotStreams::OnChunk(raft::NodeId, SnapshotChunk c) {
   {
     std::lock_guard lock(mu_);
@@ -107,7 +116,7 @@ void SnapshotStreams::OnChunk(raft::NodeId, SnapshotChunk c) {
 SnapshotStreams::Stats SnapshotStreams::stats() const {
   return Stats{bytes_sent_.load(std::memory_order_relaxed), bytes_received_.load(std::memory_order_relaxed),
                sending_.load(std::memory_order_relaxed), sent_.load(std::memory_order_relaxed),
-               failed_.load(std::memory_order_relaxed)};
+               failed_.load(std::memory_order_relaxed), recalled_.load(std::memory_order_relaxed)};
 }
 
 void SnapshotStreams::Finish(Job& job, bool failed) {
@@ -130,17 +139,32 @@ void SnapshotStreams::Loop() {
   for (;;) {
     std::deque<SnapshotChunk> incoming;
     std::vector<Drop> discards;
+    std::vector<RecallOrder> recalls;
     std::list<std::unique_ptr<Job>> fresh;
     {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(jobs_.empty() ? 100 : 5), [this] {
-        return stop_ || !incoming_.empty() || !new_jobs_.empty() || !discards_.empty();
+        return stop_ || !incoming_.empty() || !new_jobs_.empty() || !discards_.empty() || !recalls_.empty();
       });
       if (stop_) return;
       incoming.swap(incoming_);
       incoming_bytes_ = 0;
       discards.swap(discards_);
+      recalls.swap(recalls_);
       fresh.swap(new_jobs_);
+    }
+    for (const RecallOrder& r : recalls) {
+      for (auto* list : {&jobs_, &fresh}) {
+        for (auto& j : *list) {
+          // A recall applies to the transfers shipped before it only.
+          if (j->group != r.group || j->cancelled || j->seq > r.seq) continue;
+          if (std::find(r.keep.begin(), r.keep.end(), j->msg.to) != r.keep.end()) continue;
+          j->cancelled = true;
+          recalled_.fetch_add(1, std::memory_order_relaxed);
+          spdlog::info("group {}: snapshot to node {:016x} abandoned ({})", j->group, j->msg.to,
+                       r.keep.empty() ? "no longer the leader" : "it left the group");
+        }
+      }
     }
     for (auto& j : fresh) {
       // One transfer per receiving replica and group: a newer one replaces it.

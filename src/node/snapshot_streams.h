@@ -47,12 +47,14 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   std::string Received(uint64_t group, const replica::SnapshotTicket& ticket) override;
   void Consumed(uint64_t group, const replica::SnapshotTicket& ticket) override;
   void Discard(uint64_t group) override;
+  void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) override;
   // A chunk from the transport (its thread).
   void OnChunk(raft::NodeId from, SnapshotChunk c);
 
   struct Stats {
     uint64_t bytes_sent = 0, bytes_received = 0;
     uint64_t sending = 0, sent = 0, failed = 0;
+    uint64_t recalled = 0;  // abandoned: the sender lost leadership, or the receiver left
   };
   Stats stats() const;
 
@@ -64,10 +66,11 @@ class SnapshotStreams final : public replica::SnapshotCourier {
     std::string dir;
     std::thread exporter;
     bool started = false;    // the exporter runs or ran
-    bool cancelled = false;  // a newer transfer to the same replica replaced it
+    bool cancelled = false;  // replaced by a newer transfer to the same replica, or recalled
     std::atomic<bool> exported{false};
     Status export_status;
     std::unique_ptr<ImageSender> sender;
+    uint64_t seq = 0;  // when it was shipped, against recalls
   };
   void Loop();
   void Finish(Job& job, bool failed);
@@ -87,6 +90,13 @@ class SnapshotStreams final : public replica::SnapshotCourier {
     uint64_t export_id;
   };
   std::vector<Drop> discards_;
+  struct RecallOrder {
+    uint64_t group;
+    std::vector<raft::NodeId> keep;
+    uint64_t seq;
+  };
+  uint64_t seq_ = 0;  // orders Ship and Recall calls (mu_)
+  std::vector<RecallOrder> recalls_;
   uint64_t incoming_bytes_ = 0;
   std::list<std::unique_ptr<Job>> new_jobs_;
   // This object's thread only.
@@ -96,7 +106,7 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   int64_t expired_at_us_ = 0;
 
   std::thread thread_;
-  std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, sending_{0}, sent_{0}, failed_{0};
+  std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, sending_{0}, sent_{0}, failed_{0}, recalled_{0};
 };
 
 }  // namespace shoal::node

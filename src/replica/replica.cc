@@ -555,7 +555,13 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   if (rd.soft_state) {
     if (rd.soft_state->role == raft::Role::kLeader) term_start_index_ = node_->raft().log().last_index();
     leader_.store(rd.soft_state->lead, std::memory_order_release);
-    if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
+    if (rd.soft_state->role != raft::Role::kLeader) {
+      lease_until_us_.store(0, std::memory_order_release);
+      // Images this replica was sending as leader: a ticket from an older
+      // term would be refused; the new leader sends its own.
+      if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
+      sending_images_ = false;
+    }
   }
   if (rd.snapshot) {
     kv::Shard::ImportMarker marker{ImportMarkerKey(opts_.group), EncodeMarker(rd.snapshot->meta)};
@@ -619,6 +625,7 @@ void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
   ImageWriter write = std::move(it->second);
   exports_.erase(it);
   snapshot_holds_[m.to] = Hold{m.snapshot.meta.index, ticks_};
+  sending_images_ = true;
   opts_.courier->Ship(opts_.group, std::move(m), std::move(write));
 }
 
@@ -718,6 +725,12 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
       } else if (cc.ok()) {
         raft::ConfState cs = node_->apply_conf_change(*cc);
         store_->SetConfState(cs, *apply_batch_);
+        if (opts_.courier != nullptr && sending_images_ && node_->raft().role() == raft::Role::kLeader) {
+          std::vector<raft::NodeId> members = cs.voters;  // images to nodes that left are not needed
+          members.insert(members.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+          members.insert(members.end(), cs.learners.begin(), cs.learners.end());
+          opts_.courier->Recall(opts_.group, members);
+        }
       } else {
         spdlog::error("group {}: malformed membership change at {}", opts_.group, e.index);
       }

@@ -149,6 +149,11 @@ class SnapshotCourier {
   virtual void Consumed(uint64_t group, const SnapshotTicket& ticket) = 0;
   // The replica left: delete every image of the group.
   virtual void Discard(uint64_t group) = 0;
+  // On the group's worker: abandon this group's transfers to nodes not in
+  // `keep` (the leader lost its leadership: `keep` is empty; or their
+  // receivers left the group). No outcome is reported for them: Raft no
+  // longer tracks those receivers from here.
+  virtual void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) = 0;
 };
 
 // A split (docs/design/splits.md): a log entry of the parent group that
@@ -387,6 +392,7 @@ class Replica {
   std::atomic<uint64_t> applied_{0};
   std::shared_ptr<const raft::ConfState> conf_;  // atomic_load/atomic_store only
   uint64_t ticks_ = 0;
+  bool sending_images_ = false;  // images were shipped since it last became leader (Recall)
   uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
   bool retired_ = false;  // its state is deleted: never driven again

@@ -162,6 +162,7 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("snapshots_sending", ss.sending);
     w.Field("snapshots_sent", ss.sent);
     w.Field("snapshots_failed", ss.failed);
+    w.Field("snapshots_recalled", ss.recalled);
     w.Field("snapshot_bytes_sent", ss.bytes_sent);
     w.Field("snapshot_bytes_received", ss.bytes_received);
     for (replica::Replica* r : server.groups().All()) {

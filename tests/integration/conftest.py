@@ -357,6 +357,18 @@ def ping_ok(host: str, port: int, password: Optional[str] = None, timeout: float
         return False
 
 
+def cluster_ok(host: str, port: int, password: Optional[str] = None, timeout: float = 2.0) -> bool:
+    """Whether a shoal node reports cluster_state:ok (every shard has a leader):
+    until then a FLUSHALL, say, answers TRYAGAIN."""
+    try:
+        with RespConn(host, port, timeout=timeout, connect_timeout=timeout) as c:
+            if password is not None:
+                c.call("AUTH", password)
+            return b"cluster_state:ok" in c.call("CLUSTER", "INFO").raw
+    except (OSError, ConnectionClosed, RespProtocolError):
+        return False
+
+
 # --------------------------------------------------------------------------
 # server processes
 # --------------------------------------------------------------------------
@@ -365,8 +377,9 @@ class ServerProcess:
     """A server child process (shoal, or redis-server) managed by PID."""
 
     def __init__(self, name: str, argv_fn, port: int, data_dir: Path, log_path: Path,
-                 password: Optional[str] = None):
+                 password: Optional[str] = None, cluster: bool = False):
         self.name = name
+        self.cluster = cluster  # a shoal node: ready once its shards have leaders
         self.host = HOST
         self.port = port
         self.dir = Path(data_dir)
@@ -421,7 +434,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
                                    f"startup; log:\n{self.log_tail()}")
-            if ping_ok(self.host, self.port, self.password, timeout=1.0):
+            if ping_ok(self.host, self.port, self.password, timeout=1.0) and (
+                    not self.cluster or cluster_ok(self.host, self.port, self.password, timeout=1.0)):
                 return
             if time.monotonic() > deadline:
                 break
@@ -546,7 +560,7 @@ def make_shoal(tmp: Path, name: str = "shoal", durability: str = "fsync",
         if config is not None:
             argv += ["--config", str(config)]
         return argv
-    return ServerProcess(name, fn, port, d, Path(tmp) / f"{name}.log", password)
+    return ServerProcess(name, fn, port, d, Path(tmp) / f"{name}.log", password, cluster=True)
 
 
 class ServerPool:

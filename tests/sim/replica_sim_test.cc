@@ -109,6 +109,7 @@ struct SimCourier final : replica::SnapshotCourier {
   std::string Received(uint64_t group, const replica::SnapshotTicket& t) override;
   void Consumed(uint64_t group, const replica::SnapshotTicket& t) override;
   void Discard(uint64_t group) override;
+  void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) override;
 };
 
 // The simulation's splitter, as cluster::Cluster's StageSplit/FinishSplit:
@@ -434,6 +435,16 @@ class ReplicaSim {
   }
 
   node::ImageReceiver* ReceiverOf(raft::NodeId id) { return receivers_[id - 1].get(); }
+
+  // Transfers that `from` abandons (SnapshotCourier::Recall): no report.
+  void RecallImages(raft::NodeId from, uint64_t group, const std::vector<raft::NodeId>& keep) {
+    std::erase_if(images_, [&](const Image& im) {
+      if (im.from != from || im.group != group || std::count(keep.begin(), keep.end(), im.msg.to) > 0) return false;
+      std::filesystem::remove_all(im.sender->dir());
+      images_recalled_++;
+      return true;
+    });
+  }
 
   void SendChunk(raft::NodeId a, raft::NodeId b, node::SnapshotChunk c) {
     if (rng_() % 100 < drop_pct_ * 3) return;  // lost (chunks more often than messages)
@@ -926,6 +937,7 @@ class ReplicaSim {
   std::vector<ChunkInFlight> chunks_;
   std::vector<Report> reports_;
   int images_streamed_ = 0;
+  int images_recalled_ = 0;
   raft::NodeId partitioned_ = 0;
   uint64_t heal_at_ = 0;
   std::map<raft::NodeId, uint64_t> restart_at_;
@@ -967,6 +979,10 @@ void SimCourier::Consumed(uint64_t group, const replica::SnapshotTicket& t) {
 
 void SimCourier::Discard(uint64_t group) {
   if (node::ImageReceiver* r = sim->ReceiverOf(node)) r->Discard(group);
+}
+
+void SimCourier::Recall(uint64_t group, const std::vector<raft::NodeId>& keep) {
+  sim->RecallImages(node, group, keep);
 }
 
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
@@ -1026,7 +1042,7 @@ namespace {
 // ends on three voters on live nodes, every member holding the same data and
 // every removed replica's data deleted.
 TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
-  int moves = 0, retired = 0, acked = 0, streamed = 0;
+  int moves = 0, retired = 0, acked = 0, streamed = 0, recalled = 0;
   for (uint64_t seed = 101; seed <= 108; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 4 != 3;
@@ -1078,13 +1094,15 @@ TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) {
     moves += sim.moves_;
     retired += sim.retired_;
     streamed += sim.images_streamed_;
+    recalled += sim.images_recalled_;
   }
   EXPECT_GT(streamed, 4);  // new members got their data in chunks
+  EXPECT_GT(recalled, 0);  // transfers abandoned: leaderships lost, receivers gone
   EXPECT_GT(moves, 8);
   EXPECT_GT(retired, 4);
   EXPECT_GT(acked, 300);
-  std::printf("placement sim: %d membership moves, %d replicas retired, %d snapshots streamed, %d acknowledged writes\n",
-              moves, retired, streamed, acked);
+  std::printf("placement sim: %d membership moves, %d replicas retired, %d snapshots streamed (%d recalled), "
+              "%d acknowledged writes\n", moves, retired, streamed, recalled, acked);
 }
 
 }  // namespace
