@@ -389,6 +389,8 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
   FailWaiters("-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
   exports_.clear();
   snapshot_holds_.clear();
+  if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
+  sending_images_ = false;
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
   Status s = StartNode();  // the new Raft reads the sole-voter membership
@@ -555,13 +557,7 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   if (rd.soft_state) {
     if (rd.soft_state->role == raft::Role::kLeader) term_start_index_ = node_->raft().log().last_index();
     leader_.store(rd.soft_state->lead, std::memory_order_release);
-    if (rd.soft_state->role != raft::Role::kLeader) {
-      lease_until_us_.store(0, std::memory_order_release);
-      // Images this replica was sending as leader: a ticket from an older
-      // term would be refused; the new leader sends its own.
-      if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
-      sending_images_ = false;
-    }
+    if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
   }
   if (rd.snapshot) {
     kv::Shard::ImportMarker marker{ImportMarkerKey(opts_.group), EncodeMarker(rd.snapshot->meta)};
@@ -600,6 +596,12 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     store_->SetHardState(store_->hard_state(), batch);
   }
   for (auto& m : rd.messages) Route(std::move(m), send);
+  if (rd.soft_state && rd.soft_state->role != raft::Role::kLeader) {
+    // Images this replica was sending as leader, this Ready's included: a
+    // ticket from an older term would be refused; the new leader sends its own.
+    if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
+    sending_images_ = false;
+  }
   return true;
 }
 

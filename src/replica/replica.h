@@ -149,10 +149,11 @@ class SnapshotCourier {
   virtual void Consumed(uint64_t group, const SnapshotTicket& ticket) = 0;
   // The replica left: delete every image of the group.
   virtual void Discard(uint64_t group) = 0;
-  // On the group's worker: abandon this group's transfers to nodes not in
-  // `keep` (the leader lost its leadership: `keep` is empty; or their
-  // receivers left the group). No outcome is reported for them: Raft no
-  // longer tracks those receivers from here.
+  // On the group's worker: abandon this group's transfers, shipped before
+  // this call, to nodes not in `keep` (the leader lost its leadership:
+  // `keep` is empty; or their receivers left the group). Raft no longer
+  // tracks those receivers from here, so no outcome is needed; one that had
+  // finished just before may still be reported (Raft ignores or survives it).
   virtual void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) = 0;
 };
 
