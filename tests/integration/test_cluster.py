@@ -515,6 +515,10 @@ def test_five_nodes_three_replicas_per_shard(cluster5):
     c = cluster5
     ids = {c.myid(n.index): n.index for n in c.nodes}
     assert len(ids) == 5
+    # Nodes 4 and 5 joined last: replicas and leaders are still moving onto
+    # them (a shard whose leadership moves is briefly without one on some
+    # node). Once placement is settled, every node is ok.
+    c.wait_status(lambda st: st.placement_problems(voters=3), 120.0, "5-node placement settled")
     for n in c.nodes:
         info = c.cluster_info(n.index)
         assert int(info["cluster_known_nodes"]) == 5, info
