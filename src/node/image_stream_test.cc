@@ -326,9 +326,8 @@ TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
   EXPECT_EQ(n.b.stats().bytes_received, 300'000u);
   EXPECT_EQ(n.a.stats().sent, 1u);
   EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-99"));  // the export is cleaned up
-  n.b.Discard(5);
-  n.b.Stop();
-  EXPECT_TRUE(n.b.Received(5, t).empty());
+  n.b.Discard(5);  // carried out on b's thread
+  EXPECT_TRUE(n.Wait([&] { return n.b.Received(5, t).empty(); }));
 }
 
 // A sender that loses its leadership, or whose receiver left the group,
