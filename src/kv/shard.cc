@@ -447,9 +447,11 @@ Status SyncDir(const std::string& dir) {
 Status ShardExport::WriteDataSst(const std::string& path) const {
   auto writer = engine_->NewSstWriter(storage::Cf::kData, path);
   auto it = engine_->NewIterator(storage::Cf::kData, view_.get());
+  // Databases known to be empty are skipped; while the counters await a
+  // recount (a split's halves) none is known to be, so every one is read.
   std::vector<uint16_t> dbs;
   for (size_t db = 0; db < counts_.size(); ++db) {
-    if (counts_[db].first != 0) dbs.push_back(static_cast<uint16_t>(db));
+    if (counts_[db].first != 0 || recount_) dbs.push_back(static_cast<uint16_t>(db));
   }
   // Keys in order: slot, then db, then key; the sentinel sorts last.
   for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {

@@ -77,6 +77,7 @@ class ShardHarness {
 
   Shard& shard() { return *shard_; }
   storage::Engine& engine() { return *engine_; }
+  Limits& limits() { return limits_; }
   // Splits shard 0 at `slot` into `child` as the log entry after the last
   // applied one, as a replica does: stage, write, finish.
   // With `recount`, the parent's counters are then recounted (as the
@@ -250,6 +251,23 @@ TEST(Shard, StateAndCountersSurviveReopen) {
   EXPECT_EQ(h.Run({"dbsize"}, 3), ":1\r\n");
   EXPECT_EQ(h.shard().ExpiresCount(3), 1);
   EXPECT_EQ(h.shard().applied_index(), 2u);
+}
+
+// Apply depends only on the entry and the state: the longest string a
+// write may make is the proposing node's setting, carried in the entry, not
+// the applying replica's (nodes configured differently must not diverge).
+TEST(Shard, StringLimitIsTheProposersOnEveryReplica) {
+  ShardHarness a("limit_a"), b("limit_b");
+  a.limits().proto_max_bulk_len = 8;
+  EXPECT_EQ(a.Run({"set", "s", "hello"}), "+OK\r\n");
+  EXPECT_TRUE(a.Run({"append", "s", "world"}).starts_with("-ERR string exceeds maximum allowed size"));
+  EXPECT_TRUE(a.Run({"setrange", "s", "7", "xy"}).starts_with("-ERR string exceeds maximum allowed size"));
+  EXPECT_EQ(a.Run({"append", "s", "!"}), ":6\r\n");
+  std::string out;
+  resp::Writer w(&out);
+  for (const Entry& e : a.log) ASSERT_TRUE(b.shard().Apply(e, FindApply(e.op), Limits{}, &w).ok());  // 512 MiB here
+  EXPECT_EQ(b.Run({"get", "s"}), "$6\r\nhello!\r\n");
+  EXPECT_EQ(a.Run({"get", "s"}), "$6\r\nhello!\r\n");
 }
 
 TEST(Shard, ReplayingTheLogGivesTheSameState) {
@@ -575,6 +593,35 @@ TEST(ShardSplit, RangePersistsAcrossReopen) {
   h.Open(0, storage::kSlotCount);
   EXPECT_EQ(h.shard().slot_begin(), 100);
   EXPECT_EQ(h.shard().slot_end(), 150);
+}
+
+// A split's child starts with its counters at zero until its recount. An
+// image taken before then must still carry all of its keys, in every
+// database (the counters only tell which databases may be skipped).
+TEST(ShardSplit, ChildImageBeforeItsRecountCarriesEveryKey) {
+  ShardHarness a("split_early_a");
+  FillBothSides(a);
+  ASSERT_TRUE(a.Split(kChild, kSplitSlot).ok());
+  Shard child(&a.engine(), kChild, kSplitSlot, storage::kSlotCount);
+  ASSERT_TRUE(child.Load().ok());
+  ASSERT_TRUE(child.NeedsRecount());
+  ASSERT_EQ(child.KeyCount(0), 0);  // not counted yet
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_split_early_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(child.BeginExport()->Write(dir.string()).ok());
+  ShardHarness b("split_early_b");
+  Shard taken(&b.engine(), kChild, 0, storage::kSlotCount);
+  ASSERT_TRUE(taken.Load().ok());
+  auto batch = b.engine().NewBatch();
+  ASSERT_TRUE(taken.StageImportFiles(dir.string(), child.applied_index(), *batch, Shard::ImportMarker{"Ptest", "x"}).ok());
+  ASSERT_TRUE(b.engine().Write(*batch).ok());
+  taken.FinishImage();
+  std::filesystem::remove_all(dir);
+  for (const auto& k : KeysOnSide("mp", 4, true)) EXPECT_EQ(b.RunOn(taken, {"get", k}), "$1\r\nv\r\n") << k;
+  for (const auto& k : KeysOnSide("mp", 1, true)) EXPECT_EQ(b.RunOn(taken, {"get", k}, 5), "$1\r\nv\r\n") << k;
+  ASSERT_TRUE(ShardHarness::Recount(taken).ok());
+  EXPECT_EQ(taken.KeyCount(0), 7);
+  EXPECT_EQ(taken.KeyCount(5), 2);
 }
 
 // A replica that missed the split catches up from an image taken after it:
