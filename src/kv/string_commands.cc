@@ -337,18 +337,32 @@ Status MsetnxApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Wr
 
 // ---- APPEND, SETRANGE
 
-bool CheckLength(int64_t size, int64_t append, const Limits& limits) {
+bool CheckLength(int64_t size, int64_t append, int64_t limit) {
   int64_t total = 0;
   if (__builtin_add_overflow(size, append, &total)) return false;
-  return total <= limits.proto_max_bulk_len;
+  return total <= limit;
 }
 
-Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+// The longest string a write may make: the proposing node's
+// proto-max-bulk-len, carried in the entry (arg `at`) so that every replica
+// applies the same limit whatever its own setting. Entries from before it
+// was carried use the default.
+int64_t CarriedLimit(const Entry& e, size_t at) {
+  std::optional<int64_t> v = e.args.size() > at ? ParseInt64(e.args[at]) : std::nullopt;
+  return v && *v > 0 ? *v : Limits{}.proto_max_bulk_len;
+}
+
+bool AppendPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer*) {
+  entry->args = {std::string(args[1]), std::string(args[2]), std::to_string(ctx.limits->proto_max_bulk_len)};
+  return true;
+}
+
+Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   Status s;
   auto old = GetStringForWrite(txn, e.db, e.args[0], reply, &s);
   if (!old) return s;
   if (old->found && !CheckLength(static_cast<int64_t>(old->payload.size()),
-                                 static_cast<int64_t>(e.args[1].size()), limits)) {
+                                 static_cast<int64_t>(e.args[1].size()), CarriedLimit(e, 2))) {
     reply->Error(kErrStringTooLong);
     return Status::Ok();
   }
@@ -359,7 +373,7 @@ Status AppendApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Wr
   return s;
 }
 
-bool SetrangePrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+bool SetrangePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
   auto offset = ParseInt64(args[2]);
   if (!offset) {
     reply->Error(kErrNotInteger);
@@ -369,11 +383,16 @@ bool SetrangePrepare(const PrepareContext&, Args args, Entry* entry, resp::Write
     reply->Error("ERR offset is out of range");
     return false;
   }
-  entry->args = {std::string(args[1]), std::string(args[2]), std::string(args[3])};
+  if (!args[3].empty() && !CheckLength(*offset, static_cast<int64_t>(args[3].size()), ctx.limits->proto_max_bulk_len)) {
+    reply->Error(kErrStringTooLong);
+    return false;
+  }
+  entry->args = {std::string(args[1]), std::string(args[2]), std::string(args[3]),
+                 std::to_string(ctx.limits->proto_max_bulk_len)};
   return true;
 }
 
-Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   int64_t offset = *ParseInt64(e.args[1]);
   const std::string& value = e.args[2];
   Status s;
@@ -384,7 +403,7 @@ Status SetrangeApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::
     reply->Integer(static_cast<int64_t>(payload.size()));
     return Status::Ok();
   }
-  if (!CheckLength(offset, static_cast<int64_t>(value.size()), limits)) {
+  if (!CheckLength(offset, static_cast<int64_t>(value.size()), CarriedLimit(e, 3))) {
     reply->Error(kErrStringTooLong);
     return Status::Ok();
   }
@@ -507,7 +526,7 @@ void AppendStringCommands(std::vector<CommandSpec>* out) {
       {"getex", -2, kWF, 1, 1, 1, "string", 7, nullptr, GetexPrepare, GetexApply},
       {"mset", -3, kW, 1, -1, 2, "string", 8, nullptr, MsetPrepare, MsetApply},
       {"msetnx", -3, kW, 1, -1, 2, "string", 9, nullptr, MsetPrepare, MsetnxApply},
-      {"append", 3, kWF, 1, 1, 1, "string", 10, nullptr, nullptr, AppendApply},
+      {"append", 3, kWF, 1, 1, 1, "string", 10, nullptr, AppendPrepare, AppendApply},
       {"setrange", 4, kW, 1, 1, 1, "string", 11, nullptr, SetrangePrepare, SetrangeApply},
       {"incr", 2, kWF, 1, 1, 1, "string", 12, nullptr, IncrPrepare, IncrApply},
       {"decr", 2, kWF, 1, 1, 1, "string", 13, nullptr, DecrPrepare, IncrApply},
