@@ -90,7 +90,7 @@ void Groups::Deliver(uint64_t group, raft::Message m) {
   asio::post(WorkerFor(group).io(), [this, group, m = std::move(m)]() mutable {
     replica::Replica* r = Find(group);
     if (r == nullptr) return;  // not created here yet: the leader retries
-    r->Step(std::move(m));
+    r->Step(std::move(m), MonoUs());
     Notify(r);
   });
 }
@@ -163,9 +163,14 @@ asio::awaitable<void> Groups::Drive(int w) {
 asio::awaitable<void> Groups::TickLoop(int w) {
   Host& h = hosts_[static_cast<size_t>(w)];
   asio::steady_timer timer(runtime_->worker(w).io());
+  const auto tick = std::chrono::milliseconds(opts_.tick_ms);
   auto next = std::chrono::steady_clock::now();
   for (;;) {
-    next += std::chrono::milliseconds(opts_.tick_ms);
+    // Never faster than real time: after a stall the missed ticks are not
+    // fired in a burst. A burst would let a follower's election timer run
+    // out within less than an election timeout of real time after it last
+    // heard from its leader, inside the leader's lease (docs/design/raft.md).
+    next = std::max(next + tick, std::chrono::steady_clock::now() + tick / 2);
     timer.expires_at(next);
     auto [ec] = co_await timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
     if (ec) co_return;

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 
+#include <cstdlib>
+
 #include <asio/redirect_error.hpp>
 #include <string>
 
@@ -99,9 +101,13 @@ void WalSyncer::Loop() {
     } else {
       auto r = engine_->Sync();
       if (!r.ok()) {
-        // Waiters stay blocked rather than acknowledge what is not on disk.
-        spdlog::error("WAL sync failed: {}", r.status().ToString());
-        continue;
+        // Nothing waiting may be acknowledged, and after a failed fsync the
+        // kernel may have dropped the dirty pages: a retry that succeeds
+        // proves nothing. Stop (as etcd does); at restart the log is
+        // replayed from what really is on disk.
+        spdlog::critical("WAL sync failed: {}; stopping this node", r.status().ToString());
+        spdlog::shutdown();
+        std::abort();
       }
       syncs_.fetch_add(1, std::memory_order_relaxed);
     }

@@ -223,7 +223,9 @@ void Raft::campaign(bool pre_vote, bool transfer) {
 }
 
 void Raft::send(Message m) {
-  m.from = id_;
+  // A forwarded ReadIndex keeps its origin: the leader answers the replica
+  // that asked, whose context it is (etcd does the same).
+  if (m.type != MessageType::kReadIndex || m.from == kNoNode) m.from = id_;
   const bool explicit_term = m.type == MessageType::kVote || m.type == MessageType::kPreVote ||
                              m.type == MessageType::kVoteResp || m.type == MessageType::kPreVoteResp;
   if (!explicit_term && m.type != MessageType::kReadIndex) m.term = term_;

@@ -140,8 +140,16 @@ class Raft {
   // anew under an old id, or a log lost: the replica layer logs them.
   uint64_t commits_refused() const { return commits_refused_; }
   uint64_t credits_forgotten() const { return credits_forgotten_; }
-  // Whether the leader may serve a read from its lease right now.
+  // Whether the leader may serve a read from its lease right now, counted
+  // in ticks (the replica layer also checks a monotonic clock).
   bool lease_valid() const;
+  // The leader tick the lease counts from: the quorum-th most recent tick
+  // stamped on a message that followers echoed back (each refuses votes for
+  // an election timeout after receiving it); 0 when there is no lease (not
+  // leader, a transfer under way or done, no quorum of echoes yet).
+  uint64_t lease_start_tick() const;
+  // Ticks since creation (stamped on leader messages as lease_tick).
+  uint64_t tick_count() const { return tick_count_; }
 
   // Output queues drained by RawNode::ready(): messages that may be sent
   // now, messages that must wait for durability, and read results.

@@ -135,15 +135,17 @@ void Raft::send_timeout_now(NodeId to) {
   send(Message{.type = MessageType::kTimeoutNow, .to = to});
 }
 
-bool Raft::lease_valid() const {
-  if (role_ != Role::kLeader || lease_void_ || lead_transferee_ != kNoNode) return false;
-  // The quorum-th most recent leader tick that peers echoed back: each of
-  // them refuses votes for election_tick ticks after receiving it.
-  const uint64_t start = prs_.quorum_min([this](NodeId id) -> uint64_t {
+uint64_t Raft::lease_start_tick() const {
+  if (role_ != Role::kLeader || lease_void_ || lead_transferee_ != kNoNode) return 0;
+  return prs_.quorum_min([this](NodeId id) -> uint64_t {
     if (id == id_) return tick_count_;
     auto it = prs_.progress().find(id);
     return it == prs_.progress().end() ? 0 : it->second.lease_ack_tick;
   });
+}
+
+bool Raft::lease_valid() const {
+  const uint64_t start = lease_start_tick();
   if (start == 0) return false;
   return tick_count_ < start + static_cast<uint64_t>(config_.election_tick - config_.lease_drift_margin_ticks);
 }
@@ -258,13 +260,15 @@ void Raft::respond_read(const ReadOnly::Pending& p) {
 
 void Raft::handle_read_index(const Message& m) {
   const NodeId from = m.from == id_ ? kNoNode : m.from;
-  if (prs_.is_singleton() && prs_.is_voter(id_)) {
-    respond_read({log_.committed(), from, m.context, {}});
-    return;
-  }
-  // Until an entry of this term commits, our commit index may be stale.
+  // Until an entry of this term commits, our commit index may be stale (a
+  // lone voter too: its commit index is not made durable on its own, so
+  // after a restart it may lag entries it acknowledged).
   if (!committed_in_current_term()) {
     if (pending_read_msgs_.size() < config_.max_pending_reads) pending_read_msgs_.push_back(m);
+    return;
+  }
+  if (prs_.is_singleton() && prs_.is_voter(id_)) {
+    respond_read({log_.committed(), from, m.context, {}});
     return;
   }
   if (config_.read_only_option == ReadOnlyOption::kLeaseBased && lease_valid()) {

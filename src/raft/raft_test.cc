@@ -280,6 +280,41 @@ TEST(RaftTest, NewLeaderHoldsReadsUntilItCommitsInItsTerm) {
   EXPECT_EQ(c.read_states(2)[0].index, c.raft(2).log().committed());
 }
 
+// A lone voter's commit index is not made durable with its entries (a
+// commit alone is not synced): after a crash it may lag entries it had
+// acknowledged. Its reads wait until an entry of its new term commits.
+TEST(RaftTest, LoneVoterAnswersReadsOnlyOnceItsTermCommitted) {
+  TestCluster c(1);
+  c.campaign(1);
+  ASSERT_TRUE(c.propose(1, "a").ok());
+  const Index acked = c.raft(1).log().last_index();
+  ASSERT_EQ(c.raft(1).log().committed(), acked);
+  HardState hs = c.storage(1).hard_state();
+  hs.commit = 1;  // the crash lost the commit index, not the entry
+  c.storage(1).set_hard_state(hs);
+  c.restart(1);
+  c.node(1).campaign();
+  ASSERT_EQ(c.raft(1).role(), Role::kLeader);
+  c.node(1).read_index("after-restart");
+  c.deliver();
+  ASSERT_EQ(c.read_states(1).size(), 1U);
+  EXPECT_GE(c.read_states(1)[0].index, acked);
+}
+
+// A ReadIndex that reaches the leader through another follower is answered
+// to the replica that asked: its context means nothing anywhere else.
+TEST(RaftTest, ForwardedReadIndexIsAnsweredToItsOrigin) {
+  TestCluster c(3);
+  c.campaign(1);
+  ASSERT_TRUE(c.propose(1, "a").ok());
+  ASSERT_TRUE(c.node(2).step(Message{.type = MessageType::kReadIndex, .to = 2, .from = 3, .context = "of-3"}).ok());
+  c.deliver();
+  EXPECT_TRUE(c.read_states(2).empty());
+  ASSERT_EQ(c.read_states(3).size(), 1U);
+  EXPECT_EQ(c.read_states(3)[0].context, "of-3");
+  EXPECT_EQ(c.read_states(3)[0].index, c.raft(1).log().committed());
+}
+
 TEST(RaftTest, FollowerReadWithoutLeaderIsDropped) {
   TestCluster c(3);
   c.node(2).read_index("nobody");

@@ -19,6 +19,17 @@ constexpr char kKvBatchTag = 'B';
 constexpr int64_t kWriteTimeoutUs = 8'000'000;
 constexpr int64_t kReadTimeoutUs = 3'000'000;
 
+// A committed entry that cannot be applied here: going on would let this
+// replica diverge from the others silently (and ship the divergence in its
+// next snapshot). Stop; at restart the entry applies again from the log.
+[[noreturn]] void ApplyFailed(uint64_t group, uint64_t index, const Status& s) {
+  spdlog::critical("group {}: applying the log up to {} failed: {}; stopping this node (its log is intact: "
+                   "a restart applies the entries again)", group, index, s.ToString());
+  spdlog::shutdown();
+  SHOAL_CHECK(false && "apply failed");
+  std::abort();
+}
+
 void PutU32(std::string* out, uint32_t v) {
   char b[4];
   std::memcpy(b, &v, 4);
@@ -149,7 +160,7 @@ void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
   }
   resp::Writer w(out, protocol);
   auto seq = shard_->ApplyBatch(entries, fns, *limits_, &w, e.index);
-  if (!seq.ok()) spdlog::error("shard {}: apply of {} failed: {}", shard_->id(), e.index, seq.status().ToString());
+  if (!seq.ok()) ApplyFailed(shard_->id(), e.index, seq.status());
 }
 
 void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
@@ -182,7 +193,7 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
   std::string out;
   resp::Writer w(&out, protocol);
   auto seq = shard_->ApplyBatch(all, fns, *limits_, &w, raft_entries.back()->index);
-  if (!seq.ok()) spdlog::error("shard {}: apply up to {} failed: {}", shard_->id(), raft_entries.back()->index, seq.status().ToString());
+  if (!seq.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, seq.status());
   // Hand each entry its own replies (one RESP value per command).
   size_t off = 0;
   for (size_t i = 0; i < raft_entries.size(); ++i) {
@@ -405,7 +416,9 @@ Status Replica::StartNode() {
   cfg.heartbeat_tick = opts_.heartbeat_tick;
   cfg.applied = std::min<uint64_t>(sm_->applied_index(), store_->hard_state().commit);
   if (cfg.applied < store_->first_index() - 1) cfg.applied = 0;
-  cfg.read_only_option = raft::ReadOnlyOption::kLeaseBased;
+  // ReadIndex always confirms with a heartbeat round: the leader's lease is
+  // judged here, on a monotonic clock (Publish), never from ticks alone.
+  cfg.read_only_option = raft::ReadOnlyOption::kSafe;
   cfg.check_quorum = true;
   cfg.pre_vote = true;
   cfg.max_size_per_msg = 1 << 20;
@@ -415,6 +428,9 @@ Status Replica::StartNode() {
   auto node = raft::RawNode::create(cfg, store_.get());
   if (!node.ok()) return node.status();
   node_ = std::move(node).value();
+  tick_times_.clear();  // a new Raft counts its ticks from 1 again
+  raft::SplitMix64 nonce(cfg.seed ^ 0xD1B54A32D192ED03ULL ^ (opts_.seed != 0 ? 0 : std::random_device{}()));
+  read_prefix_ = fmt::format("{:016x}{:016x}:", opts_.node_id, nonce.next());
   applied_.store(sm_->applied_index());
   const auto& cs = store_->conf_state();
   if (cs.voters.size() == 1 && cs.voters[0] == opts_.node_id && cs.voters_outgoing.empty()) {
@@ -426,8 +442,11 @@ Status Replica::StartNode() {
 void Replica::Tick(int64_t now_mono_us) {
   if (retired_) return;
   ++ticks_;
+  if (leader_contact_us_ == INT64_MIN) leader_contact_us_ = now_mono_us;
   node_->tick();
   const raft::Raft& raft = node_->raft();
+  tick_times_.emplace_back(raft.tick_count(), now_mono_us);
+  while (tick_times_.size() > static_cast<size_t>(4 * opts_.election_tick + 4)) tick_times_.pop_front();
   if (raft.commits_refused() > seen_commits_refused_ || raft.credits_forgotten() > seen_credits_forgotten_) {
     // Expected once after a replica comes back to a node under the same
     // id (or a reordered answer); anything else means a lost log.
@@ -442,8 +461,9 @@ void Replica::Tick(int64_t now_mono_us) {
   ExpireWaiters(now_mono_us);
 }
 
-void Replica::Step(raft::Message m) {
+void Replica::Step(raft::Message m, int64_t now_mono_us) {
   if (m.to != opts_.node_id || retired_) return;
+  if (leader_contact_us_ == INT64_MIN) leader_contact_us_ = now_mono_us;
   if (void_conf_upto_ > 0) {
     // An unsafely recovered replica hears only members of its membership:
     // a lost voter that comes back must not take over again.
@@ -456,6 +476,16 @@ void Replica::Step(raft::Message m) {
   // promoted from a caught-up learner, so no election needs its vote.
   if ((m.type == raft::MessageType::kVote || m.type == raft::MessageType::kPreVote) &&
       node_->raft().tracker().conf_state().voters.empty()) {
+    return;
+  }
+  // The leader's lease (Publish) counts on every follower refusing votes for
+  // an election timeout of real time after hearing from it. Raft refuses
+  // for election_tick ticks, but ticks come in a burst after a stall; this
+  // holds whatever the ticks do. A transfer's campaign is let through (the
+  // leader ended its lease before sending TimeoutNow).
+  if ((m.type == raft::MessageType::kVote || m.type == raft::MessageType::kPreVote) &&
+      m.context != raft::kTransferContext &&
+      now_mono_us - leader_contact_us_ < int64_t{opts_.election_tick} * opts_.tick_ms * 1000) {
     return;
   }
   if (m.type == raft::MessageType::kSnap) {
@@ -479,9 +509,11 @@ void Replica::Step(raft::Message m) {
       return;
     }
   }
-  if (m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
-      m.type == raft::MessageType::kSnap) {
+  if ((m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
+       m.type == raft::MessageType::kSnap) &&
+      m.term >= node_->raft().term()) {
     leader_contact_tick_ = ticks_;
+    leader_contact_us_ = std::max(leader_contact_us_, now_mono_us);
   }
   (void)node_->step(std::move(m));
 }
@@ -495,7 +527,15 @@ raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono
 
 void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
   if (retired_) return done(false);
-  std::string ctx = std::to_string(++next_read_);
+  std::string ctx = read_prefix_ + std::to_string(++next_read_);
+  const raft::Raft& r = node_->raft();
+  if (r.role() == raft::Role::kLeader && lease_until_us_.load(std::memory_order_relaxed) > now_mono_us) {
+    // Within the lease no other leader can have committed anything: what is
+    // committed here now is all there is. It is served once applied.
+    reads_[ctx] = PendingRead{std::move(done), now_mono_us + kReadTimeoutUs, std::max<uint64_t>(r.log().committed(), 1)};
+    ServeReads();
+    return;
+  }
   reads_[ctx] = PendingRead{std::move(done), now_mono_us + kReadTimeoutUs};
   node_->read_index(ctx);
 }
@@ -509,6 +549,9 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   // again); what was void in this one's log does not.
   if (recovery_ > 0) WriteRecovery(recovery_, 0, batch);
   retired_ = true;
+  // Odd for good: a read that began before (it holds this replica) must not
+  // be answered from the range being deleted.
+  import_gen_.store((import_gen_.load(std::memory_order_relaxed) | 1) + 2, std::memory_order_release);
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
   FailWaiters("-TRYAGAIN the shard's replica left this node; its outcome is unknown\r\n");
@@ -559,7 +602,16 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     leader_.store(rd.soft_state->lead, std::memory_order_release);
     if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
   }
+  if (rd.hard_state && rd.hard_state->commit > commit_.load(std::memory_order_relaxed)) {
+    // Before the messages that tell followers of it leave (LeaseReadOk).
+    commit_.store(rd.hard_state->commit, std::memory_order_release);
+  }
+  for (const auto& m : rd.messages) {
+    // The transferee may win at once: no read may rely on the lease from here.
+    if (m.type == raft::MessageType::kTimeoutNow) lease_until_us_.store(0, std::memory_order_release);
+  }
   if (rd.snapshot) {
+    import_gen_.fetch_add(1, std::memory_order_acq_rel);  // odd until the files are in (ApplyReady)
     kv::Shard::ImportMarker marker{ImportMarkerKey(opts_.group), EncodeMarker(rd.snapshot->meta)};
     SnapshotTicket t;
     Status s;
@@ -636,6 +688,7 @@ void Replica::ApplyReady(int64_t now_mono_us) {
   raft::Ready& rd = *ready_;
   if (rd.snapshot) {
     sm_->FinishImport();
+    import_gen_.fetch_add(1, std::memory_order_acq_rel);
     // Proposals below the snapshot can no longer be matched to their entries.
     for (auto it = writes_.begin(); it != writes_.end() && it->first <= rd.snapshot->meta.index;) {
       auto done = std::move(it->second.done);
@@ -673,7 +726,7 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   auto flush = [this] {
     if (apply_batch_->Count() == 0) return;
     auto seq = engine_->Write(*apply_batch_);
-    if (!seq.ok()) spdlog::error("group {}: apply write failed: {}", opts_.group, seq.status().ToString());
+    if (!seq.ok()) ApplyFailed(opts_.group, sm_->applied_index(), seq.status());
     apply_batch_->Clear();
   };
   // Answers the proposal of entry e, if it is waiting here.
@@ -864,7 +917,21 @@ void Replica::Publish(int64_t now_mono_us) {
   applied_.store(sm_->applied_index(), std::memory_order_release);
   bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&
                sm_->applied_index() >= term_start_index_ && sm_->applied_index() >= split_index_;
-  lease_until_us_.store(lease ? now_mono_us + opts_.tick_ms * 1000 : 0, std::memory_order_release);
+  int64_t until = lease ? LeaseEnd(r.lease_start_tick()) : 0;
+  lease_until_us_.store(until > now_mono_us ? until : 0, std::memory_order_release);
+}
+
+int64_t Replica::LeaseEnd(uint64_t tick) const {
+  // The time of the latest recorded tick at or before `tick`: the message
+  // stamped `tick` left no earlier, and each follower that echoed it refuses
+  // votes for an election timeout from when it arrived (Step). A tenth of
+  // that, and one tick, are kept back for clock rate differences between
+  // machines and for the time a tick takes to run.
+  auto it = std::find_if(tick_times_.rbegin(), tick_times_.rend(), [tick](const auto& t) { return t.first <= tick; });
+  if (it == tick_times_.rend() || tick == 0) return 0;  // older than the record: no lease
+  const int64_t at = it->second;
+  const int64_t election_us = int64_t{opts_.election_tick} * opts_.tick_ms * 1000;
+  return at + election_us - election_us / 10 - int64_t{opts_.tick_ms} * 1000;
 }
 
 }  // namespace shoal::replica

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -241,12 +242,17 @@ class Replica {
   StateMachine& state_machine() { return *sm_; }
 
   void Tick(int64_t now_mono_us);
-  // A message from a peer; malformed or foreign messages are dropped.
-  void Step(raft::Message m);
+  // A message from a peer, received at now_mono_us; malformed or foreign
+  // messages are dropped, and so are vote requests while a leader was heard
+  // within an election timeout of real time (the leader's lease counts on it).
+  void Step(raft::Message m, int64_t now_mono_us);
   // Proposes `data`; done(reply) runs once the entry is applied here, or with
   // an error reply if it cannot be. Returns the refusal (not leader...).
   raft::Proposal Propose(std::string data, ReplyFn done, int64_t now_mono_us);
-  // Calls done(true) once a linearizable read may be served from local state.
+  // Calls done(true) once a linearizable read may be served from local state:
+  // everything committed when it was called is applied here. On the leader
+  // within its lease that needs no message; otherwise the leader confirms
+  // with a heartbeat round (a follower's request is forwarded to it).
   void ReadIndex(ReadFn done, int64_t now_mono_us);
   raft::Proposal ProposeConfChange(const raft::ConfChange& cc) {
     return node_->propose_conf_change(cc);
@@ -309,10 +315,18 @@ class Replica {
   raft::NodeId published_leader() const { return leader_.load(std::memory_order_acquire); }
   uint64_t published_term() const { return term_.load(std::memory_order_acquire); }
   bool published_is_leader() const { return published_leader() == opts_.node_id; }
-  // True while the leader's lease lets it answer reads alone.
+  // True while the leader may answer a read alone from local state: its
+  // lease holds and it has applied everything committed so far (a follower
+  // may already have applied, and served, an entry the leader has not).
   bool LeaseReadOk(int64_t now_mono_us) const {
-    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us;
+    const uint64_t commit = commit_.load(std::memory_order_acquire);
+    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us &&
+           applied_.load(std::memory_order_acquire) >= commit;
   }
+  // Odd while a snapshot is being imported (the range is cleared before its
+  // files are ingested): a read that ran while it was odd, or saw it change,
+  // may have seen a half state and must not be answered.
+  uint64_t import_generation() const { return import_gen_.load(std::memory_order_acquire); }
   uint64_t published_applied() const { return applied_.load(std::memory_order_acquire); }
   // The group's membership as this replica has applied it (null before the
   // first round).
@@ -340,6 +354,8 @@ class Replica {
   // Applies a split entry (the earlier applies are written).
   void ApplySplit(const raft::Entry& e, const SplitCommand& split);
   void Publish(int64_t now_mono_us);
+  // When the lease counted from leader tick `tick` runs out (0: unknown tick).
+  int64_t LeaseEnd(uint64_t tick) const;
   void ServeReads();
   // Hands an outgoing message to *send, or a snapshot's to the courier.
   void Route(raft::Message m, std::vector<raft::Message>* send);
@@ -382,6 +398,16 @@ class Replica {
   std::map<raft::Index, PendingWrite> writes_;
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;
+  // Read contexts are <nonce>:<counter>, unique across replicas and their
+  // restarts (a stale answer must never match a newer read).
+  std::string read_prefix_;
+  // When each recent Raft tick happened (monotonic), oldest first: the
+  // lease counts from the time of the tick its quorum echoed.
+  std::deque<std::pair<uint64_t, int64_t>> tick_times_;
+  // Real time of the last message from a leader of the current term or a
+  // newer one (INT64_MIN: not yet set; the first Tick or Step sets it, so a
+  // restarted replica refuses votes for an election timeout first).
+  int64_t leader_contact_us_ = INT64_MIN;
   raft::Index term_start_index_ = 0;
   // The last split entry in the log: until it applies, no lease (the
   // lease would vouch for slots the split hands to a group elected
@@ -391,6 +417,9 @@ class Replica {
   std::atomic<uint64_t> term_{0};
   std::atomic<int64_t> lease_until_us_{0};
   std::atomic<uint64_t> applied_{0};
+  // The commit index, published before any message that carries it leaves.
+  std::atomic<uint64_t> commit_{0};
+  std::atomic<uint64_t> import_gen_{0};
   std::shared_ptr<const raft::ConfState> conf_;  // atomic_load/atomic_store only
   uint64_t ticks_ = 0;
   bool sending_images_ = false;  // images were shipped since it last became leader (Recall)

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "kv/commands.h"
+#include "storage/fault_engine.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
 
@@ -168,7 +169,7 @@ class ReplicaCluster : public ::testing::Test {
         for (size_t i = 0; i < ids_.size(); ++i) {
           if (ids_[i] != m.to || down_.contains(m.to) || down_.contains(m.from)) continue;
           for (Replica* r : Replicas(i)) {
-            if (r->group() == group) r->Step(m);
+            if (r->group() == group) r->Step(m, now_);
           }
         }
       }
@@ -279,6 +280,119 @@ TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
   Pump();
   EXPECT_TRUE(served);
   EXPECT_EQ(Get(follower, "k"), "v");  // applied before the read is served
+}
+
+// One Ready round of node i by hand: begun and written; applied and
+// finished only if `finish`. Returns the messages that left.
+std::vector<raft::Message> RoundOf(TestNode& n, bool finish, int64_t now) {
+  auto batch = n.engine->NewBatch();
+  std::vector<raft::Message> out;
+  bool needs_sync = false;
+  if (!n.replica->BeginReady(*batch, &out, &needs_sync)) return out;
+  if (batch->Count() > 0) {
+    EXPECT_TRUE(n.engine->Write(*batch).ok());
+  }
+  if (finish) {
+    n.replica->ApplyReady(now);
+    n.replica->FinishReady(&out, now);
+  }
+  return out;
+}
+
+// The leader tells followers of a commit before it applies it itself (its
+// messages leave first). A follower may apply the entry and serve it; the
+// leader must not then serve a read from its lease that misses it.
+TEST_F(ReplicaCluster, LeaseReadWaitsUntilTheLeaderAppliedWhatItCommitted) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t l = LeaderIndex();
+  ASSERT_NE(l, SIZE_MAX);
+  ASSERT_TRUE(R(l).LeaseReadOk(now_));
+  auto deliver = [&](std::vector<raft::Message> msgs) {
+    for (auto& m : msgs) {
+      for (size_t i = 0; i < ids_.size(); ++i) {
+        if (ids_[i] == m.to) R(i).Step(m, now_);
+      }
+    }
+  };
+  ASSERT_TRUE(R(l).Propose(SetBatch("k", "new"), [](bool, std::string) {}, now_).ok());
+  std::vector<raft::Message> appends = RoundOf(*nodes_[l], true, now_);
+  deliver(appends);
+  for (size_t i = 0; i < 3; ++i) {
+    if (i != l) deliver(RoundOf(*nodes_[i], true, now_));  // their acknowledgements
+  }
+  // The leader's Raft has committed the write; its round leaves, unapplied.
+  std::vector<raft::Message> commit = RoundOf(*nodes_[l], false, now_);
+  ASSERT_FALSE(commit.empty());
+  deliver(commit);
+  size_t f = (l + 1) % 3;
+  (void)RoundOf(*nodes_[f], true, now_);
+  ASSERT_EQ(Get(f, "k"), "new");      // served by a follower (READONLY) ...
+  ASSERT_EQ(Get(l, "k"), "<none>");   // ... while the leader has not applied it
+  EXPECT_FALSE(R(l).LeaseReadOk(now_));
+  bool served = false;
+  R(l).ReadIndex([&](bool ok) { served = ok; }, now_);
+  EXPECT_FALSE(served);  // it waits for the apply
+  R(l).ApplyReady(now_);
+  std::vector<raft::Message> rest;
+  R(l).FinishReady(&rest, now_);
+  EXPECT_TRUE(served);
+  EXPECT_EQ(Get(l, "k"), "new");
+  EXPECT_TRUE(R(l).LeaseReadOk(now_));
+}
+
+// A leader whose process was stopped (SIGSTOP, a stall) resumes with its
+// ticks behind real time: counted in ticks its lease still holds, but a new
+// leader was elected meanwhile and took writes. It must not answer a read
+// from that lease, nor from Raft's.
+TEST_F(ReplicaCluster, StoppedLeaderAnswersNoReadFromItsLeaseWhenItResumes) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t l = LeaderIndex();
+  ASSERT_NE(l, SIZE_MAX);
+  ASSERT_EQ(Write(R(l), SetBatch("k", "old")), "+OK\r\n");
+  TickAll(2);
+  ASSERT_TRUE(R(l).LeaseReadOk(now_));
+  down_ = {ids_[l]};  // stopped: no ticks, nothing in or out
+  TickAll(60);        // 3 s of real time
+  size_t l2 = LeaderIndex() == l ? SIZE_MAX : LeaderIndex();
+  for (size_t i = 0; i < 3; ++i) {
+    if (i != l && R(i).is_leader()) l2 = i;
+  }
+  ASSERT_NE(l2, SIZE_MAX);
+  ASSERT_EQ(Write(R(l2), SetBatch("k", "new")), "+OK\r\n");
+  down_.clear();  // it resumes: what queued up runs before its timer catches up
+  ASSERT_TRUE(R(l).is_leader());
+  EXPECT_FALSE(R(l).LeaseReadOk(now_));
+  bool answered = false, ok = false;
+  R(l).ReadIndex([&](bool r) { answered = true; ok = r; }, now_);
+  std::vector<raft::Message> out = RoundOf(*nodes_[l], true, now_);
+  EXPECT_FALSE(ok && Get(l, "k") == "old") << "a stale read was confirmed";
+  EXPECT_FALSE(answered && ok);
+}
+
+// Raft refuses votes for election_tick ticks after hearing from a leader,
+// but ticks fire in a burst after a stall. The refusal also holds for an
+// election timeout of real time, which the leader's lease counts on.
+TEST_F(ReplicaCluster, FollowerRefusesVotesForAnElectionTimeoutOfRealTime) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t l = LeaderIndex();
+  ASSERT_NE(l, SIZE_MAX);
+  size_t f = (l + 1) % 3, other = (l + 2) % 3;
+  const raft::Term term = R(f).raft().term();
+  for (int k = 0; k < 30; ++k) R(f).Tick(now_);  // a burst: no real time passed
+  for (raft::MessageType t : {raft::MessageType::kPreVote, raft::MessageType::kVote}) {
+    R(f).Step(raft::Message{.type = t, .to = ids_[f], .from = ids_[other], .term = term + 1,
+                            .log_term = R(f).raft().log().last_term(), .index = R(f).raft().log().last_index()},
+              now_ + 100'000);
+  }
+  std::vector<raft::Message> out = RoundOf(*nodes_[f], true, now_ + 100'000);
+  for (const auto& m : out) {
+    bool granted = (m.type == raft::MessageType::kPreVoteResp || m.type == raft::MessageType::kVoteResp) && !m.reject;
+    EXPECT_FALSE(granted) << "a vote granted 100 ms after hearing from the leader";
+  }
+  EXPECT_EQ(R(f).raft().term(), term);
 }
 
 TEST_F(ReplicaCluster, NewMemberCatchesUpFromASnapshot) {
@@ -423,7 +537,7 @@ TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
   EXPECT_EQ(R(0).raft().term(), term);
   EXPECT_FALSE(R(1).is_leader());
   // ... even one that leads the old membership at a higher term
-  R(0).Step(raft::Message{.type = raft::MessageType::kHeartbeat, .to = 1, .from = 2, .term = term + 5});
+  R(0).Step(raft::Message{.type = raft::MessageType::kHeartbeat, .to = 1, .from = 2, .term = term + 5}, now_);
   Pump();
   EXPECT_TRUE(R(0).is_leader());
   EXPECT_EQ(R(0).raft().term(), term);
@@ -626,6 +740,54 @@ TEST_F(ReplicaCluster, LaggingReplicaTakesTheSplitFromASnapshot) {
   EXPECT_EQ(Get(2, kept), "v");
   EXPECT_EQ(lagging.shard->KeyCount(0), nodes_[0]->shard->KeyCount(0));
   EXPECT_EQ(Get(0, moved), "v");  // the child's data on the nodes that split
+}
+
+// A committed entry whose apply cannot be written stops the node (a
+// replica that skipped it would diverge silently, and could ship the
+// divergence in its next snapshot). At restart the log applies it again.
+TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_replica_death_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto run = [&] {
+    auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    storage::FaultEngine engine(real.get());
+    kv::Shard shard(&engine, 7, 0, storage::kSlotCount);
+    SHOAL_CHECK(shard.Load().ok());
+    kv::Limits limits;
+    ReplicaOptions ro;
+    ro.group = 7;
+    ro.node_id = 1;
+    ro.bootstrap_voters = {1};
+    auto r = std::move(Replica::Open(&engine, ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    auto round = [&] {
+      auto batch = engine.NewBatch();
+      std::vector<raft::Message> out;
+      bool sync = false;
+      if (!r->BeginReady(*batch, &out, &sync)) return false;
+      if (batch->Count() > 0) SHOAL_CHECK(engine.Write(*batch).ok());
+      engine.FailNextWrites(1);  // the apply's write, if this round applies anything
+      r->ApplyReady(1'000'000);
+      engine.FailNextWrites(0);
+      r->FinishReady(&out, 1'000'000);
+      return true;
+    };
+    for (int i = 0; i < 20 && !r->is_leader(); ++i) {
+      r->Tick(1'000'000 + i * 50'000);
+      while (round()) {
+      }
+    }
+    SHOAL_CHECK(r->is_leader());
+    SHOAL_CHECK(r->Propose(SetBatch("k", "v"), [](bool, std::string) {}, 2'000'000).ok());
+    for (int i = 0; i < 10; ++i) {
+      if (!round()) break;
+    }
+    SHOAL_CHECK(engine.writes_failed() > 0);  // the write did fail...
+    std::fprintf(stderr, "went on after a failed apply\n");  // ... and the node went on
+    std::exit(0);
+  };
+  EXPECT_DEATH(run(), "apply failed");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SplitCommand, RoundTripAndRejectsOtherData) {

@@ -8,6 +8,7 @@
 #include <random>
 
 #include <map>
+#include <set>
 
 #include "common/clock.h"
 #include "resp/reply_scan.h"
@@ -365,7 +366,8 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
       writer_.Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
     } else {
       if (leader_here) server_.cluster().NoteOp(slot);
-      RunRead(cmd, args);
+      replica::Replica* replicas[] = {r};
+      RunReadOn(cmd, args, replicas);
     }
     co_return;
   }
@@ -408,39 +410,122 @@ asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args a
   // the client is told to retry (a flush may be repeated).
   const uint64_t ranges = server_.cluster().LocalRangesSig();
   std::string error;
+  std::set<uint64_t> flushed;
   for (kv::Shard* shard : server_.LedShards()) {
     QueueWrite(shard->id(), entry);
     std::string before = std::move(wbuf_);
     wbuf_.clear();
     co_await FlushWrites();
-    if (!wbuf_.starts_with("+") && error.empty()) error = wbuf_;
+    if (wbuf_.starts_with("+")) {
+      flushed.insert(shard->id());
+    } else if (error.empty()) {
+      error = wbuf_;
+    }
     wbuf_ = std::move(before);
   }
   if (!cluster_aware_) {
-    // A plain client means the whole database: the other nodes flush theirs.
+    // A plain client means the whole database: the other nodes flush the
+    // shards they lead and say which (routed connections only).
     auto rt = server_.cluster().routing();
     for (const auto& [id, node] : rt->nodes) {
       if (id == server_.cluster().node_id()) continue;
       bool sent = false;
       std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, db_, args, &sent);
       if (!reply.starts_with("+") && error.empty()) error = reply;
+      constexpr std::string_view kTag = "+OK flushed";
+      if (reply.starts_with(kTag)) {
+        for (std::string_view rest = std::string_view(reply).substr(kTag.size()); !rest.empty();) {
+          rest.remove_prefix(std::min(rest.find_first_not_of(" \r\n"), rest.size()));
+          size_t end = std::min(rest.find_first_of(" \r\n"), rest.size());
+          if (end == 0) break;
+          if (auto v = ParseInt64(rest.substr(0, end)); v && *v > 0) flushed.insert(static_cast<uint64_t>(*v));
+          rest.remove_prefix(end);
+        }
+      }
+    }
+    // A shard whose leadership moved meanwhile may have been flushed by no
+    // node: OK only when every shard was.
+    for (const auto& shard : rt->shards) {
+      if (error.empty() && !flushed.contains(shard.id)) {
+        error = "-TRYAGAIN shard " + std::to_string(shard.id) +
+                " was not flushed (its leadership moved during the flush); retry\r\n";
+      }
     }
   }
   if (error.empty() && server_.cluster().LocalRangesSig() != ranges) {
     error = "-TRYAGAIN a shard split during the flush; retry\r\n";
   }
-  if (error.empty()) {
-    writer_.Simple("OK");
-  } else {
+  if (!error.empty()) {
     writer_.Raw(error);
+  } else if (routed_) {
+    // For the node that forwarded it: which shards this node flushed.
+    std::string ids;
+    for (uint64_t id : flushed) ids += " " + std::to_string(id);
+    writer_.Simple("OK flushed" + ids);
+  } else {
+    writer_.Simple("OK");
   }
 }
 
-void Connection::RunRead(const Command& cmd, kv::Args args) {
+void Connection::RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard* const> shards) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  std::vector<kv::Shard*> shards = cluster_aware_ ? server_.LedShards() : server_.LocalShards();
   kv::ReadContext ctx{&server_.engine(), db_, RealClock().NowUnixMs(), &server_.limits(), shards, rng()};
   cmd.spec.read(ctx, args, &writer_);
+}
+
+void Connection::RunReadOn(const Command& cmd, kv::Args args, std::span<replica::Replica* const> replicas,
+                           std::span<kv::Shard* const> shards) {
+  // A replica installing a snapshot clears its range before the snapshot's
+  // files are in: a read that overlapped that saw a half state. The import
+  // generation is odd meanwhile and changes at each end (a seqlock).
+  std::vector<uint64_t> gens;
+  for (replica::Replica* r : replicas) gens.push_back(r->import_generation());
+  const size_t mark = wbuf_.size();
+  bool clean = std::none_of(gens.begin(), gens.end(), [](uint64_t g) { return g % 2 == 1; });
+  if (clean) RunRead(cmd, args, shards);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (size_t i = 0; i < replicas.size(); ++i) clean = clean && replicas[i]->import_generation() == gens[i];
+  if (!clean) {
+    wbuf_.resize(mark);
+    writer_.Error("TRYAGAIN a snapshot was being installed on this replica during the read; retry");
+  }
+}
+
+asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args args) {
+  // KEYS, SCAN, DBSIZE, RANDOMKEY: every local replica's data may be read
+  // (KEYS and SCAN walk the node's whole keyspace), so each is confirmed as
+  // a keyed read is (the lease, or a ReadIndex through the leader).
+  std::vector<kv::Shard*> shards = server_.LocalShards();
+  std::vector<uint64_t> ids;
+  std::vector<replica::Replica*> replicas;
+  for (kv::Shard* s : shards) {
+    replica::Replica* r = server_.groups().Find(s->id());
+    if (r == nullptr) {
+      writer_.Error("TRYAGAIN shard " + std::to_string(s->id()) + " left this node during the read; retry");
+      co_return;
+    }
+    ids.push_back(s->id());
+    replicas.push_back(r);
+  }
+  for (replica::Replica* r : replicas) {
+    if (!co_await ReadBarrier(r)) {
+      writer_.Error("TRYAGAIN the read of shard " + std::to_string(r->group()) +
+                    " could not be confirmed by a quorum of its replicas; retry");
+      co_return;
+    }
+  }
+  // The shards may have changed while it waited (a split, a leadership
+  // moved, a replica left): then what was confirmed is not what would be read.
+  std::vector<uint64_t> now_ids;
+  for (kv::Shard* s : server_.LocalShards()) now_ids.push_back(s->id());
+  if (now_ids != ids) {
+    writer_.Error("TRYAGAIN the shards of this node changed during the read; retry");
+    co_return;
+  }
+  // Counts (DBSIZE) are of the shards this node leads for a cluster-aware
+  // client (as Redis Cluster's per-node answers), of all for a plain one.
+  std::vector<kv::Shard*> counted = cluster_aware_ ? server_.LedShards() : server_.LocalShards();
+  RunReadOn(cmd, args, replicas, counted);
 }
 
 bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry,
@@ -468,9 +553,9 @@ bool Connection::ExecuteNow(const Command* cmd, kv::Args args, const Command** l
     cmd->sync(*this, args, &writer_);
     return true;
   }
-  if (cmd->spec.read) {
-    RunRead(*cmd, args);
-    return true;
+  if (cmd->spec.read) {  // keyless (keyed ones went to RunKeyed)
+    *later = cmd;
+    return false;
   }
   if (cmd->async) {
     *later = cmd;
@@ -483,6 +568,10 @@ bool Connection::ExecuteNow(const Command* cmd, kv::Args args, const Command** l
 asio::awaitable<void> Connection::ExecuteLater(const Command& cmd, kv::Args args) {
   if (cmd.async) {
     co_await cmd.async(*this, args);
+    co_return;
+  }
+  if (cmd.spec.read) {
+    co_await RunKeylessRead(cmd, args);
     co_return;
   }
   co_await RunKeylessWrite(cmd, args);

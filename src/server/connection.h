@@ -7,6 +7,7 @@
 #include <asio/ip/tcp.hpp>
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::awaitable<void> ExecuteLater(const Command& cmd, kv::Args args);
   // The error a command is refused with (unknown, arity, auth), or "".
   std::string Refusal(const Command* cmd, kv::Args args) const;
-  void RunRead(const Command& cmd, kv::Args args);
+  // Runs a read on `shards` (the keyed read's shard, or the keyless read's).
+  void RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard* const> shards);
+  // Runs it unless a snapshot import overlapped it on one of `replicas`
+  // (then a TRYAGAIN error); `shards`: as RunRead (for a keyed read, the
+  // node's shards as before: reads find the key's shard themselves).
+  void RunReadOn(const Command& cmd, kv::Args args, std::span<replica::Replica* const> replicas,
+                 std::span<kv::Shard* const> shards = {});
+  // Keyless reads (KEYS, SCAN, DBSIZE, RANDOMKEY): each shard read passes a
+  // read barrier first.
+  asio::awaitable<void> RunKeylessRead(const Command& cmd, kv::Args args);
   bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors);
   // Queues a write for group commit; returns false if the queue must be
   // flushed first (another shard) — the caller flushes and calls again.

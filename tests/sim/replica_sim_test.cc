@@ -8,7 +8,11 @@
 // route by leader hints and retry after leader changes. Every seed is
 // reproducible; the history is checked for linearizability and the
 // replicas must converge. Some runs split the group in two while all this
-// goes on (docs/design/splits.md).
+// goes on (docs/design/splits.md). Others serve reads the way connections
+// do: from the leader's lease and from followers (READONLY), while nodes
+// stall (a stopped process: its ticks held back while real time runs on;
+// what queued up runs before its next tick) and workers apply late (a leader's commit reaches
+// followers before it applies it itself).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -211,6 +215,10 @@ class ReplicaSim {
     if (!n.up) return;
     n.up = false;
     n.down_since = step_;
+    paused_until_.erase(n.id);
+    tick_burst_.erase(n.id);
+    DropDeferred(n.id, 0);
+    std::erase_if(pending_reads_, [&](const PendingRead& p) { return p.node == n.id; });
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
     n.child_replica.reset();
     std::erase_if(recounts_, [&](const Recount& r) { return r.node == n.id; });  // the scan dies with it
@@ -231,16 +239,29 @@ class ReplicaSim {
     for (int step = 0; step < steps; ++step) {
       ++step_;
       Faults();
+      FinishDeferred();
       if (clients_) Clients();
       Deliver();
+      RunPendingReads();
       Stream();
       if (step_ % 5 == 0) {
         for (auto& n : nodes_) {
+          if (Paused(n)) continue;
           if (n.replica) n.replica->Tick(static_cast<int64_t>(step_) * 10'000);
           if (n.child_replica) n.child_replica->Tick(static_cast<int64_t>(step_) * 10'000);
         }
       }
       DriveAll();
+      // A resumed process runs what queued up (messages, clients) before
+      // its timer catches up on the ticks it missed, all at once.
+      for (auto it = tick_burst_.begin(); it != tick_burst_.end(); it = tick_burst_.erase(it)) {
+        SimNode& n = *Node(it->first);
+        for (uint64_t k = 0; k < it->second; ++k) {
+          if (n.replica) n.replica->Tick(NowUs());
+          if (n.child_replica) n.child_replica->Tick(NowUs());
+        }
+        bursts_++;
+      }
       if (splits_) Splits();
       if (placement_ && step_ % 10 == 0) Placement();
       for (auto& n : nodes_) {
@@ -255,8 +276,26 @@ class ReplicaSim {
   }
 
   void Faults() {
+    for (auto it = paused_until_.begin(); it != paused_until_.end();) {
+      if (step_ < it->second.second) {
+        ++it;
+        continue;
+      }
+      // The tick loop never catches up (node::Groups::TickLoop): one tick.
+      tick_burst_[it->first] = 1;
+      it = paused_until_.erase(it);
+    }
     if (!faults_) return;
     std::uniform_int_distribution<int> pct(0, 999);
+    if (stalls_ && paused_until_.empty() && pct(rng_) < 4) {
+      // Stop a process (SIGSTOP, a long GC-like stall): the leader mostly.
+      SimNode& l = Leader();
+      SimNode& n = rng_() % 3 != 0 && l.replica && l.replica->is_leader() ? l : nodes_[rng_() % kMaxNodes];
+      if (n.up) {
+        paused_until_[n.id] = {step_, step_ + 40 + rng_() % 360};
+        pauses_++;
+      }
+    }
     if (placement_) PlacementEvents();
     if (partitioned_ == 0 && pct(rng_) < 3) {
       partitioned_ = 1 + rng_() % kMaxNodes;
@@ -292,12 +331,18 @@ class ReplicaSim {
   void Clients() {
     for (int c = 0; c < 3; ++c) {
       if (busy_[c]) continue;
-      if (rng_() % 4 != 0) continue;
+      if (rng_() % (reads_ ? 2 : 4) != 0) continue;
       // With splits the key comes first: its slot decides the group.
       std::string key = splits_ ? PickKey(c) : "";
       const uint64_t group = splits_ ? RouteOf(c, key) : kGroup;
       raft::NodeId& believed = believed_leader_[c][group == kChild];
       SimNode* n = Node(believed);
+      const bool write_first = reads_ && rng_() % 2 == 0;
+      if (reads_ && !write_first && rng_() % 2 == 0) {
+        // READONLY: any replica of the key's group serves the read.
+        n = Node(1 + rng_() % kMaxNodes);
+      }
+      if (Paused(*n)) continue;  // the client waits for it
       replica::Replica* r = ReplicaOf(*n, group);
       if (r == nullptr || !Connected(1000, n->id)) {
         believed = 1 + rng_() % kMaxNodes;
@@ -305,7 +350,8 @@ class ReplicaSim {
       }
       if (!splits_) key = "k" + std::to_string(rng_() % 3);
       size_t op = history_.size();
-      bool write = rng_() % 2 == 0;
+      const bool write = reads_ ? write_first : rng_() % 2 == 0;
+      busy_node_[c] = n->id;
       history_.push_back(Operation{op, write, key, write ? "v" + std::to_string(op) : "", Now(), kNeverReturned});
       if (write) {
         int client = c;
@@ -330,14 +376,38 @@ class ReplicaSim {
         busy_[c] = true;
         busy_group_[c] = group;
       } else {
-        if (!r->is_leader()) {  // reads go to the leader (routing)
+        if (!r->is_leader() && n->id == believed) {  // reads go to the leader (routing)
           history_.pop_back();
           Reroute(c, group, r->raft().lead());
+          continue;
+        }
+        if (reads_ && r->published_is_leader() && r->LeaseReadOk(NowUs())) {
+          // As Connection::ReadBarrier: served at once from local state.
+          if (!r->state_machine().OwnsSlot(storage::KeySlot(history_[op].key))) {
+            Refused(c, op);
+            continue;
+          }
+          history_[op].value = ValueOn(*n, history_[op].key);
+          history_[op].response = Now();
+          lease_reads_++;
           continue;
         }
         int client = c;
         SimNode* node = n;
         raft::NodeId at = n->id;
+        // Busy first: within the leader's lease the answer may come at once.
+        busy_[c] = true;
+        busy_group_[c] = group;
+        if (reads_) {
+          // The connection runs the read a little after its barrier (on its
+          // own thread), checking that no snapshot import overlapped it.
+          r->ReadIndex([this, op, client, at, group, r](bool ok) {
+            busy_[client] = false;
+            if (!ok) return;
+            pending_reads_.push_back(PendingRead{op, client, at, group, r->import_generation(), step_ + rng_() % 8});
+          }, NowUs());
+          continue;
+        }
         r->ReadIndex([this, op, client, node, at, group](bool ok) {
           busy_[client] = false;
           if (!ok || !node->up || node->id != at) return;
@@ -355,16 +425,93 @@ class ReplicaSim {
           history_[op].response = Now();
           reads_ok_++;
         }, static_cast<int64_t>(step_) * 10'000);
-        busy_[c] = true;
-        busy_group_[c] = group;
       }
     }
     // A client whose node went down gives up on its operation (unknown outcome).
     for (int c = 0; c < 3; ++c) {
       uint64_t g = busy_group_[c];
-      if (busy_[c] && !ReplicaOf(*Node(believed_leader_[c][g == kChild]), g)) busy_[c] = false;
+      if (busy_[c] && !ReplicaOf(*Node(busy_node_[c]), g)) busy_[c] = false;
     }
   }
+
+  // --- reads as connections serve them, stalls and late applies
+
+  struct PendingRead {
+    size_t op;
+    int client;
+    raft::NodeId node;
+    uint64_t group;
+    uint64_t import_gen;
+    uint64_t due;
+  };
+  struct Deferred {
+    raft::NodeId node;
+    uint64_t group;
+    uint64_t due;
+  };
+
+  bool Paused(const SimNode& n) const { return paused_until_.contains(n.id); }
+
+  void RunPendingReads() {
+    for (auto it = pending_reads_.begin(); it != pending_reads_.end();) {
+      PendingRead p = *it;
+      SimNode& n = *Node(p.node);
+      if (p.due > step_ || Paused(n)) {
+        ++it;
+        continue;
+      }
+      it = pending_reads_.erase(it);
+      replica::Replica* r = n.up ? ReplicaOf(n, p.group) : nullptr;
+      if (r == nullptr) continue;  // gone: its outcome stays unknown
+      Operation& op = history_[p.op];
+      if (!r->state_machine().OwnsSlot(storage::KeySlot(op.key))) {
+        Refused(p.client, p.op);
+        continue;
+      }
+      uint64_t gen = r->import_generation();
+      std::string value = ValueOn(n, op.key);
+      if (gen != p.import_gen || gen % 2 == 1 || r->import_generation() != gen) {
+        import_refusals_++;  // TRYAGAIN: a snapshot import overlapped the read
+        continue;
+      }
+      op.value = std::move(value);
+      op.response = Now();
+      (ReplicaOf(n, p.group)->published_is_leader() ? leader_reads_ : follower_reads_)++;
+    }
+  }
+
+  // Ready rounds whose apply a slow worker runs later (its messages left).
+  void FinishDeferred() {
+    for (auto it = deferred_.begin(); it != deferred_.end();) {
+      SimNode& n = *Node(it->node);
+      if (it->due > step_ || Paused(n)) {
+        ++it;
+        continue;
+      }
+      replica::Replica* r = ReplicaOf(n, it->group);
+      uint64_t group = it->group;
+      it = deferred_.erase(it);
+      if (r == nullptr) continue;
+      r->ApplyReady(NowUs());
+      // A split may open the child here (as in DriveAll).
+      std::vector<raft::Message> out;
+      r->FinishReady(&out, NowUs());
+      Send(out, group);
+    }
+  }
+
+  void DropDeferred(raft::NodeId node, uint64_t group) {
+    std::erase_if(deferred_, [&](const Deferred& d) { return d.node == node && (group == 0 || d.group == group); });
+  }
+
+  bool reads_ = false;   // lease and follower reads, as connections serve them
+  bool stalls_ = false;  // stopped processes and late applies
+  std::map<raft::NodeId, std::pair<uint64_t, uint64_t>> paused_until_;  // since, until
+  std::map<raft::NodeId, uint64_t> tick_burst_;
+  std::vector<PendingRead> pending_reads_;
+  std::vector<Deferred> deferred_;
+  int pauses_ = 0, bursts_ = 0, deferred_rounds_ = 0, lease_reads_ = 0, leader_reads_ = 0, follower_reads_ = 0,
+      import_refusals_ = 0;
 
   void Reroute(int c, uint64_t group, raft::NodeId hint) {
     raft::NodeId& believed = believed_leader_[c][group == kChild];
@@ -391,9 +538,14 @@ class ReplicaSim {
 
   void Deliver() {
     for (auto& f : TakeDue(net_)) {
+      if (Paused(*Node(f.msg.to))) {  // queued in its socket until it runs again, read in any order
+        f.deliver_at = paused_until_[f.msg.to].second + 1 + rng_() % 6;
+        net_.push_back(std::move(f));
+        continue;
+      }
       replica::Replica* to = ReplicaOf(*Node(f.msg.to), f.group);
       if (to == nullptr || !Connected(f.msg.from, f.msg.to)) continue;
-      to->Step(std::move(f.msg));
+      to->Step(std::move(f.msg), NowUs());
     }
   }
 
@@ -506,6 +658,7 @@ class ReplicaSim {
   void DriveAll() {
     for (int round = 0; round < 4; ++round) {
       for (auto& n : nodes_) {
+        if (Paused(n)) continue;
         for (uint64_t group : {kGroup, kChild}) {
           replica::Replica* r = ReplicaOf(n, group);
           if (r == nullptr) continue;
@@ -515,6 +668,11 @@ class ReplicaSim {
           if (!r->BeginReady(*batch, &out, &needs_sync)) continue;
           Send(out, group);
           if (batch->Count() > 0) SHOAL_CHECK(n.engine->Write(*batch).ok());
+          if (stalls_ && rng_() % 5 == 0) {
+            deferred_.push_back(Deferred{n.id, group, step_ + 1 + rng_() % 12});
+            deferred_rounds_++;
+            continue;
+          }
           r->ApplyReady(static_cast<int64_t>(step_) * 10'000);  // a split may open the child here
           r->FinishReady(&out, static_cast<int64_t>(step_) * 10'000);
           Send(out, group);
@@ -663,6 +821,7 @@ class ReplicaSim {
         auto batch = n.engine->NewBatch();
         SHOAL_CHECK(n.replica->StageDestroy(*batch).ok());
         SHOAL_CHECK(n.engine->Write(*batch).ok());
+        DropDeferred(n.id, kGroup);
         n.replica.reset();
         n.shard.reset();
         retired_++;
@@ -944,6 +1103,7 @@ class ReplicaSim {
   std::vector<Operation> history_;
   bool busy_[3] = {false, false, false};
   uint64_t busy_group_[3] = {kGroup, kGroup, kGroup};
+  raft::NodeId busy_node_[3] = {1, 1, 1};  // where its operation went
   // Per client, the node it believes leads kGroup ([0]) and kChild ([1]).
   raft::NodeId believed_leader_[3][2] = {{1, 1}, {2, 2}, {3, 3}};
   int restarts_ = 0, reroutes_ = 0, leader_changes_ = 0, reads_ok_ = 0;
@@ -1028,6 +1188,57 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   EXPECT_GT(snapshots_seen, 0u);
   std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes, %d snapshots streamed\n",
               acked, total_restarts, total_changes, total_reroutes, streamed);
+}
+
+// Reads served the way connections serve them (docs/design/raft.md,
+// "Reads in shoal's replicas"): from the leader's lease without a message, and from followers
+// (READONLY) after a ReadIndex through the leader, the read itself running
+// a little later and refused if a snapshot import overlapped it. Meanwhile
+// processes stop and resume (what queued up, messages and clients, runs
+// before their next tick; the missed ones are not fired), workers apply late (followers apply and serve an
+// entry before its leader has applied it), nodes restart and partitions
+// come and go. Every read must be linearizable.
+TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
+  int pauses = 0, bursts = 0, deferred = 0, lease = 0, leader = 0, follower = 0, refused = 0, changes = 0;
+  for (uint64_t seed = 301; seed <= 324; ++seed) {
+    ReplicaSim sim(seed);
+    sim.streamed_ = seed % 2 == 0;
+    sim.reads_ = true;
+    sim.stalls_ = true;
+    sim.Start();
+    sim.Run(3000);
+    sim.Settle();
+    uint64_t applied = sim.nodes_[0].replica->state_machine().applied_index();
+    for (auto& n : sim.nodes_) {
+      if (!n.joined) continue;
+      EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
+      for (int k = 0; k < 3; ++k) {
+        std::string key = "k" + std::to_string(k);
+        EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(sim.nodes_[0], key)) << "seed " << seed << " " << key;
+      }
+    }
+    auto result = check_linearizable(sim.history_);
+    EXPECT_TRUE(result.ok) << "seed " << seed << ": " << result.key << "\n" << result.explain;
+    pauses += sim.pauses_;
+    bursts += sim.bursts_;
+    deferred += sim.deferred_rounds_;
+    lease += sim.lease_reads_;
+    leader += sim.leader_reads_;
+    follower += sim.follower_reads_;
+    refused += sim.import_refusals_;
+    changes += sim.leader_changes_;
+  }
+  // What the test is about really happened.
+  EXPECT_GT(pauses, 20);
+  EXPECT_GT(bursts, 20);
+  EXPECT_GT(deferred, 1000);
+  EXPECT_GT(lease, 300);
+  EXPECT_GT(follower, 300);
+  EXPECT_GT(leader, 20);
+  EXPECT_GT(changes, 10);
+  std::printf("read sim: %d lease reads, %d leader and %d follower ReadIndex reads, %d refused (import), %d pauses, "
+              "%d resumed, %d late applies, %d leader changes\n",
+              lease, leader, follower, refused, pauses, bursts, deferred, changes);
 }
 
 }  // namespace
