@@ -349,8 +349,7 @@ Status SetParam(Server& server, std::string_view name, std::string_view value) {
   }
   Status s = next.Validate();
   if (!s.ok()) return s;
-  server.config() = next;
-  server.RefreshLimits();
+  server.SetConfig(std::move(next));
   return Status::Ok();
 }
 

@@ -63,7 +63,17 @@ asio::awaitable<void> AcceptLoop(Server& server, node::Worker& worker,
 
 }  // namespace
 
-Server::Server(Config config) : config_(std::move(config)) { RefreshLimits(); }
+Server::Server(Config config) {
+  apply_limits_.databases = config.databases;
+  SetConfig(std::move(config));
+}
+
+void Server::SetConfig(Config next) {
+  std::lock_guard lock(settings_mu_);
+  kv::Limits limits{next.proto_max_bulk_len, next.databases};
+  settings_.push_back(Settings{std::move(next), limits});
+  current_.store(&settings_.back(), std::memory_order_release);
+}
 
 Server::~Server() { Stop(); }
 
@@ -80,12 +90,12 @@ Status Server::Start() {
   start_time_ms_ = RealClock().NowUnixMs();
   run_id_ = RandomRunId();
   std::error_code fs_ec;
-  std::filesystem::create_directories(config_.dir, fs_ec);
-  if (fs_ec) return Status::IOError("cannot create dir " + config_.dir + ": " + fs_ec.message());
-  auto engine = storage::Engine::Open({.dir = config_.dir, .memory_budget_bytes = config_.maxmemory});
+  std::filesystem::create_directories(config().dir, fs_ec);
+  if (fs_ec) return Status::IOError("cannot create dir " + config().dir + ": " + fs_ec.message());
+  auto engine = storage::Engine::Open({.dir = config().dir, .memory_budget_bytes = config().maxmemory});
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
-  int workers = config_.workers > 0 ? config_.workers
+  int workers = config().workers > 0 ? config().workers
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   worker_states_.resize(static_cast<size_t>(workers));
   runtime_ = std::make_unique<node::Runtime>(workers);
@@ -95,8 +105,8 @@ Status Server::Start() {
   if (!st.ok()) return st;
   // Raft traffic: messages go to their group's worker, leadership gossip to the cluster.
   node::TransportOptions to;
-  to.bind_host = config_.bind;
-  to.peer_port = static_cast<uint16_t>(config_.effective_peer_port());
+  to.bind_host = config().bind;
+  to.peer_port = static_cast<uint16_t>(config().effective_peer_port());
   transport_ = std::make_unique<node::Transport>(
       to, [this](uint64_t group, raft::Message m) { groups_->Deliver(group, std::move(m)); },
       [this](raft::NodeId from, std::vector<node::LeaderReport> l) {
@@ -105,14 +115,14 @@ Status Server::Start() {
   transport_->set_transfers_handler(
       [this](raft::NodeId from, node::TransferStats t) { cluster_->OnTransfers(from, t); });
   node::GroupsOptions go;
-  go.fsync = config_.durability == Durability::kFsync;
-  go.tick_ms = config_.tick_ms;
+  go.fsync = config().durability == Durability::kFsync;
+  go.tick_ms = config().tick_ms;
   groups_ = std::make_unique<node::Groups>(runtime_.get(), engine_.get(), syncer_.get(), transport_.get(), go);
   // Snapshots of data shards travel in chunks beside the Raft messages; the
   // outcome of each goes back to its group's worker.
   node::SnapshotStreamsOptions so;
-  so.dir = config_.dir + "/snapshots/streams";
-  so.rate_bytes_per_s = static_cast<uint64_t>(config_.snapshot_rate_mb) << 20;
+  so.dir = config().dir + "/snapshots/streams";
+  so.rate_bytes_per_s = static_cast<uint64_t>(config().snapshot_rate_mb) << 20;
   snapshots_ = std::make_unique<node::SnapshotStreams>(
       transport_.get(), so, [this](uint64_t group, raft::NodeId to, bool failed) {
         asio::post(groups_->WorkerFor(group).io(), [this, group, to, failed] {
@@ -125,14 +135,14 @@ Status Server::Start() {
   transport_->set_chunk_handler(
       [this](raft::NodeId from, node::SnapshotChunk c) { snapshots_->OnChunk(from, std::move(c)); });
   cluster::ClusterOptions co;
-  co.host = config_.bind;
+  co.host = config().bind;
   co.port = static_cast<uint16_t>(bound_port_);
-  co.join = config_.join;
-  co.shards = config_.shards;
-  co.replication_factor = config_.replicas;
-  co.down_after_ms = config_.down_after_ms;
-  co.split_bytes = static_cast<uint64_t>(config_.split_size_mb) << 20;
-  co.split_ops_per_sec = static_cast<uint64_t>(config_.split_ops);
+  co.join = config().join;
+  co.shards = config().shards;
+  co.replication_factor = config().replicas;
+  co.down_after_ms = config().down_after_ms;
+  co.split_bytes = static_cast<uint64_t>(config().split_size_mb) << 20;
+  co.split_ops_per_sec = static_cast<uint64_t>(config().split_ops);
   co.courier = snapshots_.get();
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();
@@ -140,11 +150,11 @@ Status Server::Start() {
   };
   // The key metadata cache gets about 1/64 of the budget (~120 bytes an
   // entry), shared out over the shards.
-  co.meta_cache_entries = static_cast<size_t>(config_.maxmemory / 8192 / std::max(1, config_.shards));
-  co.limits = &limits_;
+  co.meta_cache_entries = static_cast<size_t>(config().maxmemory / 8192 / std::max(1, config().shards));
+  co.limits = &apply_limits_;
   // The Raft log held in memory gets at most 1/32 of the budget over all shards.
   co.log_bytes_per_replica =
-      static_cast<uint64_t>(std::max<int64_t>(256 << 10, config_.maxmemory / 32 / std::max(1, config_.shards)));
+      static_cast<uint64_t>(std::max<int64_t>(256 << 10, config().maxmemory / 32 / std::max(1, config().shards)));
   // The peer port must be bound before the cluster records this node's address.
   st = transport_->Start();
   if (!st.ok()) return st;
@@ -160,16 +170,16 @@ Status Server::Start() {
   cluster_->Start();
   for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
   spdlog::info("shoal {} node {} listening on {}:{} (peers {}) with {} workers, dir {}, durability {}",
-               SHOAL_VERSION, cluster::NodeName(cluster_->node_id()).substr(0, 16), config_.bind,
-               bound_port_, transport_->port(), workers, config_.dir, DurabilityName(config_.durability));
+               SHOAL_VERSION, cluster::NodeName(cluster_->node_id()).substr(0, 16), config().bind,
+               bound_port_, transport_->port(), workers, config().dir, DurabilityName(config().durability));
   return Status::Ok();
 }
 
 Status Server::Listen() {
   asio::error_code ec;
-  auto address = asio::ip::make_address(config_.bind, ec);
-  if (ec) return Status::InvalidArgument("bad bind address '" + config_.bind + "'");
-  int port = config_.port;
+  auto address = asio::ip::make_address(config().bind, ec);
+  if (ec) return Status::InvalidArgument("bad bind address '" + config().bind + "'");
+  int port = config().port;
   for (int i = 0; i < runtime_->size(); ++i) {
     auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(runtime_->worker(i).io());
     asio::ip::tcp::endpoint ep(address, static_cast<uint16_t>(port));
@@ -185,7 +195,7 @@ Status Server::Listen() {
     }
     if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      return Status::IOError("cannot listen on " + config_.bind + ":" + std::to_string(port) + ": " +
+      return Status::IOError("cannot listen on " + config().bind + ":" + std::to_string(port) + ": " +
                              ec.message());
     }
     port = acceptor->local_endpoint().port();

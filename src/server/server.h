@@ -4,7 +4,9 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -64,7 +66,12 @@ class Server {
   int port() const { return bound_port_; }
 
   // --- for connections and commands
-  Config& config() { return config_; }
+  // The settings in force. CONFIG SET publishes a new copy (SetConfig); a
+  // published copy is never changed or freed, so a reference taken on any
+  // worker stays valid and consistent (settings change rarely: each copy is
+  // kept for the server's lifetime).
+  const Config& config() const { return current_.load(std::memory_order_acquire)->config; }
+  void SetConfig(Config next);
   storage::Engine& engine() { return *engine_; }
   node::Runtime& runtime() { return *runtime_; }
   node::WalSyncer& syncer() { return *syncer_; }
@@ -79,9 +86,8 @@ class Server {
   // The shards this node leads (cluster-aware views) or holds (plain views).
   std::vector<kv::Shard*> LedShards() const;
   std::vector<kv::Shard*> LocalShards() const { return cluster_->LocalShards(); }
-  const kv::Limits& limits() const { return limits_; }
-  // Re-reads the limits from config() after CONFIG SET.
-  void RefreshLimits() { limits_ = kv::Limits{config_.proto_max_bulk_len, config_.databases}; }
+  // Limits for preparing writes (from the settings in force).
+  const kv::Limits& limits() const { return current_.load(std::memory_order_acquire)->limits; }
   uint64_t NextClientId() { return next_client_id_.fetch_add(1) + 1; }
   int64_t start_time_ms() const { return start_time_ms_; }
   std::string run_id() const { return run_id_; }
@@ -90,8 +96,16 @@ class Server {
   Status Listen();
   void StartActiveExpiry(int worker);
 
-  Config config_;
-  kv::Limits limits_;
+  struct Settings {
+    Config config;
+    kv::Limits limits;
+  };
+  std::mutex settings_mu_;  // one SetConfig at a time
+  std::deque<Settings> settings_;  // every published version (stable addresses)
+  std::atomic<const Settings*> current_{nullptr};
+  // What the state machines' apply is given: it depends on no node setting
+  // (a write's limits travel in its entry), only on the database count.
+  kv::Limits apply_limits_;
   Stats stats_;
   CommandTable commands_;
   std::unique_ptr<storage::Engine> engine_;
