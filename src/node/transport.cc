@@ -12,8 +12,10 @@
 #include <spdlog/spdlog.h>
 
 #include <deque>
+#include <optional>
 
 #include "node/codec.h"
+#include "node/deadline.h"
 #include "peer.pb.h"
 
 namespace shoal::node {
@@ -23,6 +25,13 @@ constexpr uint32_t kWireVersion = 1;
 constexpr auto kGossipInterval = std::chrono::milliseconds(100);
 constexpr auto kBackoffMin = std::chrono::milliseconds(20);
 constexpr auto kBackoffMax = std::chrono::milliseconds(500);
+// Socket deadlines. A peer gossips every kGossipInterval, so a connection
+// silent for kIdleMax is dead (a half-open connection, a stopped process);
+// a frame (at most ~8 MiB) that takes longer than kFrameMax to read or
+// write is on a link too slow to be useful, and the link is made anew.
+constexpr auto kConnectMax = std::chrono::seconds(2);
+constexpr auto kIdleMax = std::chrono::seconds(30);
+constexpr auto kFrameMax = std::chrono::seconds(30);
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
 constexpr size_t kChunkQueueMax = 64;
@@ -188,6 +197,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       // Originate from our bind address, so that rules by address apply.
       if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
       if (!ec) {
+        Deadline deadline(s, kConnectMax);
         auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, p->port),
                                               as_tuple(asio::use_awaitable));
         ec = cec;
@@ -276,7 +286,9 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
     for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
     pf.AppendToString(&frame);
+    std::optional<Deadline> deadline(std::in_place, p->socket, kFrameMax);
     auto [ec, written] = co_await asio::async_write(p->socket, asio::buffer(frame), as_tuple(asio::use_awaitable));
+    deadline.reset();
     (void)written;
     if (ec) {
       asio::error_code cec;
@@ -303,7 +315,9 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
   std::string body;
   for (;;) {
     unsigned char head[4];
+    std::optional<Deadline> idle(std::in_place, socket, kIdleMax);
     auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
+    idle.reset();
     if (ec) co_return;
     uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
     if (len > opts_.max_frame_bytes) {
@@ -312,7 +326,9 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       co_return;
     }
     body.resize(len);
+    std::optional<Deadline> reading(std::in_place, socket, kFrameMax);
     auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), as_tuple(asio::use_awaitable));
+    reading.reset();
     if (ec2) co_return;
     proto::PeerFrame pf;
     if (!pf.ParseFromString(body) || pf.version() != kWireVersion || pf.from_node() == 0) {

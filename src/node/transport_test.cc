@@ -1,5 +1,7 @@
 #include "node/transport.h"
 
+#include "node/deadline.h"
+
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -150,6 +152,68 @@ TEST(Transport, ReconnectsWhenThePeerComesBack) {
     a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
     return got.load() > 0;
   }, 5000));
+}
+
+}  // namespace
+}  // namespace shoal::node
+
+namespace shoal::node {
+namespace {
+
+// A peer that accepts and never answers: a read under a Deadline ends when
+// the deadline passes, cut short (operation_aborted), instead of waiting
+// forever; one that answers in time is not disturbed.
+TEST(Deadline, CutsShortAReadThatIsNeverAnswered) {
+  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const uint16_t port = ntohs(a.sin_port);
+  asio::io_context io;
+  asio::ip::tcp::socket sock(io);
+  sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));  // the backlog accepts it
+  char buf[8];
+  asio::error_code got;
+  bool expired = false;
+  auto start = std::chrono::steady_clock::now();
+  {
+    Deadline deadline(sock, std::chrono::milliseconds(200));
+    sock.async_read_some(asio::buffer(buf), [&](const asio::error_code& ec, size_t) {
+      got = ec;
+      expired = deadline.expired();
+    });
+    io.run_for(std::chrono::seconds(5));
+  }
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(got, asio::error::operation_aborted);
+  EXPECT_TRUE(expired);
+  EXPECT_LT(took, std::chrono::seconds(3));
+  EXPECT_GE(took, std::chrono::milliseconds(190));
+  // Answered in time: the read completes with its bytes.
+  int cfd = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(cfd, 0);
+  ASSERT_EQ(::write(cfd, "pong", 4), 4);
+  io.restart();
+  size_t n = 0;
+  got = asio::error::would_block;
+  {
+    Deadline deadline(sock, std::chrono::seconds(5));
+    sock.async_read_some(asio::buffer(buf), [&](const asio::error_code& ec, size_t k) {
+      got = ec;
+      n = k;
+      io.stop();  // the deadline's timer would keep run_for going
+    });
+    io.run_for(std::chrono::seconds(5));
+  }
+  EXPECT_FALSE(got);
+  EXPECT_EQ(n, 4u);
+  ::close(cfd);
+  ::close(lfd);
 }
 
 }  // namespace

@@ -6,7 +6,10 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <tuple>
+
 #include "common/clock.h"
+#include "node/deadline.h"
 #include "resp/reply_scan.h"
 #include "server/server.h"
 
@@ -18,6 +21,10 @@ using asio::experimental::as_tuple;
 constexpr int64_t kRetryForUs = 6'000'000;
 constexpr auto kRetryPause = std::chrono::milliseconds(50);
 constexpr size_t kIdleLinksMax = 16;
+// Deadlines: connecting to a node, and its answer to one request (a write
+// waits at most 8 s for its quorum; a node that takes longer is stuck).
+constexpr auto kConnectMax = std::chrono::seconds(2);
+constexpr auto kReplyMax = std::chrono::seconds(15);
 constexpr int kHopsMax = 16;
 
 void AppendCommand(std::string* out, kv::Args args) {
@@ -64,8 +71,12 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       link->socket.bind(asio::ip::tcp::endpoint(local, 0), ec);
     }
     if (ec) co_return "-TRYAGAIN cannot open a connection to " + host + "\r\n";
-    auto [cec] = co_await link->socket.async_connect(asio::ip::tcp::endpoint(addr, port),
-                                                     as_tuple(asio::use_awaitable));
+    asio::error_code cec;
+    {
+      node::Deadline deadline(link->socket, kConnectMax);
+      std::tie(cec) = co_await link->socket.async_connect(asio::ip::tcp::endpoint(addr, port),
+                                                          as_tuple(asio::use_awaitable));
+    }
     if (cec) co_return "-TRYAGAIN cannot reach " + host + ":" + std::to_string(port) + "\r\n";
     link->socket.set_option(asio::ip::tcp::no_delay(true), ec);
     std::string_view hello[] = {"SHOAL.ROUTED"};
@@ -85,6 +96,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     link->db = db;
   }
   AppendCommand(&req, args);
+  node::Deadline deadline(link->socket, kReplyMax);
   auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
   (void)wn;
   if (wec) co_return "-TRYAGAIN connection to " + host + " failed\r\n";
@@ -108,6 +120,9 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       co_return reply;
     }
     auto [rec, rn] = co_await link->socket.async_read_some(asio::buffer(chunk), as_tuple(asio::use_awaitable));
+    if (rec && deadline.expired()) {
+      co_return "-TRYAGAIN " + host + ":" + std::to_string(port) + " did not answer in time; the request's outcome is unknown\r\n";
+    }
     if (rec) co_return "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n";
     link->buf.append(chunk, rn);
   }
