@@ -2,6 +2,7 @@
 
 #include "cluster/cluster_internal.h"
 #include "cluster/membership.h"
+#include "node/deadline.h"
 #include "common/strings.h"
 #include "storage/keys.h"
 
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include <spdlog/spdlog.h>
 
@@ -127,10 +129,55 @@ Status Cluster::LoadIdentity() {
   return Status::Ok();
 }
 
+Status Cluster::CheckJoinTarget(uint64_t cid) {
+  std::string answer;
+  asio::io_context io;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    auto colon = opts_.join.rfind(':');
+    asio::error_code ec;
+    auto addr = asio::ip::make_address(opts_.join.substr(0, colon == std::string::npos ? 0 : colon), ec);
+    int port = colon == std::string::npos ? 0 : std::atoi(opts_.join.c_str() + colon + 1);
+    if (ec || port <= 0 || port > 65535) co_return;
+    asio::ip::tcp::socket sock(io);
+    node::Deadline deadline(sock, std::chrono::seconds(3));
+    auto [cec] = co_await sock.async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
+                                             as_tuple(asio::use_awaitable));
+    if (cec) co_return;
+    static const std::string kAsk = "*1\r\n$15\r\nSHOAL.CLUSTERID\r\n";
+    auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(kAsk), as_tuple(asio::use_awaitable));
+    if (wec) co_return;
+    asio::streambuf buf(4096);
+    auto [rec, rn] = co_await asio::async_read_until(sock, buf, "\r\n", as_tuple(asio::use_awaitable));
+    if (rec) co_return;
+    answer.assign(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(rn) - 2);
+  }, asio::detached);
+  io.run();
+  if (answer.size() == 17 && answer[0] == '+') {
+    uint64_t theirs = std::strtoull(answer.c_str() + 1, nullptr, 16);
+    if (theirs != cid) {
+      return Status::InvalidArgument(
+          "--dir " + engine_->dir() + " belongs to cluster " + Hex(cid) + ", but the --join target " + opts_.join +
+          " belongs to cluster " + Hex(theirs) +
+          ": a node cannot move between clusters with its data. Start it without --join to rejoin its own "
+          "cluster, or give it an empty --dir to join the other");
+    }
+    spdlog::info("node {} is already in cluster {}: --join {} changes nothing", Hex(node_id_), Hex(cid), opts_.join);
+    return Status::Ok();
+  }
+  spdlog::warn("node {} belongs to cluster {}; could not ask the --join target {} which cluster it is in ({}); "
+               "starting in its own cluster", Hex(node_id_), Hex(cid), opts_.join,
+               answer.empty() ? "no answer" : answer);
+  return Status::Ok();
+}
+
 Status Cluster::Open() {
   Status s = LoadIdentity();
   if (!s.ok()) return s;
   uint64_t cid = cluster_id();
+  if (cid != 0 && !opts_.join.empty()) {
+    s = CheckJoinTarget(cid);
+    if (!s.ok()) return s;
+  }
   if (cid != 0) {
     s = OpenMeta(false, nullptr);
     if (!s.ok()) return s;
@@ -803,8 +850,12 @@ asio::awaitable<void> Cluster::JoinLoop() {
     if (!ec && !local.is_unspecified() && local.is_v4() == addr.is_v4()) {
       sock.bind(asio::ip::tcp::endpoint(local, 0), ec);
     }
-    auto [cec] = co_await sock.async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
-                                             as_tuple(asio::use_awaitable));
+    asio::error_code cec;
+    {
+      node::Deadline deadline(sock, std::chrono::seconds(2));
+      std::tie(cec) = co_await sock.async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
+                                                  as_tuple(asio::use_awaitable));
+    }
     if (cec) {
       spdlog::warn("join: cannot reach {}: {}", target, cec.message());
       target = opts_.join;
@@ -814,6 +865,7 @@ asio::awaitable<void> Cluster::JoinLoop() {
                                      std::to_string(opts_.port), std::to_string(opts_.peer_port)};
     std::string req = "*" + std::to_string(args.size()) + "\r\n";
     for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+    node::Deadline deadline(sock, std::chrono::seconds(5));  // a target that accepts but never answers
     auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(req), as_tuple(asio::use_awaitable));
     if (wec) continue;
     asio::streambuf buf(4096);

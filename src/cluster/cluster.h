@@ -176,6 +176,10 @@ class Cluster final : public replica::Splitter {
 
  private:
   Status LoadIdentity();
+  // A node whose --dir already belongs to cluster `cid` and that was given
+  // --join: refuses (InvalidArgument) if the join target answers that it
+  // belongs to another cluster; a target that cannot be asked is let be.
+  Status CheckJoinTarget(uint64_t cid);
   Status OpenMeta(bool bootstrap, const proto::MetaState* initial);
   Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
   // Opens the replica of data shard `id` (its range from storage, else

@@ -2,6 +2,7 @@
 // Formats follow Redis Cluster 7.0, so cluster-aware clients parse them.
 #include <asio/use_awaitable.hpp>
 
+#include <cstdio>
 #include <set>
 
 #include "common/strings.h"
@@ -231,6 +232,16 @@ void Routed(Connection& c, Args, resp::Writer* r) {
   r->Simple("OK");
 }
 
+// SHOAL.CLUSTERID: the cluster this node belongs to (16 hex digits), for a
+// node that starts with --join and a --dir of its own cluster.
+void ClusterId(Connection& c, Args, resp::Writer* r) {
+  uint64_t id = c.server().cluster().cluster_id();
+  if (id == 0) return r->Error("TRYAGAIN this node has not joined a cluster yet");
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(id));
+  r->Simple(hex);
+}
+
 // SHOAL.JOIN node-id host port peer-port
 asio::awaitable<void> Join(Connection& c, Args args) {
   auto id = ParseInt64(args[1]);
@@ -301,6 +312,7 @@ void AppendClusterCommands(std::vector<Command>* out) {
   out->push_back(Command{row("asking", 1, kCmdFast, "cluster"), Asking});
   out->push_back(Command{row("shoal.routed", 1, kCmdFast | kCmdNoAuth, "cluster"), Routed});
   out->push_back(Command{row("shoal.join", 5, kCmdAdmin, "cluster"), nullptr, Join});
+  out->push_back(Command{row("shoal.clusterid", 1, kCmdFast | kCmdNoAuth, "cluster"), ClusterId});
   out->push_back(Command{row("shoal.admin", -2, kCmdAdmin, "cluster"), nullptr, Admin});
 }
 

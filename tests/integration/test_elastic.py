@@ -825,3 +825,32 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     assert not verify_acked(c, fresh)
     logs = "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
     assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
+
+
+def test_a_node_of_one_cluster_refuses_to_join_another(tmp_path):
+    """A node whose --dir belongs to one cluster, started with --join pointing
+    at another cluster, refuses to start with a clear error (its data cannot
+    move between clusters) and changes nothing in either; with --join at its
+    own cluster it starts as before."""
+    a = Cluster(tmp_path / "a", n=1, shards=2)
+    b = Cluster(tmp_path / "b", n=1, shards=2)
+    problems: List[str] = []
+    try:
+        a.start()
+        b.start()
+        node = b.node(0)
+        node.stop()
+        node.join = a.node(0).address
+        argv = node._make_argv(node)
+        r = subprocess.run(argv, capture_output=True, timeout=60, cwd=str(node.dir))
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        assert r.returncode != 0, out
+        assert "belongs to cluster" in out and "--join target" in out, out
+        assert len(a.admin_status().nodes) == 1
+        # Its own cluster as the target: it starts (the check passes).
+        node.join = None
+        b.restart(0)
+        b.wait_ready()
+    finally:
+        problems = a.teardown() + b.teardown()
+    assert not problems, problems
