@@ -1,3 +1,4 @@
+#include "common/crc32c.h"
 #include "common/strings.h"
 
 #include <gtest/gtest.h>
@@ -55,6 +56,19 @@ TEST(GlobMatch, HostilePatternTerminates) {
   pattern += "b";
   EXPECT_FALSE(GlobMatch("*a*a*a*a*a*a*a*a*a*a*a*a*b", std::string(40, 'a')));
   EXPECT_FALSE(GlobMatch(pattern, std::string(100, 'a')));
+}
+
+}  // namespace
+}  // namespace shoal
+
+namespace shoal {
+namespace {
+
+TEST(Crc32c, MatchesTheStandardCheckValueAndContinues) {
+  EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);  // the CRC-32C check value
+  EXPECT_EQ(Crc32c(""), 0u);
+  EXPECT_EQ(Crc32c("6789", Crc32c("12345")), Crc32c("123456789"));
+  EXPECT_NE(Crc32c("123456788"), Crc32c("123456789"));
 }
 
 }  // namespace

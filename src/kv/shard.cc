@@ -6,7 +6,9 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
+#include "common/crc32c.h"
 #include "kv/commands.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
@@ -364,6 +366,22 @@ Status ReadWholeFile(const std::string& path, std::string* out) {
   return Status::Ok();
 }
 
+// The CRC-32C of a file's bytes, read in pieces.
+Status FileCrc32c(const std::string& path, uint32_t* crc) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Status::IOError("open " + path);
+  std::string buf(1 << 20, '\0');
+  uint32_t c = 0;
+  while (f) {
+    f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    c = Crc32c(std::string_view(buf.data(), static_cast<size_t>(f.gcount())), c);
+  }
+  if (f.bad()) return Status::IOError("read " + path);
+  *crc = c;
+  return Status::Ok();
+}
+
+
 Status WriteFileDurably(const std::string& path, std::string_view data) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return Status::IOError("create " + path + ": " + std::strerror(errno));
@@ -432,6 +450,27 @@ Status ParseRecords(std::string_view in, std::string_view allowed, std::vector<R
     recs->push_back(r);
   }
   return Status::Ok();
+}
+
+// Checks the 's' (checksum) record named `name` against the bytes or file:
+// SST files are only handed to RocksDB once they are known intact (RocksDB
+// may abort on some corrupt files rather than refuse them).
+Status CheckSum(const std::vector<Record>& recs, std::string_view name, uint32_t actual) {
+  for (const auto& r : recs) {
+    if (r.kind != 's' || r.k != name) continue;
+    uint32_t want = 0;
+    if (r.v.size() != 4) return Status::Corruption("image checksum record");
+    std::memcpy(&want, r.v.data(), 4);
+    if (want != actual) return Status::Corruption(std::string("image ") + std::string(name) + " checksum mismatch");
+    return Status::Ok();
+  }
+  return Status::Corruption(std::string("image without a checksum of ") + std::string(name));
+}
+
+std::string EncodeCrc(uint32_t crc) {
+  std::string v(4, '\0');
+  std::memcpy(v.data(), &crc, 4);
+  return v;
 }
 
 Status SyncDir(const std::string& dir) {
@@ -510,7 +549,15 @@ Status ShardExport::Write(const std::string& dir) const {
     return expiry->Put(key, "");
   });
   if (s.ok() && expiry) s = expiry->Finish();
-  if (s.ok()) s = WriteFileDurably(dir + "/counters", CounterRecords());
+  // Checksums of the files go with the counters (written last).
+  std::string records = CounterRecords();
+  for (const char* name : {"data.sst", "expiry.sst"}) {
+    if (!s.ok() || (!expiry && std::string_view(name) == "expiry.sst")) continue;
+    uint32_t crc = 0;
+    s = FileCrc32c(dir + "/" + name, &crc);
+    if (s.ok()) PutRecord(&records, 's', name, EncodeCrc(crc));
+  }
+  if (s.ok()) s = WriteFileDurably(dir + "/counters", records);
   if (s.ok()) s = SyncDir(dir);
   return s;
 }
@@ -528,8 +575,10 @@ std::unique_ptr<ShardExport> Shard::BeginExport() const {
 
 // Image layout (version 2): [2][len u32][an SST file of the slot range's data
 // keys, then a sentinel key naming the shard and the applied index], then
-// records, each [kind u8: 'x' expiry index, 'k'/'e' counter][len u32 key]
-// [len u32 value]. Version 1 had no SST and carried data as 'd' records.
+// records, each [kind u8: 'x' expiry index, 'k'/'e' counter, 'r' range,
+// 'c' recount, 's' CRC-32C of the SST (key "data.sst"), required][len u32
+// key][len u32 value]. Version 1 had no SST and carried data as 'd' records.
+// Exported files carry 's' records for data.sst and expiry.sst in `counters`.
 Result<std::string> Shard::ExportImage() const {
   auto exp = BeginExport();
   std::error_code ec;
@@ -545,6 +594,7 @@ Result<std::string> Shard::ExportImage() const {
   PutU32(&out, static_cast<uint32_t>(sst.size()));
   out += sst;
   out += exp->CounterRecords();
+  PutRecord(&out, 's', "data.sst", EncodeCrc(Crc32c(sst)));
   s = exp->ForEachExpiry([&out](std::string_view key) {
     PutRecord(&out, 'x', key, "");
     return Status::Ok();
@@ -564,8 +614,12 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
   std::string_view sst;
   if (v2 && !GetBytes(&in, &sst)) return Status::Corruption("shard image sst");
   std::vector<Record> recs;
-  Status parsed = ParseRecords(in, v2 ? "xkerc" : "dxkerc", &recs);
+  Status parsed = ParseRecords(in, v2 ? "xkercs" : "dxkerc", &recs);
   if (!parsed.ok()) return parsed;
+  if (v2) {
+    parsed = CheckSum(recs, "data.sst", Crc32c(sst));
+    if (!parsed.ok()) return parsed;
+  }
   // With an SST, the clearing and the small records go first, in one durable
   // write that also records the import in progress (marker); then the file
   // is ingested; `batch` finishes it. A crash in between is finished by
@@ -595,6 +649,7 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
         break;
       case 'd': first->Put(storage::Cf::kData, r.k, r.v); break;
       case 'x': first->Put(storage::Cf::kExpiry, r.k, ""); break;
+      case 's': break;  // checked above
       case 'r':
         DecodeRange(r.v, &pending_begin_, &pending_end_);
         first->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
@@ -617,7 +672,7 @@ bool Shard::ImageRange(std::string_view image, uint16_t* begin, uint16_t* end) {
   std::string_view in = image.substr(1), sst;
   if (image[0] == kImageV2 && !GetBytes(&in, &sst)) return false;
   std::vector<Record> recs;
-  if (!ParseRecords(in, image[0] == kImageV2 ? "xkerc" : "dxkerc", &recs).ok()) return false;
+  if (!ParseRecords(in, image[0] == kImageV2 ? "xkercs" : "dxkerc", &recs).ok()) return false;
   for (const auto& r : recs) {
     if (r.kind == 'r') return DecodeRange(r.v, begin, end);
   }
@@ -627,11 +682,27 @@ bool Shard::ImageRange(std::string_view image, uint16_t* begin, uint16_t* end) {
 bool Shard::ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* end) {
   std::string counters;
   std::vector<Record> recs;
-  if (!ReadWholeFile(dir + "/counters", &counters).ok() || !ParseRecords(counters, "kerc", &recs).ok()) return false;
+  if (!ReadWholeFile(dir + "/counters", &counters).ok() || !ParseRecords(counters, "kercs", &recs).ok()) return false;
   for (const auto& r : recs) {
     if (r.kind == 'r') return DecodeRange(r.v, begin, end);
   }
   return false;
+}
+
+Status Shard::CheckImageFiles(const std::string& dir) {
+  std::string counters;
+  Status s = ReadWholeFile(dir + "/counters", &counters);
+  std::vector<Record> recs;
+  if (s.ok()) s = ParseRecords(counters, "kercs", &recs);
+  std::error_code ec;
+  for (const char* name : {"data.sst", "expiry.sst"}) {
+    const std::string path = dir + "/" + name;
+    if (!s.ok() || (std::string_view(name) == "expiry.sst" && !std::filesystem::exists(path, ec))) continue;
+    uint32_t crc = 0;
+    s = FileCrc32c(path, &crc);
+    if (s.ok()) s = CheckSum(recs, name, crc);
+  }
+  return s;
 }
 
 Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::WriteBatch& batch,
@@ -640,10 +711,13 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   Status s = ReadWholeFile(dir + "/counters", &counters);
   if (!s.ok()) return s;
   std::vector<Record> recs;
-  s = ParseRecords(counters, "kerc", &recs);
+  s = ParseRecords(counters, "kercs", &recs);
   if (!s.ok()) return s;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
+  // The files came over the network: check them before anything changes.
+  s = CheckImageFiles(dir);
+  if (!s.ok()) return s;
   std::filesystem::create_directories(SnapshotDir(), ec);
   std::filesystem::remove(IncomingExpiryPath(index), ec);
   std::filesystem::rename(dir + "/data.sst", IncomingSstPath(index), ec);
@@ -672,6 +746,7 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
       pre->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
       continue;
     }
+    if (r.kind == 's') continue;  // checked above
     int db = std::atoi(std::string(r.k).c_str());
     int64_t v = 0;
     DecodeI64(r.v, &v);

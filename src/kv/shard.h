@@ -205,6 +205,9 @@ class Shard {
   // The range an image names (inline, or the files a ShardExport wrote
   // into `dir`); false if it names none or cannot be read.
   static bool ImageRange(std::string_view image, uint16_t* begin, uint16_t* end);
+  // Whether the files of an image in `dir` (ShardExport::Write) match the
+  // checksums they carry: Corruption if not.
+  static Status CheckImageFiles(const std::string& dir);
   static bool ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* end);
   // Whether the shard holds `slot` now. Any thread. The range is part of the
   // replicated state: it shrinks only when the shard splits (StageSplit) or

@@ -624,6 +624,43 @@ TEST(ShardSplit, ChildImageBeforeItsRecountCarriesEveryKey) {
   EXPECT_EQ(taken.KeyCount(5), 2);
 }
 
+// An image's SST is checked against its CRC-32C before RocksDB reads it
+// (RocksDB aborts on some corrupt files instead of refusing them): a
+// corrupt image, inline or as files, is refused and changes nothing.
+TEST(Shard, CorruptImageIsRefusedBeforeAnythingChanges) {
+  ShardHarness a("crc_a"), b("crc_b");
+  for (int i = 0; i < 50; ++i) a.Run({"set", "k" + std::to_string(i), "v"});
+  b.Run({"set", "mine", "kept"});
+  auto image = a.shard().ExportImage();
+  ASSERT_TRUE(image.ok());
+  std::string bad = *image;
+  bad[40] ^= 0x5a;  // inside the SST
+  auto batch = b.engine().NewBatch();
+  Status st = b.shard().StageImage(bad, 9, *batch);
+  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_crc_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  {
+    std::fstream f(dir / "data.sst", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('\x5a');
+  }
+  EXPECT_EQ(Shard::CheckImageFiles(dir.string()).code(), Code::kCorruption);  // what a replica checks first
+  st = b.ImportFiles(dir.string(), 9);
+  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(b.Run({"get", "mine"}), "$4\r\nkept\r\n");
+  EXPECT_EQ(b.Run({"get", "k1"}), "$-1\r\n");
+  // Intact, it imports.
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  EXPECT_TRUE(Shard::CheckImageFiles(dir.string()).ok());
+  ASSERT_TRUE(b.ImportFiles(dir.string(), 9).ok());
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(b.Run({"get", "k1"}), "$1\r\nv\r\n");
+  EXPECT_EQ(b.shard().KeyCount(0), 50);
+}
+
 // A replica that missed the split catches up from an image taken after it:
 // it takes the image's smaller range and drops the keys of the slots it no
 // longer holds (inline and file images alike).

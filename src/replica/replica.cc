@@ -498,6 +498,18 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
                    m.snapshot.meta.index, m.from);
       return;
     }
+    if (ticket) {
+      // Checked before Raft takes the snapshot: once taken, an image that
+      // cannot be imported stops the node. A corrupt one is thrown away and
+      // the leader sends another.
+      Status intact = sm_->CheckImageFiles(dir);
+      if (!intact.ok()) {
+        spdlog::error("group {}: snapshot at {} from node {:016x} is corrupt ({}); dropped", opts_.group,
+                      m.snapshot.meta.index, m.from, intact.ToString());
+        opts_.courier->Consumed(opts_.group, t);
+        return;
+      }
+    }
     uint16_t b = 0, e = 0;
     if (opts_.splitter != nullptr && sm_->ImageRange(ticket ? std::string_view() : std::string_view(m.snapshot.data), dir, &b, &e) &&
         !opts_.splitter->MayTakeImage(*this, b, e)) {

@@ -78,6 +78,8 @@ class StateMachine {
   virtual bool OwnsSlot(uint16_t) const { return true; }
   // The slot range an image names (inline, or files in `dir`); false: none.
   virtual bool ImageRange(std::string_view, const std::string&, uint16_t*, uint16_t*) const { return false; }
+  // Whether an image received as files in `dir` is intact (its checksums).
+  virtual Status CheckImageFiles(const std::string&) const { return Status::Ok(); }
 };
 
 // The key-value state machine of a data shard: log entries carry batches of
@@ -109,6 +111,7 @@ class KvStateMachine final : public StateMachine {
   }
   Status StageDestroy(storage::WriteBatch& batch) override { return shard_->StageDestroy(batch); }
   bool OwnsSlot(uint16_t slot) const override { return shard_->OwnsSlot(slot); }
+  Status CheckImageFiles(const std::string& dir) const override { return kv::Shard::CheckImageFiles(dir); }
   bool ImageRange(std::string_view image, const std::string& dir, uint16_t* b, uint16_t* e) const override {
     return dir.empty() ? kv::Shard::ImageRange(image, b, e) : kv::Shard::ImageFilesRange(dir, b, e);
   }
