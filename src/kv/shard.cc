@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -549,15 +550,17 @@ Status ShardExport::Write(const std::string& dir) const {
     return expiry->Put(key, "");
   });
   if (s.ok() && expiry) s = expiry->Finish();
-  // Checksums of the files go with the counters (written last).
-  std::string records = CounterRecords();
+  // The files' checksums in a file of their own (a receiver that predates
+  // it ignores it; one that reads it checks the files before using them).
+  std::string sums;
   for (const char* name : {"data.sst", "expiry.sst"}) {
     if (!s.ok() || (!expiry && std::string_view(name) == "expiry.sst")) continue;
     uint32_t crc = 0;
     s = FileCrc32c(dir + "/" + name, &crc);
-    if (s.ok()) PutRecord(&records, 's', name, EncodeCrc(crc));
+    if (s.ok()) PutRecord(&sums, 's', name, EncodeCrc(crc));
   }
-  if (s.ok()) s = WriteFileDurably(dir + "/counters", records);
+  if (s.ok()) s = WriteFileDurably(dir + "/checksums", sums);
+  if (s.ok()) s = WriteFileDurably(dir + "/counters", CounterRecords());
   if (s.ok()) s = SyncDir(dir);
   return s;
 }
@@ -578,7 +581,8 @@ std::unique_ptr<ShardExport> Shard::BeginExport() const {
 // records, each [kind u8: 'x' expiry index, 'k'/'e' counter, 'r' range,
 // 'c' recount, 's' CRC-32C of the SST (key "data.sst"), required][len u32
 // key][len u32 value]. Version 1 had no SST and carried data as 'd' records.
-// Exported files carry 's' records for data.sst and expiry.sst in `counters`.
+// Exported files carry 's' records for data.sst and expiry.sst in a file
+// `checksums` of their own.
 Result<std::string> Shard::ExportImage() const {
   auto exp = BeginExport();
   std::error_code ec;
@@ -682,7 +686,7 @@ bool Shard::ImageRange(std::string_view image, uint16_t* begin, uint16_t* end) {
 bool Shard::ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* end) {
   std::string counters;
   std::vector<Record> recs;
-  if (!ReadWholeFile(dir + "/counters", &counters).ok() || !ParseRecords(counters, "kercs", &recs).ok()) return false;
+  if (!ReadWholeFile(dir + "/counters", &counters).ok() || !ParseRecords(counters, "kerc", &recs).ok()) return false;
   for (const auto& r : recs) {
     if (r.kind == 'r') return DecodeRange(r.v, begin, end);
   }
@@ -690,17 +694,25 @@ bool Shard::ImageFilesRange(const std::string& dir, uint16_t* begin, uint16_t* e
 }
 
 Status Shard::CheckImageFiles(const std::string& dir) {
-  std::string counters;
-  Status s = ReadWholeFile(dir + "/counters", &counters);
-  std::vector<Record> recs;
-  if (s.ok()) s = ParseRecords(counters, "kercs", &recs);
   std::error_code ec;
-  for (const char* name : {"data.sst", "expiry.sst"}) {
-    const std::string path = dir + "/" + name;
-    if (!s.ok() || (std::string_view(name) == "expiry.sst" && !std::filesystem::exists(path, ec))) continue;
+  if (!std::filesystem::exists(dir + "/checksums", ec)) return Status::Ok();  // from a node that predates them
+  std::string sums;
+  Status s = ReadWholeFile(dir + "/checksums", &sums);
+  std::vector<Record> recs;
+  if (s.ok()) s = ParseRecords(sums, "s", &recs);
+  if (s.ok() && recs.empty()) s = Status::Corruption("image checksums file is empty");
+  for (const auto& r : recs) {
+    if (!s.ok()) break;
+    if (r.k != "data.sst" && r.k != "expiry.sst") {
+      s = Status::Corruption("image checksum of an unknown file");
+      break;
+    }
     uint32_t crc = 0;
-    s = FileCrc32c(path, &crc);
-    if (s.ok()) s = CheckSum(recs, name, crc);
+    s = FileCrc32c(dir + "/" + std::string(r.k), &crc);  // a listed file that is missing fails here
+    if (s.ok()) s = CheckSum(recs, r.k, crc);
+  }
+  if (s.ok() && std::none_of(recs.begin(), recs.end(), [](const Record& r) { return r.k == "data.sst"; })) {
+    s = Status::Corruption("image without a checksum of data.sst");
   }
   return s;
 }
@@ -711,13 +723,12 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   Status s = ReadWholeFile(dir + "/counters", &counters);
   if (!s.ok()) return s;
   std::vector<Record> recs;
-  s = ParseRecords(counters, "kercs", &recs);
+  s = ParseRecords(counters, "kerc", &recs);
   if (!s.ok()) return s;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
-  // The files came over the network: check them before anything changes.
-  s = CheckImageFiles(dir);
-  if (!s.ok()) return s;
+  // The files came over the network: the replica checked them against their
+  // checksums (CheckImageFiles) before Raft took the snapshot.
   std::filesystem::create_directories(SnapshotDir(), ec);
   std::filesystem::remove(IncomingExpiryPath(index), ec);
   std::filesystem::rename(dir + "/data.sst", IncomingSstPath(index), ec);
@@ -746,7 +757,6 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
       pre->Put(storage::Cf::kMeta, MetaKey("range"), r.v);
       continue;
     }
-    if (r.kind == 's') continue;  // checked above
     int db = std::atoi(std::string(r.k).c_str());
     int64_t v = 0;
     DecodeI64(r.v, &v);

@@ -646,19 +646,29 @@ TEST(Shard, CorruptImageIsRefusedBeforeAnythingChanges) {
     f.seekp(40);
     f.put('\x5a');
   }
-  EXPECT_EQ(Shard::CheckImageFiles(dir.string()).code(), Code::kCorruption);  // what a replica checks first
-  st = b.ImportFiles(dir.string(), 9);
-  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  EXPECT_EQ(Shard::CheckImageFiles(dir.string()).code(), Code::kCorruption);  // the replica checks before Raft takes it
+  std::filesystem::remove(dir / "expiry.sst");
+  {
+    std::string sums;
+    std::ifstream f(dir / "checksums", std::ios::binary);
+    sums.assign(std::istreambuf_iterator<char>(f), {});
+    EXPECT_NE(sums.find("data.sst"), std::string::npos);
+  }
   std::filesystem::remove_all(dir);
   EXPECT_EQ(b.Run({"get", "mine"}), "$4\r\nkept\r\n");
   EXPECT_EQ(b.Run({"get", "k1"}), "$-1\r\n");
-  // Intact, it imports.
+  // Intact, it imports; a file its checksums list must be there.
+  a.Run({"set", "exp", "v", "px", "100000"});
   ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
   EXPECT_TRUE(Shard::CheckImageFiles(dir.string()).ok());
+  std::filesystem::copy_file(dir / "expiry.sst", dir / "expiry.keep");
+  std::filesystem::remove(dir / "expiry.sst");
+  EXPECT_FALSE(Shard::CheckImageFiles(dir.string()).ok());
+  std::filesystem::rename(dir / "expiry.keep", dir / "expiry.sst");
   ASSERT_TRUE(b.ImportFiles(dir.string(), 9).ok());
   std::filesystem::remove_all(dir);
   EXPECT_EQ(b.Run({"get", "k1"}), "$1\r\nv\r\n");
-  EXPECT_EQ(b.shard().KeyCount(0), 50);
+  EXPECT_EQ(b.shard().KeyCount(0), 51);
 }
 
 // A replica that missed the split catches up from an image taken after it:

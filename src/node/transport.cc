@@ -26,12 +26,13 @@ constexpr auto kGossipInterval = std::chrono::milliseconds(100);
 constexpr auto kBackoffMin = std::chrono::milliseconds(20);
 constexpr auto kBackoffMax = std::chrono::milliseconds(500);
 // Socket deadlines. A peer gossips every kGossipInterval, so a connection
-// silent for kIdleMax is dead (a half-open connection, a stopped process);
-// a frame (at most ~8 MiB) that takes longer than kFrameMax to read or
-// write is on a link too slow to be useful, and the link is made anew.
+// silent for kIdleMax is dead (a half-open connection, a stopped process).
+// A frame gets 30 s plus a second per MiB (a frame is usually under ~12 MiB,
+// but one large entry travels alone: a 512 MiB value may take minutes on a
+// slow link); slower than that, the link is made anew.
 constexpr auto kConnectMax = std::chrono::seconds(2);
 constexpr auto kIdleMax = std::chrono::seconds(30);
-constexpr auto kFrameMax = std::chrono::seconds(30);
+std::chrono::seconds FrameMax(size_t bytes) { return std::chrono::seconds(30 + (bytes >> 20)); }
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
 constexpr size_t kChunkQueueMax = 64;
@@ -286,7 +287,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
     for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
     pf.AppendToString(&frame);
-    std::optional<Deadline> deadline(std::in_place, p->socket, kFrameMax);
+    std::optional<Deadline> deadline(std::in_place, p->socket, FrameMax(frame.size()));
     auto [ec, written] = co_await asio::async_write(p->socket, asio::buffer(frame), as_tuple(asio::use_awaitable));
     deadline.reset();
     (void)written;
@@ -326,7 +327,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       co_return;
     }
     body.resize(len);
-    std::optional<Deadline> reading(std::in_place, socket, kFrameMax);
+    std::optional<Deadline> reading(std::in_place, socket, FrameMax(len));
     auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), as_tuple(asio::use_awaitable));
     reading.reset();
     if (ec2) co_return;

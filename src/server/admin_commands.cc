@@ -335,22 +335,20 @@ std::string ParamValue(const Config& cfg, std::string_view name) {
 }
 
 Status SetParam(Server& server, std::string_view name, std::string_view value) {
-  Config next = server.config();
-  if (name == "requirepass") {
-    next.requirepass = value;
-  } else if (name == "maxclients") {
-    auto v = ParseInt64(value);
-    if (!v) return Status::InvalidArgument("argument couldn't be parsed into an integer");
-    next.maxclients = static_cast<int>(*v);
-  } else {
-    auto v = ParseMemory(value);
-    if (!v.ok()) return Status::InvalidArgument("argument must be a memory value");
-    (name == "proto-max-bulk-len" ? next.proto_max_bulk_len : next.client_query_buffer_limit) = *v;
-  }
-  Status s = next.Validate();
-  if (!s.ok()) return s;
-  server.SetConfig(std::move(next));
-  return Status::Ok();
+  return server.UpdateConfig([&](Config& next) {
+    if (name == "requirepass") {
+      next.requirepass = value;
+    } else if (name == "maxclients") {
+      auto v = ParseInt64(value);
+      if (!v) return Status::InvalidArgument("argument couldn't be parsed into an integer");
+      next.maxclients = static_cast<int>(*v);
+    } else {
+      auto v = ParseMemory(value);
+      if (!v.ok()) return Status::InvalidArgument("argument must be a memory value");
+      (name == "proto-max-bulk-len" ? next.proto_max_bulk_len : next.client_query_buffer_limit) = *v;
+    }
+    return next.Validate();
+  });
 }
 
 void ConfigCmd(Connection& c, Args args, resp::Writer* r) {

@@ -21,10 +21,11 @@ using asio::experimental::as_tuple;
 constexpr int64_t kRetryForUs = 6'000'000;
 constexpr auto kRetryPause = std::chrono::milliseconds(50);
 constexpr size_t kIdleLinksMax = 16;
-// Deadlines: connecting to a node, and its answer to one request (a write
-// waits at most 8 s for its quorum; a node that takes longer is stuck).
+// Deadlines: connecting to a node, and its answer to one request: 30 s (a
+// write waits at most 8 s for its quorum, a FLUSHALL that long per shard the
+// node leads) plus a second per MiB of request (a large value on a slow link).
 constexpr auto kConnectMax = std::chrono::seconds(2);
-constexpr auto kReplyMax = std::chrono::seconds(15);
+std::chrono::seconds ReplyMax(size_t request_bytes) { return std::chrono::seconds(30 + (request_bytes >> 20)); }
 constexpr int kHopsMax = 16;
 
 void AppendCommand(std::string* out, kv::Args args) {
@@ -96,7 +97,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     link->db = db;
   }
   AppendCommand(&req, args);
-  node::Deadline deadline(link->socket, kReplyMax);
+  node::Deadline deadline(link->socket, ReplyMax(req.size()));
   auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
   (void)wn;
   if (wec) co_return "-TRYAGAIN connection to " + host + " failed\r\n";
@@ -119,10 +120,13 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       if (pos + len == link->buf.size() && pool.size() < kIdleLinksMax) pool.push_back(std::move(link));
       co_return reply;
     }
+    // Checked before each read too: a deadline that passed between two
+    // reads had nothing to cancel.
+    const std::string late =
+        "-ERR " + host + ":" + std::to_string(port) + " did not answer in time; the request's outcome is unknown\r\n";
+    if (deadline.expired()) co_return late;  // -ERR, not TRYAGAIN: it may have run (a retry could run it twice)
     auto [rec, rn] = co_await link->socket.async_read_some(asio::buffer(chunk), as_tuple(asio::use_awaitable));
-    if (rec && deadline.expired()) {
-      co_return "-TRYAGAIN " + host + ":" + std::to_string(port) + " did not answer in time; the request's outcome is unknown\r\n";
-    }
+    if (rec && deadline.expired()) co_return late;
     if (rec) co_return "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n";
     link->buf.append(chunk, rn);
   }

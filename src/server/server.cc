@@ -75,6 +75,17 @@ void Server::SetConfig(Config next) {
   current_.store(&settings_.back(), std::memory_order_release);
 }
 
+Status Server::UpdateConfig(const std::function<Status(Config&)>& change) {
+  std::lock_guard lock(settings_mu_);
+  Config next = current_.load(std::memory_order_acquire)->config;
+  Status s = change(next);
+  if (!s.ok()) return s;
+  kv::Limits limits{next.proto_max_bulk_len, next.databases};
+  settings_.push_back(Settings{std::move(next), limits});
+  current_.store(&settings_.back(), std::memory_order_release);
+  return Status::Ok();
+}
+
 Server::~Server() { Stop(); }
 
 std::vector<kv::Shard*> Server::LedShards() const {

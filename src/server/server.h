@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -72,6 +73,9 @@ class Server {
   // kept for the server's lifetime).
   const Config& config() const { return current_.load(std::memory_order_acquire)->config; }
   void SetConfig(Config next);
+  // CONFIG SET: changes a copy of the settings in force with `change`, and
+  // publishes it unless `change` refuses; one at a time (no lost update).
+  Status UpdateConfig(const std::function<Status(Config&)>& change);
   storage::Engine& engine() { return *engine_; }
   node::Runtime& runtime() { return *runtime_; }
   node::WalSyncer& syncer() { return *syncer_; }
