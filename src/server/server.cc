@@ -70,20 +70,21 @@ Server::Server(Config config) {
 
 void Server::SetConfig(Config next) {
   std::lock_guard lock(settings_mu_);
-  kv::Limits limits{next.proto_max_bulk_len, next.databases};
-  settings_.push_back(Settings{std::move(next), limits});
-  current_.store(&settings_.back(), std::memory_order_release);
+  PublishLocked(std::move(next));
 }
 
 Status Server::UpdateConfig(const std::function<Status(Config&)>& change) {
   std::lock_guard lock(settings_mu_);
   Config next = current_.load(std::memory_order_acquire)->config;
   Status s = change(next);
-  if (!s.ok()) return s;
+  if (s.ok()) PublishLocked(std::move(next));
+  return s;
+}
+
+void Server::PublishLocked(Config next) {
   kv::Limits limits{next.proto_max_bulk_len, next.databases};
   settings_.push_back(Settings{std::move(next), limits});
   current_.store(&settings_.back(), std::memory_order_release);
-  return Status::Ok();
 }
 
 Server::~Server() { Stop(); }

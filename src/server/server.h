@@ -98,6 +98,8 @@ class Server {
 
  private:
   Status Listen();
+  // Publishes `next` as the settings in force (settings_mu_ held).
+  void PublishLocked(Config next);
   void StartActiveExpiry(int worker);
 
   struct Settings {

@@ -695,6 +695,19 @@ class ReplicaSim {
     Run(placement_ ? 1500 : 400);
   }
 
+  // Converged: every member has applied the same index and holds the same values.
+  void ExpectConverged(uint64_t seed) {
+    uint64_t applied = nodes_[0].replica->state_machine().applied_index();
+    for (auto& n : nodes_) {
+      if (!n.joined) continue;
+      EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
+      for (int k = 0; k < 3; ++k) {
+        std::string key = "k" + std::to_string(k);
+        EXPECT_EQ(ValueOn(n, key), ValueOn(nodes_[0], key)) << "seed " << seed << " " << key;
+      }
+    }
+  }
+
   SimNode& Leader(uint64_t group = kGroup) {
     SimNode* best = nullptr;
     for (auto& n : nodes_) {
@@ -1154,16 +1167,9 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
     sim.Start();
     sim.Run(3000);
     sim.Settle();
-    // Converged: every replica has applied the same index and holds the same values.
-    uint64_t applied = sim.nodes_[0].replica->state_machine().applied_index();
+    sim.ExpectConverged(seed);
     for (auto& n : sim.nodes_) {
-      if (!n.joined) continue;
-      EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
-      for (int k = 0; k < 3; ++k) {
-        std::string key = "k" + std::to_string(k);
-        EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(sim.nodes_[0], key)) << "seed " << seed << " " << key;
-      }
-      if (n.replica->store().first_index() > 2) snapshots_seen++;
+      if (n.joined && n.replica->store().first_index() > 2) snapshots_seen++;
     }
     // Final reads (after every acknowledged write) join the history.
     for (int k = 0; k < 3; ++k) {
@@ -1208,15 +1214,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
     sim.Start();
     sim.Run(3000);
     sim.Settle();
-    uint64_t applied = sim.nodes_[0].replica->state_machine().applied_index();
-    for (auto& n : sim.nodes_) {
-      if (!n.joined) continue;
-      EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
-      for (int k = 0; k < 3; ++k) {
-        std::string key = "k" + std::to_string(k);
-        EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(sim.nodes_[0], key)) << "seed " << seed << " " << key;
-      }
-    }
+    sim.ExpectConverged(seed);
     auto result = check_linearizable(sim.history_);
     EXPECT_TRUE(result.ok) << "seed " << seed << ": " << result.key << "\n" << result.explain;
     pauses += sim.pauses_;
