@@ -1,5 +1,9 @@
 #include "common/status.h"
 
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+
 namespace shoal {
 
 std::string Status::ToString() const {
@@ -12,6 +16,19 @@ std::string Status::ToString() const {
 
 void CheckFailed(const char* file, int line, const char* expr) {
   std::fprintf(stderr, "shoal: check failed at %s:%d: %s\n", file, line, expr);
+  std::fflush(stderr);
+  std::abort();
+}
+
+namespace {
+std::atomic<FailStopHandler> fail_stop_handler{nullptr};
+}  // namespace
+
+void SetFailStopHandler(FailStopHandler handler) { fail_stop_handler.store(handler); }
+
+void FailStop(const char* why) {
+  if (FailStopHandler h = fail_stop_handler.load(); h != nullptr) h(why);
+  std::fprintf(stderr, "shoal: stopping: %s\n", why);
   std::fflush(stderr);
   std::abort();
 }

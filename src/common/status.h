@@ -62,6 +62,15 @@ class [[nodiscard]] Result {
 
 [[noreturn]] void CheckFailed(const char* file, int line, const char* expr);
 
+// Stops the node on a failure it must not go on from: a write, fsync or
+// snapshot import that failed, after which going on would let this replica
+// diverge from the others. The caller logs why first. Aborts; the restart
+// recovers from what is on disk. A test may install a handler that unwinds
+// instead (a simulated node crash); a handler must not return.
+[[noreturn]] void FailStop(const char* why);
+using FailStopHandler = void (*)(const char* why);
+void SetFailStopHandler(FailStopHandler handler);  // nullptr: abort again
+
 }  // namespace shoal
 
 // An invariant that must hold in every build; a failure is a bug and aborts.

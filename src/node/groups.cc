@@ -3,6 +3,7 @@
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 
@@ -130,7 +131,13 @@ asio::awaitable<void> Groups::Drive(int w) {
       for (replica::Replica* r : begun) r->ApplyReady(applied_at);
     } else {
       auto seq = engine_->Write(*batch);
-      SHOAL_CHECK(seq.ok() && "raft log write failed");
+      if (!seq.ok()) {
+        // The log this round appended is not on disk, and its messages may
+        // be on their way: stop; the restart reads what the disk holds.
+        spdlog::critical("raft log write failed: {}; stopping this node", seq.status().ToString());
+        spdlog::default_logger()->flush();
+        FailStop("raft log write failed");
+      }
       // Committed entries are durable on a majority already: apply them now,
       // while this batch's own entries wait for the disk.
       int64_t applied_at = MonoUs();

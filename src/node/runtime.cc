@@ -106,8 +106,8 @@ void WalSyncer::Loop() {
         // proves nothing. Stop (as etcd does); at restart the log is
         // replayed from what really is on disk.
         spdlog::critical("WAL sync failed: {}; stopping this node", r.status().ToString());
-        spdlog::shutdown();
-        std::abort();
+        spdlog::default_logger()->flush();
+        FailStop("WAL sync failed");
       }
       syncs_.fetch_add(1, std::memory_order_relaxed);
     }

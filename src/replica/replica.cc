@@ -25,9 +25,8 @@ constexpr int64_t kReadTimeoutUs = 3'000'000;
 [[noreturn]] void ApplyFailed(uint64_t group, uint64_t index, const Status& s) {
   spdlog::critical("group {}: applying the log up to {} failed: {}; stopping this node (its log is intact: "
                    "a restart applies the entries again)", group, index, s.ToString());
-  spdlog::shutdown();
-  SHOAL_CHECK(false && "apply failed");
-  std::abort();
+  spdlog::default_logger()->flush();
+  FailStop("apply failed");
 }
 
 void PutU32(std::string* out, uint32_t v) {
@@ -642,7 +641,8 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
       // restart the replica asks for the snapshot again.
       spdlog::critical("group {}: snapshot at {} cannot be applied: {}", opts_.group,
                        rd.snapshot->meta.index, s.ToString());
-      SHOAL_CHECK(s.ok() && "snapshot import failed");
+      spdlog::default_logger()->flush();
+      FailStop("snapshot import failed");
     }
     store_->ApplySnapshot(rd.snapshot->meta, batch);
   }
@@ -874,7 +874,8 @@ void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split) {
     // Going on would leave this replica holding slots the others gave away.
     // Stop; at restart the entry applies again.
     spdlog::critical("group {}: split write at {} failed: {}", opts_.group, e.index, seq.status().ToString());
-    SHOAL_CHECK(seq.ok() && "split write failed");
+    spdlog::default_logger()->flush();
+    FailStop("split write failed");
   }
   kv_sm->shard()->FinishSplit();
   spdlog::info("group {}: split at log index {}: slots from {} now belong to group {}{}", opts_.group, e.index,

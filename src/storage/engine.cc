@@ -86,6 +86,35 @@ void WriteBatch::DeleteRange(Cf cf, std::string_view begin, std::string_view end
   SHOAL_CHECK(s.ok());
 }
 
+void WriteBatch::Visit(Visitor& visitor) const {
+  struct Handler final : rocksdb::WriteBatch::Handler {
+    const std::vector<rocksdb::ColumnFamilyHandle*>* handles = nullptr;
+    Visitor* visitor = nullptr;
+    Cf CfOf(uint32_t id) const {
+      for (size_t i = 0; i < handles->size(); ++i) {
+        if ((*handles)[i]->GetID() == id) return static_cast<Cf>(i);
+      }
+      SHOAL_CHECK(false && "write batch of an unknown column family");
+      return Cf::kData;
+    }
+    rocksdb::Status PutCF(uint32_t id, const rocksdb::Slice& k, const rocksdb::Slice& v) override {
+      visitor->Visit(Op{Op::Kind::kPut, CfOf(id), FromSlice(k), FromSlice(v)});
+      return rocksdb::Status::OK();
+    }
+    rocksdb::Status DeleteCF(uint32_t id, const rocksdb::Slice& k) override {
+      visitor->Visit(Op{Op::Kind::kDelete, CfOf(id), FromSlice(k), {}});
+      return rocksdb::Status::OK();
+    }
+    rocksdb::Status DeleteRangeCF(uint32_t id, const rocksdb::Slice& b, const rocksdb::Slice& e) override {
+      visitor->Visit(Op{Op::Kind::kDeleteRange, CfOf(id), FromSlice(b), FromSlice(e)});
+      return rocksdb::Status::OK();
+    }
+  } handler;
+  handler.handles = impl_->handles;
+  handler.visitor = &visitor;
+  SHOAL_CHECK(impl_->batch.Iterate(&handler).ok());
+}
+
 class RocksEngineAccess {
  public:
   static std::unique_ptr<WriteBatch> Make(const std::vector<rocksdb::ColumnFamilyHandle*>* h) {

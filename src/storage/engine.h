@@ -42,6 +42,22 @@ class WriteBatch {
   void Clear();
   size_t Count() const;
 
+  // One change of a batch, as Visit reports it.
+  struct Op {
+    enum class Kind : uint8_t { kPut, kDelete, kDeleteRange } kind;
+    Cf cf;
+    std::string_view key;    // the range's begin for kDeleteRange
+    std::string_view value;  // the range's end for kDeleteRange; empty for kDelete
+  };
+  class Visitor {
+   public:
+    virtual ~Visitor() = default;
+    virtual void Visit(const Op& op) = 0;
+  };
+  // Reports every change in the order it was added (for tests that record
+  // or undo writes).
+  void Visit(Visitor& visitor) const;
+
  private:
   friend class RocksEngineAccess;
   struct Impl;

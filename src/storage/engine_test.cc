@@ -1,4 +1,5 @@
 #include "storage/engine.h"
+#include "storage/fault_engine.h"
 
 #include <gtest/gtest.h>
 
@@ -66,6 +67,69 @@ TEST_F(EngineTest, DeleteRangeAndIterate) {
   for (it->SeekToFirst(); it->Valid(); it->Next()) seen += it->key();
   EXPECT_EQ(seen, "ade");
   EXPECT_TRUE(it->status().ok());
+}
+
+std::string Keys(Engine& e, Cf cf) {
+  std::string seen;
+  auto it = e.NewIterator(cf);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) seen += std::string(it->key()) + "=" + std::string(it->value()) + " ";
+  return seen;
+}
+
+TEST_F(EngineTest, BatchVisitReportsEveryChangeInOrder) {
+  auto engine = Open();
+  auto batch = engine->NewBatch();
+  batch->Put(Cf::kMeta, "a", "1");
+  batch->Delete(Cf::kRaft, "b");
+  batch->DeleteRange(Cf::kExpiry, "c", "d");
+  struct Seen final : WriteBatch::Visitor {
+    std::string out;
+    void Visit(const WriteBatch::Op& op) override {
+      out += std::to_string(static_cast<int>(op.kind)) + std::to_string(static_cast<int>(op.cf)) +
+             std::string(op.key) + std::string(op.value) + ";";
+    }
+  } seen;
+  batch->Visit(seen);
+  EXPECT_EQ(seen.out, "02a1;13b;21cd;");
+}
+
+// A crash loses a suffix of the unsynced writes: the undone ones come back
+// to what they replaced, Put, Delete and DeleteRange alike; synced ones stay.
+TEST_F(EngineTest, FaultEngineLosesOnlyUnsyncedWrites) {
+  auto disk = Open();
+  FaultEngine engine(disk.get());
+  engine.TrackUnsynced();
+  auto batch = engine.NewBatch();
+  batch->Put(Cf::kMeta, "a", "1");
+  batch->Put(Cf::kMeta, "b", "1");
+  batch->Put(Cf::kMeta, "c", "1");
+  ASSERT_TRUE(engine.Write(*batch).ok());
+  ASSERT_TRUE(engine.Sync().ok());
+  EXPECT_EQ(engine.unsynced_writes(), 0u);
+  batch->Clear();
+  batch->Put(Cf::kMeta, "a", "2");
+  batch->Delete(Cf::kMeta, "b");
+  ASSERT_TRUE(engine.Write(*batch).ok());
+  batch->Clear();
+  batch->DeleteRange(Cf::kMeta, "a", "z");
+  batch->Put(Cf::kMeta, "d", "3");
+  ASSERT_TRUE(engine.Write(*batch).ok());
+  EXPECT_EQ(Keys(engine, Cf::kMeta), "d=3 ");
+  EXPECT_EQ(engine.unsynced_writes(), 2u);
+  // Failed writes change nothing and leave no record.
+  engine.FailNextWriteTo(Cf::kData);
+  batch->Clear();
+  batch->Put(Cf::kMeta, "e", "4");
+  ASSERT_TRUE(engine.Write(*batch).ok());  // not a kData write: it goes through
+  batch->Clear();
+  batch->Put(Cf::kData, "slotk1", "v");
+  EXPECT_FALSE(engine.Write(*batch).ok());
+  EXPECT_EQ(engine.writes_failed(), 1);
+  EXPECT_EQ(engine.unsynced_writes(), 3u);
+  // The newest two are lost: the disk holds the first unsynced write.
+  EXPECT_EQ(engine.LoseUnsynced(2), 2u);
+  EXPECT_EQ(Keys(*disk, Cf::kMeta), "a=2 c=1 ");
+  EXPECT_EQ(Keys(*disk, Cf::kData), "");
 }
 
 TEST_F(EngineTest, DataIteratorStaysWithinPrefix) {

@@ -1,11 +1,21 @@
 // FaultEngine: an Engine that passes everything to another one, except the
 // writes and syncs it is told to fail (tests only: the failures a disk can
-// produce, so that the code's answer to them can be checked).
+// produce, so that the code's answer to them can be checked). With
+// TrackUnsynced it also models a crash that loses what was not synced, as
+// leveldb's fault-injection Env does: every write since the last Sync keeps
+// an undo record (the prior values of the keys it touched), and
+// LoseUnsynced rolls the newest of them back, as a power loss would drop
+// the tail of the WAL. RocksDB recovers a prefix of its WAL (point-in-time
+// recovery, WALs synced before a flush), so a lost suffix is the model.
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "storage/engine.h"
 
@@ -18,23 +28,63 @@ class FaultEngine final : public Engine {
   // The next n calls of Write (or Sync) fail with an IOError.
   void FailNextWrites(int n) { fail_writes_.store(n); }
   void FailNextSyncs(int n) { fail_syncs_.store(n); }
+  // The next write that changes a key of `cf` fails (once).
+  void FailNextWriteTo(Cf cf) { fail_to_cf_.store(static_cast<int>(cf)); }
+  void ClearFaults() {
+    fail_writes_.store(0);
+    fail_syncs_.store(0);
+    fail_to_cf_.store(-1);
+  }
   int writes_failed() const { return writes_failed_.load(); }
+
+  // Keeps undo records of unsynced writes from now on; Sync then only marks
+  // them durable (no fsync: durability is what the model says it is).
+  void TrackUnsynced() { track_ = true; }
+  size_t unsynced_writes() const { return undo_.size(); }
+  // As a crash: undoes the newest `n` unsynced writes (all of them if n is
+  // larger) and returns how many it undid. Close the engine afterwards.
+  size_t LoseUnsynced(size_t n) {
+    size_t undone = 0;
+    while (n-- > 0 && !undo_.empty()) {
+      auto batch = inner_->NewBatch();
+      for (const auto& [ck, prior] : undo_.back()) {
+        if (prior) {
+          batch->Put(ck.first, ck.second, *prior);
+        } else {
+          batch->Delete(ck.first, ck.second);
+        }
+      }
+      undo_.pop_back();
+      if (batch->Count() > 0) SHOAL_CHECK(inner_->Write(*batch).ok());
+      ++undone;
+    }
+    undo_.clear();
+    SHOAL_CHECK(inner_->Sync().ok());
+    return undone;
+  }
 
   Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr) override {
     return inner_->Get(cf, key, value, snapshot);
   }
   Result<uint64_t> Write(WriteBatch& batch) override {
-    if (Take(fail_writes_)) {
+    if (Take(fail_writes_) || TakeCf(batch)) {
       writes_failed_.fetch_add(1);
       return Status::IOError("injected write failure");
     }
+    if (track_) undo_.push_back(PriorValues(batch));
     auto seq = inner_->Write(batch);
+    if (!seq.ok() && track_) undo_.pop_back();
     write_seq_.store(inner_->write_seq());
     return seq;
   }
   std::unique_ptr<WriteBatch> NewBatch() override { return inner_->NewBatch(); }
   Result<uint64_t> Sync() override {
     if (Take(fail_syncs_)) return Status::IOError("injected fsync failure");
+    if (track_) {
+      undo_.clear();
+      durable_seq_.store(write_seq_.load());
+      return write_seq_.load();
+    }
     auto seq = inner_->Sync();
     durable_seq_.store(inner_->durable_seq());
     return seq;
@@ -48,7 +98,12 @@ class FaultEngine final : public Engine {
   std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override {
     return inner_->NewSstWriter(cf, path);
   }
-  Status IngestSst(Cf cf, const std::string& path) override { return inner_->IngestSst(cf, path); }
+  // Durable at once; callers sync before it (Shard::IngestStaged), so what
+  // came earlier counts as durable too.
+  Status IngestSst(Cf cf, const std::string& path) override {
+    undo_.clear();
+    return inner_->IngestSst(cf, path);
+  }
   const std::string& dir() const override { return inner_->dir(); }
   std::unique_ptr<Snapshot> NewSnapshot() override { return inner_->NewSnapshot(); }
   MemoryUsage Memory() override { return inner_->Memory(); }
@@ -65,8 +120,53 @@ class FaultEngine final : public Engine {
     }
     return false;
   }
+  bool TakeCf(const WriteBatch& batch) {
+    int cf = fail_to_cf_.load();
+    if (cf < 0) return false;
+    struct Touches final : WriteBatch::Visitor {
+      Cf cf;
+      bool yes = false;
+      void Visit(const WriteBatch::Op& op) override { yes = yes || op.cf == cf; }
+    } t;
+    t.cf = static_cast<Cf>(cf);
+    batch.Visit(t);
+    return t.yes && fail_to_cf_.compare_exchange_strong(cf, -1);
+  }
+
+  using CfKey = std::pair<Cf, std::string>;
+  using Undo = std::map<CfKey, std::optional<std::string>>;  // nullopt: absent before
+
+  // What the keys `batch` touches held before it (each key as first seen).
+  Undo PriorValues(const WriteBatch& batch) {
+    struct Recorder final : WriteBatch::Visitor {
+      Engine* inner;
+      Undo undo;
+      void Note(Cf cf, std::string_view key) {
+        CfKey ck{cf, std::string(key)};
+        if (undo.contains(ck)) return;
+        std::string v;
+        Status s = inner->Get(cf, key, &v);
+        SHOAL_CHECK(s.ok() || s.code() == Code::kNotFound);
+        undo.emplace(std::move(ck), s.ok() ? std::optional<std::string>(std::move(v)) : std::nullopt);
+      }
+      void Visit(const WriteBatch::Op& op) override {
+        if (op.kind != WriteBatch::Op::Kind::kDeleteRange) return Note(op.cf, op.key);
+        auto it = op.cf == Cf::kData ? inner->NewScanIterator(op.cf) : inner->NewIterator(op.cf);
+        for (it->Seek(op.key); it->Valid() && it->key() < op.value; it->Next()) {
+          undo.try_emplace(CfKey{op.cf, std::string(it->key())}, std::string(it->value()));
+        }
+        SHOAL_CHECK(it->status().ok());
+      }
+    } rec;
+    rec.inner = inner_;
+    batch.Visit(rec);
+    return std::move(rec.undo);
+  }
+
   Engine* inner_;
-  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0};
+  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1};
+  bool track_ = false;
+  std::vector<Undo> undo_;  // one per unsynced write, oldest first
 };
 
 }  // namespace shoal::storage
