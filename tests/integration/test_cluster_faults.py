@@ -292,11 +292,19 @@ def test_partition_leader(fcluster):
         print(f"[part] majority side elected node{new_leader} for slot {sc.slot}")
         # a write acknowledged by the majority side after the old leader's lease ...
         _await_ack(c, sc.others, probe_key, b"after")
+        # (and a key created there, for the keyless reads)
+        fresh_key = f"{{{sc.tag}}}:fresh"
+        _await_ack(c, sc.others, fresh_key, b"1")
         # ... must never be missed by a read at the isolated old leader
         results = _ask_isolated(c, v, probe_key, sc.tag)
         print(f"[part] isolated node{v} answered: {results}")
         for what, value in results.items():
-            if what.startswith("GET"):
+            if what.startswith("KEYS"):
+                # KEYS walks local data: it must pass the read barrier too
+                assert not (isinstance(value, list) and fresh_key.encode() not in value), (
+                    f"isolated old leader node{v} listed keys without {fresh_key} ({what} -> {value!r}) "
+                    f"after the majority side acknowledged it")
+            elif what.startswith("GET"):
                 assert value != b"before" and value is not None, (
                     f"isolated old leader node{v} served a stale read ({what} -> {value!r}) "
                     f"after the majority side acknowledged a newer write")
@@ -321,12 +329,14 @@ def test_partition_leader(fcluster):
 
 
 def _ask_isolated(c: Cluster, v: int, key: str, tag: str, timeout: float = 8.0) -> Dict[str, object]:
-    """Send, in parallel, a plain GET, a READONLY GET, a plain SET and a
-    cluster-aware SET to the isolated node; return what each got (a value, an
-    error string, "+OK", or "no answer")."""
+    """Send, in parallel, a plain GET, a READONLY GET, plain and READONLY KEYS,
+    a plain SET and a cluster-aware SET to the isolated node; return what each
+    got (a value, an error string, "+OK", or "no answer")."""
     node = c.nodes[v]
     plan = [("GET plain", [], ["GET", key]),
             ("GET readonly", [["READONLY"]], ["GET", key]),
+            ("KEYS plain", [], ["KEYS", f"{{{tag}}}:*"]),
+            ("KEYS readonly", [["READONLY"]], ["KEYS", f"{{{tag}}}:*"]),
             ("SET plain", [], ["SET", f"{{{tag}}}:isolated-w1", "x"]),
             ("SET cluster-aware", [["CLUSTER", "SLOTS"]], ["SET", f"{{{tag}}}:isolated-w2", "y"])]
     conns: List[Optional[RespConn]] = []
