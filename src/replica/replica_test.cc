@@ -47,6 +47,8 @@ std::string SetBatch(const std::string& key, const std::string& value) { return 
 // splitter), the child's shard and replica beside them.
 struct TestNode {
   std::filesystem::path dir;
+  std::unique_ptr<storage::Engine> disk;   // under `engine` when it is a FaultEngine
+  storage::FaultEngine* faults = nullptr;
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<kv::Shard> shard;
   std::unique_ptr<Replica> replica;
@@ -103,18 +105,26 @@ class ReplicaCluster : public ::testing::Test {
       n->replica.reset();
       n->shard.reset();
       n->engine.reset();
+      n->disk.reset();
       std::filesystem::remove_all(n->dir);
     }
   }
 
-  // with_splitter: the node makes split children (TestSplitter).
+  // with_splitter: the node makes split children (TestSplitter); faulty: its
+  // store is seen through a storage::FaultEngine (TestNode::faults).
   TestNode& AddNode(raft::NodeId id, std::vector<raft::NodeId> founders, uint64_t compact = 4096,
-                    bool with_splitter = false) {
+                    bool with_splitter = false, bool faulty = false) {
     auto n = std::make_unique<TestNode>();
     n->dir = std::filesystem::temp_directory_path() /
              ("shoal_replica_test_" + std::to_string(::getpid()) + "_" + std::to_string(id));
     std::filesystem::remove_all(n->dir);
     n->engine = std::move(storage::Engine::Open({.dir = n->dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    if (faulty) {
+      n->disk = std::move(n->engine);
+      auto layer = std::make_unique<storage::FaultEngine>(n->disk.get());
+      n->faults = layer.get();
+      n->engine = std::move(layer);
+    }
     n->shard = std::make_unique<kv::Shard>(n->engine.get(), 7, 0, storage::kSlotCount);
     EXPECT_TRUE(n->shard->Load().ok());
     ReplicaOptions ro;
@@ -413,6 +423,45 @@ TEST_F(ReplicaCluster, NewMemberCatchesUpFromASnapshot) {
   EXPECT_EQ(Get(3, "k39"), "39");
   EXPECT_EQ(nodes_[3]->shard->KeyCount(0), 40);
   EXPECT_EQ(R(3).store().conf_state().learners, std::vector<raft::NodeId>{4});
+}
+
+// A replica installing a snapshot clears its range before the snapshot's
+// file is in (#9, item 6). At that moment its import generation is odd, so a
+// read that overlaps it (Connection::RunReadOn checks the generation before
+// and after) is refused instead of served from the half state; once the
+// import is done the generation is even again, two higher, and the data whole.
+TEST_F(ReplicaCluster, ImportGenerationIsOddWhileASnapshotIsHalfIn) {
+  for (raft::NodeId id : {1, 2}) AddNode(id, {1, 2, 3}, /*compact=*/8);
+  TestNode& c = AddNode(3, {1, 2, 3}, /*compact=*/8, false, /*faulty=*/true);
+  TickAll(60);
+  if (R(2).is_leader()) {
+    R(2).TransferLeader(1);
+    TickAll(20);
+  }
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  ASSERT_NE(leader, 2u);
+  ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
+  EXPECT_EQ(Get(2, "k0"), "0");
+  // Node 3 misses what follows, and the log is compacted past it.
+  down_.insert(3);
+  for (int i = 1; i <= 40; ++i) ASSERT_EQ(Write(R(leader), SetBatch("k" + std::to_string(i), std::to_string(i))), "+OK\r\n");
+  ASSERT_GT(R(leader).store().first_index(), R(2).store().last_index() + 1);
+  const uint64_t gen = R(2).import_generation();
+  EXPECT_EQ(gen % 2, 0u);
+  int half_states = 0;
+  c.faults->BeforeIngest([&](storage::Cf cf) {
+    if (cf != storage::Cf::kData) return;
+    half_states++;
+    EXPECT_EQ(Get(2, "k0"), "<none>");            // a read now would miss k0 ...
+    EXPECT_EQ(R(2).import_generation(), gen + 1);  // ... and is refused
+  });
+  down_.erase(3);
+  TickAll(20);
+  EXPECT_EQ(half_states, 1);
+  EXPECT_EQ(R(2).import_generation(), gen + 2);
+  EXPECT_EQ(Get(2, "k0"), "0");
+  EXPECT_EQ(Get(2, "k40"), "40");
 }
 
 TEST_F(ReplicaCluster, RestartRecoversLogAndState) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,6 +29,9 @@ class FaultEngine final : public Engine {
   // The next n calls of Write (or Sync) fail with an IOError.
   void FailNextWrites(int n) { fail_writes_.store(n); }
   void FailNextSyncs(int n) { fail_syncs_.store(n); }
+  // Called before each IngestSst reaches the store (a look at the state
+  // just before a snapshot's file goes in).
+  void BeforeIngest(std::function<void(Cf)> f) { before_ingest_ = std::move(f); }
   // The next write that changes a key of `cf` fails (once).
   void FailNextWriteTo(Cf cf) { fail_to_cf_.store(static_cast<int>(cf)); }
   void ClearFaults() {
@@ -101,6 +105,7 @@ class FaultEngine final : public Engine {
   // Durable at once; callers sync before it (Shard::IngestStaged), so what
   // came earlier counts as durable too.
   Status IngestSst(Cf cf, const std::string& path) override {
+    if (before_ingest_) before_ingest_(cf);
     undo_.clear();
     return inner_->IngestSst(cf, path);
   }
@@ -166,6 +171,7 @@ class FaultEngine final : public Engine {
   Engine* inner_;
   std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1};
   bool track_ = false;
+  std::function<void(Cf)> before_ingest_;
   std::vector<Undo> undo_;  // one per unsynced write, oldest first
 };
 
