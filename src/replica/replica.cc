@@ -237,6 +237,10 @@ Status Replica::Init() {
     // A crash interrupted a snapshot import: finish it.
     raft::SnapshotMeta meta;
     if (!DecodeMarker(marker, &meta)) return Status::Corruption("snapshot import marker");
+    // RocksDB's ingest does not sync the WAL: what this process wrote
+    // before (another replica's round, when a split opens this one) first.
+    auto synced = engine_->Sync();
+    if (!synced.ok()) return synced.status();
     auto batch = engine_->NewBatch();
     Status s = sm_->ResumeImport(meta.index, *batch);
     if (!s.ok()) return s;

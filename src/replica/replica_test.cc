@@ -524,6 +524,8 @@ TEST_F(ReplicaCluster, SnapshotImportInterruptedByACrashIsFinishedAtRestart) {
   b.shard.reset();
   b.engine.reset();
   b.engine = std::move(storage::Engine::Open({.dir = b.dir.string(), .memory_budget_bytes = 32 << 20}).value());
+  // Only the marker says the group is here: the node must still open it.
+  EXPECT_TRUE(storage::RaftStore::HasState(b.engine.get(), 7));
   b.shard = std::make_unique<kv::Shard>(b.engine.get(), 7, 0, storage::kSlotCount);
   ASSERT_TRUE(b.shard->Load().ok());
   ReplicaOptions ro;

@@ -32,12 +32,15 @@ class FaultEngine final : public Engine {
   // Called before each IngestSst reaches the store (a look at the state
   // just before a snapshot's file goes in).
   void BeforeIngest(std::function<void(Cf)> f) { before_ingest_ = std::move(f); }
+  // The next IngestSst fails (once).
+  void FailNextIngest() { fail_ingests_.store(1); }
   // The next write that changes a key of `cf` fails (once).
   void FailNextWriteTo(Cf cf) { fail_to_cf_.store(static_cast<int>(cf)); }
   void ClearFaults() {
     fail_writes_.store(0);
     fail_syncs_.store(0);
     fail_to_cf_.store(-1);
+    fail_ingests_.store(0);
   }
   int writes_failed() const { return writes_failed_.load(); }
 
@@ -45,13 +48,19 @@ class FaultEngine final : public Engine {
   // them durable (no fsync: durability is what the model says it is).
   void TrackUnsynced() { track_ = true; }
   size_t unsynced_writes() const { return undo_.size(); }
+  // Of the writes LoseUnsynced undid so far, those that changed Raft state
+  // (log, hard state): the losses a crash between a round's write and its
+  // sync causes.
+  size_t raft_writes_lost() const { return raft_writes_lost_; }
   // As a crash: undoes the newest `n` unsynced writes (all of them if n is
   // larger) and returns how many it undid. Close the engine afterwards.
   size_t LoseUnsynced(size_t n) {
     size_t undone = 0;
     while (n-- > 0 && !undo_.empty()) {
       auto batch = inner_->NewBatch();
+      bool raft = false;
       for (const auto& [ck, prior] : undo_.back()) {
+        raft = raft || ck.first == Cf::kRaft;
         if (prior) {
           batch->Put(ck.first, ck.second, *prior);
         } else {
@@ -61,6 +70,7 @@ class FaultEngine final : public Engine {
       undo_.pop_back();
       if (batch->Count() > 0) SHOAL_CHECK(inner_->Write(*batch).ok());
       ++undone;
+      raft_writes_lost_ += raft;
     }
     undo_.clear();
     SHOAL_CHECK(inner_->Sync().ok());
@@ -102,11 +112,13 @@ class FaultEngine final : public Engine {
   std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override {
     return inner_->NewSstWriter(cf, path);
   }
-  // Durable at once; callers sync before it (Shard::IngestStaged), so what
-  // came earlier counts as durable too.
+  // Durable at once, but RocksDB does not sync the WAL for it: a crash may
+  // still lose earlier unsynced writes, which the undo records (taken before
+  // the file's keys came in) cannot model. Callers sync first.
   Status IngestSst(Cf cf, const std::string& path) override {
     if (before_ingest_) before_ingest_(cf);
-    undo_.clear();
+    if (Take(fail_ingests_)) return Status::IOError("injected ingest failure");
+    SHOAL_CHECK(undo_.empty() && "an ingest after unsynced writes");
     return inner_->IngestSst(cf, path);
   }
   const std::string& dir() const override { return inner_->dir(); }
@@ -169,7 +181,8 @@ class FaultEngine final : public Engine {
   }
 
   Engine* inner_;
-  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1};
+  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1}, fail_ingests_{0};
+  size_t raft_writes_lost_ = 0;
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;
   std::vector<Undo> undo_;  // one per unsynced write, oldest first

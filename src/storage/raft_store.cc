@@ -87,7 +87,10 @@ std::string RaftStore::Key(char kind) const {
 bool RaftStore::HasState(Engine* engine, uint64_t group) {
   RaftStore probe(engine, group);
   std::string raw;
-  return engine->Get(Cf::kRaft, probe.Key('C'), &raw).ok() || engine->Get(Cf::kRaft, probe.Key('S'), &raw).ok();
+  // 'P': a snapshot import a crash interrupted before the replica's first
+  // state was written (the replica's Init finishes it).
+  return engine->Get(Cf::kRaft, probe.Key('C'), &raw).ok() || engine->Get(Cf::kRaft, probe.Key('S'), &raw).ok() ||
+         engine->Get(Cf::kRaft, probe.Key('P'), &raw).ok();
 }
 
 void RaftStore::StageDestroy(WriteBatch& batch) {

@@ -248,7 +248,11 @@ class ReplicaSim {
     std::erase_if(recounts_, [&](const Recount& r) { return r.node == n.id; });  // the scan dies with it
     n.child_shard.reset();
     receivers_[n.id - 1].reset();
-    std::erase_if(images_, [&](const Image& im) { return im.from == n.id; });  // its sends die with it
+    std::erase_if(images_, [&](const Image& im) {  // its sends die with it
+      if (im.from != n.id) return false;
+      std::filesystem::remove_all(im.sender->dir());
+      return true;
+    });
     n.shard.reset();
     n.engine.reset();
     n.faults = nullptr;
@@ -261,9 +265,17 @@ class ReplicaSim {
     if (n.up && n.faults != nullptr) {
       size_t unsynced = n.faults->unsynced_writes();
       size_t lose = rng_() % 2 == 0 ? unsynced : rng_() % (unsynced + 1);
+      size_t raft_before = n.faults->raft_writes_lost();
       size_t lost = n.faults->LoseUnsynced(lose);
       writes_lost_ += lost;
+      raft_writes_lost_ += n.faults->raft_writes_lost() - raft_before;
       crashes_losing_ += lost > 0;
+      // A split's staging not synced yet is lost too: its entry applies
+      // again at restart and stages the child once more.
+      if (splits_staged_[n.id] > 0 && !storage::RaftStore::HasState(n.engine.get(), kChild)) {
+        splits_staged_[n.id] = 0;
+        events_.push_back("node " + std::to_string(n.id) + " lost its unsynced split at " + std::to_string(step_));
+      }
     }
     Down(n);
   }
@@ -280,9 +292,16 @@ class ReplicaSim {
       events_.push_back("node " + std::to_string(n.id) + " stopped at " + std::to_string(step_) + ": " + e.why);
       Crash(n);
       restarts_++;
-      restart_at_[n.id] = step_ + 50 + rng_() % 300;
+      restart_at_[n.id] = step_ + RestartDelay();
       return false;
     }
+  }
+
+  // Steps until a crashed node runs again. With storage faults some come
+  // back at once, within the lease of a leader they voted for.
+  uint64_t RestartDelay() {
+    if (storage_faults_ && rng_() % 4 == 0) return 1 + rng_() % 30;
+    return 50 + rng_() % 300;
   }
 
   // As node::Groups waits for the WAL sync before a round's messages that
@@ -371,7 +390,7 @@ class ReplicaSim {
       if (n.up && n.joined) {
         Crash(n);
         restarts_++;
-        restart_at_[n.id] = step_ + 50 + rng_() % 300;
+        restart_at_[n.id] = step_ + RestartDelay();
       }
     }
     for (auto& n : nodes_) {
@@ -390,10 +409,11 @@ class ReplicaSim {
     if (pct(rng_) < 3) {
       SimNode& n = nodes_[rng_() % kMaxNodes];
       if (n.up && n.faults != nullptr) {
-        switch (rng_() % 3) {
+        switch (rng_() % 4) {
           case 0: n.faults->FailNextSyncs(1); break;
           case 1: n.faults->FailNextWrites(1); break;  // mostly a Ready round's log write
-          default: n.faults->FailNextWriteTo(storage::Cf::kData);  // an apply, import or split
+          case 2: n.faults->FailNextWriteTo(storage::Cf::kData); break;  // an apply, import or split
+          default: n.faults->FailNextIngest();  // a snapshot's file
         }
         disk_faults_++;
       }
@@ -603,7 +623,7 @@ class ReplicaSim {
   raft::NodeId oneway_from_ = 0, oneway_to_ = 0;
   uint64_t oneway_heal_at_ = 0;
   int disk_faults_ = 0, fail_stops_ = 0, crashes_losing_ = 0, oneway_cuts_ = 0;
-  size_t writes_lost_ = 0;
+  size_t writes_lost_ = 0, raft_writes_lost_ = 0;  // undone by crashes; of them, log or hard state writes
   bool reads_ = false;   // lease and follower reads, as connections serve them
   bool stalls_ = false;  // stopped processes and late applies
   std::map<raft::NodeId, std::pair<uint64_t, uint64_t>> paused_until_;  // since, until
@@ -775,7 +795,9 @@ class ReplicaSim {
     if (!r.BeginReady(*batch, &out, &needs_sync)) return;
     Send(out, group);
     if (batch->Count() > 0 && !n.engine->Write(*batch).ok()) FailStop("raft log write failed");
-    if (stalls_ && rng_() % 5 == 0) {
+    // A slow worker applies later (stalls); with storage faults the WAL sync
+    // also comes a step or more after the write, so crashes fall in between.
+    if ((stalls_ && rng_() % 5 == 0) || (storage_faults_ && !stalls_ && rng_() % 4 == 0)) {
       deferred_.push_back(Deferred{n.id, group, step_ + 1 + rng_() % 12, needs_sync});
       deferred_rounds_++;
       return;
@@ -822,8 +844,9 @@ class ReplicaSim {
   // Final reads of every key on `at`, after every acknowledged write, join
   // the history, which must be linearizable. Returns the acknowledged writes.
   int ExpectLinearizable(SimNode& at) {
-    for (int k = 0; k < 3; ++k) {
-      std::string key = "k" + std::to_string(k);
+    std::set<std::string> keys;
+    for (const auto& op : history_) keys.insert(op.key);  // write-once keys too: none may be lost
+    for (const auto& key : keys) {
       uint64_t t = Now();
       history_.push_back(Operation{history_.size(), false, key, ValueOn(at, key), t, Now()});
     }
@@ -961,6 +984,7 @@ class ReplicaSim {
           auto batch = n.engine->NewBatch();
           SHOAL_CHECK(n.replica->StageDestroy(*batch).ok());
           if (!n.engine->Write(*batch).ok()) FailStop("retiring a replica failed");
+          Durable(n);  // as node::Groups::Retire
           DropDeferred(n.id, kGroup);
           n.replica.reset();
           n.shard.reset();
@@ -1376,7 +1400,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
 // converge.
 TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0;
-  size_t lost = 0;
+  size_t lost = 0, raft_lost = 0;
   for (uint64_t seed = 401; seed <= 416; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;
@@ -1395,6 +1419,7 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     disk_faults += sim.disk_faults_;
     losing += sim.crashes_losing_;
     lost += sim.writes_lost_;
+    raft_lost += sim.raft_writes_lost_;
     oneway += sim.oneway_cuts_;
     lease += sim.lease_reads_;
     follower += sim.follower_reads_;
@@ -1403,13 +1428,15 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   EXPECT_GT(stops, 20);
   EXPECT_GT(losing, 10);
   EXPECT_GT(lost, 50u);
+  EXPECT_GT(raft_lost, 10u);  // crashes between a round's log write and its sync
   EXPECT_GT(oneway, 10);
   EXPECT_GT(lease, 100);
   EXPECT_GT(follower, 100);
   EXPECT_GT(acked, 500);
-  std::printf("storage sim: %d disk faults injected, %d nodes stopped by them, %d crashes lost %zu unsynced writes, "
-              "%d one-way cuts, %d lease and %d follower reads, %d acknowledged writes, %d leader changes\n",
-              disk_faults, stops, losing, lost, oneway, lease, follower, acked, changes);
+  std::printf("storage sim: %d disk faults injected, %d nodes stopped by them, %d crashes lost %zu unsynced writes "
+              "(%zu of the log or hard state), %d one-way cuts, %d lease and %d follower reads, %d acknowledged "
+              "writes, %d leader changes\n",
+              disk_faults, stops, losing, lost, raft_lost, oneway, lease, follower, acked, changes);
 }
 
 }  // namespace
@@ -1425,6 +1452,7 @@ namespace {
 // every removed replica's data deleted.
 void PlacementMovesLoseNothing(bool storage_faults) {
   int moves = 0, retired = 0, acked = 0, streamed = 0, recalled = 0, stops = 0;
+  size_t raft_lost = 0;
   for (uint64_t seed = 101; seed <= 108; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
@@ -1471,6 +1499,7 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     moves += sim.moves_;
     retired += sim.retired_;
     stops += sim.fail_stops_;
+    raft_lost += sim.raft_writes_lost_;
     streamed += sim.images_streamed_;
     recalled += sim.images_recalled_;
   }
@@ -1483,10 +1512,11 @@ void PlacementMovesLoseNothing(bool storage_faults) {
   EXPECT_GT(acked, 300);
   if (storage_faults) {
     EXPECT_GT(stops, 8);
+    EXPECT_GT(raft_lost, 0u);
   }
   std::printf("placement sim%s: %d membership moves, %d replicas retired, %d snapshots streamed (%d recalled), "
-              "%d acknowledged writes, %d nodes stopped by a failed write or fsync\n",
-              storage_faults ? " (storage faults)" : "", moves, retired, streamed, recalled, acked, stops);
+              "%d acknowledged writes, %d nodes stopped by a failed disk, %zu log writes lost in crashes\n",
+              storage_faults ? " (storage faults)" : "", moves, retired, streamed, recalled, acked, stops, raft_lost);
 }
 
 TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) { PlacementMovesLoseNothing(false); }
@@ -1524,6 +1554,7 @@ std::pair<int64_t, int64_t> ExpectedCounts(ReplicaSim& sim, SimNode& owner_of_va
 // and retried on the child. Some seeds propose the split twice.
 void SplitsLoseNothing(bool storage_faults) {
   int recounts = 0, stale_recounts = 0, stops = 0;
+  size_t raft_lost = 0;
   int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
   for (uint64_t seed = 201; seed <= 208; ++seed) {
     ReplicaSim sim(seed);
@@ -1634,9 +1665,11 @@ void SplitsLoseNothing(bool storage_faults) {
     empty += sim.children_empty_;
     restarts += sim.restarts_;
     stops += sim.fail_stops_;
+    raft_lost += sim.raft_writes_lost_;
   }
   if (storage_faults) {
     EXPECT_GT(stops, 8);
+    EXPECT_GT(raft_lost, 0u);
   }
   EXPECT_GT(refusals, 0);      // writes and reads reached the parent after the split
   EXPECT_GT(lag_log, 0);       // a follower down across the split split through its log
@@ -1646,10 +1679,10 @@ void SplitsLoseNothing(bool storage_faults) {
   EXPECT_GT(acked, 300);
   std::printf("split sim%s: 8 splits, %d split proposals, %d children by the split entry, %d created empty for a "
               "snapshot, %d laggers through the log, %d through a snapshot, %d operations refused (TRYAGAIN), "
-              "%d restarts (%d stopped by a failed write or fsync), %d acknowledged writes, %d key recounts "
-              "(%d stale)\n",
+              "%d restarts (%d stopped by a failed disk; %zu log writes lost in crashes), %d acknowledged writes, "
+              "%d key recounts (%d stale)\n",
               storage_faults ? " (storage faults)" : "", proposals, by_split, empty, lag_log, lag_snapshot, refusals,
-              restarts, stops, acked, recounts, stale_recounts);
+              restarts, stops, raft_lost, acked, recounts, stale_recounts);
 }
 
 TEST(ReplicaSim, SplitsUnderFaultsLoseNothing) { SplitsLoseNothing(false); }
