@@ -368,3 +368,81 @@ def _ask_isolated(c: Cluster, v: int, key: str, tag: str, timeout: float = 8.0) 
         finally:
             conn.close()
     return out
+
+
+def _keys_everywhere(c: Cluster, pattern: str, tries: int = 20) -> Dict[str, List[bytes]]:
+    """KEYS pattern on every node (a plain connection: every local shard),
+    retried while a node answers TRYAGAIN (bounded)."""
+    out: Dict[str, List[bytes]] = {}
+    for n in c.nodes:
+        for attempt in range(tries):
+            with n.client(timeout=10.0) as conn:
+                v = conn.call("KEYS", pattern).value
+            if not isinstance(v, RespError):
+                out[n.name] = sorted(v)
+                break
+            assert v.startswith("TRYAGAIN"), f"{n.name}: KEYS {pattern} -> {v}"
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"{n.name}: KEYS {pattern} kept answering TRYAGAIN")
+    return out
+
+
+def test_flushall_ok_means_every_shard_was_flushed(fcluster):
+    """FLUSHALL from a plain client while the shards' leaderships move (#9,
+    item 12): a node flushes the shards it leads and asks the others to flush
+    theirs, so a shard whose leader changed meanwhile may be flushed by
+    nobody. Every +OK must mean every shard was flushed (no key left on any
+    node); otherwise the client gets an error and may retry."""
+    c = fcluster
+    assert c.admin("BALANCE", "off") == [b"balance off"]
+    shards = [s for s in c.admin_status().shards if s.leader]
+    assert shards
+    stop = threading.Event()
+    transfers: List[str] = []
+
+    def move_leaders() -> None:
+        for k in range(2000):  # bounded; stops when the flushes are done
+            if stop.is_set():
+                return
+            sh = shards[k % len(shards)]
+            to = sh.voters[(k // len(shards)) % len(sh.voters)]
+            try:
+                v = c.admin("TRANSFER", str(sh.id), to, retry=False, timeout=5.0)
+                transfers.append(str(v))
+            except (AssertionError, *NET_ERRORS):
+                pass
+            time.sleep(0.03)
+
+    mover = threading.Thread(target=move_leaders, daemon=True)
+    mover.start()
+    ok = refused = 0
+    try:
+        deadline = time.monotonic() + 60.0
+        for rnd in range(20):
+            if time.monotonic() > deadline:
+                break
+            uncertain = set()
+            with c.nodes[0].client(timeout=40.0) as conn:
+                for i in range(40):
+                    key = f"fl:{rnd}:{i}"
+                    if conn.call("SET", key, "x").raw != b"+OK\r\n":
+                        uncertain.add(key.encode())  # refused or of unknown outcome
+                rep = conn.call("FLUSHALL")
+            if rep.raw != b"+OK\r\n":
+                assert isinstance(rep.value, RespError), rep.raw
+                refused += 1
+                continue
+            ok += 1
+            # Keys whose SET had no clear answer may still apply after the flush.
+            for node, keys in _keys_everywhere(c, "fl:*").items():
+                left = [k for k in keys if k not in uncertain]
+                assert not left, (f"FLUSHALL answered OK in round {rnd} but {node} still holds "
+                                  f"{len(left)} keys, e.g. {left[:5]}")
+    finally:
+        stop.set()
+        mover.join(timeout=30)
+    moved = sum("leadership moving" in t for t in transfers)
+    print(f"[flush] {ok} FLUSHALL answered OK (each checked), {refused} refused; "
+          f"{moved} leadership transfers asked meanwhile")
+    assert ok > 0 and moved > 0
