@@ -3,6 +3,7 @@ active expiry, INFO, the memory budget, configuration, maxclients."""
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -59,6 +60,55 @@ def test_config_set_changes_limits_at_run_time(shoal):
         r.config_set("port", "1")
     with pytest.raises(redis.ResponseError, match="CONFIG SET failed"):
         r.config_set("maxclients", "abc")
+
+
+def test_config_set_while_other_workers_read_the_setting(shoal_factory):
+    """CONFIG SET on one connection while connections on other workers read
+    the same setting (#9 item 10). A new copy of the settings is published,
+    never changed under a reader: every read sees one of the values set,
+    whole, and the node lives (changed in place, a reader copies a string
+    that the writer frees: under ASan the node aborts)."""
+    s = shoal_factory(workers=4)
+    values = [chr(ord("a") + i) * n for i, n in enumerate((3000, 20000, 9000, 40000))]
+    allowed = set(values) | {""}
+    stop = threading.Event()
+    seen_bad: list = []
+    reads = [0]
+
+    def reader() -> None:
+        r = redis.Redis(host=s.host, port=s.port, socket_timeout=10)
+        r.ping()  # connected (and authenticated) before the first password is set
+        for _ in range(200000):  # bounded; stops with the writer
+            if stop.is_set():
+                return
+            v = r.config_get("requirepass").get("requirepass", "")
+            reads[0] += 1
+            if v not in allowed:
+                seen_bad.append(v[:40])
+                return
+
+    w = redis.Redis(host=s.host, port=s.port, socket_timeout=10)
+    w.ping()
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    sets = 0
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and sets < 100000:
+            assert w.config_set("requirepass", values[sets % len(values)])
+            sets += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+        w.config_set("requirepass", "")  # the writer's connection is authenticated
+    print(f"[config] {sets} CONFIG SET while {reads[0]} reads ran on other workers")
+    assert not seen_bad, f"a read saw a value never set: {seen_bad}"
+    assert reads[0] > 100 and sets > 100
+    with s.client() as conn:
+        assert conn.call("PING").raw == b"+PONG\r\n"
 
 
 def test_maxclients_refuses_extra_connections(shoal):
