@@ -448,6 +448,9 @@ Status ParseRecords(std::string_view in, std::string_view allowed, std::vector<R
     }
     uint16_t b = 0, e = 0;
     if (r.kind == 'r' && !DecodeRange(r.v, &b, &e)) return Status::Corruption("image range");
+    // A data key starts with its [slot][db] prefix (a shorter one would
+    // abort the write that stores it).
+    if (r.kind == 'd' && r.k.size() < storage::kDataKeyPrefixBytes) return Status::Corruption("image data key");
     recs->push_back(r);
   }
   return Status::Ok();

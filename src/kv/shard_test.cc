@@ -671,6 +671,19 @@ TEST(Shard, CorruptImageIsRefusedBeforeAnythingChanges) {
   EXPECT_EQ(b.shard().KeyCount(0), 51);
 }
 
+// Found by libFuzzer (snapshot_image_fuzz): a version 1 image whose data
+// record has a key shorter than its [slot][db] prefix aborted the node in
+// the write that stored it. It is refused as corrupt, and nothing changes.
+TEST(Shard, ImageWithAShortDataKeyIsRefused) {
+  ShardHarness b("short_key");
+  b.Run({"set", "mine", "kept"});
+  const std::string image("\x01" "d\x01\x00\x00\x00\x00\x00\x00\x00\x00", 11);
+  auto batch = b.engine().NewBatch();
+  Status st = b.shard().StageImage(image, 9, *batch);
+  EXPECT_EQ(st.code(), Code::kCorruption) << st.ToString();
+  EXPECT_EQ(b.Run({"get", "mine"}), "$4\r\nkept\r\n");
+}
+
 // A replica that missed the split catches up from an image taken after it:
 // it takes the image's smaller range and drops the keys of the slots it no
 // longer holds (inline and file images alike).
