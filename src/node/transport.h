@@ -6,6 +6,7 @@
 // thread of its own; Send() and the setters may be called from any thread.
 #pragma once
 
+#include <asio/awaitable.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
