@@ -191,6 +191,13 @@ Status Cluster::Open() {
         bool listed = Contains(shard.replicas(), node_id_) || Contains(shard.learners(), node_id_);
         if (has_state != with_state || (!listed && !has_state)) continue;
         s = EnsureShardReplica(shard, false);
+        if (!s.ok() && !listed) {
+          // Left from a replica the placement no longer wants here (an
+          // import a crash cut short, say): not a reason to stay down.
+          spdlog::error("shard {}: the state left here of a replica no longer placed on this node cannot be "
+                        "opened: {}; left on disk", shard.id(), s.ToString());
+          continue;
+        }
         if (!s.ok()) return s;
       }
     }
