@@ -418,6 +418,17 @@ class ReplicaSim {
         disk_faults_++;
       }
     }
+    if (!placement_ && pct(rng_) < 4) {
+      // Leaderships move now and then, as the placement moves them (where it
+      // runs, it does so itself): TimeoutNow lets the transferee win at
+      // once, while the old leader's lease would still run.
+      SimNode& l = Leader();
+      raft::NodeId to = 1 + rng_() % kFounders;
+      if (l.replica && l.replica->is_leader() && to != l.id && !Paused(l)) {
+        l.replica->TransferLeader(to);
+        transfers_++;
+      }
+    }
     if (oneway_from_ == 0 && pct(rng_) < 3) {
       oneway_from_ = 1 + rng_() % kMaxNodes;
       oneway_to_ = 1 + (oneway_from_ + rng_() % (kMaxNodes - 1)) % kMaxNodes;
@@ -622,7 +633,7 @@ class ReplicaSim {
   bool storage_faults_ = false;  // writes and fsyncs that fail, crashes that lose unsynced writes, one-way cuts
   raft::NodeId oneway_from_ = 0, oneway_to_ = 0;
   uint64_t oneway_heal_at_ = 0;
-  int disk_faults_ = 0, fail_stops_ = 0, crashes_losing_ = 0, oneway_cuts_ = 0;
+  int disk_faults_ = 0, fail_stops_ = 0, crashes_losing_ = 0, oneway_cuts_ = 0, transfers_ = 0;
   size_t writes_lost_ = 0, raft_writes_lost_ = 0;  // undone by crashes; of them, log or hard state writes
   bool reads_ = false;   // lease and follower reads, as connections serve them
   bool stalls_ = false;  // stopped processes and late applies
@@ -1399,7 +1410,8 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
 // acknowledged write is lost, every read is linearizable, the replicas
 // converge.
 TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
-  int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0;
+  int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
+      transfers = 0;
   size_t lost = 0, raft_lost = 0;
   for (uint64_t seed = 401; seed <= 416; ++seed) {
     ReplicaSim sim(seed);
@@ -1421,6 +1433,7 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     lost += sim.writes_lost_;
     raft_lost += sim.raft_writes_lost_;
     oneway += sim.oneway_cuts_;
+    transfers += sim.transfers_;
     lease += sim.lease_reads_;
     follower += sim.follower_reads_;
     changes += sim.leader_changes_;
@@ -1430,13 +1443,14 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   EXPECT_GT(lost, 50u);
   EXPECT_GT(raft_lost, 10u);  // crashes between a round's log write and its sync
   EXPECT_GT(oneway, 10);
+  EXPECT_GT(transfers, 50);
   EXPECT_GT(lease, 100);
   EXPECT_GT(follower, 100);
   EXPECT_GT(acked, 500);
   std::printf("storage sim: %d disk faults injected, %d nodes stopped by them, %d crashes lost %zu unsynced writes "
-              "(%zu of the log or hard state), %d one-way cuts, %d lease and %d follower reads, %d acknowledged "
-              "writes, %d leader changes\n",
-              disk_faults, stops, losing, lost, raft_lost, oneway, lease, follower, acked, changes);
+              "(%zu of the log or hard state), %d one-way cuts, %d leadership transfers, %d lease and %d follower "
+              "reads, %d acknowledged writes, %d leader changes\n",
+              disk_faults, stops, losing, lost, raft_lost, oneway, transfers, lease, follower, acked, changes);
 }
 
 }  // namespace
