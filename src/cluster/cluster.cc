@@ -271,14 +271,14 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
     if (!bootstrap && !storage::RaftStore::HasState(engine_, s.id())) {
       // A new, empty replica waits for a snapshot. Not while a replica here
       // still holds some of its slots (a split this node has not applied
-      // yet: the split creates the child with its data in place), and not
-      // for a split's child before the split is done.
-      for (const auto& [id, shard] : shards_) {
-        if (shard->slot_begin() < s.slot_end() && s.slot_begin() < shard->slot_end()) {
-          spdlog::debug("shard {}: not created yet: shard {} here still holds slots {}-{}", s.id(), id,
-                        shard->slot_begin(), shard->slot_end() - 1);
-          return Status::Ok();
-        }
+      // yet: the split creates the child with its data in place, or an
+      // image from before the split is being taken), and not for a split's
+      // child before the split is done.
+      const auto b = static_cast<uint16_t>(s.slot_begin()), e = static_cast<uint16_t>(s.slot_end());
+      if (uint64_t holder = SlotHolderLocked(s.id(), b, e); holder != 0) {
+        spdlog::debug("shard {}: not created yet: shard {} here still holds some of slots {}-{}", s.id(), holder, b,
+                      e - 1);
+        return Status::Ok();
       }
       if (MetaPtr m = meta()) {
         for (const auto& p : m->shards()) {
@@ -286,7 +286,12 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
         }
       }
     }
-    if (!ClaimLocked(s.id(), {0, 0})) return Status::Ok();  // opened, or being opened, elsewhere
+    // A new replica's slots are claimed with it; one with state reads its
+    // range from disk (OpenShardReplica checks that one).
+    const bool fresh = !bootstrap && !storage::RaftStore::HasState(engine_, s.id());
+    std::pair<uint16_t, uint16_t> claim{0, 0};
+    if (fresh) claim = {static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end())};
+    if (!ClaimLocked(s.id(), claim)) return Status::Ok();  // opened, or being opened, elsewhere
   }
   auto r = OpenShardReplica(s.id(), static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end()),
                             bootstrap, s.recovery(), s.recovered_on());
@@ -307,6 +312,18 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   auto shard = std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end, opts_.meta_cache_entries);
   Status st = shard->Load();
   if (!st.ok()) return st;
+  {
+    // The range on disk (an import a crash cut short names its image's) must
+    // not cover another replica's slots here: importing or serving them would
+    // overwrite that replica's data. Never expected (images are claimed,
+    // ClaimImage); refused loudly rather than risked.
+    std::lock_guard lock(shards_mu_);
+    if (uint64_t holder = SlotHolderLocked(id, shard->slot_begin(), shard->slot_end()); holder != 0) {
+      return Status::Corruption("shard " + std::to_string(id) + " here holds slots " +
+                                std::to_string(shard->slot_begin()) + "-" + std::to_string(shard->slot_end() - 1) +
+                                ", some of which shard " + std::to_string(holder) + " here holds; not opened");
+    }
+  }
   auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits);
   replica::ReplicaOptions ro;
   ro.group = id;

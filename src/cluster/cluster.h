@@ -146,7 +146,8 @@ class Cluster final : public replica::Splitter {
   bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
                   uint64_t index, storage::WriteBatch& batch) override;
   void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
-  bool MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
+  bool ClaimImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
+  void ReleaseImage(replica::Replica& r) override;
   MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
   // The leader of group as this node knows it (kNoNode if unknown).
   uint64_t LeaderOf(uint64_t group) const;
@@ -260,8 +261,14 @@ class Cluster final : public replica::Splitter {
   // Replicas being opened here (shards_mu_), so that no other thread opens
   // them too: id -> range (a split child's; else unused).
   std::map<uint64_t, std::pair<uint16_t, uint16_t>> opening_;
+  // Slots claimed by a replica here for an image it is taking (ClaimImage),
+  // until the import is written: id -> range. shards_mu_.
+  std::map<uint64_t, std::pair<uint16_t, uint16_t>> image_claims_;
   // Claims `id` for opening (false: it is open or being opened). shards_mu_.
   bool ClaimLocked(uint64_t id, std::pair<uint16_t, uint16_t> range);
+  // A replica here other than `self` that holds, is being opened with, or
+  // has claimed for an image some of slots [begin, end); 0 if none. shards_mu_.
+  uint64_t SlotHolderLocked(uint64_t self, uint16_t begin, uint16_t end) const;
   // Worker 0: load measurement.
   struct ShardLoad {
     uint64_t bytes = 0;

@@ -69,15 +69,31 @@ void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand&
   }
 }
 
-bool Cluster::MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) {
-  std::lock_guard lock(shards_mu_);
+uint64_t Cluster::SlotHolderLocked(uint64_t self, uint16_t begin, uint16_t end) const {
+  auto overlaps = [&](uint16_t b, uint16_t e) { return b < end && begin < e; };
   for (const auto& [id, shard] : shards_) {
-    if (id != r.group() && shard->slot_begin() < end && begin < shard->slot_end()) return false;
+    if (id != self && overlaps(shard->slot_begin(), shard->slot_end())) return id;
   }
   for (const auto& [id, range] : opening_) {
-    if (id != r.group() && range.second != 0 && range.first < end && begin < range.second) return false;
+    if (id != self && range.second != 0 && overlaps(range.first, range.second)) return id;
   }
+  for (const auto& [id, range] : image_claims_) {
+    if (id != self && overlaps(range.first, range.second)) return id;
+  }
+  return 0;
+}
+
+bool Cluster::ClaimImage(replica::Replica& r, uint16_t begin, uint16_t end) {
+  std::lock_guard lock(shards_mu_);
+  if (SlotHolderLocked(r.group(), begin, end) != 0) return false;
+  auto [it, fresh] = image_claims_.try_emplace(r.group(), begin, end);
+  if (!fresh) it->second = {std::min(it->second.first, begin), std::max(it->second.second, end)};  // two pending
   return true;
+}
+
+void Cluster::ReleaseImage(replica::Replica& r) {
+  std::lock_guard lock(shards_mu_);
+  image_claims_.erase(r.group());
 }
 
 uint64_t Cluster::LocalRangesSig() {

@@ -515,7 +515,7 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
     }
     uint16_t b = 0, e = 0;
     if (opts_.splitter != nullptr && sm_->ImageRange(ticket ? std::string_view() : std::string_view(m.snapshot.data), dir, &b, &e) &&
-        !opts_.splitter->MayTakeImage(*this, b, e)) {
+        !opts_.splitter->ClaimImage(*this, b, e)) {
       // From before a split whose child is already here: the leader sends
       // a later one (narrower) once it has applied the split.
       spdlog::warn("group {}: snapshot at {} names slots {}-{}, some held by another replica here; dropped",
@@ -530,7 +530,20 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
     leader_contact_tick_ = ticks_;
     leader_contact_us_ = std::max(leader_contact_us_, now_mono_us);
   }
+  const bool snap = m.type == raft::MessageType::kSnap;
+  if (snap && opts_.splitter != nullptr) image_claimed_ = true;
   (void)node_->step(std::move(m));
+  if (snap) MaybeReleaseImage();  // Raft did not take it
+}
+
+void Replica::MaybeReleaseImage(raft::Index imported) {
+  // Held while Raft has a snapshot pending that is not imported yet. Once
+  // imported, the shard's range is the image's, and that range holds the
+  // slots from then on.
+  const auto& pending = node_->raft().log().unstable_snapshot();
+  if (!image_claimed_ || (!retired_ && pending && pending->meta.index != imported)) return;
+  image_claimed_ = false;
+  opts_.splitter->ReleaseImage(*this);
 }
 
 raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
@@ -564,6 +577,7 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   // again); what was void in this one's log does not.
   if (recovery_ > 0) WriteRecovery(recovery_, 0, batch);
   retired_ = true;
+  MaybeReleaseImage();
   // Odd for good: a read that began before (it holds this replica) must not
   // be answered from the range being deleted.
   import_gen_.store((import_gen_.load(std::memory_order_relaxed) | 1) + 2, std::memory_order_release);
@@ -705,6 +719,7 @@ void Replica::ApplyReady(int64_t now_mono_us) {
   if (rd.snapshot) {
     sm_->FinishImport();
     import_gen_.fetch_add(1, std::memory_order_acq_rel);
+    MaybeReleaseImage(rd.snapshot->meta.index);  // before a split among the entries below opens its child
     // Proposals below the snapshot can no longer be matched to their entries.
     for (auto it = writes_.begin(); it != writes_.end() && it->first <= rd.snapshot->meta.index;) {
       auto done = std::move(it->second.done);
@@ -725,11 +740,13 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
   raft::Ready& rd = *ready_;
   if (retired_) {  // its state was deleted meanwhile: it promises nothing
     ready_.reset();
+    MaybeReleaseImage();
     return;
   }
   for (auto& m : rd.messages_after_persist) Route(std::move(m), send);
   ready_.reset();
   node_->advance();
+  MaybeReleaseImage();
   for (raft::NodeId to : snapshots_sent_) node_->report_snapshot(to, false);
   snapshots_sent_.clear();
   for (raft::NodeId to : snapshots_failed_) node_->report_snapshot(to, true);

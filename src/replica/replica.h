@@ -188,10 +188,15 @@ class Splitter {
   virtual bool StageSplit(Replica& parent, const SplitCommand& split, const raft::ConfState& conf,
                           uint64_t index, storage::WriteBatch& batch) = 0;
   virtual void FinishSplit(Replica& parent, const SplitCommand& split) = 0;
-  // Whether `r` may take an image naming slots [begin, end): not when
-  // another replica on this node holds some of them (an image from before
-  // a split, reaching a node that has the split's child already).
-  virtual bool MayTakeImage(Replica&, uint16_t, uint16_t) { return true; }
+  // Claims slots [begin, end) for an image `r` is about to take: false
+  // when another replica on this node holds, or is being opened with, some
+  // of them (an image from before a split, reaching a node that has the
+  // split's child already). Until ReleaseImage(r) no other replica here may
+  // be created over those slots: the claim covers the time from the image's
+  // arrival until its import is written, when the image is pending in Raft
+  // and other workers run.
+  virtual bool ClaimImage(Replica&, uint16_t, uint16_t) { return true; }
+  virtual void ReleaseImage(Replica&) {}
 };
 
 // Stages a split's child on this node into `batch`: the parent shard's
@@ -352,6 +357,9 @@ class Replica {
   Status WriteSynced(storage::WriteBatch& batch);
   // Answers every waiting write with `reply` and fails every waiting read.
   void FailWaiters(const std::string& reply);
+  // Ends the Splitter::ClaimImage claim once no image is pending in Raft
+  // but the one at `imported`, whose import was just written.
+  void MaybeReleaseImage(raft::Index imported = 0);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
   // Applies a split entry (the earlier applies are written).
@@ -429,6 +437,7 @@ class Replica {
   uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
   bool retired_ = false;  // its state is deleted: never driven again
+  bool image_claimed_ = false;  // Splitter::ClaimImage holds slots for a pending image
 };
 
 }  // namespace shoal::replica

@@ -88,6 +88,19 @@ class TestSplitter final : public Splitter {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     node_->child = std::move(r).value();
   }
+  bool ClaimImage(Replica& r, uint16_t begin, uint16_t end) override {
+    if (refuse_images) {
+      ++images_refused;
+      return false;
+    }
+    claims[r.group()] = {begin, end};
+    return true;
+  }
+  void ReleaseImage(Replica& r) override { claims.erase(r.group()); }
+
+  bool refuse_images = false;  // as a node whose other replica holds the image's slots
+  int images_refused = 0;
+  std::map<uint64_t, std::pair<uint16_t, uint16_t>> claims;  // group -> slots claimed for an image
 
  private:
   TestNode* node_;
@@ -461,6 +474,46 @@ TEST_F(ReplicaCluster, ImportGenerationIsOddWhileASnapshotIsHalfIn) {
   EXPECT_EQ(half_states, 1);
   EXPECT_EQ(R(2).import_generation(), gen + 2);
   EXPECT_EQ(Get(2, "k0"), "0");
+  EXPECT_EQ(Get(2, "k40"), "40");
+}
+
+// An image's slots stay claimed (Splitter::ClaimImage) from its arrival until
+// its import is in, so that no other replica is created over them on another
+// worker meanwhile; a refused claim drops the snapshot, and the leader sends
+// it again.
+TEST_F(ReplicaCluster, ImageClaimsItsSlotsUntilItsImportIsIn) {
+  for (raft::NodeId id : {1, 2}) AddNode(id, {1, 2, 3}, /*compact=*/8);
+  TestNode& c = AddNode(3, {1, 2, 3}, /*compact=*/8, /*with_splitter=*/true, /*faulty=*/true);
+  auto& splitter = static_cast<TestSplitter&>(*c.splitter);
+  TickAll(60);
+  if (R(2).is_leader()) {
+    R(2).TransferLeader(1);
+    TickAll(20);
+  }
+  size_t leader = LeaderIndex();
+  ASSERT_NE(leader, SIZE_MAX);
+  ASSERT_NE(leader, 2u);
+  ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
+  down_.insert(3);
+  for (int i = 1; i <= 40; ++i) ASSERT_EQ(Write(R(leader), SetBatch("k" + std::to_string(i), std::to_string(i))), "+OK\r\n");
+  ASSERT_GT(R(leader).store().first_index(), R(2).store().last_index() + 1);
+  splitter.refuse_images = true;
+  down_.erase(3);
+  TickAll(20);
+  EXPECT_GT(splitter.images_refused, 0);
+  EXPECT_TRUE(splitter.claims.empty());
+  EXPECT_EQ(Get(2, "k40"), "<none>");  // dropped, nothing imported
+  int ingests = 0;
+  c.faults->BeforeIngest([&](storage::Cf cf) {
+    if (cf != storage::Cf::kData) return;
+    ingests++;
+    ASSERT_EQ(splitter.claims.count(7), 1u);
+    EXPECT_EQ(splitter.claims.at(7), std::make_pair(uint16_t{0}, static_cast<uint16_t>(storage::kSlotCount)));
+  });
+  splitter.refuse_images = false;
+  TickAll(40);
+  EXPECT_EQ(ingests, 1);
+  EXPECT_TRUE(splitter.claims.empty());  // released once the import is in
   EXPECT_EQ(Get(2, "k40"), "40");
 }
 

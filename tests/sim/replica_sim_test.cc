@@ -138,7 +138,16 @@ struct SimSplitter final : replica::Splitter {
   bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
                   uint64_t index, storage::WriteBatch& batch) override;
   void FinishSplit(replica::Replica& parent, const replica::SplitCommand& split) override;
-  bool MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
+  bool ClaimImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
+  void ReleaseImage(replica::Replica& r) override { claims.erase(r.group()); }
+  // Whether a replica other than `group` claimed some of [begin, end).
+  bool Claimed(uint64_t group, uint16_t begin, uint16_t end) const {
+    for (const auto& [g, range] : claims) {
+      if (g != group && range.first < end && begin < range.second) return true;
+    }
+    return false;
+  }
+  std::map<uint64_t, std::pair<uint16_t, uint16_t>> claims;  // group -> slots claimed for an image
 };
 
 class ReplicaSim {
@@ -245,6 +254,7 @@ class ReplicaSim {
     std::erase_if(pending_reads_, [&](const PendingRead& p) { return p.node == n.id; });
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
     n.child_replica.reset();
+    splitters_[n.id - 1].claims.clear();
     std::erase_if(recounts_, [&](const Recount& r) { return r.node == n.id; });  // the scan dies with it
     n.child_shard.reset();
     receivers_[n.id - 1].reset();
@@ -1152,6 +1162,10 @@ class ReplicaSim {
         continue;
       }
       if (n.replica && n.shard->slot_end() > split_slot_) continue;  // its parent still holds the slots
+      if (splitters_[n.id - 1].Claimed(kChild, split_slot_, storage::kSlotCount)) {
+        claim_waits_++;  // an image from before the split is being taken
+        continue;
+      }
       // Checked apart from the rule: the parent here is past the split entry
       // (through the log or a snapshot), so it gave up the child's slots.
       uint64_t parent_applied = n.replica ? n.replica->state_machine().applied_index() : 0;
@@ -1215,6 +1229,7 @@ class ReplicaSim {
   uint64_t last_split_proposal_ = 0;
   raft::NodeId lagger_ = 0;
   int split_proposals_ = 0, children_split_ = 0, children_empty_ = 0, empty_over_parent_ = 0, overlaps_ = 0;
+  int claim_waits_ = 0;  // a child not created while an image claimed its slots
   int moved_refusals_ = 0;
   std::map<raft::NodeId, int> splits_staged_;
   std::set<uint64_t> split_indexes_;  // where the split applied: one index everywhere
@@ -1301,12 +1316,16 @@ bool SimSplitter::StageSplit(replica::Replica& parent, const replica::SplitComma
 
 void SimSplitter::FinishSplit(replica::Replica& parent, const replica::SplitCommand&) { sim->FinishSplit(node, parent); }
 
-// As Cluster::MayTakeImage: no image naming slots the node's other replica holds.
-bool SimSplitter::MayTakeImage(replica::Replica& r, uint16_t begin, uint16_t end) {
+// As Cluster::ClaimImage: no image naming slots the node's other replica
+// holds or claimed; claimed until the import is written.
+bool SimSplitter::ClaimImage(replica::Replica& r, uint16_t begin, uint16_t end) {
   SimNode& n = sim->nodes_[node - 1];
   kv::Shard* other = r.group() == kGroup ? n.child_shard.get() : n.shard.get();
   bool held = other != nullptr && (r.group() == kGroup ? n.child_replica != nullptr : n.replica != nullptr);
-  return !held || other->slot_end() <= begin || end <= other->slot_begin();
+  if ((held && other->slot_begin() < end && begin < other->slot_end()) || Claimed(r.group(), begin, end)) return false;
+  auto [it, fresh] = claims.try_emplace(r.group(), begin, end);
+  if (!fresh) it->second = {std::min(it->second.first, begin), std::max(it->second.second, end)};
+  return true;
 }
 
 void SimCourier::Ship(uint64_t group, raft::Message msg, replica::ImageWriter write) {
@@ -1570,6 +1589,7 @@ void SplitsLoseNothing(bool storage_faults) {
   int recounts = 0, stale_recounts = 0, stops = 0;
   size_t raft_lost = 0;
   int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
+  int claim_waits = 0;
   for (uint64_t seed = 201; seed <= 208; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
@@ -1677,6 +1697,7 @@ void SplitsLoseNothing(bool storage_faults) {
     refusals += sim.moved_refusals_;
     by_split += sim.children_split_;
     empty += sim.children_empty_;
+    claim_waits += sim.claim_waits_;
     restarts += sim.restarts_;
     stops += sim.fail_stops_;
     raft_lost += sim.raft_writes_lost_;
@@ -1694,9 +1715,9 @@ void SplitsLoseNothing(bool storage_faults) {
   std::printf("split sim%s: 8 splits, %d split proposals, %d children by the split entry, %d created empty for a "
               "snapshot, %d laggers through the log, %d through a snapshot, %d operations refused (TRYAGAIN), "
               "%d restarts (%d stopped by a failed disk; %zu log writes lost in crashes), %d acknowledged writes, "
-              "%d key recounts (%d stale)\n",
+              "%d key recounts (%d stale), %d child creations held back by an image's claim\n",
               storage_faults ? " (storage faults)" : "", proposals, by_split, empty, lag_log, lag_snapshot, refusals,
-              restarts, stops, raft_lost, acked, recounts, stale_recounts);
+              restarts, stops, raft_lost, acked, recounts, stale_recounts, claim_waits);
 }
 
 TEST(ReplicaSim, SplitsUnderFaultsLoseNothing) { SplitsLoseNothing(false); }
