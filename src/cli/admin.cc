@@ -236,6 +236,10 @@ int RunAdmin(const AdminOptions& opts) {
     if (opts.verb == "plan" && r->lines.empty()) std::printf("(nothing to do: placement is balanced)\n");
     return 0;
   }
+  if (opts.verb == "recover" && opts.args.size() == 1 && opts.args[0] != "meta") {
+    std::cerr << "shoal admin: recover wants SHARD NODE, or meta\n";
+    return 2;
+  }
   if (opts.verb == "recover" && !opts.unsafe) {
     std::cerr << "shoal admin: recover is unsafe: the shard keeps only what the chosen replica has, and writes "
                  "only the lost voters held are gone. Use it only when those nodes are gone for good and will "

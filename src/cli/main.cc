@@ -171,8 +171,9 @@ int main(int argc, char** argv) {
   split_cmd->add_option("args", admin.args, "SHARD [SLOT]")->required()->expected(1, 2);
   CLI::App* recover_cmd = verb("recover",
                               "UNSAFE: a shard that lost its majority for good takes one survivor's replica as "
-                              "its only voter (writes only the lost voters held are gone)");
-  recover_cmd->add_option("args", admin.args, "SHARD NODE")->required()->expected(2);
+                              "its only voter (writes only the lost voters held are gone). `recover meta` makes "
+                              "the node at --host/--port the meta shard's only voter");
+  recover_cmd->add_option("args", admin.args, "SHARD NODE, or meta")->required()->expected(1, 2);
   recover_cmd->add_flag("--unsafe", admin.unsafe, "Required: say that you accept losing writes");
   CLI::App* watch_cmd = verb("watch", "Follow moves until placement is balanced");
   watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)");

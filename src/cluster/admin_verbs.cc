@@ -114,13 +114,19 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     }
     out.lines.push_back(line);
   }
+  // The meta shard as its leader (this node) has it.
+  if (replica::Replica* mr = groups_->Find(0); mr != nullptr) {
+    node::LeaderReport rep = ReportOf(*mr);
+    out.lines.push_back("meta leader " + Hex(node_id_) + " voters " + IdList(rep.voters) + " learners " +
+                        IdList(SortedIds(rep.learners)) + " recovery " + std::to_string(m->meta_recovery() >> 32));
+  }
   // Snapshot transfers over the nodes that are up (counters since each started).
-  node::TransferStats total;
+  node::NodeStats total;
   {
     std::lock_guard lock(gossip_mu_);
     for (const NodeView& n : view.nodes) {
       if (n.state == NodeState::kDown || n.state == NodeState::kRemoved) continue;
-      node::TransferStats t = n.id == node_id_ && opts_.local_transfers ? opts_.local_transfers() : node::TransferStats{};
+      node::NodeStats t = n.id == node_id_ && opts_.local_transfers ? opts_.local_transfers() : node::NodeStats{};
       if (auto it = transfers_.find(n.id); n.id != node_id_ && it != transfers_.end()) t = it->second;
       total.sending += t.sending;
       total.bytes_sent += t.bytes_sent;
@@ -138,6 +144,14 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     replica::Replica* mr = groups_->Find(0);
     if (mr == nullptr || cluster_id() == 0) return done(AdminError("TRYAGAIN this node has not joined a cluster yet"));
     MetaPtr m = meta();
+    if (args.size() >= 2 && Lower(args[0]) == "recover" && Lower(args[1]) == "meta") {
+      // Answered by this node itself: the meta shard has no leader to ask.
+      if (args.size() != 3 || Lower(args[2]) != "unsafe") {
+        return done(AdminError("ERR RECOVER META is unsafe and must say so: SHOAL.ADMIN RECOVER META UNSAFE, sent to "
+                               "the surviving meta voter that is to be the meta shard's only voter"));
+      }
+      return done(AdminRecoverMeta(mr, node::MonoUs()));
+    }
     if (!mr->is_leader()) {
       uint64_t leader = mr->published_leader();
       for (const auto& n : m->nodes()) {
@@ -204,8 +218,75 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     }
     done(AdminError("ERR unknown SHOAL.ADMIN subcommand or wrong arguments: STATUS, PLAN, DRAIN node, REMOVE node, "
                     "MOVE shard from-node to-node, TRANSFER shard node, SPLIT shard [slot], RECOVER shard node UNSAFE, "
-                    "BALANCE on|off"));
+                    "RECOVER META UNSAFE, BALANCE on|off"));
   });
+}
+
+AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
+  if (mr->is_leader()) return AdminError("ERR this node leads the meta shard: it has its majority; nothing to recover");
+  const raft::ConfState cs = mr->raft().tracker().conf_state();
+  std::vector<uint64_t> voters = cs.voters;
+  voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+  voters = SortedIds(voters);
+  if (!HasId(voters, node_id_)) {
+    return AdminError("ERR this node's meta replica is not a voter (the voters are " + IdList(voters) +
+                      "): send RECOVER META to a surviving voter");
+  }
+  // A majority of voters that are up is not lost: its election is late (a
+  // partition, a stall), and a recovery now would split the cluster in two.
+  // While joint, a live majority of both halves is one that can elect.
+  std::vector<uint64_t> live;
+  uint64_t other = 0, other_node = 0;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (uint64_t v : voters) {
+      auto it = last_heard_us_.find(v);
+      if (v == node_id_ || (it != last_heard_us_.end() && now - it->second < 3'000'000)) live.push_back(v);
+    }
+    for (const auto& [id, stats] : transfers_) {
+      if (stats.meta_recovery != mr->recovery() && stats.meta_recovery > other) {
+        std::tie(other, other_node) = std::pair{stats.meta_recovery, id};
+      }
+    }
+  }
+  auto live_majority = [&](const std::vector<uint64_t>& half) {
+    size_t n = 0;
+    for (uint64_t v : half) n += HasId(live, v) ? 1 : 0;
+    return n * 2 > half.size();
+  };
+  if (live_majority(cs.voters) && (cs.voters_outgoing.empty() || live_majority(cs.voters_outgoing))) {
+    return AdminError("ERR the meta shard still has a majority of live voters (" + IdList(live) + " of " +
+                      IdList(voters) + "): it is not lost; wait for its election, or mend the network between them");
+  }
+  if (other != 0) {
+    // Once is enough: two recoveries make two meta shards.
+    return AdminError("ERR the meta shard was recovered already (recovery " + std::to_string(other >> 32) +
+                      ", gossiped by node " + Hex(other_node) + "): this node's meta replica is started over from it");
+  }
+  // Recovery numbers: the count in the high half, the recovering node in the
+  // low half, so that two recoveries made at once (two operators, two sides
+  // of a partition) never share a number: the higher one wins everywhere.
+  const uint64_t low = (node_id_ & 0xFFFFFFFFULL) != 0 ? node_id_ & 0xFFFFFFFFULL : 1;
+  const uint64_t recovery = ((mr->recovery() >> 32) + 1) << 32 | low;
+  meta_lineage_.store(recovery, std::memory_order_release);  // messages of the old group are refused from here on
+  std::string refused;
+  auto forced = mr->ForceSoleVoter(recovery, &refused);
+  if (!forced.ok() || !*forced) meta_lineage_.store(mr->recovery(), std::memory_order_release);
+  if (!forced.ok()) return AdminError("ERR the meta replica could not be changed: " + forced.status().ToString());
+  if (!*forced) {
+    return AdminError(refused.empty() ? "TRYAGAIN the meta replica is writing; ask again"
+                                      : "ERR refused: this node's meta replica: " + refused);
+  }
+  groups_->Notify(mr);
+  spdlog::critical("UNSAFE RECOVERY {} of the meta shard: this node ({}) is its only voter; voters {} given up ({} "
+                   "heard from)", recovery >> 32, Hex(node_id_), IdList(voters), IdList(live));
+  AdminReply out;
+  out.kind = AdminReply::Kind::kLines;
+  out.lines = {"meta shard: UNSAFE recovery " + std::to_string(recovery >> 32) + ": node " + Hex(node_id_) +
+                   " is its only voter (voters " + IdList(voters) + " given up)",
+               "next: SHOAL.ADMIN RECOVER shard node UNSAFE for each data shard that lost its majority, and "
+               "SHOAL.ADMIN REMOVE for each node gone for good"};
+  return out;
 }
 
 Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::vector<std::string>& args, const MetaPtr& m,
@@ -214,6 +295,11 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
   if (info == nullptr) return AdminStep::Reply(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
   if (info->slot_end() - info->slot_begin() < 2) {
     return AdminStep::Reply(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
+  }
+  if (uint64_t unlisted = UnlistedGroup(*m); unlisted != 0) {
+    return AdminStep::Reply(AdminError("TRYAGAIN group " + std::to_string(unlisted) +
+                                       " is led but not in the metadata (an unsafe recovery of the meta shard lost "
+                                       "it); no split until it is known"));
   }
   for (const auto& s : m->shards()) {
     if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {

@@ -250,6 +250,7 @@ Status Cluster::OpenMeta(bool bootstrap, const proto::MetaState* initial) {
   }
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
+  meta_lineage_.store((*r)->recovery(), std::memory_order_release);
   groups_->Add(std::move(r).value());
   return Status::Ok();
 }
@@ -323,6 +324,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
                                 std::to_string(shard->slot_begin()) + "-" + std::to_string(shard->slot_end() - 1) +
                                 ", some of which shard " + std::to_string(holder) + " here holds; not opened");
     }
+    opening_[id] = {shard->slot_begin(), shard->slot_end()};  // held from here until it is open
   }
   auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits);
   replica::ReplicaOptions ro;
@@ -433,7 +435,7 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
   }
 }
 
-void Cluster::OnTransfers(uint64_t from, node::TransferStats stats) {
+void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
   std::lock_guard lock(gossip_mu_);
   transfers_[from] = stats;
 }
@@ -517,6 +519,7 @@ node::LeaderReport ReportOf(const replica::Replica& r) {
 void Cluster::OnTick(int worker) {
   int64_t now = node::MonoUs();
   MetaPtr m = meta();
+  if (worker == groups_->WorkerOf(0)) MetaRecoveryTick(m, now);  // also with no metadata yet
   if (!m || m->cluster_id() == 0) return;
   // Leaders bring their groups' membership to what the metadata wants.
   for (replica::Replica* r : groups_->All()) {
@@ -560,7 +563,6 @@ void Cluster::OnTick(int worker) {
     FillLoad(&leading.back());
   }
   transport_->SetLocalLeaders(std::move(leading));
-  if (opts_.local_transfers) transport_->SetLocalTransfers(opts_.local_transfers());
   replica::Replica* meta_replica = groups_->Find(0);
   bool meta_leader = meta_replica != nullptr && meta_replica->is_leader();
   if (!meta_leader) {
@@ -640,10 +642,106 @@ Status Cluster::Retire(replica::Replica* r) {
   return Status::Ok();
 }
 
+void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
+  replica::Replica* mr = groups_->Find(0);
+  if (mr == nullptr) return;
+  uint64_t latest = 0, from = 0;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& [id, stats] : transfers_) {
+      if (stats.meta_recovery > latest) std::tie(latest, from) = std::pair{stats.meta_recovery, id};
+    }
+  }
+  if (latest > mr->recovery()) {
+    // Its log may hold entries the recovered leader never had: it must not
+    // be appended to, and its state must not be taken for the cluster's.
+    // Messages of its old group are refused from here on (MetaPeerInLineage).
+    meta_lineage_.store(latest, std::memory_order_release);
+    auto reset = mr->ResetForRecovery(latest);
+    if (!reset.ok()) {
+      spdlog::error("meta shard: cannot start this node's replica over for unsafe recovery {}: {}", latest >> 32,
+                    reset.status().ToString());
+    } else if (*reset) {
+      spdlog::critical("meta shard: node {} belongs to unsafe recovery {} of the meta shard: this node's meta "
+                       "replica, from before it, was started over and waits for the recovered leader's state",
+                       Hex(from), latest >> 32);
+      groups_->Notify(mr);
+    }
+  }
+  meta_lineage_.store(std::max(meta_lineage_.load(std::memory_order_relaxed), mr->recovery()),
+                      std::memory_order_release);
+  node::NodeStats stats = opts_.local_transfers ? opts_.local_transfers() : node::NodeStats{};
+  stats.meta_recovery = mr->recovery();
+  transport_->SetLocalTransfers(stats);
+  if (!m || !mr->is_leader() || mr->recovery() <= m->meta_recovery() || now - last_meta_recovered_us_ < 1'000'000) {
+    return;
+  }
+  last_meta_recovered_us_ = now;
+  bool listed = false;
+  for (const auto& n : m->nodes()) listed |= n.id() == node_id_ && n.state() != proto::NODE_REMOVED;
+  if (!listed) {
+    spdlog::error("meta shard: unsafe recovery {} cannot be recorded: this node is not an active member in the "
+                  "metadata it kept", mr->recovery() >> 32);
+    return;
+  }
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  cmd.mutable_meta_recovered()->set_recovery(mr->recovery());
+  cmd.mutable_meta_recovered()->set_node(node_id_);
+  spdlog::warn("meta shard: recording unsafe recovery {} (this node the only wanted meta voter)", mr->recovery() >> 32);
+  ProposeMeta(mr, cmd);
+}
+
+bool Cluster::MetaPeerInLineage(uint64_t from) const {
+  const uint64_t mine = meta_lineage_.load(std::memory_order_acquire);
+  std::lock_guard lock(gossip_mu_);
+  auto it = transfers_.find(from);
+  if (it == transfers_.end()) return mine == 0;  // not heard yet: only where no recovery ever happened
+  return it->second.meta_recovery == mine;
+}
+
+uint64_t Cluster::UnlistedGroup(const proto::MetaState& meta) const {
+  std::lock_guard lock(gossip_mu_);
+  for (const auto& [group, g] : gossip_) {
+    if (group != 0 && FindShardById(meta, group) == nullptr) return group;
+  }
+  return 0;
+}
+
+void Cluster::AdmitRecoveredMetaMembers(uint64_t recovery, const replica::Replica& r, Membership* want) const {
+  const raft::ConfState& cs = r.raft().tracker().conf_state();
+  auto member = [&](uint64_t id) {
+    return HasId(cs.voters, id) || HasId(cs.voters_outgoing, id) || HasId(cs.learners, id);
+  };
+  std::lock_guard lock(gossip_mu_);
+  auto admitted = [&](uint64_t id) {
+    if (id == node_id_ || member(id)) return true;
+    auto it = transfers_.find(id);
+    return it != transfers_.end() && it->second.meta_recovery == recovery;
+  };
+  std::vector<uint64_t> learners;
+  for (uint64_t id : want->learners) {
+    if (admitted(id)) learners.push_back(id);
+  }
+  if (!std::all_of(want->voters.begin(), want->voters.end(), admitted)) {
+    // The voters change only all at once: until then those admitted catch
+    // up as learners.
+    for (uint64_t id : want->voters) {
+      if (admitted(id) && !HasId(cs.voters, id)) learners.push_back(id);
+    }
+    want->voters = SortedIds(cs.voters);
+  }
+  want->learners = SortedIds(learners);
+}
+
 void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
+  // Also before the metadata records a recovery this replica was forced in.
+  if (const uint64_t recovery = std::max(meta.meta_recovery(), r->recovery()); r->group() == 0 && recovery > 0) {
+    AdmitRecoveredMetaMembers(recovery, *r, &want);
+  }
   MembershipStep step = NextMembershipStep(want, preferred, GroupStateOf(r->raft()));
   if (step.kind == MembershipStep::Kind::kTransferLeader) {
     std::lock_guard lock(transfer_mu_);
@@ -779,6 +877,10 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     proto::MetaCommand cmd;
     cmd.set_version(1);
     if (mv.kind == MoveKind::kSplit) {
+      if (uint64_t unlisted = UnlistedGroup(meta); unlisted != 0) {
+        spdlog::warn("placement: no split while group {} is led but not in the metadata", unlisted);
+        continue;
+      }
       cmd.mutable_split_shard()->set_parent(mv.shard);
       cmd.mutable_split_shard()->set_slot(mv.slot);
     } else if (mv.kind == MoveKind::kSetMetaVoters) {

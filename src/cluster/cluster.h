@@ -55,7 +55,7 @@ struct ClusterOptions {
   // Carries data shards' snapshots (null: inside Raft messages).
   replica::SnapshotCourier* courier = nullptr;
   // This node's snapshot transfer counters (for SHOAL.ADMIN STATUS).
-  std::function<node::TransferStats()> local_transfers;
+  std::function<node::NodeStats()> local_transfers;
   // A shard splits by itself past this size, or this sustained load
   // (operations per second); 0: never (SHOAL.ADMIN SPLIT still splits).
   uint64_t split_bytes = 512ULL << 20;
@@ -158,10 +158,14 @@ class Cluster final : public replica::Splitter {
   // A node asks to join (SHOAL.JOIN). done(reply) runs on worker 0 with a
   // RESP reply: "+<cluster id hex>", "-REDIRECT host:port" or an error.
   void HandleJoin(const proto::NodeInfo& node, std::function<void(std::string)> done);
+  // Whether a meta-shard (group 0) message from `from` may be delivered
+  // (transport thread): only between nodes whose meta replicas belong to
+  // the same unsafe recovery of the meta shard, as each gossips it.
+  bool MetaPeerInLineage(uint64_t from) const;
   // Leadership gossip from a peer (transport thread); also its heartbeat.
   void OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders);
   // A peer's snapshot transfer counters (transport thread).
-  void OnTransfers(uint64_t from, node::TransferStats stats);
+  void OnTransfers(uint64_t from, node::NodeStats stats);
   // SHOAL.ADMIN STATUS | DRAIN node | REMOVE node | BALANCE on|off | PLAN.
   // Runs on worker 0; only the meta leader answers (others: kRedirect).
   void HandleAdmin(std::vector<std::string> args, std::function<void(AdminReply)> done);
@@ -201,6 +205,21 @@ class Cluster final : public replica::Splitter {
   void ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
   void OnTick(int worker);
   void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
+  // Worker 0 (the meta replica's), every tick: gossips the unsafe recovery
+  // this node's meta replica belongs to, starts it over when a peer's
+  // belongs to a later one, and on a recovered meta leader records the
+  // recovery in the metadata (docs/design/placement.md, "Unsafe recovery").
+  void MetaRecoveryTick(const MetaPtr& m, int64_t now_us);
+  // After an unsafe recovery of the meta shard: `want` keeps only nodes
+  // whose meta replica was started over (or that are members already).
+  void AdmitRecoveredMetaMembers(uint64_t recovery, const replica::Replica& r, Membership* want) const;
+  // SHOAL.ADMIN RECOVER META UNSAFE, on the node that is to be the meta
+  // shard's only voter (no meta leader is needed, or exists).
+  AdminReply AdminRecoverMeta(replica::Replica* mr, int64_t now_us);
+  // A data group some leader gossips that the metadata does not list (a
+  // split an unsafe meta recovery lost); 0 if none. Splits wait while one
+  // exists: the next shard id could be that group's.
+  uint64_t UnlistedGroup(const proto::MetaState& meta) const;
   // On `worker`, for the groups it drives: creates the replicas the
   // metadata places here, and retires those it no longer places here once
   // their group has let them go (MayRetire). Creating and retiring a group
@@ -305,11 +324,15 @@ class Cluster final : public replica::Splitter {
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
-  std::map<uint64_t, node::TransferStats> transfers_;  // node -> its counters
+  std::map<uint64_t, node::NodeStats> transfers_;  // node -> its counters
   // Worker-0 state.
   uint64_t routed_epoch_ = UINT64_MAX;
   int64_t last_placement_us_ = 0;
   int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
+  int64_t last_meta_recovered_us_ = 0;  // when MetaRecoveryTick last proposed the record
+  // The unsafe recovery of the meta shard this node's meta replica belongs
+  // to, set before the replica changes (MetaPeerInLineage reads it).
+  std::atomic<uint64_t> meta_lineage_{0};
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas

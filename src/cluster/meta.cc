@@ -147,6 +147,19 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       state->set_epoch(state->epoch() + 1);
       return true;
     }
+    case proto::MetaCommand::kMetaRecovered: {
+      const auto& c = cmd.meta_recovered();
+      if (c.recovery() <= state->meta_recovery()) return false;
+      bool known = false;
+      for (const auto& n : state->nodes()) known |= n.id() == c.node() && n.state() != proto::NODE_REMOVED;
+      if (!known) return false;
+      state->clear_meta_voters();
+      state->add_meta_voters(c.node());
+      state->set_meta_recovery(c.recovery());
+      state->set_meta_recovered_on(c.node());
+      state->set_epoch(state->epoch() + 1);
+      return true;
+    }
     case proto::MetaCommand::kSplitDone:
       for (auto& sh : *state->mutable_shards()) {
         if (sh.id() != cmd.split_done() || sh.split_child() == 0) continue;
@@ -217,6 +230,12 @@ Status MetaStateMachine::StageImport(std::string_view image, uint64_t index, sto
 
 void MetaStateMachine::FinishImport() {
   std::atomic_store(&published_, MetaPtr(std::make_shared<proto::MetaState>(state_)));
+}
+
+std::optional<uint64_t> MetaStateMachine::ImageRecovery(std::string_view image) const {
+  proto::MetaState m;
+  if (!m.ParseFromArray(image.data(), static_cast<int>(image.size()))) return std::nullopt;  // refused at import
+  return m.meta_recovery();
 }
 
 }  // namespace shoal::cluster

@@ -41,6 +41,15 @@ class MetaStateMachine final : public replica::StateMachine {
   Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
                      const kv::Shard::ImportMarker& marker) override;
   void FinishImport() override;
+  // A meta replica from before an unsafe recovery of the meta shard
+  // elsewhere is started over: its state stays, stored and published, until
+  // the recovered group's snapshot replaces it (Raft restarts at index 0
+  // and takes nothing but a snapshot). The node keeps routing by it, and
+  // opens its replicas by it after a restart; and the last copy of the
+  // metadata is not deleted before the recovered leader has passed it on.
+  Status StageDestroy(storage::WriteBatch&) override { return Status::Ok(); }
+  // The recovery an image of the metadata was taken in.
+  std::optional<uint64_t> ImageRecovery(std::string_view image) const override;
 
   // The current state; any thread. Never null (empty before the first apply).
   MetaPtr state() const { return std::atomic_load(&published_); }

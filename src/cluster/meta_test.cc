@@ -185,5 +185,47 @@ TEST(MetaSplit, SetShardKeepsTheSplitChild) {
   EXPECT_EQ(Find(m, 1)->split_child(), 6u);
 }
 
+proto::MetaCommand MetaRecovered(uint64_t recovery, uint64_t node) {
+  proto::MetaCommand cmd;
+  cmd.mutable_meta_recovered()->set_recovery(recovery);
+  cmd.mutable_meta_recovered()->set_node(node);
+  return cmd;
+}
+
+TEST(MetaRecovery, MakesTheSurvivorTheOnlyWantedMetaVoter) {
+  proto::MetaState m = TwoShards();
+  for (uint64_t v : {1, 2, 3}) m.add_meta_voters(v);
+  const uint64_t epoch = m.epoch();
+  ASSERT_TRUE(ApplyMetaCommand(MetaRecovered(1, 3), &m));
+  EXPECT_EQ(Ids(m.meta_voters()), (std::vector<uint64_t>{3}));
+  EXPECT_EQ(m.meta_recovery(), 1u);
+  EXPECT_EQ(m.meta_recovered_on(), 3u);
+  EXPECT_GT(m.epoch(), epoch);
+  // Shards and nodes are left as they were: the planner and the operator
+  // take it from there.
+  EXPECT_EQ(m.nodes_size(), 4);
+  EXPECT_EQ(Ids(Find(m, 1)->replicas()), (std::vector<uint64_t>{1, 2, 3}));
+}
+
+TEST(MetaRecovery, OnlyALaterRecoveryOnAKnownNodeApplies) {
+  proto::MetaState m = TwoShards();
+  for (uint64_t v : {1, 2, 3}) m.add_meta_voters(v);
+  ASSERT_TRUE(ApplyMetaCommand(MetaRecovered(2, 1), &m));
+  const std::string before = m.SerializeAsString();
+  EXPECT_FALSE(ApplyMetaCommand(MetaRecovered(2, 3), &m));  // the same number again
+  EXPECT_FALSE(ApplyMetaCommand(MetaRecovered(1, 3), &m));  // an older one
+  EXPECT_FALSE(ApplyMetaCommand(MetaRecovered(3, 9), &m));  // no such node
+  proto::MetaCommand removed;
+  removed.mutable_set_node_state()->set_node(4);
+  removed.mutable_set_node_state()->set_state(proto::NODE_REMOVED);
+  ASSERT_TRUE(ApplyMetaCommand(removed, &m));
+  const std::string after_removal = m.SerializeAsString();
+  EXPECT_NE(before, after_removal);
+  EXPECT_FALSE(ApplyMetaCommand(MetaRecovered(3, 4), &m));  // a removed node
+  EXPECT_EQ(m.SerializeAsString(), after_removal);
+  ASSERT_TRUE(ApplyMetaCommand(MetaRecovered(3, 2), &m));
+  EXPECT_EQ(Ids(m.meta_voters()), (std::vector<uint64_t>{2}));
+}
+
 }  // namespace
 }  // namespace shoal::cluster

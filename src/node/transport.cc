@@ -156,7 +156,7 @@ void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
   });
 }
 
-void Transport::SetLocalTransfers(TransferStats stats) {
+void Transport::SetLocalTransfers(NodeStats stats) {
   asio::post(io_, [this, stats] { local_transfers_ = stats; });
 }
 
@@ -268,6 +268,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       pf.set_transfers_sending(local_transfers_.sending);
       pf.set_transfer_bytes_sent(local_transfers_.bytes_sent);
       pf.set_transfer_bytes_received(local_transfers_.bytes_received);
+      pf.set_meta_recovery(local_transfers_.meta_recovery);
       for (const LeaderReport& r : local_leaders_) {
         auto* l = pf.add_leaders();
         l->set_group(r.group);
@@ -376,8 +377,8 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       chunks_(pf.from_node(), std::move(c));
     }
     if (pf.has_transfers() && transfers_) {
-      transfers_(pf.from_node(), TransferStats{pf.transfers_sending(), pf.transfer_bytes_sent(),
-                                               pf.transfer_bytes_received()});
+      transfers_(pf.from_node(), NodeStats{pf.transfers_sending(), pf.transfer_bytes_sent(),
+                                           pf.transfer_bytes_received(), pf.meta_recovery()});
     }
     if (pf.has_leaders()) {
       std::vector<LeaderReport> leaders;

@@ -47,11 +47,14 @@ struct LeaderReport {
   bool load_measured = false;
 };
 
-// A node's snapshot transfers, as gossiped (counters since it started).
-struct TransferStats {
+// What a node gossips of itself with its leaderships: its snapshot
+// transfers (counters since it started), and the unsafe recovery its meta
+// replica belongs to.
+struct NodeStats {
   uint64_t sending = 0;
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
+  uint64_t meta_recovery = 0;
 };
 
 struct TransportOptions {
@@ -78,7 +81,7 @@ class Transport {
   // Where snapshot chunks go; set before Start (chunks are dropped without).
   void set_chunk_handler(ChunkFn fn) { chunks_ = std::move(fn); }
   // Called on the transport thread with a peer's transfer counters.
-  using TransfersFn = std::function<void(raft::NodeId from, TransferStats)>;
+  using TransfersFn = std::function<void(raft::NodeId from, NodeStats)>;
   void set_transfers_handler(TransfersFn fn) { transfers_ = std::move(fn); }
   ~Transport();
   Status Start();
@@ -100,7 +103,7 @@ class Transport {
   // The groups this node leads, gossiped to every peer.
   void SetLocalLeaders(std::vector<LeaderReport> leaders);
   // This node's transfer counters, gossiped with the leaderships.
-  void SetLocalTransfers(TransferStats stats);
+  void SetLocalTransfers(NodeStats stats);
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
   uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
@@ -119,7 +122,7 @@ class Transport {
   LeadersFn leaders_;
   ChunkFn chunks_;
   TransfersFn transfers_;
-  TransferStats local_transfers_;  // transport thread
+  NodeStats local_transfers_;  // transport thread
   std::atomic<uint64_t> cluster_id_{0};
   std::atomic<raft::NodeId> node_id_{0};
   asio::io_context io_{1};

@@ -363,7 +363,7 @@ Status Replica::SetRecovery(uint64_t recovery) {
   return Status::Ok();
 }
 
-Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
+Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why) {
   if (retired_ || ready_ || recovery_ >= recovery) return false;  // done, or between Ready rounds later
   // Only a voter with state, in a group that has had no leader for a while:
   // never a replica that is new, a learner, or part of a working group.
@@ -376,6 +376,7 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
                         : HeardFromLeaderWithin(60)      ? "the group had a leader within the last 60 ticks"
                                                          : nullptr;
   if (refused != nullptr) {
+    if (refused_why != nullptr) *refused_why = refused;
     if (force_refused_ != recovery) {
       spdlog::error("group {}: unsafe recovery {} refused here: {}", opts_.group, recovery, refused);
       force_refused_ = recovery;
@@ -391,7 +392,12 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
   raft::Index void_upto = store_->last_index();
   WriteRecovery(recovery, void_upto, *batch);
   Status written = WriteSynced(*batch);
-  if (!written.ok()) return written;
+  if (!written.ok()) {
+    // The store's memory already has the new membership: stop rather than run on.
+    spdlog::critical("group {}: unsafe recovery {} could not be written: {}", opts_.group, recovery,
+                     written.ToString());
+    FailStop("unsafe recovery write failed");
+  }
   recovery_ = recovery;
   void_conf_upto_ = void_upto;
   term_start_index_ = UINT64_MAX;  // no lease until this term's first entry applies
@@ -400,6 +406,40 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
       "it had voters {} learners {}; writes only the lost voters held are gone",
       opts_.group, recovery, sm_->applied_index(), store_->last_index(), before.voters.size(),
       before.learners.size());
+  Status s = Restart();  // the new Raft reads the sole-voter membership
+  if (!s.ok()) return s;
+  return true;
+}
+
+Result<bool> Replica::ResetForRecovery(uint64_t recovery) {
+  if (retired_ || ready_ || recovery_ >= recovery) return false;
+  const raft::Index applied = sm_->applied_index(), last = store_->last_index();
+  auto batch = engine_->NewBatch();
+  Status d = sm_->StageDestroy(*batch);
+  if (!d.ok()) return d;
+  store_->StageDestroy(*batch);  // the term and vote stay
+  batch->Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+  WriteRecovery(recovery, 0, *batch);
+  Status written = WriteSynced(*batch);
+  if (!written.ok()) {
+    // The store's memory is already empty: stop rather than run on.
+    spdlog::critical("group {}: starting the replica over for unsafe recovery {} could not be written: {}",
+                     opts_.group, recovery, written.ToString());
+    FailStop("unsafe recovery reset write failed");
+  }
+  recovery_ = recovery;
+  void_conf_upto_ = 0;
+  split_index_ = 0;
+  import_gen_.fetch_add(2, std::memory_order_acq_rel);  // reads that began before see the change
+  spdlog::critical("group {}: this replica (applied {}, log up to {}) is from before unsafe recovery {} of its group "
+                   "elsewhere: deleted; it waits to be sent the recovered group's state",
+                   opts_.group, applied, last, recovery);
+  Status s = Restart();
+  if (!s.ok()) return s;
+  return true;
+}
+
+Status Replica::Restart() {
   FailWaiters("-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
   exports_.clear();
   snapshot_holds_.clear();
@@ -407,9 +447,7 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery) {
   sending_images_ = false;
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
-  Status s = StartNode();  // the new Raft reads the sole-voter membership
-  if (!s.ok()) return s;
-  return true;
+  return StartNode();
 }
 
 Status Replica::StartNode() {
@@ -512,6 +550,14 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
         opts_.courier->Consumed(opts_.group, t);
         return;
       }
+    }
+    if (std::optional<uint64_t> from = ticket ? std::nullopt : sm_->ImageRecovery(m.snapshot.data);
+        from && *from < recovery_) {
+      // From a leader of the group as it was before an unsafe recovery this
+      // replica was started over for: never taken.
+      spdlog::warn("group {}: snapshot at {} from node {:016x} predates unsafe recovery {}; dropped", opts_.group,
+                   m.snapshot.meta.index, m.from, recovery_);
+      return;
     }
     uint16_t b = 0, e = 0;
     if (opts_.splitter != nullptr && sm_->ImageRange(ticket ? std::string_view() : std::string_view(m.snapshot.data), dir, &b, &e) &&

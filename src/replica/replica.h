@@ -78,6 +78,9 @@ class StateMachine {
   virtual bool OwnsSlot(uint16_t) const { return true; }
   // The slot range an image names (inline, or files in `dir`); false: none.
   virtual bool ImageRange(std::string_view, const std::string&, uint16_t*, uint16_t*) const { return false; }
+  // The unsafe recovery an inline image was taken in, if it records one
+  // (the metadata does): a replica of a later recovery refuses an older one.
+  virtual std::optional<uint64_t> ImageRecovery(std::string_view) const { return std::nullopt; }
   // Whether an image received as files in `dir` is intact (its checksums).
   virtual Status CheckImageFiles(const std::string&) const { return Status::Ok(); }
 };
@@ -290,8 +293,15 @@ class Replica {
   // UNSAFE: makes this replica the group's only voter (recovery of a group
   // whose majority is lost for good), once per `recovery` number (kept on
   // disk). Waiters fail; Raft restarts on the new membership and elects
-  // this replica. False: nothing done (already done, or in a Ready round).
-  Result<bool> ForceSoleVoter(uint64_t recovery);
+  // this replica. False: nothing done (already done, in a Ready round, or
+  // refused: then `refused`, if given, says why).
+  Result<bool> ForceSoleVoter(uint64_t recovery, std::string* refused = nullptr);
+  // Starts this replica over as an empty one of a group recovered unsafely
+  // elsewhere (`recovery`, kept on disk): log and membership go, and the
+  // state machine's state as its StageDestroy says; term and vote stay. It
+  // waits to be added and sent a snapshot of that recovery or a later one.
+  // False: nothing done (not older than `recovery`, or in a Ready round).
+  Result<bool> ResetForRecovery(uint64_t recovery);
   // The unsafe recovery this replica belongs to (0: none): a replica of an
   // older one is stale and must go. SetRecovery records it (new replicas).
   uint64_t recovery() const { return recovery_; }
@@ -352,6 +362,9 @@ class Replica {
   Status Init();
   // Creates the RawNode from the store (Init, ForceSoleVoter).
   Status StartNode();
+  // Fails every waiter, drops what was being sent, and starts Raft again
+  // from the store (ForceSoleVoter, ResetForRecovery).
+  Status Restart();
   Status LoadRecovery();
   // Writes `batch` and makes it durable.
   Status WriteSynced(storage::WriteBatch& batch);

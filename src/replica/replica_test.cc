@@ -647,6 +647,59 @@ TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
   EXPECT_EQ(R(0).raft().term(), term);
 }
 
+// The meta shard's fence (Cluster::MetaRecoveryTick): a replica that
+// committed entries the forced survivor never had is started over before
+// it joins the recovered group again. Appending the survivor's log to it
+// would overwrite a committed entry (Raft stops the node for that); started
+// over, it keeps its term and vote, holds nothing, and takes the recovered
+// group's state.
+TEST_F(ReplicaCluster, ReplicaStartedOverForARecoveryTakesTheRecoveredState) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(30);
+  size_t l = LeaderIndex();
+  ASSERT_EQ(Write(R(l), SetBatch("k", "before")), "+OK\r\n");
+  TickAll(3);
+  // Node 1 misses a write the other two commit ...
+  down_ = {1};
+  TickAll(40);
+  l = LeaderIndex();
+  ASSERT_NE(l, 0u);
+  ASSERT_EQ(Write(R(l), SetBatch("k", "later")), "+OK\r\n");
+  TickAll(3);
+  ASSERT_EQ(Get(1, "k"), "later");
+  // ... then they die, and node 1 carries on alone.
+  down_ = {2, 3};
+  TickAll(80);
+  auto forced = R(0).ForceSoleVoter(1);
+  ASSERT_TRUE(forced.ok() && *forced);
+  TickAll(3);
+  ASSERT_TRUE(R(0).is_leader());
+  ASSERT_EQ(Write(R(0), SetBatch("k", "after")), "+OK\r\n");
+  ASSERT_EQ(Write(R(0), SetBatch("k2", "after")), "+OK\r\n");
+  // Node 2 comes back and is started over before it is added again.
+  const uint64_t term = R(1).raft().term();
+  auto reset = R(1).ResetForRecovery(1);
+  ASSERT_TRUE(reset.ok()) << reset.status().ToString();
+  ASSERT_TRUE(*reset);
+  EXPECT_EQ(R(1).recovery(), 1u);
+  EXPECT_EQ(R(1).store().last_index(), 0u);
+  EXPECT_EQ(R(1).store().hard_state().term, term);
+  EXPECT_TRUE(R(1).raft().tracker().conf_state().voters.empty());
+  EXPECT_EQ(Get(1, "k"), "<none>");
+  auto again = R(1).ResetForRecovery(1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);  // once per recovery number
+  down_ = {3};
+  raft::ConfChange cc;
+  cc.changes = {{raft::ConfChangeType::kAddLearner, 2}};
+  ASSERT_TRUE(R(0).ProposeConfChange(cc).ok());
+  TickAll(40);
+  EXPECT_TRUE(R(0).is_leader());
+  EXPECT_EQ(Get(1, "k"), "after");
+  EXPECT_EQ(Get(1, "k2"), "after");
+  EXPECT_EQ(R(1).state_machine().applied_index(), R(0).state_machine().applied_index());
+}
+
 // A membership change proposed before the majority died (never committed)
 // commits with the recovered replica's first entries; applying it would put
 // the lost voters back and wedge the group again: it is ignored.

@@ -120,12 +120,16 @@ Status Server::Start() {
   to.bind_host = config().bind;
   to.peer_port = static_cast<uint16_t>(config().effective_peer_port());
   transport_ = std::make_unique<node::Transport>(
-      to, [this](uint64_t group, raft::Message m) { groups_->Deliver(group, std::move(m)); },
+      to,
+      [this](uint64_t group, raft::Message m) {
+        if (group == 0 && !cluster_->MetaPeerInLineage(m.from)) return;  // of another unsafe recovery
+        groups_->Deliver(group, std::move(m));
+      },
       [this](raft::NodeId from, std::vector<node::LeaderReport> l) {
         cluster_->OnLeaders(from, std::move(l));
       });
   transport_->set_transfers_handler(
-      [this](raft::NodeId from, node::TransferStats t) { cluster_->OnTransfers(from, t); });
+      [this](raft::NodeId from, node::NodeStats t) { cluster_->OnTransfers(from, t); });
   node::GroupsOptions go;
   go.fsync = config().durability == Durability::kFsync;
   go.tick_ms = config().tick_ms;
@@ -158,7 +162,7 @@ Status Server::Start() {
   co.courier = snapshots_.get();
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();
-    return node::TransferStats{s.sending, s.bytes_sent, s.bytes_received};
+    return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received};
   };
   // The key metadata cache gets about 1/64 of the budget (~120 bytes an
   // entry), shared out over the shards.

@@ -219,6 +219,11 @@ class AdminStatus:
         self.nodes: Dict[str, NodeStatus] = {}
         self.shards: List[ShardStatus] = []
         self.moves_in_flight: Optional[int] = None
+        # the meta shard's membership as its leader has it, and its recoveries
+        self.meta_leader = ""
+        self.meta_actual_voters: List[str] = []
+        self.meta_actual_learners: List[str] = []
+        self.meta_recovery = -1
         self.transfers_sending = self.transfer_bytes_sent = self.transfer_bytes_received = -1
         for ln in self.lines[1:]:
             t = ln.split()
@@ -235,12 +240,20 @@ class AdminStatus:
                     and t[5] == "bytes-received", ln
                 self.transfers_sending, self.transfer_bytes_sent, self.transfer_bytes_received = \
                     int(t[2]), int(t[4]), int(t[6])
+            elif t and t[0] == "meta":
+                assert len(t) == 9 and t[1] == "leader" and t[3] == "voters" and t[5] == "learners" \
+                    and t[7] == "recovery", ln
+                self.meta_leader = t[2]
+                self.meta_actual_voters = [] if t[4] == "-" else t[4].split(",")
+                self.meta_actual_learners = [] if t[6] == "-" else t[6].split(",")
+                self.meta_recovery = int(t[8])
             elif t and t[0] == "moves-in-flight":
                 assert len(t) == 2, ln
                 self.moves_in_flight = int(t[1])
             else:
                 raise AssertionError(f"unexpected SHOAL.ADMIN STATUS line {ln!r}")
         assert self.moves_in_flight is not None, "no moves-in-flight line"
+        assert self.meta_recovery >= 0, "no meta line"
         assert self.transfer_bytes_received >= 0, "no transfers line"
         assert self.lines[-1].startswith("moves-in-flight "), self.lines[-1]
 
@@ -478,9 +491,9 @@ class Cluster:
         _LIVE_CLUSTERS.append(self)
 
     # -- membership ----------------------------------------------------------
-    def _new_node(self) -> ClusterNode:
+    def _new_node(self, via: int = 0) -> ClusterNode:
         i = len(self.nodes)
-        join = None if i == 0 else self.nodes[0].address
+        join = None if i == 0 else self.nodes[via].address
         node = ClusterNode(self, i, join)
         self.nodes.append(node)
         return node
@@ -504,12 +517,12 @@ class Cluster:
         self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
         return self
 
-    def add_node(self, timeout: float = READY_TIMEOUT_S, ready: bool = True) -> ClusterNode:
-        """Start one more node (joining through node 0). ``ready``: wait until the
+    def add_node(self, timeout: float = READY_TIMEOUT_S, ready: bool = True, via: int = 0) -> ClusterNode:
+        """Start one more node (joining through node ``via``). ``ready``: wait until the
         whole cluster is ready (wait_ready); else only until the new node is a
         member (knows the cluster and is listed by SHOAL.ADMIN STATUS) - a
         cluster with a dead node, or of two nodes, is never "ready"."""
-        node = self._new_node()
+        node = self._new_node(via)
         node.start()
         if ready:
             self.wait_ready(timeout=timeout)

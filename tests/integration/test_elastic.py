@@ -216,6 +216,8 @@ def settled(voters: Optional[int] = 3, up: Optional[Sequence[str]] = None,
             mv = st.meta_voters()
             if len(mv) != meta_voters or any(st.nodes[m].state != "up" for m in mv):
                 out.append(f"meta voters {mv}, want {meta_voters} on up nodes")
+            if sorted(st.meta_actual_voters) != sorted(mv):
+                out.append(f"meta voters {sorted(st.meta_actual_voters)} in the meta shard, {sorted(mv)} wanted")
         return out
     return cond
 
@@ -825,6 +827,123 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     assert not verify_acked(c, fresh)
     logs = "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
     assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
+
+
+# --------------------------------------------------------------------------
+# 9. unsafe recovery of the meta shard itself
+# --------------------------------------------------------------------------
+
+def _recover_meta(c: Cluster, i: int, timeout: float = 20.0) -> str:
+    """shoal admin recover meta --unsafe on node i, asked again (bounded) while
+    the node still counts the lost voters as live or heard a leader lately."""
+    n = c.nodes[i]
+    deadline = time.monotonic() + timeout
+    r = None
+    for _ in range(100):
+        r = subprocess.run([SHOAL_BIN, "admin", "--host", n.host, "--port", str(n.port), "recover", "meta",
+                            "--unsafe"], capture_output=True, timeout=60)
+        if r.returncode == 0:
+            return r.stdout.decode()
+        err = r.stderr.decode()
+        if not any(x in err for x in ("still has a majority", "had a leader within", "TRYAGAIN")):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"recover meta on node{i}: {r}")
+
+
+def test_unsafe_recovery_of_the_meta_shard(ecl):
+    """4 nodes: 3 meta voters and a meta learner. Two meta voters die for good,
+    so the meta shard (and any shard both held) loses its majority: no change
+    to the cluster can be made. RECOVER META UNSAFE on the surviving voter makes
+    it the meta shard's only voter; the live learner's meta replica is started
+    over (it may hold entries the survivor never had) and joins again; the data
+    shards are then recovered as before, a new node joins, and the cluster
+    settles on 3 voters per shard and 3 meta voters. Both dead voters then come
+    back after all (a majority of the old meta shard): their meta replicas are
+    fenced (started over, never appended to) and they rejoin, 5 meta voters. No
+    preloaded key is lost, and the cluster takes writes again."""
+    c = ecl
+    st = grow(c, 4)
+    ids = ids_of(c, range(4))
+    idx = {ids[i]: i for i in range(4)}
+    data = preload(c, "pre:mrec", PRELOAD_KEYS)
+    time.sleep(1.0)  # every voter has applied the preload
+    meta = st.meta_voters()
+    assert len(meta) == 3 and sorted(st.meta_actual_voters) == sorted(meta), st
+    leader_i = c.meta_leader()
+    assert ids[leader_i] in meta
+    voter_i = next(idx[m] for m in meta if idx[m] != leader_i)          # survives
+    other_i = next(idx[m] for m in meta if idx[m] not in (leader_i, voter_i))
+    learner_i = next(i for i in range(4) if ids[i] not in meta)
+    dead = [leader_i, other_i]
+
+    # refusals while the meta shard is whole; nothing changes
+    _expect_error(c, "ERR RECOVER META is unsafe and must say so", "RECOVER", "META", via=voter_i)
+    _expect_error(c, "ERR this node leads the meta shard", "RECOVER", "META", "UNSAFE", via=leader_i)
+    _expect_error(c, "ERR the meta shard still has a majority of live voters", "RECOVER", "META", "UNSAFE",
+                  via=voter_i)
+    _expect_error(c, "ERR this node's meta replica is not a voter", "RECOVER", "META", "UNSAFE", via=learner_i)
+    assert c.admin_status().meta_recovery == 0
+
+    print(f"[mrec] killing node{leader_i} (meta leader) and node{other_i}; node{voter_i} survives")
+    lost = [sh for sh in st.shards if ids[leader_i] in sh.voters and ids[other_i] in sh.voters]
+    for i in dead:
+        c.kill9(i)
+    t0 = time.monotonic()
+    out = _recover_meta(c, voter_i)
+    assert f"meta shard: UNSAFE recovery 1: node {ids[voter_i]} is its only voter" in out, out
+    print(f"[mrec] meta recovered {time.monotonic() - t0:.1f} s after the kill: {out.strip()}")
+
+    def meta_back(s: AdminStatus) -> List[str]:
+        out = []
+        if s.meta_recovery != 1 or s.meta_leader != ids[voter_i]:
+            out.append(f"meta recovery {s.meta_recovery} led by {s.meta_leader}")
+        if ids[learner_i] not in s.meta_actual_voters + s.meta_actual_learners:
+            out.append(f"node{learner_i} not back in the meta shard: {s.meta_actual_voters} "
+                       f"{s.meta_actual_learners}")
+        if set(s.meta_actual_voters + s.meta_actual_learners) & {ids[i] for i in dead}:
+            out.append("a dead node is a meta member")
+        return out
+    st = c.wait_status(meta_back, 30.0, "the meta shard recovered, its live learner back", via=voter_i)
+    print(f"[mrec] meta shard whole again {time.monotonic() - t0:.1f} s after the kill")
+
+    def down(s: AdminStatus) -> List[str]:  # the new meta leader gives every node down-after first
+        return [f"node{i} is {s.nodes[ids[i]].state}" for i in dead if s.nodes[ids[i]].state != "down"]
+    c.wait_status(down, DOWN_AFTER_S + 30, "the two nodes down")
+    for sh in lost:
+        keep = next(v for v in sh.voters if v not in (ids[leader_i], ids[other_i]))
+        o = _cli_admin(c, voter_i, "recover", str(sh.id), keep, "--unsafe")
+        assert f"shard {sh.id}: UNSAFE recovery 1 on {keep}" in o, o
+    c.add_node(ready=False, via=voter_i)
+    ids = ids_of(c, range(5))
+    up = [ids[i] for i in (voter_i, learner_i, 4)]
+    st = c.wait_status(settled(voters=3, up=up, meta_voters=3), REPAIR_TIMEOUT_S + 30,
+                       "3 voters per shard and 3 meta voters on the live nodes")
+    print(f"[mrec] settled on the survivors and a new node {time.monotonic() - t0:.1f} s after the kill")
+
+    # both lost voters come back after all, together a majority of the old
+    # meta shard: fenced (their meta replicas started over), then members again
+    c.restart(other_i)
+    c.restart(leader_i)
+    st = c.wait_status(settled(voters=3, up=up + [ids[i] for i in dead], meta_voters=5), SETTLE_TIMEOUT_S + 30,
+                       "the returning nodes fenced and placed again")
+    assert st.meta_recovery == 1 and st.meta_leader == ids[voter_i], st
+    print(f"[mrec] the returning nodes rejoined:\n{st}")
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
+    rc = c.redis_cluster(decode_responses=False)
+    try:
+        fresh = {f"post:mrec:{i}": b"v%d" % i for i in range(300)}
+        res = rc.mset_nonatomic(fresh)
+        assert res and all(x is True for x in res), res
+    finally:
+        rc.close()
+    assert not verify_acked(c, fresh)
+    assert "UNSAFE RECOVERY 1 of the meta shard" in c.nodes[voter_i].log_path.read_text(errors="replace")
+    for i in (learner_i, *dead):
+        assert "was started over" in c.nodes[i].log_path.read_text(errors="replace"), f"node{i}"
 
 
 def test_a_node_of_one_cluster_refuses_to_join_another(tmp_path):
