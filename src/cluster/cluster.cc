@@ -198,6 +198,12 @@ Status Cluster::Open() {
                         "opened: {}; left on disk", shard.id(), s.ToString());
           continue;
         }
+        if (s.code() == Code::kBusy) {
+          // Its range on disk overlaps another replica's here: left closed
+          // (and its data untouched) rather than keep the node down.
+          spdlog::critical("shard {}: {}", shard.id(), s.ToString());
+          continue;
+        }
         if (!s.ok()) return s;
       }
     }
@@ -320,7 +326,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
     // ClaimImage); refused loudly rather than risked.
     std::lock_guard lock(shards_mu_);
     if (uint64_t holder = SlotHolderLocked(id, shard->slot_begin(), shard->slot_end()); holder != 0) {
-      return Status::Corruption("shard " + std::to_string(id) + " here holds slots " +
+      return Status::Busy("shard " + std::to_string(id) + " here holds slots " +
                                 std::to_string(shard->slot_begin()) + "-" + std::to_string(shard->slot_end() - 1) +
                                 ", some of which shard " + std::to_string(holder) + " here holds; not opened");
     }
