@@ -228,7 +228,10 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
   std::vector<uint64_t> voters = cs.voters;
   voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
   voters = SortedIds(voters);
-  if (!HasId(voters, node_id_)) {
+  // A replica started over for a recovery keeps the metadata it had: if that
+  // recovery's node is lost before passing its own on, it may carry on.
+  const bool started_over = voters.empty() && cs.learners.empty() && mr->recovery() > 0;
+  if (!HasId(voters, node_id_) && !started_over) {
     return AdminError("ERR this node's meta replica is not a voter (the voters are " + IdList(voters) +
                       "): send RECOVER META to a surviving voter");
   }
@@ -244,7 +247,9 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
       if (v == node_id_ || (it != last_heard_us_.end() && now - it->second < 3'000'000)) live.push_back(v);
     }
     for (const auto& [id, stats] : transfers_) {
-      if (stats.meta_recovery != mr->recovery() && stats.meta_recovery > other) {
+      auto heard = last_heard_us_.find(id);
+      bool recent = heard != last_heard_us_.end() && now - heard->second < 3'000'000;
+      if (recent && stats.meta_recovery > mr->recovery() && stats.meta_recovery > other) {
         std::tie(other, other_node) = std::pair{stats.meta_recovery, id};
       }
     }

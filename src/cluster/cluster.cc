@@ -198,7 +198,7 @@ Status Cluster::Open() {
                         "opened: {}; left on disk", shard.id(), s.ToString());
           continue;
         }
-        if (s.code() == Code::kBusy) {
+        if (s.code() == Code::kAborted) {  // only OpenShardReplica's overlap check answers this
           // Its range on disk overlaps another replica's here: left closed
           // (and its data untouched) rather than keep the node down.
           spdlog::critical("shard {}: {}", shard.id(), s.ToString());
@@ -326,7 +326,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
     // ClaimImage); refused loudly rather than risked.
     std::lock_guard lock(shards_mu_);
     if (uint64_t holder = SlotHolderLocked(id, shard->slot_begin(), shard->slot_end()); holder != 0) {
-      return Status::Busy("shard " + std::to_string(id) + " here holds slots " +
+      return Status::Aborted("shard " + std::to_string(id) + " here holds slots " +
                                 std::to_string(shard->slot_begin()) + "-" + std::to_string(shard->slot_end() - 1) +
                                 ", some of which shard " + std::to_string(holder) + " here holds; not opened");
     }
@@ -527,9 +527,13 @@ void Cluster::OnTick(int worker) {
   MetaPtr m = meta();
   if (worker == groups_->WorkerOf(0)) MetaRecoveryTick(m, now);  // also with no metadata yet
   if (!m || m->cluster_id() == 0) return;
-  // Leaders bring their groups' membership to what the metadata wants.
+  // Leaders bring their groups' membership to what the metadata wants; not
+  // by metadata from before a recovery of the meta shard this node belongs
+  // to (kept until the recovered leader's replaces it: routing only).
+  const bool meta_replaced = meta_lineage_.load(std::memory_order_acquire) > m->meta_recovery();
   for (replica::Replica* r : groups_->All()) {
     if (groups_->WorkerOf(r->group()) != worker || !r->is_leader()) continue;
+    if (meta_replaced && r->group() != 0) continue;
     Reconcile(r, *m, now);
     if (r->group() != 0) ProposeSplitIfDue(r, *m, now);
   }
@@ -538,15 +542,17 @@ void Cluster::OnTick(int worker) {
     std::lock_guard lock(transfer_mu_);
     if (last_sync_us_.empty()) last_sync_us_.assign(static_cast<size_t>(runtime_->size()), 0);
     int64_t& last = last_sync_us_[static_cast<size_t>(worker)];
-    sync_due = now - last >= kPlacementIntervalUs || (worker == 0 && m->epoch() != routed_epoch_);
+    sync_due = now - last >= kPlacementIntervalUs || (worker == 0 && m != routed_meta_);
     if (sync_due) last = now;
   }
   if (worker != 0) {
     if (sync_due) SyncLocalReplicas(worker, now);
     return;
   }
-  if (m->epoch() != routed_epoch_) {
-    routed_epoch_ = m->epoch();
+  if (m != routed_meta_) {
+    // Any new metadata, not only a new epoch: an image from a recovered meta
+    // shard may carry the epoch the replaced metadata had.
+    routed_meta_ = m;
     for (const auto& n : m->nodes()) {
       transport_->SetAddress(n.id(), n.host(), static_cast<uint16_t>(n.peer_port()));
     }
@@ -585,10 +591,20 @@ void Cluster::OnTick(int worker) {
 void Cluster::SyncLocalReplicas(int worker, int64_t now) {
   StartRecounts(worker);
   MetaPtr m = meta();  // read here, on the worker that creates and retires
+  // Metadata from before a recovery of the meta shard this node belongs to
+  // opens replicas, but retires and forces none.
+  const bool meta_replaced = meta_lineage_.load(std::memory_order_acquire) > m->meta_recovery();
   for (const auto& s : m->shards()) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
     bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
+    if (meta_replaced) {
+      if (wanted && r == nullptr) {
+        Status st = EnsureShardReplica(s, false);
+        if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
+      }
+      continue;
+    }
     if (r != nullptr && s.recovery() > r->recovery() && s.recovered_on() != node_id_) {
       // A replica from before an unsafe recovery of its shard: stale.
       spdlog::warn("shard {}: removing this node's replica from before unsafe recovery {}", s.id(), s.recovery());

@@ -326,7 +326,7 @@ class Cluster final : public replica::Splitter {
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
   std::map<uint64_t, node::NodeStats> transfers_;  // node -> its counters
   // Worker-0 state.
-  uint64_t routed_epoch_ = UINT64_MAX;
+  MetaPtr routed_meta_;  // the metadata routing was last built from (worker 0)
   int64_t last_placement_us_ = 0;
   int64_t meta_leader_since_us_ = 0;  // 0: not the meta leader
   int64_t last_meta_recovered_us_ = 0;  // when MetaRecoveryTick last proposed the record

@@ -157,7 +157,15 @@ void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
 }
 
 void Transport::SetLocalTransfers(NodeStats stats) {
-  asio::post(io_, [this, stats] { local_transfers_ = stats; });
+  asio::post(io_, [this, stats] {
+    if (stats.meta_recovery != local_transfers_.meta_recovery) {
+      // The meta replica changed recovery: what it queued before must not
+      // reach a peer after the new number has (peers judge meta messages by
+      // the number they last heard from this node).
+      for (auto& [id, p] : peers_) std::erase_if(p->queue, [](const GroupMessage& gm) { return gm.group == 0; });
+    }
+    local_transfers_ = stats;
+  });
 }
 
 void Transport::SetLocalLeaders(std::vector<LeaderReport> leaders) {

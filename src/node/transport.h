@@ -102,7 +102,8 @@ class Transport {
   void SendChunk(raft::NodeId to, SnapshotChunk c);
   // The groups this node leads, gossiped to every peer.
   void SetLocalLeaders(std::vector<LeaderReport> leaders);
-  // This node's transfer counters, gossiped with the leaderships.
+  // This node's figures, gossiped with the leaderships. A change of its
+  // meta recovery drops the meta-shard messages still queued.
   void SetLocalTransfers(NodeStats stats);
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }

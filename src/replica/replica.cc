@@ -370,8 +370,13 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why
   const raft::ConfState& now = store_->conf_state();
   bool voter = std::count(now.voters.begin(), now.voters.end(), opts_.node_id) +
                    std::count(now.voters_outgoing.begin(), now.voters_outgoing.end(), opts_.node_id) > 0;
-  const char* refused = !voter                           ? "it is not a voter of the group"
-                        : store_->last_index() == 0      ? "it holds no state"
+  // A replica started over for a recovery whose state machine kept its
+  // state (the metadata): when that recovery's leader is lost before it
+  // passed its state on, the kept state is what is left.
+  const bool kept = recovery_ > 0 && store_->last_index() == 0 && now.voters.empty() && now.learners.empty() &&
+                    sm_->applied_index() > 0;
+  const char* refused = !voter && !kept                  ? "it is not a voter of the group"
+                        : store_->last_index() == 0 && !kept ? "it holds no state"
                         : is_leader()                    ? "it leads the group"
                         : HeardFromLeaderWithin(60)      ? "the group had a leader within the last 60 ticks"
                                                          : nullptr;
@@ -387,6 +392,13 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why
   raft::ConfState cs;
   cs.voters = {opts_.node_id};
   auto batch = engine_->NewBatch();
+  if (kept) {
+    // Its log starts over at the kept state, as a snapshot of it.
+    const raft::Index at = sm_->applied_index();
+    const raft::Term term = std::max<raft::Term>(store_->hard_state().term, 1);
+    store_->ApplySnapshot(raft::SnapshotMeta{.index = at, .term = term, .conf_state = cs}, *batch);
+    store_->SetHardState(raft::HardState{.term = term, .vote = store_->hard_state().vote, .commit = at}, *batch);
+  }
   store_->SetConfState(cs, *batch);
   // Membership changes still in the log (up to its end) are void from now on.
   raft::Index void_upto = store_->last_index();
@@ -877,8 +889,10 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   }
   apply_run();
   // Keep the log bounded: entries far below the applied index are dropped
-  // (a follower that needs them gets a snapshot instead).
-  uint64_t applied = sm_->applied_index();
+  // (a follower that needs them gets a snapshot instead). Applied may run
+  // past the log in a replica started over that kept its state
+  // (ResetForRecovery): only what the log holds is compacted.
+  uint64_t applied = std::min<uint64_t>(sm_->applied_index(), store_->last_index());
   // A follower being sent a snapshot resumes from the log right after it:
   // keep those entries (within a bound) or it would need another snapshot.
   raft::Index floor = SnapshotFloor();
