@@ -263,6 +263,17 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
     return AdminError("ERR the meta shard still has a majority of live voters (" + IdList(live) + " of " +
                       IdList(voters) + "): it is not lost; wait for its election, or mend the network between them");
   }
+  if (started_over) {
+    // It waits for its recovery's leader: only once the node that made that
+    // recovery is gone may it carry on from what it kept.
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& [id, heard] : last_heard_us_) {
+      if ((id & 0xFFFFFFFFULL) == (mr->recovery() & 0xFFFFFFFFULL) && now - heard < 3'000'000) {
+        return AdminError("ERR node " + Hex(id) + " made recovery " + std::to_string(mr->recovery() >> 32) +
+                          " of the meta shard and is up: this node's meta replica waits for its state");
+      }
+    }
+  }
   if (other != 0) {
     // Once is enough: two recoveries make two meta shards.
     return AdminError("ERR the meta shard was recovered already (recovery " + std::to_string(other >> 32) +

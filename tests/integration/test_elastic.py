@@ -908,6 +908,12 @@ def test_unsafe_recovery_of_the_meta_shard(ecl):
         return out
     st = c.wait_status(meta_back, 30.0, "the meta shard recovered, its live learner back", via=voter_i)
     print(f"[mrec] meta shard whole again {time.monotonic() - t0:.1f} s after the kill")
+    # a second recovery elsewhere while the first one's node is up is refused
+    again = c.admin("RECOVER", "META", "UNSAFE", via=learner_i)
+    assert isinstance(again, RespError) and again.startswith("ERR "), again
+    print(f"[mrec] RECOVER META on node{learner_i} afterwards: {again}")
+    st = c.admin_status(via=voter_i)
+    assert st.meta_recovery == 1 and st.meta_leader == ids[voter_i], st
 
     def down(s: AdminStatus) -> List[str]:  # the new meta leader gives every node down-after first
         return [f"node{i} is {s.nodes[ids[i]].state}" for i in dead if s.nodes[ids[i]].state != "down"]
