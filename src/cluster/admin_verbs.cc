@@ -27,6 +27,11 @@ std::string IdList(const std::vector<uint64_t>& ids) {
   return out.empty() ? "-" : out;
 }
 
+// The low half of a meta recovery number: the recovering node's mark.
+uint64_t MetaRecoveryMark(uint64_t node) {
+  return (node & 0xFFFFFFFFULL) != 0 ? node & 0xFFFFFFFFULL : 1;
+}
+
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -229,11 +234,18 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
   voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
   voters = SortedIds(voters);
   // A replica started over for a recovery keeps the metadata it had: if that
-  // recovery's node is lost before passing its own on, it may carry on.
+  // recovery's node is lost before passing its own on, it may carry on. So
+  // may a learner that holds the metadata when every voter is lost.
   const bool started_over = voters.empty() && cs.learners.empty() && mr->recovery() > 0;
-  if (!HasId(voters, node_id_) && !started_over) {
-    return AdminError("ERR this node's meta replica is not a voter (the voters are " + IdList(voters) +
-                      "): send RECOVER META to a surviving voter");
+  const bool learner = HasId(cs.learners, node_id_);
+  if (!HasId(voters, node_id_) && !started_over && !learner) {
+    return AdminError("ERR this node's meta replica is not a member of the meta shard (the voters are " +
+                      IdList(voters) + "): send RECOVER META to a surviving voter");
+  }
+  {
+    bool active = false;
+    for (const auto& n : meta()->nodes()) active |= n.id() == node_id_ && n.state() != proto::NODE_REMOVED;
+    if (!active) return AdminError("ERR this node is not an active member in the metadata it holds");
   }
   // A majority of voters that are up is not lost: its election is late (a
   // partition, a stall), and a recovery now would split the cluster in two.
@@ -268,11 +280,14 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
     // recovery is gone may it carry on from what it kept.
     std::lock_guard lock(gossip_mu_);
     for (const auto& [id, heard] : last_heard_us_) {
-      if ((id & 0xFFFFFFFFULL) == (mr->recovery() & 0xFFFFFFFFULL) && now - heard < 3'000'000) {
+      if (MetaRecoveryMark(id) == (mr->recovery() & 0xFFFFFFFFULL) && now - heard < 3'000'000) {
         return AdminError("ERR node " + Hex(id) + " made recovery " + std::to_string(mr->recovery() >> 32) +
                           " of the meta shard and is up: this node's meta replica waits for its state");
       }
     }
+  }
+  if (LeaderGossip g; GossipOf(0, now, &g) && g.node != node_id_) {
+    return AdminError("ERR node " + Hex(g.node) + " leads the meta shard (heard within 1 s): nothing to recover");
   }
   if (other != 0) {
     // Once is enough: two recoveries make two meta shards.
@@ -282,11 +297,10 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
   // Recovery numbers: the count in the high half, the recovering node in the
   // low half, so that two recoveries made at once (two operators, two sides
   // of a partition) never share a number: the higher one wins everywhere.
-  const uint64_t low = (node_id_ & 0xFFFFFFFFULL) != 0 ? node_id_ & 0xFFFFFFFFULL : 1;
-  const uint64_t recovery = ((mr->recovery() >> 32) + 1) << 32 | low;
+  const uint64_t recovery = ((mr->recovery() >> 32) + 1) << 32 | MetaRecoveryMark(node_id_);
   meta_lineage_.store(recovery, std::memory_order_release);  // messages of the old group are refused from here on
   std::string refused;
-  auto forced = mr->ForceSoleVoter(recovery, &refused);
+  auto forced = mr->ForceSoleVoter(recovery, &refused, /*learner_ok=*/true);
   if (!forced.ok() || !*forced) meta_lineage_.store(mr->recovery(), std::memory_order_release);
   if (!forced.ok()) return AdminError("ERR the meta replica could not be changed: " + forced.status().ToString());
   if (!*forced) {
@@ -534,7 +548,12 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   next.clear_learners();
   next.add_replicas(node->id());
   next.set_preferred_leader(node->id());
-  next.set_recovery(info->recovery() + 1);
+  uint64_t reported = 0;  // a recovery the metadata may have lost (with a recovery of the meta shard)
+  {
+    std::lock_guard lock(gossip_mu_);
+    if (auto it = gossip_.find(info->id()); it != gossip_.end()) reported = it->second.report.recovery;
+  }
+  next.set_recovery(std::max(info->recovery(), reported) + 1);
   next.set_recovered_on(node->id());
   proto::MetaCommand cmd;
   cmd.set_version(1);

@@ -518,6 +518,7 @@ node::LeaderReport ReportOf(const replica::Replica& r) {
   rep.voters = SortedIds(rep.voters);
   rep.learners = cs.learners;
   rep.joint = !cs.voters_outgoing.empty();
+  rep.recovery = r.published_recovery();
   return rep;
 }
 
@@ -723,9 +724,10 @@ bool Cluster::MetaPeerInLineage(uint64_t from) const {
 }
 
 uint64_t Cluster::UnlistedGroup(const proto::MetaState& meta) const {
+  const int64_t now = node::MonoUs();
   std::lock_guard lock(gossip_mu_);
   for (const auto& [group, g] : gossip_) {
-    if (group != 0 && FindShardById(meta, group) == nullptr) return group;
+    if (group != 0 && now - g.heard_us <= kGossipFreshUs && FindShardById(meta, group) == nullptr) return group;
   }
   return 0;
 }
@@ -760,6 +762,13 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
+  if (const proto::ShardInfo* info = r->group() != 0 ? FindShardById(meta, r->group()) : nullptr;
+      info != nullptr && r->recovery() > info->recovery()) {
+    // The metadata lost this shard's unsafe recovery (a recovery of the meta
+    // shard): until it has it again (PlacementDriver), its fence is gone,
+    // and a replica from before the recovery could be added back.
+    return;
+  }
   // Also before the metadata records a recovery this replica was forced in.
   if (const uint64_t recovery = std::max(meta.meta_recovery(), r->recovery()); r->group() == 0 && recovery > 0) {
     AdmitRecoveredMetaMembers(recovery, *r, &want);
@@ -894,6 +903,32 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     cmd.set_split_done(sv.id);
     spdlog::info("placement: shard {} has split; shard {} holds slots {}+", sv.id, info->split_child(), info->slot_end());
     ProposeMeta(meta_replica, cmd);
+  }
+  // A shard whose leader belongs to a later unsafe recovery than the
+  // metadata records (lost with a recovery of the meta shard): recorded
+  // again, so that replicas from before it are fenced and numbers go on.
+  std::vector<proto::MetaCommand> raise;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& s : meta.shards()) {
+      auto it = gossip_.find(s.id());
+      if (it == gossip_.end() || now - it->second.heard_us > kGossipFreshUs ||
+          it->second.report.recovery <= s.recovery()) {
+        continue;
+      }
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      *cmd.mutable_set_shard() = s;
+      cmd.mutable_set_shard()->set_recovery(it->second.report.recovery);
+      cmd.mutable_set_shard()->set_recovered_on(it->second.node);
+      spdlog::warn("placement: shard {}: its leader {} belongs to unsafe recovery {}, the metadata says {}: recorded",
+                   s.id(), Hex(it->second.node), it->second.report.recovery, s.recovery());
+      raise.push_back(std::move(cmd));
+    }
+  }
+  if (!raise.empty()) {
+    for (const auto& cmd : raise) ProposeMeta(meta_replica, cmd);
+    return;  // placement goes on with the records in
   }
   for (const Move& mv : Plan(view, Policy(meta))) {
     proto::MetaCommand cmd;

@@ -290,6 +290,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         l->set_ops_per_sec(r.ops_per_sec);
         l->set_split_slot(r.split_slot);
         l->set_load_measured(r.load_measured);
+        l->set_recovery(r.recovery);
       }
     }
     frame.clear();
@@ -394,7 +395,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
         leaders.push_back(LeaderReport{l.group(), l.term(), {l.voters().begin(), l.voters().end()},
                                        {l.learners().begin(), l.learners().end()}, l.joint(),
                                        l.slot_begin(), l.slot_end(), l.bytes(), l.ops_per_sec(),
-                                       l.split_slot(), l.load_measured()});
+                                       l.split_slot(), l.load_measured(), l.recovery()});
       }
       leaders_(pf.from_node(), std::move(leaders));
     }

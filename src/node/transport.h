@@ -45,6 +45,7 @@ struct LeaderReport {
   uint64_t ops_per_sec = 0;
   uint32_t split_slot = 0;
   bool load_measured = false;
+  uint64_t recovery = 0;  // the unsafe recovery the leader's replica belongs to
 };
 
 // What a node gossips of itself with its leaderships: its snapshot

@@ -349,6 +349,7 @@ Status Replica::LoadRecovery() {
   if (!g.ok()) return g;
   if (raw.size() != 16) return Status::Corruption("recovery marker of group " + std::to_string(opts_.group));
   std::memcpy(&recovery_, raw.data(), 8);
+  recovery_pub_.store(recovery_, std::memory_order_release);
   std::memcpy(&void_conf_upto_, raw.data() + 8, 8);
   return Status::Ok();
 }
@@ -360,10 +361,11 @@ Status Replica::SetRecovery(uint64_t recovery) {
   Status written = WriteSynced(*batch);
   if (!written.ok()) return written;
   recovery_ = recovery;
+  recovery_pub_.store(recovery, std::memory_order_release);
   return Status::Ok();
 }
 
-Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why) {
+Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why, bool learner_ok) {
   if (retired_ || ready_ || recovery_ >= recovery) return false;  // done, or between Ready rounds later
   // Only a voter with state, in a group that has had no leader for a while:
   // never a replica that is new, a learner, or part of a working group.
@@ -375,7 +377,8 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why
   // passed its state on, the kept state is what is left.
   const bool kept = recovery_ > 0 && store_->last_index() == 0 && now.voters.empty() && now.learners.empty() &&
                     sm_->applied_index() > 0;
-  const char* refused = !voter && !kept                  ? "it is not a voter of the group"
+  const bool learner = learner_ok && std::count(now.learners.begin(), now.learners.end(), opts_.node_id) > 0;
+  const char* refused = !voter && !kept && !learner      ? "it is not a voter of the group"
                         : store_->last_index() == 0 && !kept ? "it holds no state"
                         : is_leader()                    ? "it leads the group"
                         : HeardFromLeaderWithin(60)      ? "the group had a leader within the last 60 ticks"
@@ -411,6 +414,7 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why
     FailStop("unsafe recovery write failed");
   }
   recovery_ = recovery;
+  recovery_pub_.store(recovery, std::memory_order_release);
   void_conf_upto_ = void_upto;
   term_start_index_ = UINT64_MAX;  // no lease until this term's first entry applies
   spdlog::critical(
@@ -440,6 +444,7 @@ Result<bool> Replica::ResetForRecovery(uint64_t recovery) {
     FailStop("unsafe recovery reset write failed");
   }
   recovery_ = recovery;
+  recovery_pub_.store(recovery, std::memory_order_release);
   void_conf_upto_ = 0;
   split_index_ = 0;
   import_gen_.fetch_add(2, std::memory_order_acq_rel);  // reads that began before see the change

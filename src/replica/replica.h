@@ -294,8 +294,10 @@ class Replica {
   // whose majority is lost for good), once per `recovery` number (kept on
   // disk). Waiters fail; Raft restarts on the new membership and elects
   // this replica. False: nothing done (already done, in a Ready round, or
-  // refused: then `refused`, if given, says why).
-  Result<bool> ForceSoleVoter(uint64_t recovery, std::string* refused = nullptr);
+  // refused: then `refused`, if given, says why). `learner_ok`: a learner
+  // with state may be forced too (the meta shard, whose learners hold the
+  // metadata when every voter is lost).
+  Result<bool> ForceSoleVoter(uint64_t recovery, std::string* refused = nullptr, bool learner_ok = false);
   // Starts this replica over as an empty one of a group recovered unsafely
   // elsewhere (`recovery`, kept on disk): log and membership go, and the
   // state machine's state as its StageDestroy says; term and vote stay. It
@@ -305,6 +307,8 @@ class Replica {
   // The unsafe recovery this replica belongs to (0: none): a replica of an
   // older one is stale and must go. SetRecovery records it (new replicas).
   uint64_t recovery() const { return recovery_; }
+  // recovery(), as last published; any thread.
+  uint64_t published_recovery() const { return recovery_pub_.load(std::memory_order_acquire); }
   Status SetRecovery(uint64_t recovery);
   // Fails proposals and reads that waited past their deadline.
   void ExpireWaiters(int64_t now_mono_us);
@@ -417,6 +421,7 @@ class Replica {
   // after its index is kept for them (SnapshotFloor).
   std::map<raft::NodeId, Hold> snapshot_holds_;
   uint64_t recovery_ = 0;            // see recovery()
+  std::atomic<uint64_t> recovery_pub_{0};
   raft::Index void_conf_upto_ = 0;   // membership changes at or below: void (recovered)
   uint64_t force_refused_ = 0;       // the recovery whose refusal was logged
   std::map<raft::Index, PendingWrite> writes_;

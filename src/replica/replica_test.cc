@@ -760,6 +760,38 @@ TEST_F(ReplicaCluster, ReplicaStartedOverWithItsStateKeptCanCarryOn) {
   EXPECT_EQ(Get(1, "k29"), "v");
 }
 
+// The meta shard's learners hold the metadata: when every voter is lost, a
+// learner may be forced (only when asked: data shards force voters only).
+TEST_F(ReplicaCluster, LearnerWithStateIsForcedOnlyWhenAsked) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  AddNode(4, {});
+  TickAll(30);
+  size_t l = LeaderIndex();
+  ASSERT_LT(l, 3u);
+  raft::ConfChange cc;
+  cc.changes = {{raft::ConfChangeType::kAddLearner, 4}};
+  ASSERT_TRUE(R(l).ProposeConfChange(cc).ok());
+  TickAll(20);
+  ASSERT_EQ(Write(R(l), SetBatch("k", "v")), "+OK\r\n");
+  TickAll(3);
+  ASSERT_EQ(Get(3, "k"), "v");
+  down_ = {1, 2, 3};
+  TickAll(80);
+  std::string why;
+  auto plain = R(3).ForceSoleVoter(1, &why);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(*plain);
+  EXPECT_EQ(why, "it is not a voter of the group");
+  auto forced = R(3).ForceSoleVoter(1, nullptr, /*learner_ok=*/true);
+  ASSERT_TRUE(forced.ok()) << forced.status().ToString();
+  ASSERT_TRUE(*forced);
+  TickAll(5);
+  ASSERT_TRUE(R(3).is_leader());
+  EXPECT_EQ(R(3).raft().tracker().conf_state().voters, std::vector<raft::NodeId>{4});
+  ASSERT_EQ(Write(R(3), SetBatch("k", "after")), "+OK\r\n");
+  EXPECT_EQ(Get(3, "k"), "after");
+}
+
 // A membership change proposed before the majority died (never committed)
 // commits with the recovered replica's first entries; applying it would put
 // the lost voters back and wedge the group again: it is ignored.
