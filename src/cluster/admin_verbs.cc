@@ -275,6 +275,9 @@ AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
     return AdminError("ERR the meta shard still has a majority of live voters (" + IdList(live) + " of " +
                       IdList(voters) + "): it is not lost; wait for its election, or mend the network between them");
   }
+  if (learner && !HasId(voters, node_id_) && !live.empty()) {
+    return AdminError("ERR meta voters " + IdList(live) + " are up: send RECOVER META to one of them");
+  }
   if (started_over) {
     // It waits for its recovery's leader: only once the node that made that
     // recovery is gone may it carry on from what it kept.
@@ -372,6 +375,7 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
   cmd.set_version(1);
   cmd.mutable_split_shard()->set_parent(info->id());
   cmd.mutable_split_shard()->set_slot(static_cast<uint32_t>(slot));
+  cmd.mutable_split_shard()->set_min_child(MinChildId());
   return AdminStep::Propose(cmd, "shard " + args[1] + ": splitting at slot " + std::to_string(slot) + "; shard " +
                           std::to_string(next_id) + " takes slots " + std::to_string(slot) + "-" +
                           std::to_string(info->slot_end() - 1));
@@ -548,12 +552,8 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   next.clear_learners();
   next.add_replicas(node->id());
   next.set_preferred_leader(node->id());
-  uint64_t reported = 0;  // a recovery the metadata may have lost (with a recovery of the meta shard)
-  {
-    std::lock_guard lock(gossip_mu_);
-    if (auto it = gossip_.find(info->id()); it != gossip_.end()) reported = it->second.report.recovery;
-  }
-  next.set_recovery(std::max(info->recovery(), reported) + 1);
+  // A recovery the metadata may have lost (with a recovery of the meta shard).
+  next.set_recovery(std::max(info->recovery(), RecoverySeen(info->id())) + 1);
   next.set_recovered_on(node->id());
   proto::MetaCommand cmd;
   cmd.set_version(1);

@@ -435,10 +435,32 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
   }
   for (auto& l : leaders) {
     auto& cur = gossip_[l.group];
-    if (cur.node == 0 || cur.term <= l.term) {
+    max_group_seen_ = std::max(max_group_seen_, l.group);
+    uint64_t& seen = max_recovery_seen_[l.group];
+    seen = std::max(seen, l.recovery);
+    // A leader of a later unsafe recovery wins over one from before it
+    // whatever their terms (the earlier one is fenced once the metadata
+    // has the recovery); a stale report gives way to any fresh one.
+    const bool stale = now - cur.heard_us > kGossipFreshUs;
+    if (cur.node == 0 || stale || std::pair{cur.report.recovery, cur.term} <= std::pair{l.recovery, l.term}) {
       cur = LeaderGossip{from, l.term, l.voters, l.learners, l.joint, now, l};
     }
   }
+}
+
+uint64_t Cluster::MinChildId() {
+  uint64_t floor = 0;
+  for (replica::Replica* r : groups_->All()) floor = std::max(floor, r->group());
+  std::lock_guard lock(gossip_mu_);
+  return std::max(floor, max_group_seen_) + 1;
+}
+
+uint64_t Cluster::RecoverySeen(uint64_t group) {
+  uint64_t seen = 0;
+  if (replica::Replica* r = groups_->Find(group)) seen = r->published_recovery();
+  std::lock_guard lock(gossip_mu_);
+  auto it = max_recovery_seen_.find(group);
+  return it == max_recovery_seen_.end() ? seen : std::max(seen, it->second);
 }
 
 void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
@@ -906,25 +928,43 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
   }
   // A shard whose leader belongs to a later unsafe recovery than the
   // metadata records (lost with a recovery of the meta shard): recorded
-  // again, so that replicas from before it are fenced and numbers go on.
+  // again, with the membership that leader has, so that replicas from
+  // before it are fenced and numbers go on.
   std::vector<proto::MetaCommand> raise;
-  {
-    std::lock_guard lock(gossip_mu_);
-    for (const auto& s : meta.shards()) {
-      auto it = gossip_.find(s.id());
-      if (it == gossip_.end() || now - it->second.heard_us > kGossipFreshUs ||
-          it->second.report.recovery <= s.recovery()) {
-        continue;
-      }
-      proto::MetaCommand cmd;
-      cmd.set_version(1);
-      *cmd.mutable_set_shard() = s;
-      cmd.mutable_set_shard()->set_recovery(it->second.report.recovery);
-      cmd.mutable_set_shard()->set_recovered_on(it->second.node);
-      spdlog::warn("placement: shard {}: its leader {} belongs to unsafe recovery {}, the metadata says {}: recorded",
-                   s.id(), Hex(it->second.node), it->second.report.recovery, s.recovery());
-      raise.push_back(std::move(cmd));
+  for (const auto& s : meta.shards()) {
+    LeaderGossip g;
+    if (replica::Replica* r = groups_->Find(s.id()); r != nullptr && r->published_is_leader()) {
+      g.node = node_id_;
+      g.report = ReportOf(*r);  // a node hears no gossip of its own
+    } else if (!GossipOf(s.id(), now, &g)) {
+      continue;
     }
+    if (g.report.recovery <= s.recovery() || g.report.joint) continue;
+    auto known = [&](uint64_t id) {
+      for (const auto& n : meta.nodes()) {
+        if (n.id() == id) return n.state() != proto::NODE_REMOVED;
+      }
+      return false;
+    };
+    proto::MetaCommand cmd;
+    cmd.set_version(1);
+    proto::ShardInfo* next = cmd.mutable_set_shard();
+    *next = s;
+    next->clear_replicas();
+    next->clear_learners();
+    for (uint64_t v : g.report.voters) {
+      if (known(v)) next->add_replicas(v);
+    }
+    for (uint64_t l : g.report.learners) {
+      if (known(l)) next->add_learners(l);
+    }
+    if (next->replicas_size() == 0) next->add_replicas(g.node);
+    next->set_preferred_leader(g.node);
+    next->set_recovery(g.report.recovery);
+    next->set_recovered_on(g.node);
+    spdlog::warn("placement: shard {}: its leader {} belongs to unsafe recovery {}, the metadata says {}: recorded",
+                 s.id(), Hex(g.node), g.report.recovery, s.recovery());
+    raise.push_back(std::move(cmd));
   }
   if (!raise.empty()) {
     for (const auto& cmd : raise) ProposeMeta(meta_replica, cmd);
@@ -940,6 +980,7 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
       }
       cmd.mutable_split_shard()->set_parent(mv.shard);
       cmd.mutable_split_shard()->set_slot(mv.slot);
+      cmd.mutable_split_shard()->set_min_child(MinChildId());
     } else if (mv.kind == MoveKind::kSetMetaVoters) {
       for (uint64_t v : mv.target.voters) cmd.mutable_set_meta_voters()->add_voters(v);
     } else if (mv.kind == MoveKind::kRemoveNode) {

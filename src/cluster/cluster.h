@@ -220,6 +220,12 @@ class Cluster final : public replica::Splitter {
   // split an unsafe meta recovery lost); 0 if none. Splits wait while one
   // exists: the next shard id could be that group's.
   uint64_t UnlistedGroup(const proto::MetaState& meta) const;
+  // The least id a split's child may take: above every group seen led
+  // here or in gossip (SplitShard.min_child).
+  uint64_t MinChildId();
+  // The highest unsafe recovery number reported for `group` by any leader
+  // (gossip, or a local replica), remembered after the report ends.
+  uint64_t RecoverySeen(uint64_t group);
   // On `worker`, for the groups it drives: creates the replicas the
   // metadata places here, and retires those it no longer places here once
   // their group has let them go (MayRetire). Creating and retiring a group
@@ -323,6 +329,10 @@ class Cluster final : public replica::Splitter {
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report
+  // Never forgotten (gossip_mu_): the highest unsafe recovery number any
+  // leader reported per group, and the highest group id seen led.
+  std::map<uint64_t, uint64_t> max_recovery_seen_;
+  uint64_t max_group_seen_ = 0;
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
   std::map<uint64_t, node::NodeStats> transfers_;  // node -> its counters
   // Worker-0 state.

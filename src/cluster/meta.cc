@@ -124,9 +124,10 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
         if (sh.split_child() != 0 && (sh.id() == c.parent() || sh.split_child() == c.parent())) return false;
       }
       if (parent == nullptr || c.slot() <= parent->slot_begin() || c.slot() >= parent->slot_end()) return false;
-      if (max_id + 1 >= kMaxShardId) return false;
+      const uint64_t child_id = std::max(max_id + 1, c.min_child());
+      if (child_id >= kMaxShardId) return false;
       proto::ShardInfo child = *parent;
-      child.set_id(max_id + 1);
+      child.set_id(child_id);
       child.set_slot_begin(c.slot());
       child.set_epoch(1);
       child.set_split_child(0);

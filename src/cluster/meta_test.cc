@@ -227,5 +227,19 @@ TEST(MetaRecovery, OnlyALaterRecoveryOnAKnownNodeApplies) {
   EXPECT_EQ(Ids(m.meta_voters()), (std::vector<uint64_t>{2}));
 }
 
+TEST(MetaSplit, ChildIdIsAboveTheProposersFloor) {
+  proto::MetaState m = TwoShards();
+  proto::MetaCommand cmd = Split(1, 100);
+  cmd.mutable_split_shard()->set_min_child(9);  // group 9 is led somewhere, unknown to this metadata
+  ASSERT_TRUE(ApplyMetaCommand(cmd, &m));
+  EXPECT_EQ(Find(m, 1)->split_child(), 9u);
+  ASSERT_NE(Find(m, 9), nullptr);
+  proto::MetaCommand far = Split(5, 9000);
+  far.mutable_split_shard()->set_min_child(kMaxShardId);  // none left
+  const std::string before = m.SerializeAsString();
+  EXPECT_FALSE(ApplyMetaCommand(far, &m));
+  EXPECT_EQ(m.SerializeAsString(), before);
+}
+
 }  // namespace
 }  // namespace shoal::cluster
