@@ -186,6 +186,26 @@ class ReplicaCluster : public ::testing::Test {
 
   Replica& R(size_t i) { return *nodes_[i]->replica; }
 
+  // Nodes 1-3 (compacting every 8 entries): k0 is written everywhere, then
+  // node 3, cut off, misses k1..k40 and the leader (not node 3) compacts
+  // its log past them: node 3 comes back to a snapshot.
+  void LeaveNode3BehindACompactedLog() {
+    TickAll(60);
+    if (R(2).is_leader()) {
+      R(2).TransferLeader(1);
+      TickAll(20);
+    }
+    size_t leader = LeaderIndex();
+    ASSERT_NE(leader, SIZE_MAX);
+    ASSERT_NE(leader, 2u);
+    ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
+    down_.insert(3);
+    for (int i = 1; i <= 40; ++i) {
+      ASSERT_EQ(Write(R(leader), SetBatch("k" + std::to_string(i), std::to_string(i))), "+OK\r\n");
+    }
+    ASSERT_GT(R(leader).store().first_index(), R(2).store().last_index() + 1);
+  }
+
   // The replicas of node i: its parent's and, after a split, its child's.
   std::vector<Replica*> Replicas(size_t i) {
     std::vector<Replica*> out = {nodes_[i]->replica.get()};
@@ -473,20 +493,8 @@ TEST_F(ReplicaCluster, NewMemberCatchesUpFromASnapshot) {
 TEST_F(ReplicaCluster, ImportGenerationIsOddWhileASnapshotIsHalfIn) {
   for (raft::NodeId id : {1, 2}) AddNode(id, {1, 2, 3}, /*compact=*/8);
   TestNode& c = AddNode(3, {1, 2, 3}, /*compact=*/8, false, /*faulty=*/true);
-  TickAll(60);
-  if (R(2).is_leader()) {
-    R(2).TransferLeader(1);
-    TickAll(20);
-  }
-  size_t leader = LeaderIndex();
-  ASSERT_NE(leader, SIZE_MAX);
-  ASSERT_NE(leader, 2u);
-  ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
+  ASSERT_NO_FATAL_FAILURE(LeaveNode3BehindACompactedLog());
   EXPECT_EQ(Get(2, "k0"), "0");
-  // Node 3 misses what follows, and the log is compacted past it.
-  down_.insert(3);
-  for (int i = 1; i <= 40; ++i) ASSERT_EQ(Write(R(leader), SetBatch("k" + std::to_string(i), std::to_string(i))), "+OK\r\n");
-  ASSERT_GT(R(leader).store().first_index(), R(2).store().last_index() + 1);
   const uint64_t gen = R(2).import_generation();
   EXPECT_EQ(gen % 2, 0u);
   int half_states = 0;
@@ -512,18 +520,7 @@ TEST_F(ReplicaCluster, ImageClaimsItsSlotsUntilItsImportIsIn) {
   for (raft::NodeId id : {1, 2}) AddNode(id, {1, 2, 3}, /*compact=*/8);
   TestNode& c = AddNode(3, {1, 2, 3}, /*compact=*/8, /*with_splitter=*/true, /*faulty=*/true);
   auto& splitter = static_cast<TestSplitter&>(*c.splitter);
-  TickAll(60);
-  if (R(2).is_leader()) {
-    R(2).TransferLeader(1);
-    TickAll(20);
-  }
-  size_t leader = LeaderIndex();
-  ASSERT_NE(leader, SIZE_MAX);
-  ASSERT_NE(leader, 2u);
-  ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
-  down_.insert(3);
-  for (int i = 1; i <= 40; ++i) ASSERT_EQ(Write(R(leader), SetBatch("k" + std::to_string(i), std::to_string(i))), "+OK\r\n");
-  ASSERT_GT(R(leader).store().first_index(), R(2).store().last_index() + 1);
+  ASSERT_NO_FATAL_FAILURE(LeaveNode3BehindACompactedLog());
   splitter.refuse_images = true;
   down_.erase(3);
   TickAll(20);

@@ -768,6 +768,18 @@ def test_grow_to_seven_then_drain_to_three(ecl):
 # 8. unsafe recovery of shards whose majority is lost for good
 # --------------------------------------------------------------------------
 
+def _writes_go_through(c: Cluster, prefix: str, n: int) -> None:
+    """n fresh keys SET through RedisCluster are all acknowledged and read back."""
+    rc = c.redis_cluster(decode_responses=False)
+    try:
+        fresh = {f"{prefix}:{i}": b"v%d" % i for i in range(n)}
+        res = rc.mset_nonatomic(fresh)
+        assert res and all(x is True for x in res), res
+    finally:
+        rc.close()
+    assert not verify_acked(c, fresh)
+
+
 def test_unsafe_recovery_after_losing_a_majority(ecl):
     c = ecl
     st = grow(c, 5)
@@ -817,14 +829,7 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     # what the survivors held is all there, and the shards take writes again
     bad = verify_acked(c, data)
     assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
-    rc = c.redis_cluster(decode_responses=False)
-    try:
-        fresh = {f"post:rec:{i}": b"v%d" % i for i in range(500)}
-        res = rc.mset_nonatomic(fresh)
-        assert res and all(x is True for x in res), res
-    finally:
-        rc.close()
-    assert not verify_acked(c, fresh)
+    _writes_go_through(c, "post:rec", 500)
     logs = "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
     assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
 
@@ -940,14 +945,7 @@ def test_unsafe_recovery_of_the_meta_shard(ecl):
     print(f"[mrec] the returning nodes rejoined:\n{st}")
     bad = verify_acked(c, data)
     assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
-    rc = c.redis_cluster(decode_responses=False)
-    try:
-        fresh = {f"post:mrec:{i}": b"v%d" % i for i in range(300)}
-        res = rc.mset_nonatomic(fresh)
-        assert res and all(x is True for x in res), res
-    finally:
-        rc.close()
-    assert not verify_acked(c, fresh)
+    _writes_go_through(c, "post:mrec", 300)
     assert "UNSAFE RECOVERY 1 of the meta shard" in c.nodes[voter_i].log_path.read_text(errors="replace")
     for i in (learner_i, *dead):
         assert "was started over" in c.nodes[i].log_path.read_text(errors="replace"), f"node{i}"
