@@ -275,7 +275,8 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
   }
   {
     std::lock_guard lock(shards_mu_);
-    if (!bootstrap && !storage::RaftStore::HasState(engine_, s.id())) {
+    const bool fresh = !bootstrap && !storage::RaftStore::HasState(engine_, s.id());
+    if (fresh) {
       // A new, empty replica waits for a snapshot. Not while a replica here
       // still holds some of its slots (a split this node has not applied
       // yet: the split creates the child with its data in place, or an
@@ -295,7 +296,6 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
     }
     // A new replica's slots are claimed with it; one with state reads its
     // range from disk (OpenShardReplica checks that one).
-    const bool fresh = !bootstrap && !storage::RaftStore::HasState(engine_, s.id());
     std::pair<uint16_t, uint16_t> claim{0, 0};
     if (fresh) claim = {static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end())};
     if (!ClaimLocked(s.id(), claim)) return Status::Ok();  // opened, or being opened, elsewhere
