@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-TESTS = ["set", "get", "incr", "mset"]
+TESTS = ["set", "get", "incr", "mset", "hset"]
 PIPELINES = [1, 16]
 CLIENTS = 50
 

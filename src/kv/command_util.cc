@@ -1,7 +1,11 @@
 #include "kv/command_util.h"
 
+#include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
 
+#include "common/strings.h"
 #include "storage/keys.h"
 
 namespace shoal::kv {
@@ -15,9 +19,9 @@ std::string ArityError(std::string_view name) {
 }
 
 bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
-              resp::Writer* reply) {
+              resp::Writer* reply, const storage::Snapshot* snap) {
   *found = false;
-  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw);
+  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw, snap);
   if (s.code() == Code::kNotFound) return true;
   if (!s.ok() || !DecodeValue(*raw, value)) {
     reply->Error("ERR storage error: " + (s.ok() ? std::string("corrupt value") : s.ToString()));
@@ -66,6 +70,53 @@ std::string Int64ToString(int64_t v) {
   char buf[24];
   auto r = std::to_chars(buf, buf + sizeof(buf), v);
   return std::string(buf, static_cast<size_t>(r.ptr - buf));
+}
+
+}  // namespace shoal::kv
+
+namespace shoal::kv {
+
+bool ParseScanArgs(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply) {
+  std::string cursor_text(args[at]);
+  if (cursor_text.empty() || std::isspace(static_cast<unsigned char>(cursor_text[0]))) {
+    reply->Error("ERR invalid cursor");
+    return false;
+  }
+  errno = 0;
+  char* end = nullptr;
+  out->cursor = std::strtoull(cursor_text.c_str(), &end, 10);
+  if (*end != '\0' || errno == ERANGE) {
+    reply->Error("ERR invalid cursor");
+    return false;
+  }
+  for (size_t i = at + 1; i < args.size();) {
+    size_t left = args.size() - i;
+    if (EqualsIgnoreCase(args[i], "count") && left >= 2) {
+      auto c = ParseInt64(args[i + 1]);
+      if (!c) {
+        reply->Error(kErrNotInteger);
+        return false;
+      }
+      if (*c < 1) {
+        reply->Error(kErrSyntax);
+        return false;
+      }
+      out->count = *c;
+      i += 2;
+    } else if (EqualsIgnoreCase(args[i], "match") && left >= 2) {
+      out->pattern = args[i + 1];
+      out->use_pattern = out->pattern != "*";
+      i += 2;
+    } else if (allow_type && EqualsIgnoreCase(args[i], "type") && left >= 2) {
+      out->type = args[i + 1];
+      out->use_type = true;
+      i += 2;
+    } else {
+      reply->Error(kErrSyntax);
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace shoal::kv

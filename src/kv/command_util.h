@@ -22,8 +22,9 @@ std::string InvalidExpireError(std::string_view command);
 
 // Reads the live value of key for a read command. Returns false and writes
 // an error reply on a storage failure; *found says whether a live value exists.
+// With `snap`, reads from that view.
 bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
-              resp::Writer* reply);
+              resp::Writer* reply, const storage::Snapshot* snap = nullptr);
 
 // Decodes a value fetched by ApplyTxn::GetLive (a corrupt record is a bug).
 Value DecodeOrDie(const std::string& raw);
@@ -33,6 +34,16 @@ Status PutString(ApplyTxn& txn, uint16_t db, std::string_view key, std::string_v
                  int64_t expire_at_ms);
 
 std::string Int64ToString(int64_t v);
+
+// The arguments of SCAN and HSCAN: args[at] is the cursor, options follow.
+struct ScanArgs {
+  uint64_t cursor = 0;
+  int64_t count = 10;
+  std::string_view pattern, type;
+  bool use_pattern = false, use_type = false;
+};
+// False (an error replied) on a bad cursor or option; TYPE only if allow_type.
+bool ParseScanArgs(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply);
 
 // The live value at a key that a string command is about to change.
 struct StringAt {

@@ -22,6 +22,7 @@ const Table& GetTable() {
     Table t;
     AppendStringCommands(&t.specs);
     AppendKeyspaceCommands(&t.specs);
+    AppendHashCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
       SHOAL_CHECK(s.op < kOpExpireKey && s.apply != nullptr);

@@ -112,37 +112,12 @@ void KeysRead(ReadContext& ctx, Args args, resp::Writer* reply) {
 // A scan normally stops at a slot boundary, so keys that stay are returned
 // exactly once; only a slot with very many keys is split by an offset.
 void ScanRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  std::string cursor_text(args[1]);
-  if (cursor_text.empty() || std::isspace(static_cast<unsigned char>(cursor_text[0]))) {
-    return reply->Error("ERR invalid cursor");
-  }
-  errno = 0;
-  char* end = nullptr;
-  uint64_t cursor = std::strtoull(cursor_text.c_str(), &end, 10);
-  if (*end != '\0' || errno == ERANGE) return reply->Error("ERR invalid cursor");
-  int64_t count = 10;
-  std::string_view pattern, type;
-  bool use_pattern = false, use_type = false;
-  for (size_t i = 2; i < args.size();) {
-    size_t left = args.size() - i;
-    if (EqualsIgnoreCase(args[i], "count") && left >= 2) {
-      auto c = ParseInt64(args[i + 1]);
-      if (!c) return reply->Error(kErrNotInteger);
-      if (*c < 1) return reply->Error(kErrSyntax);
-      count = *c;
-      i += 2;
-    } else if (EqualsIgnoreCase(args[i], "match") && left >= 2) {
-      pattern = args[i + 1];
-      use_pattern = pattern != "*";
-      i += 2;
-    } else if (EqualsIgnoreCase(args[i], "type") && left >= 2) {
-      type = args[i + 1];
-      use_type = true;
-      i += 2;
-    } else {
-      return reply->Error(kErrSyntax);
-    }
-  }
+  ScanArgs scan;
+  if (!ParseScanArgs(args, 1, true, &scan, reply)) return;
+  const uint64_t cursor = scan.cursor;
+  const int64_t count = scan.count;
+  const std::string_view pattern = scan.pattern, type = scan.type;
+  const bool use_pattern = scan.use_pattern, use_type = scan.use_type;
   uint32_t slot = static_cast<uint32_t>(cursor & (storage::kSlotCount - 1));
   uint64_t skip = cursor >> 14;
   const uint64_t split_at = static_cast<uint64_t>(std::max<int64_t>(count, 1000));
@@ -239,8 +214,23 @@ Status RenameImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool nx) {
     }
   }
   std::string raw = std::move(**value);
-  Status s = txn.Put(e.db, dst, std::move(raw));
   bool existed = false;
+  Status s;
+  if (IsCollection(DecodeOrDie(raw).type)) {
+    // Its elements are keys named after it: they move too (O(elements)).
+    // Whatever dst held goes first, with its own elements.
+    s = txn.Delete(e.db, dst, &existed);
+    std::vector<std::pair<std::string, std::string>> elements;
+    if (s.ok()) {
+      s = txn.ForEachElement(e.db, src, [&](std::string_view element, std::string_view v) {
+        elements.emplace_back(element, v);
+        return true;
+      });
+    }
+    if (!s.ok()) return s;
+    for (const auto& [element, v] : elements) txn.PutElement(e.db, dst, element, v);
+  }
+  s = txn.Put(e.db, dst, std::move(raw));
   if (s.ok()) s = txn.Delete(e.db, src, &existed);
   if (!s.ok()) return s;
   nx ? reply->Integer(1) : reply->Simple("OK");

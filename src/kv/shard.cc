@@ -35,6 +35,12 @@ int64_t ExpiryOf(const std::optional<std::string>& raw) {
   return DecodeValue(*raw, &v) ? v.expire_at_ms : 0;
 }
 
+KeyMetaCache::Meta MetaOf(const std::optional<std::string>& raw) {
+  Value v;
+  if (!raw || !DecodeValue(*raw, &v)) return {raw.has_value(), 0, false};
+  return {true, v.expire_at_ms, IsCollection(v.type)};
+}
+
 }  // namespace
 
 Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
@@ -44,12 +50,12 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
   Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
   if (s.code() == Code::kNotFound) {
     staged_.emplace(dkey, Staged{std::nullopt});  // remembered: a command reads, then writes
-    shard_->meta_cache_.Set(dkey, {false, 0});
+    shard_->meta_cache_.Set(dkey, {false, 0, false});
     return std::optional<std::string>();
   }
   if (!s.ok()) return s;
+  shard_->meta_cache_.Set(dkey, MetaOf(raw));
   staged_.emplace(dkey, Staged{raw});
-  shard_->meta_cache_.Set(dkey, {true, ExpiryOf(raw)});
   return std::optional<std::string>(std::move(raw));
 }
 
@@ -71,7 +77,9 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   bool old_exists = false;
   int64_t old_exp = 0;
   const KeyMetaCache::Meta* meta = nullptr;
-  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) != nullptr) {
+  Value nv;
+  SHOAL_CHECK(DecodeValue(encoded, &nv));
+  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) != nullptr && !meta->collection) {
     old_exists = meta->exists;  // a blind write needs only this, not the value
     old_exp = meta->expire_at_ms;
   } else {
@@ -79,9 +87,12 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
     if (!old.ok()) return old.status();
     old_exists = old->has_value();
     old_exp = ExpiryOf(*old);
+    Value ov;
+    if (old_exists && DecodeValue(**old, &ov) && ov.type != nv.type) {
+      Status s = DropElementsOf(db, key, **old);  // a value of another type replaces a collection
+      if (!s.ok()) return s;
+    }
   }
-  Value nv;
-  SHOAL_CHECK(DecodeValue(encoded, &nv));
   Counts& d = deltas_[db];
   if (!old_exists) d.keys += 1;
   d.expires += (nv.expire_at_ms != 0) - (old_exp != 0);
@@ -105,6 +116,8 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
   Value ov;
   if (!DecodeValue(**old, &ov)) return Status::Corruption("bad value record");
   *existed = !ov.ExpiredAt(now_ms_);
+  Status dropped = DropElementsOf(db, key, **old);
+  if (!dropped.ok()) return dropped;
   Counts& d = deltas_[db];
   d.keys -= 1;
   if (ov.expire_at_ms != 0) {
@@ -118,14 +131,90 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
 
 void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
   for (const auto& [dkey, staged] : staged_) {
-    cache->Set(dkey, {staged.raw.has_value(), ExpiryOf(staged.raw)});
+    cache->Set(dkey, MetaOf(staged.raw));
   }
+}
+
+Status ApplyTxn::DropElementsOf(uint16_t db, std::string_view key, const std::string& old) {
+  Value v;
+  if (!DecodeValue(old, &v) || !IsCollection(v.type)) return Status::Ok();
+  std::string prefix = storage::ElementPrefix(db, key);
+  if (CollectionCount(v.payload) <= kPointDeleteMax) {
+    std::vector<std::string> names;
+    Status s = ForEachElement(db, key, [&](std::string_view element, std::string_view) {
+      names.emplace_back(element);
+      return true;
+    });
+    if (!s.ok()) return s;
+    for (const auto& n : names) DeleteElement(db, key, n);
+    return Status::Ok();
+  }
+  std::string end = storage::PrefixEnd(prefix);
+  batch_->DeleteRange(storage::Cf::kData, prefix, end);
+  for (auto it = elements_.lower_bound(prefix); it != elements_.end() && it->first < end; ++it) it->second.reset();
+  cleared_.insert(std::move(prefix));
+  return Status::Ok();
+}
+
+Result<std::optional<std::string>> ApplyTxn::GetElement(uint16_t db, std::string_view key,
+                                                        std::string_view element) {
+  std::string ekey = storage::ElementKey(db, key, element);
+  if (auto it = elements_.find(ekey); it != elements_.end()) return it->second;
+  if (cleared_.contains(storage::ElementPrefix(db, key))) return std::optional<std::string>();
+  std::string raw;
+  Status s = engine_->Get(storage::Cf::kData, ekey, &raw);
+  if (s.code() == Code::kNotFound) return std::optional<std::string>();
+  if (!s.ok()) return s;
+  return std::optional<std::string>(std::move(raw));
+}
+
+void ApplyTxn::PutElement(uint16_t db, std::string_view key, std::string_view element, std::string_view value) {
+  std::string ekey = storage::ElementKey(db, key, element);
+  batch_->Put(storage::Cf::kData, ekey, value);
+  elements_[std::move(ekey)] = std::string(value);
+}
+
+void ApplyTxn::DeleteElement(uint16_t db, std::string_view key, std::string_view element) {
+  std::string ekey = storage::ElementKey(db, key, element);
+  batch_->Delete(storage::Cf::kData, ekey);
+  elements_[std::move(ekey)].reset();
+}
+
+Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
+                                const std::function<bool(std::string_view, std::string_view)>& fn) {
+  const std::string prefix = storage::ElementPrefix(db, key);
+  const std::string end = storage::PrefixEnd(prefix);
+  // This apply's writes over what storage holds, merged in key order.
+  auto staged = elements_.lower_bound(prefix);
+  std::unique_ptr<storage::Iterator> it;
+  if (!cleared_.contains(prefix)) {
+    it = engine_->NewIterator(storage::Cf::kData);
+    it->Seek(prefix);
+  }
+  auto stored_valid = [&] { return it && it->Valid() && it->key().starts_with(prefix); };
+  while (true) {
+    bool have_staged = staged != elements_.end() && staged->first < end;
+    bool have_stored = stored_valid();
+    if (!have_staged && !have_stored) break;
+    if (have_staged && (!have_stored || std::string_view(staged->first) <= it->key())) {
+      if (have_stored && std::string_view(staged->first) == it->key()) it->Next();
+      const auto& [ekey, value] = *staged;
+      ++staged;
+      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return Status::Ok();
+    } else {
+      if (!fn(it->key().substr(prefix.size()), it->value())) return Status::Ok();
+      it->Next();
+    }
+  }
+  return it ? it->status() : Status::Ok();
 }
 
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   ++shard_->recount_generation_;  // a recount under way counted keys this removes
   staged_.clear();
+  elements_.clear();
+  cleared_.clear();
   shard_->meta_cache_.Clear();
   uint16_t begin = shard_->slot_begin(), end = shard_->slot_end();
   auto reset = [&](uint16_t d) {
@@ -145,6 +234,11 @@ void ApplyTxn::Flush(std::optional<uint16_t> db) {
           batch_->Delete(storage::Cf::kExpiry,
                          storage::ExpiryKey(v.expire_at_ms, *db, it->key().substr(prefix.size())));
         }
+        batch_->Delete(storage::Cf::kData, it->key());
+      }
+      // The elements of its collections: their own prefix in the slot.
+      prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(*db | storage::kElementDbFlag));
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
         batch_->Delete(storage::Cf::kData, it->key());
       }
     }
@@ -496,15 +590,18 @@ Status ShardExport::WriteDataSst(const std::string& path) const {
   for (size_t db = 0; db < counts_.size(); ++db) {
     if (counts_[db].first != 0 || recount_) dbs.push_back(static_cast<uint16_t>(db));
   }
-  // Keys in order: slot, then db, then key; the sentinel sorts last.
+  // Keys in order: slot, then db (the dbs' elements after every db: their
+  // db number has its top bit set), then key; the sentinel sorts last.
   for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
-    for (uint16_t db : dbs) {
-      std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), db);
-      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-        Status s = writer->Put(it->key(), it->value());
-        if (!s.ok()) return s;
+    for (uint16_t flag : {uint16_t{0}, storage::kElementDbFlag}) {
+      for (uint16_t db : dbs) {
+        std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(db | flag));
+        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+          Status s = writer->Put(it->key(), it->value());
+          if (!s.ok()) return s;
+        }
+        if (!it->status().ok()) return it->status();
       }
-      if (!it->status().ok()) return it->status();
     }
   }
   Status s = writer->Put(Shard::SentinelKey(id_), EncodeI64(static_cast<int64_t>(index_)));

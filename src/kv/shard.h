@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -46,6 +47,7 @@ class KeyMetaCache {
   struct Meta {
     bool exists;
     int64_t expire_at_ms;
+    bool collection;  // a hash (its elements must go with it)
   };
   explicit KeyMetaCache(size_t max_entries) : max_entries_(max_entries) {}
   const Meta* Find(const std::string& dkey) const {
@@ -85,6 +87,21 @@ class ApplyTxn {
   // Removes the expiry index entry of key at `expire_at_ms` (a stale hint).
   void DropExpiryIndex(uint16_t db, std::string_view key, int64_t expire_at_ms);
 
+  // Elements of collections (a hash's fields: storage::ElementKey). The
+  // collection's value keeps their count; a command changes both. Deleting
+  // a collection, or replacing it by a value of another type (Put), deletes
+  // its elements in the same apply: one by one when there are few, else as
+  // one range tombstone (O(1); compaction reclaims the space).
+  Result<std::optional<std::string>> GetElement(uint16_t db, std::string_view key, std::string_view element);
+  void PutElement(uint16_t db, std::string_view key, std::string_view element, std::string_view value);
+  void DeleteElement(uint16_t db, std::string_view key, std::string_view element);
+  // Calls fn(element, value) for each element of key in element order (this
+  // apply's writes included) until fn returns false.
+  Status ForEachElement(uint16_t db, std::string_view key,
+                        const std::function<bool(std::string_view, std::string_view)>& fn);
+  // At most this many elements are deleted one by one (see above).
+  static constexpr uint64_t kPointDeleteMax = 64;
+
   struct Counts {
     int64_t keys = 0;
     int64_t expires = 0;
@@ -98,11 +115,15 @@ class ApplyTxn {
     std::optional<std::string> raw;  // nullopt: deleted
   };
   Result<std::optional<std::string>> GetRaw(const std::string& dkey);
+  // Deletes the elements of key, whose value was `old` (if a collection).
+  Status DropElementsOf(uint16_t db, std::string_view key, const std::string& old);
   Shard* shard_;
   storage::Engine* engine_;
   storage::WriteBatch* batch_;
   int64_t now_ms_;
   std::map<std::string, Staged> staged_;  // by data key: values read or written in this apply
+  std::map<std::string, std::optional<std::string>> elements_;  // by element key: written in this apply
+  std::set<std::string> cleared_;  // element prefixes deleted by a range in this apply
   std::map<uint16_t, Counts> deltas_;
 };
 

@@ -763,3 +763,168 @@ TEST(ShardSplit, ImageCarriesTheRangeAndAnOlderReplicaAdoptsIt) {
 
 }  // namespace
 }  // namespace shoal::kv
+
+namespace shoal::kv {
+namespace {
+
+// How many element keys of `key` storage holds (a hash's fields).
+size_t ElementsStored(storage::Engine& engine, const std::string& key, uint16_t db = 0) {
+  std::string prefix = storage::ElementPrefix(db, key);
+  auto it = engine.NewIterator(storage::Cf::kData);
+  size_t n = 0;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) ++n;
+  return n;
+}
+
+// HSET key with n fields f0..f(n-1).
+void FillHash(ShardHarness& h, const std::string& key, int n, uint16_t db = 0) {
+  std::vector<std::string> words{"hset", key};
+  for (int i = 0; i < n; ++i) {
+    words.push_back("f" + std::to_string(i));
+    words.push_back("v" + std::to_string(i));
+  }
+  h.Run(words, db);
+}
+
+// A hash's fields are keys of their own: whatever removes or replaces the
+// hash removes them too, small hashes field by field, big ones by a range.
+TEST(Hash, FieldsGoWithTheirHash) {
+  ShardHarness h("hash_gone");
+  FillHash(h, "small", 3);
+  FillHash(h, "big", 200);  // above kPointDeleteMax: one range tombstone
+  EXPECT_EQ(h.Run({"dbsize"}), ":2\r\n");
+  EXPECT_EQ(h.Run({"hlen", "big"}), ":200\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "big"), 200u);
+  EXPECT_EQ(h.Run({"del", "small", "big"}), ":2\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "small"), 0u);
+  EXPECT_EQ(ElementsStored(h.engine(), "big"), 0u);
+  EXPECT_EQ(h.Run({"dbsize"}), ":0\r\n");
+  // Made again, a hash has none of its old fields.
+  EXPECT_EQ(h.Run({"hset", "big", "f7", "new"}), ":1\r\n");
+  EXPECT_EQ(h.Run({"hgetall", "big"}), "*2\r\n$2\r\nf7\r\n$3\r\nnew\r\n");
+  EXPECT_EQ(h.Run({"hget", "big", "f8"}), "$-1\r\n");
+  // SET over a hash replaces it, fields and all.
+  FillHash(h, "big", 100);
+  EXPECT_EQ(h.Run({"set", "big", "s"}), "+OK\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "big"), 0u);
+  EXPECT_EQ(h.Run({"type", "big"}), "+string\r\n");
+  // Even when the key is known to the blind-write cache as a hash.
+  FillHash(h, "c", 2);
+  h.Run({"set", "c", "x"});
+  EXPECT_EQ(ElementsStored(h.engine(), "c"), 0u);
+  // Expiry removes them: lazily on access and by active expiry's entry.
+  FillHash(h, "e1", 5);
+  FillHash(h, "e2", 100);
+  h.Run({"pexpire", "e1", "10"});
+  h.Run({"pexpire", "e2", "10"});
+  EXPECT_EQ(h.shard().ExpiresCount(0), 2);
+  h.now_ms += 20;
+  EXPECT_EQ(h.Run({"hset", "e1", "a", "b"}), ":1\r\n");  // expired: a new hash
+  EXPECT_EQ(h.Run({"hlen", "e1"}), ":1\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "e1"), 1u);
+  auto due = h.shard().DueExpiries(h.now_ms, 10);
+  ASSERT_EQ(due.size(), 1u);
+  Entry expire;
+  expire.op = kOpExpireKey;
+  expire.now_ms = h.now_ms;
+  expire.args = {due[0].key, std::to_string(due[0].expire_at_ms)};
+  std::string out;
+  resp::Writer w(&out);
+  ASSERT_TRUE(h.shard().Apply(expire, FindApply(kOpExpireKey), h.limits(), &w).ok());
+  EXPECT_EQ(ElementsStored(h.engine(), "e2"), 0u);
+  EXPECT_EQ(h.Run({"exists", "e2"}), ":0\r\n");
+  // HDEL of the last field removes the key.
+  EXPECT_EQ(h.Run({"hdel", "e1", "a", "a"}), ":1\r\n");
+  EXPECT_EQ(h.Run({"exists", "e1"}), ":0\r\n");
+  EXPECT_EQ(h.Run({"dbsize"}), ":2\r\n");  // "big" and "c", strings now
+}
+
+TEST(Hash, FlushdbTakesOnlyItsDatabasesFields) {
+  ShardHarness h("hash_flush");
+  FillHash(h, "h", 10, 0);
+  FillHash(h, "h", 10, 3);
+  EXPECT_EQ(h.Run({"flushdb"}, 3), "+OK\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "h", 3), 0u);
+  EXPECT_EQ(ElementsStored(h.engine(), "h", 0), 10u);
+  EXPECT_EQ(h.Run({"hlen", "h"}, 0), ":10\r\n");
+  EXPECT_EQ(h.Run({"flushall"}), "+OK\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "h", 0), 0u);
+}
+
+TEST(Hash, RenameMovesTheFields) {
+  ShardHarness h("hash_rename");
+  FillHash(h, "{t}a", 100);
+  FillHash(h, "{t}b", 70);
+  h.Run({"hset", "{t}b", "only-b", "1"});
+  EXPECT_EQ(h.Run({"rename", "{t}a", "{t}b"}), "+OK\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "{t}a"), 0u);
+  EXPECT_EQ(ElementsStored(h.engine(), "{t}b"), 100u);
+  EXPECT_EQ(h.Run({"hlen", "{t}b"}), ":100\r\n");
+  EXPECT_EQ(h.Run({"hget", "{t}b", "only-b"}), "$-1\r\n");
+  EXPECT_EQ(h.Run({"hget", "{t}b", "f99"}), "$3\r\nv99\r\n");
+  EXPECT_EQ(h.Run({"dbsize"}), ":1\r\n");
+}
+
+// Apply reads see the writes of earlier entries of the same batch, element
+// keys and range deletes included.
+TEST(Hash, ABatchAppliesLikeOneByOne) {
+  ShardHarness a("hash_batch_a"), b("hash_batch_b");
+  FillHash(a, "h", 80);
+  a.Run({"hdel", "h", "f1", "f2"});
+  a.Run({"hincrby", "h", "n", "5"});
+  a.Run({"del", "h"});
+  a.Run({"hset", "h", "f3", "x", "f3", "y"});
+  a.Run({"hsetnx", "h", "f3", "z"});
+  a.Run({"hincrbyfloat", "h", "g", "1.5"});
+  FillHash(a, "{r}s", 3);
+  a.Run({"rename", "{r}s", "{r}t"});
+  a.Run({"hset", "{r}t", "f0", "changed"});
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : a.log) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(b.shard().ApplyBatch(a.log, fns, Limits{}, &w).ok());
+  EXPECT_EQ(replies, ":80\r\n:2\r\n:5\r\n:1\r\n:1\r\n:0\r\n$3\r\n1.5\r\n:3\r\n+OK\r\n:0\r\n");
+  for (const char* key : {"h", "{r}s", "{r}t"}) {
+    EXPECT_EQ(a.Run({"hgetall", key}), b.Run({"hgetall", key}));
+    EXPECT_EQ(ElementsStored(a.engine(), key), ElementsStored(b.engine(), key));
+  }
+  EXPECT_EQ(b.Run({"hgetall", "h"}), "*4\r\n$2\r\nf3\r\n$1\r\ny\r\n$1\r\ng\r\n$3\r\n1.5\r\n");
+  EXPECT_EQ(b.Run({"dbsize"}), ":2\r\n");
+}
+
+// Snapshots carry the fields; a split leaves them in place for the child;
+// recounts count hashes, not fields.
+TEST(Hash, ImagesAndSplitsCarryTheFields) {
+  ShardHarness a("hash_img_a"), b("hash_img_b");
+  for (int i = 0; i < 40; ++i) FillHash(a, "h" + std::to_string(i), 20);
+  uint64_t index = a.shard().applied_index();
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_hash_img_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  ASSERT_TRUE(b.ImportFiles(dir.string(), index).ok());
+  std::filesystem::remove_all(dir);
+  for (int i = 0; i < 40; ++i) {
+    std::string key = "h" + std::to_string(i);
+    EXPECT_EQ(a.Run({"hgetall", key}), b.Run({"hgetall", key}));
+  }
+  EXPECT_EQ(b.shard().KeyCount(0), 40);
+  ASSERT_TRUE(b.Split(7, 8192, true).ok());
+  Shard child(&b.engine(), 7, 8192, storage::kSlotCount);
+  ASSERT_TRUE(child.Load().ok());
+  ASSERT_TRUE(ShardHarness::Recount(child).ok());
+  EXPECT_EQ(b.shard().KeyCount(0) + child.KeyCount(0), 40);
+  int moved = 0;
+  for (int i = 0; i < 40; ++i) {
+    std::string key = "h" + std::to_string(i);
+    if (storage::KeySlot(key) < 8192) continue;
+    ++moved;
+    EXPECT_EQ(b.RunOn(child, {"hlen", key}), ":20\r\n");
+    EXPECT_EQ(b.RunOn(child, {"hdel", key, "f0"}), ":1\r\n");
+  }
+  EXPECT_GT(moved, 0);
+  EXPECT_EQ(child.KeyCount(0), moved);
+}
+
+}  // namespace
+}  // namespace shoal::kv

@@ -9,5 +9,6 @@ namespace shoal::kv {
 
 void AppendStringCommands(std::vector<CommandSpec>* out);
 void AppendKeyspaceCommands(std::vector<CommandSpec>* out);
+void AppendHashCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

@@ -37,6 +37,18 @@ bool DecodeValue(std::string_view raw, Value* out) {
   return true;
 }
 
+std::string CollectionPayload(uint64_t count) {
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &count, 8);
+  return out;
+}
+
+uint64_t CollectionCount(std::string_view payload) {
+  uint64_t n = 0;
+  if (payload.size() == 8) std::memcpy(&n, payload.data(), 8);
+  return n;
+}
+
 std::string_view TypeName(ValueType type) {
   switch (type) {
     case ValueType::kString: return "string";

@@ -27,6 +27,11 @@ struct Value {
 std::string EncodeValue(ValueType type, int64_t expire_at_ms, std::string_view payload);
 // Returns false on a record that is not a valid encoding (corruption).
 bool DecodeValue(std::string_view raw, Value* out);
+// A collection's value (a hash's) holds its element count: [count u64 LE].
+inline bool IsCollection(ValueType type) { return type != ValueType::kString; }
+std::string CollectionPayload(uint64_t count);
+// 0 for a payload that is not a count.
+uint64_t CollectionCount(std::string_view payload);
 // The Redis TYPE name of a value type.
 std::string_view TypeName(ValueType type);
 

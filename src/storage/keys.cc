@@ -1,5 +1,6 @@
 #include "storage/keys.h"
 
+#include "common/status.h"
 #include "storage/slot.h"
 
 namespace shoal::storage {
@@ -38,6 +39,31 @@ std::string DataSlotDbPrefix(uint16_t slot, uint16_t db) {
   std::string out;
   PutU16BE(&out, slot);
   PutU16BE(&out, db);
+  return out;
+}
+
+std::string ElementPrefix(uint16_t db, std::string_view key) {
+  std::string out;
+  out.reserve(kDataKeyPrefixBytes + 4 + key.size());
+  PutU16BE(&out, KeySlot(key));
+  PutU16BE(&out, static_cast<uint16_t>(db | kElementDbFlag));
+  const auto n = static_cast<uint32_t>(key.size());
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((n >> shift) & 0xff));
+  out.append(key);
+  return out;
+}
+
+std::string ElementKey(uint16_t db, std::string_view key, std::string_view element) {
+  std::string out = ElementPrefix(db, key);
+  out.append(element);
+  return out;
+}
+
+std::string PrefixEnd(std::string_view prefix) {
+  std::string out(prefix);
+  while (!out.empty() && static_cast<unsigned char>(out.back()) == 0xff) out.pop_back();
+  SHOAL_CHECK(!out.empty());
+  out.back() = static_cast<char>(static_cast<unsigned char>(out.back()) + 1);
   return out;
 }
 

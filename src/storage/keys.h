@@ -1,7 +1,9 @@
-// On-disk key layouts. Every format here is versioned through the meta key
-// "format" (see docs/design/storage.md); change a layout only with a new version.
+// On-disk key layouts (docs/design/storage.md). There is no global format
+// version: change a layout only with a reader for the old one.
 //
 //   data   CF: [slot u16 BE][db u16 BE][user key]        -> encoded value (src/kv)
+//              [slot u16 BE][db | 0x8000 u16 BE][key length u32 BE][user key][element]
+//                                                        -> element value (a hash field's)
 //   expiry CF: [expire_at_ms u64 BE][db u16 BE][user key] -> "" (an index, checked before use)
 //   meta   CF: ascii names                                -> values (applied index, counters)
 #pragma once
@@ -26,6 +28,17 @@ std::string DataKey(uint16_t db, std::string_view key);
 std::string DataKeyInSlot(uint16_t slot, uint16_t db, std::string_view key);
 // The prefix of all keys of `db` in `slot`.
 std::string DataSlotDbPrefix(uint16_t slot, uint16_t db);
+
+// A collection's elements (a hash's fields) are keys of their own beside
+// the collection's value, in the same slot, under the db number with its top
+// bit set (databases are < 1024), so that no key scan meets them and a slot
+// range holds them. The key's length keeps one key's elements contiguous.
+inline constexpr uint16_t kElementDbFlag = 0x8000;
+// The prefix of every element of `key`.
+std::string ElementPrefix(uint16_t db, std::string_view key);
+std::string ElementKey(uint16_t db, std::string_view key, std::string_view element);
+// The first key past every key that starts with `prefix` (non-empty, not all 0xff).
+std::string PrefixEnd(std::string_view prefix);
 
 struct DecodedDataKey {
   uint16_t slot;

@@ -17,6 +17,7 @@ import subprocess
 import time
 
 import pytest
+import redis
 
 from cluster_util import (HASH_SLOTS, is_moved, key_for_every_slot, key_slot,
                           parse_info, running_cluster, stop_live_clusters)
@@ -367,6 +368,44 @@ def test_plain_redis_py_against_one_node(cl):
         assert r2.get("plainpy:299") == "299"
     finally:
         r2.close()
+
+
+def test_hashes_through_cluster_and_plain_clients(cl):
+    """Hashes spread over every shard: written through RedisCluster, read
+    back through a plain client on another node (forwarded), changed and
+    removed; a big hash's DEL and a RENAME carry every field."""
+    rc = cl.redis_cluster()
+    plain = cl.redis(2, decode_responses=True)
+    try:
+        keys = [f"hash:{i}" for i in range(200)]
+        assert len({cl.slot_owner(key_slot(k)) for k in keys}) > 1, "keys should span several leaders"
+        pipe = rc.pipeline(transaction=False)
+        for i, k in enumerate(keys):
+            pipe.hset(k, mapping={"name": f"n{i}", "n": i, "tag": "x" * (i % 7)})
+        assert pipe.execute() == [3] * len(keys)
+        for i, k in enumerate(keys):
+            assert plain.hgetall(k) == {"name": f"n{i}", "n": str(i), "tag": "x" * (i % 7)}
+        assert plain.hincrby(keys[5], "n", 10) == 15
+        assert rc.hget(keys[5], "n") == "15"
+        assert plain.hdel(keys[6], "name", "missing") == 1
+        assert rc.hkeys(keys[6]) == ["n", "tag"]
+        assert rc.hlen(keys[7]) == 3
+        assert plain.type(keys[7]) == "hash"
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            plain.get(keys[7])
+        # a big hash: its fields go with it, and RENAME moves them
+        big = {f"f{i}": f"v{i}" for i in range(2000)}
+        assert plain.hset("{big}h", mapping=big) == 2000
+        assert plain.rename("{big}h", "{big}g") is True
+        assert plain.hlen("{big}g") == 2000
+        assert plain.hgetall("{big}g") == big
+        assert dict(plain.hscan_iter("{big}g", count=100)) == big
+        assert plain.delete("{big}g") == 1
+        assert plain.hset("{big}g", "f1", "fresh") == 1
+        assert plain.hgetall("{big}g") == {"f1": "fresh"}
+    finally:
+        rc.close()
+        plain.close()
 
 
 def test_crossslot_and_hash_tags(cl):

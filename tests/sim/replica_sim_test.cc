@@ -56,22 +56,45 @@ const kv::CommandSpec& Spec(std::string_view name) {
   return kv::DataCommands()[0];
 }
 
-// A SET of key to value; `expiring`: with an expiry far in the future (the
-// key counts among the shard's expiring keys).
+// Half the keys (by slot, so a seed's random draws stay as they were) are
+// hashes: a write is HSET key f value, a read reads field f. Their fields
+// are keys of their own, so snapshots, splits and storage faults carry them.
+bool IsHashKey(const std::string& key) { return storage::KeySlot(key) % 2 == 1; }
+
+// The stored key a read of `key` looks at (its field f for a hash).
+std::string ReadKeyOf(const std::string& key) {
+  return IsHashKey(key) ? storage::ElementKey(0, key, "f") : storage::DataKey(0, key);
+}
+
+// The value a read finds in `raw`, read at ReadKeyOf(key).
+std::string ReadValueOf(const std::string& key, const std::string& raw) {
+  if (IsHashKey(key)) return raw;
+  kv::Value v;
+  return kv::DecodeValue(raw, &v) ? std::string(v.payload) : "";
+}
+
+// A SET of key to value (HSET of its field f for a hash key); `expiring`:
+// with an expiry far in the future (the key counts among the shard's
+// expiring keys; strings only).
 std::string SetBatch(const std::string& key, const std::string& value, bool expiring = false) {
-  const kv::CommandSpec& spec = Spec("set");
+  const bool hash = IsHashKey(key);
+  const kv::CommandSpec& spec = Spec(hash ? "hset" : "set");
   kv::Entry e;
   e.op = spec.op;
   e.now_ms = 1000;
   static kv::Limits limits;
   std::vector<std::string_view> args = {"set", key, value};
-  if (expiring) args.insert(args.end(), {"px", "1000000000"});
+  if (hash) args = {"hset", key, "f", value};
+  if (expiring && !hash) args.insert(args.end(), {"px", "1000000000"});
   std::string err;
   resp::Writer w(&err, 2);
   kv::PrepareContext ctx{0, e.now_ms, &limits};
   SHOAL_CHECK(spec.prepare(ctx, args, &e, &w));
   return replica::EncodeKvBatch({e}, 2);
 }
+
+// Whether a write's reply says it took effect (OK for SET, a count for HSET).
+bool WriteApplied(const std::string& reply) { return reply == "+OK\r\n" || reply == ":0\r\n" || reply == ":1\r\n"; }
 
 // A node's process stopped itself (shoal::FailStop): the simulation catches
 // it as a crash of that node.
@@ -488,11 +511,11 @@ class ReplicaSim {
       history_.push_back(Operation{op, write, key, write ? "v" + std::to_string(op) : "", Now(), kNeverReturned});
       if (write) {
         int client = c;
-        bool expiring = splits_ && rng_() % 3 == 0;
+        bool expiring = splits_ && rng_() % 3 == 0 && !IsHashKey(key);  // strings only
         if (expiring) expiring_ops_.insert(op);
         auto p = r->Propose(SetBatch(key, history_[op].value, expiring),
                             [this, op, client](bool applied, std::string reply) {
-                              if (applied && reply == "+OK\r\n") {
+                              if (applied && WriteApplied(reply)) {
                                 history_[op].response = Now();
                               } else if (applied && reply.starts_with("-TRYAGAIN")) {
                                 Refused(client, op);  // its slot moved (a split): applied as nothing
@@ -551,10 +574,7 @@ class ReplicaSim {
             Refused(client, op);
             return;
           }
-          std::string raw;
-          Status s = node->engine->Get(storage::Cf::kData, storage::DataKey(0, history_[op].key), &raw);
-          kv::Value v;
-          history_[op].value = s.ok() && kv::DecodeValue(raw, &v) ? std::string(v.payload) : "";
+          history_[op].value = ValueOn(*node, history_[op].key);
           history_[op].response = Now();
           reads_ok_++;
         }, static_cast<int64_t>(step_) * 10'000);
@@ -1270,9 +1290,8 @@ class ReplicaSim {
 
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
-    Status s = n.engine->Get(storage::Cf::kData, storage::DataKey(0, key), &raw);
-    kv::Value v;
-    return s.ok() && kv::DecodeValue(raw, &v) ? std::string(v.payload) : "";
+    Status s = n.engine->Get(storage::Cf::kData, ReadKeyOf(key), &raw);
+    return s.ok() ? ReadValueOf(key, raw) : "";
   }
 
   std::mt19937_64 rng_;
