@@ -77,6 +77,10 @@ std::string Int64ToString(int64_t v) {
 namespace shoal::kv {
 
 bool ParseScanArgs(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply) {
+  return ParseScanCursor(args, at, out, reply) && ParseScanOptions(args, at, allow_type, out, reply);
+}
+
+bool ParseScanCursor(Args args, size_t at, ScanArgs* out, resp::Writer* reply) {
   std::string cursor_text(args[at]);
   if (cursor_text.empty() || std::isspace(static_cast<unsigned char>(cursor_text[0]))) {
     reply->Error("ERR invalid cursor");
@@ -89,6 +93,10 @@ bool ParseScanArgs(Args args, size_t at, bool allow_type, ScanArgs* out, resp::W
     reply->Error("ERR invalid cursor");
     return false;
   }
+  return true;
+}
+
+bool ParseScanOptions(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply) {
   for (size_t i = at + 1; i < args.size();) {
     size_t left = args.size() - i;
     if (EqualsIgnoreCase(args[i], "count") && left >= 2) {

@@ -44,6 +44,10 @@ struct ScanArgs {
 };
 // False (an error replied) on a bad cursor or option; TYPE only if allow_type.
 bool ParseScanArgs(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply);
+// The two halves of it, for HSCAN and SSCAN, which (as Redis) read the key
+// between them: the cursor args[at], then the options after it.
+bool ParseScanCursor(Args args, size_t at, ScanArgs* out, resp::Writer* reply);
+bool ParseScanOptions(Args args, size_t at, bool allow_type, ScanArgs* out, resp::Writer* reply);
 
 // The live value at a key that a string command is about to change.
 struct StringAt {

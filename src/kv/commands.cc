@@ -23,6 +23,7 @@ const Table& GetTable() {
     AppendStringCommands(&t.specs);
     AppendKeyspaceCommands(&t.specs);
     AppendHashCommands(&t.specs);
+    AppendSetCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
       SHOAL_CHECK(s.op < kOpExpireKey && s.apply != nullptr);

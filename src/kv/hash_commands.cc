@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/strings.h"
+#include "kv/collection.h"
 #include "kv/command_util.h"
 #include "kv/string_commands.h"
 #include "storage/keys.h"
@@ -23,77 +24,15 @@ constexpr std::string_view kErrHashNotFloat = "ERR hash value is not a float";
 
 // ---- reads
 
-// A hash as a read sees it, from one storage view.
-class HashRead {
- public:
-  explicit HashRead(ReadContext& ctx) : ctx_(ctx), snap_(ctx.engine->NewSnapshot()) {}
-
-  // Reads the key: false if the command is answered (WRONGTYPE, storage
-  // error); otherwise found() says whether a live hash is there.
-  bool Open(std::string_view key, resp::Writer* reply) {
-    key_ = key;
-    if (!ReadLive(ctx_, key, &raw_, &value_, &found_, reply, snap_.get())) return false;
-    if (found_ && value_.type != ValueType::kHash) {
-      reply->Error(kErrWrongType);
-      return false;
-    }
-    return true;
-  }
-  bool found() const { return found_; }
-  uint64_t count() const { return found_ ? CollectionCount(value_.payload) : 0; }
-
-  // One field's value: false on a storage error (replied).
-  bool Get(std::string_view field, std::optional<std::string>* out, resp::Writer* reply) {
-    out->reset();
-    if (!found_) return true;
-    std::string v;
-    Status s = ctx_.engine->Get(storage::Cf::kData, storage::ElementKey(ctx_.db, key_, field), &v, snap_.get());
-    if (s.code() == Code::kNotFound) return true;
-    if (!s.ok()) {
-      reply->Error("ERR storage error: " + s.ToString());
-      return false;
-    }
-    *out = std::move(v);
-    return true;
-  }
-
-  // Calls fn(field, value) in field order from the `skip`th field on, until
-  // fn returns false: false on a storage error (replied).
-  template <typename Fn>
-  bool ForEach(uint64_t skip, Fn&& fn, resp::Writer* reply) {
-    if (!found_) return true;
-    std::string prefix = storage::ElementPrefix(ctx_.db, key_);
-    auto it = ctx_.engine->NewIterator(storage::Cf::kData, snap_.get());
-    uint64_t index = 0;
-    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next(), ++index) {
-      if (index < skip) continue;
-      if (!fn(it->key().substr(prefix.size()), it->value())) break;
-    }
-    if (!it->status().ok()) {
-      reply->Error("ERR storage error: " + it->status().ToString());
-      return false;
-    }
-    return true;
-  }
-
- private:
-  ReadContext& ctx_;
-  std::unique_ptr<storage::Snapshot> snap_;
-  std::string_view key_;
-  std::string raw_;
-  Value value_;
-  bool found_ = false;
-};
-
 void HgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   std::optional<std::string> v;
   if (!h.Open(args[1], reply) || !h.Get(args[2], &v, reply)) return;
   v ? reply->Bulk(*v) : reply->NullBulk();
 }
 
 void HmgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   if (!h.Open(args[1], reply)) return;
   std::string out;
   resp::Writer items(&out, reply->protocol());
@@ -107,34 +46,34 @@ void HmgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
 }
 
 void HexistsRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   std::optional<std::string> v;
   if (!h.Open(args[1], reply) || !h.Get(args[2], &v, reply)) return;
   reply->Integer(v ? 1 : 0);
 }
 
 void HstrlenRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   std::optional<std::string> v;
   if (!h.Open(args[1], reply) || !h.Get(args[2], &v, reply)) return;
   reply->Integer(v ? static_cast<int64_t>(v->size()) : 0);
 }
 
 void HlenRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   if (!h.Open(args[1], reply)) return;
   reply->Integer(static_cast<int64_t>(h.count()));
 }
 
 // HKEYS, HVALS, HGETALL.
 void HashAll(ReadContext& ctx, Args args, resp::Writer* reply, bool fields, bool values) {
-  HashRead h(ctx);
+  CollectionRead h(ctx, ValueType::kHash);
   if (!h.Open(args[1], reply)) return;
   std::string out;
   resp::Writer items(&out, reply->protocol());
   uint64_t n = 0;
   bool ok = h.ForEach(
-      0,
+      {},
       [&](std::string_view field, std::string_view value) {
         if (fields) items.Bulk(field);
         if (values) items.Bulk(value);
@@ -149,14 +88,6 @@ void HashAll(ReadContext& ctx, Args args, resp::Writer* reply, bool fields, bool
 void HkeysRead(ReadContext& c, Args a, resp::Writer* r) { HashAll(c, a, r, true, false); }
 void HvalsRead(ReadContext& c, Args a, resp::Writer* r) { HashAll(c, a, r, false, true); }
 void HgetallRead(ReadContext& c, Args a, resp::Writer* r) { HashAll(c, a, r, true, true); }
-
-// splitmix64: the replies of HRANDFIELD from one seed.
-uint64_t NextRandom(uint64_t* state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 void HrandfieldRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   bool with_count = args.size() >= 3, with_values = false;
@@ -176,146 +107,32 @@ void HrandfieldRead(ReadContext& ctx, Args args, resp::Writer* reply) {
       return reply->Error("ERR value is out of range");
     }
   }
-  HashRead h(ctx);
+  const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
+  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
+  CollectionRead h(ctx, ValueType::kHash);
   if (!h.Open(args[1], reply)) return;
-  if (!with_count) {
-    if (!h.found() || h.count() == 0) return reply->NullBulk();
-    uint64_t state = ctx.random;
-    uint64_t pick = NextRandom(&state) % h.count();
-    std::string field;
-    if (!h.ForEach(pick, [&](std::string_view f, std::string_view) { return field.assign(f), false; }, reply)) return;
-    return reply->Bulk(field);
-  }
   const uint64_t size = h.count();
-  const bool distinct = count >= 0;
-  const uint64_t want = distinct ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
+  if (!with_count && size == 0) return reply->NullBulk();
   if (want == 0 || size == 0) return reply->ArrayHeader(0);
-  // The chosen positions (with repeats when count < 0), then one pass.
-  std::vector<uint64_t> picks;
-  uint64_t state = ctx.random;
-  if (distinct && want >= size) {
-    for (uint64_t i = 0; i < size; ++i) picks.push_back(i);
-  } else if (distinct) {
-    // Floyd's algorithm: `want` distinct positions out of `size`.
-    std::set<uint64_t> chosen;
-    for (uint64_t j = size - want; j < size; ++j) {
-      uint64_t t = NextRandom(&state) % (j + 1);
-      chosen.insert(chosen.contains(t) ? j : t);
-    }
-    picks.assign(chosen.begin(), chosen.end());
-  } else {
-    for (uint64_t i = 0; i < want; ++i) picks.push_back(NextRandom(&state) % size);
+  std::vector<std::pair<std::string, std::string>> picks;
+  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
+    return h.ForEach(from, fn, reply);
+  };
+  if (!ChooseElements(size, want, count >= 0, ctx.random, walk, &picks)) return;
+  if (!with_count) return picks.empty() ? reply->NullBulk() : reply->Bulk(picks[0].first);
+  reply->ArrayHeader(with_values && reply->protocol() < 3 ? 2 * picks.size() : picks.size());
+  for (const auto& [f, v] : picks) {
+    if (with_values && reply->protocol() >= 3) reply->ArrayHeader(2);
+    reply->Bulk(f);
+    if (with_values) reply->Bulk(v);
   }
-  // Each position's field and value, in position order.
-  std::vector<uint64_t> order = picks;
-  std::sort(order.begin(), order.end());
-  order.erase(std::unique(order.begin(), order.end()), order.end());
-  std::map<uint64_t, std::pair<std::string, std::string>> at;
-  size_t next = 0;
-  uint64_t index = 0;
-  bool ok = h.ForEach(
-      0,
-      [&](std::string_view f, std::string_view v) {
-        if (next < order.size() && order[next] == index) {
-          at[index] = {std::string(f), std::string(v)};
-          ++next;
-        }
-        ++index;
-        return next < order.size();
-      },
-      reply);
-  if (!ok) return;
-  size_t n = 0;
-  std::string out;
-  resp::Writer items(&out, reply->protocol());
-  for (uint64_t p : picks) {
-    auto it = at.find(p);
-    if (it == at.end()) continue;  // the count was stale (cannot happen within one view)
-    ++n;
-    if (with_values && reply->protocol() >= 3) items.ArrayHeader(2);
-    items.Bulk(it->second.first);
-    if (with_values) items.Bulk(it->second.second);
-  }
-  reply->ArrayHeader(with_values && reply->protocol() < 3 ? 2 * n : n);
-  reply->Raw(out);
 }
 
-// HSCAN key cursor [MATCH pattern] [COUNT count]. The cursor is a position
-// in field order. A hash of up to kHscanWhole fields comes back whole with
-// cursor 0, as Redis answers for its small (listpack) hashes; beyond that, a
-// field removed during a scan may make one that follows it be missed.
-constexpr uint64_t kHscanWhole = 128;
-
 void HscanRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  ScanArgs scan;
-  if (!ParseScanArgs(args, 2, false, &scan, reply)) return;
-  HashRead h(ctx);
-  if (!h.Open(args[1], reply)) return;
-  const bool whole = h.count() <= kHscanWhole;
-  uint64_t position = whole ? 0 : scan.cursor, taken = 0, next = 0;
-  std::vector<std::pair<std::string, std::string>> found;
-  bool ok = h.ForEach(
-      position,
-      [&](std::string_view f, std::string_view v) {
-        if (!whole && taken >= static_cast<uint64_t>(scan.count)) {
-          next = position + taken;
-          return false;
-        }
-        ++taken;
-        if (scan.use_pattern && !GlobMatch(scan.pattern, f)) return true;
-        found.emplace_back(f, v);
-        return true;
-      },
-      reply);
-  if (!ok) return;
-  reply->ArrayHeader(2);
-  reply->Bulk(std::to_string(next));
-  reply->ArrayHeader(2 * found.size());
-  for (const auto& [f, v] : found) {
-    reply->Bulk(f);
-    reply->Bulk(v);
-  }
+  ScanCollection(ctx, args, ValueType::kHash, true, reply);
 }
 
 // ---- writes
-
-// The live hash at key for a write. nullopt: the command is done (WRONGTYPE
-// replied, *status ok) or storage failed (*status).
-struct HashAt {
-  bool found = false;
-  uint64_t count = 0;
-  int64_t expire_at_ms = 0;
-};
-
-std::optional<HashAt> GetHashForWrite(ApplyTxn& txn, uint16_t db, std::string_view key, resp::Writer* reply,
-                                      Status* status) {
-  auto raw = txn.GetLive(db, key);
-  if (!raw.ok()) {
-    *status = raw.status();
-    return std::nullopt;
-  }
-  HashAt out;
-  if (!*raw) return out;
-  Value v = DecodeOrDie(**raw);
-  if (v.type != ValueType::kHash) {
-    reply->Error(kErrWrongType);
-    return std::nullopt;
-  }
-  out.found = true;
-  out.count = CollectionCount(v.payload);
-  out.expire_at_ms = v.expire_at_ms;
-  return out;
-}
-
-// Stores the hash's value with its new count, or deletes the key when no
-// field is left.
-Status PutHash(ApplyTxn& txn, uint16_t db, std::string_view key, const HashAt& h) {
-  if (h.count == 0) {
-    bool existed = false;
-    return h.found ? txn.Delete(db, key, &existed) : Status::Ok();
-  }
-  return txn.Put(db, key, EncodeValue(ValueType::kHash, h.expire_at_ms, CollectionPayload(h.count)));
-}
 
 bool HsetPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
   if (args.size() % 2 == 1) {
@@ -330,7 +147,7 @@ bool HsetPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* r
 Status HsetImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool hmset) {
   const std::string& key = e.args[0];
   Status s;
-  auto h = GetHashForWrite(txn, e.db, key, reply, &s);
+  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
   int64_t added = 0;
   for (size_t i = 1; i + 1 < e.args.size(); i += 2) {
@@ -340,7 +157,7 @@ Status HsetImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool hmset) 
     txn.PutElement(e.db, key, e.args[i], e.args[i + 1]);
   }
   h->count += static_cast<uint64_t>(added);
-  s = PutHash(txn, e.db, key, *h);
+  s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
   if (!s.ok()) return s;
   hmset ? reply->Simple("OK") : reply->Integer(added);
   return Status::Ok();
@@ -352,7 +169,7 @@ Status HmsetApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) {
 Status HsetnxApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string& key = e.args[0];
   Status s;
-  auto h = GetHashForWrite(txn, e.db, key, reply, &s);
+  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
   auto old = txn.GetElement(e.db, key, e.args[1]);
   if (!old.ok()) return old.status();
@@ -362,32 +179,14 @@ Status HsetnxApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* r
   }
   txn.PutElement(e.db, key, e.args[1], e.args[2]);
   h->count += 1;
-  s = PutHash(txn, e.db, key, *h);
+  s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
   if (s.ok()) reply->Integer(1);
   return s;
 }
 
 // args: key field [field ...]
 Status HdelApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  const std::string& key = e.args[0];
-  Status s;
-  auto h = GetHashForWrite(txn, e.db, key, reply, &s);
-  if (!h) return s;
-  int64_t removed = 0;
-  for (size_t i = 1; i < e.args.size() && h->found; ++i) {
-    auto old = txn.GetElement(e.db, key, e.args[i]);
-    if (!old.ok()) return old.status();
-    if (!old->has_value()) continue;
-    txn.DeleteElement(e.db, key, e.args[i]);
-    ++removed;
-  }
-  if (removed > 0) {
-    h->count = h->count > static_cast<uint64_t>(removed) ? h->count - static_cast<uint64_t>(removed) : 0;
-    s = PutHash(txn, e.db, key, *h);
-    if (!s.ok()) return s;
-  }
-  reply->Integer(removed);
-  return Status::Ok();
+  return RemoveElementsApply(txn, e, ValueType::kHash, reply);
 }
 
 bool HincrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
@@ -404,7 +203,7 @@ Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* 
   const std::string& key = e.args[0];
   int64_t by = *ParseInt64(e.args[2]);
   Status s;
-  auto h = GetHashForWrite(txn, e.db, key, reply, &s);
+  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
   auto old = txn.GetElement(e.db, key, e.args[1]);
   if (!old.ok()) return old.status();
@@ -425,7 +224,7 @@ Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* 
   txn.PutElement(e.db, key, e.args[1], Int64ToString(value));
   if (!old->has_value()) {
     h->count += 1;
-    s = PutHash(txn, e.db, key, *h);
+    s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
     if (!s.ok()) return s;
   }
   reply->Integer(value);
@@ -451,7 +250,7 @@ Status HincrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Wri
   const std::string& key = e.args[0];
   long double by = *ParseLongDouble(e.args[2]);
   Status s;
-  auto h = GetHashForWrite(txn, e.db, key, reply, &s);
+  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
   auto old = txn.GetElement(e.db, key, e.args[1]);
   if (!old.ok()) return old.status();
@@ -473,7 +272,7 @@ Status HincrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Wri
   txn.PutElement(e.db, key, e.args[1], text);
   if (!old->has_value()) {
     h->count += 1;
-    s = PutHash(txn, e.db, key, *h);
+    s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
     if (!s.ok()) return s;
   }
   reply->Bulk(text);

@@ -181,15 +181,17 @@ void ApplyTxn::DeleteElement(uint16_t db, std::string_view key, std::string_view
 }
 
 Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
-                                const std::function<bool(std::string_view, std::string_view)>& fn) {
+                                const std::function<bool(std::string_view, std::string_view)>& fn,
+                                std::string_view from) {
   const std::string prefix = storage::ElementPrefix(db, key);
   const std::string end = storage::PrefixEnd(prefix);
+  const std::string start = prefix + std::string(from);
   // This apply's writes over what storage holds, merged in key order.
-  auto staged = elements_.lower_bound(prefix);
+  auto staged = elements_.lower_bound(start);
   std::unique_ptr<storage::Iterator> it;
   if (!cleared_.contains(prefix)) {
     it = engine_->NewIterator(storage::Cf::kData);
-    it->Seek(prefix);
+    it->Seek(start);
   }
   auto stored_valid = [&] { return it && it->Valid() && it->key().starts_with(prefix); };
   while (true) {

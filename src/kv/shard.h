@@ -96,11 +96,14 @@ class ApplyTxn {
   void PutElement(uint16_t db, std::string_view key, std::string_view element, std::string_view value);
   void DeleteElement(uint16_t db, std::string_view key, std::string_view element);
   // Calls fn(element, value) for each element of key in element order (this
-  // apply's writes included) until fn returns false.
+  // apply's writes included), from the first at or after `from`, until fn
+  // returns false.
   Status ForEachElement(uint16_t db, std::string_view key,
-                        const std::function<bool(std::string_view, std::string_view)>& fn);
-  // At most this many elements are deleted one by one (see above).
-  static constexpr uint64_t kPointDeleteMax = 64;
+                        const std::function<bool(std::string_view, std::string_view)>& fn,
+                        std::string_view from = {});
+  // At most this many elements are deleted one by one (see above): fewer
+  // range tombstones, which every later read of the memtable must consult.
+  static constexpr uint64_t kPointDeleteMax = 1024;
 
   struct Counts {
     int64_t keys = 0;

@@ -791,10 +791,10 @@ void FillHash(ShardHarness& h, const std::string& key, int n, uint16_t db = 0) {
 TEST(Hash, FieldsGoWithTheirHash) {
   ShardHarness h("hash_gone");
   FillHash(h, "small", 3);
-  FillHash(h, "big", 200);  // above kPointDeleteMax: one range tombstone
+  FillHash(h, "big", 1500);  // above kPointDeleteMax: one range tombstone
   EXPECT_EQ(h.Run({"dbsize"}), ":2\r\n");
-  EXPECT_EQ(h.Run({"hlen", "big"}), ":200\r\n");
-  EXPECT_EQ(ElementsStored(h.engine(), "big"), 200u);
+  EXPECT_EQ(h.Run({"hlen", "big"}), ":1500\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "big"), 1500u);
   EXPECT_EQ(h.Run({"del", "small", "big"}), ":2\r\n");
   EXPECT_EQ(ElementsStored(h.engine(), "small"), 0u);
   EXPECT_EQ(ElementsStored(h.engine(), "big"), 0u);
@@ -814,7 +814,7 @@ TEST(Hash, FieldsGoWithTheirHash) {
   EXPECT_EQ(ElementsStored(h.engine(), "c"), 0u);
   // Expiry removes them: lazily on access and by active expiry's entry.
   FillHash(h, "e1", 5);
-  FillHash(h, "e2", 100);
+  FillHash(h, "e2", 1100);
   h.Run({"pexpire", "e1", "10"});
   h.Run({"pexpire", "e2", "10"});
   EXPECT_EQ(h.shard().ExpiresCount(0), 2);
@@ -869,7 +869,7 @@ TEST(Hash, RenameMovesTheFields) {
 // keys and range deletes included.
 TEST(Hash, ABatchAppliesLikeOneByOne) {
   ShardHarness a("hash_batch_a"), b("hash_batch_b");
-  FillHash(a, "h", 80);
+  FillHash(a, "h", 1100);  // DEL below: a range tombstone, then fields written again
   a.Run({"hdel", "h", "f1", "f2"});
   a.Run({"hincrby", "h", "n", "5"});
   a.Run({"del", "h"});
@@ -884,7 +884,7 @@ TEST(Hash, ABatchAppliesLikeOneByOne) {
   std::string replies;
   resp::Writer w(&replies);
   ASSERT_TRUE(b.shard().ApplyBatch(a.log, fns, Limits{}, &w).ok());
-  EXPECT_EQ(replies, ":80\r\n:2\r\n:5\r\n:1\r\n:1\r\n:0\r\n$3\r\n1.5\r\n:3\r\n+OK\r\n:0\r\n");
+  EXPECT_EQ(replies, ":1100\r\n:2\r\n:5\r\n:1\r\n:1\r\n:0\r\n$3\r\n1.5\r\n:3\r\n+OK\r\n:0\r\n");
   for (const char* key : {"h", "{r}s", "{r}t"}) {
     EXPECT_EQ(a.Run({"hgetall", key}), b.Run({"hgetall", key}));
     EXPECT_EQ(ElementsStored(a.engine(), key), ElementsStored(b.engine(), key));
@@ -924,6 +924,101 @@ TEST(Hash, ImagesAndSplitsCarryTheFields) {
   }
   EXPECT_GT(moved, 0);
   EXPECT_EQ(child.KeyCount(0), moved);
+}
+
+
+// SPOP's choice is the proposer's (a seed in the entry): replaying the log
+// elsewhere pops the same members; STORE forms and SMOVE in one batch see
+// each other's writes.
+TEST(Set, ReplicasApplyingTheSameLogAgree) {
+  ShardHarness a("set_log_a"), b("set_log_b");
+  std::vector<std::string> words{"sadd", "{s}a"};
+  for (int i = 0; i < 150; ++i) words.push_back("m" + std::to_string(i));
+  a.Run(words);
+  a.Run({"sadd", "{s}b", "m1", "m2", "m3", "x"});
+  std::string popped = a.Run({"spop", "{s}a", "20"});
+  EXPECT_TRUE(popped.starts_with("*20\r\n")) << popped;
+  a.Run({"spop", "{s}a"});
+  a.Run({"sinterstore", "{s}c", "{s}a", "{s}b"});
+  a.Run({"smove", "{s}b", "{s}c", "x"});
+  a.Run({"sunionstore", "{s}b", "{s}b", "{s}c"});
+  a.Run({"sdiffstore", "{s}a", "{s}a", "{s}c"});
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : a.log) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(b.shard().ApplyBatch(a.log, fns, Limits{}, &w).ok());
+  for (const char* key : {"{s}a", "{s}b", "{s}c"}) {
+    EXPECT_EQ(a.Run({"smembers", key}), b.Run({"smembers", key})) << key;
+    EXPECT_EQ(a.Run({"scard", key}), b.Run({"scard", key})) << key;
+    EXPECT_EQ(ElementsStored(a.engine(), key), ElementsStored(b.engine(), key)) << key;
+  }
+  // c = (a after 21 pops) & b, plus x; a loses c's members.
+  const size_t c = ElementsStored(a.engine(), "{s}c");
+  EXPECT_EQ(a.Run({"scard", "{s}a"}), ":" + std::to_string(150 - 21 - (c - 1)) + "\r\n");
+  EXPECT_EQ(a.Run({"smembers", "{s}b"}), "*4\r\n$2\r\nm1\r\n$2\r\nm2\r\n$2\r\nm3\r\n$1\r\nx\r\n");
+}
+
+
+// HSCAN/SSCAN resume by a seek: every element present throughout comes
+// back, whatever is removed meanwhile, and each call makes progress (also
+// over elements that share their first 7 bytes).
+TEST(Set, ScanReturnsEveryElementPresentThroughout) {
+  ShardHarness h("set_scan");
+  std::vector<std::string> words{"sadd", "s"};
+  for (int i = 0; i < 600; ++i) words.push_back("m" + std::to_string(1000 + i));
+  for (int i = 0; i < 300; ++i) words.push_back("samepre-" + std::to_string(i));  // one 7-byte head
+  h.Run(words);
+  std::set<std::string> seen;
+  std::string cursor = "0";
+  int calls = 0, removed = 0;
+  do {
+    std::string out = h.Run({"sscan", "s", cursor, "count", "10"});
+    ASSERT_TRUE(out.starts_with("*2\r\n$")) << out;
+    size_t p = out.find("\r\n", 4) + 2;
+    size_t e = out.find("\r\n", p);
+    cursor = out.substr(p, e - p);
+    std::istringstream rest(out.substr(e + 2));
+    std::string line;
+    std::getline(rest, line);  // *n
+    while (std::getline(rest, line)) {
+      if (line.starts_with("$")) continue;
+      line.pop_back();  // \r
+      seen.insert(line);
+      // Remove what was returned: the positions of the rest all move.
+      if (line.starts_with("m") && removed < 200) removed += h.Run({"srem", "s", line}) == ":1\r\n";
+    }
+    ASSERT_LT(++calls, 200);
+  } while (cursor != "0");
+  EXPECT_EQ(seen.size(), 900u);
+  EXPECT_EQ(removed, 200);
+  EXPECT_GT(calls, 30);  // COUNT 10 over 600 distinct heads
+  EXPECT_EQ(h.Run({"hscan", "s", "0"}), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+  EXPECT_EQ(h.Run({"sscan", "nokey", "0", "count", "0"}), "*2\r\n$1\r\n0\r\n*0\r\n");  // options not read
+}
+
+// Random choices from a big set seek random points; SPOP's are the
+// proposer's and replay the same; counts with repeats are bounded.
+TEST(Set, RandomChoicesFromABigSet) {
+  ShardHarness a("set_big_a"), b("set_big_b");
+  std::vector<std::string> words{"sadd", "big"};
+  for (int i = 0; i < 3000; ++i) words.push_back("m" + std::to_string(i));
+  a.Run(words);
+  std::string five = a.Run({"srandmember", "big", "5"});
+  EXPECT_TRUE(five.starts_with("*5\r\n")) << five;
+  EXPECT_TRUE(a.Run({"srandmember", "big", "-7"}).starts_with("*7\r\n"));
+  EXPECT_TRUE(a.Run({"srandmember", "big"}).starts_with("$"));
+  EXPECT_TRUE(a.Run({"srandmember", "big", "-1000001"}).starts_with("-ERR a negative count"));
+  EXPECT_TRUE(a.Run({"spop", "big", "25"}).starts_with("*25\r\n"));
+  a.Run({"spop", "big"});
+  EXPECT_EQ(a.Run({"scard", "big"}), ":2974\r\n");
+  EXPECT_EQ(ElementsStored(a.engine(), "big"), 2974u);
+  for (const Entry& e : a.log) {
+    std::string out;
+    resp::Writer w(&out);
+    ASSERT_TRUE(b.shard().Apply(e, FindApply(e.op), Limits{}, &w).ok());
+  }
+  EXPECT_EQ(a.Run({"smembers", "big"}), b.Run({"smembers", "big"}));
 }
 
 }  // namespace

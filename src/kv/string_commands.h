@@ -10,5 +10,6 @@ namespace shoal::kv {
 void AppendStringCommands(std::vector<CommandSpec>* out);
 void AppendKeyspaceCommands(std::vector<CommandSpec>* out);
 void AppendHashCommands(std::vector<CommandSpec>* out);
+void AppendSetCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

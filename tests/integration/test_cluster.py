@@ -370,7 +370,7 @@ def test_plain_redis_py_against_one_node(cl):
         r2.close()
 
 
-def test_hashes_through_cluster_and_plain_clients(cl):
+def test_hashes_and_sets_through_cluster_and_plain_clients(cl):
     """Hashes spread over every shard: written through RedisCluster, read
     back through a plain client on another node (forwarded), changed and
     removed; a big hash's DEL and a RENAME carry every field."""
@@ -403,6 +403,21 @@ def test_hashes_through_cluster_and_plain_clients(cl):
         assert plain.delete("{big}g") == 1
         assert plain.hset("{big}g", "f1", "fresh") == 1
         assert plain.hgetall("{big}g") == {"f1": "fresh"}
+        # sets: spread over shards, combined within one slot, popped
+        for i, k in enumerate(keys[:50]):
+            assert rc.sadd(f"set:{k}", *[f"m{j}" for j in range(i % 5 + 1)]) == i % 5 + 1
+        for i, k in enumerate(keys[:50]):
+            assert plain.smembers(f"set:{k}") == {f"m{j}" for j in range(i % 5 + 1)}
+        assert plain.sadd("{s}a", *range(100)) == 100
+        assert plain.sadd("{s}b", *range(50, 150)) == 100
+        assert plain.sinter("{s}a", "{s}b") == {str(i) for i in range(50, 100)}
+        assert rc.sunionstore("{s}u", "{s}a", "{s}b") == 150
+        popped = plain.spop("{s}u", 40)
+        assert len(set(popped)) == 40 and plain.scard("{s}u") == 110
+        assert not set(popped) & plain.smembers("{s}u")
+        assert plain.smove("{s}a", "{s}b", "0") is True
+        assert plain.sismember("{s}b", "0") == 1 and plain.scard("{s}a") == 99
+        assert set(plain.sscan_iter("{s}b", count=7)) == {str(i) for i in range(50, 150)} | {"0"}
     finally:
         rc.close()
         plain.close()

@@ -1,0 +1,224 @@
+#include "kv/collection.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/strings.h"
+
+namespace shoal::kv {
+
+bool CollectionRead::Open(std::string_view key, resp::Writer* reply) {
+  key_.assign(key);
+  if (!ReadLive(ctx_, key, &raw_, &value_, &found_, reply, snap_.get())) return false;
+  if (found_ && value_.type != type_) {
+    reply->Error(kErrWrongType);
+    return false;
+  }
+  return true;
+}
+
+bool CollectionRead::Get(std::string_view element, std::optional<std::string>* out, resp::Writer* reply) {
+  out->reset();
+  if (!found_) return true;
+  std::string v;
+  Status s = ctx_.engine->Get(storage::Cf::kData, storage::ElementKey(ctx_.db, key_, element), &v, snap_.get());
+  if (s.code() == Code::kNotFound) return true;
+  if (!StorageOk(s, reply)) return false;
+  *out = std::move(v);
+  return true;
+}
+
+bool CollectionRead::StorageOk(const Status& s, resp::Writer* reply) {
+  if (s.ok()) return true;
+  reply->Error("ERR storage error: " + s.ToString());
+  return false;
+}
+
+std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType type,
+                                                  resp::Writer* reply, Status* status) {
+  auto raw = txn.GetLive(db, key);
+  if (!raw.ok()) {
+    *status = raw.status();
+    return std::nullopt;
+  }
+  CollectionAt out;
+  if (!*raw) return out;
+  Value v = DecodeOrDie(**raw);
+  if (v.type != type) {
+    reply->Error(kErrWrongType);
+    return std::nullopt;
+  }
+  out.found = true;
+  out.count = CollectionCount(v.payload);
+  out.expire_at_ms = v.expire_at_ms;
+  return out;
+}
+
+Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType type, const CollectionAt& at) {
+  if (at.count == 0) {
+    bool existed = false;
+    return at.found ? txn.Delete(db, key, &existed) : Status::Ok();
+  }
+  return txn.Put(db, key, EncodeValue(type, at.expire_at_ms, CollectionPayload(at.count)));
+}
+
+Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::Writer* reply) {
+  const std::string& key = e.args[0];
+  Status s;
+  auto at = GetCollectionForWrite(txn, e.db, key, type, reply, &s);
+  if (!at) return s;
+  uint64_t removed = 0;
+  for (size_t i = 1; i < e.args.size() && at->found; ++i) {
+    auto old = txn.GetElement(e.db, key, e.args[i]);
+    if (!old.ok()) return old.status();
+    if (!old->has_value()) continue;
+    txn.DeleteElement(e.db, key, e.args[i]);
+    ++removed;
+  }
+  if (removed > 0) {
+    at->count = at->count > removed ? at->count - removed : 0;
+    s = PutCollection(txn, e.db, key, type, *at);
+    if (!s.ok()) return s;
+  }
+  reply->Integer(static_cast<int64_t>(removed));
+  return Status::Ok();
+}
+
+uint64_t NextRandom(uint64_t* state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+namespace {
+
+// Collections up to this size are chosen from by position.
+constexpr uint64_t kChooseByPosition = 1024;
+
+std::string RandomPoint(uint64_t* state) {
+  std::string from;
+  storage::PutU64BE(&from, NextRandom(state));
+  return from;
+}
+
+}  // namespace
+
+bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, const ElementWalk& walk,
+                    std::vector<std::pair<std::string, std::string>>* out) {
+  out->clear();
+  uint64_t state = seed;
+  if (size <= kChooseByPosition || (distinct && want >= size / 2)) {
+    std::vector<uint64_t> picks;
+    if (distinct && want >= size) {
+      for (uint64_t i = 0; i < size; ++i) picks.push_back(i);
+    } else if (distinct) {
+      std::set<uint64_t> chosen;  // Floyd's algorithm
+      for (uint64_t j = size - want; j < size; ++j) {
+        uint64_t t = NextRandom(&state) % (j + 1);
+        chosen.insert(chosen.contains(t) ? j : t);
+      }
+      picks.assign(chosen.begin(), chosen.end());
+    } else {
+      for (uint64_t i = 0; i < want; ++i) picks.push_back(NextRandom(&state) % size);
+    }
+    std::vector<uint64_t> order = picks;
+    std::sort(order.begin(), order.end());
+    order.erase(std::unique(order.begin(), order.end()), order.end());
+    std::vector<std::pair<std::string, std::string>> at(order.size());
+    size_t next = 0;
+    uint64_t index = 0;
+    bool ok = walk({}, [&](std::string_view e, std::string_view v) {
+      if (next < order.size() && order[next] == index) at[next++] = {std::string(e), std::string(v)};
+      ++index;
+      return next < order.size();
+    });
+    if (!ok) return false;
+    for (uint64_t p : picks) {
+      size_t i = static_cast<size_t>(std::lower_bound(order.begin(), order.end(), p) - order.begin());
+      if (i < next) out->push_back(at[i]);  // fewer elements than counted: cannot happen within one view
+    }
+    return true;
+  }
+  // Big: each pick is the first element (not chosen yet, when distinct) at
+  // or after a random point, wrapping to the first.
+  std::set<std::string, std::less<>> chosen;
+  for (uint64_t i = 0; i < want; ++i) {
+    bool taken = false;
+    auto take = [&](std::string_view e, std::string_view v) {
+      if (distinct && chosen.contains(e)) return true;
+      if (distinct) chosen.emplace(e);
+      out->emplace_back(e, v);
+      taken = true;
+      return false;
+    };
+    if (!walk(RandomPoint(&state), take)) return false;
+    if (!taken && !walk({}, take)) return false;
+    if (!taken) break;
+  }
+  return true;
+}
+
+namespace {
+
+uint64_t CursorOf(std::string_view element) {
+  const size_t n = std::min<size_t>(element.size(), 7);
+  uint64_t c = static_cast<uint64_t>(n + 1) << 56;
+  for (size_t i = 0; i < n; ++i) c |= static_cast<uint64_t>(static_cast<unsigned char>(element[i])) << (8 * (6 - i));
+  return c;
+}
+
+// Where a cursor resumes (empty: from the start; also for a cursor that is
+// not one of ours).
+std::string ResumeAt(uint64_t cursor) {
+  const uint64_t t = cursor >> 56;
+  std::string out;
+  if (t < 1 || t > 8) return out;
+  for (size_t i = 0; i + 1 < t; ++i) out.push_back(static_cast<char>((cursor >> (8 * (6 - i))) & 0xff));
+  return out;
+}
+
+}  // namespace
+
+void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_values, resp::Writer* reply) {
+  ScanArgs scan;
+  if (!ParseScanCursor(args, 2, &scan, reply)) return;
+  CollectionRead c(ctx, type);
+  if (!c.Open(args[1], reply)) return;
+  if (!c.found()) {  // as Redis: no option is looked at
+    reply->ArrayHeader(2);
+    reply->Bulk("0");
+    reply->ArrayHeader(0);
+    return;
+  }
+  if (!ParseScanOptions(args, 2, false, &scan, reply)) return;
+  const bool whole = c.count() <= 128;
+  const uint64_t count = static_cast<uint64_t>(scan.count);
+  uint64_t taken = 0, next = 0;
+  std::string last;  // the first 7 bytes of the last element taken
+  std::vector<std::pair<std::string, std::string>> found;
+  bool ok = c.ForEach(
+      whole ? std::string() : ResumeAt(scan.cursor),
+      [&](std::string_view e, std::string_view v) {
+        std::string_view head = e.substr(0, 7);
+        if (!whole && taken >= count && head != last) {
+          next = CursorOf(e);
+          return false;
+        }
+        ++taken;
+        last.assign(head);
+        if (!scan.use_pattern || GlobMatch(scan.pattern, e)) found.emplace_back(e, with_values ? v : std::string_view());
+        return true;
+      },
+      reply);
+  if (!ok) return;
+  reply->ArrayHeader(2);
+  reply->Bulk(std::to_string(next));
+  reply->ArrayHeader(found.size() * (with_values ? 2 : 1));
+  for (const auto& [e, v] : found) {
+    reply->Bulk(e);
+    if (with_values) reply->Bulk(v);
+  }
+}
+
+}  // namespace shoal::kv

@@ -1,0 +1,113 @@
+// Helpers for collection commands (hashes, sets): a collection is a value
+// holding its element count, with one element key per element
+// (storage::ElementKey). Internal to src/kv.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kv/command_util.h"
+#include "storage/keys.h"
+
+namespace shoal::kv {
+
+// A collection as a read sees it, from one storage view.
+class CollectionRead {
+ public:
+  CollectionRead(ReadContext& ctx, ValueType type) : ctx_(ctx), type_(type), snap_(ctx.engine->NewSnapshot()) {}
+  // Several collections read from one view (SINTER and friends).
+  CollectionRead(ReadContext& ctx, ValueType type, std::shared_ptr<storage::Snapshot> snap)
+      : ctx_(ctx), type_(type), snap_(std::move(snap)) {}
+
+  // Reads the key: false if the command is answered (WRONGTYPE, storage
+  // error); otherwise found() says whether a live collection is there.
+  bool Open(std::string_view key, resp::Writer* reply);
+  bool found() const { return found_; }
+  uint64_t count() const { return found_ ? CollectionCount(value_.payload) : 0; }
+
+  // One element's value: false on a storage error (replied).
+  bool Get(std::string_view element, std::optional<std::string>* out, resp::Writer* reply);
+
+  // Calls fn(element, value) in element order from the first element at or
+  // after `from` on, until fn returns false: false on a storage error
+  // (replied).
+  template <typename Fn>
+  bool ForEach(std::string_view from, Fn&& fn, resp::Writer* reply) {
+    if (!found_) return true;
+    std::string prefix = storage::ElementPrefix(ctx_.db, key_);
+    auto it = ctx_.engine->NewIterator(storage::Cf::kData, snap_.get());
+    for (it->Seek(prefix + std::string(from)); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      if (!fn(it->key().substr(prefix.size()), it->value())) break;
+    }
+    return StorageOk(it->status(), reply);
+  }
+
+ private:
+  static bool StorageOk(const Status& s, resp::Writer* reply);
+  ReadContext& ctx_;
+  ValueType type_;
+  std::shared_ptr<storage::Snapshot> snap_;
+  std::string key_;
+  std::string raw_;
+  Value value_;
+  bool found_ = false;
+};
+
+// The live collection at a key a write is about to change.
+struct CollectionAt {
+  bool found = false;
+  uint64_t count = 0;
+  int64_t expire_at_ms = 0;
+};
+
+// Reads key for a write on a collection of `type`. nullopt: the command is
+// done (WRONGTYPE replied, *status ok) or storage failed (*status).
+std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType type,
+                                                  resp::Writer* reply, Status* status);
+
+// Stores the collection's value with its count, or deletes the key when the
+// count is 0.
+Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType type, const CollectionAt& at);
+
+// HDEL and SREM (args: key element [element ...]): removes the elements,
+// replies how many were there, deletes the key once none is left.
+Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::Writer* reply);
+
+// splitmix64: a stream of random numbers from one seed (random replies:
+// HRANDFIELD, SRANDMEMBER, SPOP).
+uint64_t NextRandom(uint64_t* state);
+
+// Walks a collection's elements from the first at or after `from`, calling
+// fn(element, value) until it returns false; false on a failure.
+using ElementWalk =
+    std::function<bool(std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn)>;
+
+// Chooses `want` elements of a collection of `size` (> 0) from `seed`:
+// distinct ones (all of them if want >= size), or with repeats. A small
+// collection is chosen from by position (uniform); a big one by seeking
+// random points (O(want) seeks; an element after a wide gap is likelier).
+// *out: (element, value) in the order chosen. false: the walk failed.
+bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, const ElementWalk& walk,
+                    std::vector<std::pair<std::string, std::string>>* out);
+
+// Counts with repeats (HRANDFIELD, SRANDMEMBER with a negative count) above
+// this are refused: the reply would have to be built whole.
+inline constexpr uint64_t kRandomRepeatsMax = 1'000'000;
+inline constexpr std::string_view kErrRandomRepeats =
+    "ERR a negative count (repeats allowed) is limited to -1000000 in shoal";
+
+// HSCAN and SSCAN (args: name key cursor [MATCH p] [COUNT n]). The cursor
+// names the next element by its first 7 bytes, so a scan resumes by a seek
+// (O(COUNT) a call) and returns every element present throughout, whatever
+// is added or removed meanwhile; elements sharing those 7 bytes come back in
+// one call. A collection of up to 128 elements comes back whole with cursor
+// 0, as Redis answers for its small encodings.
+void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_values, resp::Writer* reply);
+
+}  // namespace shoal::kv
