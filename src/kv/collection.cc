@@ -3,9 +3,25 @@
 #include <algorithm>
 #include <set>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "common/strings.h"
 
 namespace shoal::kv {
+
+uint64_t ElementHash(std::string_view element) {
+  // A fixed seed: names are stored, so every replica and version must agree.
+  return XXH3_64bits_withSeed(element.data(), element.size(), 0x73686f616cULL);
+}
+
+std::string HashedName(std::string_view element) {
+  std::string out;
+  out.reserve(8 + element.size());
+  storage::PutU64BE(&out, ElementHash(element));
+  out.append(element);
+  return out;
+}
 
 bool CollectionRead::Open(std::string_view key, resp::Writer* reply) {
   key_.assign(key);
@@ -21,7 +37,8 @@ bool CollectionRead::Get(std::string_view element, std::optional<std::string>* o
   out->reset();
   if (!found_) return true;
   std::string v;
-  Status s = ctx_.engine->Get(storage::Cf::kData, storage::ElementKey(ctx_.db, key_, element), &v, snap_.get());
+  Status s = ctx_.engine->Get(storage::Cf::kData, storage::ElementKey(ctx_.db, key_, NameOf(type_, element)), &v,
+                              snap_.get());
   if (s.code() == Code::kNotFound) return true;
   if (!StorageOk(s, reply)) return false;
   *out = std::move(v);
@@ -51,6 +68,7 @@ std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, st
   out.found = true;
   out.count = CollectionCount(v.payload);
   out.expire_at_ms = v.expire_at_ms;
+  out.head = ListHead(v.payload);
   return out;
 }
 
@@ -59,7 +77,9 @@ Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType
     bool existed = false;
     return at.found ? txn.Delete(db, key, &existed) : Status::Ok();
   }
-  return txn.Put(db, key, EncodeValue(type, at.expire_at_ms, CollectionPayload(at.count)));
+  return txn.Put(db, key,
+                 EncodeValue(type, at.expire_at_ms,
+                             type == ValueType::kList ? ListPayload(at.count, at.head) : CollectionPayload(at.count)));
 }
 
 Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::Writer* reply) {
@@ -69,10 +89,11 @@ Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::
   if (!at) return s;
   uint64_t removed = 0;
   for (size_t i = 1; i < e.args.size() && at->found; ++i) {
-    auto old = txn.GetElement(e.db, key, e.args[i]);
+    std::string name = NameOf(type, e.args[i]);
+    auto old = txn.GetElement(e.db, key, name);
     if (!old.ok()) return old.status();
     if (!old->has_value()) continue;
-    txn.DeleteElement(e.db, key, e.args[i]);
+    txn.DeleteElement(e.db, key, name);
     ++removed;
   }
   if (removed > 0) {
@@ -108,77 +129,62 @@ bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, 
                     std::vector<std::pair<std::string, std::string>>* out) {
   out->clear();
   uint64_t state = seed;
-  if (size <= kChooseByPosition || (distinct && want >= size / 2)) {
-    std::vector<uint64_t> picks;
-    if (distinct && want >= size) {
-      for (uint64_t i = 0; i < size; ++i) picks.push_back(i);
-    } else if (distinct) {
-      std::set<uint64_t> chosen;  // Floyd's algorithm
-      for (uint64_t j = size - want; j < size; ++j) {
-        uint64_t t = NextRandom(&state) % (j + 1);
-        chosen.insert(chosen.contains(t) ? j : t);
+  if (size > kChooseByPosition && want < size / 8) {
+    // Each pick: the first element at or after a random name (wrapping),
+    // drawn again if already chosen (fewer than one in eight are).
+    std::set<std::string, std::less<>> chosen;
+    bool ok = true;
+    for (uint64_t i = 0; i < want && ok; ++i) {
+      bool taken = false;
+      for (int attempt = 0; attempt < 16 && !taken && ok; ++attempt) {
+        bool met = false;
+        auto take = [&](std::string_view e, std::string_view v) {
+          met = true;
+          if (distinct && !chosen.emplace(e).second) return false;
+          out->emplace_back(e, v);
+          taken = true;
+          return false;
+        };
+        ok = walk(RandomPoint(&state), take);
+        if (ok && !met) ok = walk({}, take);
       }
-      picks.assign(chosen.begin(), chosen.end());
-    } else {
-      for (uint64_t i = 0; i < want; ++i) picks.push_back(NextRandom(&state) % size);
+      if (!taken) break;  // very unlikely: choose by position below
     }
-    std::vector<uint64_t> order = picks;
-    std::sort(order.begin(), order.end());
-    order.erase(std::unique(order.begin(), order.end()), order.end());
-    std::vector<std::pair<std::string, std::string>> at(order.size());
-    size_t next = 0;
-    uint64_t index = 0;
-    bool ok = walk({}, [&](std::string_view e, std::string_view v) {
-      if (next < order.size() && order[next] == index) at[next++] = {std::string(e), std::string(v)};
-      ++index;
-      return next < order.size();
-    });
     if (!ok) return false;
-    for (uint64_t p : picks) {
-      size_t i = static_cast<size_t>(std::lower_bound(order.begin(), order.end(), p) - order.begin());
-      if (i < next) out->push_back(at[i]);  // fewer elements than counted: cannot happen within one view
-    }
-    return true;
+    if (out->size() == want) return true;
+    out->clear();
   }
-  // Big: each pick is the first element (not chosen yet, when distinct) at
-  // or after a random point, wrapping to the first.
-  std::set<std::string, std::less<>> chosen;
-  for (uint64_t i = 0; i < want; ++i) {
-    bool taken = false;
-    auto take = [&](std::string_view e, std::string_view v) {
-      if (distinct && chosen.contains(e)) return true;
-      if (distinct) chosen.emplace(e);
-      out->emplace_back(e, v);
-      taken = true;
-      return false;
-    };
-    if (!walk(RandomPoint(&state), take)) return false;
-    if (!taken && !walk({}, take)) return false;
-    if (!taken) break;
+  std::vector<uint64_t> picks;
+  if (distinct && want >= size) {
+    for (uint64_t i = 0; i < size; ++i) picks.push_back(i);
+  } else if (distinct) {
+    std::set<uint64_t> chosen;  // Floyd's algorithm
+    for (uint64_t j = size - want; j < size; ++j) {
+      uint64_t t = NextRandom(&state) % (j + 1);
+      chosen.insert(chosen.contains(t) ? j : t);
+    }
+    picks.assign(chosen.begin(), chosen.end());
+  } else {
+    for (uint64_t i = 0; i < want; ++i) picks.push_back(NextRandom(&state) % size);
+  }
+  std::vector<uint64_t> order = picks;
+  std::sort(order.begin(), order.end());
+  order.erase(std::unique(order.begin(), order.end()), order.end());
+  std::vector<std::pair<std::string, std::string>> at(order.size());
+  size_t next = 0;
+  uint64_t index = 0;
+  bool ok = walk({}, [&](std::string_view e, std::string_view v) {
+    if (next < order.size() && order[next] == index) at[next++] = {std::string(e), std::string(v)};
+    ++index;
+    return next < order.size();
+  });
+  if (!ok) return false;
+  for (uint64_t p : picks) {
+    size_t i = static_cast<size_t>(std::lower_bound(order.begin(), order.end(), p) - order.begin());
+    if (i < next) out->push_back(at[i]);  // fewer elements than counted: cannot happen within one view
   }
   return true;
 }
-
-namespace {
-
-uint64_t CursorOf(std::string_view element) {
-  const size_t n = std::min<size_t>(element.size(), 7);
-  uint64_t c = static_cast<uint64_t>(n + 1) << 56;
-  for (size_t i = 0; i < n; ++i) c |= static_cast<uint64_t>(static_cast<unsigned char>(element[i])) << (8 * (6 - i));
-  return c;
-}
-
-// Where a cursor resumes (empty: from the start; also for a cursor that is
-// not one of ours).
-std::string ResumeAt(uint64_t cursor) {
-  const uint64_t t = cursor >> 56;
-  std::string out;
-  if (t < 1 || t > 8) return out;
-  for (size_t i = 0; i + 1 < t; ++i) out.push_back(static_cast<char>((cursor >> (8 * (6 - i))) & 0xff));
-  return out;
-}
-
-}  // namespace
 
 void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_values, resp::Writer* reply) {
   ScanArgs scan;
@@ -194,19 +200,20 @@ void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_value
   if (!ParseScanOptions(args, 2, false, &scan, reply)) return;
   const bool whole = c.count() <= 128;
   const uint64_t count = static_cast<uint64_t>(scan.count);
-  uint64_t taken = 0, next = 0;
-  std::string last;  // the first 7 bytes of the last element taken
+  uint64_t taken = 0, next = 0, last = 0;  // last: the hash of the last element taken
+  std::string from;
+  if (!whole) storage::PutU64BE(&from, scan.cursor);
   std::vector<std::pair<std::string, std::string>> found;
   bool ok = c.ForEach(
-      whole ? std::string() : ResumeAt(scan.cursor),
+      from,
       [&](std::string_view e, std::string_view v) {
-        std::string_view head = e.substr(0, 7);
-        if (!whole && taken >= count && head != last) {
-          next = CursorOf(e);
+        const uint64_t h = ElementHash(e);
+        if (!whole && taken >= count && h != last) {
+          next = h;  // > last >= 0: never 0, which would end the scan
           return false;
         }
         ++taken;
-        last.assign(head);
+        last = h;
         if (!scan.use_pattern || GlobMatch(scan.pattern, e)) found.emplace_back(e, with_values ? v : std::string_view());
         return true;
       },

@@ -1,6 +1,11 @@
-// Helpers for collection commands (hashes, sets): a collection is a value
-// holding its element count, with one element key per element
+// Helpers for collection commands (hashes, sets, lists): a collection is a
+// value holding its element count, with one element key per element
 // (storage::ElementKey). Internal to src/kv.
+//
+// A hash field or set member is stored under its *name*: a 64-bit hash of
+// its bytes (XXH3, big endian) and then the bytes. Names spread evenly over
+// the key range, so a random pick is a seek to a random point and a scan
+// cursor is the hash to resume at. A list's element names are positions.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +22,16 @@
 
 namespace shoal::kv {
 
+// Hash fields and set members: the name an element is stored under, the
+// hash it starts with, and the element a name holds.
+std::string HashedName(std::string_view element);
+uint64_t ElementHash(std::string_view element);
+inline std::string_view ElementOfName(std::string_view name) { return name.size() >= 8 ? name.substr(8) : name; }
+// The name of an element of a collection of `type` (lists: positions, as given).
+inline std::string NameOf(ValueType type, std::string_view element) {
+  return type == ValueType::kList ? std::string(element) : HashedName(element);
+}
+
 // A collection as a read sees it, from one storage view.
 class CollectionRead {
  public:
@@ -30,20 +45,22 @@ class CollectionRead {
   bool Open(std::string_view key, resp::Writer* reply);
   bool found() const { return found_; }
   uint64_t count() const { return found_ ? CollectionCount(value_.payload) : 0; }
+  int64_t head() const { return found_ ? ListHead(value_.payload) : 0; }
 
   // One element's value: false on a storage error (replied).
   bool Get(std::string_view element, std::optional<std::string>* out, resp::Writer* reply);
 
-  // Calls fn(element, value) in element order from the first element at or
-  // after `from` on, until fn returns false: false on a storage error
-  // (replied).
+  // Calls fn(element, value) in name order from the first name at or after
+  // `from` on, until fn returns false: false on a storage error (replied).
   template <typename Fn>
   bool ForEach(std::string_view from, Fn&& fn, resp::Writer* reply) {
     if (!found_) return true;
     std::string prefix = storage::ElementPrefix(ctx_.db, key_);
     auto it = ctx_.engine->NewIterator(storage::Cf::kData, snap_.get());
+    const bool hashed = type_ != ValueType::kList;
     for (it->Seek(prefix + std::string(from)); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-      if (!fn(it->key().substr(prefix.size()), it->value())) break;
+      std::string_view name = it->key().substr(prefix.size());
+      if (!fn(hashed ? ElementOfName(name) : name, it->value())) break;
     }
     return StorageOk(it->status(), reply);
   }
@@ -64,6 +81,7 @@ struct CollectionAt {
   bool found = false;
   uint64_t count = 0;
   int64_t expire_at_ms = 0;
+  int64_t head = 0;  // a list's: the position of its first element
 };
 
 // Reads key for a write on a collection of `type`. nullopt: the command is
@@ -83,15 +101,17 @@ Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::
 // HRANDFIELD, SRANDMEMBER, SPOP).
 uint64_t NextRandom(uint64_t* state);
 
-// Walks a collection's elements from the first at or after `from`, calling
-// fn(element, value) until it returns false; false on a failure.
+// Walks a hash's or a set's elements from the first name at or after
+// `from`, calling fn(element, value) until it returns false; false on a
+// failure.
 using ElementWalk =
     std::function<bool(std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn)>;
 
-// Chooses `want` elements of a collection of `size` (> 0) from `seed`:
-// distinct ones (all of them if want >= size), or with repeats. A small
-// collection is chosen from by position (uniform); a big one by seeking
-// random points (O(want) seeks; an element after a wide gap is likelier).
+// Chooses `want` elements of a hash or a set of `size` (> 0) from `seed`:
+// distinct ones (all of them if want >= size), or with repeats. From a small
+// collection, or when many are wanted, by position in one pass (uniform);
+// else each by a seek to a random name (names are hashes: near uniform),
+// drawing again when it meets one already chosen.
 // *out: (element, value) in the order chosen. false: the walk failed.
 bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, const ElementWalk& walk,
                     std::vector<std::pair<std::string, std::string>>* out);
@@ -103,11 +123,11 @@ inline constexpr std::string_view kErrRandomRepeats =
     "ERR a negative count (repeats allowed) is limited to -1000000 in shoal";
 
 // HSCAN and SSCAN (args: name key cursor [MATCH p] [COUNT n]). The cursor
-// names the next element by its first 7 bytes, so a scan resumes by a seek
+// is the hash of the next element's name, so a scan resumes by a seek
 // (O(COUNT) a call) and returns every element present throughout, whatever
-// is added or removed meanwhile; elements sharing those 7 bytes come back in
-// one call. A collection of up to 128 elements comes back whole with cursor
-// 0, as Redis answers for its small encodings.
+// is added or removed meanwhile (elements whose hashes collide come back in
+// one call). A collection of up to 128 elements comes back whole with
+// cursor 0, as Redis answers for its small encodings.
 void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_values, resp::Writer* reply);
 
 }  // namespace shoal::kv

@@ -24,6 +24,7 @@ const Table& GetTable() {
     AppendKeyspaceCommands(&t.specs);
     AppendHashCommands(&t.specs);
     AppendSetCommands(&t.specs);
+    AppendListCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
       SHOAL_CHECK(s.op < kOpExpireKey && s.apply != nullptr);

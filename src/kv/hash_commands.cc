@@ -1,8 +1,9 @@
 // Hash commands: HSET HGET and the rest of Redis's H* family. A hash is a
 // value of type hash holding its field count, and one element key per field
-// (storage::ElementKey), so a one-field change reads and writes one field.
-// Fields come back in byte order (Redis gives a small hash's fields in
-// insertion order; no order is promised by either).
+// (storage::ElementKey, named by HashedName), so a one-field change reads
+// and writes one field. Fields come back in the order of their names' hashes
+// (Redis gives a small hash's fields in insertion order; neither promises
+// an order).
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -108,12 +109,12 @@ void HrandfieldRead(ReadContext& ctx, Args args, resp::Writer* reply) {
     }
   }
   const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
-  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
   CollectionRead h(ctx, ValueType::kHash);
   if (!h.Open(args[1], reply)) return;
   const uint64_t size = h.count();
   if (!with_count && size == 0) return reply->NullBulk();
   if (want == 0 || size == 0) return reply->ArrayHeader(0);
+  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
   std::vector<std::pair<std::string, std::string>> picks;
   ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
     return h.ForEach(from, fn, reply);
@@ -151,10 +152,11 @@ Status HsetImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool hmset) 
   if (!h) return s;
   int64_t added = 0;
   for (size_t i = 1; i + 1 < e.args.size(); i += 2) {
-    auto old = txn.GetElement(e.db, key, e.args[i]);
+    std::string name = HashedName(e.args[i]);
+    auto old = txn.GetElement(e.db, key, name);
     if (!old.ok()) return old.status();
     added += !old->has_value();
-    txn.PutElement(e.db, key, e.args[i], e.args[i + 1]);
+    txn.PutElement(e.db, key, name, e.args[i + 1]);
   }
   h->count += static_cast<uint64_t>(added);
   s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
@@ -171,13 +173,14 @@ Status HsetnxApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* r
   Status s;
   auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
-  auto old = txn.GetElement(e.db, key, e.args[1]);
+  const std::string name = HashedName(e.args[1]);
+  auto old = txn.GetElement(e.db, key, name);
   if (!old.ok()) return old.status();
   if (old->has_value()) {
     reply->Integer(0);
     return Status::Ok();
   }
-  txn.PutElement(e.db, key, e.args[1], e.args[2]);
+  txn.PutElement(e.db, key, name, e.args[2]);
   h->count += 1;
   s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
   if (s.ok()) reply->Integer(1);
@@ -205,7 +208,8 @@ Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* 
   Status s;
   auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
-  auto old = txn.GetElement(e.db, key, e.args[1]);
+  const std::string name = HashedName(e.args[1]);
+  auto old = txn.GetElement(e.db, key, name);
   if (!old.ok()) return old.status();
   int64_t value = 0;
   if (old->has_value()) {
@@ -221,7 +225,7 @@ Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* 
     return Status::Ok();
   }
   value += by;
-  txn.PutElement(e.db, key, e.args[1], Int64ToString(value));
+  txn.PutElement(e.db, key, name, Int64ToString(value));
   if (!old->has_value()) {
     h->count += 1;
     s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
@@ -252,7 +256,8 @@ Status HincrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Wri
   Status s;
   auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
   if (!h) return s;
-  auto old = txn.GetElement(e.db, key, e.args[1]);
+  const std::string name = HashedName(e.args[1]);
+  auto old = txn.GetElement(e.db, key, name);
   if (!old.ok()) return old.status();
   long double value = 0;
   if (old->has_value()) {
@@ -269,7 +274,7 @@ Status HincrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Wri
     return Status::Ok();
   }
   std::string text = FormatLongDoubleHuman(value);
-  txn.PutElement(e.db, key, e.args[1], text);
+  txn.PutElement(e.db, key, name, text);
   if (!old->has_value()) {
     h->count += 1;
     s = PutCollection(txn, e.db, key, ValueType::kHash, *h);

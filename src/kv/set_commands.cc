@@ -1,6 +1,7 @@
 // Set commands: SADD SREM and the rest of Redis's S* family. A set is a value
 // of type set holding its member count, and one element key per member
-// (storage::ElementKey, empty value). Members come back in byte order.
+// (storage::ElementKey named by HashedName, empty value). SMEMBERS and the
+// combining commands answer in byte order, SSCAN in name order.
 // SPOP's random choice is made by the proposer (a seed in the entry), so
 // every replica pops the same members.
 #include <algorithm>
@@ -141,12 +142,12 @@ void SrandmemberRead(ReadContext& ctx, Args args, resp::Writer* reply) {
     count = *c;
   }
   const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
-  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
   CollectionRead s(ctx, ValueType::kSet);
   if (!s.Open(args[1], reply)) return;
   const uint64_t size = s.count();
   if (!with_count && size == 0) return reply->NullBulk();
   if (want == 0 || size == 0) return reply->ArrayHeader(0);
+  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
   std::vector<std::pair<std::string, std::string>> picks;
   ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
     return s.ForEach(from, fn, reply);
@@ -170,10 +171,11 @@ Status SaddApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
   if (!s) return st;
   int64_t added = 0;
   for (size_t i = 1; i < e.args.size(); ++i) {
-    auto old = txn.GetElement(e.db, key, e.args[i]);
+    std::string name = HashedName(e.args[i]);
+    auto old = txn.GetElement(e.db, key, name);
     if (!old.ok()) return old.status();
     if (old->has_value()) continue;
-    txn.PutElement(e.db, key, e.args[i], "");
+    txn.PutElement(e.db, key, name, "");
     ++added;
   }
   s->count += static_cast<uint64_t>(added);
@@ -194,8 +196,8 @@ bool ReadSetForWrite(ApplyTxn& txn, uint16_t db, std::string_view key, Members* 
   if (!s) return false;
   *found = s->found;
   if (!s->found) return true;
-  *status = txn.ForEachElement(db, key, [&](std::string_view m, std::string_view) {
-    members->emplace(m);
+  *status = txn.ForEachElement(db, key, [&](std::string_view name, std::string_view) {
+    members->emplace(ElementOfName(name));
     return true;
   });
   return status->ok();
@@ -206,7 +208,7 @@ Status StoreSet(ApplyTxn& txn, uint16_t db, std::string_view key, const Members&
   bool existed = false;
   Status s = txn.Delete(db, key, &existed);
   if (!s.ok()) return s;
-  for (const auto& m : members) txn.PutElement(db, key, m, "");
+  for (const auto& m : members) txn.PutElement(db, key, HashedName(m), "");
   return PutCollection(txn, db, key, ValueType::kSet, CollectionAt{false, members.size(), 0});
 }
 
@@ -247,20 +249,21 @@ Status SmoveApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
   }
   auto to = GetCollectionForWrite(txn, e.db, dst, ValueType::kSet, reply, &st);
   if (!to) return st;
-  auto in = txn.GetElement(e.db, src, member);
+  const std::string name = HashedName(member);
+  auto in = txn.GetElement(e.db, src, name);
   if (!in.ok()) return in.status();
   if (src == dst || !in->has_value()) {
     reply->Integer(in->has_value() ? 1 : 0);
     return Status::Ok();
   }
-  txn.DeleteElement(e.db, src, member);
+  txn.DeleteElement(e.db, src, name);
   from->count -= 1;
   st = PutCollection(txn, e.db, src, ValueType::kSet, *from);
   if (!st.ok()) return st;
-  auto there = txn.GetElement(e.db, dst, member);
+  auto there = txn.GetElement(e.db, dst, name);
   if (!there.ok()) return there.status();
   if (!there->has_value()) {
-    txn.PutElement(e.db, dst, member, "");
+    txn.PutElement(e.db, dst, name, "");
     to->count += 1;
     st = PutCollection(txn, e.db, dst, ValueType::kSet, *to);
     if (!st.ok()) return st;
@@ -301,15 +304,25 @@ Status SpopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
     with_count ? reply->SetHeader(0) : reply->NullBulk();
     return Status::Ok();
   }
-  std::vector<std::pair<std::string, std::string>> picks;
-  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
-    st = txn.ForEachElement(e.db, key, fn, from);
-    return st.ok();
-  };
-  if (!ChooseElements(s->count, want, true, seed, walk, &picks)) return st;
   std::set<std::string> at;  // popped, in member order
-  for (auto& [m, v] : picks) at.insert(std::move(m));
-  for (const auto& m : at) txn.DeleteElement(e.db, key, m);
+  if (want >= s->count) {
+    // All of it: one walk, then the key goes (its members with it).
+    st = txn.ForEachElement(e.db, key, [&](std::string_view name, std::string_view) {
+      at.emplace(ElementOfName(name));
+      return true;
+    });
+    if (!st.ok()) return st;
+  } else {
+    std::vector<std::pair<std::string, std::string>> picks;
+    ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
+      st = txn.ForEachElement(
+          e.db, key, [&](std::string_view name, std::string_view v) { return fn(ElementOfName(name), v); }, from);
+      return st.ok();
+    };
+    if (!ChooseElements(s->count, want, true, seed, walk, &picks)) return st;
+    for (auto& [m, v] : picks) at.insert(std::move(m));
+    for (const auto& m : at) txn.DeleteElement(e.db, key, HashedName(m));
+  }
   s->count = s->count > at.size() ? s->count - at.size() : 0;
   st = PutCollection(txn, e.db, key, ValueType::kSet, *s);
   if (!st.ok()) return st;

@@ -138,29 +138,46 @@ void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
 Status ApplyTxn::DropElementsOf(uint16_t db, std::string_view key, const std::string& old) {
   Value v;
   if (!DecodeValue(old, &v) || !IsCollection(v.type)) return Status::Ok();
-  std::string prefix = storage::ElementPrefix(db, key);
-  if (CollectionCount(v.payload) <= kPointDeleteMax) {
+  return DeleteElementRange(db, key, {}, {}, CollectionCount(v.payload));
+}
+
+Status ApplyTxn::DeleteElementRange(uint16_t db, std::string_view key, std::string_view from, std::string_view to,
+                                    uint64_t n) {
+  const std::string prefix = storage::ElementPrefix(db, key);
+  const std::string begin = prefix + std::string(from);
+  const std::string end = to.empty() ? storage::PrefixEnd(prefix) : prefix + std::string(to);
+  if (n <= kPointDeleteMax) {
     std::vector<std::string> names;
-    Status s = ForEachElement(db, key, [&](std::string_view element, std::string_view) {
-      names.emplace_back(element);
-      return true;
-    });
+    Status s = ForEachElement(
+        db, key,
+        [&](std::string_view element, std::string_view) {
+          if (!to.empty() && element >= to) return false;
+          names.emplace_back(element);
+          return true;
+        },
+        from);
     if (!s.ok()) return s;
-    for (const auto& n : names) DeleteElement(db, key, n);
+    for (const auto& name : names) DeleteElement(db, key, name);
     return Status::Ok();
   }
-  std::string end = storage::PrefixEnd(prefix);
-  batch_->DeleteRange(storage::Cf::kData, prefix, end);
-  for (auto it = elements_.lower_bound(prefix); it != elements_.end() && it->first < end; ++it) it->second.reset();
-  cleared_.insert(std::move(prefix));
+  batch_->DeleteRange(storage::Cf::kData, begin, end);
+  for (auto it = elements_.lower_bound(begin); it != elements_.end() && it->first < end; ++it) it->second.reset();
+  cleared_.emplace_back(begin, end);
   return Status::Ok();
+}
+
+const std::pair<std::string, std::string>* ApplyTxn::ClearedRangeOf(std::string_view ekey) const {
+  for (const auto& r : cleared_) {
+    if (ekey >= r.first && ekey < r.second) return &r;
+  }
+  return nullptr;
 }
 
 Result<std::optional<std::string>> ApplyTxn::GetElement(uint16_t db, std::string_view key,
                                                         std::string_view element) {
   std::string ekey = storage::ElementKey(db, key, element);
   if (auto it = elements_.find(ekey); it != elements_.end()) return it->second;
-  if (cleared_.contains(storage::ElementPrefix(db, key))) return std::optional<std::string>();
+  if (ClearedRangeOf(ekey) != nullptr) return std::optional<std::string>();
   std::string raw;
   Status s = engine_->Get(storage::Cf::kData, ekey, &raw);
   if (s.code() == Code::kNotFound) return std::optional<std::string>();
@@ -188,12 +205,17 @@ Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
   const std::string start = prefix + std::string(from);
   // This apply's writes over what storage holds, merged in key order.
   auto staged = elements_.lower_bound(start);
-  std::unique_ptr<storage::Iterator> it;
-  if (!cleared_.contains(prefix)) {
-    it = engine_->NewIterator(storage::Cf::kData);
-    it->Seek(start);
-  }
-  auto stored_valid = [&] { return it && it->Valid() && it->key().starts_with(prefix); };
+  auto it = engine_->NewIterator(storage::Cf::kData);
+  it->Seek(start);
+  // What storage holds inside a range deleted in this apply is gone.
+  auto stored_valid = [&] {
+    while (it->Valid() && it->key().starts_with(prefix)) {
+      const auto* cleared = ClearedRangeOf(it->key());
+      if (cleared == nullptr) return true;
+      it->Seek(cleared->second);
+    }
+    return false;
+  };
   while (true) {
     bool have_staged = staged != elements_.end() && staged->first < end;
     bool have_stored = stored_valid();
@@ -208,7 +230,7 @@ Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
       it->Next();
     }
   }
-  return it ? it->status() : Status::Ok();
+  return it->status();
 }
 
 void ApplyTxn::Flush(std::optional<uint16_t> db) {

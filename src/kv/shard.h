@@ -101,6 +101,11 @@ class ApplyTxn {
   Status ForEachElement(uint16_t db, std::string_view key,
                         const std::function<bool(std::string_view, std::string_view)>& fn,
                         std::string_view from = {});
+  // Deletes the elements of key from the first at or after `from` to
+  // before `to` (empty: to the last), `n` of them (one by one when few, else
+  // one range tombstone).
+  Status DeleteElementRange(uint16_t db, std::string_view key, std::string_view from, std::string_view to,
+                            uint64_t n);
   // At most this many elements are deleted one by one (see above): fewer
   // range tombstones, which every later read of the memtable must consult.
   static constexpr uint64_t kPointDeleteMax = 1024;
@@ -126,7 +131,9 @@ class ApplyTxn {
   int64_t now_ms_;
   std::map<std::string, Staged> staged_;  // by data key: values read or written in this apply
   std::map<std::string, std::optional<std::string>> elements_;  // by element key: written in this apply
-  std::set<std::string> cleared_;  // element prefixes deleted by a range in this apply
+  // Element key ranges [first, second) deleted by a range tombstone in this apply.
+  std::vector<std::pair<std::string, std::string>> cleared_;
+  const std::pair<std::string, std::string>* ClearedRangeOf(std::string_view ekey) const;
   std::map<uint16_t, Counts> deltas_;
 };
 

@@ -11,5 +11,6 @@ void AppendStringCommands(std::vector<CommandSpec>* out);
 void AppendKeyspaceCommands(std::vector<CommandSpec>* out);
 void AppendHashCommands(std::vector<CommandSpec>* out);
 void AppendSetCommands(std::vector<CommandSpec>* out);
+void AppendListCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

@@ -45,8 +45,21 @@ std::string CollectionPayload(uint64_t count) {
 
 uint64_t CollectionCount(std::string_view payload) {
   uint64_t n = 0;
-  if (payload.size() == 8) std::memcpy(&n, payload.data(), 8);
+  if (payload.size() >= 8) std::memcpy(&n, payload.data(), 8);
   return n;
+}
+
+std::string ListPayload(uint64_t count, int64_t head) {
+  std::string out = CollectionPayload(count);
+  out.resize(16);
+  std::memcpy(out.data() + 8, &head, 8);
+  return out;
+}
+
+int64_t ListHead(std::string_view payload) {
+  int64_t head = 0;
+  if (payload.size() >= 16) std::memcpy(&head, payload.data() + 8, 8);
+  return head;
 }
 
 std::string_view TypeName(ValueType type) {

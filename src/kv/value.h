@@ -27,11 +27,14 @@ struct Value {
 std::string EncodeValue(ValueType type, int64_t expire_at_ms, std::string_view payload);
 // Returns false on a record that is not a valid encoding (corruption).
 bool DecodeValue(std::string_view raw, Value* out);
-// A collection's value (a hash's) holds its element count: [count u64 LE].
+// A collection's value holds its element count: [count u64 LE]; a list's
+// also the position of its first element: [count u64 LE][head i64 LE].
 inline bool IsCollection(ValueType type) { return type != ValueType::kString; }
 std::string CollectionPayload(uint64_t count);
 // 0 for a payload that is not a count.
 uint64_t CollectionCount(std::string_view payload);
+std::string ListPayload(uint64_t count, int64_t head);
+int64_t ListHead(std::string_view payload);
 // The Redis TYPE name of a value type.
 std::string_view TypeName(ValueType type);
 

@@ -370,10 +370,11 @@ def test_plain_redis_py_against_one_node(cl):
         r2.close()
 
 
-def test_hashes_and_sets_through_cluster_and_plain_clients(cl):
-    """Hashes spread over every shard: written through RedisCluster, read
-    back through a plain client on another node (forwarded), changed and
-    removed; a big hash's DEL and a RENAME carry every field."""
+def test_hashes_sets_and_lists_through_cluster_and_plain_clients(cl):
+    """Hashes, sets and lists spread over every shard: written through
+    RedisCluster, read back through a plain client on another node
+    (forwarded), changed and removed; a big hash's DEL and a RENAME carry
+    every field; lists used as queues give each element once, in order."""
     rc = cl.redis_cluster()
     plain = cl.redis(2, decode_responses=True)
     try:
@@ -388,7 +389,7 @@ def test_hashes_and_sets_through_cluster_and_plain_clients(cl):
         assert plain.hincrby(keys[5], "n", 10) == 15
         assert rc.hget(keys[5], "n") == "15"
         assert plain.hdel(keys[6], "name", "missing") == 1
-        assert rc.hkeys(keys[6]) == ["n", "tag"]
+        assert sorted(rc.hkeys(keys[6])) == ["n", "tag"]
         assert rc.hlen(keys[7]) == 3
         assert plain.type(keys[7]) == "hash"
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
@@ -418,6 +419,21 @@ def test_hashes_and_sets_through_cluster_and_plain_clients(cl):
         assert plain.smove("{s}a", "{s}b", "0") is True
         assert plain.sismember("{s}b", "0") == 1 and plain.scard("{s}a") == 99
         assert set(plain.sscan_iter("{s}b", count=7)) == {str(i) for i in range(50, 150)} | {"0"}
+        # lists: queues on every shard, each element popped once, in order
+        queues = [f"queue:{i}" for i in range(20)]
+        for q in queues:
+            assert rc.rpush(q, *[f"{q}:{j}" for j in range(30)]) == 30
+        got = {q: [] for q in queues}
+        for _ in range(3):
+            for q in queues:
+                got[q] += plain.lpop(q, 10)
+        assert got == {q: [f"{q}:{j}" for j in range(30)] for q in queues}
+        assert all(plain.exists(q) == 0 for q in queues)
+        assert plain.rpush("{l}a", "x", "y", "z") == 3
+        assert rc.lmove("{l}a", "{l}b", "LEFT", "RIGHT") == "x"
+        assert plain.lrange("{l}a", 0, -1) == ["y", "z"] and plain.lrange("{l}b", 0, -1) == ["x"]
+        assert plain.linsert("{l}a", "BEFORE", "z", "mid") == 3
+        assert plain.lpos("{l}a", "z") == 2
     finally:
         rc.close()
         plain.close()

@@ -27,6 +27,7 @@
 
 #include "cluster/membership.h"
 #include "cluster/planner.h"
+#include "kv/collection.h"
 #include "kv/commands.h"
 #include "node/image_stream.h"
 #include "replica/replica.h"
@@ -63,7 +64,7 @@ bool IsHashKey(const std::string& key) { return storage::KeySlot(key) % 2 == 1; 
 
 // The stored key a read of `key` looks at (its field f for a hash).
 std::string ReadKeyOf(const std::string& key) {
-  return IsHashKey(key) ? storage::ElementKey(0, key, "f") : storage::DataKey(0, key);
+  return IsHashKey(key) ? storage::ElementKey(0, key, kv::HashedName("f")) : storage::DataKey(0, key);
 }
 
 // The value a read finds in `raw`, read at ReadKeyOf(key).
