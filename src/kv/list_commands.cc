@@ -9,6 +9,7 @@
 // removes.
 #include <algorithm>
 #include <climits>
+#include <deque>
 #include <vector>
 
 #include "common/strings.h"
@@ -48,10 +49,11 @@ void LlenRead(ReadContext& ctx, Args args, resp::Writer* reply) {
 }
 
 void LindexRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  auto index = ParseInt64(args[2]);
-  if (!index) return reply->Error(kErrNotInteger);
   CollectionRead l(ctx, ValueType::kList);
   if (!l.Open(args[1], reply)) return;
+  if (!l.found()) return reply->NullBulk();  // as Redis: the key first, then the index
+  auto index = ParseInt64(args[2]);
+  if (!index) return reply->Error(kErrNotInteger);
   const auto len = static_cast<int64_t>(l.count());
   int64_t i = *index < 0 ? len + *index : *index;
   if (i < 0 || i >= len) return reply->NullBulk();
@@ -130,8 +132,10 @@ void LposRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   const int64_t want = count < 0 ? 1 : (count == 0 ? LLONG_MAX : count);
   int64_t skip = (rank > 0 ? rank : -rank) - 1;
   std::vector<int64_t> found;
-  // Walks forward; from the tail, all of it once (the positions reversed).
-  std::vector<std::pair<int64_t, bool>> matches;  // (index, equal)
+  // Walks forward; from the tail (rank < 0), keeps the last skip + want
+  // matches in the window MAXLEN allows, then reads them backwards.
+  std::deque<int64_t> matches;
+  const uint64_t keep = want == LLONG_MAX ? UINT64_MAX : static_cast<uint64_t>(skip) + static_cast<uint64_t>(want);
   int64_t index = 0;
   bool ok = l.ForEach(
       {},
@@ -142,7 +146,10 @@ void LposRead(ReadContext& ctx, Args args, resp::Writer* reply) {
           ++index;
           return static_cast<int64_t>(found.size()) < want;
         }
-        if (maxlen == 0 || index >= len - maxlen) matches.emplace_back(index, v == args[2]);
+        if ((maxlen == 0 || index >= len - maxlen) && v == args[2]) {
+          matches.push_back(index);
+          if (matches.size() > keep) matches.pop_front();
+        }
         ++index;
         return true;
       },
@@ -150,7 +157,7 @@ void LposRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   if (!ok) return;
   if (rank < 0) {
     for (auto it = matches.rbegin(); it != matches.rend() && static_cast<int64_t>(found.size()) < want; ++it) {
-      if (it->second && skip-- <= 0) found.push_back(it->first);
+      if (skip-- <= 0) found.push_back(*it);
     }
   }
   if (count < 0) return found.empty() ? reply->NullBulk() : reply->Integer(found[0]);
@@ -266,7 +273,7 @@ Status PopImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool left) {
 Status LpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { return PopImpl(t, e, r, true); }
 Status RpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { return PopImpl(t, e, r, false); }
 
-// LSET key index element, LREM key count element: an integer second.
+// LREM key count element: an integer second.
 bool IntegerSecondPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
   if (!ParseInt64(args[2])) {
     reply->Error(kErrNotInteger);
@@ -285,8 +292,13 @@ Status LsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
     reply->Error("ERR no such key");
     return Status::Ok();
   }
+  auto index = ParseInt64(e.args[1]);  // as Redis: after the key
+  if (!index) {
+    reply->Error(kErrNotInteger);
+    return Status::Ok();
+  }
   const auto len = static_cast<int64_t>(l->count);
-  int64_t i = *ParseInt64(e.args[1]);
+  int64_t i = *index;
   if (i < 0) i += len;
   if (i < 0 || i >= len) {
     reply->Error("ERR index out of range");
@@ -373,8 +385,10 @@ Status LremApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
   // tail (count < 0), or all.
   std::vector<bool> drop(all.size(), false);
   int64_t removed = 0;
-  const int64_t limit = count == 0 ? LLONG_MAX : (count > 0 ? count : -count);
-  for (size_t k = 0; k < all.size() && removed < limit; ++k) {
+  // |count| without overflow (count may be INT64_MIN); 0: all.
+  const uint64_t limit = count == 0 ? UINT64_MAX
+                                    : (count > 0 ? static_cast<uint64_t>(count) : ~static_cast<uint64_t>(count) + 1);
+  for (size_t k = 0; k < all.size() && static_cast<uint64_t>(removed) < limit; ++k) {
     size_t i = count >= 0 ? k : all.size() - 1 - k;
     if (all[i] == element) {
       drop[i] = true;
@@ -482,6 +496,14 @@ Status LmoveApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
   }
   // The destination's type is checked before anything moves.
   if (!GetCollectionForWrite(txn, e.db, dst, ValueType::kList, reply, &st)) return st;
+  if (src == dst && from->count == 1) {
+    // Its only element goes back where it was: nothing changes (popping it
+    // first would drop the key, and its TTL with it).
+    auto only = txn.GetElement(e.db, src, Pos(from->head));
+    if (!only.ok()) return only.status();
+    only->has_value() ? reply->Bulk(**only) : reply->NullBulk();
+    return Status::Ok();
+  }
   std::vector<std::string> popped;
   st = PopN(txn, e.db, src, &*from, e.args[2] == "L", 1, &popped);
   if (!st.ok()) return st;
@@ -522,7 +544,7 @@ void AppendListCommands(std::vector<CommandSpec>* out) {
       {"rpushx", -3, kWF, 1, 1, 1, "list", 63, nullptr, nullptr, RpushxApply},
       {"lpop", -2, kCmdWrite | kCmdFast, 1, 1, 1, "list", 64, nullptr, PopPrepare, LpopApply},
       {"rpop", -2, kCmdWrite | kCmdFast, 1, 1, 1, "list", 65, nullptr, PopPrepare, RpopApply},
-      {"lset", 4, kW, 1, 1, 1, "list", 66, nullptr, IntegerSecondPrepare, LsetApply},
+      {"lset", 4, kW, 1, 1, 1, "list", 66, nullptr, nullptr, LsetApply},
       {"ltrim", 4, kCmdWrite, 1, 1, 1, "list", 67, nullptr, TwoIntegersPrepare, LtrimApply},
       {"lrem", 4, kCmdWrite, 1, 1, 1, "list", 68, nullptr, IntegerSecondPrepare, LremApply},
       {"linsert", 5, kW, 1, 1, 1, "list", 69, nullptr, LinsertPrepare, LinsertApply},
