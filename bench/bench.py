@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-TESTS = ["set", "get", "incr", "mset", "hset"]
+TESTS = ["set", "get", "incr", "mset", "hset", "lpush", "lpop", "sadd", "spop"]
 PIPELINES = [1, 16]
 CLIENTS = 50
 
