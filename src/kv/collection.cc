@@ -82,6 +82,18 @@ Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType
                              type == ValueType::kList ? ListPayload(at.count, at.head) : CollectionPayload(at.count)));
 }
 
+bool ParseOptionalCount(Args args, std::string* count, resp::Writer* reply) {
+  count->clear();
+  if (args.size() < 3) return true;
+  auto c = ParseInt64(args[2]);
+  if (!c || *c < 0) {
+    reply->Error("ERR value is out of range, must be positive");
+    return false;
+  }
+  *count = Int64ToString(*c);
+  return true;
+}
+
 Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::Writer* reply) {
   const std::string& key = e.args[0];
   Status s;

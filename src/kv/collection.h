@@ -93,6 +93,11 @@ std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, st
 // count is 0.
 Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType type, const CollectionAt& at);
 
+// The optional count of SPOP, LPOP and RPOP (args[2]): *count is its
+// decimal text, or empty without one. false: a negative or non-integer
+// count (error replied).
+bool ParseOptionalCount(Args args, std::string* count, resp::Writer* reply);
+
 // HDEL and SREM (args: key element [element ...]): removes the elements,
 // replies how many were there, deletes the key once none is left.
 Status RemoveElementsApply(ApplyTxn& txn, const Entry& e, ValueType type, resp::Writer* reply);

@@ -201,38 +201,56 @@ bool HincrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer
   return true;
 }
 
-// args: key field increment
-Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+// HINCRBY, HINCRBYFLOAT (args: key field increment): the field's new value
+// from its old one (nullopt: no such field) by `next`, which replies an
+// error and returns nullopt to change nothing. Returns the new value, or
+// nullopt when the command is done.
+template <typename Next>
+std::optional<std::string> UpdateField(ApplyTxn& txn, const Entry& e, resp::Writer* reply, Status* status,
+                                       Next&& next) {
   const std::string& key = e.args[0];
-  int64_t by = *ParseInt64(e.args[2]);
-  Status s;
-  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
-  if (!h) return s;
+  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, status);
+  if (!h) return std::nullopt;
   const std::string name = HashedName(e.args[1]);
   auto old = txn.GetElement(e.db, key, name);
-  if (!old.ok()) return old.status();
-  int64_t value = 0;
-  if (old->has_value()) {
-    auto parsed = ParseInt64(**old);
-    if (!parsed) {
-      reply->Error(kErrHashNotInteger);
-      return Status::Ok();
-    }
-    value = *parsed;
+  if (!old.ok()) {
+    *status = old.status();
+    return std::nullopt;
   }
-  if ((by < 0 && value < 0 && by < (LLONG_MIN - value)) || (by > 0 && value > 0 && by > (LLONG_MAX - value))) {
-    reply->Error("ERR increment or decrement would overflow");
-    return Status::Ok();
-  }
-  value += by;
-  txn.PutElement(e.db, key, name, Int64ToString(value));
+  std::optional<std::string> value = next(*old);
+  if (!value) return std::nullopt;
+  txn.PutElement(e.db, key, name, *value);
   if (!old->has_value()) {
     h->count += 1;
-    s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
-    if (!s.ok()) return s;
+    *status = PutCollection(txn, e.db, key, ValueType::kHash, *h);
+    if (!status->ok()) return std::nullopt;
   }
-  reply->Integer(value);
-  return Status::Ok();
+  return value;
+}
+
+Status HincrbyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const int64_t by = *ParseInt64(e.args[2]);
+  int64_t result = 0;
+  Status s;
+  auto done = UpdateField(txn, e, reply, &s, [&](const std::optional<std::string>& old) -> std::optional<std::string> {
+    int64_t value = 0;
+    if (old) {
+      auto parsed = ParseInt64(*old);
+      if (!parsed) {
+        reply->Error(kErrHashNotInteger);
+        return std::nullopt;
+      }
+      value = *parsed;
+    }
+    if ((by < 0 && value < 0 && by < (LLONG_MIN - value)) || (by > 0 && value > 0 && by > (LLONG_MAX - value))) {
+      reply->Error("ERR increment or decrement would overflow");
+      return std::nullopt;
+    }
+    result = value + by;
+    return Int64ToString(result);
+  });
+  if (done) reply->Integer(result);
+  return s;
 }
 
 bool HincrbyfloatPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
@@ -249,39 +267,28 @@ bool HincrbyfloatPrepare(const PrepareContext&, Args args, Entry* entry, resp::W
   return true;
 }
 
-// args: key field increment
 Status HincrbyfloatApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  const std::string& key = e.args[0];
-  long double by = *ParseLongDouble(e.args[2]);
+  const long double by = *ParseLongDouble(e.args[2]);
   Status s;
-  auto h = GetCollectionForWrite(txn, e.db, key, ValueType::kHash, reply, &s);
-  if (!h) return s;
-  const std::string name = HashedName(e.args[1]);
-  auto old = txn.GetElement(e.db, key, name);
-  if (!old.ok()) return old.status();
-  long double value = 0;
-  if (old->has_value()) {
-    auto parsed = ParseLongDouble(**old);
-    if (!parsed) {
-      reply->Error(kErrHashNotFloat);
-      return Status::Ok();
+  auto done = UpdateField(txn, e, reply, &s, [&](const std::optional<std::string>& old) -> std::optional<std::string> {
+    long double value = 0;
+    if (old) {
+      auto parsed = ParseLongDouble(*old);
+      if (!parsed) {
+        reply->Error(kErrHashNotFloat);
+        return std::nullopt;
+      }
+      value = *parsed;
     }
-    value = *parsed;
-  }
-  value += by;
-  if (std::isnan(value) || std::isinf(value)) {
-    reply->Error("ERR increment would produce NaN or Infinity");
-    return Status::Ok();
-  }
-  std::string text = FormatLongDoubleHuman(value);
-  txn.PutElement(e.db, key, name, text);
-  if (!old->has_value()) {
-    h->count += 1;
-    s = PutCollection(txn, e.db, key, ValueType::kHash, *h);
-    if (!s.ok()) return s;
-  }
-  reply->Bulk(text);
-  return Status::Ok();
+    value += by;
+    if (std::isnan(value) || std::isinf(value)) {
+      reply->Error("ERR increment would produce NaN or Infinity");
+      return std::nullopt;
+    }
+    return FormatLongDoubleHuman(value);
+  });
+  if (done) reply->Bulk(*done);
+  return s;
 }
 
 }  // namespace

@@ -20,7 +20,6 @@
 namespace shoal::kv {
 namespace {
 
-constexpr std::string_view kErrNotPositive = "ERR value is out of range, must be positive";
 
 // A position as an element name: big endian with the sign bit flipped.
 std::string Pos(int64_t p) {
@@ -232,14 +231,7 @@ bool PopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* re
     return false;
   }
   std::string count;
-  if (args.size() == 3) {
-    auto c = ParseInt64(args[2]);
-    if (!c || *c < 0) {
-      reply->Error(kErrNotPositive);
-      return false;
-    }
-    count = Int64ToString(*c);
-  }
+  if (!ParseOptionalCount(args, &count, reply)) return false;
   entry->args = {std::string(args[1]), count};
   return true;
 }
@@ -273,15 +265,6 @@ Status PopImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool left) {
 Status LpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { return PopImpl(t, e, r, true); }
 Status RpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { return PopImpl(t, e, r, false); }
 
-// LREM key count element: an integer second.
-bool IntegerSecondPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
-  if (!ParseInt64(args[2])) {
-    reply->Error(kErrNotInteger);
-    return false;
-  }
-  entry->args.assign(args.begin() + 1, args.end());
-  return true;
-}
 
 Status LsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string& key = e.args[0];
@@ -309,14 +292,23 @@ Status LsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
   return Status::Ok();
 }
 
-// LTRIM key start stop (and LRANGE's argument check)
-bool TwoIntegersPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
-  if (!ParseInt64(args[2]) || !ParseInt64(args[3])) {
+// Checks that args[2] (and args[3] when `two`) are integers before the key
+// is looked at, as Redis does for LREM and LTRIM.
+bool IntegersPrepare(Args args, bool two, Entry* entry, resp::Writer* reply) {
+  if (!ParseInt64(args[2]) || (two && !ParseInt64(args[3]))) {
     reply->Error(kErrNotInteger);
     return false;
   }
   entry->args.assign(args.begin() + 1, args.end());
   return true;
+}
+// LREM key count element
+bool LremPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return IntegersPrepare(args, false, entry, reply);
+}
+// LTRIM key start stop
+bool LtrimPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return IntegersPrepare(args, true, entry, reply);
 }
 
 Status LtrimApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
@@ -545,8 +537,8 @@ void AppendListCommands(std::vector<CommandSpec>* out) {
       {"lpop", -2, kCmdWrite | kCmdFast, 1, 1, 1, "list", 64, nullptr, PopPrepare, LpopApply},
       {"rpop", -2, kCmdWrite | kCmdFast, 1, 1, 1, "list", 65, nullptr, PopPrepare, RpopApply},
       {"lset", 4, kW, 1, 1, 1, "list", 66, nullptr, nullptr, LsetApply},
-      {"ltrim", 4, kCmdWrite, 1, 1, 1, "list", 67, nullptr, TwoIntegersPrepare, LtrimApply},
-      {"lrem", 4, kCmdWrite, 1, 1, 1, "list", 68, nullptr, IntegerSecondPrepare, LremApply},
+      {"ltrim", 4, kCmdWrite, 1, 1, 1, "list", 67, nullptr, LtrimPrepare, LtrimApply},
+      {"lrem", 4, kCmdWrite, 1, 1, 1, "list", 68, nullptr, LremPrepare, LremApply},
       {"linsert", 5, kW, 1, 1, 1, "list", 69, nullptr, LinsertPrepare, LinsertApply},
       {"lmove", 5, kW, 1, 2, 1, "list", 70, nullptr, LmovePrepare, LmoveApply},
       {"rpoplpush", 3, kW, 1, 2, 1, "list", 71, nullptr, RpoplpushPrepare, LmoveApply},

@@ -129,7 +129,6 @@ void SdiffRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, S
 
 constexpr std::string_view kErrCountRange =
     "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807";
-constexpr std::string_view kErrNotPositive = "ERR value is out of range, must be positive";
 
 void SrandmemberRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   if (args.size() > 3) return reply->Error(kErrSyntax);
@@ -279,14 +278,7 @@ bool SpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* r
     return false;
   }
   std::string count;
-  if (args.size() == 3) {
-    auto c = ParseInt64(args[2]);
-    if (!c || *c < 0) {
-      reply->Error(kErrNotPositive);
-      return false;
-    }
-    count = Int64ToString(*c);
-  }
+  if (!ParseOptionalCount(args, &count, reply)) return false;
   thread_local std::mt19937_64 rng{std::random_device{}()};
   entry->args = {std::string(args[1]), count, std::to_string(rng())};
   return true;
