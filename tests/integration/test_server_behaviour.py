@@ -114,6 +114,12 @@ def test_config_set_while_other_workers_read_the_setting(shoal_factory):
 def test_maxclients_refuses_extra_connections(shoal):
     r = redis.Redis(host=shoal.host, port=shoal.port)
     r.config_set("maxclients", "3")
+    # The fixture's readiness probes may not be counted out yet: wait (a
+    # bounded while) until this connection is the only one.
+    deadline = time.time() + 10
+    while r.info("clients")["connected_clients"] > 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert r.info("clients")["connected_clients"] == 1
     held = [redis.Redis(host=shoal.host, port=shoal.port) for _ in range(2)]
     for h in held:
         assert h.ping()
