@@ -1,6 +1,7 @@
 #include "kv/collection.h"
 
 #include <algorithm>
+#include <bit>
 #include <set>
 
 #define XXH_INLINE_ALL
@@ -23,9 +24,47 @@ std::string HashedName(std::string_view element) {
   return out;
 }
 
-bool CollectionRead::Open(std::string_view key, resp::Writer* reply) {
+std::string EncodeScore(double score) {
+  std::string out;
+  storage::PutU64BE(&out, std::bit_cast<uint64_t>(score));
+  return out;
+}
+
+double DecodeScore(std::string_view stored) {
+  return stored.size() == 8 ? std::bit_cast<double>(storage::GetU64BE(stored.data())) : 0;
+}
+
+std::string ScorePrefix(double score) {
+  constexpr uint64_t kSign = 1ULL << 63;
+  uint64_t bits = std::bit_cast<uint64_t>(score == 0 ? 0.0 : score);
+  bits = (bits & kSign) != 0 ? ~bits : bits | kSign;  // negatives reversed, below positives
+  std::string out(kZsetScoreTag);
+  storage::PutU64BE(&out, bits);
+  return out;
+}
+
+std::string ScoreName(double score, std::string_view member) {
+  std::string out = ScorePrefix(score);
+  out.append(member);
+  return out;
+}
+
+bool DecodeScoreName(std::string_view name, double* score, std::string_view* member) {
+  if (name.size() < 9 || !name.starts_with(kZsetScoreTag)) return false;
+  constexpr uint64_t kSign = 1ULL << 63;
+  uint64_t bits = storage::GetU64BE(name.data() + 1);
+  bits = (bits & kSign) != 0 ? bits & ~kSign : ~bits;
+  *score = std::bit_cast<double>(bits);
+  *member = name.substr(9);
+  return true;
+}
+
+bool CollectionRead::Open(std::string_view key, resp::Writer* reply) { return Open(key, type_, reply); }
+
+bool CollectionRead::Open(std::string_view key, ValueType also, resp::Writer* reply) {
   key_.assign(key);
   if (!ReadLive(ctx_, key, &raw_, &value_, &found_, reply, snap_.get())) return false;
+  if (found_ && value_.type == also) type_ = also;
   if (found_ && value_.type != type_) {
     reply->Error(kErrWrongType);
     return false;
@@ -236,7 +275,7 @@ void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_value
   reply->ArrayHeader(found.size() * (with_values ? 2 : 1));
   for (const auto& [e, v] : found) {
     reply->Bulk(e);
-    if (with_values) reply->Bulk(v);
+    if (with_values) type == ValueType::kZSet ? reply->Bulk(resp::Writer::FormatDouble(DecodeScore(v))) : reply->Bulk(v);
   }
 }
 

@@ -27,9 +27,28 @@ namespace shoal::kv {
 std::string HashedName(std::string_view element);
 uint64_t ElementHash(std::string_view element);
 inline std::string_view ElementOfName(std::string_view name) { return name.size() >= 8 ? name.substr(8) : name; }
+// A sorted set keeps two entries a member: its name under kZsetMemberTag
+// (value: the score), and its place in score order under kZsetScoreTag
+// (see zset_commands.cc). The names of the others have no tag.
+inline constexpr std::string_view kZsetMemberTag{"\x00", 1};
+inline constexpr std::string_view kZsetScoreTag{"\x01", 1};
+inline std::string_view MemberTag(ValueType type) {
+  return type == ValueType::kZSet ? kZsetMemberTag : std::string_view();
+}
+// A member's score as its entry holds it (its exact bits: -0 stays -0), and
+// the score-order name of a member: [tag][order-preserving score][member],
+// where -0 sorts as 0 (Redis compares scores as numbers).
+std::string EncodeScore(double score);
+double DecodeScore(std::string_view stored);
+std::string ScoreName(double score, std::string_view member);
+// The member and score a score-order name holds (false: not one).
+bool DecodeScoreName(std::string_view name, double* score, std::string_view* member);
+// The score-order name of every member of `score`: a prefix of theirs.
+std::string ScorePrefix(double score);
 // The name of an element of a collection of `type` (lists: positions, as given).
 inline std::string NameOf(ValueType type, std::string_view element) {
-  return type == ValueType::kList ? std::string(element) : HashedName(element);
+  if (type == ValueType::kList) return std::string(element);
+  return std::string(MemberTag(type)) + HashedName(element);
 }
 
 // A collection as a read sees it, from one storage view.
@@ -43,6 +62,9 @@ class CollectionRead {
   // Reads the key: false if the command is answered (WRONGTYPE, storage
   // error); otherwise found() says whether a live collection is there.
   bool Open(std::string_view key, resp::Writer* reply);
+  // As Open, also accepting a collection of type `also` (then read as one).
+  bool Open(std::string_view key, ValueType also, resp::Writer* reply);
+  ValueType type() const { return type_; }
   bool found() const { return found_; }
   uint64_t count() const { return found_ ? CollectionCount(value_.payload) : 0; }
   int64_t head() const { return found_ ? ListHead(value_.payload) : 0; }
@@ -51,16 +73,46 @@ class CollectionRead {
   bool Get(std::string_view element, std::optional<std::string>* out, resp::Writer* reply);
 
   // Calls fn(element, value) in name order from the first name at or after
-  // `from` on, until fn returns false: false on a storage error (replied).
+  // `from` on (a sorted set's members: after their tag), until fn returns
+  // false: false on a storage error (replied).
   template <typename Fn>
   bool ForEach(std::string_view from, Fn&& fn, resp::Writer* reply) {
+    const std::string_view tag = MemberTag(type_);
+    const bool hashed = type_ != ValueType::kList;
+    return ForEachName(
+        std::string(tag) + std::string(from),
+        [&](std::string_view name, std::string_view value) {
+          if (!name.starts_with(tag)) return false;
+          name.remove_prefix(tag.size());
+          return fn(hashed ? ElementOfName(name) : name, value);
+        },
+        reply);
+  }
+
+  // Calls fn(name, value) for the stored names from the first at or after
+  // `from`, in order, until fn returns false; ForEachNameReverse from the
+  // last before `before` (empty: the last of all) down. false on a storage
+  // error (replied).
+  template <typename Fn>
+  bool ForEachName(std::string_view from, Fn&& fn, resp::Writer* reply) {
     if (!found_) return true;
     std::string prefix = storage::ElementPrefix(ctx_.db, key_);
     auto it = ctx_.engine->NewIterator(storage::Cf::kData, snap_.get());
-    const bool hashed = type_ != ValueType::kList;
     for (it->Seek(prefix + std::string(from)); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-      std::string_view name = it->key().substr(prefix.size());
-      if (!fn(hashed ? ElementOfName(name) : name, it->value())) break;
+      if (!fn(it->key().substr(prefix.size()), it->value())) break;
+    }
+    return StorageOk(it->status(), reply);
+  }
+  template <typename Fn>
+  bool ForEachNameReverse(std::string_view before, Fn&& fn, resp::Writer* reply) {
+    if (!found_) return true;
+    std::string prefix = storage::ElementPrefix(ctx_.db, key_);
+    const std::string end = before.empty() ? storage::PrefixEnd(prefix) : prefix + std::string(before);
+    auto it = ctx_.engine->NewIterator(storage::Cf::kData, snap_.get());
+    it->SeekForPrev(end);
+    if (it->Valid() && it->key() >= std::string_view(end)) it->Prev();
+    for (; it->Valid() && it->key().starts_with(prefix); it->Prev()) {
+      if (!fn(it->key().substr(prefix.size()), it->value())) break;
     }
     return StorageOk(it->status(), reply);
   }

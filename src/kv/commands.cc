@@ -2,6 +2,7 @@
 
 #include <array>
 
+#include "common/strings.h"
 #include "kv/string_commands.h"
 
 namespace shoal::kv {
@@ -25,6 +26,7 @@ const Table& GetTable() {
     AppendHashCommands(&t.specs);
     AppendSetCommands(&t.specs);
     AppendListCommands(&t.specs);
+    AppendZsetCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
       SHOAL_CHECK(s.op < kOpExpireKey && s.apply != nullptr);
@@ -32,8 +34,9 @@ const Table& GetTable() {
       t.apply_by_op[s.op] = s.apply;
       t.alone_by_op[s.op] = (s.flags & kCmdNoBatch) != 0;
       // A prepared entry keeps the first key first (every keyed write's first_key is 1).
+      // Movable keys (numkeys_at): prepare puts the first key first.
       SHOAL_CHECK(s.first_key == 0 || s.first_key == 1);
-      t.keyed_by_op[s.op] = s.first_key == 1;
+      t.keyed_by_op[s.op] = s.first_key == 1 || s.numkeys_at > 0;
     }
     t.apply_by_op[kOpExpireKey] = ExpireKeyApplyFn();
     t.keyed_by_op[kOpExpireKey] = true;
@@ -43,6 +46,23 @@ const Table& GetTable() {
 }
 
 }  // namespace
+
+std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args) {
+  std::vector<size_t> out;
+  if (spec.first_key > 0) {
+    const int argc = static_cast<int>(args.size());
+    const int last = spec.last_key >= 0 ? spec.last_key : argc + spec.last_key;
+    const int step = spec.key_step > 0 ? spec.key_step : 1;
+    for (int i = spec.first_key; i <= last && i < argc; i += step) out.push_back(static_cast<size_t>(i));
+  }
+  const size_t at = static_cast<size_t>(spec.numkeys_at);
+  if (at > 0 && at < args.size()) {
+    auto n = ParseInt64(args[at]);
+    if (!n || *n <= 0 || static_cast<uint64_t>(*n) > args.size() - at - 1) return {};
+    for (size_t i = 1; i <= static_cast<size_t>(*n); ++i) out.push_back(at + i);
+  }
+  return out;
+}
 
 std::span<const CommandSpec> DataCommands() { return GetTable().specs; }
 

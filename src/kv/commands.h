@@ -29,6 +29,7 @@ enum CommandFlag : uint32_t {
   kCmdNoScript = 1u << 8,
   kCmdConnection = 1u << 9,  // runs on the connection (server layer)
   kCmdNoBatch = 1u << 10,    // a write that must be applied alone (FLUSHDB, FLUSHALL)
+  kCmdMovableKeys = 1u << 11,  // COMMAND INFO's flag of a spec with numkeys_at (set there)
 };
 
 using Args = std::span<const std::string_view>;  // args[0] is the command name
@@ -63,7 +64,14 @@ struct CommandSpec {
   ReadFn read = nullptr;
   PrepareFn prepare = nullptr;
   ApplyFn apply = nullptr;
+  // Commands whose keys are counted by an argument (ZUNION numkeys key ...):
+  // its position; the keys follow it (besides any at first_key..last_key).
+  int numkeys_at = 0;
 };
+
+// The positions in args of every key of a command (empty: keyless, or a
+// count of keys that is not valid, which the command itself rejects).
+std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args);
 
 // Every data command (reads and writes) that the kv layer implements.
 std::span<const CommandSpec> DataCommands();

@@ -233,6 +233,44 @@ Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
   return it->status();
 }
 
+Status ApplyTxn::ForEachElementReverse(uint16_t db, std::string_view key,
+                                       const std::function<bool(std::string_view, std::string_view)>& fn,
+                                       std::string_view before) {
+  const std::string prefix = storage::ElementPrefix(db, key);
+  const std::string end = before.empty() ? storage::PrefixEnd(prefix) : prefix + std::string(before);
+  auto staged = std::make_reverse_iterator(elements_.lower_bound(end));  // the last staged before end
+  auto it = engine_->NewIterator(storage::Cf::kData);
+  // The last stored key before `bound`.
+  auto seek_before = [&](const std::string& bound) {
+    it->SeekForPrev(bound);
+    if (it->Valid() && it->key() >= std::string_view(bound)) it->Prev();
+  };
+  seek_before(end);
+  auto stored_valid = [&] {
+    while (it->Valid() && it->key().starts_with(prefix)) {
+      const auto* cleared = ClearedRangeOf(it->key());
+      if (cleared == nullptr) return true;
+      seek_before(cleared->first);
+    }
+    return false;
+  };
+  while (true) {
+    bool have_staged = staged != elements_.rend() && std::string_view(staged->first).starts_with(prefix);
+    bool have_stored = stored_valid();
+    if (!have_staged && !have_stored) break;
+    if (have_staged && (!have_stored || std::string_view(staged->first) >= it->key())) {
+      if (have_stored && std::string_view(staged->first) == it->key()) it->Prev();
+      const auto& [ekey, value] = *staged;
+      ++staged;
+      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return Status::Ok();
+    } else {
+      if (!fn(it->key().substr(prefix.size()), it->value())) return Status::Ok();
+      it->Prev();
+    }
+  }
+  return it->status();
+}
+
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   ++shard_->recount_generation_;  // a recount under way counted keys this removes

@@ -101,6 +101,11 @@ class ApplyTxn {
   Status ForEachElement(uint16_t db, std::string_view key,
                         const std::function<bool(std::string_view, std::string_view)>& fn,
                         std::string_view from = {});
+  // As ForEachElement, from the last element before `before` (empty: the
+  // last of all) down to the first.
+  Status ForEachElementReverse(uint16_t db, std::string_view key,
+                               const std::function<bool(std::string_view, std::string_view)>& fn,
+                               std::string_view before = {});
   // Deletes the elements of key from the first at or after `from` to
   // before `to` (empty: to the last), `n` of them (one by one when few, else
   // one range tombstone).

@@ -1074,5 +1074,94 @@ TEST(List, PositionsTrimsAndReplays) {
   EXPECT_EQ(ElementsStored(a.engine(), "{l}z"), 0u);
 }
 
+namespace {
+// ZADD key with members m0..m{n-1} scored i % 100 (ties broken by name).
+std::string FillZset(ShardHarness& h, const std::string& key, int n) {
+  std::vector<std::string> words{"zadd", key};
+  for (int i = 0; i < n; ++i) {
+    words.push_back(std::to_string(i % 100));
+    words.push_back("m" + std::to_string(i));
+  }
+  return h.Run(words);
+}
+std::string Bulks(const std::vector<std::string>& v) {
+  std::string out = "*" + std::to_string(v.size()) + "\r\n";
+  for (const auto& s : v) out += "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n";
+  return out;
+}
+}  // namespace
+
+// Ranks, score ranges and pops over a big sorted set with ties, from both
+// ends (walks forward and backward), against the order computed here.
+TEST(Zset, RanksAndRangesOfABigSet) {
+  ShardHarness h("zset_big");
+  FillZset(h, "z", 2000);
+  std::vector<std::pair<int, std::string>> order;
+  for (int i = 0; i < 2000; ++i) order.emplace_back(i % 100, "m" + std::to_string(i));
+  std::sort(order.begin(), order.end());
+  auto names = [&](size_t lo, size_t hi) {  // ranks [lo, hi]
+    std::vector<std::string> v;
+    for (size_t i = lo; i <= hi; ++i) v.push_back(order[i].second);
+    return v;
+  };
+  EXPECT_EQ(h.Run({"zcard", "z"}), ":2000\r\n");
+  EXPECT_EQ(h.Run({"zrange", "z", "0", "2"}), Bulks(names(0, 2)));
+  EXPECT_EQ(h.Run({"zrange", "z", "-3", "-1"}), Bulks(names(1997, 1999)));  // walked from the end
+  EXPECT_EQ(h.Run({"zrange", "z", "1500", "1502"}), Bulks(names(1500, 1502)));
+  auto rev = names(1995, 1999);
+  std::reverse(rev.begin(), rev.end());
+  EXPECT_EQ(h.Run({"zrevrange", "z", "0", "4"}), Bulks(rev));
+  EXPECT_EQ(h.Run({"zrank", "z", order[1234].second}), ":1234\r\n");
+  EXPECT_EQ(h.Run({"zrevrank", "z", order[1234].second}), ":765\r\n");
+  EXPECT_EQ(h.Run({"zcount", "z", "(10", "20"}), ":200\r\n");
+  EXPECT_EQ(h.Run({"zrangebyscore", "z", "(98", "+inf", "limit", "1", "2"}), Bulks(names(1981, 1982)));
+  auto top = names(1978, 1979);
+  std::reverse(top.begin(), top.end());
+  EXPECT_EQ(h.Run({"zrevrangebyscore", "z", "(99", "-inf", "limit", "0", "2"}), Bulks(top));
+  EXPECT_EQ(h.Run({"zpopmax", "z"}), "*2\r\n$" + std::to_string(order[1999].second.size()) + "\r\n" +
+                                         order[1999].second + "\r\n$2\r\n99\r\n");
+  EXPECT_EQ(h.Run({"zremrangebyscore", "z", "0", "(1"}), ":20\r\n");
+  EXPECT_EQ(h.Run({"zcard", "z"}), ":1979\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "z"), 2 * 1979u);
+  EXPECT_EQ(h.Run({"zremrangebyrank", "z", "0", "-1"}), ":1979\r\n");  // all: the key goes
+  EXPECT_EQ(h.Run({"exists", "z"}), ":0\r\n");
+  EXPECT_EQ(ElementsStored(h.engine(), "z"), 0u);
+}
+
+// Writes applied as one batch see each other's staged entries, walking
+// backward too (ZPOPMAX), across a range tombstone (DEL of a big set).
+TEST(Zset, ABatchAppliesLikeOneByOne) {
+  ShardHarness a("zset_batch_a"), b("zset_batch_b");
+  std::string expected;  // the replies of the writes, one by one
+  auto run = [&](std::vector<std::string> words) { expected += a.Run(std::move(words)); };
+  expected += FillZset(a, "{z}a", 1100);  // 2200 entries: DEL drops them by a range tombstone
+  run({"zpopmax", "{z}a", "3"});
+  run({"zadd", "{z}a", "200", "late", "-1", "early"});
+  run({"zpopmax", "{z}a"});
+  run({"zpopmin", "{z}a"});
+  run({"del", "{z}a"});
+  run({"zadd", "{z}a", "5", "x", "6", "y", "7", "z"});
+  run({"zpopmax", "{z}a"});
+  run({"zincrby", "{z}a", "10", "x"});
+  expected += FillZset(a, "{z}b", 30);
+  run({"zunionstore", "{z}c", "2", "{z}a", "{z}b"});
+  run({"zrangestore", "{z}d", "{z}c", "0", "4", "rev"});
+  run({"zremrangebyrank", "{z}c", "-2", "-1"});
+  run({"zmpop", "2", "{z}none", "{z}d", "max", "count", "2"});
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : a.log) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(b.shard().ApplyBatch(a.log, fns, Limits{}, &w).ok());
+  EXPECT_EQ(replies, expected);
+  for (const char* key : {"{z}a", "{z}b", "{z}c", "{z}d"}) {
+    EXPECT_EQ(a.Run({"zrange", key, "0", "-1", "withscores"}), b.Run({"zrange", key, "0", "-1", "withscores"}))
+        << key;
+    EXPECT_EQ(ElementsStored(a.engine(), key), ElementsStored(b.engine(), key)) << key;
+  }
+  EXPECT_EQ(b.Run({"zrevrange", "{z}a", "0", "-1"}), "*2\r\n$1\r\nx\r\n$1\r\ny\r\n");
+  EXPECT_EQ(b.Run({"zcard", "{z}d"}), ":3\r\n");
+}
+
 }  // namespace
 }  // namespace shoal::kv

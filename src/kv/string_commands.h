@@ -12,5 +12,6 @@ void AppendKeyspaceCommands(std::vector<CommandSpec>* out);
 void AppendHashCommands(std::vector<CommandSpec>* out);
 void AppendSetCommands(std::vector<CommandSpec>* out);
 void AppendListCommands(std::vector<CommandSpec>* out);
+void AppendZsetCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

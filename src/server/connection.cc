@@ -25,14 +25,10 @@ constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
 constexpr size_t kWriteBatchEntriesMax = 512;
 constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 
-// The slot of every key of a keyed command, or nullopt if they differ.
-std::optional<uint16_t> KeysSlot(const kv::CommandSpec& spec, kv::Args args) {
-  size_t first = static_cast<size_t>(spec.first_key);
-  size_t last = spec.last_key >= 0 ? static_cast<size_t>(spec.last_key)
-                                   : args.size() - static_cast<size_t>(-spec.last_key);
-  size_t step = spec.key_step > 0 ? static_cast<size_t>(spec.key_step) : 1;
-  uint16_t slot = storage::KeySlot(args[first]);
-  for (size_t i = first + step; i <= last && i < args.size(); i += step) {
+// The slot of every key at `positions`, or nullopt if they differ.
+std::optional<uint16_t> KeysSlot(kv::Args args, const std::vector<size_t>& positions) {
+  uint16_t slot = storage::KeySlot(args[positions[0]]);
+  for (size_t i : positions) {
     if (storage::KeySlot(args[i]) != slot) return std::nullopt;
   }
   return slot;
@@ -128,10 +124,13 @@ asio::awaitable<void> Connection::Run() {
         pos += consumed;
         if (args_.empty()) continue;
         const Command* cmd = server_.commands().Find(args_[0]);
-        bool keyed = cmd != nullptr && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
-                     cmd->spec.first_key > 0 && Refusal(cmd, args_).empty();
-        if (keyed) {
-          std::optional<uint16_t> slot = KeysSlot(cmd->spec, args_);
+        std::vector<size_t> keys;
+        if (cmd != nullptr && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
+            Refusal(cmd, args_).empty()) {
+          keys = kv::KeyPositions(cmd->spec, args_);
+        }
+        if (!keys.empty()) {
+          std::optional<uint16_t> slot = KeysSlot(args_, keys);
           if (!slot) {
             if (!queued_entries_.empty()) co_await FlushWrites();
             server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);

@@ -197,6 +197,7 @@ void WriteFlags(uint32_t flags, resp::Writer* r) {
       {kv::kCmdWrite, "write"},     {kv::kCmdReadonly, "readonly"}, {kv::kCmdDenyOom, "denyoom"},
       {kv::kCmdAdmin, "admin"},     {kv::kCmdNoScript, "noscript"}, {kv::kCmdLoading, "loading"},
       {kv::kCmdStale, "stale"},     {kv::kCmdFast, "fast"},         {kv::kCmdNoAuth, "no_auth"},
+      {kv::kCmdMovableKeys, "movablekeys"},
   };
   size_t n = 0;
   for (const auto& [bit, name] : kNames) n += (flags & bit) != 0;
@@ -211,7 +212,7 @@ void WriteCommandInfo(const Command& cmd, resp::Writer* r) {
   r->ArrayHeader(10);
   r->Bulk(s.name);
   r->Integer(s.arity);
-  WriteFlags(s.flags, r);
+  WriteFlags(s.flags | (s.numkeys_at > 0 ? uint32_t{kv::kCmdMovableKeys} : 0u), r);
   r->Integer(s.first_key);
   r->Integer(s.last_key);
   r->Integer(s.key_step);
@@ -291,12 +292,11 @@ void CommandCmd(Connection& c, kv::Args args, resp::Writer* r) {
     if (s.arity > 0 ? argc != static_cast<size_t>(s.arity) : argc < static_cast<size_t>(-s.arity)) {
       return r->Error("ERR Invalid number of arguments specified for command");
     }
-    if (s.first_key == 0) return r->Error("ERR The command has no key arguments");
-    std::vector<std::string_view> keys;
-    int last = s.last_key < 0 ? static_cast<int>(argc) + s.last_key : s.last_key;
-    for (int i = s.first_key; i <= last; i += s.key_step) keys.push_back(args[static_cast<size_t>(i) + 2]);
+    if (s.first_key == 0 && s.numkeys_at == 0) return r->Error("ERR The command has no key arguments");
+    std::vector<size_t> keys = kv::KeyPositions(s, args.subspan(2));
+    if (keys.empty()) return r->Error("ERR Invalid arguments specified for command");
     r->ArrayHeader(keys.size());
-    for (auto k : keys) r->Bulk(k);
+    for (size_t i : keys) r->Bulk(args[i + 2]);
     return;
   }
   if (sub == "help") {

@@ -38,6 +38,8 @@ class RocksIterator final : public Iterator {
   void SeekToFirst() override { it_->SeekToFirst(); }
   bool Valid() const override { return it_->Valid(); }
   void Next() override { it_->Next(); }
+  void SeekForPrev(std::string_view target) override { it_->SeekForPrev(ToSlice(target)); }
+  void Prev() override { it_->Prev(); }
   std::string_view key() const override { return FromSlice(it_->key()); }
   std::string_view value() const override { return FromSlice(it_->value()); }
   Status status() const override { return FromRocks(it_->status(), "iterator"); }

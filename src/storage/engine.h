@@ -75,6 +75,9 @@ class Iterator {
   virtual void SeekToFirst() = 0;
   virtual bool Valid() const = 0;
   virtual void Next() = 0;
+  // The last key at or before target (data iterators: within target's [slot][db]).
+  virtual void SeekForPrev(std::string_view target) = 0;
+  virtual void Prev() = 0;
   virtual std::string_view key() const = 0;
   virtual std::string_view value() const = 0;
   virtual Status status() const = 0;

@@ -364,8 +364,12 @@ def run_script(script: Script, ref_addr, tgt_addr, transcript: Optional[list] = 
                 transcript.append(f"{st.lineno:4d} {'  ' if ok else '!!'} {st.text}\n"
                                   f"       redis: {rtxt}\n" + ("" if ok else f"       shoal: {ttxt}\n"))
             if not ok:
-                mismatches.append(f"{script.path.name}:{st.lineno}: {st.text}\n"
-                                  f"    redis: {rtxt}\n    shoal: {ttxt}")
+                # Long replies: shown from a little before where they differ.
+                same = next((i for i, (a, b) in enumerate(zip(rtxt, ttxt)) if a != b), min(len(rtxt), len(ttxt)))
+                cut = max(0, same - 120) if same > 400 else 0
+                at = f"[from char {cut}] " if cut else ""
+                mismatches.append(f"{script.path.name}:{st.lineno}: {st.text[:300]}\n"
+                                  f"    redis: {at}{rtxt[cut:cut + 600]}\n    shoal: {at}{ttxt[cut:cut + 600]}")
     finally:
         ref.close()
         tgt.close()

@@ -58,35 +58,53 @@ const kv::CommandSpec& Spec(std::string_view name) {
 }
 
 // Half the keys (by slot, so a seed's random draws stay as they were) are
-// hashes: a write is HSET key f value, a read reads field f. Their fields
-// are keys of their own, so snapshots, splits and storage faults carry them.
-bool IsHashKey(const std::string& key) { return storage::KeySlot(key) % 2 == 1; }
+// collections: a quarter hashes, whose write is HSET key f value and whose
+// read reads field f, and a quarter sorted sets, whose write is ZADD key N f
+// for value vN and whose read reads f's score (a change of score moves its
+// entry in score order too). Their elements are keys of their own, so
+// snapshots, splits and storage faults carry them.
+enum class KeyKind { kString, kHash, kZset };
+KeyKind KindOf(const std::string& key) {
+  const uint16_t slot = storage::KeySlot(key);
+  return slot % 2 == 0 ? KeyKind::kString : (slot % 4 == 1 ? KeyKind::kHash : KeyKind::kZset);
+}
 
-// The stored key a read of `key` looks at (its field f for a hash).
+// The stored key a read of `key` looks at (its field or member f for a collection).
 std::string ReadKeyOf(const std::string& key) {
-  return IsHashKey(key) ? storage::ElementKey(0, key, kv::HashedName("f")) : storage::DataKey(0, key);
+  switch (KindOf(key)) {
+    case KeyKind::kHash:
+      return storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kHash, "f"));
+    case KeyKind::kZset:
+      return storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kZSet, "f"));
+    case KeyKind::kString:
+      break;
+  }
+  return storage::DataKey(0, key);
 }
 
 // The value a read finds in `raw`, read at ReadKeyOf(key).
 std::string ReadValueOf(const std::string& key, const std::string& raw) {
-  if (IsHashKey(key)) return raw;
+  if (KindOf(key) == KeyKind::kHash) return raw;
+  if (KindOf(key) == KeyKind::kZset) return "v" + std::to_string(static_cast<int64_t>(kv::DecodeScore(raw)));
   kv::Value v;
   return kv::DecodeValue(raw, &v) ? std::string(v.payload) : "";
 }
 
-// A SET of key to value (HSET of its field f for a hash key); `expiring`:
+// A SET of key to value (HSET or ZADD of f for a collection); `expiring`:
 // with an expiry far in the future (the key counts among the shard's
 // expiring keys; strings only).
 std::string SetBatch(const std::string& key, const std::string& value, bool expiring = false) {
-  const bool hash = IsHashKey(key);
-  const kv::CommandSpec& spec = Spec(hash ? "hset" : "set");
+  const KeyKind kind = KindOf(key);
+  const kv::CommandSpec& spec = Spec(kind == KeyKind::kHash ? "hset" : (kind == KeyKind::kZset ? "zadd" : "set"));
   kv::Entry e;
   e.op = spec.op;
   e.now_ms = 1000;
   static kv::Limits limits;
+  const std::string score = value.substr(1);  // values are vN
   std::vector<std::string_view> args = {"set", key, value};
-  if (hash) args = {"hset", key, "f", value};
-  if (expiring && !hash) args.insert(args.end(), {"px", "1000000000"});
+  if (kind == KeyKind::kHash) args = {"hset", key, "f", value};
+  if (kind == KeyKind::kZset) args = {"zadd", key, score, "f"};
+  if (expiring && kind == KeyKind::kString) args.insert(args.end(), {"px", "1000000000"});
   std::string err;
   resp::Writer w(&err, 2);
   kv::PrepareContext ctx{0, e.now_ms, &limits};
@@ -94,7 +112,7 @@ std::string SetBatch(const std::string& key, const std::string& value, bool expi
   return replica::EncodeKvBatch({e}, 2);
 }
 
-// Whether a write's reply says it took effect (OK for SET, a count for HSET).
+// Whether a write's reply says it took effect (OK for SET, a count for HSET and ZADD).
 bool WriteApplied(const std::string& reply) { return reply == "+OK\r\n" || reply == ":0\r\n" || reply == ":1\r\n"; }
 
 // A node's process stopped itself (shoal::FailStop): the simulation catches
@@ -512,7 +530,7 @@ class ReplicaSim {
       history_.push_back(Operation{op, write, key, write ? "v" + std::to_string(op) : "", Now(), kNeverReturned});
       if (write) {
         int client = c;
-        bool expiring = splits_ && rng_() % 3 == 0 && !IsHashKey(key);  // strings only
+        bool expiring = splits_ && rng_() % 3 == 0 && KindOf(key) == KeyKind::kString;
         if (expiring) expiring_ops_.insert(op);
         auto p = r->Propose(SetBatch(key, history_[op].value, expiring),
                             [this, op, client](bool applied, std::string reply) {
