@@ -19,7 +19,15 @@ import sys
 import tempfile
 import time
 
-TESTS = ["set", "get", "incr", "mset", "hset", "lpush", "lpop", "sadd", "spop"]
+TESTS = ["set", "get", "incr", "mset", "hset", "hget", "lpush", "lpop", "lrange100", "sadd", "spop", "zadd",
+         "zrange100"]
+# Tests of one command on a key filled first: (setup command, benchmarked command).
+FILLED = {
+    "hget": (["HSET", "bench:h", "f", "v" * 100], ["HGET", "bench:h", "f"]),
+    "lrange100": (["RPUSH", "bench:l"] + [f"e{i:03d}" for i in range(100)], ["LRANGE", "bench:l", "0", "99"]),
+    "zrange100": (["ZADD", "bench:z"] + [a for i in range(100) for a in (str(i), f"m{i:03d}")],
+                  ["ZRANGE", "bench:z", "0", "99"]),
+}
 PIPELINES = [1, 16]
 CLIENTS = 50
 
@@ -110,6 +118,10 @@ def run_benchmark(server, test, pipeline, requests):
         # multi-key commands across slots. redis-benchmark's own mset spreads them.
         value = "x" * 100
         argv += ["MSET"] + [a for i in range(10) for a in (f"{{m}}k{i}:__rand_int__", value)]
+    elif test in FILLED:
+        setup, command = FILLED[test]
+        subprocess.run(["redis-cli", "-p", str(server.port)] + setup, capture_output=True, check=True, timeout=60)
+        argv += command
     else:
         argv += ["-t", test]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600).stdout
@@ -125,7 +137,7 @@ def run_benchmark(server, test, pipeline, requests):
 def throughput_section(args, workdir, fsync):
     mode = "fsync  vs redis appendfsync always" if fsync else "none   vs redis without persistence"
     print(f"\n== durability {mode}; -c {CLIENTS}, median of {args.rounds} rounds")
-    print(f"{'test':<7}{'P':>3} | {'shoal ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | "
+    print(f"{'test':<10}{'P':>3} | {'shoal ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | "
           f"{'redis ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | {'ratio':>6}{'cpu ratio':>10}")
     rows = []
     for test in TESTS:
@@ -148,7 +160,7 @@ def throughput_section(args, workdir, fsync):
             ratio = s[0] / r[0] if r[0] else 0
             cpu_ratio = r[3] / s[3] if s[3] else 0
             rows.append((test, p, ratio))
-            print(f"{test:<7}{p:>3} | {s[0]:>12.0f}{s[1]:>7.3f}{s[2]:>7.3f}{s[3]:>9.3f} | "
+            print(f"{test:<10}{p:>3} | {s[0]:>12.0f}{s[1]:>7.3f}{s[2]:>7.3f}{s[3]:>9.3f} | "
                   f"{r[0]:>12.0f}{r[1]:>7.3f}{r[2]:>7.3f}{r[3]:>9.3f} | {ratio:>6.2f}{cpu_ratio:>10.2f}",
                   flush=True)
     return rows
@@ -225,7 +237,13 @@ def main():
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
     ap.add_argument("--only", choices=["none", "fsync", "memory", "budget"], action="append")
+    ap.add_argument("--tests", help=f"comma-separated subset of {','.join(TESTS)}")
     args = ap.parse_args()
+    if args.tests:
+        unknown = set(args.tests.split(",")) - set(TESTS)
+        if unknown:
+            sys.exit(f"unknown tests: {','.join(sorted(unknown))}")
+        TESTS[:] = [t for t in TESTS if t in args.tests.split(",")]
     if args.quick:
         args.rounds, args.requests, args.keys = 1, 50000, 200000
     if not os.access(args.shoal, os.X_OK):

@@ -50,13 +50,15 @@ std::optional<long double> ParseLongDouble(std::string_view s) {
 }
 
 std::optional<double> ParseDouble(std::string_view s) {
-  if (s.empty() || s.size() >= 5120) return std::nullopt;
+  if (s.empty()) return std::nullopt;
   std::string buf(s);
   if (std::isspace(static_cast<unsigned char>(buf[0]))) return std::nullopt;
   errno = 0;
   char* end = nullptr;
   double v = std::strtod(buf.c_str(), &end);
-  if (end != buf.c_str() + buf.size() || errno == ERANGE || std::isnan(v)) return std::nullopt;
+  if (end != buf.c_str() + buf.size() || std::isnan(v)) return std::nullopt;
+  // Out of range: an overflow or an underflow to 0; subnormals are fine.
+  if (errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL || v == 0)) return std::nullopt;
   return v;
 }
 

@@ -250,6 +250,34 @@ void ScanCollection(ReadContext& ctx, Args args, ValueType type, bool with_value
   }
   if (!ParseScanOptions(args, 2, false, &scan, reply)) return;
   const bool whole = c.count() <= 128;
+  if (whole && type == ValueType::kZSet) {
+    // As Redis's small encoding: in score order, integral scores as integers.
+    std::vector<std::pair<std::string, std::string>> found;
+    bool ok = c.ForEachName(
+        kZsetScoreTag,
+        [&](std::string_view name, std::string_view v) {
+          double score;
+          std::string_view m;
+          if (!DecodeScoreName(name, &score, &m)) return false;
+          if (scan.use_pattern && !GlobMatch(scan.pattern, m)) return true;
+          score = DecodeScore(v);
+          const bool integral = score > -9.2233720368547758e18 && score < 9.2233720368547758e18 &&
+                                score == static_cast<double>(static_cast<int64_t>(score));
+          found.emplace_back(m, integral ? std::to_string(static_cast<int64_t>(score))
+                                         : resp::Writer::FormatDouble(score));
+          return true;
+        },
+        reply);
+    if (!ok) return;
+    reply->ArrayHeader(2);
+    reply->Bulk("0");
+    reply->ArrayHeader(found.size() * 2);
+    for (const auto& [m, v] : found) {
+      reply->Bulk(m);
+      reply->Bulk(v);
+    }
+    return;
+  }
   const uint64_t count = static_cast<uint64_t>(scan.count);
   uint64_t taken = 0, next = 0, last = 0;  // last: the hash of the last element taken
   std::string from;

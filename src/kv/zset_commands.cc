@@ -207,7 +207,7 @@ bool ParseRangeQuery(Args args, bool fixed, bool store, RangeQuery* q, resp::Wri
       return reply->Error(kErrSyntax), false;
     }
   }
-  if (has_limit && q->by == RangeBy::kRank) {
+  if (has_limit && q->limit != -1 && q->by == RangeBy::kRank) {  // a count of -1 is no limit: ignored
     return reply->Error("ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"),
            false;
   }
@@ -251,13 +251,17 @@ bool Select(const Walker& w, uint64_t count, const RangeQuery& q, Fn&& fn) {
   int64_t offset = q.offset, limit = q.limit;
   bool started = false;
   // Takes a member once the range has begun; false when done.
+  // As Redis: the first member must be in range, the offset's are then
+  // skipped unchecked, and the rest taken while in range.
   auto take = [&](std::string_view m, double s, bool past) {
-    if (past) return false;
+    const bool first = !started;
     started = true;
+    if (first && past) return false;
     if (offset > 0) {
       --offset;
       return true;
     }
+    if (past) return false;
     fn(m, s);
     return limit < 0 || --limit > 0;
   };
@@ -275,14 +279,22 @@ bool Select(const Walker& w, uint64_t count, const RangeQuery& q, Fn&& fn) {
   }
   const LexRange& r = q.lex;
   if (r.Empty()) return true;
+  // As Redis: nothing unless the last member is >= min and the first <= max.
   // Members of one score are in byte order: seek into the first (last) score.
   std::string from;
-  bool ok = WalkScores(w, q.rev, {}, [&](std::string_view, double s) {
-    if (!q.rev && r.min.kind == LexBound::kValue) from = ScoreName(s, r.min.value);
-    if (q.rev && r.max.kind == LexBound::kValue) from = ScoreName(s, r.max.value) + std::string(1, '\0');
-    return false;
-  });
-  if (!ok) return false;
+  bool in_range = true;
+  for (const bool rev : {false, true}) {
+    bool ok = WalkScores(w, rev, {}, [&](std::string_view m, double s) {
+      in_range = in_range && (rev ? r.GteMin(m) : r.LteMax(m));
+      if (rev == q.rev && !q.rev && r.min.kind == LexBound::kValue) from = ScoreName(s, r.min.value);
+      if (rev == q.rev && q.rev && r.max.kind == LexBound::kValue) {
+        from = ScoreName(s, r.max.value) + std::string(1, '\0');
+      }
+      return false;
+    });
+    if (!ok) return false;
+  }
+  if (!in_range) return true;
   if (!q.rev) {
     return WalkScores(w, false, from, [&](std::string_view m, double s) {
       return (!started && !r.GteMin(m)) || take(m, s, !r.LteMax(m));
@@ -548,7 +560,8 @@ std::vector<Scored> Combine(ZOp op, std::vector<Source> srcs, Aggregate agg, uin
         for (size_t i = 1; i < srcs.size() && everywhere; ++i) {
           auto it = srcs[i].members.find(m);
           everywhere = it != srcs[i].members.end();
-          if (everywhere) AggregateInto(agg, Weighted(srcs[i], it->second), &score);
+          // As Redis: only the first input's products have NaN made 0 here.
+          if (everywhere) AggregateInto(agg, srcs[i].weight * it->second, &score);
         }
         if (everywhere) result.emplace(m, score);
         if (limit > 0 && result.size() >= limit) break;
@@ -613,7 +626,8 @@ void ZintercardRead(ReadContext& ctx, Args args, resp::Writer* reply) {
 // ---- writes
 
 // Puts a member's two entries (its score changed from `old`, if any). A
-// score of -0 is kept as 0, as Redis keeps it in a small sorted set.
+// score of -0 is kept as 0, as Redis keeps it in a small sorted set (its
+// skiplist encoding, above 128 members, keeps -0).
 void PutMember(ApplyTxn& txn, uint16_t db, const std::string& key, std::string_view member, double score,
                std::optional<double> old) {
   if (old) txn.DeleteElement(db, key, ScoreName(*old, member));
@@ -736,6 +750,11 @@ Status ZaddApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
 
 // ZINCRBY key increment member: a ZADD INCR entry.
 bool ZincrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  // As Redis, which parses it as ZADD key INCR ...: an option word there
+  // leaves an odd count of arguments.
+  for (std::string_view o : {"nx", "xx", "ch", "incr", "gt", "lt"}) {
+    if (EqualsIgnoreCase(args[2], o)) return reply->Error(kErrSyntax), false;
+  }
   if (!ParseDouble(args[2])) return reply->Error(kErrNotFloat), false;
   entry->args = {std::string(args[1]), std::to_string(kIncr), std::string(args[2]), std::string(args[3])};
   return true;
