@@ -4,6 +4,7 @@
 
 #include "common/strings.h"
 #include "kv/string_commands.h"
+#include "kv/transaction.h"
 
 namespace shoal::kv {
 
@@ -40,6 +41,8 @@ const Table& GetTable() {
     }
     t.apply_by_op[kOpExpireKey] = ExpireKeyApplyFn();
     t.keyed_by_op[kOpExpireKey] = true;
+    t.apply_by_op[kOpExec] = ExecApplyFn();
+    t.keyed_by_op[kOpExec] = true;
     return t;
   }();
   return table;

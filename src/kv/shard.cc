@@ -271,6 +271,167 @@ Status ApplyTxn::ForEachElementReverse(uint16_t db, std::string_view key,
   return it->status();
 }
 
+// ---- the read view of an apply (reads inside MULTI ... EXEC)
+
+namespace {
+
+// The staged writes of an apply, by storage key (nullopt: deleted).
+using Overlay = std::map<std::string, std::optional<std::string>, std::less<>>;
+using Ranges = std::vector<std::pair<std::string, std::string>>;
+
+const std::pair<std::string, std::string>* RangeOf(const Ranges& ranges, std::string_view key) {
+  for (const auto& r : ranges) {
+    if (key >= r.first && key < r.second) return &r;
+  }
+  return nullptr;
+}
+
+// Stored keys merged with the staged ones: each move seeks the store again
+// (transactions read little; correctness over speed).
+class OverlayIterator final : public storage::Iterator {
+ public:
+  OverlayIterator(std::unique_ptr<storage::Iterator> base, const Overlay* overlay, const Ranges* cleared)
+      : base_(std::move(base)), overlay_(overlay), cleared_(cleared) {}
+
+  void Seek(std::string_view target) override { SeekAfter(target, false); }
+  void SeekToFirst() override { Seek({}); }
+  void SeekForPrev(std::string_view target) override { SeekBefore(target, false); }
+  bool Valid() const override { return valid_; }
+  void Next() override { SeekAfter(key_, true); }
+  void Prev() override { SeekBefore(key_, true); }
+  std::string_view key() const override { return key_; }
+  std::string_view value() const override { return value_; }
+  Status status() const override { return base_->status(); }
+
+ private:
+  // The first key at (or, if strict, after) target.
+  void SeekAfter(std::string_view t, bool strict) {
+    const std::string target(t);
+    base_->Seek(target);
+    while (base_->Valid()) {
+      std::string_view k = base_->key();
+      if (strict && k == target) {
+        base_->Next();
+      } else if (const auto* r = RangeOf(*cleared_, k)) {
+        base_->Seek(r->second);
+      } else if (overlay_->contains(k)) {
+        base_->Next();
+      } else {
+        break;
+      }
+    }
+    auto o = strict ? overlay_->upper_bound(target) : overlay_->lower_bound(target);
+    while (o != overlay_->end() && !o->second) ++o;
+    const bool has_base = base_->Valid(), has_over = o != overlay_->end();
+    Take(has_base, has_over, has_base && (!has_over || base_->key() < std::string_view(o->first)), o);
+  }
+
+  // The last key at (or, if strict, before) target.
+  void SeekBefore(std::string_view t, bool strict) {
+    const std::string target(t);
+    auto before = [&](const std::string& bound, bool excl) {
+      base_->SeekForPrev(bound);
+      if (excl && base_->Valid() && base_->key() >= std::string_view(bound)) base_->Prev();
+    };
+    before(target, strict);
+    while (base_->Valid()) {
+      std::string_view k = base_->key();
+      if (const auto* r = RangeOf(*cleared_, k)) {
+        before(r->first, true);
+      } else if (overlay_->contains(k)) {
+        base_->Prev();
+      } else {
+        break;
+      }
+    }
+    auto o = strict ? overlay_->lower_bound(target) : overlay_->upper_bound(target);
+    bool has_over = false;
+    while (o != overlay_->begin()) {
+      --o;
+      if (o->second) {
+        has_over = true;
+        break;
+      }
+    }
+    const bool has_base = base_->Valid();
+    Take(has_base, has_over, has_base && (!has_over || base_->key() > std::string_view(o->first)), o);
+  }
+
+  void Take(bool has_base, bool has_over, bool base_wins, Overlay::const_iterator o) {
+    valid_ = has_base || has_over;
+    if (!valid_) return;
+    if (base_wins) {
+      key_.assign(base_->key());
+      value_.assign(base_->value());
+    } else {
+      key_ = o->first;
+      value_ = *o->second;
+    }
+  }
+
+  std::unique_ptr<storage::Iterator> base_;
+  const Overlay* overlay_;
+  const Ranges* cleared_;
+  bool valid_ = false;
+  std::string key_, value_;
+};
+
+class NoSnapshot final : public storage::Snapshot {};
+
+}  // namespace
+
+// The store as an apply sees it: its staged values and elements over what
+// storage holds, without what its range deletions removed.
+class TxnView final : public storage::Engine {
+ public:
+  explicit TxnView(ApplyTxn* txn) : base_(txn->engine_), cleared_(txn->cleared_) {
+    for (const auto& [k, staged] : txn->staged_) overlay_.emplace(k, staged.raw);
+    for (const auto& [k, v] : txn->elements_) overlay_.insert_or_assign(k, v);
+  }
+
+  Status Get(storage::Cf cf, std::string_view key, std::string* value, const storage::Snapshot*) override {
+    if (cf == storage::Cf::kData) {
+      if (auto it = overlay_.find(key); it != overlay_.end()) {
+        if (!it->second) return Status::NotFound("deleted in this transaction");
+        *value = *it->second;
+        return Status::Ok();
+      }
+      if (RangeOf(cleared_, key) != nullptr) return Status::NotFound("deleted in this transaction");
+    }
+    return base_->Get(cf, key, value);
+  }
+  std::unique_ptr<storage::Iterator> NewIterator(storage::Cf cf, const storage::Snapshot*) override {
+    auto base = base_->NewIterator(cf);
+    if (cf != storage::Cf::kData) return base;
+    return std::make_unique<OverlayIterator>(std::move(base), &overlay_, &cleared_);
+  }
+  std::unique_ptr<storage::Iterator> NewScanIterator(storage::Cf cf, const storage::Snapshot*) override {
+    auto base = base_->NewScanIterator(cf);
+    if (cf != storage::Cf::kData) return base;
+    return std::make_unique<OverlayIterator>(std::move(base), &overlay_, &cleared_);
+  }
+  std::unique_ptr<storage::Snapshot> NewSnapshot() override { return std::make_unique<NoSnapshot>(); }
+  // A read view: nothing writes through it.
+  Result<uint64_t> Write(storage::WriteBatch&) override { return Status::Aborted("read view"); }
+  std::unique_ptr<storage::WriteBatch> NewBatch() override { return base_->NewBatch(); }
+  Result<uint64_t> Sync() override { return Status::Aborted("read view"); }
+  std::unique_ptr<storage::SstWriter> NewSstWriter(storage::Cf, const std::string&) override { return nullptr; }
+  Status IngestSst(storage::Cf, const std::string&) override { return Status::Aborted("read view"); }
+  const std::string& dir() const override { return base_->dir(); }
+  storage::MemoryUsage Memory() override { return base_->Memory(); }
+  int64_t DiskBytes() override { return base_->DiskBytes(); }
+  uint64_t ApproximateSize(storage::Cf cf, std::string_view b, std::string_view e) override {
+    return base_->ApproximateSize(cf, b, e);
+  }
+
+ private:
+  storage::Engine* base_;
+  Overlay overlay_;
+  Ranges cleared_;
+};
+
+std::unique_ptr<storage::Engine> ApplyTxn::NewReadView() { return std::make_unique<TxnView>(this); }
+
 void ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   ++shard_->recount_generation_;  // a recount under way counted keys this removes

@@ -115,6 +115,12 @@ class ApplyTxn {
   // range tombstones, which every later read of the memtable must consult.
   static constexpr uint64_t kPointDeleteMax = 1024;
 
+  // A read-only view of the store as this apply has changed it so far (for
+  // reads inside a transaction, MULTI ... EXEC). Valid while the apply
+  // runs and until its next write; snapshots of it are the view itself.
+  std::unique_ptr<storage::Engine> NewReadView();
+  Shard* shard() const { return shard_; }
+
   struct Counts {
     int64_t keys = 0;
     int64_t expires = 0;
@@ -140,6 +146,7 @@ class ApplyTxn {
   std::vector<std::pair<std::string, std::string>> cleared_;
   const std::pair<std::string, std::string>* ClearedRangeOf(std::string_view ekey) const;
   std::map<uint16_t, Counts> deltas_;
+  friend class TxnView;
 };
 
 // How a command writes: `apply` changes state through txn and writes the

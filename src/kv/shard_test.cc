@@ -1,4 +1,5 @@
 #include "kv/shard.h"
+#include "kv/transaction.h"
 
 #include <gtest/gtest.h>
 
@@ -1161,6 +1162,80 @@ TEST(Zset, ABatchAppliesLikeOneByOne) {
   }
   EXPECT_EQ(b.Run({"zrevrange", "{z}a", "0", "-1"}), "*2\r\n$1\r\nx\r\n$1\r\ny\r\n");
   EXPECT_EQ(b.Run({"zcard", "{z}d"}), ":3\r\n");
+}
+
+// A transaction is one entry: its reads see the writes before them (the
+// apply's view: staged values, elements, a range tombstone, walked both
+// ways), and a replica applying the same entry ends in the same state.
+TEST(Transaction, ReadsSeeEarlierWritesOfTheSameEntry) {
+  ShardHarness a("txn_a"), b("txn_b");
+  auto write = [&](std::vector<std::string> words) {
+    ExecItem it;
+    it.kind = ExecItem::Kind::kWrite;
+    const CommandSpec* spec = nullptr;
+    for (const auto& s : DataCommands()) {
+      if (s.name == words[0]) spec = &s;
+    }
+    EXPECT_NE(spec, nullptr);
+    it.write.op = spec->op;
+    std::vector<std::string_view> args(words.begin(), words.end());
+    std::string err;
+    resp::Writer w(&err);
+    PrepareContext ctx{0, a.now_ms, &a.limits()};
+    if (spec->prepare) {
+      EXPECT_TRUE(spec->prepare(ctx, args, &it.write, &w)) << err;
+    } else {
+      it.write.args.assign(words.begin() + 1, words.end());
+    }
+    return it;
+  };
+  auto read = [](std::vector<std::string> words) {
+    ExecItem it;
+    it.kind = ExecItem::Kind::kRead;
+    it.args = std::move(words);
+    return it;
+  };
+  std::vector<std::string> big{"zadd", "{t}z"};
+  for (int i = 0; i < 1100; ++i) big.insert(big.end(), {std::to_string(i), "m" + std::to_string(i)});
+  a.Run({"set", "{t}old", "v"});
+  ExecItem pong;
+  pong.reply = "+PONG\r\n";
+  std::vector<ExecItem> items = {
+      write(big),
+      read({"zrange", "{t}z", "-2", "-1", "withscores"}),  // walked backward through the view
+      read({"zrevrank", "{t}z", "m5"}),
+      write({"del", "{t}z"}),  // 2200 entries: a range tombstone
+      read({"zcard", "{t}z"}),
+      read({"zrange", "{t}z", "0", "-1"}),
+      write({"zadd", "{t}z", "7", "late"}),
+      read({"zrange", "{t}z", "0", "-1", "withscores"}),
+      read({"get", "{t}old"}),
+      write({"del", "{t}old"}),
+      read({"exists", "{t}old", "{t}z"}),
+      pong,
+      write({"incr", "{t}z"}),  // WRONGTYPE: a reply, the rest stands
+  };
+  Entry e = MakeExecEntry("{t}z", a.now_ms, 99, items);
+  std::string ra, rb;
+  resp::Writer wa(&ra), wb(&rb);
+  ASSERT_TRUE(a.shard().Apply(e, FindApply(e.op), a.limits(), &wa).ok());
+  EXPECT_EQ(ra,
+            "*13\r\n:1100\r\n*4\r\n$5\r\nm1098\r\n$4\r\n1098\r\n$5\r\nm1099\r\n$4\r\n1099\r\n:1094\r\n:1\r\n:0\r\n"
+            "*0\r\n:1\r\n*2\r\n$4\r\nlate\r\n$1\r\n7\r\n$1\r\nv\r\n:1\r\n:1\r\n+PONG\r\n"
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+  ASSERT_TRUE(b.shard().Apply(e, FindApply(e.op), b.limits(), &wb).ok());
+  EXPECT_EQ(b.Run({"zrange", "{t}z", "0", "-1", "withscores"}), a.Run({"zrange", "{t}z", "0", "-1", "withscores"}));
+  EXPECT_EQ(ElementsStored(a.engine(), "{t}z"), 2u);
+  EXPECT_EQ(ElementsStored(b.engine(), "{t}z"), 2u);
+  EXPECT_EQ(a.Run({"exists", "{t}old"}), ":0\r\n");
+  // A malformed entry changes nothing.
+  Entry bad = e;
+  bad.args.resize(5);
+  std::string rc;
+  resp::Writer wc(&rc);
+  ASSERT_TRUE(a.shard().Apply(bad, FindApply(bad.op), a.limits(), &wc).ok());
+  EXPECT_EQ(rc, "-ERR internal error: malformed transaction entry\r\n");
+  EXPECT_EQ(a.Run({"zcard", "{t}z"}), ":1\r\n");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@ CommandTable::CommandTable() {
   for (const kv::CommandSpec& spec : kv::DataCommands()) commands_.push_back(Command{spec});
   AppendServerCommands(&commands_);
   AppendClusterCommands(&commands_);
+  AppendTransactionCommands(&commands_);
   for (size_t i = 0; i < commands_.size(); ++i) {
     SHOAL_CHECK(by_name_.emplace(std::string(commands_[i].spec.name), i).second);
   }

@@ -49,5 +49,7 @@ class CommandTable {
 void AppendServerCommands(std::vector<Command>* out);
 // CLUSTER, READONLY, READWRITE, ASKING, SHOAL.* (cluster_commands.cc).
 void AppendClusterCommands(std::vector<Command>* out);
+// MULTI EXEC DISCARD SHOAL.EXEC (transactions.cc).
+void AppendTransactionCommands(std::vector<Command>* out);
 
 }  // namespace shoal::server

@@ -4,6 +4,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -12,6 +13,7 @@
 
 #include "common/clock.h"
 #include "resp/reply_scan.h"
+#include "kv/transaction.h"
 #include "server/forwarder.h"
 #include "common/strings.h"
 #include "storage/slot.h"
@@ -46,6 +48,13 @@ std::string UnknownCommandError(kv::Args args) {
   }
   return "ERR unknown command '" + std::string(args[0].substr(0, 128)) +
          "', with args beginning with: " + list;
+}
+
+// Commands that run at once inside MULTI; all others are queued.
+bool RunsInsideMulti(const Command* cmd) {
+  if (cmd == nullptr) return false;
+  static constexpr std::string_view kNow[] = {"exec", "discard", "multi", "watch", "quit", "reset"};
+  return std::find(std::begin(kNow), std::end(kNow), cmd->spec.name) != std::end(kNow);
 }
 
 bool ArityOk(int arity, size_t argc) {
@@ -124,6 +133,11 @@ asio::awaitable<void> Connection::Run() {
         pos += consumed;
         if (args_.empty()) continue;
         const Command* cmd = server_.commands().Find(args_[0]);
+        if (multi_.active && !RunsInsideMulti(cmd)) {
+          if (!queued_entries_.empty()) co_await FlushWrites();
+          QueueInMulti(cmd, args_);
+          continue;
+        }
         std::vector<size_t> keys;
         if (cmd != nullptr && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
             Refusal(cmd, args_).empty()) {
@@ -594,6 +608,147 @@ std::string Connection::InfoLine() const {
   line += " resp=" + std::to_string(protocol_);
   line += " lib-name=" + lib_name_ + " lib-ver=" + lib_ver_;
   return line;
+}
+
+// ---- MULTI ... EXEC
+
+void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
+  std::string refusal = Refusal(cmd, args);
+  if (refusal.empty()) {
+    const bool data = cmd->spec.read != nullptr || cmd->spec.apply != nullptr;
+    if (data) {
+      std::vector<size_t> keys = kv::KeyPositions(cmd->spec, args);
+      if (keys.empty()) {
+        refusal = "ERR " + ToUpper(cmd->spec.name) +
+                  " inside MULTI is not supported by shoal (a transaction's commands must name keys of one slot)";
+      } else if (auto slot = KeysSlot(args, keys); !slot || (multi_.slot && *slot != *multi_.slot)) {
+        refusal = "CROSSSLOT Keys in request don't hash to the same slot";
+      } else {
+        multi_.slot = *slot;
+        if (cluster_aware_ && !routed_) {
+          // A cluster client is sent where the slot's shard is led, as Redis Cluster does.
+          uint64_t group = server_.cluster().GroupOfSlot(*slot);
+          replica::Replica* r = group != 0 ? server_.groups().Find(group) : nullptr;
+          if (r == nullptr || !r->published_is_leader()) {
+            auto rt = server_.cluster().routing();
+            const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
+            refusal = addr == nullptr ? "CLUSTERDOWN The cluster is down: the key's shard has no leader right now"
+                                      : "MOVED " + std::to_string(*slot) + " " + addr->host + ":" +
+                                            std::to_string(addr->port);
+          }
+        }
+      }
+    } else if (cmd->sync == nullptr) {
+      refusal = "ERR " + ToUpper(cmd->spec.name) + " inside MULTI is not supported by shoal";
+    }
+  }
+  if (!refusal.empty()) {
+    multi_.failed = true;
+    writer_.Error(refusal);
+    return;
+  }
+  multi_.commands.emplace_back(args.begin(), args.end());
+  writer_.Simple("QUEUED");
+}
+
+asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::string>> commands) {
+  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  // Every command is checked again (a forwarded transaction comes as one
+  // SHOAL.EXEC), and the slot of its keys found.
+  std::vector<std::vector<std::string_view>> views;
+  std::vector<const Command*> cmds;
+  std::optional<uint16_t> slot;
+  std::string first_key;
+  for (const auto& c : commands) {
+    std::vector<std::string_view> v(c.begin(), c.end());
+    const Command* cmd = v.empty() ? nullptr : server_.commands().Find(v[0]);
+    std::string refusal = v.empty() ? "ERR empty command in a transaction" : Refusal(cmd, v);
+    if (refusal.empty() && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr)) {
+      std::vector<size_t> keys = kv::KeyPositions(cmd->spec, v);
+      auto s = keys.empty() ? std::nullopt : KeysSlot(v, keys);
+      if (!s || (slot && *s != *slot)) {
+        refusal = "CROSSSLOT Keys in request don't hash to the same slot";
+      } else if (!slot) {
+        slot = *s;
+        first_key = std::string(v[keys[0]]);
+      }
+    } else if (refusal.empty() && cmd->sync == nullptr) {
+      refusal = "ERR " + ToUpper(cmd->spec.name) + " inside MULTI is not supported by shoal";
+    }
+    if (!refusal.empty()) {
+      writer_.Error("EXECABORT Transaction discarded because of previous errors: " + refusal);
+      co_return;
+    }
+    views.push_back(std::move(v));
+    cmds.push_back(cmd);
+  }
+  if (!slot) {  // no keys: connection and server commands only, run in order
+    writer_.ArrayHeader(cmds.size());
+    for (size_t i = 0; i < cmds.size(); ++i) cmds[i]->sync(*this, views[i], &writer_);
+    co_return;
+  }
+  const uint64_t group = server_.cluster().GroupOfSlot(*slot);
+  if (group == 0) {
+    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+    co_return;
+  }
+  replica::Replica* r = server_.groups().Find(group);
+  if (r == nullptr || !r->published_is_leader()) {
+    if (cluster_aware_) {
+      auto rt = server_.cluster().routing();
+      const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
+      writer_.Error(addr == nullptr ? "CLUSTERDOWN The cluster is down: the key's shard has no leader right now"
+                                    : "MOVED " + std::to_string(*slot) + " " + addr->host + ":" +
+                                          std::to_string(addr->port));
+      co_return;
+    }
+    // A plain client's transaction goes whole to the shard's leader; the
+    // SELECTs inside it change this connection's database as they would here.
+    std::vector<std::string> fwd{"shoal.exec"};
+    uint16_t db_after = db_;
+    for (size_t i = 0; i < views.size(); ++i) {
+      fwd.push_back(std::to_string(views[i].size()));
+      fwd.insert(fwd.end(), commands[i].begin(), commands[i].end());
+      if (cmds[i]->spec.name == "select" && views[i].size() == 2) {
+        auto d = ParseInt64(views[i][1]);
+        if (d && *d >= 0 && *d < server_.limits().databases) db_after = static_cast<uint16_t>(*d);
+      }
+    }
+    std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
+    std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, db_, fwd_args);
+    writer_.Raw(reply);
+    if (reply.starts_with("*")) db_ = db_after;
+    co_return;
+  }
+  // Here: each write prepared (its errors become its reply), each read and
+  // connection command in its place, as one entry.
+  const int64_t now = RealClock().NowUnixMs();
+  std::vector<kv::ExecItem> items(cmds.size());
+  for (size_t i = 0; i < cmds.size(); ++i) {
+    const Command& cmd = *cmds[i];
+    kv::ExecItem& it = items[i];
+    last_command_ = cmd.spec.name;
+    if (cmd.spec.apply != nullptr) {
+      resp::Writer errors(&it.reply, protocol_);
+      if (PrepareWrite(cmd, views[i], &it.write, &errors)) {
+        it.kind = kv::ExecItem::Kind::kWrite;
+        it.write.now_ms = now;
+      }
+    } else if (cmd.spec.read != nullptr) {
+      it.kind = kv::ExecItem::Kind::kRead;
+      it.db = db_;
+      it.args = commands[i];
+    } else {
+      resp::Writer out(&it.reply, protocol_);
+      cmd.sync(*this, views[i], &out);
+    }
+  }
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  kv::Entry entry = kv::MakeExecEntry(first_key, now, rng(), items);
+  entry.db = db_;
+  server_.cluster().NoteOp(*slot);
+  QueueWrite(group, std::move(entry));
+  co_await FlushWrites();
 }
 
 }  // namespace shoal::server

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // READONLY: reads may be served by a follower (linearizable, ReadIndex).
   void set_readonly(bool v) { readonly_ = v; }
 
+  // MULTI ... EXEC: the commands queued since MULTI (transactions.cc).
+  struct Multi {
+    bool active = false;
+    bool failed = false;  // a command was refused while queuing: EXEC aborts
+    std::optional<uint16_t> slot;  // of the keys queued so far
+    std::vector<std::vector<std::string>> commands;
+  };
+  Multi& multi() { return multi_; }
+  // Runs a transaction's commands as one (EXEC, and SHOAL.EXEC from a node
+  // that forwards a plain client's transaction): all their keys in one slot,
+  // one log entry on the slot's shard, the replies as one array.
+  asio::awaitable<void> RunTransaction(std::vector<std::vector<std::string>> commands);
+
  private:
   // Runs one command; returns false if it must continue asynchronously.
   bool ExecuteNow(const Command* cmd, kv::Args args, const Command** async_cmd);
@@ -95,6 +109,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::awaitable<void> RunKeylessWrite(const Command& cmd, kv::Args args);
   asio::awaitable<bool> FlushReplies();
   void GrowReadBuffer(size_t wanted);
+  // Inside MULTI: checks and queues a command (QUEUED, or why not).
+  void QueueInMulti(const Command* cmd, kv::Args args);
 
   Server& server_;
   node::Worker& worker_;
@@ -121,6 +137,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // per shard, all shards at once.
   std::vector<std::pair<uint64_t, kv::Entry>> queued_entries_;
   size_t queued_bytes_ = 0;
+  Multi multi_;
 };
 
 }  // namespace shoal::server

@@ -439,6 +439,99 @@ def test_hashes_sets_and_lists_through_cluster_and_plain_clients(cl):
         plain.close()
 
 
+def test_sorted_sets_through_cluster_and_plain_clients(cl):
+    """Sorted sets spread over every shard: leaderboards written through
+    RedisCluster and read through a plain client on another node; a big one
+    ranged from both ends, popped, scanned and deleted; commands that count
+    their keys (ZUNIONSTORE, ZMPOP) routed by those keys, CROSSSLOT when they
+    span slots."""
+    rc = cl.redis_cluster()
+    plain = cl.redis(1, decode_responses=True)
+    try:
+        boards = [f"board:{i}" for i in range(60)]
+        assert len({cl.slot_owner(key_slot(b)) for b in boards}) > 1, "keys should span several leaders"
+        pipe = rc.pipeline(transaction=False)
+        for i, b in enumerate(boards):
+            pipe.zadd(b, {f"p{j}": (j * 7 + i) % 10 for j in range(5)})
+        assert pipe.execute() == [5] * len(boards)
+        for i, b in enumerate(boards):
+            want = sorted(((f"p{j}", float((j * 7 + i) % 10)) for j in range(5)), key=lambda e: (e[1], e[0]))
+            assert plain.zrange(b, 0, -1, withscores=True) == want
+            assert plain.zrevrank(b, want[-1][0]) == 0
+        assert plain.zincrby(boards[3], 100, "p0") == 100 + (0 * 7 + 3) % 10
+        assert rc.zrevrange(boards[3], 0, 0) == ["p0"]
+        assert plain.type(boards[3]) == "zset"
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            plain.lpush(boards[3], "x")
+        # a big one: 3000 members, ties broken by member
+        big = {f"m{i:04d}": i // 3 for i in range(3000)}
+        assert plain.zadd("{big}z", big) == 3000
+        assert plain.zcard("{big}z") == 3000
+        assert plain.zrange("{big}z", -2, -1) == ["m2998", "m2999"]
+        assert plain.zrange("{big}z", 1500, 1501) == ["m1500", "m1501"]
+        assert plain.zrank("{big}z", "m2500") == 2500 and plain.zrevrank("{big}z", "m2500") == 499
+        assert plain.zrangebyscore("{big}z", 500, "+inf", start=2, num=2) == ["m1502", "m1503"]
+        assert plain.zrevrangebyscore("{big}z", "(900", "-inf", start=0, num=1) == ["m2699"]
+        assert plain.zcount("{big}z", "(10", 20) == 30
+        assert plain.zpopmin("{big}z", 2) == [("m0000", 0.0), ("m0001", 0.0)]
+        assert plain.zpopmax("{big}z") == [("m2999", 999.0)]
+        assert dict(plain.zscan_iter("{big}z", count=200)) == {m: float(s) for m, s in big.items()
+                                                               if m not in ("m0000", "m0001", "m2999")}
+        assert plain.zremrangebyscore("{big}z", 100, 199) == 300
+        assert plain.zcard("{big}z") == 2997 - 300
+        assert plain.delete("{big}z") == 1
+        assert plain.zadd("{big}z", {"fresh": 1}) == 1
+        assert plain.zrange("{big}z", 0, -1) == ["fresh"]
+        # commands that count their keys: routed by them, from any node
+        assert rc.zadd("{u}a", {"x": 1, "y": 2}) == 2
+        assert rc.zadd("{u}b", {"y": 10, "z": 20}) == 2
+        assert rc.zunionstore("{u}dst", ["{u}a", "{u}b"]) == 3
+        assert plain.zrange("{u}dst", 0, -1, withscores=True) == [("x", 1.0), ("y", 12.0), ("z", 20.0)]
+        assert plain.execute_command("ZINTERCARD", 2, "{u}a", "{u}b") == 1
+        assert plain.execute_command("ZMPOP", 2, "{u}none", "{u}dst", "MAX", "COUNT", 2) == \
+            ["{u}dst", [["z", "20"], ["y", "12"]]]
+        with cl.nodes[2].client() as c:
+            assert c.execute("COMMAND", "GETKEYS", "ZUNIONSTORE", "d", "2", "s1", "s2", "WEIGHTS", "1", "2") == \
+                [b"d", b"s1", b"s2"]
+        with pytest.raises(redis.exceptions.ResponseError, match="CROSSSLOT"):
+            plain.execute_command("ZUNIONSTORE", "d", 2, "s1", "s2")
+    finally:
+        rc.close()
+        plain.close()
+
+
+def test_transactions_from_plain_clients_on_every_node(cl):
+    """redis-py's default pipeline is MULTI ... EXEC: from a plain client on
+    every node, on keys led by every shard (forwarded whole to the leader
+    when it is elsewhere), the commands run in order, reads see the writes
+    before them, run-time errors are replies, and CROSSSLOT aborts."""
+    tags = [f"tx{i}" for i in range(12)]
+    assert len({cl.slot_owner(key_slot("{" + t + "}")) for t in tags}) > 1, "tags should span several leaders"
+    for n in range(3):
+        r = cl.redis(n, decode_responses=True)
+        try:
+            for t in tags:
+                k = "{" + t + "}" + str(n)
+                p = r.pipeline()  # transaction=True: MULTI ... EXEC
+                p.set(k + "a", 5).incrby(k + "a", 10).get(k + "a")
+                p.zadd(k + "z", {"x": 1, "y": 2}).zincrby(k + "z", 5, "x").zrange(k + "z", 0, -1, withscores=True)
+                p.rpush(k + "l", "a", "b").lpop(k + "l").lrange(k + "l", 0, -1)
+                assert p.execute() == [True, 15, "15", 2, 6.0, [("y", 2.0), ("x", 6.0)], 2, "a", ["b"]]
+                p = r.pipeline()
+                p.set(k + "s", "text").incr(k + "s").append(k + "s", "!")
+                out = p.execute(raise_on_error=False)
+                assert out[0] is True and out[2] == 5
+                assert isinstance(out[1], redis.exceptions.ResponseError)
+                assert r.get(k + "s") == "text!"
+            p = r.pipeline()
+            p.set("{a}x", 1).set("{b}y", 2)
+            with pytest.raises(redis.exceptions.ResponseError):
+                p.execute()
+            assert r.exists("{a}x") == 0 and r.exists("{b}y") == 0
+        finally:
+            r.close()
+
+
 def test_crossslot_and_hash_tags(cl):
     assert key_slot("a") != key_slot("b")
     for n in cl.nodes:

@@ -1,0 +1,75 @@
+// MULTI, EXEC, DISCARD and SHOAL.EXEC (a transaction forwarded whole by the
+// node a plain client is connected to). The queueing and the running of a
+// transaction are Connection's (connection.cc); the entry and its apply are
+// kv's (kv/transaction.h).
+#include "common/strings.h"
+#include "server/command_table.h"
+#include "server/connection.h"
+
+namespace shoal::server {
+namespace {
+
+using kv::Args;
+
+void Multi(Connection& c, Args, resp::Writer* r) {
+  Connection::Multi& m = c.multi();
+  if (m.active) return r->Error("ERR MULTI calls can not be nested");
+  m = Connection::Multi{};
+  m.active = true;
+  r->Simple("OK");
+}
+
+void Discard(Connection& c, Args, resp::Writer* r) {
+  Connection::Multi& m = c.multi();
+  if (!m.active) return r->Error("ERR DISCARD without MULTI");
+  m = Connection::Multi{};
+  r->Simple("OK");
+}
+
+asio::awaitable<void> Exec(Connection& c, Args) {
+  Connection::Multi m = std::move(c.multi());
+  c.multi() = Connection::Multi{};
+  if (!m.active) {
+    c.writer().Error("ERR EXEC without MULTI");
+    co_return;
+  }
+  if (m.failed) {
+    c.writer().Error("EXECABORT Transaction discarded because of previous errors.");
+    co_return;
+  }
+  co_await c.RunTransaction(std::move(m.commands));
+}
+
+// SHOAL.EXEC argc arg... [argc arg...]: the commands of a transaction.
+asio::awaitable<void> ShoalExec(Connection& c, Args args) {
+  std::vector<std::vector<std::string>> commands;
+  for (size_t i = 1; i < args.size();) {
+    auto n = ParseInt64(args[i]);
+    if (!n || *n <= 0 || static_cast<uint64_t>(*n) > args.size() - i - 1) {
+      c.writer().Error("ERR SHOAL.EXEC: malformed transaction");
+      co_return;
+    }
+    commands.emplace_back(args.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                          args.begin() + static_cast<std::ptrdiff_t>(i + 1 + static_cast<size_t>(*n)));
+    i += 1 + static_cast<size_t>(*n);
+  }
+  // The link that forwarded it keeps its database (SELECT inside changes it here only).
+  const uint16_t db = c.db();
+  co_await c.RunTransaction(std::move(commands));
+  c.set_db(db);
+}
+
+}  // namespace
+
+void AppendTransactionCommands(std::vector<Command>* out) {
+  using namespace kv;
+  auto row = [](std::string_view name, int arity, uint32_t flags) {
+    return CommandSpec{name, arity, flags | kCmdConnection, 0, 0, 0, "transactions", 0};
+  };
+  out->push_back(Command{row("multi", 1, kCmdNoScript | kCmdLoading | kCmdStale | kCmdFast), Multi});
+  out->push_back(Command{row("discard", 1, kCmdNoScript | kCmdLoading | kCmdStale | kCmdFast), Discard});
+  out->push_back(Command{row("exec", 1, kCmdNoScript | kCmdLoading | kCmdStale), nullptr, Exec});
+  out->push_back(Command{row("shoal.exec", -1, kCmdNoScript), nullptr, ShoalExec});
+}
+
+}  // namespace shoal::server
