@@ -24,6 +24,11 @@ std::string HashedName(std::string_view element) {
   return out;
 }
 
+std::string KeyFingerprint(const std::optional<std::string>& raw) {
+  if (!raw) return "0";
+  return std::to_string(XXH3_64bits(raw->data(), raw->size()) | 1);
+}
+
 std::string EncodeScore(double score) {
   std::string out;
   storage::PutU64BE(&out, std::bit_cast<uint64_t>(score));
@@ -108,6 +113,7 @@ std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, st
   out.count = CollectionCount(v.payload);
   out.expire_at_ms = v.expire_at_ms;
   out.head = ListHead(v.payload);
+  out.version = CollectionVersion(type, v.payload);
   return out;
 }
 
@@ -118,7 +124,8 @@ Status PutCollection(ApplyTxn& txn, uint16_t db, std::string_view key, ValueType
   }
   return txn.Put(db, key,
                  EncodeValue(type, at.expire_at_ms,
-                             type == ValueType::kList ? ListPayload(at.count, at.head) : CollectionPayload(at.count)));
+                             type == ValueType::kList ? ListPayload(at.count, at.head, at.version)
+                                                      : CollectionPayload(at.count, at.version)));
 }
 
 bool ParseOptionalCount(Args args, std::string* count, resp::Writer* reply) {

@@ -35,6 +35,10 @@ inline constexpr std::string_view kZsetScoreTag{"\x01", 1};
 inline std::string_view MemberTag(ValueType type) {
   return type == ValueType::kZSet ? kZsetMemberTag : std::string_view();
 }
+// What WATCH compares: a fingerprint of a key's live value ("0": none). A
+// collection's value carries its version, so its elements count too.
+std::string KeyFingerprint(const std::optional<std::string>& raw);
+
 // A member's score as its entry holds it (its exact bits: -0 stays -0), and
 // the score-order name of a member: [tag][order-preserving score][member],
 // where -0 sorts as 0 (Redis compares scores as numbers).
@@ -134,6 +138,7 @@ struct CollectionAt {
   uint64_t count = 0;
   int64_t expire_at_ms = 0;
   int64_t head = 0;  // a list's: the position of its first element
+  uint64_t version = 0;
 };
 
 // Reads key for a write on a collection of `type`. nullopt: the command is

@@ -28,6 +28,7 @@ const Table& GetTable() {
     AppendSetCommands(&t.specs);
     AppendListCommands(&t.specs);
     AppendZsetCommands(&t.specs);
+    AppendWatchCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
       SHOAL_CHECK(s.op < kOpExpireKey && s.apply != nullptr);

@@ -143,6 +143,7 @@ Status ApplyTxn::DropElementsOf(uint16_t db, std::string_view key, const std::st
 
 Status ApplyTxn::DeleteElementRange(uint16_t db, std::string_view key, std::string_view from, std::string_view to,
                                     uint64_t n) {
+  touched_.emplace(db, std::string(key));
   const std::string prefix = storage::ElementPrefix(db, key);
   const std::string begin = prefix + std::string(from);
   const std::string end = to.empty() ? storage::PrefixEnd(prefix) : prefix + std::string(to);
@@ -185,13 +186,30 @@ Result<std::optional<std::string>> ApplyTxn::GetElement(uint16_t db, std::string
   return std::optional<std::string>(std::move(raw));
 }
 
+Status ApplyTxn::SealElementWrites() {
+  auto touched = std::move(touched_);
+  touched_.clear();
+  for (const auto& [db, key] : touched) {
+    auto raw = GetLive(db, key);
+    if (!raw.ok()) return raw.status();
+    Value v;
+    if (!*raw || !DecodeValue(**raw, &v) || !IsCollection(v.type)) continue;  // gone with its elements
+    const uint64_t next = std::max(CollectionVersion(v.type, v.payload) + 1, version_floor_);
+    Status s = Put(db, key, EncodeValue(v.type, v.expire_at_ms, WithCollectionVersion(v.type, v.payload, next)));
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
 void ApplyTxn::PutElement(uint16_t db, std::string_view key, std::string_view element, std::string_view value) {
+  touched_.emplace(db, std::string(key));
   std::string ekey = storage::ElementKey(db, key, element);
   batch_->Put(storage::Cf::kData, ekey, value);
   elements_[std::move(ekey)] = std::string(value);
 }
 
 void ApplyTxn::DeleteElement(uint16_t db, std::string_view key, std::string_view element) {
+  touched_.emplace(db, std::string(key));
   std::string ekey = storage::ElementKey(db, key, element);
   batch_->Delete(storage::Cf::kData, ekey);
   elements_[std::move(ekey)].reset();
@@ -275,8 +293,6 @@ Status ApplyTxn::ForEachElementReverse(uint16_t db, std::string_view key,
 
 namespace {
 
-// The staged writes of an apply, by storage key (nullopt: deleted).
-using Overlay = std::map<std::string, std::optional<std::string>, std::less<>>;
 using Ranges = std::vector<std::pair<std::string, std::string>>;
 
 const std::pair<std::string, std::string>* RangeOf(const Ranges& ranges, std::string_view key) {
@@ -286,12 +302,56 @@ const std::pair<std::string, std::string>* RangeOf(const Ranges& ranges, std::st
   return nullptr;
 }
 
+// An apply's staged writes, read in place: its data values and its element
+// writes (disjoint key spaces), in key order.
+class Staging {
+ public:
+  using Data = std::map<std::string, ApplyTxn::Staged>;
+  using Elements = std::map<std::string, std::optional<std::string>>;
+  struct Ref {
+    std::string_view key;
+    const std::optional<std::string>* value;  // nullopt inside: deleted
+  };
+  Staging(const Data* data, const Elements* elements) : data_(data), elements_(elements) {}
+
+  // The staged value of key (nullptr: not staged).
+  const std::optional<std::string>* Find(std::string_view key) const {
+    if (auto it = elements_->find(std::string(key)); it != elements_->end()) return &it->second;
+    if (auto it = data_->find(std::string(key)); it != data_->end()) return &it->second.raw;
+    return nullptr;
+  }
+  // The first staged key at (strict: after) target.
+  std::optional<Ref> After(const std::string& target, bool strict) const {
+    auto d = strict ? data_->upper_bound(target) : data_->lower_bound(target);
+    auto e = strict ? elements_->upper_bound(target) : elements_->lower_bound(target);
+    const bool has_d = d != data_->end(), has_e = e != elements_->end();
+    if (!has_d && !has_e) return std::nullopt;
+    if (has_d && (!has_e || d->first < e->first)) return Ref{d->first, &d->second.raw};
+    return Ref{e->first, &e->second};
+  }
+  // The last staged key at (strict: before) target.
+  std::optional<Ref> Before(const std::string& target, bool strict) const {
+    auto d = strict ? data_->lower_bound(target) : data_->upper_bound(target);
+    auto e = strict ? elements_->lower_bound(target) : elements_->upper_bound(target);
+    const bool has_d = d != data_->begin(), has_e = e != elements_->begin();
+    if (!has_d && !has_e) return std::nullopt;
+    if (has_d) --d;
+    if (has_e) --e;
+    if (has_d && (!has_e || d->first > e->first)) return Ref{d->first, &d->second.raw};
+    return Ref{e->first, &e->second};
+  }
+
+ private:
+  const Data* data_;
+  const Elements* elements_;
+};
+
 // Stored keys merged with the staged ones: each move seeks the store again
 // (transactions read little; correctness over speed).
 class OverlayIterator final : public storage::Iterator {
  public:
-  OverlayIterator(std::unique_ptr<storage::Iterator> base, const Overlay* overlay, const Ranges* cleared)
-      : base_(std::move(base)), overlay_(overlay), cleared_(cleared) {}
+  OverlayIterator(std::unique_ptr<storage::Iterator> base, Staging staging, const Ranges* cleared)
+      : base_(std::move(base)), staging_(staging), cleared_(cleared) {}
 
   void Seek(std::string_view target) override { SeekAfter(target, false); }
   void SeekToFirst() override { Seek({}); }
@@ -304,7 +364,7 @@ class OverlayIterator final : public storage::Iterator {
   Status status() const override { return base_->status(); }
 
  private:
-  // The first key at (or, if strict, after) target.
+  // The first key at (or, if strict, after) t.
   void SeekAfter(std::string_view t, bool strict) {
     const std::string target(t);
     base_->Seek(target);
@@ -314,19 +374,18 @@ class OverlayIterator final : public storage::Iterator {
         base_->Next();
       } else if (const auto* r = RangeOf(*cleared_, k)) {
         base_->Seek(r->second);
-      } else if (overlay_->contains(k)) {
-        base_->Next();
+      } else if (staging_.Find(k) != nullptr) {
+        base_->Next();  // the staged write stands for it
       } else {
         break;
       }
     }
-    auto o = strict ? overlay_->upper_bound(target) : overlay_->lower_bound(target);
-    while (o != overlay_->end() && !o->second) ++o;
-    const bool has_base = base_->Valid(), has_over = o != overlay_->end();
-    Take(has_base, has_over, has_base && (!has_over || base_->key() < std::string_view(o->first)), o);
+    auto o = staging_.After(target, strict);
+    while (o && !o->value->has_value()) o = staging_.After(std::string(o->key), true);
+    Take(o, base_->Valid() && (!o || base_->key() < o->key));
   }
 
-  // The last key at (or, if strict, before) target.
+  // The last key at (or, if strict, before) t.
   void SeekBefore(std::string_view t, bool strict) {
     const std::string target(t);
     auto before = [&](const std::string& bound, bool excl) {
@@ -338,39 +397,31 @@ class OverlayIterator final : public storage::Iterator {
       std::string_view k = base_->key();
       if (const auto* r = RangeOf(*cleared_, k)) {
         before(r->first, true);
-      } else if (overlay_->contains(k)) {
+      } else if (staging_.Find(k) != nullptr) {
         base_->Prev();
       } else {
         break;
       }
     }
-    auto o = strict ? overlay_->lower_bound(target) : overlay_->upper_bound(target);
-    bool has_over = false;
-    while (o != overlay_->begin()) {
-      --o;
-      if (o->second) {
-        has_over = true;
-        break;
-      }
-    }
-    const bool has_base = base_->Valid();
-    Take(has_base, has_over, has_base && (!has_over || base_->key() > std::string_view(o->first)), o);
+    auto o = staging_.Before(target, strict);
+    while (o && !o->value->has_value()) o = staging_.Before(std::string(o->key), true);
+    Take(o, base_->Valid() && (!o || base_->key() > o->key));
   }
 
-  void Take(bool has_base, bool has_over, bool base_wins, Overlay::const_iterator o) {
-    valid_ = has_base || has_over;
+  void Take(const std::optional<Staging::Ref>& o, bool base_wins) {
+    valid_ = base_wins || o.has_value();
     if (!valid_) return;
     if (base_wins) {
       key_.assign(base_->key());
       value_.assign(base_->value());
     } else {
-      key_ = o->first;
-      value_ = *o->second;
+      key_.assign(o->key);
+      value_.assign(**o->value);
     }
   }
 
   std::unique_ptr<storage::Iterator> base_;
-  const Overlay* overlay_;
+  Staging staging_;
   const Ranges* cleared_;
   bool valid_ = false;
   std::string key_, value_;
@@ -381,34 +432,32 @@ class NoSnapshot final : public storage::Snapshot {};
 }  // namespace
 
 // The store as an apply sees it: its staged values and elements over what
-// storage holds, without what its range deletions removed.
+// storage holds, without what its range deletions removed. Reads the apply's
+// maps in place: valid until the apply writes again.
 class TxnView final : public storage::Engine {
  public:
-  explicit TxnView(ApplyTxn* txn) : base_(txn->engine_), cleared_(txn->cleared_) {
-    for (const auto& [k, staged] : txn->staged_) overlay_.emplace(k, staged.raw);
-    for (const auto& [k, v] : txn->elements_) overlay_.insert_or_assign(k, v);
-  }
+  explicit TxnView(ApplyTxn* txn) : base_(txn->engine_), staging_(&txn->staged_, &txn->elements_), cleared_(&txn->cleared_) {}
 
   Status Get(storage::Cf cf, std::string_view key, std::string* value, const storage::Snapshot*) override {
     if (cf == storage::Cf::kData) {
-      if (auto it = overlay_.find(key); it != overlay_.end()) {
-        if (!it->second) return Status::NotFound("deleted in this transaction");
-        *value = *it->second;
+      if (const auto* staged = staging_.Find(key)) {
+        if (!*staged) return Status::NotFound("deleted in this transaction");
+        *value = **staged;
         return Status::Ok();
       }
-      if (RangeOf(cleared_, key) != nullptr) return Status::NotFound("deleted in this transaction");
+      if (RangeOf(*cleared_, key) != nullptr) return Status::NotFound("deleted in this transaction");
     }
     return base_->Get(cf, key, value);
   }
   std::unique_ptr<storage::Iterator> NewIterator(storage::Cf cf, const storage::Snapshot*) override {
     auto base = base_->NewIterator(cf);
     if (cf != storage::Cf::kData) return base;
-    return std::make_unique<OverlayIterator>(std::move(base), &overlay_, &cleared_);
+    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_);
   }
   std::unique_ptr<storage::Iterator> NewScanIterator(storage::Cf cf, const storage::Snapshot*) override {
     auto base = base_->NewScanIterator(cf);
     if (cf != storage::Cf::kData) return base;
-    return std::make_unique<OverlayIterator>(std::move(base), &overlay_, &cleared_);
+    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_);
   }
   std::unique_ptr<storage::Snapshot> NewSnapshot() override { return std::make_unique<NoSnapshot>(); }
   // A read view: nothing writes through it.
@@ -426,8 +475,8 @@ class TxnView final : public storage::Engine {
 
  private:
   storage::Engine* base_;
-  Overlay overlay_;
-  Ranges cleared_;
+  Staging staging_;
+  const Ranges* cleared_;
 };
 
 std::unique_ptr<storage::Engine> ApplyTxn::NewReadView() { return std::make_unique<TxnView>(this); }
@@ -619,8 +668,10 @@ Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limi
 }
 
 Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
-                                   const Limits& limits, resp::Writer* reply, uint64_t applied_to) {
+                                   const Limits& limits, resp::Writer* reply, uint64_t applied_to,
+                                   std::span<const uint64_t> raft_indices) {
   SHOAL_CHECK(entries.size() == fns.size() && !entries.empty());
+  SHOAL_CHECK(raft_indices.empty() || raft_indices.size() == entries.size());
   batch_->Clear();
   ApplyTxn txn(this, engine_, batch_.get(), entries[0].now_ms);
   std::string* out = reply->buffer();
@@ -628,6 +679,9 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   Status s;
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
     txn.set_now_ms(entries[i].now_ms);
+    // The index of the log entry that carries it (without one: as if one each).
+    txn.set_version_floor(!raft_indices.empty() ? raft_indices[i]
+                                                : (applied_to != 0 ? applied_to : applied_index_ + 1 + i));
     std::optional<std::string_view> key = EntryKey(entries[i]);
     if (key && !OwnsSlot(storage::KeySlot(*key))) {
       // Proposed before this shard split and ordered after the split: the
@@ -636,6 +690,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
       continue;
     }
     s = fns[i](txn, entries[i], limits, reply);
+    if (s.ok()) s = txn.SealElementWrites();
   }
   if (s.ok()) {
     auto seq = Commit(*batch_, txn.count_deltas(), entries.size(), applied_to);

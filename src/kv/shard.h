@@ -115,6 +115,13 @@ class ApplyTxn {
   // range tombstones, which every later read of the memtable must consult.
   static constexpr uint64_t kPointDeleteMax = 1024;
 
+  // Raises the version of every collection whose elements the entry just
+  // applied changed (ApplyBatch calls it after each entry): to the batch's
+  // log index, or past its old version if that is higher (a key's versions
+  // never repeat, across deletes and splits).
+  Status SealElementWrites();
+  void set_version_floor(uint64_t floor) { version_floor_ = floor; }
+
   // A read-only view of the store as this apply has changed it so far (for
   // reads inside a transaction, MULTI ... EXEC). Valid while the apply
   // runs and until its next write; snapshots of it are the view itself.
@@ -129,10 +136,11 @@ class ApplyTxn {
   // Records the final state of every key this apply touched.
   void PublishTo(KeyMetaCache* cache) const;
 
- private:
   struct Staged {
     std::optional<std::string> raw;  // nullopt: deleted
   };
+
+ private:
   Result<std::optional<std::string>> GetRaw(const std::string& dkey);
   // Deletes the elements of key, whose value was `old` (if a collection).
   Status DropElementsOf(uint16_t db, std::string_view key, const std::string& old);
@@ -146,6 +154,8 @@ class ApplyTxn {
   std::vector<std::pair<std::string, std::string>> cleared_;
   const std::pair<std::string, std::string>* ClearedRangeOf(std::string_view ekey) const;
   std::map<uint16_t, Counts> deltas_;
+  std::set<std::pair<uint16_t, std::string>> touched_;  // collections whose elements changed
+  uint64_t version_floor_ = 0;
   friend class TxnView;
 };
 
@@ -205,8 +215,12 @@ class Shard {
   // entries[i]. On a storage failure every reply of the batch is that error.
   // applied_to, when not 0, is the applied index after the batch (the Raft
   // index of the log entry that carried it); otherwise each entry counts one.
+  // raft_indices (when several log entries are applied together): the
+  // index of the log entry that carried each entry (collection versions
+  // come from it, so replicas that group entries differently agree).
   Result<uint64_t> ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
-                              const Limits& limits, resp::Writer* reply, uint64_t applied_to = 0);
+                              const Limits& limits, resp::Writer* reply, uint64_t applied_to = 0,
+                              std::span<const uint64_t> raft_indices = {});
   // Stages "applied up to index" for a log entry that changes no data.
   void StageApplied(uint64_t index, storage::WriteBatch& batch);
 

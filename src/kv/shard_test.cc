@@ -1238,5 +1238,41 @@ TEST(Transaction, ReadsSeeEarlierWritesOfTheSameEntry) {
   EXPECT_EQ(a.Run({"zcard", "{t}z"}), ":1\r\n");
 }
 
+// WATCH compares fingerprints of values: a collection's carries a version
+// that every element write raises and that never repeats for its key, even
+// when it is deleted and made again with the same contents.
+TEST(Transaction, FingerprintsChangeWithEveryElementWrite) {
+  ShardHarness h("txn_fp");
+  auto fp = [&](const std::string& key) { return h.Run({"shoal.fingerprint", key}); };
+  EXPECT_EQ(fp("h"), "$1\r\n0\r\n");
+  h.Run({"hset", "h", "a", "1"});
+  const std::string f1 = fp("h");
+  h.Run({"hset", "h", "a", "1"});  // the same value, written again
+  const std::string f2 = fp("h");
+  h.Run({"del", "h"});
+  h.Run({"hset", "h", "a", "1"});
+  const std::string f3 = fp("h");
+  EXPECT_NE(f1, f2);
+  EXPECT_NE(f2, f3);
+  EXPECT_NE(f1, f3);
+  EXPECT_EQ(fp("h"), f3);  // reads change nothing
+  h.Run({"hget", "h", "a"});
+  EXPECT_EQ(fp("h"), f3);
+  h.Run({"zadd", "z", "1", "m"});
+  const std::string z1 = fp("z");
+  h.Run({"zincrby", "z", "0", "m"});  // a score unchanged: nothing written
+  EXPECT_EQ(fp("z"), z1);
+  h.Run({"zincrby", "z", "1", "m"});
+  EXPECT_NE(fp("z"), z1);
+  EXPECT_EQ(h.Run({"zrange", "z", "0", "-1", "withscores"}), "*2\r\n$1\r\nm\r\n$1\r\n2\r\n");
+  // A string's is its value: the same value again is no change (compare and set).
+  h.Run({"set", "s", "v"});
+  const std::string s1 = fp("s");
+  h.Run({"set", "s", "v"});
+  EXPECT_EQ(fp("s"), s1);
+  h.Run({"append", "s", "!"});
+  EXPECT_NE(fp("s"), s1);
+}
+
 }  // namespace
 }  // namespace shoal::kv

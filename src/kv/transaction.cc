@@ -5,6 +5,7 @@
 
 #include "common/strings.h"
 #include "kv/collection.h"
+#include "kv/command_util.h"
 
 namespace shoal::kv {
 namespace {
@@ -17,7 +18,7 @@ std::optional<uint64_t> ParseUint64(std::string_view s) {
 }
 
 // Entry layout: key seed item... where an item is one of
-//   "r" reply | "w" op db argc arg... | "q" db argc arg...
+//   "r" reply | "w" op db argc arg... | "q" db argc arg... | "v" db key fingerprint
 void PutArgs(const std::vector<std::string>& args, std::vector<std::string>* out) {
   out->push_back(std::to_string(args.size()));
   out->insert(out->end(), args.begin(), args.end());
@@ -55,6 +56,14 @@ Status ExecApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writ
       it.at = i + 1;
       it.argc = 1;
       i += 2;
+    } else if (k == "v" && i + 3 < e.args.size()) {
+      auto db = ParseUint64(e.args[i + 1]);
+      ok = db && *db < static_cast<uint64_t>(kDatabasesMax);
+      if (!ok) break;
+      it.db = static_cast<uint16_t>(*db);
+      it.at = i + 2;  // key, fingerprint
+      it.argc = 2;
+      i += 4;
     } else if ((k == "w" || k == "q") && i + 2 < e.args.size()) {
       const size_t fixed = k == "w" ? 2 : 1;  // op db | db
       if (i + fixed + 1 >= e.args.size()) {
@@ -81,9 +90,24 @@ Status ExecApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writ
     reply->Error(kErrBadEntry);
     return Status::Ok();
   }
-  uint64_t seed = *ParseUint64(e.args[1]);
-  reply->ArrayHeader(items.size());
+  // WATCH: any watched key changed since, and nothing runs.
+  size_t replies = 0;
   for (const Item& it : items) {
+    if (it.kind != 'v') {
+      ++replies;
+      continue;
+    }
+    auto raw = txn.GetLive(it.db, e.args[it.at]);
+    if (!raw.ok()) return raw.status();
+    if (KeyFingerprint(*raw) != e.args[it.at + 1]) {
+      reply->NullArray();
+      return Status::Ok();
+    }
+  }
+  uint64_t seed = *ParseUint64(e.args[1]);
+  reply->ArrayHeader(replies);
+  for (const Item& it : items) {
+    if (it.kind == 'v') continue;
     if (it.kind == 'r') {
       reply->Raw(e.args[it.at]);
       continue;
@@ -139,11 +163,28 @@ Entry MakeExecEntry(std::string_view key, int64_t now_ms, uint64_t seed, const s
         e.args.insert(e.args.end(), {"q", std::to_string(it.db)});
         PutArgs(it.args, &e.args);
         break;
+      case ExecItem::Kind::kWatch:
+        e.args.insert(e.args.end(), {"v", std::to_string(it.db), it.args.at(0), it.reply});
+        break;
     }
   }
   return e;
 }
 
 ApplyFn ExecApplyFn() { return ExecApply; }
+
+namespace {
+void FingerprintRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  reply->Bulk(KeyFingerprint(found ? std::optional<std::string>(raw) : std::nullopt));
+}
+}  // namespace
+
+void AppendWatchCommands(std::vector<CommandSpec>* out) {
+  out->push_back({"shoal.fingerprint", 2, kCmdReadonly | kCmdFast, 1, 1, 1, "transactions", 0, FingerprintRead});
+}
 
 }  // namespace shoal::kv

@@ -20,7 +20,9 @@ inline constexpr uint16_t kOpExec = 1001;
 
 // One command of a transaction, as its proposer resolved it.
 struct ExecItem {
-  enum class Kind : uint8_t { kReply, kWrite, kRead };
+  // kWatch: a WATCHed key (args[0] in db), whose fingerprint (KeyFingerprint)
+  // must still be `reply` when the entry is applied, or nothing runs.
+  enum class Kind : uint8_t { kReply, kWrite, kRead, kWatch };
   Kind kind = Kind::kReply;
   std::string reply;              // kReply: its reply, ready (an error, PING's PONG...)
   Entry write;                    // kWrite: the prepared entry (its now_ms: the transaction's)
@@ -31,7 +33,11 @@ struct ExecItem {
 // The entry of a transaction whose keys all share the slot of `key`.
 Entry MakeExecEntry(std::string_view key, int64_t now_ms, uint64_t seed, const std::vector<ExecItem>& items);
 
-// Applies a kOpExec entry: replies with the array of its commands' replies.
+// Applies a kOpExec entry: replies with the array of its commands' replies,
+// or a null array (nothing run) when a watched key changed.
 ApplyFn ExecApplyFn();
+
+// SHOAL.FINGERPRINT key: the fingerprint of key's live value, for WATCH.
+void AppendWatchCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

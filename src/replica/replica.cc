@@ -167,6 +167,7 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
   std::vector<kv::Entry> all;
   std::vector<kv::ApplyFn> fns;
   std::vector<size_t> counts;
+  std::vector<uint64_t> indices;  // each kv entry's log entry
   int protocol = 2;
   bool ok = raft_entries.size() > 1;
   for (size_t i = 0; ok && i < raft_entries.size(); ++i) {
@@ -182,6 +183,7 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
       if (fn == nullptr || kv::MustApplyAlone(ke.op)) ok = false;
       fns.push_back(fn);
       all.push_back(std::move(ke));
+      indices.push_back(raft_entries[i]->index);
     }
     counts.push_back(part.size());
   }
@@ -191,7 +193,7 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
   }
   std::string out;
   resp::Writer w(&out, protocol);
-  auto seq = shard_->ApplyBatch(all, fns, *limits_, &w, raft_entries.back()->index);
+  auto seq = shard_->ApplyBatch(all, fns, *limits_, &w, raft_entries.back()->index, indices);
   if (!seq.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, seq.status());
   // Hand each entry its own replies (one RESP value per command).
   size_t off = 0;

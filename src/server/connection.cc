@@ -541,11 +541,11 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
   RunReadOn(cmd, args, replicas, counted);
 }
 
-bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry,
-                              resp::Writer* errors) {
+bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors,
+                              int64_t now_ms) {
   entry->op = cmd.spec.op;
   entry->db = db_;
-  entry->now_ms = RealClock().NowUnixMs();
+  entry->now_ms = now_ms != 0 ? now_ms : RealClock().NowUnixMs();
   if (cmd.spec.prepare) {
     kv::PrepareContext ctx{db_, entry->now_ms, &server_.limits()};
     return cmd.spec.prepare(ctx, args, entry, errors);
@@ -612,8 +612,36 @@ std::string Connection::InfoLine() const {
 
 // ---- MULTI ... EXEC
 
+namespace {
+
+// The connection commands a transaction may hold: they change nothing of the
+// connection but its database (SELECT), so a transaction forwarded whole to
+// another node leaves that node's link as it was.
+bool AllowedInTransaction(const Command& cmd) {
+  static constexpr std::string_view kAllowed[] = {"ping", "echo", "select", "time"};
+  return std::find(std::begin(kAllowed), std::end(kAllowed), cmd.spec.name) != std::end(kAllowed);
+}
+
+std::string NotInTransaction(const Command& cmd) {
+  return "ERR " + ToUpper(cmd.spec.name) + " inside MULTI is not supported by shoal";
+}
+
+// A transaction is one log entry: bounded as one value is (and its commands
+// as a reply can be built).
+constexpr size_t kTransactionCommandsMax = 100'000;
+constexpr size_t kTransactionBytesMax = 512u << 20;
+
+}  // namespace
+
 void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
   std::string refusal = Refusal(cmd, args);
+  size_t bytes = 0;
+  for (auto a : args) bytes += a.size() + 16;
+  if (refusal.empty() && (multi_.commands.size() >= kTransactionCommandsMax ||
+                          multi_.bytes + bytes > kTransactionBytesMax)) {
+    refusal = "ERR a transaction is limited to " + std::to_string(kTransactionCommandsMax) +
+              " commands and 512 MiB in shoal";
+  }
   if (refusal.empty()) {
     const bool data = cmd->spec.read != nullptr || cmd->spec.apply != nullptr;
     if (data) {
@@ -625,10 +653,12 @@ void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
         refusal = "CROSSSLOT Keys in request don't hash to the same slot";
       } else {
         multi_.slot = *slot;
-        if (cluster_aware_ && !routed_) {
+        uint64_t group = server_.cluster().GroupOfSlot(*slot);
+        if (group == 0) {
+          refusal = "CLUSTERDOWN The cluster is down: this node has no shard map yet";
+        } else if (cluster_aware_ && !routed_) {
           // A cluster client is sent where the slot's shard is led, as Redis Cluster does.
-          uint64_t group = server_.cluster().GroupOfSlot(*slot);
-          replica::Replica* r = group != 0 ? server_.groups().Find(group) : nullptr;
+          replica::Replica* r = server_.groups().Find(group);
           if (r == nullptr || !r->published_is_leader()) {
             auto rt = server_.cluster().routing();
             const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
@@ -638,8 +668,8 @@ void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
           }
         }
       }
-    } else if (cmd->sync == nullptr) {
-      refusal = "ERR " + ToUpper(cmd->spec.name) + " inside MULTI is not supported by shoal";
+    } else if (cmd->sync == nullptr || !AllowedInTransaction(*cmd)) {
+      refusal = NotInTransaction(*cmd);
     }
   }
   if (!refusal.empty()) {
@@ -647,18 +677,62 @@ void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
     writer_.Error(refusal);
     return;
   }
+  multi_.bytes += bytes;
   multi_.commands.emplace_back(args.begin(), args.end());
   writer_.Simple("QUEUED");
 }
 
-asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::string>> commands) {
+asio::awaitable<void> Connection::Watch(kv::Args args) {
+  if (multi_.active) {
+    writer_.Error("ERR WATCH inside MULTI is not allowed");
+    co_return;
+  }
+  const uint16_t slot = storage::KeySlot(args[1]);
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (storage::KeySlot(args[i]) != slot ||
+        (!multi_.watches.empty() && storage::KeySlot(multi_.watches[0].key) != slot)) {
+      writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
+      co_return;
+    }
+  }
+  const Command* fingerprint = server_.commands().Find("shoal.fingerprint");
+  std::vector<Watched> got;
+  for (size_t i = 1; i < args.size(); ++i) {
+    // The key's fingerprint, read as any keyed read is (here, forwarded, or
+    // MOVED), its reply taken back out of the output.
+    const size_t mark = wbuf_.size();
+    const std::string_view read[] = {"shoal.fingerprint", args[i]};
+    co_await RunKeyed(*fingerprint, read, slot);
+    std::string reply = wbuf_.substr(mark);
+    wbuf_.resize(mark);
+    const size_t start = reply.find("\r\n");
+    if (!reply.starts_with("$") || start == std::string::npos || reply.size() < start + 4) {
+      writer_.Raw(reply.starts_with("-") ? reply : "-ERR WATCH: unexpected reply\r\n");
+      co_return;
+    }
+    got.push_back(Watched{db_, std::string(args[i]), reply.substr(start + 2, reply.size() - start - 4)});
+  }
+  multi_.watches.insert(multi_.watches.end(), got.begin(), got.end());
+  writer_.Simple("OK");
+}
+
+asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::string>> commands,
+                                                 std::vector<Watched> watches) {
   server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
   // Every command is checked again (a forwarded transaction comes as one
-  // SHOAL.EXEC), and the slot of its keys found.
+  // SHOAL.EXEC), and the slot of its keys found: the watched keys' too.
   std::vector<std::vector<std::string_view>> views;
   std::vector<const Command*> cmds;
   std::optional<uint16_t> slot;
   std::string first_key;
+  for (const Watched& w : watches) {
+    if (slot && storage::KeySlot(w.key) != *slot) {
+      writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
+      co_return;
+    }
+    slot = storage::KeySlot(w.key);
+    first_key = w.key;
+  }
   for (const auto& c : commands) {
     std::vector<std::string_view> v(c.begin(), c.end());
     const Command* cmd = v.empty() ? nullptr : server_.commands().Find(v[0]);
@@ -672,8 +746,8 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
         slot = *s;
         first_key = std::string(v[keys[0]]);
       }
-    } else if (refusal.empty() && cmd->sync == nullptr) {
-      refusal = "ERR " + ToUpper(cmd->spec.name) + " inside MULTI is not supported by shoal";
+    } else if (refusal.empty() && (cmd->sync == nullptr || !AllowedInTransaction(*cmd))) {
+      refusal = NotInTransaction(*cmd);
     }
     if (!refusal.empty()) {
       writer_.Error("EXECABORT Transaction discarded because of previous errors: " + refusal);
@@ -704,7 +778,8 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     }
     // A plain client's transaction goes whole to the shard's leader; the
     // SELECTs inside it change this connection's database as they would here.
-    std::vector<std::string> fwd{"shoal.exec"};
+    std::vector<std::string> fwd{"shoal.exec", std::to_string(watches.size())};
+    for (const Watched& w : watches) fwd.insert(fwd.end(), {std::to_string(w.db), w.key, w.fingerprint});
     uint16_t db_after = db_;
     for (size_t i = 0; i < views.size(); ++i) {
       fwd.push_back(std::to_string(views[i].size()));
@@ -717,23 +792,27 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
     std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, db_, fwd_args);
     writer_.Raw(reply);
-    if (reply.starts_with("*")) db_ = db_after;
+    if (reply.starts_with("*") && !reply.starts_with("*-1")) db_ = db_after;  // it ran
     co_return;
   }
   // Here: each write prepared (its errors become its reply), each read and
   // connection command in its place, as one entry.
   const int64_t now = RealClock().NowUnixMs();
-  std::vector<kv::ExecItem> items(cmds.size());
+  const uint16_t db_before = db_;
+  std::vector<kv::ExecItem> items(watches.size() + cmds.size());
+  for (size_t i = 0; i < watches.size(); ++i) {
+    items[i].kind = kv::ExecItem::Kind::kWatch;
+    items[i].db = watches[i].db;
+    items[i].args = {watches[i].key};
+    items[i].reply = watches[i].fingerprint;
+  }
   for (size_t i = 0; i < cmds.size(); ++i) {
     const Command& cmd = *cmds[i];
-    kv::ExecItem& it = items[i];
+    kv::ExecItem& it = items[watches.size() + i];
     last_command_ = cmd.spec.name;
     if (cmd.spec.apply != nullptr) {
       resp::Writer errors(&it.reply, protocol_);
-      if (PrepareWrite(cmd, views[i], &it.write, &errors)) {
-        it.kind = kv::ExecItem::Kind::kWrite;
-        it.write.now_ms = now;
-      }
+      if (PrepareWrite(cmd, views[i], &it.write, &errors, now)) it.kind = kv::ExecItem::Kind::kWrite;
     } else if (cmd.spec.read != nullptr) {
       it.kind = kv::ExecItem::Kind::kRead;
       it.db = db_;
@@ -748,7 +827,11 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
   entry.db = db_;
   server_.cluster().NoteOp(*slot);
   QueueWrite(group, std::move(entry));
+  const size_t mark = wbuf_.size();
   co_await FlushWrites();
+  // A transaction that did not run (refused, aborted by WATCH) selected nothing.
+  std::string_view reply = std::string_view(wbuf_).substr(mark);
+  if (!reply.starts_with("*") || reply.starts_with("*-1")) db_ = db_before;
 }
 
 }  // namespace shoal::server

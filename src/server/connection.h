@@ -64,17 +64,28 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void set_readonly(bool v) { readonly_ = v; }
 
   // MULTI ... EXEC: the commands queued since MULTI (transactions.cc).
+  // A WATCHed key and the fingerprint of its value then (kv::KeyFingerprint).
+  struct Watched {
+    uint16_t db;
+    std::string key, fingerprint;
+  };
   struct Multi {
     bool active = false;
     bool failed = false;  // a command was refused while queuing: EXEC aborts
     std::optional<uint16_t> slot;  // of the keys queued so far
     std::vector<std::vector<std::string>> commands;
+    std::vector<Watched> watches;  // since WATCH (kept by MULTI, dropped by EXEC, DISCARD, UNWATCH)
+    size_t bytes = 0;  // of the commands queued
   };
   Multi& multi() { return multi_; }
   // Runs a transaction's commands as one (EXEC, and SHOAL.EXEC from a node
   // that forwards a plain client's transaction): all their keys in one slot,
-  // one log entry on the slot's shard, the replies as one array.
-  asio::awaitable<void> RunTransaction(std::vector<std::vector<std::string>> commands);
+  // one log entry on the slot's shard, the replies as one array; nothing
+  // (a null array) if a watched key changed meanwhile.
+  asio::awaitable<void> RunTransaction(std::vector<std::vector<std::string>> commands,
+                                       std::vector<Watched> watches);
+  // WATCH key [key ...]: their fingerprints, read where their slot is led.
+  asio::awaitable<void> Watch(kv::Args args);
 
  private:
   // Runs one command; returns false if it must continue asynchronously.
@@ -92,7 +103,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Keyless reads (KEYS, SCAN, DBSIZE, RANDOMKEY): each shard read passes a
   // read barrier first.
   asio::awaitable<void> RunKeylessRead(const Command& cmd, kv::Args args);
-  bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors);
+  // now_ms: the time it is prepared at (0: the clock's).
+  bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors, int64_t now_ms = 0);
   // Queues a write for group commit; returns false if the queue must be
   // flushed first (another shard) — the caller flushes and calls again.
   void QueueWrite(uint64_t group, kv::Entry entry);

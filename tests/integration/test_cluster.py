@@ -532,6 +532,44 @@ def test_transactions_from_plain_clients_on_every_node(cl):
             r.close()
 
 
+def test_watch_retry_loops_from_every_node_lose_no_update(cl):
+    """Optimistic locking as redis-py's transaction() does it (WATCH, GET,
+    MULTI, SET, EXEC, retry on a null EXEC), by clients on every node at
+    once, on one counter and on a hash field: every increment lands once."""
+    import threading
+    per_client, errors = 25, []
+
+    def work(n):
+        r = cl.redis(n, decode_responses=True)
+        try:
+            for _ in range(per_client):
+                def bump(pipe):
+                    v = int(pipe.get("{cas}n") or 0)
+                    f = int(pipe.hget("{cas}h", "f") or 0)
+                    pipe.multi()
+                    pipe.set("{cas}n", v + 1)
+                    pipe.hset("{cas}h", "f", f + 1)
+                r.transaction(bump, "{cas}n", "{cas}h")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+        finally:
+            r.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client did not finish in time"
+    assert not errors, errors
+    r = cl.redis(0, decode_responses=True)
+    try:
+        assert r.get("{cas}n") == str(3 * per_client)
+        assert r.hget("{cas}h", "f") == str(3 * per_client)
+    finally:
+        r.close()
+
+
 def test_crossslot_and_hash_tags(cl):
     assert key_slot("a") != key_slot("b")
     for n in cl.nodes:

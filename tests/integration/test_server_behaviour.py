@@ -256,3 +256,38 @@ def test_client_list_kill_and_setinfo_across_workers(shoal):
         admin.execute_command("CLIENT", "SETINFO", "lib-color", "x")
     for o in others:
         o.close()
+
+
+def test_transactions_refuse_what_shoal_cannot_run_in_one(shoal):
+    """Inside MULTI, commands that a one-entry transaction cannot hold are
+    refused at once (and EXEC aborts): keyless ones, connection state
+    changes, keys of two slots; SHOAL.EXEC is for forwarding nodes only."""
+    from conftest import RespConn, RespError
+
+    def refused(v, text):
+        return isinstance(v, RespError) and text in v
+
+    with RespConn(shoal.host, shoal.port) as c:
+        for bad in (["DBSIZE"], ["HELLO", "3"], ["CLIENT", "SETNAME", "x"], ["FLUSHALL"]):
+            assert c.execute("MULTI") == "OK"
+            assert c.execute("SET", "{m}a", "1") == "QUEUED"
+            assert refused(c.execute(*bad), "inside MULTI is not supported"), bad
+            assert refused(c.execute("EXEC"), "EXECABORT")
+            assert c.execute("GET", "{m}a") is None
+        assert c.execute("MULTI") == "OK"
+        assert c.execute("SET", "{m}a", "1") == "QUEUED"
+        assert refused(c.execute("SET", "{other}b", "1"), "CROSSSLOT")
+        assert refused(c.execute("EXEC"), "EXECABORT")
+        # WATCH of a key of another slot than the transaction's
+        assert c.execute("WATCH", "{w}k") == "OK"
+        assert c.execute("MULTI") == "OK"
+        assert c.execute("SET", "{m}a", "1") == "QUEUED"
+        assert refused(c.execute("EXEC"), "CROSSSLOT")
+        assert c.execute("GET", "{m}a") is None
+        assert refused(c.execute("SHOAL.EXEC", "0", "1", "PING"), "not by clients")
+        # SELECT inside a transaction that runs: the connection stays there
+        assert c.execute("MULTI") == "OK"
+        assert c.execute("SELECT", "2") == "QUEUED"
+        assert c.execute("SET", "{m}db2", "x") == "QUEUED"
+        assert c.execute("EXEC") == ["OK", "OK"]
+        assert c.execute("GET", "{m}db2") == b"x"
