@@ -1,6 +1,7 @@
 #include "kv/collection.h"
 
 #include <algorithm>
+#include <climits>
 #include <bit>
 #include <set>
 
@@ -113,7 +114,7 @@ std::optional<CollectionAt> GetCollectionForWrite(ApplyTxn& txn, uint16_t db, st
   out.count = CollectionCount(v.payload);
   out.expire_at_ms = v.expire_at_ms;
   out.head = ListHead(v.payload);
-  out.version = CollectionVersion(type, v.payload);
+  out.version.assign(CollectionVersion(type, v.payload));
   return out;
 }
 
@@ -241,6 +242,43 @@ bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, 
     size_t i = static_cast<size_t>(std::lower_bound(order.begin(), order.end(), p) - order.begin());
     if (i < next) out->push_back(at[i]);  // fewer elements than counted: cannot happen within one view
   }
+  return true;
+}
+
+bool ChooseRandom(ReadContext& ctx, Args args, ValueType type, std::string_view with_word, bool* with_count,
+                  bool* with_values, std::vector<std::pair<std::string, std::string>>* picks, resp::Writer* reply) {
+  *with_count = args.size() >= 3;
+  *with_values = false;
+  int64_t count = 1;
+  if (*with_count) {
+    auto c = ParseInt64(args[2]);
+    if (!c) return reply->Error(kErrNotInteger), false;
+    if (*c == LLONG_MIN) {
+      return reply->Error("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"),
+             false;
+    }
+    count = *c;
+    const size_t most = with_word.empty() ? 3 : 4;
+    if (args.size() > most || (args.size() == 4 && !EqualsIgnoreCase(args[3], with_word))) {
+      return reply->Error(kErrSyntax), false;
+    }
+    *with_values = args.size() == 4;
+    if (*with_values && (count < -LLONG_MAX / 2 || count > LLONG_MAX / 2)) {
+      return reply->Error("ERR value is out of range"), false;
+    }
+  }
+  const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
+  CollectionRead c(ctx, type);
+  if (!c.Open(args[1], reply)) return false;
+  const uint64_t size = c.count();
+  if (!*with_count && size == 0) return reply->NullBulk(), false;
+  if (want == 0 || size == 0) return reply->ArrayHeader(0), false;
+  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats), false;
+  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
+    return c.ForEach(from, fn, reply);
+  };
+  if (!ChooseElements(size, want, count >= 0, ctx.random, walk, picks)) return false;
+  if (!*with_count && picks->empty()) return reply->NullBulk(), false;
   return true;
 }
 

@@ -138,7 +138,7 @@ struct CollectionAt {
   uint64_t count = 0;
   int64_t expire_at_ms = 0;
   int64_t head = 0;  // a list's: the position of its first element
-  uint64_t version = 0;
+  std::string version;  // as stored (see value.h)
 };
 
 // Reads key for a write on a collection of `type`. nullopt: the command is
@@ -177,6 +177,14 @@ using ElementWalk =
 // *out: (element, value) in the order chosen. false: the walk failed.
 bool ChooseElements(uint64_t size, uint64_t want, bool distinct, uint64_t seed, const ElementWalk& walk,
                     std::vector<std::pair<std::string, std::string>>* out);
+
+// HRANDFIELD, SRANDMEMBER, ZRANDMEMBER key [count [<with_word>]]: parses
+// the count (and the option asking for values, if with_word is not empty)
+// and chooses from the collection of `type` at args[1]. false: answered (an
+// error, or nil or an empty array); else *picks are (element, value) in the
+// order chosen, to be answered as one element (!*with_count) or an array.
+bool ChooseRandom(ReadContext& ctx, Args args, ValueType type, std::string_view with_word, bool* with_count,
+                  bool* with_values, std::vector<std::pair<std::string, std::string>>* picks, resp::Writer* reply);
 
 // Counts with repeats (HRANDFIELD, SRANDMEMBER with a negative count) above
 // this are refused: the reply would have to be built whole.

@@ -91,36 +91,10 @@ void HvalsRead(ReadContext& c, Args a, resp::Writer* r) { HashAll(c, a, r, false
 void HgetallRead(ReadContext& c, Args a, resp::Writer* r) { HashAll(c, a, r, true, true); }
 
 void HrandfieldRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  bool with_count = args.size() >= 3, with_values = false;
-  int64_t count = 1;
-  if (with_count) {
-    auto c = ParseInt64(args[2]);
-    if (!c) return reply->Error(kErrNotInteger);
-    if (*c == LLONG_MIN) {
-      return reply->Error("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807");
-    }
-    count = *c;
-    if (args.size() > 4 || (args.size() == 4 && !EqualsIgnoreCase(args[3], "withvalues"))) {
-      return reply->Error(kErrSyntax);
-    }
-    with_values = args.size() == 4;
-    if (with_values && (count < -LLONG_MAX / 2 || count > LLONG_MAX / 2)) {
-      return reply->Error("ERR value is out of range");
-    }
-  }
-  const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
-  CollectionRead h(ctx, ValueType::kHash);
-  if (!h.Open(args[1], reply)) return;
-  const uint64_t size = h.count();
-  if (!with_count && size == 0) return reply->NullBulk();
-  if (want == 0 || size == 0) return reply->ArrayHeader(0);
-  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
+  bool with_count = false, with_values = false;
   std::vector<std::pair<std::string, std::string>> picks;
-  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
-    return h.ForEach(from, fn, reply);
-  };
-  if (!ChooseElements(size, want, count >= 0, ctx.random, walk, &picks)) return;
-  if (!with_count) return picks.empty() ? reply->NullBulk() : reply->Bulk(picks[0].first);
+  if (!ChooseRandom(ctx, args, ValueType::kHash, "withvalues", &with_count, &with_values, &picks, reply)) return;
+  if (!with_count) return reply->Bulk(picks[0].first);
   reply->ArrayHeader(with_values && reply->protocol() < 3 ? 2 * picks.size() : picks.size());
   for (const auto& [f, v] : picks) {
     if (with_values && reply->protocol() >= 3) reply->ArrayHeader(2);

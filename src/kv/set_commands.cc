@@ -127,32 +127,12 @@ void SinterRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, 
 void SunionRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, SetOp::kUnion); }
 void SdiffRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, SetOp::kDiff); }
 
-constexpr std::string_view kErrCountRange =
-    "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807";
-
 void SrandmemberRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  if (args.size() > 3) return reply->Error(kErrSyntax);
-  int64_t count = 1;
-  const bool with_count = args.size() == 3;
-  if (with_count) {
-    auto c = ParseInt64(args[2]);
-    if (!c) return reply->Error(kErrNotInteger);
-    if (*c == LLONG_MIN) return reply->Error(kErrCountRange);
-    count = *c;
-  }
-  const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
-  CollectionRead s(ctx, ValueType::kSet);
-  if (!s.Open(args[1], reply)) return;
-  const uint64_t size = s.count();
-  if (!with_count && size == 0) return reply->NullBulk();
-  if (want == 0 || size == 0) return reply->ArrayHeader(0);
-  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
+  if (args.size() > 3) return reply->Error(kErrSyntax);  // as Redis: before the count
+  bool with_count = false, with_values = false;
   std::vector<std::pair<std::string, std::string>> picks;
-  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
-    return s.ForEach(from, fn, reply);
-  };
-  if (!ChooseElements(size, want, count >= 0, ctx.random, walk, &picks)) return;
-  if (!with_count) return picks.empty() ? reply->NullBulk() : reply->Bulk(picks[0].first);
+  if (!ChooseRandom(ctx, args, ValueType::kSet, {}, &with_count, &with_values, &picks, reply)) return;
+  if (!with_count) return reply->Bulk(picks[0].first);
   reply->ArrayHeader(picks.size());
   for (const auto& [m, v] : picks) reply->Bulk(m);
 }
@@ -208,7 +188,9 @@ Status StoreSet(ApplyTxn& txn, uint16_t db, std::string_view key, const Members&
   Status s = txn.Delete(db, key, &existed);
   if (!s.ok()) return s;
   for (const auto& m : members) txn.PutElement(db, key, HashedName(m), "");
-  return PutCollection(txn, db, key, ValueType::kSet, CollectionAt{false, members.size(), 0});
+  CollectionAt at;
+  at.count = members.size();
+  return PutCollection(txn, db, key, ValueType::kSet, at);
 }
 
 // args: destination key [key ...]

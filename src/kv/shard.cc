@@ -79,6 +79,7 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   const KeyMetaCache::Meta* meta = nullptr;
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
+  if (IsCollection(nv.type)) touched_.emplace(db, std::string(key));  // its version goes with it
   if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) != nullptr && !meta->collection) {
     old_exists = meta->exists;  // a blind write needs only this, not the value
     old_exp = meta->expire_at_ms;
@@ -186,6 +187,12 @@ Result<std::optional<std::string>> ApplyTxn::GetElement(uint16_t db, std::string
   return std::optional<std::string>(std::move(raw));
 }
 
+void ApplyTxn::set_version(uint64_t log_index, uint64_t place) {
+  version_.clear();
+  storage::PutU64BE(&version_, shard_->id());
+  storage::PutU64BE(&version_, log_index << 20 | (place & 0xfffff));
+}
+
 Status ApplyTxn::SealElementWrites() {
   auto touched = std::move(touched_);
   touched_.clear();
@@ -194,10 +201,11 @@ Status ApplyTxn::SealElementWrites() {
     if (!raw.ok()) return raw.status();
     Value v;
     if (!*raw || !DecodeValue(**raw, &v) || !IsCollection(v.type)) continue;  // gone with its elements
-    const uint64_t next = std::max(CollectionVersion(v.type, v.payload) + 1, version_floor_);
-    Status s = Put(db, key, EncodeValue(v.type, v.expire_at_ms, WithCollectionVersion(v.type, v.payload, next)));
+    if (CollectionVersion(v.type, v.payload) == version_) continue;
+    Status s = Put(db, key, EncodeValue(v.type, v.expire_at_ms, WithCollectionVersion(v.type, v.payload, version_)));
     if (!s.ok()) return s;
   }
+  touched_.clear();  // the Puts above
   return Status::Ok();
 }
 
@@ -677,11 +685,16 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   std::string* out = reply->buffer();
   size_t mark = out->size();
   Status s;
+  uint64_t last_index = 0, place = 0;
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
     txn.set_now_ms(entries[i].now_ms);
-    // The index of the log entry that carries it (without one: as if one each).
-    txn.set_version_floor(!raft_indices.empty() ? raft_indices[i]
-                                                : (applied_to != 0 ? applied_to : applied_index_ + 1 + i));
+    // The log entry that carries it (without one: as if one each), and its
+    // place there.
+    const uint64_t log_index =
+        !raft_indices.empty() ? raft_indices[i] : (applied_to != 0 ? applied_to : applied_index_ + 1 + i);
+    place = i > 0 && log_index == last_index ? place + 1 : 0;
+    last_index = log_index;
+    txn.set_version(log_index, place);
     std::optional<std::string_view> key = EntryKey(entries[i]);
     if (key && !OwnsSlot(storage::KeySlot(*key))) {
       // Proposed before this shard split and ordered after the split: the

@@ -115,12 +115,15 @@ class ApplyTxn {
   // range tombstones, which every later read of the memtable must consult.
   static constexpr uint64_t kPointDeleteMax = 1024;
 
-  // Raises the version of every collection whose elements the entry just
-  // applied changed (ApplyBatch calls it after each entry): to the batch's
-  // log index, or past its old version if that is higher (a key's versions
-  // never repeat, across deletes and splits).
+  // Sets the version of every collection the entry just applied wrote (its
+  // elements, or its value: a TTL, a new collection) to the entry's own
+  // (ApplyBatch calls it after each entry).
   Status SealElementWrites();
-  void set_version_floor(uint64_t floor) { version_floor_ = floor; }
+  // The entry's version: [shard u64 BE][log index << 20 | place in its log
+  // entry u64 BE], which no other entry of any shard has, so a key's
+  // versions never repeat (across deletes, renames, splits) and every
+  // replica computes the same.
+  void set_version(uint64_t log_index, uint64_t place);
 
   // A read-only view of the store as this apply has changed it so far (for
   // reads inside a transaction, MULTI ... EXEC). Valid while the apply
@@ -155,7 +158,7 @@ class ApplyTxn {
   const std::pair<std::string, std::string>* ClearedRangeOf(std::string_view ekey) const;
   std::map<uint16_t, Counts> deltas_;
   std::set<std::pair<uint16_t, std::string>> touched_;  // collections whose elements changed
-  uint64_t version_floor_ = 0;
+  std::string version_;
   friend class TxnView;
 };
 

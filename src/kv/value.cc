@@ -40,31 +40,23 @@ bool DecodeValue(std::string_view raw, Value* out) {
 
 namespace {
 size_t VersionAt(ValueType type) { return type == ValueType::kList ? 16 : 8; }
-void PutVersion(std::string* out, uint64_t version) {
-  if (version == 0) return;
-  char b[8];
-  std::memcpy(b, &version, 8);
-  out->append(b, 8);
-}
 }  // namespace
 
-std::string CollectionPayload(uint64_t count, uint64_t version) {
+std::string CollectionPayload(uint64_t count, std::string_view version) {
   std::string out(8, '\0');
   std::memcpy(out.data(), &count, 8);
-  PutVersion(&out, version);
+  out.append(version);
   return out;
 }
 
-uint64_t CollectionVersion(ValueType type, std::string_view payload) {
-  uint64_t v = 0;
-  if (payload.size() >= VersionAt(type) + 8) std::memcpy(&v, payload.data() + VersionAt(type), 8);
-  return v;
+std::string_view CollectionVersion(ValueType type, std::string_view payload) {
+  return payload.size() > VersionAt(type) ? payload.substr(VersionAt(type)) : std::string_view();
 }
 
-std::string WithCollectionVersion(ValueType type, std::string_view payload, uint64_t version) {
+std::string WithCollectionVersion(ValueType type, std::string_view payload, std::string_view version) {
   std::string out(payload.substr(0, std::min(payload.size(), VersionAt(type))));
   out.resize(VersionAt(type), '\0');
-  PutVersion(&out, version);
+  out.append(version);
   return out;
 }
 
@@ -74,11 +66,11 @@ uint64_t CollectionCount(std::string_view payload) {
   return n;
 }
 
-std::string ListPayload(uint64_t count, int64_t head, uint64_t version) {
+std::string ListPayload(uint64_t count, int64_t head, std::string_view version) {
   std::string out = CollectionPayload(count);
   out.resize(16);
   std::memcpy(out.data() + 8, &head, 8);
-  PutVersion(&out, version);
+  out.append(version);
   return out;
 }
 

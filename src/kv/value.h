@@ -29,17 +29,18 @@ std::string EncodeValue(ValueType type, int64_t expire_at_ms, std::string_view p
 bool DecodeValue(std::string_view raw, Value* out);
 // A collection's value holds its element count: [count u64 LE]; a list's
 // also the position of its first element: [count u64 LE][head i64 LE].
-// Then its version [u64 LE] (absent: 0): raised by every apply that changes
-// its elements, never repeated for its key (see ApplyTxn), so that a value
-// says whether its elements changed (WATCH).
+// Then its version (opaque bytes; absent in older records): set by every
+// log entry that writes the collection to that entry's own identity, never
+// repeated (see ApplyTxn::set_version), so that a value says whether the
+// collection changed (WATCH compares values).
 inline bool IsCollection(ValueType type) { return type != ValueType::kString; }
-std::string CollectionPayload(uint64_t count, uint64_t version = 0);
-uint64_t CollectionVersion(ValueType type, std::string_view payload);
+std::string CollectionPayload(uint64_t count, std::string_view version = {});
+std::string_view CollectionVersion(ValueType type, std::string_view payload);
 // The payload with its version replaced.
-std::string WithCollectionVersion(ValueType type, std::string_view payload, uint64_t version);
+std::string WithCollectionVersion(ValueType type, std::string_view payload, std::string_view version);
 // 0 for a payload that is not a count.
 uint64_t CollectionCount(std::string_view payload);
-std::string ListPayload(uint64_t count, int64_t head, uint64_t version = 0);
+std::string ListPayload(uint64_t count, int64_t head, std::string_view version = {});
 int64_t ListHead(std::string_view payload);
 // The Redis TYPE name of a value type.
 std::string_view TypeName(ValueType type);

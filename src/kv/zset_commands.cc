@@ -405,37 +405,10 @@ void ZrankRead(ReadContext& c, Args a, resp::Writer* r) { RankRead(c, a, false, 
 void ZrevrankRead(ReadContext& c, Args a, resp::Writer* r) { RankRead(c, a, true, r); }
 
 void ZrandmemberRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  const bool with_count = args.size() >= 3;
-  int64_t count = 1;
-  bool withscores = false;
-  if (with_count) {
-    auto c = ParseInt64(args[2]);
-    if (!c) return reply->Error(kErrNotInteger);
-    if (*c == LLONG_MIN) {
-      return reply->Error("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807");
-    }
-    count = *c;
-    if (args.size() > 4 || (args.size() == 4 && !EqualsIgnoreCase(args[3], "withscores"))) {
-      return reply->Error(kErrSyntax);
-    }
-    withscores = args.size() == 4;
-    if (withscores && (count < -LLONG_MAX / 2 || count > LLONG_MAX / 2)) {
-      return reply->Error("ERR value is out of range");
-    }
-  }
-  const uint64_t want = count >= 0 ? static_cast<uint64_t>(count) : static_cast<uint64_t>(-count);
-  CollectionRead z(ctx, ValueType::kZSet);
-  if (!z.Open(args[1], reply)) return;
-  const uint64_t size = z.count();
-  if (!with_count && size == 0) return reply->NullBulk();
-  if (want == 0 || size == 0) return reply->ArrayHeader(0);
-  if (count < 0 && want > kRandomRepeatsMax) return reply->Error(kErrRandomRepeats);
+  bool with_count = false, withscores = false;
   std::vector<std::pair<std::string, std::string>> picks;
-  ElementWalk walk = [&](std::string_view from, const std::function<bool(std::string_view, std::string_view)>& fn) {
-    return z.ForEach(from, fn, reply);
-  };
-  if (!ChooseElements(size, want, count >= 0, ctx.random, walk, &picks)) return;
-  if (!with_count) return picks.empty() ? reply->NullBulk() : reply->Bulk(picks[0].first);
+  if (!ChooseRandom(ctx, args, ValueType::kZSet, "withscores", &with_count, &withscores, &picks, reply)) return;
+  if (!with_count) return reply->Bulk(picks[0].first);
   std::vector<Scored> out;
   for (const auto& [m, v] : picks) out.push_back({m, DecodeScore(v)});
   ReplyScored(out, withscores, reply);
@@ -833,7 +806,9 @@ Status StoreZset(ApplyTxn& txn, uint16_t db, const std::string& key, const std::
   Status s = txn.Delete(db, key, &existed);
   if (!s.ok()) return s;
   for (const auto& m : members) PutMember(txn, db, key, m.member, m.score, std::nullopt);
-  return PutCollection(txn, db, key, ValueType::kZSet, CollectionAt{false, members.size(), 0});
+  CollectionAt at;
+  at.count = members.size();
+  return PutCollection(txn, db, key, ValueType::kZSet, at);
 }
 
 // ZRANGESTORE dst src min max [BYSCORE|BYLEX] [REV] [LIMIT offset count]

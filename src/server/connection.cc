@@ -618,7 +618,7 @@ namespace {
 // connection but its database (SELECT), so a transaction forwarded whole to
 // another node leaves that node's link as it was.
 bool AllowedInTransaction(const Command& cmd) {
-  static constexpr std::string_view kAllowed[] = {"ping", "echo", "select", "time"};
+  static constexpr std::string_view kAllowed[] = {"ping", "echo", "select", "time", "unwatch"};
   return std::find(std::begin(kAllowed), std::end(kAllowed), cmd.spec.name) != std::end(kAllowed);
 }
 
@@ -698,6 +698,15 @@ asio::awaitable<void> Connection::Watch(kv::Args args) {
   const Command* fingerprint = server_.commands().Find("shoal.fingerprint");
   std::vector<Watched> got;
   for (size_t i = 1; i < args.size(); ++i) {
+    // A key watched already keeps its first fingerprint, as in Redis.
+    auto same = [&](const Watched& w) { return w.db == db_ && w.key == args[i]; };
+    if (std::any_of(multi_.watches.begin(), multi_.watches.end(), same) || std::any_of(got.begin(), got.end(), same)) {
+      continue;
+    }
+    if (multi_.watches.size() + got.size() >= kTransactionCommandsMax) {
+      writer_.Error("ERR at most " + std::to_string(kTransactionCommandsMax) + " keys may be watched in shoal");
+      co_return;
+    }
     // The key's fingerprint, read as any keyed read is (here, forwarded, or
     // MOVED), its reply taken back out of the output.
     const size_t mark = wbuf_.size();

@@ -36,12 +36,12 @@ void Discard(Connection& c, Args, resp::Writer* r) {
 }
 
 asio::awaitable<void> Exec(Connection& c, Args) {
-  Connection::Multi m = std::move(c.multi());
-  c.multi() = Connection::Multi{};
-  if (!m.active) {
+  if (!c.multi().active) {  // the watches stay, as in Redis
     c.writer().Error("ERR EXEC without MULTI");
     co_return;
   }
+  Connection::Multi m = std::move(c.multi());
+  c.multi() = Connection::Multi{};
   if (m.failed) {
     c.writer().Error("EXECABORT Transaction discarded because of previous errors.");
     co_return;
