@@ -651,10 +651,18 @@ def test_move_and_transfer_by_hand(ecl):
     c.wait_status(settled(voters=3, up=ids), SETTLE_TIMEOUT_S, "balanced again")
 
 
-def _cli_admin(c: Cluster, i: int, *args) -> str:
+def _cli_admin(c: Cluster, i: int, *args, timeout: float = 30.0) -> str:
+    """shoal admin on node i; asked again (bounded) while it answers TRYAGAIN,
+    as it says to (another cluster change, e.g. the previous command's, is
+    still being applied)."""
     n = c.nodes[i]
-    r = subprocess.run([SHOAL_BIN, "admin", "--host", n.host, "--port", str(n.port), *args],
-                       capture_output=True, timeout=60)
+    deadline = time.monotonic() + timeout
+    for _ in range(200):
+        r = subprocess.run([SHOAL_BIN, "admin", "--host", n.host, "--port", str(n.port), *args],
+                           capture_output=True, timeout=60)
+        if r.returncode == 0 or b"TRYAGAIN" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert r.returncode == 0, r
     return r.stdout.decode()
 
