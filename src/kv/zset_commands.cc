@@ -769,6 +769,20 @@ Status RemoveMembers(ApplyTxn& txn, uint16_t db, const std::string& key, Collect
   return PutCollection(txn, db, key, ValueType::kZSet, *z);
 }
 
+// The sorted set at key, for a write, and the members q selects from it
+// into *out. nullopt: the command is done (WRONGTYPE replied, or storage
+// failed: *status).
+std::optional<CollectionAt> SelectForWrite(ApplyTxn& txn, uint16_t db, const std::string& key, const RangeQuery& q,
+                                           std::vector<Scored>* out, resp::Writer* reply, Status* status) {
+  auto z = GetCollectionForWrite(txn, db, key, ValueType::kZSet, reply, status);
+  if (!z) return std::nullopt;
+  if (z->found && !Select(ApplyWalker(txn, db, key, status), z->count, q,
+                          [&](std::string_view m, double s) { out->push_back({std::string(m), s}); })) {
+    return std::nullopt;
+  }
+  return z;
+}
+
 // ZREMRANGEBYRANK/SCORE/LEX key min max: bounds checked by the proposer.
 template <RangeBy kBy>
 bool ZremrangePrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
@@ -788,13 +802,9 @@ Status ZremrangeApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer
   resp::Writer no_reply(&ignored);
   ParseBounds(e.args[1], e.args[2], &q, &no_reply);  // checked by prepare
   Status st;
-  auto z = GetCollectionForWrite(txn, e.db, key, ValueType::kZSet, reply, &st);
-  if (!z) return st;
   std::vector<Scored> gone;
-  if (z->found && !Select(ApplyWalker(txn, e.db, key, &st), z->count, q,
-                          [&](std::string_view m, double s) { gone.push_back({std::string(m), s}); })) {
-    return st;
-  }
+  auto z = SelectForWrite(txn, e.db, key, q, &gone, reply, &st);
+  if (!z) return st;
   st = RemoveMembers(txn, e.db, key, &*z, gone);
   if (st.ok()) reply->Integer(static_cast<int64_t>(gone.size()));
   return st;
@@ -828,13 +838,8 @@ Status ZrangestoreApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writ
   const std::string& dst = e.args[0];
   const std::string& src = e.args[1];
   Status st;
-  auto z = GetCollectionForWrite(txn, e.db, src, ValueType::kZSet, reply, &st);
-  if (!z) return st;
   std::vector<Scored> got;
-  if (z->found && !Select(ApplyWalker(txn, e.db, src, &st), z->count, q,
-                          [&](std::string_view m, double s) { got.push_back({std::string(m), s}); })) {
-    return st;
-  }
+  if (!SelectForWrite(txn, e.db, src, q, &got, reply, &st)) return st;
   st = StoreZset(txn, e.db, dst, got);
   if (st.ok()) reply->Integer(static_cast<int64_t>(got.size()));
   return st;
