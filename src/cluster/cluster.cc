@@ -317,6 +317,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
     }
   } release{this, id};
   auto shard = std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end, opts_.meta_cache_entries);
+  shard->set_key_watcher(opts_.key_watcher);
   Status st = shard->Load();
   if (!st.ok()) return st;
   {

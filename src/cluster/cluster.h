@@ -49,6 +49,8 @@ struct ClusterOptions {
   // Bytes of Raft log each replica keeps in memory before compacting.
   uint64_t log_bytes_per_replica = 4 << 20;
   const kv::Limits* limits = nullptr;
+  // Told of the lists and sorted sets that data shards' applies change.
+  kv::KeyWatcher* key_watcher = nullptr;
   // A node without a heartbeat for this long is down: the placement driver
   // rebuilds its replicas on other nodes.
   int64_t down_after_ms = 30'000;

@@ -127,4 +127,49 @@ bool ParseScanOptions(Args args, size_t at, bool allow_type, ScanArgs* out, resp
   return true;
 }
 
+bool ParseMultiPop(Args args, size_t at, std::string_view where_a, std::string_view where_b, Entry* entry,
+                   resp::Writer* reply) {
+  auto n = ParseInt64(args[at]);
+  if (!n || *n < 1) return reply->Error("ERR numkeys should be greater than 0"), false;
+  if (static_cast<uint64_t>(*n) >= args.size() - at - 1) return reply->Error(kErrSyntax), false;
+  const size_t where = at + 1 + static_cast<size_t>(*n);
+  std::string_view chosen;
+  if (EqualsIgnoreCase(args[where], where_a)) {
+    chosen = where_a;
+  } else if (EqualsIgnoreCase(args[where], where_b)) {
+    chosen = where_b;
+  } else {
+    return reply->Error(kErrSyntax), false;
+  }
+  int64_t count = -1;
+  for (size_t j = where + 1; j < args.size(); ++j) {
+    if (count == -1 && EqualsIgnoreCase(args[j], "count") && j + 1 < args.size()) {
+      auto c = ParseInt64(args[++j]);
+      if (!c || *c < 1) return reply->Error("ERR count should be greater than 0"), false;
+      count = *c;
+    } else {
+      return reply->Error(kErrSyntax), false;
+    }
+  }
+  entry->args.assign(args.begin() + static_cast<std::ptrdiff_t>(at + 1), args.begin() + static_cast<std::ptrdiff_t>(where));
+  entry->args.emplace_back(chosen);
+  entry->args.push_back(std::to_string(count == -1 ? 1 : count));
+  return true;
+}
+
+bool ParseBlockingMultiPop(Args args, std::string_view where_a, std::string_view where_b, Entry* entry,
+                           resp::Writer* reply) {
+  int64_t ms = 0;
+  return ParseBlockTimeout(args[1], &ms, reply) && ParseMultiPop(args, 2, where_a, where_b, entry, reply);
+}
+
+bool ParseBlockingPop(Args args, std::string_view where, Entry* entry, resp::Writer* reply) {
+  int64_t ms = 0;
+  if (!ParseBlockTimeout(args.back(), &ms, reply)) return false;
+  entry->args.assign(args.begin() + 1, args.end() - 1);
+  entry->args.emplace_back(where);
+  entry->args.emplace_back();
+  return true;
+}
+
 }  // namespace shoal::kv

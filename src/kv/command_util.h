@@ -61,4 +61,19 @@ struct StringAt {
 std::optional<StringAt> GetStringForWrite(ApplyTxn& txn, uint16_t db, std::string_view key,
                                           resp::Writer* reply, Status* status);
 
+// LMPOP's and ZMPOP's "numkeys key [key ...] WHERE [COUNT count]" from
+// args[at], checked in Redis's order: entry args become key [key ...]
+// where count, `where` the one of `wheres` given (as listed there) and
+// count 1 without COUNT. False: the error is replied.
+bool ParseMultiPop(Args args, size_t at, std::string_view where_a, std::string_view where_b, Entry* entry,
+                   resp::Writer* reply);
+
+// BLMPOP's and BZMPOP's "timeout numkeys key ... WHERE [COUNT count]": the
+// timeout checked, then as ParseMultiPop from args[2].
+bool ParseBlockingMultiPop(Args args, std::string_view where_a, std::string_view where_b, Entry* entry,
+                           resp::Writer* reply);
+// BLPOP's and BZPOPMIN's "key [key ...] timeout": entry args key [key ...]
+// `where` "" (the empty count asks for the one-element reply).
+bool ParseBlockingPop(Args args, std::string_view where, Entry* entry, resp::Writer* reply);
+
 }  // namespace shoal::kv

@@ -1,6 +1,7 @@
 #include "kv/commands.h"
 
 #include <array>
+#include <cmath>
 
 #include "common/strings.h"
 #include "kv/string_commands.h"
@@ -28,6 +29,7 @@ const Table& GetTable() {
     AppendSetCommands(&t.specs);
     AppendListCommands(&t.specs);
     AppendZsetCommands(&t.specs);
+    AppendBitmapCommands(&t.specs);
     AppendWatchCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
@@ -35,10 +37,11 @@ const Table& GetTable() {
       SHOAL_CHECK(t.apply_by_op[s.op] == nullptr);  // op ids are unique
       t.apply_by_op[s.op] = s.apply;
       t.alone_by_op[s.op] = (s.flags & kCmdNoBatch) != 0;
-      // A prepared entry keeps the first key first (every keyed write's first_key is 1).
-      // Movable keys (numkeys_at): prepare puts the first key first.
-      SHOAL_CHECK(s.first_key == 0 || s.first_key == 1);
-      t.keyed_by_op[s.op] = s.first_key == 1 || s.numkeys_at > 0;
+      // A prepared entry has its first key first: where the spec puts it
+      // (first_key 1), or where prepare puts it (movable keys, numkeys_at;
+      // a later first key, BITOP's destination).
+      SHOAL_CHECK(s.first_key <= 1 || s.prepare != nullptr);
+      t.keyed_by_op[s.op] = s.first_key >= 1 || s.numkeys_at > 0;
     }
     t.apply_by_op[kOpExpireKey] = ExpireKeyApplyFn();
     t.keyed_by_op[kOpExpireKey] = true;
@@ -66,6 +69,34 @@ std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args) {
     for (size_t i = 1; i <= static_cast<size_t>(*n); ++i) out.push_back(at + i);
   }
   return out;
+}
+
+bool ParseBlockTimeout(std::string_view arg, int64_t* ms, resp::Writer* reply) {
+  auto v = ParseDouble(arg);
+  if (!v || std::isnan(*v)) return reply->Error("ERR timeout is not a float or out of range"), false;
+  // As Redis: seconds to whole milliseconds, truncated (-0.0001 is 0: no
+  // timeout); a number too big for that (inf too) ends up negative there.
+  const double t = std::trunc(*v * 1000.0);
+  if (!std::isfinite(t) || t < 0 || t >= 9.2e18) return reply->Error("ERR timeout is negative"), false;
+  *ms = static_cast<int64_t>(t);
+  return true;
+}
+
+std::vector<size_t> BlockingKeyPositions(const CommandSpec& spec, Args args) {
+  std::vector<size_t> keys = KeyPositions(spec, args);
+  if (spec.first_key == 1 && spec.last_key == 2 && keys.size() == 2) keys.resize(1);
+  return keys;
+}
+
+std::optional<int64_t> BlockingTimeoutMs(const CommandSpec& spec, Args args) {
+  if (!(spec.flags & kCmdBlocking) || spec.timeout_at == 0) return std::nullopt;
+  const int64_t at = spec.timeout_at > 0 ? spec.timeout_at : static_cast<int64_t>(args.size()) + spec.timeout_at;
+  if (at <= 0 || at >= static_cast<int64_t>(args.size())) return std::nullopt;
+  std::string ignored;
+  resp::Writer errors(&ignored, 2);
+  int64_t ms = 0;
+  if (!ParseBlockTimeout(args[static_cast<size_t>(at)], &ms, &errors)) return std::nullopt;
+  return ms;
 }
 
 std::span<const CommandSpec> DataCommands() { return GetTable().specs; }

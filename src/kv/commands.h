@@ -30,6 +30,7 @@ enum CommandFlag : uint32_t {
   kCmdConnection = 1u << 9,  // runs on the connection (server layer)
   kCmdNoBatch = 1u << 10,    // a write that must be applied alone (FLUSHDB, FLUSHALL)
   kCmdMovableKeys = 1u << 11,  // COMMAND INFO's flag of a spec with numkeys_at (set there)
+  kCmdBlocking = 1u << 12,     // may wait for data (BLPOP...): see timeout_at
 };
 
 using Args = std::span<const std::string_view>;  // args[0] is the command name
@@ -67,6 +68,12 @@ struct CommandSpec {
   // Commands whose keys are counted by an argument (ZUNION numkeys key ...):
   // its position; the keys follow it (besides any at first_key..last_key).
   int numkeys_at = 0;
+  // Blocking commands (kCmdBlocking): the position of the timeout in
+  // seconds (negative: from the end, -1 the last). Applied, such a command
+  // is its non-blocking form, whose reply is null when there is nothing to
+  // take; outside MULTI the server then waits for a write to its keys and
+  // applies it again (server/blocking.h).
+  int timeout_at = 0;
 };
 
 // The positions in args of every key of a command (empty: keyless, or a
@@ -87,6 +94,16 @@ std::optional<std::string_view> EntryKey(const Entry& entry);
 // Internal op: removes key args[0] if it still expires at args[1] (ms) and
 // that time has passed at entry.now_ms. Proposed by active expiry.
 inline constexpr uint16_t kOpExpireKey = 1000;
+
+// The keys a blocking command waits on: those it takes from (BLMOVE's and
+// BRPOPLPUSH's spec names two keys, source and destination: the source).
+std::vector<size_t> BlockingKeyPositions(const CommandSpec& spec, Args args);
+// A blocking command's timeout in milliseconds (0: none), as its prepare
+// accepted it; nullopt if it has none or it is not valid.
+std::optional<int64_t> BlockingTimeoutMs(const CommandSpec& spec, Args args);
+// Parses a blocking timeout in seconds (Redis's rules: a float, not
+// negative); false: the error is replied.
+bool ParseBlockTimeout(std::string_view arg, int64_t* ms, resp::Writer* reply);
 
 // The error Redis sends for wrong arity of `name`.
 std::string ArityError(std::string_view name);

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "common/strings.h"
+#include "kv/collection.h"
 #include "kv/command_util.h"
 #include "kv/string_commands.h"
 #include "storage/keys.h"
@@ -27,6 +28,84 @@ void ExistsRead(ReadContext& ctx, Args args, resp::Writer* reply) {
     n += found;
   }
   reply->Integer(n);
+}
+
+// The encoding Redis 7.0 would show for this value with its default limits
+// (a collection that once grew past them keeps its big encoding in Redis;
+// here only what it holds now counts).
+std::string_view EncodingOf(ReadContext& ctx, std::string_view key, const Value& v, resp::Writer* reply, bool* ok) {
+  *ok = true;
+  switch (v.type) {
+    case ValueType::kString: {
+      if (v.payload.size() <= 20 && ParseInt64(v.payload)) return "int";
+      return v.payload.size() <= 44 ? "embstr" : "raw";
+    }
+    case ValueType::kList:
+      return "quicklist";
+    default:
+      break;
+  }
+  const uint64_t max_count = v.type == ValueType::kSet ? 512 : 128;
+  CollectionRead c(ctx, v.type);
+  if (!c.Open(key, reply)) return *ok = false, "";
+  bool small = c.count() <= max_count;
+  if (small) {
+    *ok = c.ForEach(
+        {},
+        [&](std::string_view element, std::string_view value) {
+          if (v.type == ValueType::kSet) {
+            small = ParseInt64(element).has_value();
+          } else {
+            small = element.size() <= 64 && (v.type != ValueType::kHash || value.size() <= 64);
+          }
+          return small;
+        },
+        reply);
+    if (!*ok) return "";
+  }
+  if (v.type == ValueType::kSet) return small ? "intset" : "hashtable";
+  if (v.type == ValueType::kHash) return small ? "listpack" : "hashtable";
+  return small ? "listpack" : "skiplist";
+}
+
+// OBJECT ENCODING|REFCOUNT|IDLETIME|FREQ key, OBJECT HELP. shoal keeps no
+// access times or frequencies: IDLETIME is 0, FREQ answers as Redis does
+// without an LFU policy.
+void ObjectRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  const std::string sub = ToLower(args[1]);
+  const size_t arity = sub == "help" ? 2 : (sub == "encoding" || sub == "refcount" || sub == "idletime" || sub == "freq") ? 3 : 0;
+  if (arity == 0) {
+    return reply->Error("ERR unknown subcommand '" + std::string(args[1].substr(0, 128)) + "'. Try OBJECT HELP.");
+  }
+  if (args.size() != arity) return reply->Error(ArityError("object|" + sub));
+  if (sub == "help") {
+    reply->ArrayHeader(5);
+    reply->Simple("OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:");
+    reply->Simple("ENCODING <key>");
+    reply->Simple("FREQ <key>");
+    reply->Simple("IDLETIME <key>");
+    reply->Simple("REFCOUNT <key>");
+    return;
+  }
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, args[2], &raw, &v, &found, reply)) return;
+  if (!found) return reply->NullBulk();
+  if (sub == "refcount") {
+    // Redis shares the integers 0..9999 (their count reads as INT_MAX).
+    auto n = v.type == ValueType::kString && v.payload.size() <= 20 ? ParseInt64(v.payload) : std::nullopt;
+    return reply->Integer(n && *n >= 0 && *n < 10000 ? INT32_MAX : 1);
+  }
+  if (sub == "idletime") return reply->Integer(0);
+  if (sub == "freq") {
+    return reply->Error(
+        "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when "
+        "switching between policies at runtime LRU and LFU data will take some time to adjust.");
+  }
+  bool ok = true;
+  std::string_view encoding = EncodingOf(ctx, args[2], v, reply, &ok);
+  if (ok) reply->Bulk(encoding);
 }
 
 void TypeRead(ReadContext& ctx, Args args, resp::Writer* reply) {
@@ -192,6 +271,26 @@ Status DelApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* repl
   return Status::Ok();
 }
 
+// Writes `raw` (src's live value in src_db) at dst in dst_db, with its
+// elements if it is a collection (O(elements): they are keys named after
+// it) and its TTL. Whatever dst held goes first, with its own elements.
+Status CopyValue(ApplyTxn& txn, uint16_t src_db, const std::string& src, uint16_t dst_db, const std::string& dst,
+                 std::string raw) {
+  bool existed = false;
+  Status s = txn.Delete(dst_db, dst, &existed);
+  if (!s.ok()) return s;
+  if (IsCollection(DecodeOrDie(raw).type)) {
+    std::vector<std::pair<std::string, std::string>> elements;
+    s = txn.ForEachElement(src_db, src, [&](std::string_view element, std::string_view v) {
+      elements.emplace_back(element, v);
+      return true;
+    });
+    if (!s.ok()) return s;
+    for (const auto& [element, v] : elements) txn.PutElement(dst_db, dst, element, v);
+  }
+  return txn.Put(dst_db, dst, std::move(raw));
+}
+
 // args: src dst nx(0|1)
 Status RenameImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool nx) {
   const std::string &src = e.args[0], &dst = e.args[1];
@@ -213,29 +312,98 @@ Status RenameImpl(ApplyTxn& txn, const Entry& e, resp::Writer* reply, bool nx) {
       return Status::Ok();
     }
   }
-  std::string raw = std::move(**value);
+  Status s = CopyValue(txn, e.db, src, e.db, dst, std::move(**value));
   bool existed = false;
-  Status s;
-  if (IsCollection(DecodeOrDie(raw).type)) {
-    // Its elements are keys named after it: they move too (O(elements)).
-    // Whatever dst held goes first, with its own elements.
-    s = txn.Delete(e.db, dst, &existed);
-    std::vector<std::pair<std::string, std::string>> elements;
-    if (s.ok()) {
-      s = txn.ForEachElement(e.db, src, [&](std::string_view element, std::string_view v) {
-        elements.emplace_back(element, v);
-        return true;
-      });
-    }
-    if (!s.ok()) return s;
-    for (const auto& [element, v] : elements) txn.PutElement(e.db, dst, element, v);
-  }
-  s = txn.Put(e.db, dst, std::move(raw));
   if (s.ok()) s = txn.Delete(e.db, src, &existed);
   if (!s.ok()) return s;
   nx ? reply->Integer(1) : reply->Simple("OK");
   return Status::Ok();
 }
+
+// A database number of COPY's DB and MOVE; false: the error is replied.
+bool ParseDb(std::string_view arg, const Limits* limits, int64_t* db, resp::Writer* reply) {
+  auto v = ParseInt64(arg);
+  if (!v || *v < INT32_MIN || *v > INT32_MAX) return reply->Error(kErrNotInteger), false;
+  if (*v < 0 || *v >= limits->databases) return reply->Error("ERR DB index is out of range"), false;
+  *db = *v;
+  return true;
+}
+
+constexpr std::string_view kErrSameObject = "ERR source and destination objects are the same";
+
+// COPY source destination [DB db] [REPLACE]. Entry args: source
+// destination db replace(0|1).
+bool CopyPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  int64_t db = ctx.db;
+  bool replace = false;
+  for (size_t j = 3; j < args.size(); ++j) {
+    if (EqualsIgnoreCase(args[j], "replace")) {
+      replace = true;
+    } else if (EqualsIgnoreCase(args[j], "db") && j + 1 < args.size()) {
+      if (!ParseDb(args[++j], ctx.limits, &db, reply)) return false;
+    } else {
+      return reply->Error(kErrSyntax), false;
+    }
+  }
+  if (db == ctx.db && args[1] == args[2]) return reply->Error(kErrSameObject), false;
+  entry->args = {std::string(args[1]), std::string(args[2]), std::to_string(db), replace ? "1" : "0"};
+  return true;
+}
+
+Status CopyApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const std::string &src = e.args[0], &dst = e.args[1];
+  const auto dst_db = static_cast<uint16_t>(*ParseInt64(e.args[2]));
+  auto value = txn.GetLive(e.db, src);
+  if (!value.ok()) return value.status();
+  if (!*value) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  if (e.args[3] != "1") {
+    auto target = txn.GetLive(dst_db, dst);
+    if (!target.ok()) return target.status();
+    if (*target) {
+      reply->Integer(0);
+      return Status::Ok();
+    }
+  }
+  Status s = CopyValue(txn, e.db, src, dst_db, dst, std::move(**value));
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
+// MOVE key db: to the same key of another database (the same slot, so the
+// same shard), unless it exists there. Entry args: key db.
+bool MovePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  int64_t db = 0;
+  if (!ParseDb(args[2], ctx.limits, &db, reply)) return false;
+  if (db == ctx.db) return reply->Error(kErrSameObject), false;
+  entry->args = {std::string(args[1]), std::to_string(db)};
+  return true;
+}
+
+Status MoveApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const std::string& key = e.args[0];
+  const auto dst_db = static_cast<uint16_t>(*ParseInt64(e.args[1]));
+  auto value = txn.GetLive(e.db, key);
+  if (!value.ok()) return value.status();
+  if (!*value) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  auto target = txn.GetLive(dst_db, key);
+  if (!target.ok()) return target.status();
+  if (*target) {
+    reply->Integer(0);
+    return Status::Ok();
+  }
+  Status s = CopyValue(txn, e.db, key, dst_db, key, std::move(**value));
+  bool existed = false;
+  if (s.ok()) s = txn.Delete(e.db, key, &existed);
+  if (s.ok()) reply->Integer(1);
+  return s;
+}
+
 Status RenameApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) {
   return RenameImpl(t, e, r, false);
 }
@@ -389,6 +557,8 @@ void AppendKeyspaceCommands(std::vector<CommandSpec>* out) {
   out->insert(out->end(), {
       {"exists", -2, kR, 1, -1, 1, "keyspace", 0, ExistsRead},
       {"type", 2, kR, 1, 1, 1, "keyspace", 0, TypeRead},
+      {"touch", -2, kR, 1, -1, 1, "keyspace", 0, ExistsRead},  // shoal keeps no access times: EXISTS
+      {"object", -2, kCmdReadonly, 2, 2, 1, "keyspace", 0, ObjectRead},
       {"ttl", 2, kR, 1, 1, 1, "keyspace", 0, TtlRead},
       {"pttl", 2, kR, 1, 1, 1, "keyspace", 0, PttlRead},
       {"expiretime", 2, kR, 1, 1, 1, "keyspace", 0, ExpiretimeRead},
@@ -401,6 +571,8 @@ void AppendKeyspaceCommands(std::vector<CommandSpec>* out) {
       {"unlink", -2, kWF, 1, -1, 1, "keyspace", 21, nullptr, nullptr, DelApply},
       {"rename", 3, kW, 1, 2, 1, "keyspace", 22, nullptr, nullptr, RenameApply},
       {"renamenx", 3, kWF, 1, 2, 1, "keyspace", 23, nullptr, nullptr, RenamenxApply},
+      {"copy", -3, kCmdWrite | kCmdDenyOom, 1, 2, 1, "keyspace", 31, nullptr, CopyPrepare, CopyApply},
+      {"move", 3, kWF, 1, 1, 1, "keyspace", 32, nullptr, MovePrepare, MoveApply},
       {"expire", -3, kWF, 1, 1, 1, "keyspace", 24, nullptr, ExpirePrepare, ExpireApply},
       {"pexpire", -3, kWF, 1, 1, 1, "keyspace", 25, nullptr, PexpirePrepare, ExpireApply},
       {"expireat", -3, kWF, 1, 1, 1, "keyspace", 26, nullptr, ExpireatPrepare, ExpireApply},

@@ -266,6 +266,55 @@ Status LpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { 
 Status RpopApply(ApplyTxn& t, const Entry& e, const Limits&, resp::Writer* r) { return PopImpl(t, e, r, false); }
 
 
+// LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]. Entry args: key
+// [key ...] left|right count.
+bool LmpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return ParseMultiPop(args, 1, "left", "right", entry, reply);
+}
+
+// BLMPOP timeout numkeys ...: LMPOP's entry.
+bool BlmpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return ParseBlockingMultiPop(args, "left", "right", entry, reply);
+}
+
+// BLPOP/BRPOP key [key ...] timeout. Entry args: key [key ...] left|right ""
+// (the empty count: BLPOP's reply, [key, element]).
+template <bool kLeft>
+bool BpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return ParseBlockingPop(args, kLeft ? "left" : "right", entry, reply);
+}
+
+// Pops from the first of the keys that holds a list: [key, [element ...]]
+// (LMPOP), or [key, element] (BLPOP); a null array if none does (a
+// blocking pop then waits).
+Status MultiPopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
+  const size_t nkeys = e.args.size() - 2;
+  const bool left = e.args[nkeys] == "left";
+  const bool single = e.args[nkeys + 1].empty();
+  const uint64_t count = single ? 1 : static_cast<uint64_t>(*ParseInt64(e.args[nkeys + 1]));
+  Status st;
+  for (size_t i = 0; i < nkeys; ++i) {
+    const std::string& key = e.args[i];
+    auto l = GetCollectionForWrite(txn, e.db, key, ValueType::kList, reply, &st);
+    if (!l) return st;
+    if (!l->found) continue;
+    std::vector<std::string> popped;
+    st = PopN(txn, e.db, key, &*l, left, count, &popped);
+    if (!st.ok()) return st;
+    reply->ArrayHeader(2);
+    reply->Bulk(key);
+    if (single) {
+      reply->Bulk(popped.at(0));
+    } else {
+      reply->ArrayHeader(popped.size());
+      for (const auto& v : popped) reply->Bulk(v);
+    }
+    return Status::Ok();
+  }
+  reply->NullArray();
+  return Status::Ok();
+}
+
 Status LsetApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string& key = e.args[0];
   Status st;
@@ -477,6 +526,18 @@ bool RpoplpushPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writ
   return true;
 }
 
+// BLMOVE source destination LEFT|RIGHT LEFT|RIGHT timeout (the sides are
+// checked first, as Redis) and BRPOPLPUSH source destination timeout:
+// LMOVE's entry.
+bool BlmovePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  int64_t ms = 0;
+  return LmovePrepare(ctx, args.first(5), entry, reply) && ParseBlockTimeout(args[5], &ms, reply);
+}
+bool BrpoplpushPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply) {
+  int64_t ms = 0;
+  return ParseBlockTimeout(args[3], &ms, reply) && RpoplpushPrepare(ctx, args, entry, reply);
+}
+
 Status LmoveApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string &src = e.args[0], &dst = e.args[1];
   Status st;
@@ -542,6 +603,14 @@ void AppendListCommands(std::vector<CommandSpec>* out) {
       {"linsert", 5, kW, 1, 1, 1, "list", 69, nullptr, LinsertPrepare, LinsertApply},
       {"lmove", 5, kW, 1, 2, 1, "list", 70, nullptr, LmovePrepare, LmoveApply},
       {"rpoplpush", 3, kW, 1, 2, 1, "list", 71, nullptr, RpoplpushPrepare, LmoveApply},
+      {"lmpop", -4, kCmdWrite, 0, 0, 0, "list", 72, nullptr, LmpopPrepare, MultiPopApply, 1},
+      {"blpop", -3, kCmdWrite | kCmdBlocking, 1, -2, 1, "list", 73, nullptr, BpopPrepare<true>, MultiPopApply, 0,
+       -1},
+      {"brpop", -3, kCmdWrite | kCmdBlocking, 1, -2, 1, "list", 74, nullptr, BpopPrepare<false>, MultiPopApply, 0,
+       -1},
+      {"blmpop", -5, kCmdWrite | kCmdBlocking, 0, 0, 0, "list", 75, nullptr, BlmpopPrepare, MultiPopApply, 2, 1},
+      {"blmove", 6, kW | kCmdBlocking, 1, 2, 1, "list", 76, nullptr, BlmovePrepare, LmoveApply, 0, -1},
+      {"brpoplpush", 4, kW | kCmdBlocking, 1, 2, 1, "list", 77, nullptr, BrpoplpushPrepare, LmoveApply, 0, -1},
   });
 }
 

@@ -110,22 +110,49 @@ bool Combine(SetOp op, Args keys, Open&& open, Members* result) {
   return true;
 }
 
-void CombineRead(ReadContext& ctx, Args args, resp::Writer* reply, SetOp op) {
+// Combine over the sets at keys as one snapshot shows them.
+bool CombineRead(ReadContext& ctx, SetOp op, Args keys, Members* result, resp::Writer* reply) {
   std::shared_ptr<storage::Snapshot> snap = ctx.engine->NewSnapshot();
+  return Combine(op, keys,
+                 [&](std::string_view key, Members* out, bool* found) {
+                   CollectionRead s(ctx, ValueType::kSet, snap);
+                   if (!s.Open(key, reply) || !ReadMembers(s, out, reply)) return false;
+                   *found = s.found();
+                   return true;
+                 },
+                 result);
+}
+
+void CombineRead(ReadContext& ctx, Args args, resp::Writer* reply, SetOp op) {
   Members result;
-  bool ok = Combine(op, args.subspan(1),
-                    [&](std::string_view key, Members* out, bool* found) {
-                      CollectionRead s(ctx, ValueType::kSet, snap);
-                      if (!s.Open(key, reply) || !ReadMembers(s, out, reply)) return false;
-                      *found = s.found();
-                      return true;
-                    },
-                    &result);
-  if (ok) ReplySet(result, reply);
+  if (CombineRead(ctx, op, args.subspan(1), &result, reply)) ReplySet(result, reply);
 }
 void SinterRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, SetOp::kInter); }
 void SunionRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, SetOp::kUnion); }
 void SdiffRead(ReadContext& c, Args a, resp::Writer* r) { CombineRead(c, a, r, SetOp::kDiff); }
+
+// SINTERCARD numkeys key [key ...] [LIMIT limit]: the size of the
+// intersection (counting stops at a limit above 0).
+void SintercardRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  auto n = ParseInt64(args[1]);
+  if (!n || *n < 1) return reply->Error("ERR numkeys should be greater than 0");
+  if (static_cast<uint64_t>(*n) > args.size() - 2) return reply->Error("ERR Number of keys can't be greater than number of args");
+  const size_t nkeys = static_cast<size_t>(*n);
+  int64_t limit = 0;
+  for (size_t j = 2 + nkeys; j < args.size(); ++j) {
+    if (EqualsIgnoreCase(args[j], "limit") && j + 1 < args.size()) {
+      auto l = ParseInt64(args[++j]);
+      if (!l || *l < 0) return reply->Error("ERR LIMIT can't be negative");
+      limit = *l;
+    } else {
+      return reply->Error(kErrSyntax);
+    }
+  }
+  Members result;
+  if (!CombineRead(ctx, SetOp::kInter, args.subspan(2, nkeys), &result, reply)) return;
+  const auto size = static_cast<int64_t>(result.size());
+  reply->Integer(limit > 0 ? std::min(limit, size) : size);
+}
 
 void SrandmemberRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   if (args.size() > 3) return reply->Error(kErrSyntax);  // as Redis: before the count
@@ -326,6 +353,7 @@ void AppendSetCommands(std::vector<CommandSpec>* out) {
       {"sinter", -2, kCmdReadonly, 1, -1, 1, "set", 0, SinterRead},
       {"sunion", -2, kCmdReadonly, 1, -1, 1, "set", 0, SunionRead},
       {"sdiff", -2, kCmdReadonly, 1, -1, 1, "set", 0, SdiffRead},
+      {"sintercard", -3, kCmdReadonly, 0, 0, 0, "set", 0, SintercardRead, nullptr, nullptr, 1},
       {"sadd", -3, kWF, 1, 1, 1, "set", 50, nullptr, nullptr, SaddApply},
       {"srem", -3, kCmdWrite | kCmdFast, 1, 1, 1, "set", 51, nullptr, nullptr, SremApply},
       {"smove", 4, kWF, 1, 2, 1, "set", 52, nullptr, nullptr, SmoveApply},

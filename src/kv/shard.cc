@@ -201,6 +201,7 @@ Status ApplyTxn::SealElementWrites() {
     if (!raw.ok()) return raw.status();
     Value v;
     if (!*raw || !DecodeValue(**raw, &v) || !IsCollection(v.type)) continue;  // gone with its elements
+    if (collect_changed_ && (v.type == ValueType::kList || v.type == ValueType::kZSet)) changed_.push_back({db, key, v.type});
     if (CollectionVersion(v.type, v.payload) == version_) continue;
     Status s = Put(db, key, EncodeValue(v.type, v.expire_at_ms, WithCollectionVersion(v.type, v.payload, version_)));
     if (!s.ok()) return s;
@@ -684,6 +685,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   ApplyTxn txn(this, engine_, batch_.get(), entries[0].now_ms);
   std::string* out = reply->buffer();
   size_t mark = out->size();
+  txn.set_collect_changed(watcher_ != nullptr && watcher_->Watching());
   Status s;
   uint64_t last_index = 0, place = 0;
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
@@ -709,6 +711,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
     auto seq = Commit(*batch_, txn.count_deltas(), entries.size(), applied_to);
     if (seq.ok()) {
       txn.PublishTo(&meta_cache_);
+      if (!txn.changed().empty()) watcher_->KeysChanged(txn.changed());
       return seq;
     }
     s = seq.status();

@@ -37,6 +37,22 @@ struct Limits {
 // The staged changes of one apply: reads see earlier writes of the same apply.
 class Shard;
 
+// Told which lists and sorted sets writes changed, once they are stored (the
+// server wakes the blocked pops that wait on them). Called on the thread
+// that applies.
+struct ChangedKey {
+  uint16_t db;
+  std::string key;
+  ValueType type;  // kList or kZSet
+};
+class KeyWatcher {
+ public:
+  virtual ~KeyWatcher() = default;
+  // Whether anything waits at all (checked before keys are collected).
+  virtual bool Watching() const = 0;
+  virtual void KeysChanged(std::span<const ChangedKey> keys) = 0;
+};
+
 // What apply knows of keys' committed state without reading storage: whether
 // a key exists and its expiry. Filled by apply's reads and commits, emptied by
 // FLUSHDB/FLUSHALL and on storage errors; cleared whole when full (bounded).
@@ -119,6 +135,10 @@ class ApplyTxn {
   // elements, or its value: a TTL, a new collection) to the entry's own
   // (ApplyBatch calls it after each entry).
   Status SealElementWrites();
+  // Collects the lists and sorted sets that SealElementWrites finds still
+  // there (for a KeyWatcher).
+  void set_collect_changed(bool on) { collect_changed_ = on; }
+  const std::vector<ChangedKey>& changed() const { return changed_; }
   // The entry's version: [shard u64 BE][log index << 20 | place in its log
   // entry u64 BE], which no other entry of any shard has, so a key's
   // versions never repeat (across deletes, renames, splits) and every
@@ -158,6 +178,8 @@ class ApplyTxn {
   const std::pair<std::string, std::string>* ClearedRangeOf(std::string_view ekey) const;
   std::map<uint16_t, Counts> deltas_;
   std::set<std::pair<uint16_t, std::string>> touched_;  // collections whose elements changed
+  bool collect_changed_ = false;
+  std::vector<ChangedKey> changed_;
   std::string version_;
   friend class TxnView;
 };
@@ -210,6 +232,8 @@ class Shard {
 
   // Loads the applied index and counters from storage.
   Status Load();
+  // Told of the lists and sorted sets each apply changes (null: nobody).
+  void set_key_watcher(KeyWatcher* watcher) { watcher_ = watcher; }
   // Applies one entry (index = applied_index() + 1) and writes its reply.
   // Returns the storage write sequence (for durability waits).
   Result<uint64_t> Apply(const Entry& entry, ApplyFn fn, const Limits& limits, resp::Writer* reply);
@@ -375,6 +399,7 @@ class Shard {
   std::unique_ptr<storage::WriteBatch> batch_;
   std::unique_ptr<AtomicCounts[]> counts_;
   KeyMetaCache meta_cache_;
+  KeyWatcher* watcher_ = nullptr;
 };
 
 }  // namespace shoal::kv

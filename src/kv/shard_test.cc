@@ -1274,5 +1274,71 @@ TEST(Transaction, FingerprintsChangeWithEveryElementWrite) {
   EXPECT_NE(fp("s"), s1);
 }
 
+// Records what a shard tells its KeyWatcher.
+class RecordingWatcher : public KeyWatcher {
+ public:
+  bool Watching() const override { return watching; }
+  void KeysChanged(std::span<const ChangedKey> keys) override {
+    for (const auto& k : keys) seen.push_back(std::to_string(k.db) + ":" + k.key + (k.type == ValueType::kList ? "/l" : "/z"));
+  }
+  bool watching = true;
+  std::vector<std::string> seen;
+};
+
+TEST(Blocking, WatcherHearsOfListsAndSortedSetsThatStillExist) {
+  ShardHarness h("blocking_watch");
+  RecordingWatcher w;
+  h.shard().set_key_watcher(&w);
+  h.Run({"rpush", "l", "a"});
+  h.Run({"zadd", "z", "1", "m"}, 3);
+  h.Run({"set", "s", "v"});
+  h.Run({"sadd", "st", "m"});
+  h.Run({"hset", "hh", "f", "v"});
+  EXPECT_EQ(w.seen, (std::vector<std::string>{"0:l/l", "3:z/z"}));
+  w.seen.clear();
+  h.Run({"lpop", "l"});  // gone: nothing to wake anyone for
+  h.Run({"rename", "z", "z2"}, 3);
+  EXPECT_EQ(w.seen, (std::vector<std::string>{"3:z2/z"}));
+  w.seen.clear();
+  w.watching = false;  // nobody waits: nothing is collected
+  h.Run({"rpush", "l", "b"});
+  EXPECT_TRUE(w.seen.empty());
+  h.shard().set_key_watcher(nullptr);
+}
+
+TEST(Blocking, PopsOfBlockingCommandsAreTheirNonBlockingForm) {
+  ShardHarness h("blocking_forms");
+  // Nothing to take: a null reply (the server then waits).
+  EXPECT_EQ(h.Run({"blpop", "a", "b", "0"}), "*-1\r\n");
+  EXPECT_EQ(h.Run({"blmove", "a", "b", "left", "right", "1.5"}), "$-1\r\n");
+  EXPECT_EQ(h.Run({"bzpopmin", "z", "0"}), "*-1\r\n");
+  EXPECT_EQ(h.Run({"blmpop", "0", "2", "a", "b", "left"}), "*-1\r\n");
+  EXPECT_EQ(h.Run({"blpop", "a", "-1"}), "-ERR timeout is negative\r\n");
+  EXPECT_EQ(h.Run({"blpop", "a", "nan"}), "-ERR timeout is not a float or out of range\r\n");
+  h.Run({"rpush", "b", "1", "2", "3"});
+  EXPECT_EQ(h.Run({"blpop", "a", "b", "0"}), "*2\r\n$1\r\nb\r\n$1\r\n1\r\n");
+  EXPECT_EQ(h.Run({"brpop", "a", "b", "0"}), "*2\r\n$1\r\nb\r\n$1\r\n3\r\n");
+  EXPECT_EQ(h.Run({"lmpop", "2", "a", "b", "right", "count", "5"}), "*2\r\n$1\r\nb\r\n*1\r\n$1\r\n2\r\n");
+  h.Run({"zadd", "z", "2", "b", "1", "a"});
+  EXPECT_EQ(h.Run({"bzpopmax", "y", "z", "0"}), "*3\r\n$1\r\nz\r\n$1\r\nb\r\n$1\r\n2\r\n");
+  // Timeouts as the server reads them.
+  const CommandSpec* blpop = nullptr;
+  const CommandSpec* bzmpop = nullptr;
+  for (const auto& s : DataCommands()) {
+    if (s.name == "blpop") blpop = &s;
+    if (s.name == "bzmpop") bzmpop = &s;
+  }
+  ASSERT_TRUE(blpop != nullptr && bzmpop != nullptr);
+  std::vector<std::string_view> a1 = {"blpop", "k", "1.5"};
+  EXPECT_EQ(BlockingTimeoutMs(*blpop, a1), 1500);
+  std::vector<std::string_view> a2 = {"bzmpop", "0.25", "1", "k", "min"};
+  EXPECT_EQ(BlockingTimeoutMs(*bzmpop, a2), 250);
+  std::vector<std::string_view> a3 = {"blpop", "k", "-0.0001"};
+  EXPECT_EQ(BlockingTimeoutMs(*blpop, a3), 0);  // as Redis: truncated to 0, no timeout
+  EXPECT_EQ(KeyPositions(*blpop, std::vector<std::string_view>{"blpop", "x", "y", "0"}),
+            (std::vector<size_t>{1, 2}));
+  EXPECT_EQ(KeyPositions(*bzmpop, a2), (std::vector<size_t>{3}));
+}
+
 }  // namespace
 }  // namespace shoal::kv

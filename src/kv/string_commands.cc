@@ -1,6 +1,9 @@
 // String commands: GET SET and friends, INCR family, APPEND, ranges.
 #include <climits>
 #include <cmath>
+#include <optional>
+#include <vector>
+#include <algorithm>
 
 #include "common/strings.h"
 #include "kv/command_util.h"
@@ -142,6 +145,109 @@ void MgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   }
   reply->ArrayHeader(args.size() - 1);
   reply->Raw(out);
+}
+
+// LCS key1 key2 [LEN] [IDX] [MINMATCHLEN len] [WITHMATCHLEN]: the longest
+// common subsequence of two strings (a missing key is ""), by the classic
+// table of prefix LCS lengths. Walking it back from the end, a match steps
+// diagonally and otherwise the longer side is kept (the second string's
+// prefix on a tie), as Redis walks it, so the same subsequence and the same
+// ranges (runs of diagonal steps, last first) come out.
+void LcsRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  auto snap = ctx.engine->NewSnapshot();
+  std::string raw[2];
+  Value v[2];
+  bool found[2] = {false, false};
+  for (int k = 0; k < 2; ++k) {
+    if (!ReadLive(ctx, args[1 + k], &raw[k], &v[k], &found[k], reply, snap.get())) return;
+  }
+  if ((found[0] && v[0].type != ValueType::kString) || (found[1] && v[1].type != ValueType::kString)) {
+    return reply->Error("ERR The specified keys must contain string values");
+  }
+  const std::string_view a = found[0] ? v[0].payload : std::string_view();
+  const std::string_view b = found[1] ? v[1].payload : std::string_view();
+  bool want_len = false, want_idx = false, with_len = false;
+  int64_t min_len = 0;
+  for (size_t j = 3; j < args.size(); ++j) {
+    if (EqualsIgnoreCase(args[j], "idx")) {
+      want_idx = true;
+    } else if (EqualsIgnoreCase(args[j], "len")) {
+      want_len = true;
+    } else if (EqualsIgnoreCase(args[j], "withmatchlen")) {
+      with_len = true;
+    } else if (EqualsIgnoreCase(args[j], "minmatchlen") && j + 1 < args.size()) {
+      auto m = ParseInt64(args[++j]);
+      if (!m) return reply->Error(kErrNotInteger);
+      min_len = std::max<int64_t>(*m, 0);
+    } else {
+      return reply->Error(kErrSyntax);
+    }
+  }
+  if (want_idx && want_len) return reply->Error("ERR If you want both the length and indexes, please just use IDX.");
+  // The table is (|a|+1) x (|b|+1) counters: bounded, as Redis is by memory.
+  constexpr uint64_t kCellsMax = 64ull << 20;
+  const uint64_t rows = a.size() + 1, cols = b.size() + 1;
+  if (rows > kCellsMax / cols) {
+    return reply->Error("ERR Insufficient memory, failed allocating transient memory for LCS");
+  }
+  std::vector<uint32_t> table(rows * cols, 0);
+  auto at = [&](size_t i, size_t j) -> uint32_t& { return table[i * cols + j]; };
+  for (size_t i = 1; i < rows; ++i) {
+    for (size_t j = 1; j < cols; ++j) {
+      at(i, j) = a[i - 1] == b[j - 1] ? at(i - 1, j - 1) + 1 : std::max(at(i - 1, j), at(i, j - 1));
+    }
+  }
+  const uint32_t total = at(rows - 1, cols - 1);
+  if (want_len) return reply->Integer(total);
+  std::string common(total, '\0');
+  struct Run {
+    size_t a_first, a_last, b_first, b_last;
+  };
+  std::vector<Run> runs;
+  std::optional<Run> open;  // the run being walked (backwards)
+  size_t i = rows - 1, j = cols - 1, left = total;
+  while (i > 0 && j > 0) {
+    bool close = false;
+    if (a[i - 1] == b[j - 1]) {
+      common[--left] = a[i - 1];
+      if (!open) {
+        open = Run{i - 1, i - 1, j - 1, j - 1};
+      } else {
+        open->a_first = i - 1;
+        open->b_first = j - 1;
+      }
+      close = i == 1 || j == 1;  // it reached the start of a string
+      --i;
+      --j;
+    } else {
+      if (at(i - 1, j) > at(i, j - 1)) {
+        --i;
+      } else {
+        --j;
+      }
+      close = open.has_value();
+    }
+    if (close && open) {
+      if (open->a_last - open->a_first + 1 >= static_cast<uint64_t>(min_len)) runs.push_back(*open);
+      open.reset();
+    }
+  }
+  if (!want_idx) return reply->Bulk(common);
+  reply->MapHeader(2);
+  reply->Bulk("matches");
+  reply->ArrayHeader(runs.size());
+  for (const Run& r : runs) {
+    reply->ArrayHeader(with_len ? 3 : 2);
+    reply->ArrayHeader(2);
+    reply->Integer(static_cast<int64_t>(r.a_first));
+    reply->Integer(static_cast<int64_t>(r.a_last));
+    reply->ArrayHeader(2);
+    reply->Integer(static_cast<int64_t>(r.b_first));
+    reply->Integer(static_cast<int64_t>(r.b_last));
+    if (with_len) reply->Integer(static_cast<int64_t>(r.a_last - r.a_first + 1));
+  }
+  reply->Bulk("len");
+  reply->Integer(total);
 }
 
 // ---- SET family
@@ -517,6 +623,7 @@ void AppendStringCommands(std::vector<CommandSpec>* out) {
       {"getrange", 4, kCmdReadonly, 1, 1, 1, "string", 0, GetrangeRead},
       {"substr", 4, kCmdReadonly, 1, 1, 1, "string", 0, GetrangeRead},
       {"mget", -2, kR, 1, -1, 1, "string", 0, MgetRead},
+      {"lcs", -3, kCmdReadonly, 1, 2, 1, "string", 0, LcsRead},
       {"set", -3, kW, 1, 1, 1, "string", 1, nullptr, SetPrepare, SetApply},
       {"setnx", 3, kWF, 1, 1, 1, "string", 2, nullptr, nullptr, SetnxApply},
       {"setex", 4, kW, 1, 1, 1, "string", 3, nullptr, SetexPrepare, SetApply},

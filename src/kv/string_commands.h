@@ -13,5 +13,6 @@ void AppendHashCommands(std::vector<CommandSpec>* out);
 void AppendSetCommands(std::vector<CommandSpec>* out);
 void AppendListCommands(std::vector<CommandSpec>* out);
 void AppendZsetCommands(std::vector<CommandSpec>* out);
+void AppendBitmapCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

@@ -956,32 +956,28 @@ Status ZpopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* rep
 // routes it, so it is checked first (as Redis). Entry args: key [key ...]
 // min|max count
 bool ZmpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
-  auto n = ParseInt64(args[1]);
-  if (!n || *n < 1) return reply->Error("ERR numkeys should be greater than 0"), false;
-  const size_t where = 2 + static_cast<size_t>(*n);
-  if (static_cast<uint64_t>(*n) >= args.size() - 2) return reply->Error(kErrSyntax), false;
-  const bool min = EqualsIgnoreCase(args[where], "min");
-  if (!min && !EqualsIgnoreCase(args[where], "max")) return reply->Error(kErrSyntax), false;
-  int64_t count = -1;
-  for (size_t j = where + 1; j < args.size(); ++j) {
-    if (count == -1 && EqualsIgnoreCase(args[j], "count") && j + 1 < args.size()) {
-      auto c = ParseInt64(args[++j]);
-      if (!c || *c < 1) return reply->Error("ERR count should be greater than 0"), false;
-      count = *c;
-    } else {
-      return reply->Error(kErrSyntax), false;
-    }
-  }
-  entry->args.assign(args.begin() + 2, args.begin() + static_cast<std::ptrdiff_t>(where));
-  entry->args.push_back(min ? "min" : "max");
-  entry->args.push_back(std::to_string(count == -1 ? 1 : count));
-  return true;
+  return ParseMultiPop(args, 1, "min", "max", entry, reply);
 }
 
+// BZMPOP timeout numkeys key [key ...] MIN|MAX [COUNT count]: ZMPOP's entry.
+bool BzmpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return ParseBlockingMultiPop(args, "min", "max", entry, reply);
+}
+
+// BZPOPMIN/BZPOPMAX key [key ...] timeout. Entry args: key [key ...] min|max
+// "" (the empty count: BZPOPMIN's reply, [key, member, score]).
+template <bool kMax>
+bool BzpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  return ParseBlockingPop(args, kMax ? "max" : "min", entry, reply);
+}
+
+// Pops from the first of the keys that holds a sorted set; a null array if
+// none does (a blocking pop then waits).
 Status ZmpopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const size_t nkeys = e.args.size() - 2;
   const bool max = e.args[nkeys] == "max";
-  const uint64_t count = static_cast<uint64_t>(*ParseInt64(e.args[nkeys + 1]));
+  const bool bzpop = e.args[nkeys + 1].empty();
+  const uint64_t count = bzpop ? 1 : static_cast<uint64_t>(*ParseInt64(e.args[nkeys + 1]));
   Status st;
   for (size_t i = 0; i < nkeys; ++i) {
     const std::string& key = e.args[i];
@@ -990,6 +986,13 @@ Status ZmpopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
     if (!z->found) continue;
     std::vector<Scored> got;
     if (!PopMembers(txn, e.db, key, &*z, max, count, &got, &st)) return st;
+    if (bzpop) {  // [key, member, score]
+      reply->ArrayHeader(3);
+      reply->Bulk(key);
+      reply->Bulk(got[0].member);
+      reply->Double(got[0].score);
+      return Status::Ok();
+    }
     // [key, [[member, score] ...]], in RESP2 too.
     reply->ArrayHeader(2);
     reply->Bulk(key);
@@ -1048,6 +1051,12 @@ void AppendZsetCommands(std::vector<CommandSpec>* out) {
       {"zinterstore", -4, kW, 1, 1, 1, "sorted_set", 90, nullptr, CombineStorePrepare, ZinterstoreApply, 2},
       {"zdiffstore", -4, kW, 1, 1, 1, "sorted_set", 91, nullptr, CombineStorePrepare, ZdiffstoreApply, 2},
       {"zmpop", -4, kCmdWrite, 0, 0, 0, "sorted_set", 92, nullptr, ZmpopPrepare, ZmpopApply, 1},
+      {"bzpopmin", -3, kCmdWrite | kCmdFast | kCmdBlocking, 1, -2, 1, "sorted_set", 93, nullptr,
+       BzpopPrepare<false>, ZmpopApply, 0, -1},
+      {"bzpopmax", -3, kCmdWrite | kCmdFast | kCmdBlocking, 1, -2, 1, "sorted_set", 94, nullptr,
+       BzpopPrepare<true>, ZmpopApply, 0, -1},
+      {"bzmpop", -5, kCmdWrite | kCmdBlocking, 0, 0, 0, "sorted_set", 95, nullptr, BzmpopPrepare, ZmpopApply, 2,
+       1},
   });
 }
 

@@ -409,6 +409,74 @@ void Info(Connection& c, Args args, resp::Writer* r) {
   r->Verbatim(BuildInfo(c.server(), sections));
 }
 
+// FUNCTION and SCRIPT: shoal has no scripting yet, so there is nothing to
+// list, flush or kill; what would add a script is refused plainly.
+constexpr std::string_view kNoScripting = "ERR scripting is not supported by shoal yet";
+
+bool FlushOption(Args args) {
+  return args.size() == 2 || (args.size() == 3 && (EqualsIgnoreCase(args[2], "sync") || EqualsIgnoreCase(args[2], "async")));
+}
+
+void FunctionCmd(Connection&, Args args, resp::Writer* r) {
+  std::string sub = ToLower(args[1]);
+  if (sub == "flush") {
+    if (!FlushOption(args)) return r->Error("ERR FUNCTION FLUSH only supports SYNC|ASYNC option");
+    r->Simple("OK");
+  } else if (sub == "list") {
+    bool withcode = false;
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (!withcode && EqualsIgnoreCase(args[i], "withcode")) {
+        withcode = true;
+      } else if (EqualsIgnoreCase(args[i], "libraryname")) {
+        if (++i >= args.size()) return r->Error("ERR library name argument was not given");
+      } else {
+        return r->Error("ERR Unknown argument " + std::string(args[i]));
+      }
+    }
+    r->ArrayHeader(0);
+  } else if (sub == "delete") {
+    r->Error("ERR Library not found");
+  } else if (sub == "kill") {
+    r->Error("NOTBUSY No scripts in execution right now.");
+  } else if (sub == "stats") {
+    r->MapHeader(2);
+    r->Bulk("running_script");
+    r->NullBulk();
+    r->Bulk("engines");
+    r->MapHeader(0);
+  } else if (sub == "help") {
+    r->ArrayHeader(5);
+    r->Simple("FUNCTION <subcommand> [<arg> [value] [opt] ...]. Subcommands are (shoal has no scripting yet):");
+    r->Simple("LIST [WITHCODE] [LIBRARYNAME <pattern>]");
+    r->Simple("FLUSH [ASYNC|SYNC]");
+    r->Simple("STATS");
+    r->Simple("HELP");
+  } else {  // load, dump, restore
+    r->Error(kNoScripting);
+  }
+}
+
+void ScriptCmd(Connection&, Args args, resp::Writer* r) {
+  std::string sub = ToLower(args[1]);
+  if (sub == "flush") {
+    if (!FlushOption(args)) return r->Error("ERR SCRIPT FLUSH only support SYNC|ASYNC option");
+    r->Simple("OK");
+  } else if (sub == "exists") {
+    r->ArrayHeader(args.size() - 2);
+    for (size_t i = 2; i < args.size(); ++i) r->Integer(0);
+  } else if (sub == "kill") {
+    r->Error("NOTBUSY No scripts in execution right now.");
+  } else if (sub == "help") {
+    r->ArrayHeader(4);
+    r->Simple("SCRIPT <subcommand> [<arg> [value] [opt] ...]. Subcommands are (shoal has no scripting yet):");
+    r->Simple("EXISTS <sha1> [<sha1> ...]");
+    r->Simple("FLUSH [ASYNC|SYNC]");
+    r->Simple("HELP");
+  } else {  // load, debug
+    r->Error(kNoScripting);
+  }
+}
+
 }  // namespace
 
 void AppendServerCommands(std::vector<Command>* out) {
@@ -431,6 +499,11 @@ void AppendServerCommands(std::vector<Command>* out) {
            {{"get", -3}, {"set", -4}, {"resetstat", 2}, {"help", 2}});
   add_sync(row("command", -1, kCmdLoading | kCmdStale, "server"), CommandCmd,
            {{"count", 2}, {"info", -2}, {"docs", -2}, {"list", -2}, {"getkeys", -3}, {"help", 2}});
+  add_sync(row("function", -2, kCmdNoScript, "scripting"), FunctionCmd,
+           {{"delete", 3}, {"dump", 2}, {"flush", -2}, {"help", 2}, {"kill", 2}, {"list", -2}, {"load", -3},
+            {"restore", -3}, {"stats", 2}});
+  add_sync(row("script", -2, kCmdNoScript, "scripting"), ScriptCmd,
+           {{"debug", 3}, {"exists", -3}, {"flush", -2}, {"help", 2}, {"kill", 2}, {"load", 3}});
   out->push_back(Command{row("client", -2, kCmdLoading | kCmdStale, "connection"), nullptr, Client,
                          {{"id", 2}, {"getname", 2}, {"setname", 3}, {"setinfo", 4}, {"info", 2},
                           {"list", -2}, {"kill", -3}, {"help", 2}}});

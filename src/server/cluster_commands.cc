@@ -297,6 +297,20 @@ asio::awaitable<void> Admin(Connection& c, Args args) {
   }
 }
 
+asio::awaitable<void> WaitCmd(Connection& c, Args args) { co_await c.Wait(args); }
+
+// SHOAL.WAIT slot numreplicas timeout: a plain client's WAIT, forwarded.
+asio::awaitable<void> ShoalWait(Connection& c, Args args) {
+  auto slot = ParseInt64(args[1]);
+  auto n = ParseInt64(args[2]);
+  auto t = ParseInt64(args[3]);
+  if (!slot || *slot < 0 || *slot >= storage::kSlotCount || !n || !t || *t < 0) {
+    c.writer().Error("ERR SHOAL.WAIT: malformed request");
+    co_return;
+  }
+  co_await c.WaitForSlot(static_cast<uint16_t>(*slot), *n, *t);
+}
+
 }  // namespace
 
 void AppendClusterCommands(std::vector<Command>* out) {
@@ -311,6 +325,8 @@ void AppendClusterCommands(std::vector<Command>* out) {
   out->push_back(Command{row("readwrite", 1, kCmdFast | kCmdLoading | kCmdStale, "cluster"), Readwrite});
   out->push_back(Command{row("asking", 1, kCmdFast, "cluster"), Asking});
   out->push_back(Command{row("shoal.routed", 1, kCmdFast | kCmdNoAuth, "cluster"), Routed});
+  out->push_back(Command{row("wait", 3, kCmdNoScript, "generic"), nullptr, WaitCmd});
+  out->push_back(Command{row("shoal.wait", 4, kCmdNoScript, "cluster"), nullptr, ShoalWait});
   out->push_back(Command{row("shoal.join", 5, kCmdAdmin, "cluster"), nullptr, Join});
   out->push_back(Command{row("shoal.clusterid", 1, kCmdFast | kCmdNoAuth, "cluster"), ClusterId});
   out->push_back(Command{row("shoal.admin", -2, kCmdAdmin, "cluster"), nullptr, Admin});

@@ -1,5 +1,6 @@
 #include "server/connection.h"
 
+#include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
@@ -14,6 +15,7 @@
 #include "common/clock.h"
 #include "resp/reply_scan.h"
 #include "kv/transaction.h"
+#include "node/runtime.h"
 #include "server/forwarder.h"
 #include "common/strings.h"
 #include "storage/slot.h"
@@ -149,6 +151,15 @@ asio::awaitable<void> Connection::Run() {
             if (!queued_entries_.empty()) co_await FlushWrites();
             server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
             writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
+            continue;
+          }
+          if (cmd->spec.apply != nullptr) {
+            last_write_slot_ = *slot;
+            wrote_ = true;
+          }
+          if (cmd->spec.flags & kv::kCmdBlocking) {
+            if (!queued_entries_.empty()) co_await FlushWrites();
+            co_await RunBlocking(*cmd, args_, *slot);
             continue;
           }
           uint64_t group = server_.cluster().GroupOfSlot(*slot);
@@ -392,17 +403,309 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     co_return;
   }
   if (cluster_aware_) {
-    auto rt = server_.cluster().routing();
-    const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
-    if (addr == nullptr) {
-      writer_.Error("CLUSTERDOWN The cluster is down: the key's shard has no leader right now");
-    } else {
-      writer_.Error("MOVED " + std::to_string(slot) + " " + addr->host + ":" + std::to_string(addr->port));
-    }
+    ReplyMoved(group, slot);
     co_return;
   }
   std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, db_, args);
   writer_.Raw(reply);
+}
+
+void Connection::ReplyMoved(uint64_t group, uint16_t slot) {
+  auto rt = server_.cluster().routing();
+  const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
+  if (addr == nullptr) {
+    writer_.Error("CLUSTERDOWN The cluster is down: the key's shard has no leader right now");
+  } else {
+    writer_.Error("MOVED " + std::to_string(slot) + " " + addr->host + ":" + std::to_string(addr->port));
+  }
+}
+
+// ---- WAIT
+
+asio::awaitable<void> Connection::Wait(kv::Args args) {
+  auto n = ParseInt64(args[1]);
+  if (!n) {
+    writer_.Error("ERR value is not an integer or out of range");
+    co_return;
+  }
+  auto t = ParseInt64(args[2]);
+  if (!t) {
+    writer_.Error("ERR timeout is not an integer or out of range");
+    co_return;
+  }
+  if (*t < 0) {
+    writer_.Error("ERR timeout is negative");
+    co_return;
+  }
+  if (!wrote_) {  // no write to wait for
+    writer_.Integer(0);
+    co_return;
+  }
+  co_await WaitForSlot(last_write_slot_, *n, *t);
+}
+
+asio::awaitable<void> Connection::WaitForSlot(uint16_t slot, int64_t numreplicas, int64_t timeout_ms) {
+  const uint64_t group = server_.cluster().GroupOfSlot(slot);
+  replica::Replica* r = group != 0 ? server_.groups().Find(group) : nullptr;
+  if (r == nullptr || !r->published_is_leader()) {
+    if (cluster_aware_) {
+      // Not led here: this node cannot say who holds what (a routed link's
+      // forwarder follows the MOVED).
+      if (routed_) {
+        ReplyMoved(group, slot);
+      } else {
+        writer_.Integer(0);
+      }
+      co_return;
+    }
+    const std::string s = std::to_string(slot), n = std::to_string(numreplicas), t = std::to_string(timeout_ms);
+    std::string_view fwd[] = {"SHOAL.WAIT", s, n, t};
+    co_await ForwardWaiting(slot, fwd, timeout_ms);
+    co_return;
+  }
+  // Followers whose log holds everything committed when WAIT began (so the
+  // client's last write, acknowledged before), counted on the group's worker.
+  node::Groups* groups = &server_.groups();
+  uint64_t target = 0;
+  const int64_t deadline_us =
+      timeout_ms > 0 && timeout_ms < INT64_MAX / 2000 ? node::MonoUs() + timeout_ms * 1000 : INT64_MAX;
+  asio::steady_timer pause(worker_.io());
+  int64_t count = 0;
+  bool gone = false;
+  auto watch = std::make_shared<ClientWatch>();
+  watch->gone = [&gone] { gone = true; };
+  WatchGuard guard(this, watch);
+  for (;;) {
+    auto counted = co_await node::RunOnAsync<std::pair<int64_t, uint64_t>>(
+        groups->WorkerFor(group).io(), worker_.io(),
+        [groups, group, target](std::function<void(std::pair<int64_t, uint64_t>)> done) {
+          replica::Replica* g = groups->Find(group);
+          if (g == nullptr || !g->is_leader()) return done({-1, target});
+          const raft::Raft& raft = g->raft();
+          const uint64_t want = target != 0 ? target : raft.hard_state().commit;
+          int64_t n = 0;
+          for (const auto& [id, pr] : raft.tracker().progress()) {
+            if (id != g->node_id() && pr.match >= want) ++n;
+          }
+          done({n, want});
+        });
+    if (counted.first < 0) break;  // leadership moved: what was counted stands
+    count = counted.first;
+    target = counted.second;
+    if (count >= numreplicas || gone || killed_ || node::MonoUs() >= deadline_us) break;
+    pause.expires_after(std::chrono::milliseconds(10));
+    co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+  }
+  writer_.Integer(count);
+}
+
+// ---- blocking commands
+
+namespace {
+
+// The reply of a pop that took nothing: a blocking command then waits.
+bool IsNullReply(std::string_view reply) { return reply == "*-1\r\n" || reply == "$-1\r\n" || reply == "_\r\n"; }
+
+// How often a waiting command checks that its shard is still led here.
+constexpr auto kBlockedCheckEvery = std::chrono::milliseconds(100);
+
+}  // namespace
+
+void Connection::WatchClient(std::shared_ptr<ClientWatch> watch) {
+  socket_.async_wait(asio::socket_base::wait_read, [this, self = shared_from_this(), watch](asio::error_code ec) {
+    if (!watch->watching) return;
+    auto gone = [&] {
+      watch->watching = false;
+      watch->gone();
+    };
+    asio::error_code rec;
+    const size_t avail = ec ? 0 : socket_.available(rec);
+    if (ec || rec || avail == 0) return gone();  // readable with nothing to read: the client closed
+    // The client's next requests: into the read buffer's free room (it
+    // cannot grow while the waiting command's arguments point into it),
+    // then aside until the command ends, as far as the query buffer limit.
+    const size_t room = rbuf_.size() - rlen_;
+    size_t n = 0;
+    if (room > 0) {
+      n = socket_.read_some(asio::buffer(rbuf_.data() + rlen_, std::min(room, avail)), rec);
+      rlen_ += n;
+    } else {
+      if (static_cast<int64_t>(rlen_ + aside_.size() + avail) > server_.config().client_query_buffer_limit) {
+        close_after_reply_ = true;
+        return gone();
+      }
+      const size_t had = aside_.size();
+      aside_.resize(had + avail);
+      n = socket_.read_some(asio::buffer(aside_.data() + had, avail), rec);
+      aside_.resize(had + n);
+    }
+    if (rec) return gone();
+    server_.stats().net_input_bytes.fetch_add(n, std::memory_order_relaxed);
+    WatchClient(watch);
+  });
+}
+
+Connection::WatchGuard::WatchGuard(Connection* conn, std::shared_ptr<ClientWatch> watch)
+    : c(conn), w(std::move(watch)) {
+  c->WatchClient(w);
+}
+
+Connection::WatchGuard::~WatchGuard() {
+  if (w->watching) {
+    w->watching = false;
+    asio::error_code ignored;
+    c->socket_.cancel(ignored);  // the pending wait (nothing else is pending meanwhile)
+  }
+  // What was read aside joins the read buffer (the command is over: nothing
+  // points into the buffer any more).
+  if (!c->aside_.empty()) {
+    if (c->rlen_ + c->aside_.size() > c->rbuf_.size()) c->GrowReadBuffer(c->rlen_ + c->aside_.size());
+    std::memcpy(c->rbuf_.data() + c->rlen_, c->aside_.data(), c->aside_.size());
+    c->rlen_ += c->aside_.size();
+    c->aside_.clear();
+  }
+}
+
+std::string Connection::NotLedHere(uint64_t group, uint16_t slot) {
+  if (cluster_aware_) {
+    std::string saved = std::move(wbuf_);
+    wbuf_.clear();
+    ReplyMoved(group, slot);
+    std::string moved = std::move(wbuf_);
+    wbuf_ = std::move(saved);
+    return moved;
+  }
+  return "-UNBLOCKED the key's shard is no longer led by this node; retry\r\n";
+}
+
+asio::awaitable<void> Connection::ForwardWaiting(uint16_t slot, kv::Args args, int64_t timeout_ms) {
+  auto blocking = std::make_shared<Forwarder::Blocking>();
+  blocking->timeout_ms = timeout_ms;
+  auto watch = std::make_shared<ClientWatch>();
+  watch->gone = [blocking] { blocking->Abandon(); };
+  WatchGuard guard(this, watch);
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, db_, args, blocking);
+  if (blocking->abandoned) {
+    close_after_reply_ = true;
+    co_return;
+  }
+  writer_.Raw(reply);
+}
+
+asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args, uint16_t slot) {
+  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  last_command_ = cmd.spec.name;
+  uint64_t group = server_.cluster().GroupOfSlot(slot);
+  if (group == 0) {
+    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+    co_return;
+  }
+  // The replies before it go out now: it may wait long.
+  if (!co_await FlushReplies()) co_return;
+  replica::Replica* r = server_.groups().Find(group);
+  auto watch = std::make_shared<ClientWatch>();
+  struct Unblock {
+    bool* b;
+    ~Unblock() { *b = false; }
+  } unblock{&blocked_};
+  if (r == nullptr || !r->published_is_leader()) {
+    if (cluster_aware_) {
+      ReplyMoved(group, slot);
+      co_return;
+    }
+    blocked_ = true;
+    co_await ForwardWaiting(slot, args, kv::BlockingTimeoutMs(cmd.spec, args).value_or(0));
+    co_return;
+  }
+  kv::Entry entry;
+  if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
+  const int64_t timeout_ms = kv::BlockingTimeoutMs(cmd.spec, args).value_or(0);
+  // No deadline without a timeout, nor past a century.
+  constexpr int64_t kTimeoutMaxMs = 100LL * 365 * 86'400'000;
+  const int64_t deadline_us =
+      timeout_ms > 0 && timeout_ms < kTimeoutMaxMs ? node::MonoUs() + timeout_ms * 1000 : INT64_MAX;
+  // Registered before the first try: a write that lands between that try
+  // and the wait still wakes it. Only the keys it takes from (not BLMOVE's
+  // destination).
+  auto blocked = std::make_shared<BlockedClient>(worker_.io());
+  blocked->wants = cmd.spec.group == "sorted_set" ? kv::ValueType::kZSet : kv::ValueType::kList;
+  for (size_t k : kv::BlockingKeyPositions(cmd.spec, args)) blocked->keys.emplace_back(db_, std::string(args[k]));
+  BlockingKeys& registry = server_.blocking();
+  registry.Add(blocked);
+  // However this ends, the client leaves the queues, and passes a wake on
+  // unless it leaves with a clean "nothing" and no wake it did not use
+  // (taking something, an error, a wake in flight: the next may have work).
+  bool pass_on = true;
+  uint64_t seen = 0;
+  struct Leave {
+    BlockingKeys& registry;
+    std::shared_ptr<BlockedClient> blocked;
+    const bool& pass_on;
+    const uint64_t& seen;
+    ~Leave() { registry.Remove(blocked, pass_on || blocked->wakes.load() != seen); }
+  } leave{registry, blocked, pass_on, seen};
+  bool client_gone = false;
+  watch->gone = [blocked, &client_gone] {
+    client_gone = true;
+    blocked->timer.cancel();
+  };
+  blocked_ = true;
+  WatchGuard guard(this, watch);
+  std::string reply;
+  for (;;) {
+    // Still led here? (A split may have handed the slot to a child led here.)
+    const uint64_t g = server_.cluster().GroupOfSlot(slot);
+    replica::Replica* rr = g != 0 ? server_.groups().Find(g) : nullptr;
+    if (client_gone || killed_) break;
+    if (rr == nullptr || !rr->published_is_leader()) {
+      reply = NotLedHere(g, slot);
+      break;
+    }
+    group = g;
+    seen = blocked->wakes.load();
+    entry.now_ms = RealClock().NowUnixMs();  // expiry as of this try
+    QueueWrite(group, entry);
+    std::string before = std::move(wbuf_);
+    wbuf_.clear();
+    co_await FlushWrites();
+    reply = std::move(wbuf_);
+    wbuf_ = std::move(before);
+    if (!IsNullReply(reply)) break;  // took something, or an error
+    // Nothing to take: wait for a write to a key, the timeout, the client
+    // leaving, or the shard's leadership moving away.
+    bool again = false;
+    while (!again) {
+      if (client_gone || killed_) break;
+      if (blocked->wakes.load() != seen) {
+        again = true;
+        break;
+      }
+      const int64_t now = node::MonoUs();
+      if (now >= deadline_us) {
+        // A timeout is a null array, whatever the command (BLMOVE's too, as
+        // Redis answers it).
+        reply.clear();
+        writer_.NullArray();
+        pass_on = false;
+        break;
+      }
+      const uint64_t g2 = server_.cluster().GroupOfSlot(slot);
+      replica::Replica* r2 = g2 != 0 ? server_.groups().Find(g2) : nullptr;
+      if (r2 == nullptr || !r2->published_is_leader()) {
+        reply = NotLedHere(g2, slot);
+        break;
+      }
+      blocked->timer.expires_after(
+          std::min<std::chrono::microseconds>(kBlockedCheckEvery, std::chrono::microseconds(deadline_us - now)));
+      co_await blocked->timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    }
+    if (!again) break;
+  }
+  if (client_gone || killed_) {
+    close_after_reply_ = true;
+    co_return;
+  }
+  writer_.Raw(reply);  // empty when the answer was written instead
 }
 
 asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args args) {
@@ -599,7 +902,7 @@ std::string Connection::InfoLine() const {
   line += " name=" + name_;
   line += " age=" + std::to_string((now - created_ms_) / 1000);
   line += " idle=" + std::to_string((now - last_active_ms_) / 1000);
-  line += " flags=N db=" + std::to_string(db_);
+  line += std::string(" flags=") + (blocked_ ? "b" : "N") + " db=" + std::to_string(db_);
   line += " sub=0 psub=0 ssub=0 multi=-1";
   line += " qbuf=" + std::to_string(rlen_) + " qbuf-free=" + std::to_string(rbuf_.size() - rlen_);
   line += " argv-mem=0 multi-mem=0 rbs=" + std::to_string(rbuf_.size()) + " rbp=0";
@@ -770,6 +1073,8 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     for (size_t i = 0; i < cmds.size(); ++i) cmds[i]->sync(*this, views[i], &writer_);
     co_return;
   }
+  last_write_slot_ = *slot;  // for WAIT (a transaction writes, as a rule)
+  wrote_ = true;
   const uint64_t group = server_.cluster().GroupOfSlot(*slot);
   if (group == 0) {
     writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");

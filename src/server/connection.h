@@ -6,6 +6,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/ip/tcp.hpp>
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <optional>
@@ -86,6 +87,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                        std::vector<Watched> watches);
   // WATCH key [key ...]: their fingerprints, read where their slot is led.
   asio::awaitable<void> Watch(kv::Args args);
+  // WAIT numreplicas timeout: how many replicas (besides the leader) hold
+  // the client's last write, waiting up to timeout ms (0: until enough do).
+  asio::awaitable<void> Wait(kv::Args args);
+  // SHOAL.WAIT slot numreplicas timeout: the same for the shard that holds
+  // `slot`, counted where it is led (another node's WAIT, forwarded).
+  asio::awaitable<void> WaitForSlot(uint16_t slot, int64_t numreplicas, int64_t timeout_ms);
 
  private:
   // Runs one command; returns false if it must continue asynchronously.
@@ -114,6 +121,34 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::awaitable<void> FlushWrites();
   // Routes and runs a command on keys (all in one slot); see Run().
   asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
+  // A blocking command (BLPOP...) on keys of `slot`: applied at once, and
+  // again after each write to its keys, until it takes something, its
+  // timeout passes, the client leaves or the shard's leadership moves.
+  asio::awaitable<void> RunBlocking(const Command& cmd, kv::Args args, uint16_t slot);
+  // While a command waits: reads what the client sends meanwhile into the
+  // read buffer (without growing it) and calls *gone if the client leaves.
+  // Stops when *watching turns false.
+  struct ClientWatch {
+    bool watching = true;
+    std::function<void()> gone;
+  };
+  void WatchClient(std::shared_ptr<ClientWatch> watch);
+  // Watches the client while it lives; stops watching when it goes.
+  struct WatchGuard {
+    WatchGuard(Connection* c, std::shared_ptr<ClientWatch> w);
+    ~WatchGuard();
+    Connection* c;
+    std::shared_ptr<ClientWatch> w;
+  };
+  // A plain client's request that may wait long (a blocking pop, WAIT), on
+  // a forwarding link of its own to the slot's leader, closed if the client
+  // leaves first.
+  asio::awaitable<void> ForwardWaiting(uint16_t slot, kv::Args args, int64_t timeout_ms);
+  // MOVED to the slot's leader, or CLUSTERDOWN when it has none.
+  void ReplyMoved(uint64_t group, uint16_t slot);
+  // What a blocked command answers when its shard's leadership moved away:
+  // MOVED (cluster-aware), or UNBLOCKED.
+  std::string NotLedHere(uint64_t group, uint16_t slot);
   // Waits until local state may serve a linearizable read of the group.
   asio::awaitable<bool> ReadBarrier(replica::Replica* r);
   // Keyless writes (FLUSHDB, FLUSHALL): every shard this node leads, and for
@@ -138,6 +173,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   int64_t created_ms_, last_active_ms_;
   std::vector<char> rbuf_;
   size_t rlen_ = 0;
+  std::string aside_;  // requests read while a command waits, beyond rbuf_'s room
   std::string wbuf_;
   resp::Writer writer_;
   resp::Parser parser_;
@@ -145,6 +181,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool cluster_aware_ = false;
   bool routed_ = false;
   bool readonly_ = false;
+  bool blocked_ = false;  // in a blocking command (CLIENT LIST flags=b)
+  uint16_t last_write_slot_ = 0;  // for WAIT
+  bool wrote_ = false;
   // Writes of the current pipeline waiting to be proposed: one log entry
   // per shard, all shards at once.
   std::vector<std::pair<uint64_t, kv::Entry>> queued_entries_;

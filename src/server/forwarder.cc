@@ -6,6 +6,10 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <tuple>
 
 #include "common/clock.h"
@@ -46,14 +50,30 @@ struct Forwarder::Link {
   std::string buf;
 };
 
+void Forwarder::Blocking::Abandon() {
+  abandoned = true;
+  if (link != nullptr) {
+    asio::error_code ignored;
+    link->close(ignored);
+  }
+}
+
 Forwarder::Forwarder(Server& server, int workers) : server_(server), idle_(static_cast<size_t>(workers)) {}
 Forwarder::~Forwarder() = default;
 
 asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t port, uint16_t db,
-                                               kv::Args args, bool* sent) {
+                                               kv::Args args, bool* sent, std::shared_ptr<Blocking> blocking) {
   *sent = false;
+  if (blocking && blocking->abandoned) co_return "-ERR the client left\r\n";
   auto& pool = idle_[static_cast<size_t>(w)][host + ":" + std::to_string(port)];
   std::unique_ptr<Link> link;
+  // A blocking request's link, while it is in use (see Blocking::Abandon).
+  struct Watched {
+    Blocking* b;
+    ~Watched() {
+      if (b != nullptr) b->link = nullptr;
+    }
+  } watched{blocking.get()};
   std::string req;
   size_t skip_replies = 0;
   if (!pool.empty()) {
@@ -72,6 +92,14 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       link->socket.bind(asio::ip::tcp::endpoint(local, 0), ec);
     }
     if (ec) co_return "-TRYAGAIN cannot open a connection to " + host + "\r\n";
+    // A node that dies without a word (power, network) is noticed within
+    // about half a minute even by a request that waits long (a blocking pop).
+    link->socket.set_option(asio::socket_base::keep_alive(true), ec);
+    const int idle = 10, interval = 5, probes = 3;
+    ::setsockopt(link->socket.native_handle(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    ::setsockopt(link->socket.native_handle(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    ::setsockopt(link->socket.native_handle(), IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+    if (blocking) blocking->link = &link->socket;  // a client that leaves now cuts the connect short
     asio::error_code cec;
     {
       node::Deadline deadline(link->socket, kConnectMax);
@@ -97,7 +125,18 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     link->db = db;
   }
   AppendCommand(&req, args);
-  node::Deadline deadline(link->socket, ReplyMax(req.size()));
+  // A blocking command may wait its timeout first; without one, a year.
+  std::chrono::steady_clock::duration reply_max = ReplyMax(req.size());
+  if (blocking) {
+    constexpr int64_t kYearMs = 365LL * 86'400'000;
+    const int64_t ms = blocking->timeout_ms;
+    reply_max += std::chrono::milliseconds(ms > 0 && ms < kYearMs ? ms : kYearMs);
+  }
+  node::Deadline deadline(link->socket, reply_max);
+  if (blocking) {
+    if (blocking->abandoned) co_return "-ERR the client left\r\n";
+    blocking->link = &link->socket;
+  }
   auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
   (void)wn;
   if (wec) co_return "-TRYAGAIN connection to " + host + " failed\r\n";
@@ -132,7 +171,8 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
   }
 }
 
-asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args) {
+asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args,
+                                                     std::shared_ptr<Blocking> blocking) {
   auto& cluster = server_.cluster();
   asio::steady_timer pause(server_.runtime().worker(w).io());
   int64_t deadline = RealClock().NowMonoUs() + kRetryForUs;
@@ -151,7 +191,8 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint1
     }
     if (!host.empty()) {
       bool sent = false;
-      std::string reply = co_await ToNode(w, host, port, db, args, &sent);
+      std::string reply = co_await ToNode(w, host, port, db, args, &sent, blocking);
+      if (blocking && blocking->abandoned) co_return reply;
       host.clear();
       bool retry = reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN");
       if (reply.starts_with("-MOVED ") && hop < kHopsMax) {

@@ -24,13 +24,24 @@ class Forwarder {
  public:
   Forwarder(Server& server, int workers);
   ~Forwarder();
+  // A blocking command (BLPOP...): it may wait its timeout (0: without
+  // end) before it is answered, and Abandon() gives up on it at once (the
+  // client left: the link is closed, so the node it waits on forgets it).
+  // Touched on the forwarding worker only.
+  struct Blocking {
+    int64_t timeout_ms = 0;
+    bool abandoned = false;
+    asio::ip::tcp::socket* link = nullptr;  // while a request waits on it
+    void Abandon();
+  };
   // Runs args (in db) on the leader of `slot`'s shard; returns its raw reply.
   // Call on worker `w`.
-  asio::awaitable<std::string> ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args);
+  asio::awaitable<std::string> ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args,
+                                            std::shared_ptr<Blocking> blocking = nullptr);
   // Runs args on the node at host:port (as a routed connection) and returns
   // the raw reply, or an error reply if it cannot be reached.
   asio::awaitable<std::string> ToNode(int w, std::string host, uint16_t port, uint16_t db, kv::Args args,
-                                      bool* sent);
+                                      bool* sent, std::shared_ptr<Blocking> blocking = nullptr);
 
  private:
   struct Link;

@@ -95,7 +95,7 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("connected_clients", st.connected_clients.load());
     w.Field("maxclients", cfg.maxclients);
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
-    w.Field("blocked_clients", 0);
+    w.Field("blocked_clients", static_cast<int64_t>(server.blocking().blocked()));
   }
   if (w.Begin("Memory")) {
     storage::MemoryUsage m = server.engine().Memory();
@@ -197,7 +197,7 @@ void WriteFlags(uint32_t flags, resp::Writer* r) {
       {kv::kCmdWrite, "write"},     {kv::kCmdReadonly, "readonly"}, {kv::kCmdDenyOom, "denyoom"},
       {kv::kCmdAdmin, "admin"},     {kv::kCmdNoScript, "noscript"}, {kv::kCmdLoading, "loading"},
       {kv::kCmdStale, "stale"},     {kv::kCmdFast, "fast"},         {kv::kCmdNoAuth, "no_auth"},
-      {kv::kCmdMovableKeys, "movablekeys"},
+      {kv::kCmdMovableKeys, "movablekeys"}, {kv::kCmdBlocking, "blocking"},
   };
   size_t n = 0;
   for (const auto& [bit, name] : kNames) n += (flags & bit) != 0;

@@ -168,6 +168,7 @@ Status Server::Start() {
   // entry), shared out over the shards.
   co.meta_cache_entries = static_cast<size_t>(config().maxmemory / 8192 / std::max(1, config().shards));
   co.limits = &apply_limits_;
+  co.key_watcher = &blocking_;
   // The Raft log held in memory gets at most 1/32 of the budget over all shards.
   co.log_bytes_per_replica =
       static_cast<uint64_t>(std::max<int64_t>(256 << 10, config().maxmemory / 32 / std::max(1, config().shards)));

@@ -19,6 +19,7 @@
 #include "node/runtime.h"
 #include "node/snapshot_streams.h"
 #include "node/transport.h"
+#include "server/blocking.h"
 #include "server/command_table.h"
 #include "server/config.h"
 #include "storage/engine.h"
@@ -87,6 +88,7 @@ class Server {
   node::Transport& transport() { return *transport_; }
   node::SnapshotStreams& snapshots() { return *snapshots_; }
   Forwarder& forwarder() { return *forwarder_; }
+  BlockingKeys& blocking() { return blocking_; }
   // The shards this node leads (cluster-aware views) or holds (plain views).
   std::vector<kv::Shard*> LedShards() const;
   std::vector<kv::Shard*> LocalShards() const { return cluster_->LocalShards(); }
@@ -113,6 +115,7 @@ class Server {
   // (a write's limits travel in its entry), only on the database count.
   kv::Limits apply_limits_;
   Stats stats_;
+  BlockingKeys blocking_;  // outlives the shards that tell it of writes
   CommandTable commands_;
   std::unique_ptr<storage::Engine> engine_;
   std::vector<WorkerState> worker_states_;

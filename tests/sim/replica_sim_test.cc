@@ -62,10 +62,12 @@ const kv::CommandSpec& Spec(std::string_view name) {
 // read reads field f, and a quarter sorted sets, whose write is ZADD key N f
 // for value vN and whose read reads f's score (a change of score moves its
 // entry in score order too). Their elements are keys of their own, so
-// snapshots, splits and storage faults carry them.
-enum class KeyKind { kString, kHash, kZset };
+// snapshots, splits and storage faults carry them. An eighth are bitmaps:
+// the write of vN is BITFIELD key SET u32 0 N, the read its first 4 bytes.
+enum class KeyKind { kString, kHash, kZset, kBitmap };
 KeyKind KindOf(const std::string& key) {
   const uint16_t slot = storage::KeySlot(key);
+  if (slot % 8 == 4) return KeyKind::kBitmap;
   return slot % 2 == 0 ? KeyKind::kString : (slot % 4 == 1 ? KeyKind::kHash : KeyKind::kZset);
 }
 
@@ -77,6 +79,7 @@ std::string ReadKeyOf(const std::string& key) {
     case KeyKind::kZset:
       return storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kZSet, "f"));
     case KeyKind::kString:
+    case KeyKind::kBitmap:
       break;
   }
   return storage::DataKey(0, key);
@@ -87,15 +90,25 @@ std::string ReadValueOf(const std::string& key, const std::string& raw) {
   if (KindOf(key) == KeyKind::kHash) return raw;
   if (KindOf(key) == KeyKind::kZset) return "v" + std::to_string(static_cast<int64_t>(kv::DecodeScore(raw)));
   kv::Value v;
-  return kv::DecodeValue(raw, &v) ? std::string(v.payload) : "";
+  if (!kv::DecodeValue(raw, &v)) return "";
+  if (KindOf(key) == KeyKind::kBitmap) {
+    if (v.payload.size() < 4) return "";
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(v.payload[static_cast<size_t>(i)]);
+    return "v" + std::to_string(n);
+  }
+  return std::string(v.payload);
 }
 
-// A SET of key to value (HSET or ZADD of f for a collection); `expiring`:
-// with an expiry far in the future (the key counts among the shard's
-// expiring keys; strings only).
+// A SET of key to value (HSET, ZADD or BITFIELD SET for the other kinds);
+// `expiring`: with an expiry far in the future (the key counts among the
+// shard's expiring keys; strings only).
 std::string SetBatch(const std::string& key, const std::string& value, bool expiring = false) {
   const KeyKind kind = KindOf(key);
-  const kv::CommandSpec& spec = Spec(kind == KeyKind::kHash ? "hset" : (kind == KeyKind::kZset ? "zadd" : "set"));
+  const kv::CommandSpec& spec = Spec(kind == KeyKind::kHash   ? "hset"
+                                     : kind == KeyKind::kZset ? "zadd"
+                                     : kind == KeyKind::kBitmap ? "bitfield"
+                                                                : "set");
   kv::Entry e;
   e.op = spec.op;
   e.now_ms = 1000;
@@ -104,6 +117,7 @@ std::string SetBatch(const std::string& key, const std::string& value, bool expi
   std::vector<std::string_view> args = {"set", key, value};
   if (kind == KeyKind::kHash) args = {"hset", key, "f", value};
   if (kind == KeyKind::kZset) args = {"zadd", key, score, "f"};
+  if (kind == KeyKind::kBitmap) args = {"bitfield", key, "set", "u32", "0", score};
   if (expiring && kind == KeyKind::kString) args.insert(args.end(), {"px", "1000000000"});
   std::string err;
   resp::Writer w(&err, 2);
@@ -112,8 +126,11 @@ std::string SetBatch(const std::string& key, const std::string& value, bool expi
   return replica::EncodeKvBatch({e}, 2);
 }
 
-// Whether a write's reply says it took effect (OK for SET, a count for HSET and ZADD).
-bool WriteApplied(const std::string& reply) { return reply == "+OK\r\n" || reply == ":0\r\n" || reply == ":1\r\n"; }
+// Whether a write's reply says it took effect (OK for SET, a count for HSET
+// and ZADD, the old field for BITFIELD SET).
+bool WriteApplied(const std::string& reply) {
+  return reply == "+OK\r\n" || reply == ":0\r\n" || reply == ":1\r\n" || reply.starts_with("*1\r\n:");
+}
 
 // A node's process stopped itself (shoal::FailStop): the simulation catches
 // it as a crash of that node.
