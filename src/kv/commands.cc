@@ -30,6 +30,7 @@ const Table& GetTable() {
     AppendListCommands(&t.specs);
     AppendZsetCommands(&t.specs);
     AppendBitmapCommands(&t.specs);
+    AppendHllCommands(&t.specs);
     AppendWatchCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;
@@ -67,6 +68,9 @@ std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args) {
     auto n = ParseInt64(args[at]);
     if (!n || *n <= 0 || static_cast<uint64_t>(*n) > args.size() - at - 1) return {};
     for (size_t i = 1; i <= static_cast<size_t>(*n); ++i) out.push_back(at + i);
+  }
+  if (spec.option_keys != nullptr) {
+    for (size_t k : spec.option_keys(args)) out.push_back(k);
   }
   return out;
 }

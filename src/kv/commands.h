@@ -74,6 +74,8 @@ struct CommandSpec {
   // take; outside MULTI the server then waits for a write to its keys and
   // applies it again (server/blocking.h).
   int timeout_at = 0;
+  // Keys that options name (SORT ... STORE destination), besides the others.
+  std::vector<size_t> (*option_keys)(Args args) = nullptr;
 };
 
 // The positions in args of every key of a command (empty: keyless, or a

@@ -14,5 +14,6 @@ void AppendSetCommands(std::vector<CommandSpec>* out);
 void AppendListCommands(std::vector<CommandSpec>* out);
 void AppendZsetCommands(std::vector<CommandSpec>* out);
 void AppendBitmapCommands(std::vector<CommandSpec>* out);
+void AppendHllCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv

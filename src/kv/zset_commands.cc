@@ -11,6 +11,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 #include <vector>
@@ -1008,6 +1009,206 @@ Status ZmpopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* re
   return Status::Ok();
 }
 
+// ---- SORT, SORT_RO (here: a sorted set's score order is at hand)
+
+struct SortArgs {
+  bool desc = false, alpha = false, dontsort = false;
+  int64_t limit_start = 0, limit_count = -1;
+  size_t store_at = 0;  // 0: no STORE
+};
+
+// SORT's options in Redis Cluster's terms: BY with a pattern and GET read
+// other keys, which a cluster refuses; BY without "*" means "do not sort".
+bool ParseSort(Args args, bool readonly, SortArgs* o, resp::Writer* reply) {
+  for (size_t j = 2; j < args.size(); ++j) {
+    const size_t left = args.size() - j - 1;
+    if (EqualsIgnoreCase(args[j], "asc")) {
+      o->desc = false;
+    } else if (EqualsIgnoreCase(args[j], "desc")) {
+      o->desc = true;
+    } else if (EqualsIgnoreCase(args[j], "alpha")) {
+      o->alpha = true;
+    } else if (EqualsIgnoreCase(args[j], "limit") && left >= 2) {
+      auto a = ParseInt64(args[j + 1]);
+      auto b = ParseInt64(args[j + 2]);
+      if (!a || !b) return reply->Error(kErrNotInteger), false;
+      o->limit_start = *a;
+      o->limit_count = *b;
+      j += 2;
+    } else if (!readonly && EqualsIgnoreCase(args[j], "store") && left >= 1) {
+      o->store_at = ++j;
+    } else if (EqualsIgnoreCase(args[j], "by") && left >= 1) {
+      if (args[++j].find('*') != std::string_view::npos) {
+        return reply->Error("ERR BY option of SORT denied in Cluster mode."), false;
+      }
+      o->dontsort = true;
+    } else if (EqualsIgnoreCase(args[j], "get") && left >= 1) {
+      return reply->Error("ERR GET option of SORT denied in Cluster mode."), false;
+    } else {
+      return reply->Error(kErrSyntax), false;
+    }
+  }
+  return true;
+}
+
+// The key SORT's last STORE names (COMMAND GETKEYS, routing).
+std::vector<size_t> SortStoreKey(Args args) {
+  std::vector<size_t> out;
+  for (size_t j = 2; j < args.size(); ++j) {
+    if (EqualsIgnoreCase(args[j], "limit")) {
+      j += 2;
+    } else if (EqualsIgnoreCase(args[j], "get") || EqualsIgnoreCase(args[j], "by")) {
+      j += 1;
+    } else if (EqualsIgnoreCase(args[j], "store") && j + 1 < args.size()) {
+      out.assign(1, ++j);
+    }
+  }
+  return out;
+}
+
+// The elements of the list, set or sorted set at key, sorted as SORT says,
+// and cut to its LIMIT. false: answered (WRONGTYPE, storage, a number that
+// is not one).
+bool SortElements(ReadContext& ctx, std::string_view key, const SortArgs& o, std::vector<std::string>* out,
+                  resp::Writer* reply) {
+  std::string raw;
+  Value v;
+  bool found = false;
+  if (!ReadLive(ctx, key, &raw, &v, &found, reply)) return false;
+  if (found && v.type != ValueType::kList && v.type != ValueType::kSet && v.type != ValueType::kZSet) {
+    return reply->Error(kErrWrongType), false;
+  }
+  bool dontsort = o.dontsort, alpha = o.alpha;
+  if (found && v.type == ValueType::kSet && dontsort && o.store_at != 0) {
+    dontsort = false;  // a stored set comes out sorted (as Redis does it)
+    alpha = true;
+  }
+  std::vector<std::string> all;
+  if (found) {
+    CollectionRead c(ctx, v.type);
+    if (!c.Open(key, reply)) return false;
+    bool ok = true;
+    if (v.type == ValueType::kZSet && dontsort) {
+      ok = WalkScores(ReadWalker(c, reply), false, {}, [&](std::string_view m, double) {
+        all.emplace_back(m);
+        return true;
+      });
+    } else {
+      ok = c.ForEach(
+          {},
+          [&](std::string_view element, std::string_view value) {
+            all.emplace_back(v.type == ValueType::kList ? value : element);
+            return true;
+          },
+          reply);
+    }
+    if (!ok) return false;
+  }
+  if (dontsort) {
+    if (o.desc && v.type != ValueType::kSet) std::reverse(all.begin(), all.end());
+  } else if (alpha) {
+    // Byte order; without STORE as strcoll() in the C locale (to a NUL).
+    const bool store = o.store_at != 0;
+    std::sort(all.begin(), all.end(), [&](const std::string& a, const std::string& b) {
+      const int cmp = store ? a.compare(b) : std::strcmp(a.c_str(), b.c_str());
+      return o.desc ? cmp > 0 : cmp < 0;
+    });
+  } else {
+    std::vector<std::pair<double, std::string>> scored;
+    scored.reserve(all.size());
+    for (auto& e : all) {
+      char* end = nullptr;
+      errno = 0;
+      const double d = std::strtod(e.c_str(), &end);
+      if (*end != '\0' || errno == ERANGE || std::isnan(d)) {
+        return reply->Error("ERR One or more scores can't be converted into double"), false;
+      }
+      scored.emplace_back(d, std::move(e));
+    }
+    // Equal numbers in byte order of the elements, so the result is one.
+    std::sort(scored.begin(), scored.end(), [&](const auto& a, const auto& b) {
+      const int cmp = a.first < b.first ? -1 : (a.first > b.first ? 1 : a.second.compare(b.second));
+      return o.desc ? cmp > 0 : cmp < 0;
+    });
+    all.clear();
+    for (auto& [d, e] : scored) all.push_back(std::move(e));
+  }
+  const auto n = static_cast<int64_t>(all.size());
+  int64_t start = std::max<int64_t>(o.limit_start, 0);
+  int64_t end = o.limit_count < 0 ? n - 1 : (o.limit_count > n ? start + n : start + o.limit_count) - 1;
+  if (start >= n) {
+    start = n - 1;
+    end = n - 2;
+  }
+  if (end >= n) end = n - 1;
+  for (int64_t i = start; i <= end; ++i) out->push_back(std::move(all[static_cast<size_t>(i)]));
+  return true;
+}
+
+void ReplyElements(const std::vector<std::string>& out, resp::Writer* reply) {
+  reply->ArrayHeader(out.size());
+  for (const auto& e : out) reply->Bulk(e);
+}
+
+// SORT_RO key [BY nosort] [LIMIT offset count] [ASC|DESC] [ALPHA]
+void SortRoRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  SortArgs o;
+  std::vector<std::string> out;
+  if (!ParseSort(args, true, &o, reply) || !SortElements(ctx, args[1], o, &out, reply)) return;
+  ReplyElements(out, reply);
+}
+
+// SORT key [...] [STORE destination]: a write (STORE), applied on a view of
+// the apply's own state. Entry args: the command's.
+bool SortPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {
+  SortArgs o;
+  if (!ParseSort(args, false, &o, reply)) return false;
+  entry->args.assign(args.begin() + 1, args.end());
+  return true;
+}
+
+Status SortApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
+  std::vector<std::string_view> args = {"sort"};
+  args.insert(args.end(), e.args.begin(), e.args.end());
+  SortArgs o;
+  if (!ParseSort(args, false, &o, reply)) return Status::Ok();
+  std::vector<std::string> out;
+  {
+    std::unique_ptr<storage::Engine> view = txn.NewReadView();
+    Shard* shards[] = {txn.shard()};
+    ReadContext ctx{view.get(), e.db, e.now_ms, &limits, shards, 0};
+    if (!SortElements(ctx, args[1], o, &out, reply)) return Status::Ok();
+  }
+  if (o.store_at == 0) {
+    ReplyElements(out, reply);
+    return Status::Ok();
+  }
+  // The destination becomes a list of the result (no TTL), or goes if empty.
+  const std::string dest(args[o.store_at]);
+  const auto count = static_cast<int64_t>(out.size());
+  bool existed = false;
+  Status st = txn.Delete(e.db, dest, &existed);
+  if (st.ok() && !out.empty()) {
+    // RPUSH destination element ...
+    const CommandSpec* rpush = nullptr;
+    for (const CommandSpec& spec : DataCommands()) {
+      if (spec.name == "rpush") rpush = &spec;
+    }
+    Entry push;
+    push.op = rpush->op;
+    push.db = e.db;
+    push.now_ms = e.now_ms;
+    push.args.reserve(out.size() + 1);
+    push.args.push_back(dest);
+    for (auto& x : out) push.args.push_back(std::move(x));
+    std::string ignored;
+    resp::Writer quiet(&ignored, 2);
+    st = rpush->apply(txn, push, limits, &quiet);
+  }
+  if (st.ok()) reply->Integer(count);
+  return st;
+}
+
 }  // namespace
 
 void AppendZsetCommands(std::vector<CommandSpec>* out) {
@@ -1057,6 +1258,9 @@ void AppendZsetCommands(std::vector<CommandSpec>* out) {
        BzpopPrepare<true>, ZmpopApply, 0, -1},
       {"bzmpop", -5, kCmdWrite | kCmdBlocking, 0, 0, 0, "sorted_set", 95, nullptr, BzmpopPrepare, ZmpopApply, 2,
        1},
+      {"sort_ro", -2, kCmdReadonly, 1, 1, 1, "generic", 0, SortRoRead},
+      {"sort", -2, kCmdWrite | kCmdDenyOom, 1, 1, 1, "generic", 108, nullptr, SortPrepare, SortApply, 0, 0,
+       SortStoreKey},
   });
 }
 

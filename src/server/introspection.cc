@@ -212,7 +212,7 @@ void WriteCommandInfo(const Command& cmd, resp::Writer* r) {
   r->ArrayHeader(10);
   r->Bulk(s.name);
   r->Integer(s.arity);
-  WriteFlags(s.flags | (s.numkeys_at > 0 ? uint32_t{kv::kCmdMovableKeys} : 0u), r);
+  WriteFlags(s.flags | (s.numkeys_at > 0 || s.option_keys != nullptr ? uint32_t{kv::kCmdMovableKeys} : 0u), r);
   r->Integer(s.first_key);
   r->Integer(s.last_key);
   r->Integer(s.key_step);

@@ -227,3 +227,46 @@ def test_differential_random_sorted_sets(seed, diff_servers):
     if mismatches:
         pytest.fail(f"{len(mismatches)} mismatching replies (seed {seed}):\n" + "\n".join(mismatches[:20]),
                     pytrace=False)
+
+
+def _random_hll_script(seed: int, n: int = 300) -> "Script":
+    """PFADD of random elements (some adds change nothing), PFMERGE of
+    random sources (sparse runs split and merged, sparse into dense), GET of
+    the bytes and PFCOUNT, on both servers."""
+    import random
+    from difflib_resp import Script, Step
+    rnd = random.Random(seed)
+    keys = ["{p}1", "{p}2", "{p}3", "{p}4"]
+    steps = []
+
+    def add(*words):
+        steps.append(Step(len(steps) + 1, " ".join(words), "", [w.encode() for w in words], []))
+
+    for _ in range(n):
+        c = rnd.random()
+        k = rnd.choice(keys)
+        if c < 0.55:
+            pool = rnd.choice([20, 500, 50_000])  # repeats, then many distinct
+            add("PFADD", k, *[f"x{rnd.randrange(pool)}" for _ in range(rnd.randint(1, 40))])
+        elif c < 0.65:
+            add("PFMERGE", k, *rnd.sample(keys, rnd.randint(1, 3)))
+        elif c < 0.85:
+            add("GET", k)
+        elif c < 0.95:
+            add("PFCOUNT", k)
+        else:
+            add("PFCOUNT", *rnd.sample(keys, rnd.randint(2, 4)))
+    return Script(Path(f"random-hll-{seed}"), steps)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_differential_random_hyperloglogs(seed, diff_servers):
+    ref, tgt = diff_servers
+    for s in (ref, tgt):
+        with RespConn(s.host, s.port) as c:
+            c.call(b"FLUSHALL")
+    mismatches = run_script(_random_hll_script(seed), ref.addr, tgt.addr, [])
+    tgt.check_alive(f" while running seed {seed}")
+    if mismatches:
+        pytest.fail(f"{len(mismatches)} mismatching replies (seed {seed}):\n" + "\n".join(m[:600] for m in mismatches[:10]),
+                    pytrace=False)
