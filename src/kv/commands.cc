@@ -31,6 +31,7 @@ const Table& GetTable() {
     AppendZsetCommands(&t.specs);
     AppendBitmapCommands(&t.specs);
     AppendHllCommands(&t.specs);
+    AppendDumpCommands(&t.specs);
     AppendWatchCommands(&t.specs);
     for (const CommandSpec& s : t.specs) {
       if (s.op == 0) continue;

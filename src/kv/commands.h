@@ -107,6 +107,10 @@ std::optional<int64_t> BlockingTimeoutMs(const CommandSpec& spec, Args args);
 // negative); false: the error is replied.
 bool ParseBlockTimeout(std::string_view arg, int64_t* ms, resp::Writer* reply);
 
+// A DUMP payload of an RDB object `body`: with the RDB version and the
+// CRC-64 that RESTORE checks (dump_commands.cc).
+std::string SealDumpPayload(std::string_view body);
+
 // The error Redis sends for wrong arity of `name`.
 std::string ArityError(std::string_view name);
 

@@ -15,5 +15,6 @@ void AppendListCommands(std::vector<CommandSpec>* out);
 void AppendZsetCommands(std::vector<CommandSpec>* out);
 void AppendBitmapCommands(std::vector<CommandSpec>* out);
 void AppendHllCommands(std::vector<CommandSpec>* out);
+void AppendDumpCommands(std::vector<CommandSpec>* out);
 
 }  // namespace shoal::kv
