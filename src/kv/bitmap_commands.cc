@@ -4,6 +4,7 @@
 // every string write does.
 #include <bit>
 #include <cstdint>
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -219,27 +220,36 @@ bool BitopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* 
 
 Status BitopApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
   const std::string& op = e.args[1];
-  std::vector<std::string> srcs;
   Status st;
-  size_t longest = 0;
+  // Every source's type first (WRONGTYPE before anything changes); then
+  // each source folded into the result as it is read, so memory stays at
+  // the result and one source however many sources are named.
   for (size_t i = 2; i < e.args.size(); ++i) {
-    auto s = GetStringForWrite(txn, e.db, e.args[i], reply, &st);  // WRONGTYPE before anything changes
+    if (!GetStringForWrite(txn, e.db, e.args[i], reply, &st)) return st;
+  }
+  std::string out;
+  size_t shortest = SIZE_MAX;
+  for (size_t i = 2; i < e.args.size(); ++i) {
+    auto s = GetStringForWrite(txn, e.db, e.args[i], reply, &st);
     if (!s) return st;
-    longest = std::max(longest, s->payload.size());
-    srcs.push_back(std::move(s->payload));
-  }
-  std::string out(longest, '\0');
-  for (size_t j = 0; j < longest; ++j) {
-    auto byte = [&](size_t i) { return j < srcs[i].size() ? static_cast<uint8_t>(srcs[i][j]) : uint8_t{0}; };
-    uint8_t b = byte(0);
-    if (op == "not") b = static_cast<uint8_t>(~b);
-    for (size_t i = 1; i < srcs.size(); ++i) {
-      if (op == "and") b &= byte(i);
-      if (op == "or") b |= byte(i);
-      if (op == "xor") b ^= byte(i);
+    const std::string& src = s->payload;
+    if (i == 2) {
+      out = src;
+      if (op == "not") {
+        for (char& c : out) c = static_cast<char>(~static_cast<uint8_t>(c));
+      }
+    } else {
+      if (out.size() < src.size()) out.resize(src.size(), '\0');
+      for (size_t j = 0; j < src.size(); ++j) {
+        const auto a = static_cast<uint8_t>(out[j]), b = static_cast<uint8_t>(src[j]);
+        out[j] = static_cast<char>(op == "and" ? (a & b) : op == "or" ? (a | b) : (a ^ b));
+      }
     }
-    out[j] = static_cast<char>(b);
+    shortest = std::min(shortest, src.size());
   }
+  // AND: past the shortest source, a missing byte counts as 0.
+  if (op == "and" && shortest < out.size()) std::fill(out.begin() + static_cast<std::ptrdiff_t>(shortest), out.end(), '\0');
+  const size_t longest = out.size();
   if (longest > 0) {
     st = PutString(txn, e.db, e.args[0], out, 0);  // a new value: no TTL, whatever was there
   } else {

@@ -29,6 +29,8 @@ namespace shoal::kv {
 namespace {
 
 constexpr uint16_t kRdbVersion = 10;  // redis-server 7.0's
+// The most elements one RESTORE carries (its log entry's arguments).
+constexpr size_t kRestoreItemsMax = 1u << 22;
 enum RdbType : uint8_t {
   kRdbString = 0, kRdbList = 1, kRdbSet = 2, kRdbZset = 3, kRdbHash = 4, kRdbZset2 = 5,
   kRdbSetIntset = 11, kRdbHashListpack = 16, kRdbZsetListpack = 17, kRdbListQuicklist2 = 18,
@@ -193,6 +195,7 @@ class Reader {
 
 // The entries of a listpack (strings; integers as their decimal text).
 bool ReadListpack(std::string_view lp, std::vector<std::string>* out) {
+  const size_t had = out->size();  // a quicklist's earlier nodes
   if (lp.size() < 7) return false;
   uint32_t total = 0;
   for (int i = 0; i < 4; ++i) total |= static_cast<uint32_t>(static_cast<uint8_t>(lp[static_cast<size_t>(i)])) << (8 * i);
@@ -240,11 +243,12 @@ bool ReadListpack(std::string_view lp, std::vector<std::string>* out) {
     const size_t entry = hdr + len;
     if (entry > lp.size() - 1 - p) return false;
     out->push_back(is_int ? std::to_string(iv) : std::string(lp.substr(p + hdr, len)));
-    const size_t back = entry < 128 ? 1 : entry < 16384 ? 2 : entry < 2097152 ? 3 : entry < 268435456 ? 4 : 5;
+    // The back length's size, as Redis's listpack writes it.
+    const size_t back = entry <= 127 ? 1 : entry < 16383 ? 2 : entry < 2097151 ? 3 : entry < 268435455 ? 4 : 5;
     p += entry + back;
   }
   uint16_t count = static_cast<uint16_t>(byte(4) | (byte(5) << 8));
-  return p == lp.size() - 1 && (count == 65535 || count == out->size());
+  return p == lp.size() - 1 && (count == 65535 || count == out->size() - had);
 }
 
 bool ReadIntset(std::string_view is, std::vector<std::string>* out) {
@@ -282,7 +286,8 @@ std::string ScoreText(double d) {
 
 // Checks the footer and decodes the object; false: not a valid payload
 // (*bad_footer: the version or checksum).
-bool DecodePayload(std::string_view payload, Decoded* out, bool* bad_footer) {
+bool DecodePayload(std::string_view payload, uint64_t bytes_max, Decoded* out, bool* bad_footer, bool* too_big) {
+  *too_big = false;
   *bad_footer = true;
   if (payload.size() < 10) return false;
   const std::string_view body = payload.substr(0, payload.size() - 10);
@@ -296,8 +301,19 @@ bool DecodePayload(std::string_view payload, Decoded* out, bool* bad_footer) {
   Reader r(body);
   const uint8_t type = r.Byte();
   std::vector<std::string>& items = out->items;
+  // Decoding stops once the value is bigger than one log entry may be.
+  uint64_t decoded = 0;
+  size_t counted = 0;
+  auto within = [&] {
+    for (; counted < items.size(); ++counted) decoded += items[counted].size() + 16;
+    if (items.size() > kRestoreItemsMax || decoded > bytes_max) {
+      *too_big = true;
+      r.Fail();
+    }
+    return r.ok();
+  };
   auto strings = [&](uint64_t n) {
-    for (uint64_t i = 0; i < n && r.ok(); ++i) items.push_back(r.String());
+    for (uint64_t i = 0; i < n && within(); ++i) items.push_back(r.String());
   };
   auto blob_entries = [&](bool (*read)(std::string_view, std::vector<std::string>*)) {
     std::string blob = r.String();
@@ -324,7 +340,7 @@ bool DecodePayload(std::string_view payload, Decoded* out, bool* bad_footer) {
     case kRdbZset2: {
       out->type = ValueType::kZSet;
       const uint64_t n = r.Len();
-      for (uint64_t i = 0; i < n && r.ok(); ++i) {
+      for (uint64_t i = 0; i < n && within(); ++i) {
         items.push_back(r.String());
         const double d = type == kRdbZset2 ? r.BinaryDouble() : r.StringDouble();
         if (std::isnan(d)) r.Fail();
@@ -352,7 +368,7 @@ bool DecodePayload(std::string_view payload, Decoded* out, bool* bad_footer) {
     case kRdbListQuicklist2: {
       out->type = ValueType::kList;
       const uint64_t nodes = r.Len();
-      for (uint64_t i = 0; i < nodes && r.ok(); ++i) {
+      for (uint64_t i = 0; i < nodes && within(); ++i) {
         const uint64_t container = r.Len();
         if (container == 1) {  // plain: one element
           items.push_back(r.String());
@@ -367,7 +383,7 @@ bool DecodePayload(std::string_view payload, Decoded* out, bool* bad_footer) {
     default:
       return false;
   }
-  if (!r.ok() || !r.done()) return false;
+  if (!within() || !r.done()) return false;
   if (out->type != ValueType::kString && items.empty()) return false;  // no empty collections
   if (out->type == ValueType::kHash && items.size() % 2 != 0) return false;
   if (out->type == ValueType::kZSet && items.size() % 2 != 0) return false;
@@ -450,8 +466,13 @@ bool RestorePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Wr
   if (!ttl) return reply->Error(kErrNotInteger), false;
   if (*ttl < 0) return reply->Error("ERR Invalid TTL value, must be >= 0"), false;
   Decoded d;
-  bool bad_footer = false;
-  if (!DecodePayload(args[3], &d, &bad_footer)) {
+  bool bad_footer = false, too_big = false;
+  if (!DecodePayload(args[3], static_cast<uint64_t>(ctx.limits->proto_max_bulk_len), &d, &bad_footer, &too_big)) {
+    if (too_big) {
+      return reply->Error("ERR the value is too big to RESTORE at once (over proto-max-bulk-len bytes or " +
+                          std::to_string(kRestoreItemsMax) + " elements)"),
+             false;
+    }
     return reply->Error(bad_footer ? "ERR DUMP payload version or checksum are wrong" : "ERR Bad data format"), false;
   }
   int64_t expire_at = 0;  // none
@@ -468,6 +489,44 @@ bool RestorePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Wr
   return true;
 }
 
+// The write that makes a restored collection, as its own command makes it:
+// RPUSH, SADD, HSET or ZADD key ... (items from the entry's 5th argument).
+// False: it does not prepare (not expected: the payload was checked).
+bool MakerEntry(const Entry& e, ValueType type, const CommandSpec** spec, Entry* make) {
+  const std::string_view maker = type == ValueType::kList  ? "rpush"
+                                 : type == ValueType::kSet  ? "sadd"
+                                 : type == ValueType::kHash ? "hset"
+                                                            : "zadd";
+  *spec = nullptr;
+  for (const CommandSpec& s : DataCommands()) {
+    if (s.name == maker) *spec = &s;
+  }
+  std::vector<std::string_view> words = {maker, e.args[0]};
+  for (size_t i = 4; i < e.args.size(); ++i) {
+    // ZADD takes score member; the entry holds member score.
+    if (type == ValueType::kZSet && (i - 4) % 2 == 0 && i + 1 < e.args.size()) {
+      words.push_back(e.args[i + 1]);
+      words.push_back(e.args[i]);
+      ++i;
+    } else {
+      words.push_back(e.args[i]);
+    }
+  }
+  make->op = (*spec)->op;
+  make->db = e.db;
+  make->now_ms = e.now_ms;
+  if ((*spec)->prepare == nullptr) {
+    make->args.assign(words.begin() + 1, words.end());
+    return true;
+  }
+  // The default limits, not this replica's: every replica prepares alike.
+  static const Limits kDefaults;
+  std::string ignored;
+  resp::Writer quiet(&ignored, 2);
+  PrepareContext pctx{e.db, e.now_ms, &kDefaults};
+  return (*spec)->prepare(pctx, words, make, &quiet);
+}
+
 Status RestoreApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writer* reply) {
   const std::string& key = e.args[0];
   const int64_t expire_at = *ParseInt64(e.args[1]);
@@ -477,6 +536,12 @@ Status RestoreApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::W
   if (!old.ok()) return old.status();
   if (*old && !replace) {
     reply->Error("BUSYKEY Target key name already exists.");
+    return Status::Ok();
+  }
+  const CommandSpec* spec = nullptr;
+  Entry make;
+  if (type != ValueType::kString && !MakerEntry(e, type, &spec, &make)) {
+    reply->Error("ERR Bad data format");  // before anything changes
     return Status::Ok();
   }
   bool existed = false;
@@ -489,45 +554,8 @@ Status RestoreApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::W
   if (type == ValueType::kString) {
     st = PutString(txn, e.db, key, e.args[4], expire_at);
   } else {
-    // The collection, as its own write command makes it: RPUSH, SADD, HSET,
-    // ZADD key ...
-    const std::string_view maker = type == ValueType::kList  ? "rpush"
-                                   : type == ValueType::kSet  ? "sadd"
-                                   : type == ValueType::kHash ? "hset"
-                                                              : "zadd";
-    const CommandSpec* spec = nullptr;
-    for (const CommandSpec& s : DataCommands()) {
-      if (s.name == maker) spec = &s;
-    }
-    Entry make;
-    make.op = spec->op;
-    make.db = e.db;
-    make.now_ms = e.now_ms;
-    make.args.push_back(key);
-    for (size_t i = 4; i < e.args.size(); ++i) {
-      // ZADD takes score member; the entry holds member score.
-      if (type == ValueType::kZSet && (i - 4) % 2 == 0) {
-        make.args.push_back(e.args[i + 1]);
-        make.args.push_back(e.args[i]);
-        ++i;
-      } else {
-        make.args.push_back(e.args[i]);
-      }
-    }
     std::string ignored;
     resp::Writer quiet(&ignored, 2);
-    if (spec->prepare != nullptr) {
-      std::vector<std::string_view> words = {maker};
-      words.insert(words.end(), make.args.begin(), make.args.end());
-      PrepareContext pctx{e.db, e.now_ms, &limits};
-      Entry prepared = make;
-      prepared.args.clear();
-      if (!spec->prepare(pctx, words, &prepared, &quiet)) {
-        reply->Error("ERR Bad data format");
-        return Status::Ok();
-      }
-      make = std::move(prepared);
-    }
     st = spec->apply(txn, make, limits, &quiet);
     if (st.ok() && expire_at != 0) {
       auto made = txn.GetLive(e.db, key);

@@ -286,7 +286,7 @@ double Tau(double x) {
     x = std::sqrt(x);
     before = z;
     y *= 0.5;
-    z -= std::pow(1 - x, 2) * y;
+    z -= (1 - x) * (1 - x) * y;
   } while (before != z);
   return z / 3;
 }
@@ -301,7 +301,11 @@ uint64_t Estimate(const std::vector<uint8_t>& regs) {
     z *= 0.5;
   }
   z += m * Sigma(histo[0] / m);
-  return static_cast<uint64_t>(std::llround(0.721347520444481703680 * m * m / z));
+  // A count beyond int64 (only crafted registers give one, z = 0) answers
+  // what redis-server on x86-64 answers, the same on every machine.
+  const double e = 0.721347520444481703680 * m * m / z;
+  if (!std::isfinite(e) || e >= 9.2e18) return uint64_t{1} << 63;
+  return static_cast<uint64_t>(std::llround(e));
 }
 
 // PFCOUNT key [key ...]. One key: its cached count when valid, or the

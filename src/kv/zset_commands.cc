@@ -1134,13 +1134,9 @@ bool SortElements(ReadContext& ctx, std::string_view key, const SortArgs& o, std
     for (auto& [d, e] : scored) all.push_back(std::move(e));
   }
   const auto n = static_cast<int64_t>(all.size());
-  int64_t start = std::max<int64_t>(o.limit_start, 0);
-  int64_t end = o.limit_count < 0 ? n - 1 : (o.limit_count > n ? start + n : start + o.limit_count) - 1;
-  if (start >= n) {
-    start = n - 1;
-    end = n - 2;
-  }
-  if (end >= n) end = n - 1;
+  const int64_t start = std::max<int64_t>(o.limit_start, 0);
+  if (start >= n) return true;  // nothing from there on
+  const int64_t end = o.limit_count < 0 ? n - 1 : start + std::min(o.limit_count, n - start) - 1;
   for (int64_t i = start; i <= end; ++i) out->push_back(std::move(all[static_cast<size_t>(i)]));
   return true;
 }

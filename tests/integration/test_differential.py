@@ -286,6 +286,8 @@ def _dump_fixtures():
         ("{d}h2", [["HSET", "{d}h2", *[x for i in range(200) for x in (f"f{i}", f"v{i}")]]]),  # hashtable
         ("{d}l1", [["RPUSH", "{d}l1", "a", "1", "-2", "70000", "x" * 100, "5000000000"]]),  # quicklist listpacks
         ("{d}l2", [["RPUSH", "{d}l2", *[f"e{i}" for i in range(1000)]]]),
+        ("{d}l3", [["RPUSH", "{d}l3", *[f"element{i:05d}" for i in range(3000)]]]),  # many quicklist nodes
+        ("{d}l4", [["RPUSH", "{d}l4", "a", "y" * 16378, "b", "z" * 70000]]),  # listpack entries of 16383 bytes and more
         ("{d}t1", [["SADD", "{d}t1", "1", "2", "-3", "100000"]]),  # intset
         ("{d}t2", [["SADD", "{d}t2", "a", "b", "c"]]),  # hashtable
         ("{d}t3", [["SADD", "{d}t3", *[str(i * 7) for i in range(600)]]]),
