@@ -229,6 +229,19 @@ def test_differential_random_sorted_sets(seed, diff_servers):
                     pytrace=False)
 
 
+def _run_random_script(script, seed, diff_servers):
+    """Runs a generated script on both servers from empty; fails on any mismatch."""
+    ref, tgt = diff_servers
+    for s in (ref, tgt):
+        with RespConn(s.host, s.port) as c:
+            c.call(b"FLUSHALL")
+    mismatches = run_script(script, ref.addr, tgt.addr, [])
+    tgt.check_alive(f" while running seed {seed}")
+    if mismatches:
+        pytest.fail(f"{len(mismatches)} mismatching replies (seed {seed}):\n" + "\n".join(m[:600] for m in mismatches[:10]),
+                    pytrace=False)
+
+
 def _random_hll_script(seed: int, n: int = 300) -> "Script":
     """PFADD of random elements (some adds change nothing), PFMERGE of
     random sources (sparse runs split and merged, sparse into dense), GET of
@@ -261,15 +274,7 @@ def _random_hll_script(seed: int, n: int = 300) -> "Script":
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_differential_random_hyperloglogs(seed, diff_servers):
-    ref, tgt = diff_servers
-    for s in (ref, tgt):
-        with RespConn(s.host, s.port) as c:
-            c.call(b"FLUSHALL")
-    mismatches = run_script(_random_hll_script(seed), ref.addr, tgt.addr, [])
-    tgt.check_alive(f" while running seed {seed}")
-    if mismatches:
-        pytest.fail(f"{len(mismatches)} mismatching replies (seed {seed}):\n" + "\n".join(m[:600] for m in mismatches[:10]),
-                    pytrace=False)
+    _run_random_script(_random_hll_script(seed), seed, diff_servers)
 
 
 def _dump_fixtures():
@@ -465,12 +470,4 @@ def _random_hash_set_list_script(seed: int, n: int = 500) -> "Script":
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_differential_random_hashes_sets_lists(seed, diff_servers):
-    ref, tgt = diff_servers
-    for s in (ref, tgt):
-        with RespConn(s.host, s.port) as c:
-            c.call(b"FLUSHALL")
-    mismatches = run_script(_random_hash_set_list_script(seed), ref.addr, tgt.addr, [])
-    tgt.check_alive(f" while running seed {seed}")
-    if mismatches:
-        pytest.fail(f"{len(mismatches)} mismatching replies (seed {seed}):\n" + "\n".join(m[:600] for m in mismatches[:10]),
-                    pytrace=False)
+    _run_random_script(_random_hash_set_list_script(seed), seed, diff_servers)
