@@ -2,7 +2,8 @@
 """Side-by-side benchmark: shoal against redis-server, same machine, same run,
 same parameters. Prints throughput, p50/p99 latency, server CPU seconds per
 100k operations and the shoal/redis ratio for every line, then memory:
-resident memory after loading 1M keys (16-byte keys, 100-byte values) and
+resident memory after loading 1M keys (16-byte keys, 100-byte values), after
+loading one hash and one sorted set of 1M elements and 1M small hashes, and
 shoal's resident memory while it loads ten times its memory budget.
 
   bench/bench.py --shoal build/release/src/cli/shoal [--quick]
@@ -195,6 +196,91 @@ def memory_section(args, workdir):
           f"ratio redis/shoal {rss['redis'] / rss['shoal']:.2f} (>= 1.0: shoal uses less)")
 
 
+def encode_commands(commands):
+    buf = bytearray()
+    for argv in commands:
+        buf += b"*%d\r\n" % len(argv)
+        for a in argv:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            buf += b"$%d\r\n%s\r\n" % (len(a), a)
+    return bytes(buf)
+
+
+def pipe_commands(port, commands, chunk=2000):
+    """Sends an iterable of commands through redis-cli --pipe, `chunk` commands at a time."""
+    batch = []
+    for argv in commands:
+        batch.append(argv)
+        if len(batch) == chunk:
+            subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=encode_commands(batch),
+                           capture_output=True, check=True, timeout=600)
+            batch = []
+    if batch:
+        subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=encode_commands(batch),
+                       capture_output=True, check=True, timeout=600)
+
+
+def big_hash(n, per_command=100):
+    for start in range(0, n, per_command):
+        args = ["HSET", "big:hash"]
+        for i in range(start, min(n, start + per_command)):
+            args += [b"field:%08d" % i, b"value:%08d" % i]
+        yield args
+
+
+def big_zset(n, per_command=100):
+    for start in range(0, n, per_command):
+        args = ["ZADD", "big:zset"]
+        for i in range(start, min(n, start + per_command)):
+            args += [b"%d" % ((i * 7919) % 1000003), b"member:%08d" % i]
+        yield args
+
+
+def small_hashes(n):
+    for i in range(n):
+        yield ["HSET", b"h:%08d" % i, "name", b"user%08d" % i, "visits", b"%d" % (i % 1000),
+               "plan", "free", "country", "NZ"]
+
+
+COLLECTIONS = {
+    "one hash, {n:,} fields (14-byte fields and values)": (big_hash, "HLEN", "big:hash"),
+    "one sorted set, {n:,} members (15-byte members)": (big_zset, "ZCARD", "big:zset"),
+    "{n:,} small hashes (4 fields each, ~40 bytes)": (small_hashes, "DBSIZE", None),
+}
+
+
+def collections_section(args, workdir):
+    n = args.keys
+    print(f"\n== memory: resident after loading collections ({n:,} elements each; fresh server each). "
+          f"shoal keeps its data on disk and RocksDB's cache within half of --maxmemory: shown at the "
+          f"default 1gb and at 128mb, with the count read back")
+    for label, (gen, count_cmd, key) in COLLECTIONS.items():
+        rss, counts, disk = {}, {}, 0
+        for name in ("shoal", "shoal 128mb", "redis"):
+            if name == "redis":
+                srv = start_redis(workdir, False)
+            else:
+                srv = start_shoal(args.shoal, workdir, False, maxmemory="128mb" if "128" in name else "1gb")
+            try:
+                pipe_commands(srv.port, gen(n))
+                time.sleep(1)
+                rss[name] = rss_bytes(srv.pid)
+                counts[name] = subprocess.run(["redis-cli", "-p", str(srv.port), count_cmd] + ([key] if key else []),
+                                              capture_output=True, text=True).stdout.strip()
+                if name == "shoal":
+                    info = subprocess.run(["redis-cli", "-p", str(srv.port), "INFO", "memory"],
+                                          capture_output=True, text=True).stdout
+                    for line in info.splitlines():
+                        if line.startswith("storage_disk_bytes:"):
+                            disk = int(line.split(":")[1])
+            finally:
+                srv.stop()
+        print(f"{label.format(n=n)} (shoal on disk {disk / 2**20:.1f} MiB):", flush=True)
+        for name in ("shoal", "shoal 128mb", "redis"):
+            ratio = f"   ratio redis/shoal {rss['redis'] / rss[name]:.2f}" if name != "redis" else ""
+            print(f"  {name:<12} {rss[name] / 2**20:7.1f} MiB  count {counts[name]}{ratio}", flush=True)
+
+
 def budget_section(args, workdir):
     start = time.time()
     budget = args.budget_mb
@@ -236,7 +322,7 @@ def main():
     ap.add_argument("--budget-mb", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
-    ap.add_argument("--only", choices=["none", "fsync", "memory", "budget"], action="append")
+    ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget"], action="append")
     ap.add_argument("--tests", help=f"comma-separated subset of {','.join(TESTS)}")
     args = ap.parse_args()
     if args.tests:
@@ -254,7 +340,7 @@ def main():
     print(f"shoal {subprocess.run([args.shoal, '--version'], capture_output=True, text=True).stdout.strip()}"
           f" vs {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};"
           f" {os.cpu_count()} cores")
-    only = set(args.only or ["none", "fsync", "memory", "budget"])
+    only = set(args.only or ["none", "fsync", "memory", "collections", "budget"])
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir:
         if "none" in only:
             throughput_section(args, workdir, False)
@@ -262,6 +348,8 @@ def main():
             throughput_section(args, workdir, True)
         if "memory" in only:
             memory_section(args, workdir)
+        if "collections" in only:
+            collections_section(args, workdir)
         if "budget" in only:
             budget_section(args, workdir)
 

@@ -14,4 +14,5 @@ cmake --build build/fuzz -- -j"$jobs"
 cmake --preset debug -DSHOAL_FUZZ_BINARY="$PWD/build/fuzz/tests/fuzz/resp_parser_fuzz" \
   -DSHOAL_FUZZ_DIR="$PWD/build/fuzz/tests/fuzz" >/dev/null
 cmake --build build/debug -- -j"$jobs"
-ctest --test-dir build/debug --output-on-failure -j1 --timeout 1500
+# Two tests at a time, except the integration tests, which run alone.
+ctest --test-dir build/debug --output-on-failure -j"$jobs" --timeout 1500
