@@ -540,6 +540,15 @@ def measure_failover(cluster, args):
             "new_target": writer.target}
 
 
+def shoal_elections(cluster):
+    """Campaigns started so far by the replicas on every live shoal node (INFO raft)."""
+    total = 0
+    for n in cluster.nodes:
+        if n.alive():
+            total += int(info_fields(call(n.host, n.port, "INFO", "raft")).get("elections_started", 0))
+    return total
+
+
 def run_system(system, workdir, args):
     """Start one cluster, benchmark it, fail it over, stop it; returns its results."""
     out = {"throughput": {}, "failover": None, "describe": None, "errors": []}
@@ -552,6 +561,7 @@ def run_system(system, workdir, args):
         print(f"   {cluster.describe}: ready in {time.time() - t:.1f} s; pids "
               f"{' '.join(str(p) for p in cluster.pids())}", flush=True)
         if "throughput" in args.only:
+            elections_before = shoal_elections(cluster) if system == "shoal" else None
             for p in PIPELINES:
                 for test in TESTS:  # set first, so that get finds keys
                     n = args.requests * (4 if p > 1 else 1)
@@ -569,6 +579,11 @@ def run_system(system, workdir, args):
                     out["throughput"][(test, p)] = r
                     print(f"   {test:<4} -P {p:<2} -n {n:<8} {r[0]:>12.0f} ops/s  p50 {r[1]:.3f}  "
                           f"p99 {r[2]:.3f}  cpu/100k {r[3]:.3f}", flush=True)
+            if elections_before is not None:
+                # Under load no leader should lose its followers' trust: any
+                # campaign here is a spurious election.
+                print(f"   elections started during the runs (all nodes): "
+                      f"{shoal_elections(cluster) - elections_before}", flush=True)
         if "failover" in args.only:
             try:
                 fo = measure_failover(cluster, args)
@@ -634,6 +649,11 @@ def print_report(args, rounds_out, systems):
                       f"{fo['victim'].addr}, writes then went to {to}; "
                       f"{fo['failed']} failed attempts ({errs or 'none'}); last write acknowledged "
                       f"before the kill (value {fo['acked']}): {kept}")
+        for s in systems:
+            if s in times:
+                t = sorted(times[s])
+                print(f"{s}: median {statistics.median(t):.3f} s over {len(t)} kill(s) "
+                      f"(min {t[0]:.3f}, max {t[-1]:.3f})")
         if "shoal" in times and "redis" in times:
             sm, rm = statistics.median(times["shoal"]), statistics.median(times["redis"])
             print(f"median: shoal {sm:.2f} s, redis {rm:.2f} s, ratio redis/shoal "

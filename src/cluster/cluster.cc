@@ -250,6 +250,7 @@ Status Cluster::OpenMeta(bool bootstrap, const proto::MetaState* initial) {
   ro.group = 0;
   ro.node_id = node_id_;
   ro.tick_ms = groups_->options().tick_ms;
+  ro.stopping = opts_.stopping;
   if (bootstrap) {
     ro.bootstrap_voters = {node_id_};
     ro.bootstrap_image = initial->SerializeAsString();
@@ -340,6 +341,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   ro.tick_ms = groups_->options().tick_ms;
   ro.compact_bytes = opts_.log_bytes_per_replica;
   ro.courier = opts_.courier;
+  ro.stopping = opts_.stopping;
   ro.splitter = this;
   if (bootstrap) ro.bootstrap_voters = {node_id_};
   bool had_state = storage::RaftStore::HasState(engine_, id);

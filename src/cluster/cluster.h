@@ -56,6 +56,8 @@ struct ClusterOptions {
   int64_t down_after_ms = 30'000;
   // Carries data shards' snapshots (null: inside Raft messages).
   replica::SnapshotCourier* courier = nullptr;
+  // True once this node begins to shut down (ReplicaOptions::stopping).
+  const std::atomic<bool>* stopping = nullptr;
   // This node's snapshot transfer counters (for SHOAL.ADMIN STATUS).
   std::function<node::NodeStats()> local_transfers;
   // A shard splits by itself past this size, or this sustained load

@@ -96,6 +96,17 @@ void Groups::Deliver(uint64_t group, raft::Message m) {
   });
 }
 
+void Groups::PeerGone(raft::NodeId node) {
+  for (int w = 0; w < runtime_->size(); ++w) {
+    asio::post(runtime_->worker(w).io(), [this, w, node] {
+      Host& h = hosts_[static_cast<size_t>(w)];
+      for (replica::Replica* r : std::vector<replica::Replica*>(h.replicas)) {
+        if (h.retired.count(r) == 0 && r->PeerGone(node, MonoUs())) Notify(r);
+      }
+    });
+  }
+}
+
 void Groups::Notify(replica::Replica* r) {
   int w = WorkerOf(r->group());
   Host& h = hosts_[static_cast<size_t>(w)];

@@ -56,6 +56,9 @@ class Groups {
   Status Retire(uint64_t group);
   // Hands a received message to its group's worker. Any thread.
   void Deliver(uint64_t group, raft::Message m);
+  // Node `node` has ended (Transport's gone handler): every replica here that
+  // it led stands for election (Replica::PeerGone). Any thread.
+  void PeerGone(raft::NodeId node);
   // The replica has work to drive; call on its worker's thread.
   void Notify(replica::Replica* r);
   // fn runs on every worker after each tick, with the worker index.

@@ -31,6 +31,9 @@ constexpr auto kBackoffMax = std::chrono::milliseconds(500);
 // but one large entry travels alone: a 512 MiB value may take minutes on a
 // slow link); slower than that, the link is made anew.
 constexpr auto kConnectMax = std::chrono::seconds(2);
+// How long a probe of a peer that closed its connection watches the
+// connection it made (Transport::ProbeGone).
+constexpr auto kProbeWatch = std::chrono::milliseconds(100);
 constexpr auto kIdleMax = std::chrono::seconds(30);
 std::chrono::seconds FrameMax(size_t bytes) { return std::chrono::seconds(30 + (bytes >> 20)); }
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
@@ -322,13 +325,60 @@ asio::awaitable<void> Transport::AcceptLoop() {
   }
 }
 
+asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
+  auto it = peers_.find(node);
+  if (it == peers_.end() || it->second->port == 0 || !gone_) co_return;
+  const std::string host = it->second->host;
+  const uint16_t port = it->second->port;
+  asio::steady_timer wait(io_);
+  // A process that is ending closes its sockets one by one: a connection may
+  // close before its listening socket does, and a probe in between is taken
+  // into the backlog, then reset. So a probe that connects is watched
+  // briefly: a live peer keeps an accepted connection open (it waits 30 s
+  // for a frame); one reset or closed at once is probed again.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    asio::error_code ec;
+    auto remote = asio::ip::make_address(host, ec);
+    auto local = asio::ip::make_address(opts_.bind_host, ec);
+    asio::ip::tcp::socket s(io_);
+    s.open(asio::ip::tcp::v4(), ec);
+    if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
+    if (ec) co_return;
+    std::optional<Deadline> connecting(std::in_place, s, kConnectMax);
+    auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, port), as_tuple(asio::use_awaitable));
+    connecting.reset();
+    if (stopped_) co_return;
+    if (cec == asio::error::connection_refused) {
+      peers_gone_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::info("node {:016x} is gone: it closed its connection and its Raft port refuses connections", node);
+      gone_(node);
+      co_return;
+    }
+    if (cec) co_return;  // silent or unreachable: Raft's timeouts decide
+    char byte;
+    Deadline watching(s, kProbeWatch);
+    auto [rec, n] = co_await s.async_read_some(asio::buffer(&byte, 1), as_tuple(asio::use_awaitable));
+    (void)n;
+    if (stopped_ || rec == asio::error::operation_aborted || rec == asio::error::timed_out) co_return;  // alive
+    if (rec != asio::error::eof && rec != asio::error::connection_reset) co_return;
+    wait.expires_after(kBackoffMin);
+    co_await wait.async_wait(as_tuple(asio::use_awaitable));
+  }
+}
+
 asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
   std::string body;
+  raft::NodeId from = 0;  // the peer that writes on this connection, once known
   for (;;) {
     unsigned char head[4];
     std::optional<Deadline> idle(std::in_place, socket, kIdleMax);
     auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
     idle.reset();
+    if (ec == asio::error::eof && from != 0 && !stopped_) {
+      // The peer's end closed the connection in order, between frames: its
+      // process may have ended. Its Raft port tells.
+      asio::co_spawn(io_, ProbeGone(from), asio::detached);
+    }
     if (ec) co_return;
     uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
     if (len > opts_.max_frame_bytes) {
@@ -353,6 +403,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       if (ours != 0) spdlog::warn("frame from node {:016x} of foreign cluster {:016x} refused", pf.from_node(), pf.cluster_id());
       co_return;
     }
+    from = pf.from_node();
     if (!pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
       Peer& p = PeerFor(pf.from_node());
       if (p.port == 0) {

@@ -84,6 +84,14 @@ class Transport {
   // Called on the transport thread with a peer's transfer counters.
   using TransfersFn = std::function<void(raft::NodeId from, NodeStats)>;
   void set_transfers_handler(TransfersFn fn) { transfers_ = std::move(fn); }
+  // Called on the transport thread when a peer's process is known to have
+  // ended: the connection it had open to this node was closed by its end
+  // (an orderly close: at exit the kernel closes a process's sockets), and
+  // a new connection to its Raft port is then refused. A link cut or a
+  // stopped process shows neither (Raft's timeouts notice those).
+  using GoneFn = std::function<void(raft::NodeId node)>;
+  void set_gone_handler(GoneFn fn) { gone_ = std::move(fn); }
+  uint64_t peers_gone() const { return peers_gone_.load(std::memory_order_relaxed); }
   ~Transport();
   Status Start();
   void Stop();
@@ -118,12 +126,15 @@ class Transport {
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
   asio::awaitable<void> WriteLoop(Peer* p);
   asio::awaitable<void> GossipLoop();
+  // Whether `node`'s Raft port refuses a connection now (see GoneFn).
+  asio::awaitable<void> ProbeGone(raft::NodeId node);
 
   TransportOptions opts_;
   DeliverFn deliver_;
   LeadersFn leaders_;
   ChunkFn chunks_;
   TransfersFn transfers_;
+  GoneFn gone_;
   NodeStats local_transfers_;  // transport thread
   std::atomic<uint64_t> cluster_id_{0};
   std::atomic<raft::NodeId> node_id_{0};
@@ -136,6 +147,7 @@ class Transport {
   std::vector<LeaderReport> local_leaders_;
   std::atomic<uint64_t> frames_sent_{0};
   std::atomic<uint64_t> frames_refused_{0};
+  std::atomic<uint64_t> peers_gone_{0};
   bool stopped_ = false;
 };
 

@@ -189,7 +189,15 @@ void Raft::hup(bool transfer) {
   if (role_ == Role::kLeader || !promotable()) return;
   // The configuration may be stale until committed conf changes are applied.
   if (has_unapplied_conf_change()) return;
+  if (!transfer) ++campaigns_;
   campaign(config_.pre_vote && !transfer, transfer);
+}
+
+bool Raft::leader_gone(NodeId lead) {
+  if (role_ != Role::kFollower || lead == kNoNode || lead_ != lead) return false;
+  lead_ = kNoNode;
+  leader_contact_elapsed_ = config_.election_tick;  // no lease left to respect
+  return true;
 }
 
 void Raft::campaign(bool pre_vote, bool transfer) {

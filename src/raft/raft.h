@@ -113,6 +113,16 @@ class Raft {
   void step(Message m);
   // Appends a normal entry if this node is leader.
   Proposal propose(std::string data);
+  // The application learned that `lead`, this follower's leader, can no
+  // longer act (its process ended). The follower forgets it and its lease:
+  // it grants votes at once, and campaigns on its next kHup. Returns false,
+  // changing nothing, unless this is a follower led by `lead`. Only for
+  // proof of an ended process: a live leader's lease counts on followers
+  // refusing votes for an election timeout after hearing from it.
+  bool leader_gone(NodeId lead);
+  // Campaigns this replica started (pre-vote rounds, or votes without
+  // pre-vote), not counting those of a leadership transfer.
+  uint64_t campaigns() const { return campaigns_; }
   // Appends a membership change entry if this node is leader.
   Proposal propose_conf_change(const ConfChange& cc);
   // Applies a committed membership change; returns the resulting ConfState.
@@ -229,6 +239,7 @@ class Raft {
   NodeId lead_transferee_ = kNoNode;
   uint64_t commits_refused_ = 0;
   uint64_t credits_forgotten_ = 0;
+  uint64_t campaigns_ = 0;
   Index pending_conf_index_ = 0;
   uint64_t uncommitted_size_ = 0;
   ReadOnly read_only_;

@@ -130,6 +130,35 @@ TEST(RaftTest, DisruptiveRejoiningNodeIsHarmlessWithPreVote) {
   EXPECT_EQ(c.raft(3).lead(), 1U);
 }
 
+TEST(RaftTest, FollowersOfAGoneLeaderElectAnotherWithoutWaitingForTheTimeout) {
+  TestCluster c(3, [](Config& cfg) { cfg.check_quorum = true; cfg.pre_vote = true; });
+  c.campaign(1);
+  ASSERT_TRUE(c.propose(1, "a").ok());
+  c.isolate(1);  // its process ended
+  // n3 learns it; n2 not yet: n2 heard its leader moments ago and refuses
+  // to elect anyone (the leader's lease). No tick has passed.
+  ASSERT_TRUE(c.node(3).leader_gone(1));
+  EXPECT_EQ(c.raft(3).lead(), kNoNode);
+  EXPECT_FALSE(c.node(3).leader_gone(1));  // once
+  c.campaign(3);
+  EXPECT_NE(c.raft(3).role(), Role::kLeader);
+  // Told of a node that does not lead it, n2 changes nothing.
+  EXPECT_FALSE(c.node(2).leader_gone(3));
+  EXPECT_EQ(c.raft(2).lead(), 1U);
+  // Once n2 learns it too, its campaign wins at once: n3 no longer counts
+  // on a lease either.
+  ASSERT_TRUE(c.node(2).leader_gone(1));
+  const uint64_t campaigns = c.raft(2).campaigns();
+  c.campaign(2);
+  EXPECT_EQ(c.raft(2).role(), Role::kLeader);
+  EXPECT_EQ(c.raft(2).campaigns(), campaigns + 1);
+  ASSERT_TRUE(c.propose(2, "b").ok());
+  EXPECT_EQ(c.applied(3), (std::vector<std::string>{"a", "b"}));
+  // A leader is never told its own leader is gone.
+  EXPECT_FALSE(c.node(2).leader_gone(2));
+  EXPECT_EQ(c.raft(2).role(), Role::kLeader);
+}
+
 TEST(RaftTest, DisruptiveRejoiningNodeDeposesLeaderWithoutPreVote) {
   TestCluster c(3);  // neither pre-vote nor check-quorum
   c.campaign(1);

@@ -67,8 +67,10 @@ class RawNode {
 
   // Advances logical time by one tick; the caller ticks at a fixed interval.
   void tick() { raft_.tick(); }
-  // Starts an election now (tests, bootstrap).
+  // Starts an election now (tests, bootstrap, a leader known gone).
   void campaign() { raft_.step(Message{.type = MessageType::kHup, .from = raft_.id()}); }
+  // See Raft::leader_gone.
+  bool leader_gone(NodeId lead) { return raft_.leader_gone(lead); }
   // Delivers a message from a peer. Local-only types are rejected, and so
   // are responses from peers that are not members.
   Status step(Message m);

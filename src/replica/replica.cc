@@ -504,7 +504,16 @@ void Replica::Tick(int64_t now_mono_us) {
   ++ticks_;
   if (leader_contact_us_ == INT64_MIN) leader_contact_us_ = now_mono_us;
   node_->tick();
+  if (campaign_at_tick_ != 0 && ticks_ >= campaign_at_tick_) {
+    campaign_at_tick_ = 0;
+    // Unless someone was elected (or this replica campaigned) meanwhile.
+    if (node_->raft().role() == raft::Role::kFollower && node_->raft().lead() == raft::kNoNode) {
+      campaigns_gone_.fetch_add(1, std::memory_order_relaxed);
+      node_->campaign();
+    }
+  }
   const raft::Raft& raft = node_->raft();
+  campaigns_.store(raft.campaigns(), std::memory_order_relaxed);
   tick_times_.emplace_back(raft.tick_count(), now_mono_us);
   while (tick_times_.size() > static_cast<size_t>(4 * opts_.election_tick + 4)) tick_times_.pop_front();
   if (raft.commits_refused() > seen_commits_refused_ || raft.credits_forgotten() > seen_credits_forgotten_) {
@@ -519,6 +528,37 @@ void Replica::Tick(int64_t now_mono_us) {
   seen_credits_forgotten_ = raft.credits_forgotten();
   Publish(now_mono_us);
   ExpireWaiters(now_mono_us);
+}
+
+bool Replica::PeerGone(raft::NodeId node, int64_t now_mono_us) {
+  if (retired_ || !node_->leader_gone(node)) return false;
+  // Votes are no longer refused for the leader's sake (Step).
+  leader_contact_us_ = std::min(leader_contact_us_,
+                                now_mono_us - int64_t{opts_.election_tick} * opts_.tick_ms * 1000 - 1);
+  const raft::ConfState& cs = node_->raft().tracker().conf_state();
+  std::vector<raft::NodeId> voters = cs.voters;
+  voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+  std::sort(voters.begin(), voters.end());
+  voters.erase(std::unique(voters.begin(), voters.end()), voters.end());
+  if (std::find(voters.begin(), voters.end(), opts_.node_id) == voters.end()) return true;  // a learner
+  uint64_t rank = 0;
+  for (raft::NodeId v : voters) {
+    if (v == opts_.node_id) break;
+    if (v != node) ++rank;
+  }
+  // The first ranked stands at once; each next one three ticks later, only
+  // if no leader has been heard of by then (an election takes a round trip
+  // and a synced vote).
+  spdlog::info("group {}: leader {:016x} is gone (its process ended); standing for election in {} ticks",
+               opts_.group, node, 3 * rank);
+  if (rank == 0) {
+    campaigns_gone_.fetch_add(1, std::memory_order_relaxed);
+    node_->campaign();
+    campaigns_.store(node_->raft().campaigns(), std::memory_order_relaxed);
+  } else {
+    campaign_at_tick_ = ticks_ + 3 * rank;
+  }
+  return true;
 }
 
 void Replica::Step(raft::Message m, int64_t now_mono_us) {
@@ -622,7 +662,7 @@ void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
   if (retired_) return done(false);
   std::string ctx = read_prefix_ + std::to_string(++next_read_);
   const raft::Raft& r = node_->raft();
-  if (r.role() == raft::Role::kLeader && lease_until_us_.load(std::memory_order_relaxed) > now_mono_us) {
+  if (r.role() == raft::Role::kLeader && LeaseHolds(now_mono_us)) {
     // Within the lease no other leader can have committed anything: what is
     // committed here now is all there is. It is served once applied.
     reads_[ctx] = PendingRead{std::move(done), now_mono_us + kReadTimeoutUs, std::max<uint64_t>(r.log().committed(), 1)};
@@ -1017,6 +1057,7 @@ void Replica::Publish(int64_t now_mono_us) {
   term_.store(r.term(), std::memory_order_release);
   applied_.store(sm_->applied_index(), std::memory_order_release);
   bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&
+               (opts_.stopping == nullptr || !opts_.stopping->load(std::memory_order_acquire)) &&
                sm_->applied_index() >= term_start_index_ && sm_->applied_index() >= split_index_;
   int64_t until = lease ? LeaseEnd(r.lease_start_tick()) : 0;
   lease_until_us_.store(until > now_mono_us ? until : 0, std::memory_order_release);

@@ -234,6 +234,11 @@ struct ReplicaOptions {
   uint64_t compact_hold_entries = 1 << 16;
   // Creates split children; null: split entries only shrink the range.
   Splitter* splitter = nullptr;
+  // Set (true) when this node begins to shut down: from then on no read is
+  // served from a lease, because peers take the refused connection to its
+  // Raft port as proof that it ended and elect new leaders at once
+  // (PeerGone). Null: never.
+  const std::atomic<bool>* stopping = nullptr;
 };
 
 // Reply callbacks run on the replica's worker thread. applied: `reply` is
@@ -282,6 +287,17 @@ class Replica {
     node_->report_snapshot(to, failed);
   }
   void Campaign() { node_->campaign(); }
+  // Node `node` has ended (its process is gone: the connection it had open
+  // to this node closed and its Raft port refuses connections). If it led
+  // this replica's group, the replica forgets it and its lease and stands
+  // for election at once, or three ticks per voter ranked before it (by
+  // id) if no leader is known by then, so the followers do not split the vote. True if it did. The proof
+  // must be of an ended process: a live leader may still serve reads from
+  // its lease.
+  bool PeerGone(raft::NodeId node, int64_t now_mono_us);
+  // Campaigns started here: every one, and those for a leader known gone.
+  uint64_t campaigns() const { return campaigns_.load(std::memory_order_relaxed); }
+  uint64_t campaigns_for_gone_leader() const { return campaigns_gone_.load(std::memory_order_relaxed); }
   // Proposes splitting the group (a data shard's leader only): see
   // SplitCommand. The outcome shows in the shard's range once applied.
   raft::Proposal ProposeSplit(const SplitCommand& split, int64_t now_mono_us) {
@@ -342,8 +358,7 @@ class Replica {
   // may already have applied, and served, an entry the leader has not).
   bool LeaseReadOk(int64_t now_mono_us) const {
     const uint64_t commit = commit_.load(std::memory_order_acquire);
-    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us &&
-           applied_.load(std::memory_order_acquire) >= commit;
+    return LeaseHolds(now_mono_us) && applied_.load(std::memory_order_acquire) >= commit;
   }
   // Odd while a snapshot is being imported (the range is cleared before its
   // files are ingested): a read that ran while it was odd, or saw it change,
@@ -384,6 +399,10 @@ class Replica {
   void Publish(int64_t now_mono_us);
   // When the lease counted from leader tick `tick` runs out (0: unknown tick).
   int64_t LeaseEnd(uint64_t tick) const;
+  bool LeaseHolds(int64_t now_mono_us) const {
+    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us &&
+           (opts_.stopping == nullptr || !opts_.stopping->load(std::memory_order_acquire));
+  }
   void ServeReads();
   // Hands an outgoing message to *send, or a snapshot's to the courier.
   void Route(raft::Message m, std::vector<raft::Message>* send);
@@ -454,6 +473,10 @@ class Replica {
   bool sending_images_ = false;  // images were shipped since it last became leader (Recall)
   uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
+  // A campaign due at this tick, for a leader known gone (0: none).
+  uint64_t campaign_at_tick_ = 0;
+  std::atomic<uint64_t> campaigns_{0};
+  std::atomic<uint64_t> campaigns_gone_{0};
   bool retired_ = false;  // its state is deleted: never driven again
   bool image_claimed_ = false;  // Splitter::ClaimImage holds slots for a pending image
 };

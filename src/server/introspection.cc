@@ -165,6 +165,16 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("snapshots_recalled", ss.recalled);
     w.Field("snapshot_bytes_sent", ss.bytes_sent);
     w.Field("snapshot_bytes_received", ss.bytes_received);
+    // Campaigns by the replicas now here (pre-vote rounds; a transfer's not
+    // counted), and those started because a leader's process was seen to end.
+    uint64_t campaigns = 0, campaigns_gone = 0;
+    for (replica::Replica* r : server.groups().All()) {
+      campaigns += r->campaigns();
+      campaigns_gone += r->campaigns_for_gone_leader();
+    }
+    w.Field("elections_started", campaigns);
+    w.Field("elections_for_gone_leader", campaigns_gone);
+    w.Field("peers_seen_gone", server.transport().peers_gone());
     for (replica::Replica* r : server.groups().All()) {
       auto conf = r->published_conf();
       w.Field("group" + std::to_string(r->group()),

@@ -130,6 +130,8 @@ Status Server::Start() {
       });
   transport_->set_transfers_handler(
       [this](raft::NodeId from, node::NodeStats t) { cluster_->OnTransfers(from, t); });
+  // A peer whose process ended: the groups it led elect new leaders at once.
+  transport_->set_gone_handler([this](raft::NodeId node) { groups_->PeerGone(node); });
   node::GroupsOptions go;
   go.fsync = config().durability == Durability::kFsync;
   go.tick_ms = config().tick_ms;
@@ -160,6 +162,7 @@ Status Server::Start() {
   co.split_bytes = static_cast<uint64_t>(config().split_size_mb) << 20;
   co.split_ops_per_sec = static_cast<uint64_t>(config().split_ops);
   co.courier = snapshots_.get();
+  co.stopping = &stopping_;
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();
     return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received};
@@ -272,6 +275,7 @@ void Server::StartActiveExpiry(int w) {
 void Server::Stop() {
   if (stopped_ || !runtime_) return;
   stopped_ = true;
+  stopping_.store(true, std::memory_order_release);
   spdlog::info("shutting down");
   if (snapshots_) snapshots_->Stop();
   if (transport_) transport_->Stop();

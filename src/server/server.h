@@ -124,6 +124,8 @@ class Server {
   int64_t start_time_ms_ = 0;
   std::string run_id_;
   bool stopped_ = false;
+  // Set first thing in Stop(): no lease reads from then on (ReplicaOptions::stopping).
+  std::atomic<bool> stopping_{false};
   // Declared last: destroyed first, while what connections use still lives.
   std::unique_ptr<node::Runtime> runtime_;
   std::unique_ptr<node::WalSyncer> syncer_;

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
 from cluster_util import (NET_ERRORS, AckWriter, Cluster, ClusterClientWriter, FailoverProbe,
-                          RegisterClient, is_moved, key_slot, readonly_read_all, running_cluster,
+                          RegisterClient, is_moved, key_slot, parse_info, readonly_read_all, running_cluster,
                           verify_acked)
 from conftest import SELFTEST, RespConn, RespError, encode_command
 from linearizability import FAIL, OK, READ, WRITE, History, check
@@ -212,6 +212,15 @@ def _await_ack(c: Cluster, nodes: List[int], key: str, value: bytes, timeout: fl
     raise AssertionError(f"SET {key} never acknowledged through {nodes}: {last!r}")
 
 
+def _gone_counters(c: Cluster, nodes: List[int]) -> Dict[int, Tuple[int, int]]:
+    """Per node: (peers it saw end, campaigns it started for a leader seen to end), from INFO raft."""
+    out = {}
+    for i in nodes:
+        info = parse_info(c.nodes[i].call("INFO", "raft"))
+        out[i] = (int(info["peers_seen_gone"]), int(info["elections_for_gone_leader"]))
+    return out
+
+
 # --------------------------------------------------------------------------
 # the tests
 # --------------------------------------------------------------------------
@@ -227,6 +236,14 @@ def test_kill9_leader_failover_and_catch_up(fcluster):
     sc.report_failover(f"kill -9 of node{v}", f)
     new_leader = c.wait_leader(sc.fault_key, not_on=[v], timeout=10)
     print(f"[kill] new leader of slot {sc.slot}: node{new_leader}")
+    # The survivors saw the process end (its connections closed, its Raft
+    # port refused) and stood for election at once instead of waiting for
+    # the timeout: at least the faulted shard's group did.
+    survivors = [i for i in range(len(c.nodes)) if i != v]
+    gone = _gone_counters(c, survivors)
+    print(f"[kill] (peers seen gone, campaigns for a gone leader) per survivor: {gone}")
+    assert all(g[0] >= 1 for g in gone.values()), gone
+    assert sum(g[1] for g in gone.values()) >= 1, gone
     time.sleep(2.0)  # keep writing with one node down
 
     t_restart = time.monotonic()
@@ -254,6 +271,8 @@ def test_sigstop_leader(fcluster):
     sc = Scenario(c, "stop")
     sc.start()
     v = sc.retarget()
+    survivors = [i for i in range(len(c.nodes)) if i != v]
+    before = _gone_counters(c, survivors)
     t_fault = time.monotonic()
     c.sigstop(v)
     try:
@@ -264,6 +283,10 @@ def test_sigstop_leader(fcluster):
         c.sigcont(v)
     print(f"[stop] node{v} was paused for {paused_for:.2f} s")
     sc.report_failover(f"SIGSTOP of node{v}", f)
+    # A stopped process keeps its connections open: no one takes it for
+    # ended (its lease still counts); the election timeout moved leadership.
+    after = _gone_counters(c, survivors)
+    assert after == before, (before, after)
     waited = c.wait_ready(timeout=RECOVERY_TIMEOUT_S)
     print(f"[stop] cluster ready {waited:.2f} s after SIGCONT")
     # the woken node agrees on a leader that is alive
