@@ -63,6 +63,7 @@ struct Transport::Peer {
   std::deque<SnapshotChunk> chunks;
   bool send_leaders = false;
   bool writer_running = false;
+  uint64_t frames_in = 0;  // frames read from this peer (ProbeGone)
 };
 
 Transport::Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders)
@@ -328,6 +329,7 @@ asio::awaitable<void> Transport::AcceptLoop() {
 asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   auto it = peers_.find(node);
   if (it == peers_.end() || it->second->port == 0 || !gone_) co_return;
+  const uint64_t frames_at_close = it->second->frames_in;
   const std::string host = it->second->host;
   const uint16_t port = it->second->port;
   asio::steady_timer wait(io_);
@@ -337,9 +339,11 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   // briefly: a live peer keeps an accepted connection open (it waits 30 s
   // for a frame); one reset or closed at once is probed again.
   for (int attempt = 0; attempt < 3; ++attempt) {
+    asio::error_code aec, lec;
+    auto remote = asio::ip::make_address(host, aec);
+    auto local = asio::ip::make_address(opts_.bind_host, lec);
+    if (aec || lec) co_return;
     asio::error_code ec;
-    auto remote = asio::ip::make_address(host, ec);
-    auto local = asio::ip::make_address(opts_.bind_host, ec);
     asio::ip::tcp::socket s(io_);
     s.open(asio::ip::tcp::v4(), ec);
     if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
@@ -349,6 +353,8 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
     connecting.reset();
     if (stopped_) co_return;
     if (cec == asio::error::connection_refused) {
+      auto p = peers_.find(node);
+      if (p != peers_.end() && p->second->frames_in != frames_at_close) co_return;  // it spoke again since
       peers_gone_.fetch_add(1, std::memory_order_relaxed);
       spdlog::info("node {:016x} is gone: it closed its connection and its Raft port refuses connections", node);
       gone_(node);
@@ -366,6 +372,14 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   }
 }
 
+void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
+  // The peer's end closed or reset the connection (not our own deadline):
+  // its process may have ended. Its Raft port tells.
+  if (from != 0 && !stopped_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
+    asio::co_spawn(io_, ProbeGone(from), asio::detached);
+  }
+}
+
 asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
   std::string body;
   raft::NodeId from = 0;  // the peer that writes on this connection, once known
@@ -374,12 +388,10 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
     std::optional<Deadline> idle(std::in_place, socket, kIdleMax);
     auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
     idle.reset();
-    if (ec == asio::error::eof && from != 0 && !stopped_) {
-      // The peer's end closed the connection in order, between frames: its
-      // process may have ended. Its Raft port tells.
-      asio::co_spawn(io_, ProbeGone(from), asio::detached);
+    if (ec) {
+      MaybeProbeGone(from, ec);
+      co_return;
     }
-    if (ec) co_return;
     uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
     if (len > opts_.max_frame_bytes) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
@@ -390,7 +402,10 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
     std::optional<Deadline> reading(std::in_place, socket, FrameMax(len));
     auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), as_tuple(asio::use_awaitable));
     reading.reset();
-    if (ec2) co_return;
+    if (ec2) {
+      MaybeProbeGone(from, ec2);
+      co_return;
+    }
     proto::PeerFrame pf;
     if (!pf.ParseFromString(body) || pf.version() != kWireVersion || pf.from_node() == 0) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
@@ -404,6 +419,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       co_return;
     }
     from = pf.from_node();
+    ++PeerFor(from).frames_in;
     if (!pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
       Peer& p = PeerFor(pf.from_node());
       if (p.port == 0) {

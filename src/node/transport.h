@@ -85,10 +85,12 @@ class Transport {
   using TransfersFn = std::function<void(raft::NodeId from, NodeStats)>;
   void set_transfers_handler(TransfersFn fn) { transfers_ = std::move(fn); }
   // Called on the transport thread when a peer's process is known to have
-  // ended: the connection it had open to this node was closed by its end
-  // (an orderly close: at exit the kernel closes a process's sockets), and
-  // a new connection to its Raft port is then refused. A link cut or a
-  // stopped process shows neither (Raft's timeouts notice those).
+  // ended: the connection it had open to this node was closed or reset by
+  // its end (at exit the kernel closes a process's sockets), then a new
+  // connection to its Raft port is refused, and no frame came from it in
+  // between. A link cut or a stopped process shows neither (Raft's
+  // timeouts notice those); a firewall that rejects connections does:
+  // docs/OPERATIONS.md.
   using GoneFn = std::function<void(raft::NodeId node)>;
   void set_gone_handler(GoneFn fn) { gone_ = std::move(fn); }
   uint64_t peers_gone() const { return peers_gone_.load(std::memory_order_relaxed); }
@@ -128,6 +130,7 @@ class Transport {
   asio::awaitable<void> GossipLoop();
   // Whether `node`'s Raft port refuses a connection now (see GoneFn).
   asio::awaitable<void> ProbeGone(raft::NodeId node);
+  void MaybeProbeGone(raft::NodeId from, const asio::error_code& ec);
 
   TransportOptions opts_;
   DeliverFn deliver_;

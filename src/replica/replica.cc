@@ -506,8 +506,11 @@ void Replica::Tick(int64_t now_mono_us) {
   node_->tick();
   if (campaign_at_tick_ != 0 && ticks_ >= campaign_at_tick_) {
     campaign_at_tick_ = 0;
-    // Unless someone was elected (or this replica campaigned) meanwhile.
-    if (node_->raft().role() == raft::Role::kFollower && node_->raft().lead() == raft::kNoNode) {
+    // Unless an election moved on meanwhile: someone was elected, this
+    // replica campaigned, or it voted in a newer term (its winner's first
+    // entry may simply not have arrived yet: standing now would depose it).
+    if (node_->raft().role() == raft::Role::kFollower && node_->raft().lead() == raft::kNoNode &&
+        node_->raft().term() == campaign_term_) {
       campaigns_gone_.fetch_add(1, std::memory_order_relaxed);
       node_->campaign();
     }
@@ -557,6 +560,7 @@ bool Replica::PeerGone(raft::NodeId node, int64_t now_mono_us) {
     campaigns_.store(node_->raft().campaigns(), std::memory_order_relaxed);
   } else {
     campaign_at_tick_ = ticks_ + 3 * rank;
+    campaign_term_ = node_->raft().term();
   }
   return true;
 }

@@ -291,7 +291,8 @@ class Replica {
   // to this node closed and its Raft port refuses connections). If it led
   // this replica's group, the replica forgets it and its lease and stands
   // for election at once, or three ticks per voter ranked before it (by
-  // id) if no leader is known by then, so the followers do not split the vote. True if it did. The proof
+  // id) if by then no leader is known and its term has not moved, so the
+  // followers neither split the vote nor depose the winner. True if it did. The proof
   // must be of an ended process: a live leader may still serve reads from
   // its lease.
   bool PeerGone(raft::NodeId node, int64_t now_mono_us);
@@ -475,6 +476,7 @@ class Replica {
   uint64_t leader_contact_tick_ = 0;
   // A campaign due at this tick, for a leader known gone (0: none).
   uint64_t campaign_at_tick_ = 0;
+  uint64_t campaign_term_ = 0;  // the term it was due in: a newer one cancels it
   std::atomic<uint64_t> campaigns_{0};
   std::atomic<uint64_t> campaigns_gone_{0};
   bool retired_ = false;  // its state is deleted: never driven again
