@@ -202,19 +202,8 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       continue;
     }
     if (!p->socket.is_open()) {
-      asio::error_code ec;
-      auto remote = asio::ip::make_address(p->host, ec);
-      auto local = asio::ip::make_address(opts_.bind_host, ec);
       asio::ip::tcp::socket s(io_);
-      s.open(asio::ip::tcp::v4(), ec);
-      // Originate from our bind address, so that rules by address apply.
-      if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
-      if (!ec) {
-        Deadline deadline(s, kConnectMax);
-        auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, p->port),
-                                              as_tuple(asio::use_awaitable));
-        ec = cec;
-      }
+      asio::error_code ec = co_await Dial(p->host, p->port, s);
       if (ec) {
         p->queue.clear();  // Raft resends what matters
         p->chunks.clear();  // so do snapshot senders
@@ -326,6 +315,21 @@ asio::awaitable<void> Transport::AcceptLoop() {
   }
 }
 
+asio::awaitable<asio::error_code> Transport::Dial(const std::string& host, uint16_t port,
+                                                  asio::ip::tcp::socket& s) {
+  asio::error_code aec, lec, ec;
+  auto remote = asio::ip::make_address(host, aec);
+  auto local = asio::ip::make_address(opts_.bind_host, lec);
+  if (aec || lec) co_return aec ? aec : lec;
+  s.open(asio::ip::tcp::v4(), ec);
+  // Originate from our bind address, so that rules by address apply.
+  if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
+  if (ec) co_return ec;
+  Deadline deadline(s, kConnectMax);
+  auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, port), as_tuple(asio::use_awaitable));
+  co_return cec;
+}
+
 asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   auto it = peers_.find(node);
   if (it == peers_.end() || it->second->port == 0 || !gone_) co_return;
@@ -339,18 +343,8 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   // briefly: a live peer keeps an accepted connection open (it waits 30 s
   // for a frame); one reset or closed at once is probed again.
   for (int attempt = 0; attempt < 3; ++attempt) {
-    asio::error_code aec, lec;
-    auto remote = asio::ip::make_address(host, aec);
-    auto local = asio::ip::make_address(opts_.bind_host, lec);
-    if (aec || lec) co_return;
-    asio::error_code ec;
     asio::ip::tcp::socket s(io_);
-    s.open(asio::ip::tcp::v4(), ec);
-    if (!ec) s.bind(asio::ip::tcp::endpoint(local, 0), ec);
-    if (ec) co_return;
-    std::optional<Deadline> connecting(std::in_place, s, kConnectMax);
-    auto [cec] = co_await s.async_connect(asio::ip::tcp::endpoint(remote, port), as_tuple(asio::use_awaitable));
-    connecting.reset();
+    asio::error_code cec = co_await Dial(host, port, s);
     if (stopped_) co_return;
     if (cec == asio::error::connection_refused) {
       auto p = peers_.find(node);

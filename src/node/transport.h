@@ -128,6 +128,8 @@ class Transport {
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
   asio::awaitable<void> WriteLoop(Peer* p);
   asio::awaitable<void> GossipLoop();
+  // Connects `s` from this node's bind address to host:port (within 2 s).
+  asio::awaitable<asio::error_code> Dial(const std::string& host, uint16_t port, asio::ip::tcp::socket& s);
   // Whether `node`'s Raft port refuses a connection now (see GoneFn).
   asio::awaitable<void> ProbeGone(raft::NodeId node);
   void MaybeProbeGone(raft::NodeId from, const asio::error_code& ec);

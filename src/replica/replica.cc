@@ -1061,7 +1061,7 @@ void Replica::Publish(int64_t now_mono_us) {
   term_.store(r.term(), std::memory_order_release);
   applied_.store(sm_->applied_index(), std::memory_order_release);
   bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&
-               (opts_.stopping == nullptr || !opts_.stopping->load(std::memory_order_acquire)) &&
+               !Stopping() &&
                sm_->applied_index() >= term_start_index_ && sm_->applied_index() >= split_index_;
   int64_t until = lease ? LeaseEnd(r.lease_start_tick()) : 0;
   lease_until_us_.store(until > now_mono_us ? until : 0, std::memory_order_release);

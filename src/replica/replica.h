@@ -400,9 +400,9 @@ class Replica {
   void Publish(int64_t now_mono_us);
   // When the lease counted from leader tick `tick` runs out (0: unknown tick).
   int64_t LeaseEnd(uint64_t tick) const;
+  bool Stopping() const { return opts_.stopping != nullptr && opts_.stopping->load(std::memory_order_acquire); }
   bool LeaseHolds(int64_t now_mono_us) const {
-    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us &&
-           (opts_.stopping == nullptr || !opts_.stopping->load(std::memory_order_acquire));
+    return lease_until_us_.load(std::memory_order_acquire) > now_mono_us && !Stopping();
   }
   void ServeReads();
   // Hands an outgoing message to *send, or a snapshot's to the courier.
