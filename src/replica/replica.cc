@@ -664,8 +664,10 @@ raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono
 
 void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
   if (retired_) return done(false);
-  std::string ctx = read_prefix_ + std::to_string(++next_read_);
   const raft::Raft& r = node_->raft();
+  // No leader to ask (an election under way): Raft would drop the request.
+  if (r.role() != raft::Role::kLeader && r.lead() == raft::kNoNode) return done(false);
+  std::string ctx = read_prefix_ + std::to_string(++next_read_);
   if (r.role() == raft::Role::kLeader && LeaseHolds(now_mono_us)) {
     // Within the lease no other leader can have committed anything: what is
     // committed here now is all there is. It is served once applied.
@@ -1056,6 +1058,22 @@ void Replica::Publish(int64_t now_mono_us) {
   const raft::ConfState& cs = r.tracker().conf_state();
   if (auto cur = published_conf(); cur == nullptr || !(*cur == cs)) {
     std::atomic_store(&conf_, std::shared_ptr<const raft::ConfState>(std::make_shared<raft::ConfState>(cs)));
+  }
+  // A read not confirmed yet when leadership changes may never be (its
+  // heartbeat round or the leader it was sent to is gone): it fails now, to
+  // be asked again, rather than when its time is up.
+  if (r.term() != reads_term_ || r.lead() != reads_leader_) {
+    reads_term_ = r.term();
+    reads_leader_ = r.lead();
+    for (auto it = reads_.begin(); it != reads_.end();) {
+      if (it->second.index != 0) {
+        ++it;
+        continue;
+      }
+      auto done = std::move(it->second.done);
+      it = reads_.erase(it);
+      done(false);
+    }
   }
   leader_.store(r.lead(), std::memory_order_release);
   term_.store(r.term(), std::memory_order_release);

@@ -420,6 +420,9 @@ class Replica {
     int64_t deadline_us;
     uint64_t index = 0;  // 0: waiting for the leader's answer
   };
+  // The term and leader when reads_ was last checked (Publish).
+  raft::Term reads_term_ = 0;
+  raft::NodeId reads_leader_ = raft::kNoNode;
 
   storage::Engine* engine_;
   ReplicaOptions opts_;

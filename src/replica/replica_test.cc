@@ -352,6 +352,40 @@ TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
   EXPECT_EQ(Get(follower, "k"), "v");  // applied before the read is served
 }
 
+// A read the leader has not confirmed when leadership moves may never be
+// (its heartbeat round, or the leader it was sent to, is gone): it fails as
+// soon as the replica sees the change, to be asked again, not when its 3 s
+// are up. A follower that knows no leader refuses one at once.
+TEST_F(ReplicaCluster, UnconfirmedReadFailsWhenLeadershipMoves) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t l = LeaderIndex();
+  ASSERT_NE(l, SIZE_MAX);
+  size_t f = (l + 1) % 3;
+  down_ = {ids_[l]};  // the leader's process is gone: the request it was sent is lost
+  bool answered = false, ok = true;
+  R(f).ReadIndex([&](bool r) { answered = true; ok = r; }, now_);
+  Pump();
+  EXPECT_FALSE(answered);
+  const int64_t asked = now_;
+  for (int t = 0; t < 60 && !answered; ++t) TickAll(1);  // the others elect a leader
+  ASSERT_TRUE(answered);
+  EXPECT_FALSE(ok);
+  EXPECT_LT(now_ - asked, 2'000'000);  // well before the read's own timeout
+  // A follower that has just lost its leader and knows none refuses at once.
+  size_t g = R(f).is_leader() ? (l + 2) % 3 : f;
+  ASSERT_FALSE(R(g).is_leader());
+  ASSERT_NE(R(g).raft().lead(), raft::kNoNode);
+  down_ = {ids_[0], ids_[1], ids_[2]};
+  R(g).PeerGone(R(g).raft().lead(), now_);
+  ASSERT_EQ(R(g).raft().lead(), raft::kNoNode);
+  answered = false;
+  ok = true;
+  R(g).ReadIndex([&](bool r) { answered = true; ok = r; }, now_);
+  EXPECT_TRUE(answered);
+  EXPECT_FALSE(ok);
+}
+
 // One Ready round of node i by hand: begun and written; applied and
 // finished only if `finish`. Returns the messages that left.
 std::vector<raft::Message> RoundOf(TestNode& n, bool finish, int64_t now) {

@@ -28,6 +28,12 @@ constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
 // A pipeline's writes are applied in batches of at most this much.
 constexpr size_t kWriteBatchEntriesMax = 512;
 constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
+// A write or read its shard's leader turns away without logging it (a
+// leadership transfer under way, a leader that just stepped down) is tried
+// again every pause for this long before the client sees TRYAGAIN. A
+// transfer ends within an election timeout.
+constexpr int64_t kRefusedRetryUs = 2'000'000;
+constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);
 
 // The slot of every key at `positions`, or nullopt if they differ.
 std::optional<uint16_t> KeysSlot(kv::Args args, const std::vector<size_t>& positions) {
@@ -178,7 +184,7 @@ asio::awaitable<void> Connection::Run() {
               continue;
             }
             server_.cluster().NoteOp(*slot);
-            QueueWrite(group, std::move(entry));
+            QueueWrite(group, std::move(entry), *slot, std::string_view(rbuf_.data() + pos - consumed, consumed));
             if (WritesQueueFull()) co_await FlushWrites();
             continue;
           }
@@ -249,9 +255,11 @@ std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
   return "";
 }
 
-void Connection::QueueWrite(uint64_t group, kv::Entry entry) {
+void Connection::QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot, std::string_view raw) {
   for (const auto& a : entry.args) queued_bytes_ += a.size();
-  queued_entries_.emplace_back(group, std::move(entry));
+  const size_t begin = queued_raw_.size();
+  queued_raw_.append(raw);
+  queued_entries_.push_back(QueuedWrite{group, std::move(entry), slot, begin, queued_raw_.size()});
 }
 
 bool Connection::WritesQueueFull() const {
@@ -262,6 +270,7 @@ namespace {
 struct ProposeResult {
   bool applied = false;
   std::string reply;
+  bool refused = false;  // by the leader before logging it: it is in no log
 };
 }  // namespace
 
@@ -293,7 +302,7 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
             });
           };
           if (r == nullptr) {
-            finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n"});
+            finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n", true});
             continue;
           }
           asio::post(groups->WorkerFor(r->group()).io(),
@@ -302,8 +311,10 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
                          finish(ProposeResult{applied, std::move(reply)});
                        }, node::MonoUs());
                        if (!p.ok()) {
-                         finish(ProposeResult{false, std::string("-TRYAGAIN the shard's leader moved (") +
-                                                         raft::to_string(p.error) + "); retry\r\n"});
+                         finish(ProposeResult{false,
+                                              std::string("-TRYAGAIN the shard's leader moved (") +
+                                                  raft::to_string(p.error) + "); retry\r\n",
+                                              true});
                          return;
                        }
                        groups->Notify(r);
@@ -316,6 +327,8 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
 asio::awaitable<void> Connection::FlushWrites() {
   auto queued = std::move(queued_entries_);
   queued_entries_.clear();
+  const std::string raw = std::move(queued_raw_);
+  queued_raw_.clear();
   queued_bytes_ = 0;
   if (queued.empty()) co_return;
   // One batch per shard, in order of first appearance; each write keeps its
@@ -324,19 +337,64 @@ asio::awaitable<void> Connection::FlushWrites() {
   std::map<uint64_t, std::vector<size_t>> positions;
   std::map<uint64_t, std::vector<kv::Entry>> per_group;
   for (size_t i = 0; i < queued.size(); ++i) {
-    uint64_t g = queued[i].first;
+    uint64_t g = queued[i].group;
     if (!positions.contains(g)) order.push_back(g);
     positions[g].push_back(i);
-    per_group[g].push_back(std::move(queued[i].second));
+    per_group[g].push_back(std::move(queued[i].entry));
   }
+  auto batch_of = [&](uint64_t g) {  // r null: the replica just left this node
+    return ShardBatch{server_.groups().Find(g), replica::EncodeKvBatch(per_group[g], protocol_)};
+  };
   std::vector<ShardBatch> batches;
-  for (uint64_t g : order) {
-    replica::Replica* r = server_.groups().Find(g);  // null: the replica just left this node
-    batches.push_back(ShardBatch{r, replica::EncodeKvBatch(per_group[g], protocol_)});
-  }
-  per_group.clear();
+  for (uint64_t g : order) batches.push_back(batch_of(g));
   std::vector<ProposeResult> results =
       co_await ProposeAll(&server_.groups(), worker_.io(), std::move(batches), asio::use_awaitable);
+  // A refused batch is in no log, so it may be tried again: here while this
+  // node still leads (a transfer that fails, room for uncommitted entries
+  // again), else each write as a new request where its key is led now.
+  std::vector<std::optional<std::string>> rerun(queued.size());
+  for (size_t b = 0; b < order.size(); ++b) {
+    const uint64_t g = order[b];
+    bool moved = false;
+    asio::steady_timer pause(worker_.io());
+    const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+    while (results[b].refused && !killed_ && node::MonoUs() < give_up_us) {
+      pause.expires_after(kRefusedRetryPause);
+      co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+      replica::Replica* r = server_.groups().Find(g);
+      if (r != nullptr && r->published_is_leader()) {
+        std::vector<ShardBatch> again;
+        again.push_back(batch_of(g));
+        std::vector<ProposeResult> res =
+            co_await ProposeAll(&server_.groups(), worker_.io(), std::move(again), asio::use_awaitable);
+        results[b] = std::move(res[0]);
+      } else if (r == nullptr || server_.cluster().LeaderOf(g) != 0) {
+        moved = true;
+        break;
+      }
+    }
+    if (!moved) continue;  // answered, or still refused (TRYAGAIN)
+    for (size_t pos : positions[g]) {
+      const QueuedWrite& q = queued[pos];
+      if (q.raw_begin == q.raw_end) continue;
+      resp::Parser parser(resp::ParserLimits{.bulk_bytes_max = server_.config().proto_max_bulk_len});
+      std::vector<std::string_view> args;
+      size_t used = 0;
+      if (parser.Parse(raw.data() + q.raw_begin, q.raw_end - q.raw_begin, true, &args, &used) !=
+              resp::ParseStatus::kCommand ||
+          args.empty()) {
+        continue;
+      }
+      const Command* cmd = server_.commands().Find(args[0]);
+      if (cmd == nullptr) continue;
+      std::string before = std::move(wbuf_);
+      wbuf_.clear();
+      co_await RunKeyed(*cmd, args, q.slot);
+      rerun[pos] = std::move(wbuf_);
+      wbuf_ = std::move(before);
+    }
+  }
+  per_group.clear();
   std::vector<std::string_view> replies(queued.size());
   for (size_t b = 0; b < order.size(); ++b) {
     const auto& pos = positions[order[b]];
@@ -344,7 +402,9 @@ asio::awaitable<void> Connection::FlushWrites() {
     size_t off = 0;
     for (size_t k = 0; k < pos.size(); ++k) {
       std::string_view reply = res.reply;
-      if (res.applied) {
+      if (rerun[pos[k]]) {
+        reply = *rerun[pos[k]];
+      } else if (res.applied) {
         size_t len = resp::ScanReply(res.reply.data() + off, res.reply.size() - off);
         if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
           static const std::string kBroken = "-ERR internal error: reply of a replicated write is malformed\r\n";
@@ -381,8 +441,25 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
   }
   replica::Replica* r = server_.groups().Find(group);
   bool leader_here = r != nullptr && r->published_is_leader();
+  bool confirmed = false;
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
-    if (!co_await ReadBarrier(r)) {
+    confirmed = co_await ReadBarrier(r);
+    // A read that leadership moving left unconfirmed (the leader stepped
+    // down, a follower's leader is gone) is asked again, where the key is
+    // led by then.
+    const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+    while (!confirmed && !killed_ && node::MonoUs() < give_up_us) {
+      asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
+      co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+      group = server_.cluster().GroupOfSlot(slot);
+      r = group != 0 ? server_.groups().Find(group) : nullptr;
+      leader_here = r != nullptr && r->published_is_leader();
+      if (r == nullptr || !(leader_here || readonly_)) break;
+      confirmed = co_await ReadBarrier(r);
+    }
+  }
+  if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
+    if (!confirmed) {
       writer_.Error("TRYAGAIN the read could not be confirmed by a quorum of the shard's replicas; retry");
     } else if (!r->state_machine().OwnsSlot(slot)) {
       // The shard split meanwhile: its confirmation says nothing of the

@@ -112,12 +112,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::awaitable<void> RunKeylessRead(const Command& cmd, kv::Args args);
   // now_ms: the time it is prepared at (0: the clock's).
   bool PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors, int64_t now_ms = 0);
-  // Queues a write for group commit; returns false if the queue must be
-  // flushed first (another shard) — the caller flushes and calls again.
-  void QueueWrite(uint64_t group, kv::Entry entry);
+  // Queues a write for group commit. `raw`: the request as the client sent
+  // it (with its slot), to run again elsewhere if the shard's leader refuses
+  // it (a leadership transfer) and leadership moves on; empty: such a write
+  // is answered TRYAGAIN instead.
+  void QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot = 0, std::string_view raw = {});
   bool WritesQueueFull() const;
   // Proposes the queued writes (one log entry per shard, concurrently) and
-  // writes their replies in request order.
+  // writes their replies in request order. A batch its leader refuses
+  // without logging it (a transfer under way, too much uncommitted) is
+  // proposed again while this node leads, and its writes with a raw request
+  // are run again as new requests once another node leads (bounded in time).
   asio::awaitable<void> FlushWrites();
   // Routes and runs a command on keys (all in one slot); see Run().
   asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
@@ -186,7 +191,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool wrote_ = false;
   // Writes of the current pipeline waiting to be proposed: one log entry
   // per shard, all shards at once.
-  std::vector<std::pair<uint64_t, kv::Entry>> queued_entries_;
+  struct QueuedWrite {
+    uint64_t group;
+    kv::Entry entry;
+    uint16_t slot;
+    size_t raw_begin, raw_end;  // in queued_raw_ (equal: none)
+  };
+  std::vector<QueuedWrite> queued_entries_;
+  std::string queued_raw_;
   size_t queued_bytes_ = 0;
   Multi multi_;
 };

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -677,6 +678,99 @@ def test_readonly_reads_see_latest_write(cl):
     finally:
         for c in conns:
             c.close()
+
+
+def test_leadership_transfers_are_invisible_to_clients(cl):
+    """Leadership moves the balancer or an operator asks for must not reach
+    clients as errors: a write or read the old leader turns away while it hands
+    off is tried again by the node, where the key is led by then. Pipelined
+    plain clients on every node and a READONLY reader see no error (no
+    TRYAGAIN) through several transfers of their shard, and every write reads
+    back."""
+    assert cl.admin("BALANCE", "off") == [b"balance off"]
+    try:
+        def quiet(s):
+            return [str(sh) for sh in s.shards if sh.moving or not sh.leader or len(sh.voters) != 3]
+        st = cl.wait_status(quiet, 60.0, "no move in flight")
+        shard = st.shards[0]
+        lo, hi = shard.slots
+        in_shard = (k for k in (f"tr:{i}" for i in range(200_000)) if lo <= key_slot(k) <= hi)
+        keys = [next(in_shard) for _ in range(16 * len(cl.nodes))]
+        stop = threading.Event()
+        deadline = time.monotonic() + 120.0
+        errors = []
+        rounds = [0] * len(cl.nodes)
+        reads = [0]
+
+        def writer(i):
+            mine = keys[16 * i:16 * (i + 1)]
+            r = redis.Redis(host=cl.nodes[i].host, port=cl.nodes[i].port, socket_timeout=15)
+            try:
+                for rnd in range(1, 1_000_000):
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    p = r.pipeline(transaction=False)
+                    for k in mine:
+                        p.set(k, f"{i}:{rnd}")
+                    for k in mine:
+                        p.get(k)
+                    out = p.execute(raise_on_error=False)
+                    want = [True] * len(mine) + [f"{i}:{rnd}".encode()] * len(mine)
+                    if out != want:
+                        errors.append(f"node{i} round {rnd}: {out}")
+                        return
+                    rounds[i] = rnd
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"node{i}: {e!r}")
+            finally:
+                r.close()
+
+        def reader():
+            followers = [v for v in st.shards[0].voters if v != shard.leader]
+            idx = next(j for j in range(len(cl.nodes)) if cl.nodes[j].node_id == followers[0])
+            try:
+                with cl.nodes[idx].client(timeout=15.0) as c:
+                    assert c.call("READONLY").raw == b"+OK\r\n"
+                    for _ in range(1_000_000):
+                        if stop.is_set() or time.monotonic() > deadline:
+                            return
+                        v = c.execute("GET", keys[0])
+                        if isinstance(v, RespError):
+                            errors.append(f"READONLY GET on node{idx}: {v}")
+                            return
+                        reads[0] += 1
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"reader: {e!r}")
+
+        threads = [threading.Thread(target=writer, args=(i,), name=f"writer{i}") for i in range(len(cl.nodes))]
+        threads.append(threading.Thread(target=reader, name="reader"))
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            leader = shard.leader
+            for _ in range(6):
+                to = shard.voters[(shard.voters.index(leader) + 1) % len(shard.voters)]
+                out = cl.admin("TRANSFER", str(shard.id), to)
+                assert not isinstance(out, RespError), out
+
+                def led(s, to=to):
+                    sh = next(x for x in s.shards if x.id == shard.id)
+                    return [] if sh.leader == to else [f"led by {sh.leader}"]
+                cl.wait_status(led, 20.0, f"shard {shard.id} led by {to}", interval=0.1)
+                leader = to
+                time.sleep(0.3)
+                assert not errors, errors
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "client threads did not stop"
+        assert not errors, "\n".join(errors[:10])
+        assert min(rounds) > 0 and reads[0] > 0, (rounds, reads)
+        print(f"transfers: 6; pipelined rounds per node {rounds}; READONLY reads {reads[0]}")
+    finally:
+        assert cl.admin("BALANCE", "on") == [b"balance on"]
 
 
 @pytest.mark.skipif(not REDIS_BENCHMARK, reason="redis-benchmark is not installed")
