@@ -459,7 +459,7 @@ Result<bool> Replica::ResetForRecovery(uint64_t recovery) {
 }
 
 Status Replica::Restart() {
-  FailWaiters("-TRYAGAIN the shard was recovered; the write's outcome is unknown\r\n");
+  FailWaiters("-TIMEOUT the shard was recovered; the write's outcome is unknown\r\n");
   exports_.clear();
   snapshot_holds_.clear();
   if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
@@ -694,7 +694,7 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   import_gen_.store((import_gen_.load(std::memory_order_relaxed) | 1) + 2, std::memory_order_release);
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
-  FailWaiters("-TRYAGAIN the shard's replica left this node; its outcome is unknown\r\n");
+  FailWaiters("-TIMEOUT the shard's replica left this node; the write's outcome is unknown\r\n");
   return Status::Ok();
 }
 

@@ -33,7 +33,8 @@ constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 // again every pause for this long before the client sees TRYAGAIN. A
 // transfer ends within an election timeout.
 constexpr int64_t kRefusedRetryUs = 2'000'000;
-constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);
+constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);  // doubled after each try
+constexpr auto kRefusedRetryPauseMax = std::chrono::milliseconds(100);
 
 // The slot of every key at `positions`, or nullopt if they differ.
 std::optional<uint16_t> KeysSlot(kv::Args args, const std::vector<size_t>& positions) {
@@ -349,48 +350,65 @@ asio::awaitable<void> Connection::FlushWrites() {
   for (uint64_t g : order) batches.push_back(batch_of(g));
   std::vector<ProposeResult> results =
       co_await ProposeAll(&server_.groups(), worker_.io(), std::move(batches), asio::use_awaitable);
-  // A refused batch is in no log, so it may be tried again: here while this
-  // node still leads (a transfer that fails, room for uncommitted entries
-  // again), else each write as a new request where its key is led now.
+  // A refused batch is in no log, so it may be tried again, until
+  // kRefusedRetryUs after the first try: here while this node still leads
+  // (a transfer that fails, room for uncommitted entries again), each write
+  // prepared again from the client's bytes (a relative TTL counts from the
+  // new try); else each as a new request where its key is led now.
+  const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+  resp::Parser parser(resp::ParserLimits{.bulk_bytes_max = server_.config().proto_max_bulk_len});
+  std::vector<std::string_view> args;
+  auto request_of = [&](const QueuedWrite& q) -> const Command* {  // null: none kept
+    size_t used = 0;
+    if (q.raw_begin == q.raw_end ||
+        parser.Parse(raw.data() + q.raw_begin, q.raw_end - q.raw_begin, true, &args, &used) !=
+            resp::ParseStatus::kCommand ||
+        args.empty()) {
+      return nullptr;
+    }
+    return server_.commands().Find(args[0]);
+  };
   std::vector<std::optional<std::string>> rerun(queued.size());
   for (size_t b = 0; b < order.size(); ++b) {
     const uint64_t g = order[b];
+    const std::vector<size_t>& pos = positions[g];
     bool moved = false;
-    asio::steady_timer pause(worker_.io());
-    const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+    auto pause_for = kRefusedRetryPause;
     while (results[b].refused && !killed_ && node::MonoUs() < give_up_us) {
-      pause.expires_after(kRefusedRetryPause);
+      asio::steady_timer pause(worker_.io(), pause_for);
       co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+      pause_for = std::min(pause_for * 2, kRefusedRetryPauseMax);  // an overloaded leader: fewer tries
       replica::Replica* r = server_.groups().Find(g);
       if (r != nullptr && r->published_is_leader()) {
+        for (size_t k = 0; k < pos.size(); ++k) {
+          const Command* cmd = request_of(queued[pos[k]]);
+          kv::Entry entry;
+          std::string error;
+          resp::Writer errors(&error, protocol_);
+          if (cmd != nullptr && PrepareWrite(*cmd, args, &entry, &errors)) per_group[g][k] = std::move(entry);
+        }
         std::vector<ShardBatch> again;
         again.push_back(batch_of(g));
         std::vector<ProposeResult> res =
             co_await ProposeAll(&server_.groups(), worker_.io(), std::move(again), asio::use_awaitable);
         results[b] = std::move(res[0]);
-      } else if (r == nullptr || server_.cluster().LeaderOf(g) != 0) {
+      } else if (r == nullptr || r->published_leader() != raft::kNoNode) {
         moved = true;
         break;
       }
     }
     if (!moved) continue;  // answered, or still refused (TRYAGAIN)
-    for (size_t pos : positions[g]) {
-      const QueuedWrite& q = queued[pos];
-      if (q.raw_begin == q.raw_end) continue;
-      resp::Parser parser(resp::ParserLimits{.bulk_bytes_max = server_.config().proto_max_bulk_len});
-      std::vector<std::string_view> args;
-      size_t used = 0;
-      if (parser.Parse(raw.data() + q.raw_begin, q.raw_end - q.raw_begin, true, &args, &used) !=
-              resp::ParseStatus::kCommand ||
-          args.empty()) {
-        continue;
-      }
-      const Command* cmd = server_.commands().Find(args[0]);
+    for (size_t p : pos) {
+      // Not after the time is up, nor once a split gave its slot to another
+      // shard (which may have taken a later write of this pipeline to the
+      // same key: this one must not land after it).
+      if (killed_ || node::MonoUs() >= give_up_us || server_.cluster().GroupOfSlot(queued[p].slot) != g) continue;
+      const Command* cmd = request_of(queued[p]);
       if (cmd == nullptr) continue;
       std::string before = std::move(wbuf_);
       wbuf_.clear();
-      co_await RunKeyed(*cmd, args, q.slot);
-      rerun[pos] = std::move(wbuf_);
+      co_await RunKeyed(*cmd, args, queued[p].slot);
+      rerun[p] = std::move(wbuf_);
       wbuf_ = std::move(before);
     }
   }
@@ -443,11 +461,11 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
   bool leader_here = r != nullptr && r->published_is_leader();
   bool confirmed = false;
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
-    confirmed = co_await ReadBarrier(r);
     // A read that leadership moving left unconfirmed (the leader stepped
     // down, a follower's leader is gone) is asked again, where the key is
-    // led by then.
+    // led by then, until kRefusedRetryUs after the first try.
     const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+    confirmed = co_await ReadBarrier(r);
     while (!confirmed && !killed_ && node::MonoUs() < give_up_us) {
       asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
       co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
@@ -456,6 +474,10 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
       leader_here = r != nullptr && r->published_is_leader();
       if (r == nullptr || !(leader_here || readonly_)) break;
       confirmed = co_await ReadBarrier(r);
+    }
+    if (group == 0) {
+      writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+      co_return;
     }
   }
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {

@@ -194,7 +194,9 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint1
       std::string reply = co_await ToNode(w, host, port, db, args, &sent, blocking);
       if (blocking && blocking->abandoned) co_return reply;
       host.clear();
-      bool retry = reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN");
+      // Never a request that may have run ("outcome is unknown").
+      bool retry = (reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN")) &&
+                   reply.find("outcome is unknown") == std::string::npos;
       if (reply.starts_with("-MOVED ") && hop < kHopsMax) {
         // -MOVED slot host:port
         auto sp = reply.find(' ', 7);
