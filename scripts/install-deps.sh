@@ -10,6 +10,8 @@ PACKAGES=(
   librocksdb-dev libasio-dev libprotobuf-dev protobuf-compiler libfmt-dev libspdlog-dev
   libcli11-dev libtomlplusplus-dev libcpp-httplib-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # allocators to link into the server (cmake -DSHOAL_MALLOC=jemalloc|mimalloc)
+  libjemalloc-dev libmimalloc-dev
   # tests and benchmarks: the real Redis as reference, real clients
   redis-server redis-tools python3 python3-redis python3-pytest procps iptables
 )

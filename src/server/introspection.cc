@@ -1,5 +1,6 @@
 #include "server/introspection.h"
 
+#include <dlfcn.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -20,6 +21,28 @@ int64_t ResidentBytes() {
   int64_t size = 0, resident = 0;
   statm >> size >> resident;
   return resident * sysconf(_SC_PAGESIZE);
+}
+
+// The malloc serving this process (Redis's mem_allocator): the one linked
+// in (cmake -DSHOAL_MALLOC=...) or preloaded, found by its own symbols.
+std::string AllocatorName() {
+  using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
+  if (auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"))) {
+    const char* version = nullptr;
+    size_t len = sizeof(version);
+    if (mallctl("version", &version, &len, nullptr, 0) == 0 && version != nullptr) {
+      std::string v(version);
+      return "jemalloc-" + v.substr(0, v.find('-'));
+    }
+    return "jemalloc";
+  }
+  using MiVersion = int (*)();
+  if (auto mi_version = reinterpret_cast<MiVersion>(dlsym(RTLD_DEFAULT, "mi_version"))) {
+    const int v = mi_version();
+    return "mimalloc-" + std::to_string(v / 100) + "." + std::to_string(v / 10 % 10) + "." + std::to_string(v % 10);
+  }
+  if (dlsym(RTLD_DEFAULT, "__asan_init") != nullptr) return "asan";
+  return "libc";
 }
 
 std::string Human(int64_t bytes) {
@@ -108,6 +131,8 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("maxmemory", cfg.maxmemory);
     w.Field("maxmemory_human", Human(cfg.maxmemory));
     w.Field("maxmemory_policy", "noeviction");
+    static const std::string allocator = AllocatorName();
+    w.Field("mem_allocator", allocator);
     w.Field("storage_block_cache_bytes", m.block_cache_bytes);
     w.Field("storage_block_cache_capacity", m.cache_capacity_bytes);
     w.Field("storage_memtable_bytes", m.memtable_bytes);
