@@ -290,7 +290,7 @@ asio::awaitable<void> Admin(Connection& c, Args args) {
         break;
       }
       bool sent = false;
-      std::string raw = co_await c.server().forwarder().ToNode(c.worker().index(), reply.host, reply.port, 0, args, &sent);
+      std::string raw = co_await c.server().forwarder().ToNode(c.worker().index(), reply.host, reply.port, {}, args, &sent);
       c.writer().Raw(raw);
       break;
     }

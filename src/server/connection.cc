@@ -505,7 +505,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     ReplyMoved(group, slot);
     co_return;
   }
-  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, db_, args);
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, {db_, protocol_}, args);
   writer_.Raw(reply);
 }
 
@@ -683,7 +683,7 @@ asio::awaitable<void> Connection::ForwardWaiting(uint16_t slot, kv::Args args, i
   auto watch = std::make_shared<ClientWatch>();
   watch->gone = [blocking] { blocking->Abandon(); };
   WatchGuard guard(this, watch);
-  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, db_, args, blocking);
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, {db_, protocol_}, args, blocking);
   if (blocking->abandoned) {
     close_after_reply_ = true;
     co_return;
@@ -845,7 +845,7 @@ asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args a
     for (const auto& [id, node] : rt->nodes) {
       if (id == server_.cluster().node_id()) continue;
       bool sent = false;
-      std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, db_, args, &sent);
+      std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, {db_, protocol_}, args, &sent);
       if (!reply.starts_with("+") && error.empty()) error = reply;
       constexpr std::string_view kTag = "+OK flushed";
       if (reply.starts_with(kTag)) {
@@ -1203,7 +1203,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
       }
     }
     std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
-    std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, db_, fwd_args);
+    std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, {db_, protocol_}, fwd_args);
     writer_.Raw(reply);
     if (reply.starts_with("*") && !reply.starts_with("*-1")) db_ = db_after;  // it ran
     co_return;

@@ -47,6 +47,7 @@ struct Forwarder::Link {
   explicit Link(asio::io_context& io) : socket(io) {}
   asio::ip::tcp::socket socket;
   uint16_t db = 0;
+  int protocol = 2;
   std::string buf;
 };
 
@@ -61,7 +62,7 @@ void Forwarder::Blocking::Abandon() {
 Forwarder::Forwarder(Server& server, int workers) : server_(server), idle_(static_cast<size_t>(workers)) {}
 Forwarder::~Forwarder() = default;
 
-asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t port, uint16_t db,
+asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t port, Session session,
                                                kv::Args args, bool* sent, std::shared_ptr<Blocking> blocking) {
   *sent = false;
   if (blocking && blocking->abandoned) co_return "-ERR the client left\r\n";
@@ -117,12 +118,19 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       ++skip_replies;
     }
   }
-  if (link->db != db) {
-    std::string dbs = std::to_string(db);
+  if (link->protocol != session.protocol) {
+    std::string proto = std::to_string(session.protocol);
+    std::string_view hello[] = {"HELLO", proto};
+    AppendCommand(&req, hello);
+    ++skip_replies;
+    link->protocol = session.protocol;
+  }
+  if (link->db != session.db) {
+    std::string dbs = std::to_string(session.db);
     std::string_view sel[] = {"SELECT", dbs};
     AppendCommand(&req, sel);
     ++skip_replies;
-    link->db = db;
+    link->db = session.db;
   }
   AppendCommand(&req, args);
   // A blocking command may wait its timeout first; without one, a year.
@@ -171,7 +179,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
   }
 }
 
-asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args,
+asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, Session session, kv::Args args,
                                                      std::shared_ptr<Blocking> blocking) {
   auto& cluster = server_.cluster();
   asio::steady_timer pause(server_.runtime().worker(w).io());
@@ -191,7 +199,7 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, uint1
     }
     if (!host.empty()) {
       bool sent = false;
-      std::string reply = co_await ToNode(w, host, port, db, args, &sent, blocking);
+      std::string reply = co_await ToNode(w, host, port, session, args, &sent, blocking);
       if (blocking && blocking->abandoned) co_return reply;
       host.clear();
       // Never a request that may have run ("outcome is unknown").

@@ -34,13 +34,19 @@ class Forwarder {
     asio::ip::tcp::socket* link = nullptr;  // while a request waits on it
     void Abandon();
   };
-  // Runs args (in db) on the leader of `slot`'s shard; returns its raw reply.
-  // Call on worker `w`.
-  asio::awaitable<std::string> ToSlotLeader(int w, uint16_t slot, uint16_t db, kv::Args args,
+  // What a request runs under on the other node: the client's database and
+  // protocol (RESP2 or RESP3: the reply is shaped as the client expects).
+  struct Session {
+    uint16_t db = 0;
+    int protocol = 2;
+  };
+  // Runs args (in the session) on the leader of `slot`'s shard; returns its
+  // raw reply. Call on worker `w`.
+  asio::awaitable<std::string> ToSlotLeader(int w, uint16_t slot, Session session, kv::Args args,
                                             std::shared_ptr<Blocking> blocking = nullptr);
   // Runs args on the node at host:port (as a routed connection) and returns
   // the raw reply, or an error reply if it cannot be reached.
-  asio::awaitable<std::string> ToNode(int w, std::string host, uint16_t port, uint16_t db, kv::Args args,
+  asio::awaitable<std::string> ToNode(int w, std::string host, uint16_t port, Session session, kv::Args args,
                                       bool* sent, std::shared_ptr<Blocking> blocking = nullptr);
 
  private:

@@ -680,6 +680,43 @@ def test_readonly_reads_see_latest_write(cl):
             c.close()
 
 
+def test_resp3_replies_keep_their_shape_when_forwarded(cl):
+    """A RESP3 plain client on a node that does not lead the key's shard gets
+    the same bytes as on the leader: maps, doubles, nulls and RESP3 EXEC, not
+    the RESP2 shapes of the forwarding link. The link switches back for a
+    RESP2 client."""
+    k = key_led_elsewhere(cl, 0, "resp3")
+    z, missing = f"{{{k}}}:z", f"{{{k}}}:missing"
+    leader = cl.leader_of_key(k)
+    assert leader is not None and leader != 0
+    with cl.nodes[0].client() as here, cl.nodes[leader].client() as there:
+        for conn in (here, there):
+            assert conn.call("HELLO", "3").raw.startswith(b"%"), conn
+        assert here.call("DEL", k, z).raw in (b":0\r\n", b":1\r\n", b":2\r\n")
+        assert here.call("HSET", k, "f", "v").raw == b":1\r\n"
+        assert here.call("ZADD", z, "1.5", "m").raw == b":1\r\n"
+        expect = {
+            ("HGETALL", k): b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n",
+            ("ZSCORE", z, "m"): b",1.5\r\n",
+            ("GET", missing): b"_\r\n",
+            ("ZRANGE", z, "0", "-1", "WITHSCORES"): b"*1\r\n*2\r\n$1\r\nm\r\n,1.5\r\n",
+        }
+        for cmd, raw in expect.items():
+            assert there.call(*cmd).raw == raw, (cmd, "on the leader")
+            assert here.call(*cmd).raw == raw, (cmd, "forwarded")
+        for conn in (here, there):
+            assert conn.call("MULTI").raw == b"+OK\r\n"
+            assert conn.call("ZSCORE", z, "m").raw == b"+QUEUED\r\n"
+            assert conn.call("HGETALL", k).raw == b"+QUEUED\r\n"
+        assert here.call("EXEC").raw == there.call("EXEC").raw == \
+            b"*2\r\n,1.5\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    # a RESP2 client after it, through the same pooled links, gets RESP2
+    with cl.nodes[0].client() as here:
+        assert here.call("HGETALL", k).raw == b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        assert here.call("ZSCORE", z, "m").raw == b"$3\r\n1.5\r\n"
+        assert here.call("GET", missing).raw == b"$-1\r\n"
+
+
 def test_leadership_transfers_are_invisible_to_clients(cl):
     """Leadership moves the balancer or an operator asks for must not reach
     clients as errors: a write or read the old leader turns away while it hands
