@@ -228,7 +228,12 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
 }
 
 AdminReply Cluster::AdminRecoverMeta(replica::Replica* mr, int64_t now) {
-  if (mr->is_leader()) return AdminError("ERR this node leads the meta shard: it has its majority; nothing to recover");
+  // A leader that lost its majority (it was elected just before the other
+  // voters died) steps down within an election timeout (check quorum).
+  if (mr->is_leader()) {
+    return AdminError("ERR this node leads the meta shard: nothing to recover while it does (a leader without "
+                      "its majority steps down within an election timeout; ask again then)");
+  }
   const raft::ConfState cs = mr->raft().tracker().conf_state();
   std::vector<uint64_t> voters = cs.voters;
   voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());

@@ -35,6 +35,7 @@ constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 constexpr int64_t kRefusedRetryUs = 2'000'000;
 constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);  // doubled after each try
 constexpr auto kRefusedRetryPauseMax = std::chrono::milliseconds(100);
+constexpr size_t kRawKeptMax = 64 * 1024;  // a queued write's request bytes kept for that
 
 // The slot of every key at `positions`, or nullopt if they differ.
 std::optional<uint16_t> KeysSlot(kv::Args args, const std::vector<size_t>& positions) {
@@ -185,7 +186,10 @@ asio::awaitable<void> Connection::Run() {
               continue;
             }
             server_.cluster().NoteOp(*slot);
-            QueueWrite(group, std::move(entry), *slot, std::string_view(rbuf_.data() + pos - consumed, consumed));
+            // Its bytes are kept to run it again if its leader refuses it
+            // and leadership moves on; a huge one's are not (TRYAGAIN then).
+            std::string_view raw(rbuf_.data() + pos - consumed, consumed <= kRawKeptMax ? consumed : 0);
+            QueueWrite(group, std::move(entry), *slot, raw);
             if (WritesQueueFull()) co_await FlushWrites();
             continue;
           }
