@@ -105,7 +105,8 @@ void RaiseFileLimit(const Config& config) {
 
 int RunServer(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
-  // Few malloc arenas: per-thread arenas fragment and hold memory outside the budget.
+  // Few glibc malloc arenas (a -DSHOAL_MALLOC=system build; jemalloc ignores
+  // this): per-thread arenas fragment and hold memory outside the budget.
   mallopt(M_ARENA_MAX, 2);
   RaiseFileLimit(config);
   shoal::server::Server server(config);

@@ -132,9 +132,15 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     ++skip_replies;
     link->db = session.db;
   }
+  // What the link needs first (SHOAL.ROUTED, AUTH, HELLO, SELECT) goes, and
+  // its replies are read, before the request: a refused AUTH or SELECT must
+  // not let the request run in the wrong database, or run while the client
+  // is told it failed.
+  std::string setup = std::move(req);
+  req.clear();
   AppendCommand(&req, args);
   // A blocking command may wait its timeout first; without one, a year.
-  std::chrono::steady_clock::duration reply_max = ReplyMax(req.size());
+  std::chrono::steady_clock::duration reply_max = ReplyMax(setup.size() + req.size());
   if (blocking) {
     constexpr int64_t kYearMs = 365LL * 86'400'000;
     const int64_t ms = blocking->timeout_ms;
@@ -145,10 +151,12 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     if (blocking->abandoned) co_return "-ERR the client left\r\n";
     blocking->link = &link->socket;
   }
-  auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
+  const std::string failed = "-TRYAGAIN connection to " + host + " failed\r\n";
+  auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(setup.empty() ? req : setup),
+                                              as_tuple(asio::use_awaitable));
   (void)wn;
-  if (wec) co_return "-TRYAGAIN connection to " + host + " failed\r\n";
-  *sent = true;
+  if (wec) co_return failed;
+  *sent = setup.empty();
   link->buf.clear();
   size_t pos = 0;
   char chunk[16 * 1024];
@@ -158,9 +166,17 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     if (len != resp::kReplyIncomplete) {
       if (skip_replies > 0) {
         std::string_view first(link->buf.data() + pos, len);
-        if (first.starts_with("-")) co_return std::string(first);  // AUTH or SELECT refused
+        if (first.starts_with("-")) co_return std::string(first);  // refused: the request was not sent
         --skip_replies;
         pos += len;
+        if (skip_replies == 0) {
+          link->buf.erase(0, pos);
+          pos = 0;
+          auto [rwec, rwn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
+          (void)rwn;
+          if (rwec) co_return failed;
+          *sent = true;
+        }
         continue;
       }
       std::string reply = link->buf.substr(pos, len);
@@ -168,13 +184,17 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
       co_return reply;
     }
     // Checked before each read too: a deadline that passed between two
-    // reads had nothing to cancel.
+    // reads had nothing to cancel. Before the request went, it did not run.
     const std::string late =
-        "-ERR " + host + ":" + std::to_string(port) + " did not answer in time; the request's outcome is unknown\r\n";
-    if (deadline.expired()) co_return late;  // -ERR, not TRYAGAIN: it may have run (a retry could run it twice)
+        *sent ? "-ERR " + host + ":" + std::to_string(port) +
+                    " did not answer in time; the request's outcome is unknown\r\n"
+              : "-TRYAGAIN " + host + ":" + std::to_string(port) + " did not answer in time\r\n";
+    if (deadline.expired()) co_return late;  // -ERR, not TRYAGAIN, once sent: a retry could run it twice
     auto [rec, rn] = co_await link->socket.async_read_some(asio::buffer(chunk), as_tuple(asio::use_awaitable));
     if (rec && deadline.expired()) co_return late;
-    if (rec) co_return "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n";
+    if (rec) {
+      co_return *sent ? "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n" : failed;
+    }
     link->buf.append(chunk, rn);
   }
 }

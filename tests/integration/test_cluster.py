@@ -717,6 +717,51 @@ def test_resp3_replies_keep_their_shape_when_forwarded(cl):
         assert here.call("GET", missing).raw == b"$-1\r\n"
 
 
+@pytest.fixture
+def fresh3(tmp_path):
+    """A 3-node cluster of its own (no forwarding link opened yet)."""
+    yield from running_cluster(tmp_path / "fresh3", n=3)
+
+
+def test_forwarded_request_does_not_run_when_its_link_setup_is_refused(fresh3):
+    """A forwarding link says SHOAL.ROUTED, AUTH, HELLO and SELECT before the
+    request; if the other node refuses one (here AUTH: the password was set on
+    one node only), the request must not run there while the client is told it
+    failed. Either it failed and did not run, or it ran and says so."""
+    c = fresh3
+    n0 = c.nodes[0]
+    keys = [key_led_elsewhere(c, 0, f"auth-setup-{j}") for j in range(8)]
+    with n0.client() as conn:
+        assert conn.call("CONFIG", "SET", "requirepass", "only-here").raw == b"+OK\r\n"
+    replies = [None] * len(keys)
+    try:
+        def incr(j):
+            with n0.client() as conn:
+                assert conn.call("AUTH", "only-here").raw == b"+OK\r\n"
+                replies[j] = conn.call("INCR", keys[j]).raw
+        threads = [threading.Thread(target=incr, args=(j,)) for j in range(len(keys))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        with n0.client() as conn:
+            assert conn.call("AUTH", "only-here").raw == b"+OK\r\n"
+            assert conn.call("CONFIG", "SET", "requirepass", "").raw == b"+OK\r\n"
+    refused = 0
+    for k, rep in zip(keys, replies):
+        with c.nodes[1].client() as conn:
+            value = conn.call("GET", k).raw  # (forwarded if not led there)
+        if rep.startswith(b"-"):
+            refused += 1
+            assert value == b"$-1\r\n", (k, rep, value, "told it failed, but it ran")
+        else:
+            assert rep == b":1\r\n" and value == b"$1\r\n1\r\n", (k, rep, value)
+    assert refused > 0, f"no link was set up after CONFIG SET: {replies}"
+    print(f"{refused} of {len(keys)} forwarded INCRs refused at link setup, none ran: {replies[0]!r}")
+
+
 def test_leadership_transfers_are_invisible_to_clients(cl):
     """Leadership moves the balancer or an operator asks for must not reach
     clients as errors: a write or read the old leader turns away while it hands
