@@ -335,6 +335,7 @@ asio::awaitable<void> Connection::FlushWrites() {
   const std::string raw = std::move(queued_raw_);
   queued_raw_.clear();
   queued_bytes_ = 0;
+  flush_left_moved_ = false;
   if (queued.empty()) co_return;
   // One batch per shard, in order of first appearance; each write keeps its
   // position so that replies go out in request order.
@@ -408,7 +409,10 @@ asio::awaitable<void> Connection::FlushWrites() {
       // same key: this one must not land after it).
       if (killed_ || node::MonoUs() >= give_up_us || server_.cluster().GroupOfSlot(queued[p].slot) != g) continue;
       const Command* cmd = request_of(queued[p]);
-      if (cmd == nullptr) continue;
+      if (cmd == nullptr) {
+        flush_left_moved_ = true;
+        continue;
+      }
       std::string before = std::move(wbuf_);
       wbuf_.clear();
       co_await RunKeyed(*cmd, args, queued[p].slot);
@@ -1178,77 +1182,86 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
   }
   last_write_slot_ = *slot;  // for WAIT (a transaction writes, as a rule)
   wrote_ = true;
-  const uint64_t group = server_.cluster().GroupOfSlot(*slot);
-  if (group == 0) {
-    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
-    co_return;
-  }
-  replica::Replica* r = server_.groups().Find(group);
-  if (r == nullptr || !r->published_is_leader()) {
-    if (cluster_aware_) {
-      auto rt = server_.cluster().routing();
-      const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
-      writer_.Error(addr == nullptr ? "CLUSTERDOWN The cluster is down: the key's shard has no leader right now"
-                                    : "MOVED " + std::to_string(*slot) + " " + addr->host + ":" +
-                                          std::to_string(addr->port));
+  // A transaction its leader refused unlogged (leadership moving away) is in
+  // no log: it runs again, wherever its slot is led by then, until
+  // kRefusedRetryUs after the first try.
+  const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+  const uint16_t db_before = db_;
+  for (;;) {
+    const uint64_t group = server_.cluster().GroupOfSlot(*slot);
+    if (group == 0) {
+      writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
       co_return;
     }
-    // A plain client's transaction goes whole to the shard's leader; the
-    // SELECTs inside it change this connection's database as they would here.
-    std::vector<std::string> fwd{"shoal.exec", std::to_string(watches.size())};
-    for (const Watched& w : watches) fwd.insert(fwd.end(), {std::to_string(w.db), w.key, w.fingerprint});
-    uint16_t db_after = db_;
-    for (size_t i = 0; i < views.size(); ++i) {
-      fwd.push_back(std::to_string(views[i].size()));
-      fwd.insert(fwd.end(), commands[i].begin(), commands[i].end());
-      if (cmds[i]->spec.name == "select" && views[i].size() == 2) {
-        auto d = ParseInt64(views[i][1]);
-        if (d && *d >= 0 && *d < server_.limits().databases) db_after = static_cast<uint16_t>(*d);
+    replica::Replica* r = server_.groups().Find(group);
+    if (r == nullptr || !r->published_is_leader()) {
+      if (cluster_aware_) {
+        auto rt = server_.cluster().routing();
+        const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
+        writer_.Error(addr == nullptr ? "CLUSTERDOWN The cluster is down: the key's shard has no leader right now"
+                                      : "MOVED " + std::to_string(*slot) + " " + addr->host + ":" +
+                                            std::to_string(addr->port));
+        co_return;
+      }
+      // A plain client's transaction goes whole to the shard's leader; the
+      // SELECTs inside it change this connection's database as they would here.
+      std::vector<std::string> fwd{"shoal.exec", std::to_string(watches.size())};
+      for (const Watched& w : watches) fwd.insert(fwd.end(), {std::to_string(w.db), w.key, w.fingerprint});
+      uint16_t db_after = db_;
+      for (size_t i = 0; i < views.size(); ++i) {
+        fwd.push_back(std::to_string(views[i].size()));
+        fwd.insert(fwd.end(), commands[i].begin(), commands[i].end());
+        if (cmds[i]->spec.name == "select" && views[i].size() == 2) {
+          auto d = ParseInt64(views[i][1]);
+          if (d && *d >= 0 && *d < server_.limits().databases) db_after = static_cast<uint16_t>(*d);
+        }
+      }
+      std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
+      std::string reply =
+          co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, {db_, protocol_}, fwd_args);
+      writer_.Raw(reply);
+      if (reply.starts_with("*") && !reply.starts_with("*-1")) db_ = db_after;  // it ran
+      co_return;
+    }
+    // Here: each write prepared (its errors become its reply), each read and
+    // connection command in its place, as one entry.
+    const int64_t now = RealClock().NowUnixMs();
+    std::vector<kv::ExecItem> items(watches.size() + cmds.size());
+    for (size_t i = 0; i < watches.size(); ++i) {
+      items[i].kind = kv::ExecItem::Kind::kWatch;
+      items[i].db = watches[i].db;
+      items[i].args = {watches[i].key};
+      items[i].reply = watches[i].fingerprint;
+    }
+    for (size_t i = 0; i < cmds.size(); ++i) {
+      const Command& cmd = *cmds[i];
+      kv::ExecItem& it = items[watches.size() + i];
+      last_command_ = cmd.spec.name;
+      if (cmd.spec.apply != nullptr) {
+        resp::Writer errors(&it.reply, protocol_);
+        if (PrepareWrite(cmd, views[i], &it.write, &errors, now)) it.kind = kv::ExecItem::Kind::kWrite;
+      } else if (cmd.spec.read != nullptr) {
+        it.kind = kv::ExecItem::Kind::kRead;
+        it.db = db_;
+        it.args = commands[i];
+      } else {
+        resp::Writer out(&it.reply, protocol_);
+        cmd.sync(*this, views[i], &out);
       }
     }
-    std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
-    std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, {db_, protocol_}, fwd_args);
-    writer_.Raw(reply);
-    if (reply.starts_with("*") && !reply.starts_with("*-1")) db_ = db_after;  // it ran
-    co_return;
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    kv::Entry entry = kv::MakeExecEntry(first_key, now, rng(), items);
+    entry.db = db_;
+    server_.cluster().NoteOp(*slot);
+    QueueWrite(group, std::move(entry), *slot);
+    const size_t mark = wbuf_.size();
+    co_await FlushWrites();
+    // A transaction that did not run (refused, aborted by WATCH) selected nothing.
+    std::string_view reply = std::string_view(wbuf_).substr(mark);
+    if (!reply.starts_with("*") || reply.starts_with("*-1")) db_ = db_before;
+    if (!flush_left_moved_ || killed_ || node::MonoUs() >= give_up_us) co_return;
+    wbuf_.resize(mark);  // its refusal: asked again where the slot is led now
   }
-  // Here: each write prepared (its errors become its reply), each read and
-  // connection command in its place, as one entry.
-  const int64_t now = RealClock().NowUnixMs();
-  const uint16_t db_before = db_;
-  std::vector<kv::ExecItem> items(watches.size() + cmds.size());
-  for (size_t i = 0; i < watches.size(); ++i) {
-    items[i].kind = kv::ExecItem::Kind::kWatch;
-    items[i].db = watches[i].db;
-    items[i].args = {watches[i].key};
-    items[i].reply = watches[i].fingerprint;
-  }
-  for (size_t i = 0; i < cmds.size(); ++i) {
-    const Command& cmd = *cmds[i];
-    kv::ExecItem& it = items[watches.size() + i];
-    last_command_ = cmd.spec.name;
-    if (cmd.spec.apply != nullptr) {
-      resp::Writer errors(&it.reply, protocol_);
-      if (PrepareWrite(cmd, views[i], &it.write, &errors, now)) it.kind = kv::ExecItem::Kind::kWrite;
-    } else if (cmd.spec.read != nullptr) {
-      it.kind = kv::ExecItem::Kind::kRead;
-      it.db = db_;
-      it.args = commands[i];
-    } else {
-      resp::Writer out(&it.reply, protocol_);
-      cmd.sync(*this, views[i], &out);
-    }
-  }
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  kv::Entry entry = kv::MakeExecEntry(first_key, now, rng(), items);
-  entry.db = db_;
-  server_.cluster().NoteOp(*slot);
-  QueueWrite(group, std::move(entry));
-  const size_t mark = wbuf_.size();
-  co_await FlushWrites();
-  // A transaction that did not run (refused, aborted by WATCH) selected nothing.
-  std::string_view reply = std::string_view(wbuf_).substr(mark);
-  if (!reply.starts_with("*") || reply.starts_with("*-1")) db_ = db_before;
 }
 
 }  // namespace shoal::server

@@ -200,6 +200,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::vector<QueuedWrite> queued_entries_;
   std::string queued_raw_;
   size_t queued_bytes_ = 0;
+  // Set by FlushWrites: a write without request bytes (a transaction) was
+  // refused unlogged and its key is led elsewhere now; its caller may run it
+  // again there.
+  bool flush_left_moved_ = false;
   Multi multi_;
 };
 
