@@ -13,7 +13,7 @@ PACKAGES=(
   # allocators to link into the server (cmake -DSHOAL_MALLOC=jemalloc|mimalloc)
   libjemalloc-dev libmimalloc-dev
   # tests and benchmarks: the real Redis as reference, real clients
-  redis-server redis-tools python3 python3-redis python3-pytest procps iptables
+  redis-server redis-tools python3 python3-redis python3-pytest procps iptables nodejs node-redis
 )
 
 missing=()

@@ -26,6 +26,9 @@ from conftest import SELFTEST, SHOAL_BIN, SKIP_NO_SHOAL, RespConn, RespError
 
 REDIS_CLI = shutil.which("redis-cli")
 REDIS_BENCHMARK = shutil.which("redis-benchmark")
+NODE = shutil.which("node") or shutil.which("nodejs")
+NODE_PATH = "/usr/share/nodejs"  # where Debian's node-redis lives
+NODE_REDIS = os.path.isfile(os.path.join(NODE_PATH, "redis", "package.json"))
 
 pytestmark = pytest.mark.skipif(SELFTEST, reason="cluster tests need a real shoal binary")
 
@@ -768,7 +771,8 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
     off is tried again by the node, where the key is led by then. Pipelined
     plain clients on every node and a READONLY reader see no error (no
     TRYAGAIN) through several transfers of their shard, and every write reads
-    back."""
+    back; MULTI/EXEC transactions from plain clients on every node run exactly
+    once each."""
     assert cl.admin("BALANCE", "off") == [b"balance off"]
     try:
         def quiet(s):
@@ -778,11 +782,15 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
         lo, hi = shard.slots
         in_shard = (k for k in (f"tr:{i}" for i in range(200_000)) if lo <= key_slot(k) <= hi)
         keys = [next(in_shard) for _ in range(16 * len(cl.nodes))]
+        counters = [next(in_shard) for _ in cl.nodes]
+        for k in counters:
+            cl.nodes[0].call("DEL", k)
         stop = threading.Event()
         deadline = time.monotonic() + 120.0
         errors = []
         rounds = [0] * len(cl.nodes)
         reads = [0]
+        txns = [0] * len(cl.nodes)
 
         def writer(i):
             mine = keys[16 * i:16 * (i + 1)]
@@ -807,6 +815,25 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
             finally:
                 r.close()
 
+        def transactions(i):
+            r = redis.Redis(host=cl.nodes[i].host, port=cl.nodes[i].port, socket_timeout=15)
+            try:
+                for n in range(1, 1_000_000):
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    p = r.pipeline(transaction=True)
+                    p.incr(counters[i])
+                    p.get(counters[i])
+                    out = p.execute()
+                    if out != [n, str(n).encode()]:
+                        errors.append(f"node{i} transaction {n}: {out}")
+                        return
+                    txns[i] = n
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"node{i} transactions: {e!r}")
+            finally:
+                r.close()
+
         def reader():
             followers = [v for v in st.shards[0].voters if v != shard.leader]
             idx = next(j for j in range(len(cl.nodes)) if cl.nodes[j].node_id == followers[0])
@@ -826,6 +853,7 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
 
         threads = [threading.Thread(target=writer, args=(i,), name=f"writer{i}") for i in range(len(cl.nodes))]
         threads.append(threading.Thread(target=reader, name="reader"))
+        threads += [threading.Thread(target=transactions, args=(i,), name=f"txn{i}") for i in range(len(cl.nodes))]
         for t in threads:
             t.start()
         try:
@@ -849,10 +877,31 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
                 t.join(timeout=60)
         assert not any(t.is_alive() for t in threads), "client threads did not stop"
         assert not errors, "\n".join(errors[:10])
-        assert min(rounds) > 0 and reads[0] > 0, (rounds, reads)
-        print(f"transfers: 6; pipelined rounds per node {rounds}; READONLY reads {reads[0]}")
+        assert min(rounds) > 0 and reads[0] > 0 and min(txns) > 0, (rounds, reads, txns)
+        for i, k in enumerate(counters):
+            assert cl.nodes[0].call("GET", k) == str(txns[i]).encode(), (i, txns)
+        print(f"transfers: 6; pipelined rounds per node {rounds}; READONLY reads {reads[0]}; "
+              f"transactions per node {txns}")
     finally:
         assert cl.admin("BALANCE", "on") == [b"balance on"]
+
+
+@pytest.mark.skipif(not (NODE and NODE_REDIS) and not os.environ.get("CI"),
+                    reason="nodejs and Debian's node-redis are not installed (scripts/install-deps.sh)")
+def test_node_redis_client_plain_and_cluster(cl):
+    """node-redis (the `redis` package for Node.js, Debian's node-redis) as an
+    application uses it: plain clients on every node and a cluster client;
+    hashes, lists, sets, sorted sets, MULTI/EXEC, a WATCH retry loop from all
+    nodes at once, BLPOP with a timeout and woken from another node. The
+    script checks every reply (tests/integration/node_redis_client.js)."""
+    assert NODE and NODE_REDIS, "CI needs nodejs and node-redis (scripts/install-deps.sh)"
+    script = os.path.join(os.path.dirname(__file__), "node_redis_client.js")
+    env = dict(os.environ, NODE_PATH=NODE_PATH)
+    out = subprocess.run([NODE, script] + [f"{n.host}:{n.port}" for n in cl.nodes],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, f"node-redis script failed:\n{out.stdout}\n{out.stderr}"
+    assert "WATCH loop 60 increments" in out.stdout, out.stdout
+    print(out.stdout.strip())
 
 
 @pytest.mark.skipif(not REDIS_BENCHMARK, reason="redis-benchmark is not installed")
