@@ -352,7 +352,17 @@ std::optional<int64_t> Fit(const FieldOp& op, __int128 base, __int128 incr) {
   const __int128 min = op.is_signed ? -max - 1 : 0;
   if (sum >= min && sum <= max) return static_cast<int64_t>(sum);
   if (op.overflow == Overflow::kFail) return std::nullopt;
-  if (op.overflow == Overflow::kSat) return static_cast<int64_t>(sum > max ? max : min);
+  if (op.overflow == Overflow::kSat) {
+    bool high = sum > max;
+    if (op.is_signed && op.bits < 64) {
+      // As Redis decides it: it takes max - value in wrapping 64-bit
+      // arithmetic, so a SET far below the range (value < max - INT64_MAX)
+      // wraps that difference negative and saturates to max.
+      const int64_t maxincr = static_cast<int64_t>(static_cast<uint64_t>(max) - static_cast<uint64_t>(base));
+      high = base > max || incr > maxincr;
+    }
+    return static_cast<int64_t>(high ? max : min);
+  }
   return Truncate(static_cast<uint64_t>(sum), op.bits, op.is_signed);  // wrap: modulo 2^bits
 }
 

@@ -489,10 +489,8 @@ bool SetrangePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::W
     reply->Error("ERR offset is out of range");
     return false;
   }
-  if (!args[3].empty() && !CheckLength(*offset, static_cast<int64_t>(args[3].size()), ctx.limits->proto_max_bulk_len)) {
-    reply->Error(kErrStringTooLong);
-    return false;
-  }
+  // The length is checked where it is applied, after the key's type (as
+  // Redis does: WRONGTYPE comes first), against the limit carried here.
   entry->args = {std::string(args[1]), std::string(args[2]), std::string(args[3]),
                  std::to_string(ctx.limits->proto_max_bulk_len)};
   return true;

@@ -471,3 +471,493 @@ def _random_hash_set_list_script(seed: int, n: int = 500) -> "Script":
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_differential_random_hashes_sets_lists(seed, diff_servers):
     _run_random_script(_random_hash_set_list_script(seed), seed, diff_servers)
+
+
+def _random_bitmap_string_script(seed: int, n: int = 500) -> "Script":
+    """Random bitmap commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD
+    BITFIELD_RO) and string commands (SET APPEND SETRANGE GETRANGE STRLEN GET
+    DEL) on the same few keys, bad arguments now and then, and a list key
+    for WRONGTYPE (BITOP may overwrite it with a string). Keys share {b}
+    (BITOP is multi-key); offsets stay small but for a few of 2**16..2**20
+    bits, so no value grows past 128 KiB."""
+    import random
+    from difflib_resp import Script, Step
+    rnd = random.Random(seed)
+    keys = ["{b}1", "{b}2", "{b}3", "{b}4"]
+    lst, none = "{b}list", "{b}none"
+    steps = []
+
+    def show(w):
+        if isinstance(w, str):
+            return w or '""'
+        return '"' + "".join(chr(c) if 32 <= c < 127 and c not in b'"\\' else f"\\x{c:02x}" for c in w) + '"'
+
+    def add(*words):
+        steps.append(Step(len(steps) + 1, " ".join(show(w) for w in words), "",
+                          [w if isinstance(w, bytes) else w.encode() for w in words], []))
+
+    def key():
+        r = rnd.random()
+        return none if r < 0.08 else lst if r < 0.14 else rnd.choice(keys)
+
+    def value():
+        r = rnd.random()
+        if r < 0.35:
+            return bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 12)))
+        if r < 0.5:
+            return b"\xff" * rnd.randint(1, 5)  # BITPOS 0 without an end: the bit after the string
+        if r < 0.6:
+            return b"\x00" * rnd.randint(1, 5)
+        if r < 0.7:
+            return b""
+        if r < 0.85:
+            return str(rnd.choice([0, 7, 255, -1, 12345, 2 ** 63 - 1])).encode()  # integer encodings
+        return rnd.choice([b"foobar", b"a", b"\x80", b"\x01\x00\x80"])
+
+    def bit_offset():
+        r = rnd.random()
+        if r < 0.8:
+            return str(rnd.randint(0, 300))
+        if r < 0.9:
+            return str(rnd.choice([2 ** 20, 2 ** 16 + rnd.randint(0, 15), 1000 + rnd.randint(0, 100)]))
+        return rnd.choice(["-1", "x", "1.5", "", "4294967296", "99999999999999999999", "+3"])
+
+    def index(bits=False):
+        r = rnd.random()
+        if r < 0.85:
+            return str(rnd.randint(-350, 350) if bits else rnd.randint(-45, 45))
+        if r < 0.95:
+            return str(rnd.choice([0, -1, 10 ** 6, -(10 ** 6), 2 ** 63 - 1, -(2 ** 63)]))
+        return rnd.choice(["a", "1.5", ""])
+
+    def unit():
+        r = rnd.random()
+        return [] if r < 0.4 else ["BYTE"] if r < 0.55 else ["BIT"] if r < 0.85 else \
+            [rnd.choice(["bit", "byte", "WORD"])]
+
+    def bf_type(signed=None):
+        r = rnd.random()
+        if r < 0.02:
+            return rnd.choice(["u64", "i65", "i0", "u0", "x8", "I8", "u"])
+        if signed is None:
+            signed = rnd.random() < 0.5
+        hi = 64 if signed else 63
+        w = rnd.choice([1, 2, 3, 4, 5, 7, 8, 8, 8, 13, 16, 31, 32, 33, 63, hi])
+        return ("i" if signed else "u") + str(min(w, hi))
+
+    def bf_offset():
+        r = rnd.random()
+        if r < 0.62:
+            return str(rnd.randint(0, 200))
+        if r < 0.95:
+            return "#" + str(rnd.randint(0, 30))
+        if r < 0.98:
+            return rnd.choice([str(2 ** 20 - 8), "#" + str(2 ** 14)])
+        return rnd.choice(["-1", "#-1", "x", "#", "4294967296"])
+
+    def bf_value(t):
+        w = int(t[1:]) if t[1:].isdigit() and t[0] in "iu" and 0 < int(t[1:]) <= 64 else 8  # else: a bad type
+        r = rnd.random()
+        if r < 0.4:
+            return str(rnd.randint(-(2 ** (w - 1)), 2 ** (w - 1) - 1) if t[0] == "i" else rnd.randint(0, 2 ** w - 1))
+        if r < 0.7:
+            return str(rnd.choice([-1, 1, 0, 2 ** w, -(2 ** w), 2 ** (w - 1), -(2 ** (w - 1)) - 1, 100, -100]))
+        if r < 0.97:
+            return str(rnd.choice([2 ** 63 - 1, -(2 ** 63), 2 ** 62, -(2 ** 62), 12345678901]))
+        return rnd.choice(["x", "1.5", str(2 ** 64), ""])
+
+    def bitfield(read_only=False):
+        ops = []
+        for _ in range(rnd.randint(1, 4)):
+            r = rnd.random()
+            if read_only:  # SET and INCRBY are refused there
+                sub = "GET" if r < 0.8 else "OVERFLOW" if r < 0.9 else "SET" if r < 0.95 else "INCRBY"
+            else:
+                sub = "GET" if r < 0.35 else "SET" if r < 0.6 else "INCRBY" if r < 0.85 else \
+                    "OVERFLOW" if r < 0.98 else "bad"
+            t = bf_type()
+            if sub == "GET":
+                ops += ["GET", t, bf_offset()]
+            elif sub == "OVERFLOW":
+                ops += ["OVERFLOW", rnd.choice(["WRAP", "SAT", "FAIL", "wrap", "sat", "fail"])]
+            elif sub == "bad":
+                ops += rnd.choice([["OVERFLOW", "bad"], ["BOGUS", "u8", "0"], ["GET", "u8"], ["SET", "u8", "0"]])
+            else:
+                ops += [sub, t, bf_offset(), bf_value(t)]
+        return ops
+
+    for i in range(n):
+        if i == n // 2:
+            steps.append(Step(len(steps) + 1, "HELLO 3", "fields", [b"HELLO", b"3"], [b"server", b"proto"]))
+        k = key()
+        c = rnd.random()
+        if c < 0.16:
+            v = rnd.choice(["0", "1"]) if rnd.random() < 0.93 else rnd.choice(["2", "-1", "x", ""])
+            add("SETBIT", k, bit_offset(), v)
+        elif c < 0.23:
+            add("GETBIT", k, bit_offset())
+        elif c < 0.32:
+            r = rnd.random()
+            if r < 0.2:
+                add("BITCOUNT", k)
+            elif r < 0.96:
+                u = unit()
+                add("BITCOUNT", k, index("BIT" in u), index("BIT" in u), *u)
+            else:
+                add("BITCOUNT", k, *rnd.choice([["0"], ["0", "1", "BIT", "x"]]))
+        elif c < 0.42:
+            b = rnd.choice(["0", "1"]) if rnd.random() < 0.95 else rnd.choice(["2", "-1", "x"])
+            r = rnd.random()
+            if r < 0.2:
+                add("BITPOS", k, b)
+            elif r < 0.45:
+                add("BITPOS", k, b, index())  # no end: BITPOS 0 may answer the bit just past the string
+            elif r < 0.95:
+                u = unit()
+                add("BITPOS", k, b, index("BIT" in u), index("BIT" in u), *u)
+            else:
+                add("BITPOS", k, b, *rnd.choice([["0", "BIT"], ["0", "1", "BIT", "x"]]))
+        elif c < 0.50:
+            op = rnd.choice(["AND", "OR", "XOR", "NOT", "and", "xor"]) if rnd.random() < 0.97 else "NAND"
+            nsrc = 1 if op == "NOT" and rnd.random() < 0.9 else rnd.randint(1, 4)
+            srcs = [rnd.choice(keys + [none, none] + ([lst] if rnd.random() < 0.1 else [])) for _ in range(nsrc)]
+            add("BITOP", op, key(), *srcs)
+        elif c < 0.60:
+            add("BITFIELD", k, *bitfield())
+        elif c < 0.64:
+            add("BITFIELD_RO", k, *bitfield(read_only=True))
+        elif c < 0.72:
+            add("SET", rnd.choice(keys) if rnd.random() < 0.9 else k, value())
+        elif c < 0.76:
+            add("APPEND", k, value())
+        elif c < 0.82:
+            r = rnd.random()
+            off = str(rnd.randint(0, 40)) if r < 0.85 else rnd.choice(["0", "-1", str(2 ** 17), "536870912", "x"])
+            add("SETRANGE", k if rnd.random() < 0.85 else none, off, value())
+        elif c < 0.87:
+            add("GETRANGE", k, index(), index())
+        elif c < 0.90:
+            add("STRLEN", k)
+        elif c < 0.95:
+            add("GET", k)
+        elif c < 0.98:
+            add("DEL", *rnd.sample(keys + [lst], rnd.randint(1, 2)))
+        else:
+            add("LPUSH", lst, "x")
+    return Script(Path(f"random-bitmap-{seed}"), steps)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_differential_random_bitmaps_and_strings(seed, diff_servers):
+    _run_random_script(_random_bitmap_string_script(seed), seed, diff_servers)
+
+
+def _random_transaction_script(seed: int, n: int = 300, outcomes: "list | None" = None) -> "Script":
+    """Random MULTI ... EXEC / DISCARD blocks of string, counter, hash and
+    list commands (errors at run time land inside EXEC's array, errors while
+    queuing make EXEC answer EXECABORT), nested MULTI, WATCH inside MULTI,
+    EXEC and DISCARD without MULTI, and WATCH / UNWATCH of keys this
+    connection then changes (or not) before EXEC. All keys share {t}.
+
+    A model of the keys keeps the script off shoal's documented WATCH
+    difference (compare-by-value): between WATCH and MULTI no write may leave
+    a watched key, that Redis would count as modified, looking as it did at
+    WATCH, that is a string with the same value and TTL or a key absent at
+    WATCH and absent again (collections carry a version that every element
+    write raises, so only their TTL and their absence can come back). With
+    `outcomes`, (step number, "exec" | "null" | "execabort") of every EXEC
+    inside MULTI is appended, as the model predicts it."""
+    import copy
+    import random
+    from difflib_resp import Script, Step
+    rnd = random.Random(seed)
+    strs, counters, hashes, lists = ["{t}a", "{t}b"], ["{t}n"], ["{t}h"], ["{t}l"]
+    keys = strs + counters + hashes + lists + ["{t}x"]
+    values = ["1", "2", "10", "-5", "0", "abc", "", "x y", "9223372036854775806", "007", "1.5"]
+    fields = ["f1", "f2", "f3"]
+    i64 = (-(2 ** 63), 2 ** 63 - 1)
+    steps = []
+    state = {}  # key -> {"t": "s" | "h" | "l", "v": str | dict | list, "x": expiry ms or None, "ver": int}
+    version = [0]
+
+    def add(*words):
+        steps.append(Step(len(steps) + 1, " ".join(w or '""' for w in words), "", [w.encode() for w in words], []))
+
+    def as_int(s):  # Redis's string2ll
+        if s == "0":
+            return 0
+        d = s[1:] if s[:1] == "-" else s
+        if not d.isascii() or not d.isdigit() or d[0] == "0" or len(d) > 19:
+            return None
+        v = -int(d) if s[:1] == "-" else int(d)
+        return v if i64[0] <= v <= i64[1] else None
+
+    def fingerprint(st, k):
+        e = st.get(k)
+        if e is None:
+            return None
+        return ("s", e["v"], e["x"]) if e["t"] == "s" else ("c", e["ver"], e["x"])
+
+    def collection(st, k, t):
+        """The key's collection (of type t: the caller checked), made if absent."""
+        if k not in st:
+            version[0] += 1
+            st[k] = {"t": t, "v": {} if t == "h" else [], "x": None, "ver": version[0]}
+        return st[k]
+
+    def touched(e):
+        version[0] += 1
+        e["ver"] = version[0]
+
+    def apply(st, w):
+        """Runs command w on model st as Redis does; returns the keys Redis
+        signals as modified (what WATCH sees)."""
+        op, k = w[0].upper(), (w[1] if len(w) > 1 else None)
+        e = st.get(k)
+        if op in ("SET", "SETNX", "GETSET", "MSET"):
+            pairs = list(zip(w[1::2], w[2::2])) if op == "MSET" else [(k, w[2])]
+            opts = [o.upper() for o in w[3:]] if op == "SET" else []
+            if "EX" in opts or (op == "GETSET" or "GET" in opts) and e is not None and e["t"] != "s":
+                return set()  # EX with a bad number / WRONGTYPE
+            if ("NX" in opts or op == "SETNX") and e is not None or "XX" in opts and e is None:
+                return set()
+            for kk, v in pairs:
+                old = st.get(kk)
+                x = int(opts[opts.index("PXAT") + 1]) if "PXAT" in opts else \
+                    (old["x"] if old and "KEEPTTL" in opts else None)
+                st[kk] = {"t": "s", "v": v, "x": x, "ver": 0}
+            return {kk for kk, _ in pairs}
+        if op in ("INCR", "DECR", "INCRBY", "DECRBY"):
+            by = {"INCR": 1, "DECR": -1}.get(op)
+            if by is None:
+                by = as_int(w[2])
+                if by is None:
+                    return set()
+                by = -by if op == "DECRBY" else by
+            if e is not None and e["t"] != "s":
+                return set()
+            cur = as_int(e["v"]) if e else 0
+            if cur is None or not i64[0] <= cur + by <= i64[1]:
+                return set()
+            st[k] = {"t": "s", "v": str(cur + by), "x": e["x"] if e else None, "ver": 0}
+            return {k}
+        if op == "APPEND":
+            if e is not None and e["t"] != "s":
+                return set()
+            st[k] = {"t": "s", "v": (e["v"] if e else "") + w[2], "x": e["x"] if e else None, "ver": 0}
+            return {k}
+        if op == "DEL":
+            gone = {kk for kk in w[1:] if kk in st}
+            for kk in gone:
+                del st[kk]
+            return gone
+        if op == "EXPIREAT":
+            if e is None:
+                return set()
+            e["x"] = int(w[2]) * 1000
+            return {k}
+        if op == "PERSIST":
+            if e is None or e["x"] is None:
+                return set()
+            e["x"] = None
+            return {k}
+        if op == "HSET":
+            if len(w) % 2 or (e is not None and e["t"] != "h"):
+                return set()
+            h = collection(st, k, "h")
+            h["v"].update(zip(w[2::2], w[3::2]))
+            touched(h)
+            return {k}
+        if op == "HDEL":
+            if e is None or e["t"] != "h" or not any(f in e["v"] for f in w[2:]):
+                return set()
+            for f in w[2:]:
+                e["v"].pop(f, None)
+            touched(e)
+            if not e["v"]:
+                del st[k]
+            return {k}
+        if op == "HINCRBY":
+            by = as_int(w[3])
+            if by is None or e is not None and e["t"] != "h":
+                return set()
+            cur = as_int(e["v"].get(w[2], "0")) if e else 0
+            if cur is None or not i64[0] <= cur + by <= i64[1]:
+                return set()
+            h = collection(st, k, "h")
+            h["v"][w[2]] = str(cur + by)
+            touched(h)
+            return {k}
+        if op in ("RPUSH", "LPUSH"):
+            if e is not None and e["t"] != "l":
+                return set()
+            lst = collection(st, k, "l")
+            lst["v"] = lst["v"] + w[2:] if op == "RPUSH" else list(reversed(w[2:])) + lst["v"]
+            touched(lst)
+            return {k}
+        if op in ("LPOP", "RPOP"):
+            count = int(w[2]) if len(w) > 2 else 1
+            if e is None or e["t"] != "l" or count == 0:
+                return set()
+            e["v"] = e["v"][count:] if op == "LPOP" else e["v"][:max(0, len(e["v"]) - count)]
+            touched(e)
+            if not e["v"]:
+                del st[k]
+            return {k}
+        if op == "LSET":
+            i = int(w[2])
+            if e is None or e["t"] != "l" or not -len(e["v"]) <= i < len(e["v"]):
+                return set()
+            e["v"][i] = w[3]
+            touched(e)
+            return {k}
+        return set()  # reads, PING, ECHO, errors while queuing
+
+    def value():
+        return rnd.choice(values) if rnd.random() < 0.7 else f"v{rnd.randrange(1000)}"
+
+    focus = []  # the watched keys, between WATCH and MULTI
+
+    def pick(own):
+        if focus and rnd.random() < 0.5:
+            return rnd.choice(focus)
+        return rnd.choice(keys) if rnd.random() < 0.15 else rnd.choice(own)  # now and then the wrong type
+
+    def command():
+        c = rnd.random()
+        if c < 0.30:
+            k = pick(strs + counters)
+            r = rnd.random()
+            if r < 0.35:
+                opts = rnd.choice([[], [], ["NX"], ["XX"], ["KEEPTTL"], ["GET"], ["EX", "abc"],
+                                   ["PXAT", str(4102444800000 + rnd.randint(0, 3))]])
+                return ["SET", k, value(), *opts]
+            if r < 0.45:
+                return ["APPEND", k, rnd.choice(["!", "1", "", "xy"])]
+            if r < 0.6:
+                return ["GET", k]
+            if r < 0.7:
+                return [rnd.choice(["STRLEN", "EXISTS", "TYPE", "EXPIRETIME"]), k]
+            if r < 0.8:
+                return ["MGET", k, rnd.choice(keys)]
+            if r < 0.87:
+                return ["MSET", k, value(), rnd.choice(strs + counters), value()]
+            if r < 0.93:
+                return [rnd.choice(["SETNX", "GETSET"]), k, value()]
+            return ["DEL", k, *(rnd.sample(keys, 1) if rnd.random() < 0.3 else [])]
+        if c < 0.50:
+            k = pick(counters + strs[:1])
+            r = rnd.random()
+            if r < 0.5:
+                return [rnd.choice(["INCR", "DECR"]), k]
+            return [rnd.choice(["INCRBY", "DECRBY"]), k,
+                    rnd.choice(["1", "5", "-3", "0", "100", "9223372036854775807", "x", "1.5"])]
+        if c < 0.68:
+            k = pick(hashes)
+            r = rnd.random()
+            if r < 0.35:
+                return ["HSET", k, *[x for _ in range(rnd.randint(1, 2)) for x in (rnd.choice(fields), value())],
+                        *(["odd"] if rnd.random() < 0.05 else [])]
+            if r < 0.5:
+                return ["HDEL", k, *rnd.sample(fields, rnd.randint(1, 2))]
+            if r < 0.7:
+                return ["HINCRBY", k, rnd.choice(fields), rnd.choice(["1", "-2", "0", "10", "x"])]
+            return [rnd.choice(["HGET", "HEXISTS"]), k, rnd.choice(fields)] if r < 0.85 else \
+                ["HLEN", k] if r < 0.9 else ["HMGET", k, *fields]
+        if c < 0.86:
+            k = pick(lists)
+            r = rnd.random()
+            if r < 0.35:
+                return [rnd.choice(["RPUSH", "LPUSH"]), k, *[value() for _ in range(rnd.randint(1, 3))]]
+            if r < 0.55:
+                return [rnd.choice(["LPOP", "RPOP"]), k, *([str(rnd.randint(0, 3))] if rnd.random() < 0.3 else [])]
+            if r < 0.65:
+                return ["LSET", k, str(rnd.randint(-3, 3)), value()]
+            if r < 0.85:
+                return ["LRANGE", k, "0", "-1"]
+            return ["LLEN", k] if r < 0.9 else ["LINDEX", k, rnd.choice(["0", "-1", "5"])]
+        if c < 0.94:
+            k = pick(keys)
+            return ["EXPIREAT", k, str(4102444800 + rnd.randint(0, 3))] if rnd.random() < 0.6 else ["PERSIST", k]
+        return rnd.choice([["PING"], ["ECHO", value()]])
+
+    def queue_error():
+        k = rnd.choice(keys)
+        return rnd.choice([["GET"], ["SET", k], ["NOSUCHCMD", k], ["HSET", k, "f"], ["LPUSH", k], ["INCRBY", k]])
+
+    watched = {}    # key -> fingerprint at (first) WATCH
+    dirty = set()   # watched keys Redis saw modified since
+    in_multi, queued, aborted, left = False, [], False, 0
+    hello_at = n // 2
+    while len(steps) < n or in_multi:
+        if len(steps) >= hello_at and not in_multi and not watched:
+            steps.append(Step(len(steps) + 1, "HELLO 3", "fields", [b"HELLO", b"3"], [b"server", b"proto"]))
+            hello_at = n * 10
+        if in_multi:
+            if left > 0:
+                left -= 1
+                r = rnd.random()
+                if r < 0.04:
+                    w = queue_error()
+                    aborted = True
+                elif r < 0.07:
+                    w = ["MULTI"]  # an error that does not abort
+                elif r < 0.1:
+                    w = ["WATCH", rnd.choice(keys)]  # likewise
+                else:
+                    w = command()
+                    queued.append(w)
+                add(*w)
+                continue
+            if rnd.random() < 0.2:
+                add("DISCARD")
+                result = "discard"
+            else:
+                add("EXEC")
+                result = "execabort" if aborted else "null" if dirty else "exec"
+                if result == "exec":
+                    for w in queued:
+                        apply(state, w)
+                if outcomes is not None:
+                    outcomes.append((len(steps), result))
+            in_multi, watched, dirty = False, {}, set()
+            continue
+        r = rnd.random()
+        if r < 0.18:
+            ks = rnd.sample(keys, rnd.randint(1, 3))
+            for k in ks:
+                watched.setdefault(k, fingerprint(state, k))  # watching again changes nothing
+            add("WATCH", *ks)
+        elif r < 0.2:
+            add("UNWATCH")
+            watched, dirty = {}, set()
+        elif r < 0.42:
+            add("MULTI")
+            in_multi, queued, aborted = True, [], False
+            left = rnd.choice([0, 1, 2, 3, 4, 5, 6, 8])
+        elif r < 0.45:
+            add(rnd.choice(["EXEC", "DISCARD"]))  # without MULTI: an error, the watches stay
+        else:
+            # Between WATCH and MULTI: no write that would bring a watched
+            # key Redis counts as modified back to how it was at WATCH.
+            focus[:] = watched
+            for _ in range(30):
+                bad = rnd.random() < 0.03
+                w = queue_error() if bad else command()
+                trial = copy.deepcopy(state)
+                saved = version[0]
+                mod = ((set() if bad else apply(trial, w)) & set(watched)) | dirty
+                if all(fingerprint(trial, k) != watched[k] for k in mod):
+                    break
+                version[0] = saved
+            else:
+                w, trial, mod = ["GET", "{t}a"], state, dirty
+            focus.clear()
+            state, dirty = trial, mod
+            add(*w)
+    return Script(Path(f"random-transaction-{seed}"), steps)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_differential_random_transactions(seed, diff_servers):
+    _run_random_script(_random_transaction_script(seed), seed, diff_servers)
