@@ -9,7 +9,7 @@ PACKAGES=(
   # libraries (docs/ARCHITECTURE.md, "Dependencies")
   librocksdb-dev libasio-dev libprotobuf-dev protobuf-compiler libfmt-dev libspdlog-dev
   libcli11-dev libtomlplusplus-dev libcpp-httplib-dev libxxhash-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   # allocators to link into the server (cmake -DSHOAL_MALLOC=jemalloc|mimalloc)
   libjemalloc-dev libmimalloc-dev
   # tests and benchmarks: the real Redis as reference, real clients

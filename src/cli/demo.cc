@@ -1,5 +1,7 @@
 #include "cli/demo.h"
 
+#include "common/secret.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -12,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <thread>
 #include <vector>
@@ -71,6 +74,19 @@ int RunDemo(const DemoOptions& opts, const std::string& self_exe) {
     std::cerr << "shoal demo: cannot create " << opts.dir << ": " << ec.message() << "\n";
     return 1;
   }
+  // The nodes prove a cluster secret to each other, as a real deployment's
+  // should: one made here on first use, kept beside their data.
+  const std::string secret_file = std::filesystem::absolute(std::filesystem::path(opts.dir) / "cluster.secret").string();
+  if (!std::filesystem::exists(secret_file)) {
+    std::ofstream out(secret_file);
+    out << shoal::ToHex(shoal::RandomNonce()) << "\n";
+    if (!out) {
+      std::cerr << "shoal demo: cannot write " << secret_file << "\n";
+      return 1;
+    }
+  }
+  std::filesystem::permissions(secret_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+                               ec);
   struct sigaction sa{};
   sa.sa_handler = OnSignal;
   sigaction(SIGINT, &sa, nullptr);
@@ -82,7 +98,8 @@ int RunDemo(const DemoOptions& opts, const std::string& self_exe) {
     std::string dir = (std::filesystem::path(opts.dir) / ("node" + std::to_string(i + 1))).string();
     std::string log = dir + ".log";
     std::vector<std::string> args = {self_exe, "server", "--bind", opts.bind, "--port", std::to_string(port),
-                                     "--peer-port", std::to_string(port + 10000), "--dir", dir};
+                                     "--peer-port", std::to_string(port + 10000), "--dir", dir,
+                                     "--cluster-secret-file", secret_file};
     // Every node but the first joins through the first (restarts too: the
     // same command line brings a node back with its data).
     if (i > 0) {

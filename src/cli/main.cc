@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <cstdio>
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/admin.h"
+#include "common/secret.h"
 #include "cli/demo.h"
 #include "server/config.h"
 #include "server/server.h"
@@ -27,7 +29,7 @@ using shoal::server::Config;
 using shoal::server::Durability;
 
 struct ServerFlags {
-  std::string config_file, bind, dir, durability, requirepass, maxmemory, join;
+  std::string config_file, bind, dir, durability, requirepass, maxmemory, join, cluster_secret_file;
   int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
   int64_t down_after_ms = -1;
   int64_t snapshot_rate_mb = -1;
@@ -49,6 +51,8 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--databases", f->databases, "Number of databases for SELECT (default 16)");
   cmd->add_option("--peer-port", f->peer_port, "Port for Raft traffic between nodes (default port+10000)");
   cmd->add_option("--join", f->join, "host:port of any member of the cluster to join (default: start a new one)");
+  cmd->add_option("--cluster-secret-file", f->cluster_secret_file,
+                  "File whose first line is the cluster secret every node must prove to its peers (16+ bytes)");
   cmd->add_option("--shards", f->shards, "Data shards of a new cluster (default 16)");
   cmd->add_option("--replicas", f->replicas, "Replication factor of a new cluster (default 3)");
   cmd->add_option("--down-after-ms", f->down_after_ms,
@@ -75,6 +79,10 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
   if (cmd->count("--databases")) c->databases = f.databases;
   if (cmd->count("--peer-port")) c->peer_port = f.peer_port;
   if (cmd->count("--join")) c->join = f.join;
+  if (cmd->count("--cluster-secret-file")) {
+    c->cluster_secret_file = f.cluster_secret_file;
+    c->cluster_secret.clear();  // the flag overrides the config file's setting
+  }
   if (cmd->count("--shards")) c->shards = f.shards;
   if (cmd->count("--replicas")) c->replicas = f.replicas;
   if (cmd->count("--down-after-ms")) c->down_after_ms = f.down_after_ms;
@@ -86,7 +94,15 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
     if (!m.ok()) return m.status();
     c->maxmemory = *m;
   }
-  return c->Validate();
+  shoal::Status s = c->Validate();
+  if (!s.ok() || c->cluster_secret_file.empty()) return s;
+  std::string warning;
+  auto secret = shoal::ReadSecretFile(c->cluster_secret_file, &warning);
+  if (!secret.ok()) return secret.status().WithContext("cluster-secret-file");
+  if (!warning.empty()) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  c->cluster_secret = std::move(secret).value();
+  c->cluster_secret_file.clear();  // read: the secret is what the node uses
+  return shoal::Status::Ok();
 }
 
 // Raises the open-file limit so that maxclients connections fit, as far as

@@ -3,6 +3,7 @@
 #include "cluster/cluster_internal.h"
 #include "cluster/membership.h"
 #include "node/deadline.h"
+#include "common/secret.h"
 #include "common/strings.h"
 #include "storage/keys.h"
 
@@ -1090,15 +1091,57 @@ asio::awaitable<void> Cluster::JoinLoop() {
     }
     std::vector<std::string> args = {"SHOAL.JOIN", std::to_string(node_id_), opts_.host,
                                      std::to_string(opts_.port), std::to_string(opts_.peer_port)};
+    node::Deadline deadline(sock, std::chrono::seconds(5));  // a target that accepts but never answers
+    asio::streambuf buf(4096);
+    std::string line;
+    auto read_line = [&]() -> asio::awaitable<bool> {
+      auto [rec, rn] = co_await asio::async_read_until(sock, buf, "\r\n", as_tuple(asio::use_awaitable));
+      if (rec) co_return false;
+      line.assign(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(rn) - 2);
+      buf.consume(rn);
+      co_return true;
+    };
+    std::string challenge, nonce;
+    if (!opts_.secret.empty()) {
+      // Prove the cluster secret: answer the member's challenge.
+      static constexpr std::string_view kAsk = "*1\r\n$15\r\nSHOAL.CHALLENGE\r\n";
+      auto [cwec, cwn] = co_await asio::async_write(sock, asio::buffer(kAsk), as_tuple(asio::use_awaitable));
+      if (cwec) continue;
+      bool got = co_await read_line();
+      if (!got) continue;
+      if (line.starts_with("$")) {
+        got = co_await read_line();  // (no co_await inside a condition: GCC 12 miscompiles some)
+        if (!got) continue;
+        if (!FromHex(line, &challenge)) challenge.clear();
+      }
+      if (challenge.empty()) {
+        spdlog::error("join through {}: it gave no challenge for the cluster secret ({}); does it run without one?",
+                      target, line);
+        continue;
+      }
+      nonce = RandomNonce();
+      const std::string join_args = args[1] + " " + args[2] + " " + args[3] + " " + args[4];
+      args.insert(args.end(), {"PROOF", ToHex(nonce), ToHex(JoinProof(opts_.secret, challenge, nonce, join_args))});
+    }
     std::string req = "*" + std::to_string(args.size()) + "\r\n";
     for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
-    node::Deadline deadline(sock, std::chrono::seconds(5));  // a target that accepts but never answers
     auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(req), as_tuple(asio::use_awaitable));
     if (wec) continue;
-    asio::streambuf buf(4096);
-    auto [rec, rn] = co_await asio::async_read_until(sock, buf, "\r\n", as_tuple(asio::use_awaitable));
-    if (rec) continue;
-    std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(rn) - 2);
+    const bool answered = co_await read_line();
+    if (!answered) continue;
+    if (!opts_.secret.empty() && line.starts_with("+") && line.size() == 17 + 1 + 2 * kProofBytes) {
+      // The member's proof over the cluster id it gives.
+      std::string proof;
+      if (!FromHex(std::string_view(line).substr(18), &proof) ||
+          !ProofsEqual(proof, JoinReplyProof(opts_.secret, challenge, nonce, std::string_view(line).substr(1, 16)))) {
+        spdlog::error("join through {}: its answer does not prove the cluster secret; not joining", target);
+        continue;
+      }
+      line.resize(17);
+    } else if (!opts_.secret.empty() && line.starts_with("+")) {
+      spdlog::error("join through {}: it answered without proving the cluster secret ({}); not joining", target, line);
+      continue;
+    }
     if (line.starts_with("+") && line.size() == 17) {
       uint64_t cid = std::strtoull(line.c_str() + 1, nullptr, 16);
       Status s = PutU64Durable(engine_, kClusterIdKey, cid);

@@ -43,6 +43,7 @@ struct ClusterOptions {
   uint16_t port = 6379;
   uint16_t peer_port = 16379;
   std::string join;  // "host:port" of any member; empty: bootstrap
+  std::string secret;  // the cluster secret the join proves (empty: none)
   int shards = 16;
   int replication_factor = 3;
   size_t meta_cache_entries = 1 << 16;

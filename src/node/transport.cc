@@ -11,9 +11,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
 #include <deque>
 #include <optional>
 
+#include "common/secret.h"
 #include "node/codec.h"
 #include "node/deadline.h"
 #include "peer.pb.h"
@@ -49,6 +51,30 @@ uint64_t PayloadBytes(const raft::Message& m) {
 
 using asio::experimental::as_tuple;
 
+// The connection's first bytes, from the accepting side: magic, flags (bit
+// 0: a cluster secret is required), a nonce. With a secret, the dialing
+// side answers magic, its nonce and its proof, and the accepting side its
+// proof (common/secret.h); then frames flow from the dialer as before.
+constexpr std::string_view kGreetingMagic = "SHOALPG1";
+constexpr std::string_view kAuthMagic = "SHOALPA1";
+// A dialer that leaves because one side has a secret and the other none.
+constexpr std::string_view kNoSecretMagic = "SHOALPN1";
+constexpr std::string_view kHasSecretMagic = "SHOALPS1";
+constexpr size_t kGreetingBytes = 8 + 1 + kNonceBytes;
+constexpr size_t kAuthBytes = 8 + kNonceBytes + kProofBytes;
+constexpr std::string_view kDialerRole = "shoal peer dialer v1";
+constexpr std::string_view kAcceptorRole = "shoal peer acceptor v1";
+constexpr auto kAuthMax = std::chrono::seconds(2);
+constexpr int kHandshakesMax = 128;
+constexpr int kHandshakesPerAddressMax = 16;
+constexpr auto kGreetingWait = std::chrono::milliseconds(300);
+
+std::string Endpoint(const asio::ip::tcp::socket& s) {
+  asio::error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  return ec ? std::string("a peer") : ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
 }  // namespace
 
 struct Transport::Peer {
@@ -64,6 +90,11 @@ struct Transport::Peer {
   bool send_leaders = false;
   bool writer_running = false;
   uint64_t frames_in = 0;  // frames read from this peer (ProbeGone)
+  std::string refusal;     // why the last handshake with it failed (logged once)
+  // With a secret: the key of the current connection, and how many frames
+  // went out on it (each frame's MAC covers its number).
+  std::string session_key;
+  uint64_t frames_out = 0;
 };
 
 Transport::Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders)
@@ -215,6 +246,16 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         continue;
       }
       s.set_option(asio::ip::tcp::no_delay(true), ec);
+      if (!co_await DialerHandshake(*p, s)) {
+        s.close(ec);
+        p->queue.clear();
+        p->chunks.clear();
+        p->send_leaders = false;
+        wait.expires_after(kBackoffMax);
+        co_await wait.async_wait(as_tuple(asio::use_awaitable));
+        if (stopped_) co_return;
+        continue;
+      }
       p->socket = std::move(s);
       backoff = kBackoffMin;
     }
@@ -290,6 +331,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
     for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
     pf.AppendToString(&frame);
+    if (!p->session_key.empty()) frame += FrameMac(p->session_key, p->frames_out++, frame);
     std::optional<Deadline> deadline(std::in_place, p->socket, FrameMax(frame.size()));
     auto [ec, written] = co_await asio::async_write(p->socket, asio::buffer(frame), as_tuple(asio::use_awaitable));
     deadline.reset();
@@ -304,11 +346,129 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   }
 }
 
+asio::awaitable<bool> Transport::DialerHandshake(Peer& p, asio::ip::tcp::socket& s) {
+  const std::string where = p.host + ":" + std::to_string(p.port);
+  auto refuse = [&](std::string why) {
+    peers_refused_.fetch_add(1, std::memory_order_relaxed);
+    if (why != p.refusal) spdlog::error("peer {}: {}", where, why);  // once per reason
+    p.refusal = std::move(why);
+    return false;
+  };
+  std::string greeting(kGreetingBytes, '\0');
+  {
+    // Without a secret, a peer that says nothing for a moment is an older
+    // shoal (no greeting): talk to it as before, so upgrades can roll.
+    Deadline deadline(s, opts_.secret.empty() ? kGreetingWait : kConnectMax);
+    auto [ec, n] = co_await asio::async_read(s, asio::buffer(greeting), as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted && n == 0 && opts_.secret.empty()) co_return true;
+    if (ec == asio::error::operation_aborted && n == 0) {
+      co_return refuse("it sent no greeting (an older shoal, or not a shoal peer port): it cannot prove the "
+                       "cluster secret");
+    }
+    if (ec) co_return false;  // gone: the backoff covers it
+  }
+  if (!greeting.starts_with(kGreetingMagic)) co_return refuse("not a shoal peer port (no greeting); not talking to it");
+  const bool required = (greeting[8] & 1) != 0;
+  const std::string_view challenge = std::string_view(greeting).substr(9);
+  if (required == opts_.secret.empty()) {
+    // Say why before leaving, so that the other side logs it too.
+    const std::string_view notice = required ? kNoSecretMagic : kHasSecretMagic;
+    Deadline deadline(s, kConnectMax);
+    co_await asio::async_write(s, asio::buffer(notice), as_tuple(asio::use_awaitable));
+  }
+  if (required && opts_.secret.empty()) {
+    co_return refuse("it requires the cluster secret and this node has none: start every node with the same "
+                     "cluster-secret-file");
+  }
+  if (!required && !opts_.secret.empty()) {
+    co_return refuse("it runs without a cluster secret, so it cannot prove it is a member: not talking to it "
+                     "(start every node with the same cluster-secret-file)");
+  }
+  if (required) {
+    const std::string nonce = RandomNonce();
+    std::string auth(kAuthMagic);
+    auth += nonce;
+    auth += Proof(opts_.secret, kDialerRole, challenge, nonce);
+    Deadline deadline(s, kAuthMax);
+    auto [wec, wn] = co_await asio::async_write(s, asio::buffer(auth), as_tuple(asio::use_awaitable));
+    if (wec) co_return false;
+    std::string proof(kProofBytes, '\0');
+    auto [rec, rn] = co_await asio::async_read(s, asio::buffer(proof), as_tuple(asio::use_awaitable));
+    if (rec) {
+      co_return rec == asio::error::eof || rec == asio::error::connection_reset
+          ? refuse("it refused this node's proof of the cluster secret: the secrets differ")
+          : false;
+    }
+    if (!ProofsEqual(proof, Proof(opts_.secret, kAcceptorRole, challenge, nonce))) {
+      co_return refuse("it did not prove the cluster secret: the secrets differ, or it is not a member");
+    }
+    p.session_key = SessionKey(opts_.secret, challenge, nonce);
+  } else {
+    p.session_key.clear();
+  }
+  p.frames_out = 0;
+  if (!p.refusal.empty()) spdlog::info("peer {}: connected again, the cluster secret is proved", where);
+  p.refusal.clear();
+  co_return true;
+}
+
+void Transport::LogRefusedPeer(const std::string& who, const std::string& why) {
+  peers_refused_.fetch_add(1, std::memory_order_relaxed);
+  frames_refused_.fetch_add(1, std::memory_order_relaxed);
+  const auto now = std::chrono::steady_clock::now();
+  const std::string host = who.substr(0, who.rfind(':'));
+  auto it = refusals_logged_.find(host);
+  if (it != refusals_logged_.end() && now - it->second < std::chrono::seconds(10)) return;
+  if (refusals_logged_.size() > 1000) refusals_logged_.clear();
+  refusals_logged_[host] = now;
+  spdlog::warn("peer connection from {} refused: {}", who, why);
+}
+
+asio::awaitable<bool> Transport::AcceptorHandshake(asio::ip::tcp::socket& s, std::string* session_key) {
+  const std::string challenge = RandomNonce();
+  std::string greeting(kGreetingMagic);
+  greeting.push_back(opts_.secret.empty() ? 0 : 1);
+  greeting += challenge;
+  Deadline deadline(s, kAuthMax);
+  auto [wec, wn] = co_await asio::async_write(s, asio::buffer(greeting), as_tuple(asio::use_awaitable));
+  if (wec) co_return false;
+  if (opts_.secret.empty()) co_return true;
+  std::string auth(kAuthBytes, '\0');
+  auto [rec, rn] = co_await asio::async_read(s, asio::buffer(auth), as_tuple(asio::use_awaitable));
+  if (rec) {
+    // Nothing at all: a probe (ProbeGone) or a port scan. Something short
+    // of an answer: a node without the secret sends frames at once.
+    if (rn > 0) {
+      LogRefusedPeer(Endpoint(s), auth.starts_with(kNoSecretMagic)
+                                      ? "it runs without a cluster secret (start every node with the same "
+                                        "cluster-secret-file)"
+                                      : "it did not prove the cluster secret");
+    }
+    co_return false;
+  }
+  const std::string_view nonce = std::string_view(auth).substr(8, kNonceBytes);
+  if (!auth.starts_with(kAuthMagic) ||
+      !ProofsEqual(std::string_view(auth).substr(8 + kNonceBytes), Proof(opts_.secret, kDialerRole, challenge, nonce))) {
+    LogRefusedPeer(Endpoint(s), auth.starts_with(kAuthMagic)
+                                    ? "its proof of the cluster secret is wrong: the secrets differ"
+                                    : "it did not prove the cluster secret (it runs without one?)");
+    co_return false;
+  }
+  const std::string proof = Proof(opts_.secret, kAcceptorRole, challenge, nonce);
+  auto [pec, pn] = co_await asio::async_write(s, asio::buffer(proof), as_tuple(asio::use_awaitable));
+  *session_key = SessionKey(opts_.secret, challenge, nonce);
+  co_return !pec;
+}
+
 asio::awaitable<void> Transport::AcceptLoop() {
   for (;;) {
     auto [ec, socket] = co_await acceptor_->async_accept(as_tuple(asio::use_awaitable));
     if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
-    if (ec) continue;
+    if (ec) {  // out of descriptors, say: let them come back
+      asio::steady_timer pause(io_, std::chrono::milliseconds(10));
+      co_await pause.async_wait(as_tuple(asio::use_awaitable));
+      continue;
+    }
     asio::error_code nec;
     socket.set_option(asio::ip::tcp::no_delay(true), nec);
     asio::co_spawn(io_, ReadLoop(std::move(socket)), asio::detached);
@@ -375,6 +535,25 @@ void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
 }
 
 asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
+  std::string session_key;
+  {
+    // Connections not yet proved are bounded, in all and per address, so
+    // that silent ones cannot use up the node's descriptors.
+    asio::error_code rec;
+    const std::string ip = socket.remote_endpoint(rec).address().to_string();
+    if (rec || handshakes_ >= kHandshakesMax || handshakes_by_ip_[ip] >= kHandshakesPerAddressMax) {
+      if (!rec) LogRefusedPeer(ip + ":0", "too many connections waiting to prove the cluster secret");
+      co_return;
+    }
+    ++handshakes_;
+    ++handshakes_by_ip_[ip];
+    const bool proved = co_await AcceptorHandshake(socket, &session_key);
+    --handshakes_;
+    if (--handshakes_by_ip_[ip] == 0) handshakes_by_ip_.erase(ip);
+    if (!proved) co_return;
+  }
+  const size_t mac_bytes = session_key.empty() ? 0 : kProofBytes;
+  uint64_t frames_in = 0;
   std::string body;
   raft::NodeId from = 0;  // the peer that writes on this connection, once known
   for (;;) {
@@ -386,22 +565,36 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       MaybeProbeGone(from, ec);
       co_return;
     }
+    if (from == 0 && std::string_view(reinterpret_cast<const char*>(head), 4) == kHasSecretMagic.substr(0, 4)) {
+      LogRefusedPeer(Endpoint(socket), "it has a cluster secret and this node runs without one (start every node "
+                                       "with the same cluster-secret-file)");
+      co_return;
+    }
     uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
     if (len > opts_.max_frame_bytes) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
       spdlog::warn("peer frame of {} bytes refused", len);
       co_return;
     }
-    body.resize(len);
+    body.resize(4 + size_t{len} + mac_bytes);
+    std::memcpy(body.data(), head, 4);
     std::optional<Deadline> reading(std::in_place, socket, FrameMax(len));
-    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), as_tuple(asio::use_awaitable));
+    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body.data() + 4, body.size() - 4),
+                                               as_tuple(asio::use_awaitable));
     reading.reset();
     if (ec2) {
       MaybeProbeGone(from, ec2);
       co_return;
     }
+    if (mac_bytes != 0) {
+      const std::string_view framed(body.data(), 4 + size_t{len});
+      if (!ConstantTimeEquals(std::string_view(body).substr(framed.size()), FrameMac(session_key, frames_in++, framed))) {
+        LogRefusedPeer(Endpoint(socket), "a frame's MAC is wrong (changed or added on the way)");
+        co_return;
+      }
+    }
     proto::PeerFrame pf;
-    if (!pf.ParseFromString(body) || pf.version() != kWireVersion || pf.from_node() == 0) {
+    if (!pf.ParseFromArray(body.data() + 4, static_cast<int>(len)) || pf.version() != kWireVersion || pf.from_node() == 0) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
       spdlog::warn("malformed peer frame refused");
       co_return;

@@ -12,6 +12,7 @@
 #include <asio/steady_timer.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -65,6 +66,11 @@ struct TransportOptions {
   // Frames larger than this are refused (an inline snapshot, as the meta
   // shard sends, travels in one frame; data shards stream theirs in chunks).
   uint32_t max_frame_bytes = 1u << 30;
+  // The cluster secret (empty: none). With one, every connection starts
+  // with a challenge and response both ways (common/secret.h) before any
+  // frame; a peer that does not prove it, or that runs without one, is
+  // refused and logged on both sides.
+  std::string secret{};
 };
 
 class Transport {
@@ -119,6 +125,8 @@ class Transport {
 
   uint64_t frames_sent() const { return frames_sent_.load(std::memory_order_relaxed); }
   uint64_t frames_refused() const { return frames_refused_.load(std::memory_order_relaxed); }
+  // Connections refused for the cluster secret, either side.
+  uint64_t peers_refused() const { return peers_refused_.load(std::memory_order_relaxed); }
 
  private:
   struct Peer;
@@ -127,6 +135,12 @@ class Transport {
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
   asio::awaitable<void> WriteLoop(Peer* p);
+  // The start of every connection (see TransportOptions::secret): false
+  // when the other side is refused (logged) or went away.
+  asio::awaitable<bool> DialerHandshake(Peer& p, asio::ip::tcp::socket& s);
+  asio::awaitable<bool> AcceptorHandshake(asio::ip::tcp::socket& s, std::string* session_key);
+  // Logs a refusal of a connection from `who` at most every 10 s per address.
+  void LogRefusedPeer(const std::string& who, const std::string& why);
   asio::awaitable<void> GossipLoop();
   // Connects `s` from this node's bind address to host:port (within 2 s).
   asio::awaitable<asio::error_code> Dial(const std::string& host, uint16_t port, asio::ip::tcp::socket& s);
@@ -153,6 +167,10 @@ class Transport {
   std::atomic<uint64_t> frames_sent_{0};
   std::atomic<uint64_t> frames_refused_{0};
   std::atomic<uint64_t> peers_gone_{0};
+  std::atomic<uint64_t> peers_refused_{0};
+  std::map<std::string, std::chrono::steady_clock::time_point> refusals_logged_;  // transport thread
+  int handshakes_ = 0;                         // transport thread: connections not yet proved
+  std::map<std::string, int> handshakes_by_ip_;
   bool stopped_ = false;
 };
 

@@ -19,8 +19,8 @@ namespace {
 
 // A transport whose deliveries are recorded.
 struct Endpoint {
-  explicit Endpoint(raft::NodeId id, uint64_t cluster)
-      : t(TransportOptions{.node_id = id, .bind_host = "127.0.0.1", .peer_port = 0},
+  explicit Endpoint(raft::NodeId id, uint64_t cluster, std::string secret = "")
+      : t(TransportOptions{.node_id = id, .bind_host = "127.0.0.1", .peer_port = 0, .secret = std::move(secret)},
           [this](uint64_t group, raft::Message m) {
             std::lock_guard lock(mu);
             got.emplace_back(group, std::move(m));
@@ -52,6 +52,21 @@ raft::Message Heartbeat(raft::NodeId from, raft::NodeId to) {
   m.term = 5;
   m.commit = 9;
   return m;
+}
+
+// A plain socket connected to 127.0.0.1:port (-1 on failure).
+int ConnectTo(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 // Waits (bounded) for cond.
@@ -112,13 +127,8 @@ TEST(Transport, SurvivesGarbageOnThePeerPort) {
       "GET / HTTP/1.1\r\nHost: x\r\n\r\n",              // wrong protocol
   };
   for (const auto& in : inputs) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = ConnectTo(b.t.port());
     ASSERT_GE(fd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(b.t.port());
-    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
     ASSERT_EQ(write(fd, in.data(), in.size()), static_cast<ssize_t>(in.size()));
     close(fd);
   }
@@ -129,6 +139,120 @@ TEST(Transport, SurvivesGarbageOnThePeerPort) {
   a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
   ASSERT_TRUE(WaitFor([&] { return b.count() == 1; }));
   EXPECT_EQ(b.count(), 1u);
+}
+
+constexpr const char* kSecret = "0123456789abcdef-secret";
+
+TEST(Transport, PeersThatProveTheSecretTalk) {
+  Endpoint a(1, 77, kSecret), b(2, 77, kSecret);
+  a.t.SetAddress(2, "127.0.0.1", b.t.port());
+  a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 1; }));
+  b.t.Send({GroupMessage{1, Heartbeat(2, 1)}});  // the other way, on its own connection
+  ASSERT_TRUE(WaitFor([&] { return a.count() == 1; }));
+  EXPECT_EQ(a.t.peers_refused() + b.t.peers_refused(), 0u);
+}
+
+// A node with another secret, or none, is refused by one with a secret, and
+// a node with a secret will not talk to one without: nothing is delivered
+// either way, and each side counts the refusal.
+TEST(Transport, PeersWithoutTheSecretAreRefusedBothWays) {
+  Endpoint b(2, 77, kSecret);
+  Endpoint wrong(1, 77, "another-secret-of-16-bytes"), none(3, 77);
+  wrong.t.SetAddress(2, "127.0.0.1", b.t.port());
+  none.t.SetAddress(2, "127.0.0.1", b.t.port());
+  wrong.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
+  none.t.Send({GroupMessage{1, Heartbeat(3, 2)}});
+  ASSERT_TRUE(WaitFor([&] {
+    return b.t.peers_refused() >= 2 && wrong.t.peers_refused() >= 1 && none.t.peers_refused() >= 1;
+  }));
+  // And a node with the secret refuses to send to one without it.
+  Endpoint open(4, 77);
+  b.t.SetAddress(4, "127.0.0.1", open.t.port());
+  b.t.Send({GroupMessage{1, Heartbeat(2, 4)}});
+  const uint64_t before = open.t.peers_refused();
+  ASSERT_TRUE(WaitFor([&] { return open.t.peers_refused() > before; }));  // it logs the refusal too
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(b.count(), 0u);
+  EXPECT_EQ(open.count(), 0u);
+  // The right secret still gets through afterwards.
+  Endpoint good(5, 77, kSecret);
+  good.t.SetAddress(2, "127.0.0.1", b.t.port());
+  good.t.Send({GroupMessage{1, Heartbeat(5, 2)}});
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 1; }));
+}
+
+// Someone who reads the greeting and sends a well-formed frame of the right
+// cluster without the handshake's proof injects nothing.
+TEST(Transport, AFrameWithoutTheProofIsNotTaken) {
+  Endpoint b(2, 77, kSecret);
+  int fd = ConnectTo(b.t.port());
+  ASSERT_GE(fd, 0);
+  char greeting[41];
+  ASSERT_EQ(read(fd, greeting, sizeof greeting), 41);
+  EXPECT_EQ(std::string(greeting, 8), "SHOALPG1");
+  EXPECT_EQ(greeting[8], 1);  // a secret is required
+  // 72 bytes of a made-up answer (magic, nonce, proof).
+  std::string forged = "SHOALPA1" + std::string(64, 'x');
+  ASSERT_EQ(write(fd, forged.data(), forged.size()), 72);
+  ASSERT_TRUE(WaitFor([&] { return b.t.peers_refused() >= 1; }));
+  char byte;
+  EXPECT_LE(read(fd, &byte, 1), 0);  // closed on it
+  close(fd);
+  EXPECT_EQ(b.count(), 0u);
+}
+
+// Someone on the path who lets the handshake through and then changes one
+// byte of a frame gets nothing delivered: each frame carries a MAC keyed by
+// the connection's session key.
+TEST(Transport, AFrameChangedOnTheWayIsRefused) {
+  Endpoint a(1, 77, kSecret), b(2, 77, kSecret);
+  // A relay from a to b on a port of its own, flipping the 20th byte a
+  // sends after its 72-byte answer to the challenge.
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  socklen_t alen = sizeof(addr);
+  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &alen), 0);
+  std::atomic<bool> stop{false};
+  std::thread relay([&] {
+    timeval tv{0, 100000};
+    setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int from = -1;
+    for (int i = 0; i < 50 && from < 0 && !stop; ++i) from = accept(lfd, nullptr, nullptr);
+    if (from < 0) return;
+    int to = ConnectTo(b.t.port());
+    if (to < 0) return;
+    setsockopt(from, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(to, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t upstream = 0;
+    char buf[65536];
+    for (int round = 0; round < 100 && !stop; ++round) {
+      ssize_t n = read(to, buf, sizeof buf);  // b -> a: greeting, proof
+      if (n > 0) (void)!write(from, buf, static_cast<size_t>(n));
+      n = read(from, buf, sizeof buf);  // a -> b
+      if (n == 0) break;
+      if (n > 0) {
+        for (ssize_t k = 0; k < n; ++k, ++upstream) {
+          if (upstream == 72 + 20) buf[k] ^= 0x01;
+        }
+        (void)!write(to, buf, static_cast<size_t>(n));
+      }
+    }
+    close(from);
+    close(to);
+  });
+  a.t.SetAddress(2, "127.0.0.1", ntohs(addr.sin_port));
+  a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
+  ASSERT_TRUE(WaitFor([&] { return b.t.peers_refused() >= 1; }));
+  stop = true;
+  relay.join();
+  close(lfd);
+  EXPECT_EQ(b.count(), 0u);
 }
 
 TEST(Transport, ReconnectsWhenThePeerComesBack) {

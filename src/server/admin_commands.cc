@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "common/clock.h"
+#include "common/secret.h"
 #include "common/strings.h"
 #include "server/connection.h"
 #include "server/introspection.h"
@@ -45,7 +46,7 @@ void Select(Connection& c, Args args, resp::Writer* r) {
 bool CheckPassword(Connection& c, std::string_view user, std::string_view pass) {
   const std::string& want = c.server().config().requirepass;
   if (user != "default") return false;
-  return want.empty() || pass == want;
+  return want.empty() || ConstantTimeEquals(pass, want);
 }
 
 void Auth(Connection& c, Args args, resp::Writer* r) {

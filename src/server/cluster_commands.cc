@@ -1,10 +1,15 @@
 // CLUSTER, READONLY, READWRITE, ASKING and the internal SHOAL.* commands.
 // Formats follow Redis Cluster 7.0, so cluster-aware clients parse them.
 #include <asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <cstdio>
+#include <utility>
 #include <set>
 
+#include "common/clock.h"
+#include "common/secret.h"
 #include "common/strings.h"
 #include "server/connection.h"
 #include "server/forwarder.h"
@@ -242,8 +247,59 @@ void ClusterId(Connection& c, Args, resp::Writer* r) {
   r->Simple(hex);
 }
 
-// SHOAL.JOIN node-id host port peer-port
+// A refused join, logged at most once a second (anyone may send SHOAL.JOIN),
+// its arguments cut short and made printable.
+void LogRefusedJoin(Args args, std::string_view why) {
+  static std::atomic<int64_t> last_ms{0};
+  const int64_t now = RealClock().NowUnixMs();
+  int64_t last = last_ms.load(std::memory_order_relaxed);
+  if (now - last < 1000 || !last_ms.compare_exchange_strong(last, now)) return;
+  auto printable = [](std::string_view s) {
+    std::string out;
+    for (char ch : s.substr(0, 64)) out.push_back(ch >= 0x20 && ch < 0x7f ? ch : '?');
+    return out;
+  };
+  spdlog::warn("SHOAL.JOIN of node {} at {}:{} refused: {}", printable(args[1]), printable(args[2]),
+               printable(args[3]), why);
+}
+
+// SHOAL.CHALLENGE: a nonce (hex) the next SHOAL.JOIN on this connection
+// proves the cluster secret over (common/secret.h).
+void Challenge(Connection& c, Args, resp::Writer* r) {
+  c.join_challenge() = RandomNonce();
+  r->Bulk(ToHex(c.join_challenge()));
+}
+
+// SHOAL.JOIN node-id host port peer-port [PROOF nonce proof]
 asio::awaitable<void> Join(Connection& c, Args args) {
+  const std::string& secret = c.server().config().cluster_secret;
+  const std::string challenge = std::exchange(c.join_challenge(), std::string());  // good for one try
+  std::string nonce, proof;
+  const bool proved = args.size() == 8 && EqualsIgnoreCase(args[5], "PROOF") && FromHex(args[6], &nonce) &&
+                      nonce.size() == kNonceBytes && FromHex(args[7], &proof);
+  if (args.size() != 5 && !proved) {
+    c.writer().Error("ERR SHOAL.JOIN wants node-id host port peer-port [PROOF nonce proof]");
+    co_return;
+  }
+  if (!secret.empty()) {
+    const std::string join_args =
+        std::string(args[1]) + " " + std::string(args[2]) + " " + std::string(args[3]) + " " + std::string(args[4]);
+    if (!proved || challenge.empty() || !ProofsEqual(proof, JoinProof(secret, challenge, nonce, join_args))) {
+      LogRefusedJoin(args, proved ? "its proof of the cluster secret is wrong (the secrets differ)"
+                                  : "it did not prove the cluster secret (it runs without one?)");
+      c.writer().Error(proved ? "ERR this cluster's secret differs from the joining node's: join refused"
+                              : "ERR this cluster requires the cluster secret: start the node with the same "
+                                "cluster-secret-file as its members");
+      co_return;
+    }
+  } else if (!c.authenticated()) {  // no secret: the password is all there is
+    c.writer().Error("NOAUTH Authentication required.");
+    co_return;
+  } else if (proved) {
+    LogRefusedJoin(args, "it has a cluster secret and this cluster runs without one");
+    c.writer().Error("ERR this cluster runs without a cluster secret and the joining node has one: join refused");
+    co_return;
+  }
   auto id = ParseInt64(args[1]);
   auto port = ParseInt64(args[3]);
   auto peer = ParseInt64(args[4]);
@@ -261,6 +317,10 @@ asio::awaitable<void> Join(Connection& c, Args args) {
   auto join = [&cl, info](std::function<void(std::string)> done) { cl.HandleJoin(info, std::move(done)); };
   std::string reply = co_await node::RunOnAsync<std::string>(c.server().runtime().worker(0).io(),
                                                              c.worker().io(), std::move(join));
+  if (!secret.empty() && reply.size() == 19 && reply.starts_with("+") && reply.ends_with("\r\n")) {
+    // The member proves itself in turn, over the cluster id it gives.
+    reply.insert(17, " " + ToHex(JoinReplyProof(secret, challenge, nonce, std::string_view(reply).substr(1, 16))));
+  }
   c.writer().Raw(reply);
 }
 
@@ -327,7 +387,10 @@ void AppendClusterCommands(std::vector<Command>* out) {
   out->push_back(Command{row("shoal.routed", 1, kCmdFast | kCmdNoAuth, "cluster"), Routed});
   out->push_back(Command{row("wait", 3, kCmdNoScript, "generic"), nullptr, WaitCmd});
   out->push_back(Command{row("shoal.wait", 4, kCmdNoScript, "cluster"), nullptr, ShoalWait});
-  out->push_back(Command{row("shoal.join", 5, kCmdAdmin, "cluster"), nullptr, Join});
+  // A proof of the cluster secret stands for AUTH (a joining node has no
+  // password to give); without a secret, SHOAL.JOIN needs AUTH like the rest.
+  out->push_back(Command{row("shoal.join", -5, kCmdAdmin | kCmdNoAuth, "cluster"), nullptr, Join});
+  out->push_back(Command{row("shoal.challenge", 1, kCmdAdmin | kCmdNoAuth, "cluster"), Challenge});
   out->push_back(Command{row("shoal.clusterid", 1, kCmdFast | kCmdNoAuth, "cluster"), ClusterId});
   out->push_back(Command{row("shoal.admin", -2, kCmdAdmin, "cluster"), nullptr, Admin});
 }

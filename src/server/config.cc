@@ -3,6 +3,7 @@
 #include <thread>
 #include <toml++/toml.h>
 
+#include "common/secret.h"
 #include "common/strings.h"
 
 namespace shoal::server {
@@ -28,6 +29,13 @@ Status Config::Validate() const {
   }
   if (split_ops < 0 || split_ops > 100'000'000) {
     return Status::InvalidArgument("split-ops must be 0..100000000 (0: no load-based splits)");
+  }
+  if (!cluster_secret.empty() && !cluster_secret_file.empty()) {
+    return Status::InvalidArgument("cluster-secret and cluster-secret-file: give one of them");
+  }
+  if (!cluster_secret.empty()) {
+    Status s = CheckSecret(cluster_secret);
+    if (!s.ok()) return s.WithContext("cluster-secret");
   }
   if (!join.empty() && join.find(':') == std::string::npos) {
     return Status::InvalidArgument("join must be host:port");
@@ -104,6 +112,8 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "hz") return want_int(&c->hz);
   if (key == "peer-port") return want_int(&c->peer_port);
   if (key == "join") return want_str(&c->join);
+  if (key == "cluster-secret") return want_str(&c->cluster_secret);
+  if (key == "cluster-secret-file") return want_str(&c->cluster_secret_file);
   if (key == "shards") return want_int(&c->shards);
   if (key == "replicas") return want_int(&c->replicas);
   if (key == "tick-ms") return want_int(&c->tick_ms);

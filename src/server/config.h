@@ -28,6 +28,11 @@ struct Config {
   // Cluster settings.
   int peer_port = 0;                // Raft traffic between nodes; 0: port + 10000
   std::string join;                 // host:port of any member; empty: bootstrap a new cluster
+  // What every node of the cluster must prove before peers take its frames
+  // or its join (empty: nothing, for private networks); given inline or read
+  // from a file (the file's first line), not both.
+  std::string cluster_secret;
+  std::string cluster_secret_file;
   int shards = 16;                  // data shards of a new cluster
   int replicas = 3;                 // replication factor of a new cluster
   int tick_ms = 50;                 // Raft tick; elections time out after 10-20 ticks

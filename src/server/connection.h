@@ -61,6 +61,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // A connection from another node's forwarder (SHOAL.ROUTED).
   bool routed() const { return routed_; }
   void set_routed() { routed_ = cluster_aware_ = true; }
+  // The nonce SHOAL.CHALLENGE gave this connection, for one SHOAL.JOIN.
+  std::string& join_challenge() { return join_challenge_; }
   // READONLY: reads may be served by a follower (linearizable, ReadIndex).
   void set_readonly(bool v) { readonly_ = v; }
 
@@ -204,6 +206,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // refused unlogged and its key is led elsewhere now; its caller may run it
   // again there.
   bool flush_left_moved_ = false;
+  std::string join_challenge_;
   Multi multi_;
 };
 

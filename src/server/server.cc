@@ -119,6 +119,7 @@ Status Server::Start() {
   node::TransportOptions to;
   to.bind_host = config().bind;
   to.peer_port = static_cast<uint16_t>(config().effective_peer_port());
+  to.secret = config().cluster_secret;
   transport_ = std::make_unique<node::Transport>(
       to,
       [this](uint64_t group, raft::Message m) {
@@ -156,6 +157,7 @@ Status Server::Start() {
   co.host = config().bind;
   co.port = static_cast<uint16_t>(bound_port_);
   co.join = config().join;
+  co.secret = config().cluster_secret;
   co.shards = config().shards;
   co.replication_factor = config().replicas;
   co.down_after_ms = config().down_after_ms;

@@ -1072,6 +1072,11 @@ def test_shoal_demo(tmp_path):
             time.sleep(0.2)
         assert ready, f"demo cluster not ready: {infos}\n" \
                       f"{log_path.read_text(errors='replace')[-3000:]}"
+        # Its nodes prove a cluster secret made for it, kept private.
+        secret = tmp_path / "demo" / "cluster.secret"
+        assert len(secret.read_text().strip()) == 64 and (secret.stat().st_mode & 0o077) == 0
+        with RespConn(DEMO_IP, port, timeout=2, connect_timeout=1) as c:
+            assert parse_info(c.execute("INFO", "raft"))["cluster_secret"] == "yes"
         from redis.cluster import ClusterNode as RCNode
         from redis.cluster import RedisCluster
         rc = RedisCluster(startup_nodes=[RCNode(DEMO_IP, port)], decode_responses=True,
