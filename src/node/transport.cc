@@ -576,11 +576,21 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
       spdlog::warn("peer frame of {} bytes refused", len);
       co_return;
     }
-    body.resize(4 + size_t{len} + mac_bytes);
+    // The body is read in pieces that grow with what arrived (1 MiB, then
+    // doubling), so a length that promises much and a sender that sends
+    // little hold little memory.
+    const size_t want = 4 + size_t{len} + mac_bytes;
+    body.resize(4);
     std::memcpy(body.data(), head, 4);
     std::optional<Deadline> reading(std::in_place, socket, FrameMax(len));
-    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body.data() + 4, body.size() - 4),
-                                               as_tuple(asio::use_awaitable));
+    asio::error_code ec2;
+    while (!ec2 && body.size() < want) {
+      const size_t have = body.size();
+      body.resize(std::min(want, have + std::max<size_t>(1 << 20, have)));
+      auto [rec, rn] = co_await asio::async_read(socket, asio::buffer(body.data() + have, body.size() - have),
+                                                 as_tuple(asio::use_awaitable));
+      ec2 = rec;
+    }
     reading.reset();
     if (ec2) {
       MaybeProbeGone(from, ec2);
