@@ -260,11 +260,12 @@ std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
   return "";
 }
 
-void Connection::QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot, std::string_view raw) {
+void Connection::QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot, std::string_view raw,
+                            bool caller_reruns) {
   for (const auto& a : entry.args) queued_bytes_ += a.size();
   const size_t begin = queued_raw_.size();
   queued_raw_.append(raw);
-  queued_entries_.push_back(QueuedWrite{group, std::move(entry), slot, begin, queued_raw_.size()});
+  queued_entries_.push_back(QueuedWrite{group, std::move(entry), slot, begin, queued_raw_.size(), caller_reruns});
 }
 
 bool Connection::WritesQueueFull() const {
@@ -335,7 +336,7 @@ asio::awaitable<void> Connection::FlushWrites() {
   const std::string raw = std::move(queued_raw_);
   queued_raw_.clear();
   queued_bytes_ = 0;
-  flush_left_moved_ = false;
+  flush_left_refused_ = false;
   if (queued.empty()) co_return;
   // One batch per shard, in order of first appearance; each write keeps its
   // position so that replies go out in request order.
@@ -377,6 +378,11 @@ asio::awaitable<void> Connection::FlushWrites() {
   for (size_t b = 0; b < order.size(); ++b) {
     const uint64_t g = order[b];
     const std::vector<size_t>& pos = positions[g];
+    if (results[b].refused &&
+        std::any_of(pos.begin(), pos.end(), [&](size_t p) { return queued[p].caller_reruns; })) {
+      flush_left_refused_ = true;  // prepared again by its caller, not re-proposed stale here
+      continue;
+    }
     bool moved = false;
     auto pause_for = kRefusedRetryPause;
     while (results[b].refused && !killed_ && node::MonoUs() < give_up_us) {
@@ -409,10 +415,7 @@ asio::awaitable<void> Connection::FlushWrites() {
       // same key: this one must not land after it).
       if (killed_ || node::MonoUs() >= give_up_us || server_.cluster().GroupOfSlot(queued[p].slot) != g) continue;
       const Command* cmd = request_of(queued[p]);
-      if (cmd == nullptr) {
-        flush_left_moved_ = true;
-        continue;
-      }
+      if (cmd == nullptr) continue;
       std::string before = std::move(wbuf_);
       wbuf_.clear();
       co_await RunKeyed(*cmd, args, queued[p].slot);
@@ -1187,6 +1190,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
   // kRefusedRetryUs after the first try.
   const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
   const uint16_t db_before = db_;
+  auto pause_for = kRefusedRetryPause;
   for (;;) {
     const uint64_t group = server_.cluster().GroupOfSlot(*slot);
     if (group == 0) {
@@ -1253,14 +1257,19 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     kv::Entry entry = kv::MakeExecEntry(first_key, now, rng(), items);
     entry.db = db_;
     server_.cluster().NoteOp(*slot);
-    QueueWrite(group, std::move(entry), *slot);
+    QueueWrite(group, std::move(entry), *slot, {}, /*caller_reruns=*/true);
     const size_t mark = wbuf_.size();
     co_await FlushWrites();
     // A transaction that did not run (refused, aborted by WATCH) selected nothing.
     std::string_view reply = std::string_view(wbuf_).substr(mark);
     if (!reply.starts_with("*") || reply.starts_with("*-1")) db_ = db_before;
-    if (!flush_left_moved_ || killed_ || node::MonoUs() >= give_up_us) co_return;
-    wbuf_.resize(mark);  // its refusal: asked again where the slot is led now
+    if (!flush_left_refused_ || killed_ || node::MonoUs() >= give_up_us) co_return;
+    // Refused unlogged: asked again after a pause (prepared anew here, or
+    // sent where the slot is led by then); an overloaded leader, less often.
+    wbuf_.resize(mark);
+    asio::steady_timer pause(worker_.io(), pause_for);
+    co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    pause_for = std::min(pause_for * 2, kRefusedRetryPauseMax);
   }
 }
 

@@ -118,7 +118,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // it (with its slot), to run again elsewhere if the shard's leader refuses
   // it (a leadership transfer) and leadership moves on; empty: such a write
   // is answered TRYAGAIN instead.
-  void QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot = 0, std::string_view raw = {});
+  // `caller_reruns`: if its leader refuses it unlogged, FlushWrites leaves
+  // it refused and says so (flush_left_refused_); the caller prepares it
+  // again (a transaction: its clock and relative TTLs are of its own try).
+  void QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot = 0, std::string_view raw = {},
+                  bool caller_reruns = false);
   bool WritesQueueFull() const;
   // Proposes the queued writes (one log entry per shard, concurrently) and
   // writes their replies in request order. A batch its leader refuses
@@ -198,14 +202,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
     kv::Entry entry;
     uint16_t slot;
     size_t raw_begin, raw_end;  // in queued_raw_ (equal: none)
+    bool caller_reruns;
   };
   std::vector<QueuedWrite> queued_entries_;
   std::string queued_raw_;
   size_t queued_bytes_ = 0;
-  // Set by FlushWrites: a write without request bytes (a transaction) was
-  // refused unlogged and its key is led elsewhere now; its caller may run it
-  // again there.
-  bool flush_left_moved_ = false;
+  // Set by FlushWrites: a write queued with caller_reruns was refused
+  // unlogged (it is in no log); its caller may run it again.
+  bool flush_left_refused_ = false;
   std::string join_challenge_;
   Multi multi_;
 };
