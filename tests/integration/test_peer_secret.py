@@ -173,3 +173,63 @@ def _varint(v: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+def test_ten_thousand_idle_and_slow_connections_leave_the_cluster_serving(secure3):
+    """10k idle connections on node 0's ports (client and peer), some of the
+    client ones sending a request a byte at a time (slowloris): the cluster
+    keeps serving through every node, the unproved peer connections are cut
+    by the handshake's bounds, and nothing is written by any of them."""
+    import resource
+    cl = secure3
+    n = cl.nodes[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 10_000 + 512
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    total = min(10_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 512)
+    assert total >= 5_000, f"the open-file limit ({hard}) allows only {total} connections"
+    peer_n = total // 5
+    client_n = total - peer_n
+    before = int(_raft_info(cl, 0)["peer_connections_refused"])
+    keys_before = int(n.call("DBSIZE"))
+    socks = []
+    try:
+        for i in range(client_n):
+            socks.append(socket.create_connection((n.host, n.port), timeout=5))
+        for i in range(peer_n):
+            try:
+                socks.append(socket.create_connection((n.host, n.peer_port), timeout=5))
+            except OSError:
+                pass  # refused under the flood: fine, the point is the node
+        slow = socks[:50]
+        request = b"*3\r\n$3\r\nSET\r\n$8\r\nslow:key\r\n$1\r\nx\r\n"
+        deadline = time.monotonic() + 60
+        for k in range(len(request) - 1):  # all but the last byte, a byte at a time
+            for s in slow:
+                s.sendall(request[k:k + 1])
+            time.sleep(0.01)
+            # The cluster serves meanwhile, through every node.
+            if k % 10 == 0:
+                for j in range(3):
+                    assert cl.nodes[j].call("SET", f"sec:flood:{k}:{j}", "1", timeout=10) in (b"OK", "OK")
+            assert time.monotonic() < deadline
+        for j in range(3):
+            assert cl.nodes[j].call("GET", "sec:flood:0:0", timeout=10) == b"1"
+        assert int(n.call("DBSIZE")) >= keys_before
+        assert n.call("EXISTS", "slow:key") == 0  # no slow request completed
+        # Unproved peer connections beyond the bounds were refused.
+        deadline = time.monotonic() + 10
+        for _ in range(100):
+            if int(_raft_info(cl, 0)["peer_connections_refused"]) > before or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert int(_raft_info(cl, 0)["peer_connections_refused"]) > before
+        info = parse_info(n.call("CLUSTER", "INFO"))
+        assert info["cluster_state"] == "ok", info
+    finally:
+        for s in socks:
+            s.close()
+    # Everything still works once they are gone, and the nodes are alive.
+    cl.check_alive()
+    assert cl.nodes[1].call("SET", "sec:flood:after", "1") in (b"OK", "OK")
