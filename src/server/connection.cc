@@ -1200,11 +1200,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     replica::Replica* r = server_.groups().Find(group);
     if (r == nullptr || !r->published_is_leader()) {
       if (cluster_aware_) {
-        auto rt = server_.cluster().routing();
-        const cluster::NodeAddr* addr = rt->Node(server_.cluster().LeaderOf(group));
-        writer_.Error(addr == nullptr ? "CLUSTERDOWN The cluster is down: the key's shard has no leader right now"
-                                      : "MOVED " + std::to_string(*slot) + " " + addr->host + ":" +
-                                            std::to_string(addr->port));
+        ReplyMoved(group, *slot);
         co_return;
       }
       // A plain client's transaction goes whole to the shard's leader; the
