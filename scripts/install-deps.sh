@@ -14,6 +14,8 @@ PACKAGES=(
   libjemalloc-dev libmimalloc-dev
   # tests and benchmarks: the real Redis as reference, real clients
   redis-server redis-tools python3 python3-redis python3-pytest procps iptables nodejs node-redis
+  # the openssl tool: TLS tests make their certificates with it
+  openssl
 )
 
 missing=()

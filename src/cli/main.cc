@@ -30,6 +30,8 @@ using shoal::server::Durability;
 
 struct ServerFlags {
   std::string config_file, bind, dir, durability, requirepass, maxmemory, join, cluster_secret_file;
+  std::string tls_cert_file, tls_key_file, tls_ca_cert_file, tls_ca_cert_dir, tls_auth_clients, tls_cluster;
+  int tls_port = -1;
   int port = -1, workers = -1, databases = -1, peer_port = -1, shards = -1, replicas = -1;
   int64_t down_after_ms = -1;
   int64_t snapshot_rate_mb = -1;
@@ -53,6 +55,18 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--join", f->join, "host:port of any member of the cluster to join (default: start a new one)");
   cmd->add_option("--cluster-secret-file", f->cluster_secret_file,
                   "File whose first line is the cluster secret every node must prove to its peers (16+ bytes)");
+  cmd->add_option("--tls-port", f->tls_port, "TCP port for clients in TLS (default 0: none)");
+  cmd->add_option("--tls-cert-file", f->tls_cert_file, "PEM certificate (chain) this node shows");
+  cmd->add_option("--tls-key-file", f->tls_key_file, "PEM private key of that certificate");
+  cmd->add_option("--tls-ca-cert-file", f->tls_ca_cert_file, "PEM CA certificates that verify clients and peers");
+  cmd->add_option("--tls-ca-cert-dir", f->tls_ca_cert_dir, "Directory of CA certificates (c_rehash layout)");
+  cmd->add_option("--tls-auth-clients", f->tls_auth_clients,
+                  "yes: TLS clients must show a certificate the CA signed (default); optional; no")
+      ->check(CLI::IsMember({"yes", "no", "optional"}));
+  cmd->add_option("--tls-cluster", f->tls_cluster,
+                  "yes: links between nodes use TLS with certificates both ways, and the node announces its "
+                  "tls-port (default no)")
+      ->check(CLI::IsMember({"yes", "no"}));
   cmd->add_option("--shards", f->shards, "Data shards of a new cluster (default 16)");
   cmd->add_option("--replicas", f->replicas, "Replication factor of a new cluster (default 3)");
   cmd->add_option("--down-after-ms", f->down_after_ms,
@@ -83,6 +97,13 @@ shoal::Status BuildConfig(const ServerFlags& f, CLI::App* cmd, Config* c) {
     c->cluster_secret_file = f.cluster_secret_file;
     c->cluster_secret.clear();  // the flag overrides the config file's setting
   }
+  if (cmd->count("--tls-port")) c->tls_port = f.tls_port;
+  if (cmd->count("--tls-cert-file")) c->tls_cert_file = f.tls_cert_file;
+  if (cmd->count("--tls-key-file")) c->tls_key_file = f.tls_key_file;
+  if (cmd->count("--tls-ca-cert-file")) c->tls_ca_cert_file = f.tls_ca_cert_file;
+  if (cmd->count("--tls-ca-cert-dir")) c->tls_ca_cert_dir = f.tls_ca_cert_dir;
+  if (cmd->count("--tls-auth-clients")) c->tls_auth_clients = f.tls_auth_clients;
+  if (cmd->count("--tls-cluster")) c->tls_cluster = f.tls_cluster == "yes";
   if (cmd->count("--shards")) c->shards = f.shards;
   if (cmd->count("--replicas")) c->replicas = f.replicas;
   if (cmd->count("--down-after-ms")) c->down_after_ms = f.down_after_ms;

@@ -139,18 +139,17 @@ Status Cluster::CheckJoinTarget(uint64_t cid) {
     auto addr = asio::ip::make_address(opts_.join.substr(0, colon == std::string::npos ? 0 : colon), ec);
     int port = colon == std::string::npos ? 0 : std::atoi(opts_.join.c_str() + colon + 1);
     if (ec || port <= 0 || port > 65535) co_return;
-    asio::ip::tcp::socket sock(io);
-    node::Deadline deadline(sock, std::chrono::seconds(3));
-    auto [cec] = co_await sock.async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
-                                             as_tuple(asio::use_awaitable));
+    node::Stream stream(asio::ip::tcp::socket(io), opts_.tls);
+    node::Deadline deadline(stream.socket(), std::chrono::seconds(3));
+    auto [cec] = co_await stream.socket().async_connect(asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)),
+                                                        as_tuple(asio::use_awaitable));
     if (cec) co_return;
+    if (co_await stream.Handshake(/*accepting=*/false)) co_return;
     static const std::string kAsk = "*1\r\n$15\r\nSHOAL.CLUSTERID\r\n";
-    auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(kAsk), as_tuple(asio::use_awaitable));
+    auto [wec, wn] = co_await stream.Write(asio::buffer(kAsk));
     if (wec) co_return;
-    asio::streambuf buf(4096);
-    auto [rec, rn] = co_await asio::async_read_until(sock, buf, "\r\n", as_tuple(asio::use_awaitable));
-    if (rec) co_return;
-    answer.assign(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(rn) - 2);
+    std::string pending;
+    if (!co_await stream.ReadLine(&pending, &answer)) answer.clear();
   }, asio::detached);
   io.run();
   if (answer.size() == 17 && answer[0] == '+') {
@@ -1091,21 +1090,22 @@ asio::awaitable<void> Cluster::JoinLoop() {
     }
     std::vector<std::string> args = {"SHOAL.JOIN", std::to_string(node_id_), opts_.host,
                                      std::to_string(opts_.port), std::to_string(opts_.peer_port)};
-    node::Deadline deadline(sock, std::chrono::seconds(5));  // a target that accepts but never answers
-    asio::streambuf buf(4096);
-    std::string line;
-    auto read_line = [&]() -> asio::awaitable<bool> {
-      auto [rec, rn] = co_await asio::async_read_until(sock, buf, "\r\n", as_tuple(asio::use_awaitable));
-      if (rec) co_return false;
-      line.assign(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(rn) - 2);
-      buf.consume(rn);
-      co_return true;
-    };
+    node::Stream stream(std::move(sock), opts_.tls);
+    node::Deadline deadline(stream.socket(), std::chrono::seconds(5));  // a target that accepts but never answers
+    const asio::error_code hec = co_await stream.Handshake(/*accepting=*/false);
+    if (hec) {
+      spdlog::warn("join through {}: TLS handshake failed: {} (with tls-cluster, --join names a member's "
+                   "tls-port)", target, hec.message());
+      target = opts_.join;
+      continue;
+    }
+    std::string pending, line;
+    auto read_line = [&]() -> asio::awaitable<bool> { co_return co_await stream.ReadLine(&pending, &line); };
     std::string challenge, nonce;
     if (!opts_.secret.empty()) {
       // Prove the cluster secret: answer the member's challenge.
       static constexpr std::string_view kAsk = "*1\r\n$15\r\nSHOAL.CHALLENGE\r\n";
-      auto [cwec, cwn] = co_await asio::async_write(sock, asio::buffer(kAsk), as_tuple(asio::use_awaitable));
+      auto [cwec, cwn] = co_await stream.Write(asio::buffer(kAsk));
       if (cwec) continue;
       bool got = co_await read_line();
       if (!got) continue;
@@ -1125,10 +1125,18 @@ asio::awaitable<void> Cluster::JoinLoop() {
     }
     std::string req = "*" + std::to_string(args.size()) + "\r\n";
     for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
-    auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(req), as_tuple(asio::use_awaitable));
+    auto [wec, wn] = co_await stream.Write(asio::buffer(req));
     if (wec) continue;
     const bool answered = co_await read_line();
-    if (!answered) continue;
+    if (!answered) {
+      // TLS 1.3: a member that refuses this node's certificate says so
+      // after the handshake, by closing.
+      if (stream.tls()) {
+        spdlog::warn("join through {}: no answer over TLS (does the member's CA sign this node's certificate?)",
+                     target);
+      }
+      continue;
+    }
     if (!opts_.secret.empty() && line.starts_with("+") && line.size() == 17 + 1 + 2 * kProofBytes) {
       // The member's proof over the cluster id it gives.
       std::string proof;

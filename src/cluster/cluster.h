@@ -33,6 +33,7 @@
 #include "cluster/planner.h"
 #include "kv/shard.h"
 #include "node/groups.h"
+#include "node/stream.h"
 #include "node/transport.h"
 #include "storage/slot.h"
 
@@ -44,6 +45,8 @@ struct ClusterOptions {
   uint16_t peer_port = 16379;
   std::string join;  // "host:port" of any member; empty: bootstrap
   std::string secret;  // the cluster secret the join proves (empty: none)
+  // tls-cluster: the join talks TLS to the member's tls-port (null: plain).
+  std::shared_ptr<node::TlsContext> tls;
   int shards = 16;
   int replication_factor = 3;
   size_t meta_cache_entries = 1 << 16;

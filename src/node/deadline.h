@@ -14,14 +14,22 @@ namespace shoal::node {
 
 class Deadline {
  public:
-  Deadline(asio::ip::tcp::socket& socket, std::chrono::steady_clock::duration limit)
+  // kClose: the socket is closed instead, for steps that give up on the
+  // connection when late (a handshake): a multi-step operation (TLS) whose
+  // next read was already under way when the time came cannot go on.
+  enum Expiry { kCancel, kClose };
+  Deadline(asio::ip::tcp::socket& socket, std::chrono::steady_clock::duration limit, Expiry expiry = kCancel)
       : timer_(socket.get_executor()), armed_(std::make_shared<bool>(true)) {
     timer_.expires_after(limit);
-    timer_.async_wait([&socket, armed = armed_](const asio::error_code& ec) {
+    timer_.async_wait([&socket, armed = armed_, expiry](const asio::error_code& ec) {
       // `armed` is false once the Deadline is gone (the socket may be too).
       if (ec || !*armed) return;
       asio::error_code ignored;
-      socket.cancel(ignored);
+      if (expiry == kClose) {
+        socket.close(ignored);
+      } else {
+        socket.cancel(ignored);
+      }
     });
   }
   ~Deadline() {

@@ -78,12 +78,12 @@ std::string Endpoint(const asio::ip::tcp::socket& s) {
 }  // namespace
 
 struct Transport::Peer {
-  explicit Peer(asio::io_context& io) : socket(io), signal(io) {
+  Peer(asio::io_context& io, std::shared_ptr<TlsContext> tls) : stream(asio::ip::tcp::socket(io), std::move(tls)), signal(io) {
     signal.expires_at(asio::steady_timer::time_point::max());
   }
   std::string host;
   uint16_t port = 0;
-  asio::ip::tcp::socket socket;
+  Stream stream;  // the outgoing connection
   asio::steady_timer signal;
   std::vector<GroupMessage> queue;
   std::deque<SnapshotChunk> chunks;
@@ -139,7 +139,7 @@ void Transport::Stop() {
 
 Transport::Peer& Transport::PeerFor(raft::NodeId id) {
   auto& p = peers_[id];
-  if (!p) p = std::make_unique<Peer>(io_);
+  if (!p) p = std::make_unique<Peer>(io_, opts_.tls);
   return *p;
 }
 
@@ -160,8 +160,7 @@ void Transport::SetAddress(raft::NodeId id, const std::string& host, uint16_t po
     if (p.host == host && p.port == port) return;
     p.host = host;
     p.port = port;
-    asio::error_code ec;
-    p.socket.close(ec);  // reconnect to the new address
+    p.stream.Close();  // reconnect to the new address
     Wake(p);
   });
 }
@@ -232,7 +231,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       if (stopped_) co_return;
       continue;
     }
-    if (!p->socket.is_open()) {
+    if (!p->stream.socket().is_open()) {
       asio::ip::tcp::socket s(io_);
       asio::error_code ec = co_await Dial(p->host, p->port, s);
       if (ec) {
@@ -246,8 +245,9 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         continue;
       }
       s.set_option(asio::ip::tcp::no_delay(true), ec);
-      if (!co_await DialerHandshake(*p, s)) {
-        s.close(ec);
+      p->stream.Reset(std::move(s));
+      if (!co_await DialerHandshake(*p, p->stream)) {
+        p->stream.Close();
         p->queue.clear();
         p->chunks.clear();
         p->send_leaders = false;
@@ -256,7 +256,6 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         if (stopped_) co_return;
         continue;
       }
-      p->socket = std::move(s);
       backoff = kBackoffMin;
     }
     proto::PeerFrame pf;
@@ -332,13 +331,12 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
     pf.AppendToString(&frame);
     if (!p->session_key.empty()) frame += FrameMac(p->session_key, p->frames_out++, frame);
-    std::optional<Deadline> deadline(std::in_place, p->socket, FrameMax(frame.size()));
-    auto [ec, written] = co_await asio::async_write(p->socket, asio::buffer(frame), as_tuple(asio::use_awaitable));
+    std::optional<Deadline> deadline(std::in_place, p->stream.socket(), FrameMax(frame.size()));
+    auto [ec, written] = co_await p->stream.Write(asio::buffer(frame));
     deadline.reset();
     (void)written;
     if (ec) {
-      asio::error_code cec;
-      p->socket.close(cec);
+      p->stream.Close();
       if (stopped_) co_return;
       continue;
     }
@@ -346,7 +344,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   }
 }
 
-asio::awaitable<bool> Transport::DialerHandshake(Peer& p, asio::ip::tcp::socket& s) {
+asio::awaitable<bool> Transport::DialerHandshake(Peer& p, Stream& s) {
   const std::string where = p.host + ":" + std::to_string(p.port);
   auto refuse = [&](std::string why) {
     peers_refused_.fetch_add(1, std::memory_order_relaxed);
@@ -354,16 +352,30 @@ asio::awaitable<bool> Transport::DialerHandshake(Peer& p, asio::ip::tcp::socket&
     p.refusal = std::move(why);
     return false;
   };
+  if (s.tls()) {
+    Deadline deadline(s.socket(), kAuthMax, Deadline::kClose);
+    const asio::error_code hec = co_await s.Handshake(/*accepting=*/false);
+    if (hec == asio::error::operation_aborted || hec == asio::error::eof) {
+      co_return refuse("no TLS handshake (it runs without tls-cluster, or is not a shoal peer port)");
+    }
+    if (hec) co_return refuse("TLS handshake failed: " + hec.message() + " (start every node with tls-cluster and "
+                              "certificates from the same CA)");
+  }
   std::string greeting(kGreetingBytes, '\0');
   {
     // Without a secret, a peer that says nothing for a moment is an older
     // shoal (no greeting): talk to it as before, so upgrades can roll.
-    Deadline deadline(s, opts_.secret.empty() ? kGreetingWait : kConnectMax);
-    auto [ec, n] = co_await asio::async_read(s, asio::buffer(greeting), as_tuple(asio::use_awaitable));
+    Deadline deadline(s.socket(), opts_.secret.empty() ? kGreetingWait : kConnectMax);
+    auto [ec, n] = co_await s.Read(asio::buffer(greeting));
     if (ec == asio::error::operation_aborted && n == 0 && opts_.secret.empty()) co_return true;
     if (ec == asio::error::operation_aborted && n == 0) {
       co_return refuse("it sent no greeting (an older shoal, or not a shoal peer port): it cannot prove the "
                        "cluster secret");
+    }
+    if (ec && s.tls() && ec != asio::error::eof && ec != asio::error::connection_reset) {
+      // TLS 1.3: the acceptor judges this node's certificate after the
+      // handshake ends here, and says no with an alert.
+      co_return refuse("it refused this node's TLS certificate: " + ec.message());
     }
     if (ec) co_return false;  // gone: the backoff covers it
   }
@@ -373,8 +385,8 @@ asio::awaitable<bool> Transport::DialerHandshake(Peer& p, asio::ip::tcp::socket&
   if (required == opts_.secret.empty()) {
     // Say why before leaving, so that the other side logs it too.
     const std::string_view notice = required ? kNoSecretMagic : kHasSecretMagic;
-    Deadline deadline(s, kConnectMax);
-    co_await asio::async_write(s, asio::buffer(notice), as_tuple(asio::use_awaitable));
+    Deadline deadline(s.socket(), kConnectMax);
+    co_await s.Write(asio::buffer(notice));
   }
   if (required && opts_.secret.empty()) {
     co_return refuse("it requires the cluster secret and this node has none: start every node with the same "
@@ -389,11 +401,11 @@ asio::awaitable<bool> Transport::DialerHandshake(Peer& p, asio::ip::tcp::socket&
     std::string auth(kAuthMagic);
     auth += nonce;
     auth += Proof(opts_.secret, kDialerRole, challenge, nonce);
-    Deadline deadline(s, kAuthMax);
-    auto [wec, wn] = co_await asio::async_write(s, asio::buffer(auth), as_tuple(asio::use_awaitable));
+    Deadline deadline(s.socket(), kAuthMax);
+    auto [wec, wn] = co_await s.Write(asio::buffer(auth));
     if (wec) co_return false;
     std::string proof(kProofBytes, '\0');
-    auto [rec, rn] = co_await asio::async_read(s, asio::buffer(proof), as_tuple(asio::use_awaitable));
+    auto [rec, rn] = co_await s.Read(asio::buffer(proof));
     if (rec) {
       co_return rec == asio::error::eof || rec == asio::error::connection_reset
           ? refuse("it refused this node's proof of the cluster secret: the secrets differ")
@@ -424,22 +436,33 @@ void Transport::LogRefusedPeer(const std::string& who, const std::string& why) {
   spdlog::warn("peer connection from {} refused: {}", who, why);
 }
 
-asio::awaitable<bool> Transport::AcceptorHandshake(asio::ip::tcp::socket& s, std::string* session_key) {
+asio::awaitable<bool> Transport::AcceptorHandshake(Stream& s, std::string* session_key) {
+  Deadline deadline(s.socket(), kAuthMax, Deadline::kClose);  // (a connection that is late is dropped)
+  if (s.tls()) {
+    const asio::error_code hec = co_await s.Handshake(/*accepting=*/true, Verify::kRequire);
+    if (hec) {
+      // Nothing at all (a probe, ProbeGone) is not worth a line.
+      if (hec != asio::error::eof) {
+        LogRefusedPeer(Endpoint(s.socket()), "TLS handshake failed: " + hec.message() +
+                                                 " (every node needs tls-cluster and a certificate from the same CA)");
+      }
+      co_return false;
+    }
+  }
   const std::string challenge = RandomNonce();
   std::string greeting(kGreetingMagic);
   greeting.push_back(opts_.secret.empty() ? 0 : 1);
   greeting += challenge;
-  Deadline deadline(s, kAuthMax);
-  auto [wec, wn] = co_await asio::async_write(s, asio::buffer(greeting), as_tuple(asio::use_awaitable));
+  auto [wec, wn] = co_await s.Write(asio::buffer(greeting));
   if (wec) co_return false;
   if (opts_.secret.empty()) co_return true;
   std::string auth(kAuthBytes, '\0');
-  auto [rec, rn] = co_await asio::async_read(s, asio::buffer(auth), as_tuple(asio::use_awaitable));
+  auto [rec, rn] = co_await s.Read(asio::buffer(auth));
   if (rec) {
     // Nothing at all: a probe (ProbeGone) or a port scan. Something short
     // of an answer: a node without the secret sends frames at once.
     if (rn > 0) {
-      LogRefusedPeer(Endpoint(s), auth.starts_with(kNoSecretMagic)
+      LogRefusedPeer(Endpoint(s.socket()), auth.starts_with(kNoSecretMagic)
                                       ? "it runs without a cluster secret (start every node with the same "
                                         "cluster-secret-file)"
                                       : "it did not prove the cluster secret");
@@ -449,13 +472,13 @@ asio::awaitable<bool> Transport::AcceptorHandshake(asio::ip::tcp::socket& s, std
   const std::string_view nonce = std::string_view(auth).substr(8, kNonceBytes);
   if (!auth.starts_with(kAuthMagic) ||
       !ProofsEqual(std::string_view(auth).substr(8 + kNonceBytes), Proof(opts_.secret, kDialerRole, challenge, nonce))) {
-    LogRefusedPeer(Endpoint(s), auth.starts_with(kAuthMagic)
+    LogRefusedPeer(Endpoint(s.socket()), auth.starts_with(kAuthMagic)
                                     ? "its proof of the cluster secret is wrong: the secrets differ"
                                     : "it did not prove the cluster secret (it runs without one?)");
     co_return false;
   }
   const std::string proof = Proof(opts_.secret, kAcceptorRole, challenge, nonce);
-  auto [pec, pn] = co_await asio::async_write(s, asio::buffer(proof), as_tuple(asio::use_awaitable));
+  auto [pec, pn] = co_await s.Write(asio::buffer(proof));
   *session_key = SessionKey(opts_.secret, challenge, nonce);
   co_return !pec;
 }
@@ -534,7 +557,9 @@ void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
   }
 }
 
-asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
+asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
+  Stream stream(std::move(accepted), opts_.tls);
+  asio::ip::tcp::socket& socket = stream.socket();
   std::string session_key;
   {
     // Connections not yet proved are bounded, in all and per address, so
@@ -547,7 +572,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
     }
     ++handshakes_;
     ++handshakes_by_ip_[ip];
-    const bool proved = co_await AcceptorHandshake(socket, &session_key);
+    const bool proved = co_await AcceptorHandshake(stream, &session_key);
     --handshakes_;
     if (--handshakes_by_ip_[ip] == 0) handshakes_by_ip_.erase(ip);
     if (!proved) co_return;
@@ -559,7 +584,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
   for (;;) {
     unsigned char head[4];
     std::optional<Deadline> idle(std::in_place, socket, kIdleMax);
-    auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head, 4), as_tuple(asio::use_awaitable));
+    auto [ec, n] = co_await stream.Read(asio::buffer(head, 4));
     idle.reset();
     if (ec) {
       MaybeProbeGone(from, ec);
@@ -587,8 +612,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket socket) {
     while (!ec2 && body.size() < want) {
       const size_t have = body.size();
       body.resize(std::min(want, have + std::max<size_t>(1 << 20, have)));
-      auto [rec, rn] = co_await asio::async_read(socket, asio::buffer(body.data() + have, body.size() - have),
-                                                 as_tuple(asio::use_awaitable));
+      auto [rec, rn] = co_await stream.Read(asio::buffer(body.data() + have, body.size() - have));
       ec2 = rec;
     }
     reading.reset();

@@ -24,6 +24,7 @@
 
 #include "common/status.h"
 #include "node/image_stream.h"
+#include "node/stream.h"
 #include "raft/types.h"
 
 namespace shoal::node {
@@ -71,6 +72,10 @@ struct TransportOptions {
   // frame; a peer that does not prove it, or that runs without one, is
   // refused and logged on both sides.
   std::string secret{};
+  // TLS (tls-cluster): every connection is TLS, and both sides show a
+  // certificate the CA signed; a peer that cannot is refused and logged.
+  // The cluster secret, if any, is then proved inside TLS.
+  std::shared_ptr<TlsContext> tls{};
 };
 
 class Transport {
@@ -137,8 +142,8 @@ class Transport {
   asio::awaitable<void> WriteLoop(Peer* p);
   // The start of every connection (see TransportOptions::secret): false
   // when the other side is refused (logged) or went away.
-  asio::awaitable<bool> DialerHandshake(Peer& p, asio::ip::tcp::socket& s);
-  asio::awaitable<bool> AcceptorHandshake(asio::ip::tcp::socket& s, std::string* session_key);
+  asio::awaitable<bool> DialerHandshake(Peer& p, Stream& s);
+  asio::awaitable<bool> AcceptorHandshake(Stream& s, std::string* session_key);
   // Logs a refusal of a connection from `who` at most every 10 s per address.
   void LogRefusedPeer(const std::string& who, const std::string& why);
   asio::awaitable<void> GossipLoop();

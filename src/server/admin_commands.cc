@@ -313,6 +313,10 @@ constexpr Param kParams[] = {
     {"appendonly", false},    {"appendfsync", false},
     {"save", false},          {"loglevel", false},
     {"workers", false},       {"durability", false},
+    {"tls-port", false},      {"tls-cert-file", false},
+    {"tls-key-file", false},  {"tls-ca-cert-file", false},
+    {"tls-ca-cert-dir", false}, {"tls-auth-clients", false},
+    {"tls-cluster", false},
 };
 
 std::string ParamValue(const Config& cfg, std::string_view name) {
@@ -332,6 +336,13 @@ std::string ParamValue(const Config& cfg, std::string_view name) {
   if (name == "loglevel") return cfg.loglevel;
   if (name == "workers") return std::to_string(cfg.workers);
   if (name == "durability") return DurabilityName(cfg.durability);
+  if (name == "tls-port") return std::to_string(cfg.tls_port);
+  if (name == "tls-cert-file") return cfg.tls_cert_file;
+  if (name == "tls-key-file") return cfg.tls_key_file;
+  if (name == "tls-ca-cert-file") return cfg.tls_ca_cert_file;
+  if (name == "tls-ca-cert-dir") return cfg.tls_ca_cert_dir;
+  if (name == "tls-auth-clients") return cfg.tls_auth_clients;
+  if (name == "tls-cluster") return cfg.tls_cluster ? "yes" : "no";
   return "";
 }
 

@@ -281,6 +281,12 @@ asio::awaitable<void> Join(Connection& c, Args args) {
     c.writer().Error("ERR SHOAL.JOIN wants node-id host port peer-port [PROOF nonce proof]");
     co_return;
   }
+  if (c.server().config().tls_cluster && !c.peer_certified()) {
+    LogRefusedJoin(args, "it came without TLS and a certificate the CA signed (tls-cluster)");
+    c.writer().Error("ERR this cluster runs tls-cluster: join through a member's tls-port, with a certificate "
+                     "its CA signed");
+    co_return;
+  }
   if (!secret.empty()) {
     const std::string join_args =
         std::string(args[1]) + " " + std::string(args[2]) + " " + std::string(args[3]) + " " + std::string(args[4]);

@@ -12,7 +12,7 @@ Status Config::Validate() const {
   if (port < 0 || port > 65535) return Status::InvalidArgument("port must be 0..65535");
   if (workers < 0 || workers > 256) return Status::InvalidArgument("workers must be 0..256");
   if (peer_port < 0 || peer_port > 65535) return Status::InvalidArgument("peer-port must be 0..65535");
-  if (peer_port == 0 && port + 10000 > 65535) {
+  if (peer_port == 0 && (plain_port_off() ? tls_port : port) + 10000 > 65535) {
     return Status::InvalidArgument("port + 10000 is not a valid peer port: set peer-port");
   }
   if (shards < 1 || shards > 1024) return Status::InvalidArgument("shards must be 1..1024");
@@ -36,6 +36,31 @@ Status Config::Validate() const {
   if (!cluster_secret.empty()) {
     Status s = CheckSecret(cluster_secret);
     if (!s.ok()) return s.WithContext("cluster-secret");
+  }
+  if (tls_port < 0 || tls_port > 65535) return Status::InvalidArgument("tls-port must be 0..65535");
+  if (tls_port != 0 && tls_port == port) return Status::InvalidArgument("tls-port and port must differ");
+  if (tls_auth_clients != "yes" && tls_auth_clients != "no" && tls_auth_clients != "optional") {
+    return Status::InvalidArgument("tls-auth-clients must be yes, no or optional");
+  }
+  if (plain_port_off() && !tls_cluster) {
+    return Status::InvalidArgument("port 0 (no plain-text port) needs tls-cluster yes: nodes then reach each "
+                                   "other over TLS");
+  }
+  if (tls_port != 0 && tls_port == effective_peer_port()) {
+    return Status::InvalidArgument("tls-port and the peer port must differ");
+  }
+  if (tls_cluster && tls_port == 0) {
+    return Status::InvalidArgument(
+        "tls-cluster needs tls-port: the node announces its TLS port to clients and to the other nodes");
+  }
+  if (tls_enabled() && (tls_cert_file.empty() || tls_key_file.empty())) {
+    return Status::InvalidArgument("TLS needs tls-cert-file and tls-key-file");
+  }
+  if (tls_enabled() && (tls_cluster || tls_auth_clients != "no") && tls_ca_cert_file.empty() &&
+      tls_ca_cert_dir.empty()) {
+    return Status::InvalidArgument(
+        "TLS needs tls-ca-cert-file (or tls-ca-cert-dir) to verify certificates, unless tls-auth-clients is no "
+        "and tls-cluster is off");
   }
   if (!join.empty() && join.find(':') == std::string::npos) {
     return Status::InvalidArgument("join must be host:port");
@@ -114,6 +139,28 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "join") return want_str(&c->join);
   if (key == "cluster-secret") return want_str(&c->cluster_secret);
   if (key == "cluster-secret-file") return want_str(&c->cluster_secret_file);
+  auto want_yes_no = [&](std::string* field, bool optional_too) -> Status {
+    std::string v;
+    if (auto b = node.value<bool>()) v = *b ? "yes" : "no";
+    else if (auto t = node.value<std::string>()) v = ToLower(*t);
+    if (v != "yes" && v != "no" && !(optional_too && v == "optional")) {
+      return Status::InvalidArgument(key + (optional_too ? " must be yes, no or optional" : " must be yes or no"));
+    }
+    *field = v;
+    return Status::Ok();
+  };
+  if (key == "tls-port") return want_int(&c->tls_port);
+  if (key == "tls-cert-file") return want_str(&c->tls_cert_file);
+  if (key == "tls-key-file") return want_str(&c->tls_key_file);
+  if (key == "tls-ca-cert-file") return want_str(&c->tls_ca_cert_file);
+  if (key == "tls-ca-cert-dir") return want_str(&c->tls_ca_cert_dir);
+  if (key == "tls-auth-clients") return want_yes_no(&c->tls_auth_clients, true);
+  if (key == "tls-cluster") {
+    std::string v;
+    Status s = want_yes_no(&v, false);
+    if (s.ok()) c->tls_cluster = v == "yes";
+    return s;
+  }
   if (key == "shards") return want_int(&c->shards);
   if (key == "replicas") return want_int(&c->replicas);
   if (key == "tick-ms") return want_int(&c->tick_ms);

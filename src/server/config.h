@@ -33,6 +33,17 @@ struct Config {
   // from a file (the file's first line), not both.
   std::string cluster_secret;
   std::string cluster_secret_file;
+  // TLS, with Redis's names. tls-port: a port for clients in TLS (0: none).
+  // tls-cluster: every link between nodes (Raft traffic, forwarded requests,
+  // joins) is TLS with certificates both ways, and the node announces its
+  // tls-port to cluster-aware clients and to the other nodes.
+  int tls_port = 0;
+  std::string tls_cert_file, tls_key_file, tls_ca_cert_file, tls_ca_cert_dir;
+  std::string tls_auth_clients = "yes";  // yes | optional | no: must clients show a certificate
+  bool tls_cluster = false;
+  bool tls_enabled() const { return tls_port != 0 || tls_cluster; }
+  // port 0 with a tls-port: no plain-text port at all (as in Redis).
+  bool plain_port_off() const { return port == 0 && tls_port != 0; }
   int shards = 16;                  // data shards of a new cluster
   int replicas = 3;                 // replication factor of a new cluster
   int tick_ms = 50;                 // Raft tick; elections time out after 10-20 ticks
@@ -41,7 +52,11 @@ struct Config {
   int64_t split_size_mb = 512;     // a shard bigger than this splits by itself; 0: never
   int64_t split_ops = 0;           // ... or busier than this (ops/s, sustained); 0: never
 
-  int effective_peer_port() const { return peer_port != 0 ? peer_port : (port == 0 ? 0 : port + 10000); }
+  int effective_peer_port() const {
+    if (peer_port != 0) return peer_port;
+    if (plain_port_off()) return tls_port + 10000;
+    return port == 0 ? 0 : port + 10000;
+  }
 
   // Validates ranges; returns InvalidArgument naming the bad setting.
   Status Validate() const;

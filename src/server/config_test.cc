@@ -35,6 +35,35 @@ TEST(Config, LoadsToml) {
   std::filesystem::remove(path);
 }
 
+TEST(Config, TlsSettingsAreCheckedTogether) {
+  Config c;
+  auto path = WriteTemp("tls", "tls-port = 7002\ntls-cert-file = \"n.crt\"\ntls-key-file = \"n.key\"\n"
+                               "tls-ca-cert-file = \"ca.crt\"\ntls-auth-clients = \"optional\"\n"
+                               "tls-cluster = \"yes\"\n");
+  ASSERT_TRUE(LoadConfigFile(path, &c).ok());
+  std::filesystem::remove(path);
+  EXPECT_EQ(c.tls_port, 7002);
+  EXPECT_EQ(c.tls_auth_clients, "optional");
+  EXPECT_TRUE(c.tls_cluster);
+  EXPECT_TRUE(c.Validate().ok());
+  Config bad = c;
+  bad.tls_ca_cert_file.clear();  // nothing to verify peers with
+  EXPECT_NE(bad.Validate().message().find("tls-ca-cert-file"), std::string::npos);
+  bad = c;
+  bad.tls_port = 0;  // tls-cluster announces the TLS port
+  EXPECT_NE(bad.Validate().message().find("tls-cluster needs tls-port"), std::string::npos);
+  bad = c;
+  bad.tls_key_file.clear();
+  EXPECT_FALSE(bad.Validate().ok());
+  bad = c;
+  bad.tls_port = bad.port;
+  EXPECT_FALSE(bad.Validate().ok());
+  auto typo = WriteTemp("tlsbad", "tls-auth-clients = \"maybe\"\n");
+  Config t;
+  EXPECT_NE(LoadConfigFile(typo, &t).message().find("yes, no or optional"), std::string::npos);
+  std::filesystem::remove(typo);
+}
+
 TEST(Config, RejectsUnknownKeysAndBadValues) {
   Config c;
   auto typo = WriteTemp("typo", "prot = 1\n");

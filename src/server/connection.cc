@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "resp/reply_scan.h"
 #include "kv/transaction.h"
+#include "node/deadline.h"
 #include "node/runtime.h"
 #include "server/forwarder.h"
 #include "common/strings.h"
@@ -35,6 +36,7 @@ constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 constexpr int64_t kRefusedRetryUs = 2'000'000;
 constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);  // doubled after each try
 constexpr auto kRefusedRetryPauseMax = std::chrono::milliseconds(100);
+constexpr auto kTlsHandshakeMax = std::chrono::seconds(10);
 constexpr size_t kRawKeptMax = 64 * 1024;  // a queued write's request bytes kept for that
 
 // The slot of every key at `positions`, or nullopt if they differ.
@@ -73,10 +75,11 @@ bool ArityOk(int arity, size_t argc) {
 
 }  // namespace
 
-Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket)
+Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket,
+                       std::shared_ptr<node::TlsContext> tls)
     : server_(server),
       worker_(worker),
-      socket_(std::move(socket)),
+      stream_(std::move(socket), std::move(tls)),
       id_(server.NextClientId()),
       authenticated_(server.config().requirepass.empty()),
       created_ms_(RealClock().NowUnixMs()),
@@ -85,11 +88,11 @@ Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::sock
       writer_(&wbuf_, 2),
       parser_(resp::ParserLimits{.bulk_bytes_max = server.config().proto_max_bulk_len}) {
   asio::error_code ec;
-  auto remote = socket_.remote_endpoint(ec);
+  auto remote = stream_.socket().remote_endpoint(ec);
   if (!ec) addr_ = Endpoint(remote);
-  auto local = socket_.local_endpoint(ec);
+  auto local = stream_.socket().local_endpoint(ec);
   if (!ec) laddr_ = Endpoint(local);
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  stream_.socket().set_option(asio::ip::tcp::no_delay(true), ec);
   server_.worker_state(worker_.index()).connections.push_back(this);
   server_.stats().connected_clients.fetch_add(1, std::memory_order_relaxed);
   server_.stats().client_buffer_bytes.fetch_add(static_cast<int64_t>(rbuf_.size()),
@@ -105,9 +108,7 @@ Connection::~Connection() {
 
 void Connection::Kill() {
   killed_ = true;
-  asio::error_code ec;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-  socket_.close(ec);
+  stream_.Close();
 }
 
 void Connection::GrowReadBuffer(size_t wanted) {
@@ -121,11 +122,25 @@ void Connection::GrowReadBuffer(size_t wanted) {
 asio::awaitable<void> Connection::Run() {
   auto self = shared_from_this();
   auto& stats = server_.stats();
+  if (stream_.tls()) {
+    // A client that never finishes its handshake (or speaks plain text to
+    // the TLS port) holds its connection for at most this long.
+    asio::error_code hec;
+    {
+      node::Deadline deadline(stream_.socket(), kTlsHandshakeMax, node::Deadline::kClose);
+      hec = co_await stream_.Handshake(/*accepting=*/true, server_.tls_verify_clients());
+    }
+    if (hec) {
+      server_.NoteTlsRefusal(addr_, hec.message());
+      stream_.Close();
+      co_return;
+    }
+  }
   try {
     while (!killed_) {
       if (rlen_ == rbuf_.size()) GrowReadBuffer(rbuf_.size() * 2);
-      size_t n = co_await socket_.async_read_some(
-          asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_), asio::use_awaitable);
+      auto [rec, n] = co_await stream_.ReadSome(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_));
+      if (rec) break;
       rlen_ += n;
       stats.net_input_bytes.fetch_add(n, std::memory_order_relaxed);
       last_active_ms_ = RealClock().NowUnixMs();
@@ -224,8 +239,7 @@ asio::awaitable<void> Connection::Run() {
   } catch (const std::exception&) {
     // The peer went away or the socket failed: nothing to answer.
   }
-  asio::error_code ec;
-  socket_.close(ec);
+  stream_.Close();
 }
 
 asio::awaitable<bool> Connection::FlushReplies() {
@@ -233,7 +247,13 @@ asio::awaitable<bool> Connection::FlushReplies() {
   // Writes are durable before they are applied (a majority of their
   // shard's replicas has the log entry on disk), so a reply needs no wait.
   if (killed_) co_return false;
-  co_await asio::async_write(socket_, asio::buffer(wbuf_), asio::use_awaitable);
+  auto [wec, written] = co_await stream_.Write(asio::buffer(wbuf_));
+  (void)written;
+  if (wec) {
+    killed_ = true;  // the client is gone: Run() ends
+    stream_.Close();
+    co_return false;
+  }
   server_.stats().net_output_bytes.fetch_add(wbuf_.size(), std::memory_order_relaxed);
   wbuf_.clear();
   if (wbuf_.capacity() > kWriteBufferKeepBytes) wbuf_.shrink_to_fit();
@@ -622,31 +642,33 @@ constexpr auto kBlockedCheckEvery = std::chrono::milliseconds(100);
 }  // namespace
 
 void Connection::WatchClient(std::shared_ptr<ClientWatch> watch) {
-  socket_.async_wait(asio::socket_base::wait_read, [this, self = shared_from_this(), watch](asio::error_code ec) {
+  stream_.socket().async_wait(asio::socket_base::wait_read, [this, self = shared_from_this(), watch](asio::error_code ec) {
     if (!watch->watching) return;
     auto gone = [&] {
       watch->watching = false;
       watch->gone();
     };
-    asio::error_code rec;
-    const size_t avail = ec ? 0 : socket_.available(rec);
-    if (ec || rec || avail == 0) return gone();  // readable with nothing to read: the client closed
+    if (ec) return gone();
     // The client's next requests: into the read buffer's free room (it
     // cannot grow while the waiting command's arguments point into it),
     // then aside until the command ends, as far as the query buffer limit.
+    // Readable with nothing to read: the client closed (for TLS, a record
+    // only partly here reads as nothing yet, without an error).
+    asio::error_code rec;
     const size_t room = rbuf_.size() - rlen_;
     size_t n = 0;
     if (room > 0) {
-      n = socket_.read_some(asio::buffer(rbuf_.data() + rlen_, std::min(room, avail)), rec);
+      n = stream_.ReadNow(asio::buffer(rbuf_.data() + rlen_, room), rec);
       rlen_ += n;
     } else {
-      if (static_cast<int64_t>(rlen_ + aside_.size() + avail) > server_.config().client_query_buffer_limit) {
+      constexpr size_t kAsideStep = 16 * 1024;
+      if (static_cast<int64_t>(rlen_ + aside_.size() + kAsideStep) > server_.config().client_query_buffer_limit) {
         close_after_reply_ = true;
         return gone();
       }
       const size_t had = aside_.size();
-      aside_.resize(had + avail);
-      n = socket_.read_some(asio::buffer(aside_.data() + had, avail), rec);
+      aside_.resize(had + kAsideStep);
+      n = stream_.ReadNow(asio::buffer(aside_.data() + had, kAsideStep), rec);
       aside_.resize(had + n);
     }
     if (rec) return gone();
@@ -664,7 +686,7 @@ Connection::WatchGuard::~WatchGuard() {
   if (w->watching) {
     w->watching = false;
     asio::error_code ignored;
-    c->socket_.cancel(ignored);  // the pending wait (nothing else is pending meanwhile)
+    c->stream_.socket().cancel(ignored);  // the pending wait (nothing else is pending meanwhile)
   }
   // What was read aside joins the read buffer (the command is over: nothing
   // points into the buffer any more).
@@ -1008,7 +1030,7 @@ std::string Connection::InfoLine() const {
   std::string line;
   line += "id=" + std::to_string(id_);
   line += " addr=" + addr_ + " laddr=" + laddr_;
-  line += " fd=" + std::to_string(const_cast<asio::ip::tcp::socket&>(socket_).native_handle());
+  line += " fd=" + std::to_string(const_cast<node::Stream&>(stream_).socket().native_handle());
   line += " name=" + name_;
   line += " age=" + std::to_string((now - created_ms_) / 1000);
   line += " idle=" + std::to_string((now - last_active_ms_) / 1000);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "node/stream.h"
 #include "resp/parser.h"
 #include "resp/writer.h"
 #include "server/server.h"
@@ -21,7 +22,10 @@ namespace shoal::server {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket);
+  // `tls`: the TLS port's context (the handshake is the connection's first
+  // step); null on the plain port.
+  Connection(Server& server, node::Worker& worker, asio::ip::tcp::socket socket,
+             std::shared_ptr<node::TlsContext> tls = nullptr);
   ~Connection();
 
   asio::awaitable<void> Run();
@@ -43,6 +47,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void set_name(std::string n) { name_ = std::move(n); }
   void set_lib_name(std::string n) { lib_name_ = std::move(n); }
   void set_lib_ver(std::string v) { lib_ver_ = std::move(v); }
+  // Whether the client speaks TLS, and showed a certificate the CA signed.
+  bool tls() const { return stream_.tls(); }
+  bool peer_certified() const { return stream_.peer_certified(); }
   const std::string& addr() const { return addr_; }
   const std::string& laddr() const { return laddr_; }
   // Closes the connection after the current reply is written.
@@ -172,7 +179,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   Server& server_;
   node::Worker& worker_;
-  asio::ip::tcp::socket socket_;
+  node::Stream stream_;
   uint64_t id_;
   uint16_t db_ = 0;
   int protocol_ = 2;

@@ -44,8 +44,9 @@ void AppendCommand(std::string* out, kv::Args args) {
 }  // namespace
 
 struct Forwarder::Link {
-  explicit Link(asio::io_context& io) : socket(io) {}
-  asio::ip::tcp::socket socket;
+  Link(asio::io_context& io, std::shared_ptr<node::TlsContext> tls) : stream(asio::ip::tcp::socket(io), std::move(tls)) {}
+  node::Stream stream;  // TLS with tls-cluster
+  asio::ip::tcp::socket& socket = stream.socket();
   uint16_t db = 0;
   int protocol = 2;
   std::string buf;
@@ -81,7 +82,8 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     link = std::move(pool.back());
     pool.pop_back();
   } else {
-    link = std::make_unique<Link>(server_.runtime().worker(w).io());
+    link = std::make_unique<Link>(server_.runtime().worker(w).io(),
+                                  server_.config().tls_cluster ? server_.tls() : nullptr);
     asio::error_code ec;
     auto addr = asio::ip::make_address(host, ec);
     if (ec) co_return "-ERR bad node address " + host + "\r\n";
@@ -108,6 +110,14 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
                                                           as_tuple(asio::use_awaitable));
     }
     if (cec) co_return "-TRYAGAIN cannot reach " + host + ":" + std::to_string(port) + "\r\n";
+    {
+      node::Deadline deadline(link->socket, kConnectMax);
+      const asio::error_code hec = co_await link->stream.Handshake(/*accepting=*/false);
+      if (hec) {
+        co_return "-TRYAGAIN TLS handshake with " + host + ":" + std::to_string(port) + " failed: " + hec.message() +
+            "\r\n";
+      }
+    }
     link->socket.set_option(asio::ip::tcp::no_delay(true), ec);
     std::string_view hello[] = {"SHOAL.ROUTED"};
     AppendCommand(&req, hello);
@@ -152,8 +162,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     blocking->link = &link->socket;
   }
   const std::string failed = "-TRYAGAIN connection to " + host + " failed\r\n";
-  auto [wec, wn] = co_await asio::async_write(link->socket, asio::buffer(setup.empty() ? req : setup),
-                                              as_tuple(asio::use_awaitable));
+  auto [wec, wn] = co_await link->stream.Write(asio::buffer(setup.empty() ? req : setup));
   (void)wn;
   if (wec) co_return failed;
   *sent = setup.empty();
@@ -172,7 +181,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
         if (skip_replies == 0) {
           link->buf.erase(0, pos);
           pos = 0;
-          auto [rwec, rwn] = co_await asio::async_write(link->socket, asio::buffer(req), as_tuple(asio::use_awaitable));
+          auto [rwec, rwn] = co_await link->stream.Write(asio::buffer(req));
           (void)rwn;
           if (rwec) co_return failed;
           *sent = true;
@@ -190,7 +199,7 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
                     " did not answer in time; the request's outcome is unknown\r\n"
               : "-TRYAGAIN " + host + ":" + std::to_string(port) + " did not answer in time\r\n";
     if (deadline.expired()) co_return late;  // -ERR, not TRYAGAIN, once sent: a retry could run it twice
-    auto [rec, rn] = co_await link->socket.async_read_some(asio::buffer(chunk), as_tuple(asio::use_awaitable));
+    auto [rec, rn] = co_await link->stream.ReadSome(asio::buffer(chunk));
     if (rec && deadline.expired()) co_return late;
     if (rec) {
       co_return *sent ? "-ERR connection to " + host + " lost; the request's outcome is unknown\r\n" : failed;

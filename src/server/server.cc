@@ -34,8 +34,8 @@ std::string RandomRunId() {
   return id;
 }
 
-asio::awaitable<void> AcceptLoop(Server& server, node::Worker& worker,
-                                 asio::ip::tcp::acceptor& acceptor) {
+asio::awaitable<void> AcceptLoop(Server& server, node::Worker& worker, asio::ip::tcp::acceptor& acceptor,
+                                 std::shared_ptr<node::TlsContext> tls) {
   Stats& stats = server.stats();
   asio::steady_timer backoff(worker.io());
   for (;;) {
@@ -53,10 +53,10 @@ asio::awaitable<void> AcceptLoop(Server& server, node::Worker& worker,
       stats.connections_rejected.fetch_add(1, std::memory_order_relaxed);
       static const std::string kFull = "-ERR max number of clients reached\r\n";
       asio::error_code wec;
-      asio::write(socket, asio::buffer(kFull), wec);
+      if (!tls) asio::write(socket, asio::buffer(kFull), wec);  // (a TLS client cannot read it yet)
       continue;
     }
-    auto conn = std::make_shared<Connection>(server, worker, std::move(socket));
+    auto conn = std::make_shared<Connection>(server, worker, std::move(socket), tls);
     asio::co_spawn(worker.io(), conn->Run(), asio::detached);
   }
 }
@@ -120,6 +120,7 @@ Status Server::Start() {
   to.bind_host = config().bind;
   to.peer_port = static_cast<uint16_t>(config().effective_peer_port());
   to.secret = config().cluster_secret;
+  if (config().tls_cluster) to.tls = tls_;
   transport_ = std::make_unique<node::Transport>(
       to,
       [this](uint64_t group, raft::Message m) {
@@ -155,7 +156,8 @@ Status Server::Start() {
       [this](raft::NodeId from, node::SnapshotChunk c) { snapshots_->OnChunk(from, std::move(c)); });
   cluster::ClusterOptions co;
   co.host = config().bind;
-  co.port = static_cast<uint16_t>(bound_port_);
+  co.port = static_cast<uint16_t>(announced_port());
+  if (config().tls_cluster) co.tls = tls_;
   co.join = config().join;
   co.secret = config().cluster_secret;
   co.shards = config().shards;
@@ -191,17 +193,58 @@ Status Server::Start() {
   snapshots_->Start();
   cluster_->Start();
   for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
-  spdlog::info("shoal {} node {} listening on {}:{} (peers {}) with {} workers, dir {}, durability {}",
+  spdlog::info("shoal {} node {} listening on {}:{}{} (peers {}{}) with {} workers, dir {}, durability {}",
                SHOAL_VERSION, cluster::NodeName(cluster_->node_id()).substr(0, 16), config().bind,
-               bound_port_, transport_->port(), workers, config().dir, DurabilityName(config().durability));
+               config().plain_port_off() ? std::string("(no plain-text port)") : std::to_string(bound_port_),
+               bound_tls_port_ != 0 ? " and TLS " + std::to_string(bound_tls_port_) : std::string(),
+               transport_->port(), config().tls_cluster ? ", TLS" : "", workers, config().dir,
+               DurabilityName(config().durability));
   return Status::Ok();
 }
 
 Status Server::Listen() {
+  if (config().tls_enabled()) {
+    auto tls = node::MakeTlsContext({.cert_file = config().tls_cert_file,
+                                     .key_file = config().tls_key_file,
+                                     .ca_cert_file = config().tls_ca_cert_file,
+                                     .ca_cert_dir = config().tls_ca_cert_dir});
+    if (!tls.ok()) return tls.status();
+    tls_ = std::move(tls).value();
+  }
+  if (!config().plain_port_off()) {
+    auto plain = ListenOn(config().port, nullptr);
+    if (!plain.ok()) return plain.status();
+    bound_port_ = *plain;
+  }
+  if (config().tls_port != 0) {
+    auto tls_port = ListenOn(config().tls_port, tls_);
+    if (!tls_port.ok()) return tls_port.status();
+    bound_tls_port_ = *tls_port;
+  }
+  return Status::Ok();
+}
+
+node::Verify Server::tls_verify_clients() const {
+  const std::string& v = config().tls_auth_clients;
+  // With tls-cluster, nodes join through the tls-port and must be able to
+  // show their certificate there, whatever clients are asked for.
+  if (v == "no") return config().tls_cluster ? node::Verify::kOptional : node::Verify::kNone;
+  return v == "optional" ? node::Verify::kOptional : node::Verify::kRequire;
+}
+
+void Server::NoteTlsRefusal(const std::string& addr, const std::string& why) {
+  const int64_t now = RealClock().NowMonoUs() / 1000;
+  int64_t last = tls_refusal_logged_ms_.load(std::memory_order_relaxed);
+  if (now - last < 1000 || !tls_refusal_logged_ms_.compare_exchange_strong(last, now)) return;
+  spdlog::warn("TLS client {} refused: {} (a plain-text client on the TLS port, or a certificate that does "
+               "not verify)", addr, why);
+}
+
+Result<int> Server::ListenOn(int port, std::shared_ptr<node::TlsContext> tls) {
   asio::error_code ec;
   auto address = asio::ip::make_address(config().bind, ec);
   if (ec) return Status::InvalidArgument("bad bind address '" + config().bind + "'");
-  int port = config().port;
+  const size_t first = acceptors_.size();
   for (int i = 0; i < runtime_->size(); ++i) {
     auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(runtime_->worker(i).io());
     asio::ip::tcp::endpoint ep(address, static_cast<uint16_t>(port));
@@ -223,13 +266,12 @@ Status Server::Listen() {
     port = acceptor->local_endpoint().port();
     acceptors_.push_back(std::move(acceptor));
   }
-  bound_port_ = port;
   for (int i = 0; i < runtime_->size(); ++i) {
     asio::co_spawn(runtime_->worker(i).io(),
-                   AcceptLoop(*this, runtime_->worker(i), *acceptors_[static_cast<size_t>(i)]),
+                   AcceptLoop(*this, runtime_->worker(i), *acceptors_[first + static_cast<size_t>(i)], tls),
                    asio::detached);
   }
-  return Status::Ok();
+  return port;
 }
 
 void Server::StartActiveExpiry(int w) {

@@ -18,6 +18,7 @@
 #include "node/groups.h"
 #include "node/runtime.h"
 #include "node/snapshot_streams.h"
+#include "node/stream.h"
 #include "node/transport.h"
 #include "server/blocking.h"
 #include "server/command_table.h"
@@ -95,11 +96,21 @@ class Server {
   // Limits for preparing writes (from the settings in force).
   const kv::Limits& limits() const { return current_.load(std::memory_order_acquire)->limits; }
   uint64_t NextClientId() { return next_client_id_.fetch_add(1) + 1; }
+  // TLS: the context of the tls-port and of links between nodes (null
+  // without TLS), whether clients must show a certificate, and a client's
+  // failed handshake (logged at most once a second).
+  const std::shared_ptr<node::TlsContext>& tls() const { return tls_; }
+  node::Verify tls_verify_clients() const;
+  void NoteTlsRefusal(const std::string& addr, const std::string& why);
+  // The port announced to clients and peers (the tls-port with tls-cluster).
+  int announced_port() const { return config().tls_cluster ? bound_tls_port_ : bound_port_; }
   int64_t start_time_ms() const { return start_time_ms_; }
   std::string run_id() const { return run_id_; }
 
  private:
   Status Listen();
+  // One acceptor per worker on `port` (SO_REUSEPORT); returns the port bound.
+  Result<int> ListenOn(int port, std::shared_ptr<node::TlsContext> tls);
   // Publishes `next` as the settings in force (settings_mu_ held).
   void PublishLocked(Config next);
   void StartActiveExpiry(int worker);
@@ -121,6 +132,9 @@ class Server {
   std::vector<WorkerState> worker_states_;
   std::atomic<uint64_t> next_client_id_{0};
   int bound_port_ = 0;
+  int bound_tls_port_ = 0;
+  std::shared_ptr<node::TlsContext> tls_;
+  std::atomic<int64_t> tls_refusal_logged_ms_{0};
   int64_t start_time_ms_ = 0;
   std::string run_id_;
   bool stopped_ = false;

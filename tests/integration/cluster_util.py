@@ -340,12 +340,13 @@ class ClusterNode(ServerProcess):
 
     def __init__(self, cluster: "Cluster", index: int, join: Optional[str]):
         ip = node_ip(index)
-        port, peer_port = free_ports_on(ip, 2)
+        port, peer_port, tls_port = free_ports_on(ip, 3)
         super().__init__(f"node{index}", ClusterNode._make_argv, port,
                          cluster.tmp / f"node{index}", cluster.tmp / f"node{index}.log")
         self.host = ip
         self.index = index
         self.peer_port = peer_port
+        self.tls_port = tls_port if cluster.tls else None  # with tls-cluster: the announced port
         self.join = join
         self.cluster = cluster
         self.paused = False
@@ -364,6 +365,9 @@ class ClusterNode(ServerProcess):
             argv += ["--shards", str(c.shards)]
         if c.replicas is not None:
             argv += ["--replicas", str(c.replicas)]
+        if c.tls:
+            argv += ["--tls-port", str(node.tls_port), "--tls-cert-file", c.tls["cert"],
+                     "--tls-key-file", c.tls["key"], "--tls-ca-cert-file", c.tls["ca"], "--tls-cluster", "yes"]
         return argv + list(c.extra_args)
 
     @property
@@ -384,6 +388,11 @@ class ClusterNode(ServerProcess):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def join_address(self) -> str:
+        """Where other nodes join through: the TLS port in a tls-cluster."""
+        return f"{self.host}:{self.tls_port}" if self.tls_port else self.address
 
     def info(self) -> Dict[str, object]:
         return {"index": self.index, "addr": self.host, "port": self.port,
@@ -464,7 +473,8 @@ class Cluster:
 
     def __init__(self, tmp: Path, n: int = 3, durability: str = "fsync",
                  shards: Optional[int] = None, replicas: Optional[int] = None,
-                 workers: Optional[int] = None, extra_args: Sequence[str] = ()):
+                 workers: Optional[int] = None, extra_args: Sequence[str] = (),
+                 tls: Optional[Dict[str, str]] = None):
         if not SHOAL_BIN:
             pytest.skip(SKIP_NO_SHOAL)
         if not (os.path.isfile(SHOAL_BIN) and os.access(SHOAL_BIN, os.X_OK)):
@@ -479,6 +489,8 @@ class Cluster:
         self.replicas = replicas
         self.workers = workers if workers is not None else CLUSTER_WORKERS
         self.extra_args = list(extra_args)
+        # {"cert", "key", "ca"}: PEM files; every node runs tls-cluster with them.
+        self.tls = tls
         self.nodes: List[ClusterNode] = []
         self.rules: List[List[str]] = []
         self._partitioned_once = False
@@ -493,7 +505,7 @@ class Cluster:
     # -- membership ----------------------------------------------------------
     def _new_node(self, via: int = 0) -> ClusterNode:
         i = len(self.nodes)
-        join = None if i == 0 else self.nodes[via].address
+        join = None if i == 0 else self.nodes[via].join_address
         node = ClusterNode(self, i, join)
         self.nodes.append(node)
         return node
