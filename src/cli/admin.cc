@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -30,7 +32,33 @@ struct Reply {
 class Conn {
  public:
   ~Conn() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
     if (fd_ >= 0) close(fd_);
+  }
+  // TLS over the open connection: the node's certificate must verify
+  // against `cacert`; `cert`/`key` are shown if given.
+  bool StartTls(const AdminOptions& o, std::string* err) {
+    auto fail = [&](const std::string& what) {
+      unsigned long e = ERR_get_error();
+      *err = what + (e != 0 && ERR_reason_error_string(e) != nullptr ? std::string(": ") + ERR_reason_error_string(e)
+                                                                       : std::string());
+      return false;
+    };
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (ctx_ == nullptr) return fail("TLS unavailable");
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    if (o.cacert.empty()) return fail("--tls needs --cacert (the CA that signed the node's certificate)");
+    if (SSL_CTX_load_verify_locations(ctx_, o.cacert.c_str(), nullptr) != 1) return fail("--cacert " + o.cacert);
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    if (!o.cert.empty() && SSL_CTX_use_certificate_chain_file(ctx_, o.cert.c_str()) != 1) return fail("--cert " + o.cert);
+    if (!o.key.empty() && SSL_CTX_use_PrivateKey_file(ctx_, o.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return fail("--key " + o.key);
+    }
+    ssl_ = SSL_new(ctx_);
+    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd_) != 1) return fail("TLS unavailable");
+    if (SSL_connect(ssl_) != 1) return fail("TLS handshake failed");
+    return true;
   }
   bool Open(const std::string& host, int port, std::string* err) {
     addrinfo hints{};
@@ -62,7 +90,8 @@ class Conn {
     std::string req = "*" + std::to_string(args.size()) + "\r\n";
     for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
     for (size_t off = 0; off < req.size();) {
-      ssize_t n = write(fd_, req.data() + off, req.size() - off);
+      ssize_t n = ssl_ != nullptr ? SSL_write(ssl_, req.data() + off, static_cast<int>(req.size() - off))
+                                  : write(fd_, req.data() + off, req.size() - off);
       if (n <= 0) {
         *err = "connection lost while sending";
         return std::nullopt;
@@ -73,9 +102,12 @@ class Conn {
     size_t len = resp::kReplyIncomplete;
     while ((len = resp::ScanReply(in.data(), in.size())) == resp::kReplyIncomplete) {
       char buf[16384];
-      ssize_t n = read(fd_, buf, sizeof(buf));
+      ssize_t n = ssl_ != nullptr ? SSL_read(ssl_, buf, sizeof(buf)) : read(fd_, buf, sizeof(buf));
       if (n <= 0 || in.size() > kReplyBytesMax) {
         *err = n == 0 ? "connection closed" : "no answer in time";
+        if (ssl_ != nullptr && n <= 0) {
+          *err = "the node closed the TLS connection (does it want this tool's certificate: --cert, --key?)";
+        }
         return std::nullopt;
       }
       in.append(buf, static_cast<size_t>(n));
@@ -120,6 +152,8 @@ class Conn {
     return r;
   }
   int fd_ = -1;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
 };
 
 std::vector<std::string> Words(const std::string& line) {
@@ -204,7 +238,7 @@ class Progress {
 int RunAdmin(const AdminOptions& opts) {
   Conn conn;
   std::string err;
-  if (!conn.Open(opts.host, opts.port, &err)) {
+  if (!conn.Open(opts.host, opts.port, &err) || (opts.tls && !conn.StartTls(opts, &err))) {
     std::cerr << "shoal admin: " << err << "\n";
     return 2;
   }
@@ -214,7 +248,7 @@ int RunAdmin(const AdminOptions& opts) {
     return r;
   };
   if (!opts.password.empty()) {
-    auto r = call({"AUTH", opts.password});
+    auto r = opts.user.empty() ? call({"AUTH", opts.password}) : call({"AUTH", opts.user, opts.password});
     if (!r || r->type == '-') {
       std::cerr << "shoal admin: AUTH failed" << (r ? ": " + r->text : "") << "\n";
       return 2;

@@ -12,6 +12,11 @@ struct AdminOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
   std::string password;
+  std::string user;               // ACL user to AUTH as (default: the default user)
+  // TLS (the node's tls-port): the CA that signed the node's certificate,
+  // and this tool's certificate and key when the node asks for one.
+  bool tls = false;
+  std::string cacert, cert, key;
   std::string verb;               // status, plan, drain, remove, move, transfer, recover, balance, watch
   std::vector<std::string> args;  // the verb's arguments
   bool wait = true;               // drain/watch: follow the moves until they finish

@@ -185,6 +185,11 @@ int main(int argc, char** argv) {
   admin_cmd->add_option("--host", admin.host, "Any node's address (default 127.0.0.1)");
   admin_cmd->add_option("--port", admin.port, "Its client port (default 6379)");
   admin_cmd->add_option("--password", admin.password, "AUTH password, if the cluster has one");
+  admin_cmd->add_option("--user", admin.user, "ACL user to AUTH as, with --password (default: the default user)");
+  admin_cmd->add_flag("--tls", admin.tls, "Talk TLS to the node (its tls-port)");
+  admin_cmd->add_option("--cacert", admin.cacert, "With --tls: the CA certificate that signed the node's");
+  admin_cmd->add_option("--cert", admin.cert, "With --tls: this tool's certificate, if the node asks for one");
+  admin_cmd->add_option("--key", admin.key, "With --tls: the key of --cert");
   admin_cmd->require_subcommand(1);
   auto verb = [&](const char* name, const char* help) {
     CLI::App* v = admin_cmd->add_subcommand(name, help);

@@ -215,6 +215,29 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
       cmd.set_set_balance_off(Lower(args[1]) == "off");
       return propose(cmd, "balance " + Lower(args[1]));
     }
+    // ACL users (server/acl.h; ACL SETUSER and DELUSER check the rules and
+    // hash passwords before they come here, never SHOAL.ADMIN).
+    if (sub == "acl-setuser" && args.size() >= 2) {
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.mutable_acl_set_user()->set_name(args[1]);
+      for (size_t i = 2; i < args.size(); ++i) cmd.mutable_acl_set_user()->add_rules(args[i]);
+      return propose(cmd, "OK");
+    }
+    if (sub == "acl-deluser" && args.size() == 2) {
+      bool known = false;
+      for (const auto& u : m->acl_users()) known |= u.name() == args[1];
+      if (!known) {
+        AdminReply none;
+        none.kind = AdminReply::Kind::kLines;
+        none.lines = {"0"};
+        return done(std::move(none));
+      }
+      proto::MetaCommand cmd;
+      cmd.set_version(1);
+      cmd.set_acl_del_user(args[1]);
+      return propose(cmd, "1");
+    }
     if ((sub == "drain" || sub == "remove") && args.size() == 2) return checked(&Cluster::AdminNodeState);
     if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) return checked(&Cluster::AdminPlace);
     if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") return checked(&Cluster::AdminRecover);

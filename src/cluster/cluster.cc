@@ -233,6 +233,7 @@ Status Cluster::Open() {
   }
   transport_->set_cluster_id(cluster_id());
   RebuildRouting(meta());
+  if (opts_.on_meta && meta()) opts_.on_meta(*meta());
   return Status::Ok();
 }
 
@@ -583,6 +584,7 @@ void Cluster::OnTick(int worker) {
       transport_->SetAddress(n.id(), n.host(), static_cast<uint16_t>(n.peer_port()));
     }
     RebuildRouting(m);
+    if (opts_.on_meta) opts_.on_meta(*m);
   }
   if (sync_due) SyncLocalReplicas(worker, now);
   // A snapshot may have shrunk a local replica's range (it split elsewhere).

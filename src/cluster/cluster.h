@@ -68,6 +68,9 @@ struct ClusterOptions {
   // (operations per second); 0: never (SHOAL.ADMIN SPLIT still splits).
   uint64_t split_bytes = 512ULL << 20;
   uint64_t split_ops_per_sec = 0;
+  // Called on worker 0 with every new metadata this node applies (and the
+  // metadata it starts with): the ACL users live there.
+  std::function<void(const proto::MetaState&)> on_meta;
 };
 
 // What the membership of a group is, as its leader gossips it.

@@ -96,6 +96,43 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       }
       return false;
     }
+    case proto::MetaCommand::kAclSetUser: {
+      const auto& u = cmd.acl_set_user();
+      if (u.name().empty()) return false;
+      for (const auto& rule : u.rules()) {
+        if (rule.starts_with(">") || rule.starts_with("<")) return false;  // passwords travel hashed only
+      }
+      proto::AclUser* user = nullptr;
+      for (auto& existing : *state->mutable_acl_users()) {
+        if (existing.name() == u.name()) user = &existing;
+      }
+      state->set_epoch(state->epoch() + 1);
+      if (user == nullptr) {
+        user = state->add_acl_users();
+        user->set_name(u.name());
+        user->set_created(state->epoch());
+      }
+      for (const auto& rule : u.rules()) {
+        // What came before a reset no longer counts (ACL SETUSER sends the
+        // whole user after one, so the list stays short).
+        if (rule.size() == 5 && (rule[0] | 0x20) == 'r' && (rule[1] | 0x20) == 'e' && (rule[2] | 0x20) == 's' &&
+            (rule[3] | 0x20) == 'e' && (rule[4] | 0x20) == 't') {
+          user->clear_rules();
+        }
+        user->add_rules(rule);
+      }
+      return true;
+    }
+    case proto::MetaCommand::kAclDelUser: {
+      auto* users = state->mutable_acl_users();
+      for (int i = 0; i < users->size(); ++i) {
+        if (users->Get(i).name() != cmd.acl_del_user()) continue;
+        users->DeleteSubrange(i, 1);
+        state->set_epoch(state->epoch() + 1);
+        return true;
+      }
+      return false;
+    }
     case proto::MetaCommand::kSetBalanceOff:
       state->set_balance_off(cmd.set_balance_off());
       state->set_epoch(state->epoch() + 1);

@@ -140,4 +140,13 @@ bool FromHex(std::string_view hex, std::string* out) {
   return true;
 }
 
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr) != 1) {
+    throw std::runtime_error("SHA-256 failed");
+  }
+  return ToHex(std::string_view(reinterpret_cast<const char*>(digest), len));
+}
+
 }  // namespace shoal

@@ -54,6 +54,9 @@ Result<std::string> ReadSecretFile(const std::string& path, std::string* warning
 // Checks a secret given inline (at least 16 bytes).
 Status CheckSecret(std::string_view secret);
 
+// SHA-256 of `data` as 64 lower-case hex digits (ACL passwords are kept so).
+std::string Sha256Hex(std::string_view data);
+
 std::string ToHex(std::string_view bytes);
 // Decodes lower- or upper-case hex; false on anything else.
 bool FromHex(std::string_view hex, std::string* out);

@@ -42,16 +42,16 @@ void Select(Connection& c, Args args, resp::Writer* r) {
   r->Simple("OK");
 }
 
-// Checks user/password against requirepass (only the "default" user exists).
+// Checks user/password against the ACL users (the default user's password
+// is requirepass unless ACL SETUSER default changed it).
 bool CheckPassword(Connection& c, std::string_view user, std::string_view pass) {
-  const std::string& want = c.server().config().requirepass;
-  if (user != "default") return false;
-  return want.empty() || ConstantTimeEquals(pass, want);
+  auto u = c.server().users().Find(std::string(user));
+  return u != nullptr && acl::PasswordMatches(*u, pass);
 }
 
 void Auth(Connection& c, Args args, resp::Writer* r) {
   if (args.size() > 3) return r->Error("ERR syntax error");
-  if (args.size() == 2 && c.server().config().requirepass.empty()) {
+  if (args.size() == 2 && c.server().users().DefaultOpen()) {
     return r->Error(
         "ERR AUTH <password> called without any password configured for the default user. "
         "Are you sure your configuration is correct?");
@@ -61,7 +61,7 @@ void Auth(Connection& c, Args args, resp::Writer* r) {
   if (!CheckPassword(c, user, pass)) {
     return r->Error("WRONGPASS invalid username-password pair or user is disabled.");
   }
-  c.set_authenticated(true);
+  c.LogIn(std::string(user), std::string(pass));
   r->Simple("OK");
 }
 
@@ -101,7 +101,7 @@ void Hello(Connection& c, Args args, resp::Writer* r) {
     if (!CheckPassword(c, user, pass)) {
       return r->Error("WRONGPASS invalid username-password pair or user is disabled.");
     }
-    c.set_authenticated(true);
+    c.LogIn(std::string(user), std::string(pass));
   }
   if (!c.authenticated()) {
     return r->Error(
@@ -363,6 +363,14 @@ Status SetParam(Server& server, std::string_view name, std::string_view value) {
   });
 }
 
+Status SetParamAndUsers(Server& server, std::string_view name, std::string_view value) {
+  Status s = SetParam(server, name, value);
+  // The default user follows requirepass once it is in force (never before:
+  // the users are rebuilt on worker 0 from the settings in force).
+  if (s.ok() && name == "requirepass") server.users().SetRequirepass(server.config().requirepass, server.commands());
+  return s;
+}
+
 void ConfigCmd(Connection& c, Args args, resp::Writer* r) {
   std::string sub = ToLower(args[1]);
   Server& server = c.server();
@@ -396,7 +404,7 @@ void ConfigCmd(Connection& c, Args args, resp::Writer* r) {
         return r->Error("ERR Unknown option or number of arguments for CONFIG SET - '" +
                         std::string(args[i]) + "'");
       }
-      Status s = SetParam(server, name, args[i + 1]);
+      Status s = SetParamAndUsers(server, name, args[i + 1]);
       if (!s.ok()) {
         return r->Error("ERR CONFIG SET failed (possibly related to argument '" + name +
                         "') - " + s.message());

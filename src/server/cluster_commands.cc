@@ -333,6 +333,10 @@ asio::awaitable<void> Join(Connection& c, Args args) {
 // SHOAL.ADMIN STATUS | PLAN | DRAIN node | REMOVE node | BALANCE on|off:
 // answered by the meta leader; any other node relays it there.
 asio::awaitable<void> Admin(Connection& c, Args args) {
+  if (EqualsIgnoreCase(args[1], "acl-setuser") || EqualsIgnoreCase(args[1], "acl-deluser")) {
+    c.writer().Error("ERR use ACL SETUSER and ACL DELUSER");  // (they check the rules first)
+    co_return;
+  }
   std::vector<std::string> sub;
   for (size_t i = 1; i < args.size(); ++i) sub.emplace_back(args[i]);
   auto& cl = c.server().cluster();
@@ -356,7 +360,8 @@ asio::awaitable<void> Admin(Connection& c, Args args) {
         break;
       }
       bool sent = false;
-      std::string raw = co_await c.server().forwarder().ToNode(c.worker().index(), reply.host, reply.port, {}, args, &sent);
+      std::string raw =
+          co_await c.server().forwarder().ToNode(c.worker().index(), reply.host, reply.port, c.session(), args, &sent);
       c.writer().Raw(raw);
       break;
     }

@@ -9,6 +9,7 @@ CommandTable::CommandTable() {
   AppendServerCommands(&commands_);
   AppendClusterCommands(&commands_);
   AppendTransactionCommands(&commands_);
+  AppendAclCommands(&commands_);
   for (size_t i = 0; i < commands_.size(); ++i) {
     SHOAL_CHECK(by_name_.emplace(std::string(commands_[i].spec.name), i).second);
   }

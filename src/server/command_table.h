@@ -51,5 +51,7 @@ void AppendServerCommands(std::vector<Command>* out);
 void AppendClusterCommands(std::vector<Command>* out);
 // MULTI EXEC DISCARD SHOAL.EXEC (transactions.cc).
 void AppendTransactionCommands(std::vector<Command>* out);
+// ACL (acl_commands.cc).
+void AppendAclCommands(std::vector<Command>* out);
 
 }  // namespace shoal::server

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "common/clock.h"
+#include "common/secret.h"
 #include "resp/reply_scan.h"
 #include "kv/transaction.h"
 #include "node/deadline.h"
@@ -37,6 +38,8 @@ constexpr int64_t kRefusedRetryUs = 2'000'000;
 constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);  // doubled after each try
 constexpr auto kRefusedRetryPauseMax = std::chrono::milliseconds(100);
 constexpr auto kTlsHandshakeMax = std::chrono::seconds(10);
+constexpr std::string_view kNoKeyPermission =
+    "NOPERM this user has no permissions to access one of the keys used as arguments";
 constexpr size_t kRawKeptMax = 64 * 1024;  // a queued write's request bytes kept for that
 
 // The slot of every key at `positions`, or nullopt if they differ.
@@ -81,7 +84,7 @@ Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::sock
       worker_(worker),
       stream_(std::move(socket), std::move(tls)),
       id_(server.NextClientId()),
-      authenticated_(server.config().requirepass.empty()),
+      authenticated_(server.users().DefaultOpen()),
       created_ms_(RealClock().NowUnixMs()),
       last_active_ms_(created_ms_),
       rbuf_(kReadBufferBytes),
@@ -277,7 +280,60 @@ std::string Connection::Refusal(const Command* cmd, kv::Args args) const {
     }
   }
   if (!authenticated_ && !(cmd->spec.flags & kv::kCmdNoAuth)) return "NOAUTH Authentication required.";
+  if (cmd->spec.flags & kv::kCmdNoAuth) return "";  // AUTH, HELLO, QUIT: whatever the user's rules
+  const acl::User* u = user();
+  if (u != nullptr && u->unrestricted()) return "";
+  static const acl::User kNobody;  // a deleted user may do nothing
+  const acl::User& rules = u != nullptr ? *u : kNobody;
+  // What other nodes send for a client (a forwarded MULTI/EXEC, WAIT,
+  // WATCH) is judged as the command the client gave.
+  const Command* as = cmd;
+  if (cmd->spec.name.starts_with("shoal.")) {
+    const std::string_view name = cmd->spec.name;
+    const Command* pub = name == "shoal.exec"          ? server_.commands().Find("exec")
+                         : name == "shoal.wait"        ? server_.commands().Find("wait")
+                         : name == "shoal.fingerprint" ? server_.commands().Find("watch")
+                                                       : nullptr;
+    if (pub != nullptr) as = pub;
+  }
+  std::string e = acl::CheckCommand(rules, *as, as == cmd ? args : kv::Args{});
+  if (!e.empty()) return e;
+  if (!rules.all_keys && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
+      !acl::KeysAllowed(rules, args, kv::KeyPositions(cmd->spec, args))) {
+    return std::string(kNoKeyPermission);
+  }
   return "";
+}
+
+bool Connection::KeysPermitted(std::span<const std::string_view> keys) const {
+  const acl::User* u = user();
+  if (u != nullptr && u->all_keys) return true;
+  static const acl::User kNobody;
+  std::vector<size_t> positions(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) positions[i] = i;
+  return acl::KeysAllowed(u != nullptr ? *u : kNobody, keys, positions);
+}
+
+const acl::User* Connection::user() const {
+  const uint64_t epoch = server_.users().epoch();
+  if (epoch != user_epoch_) {
+    user_ = server_.users().Find(user_name_);
+    // The user was deleted and made again since this connection logged in:
+    // not the same user (its clients were logged out, as in Redis).
+    if (user_ != nullptr && user_->created != user_created_) user_.reset();
+    user_epoch_ = epoch;
+  }
+  return user_.get();
+}
+
+void Connection::LogIn(std::string user, std::string password) {
+  authenticated_ = true;
+  auto u = server_.users().Find(user);
+  user_created_ = u != nullptr ? u->created : 0;
+  user_name_ = std::move(user);
+  auth_password_ = std::move(password);
+  auth_key_ = Sha256Hex(auth_password_);
+  user_epoch_ = 0;  // look the user up again
 }
 
 void Connection::QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot, std::string_view raw,
@@ -536,7 +592,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     ReplyMoved(group, slot);
     co_return;
   }
-  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, {db_, protocol_}, args);
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, session(), args);
   writer_.Raw(reply);
 }
 
@@ -698,6 +754,16 @@ Connection::WatchGuard::~WatchGuard() {
   }
 }
 
+asio::awaitable<void> Connection::AwaitLeaderKnown(uint64_t group) {
+  if (!cluster_aware_ || group == 0) co_return;  // (plain clients are told UNBLOCKED)
+  asio::steady_timer pause(worker_.io());
+  for (int i = 0; i < 100 && !killed_; ++i) {
+    if (server_.cluster().routing()->Node(server_.cluster().LeaderOf(group)) != nullptr) co_return;
+    pause.expires_after(std::chrono::milliseconds(10));
+    co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+  }
+}
+
 std::string Connection::NotLedHere(uint64_t group, uint16_t slot) {
   if (cluster_aware_) {
     std::string saved = std::move(wbuf_);
@@ -716,7 +782,7 @@ asio::awaitable<void> Connection::ForwardWaiting(uint16_t slot, kv::Args args, i
   auto watch = std::make_shared<ClientWatch>();
   watch->gone = [blocking] { blocking->Abandon(); };
   WatchGuard guard(this, watch);
-  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, {db_, protocol_}, args, blocking);
+  std::string reply = co_await server_.forwarder().ToSlotLeader(worker_.index(), slot, session(), args, blocking);
   if (blocking->abandoned) {
     close_after_reply_ = true;
     co_return;
@@ -790,6 +856,7 @@ asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args,
     replica::Replica* rr = g != 0 ? server_.groups().Find(g) : nullptr;
     if (client_gone || killed_) break;
     if (rr == nullptr || !rr->published_is_leader()) {
+      co_await AwaitLeaderKnown(g);
       reply = NotLedHere(g, slot);
       break;
     }
@@ -824,6 +891,7 @@ asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args,
       const uint64_t g2 = server_.cluster().GroupOfSlot(slot);
       replica::Replica* r2 = g2 != 0 ? server_.groups().Find(g2) : nullptr;
       if (r2 == nullptr || !r2->published_is_leader()) {
+        co_await AwaitLeaderKnown(g2);
         reply = NotLedHere(g2, slot);
         break;
       }
@@ -878,7 +946,7 @@ asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args a
     for (const auto& [id, node] : rt->nodes) {
       if (id == server_.cluster().node_id()) continue;
       bool sent = false;
-      std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, {db_, protocol_}, args, &sent);
+      std::string reply = co_await server_.forwarder().ToNode(worker_.index(), node.host, node.port, session(), args, &sent);
       if (!reply.starts_with("+") && error.empty()) error = reply;
       constexpr std::string_view kTag = "+OK flushed";
       if (reply.starts_with(kTag)) {
@@ -1039,7 +1107,7 @@ std::string Connection::InfoLine() const {
   line += " qbuf=" + std::to_string(rlen_) + " qbuf-free=" + std::to_string(rbuf_.size() - rlen_);
   line += " argv-mem=0 multi-mem=0 rbs=" + std::to_string(rbuf_.size()) + " rbp=0";
   line += " obl=0 oll=0 omem=0 tot-mem=" + std::to_string(rbuf_.size() + wbuf_.capacity());
-  line += " events=r cmd=" + last_command_ + " user=default redir=-1";
+  line += " events=r cmd=" + last_command_ + " user=" + user_name_ + " redir=-1";
   line += " resp=" + std::to_string(protocol_);
   line += " lib-name=" + lib_name_ + " lib-ver=" + lib_ver_;
   return line;
@@ -1130,6 +1198,10 @@ asio::awaitable<void> Connection::Watch(kv::Args args) {
       co_return;
     }
   }
+  if (!KeysPermitted(args.subspan(1))) {
+    writer_.Error(kNoKeyPermission);
+    co_return;
+  }
   const Command* fingerprint = server_.commands().Find("shoal.fingerprint");
   std::vector<Watched> got;
   for (size_t i = 1; i < args.size(); ++i) {
@@ -1172,6 +1244,11 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
   for (const Watched& w : watches) {
     if (slot && storage::KeySlot(w.key) != *slot) {
       writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
+      co_return;
+    }
+    const std::string_view key = w.key;
+    if (!KeysPermitted(std::span<const std::string_view>(&key, 1))) {
+      writer_.Error(kNoKeyPermission);
       co_return;
     }
     slot = storage::KeySlot(w.key);
@@ -1240,7 +1317,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
       }
       std::vector<std::string_view> fwd_args(fwd.begin(), fwd.end());
       std::string reply =
-          co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, {db_, protocol_}, fwd_args);
+          co_await server_.forwarder().ToSlotLeader(worker_.index(), *slot, session(), fwd_args);
       writer_.Raw(reply);
       if (reply.starts_with("*") && !reply.starts_with("*-1")) db_ = db_after;  // it ran
       co_return;

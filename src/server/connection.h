@@ -16,6 +16,8 @@
 #include "node/stream.h"
 #include "resp/parser.h"
 #include "resp/writer.h"
+#include "server/acl.h"
+#include "server/forwarder.h"
 #include "server/server.h"
 
 namespace shoal::server {
@@ -42,7 +44,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
     writer_.set_protocol(p);
   }
   bool authenticated() const { return authenticated_; }
-  void set_authenticated(bool a) { authenticated_ = a; }
+  // Logs in as `user` (AUTH, HELLO AUTH). The password is kept so that
+  // requests forwarded to other nodes run there as the same user, never
+  // with more rights (Forwarder::Session).
+  void LogIn(std::string user, std::string password);
+  const std::string& user_name() const { return user_name_; }
+  // The user's rules in force (looked up again when the ACL changes);
+  // nullptr if the user was deleted.
+  const acl::User* user() const;
+  // What a forwarded request runs under on another node.
+  Forwarder::Session session() const { return {db_, protocol_, user_name_, auth_password_, auth_key_}; }
+  // Whether the user may touch every one of `keys` (WATCH's, a transaction's watches).
+  bool KeysPermitted(std::span<const std::string_view> keys) const;
   const std::string& name() const { return name_; }
   void set_name(std::string n) { name_ = std::move(n); }
   void set_lib_name(std::string n) { lib_name_ = std::move(n); }
@@ -167,6 +180,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // What a blocked command answers when its shard's leadership moved away:
   // MOVED (cluster-aware), or UNBLOCKED.
   std::string NotLedHere(uint64_t group, uint16_t slot);
+  // For a cluster-aware client about to get MOVED: waits (up to 1 s) until
+  // the group's new leader is known, so that it is told where to go rather
+  // than CLUSTERDOWN in the moment between two leaders.
+  asio::awaitable<void> AwaitLeaderKnown(uint64_t group);
   // Waits until local state may serve a linearizable read of the group.
   asio::awaitable<bool> ReadBarrier(replica::Replica* r);
   // Keyless writes (FLUSHDB, FLUSHALL): every shard this node leads, and for
@@ -184,6 +201,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint16_t db_ = 0;
   int protocol_ = 2;
   bool authenticated_;
+  std::string user_name_ = "default";
+  std::string auth_password_;
+  std::string auth_key_;       // SHA-256 of auth_password_ (forwarding links are pooled by it)
+  uint64_t user_created_ = 0;  // acl::User::created of the user logged in as
+  mutable std::shared_ptr<const acl::User> user_;
+  mutable uint64_t user_epoch_ = 0;
   bool close_after_reply_ = false;
   bool killed_ = false;
   std::string name_, lib_name_, lib_ver_, addr_, laddr_;

@@ -23,6 +23,7 @@ namespace {
 using asio::experimental::as_tuple;
 
 constexpr int64_t kRetryForUs = 6'000'000;
+constexpr int64_t kLoginRetryForUs = 1'000'000;  // a user's change reaching the other nodes
 constexpr auto kRetryPause = std::chrono::milliseconds(50);
 constexpr size_t kIdleLinksMax = 16;
 // Deadlines: connecting to a node, and its answer to one request: 30 s (a
@@ -67,7 +68,11 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
                                                kv::Args args, bool* sent, std::shared_ptr<Blocking> blocking) {
   *sent = false;
   if (blocking && blocking->abandoned) co_return "-ERR the client left\r\n";
-  auto& pool = idle_[static_cast<size_t>(w)][host + ":" + std::to_string(port)];
+  // The default user of requirepass logs in with this node's requirepass.
+  const bool own_credentials =
+      !session.user.empty() && !(session.user == "default" && server_.users().DefaultFromRequirepass());
+  auto& pool = idle_[static_cast<size_t>(w)][host + ":" + std::to_string(port) + " " +
+                                             (own_credentials ? session.user + " " + session.key : std::string())];
   std::unique_ptr<Link> link;
   // A blocking request's link, while it is in use (see Blocking::Abandon).
   struct Watched {
@@ -78,10 +83,17 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
   } watched{blocking.get()};
   std::string req;
   size_t skip_replies = 0;
-  if (!pool.empty()) {
+  while (!pool.empty() && !link) {
     link = std::move(pool.back());
     pool.pop_back();
-  } else {
+    // An idle link the other node closed meanwhile (it restarted) would
+    // take the request and lose it ("outcome unknown"): such a link reads
+    // as ended, or has something unasked for; it is dropped.
+    char probe;
+    asio::error_code pec;
+    if (link->stream.ReadNow(asio::buffer(&probe, 1), pec) != 0 || pec) link.reset();
+  }
+  if (!link) {
     link = std::make_unique<Link>(server_.runtime().worker(w).io(),
                                   server_.config().tls_cluster ? server_.tls() : nullptr);
     asio::error_code ec;
@@ -122,7 +134,11 @@ asio::awaitable<std::string> Forwarder::ToNode(int w, std::string host, uint16_t
     std::string_view hello[] = {"SHOAL.ROUTED"};
     AppendCommand(&req, hello);
     ++skip_replies;
-    if (!server_.config().requirepass.empty()) {
+    if (own_credentials) {
+      std::string_view auth[] = {"AUTH", session.user, session.password};
+      AppendCommand(&req, auth);
+      ++skip_replies;
+    } else if (!server_.config().requirepass.empty()) {
       std::string_view auth[] = {"AUTH", server_.config().requirepass};
       AppendCommand(&req, auth);
       ++skip_replies;
@@ -213,6 +229,7 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, Sessi
   auto& cluster = server_.cluster();
   asio::steady_timer pause(server_.runtime().worker(w).io());
   int64_t deadline = RealClock().NowMonoUs() + kRetryForUs;
+  const int64_t login_deadline = RealClock().NowMonoUs() + kLoginRetryForUs;
   std::string host;
   uint16_t port = 0;
   std::string last = "-CLUSTERDOWN The cluster is down: no leader for the key's shard\r\n";
@@ -231,9 +248,12 @@ asio::awaitable<std::string> Forwarder::ToSlotLeader(int w, uint16_t slot, Sessi
       std::string reply = co_await ToNode(w, host, port, session, args, &sent, blocking);
       if (blocking && blocking->abandoned) co_return reply;
       host.clear();
-      // Never a request that may have run ("outcome is unknown").
-      bool retry = (reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN")) &&
-                   reply.find("outcome is unknown") == std::string::npos;
+      // Never a request that may have run ("outcome is unknown"). A link
+      // that could not log in as the client's user, for a moment: that node
+      // has not applied the user's latest change yet.
+      bool retry = ((reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN")) &&
+                    reply.find("outcome is unknown") == std::string::npos) ||
+                   (reply.starts_with("-WRONGPASS") && !sent && RealClock().NowMonoUs() < login_deadline);
       if (reply.starts_with("-MOVED ") && hop < kHopsMax) {
         // -MOVED slot host:port
         auto sp = reply.find(' ', 7);

@@ -36,9 +36,18 @@ class Forwarder {
   };
   // What a request runs under on the other node: the client's database and
   // protocol (RESP2 or RESP3: the reply is shaped as the client expects).
+  // The client's user and the password it logged in with: the link to the
+  // other node logs in as that user (links are kept per user), so the
+  // request runs there with the client's rights, never more. No user: the
+  // node's requirepass, as the default user; so does the default user while
+  // requirepass defines it (no ACL SETUSER default), so that a changed
+  // requirepass does not break links of clients logged in before.
   struct Session {
     uint16_t db = 0;
     int protocol = 2;
+    std::string user;
+    std::string password;
+    std::string key;  // SHA-256 of password: links are pooled per user and credential
   };
   // Runs args (in the session) on the leader of `slot`'s shard; returns its
   // raw reply. Call on worker `w`.

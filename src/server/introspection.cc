@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/strings.h"
+#include "server/acl.h"
 #include "server/connection.h"
 #include "server/server.h"
 
@@ -254,8 +255,13 @@ void WriteCommandInfo(const Command& cmd, resp::Writer* r) {
   r->Integer(s.first_key);
   r->Integer(s.last_key);
   r->Integer(s.key_step);
-  r->SetHeader(1);
-  r->Simple("@" + std::string(s.group));
+  // ACL categories (ACL CAT's, server/acl.h).
+  std::vector<std::string_view> cats;
+  for (std::string_view c : acl::Categories()) {
+    if (acl::InCategory(cmd, c)) cats.push_back(c);
+  }
+  r->SetHeader(cats.size());
+  for (std::string_view c : cats) r->Simple("@" + std::string(c));
   r->SetHeader(0);  // tips
   r->ArrayHeader(0);  // key specs
   r->ArrayHeader(cmd.subcommands.size());

@@ -113,6 +113,7 @@ Status Server::Start() {
   runtime_ = std::make_unique<node::Runtime>(workers);
   syncer_ = std::make_unique<node::WalSyncer>(engine_.get(), runtime_.get());
   forwarder_ = std::make_unique<Forwarder>(*this, workers);
+  users_.SetRequirepass(config().requirepass, commands_);
   Status st = Listen();
   if (!st.ok()) return st;
   // Raft traffic: messages go to their group's worker, leadership gossip to the cluster.
@@ -176,6 +177,7 @@ Status Server::Start() {
   co.meta_cache_entries = static_cast<size_t>(config().maxmemory / 8192 / std::max(1, config().shards));
   co.limits = &apply_limits_;
   co.key_watcher = &blocking_;
+  co.on_meta = [this](const proto::MetaState& m) { users_.Rebuild(&m, commands_); };
   // The Raft log held in memory gets at most 1/32 of the budget over all shards.
   co.log_bytes_per_replica =
       static_cast<uint64_t>(std::max<int64_t>(256 << 10, config().maxmemory / 32 / std::max(1, config().shards)));

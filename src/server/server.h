@@ -20,6 +20,7 @@
 #include "node/snapshot_streams.h"
 #include "node/stream.h"
 #include "node/transport.h"
+#include "server/acl.h"
 #include "server/blocking.h"
 #include "server/command_table.h"
 #include "server/config.h"
@@ -90,6 +91,8 @@ class Server {
   node::SnapshotStreams& snapshots() { return *snapshots_; }
   Forwarder& forwarder() { return *forwarder_; }
   BlockingKeys& blocking() { return blocking_; }
+  // The ACL users in force (the meta shard's, and requirepass's default).
+  acl::Users& users() { return users_; }
   // The shards this node leads (cluster-aware views) or holds (plain views).
   std::vector<kv::Shard*> LedShards() const;
   std::vector<kv::Shard*> LocalShards() const { return cluster_->LocalShards(); }
@@ -128,6 +131,7 @@ class Server {
   Stats stats_;
   BlockingKeys blocking_;  // outlives the shards that tell it of writes
   CommandTable commands_;
+  acl::Users users_;
   std::unique_ptr<storage::Engine> engine_;
   std::vector<WorkerState> worker_states_;
   std::atomic<uint64_t> next_client_id_{0};

@@ -334,6 +334,19 @@ def test_a_tls_cluster_serves_cluster_and_plain_clients(tls3, certs):
         assert int(info["peer_connections_refused"]) == 0, info
 
 
+def test_shoal_admin_over_tls(tls3, certs):
+    cl = tls3
+    n = cl.nodes[1]
+    argv = [SHOAL_BIN, "admin", "--host", n.host, "--port", str(n.tls_port), "--tls", "--cacert", certs["ca"],
+            "--cert", certs["client_crt"], "--key", certs["client_key"], "status"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
+    assert out.stdout.count("node ") >= 3, out.stdout
+    # Without a certificate the node (tls-auth-clients yes) refuses it, said plainly.
+    bad = subprocess.run(argv[:-7] + ["--cacert", certs["ca"], "status"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "shoal admin: the node closed the TLS connection" in bad.stderr, bad
+
+
 def _outsider(cl, index: int, argv_fn) -> ClusterNode:
     node = ClusterNode(cl, index, cl.nodes[0].join_address)
     node._argv_fn = argv_fn
@@ -409,3 +422,47 @@ def test_a_killed_tls_peer_is_noticed_at_once(tls3):
         cl.restart(2)
     cl.wait_ready()
     assert victim.call("GET", "tlsc:killed") == b"1"
+
+
+@pytest.mark.skipif(redis is None, reason="needs python3-redis")
+def test_ten_thousand_idle_connections_on_tls_ports_leave_the_cluster_serving(tls3, certs):
+    """10k connections that never start TLS on node 0's TLS port and its
+    (TLS) peer port: the handshake deadlines cut them, the cluster serves TLS
+    and plain clients through every node meanwhile, and nothing is written."""
+    import resource
+    cl = tls3
+    n = cl.nodes[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 10_512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(10_512, hard), hard))
+    total = min(10_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 512)
+    assert total >= 5_000, f"the open-file limit ({hard}) allows only {total} connections"
+    peer_n = total // 5
+    socks = []
+    try:
+        for _ in range(total - peer_n):
+            socks.append(socket.create_connection((n.host, n.tls_port), timeout=5))
+        for _ in range(peer_n):
+            try:
+                socks.append(socket.create_connection((n.host, n.peer_port), timeout=5))
+            except OSError:
+                pass  # refused under the flood: fine, the point is the node
+        for s in socks[:100]:
+            s.sendall(b"\x16\x03\x01")  # a ClientHello that never ends
+        for round_ in range(3):
+            for m in cl.nodes:
+                r = _tls_client(certs, m.tls_port, host=m.host)
+                try:
+                    assert r.set(f"tls:flood:{round_}:{m.index}", "1") is True
+                finally:
+                    r.close()
+                assert m.call("GET", f"tls:flood:{round_}:{m.index}") == b"1"
+        # The server cuts handshakes that never finish (10 s for clients).
+        deadline = time.monotonic() + 20
+        closed = sum(_closed_without_reply(s, timeout=max(0.1, deadline - time.monotonic())) for s in socks[:100])
+        assert closed == 100
+    finally:
+        for s in socks:
+            s.close()
+    cl.check_alive()
+    assert cl.nodes[1].call("SET", "tls:flood:after", "1") in (b"OK", "OK")
