@@ -67,6 +67,7 @@ constexpr std::string_view kAcceptorRole = "shoal peer acceptor v1";
 constexpr auto kAuthMax = std::chrono::seconds(2);
 constexpr int kHandshakesMax = 128;
 constexpr int kHandshakesPerAddressMax = 16;
+constexpr int kTlsHandshakesPerAddressPerSecond = 32;
 constexpr auto kGreetingWait = std::chrono::milliseconds(300);
 
 std::string Endpoint(const asio::ip::tcp::socket& s) {
@@ -569,6 +570,23 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     if (rec || handshakes_ >= kHandshakesMax || handshakes_by_ip_[ip] >= kHandshakesPerAddressMax) {
       if (!rec) LogRefusedPeer(ip + ":0", "too many connections waiting to prove the cluster secret");
       co_return;
+    }
+    if (opts_.tls) {
+      // A TLS handshake costs the acceptor a key exchange and a signature on
+      // this thread, which carries all Raft traffic: an address may start
+      // only so many a second (a peer needs one per reconnection).
+      const int64_t second = std::chrono::duration_cast<std::chrono::seconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch()).count();
+      if (tls_starts_by_ip_.size() > 4096) tls_starts_by_ip_.clear();
+      auto& [at, count] = tls_starts_by_ip_[ip];
+      if (at != second) {
+        at = second;
+        count = 0;
+      }
+      if (++count > kTlsHandshakesPerAddressPerSecond) {
+        LogRefusedPeer(ip + ":0", "too many TLS handshakes a second from one address");
+        co_return;
+      }
     }
     ++handshakes_;
     ++handshakes_by_ip_[ip];

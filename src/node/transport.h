@@ -176,6 +176,7 @@ class Transport {
   std::map<std::string, std::chrono::steady_clock::time_point> refusals_logged_;  // transport thread
   int handshakes_ = 0;                         // transport thread: connections not yet proved
   std::map<std::string, int> handshakes_by_ip_;
+  std::map<std::string, std::pair<int64_t, int>> tls_starts_by_ip_;  // transport thread: second, count
   bool stopped_ = false;
 };
 

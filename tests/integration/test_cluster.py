@@ -1070,8 +1070,11 @@ def test_shoal_demo(tmp_path):
             if ready or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert ready, f"demo cluster not ready: {infos}\n" \
-                      f"{log_path.read_text(errors='replace')[-3000:]}"
+        if not ready:
+            nodes = "".join(f"\n--- {p.name}:\n{p.read_text(errors='replace')[-2500:]}"
+                            for p in sorted((tmp_path / "demo").glob("*.log")))
+            pytest.fail(f"demo cluster not ready: {infos}\n{log_path.read_text(errors='replace')[-3000:]}{nodes}",
+                        pytrace=False)
         # Its nodes prove a cluster secret made for it, kept private.
         secret = tmp_path / "demo" / "cluster.secret"
         assert len(secret.read_text().strip()) == 64 and (secret.stat().st_mode & 0o077) == 0
