@@ -317,13 +317,6 @@ void Users::Rebuild(const proto::MetaState* meta, const CommandTable& table) {
   RebuildLocked(table);
 }
 
-bool Users::DefaultFromRequirepass() const {
-  std::lock_guard lock(mu_);
-  for (const auto& d : defined_) {
-    if (d.name == "default") return false;
-  }
-  return true;
-}
 
 void Users::SetRequirepass(const std::string& requirepass, const CommandTable& table) {
   std::lock_guard lock(mu_);
@@ -360,6 +353,9 @@ void Users::RebuildLocked(const CommandTable& table) {
     users[name] = std::move(u);
   }
   users_ = std::move(users);
+  default_from_requirepass_.store(
+      std::none_of(defined_.begin(), defined_.end(), [](const Defined& d) { return d.name == "default"; }),
+      std::memory_order_release);
   epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 

@@ -6,6 +6,7 @@
 // user's Rules() (hashes only) from the node it was given to.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -88,7 +89,7 @@ class Users {
   // it (at start, and after CONFIG SET requirepass).
   void SetRequirepass(const std::string& requirepass, const CommandTable& table);
   // Whether the default user is requirepass's (no ACL SETUSER default).
-  bool DefaultFromRequirepass() const;
+  bool DefaultFromRequirepass() const { return default_from_requirepass_.load(std::memory_order_acquire); }
   uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
   // nullptr if no such user.
   std::shared_ptr<const User> Find(const std::string& name) const;
@@ -109,6 +110,8 @@ class Users {
   std::string requirepass_;
   std::map<std::string, std::shared_ptr<const User>> users_;
   std::atomic<uint64_t> epoch_{1};
+  // No "default" in the metadata (read by every forwarded request: no lock).
+  std::atomic<bool> default_from_requirepass_{true};
 };
 
 }  // namespace acl
