@@ -407,9 +407,52 @@ class ShoalCluster(Cluster):
         return None
 
 
+def thread_stats(pids):
+    """{thread name: [cpu ticks, voluntary switches, involuntary switches]} summed over the
+    threads of every process in pids (shoal names its threads: shoal-w0, shoal-peers, ...)."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if ":" in line)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            a = out.setdefault(name, [0, 0, 0])
+            a[0] += int(fields[11]) + int(fields[12])
+            a[1] += int(status.get("voluntary_ctxt_switches", "0"))
+            a[2] += int(status.get("nonvoluntary_ctxt_switches", "0"))
+    return out
+
+
+def thread_lines(before, after, ops):
+    """Per thread name: CPU microseconds and context switches per operation."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    lines, total = [], [0.0, 0.0, 0.0]
+    for name in sorted(after):
+        d = [after[name][i] - before.get(name, [0, 0, 0])[i] for i in range(3)]
+        if d[0] == 0 and d[1] == 0:
+            continue
+        us = d[0] / ticks * 1e6 / ops
+        total = [total[0] + us, total[1] + d[1] / ops, total[2] + d[2] / ops]
+        lines.append(f"      {name:<16} cpu {us:8.1f} us/op  switches {d[1] / ops:6.2f} + {d[2] / ops:5.2f} forced /op")
+    lines.append(f"      {'all threads':<16} cpu {total[0]:8.1f} us/op  switches {total[1]:6.2f} + {total[2]:5.2f} forced /op")
+    return lines
+
+
 def run_benchmark(cluster, test, pipeline, requests, args):
-    """One redis-benchmark --cluster run; returns (ops/s, p50 ms, p99 ms, cluster cpu s per 100k ops)."""
+    """One redis-benchmark --cluster run; returns (ops/s, p50 ms, p99 ms, cluster cpu s per 100k ops,
+    per-thread lines or None)."""
     cpu0 = cluster.cpu()
+    threads0 = thread_stats(cluster.pids()) if args.threads else None
     argv = ["redis-benchmark", "--cluster", "-h", cluster.entry.host, "-p", str(cluster.entry.port),
             "-c", str(args.clients), "-n", str(requests), "-P", str(pipeline), "-t", test,
             "-r", "100000", "-d", str(args.data_size), "--csv"]
@@ -420,10 +463,11 @@ def run_benchmark(cluster, test, pipeline, requests, args):
     except subprocess.TimeoutExpired:
         raise Failed(f"{' '.join(argv)} ran past {args.run_timeout} s") from None
     cpu = cluster.cpu() - cpu0
+    threads = thread_lines(threads0, thread_stats(cluster.pids()), requests) if args.threads else None
     for line in run.stdout.splitlines():
         cols = [c.strip('"') for c in line.split(",")]
         if len(cols) >= 7 and cols[0] != "test":
-            return float(cols[1]), float(cols[4]), float(cols[6]), cpu / requests * 100000
+            return float(cols[1]), float(cols[4]), float(cols[6]), cpu / requests * 100000, threads
     msg = (f"no result from redis-benchmark for {cluster.name} {test} (exit {run.returncode}):\n"
            f"  {' '.join(argv)}\nstdout: {run.stdout[-2000:]!r}\nstderr: {run.stderr[-2000:]!r}")
     if isinstance(cluster, ShoalCluster):
@@ -579,6 +623,8 @@ def run_system(system, workdir, args):
                     out["throughput"][(test, p)] = r
                     print(f"   {test:<4} -P {p:<2} -n {n:<8} {r[0]:>12.0f} ops/s  p50 {r[1]:.3f}  "
                           f"p99 {r[2]:.3f}  cpu/100k {r[3]:.3f}", flush=True)
+                    if r[4]:
+                        print("\n".join(r[4]), flush=True)
             if elections_before is not None:
                 # Under load no leader should lose its followers' trust: any
                 # campaign here is a spurious election.
@@ -721,6 +767,8 @@ def main():
     ap.add_argument("--only", choices=["throughput", "failover"], action="append")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy every server's log into DIR at the end")
     ap.add_argument("--quick", action="store_true", help="50k requests at -P 1, 1 round")
+    ap.add_argument("--threads", action="store_true",
+                    help="after each run, CPU and context switches per operation by thread name")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.requests, args.min_seconds = 1, 50000, min(args.min_seconds, 2.0)

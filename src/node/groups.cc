@@ -86,14 +86,26 @@ Status Groups::Retire(uint64_t group) {
   return synced.ok() ? Status::Ok() : synced.status();
 }
 
-void Groups::Deliver(uint64_t group, raft::Message m) {
-  if (group >= kMaxGroups) return;
-  asio::post(WorkerFor(group).io(), [this, group, m = std::move(m)]() mutable {
-    replica::Replica* r = Find(group);
-    if (r == nullptr) return;  // not created here yet: the leader retries
-    r->Step(std::move(m), MonoUs());
-    Notify(r);
-  });
+void Groups::DeliverAll(std::vector<GroupMessage> msgs) {
+  if (msgs.empty()) return;
+  const size_t n = static_cast<size_t>(runtime_->size());
+  std::vector<std::vector<GroupMessage>> per(n);
+  for (auto& gm : msgs) {
+    if (gm.group >= kMaxGroups) continue;
+    per[static_cast<size_t>(WorkerOf(gm.group))].push_back(std::move(gm));
+  }
+  for (size_t w = 0; w < n; ++w) {
+    if (per[w].empty()) continue;
+    asio::post(runtime_->worker(static_cast<int>(w)).io(), [this, ms = std::move(per[w])]() mutable {
+      const int64_t now = MonoUs();
+      for (auto& gm : ms) {
+        replica::Replica* r = Find(gm.group);
+        if (r == nullptr) continue;  // not created here yet: the leader retries
+        r->Step(std::move(gm.msg), now);
+        Notify(r);
+      }
+    });
+  }
 }
 
 void Groups::PeerGone(raft::NodeId node) {

@@ -54,8 +54,9 @@ class Groups {
   // The object stays alive, never driven again (other threads may still
   // hold its pointer); Find() no longer returns it.
   Status Retire(uint64_t group);
-  // Hands a received message to its group's worker. Any thread.
-  void Deliver(uint64_t group, raft::Message m);
+  // Hands received messages to their groups' workers, one hand-off per
+  // worker (a frame from a peer carries messages of many groups). Any thread.
+  void DeliverAll(std::vector<GroupMessage> msgs);
   // Node `node` has ended (Transport's gone handler): every replica here that
   // it led stands for election (Replica::PeerGone). Any thread.
   void PeerGone(raft::NodeId node);

@@ -261,9 +261,9 @@ struct TwoNodes {
     tb.Stop();
   }
   Transport::DeliverFn Deliver() {
-    return [this](uint64_t, raft::Message m) {
+    return [this](std::vector<GroupMessage> ms) {
       std::lock_guard lock(mu);
-      delivered.push_back(std::move(m));
+      for (auto& gm : ms) delivered.push_back(std::move(gm.msg));
     };
   }
   // Ships group 5's image `export_id` of `payload` to node 2.

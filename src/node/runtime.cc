@@ -17,6 +17,8 @@ asio::awaitable<void> Worker::WaitDurable(storage::Engine& engine, uint64_t seq,
   // Bounded: each round either sees progress or waits for the next sync.
   while (engine.durable_seq() < seq) {
     durable_waiters_.push_back(&timer);
+    // Before the kick: the syncer, woken by it, sees that this worker waits.
+    durable_wanted_.store(true, std::memory_order_release);
     kick();
     asio::error_code ec;
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -113,7 +115,7 @@ void WalSyncer::Loop() {
     }
     for (int i = 0; i < runtime_->size(); ++i) {
       Worker& w = runtime_->worker(i);
-      asio::post(w.io(), [&w] { w.NotifyDurable(); });
+      if (w.TakeDurableWanted()) asio::post(w.io(), [&w] { w.NotifyDurable(); });
     }
   }
 }

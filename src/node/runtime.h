@@ -38,6 +38,9 @@ class Worker {
                                     std::function<void()> kick);
   // Called on this worker's thread when the durable sequence advanced.
   void NotifyDurable();
+  // Whether a coroutine of this worker waits for the durable sequence (any
+  // thread; the WAL syncer wakes only the workers that wait).
+  bool TakeDurableWanted() { return durable_wanted_.exchange(false, std::memory_order_acq_rel); }
 
  private:
   friend class Runtime;
@@ -46,6 +49,8 @@ class Worker {
   asio::executor_work_guard<asio::io_context::executor_type> guard_;
   std::thread thread_;
   std::vector<asio::steady_timer*> durable_waiters_;
+  // Set before a waiter kicks the syncer, taken by the syncer after a sync.
+  std::atomic<bool> durable_wanted_{false};
 };
 
 class Runtime {

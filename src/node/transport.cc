@@ -666,10 +666,15 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
         p.port = static_cast<uint16_t>(pf.from_peer_port());
       }
     }
-    for (const auto& gm : pf.messages()) {
-      raft::Message m;
-      if (!FromProto(gm.msg(), &m) || m.from != pf.from_node() || m.to != node_id()) continue;
-      deliver_(gm.group(), std::move(m));
+    if (pf.messages_size() > 0) {
+      std::vector<GroupMessage> got;
+      got.reserve(static_cast<size_t>(pf.messages_size()));
+      for (const auto& gm : pf.messages()) {
+        raft::Message m;
+        if (!FromProto(gm.msg(), &m) || m.from != pf.from_node() || m.to != node_id()) continue;
+        got.push_back(GroupMessage{gm.group(), std::move(m)});
+      }
+      if (!got.empty()) deliver_(std::move(got));
     }
     for (const auto& pc : pf.chunks()) {
       if (!chunks_ || pc.kind() > static_cast<uint32_t>(SnapshotChunk::Kind::kAck)) continue;

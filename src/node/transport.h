@@ -80,8 +80,10 @@ struct TransportOptions {
 
 class Transport {
  public:
-  // Called on the transport thread for every well-formed message received.
-  using DeliverFn = std::function<void(uint64_t group, raft::Message m)>;
+  // Called on the transport thread with the well-formed messages of each
+  // frame received (one call per frame, so the receiver can hand a frame's
+  // messages to each worker at once).
+  using DeliverFn = std::function<void(std::vector<GroupMessage> msgs)>;
   // Called on the transport thread with a peer's complete leadership list
   // (every gossip round, so also a heartbeat of that peer).
   using LeadersFn = std::function<void(raft::NodeId from, std::vector<LeaderReport>)>;

@@ -21,9 +21,9 @@ namespace {
 struct Endpoint {
   explicit Endpoint(raft::NodeId id, uint64_t cluster, std::string secret = "")
       : t(TransportOptions{.node_id = id, .bind_host = "127.0.0.1", .peer_port = 0, .secret = std::move(secret)},
-          [this](uint64_t group, raft::Message m) {
+          [this](std::vector<GroupMessage> msgs) {
             std::lock_guard lock(mu);
-            got.emplace_back(group, std::move(m));
+            for (auto& gm : msgs) got.emplace_back(gm.group, std::move(gm.msg));
           },
           [this](raft::NodeId from, std::vector<LeaderReport> l) {
             std::lock_guard lock(mu);
@@ -268,7 +268,7 @@ TEST(Transport, ReconnectsWhenThePeerComesBack) {
   // b is gone; a new b on the same port must receive later messages.
   std::atomic<int> got{0};
   Transport b3(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1", .peer_port = port},
-               [&](uint64_t, raft::Message) { got++; },
+               [&](std::vector<GroupMessage> ms) { got += static_cast<int>(ms.size()); },
                [](raft::NodeId, std::vector<LeaderReport>) {});
   b3.set_cluster_id(77);
   ASSERT_TRUE(b3.Start().ok());

@@ -58,6 +58,13 @@ struct Config {
   // steps down; followers in contact with a leader ignore vote requests.
   bool check_quorum = true;
   ReadOnlyOption read_only_option = ReadOnlyOption::kSafe;
+  // A leader whose commit index moves sends no empty append just to say so:
+  // followers learn it with the next append (at once under load) or the
+  // next heartbeat (within heartbeat_tick). Membership changes are still
+  // announced at once, and a follower's ReadIndex is answered after an
+  // append that carries the commit index (where its window allows one).
+  // Halves the messages per write.
+  bool skip_bcast_commit = false;
   // Lease safety margin in ticks for the worst clock drift between replicas
   // over one election timeout (docs/design/raft.md). Must be < election_tick.
   int lease_drift_margin_ticks = 2;
@@ -163,6 +170,9 @@ class Raft {
 
   // Output queues drained by RawNode::ready(): messages that may be sent
   // now, messages that must wait for durability, and read results.
+  // Sends the appends that proposals since the last call deferred (one
+  // message per follower for all of them); RawNode::ready() calls it.
+  void flush_proposals();
   std::vector<Message>& msgs() { return msgs_; }
   std::vector<Message>& msgs_after_persist() { return msgs_after_persist_; }
   std::vector<ReadState>& read_states() { return read_states_; }
@@ -204,6 +214,9 @@ class Raft {
   void release_pending_reads();
   bool append_entries(std::vector<Entry> ents);
   bool maybe_commit();
+  // After the commit index moved: tells the followers (unless
+  // skip_bcast_commit) and sends them what they lack.
+  void bcast_commit(Index committed_before);
   bool maybe_send_append(NodeId to, bool send_if_empty);
   bool send_snapshot(NodeId to, Progress& pr);
   void bcast_append();
@@ -246,6 +259,7 @@ class Raft {
   std::vector<Message> pending_read_msgs_;
 
   std::vector<Message> msgs_;
+  bool proposals_unsent_ = false;  // entries proposed since the last flush_proposals()
   std::vector<Message> msgs_after_persist_;
   std::vector<ReadState> read_states_;
 };

@@ -18,8 +18,21 @@ Proposal Raft::propose(std::string data) {
   Entry e{term_, log_.last_index() + 1, EntryType::kNormal, std::move(data)};
   const Index index = e.index;
   if (!append_entries({std::move(e)})) return refuse(ProposeError::kTooManyUncommitted);
-  bcast_append();
+  proposals_unsent_ = true;  // sent with the others of this round (flush_proposals)
   return Proposal{.index = index, .term = term_};
+}
+
+void Raft::flush_proposals() {
+  if (!proposals_unsent_) return;
+  proposals_unsent_ = false;
+  if (role_ != Role::kLeader) return;
+  // Each append holds at most max_size_per_msg: send them all (as many as
+  // the follower's window takes).
+  for (auto& [id, pr] : prs_.progress()) {
+    if (id == id_) continue;
+    while (maybe_send_append(id, false)) {
+    }
+  }
 }
 
 Proposal Raft::propose_conf_change(const ConfChange& cc) {
@@ -62,7 +75,23 @@ void Raft::on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index 
   Progress* self = prs_.find(id_);
   auto stable = log_.stable_last_index();
   if (self == nullptr || !stable) return;
-  if (self->maybe_update(*stable) && maybe_commit()) bcast_append();
+  const Index before = log_.committed();
+  if (self->maybe_update(*stable) && maybe_commit()) bcast_commit(before);
+}
+
+void Raft::bcast_commit(Index committed_before) {
+  // A membership change that just committed is announced at once: followers
+  // act on it when they apply it (leaving a joint configuration, retiring).
+  const bool conf = pending_conf_index_ > committed_before && pending_conf_index_ <= log_.committed();
+  if (!config_.skip_bcast_commit || conf) {
+    bcast_append();
+    return;
+  }
+  for (auto& [id, pr] : prs_.progress()) {
+    if (id == id_) continue;
+    while (maybe_send_append(id, false)) {
+    }
+  }
 }
 
 bool Raft::committed_in_current_term() const { return log_.term_or_zero(log_.committed()) == term_; }
@@ -221,8 +250,9 @@ void Raft::handle_append_response(const Message& m, Progress& pr) {
   } else if (pr.state == ProgressState::kReplicate) {
     pr.inflights.free_le(m.index);
   }
+  const Index before = log_.committed();
   if (maybe_commit()) {
-    bcast_append();
+    bcast_commit(before);
   } else if (was_paused) {
     maybe_send_append(m.from, false);
   }
@@ -253,6 +283,10 @@ void Raft::respond_read(const ReadOnly::Pending& p) {
   if (p.from == kNoNode || p.from == id_) {
     read_states_.push_back({p.index, p.context});
   } else {
+    // The follower waits to apply up to p.index: tell it the commit index
+    // first, which skip_bcast_commit may not have (messages to it keep
+    // their order).
+    if (config_.skip_bcast_commit) maybe_send_append(p.from, true);
     send(Message{.type = MessageType::kReadIndexResp, .to = p.from, .index = p.index,
                  .context = p.context});
   }
@@ -315,8 +349,9 @@ void Raft::after_conf_change() {
     step_down_if_removed();
     return;
   }
+  const Index before = log_.committed();
   if (maybe_commit()) {
-    bcast_append();
+    bcast_commit(before);
   } else {
     for (auto& [id, pr] : prs_.progress()) {
       if (id != id_) maybe_send_append(id, false);

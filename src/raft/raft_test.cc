@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "raft/raft_test_util.h"
 
 namespace shoal::raft {
@@ -390,6 +392,73 @@ TEST(RaftTest, ReadIndexOnLeaderAndFollower) {
   c.node(1).read_index("r3");
   c.deliver();
   EXPECT_EQ(c.read_states(1).size(), 1U);
+}
+
+// Proposals of one round leave as one append per follower, not one each.
+TEST(RaftTest, ProposalsOfOneRoundShareOneAppendPerFollower) {
+  TestCluster c(3);
+  c.campaign(1);
+  std::vector<Message> apps;
+  c.set_filter([&](const Message& m) {
+    if (m.type == MessageType::kApp && m.from == 1) apps.push_back(m);
+    return false;
+  });
+  for (const char* d : {"a", "b", "c"}) ASSERT_TRUE(c.node(1).propose(d).ok());
+  c.deliver();
+  std::map<NodeId, std::vector<size_t>> sizes;  // entries per append, per follower
+  for (const Message& m : apps) sizes[m.to].push_back(m.entries.size());
+  EXPECT_EQ(sizes[2].front(), 3U);
+  EXPECT_EQ(sizes[3].front(), 3U);
+  for (NodeId id : {1, 2, 3}) EXPECT_EQ(c.applied(id), (std::vector<std::string>{"a", "b", "c"}));
+}
+
+// skip_bcast_commit: a leader whose commit index moves sends no empty append
+// for it; followers learn it from the next append or heartbeat. Membership
+// changes are announced at once, and a follower's read waits for nothing.
+TEST(RaftTest, SkipBcastCommitTellsFollowersWithTheNextMessage) {
+  TestCluster c(3, [](Config& cfg) { cfg.skip_bcast_commit = true; });
+  c.campaign(1);
+  c.tick_all(1);  // the new term's entry is known committed everywhere
+  std::vector<Message> apps;
+  c.set_filter([&](const Message& m) {
+    if (m.type == MessageType::kApp && m.from == 1) apps.push_back(m);
+    return false;
+  });
+  ASSERT_TRUE(c.propose(1, "x").ok());
+  const Index committed = c.raft(1).log().committed();
+  EXPECT_EQ(c.applied(1), std::vector<std::string>{"x"});
+  for (const Message& m : apps) EXPECT_FALSE(m.entries.empty()) << "an append only to say the commit index";
+  for (NodeId id : {2, 3}) {
+    EXPECT_LT(c.raft(id).log().committed(), committed);
+    EXPECT_TRUE(c.applied(id).empty());
+  }
+  // The next proposal's append carries the first one's commit.
+  ASSERT_TRUE(c.propose(1, "y").ok());
+  for (NodeId id : {2, 3}) EXPECT_EQ(c.applied(id), std::vector<std::string>{"x"});
+  // A heartbeat carries the rest.
+  c.tick(1);
+  for (NodeId id : {2, 3}) EXPECT_EQ(c.applied(id), (std::vector<std::string>{"x", "y"}));
+  // A follower's ReadIndex: the follower knows the index it is given as
+  // committed by the time the answer arrives.
+  ASSERT_TRUE(c.propose(1, "z").ok());
+  c.node(2).read_index("r");
+  c.deliver();
+  ASSERT_EQ(c.read_states(2).size(), 1U);
+  EXPECT_EQ(c.read_states(2)[0].index, c.raft(1).log().committed());
+  EXPECT_GE(c.raft(2).log().committed(), c.read_states(2)[0].index);
+  // A membership change is announced as soon as it commits.
+  c.add(4, ConfState{});
+  ASSERT_TRUE(c.node(1).propose_conf_change({{{ConfChangeType::kAddLearner, 4}}}).ok());
+  c.deliver();
+  for (NodeId id : {2, 3}) EXPECT_EQ(c.raft(id).log().committed(), c.raft(1).log().committed());
+}
+
+// Without it (the default), the commit is told at once.
+TEST(RaftTest, CommitIsBroadcastByDefault) {
+  TestCluster c(3);
+  c.campaign(1);
+  ASSERT_TRUE(c.propose(1, "x").ok());
+  for (NodeId id : {2, 3}) EXPECT_EQ(c.applied(id), std::vector<std::string>{"x"});
 }
 
 TEST(RaftTest, LeaseReadAnswersWithoutARoundTripAndExpires) {

@@ -58,6 +58,7 @@ bool RawNode::has_ready() const {
 Ready RawNode::ready() {
   SHOAL_CHECK(!ready_outstanding_);
   Raft& r = raft_;
+  r.flush_proposals();
   Ready rd;
   if (r.soft_state() != prev_soft_state_) {
     rd.soft_state = r.soft_state();

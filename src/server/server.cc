@@ -124,9 +124,12 @@ Status Server::Start() {
   if (config().tls_cluster) to.tls = tls_;
   transport_ = std::make_unique<node::Transport>(
       to,
-      [this](uint64_t group, raft::Message m) {
-        if (group == 0 && !cluster_->MetaPeerInLineage(m.from)) return;  // of another unsafe recovery
-        groups_->Deliver(group, std::move(m));
+      [this](std::vector<node::GroupMessage> msgs) {
+        // Meta messages of another unsafe recovery are dropped.
+        std::erase_if(msgs, [this](const node::GroupMessage& gm) {
+          return gm.group == 0 && !cluster_->MetaPeerInLineage(gm.msg.from);
+        });
+        groups_->DeliverAll(std::move(msgs));
       },
       [this](raft::NodeId from, std::vector<node::LeaderReport> l) {
         cluster_->OnLeaders(from, std::move(l));
