@@ -217,6 +217,8 @@ class Raft {
   // After the commit index moved: tells the followers (unless
   // skip_bcast_commit) and sends them what they lack.
   void bcast_commit(Index committed_before);
+  // Sends every follower the entries it has not been sent (no empty append).
+  void send_unsent_entries();
   bool maybe_send_append(NodeId to, bool send_if_empty);
   bool send_snapshot(NodeId to, Progress& pr);
   void bcast_append();

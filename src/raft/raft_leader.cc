@@ -25,9 +25,12 @@ Proposal Raft::propose(std::string data) {
 void Raft::flush_proposals() {
   if (!proposals_unsent_) return;
   proposals_unsent_ = false;
-  if (role_ != Role::kLeader) return;
+  if (role_ == Role::kLeader) send_unsent_entries();
+}
+
+void Raft::send_unsent_entries() {
   // Each append holds at most max_size_per_msg: send them all (as many as
-  // the follower's window takes).
+  // each follower's window takes).
   for (auto& [id, pr] : prs_.progress()) {
     if (id == id_) continue;
     while (maybe_send_append(id, false)) {
@@ -85,12 +88,8 @@ void Raft::bcast_commit(Index committed_before) {
   const bool conf = pending_conf_index_ > committed_before && pending_conf_index_ <= log_.committed();
   if (!config_.skip_bcast_commit || conf) {
     bcast_append();
-    return;
-  }
-  for (auto& [id, pr] : prs_.progress()) {
-    if (id == id_) continue;
-    while (maybe_send_append(id, false)) {
-    }
+  } else {
+    send_unsent_entries();
   }
 }
 

@@ -373,8 +373,16 @@ TEST_F(ReplicaCluster, UnconfirmedReadFailsWhenLeadershipMoves) {
   ASSERT_TRUE(answered);
   EXPECT_FALSE(ok);
   EXPECT_LT(now_ - asked, 2'000'000);  // well before the read's own timeout
+  // The read fails as soon as f sees the change (f may only be campaigning
+  // yet): let the election end, so that the follower below knows a leader.
+  const size_t h = (l + 2) % 3;
+  for (int t = 0; t < 60 && !((R(f).is_leader() && R(h).raft().lead() == ids_[f]) ||
+                               (R(h).is_leader() && R(f).raft().lead() == ids_[h]));
+       ++t) {
+    TickAll(1);
+  }
   // A follower that has just lost its leader and knows none refuses at once.
-  size_t g = R(f).is_leader() ? (l + 2) % 3 : f;
+  size_t g = R(f).is_leader() ? h : f;
   ASSERT_FALSE(R(g).is_leader());
   ASSERT_NE(R(g).raft().lead(), raft::kNoNode);
   down_ = {ids_[0], ids_[1], ids_[2]};
