@@ -168,11 +168,11 @@ class Raft {
   // Ticks since creation (stamped on leader messages as lease_tick).
   uint64_t tick_count() const { return tick_count_; }
 
-  // Output queues drained by RawNode::ready(): messages that may be sent
-  // now, messages that must wait for durability, and read results.
   // Sends the appends that proposals since the last call deferred (one
   // message per follower for all of them); RawNode::ready() calls it.
   void flush_proposals();
+  // Output queues drained by RawNode::ready(): messages that may be sent
+  // now, messages that must wait for durability, and read results.
   std::vector<Message>& msgs() { return msgs_; }
   std::vector<Message>& msgs_after_persist() { return msgs_after_persist_; }
   std::vector<ReadState>& read_states() { return read_states_; }
@@ -261,9 +261,9 @@ class Raft {
   std::vector<Message> pending_read_msgs_;
 
   std::vector<Message> msgs_;
-  bool proposals_unsent_ = false;  // entries proposed since the last flush_proposals()
   std::vector<Message> msgs_after_persist_;
   std::vector<ReadState> read_states_;
+  bool proposals_unsent_ = false;  // entries proposed since the last flush_proposals()
 };
 
 }  // namespace shoal::raft

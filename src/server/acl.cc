@@ -317,7 +317,6 @@ void Users::Rebuild(const proto::MetaState* meta, const CommandTable& table) {
   RebuildLocked(table);
 }
 
-
 void Users::SetRequirepass(const std::string& requirepass, const CommandTable& table) {
   std::lock_guard lock(mu_);
   if (requirepass == requirepass_ && !users_.empty()) return;
