@@ -288,6 +288,11 @@ std::string ImageReceiver::Complete(uint64_t group, raft::NodeId from, uint64_t 
   return fs::exists(dir + "/.complete", ec) ? dir : std::string();
 }
 
+void ImageReceiver::Supersede(const Key& k) {
+  superseded_.push_back(k);
+  if (superseded_.size() > 64) superseded_.pop_front();
+}
+
 void ImageReceiver::Discard(uint64_t group) {
   std::string prefix = "in-" + std::to_string(group) + "-";
   std::error_code ec;
@@ -297,7 +302,12 @@ void ImageReceiver::Discard(uint64_t group) {
   }
   for (const auto& p : gone) fs::remove_all(p, ec);
   for (auto it = open_.begin(); it != open_.end();) {
-    it = std::get<0>(it->first) == group ? open_.erase(it) : std::next(it);
+    if (std::get<0>(it->first) == group) {
+      Supersede(it->first);  // meant for the replica that left
+      it = open_.erase(it);
+    } else {
+      ++it;
+    }
   }
 }
 
@@ -306,6 +316,10 @@ void ImageReceiver::Discard(uint64_t group, raft::NodeId from, uint64_t export_i
   std::error_code ec;
   fs::remove_all(DirOf(key), ec);
   open_.erase(key);
+  // The replica may take an image before its sender has heard that it all
+  // arrived: a sender that asks again is told so, not sent it again.
+  consumed_.push_back(key);
+  if (consumed_.size() > 64) consumed_.pop_front();
 }
 
 void ImageReceiver::Expire(int64_t age_s) {
@@ -324,12 +338,15 @@ void ImageReceiver::Expire(int64_t age_s) {
   }
 }
 
-SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
+SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c, int64_t now_us) {
   Key key{c.group, c.from, c.export_id};
   std::string dir = DirOf(key);
   std::error_code ec;
   if (std::find(superseded_.begin(), superseded_.end(), key) != superseded_.end()) {
     return Ack(c, 0, false, true);  // a newer image of the group came since
+  }
+  if (std::find(consumed_.begin(), consumed_.end(), key) != consumed_.end()) {
+    return Ack(c, c.total, true, false);  // it arrived, and was taken
   }
   if (c.kind == SnapshotChunk::Kind::kOffer) {
     std::vector<ImageFile> files;
@@ -339,8 +356,11 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
     if (total != c.total) return Ack(c, 0, false, true);
     if (!Complete(c.group, c.from, c.export_id).empty()) return Ack(c, total, true, false);
     auto it = open_.find(key);
-    if (it != open_.end()) return Ack(c, it->second.held, false, false);
-    Open o{files, total, 0};
+    if (it != open_.end()) {
+      it->second.touched_us = now_us;
+      return Ack(c, it->second.held, false, false);
+    }
+    Open o{files, total, 0, now_us};
     std::string have, held;
     if (ReadAll(dir + "/.manifest", &have).ok() && have == c.data) {
       // Resume from the durable offset (.held); bytes past it may be torn.
@@ -359,20 +379,38 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
         file_start += f.size;
       }
     } else {
-      // A new image for this group: others still unfinished are obsolete.
+      // A new image for this group: others still unfinished are obsolete,
+      // but those of other senders still making progress, the furthest
+      // along first, kKeepOthers at most (a leader that lost leadership
+      // since, or restarted, goes on sending; the replica takes whichever
+      // image completes first).
+      std::vector<std::pair<const Key*, const Open*>> active;
+      for (const auto& [k, open] : open_) {
+        if (std::get<0>(k) == c.group && std::get<1>(k) != c.from && now_us - open.touched_us <= kKeepActiveUs) {
+          active.emplace_back(&k, &open);
+        }
+      }
+      std::sort(active.begin(), active.end(), [](const auto& a, const auto& b) {
+        return a.second->held != b.second->held ? a.second->held > b.second->held
+                                                : a.second->touched_us > b.second->touched_us;
+      });
+      if (active.size() > kKeepOthers) active.resize(kKeepOthers);
+      std::vector<Key> keep;
+      for (const auto& a : active) keep.push_back(*a.first);
+      auto kept = [&](const Key& k) { return std::find(keep.begin(), keep.end(), k) != keep.end(); };
       std::string prefix = "in-" + std::to_string(c.group) + "-";
       std::vector<fs::path> gone;
       for (const auto& e : fs::directory_iterator(root_, ec)) {
         std::error_code ec2;
-        if (e.path().filename().string().starts_with(prefix) && !fs::exists(e.path() / ".complete", ec2)) {
+        if (e.path().filename().string().starts_with(prefix) && !fs::exists(e.path() / ".complete", ec2) &&
+            std::none_of(keep.begin(), keep.end(), [&](const Key& k) { return e.path().string() == DirOf(k); })) {
           gone.push_back(e.path());
         }
       }
       for (const auto& p : gone) fs::remove_all(p, ec);
       for (auto jt = open_.begin(); jt != open_.end();) {
-        if (std::get<0>(jt->first) == c.group) {
-          superseded_.push_back(jt->first);
-          if (superseded_.size() > 64) superseded_.pop_front();
+        if (std::get<0>(jt->first) == c.group && !kept(jt->first)) {
+          Supersede(jt->first);
           jt = open_.erase(jt);
         } else {
           ++jt;
@@ -398,6 +436,7 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c) {
     return a;
   }
   Open& o = it->second;
+  o.touched_us = now_us;
   if (c.offset != o.held || c.data.empty()) return Ack(c, o.held, false, false);
   if (c.offset + c.data.size() > o.total || c.data.size() > kMaxChunkBytes) return Ack(c, o.held, false, true);
   Status s = Write(dir, o, c.offset, c.data);

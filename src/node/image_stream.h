@@ -73,6 +73,7 @@ class ImageSender {
   uint64_t total() const { return total_; }
   uint64_t acked() const { return acked_; }
   const std::string& dir() const { return dir_; }
+  uint64_t export_id() const { return export_id_; }
 
  private:
   uint64_t group_;
@@ -93,27 +94,36 @@ class ImageSender {
 // Every image coming to this node, kept under `root` in a folder per image:
 // in-<group>-<sender>-<export id>, with .manifest, the files, .held (the
 // durable offset) and .complete once all of it is durable. A new offer for
-// a group supersedes that group's unfinished images: they are removed, and
-// their senders are refused from then on (so two senders never take turns
-// wiping each other's transfer).
+// a group supersedes that group's unfinished images, but those of other
+// senders that made progress within the last kKeepActiveUs, the
+// kKeepOthers furthest along (a leader that lost its leadership meanwhile,
+// or restarted, and goes on sending; whichever image completes first is
+// taken, see Replica::ImageArrived). Superseded
+// images are removed and their senders refused from then on (so two
+// senders never take turns wiping each other's transfer).
 class ImageReceiver {
  public:
   explicit ImageReceiver(std::string root);
   // Removes complete images left by an earlier run (their Raft message is
   // gone with it) and unreadable folders; keeps unfinished ones to resume.
   void Recover();
-  // Handles an offer or a data chunk; returns the acknowledgement to send.
-  SnapshotChunk Handle(const SnapshotChunk& c);
+  // Handles an offer or a data chunk at `now_us` (a monotonic clock);
+  // returns the acknowledgement to send.
+  SnapshotChunk Handle(const SnapshotChunk& c, int64_t now_us);
   // The folder of a complete image, or "".
   std::string Complete(uint64_t group, raft::NodeId from, uint64_t export_id) const;
-  // Removes every image of the group.
+  // Removes every image of the group (its replica left); transfers under
+  // way to it are refused from then on.
   void Discard(uint64_t group);
-  // Removes one image (imported).
+  // Removes one image (imported, or no longer needed); its sender is told
+  // it arrived if it asks again.
   void Discard(uint64_t group, raft::NodeId from, uint64_t export_id);
   // Removes images nothing has written to for `age_s` seconds (given up,
   // or whose Raft message never came).
   void Expire(int64_t age_s);
   static constexpr uint64_t kMaxChunkBytes = 16 << 20;
+  static constexpr int64_t kKeepActiveUs = 30'000'000;  // as ImageSenderOptions::give_up_us
+  static constexpr size_t kKeepOthers = 2;
   uint64_t bytes_received() const { return bytes_received_; }
 
  private:
@@ -121,6 +131,7 @@ class ImageReceiver {
     std::vector<ImageFile> files;
     uint64_t total = 0;
     uint64_t held = 0;  // durable bytes
+    int64_t touched_us = 0;  // the last offer or chunk written
   };
   using Key = std::tuple<uint64_t, raft::NodeId, uint64_t>;
   std::string DirOf(const Key& k) const;
@@ -129,7 +140,9 @@ class ImageReceiver {
 
   std::string root_;
   std::map<Key, Open> open_;
+  void Supersede(const Key& k);
   std::deque<Key> superseded_;  // the newest few
+  std::deque<Key> consumed_;    // the newest few
   uint64_t bytes_received_ = 0;
 };
 

@@ -76,7 +76,7 @@ bool Transfer(ImageSender& s, std::unique_ptr<ImageReceiver>& r, const std::stri
     EXPECT_TRUE(c.ok());
     if (!c->has_value()) continue;
     if (drop > 0 && rng() % drop == 0) continue;
-    SnapshotChunk ack = r->Handle(**c);
+    SnapshotChunk ack = r->Handle(**c, now);
     if (drop > 0 && rng() % drop == 0) continue;
     s.OnAck(ack, now);
   }
@@ -129,23 +129,83 @@ TEST(ImageStream, ANewImageOfTheGroupReplacesAnUnfinishedOne) {
   ImageSender old(7, 1, 2, 50, img.dir, SmallChunks());
   ASSERT_TRUE(old.Open(0).ok());
   auto offer = old.Next(1);
-  old.OnAck(r.Handle(**offer), 2);
-  auto data = old.Next(3);
-  old.OnAck(r.Handle(**data), 4);
+  old.OnAck(r.Handle(**offer, 1'000'000), 1'000'001);
+  auto data = old.Next(2'000'000);
+  old.OnAck(r.Handle(**data, 2'000'000), 2'000'001);
   EXPECT_EQ(old.acked(), 1000u);
   EXPECT_TRUE(fs::exists(root + "/in-7-1-50"));
+  // Node 3's offer comes when node 1's transfer has been idle for longer
+  // than kKeepActiveUs.
+  const int64_t later = 2'000'000 + ImageReceiver::kKeepActiveUs + 1;
   ImageSender next(7, 3, 2, 60, img.dir, SmallChunks());
-  ASSERT_TRUE(next.Open(0).ok());
-  auto offer2 = next.Next(1);
-  r.Handle(**offer2);
+  ASSERT_TRUE(next.Open(later).ok());
+  auto offer2 = next.Next(later);
+  r.Handle(**offer2, later);
   EXPECT_FALSE(fs::exists(root + "/in-7-1-50"));
   // The old sender is refused from now on (it does not wipe the new one).
-  auto more = old.Next(5);
-  SnapshotChunk ack = r.Handle(**more);
+  auto more = old.Next(later + 1);
+  SnapshotChunk ack = r.Handle(**more, later + 1);
   EXPECT_TRUE(ack.refused);
-  old.OnAck(ack, 6);
-  EXPECT_TRUE(old.failed(7));
+  old.OnAck(ack, later + 2);
+  EXPECT_TRUE(old.failed(later + 3));
   EXPECT_TRUE(fs::exists(root + "/in-7-3-60"));
+}
+
+// A leader that lost its leadership goes on sending its image: an offer
+// from the new leader does not wipe a transfer still making progress, and
+// both go on. An image taken before its sender heard it all arrived is
+// answered "done". A new offer keeps two other transfers at most, the
+// furthest along; once the replica left, what still comes is refused.
+TEST(ImageStream, AnImageStillArrivingIsKeptBesideANewOne) {
+  Image img(TempDir("src9"));
+  std::string root = TempDir("dst9");
+  auto r = std::make_unique<ImageReceiver>(root);
+  ImageSender old(7, 1, 2, 50, img.dir, SmallChunks());
+  ASSERT_TRUE(old.Open(0).ok());
+  old.OnAck(r->Handle(**old.Next(1), 1), 2);
+  old.OnAck(r->Handle(**old.Next(3), 3), 4);
+  ASSERT_EQ(old.acked(), 1000u);
+  ImageSender next(7, 3, 2, 60, img.dir, SmallChunks());
+  ASSERT_TRUE(next.Open(5).ok());
+  next.OnAck(r->Handle(**next.Next(5), 5), 6);
+  EXPECT_TRUE(fs::exists(root + "/in-7-1-50"));
+  EXPECT_TRUE(fs::exists(root + "/in-7-3-60"));
+  // Both finish.
+  ASSERT_TRUE(Transfer(old, r, root, 0));
+  img.ExpectAt(r->Complete(7, 1, 50));
+  ASSERT_TRUE(Transfer(next, r, root, 0));
+  img.ExpectAt(r->Complete(7, 3, 60));
+  // Taken by the replica before node 1 heard it all arrived: asked again,
+  // the receiver says it did rather than taking it anew.
+  r->Discard(7, 1, 50);
+  SnapshotChunk offer;
+  offer.kind = SnapshotChunk::Kind::kOffer;
+  offer.group = 7, offer.from = 1, offer.to = 2, offer.export_id = 50, offer.total = old.total();
+  offer.data = EncodeManifest({{"x", old.total()}});
+  SnapshotChunk ack = r->Handle(offer, 2'000'000);
+  EXPECT_TRUE(ack.done);
+  EXPECT_FALSE(ack.refused);
+  EXPECT_FALSE(fs::exists(root + "/in-7-1-50"));
+  // A fourth sender's offer keeps only the two other transfers in progress
+  // that are furthest along: node 3's image has 1000 bytes, node 4's none,
+  // node 5's none (the most recent), node 6 offers.
+  ImageSender a(8, 3, 2, 70, img.dir, SmallChunks()), b(8, 4, 2, 80, img.dir, SmallChunks()),
+      c(8, 5, 2, 90, img.dir, SmallChunks()), d(8, 6, 2, 95, img.dir, SmallChunks());
+  for (ImageSender* s : {&a, &b, &c, &d}) ASSERT_TRUE(s->Open(0).ok());
+  a.OnAck(r->Handle(**a.Next(10), 10), 11);
+  a.OnAck(r->Handle(**a.Next(12), 12), 13);
+  ASSERT_EQ(a.acked(), 1000u);
+  b.OnAck(r->Handle(**b.Next(20), 20), 21);
+  c.OnAck(r->Handle(**c.Next(25), 25), 26);
+  d.OnAck(r->Handle(**d.Next(30), 30), 31);
+  EXPECT_TRUE(fs::exists(root + "/in-8-3-70"));
+  EXPECT_FALSE(fs::exists(root + "/in-8-4-80"));
+  EXPECT_TRUE(fs::exists(root + "/in-8-5-90"));
+  EXPECT_TRUE(fs::exists(root + "/in-8-6-95"));
+  EXPECT_TRUE(r->Handle(**b.Next(40), 40).refused);
+  // The replica left: transfers under way to it are refused.
+  r->Discard(8);
+  EXPECT_TRUE(r->Handle(**a.Next(50), 50).refused);
 }
 
 TEST(ImageStream, TornBytesPastTheAcknowledgedOffsetAreNotKept) {
@@ -154,9 +214,9 @@ TEST(ImageStream, TornBytesPastTheAcknowledgedOffsetAreNotKept) {
   auto r = std::make_unique<ImageReceiver>(root);
   ImageSender s(7, 1, 2, 46, img.dir, SmallChunks());
   ASSERT_TRUE(s.Open(0).ok());
-  s.OnAck(r->Handle(**s.Next(1)), 2);  // offer
-  s.OnAck(r->Handle(**s.Next(3)), 4);  // 1000 bytes
-  s.OnAck(r->Handle(**s.Next(5)), 6);  // 2000 bytes
+  s.OnAck(r->Handle(**s.Next(1), 1), 2);  // offer
+  s.OnAck(r->Handle(**s.Next(3), 3), 4);  // 1000 bytes
+  s.OnAck(r->Handle(**s.Next(5), 5), 6);  // 2000 bytes
   ASSERT_EQ(s.acked(), 2000u);
   // A crash in the middle of the next write left garbage past the offset.
   { std::ofstream(root + "/in-7-1-46/a.sst", std::ios::binary | std::ios::app) << std::string(700, '\0'); }
@@ -172,11 +232,11 @@ TEST(ImageStream, ARestartedReceiverThatKeptNothingAsksForAnOffer) {
   auto r = std::make_unique<ImageReceiver>(root);
   ImageSender s(7, 1, 2, 47, img.dir, SmallChunks());
   ASSERT_TRUE(s.Open(0).ok());
-  s.OnAck(r->Handle(**s.Next(1)), 2);  // offer answered, nothing written yet
+  s.OnAck(r->Handle(**s.Next(1), 1), 2);  // offer answered, nothing written yet
   fs::remove_all(root);                 // the receiver lost its disk
   r = std::make_unique<ImageReceiver>(root);
   r->Recover();
-  SnapshotChunk ack = r->Handle(**s.Next(3));
+  SnapshotChunk ack = r->Handle(**s.Next(3), 3);
   EXPECT_TRUE(ack.resync);
   s.OnAck(ack, 4);
   auto next = s.Next(5);
@@ -195,19 +255,19 @@ TEST(ImageStream, RefusesBadManifestsAndOutOfRangeData) {
     c.group = 1, c.from = 2, c.to = 3, c.export_id = 4;
     c.data = EncodeManifest({{name, 10}});
     c.total = 10;
-    EXPECT_TRUE(r.Handle(c).refused) << name;
+    EXPECT_TRUE(r.Handle(c, 1).refused) << name;
   }
   SnapshotChunk c;
   c.kind = SnapshotChunk::Kind::kOffer;
   c.group = 1, c.from = 2, c.to = 3, c.export_id = 4;
   c.data = EncodeManifest({{"ok", 10}});
   c.total = 11;  // disagrees with the manifest
-  EXPECT_TRUE(r.Handle(c).refused);
+  EXPECT_TRUE(r.Handle(c, 1).refused);
   c.total = 10;
-  EXPECT_FALSE(r.Handle(c).refused);
+  EXPECT_FALSE(r.Handle(c, 1).refused);
   c.kind = SnapshotChunk::Kind::kData;
   c.data = std::string(11, 'x');
-  EXPECT_TRUE(r.Handle(c).refused);
+  EXPECT_TRUE(r.Handle(c, 1).refused);
   EXPECT_TRUE(r.Complete(1, 2, 4).empty());
   std::vector<ImageFile> files;
   EXPECT_FALSE(DecodeManifest("garbage", &files));
@@ -237,13 +297,13 @@ struct TwoNodes {
         tb(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1"}, Deliver(), [](auto, auto) {}),
         dir_a(TempDir("streams_a")),
         dir_b(TempDir("streams_b")),
-        a(&ta, {.dir = dir_a, .rate_bytes_per_s = rate, .sender = {.chunk_bytes = 64 << 10}},
-          [this](uint64_t g, raft::NodeId to, bool failed) {
+        rate_a(rate),
+        b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {},
+          [this](uint64_t g, const replica::SnapshotTicket& t) {
             std::lock_guard lock(mu);
-            reports.emplace_back(g, to, failed);
-          }),
-        b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {}) {
-    ta.set_chunk_handler([this](raft::NodeId from, SnapshotChunk c) { a.OnChunk(from, std::move(c)); });
+            arrived.emplace_back(g, t.from, t.export_id);
+          }) {
+    NewA();
     tb.set_chunk_handler([this](raft::NodeId from, SnapshotChunk c) { b.OnChunk(from, std::move(c)); });
     for (Transport* t : {&ta, &tb}) {
       t->set_cluster_id(77);
@@ -251,14 +311,25 @@ struct TwoNodes {
     }
     ta.SetAddress(2, "127.0.0.1", tb.port());
     tb.SetAddress(1, "127.0.0.1", ta.port());
-    a.Start();
+    a->Start();
     b.Start();
   }
   ~TwoNodes() {
-    a.Stop();
+    a->Stop();
     b.Stop();
     ta.Stop();
     tb.Stop();
+  }
+  // Node 1's end, anew on the same folder (a restart of its process).
+  void NewA() {
+    if (a) a->Stop();
+    a = std::make_unique<SnapshotStreams>(&ta, SnapshotStreamsOptions{.dir = dir_a, .rate_bytes_per_s = rate_a,
+                                                                      .sender = {.chunk_bytes = 64 << 10}},
+                                          [this](uint64_t g, raft::NodeId to, bool failed) {
+                                            std::lock_guard lock(mu);
+                                            reports.emplace_back(g, to, failed);
+                                          });
+    ta.set_chunk_handler([this](raft::NodeId from, SnapshotChunk c) { a->OnChunk(from, std::move(c)); });
   }
   Transport::DeliverFn Deliver() {
     return [this](std::vector<GroupMessage> ms) {
@@ -272,7 +343,7 @@ struct TwoNodes {
     raft::Message m{.type = raft::MessageType::kSnap, .to = 2, .from = 1, .term = 3};
     m.snapshot.meta.index = 10;
     m.snapshot.data = t.Encode();
-    a.Ship(5, m, [payload](const std::string& dir) {
+    a->Ship(5, m, [payload](const std::string& dir) {
       fs::create_directories(dir);
       WriteFile(dir + "/data.sst", payload);
       WriteFile(dir + "/counters", "");
@@ -296,9 +367,12 @@ struct TwoNodes {
   std::mutex mu;
   std::vector<raft::Message> delivered;
   std::vector<std::tuple<uint64_t, raft::NodeId, bool>> reports;
+  std::vector<std::tuple<uint64_t, raft::NodeId, uint64_t>> arrived;  // on b
   Transport ta, tb;
   std::string dir_a, dir_b;
-  SnapshotStreams a, b;
+  uint64_t rate_a;
+  std::unique_ptr<SnapshotStreams> a;
+  SnapshotStreams b;
 };
 
 // The image arrives whole, then its Raft message, and the sender is told.
@@ -322,9 +396,9 @@ TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
   EXPECT_TRUE(fs::exists(got + "/counters"));
   // The rate setting holds: 300 kB at 200 kB/s (with two chunks of burst).
   EXPECT_GT(secs, 0.6);
-  EXPECT_EQ(n.a.stats().bytes_sent, 300'000u);
+  EXPECT_EQ(n.a->stats().bytes_sent, 300'000u);
   EXPECT_EQ(n.b.stats().bytes_received, 300'000u);
-  EXPECT_EQ(n.a.stats().sent, 1u);
+  EXPECT_EQ(n.a->stats().sent, 1u);
   EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-99"));  // the export is cleaned up
   n.b.Discard(5);  // carried out on b's thread
   EXPECT_TRUE(n.Wait([&] { return n.b.Received(5, t).empty(); }));
@@ -337,25 +411,67 @@ TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
 TEST(SnapshotStreams, RecalledTransfersStop) {
   TwoNodes n(200'000);
   n.Ship(7, Bytes(2'000'000, 3));  // 10 s at this rate
-  ASSERT_TRUE(n.Wait([&] { return n.a.stats().bytes_sent > 0; }));
-  n.a.Recall(5, {2, 3});  // the receiver stays a member: nothing happens
-  n.a.Recall(6, {});      // another group
+  ASSERT_TRUE(n.Wait([&] { return n.a->stats().bytes_sent > 0; }));
+  n.a->Recall(5, {2, 3});  // the receiver stays a member: nothing happens
+  n.a->Recall(6, {});      // another group
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(n.a.stats().recalled, 0u);
-  EXPECT_EQ(n.a.stats().sending, 1u);
-  n.a.Recall(5, {3});     // the receiver left
+  EXPECT_EQ(n.a->stats().recalled, 0u);
+  EXPECT_EQ(n.a->stats().sending, 1u);
+  n.a->Recall(5, {3});     // the receiver left
   replica::SnapshotTicket later = n.Ship(8, Bytes(100'000, 4));  // shipped after the recall: it goes
   ASSERT_TRUE(n.Wait([&] { return !n.reports.empty(); }));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   std::lock_guard lock(n.mu);
-  EXPECT_EQ(n.a.stats().recalled, 1u);
-  EXPECT_EQ(n.a.stats().sending, 0u);
-  EXPECT_LT(n.a.stats().bytes_sent, 2'000'000u);
+  EXPECT_EQ(n.a->stats().recalled, 1u);
+  EXPECT_EQ(n.a->stats().sending, 0u);
+  EXPECT_LT(n.a->stats().bytes_sent, 2'000'000u);
   ASSERT_EQ(n.reports.size(), 1u);  // for the later one only
   EXPECT_EQ(n.reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
   ASSERT_EQ(n.delivered.size(), 1u);
   EXPECT_EQ(n.delivered[0].snapshot.data, later.Encode());
   EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-7"));
+}
+
+// The sending node restarts in the middle of a transfer: the new run takes
+// it up where the receiver is, without its Raft message (whose term has
+// passed: the receiver takes the image on arrival), and reports it.
+TEST(SnapshotStreams, ATransferOutlivesARestartOfItsSender) {
+  TwoNodes n(400'000);
+  const std::string payload = Bytes(1'500'000, 5);  // about 3.5 s at this rate
+  replica::SnapshotTicket t = n.Ship(41, payload);
+  ASSERT_TRUE(n.Wait([&] { return n.b.stats().bytes_received > 300'000; }));
+  EXPECT_TRUE(fs::exists(n.dir_a + "/out-5-2-41.job"));
+  EXPECT_EQ(n.a->Carrying(5, 2), std::optional<raft::Index>(10));
+  n.NewA();  // stops the first run (its thread), as a crash would end it
+  EXPECT_EQ(n.a->Carrying(5, 2), std::nullopt);
+  n.a->Start();
+  EXPECT_EQ(n.a->Carrying(5, 2), std::optional<raft::Index>(10));
+  ASSERT_TRUE(n.Wait([&] { return !n.reports.empty(); }));
+  {
+    std::lock_guard lock(n.mu);
+    EXPECT_EQ(n.reports[0], std::make_tuple(uint64_t{5}, raft::NodeId{2}, false));
+    EXPECT_TRUE(n.delivered.empty());  // no ticket of a past term
+    ASSERT_FALSE(n.arrived.empty());
+    EXPECT_EQ(n.arrived.back(), std::make_tuple(uint64_t{5}, raft::NodeId{1}, uint64_t{41}));
+  }
+  std::string got = n.b.Received(5, t);
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(ReadFile(got + "/data.sst"), payload);
+  // Sent once, not again from the start (a chunk at most twice).
+  EXPECT_LT(n.b.stats().bytes_received, payload.size() + (64u << 10) + 64);
+  EXPECT_EQ(n.a->Carrying(5, 2), std::nullopt);
+  EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-41"));
+  EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-41.job"));
+  // A transfer recalled (its receiver left) is not taken up again by a
+  // restart that comes before the transfer has stopped.
+  n.Ship(42, payload);
+  ASSERT_TRUE(n.Wait([&] { return fs::exists(n.dir_a + "/out-5-2-42.job"); }));
+  n.a->Recall(5, {3});
+  EXPECT_FALSE(fs::exists(n.dir_a + "/out-5-2-42.job"));
+  n.NewA();
+  n.a->Start();
+  EXPECT_EQ(n.a->Carrying(5, 2), std::nullopt);
+  EXPECT_EQ(n.a->stats().sending, 0u);
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "common/clock.h"
 
@@ -14,23 +17,94 @@ constexpr int kMaxExports = 2;                       // export threads at once
 constexpr uint64_t kIncomingMaxBytes = 64 << 20;     // chunks waiting to be written
 constexpr int64_t kExpireEveryUs = 60'000'000;       // look for abandoned images
 constexpr int64_t kAbandonedAfterS = 600;            // ... untouched this long
+constexpr int64_t kNoteEveryUs = 30'000'000;         // an export's .job note marks progress
+
+// "<group> <to> <export id> <from> <snapshot index>", beside the export's
+// folder: out-<group>-<to>-<export id>.job.
+std::string JobNote(uint64_t group, const raft::Message& msg, uint64_t export_id) {
+  return std::to_string(group) + " " + std::to_string(msg.to) + " " + std::to_string(export_id) + " " +
+         std::to_string(msg.from) + " " + std::to_string(msg.snapshot.meta.index) + "\n";
+}
 
 }  // namespace
 
-SnapshotStreams::SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report)
-    : transport_(transport), opts_(std::move(opts)), report_(std::move(report)), receiver_(opts_.dir) {}
+SnapshotStreams::SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report, ArrivedFn arrived)
+    : transport_(transport),
+      opts_(std::move(opts)),
+      report_(std::move(report)),
+      arrived_(std::move(arrived)),
+      receiver_(opts_.dir) {}
 
 SnapshotStreams::~SnapshotStreams() { Stop(); }
+
+void SnapshotStreams::ResumeExports() {
+  std::error_code ec;
+  std::vector<fs::path> gone;
+  std::map<std::pair<uint64_t, raft::NodeId>, std::unique_ptr<Job>> found;
+  const auto now = fs::file_time_type::clock::now();
+  for (const auto& e : fs::directory_iterator(opts_.dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with("out-")) continue;
+    if (e.is_directory()) {
+      std::error_code ec2;
+      if (!fs::exists(e.path().string() + ".job", ec2)) gone.push_back(e.path());  // not whole, or not noted
+      continue;
+    }
+    if (!name.ends_with(".job")) continue;
+    const std::string dir = e.path().string().substr(0, e.path().string().size() - 4);
+    std::ifstream f(e.path());
+    uint64_t group = 0, to = 0, export_id = 0, from = 0, index = 0;
+    std::error_code ec2;
+    const bool fresh = now - fs::last_write_time(e.path(), ec2) < std::chrono::seconds(kAbandonedAfterS);
+    auto job = std::make_unique<Job>();
+    if (!(f >> group >> to >> export_id >> from >> index) || !fresh || !fs::is_directory(dir, ec2)) {
+      gone.push_back(e.path());
+      gone.push_back(dir);
+      continue;
+    }
+    job->group = group;
+    job->msg = raft::Message{.type = raft::MessageType::kSnap, .to = to, .from = from};
+    job->msg.snapshot.meta.index = index;
+    job->dir = dir;
+    job->started = true;
+    job->exported.store(true, std::memory_order_relaxed);
+    job->resumed = true;
+    job->sender = std::make_unique<ImageSender>(group, from, to, export_id, dir, opts_.sender);
+    if (!job->sender->Open(RealClock().NowMonoUs()).ok()) {
+      gone.push_back(e.path());
+      gone.push_back(dir);
+      continue;
+    }
+    // One per receiving replica: the latest.
+    auto& best = found[{group, to}];
+    if (best) {
+      if (best->msg.snapshot.meta.index >= index) {
+        gone.push_back(e.path());
+        gone.push_back(dir);
+        continue;
+      }
+      gone.push_back(best->dir + ".job");
+      gone.push_back(best->dir);
+    }
+    best = std::move(job);
+  }
+  for (const auto& p : gone) fs::remove_all(p, ec);
+  std::lock_guard lock(mu_);
+  for (auto& [key, job] : found) {
+    spdlog::info("group {}: taking up again a snapshot transfer at {} to node {:016x} ({} bytes) left by the "
+                 "last run",
+                 job->group, job->msg.snapshot.meta.index, job->msg.to, job->sender->total());
+    job->seq = ++seq_;
+    carrying_.emplace(key, Carried{job->seq, job->msg.snapshot.meta.index, 0});
+    sending_.fetch_add(1, std::memory_order_relaxed);
+    jobs_.push_back(std::move(job));
+  }
+}
 
 void SnapshotStreams::Start() {
   std::error_code ec;
   fs::create_directories(opts_.dir, ec);
-  // Exports of an earlier run are orphans: their transfers ended with it.
-  std::vector<fs::path> gone;
-  for (const auto& e : fs::directory_iterator(opts_.dir, ec)) {
-    if (e.is_directory() && e.path().filename().string().starts_with("out-")) gone.push_back(e.path());
-  }
-  for (const auto& p : gone) fs::remove_all(p, ec);
+  ResumeExports();
   receiver_.Recover();
   receiver_.Expire(kAbandonedAfterS);
   thread_ = std::thread([this] {
@@ -70,6 +144,7 @@ void SnapshotStreams::Ship(uint64_t group, raft::Message msg, replica::ImageWrit
     std::lock_guard lock(mu_);
     if (stop_) return;  // shutting down: the transfer dies with the process
     job->seq = ++seq_;
+    carrying_[{group, job->msg.to}] = Carried{job->seq, job->msg.snapshot.meta.index, 0};
     new_jobs_.push_back(std::move(job));
   }
   cv_.notify_all();
@@ -99,8 +174,35 @@ void SnapshotStreams::Recall(uint64_t group, const std::vector<raft::NodeId>& ke
   {
     std::lock_guard lock(mu_);
     recalls_.push_back(RecallOrder{group, keep, ++seq_});
+    // No longer carried from here on (Carrying), though the jobs end later;
+    // and never taken up again by a restart that comes first (their notes).
+    for (auto it = carrying_.lower_bound({group, 0}); it != carrying_.end() && it->first.first == group;) {
+      it = std::find(keep.begin(), keep.end(), it->first.second) == keep.end() ? carrying_.erase(it) : std::next(it);
+    }
+    const std::string prefix = "out-" + std::to_string(group) + "-";
+    std::error_code ec;
+    std::vector<fs::path> notes;
+    for (const auto& e : fs::directory_iterator(opts_.dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!name.starts_with(prefix) || !name.ends_with(".job")) continue;
+      const raft::NodeId to = std::strtoull(name.c_str() + prefix.size(), nullptr, 10);
+      if (std::find(keep.begin(), keep.end(), to) == keep.end()) notes.push_back(e.path());
+    }
+    for (const auto& n : notes) fs::remove(n, ec);
   }
   cv_.notify_all();
+}
+
+void SnapshotStreams::Adopt(uint64_t group, raft::NodeId to, raft::Term term) {
+  std::lock_guard lock(mu_);
+  if (auto it = carrying_.find({group, to}); it != carrying_.end()) it->second.adopted_term = term;
+}
+
+std::optional<raft::Index> SnapshotStreams::Carrying(uint64_t group, raft::NodeId to) {
+  std::lock_guard lock(mu_);
+  auto it = carrying_.find({group, to});
+  if (it == carrying_.end()) return std::nullopt;
+  return it->second.index;
 }
 
 void SnapshotStreams::OnChunk(raft::NodeId, SnapshotChunk c) {
@@ -121,12 +223,24 @@ SnapshotStreams::Stats SnapshotStreams::stats() const {
 
 void SnapshotStreams::Finish(Job& job, bool failed) {
   if (job.exporter.joinable()) job.exporter.join();
+  std::error_code rm;
+  fs::remove(job.dir + ".job", rm);
+  {
+    std::lock_guard lock(mu_);
+    auto it = carrying_.find({job.group, job.msg.to});
+    if (it != carrying_.end() && it->second.seq == job.seq) {
+      // Adopted by a later term of this node's leadership: the ticket
+      // leaves in that term (the follower takes it from its leader).
+      if (it->second.adopted_term > job.msg.term) job.msg.term = it->second.adopted_term;
+      carrying_.erase(it);
+    }
+  }
   std::error_code ec;
   fs::remove_all(job.dir, ec);
   sending_.fetch_sub(1, std::memory_order_relaxed);
   if (job.cancelled) return;  // replaced by a newer transfer, which reports
   (failed ? failed_ : sent_).fetch_add(1, std::memory_order_relaxed);
-  if (!failed) {
+  if (!failed && !job.resumed) {
     // The image is durable at the receiver: now the ticket may follow.
     std::vector<GroupMessage> out;
     out.push_back(GroupMessage{job.group, job.msg});
@@ -194,10 +308,12 @@ void SnapshotStreams::Loop() {
         continue;
       }
       uint64_t before = receiver_.bytes_received();
-      SnapshotChunk ack = receiver_.Handle(c);
+      SnapshotChunk ack = receiver_.Handle(c, now);
       bytes_received_.fetch_add(receiver_.bytes_received() - before, std::memory_order_relaxed);
       if (ack.refused) spdlog::warn("group {}: refused a snapshot chunk from node {:016x}", c.group, c.from);
+      const bool whole = ack.done;
       transport_->SendChunk(c.from, std::move(ack));
+      if (whole && arrived_) arrived_(c.group, replica::SnapshotTicket{c.from, c.export_id});
     }
     // Start exports, a few at a time: each writes a whole shard.
     int exporting = 0;
@@ -212,8 +328,16 @@ void SnapshotStreams::Loop() {
         pthread_setname_np(pthread_self(), "shoal-export");
         std::error_code ec;
         fs::remove_all(p->dir, ec);
+        fs::remove(p->dir + ".job", ec);
         p->export_status = p->write(p->dir);  // reads a consistent storage view
         p->write = nullptr;                   // releases it
+        if (p->export_status.ok()) {
+          // Whole: a restart of this node takes the transfer up again.
+          replica::SnapshotTicket t;
+          replica::SnapshotTicket::Decode(p->msg.snapshot.data, &t);
+          std::ofstream note(p->dir + ".job", std::ios::trunc);
+          note << JobNote(p->group, p->msg, t.export_id);
+        }
         p->exported.store(true, std::memory_order_release);
         cv_.notify_all();
       });
@@ -280,6 +404,14 @@ void SnapshotStreams::Loop() {
         Finish(j, failed);
         it = jobs_.erase(it);
       } else {
+        if (j.sender->acked() > j.noted_acked && now - j.noted_us > kNoteEveryUs) {
+          // Still going: a restart within kAbandonedAfterS of the last
+          // progress takes it up again.
+          std::error_code ec;
+          fs::last_write_time(j.dir + ".job", fs::file_time_type::clock::now(), ec);
+          j.noted_acked = j.sender->acked();
+          j.noted_us = now;
+        }
         ++it;
       }
     }

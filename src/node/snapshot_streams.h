@@ -4,7 +4,10 @@
 // streamed in chunks over the peer transport, at most `rate` bytes a second
 // for all transfers together, and only then is its Raft message sent. Incoming
 // chunks are written and made durable on this object's thread, never on a
-// worker. See node/image_stream.h for the protocol and its resumption.
+// worker. See node/image_stream.h for the protocol and its resumption. A
+// transfer outlives a restart of its sending node too: exports stay on disk
+// with a note of where they go, and are sent on (without their Raft
+// message, whose term has passed: the receiver takes an image on arrival).
 #pragma once
 
 #include <atomic>
@@ -13,8 +16,10 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,7 +41,11 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   // Runs on this object's thread when a transfer ends; failed: it gave up.
   using ReportFn = std::function<void(uint64_t group, raft::NodeId to, bool failed)>;
 
-  SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report);
+  // Runs on this object's thread each time an incoming image is (or is
+  // again found) whole and durable here.
+  using ArrivedFn = std::function<void(uint64_t group, const replica::SnapshotTicket& ticket)>;
+
+  SnapshotStreams(Transport* transport, SnapshotStreamsOptions opts, ReportFn report, ArrivedFn arrived = nullptr);
   ~SnapshotStreams() override;
   // Cleans what an earlier run left and starts the thread.
   void Start();
@@ -48,6 +57,8 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   void Consumed(uint64_t group, const replica::SnapshotTicket& ticket) override;
   void Discard(uint64_t group) override;
   void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) override;
+  std::optional<raft::Index> Carrying(uint64_t group, raft::NodeId to) override;
+  void Adopt(uint64_t group, raft::NodeId to, raft::Term term) override;
   // A chunk from the transport (its thread).
   void OnChunk(raft::NodeId from, SnapshotChunk c);
 
@@ -67,6 +78,9 @@ class SnapshotStreams final : public replica::SnapshotCourier {
     std::thread exporter;
     bool started = false;    // the exporter runs or ran
     bool cancelled = false;  // replaced by a newer transfer to the same replica, or recalled
+    bool resumed = false;    // left by an earlier run of this node: no ticket to send
+    uint64_t noted_acked = 0;  // progress when its .job note was last touched
+    int64_t noted_us = 0;
     std::atomic<bool> exported{false};
     Status export_status;
     std::unique_ptr<ImageSender> sender;
@@ -74,10 +88,14 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   };
   void Loop();
   void Finish(Job& job, bool failed);
+  // Takes up again the transfers an earlier run left (each export folder
+  // with its .job file, written once it was whole), or deletes them.
+  void ResumeExports();
 
   Transport* transport_;
   SnapshotStreamsOptions opts_;
   ReportFn report_;
+  ArrivedFn arrived_;
   ImageReceiver receiver_;  // this object's thread only (Complete is const)
 
   std::mutex mu_;
@@ -96,6 +114,15 @@ class SnapshotStreams final : public replica::SnapshotCourier {
     uint64_t seq;
   };
   uint64_t seq_ = 0;  // orders Ship and Recall calls (mu_)
+  // The newest transfer by (group, receiver), until it finishes or is
+  // recalled (mu_; Carrying, Adopt). A newer one to the same receiver
+  // replaces the older.
+  struct Carried {
+    uint64_t seq = 0;
+    raft::Index index = 0;
+    raft::Term adopted_term = 0;  // Adopt: its ticket leaves in this term
+  };
+  std::map<std::pair<uint64_t, raft::NodeId>, Carried> carrying_;
   std::vector<RecallOrder> recalls_;
   uint64_t incoming_bytes_ = 0;
   std::list<std::unique_ptr<Job>> new_jobs_;

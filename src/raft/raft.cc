@@ -425,6 +425,12 @@ void Raft::handle_snapshot(const Message& m) {
   send(std::move(resp));
 }
 
+bool Raft::install_snapshot(const Snapshot& s) {
+  if (role_ != Role::kFollower || !restore(s)) return false;
+  if (lead_ != kNoNode) send(Message{.type = MessageType::kAppResp, .to = lead_, .index = log_.last_index()});
+  return true;
+}
+
 bool Raft::restore(const Snapshot& s) {
   if (s.meta.index <= log_.committed()) return false;
   const ConfState& cs = s.meta.conf_state;

@@ -127,6 +127,17 @@ class Raft {
   // proof of an ended process: a live leader's lease counts on followers
   // refusing votes for an election timeout after hearing from it.
   bool leader_gone(NodeId lead);
+  // The application holds, durably, the image of a committed state `s`
+  // names that reached it without a snapshot message of the current term
+  // (its sender lost leadership while sending it). A follower takes it as
+  // it would from its leader: only if it is ahead of its commit index and
+  // lists this replica; its log after it goes unless it matches. Its
+  // leader, if known, is told where the log now ends once the snapshot is
+  // durable. Returns whether it was taken (it is then in the next Ready).
+  // Safe because a committed state is the same whoever exported it; the
+  // caller must know that `s` is of this group's history (not of a group
+  // replaced by an unsafe recovery).
+  bool install_snapshot(const Snapshot& s);
   // Campaigns this replica started (pre-vote rounds, or votes without
   // pre-vote), not counting those of a leadership transfer.
   uint64_t campaigns() const { return campaigns_; }

@@ -296,6 +296,45 @@ TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {
   EXPECT_EQ(c.raft(1).tracker().progress().at(3).state, ProgressState::kReplicate);
 }
 
+// A follower that holds the image of a committed state from a leader that
+// has since lost leadership takes it by itself (Raft::install_snapshot),
+// tells its new leader, and catches up from the new leader's log after it.
+TEST(RaftTest, FollowerInstallsACommittedSnapshotFromAnEarlierLeader) {
+  TestCluster c(3);
+  c.campaign(1);
+  c.isolate(3);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
+  const Index applied = c.raft(1).log().applied();
+  ASSERT_TRUE(c.storage(1).create_snapshot(applied, c.raft(1).tracker().conf_state(), "image").ok());
+  const Snapshot image = *c.storage(1).snapshot();
+  // n1 is cut off; n2 wins with n3's vote, and nothing n2 replicates
+  // reaches n3 yet.
+  c.recover(3);
+  c.isolate(1);
+  c.set_filter([](const Message& m) {
+    return m.to == 3 && (m.type == MessageType::kApp || m.type == MessageType::kHeartbeat);
+  });
+  c.campaign(2);
+  ASSERT_EQ(c.raft(2).role(), Role::kLeader);
+  ASSERT_TRUE(c.propose(2, "after").ok());
+  EXPECT_FALSE(c.node(2).install_snapshot(image));  // a leader never does
+  EXPECT_FALSE(c.node(1).install_snapshot(image));  // nor a replica that has it all
+  ASSERT_EQ(c.raft(3).role(), Role::kFollower);
+  ASSERT_LT(c.raft(3).log().committed(), applied);
+  EXPECT_TRUE(c.node(3).install_snapshot(image));
+  EXPECT_FALSE(c.node(3).install_snapshot(image));  // taken: no longer ahead of the commit index
+  c.deliver();
+  EXPECT_EQ(c.storage(3).snapshot()->data, "image");
+  EXPECT_EQ(c.raft(3).log().committed(), applied);
+  // n2's log has what follows the image: n3 catches up from it.
+  c.heal();
+  c.isolate(1);
+  c.tick_all(3);
+  EXPECT_EQ(c.raft(3).log().committed(), c.raft(2).log().committed());
+  EXPECT_EQ(c.applied(3), std::vector<std::string>{"after"});  // the rest came in the image
+  EXPECT_EQ(c.raft(2).tracker().progress().at(3).state, ProgressState::kReplicate);
+}
+
 TEST(RaftTest, NewLeaderHoldsReadsUntilItCommitsInItsTerm) {
   TestCluster c(3);
   c.campaign(1);

@@ -71,6 +71,8 @@ class RawNode {
   void campaign() { raft_.step(Message{.type = MessageType::kHup, .from = raft_.id()}); }
   // See Raft::leader_gone.
   bool leader_gone(NodeId lead) { return raft_.leader_gone(lead); }
+  // See Raft::install_snapshot.
+  bool install_snapshot(const Snapshot& s) { return raft_.install_snapshot(s); }
   // Delivers a message from a peer. Local-only types are rejected, and so
   // are responses from peers that are not members.
   Status step(Message m);

@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
+#include "common/crc32c.h"
 #include "kv/commands.h"
 #include "kv/entry.h"
 #include "resp/reply_scan.h"
@@ -64,6 +68,53 @@ bool DecodeMarker(std::string_view raw, raft::SnapshotMeta* meta) {
 }
 
 constexpr std::string_view kTicketMagic("\0SHTKT1\0", 8);
+
+// An exported image's own Raft metadata, in a file beside its data: a
+// receiver can take the image without its ticket (Replica::ImageArrived).
+// [magic][crc32c u32 LE of the rest][group u64 LE][unsafe recovery u64 LE]
+// [marker: index, term, membership]. The group and the recovery name the
+// history the image is of: a replica takes only an image of its own.
+constexpr std::string_view kImageMetaFile = "raft-meta";
+constexpr std::string_view kImageMetaMagic("SHIMETA2", 8);
+
+struct ImageMeta {
+  uint64_t group = 0;
+  uint64_t recovery = 0;
+  raft::SnapshotMeta meta;
+};
+
+Status WriteImageMeta(const std::string& dir, uint64_t group, uint64_t recovery, const std::string& marker) {
+  std::string body;
+  body.append(reinterpret_cast<const char*>(&group), 8);
+  body.append(reinterpret_cast<const char*>(&recovery), 8);
+  body += marker;
+  std::string out(kImageMetaMagic);
+  uint32_t crc = Crc32c(body);
+  out.append(reinterpret_cast<const char*>(&crc), 4);
+  out += body;
+  std::ofstream f(dir + "/" + std::string(kImageMetaFile), std::ios::binary | std::ios::trunc);
+  f.write(out.data(), static_cast<std::streamsize>(out.size()));
+  f.close();
+  return f ? Status::Ok() : Status::IOError("cannot write " + dir + "/" + std::string(kImageMetaFile));
+}
+
+// False if the image has no such file (from a node that predates it) or it
+// does not check out.
+bool ReadImageMeta(const std::string& dir, ImageMeta* out) {
+  std::ifstream f(dir + "/" + std::string(kImageMetaFile), std::ios::binary);
+  if (!f) return false;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string raw = ss.str();
+  if (raw.size() < kImageMetaMagic.size() + 4 + 16 || !raw.starts_with(kImageMetaMagic)) return false;
+  uint32_t crc = 0;
+  std::memcpy(&crc, raw.data() + kImageMetaMagic.size(), 4);
+  std::string_view body = std::string_view(raw).substr(kImageMetaMagic.size() + 4);
+  if (Crc32c(body) != crc) return false;
+  std::memcpy(&out->group, body.data(), 8);
+  std::memcpy(&out->recovery, body.data() + 8, 8);
+  return DecodeMarker(body.substr(16), &out->meta);
+}
 constexpr char kSplitTag = 'S';
 constexpr char kSplitVersion = 1;
 
@@ -520,6 +571,7 @@ void Replica::Tick(int64_t now_mono_us) {
       node_->campaign();
     }
   }
+  if (arrived_) TakeArrivedImage();
   const raft::Raft& raft = node_->raft();
   campaigns_.store(raft.campaigns(), std::memory_order_relaxed);
   tick_times_.emplace_back(raft.tick_count(), now_mono_us);
@@ -601,41 +653,47 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
     SnapshotTicket t;
     std::string dir;
     bool ticket = SnapshotTicket::Decode(m.snapshot.data, &t);
-    if (ticket && (opts_.courier == nullptr || (dir = opts_.courier->Received(opts_.group, t)).empty())) {
+    const raft::Raft& raft = node_->raft();
+    if (ticket && (m.term < raft.term() || m.snapshot.meta.index <= raft.log().committed())) {
+      // Raft drops it (an older term) or answers with its commit index (this
+      // replica is past it: it may have taken the image when it arrived).
+      // An image it no longer needs is thrown away.
+      if (m.snapshot.meta.index <= raft.log().committed() && opts_.courier != nullptr && !ImageInUse(t) &&
+          !opts_.courier->Received(opts_.group, t).empty()) {
+        opts_.courier->Consumed(opts_.group, t);
+      }
+    } else if (ticket && (opts_.courier == nullptr || (dir = opts_.courier->Received(opts_.group, t)).empty())) {
       // Its image has not (all) arrived: the leader sends it again.
       spdlog::warn("group {}: snapshot at {} from node {:016x} without its image; dropped", opts_.group,
                    m.snapshot.meta.index, m.from);
       return;
-    }
-    if (ticket) {
-      // Checked before Raft takes the snapshot: once taken, an image that
-      // cannot be imported stops the node. A corrupt one is thrown away and
-      // the leader sends another.
-      Status intact = sm_->CheckImageFiles(dir);
-      if (!intact.ok()) {
-        spdlog::error("group {}: snapshot at {} from node {:016x} is corrupt ({}); dropped", opts_.group,
-                      m.snapshot.meta.index, m.from, intact.ToString());
-        opts_.courier->Consumed(opts_.group, t);
+    } else if (ticket) {
+      if (raft.tracker().conf_state().voters.empty() && raft.tracker().conf_state().learners.empty() &&
+          (raft.lead() != m.from || raft.term() != m.term)) {
+        // A replica new here takes a snapshot only from the leader it has
+        // heard from in this term (which probes it before sending one): a
+        // former leader's ticket may be for an earlier replica under the
+        // same id (docs/design/placement.md, "Rejoining").
+        spdlog::warn("group {}: snapshot at {} from node {:016x}, not this new replica's leader in term {}; dropped",
+                     opts_.group, m.snapshot.meta.index, m.from, m.term);
         return;
       }
-    }
-    if (std::optional<uint64_t> from = ticket ? std::nullopt : sm_->ImageRecovery(m.snapshot.data);
-        from && *from < recovery_) {
-      // From a leader of the group as it was before an unsafe recovery this
-      // replica was started over for: never taken.
-      spdlog::warn("group {}: snapshot at {} from node {:016x} predates unsafe recovery {}; dropped", opts_.group,
-                   m.snapshot.meta.index, m.from, recovery_);
-      return;
-    }
-    uint16_t b = 0, e = 0;
-    if (opts_.splitter != nullptr && sm_->ImageRange(ticket ? std::string_view() : std::string_view(m.snapshot.data), dir, &b, &e) &&
-        !opts_.splitter->ClaimImage(*this, b, e)) {
-      // From before a split whose child is already here: the leader sends
-      // a later one (narrower) once it has applied the split.
-      spdlog::warn("group {}: snapshot at {} names slots {}-{}, some held by another replica here; dropped",
-                   opts_.group, m.snapshot.meta.index, b, e - 1);
-      if (ticket) opts_.courier->Consumed(opts_.group, t);
-      return;
+      if (!AdmitImage(t, dir, m.snapshot.meta.index, m.from)) return;
+    } else {
+      if (std::optional<uint64_t> from = sm_->ImageRecovery(m.snapshot.data); from && *from < recovery_) {
+        // From a leader of the group as it was before an unsafe recovery this
+        // replica was started over for: never taken.
+        spdlog::warn("group {}: snapshot at {} from node {:016x} predates unsafe recovery {}; dropped", opts_.group,
+                     m.snapshot.meta.index, m.from, recovery_);
+        return;
+      }
+      uint16_t b = 0, e = 0;
+      if (opts_.splitter != nullptr && sm_->ImageRange(m.snapshot.data, "", &b, &e) &&
+          !opts_.splitter->ClaimImage(*this, b, e)) {
+        spdlog::warn("group {}: snapshot at {} names slots {}-{}, some held by another replica here; dropped",
+                     opts_.group, m.snapshot.meta.index, b, e - 1);
+        return;
+      }
     }
   }
   if ((m.type == raft::MessageType::kApp || m.type == raft::MessageType::kHeartbeat ||
@@ -648,6 +706,105 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
   if (snap && opts_.splitter != nullptr) image_claimed_ = true;
   (void)node_->step(std::move(m));
   if (snap) MaybeReleaseImage();  // Raft did not take it
+}
+
+bool Replica::AdmitImage(const SnapshotTicket& t, const std::string& dir, raft::Index index, raft::NodeId from) {
+  // Checked before Raft takes the snapshot: once taken, an image that
+  // cannot be imported stops the node. A corrupt one is thrown away and
+  // the leader sends another. Its folder is marked as used now, so that
+  // the courier's clean-up of old images (hours of silence) spares it
+  // until it is imported.
+  std::error_code ec;
+  std::filesystem::last_write_time(dir, std::filesystem::file_time_type::clock::now(), ec);
+  Status intact = sm_->CheckImageFiles(dir);
+  if (!intact.ok()) {
+    spdlog::error("group {}: snapshot at {} from node {:016x} is corrupt ({}); dropped", opts_.group, index, from,
+                  intact.ToString());
+    opts_.courier->Consumed(opts_.group, t);
+    return false;
+  }
+  uint16_t b = 0, e = 0;
+  if (opts_.splitter != nullptr && sm_->ImageRange(std::string_view(), dir, &b, &e) &&
+      !opts_.splitter->ClaimImage(*this, b, e)) {
+    // From before a split whose child is already here: the leader sends
+    // a later one (narrower) once it has applied the split.
+    spdlog::warn("group {}: snapshot at {} names slots {}-{}, some held by another replica here; dropped",
+                 opts_.group, index, b, e - 1);
+    opts_.courier->Consumed(opts_.group, t);
+    return false;
+  }
+  return true;
+}
+
+bool Replica::ImageInUse(const SnapshotTicket& t) const {
+  const auto& pending = node_->raft().log().unstable_snapshot();
+  return pending && pending->data == t.Encode();
+}
+
+void Replica::ImageArrived(const SnapshotTicket& ticket) {
+  // A repeated "done" for an image already taken or thrown away does not
+  // replace one still waiting.
+  if (retired_ || opts_.courier == nullptr || opts_.courier->Received(opts_.group, ticket).empty()) return;
+  arrived_ = ticket;
+  TakeArrivedImage();
+}
+
+void Replica::TakeArrivedImage() {
+  if (!arrived_ || retired_) return;
+  const SnapshotTicket t = *arrived_;
+  const std::string dir = opts_.courier->Received(opts_.group, t);
+  ImageMeta im;
+  // Gone (taken with its ticket, or thrown away), or from a node that does
+  // not write its metadata beside it: only its ticket can bring it in.
+  if (dir.empty() || ImageInUse(t) || !ReadImageMeta(dir, &im)) {
+    arrived_.reset();
+    return;
+  }
+  const raft::SnapshotMeta& meta = im.meta;
+  const raft::Raft& raft = node_->raft();
+  if (meta.index <= raft.log().committed()) {
+    arrived_.reset();
+    opts_.courier->Consumed(opts_.group, t);  // no longer needed
+    return;
+  }
+  // Of another group, or of this group before or after an unsafe recovery
+  // that this replica is not of (a replica not yet started over for a
+  // recovery, or one of a later recovery than its sender's): never taken.
+  if (im.group != opts_.group || im.recovery != recovery_) {
+    spdlog::warn("group {}: snapshot at {} from node {:016x} is of group {} in unsafe recovery {}, this replica's "
+                 "is {}; not taken",
+                 opts_.group, meta.index, t.from, im.group, im.recovery, recovery_);
+    arrived_.reset();
+    return;
+  }
+  if (raft.role() == raft::Role::kLeader) {
+    arrived_.reset();  // a leader needs no image
+    return;
+  }
+  if (raft.role() != raft::Role::kFollower) return;  // campaigning: next tick
+  // The image was made for this replica: it lists it. A replica with no
+  // membership yet (new here) takes only an image that lists it as a
+  // learner, as every replica is added: one made for an earlier replica
+  // under the same id, as a voter, would let this one vote with a log it
+  // never had.
+  const raft::ConfState& cs = meta.conf_state;
+  auto in = [&](const std::vector<raft::NodeId>& v) { return std::find(v.begin(), v.end(), opts_.node_id) != v.end(); };
+  const bool fresh = raft.tracker().conf_state().voters.empty() && raft.tracker().conf_state().learners.empty();
+  if (fresh ? !in(cs.learners) : !(in(cs.voters) || in(cs.voters_outgoing) || in(cs.learners))) {
+    arrived_.reset();
+    return;
+  }
+  arrived_.reset();
+  if (!AdmitImage(t, dir, meta.index, t.from)) return;
+  if (opts_.splitter != nullptr) image_claimed_ = true;
+  if (node_->install_snapshot(raft::Snapshot{meta, t.Encode()})) {
+    images_taken_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("group {}: took the snapshot at {} from node {:016x} as its image arrived{}", opts_.group, meta.index,
+                 t.from, t.from == raft.lead() ? "" : " (its sender is not the leader now)");
+  } else if (!ImageInUse(t)) {
+    opts_.courier->Consumed(opts_.group, t);  // its log has that entry already: only the commit index moved
+  }
+  MaybeReleaseImage();
 }
 
 void Replica::MaybeReleaseImage(raft::Index imported) {
@@ -692,6 +849,10 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   // The recovery number outlives the replica (a new one here must not force
   // again); what was void in this one's log does not.
   if (recovery_ > 0) WriteRecovery(recovery_, 0, batch);
+  // Its images on their way elsewhere stop: a replica that comes here later
+  // must not take up (Carrying) what this one shipped.
+  if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
+  sending_images_ = false;
   retired_ = true;
   MaybeReleaseImage();
   // Odd for good: a read that began before (it holds this replica) must not
@@ -794,12 +955,10 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     store_->SetHardState(store_->hard_state(), batch);
   }
   for (auto& m : rd.messages) Route(std::move(m), send);
-  if (rd.soft_state && rd.soft_state->role != raft::Role::kLeader) {
-    // Images this replica was sending as leader, this Ready's included: a
-    // ticket from an older term would be refused; the new leader sends its own.
-    if (opts_.courier != nullptr && sending_images_) opts_.courier->Recall(opts_.group, {});
-    sending_images_ = false;
-  }
+  // Images this replica was sending as leader go on after it loses its
+  // leadership: their tickets will be refused (an older term), but each is
+  // of a committed state, which its receiver takes on arrival
+  // (ImageArrived); a big transfer does not start over with each leader.
   return true;
 }
 
@@ -822,7 +981,28 @@ void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
     snapshots_failed_.push_back(m.to);  // not ours to send (a received one)
     return;
   }
-  ImageWriter write = std::move(it->second);
+  std::optional<raft::Index> carrying = opts_.courier->Carrying(opts_.group, m.to);
+  const auto& prs = node_->raft().tracker().progress();
+  const auto pr = prs.find(m.to);
+  if (carrying && *carrying + 1 >= store_->first_index() && pr != prs.end() && *carrying > pr->second.match) {
+    // An image this node shipped to it earlier (before it lost and won
+    // leadership again, or before it restarted) is still on its way, and
+    // the log still holds what follows it: the receiver takes it on
+    // arrival, and its outcome is this snapshot's (ReportSnapshot). A new
+    // export would start the copy over. (Otherwise the new export replaces
+    // it.)
+    opts_.courier->Adopt(opts_.group, m.to, m.term);
+    exports_.erase(it);
+    snapshot_holds_[m.to] = Hold{*carrying, ticks_};
+    return;
+  }
+  // The image carries its own metadata, so that it can be taken without
+  // this ticket (a leader change while it travels: Replica::ImageArrived).
+  ImageWriter write = [inner = std::move(it->second), group = opts_.group, recovery = recovery_,
+                       marker = EncodeMarker(m.snapshot.meta)](const std::string& dir) {
+    Status s = inner(dir);
+    return s.ok() ? WriteImageMeta(dir, group, recovery, marker) : s;
+  };
   exports_.erase(it);
   snapshot_holds_[m.to] = Hold{m.snapshot.meta.index, ticks_};
   sending_images_ = true;
@@ -929,8 +1109,10 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
       } else if (cc.ok()) {
         raft::ConfState cs = node_->apply_conf_change(*cc);
         store_->SetConfState(cs, *apply_batch_);
-        if (opts_.courier != nullptr && sending_images_ && node_->raft().role() == raft::Role::kLeader) {
-          std::vector<raft::NodeId> members = cs.voters;  // images to nodes that left are not needed
+        if (opts_.courier != nullptr && sending_images_) {
+          // Images to nodes that left are not needed (whether or not this
+          // replica still leads: a former leader's go on).
+          std::vector<raft::NodeId> members = cs.voters;
           members.insert(members.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
           members.insert(members.end(), cs.learners.begin(), cs.learners.end());
           opts_.courier->Recall(opts_.group, members);

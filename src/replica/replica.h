@@ -156,9 +156,17 @@ class SnapshotCourier {
   virtual void Consumed(uint64_t group, const SnapshotTicket& ticket) = 0;
   // The replica left: delete every image of the group.
   virtual void Discard(uint64_t group) = 0;
+  // On the group's worker: the index of the image of the group this node
+  // is still carrying to `to` (shipped earlier, perhaps in an older term of
+  // its leadership, neither done nor given up nor recalled), if any. Its
+  // outcome reaches Replica::ReportSnapshot like any other.
+  virtual std::optional<raft::Index> Carrying(uint64_t group, raft::NodeId to) = 0;
+  // On the group's worker, after Carrying: that transfer now stands for the
+  // snapshot Raft sends in `term`; its ticket (if it has one) leaves in it.
+  virtual void Adopt(uint64_t group, raft::NodeId to, raft::Term term) = 0;
   // On the group's worker: abandon this group's transfers, shipped before
-  // this call, to nodes not in `keep` (the leader lost its leadership:
-  // `keep` is empty; or their receivers left the group). Raft no longer
+  // this call, to nodes not in `keep` (the replica starts over: `keep` is
+  // empty; or their receivers left the group). Raft no longer
   // tracks those receivers from here, so no outcome is needed; one that had
   // finished just before may still be reported (Raft ignores or survives it).
   virtual void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) = 0;
@@ -287,6 +295,16 @@ class Replica {
     node_->report_snapshot(to, failed);
   }
   void Campaign() { node_->campaign(); }
+  // The courier holds, durably, the whole image `ticket` names. It may come
+  // from a leader that lost its leadership while sending it and went on: its
+  // ticket, of an older term, will never be taken, but the image is of a
+  // committed state all the same. A follower takes it then (install_snapshot)
+  // if it is still ahead of its commit index; if it cannot now (campaigning),
+  // it tries again each tick while the image is here. Replicas of a group
+  // that went through an unsafe recovery only take tickets of their term.
+  void ImageArrived(const SnapshotTicket& ticket);
+  // Images taken on arrival, without their ticket (ImageArrived).
+  uint64_t images_taken_on_arrival() const { return images_taken_.load(std::memory_order_relaxed); }
   // Node `node` has ended (its process is gone: the connection it had open
   // to this node closed and its Raft port refuses connections). If it led
   // this replica's group, the replica forgets it and its lease and stands
@@ -390,6 +408,13 @@ class Replica {
   Status WriteSynced(storage::WriteBatch& batch);
   // Answers every waiting write with `reply` and fails every waiting read.
   void FailWaiters(const std::string& reply);
+  // ImageArrived's work, again on each tick while it waits.
+  void TakeArrivedImage();
+  // Whether Raft holds the snapshot `t` names, not imported yet.
+  bool ImageInUse(const SnapshotTicket& t) const;
+  // The checks an image passes before Raft may take it: intact, and its
+  // slots free here (Splitter::ClaimImage). A refused one is thrown away.
+  bool AdmitImage(const SnapshotTicket& t, const std::string& dir, raft::Index index, raft::NodeId from);
   // Ends the Splitter::ClaimImage claim once no image is pending in Raft
   // but the one at `imported`, whose import was just written.
   void MaybeReleaseImage(raft::Index imported = 0);
@@ -474,7 +499,10 @@ class Replica {
   std::atomic<uint64_t> import_gen_{0};
   std::shared_ptr<const raft::ConfState> conf_;  // atomic_load/atomic_store only
   uint64_t ticks_ = 0;
-  bool sending_images_ = false;  // images were shipped since it last became leader (Recall)
+  // Images may be on their way from this node (Recall has work): shipped
+  // since the replica last started over, or left by an earlier run
+  // (SnapshotStreams takes those up again).
+  bool sending_images_ = true;
   uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
   // A campaign due at this tick, for a leader known gone (0: none).
@@ -484,6 +512,8 @@ class Replica {
   std::atomic<uint64_t> campaigns_gone_{0};
   bool retired_ = false;  // its state is deleted: never driven again
   bool image_claimed_ = false;  // Splitter::ClaimImage holds slots for a pending image
+  std::optional<SnapshotTicket> arrived_;  // an image ImageArrived could not take yet
+  std::atomic<uint64_t> images_taken_{0};
 };
 
 }  // namespace shoal::replica

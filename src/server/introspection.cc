@@ -193,11 +193,15 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("snapshot_bytes_received", ss.bytes_received);
     // Campaigns by the replicas now here (pre-vote rounds; a transfer's not
     // counted), and those started because a leader's process was seen to end.
-    uint64_t campaigns = 0, campaigns_gone = 0;
+    uint64_t campaigns = 0, campaigns_gone = 0, taken_on_arrival = 0;
     for (replica::Replica* r : server.groups().All()) {
       campaigns += r->campaigns();
       campaigns_gone += r->campaigns_for_gone_leader();
+      taken_on_arrival += r->images_taken_on_arrival();
     }
+    // Snapshots the replicas here took as their image arrived, before or
+    // without its ticket (a leader change while it travelled).
+    w.Field("snapshots_taken_on_arrival", taken_on_arrival);
     w.Field("elections_started", campaigns);
     w.Field("elections_for_gone_leader", campaigns_gone);
     w.Field("peers_seen_gone", server.transport().peers_gone());

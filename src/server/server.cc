@@ -143,7 +143,8 @@ Status Server::Start() {
   go.tick_ms = config().tick_ms;
   groups_ = std::make_unique<node::Groups>(runtime_.get(), engine_.get(), syncer_.get(), transport_.get(), go);
   // Snapshots of data shards travel in chunks beside the Raft messages; the
-  // outcome of each goes back to its group's worker.
+  // outcome of each goes back to its group's worker, and so does each image
+  // that arrives whole.
   node::SnapshotStreamsOptions so;
   so.dir = config().dir + "/snapshots/streams";
   so.rate_bytes_per_s = static_cast<uint64_t>(config().snapshot_rate_mb) << 20;
@@ -152,6 +153,14 @@ Status Server::Start() {
         asio::post(groups_->WorkerFor(group).io(), [this, group, to, failed] {
           if (replica::Replica* r = groups_->Find(group)) {
             r->ReportSnapshot(to, failed);
+            groups_->Notify(r);
+          }
+        });
+      },
+      [this](uint64_t group, const replica::SnapshotTicket& ticket) {
+        asio::post(groups_->WorkerFor(group).io(), [this, group, ticket] {
+          if (replica::Replica* r = groups_->Find(group)) {
+            r->ImageArrived(ticket);
             groups_->Notify(r);
           }
         });
@@ -194,8 +203,10 @@ Status Server::Start() {
   transport_->set_node_id(cluster_->node_id());
   syncer_->Start();
   runtime_->Start();
-  groups_->Start();
+  // Before the groups run: transfers an earlier run left are taken up (or
+  // recalled) before any replica ships or recalls anew.
   snapshots_->Start();
+  groups_->Start();
   cluster_->Start();
   for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
   spdlog::info("shoal {} node {} listening on {}:{}{} (peers {}{}) with {} workers, dir {}, durability {}",
