@@ -646,12 +646,7 @@ def test_move_and_transfer_by_hand(ecl):
     out = _cli_admin(c, 1, "move", str(shard.id), src, c.nodes[ids.index(dst)].address)
     assert f"shard {shard.id}: moving its replica from {src} to {dst}" in out, out
 
-    def moved(s: AdminStatus) -> List[str]:
-        sh = next(x for x in s.shards if x.id == shard.id)
-        if sh.moving or dst not in sh.voters or src in sh.members() or len(sh.voters) != 3:
-            return [f"shard {shard.id}: {sh}"]
-        return []
-    c.wait_status(moved, SETTLE_TIMEOUT_S, f"shard {shard.id} moved to {dst}")
+    _wait_moved(c, shard.id, src, dst)
 
     out = _cli_admin(c, 2, "transfer", str(shard.id), dst)
     assert f"shard {shard.id}: leadership moving to {dst}" in out, out
@@ -671,6 +666,17 @@ def test_move_and_transfer_by_hand(ecl):
     verify_all(c, wl, data)
     assert c.admin("BALANCE", "on") == [b"balance on"]
     c.wait_status(settled(voters=3, up=ids), SETTLE_TIMEOUT_S, "balanced again")
+
+
+def _wait_moved(c: Cluster, shard_id: int, src: str, dst: str) -> None:
+    """Until shard ``shard_id``'s replica has moved from ``src`` to ``dst``:
+    no move in flight, ``dst`` a voter, ``src`` gone, three voters."""
+    def moved(s: AdminStatus) -> List[str]:
+        sh = next(x for x in s.shards if x.id == shard_id)
+        if sh.moving or dst not in sh.voters or src in sh.members() or len(sh.voters) != 3:
+            return [f"shard {shard_id}: {sh}"]
+        return []
+    c.wait_status(moved, SETTLE_TIMEOUT_S, f"shard {shard_id} moved to {dst}")
 
 
 def _cli_admin(c: Cluster, i: int, *args, timeout: float = 30.0) -> str:
@@ -819,12 +825,7 @@ def test_leader_change_in_the_middle_of_a_copy(slow_one_shard_cl, how):
         c.restart(o)
         sent0 = recalled0 = 0  # the counters start again with the process
 
-    def moved(s: AdminStatus) -> List[str]:
-        sh = next(x for x in s.shards if x.id == shard.id)
-        if sh.moving or dst not in sh.voters or src in sh.members() or len(sh.voters) != 3:
-            return [f"shard {shard.id}: {sh}"]
-        return []
-    c.wait_status(moved, SETTLE_TIMEOUT_S, f"shard {shard.id} moved to {dst}")
+    _wait_moved(c, shard.id, src, dst)
     total = _raft_counter(c, node.index, "snapshot_bytes_received")
     sent = _raft_counter(c, o, "snapshot_bytes_sent") - sent0
     recalled = _raft_counter(c, o, "snapshots_recalled") - recalled0
