@@ -404,8 +404,8 @@ TEST(SnapshotStreams, StreamsAnImageThenSendsItsMessage) {
   EXPECT_TRUE(n.Wait([&] { return n.b.Received(5, t).empty(); }));
 }
 
-// A sender that loses its leadership, or whose receiver left the group,
-// abandons the transfer: no more bytes, no ticket, no report, its export
+// A sending replica that leaves or starts over, or whose receiver left the
+// group, abandons the transfer: no more bytes, no ticket, no report, its export
 // deleted. A recall reaches only transfers shipped before it, and one that
 // keeps the receiver leaves its transfer alone.
 TEST(SnapshotStreams, RecalledTransfersStop) {

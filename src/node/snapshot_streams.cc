@@ -276,7 +276,7 @@ void SnapshotStreams::Loop() {
           j->cancelled = true;
           recalled_.fetch_add(1, std::memory_order_relaxed);
           spdlog::info("group {}: snapshot to node {:016x} abandoned ({})", j->group, j->msg.to,
-                       r.keep.empty() ? "no longer the leader" : "it left the group");
+                       r.keep.empty() ? "the sending replica left or started over" : "it left the group");
         }
       }
     }

@@ -65,7 +65,7 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   struct Stats {
     uint64_t bytes_sent = 0, bytes_received = 0;
     uint64_t sending = 0, sent = 0, failed = 0;
-    uint64_t recalled = 0;  // abandoned: the sender lost leadership, or the receiver left
+    uint64_t recalled = 0;  // abandoned: the sending replica left or started over, or the receiver left
   };
   Stats stats() const;
 
