@@ -3,17 +3,24 @@
 that costs the foreground load, and how fast the replication factor comes
 back after a node dies.
 
-  bench/elastic_bench.py --shoal build/release/src/cli/shoal [--data-mb 1024] [--quick]
+  bench/elastic_bench.py --shoal build/release/src/cli/shoal [--data-mb 1024] [--quick] [--keep]
 
-1. A 3-node shoal cluster (fsync) is loaded with --data-mb of values.
+1. A 3-node shoal cluster (fsync) is loaded with --data-mb of random
+   (incompressible) values under keys spread over every slot, through
+   redis-py's RedisCluster (MSET in batches).
 2. Foreground GETs (redis-benchmark --cluster) run idle, for the baseline
-   p50/p99.
+   p50/p99: five runs, medians (the runs during the moves are the same
+   size). redis-benchmark's cluster keys carry a hash tag, so these GETs
+   hit a few slots (one per node it saw as a master): a latency probe, not
+   reads of the loaded data.
 3. A 4th node joins; the same GETs run in a loop until the placement driver
-   reports the cluster balanced (SHOAL.ADMIN STATUS: no moves in flight,
-   replicas per node within one). Printed: time from --join to balanced,
-   data moved onto the new node (its replica count times the data of one
-   shard: the data loaded over the shard count), MB/s, and foreground p50/p99 during the moves
-   against idle (the ratio).
+   is done: no move in flight and nothing planned (SHOAL.ADMIN STATUS and
+   PLAN, twice in a row a second apart). Printed: time from --join to done,
+   the snapshot bytes the nodes received in that time (STATUS "transfers",
+   what actually crossed the network), MB/s, replicas, leaders and bytes per
+   node, and foreground p50/p99 during the moves against idle (the ratio).
+   The planner weighs replicas by bytes and leaderships by load (the GETs
+   above make some shards hot), so counts may differ by more than one.
 4. One node is killed with kill -9; printed: time until every shard has 3
    voters on live nodes again (down-after-ms plus the copies).
 5. One shard is split by hand (SHOAL.ADMIN SPLIT); printed: time until the
@@ -48,7 +55,8 @@ def parse_status(lines):
     for line in lines:
         w = line.split()
         if w[0] == "node":
-            nodes[w[2]] = {"id": w[1], "state": w[3], "replicas": int(w[5]), "leaders": int(w[7])}
+            nodes[w[2]] = {"id": w[1], "state": w[3], "replicas": int(w[5]), "leaders": int(w[7]),
+                           "bytes": int(w[9])}
         elif w[0] == "shard":
             voters = w[w.index("voters") + 1].split(",")
             shards.append({"id": int(w[1]), "voters": voters, "moving": "moving-to" in w})
@@ -65,6 +73,58 @@ def balanced(lines, want_nodes):
     reps = [n["replicas"] for n in up]
     leads = [n["leaders"] for n in up]
     return max(reps) - min(reps) <= 1 and max(leads) - min(leads) <= 1 and min(reps) > 0
+
+
+def summary(lines):
+    nodes, _, moving = parse_status(lines)
+    per = " ".join(f"{a}: {n['replicas']} replicas {n['leaders']} leaders {n['bytes'] / 1e6:.0f} MB"
+                   for a, n in nodes.items() if n["state"] == "up")
+    return f"{per}; moves in flight {moving}"
+
+
+def transfers(lines):
+    """(bytes sent, bytes received) by snapshot transfers, summed over the
+    nodes that are up (counters since each node started)."""
+    for line in lines:
+        w = line.split()
+        if w[0] == "transfers":
+            return int(w[w.index("bytes-sent") + 1]), int(w[w.index("bytes-received") + 1])
+    raise Failed(f"no transfers line in STATUS: {lines}")
+
+
+def plan(node):
+    """The moves the planner would make now (SHOAL.ADMIN PLAN): [] when none."""
+    return call(node.host, node.port, "SHOAL.ADMIN", "PLAN", timeout=10) or []
+
+
+def load_random(node, keys, value_size, threads=4):
+    """keys keys (bench:<i>) of random bytes, spread over every slot, by MSET
+    batches of about 1 MB through redis-py's RedisCluster, from `threads`
+    threads (each its own client)."""
+    import redis  # python3-redis, installed by scripts/install-deps.sh
+    batch = max(1, (1 << 20) // value_size)
+    errors = []
+
+    def part(t):
+        try:
+            rc = redis.RedisCluster(host=node.host, port=node.port, decode_responses=False)
+            try:
+                for k in range(t * batch, keys, threads * batch):
+                    n = min(batch, keys - k)
+                    blob = os.urandom(value_size * n)
+                    rc.mset_nonatomic({f"bench:{k + j}": blob[j * value_size:(j + 1) * value_size]
+                                       for j in range(n)})
+            finally:
+                rc.close()
+        except Exception as e:  # noqa: BLE001 -- reported below, not lost with the thread
+            errors.append(e)
+    workers = [threading.Thread(target=part, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise Failed(f"loading failed: {errors[0]!r}")
 
 
 def get_latency(host, port, requests, clients, cluster=True):
@@ -129,6 +189,7 @@ def main():
     ap.add_argument("--down-after-ms", type=int, default=5000)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="64 MB of data")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' folders and logs (printed at the end)")
     args = ap.parse_args()
     if args.quick:
         args.data_mb = 64
@@ -145,16 +206,16 @@ def main():
             shoal.start_node(i, join)
         shoal.wait(lambda s: balanced(s, 3), 120, "a balanced 3-node cluster")
         t = time.time()
-        load = subprocess.run(["redis-benchmark", "--cluster", "-h", n0.host, "-p", str(n0.port), "-c", "20",
-                               "-P", "16", "-n", str(keys), "-r", str(keys), "-t", "set", "-d",
-                               str(args.value_size), "-q"], capture_output=True, text=True, timeout=3600)
-        if load.returncode != 0:
-            raise Failed(f"load failed: {load.stdout[-500:]} {load.stderr[-500:]}")
+        load_random(n0, keys, args.value_size)
         load_s = time.time() - t
-        print(f"loaded {keys} SETs of {args.value_size} bytes ({args.data_mb} MB) in {load_s:.1f} s")
-        gets = max(20000, keys // 4)
-        idle = get_latency(n0.host, n0.port, gets, args.clients)
-        print(f"idle GET: {idle[0]:.0f} ops/s p50 {idle[1]:.2f} ms p99 {idle[2]:.2f} ms")
+        print(f"loaded {keys} keys of {args.value_size} random bytes ({args.data_mb} MB) in {load_s:.1f} s "
+              f"({args.data_mb / load_s:.1f} MB/s)")
+        # Runs of the same size idle and during the moves; medians of runs.
+        gets = max(5000, keys // 32)
+        runs = [get_latency(n0.host, n0.port, gets, args.clients) for _ in range(5)]
+        idle = tuple(sorted(r[i] for r in runs)[len(runs) // 2] for i in range(3))
+        print(f"idle GET ({len(runs)} runs of {gets}, medians): {idle[0]:.0f} ops/s p50 {idle[1]:.2f} ms "
+              f"p99 {idle[2]:.2f} ms")
 
         # The same GETs against redis-server alone, as a reference point.
         rport = free_port()
@@ -168,33 +229,45 @@ def main():
         ref = get_latency("127.0.0.1", rport, gets, args.clients, cluster=False)
         print(f"redis-server GET (same run, one process): {ref[0]:.0f} ops/s p50 {ref[1]:.2f} ms p99 {ref[2]:.2f} ms")
 
+        received0 = transfers(status(n0))[1]
         t_join = time.time()
         shoal.start_node(3, join)
         during = []
         done = None
+        quiet = 0  # consecutive polls with nothing in flight or planned
+        next_report = time.time() + 30
         deadline = time.time() + 1800
         while time.time() < deadline:
-            during.append(get_latency(n0.host, n0.port, max(5000, gets // 8), args.clients))
+            during.append(get_latency(n0.host, n0.port, gets, args.clients))
             try:
                 s = status(n0)
+                nodes, _, moving = parse_status(s)
+                up = [n for n in nodes.values() if n["state"] == "up"]
+                idle_now = moving == 0 and len(up) == 4 and min(n["replicas"] for n in up) > 0 and plan(n0) == []
             except (OSError, RespError):
                 continue
-            if balanced(s, 4):
+            quiet = quiet + 1 if idle_now else 0
+            if quiet == 1:
                 done = time.time()
+            if quiet >= 2:
                 break
-        if done is None:
-            raise Failed("the 4-node cluster did not balance within 30 minutes")
-        to_balanced = done - t_join
-        nodes, _, _ = parse_status(s)
-        new = nodes[shoal.nodes[3].addr]
-        shard_mb = args.data_mb / args.shards
-        moved_mb = new["replicas"] * shard_mb
+            if time.time() >= next_report:
+                next_report = time.time() + 30
+                print(f"  {time.time() - t_join:.0f} s after --join: {summary(s)}; plan: {'; '.join(plan(n0)) or 'nothing'}",
+                      flush=True)
+        if quiet < 2:
+            raise Failed("the 4-node cluster did not settle within 30 minutes")
+        to_done = done - t_join
+        received = transfers(s)[1] - received0
+        mb = received / 1e6
         p50 = sorted(d[1] for d in during)[len(during) // 2]
         p99 = max(d[2] for d in during)
-        print(f"join -> balanced: {to_balanced:.1f} s; {new['replicas']} replicas ({moved_mb:.0f} MB) moved onto "
-              f"the new node: {moved_mb / to_balanced:.1f} MB/s")
-        print(f"GET during the moves ({len(during)} runs): p50 {p50:.2f} ms p99 (worst run) {p99:.2f} ms; "
-              f"ratio to idle p50 {p50 / idle[1]:.2f}x p99 {p99 / idle[2]:.2f}x")
+        p99_median = sorted(d[2] for d in during)[len(during) // 2]
+        print(f"join -> settled: {to_done:.1f} s; {mb:.0f} MB of snapshots received: {mb / to_done:.1f} MB/s")
+        print(f"  per node: {summary(s)}")
+        print(f"GET during the moves ({len(during)} runs): p50 {p50:.2f} ms, p99 median of runs {p99_median:.2f} ms, "
+              f"worst run {p99:.2f} ms; ratio to idle p50 {p50 / idle[1]:.2f}x p99 {p99_median / idle[2]:.2f}x "
+              f"(worst {p99 / idle[2]:.2f}x)")
 
         victim = shoal.nodes[1]
         t_kill = time.time()
@@ -266,7 +339,10 @@ def main():
         shoal.stop()
         if redis is not None:
             redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"nodes' folders and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
