@@ -1,6 +1,9 @@
 #include "node/snapshot_streams.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -12,6 +15,15 @@
 namespace shoal::node {
 namespace fs = std::filesystem;
 namespace {
+
+// An export yields the CPU to the threads that serve requests: on a busy
+// machine a move slows down before foreground latency does (the transfer
+// thread keeps its priority: docs/PERFORMANCE.md has the A/B). Linux gives
+// each thread its own nice value, and any process may raise its own.
+void NameBackgroundThread(const char* name) {
+  pthread_setname_np(pthread_self(), name);
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
+}
 
 constexpr int kMaxExports = 2;                       // export threads at once
 constexpr uint64_t kIncomingMaxBytes = 64 << 20;     // chunks waiting to be written
@@ -325,7 +337,7 @@ void SnapshotStreams::Loop() {
       ++exporting;
       Job* p = j.get();
       p->exporter = std::thread([this, p] {
-        pthread_setname_np(pthread_self(), "shoal-export");
+        NameBackgroundThread("shoal-export");
         std::error_code ec;
         fs::remove_all(p->dir, ec);
         fs::remove(p->dir + ".job", ec);
