@@ -536,13 +536,21 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   if (info == nullptr) return AdminStep::Reply(AdminError("ERR no such shard '" + args[1] + "' (SHOAL.ADMIN STATUS lists them)"));
   const proto::NodeInfo* node = FindNode(*m, args[2]);
   if (node == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args[2] + "' (give its id or host:port)"));
+  // A split under way: the child has the parent's voters, so it lost its
+  // majority too, and a survivor may or may not have applied the split.
+  // Both halves are recovered on the same node, in one change: a survivor
+  // that applied the split forces both its replicas; one that did not
+  // forces the parent, which then applies the split as the only voter.
+  const proto::ShardInfo* child = nullptr;
   for (const auto& s : m->shards()) {
-    if (s.split_child() != 0 && (s.id() == info->id() || s.split_child() == info->id())) {
-      // A survivor may or may not have applied the split: as the only
-      // voter it could serve slots the other half holds.
-      return AdminStep::Reply(AdminError("ERR shard " + args[1] + " is in a split under way (" + std::to_string(s.id()) + " into " +
-                             std::to_string(s.split_child()) + "): it cannot be recovered until the split is done"));
+    if (s.split_child() != 0 && s.split_child() == info->id()) {
+      return AdminStep::Reply(AdminError("ERR shard " + args[1] + " is the new half of shard " + std::to_string(s.id()) +
+                             "'s split under way: recover shard " + std::to_string(s.id()) + ", which recovers both"));
     }
+  }
+  if (info->split_child() != 0) {
+    child = FindShardById(*m, info->split_child());
+    if (child == nullptr) return AdminStep::Reply(AdminError("ERR shard " + args[1] + "'s split child is not in the metadata"));
   }
   ClusterView view = View(now);
   std::map<uint64_t, NodeState> state;
@@ -575,21 +583,35 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
                            " of " + std::to_string(info->replicas_size()) +
                            "); recovery is only for a majority lost for good"));
   }
-  proto::ShardInfo next = *info;
-  next.clear_replicas();
-  next.clear_learners();
-  next.add_replicas(node->id());
-  next.set_preferred_leader(node->id());
-  // A recovery the metadata may have lost (with a recovery of the meta shard).
-  next.set_recovery(std::max(info->recovery(), RecoverySeen(info->id())) + 1);
-  next.set_recovered_on(node->id());
+  auto recovered = [&](const proto::ShardInfo& s) {
+    proto::ShardInfo next = s;
+    next.clear_replicas();
+    next.clear_learners();
+    next.add_replicas(node->id());
+    next.set_preferred_leader(node->id());
+    // A recovery the metadata may have lost (with a recovery of the meta shard).
+    next.set_recovery(std::max(s.recovery(), RecoverySeen(s.id())) + 1);
+    next.set_recovered_on(node->id());
+    return next;
+  };
+  proto::ShardInfo next = recovered(*info);
   proto::MetaCommand cmd;
   cmd.set_version(1);
-  *cmd.mutable_set_shard() = next;
-  spdlog::critical("UNSAFE RECOVERY of shard {} requested: node {} becomes its only voter ({} of {} voters live)",
-                   info->id(), Hex(node->id()), live, info->replicas_size());
+  std::string also;
+  if (child == nullptr) {
+    *cmd.mutable_set_shard() = next;
+  } else {
+    proto::ShardInfo next_child = recovered(*child);
+    *cmd.mutable_set_shards()->add_shards() = next;
+    *cmd.mutable_set_shards()->add_shards() = next_child;
+    also = ", and of shard " + std::to_string(child->id()) + " (the new half of its split under way), recovery " +
+           std::to_string(next_child.recovery());
+  }
+  spdlog::critical("UNSAFE RECOVERY of shard {}{} requested: node {} becomes its only voter ({} of {} voters live)",
+                   info->id(), child == nullptr ? "" : " and of its split child " + std::to_string(child->id()),
+                   Hex(node->id()), live, info->replicas_size());
   return AdminStep::Propose(cmd, "shard " + args[1] + ": UNSAFE recovery " + std::to_string(next.recovery()) + " on " +
-                          Hex(node->id()) + " (writes only the lost voters held are gone)");
+                          Hex(node->id()) + also + " (writes only the lost voters held are gone)");
 }
 
 }  // namespace shoal::cluster

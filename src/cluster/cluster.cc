@@ -642,8 +642,15 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     }
     if (r != nullptr && s.recovery() > 0 && s.recovered_on() == node_id_) {
       auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&r->state_machine());
-      if (kv_sm != nullptr && r->recovery() < s.recovery() && (kv_sm->shard()->slot_begin() != s.slot_begin() ||
-                               kv_sm->shard()->slot_end() != s.slot_end())) {
+      // A parent that has not applied its split under way holds the child's
+      // slots too: as the only voter it applies the split itself
+      // (ProposeSplitIfDue), and the child is recovered with it.
+      const proto::ShardInfo* child = s.split_child() != 0 ? FindShardById(*m, s.split_child()) : nullptr;
+      const bool split_pending_here = kv_sm != nullptr && child != nullptr && child->slot_begin() == s.slot_end() &&
+                                      kv_sm->shard()->slot_begin() == s.slot_begin() &&
+                                      kv_sm->shard()->slot_end() == child->slot_end();
+      if (kv_sm != nullptr && r->recovery() < s.recovery() && !split_pending_here &&
+          (kv_sm->shard()->slot_begin() != s.slot_begin() || kv_sm->shard()->slot_end() != s.slot_end())) {
         // It missed a split (or holds a later one): as the only voter it
         // would serve slots another shard now holds.
         if (r->recovery() < s.recovery()) {

@@ -185,6 +185,43 @@ TEST(MetaSplit, SetShardKeepsTheSplitChild) {
   EXPECT_EQ(Find(m, 1)->split_child(), 6u);
 }
 
+// set_shards (an unsafe recovery of both halves of a split under way)
+// applies every shard or none.
+TEST(MetaSplit, SetShardsIsAllOrNothing) {
+  proto::MetaState m = TwoShards();
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+  auto recovered = [&](uint64_t id) {
+    proto::ShardInfo s = *Find(m, id);
+    s.clear_replicas();
+    s.clear_learners();
+    s.add_replicas(3);
+    s.set_preferred_leader(3);
+    s.set_recovery(s.recovery() + 1);
+    s.set_recovered_on(3);
+    return s;
+  };
+  proto::MetaCommand both;
+  *both.mutable_set_shards()->add_shards() = recovered(1);
+  proto::ShardInfo bad = recovered(6);
+  bad.set_slot_end(bad.slot_end() - 1);  // not the child's range
+  *both.mutable_set_shards()->add_shards() = bad;
+  const proto::MetaState before = m;
+  EXPECT_FALSE(ApplyMetaCommand(both, &m));
+  EXPECT_EQ(m.SerializeAsString(), before.SerializeAsString());
+  *both.mutable_set_shards()->mutable_shards(1) = recovered(6);
+  ASSERT_TRUE(ApplyMetaCommand(both, &m));
+  for (uint64_t id : {1, 6}) {
+    EXPECT_EQ(Ids(Find(m, id)->replicas()), (std::vector<uint64_t>{3})) << id;
+    EXPECT_EQ(Find(m, id)->recovered_on(), 3u) << id;
+    EXPECT_EQ(Find(m, id)->recovery(), Find(before, id)->recovery() + 1) << id;
+  }
+  EXPECT_EQ(Find(m, 1)->split_child(), 6u);  // the split is still under way
+  EXPECT_FALSE(ApplyMetaCommand(proto::MetaCommand(), &m));
+  proto::MetaCommand none;
+  none.mutable_set_shards();
+  EXPECT_FALSE(ApplyMetaCommand(none, &m));
+}
+
 proto::MetaCommand MetaRecovered(uint64_t recovery, uint64_t node) {
   proto::MetaCommand cmd;
   cmd.mutable_meta_recovered()->set_recovery(recovery);

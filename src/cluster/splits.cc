@@ -27,7 +27,18 @@ bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& 
       return false;
     }
   }
-  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch);
+  // The child of a parent an unsafe recovery forced here (its membership
+  // this node alone) takes the child's recovery from the metadata, which
+  // recovers both halves of a split under way together (AdminRecover).
+  uint64_t recovery = 0;
+  if (MetaPtr m = meta()) {
+    const proto::ShardInfo* info = FindShardById(*m, split.child);
+    if (info != nullptr && info->recovery() > 0 && info->recovered_on() == node_id_ &&
+        conf.voters == std::vector<raft::NodeId>{node_id_} && conf.voters_outgoing.empty()) {
+      recovery = info->recovery();
+    }
+  }
+  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch, recovery);
   if (!s.ok()) {
     spdlog::error("shard {}: cannot create split child {} here: {}", parent.group(), split.child, s.ToString());
     std::lock_guard lock(shards_mu_);

@@ -134,8 +134,16 @@ bool SplitCommand::Decode(std::string_view data, SplitCommand* out) {
   return out->child != 0;
 }
 
+// 'R' group: the unsafe recovery this replica belongs to, and the log index
+// up to which membership changes are void (the replica that was forced).
+static std::string RecoveryKey(uint64_t group) {
+  std::string k(1, 'R');
+  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
+  return k;
+}
+
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
-                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch) {
+                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch, uint64_t recovery) {
   if (storage::RaftStore::HasState(engine, split.child)) {
     return Status::InvalidArgument("group " + std::to_string(split.child) + " already has state here");
   }
@@ -145,6 +153,14 @@ Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCo
   if (!s.ok()) return s;
   (*store)->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = conf}, batch);
   (*store)->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, batch);
+  if (recovery > 0) {
+    // Born of an unsafely recovered parent: the child's own recovery, with
+    // its membership forced from the start (index 1), so that it too hears
+    // only its members and fences the replicas of the lineage before it.
+    std::string v;
+    for (uint64_t x : {recovery, uint64_t{1}}) v.append(reinterpret_cast<const char*>(&x), 8);
+    batch.Put(storage::Cf::kRaft, RecoveryKey(split.child), v);
+  }
   return Status::Ok();
 }
 
@@ -372,14 +388,6 @@ Status Replica::Init() {
   Status started = StartNode();
   if (!started.ok()) return started;
   return Status::Ok();
-}
-
-// 'R' group: the unsafe recovery this replica belongs to, and the log index
-// up to which membership changes are void (the replica that was forced).
-static std::string RecoveryKey(uint64_t group) {
-  std::string k(1, 'R');
-  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
-  return k;
 }
 
 Status Replica::WriteSynced(storage::WriteBatch& batch) {

@@ -212,10 +212,14 @@ class Splitter {
 
 // Stages a split's child on this node into `batch`: the parent shard's
 // smaller range (kv::Shard::StageSplit), and the child group's Raft state:
-// log at index 1, term 1, membership `conf`, as a founding group's. Fails
-// (nothing staged) if the child already has Raft state here.
+// log at index 1, term 1, membership `conf`, as a founding group's. With
+// `recovery` > 0 (the child of a parent forced by an unsafe recovery, its
+// membership this node alone) the child belongs to that recovery of its
+// own from the start, as a forced replica does. Fails (nothing staged) if
+// the child already has Raft state here.
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
-                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch);
+                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch,
+                       uint64_t recovery = 0);
 
 struct ReplicaOptions {
   uint64_t group = 0;

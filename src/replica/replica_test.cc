@@ -66,12 +66,13 @@ struct TestNode {
 class TestSplitter final : public Splitter {
  public:
   explicit TestSplitter(TestNode* node) : node_(node) {}
+  uint64_t child_recovery = 0;  // passed to StageSplitChild
   bool StageSplit(Replica& parent, const SplitCommand& split, const raft::ConfState& conf, uint64_t index,
                   storage::WriteBatch& batch) override {
     ++node_->splits_staged;
     kv::Shard* shard = static_cast<KvStateMachine&>(parent.state_machine()).shard();
     child_end_ = shard->slot_end();
-    Status s = StageSplitChild(node_->engine.get(), *shard, split, conf, index, batch);
+    Status s = StageSplitChild(node_->engine.get(), *shard, split, conf, index, batch, child_recovery);
     EXPECT_TRUE(s.ok()) << s.ToString();
     return s.ok();
   }
@@ -944,6 +945,48 @@ TEST_F(ReplicaCluster, SplitHandsTheUpperSlotsToAChildGroup) {
     EXPECT_EQ(nodes_[i]->child_shard->KeyCount(0), 1) << i;
     EXPECT_EQ(nodes_[i]->shard->KeyCount(0), 1) << i;
   }
+}
+
+// The two voters that could commit a split die; the survivor, forced to
+// be the only voter, applies the split alone. Its child is born with the
+// membership of the forced parent (this node alone) and, told so by the
+// cluster layer, the child's recovery: it ignores a lost voter of the old
+// lineage that comes back leading at a higher term, as the forced parent does.
+TEST_F(ReplicaCluster, ChildOfARecoveredParentIsFencedFromBirth) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, 4096, /*with_splitter=*/true);
+  TickAll(60);
+  const std::string moved = KeyOnSide("moved", true);
+  size_t l = LeaderIndex();
+  ASSERT_NE(l, SIZE_MAX);
+  ASSERT_EQ(Write(R(l), SetBatch(moved, "before")), "+OK\r\n");
+  TickAll(3);
+  down_ = {2, 3};
+  TickAll(80);
+  auto forced = R(0).ForceSoleVoter(1);
+  ASSERT_TRUE(forced.ok() && *forced);
+  TickAll(3);
+  ASSERT_TRUE(R(0).is_leader());
+  static_cast<TestSplitter&>(*nodes_[0]->splitter).child_recovery = 5;
+  auto split = R(0).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
+  ASSERT_TRUE(split.ok());
+  Pump();
+  TickAll(2);
+  ASSERT_NE(nodes_[0]->child, nullptr);
+  Replica& child = *nodes_[0]->child;
+  EXPECT_EQ(child.store().conf_state().voters, std::vector<raft::NodeId>{1});
+  EXPECT_EQ(child.recovery(), 5u);
+  auto again = child.ForceSoleVoter(5);  // nothing left to force
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);
+  child.Campaign();
+  TickAll(20);
+  ASSERT_TRUE(child.is_leader());
+  EXPECT_EQ(Write(child, SetBatch(moved, "after")), "+OK\r\n");
+  const uint64_t term = child.raft().term();
+  child.Step(raft::Message{.type = raft::MessageType::kHeartbeat, .to = 1, .from = 2, .term = term + 5}, now_);
+  Pump();
+  EXPECT_TRUE(child.is_leader());
+  EXPECT_EQ(child.raft().term(), term);
 }
 
 // Whether a group splits depends on its state at the split's index alone:

@@ -958,6 +958,71 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
 
 
+@pytest.mark.parametrize("survivor", ["leader", "follower"])
+def test_unsafe_recovery_of_a_shard_in_a_split_under_way(ecl, survivor):
+    """A shard splits while two of its three voters are stopped: the metadata
+    records the split, but the parent cannot commit its split entry, and the
+    stopped nodes then die for good. RECOVER of the new half is refused (it
+    names the parent); RECOVER of the parent on the survivor recovers both
+    halves in one change: the survivor, the only voter, applies the split
+    (the entry its log holds, as the shard's leader; or, as a follower that
+    never got it, one it proposes itself), and both shards are rebuilt to 3
+    voters with nothing the survivor held lost."""
+    c = ecl
+    st = grow(c, 5)
+    ids = ids_of(c, range(5))
+    data = preload(c, "pre:rsplit", PRELOAD_KEYS)
+    time.sleep(1.0)  # every voter has applied the preload
+    # The survivor is the shard's leader or a follower; the two other voters
+    # die. The meta leader is neither of them: the split is asked of it while
+    # the shard's leader's report (fresh for a second) still counts.
+    meta_i = ids.index(st.meta_leader)
+    sh0, keeper = next((sh, k) for sh in st.shards if sh.leader in sh.voters and len(sh.voters) == 3
+                       for k in sh.voters if (k == sh.leader) == (survivor == "leader") and
+                       st.meta_leader not in [v for v in sh.voters if v != k])
+    pair = [ids.index(v) for v in sh0.voters if v != keeper]
+    survivors = [i for i in range(5) if i not in pair]
+    lost = [sh for sh in st.shards if ids[pair[0]] in sh.voters and ids[pair[1]] in sh.voters]
+    mid = (sh0.slots[0] + sh0.slots[1] + 1) // 2
+    print(f"[rsplit] stopping node{pair[0]} and node{pair[1]}; shard {sh0.id} (slots {sh0.slots}) splits at {mid}")
+    for i in pair:
+        c.nodes[i].sigstop()
+    reply = c.admin("SPLIT", str(sh0.id), str(mid), via=meta_i, timeout=3.0)
+    assert not isinstance(reply, RespError), reply
+    time.sleep(2.0)
+    stuck = c.admin_status(via=meta_i)
+    parent = next(sh for sh in stuck.shards if sh.id == sh0.id)
+    child_id = parent.splitting_into
+    assert child_id is not None, f"the split should wait for the stopped voters:\n{stuck}"
+    for i in pair:
+        c.kill9(i)
+
+    def down(s: AdminStatus) -> List[str]:
+        return [f"node{i} is {s.nodes[ids[i]].state}" for i in pair if s.nodes[ids[i]].state != "down"]
+    c.wait_status(down, DOWN_AFTER_S + 30, "the two nodes down")
+    _expect_error(c, f"ERR shard {child_id} is the new half of shard {sh0.id}", "RECOVER", str(child_id), keeper,
+                  "UNSAFE", via=survivors[0])
+    for sh in lost:
+        keep = keeper if sh.id == sh0.id else next(v for v in sh.voters if v not in (ids[pair[0]], ids[pair[1]]))
+        out = _cli_admin(c, survivors[0], "recover", str(sh.id), keep, "--unsafe")
+        assert f"shard {sh.id}: UNSAFE recovery" in out, out
+        if sh.id == sh0.id:
+            assert f"and of shard {child_id}" in out, out
+    st = c.wait_status(settled(voters=3, up=ids_of(c, survivors), meta_voters=3),
+                       REPAIR_TIMEOUT_S, "both halves and every other shard back at 3 voters on the survivors")
+    print(f"[rsplit] recovered:\n{st}")
+    assert len(st.shards) == SHARDS + 1, st
+    halves = {sh.id: sh for sh in st.shards if sh.id in (sh0.id, child_id)}
+    assert halves[sh0.id].slots == (sh0.slots[0], mid - 1) and halves[child_id].slots == (mid, sh0.slots[1]), st
+    assert all(sh.splitting_into is None for sh in st.shards), st
+    for sh in st.shards:
+        assert not set(sh.members()) & {ids[pair[0]], ids[pair[1]]}, sh
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
+    _writes_go_through(c, "post:rsplit", 500)
+    assert "UNSAFE RECOVERY of shard" in "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
+
+
 # --------------------------------------------------------------------------
 # 9. unsafe recovery of the meta shard itself
 # --------------------------------------------------------------------------
