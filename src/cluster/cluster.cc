@@ -348,7 +348,12 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   bool had_state = storage::RaftStore::HasState(engine_, id);
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
-  if (recovery > (*r)->recovery() && recovered_on != node_id_) {
+  // A new replica belongs to the shard's latest recovery, on the recovered
+  // node too: only the replica that was there with state is the one the
+  // recovery forces (SyncLocalReplicas). A new one left at an older number
+  // would be forced as well, once it had state and missed its leader for a
+  // while, beside the group it had joined.
+  if (recovery > (*r)->recovery() && (recovered_on != node_id_ || !had_state)) {
     if (had_state) {
       // From before an unsafe recovery of its shard: stale, and it must not
       // vote or answer again. Its state goes; a new replica comes next round
@@ -797,10 +802,15 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
   if (const proto::ShardInfo* info = r->group() != 0 ? FindShardById(meta, r->group()) : nullptr;
-      info != nullptr && r->recovery() > info->recovery()) {
-    // The metadata lost this shard's unsafe recovery (a recovery of the meta
-    // shard): until it has it again (PlacementDriver), its fence is gone,
-    // and a replica from before the recovery could be added back.
+      info != nullptr && r->recovery() != info->recovery()) {
+    // Above: the metadata lost this shard's unsafe recovery (a recovery of
+    // the meta shard): until it has it again (PlacementDriver), its fence is
+    // gone, and a replica from before the recovery could be added back.
+    // Below: a replica from before a recovery the metadata has, waiting to
+    // be forced (on the recovered node) or deleted (anywhere else). Moving
+    // its membership or leadership now would act for the lineage the
+    // recovery replaced, e.g. a lost voter that came back handing the
+    // leadership to the survivor, which then could no longer be forced.
     return;
   }
   // Also before the metadata records a recovery this replica was forced in.
@@ -891,6 +901,16 @@ ClusterView Cluster::View(int64_t now) const {
       sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
       sv.joint = g.joint;
       leader = g.node;
+    }
+    if (sv.reported && rep.recovery < s.recovery()) {
+      // A leader of the lineage an unsafe recovery replaced (a lost voter
+      // that came back before it heard of the recovery): not the shard's.
+      // Nothing is planned from its membership, nor a split done on its word.
+      sv.reported = false;
+      sv.actual = Membership{};
+      sv.joint = false;
+      leader = 0;
+      rep = node::LeaderReport{};
     }
     sv.slot_begin = rep.slot_begin;
     sv.slot_end = rep.slot_end;

@@ -70,7 +70,10 @@ void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand&
   const proto::ShardInfo* info = m ? FindShardById(*m, split.child) : nullptr;
   bool preferred_here = info != nullptr && info->preferred_leader() == node_id_;
   bool preferred_known = info != nullptr && info->preferred_leader() != 0;
-  if (preferred_here || (!preferred_known && parent.is_leader())) {
+  // Not a child from before an unsafe recovery of it (the split applied in
+  // the lineage the recovery replaced): it waits to be forced or deleted.
+  bool stale = info != nullptr && (*r)->recovery() < info->recovery();
+  if (!stale && (preferred_here || (!preferred_known && parent.is_leader()))) {
     replica::Replica* child = *r;
     asio::post(groups_->WorkerFor(split.child).io(), [this, child] {
       if (child->retired()) return;
