@@ -658,11 +658,9 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
           (kv_sm->shard()->slot_begin() != s.slot_begin() || kv_sm->shard()->slot_end() != s.slot_end())) {
         // It missed a split (or holds a later one): as the only voter it
         // would serve slots another shard now holds.
-        if (r->recovery() < s.recovery()) {
-          spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
-                           "metadata {}-{} (it missed a split)", s.id(), s.recovery(), kv_sm->shard()->slot_begin(),
-                           kv_sm->shard()->slot_end() - 1, s.slot_begin(), s.slot_end() - 1);
-        }
+        spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
+                         "metadata {}-{} (it missed a split)", s.id(), s.recovery(), kv_sm->shard()->slot_begin(),
+                         kv_sm->shard()->slot_end() - 1, s.slot_begin(), s.slot_end() - 1);
         continue;
       }
       auto forced = r->ForceSoleVoter(s.recovery());

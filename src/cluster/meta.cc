@@ -15,6 +15,31 @@ constexpr std::string_view kAppliedKey = "cluster/meta/applied";
 
 std::string EncodeU64(uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
 
+// Replaces shard s.id()'s placement (its range and split stay as they are).
+bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
+  for (auto& existing : *state->mutable_shards()) {
+    if (existing.id() != s.id()) continue;
+    if (s.slot_begin() != existing.slot_begin() || s.slot_end() != existing.slot_end()) return false;
+    if (s.replicas_size() == 0) return false;
+    std::set<uint64_t> seen;
+    for (uint64_t r : s.replicas()) seen.insert(r);
+    for (uint64_t r : s.learners()) seen.insert(r);
+    if (seen.size() != static_cast<size_t>(s.replicas_size() + s.learners_size())) return false;
+    for (uint64_t r : seen) {
+      bool known = false;
+      for (const auto& n : state->nodes()) known |= n.id() == r;
+      if (!known) return false;
+    }
+    uint64_t split_child = existing.split_child();  // not a placement's to change
+    existing = s;
+    existing.set_split_child(split_child);
+    existing.set_epoch(existing.epoch() + 1);
+    state->set_epoch(state->epoch() + 1);
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
@@ -42,35 +67,6 @@ proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, i
   m.set_epoch(1);
   return m;
 }
-
-namespace {
-
-// Replaces shard s.id()'s placement (its range and split stay as they are).
-bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
-  for (auto& existing : *state->mutable_shards()) {
-    if (existing.id() != s.id()) continue;
-    if (s.slot_begin() != existing.slot_begin() || s.slot_end() != existing.slot_end()) return false;
-    if (s.replicas_size() == 0) return false;
-    std::set<uint64_t> seen;
-    for (uint64_t r : s.replicas()) seen.insert(r);
-    for (uint64_t r : s.learners()) seen.insert(r);
-    if (seen.size() != static_cast<size_t>(s.replicas_size() + s.learners_size())) return false;
-    for (uint64_t r : seen) {
-      bool known = false;
-      for (const auto& n : state->nodes()) known |= n.id() == r;
-      if (!known) return false;
-    }
-    uint64_t split_child = existing.split_child();  // not a placement's to change
-    existing = s;
-    existing.set_split_child(split_child);
-    existing.set_epoch(existing.epoch() + 1);
-    state->set_epoch(state->epoch() + 1);
-    return true;
-  }
-  return false;
-}
-
-}  // namespace
 
 bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
   switch (cmd.cmd_case()) {

@@ -279,13 +279,20 @@ TEST(RaftTest, LateRejectionFromACaughtUpFollowerCostsOneProbe) {
   EXPECT_EQ(c.raft(3).commits_refused(), 0u);
 }
 
-TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {
-  TestCluster c(3);
+// n1 leads and commits ten entries without n3, then snapshots them
+// ("image"); returns the snapshot's index.
+Index SnapshotWhileNode3IsCutOff(TestCluster& c) {
   c.campaign(1);
   c.isolate(3);
-  for (int i = 0; i < 10; ++i) ASSERT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
   const Index applied = c.raft(1).log().applied();
-  ASSERT_TRUE(c.storage(1).create_snapshot(applied, c.raft(1).tracker().conf_state(), "image").ok());
+  EXPECT_TRUE(c.storage(1).create_snapshot(applied, c.raft(1).tracker().conf_state(), "image").ok());
+  return applied;
+}
+
+TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {
+  TestCluster c(3);
+  const Index applied = SnapshotWhileNode3IsCutOff(c);
   ASSERT_TRUE(c.storage(1).compact(applied).ok());
   ASSERT_TRUE(c.propose(1, "after").ok());
   c.heal();
@@ -301,11 +308,7 @@ TEST(RaftTest, LaggingFollowerIsCaughtUpWithASnapshot) {
 // tells its new leader, and catches up from the new leader's log after it.
 TEST(RaftTest, FollowerInstallsACommittedSnapshotFromAnEarlierLeader) {
   TestCluster c(3);
-  c.campaign(1);
-  c.isolate(3);
-  for (int i = 0; i < 10; ++i) ASSERT_TRUE(c.propose(1, "w" + std::to_string(i)).ok());
-  const Index applied = c.raft(1).log().applied();
-  ASSERT_TRUE(c.storage(1).create_snapshot(applied, c.raft(1).tracker().conf_state(), "image").ok());
+  const Index applied = SnapshotWhileNode3IsCutOff(c);
   const Snapshot image = *c.storage(1).snapshot();
   // n1 is cut off; n2 wins with n3's vote, and nothing n2 replicates
   // reaches n3 yet.

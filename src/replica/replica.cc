@@ -142,6 +142,12 @@ static std::string RecoveryKey(uint64_t group) {
   return k;
 }
 
+static void StageRecoveryMarker(uint64_t group, uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch) {
+  std::string v;
+  for (uint64_t x : {recovery, void_upto}) v.append(reinterpret_cast<const char*>(&x), 8);
+  batch.Put(storage::Cf::kRaft, RecoveryKey(group), v);
+}
+
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
                        const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch, uint64_t recovery) {
   if (storage::RaftStore::HasState(engine, split.child)) {
@@ -157,9 +163,7 @@ Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCo
     // Born of an unsafely recovered parent: the child's own recovery, with
     // its membership forced from the start (index 1), so that it too hears
     // only its members and fences the replicas of the lineage before it.
-    std::string v;
-    for (uint64_t x : {recovery, uint64_t{1}}) v.append(reinterpret_cast<const char*>(&x), 8);
-    batch.Put(storage::Cf::kRaft, RecoveryKey(split.child), v);
+    StageRecoveryMarker(split.child, recovery, 1, batch);
   }
   return Status::Ok();
 }
@@ -398,9 +402,7 @@ Status Replica::WriteSynced(storage::WriteBatch& batch) {
 }
 
 void Replica::WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch) {
-  std::string v;
-  for (uint64_t x : {recovery, void_upto}) v.append(reinterpret_cast<const char*>(&x), 8);
-  batch.Put(storage::Cf::kRaft, RecoveryKey(opts_.group), v);
+  StageRecoveryMarker(opts_.group, recovery, void_upto, batch);
 }
 
 Status Replica::LoadRecovery() {

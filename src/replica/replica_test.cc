@@ -287,6 +287,17 @@ class ReplicaCluster : public ::testing::Test {
     return SIZE_MAX;
   }
 
+  // Nodes 2 and 3 die for good; node 1, forced to be the only voter
+  // (unsafe recovery 1), leads alone.
+  void LoseNodes2And3AndForceNode1() {
+    down_ = {2, 3};
+    TickAll(80);
+    auto forced = R(0).ForceSoleVoter(1);
+    ASSERT_TRUE(forced.ok() && *forced);
+    TickAll(3);
+    ASSERT_TRUE(R(0).is_leader());
+  }
+
   int64_t now_ = 1'000'000;
   std::vector<raft::NodeId> ids_;
   std::set<raft::NodeId> down_;  // nodes whose process is "dead"
@@ -740,12 +751,7 @@ TEST_F(ReplicaCluster, ReplicaStartedOverForARecoveryTakesTheRecoveredState) {
   TickAll(3);
   ASSERT_EQ(Get(1, "k"), "later");
   // ... then they die, and node 1 carries on alone.
-  down_ = {2, 3};
-  TickAll(80);
-  auto forced = R(0).ForceSoleVoter(1);
-  ASSERT_TRUE(forced.ok() && *forced);
-  TickAll(3);
-  ASSERT_TRUE(R(0).is_leader());
+  ASSERT_NO_FATAL_FAILURE(LoseNodes2And3AndForceNode1());
   ASSERT_EQ(Write(R(0), SetBatch("k", "after")), "+OK\r\n");
   ASSERT_EQ(Write(R(0), SetBatch("k2", "after")), "+OK\r\n");
   // Node 2 comes back and is started over before it is added again.
@@ -960,12 +966,7 @@ TEST_F(ReplicaCluster, ChildOfARecoveredParentIsFencedFromBirth) {
   ASSERT_NE(l, SIZE_MAX);
   ASSERT_EQ(Write(R(l), SetBatch(moved, "before")), "+OK\r\n");
   TickAll(3);
-  down_ = {2, 3};
-  TickAll(80);
-  auto forced = R(0).ForceSoleVoter(1);
-  ASSERT_TRUE(forced.ok() && *forced);
-  TickAll(3);
-  ASSERT_TRUE(R(0).is_leader());
+  ASSERT_NO_FATAL_FAILURE(LoseNodes2And3AndForceNode1());
   static_cast<TestSplitter&>(*nodes_[0]->splitter).child_recovery = 5;
   auto split = R(0).ProposeSplit(SplitCommand{kChildGroup, kSplitSlot}, now_);
   ASSERT_TRUE(split.ok());
