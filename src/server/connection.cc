@@ -1023,9 +1023,23 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
     ids.push_back(s->id());
     replicas.push_back(r);
   }
-  for (replica::Replica* r : replicas) {
-    if (!co_await ReadBarrier(r)) {
-      writer_.Error("TRYAGAIN the read of shard " + std::to_string(r->group()) +
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    // As a keyed read: a barrier that leadership moving (or a leader not yet
+    // settled in its term, just after a restart) left unconfirmed is asked
+    // again until kRefusedRetryUs after the first try.
+    const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+    bool confirmed = co_await ReadBarrier(replicas[i]);
+    while (!confirmed && !killed_ && node::MonoUs() < give_up_us) {
+      asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
+      co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+      if (server_.groups().Find(ids[i]) != replicas[i]) {
+        writer_.Error("TRYAGAIN shard " + std::to_string(ids[i]) + " left this node during the read; retry");
+        co_return;
+      }
+      confirmed = co_await ReadBarrier(replicas[i]);
+    }
+    if (!confirmed) {
+      writer_.Error("TRYAGAIN the read of shard " + std::to_string(ids[i]) +
                     " could not be confirmed by a quorum of its replicas; retry");
       co_return;
     }
