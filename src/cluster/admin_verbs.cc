@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <map>
 
 #include <spdlog/spdlog.h>
 
@@ -112,6 +113,15 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
                        IdList(s.actual.voters) + " learners " + IdList(s.actual.learners) + " bytes " +
                        std::to_string(s.bytes) + " ops-per-sec " + std::to_string(s.ops_per_sec);
     if (info->split_child() != 0) line += " splitting-into " + std::to_string(info->split_child());
+    if (!info->incarnations().empty()) {
+      // Replicas placed on a node after the shard began (node:incarnation).
+      std::map<uint64_t, uint64_t> sorted(info->incarnations().begin(), info->incarnations().end());
+      std::string list;
+      for (const auto& [node, incarnation] : sorted) {
+        list += (list.empty() ? "" : ",") + Hex(node) + ":" + std::to_string(incarnation);
+      }
+      line += " incarnations " + list;
+    }
     if (!s.reported) {
       line += " (no leader known)";
     } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
@@ -574,7 +584,9 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
     std::lock_guard lock(gossip_mu_);
     if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
       size_t up = 0;
-      for (uint64_t v : it->second.voters) up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      for (uint64_t v : NodesOfMembers(*m, info, it->second.voters)) {
+        up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+      }
       lost_actual = up * 2 <= it->second.voters.size();
     }
   }

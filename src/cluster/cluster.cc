@@ -3,6 +3,7 @@
 #include "cluster/cluster_internal.h"
 #include "cluster/membership.h"
 #include "node/deadline.h"
+#include "common/member_id.h"
 #include "common/secret.h"
 #include "common/strings.h"
 #include "storage/keys.h"
@@ -41,7 +42,7 @@ uint64_t RandomId() {
   std::random_device rd;
   std::mt19937_64 rng((uint64_t{rd()} << 32) ^ rd());
   uint64_t v = 0;
-  while (v == 0) v = rng();
+  while (NodeKey(v) == 0) v = rng();  // nonzero, and so is every member id made from it
   return v;
 }
 
@@ -198,7 +199,7 @@ Status Cluster::Open() {
                         "opened: {}; left on disk", shard.id(), s.ToString());
           continue;
         }
-        if (s.code() == Code::kAborted) {  // only OpenShardReplica's overlap check answers this
+        if (s.code() == Code::kAborted) {  // OpenShardReplica's overlap check, or a member id refused
           // Its range on disk overlaps another replica's here: left closed
           // (and its data untouched) rather than keep the node down.
           spdlog::critical("shard {}: {}", shard.id(), s.ToString());
@@ -302,13 +303,15 @@ Status Cluster::EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap) {
     if (fresh) claim = {static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end())};
     if (!ClaimLocked(s.id(), claim)) return Status::Ok();  // opened, or being opened, elsewhere
   }
+  auto it = s.incarnations().find(node_id_);
+  const uint64_t incarnation = it == s.incarnations().end() ? 0 : it->second;
   auto r = OpenShardReplica(s.id(), static_cast<uint16_t>(s.slot_begin()), static_cast<uint16_t>(s.slot_end()),
-                            bootstrap, s.recovery(), s.recovered_on());
+                            bootstrap, s.recovery(), s.recovered_on(), incarnation);
   return r.ok() ? Status::Ok() : r.status();
 }
 
 Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin, uint16_t end, bool bootstrap,
-                                                    uint64_t recovery, uint64_t recovered_on) {
+                                                    uint64_t recovery, uint64_t recovered_on, uint64_t incarnation) {
   // The caller claimed `id` (ClaimLocked); the claim ends here, however this ends.
   struct Release {
     Cluster* c;
@@ -338,14 +341,21 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits);
   replica::ReplicaOptions ro;
   ro.group = id;
-  ro.node_id = node_id_;
+  // A replica with state here is the member it was (a split's child: its
+  // parent's); a new one is the incarnation the metadata names.
+  bool had_state = storage::RaftStore::HasState(engine_, id);
+  auto stored = replica::ReadIncarnation(engine_, id);
+  if (!stored.ok()) return stored.status();
+  if (had_state && stored->found && !stored->retired) incarnation = stored->incarnation;
+  if (had_state && !stored->found) incarnation = 0;  // from before incarnations
+  ro.node_id = MemberIdOf(node_id_, incarnation);
+  ro.incarnation = incarnation;
   ro.tick_ms = groups_->options().tick_ms;
   ro.compact_bytes = opts_.log_bytes_per_replica;
   ro.courier = opts_.courier;
   ro.stopping = opts_.stopping;
   ro.splitter = this;
-  if (bootstrap) ro.bootstrap_voters = {node_id_};
-  bool had_state = storage::RaftStore::HasState(engine_, id);
+  if (bootstrap) ro.bootstrap_voters = {ro.node_id};
   auto r = replica::Replica::Open(engine_, ro, std::move(sm));
   if (!r.ok()) return r.status();
   // A new replica belongs to the shard's latest recovery, on the recovered
@@ -398,13 +408,28 @@ std::vector<kv::Shard*> Cluster::LocalShards() const {
 uint64_t Cluster::LeaderOf(uint64_t group) const {
   uint64_t leader = 0, term = 0;
   if (replica::Replica* r = groups_->Find(group)) {
-    leader = r->published_leader();
+    leader = r->published_leader();  // a Raft member id; its node is the answer
     term = r->published_term();
+    if (leader != 0 && leader != node_id_) {
+      if (MetaPtr m = meta()) leader = NodeOfMember(*m, leader);
+    }
   }
   std::lock_guard lock(gossip_mu_);
   auto it = gossip_.find(group);
   if (it != gossip_.end() && (leader == 0 || it->second.term > term)) leader = it->second.node;
   return leader;
+}
+
+bool Cluster::ShardReport(const proto::ShardInfo& s, int64_t now, node::LeaderReport* out) const {
+  LeaderGossip g;
+  if (replica::Replica* r = groups_->Find(s.id()); r != nullptr && r->published_is_leader()) {
+    *out = ReportOf(*r);
+  } else if (GossipOf(s.id(), now, &g)) {
+    *out = g.report;
+  } else {
+    return false;
+  }
+  return out->recovery >= s.recovery();  // not a leader of a lineage a recovery replaced
 }
 
 bool Cluster::GossipOf(uint64_t group, int64_t now, LeaderGossip* out) const {
@@ -537,6 +562,32 @@ bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* 
   return true;
 }
 
+std::vector<uint64_t> NodesOfMembers(const proto::MetaState& meta, const proto::ShardInfo* shard,
+                                     const std::vector<uint64_t>& members, bool* stale) {
+  std::vector<uint64_t> out;
+  out.reserve(members.size());
+  if (stale != nullptr) *stale = false;
+  for (uint64_t m : members) {
+    const uint64_t node = NodeOfMember(meta, m);
+    out.push_back(node);
+    const bool placed = shard != nullptr && (Contains(shard->replicas(), node) || Contains(shard->learners(), node));
+    if (stale != nullptr && placed && IncarnationOf(m, node) < IncarnationOf(MemberOn(*shard, node), node)) {
+      *stale = true;
+    }
+  }
+  return SortedIds(std::move(out));
+}
+
+void NameReportedIncarnations(const proto::MetaState& meta, const node::LeaderReport& rep, proto::ShardInfo* next) {
+  for (const auto* ids : {&rep.voters, &rep.learners}) {
+    for (uint64_t m : *ids) {
+      const uint64_t node = NodeOfMember(meta, m);
+      if (!Contains(next->replicas(), node) && !Contains(next->learners(), node)) continue;
+      (*next->mutable_incarnations())[node] = IncarnationOf(m, node);
+    }
+  }
+}
+
 // Any thread: reads only what the replica publishes.
 node::LeaderReport ReportOf(const replica::Replica& r) {
   auto published = r.published_conf();
@@ -631,6 +682,11 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
     bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
+    // A replica here of an older incarnation than the metadata places here
+    // (removed, then placed again): it goes once its group has let it go,
+    // and the new one comes next round. A newer one stays (the placement
+    // driver records it: an unsafe recovery of the meta shard lost it).
+    const bool old_incarnation = wanted && r != nullptr && r->incarnation() < IncarnationOf(MemberOn(s, node_id_), node_id_);
     if (meta_replaced) {
       if (wanted && r == nullptr) {
         Status st = EnsureShardReplica(s, false);
@@ -672,12 +728,16 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       if (!st.ok()) spdlog::error("cannot create replica of shard {}: {}", s.id(), st.ToString());
       continue;
     }
-    if (wanted || r == nullptr || r->is_leader()) continue;
+    if ((wanted && !old_incarnation) || r == nullptr || r->is_leader()) continue;
     LeaderGossip g;
     if (!GossipOf(s.id(), now, &g) ||
-        !MayRetire(node_id_, false, g.node, Membership{g.voters, g.learners}, g.joint,
+        !MayRetire(r->node_id(), false, g.node, Membership{g.voters, g.learners}, g.joint,
                    r->HeardFromLeaderWithin(kRetireQuietTicks))) {
       continue;
+    }
+    if (old_incarnation) {
+      spdlog::info("shard {}: this node's replica {} is an older incarnation than the metadata's ({}): removing it",
+                   s.id(), Hex(r->node_id()), Hex(MemberOn(s, node_id_)));
     }
     Status st = Retire(r);
     if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
@@ -799,8 +859,34 @@ void Cluster::Reconcile(replica::Replica* r, const proto::MetaState& meta, int64
   Membership want;
   uint64_t preferred = 0;
   if (!WantedMembership(meta, r->group(), &want, &preferred)) return;
-  if (const proto::ShardInfo* info = r->group() != 0 ? FindShardById(meta, r->group()) : nullptr;
-      info != nullptr && r->recovery() != info->recovery()) {
+  const proto::ShardInfo* info = r->group() != 0 ? FindShardById(meta, r->group()) : nullptr;
+  if (info != nullptr) {
+    // Raft speaks member ids: each wanted node's incarnation of the replica,
+    // or a newer one the group has there (recorded by the placement driver:
+    // an unsafe recovery of the meta shard lost it).
+    const raft::ConfState& cs = r->raft().tracker().conf_state();
+    // A leader that is its group's only voter stays the member it is, even
+    // an older incarnation than the metadata names on its node (an unsafe
+    // recovery forced it): it can be replaced there only once another
+    // voter can take over.
+    const bool sole = cs.voters == std::vector<raft::NodeId>{r->node_id()} && cs.voters_outgoing.empty();
+    auto member_on = [&](uint64_t node) {
+      if (sole && SameNode(node, r->node_id())) return r->node_id();
+      uint64_t want_member = MemberOn(*info, node);
+      for (const auto* ids : {&cs.voters, &cs.voters_outgoing, &cs.learners}) {
+        for (uint64_t m : *ids) {
+          if (SameNode(m, node) && IncarnationOf(m, node) > IncarnationOf(want_member, node)) want_member = m;
+        }
+      }
+      return want_member;
+    };
+    for (auto* ids : {&want.voters, &want.learners}) {
+      for (uint64_t& id : *ids) id = member_on(id);
+      *ids = SortedIds(*ids);
+    }
+    if (preferred != 0) preferred = member_on(preferred);
+  }
+  if (info != nullptr && r->recovery() != info->recovery()) {
     // Above: the metadata lost this shard's unsafe recovery (a recovery of
     // the meta shard): until it has it again (PlacementDriver), its fence is
     // gone, and a replica from before the recovery could be added back.
@@ -890,15 +976,20 @@ ClusterView Cluster::View(int64_t now) const {
       rep = ReportOf(*local);
       FillLoad(&rep);
       sv.reported = true;
-      sv.actual = Membership{rep.voters, rep.learners};
-      sv.joint = rep.joint;
       leader = node_id_;
     } else if (GossipOf(s.id(), now, &g)) {
       rep = g.report;
       sv.reported = true;
-      sv.actual = Membership{SortedIds(g.voters), SortedIds(g.learners)};
-      sv.joint = g.joint;
       leader = g.node;
+    }
+    if (sv.reported) {
+      // An older incarnation of a replica that the group still has (its node
+      // placed again) counts as a change under way, as a joint state does.
+      bool stale_voters = false, stale_learners = false;
+      sv.actual = Membership{NodesOfMembers(*m, &s, rep.voters, &stale_voters),
+                             NodesOfMembers(*m, &s, rep.learners, &stale_learners)};
+      // (Not a sole voter: it stays until others join; Reconcile.)
+      sv.joint = rep.joint || (stale_voters && rep.voters.size() > 1) || stale_learners;
     }
     if (sv.reported && rep.recovery < s.recovery()) {
       // A leader of the lineage an unsafe recovery replaced (a lost voter
@@ -982,14 +1073,15 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     *next = s;
     next->clear_replicas();
     next->clear_learners();
-    for (uint64_t v : g.report.voters) {
+    for (uint64_t v : NodesOfMembers(meta, &s, g.report.voters)) {
       if (known(v)) next->add_replicas(v);
     }
-    for (uint64_t l : g.report.learners) {
+    for (uint64_t l : NodesOfMembers(meta, &s, g.report.learners)) {
       if (known(l)) next->add_learners(l);
     }
     if (next->replicas_size() == 0) next->add_replicas(g.node);
     next->set_preferred_leader(g.node);
+    NameReportedIncarnations(meta, g.report, next);
     next->set_recovery(g.report.recovery);
     next->set_recovered_on(g.node);
     spdlog::warn("placement: shard {}: its leader {} belongs to unsafe recovery {}, the metadata says {}: recorded",
@@ -1028,6 +1120,7 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
       for (uint64_t v : mv.target.voters) next.add_replicas(v);
       for (uint64_t l : mv.target.learners) next.add_learners(l);
       next.set_preferred_leader(mv.leader);
+      if (node::LeaderReport rep; ShardReport(*cur, now, &rep)) NameReportedIncarnations(meta, rep, &next);
       *cmd.mutable_set_shard() = next;
     }
     if (mv.kind == MoveKind::kTransferLeader) {
@@ -1058,6 +1151,13 @@ void Cluster::HandleJoin(const proto::NodeInfo& node, std::function<void(std::st
       if (n.id() == node.id() && n.host() == node.host() && n.port() == node.port() &&
           n.peer_port() == node.peer_port()) {
         return done(ok);
+      }
+    }
+    for (const auto& n : meta()->nodes()) {
+      if (n.id() != node.id() && SameNode(n.id(), node.id())) {
+        // Raft member ids tell nodes apart by these bits (common/member_id.h).
+        return done("-ERR node id " + Hex(node.id()) + " shares its low 40 bits with node " + Hex(n.id()) +
+                    ": restart the joining node with an empty --dir (a new id)\r\n");
       }
     }
     proto::MetaCommand cmd;

@@ -199,9 +199,10 @@ class Cluster final : public replica::Splitter {
   Status OpenMeta(bool bootstrap, const proto::MetaState* initial);
   Status EnsureShardReplica(const proto::ShardInfo& s, bool bootstrap);
   // Opens the replica of data shard `id` (its range from storage, else
-  // [begin, end)) and hosts it.
+  // [begin, end)) and hosts it: the member whose state is here, else
+  // incarnation `incarnation` (the metadata's for this node).
   Result<replica::Replica*> OpenShardReplica(uint64_t id, uint16_t begin, uint16_t end, bool bootstrap,
-                                             uint64_t recovery, uint64_t recovered_on);
+                                             uint64_t recovery, uint64_t recovered_on, uint64_t incarnation = 0);
   // Recomputes which local replica holds each slot (GroupOfSlot).
   void RebuildLocalSlots();
   // On `worker`: starts the key recounts its shards need (after a split),
@@ -245,6 +246,10 @@ class Cluster final : public replica::Splitter {
   Status Retire(replica::Replica* r);
   // The latest report of group's leader, if one arrived recently.
   bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
+  // The report of shard s's leader: this node's replica if it leads, else
+  // a recent one heard; false if none, or if that leader belongs to a
+  // lineage an unsafe recovery of the shard replaced.
+  bool ShardReport(const proto::ShardInfo& s, int64_t now_us, node::LeaderReport* out) const;
   AdminReply AdminStatus(int64_t now_us) const;
   const proto::NodeInfo* FindNode(const proto::MetaState& meta, const std::string& who) const;
   // A SHOAL.ADMIN verb's outcome: a reply now, or a metadata change to

@@ -22,6 +22,17 @@ std::vector<uint64_t> SortedIds(std::vector<uint64_t> v);
 bool HasId(const std::vector<uint64_t>& v, uint64_t id);
 // What the metadata wants group `group`'s membership to be.
 bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* want, uint64_t* preferred);
+// The nodes of the Raft member ids a leader of `shard` (null: the meta
+// shard) reported: Raft speaks member ids, placement node ids. `stale` (if
+// given) says whether one of them is another incarnation than the metadata
+// places on its node (the group is still replacing it).
+std::vector<uint64_t> NodesOfMembers(const proto::MetaState& meta, const proto::ShardInfo* shard,
+                                     const std::vector<uint64_t>& members, bool* stale = nullptr);
+// Names in `next` (a proposed placement of a shard), for each node it
+// places, the incarnation of the member the shard's leader reports there:
+// the metadata keeps a node placed again as that member, and takes a newer
+// one than it has (meta.cc SetShard).
+void NameReportedIncarnations(const proto::MetaState& meta, const node::LeaderReport& rep, proto::ShardInfo* next);
 // A replica's leadership report. Any thread: reads only what it publishes.
 node::LeaderReport ReportOf(const replica::Replica& r);
 

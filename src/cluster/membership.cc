@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/member_id.h"
+
 namespace shoal::cluster {
 namespace {
 
@@ -69,13 +71,26 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
     }
     if (any) return transfer(to, "leader leaves");
   }
-  // 2. New members join as learners, one at a time.
+  // 2. A member on a node that is wanted under another id (an older
+  //    incarnation of the replica there, common/member_id.h) leaves first:
+  //    its node holds the new one only once the old one is let go.
+  for (const Ids* ids : {&g.conf.voters, &g.conf.learners}) {
+    for (raft::NodeId id : *ids) {
+      if (id == g.self || Has(want.voters, id) || Has(want.learners, id)) continue;
+      bool replaced = false;
+      for (const Ids* w : {&want.voters, &want.learners}) {
+        for (raft::NodeId n : *w) replaced |= SameNode(n, id);
+      }
+      if (replaced) return Change(raft::ConfChangeType::kRemoveNode, id, "removing an older incarnation");
+    }
+  }
+  // 3. New members join as learners, one at a time.
   for (const Ids* ids : {&want.voters, &want.learners}) {
     for (raft::NodeId id : *ids) {
       if (!member(id)) return Change(raft::ConfChangeType::kAddLearner, id, "adding learner");
     }
   }
-  // 3. Voters: promote caught-up learners, drop unwanted voters, in one change.
+  // 4. Voters: promote caught-up learners, drop unwanted voters, in one change.
   Ids next, extra;
   for (raft::NodeId v : g.conf.voters) (Has(want.voters, v) ? next : extra).push_back(v);
   for (raft::NodeId v : want.voters) {
@@ -99,20 +114,20 @@ MembershipStep NextMembershipStep(const Membership& want, raft::NodeId preferred
     }
     return s;
   }
-  // 4. Learners that are not wanted leave.
+  // 5. Learners that are not wanted leave.
   for (raft::NodeId l : g.conf.learners) {
     if (!Has(want.voters, l) && !Has(want.learners, l)) {
       return Change(raft::ConfChangeType::kRemoveNode, l, "removing learner");
     }
   }
-  // 5. Leadership goes where the placement driver prefers.
+  // 6. Leadership goes where the placement driver prefers.
   if (Has(g.conf.voters, preferred)) return transfer(preferred, "preferred leader");
   return none;
 }
 
 bool MayRetire(raft::NodeId self, bool wanted, raft::NodeId leader, const Membership& leader_conf, bool joint,
                bool leader_contact_recent) {
-  if (wanted || leader == raft::kNoNode || leader == self || joint || leader_contact_recent) return false;
+  if (wanted || leader == raft::kNoNode || SameNode(leader, self) || joint || leader_contact_recent) return false;
   return !Has(leader_conf.voters, self) && !Has(leader_conf.learners, self);
 }
 

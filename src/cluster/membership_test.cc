@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/member_id.h"
+
 namespace shoal::cluster {
 namespace {
 
@@ -37,6 +39,8 @@ struct Case {
   GroupState g;
   std::string expect;  // Show() of the step, "" for none
 };
+
+constexpr raft::NodeId kOne1 = MemberIdOf(1, 1), kThree1 = MemberIdOf(3, 1);
 
 TEST(MembershipStep, Table) {
   auto lagging = [](GroupState g, raft::NodeId id, raft::Index match) {
@@ -74,6 +78,16 @@ TEST(MembershipStep, Table) {
       {"a single voter moves in one joint change", {{2}, {}}, 2, Group({1}, {2}), "changing voters +v2 -1"},
       {"a single voter's successor joins first", {{2}, {}}, 2, Group({1}), "adding learner +l2"},
       {"3 -> 5 voters waits for both", {{1, 2, 3, 4, 5}, {}}, 1, lagging(Group({1, 2, 3}, {4, 5}), 5, 1), ""},
+      // Node 3 placed again (incarnation 1): its old member leaves first,
+      // voter or learner, before the new one is added.
+      {"an older incarnation's voter leaves first", {{1, 2, kThree1}, {}}, 1, Group({1, 2, 3}),
+       "removing an older incarnation -3"},
+      {"an older incarnation's learner leaves first", {{1, 2}, {kThree1}}, 1, Group({1, 2}, {3}),
+       "removing an older incarnation -3"},
+      {"then the new incarnation joins as a learner", {{1, 2, kThree1}, {}}, 1, Group({1, 2}),
+       "adding learner +l" + std::to_string(kThree1)},
+      {"a leader of an older incarnation hands over first", {{kOne1, 2, 3}, {}}, 1, Group({1, 2, 3}),
+       "leader leaves ->2"},
   };
   for (const Case& c : cases) {
     MembershipStep s = NextMembershipStep(c.want, c.preferred, c.g);

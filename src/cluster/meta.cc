@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/member_id.h"
 #include "storage/slot.h"
 
 namespace shoal::cluster {
@@ -12,6 +13,10 @@ namespace {
 
 constexpr std::string_view kStateKey = "cluster/meta/state";
 constexpr std::string_view kAppliedKey = "cluster/meta/applied";
+
+// How many incarnations of one shard an unsafe recovery of the meta shard
+// can have lost (placements the survivor never had), at most.
+constexpr uint64_t kIncarnationsLostAtMost = uint64_t{1} << 16;
 
 std::string EncodeU64(uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
 
@@ -30,9 +35,45 @@ bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
       for (const auto& n : state->nodes()) known |= n.id() == r;
       if (!known) return false;
     }
-    uint64_t split_child = existing.split_child();  // not a placement's to change
+    // Neither the split nor the incarnations are the proposer's to set; it
+    // may only name, for a node it places, the incarnation the group still
+    // has there (common/member_id.h, docs/design/placement.md).
+    std::set<uint64_t> placed(existing.replicas().begin(), existing.replicas().end());
+    placed.insert(existing.learners().begin(), existing.learners().end());
+    const uint64_t split_child = existing.split_child();
+    const auto before = existing.incarnations();
+    auto departed = existing.departed();
+    uint64_t last = existing.last_incarnation();
     existing = s;
     existing.set_split_child(split_child);
+    existing.clear_incarnations();
+    for (uint64_t r : seen) {
+      auto named = s.incarnations().find(r);
+      const bool has_named = named != s.incarnations().end();
+      uint64_t incarnation = 0;
+      if (placed.contains(r)) {
+        // It stays, as the member it is; a newer one the group has is taken
+        // (its record lost with an unsafe recovery of the meta shard).
+        if (auto it = before.find(r); it != before.end()) incarnation = it->second;
+        if (has_named && named->second > incarnation && named->second <= last) incarnation = named->second;
+      } else if (auto d = departed.find(r);
+                 has_named && named->second <= last && (d == departed.end() || named->second >= d->second)) {
+        // Placed again while the group still has it (the proposer names
+        // only members the group's leader reports): the same member.
+        incarnation = named->second;
+      } else {
+        incarnation = std::min(++last, kMaxIncarnation);  // a new member
+      }
+      if (incarnation != 0) (*existing.mutable_incarnations())[r] = incarnation;
+      departed.erase(r);
+    }
+    for (uint64_t r : placed) {
+      if (seen.contains(r)) continue;
+      auto it = before.find(r);
+      departed[r] = it == before.end() ? 0 : it->second;
+    }
+    existing.set_last_incarnation(last);
+    *existing.mutable_departed() = departed;
     existing.set_epoch(existing.epoch() + 1);
     state->set_epoch(state->epoch() + 1);
     return true;
@@ -41,6 +82,21 @@ bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
 }
 
 }  // namespace
+
+uint64_t MemberOn(const proto::ShardInfo& shard, uint64_t node) {
+  auto it = shard.incarnations().find(node);
+  return MemberIdOf(node, it == shard.incarnations().end() ? 0 : it->second);
+}
+
+uint64_t NodeOfMember(const proto::MetaState& meta, uint64_t member) {
+  for (const auto& n : meta.nodes()) {
+    if (n.id() == member) return member;
+  }
+  for (const auto& n : meta.nodes()) {
+    if (SameNode(n.id(), member)) return n.id();
+  }
+  return member;
+}
 
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
                              int replication_factor) {
@@ -81,6 +137,11 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
           state->set_epoch(state->epoch() + 1);
           return true;
         }
+      }
+      // The low bits of an id name the node in Raft member ids.
+      if (NodeKey(n.id()) == 0) return false;
+      for (const auto& existing : state->nodes()) {
+        if (SameNode(existing.id(), n.id())) return false;
       }
       *state->add_nodes() = n;
       state->set_epoch(state->epoch() + 1);
@@ -205,6 +266,11 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       if (!known) return false;
       state->clear_meta_voters();
       state->add_meta_voters(c.node());
+      // Incarnations minted in the changes the recovery lost must not be
+      // minted again: later ones start well above them.
+      for (auto& sh : *state->mutable_shards()) {
+        sh.set_last_incarnation(std::min(sh.last_incarnation() + kIncarnationsLostAtMost, kMaxIncarnation));
+      }
       state->set_meta_recovery(c.recovery());
       state->set_meta_recovered_on(c.node());
       state->set_epoch(state->epoch() + 1);

@@ -22,6 +22,12 @@ using MetaPtr = std::shared_ptr<const proto::MetaState>;
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
                              int replication_factor);
 
+// The Raft member id of `shard`'s replica on `node` (its incarnation there,
+// src/common/member_id.h).
+uint64_t MemberOn(const proto::ShardInfo& shard, uint64_t node);
+// The node a Raft member id is on (the member id itself if no node is).
+uint64_t NodeOfMember(const proto::MetaState& meta, uint64_t member);
+
 // Shard ids are group ids: below node::Groups::kMaxGroups.
 inline constexpr uint64_t kMaxShardId = 4096;
 

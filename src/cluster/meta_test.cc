@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "common/member_id.h"
+
 namespace shoal::cluster {
 namespace {
 
@@ -276,6 +278,128 @@ TEST(MetaSplit, ChildIdIsAboveTheProposersFloor) {
   const std::string before = m.SerializeAsString();
   EXPECT_FALSE(ApplyMetaCommand(far, &m));
   EXPECT_EQ(m.SerializeAsString(), before);
+}
+
+proto::MetaCommand Place(const proto::ShardInfo& s, std::vector<uint64_t> voters, std::vector<uint64_t> learners) {
+  proto::MetaCommand cmd;
+  proto::ShardInfo* next = cmd.mutable_set_shard();
+  *next = s;
+  next->clear_replicas();
+  next->clear_learners();
+  for (uint64_t v : voters) next->add_replicas(v);
+  for (uint64_t l : learners) next->add_learners(l);
+  return cmd;
+}
+
+// A replica placed on a node is a new Raft member each time: the nodes a
+// shard starts with are incarnation 0 (their member id is the node id), a
+// node placed later takes the next incarnation, a node that stays (voter or
+// learner) keeps its own, and one removed and placed again comes back as
+// another member. Whatever a proposer says about incarnations is ignored.
+TEST(MetaIncarnations, EachPlacementOnANodeIsANewMember) {
+  proto::MetaState m = TwoShards();
+  ASSERT_EQ(MemberOn(*Find(m, 1), 3), 3u);
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {3}), &m));  // 3 and 4 swap roles
+  EXPECT_TRUE(Find(m, 1)->incarnations().empty());
+  EXPECT_EQ(Find(m, 1)->last_incarnation(), 0u);
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {}), &m));  // 3 leaves
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {3}), &m));  // and comes back
+  EXPECT_EQ(Find(m, 1)->incarnations().at(3), 1u);
+  EXPECT_EQ(MemberOn(*Find(m, 1), 3), MemberIdOf(3, 1));
+  EXPECT_NE(MemberOn(*Find(m, 1), 3), 3u);
+  EXPECT_EQ(NodeOfMember(m, MemberOn(*Find(m, 1), 3)), 3u);
+  EXPECT_EQ(MemberOn(*Find(m, 1), 1), 1u);
+  // A proposer cannot set or reuse one.
+  proto::MetaCommand forged = Place(*Find(m, 1), {1, 2, 4}, {3});
+  (*forged.mutable_set_shard()->mutable_incarnations())[3] = 0;
+  (*forged.mutable_set_shard()->mutable_incarnations())[1] = 7;
+  forged.mutable_set_shard()->set_last_incarnation(0);
+  ASSERT_TRUE(ApplyMetaCommand(forged, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(3), 1u);
+  EXPECT_FALSE(Find(m, 1)->incarnations().contains(1));
+  EXPECT_EQ(Find(m, 1)->last_incarnation(), 1u);
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {}), &m));
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 3}, {}), &m));  // 4 leaves, 3 back as a voter
+  EXPECT_EQ(Find(m, 1)->incarnations().at(3), 2u);
+  EXPECT_FALSE(Find(m, 1)->incarnations().contains(4));
+  // The other shard's count is its own; a split's child copies its parent's.
+  EXPECT_EQ(Find(m, 5)->last_incarnation(), 0u);
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 3000), &m));
+  const proto::ShardInfo* child = Find(m, 6);
+  ASSERT_NE(child, nullptr);
+  EXPECT_EQ(MemberOn(*child, 3), MemberOn(*Find(m, 1), 3));
+  EXPECT_EQ(child->last_incarnation(), 2u);
+}
+
+// A proposal may name, for a node it places again, the incarnation that
+// node had when it left (the group still has that member: the placement
+// gave up a move, say); any other name mints a new one. For a node that
+// stays, a newer incarnation than recorded is taken (one an unsafe recovery
+// of the meta shard lost), never an older one or one never minted; and an
+// unsafe recovery of the meta shard mints later ones well above any it lost.
+TEST(MetaIncarnations, APlacementKeepsAMemberTheGroupStillHas) {
+  proto::MetaState m = TwoShards();
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {}), &m));  // 3 leaves as incarnation 0
+  EXPECT_EQ(Find(m, 1)->departed().at(3), 0u);
+  proto::MetaCommand back = Place(*Find(m, 1), {1, 2, 3}, {});  // 4 leaves, 3 back: the group still has 3
+  (*back.mutable_set_shard()->mutable_incarnations())[3] = 0;
+  ASSERT_TRUE(ApplyMetaCommand(back, &m));
+  EXPECT_EQ(MemberOn(*Find(m, 1), 3), 3u);
+  EXPECT_FALSE(Find(m, 1)->departed().contains(3));
+  EXPECT_EQ(Find(m, 1)->departed().at(4), 0u);
+  EXPECT_EQ(Find(m, 1)->last_incarnation(), 0u);
+  proto::MetaCommand wrong = Place(*Find(m, 1), {1, 2, 3}, {4});  // 4 named with one never minted
+  (*wrong.mutable_set_shard()->mutable_incarnations())[4] = 5;
+  ASSERT_TRUE(ApplyMetaCommand(wrong, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(4), 1u);
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 3}, {}), &m));
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 3}, {4}), &m));  // named nothing: new
+  EXPECT_EQ(Find(m, 1)->incarnations().at(4), 2u);
+  // A staying node: never an older or an unminted one...
+  proto::MetaCommand older = Place(*Find(m, 1), {1, 2, 3}, {4});
+  (*older.mutable_set_shard()->mutable_incarnations())[4] = 1;
+  (*older.mutable_set_shard()->mutable_incarnations())[3] = 9;
+  ASSERT_TRUE(ApplyMetaCommand(older, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(4), 2u);
+  EXPECT_FALSE(Find(m, 1)->incarnations().contains(3));
+  // ... but after an unsafe recovery of the meta shard, a newer one the
+  // group reports is taken, and new ones are minted above what was lost.
+  proto::MetaCommand recovered;
+  recovered.mutable_meta_recovered()->set_recovery(uint64_t{1} << 32);
+  recovered.mutable_meta_recovered()->set_node(1);
+  ASSERT_TRUE(ApplyMetaCommand(recovered, &m));
+  const uint64_t floor = Find(m, 1)->last_incarnation();
+  EXPECT_GE(floor, 2u + (1u << 16));
+  EXPECT_GE(Find(m, 5)->last_incarnation(), 1u << 16);
+  proto::MetaCommand newer = Place(*Find(m, 1), {1, 2, 3}, {4});
+  (*newer.mutable_set_shard()->mutable_incarnations())[3] = 9;
+  ASSERT_TRUE(ApplyMetaCommand(newer, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(3), 9u);
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {}), &m));
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 4}, {3}), &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(3), floor + 1);
+  // Never below the incarnation a node had when it left.
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 3}, {}), &m));
+  EXPECT_EQ(Find(m, 1)->departed().at(4), 2u);
+  proto::MetaCommand below = Place(*Find(m, 1), {1, 2, 3}, {4});
+  (*below.mutable_set_shard()->mutable_incarnations())[4] = 1;
+  ASSERT_TRUE(ApplyMetaCommand(below, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(4), floor + 2);
+}
+
+// The low 40 bits of a node id name the node in member ids: a node whose
+// bits another node has already is not added.
+TEST(MetaIncarnations, NodesDifferInTheirLow40Bits) {
+  proto::MetaState m = TwoShards();
+  proto::MetaCommand add;
+  *add.mutable_add_node() = Node(9);
+  add.mutable_add_node()->set_id(MemberIdOf(2, 5));  // node 2's low bits
+  EXPECT_FALSE(ApplyMetaCommand(add, &m));
+  add.mutable_add_node()->set_id(uint64_t{1} << 41);  // no low bits at all
+  EXPECT_FALSE(ApplyMetaCommand(add, &m));
+  add.mutable_add_node()->set_id(9);
+  EXPECT_TRUE(ApplyMetaCommand(add, &m));
+  EXPECT_TRUE(ApplyMetaCommand(add, &m));  // the same node again (a new address) is fine
 }
 
 }  // namespace

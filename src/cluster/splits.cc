@@ -34,11 +34,13 @@ bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& 
   if (MetaPtr m = meta()) {
     const proto::ShardInfo* info = FindShardById(*m, split.child);
     if (info != nullptr && info->recovery() > 0 && info->recovered_on() == node_id_ &&
-        conf.voters == std::vector<raft::NodeId>{node_id_} && conf.voters_outgoing.empty()) {
+        conf.voters == std::vector<raft::NodeId>{parent.node_id()} && conf.voters_outgoing.empty()) {
       recovery = info->recovery();
     }
   }
-  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch, recovery);
+  // The child's replica here is the parent's member (same id, same incarnation).
+  Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch, recovery,
+                                      replica::StoredIncarnation{parent.node_id(), parent.incarnation()});
   if (!s.ok()) {
     spdlog::error("shard {}: cannot create split child {} here: {}", parent.group(), split.child, s.ToString());
     std::lock_guard lock(shards_mu_);

@@ -15,6 +15,7 @@
 #include <deque>
 #include <optional>
 
+#include "common/member_id.h"
 #include "common/secret.h"
 #include "node/codec.h"
 #include "node/deadline.h"
@@ -138,6 +139,17 @@ void Transport::Stop() {
   acceptor_.reset();
 }
 
+raft::NodeId Transport::NodeFor(raft::NodeId member) const {
+  if (auto it = peers_.find(member); it != peers_.end() && it->second->port != 0) return member;
+  raft::NodeId found = member;  // a peer whose address is known first
+  for (const auto& [id, p] : peers_) {
+    if (!SameNode(id, member)) continue;
+    found = id;
+    if (p->port != 0) break;
+  }
+  return found;
+}
+
 Transport::Peer& Transport::PeerFor(raft::NodeId id) {
   auto& p = peers_[id];
   if (!p) p = std::make_unique<Peer>(io_, opts_.tls);
@@ -171,10 +183,11 @@ void Transport::Send(std::vector<GroupMessage> msgs) {
   asio::post(io_, [this, msgs = std::move(msgs)]() mutable {
     std::map<raft::NodeId, Peer*> touched;
     for (auto& gm : msgs) {
-      if (gm.msg.to == node_id()) continue;
-      Peer& p = PeerFor(gm.msg.to);
+      if (SameNode(gm.msg.to, node_id())) continue;
+      const raft::NodeId to = NodeFor(gm.msg.to);
+      Peer& p = PeerFor(to);
       if (p.queue.size() >= kQueueMax) continue;
-      touched[gm.msg.to] = &p;
+      touched[to] = &p;
       p.queue.push_back(std::move(gm));
     }
     for (auto& [id, p] : touched) Wake(*p);
@@ -183,8 +196,8 @@ void Transport::Send(std::vector<GroupMessage> msgs) {
 
 void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
   asio::post(io_, [this, to, c = std::move(c)]() mutable {
-    if (to == node_id()) return;
-    Peer& p = PeerFor(to);
+    if (SameNode(to, node_id())) return;
+    Peer& p = PeerFor(NodeFor(to));
     if (p.chunks.size() >= kChunkQueueMax) return;
     p.chunks.push_back(std::move(c));
     Wake(p);
@@ -671,7 +684,8 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       got.reserve(static_cast<size_t>(pf.messages_size()));
       for (const auto& gm : pf.messages()) {
         raft::Message m;
-        if (!FromProto(gm.msg(), &m) || m.from != pf.from_node() || m.to != node_id()) continue;
+        // Raft ids are member ids: the node's id with an incarnation.
+        if (!FromProto(gm.msg(), &m) || !SameNode(m.from, pf.from_node()) || !SameNode(m.to, node_id())) continue;
         got.push_back(GroupMessage{gm.group(), std::move(m)});
       }
       if (!got.empty()) deliver_(std::move(got));
@@ -693,7 +707,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       // Offers and data come from the image's sender, acknowledgements
       // from its receiver.
       bool ack = c.kind == SnapshotChunk::Kind::kAck;
-      if ((ack ? c.to : c.from) != pf.from_node() || (ack ? c.from : c.to) != node_id()) continue;
+      if (!SameNode(ack ? c.to : c.from, pf.from_node()) || !SameNode(ack ? c.from : c.to, node_id())) continue;
       chunks_(pf.from_node(), std::move(c));
     }
     if (pf.has_transfers() && transfers_) {

@@ -138,6 +138,8 @@ class Transport {
  private:
   struct Peer;
   Peer& PeerFor(raft::NodeId id);
+  // The peer node a Raft member id is on (common/member_id.h).
+  raft::NodeId NodeFor(raft::NodeId member) const;
   void Wake(Peer& p);
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/crc32c.h"
+#include "common/member_id.h"
 #include "kv/commands.h"
 #include "kv/entry.h"
 #include "resp/reply_scan.h"
@@ -148,8 +149,42 @@ static void StageRecoveryMarker(uint64_t group, uint64_t recovery, raft::Index v
   batch.Put(storage::Cf::kRaft, RecoveryKey(group), v);
 }
 
+// 'I' group: the Raft member id of this node's replica of the group, its
+// incarnation, and whether it was deleted (retired). Outlives the replica,
+// as the term and vote do: an incarnation deleted here never opens again.
+static std::string IncarnationKey(uint64_t group) {
+  std::string k(1, 'I');
+  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
+  return k;
+}
+
+static void StageIncarnation(uint64_t group, const StoredIncarnation& inc, storage::WriteBatch& batch) {
+  std::string v;
+  for (uint64_t x : {inc.member, inc.incarnation, uint64_t{inc.retired}}) {
+    v.append(reinterpret_cast<const char*>(&x), 8);
+  }
+  batch.Put(storage::Cf::kRaft, IncarnationKey(group), v);
+}
+
+Result<StoredIncarnation> ReadIncarnation(storage::Engine* engine, uint64_t group) {
+  std::string raw;
+  Status s = engine->Get(storage::Cf::kRaft, IncarnationKey(group), &raw);
+  if (s.code() == Code::kNotFound) return StoredIncarnation{};
+  if (!s.ok()) return s;
+  if (raw.size() != 24) return Status::Corruption("incarnation record of group " + std::to_string(group));
+  StoredIncarnation inc;
+  uint64_t retired = 0;
+  std::memcpy(&inc.member, raw.data(), 8);
+  std::memcpy(&inc.incarnation, raw.data() + 8, 8);
+  std::memcpy(&retired, raw.data() + 16, 8);
+  inc.retired = retired != 0;
+  inc.found = true;
+  return inc;
+}
+
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
-                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch, uint64_t recovery) {
+                       const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch, uint64_t recovery,
+                       const StoredIncarnation& member) {
   if (storage::RaftStore::HasState(engine, split.child)) {
     return Status::InvalidArgument("group " + std::to_string(split.child) + " already has state here");
   }
@@ -159,6 +194,8 @@ Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCo
   if (!s.ok()) return s;
   (*store)->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = conf}, batch);
   (*store)->SetHardState(raft::HardState{.term = 1, .vote = raft::kNoNode, .commit = 1}, batch);
+  // The child's replica here is the same member as the parent's.
+  if (member.member != raft::kNoNode) StageIncarnation(split.child, StoredIncarnation{member.member, member.incarnation}, batch);
   if (recovery > 0) {
     // Born of an unsafely recovered parent: the child's own recovery, with
     // its membership forced from the start (index 1), so that it too hears
@@ -304,6 +341,25 @@ Status Replica::Init() {
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();
   apply_batch_ = engine_->NewBatch();
+  auto stored = ReadIncarnation(engine_, opts_.group);
+  if (!stored.ok()) return stored.status();
+  if (stored->found && !stored->retired && stored->member != opts_.node_id &&
+      storage::RaftStore::HasState(engine_, opts_.group)) {
+    return Status::Aborted(fmt::format("group {}: this node holds member {:016x} of the group, not {:016x}",
+                                       opts_.group, stored->member, opts_.node_id));
+  }
+  if (stored->found && stored->retired && opts_.incarnation <= stored->incarnation) {
+    // Only metadata from an unsafe recovery of the meta shard (older than
+    // this node's) names one: it starts empty, as a new replica does.
+    spdlog::warn("group {}: opening incarnation {} here, at or below incarnation {} that was deleted here",
+                 opts_.group, opts_.incarnation, stored->incarnation);
+  }
+  if (!stored->found ? opts_.incarnation != 0 : stored->member != opts_.node_id || stored->retired) {
+    auto batch = engine_->NewBatch();
+    StageIncarnation(opts_.group, StoredIncarnation{opts_.node_id, opts_.incarnation}, *batch);
+    Status written = WriteSynced(*batch);
+    if (!written.ok()) return written;
+  }
   std::string marker;
   Status ms = engine_->Get(storage::Cf::kRaft, ImportMarkerKey(opts_.group), &marker);
   if (ms.ok()) {
@@ -601,7 +657,9 @@ void Replica::Tick(int64_t now_mono_us) {
 }
 
 bool Replica::PeerGone(raft::NodeId node, int64_t now_mono_us) {
-  if (retired_ || !node_->leader_gone(node)) return false;
+  // `node` is a node id; the leader is a member id on that node, if any.
+  const raft::NodeId lead = node_->raft().lead();
+  if (retired_ || lead == raft::kNoNode || !SameNode(lead, node) || !node_->leader_gone(lead)) return false;
   // Votes are no longer refused for the leader's sake (Step).
   leader_contact_us_ = std::min(leader_contact_us_,
                                 now_mono_us - int64_t{opts_.election_tick} * opts_.tick_ms * 1000 - 1);
@@ -614,7 +672,7 @@ bool Replica::PeerGone(raft::NodeId node, int64_t now_mono_us) {
   uint64_t rank = 0;
   for (raft::NodeId v : voters) {
     if (v == opts_.node_id) break;
-    if (v != node) ++rank;
+    if (!SameNode(v, node)) ++rank;
   }
   // The first ranked stands at once; each next one three ticks later, only
   // if no leader has been heard of by then (an election takes a round trip
@@ -856,6 +914,9 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   if (!s.ok()) return s;
   store_->StageDestroy(batch);
   batch.Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
+  // This member never comes back here: the next replica of the group on
+  // this node is a later incarnation.
+  StageIncarnation(opts_.group, StoredIncarnation{opts_.node_id, opts_.incarnation, true}, batch);
   // The recovery number outlives the replica (a new one here must not force
   // again); what was void in this one's log does not.
   if (recovery_ > 0) WriteRecovery(recovery_, 0, batch);

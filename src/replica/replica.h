@@ -210,20 +210,34 @@ class Splitter {
   virtual void ReleaseImage(Replica&) {}
 };
 
+struct StoredIncarnation {
+  raft::NodeId member = raft::kNoNode;  // Raft member id (common/member_id.h)
+  uint64_t incarnation = 0;
+  bool retired = false;  // deleted (the placement mints a new one for this node)
+  bool found = false;    // a record exists (none: a replica from before them)
+};
+// The incarnation of this node's replica of `group` recorded on disk.
+Result<StoredIncarnation> ReadIncarnation(storage::Engine* engine, uint64_t group);
+
 // Stages a split's child on this node into `batch`: the parent shard's
 // smaller range (kv::Shard::StageSplit), and the child group's Raft state:
-// log at index 1, term 1, membership `conf`, as a founding group's. With
+// log at index 1, term 1, membership `conf`, as a founding group's, and the
+// parent replica's member id and incarnation (`member`). With
 // `recovery` > 0 (the child of a parent forced by an unsafe recovery, its
 // membership this node alone) the child belongs to that recovery of its
 // own from the start, as a forced replica does. Fails (nothing staged) if
 // the child already has Raft state here.
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
                        const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch,
-                       uint64_t recovery = 0);
+                       uint64_t recovery = 0, const StoredIncarnation& member = {});
 
 struct ReplicaOptions {
   uint64_t group = 0;
+  // This replica's Raft member id: its node's id with its incarnation
+  // (common/member_id.h). Refused: a member other than the one whose state
+  // is here.
   raft::NodeId node_id = raft::kNoNode;
+  uint64_t incarnation = 0;
   int tick_ms = 50;
   int election_tick = 10;
   int heartbeat_tick = 1;
@@ -266,7 +280,8 @@ class Replica {
                                                std::unique_ptr<StateMachine> sm);
 
   uint64_t group() const { return opts_.group; }
-  raft::NodeId node_id() const { return opts_.node_id; }
+  raft::NodeId node_id() const { return opts_.node_id; }  // the Raft member id
+  uint64_t incarnation() const { return opts_.incarnation; }
   StateMachine& state_machine() { return *sm_; }
 
   void Tick(int64_t now_mono_us);

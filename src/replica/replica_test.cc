@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <set>
 
+#include "common/member_id.h"
 #include "kv/commands.h"
 #include "storage/fault_engine.h"
 #include "storage/keys.h"
@@ -1124,6 +1125,80 @@ TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
     std::exit(0);
   };
   EXPECT_DEATH(run(), "apply failed");
+  std::filesystem::remove_all(dir);
+}
+
+// A replica's incarnation (its Raft member id, common/member_id.h) is kept
+// on disk with its state: a restart reopens the same member, no other
+// member opens over that state, and deleting the replica leaves the record
+// behind, marked deleted, as it leaves the term and vote.
+TEST(ReplicaIncarnation, KeptWithTheStateAndAfterIt) {
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_replica_incarnation_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto engine = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+  kv::Limits limits;
+  std::vector<std::unique_ptr<kv::Shard>> shards;
+  auto open = [&](uint64_t group, uint64_t incarnation, bool founder) {
+    shards.push_back(std::make_unique<kv::Shard>(engine.get(), static_cast<uint32_t>(group), 0, storage::kSlotCount));
+    EXPECT_TRUE(shards.back()->Load().ok());
+    ReplicaOptions ro;
+    ro.group = group;
+    ro.node_id = MemberIdOf(1, incarnation);
+    ro.incarnation = incarnation;
+    if (founder) ro.bootstrap_voters = {ro.node_id};
+    return Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(shards.back().get(), &limits));
+  };
+  auto destroy = [&](Replica& r) {
+    auto batch = engine->NewBatch();
+    ASSERT_TRUE(r.StageDestroy(*batch).ok());
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  };
+  {
+    auto r = open(8, 0, true);  // incarnation 0 (the node id): no record needed, none written
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto stored = ReadIncarnation(engine.get(), 8);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_FALSE(stored->found);
+  }
+  {
+    auto r = open(7, 2, true);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ((*r)->node_id(), MemberIdOf(1, 2));
+    EXPECT_NE((*r)->node_id(), 1u);
+    EXPECT_EQ((*r)->store().conf_state().voters, std::vector<raft::NodeId>{MemberIdOf(1, 2)});
+  }
+  auto stored = ReadIncarnation(engine.get(), 7);
+  ASSERT_TRUE(stored.ok() && stored->found);
+  EXPECT_EQ(stored->member, MemberIdOf(1, 2));
+  EXPECT_EQ(stored->incarnation, 2u);
+  EXPECT_FALSE(stored->retired);
+  // Incarnation 2 holds state here: no other member opens over it.
+  for (uint64_t other : {0, 1, 3}) {
+    auto over = open(7, other, false);
+    ASSERT_FALSE(over.ok()) << other;
+    EXPECT_NE(over.status().ToString().find("holds member"), std::string::npos) << over.status().ToString();
+  }
+  {
+    auto r = open(7, 2, false);  // a restart of the same member
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_FALSE((*r)->store().conf_state().voters.empty());
+    destroy(**r);
+  }
+  stored = ReadIncarnation(engine.get(), 7);
+  ASSERT_TRUE(stored.ok() && stored->found);
+  EXPECT_EQ(stored->member, MemberIdOf(1, 2));
+  EXPECT_TRUE(stored->retired);
+  {
+    auto r = open(7, 3, false);  // the next incarnation starts empty, and is recorded
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE((*r)->store().conf_state().voters.empty());
+  }
+  stored = ReadIncarnation(engine.get(), 7);
+  ASSERT_TRUE(stored.ok() && stored->found);
+  EXPECT_EQ(stored->member, MemberIdOf(1, 3));
+  EXPECT_FALSE(stored->retired);
+  shards.clear();
+  engine.reset();
   std::filesystem::remove_all(dir);
 }
 

@@ -144,7 +144,8 @@ class NodeStatus:
 
 
 class ShardStatus:
-    """One ``shard <id> slots a-b leader <id> voters .. learners ..[ moving-to
+    """One ``shard <id> slots a-b leader <id> voters .. learners .. bytes B
+    ops-per-sec N[ splitting-into ID][ incarnations id:n,..][ moving-to
     voters .. learners ..| (no leader known)]`` line. ``voters``/``learners``:
     what the shard's leader has; ``want_*``: where it is moving (= the actual
     sets when it is not moving)."""
@@ -170,6 +171,13 @@ class ShardStatus:
             self.splitting_into: Optional[int] = None
             if rest and rest[0] == "splitting-into":
                 self.splitting_into = int(rest[1])
+                rest = rest[2:]
+            # node id -> incarnation of its replica (placed after the shard began)
+            self.incarnations: Dict[str, int] = {}
+            if rest and rest[0] == "incarnations":
+                for pair in rest[1].split(","):
+                    node, n = pair.split(":")
+                    self.incarnations[node] = int(n)
                 rest = rest[2:]
             self.leader_known = "(no leader known)" not in line
             self.moving = bool(rest) and rest[0] == "moving-to"

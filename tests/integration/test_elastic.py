@@ -660,6 +660,16 @@ def test_move_and_transfer_by_hand(ecl):
     st = c.admin_status()
     sh = next(x for x in st.shards if x.id == shard.id)
     assert sh.leader == dst and dst in sh.voters and src not in sh.members(), st
+    assert sh.incarnations.get(dst, 0) >= 1, sh  # placed after the shard began
+
+    # Back onto src, which held it before: a new incarnation there (a new
+    # Raft member; its old one was deleted), caught up while writes go on.
+    back_from = next(v for v in sh.voters if v not in (dst, src))
+    out = _cli_admin(c, 3, "move", str(shard.id), back_from, src)
+    assert f"shard {shard.id}: moving its replica from {back_from} to {src}" in out, out
+    _wait_moved(c, shard.id, back_from, src)
+    sh = next(x for x in c.admin_status().shards if x.id == shard.id)
+    assert sh.incarnations.get(src, 0) > sh.incarnations[dst], sh
 
     wl.finish()
     wl.assert_no_failed_ops()

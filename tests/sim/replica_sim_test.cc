@@ -27,6 +27,7 @@
 
 #include "cluster/membership.h"
 #include "cluster/planner.h"
+#include "common/member_id.h"
 #include "kv/collection.h"
 #include "kv/commands.h"
 #include "node/image_stream.h"
@@ -267,7 +268,7 @@ class ReplicaSim {
     // Raft message (its term has passed): receivers take images on arrival.
     std::erase_if(images_, [&](Image& im) {
       if (!im.parked || im.from != n.id) return false;
-      im.sender = std::make_unique<node::ImageSender>(im.group, im.from, im.msg.to, im.sender->export_id(),
+      im.sender = std::make_unique<node::ImageSender>(im.group, im.msg.from, im.msg.to, im.sender->export_id(),
                                                       im.sender->dir(), SenderOptions());
       if (!im.sender->Open(NowUs()).ok()) return true;  // its disk was wiped
       im.parked = false;
@@ -280,10 +281,20 @@ class ReplicaSim {
     if (storage::RaftStore::HasState(n.engine.get(), kChild)) OpenChild(n);
   }
 
+  // As Cluster::OpenShardReplica: the member whose state is on disk (a
+  // split's child: its parent's), else the incarnation the placement names.
   replica::ReplicaOptions OptionsOf(const SimNode& n, uint64_t group) {
     replica::ReplicaOptions ro;
     ro.group = group;
-    ro.node_id = n.id;
+    uint64_t incarnation = Incarnation(n.id);
+    auto stored = replica::ReadIncarnation(n.engine.get(), group);
+    if (!stored.ok()) FailStop("reading an incarnation failed");
+    if (storage::RaftStore::HasState(n.engine.get(), group)) {
+      if (stored->found && !stored->retired) incarnation = stored->incarnation;
+      if (!stored->found) incarnation = 0;
+    }
+    ro.node_id = MemberIdOf(n.id, incarnation);
+    ro.incarnation = incarnation;
     ro.compact_entries = compact_entries_;
     ro.seed = seed_ * 7919 + restarts_ + 1;
     if (streamed_) ro.courier = &couriers_[n.id - 1];
@@ -429,6 +440,51 @@ class ReplicaSim {
   bool Wanted(raft::NodeId id) const {
     return std::count(want_.voters.begin(), want_.voters.end(), id) + std::count(want_.learners.begin(), want_.learners.end(), id) > 0;
   }
+  // The incarnation the placement names for the group's replica on node
+  // `id` (as ShardInfo.incarnations), and its Raft member id.
+  uint64_t Incarnation(raft::NodeId id) const {
+    auto it = incarnations_.find(id);
+    return it == incarnations_.end() ? 0 : it->second;
+  }
+  raft::NodeId Member(raft::NodeId id) const { return MemberIdOf(id, Incarnation(id)); }
+  // Whether node n's replica is the one the placement wants there.
+  bool WantedHere(const SimNode& n) const { return Wanted(n.id) && n.replica && n.replica->node_id() == Member(n.id); }
+  // As the metadata's SetShard with the placement driver's names
+  // (NameReportedIncarnations): a node newly placed takes the next
+  // incarnation unless the group still has the member it was when it left;
+  // one that leaves keeps its incarnation in departed_.
+  void SetWant(const cluster::Membership& target, const std::vector<raft::NodeId>& reported) {
+    for (const auto* ids : {&target.voters, &target.learners}) {
+      for (raft::NodeId id : *ids) {
+        if (Wanted(id)) continue;
+        auto d = departed_.find(id);
+        if (d != departed_.end() && std::count(reported.begin(), reported.end(), MemberIdOf(id, d->second)) > 0) {
+          incarnations_[id] = d->second;
+          kept_members_++;
+          events_.push_back("node " + std::to_string(id) + " placed again as the member the group still has");
+          continue;
+        }
+        incarnations_[id] = ++last_incarnation_;
+        placed_again_ += !placed_.insert(id).second;
+        events_.push_back("node " + std::to_string(id) + " placed as incarnation " + std::to_string(last_incarnation_));
+      }
+    }
+    for (const auto* ids : {&want_.voters, &want_.learners}) {
+      for (raft::NodeId id : *ids) departed_[id] = Incarnation(id);
+    }
+    want_ = target;
+    std::erase_if(incarnations_, [&](const auto& e) { return !Wanted(e.first); });
+    std::erase_if(departed_, [&](const auto& e) { return Wanted(e.first); });
+  }
+  // The Raft membership the placement wants: member ids.
+  cluster::Membership WantedMembers() const {
+    cluster::Membership m;
+    for (raft::NodeId v : want_.voters) m.voters.push_back(Member(v));
+    for (raft::NodeId l : want_.learners) m.learners.push_back(Member(l));
+    std::sort(m.voters.begin(), m.voters.end());
+    std::sort(m.learners.begin(), m.learners.end());
+    return m;
+  }
 
   uint64_t Now() { return ++clock_; }
 
@@ -556,12 +612,14 @@ class ReplicaSim {
     }
   }
 
-  bool Connected(raft::NodeId a, raft::NodeId b) const {
+  bool Connected(raft::NodeId a, raft::NodeId b) const {  // nodes, or members on them
+    a = NodeKey(a);
+    b = NodeKey(b);
     if (a == oneway_from_ && b == oneway_to_) return false;
     return partitioned_ == 0 || (a != partitioned_ && b != partitioned_);
   }
 
-  SimNode* Node(raft::NodeId id) { return &nodes_[id - 1]; }
+  SimNode* Node(raft::NodeId id) { return &nodes_[NodeKey(id) - 1]; }  // a node, or a member on it
 
   // Each client has at most one operation in flight, sent to the node it
   // believes leads the key's group; a refusal's leader hint reroutes it.
@@ -784,7 +842,7 @@ class ReplicaSim {
   void Deliver() {
     for (auto& f : TakeDue(net_)) {
       if (Paused(*Node(f.msg.to))) {  // queued in its socket until it runs again, read in any order
-        f.deliver_at = paused_until_[f.msg.to].second + 1 + rng_() % 6;
+        f.deliver_at = paused_until_[NodeKey(f.msg.to)].second + 1 + rng_() % 6;
         net_.push_back(std::move(f));
         continue;
       }
@@ -827,7 +885,7 @@ class ReplicaSim {
     std::string dir = (n->dir / ("out-" + std::to_string(group) + "-" + std::to_string(msg.to) + "-" +
                                  std::to_string(t.export_id))).string();
     std::filesystem::remove_all(dir);
-    auto sender = std::make_unique<node::ImageSender>(group, from, msg.to, t.export_id, dir, SenderOptions());
+    auto sender = std::make_unique<node::ImageSender>(group, msg.from, msg.to, t.export_id, dir, SenderOptions());
     // A newer transfer to the same replica replaces the one under way.
     std::erase_if(images_, [&](const Image& im) { return im.from == from && im.group == group && im.msg.to == msg.to; });
     if (!write(dir).ok() || !sender->Open(NowUs()).ok()) {
@@ -837,7 +895,7 @@ class ReplicaSim {
     images_.push_back(Image{from, group, std::move(msg), std::move(sender), false, false});
   }
 
-  node::ImageReceiver* ReceiverOf(raft::NodeId id) { return receivers_[id - 1].get(); }
+  node::ImageReceiver* ReceiverOf(raft::NodeId id) { return receivers_[NodeKey(id) - 1].get(); }
 
   // Transfers that `from` abandons (SnapshotCourier::Recall): no report.
   void RecallImages(raft::NodeId from, uint64_t group, const std::vector<raft::NodeId>& keep) {
@@ -917,7 +975,7 @@ class ReplicaSim {
 
   void Send(std::vector<raft::Message>& msgs, uint64_t group) {
     for (auto& m : msgs) {
-      if (m.to < 1 || m.to > kMaxNodes) continue;
+      if (NodeKey(m.to) < 1 || NodeKey(m.to) > kMaxNodes) continue;
       if (rng_() % 100 < drop_pct_) continue;  // lost
       uint64_t delay = 1 + rng_() % 3;
       if (stale_permille_ > 0 && rng_() % 1000 < stale_permille_) delay = 1 + rng_() % kStaleSteps;
@@ -1085,18 +1143,76 @@ class ReplicaSim {
     if (l.replica && l.replica->is_leader()) {
       raft::ConfState cs = l.replica->raft().tracker().conf_state();
       sv.reported = true;
-      sv.actual.voters = cs.voters;
-      sv.actual.voters.insert(sv.actual.voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
-      std::sort(sv.actual.voters.begin(), sv.actual.voters.end());
-      sv.actual.voters.erase(std::unique(sv.actual.voters.begin(), sv.actual.voters.end()), sv.actual.voters.end());
-      sv.actual.learners = cs.learners;
       sv.joint = !cs.voters_outgoing.empty();
+      // Members to nodes, as Cluster::View: an older incarnation still in
+      // the group counts as a change under way.
+      auto nodes = [&](std::vector<raft::NodeId> members) {
+        for (raft::NodeId& m : members) {
+          sv.joint |= m != Member(NodeKey(m));
+          m = NodeKey(m);
+        }
+        std::sort(members.begin(), members.end());
+        members.erase(std::unique(members.begin(), members.end()), members.end());
+        return members;
+      };
+      std::vector<raft::NodeId> voters = cs.voters;
+      voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
+      sv.actual.voters = nodes(voters);
+      sv.actual.learners = nodes(cs.learners);
     }
     view.shards.push_back(sv);
     return view;
   }
 
+  // The members the group's leader has (what it reports).
+  std::vector<raft::NodeId> ReportedMembers() {
+    std::vector<raft::NodeId> out;
+    if (SimNode& l = Leader(); l.replica && l.replica->is_leader()) {
+      const raft::ConfState& cs = l.replica->raft().tracker().conf_state();
+      for (const auto* ids : {&cs.voters, &cs.voters_outgoing, &cs.learners}) out.insert(out.end(), ids->begin(), ids->end());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  // An operator moves a voter's replica onto a node the group left before
+  // (SHOAL.ADMIN MOVE, which wants the shard settled): a new incarnation
+  // there, while that node may still hold its old one.
+  void MoveBack() {
+    if (move_back_at_ == 0 || step_ < move_back_at_ || moved_back_) return;
+    SimNode& l = Leader();
+    if (!l.replica || !l.replica->is_leader()) return;
+    cluster::Membership members = WantedMembers();
+    std::vector<raft::NodeId> all = members.voters;
+    all.insert(all.end(), members.learners.begin(), members.learners.end());
+    std::sort(all.begin(), all.end());
+    if (ReportedMembers() != all || !members.learners.empty()) return;  // not settled
+    std::vector<raft::NodeId> back, stale;  // stale: it still holds its old replica
+    for (auto& n : nodes_) {
+      if (n.up && n.joined && !n.lost && !n.removed && !n.draining && !Wanted(n.id) && placed_.contains(n.id)) {
+        back.push_back(n.id);
+        if (n.replica) stale.push_back(n.id);
+      }
+    }
+    if (!stale.empty()) back = stale;
+    if (back.empty()) return;
+    const raft::NodeId to = back[rng_() % back.size()];
+    raft::NodeId from = 0;
+    for (raft::NodeId v : want_.voters) {
+      if (v != l.id) from = v;
+    }
+    cluster::Membership target = want_;
+    std::replace(target.voters.begin(), target.voters.end(), from, to);
+    std::sort(target.voters.begin(), target.voters.end());
+    events_.push_back("move back " + std::to_string(from) + " -> " + std::to_string(to) + " at " + std::to_string(step_));
+    moves_++;
+    SetWant(target, ReportedMembers());
+    if (preferred_ == from) preferred_ = to;
+    moved_back_ = true;
+  }
+
   void Placement() {
+    MoveBack();
     // The placement driver: plan, and record the plan as the metadata would.
     for (const cluster::Move& m : cluster::Plan(View(), {})) {
       if (m.kind == cluster::MoveKind::kRemoveNode) {
@@ -1107,14 +1223,15 @@ class ReplicaSim {
       }
       if (m.shard != kGroup) continue;
       if (m.target != want_) moves_++;
-      want_ = m.target;
+      SetWant(m.target, ReportedMembers());
       preferred_ = m.leader;
     }
     // The group's leader carries it out.
     SimNode& l = Leader();
     if (l.replica && l.replica->is_leader()) {
       const raft::Raft& raft = l.replica->raft();
-      cluster::MembershipStep step = cluster::NextMembershipStep(want_, preferred_, cluster::GroupStateOf(raft));
+      cluster::MembershipStep step = cluster::NextMembershipStep(WantedMembers(), preferred_ != 0 ? Member(preferred_) : 0,
+                                                                 cluster::GroupStateOf(raft));
       if (step.kind == cluster::MembershipStep::Kind::kConfChange) {
         (void)l.replica->ProposeConfChange(step.change);
       } else if (step.kind == cluster::MembershipStep::Kind::kTransferLeader) {
@@ -1127,9 +1244,13 @@ class ReplicaSim {
       voters.insert(voters.end(), cs.voters_outgoing.begin(), cs.voters_outgoing.end());
       for (auto& n : nodes_) {
         if (!n.replica) continue;
-        if (!cluster::MayRetire(n.id, Wanted(n.id), l.id, cluster::Membership{voters, cs.learners},
+        if (!cluster::MayRetire(n.replica->node_id(), WantedHere(n), l.replica->node_id(), cluster::Membership{voters, cs.learners},
                                 !cs.voters_outgoing.empty(), n.replica->HeardFromLeaderWithin(kRetireQuietTicks))) {
           continue;
+        }
+        if (Wanted(n.id)) {
+          old_incarnations_retired_++;  // placed here again: the old member goes first
+          events_.push_back("node " + std::to_string(n.id) + " retires an older incarnation at " + std::to_string(step_));
         }
         OnNode(n, [&] {
           auto batch = n.engine->NewBatch();
@@ -1148,8 +1269,9 @@ class ReplicaSim {
     if (l.replica && l.replica->is_leader()) {
       raft::ConfState cs = l.replica->raft().tracker().conf_state();
       for (auto& n : nodes_) {
-        bool voter = std::count(cs.voters.begin(), cs.voters.end(), n.id) +
-                         std::count(cs.voters_outgoing.begin(), cs.voters_outgoing.end(), n.id) > 0;
+        auto here = [&](raft::NodeId m) { return SameNode(m, n.id); };
+        bool voter = std::count_if(cs.voters.begin(), cs.voters.end(), here) +
+                         std::count_if(cs.voters_outgoing.begin(), cs.voters_outgoing.end(), here) > 0;
         if (voter && n.up && !n.replica) {
           early_retire_++;
           events_.push_back("voter " + std::to_string(n.id) + " without its replica at step " + std::to_string(step_));
@@ -1163,9 +1285,17 @@ class ReplicaSim {
   }
 
   bool placement_ = false;
-  cluster::Membership want_;
+  cluster::Membership want_;  // nodes
+  std::map<raft::NodeId, uint64_t> incarnations_;  // node -> its replica's incarnation (absent: 0)
+  uint64_t last_incarnation_ = 0;
+  std::set<raft::NodeId> placed_ = {1, 2, 3};  // nodes the group was ever placed on
+  int placed_again_ = 0;  // placements on a node the group had left
+  std::map<raft::NodeId, uint64_t> departed_;  // node -> its incarnation when it left
+  int kept_members_ = 0;  // nodes placed again as the member the group still had
+  int old_incarnations_retired_ = 0;  // replicas deleted because their node was placed again
   raft::NodeId preferred_ = 0;
-  uint64_t join_at_[2] = {0, 0}, loss_at_ = 0, drain_at_ = 0, outage_at_ = 0;
+  uint64_t join_at_[2] = {0, 0}, loss_at_ = 0, drain_at_ = 0, outage_at_ = 0, move_back_at_ = 0;
+  bool moved_back_ = false;
   std::vector<std::string> events_;
   int moves_ = 0, retired_ = 0, early_retire_ = 0;
 
@@ -1239,7 +1369,7 @@ class ReplicaSim {
     if (!pl.replica || !pl.replica->is_leader() || !cl.child_replica || !cl.child_replica->is_leader()) return;
     if (&pl != &cl) return;
     raft::NodeId to = pl.id % kFounders + 1;
-    if (Node(to)->child_replica) cl.child_replica->TransferLeader(to);
+    if (Node(to)->child_replica) cl.child_replica->TransferLeader(Node(to)->child_replica->node_id());
   }
 
   void ProposeSplit() {
@@ -1331,7 +1461,11 @@ class ReplicaSim {
     auto* kv_sm = dynamic_cast<replica::KvStateMachine*>(&parent.state_machine());
     SHOAL_CHECK(kv_sm != nullptr && kv_sm->shard() == n.shard.get());
     if (split.child != kChild || n.child_replica) return false;  // it exists here already: the parent only shrinks
-    if (!replica::StageSplitChild(n.engine.get(), *kv_sm->shard(), split, conf, index, batch).ok()) return false;
+    if (!replica::StageSplitChild(n.engine.get(), *kv_sm->shard(), split, conf, index, batch, 0,
+                                  replica::StoredIncarnation{parent.node_id(), parent.incarnation()})
+             .ok()) {
+      return false;
+    }
     splits_staged_[id]++;
     split_indexes_.insert(index);
     return true;
@@ -1647,6 +1781,7 @@ namespace {
 // every removed replica's data deleted.
 void PlacementMovesLoseNothing(bool storage_faults) {
   int moves = 0, retired = 0, acked = 0, streamed = 0, recalled = 0, stops = 0, taken = 0, former = 0, resumed = 0;
+  int placed_again = 0, kept_members = 0, old_retired = 0;
   size_t raft_lost = 0;
   for (uint64_t seed = 101; seed <= 108; ++seed) {
     ReplicaSim sim(seed);
@@ -1660,6 +1795,9 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     if (seed % 2 == 0) sim.loss_at_ = 1800 + seed * 71 % 600;
     if (seed % 4 != 1) sim.drain_at_ = 2600 + seed * 13 % 400;
     if (seed % 2 == 1) sim.outage_at_ = 1200 + seed * 29 % 500;
+    // After an outage, as soon as the node is back (it may still hold the
+    // replica the placement replaced).
+    sim.move_back_at_ = seed % 2 == 1 ? sim.outage_at_ + kDownAfterSteps + 300 : 1500 + seed * 41 % 1500;
     sim.Start();
     sim.Run(4000);
     sim.Settle();
@@ -1670,16 +1808,20 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     ASSERT_TRUE(l.replica && l.replica->is_leader());
     raft::ConfState cs = l.replica->raft().tracker().conf_state();
     EXPECT_TRUE(cs.voters_outgoing.empty());
-    EXPECT_EQ(cs.voters, sim.want_.voters);
-    EXPECT_EQ(cs.learners, sim.want_.learners);
+    // Raft's members are the incarnations the placement names.
+    const cluster::Membership members = sim.WantedMembers();
+    EXPECT_EQ(cs.voters, members.voters);
+    EXPECT_EQ(cs.learners, members.learners);
     EXPECT_EQ(cs.voters.size(), 3u);
     EXPECT_EQ(sim.early_retire_, 0);
     uint64_t applied = l.replica->state_machine().applied_index();
     for (auto& n : sim.nodes_) {
-      bool member = std::count(cs.voters.begin(), cs.voters.end(), n.id) + std::count(cs.learners.begin(), cs.learners.end(), n.id) > 0;
+      bool member = std::count(cs.voters.begin(), cs.voters.end(), sim.Member(n.id)) +
+                    std::count(cs.learners.begin(), cs.learners.end(), sim.Member(n.id)) > 0;
       if (member) {
         EXPECT_TRUE(n.up && !n.lost && !n.removed && !n.draining) << "node " << n.id;
         ASSERT_TRUE(n.replica) << "node " << n.id;
+        EXPECT_EQ(n.replica->node_id(), sim.Member(n.id)) << "node " << n.id;
         EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "node " << n.id;
         EXPECT_TRUE(sim.DataOf(n) == sim.DataOf(l)) << "node " << n.id << " holds other data than its leader";
         for (int k = 0; k < 3; ++k) {
@@ -1701,6 +1843,9 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     taken += sim.images_taken_;
     former += sim.images_taken_former_;
     resumed += sim.images_resumed_;
+    placed_again += sim.placed_again_;
+    kept_members += sim.kept_members_;
+    old_retired += sim.old_incarnations_retired_;
   }
   EXPECT_GT(streamed, 4);  // new members got their data in chunks
   EXPECT_GT(taken, 4);     // ... and took it as it arrived
@@ -1709,6 +1854,8 @@ void PlacementMovesLoseNothing(bool storage_faults) {
   // before a membership change could recall them (SnapshotStreams.
   // RecalledTransfersStop tests the recall itself).
   EXPECT_GT(moves, 8);
+  EXPECT_GT(placed_again, 2);  // replicas placed on a node the group had left: new Raft members
+  EXPECT_GT(old_retired, 0);   // ... some while the node still held the old one
   // Fewer with storage faults: a node removed while it is down never comes
   // back to retire its replica.
   EXPECT_GT(retired, storage_faults ? 2 : 4);
@@ -1719,9 +1866,11 @@ void PlacementMovesLoseNothing(bool storage_faults) {
   }
   std::printf("placement sim%s: %d membership moves, %d replicas retired, %d snapshots streamed (%d recalled, %d "
               "taken on arrival, %d from a former leader, %d taken up again after a restart), %d acknowledged "
-              "writes, %d nodes stopped by a failed disk, %zu log writes lost in crashes\n",
+              "writes, %d nodes stopped by a failed disk, %zu log writes lost in crashes, %d placements on a node "
+              "the group had left (a new incarnation; %d older ones still there deleted first), %d placed again as "
+              "the member the group still had\n",
               storage_faults ? " (storage faults)" : "", moves, retired, streamed, recalled, taken, former, resumed,
-              acked, stops, raft_lost);
+              acked, stops, raft_lost, placed_again, old_retired, kept_members);
 }
 
 TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) { PlacementMovesLoseNothing(false); }
