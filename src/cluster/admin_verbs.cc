@@ -497,6 +497,7 @@ Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector
     return AdminStep::Reply(AdminError("ERR shard " + args[1] + " has no majority of live voters"));
   }
   proto::ShardInfo next = *info;
+  next.clear_incarnations();  // the metadata keeps those of the nodes that stay
   const proto::NodeInfo* target = FindNode(*m, args.back());
   if (target == nullptr) return AdminStep::Reply(AdminError("ERR no such node '" + args.back() + "' (give its id or host:port)"));
   if (sub == "transfer") {
@@ -597,6 +598,7 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   }
   auto recovered = [&](const proto::ShardInfo& s) {
     proto::ShardInfo next = s;
+    next.clear_incarnations();
     next.clear_replicas();
     next.clear_learners();
     next.add_replicas(node->id());

@@ -682,11 +682,12 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
     if (groups_->WorkerOf(s.id()) != worker) continue;
     bool wanted = Contains(s.replicas(), node_id_) || Contains(s.learners(), node_id_);
     replica::Replica* r = groups_->Find(s.id());
-    // A replica here of an older incarnation than the metadata places here
-    // (removed, then placed again): it goes once its group has let it go,
-    // and the new one comes next round. A newer one stays (the placement
-    // driver records it: an unsafe recovery of the meta shard lost it).
-    const bool old_incarnation = wanted && r != nullptr && r->incarnation() < IncarnationOf(MemberOn(s, node_id_), node_id_);
+    // A replica here of another incarnation than the metadata places here
+    // (removed, then placed again; or one whose record an unsafe recovery
+    // of the meta shard lost, never added): it goes once its group has let
+    // it go (a group that has it keeps it, and the placement driver
+    // records it), and the metadata's comes next round.
+    const bool old_incarnation = wanted && r != nullptr && r->incarnation() != IncarnationOf(MemberOn(s, node_id_), node_id_);
     if (meta_replaced) {
       if (wanted && r == nullptr) {
         Status st = EnsureShardReplica(s, false);
@@ -736,7 +737,7 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       continue;
     }
     if (old_incarnation) {
-      spdlog::info("shard {}: this node's replica {} is an older incarnation than the metadata's ({}): removing it",
+      spdlog::info("shard {}: this node's replica {} is another incarnation than the metadata's ({}): removing it",
                    s.id(), Hex(r->node_id()), Hex(MemberOn(s, node_id_)));
     }
     Status st = Retire(r);
@@ -1073,6 +1074,7 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     *next = s;
     next->clear_replicas();
     next->clear_learners();
+    next->clear_incarnations();  // only what the report names (NameReportedIncarnations)
     for (uint64_t v : NodesOfMembers(meta, &s, g.report.voters)) {
       if (known(v)) next->add_replicas(v);
     }
@@ -1086,6 +1088,36 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     next->set_recovered_on(g.node);
     spdlog::warn("placement: shard {}: its leader {} belongs to unsafe recovery {}, the metadata says {}: recorded",
                  s.id(), Hex(g.node), g.report.recovery, s.recovery());
+    raise.push_back(std::move(cmd));
+  }
+  // A member the group has whose node the metadata records with another
+  // incarnation: a newer one (its record lost with an unsafe recovery of
+  // the meta shard), or the older one an unsafe recovery of the shard
+  // forced as its only voter. Recorded as the member it is, so that
+  // nothing replaces it (meta.cc SetShard takes it).
+  for (const auto& s : meta.shards()) {
+    node::LeaderReport rep;
+    if (!ShardReport(s, now, &rep) || rep.joint) continue;
+    bool differs = false;
+    for (const auto* ids : {&rep.voters, &rep.learners}) {
+      for (uint64_t m : *ids) {
+        const uint64_t node = NodeOfMember(meta, m);
+        if (!Contains(s.replicas(), node) && !Contains(s.learners(), node)) continue;
+        // Only what SetShard takes (else this would be proposed every round).
+        const uint64_t have = IncarnationOf(m, node), recorded = IncarnationOf(MemberOn(s, node), node);
+        const bool forced = node == s.recovered_on() && s.recovery() > 0 && rep.voters == std::vector<uint64_t>{m} &&
+                            s.replicas_size() == 1 && s.learners_size() == 0;
+        differs |= (have > recorded && have <= s.last_incarnation()) || (have < recorded && forced);
+      }
+    }
+    if (!differs) continue;
+    proto::MetaCommand cmd;
+    cmd.set_version(1);
+    proto::ShardInfo* next = cmd.mutable_set_shard();
+    *next = s;
+    next->clear_incarnations();
+    NameReportedIncarnations(meta, rep, next);
+    spdlog::warn("placement: shard {}: its group has other incarnations than the metadata records: recorded", s.id());
     raise.push_back(std::move(cmd));
   }
   if (!raise.empty()) {
@@ -1120,6 +1152,7 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
       for (uint64_t v : mv.target.voters) next.add_replicas(v);
       for (uint64_t l : mv.target.learners) next.add_learners(l);
       next.set_preferred_leader(mv.leader);
+      next.clear_incarnations();  // only what the group's leader reports
       if (node::LeaderReport rep; ShardReport(*cur, now, &rep)) NameReportedIncarnations(meta, rep, &next);
       *cmd.mutable_set_shard() = next;
     }

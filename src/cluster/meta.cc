@@ -44,6 +44,7 @@ bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
     const auto before = existing.incarnations();
     auto departed = existing.departed();
     uint64_t last = existing.last_incarnation();
+    const uint64_t recovered_on = existing.recovery() > 0 ? existing.recovered_on() : 0;
     existing = s;
     existing.set_split_child(split_child);
     existing.clear_incarnations();
@@ -56,6 +57,13 @@ bool SetShard(const proto::ShardInfo& s, proto::MetaState* state) {
         // (its record lost with an unsafe recovery of the meta shard).
         if (auto it = before.find(r); it != before.end()) incarnation = it->second;
         if (has_named && named->second > incarnation && named->second <= last) incarnation = named->second;
+        // An unsafe recovery forced this node's replica, an older
+        // incarnation than recorded, as the group's only voter: while it is
+        // still the only one placed, it is the member.
+        if (has_named && named->second < incarnation && r == recovered_on && s.replicas_size() == 1 &&
+            s.learners_size() == 0) {
+          incarnation = named->second;
+        }
       } else if (auto d = departed.find(r);
                  has_named && named->second <= last && (d == departed.end() || named->second >= d->second)) {
         // Placed again while the group still has it (the proposer names

@@ -387,6 +387,30 @@ TEST(MetaIncarnations, APlacementKeepsAMemberTheGroupStillHas) {
   EXPECT_EQ(Find(m, 1)->incarnations().at(4), floor + 2);
 }
 
+// An unsafe recovery of a shard may force a replica that is an older
+// incarnation than the metadata records on its node (it never learnt it was
+// being replaced). While it is the only replica placed, a proposal naming
+// it records it as the member; at no other time is an older one taken.
+TEST(MetaIncarnations, AForcedOlderIncarnationIsRecorded) {
+  proto::MetaState m = TwoShards();  // shard 1 recovered on node 2 (recovery 3)
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 3}, {}), &m));
+  ASSERT_TRUE(ApplyMetaCommand(Place(*Find(m, 1), {1, 2, 3}, {}), &m));
+  ASSERT_EQ(Find(m, 1)->incarnations().at(2), 1u);
+  proto::MetaCommand named = Place(*Find(m, 1), {1, 2, 3}, {});
+  (*named.mutable_set_shard()->mutable_incarnations())[2] = 0;
+  ASSERT_TRUE(ApplyMetaCommand(named, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(2), 1u);  // not the only replica placed
+  proto::MetaCommand recover = Place(*Find(m, 1), {2}, {});
+  recover.mutable_set_shard()->set_recovery(4);
+  ASSERT_TRUE(ApplyMetaCommand(recover, &m));
+  EXPECT_EQ(Find(m, 1)->incarnations().at(2), 1u);
+  named = Place(*Find(m, 1), {2}, {});
+  (*named.mutable_set_shard()->mutable_incarnations())[2] = 0;
+  ASSERT_TRUE(ApplyMetaCommand(named, &m));
+  EXPECT_EQ(MemberOn(*Find(m, 1), 2), 2u);
+  EXPECT_FALSE(Find(m, 1)->incarnations().contains(2));
+}
+
 // The low 40 bits of a node id name the node in member ids: a node whose
 // bits another node has already is not added.
 TEST(MetaIncarnations, NodesDifferInTheirLow40Bits) {
