@@ -151,7 +151,7 @@ static void StageRecoveryMarker(uint64_t group, uint64_t recovery, raft::Index v
 
 // 'I' group: the Raft member id of this node's replica of the group, its
 // incarnation, and whether it was deleted (retired). Outlives the replica,
-// as the term and vote do: an incarnation deleted here never opens again.
+// as the term and vote do. Incarnation 0 needs none (the node id).
 static std::string IncarnationKey(uint64_t group) {
   std::string k(1, 'I');
   for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
