@@ -47,12 +47,16 @@ bool GetU32(std::string_view* in, uint32_t* v) {
   return true;
 }
 
-// 'P' group: a snapshot import under way (its position and membership).
-std::string ImportMarkerKey(uint64_t group) {
-  std::string k(1, 'P');
+// `kind` then the group id, big endian: a per-group key in the Raft column
+// family beside RaftStore's.
+std::string GroupKey(char kind, uint64_t group) {
+  std::string k(1, kind);
   for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
   return k;
 }
+
+// 'P' group: a snapshot import under way (its position and membership).
+std::string ImportMarkerKey(uint64_t group) { return GroupKey('P', group); }
 
 std::string EncodeMarker(const raft::SnapshotMeta& meta) {
   std::string out;
@@ -137,11 +141,7 @@ bool SplitCommand::Decode(std::string_view data, SplitCommand* out) {
 
 // 'R' group: the unsafe recovery this replica belongs to, and the log index
 // up to which membership changes are void (the replica that was forced).
-static std::string RecoveryKey(uint64_t group) {
-  std::string k(1, 'R');
-  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
-  return k;
-}
+static std::string RecoveryKey(uint64_t group) { return GroupKey('R', group); }
 
 static void StageRecoveryMarker(uint64_t group, uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch) {
   std::string v;
@@ -152,11 +152,7 @@ static void StageRecoveryMarker(uint64_t group, uint64_t recovery, raft::Index v
 // 'I' group: the Raft member id of this node's replica of the group, its
 // incarnation, and whether it was deleted (retired). Outlives the replica,
 // as the term and vote do. Incarnation 0 needs none (the node id).
-static std::string IncarnationKey(uint64_t group) {
-  std::string k(1, 'I');
-  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
-  return k;
-}
+static std::string IncarnationKey(uint64_t group) { return GroupKey('I', group); }
 
 static void StageIncarnation(uint64_t group, const StoredIncarnation& inc, storage::WriteBatch& batch) {
   std::string v;
