@@ -41,7 +41,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_bench import Failed, Node, RespError, call, free_port  # noqa: E402
+from cluster_bench import Failed, Node, RespError, call, cpu_seconds, free_port, thread_stats  # noqa: E402
 
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -90,6 +90,28 @@ def transfers(lines):
         if w[0] == "transfers":
             return int(w[w.index("bytes-sent") + 1]), int(w[w.index("bytes-received") + 1])
     raise Failed(f"no transfers line in STATUS: {lines}")
+
+
+def node_cpu(nodes):
+    """(CPU seconds of each node's process, {thread name: [ticks, ...]} of their live threads)."""
+    pids = [n.pid for n in nodes]
+    return {pid: cpu_seconds(pid) for pid in pids}, thread_stats(pids)
+
+
+def cpu_per_mb(before, after, mb):
+    """CPU milliseconds per MB by thread kind (summed over the nodes), largest first, and the total.
+    Threads that ended meanwhile (each export runs on a thread of its own) count in the process's
+    total only: shown as "ended threads"."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    kinds = {}
+    for name, a in after[1].items():
+        kind = "shoal-w*" if name.startswith("shoal-w") and name[7:].isdigit() else name
+        kinds[kind] = kinds.get(kind, 0) + (a[0] - before[1].get(name, [0])[0]) / ticks
+    total = sum(c - before[0].get(pid, 0.0) for pid, c in after[0].items())
+    kinds["ended threads"] = total - sum(kinds.values())
+    ms = {k: v * 1000 / max(mb, 1e-9) for k, v in kinds.items()}
+    top = sorted(((v, k) for k, v in ms.items() if v >= 0.5), reverse=True)
+    return ", ".join(f"{k} {v:.1f}" for v, k in top) + f"; all {total * 1000 / max(mb, 1e-9):.1f}"
 
 
 def plan(node):
@@ -190,6 +212,9 @@ def main():
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="64 MB of data")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' folders and logs (printed at the end)")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="no foreground GETs during the join's moves (STATUS polled every 0.5 s): what moving "
+                         "data costs alone; the kill and split steps still run")
     args = ap.parse_args()
     if args.quick:
         args.data_mb = 64
@@ -230,6 +255,7 @@ def main():
         print(f"redis-server GET (same run, one process): {ref[0]:.0f} ops/s p50 {ref[1]:.2f} ms p99 {ref[2]:.2f} ms")
 
         received0 = transfers(status(n0))[1]
+        cpu0 = node_cpu(shoal.nodes)
         t_join = time.time()
         shoal.start_node(3, join)
         during = []
@@ -238,7 +264,10 @@ def main():
         next_report = time.time() + 30
         deadline = time.time() + 1800
         while time.time() < deadline:
-            during.append(get_latency(n0.host, n0.port, gets, args.clients))
+            if args.no_probe:
+                time.sleep(0.5)
+            else:
+                during.append(get_latency(n0.host, n0.port, gets, args.clients))
             try:
                 s = status(n0)
                 nodes, _, moving = parse_status(s)
@@ -249,6 +278,7 @@ def main():
             quiet = quiet + 1 if idle_now else 0
             if quiet == 1:
                 done = time.time()
+                cpu1 = node_cpu(shoal.nodes)
             if quiet >= 2:
                 break
             if time.time() >= next_report:
@@ -260,14 +290,17 @@ def main():
         to_done = done - t_join
         received = transfers(s)[1] - received0
         mb = received / 1e6
-        p50 = sorted(d[1] for d in during)[len(during) // 2]
-        p99 = max(d[2] for d in during)
-        p99_median = sorted(d[2] for d in during)[len(during) // 2]
-        print(f"join -> settled: {to_done:.1f} s; {mb:.0f} MB of snapshots received: {mb / to_done:.1f} MB/s")
+        print(f"join -> settled: {to_done:.1f} s; {mb:.0f} MB of snapshots received: {mb / to_done:.1f} MB/s"
+              f"{' (no foreground load)' if args.no_probe else ''}")
         print(f"  per node: {summary(s)}")
-        print(f"GET during the moves ({len(during)} runs): p50 {p50:.2f} ms, p99 median of runs {p99_median:.2f} ms, "
-              f"worst run {p99:.2f} ms; ratio to idle p50 {p50 / idle[1]:.2f}x p99 {p99_median / idle[2]:.2f}x "
-              f"(worst {p99 / idle[2]:.2f}x)")
+        print(f"  CPU of the nodes from --join to settled, ms per MB received: {cpu_per_mb(cpu0, cpu1, mb)}")
+        if during:
+            p50 = sorted(d[1] for d in during)[len(during) // 2]
+            p99 = max(d[2] for d in during)
+            p99_median = sorted(d[2] for d in during)[len(during) // 2]
+            print(f"GET during the moves ({len(during)} runs): p50 {p50:.2f} ms, p99 median of runs {p99_median:.2f} ms, "
+                  f"worst run {p99:.2f} ms; ratio to idle p50 {p50 / idle[1]:.2f}x p99 {p99_median / idle[2]:.2f}x "
+                  f"(worst {p99 / idle[2]:.2f}x)")
 
         victim = shoal.nodes[1]
         t_kill = time.time()

@@ -801,7 +801,14 @@ std::string Shard::IncomingExpiryPath(uint64_t index) const {
   return SnapshotDir() + "/in-" + std::to_string(id_) + "-" + std::to_string(index) + ".expiry.sst";
 }
 
-std::string Shard::SentinelKey(uint32_t id) {
+std::string Shard::SentinelKey(uint32_t id, uint16_t slot_end) {
+  std::string k = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot_end - 1), 0xffff);
+  k += "snap";
+  storage::PutU64BE(&k, id);
+  return k;
+}
+
+std::string Shard::LegacySentinelKey(uint32_t id) {
   std::string k("\xff\xff\xff\xffsnap", 8);
   storage::PutU64BE(&k, id);
   return k;
@@ -859,6 +866,30 @@ Status CheckSum(const std::vector<Record>& recs, std::string_view name, uint32_t
   return Status::Corruption(std::string("image without a checksum of ") + std::string(name));
 }
 
+// Whether the data SST at `path` (checked intact already) holds only keys of
+// the slots [begin, end), besides its sentinel: its keys supersede whatever
+// the node holds, so a file that strays past its range would overwrite
+// another shard's data. Images of older versions end with a sentinel past
+// every slot, which is allowed.
+Status CheckSstSlots(const std::string& path, uint16_t begin, uint16_t end) {
+  auto bounds = storage::ReadSstBounds(path);
+  if (!bounds.ok()) return Status::Corruption("image data.sst: " + bounds.status().ToString());
+  const std::string lo = storage::DataSlotDbPrefix(begin, 0);
+  std::string hi;
+  storage::PutU16BE(&hi, end);  // may be 16384: past every slot
+  auto legacy = [](const std::string& k) { return k.starts_with(std::string_view("\xff\xff\xff\xffsnap", 8)); };
+  const std::string& last = legacy(bounds->last) ? bounds->before_last : bounds->last;
+  const std::string* ends[] = {&bounds->first, &last};
+  for (const std::string* k : ends) {
+    if (k->empty() || legacy(*k)) continue;
+    if (*k < lo || *k >= hi) {
+      return Status::Corruption("image data.sst holds keys outside its slots " + std::to_string(begin) + "-" +
+                                std::to_string(end - 1));
+    }
+  }
+  return Status::Ok();
+}
+
 std::string EncodeCrc(uint32_t crc) {
   std::string v(4, '\0');
   std::memcpy(v.data(), &crc, 4);
@@ -877,28 +908,24 @@ Status SyncDir(const std::string& dir) {
 
 Status ShardExport::WriteDataSst(const std::string& path) const {
   auto writer = engine_->NewSstWriter(storage::Cf::kData, path);
-  auto it = engine_->NewIterator(storage::Cf::kData, view_.get());
-  // Databases known to be empty are skipped; while the counters await a
-  // recount (a split's halves) none is known to be, so every one is read.
-  std::vector<uint16_t> dbs;
-  for (size_t db = 0; db < counts_.size(); ++db) {
-    if (counts_[db].first != 0 || recount_) dbs.push_back(static_cast<uint16_t>(db));
+  // A scan iterator: the export reads the whole shard once, and must not fill
+  // the block cache with it (that evicted the node's working set, and the
+  // allocation of every block cost more than reading it).
+  auto it = engine_->NewScanIterator(storage::Cf::kData, view_.get());
+  // One pass over the range, in key order: slot, then db (the dbs' elements
+  // after every db: their db number has its top bit set), then key. Only
+  // keys of real databases go; the sentinel sorts last, in the last slot.
+  std::string lo, hi;
+  storage::PutU16BE(&lo, slot_begin_);
+  storage::PutU16BE(&hi, slot_end_);  // may be 16384: past every slot
+  for (it->Seek(lo); it->Valid() && it->key() < hi; it->Next()) {
+    storage::DecodedDataKey d;
+    if (!storage::DecodeDataKey(it->key(), &d) || (d.db & ~storage::kElementDbFlag) >= kDatabasesMax) continue;
+    Status s = writer->Put(it->key(), it->value());
+    if (!s.ok()) return s;
   }
-  // Keys in order: slot, then db (the dbs' elements after every db: their
-  // db number has its top bit set), then key; the sentinel sorts last.
-  for (uint32_t slot = slot_begin_; slot < slot_end_; ++slot) {
-    for (uint16_t flag : {uint16_t{0}, storage::kElementDbFlag}) {
-      for (uint16_t db : dbs) {
-        std::string prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(db | flag));
-        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-          Status s = writer->Put(it->key(), it->value());
-          if (!s.ok()) return s;
-        }
-        if (!it->status().ok()) return it->status();
-      }
-    }
-  }
-  Status s = writer->Put(Shard::SentinelKey(id_), EncodeI64(static_cast<int64_t>(index_)));
+  if (!it->status().ok()) return it->status();
+  Status s = writer->Put(Shard::SentinelKey(id_, slot_end_), EncodeI64(static_cast<int64_t>(index_)));
   if (s.ok()) s = writer->Finish();
   if (!s.ok()) {
     std::error_code ec;
@@ -920,7 +947,7 @@ std::string ShardExport::CounterRecords() const {
 }
 
 Status ShardExport::ForEachExpiry(const std::function<Status(std::string_view)>& fn) const {
-  auto ex = engine_->NewIterator(storage::Cf::kExpiry, view_.get());
+  auto ex = engine_->NewScanIterator(storage::Cf::kExpiry, view_.get());
   for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
     storage::DecodedExpiryKey d;
     if (!storage::DecodeExpiryKey(ex->key(), &d)) continue;
@@ -1029,7 +1056,12 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
     std::filesystem::create_directories(SnapshotDir(), ec);
     std::filesystem::remove(IncomingExpiryPath(index), ec);
     Status s = WriteFileDurably(IncomingSstPath(index), sst);
-    if (!s.ok()) return s;
+    uint16_t begin = 0, end = 0;
+    if (s.ok() && ImageRange(image, &begin, &end)) s = CheckSstSlots(IncomingSstPath(index), begin, end);
+    if (!s.ok()) {
+      std::filesystem::remove(IncomingSstPath(index), ec);
+      return s;
+    }
     pre = engine_->NewBatch();
     first = pre.get();
     if (marker != nullptr) first->Put(storage::Cf::kRaft, marker->key, marker->value);
@@ -1108,6 +1140,8 @@ Status Shard::CheckImageFiles(const std::string& dir) {
   if (s.ok() && std::none_of(recs.begin(), recs.end(), [](const Record& r) { return r.k == "data.sst"; })) {
     s = Status::Corruption("image without a checksum of data.sst");
   }
+  uint16_t begin = 0, end = 0;
+  if (s.ok() && ImageFilesRange(dir, &begin, &end)) s = CheckSstSlots(dir + "/data.sst", begin, end);
   return s;
 }
 
@@ -1173,7 +1207,13 @@ Status Shard::StageClear(storage::WriteBatch& batch) {
   std::string lo, hi;
   storage::PutU16BE(&lo, slot_begin_);
   storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
-  batch.DeleteRange(storage::Cf::kData, lo, hi);
+  // Only where the range holds something: a range tombstone in the memtable
+  // makes the SST ingested next flush it first and land in level 0, from
+  // where compactions rewrite it (a new replica's range is empty).
+  auto any = engine_->NewScanIterator(storage::Cf::kData);
+  any->Seek(lo);
+  if (!any->status().ok()) return any->status();
+  if (any->Valid() && any->key() < hi) batch.DeleteRange(storage::Cf::kData, lo, hi);
   auto ex = engine_->NewIterator(storage::Cf::kExpiry);
   for (ex->SeekToFirst(); ex->Valid(); ex->Next()) {
     storage::DecodedExpiryKey d;
@@ -1195,21 +1235,36 @@ Status Shard::StageDestroy(storage::WriteBatch& batch) {
   if (!s.ok()) return s;
   batch.Delete(storage::Cf::kMeta, MetaKey("applied"));
   batch.Delete(storage::Cf::kMeta, MetaKey("range"));
-  batch.Delete(storage::Cf::kData, SentinelKey());
+  // The range's sentinel went with the range; an older version's may remain.
+  std::string raw;
+  if (engine_->Get(storage::Cf::kData, LegacySentinelKey(id_), &raw).ok()) {
+    batch.Delete(storage::Cf::kData, LegacySentinelKey(id_));
+  }
   return Status::Ok();
 }
 
 Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
-  std::string raw;
-  Status s = engine_->Get(storage::Cf::kData, SentinelKey(), &raw);
-  int64_t at = -1;
-  bool ingested = s.ok() && DecodeI64(raw, &at) && static_cast<uint64_t>(at) == index;
+  // The file's sentinel says whether it was ingested before a crash (the
+  // file itself is gone then). Files from an older version carry it past
+  // every slot.
+  const std::string sentinel = ImportSentinelKey(), legacy = LegacySentinelKey(id_);
+  bool ingested = false, legacy_present = false;
+  for (const std::string* key : {&sentinel, &legacy}) {
+    std::string raw;
+    int64_t at = -1;
+    Status g = engine_->Get(storage::Cf::kData, *key, &raw);
+    if (g.ok() && key == &legacy) legacy_present = true;
+    if (g.ok() && DecodeI64(raw, &at) && static_cast<uint64_t>(at) == index) ingested = true;
+  }
+  Status s;
   if (!ingested) {
     std::string path = IncomingSstPath(index);
     s = engine_->IngestSst(storage::Cf::kData, path);
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::error_code ec;
     std::filesystem::remove(path, ec);  // moved into the store (a link may remain)
+    std::string raw;
+    legacy_present = engine_->Get(storage::Cf::kData, legacy, &raw).ok();
   }
   // The expiry index file, when the image had one: ingesting it again after
   // a crash writes the same keys.
@@ -1220,7 +1275,8 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::filesystem::remove(expiry, ec);
   }
-  batch.Delete(storage::Cf::kData, SentinelKey());
+  batch.Delete(storage::Cf::kData, sentinel);
+  if (legacy_present) batch.Delete(storage::Cf::kData, legacy);
   StageApplied(index, batch);
   return Status::Ok();
 }

@@ -282,8 +282,13 @@ class Shard {
   void FinishImage();
   // Stages deleting the data, expiry index entries and counters of the range.
   Status StageClear(storage::WriteBatch& batch);
-  // The key an image's data SST ends with (names the shard and the index).
-  static std::string SentinelKey(uint32_t id);
+  // The key an image's data SST ends with (its value is the index): in the
+  // range's last slot, under a database number no key uses, so the file's
+  // key range is the shard's own and ingests below other shards' files
+  // instead of overlapping them all.
+  static std::string SentinelKey(uint32_t id, uint16_t slot_end);
+  // Where images of versions before that one put it (past every slot).
+  static std::string LegacySentinelKey(uint32_t id);
   // A slot range as stored ([begin u16 BE][end u16 BE]).
   static std::string EncodeRange(uint16_t begin, uint16_t end);
   // The range an image names (inline, or the files a ShardExport wrote
@@ -365,7 +370,9 @@ class Shard {
   // Writes `pre` (the clearing, small records, the marker) durably, then
   // ingests the staged files (the common tail of both imports).
   Status IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch);
-  std::string SentinelKey() const { return SentinelKey(id_); }
+  // The sentinel of the image being imported (its range) or, when none is,
+  // of the shard's range: after a restart the stored range is the image's.
+  std::string ImportSentinelKey() const { return SentinelKey(id_, pending_end_ != 0 ? pending_end_ : slot_end()); }
   std::string CountKey(char kind, uint16_t db) const;
   Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
                           size_t entries, uint64_t applied_to);

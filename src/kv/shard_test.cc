@@ -185,6 +185,56 @@ TEST(Shard, FileExportIsAConsistentViewAndImportsWhole) {
   std::filesystem::remove_all(dir);
 }
 
+// An image's data file holds its shard's slots only, the sentinel included:
+// its key range then overlaps no other shard's files, and RocksDB ingests it
+// at the bottom level instead of level 0 (where compactions rewrote every
+// moved byte, over and over). A file whose keys stray past the range its
+// image names is refused before Raft takes it.
+TEST(Shard, ImageDataFileStaysInsideItsSlots) {
+  ShardHarness a("slots_a", 100, 200), b("slots_b", 100, 200);
+  int put = 0;
+  for (int i = 0; put < 20 && i < 200000; ++i) {
+    std::string k = "k" + std::to_string(i);
+    uint16_t slot = storage::KeySlot(k);
+    if (slot < 100 || slot >= 200) continue;
+    a.Run({"set", k, "v"});
+    a.Run({"hset", "{" + k + "}h", "f", "v"});  // same slot
+    put += 2;
+  }
+  ASSERT_EQ(put, 20);
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_shard_slots_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  auto bounds = storage::ReadSstBounds((dir / "data.sst").string());
+  ASSERT_TRUE(bounds.ok()) << bounds.status().ToString();
+  EXPECT_GE(bounds->first, storage::DataSlotDbPrefix(100, 0));
+  EXPECT_EQ(bounds->last, Shard::SentinelKey(0, 200));
+  EXPECT_TRUE(bounds->last.starts_with(storage::DataSlotDbPrefix(199, 0xffff)));
+  EXPECT_TRUE(Shard::CheckImageFiles(dir.string()).ok());
+  ASSERT_TRUE(b.ImportFiles(dir.string(), 7).ok());
+  EXPECT_EQ(b.shard().KeyCount(0), 20);
+  std::string raw;
+  EXPECT_EQ(b.engine().Get(storage::Cf::kData, Shard::SentinelKey(0, 200), &raw).code(), Code::kNotFound);
+  // The same data named as a narrower range: refused, nothing changes.
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(a.shard().BeginExport()->Write(dir.string()).ok());
+  std::string counters;
+  {
+    std::ifstream f(dir / "counters", std::ios::binary);
+    counters.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const std::string wide = Shard::EncodeRange(100, 200), narrow = Shard::EncodeRange(150, 200);
+  size_t at = counters.find(wide);
+  ASSERT_NE(at, std::string::npos);
+  counters.replace(at, wide.size(), narrow);
+  { std::ofstream(dir / "counters", std::ios::binary | std::ios::trunc) << counters; }
+  Status refused = Shard::CheckImageFiles(dir.string());
+  EXPECT_EQ(refused.code(), Code::kCorruption) << refused.ToString();
+  EXPECT_NE(refused.ToString().find("outside its slots"), std::string::npos) << refused.ToString();
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(b.shard().KeyCount(0), 20);
+}
+
 TEST(Shard, SetGetIncrAndCounters) {
   ShardHarness h("basic");
   EXPECT_EQ(h.Run({"set", "k", "v"}), "+OK\r\n");

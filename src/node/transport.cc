@@ -690,7 +690,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       }
       if (!got.empty()) deliver_(std::move(got));
     }
-    for (const auto& pc : pf.chunks()) {
+    for (auto& pc : *pf.mutable_chunks()) {
       if (!chunks_ || pc.kind() > static_cast<uint32_t>(SnapshotChunk::Kind::kAck)) continue;
       SnapshotChunk c;
       c.kind = static_cast<SnapshotChunk::Kind>(pc.kind());
@@ -700,7 +700,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       c.export_id = pc.export_id();
       c.offset = pc.offset();
       c.total = pc.total();
-      c.data = pc.data();
+      c.data = std::move(*pc.mutable_data());  // up to a chunk (MiBs): moved, not copied
       c.done = pc.done();
       c.refused = pc.refused();
       c.resync = pc.resync();

@@ -106,6 +106,14 @@ struct MemoryUsage {
   int64_t cache_capacity_bytes = 0;
 };
 
+// The first, last and next-to-last keys of an SST file (before_last is
+// empty for a file of one key), read through its index; an error if the file
+// cannot be read or holds no key.
+struct SstBounds {
+  std::string first, last, before_last;
+};
+Result<SstBounds> ReadSstBounds(const std::string& path);
+
 class Engine {
  public:
   // Opens (creating if needed) the database under options.dir.
