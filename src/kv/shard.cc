@@ -877,7 +877,8 @@ Status CheckSstSlots(const std::string& path, uint16_t begin, uint16_t end) {
   const std::string lo = storage::DataSlotDbPrefix(begin, 0);
   std::string hi;
   storage::PutU16BE(&hi, end);  // may be 16384: past every slot
-  auto legacy = [](const std::string& k) { return k.starts_with(std::string_view("\xff\xff\xff\xffsnap", 8)); };
+  const std::string legacy_prefix = Shard::LegacySentinelKey(0).substr(0, 8);
+  auto legacy = [&](const std::string& k) { return k.starts_with(legacy_prefix); };
   const std::string& last = legacy(bounds->last) ? bounds->before_last : bounds->last;
   const std::string* ends[] = {&bounds->first, &last};
   for (const std::string* k : ends) {
@@ -1248,13 +1249,13 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
   // file itself is gone then). Files from an older version carry it past
   // every slot.
   const std::string sentinel = ImportSentinelKey(), legacy = LegacySentinelKey(id_);
-  bool ingested = false, legacy_present = false;
+  bool ingested = false;
   for (const std::string* key : {&sentinel, &legacy}) {
     std::string raw;
     int64_t at = -1;
-    Status g = engine_->Get(storage::Cf::kData, *key, &raw);
-    if (g.ok() && key == &legacy) legacy_present = true;
-    if (g.ok() && DecodeI64(raw, &at) && static_cast<uint64_t>(at) == index) ingested = true;
+    if (engine_->Get(storage::Cf::kData, *key, &raw).ok() && DecodeI64(raw, &at) && static_cast<uint64_t>(at) == index) {
+      ingested = true;
+    }
   }
   Status s;
   if (!ingested) {
@@ -1263,8 +1264,6 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::error_code ec;
     std::filesystem::remove(path, ec);  // moved into the store (a link may remain)
-    std::string raw;
-    legacy_present = engine_->Get(storage::Cf::kData, legacy, &raw).ok();
   }
   // The expiry index file, when the image had one: ingesting it again after
   // a crash writes the same keys.
@@ -1276,7 +1275,8 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
     std::filesystem::remove(expiry, ec);
   }
   batch.Delete(storage::Cf::kData, sentinel);
-  if (legacy_present) batch.Delete(storage::Cf::kData, legacy);
+  std::string raw;
+  if (engine_->Get(storage::Cf::kData, legacy, &raw).ok()) batch.Delete(storage::Cf::kData, legacy);
   StageApplied(index, batch);
   return Status::Ok();
 }
