@@ -578,6 +578,18 @@ std::string Shard::EncodeRange(uint16_t begin, uint16_t end) {
 }
 
 namespace {
+// The data keys of the slots [begin, end) are those in [lo, hi): a slot's
+// number as it starts every data key (end may be 16384: past every slot).
+struct SlotKeys {
+  std::string lo, hi;
+};
+SlotKeys SlotRangeKeys(uint16_t begin, uint16_t end) {
+  SlotKeys k;
+  storage::PutU16BE(&k.lo, begin);
+  storage::PutU16BE(&k.hi, end);
+  return k;
+}
+
 bool DecodeRange(std::string_view v, uint16_t* begin, uint16_t* end) {
   if (v.size() != 4) return false;
   *begin = storage::GetU16BE(v.data());
@@ -874,9 +886,7 @@ Status CheckSum(const std::vector<Record>& recs, std::string_view name, uint32_t
 Status CheckSstSlots(const std::string& path, uint16_t begin, uint16_t end) {
   auto bounds = storage::ReadSstBounds(path);
   if (!bounds.ok()) return Status::Corruption("image data.sst: " + bounds.status().ToString());
-  const std::string lo = storage::DataSlotDbPrefix(begin, 0);
-  std::string hi;
-  storage::PutU16BE(&hi, end);  // may be 16384: past every slot
+  const auto [lo, hi] = SlotRangeKeys(begin, end);
   const std::string legacy_prefix = Shard::LegacySentinelKey(0).substr(0, 8);
   auto legacy = [&](const std::string& k) { return k.starts_with(legacy_prefix); };
   const std::string& last = legacy(bounds->last) ? bounds->before_last : bounds->last;
@@ -916,9 +926,7 @@ Status ShardExport::WriteDataSst(const std::string& path) const {
   // One pass over the range, in key order: slot, then db (the dbs' elements
   // after every db: their db number has its top bit set), then key. Only
   // keys of real databases go; the sentinel sorts last, in the last slot.
-  std::string lo, hi;
-  storage::PutU16BE(&lo, slot_begin_);
-  storage::PutU16BE(&hi, slot_end_);  // may be 16384: past every slot
+  const auto [lo, hi] = SlotRangeKeys(slot_begin_, slot_end_);
   for (it->Seek(lo); it->Valid() && it->key() < hi; it->Next()) {
     storage::DecodedDataKey d;
     if (!storage::DecodeDataKey(it->key(), &d) || (d.db & ~storage::kElementDbFlag) >= kDatabasesMax) continue;
@@ -1205,9 +1213,7 @@ Status Shard::IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::Wr
 
 Status Shard::StageClear(storage::WriteBatch& batch) {
   // Data by slot range, expiry index by key, counters.
-  std::string lo, hi;
-  storage::PutU16BE(&lo, slot_begin_);
-  storage::PutU16BE(&hi, slot_end_);  // slot_end_ may be 16384: past every slot
+  const auto [lo, hi] = SlotRangeKeys(slot_begin_, slot_end_);
   // Only where the range holds something: a range tombstone in the memtable
   // makes the SST ingested next flush it first and land in level 0, from
   // where compactions rewrite it (a new replica's range is empty).
@@ -1338,14 +1344,13 @@ std::optional<Shard::RecountJob> Shard::BeginRecount() {
   recount_deltas_.assign(kDatabasesMax, {0, 0});
   std::shared_ptr<storage::Snapshot> view = engine_->NewSnapshot();
   storage::Engine* engine = engine_;
-  std::string lo, hi;
-  storage::PutU16BE(&lo, slot_begin());
-  storage::PutU16BE(&hi, slot_end());  // may be 16384: past every slot
-  job.count = [engine, view, lo, hi](const std::atomic<bool>& stop) -> Result<Counts> {
+  // Captured as a struct: clang 14 cannot capture structured bindings.
+  SlotKeys range = SlotRangeKeys(slot_begin(), slot_end());
+  job.count = [engine, view, range](const std::atomic<bool>& stop) -> Result<Counts> {
     Counts counts(kDatabasesMax, {0, 0});
     auto it = engine->NewScanIterator(storage::Cf::kData, view.get());
     uint64_t n = 0;
-    for (it->Seek(lo); it->Valid() && it->key() < hi; it->Next()) {
+    for (it->Seek(range.lo); it->Valid() && it->key() < range.hi; it->Next()) {
       if (++n % 4096 == 0 && stop.load(std::memory_order_relaxed)) return Status::Aborted("stopping");
       storage::DecodedDataKey d;
       if (!storage::DecodeDataKey(it->key(), &d) || d.db >= kDatabasesMax) continue;
