@@ -352,6 +352,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   ro.incarnation = incarnation;
   ro.tick_ms = groups_->options().tick_ms;
   ro.compact_bytes = opts_.log_bytes_per_replica;
+  ro.log_cache_bytes = opts_.log_cache_bytes_per_replica;
   ro.courier = opts_.courier;
   ro.stopping = opts_.stopping;
   ro.splitter = this;

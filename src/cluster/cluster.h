@@ -50,8 +50,10 @@ struct ClusterOptions {
   int shards = 16;
   int replication_factor = 3;
   size_t meta_cache_entries = 1 << 16;
-  // Bytes of Raft log each replica keeps in memory before compacting.
+  // Bytes of Raft log each replica keeps before compacting, and of its
+  // applied entries held in memory besides the engine's copy.
   uint64_t log_bytes_per_replica = 4 << 20;
+  uint64_t log_cache_bytes_per_replica = 256 << 10;
   const kv::Limits* limits = nullptr;
   // Told of the lists and sorted sets that data shards' applies change.
   kv::KeyWatcher* key_watcher = nullptr;

@@ -1215,18 +1215,19 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
     // Keep about a quarter of the byte budget of applied entries for
     // followers that are slightly behind.
     raft::Index keep_from = applied;
-    uint64_t kept = 0;
-    auto ents = store_->entries(store_->first_index(), applied + 1, raft::kNoLimit);
-    if (ents.ok()) {
-      for (auto it = ents->rbegin(); it != ents->rend(); ++it) {
-        kept += raft::entry_size(*it);
-        if (kept > opts_.compact_bytes / 4) break;
-        keep_from = it->index;
-      }
-      if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, *apply_batch_);
+    uint64_t kept = store_->entry_bytes(applied);
+    while (keep_from > store_->first_index()) {
+      kept += store_->entry_bytes(keep_from - 1);
+      if (kept > opts_.compact_bytes / 4) break;
+      --keep_from;
     }
+    if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, *apply_batch_);
   }
   flush();
+  // What is applied here was written to the engine before this round
+  // applied it (BeginReady's batch): followers that need it again read it
+  // back from there. Only the newest entries stay in memory.
+  store_->Uncache(std::min<uint64_t>(sm_->applied_index(), store_->last_index()), opts_.log_cache_bytes);
   applied_.store(sm_->applied_index(), std::memory_order_release);
 }
 

@@ -248,8 +248,11 @@ struct ReplicaOptions {
   std::string bootstrap_image;
   // Compact the log once this many applied entries are kept.
   uint64_t compact_entries = 4096;
-  // ... or once the log held in memory passes this many bytes.
+  // ... or once the log passes this many bytes.
   uint64_t compact_bytes = 4 << 20;
+  // Bytes of applied entries kept in memory besides the engine's copy (the
+  // newest; a follower further behind is sent entries read from the engine).
+  uint64_t log_cache_bytes = 256 << 10;
   // Seed of Raft's election timer; 0: random (simulations fix it).
   uint64_t seed = 0;
   // Carries snapshots of state machines that export files; null: snapshots

@@ -190,9 +190,12 @@ Status Server::Start() {
   co.limits = &apply_limits_;
   co.key_watcher = &blocking_;
   co.on_meta = [this](const proto::MetaState& m) { users_.Rebuild(&m, commands_); };
-  // The Raft log held in memory gets at most 1/32 of the budget over all shards.
+  // The Raft log gets 1/32 of the budget over all shards before it is
+  // compacted (it lives in the engine: memtable, then disk), and a sixteenth
+  // of that stays in memory besides.
   co.log_bytes_per_replica =
       static_cast<uint64_t>(std::max<int64_t>(256 << 10, config().maxmemory / 32 / std::max(1, config().shards)));
+  co.log_cache_bytes_per_replica = std::max<uint64_t>(64 << 10, co.log_bytes_per_replica / 16);
   // The peer port must be bound before the cluster records this node's address.
   st = transport_->Start();
   if (!st.ok()) return st;

@@ -1,5 +1,6 @@
 #include "storage/engine.h"
 #include "storage/fault_engine.h"
+#include "storage/raft_store.h"
 
 #include <gtest/gtest.h>
 
@@ -146,6 +147,94 @@ TEST_F(EngineTest, DataIteratorStaysWithinPrefix) {
   std::string v;
   ASSERT_TRUE(engine->Get(Cf::kData, std::string("\0\2\0\0a", 5), &v).ok());
   EXPECT_EQ(v, "3");
+}
+
+// The log keeps only its newest entries in memory; older ones are read back
+// from the engine, across the boundary, with byte limits, after conflicts,
+// compaction and a reopen.
+TEST_F(EngineTest, RaftLogReadsEntriesNoLongerInMemory) {
+  auto engine = Open();
+  auto store = RaftStore::Open(engine.get(), 7);
+  ASSERT_TRUE(store.ok());
+  RaftStore& log = **store;
+  auto entry = [](raft::Index i, raft::Term t) {
+    return raft::Entry{.term = t, .index = i, .type = raft::EntryType::kNormal,
+                       .data = "v" + std::to_string(i) + std::string(i % 7, 'x')};
+  };
+  auto append = [&](raft::Index lo, raft::Index hi, raft::Term t) {
+    std::vector<raft::Entry> ents;
+    for (raft::Index i = lo; i <= hi; ++i) ents.push_back(entry(i, t));
+    auto batch = engine->NewBatch();
+    log.Append(ents, *batch);
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  };
+  auto check = [&](RaftStore& l, raft::Index lo, raft::Index hi, raft::Term split_term, raft::Index split) {
+    auto got = l.entries(lo, hi + 1, raft::kNoLimit);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(got->size(), hi - lo + 1);
+    for (raft::Index i = lo; i <= hi; ++i) {
+      const raft::Entry want = entry(i, i < split ? 1 : split_term);
+      EXPECT_EQ((*got)[i - lo].data, want.data) << i;
+      EXPECT_EQ((*got)[i - lo].term, want.term) << i;
+      EXPECT_EQ(*l.term(i), want.term) << i;
+    }
+  };
+  append(1, 100, 1);
+  const uint64_t all = log.log_bytes();
+  EXPECT_EQ(log.cached_bytes(), all);
+  log.Uncache(60, 0);  // entries 1..60 now only in the engine
+  EXPECT_EQ(log.cache_start(), 61U);
+  EXPECT_EQ(log.log_bytes(), all);
+  EXPECT_LT(log.cached_bytes(), all);
+  check(log, 1, 100, 1, 101);
+  check(log, 55, 70, 1, 101);
+  // A byte limit that ends inside the stored part, and one inside the cache.
+  auto two = log.entries(10, 100, log.entry_bytes(10) + log.entry_bytes(11));
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->size(), 2U);
+  uint64_t budget = 0;
+  for (raft::Index i = 58; i <= 63; ++i) budget += log.entry_bytes(i);
+  auto six = log.entries(58, 100, budget);
+  ASSERT_TRUE(six.ok());
+  ASSERT_EQ(six->size(), 6U);
+  EXPECT_EQ(six->back().index, 63U);
+  // Uncache keeps the newest keep_bytes, and never goes past `upto`.
+  log.Uncache(90, log.entry_bytes(100) + 1);
+  EXPECT_EQ(log.cache_start(), 91U);
+  log.Uncache(99, log.entry_bytes(100) + log.entry_bytes(99));
+  EXPECT_EQ(log.cache_start(), 99U);
+  // A conflicting suffix from 95 on (in memory, and below it on disk only).
+  append(95, 110, 2);
+  EXPECT_EQ(log.last_index(), 110U);
+  EXPECT_EQ(log.cache_start(), 95U);
+  check(log, 1, 110, 2, 95);
+  log.Uncache(110, 0);
+  check(log, 1, 110, 2, 95);
+  // Compaction drops the oldest; what stays reads the same, after a reopen too.
+  {
+    auto batch = engine->NewBatch();
+    log.Compact(40, *batch);
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  }
+  EXPECT_TRUE(raft::is_compacted(log.entries(40, 50, raft::kNoLimit).status()));
+  check(log, 41, 110, 2, 95);
+  auto again = RaftStore::Open(engine.get(), 7);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->log_bytes(), log.log_bytes());
+  check(**again, 41, 110, 2, 95);
+  // An entry missing underneath is an error, not a short or wrong answer.
+  {
+    auto batch = engine->NewBatch();
+    std::string key(1, 'L');
+    for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(uint64_t{7} >> (8 * i)));
+    for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(uint64_t{50} >> (8 * i)));
+    batch->Delete(Cf::kRaft, key);
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  }
+  auto broken = log.entries(45, 60, raft::kNoLimit);
+  EXPECT_FALSE(broken.ok());
+  EXPECT_FALSE(raft::is_compacted(broken.status()));
+  check(log, 51, 110, 2, 95);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "storage/raft_store.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace shoal::storage {
@@ -100,8 +101,10 @@ void RaftStore::StageDestroy(WriteBatch& batch) {
   // The term and vote stay: a replica of this group created here again
   // must not vote twice in a term this one voted in.
   SetHardState(raft::HardState{hard_state_.term, hard_state_.vote, 0}, batch);
-  log_.clear();
+  index_.clear();
+  cache_.clear();
   log_bytes_ = 0;
+  cached_bytes_ = 0;
   start_index_ = 0;
   start_term_ = 0;
   conf_state_ = raft::ConfState{};
@@ -158,10 +161,40 @@ Status RaftStore::Load() {
     if (e.index != last_index() + 1) {
       return Status::Corruption("log gap at " + std::to_string(last_index() + 1));
     }
-    log_bytes_ += raft::entry_size(e);
-    log_.push_back(std::move(e));
+    // All of it in memory for now: the replica drops what it has applied.
+    PushCached(std::move(e));
   }
   return it->status();
+}
+
+void RaftStore::PushCached(raft::Entry e) {
+  const uint64_t size = raft::entry_size(e);
+  index_.push_back(EntryInfo{e.term, size});
+  log_bytes_ += size;
+  cached_bytes_ += size;
+  cache_.push_back(std::move(e));
+}
+
+Status RaftStore::ReadStored(raft::Index lo, raft::Index hi, uint64_t max_bytes, std::vector<raft::Entry>* out,
+                             uint64_t* size) const {
+  auto it = engine_->NewIterator(Cf::kRaft);
+  const std::string prefix = Key('L');
+  it->Seek(EntryKey(lo));
+  for (raft::Index i = lo; i < hi; ++i, it->Next()) {
+    if (!it->Valid() || !it->key().starts_with(prefix)) {
+      return it->status().ok() ? Status::Corruption("raft log entry " + std::to_string(i) + " is missing")
+                               : it->status();
+    }
+    raft::Entry e;
+    if (!DecodeRaftEntry(it->value(), &e) || e.index != i) {
+      return Status::Corruption("raft log entry " + std::to_string(i));
+    }
+    *size += raft::entry_size(e);
+    if (!out->empty() && *size > max_bytes) return Status::Ok();
+    out->push_back(std::move(e));
+    ++entries_read_;
+  }
+  return Status::Ok();
 }
 
 Result<raft::InitialState> RaftStore::initial_state() const {
@@ -174,8 +207,16 @@ Result<std::vector<raft::Entry>> RaftStore::entries(raft::Index lo, raft::Index 
   if (hi > last_index() + 1 || lo > hi) return raft::unavailable_error();
   std::vector<raft::Entry> out;
   uint64_t size = 0;
+  const raft::Index cached = cache_start();
+  if (lo < cached) {
+    const raft::Index stored_hi = std::min(hi, cached);
+    Status s = ReadStored(lo, stored_hi, max_bytes, &out, &size);
+    if (!s.ok()) return s.WithContext("raft group " + std::to_string(group_));
+    if (out.size() < stored_hi - lo) return out;  // hit the byte limit
+    lo = stored_hi;
+  }
   for (raft::Index i = lo; i < hi; ++i) {
-    const raft::Entry& e = log_[i - start_index_ - 1];
+    const raft::Entry& e = cache_[i - cached];
     size += raft::entry_size(e);
     if (!out.empty() && size > max_bytes) break;
     out.push_back(e);
@@ -187,7 +228,7 @@ Result<raft::Term> RaftStore::term(raft::Index i) const {
   if (i == start_index_) return start_term_;
   if (i < start_index_) return raft::compacted_error();
   if (i > last_index()) return raft::unavailable_error();
-  return log_[i - start_index_ - 1].term;
+  return index_[i - start_index_ - 1].term;
 }
 
 Result<raft::Snapshot> RaftStore::snapshot() const {
@@ -202,15 +243,18 @@ void RaftStore::Append(const std::vector<raft::Entry>& ents, WriteBatch& batch) 
   // Drop a conflicting suffix: in memory and on disk.
   if (first <= last_index()) {
     batch.DeleteRange(Cf::kRaft, EntryKey(first), EntryKey(last_index() + 1));
+    while (!cache_.empty() && cache_.back().index >= first) {
+      cached_bytes_ -= raft::entry_size(cache_.back());
+      cache_.pop_back();
+    }
     while (last_index() >= first) {
-      log_bytes_ -= raft::entry_size(log_.back());
-      log_.pop_back();
+      log_bytes_ -= index_.back().size;
+      index_.pop_back();
     }
   }
   for (const auto& e : ents) {
     batch.Put(Cf::kRaft, EntryKey(e.index), EncodeRaftEntry(e));
-    log_bytes_ += raft::entry_size(e);
-    log_.push_back(e);
+    PushCached(e);
   }
 }
 
@@ -230,8 +274,10 @@ void RaftStore::SetConfState(const raft::ConfState& cs, WriteBatch& batch) {
 
 void RaftStore::ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch) {
   batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(UINT64_MAX));
-  log_.clear();
+  index_.clear();
+  cache_.clear();
   log_bytes_ = 0;
+  cached_bytes_ = 0;
   start_index_ = meta.index;
   start_term_ = meta.term;
   std::string raw;
@@ -245,11 +291,15 @@ void RaftStore::ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch)
 void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
   if (index <= start_index_) return;
   SHOAL_CHECK(index <= last_index());
-  raft::Term t = log_[index - start_index_ - 1].term;
+  raft::Term t = index_[index - start_index_ - 1].term;
   batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(index + 1));
+  while (!cache_.empty() && cache_.front().index <= index) {
+    cached_bytes_ -= raft::entry_size(cache_.front());
+    cache_.pop_front();
+  }
   while (start_index_ < index) {
-    log_bytes_ -= raft::entry_size(log_.front());
-    log_.pop_front();
+    log_bytes_ -= index_.front().size;
+    index_.pop_front();
     ++start_index_;
   }
   start_term_ = t;
@@ -257,6 +307,13 @@ void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
   PutU64(&raw, start_index_);
   PutU64(&raw, start_term_);
   batch.Put(Cf::kRaft, Key('S'), raw);
+}
+
+void RaftStore::Uncache(raft::Index upto, uint64_t keep_bytes) {
+  while (!cache_.empty() && cache_.front().index <= upto && cached_bytes_ > keep_bytes) {
+    cached_bytes_ -= raft::entry_size(cache_.front());
+    cache_.pop_front();
+  }
 }
 
 }  // namespace shoal::storage

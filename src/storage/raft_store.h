@@ -1,7 +1,10 @@
 // RaftStore: one Raft group's durable log, hard state and membership in the
-// engine's raft column family, as raft::Storage reads them. The log since
-// the last compaction is also kept in memory, so Raft never waits on disk
-// to read it. Owned by the thread that drives the group's RawNode.
+// engine's raft column family, as raft::Storage reads them. The newest
+// entries are also kept in memory (the ones Raft sends and applies next);
+// older ones, down to the last compaction, are read back from the engine
+// when a lagging follower needs them. Every entry's term and size stay in
+// memory (16 bytes each), so term() never reads the disk. Owned by the
+// thread that drives the group's RawNode.
 //
 // Keys (group = u64 big endian):
 //   'L' group index -> entry      'H' group -> hard state
@@ -40,7 +43,7 @@ class RaftStore final : public raft::Storage {
                                            uint64_t max_bytes) const override;
   Result<raft::Term> term(raft::Index i) const override;
   raft::Index first_index() const override { return start_index_ + 1; }
-  raft::Index last_index() const override { return start_index_ + log_.size(); }
+  raft::Index last_index() const override { return start_index_ + index_.size(); }
   Result<raft::Snapshot> snapshot() const override;
 
   void set_snapshot_fn(SnapshotFn fn) { snapshot_fn_ = std::move(fn); }
@@ -57,17 +60,33 @@ class RaftStore final : public raft::Storage {
   void StageDestroy(WriteBatch& batch);
   // Drops entries up to and including `index` (which must be applied).
   void Compact(raft::Index index, WriteBatch& batch);
+  // Drops the in-memory copies of the oldest entries up to `upto` while
+  // more than `keep_bytes` are held; they stay in the log, read back from
+  // the engine. Entries up to `upto` must be written to the engine already
+  // (not only staged in a batch).
+  void Uncache(raft::Index upto, uint64_t keep_bytes);
 
   const raft::HardState& hard_state() const { return hard_state_; }
   const raft::ConfState& conf_state() const { return conf_state_; }
   uint64_t group() const { return group_; }
+  // Bytes of the whole log (raft::entry_size), and of the part in memory.
   uint64_t log_bytes() const { return log_bytes_; }
+  uint64_t cached_bytes() const { return cached_bytes_; }
+  // raft::entry_size of entry i (first_index() <= i <= last_index()).
+  uint64_t entry_bytes(raft::Index i) const { return index_[i - start_index_ - 1].size; }
+  // The first entry held in memory (last_index() + 1 if none).
+  raft::Index cache_start() const { return cache_.empty() ? last_index() + 1 : cache_.front().index; }
+  // Entries read back from the engine since the store was opened.
+  uint64_t entries_read() const { return entries_read_; }
 
  private:
   RaftStore(Engine* engine, uint64_t group) : engine_(engine), group_(group) {}
   Status Load();
   std::string Key(char kind) const;
   std::string EntryKey(raft::Index index) const;
+  Status ReadStored(raft::Index lo, raft::Index hi, uint64_t max_bytes, std::vector<raft::Entry>* out,
+                    uint64_t* size) const;
+  void PushCached(raft::Entry e);
 
   Engine* engine_;
   uint64_t group_;
@@ -75,8 +94,15 @@ class RaftStore final : public raft::Storage {
   raft::ConfState conf_state_;
   raft::Index start_index_ = 0;  // index of the last compacted entry
   raft::Term start_term_ = 0;
-  std::deque<raft::Entry> log_;  // entries start_index_+1 ...
+  struct EntryInfo {
+    raft::Term term;
+    uint64_t size;
+  };
+  std::deque<EntryInfo> index_;    // entries start_index_+1 ... last_index()
+  std::deque<raft::Entry> cache_;  // entries cache_start() ... last_index()
   uint64_t log_bytes_ = 0;
+  uint64_t cached_bytes_ = 0;
+  mutable uint64_t entries_read_ = 0;
   SnapshotFn snapshot_fn_;
 };
 

@@ -296,10 +296,30 @@ class ReplicaSim {
     ro.node_id = MemberIdOf(n.id, incarnation);
     ro.incarnation = incarnation;
     ro.compact_entries = compact_entries_;
+    // Most seeds keep few applied entries in memory or none: laggers are
+    // sent entries read back from the engine.
+    ro.log_cache_bytes = seed_ % 3 == 0 ? (256 << 10) : seed_ % 3 == 1 ? 0 : 4096;
     ro.seed = seed_ * 7919 + restarts_ + 1;
     if (streamed_) ro.courier = &couriers_[n.id - 1];
     ro.splitter = &splitters_[n.id - 1];
     return ro;
+  }
+
+  // Log entries the node's replicas read back from the engine (not held in
+  // memory any more), counted as they close.
+  void CountReadBack(SimNode& n) {
+    for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
+      if (r != nullptr) entries_read_back_ += r->store().entries_read();
+    }
+  }
+  uint64_t EntriesReadBack() {
+    uint64_t live = 0;
+    for (auto& n : nodes_) {
+      for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
+        if (r != nullptr) live += r->store().entries_read();
+      }
+    }
+    return entries_read_back_ + live;
   }
 
   void OpenReplica(SimNode& n, bool bootstrap) {
@@ -336,6 +356,7 @@ class ReplicaSim {
     tick_burst_.erase(n.id);
     DropDeferred(n.id, 0);
     std::erase_if(pending_reads_, [&](const PendingRead& p) { return p.node == n.id; });
+    CountReadBack(n);
     n.replica.reset();  // pending callbacks are dropped: their outcome stays unknown
     n.child_replica.reset();
     splitters_[n.id - 1].claims.clear();
@@ -1258,6 +1279,7 @@ class ReplicaSim {
           if (!n.engine->Write(*batch).ok()) FailStop("retiring a replica failed");
           Durable(n);  // as node::Groups::Retire
           DropDeferred(n.id, kGroup);
+          entries_read_back_ += n.replica->store().entries_read();
           n.replica.reset();
           n.shard.reset();
           retired_++;
@@ -1488,6 +1510,7 @@ class ReplicaSim {
   bool double_split_ = false;
   uint64_t lag_steps_ = 0;  // 0: no follower is down across the split
   uint64_t compact_entries_ = 16;  // snapshots happen often
+  uint64_t entries_read_back_ = 0;
   std::vector<std::string> keys_;
   bool split_proposed_ = false, lagger_back_ = false;
   uint64_t last_split_proposal_ = 0;
@@ -1638,7 +1661,7 @@ std::optional<raft::Index> SimCourier::Carrying(uint64_t group, raft::NodeId to)
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0, streamed = 0, gone = 0, taken = 0, former = 0,
       resumed = 0;
-  uint64_t snapshots_seen = 0;
+  uint64_t snapshots_seen = 0, read_back = 0;
   for (uint64_t seed = 1; seed <= 12; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;  // half the seeds stream their snapshots in chunks
@@ -1651,6 +1674,7 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
       if (n.joined && n.replica->store().first_index() > 2) snapshots_seen++;
     }
     acked += sim.ExpectLinearizable(sim.Leader());
+    read_back += sim.EntriesReadBack();
     total_restarts += sim.restarts_;
     total_reroutes += sim.reroutes_;
     total_changes += sim.leader_changes_;
@@ -1669,6 +1693,8 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   EXPECT_GT(total_reroutes, 5);
   EXPECT_GT(acked, 500);
   EXPECT_GT(snapshots_seen, 0u);
+  EXPECT_GT(read_back, 100u);  // laggers were sent entries no longer held in memory
+  std::printf("replica sim: %llu log entries read back from the engine\n", static_cast<unsigned long long>(read_back));
   std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes, %d snapshots streamed "
               "(%d taken on arrival, %d from a former leader, %d taken up again after their sender restarted), %d "
               "followers told their leader was gone\n",
@@ -1728,6 +1754,7 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
       transfers = 0;
   size_t lost = 0, raft_lost = 0;
+  uint64_t read_back = 0;
   for (uint64_t seed = 401; seed <= 416; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;
@@ -1752,7 +1779,9 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     lease += sim.lease_reads_;
     follower += sim.follower_reads_;
     changes += sim.leader_changes_;
+    read_back += sim.EntriesReadBack();
   }
+  EXPECT_GT(read_back, 100u);  // entries sent from the engine's copy, between faults
   EXPECT_GT(stops, 20);
   EXPECT_GT(losing, 10);
   EXPECT_GT(lost, 50u);
@@ -1764,8 +1793,9 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   EXPECT_GT(acked, 500);
   std::printf("storage sim: %d disk faults injected, %d nodes stopped by them, %d crashes lost %zu unsynced writes "
               "(%zu of the log or hard state), %d one-way cuts, %d leadership transfers, %d lease and %d follower "
-              "reads, %d acknowledged writes, %d leader changes\n",
-              disk_faults, stops, losing, lost, raft_lost, oneway, transfers, lease, follower, acked, changes);
+              "reads, %d acknowledged writes, %d leader changes, %llu log entries read back from the engine\n",
+              disk_faults, stops, losing, lost, raft_lost, oneway, transfers, lease, follower, acked, changes,
+              static_cast<unsigned long long>(read_back));
 }
 
 }  // namespace
