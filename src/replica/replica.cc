@@ -1226,8 +1226,17 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   flush();
   // What is applied here was written to the engine before this round
   // applied it (BeginReady's batch): followers that need it again read it
-  // back from there. Only the newest entries stay in memory.
-  store_->Uncache(std::min<uint64_t>(sm_->applied_index(), store_->last_index()), opts_.log_cache_bytes);
+  // back from there. Only the newest entries stay in memory, and every one
+  // Raft has yet to hand over for applying (a state machine ahead of Raft's
+  // applied index, after ResetForRecovery, skips them, but Raft reads them).
+  const raft::Index handed = ents.empty() ? node_->raft().log().applied() : ents.back().index;
+  store_->Uncache(std::min({sm_->applied_index(), handed, store_->last_index()}), opts_.log_cache_bytes);
+  if (store_->read_errors() > read_errors_logged_) {
+    read_errors_logged_ = store_->read_errors();
+    spdlog::error("group {}: reading the Raft log back from storage failed ({} times so far; followers that "
+                  "need those entries are sent a snapshot instead): {}",
+                  opts_.group, read_errors_logged_, store_->last_read_error().ToString());
+  }
   applied_.store(sm_->applied_index(), std::memory_order_release);
 }
 

@@ -475,6 +475,7 @@ class Replica {
   ReplicaOptions opts_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<storage::RaftStore> store_;
+  uint64_t read_errors_logged_ = 0;
   std::unique_ptr<raft::RawNode> node_;
   std::unique_ptr<storage::WriteBatch> apply_batch_;
   std::optional<raft::Ready> ready_;

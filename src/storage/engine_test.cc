@@ -234,6 +234,8 @@ TEST_F(EngineTest, RaftLogReadsEntriesNoLongerInMemory) {
   auto broken = log.entries(45, 60, raft::kNoLimit);
   EXPECT_FALSE(broken.ok());
   EXPECT_FALSE(raft::is_compacted(broken.status()));
+  EXPECT_EQ(log.read_errors(), 1U);
+  EXPECT_NE(log.last_read_error().ToString().find("raft group 7"), std::string::npos);
   check(log, 51, 110, 2, 95);
 }
 

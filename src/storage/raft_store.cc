@@ -177,17 +177,20 @@ void RaftStore::PushCached(raft::Entry e) {
 
 Status RaftStore::ReadStored(raft::Index lo, raft::Index hi, uint64_t max_bytes, std::vector<raft::Entry>* out,
                              uint64_t* size) const {
-  auto it = engine_->NewIterator(Cf::kRaft);
+  // A lagging follower's catch-up reads old entries once: they do not
+  // displace the data's blocks in the cache (a scan iterator does not fill it).
+  auto it = engine_->NewScanIterator(Cf::kRaft);
   const std::string prefix = Key('L');
   it->Seek(EntryKey(lo));
-  for (raft::Index i = lo; i < hi; ++i, it->Next()) {
+  for (raft::Index i = lo; i < hi; ++i) {
+    if (i > lo) it->Next();
     if (!it->Valid() || !it->key().starts_with(prefix)) {
       return it->status().ok() ? Status::Corruption("raft log entry " + std::to_string(i) + " is missing")
                                : it->status();
     }
     raft::Entry e;
-    if (!DecodeRaftEntry(it->value(), &e) || e.index != i) {
-      return Status::Corruption("raft log entry " + std::to_string(i));
+    if (!DecodeRaftEntry(it->value(), &e) || e.index != i || e.term != index_[i - start_index_ - 1].term) {
+      return Status::Corruption("raft log entry " + std::to_string(i) + " differs from the log's index");
     }
     *size += raft::entry_size(e);
     if (!out->empty() && *size > max_bytes) return Status::Ok();
@@ -208,10 +211,14 @@ Result<std::vector<raft::Entry>> RaftStore::entries(raft::Index lo, raft::Index 
   std::vector<raft::Entry> out;
   uint64_t size = 0;
   const raft::Index cached = cache_start();
-  if (lo < cached) {
+  if (lo < hi && lo < cached) {
     const raft::Index stored_hi = std::min(hi, cached);
     Status s = ReadStored(lo, stored_hi, max_bytes, &out, &size);
-    if (!s.ok()) return s.WithContext("raft group " + std::to_string(group_));
+    if (!s.ok()) {
+      ++read_errors_;
+      last_read_error_ = s.WithContext("raft group " + std::to_string(group_));
+      return last_read_error_;
+    }
     if (out.size() < stored_hi - lo) return out;  // hit the byte limit
     lo = stored_hi;
   }

@@ -73,11 +73,18 @@ class RaftStore final : public raft::Storage {
   uint64_t log_bytes() const { return log_bytes_; }
   uint64_t cached_bytes() const { return cached_bytes_; }
   // raft::entry_size of entry i (first_index() <= i <= last_index()).
-  uint64_t entry_bytes(raft::Index i) const { return index_[i - start_index_ - 1].size; }
+  uint64_t entry_bytes(raft::Index i) const {
+    SHOAL_CHECK(i > start_index_ && i <= last_index());
+    return index_[i - start_index_ - 1].size;
+  }
   // The first entry held in memory (last_index() + 1 if none).
   raft::Index cache_start() const { return cache_.empty() ? last_index() + 1 : cache_.front().index; }
-  // Entries read back from the engine since the store was opened.
+  // Entries read back from the engine since the store was opened, and the
+  // reads that failed (Raft answers those as if the entries were compacted:
+  // the follower is sent a snapshot), with the last failure.
   uint64_t entries_read() const { return entries_read_; }
+  uint64_t read_errors() const { return read_errors_; }
+  const Status& last_read_error() const { return last_read_error_; }
 
  private:
   RaftStore(Engine* engine, uint64_t group) : engine_(engine), group_(group) {}
@@ -103,6 +110,8 @@ class RaftStore final : public raft::Storage {
   uint64_t log_bytes_ = 0;
   uint64_t cached_bytes_ = 0;
   mutable uint64_t entries_read_ = 0;
+  mutable uint64_t read_errors_ = 0;
+  mutable Status last_read_error_;
   SnapshotFn snapshot_fn_;
 };
 
