@@ -1197,9 +1197,10 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   apply_run();
   // Keep the log bounded: entries far below the applied index are dropped
   // (a follower that needs them gets a snapshot instead). Applied may run
-  // past the log in a replica started over that kept its state
-  // (ResetForRecovery): only what the log holds is compacted.
-  uint64_t applied = std::min<uint64_t>(sm_->applied_index(), store_->last_index());
+  // past the log, and past its commit index, in a replica started over that
+  // kept its state (ResetForRecovery): only committed entries the log holds
+  // are compacted (an uncommitted one may yet be replaced by a leader's).
+  uint64_t applied = std::min({sm_->applied_index(), store_->last_index(), store_->hard_state().commit});
   // A follower being sent a snapshot resumes from the log right after it:
   // keep those entries (within a bound) or it would need another snapshot.
   raft::Index floor = SnapshotFloor();

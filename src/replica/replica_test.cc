@@ -186,7 +186,10 @@ class ReplicaCluster : public ::testing::Test {
     return *nodes_.back();
   }
 
-  Replica& R(size_t i) { return *nodes_[i]->replica; }
+  Replica& R(size_t i) {
+    SHOAL_CHECK(i < nodes_.size());
+    return *nodes_[i]->replica;
+  }
 
   // Nodes 1-3 (compacting every 8 entries): k0 is written everywhere, then
   // node 3, cut off, misses k1..k40 and the leader (not node 3) compacts
@@ -197,7 +200,7 @@ class ReplicaCluster : public ::testing::Test {
       R(2).TransferLeader(1);
       TickAll(20);
     }
-    size_t leader = LeaderIndex();
+    size_t leader = AwaitLeader();
     ASSERT_NE(leader, SIZE_MAX);
     ASSERT_NE(leader, 2u);
     ASSERT_EQ(Write(R(leader), SetBatch("k0", "0")), "+OK\r\n");
@@ -287,6 +290,12 @@ class ReplicaCluster : public ::testing::Test {
     }
     return SIZE_MAX;
   }
+  // The leader, ticking on (at most 200 ticks) while a split vote or an
+  // unlucky election timeout has left none: elections are randomized.
+  size_t AwaitLeader() {
+    for (int t = 0; t < 200 && LeaderIndex() == SIZE_MAX; ++t) TickAll(1);
+    return LeaderIndex();
+  }
 
   // Nodes 2 and 3 die for good; node 1, forced to be the only voter
   // (unsafe recovery 1), leads alone.
@@ -308,7 +317,7 @@ class ReplicaCluster : public ::testing::Test {
 TEST_F(ReplicaCluster, ReplicatesAndAnswersTheProposer) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t leader = LeaderIndex();
+  size_t leader = AwaitLeader();
   ASSERT_NE(leader, SIZE_MAX);
   std::string reply;
   bool applied = false;
@@ -354,7 +363,7 @@ TEST_F(ReplicaCluster, EntriesAppliedTogetherKeepTheirOwnReplies) {
 TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t leader = LeaderIndex();
+  size_t leader = AwaitLeader();
   ASSERT_NE(leader, SIZE_MAX);
   (void)R(leader).Propose(SetBatch("k", "v"), [](bool, std::string) {}, now_);
   Pump();
@@ -373,7 +382,7 @@ TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
 TEST_F(ReplicaCluster, UnconfirmedReadFailsWhenLeadershipMoves) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
   ASSERT_NE(l, SIZE_MAX);
   size_t f = (l + 1) % 3;
   down_ = {ids_[l]};  // the leader's process is gone: the request it was sent is lost
@@ -431,7 +440,7 @@ std::vector<raft::Message> RoundOf(TestNode& n, bool finish, int64_t now) {
 TEST_F(ReplicaCluster, LeaseReadWaitsUntilTheLeaderAppliedWhatItCommitted) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
   ASSERT_NE(l, SIZE_MAX);
   ASSERT_TRUE(R(l).LeaseReadOk(now_));
   auto deliver = [&](std::vector<raft::Message> msgs) {
@@ -478,7 +487,7 @@ TEST_F(ReplicaCluster, LeaseReadWaitsUntilTheLeaderAppliedWhatItCommitted) {
 TEST_F(ReplicaCluster, StoppedLeaderAnswersNoReadFromItsLeaseWhenItResumes) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
   ASSERT_NE(l, SIZE_MAX);
   ASSERT_EQ(Write(R(l), SetBatch("k", "old")), "+OK\r\n");
   TickAll(2);
@@ -507,7 +516,7 @@ TEST_F(ReplicaCluster, StoppedLeaderAnswersNoReadFromItsLeaseWhenItResumes) {
 TEST_F(ReplicaCluster, FollowerRefusesVotesForAnElectionTimeoutOfRealTime) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
   ASSERT_NE(l, SIZE_MAX);
   size_t f = (l + 1) % 3, other = (l + 2) % 3;
   const raft::Term term = R(f).raft().term();
@@ -528,7 +537,7 @@ TEST_F(ReplicaCluster, FollowerRefusesVotesForAnElectionTimeoutOfRealTime) {
 TEST_F(ReplicaCluster, NewMemberCatchesUpFromASnapshot) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, /*compact=*/8);
   TickAll(60);
-  size_t leader = LeaderIndex();
+  size_t leader = AwaitLeader();
   ASSERT_NE(leader, SIZE_MAX);
   for (int i = 0; i < 40; ++i) {
     (void)R(leader).Propose(SetBatch("k" + std::to_string(i), std::to_string(i)), [](bool, std::string) {}, now_);
@@ -687,7 +696,8 @@ TEST_F(ReplicaCluster, SnapshotImportInterruptedByACrashIsFinishedAtRestart) {
 TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(30);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
+  ASSERT_NE(l, SIZE_MAX);
   std::string reply;
   (void)R(l).Propose(SetBatch("k", "before"), [&](bool, std::string r) { reply = r; }, now_);
   Pump();
@@ -740,12 +750,14 @@ TEST_F(ReplicaCluster, UnsafeRecoveryMakesASurvivorTheOnlyVoter) {
 TEST_F(ReplicaCluster, ReplicaStartedOverForARecoveryTakesTheRecoveredState) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(30);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
+  ASSERT_NE(l, SIZE_MAX);
   ASSERT_EQ(Write(R(l), SetBatch("k", "before")), "+OK\r\n");
   TickAll(3);
   // Node 1 misses a write the other two commit ...
   down_ = {1};
   TickAll(40);
+  for (int t = 0; t < 200 && !R(1).is_leader() && !R(2).is_leader(); ++t) TickAll(1);  // a split vote
   l = R(1).is_leader() ? 1 : 2;  // node 1, cut off, may still think it leads
   ASSERT_TRUE(R(l).is_leader());
   ASSERT_EQ(Write(R(l), SetBatch("k", "later")), "+OK\r\n");
@@ -787,7 +799,8 @@ TEST_F(ReplicaCluster, ReplicaStartedOverForARecoveryTakesTheRecoveredState) {
 TEST_F(ReplicaCluster, ReplicaStartedOverWithItsStateKeptCanCarryOn) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, /*compact=*/8, false, false, /*keeps_state=*/true);
   TickAll(30);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
+  ASSERT_NE(l, SIZE_MAX);
   for (int i = 0; i < 30; ++i) ASSERT_EQ(Write(R(l), SetBatch("k" + std::to_string(i), "v")), "+OK\r\n");
   TickAll(3);
   ASSERT_GT(R(1).state_machine().applied_index(), 20u);
@@ -818,7 +831,8 @@ TEST_F(ReplicaCluster, LearnerWithStateIsForcedOnlyWhenAsked) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   AddNode(4, {});
   TickAll(30);
-  size_t l = LeaderIndex();
+  size_t l = AwaitLeader();
+  ASSERT_NE(l, SIZE_MAX);
   ASSERT_LT(l, 3u);
   raft::ConfChange cc;
   cc.changes = {{raft::ConfChangeType::kAddLearner, 4}};
@@ -895,7 +909,7 @@ std::string KeyOnSide(const std::string& prefix, bool moved) {
 TEST_F(ReplicaCluster, SplitHandsTheUpperSlotsToAChildGroup) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, 4096, /*with_splitter=*/true);
   TickAll(60);
-  size_t leader = LeaderIndex();
+  size_t leader = AwaitLeader();
   ASSERT_NE(leader, SIZE_MAX);
   const std::string kept = KeyOnSide("kept", false), moved = KeyOnSide("moved", true);
   EXPECT_EQ(Write(R(leader), SetBatch(kept, "before")), "+OK\r\n");
@@ -998,7 +1012,7 @@ TEST_F(ReplicaCluster, ChildOfARecoveredParentIsFencedFromBirth) {
 TEST_F(ReplicaCluster, SplitWhileJointOrOutsideTheRangeIsIgnoredEverywhere) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, 4096, /*with_splitter=*/true);
   TickAll(60);
-  size_t leader = LeaderIndex();
+  size_t leader = AwaitLeader();
   ASSERT_NE(leader, SIZE_MAX);
   AddNode(4, {}, 4096, /*with_splitter=*/true);
   auto joint = R(leader).ProposeConfChange(raft::ConfChange{{{raft::ConfChangeType::kAddVoter, 4}}});
