@@ -300,10 +300,7 @@ void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
   SHOAL_CHECK(index <= last_index());
   raft::Term t = index_[index - start_index_ - 1].term;
   batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(index + 1));
-  while (!cache_.empty() && cache_.front().index <= index) {
-    cached_bytes_ -= raft::entry_size(cache_.front());
-    cache_.pop_front();
-  }
+  Uncache(index, 0);
   while (start_index_ < index) {
     log_bytes_ -= index_.front().size;
     index_.pop_front();
