@@ -651,12 +651,10 @@ void Shard::StageApplied(uint64_t index, storage::WriteBatch& batch) {
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(index)));
 }
 
-Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
-                               const std::map<uint16_t, ApplyTxn::Counts>& deltas, size_t entries,
-                               uint64_t applied_to) {
-  uint64_t before = applied_index_;
+void Shard::StageCommit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& deltas,
+                        size_t entries, uint64_t applied_to, bool wrote) {
   applied_index_ = applied_to != 0 ? applied_to : applied_index_ + entries;
-  if (batch.Count() == 0) return engine_->write_seq();
+  if (!wrote) return;  // nothing changed: the applied index need not be written either
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_)));
   for (const auto& [db, d] : deltas) {
     if (d.keys != 0) {
@@ -666,11 +664,9 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
       batch.Put(storage::Cf::kMeta, CountKey('e', db), EncodeI64(ExpiresCount(db) + d.expires));
     }
   }
-  auto seq = engine_->Write(batch);
-  if (!seq.ok()) {
-    applied_index_ = before;
-    return seq;
-  }
+}
+
+void Shard::PublishCounts(const std::map<uint16_t, ApplyTxn::Counts>& deltas) {
   for (const auto& [db, d] : deltas) {
     counts_[db].keys.fetch_add(d.keys, std::memory_order_relaxed);
     counts_[db].expires.fetch_add(d.expires, std::memory_order_relaxed);
@@ -679,7 +675,6 @@ Result<uint64_t> Shard::Commit(storage::WriteBatch& batch,
       recount_deltas_[db].second += d.expires;
     }
   }
-  return seq;
 }
 
 Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limits,
@@ -688,27 +683,29 @@ Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limi
                     reply);
 }
 
-Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
-                                   const Limits& limits, resp::Writer* reply, uint64_t applied_to,
-                                   std::span<const uint64_t> raft_indices) {
+Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns, const Limits& limits,
+                         resp::Writer* reply, uint64_t applied_to, std::span<const uint64_t> raft_indices,
+                         storage::WriteBatch& batch, std::function<void()>* written) {
   SHOAL_CHECK(entries.size() == fns.size() && !entries.empty());
   SHOAL_CHECK(raft_indices.empty() || raft_indices.size() == entries.size());
-  batch_->Clear();
-  ApplyTxn txn(this, engine_, batch_.get(), entries[0].now_ms);
+  // Its reads (and the key counts it writes) would miss what is staged.
+  SHOAL_CHECK(!staged_unwritten_);
+  const size_t count_before = batch.Count();
+  auto txn = std::make_shared<ApplyTxn>(this, engine_, &batch, entries[0].now_ms);
   std::string* out = reply->buffer();
   size_t mark = out->size();
-  txn.set_collect_changed(watcher_ != nullptr && watcher_->Watching());
+  txn->set_collect_changed(watcher_ != nullptr && watcher_->Watching());
   Status s;
   uint64_t last_index = 0, place = 0;
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
-    txn.set_now_ms(entries[i].now_ms);
+    txn->set_now_ms(entries[i].now_ms);
     // The log entry that carries it (without one: as if one each), and its
     // place there.
     const uint64_t log_index =
         !raft_indices.empty() ? raft_indices[i] : (applied_to != 0 ? applied_to : applied_index_ + 1 + i);
     place = i > 0 && log_index == last_index ? place + 1 : 0;
     last_index = log_index;
-    txn.set_version(log_index, place);
+    txn->set_version(log_index, place);
     std::optional<std::string_view> key = EntryKey(entries[i]);
     if (key && !OwnsSlot(storage::KeySlot(*key))) {
       // Proposed before this shard split and ordered after the split: the
@@ -716,23 +713,53 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
       reply->Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
       continue;
     }
-    s = fns[i](txn, entries[i], limits, reply);
-    if (s.ok()) s = txn.SealElementWrites();
+    s = fns[i](*txn, entries[i], limits, reply);
+    if (s.ok()) s = txn->SealElementWrites();
   }
-  if (s.ok()) {
-    auto seq = Commit(*batch_, txn.count_deltas(), entries.size(), applied_to);
-    if (seq.ok()) {
-      txn.PublishTo(&meta_cache_);
-      if (!txn.changed().empty()) watcher_->KeysChanged(txn.changed());
-      return seq;
-    }
-    s = seq.status();
+  if (!s.ok()) {
+    meta_cache_.Clear();  // reads may have cached what this failed apply saw
+    // A storage failure: part of these entries may be staged, and must not
+    // be written (ApplyBatch clears its batch; a round stops the node).
+    out->resize(mark);
+    for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());
+    return s;
   }
+  StageCommit(batch, txn->count_deltas(), entries.size(), applied_to, batch.Count() > count_before);
+  staged_unwritten_ = true;
+  *written = [this, txn = std::move(txn)] {
+    staged_unwritten_ = false;
+    PublishCounts(txn->count_deltas());
+    txn->PublishTo(&meta_cache_);
+    if (!txn->changed().empty()) watcher_->KeysChanged(txn->changed());
+  };
+  return Status::Ok();
+}
+
+Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
+                                   const Limits& limits, resp::Writer* reply, uint64_t applied_to,
+                                   std::span<const uint64_t> raft_indices) {
+  batch_->Clear();
+  const uint64_t applied_before = applied_index_;
+  const size_t mark = reply->buffer()->size();
+  std::function<void()> written;
+  Status s = StageBatch(entries, fns, limits, reply, applied_to, raft_indices, *batch_, &written);
+  if (!s.ok()) return s;
+  if (batch_->Count() == 0) {
+    written();
+    return engine_->write_seq();
+  }
+  auto seq = engine_->Write(*batch_);
+  if (seq.ok()) {
+    written();
+    return seq;
+  }
+  applied_index_ = applied_before;
+  staged_unwritten_ = false;
   meta_cache_.Clear();  // reads may have cached what this failed apply saw
   // A storage failure: nothing of these entries was written; say so instead.
-  out->resize(mark);
-  for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());
-  return s;
+  reply->buffer()->resize(mark);
+  for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + seq.status().ToString());
+  return seq.status();
 }
 
 namespace {

@@ -248,6 +248,16 @@ class Shard {
   Result<uint64_t> ApplyBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns,
                               const Limits& limits, resp::Writer* reply, uint64_t applied_to = 0,
                               std::span<const uint64_t> raft_indices = {});
+  // As ApplyBatch, but the writes are staged into `batch`, which the caller
+  // writes (with other shards' applies: one storage write for many); once
+  // it is written, *written must run (it publishes the new key counts and
+  // key metadata) before this shard stages or applies anything else. On a
+  // failure every reply is the error, and what the batch holds of these
+  // entries must not be written (the caller stops the node).
+  bool staged_unwritten() const { return staged_unwritten_; }
+  Status StageBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns, const Limits& limits,
+                    resp::Writer* reply, uint64_t applied_to, std::span<const uint64_t> raft_indices,
+                    storage::WriteBatch& batch, std::function<void()>* written);
   // Stages "applied up to index" for a log entry that changes no data.
   void StageApplied(uint64_t index, storage::WriteBatch& batch);
 
@@ -374,8 +384,12 @@ class Shard {
   // of the shard's range: after a restart the stored range is the image's.
   std::string ImportSentinelKey() const { return SentinelKey(id_, pending_end_ != 0 ? pending_end_ : slot_end()); }
   std::string CountKey(char kind, uint16_t db) const;
-  Result<uint64_t> Commit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d,
-                          size_t entries, uint64_t applied_to);
+  // Stages the applied index and the key counts an apply changed (nothing
+  // when it wrote nothing); PublishCounts makes them visible once written.
+  void StageCommit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d, size_t entries,
+                   uint64_t applied_to, bool wrote);
+  void PublishCounts(const std::map<uint16_t, ApplyTxn::Counts>& d);
+  bool staged_unwritten_ = false;  // a StageBatch whose `written` has not run
   struct PendingCount {
     char kind;
     uint16_t db;

@@ -132,42 +132,39 @@ void Groups::Notify(replica::Replica* r) {
 asio::awaitable<void> Groups::Drive(int w) {
   Host& h = hosts_[static_cast<size_t>(w)];
   Worker& worker = runtime_->worker(w);
-  auto batch = engine_->NewBatch();
+  // One storage write a round, as a rule: the log entries, terms and votes
+  // of every group of the worker, and after them the applies of the
+  // entries already committed (ApplyRound): a crash keeps an apply only
+  // with the log it came from, and a reader sees an apply only once its
+  // proposal can be answered.
+  replica::ApplyRound round(engine_);
   std::vector<replica::Replica*> begun;
   std::vector<raft::Message> msgs;
   while (!h.dirty.empty()) {
     std::set<replica::Replica*> dirty;
     dirty.swap(h.dirty);
-    batch->Clear();
     begun.clear();
     std::vector<GroupMessage> out;
     bool needs_sync = false;
     for (replica::Replica* r : dirty) {
       msgs.clear();
-      if (!r->BeginReady(*batch, &msgs, &needs_sync)) continue;
+      if (!r->BeginReady(round.batch(), &msgs, &needs_sync)) continue;
       begun.push_back(r);
       for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
     }
     transport_->Send(std::move(out));
-    if (batch->Count() == 0) {
-      int64_t applied_at = MonoUs();
-      for (replica::Replica* r : begun) r->ApplyReady(applied_at);
-    } else {
-      auto seq = engine_->Write(*batch);
-      if (!seq.ok()) {
-        // The log this round appended is not on disk, and its messages may
-        // be on their way: stop; the restart reads what the disk holds.
-        spdlog::critical("raft log write failed: {}; stopping this node", seq.status().ToString());
-        spdlog::default_logger()->flush();
-        FailStop("raft log write failed");
-      }
-      // Committed entries are durable on a majority already: apply them now,
-      // while this batch's own entries wait for the disk.
-      int64_t applied_at = MonoUs();
-      for (replica::Replica* r : begun) r->ApplyReady(applied_at);
-      if (needs_sync && opts_.fsync && engine_->durable_seq() < *seq) {
+    const bool logged = round.batch().Count() > 0;
+    const uint64_t writes_before = round.writes();
+    // Committed entries are durable on a majority already: apply them now,
+    // while this round's own log entries wait for the disk.
+    const int64_t applied_at = MonoUs();
+    for (replica::Replica* r : begun) r->ApplyReady(applied_at, round);
+    round.Flush();
+    if (logged) {
+      const uint64_t seq = round.writes() > writes_before ? round.last_seq() : engine_->write_seq();
+      if (needs_sync && opts_.fsync && engine_->durable_seq() < seq) {
         WalSyncer* syncer = syncer_;
-        co_await worker.WaitDurable(*engine_, *seq, [syncer] { syncer->Kick(); });
+        co_await worker.WaitDurable(*engine_, seq, [syncer] { syncer->Kick(); });
         if (worker.io().stopped()) co_return;
       } else {
         // Let the worker's other work (connections queueing proposals, peer

@@ -266,44 +266,39 @@ void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
   if (!seq.ok()) ApplyFailed(shard_->id(), e.index, seq.status());
 }
 
-void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
-                               std::span<std::string* const> replies) {
+struct KvStateMachine::Decoded {
   std::vector<kv::Entry> all;
   std::vector<kv::ApplyFn> fns;
-  std::vector<size_t> counts;
+  std::vector<size_t> counts;     // kv entries in each log entry
   std::vector<uint64_t> indices;  // each kv entry's log entry
   int protocol = 2;
-  bool ok = raft_entries.size() > 1;
-  for (size_t i = 0; ok && i < raft_entries.size(); ++i) {
+};
+
+bool KvStateMachine::DecodeTogether(std::span<const raft::Entry* const> raft_entries, Decoded* d) const {
+  for (size_t i = 0; i < raft_entries.size(); ++i) {
     std::vector<kv::Entry> part;
     int p = 2;
-    if (!DecodeKvBatch(raft_entries[i]->data, &part, &p) || part.empty() || (i > 0 && p != protocol)) {
-      ok = false;
-      break;
+    if (!DecodeKvBatch(raft_entries[i]->data, &part, &p) || part.empty() || (i > 0 && p != d->protocol)) {
+      return false;
     }
-    protocol = p;
+    d->protocol = p;
     for (auto& ke : part) {
       kv::ApplyFn fn = kv::FindApply(ke.op);
-      if (fn == nullptr || kv::MustApplyAlone(ke.op)) ok = false;
-      fns.push_back(fn);
-      all.push_back(std::move(ke));
-      indices.push_back(raft_entries[i]->index);
+      if (fn == nullptr || kv::MustApplyAlone(ke.op)) return false;
+      d->fns.push_back(fn);
+      d->all.push_back(std::move(ke));
+      d->indices.push_back(raft_entries[i]->index);
     }
-    counts.push_back(part.size());
+    d->counts.push_back(part.size());
   }
-  if (!ok) {  // one by one: malformed entries, FLUSH*, mixed protocols
-    StateMachine::ApplyMany(raft_entries, replies);
-    return;
-  }
-  std::string out;
-  resp::Writer w(&out, protocol);
-  auto seq = shard_->ApplyBatch(all, fns, *limits_, &w, raft_entries.back()->index, indices);
-  if (!seq.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, seq.status());
-  // Hand each entry its own replies (one RESP value per command).
+  return !raft_entries.empty();
+}
+
+void KvStateMachine::SplitReplies(const Decoded& d, std::string_view out, std::span<std::string* const> replies) {
   size_t off = 0;
-  for (size_t i = 0; i < raft_entries.size(); ++i) {
+  for (size_t i = 0; i < d.counts.size(); ++i) {
     size_t start = off;
-    for (size_t k = 0; k < counts[i]; ++k) {
+    for (size_t k = 0; k < d.counts[i]; ++k) {
       size_t len = resp::ScanReply(out.data() + off, out.size() - off);
       if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
         off = out.size();
@@ -311,8 +306,38 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
       }
       off += len;
     }
-    if (replies[i] != nullptr) replies[i]->append(out, start, off - start);
+    if (replies[i] != nullptr) replies[i]->append(out.substr(start, off - start));
   }
+}
+
+void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
+                               std::span<std::string* const> replies) {
+  Decoded d;
+  if (raft_entries.size() < 2 || !DecodeTogether(raft_entries, &d)) {
+    // One by one: malformed entries, FLUSH*, mixed protocols.
+    StateMachine::ApplyMany(raft_entries, replies);
+    return;
+  }
+  std::string out;
+  resp::Writer w(&out, d.protocol);
+  auto seq = shard_->ApplyBatch(d.all, d.fns, *limits_, &w, raft_entries.back()->index, d.indices);
+  if (!seq.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, seq.status());
+  SplitReplies(d, out, replies);
+}
+
+bool KvStateMachine::StageMany(std::span<const raft::Entry* const> raft_entries,
+                               std::span<std::string* const> replies, ApplyRound& round) {
+  Decoded d;
+  if (!DecodeTogether(raft_entries, &d)) return false;
+  std::string out;
+  resp::Writer w(&out, d.protocol);
+  std::function<void()> written;
+  Status s = shard_->StageBatch(d.all, d.fns, *limits_, &w, raft_entries.back()->index, d.indices, round.batch(),
+                                &written);
+  if (!s.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, s);
+  round.After(std::move(written));
+  SplitReplies(d, out, replies);
+  return true;
 }
 
 Status KvStateMachine::StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
@@ -336,7 +361,6 @@ Status Replica::Init() {
   auto store = storage::RaftStore::Open(engine_, opts_.group);
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();
-  apply_batch_ = engine_->NewBatch();
   auto stored = ReadIncarnation(engine_, opts_.group);
   if (!stored.ok()) return stored.status();
   if (stored->found && !stored->retired && stored->member != opts_.node_id &&
@@ -401,6 +425,14 @@ Status Replica::Init() {
     // no one, so this passes soon (waiting for the term's first entry
     // instead could wedge a group whose quorum needs the receiver).
     if (split_index_ > sm_->applied_index() && split_index_ <= node_->raft().log().committed()) {
+      return raft::unavailable_error();
+    }
+    // Raft asks for an image at any call, one made while this round's
+    // applies are staged among them (applying a membership change sends
+    // appends): the stored state would be older than the index it names.
+    // Raft tries again with the next message to that follower.
+    if (sm_->HasUnwritten()) {
+      ++images_deferred_;
       return raft::unavailable_error();
     }
     raft::Snapshot snap;
@@ -1076,10 +1108,38 @@ void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
   opts_.courier->Ship(opts_.group, std::move(m), std::move(write));
 }
 
+void ApplyRound::Flush() {
+  if (batch_->Count() > 0) {
+    auto seq = engine_->Write(*batch_);
+    ++writes_;
+    if (!seq.ok()) {
+      // What it held is applied in memory, and its log entries' messages may
+      // be on their way: stop; the restart reads what the disk holds and
+      // applies the log again.
+      spdlog::critical("writing the Raft log and applies failed: {}; stopping this node", seq.status().ToString());
+      spdlog::default_logger()->flush();
+      FailStop("log and apply write failed");
+    }
+    last_seq_ = *seq;
+    batch_->Clear();
+  }
+  // What runs may stage again (a later apply of another group): take them.
+  auto after = std::move(after_);
+  after_.clear();
+  for (auto& fn : after) fn();
+}
+
 void Replica::ApplyReady(int64_t now_mono_us) {
+  ApplyRound round(engine_);
+  ApplyReady(now_mono_us, round);
+  round.Flush();
+}
+
+void Replica::ApplyReady(int64_t, ApplyRound& round) {
   SHOAL_CHECK(ready_.has_value());
   raft::Ready& rd = *ready_;
   if (rd.snapshot) {
+    round.Flush();  // the image's staged state (BeginReady's) is written before it is taken
     sm_->FinishImport();
     import_gen_.fetch_add(1, std::memory_order_acq_rel);
     MaybeReleaseImage(rd.snapshot->meta.index);  // before a split among the entries below opens its child
@@ -1090,12 +1150,12 @@ void Replica::ApplyReady(int64_t now_mono_us) {
       done(false, "-TIMEOUT the write's outcome is unknown (replica restored from a snapshot)\r\n");
     }
   }
-  ApplyCommitted(rd.committed_entries, now_mono_us);
+  ApplyCommitted(rd.committed_entries, round);
   for (const auto& rs : rd.read_states) {
     auto it = reads_.find(rs.context);
     if (it != reads_.end()) it->second.index = std::max<uint64_t>(rs.index, 1);
   }
-  ServeReads();
+  round.After([this] { ServeReads(); });
 }
 
 void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
@@ -1118,39 +1178,51 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
   Publish(now_mono_us);
 }
 
-void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
-  auto flush = [this] {
-    if (apply_batch_->Count() == 0) return;
-    auto seq = engine_->Write(*apply_batch_);
-    if (!seq.ok()) ApplyFailed(opts_.group, sm_->applied_index(), seq.status());
-    apply_batch_->Clear();
+void Replica::Answer(raft::Index index, raft::Term term, std::string reply) {
+  auto pending = writes_.find(index);
+  if (pending == writes_.end()) return;
+  bool mine = pending->second.term == term;
+  auto done = std::move(pending->second.done);
+  writes_.erase(pending);
+  if (mine) {
+    done(true, std::move(reply));
+  } else {
+    done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
+  }
+}
+
+void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& round) {
+  storage::WriteBatch& batch = round.batch();
+  // Entries are answered once what applied them is written.
+  auto answer = [this, &round](const raft::Entry& e, std::string reply) {
+    round.After([this, index = e.index, term = e.term, reply = std::move(reply)]() mutable {
+      Answer(index, term, std::move(reply));
+    });
   };
-  // Answers the proposal of entry e, if it is waiting here.
-  auto answer = [this](const raft::Entry& e, std::string reply) {
-    auto pending = writes_.find(e.index);
-    if (pending == writes_.end()) return;
-    bool mine = pending->second.term == e.term;
-    auto done = std::move(pending->second.done);
-    writes_.erase(pending);
-    if (mine) {
-      done(true, std::move(reply));
-    } else {
-      done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
-    }
-  };
-  // Runs of normal entries are applied together (one storage write).
+  // Runs of normal entries are applied together: staged into the round's
+  // batch (one storage write with the worker's other groups), or written
+  // alone where they must be. A second run of this group in the round reads
+  // what the first wrote: the round is written first.
   std::vector<const raft::Entry*> run;
   std::vector<std::string> run_replies;
+  bool staged_run = false;
   auto apply_run = [&] {
     if (run.empty()) return;
-    flush();
+    if (staged_run) round.Flush();
     run_replies.assign(run.size(), std::string());
     std::vector<std::string*> outs(run.size(), nullptr);
     for (size_t i = 0; i < run.size(); ++i) {
       auto pending = writes_.find(run[i]->index);
       if (pending != writes_.end() && pending->second.term == run[i]->term) outs[i] = &run_replies[i];
     }
-    sm_->ApplyMany(run, outs);
+    if (sm_->StageMany(run, outs, round)) {
+      staged_run = true;
+    } else {
+      // Written alone, after what is staged (this group's applied index
+      // among it: a later one must not be overwritten by it).
+      round.Flush();
+      sm_->ApplyMany(run, outs);
+    }
     for (size_t i = 0; i < run.size(); ++i) answer(*run[i], std::move(run_replies[i]));
     run.clear();
   };
@@ -1164,8 +1236,9 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
     }
     apply_run();
     if (is_split) {
-      flush();  // the split reads the store: earlier applies first
-      ApplySplit(e, split);
+      round.Flush();  // the split reads the store: earlier applies first
+      ApplySplit(e, split, batch);
+      staged_run = false;
       answer(e, "+OK\r\n");
     } else if (e.type == raft::EntryType::kConfChange) {
       auto cc = raft::decode_conf_change(e.data);
@@ -1174,8 +1247,12 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
         // membership stands (applying it could bring back lost voters).
         spdlog::warn("group {}: membership change at {} predates the unsafe recovery; ignored", opts_.group, e.index);
       } else if (cc.ok()) {
+        // Raft may send (and export an image) from here: what this group
+        // applied before is written first.
+        if (staged_run) round.Flush();
+        staged_run = false;
         raft::ConfState cs = node_->apply_conf_change(*cc);
-        store_->SetConfState(cs, *apply_batch_);
+        store_->SetConfState(cs, batch);
         if (opts_.courier != nullptr && sending_images_) {
           // Images to nodes that left are not needed (whether or not this
           // replica still leads: a former leader's go on).
@@ -1187,10 +1264,10 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
       } else {
         spdlog::error("group {}: malformed membership change at {}", opts_.group, e.index);
       }
-      sm_->StageApplied(e.index, *apply_batch_);
+      sm_->StageApplied(e.index, batch);
       answer(e, "+OK\r\n");
     } else {
-      sm_->StageApplied(e.index, *apply_batch_);
+      sm_->StageApplied(e.index, batch);
       answer(e, "");
     }
   }
@@ -1209,7 +1286,7 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
   };
   if (applied >= store_->first_index() + opts_.compact_entries) {
     raft::Index to = held(applied - opts_.compact_entries / 2);
-    if (to >= store_->first_index()) store_->Compact(to, *apply_batch_);
+    if (to >= store_->first_index()) store_->Compact(to, batch);
   }
   if (store_->log_bytes() > opts_.compact_bytes && applied >= store_->first_index() &&
       (floor == 0 || store_->log_bytes() > 16 * opts_.compact_bytes)) {
@@ -1222,26 +1299,29 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t) {
       if (kept > opts_.compact_bytes / 4) break;
       --keep_from;
     }
-    if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, *apply_batch_);
+    if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, batch);
   }
-  flush();
   // What is applied here was written to the engine before this round
   // applied it (BeginReady's batch): followers that need it again read it
   // back from there. Only the newest entries stay in memory, and every one
   // Raft has yet to hand over for applying (a state machine ahead of Raft's
   // applied index, after ResetForRecovery, skips them, but Raft reads them).
+  // (Once the round is written: its log entries may be in the same batch.)
   const raft::Index handed = ents.empty() ? node_->raft().log().applied() : ents.back().index;
-  store_->Uncache(std::min({sm_->applied_index(), handed, store_->last_index()}), opts_.log_cache_bytes);
-  if (store_->read_errors() > read_errors_logged_) {
-    read_errors_logged_ = store_->read_errors();
-    spdlog::error("group {}: reading the Raft log back from storage failed ({} times so far; followers that "
-                  "need those entries are sent a snapshot instead): {}",
-                  opts_.group, read_errors_logged_, store_->last_read_error().ToString());
-  }
-  applied_.store(sm_->applied_index(), std::memory_order_release);
+  round.After([this, handed] {
+    store_->Uncache(std::min({sm_->applied_index(), handed, store_->last_index()}), opts_.log_cache_bytes);
+    if (store_->read_errors() > read_errors_logged_) {
+      read_errors_logged_ = store_->read_errors();
+      spdlog::error("group {}: reading the Raft log back from storage failed ({} times so far; followers that "
+                    "need those entries are sent a snapshot instead): {}",
+                    opts_.group, read_errors_logged_, store_->last_read_error().ToString());
+    }
+    // Lease reads on other threads read storage once this is published.
+    applied_.store(sm_->applied_index(), std::memory_order_release);
+  });
 }
 
-void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split) {
+void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split, storage::WriteBatch& batch) {
   // Whether the group splits is decided by replicated state only (its range
   // and membership at this index), so every replica decides alike; whether
   // a child is created here is this node's business (the splitter's).
@@ -1254,21 +1334,22 @@ void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split) {
                             : nullptr;
   if (refused != nullptr) {
     spdlog::warn("group {}: split at {} into group {} ignored: {}", opts_.group, e.index, split.child, refused);
-    sm_->StageApplied(e.index, *apply_batch_);
+    sm_->StageApplied(e.index, batch);
     return;
   }
-  bool child_here = opts_.splitter != nullptr && opts_.splitter->StageSplit(*this, split, cs, e.index, *apply_batch_);
+  SHOAL_CHECK(batch.Count() == 0);  // the round was written first: Clear() below drops only the split's
+  bool child_here = opts_.splitter != nullptr && opts_.splitter->StageSplit(*this, split, cs, e.index, batch);
   if (!child_here) {
-    apply_batch_->Clear();  // whatever a refusing splitter staged
-    Status s = kv_sm->shard()->StageSplit(static_cast<uint32_t>(split.child), split.slot, e.index, *apply_batch_,
+    batch.Clear();  // whatever a refusing splitter staged
+    Status s = kv_sm->shard()->StageSplit(static_cast<uint32_t>(split.child), split.slot, e.index, batch,
                                           /*write_child=*/false);
     if (!s.ok()) {
       spdlog::error("group {}: split at {}: {}", opts_.group, e.index, s.ToString());
-      sm_->StageApplied(e.index, *apply_batch_);
+      sm_->StageApplied(e.index, batch);
     }
   }
-  auto seq = engine_->Write(*apply_batch_);
-  apply_batch_->Clear();
+  auto seq = engine_->Write(batch);
+  batch.Clear();
   if (!seq.ok()) {
     // Going on would leave this replica holding slots the others gave away.
     // Stop; at restart the entry applies again.

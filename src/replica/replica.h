@@ -5,10 +5,12 @@
 //
 // Driving a replica (docs/design/cluster.md):
 //   Tick()/Step()/Propose()/ReadIndex() change Raft state;
-//   while HasReady(): BeginReady(batch, now) stages the durable state into a
-//   batch shared by every replica of the worker; the host writes and syncs
-//   the batch once; FinishReady(after) sends what had to wait, applies
-//   committed entries, answers proposals and reads, and advances.
+//   while HasReady(): BeginReady(batch) stages the durable state into a
+//   batch shared by every replica of the worker (an ApplyRound's);
+//   ApplyReady(now, round) stages the committed entries' applies behind it;
+//   the host writes the round once (ApplyRound::Flush: then proposals and
+//   reads are answered) and syncs it; FinishReady sends what had to wait
+//   and advances.
 #pragma once
 
 #include <atomic>
@@ -33,6 +35,36 @@ namespace shoal::replica {
 // worker, reading a consistent view taken when it was made.
 using ImageWriter = std::function<Status(const std::string& dir)>;
 
+// The applies of one worker round, over all its groups (and, where the host
+// stages them into the same batch first, their log appends): staged into
+// one batch and written once; what must wait for that write (answers to
+// proposals, reads, the published applied index, the state machines'
+// in-memory state) runs after it, in the order it was added.
+class ApplyRound {
+ public:
+  explicit ApplyRound(storage::Engine* engine) : engine_(engine), batch_(engine->NewBatch()) {}
+  ApplyRound(const ApplyRound&) = delete;
+  ApplyRound& operator=(const ApplyRound&) = delete;
+
+  storage::WriteBatch& batch() { return *batch_; }
+  void After(std::function<void()> fn) { after_.push_back(std::move(fn)); }
+  // Writes what is staged (no sync: the log it comes from is durable on a
+  // majority already) and runs what waited for it. A failed write stops the
+  // node: the applies are in memory already, and the log applies them
+  // again at the next start.
+  void Flush();
+  // Storage writes made, and the sequence number of the last one.
+  uint64_t writes() const { return writes_; }
+  uint64_t last_seq() const { return last_seq_; }
+
+ private:
+  storage::Engine* engine_;
+  std::unique_ptr<storage::WriteBatch> batch_;
+  std::vector<std::function<void()>> after_;
+  uint64_t writes_ = 0;
+  uint64_t last_seq_ = 0;
+};
+
 // What a Raft group replicates into. Apply must be deterministic.
 class StateMachine {
  public:
@@ -46,6 +78,17 @@ class StateMachine {
   virtual void ApplyMany(std::span<const raft::Entry* const> entries, std::span<std::string* const> replies) {
     for (size_t i = 0; i < entries.size(); ++i) Apply(*entries[i], replies[i]);
   }
+  // Stages consecutive committed normal entries into round.batch(), with
+  // what must run once it is written (round.After); replies are filled at
+  // once. Returns false, staging nothing, where they must be written alone
+  // (ApplyMany): the state machine does not stage, or an entry must apply
+  // by itself.
+  virtual bool StageMany(std::span<const raft::Entry* const>, std::span<std::string* const>, ApplyRound&) {
+    return false;
+  }
+  // Whether applies staged by StageMany wait for their round's write: the
+  // stored state is then behind applied_index(), and no image may be taken.
+  virtual bool HasUnwritten() const { return false; }
   // Stages "applied up to index" for an entry that changes no state.
   virtual void StageApplied(uint64_t index, storage::WriteBatch& batch) = 0;
   // The whole state as of applied_index(), for a snapshot.
@@ -94,6 +137,9 @@ class KvStateMachine final : public StateMachine {
   void Apply(const raft::Entry& e, std::string* reply) override;
   // One storage write for all the entries (unless one must apply alone).
   void ApplyMany(std::span<const raft::Entry* const> entries, std::span<std::string* const> replies) override;
+  bool StageMany(std::span<const raft::Entry* const> entries, std::span<std::string* const> replies,
+                 ApplyRound& round) override;
+  bool HasUnwritten() const override { return shard_->staged_unwritten(); }
   void StageApplied(uint64_t index, storage::WriteBatch& batch) override {
     shard_->StageApplied(index, batch);
   }
@@ -121,6 +167,13 @@ class KvStateMachine final : public StateMachine {
   kv::Shard* shard() { return shard_; }
 
  private:
+  // ApplyMany and StageMany: decodes the entries into one batch of writes;
+  // false where they cannot go together (malformed, mixed protocols, one
+  // that must apply alone).
+  struct Decoded;
+  bool DecodeTogether(std::span<const raft::Entry* const> entries, Decoded* d) const;
+  // Hands each log entry its own replies (one RESP value per command).
+  static void SplitReplies(const Decoded& d, std::string_view out, std::span<std::string* const> replies);
   kv::Shard* shard_;
   const kv::Limits* limits_;
 };
@@ -379,9 +432,14 @@ class Replica {
   bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync);
   // Once the batch is written (not yet durable): applies the committed
   // entries, which a majority already holds durably, and answers their
-  // proposals. The write's place in the WAL, before the applies, keeps a
-  // crash from keeping an apply without the log it came from.
+  // proposals (one storage write of their own).
   void ApplyReady(int64_t now_mono_us);
+  // The same, staged into `round` behind the log records BeginReady staged
+  // there and the other replicas' applies: the batch is atomic, so a crash
+  // never keeps an apply without the log it came from. The answers, reads
+  // and the published applied index wait for round.Flush(), which the
+  // caller runs before FinishReady.
+  void ApplyReady(int64_t now_mono_us, ApplyRound& round);
   // Once the batch is durable: *send gets the messages that had to wait, and
   // Raft learns that the Ready is handled.
   void FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us);
@@ -415,6 +473,9 @@ class Replica {
   // snapshots) arrived within the last `ticks` ticks.
   bool HeardFromLeaderWithin(uint64_t ticks) const { return ticks_ - leader_contact_tick_ <= ticks; }
   bool retired() const { return retired_; }
+  // Images Raft asked for while this round's applies were not written yet
+  // (refused: it asks again).
+  uint64_t images_deferred() const { return images_deferred_; }
 
  private:
   Replica(storage::Engine* engine, const ReplicaOptions& opts, std::unique_ptr<StateMachine> sm)
@@ -441,9 +502,11 @@ class Replica {
   // but the one at `imported`, whose import was just written.
   void MaybeReleaseImage(raft::Index imported = 0);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
-  void ApplyCommitted(const std::vector<raft::Entry>& ents, int64_t now_mono_us);
+  void ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& round);
   // Applies a split entry (the earlier applies are written).
-  void ApplySplit(const raft::Entry& e, const SplitCommand& split);
+  void ApplySplit(const raft::Entry& e, const SplitCommand& split, storage::WriteBatch& batch);
+  // Answers the proposal of the entry at (index, term), if it waits here.
+  void Answer(raft::Index index, raft::Term term, std::string reply);
   void Publish(int64_t now_mono_us);
   // When the lease counted from leader tick `tick` runs out (0: unknown tick).
   int64_t LeaseEnd(uint64_t tick) const;
@@ -476,8 +539,8 @@ class Replica {
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<storage::RaftStore> store_;
   uint64_t read_errors_logged_ = 0;
+  uint64_t images_deferred_ = 0;
   std::unique_ptr<raft::RawNode> node_;
-  std::unique_ptr<storage::WriteBatch> apply_batch_;
   std::optional<raft::Ready> ready_;
   std::vector<raft::NodeId> snapshots_sent_;
   std::vector<raft::NodeId> snapshots_failed_;
