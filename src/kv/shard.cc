@@ -653,9 +653,9 @@ void Shard::StageApplied(uint64_t index, storage::WriteBatch& batch) {
 
 void Shard::StageCommit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& deltas,
                         size_t entries, uint64_t applied_to, bool wrote) {
-  applied_index_ = applied_to != 0 ? applied_to : applied_index_ + entries;
+  applied_index_ = applied_to != 0 ? applied_to : applied_index_.load() + entries;
   if (!wrote) return;  // nothing changed: the applied index need not be written either
-  batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_)));
+  batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_.load())));
   for (const auto& [db, d] : deltas) {
     if (d.keys != 0) {
       batch.Put(storage::Cf::kMeta, CountKey('k', db), EncodeI64(KeyCount(db) + d.keys));
@@ -702,7 +702,7 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
     // The log entry that carries it (without one: as if one each), and its
     // place there.
     const uint64_t log_index =
-        !raft_indices.empty() ? raft_indices[i] : (applied_to != 0 ? applied_to : applied_index_ + 1 + i);
+        !raft_indices.empty() ? raft_indices[i] : (applied_to != 0 ? applied_to : applied_index_.load() + 1 + i);
     place = i > 0 && log_index == last_index ? place + 1 : 0;
     last_index = log_index;
     txn->set_version(log_index, place);
@@ -1028,7 +1028,7 @@ std::unique_ptr<ShardExport> Shard::BeginExport() const {
     counts[static_cast<size_t>(db)] = {KeyCount(static_cast<uint16_t>(db)), ExpiresCount(static_cast<uint16_t>(db))};
   }
   auto exp = std::make_unique<ShardExport>(engine_, engine_->NewSnapshot(), id_, slot_begin(), slot_end(),
-                                           applied_index_, std::move(counts));
+                                           applied_index_.load(), std::move(counts));
   exp->set_recount(recount_pending_);
   return exp;
 }
@@ -1044,7 +1044,7 @@ Result<std::string> Shard::ExportImage() const {
   auto exp = BeginExport();
   std::error_code ec;
   std::filesystem::create_directories(SnapshotDir(), ec);
-  std::string path = SnapshotDir() + "/out-" + std::to_string(id_) + "-" + std::to_string(applied_index_) + ".sst";
+  std::string path = SnapshotDir() + "/out-" + std::to_string(id_) + "-" + std::to_string(applied_index_.load()) + ".sst";
   Status s = exp->WriteDataSst(path);
   if (!s.ok()) return s;
   std::string sst;

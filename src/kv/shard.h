@@ -357,7 +357,7 @@ class Shard {
   // active expiry to propose as kOpExpireKey entries.
   std::vector<ExpiredKey> DueExpiries(int64_t now_ms, size_t max) const;
 
-  uint64_t applied_index() const { return applied_index_; }
+  uint64_t applied_index() const { return applied_index_.load(std::memory_order_relaxed); }
   size_t meta_cache_size() const { return meta_cache_.size(); }
   uint32_t id() const { return id_; }
   uint16_t slot_begin() const { return slot_begin_.load(std::memory_order_acquire); }
@@ -416,7 +416,8 @@ class Shard {
   storage::Engine* engine_;
   uint32_t id_;
   std::atomic<uint16_t> slot_begin_, slot_end_;  // written on the owner thread only
-  uint64_t applied_index_ = 0;
+  // Written on the owner thread; INFO reads it from any (a sum, no order).
+  std::atomic<uint64_t> applied_index_{0};
   std::unique_ptr<storage::WriteBatch> batch_;
   std::unique_ptr<AtomicCounts[]> counts_;
   KeyMetaCache meta_cache_;

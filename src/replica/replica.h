@@ -87,7 +87,10 @@ class StateMachine {
     return false;
   }
   // Whether applies staged by StageMany wait for their round's write: the
-  // stored state is then behind applied_index(), and no image may be taken.
+  // stored data is then behind applied_index(), and no image may be taken.
+  // (Entries that change no data, staged by StageApplied, also move the
+  // index ahead of its stored record; an image carries the index it is
+  // given, so those need not wait.)
   virtual bool HasUnwritten() const { return false; }
   // Stages "applied up to index" for an entry that changes no state.
   virtual void StageApplied(uint64_t index, storage::WriteBatch& batch) = 0;
