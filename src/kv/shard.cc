@@ -15,6 +15,65 @@
 #include "storage/slot.h"
 
 namespace shoal::kv {
+
+uint64_t KeyMetaCache::HashOf(std::string_view dkey) {
+  uint64_t h = std::hash<std::string_view>{}(dkey);
+  return h == 0 ? 1 : h;
+}
+
+size_t KeyMetaCache::Probe(std::string_view dkey, uint64_t hash) const {
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const Slot& slot = slots_[i];
+    if (slot.hash == 0) return i;
+    if (slot.hash == hash && std::string_view(keys_).substr(slot.key_at, slot.key_len) == dkey) return i;
+  }
+}
+
+std::optional<KeyMetaCache::Meta> KeyMetaCache::Find(std::string_view dkey) const {
+  if (size_ == 0) return std::nullopt;
+  const Slot& slot = slots_[Probe(dkey, HashOf(dkey))];
+  if (slot.hash == 0) return std::nullopt;
+  return Meta{(slot.flags & 1) != 0, slot.expire_at_ms, (slot.flags & 2) != 0};
+}
+
+void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
+  if (max_entries_ == 0 || dkey.size() > UINT16_MAX) return;  // such a key is never cached
+  const uint64_t hash = HashOf(dkey);
+  size_t i = slots_.empty() ? 0 : Probe(dkey, hash);
+  if (slots_.empty() || slots_[i].hash == 0) {  // a new key
+    if (size_ >= max_entries_ || keys_.size() + dkey.size() > UINT32_MAX) Clear();  // bounded: start over
+    if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
+    i = Probe(dkey, hash);
+    slots_[i].hash = hash;
+    slots_[i].key_at = static_cast<uint32_t>(keys_.size());
+    slots_[i].key_len = static_cast<uint16_t>(dkey.size());
+    keys_.append(dkey);
+    ++size_;
+  }
+  slots_[i].expire_at_ms = meta.expire_at_ms;
+  slots_[i].flags = static_cast<uint8_t>((meta.exists ? 1 : 0) | (meta.collection ? 2 : 0));
+}
+
+void KeyMetaCache::Grow() {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(std::max<size_t>(16, old.size() * 2), Slot{});
+  const size_t mask = slots_.size() - 1;
+  for (const Slot& slot : old) {
+    if (slot.hash == 0) continue;
+    size_t i = slot.hash & mask;
+    while (slots_[i].hash != 0) i = (i + 1) & mask;
+    slots_[i] = slot;
+  }
+}
+
+void KeyMetaCache::Clear() {
+  // The table keeps its size (bounded by max_entries_); the keys go.
+  std::fill(slots_.begin(), slots_.end(), Slot{});
+  keys_.clear();
+  size_ = 0;
+}
+
 namespace {
 
 std::string EncodeI64(int64_t v) {
@@ -76,11 +135,11 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   std::string dkey = storage::DataKey(db, key);
   bool old_exists = false;
   int64_t old_exp = 0;
-  const KeyMetaCache::Meta* meta = nullptr;
+  std::optional<KeyMetaCache::Meta> meta;
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
   if (IsCollection(nv.type)) touched_.emplace(db, std::string(key));  // its version goes with it
-  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) != nullptr && !meta->collection) {
+  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) && !meta->collection) {
     old_exists = meta->exists;  // a blind write needs only this, not the value
     old_exp = meta->expire_at_ms;
   } else {

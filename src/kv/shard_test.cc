@@ -1391,4 +1391,47 @@ TEST(Blocking, PopsOfBlockingCommandsAreTheirNonBlockingForm) {
 }
 
 }  // namespace
+
+// The key metadata cache finds what was set, last value wins, across its
+// growth; it holds at most max_entries keys (then starts over), caches no
+// key longer than 64 KiB, and nothing at all with max_entries 0.
+TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
+  KeyMetaCache cache(5000);
+  auto key = [](int i) { return "k" + std::to_string(i * 7919); };
+  for (int i = 0; i < 4000; ++i) cache.Set(key(i), {i % 3 != 0, i, i % 5 == 0});
+  for (int i = 0; i < 4000; i += 2) cache.Set(key(i), {true, -i, false});  // overwrites
+  EXPECT_EQ(cache.size(), 4000u);
+  for (int i = 0; i < 4000; ++i) {
+    auto m = cache.Find(key(i));
+    ASSERT_TRUE(m.has_value()) << i;
+    if (i % 2 == 0) {
+      EXPECT_TRUE(m->exists);
+      EXPECT_EQ(m->expire_at_ms, -i);
+      EXPECT_FALSE(m->collection);
+    } else {
+      EXPECT_EQ(m->exists, i % 3 != 0);
+      EXPECT_EQ(m->expire_at_ms, i);
+      EXPECT_EQ(m->collection, i % 5 == 0);
+    }
+  }
+  EXPECT_FALSE(cache.Find("k1").has_value());
+  EXPECT_FALSE(cache.Find("").has_value());
+  for (int i = 4000; i < 5000; ++i) cache.Set(key(i), {true, 0, false});
+  EXPECT_EQ(cache.size(), 5000u);
+  cache.Set(key(0), {false, 0, false});  // a known key: no room needed
+  EXPECT_EQ(cache.size(), 5000u);
+  cache.Set("new", {true, 7, false});  // full: starts over with it
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_FALSE(cache.Find(key(1)).has_value());
+  EXPECT_EQ(cache.Find("new")->expire_at_ms, 7);
+  cache.Set(std::string(70000, 'x'), {true, 0, false});
+  EXPECT_FALSE(cache.Find(std::string(70000, 'x')).has_value());
+  cache.Clear();
+  EXPECT_EQ(cache.size(), 0u);
+  EXPECT_FALSE(cache.Find("new").has_value());
+  KeyMetaCache off(0);
+  off.Set("a", {true, 0, false});
+  EXPECT_FALSE(off.Find("a").has_value());
+}
+
 }  // namespace shoal::kv
