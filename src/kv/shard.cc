@@ -742,6 +742,13 @@ Result<uint64_t> Shard::Apply(const Entry& entry, ApplyFn fn, const Limits& limi
                     reply);
 }
 
+void Shard::FailApply(resp::Writer* reply, size_t mark, size_t entries, const Status& s) {
+  meta_cache_.Clear();  // reads may have cached what the failed apply saw
+  // A storage failure: nothing of the entries counts; every reply says so.
+  reply->buffer()->resize(mark);
+  for (size_t i = 0; i < entries; ++i) reply->Error("ERR storage error: " + s.ToString());
+}
+
 Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn> fns, const Limits& limits,
                          resp::Writer* reply, uint64_t applied_to, std::span<const uint64_t> raft_indices,
                          storage::WriteBatch& batch, std::function<void()>* written) {
@@ -751,8 +758,7 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
   SHOAL_CHECK(!staged_unwritten_);
   const size_t count_before = batch.Count();
   auto txn = std::make_shared<ApplyTxn>(this, engine_, &batch, entries[0].now_ms);
-  std::string* out = reply->buffer();
-  size_t mark = out->size();
+  const size_t mark = reply->buffer()->size();
   txn->set_collect_changed(watcher_ != nullptr && watcher_->Watching());
   Status s;
   uint64_t last_index = 0, place = 0;
@@ -776,11 +782,9 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
     if (s.ok()) s = txn->SealElementWrites();
   }
   if (!s.ok()) {
-    meta_cache_.Clear();  // reads may have cached what this failed apply saw
-    // A storage failure: part of these entries may be staged, and must not
-    // be written (ApplyBatch clears its batch; a round stops the node).
-    out->resize(mark);
-    for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + s.ToString());
+    // Part of these entries may be staged, and must not be written
+    // (ApplyBatch clears its batch; a round stops the node).
+    FailApply(reply, mark, entries.size(), s);
     return s;
   }
   StageCommit(batch, txn->count_deltas(), entries.size(), applied_to, batch.Count() > count_before);
@@ -814,10 +818,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
   }
   applied_index_ = applied_before;
   staged_unwritten_ = false;
-  meta_cache_.Clear();  // reads may have cached what this failed apply saw
-  // A storage failure: nothing of these entries was written; say so instead.
-  reply->buffer()->resize(mark);
-  for (size_t i = 0; i < entries.size(); ++i) reply->Error("ERR storage error: " + seq.status().ToString());
+  FailApply(reply, mark, entries.size(), seq.status());
   return seq.status();
 }
 

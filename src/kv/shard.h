@@ -16,7 +16,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "common/status.h"
@@ -399,6 +398,9 @@ class Shard {
   void StageCommit(storage::WriteBatch& batch, const std::map<uint16_t, ApplyTxn::Counts>& d, size_t entries,
                    uint64_t applied_to, bool wrote);
   void PublishCounts(const std::map<uint16_t, ApplyTxn::Counts>& d);
+  // A failed apply of `entries` entries: its replies (from `mark` in the
+  // reply buffer) become the error, and the key metadata cache is emptied.
+  void FailApply(resp::Writer* reply, size_t mark, size_t entries, const Status& s);
   bool staged_unwritten_ = false;  // a StageBatch whose `written` has not run
   struct PendingCount {
     char kind;
