@@ -233,8 +233,10 @@ def main():
         t = time.time()
         load_random(n0, keys, args.value_size)
         load_s = time.time() - t
-        print(f"loaded {keys} keys of {args.value_size} random bytes ({args.data_mb} MB) in {load_s:.1f} s "
-              f"({args.data_mb / load_s:.1f} MB/s)")
+        # --data-mb counts MiB; every rate and size printed below is in MB (10^6 bytes).
+        loaded_mb = keys * args.value_size / 1e6
+        print(f"loaded {keys} keys of {args.value_size} random bytes ({args.data_mb} MiB = {loaded_mb:.0f} MB) "
+              f"in {load_s:.1f} s ({loaded_mb / load_s:.1f} MB/s)")
         # Runs of the same size idle and during the moves; medians of runs.
         gets = max(5000, keys // 32)
         runs = [get_latency(n0.host, n0.port, gets, args.clients) for _ in range(5)]
@@ -293,6 +295,12 @@ def main():
         print(f"join -> settled: {to_done:.1f} s; {mb:.0f} MB of snapshots received: {mb / to_done:.1f} MB/s"
               f"{' (no foreground load)' if args.no_probe else ''}")
         print(f"  per node: {summary(s)}")
+        # What the new node holds against what it was sent: a replica sent
+        # twice (a move restarted, or planned back and forth) shows here.
+        held = sum(n["bytes"] for a, n in parse_status(s)[0].items() if a.startswith(HOSTS[3] + ":"))
+        if held:
+            print(f"  the new node holds {held / 1e6:.0f} MB in its replicas: received / held "
+                  f"{received / held:.2f}")
         print(f"  CPU of the nodes from --join to settled, ms per MB received: {cpu_per_mb(cpu0, cpu1, mb)}")
         if during:
             p50 = sorted(d[1] for d in during)[len(during) // 2]

@@ -321,7 +321,9 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
       c->opening_.erase(id);
     }
   } release{this, id};
-  auto shard = std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end, opts_.meta_cache_entries);
+  auto shard = opts_.meta_budget != nullptr
+                   ? std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end, opts_.meta_budget)
+                   : std::make_unique<kv::Shard>(engine_, static_cast<uint32_t>(id), begin, end);
   shard->set_key_watcher(opts_.key_watcher);
   Status st = shard->Load();
   if (!st.ok()) return st;

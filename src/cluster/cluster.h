@@ -49,7 +49,9 @@ struct ClusterOptions {
   std::shared_ptr<node::TlsContext> tls;
   int shards = 16;
   int replication_factor = 3;
-  size_t meta_cache_entries = 1 << 16;
+  // What the key metadata caches of this node's shards hold together (null:
+  // each shard has a budget of its own of 1 << 16 entries).
+  std::shared_ptr<kv::KeyMetaBudget> meta_budget;
   // Bytes of Raft log each replica keeps before compacting, and of its
   // applied entries held in memory besides the engine's copy.
   uint64_t log_bytes_per_replica = 4 << 20;

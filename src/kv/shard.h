@@ -5,6 +5,7 @@
 // may be read from other threads.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -52,11 +53,32 @@ class KeyWatcher {
   virtual void KeysChanged(std::span<const ChangedKey> keys) = 0;
 };
 
+// The entries that the key metadata caches of one node's shards may hold
+// together. Shared by caches on any worker (relaxed counters: the bound may
+// be passed by a few entries while two workers insert at once).
+class KeyMetaBudget {
+ public:
+  explicit KeyMetaBudget(size_t max_entries) : max_entries_(max_entries) {}
+  size_t max_entries() const { return max_entries_; }
+  size_t used() const { return static_cast<size_t>(std::max<int64_t>(0, used_.load(std::memory_order_relaxed))); }
+
+ private:
+  friend class KeyMetaCache;
+  const size_t max_entries_;
+  std::atomic<int64_t> used_{0};
+  std::atomic<int64_t> caches_{0};
+};
+
 // What apply knows of keys' committed state without reading storage: whether
 // a key exists and its expiry. Filled by apply's reads and commits, emptied by
-// FLUSHDB/FLUSHALL and on storage errors; cleared whole when full (bounded).
-// It lets a blind write (SET, MSET) skip the read it needs for the counters
-// and the expiry index when the key was seen recently. Owner thread only.
+// FLUSHDB/FLUSHALL and on storage errors. It lets a blind write (SET, MSET)
+// skip the read it needs for the counters and the expiry index when the key
+// was seen recently. Owner thread only.
+//
+// Bounded by a budget that the node's shards share, so that the shards that
+// are written get the room (with hash tags, a client's keys all lie in one
+// slot): while the budget is spent, a cache that holds at least its even share
+// starts over, and one that holds less may still grow to it.
 class KeyMetaCache {
  public:
   struct Meta {
@@ -64,9 +86,16 @@ class KeyMetaCache {
     int64_t expire_at_ms;
     bool collection;  // a hash (its elements must go with it)
   };
-  explicit KeyMetaCache(size_t max_entries) : max_entries_(max_entries) {}
+  // A cache with a budget of its own of max_entries (0: disabled).
+  explicit KeyMetaCache(size_t max_entries);
+  // A cache that draws on `budget` with the node's other shards.
+  explicit KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget);
+  ~KeyMetaCache();
+  KeyMetaCache(const KeyMetaCache&) = delete;
+  KeyMetaCache& operator=(const KeyMetaCache&) = delete;
   std::optional<Meta> Find(std::string_view dkey) const;
   void Set(std::string_view dkey, Meta meta);
+  // Forgets every key and gives back the table's memory.
   void Clear();
   size_t size() const { return size_; }
 
@@ -85,7 +114,10 @@ class KeyMetaCache {
   // The slot holding dkey, or the empty one where it would go.
   size_t Probe(std::string_view dkey, uint64_t hash) const;
   void Grow();
-  size_t max_entries_;
+  // Whether a new key may be added (after a start over where this cache
+  // holds its share of a spent budget).
+  bool MakeRoom();
+  std::shared_ptr<KeyMetaBudget> budget_;
   size_t size_ = 0;
   std::vector<Slot> slots_;  // a power of two in size, or empty
   std::string keys_;
@@ -238,6 +270,9 @@ class Shard {
   // meta_cache_entries bounds the KeyMetaCache (0 disables it).
   Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
         size_t meta_cache_entries = 1 << 16);
+  // The KeyMetaCache draws on `meta_budget`, shared with other shards.
+  Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
+        std::shared_ptr<KeyMetaBudget> meta_budget);
 
   // Loads the applied index and counters from storage.
   Status Load();

@@ -1434,4 +1434,44 @@ TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
   EXPECT_FALSE(off.Find("a").has_value());
 }
 
+TEST(KeyMetaCacheTest, ShardsShareOneBudgetAndTheWrittenOnesGetIt) {
+  auto budget = std::make_shared<KeyMetaBudget>(1000);
+  auto key = [](int i) { return "k" + std::to_string(i); };
+  {
+    std::vector<std::unique_ptr<KeyMetaCache>> caches;
+    for (int c = 0; c < 4; ++c) caches.push_back(std::make_unique<KeyMetaCache>(budget));
+    KeyMetaCache& hot = *caches[0];
+    KeyMetaCache& later = *caches[1];
+    // One written shard takes the whole budget, not a quarter of it.
+    for (int i = 0; i < 1000; ++i) hot.Set(key(i), {true, 0, false});
+    EXPECT_EQ(hot.size(), 1000u);
+    EXPECT_EQ(budget->used(), 1000u);
+    for (int i = 0; i < 1000; ++i) ASSERT_TRUE(hot.Find(key(i)).has_value()) << i;
+    // Spent: a shard written now still grows to its even share (250) while
+    // the idle one keeps its keys...
+    for (int i = 0; i < 250; ++i) later.Set(key(i), {true, 0, false});
+    EXPECT_EQ(later.size(), 250u);
+    EXPECT_EQ(hot.size(), 1000u);
+    EXPECT_EQ(budget->used(), 1250u);
+    // ...and past it starts over rather than taking more.
+    later.Set("one more", {true, 0, false});
+    EXPECT_EQ(later.size(), 1u);
+    EXPECT_EQ(budget->used(), 1001u);
+    // The shard over its share starts over on its next new key, and gives
+    // the budget back.
+    hot.Set("new", {true, 0, false});
+    EXPECT_EQ(hot.size(), 1u);
+    EXPECT_EQ(budget->used(), 2u);
+    EXPECT_FALSE(hot.Find(key(5)).has_value());
+    // Clear gives back what a cache held; so does its end.
+    for (int i = 0; i < 300; ++i) caches[2]->Set(key(i), {true, 0, false});
+    EXPECT_EQ(budget->used(), 302u);
+    caches[2]->Clear();
+    EXPECT_EQ(budget->used(), 2u);
+    for (int i = 0; i < 10; ++i) caches[3]->Set(key(i), {true, 0, false});
+    EXPECT_EQ(budget->used(), 12u);
+  }
+  EXPECT_EQ(budget->used(), 0u);
+}
+
 }  // namespace shoal::kv

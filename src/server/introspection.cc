@@ -139,9 +139,10 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("storage_memtable_bytes", m.memtable_bytes);
     w.Field("storage_table_readers_bytes", m.table_readers_bytes);
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
-    size_t meta_entries = 0;
-    for (const kv::Shard* s : server.LocalShards()) meta_entries += s->meta_cache_size();
-    w.Field("key_meta_cache_entries", meta_entries);
+    // From the shared budget's counter: the caches themselves belong to
+    // their workers.
+    w.Field("key_meta_cache_entries", server.meta_budget().used());
+    w.Field("key_meta_cache_budget", server.meta_budget().max_entries());
     w.Field("storage_disk_bytes", server.engine().DiskBytes());
   }
   if (w.Begin("Persistence")) {

@@ -184,9 +184,10 @@ Status Server::Start() {
     node::SnapshotStreams::Stats s = snapshots_->stats();
     return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received};
   };
-  // The key metadata cache gets about 1/64 of the budget (~120 bytes an
-  // entry), shared out over the shards.
-  co.meta_cache_entries = static_cast<size_t>(config().maxmemory / 8192 / std::max(1, config().shards));
+  // The key metadata caches get about 1/128 of the budget (about 60 bytes an
+  // entry), shared by the node's shards: the shards that are written take it.
+  meta_budget_ = std::make_shared<kv::KeyMetaBudget>(static_cast<size_t>(config().maxmemory / 8192));
+  co.meta_budget = meta_budget_;
   co.limits = &apply_limits_;
   co.key_watcher = &blocking_;
   co.on_meta = [this](const proto::MetaState& m) { users_.Rebuild(&m, commands_); };

@@ -96,6 +96,8 @@ class Server {
   // The shards this node leads (cluster-aware views) or holds (plain views).
   std::vector<kv::Shard*> LedShards() const;
   std::vector<kv::Shard*> LocalShards() const { return cluster_->LocalShards(); }
+  // What the key metadata caches of this node's shards hold together.
+  const kv::KeyMetaBudget& meta_budget() const { return *meta_budget_; }
   // Limits for preparing writes (from the settings in force).
   const kv::Limits& limits() const { return current_.load(std::memory_order_acquire)->limits; }
   uint64_t NextClientId() { return next_client_id_.fetch_add(1) + 1; }
@@ -128,6 +130,7 @@ class Server {
   // What the state machines' apply is given: it depends on no node setting
   // (a write's limits travel in its entry), only on the database count.
   kv::Limits apply_limits_;
+  std::shared_ptr<kv::KeyMetaBudget> meta_budget_;
   Stats stats_;
   BlockingKeys blocking_;  // outlives the shards that tell it of writes
   CommandTable commands_;

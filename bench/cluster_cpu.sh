@@ -1,0 +1,56 @@
+#!/bin/bash
+# Throughput and CPU of a warm 3-node shoal cluster under SET, repeated runs.
+#
+#   bench/cluster_cpu.sh BINARY [MAXMEMORY] [ROUNDS]
+#
+# Starts 3 nodes on 127.0.0.1-3 (ports $PORT and $PEER_PORT, default 7601 and
+# 7611), waits for them to settle, writes 600k SETs to warm them (every key of
+# redis-benchmark --cluster -r 100000 then exists), then runs ROUNDS (default
+# 3) runs of 200k SETs at -P 16 and one of 30k at -P 1, printing ops/s and the
+# cluster's CPU seconds per 100k SETs (all three processes, from /proc) for
+# each. Unlike bench/cluster_bench.py it measures a warm cluster several
+# times in one start, which is what A/B runs of the write path need on a
+# noisy machine. Every node it starts is stopped by PID on exit.
+set -euo pipefail
+BIN=${1:?usage: cluster_cpu.sh BINARY [MAXMEMORY] [ROUNDS]}
+MM=${2:-1gb}
+ROUNDS=${3:-3}
+PORT=${PORT:-7601}
+PEER_PORT=${PEER_PORT:-7611}
+DIR=$(mktemp -d /tmp/shoal-cluster-cpu.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+for i in 1 2 3; do
+  mkdir -p "$DIR/n$i"
+  join=()
+  [ "$i" != 1 ] && join=(--join "127.0.0.1:$PORT")
+  "$BIN" server --bind "127.0.0.$i" --port "$PORT" --peer-port "$PEER_PORT" --dir "$DIR/n$i" \
+    --maxmemory "$MM" "${join[@]}" > "$DIR/n$i.log" 2>&1 &
+  PIDS+=($!)
+  [ "$i" = 1 ] && sleep 1.5
+done
+# Settled: every node leads something (bounded: 60 s).
+for _ in $(seq 1 120); do
+  n=$(redis-cli -h 127.0.0.1 -p "$PORT" cluster nodes 2>/dev/null | awk 'NF >= 9' | wc -l)
+  [ "$n" = 3 ] && break
+  sleep 0.5
+done
+[ "$n" = 3 ] || { echo "the cluster did not settle; logs in $DIR" >&2; exit 1; }
+cpu() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+bench() {  # requests pipeline -> "ops/s cpu-s/100k"
+  local c0 c1 r
+  c0=$(cpu)
+  r=$(redis-benchmark --cluster -h 127.0.0.1 -p "$PORT" -c 50 -n "$1" -P "$2" -t set -r 100000 -d 100 --csv \
+      2>&1 | tail -1 | cut -d, -f2 | tr -d '"')
+  c1=$(cpu)
+  echo "${r%.*} $(echo "scale=2; ($c1 - $c0) / 100 / ($1 / 100000)" | bc)"
+}
+bench 600000 16 > /dev/null
+line="maxmemory $MM; SET -P 16:"
+for _ in $(seq 1 "$ROUNDS"); do line="$line | $(bench 200000 16)"; done
+echo "$line || SET -P 1: $(bench 30000 1)    (ops/s cpu-s/100k)"
