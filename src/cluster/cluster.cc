@@ -757,6 +757,8 @@ Status Cluster::Retire(replica::Replica* r) {
   std::unique_lock lock(shards_mu_);
   auto it = shards_.find(group);
   if (it != shards_.end() && kv_sm != nullptr && it->second.get() == kv_sm->shard()) {
+    // No apply runs on it again (its group is retired on this, its worker).
+    it->second->DetachMetaCache();
     retired_shards_.push_back(std::move(it->second));
     shards_.erase(it);
   }

@@ -50,7 +50,7 @@ struct ClusterOptions {
   int shards = 16;
   int replication_factor = 3;
   // What the key metadata caches of this node's shards hold together (null:
-  // each shard has a budget of its own of 1 << 16 entries).
+  // each shard has a budget of its own, kv::Shard's default).
   std::shared_ptr<kv::KeyMetaBudget> meta_budget;
   // Bytes of Raft log each replica keeps before compacting, and of its
   // applied entries held in memory besides the engine's copy.

@@ -37,28 +37,33 @@ std::optional<KeyMetaCache::Meta> KeyMetaCache::Find(std::string_view dkey) cons
   return Meta{(slot.flags & 1) != 0, slot.expire_at_ms, (slot.flags & 2) != 0};
 }
 
-KeyMetaCache::KeyMetaCache(size_t max_entries) : KeyMetaCache(std::make_shared<KeyMetaBudget>(max_entries)) {}
+KeyMetaCache::KeyMetaCache(size_t max_bytes) : KeyMetaCache(std::make_shared<KeyMetaBudget>(max_bytes)) {}
 
 KeyMetaCache::KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget) : budget_(std::move(budget)) {
   budget_->caches_.fetch_add(1, std::memory_order_relaxed);
 }
 
-KeyMetaCache::~KeyMetaCache() {
-  budget_->used_.fetch_sub(static_cast<int64_t>(size_), std::memory_order_relaxed);
+KeyMetaCache::~KeyMetaCache() { Detach(); }
+
+void KeyMetaCache::Detach() {
+  Clear();
+  if (!attached_) return;
+  attached_ = false;
   budget_->caches_.fetch_sub(1, std::memory_order_relaxed);
 }
 
-bool KeyMetaCache::MakeRoom() {
-  const auto max = static_cast<int64_t>(budget_->max_entries_);
-  if (max == 0) return false;
-  if (budget_->used_.load(std::memory_order_relaxed) < max) return true;
+bool KeyMetaCache::MakeRoom(size_t charge) {
+  const auto max = static_cast<int64_t>(budget_->max_bytes_);
+  if (!attached_ || max == 0) return false;
+  if (budget_->used_bytes_.load(std::memory_order_relaxed) + static_cast<int64_t>(charge) <= max) return true;
   // Spent. A cache under its even share may still grow to it (so a shard
   // written now is never starved by idle ones that hold the budget: all
-  // together hold at most twice the budget); one at or over it starts over.
+  // together hold at most about twice the budget); one at or over it starts
+  // over.
   const int64_t caches = std::max<int64_t>(1, budget_->caches_.load(std::memory_order_relaxed));
-  if (static_cast<int64_t>(size_) * caches < max) return true;
+  if (static_cast<int64_t>(bytes_ + charge) * caches <= max) return true;
   Clear();
-  return true;
+  return static_cast<int64_t>(charge) <= max;
 }
 
 void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
@@ -67,7 +72,8 @@ void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
   size_t i = slots_.empty() ? 0 : Probe(dkey, hash);
   if (slots_.empty() || slots_[i].hash == 0) {  // a new key
     if (keys_.size() + dkey.size() > UINT32_MAX) Clear();
-    if (!MakeRoom()) return;  // disabled
+    const size_t charge = dkey.size() + KeyMetaBudget::kEntryBytes;
+    if (!MakeRoom(charge)) return;  // detached, disabled, or a key larger than the budget
     if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
     i = Probe(dkey, hash);
     slots_[i].hash = hash;
@@ -75,7 +81,9 @@ void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
     slots_[i].key_len = static_cast<uint16_t>(dkey.size());
     keys_.append(dkey);
     ++size_;
-    budget_->used_.fetch_add(1, std::memory_order_relaxed);
+    bytes_ += charge;
+    budget_->used_bytes_.fetch_add(static_cast<int64_t>(charge), std::memory_order_relaxed);
+    budget_->entries_.fetch_add(1, std::memory_order_relaxed);
   }
   slots_[i].expire_at_ms = meta.expire_at_ms;
   slots_[i].flags = static_cast<uint8_t>((meta.exists ? 1 : 0) | (meta.collection ? 2 : 0));
@@ -96,7 +104,9 @@ void KeyMetaCache::Grow() {
 void KeyMetaCache::Clear() {
   // The memory goes too: a shard that was written once may stay idle while
   // others use the budget.
-  budget_->used_.fetch_sub(static_cast<int64_t>(size_), std::memory_order_relaxed);
+  budget_->used_bytes_.fetch_sub(static_cast<int64_t>(bytes_), std::memory_order_relaxed);
+  budget_->entries_.fetch_sub(static_cast<int64_t>(size_), std::memory_order_relaxed);
+  bytes_ = 0;
   std::vector<Slot>().swap(slots_);
   std::string().swap(keys_);
   size_ = 0;
@@ -638,8 +648,8 @@ std::vector<Shard::ExpiredKey> Shard::DueExpiries(int64_t now_ms, size_t max) co
 }
 
 Shard::Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
-             size_t meta_cache_entries)
-    : Shard(engine, id, slot_begin, slot_end, std::make_shared<KeyMetaBudget>(meta_cache_entries)) {}
+             size_t meta_cache_bytes)
+    : Shard(engine, id, slot_begin, slot_end, std::make_shared<KeyMetaBudget>(meta_cache_bytes)) {}
 
 Shard::Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
              std::shared_ptr<KeyMetaBudget> meta_budget)

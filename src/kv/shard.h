@@ -53,20 +53,29 @@ class KeyWatcher {
   virtual void KeysChanged(std::span<const ChangedKey> keys) = 0;
 };
 
-// The entries that the key metadata caches of one node's shards may hold
-// together. Shared by caches on any worker (relaxed counters: the bound may
-// be passed by a few entries while two workers insert at once).
+// The bytes that the key metadata caches of one node's shards may hold
+// together, each entry charged its key's length and kEntryBytes for its slot.
+// Shared by caches on any worker (relaxed counters: the bound may be passed
+// by a few entries while two workers insert at once).
 class KeyMetaBudget {
  public:
-  explicit KeyMetaBudget(size_t max_entries) : max_entries_(max_entries) {}
-  size_t max_entries() const { return max_entries_; }
-  size_t used() const { return static_cast<size_t>(std::max<int64_t>(0, used_.load(std::memory_order_relaxed))); }
+  // A slot (24 bytes; the table is 3/8 to 3/4 full, so 32-64 bytes an
+  // entry) and the keys' string slack.
+  static constexpr size_t kEntryBytes = 56;
+  explicit KeyMetaBudget(size_t max_bytes) : max_bytes_(max_bytes) {}
+  size_t max_bytes() const { return max_bytes_; }
+  size_t used_bytes() const { return Load(used_bytes_); }
+  size_t entries() const { return Load(entries_); }
 
  private:
   friend class KeyMetaCache;
-  const size_t max_entries_;
-  std::atomic<int64_t> used_{0};
-  std::atomic<int64_t> caches_{0};
+  static size_t Load(const std::atomic<int64_t>& v) {
+    return static_cast<size_t>(std::max<int64_t>(0, v.load(std::memory_order_relaxed)));
+  }
+  const size_t max_bytes_;
+  std::atomic<int64_t> used_bytes_{0};
+  std::atomic<int64_t> entries_{0};
+  std::atomic<int64_t> caches_{0};  // the caches drawing on it, detached ones not counted
 };
 
 // What apply knows of keys' committed state without reading storage: whether
@@ -86,8 +95,8 @@ class KeyMetaCache {
     int64_t expire_at_ms;
     bool collection;  // a hash (its elements must go with it)
   };
-  // A cache with a budget of its own of max_entries (0: disabled).
-  explicit KeyMetaCache(size_t max_entries);
+  // A cache with a budget of its own of max_bytes (0: disabled).
+  explicit KeyMetaCache(size_t max_bytes);
   // A cache that draws on `budget` with the node's other shards.
   explicit KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget);
   ~KeyMetaCache();
@@ -97,7 +106,11 @@ class KeyMetaCache {
   void Set(std::string_view dkey, Meta meta);
   // Forgets every key and gives back the table's memory.
   void Clear();
+  // Clears, and stops drawing on the budget for good (a retired shard's
+  // cache, which no apply will use again): Set does nothing after it.
+  void Detach();
   size_t size() const { return size_; }
+  size_t bytes() const { return bytes_; }
 
  private:
   // An open-addressing table (linear probing, at most 3/4 full) over one
@@ -116,9 +129,11 @@ class KeyMetaCache {
   void Grow();
   // Whether a new key may be added (after a start over where this cache
   // holds its share of a spent budget).
-  bool MakeRoom();
+  bool MakeRoom(size_t charge);
   std::shared_ptr<KeyMetaBudget> budget_;
+  bool attached_ = true;
   size_t size_ = 0;
+  size_t bytes_ = 0;  // charged to the budget
   std::vector<Slot> slots_;  // a power of two in size, or empty
   std::string keys_;
 };
@@ -267,9 +282,9 @@ class ShardExport {
 
 class Shard {
  public:
-  // meta_cache_entries bounds the KeyMetaCache (0 disables it).
+  // meta_cache_bytes bounds the KeyMetaCache (0 disables it).
   Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
-        size_t meta_cache_entries = 1 << 16);
+        size_t meta_cache_bytes = 4 << 20);
   // The KeyMetaCache draws on `meta_budget`, shared with other shards.
   Shard(storage::Engine* engine, uint32_t id, uint16_t slot_begin, uint16_t slot_end,
         std::shared_ptr<KeyMetaBudget> meta_budget);
@@ -403,6 +418,9 @@ class Shard {
 
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_relaxed); }
   size_t meta_cache_size() const { return meta_cache_.size(); }
+  // The shard's replica is retired (on its worker): its key metadata cache
+  // gives its share of the node's budget back for good.
+  void DetachMetaCache() { meta_cache_.Detach(); }
   uint32_t id() const { return id_; }
   uint16_t slot_begin() const { return slot_begin_.load(std::memory_order_acquire); }
   uint16_t slot_end() const { return slot_end_.load(std::memory_order_acquire); }

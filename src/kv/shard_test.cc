@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -1395,12 +1396,21 @@ TEST(Blocking, PopsOfBlockingCommandsAreTheirNonBlockingForm) {
 // The key metadata cache finds what was set, last value wins, across its
 // growth; it holds at most max_entries keys (then starts over), caches no
 // key longer than 64 KiB, and nothing at all with max_entries 0.
+// Keys of 9 bytes: each entry is charged 9 + KeyMetaBudget::kEntryBytes.
+std::string MetaKey9(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "k%08d", i);
+  return buf;
+}
+constexpr size_t kMetaCharge9 = 9 + KeyMetaBudget::kEntryBytes;
+
 TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
-  KeyMetaCache cache(5000);
-  auto key = [](int i) { return "k" + std::to_string(i * 7919); };
+  KeyMetaCache cache(5000 * kMetaCharge9);
+  auto key = [](int i) { return MetaKey9(i * 7919 % 100000000); };
   for (int i = 0; i < 4000; ++i) cache.Set(key(i), {i % 3 != 0, i, i % 5 == 0});
   for (int i = 0; i < 4000; i += 2) cache.Set(key(i), {true, -i, false});  // overwrites
   EXPECT_EQ(cache.size(), 4000u);
+  EXPECT_EQ(cache.bytes(), 4000 * kMetaCharge9);
   for (int i = 0; i < 4000; ++i) {
     auto m = cache.Find(key(i));
     ASSERT_TRUE(m.has_value()) << i;
@@ -1432,46 +1442,57 @@ TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
   KeyMetaCache off(0);
   off.Set("a", {true, 0, false});
   EXPECT_FALSE(off.Find("a").has_value());
+  KeyMetaCache tiny(100);  // a key whose charge passes the whole budget is left out
+  tiny.Set(std::string(200, 'y'), {true, 0, false});
+  EXPECT_FALSE(tiny.Find(std::string(200, 'y')).has_value());
+  EXPECT_EQ(tiny.bytes(), 0u);
 }
 
 TEST(KeyMetaCacheTest, ShardsShareOneBudgetAndTheWrittenOnesGetIt) {
-  auto budget = std::make_shared<KeyMetaBudget>(1000);
-  auto key = [](int i) { return "k" + std::to_string(i); };
+  auto budget = std::make_shared<KeyMetaBudget>(1000 * kMetaCharge9);
   {
     std::vector<std::unique_ptr<KeyMetaCache>> caches;
     for (int c = 0; c < 4; ++c) caches.push_back(std::make_unique<KeyMetaCache>(budget));
     KeyMetaCache& hot = *caches[0];
     KeyMetaCache& later = *caches[1];
     // One written shard takes the whole budget, not a quarter of it.
-    for (int i = 0; i < 1000; ++i) hot.Set(key(i), {true, 0, false});
+    for (int i = 0; i < 1000; ++i) hot.Set(MetaKey9(i), {true, 0, false});
     EXPECT_EQ(hot.size(), 1000u);
-    EXPECT_EQ(budget->used(), 1000u);
-    for (int i = 0; i < 1000; ++i) ASSERT_TRUE(hot.Find(key(i)).has_value()) << i;
-    // Spent: a shard written now still grows to its even share (250) while
-    // the idle one keeps its keys...
-    for (int i = 0; i < 250; ++i) later.Set(key(i), {true, 0, false});
+    EXPECT_EQ(budget->entries(), 1000u);
+    EXPECT_EQ(budget->used_bytes(), 1000 * kMetaCharge9);
+    for (int i = 0; i < 1000; ++i) ASSERT_TRUE(hot.Find(MetaKey9(i)).has_value()) << i;
+    // Spent: a shard written now still grows to its even share (250 keys)
+    // while the idle one keeps its keys...
+    for (int i = 0; i < 250; ++i) later.Set(MetaKey9(i), {true, 0, false});
     EXPECT_EQ(later.size(), 250u);
     EXPECT_EQ(hot.size(), 1000u);
-    EXPECT_EQ(budget->used(), 1250u);
+    EXPECT_EQ(budget->entries(), 1250u);
     // ...and past it starts over rather than taking more.
     later.Set("one more", {true, 0, false});
     EXPECT_EQ(later.size(), 1u);
-    EXPECT_EQ(budget->used(), 1001u);
+    EXPECT_EQ(budget->entries(), 1001u);
     // The shard over its share starts over on its next new key, and gives
     // the budget back.
     hot.Set("new", {true, 0, false});
     EXPECT_EQ(hot.size(), 1u);
-    EXPECT_EQ(budget->used(), 2u);
-    EXPECT_FALSE(hot.Find(key(5)).has_value());
+    EXPECT_EQ(budget->entries(), 2u);
+    EXPECT_FALSE(hot.Find(MetaKey9(5)).has_value());
     // Clear gives back what a cache held; so does its end.
-    for (int i = 0; i < 300; ++i) caches[2]->Set(key(i), {true, 0, false});
-    EXPECT_EQ(budget->used(), 302u);
+    for (int i = 0; i < 300; ++i) caches[2]->Set(MetaKey9(i), {true, 0, false});
+    EXPECT_EQ(budget->entries(), 302u);
     caches[2]->Clear();
-    EXPECT_EQ(budget->used(), 2u);
-    for (int i = 0; i < 10; ++i) caches[3]->Set(key(i), {true, 0, false});
-    EXPECT_EQ(budget->used(), 12u);
+    EXPECT_EQ(budget->entries(), 2u);
+    for (int i = 0; i < 10; ++i) caches[3]->Set(MetaKey9(i), {true, 0, false});
+    EXPECT_EQ(budget->entries(), 12u);
+    // A detached cache (a retired shard's) gives its keys back and takes no more.
+    caches[3]->Detach();
+    EXPECT_EQ(budget->entries(), 2u);
+    caches[3]->Set(MetaKey9(1), {true, 0, false});
+    EXPECT_FALSE(caches[3]->Find(MetaKey9(1)).has_value());
+    EXPECT_EQ(budget->entries(), 2u);
   }
-  EXPECT_EQ(budget->used(), 0u);
+  EXPECT_EQ(budget->entries(), 0u);
+  EXPECT_EQ(budget->used_bytes(), 0u);
 }
 
 }  // namespace shoal::kv

@@ -141,8 +141,9 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
     // From the shared budget's counter: the caches themselves belong to
     // their workers.
-    w.Field("key_meta_cache_entries", server.meta_budget().used());
-    w.Field("key_meta_cache_budget", server.meta_budget().max_entries());
+    w.Field("key_meta_cache_entries", server.meta_budget().entries());
+    w.Field("key_meta_cache_bytes", server.meta_budget().used_bytes());
+    w.Field("key_meta_cache_budget_bytes", server.meta_budget().max_bytes());
     w.Field("storage_disk_bytes", server.engine().DiskBytes());
   }
   if (w.Begin("Persistence")) {
