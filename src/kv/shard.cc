@@ -54,7 +54,7 @@ void KeyMetaCache::Detach() {
 
 bool KeyMetaCache::MakeRoom(size_t charge) {
   const auto max = static_cast<int64_t>(budget_->max_bytes_);
-  if (!attached_ || max == 0) return false;
+  if (!attached_ || static_cast<int64_t>(charge) > max) return false;  // detached, disabled, or too long
   if (budget_->used_bytes_.load(std::memory_order_relaxed) + static_cast<int64_t>(charge) <= max) return true;
   // Spent. A cache under its even share may still grow to it (so a shard
   // written now is never starved by idle ones that hold the budget: all
@@ -63,7 +63,7 @@ bool KeyMetaCache::MakeRoom(size_t charge) {
   const int64_t caches = std::max<int64_t>(1, budget_->caches_.load(std::memory_order_relaxed));
   if (static_cast<int64_t>(bytes_ + charge) * caches <= max) return true;
   Clear();
-  return static_cast<int64_t>(charge) <= max;
+  return true;
 }
 
 void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
@@ -73,7 +73,7 @@ void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
   if (slots_.empty() || slots_[i].hash == 0) {  // a new key
     if (keys_.size() + dkey.size() > UINT32_MAX) Clear();
     const size_t charge = dkey.size() + KeyMetaBudget::kEntryBytes;
-    if (!MakeRoom(charge)) return;  // detached, disabled, or a key larger than the budget
+    if (!MakeRoom(charge)) return;
     if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
     i = Probe(dkey, hash);
     slots_[i].hash = hash;

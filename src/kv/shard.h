@@ -60,7 +60,8 @@ class KeyWatcher {
 class KeyMetaBudget {
  public:
   // A slot (24 bytes; the table is 3/8 to 3/4 full, so 32-64 bytes an
-  // entry) and the keys' string slack.
+  // entry) and some of the keys' string slack (that string grows by
+  // doubling: with long keys, memory can reach twice the charge).
   static constexpr size_t kEntryBytes = 56;
   explicit KeyMetaBudget(size_t max_bytes) : max_bytes_(max_bytes) {}
   size_t max_bytes() const { return max_bytes_; }

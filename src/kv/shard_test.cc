@@ -1394,8 +1394,9 @@ TEST(Blocking, PopsOfBlockingCommandsAreTheirNonBlockingForm) {
 }  // namespace
 
 // The key metadata cache finds what was set, last value wins, across its
-// growth; it holds at most max_entries keys (then starts over), caches no
-// key longer than 64 KiB, and nothing at all with max_entries 0.
+// growth; it holds at most its budget's bytes of keys (then starts over),
+// caches no key longer than 64 KiB nor one charged more than the whole
+// budget, and nothing at all with a budget of 0.
 // Keys of 9 bytes: each entry is charged 9 + KeyMetaBudget::kEntryBytes.
 std::string MetaKey9(int i) {
   char buf[16];
@@ -1442,10 +1443,14 @@ TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
   KeyMetaCache off(0);
   off.Set("a", {true, 0, false});
   EXPECT_FALSE(off.Find("a").has_value());
-  KeyMetaCache tiny(100);  // a key whose charge passes the whole budget is left out
+  // A key whose charge passes the whole budget is left out, and the keys
+  // held stay.
+  KeyMetaCache tiny(100);
+  tiny.Set("a", {true, 3, false});
   tiny.Set(std::string(200, 'y'), {true, 0, false});
   EXPECT_FALSE(tiny.Find(std::string(200, 'y')).has_value());
-  EXPECT_EQ(tiny.bytes(), 0u);
+  EXPECT_EQ(tiny.Find("a")->expire_at_ms, 3);
+  EXPECT_EQ(tiny.bytes(), 1 + KeyMetaBudget::kEntryBytes);
 }
 
 TEST(KeyMetaCacheTest, ShardsShareOneBudgetAndTheWrittenOnesGetIt) {

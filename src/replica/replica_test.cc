@@ -296,6 +296,16 @@ class ReplicaCluster : public ::testing::Test {
     for (int t = 0; t < 200 && LeaderIndex() == SIZE_MAX; ++t) TickAll(1);
     return LeaderIndex();
   }
+  // Moves the leadership to node index 0 (at most 5 transfers; an election
+  // may leave no leader for a moment, so each try awaits one first).
+  void MakeNode0Lead() {
+    for (int i = 0; i < 5 && !R(0).is_leader(); ++i) {
+      size_t leader = AwaitLeader();
+      if (leader == SIZE_MAX || leader == 0) continue;
+      R(leader).TransferLeader(1);
+      TickAll(10);
+    }
+  }
 
   // Nodes 2 and 3 die for good; node 1, forced to be the only voter
   // (unsafe recovery 1), leads alone.
@@ -864,10 +874,7 @@ TEST_F(ReplicaCluster, LearnerWithStateIsForcedOnlyWhenAsked) {
 TEST_F(ReplicaCluster, MembershipChangesLeftFromBeforeARecoveryAreIgnored) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(30);
-  for (int i = 0; i < 5 && !R(0).is_leader(); ++i) {
-    R(LeaderIndex()).TransferLeader(1);
-    TickAll(10);
-  }
+  MakeNode0Lead();
   ASSERT_TRUE(R(0).is_leader());
   down_ = {2, 3};
   raft::ConfChange cc;
@@ -1064,10 +1071,7 @@ TEST_F(ReplicaCluster, SplitWhileJointOrOutsideTheRangeIsIgnoredEverywhere) {
 TEST_F(ReplicaCluster, LaggingReplicaTakesTheSplitFromASnapshot) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3}, /*compact=*/8, /*with_splitter=*/true);
   TickAll(60);
-  for (int i = 0; i < 5 && !R(0).is_leader(); ++i) {
-    R(LeaderIndex()).TransferLeader(1);
-    TickAll(10);
-  }
+  MakeNode0Lead();
   ASSERT_TRUE(R(0).is_leader());
   const std::string kept = KeyOnSide("kept", false), moved = KeyOnSide("moved", true);
   EXPECT_EQ(Write(R(0), SetBatch(kept, "v")), "+OK\r\n");
