@@ -340,7 +340,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
     }
     opening_[id] = {shard->slot_begin(), shard->slot_end()};  // held from here until it is open
   }
-  auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits);
+  auto sm = std::make_unique<replica::KvStateMachine>(shard.get(), opts_.limits, &write_hints_on_);
   replica::ReplicaOptions ro;
   ro.group = id;
   // A replica with state here is the member it was (a split's child: its
@@ -506,6 +506,7 @@ void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
 }
 
 void Cluster::RebuildRouting(const MetaPtr& meta) {
+  write_hints_on_.store((meta->features() & kFeatureWriteHints) != 0, std::memory_order_release);
   auto rt = std::make_shared<RoutingTable>();
   rt->meta_epoch = meta->epoch();
   rt->replication_factor = static_cast<int>(meta->replication_factor());
@@ -798,6 +799,7 @@ void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
                       std::memory_order_release);
   node::NodeStats stats = opts_.local_transfers ? opts_.local_transfers() : node::NodeStats{};
   stats.meta_recovery = mr->recovery();
+  stats.features = BuildFeatures();
   transport_->SetLocalTransfers(stats);
   if (!m || !mr->is_leader() || mr->recovery() <= m->meta_recovery() || now - last_meta_recovered_us_ < 1'000'000) {
     return;
@@ -960,6 +962,13 @@ ClusterView Cluster::View(int64_t now) const {
         int64_t heard = std::max(it == last_heard_us_.end() ? 0 : it->second, meta_leader_since_us_);
         if (meta_leader_since_us_ == 0) heard = it == last_heard_us_.end() ? 0 : it->second;
         if (now - heard > down_after_us) nv.state = NodeState::kDown;
+        // A build that cannot read what the cluster writes (a node that was
+        // never upgraded, or went back to an older build) holds nothing: its
+        // replicas are rebuilt elsewhere, none are placed on it.
+        auto t = transfers_.find(n.id());
+        if (t != transfers_.end() && (t->second.features & m->features()) != m->features()) {
+          nv.state = NodeState::kDown;
+        }
       }
       view.nodes.push_back(nv);
     }
@@ -1035,11 +1044,32 @@ ClusterView Cluster::View(int64_t now) const {
   return view;
 }
 
+bool Cluster::EnableFeatures(replica::Replica* meta_replica, const proto::MetaState& meta) {
+  const uint64_t wanted = BuildFeatures() & ~meta.features();
+  if (wanted == 0) return false;
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& n : meta.nodes()) {
+      if (n.state() == proto::NODE_REMOVED || n.id() == node_id_) continue;
+      auto t = transfers_.find(n.id());
+      if (t == transfers_.end() || (t->second.features & wanted) != wanted) return false;  // not yet upgraded, or not heard
+    }
+  }
+  spdlog::warn("every node runs a build that reads {}: switching it on for the cluster (builds without it can no "
+               "longer run here)", FeatureNames(wanted));
+  proto::MetaCommand cmd;
+  cmd.set_version(1);
+  cmd.set_enable_features(wanted);
+  ProposeMeta(meta_replica, cmd);
+  return true;
+}
+
 void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now) {
   const raft::Raft& raft = meta_replica->raft();
   // Decide on the latest state only, once earlier changes are applied.
   if (raft.log().applied() < raft.log().last_index()) return;
   if (!raft.tracker().conf_state().voters_outgoing.empty()) return;
+  if (EnableFeatures(meta_replica, meta)) return;
   ClusterView view = View(now);
   // A split the parent's leader reports applied (its range is the
   // metadata's) is done: the shards may move again, and split again.

@@ -283,6 +283,9 @@ class Cluster final : public replica::Splitter {
                        int64_t now);
   AdminStep AdminRecover(const std::string& sub, const std::vector<std::string>& args, const MetaPtr& m,
                          int64_t now);
+  // The meta leader switches on the formats every node's build reads
+  // (MetaState.features); true when it proposed that.
+  bool EnableFeatures(replica::Replica* meta_replica, const proto::MetaState& meta);
   void PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now_us);
   PlannerPolicy Policy(const proto::MetaState& meta) const;
   void ProposeMeta(replica::Replica* meta_replica, const proto::MetaCommand& cmd);
@@ -363,6 +366,9 @@ class Cluster final : public replica::Splitter {
   // The unsafe recovery of the meta shard this node's meta replica belongs
   // to, set before the replica changes (MetaPeerInLineage reads it).
   std::atomic<uint64_t> meta_lineage_{0};
+  // The metadata switched write hints on (kFeatureWriteHints): data shards'
+  // leaders send them.
+  std::atomic<bool> write_hints_on_{false};
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas

@@ -1,6 +1,7 @@
 #include "cluster/meta.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -129,7 +130,23 @@ proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, i
     begin += size;
   }
   m.set_epoch(1);
+  m.set_features(BuildFeatures());
   return m;
+}
+
+uint64_t BuildFeatures() {
+  static const uint64_t features = [] {
+    const char* v = std::getenv("SHOAL_TEST_BUILD_FEATURES");
+    return v != nullptr ? std::strtoull(v, nullptr, 10) & kFeaturesKnown : kFeaturesKnown;
+  }();
+  return features;
+}
+
+std::string FeatureNames(uint64_t features) {
+  std::string out;
+  if (features & kFeatureWriteHints) out += "write-hints";
+  if (features & ~kFeaturesKnown) out += std::string(out.empty() ? "" : ",") + "unknown";
+  return out.empty() ? "none" : out;
 }
 
 bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
@@ -213,6 +230,13 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
         return true;
       }
       return false;
+    }
+    case proto::MetaCommand::kEnableFeatures: {
+      const uint64_t all = state->features() | cmd.enable_features();
+      if (all == state->features()) return false;
+      state->set_features(all);
+      state->set_epoch(state->epoch() + 1);
+      return true;
     }
     case proto::MetaCommand::kSetBalanceOff:
       state->set_balance_off(cmd.set_balance_off());

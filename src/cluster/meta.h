@@ -19,6 +19,17 @@ using MetaPtr = std::shared_ptr<const proto::MetaState>;
 
 // The metadata of a new cluster: this node alone, `shards` shards of equal
 // slot ranges, each with this node as its only replica.
+// Formats that builds before them cannot read, switched on cluster-wide
+// (MetaState.features) once every node reads them.
+inline constexpr uint64_t kFeatureWriteHints = 1;  // kv batches carry write hints (replica::WriteHints)
+inline constexpr uint64_t kFeaturesKnown = kFeatureWriteHints;  // what this build reads
+// kFeaturesKnown, unless the environment's SHOAL_TEST_BUILD_FEATURES (a
+// number) says otherwise: tests make a node act as a build that reads less
+// (an upgrade in progress).
+uint64_t BuildFeatures();
+// "write-hints" ... for INFO and STATUS ("none" when there are none).
+std::string FeatureNames(uint64_t features);
+
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
                              int replication_factor);
 

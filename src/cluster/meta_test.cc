@@ -59,6 +59,26 @@ std::vector<uint64_t> Ids(const google::protobuf::RepeatedField<uint64_t>& f) {
   return {f.begin(), f.end()};
 }
 
+TEST(MetaFeatures, ANewClusterUsesEveryFormatItsBuildReadsAndFeaturesOnlyGrow) {
+  proto::MetaState m = InitialMeta(42, Node(1), 2, 3);
+  EXPECT_EQ(m.features(), kFeaturesKnown);
+  EXPECT_EQ(FeatureNames(m.features()), "write-hints");
+  // Metadata from a build before features: none, until enabled.
+  m.clear_features();
+  EXPECT_EQ(FeatureNames(m.features()), "none");
+  const uint64_t epoch = m.epoch();
+  proto::MetaCommand cmd;
+  cmd.set_enable_features(kFeatureWriteHints);
+  EXPECT_TRUE(ApplyMetaCommand(cmd, &m));
+  EXPECT_EQ(m.features(), kFeatureWriteHints);
+  EXPECT_EQ(m.epoch(), epoch + 1);
+  EXPECT_FALSE(ApplyMetaCommand(cmd, &m));  // already on: nothing changes
+  EXPECT_EQ(m.epoch(), epoch + 1);
+  cmd.set_enable_features(1ull << 40);  // a later build's: kept, shown as unknown
+  EXPECT_TRUE(ApplyMetaCommand(cmd, &m));
+  EXPECT_EQ(FeatureNames(m.features()), "write-hints,unknown");
+}
+
 TEST(MetaSplit, SplitShardCreatesTheChildAndShrinksTheParent) {
   proto::MetaState m = TwoShards();
   const uint64_t epoch = m.epoch(), parent_epoch = Find(m, 1)->epoch();

@@ -11,15 +11,38 @@
 
 namespace shoal::kv {
 
+// What the leader knew of a key's committed state when it proposed a blind
+// write of it (replica::KvStateMachine::Annotate): the state every replica
+// will find when it applies the entry, so that none of them reads it. Never
+// for a collection (replacing one must find its elements).
+struct KeyHint {
+  uint32_t arg = 0;  // the key is args[arg], in the entry's db
+  bool exists = false;
+  int64_t expire_at_ms = 0;
+  bool operator==(const KeyHint&) const = default;
+};
+
 struct Entry {
   uint16_t op = 0;       // the command's stable op id (see command table)
   uint16_t db = 0;       // the client's selected database
   int64_t now_ms = 0;    // the leader's wall clock when it proposed the write
   std::vector<std::string> args;  // normalized arguments, command name excluded
+  // Carried beside the entry, not in its encoding (replica::EncodeKvBatch
+  // appends them to the log entry).
+  std::vector<KeyHint> hints = {};
 };
 
 std::string EncodeEntry(const Entry& entry);
 // Returns false if `raw` is not a valid encoding.
 bool DecodeEntry(std::string_view raw, Entry* out);
+
+// An encoded entry read in place: its arguments point into the encoding.
+struct EntryView {
+  uint16_t op = 0;
+  uint16_t db = 0;
+  int64_t now_ms = 0;
+  std::vector<std::string_view> args;
+};
+bool DecodeEntryView(std::string_view raw, EntryView* out);
 
 }  // namespace shoal::kv

@@ -46,10 +46,22 @@ KeyMetaCache::KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget) : budget_(std:
 KeyMetaCache::~KeyMetaCache() { Detach(); }
 
 void KeyMetaCache::Detach() {
+  retired_ = true;
+  Leave();
+}
+
+void KeyMetaCache::Leave() {
   Clear();
   if (!attached_) return;
   attached_ = false;
   budget_->caches_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void KeyMetaCache::SetActive(bool active) {
+  if (!active) return Leave();
+  if (retired_ || attached_) return;
+  attached_ = true;
+  budget_->caches_.fetch_add(1, std::memory_order_relaxed);
 }
 
 bool KeyMetaCache::MakeRoom(size_t charge) {
@@ -140,6 +152,22 @@ KeyMetaCache::Meta MetaOf(const std::optional<std::string>& raw) {
 
 }  // namespace
 
+std::optional<KeyMetaCache::Meta> Shard::CommittedMeta(uint16_t db, std::string_view key) {
+  SHOAL_CHECK(!staged_unwritten_);
+  const std::string dkey = storage::DataKey(db, key);
+  if (auto meta = meta_cache_.Find(dkey)) return meta;
+  std::string raw;
+  Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
+  if (s.code() == Code::kNotFound) {
+    meta_cache_.Set(dkey, {false, 0, false});
+    return KeyMetaCache::Meta{false, 0, false};
+  }
+  if (!s.ok()) return std::nullopt;
+  KeyMetaCache::Meta meta = MetaOf(raw);
+  meta_cache_.Set(dkey, meta);
+  return meta;
+}
+
 Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
   auto it = staged_.find(dkey);
   if (it != staged_.end()) return it->second.raw;
@@ -169,6 +197,14 @@ Result<std::optional<std::string>> ApplyTxn::GetLive(uint16_t db, std::string_vi
   return std::optional<std::string>();
 }
 
+const KeyHint* ApplyTxn::HintFor(uint16_t db, std::string_view key) const {
+  if (entry_ == nullptr || entry_->hints.empty() || db != entry_->db) return nullptr;
+  for (const KeyHint& h : entry_->hints) {
+    if (h.arg < entry_->args.size() && entry_->args[h.arg] == key) return &h;
+  }
+  return nullptr;
+}
+
 Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   std::string dkey = storage::DataKey(db, key);
   bool old_exists = false;
@@ -177,7 +213,13 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
   if (IsCollection(nv.type)) touched_.emplace(db, std::string(key));  // its version goes with it
-  if (!staged_.contains(dkey) && (meta = shard_->meta_cache_.Find(dkey)) && !meta->collection) {
+  const bool staged = staged_.contains(dkey);
+  const KeyHint* hint = staged ? nullptr : HintFor(db, key);
+  if (hint != nullptr) {
+    old_exists = hint->exists;  // the leader's word: the same on every replica
+    old_exp = hint->expire_at_ms;
+    shard_->hinted_puts_.store(shard_->hinted_puts_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else if (!staged && (meta = shard_->meta_cache_.Find(dkey)) && !meta->collection) {
     old_exists = meta->exists;  // a blind write needs only this, not the value
     old_exp = meta->expire_at_ms;
   } else {
@@ -820,7 +862,9 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
       reply->Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
       continue;
     }
+    txn->set_entry(&entries[i]);
     s = fns[i](*txn, entries[i], limits, reply);
+    txn->set_entry(nullptr);
     if (s.ok()) s = txn->SealElementWrites();
   }
   if (!s.ok()) {

@@ -110,6 +110,10 @@ class KeyMetaCache {
   // Clears, and stops drawing on the budget for good (a retired shard's
   // cache, which no apply will use again): Set does nothing after it.
   void Detach();
+  // An inactive cache is empty and draws nothing (Set does nothing) until
+  // made active again: a follower's, while its leader's hints spare its
+  // blind writes the read (the budget goes to the shards this node leads).
+  void SetActive(bool active);
   size_t size() const { return size_; }
   size_t bytes() const { return bytes_; }
 
@@ -131,8 +135,11 @@ class KeyMetaCache {
   // Whether a new key may be added (after a start over where this cache
   // holds its share of a spent budget).
   bool MakeRoom(size_t charge);
+  // Clears and stops drawing on the budget (Detach, SetActive(false)).
+  void Leave();
   std::shared_ptr<KeyMetaBudget> budget_;
   bool attached_ = true;
+  bool retired_ = false;  // Detach: never attached again
   size_t size_ = 0;
   size_t bytes_ = 0;  // charged to the budget
   std::vector<Slot> slots_;  // a power of two in size, or empty
@@ -147,6 +154,9 @@ class ApplyTxn {
   int64_t now_ms() const { return now_ms_; }
   // Entries applied together each bring their own time.
   void set_now_ms(int64_t now_ms) { now_ms_ = now_ms; }
+  // The entry being applied, whose hints (what the leader knew of its keys)
+  // spare a blind Put its read; null: none.
+  void set_entry(const Entry* entry) { entry_ = entry; }
   // The live (unexpired) value of key, or nullopt. An expired key found here
   // is deleted as part of this apply, as Redis deletes keys on access.
   Result<std::optional<std::string>> GetLive(uint16_t db, std::string_view key);
@@ -222,12 +232,15 @@ class ApplyTxn {
 
  private:
   Result<std::optional<std::string>> GetRaw(const std::string& dkey);
+  // The current entry's hint for key in db, if it carries one.
+  const KeyHint* HintFor(uint16_t db, std::string_view key) const;
   // Deletes the elements of key, whose value was `old` (if a collection).
   Status DropElementsOf(uint16_t db, std::string_view key, const std::string& old);
   Shard* shard_;
   storage::Engine* engine_;
   storage::WriteBatch* batch_;
   int64_t now_ms_;
+  const Entry* entry_ = nullptr;
   std::map<std::string, Staged> staged_;  // by data key: values read or written in this apply
   std::map<std::string, std::optional<std::string>> elements_;  // by element key: written in this apply
   // Element key ranges [first, second) deleted by a range tombstone in this apply.
@@ -422,6 +435,14 @@ class Shard {
   // The shard's replica is retired (on its worker): its key metadata cache
   // gives its share of the node's budget back for good.
   void DetachMetaCache() { meta_cache_.Detach(); }
+  // See KeyMetaCache::SetActive. Owner thread.
+  void SetMetaCacheActive(bool active) { meta_cache_.SetActive(active); }
+  // What key's state is as of applied_index(), for the hint of a blind write
+  // that the leader proposes (the cache, else a read, which fills it);
+  // nullopt on a storage error. Owner thread, not while staged_unwritten().
+  std::optional<KeyMetaCache::Meta> CommittedMeta(uint16_t db, std::string_view key);
+  // Blind writes applied with a hint instead of the cache or a read.
+  uint64_t hinted_puts() const { return hinted_puts_.load(std::memory_order_relaxed); }
   uint32_t id() const { return id_; }
   uint16_t slot_begin() const { return slot_begin_.load(std::memory_order_acquire); }
   uint16_t slot_end() const { return slot_end_.load(std::memory_order_acquire); }
@@ -487,6 +508,7 @@ class Shard {
   std::unique_ptr<storage::WriteBatch> batch_;
   std::unique_ptr<AtomicCounts[]> counts_;
   KeyMetaCache meta_cache_;
+  std::atomic<uint64_t> hinted_puts_{0};  // written on the owner thread; INFO reads it
   KeyWatcher* watcher_ = nullptr;
 };
 

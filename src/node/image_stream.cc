@@ -8,25 +8,14 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/bytes.h"
+
 namespace shoal::node {
 namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxFiles = 16;
 constexpr uint64_t kMaxImageBytes = uint64_t{1} << 42;  // 4 TiB
-
-template <typename T>
-void Put(std::string* out, T v) {
-  out->append(reinterpret_cast<const char*>(&v), sizeof(v));
-}
-
-template <typename T>
-bool Get(std::string_view* in, T* v) {
-  if (in->size() < sizeof(T)) return false;
-  std::memcpy(v, in->data(), sizeof(T));
-  in->remove_prefix(sizeof(T));
-  return true;
-}
 
 bool SafeName(std::string_view name) {
   if (name.empty() || name.size() > 64 || name[0] == '.') return false;
@@ -91,26 +80,26 @@ Status MarkComplete(const std::string& dir, const std::vector<ImageFile>& files)
 
 std::string EncodeManifest(const std::vector<ImageFile>& files) {
   std::string out;
-  Put<uint32_t>(&out, static_cast<uint32_t>(files.size()));
+  PutFixed<uint32_t>(&out, static_cast<uint32_t>(files.size()));
   for (const auto& f : files) {
-    Put<uint16_t>(&out, static_cast<uint16_t>(f.name.size()));
+    PutFixed<uint16_t>(&out, static_cast<uint16_t>(f.name.size()));
     out += f.name;
-    Put<uint64_t>(&out, f.size);
+    PutFixed<uint64_t>(&out, f.size);
   }
   return out;
 }
 
 bool DecodeManifest(std::string_view raw, std::vector<ImageFile>* files) {
   uint32_t n = 0;
-  if (!Get(&raw, &n) || n == 0 || n > kMaxFiles) return false;
+  if (!GetFixed(&raw, &n) || n == 0 || n > kMaxFiles) return false;
   uint64_t total = 0;
   files->clear();
   for (uint32_t i = 0; i < n; ++i) {
     uint16_t len = 0;
-    if (!Get(&raw, &len) || raw.size() < len) return false;
+    if (!GetFixed(&raw, &len) || raw.size() < len) return false;
     ImageFile f{std::string(raw.substr(0, len)), 0};
     raw.remove_prefix(len);
-    if (!Get(&raw, &f.size) || !SafeName(f.name) || f.size > kMaxImageBytes) return false;
+    if (!GetFixed(&raw, &f.size) || !SafeName(f.name) || f.size > kMaxImageBytes) return false;
     for (const auto& g : *files) {
       if (g.name == f.name) return false;
     }

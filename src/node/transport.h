@@ -58,6 +58,7 @@ struct NodeStats {
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
   uint64_t meta_recovery = 0;
+  uint64_t features = 0;
 };
 
 struct TransportOptions {

@@ -19,7 +19,6 @@
 namespace shoal::replica {
 namespace {
 
-constexpr char kKvBatchTag = 'B';
 // How long a proposal or read may wait before its client is told.
 constexpr int64_t kWriteTimeoutUs = 8'000'000;
 constexpr int64_t kReadTimeoutUs = 3'000'000;
@@ -32,19 +31,6 @@ constexpr int64_t kReadTimeoutUs = 3'000'000;
                    "a restart applies the entries again)", group, index, s.ToString());
   spdlog::default_logger()->flush();
   FailStop("apply failed");
-}
-
-void PutU32(std::string* out, uint32_t v) {
-  char b[4];
-  std::memcpy(b, &v, 4);
-  out->append(b, 4);
-}
-
-bool GetU32(std::string_view* in, uint32_t* v) {
-  if (in->size() < 4) return false;
-  std::memcpy(v, in->data(), 4);
-  in->remove_prefix(4);
-  return true;
 }
 
 // `kind` then the group id, big endian: a per-group key in the Raft column
@@ -212,36 +198,6 @@ bool SnapshotTicket::Decode(std::string_view data, SnapshotTicket* out) {
   std::memcpy(&out->from, data.data() + 8, 8);
   std::memcpy(&out->export_id, data.data() + 16, 8);
   return true;
-}
-
-std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
-  std::string out;
-  out.push_back(kKvBatchTag);
-  out.push_back(static_cast<char>(protocol));
-  PutU32(&out, static_cast<uint32_t>(entries.size()));
-  for (const auto& e : entries) {
-    std::string enc = kv::EncodeEntry(e);
-    PutU32(&out, static_cast<uint32_t>(enc.size()));
-    out += enc;
-  }
-  return out;
-}
-
-bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol) {
-  if (data.size() < 6 || data[0] != kKvBatchTag) return false;
-  *protocol = data[1];
-  if (*protocol != 2 && *protocol != 3) return false;
-  data.remove_prefix(2);
-  uint32_t n = 0;
-  if (!GetU32(&data, &n) || n > data.size() / 4) return false;
-  entries->resize(n);
-  for (auto& e : *entries) {
-    uint32_t len = 0;
-    if (!GetU32(&data, &len) || len > data.size()) return false;
-    if (!kv::DecodeEntry(data.substr(0, len), &e)) return false;
-    data.remove_prefix(len);
-  }
-  return data.empty();
 }
 
 void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
@@ -915,7 +871,15 @@ void Replica::MaybeReleaseImage(raft::Index imported) {
 
 raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
   if (retired_) return raft::Proposal{raft::ProposeError::kRemoved, raft::kNoNode, 0, 0};
+  const raft::Raft& r = node_->raft();
+  const bool annotated = r.role() == raft::Role::kLeader;
+  const uint64_t index = r.log().last_index() + 1;
+  if (annotated) data = sm_->Annotate(std::move(data), r.term(), index);
   raft::Proposal p = node_->propose(std::move(data));
+  if (annotated) {
+    SHOAL_CHECK(!p.ok() || p.index == index);
+    sm_->Appended(index, p.ok());
+  }
   if (p.ok()) writes_[p.index] = PendingWrite{p.term, std::move(done), now_mono_us + kWriteTimeoutUs};
   return p;
 }
@@ -1004,6 +968,7 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
   }
   if (rd.soft_state) {
     if (rd.soft_state->role == raft::Role::kLeader) term_start_index_ = node_->raft().log().last_index();
+    sm_->LeadershipChanged(rd.soft_state->role == raft::Role::kLeader);
     leader_.store(rd.soft_state->lead, std::memory_order_release);
     if (rd.soft_state->role != raft::Role::kLeader) lease_until_us_.store(0, std::memory_order_release);
   }

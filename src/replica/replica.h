@@ -26,6 +26,7 @@
 
 #include "kv/shard.h"
 #include "raft/raw_node.h"
+#include "replica/write_hints.h"
 #include "storage/engine.h"
 #include "storage/raft_store.h"
 
@@ -119,6 +120,13 @@ class StateMachine {
   virtual Status StageDestroy(storage::WriteBatch&) {
     return Status::InvalidArgument("this state machine cannot be destroyed");
   }
+  // A proposal this replica, the leader in `term`, is about to append at
+  // `index`: the state machine may annotate it (write hints). Appended()
+  // follows with whether it was appended.
+  virtual std::string Annotate(std::string data, uint64_t /*term*/, uint64_t /*index*/) { return data; }
+  virtual void Appended(uint64_t /*index*/, bool /*ok*/) {}
+  // The replica became its group's leader, or stopped being it.
+  virtual void LeadershipChanged(bool /*leader*/) {}
   // Whether the state machine holds `slot` now (a data shard's range). Any
   // thread.
   virtual bool OwnsSlot(uint16_t) const { return true; }
@@ -135,7 +143,25 @@ class StateMachine {
 // kv::Entry (EncodeKvBatch).
 class KvStateMachine final : public StateMachine {
  public:
-  KvStateMachine(kv::Shard* shard, const kv::Limits* limits) : shard_(shard), limits_(limits) {}
+  // While write hints are on (*hints_on; null: always), the leader
+  // annotates blind writes with their keys' state (WriteHints) and followers
+  // keep no key metadata cache (the hints replace it). Off: every replica
+  // finds the state itself, as builds before write hints do; the cluster
+  // turns them on once every node reads them (cluster::kFeatureWriteHints).
+  KvStateMachine(kv::Shard* shard, const kv::Limits* limits, const std::atomic<bool>* hints_on = nullptr)
+      : shard_(shard), limits_(limits), hints_on_(hints_on), hints_(shard) {}
+  std::string Annotate(std::string data, uint64_t term, uint64_t index) override {
+    if (!HintsOn()) {
+      hints_.Reset();  // when they come on, tracking starts over
+      return data;
+    }
+    return hints_.Annotate(std::move(data), term, index);
+  }
+  void Appended(uint64_t index, bool ok) override { hints_.Appended(index, ok); }
+  void LeadershipChanged(bool leader) override {
+    hints_.Reset();
+    shard_->SetMetaCacheActive(leader || !HintsOn());
+  }
   uint64_t applied_index() const override { return shard_->applied_index(); }
   void Apply(const raft::Entry& e, std::string* reply) override;
   // One storage write for all the entries (unless one must apply alone).
@@ -177,8 +203,11 @@ class KvStateMachine final : public StateMachine {
   bool DecodeTogether(std::span<const raft::Entry* const> entries, Decoded* d) const;
   // Hands each log entry its own replies (one RESP value per command).
   static void SplitReplies(const Decoded& d, std::string_view out, std::span<std::string* const> replies);
+  bool HintsOn() const { return hints_on_ == nullptr || hints_on_->load(std::memory_order_acquire); }
   kv::Shard* shard_;
   const kv::Limits* limits_;
+  const std::atomic<bool>* hints_on_;
+  WriteHints hints_;
 };
 
 // A log entry's data for a batch of writes; `protocol` (2 or 3) is the RESP

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/clock.h"
+#include "cluster/meta.h"
 #include "common/strings.h"
 #include "server/acl.h"
 #include "server/connection.h"
@@ -179,6 +180,11 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
   }
   if (w.Begin("Cluster")) {
     w.Field("cluster_enabled", 1);
+    cluster::MetaPtr m = server.cluster().meta();
+    w.Field("cluster_features", cluster::FeatureNames(m ? m->features() : 0));
+    uint64_t hinted = 0;
+    for (const kv::Shard* s : server.LocalShards()) hinted += s->hinted_puts();
+    w.Field("write_hints_applied", hinted);
   }
   if (w.BeginOnRequest("Raft")) {  // this node's replicas, as each last published itself
     auto ids = [](const std::vector<raft::NodeId>& v) {

@@ -20,7 +20,7 @@ import time
 import pytest
 import redis
 
-from cluster_util import (HASH_SLOTS, is_moved, key_for_every_slot, key_slot,
+from cluster_util import (HASH_SLOTS, Cluster, is_moved, key_for_every_slot, key_slot,
                           parse_info, running_cluster, stop_live_clusters)
 from conftest import SELFTEST, SHOAL_BIN, SKIP_NO_SHOAL, RespConn, RespError
 
@@ -1117,3 +1117,54 @@ def test_shoal_demo(tmp_path):
                 except ProcessLookupError:
                     pass
 
+
+
+def _info_field(node, field: str) -> str:
+    v = node.call("INFO", "cluster")
+    assert not isinstance(v, RespError), v
+    return parse_info(v).get(field, "")
+
+
+def test_write_hints_come_on_once_every_node_reads_them(tmp_path, monkeypatch):
+    """A rolling upgrade: node0 acts as a build that cannot read write hints
+    (SHOAL_TEST_BUILD_FEATURES=0) and bootstraps the cluster, so its metadata
+    starts without them; the other nodes read them. No leader sends hints
+    until node0 is restarted as a build that reads them too; then the cluster
+    switches them on by itself, followers apply blind writes on them, and
+    every write reads back."""
+    cl_ = Cluster(tmp_path / "upgrade", n=3)
+    try:
+        monkeypatch.setenv("SHOAL_TEST_BUILD_FEATURES", "0")
+        cl_.nodes[0].start()
+        monkeypatch.delenv("SHOAL_TEST_BUILD_FEATURES")
+        cl_.start()
+        rc = redis.RedisCluster(host=cl_.nodes[1].host, port=cl_.nodes[1].port, decode_responses=True)
+        try:
+            for i in range(200):
+                assert rc.set(f"up:{i}", f"a{i}")
+            time.sleep(1.5)  # several gossip rounds: nothing switches on while node0 cannot read hints
+            for n in cl_.nodes:
+                assert _info_field(n, "cluster_features") == "none", n.name
+                assert _info_field(n, "write_hints_applied") == "0", n.name
+            cl_.restart(0)  # upgraded
+            cl_.wait_ready()
+            eventually(lambda: all(_info_field(n, "cluster_features") == "write-hints" for n in cl_.nodes),
+                       timeout=30, what="every node to see write hints switched on")
+            for i in range(200, 600):
+                assert rc.set(f"up:{i}", f"b{i}")
+            for i in range(0, 600, 2):  # overwrites: keys that exist
+                assert rc.set(f"up:{i}", f"c{i}")
+            hinted = eventually(lambda: sum(int(_info_field(n, "write_hints_applied")) for n in cl_.nodes) or None,
+                                timeout=20, what="writes applied on hints")
+            assert hinted > 0
+            for i in range(600):
+                assert rc.get(f"up:{i}") == (f"c{i}" if i % 2 == 0 else (f"a{i}" if i < 200 else f"b{i}")), i
+            # Every replica counted the keys alike, hinted or not: each node
+            # sums the counters of the shards it holds (all of them).
+            eventually(lambda: all(n.call("DBSIZE") == 600 for n in cl_.nodes), timeout=20,
+                       what="DBSIZE 600 on every node")
+        finally:
+            rc.close()
+    finally:
+        problems = cl_.teardown()
+    assert not problems, problems

@@ -1091,6 +1091,29 @@ class ReplicaSim {
       if (!n.joined) continue;
       EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "seed " << seed << " node " << n.id;
       EXPECT_TRUE(DataOf(n) == data) << "seed " << seed << " node " << n.id << " holds other data than node 1";
+      // Counters and the expiry index too: a write hint that was not the state
+      // its entry met would leave them apart while the data agrees.
+      EXPECT_TRUE(DataOf(n, storage::Cf::kExpiry) == DataOf(nodes_[0], storage::Cf::kExpiry))
+          << "seed " << seed << " node " << n.id << " holds another expiry index than node 1";
+      if (!n.shard->NeedsRecount()) {
+        // What the keys hold (a hint that all replicas took alike, but was
+        // not the state, would leave them equal and wrong).
+        int64_t keys = 0, expires = 0;
+        std::set<std::string> written(keys_.begin(), keys_.end());
+        for (const auto& op : history_) {
+          if (op.is_write) written.insert(op.key);
+        }
+        for (const auto& key : written) {
+          const uint16_t slot = storage::KeySlot(key);
+          const std::string v = ValueOn(n, key);
+          if (slot < n.shard->slot_begin() || slot >= n.shard->slot_end() || v.empty()) continue;
+          keys++;
+          expires += expiring_ops_.contains(std::stoull(v.substr(1)));
+        }
+        EXPECT_EQ(n.shard->KeyCount(0), keys) << "seed " << seed << " node " << n.id;
+        EXPECT_EQ(n.shard->ExpiresCount(0), expires) << "seed " << seed << " node " << n.id;
+      }
+      hinted_puts_ += n.shard->hinted_puts();
       for (int k = 0; k < 3; ++k) {
         std::string key = "k" + std::to_string(k);
         EXPECT_EQ(ValueOn(n, key), ValueOn(nodes_[0], key)) << "seed " << seed << " " << key;
@@ -1574,9 +1597,9 @@ class ReplicaSim {
   }
 
   // Every key and value of a node's data column family.
-  std::map<std::string, std::string> DataOf(SimNode& n) {
+  std::map<std::string, std::string> DataOf(SimNode& n, storage::Cf cf = storage::Cf::kData) {
     std::map<std::string, std::string> out;
-    auto it = n.engine->NewScanIterator(storage::Cf::kData);
+    auto it = n.engine->NewScanIterator(cf);
     for (it->SeekToFirst(); it->Valid(); it->Next()) out.emplace(it->key(), it->value());
     SHOAL_CHECK(it->status().ok());
     return out;
@@ -1624,6 +1647,7 @@ class ReplicaSim {
   // Per client, the node it believes leads kGroup ([0]) and kChild ([1]).
   raft::NodeId believed_leader_[3][2] = {{1, 1}, {2, 2}, {3, 3}};
   int restarts_ = 0, reroutes_ = 0, leader_changes_ = 0, reads_ok_ = 0;
+  uint64_t hinted_puts_ = 0;  // by the shards open at ExpectConverged
   struct GoneNote {
     uint64_t at;
     raft::NodeId gone, to;
@@ -1688,7 +1712,7 @@ std::optional<raft::Index> SimCourier::Carrying(uint64_t group, raft::NodeId to)
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0, streamed = 0, gone = 0, taken = 0, former = 0,
       resumed = 0;
-  uint64_t snapshots_seen = 0, read_back = 0;
+  uint64_t snapshots_seen = 0, read_back = 0, hinted = 0;
   for (uint64_t seed = 1; seed <= 12; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;  // half the seeds stream their snapshots in chunks
@@ -1697,6 +1721,7 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
     sim.Run(3000);
     sim.Settle();
     sim.ExpectConverged(seed);
+    hinted += sim.hinted_puts_;
     for (auto& n : sim.nodes_) {
       if (n.joined && n.replica->store().first_index() > 2) snapshots_seen++;
     }
@@ -1721,7 +1746,9 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   EXPECT_GT(acked, 500);
   EXPECT_GT(snapshots_seen, 0u);
   EXPECT_GT(read_back, 100u);  // laggers were sent entries no longer held in memory
-  std::printf("replica sim: %llu log entries read back from the engine\n", static_cast<unsigned long long>(read_back));
+  EXPECT_GT(hinted, 100u);     // blind writes applied on write hints (and the replicas still agree)
+  std::printf("replica sim: %llu log entries read back from the engine, %llu writes applied on hints\n",
+              static_cast<unsigned long long>(read_back), static_cast<unsigned long long>(hinted));
   std::printf("replica sim: %d acknowledged writes, %d restarts, %d leader changes, %d reroutes, %d snapshots streamed "
               "(%d taken on arrival, %d from a former leader, %d taken up again after their sender restarted), %d "
               "followers told their leader was gone\n",
