@@ -10,13 +10,18 @@
 # cluster's CPU seconds per 100k SETs (all three processes, from /proc) for
 # each. Unlike bench/cluster_bench.py it measures a warm cluster several
 # times in one start, which is what A/B runs of the write path need on a
-# noisy machine. Every node it starts is stopped by PID on exit.
+# noisy machine. KEYS=0 in the environment writes one key over and over (no
+# -r: a hot key) instead of 100k random ones. Every node it starts is
+# stopped by PID on exit.
 set -euo pipefail
 BIN=${1:?usage: cluster_cpu.sh BINARY [MAXMEMORY] [ROUNDS]}
 MM=${2:-1gb}
 ROUNDS=${3:-3}
 PORT=${PORT:-7601}
 PEER_PORT=${PEER_PORT:-7611}
+KEYS=${KEYS:-100000}
+RANGE=(-r "$KEYS")
+[ "$KEYS" = 0 ] && RANGE=()
 DIR=$(mktemp -d /tmp/shoal-cluster-cpu.XXXXXX)
 PIDS=()
 cleanup() {
@@ -45,7 +50,7 @@ cpu() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' 
 bench() {  # requests pipeline -> "ops/s cpu-s/100k"
   local c0 c1 r
   c0=$(cpu)
-  r=$(redis-benchmark --cluster -h 127.0.0.1 -p "$PORT" -c 50 -n "$1" -P "$2" -t set -r 100000 -d 100 --csv \
+  r=$(redis-benchmark --cluster -h 127.0.0.1 -p "$PORT" -c 50 -n "$1" -P "$2" -t set "${RANGE[@]}" -d 100 --csv \
       2>&1 | tail -1 | cut -d, -f2 | tr -d '"')
   c1=$(cpu)
   echo "${r%.*} $(echo "scale=2; ($c1 - $c0) / 100 / ($1 / 100000)" | bc)"

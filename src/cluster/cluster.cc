@@ -501,11 +501,37 @@ uint64_t Cluster::RecoverySeen(uint64_t group) {
 }
 
 void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
-  std::lock_guard lock(gossip_mu_);
-  transfers_[from] = stats;
+  {
+    std::lock_guard lock(gossip_mu_);
+    transfers_[from] = stats;
+  }
+  std::lock_guard lock(peer_features_mu_);
+  auto it = peer_features_->find(NodeKey(from));
+  if (it != peer_features_->end() && it->second == stats.features) return;
+  auto next = std::make_shared<std::map<uint64_t, uint64_t>>(*peer_features_);
+  (*next)[NodeKey(from)] = stats.features;
+  peer_features_ = std::move(next);
+}
+
+Cluster::FormatCheck Cluster::DataPeerFormats() const {
+  FormatCheck c;
+  c.features = features_on_.load(std::memory_order_acquire);
+  if (c.features == 0) return c;
+  std::lock_guard lock(peer_features_mu_);
+  c.peers = peer_features_;
+  return c;
+}
+
+bool Cluster::FormatCheck::Allows(uint64_t from) const {
+  if (features == 0) return true;
+  auto it = peers->find(NodeKey(from));
+  // Not reported yet (its first gossip follows within 100 ms; a build from
+  // before features never reports any): not taken.
+  return it != peers->end() && (it->second & features) == features;
 }
 
 void Cluster::RebuildRouting(const MetaPtr& meta) {
+  features_on_.store(meta->features(), std::memory_order_release);
   write_hints_on_.store((meta->features() & kFeatureWriteHints) != 0, std::memory_order_release);
   auto rt = std::make_shared<RoutingTable>();
   rt->meta_epoch = meta->epoch();
@@ -1048,11 +1074,19 @@ bool Cluster::EnableFeatures(replica::Replica* meta_replica, const proto::MetaSt
   const uint64_t wanted = BuildFeatures() & ~meta.features();
   if (wanted == 0) return false;
   {
+    // Every node that is not removed reads it, by what it gossiped in the
+    // last second while this node led the meta shard (a report from before
+    // may be of a node that went back to an older build since).
+    const int64_t now = node::MonoUs();
     std::lock_guard lock(gossip_mu_);
     for (const auto& n : meta.nodes()) {
       if (n.state() == proto::NODE_REMOVED || n.id() == node_id_) continue;
       auto t = transfers_.find(n.id());
-      if (t == transfers_.end() || (t->second.features & wanted) != wanted) return false;  // not yet upgraded, or not heard
+      auto heard = last_heard_us_.find(n.id());
+      if (t == transfers_.end() || (t->second.features & wanted) != wanted || heard == last_heard_us_.end() ||
+          now - heard->second > 1'000'000 || meta_leader_since_us_ == 0 || heard->second < meta_leader_since_us_) {
+        return false;
+      }
     }
   }
   spdlog::warn("every node runs a build that reads {}: switching it on for the cluster (builds without it can no "

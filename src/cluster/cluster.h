@@ -177,6 +177,16 @@ class Cluster final : public replica::Splitter {
   // (transport thread): only between nodes whose meta replicas belong to
   // the same unsafe recovery of the meta shard, as each gossips it.
   bool MetaPeerInLineage(uint64_t from) const;
+  // Whether a data group's message from member `from` may be taken: false
+  // while the cluster uses formats (MetaState.features) that the sender's
+  // node has not reported reading (a build that cannot read them must not
+  // vote, acknowledge or lead). Any thread; `check` is taken once per batch.
+  struct FormatCheck {
+    uint64_t features = 0;  // the cluster's
+    std::shared_ptr<const std::map<uint64_t, uint64_t>> peers;  // node key -> features reported
+    bool Allows(uint64_t from) const;
+  };
+  FormatCheck DataPeerFormats() const;
   // Leadership gossip from a peer (transport thread); also its heartbeat.
   void OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders);
   // A peer's snapshot transfer counters (transport thread).
@@ -369,6 +379,10 @@ class Cluster final : public replica::Splitter {
   // The metadata switched write hints on (kFeatureWriteHints): data shards'
   // leaders send them.
   std::atomic<bool> write_hints_on_{false};
+  std::atomic<uint64_t> features_on_{0};  // MetaState.features, for DataPeerFormats
+  mutable std::mutex peer_features_mu_;
+  std::shared_ptr<const std::map<uint64_t, uint64_t>> peer_features_ =
+      std::make_shared<const std::map<uint64_t, uint64_t>>();
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas

@@ -1,7 +1,7 @@
 #include "replica/write_hints.h"
 
 #include <cstring>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "common/bytes.h"
 #include "common/status.h"
@@ -17,6 +17,7 @@ namespace {
 constexpr char kKvBatchTag = 'B';
 constexpr char kHintTag = 'H';
 constexpr size_t kHintBytes = 4 + 4 + 1 + 8;
+constexpr size_t kScanKeys = 32;
 
 // How the leader reads a kv entry's keys.
 enum class Keys {
@@ -202,7 +203,22 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
   }
   bool eligible = shard_->applied_index() >= from_ && opaque_ == 0 && !shard_->staged_unwritten();
   std::vector<kv::Entry> hinted;  // only the hints are filled
-  std::unordered_set<std::string> here;  // keys of this batch's earlier entries
+  // Where a key written by this batch's earlier entries is in t.keys: a
+  // scan while the batch is small, an index beyond.
+  std::unordered_map<std::string, size_t> here;
+  auto find_here = [&t, &here](const std::string& k) -> std::optional<size_t> {
+    if (here.empty() && t.keys.size() <= kScanKeys) {
+      for (size_t j = 0; j < t.keys.size(); ++j) {
+        if (t.keys[j].first == k) return j;
+      }
+      return std::nullopt;
+    }
+    if (here.empty()) {
+      for (size_t j = 0; j < t.keys.size(); ++j) here.emplace(t.keys[j].first, j);
+    }
+    auto it = here.find(k);
+    return it == here.end() ? std::nullopt : std::optional<size_t>(it->second);
+  };
   for (size_t i = 0; i < views.size(); ++i) {
     const kv::EntryView& e = views[i];
     const Keys keys = KeysOf(e);
@@ -213,7 +229,10 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
     }
     const size_t step = keys == Keys::kPairs ? 2 : 1;
     const size_t end = keys == Keys::kAll || keys == Keys::kPairs ? e.args.size() : std::min<size_t>(1, e.args.size());
-    const bool blind = keys == Keys::kFirst || (keys == Keys::kPairs && e.op == KnownOps().mset);
+    // An entry whose (first) key's slot moved away (a split) is refused at
+    // apply (Shard::StageBatch): it changes nothing, so nothing is known.
+    const bool blind = (keys == Keys::kFirst || (keys == Keys::kPairs && e.op == KnownOps().mset)) &&
+                       !e.args.empty() && shard_->OwnsSlot(storage::KeySlot(e.args[0]));
     // A blind write's outcome (PutString): the key holds a string with that
     // expiry, or is gone if the expiry has passed at the entry's time.
     int64_t expire_at = 0;
@@ -228,11 +247,10 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
     size_t given = 0;
     for (size_t a = 0; a < end; a += step) {
       std::string k = TrackKey(e.db, e.args[a]);
+      const std::optional<size_t> at = find_here(k);
       std::optional<kv::KeyMetaCache::Meta> after;
-      // A key whose slot moved away (a split) is refused at apply: it
-      // changes nothing there, so nothing is known of it.
-      if (blind && shard_->OwnsSlot(storage::KeySlot(e.args[a]))) {
-        if (eligible && given < kMaxHintsPerEntry && !here.contains(k)) {
+      if (blind) {
+        if (eligible && given < kMaxHintsPerEntry && !at) {
           // The state before it: what the last write in flight leaves (if
           // known), else what is applied.
           auto it = keys_.find(k);
@@ -247,8 +265,12 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
         const bool gone = expire_at != 0 && expire_at <= e.now_ms;
         after = kv::KeyMetaCache::Meta{!gone, gone ? 0 : expire_at, false};
       }
-      here.insert(k);
-      t.keys.emplace_back(std::move(k), after);
+      if (at) {
+        t.keys[*at].second = after;  // the batch's last write of the key decides what it leaves
+      } else {
+        t.keys.emplace_back(std::move(k), after);
+        if (!here.empty()) here.emplace(t.keys.back().first, t.keys.size() - 1);
+      }
     }
   }
   AppendHintTrailer(hinted, &data);

@@ -125,9 +125,11 @@ Status Server::Start() {
   transport_ = std::make_unique<node::Transport>(
       to,
       [this](std::vector<node::GroupMessage> msgs) {
-        // Meta messages of another unsafe recovery are dropped.
-        std::erase_if(msgs, [this](const node::GroupMessage& gm) {
-          return gm.group == 0 && !cluster_->MetaPeerInLineage(gm.msg.from);
+        // Meta messages of another unsafe recovery are dropped, and data
+        // groups' messages from a node that cannot read the cluster's formats.
+        const cluster::Cluster::FormatCheck formats = cluster_->DataPeerFormats();
+        std::erase_if(msgs, [this, &formats](const node::GroupMessage& gm) {
+          return gm.group == 0 ? !cluster_->MetaPeerInLineage(gm.msg.from) : !formats.Allows(gm.msg.from);
         });
         groups_->DeliverAll(std::move(msgs));
       },
@@ -182,7 +184,7 @@ Status Server::Start() {
   co.stopping = &stopping_;
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();
-    return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received};
+    return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received, 0, cluster::BuildFeatures()};
   };
   // The key metadata caches get 1/128 of the budget (about 76 bytes an entry
   // with 20-byte keys: 110k entries for 1 GiB), shared by the node's shards:
@@ -199,6 +201,9 @@ Status Server::Start() {
       static_cast<uint64_t>(std::max<int64_t>(256 << 10, config().maxmemory / 32 / std::max(1, config().shards)));
   co.log_cache_bytes_per_replica = std::max<uint64_t>(64 << 10, co.log_bytes_per_replica / 16);
   // The peer port must be bound before the cluster records this node's address.
+  // The formats this build reads go with the first gossip: a peer that heard
+  // none would take this node for one that cannot read the cluster's.
+  transport_->SetLocalTransfers(node::NodeStats{.features = cluster::BuildFeatures()});
   st = transport_->Start();
   if (!st.ok()) return st;
   co.peer_port = transport_->port();
