@@ -180,7 +180,7 @@ class Cluster final : public replica::Splitter {
   // Whether a data group's message from member `from` may be taken: false
   // while the cluster uses formats (MetaState.features) that the sender's
   // node has not reported reading (a build that cannot read them must not
-  // vote, acknowledge or lead). Any thread; `check` is taken once per batch.
+  // vote, acknowledge or lead). Any thread; taken once per batch of messages.
   struct FormatCheck {
     uint64_t features = 0;  // the cluster's
     std::shared_ptr<const std::map<uint64_t, uint64_t>> peers;  // node key -> features reported

@@ -6,10 +6,10 @@
 #include "common/bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
-#include "storage/slot.h"
-#include "replica/replica.h"
 #include "kv/commands.h"
 #include "kv/transaction.h"
+#include "replica/replica.h"
+#include "storage/slot.h"
 
 namespace shoal::replica {
 namespace {
