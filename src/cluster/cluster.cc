@@ -744,11 +744,41 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       if (kv_sm != nullptr && r->recovery() < s.recovery() && !split_pending_here &&
           (kv_sm->shard()->slot_begin() != s.slot_begin() || kv_sm->shard()->slot_end() != s.slot_end())) {
         // It missed a split (or holds a later one): as the only voter it
-        // would serve slots another shard now holds.
-        spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
-                         "metadata {}-{} (it missed a split)", s.id(), s.recovery(), kv_sm->shard()->slot_begin(),
-                         kv_sm->shard()->slot_end() - 1, s.slot_begin(), s.slot_end() - 1);
-        continue;
+        // would serve slots another shard now holds. Unless it missed splits
+        // recorded as done and the shards over its extra slots were
+        // recovered here too: forced, it splits them off (ProposeSplitIfDue).
+        const kv::Shard& local = *kv_sm->shard();
+        if (child != nullptr || MissedSplitTail(*m, s, local) == nullptr) {
+          bool log = false;
+          {
+            std::lock_guard lock(transfer_mu_);
+            int64_t& last = last_refusal_log_us_[s.id()];
+            log = last == 0 || now - last >= 10'000'000;
+            if (log) last = now;
+          }
+          std::string tail;
+          size_t tails = 0;
+          for (const auto& t : m->shards()) {
+            if (child == nullptr && local.slot_begin() == s.slot_begin() && t.slot_begin() >= s.slot_end() &&
+                t.slot_end() <= local.slot_end()) {
+              tail += (tails++ == 0 ? "" : ", ") + std::to_string(t.id());
+            }
+          }
+          std::string hint;
+          if (tails == 1) {
+            hint = "; if shard " + tail + " lost its majority too, recover it on this node as well, and this "
+                   "replica splits it off";
+          } else if (tails > 1) {
+            hint = "; if shards " + tail + " lost their majority too, recover each of them on this node as well, "
+                   "and this replica splits them off";
+          }
+          if (log) {
+            spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
+                             "metadata {}-{} (it missed a split){}", s.id(), s.recovery(), local.slot_begin(),
+                             local.slot_end() - 1, s.slot_begin(), s.slot_end() - 1, hint);
+          }
+          continue;
+        }
       }
       auto forced = r->ForceSoleVoter(s.recovery());
       if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
@@ -1053,7 +1083,10 @@ ClusterView Cluster::View(int64_t now) const {
       sv.ops_per_sec = est.ops_per_sec;
     }
     sv.split_slot = rep.split_slot;
-    sv.splitting = s.split_child() != 0 || children.contains(s.id());
+    // (Or its leader holds other slots than the metadata says: a replica
+    // an unsafe recovery forced that has splits it missed to make.)
+    sv.splitting = s.split_child() != 0 || children.contains(s.id()) ||
+                   (sv.reported && sv.slot_end != 0 && (sv.slot_begin != s.slot_begin() || sv.slot_end != s.slot_end()));
     view.shards.push_back(std::move(sv));
   }
   {

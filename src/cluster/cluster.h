@@ -229,6 +229,11 @@ class Cluster final : public replica::Splitter {
   void FillLoad(node::LeaderReport* rep) const;
   // As the leader of a shard the metadata splits: proposes the split.
   void ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
+  // The shard that this node's replica `local` of `s`, forced here by an
+  // unsafe recovery after it missed splits recorded as done, splits off
+  // next (RecoveredTail), if no shard over its tail has a replica here.
+  const proto::ShardInfo* MissedSplitTail(const proto::MetaState& meta, const proto::ShardInfo& s,
+                                          const kv::Shard& local) const;
   void OnTick(int worker);
   void Reconcile(replica::Replica* r, const proto::MetaState& meta, int64_t now_us);
   // Worker 0 (the meta replica's), every tick: gossips the unsafe recovery
@@ -359,6 +364,7 @@ class Cluster final : public replica::Splitter {
   std::atomic<bool> recount_abort_{false};
   std::thread recount_thread_;
   std::map<uint64_t, int64_t> last_split_us_;  // per group, on its worker (transfer_mu_)
+  std::map<uint64_t, int64_t> last_refusal_log_us_;  // per shard: a recovery refused here (transfer_mu_)
   // Gossip (transport thread writes, worker 0 reads).
   mutable std::mutex gossip_mu_;
   std::map<uint64_t, LeaderGossip> gossip_;  // group -> its leader's report

@@ -107,6 +107,28 @@ uint64_t NodeOfMember(const proto::MetaState& meta, uint64_t member) {
   return member;
 }
 
+const proto::ShardInfo* RecoveredTail(const proto::MetaState& meta, const proto::ShardInfo& shard,
+                                      uint32_t local_begin, uint32_t local_end, uint64_t node) {
+  if (local_begin != shard.slot_begin() || local_end <= shard.slot_end()) return nullptr;
+  const proto::ShardInfo* first = nullptr;
+  uint32_t covered = shard.slot_end();
+  // Shards tile the slot space: walk the tail from its start, shard by shard.
+  while (covered < local_end) {
+    const proto::ShardInfo* next = nullptr;
+    for (const auto& s : meta.shards()) {
+      if (s.slot_begin() == covered && s.slot_end() > s.slot_begin()) next = &s;
+    }
+    if (next == nullptr || next->slot_end() > local_end || next->recovery() == 0 || next->recovered_on() != node ||
+        next->replicas_size() != 1 || next->replicas(0) != node || next->learners_size() != 0 ||
+        next->split_child() != 0) {
+      return nullptr;
+    }
+    if (first == nullptr) first = next;
+    covered = next->slot_end();
+  }
+  return first;
+}
+
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
                              int replication_factor) {
   proto::MetaState m;

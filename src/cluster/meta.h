@@ -39,6 +39,20 @@ uint64_t MemberOn(const proto::ShardInfo& shard, uint64_t node);
 // The node a Raft member id is on (the member id itself if no node is).
 uint64_t NodeOfMember(const proto::MetaState& meta, uint64_t member);
 
+// A survivor that an unsafe recovery forces may have missed splits that
+// the metadata records as done (their entry committed on the voters that
+// were lost): its replica of `shard` holds [local_begin, local_end), wider
+// than the metadata's range. It may still be forced, and then split off
+// what it holds beyond the metadata's end, when every shard recorded over
+// that tail was recovered on this same `node`, as its only voter (the
+// operator recovered those too; their data is only in this replica). The
+// first of them, which the survivor's split creates, is returned; null
+// when the tail is not exactly covered by such shards, or when the replica
+// is not a wider one. (The caller also checks that no replica of theirs
+// is on the node.)
+const proto::ShardInfo* RecoveredTail(const proto::MetaState& meta, const proto::ShardInfo& shard,
+                                      uint32_t local_begin, uint32_t local_end, uint64_t node);
+
 // Shard ids are group ids: below node::Groups::kMaxGroups.
 inline constexpr uint64_t kMaxShardId = 4096;
 

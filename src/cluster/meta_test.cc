@@ -446,5 +446,46 @@ TEST(MetaIncarnations, NodesDifferInTheirLow40Bits) {
   EXPECT_TRUE(ApplyMetaCommand(add, &m));  // the same node again (a new address) is fine
 }
 
+// A survivor that missed splits recorded as done may split off its tail
+// only where every shard over it was recovered on that survivor alone.
+TEST(MetaRecovery, RecoveredTailOnlyOverShardsRecoveredOnTheSurvivor) {
+  proto::MetaState m = InitialMeta(42, Node(1), 4, 3);  // 4 shards of 4096 slots
+  for (uint64_t id : {2, 3}) *m.add_nodes() = Node(id);
+  for (auto& s : *m.mutable_shards()) {
+    s.clear_replicas();
+    s.add_replicas(3);
+    s.set_recovery(2);
+    s.set_recovered_on(3);
+  }
+  const proto::ShardInfo& first = m.shards(0);
+  ASSERT_EQ(first.slot_end(), 4096u);
+  // Node 3 holds [0, 12288): it missed two splits. The tail's first shard
+  // is the one its split creates.
+  const proto::ShardInfo* tail = RecoveredTail(m, first, 0, 12288, 3);
+  ASSERT_NE(tail, nullptr);
+  EXPECT_EQ(tail->id(), m.shards(1).id());
+  EXPECT_EQ(RecoveredTail(m, first, 0, 8192, 3), tail);
+  // Not wider, or not starting where the metadata's range does.
+  EXPECT_EQ(RecoveredTail(m, first, 0, 4096, 3), nullptr);
+  EXPECT_EQ(RecoveredTail(m, first, 1, 8192, 3), nullptr);
+  // Another node's survivor.
+  EXPECT_EQ(RecoveredTail(m, first, 0, 8192, 2), nullptr);
+  // A tail that ends inside a shard.
+  EXPECT_EQ(RecoveredTail(m, first, 0, 6000, 3), nullptr);
+  // A tail shard that still has other voters, a learner, no recovery, or a
+  // split under way: its data may be elsewhere.
+  auto with = [&](auto change) {
+    proto::MetaState c = m;
+    change(c.mutable_shards(2));
+    return RecoveredTail(c, c.shards(0), 0, 12288, 3);
+  };
+  EXPECT_EQ(with([](proto::ShardInfo* s) { s->add_replicas(1); }), nullptr);
+  EXPECT_EQ(with([](proto::ShardInfo* s) { s->add_learners(1); }), nullptr);
+  EXPECT_EQ(with([](proto::ShardInfo* s) { s->set_recovery(0); }), nullptr);
+  EXPECT_EQ(with([](proto::ShardInfo* s) { s->set_recovered_on(2); }), nullptr);
+  EXPECT_EQ(with([](proto::ShardInfo* s) { s->set_split_child(99); }), nullptr);
+  EXPECT_NE(with([](proto::ShardInfo* s) { s->set_preferred_leader(3); }), nullptr);
+}
+
 }  // namespace
 }  // namespace shoal::cluster

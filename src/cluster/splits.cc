@@ -30,14 +30,18 @@ bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& 
   // The child of a parent an unsafe recovery forced here (its membership
   // this node alone) takes the child's recovery from the metadata, which
   // recovers both halves of a split under way together (AdminRecover).
+  const bool sole = conf.voters == std::vector<raft::NodeId>{parent.node_id()} && conf.voters_outgoing.empty();
   uint64_t recovery = 0;
   if (MetaPtr m = meta()) {
     const proto::ShardInfo* info = FindShardById(*m, split.child);
-    if (info != nullptr && info->recovery() > 0 && info->recovered_on() == node_id_ &&
-        conf.voters == std::vector<raft::NodeId>{parent.node_id()} && conf.voters_outgoing.empty()) {
-      recovery = info->recovery();
-    }
+    if (info != nullptr && info->recovery() > 0 && info->recovered_on() == node_id_ && sole) recovery = info->recovery();
   }
+  // The metadata may have lost the child's recovery (a recovery of the meta
+  // shard since): a child born of a parent forced here, alone, belongs to
+  // the parent's recovery all the same. Born at its number, it takes no
+  // message from the lost voters' copies of the child, and the placement
+  // records the number, which removes those copies.
+  if (recovery == 0 && sole && conf.learners.empty()) recovery = parent.recovery();
   // The child's replica here is the parent's member (same id, same incarnation).
   Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch, recovery,
                                       replica::StoredIncarnation{parent.node_id(), parent.incarnation()});
@@ -212,19 +216,47 @@ void Cluster::FillLoad(node::LeaderReport* rep) const {
   rep->load_measured = true;
 }
 
+const proto::ShardInfo* Cluster::MissedSplitTail(const proto::MetaState& meta, const proto::ShardInfo& s,
+                                                 const kv::Shard& local) const {
+  const proto::ShardInfo* tail = RecoveredTail(meta, s, local.slot_begin(), local.slot_end(), node_id_);
+  if (tail == nullptr) return nullptr;
+  for (const auto& t : meta.shards()) {
+    if (t.slot_begin() >= s.slot_end() && t.slot_end() <= local.slot_end() && groups_->Find(t.id()) != nullptr) {
+      return nullptr;
+    }
+  }
+  return tail;
+}
+
 void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& meta, int64_t now) {
   const proto::ShardInfo* info = FindShardById(meta, r->group());
-  if (info == nullptr || info->split_child() == 0) return;
+  if (info == nullptr) return;
   kv::Shard* sh = LocalShard(r->group());
   if (sh == nullptr || sh->slot_end() <= info->slot_end()) return;  // split here already
+  // A split under way, or one the metadata records as done that this
+  // replica missed: an unsafe recovery forced it here as the only voter
+  // after the voters that applied the split were lost, and recovered the
+  // shards over its extra slots on this node too (their data is here
+  // only). It splits them off itself, one at a time (the child, born wider
+  // than its own range, splits the rest off the same way).
+  const bool missed = info->split_child() == 0;
+  const proto::ShardInfo* child = nullptr;
+  if (!missed) {
+    child = FindShardById(meta, info->split_child());
+  } else if (info->recovery() > 0 && r->recovery() == info->recovery() && info->recovered_on() == node_id_) {
+    child = MissedSplitTail(meta, *info, *sh);
+    if (child == nullptr) return;
+  } else {
+    return;
+  }
   {
     std::lock_guard lock(transfer_mu_);
     int64_t& last = last_split_us_[r->group()];
     if (now - last < 1'000'000) return;
     last = now;
   }
-  const proto::ShardInfo* child = FindShardById(meta, info->split_child());
-  if (child == nullptr || child->slot_begin() != info->slot_end() || child->slot_end() != sh->slot_end() ||
+  if (child == nullptr || child->slot_begin() != info->slot_end() ||
+      (missed ? child->slot_end() > sh->slot_end() : child->slot_end() != sh->slot_end()) ||
       sh->slot_begin() != info->slot_begin()) {
     spdlog::warn("shard {}: split into {} waits: this replica holds slots {}-{}, the metadata {}-{}", r->group(),
                  info->split_child(), sh->slot_begin(), sh->slot_end() - 1, info->slot_begin(), info->slot_end() - 1);
@@ -234,7 +266,8 @@ void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& met
   replica::SplitCommand split{child->id(), static_cast<uint16_t>(info->slot_end())};
   auto p = r->ProposeSplit(split, now);
   if (p.ok()) {
-    spdlog::info("shard {}: proposed its split at slot {} into shard {}", r->group(), split.slot, split.child);
+    spdlog::info("shard {}: proposed its split at slot {} into shard {}{}", r->group(), split.slot, split.child,
+                 missed ? " (a split this recovered replica missed)" : "");
     groups_->Notify(r);
   }
 }

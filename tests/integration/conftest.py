@@ -411,7 +411,9 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "ServerProcess":
+    def start(self, cluster_ready: bool = True) -> "ServerProcess":
+        """Start the process and wait until it answers (a shoal node of a
+        cluster: until cluster_state is ok, unless ``cluster_ready`` is False)."""
         assert not self.alive(), "already running"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
@@ -422,20 +424,21 @@ class ServerProcess:
                                          stderr=subprocess.STDOUT, cwd=str(self.dir))
         self._expected_dead = False
         try:
-            self._wait_ready()
+            self._wait_ready(cluster_ready)
         except BaseException:
             self._terminate()
             raise
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cluster_ready: bool = True) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         for _ in range(2000):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
                                    f"startup; log:\n{self.log_tail()}")
             if ping_ok(self.host, self.port, self.password, timeout=1.0) and (
-                    not self.cluster or cluster_ok(self.host, self.port, self.password, timeout=1.0)):
+                    not self.cluster or not cluster_ready or
+                    cluster_ok(self.host, self.port, self.password, timeout=1.0)):
                 return
             if time.monotonic() > deadline:
                 break

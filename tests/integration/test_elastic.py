@@ -1033,6 +1033,78 @@ def test_unsafe_recovery_of_a_shard_in_a_split_under_way(ecl, survivor):
     assert "UNSAFE RECOVERY of shard" in "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
 
 
+@pytest.fixture
+def ecl_slow_down(tmp_path):
+    """As ecl, with --down-after-ms 8000: a node may be away for a few seconds
+    without its replicas being rebuilt elsewhere."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=SHARDS, extra_args=["--down-after-ms", "8000"])
+
+
+def test_unsafe_recovery_after_a_split_the_survivor_missed(ecl_slow_down):
+    """A shard splits while one of its three voters is dead; the other two
+    commit the split and the metadata records it as done. Then those two die
+    for good and the one that missed the split comes back: its replica of
+    the parent still holds the new half's slots, and the new half has no
+    replica left anywhere. RECOVER of both shards on it: the survivor, forced
+    as the parent's only voter, splits the new half off itself (its data is
+    there), and both are rebuilt to 3 voters with nothing lost. (Before, the
+    recovery was refused on the survivor for good: both halves wedged.)"""
+    c = ecl_slow_down
+    st = grow(c, 5)
+    ids = ids_of(c, range(5))
+    data = preload(c, "pre:missed", PRELOAD_KEYS)
+    time.sleep(1.0)  # every voter has applied the preload
+    meta_i = ids.index(st.meta_leader)
+    # The survivor ("keeper") is a follower of a shard the meta leader has no voter of.
+    sh0, keeper = next((sh, k) for sh in st.shards if sh.leader in sh.voters and len(sh.voters) == 3
+                       and st.meta_leader not in sh.voters for k in sh.voters if k != sh.leader)
+    keep_i = ids.index(keeper)
+    pair = [ids.index(v) for v in sh0.voters if v != keeper]
+    survivors = [i for i in range(5) if i not in pair]
+    mid = (sh0.slots[0] + sh0.slots[1] + 1) // 2
+    print(f"[missed] node{keep_i} dies; shard {sh0.id} (slots {sh0.slots}) splits at {mid} on node{pair[0]} "
+          f"and node{pair[1]}, which then die; node{keep_i} comes back")
+    assert not isinstance(c.admin("BALANCE", "off", via=meta_i), RespError)  # no move of the halves meanwhile
+    c.kill9(keep_i)
+    reply = c.admin("SPLIT", str(sh0.id), str(mid), via=meta_i, timeout=3.0)
+    assert not isinstance(reply, RespError), reply
+
+    def split_done(s: AdminStatus) -> List[str]:
+        p = next(sh for sh in s.shards if sh.id == sh0.id)
+        half = [sh for sh in s.shards if sh.slots[0] == mid]
+        if len(s.shards) != SHARDS + 1 or p.splitting_into is not None or not half or half[0].leader is None:
+            return [f"shard {sh0.id}: {p}; the new half: {half}"]
+        return []
+    st = c.wait_status(split_done, 6.0, "the split done by the two live voters, the new half led", via=meta_i)
+    child = next(sh for sh in st.shards if sh.slots[0] == mid)
+    lost = [sh for sh in st.shards if ids[pair[0]] in sh.voters and ids[pair[1]] in sh.voters]
+    assert {sh0.id, child.id} <= {sh.id for sh in lost}, "\n".join(map(str, st.lines))
+    for i in pair:
+        c.kill9(i)
+    c.nodes[keep_i].start(cluster_ready=False)  # shards without a leader: never "ok" before the recovery
+
+    def down(s: AdminStatus) -> List[str]:
+        return [f"node{i} is {s.nodes[ids[i]].state}" for i in pair if s.nodes[ids[i]].state != "down"]
+    c.wait_status(down, 8.0 + 30, "the two nodes down", via=keep_i)
+    for sh in lost:
+        keep = keeper if keeper in sh.voters else next(v for v in sh.voters if v not in (ids[pair[0]], ids[pair[1]]))
+        out = _cli_admin(c, survivors[0], "recover", str(sh.id), keep, "--unsafe")
+        assert f"shard {sh.id}: UNSAFE recovery" in out, out
+    assert not isinstance(c.admin("BALANCE", "on", via=keep_i), RespError)
+    st = c.wait_status(settled(voters=3, up=ids_of(c, survivors), meta_voters=3),
+                       REPAIR_TIMEOUT_S, "both halves and every other shard back at 3 voters on the survivors")
+    print(f"[missed] recovered:\n{st}")
+    halves = {sh.id: sh for sh in st.shards if sh.id in (sh0.id, child.id)}
+    assert halves[sh0.id].slots == (sh0.slots[0], mid - 1) and halves[child.id].slots == (mid, sh0.slots[1]), st
+    assert len(st.shards) == SHARDS + 1, st
+    for sh in st.shards:
+        assert not set(sh.members()) & {ids[pair[0]], ids[pair[1]]}, sh
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
+    _writes_go_through(c, "post:missed", 500)
+    assert "a split this recovered replica missed" in c.nodes[keep_i].log_path.read_text(errors="replace")
+
+
 # --------------------------------------------------------------------------
 # 9. unsafe recovery of the meta shard itself
 # --------------------------------------------------------------------------
