@@ -267,7 +267,7 @@ int RunAdmin(const AdminOptions& opts) {
     auto r = admin({opts.verb});
     if (!r) return 1;
     for (const auto& l : r->lines) std::printf("%s\n", l.c_str());
-    if (opts.verb == "plan" && r->lines.empty()) std::printf("(nothing to do: placement is balanced)\n");
+    if (opts.verb == "plan" && r->lines.empty()) std::printf("(no move planned; a shard without a leader gets none: see status)\n");
     return 0;
   }
   if (opts.verb == "recover" && opts.args.size() == 1 && opts.args[0] != "meta") {

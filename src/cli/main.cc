@@ -201,7 +201,8 @@ int main(int argc, char** argv) {
   CLI::App* drain_cmd = verb("drain", "Move every replica off a node, then remove it; shows progress");
   drain_cmd->add_option("node", admin.args, "Node id (16 or 40 hex) or host:port")->required()->expected(1);
   drain_cmd->add_flag("!--no-wait", admin.wait, "Return at once instead of following the drain");
-  drain_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow the drain (default 3600)");
+  drain_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow the drain (default 3600)")
+      ->check(CLI::PositiveNumber);
   CLI::App* remove_cmd = verb("remove", "Remove a node that is down or drained (its replicas are rebuilt elsewhere)");
   remove_cmd->add_option("node", admin.args, "Node id (16 or 40 hex) or host:port")->required()->expected(1);
   CLI::App* balance_cmd = verb("balance", "on: spread replicas and leaders (default); off: repair only");
@@ -219,7 +220,7 @@ int main(int argc, char** argv) {
   recover_cmd->add_option("args", admin.args, "SHARD NODE, or meta")->required()->expected(1, 2);
   recover_cmd->add_flag("--unsafe", admin.unsafe, "Required: say that you accept losing writes");
   CLI::App* watch_cmd = verb("watch", "Follow moves until placement is balanced");
-  watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)");
+  watch_cmd->add_option("--timeout", admin.timeout_s, "Seconds to follow (default 3600)")->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   if (admin_cmd->parsed()) return shoal::cli::RunAdmin(admin);
   if (demo_cmd->parsed()) {

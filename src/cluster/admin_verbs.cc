@@ -15,6 +15,10 @@ namespace shoal::cluster {
 
 namespace {
 
+// REMOVE takes a node that still counts as up (down-after-ms has not passed)
+// once it has been silent this long: gossip comes every 100 ms.
+constexpr int64_t kRemoveSilentUs = 3'000'000;
+
 AdminReply AdminError(std::string e) {
   AdminReply r;
   r.kind = AdminReply::Kind::kError;
@@ -52,10 +56,17 @@ const proto::NodeInfo* Cluster::FindNode(const proto::MetaState& meta, const std
     bool hex = std::all_of(who.begin(), who.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
     if (hex) id = std::strtoull(who.substr(0, 16).c_str(), nullptr, 16);
   }
+  // An address a removed node had may be a new node's now: the node that is
+  // not removed wins (an id names either).
+  const proto::NodeInfo* found = nullptr;
   for (const auto& n : meta.nodes()) {
-    if ((id != 0 && n.id() == id) || who == n.host() + ":" + std::to_string(n.port())) return &n;
+    if (id != 0 && n.id() == id) return &n;
+    if (who == n.host() + ":" + std::to_string(n.port()) &&
+        (found == nullptr || found->state() == proto::NODE_REMOVED)) {
+      found = &n;
+    }
   }
-  return nullptr;
+  return found;
 }
 
 AdminReply Cluster::AdminStatus(int64_t now) const {
@@ -161,6 +172,9 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     MetaPtr m = meta();
     if (args.size() >= 2 && Lower(args[0]) == "recover" && Lower(args[1]) == "meta") {
       // Answered by this node itself: the meta shard has no leader to ask.
+      if (args.size() > 3) {
+        return done(AdminError("ERR wrong number of arguments: SHOAL.ADMIN RECOVER META UNSAFE"));
+      }
       if (args.size() != 3 || Lower(args[2]) != "unsafe") {
         return done(AdminError("ERR RECOVER META is unsafe and must say so: SHOAL.ADMIN RECOVER META UNSAFE, sent to "
                                "the surviving meta voter that is to be the meta shard's only voter"));
@@ -251,6 +265,9 @@ void Cluster::HandleAdmin(std::vector<std::string> args, std::function<void(Admi
     if ((sub == "drain" || sub == "remove") && args.size() == 2) return checked(&Cluster::AdminNodeState);
     if ((sub == "move" && args.size() == 4) || (sub == "transfer" && args.size() == 3)) return checked(&Cluster::AdminPlace);
     if (sub == "recover" && args.size() == 4 && Lower(args[3]) == "unsafe") return checked(&Cluster::AdminRecover);
+    if (sub == "recover" && (args.size() < 3 || args.size() > 4)) {
+      return done(AdminError("ERR wrong number of arguments: SHOAL.ADMIN RECOVER shard node UNSAFE"));
+    }
     if (sub == "recover") {
       return done(AdminError("ERR RECOVER is unsafe and must say so: SHOAL.ADMIN RECOVER shard node UNSAFE"));
     }
@@ -382,6 +399,9 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
       return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] +
                              " has a move in flight (or no leader); retry when it is done"));
     }
+    if (sv.id == info->id() && sv.splitting) {  // a recovered replica with a missed split to make
+      return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + " is in a split under way; retry when it is done"));
+    }
   }
   uint64_t slot = 0;
   if (args.size() == 3) {
@@ -462,8 +482,21 @@ Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::ve
                              " would leave the meta shard without a majority of live voters"));
     }
     if (holds && state[node->id()] == NodeState::kUp) {
-      return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) +
-                             " is up and holds replicas: drain it first (SHOAL.ADMIN DRAIN)"));
+      // Up until down-after-ms, but a node silent for a few seconds (its
+      // process ended, or it is cut off) is as good as dead for an operator
+      // who asks to remove it at once.
+      int64_t silent_us = 0;
+      if (node->id() != node_id_) {
+        std::lock_guard lock(gossip_mu_);
+        auto it = last_heard_us_.find(node->id());
+        silent_us = now - std::max(it == last_heard_us_.end() ? 0 : it->second, meta_leader_since_us_);
+      }
+      if (silent_us < kRemoveSilentUs) {
+        return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is up and holds replicas: drain it "
+                               "first (SHOAL.ADMIN DRAIN), or remove it once it has been silent for " +
+                               std::to_string(kRemoveSilentUs / 1'000'000) + " s (heard " +
+                               std::to_string(silent_us / 1000) + " ms ago)"));
+      }
     }
   }
   proto::MetaCommand cmd;

@@ -182,6 +182,13 @@ Status Cluster::Open() {
   if (cid != 0) {
     s = OpenMeta(false, nullptr);
     if (!s.ok()) return s;
+    for (const auto& n : meta()->nodes()) {
+      if (n.id() == node_id_ && n.state() == proto::NODE_REMOVED) {
+        return Status::Aborted("node " + Hex(node_id_) + " was removed from cluster " + Hex(cid) +
+                               ": the data in its --dir is no member's any more. To add this machine "
+                               "to the cluster again, start it with an empty --dir and --join a member");
+      }
+    }
     // Replicas with state first: their ranges (after splits) decide which
     // empty replicas may be created beside them.
     for (bool with_state : {true, false}) {
@@ -443,7 +450,16 @@ bool Cluster::GossipOf(uint64_t group, int64_t now, LeaderGossip* out) const {
   return true;
 }
 
+std::string Cluster::NoShardMapError() const {
+  if (removed_elsewhere()) {
+    return "CLUSTERDOWN this node was removed from the cluster while it was away: it serves no data (stop it; to "
+           "add this machine again, start it with an empty --dir and --join a member)";
+  }
+  return "CLUSTERDOWN The cluster is down: this node has no shard map yet";
+}
+
 bool Cluster::Healthy() const {
+  if (removed_elsewhere()) return false;
   RoutingPtr rt = routing();
   if (rt->shards.empty()) return false;
   MetaPtr m = meta();
@@ -501,6 +517,19 @@ uint64_t Cluster::RecoverySeen(uint64_t group) {
 }
 
 void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
+  if (HasId(stats.removed, node_id_) && !removed_elsewhere()) {
+    // Removal is for good, and only committed metadata says it: believed.
+    bool listed_removed = false;
+    if (MetaPtr m = meta()) {
+      for (const auto& n : m->nodes()) listed_removed |= n.id() == node_id_ && n.state() == proto::NODE_REMOVED;
+    }
+    if (!listed_removed) {
+      removed_elsewhere_.store(true, std::memory_order_relaxed);
+      spdlog::critical("node {} says this node ({}) was removed from the cluster while it was away: it serves no "
+                       "data from now on. Stop it; to add this machine again, start it with an empty --dir and "
+                       "--join a member", Hex(from), Hex(node_id_));
+    }
+  }
   {
     std::lock_guard lock(gossip_mu_);
     transfers_[from] = stats;
@@ -538,6 +567,9 @@ void Cluster::RebuildRouting(const MetaPtr& meta) {
   rt->replication_factor = static_cast<int>(meta->replication_factor());
   rt->meta_voters.assign(meta->meta_voters().begin(), meta->meta_voters().end());
   for (const auto& n : meta->nodes()) {
+    // A removed node is no member: clients are not shown it (CLUSTER NODES,
+    // SHARDS, SLOTS), and nothing is sent to it (FLUSHALL's fan-out).
+    if (n.state() == proto::NODE_REMOVED && n.id() != node_id_) continue;
     rt->nodes[n.id()] = NodeAddr{n.id(), NodeName(n.id()), n.host(), static_cast<uint16_t>(n.port())};
   }
   std::vector<proto::ShardInfo> shards(meta->shards().begin(), meta->shards().end());
@@ -766,11 +798,11 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
           }
           std::string hint;
           if (tails == 1) {
-            hint = "; if shard " + tail + " lost its majority too, recover it on this node as well, and this "
-                   "replica splits it off";
+            hint = "; if shard " + tail + " lost its majority for good too, recover it on this node as well, and "
+                   "this replica splits it off";
           } else if (tails > 1) {
-            hint = "; if shards " + tail + " lost their majority too, recover each of them on this node as well, "
-                   "and this replica splits them off";
+            hint = "; if shards " + tail + " lost their majority for good too, recover each of them on this node as "
+                   "well, and this replica splits them off";
           }
           if (log) {
             spdlog::critical("shard {}: unsafe recovery {} refused here: this replica holds slots {}-{}, the "
@@ -856,6 +888,16 @@ void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
   node::NodeStats stats = opts_.local_transfers ? opts_.local_transfers() : node::NodeStats{};
   stats.meta_recovery = mr->recovery();
   stats.features = BuildFeatures();
+  if (m) {
+    // Removed nodes that still talk (restarted with their old data): told so.
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& n : m->nodes()) {
+      auto it = last_heard_us_.find(n.id());
+      if (n.state() == proto::NODE_REMOVED && it != last_heard_us_.end() && now - it->second < 10'000'000) {
+        stats.removed.push_back(n.id());
+      }
+    }
+  }
   transport_->SetLocalTransfers(stats);
   if (!m || !mr->is_leader() || mr->recovery() <= m->meta_recovery() || now - last_meta_recovered_us_ < 1'000'000) {
     return;
@@ -1083,10 +1125,10 @@ ClusterView Cluster::View(int64_t now) const {
       sv.ops_per_sec = est.ops_per_sec;
     }
     sv.split_slot = rep.split_slot;
-    // (Or its leader holds other slots than the metadata says: a replica
-    // an unsafe recovery forced that has splits it missed to make.)
+    // (Or its leader holds more slots than the metadata says: a replica an
+    // unsafe recovery forced that has splits it missed to make.)
     sv.splitting = s.split_child() != 0 || children.contains(s.id()) ||
-                   (sv.reported && sv.slot_end != 0 && (sv.slot_begin != s.slot_begin() || sv.slot_end != s.slot_end()));
+                   (sv.reported && s.recovery() > 0 && sv.slot_begin == s.slot_begin() && sv.slot_end > s.slot_end());
     view.shards.push_back(std::move(sv));
   }
   {

@@ -149,9 +149,16 @@ class Cluster final : public replica::Splitter {
   // local replica that holds the slot wins over the metadata: around a
   // split the two disagree for a moment, and the replicas here know.
   uint64_t GroupOfSlot(uint16_t slot) const {
+    if (removed_elsewhere_.load(std::memory_order_relaxed)) return 0;
     uint32_t local = local_slot_group_[slot].load(std::memory_order_acquire);
     return local != 0 ? local : slot_group_[slot].load(std::memory_order_acquire);
   }
+  // Whether peers say this node was removed from the cluster while its own
+  // metadata (from before the removal: it was away) does not: it then owns
+  // no slot here (GroupOfSlot) and reports cluster_state:fail.
+  bool removed_elsewhere() const { return removed_elsewhere_.load(std::memory_order_relaxed); }
+  // What a command for a slot no shard here owns is answered (GroupOfSlot 0).
+  std::string NoShardMapError() const;
   // Changes whenever a local replica comes, goes or changes its range. Any thread.
   uint64_t LocalRangesSig();
   // Counts an operation on `slot` served here (load-based splits). Any thread.
@@ -372,6 +379,7 @@ class Cluster final : public replica::Splitter {
   // leader reported per group, and the highest group id seen led.
   std::map<uint64_t, uint64_t> max_recovery_seen_;
   uint64_t max_group_seen_ = 0;
+  std::atomic<bool> removed_elsewhere_{false};
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
   std::map<uint64_t, node::NodeStats> transfers_;  // node -> its counters
   // Worker-0 state.

@@ -11,6 +11,7 @@
 
 #include "cluster/cluster_internal.h"
 #include "storage/keys.h"
+#include "storage/raft_store.h"
 
 namespace shoal::cluster {
 
@@ -32,16 +33,19 @@ bool Cluster::StageSplit(replica::Replica& parent, const replica::SplitCommand& 
   // recovers both halves of a split under way together (AdminRecover).
   const bool sole = conf.voters == std::vector<raft::NodeId>{parent.node_id()} && conf.voters_outgoing.empty();
   uint64_t recovery = 0;
+  bool parent_current = false;  // the parent's replica is of its latest recovery
   if (MetaPtr m = meta()) {
     const proto::ShardInfo* info = FindShardById(*m, split.child);
     if (info != nullptr && info->recovery() > 0 && info->recovered_on() == node_id_ && sole) recovery = info->recovery();
+    const proto::ShardInfo* p = FindShardById(*m, parent.group());
+    parent_current = p != nullptr && parent.recovery() >= p->recovery();
   }
   // The metadata may have lost the child's recovery (a recovery of the meta
   // shard since): a child born of a parent forced here, alone, belongs to
   // the parent's recovery all the same. Born at its number, it takes no
   // message from the lost voters' copies of the child, and the placement
   // records the number, which removes those copies.
-  if (recovery == 0 && sole && conf.learners.empty()) recovery = parent.recovery();
+  if (recovery == 0 && sole && conf.learners.empty() && parent_current) recovery = parent.recovery();
   // The child's replica here is the parent's member (same id, same incarnation).
   Status s = replica::StageSplitChild(engine_, *kv_sm->shard(), split, conf, index, batch, recovery,
                                       replica::StoredIncarnation{parent.node_id(), parent.incarnation()});
@@ -221,7 +225,10 @@ const proto::ShardInfo* Cluster::MissedSplitTail(const proto::MetaState& meta, c
   const proto::ShardInfo* tail = RecoveredTail(meta, s, local.slot_begin(), local.slot_end(), node_id_);
   if (tail == nullptr) return nullptr;
   for (const auto& t : meta.shards()) {
-    if (t.slot_begin() >= s.slot_end() && t.slot_end() <= local.slot_end() && groups_->Find(t.id()) != nullptr) {
+    // (Nor state left on disk: the split would fail to create the child,
+    // and only shrink the parent, which holds the only copy of its data.)
+    if (t.slot_begin() >= s.slot_end() && t.slot_end() <= local.slot_end() &&
+        (groups_->Find(t.id()) != nullptr || storage::RaftStore::HasState(engine_, t.id()))) {
       return nullptr;
     }
   }
@@ -259,7 +266,7 @@ void Cluster::ProposeSplitIfDue(replica::Replica* r, const proto::MetaState& met
       (missed ? child->slot_end() > sh->slot_end() : child->slot_end() != sh->slot_end()) ||
       sh->slot_begin() != info->slot_begin()) {
     spdlog::warn("shard {}: split into {} waits: this replica holds slots {}-{}, the metadata {}-{}", r->group(),
-                 info->split_child(), sh->slot_begin(), sh->slot_end() - 1, info->slot_begin(), info->slot_end() - 1);
+                 child != nullptr ? child->id() : info->split_child(), sh->slot_begin(), sh->slot_end() - 1, info->slot_begin(), info->slot_end() - 1);
     return;
   }
   if (!r->raft().tracker().conf_state().voters_outgoing.empty()) return;  // joint: it would be ignored

@@ -325,6 +325,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       pf.set_transfer_bytes_received(local_transfers_.bytes_received);
       pf.set_meta_recovery(local_transfers_.meta_recovery);
       pf.set_features(local_transfers_.features);
+      for (uint64_t id : local_transfers_.removed) pf.add_removed_nodes(id);
       for (const LeaderReport& r : local_leaders_) {
         auto* l = pf.add_leaders();
         l->set_group(r.group);
@@ -713,7 +714,8 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     }
     if (pf.has_transfers() && transfers_) {
       transfers_(pf.from_node(), NodeStats{pf.transfers_sending(), pf.transfer_bytes_sent(),
-                                           pf.transfer_bytes_received(), pf.meta_recovery(), pf.features()});
+                                           pf.transfer_bytes_received(), pf.meta_recovery(), pf.features(),
+                                           {pf.removed_nodes().begin(), pf.removed_nodes().end()}});
     }
     if (pf.has_leaders()) {
       std::vector<LeaderReport> leaders;

@@ -59,6 +59,7 @@ struct NodeStats {
   uint64_t bytes_received = 0;
   uint64_t meta_recovery = 0;
   uint64_t features = 0;
+  std::vector<uint64_t> removed;  // removed nodes heard from lately (PeerFrame.removed_nodes)
 };
 
 struct TransportOptions {

@@ -541,7 +541,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
   last_command_ = cmd.spec.name;
   uint64_t group = server_.cluster().GroupOfSlot(slot);
   if (group == 0) {  // group 0 is the meta shard: no shard map yet (joining)
-    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+    writer_.Error(server_.cluster().NoShardMapError());
     co_return;
   }
   replica::Replica* r = server_.groups().Find(group);
@@ -563,7 +563,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
       confirmed = co_await ReadBarrier(r);
     }
     if (group == 0) {
-      writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+      writer_.Error(server_.cluster().NoShardMapError());
       co_return;
     }
   }
@@ -795,7 +795,7 @@ asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args,
   last_command_ = cmd.spec.name;
   uint64_t group = server_.cluster().GroupOfSlot(slot);
   if (group == 0) {
-    writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+    writer_.Error(server_.cluster().NoShardMapError());
     co_return;
   }
   // The replies before it go out now: it may wait long.
@@ -1172,7 +1172,7 @@ void Connection::QueueInMulti(const Command* cmd, kv::Args args) {
         multi_.slot = *slot;
         uint64_t group = server_.cluster().GroupOfSlot(*slot);
         if (group == 0) {
-          refusal = "CLUSTERDOWN The cluster is down: this node has no shard map yet";
+          refusal = server_.cluster().NoShardMapError();
         } else if (cluster_aware_ && !routed_) {
           // A cluster client is sent where the slot's shard is led, as Redis Cluster does.
           replica::Replica* r = server_.groups().Find(group);
@@ -1307,7 +1307,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
   for (;;) {
     const uint64_t group = server_.cluster().GroupOfSlot(*slot);
     if (group == 0) {
-      writer_.Error("CLUSTERDOWN The cluster is down: this node has no shard map yet");
+      writer_.Error(server_.cluster().NoShardMapError());
       co_return;
     }
     replica::Replica* r = server_.groups().Find(group);

@@ -426,6 +426,7 @@ class ServerProcess:
         try:
             self._wait_ready(cluster_ready)
         except BaseException:
+            self._expected_dead = True  # the exception reports it
             self._terminate()
             raise
         return self

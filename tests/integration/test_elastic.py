@@ -940,6 +940,8 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     keeper = next(v for v in sh0.voters if v not in (ids[pair[0]], ids[pair[1]]))
     _expect_error(c, "ERR RECOVER is unsafe and must say so", "RECOVER", str(sh0.id), keeper,
                   via=survivors[0])
+    _expect_error(c, "ERR wrong number of arguments", "RECOVER", str(sh0.id), keeper, "UNSAFE", "extra",
+                  via=survivors[0])
     _expect_error(c, f"ERR node {ids[pair[0]]} is not up", "RECOVER", str(sh0.id), ids[pair[0]], "UNSAFE",
                   via=survivors[0])
     if any(v not in (ids[pair[0]], ids[pair[1]]) for v in healthy.voters):
@@ -1105,6 +1107,97 @@ def test_unsafe_recovery_after_a_split_the_survivor_missed(ecl_slow_down):
     assert "a split this recovered replica missed" in c.nodes[keep_i].log_path.read_text(errors="replace")
 
 
+def test_removed_nodes_restarted_with_their_old_data(ecl_slow_down):
+    """REMOVE of a node killed a few seconds ago works before down-after-ms has
+    passed (it still counts as up, but has been silent); that node, restarted
+    with its old data, learns from its peers that it was removed and serves
+    nothing, with an error that says so; a node drained (and so removed)
+    while it ran refuses to start again with its old data, or, if it stopped
+    before its metadata showed its removal, is told by its peers the same way."""
+    c = ecl_slow_down
+    grow(c, 5)
+    ids = ids_of(c, range(5))
+    data = preload(c, "pre:zombie", 500)
+    gone = 4
+    c.kill9(gone)
+    t_kill = time.monotonic()
+    time.sleep(0.5)
+    _expect_error(c, f"ERR node {ids[gone]} is up and holds replicas", "REMOVE", ids[gone])
+    reply = None
+    for _ in range(60):  # silent for 3 s: removed, though down-after-ms (8 s) has not passed
+        reply = c.admin("REMOVE", ids[gone])
+        if not isinstance(reply, RespError):
+            break
+        assert reply.startswith(f"ERR node {ids[gone]} is up and holds replicas"), reply
+        time.sleep(0.25)
+    assert not isinstance(reply, RespError), reply
+    assert time.monotonic() - t_kill < 8.0, "REMOVE waited for down-after-ms"
+    assert c.admin_status().nodes[ids[gone]].state == "removed"
+    c.wait_status(settled(voters=3, up=ids[:4], meta_voters=3), REPAIR_TIMEOUT_S, "its replicas rebuilt on the 4 left")
+    listed = c.nodes[0].call("CLUSTER", "NODES")
+    assert ids[gone] not in listed.decode(), f"a removed node is listed to clients:\n{listed.decode()}"
+
+    def told(i: int) -> List[str]:
+        """Problems with node i serving as a removed node should (none: it does)."""
+        out = []
+        info = c.cluster_info(i)
+        if info.get("cluster_state") != "fail":
+            out.append(f"cluster_state {info.get('cluster_state')}")
+        v = c.nodes[i].call("GET", "pre:zombie:1")
+        if not (isinstance(v, RespError) and "this node was removed from the cluster" in v):
+            out.append(f"GET -> {v!r}")
+        return out
+
+    def wait_told(i: int) -> None:
+        problems: List[str] = []
+        for _ in range(100):
+            problems = told(i)
+            if not problems:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"node{i} restarted after its removal: {problems}\n{c.nodes[i].log_tail()}")
+
+    # Restarted with its old data (removed while it was dead): its peers tell it.
+    c.nodes[gone].start(cluster_ready=False)
+    wait_told(gone)
+    assert "was removed from the cluster while it was away" in c.nodes[gone].log_path.read_text(errors="replace")
+    c.stop(gone)
+
+    # Drained while it ran, then stopped: it refuses to start with its old data.
+    drained = 3
+    out = _cli_admin(c, 0, "drain", ids[drained], "--timeout", str(int(SETTLE_TIMEOUT_S)))
+    assert f"drained and removed {ids[drained]}" in out, out
+    c.stop(drained)
+    try:
+        c.nodes[drained].start(cluster_ready=False)
+    except RuntimeError as e:
+        assert f"exited with 1" in str(e), e
+        assert f"was removed from cluster" in c.nodes[drained].log_path.read_text(errors="replace"), e
+    else:  # it stopped before it applied its removal: told by its peers
+        wait_told(drained)
+        c.stop(drained)
+
+    # The same address, a new node (an empty --dir): host:port names the new one.
+    addr = c.nodes[drained].address
+    shutil.rmtree(c.nodes[drained].dir)
+    c.nodes[drained].start(cluster_ready=False)
+
+    def new_node_up(s: AdminStatus) -> List[str]:
+        return [] if any(n.addr == addr and n.state == "up" and n.id != ids[drained] for n in s.nodes.values()) \
+            else [f"no new node up at {addr}"]
+    st = c.wait_status(new_node_up, SETTLE_TIMEOUT_S, f"a new node at {addr}")
+    new_id = next(n.id for n in st.nodes.values() if n.addr == addr and n.state == "up")
+    reply = c.admin("DRAIN", addr, via=0)
+    assert not isinstance(reply, RespError), reply
+    assert new_id in b" ".join(reply if isinstance(reply, list) else [reply]).decode(), reply
+    st = c.wait_status(lambda s: [] if s.nodes[new_id].state == "removed" else [f"{new_id} is {s.nodes[new_id].state}"],
+                       SETTLE_TIMEOUT_S, "the new node drained")
+    c.stop(drained)
+    st = c.wait_status(settled(voters=3, up=ids[:3], meta_voters=3), SETTLE_TIMEOUT_S, "3 nodes left")
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
+
+
 # --------------------------------------------------------------------------
 # 9. unsafe recovery of the meta shard itself
 # --------------------------------------------------------------------------
@@ -1160,6 +1253,7 @@ def test_unsafe_recovery_of_the_meta_shard(ecl):
 
     # refusals while the meta shard is whole; nothing changes
     _expect_error(c, "ERR RECOVER META is unsafe and must say so", "RECOVER", "META", via=voter_i)
+    _expect_error(c, "ERR wrong number of arguments", "RECOVER", "META", "UNSAFE", "extra", via=voter_i)
     _expect_error(c, "ERR this node leads the meta shard", "RECOVER", "META", "UNSAFE", via=leader_i)
     _expect_error(c, "ERR the meta shard still has a majority of live voters", "RECOVER", "META", "UNSAFE",
                   via=voter_i)
