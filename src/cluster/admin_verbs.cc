@@ -491,6 +491,20 @@ Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::ve
         auto it = last_heard_us_.find(node->id());
         silent_us = now - std::max(it == last_heard_us_.end() ? 0 : it->second, meta_leader_since_us_);
       }
+      // Silent to this node, but maybe only cut off from it and still
+      // leading shards its followers hear: every shard it holds must have
+      // a leader elsewhere, heard lately.
+      for (const ShardView& s : view.shards) {
+        if (silent_us < kRemoveSilentUs) break;
+        if (!HasId(s.want.voters, node->id()) && !HasId(s.actual.voters, node->id())) continue;
+        LeaderGossip g;
+        if (!GossipOf(s.id, now, &g) || g.node == node->id()) {
+          return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is silent, but shard " +
+                                 std::to_string(s.id) + " has no leader heard from elsewhere (the node may be cut "
+                                 "off from this one and still lead it): retry once its shards have other leaders, "
+                                 "or after down-after-ms"));
+        }
+      }
       if (silent_us < kRemoveSilentUs) {
         return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is up and holds replicas: drain it "
                                "first (SHOAL.ADMIN DRAIN), or remove it once it has been silent for " +

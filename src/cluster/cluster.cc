@@ -517,19 +517,6 @@ uint64_t Cluster::RecoverySeen(uint64_t group) {
 }
 
 void Cluster::OnTransfers(uint64_t from, node::NodeStats stats) {
-  if (HasId(stats.removed, node_id_) && !removed_elsewhere()) {
-    // Removal is for good, and only committed metadata says it: believed.
-    bool listed_removed = false;
-    if (MetaPtr m = meta()) {
-      for (const auto& n : m->nodes()) listed_removed |= n.id() == node_id_ && n.state() == proto::NODE_REMOVED;
-    }
-    if (!listed_removed) {
-      removed_elsewhere_.store(true, std::memory_order_relaxed);
-      spdlog::critical("node {} says this node ({}) was removed from the cluster while it was away: it serves no "
-                       "data from now on. Stop it; to add this machine again, start it with an empty --dir and "
-                       "--join a member", Hex(from), Hex(node_id_));
-    }
-  }
   {
     std::lock_guard lock(gossip_mu_);
     transfers_[from] = stats;
@@ -678,6 +665,19 @@ void Cluster::OnTick(int worker) {
   const bool meta_replaced = meta_lineage_.load(std::memory_order_acquire) > m->meta_recovery();
   for (replica::Replica* r : groups_->All()) {
     if (groups_->WorkerOf(r->group()) != worker || !r->is_leader()) continue;
+    if (removed_elsewhere()) {
+      // Removed while it was away, yet still leading (its followers hear
+      // it): leadership goes to another voter, whose node acts on the
+      // current metadata (and removes this one).
+      for (raft::NodeId v : r->raft().tracker().conf_state().voters) {
+        if (v != r->node_id()) {
+          r->TransferLeader(v);
+          groups_->Notify(r);
+          break;
+        }
+      }
+      continue;
+    }
     if (meta_replaced && r->group() != 0) continue;
     Reconcile(r, *m, now);
     if (r->group() != 0) ProposeSplitIfDue(r, *m, now);
@@ -893,10 +893,38 @@ void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
     std::lock_guard lock(gossip_mu_);
     for (const auto& n : m->nodes()) {
       auto it = last_heard_us_.find(n.id());
-      if (n.state() == proto::NODE_REMOVED && it != last_heard_us_.end() && now - it->second < 10'000'000) {
+      if (n.state() == proto::NODE_REMOVED && it != last_heard_us_.end() && now - it->second < kRemovedToldUs) {
         stats.removed.push_back(n.id());
       }
     }
+  }
+  // Whether this node was removed while it was away (its own metadata, from
+  // before, does not say so): a peer heard lately says so, and that peer's
+  // metadata is of the latest lineage of the meta shard heard of (a
+  // recovery of the meta shard may have dropped the removal).
+  bool listed_removed = false;
+  if (m) {
+    for (const auto& n : m->nodes()) listed_removed |= n.id() == node_id_ && n.state() == proto::NODE_REMOVED;
+  }
+  bool told = false;
+  uint64_t teller = 0;
+  if (!listed_removed) {
+    std::lock_guard lock(gossip_mu_);
+    uint64_t top = mr->recovery();
+    for (const auto& [id, st] : transfers_) top = std::max(top, st.meta_recovery);
+    for (const auto& [id, st] : transfers_) {
+      auto heard = last_heard_us_.find(id);
+      if (st.meta_recovery >= top && HasId(st.removed, node_id_) && heard != last_heard_us_.end() &&
+          now - heard->second < kRemovedToldUs) {
+        told = true;
+        teller = id;
+      }
+    }
+  }
+  if (told != removed_elsewhere_.exchange(told, std::memory_order_relaxed) && told) {
+    spdlog::critical("node {} says this node ({}) was removed from the cluster while it was away: it serves no data "
+                     "and leads nothing from now on. Stop it; to add this machine again, start it with an empty "
+                     "--dir and --join a member", Hex(teller), Hex(node_id_));
   }
   transport_->SetLocalTransfers(stats);
   if (!m || !mr->is_leader() || mr->recovery() <= m->meta_recovery() || now - last_meta_recovered_us_ < 1'000'000) {

@@ -380,6 +380,7 @@ class Cluster final : public replica::Splitter {
   std::map<uint64_t, uint64_t> max_recovery_seen_;
   uint64_t max_group_seen_ = 0;
   std::atomic<bool> removed_elsewhere_{false};
+  static constexpr int64_t kRemovedToldUs = 10'000'000;  // peers gossip removed nodes heard this lately
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
   std::map<uint64_t, node::NodeStats> transfers_;  // node -> its counters
   // Worker-0 state.

@@ -909,6 +909,10 @@ asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args,
 }
 
 asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args args) {
+  if (server_.cluster().removed_elsewhere()) {  // its shard map is stale: it must not flush the cluster
+    writer_.Error(server_.cluster().NoShardMapError());
+    co_return;
+  }
   kv::Entry entry;
   if (!PrepareWrite(cmd, args, &entry, &writer_)) co_return;
   if (!cluster_aware_) {

@@ -1108,32 +1108,48 @@ def test_unsafe_recovery_after_a_split_the_survivor_missed(ecl_slow_down):
 
 
 def test_removed_nodes_restarted_with_their_old_data(ecl_slow_down):
-    """REMOVE of a node killed a few seconds ago works before down-after-ms has
-    passed (it still counts as up, but has been silent); that node, restarted
+    """REMOVE of a node cut off from the meta leader alone, which still leads
+    shards, is refused; of a node killed a few seconds ago it works before
+    down-after-ms has passed (it still counts as up, but has been silent, and
+    its shards have other leaders); that node, restarted
     with its old data, learns from its peers that it was removed and serves
     nothing, with an error that says so; a node drained (and so removed)
     while it ran refuses to start again with its old data, or, if it stopped
     before its metadata showed its removal, is told by its peers the same way."""
     c = ecl_slow_down
-    grow(c, 5)
+    st = grow(c, 5)
     ids = ids_of(c, range(5))
     data = preload(c, "pre:zombie", 500)
-    gone = 4
+    # A node cut off from the meta leader alone is silent to it, but still
+    # leads shards its followers hear: REMOVE is refused, naming one.
+    meta_i = ids.index(st.meta_leader)
+    cut = next(i for i in range(5) if i != meta_i and st.nodes[ids[i]].leaders > 0)
+    c.partition(cut, [meta_i])
+    try:
+        time.sleep(3.5)
+        _expect_error(c, f"ERR node {ids[cut]} is silent, but shard ", "REMOVE", ids[cut], via=meta_i)
+    finally:
+        c.heal()
+    c.wait_status(settled(voters=3, up=ids, meta_voters=5), SETTLE_TIMEOUT_S, "the cut healed")
+    gone = 4 if cut != 4 else 3
     c.kill9(gone)
     t_kill = time.monotonic()
     time.sleep(0.5)
     _expect_error(c, f"ERR node {ids[gone]} is up and holds replicas", "REMOVE", ids[gone])
     reply = None
-    for _ in range(60):  # silent for 3 s: removed, though down-after-ms (8 s) has not passed
+    for _ in range(60):  # silent for 3 s, its shards led elsewhere: removed before down-after-ms (8 s)
         reply = c.admin("REMOVE", ids[gone])
         if not isinstance(reply, RespError):
             break
-        assert reply.startswith(f"ERR node {ids[gone]} is up and holds replicas"), reply
+        assert reply.startswith((f"ERR node {ids[gone]} is up and holds replicas",
+                                 f"ERR node {ids[gone]} is silent, but shard ")), reply
         time.sleep(0.25)
     assert not isinstance(reply, RespError), reply
     assert time.monotonic() - t_kill < 8.0, "REMOVE waited for down-after-ms"
     assert c.admin_status().nodes[ids[gone]].state == "removed"
-    c.wait_status(settled(voters=3, up=ids[:4], meta_voters=3), REPAIR_TIMEOUT_S, "its replicas rebuilt on the 4 left")
+    left = [i for i in range(5) if i != gone]
+    c.wait_status(settled(voters=3, up=[ids[i] for i in left], meta_voters=3), REPAIR_TIMEOUT_S,
+                  "its replicas rebuilt on the 4 left")
     listed = c.nodes[0].call("CLUSTER", "NODES")
     assert ids[gone] not in listed.decode(), f"a removed node is listed to clients:\n{listed.decode()}"
 
@@ -1164,7 +1180,7 @@ def test_removed_nodes_restarted_with_their_old_data(ecl_slow_down):
     c.stop(gone)
 
     # Drained while it ran, then stopped: it refuses to start with its old data.
-    drained = 3
+    drained = left[-1]
     out = _cli_admin(c, 0, "drain", ids[drained], "--timeout", str(int(SETTLE_TIMEOUT_S)))
     assert f"drained and removed {ids[drained]}" in out, out
     c.stop(drained)
@@ -1193,7 +1209,8 @@ def test_removed_nodes_restarted_with_their_old_data(ecl_slow_down):
     st = c.wait_status(lambda s: [] if s.nodes[new_id].state == "removed" else [f"{new_id} is {s.nodes[new_id].state}"],
                        SETTLE_TIMEOUT_S, "the new node drained")
     c.stop(drained)
-    st = c.wait_status(settled(voters=3, up=ids[:3], meta_voters=3), SETTLE_TIMEOUT_S, "3 nodes left")
+    st = c.wait_status(settled(voters=3, up=[ids[i] for i in left if i != drained], meta_voters=3), SETTLE_TIMEOUT_S,
+                       "3 nodes left")
     bad = verify_acked(c, data)
     assert not bad, f"{len(bad)} preloaded keys lost, e.g. {bad[:5]}"
 
