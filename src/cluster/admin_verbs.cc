@@ -497,6 +497,7 @@ Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::ve
       for (const ShardView& s : view.shards) {
         if (silent_us < kRemoveSilentUs) break;
         if (!HasId(s.want.voters, node->id()) && !HasId(s.actual.voters, node->id())) continue;
+        if (replica::Replica* r = groups_->Find(s.id); r != nullptr && r->published_is_leader()) continue;  // led here
         LeaderGossip g;
         if (!GossipOf(s.id, now, &g) || g.node == node->id()) {
           return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is silent, but shard " +

@@ -1130,8 +1130,12 @@ def test_removed_nodes_restarted_with_their_old_data(ecl_slow_down):
         _expect_error(c, f"ERR node {ids[cut]} is silent, but shard ", "REMOVE", ids[cut], via=meta_i)
     finally:
         c.heal()
-    c.wait_status(settled(voters=3, up=ids, meta_voters=5), SETTLE_TIMEOUT_S, "the cut healed")
-    gone = 4 if cut != 4 else 3
+    st = c.wait_status(settled(voters=3, up=ids, meta_voters=5), SETTLE_TIMEOUT_S, "the cut healed")
+    # The node to kill: a voter of a shard the meta leader leads, if one is
+    # (its own leaderships are not gossiped to it), else any but the meta leader.
+    meta_i = ids.index(st.meta_leader)
+    led_by_meta = [v for sh in st.shards if sh.leader == st.meta_leader for v in sh.voters if v != st.meta_leader]
+    gone = ids.index(led_by_meta[0]) if led_by_meta else next(i for i in (4, 3, 2, 1, 0) if i != meta_i)
     c.kill9(gone)
     t_kill = time.monotonic()
     time.sleep(0.5)
