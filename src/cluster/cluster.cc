@@ -182,12 +182,10 @@ Status Cluster::Open() {
   if (cid != 0) {
     s = OpenMeta(false, nullptr);
     if (!s.ok()) return s;
-    for (const auto& n : meta()->nodes()) {
-      if (n.id() == node_id_ && n.state() == proto::NODE_REMOVED) {
-        return Status::Aborted("node " + Hex(node_id_) + " was removed from cluster " + Hex(cid) +
-                               ": the data in its --dir is no member's any more. To add this machine "
-                               "to the cluster again, start it with an empty --dir and --join a member");
-      }
+    if (ListsRemoved(*meta(), node_id_)) {
+      return Status::Aborted("node " + Hex(node_id_) + " was removed from cluster " + Hex(cid) +
+                             ": the data in its --dir is no member's any more. To add this machine "
+                             "to the cluster again, start it with an empty --dir and --join a member");
     }
     // Replicas with state first: their ranges (after splits) decide which
     // empty replicas may be created beside them.
@@ -587,6 +585,13 @@ std::vector<uint64_t> SortedIds(std::vector<uint64_t> v) {
 
 bool HasId(const std::vector<uint64_t>& v, uint64_t id) { return std::find(v.begin(), v.end(), id) != v.end(); }
 
+bool ListsRemoved(const proto::MetaState& meta, uint64_t node) {
+  for (const auto& n : meta.nodes()) {
+    if (n.id() == node) return n.state() == proto::NODE_REMOVED;
+  }
+  return false;
+}
+
 // What the metadata wants group `group`'s membership to be.
 bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* want, uint64_t* preferred) {
   *preferred = 0;
@@ -902,10 +907,7 @@ void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
   // before, does not say so): a peer heard lately says so, and that peer's
   // metadata is of the latest lineage of the meta shard heard of (a
   // recovery of the meta shard may have dropped the removal).
-  bool listed_removed = false;
-  if (m) {
-    for (const auto& n : m->nodes()) listed_removed |= n.id() == node_id_ && n.state() == proto::NODE_REMOVED;
-  }
+  const bool listed_removed = m && ListsRemoved(*m, node_id_);
   bool told = false;
   uint64_t teller = 0;
   if (!listed_removed) {

@@ -20,6 +20,8 @@ const proto::ShardInfo* FindShardById(const proto::MetaState& meta, uint64_t id)
 // Sorted, without duplicates.
 std::vector<uint64_t> SortedIds(std::vector<uint64_t> v);
 bool HasId(const std::vector<uint64_t>& v, uint64_t id);
+// Whether the metadata records `node` as removed (for good).
+bool ListsRemoved(const proto::MetaState& meta, uint64_t node);
 // What the metadata wants group `group`'s membership to be.
 bool WantedMembership(const proto::MetaState& meta, uint64_t group, Membership* want, uint64_t* preferred);
 // The nodes of the Raft member ids a leader of `shard` (null: the meta
