@@ -86,7 +86,7 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
       replicas[n]++;
       bytes[n] += s.bytes;
     }
-    if (uint64_t leader = LeaderOf(s.id); leader != 0) {
+    if (uint64_t leader = s.leader; leader != 0) {
       leaders[leader]++;
       ops[leader] += s.ops_per_sec;
     }
@@ -119,9 +119,13 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
   for (const ShardView* sp : by_slot) {
     const ShardView& s = *sp;
     const proto::ShardInfo* info = FindShardById(*m, s.id);
+    // No leader known (none heard lately, or only one of a lineage an unsafe
+    // recovery replaced): no leader, and the voters the metadata lists, the
+    // replicas an operator picks a survivor among.
+    const Membership& shown = s.reported ? s.actual : s.want;
     std::string line = "shard " + std::to_string(s.id) + " slots " + std::to_string(info->slot_begin()) + "-" +
-                       std::to_string(info->slot_end() - 1) + " leader " + Hex(LeaderOf(s.id)) + " voters " +
-                       IdList(s.actual.voters) + " learners " + IdList(s.actual.learners) + " bytes " +
+                       std::to_string(info->slot_end() - 1) + " leader " + Hex(s.leader) +
+                       " voters " + IdList(shown.voters) + " learners " + IdList(shown.learners) + " bytes " +
                        std::to_string(s.bytes) + " ops-per-sec " + std::to_string(s.ops_per_sec);
     if (info->split_child() != 0) line += " splitting-into " + std::to_string(info->split_child());
     if (!info->incarnations().empty()) {
@@ -384,6 +388,15 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
   if (info->slot_end() - info->slot_begin() < 2) {
     return AdminStep::Reply(AdminError("ERR shard " + args[1] + " holds one slot: it cannot split"));
   }
+  if (args.size() == 3) {  // bad input first: an error that says so, not a TRYAGAIN
+    auto v = ParseInt64(args[2]);
+    if (!v) return AdminStep::Reply(AdminError("ERR the split slot '" + args[2] + "' is not a number"));
+    if (*v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
+      return AdminStep::Reply(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
+                             std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
+                             ")"));
+    }
+  }
   if (uint64_t unlisted = UnlistedGroup(*m); unlisted != 0) {
     return AdminStep::Reply(AdminError("TRYAGAIN group " + std::to_string(unlisted) +
                                        " is led but not in the metadata (an unsafe recovery of the meta shard lost "
@@ -405,13 +418,7 @@ Cluster::AdminStep Cluster::AdminSplit(const std::string& /*sub*/, const std::ve
   }
   uint64_t slot = 0;
   if (args.size() == 3) {
-    auto v = ParseInt64(args[2]);
-    if (!v || *v <= static_cast<int64_t>(info->slot_begin()) || *v >= static_cast<int64_t>(info->slot_end())) {
-      return AdminStep::Reply(AdminError("ERR the split slot must be inside shard " + args[1] + "'s slots, above its first (" +
-                             std::to_string(info->slot_begin() + 1) + "-" + std::to_string(info->slot_end() - 1) +
-                             ")"));
-    }
-    slot = static_cast<uint64_t>(*v);
+    slot = static_cast<uint64_t>(*ParseInt64(args[2]));  // checked above
   } else {
     // Where its leader says the size (or the load) halves, else the middle.
     LeaderGossip g;

@@ -413,7 +413,7 @@ std::vector<kv::Shard*> Cluster::LocalShards() const {
   return out;
 }
 
-uint64_t Cluster::LeaderOf(uint64_t group) const {
+uint64_t Cluster::LeaderOf(uint64_t group, int64_t heard_within_us) const {
   uint64_t leader = 0, term = 0;
   if (replica::Replica* r = groups_->Find(group)) {
     leader = r->published_leader();  // a Raft member id; its node is the answer
@@ -424,7 +424,10 @@ uint64_t Cluster::LeaderOf(uint64_t group) const {
   }
   std::lock_guard lock(gossip_mu_);
   auto it = gossip_.find(group);
-  if (it != gossip_.end() && (leader == 0 || it->second.term > term)) leader = it->second.node;
+  if (it != gossip_.end() && (leader == 0 || it->second.term > term) &&
+      (heard_within_us <= 0 || node::MonoUs() - it->second.heard_us <= heard_within_us)) {
+    leader = it->second.node;
+  }
   return leader;
 }
 
@@ -462,13 +465,46 @@ bool Cluster::Healthy() const {
   if (rt->shards.empty()) return false;
   MetaPtr m = meta();
   for (const auto& s : rt->shards) {
-    if (LeaderOf(s.id) != 0) continue;
+    if (LeaderOf(s.id, kLeaderHeardUs) != 0) continue;
     // A split's child before its first election: its parent still serves.
     bool parent_serves = false;
-    for (const auto& p : m->shards()) parent_serves |= p.split_child() == s.id && LeaderOf(p.id()) != 0;
+    for (const auto& p : m->shards()) parent_serves |= p.split_child() == s.id && LeaderOf(p.id(), kLeaderHeardUs) != 0;
     if (!parent_serves) return false;
   }
   return true;
+}
+
+size_t Cluster::ShardsReplicated(int64_t now) const {
+  MetaPtr m = meta();
+  if (!m) return 0;
+  size_t members = 0;  // nodes that hold replicas (not removed)
+  for (const auto& n : m->nodes()) members += n.state() != proto::NODE_REMOVED;
+  const size_t rf = std::min<size_t>(std::max<uint32_t>(m->replication_factor(), 1), members);
+  std::set<uint64_t> heard{node_id_};
+  {
+    std::lock_guard lock(gossip_mu_);
+    for (const auto& [id, at] : last_heard_us_) {
+      if (now - at <= kLeaderHeardUs) heard.insert(id);
+    }
+  }
+  size_t n = 0;
+  for (const auto& s : m->shards()) {
+    Membership want, actual;
+    uint64_t preferred = 0, leader = 0;
+    node::LeaderReport rep;
+    bool joint = false;
+    if (!WantedMembership(*m, s.id(), &want, &preferred) ||
+        !ShardMembers(*m, s, now, /*load=*/false, &rep, &leader, &actual, &joint) || joint || !(actual == want) ||
+        !want.learners.empty() || actual.voters.size() < rf) {  // (a learner: a move under way)
+      continue;
+    }
+    bool live = true;
+    for (const auto* ids : {&actual.voters, &actual.learners}) {
+      for (uint64_t id : *ids) live &= heard.contains(id);
+    }
+    n += live;
+  }
+  return n;
 }
 
 void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) {
@@ -1071,6 +1107,37 @@ void Cluster::ProposeMeta(replica::Replica* meta_replica, const proto::MetaComma
   groups_->Notify(meta_replica);
 }
 
+bool Cluster::ShardMembers(const proto::MetaState& m, const proto::ShardInfo& s, int64_t now, bool load,
+                           node::LeaderReport* rep, uint64_t* leader, Membership* actual, bool* joint) const {
+  LeaderGossip g;
+  if (replica::Replica* local = groups_->Find(s.id()); local != nullptr && local->published_is_leader()) {
+    *rep = ReportOf(*local);
+    if (load) FillLoad(rep);
+    *leader = node_id_;
+  } else if (GossipOf(s.id(), now, &g)) {
+    *rep = g.report;
+    *leader = g.node;
+  } else {
+    return false;
+  }
+  if (rep->recovery < s.recovery()) {
+    // A leader of the lineage an unsafe recovery replaced (a lost voter
+    // that came back before it heard of the recovery): not the shard's.
+    // Nothing is planned from its membership, nor a split done on its word.
+    *rep = node::LeaderReport{};
+    *leader = 0;
+    return false;
+  }
+  // An older incarnation of a replica that the group still has (its node
+  // placed again) counts as a change under way, as a joint state does.
+  bool stale_voters = false, stale_learners = false;
+  *actual = Membership{NodesOfMembers(m, &s, rep->voters, &stale_voters),
+                       NodesOfMembers(m, &s, rep->learners, &stale_learners)};
+  // (Not a sole voter: it stays until others join; Reconcile.)
+  *joint = rep->joint || (stale_voters && rep->voters.size() > 1) || stale_learners;
+  return true;
+}
+
 ClusterView Cluster::View(int64_t now) const {
   ClusterView view;
   MetaPtr m = meta();
@@ -1111,39 +1178,10 @@ ClusterView Cluster::View(int64_t now) const {
     uint64_t preferred = 0;
     (void)WantedMembership(*m, s.id(), &sv.want, &preferred);
     sv.preferred_leader = preferred;
-    replica::Replica* local = groups_->Find(s.id());
-    LeaderGossip g;
     node::LeaderReport rep;
     uint64_t leader = 0;
-    if (local != nullptr && local->published_is_leader()) {
-      rep = ReportOf(*local);
-      FillLoad(&rep);
-      sv.reported = true;
-      leader = node_id_;
-    } else if (GossipOf(s.id(), now, &g)) {
-      rep = g.report;
-      sv.reported = true;
-      leader = g.node;
-    }
-    if (sv.reported) {
-      // An older incarnation of a replica that the group still has (its node
-      // placed again) counts as a change under way, as a joint state does.
-      bool stale_voters = false, stale_learners = false;
-      sv.actual = Membership{NodesOfMembers(*m, &s, rep.voters, &stale_voters),
-                             NodesOfMembers(*m, &s, rep.learners, &stale_learners)};
-      // (Not a sole voter: it stays until others join; Reconcile.)
-      sv.joint = rep.joint || (stale_voters && rep.voters.size() > 1) || stale_learners;
-    }
-    if (sv.reported && rep.recovery < s.recovery()) {
-      // A leader of the lineage an unsafe recovery replaced (a lost voter
-      // that came back before it heard of the recovery): not the shard's.
-      // Nothing is planned from its membership, nor a split done on its word.
-      sv.reported = false;
-      sv.actual = Membership{};
-      sv.joint = false;
-      leader = 0;
-      rep = node::LeaderReport{};
-    }
+    sv.reported = ShardMembers(*m, s, now, /*load=*/true, &rep, &leader, &sv.actual, &sv.joint);
+    sv.leader = leader;
     sv.slot_begin = rep.slot_begin;
     sv.slot_end = rep.slot_end;
     {

@@ -171,8 +171,15 @@ class Cluster final : public replica::Splitter {
   bool ClaimImage(replica::Replica& r, uint16_t begin, uint16_t end) override;
   void ReleaseImage(replica::Replica& r) override;
   MetaPtr meta() const { return meta_sm_ ? meta_sm_->state() : MetaPtr(); }
-  // The leader of group as this node knows it (kNoNode if unknown).
-  uint64_t LeaderOf(uint64_t group) const;
+  // The leader of group as this node knows it (kNoNode if unknown). Routing
+  // takes the last one heard of, however long ago; `heard_within_us` > 0
+  // takes another node's leadership only if gossiped that recently (a shard
+  // whose majority died has no leader, though its last one was heard of).
+  uint64_t LeaderOf(uint64_t group, int64_t heard_within_us = 0) const;
+  // How recently a leader must have been heard of for INFO and
+  // cluster_state to count it (gossip comes every 100 ms; a failover takes
+  // about half a second).
+  static constexpr int64_t kLeaderHeardUs = 3'000'000;
   replica::Replica* Local(uint64_t group) const { return groups_->Find(group); }
   kv::Shard* LocalShard(uint64_t group) const;
   std::vector<kv::Shard*> LocalShards() const;
@@ -208,10 +215,22 @@ class Cluster final : public replica::Splitter {
   // closes).
   void Stop();
 
-  // Whether every shard has a known leader.
+  // Whether every shard has a known leader (heard of lately).
   bool Healthy() const;
+  // How many shards have every replica the metadata wants in place, as many
+  // as the replication factor (one per node while there are fewer nodes),
+  // with no move under way and every replica's node heard from lately
+  // (INFO's shoal_shards_replicated).
+  size_t ShardsReplicated(int64_t now_us) const;
 
  private:
+  // What shard s's leader reports (this node's own leadership, else gossip
+  // of the last second; `load`: with this node's load figures, worker 0
+  // only): its leader, and its members as nodes; joint also when the group
+  // still has an older incarnation of a member. false: no leader known, or
+  // only one of a lineage an unsafe recovery of the shard replaced.
+  bool ShardMembers(const proto::MetaState& m, const proto::ShardInfo& s, int64_t now, bool load,
+                    node::LeaderReport* rep, uint64_t* leader, Membership* actual, bool* joint) const;
   Status LoadIdentity();
   // A node whose --dir already belongs to cluster `cid` and that was given
   // --join: refuses (InvalidArgument) if the join target answers that it

@@ -62,6 +62,7 @@ struct ShardView {
   uint64_t preferred_leader = 0;
   // What the group's leader last reported; `reported` false: no leader known.
   bool reported = false;
+  uint64_t leader = 0;        // the node that reported (0 when none did)
   Membership actual;          // voters include the outgoing ones while joint
   bool joint = false;
   // A split of this shard, or into it, is under way: no membership move.

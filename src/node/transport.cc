@@ -288,7 +288,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
         // The peer would refuse the frame and drop the connection with
         // everything else queued on it; Raft resends (only inline
         // snapshots, the meta shard's, can be this large).
-        spdlog::error("group {}: a {} byte message to node {} is over the frame limit; dropped", gm.group,
+        spdlog::error("group {}: a {} byte message to member {:016x} is over the frame limit; dropped", gm.group,
                       bytes, gm.msg.to);
         continue;
       }

@@ -716,7 +716,7 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
       }
     } else if (ticket && (opts_.courier == nullptr || (dir = opts_.courier->Received(opts_.group, t)).empty())) {
       // Its image has not (all) arrived: the leader sends it again.
-      spdlog::warn("group {}: snapshot at {} from node {:016x} without its image; dropped", opts_.group,
+      spdlog::warn("group {}: snapshot at {} from member {:016x} without its image; dropped", opts_.group,
                    m.snapshot.meta.index, m.from);
       return;
     } else if (ticket) {
@@ -726,7 +726,7 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
         // heard from in this term (which probes it before sending one): a
         // former leader's ticket may be for an earlier replica under the
         // same id (docs/design/placement.md, "Rejoining").
-        spdlog::warn("group {}: snapshot at {} from node {:016x}, not this new replica's leader in term {}; dropped",
+        spdlog::warn("group {}: snapshot at {} from member {:016x}, not this new replica's leader in term {}; dropped",
                      opts_.group, m.snapshot.meta.index, m.from, m.term);
         return;
       }
@@ -735,7 +735,7 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
       if (std::optional<uint64_t> from = sm_->ImageRecovery(m.snapshot.data); from && *from < recovery_) {
         // From a leader of the group as it was before an unsafe recovery this
         // replica was started over for: never taken.
-        spdlog::warn("group {}: snapshot at {} from node {:016x} predates unsafe recovery {}; dropped", opts_.group,
+        spdlog::warn("group {}: snapshot at {} from member {:016x} predates unsafe recovery {}; dropped", opts_.group,
                      m.snapshot.meta.index, m.from, recovery_);
         return;
       }
@@ -770,7 +770,7 @@ bool Replica::AdmitImage(const SnapshotTicket& t, const std::string& dir, raft::
   std::filesystem::last_write_time(dir, std::filesystem::file_time_type::clock::now(), ec);
   Status intact = sm_->CheckImageFiles(dir);
   if (!intact.ok()) {
-    spdlog::error("group {}: snapshot at {} from node {:016x} is corrupt ({}); dropped", opts_.group, index, from,
+    spdlog::error("group {}: snapshot at {} from member {:016x} is corrupt ({}); dropped", opts_.group, index, from,
                   intact.ToString());
     opts_.courier->Consumed(opts_.group, t);
     return false;
@@ -823,7 +823,7 @@ void Replica::TakeArrivedImage() {
   // that this replica is not of (a replica not yet started over for a
   // recovery, or one of a later recovery than its sender's): never taken.
   if (im.group != opts_.group || im.recovery != recovery_) {
-    spdlog::warn("group {}: snapshot at {} from node {:016x} is of group {} in unsafe recovery {}, this replica's "
+    spdlog::warn("group {}: snapshot at {} from member {:016x} is of group {} in unsafe recovery {}, this replica's "
                  "is {}; not taken",
                  opts_.group, meta.index, t.from, im.group, im.recovery, recovery_);
     arrived_.reset();
@@ -851,7 +851,7 @@ void Replica::TakeArrivedImage() {
   if (opts_.splitter != nullptr) image_claimed_ = true;
   if (node_->install_snapshot(raft::Snapshot{meta, t.Encode()})) {
     images_taken_.fetch_add(1, std::memory_order_relaxed);
-    spdlog::info("group {}: took the snapshot at {} from node {:016x} as its image arrived{}", opts_.group, meta.index,
+    spdlog::info("group {}: took the snapshot at {} from member {:016x} as its image arrived{}", opts_.group, meta.index,
                  t.from, t.from == raft.lead() ? "" : " (its sender is not the leader now)");
   } else if (!ImageInUse(t)) {
     opts_.courier->Consumed(opts_.group, t);  // its log has that entry already: only the commit index moved

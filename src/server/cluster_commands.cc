@@ -125,28 +125,18 @@ std::string NodesText(Connection& c) {
 std::string InfoText(Connection& c) {
   auto& cl = c.server().cluster();
   auto rt = cl.routing();
-  size_t with_leader = 0, replicated = 0, leaders_here = 0;
+  size_t with_leader = 0, leaders_here = 0, slots_ok = 0;
   std::set<uint64_t> masters;
-  size_t rf = std::min<size_t>(static_cast<size_t>(std::max(rt->replication_factor, 1)), rt->nodes.size());
   for (const auto& s : rt->shards) {
-    uint64_t leader = cl.LeaderOf(s.id);
+    uint64_t leader = cl.LeaderOf(s.id, cluster::Cluster::kLeaderHeardUs);
     if (leader != 0) {
       ++with_leader;
       masters.insert(leader);
+      slots_ok += s.end - s.begin;
     }
     if (leader == cl.node_id()) ++leaders_here;
-    // Replicated: the placement wants rf replicas and (as far as this node
-    // can see) they are voters.
-    bool ok = s.replicas.size() >= rf;
-    if (replica::Replica* r = cl.Local(s.id); ok && r != nullptr && leader == cl.node_id()) {
-      ok = r->raft().tracker().conf_state().voters.size() >= rf;
-    } else if (ok && r != nullptr) {
-      ok = r->store().conf_state().voters.size() >= rf;
-    }
-    replicated += ok;
   }
-  size_t slots_ok = 0;
-  for (const auto& s : rt->shards) slots_ok += cl.LeaderOf(s.id) != 0 ? (s.end - s.begin) : 0;
+  const size_t replicated = cl.ShardsReplicated(node::MonoUs());
   bool healthy = cl.Healthy();  // a split's child without a leader yet: its parent serves
   std::string out;
   auto line = [&out](std::string_view k, const std::string& v) {

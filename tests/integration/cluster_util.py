@@ -147,7 +147,8 @@ class ShardStatus:
     """One ``shard <id> slots a-b leader <id> voters .. learners .. bytes B
     ops-per-sec N[ splitting-into ID][ incarnations id:n,..][ moving-to
     voters .. learners ..| (no leader known)]`` line. ``voters``/``learners``:
-    what the shard's leader has; ``want_*``: where it is moving (= the actual
+    what the shard's leader has (with no leader known: what the metadata
+    lists, and ``leader`` None); ``want_*``: where it is moving (= the actual
     sets when it is not moving)."""
 
     def __init__(self, line: str):

@@ -98,6 +98,7 @@ def test_split_by_hand_under_writes(scl):
     expect_error(c, "ERR no such shard", "SPLIT", "x")
     first = shard_of_slot(st, 0)
     expect_error(c, "ERR the split slot must be inside", "SPLIT", str(first.id), "0")
+    expect_error(c, "ERR the split slot 'abc' is not a number", "SPLIT", str(first.id), "abc")
     expect_error(c, "ERR the split slot must be inside", "SPLIT", str(first.id), str(first.slots[1] + 1))
     expect_error(c, "ERR unknown SHOAL.ADMIN subcommand", "SPLIT")
     st = c.admin_status()
