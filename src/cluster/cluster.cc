@@ -992,13 +992,27 @@ bool Cluster::MetaPeerInLineage(uint64_t from) const {
   return it->second.meta_recovery == mine;
 }
 
-uint64_t Cluster::UnlistedGroup(const proto::MetaState& meta) const {
-  const int64_t now = node::MonoUs();
+std::vector<node::LeaderReport> Cluster::UnlistedLeaders(const proto::MetaState& meta, int64_t now) const {
+  std::vector<node::LeaderReport> out;
+  for (replica::Replica* r : groups_->All()) {  // (a node hears no gossip of its own leaderships)
+    if (r->group() != 0 && r->published_is_leader() && FindShardById(meta, r->group()) == nullptr) {
+      out.push_back(ReportOf(*r));
+      FillLoad(&out.back());
+    }
+  }
   std::lock_guard lock(gossip_mu_);
   for (const auto& [group, g] : gossip_) {
-    if (group != 0 && now - g.heard_us <= kGossipFreshUs && FindShardById(meta, group) == nullptr) return group;
+    if (group != 0 && g.node != node_id_ && now - g.heard_us <= kGossipFreshUs &&
+        FindShardById(meta, group) == nullptr) {
+      out.push_back(g.report);
+    }
   }
-  return 0;
+  return out;
+}
+
+uint64_t Cluster::UnlistedGroup(const proto::MetaState& meta) const {
+  std::vector<node::LeaderReport> unlisted = UnlistedLeaders(meta, node::MonoUs());
+  return unlisted.empty() ? 0 : unlisted.front().group;
 }
 
 void Cluster::AdmitRecoveredMetaMembers(uint64_t recovery, const replica::Replica& r, Membership* want) const {
@@ -1241,6 +1255,40 @@ bool Cluster::EnableFeatures(replica::Replica* meta_replica, const proto::MetaSt
   return true;
 }
 
+bool Cluster::RecordLostSplit(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now) {
+  if ((meta.features() & kFeatureSplitChild) == 0) return false;  // a node would not read SplitShard.child
+  for (const node::LeaderReport& rep : UnlistedLeaders(meta, now)) {
+    const uint64_t group = rep.group;
+    auto reported = [&](uint64_t id, uint32_t* b, uint32_t* e) {
+      const proto::ShardInfo* s = FindShardById(meta, id);
+      node::LeaderReport r;
+      uint64_t leader = 0;
+      Membership actual;
+      bool joint = false;
+      if (s == nullptr || !ShardMembers(meta, *s, now, /*load=*/true, &r, &leader, &actual, &joint)) return false;
+      *b = r.slot_begin;
+      *e = r.slot_end;
+      return r.slot_end != 0;
+    };
+    std::optional<proto::MetaCommand> cmd = LostSplit(meta, group, rep.slot_begin, rep.slot_end, reported);
+    if (!cmd) continue;
+    cmd->mutable_split_shard()->set_min_child(MinChildId());
+    uint64_t last = 0;
+    for (const auto* ids : {&rep.voters, &rep.learners}) {
+      for (uint64_t m : *ids) {
+        if (const uint64_t node = NodeOfMember(meta, m); node != 0) last = std::max(last, IncarnationOf(m, node));
+      }
+    }
+    cmd->mutable_split_shard()->set_child_last_incarnation(last);
+    spdlog::warn("placement: group {} is led, holding slots {}-{}, but the metadata lost it (an unsafe recovery of "
+                 "the meta shard): recording its split from shard {} again", group, rep.slot_begin,
+                 rep.slot_end - 1, cmd->split_shard().parent());
+    ProposeMeta(meta_replica, *cmd);
+    return true;
+  }
+  return false;
+}
+
 void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now) {
   const raft::Raft& raft = meta_replica->raft();
   // Decide on the latest state only, once earlier changes are applied.
@@ -1260,6 +1308,9 @@ void Cluster::PlacementDriver(replica::Replica* meta_replica, const proto::MetaS
     spdlog::info("placement: shard {} has split; shard {} holds slots {}+", sv.id, info->split_child(), info->slot_end());
     ProposeMeta(meta_replica, cmd);
   }
+  // A group led but not in the metadata: a split that an unsafe recovery
+  // of the meta shard lost, recorded again (meta.h LostSplit), one a round.
+  if (RecordLostSplit(meta_replica, meta, now)) return;
   // A shard whose leader belongs to a later unsafe recovery than the
   // metadata records (lost with a recovery of the meta shard): recorded
   // again, with the membership that leader has, so that replicas from

@@ -231,6 +231,9 @@ class Cluster final : public replica::Splitter {
   // only one of a lineage an unsafe recovery of the shard replaced.
   bool ShardMembers(const proto::MetaState& m, const proto::ShardInfo& s, int64_t now, bool load,
                     node::LeaderReport* rep, uint64_t* leader, Membership* actual, bool* joint) const;
+  // Proposes the split of a group that is led but not in the metadata
+  // (meta.h LostSplit); true if it did.
+  bool RecordLostSplit(replica::Replica* meta_replica, const proto::MetaState& meta, int64_t now);
   Status LoadIdentity();
   // A node whose --dir already belongs to cluster `cid` and that was given
   // --join: refuses (InvalidArgument) if the join target answers that it
@@ -273,9 +276,12 @@ class Cluster final : public replica::Splitter {
   // SHOAL.ADMIN RECOVER META UNSAFE, on the node that is to be the meta
   // shard's only voter (no meta leader is needed, or exists).
   AdminReply AdminRecoverMeta(replica::Replica* mr, int64_t now_us);
-  // A data group some leader gossips that the metadata does not list (a
-  // split an unsafe meta recovery lost); 0 if none. Splits wait while one
-  // exists: the next shard id could be that group's.
+  // The reports of data groups led here or gossiped in the last second that
+  // the metadata does not list (a split an unsafe meta recovery lost);
+  // worker 0 (with this node's load figures).
+  std::vector<node::LeaderReport> UnlistedLeaders(const proto::MetaState& meta, int64_t now_us) const;
+  // The first of them; 0 if none. Splits wait while one exists: the next
+  // shard id could be that group's.
   uint64_t UnlistedGroup(const proto::MetaState& meta) const;
   // The least id a split's child may take: above every group seen led
   // here or in gossip (SplitShard.min_child).

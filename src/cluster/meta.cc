@@ -167,8 +167,32 @@ uint64_t BuildFeatures() {
 std::string FeatureNames(uint64_t features) {
   std::string out;
   if (features & kFeatureWriteHints) out += "write-hints";
+  if (features & kFeatureSplitChild) out += std::string(out.empty() ? "" : ",") + "split-child";
   if (features & ~kFeaturesKnown) out += std::string(out.empty() ? "" : ",") + "unknown";
   return out.empty() ? "none" : out;
+}
+
+std::optional<proto::MetaCommand> LostSplit(const proto::MetaState& meta, uint64_t group, uint32_t begin,
+                                            uint32_t end,
+                                            const std::function<bool(uint64_t, uint32_t*, uint32_t*)>& reported) {
+  if (group == 0 || group >= kMaxShardId || begin >= end) return std::nullopt;
+  for (const auto& s : meta.shards()) {
+    if (s.id() == group) return std::nullopt;  // listed
+  }
+  for (const auto& p : meta.shards()) {
+    if (begin <= p.slot_begin() || end > p.slot_end()) continue;
+    bool splitting = p.split_child() != 0;
+    for (const auto& s : meta.shards()) splitting |= s.split_child() == p.id();
+    uint32_t b = 0, e = 0;
+    if (splitting || !reported(p.id(), &b, &e) || b != p.slot_begin() || e != begin || b >= e) continue;
+    proto::MetaCommand cmd;
+    cmd.set_version(1);
+    cmd.mutable_split_shard()->set_parent(p.id());
+    cmd.mutable_split_shard()->set_slot(begin);
+    cmd.mutable_split_shard()->set_child(group);
+    return cmd;
+  }
+  return std::nullopt;
 }
 
 bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
@@ -288,8 +312,11 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
         if (sh.split_child() != 0 && (sh.id() == c.parent() || sh.split_child() == c.parent())) return false;
       }
       if (parent == nullptr || c.slot() <= parent->slot_begin() || c.slot() >= parent->slot_end()) return false;
-      const uint64_t child_id = std::max(max_id + 1, c.min_child());
-      if (child_id >= kMaxShardId) return false;
+      const uint64_t child_id = c.child() != 0 ? c.child() : std::max(max_id + 1, c.min_child());
+      if (child_id == 0 || child_id >= kMaxShardId) return false;
+      for (const auto& sh : state->shards()) {
+        if (sh.id() == child_id) return false;  // (a lost split's child: its id taken since)
+      }
       proto::ShardInfo child = *parent;
       child.set_id(child_id);
       child.set_slot_begin(c.slot());
@@ -297,6 +324,9 @@ bool ApplyMetaCommand(const proto::MetaCommand& cmd, proto::MetaState* state) {
       child.set_split_child(0);
       child.set_recovery(0);  // a new group: no recovery of it happened
       child.set_recovered_on(0);
+      // A lost split's child may have placed replicas since (their
+      // incarnations above the parent's): none is given out twice.
+      child.set_last_incarnation(std::max(parent->last_incarnation(), c.child_last_incarnation()));
       // The halves are led from different nodes: the child's preferred
       // leader is the parent's next voter (in id order).
       std::vector<uint64_t> voters(parent->replicas().begin(), parent->replicas().end());

@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "meta.pb.h"
@@ -22,12 +24,16 @@ using MetaPtr = std::shared_ptr<const proto::MetaState>;
 // Formats that builds before them cannot read, switched on cluster-wide
 // (MetaState.features) once every node reads them.
 inline constexpr uint64_t kFeatureWriteHints = 1;  // kv batches carry write hints (replica::WriteHints)
-inline constexpr uint64_t kFeaturesKnown = kFeatureWriteHints;  // what this build reads
+// SplitShard.child and .child_last_incarnation: a split the meta shard lost
+// recorded again (LostSplit); a build without them would give the child
+// another id, and its metadata would part from the others'.
+inline constexpr uint64_t kFeatureSplitChild = 2;
+inline constexpr uint64_t kFeaturesKnown = kFeatureWriteHints | kFeatureSplitChild;  // what this build reads
 // kFeaturesKnown, unless the environment's SHOAL_TEST_BUILD_FEATURES (a
 // number) says otherwise: tests make a node act as a build that reads less
 // (an upgrade in progress).
 uint64_t BuildFeatures();
-// "write-hints" ... for INFO and STATUS ("none" when there are none).
+// "write-hints,split-child" ... for INFO and STATUS ("none" when there are none).
 std::string FeatureNames(uint64_t features);
 
 proto::MetaState InitialMeta(uint64_t cluster_id, const proto::NodeInfo& self, int shards,
@@ -52,6 +58,21 @@ uint64_t NodeOfMember(const proto::MetaState& meta, uint64_t member);
 // is on the node.)
 const proto::ShardInfo* RecoveredTail(const proto::MetaState& meta, const proto::ShardInfo& shard,
                                       uint32_t local_begin, uint32_t local_end, uint64_t node);
+
+// A group that is led but not in the metadata: an unsafe recovery of the
+// meta shard lost the split that made it (its replicas applied it, so its
+// parent's leader holds the lower part of the range the metadata still
+// gives the parent). Its leader reports [begin, end). The split to record
+// again: of the shard whose metadata range holds [begin, end) above its
+// first slot, with no split under way, and whose leader reports exactly
+// [its first slot, begin) (`reported(id, &b, &e)`: a shard's leader's
+// range; false when none is known). A split at `begin` into `group`
+// (SplitShard.child), which gives the child the rest of the parent's range;
+// a child that split too and lost that as well is found the same way next
+// (its range then ends where its own reported range does). Or nothing.
+std::optional<proto::MetaCommand> LostSplit(const proto::MetaState& meta, uint64_t group, uint32_t begin,
+                                            uint32_t end,
+                                            const std::function<bool(uint64_t, uint32_t*, uint32_t*)>& reported);
 
 // Shard ids are group ids: below node::Groups::kMaxGroups.
 inline constexpr uint64_t kMaxShardId = 4096;

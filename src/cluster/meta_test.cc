@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <tuple>
 #include <vector>
 
 #include "common/member_id.h"
@@ -62,7 +64,7 @@ std::vector<uint64_t> Ids(const google::protobuf::RepeatedField<uint64_t>& f) {
 TEST(MetaFeatures, ANewClusterUsesEveryFormatItsBuildReadsAndFeaturesOnlyGrow) {
   proto::MetaState m = InitialMeta(42, Node(1), 2, 3);
   EXPECT_EQ(m.features(), kFeaturesKnown);
-  EXPECT_EQ(FeatureNames(m.features()), "write-hints");
+  EXPECT_EQ(FeatureNames(m.features()), "write-hints,split-child");
   // Metadata from a build before features: none, until enabled.
   m.clear_features();
   EXPECT_EQ(FeatureNames(m.features()), "none");
@@ -298,6 +300,83 @@ TEST(MetaSplit, ChildIdIsAboveTheProposersFloor) {
   const std::string before = m.SerializeAsString();
   EXPECT_FALSE(ApplyMetaCommand(far, &m));
   EXPECT_EQ(m.SerializeAsString(), before);
+}
+
+TEST(MetaSplit, AnExactChildIdIsRefusedWhenTaken) {
+  proto::MetaState m = TwoShards();
+  proto::MetaCommand taken = Split(1, 100);
+  taken.mutable_split_shard()->set_child(5);  // shard 5 exists
+  const std::string before = m.SerializeAsString();
+  EXPECT_FALSE(ApplyMetaCommand(taken, &m));
+  EXPECT_EQ(m.SerializeAsString(), before);
+  proto::MetaCommand exact = Split(1, 100);
+  exact.mutable_split_shard()->set_child(3);  // below the highest id: still exactly 3
+  exact.mutable_split_shard()->set_min_child(9);
+  ASSERT_TRUE(ApplyMetaCommand(exact, &m));
+  EXPECT_EQ(Find(m, 1)->split_child(), 3u);
+  ASSERT_NE(Find(m, 3), nullptr);
+  EXPECT_EQ(Find(m, 3)->slot_begin(), 100u);
+  EXPECT_EQ(Find(m, 3)->slot_end(), 8192u);
+}
+
+// A split the metadata lost (an unsafe recovery of the meta shard) is found
+// from the leaders' reports: the parent's leader holds the lower part of
+// the parent's range, the unlisted group the part above it.
+TEST(MetaSplit, LostSplitIsFoundFromTheLeadersRanges) {
+  const proto::MetaState m = TwoShards();  // 1: [0, 8192), 5: [8192, 16384)
+  std::map<uint64_t, std::pair<uint32_t, uint32_t>> ranges;
+  auto reported = [&](uint64_t id, uint32_t* b, uint32_t* e) {
+    auto it = ranges.find(id);
+    if (it == ranges.end()) return false;
+    std::tie(*b, *e) = it->second;
+    return true;
+  };
+  // group 9 holds [3000, 8192); shard 1's leader [0, 3000): shard 1 split at 3000 into 9
+  ranges = {{1, {0, 3000}}, {5, {8192, 16384}}};
+  auto cmd = LostSplit(m, 9, 3000, 8192, reported);
+  ASSERT_TRUE(cmd.has_value());
+  EXPECT_EQ(cmd->split_shard().parent(), 1u);
+  EXPECT_EQ(cmd->split_shard().slot(), 3000u);
+  EXPECT_EQ(cmd->split_shard().child(), 9u);
+  proto::MetaState after = m;
+  ASSERT_TRUE(ApplyMetaCommand(*cmd, &after));
+  EXPECT_EQ(Find(after, 9)->slot_begin(), 3000u);
+  EXPECT_EQ(Find(after, 9)->slot_end(), 8192u);
+  EXPECT_EQ(Find(after, 1)->slot_end(), 3000u);
+  EXPECT_FALSE(LostSplit(after, 9, 3000, 8192, reported).has_value());  // listed now
+
+  // Two lost in a row (9 split again, into 12 at 6000): 9 first, then 12.
+  EXPECT_FALSE(LostSplit(m, 12, 6000, 8192, reported).has_value());  // shard 1's leader ends at 3000
+  ranges[9] = {3000, 6000};
+  EXPECT_FALSE(LostSplit(after, 12, 6000, 8192, reported).has_value());  // 1's split into 9 not done yet
+  proto::MetaCommand done;
+  done.set_version(1);
+  done.set_split_done(1);  // (shard 1's leader holds [0, 3000): placement marks it done)
+  ASSERT_TRUE(ApplyMetaCommand(done, &after));
+  auto second = LostSplit(after, 12, 6000, 8192, reported);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->split_shard().parent(), 9u);
+  EXPECT_EQ(second->split_shard().slot(), 6000u);
+
+  // Nothing to record: the parent's leader still holds its whole range (it
+  // has not applied the split), no leader of the parent is known, the range
+  // is not inside one shard above its first slot, or the parent is in a
+  // split under way.
+  ranges = {{1, {0, 8192}}};
+  EXPECT_FALSE(LostSplit(m, 9, 3000, 8192, reported).has_value());
+  ranges.clear();
+  EXPECT_FALSE(LostSplit(m, 9, 3000, 8192, reported).has_value());
+  ranges = {{1, {0, 3000}}, {5, {8192, 16384}}};
+  EXPECT_FALSE(LostSplit(m, 9, 3000, 9000, reported).has_value());
+  EXPECT_FALSE(LostSplit(m, 9, 0, 3000, reported).has_value());
+  EXPECT_FALSE(LostSplit(m, 9, 3000, 3000, reported).has_value());
+  EXPECT_FALSE(LostSplit(m, 5, 3000, 8192, reported).has_value());  // a listed group
+  proto::MetaState busy = m;
+  ASSERT_TRUE(ApplyMetaCommand(Split(1, 1000), &busy));  // 1: [0, 1000), split into 6: [1000, 8192) under way
+  ranges[6] = {1000, 3000};
+  EXPECT_FALSE(LostSplit(busy, 9, 3000, 8192, reported).has_value());
+  ASSERT_TRUE(ApplyMetaCommand(SplitDone(1), &busy));
+  EXPECT_TRUE(LostSplit(busy, 9, 3000, 8192, reported).has_value());
 }
 
 proto::MetaCommand Place(const proto::ShardInfo& s, std::vector<uint64_t> voters, std::vector<uint64_t> learners) {

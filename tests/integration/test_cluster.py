@@ -1148,7 +1148,7 @@ def test_write_hints_come_on_once_every_node_reads_them(tmp_path, monkeypatch):
                 assert _info_field(n, "write_hints_applied") == "0", n.name
             cl_.restart(0)  # upgraded
             cl_.wait_ready()
-            eventually(lambda: all(_info_field(n, "cluster_features") == "write-hints" for n in cl_.nodes),
+            eventually(lambda: all(_info_field(n, "cluster_features") == "write-hints,split-child" for n in cl_.nodes),
                        timeout=30, what="every node to see write hints switched on")
             for i in range(200, 600):
                 assert rc.set(f"up:{i}", f"b{i}")
