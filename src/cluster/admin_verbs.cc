@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cctype>
 #include <map>
+#include <set>
+#include <tuple>
 
 #include <spdlog/spdlog.h>
 
 #include "cluster/cluster_internal.h"
+#include "common/member_id.h"
 #include "common/strings.h"
 namespace shoal::cluster {
 
@@ -593,6 +596,52 @@ Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector
   return AdminStep::Propose(cmd, "shard " + args[1] + ": moving its replica from " + Hex(from->id()) + " to " + Hex(target->id()));
 }
 
+std::string RefuseSurvivor(const std::string& shard, uint64_t node,
+                           const std::map<uint64_t, node::LeaderlessReplica>& reports,
+                           const std::function<bool(uint64_t member)>& live) {
+  auto rank = [](const node::LeaderlessReplica& r) { return std::tuple{r.recovery, r.last_term, r.last_index}; };
+  auto where = [](const node::LeaderlessReplica& r) {
+    return "log term " + std::to_string(r.last_term) + " index " + std::to_string(r.last_index) + ", applied " +
+           std::to_string(r.applied) + (r.recovery > 0 ? ", recovery " + std::to_string(r.recovery) : "");
+  };
+  auto chosen = reports.find(node);
+  auto best = chosen;
+  for (auto it = reports.begin(); it != reports.end(); ++it) {
+    if (best == reports.end() || rank(best->second) < rank(it->second)) best = it;
+  }
+  if (chosen == reports.end()) {
+    return "ERR node " + Hex(node) + " reports no replica of shard " + shard + " waiting for a leader (it holds " +
+           "none, or heard a leader within the last 3 seconds); node " + Hex(best->first) +
+           "'s is the furthest ahead (" + where(best->second) + "): recover on it";
+  }
+  if (rank(chosen->second) < rank(best->second)) {
+    return "ERR node " + Hex(node) + "'s replica of shard " + shard + " (" + where(chosen->second) +
+           ") is behind node " + Hex(best->first) + "'s (" + where(best->second) + "): forcing it would lose " +
+           "the writes only that one holds; recover on node " + Hex(best->first);
+  }
+  const node::LeaderlessReplica& latest = best->second;
+  // A learner as far ahead as any survivor (a move under way when the
+  // majority died) holds every entry they do: it may be chosen.
+  const uint64_t m = chosen->second.member;
+  if (!HasId(latest.voters, m) && !HasId(latest.voters_outgoing, m) && !HasId(latest.learners, m)) {
+    return "ERR node " + Hex(node) + "'s replica of shard " + shard + " is not a member of the group as its " +
+           "furthest replica has it (node " + Hex(best->first) + "'s); recover on a member of it";
+  }
+  auto majority_live = [&](const std::vector<uint64_t>& voters) {
+    size_t up = 0;
+    for (uint64_t v : voters) up += live(v);
+    return up * 2 > voters.size();
+  };
+  if (majority_live(latest.voters) && (latest.voters_outgoing.empty() || majority_live(latest.voters_outgoing))) {
+    size_t up = 0;
+    for (uint64_t v : latest.voters) up += live(v);
+    return "ERR shard " + shard + " still has a majority of live voters (" + std::to_string(up) + " of " +
+           std::to_string(latest.voters.size()) + " in the membership its furthest replica has); recovery is " +
+           "only for a majority lost for good";
+  }
+  return "";
+}
+
 Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::vector<std::string>& args, const MetaPtr& m,
                                          int64_t now) {
   // UNSAFE: a shard whose majority of voters is lost for good takes the
@@ -625,31 +674,88 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   for (const ShardView& x : view.shards) {
     if (x.id == info->id()) sv = &x;
   }
-  if (!Contains(info->replicas(), node->id())) {
-    return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
-  }
   if (state[node->id()] != NodeState::kUp && state[node->id()] != NodeState::kDraining) {
     return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " is not up"));
   }
+  if (sv != nullptr && sv->reported) {
+    return AdminStep::Reply(AdminError("ERR shard " + args[1] + " still has a majority of live voters: its leader, on node " +
+                                       Hex(sv->leader) + ", reported within the last second; recovery is only for a " +
+                                       "majority lost for good"));
+  }
+  auto is_live = [&](uint64_t n) {
+    auto it = state.find(n);  // a node the metadata does not know is not live
+    return it != state.end() && (it->second == NodeState::kUp || it->second == NodeState::kDraining);
+  };
   size_t live = 0;
-  for (uint64_t v : info->replicas()) live += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
-  // The group may still be on its old voters (a move under way when the
-  // majority died): with no leader now, its last reported voters count.
-  bool lost_actual = false;
-  if (sv == nullptr || !sv->reported) {
+  for (uint64_t v : info->replicas()) live += is_live(v);
+  // What the survivors report decides: the metadata (after a recovery of
+  // the meta shard, or one this shard's chosen replica refused) may list a
+  // replica the group has left behind, and forcing it would lose every
+  // write since. Only with no survivor reporting (a half split off a
+  // replica that missed the split) does the metadata's view decide.
+  // Survivors report once they heard no leader for 3 s (and a node whose
+  // replica did is refused by it): too soon after the last leader was
+  // heard of, the reports are not all in.
+  int64_t led_us = 0;
+  {
     std::lock_guard lock(gossip_mu_);
-    if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
-      size_t up = 0;
-      for (uint64_t v : NodesOfMembers(*m, info, it->second.voters)) {
-        up += state[v] == NodeState::kUp || state[v] == NodeState::kDraining;
+    if (auto it = led_heard_us_.find(info->id()); it != led_heard_us_.end()) led_us = it->second;
+  }
+  if (led_us != 0 && now - led_us < kSurvivorsReportUs) {
+    return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + ": the surviving replicas have not all reported " +
+                                       "yet (a leader of it was heard of " + std::to_string((now - led_us) / 1000) +
+                                       " ms ago; replicas report once they heard none for 3 s): retry in a few " +
+                                       "seconds"));
+  }
+  const std::map<uint64_t, node::LeaderlessReplica> survivors = LeaderlessReplicas(info->id(), now);
+  // A node that may hold a replica (the metadata places one there, or a
+  // survivor's membership has a member there), counted as up but not heard
+  // from lately: its report, perhaps the furthest, may be missing.
+  {
+    std::set<uint64_t> holders(info->replicas().begin(), info->replicas().end());
+    holders.insert(info->learners().begin(), info->learners().end());
+    for (const auto& [n, rep] : survivors) {
+      for (const auto* ids : {&rep.voters, &rep.voters_outgoing, &rep.learners}) {
+        for (uint64_t member : *ids) holders.insert(NodeOfMember(*m, member));
       }
-      lost_actual = up * 2 <= it->second.voters.size();
+    }
+    std::lock_guard lock(gossip_mu_);
+    for (uint64_t n : holders) {
+      if (n == node_id_ || survivors.contains(n) || !is_live(n)) continue;
+      auto heard = last_heard_us_.find(n);
+      if (heard == last_heard_us_.end() || now - heard->second > kLeaderHeardUs) {
+        return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + ": node " + Hex(n) + " may hold a replica of " +
+                                           "it and has not been heard from lately; retry once it is heard from again " +
+                                           "or is down"));
+      }
     }
   }
-  if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
-    return AdminStep::Reply(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" + std::to_string(live) +
-                           " of " + std::to_string(info->replicas_size()) +
-                           "); recovery is only for a majority lost for good"));
+  uint64_t member = 0;
+  if (!survivors.empty()) {
+    std::string refused = RefuseSurvivor(args[1], node->id(), survivors,
+                                         [&](uint64_t m_id) { return is_live(NodeOfMember(*m, m_id)); });
+    if (!refused.empty()) return AdminStep::Reply(AdminError(refused));
+    member = survivors.at(node->id()).member;
+  } else {
+    if (!Contains(info->replicas(), node->id())) {
+      return AdminStep::Reply(AdminError("ERR node " + Hex(node->id()) + " holds no voter of shard " + args[1]));
+    }
+    // The group may still be on its old voters (a move under way when the
+    // majority died): with no leader now, its last reported voters count.
+    bool lost_actual = false;
+    {
+      std::lock_guard lock(gossip_mu_);
+      if (auto it = gossip_.find(info->id()); it != gossip_.end() && !it->second.voters.empty()) {
+        size_t up = 0;
+        for (uint64_t v : NodesOfMembers(*m, info, it->second.voters)) up += is_live(v);
+        lost_actual = up * 2 <= it->second.voters.size();
+      }
+    }
+    if (live * 2 > static_cast<size_t>(info->replicas_size()) && !lost_actual) {
+      return AdminStep::Reply(AdminError("ERR shard " + args[1] + " still has a majority of live voters (" +
+                                         std::to_string(live) + " of " + std::to_string(info->replicas_size()) +
+                                         "); recovery is only for a majority lost for good"));
+    }
   }
   auto recovered = [&](const proto::ShardInfo& s) {
     proto::ShardInfo next = s;
@@ -658,6 +764,8 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
     next.clear_learners();
     next.add_replicas(node->id());
     next.set_preferred_leader(node->id());
+    // The member the survivor's replica is (the metadata may lack it).
+    if (member != 0 && &s == info) (*next.mutable_incarnations())[node->id()] = IncarnationOf(member, node->id());
     // A recovery the metadata may have lost (with a recovery of the meta shard).
     next.set_recovery(std::max(s.recovery(), RecoverySeen(s.id())) + 1);
     next.set_recovered_on(node->id());

@@ -373,21 +373,16 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   // while, beside the group it had joined.
   if (recovery > (*r)->recovery() && (recovered_on != node_id_ || !had_state)) {
     if (had_state) {
-      // From before an unsafe recovery of its shard: stale, and it must not
-      // vote or answer again. Its state goes; a new replica comes next round
-      // if the placement wants one here.
-      auto batch = engine_->NewBatch();
-      Status d = (*r)->StageDestroy(*batch);
-      if (!d.ok()) return d;
-      auto seq = engine_->Write(*batch);
-      if (!seq.ok()) return seq.status();
-      auto synced = engine_->Sync();
-      if (!synced.ok()) return synced.status();
-      spdlog::warn("shard {}: deleted this node's replica from before unsafe recovery {}", id, recovery);
-      return static_cast<replica::Replica*>(nullptr);
+      // From before an unsafe recovery of its shard: it opens as it was
+      // (the recovered group ignores it), and SyncLocalReplicas deletes it
+      // once the recovered group has been seen led; until then it may be
+      // the copy a refused recovery has to fall back on.
+      spdlog::warn("shard {}: this node's replica is from before unsafe recovery {}: kept until the recovered group "
+                   "is seen led", id, recovery);
+    } else {
+      Status rs = (*r)->SetRecovery(recovery);
+      if (!rs.ok()) return rs;
     }
-    Status rs = (*r)->SetRecovery(recovery);
-    if (!rs.ok()) return rs;
   }
   {
     std::lock_guard lock(shards_mu_);
@@ -523,6 +518,7 @@ void Cluster::OnLeaders(uint64_t from, std::vector<node::LeaderReport> leaders) 
   for (auto& l : leaders) {
     auto& cur = gossip_[l.group];
     max_group_seen_ = std::max(max_group_seen_, l.group);
+    led_heard_us_[l.group] = now;
     uint64_t& seen = max_recovery_seen_[l.group];
     seen = std::max(seen, l.recovery);
     // A leader of a later unsafe recovery wins over one from before it
@@ -775,8 +771,51 @@ void Cluster::OnTick(int worker) {
   }
 }
 
+void Cluster::NoteLeaderless(int worker) {
+  std::vector<node::LeaderlessReplica> quiet;
+  for (replica::Replica* r : groups_->All()) {
+    // Also one that heard no leader since it opened (a node restarted after
+    // its group's majority died): its log is what it is at once.
+    if (r->group() == 0 || groups_->WorkerOf(r->group()) != worker || r->retired() || r->is_leader() ||
+        (r->HeardFromLeaderWithin(replica::Replica::kForceQuietTicks) && r->HeardFromLeaderSinceOpen())) {
+      continue;
+    }
+    const storage::RaftStore& store = r->store();
+    const raft::ConfState& cs = store.conf_state();
+    auto last_term = store.term(store.last_index());
+    quiet.push_back(node::LeaderlessReplica{r->group(), r->node_id(), last_term.ok() ? *last_term : 0,
+                                            store.last_index(), r->published_applied(), cs.voters,
+                                            cs.voters_outgoing, cs.learners, r->recovery()});
+  }
+  std::lock_guard lock(transfer_mu_);
+  if (leaderless_.size() < static_cast<size_t>(runtime_->size())) leaderless_.resize(static_cast<size_t>(runtime_->size()));
+  leaderless_[static_cast<size_t>(worker)] = std::move(quiet);
+}
+
+std::map<uint64_t, node::LeaderlessReplica> Cluster::LeaderlessReplicas(uint64_t group, int64_t now) {
+  std::map<uint64_t, node::LeaderlessReplica> out;
+  {
+    std::lock_guard lock(transfer_mu_);
+    for (const auto& per_worker : leaderless_) {
+      for (const auto& l : per_worker) {
+        if (l.group == group) out[node_id_] = l;
+      }
+    }
+  }
+  std::lock_guard lock(gossip_mu_);
+  for (const auto& [id, stats] : transfers_) {
+    auto heard = last_heard_us_.find(id);
+    if (id == node_id_ || heard == last_heard_us_.end() || now - heard->second > kLeaderHeardUs) continue;
+    for (const auto& l : stats.leaderless) {
+      if (l.group == group) out[id] = l;
+    }
+  }
+  return out;
+}
+
 void Cluster::SyncLocalReplicas(int worker, int64_t now) {
   StartRecounts(worker);
+  NoteLeaderless(worker);
   MetaPtr m = meta();  // read here, on the worker that creates and retires
   // Metadata from before a recovery of the meta shard this node belongs to
   // opens replicas, but retires and forces none.
@@ -798,8 +837,11 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       }
       continue;
     }
-    if (r != nullptr && s.recovery() > r->recovery() && s.recovered_on() != node_id_) {
-      // A replica from before an unsafe recovery of its shard: stale.
+    if (r != nullptr && s.recovery() > r->recovery() && s.recovered_on() != node_id_ &&
+        RecoverySeen(s.id()) >= s.recovery()) {
+      // A replica from before an unsafe recovery of its shard: stale, once
+      // the recovered group has been seen led (until then it is kept: the
+      // survivor chosen may have refused, and this may be the best left).
       spdlog::warn("shard {}: removing this node's replica from before unsafe recovery {}", s.id(), s.recovery());
       Status st = Retire(r);
       if (!st.ok()) spdlog::error("cannot remove the replica of shard {}: {}", s.id(), st.ToString());
@@ -853,7 +895,10 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
           continue;
         }
       }
-      auto forced = r->ForceSoleVoter(s.recovery());
+      // A learner too: RECOVER chose it as the survivor furthest ahead (a
+      // move under way when the majority died), which holds every entry any
+      // other survivor does.
+      auto forced = r->ForceSoleVoter(s.recovery(), nullptr, /*learner_ok=*/true);
       if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
       if (forced.ok() && *forced) groups_->Notify(r);
     }
@@ -929,6 +974,12 @@ void Cluster::MetaRecoveryTick(const MetaPtr& m, int64_t now) {
   node::NodeStats stats = opts_.local_transfers ? opts_.local_transfers() : node::NodeStats{};
   stats.meta_recovery = mr->recovery();
   stats.features = BuildFeatures();
+  {
+    std::lock_guard lock(transfer_mu_);
+    for (const auto& per_worker : leaderless_) {
+      stats.leaderless.insert(stats.leaderless.end(), per_worker.begin(), per_worker.end());
+    }
+  }
   if (m) {
     // Removed nodes that still talk (restarted with their old data): told so.
     std::lock_guard lock(gossip_mu_);

@@ -180,6 +180,10 @@ class Cluster final : public replica::Splitter {
   // cluster_state to count it (gossip comes every 100 ms; a failover takes
   // about half a second).
   static constexpr int64_t kLeaderHeardUs = 3'000'000;
+  // How long after a shard's last leader was heard of an unsafe recovery
+  // waits for its survivors' reports (they report once they heard no
+  // leader for replica::Replica::kForceQuietTicks, 3 s, then gossip).
+  static constexpr int64_t kSurvivorsReportUs = 5'000'000;
   replica::Replica* Local(uint64_t group) const { return groups_->Find(group); }
   kv::Shard* LocalShard(uint64_t group) const;
   std::vector<kv::Shard*> LocalShards() const;
@@ -294,6 +298,12 @@ class Cluster final : public replica::Splitter {
   // their group has let them go (MayRetire). Creating and retiring a group
   // on its own worker keeps the two from racing.
   void SyncLocalReplicas(int worker, int64_t now_us);
+  // On `worker`: notes its data replicas that have heard from no leader for
+  // a while (leaderless_), for the gossip.
+  void NoteLeaderless(int worker);
+  // The replicas of `group` that hear no leader, as live nodes (heard from
+  // within kLeaderHeardUs; this node's own included) report them, by node.
+  std::map<uint64_t, node::LeaderlessReplica> LeaderlessReplicas(uint64_t group, int64_t now_us);
   Status Retire(replica::Replica* r);
   // The latest report of group's leader, if one arrived recently.
   bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
@@ -404,6 +414,7 @@ class Cluster final : public replica::Splitter {
   // leader reported per group, and the highest group id seen led.
   std::map<uint64_t, uint64_t> max_recovery_seen_;
   uint64_t max_group_seen_ = 0;
+  std::map<uint64_t, int64_t> led_heard_us_;  // group -> when a leader of it was last heard of (gossip_mu_)
   std::atomic<bool> removed_elsewhere_{false};
   static constexpr int64_t kRemovedToldUs = 10'000'000;  // peers gossip removed nodes heard this lately
   std::map<uint64_t, int64_t> last_heard_us_;  // node -> last gossip from it
@@ -426,6 +437,9 @@ class Cluster final : public replica::Splitter {
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
   std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas
+  // Per worker (transfer_mu_): its data replicas that hear no leader, as of
+  // its last SyncLocalReplicas; gossiped with this node's figures.
+  std::vector<std::vector<node::LeaderlessReplica>> leaderless_;
   std::vector<std::unique_ptr<kv::Shard>> retired_shards_;  // kept alive: readers may hold them
 };
 

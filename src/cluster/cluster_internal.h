@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -35,6 +37,18 @@ std::vector<uint64_t> NodesOfMembers(const proto::MetaState& meta, const proto::
 // the metadata keeps a node placed again as that member, and takes a newer
 // one than it has (meta.cc SetShard).
 void NameReportedIncarnations(const proto::MetaState& meta, const node::LeaderReport& rep, proto::ShardInfo* next);
+// Whether an unsafe recovery of shard `shard` may force the replica on
+// `node` as the group's only voter, judged by the replicas that live nodes
+// report leaderless (`reports`, by node; not empty): "" if it may, else the
+// error to answer. The chosen one must have reported, be as far ahead as
+// any other (its recovery lineage, then its last log term, then its last
+// index: Raft's order, so no write another survivor holds is lost), be a
+// voter of the membership that furthest replica's log has, and that
+// membership must have lost its majority (`live`: whether a member's node
+// is up).
+std::string RefuseSurvivor(const std::string& shard, uint64_t node,
+                           const std::map<uint64_t, node::LeaderlessReplica>& reports,
+                           const std::function<bool(uint64_t member)>& live);
 // A replica's leadership report. Any thread: reads only what it publishes.
 node::LeaderReport ReportOf(const replica::Replica& r);
 

@@ -6,6 +6,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cluster/cluster_internal.h"
 #include "common/member_id.h"
 
 namespace shoal::cluster {
@@ -564,6 +565,50 @@ TEST(MetaRecovery, RecoveredTailOnlyOverShardsRecoveredOnTheSurvivor) {
   EXPECT_EQ(with([](proto::ShardInfo* s) { s->set_recovered_on(2); }), nullptr);
   EXPECT_EQ(with([](proto::ShardInfo* s) { s->set_split_child(99); }), nullptr);
   EXPECT_NE(with([](proto::ShardInfo* s) { s->set_preferred_leader(3); }), nullptr);
+}
+
+// Survivors of a shard whose majority died: C (node 3) was left behind by a
+// change the lost voters committed (it still believes it is a voter), D
+// (node 4) is the replica the group moved to; node 5 is dead.
+node::LeaderlessReplica Survivor(uint64_t member, uint64_t term, uint64_t index, std::vector<uint64_t> voters) {
+  return node::LeaderlessReplica{7, member, term, index, index, std::move(voters), {}, {}, 0};
+}
+
+TEST(RecoverySurvivor, OnlyTheFurthestAheadVoterOfALostMajority) {
+  auto live = [](uint64_t m) { return m == 3 || m == 4; };
+  std::map<uint64_t, node::LeaderlessReplica> reports{{3, Survivor(3, 2, 17, {1, 2, 3})},
+                                                       {4, Survivor(4, 3, 58, {1, 2, 4})}};
+  // Forcing C would lose every write from index 18 on, which D holds.
+  const std::string behind = RefuseSurvivor("7", 3, reports, live);
+  EXPECT_NE(behind.find("is behind node 0000000000000004's"), std::string::npos) << behind;
+  EXPECT_NE(behind.find("recover on node 0000000000000004"), std::string::npos) << behind;
+  EXPECT_EQ(RefuseSurvivor("7", 4, reports, live), "");
+  // The same term, a longer log wins; a later term wins over a longer log.
+  reports[3] = Survivor(3, 3, 60, {1, 2, 4, 3});
+  EXPECT_NE(RefuseSurvivor("7", 4, reports, live).find("is behind node 0000000000000003's"), std::string::npos);
+  reports[3] = Survivor(3, 2, 90, {1, 2, 3});
+  EXPECT_EQ(RefuseSurvivor("7", 4, reports, live), "");
+  // A node that reports nothing (no replica, or it still hears a leader).
+  const std::string none = RefuseSurvivor("7", 5, reports, live);
+  EXPECT_NE(none.find("reports no replica of shard 7"), std::string::npos) << none;
+  EXPECT_NE(none.find("node 0000000000000004's is the furthest ahead"), std::string::npos) << none;
+  // As far ahead, but not a member of the furthest replica's membership.
+  reports = {{3, Survivor(3, 3, 58, {1, 2, 4})}, {4, Survivor(4, 3, 58, {1, 2, 4})}};
+  EXPECT_NE(RefuseSurvivor("7", 3, reports, live).find("is not a member"), std::string::npos);
+  // A learner of it, as far ahead (a move under way), may be chosen.
+  reports = {{3, node::LeaderlessReplica{7, 3, 3, 58, 58, {1, 2, 4}, {}, {3}, 0}}, {4, Survivor(4, 3, 58, {1, 2, 4})}};
+  EXPECT_EQ(RefuseSurvivor("7", 3, reports, live), "");
+  // A majority of that membership still lives: no recovery.
+  reports = {{3, Survivor(3, 3, 58, {1, 3, 4})}, {4, Survivor(4, 3, 58, {1, 3, 4})}};
+  EXPECT_NE(RefuseSurvivor("7", 3, reports, live).find("still has a majority of live voters (2 of 3"),
+            std::string::npos);
+  // Joint: the outgoing voters lost their majority, so the group is stuck.
+  reports = {{3, node::LeaderlessReplica{7, 3, 3, 58, 58, {3, 4, 1}, {1, 2, 5}, {}, 0}}};
+  EXPECT_EQ(RefuseSurvivor("7", 3, reports, live), "");
+  // A replica of a later recovery lineage is ahead whatever its log.
+  reports = {{3, Survivor(3, 9, 900, {1, 2, 3})}, {4, node::LeaderlessReplica{7, 4, 1, 5, 5, {4, 1, 2}, {}, {}, 2}}};
+  EXPECT_NE(RefuseSurvivor("7", 3, reports, live).find("is behind"), std::string::npos);
+  EXPECT_EQ(RefuseSurvivor("7", 4, reports, live), "");
 }
 
 }  // namespace

@@ -327,6 +327,22 @@ class Planner {
         return Emit(id, MoveKind::kRemoveReplica, {v}, base, to, "drop replica of removed node");
       }
     }
+    // 1b. Voters on down nodes that no up node can replace (too few up
+    //     nodes left): when the up voters are an odd number of at least 3,
+    //     they become the voters alone, in one move. Five voters with two
+    //     down survive no further failure; their three up ones alone, one.
+    //     (With an even number up, dropping the down ones gains nothing.)
+    {
+      Ids up, down;
+      for (uint64_t v : base.voters) (IsUp(v) ? up : down).push_back(v);
+      if (!down.empty() && up.size() >= 3 && up.size() % 2 == 1) {
+        Membership to = base;
+        to.voters = up;
+        if (Emit(id, MoveKind::kRemoveReplica, down, base, to, "drop voters on down nodes nothing can replace")) {
+          return true;
+        }
+      }
+    }
     // 2. Too few voters: add every missing one in one move, so the voter
     //    count goes 1 -> 3 -> 5 and never rests at an even number.
     if (static_cast<int>(base.voters.size()) < voters_target) {

@@ -200,6 +200,43 @@ TEST(Planner, DeadVoterIsKeptWhileNothingCanReplaceIt) {
   EXPECT_EQ(v.meta_voters, Ids({1, 2, 3}));
 }
 
+TEST(Planner, DeadVotersNothingCanReplaceLeaveAnOddMajority) {
+  // Replication factor 5 on 6 nodes; three die, two of them voters of shard
+  // 1 and the third the node it does not use: no up node is left to replace
+  // them, and five voters with two down would survive no further failure.
+  ClusterView v = Cluster(6, 4, {1, 2, 3, 4, 5});
+  v.replication_factor = 5;
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 5, 0);
+  const Ids& first = v.shards[0].want.voters;
+  std::vector<uint64_t> down = {first[0], first[1]};
+  for (uint64_t n = 1; n <= 6; ++n) {
+    if (std::find(first.begin(), first.end(), n) == first.end()) down.push_back(n);
+  }
+  ASSERT_EQ(down.size(), 3u);
+  for (uint64_t n : down) SetState(&v, n, NodeState::kDown);
+  auto is_down = [&](uint64_t n) { return std::find(down.begin(), down.end(), n) != down.end(); };
+  ASSERT_GE(Converge(&v), 0);
+  for (const auto& s : v.shards) {
+    size_t up = 0;
+    for (uint64_t m : s.want.voters) up += !is_down(m);
+    if (s.id == 1) {
+      EXPECT_EQ(up, 3u);
+    }
+    if (up >= 3) {
+      // The up voters alone: one more failure is survived.
+      EXPECT_EQ(s.want.voters.size(), 3u) << "shard " << s.id;
+      EXPECT_EQ(up, 3u) << "shard " << s.id;
+    } else {
+      EXPECT_EQ(s.want.voters.size(), 5u) << "shard " << s.id << " lost its majority: nothing moves";
+    }
+  }
+  // They come back: five voters again.
+  for (uint64_t n : down) SetState(&v, n, NodeState::kUp);
+  ASSERT_GE(Converge(&v), 0);
+  ExpectEveryShard(v, 5, 0);
+}
+
 TEST(Planner, RemovedNodeIsDroppedEvenWithoutReplacement) {
   ClusterView v = Cluster(3, 4, {1, 2, 3});
   ASSERT_GE(Converge(&v), 0);

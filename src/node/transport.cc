@@ -326,6 +326,18 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       pf.set_meta_recovery(local_transfers_.meta_recovery);
       pf.set_features(local_transfers_.features);
       for (uint64_t id : local_transfers_.removed) pf.add_removed_nodes(id);
+      for (const LeaderlessReplica& r : local_transfers_.leaderless) {
+        auto* l = pf.add_leaderless();
+        l->set_group(r.group);
+        l->set_member(r.member);
+        l->set_last_term(r.last_term);
+        l->set_last_index(r.last_index);
+        l->set_applied(r.applied);
+        for (raft::NodeId v : r.voters) l->add_voters(v);
+        for (raft::NodeId v : r.voters_outgoing) l->add_voters_outgoing(v);
+        for (raft::NodeId v : r.learners) l->add_learners(v);
+        l->set_recovery(r.recovery);
+      }
       for (const LeaderReport& r : local_leaders_) {
         auto* l = pf.add_leaders();
         l->set_group(r.group);
@@ -713,9 +725,16 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       chunks_(pf.from_node(), std::move(c));
     }
     if (pf.has_transfers() && transfers_) {
-      transfers_(pf.from_node(), NodeStats{pf.transfers_sending(), pf.transfer_bytes_sent(),
-                                           pf.transfer_bytes_received(), pf.meta_recovery(), pf.features(),
-                                           {pf.removed_nodes().begin(), pf.removed_nodes().end()}});
+      NodeStats stats{pf.transfers_sending(), pf.transfer_bytes_sent(), pf.transfer_bytes_received(),
+                      pf.meta_recovery(),     pf.features(),           {pf.removed_nodes().begin(), pf.removed_nodes().end()},
+                      {}};
+      for (const auto& l : pf.leaderless()) {
+        stats.leaderless.push_back(LeaderlessReplica{l.group(), l.member(), l.last_term(), l.last_index(), l.applied(),
+                                                     {l.voters().begin(), l.voters().end()},
+                                                     {l.voters_outgoing().begin(), l.voters_outgoing().end()},
+                                                     {l.learners().begin(), l.learners().end()}, l.recovery()});
+      }
+      transfers_(pf.from_node(), std::move(stats));
     }
     if (pf.has_leaders()) {
       std::vector<LeaderReport> leaders;

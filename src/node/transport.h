@@ -50,9 +50,22 @@ struct LeaderReport {
   uint64_t recovery = 0;  // the unsafe recovery the leader's replica belongs to
 };
 
+// A replica that has heard from no leader of its group for a while, as its
+// node gossips it: an unsafe recovery picks, among these, the survivor that
+// is furthest ahead (cluster::RefuseSurvivor).
+struct LeaderlessReplica {
+  uint64_t group = 0;
+  raft::NodeId member = raft::kNoNode;
+  uint64_t last_term = 0, last_index = 0;  // of its durable log
+  uint64_t applied = 0;
+  std::vector<raft::NodeId> voters, voters_outgoing, learners;  // the membership its log has
+  uint64_t recovery = 0;  // the unsafe recovery it belongs to
+  bool operator==(const LeaderlessReplica&) const = default;
+};
+
 // What a node gossips of itself with its leaderships: its snapshot
-// transfers (counters since it started), and the unsafe recovery its meta
-// replica belongs to.
+// transfers (counters since it started), the unsafe recovery its meta
+// replica belongs to, and its replicas that hear no leader.
 struct NodeStats {
   uint64_t sending = 0;
   uint64_t bytes_sent = 0;
@@ -60,6 +73,7 @@ struct NodeStats {
   uint64_t meta_recovery = 0;
   uint64_t features = 0;
   std::vector<uint64_t> removed;  // removed nodes heard from lately (PeerFrame.removed_nodes)
+  std::vector<LeaderlessReplica> leaderless;
 };
 
 struct TransportOptions {

@@ -484,7 +484,7 @@ Result<bool> Replica::ForceSoleVoter(uint64_t recovery, std::string* refused_why
   const char* refused = !voter && !kept && !learner      ? "it is not a voter of the group"
                         : store_->last_index() == 0 && !kept ? "it holds no state"
                         : is_leader()                    ? "it leads the group"
-                        : HeardFromLeaderWithin(60)      ? "the group had a leader within the last 60 ticks"
+                        : HeardFromLeaderWithin(kForceQuietTicks) ? "the group had a leader within the last 60 ticks"
                                                          : nullptr;
   if (refused != nullptr) {
     if (refused_why != nullptr) *refused_why = refused;
@@ -752,6 +752,7 @@ void Replica::Step(raft::Message m, int64_t now_mono_us) {
        m.type == raft::MessageType::kSnap) &&
       m.term >= node_->raft().term()) {
     leader_contact_tick_ = ticks_;
+    leader_contacted_ = true;
     leader_contact_us_ = std::max(leader_contact_us_, now_mono_us);
   }
   const bool snap = m.type == raft::MessageType::kSnap;
@@ -1386,7 +1387,13 @@ void Replica::Publish(int64_t now_mono_us) {
       done(false);
     }
   }
-  leader_.store(r.lead(), std::memory_order_release);
+  // A learner never campaigns, so its Raft keeps naming a leader it lost
+  // long ago; published, that would count a dead group as led (INFO,
+  // STATUS, routing): a leader not heard from for two election timeouts is
+  // none.
+  const bool lead_heard = r.role() == raft::Role::kLeader ||
+                          HeardFromLeaderWithin(2 * static_cast<uint64_t>(opts_.election_tick));
+  leader_.store(lead_heard ? r.lead() : raft::kNoNode, std::memory_order_release);
   term_.store(r.term(), std::memory_order_release);
   applied_.store(sm_->applied_index(), std::memory_order_release);
   bool lease = r.role() == raft::Role::kLeader && r.lease_valid() &&

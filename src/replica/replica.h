@@ -440,6 +440,9 @@ class Replica {
   // with state may be forced too (the meta shard, whose learners hold the
   // metadata when every voter is lost).
   Result<bool> ForceSoleVoter(uint64_t recovery, std::string* refused = nullptr, bool learner_ok = false);
+  // ForceSoleVoter refuses a replica that heard from a leader within this
+  // many ticks (and nodes gossip theirs that did not: leaderless replicas).
+  static constexpr uint64_t kForceQuietTicks = 60;
   // Starts this replica over as an empty one of a group recovered unsafely
   // elsewhere (`recovery`, kept on disk): log and membership go, and the
   // state machine's state as its StageDestroy says; term and vote stay. It
@@ -504,6 +507,8 @@ class Replica {
   // Whether a message from the group's leader (appends, heartbeats,
   // snapshots) arrived within the last `ticks` ticks.
   bool HeardFromLeaderWithin(uint64_t ticks) const { return ticks_ - leader_contact_tick_ <= ticks; }
+  // Whether a message from a leader arrived since this replica opened.
+  bool HeardFromLeaderSinceOpen() const { return leader_contacted_; }
   bool retired() const { return retired_; }
   // Images Raft asked for while this round's applies were not written yet
   // (refused: it asks again).
@@ -623,6 +628,7 @@ class Replica {
   bool sending_images_ = true;
   uint64_t seen_commits_refused_ = 0, seen_credits_forgotten_ = 0;  // last logged (Tick)
   uint64_t leader_contact_tick_ = 0;
+  bool leader_contacted_ = false;
   // A campaign due at this tick, for a leader known gone (0: none).
   uint64_t campaign_at_tick_ = 0;
   uint64_t campaign_term_ = 0;  // the term it was due in: a newer one cancels it

@@ -851,8 +851,11 @@ TEST_F(ReplicaCluster, LearnerWithStateIsForcedOnlyWhenAsked) {
   ASSERT_EQ(Write(R(l), SetBatch("k", "v")), "+OK\r\n");
   TickAll(3);
   ASSERT_EQ(Get(3, "k"), "v");
+  EXPECT_EQ(R(3).published_leader(), R(l).node_id());
   down_ = {1, 2, 3};
   TickAll(80);
+  // It never campaigns, so its Raft still names the lost leader: not published.
+  EXPECT_EQ(R(3).published_leader(), raft::kNoNode);
   std::string why;
   auto plain = R(3).ForceSoleVoter(1, &why);
   ASSERT_TRUE(plain.ok());

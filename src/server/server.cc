@@ -184,7 +184,7 @@ Status Server::Start() {
   co.stopping = &stopping_;
   co.local_transfers = [this] {
     node::SnapshotStreams::Stats s = snapshots_->stats();
-    return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received, 0, cluster::BuildFeatures(), {}};
+    return node::NodeStats{s.sending, s.bytes_sent, s.bytes_received, 0, cluster::BuildFeatures(), {}, {}};
   };
   // The key metadata caches get 1/128 of the budget (about 76 bytes an entry
   // with 20-byte keys: 110k entries for 1 GiB), shared by the node's shards:
@@ -203,7 +203,7 @@ Status Server::Start() {
   // The peer port must be bound before the cluster records this node's address.
   // The formats this build reads go with the first gossip: a peer that heard
   // none would take this node for one that cannot read the cluster's.
-  transport_->SetLocalTransfers(node::NodeStats{.features = cluster::BuildFeatures(), .removed = {}});
+  transport_->SetLocalTransfers(node::NodeStats{.features = cluster::BuildFeatures(), .removed = {}, .leaderless = {}});
   st = transport_->Start();
   if (!st.ok()) return st;
   co.peer_port = transport_->port();

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor, parse_info,
-                          readonly_read_all, running_cluster, verify_acked)
+                          key_slot, readonly_read_all, running_cluster, verify_acked)
 from conftest import SELFTEST, SHOAL_BIN, RespError
 
 pytestmark = [pytest.mark.slow,
@@ -968,6 +968,95 @@ def test_unsafe_recovery_after_losing_a_majority(ecl):
     _writes_go_through(c, "post:rec", 500)
     logs = "".join(c.nodes[i].log_path.read_text(errors="replace") for i in survivors)
     assert "UNSAFE RECOVERY" in logs  # loud, in the logs of the nodes involved
+
+
+@pytest.fixture
+def ecl_rf5(tmp_path):
+    """A 1-node cluster of 4 shards that keeps 5 voters per shard (--replicas 5,
+    --down-after-ms 8000: a node stopped for a few seconds is not replaced)."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=4, replicas=5, extra_args=["--down-after-ms", "8000"])
+
+
+def test_unsafe_recovery_picks_the_survivor_furthest_ahead(ecl_rf5):
+    """Six nodes, five voters per shard and in the meta shard. One voter of a
+    shard is stopped (SIGSTOP) while writes go on, so its replica falls
+    behind; then three other voters die for good (the meta shard keeps three
+    of its five) and it resumes: the shard has two survivors, one of them
+    behind. RECOVER on the one behind is refused and names the other (forcing
+    it would lose acknowledged writes only the other holds); RECOVER on a
+    node with no replica of the shard is refused; RECOVER on the survivor
+    furthest ahead is taken, and every acknowledged write is there."""
+    c = ecl_rf5
+    for _ in range(5):
+        c.add_node(ready=False, timeout=SETTLE_TIMEOUT_S)
+    ids = ids_of(c, range(6))
+    st = c.wait_status(settled(voters=5, up=ids, meta_voters=5), SETTLE_TIMEOUT_S,
+                       "5 voters per shard on 6 nodes")
+    meta_out = next(i for i in range(6) if ids[i] not in st.meta_voters())
+    # A shard the node outside the meta voters votes in: it dies with two
+    # more of the shard's voters (its leader among them), leaving the meta
+    # shard three of its five.
+    sh0 = next(sh for sh in st.shards if ids[meta_out] in sh.voters)
+    outside = next(i for i in range(6) if ids[i] not in sh0.voters)
+    voters = [ids.index(v) for v in sh0.voters]
+    rest = [i for i in voters if i != meta_out and ids[i] != sh0.leader]
+    behind, ahead = rest[0], rest[1]
+    dead = [i for i in voters if i not in (behind, ahead)]
+    assert meta_out in dead and len(dead) == 3
+    print(f"[ahead] shard {sh0.id} voters {voters}: node{behind} stopped, writes, nodes {dead} die, "
+          f"node{ahead} is ahead")
+    lo, hi = sh0.slots
+    keys = [k for k in (f"pre:ahead:{i}" for i in range(20000)) if lo <= key_slot(k) <= hi][:300]
+    data = {k: b"v-" + k.encode() for k in keys}
+    r = c.redis(ahead)
+    c.sigstop(behind)
+    t0 = time.monotonic()
+    try:
+        pipe = r.pipeline(transaction=False)
+        for k, v in data.items():
+            pipe.set(k, v)
+        assert all(x is True for x in pipe.execute()), "SETs through node{ahead}"
+    finally:
+        r.close()
+    time.sleep(1.0)  # every live voter holds the writes
+    assert time.monotonic() - t0 < 6.0, "stopped so long that it may be declared down"
+    for i in dead:
+        c.kill9(i)
+    c.sigcont(behind)
+    lost = [sh for sh in st.shards if all(ids[i] in sh.voters for i in dead)]
+    assert sh0 in lost
+
+    def down(s: AdminStatus) -> List[str]:
+        return [f"node{i} is {s.nodes[ids[i]].state}" for i in dead if s.nodes[ids[i]].state != "down"]
+    c.wait_status(down, 8.0 + 30, "the three nodes down", via=ahead)
+    err = ""
+    for _ in range(60):  # bounded: the survivors report once they heard no leader for 3 s
+        err = _expect_error(c, "ERR ", "RECOVER", str(sh0.id), ids[behind], "UNSAFE", via=ahead)
+        if "is behind" in err:
+            break
+        assert "reports no replica" in err, err  # not yet: it still heard a leader lately
+        time.sleep(0.25)
+    assert f"is behind node {ids[ahead]}'s" in err and f"recover on node {ids[ahead]}" in err, err
+    _expect_error(c, f"ERR node {ids[outside]} reports no replica of shard {sh0.id}", "RECOVER", str(sh0.id),
+                  ids[outside], "UNSAFE", via=ahead)
+    out = _cli_admin(c, ahead, "recover", str(sh0.id), ids[ahead], "--unsafe")
+    assert f"shard {sh0.id}: UNSAFE recovery 1 on {ids[ahead]}" in out, out
+    for sh in lost:  # the other shards that lost their majority: on the survivor furthest ahead
+        if sh.id == sh0.id:
+            continue
+        keep = next(v for v in sh.voters if v != ids[behind] and v not in ids_of(c, dead))
+        r = c.admin("RECOVER", str(sh.id), keep, "UNSAFE", via=ahead)
+        if isinstance(r, RespError) and "is behind node" in r:
+            keep = r.split("recover on node ")[1].split()[0]
+            r = c.admin("RECOVER", str(sh.id), keep, "UNSAFE", via=ahead)
+        assert not isinstance(r, RespError) and f"UNSAFE recovery 1 on {keep}" in str(r), r
+    live = [i for i in range(6) if i not in dead]
+    st = c.wait_status(settled(voters=3, up=ids_of(c, live), meta_voters=3), REPAIR_TIMEOUT_S,
+                       "every shard back at 3 voters on the live nodes", via=ahead)
+    print(f"[ahead] recovered:\n{st}")
+    bad = verify_acked(c, data)
+    assert not bad, f"{len(bad)} acknowledged keys lost, e.g. {bad[:5]}"
+    _writes_go_through(c, "post:ahead", 300)
 
 
 @pytest.mark.parametrize("survivor", ["leader", "follower"])
