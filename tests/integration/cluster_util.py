@@ -885,6 +885,19 @@ class Cluster:
                 self.rules.append(spec)
                 self._partitioned_once = True
 
+    def heal_between(self, i: int, j: int) -> None:
+        """Remove the rules partition() added between nodes i and j only (the
+        others stay until heal() or teardown)."""
+        pair = {node_ip(i), node_ip(j)}
+        keep = []
+        for spec in self.rules:
+            if {spec[2], spec[4]} == pair:
+                r = _iptables("-D", *spec)
+                assert r.returncode == 0, f"iptables -D {' '.join(spec)}: {r.stderr.decode(errors='replace')}"
+            else:
+                keep.append(spec)
+        self.rules = keep
+
     def heal(self) -> List[str]:
         """Remove every rule partition() added (and any left with our tag)."""
         problems = []

@@ -35,6 +35,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import pytest
+import redis
 
 from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor, parse_info,
                           key_slot, readonly_read_all, running_cluster, verify_acked)
@@ -741,8 +742,10 @@ def test_partition_in_the_middle_of_a_move(slow_snapshots_cl):
     t_cut = time.monotonic()
     time.sleep(2.0)  # under down-after-ms: the transfers stall, nothing is replanned
     during = int(parse_info(node.call("INFO", "raft"))["snapshot_bytes_received"])
-    problems = c.heal()
-    assert not problems, problems
+    # Only between the cut node and the live one: data the dead nodes' kernels
+    # still hold for the cut node (their sockets outlive the processes) must
+    # never reach it, or its metadata would have the split after all.
+    c.heal_between(cut_i, learner_i)
     print(f"[part] cut {new} for {time.monotonic() - t_cut:.1f} s after {received} bytes "
           f"({during} when healed)")
     ids = ids_of(c, range(4))
@@ -1427,6 +1430,104 @@ def test_unsafe_recovery_of_the_meta_shard(ecl):
     assert "UNSAFE RECOVERY 1 of the meta shard" in c.nodes[voter_i].log_path.read_text(errors="replace")
     for i in (learner_i, *dead):
         assert "was started over" in c.nodes[i].log_path.read_text(errors="replace"), f"node{i}"
+
+
+@pytest.fixture
+def ecl_down15(tmp_path):
+    """As ecl, with --down-after-ms 15000: a node cut off for a few seconds is
+    not declared down (nothing is moved off it meanwhile)."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=SHARDS, extra_args=["--down-after-ms", "15000"])
+
+
+def test_a_split_an_unsafe_meta_recovery_lost_is_recorded_again(ecl_down15):
+    """4 nodes. A meta voter that does not lead the meta shard is cut off
+    (iptables) while a shard it and the meta learner hold splits: the split
+    is committed in the metadata and in the shard without it. The other two
+    meta voters then die for good and the cut is healed; RECOVER META UNSAFE
+    on the cut node gives metadata that lacks the split, while the new half's
+    group is led (its data there). The meta leader records the split again
+    under the group's own id from the leaders' reports: both halves are
+    listed with their slots, and the keys written to the new half are
+    there."""
+    c = ecl_down15
+    grow(c, 4)
+    ids = ids_of(c, range(4))
+    st = c.admin_status()
+    meta = st.meta_voters()
+    leader_i = c.meta_leader()
+    learner_i = next(i for i in range(4) if ids[i] not in meta)
+    # The cut node: a meta follower; the shard: one it and the learner hold, led by neither if possible.
+    cands = [(sh, i) for i in range(4) if ids[i] in meta and i != leader_i for sh in st.shards
+             if ids[i] in sh.voters and ids[learner_i] in sh.voters]
+    assert cands, st
+    sh0, cut_i = next(((sh, i) for sh, i in cands if sh.leader not in (ids[i], ids[learner_i])), cands[0])
+    dead = [i for i in range(4) if i not in (cut_i, learner_i)]
+    lo, hi = sh0.slots
+    mid = (lo + hi + 1) // 2
+    print(f"[lost-split] node{cut_i} cut off; shard {sh0.id} ({lo}-{hi}) splits at {mid}; nodes {dead} then die")
+    assert not isinstance(c.admin("BALANCE", "off", via=leader_i), RespError)
+    t_cut = time.monotonic()
+    c.partition(cut_i)
+    reply = c.admin("SPLIT", str(sh0.id), str(mid), via=dead[0], timeout=10.0)
+    assert not isinstance(reply, RespError), reply
+
+    def split_done(s: AdminStatus) -> List[str]:
+        p = next(sh for sh in s.shards if sh.id == sh0.id)
+        half = [sh for sh in s.shards if sh.slots[0] == mid]
+        if p.splitting_into is not None or not half or half[0].leader is None or p.slots != (lo, mid - 1):
+            return [f"shard {sh0.id}: {p}; the new half: {half}"]
+        return []
+    st = c.wait_status(split_done, 6.0, "the split done without the cut node", via=dead[0])
+    child = next(sh for sh in st.shards if sh.slots[0] == mid)
+    keys = [k for k in (f"lost:{j}" for j in range(40000)) if mid <= key_slot(k) <= hi][:100]
+    data = {k: b"v-" + k.encode() for k in keys}
+    r = c.redis(learner_i)
+    try:
+        pipe = r.pipeline(transaction=False)
+        for k, v in data.items():
+            pipe.set(k, v)
+        assert all(x is True for x in pipe.execute())
+    finally:
+        r.close()
+    time.sleep(0.5)  # the learner node's replica of the new half holds them
+    for i in dead:
+        c.kill9(i)
+    assert time.monotonic() - t_cut < 12.0, "cut off so long that it may have been declared down"
+    # Only between the cut node and the live one: data the dead nodes' kernels
+    # still hold for the cut node (their sockets outlive the processes) must
+    # never reach it, or its metadata would have the split after all.
+    c.heal_between(cut_i, learner_i)
+    out = _recover_meta(c, cut_i, timeout=40.0)
+    assert f"meta shard: UNSAFE recovery 1: node {ids[cut_i]} is its only voter" in out, out
+
+    def both_halves(s: AdminStatus) -> List[str]:
+        got = {sh.id: sh.slots for sh in s.shards}
+        want = {sh0.id: (lo, mid - 1), child.id: (mid, hi)}
+        out = [f"shard {k}: {got.get(k)}, want {v}" for k, v in want.items() if got.get(k) != v]
+        return out + [f"shard {sh.id} still splitting into {sh.splitting_into}" for sh in s.shards
+                      if sh.id == sh0.id and sh.splitting_into is not None]
+    st = c.wait_status(both_halves, 40.0, "the lost split recorded again", via=cut_i)
+    print(f"[lost-split] recorded again:\n{st}")
+    log = c.nodes[cut_i].log_path.read_text(errors="replace")
+    assert f"recording its split from shard {sh0.id} again" in log, "the recovered metadata had the split"
+    r = c.redis(cut_i)
+    try:
+        bad = []
+        for k, v in data.items():
+            got = None
+            for _ in range(50):  # bounded: the halves' leaders settle after the meta recovery
+                try:
+                    got = r.get(k)
+                    break
+                except redis.exceptions.ResponseError as e:
+                    if "TRYAGAIN" not in str(e) and "CLUSTERDOWN" not in str(e):
+                        raise
+                    time.sleep(0.2)
+            if got != v:
+                bad.append(f"{k}: {got!r}")
+        assert not bad, f"{len(bad)} keys of the new half lost, e.g. {bad[:5]}"
+    finally:
+        r.close()
 
 
 def test_a_node_of_one_cluster_refuses_to_join_another(tmp_path):
