@@ -696,16 +696,21 @@ Cluster::AdminStep Cluster::AdminRecover(const std::string& /*sub*/, const std::
   // Survivors report once they heard no leader for 3 s (and a node whose
   // replica did is refused by it): too soon after the last leader was
   // heard of, the reports are not all in.
-  int64_t led_us = 0;
+  // A leader this node has not heard of (it leads the meta shard only
+  // since lately) may have been there until then.
+  int64_t led_us = meta_leader_since_us_ != 0 ? meta_leader_since_us_ : now;
   {
     std::lock_guard lock(gossip_mu_);
-    if (auto it = led_heard_us_.find(info->id()); it != led_heard_us_.end()) led_us = it->second;
+    if (auto it = led_heard_us_.find(info->id()); it != led_heard_us_.end()) led_us = std::max(led_us, it->second);
   }
-  if (led_us != 0 && now - led_us < kSurvivorsReportUs) {
+  const int64_t wait_us = static_cast<int64_t>(replica::Replica::kForceQuietTicks) * groups_->options().tick_ms * 1000 +
+                          kSurvivorsReportMarginUs;
+  if (now - led_us < wait_us) {
     return AdminStep::Reply(AdminError("TRYAGAIN shard " + args[1] + ": the surviving replicas have not all reported " +
                                        "yet (a leader of it was heard of " + std::to_string((now - led_us) / 1000) +
-                                       " ms ago; replicas report once they heard none for 3 s): retry in a few " +
-                                       "seconds"));
+                                       " ms ago; replicas report once they heard none for " +
+                                       std::to_string(replica::Replica::kForceQuietTicks) + " ticks): retry in a " +
+                                       "few seconds"));
   }
   const std::map<uint64_t, node::LeaderlessReplica> survivors = LeaderlessReplicas(info->id(), now);
   // A node that may hold a replica (the metadata places one there, or a

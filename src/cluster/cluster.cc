@@ -781,6 +781,10 @@ void Cluster::NoteLeaderless(int worker) {
       continue;
     }
     const storage::RaftStore& store = r->store();
+    // A replica with nothing (created for a recovery, not sent its state
+    // yet) is no survivor: ranked by its recovery number, it would stand
+    // in front of those that hold the data.
+    if (store.last_index() == 0 && r->published_applied() == 0) continue;
     const raft::ConfState& cs = store.conf_state();
     auto last_term = store.term(store.last_index());
     quiet.push_back(node::LeaderlessReplica{r->group(), r->node_id(), last_term.ok() ? *last_term : 0,
@@ -898,7 +902,7 @@ void Cluster::SyncLocalReplicas(int worker, int64_t now) {
       // A learner too: RECOVER chose it as the survivor furthest ahead (a
       // move under way when the majority died), which holds every entry any
       // other survivor does.
-      auto forced = r->ForceSoleVoter(s.recovery(), nullptr, /*learner_ok=*/true);
+      auto forced = r->ForceSoleVoter(s.recovery(), nullptr, /*learner_ok=*/r->node_id() == MemberOn(s, node_id_));
       if (!forced.ok()) spdlog::error("shard {}: unsafe recovery failed: {}", s.id(), forced.status().ToString());
       if (forced.ok() && *forced) groups_->Notify(r);
     }

@@ -180,10 +180,10 @@ class Cluster final : public replica::Splitter {
   // cluster_state to count it (gossip comes every 100 ms; a failover takes
   // about half a second).
   static constexpr int64_t kLeaderHeardUs = 3'000'000;
-  // How long after a shard's last leader was heard of an unsafe recovery
-  // waits for its survivors' reports (they report once they heard no
-  // leader for replica::Replica::kForceQuietTicks, 3 s, then gossip).
-  static constexpr int64_t kSurvivorsReportUs = 5'000'000;
+  // An unsafe recovery waits for its survivors' reports for this long past
+  // replica::Replica::kForceQuietTicks ticks (they report once they heard
+  // no leader for that long) after the shard's last leader was heard of.
+  static constexpr int64_t kSurvivorsReportMarginUs = 2'000'000;
   replica::Replica* Local(uint64_t group) const { return groups_->Find(group); }
   kv::Shard* LocalShard(uint64_t group) const;
   std::vector<kv::Shard*> LocalShards() const;

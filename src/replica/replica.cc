@@ -1387,10 +1387,11 @@ void Replica::Publish(int64_t now_mono_us) {
       done(false);
     }
   }
-  // A learner never campaigns, so its Raft keeps naming a leader it lost
-  // long ago; published, that would count a dead group as led (INFO,
-  // STATUS, routing): a leader not heard from for two election timeouts is
-  // none.
+  // A learner never campaigns (nor does a voter that cannot: a membership
+  // change not applied, a snapshot pending), so its Raft keeps naming a
+  // leader it lost long ago; published, that would count a dead group as
+  // led (INFO, STATUS, routing): a leader not heard from for two election
+  // timeouts is none.
   const bool lead_heard = r.role() == raft::Role::kLeader ||
                           HeardFromLeaderWithin(2 * static_cast<uint64_t>(opts_.election_tick));
   leader_.store(lead_heard ? r.lead() : raft::kNoNode, std::memory_order_release);
