@@ -142,6 +142,20 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
     }
     if (!s.reported) {
       line += " (no leader known)";
+      // The replicas that report no leader, furthest ahead first (what an
+      // unsafe recovery would take: RefuseSurvivor).
+      std::vector<std::pair<uint64_t, node::LeaderlessReplica>> quiet;
+      for (auto& [n, r] : LeaderlessReplicas(s.id, now)) quiet.emplace_back(n, r);
+      std::sort(quiet.begin(), quiet.end(), [](const auto& a, const auto& b) {
+        return std::tuple{a.second.recovery, a.second.last_term, a.second.last_index, b.first} >
+               std::tuple{b.second.recovery, b.second.last_term, b.second.last_index, a.first};
+      });
+      std::string list;
+      for (const auto& [n, r] : quiet) {
+        list += (list.empty() ? "" : ",") + Hex(n) + ":" + std::to_string(r.last_term) + "/" +
+                std::to_string(r.last_index) + (r.recovery > 0 ? "/r" + std::to_string(r.recovery) : "");
+      }
+      if (!list.empty()) line += " survivors " + list;
     } else if (s.joint || s.want.voters != s.actual.voters || s.want.learners != s.actual.learners) {
       line += " moving-to voters " + IdList(s.want.voters) + " learners " + IdList(s.want.learners);
     }

@@ -796,7 +796,7 @@ void Cluster::NoteLeaderless(int worker) {
   leaderless_[static_cast<size_t>(worker)] = std::move(quiet);
 }
 
-std::map<uint64_t, node::LeaderlessReplica> Cluster::LeaderlessReplicas(uint64_t group, int64_t now) {
+std::map<uint64_t, node::LeaderlessReplica> Cluster::LeaderlessReplicas(uint64_t group, int64_t now) const {
   std::map<uint64_t, node::LeaderlessReplica> out;
   {
     std::lock_guard lock(transfer_mu_);

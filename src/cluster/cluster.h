@@ -303,7 +303,7 @@ class Cluster final : public replica::Splitter {
   void NoteLeaderless(int worker);
   // The replicas of `group` that hear no leader, as live nodes (heard from
   // within kLeaderHeardUs; this node's own included) report them, by node.
-  std::map<uint64_t, node::LeaderlessReplica> LeaderlessReplicas(uint64_t group, int64_t now_us);
+  std::map<uint64_t, node::LeaderlessReplica> LeaderlessReplicas(uint64_t group, int64_t now_us) const;
   Status Retire(replica::Replica* r);
   // The latest report of group's leader, if one arrived recently.
   bool GossipOf(uint64_t group, int64_t now_us, LeaderGossip* out) const;
@@ -435,7 +435,7 @@ class Cluster final : public replica::Splitter {
   std::shared_ptr<const std::map<uint64_t, uint64_t>> peer_features_ =
       std::make_shared<const std::map<uint64_t, uint64_t>>();
   std::map<uint64_t, int64_t> last_transfer_us_;  // per group, on its worker only
-  std::mutex transfer_mu_;
+  mutable std::mutex transfer_mu_;
   std::vector<int64_t> last_sync_us_;  // per worker: last SyncLocalReplicas
   // Per worker (transfer_mu_): its data replicas that hear no leader, as of
   // its last SyncLocalReplicas; gossiped with this node's figures.

@@ -181,11 +181,20 @@ class ShardStatus:
                     self.incarnations[node] = int(n)
                 rest = rest[2:]
             self.leader_known = "(no leader known)" not in line
+            self.survivors: List[Tuple[str, int, int]] = []
             self.moving = bool(rest) and rest[0] == "moving-to"
             if self.moving:
                 assert rest[1] == "voters" and rest[3] == "learners", line
                 self.want_voters, self.want_learners = _id_list(rest[2]), _id_list(rest[4])
             else:
+                # with no leader known: the replicas that report none, furthest
+                # ahead first, as node:term/index[/rN]
+                if rest[3:4] == ["survivors"]:
+                    for item in rest[4].split(","):
+                        node, pos = item.split(":")
+                        term, index = pos.split("/")[:2]
+                        self.survivors.append((node, int(term), int(index)))
+                    rest = rest[:3]
                 assert not rest or " ".join(rest) == "(no leader known)", line
                 self.want_voters, self.want_learners = list(self.voters), list(self.learners)
         except (IndexError, ValueError) as e:

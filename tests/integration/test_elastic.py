@@ -1040,6 +1040,9 @@ def test_unsafe_recovery_picks_the_survivor_furthest_ahead(ecl_rf5):
     assert f"is behind node {ids[ahead]}'s" in err and f"recover on node {ids[ahead]}" in err, err
     _expect_error(c, f"ERR node {ids[outside]} reports no replica of shard {sh0.id}", "RECOVER", str(sh0.id),
                   ids[outside], "UNSAFE", via=ahead)
+    # STATUS lists the survivors, furthest ahead first
+    line = next(sh for sh in c.admin_status(via=ahead).shards if sh.id == sh0.id)
+    assert not line.leader_known and [s[0] for s in line.survivors] == [ids[ahead], ids[behind]], line
     out = _cli_admin(c, ahead, "recover", str(sh0.id), ids[ahead], "--unsafe")
     assert f"shard {sh0.id}: UNSAFE recovery 1 on {ids[ahead]}" in out, out
     for sh in lost:  # the other shards that lost their majority: on the survivor furthest ahead
