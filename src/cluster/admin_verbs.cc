@@ -146,10 +146,8 @@ AdminReply Cluster::AdminStatus(int64_t now) const {
       // unsafe recovery would take: RefuseSurvivor).
       std::vector<std::pair<uint64_t, node::LeaderlessReplica>> quiet;
       for (auto& [n, r] : LeaderlessReplicas(s.id, now)) quiet.emplace_back(n, r);
-      std::sort(quiet.begin(), quiet.end(), [](const auto& a, const auto& b) {
-        return std::tuple{a.second.recovery, a.second.last_term, a.second.last_index, b.first} >
-               std::tuple{b.second.recovery, b.second.last_term, b.second.last_index, a.first};
-      });
+      std::stable_sort(quiet.begin(), quiet.end(),
+                       [](const auto& a, const auto& b) { return SurvivorRank(a.second) > SurvivorRank(b.second); });
       std::string list;
       for (const auto& [n, r] : quiet) {
         list += (list.empty() ? "" : ",") + Hex(n) + ":" + std::to_string(r.last_term) + "/" +
@@ -613,7 +611,6 @@ Cluster::AdminStep Cluster::AdminPlace(const std::string& sub, const std::vector
 std::string RefuseSurvivor(const std::string& shard, uint64_t node,
                            const std::map<uint64_t, node::LeaderlessReplica>& reports,
                            const std::function<bool(uint64_t member)>& live) {
-  auto rank = [](const node::LeaderlessReplica& r) { return std::tuple{r.recovery, r.last_term, r.last_index}; };
   auto where = [](const node::LeaderlessReplica& r) {
     return "log term " + std::to_string(r.last_term) + " index " + std::to_string(r.last_index) + ", applied " +
            std::to_string(r.applied) + (r.recovery > 0 ? ", recovery " + std::to_string(r.recovery) : "");
@@ -621,14 +618,14 @@ std::string RefuseSurvivor(const std::string& shard, uint64_t node,
   auto chosen = reports.find(node);
   auto best = chosen;
   for (auto it = reports.begin(); it != reports.end(); ++it) {
-    if (best == reports.end() || rank(best->second) < rank(it->second)) best = it;
+    if (best == reports.end() || SurvivorRank(best->second) < SurvivorRank(it->second)) best = it;
   }
   if (chosen == reports.end()) {
     return "ERR node " + Hex(node) + " reports no replica of shard " + shard + " waiting for a leader (it holds " +
            "none, or heard a leader within the last 3 seconds); node " + Hex(best->first) +
            "'s is the furthest ahead (" + where(best->second) + "): recover on it";
   }
-  if (rank(chosen->second) < rank(best->second)) {
+  if (SurvivorRank(chosen->second) < SurvivorRank(best->second)) {
     return "ERR node " + Hex(node) + "'s replica of shard " + shard + " (" + where(chosen->second) +
            ") is behind node " + Hex(best->first) + "'s (" + where(best->second) + "): forcing it would lose " +
            "the writes only that one holds; recover on node " + Hex(best->first);
@@ -641,14 +638,14 @@ std::string RefuseSurvivor(const std::string& shard, uint64_t node,
     return "ERR node " + Hex(node) + "'s replica of shard " + shard + " is not a member of the group as its " +
            "furthest replica has it (node " + Hex(best->first) + "'s); recover on a member of it";
   }
-  auto majority_live = [&](const std::vector<uint64_t>& voters) {
+  auto live_count = [&](const std::vector<uint64_t>& voters) {
     size_t up = 0;
     for (uint64_t v : voters) up += live(v);
-    return up * 2 > voters.size();
+    return up;
   };
-  if (majority_live(latest.voters) && (latest.voters_outgoing.empty() || majority_live(latest.voters_outgoing))) {
-    size_t up = 0;
-    for (uint64_t v : latest.voters) up += live(v);
+  const size_t up = live_count(latest.voters);
+  if (up * 2 > latest.voters.size() &&
+      (latest.voters_outgoing.empty() || live_count(latest.voters_outgoing) * 2 > latest.voters_outgoing.size())) {
     return "ERR shard " + shard + " still has a majority of live voters (" + std::to_string(up) + " of " +
            std::to_string(latest.voters.size()) + " in the membership its furthest replica has); recovery is " +
            "only for a majority lost for good";

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cluster/planner.h"
@@ -46,6 +47,11 @@ void NameReportedIncarnations(const proto::MetaState& meta, const node::LeaderRe
 // voter of the membership that furthest replica's log has, and that
 // membership must have lost its majority (`live`: whether a member's node
 // is up).
+// A survivor's place in Raft's order (larger: further ahead): its recovery
+// lineage, then its last log term, then its last index.
+inline std::tuple<uint64_t, uint64_t, uint64_t> SurvivorRank(const node::LeaderlessReplica& r) {
+  return {r.recovery, r.last_term, r.last_index};
+}
 std::string RefuseSurvivor(const std::string& shard, uint64_t node,
                            const std::map<uint64_t, node::LeaderlessReplica>& reports,
                            const std::function<bool(uint64_t member)>& live);
