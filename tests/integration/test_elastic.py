@@ -847,6 +847,15 @@ def test_leader_change_in_the_middle_of_a_copy(slow_one_shard_cl, how):
           f"and took {taken} image(s) on arrival")
     assert term_during > term0, "no other leader was elected while the leader was stopped"
     assert recalled == 0, "the former leader abandoned its transfer"
+    if how == "stall" and taken == 0 and total == at_stop == sent:
+        # A race the scenario cannot rule out: the new leader's log still
+        # held every entry (nothing compacted yet), so it caught the new
+        # replica up by appends before the former leader resumed, and no
+        # image was needed. The writes are still checked; the copy was not.
+        wl.finish()
+        wl.assert_no_failed_ops(unknown_ok=False)
+        verify_all(c, wl, big)
+        pytest.skip("the new leader caught the replica up from its log: no image left to test")
     assert taken >= 1, "the new replica did not take the image on arrival"
     if how == "stall":
         assert at_stop < sent, "the image had all arrived before the leader stalled: nothing was tested"
