@@ -589,6 +589,10 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     co_return;
   }
   if (cluster_aware_) {
+    // Leadership on its way elsewhere (a transfer, an election): the new
+    // leader is named within a round trip or two, so wait for it (bounded)
+    // rather than answer CLUSTERDOWN for a shard that is not down.
+    co_await AwaitLeaderKnown(group);
     ReplyMoved(group, slot);
     co_return;
   }
@@ -808,6 +812,7 @@ asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args,
   } unblock{&blocked_};
   if (r == nullptr || !r->published_is_leader()) {
     if (cluster_aware_) {
+      co_await AwaitLeaderKnown(group);
       ReplyMoved(group, slot);
       co_return;
     }
@@ -1317,6 +1322,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     replica::Replica* r = server_.groups().Find(group);
     if (r == nullptr || !r->published_is_leader()) {
       if (cluster_aware_) {
+        co_await AwaitLeaderKnown(group);
         ReplyMoved(group, *slot);
         co_return;
       }

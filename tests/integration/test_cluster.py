@@ -772,7 +772,9 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
     plain clients on every node and a READONLY reader see no error (no
     TRYAGAIN) through several transfers of their shard, and every write reads
     back; MULTI/EXEC transactions from plain clients on every node run exactly
-    once each."""
+    once each. A cluster client's GET on every node is answered with the value
+    or MOVED, never CLUSTERDOWN: while leadership is on its way, the node waits
+    for the new leader to be named (it answered CLUSTERDOWN in that window)."""
     assert cl.admin("BALANCE", "off") == [b"balance off"]
     try:
         def quiet(s):
@@ -851,8 +853,27 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(f"reader: {e!r}")
 
+        aware = [0] * len(cl.nodes)
+
+        def cluster_reader(i):
+            try:
+                with cl.nodes[i].client(timeout=15.0) as c:
+                    c.call("CLUSTER", "SLOTS")  # a cluster-aware connection from here on
+                    for _ in range(1_000_000):
+                        if stop.is_set() or time.monotonic() > deadline:
+                            return
+                        raw = c.call("GET", keys[0]).raw
+                        if raw.startswith(b"-") and not raw.startswith(b"-MOVED "):
+                            errors.append(f"cluster client on node{i}: {raw!r}")
+                            return
+                        aware[i] += 1
+                        time.sleep(0.001)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"cluster reader on node{i}: {e!r}")
+
         threads = [threading.Thread(target=writer, args=(i,), name=f"writer{i}") for i in range(len(cl.nodes))]
         threads.append(threading.Thread(target=reader, name="reader"))
+        threads += [threading.Thread(target=cluster_reader, args=(i,), name=f"aware{i}") for i in range(len(cl.nodes))]
         threads += [threading.Thread(target=transactions, args=(i,), name=f"txn{i}") for i in range(len(cl.nodes))]
         for t in threads:
             t.start()
@@ -877,11 +898,11 @@ def test_leadership_transfers_are_invisible_to_clients(cl):
                 t.join(timeout=60)
         assert not any(t.is_alive() for t in threads), "client threads did not stop"
         assert not errors, "\n".join(errors[:10])
-        assert min(rounds) > 0 and reads[0] > 0 and min(txns) > 0, (rounds, reads, txns)
+        assert min(rounds) > 0 and reads[0] > 0 and min(txns) > 0 and min(aware) > 0, (rounds, reads, txns, aware)
         for i, k in enumerate(counters):
             assert cl.nodes[0].call("GET", k) == str(txns[i]).encode(), (i, txns)
         print(f"transfers: 6; pipelined rounds per node {rounds}; READONLY reads {reads[0]}; "
-              f"transactions per node {txns}")
+              f"transactions per node {txns}; cluster-client GETs per node {aware}")
     finally:
         assert cl.admin("BALANCE", "on") == [b"balance on"]
 
