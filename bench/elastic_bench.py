@@ -4,6 +4,7 @@ that costs the foreground load, and how fast the replication factor comes
 back after a node dies.
 
   bench/elastic_bench.py --shoal build/release/src/cli/shoal [--data-mb 1024] [--quick] [--keep]
+                         [--no-probe | --probe-rate 1000]
 
 1. A 3-node shoal cluster (fsync) is loaded with --data-mb of random
    (incompressible) values under keys spread over every slot, through
@@ -21,6 +22,15 @@ back after a node dies.
    node, and foreground p50/p99 during the moves against idle (the ratio).
    The planner weighs replicas by bytes and leaderships by load (the GETs
    above make some shards hot), so counts may differ by more than one.
+   With --probe-rate N the foreground load is instead N GETs a second of
+   the loaded keys, open loop, from a process of its own (PacedGets: a
+   GET's latency counts from when it was due), idle and during the moves,
+   and the same paced GETs run against redis-server at the same time, from
+   another process: what the machine alone does to a server's latency while
+   the moves run. GETs of 10 ms or more are printed in bursts, with the
+   node of the worst one. A closed loop fills this machine's two cores, so
+   the moves and the GETs only trade CPU; a paced load leaves room to see
+   stalls.
 4. One node is killed with kill -9; printed: time until every shard has 3
    voters on live nodes again (down-after-ms plus the copies).
 5. One shard is split by hand (SHOAL.ADMIN SPLIT); printed: time until the
@@ -31,6 +41,7 @@ reference for what the foreground latency costs on this machine.
 
 Every process it starts is stopped by PID; addresses are 127.0.0.x only."""
 import argparse
+import multiprocessing
 import os
 import platform
 import shutil
@@ -41,7 +52,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_bench import Failed, Node, RespError, call, cpu_seconds, free_port, thread_stats  # noqa: E402
+from cluster_bench import Failed, Node, Resp, RespError, call, cpu_seconds, free_port, thread_stats  # noqa: E402
 
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -162,6 +173,160 @@ def get_latency(host, port, requests, clients, cluster=True):
     raise Failed(f"no result from {' '.join(argv)}: {run.stdout[-500:]} {run.stderr[-500:]}")
 
 
+def _crc16_table():
+    table = []
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else c << 1
+        table.append(c & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's slot of a key (CRC16/XMODEM mod 16384; no hash tags in bench:<i>)."""
+    crc = 0
+    for b in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ b]
+    return crc & 16383
+
+
+class PacedGets:
+    """An open-loop foreground load: GETs of the loaded keys (bench:<i>, drawn
+    at random) at a fixed total rate from `threads` threads, each with its
+    own connections, routed by slot (CLUSTER SLOTS; MOVED updates the map,
+    TRYAGAIN retries after 10 ms). A GET's latency runs from the moment it
+    was due, not from when it was sent: a stall that delays the ones behind
+    it counts against all of them (no coordinated omission). run(seconds)
+    returns the latencies in ms; start()/stop() run it in the background, in
+    a process of its own."""
+
+    def __init__(self, host, port, keys, rate, threads=2):
+        self.host, self.port, self.keys, self.rate, self.threads = host, port, keys, rate, threads
+        self.slots = [None] * 16384
+        try:
+            for r in call(host, port, "CLUSTER", "SLOTS", timeout=10):
+                for s in range(int(r[0]), int(r[1]) + 1):
+                    self.slots[s] = (r[2][0], int(r[2][1]))
+            self.cluster = True
+        except RespError:  # redis-server without cluster mode: one node holds every key
+            self.cluster = False
+        self.lat, self.errors, self.redirects, self.slow, self.retried = [], [], 0, [], {}
+
+    def _loop(self, k, until):
+        import random
+        rng = random.Random(k)
+        conns = {}
+        period = self.threads / self.rate
+        due = time.monotonic() + k * period / self.threads
+        lat = []
+        try:
+            while not self._stop.is_set() and due < until:
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                key = b"bench:%d" % rng.randrange(self.keys)
+                addr = self.slots[key_slot(key)] or (self.host, self.port)
+                for _ in range(50):
+                    conn = conns.get(addr)
+                    if conn is None:
+                        conn = conns[addr] = Resp(addr[0], addr[1], timeout=10)
+                        if self.cluster:
+                            conn.call("CLUSTER", "SLOTS")  # a cluster-aware client: MOVED, not forwarded
+                    try:
+                        conn.call("GET", key)
+                        break
+                    except RespError as e:
+                        w = str(e).split()
+                        if w[0] in ("MOVED", "ASK"):
+                            host, port = w[2].rsplit(":", 1)
+                            addr = (host, int(port))
+                            if w[0] == "MOVED":
+                                self.slots[int(w[1])] = addr
+                            self.redirects += 1
+                        elif w[0] in ("TRYAGAIN", "CLUSTERDOWN"):
+                            # retried as cluster clients do; counted, and printed
+                            self.retried[w[0]] = self.retried.get(w[0], 0) + 1
+                            time.sleep(0.01)
+                        else:
+                            raise
+                else:
+                    raise Failed(f"GET {key!r}: 50 redirects or retries")
+                ms = (time.monotonic() - due) * 1000
+                lat.append(ms)
+                if ms >= 10:
+                    self.slow.append((time.time() - (time.monotonic() - due), ms, f"{addr[0]}:{addr[1]}",
+                                      key_slot(key)))
+                due += period
+        except Exception as e:  # noqa: BLE001 -- reported by stop(), not lost with the thread
+            self.errors.append(e)
+        finally:
+            for c in conns.values():
+                c.close()
+            self.lat.extend(lat)
+
+    def start(self, seconds=3600):
+        """Runs the GETs in a process of their own (forked), so that neither
+        this process's other threads nor the other probe hold them up."""
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+
+        def child():
+            self.lat, self.errors, self.redirects, self.slow, self.retried = [], [], 0, [], {}
+            until = time.monotonic() + seconds
+            workers = [threading.Thread(target=self._loop, args=(k, until)) for k in range(self.threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            send.send((sorted(self.lat), [repr(e) for e in self.errors], self.redirects, self.slow, self.retried))
+        self._proc = ctx.Process(target=child, daemon=True)
+        self._proc.start()
+
+    def stop(self):
+        self._stop.set()
+        got = self._recv.recv() if self._recv.poll(120) else None
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+        if got is None:
+            raise Failed("paced GETs: no result from their process")
+        self.lat, errors, self.redirects, self.slow, self.retried = got
+        if errors:
+            raise Failed(f"paced GETs failed: {errors[0]}")
+        return self.lat
+
+    def run(self, seconds):
+        self.start(seconds)
+        time.sleep(seconds)
+        return self.stop()
+
+
+def bursts(slow, t0):
+    """PacedGets.slow as bursts (GETs due within 0.2 s of each other): a
+    burst over every node at once is a stall of the machine or the probe."""
+    out = []
+    for w in sorted(slow):
+        if out and w[0] - out[-1]["last"] <= 0.2:
+            b = out[-1]
+            b["last"], b["n"], b["max"] = w[0], b["n"] + 1, max(b["max"], w[1])
+            b["nodes"].add(w[2])
+        else:
+            out.append({"first": w[0], "last": w[0], "n": 1, "max": w[1], "nodes": {w[2]}, "at": w[2]})
+        if w[1] >= out[-1]["max"]:
+            out[-1]["at"] = w[2]
+    return "; ".join(f"{b['first'] - t0:.2f}: {b['n']}, {b['max']:.0f} ms at {b['at']}, {len(b['nodes'])} nodes"
+                     for b in out) or "none"
+
+
+def percentile(sorted_ms, q):
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))] if sorted_ms else float("nan")
+
+
 class Shoal:
     def __init__(self, args, workdir):
         self.args, self.workdir, self.nodes = args, workdir, []
@@ -215,6 +380,10 @@ def main():
     ap.add_argument("--no-probe", action="store_true",
                     help="no foreground GETs during the join's moves (STATUS polled every 0.5 s): what moving "
                          "data costs alone; the kill and split steps still run")
+    ap.add_argument("--probe-rate", type=int, default=0,
+                    help="foreground GETs per second of the loaded keys, open loop (PacedGets), instead of "
+                         "closed-loop redis-benchmark runs: the latency a steady load sees, idle and during the "
+                         "join's moves, on a machine whose cores the probe would otherwise fill (0: closed loop)")
     args = ap.parse_args()
     if args.quick:
         args.data_mb = 64
@@ -255,10 +424,28 @@ def main():
                        timeout=600)
         ref = get_latency("127.0.0.1", rport, gets, args.clients, cluster=False)
         print(f"redis-server GET (same run, one process): {ref[0]:.0f} ops/s p50 {ref[1]:.2f} ms p99 {ref[2]:.2f} ms")
+        # Paced GETs idle, against both at once (as during the moves below).
+        paced = PacedGets(n0.host, n0.port, keys, args.probe_rate) if args.probe_rate else None
+        paced_ref = PacedGets("127.0.0.1", rport, keys, args.probe_rate) if paced else None
+        if paced:
+            paced.start(15)
+            paced_ref.start(15)
+            time.sleep(15)
+            lat, lat_ref = paced.stop(), paced_ref.stop()
+            paced_idle = (percentile(lat, 0.5), percentile(lat, 0.99))
+            ref_idle = (percentile(lat_ref, 0.5), percentile(lat_ref, 0.99))
+            print(f"idle paced GETs ({args.probe_rate}/s open loop, {len(lat)} in 15 s): p50 {paced_idle[0]:.2f} ms "
+                  f"p99 {paced_idle[1]:.2f} ms; redis-server at the same time: p50 {ref_idle[0]:.2f} ms p99 "
+                  f"{ref_idle[1]:.2f} ms")
 
         received0 = transfers(status(n0))[1]
         cpu0 = node_cpu(shoal.nodes)
         t_join = time.time()
+        # The same paced GETs against redis-server at the same time: a stall
+        # both see is the machine's (or the probe's), not shoal's.
+        if paced:
+            paced.start()
+            paced_ref.start()
         shoal.start_node(3, join)
         during = []
         done = None
@@ -266,7 +453,7 @@ def main():
         next_report = time.time() + 30
         deadline = time.time() + 1800
         while time.time() < deadline:
-            if args.no_probe:
+            if args.no_probe or paced:
                 time.sleep(0.5)
             else:
                 during.append(get_latency(n0.host, n0.port, gets, args.clients))
@@ -281,6 +468,9 @@ def main():
             if quiet == 1:
                 done = time.time()
                 cpu1 = node_cpu(shoal.nodes)
+                if paced:
+                    lat = paced.stop()
+                    lat_ref = paced_ref.stop()
             if quiet >= 2:
                 break
             if time.time() >= next_report:
@@ -302,6 +492,19 @@ def main():
             print(f"  the new node holds {held / 1e6:.0f} MB in its replicas: received / held "
                   f"{received / held:.2f}")
         print(f"  CPU of the nodes from --join to settled, ms per MB received: {cpu_per_mb(cpu0, cpu1, mb)}")
+        if paced:
+            p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+            retried = "".join(f", {n} {e} retried" for e, n in sorted(paced.retried.items()))
+            print(f"paced GETs during the moves ({len(lat)}, {paced.redirects} redirected{retried}): p50 {p50:.2f} ms "
+                  f"p99 {p99:.2f} ms, max {lat[-1]:.2f} ms; ratio to idle p50 {p50 / paced_idle[0]:.2f}x "
+                  f"p99 {p99 / paced_idle[1]:.2f}x")
+            r50, r99 = percentile(lat_ref, 0.5), percentile(lat_ref, 0.99)
+            print(f"  redis-server, the same paced GETs at the same time ({len(lat_ref)}): p50 {r50:.2f} ms p99 "
+                  f"{r99:.2f} ms, max {lat_ref[-1]:.2f} ms; ratio to its idle p50 {r50 / ref_idle[0]:.2f}x p99 "
+                  f"{r99 / ref_idle[1]:.2f}x (what the machine alone does); shoal's p99 over redis-server's "
+                  f"during: {p99 / r99:.2f}x")
+            print(f"  GETs of 10 ms or more, by burst (s after --join: count, worst, nodes): "
+                  f"shoal {bursts(paced.slow, t_join)}; redis-server {bursts(paced_ref.slow, t_join)}")
         if during:
             p50 = sorted(d[1] for d in during)[len(during) // 2]
             p99 = max(d[2] for d in during)

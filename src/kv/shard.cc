@@ -613,7 +613,7 @@ class TxnView final : public storage::Engine {
   std::unique_ptr<storage::WriteBatch> NewBatch() override { return base_->NewBatch(); }
   Result<uint64_t> Sync() override { return Status::Aborted("read view"); }
   std::unique_ptr<storage::SstWriter> NewSstWriter(storage::Cf, const std::string&) override { return nullptr; }
-  Status IngestSst(storage::Cf, const std::string&) override { return Status::Aborted("read view"); }
+  Status IngestSst(storage::Cf, const std::string&, bool) override { return Status::Aborted("read view"); }
   const std::string& dir() const override { return base_->dir(); }
   storage::MemoryUsage Memory() override { return base_->Memory(); }
   int64_t DiskBytes() override { return base_->DiskBytes(); }
@@ -1275,7 +1275,7 @@ Status Shard::StageImage(std::string_view image, uint64_t index, storage::WriteB
       }
     }
   }
-  if (v2) return IngestStaged(*pre, index, batch);
+  if (v2) return IngestStaged(*pre, index, batch, /*verify=*/false);  // its CRC-32C was checked above
   return Status::Ok();
 }
 
@@ -1337,6 +1337,7 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
   if (!s.ok()) return s;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(dir + "/data.sst", ec)) return Status::Corruption("snapshot without data.sst in " + dir);
+  const bool has_checksums = std::filesystem::exists(dir + "/checksums", ec);
   // The files came over the network: the replica checked them against their
   // checksums (CheckImageFiles) before Raft took the snapshot.
   std::filesystem::create_directories(SnapshotDir(), ec);
@@ -1373,15 +1374,17 @@ Status Shard::StageImportFiles(const std::string& dir, uint64_t index, storage::
     pre->Put(storage::Cf::kMeta, CountKey(r.kind, static_cast<uint16_t>(db)), r.v);
     pending_counts_.push_back({r.kind, static_cast<uint16_t>(db), v});
   }
-  return IngestStaged(*pre, index, batch);
+  // Checked whole against its checksums before Raft took it (on arrival,
+  // off the workers, or by the replica): not read through again here.
+  return IngestStaged(*pre, index, batch, /*verify=*/!has_checksums);
 }
 
-Status Shard::IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch) {
+Status Shard::IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch, bool verify) {
   auto seq = engine_->Write(pre);
   if (!seq.ok()) return seq.status();
   auto synced = engine_->Sync();
   if (!synced.ok()) return synced.status();
-  return ResumeImage(index, batch);
+  return ResumeImage(index, batch, verify);
 }
 
 Status Shard::StageClear(storage::WriteBatch& batch) {
@@ -1423,7 +1426,7 @@ Status Shard::StageDestroy(storage::WriteBatch& batch) {
   return Status::Ok();
 }
 
-Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
+Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch, bool verify) {
   // The file's sentinel says whether it was ingested before a crash (the
   // file itself is gone then). Files from an older version carry it past
   // every slot.
@@ -1439,7 +1442,7 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
   Status s;
   if (!ingested) {
     std::string path = IncomingSstPath(index);
-    s = engine_->IngestSst(storage::Cf::kData, path);
+    s = engine_->IngestSst(storage::Cf::kData, path, verify);
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::error_code ec;
     std::filesystem::remove(path, ec);  // moved into the store (a link may remain)
@@ -1449,7 +1452,7 @@ Status Shard::ResumeImage(uint64_t index, storage::WriteBatch& batch) {
   std::string expiry = IncomingExpiryPath(index);
   std::error_code ec;
   if (std::filesystem::exists(expiry, ec)) {
-    s = engine_->IngestSst(storage::Cf::kExpiry, expiry);
+    s = engine_->IngestSst(storage::Cf::kExpiry, expiry, verify);
     if (!s.ok()) return s.WithContext("snapshot of shard " + std::to_string(id_));
     std::filesystem::remove(expiry, ec);
   }

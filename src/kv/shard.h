@@ -361,7 +361,9 @@ class Shard {
   // counters, applied index): its replica leaves this node.
   Status StageDestroy(storage::WriteBatch& batch);
   // Finishes an import that a crash interrupted (the marker was found).
-  Status ResumeImage(uint64_t index, storage::WriteBatch& batch);
+  // Its files are read through as they are ingested (they were checked
+  // before the crash, but this is rare and not on a hot path).
+  Status ResumeImage(uint64_t index, storage::WriteBatch& batch) { return ResumeImage(index, batch, true); }
   void FinishImage();
   // Stages deleting the data, expiry index entries and counters of the range.
   Status StageClear(storage::WriteBatch& batch);
@@ -463,7 +465,10 @@ class Shard {
   std::string IncomingExpiryPath(uint64_t index) const;
   // Writes `pre` (the clearing, small records, the marker) durably, then
   // ingests the staged files (the common tail of both imports).
-  Status IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch);
+  // `verify`: RocksDB reads the files through at ingest (an image whose
+  // files no checksum of ours covered: from a node that predates them).
+  Status IngestStaged(storage::WriteBatch& pre, uint64_t index, storage::WriteBatch& batch, bool verify);
+  Status ResumeImage(uint64_t index, storage::WriteBatch& batch, bool verify);
   // The sentinel of the image being imported (its range) or, when none is,
   // of the shard's range: after a restart the stored range is the image's.
   std::string ImportSentinelKey() const { return SentinelKey(id_, pending_end_ != 0 ? pending_end_ : slot_end()); }

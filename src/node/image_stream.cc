@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <spdlog/spdlog.h>
+
 #include "common/bytes.h"
 
 namespace shoal::node {
@@ -65,15 +67,15 @@ Status ReadAll(const std::string& path, std::string* out) {
   return n < 0 ? Errno("read " + path) : Status::Ok();
 }
 
-// Files of size zero get no chunk: create them, then mark the image whole.
-Status MarkComplete(const std::string& dir, const std::vector<ImageFile>& files) {
+// Files of size zero get no chunk: created before the image is marked whole.
+Status CreateEmptyFiles(const std::string& dir, const std::vector<ImageFile>& files) {
   for (const auto& f : files) {
     std::string path = dir + "/" + f.name;
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT, 0644);
     if (fd < 0) return Errno("create " + path);
     ::close(fd);
   }
-  return WriteDurably(dir, ".complete", "");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -235,7 +237,27 @@ void ImageSender::OnAck(const SnapshotChunk& ack, int64_t now_us) {
 
 // --- receiver
 
-ImageReceiver::ImageReceiver(std::string root) : root_(std::move(root)) {}
+ImageReceiver::ImageReceiver(std::string root, CheckFn check) : root_(std::move(root)), check_(std::move(check)) {}
+
+SnapshotChunk ImageReceiver::Finish(const SnapshotChunk& c, const std::string& dir,
+                                    const std::vector<ImageFile>& files, uint64_t total) {
+  Status s = CreateEmptyFiles(dir, files);
+  if (s.ok() && check_) {
+    s = check_(dir);
+    if (!s.ok()) {
+      // Corrupt on the way (or written wrong): never whole here. Its sender
+      // gives up, and the leader sends another image later.
+      spdlog::error("group {}: snapshot image from node {:016x} failed its check ({}); deleted", c.group, c.from,
+                    s.ToString());
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+      return Ack(c, 0, false, true);
+    }
+  }
+  if (s.ok()) s = WriteDurably(dir, ".complete", "");
+  if (!s.ok()) return Ack(c, 0, false, true);
+  return Ack(c, total, true, false);
+}
 
 std::string ImageReceiver::DirOf(const Key& k) const {
   return root_ + "/in-" + std::to_string(std::get<0>(k)) + "-" + std::to_string(std::get<1>(k)) + "-" +
@@ -409,8 +431,7 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c, int64_t now_us) {
       if (ec || !WriteDurably(dir, ".manifest", c.data).ok()) return Ack(c, 0, false, true);
     }
     if (o.held == o.total) {
-      if (!MarkComplete(dir, o.files).ok()) return Ack(c, 0, false, true);
-      return Ack(c, o.total, true, false);
+      return Finish(c, dir, o.files, o.total);
     }
     uint64_t at = o.held;
     open_[key] = std::move(o);
@@ -442,8 +463,7 @@ SnapshotChunk ImageReceiver::Handle(const SnapshotChunk& c, int64_t now_us) {
   uint64_t total = o.total;
   std::vector<ImageFile> files = std::move(o.files);
   open_.erase(it);
-  if (!MarkComplete(dir, files).ok()) return Ack(c, 0, false, true);
-  return Ack(c, total, true, false);
+  return Finish(c, dir, files, total);
 }
 
 Status ImageReceiver::Write(const std::string& dir, Open& o, uint64_t offset, std::string_view data) {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -103,7 +104,11 @@ class ImageSender {
 // senders never take turns wiping each other's transfer).
 class ImageReceiver {
  public:
-  explicit ImageReceiver(std::string root);
+  // Checks an image's files once they have all arrived (null: none); an
+  // image that fails is deleted and its transfer refused. It runs on the
+  // receiving thread, never on a worker.
+  using CheckFn = std::function<Status(const std::string& dir)>;
+  explicit ImageReceiver(std::string root, CheckFn check = nullptr);
   // Removes complete images left by an earlier run (their Raft message is
   // gone with it) and unreadable folders; keeps unfinished ones to resume.
   void Recover();
@@ -136,9 +141,14 @@ class ImageReceiver {
   using Key = std::tuple<uint64_t, raft::NodeId, uint64_t>;
   std::string DirOf(const Key& k) const;
   SnapshotChunk Ack(const SnapshotChunk& c, uint64_t held, bool done, bool refused) const;
+  // Checks the image whose bytes have all arrived and marks it whole; the
+  // acknowledgement of its last chunk (refused when it failed its check).
+  SnapshotChunk Finish(const SnapshotChunk& c, const std::string& dir, const std::vector<ImageFile>& files,
+                       uint64_t total);
   Status Write(const std::string& dir, Open& o, uint64_t offset, std::string_view data);
 
   std::string root_;
+  CheckFn check_;
   std::map<Key, Open> open_;
   void Supersede(const Key& k);
   std::deque<Key> superseded_;  // the newest few

@@ -99,6 +99,38 @@ TEST(ImageStream, CarriesAFolderInChunks) {
   EXPECT_TRUE(r->Complete(7, 1, 42).empty());
 }
 
+// The receiver's check runs once every byte is there, before the image is
+// whole: one that fails is deleted and its transfer refused (its sender
+// gives up), and is never offered to a replica; one that passes is whole.
+TEST(ImageStream, AnImageThatFailsItsCheckIsDeletedAndRefused) {
+  Image img(TempDir("src_chk"));
+  std::string root = TempDir("dst_chk");
+  std::vector<std::string> checked;
+  bool pass = false;
+  auto check = [&](const std::string& dir) {
+    checked.push_back(dir);
+    // every file is there when it runs, the empty one too
+    EXPECT_EQ(ReadFile(dir + "/a.sst"), img.files[0].second);
+    EXPECT_TRUE(fs::exists(dir + "/b"));
+    return pass ? Status::Ok() : Status::Corruption("bad");
+  };
+  auto r = std::make_unique<ImageReceiver>(root, check);
+  r->Recover();
+  ImageSender bad(7, 1, 2, 42, img.dir, SmallChunks());
+  ASSERT_TRUE(bad.Open(0).ok());
+  EXPECT_FALSE(Transfer(bad, r, root, 0));
+  EXPECT_TRUE(bad.failed(0));
+  ASSERT_EQ(checked.size(), 1u);
+  EXPECT_TRUE(r->Complete(7, 1, 42).empty());
+  EXPECT_FALSE(fs::exists(checked[0]));
+  pass = true;
+  ImageSender good(7, 1, 2, 43, img.dir, SmallChunks());
+  ASSERT_TRUE(good.Open(0).ok());
+  ASSERT_TRUE(Transfer(good, r, root, 0));
+  EXPECT_EQ(checked.size(), 2u);
+  img.ExpectAt(r->Complete(7, 1, 43));
+}
+
 TEST(ImageStream, SurvivesLostChunksAndAcknowledgements) {
   Image img(TempDir("src2"));
   std::string root = TempDir("dst2");
@@ -298,7 +330,7 @@ struct TwoNodes {
         dir_a(TempDir("streams_a")),
         dir_b(TempDir("streams_b")),
         rate_a(rate),
-        b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}}, [](auto, auto, auto) {},
+        b(&tb, {.dir = dir_b, .rate_bytes_per_s = 0, .sender = {}, .check_image = nullptr}, [](auto, auto, auto) {},
           [this](uint64_t g, const replica::SnapshotTicket& t) {
             std::lock_guard lock(mu);
             arrived.emplace_back(g, t.from, t.export_id);
@@ -324,7 +356,8 @@ struct TwoNodes {
   void NewA() {
     if (a) a->Stop();
     a = std::make_unique<SnapshotStreams>(&ta, SnapshotStreamsOptions{.dir = dir_a, .rate_bytes_per_s = rate_a,
-                                                                      .sender = {.chunk_bytes = 64 << 10}},
+                                                                      .sender = {.chunk_bytes = 64 << 10},
+                                                                      .check_image = nullptr},
                                           [this](uint64_t g, raft::NodeId to, bool failed) {
                                             std::lock_guard lock(mu);
                                             reports.emplace_back(g, to, failed);

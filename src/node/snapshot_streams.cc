@@ -45,7 +45,7 @@ SnapshotStreams::SnapshotStreams(Transport* transport, SnapshotStreamsOptions op
       opts_(std::move(opts)),
       report_(std::move(report)),
       arrived_(std::move(arrived)),
-      receiver_(opts_.dir) {}
+      receiver_(opts_.dir, opts_.check_image) {}
 
 SnapshotStreams::~SnapshotStreams() { Stop(); }
 

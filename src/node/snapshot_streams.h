@@ -34,6 +34,7 @@ struct SnapshotStreamsOptions {
   std::string dir;                // where images are written and received
   uint64_t rate_bytes_per_s = 0;  // outgoing, all transfers together; 0: unlimited
   ImageSenderOptions sender;
+  ImageReceiver::CheckFn check_image;  // run on an incoming image once whole (null: none)
 };
 
 class SnapshotStreams final : public replica::SnapshotCourier {
@@ -59,6 +60,7 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) override;
   std::optional<raft::Index> Carrying(uint64_t group, raft::NodeId to) override;
   void Adopt(uint64_t group, raft::NodeId to, raft::Term term) override;
+  bool ChecksImages() const override { return opts_.check_image != nullptr; }
   // A chunk from the transport (its thread).
   void OnChunk(raft::NodeId from, SnapshotChunk c);
 

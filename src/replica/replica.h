@@ -237,6 +237,10 @@ class SnapshotCourier {
   // The folder holding the whole image `ticket` names, durably received,
   // or "" while it has not all arrived.
   virtual std::string Received(uint64_t group, const SnapshotTicket& ticket) = 0;
+  // True when Received only ever names images whose files passed the state
+  // machine's CheckImageFiles as they arrived (off the workers); false: the
+  // replica checks each before Raft takes it.
+  virtual bool ChecksImages() const { return false; }
   // The image `ticket` names was imported: delete it.
   virtual void Consumed(uint64_t group, const SnapshotTicket& ticket) = 0;
   // The replica left: delete every image of the group.

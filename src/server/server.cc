@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/clock.h"
+#include "kv/shard.h"
 #include "server/connection.h"
 #include "server/forwarder.h"
 #include "storage/slot.h"
@@ -150,6 +151,10 @@ Status Server::Start() {
   node::SnapshotStreamsOptions so;
   so.dir = config().dir + "/snapshots/streams";
   so.rate_bytes_per_s = static_cast<uint64_t>(config().snapshot_rate_mb) << 20;
+  // An image is checked (each file's CRC32C against its sender's, its keys
+  // inside its slots) as its last chunk arrives, on the streams' thread:
+  // reading a shard's files through on a worker stalled every group there.
+  so.check_image = [](const std::string& dir) { return kv::Shard::CheckImageFiles(dir); };
   snapshots_ = std::make_unique<node::SnapshotStreams>(
       transport_.get(), so, [this](uint64_t group, raft::NodeId to, bool failed) {
         asio::post(groups_->WorkerFor(group).io(), [this, group, to, failed] {

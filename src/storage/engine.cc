@@ -193,7 +193,7 @@ class RocksEngine final : public Engine {
 
   std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override;
 
-  Status IngestSst(Cf cf, const std::string& path) override {
+  Status IngestSst(Cf cf, const std::string& path, bool verify) override {
     rocksdb::IngestExternalFileOptions io;
     io.move_files = true;
     io.allow_global_seqno = true;
@@ -203,8 +203,7 @@ class RocksEngine final : public Engine {
     // ingest again.
     io.write_global_seqno = false;
     io.allow_blocking_flush = true;  // overlapping memtable data is flushed first
-    // Files may come from another node over the network: check every block.
-    io.verify_checksums_before_ingest = true;
+    io.verify_checksums_before_ingest = verify;
     auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
     return FromRocks(s, "ingest " + path);
   }

@@ -140,7 +140,10 @@ class Engine {
   virtual std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) = 0;
   // Adds the SST file at `path` to cf atomically and durably; its keys
   // supersede every earlier write. The file is moved into the store.
-  virtual Status IngestSst(Cf cf, const std::string& path) = 0;
+  // `verify`: RocksDB reads it through first, checking every block's
+  // checksum (for a file nothing checked whole before; a shard's worth of
+  // reading, while the store's writes wait).
+  virtual Status IngestSst(Cf cf, const std::string& path, bool verify) = 0;
   // The store's folder (snapshot files are staged under it).
   virtual const std::string& dir() const = 0;
   virtual std::unique_ptr<Snapshot> NewSnapshot() = 0;

@@ -115,11 +115,11 @@ class FaultEngine final : public Engine {
   // Durable at once, but RocksDB does not sync the WAL for it: a crash may
   // still lose earlier unsynced writes, which the undo records (taken before
   // the file's keys came in) cannot model. Callers sync first.
-  Status IngestSst(Cf cf, const std::string& path) override {
+  Status IngestSst(Cf cf, const std::string& path, bool verify) override {
     if (before_ingest_) before_ingest_(cf);
     if (Take(fail_ingests_)) return Status::IOError("injected ingest failure");
     SHOAL_CHECK(undo_.empty() && "an ingest after unsynced writes");
-    return inner_->IngestSst(cf, path);
+    return inner_->IngestSst(cf, path, verify);
   }
   const std::string& dir() const override { return inner_->dir(); }
   std::unique_ptr<Snapshot> NewSnapshot() override { return inner_->NewSnapshot(); }
