@@ -251,6 +251,7 @@ SnapshotChunk ImageReceiver::Finish(const SnapshotChunk& c, const std::string& d
                     s.ToString());
       std::error_code ec;
       fs::remove_all(dir, ec);
+      Supersede(Key{c.group, c.from, c.export_id});  // a re-offer of it is refused too
       return Ack(c, 0, false, true);
     }
   }

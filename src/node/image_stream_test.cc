@@ -124,6 +124,11 @@ TEST(ImageStream, AnImageThatFailsItsCheckIsDeletedAndRefused) {
   EXPECT_TRUE(r->Complete(7, 1, 42).empty());
   EXPECT_FALSE(fs::exists(checked[0]));
   pass = true;
+  ImageSender again(7, 1, 2, 42, img.dir, SmallChunks());  // the same image offered again: refused
+  ASSERT_TRUE(again.Open(0).ok());
+  EXPECT_FALSE(Transfer(again, r, root, 0));
+  EXPECT_EQ(checked.size(), 1u);
+  EXPECT_TRUE(r->Complete(7, 1, 42).empty());
   ImageSender good(7, 1, 2, 43, img.dir, SmallChunks());
   ASSERT_TRUE(good.Open(0).ok());
   ASSERT_TRUE(Transfer(good, r, root, 0));

@@ -118,6 +118,7 @@ void SnapshotStreams::Start() {
   fs::create_directories(opts_.dir, ec);
   ResumeExports();
   receiver_.Recover();
+  recovered_.store(true, std::memory_order_release);
   receiver_.Expire(kAbandonedAfterS);
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "shoal-snapshots");

@@ -60,7 +60,11 @@ class SnapshotStreams final : public replica::SnapshotCourier {
   void Recall(uint64_t group, const std::vector<raft::NodeId>& keep) override;
   std::optional<raft::Index> Carrying(uint64_t group, raft::NodeId to) override;
   void Adopt(uint64_t group, raft::NodeId to, raft::Term term) override;
-  bool ChecksImages() const override { return opts_.check_image != nullptr; }
+  // Once Start has deleted the images an earlier run (perhaps an older
+  // version, which did not check them) left whole.
+  bool ChecksImages() const override {
+    return opts_.check_image != nullptr && recovered_.load(std::memory_order_acquire);
+  }
   // A chunk from the transport (its thread).
   void OnChunk(raft::NodeId from, SnapshotChunk c);
 
@@ -136,6 +140,7 @@ class SnapshotStreams final : public replica::SnapshotCourier {
 
   std::thread thread_;
   std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, sending_{0}, sent_{0}, failed_{0}, recalled_{0};
+  std::atomic<bool> recovered_{false};  // Start ran the receiver's Recover
 };
 
 }  // namespace shoal::node

@@ -35,6 +35,7 @@ constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
 // again every pause for this long before the client sees TRYAGAIN. A
 // transfer ends within an election timeout.
 constexpr int64_t kRefusedRetryUs = 2'000'000;
+constexpr int64_t kLeaderlessMemoUs = 2'000'000;
 constexpr auto kRefusedRetryPause = std::chrono::milliseconds(5);  // doubled after each try
 constexpr auto kRefusedRetryPauseMax = std::chrono::milliseconds(100);
 constexpr auto kTlsHandshakeMax = std::chrono::seconds(10);
@@ -593,6 +594,8 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     // leader is named within a round trip or two, so wait for it (bounded)
     // rather than answer CLUSTERDOWN for a shard that is not down.
     co_await AwaitLeaderKnown(group);
+    // (A split meanwhile may have handed the slot to another group.)
+    if (uint64_t now_group = server_.cluster().GroupOfSlot(slot); now_group != 0) group = now_group;
     ReplyMoved(group, slot);
     co_return;
   }
@@ -760,12 +763,15 @@ Connection::WatchGuard::~WatchGuard() {
 
 asio::awaitable<void> Connection::AwaitLeaderKnown(uint64_t group) {
   if (!cluster_aware_ || group == 0) co_return;  // (plain clients are told UNBLOCKED)
+  if (group == leaderless_group_ && node::MonoUs() < leaderless_until_us_) co_return;
   asio::steady_timer pause(worker_.io());
   for (int i = 0; i < 100 && !killed_; ++i) {
     if (server_.cluster().routing()->Node(server_.cluster().LeaderOf(group)) != nullptr) co_return;
     pause.expires_after(std::chrono::milliseconds(10));
     co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
   }
+  leaderless_group_ = group;
+  leaderless_until_us_ = node::MonoUs() + kLeaderlessMemoUs;
 }
 
 std::string Connection::NotLedHere(uint64_t group, uint16_t slot) {

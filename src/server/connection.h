@@ -182,7 +182,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string NotLedHere(uint64_t group, uint16_t slot);
   // For a cluster-aware client about to get MOVED: waits (up to 1 s) until
   // the group's new leader is known, so that it is told where to go rather
-  // than CLUSTERDOWN in the moment between two leaders.
+  // than CLUSTERDOWN in the moment between two leaders. A group that stayed
+  // leaderless for the whole wait is not waited for again on this
+  // connection for kLeaderlessMemoUs (a shard without a majority: each
+  // command would hold up the pipeline behind it for a second).
   asio::awaitable<void> AwaitLeaderKnown(uint64_t group);
   // Waits until local state may serve a linearizable read of the group.
   asio::awaitable<bool> ReadBarrier(replica::Replica* r);
@@ -221,6 +224,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::vector<std::string_view> args_;
   bool cluster_aware_ = false;
   bool routed_ = false;
+  uint64_t leaderless_group_ = 0;   // AwaitLeaderKnown's last wait in vain, and until when
+  int64_t leaderless_until_us_ = 0;  // it is not waited for again
   bool readonly_ = false;
   bool blocked_ = false;  // in a blocking command (CLIENT LIST flags=b)
   uint16_t last_write_slot_ = 0;  // for WAIT
