@@ -537,6 +537,52 @@ asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {
                                              std::move(read));
 }
 
+asio::awaitable<std::vector<char>> Connection::ReadBarriers(std::span<replica::Replica* const> replicas) {
+  std::vector<char> result(replicas.size(), 0);
+  std::vector<size_t> asked;
+  const int64_t now_us = node::MonoUs();
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    if (replicas[i]->LeaseReadOk(now_us)) {
+      result[i] = 1;
+    } else {
+      asked.push_back(i);
+    }
+  }
+  if (asked.empty()) co_return result;
+  // Each answer comes back to this worker (RunOnAsync's way); the last one
+  // resumes the coroutine. Only this worker's thread touches `left`.
+  node::Groups* groups = &server_.groups();
+  asio::io_context* home = &worker_.io();
+  std::vector<replica::Replica*> targets;
+  for (size_t i : asked) targets.push_back(replicas[i]);
+  std::vector<char> answers = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(std::vector<char>)>(
+      [groups, home](auto on_done, std::vector<replica::Replica*> rs) {
+        struct State {
+          decltype(on_done) handler;
+          std::vector<char> answers;
+          size_t left;
+        };
+        auto state = std::make_shared<State>(State{std::move(on_done), std::vector<char>(rs.size(), 0), rs.size()});
+        for (size_t k = 0; k < rs.size(); ++k) {
+          replica::Replica* r = rs[k];
+          asio::post(groups->WorkerFor(r->group()).io(), [state, r, k, groups, home] {
+            r->ReadIndex(
+                [state, k, home](bool ok) {
+                  asio::post(*home, [state, k, ok] {
+                    state->answers[k] = ok ? 1 : 0;
+                    if (--state->left == 0) std::move(state->handler)(std::move(state->answers));
+                  });
+                },
+                node::MonoUs());
+            groups->Notify(r);
+          });
+        }
+      },
+      asio::use_awaitable, std::move(targets));
+  for (size_t k = 0; k < asked.size(); ++k) result[asked[k]] = answers[k];
+  co_return result;
+}
+
 asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot) {
   server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
   last_command_ = cmd.spec.name;
@@ -1038,26 +1084,36 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
     ids.push_back(s->id());
     replicas.push_back(r);
   }
-  for (size_t i = 0; i < replicas.size(); ++i) {
-    // As a keyed read: a barrier that leadership moving (or a leader not yet
-    // settled in its term, just after a restart) left unconfirmed is asked
-    // again until kRefusedRetryUs after the first try.
-    const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
-    bool confirmed = co_await ReadBarrier(replicas[i]);
-    while (!confirmed && !killed_ && node::MonoUs() < give_up_us) {
-      asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
-      co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+  // As a keyed read: barriers that leadership moving (or a leader not yet
+  // settled in its term, just after a restart) left unconfirmed are asked
+  // again until kRefusedRetryUs after the first try. All are asked at once:
+  // one after another, a node's 16 shards could add up past a client's
+  // timeout when each took its full retry time.
+  const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
+  std::vector<char> confirmed = co_await ReadBarriers(replicas);
+  for (;;) {
+    std::vector<size_t> unconfirmed;
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      if (!confirmed[i]) unconfirmed.push_back(i);
+    }
+    if (unconfirmed.empty()) break;
+    if (killed_ || node::MonoUs() >= give_up_us) {
+      writer_.Error("TRYAGAIN the read of shard " + std::to_string(ids[unconfirmed[0]]) +
+                    " could not be confirmed by a quorum of its replicas; retry");
+      co_return;
+    }
+    asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
+    co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    std::vector<replica::Replica*> again;
+    for (size_t i : unconfirmed) {
       if (server_.groups().Find(ids[i]) != replicas[i]) {
         writer_.Error("TRYAGAIN shard " + std::to_string(ids[i]) + " left this node during the read; retry");
         co_return;
       }
-      confirmed = co_await ReadBarrier(replicas[i]);
+      again.push_back(replicas[i]);
     }
-    if (!confirmed) {
-      writer_.Error("TRYAGAIN the read of shard " + std::to_string(ids[i]) +
-                    " could not be confirmed by a quorum of its replicas; retry");
-      co_return;
-    }
+    std::vector<char> now = co_await ReadBarriers(again);
+    for (size_t k = 0; k < unconfirmed.size(); ++k) confirmed[unconfirmed[k]] = now[k];
   }
   // The shards may have changed while it waited (a split, a leadership
   // moved, a replica left): then what was confirmed is not what would be read.

@@ -189,6 +189,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::awaitable<void> AwaitLeaderKnown(uint64_t group);
   // Waits until local state may serve a linearizable read of the group.
   asio::awaitable<bool> ReadBarrier(replica::Replica* r);
+  // The same for several groups at once: every barrier is asked before any
+  // is awaited (a node's shards confirm in one round, not one after another).
+  // result[i] says whether replicas[i] may serve.
+  asio::awaitable<std::vector<char>> ReadBarriers(std::span<replica::Replica* const> replicas);
   // Keyless writes (FLUSHDB, FLUSHALL): every shard this node leads, and for
   // a plain client every other node as well.
   asio::awaitable<void> RunKeylessWrite(const Command& cmd, kv::Args args);
