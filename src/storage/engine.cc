@@ -342,8 +342,10 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   db.create_if_missing = true;
   db.create_missing_column_families = true;
   // Workers write concurrently (the Raft log of their groups, applies):
-  // skiplist memtables take concurrent inserts, and a writer that must wait
-  // for the write group blocks rather than spinning on our few cores.
+  // skiplist memtables take concurrent inserts. A writer that must wait for
+  // the write group yields (sched_yield) for a while before it blocks; on
+  // this 2-core VM blocking at once measured no better (PERFORMANCE.md,
+  // 2026-12-03), nor did one writer at a time (2026-12-02).
   db.allow_concurrent_memtable_write = true;
   db.enable_write_thread_adaptive_yield = true;
   db.write_buffer_manager = wbm_;
