@@ -6,6 +6,8 @@
 #include <asio/post.hpp>
 #include <asio/write.hpp>
 
+#include <sched.h>
+
 #include <filesystem>
 #include <random>
 #include <set>
@@ -26,6 +28,15 @@ namespace {
 constexpr size_t kExpireBatchKeys = 128;
 constexpr int kExpireBatchesPerCycle = 8;
 constexpr int64_t kExpireCycleBudgetUs = 2000;
+
+// The cores this process may run on (taskset, a container's cpuset), which
+// is what one worker per core means; all online cores if that is unknown.
+int UsableCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
 std::string RandomRunId() {
   std::random_device rd;
@@ -108,8 +119,7 @@ Status Server::Start() {
   auto engine = storage::Engine::Open({.dir = config().dir, .memory_budget_bytes = config().maxmemory});
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
-  int workers = config().workers > 0 ? config().workers
-                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int workers = config().workers > 0 ? config().workers : UsableCores();
   worker_states_.resize(static_cast<size_t>(workers));
   runtime_ = std::make_unique<node::Runtime>(workers);
   syncer_ = std::make_unique<node::WalSyncer>(engine_.get(), runtime_.get());

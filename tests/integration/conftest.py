@@ -526,9 +526,11 @@ SKIP_NO_SHOAL = "SHOAL_BIN is not set (set it to the shoal binary, or SHOAL_DIFF
 
 def make_shoal(tmp: Path, name: str = "shoal", durability: str = "fsync",
                workers: int = WORKERS, password: Optional[str] = None,
-               config: Optional[Path] = None, data_dir: Optional[Path] = None) -> ServerProcess:
+               config: Optional[Path] = None, data_dir: Optional[Path] = None,
+               cpus: Optional[str] = None) -> ServerProcess:
     """Build (not start) a shoal server; under SHOAL_DIFF_SELFTEST=1 a redis-server
-    configured to the closest equivalent durability."""
+    configured to the closest equivalent durability. workers=0 leaves --workers
+    out (shoal's default); cpus runs it under `taskset -c cpus`."""
     if not shoal_available():
         pytest.skip(SKIP_NO_SHOAL)
     if not SELFTEST and not (os.path.isfile(SHOAL_BIN) and os.access(SHOAL_BIN, os.X_OK)):
@@ -560,8 +562,11 @@ def make_shoal(tmp: Path, name: str = "shoal", durability: str = "fsync",
 
     def fn(s):
         argv = [SHOAL_BIN, "server", "--bind", HOST, "--port", str(s.port), "--peer-port",
-                str(peer_port), "--dir", str(s.dir), "--durability", durability,
-                "--workers", str(workers)]
+                str(peer_port), "--dir", str(s.dir), "--durability", durability]
+        if workers:
+            argv += ["--workers", str(workers)]
+        if cpus is not None:
+            argv = ["taskset", "-c", cpus] + argv  # taskset execs shoal: the PID stays shoal's
         if password is not None:
             argv += ["--requirepass", password]
         if config is not None:

@@ -1,6 +1,7 @@
 """Server behaviour that has no redis-server counterpart to diff against:
 active expiry, INFO, the memory budget, configuration, maxclients."""
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -291,3 +292,19 @@ def test_transactions_refuse_what_shoal_cannot_run_in_one(shoal):
         assert c.execute("SET", "{m}db2", "x") == "QUEUED"
         assert c.execute("EXEC") == ["OK", "OK"]
         assert c.execute("GET", "{m}db2") == b"x"
+
+
+def test_default_workers_follow_the_cpu_affinity(shoal_factory):
+    # One worker per core the process may run on (taskset, a container's
+    # cpuset), not per core of the machine.
+    if not shutil.which("taskset"):
+        pytest.skip("taskset (util-linux) is not installed")
+    usable = sorted(os.sched_getaffinity(0))
+    sets = [usable[:1]] + ([usable[:2]] if len(usable) >= 2 else [])
+    for cpus in sets:
+        s = shoal_factory(workers=0, cpus=",".join(map(str, cpus)))
+        assert os.sched_getaffinity(s.pid) == set(cpus)  # shoal itself, not a wrapper
+        r = redis.Redis(host=s.host, port=s.port)
+        assert r.info("server")["workers"] == len(cpus)
+        assert r.set("k", "v") and r.get("k") == b"v"
+        s.stop()
