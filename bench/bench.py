@@ -8,6 +8,13 @@ shoal's resident memory while it loads ten times its memory budget.
 
   bench/bench.py --shoal build/release/src/cli/shoal [--quick]
 
+--only scaling measures one node's scaling over --workers (1, 2, 4, 8 by
+default, as far as the server's cores go): shoal with N workers runs on N
+cores of --server-cpus, redis-server on one of them, redis-benchmark on
+--client-cpus (e.g. on a 16-core machine: --server-cpus 0-7 --client-cpus
+8-15 --bench-threads 4 --clients 200). --server-cpus and --client-cpus pin
+the other sections' servers and clients the same way.
+
 Every server it starts listens on 127.0.0.1 only and is stopped by PID."""
 import argparse
 import os
@@ -55,11 +62,30 @@ def rss_bytes(pid, field="VmRSS:"):
     return 0
 
 
+def cpu_list(spec):
+    """"0-3,8" -> [0, 1, 2, 3, 8]; None -> None."""
+    if not spec:
+        return None
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        sys.exit(f"cores {sorted(cpus - usable)} of '{spec}' are not usable here (usable: {sorted(usable)})")
+    return sorted(cpus)
+
+
+def pinned(cpus):
+    """A preexec_fn that runs the child (and every thread it starts) on `cpus`."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 class Server:
-    def __init__(self, name, argv, port, workdir):
+    def __init__(self, name, argv, port, workdir, cpus=None):
         self.name, self.port = name, port
         self.log = open(os.path.join(workdir, f"{name}.log"), "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpus))
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -90,30 +116,32 @@ class Server:
         self.log.close()
 
 
-def start_redis(workdir, fsync):
+def start_redis(workdir, fsync, cpus=None):
     port = free_port()
     d = tempfile.mkdtemp(dir=workdir)
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
             "--daemonize", "no"]
     argv += ["--appendonly", "yes", "--appendfsync", "always"] if fsync else ["--appendonly", "no"]
-    return Server("redis", argv, port, workdir)
+    return Server("redis", argv, port, workdir, cpus)
 
 
-def start_shoal(binary, workdir, fsync, maxmemory="1gb", workers=None):
+def start_shoal(binary, workdir, fsync, maxmemory="1gb", workers=None, cpus=None):
     port = free_port()
     d = tempfile.mkdtemp(dir=workdir)
     argv = [binary, "server", "--port", str(port), "--peer-port", str(free_port()), "--dir", d,
             "--durability", "fsync" if fsync else "none", "--maxmemory", maxmemory]
     if workers:
         argv += ["--workers", str(workers)]
-    return Server("shoal", argv, port, workdir)
+    return Server("shoal", argv, port, workdir, cpus)
 
 
-def run_benchmark(server, test, pipeline, requests):
+def run_benchmark(server, test, pipeline, requests, client_cpus=None, threads=None):
     """One redis-benchmark run; returns (ops/s, p50 ms, p99 ms, cpu s per 100k ops)."""
     cpu0 = cpu_seconds(server.pid)
     argv = ["redis-benchmark", "-p", str(server.port), "-c", str(CLIENTS), "-n", str(requests),
             "-P", str(pipeline), "-r", "100000", "-d", "100", "--csv", "-q"]
+    if threads:
+        argv += ["--threads", str(threads)]
     if test == "mset":
         # 10 keys in one slot ({hash tag}): shoal, like Redis Cluster, refuses
         # multi-key commands across slots. redis-benchmark's own mset spreads them.
@@ -125,7 +153,7 @@ def run_benchmark(server, test, pipeline, requests):
         argv += command
     else:
         argv += ["-t", test]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=600).stdout
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=pinned(client_cpus)).stdout
     cpu = cpu_seconds(server.pid) - cpu0
     for line in out.splitlines():
         cols = [c.strip('"') for c in line.split(",")]
@@ -150,10 +178,10 @@ def throughput_section(args, workdir, fsync):
             for _ in range(args.rounds):
                 # Fresh servers each round, alternating who goes first.
                 for name in (["shoal", "redis"] if _ % 2 == 0 else ["redis", "shoal"]):
-                    srv = (start_shoal(args.shoal, workdir, fsync, workers=args.workers)
-                           if name == "shoal" else start_redis(workdir, fsync))
+                    srv = (start_shoal(args.shoal, workdir, fsync, workers=args.workers, cpus=args.server_cpus)
+                           if name == "shoal" else start_redis(workdir, fsync, cpus=args.server_cpus))
                     try:
-                        results[name].append(run_benchmark(srv, test, p, n))
+                        results[name].append(run_benchmark(srv, test, p, n, args.client_cpus, args.bench_threads))
                     finally:
                         srv.stop()
             med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in results.items()}
@@ -313,7 +341,47 @@ def budget_section(args, workdir):
             print("  " + line)
 
 
+SCALING_TESTS = [("set", 1), ("set", 16), ("get", 1), ("get", 16)]
+
+
+def scaling_section(args, workdir):
+    """One node over --workers: shoal with N workers on N cores, against
+    redis-server (one thread) on one of those cores; durability none."""
+    server_cpus = args.server_cpus or sorted(os.sched_getaffinity(0))
+    counts = [w for w in args.scaling_workers if w <= len(server_cpus)]
+    print(f"\n== scaling: one node, shoal --workers N on N of cores {server_cpus}, redis-server on core "
+          f"{server_cpus[0]}, redis-benchmark on {args.client_cpus or 'any core'}; durability none "
+          f"vs redis without persistence; -c {CLIENTS}, median of {args.rounds} rounds")
+    names = [f"{t} -P{p}" for t, p in SCALING_TESTS]
+    print(f"{'':<14}" + "".join(f"{n:>20}" for n in names))
+
+    def measure(start):
+        row = []
+        for test, p in SCALING_TESTS:
+            n = args.requests * (4 if p > 1 else 1)
+            runs = []
+            for _ in range(args.rounds):
+                srv = start()
+                try:
+                    runs.append(run_benchmark(srv, test, p, n, args.client_cpus, args.bench_threads)[0])
+                finally:
+                    srv.stop()
+            row.append(statistics.median(runs))
+        return row
+
+    redis = measure(lambda: start_redis(workdir, False, cpus=server_cpus[:1]))
+    print(f"{'redis-server':<14}" + "".join(f"{v:>20.0f}" for v in redis), flush=True)
+    first = None
+    for w in counts:
+        row = measure(lambda: start_shoal(args.shoal, workdir, False, workers=w, cpus=server_cpus[:w]))
+        first = first or row
+        cells = [f"{v:.0f} x{v / f:.2f} r{v / r:.2f}" for v, f, r in zip(row, first, redis)]
+        print(f"{f'shoal w={w}':<14}" + "".join(f"{c:>20}" for c in cells), flush=True)
+    print("x: ops/s against shoal with one worker; r: against redis-server in the same run")
+
+
 def main():
+    global CLIENTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shoal", default="build/release/src/cli/shoal")
     ap.add_argument("--rounds", type=int, default=3)
@@ -321,8 +389,14 @@ def main():
     ap.add_argument("--keys", type=int, default=1000000)
     ap.add_argument("--budget-mb", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--clients", type=int, default=CLIENTS, help="redis-benchmark -c")
+    ap.add_argument("--bench-threads", type=int, default=None, help="redis-benchmark --threads")
+    ap.add_argument("--server-cpus", help="cores for the servers, e.g. 0-7 (default: any)")
+    ap.add_argument("--client-cpus", help="cores for redis-benchmark, e.g. 8-15 (default: any)")
+    ap.add_argument("--scaling-workers", default="1,2,4,8", help="--only scaling: worker counts")
     ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
-    ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget"], action="append")
+    ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget", "scaling"],
+                    action="append")
     ap.add_argument("--tests", help=f"comma-separated subset of {','.join(TESTS)}")
     args = ap.parse_args()
     if args.tests:
@@ -332,6 +406,9 @@ def main():
         TESTS[:] = [t for t in TESTS if t in args.tests.split(",")]
     if args.quick:
         args.rounds, args.requests, args.keys = 1, 50000, 200000
+    CLIENTS = args.clients
+    args.server_cpus, args.client_cpus = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
+    args.scaling_workers = [int(w) for w in args.scaling_workers.split(",")]
     if not os.access(args.shoal, os.X_OK):
         sys.exit(f"no shoal binary at {args.shoal}: cmake --preset release && cmake --build build/release")
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
@@ -340,7 +417,7 @@ def main():
     print(f"shoal {subprocess.run([args.shoal, '--version'], capture_output=True, text=True).stdout.strip()}"
           f" vs {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};"
           f" {os.cpu_count()} cores")
-    only = set(args.only or ["none", "fsync", "memory", "collections", "budget"])
+    only = set(args.only or ["none", "fsync", "memory", "collections", "budget"])  # scaling: asked for
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir:
         if "none" in only:
             throughput_section(args, workdir, False)
@@ -352,6 +429,8 @@ def main():
             collections_section(args, workdir)
         if "budget" in only:
             budget_section(args, workdir)
+        if "scaling" in only:
+            scaling_section(args, workdir)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,13 @@ survived.
   bench/cluster_bench.py --shoal build/release/src/cli/shoal [--quick]
 
 shoal nodes listen on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (one address per
-node), Redis on 127.0.0.1; every process it starts is stopped by PID."""
+node), Redis on 127.0.0.1; every process it starts is stopped by PID.
+
+On a machine with cores to spare, --pin K gives each of three "machines" K
+cores of its own: shoal node i runs on machine i's cores (with one worker per
+core), Redis Cluster's master i and the replica of another master share
+machine i's cores, and redis-benchmark runs on the cores left over (at least
+one). Without --pin every process may run on every core."""
 import argparse
 import os
 import platform
@@ -38,6 +44,25 @@ class Failed(Exception):
 
 
 _taken_ports = set()
+
+
+def pinned(cpus):
+    """A preexec_fn that runs the child (and every thread it starts) on `cpus`."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def machines(args):
+    """--pin K: ([cores of machine 0, 1, 2], the client's cores), or (None, None)."""
+    if not args.pin:
+        return None, None
+    usable = sorted(os.sched_getaffinity(0))
+    k = args.pin
+    if 3 * k + 1 > len(usable):
+        sys.exit(f"--pin {k} needs {3 * k + 1} cores (3 machines of {k} and one for redis-benchmark); "
+                 f"this process may use {len(usable)}")
+    return [usable[i * k:(i + 1) * k] for i in range(3)], usable[3 * k:]
 
 
 def free_port(host="127.0.0.1"):
@@ -153,15 +178,26 @@ def info_fields(text):
 class Node:
     """One server process, started and stopped by PID; waits for PING."""
 
-    def __init__(self, name, argv, host, port, workdir):
+    def __init__(self, name, argv, host, port, workdir, cpus=None):
         self.name, self.host, self.port = name, host, port
+        self.cpus = cpus
         self.log_path = os.path.join(workdir, f"{name}.log")
         k = 1
         while os.path.exists(self.log_path):  # a later round: keep the earlier log
             k += 1
             self.log_path = os.path.join(workdir, f"{name}-round{k}.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=pinned(cpus))
+
+    def pin(self, cpus):
+        """Moves every thread of the running process onto `cpus`."""
+        self.cpus = cpus
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except ProcessLookupError:  # a thread that just ended
+                pass
 
     def wait_ping(self, timeout=30):
         deadline = time.time() + timeout
@@ -268,7 +304,9 @@ class RedisCluster(Cluster):
                     "--cluster-node-timeout", str(args.node_timeout)]
             argv += (["--appendonly", "no"] if args.redis_appendfsync == "none"
                      else ["--appendonly", "yes", "--appendfsync", args.redis_appendfsync])
-            self.nodes.append(Node(f"redis{i}", argv, "127.0.0.1", port, workdir))
+            cores, _ = machines(args)
+            self.nodes.append(Node(f"redis{i}", argv, "127.0.0.1", port, workdir,
+                                   cpus=cores[i % 3] if cores else None))
         for n in self.nodes:
             n.wait_ping()
         create = subprocess.run(
@@ -279,6 +317,21 @@ class RedisCluster(Cluster):
             raise Failed(f"redis-cli --cluster create failed ({create.returncode}):\n"
                          f"{create.stdout[-3000:]}{create.stderr[-2000:]}")
         self.wait_ready(args.ready_timeout)
+        cores, _ = machines(args)
+        if cores:
+            # Each machine: one master and the replica of another machine's master.
+            machine_of = {n.port: i % 3 for i, n in enumerate(self.nodes)}
+            for n in self.nodes:
+                rep = info_fields(call(n.host, n.port, "INFO", "replication"))
+                if rep.get("role") == "slave":
+                    m = machine_of[int(rep["master_port"])]
+                    machine_of[n.port] = (m + 1) % 3
+                    n.pin(cores[(m + 1) % 3])
+            masters = sorted(machine_of[n.port] for n in self.nodes
+                             if info_fields(call(n.host, n.port, "INFO", "replication")).get("role") == "master")
+            if masters != [0, 1, 2]:
+                raise Failed(f"Redis Cluster's masters are not one per machine: {masters}")
+            self.describe += f"; pinned: machines of {args.pin} cores each, a master and a replica on each"
 
     def wait_ready(self, timeout):
         """cluster_state:ok on all six and every replica's link to its master up."""
@@ -316,7 +369,8 @@ class ShoalCluster(Cluster):
         self.describe = (f"shoal, 3 nodes on {', '.join(SHOAL_HOSTS)}, --durability "
                          f"{args.shoal_durability}"
                          + (f" --shards {args.shards}" if args.shards else " (default shards)")
-                         + (f" --replicas {args.replicas}" if args.replicas else " (default replicas)"))
+                         + (f" --replicas {args.replicas}" if args.replicas else " (default replicas)")
+                         + (f"; pinned: node i on machine i's {args.pin} cores" if args.pin else ""))
         join = None
         self.ready_timeout = args.ready_timeout
         deadline = time.time() + args.ready_timeout  # from the first start to ready
@@ -333,7 +387,8 @@ class ShoalCluster(Cluster):
                 argv += ["--replicas", str(args.replicas)]
             if args.workers:
                 argv += ["--workers", str(args.workers)]
-            node = Node(f"shoal{i}", argv, host, port, workdir)
+            cores, _ = machines(args)
+            node = Node(f"shoal{i}", argv, host, port, workdir, cpus=cores[i] if cores else None)
             node.argv = argv
             self.nodes.append(node)
             node.wait_ping()
@@ -459,7 +514,8 @@ def run_benchmark(cluster, test, pipeline, requests, args):
     if args.bench_threads:
         argv += ["--threads", str(args.bench_threads)]
     try:
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=args.run_timeout)
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=args.run_timeout,
+                             preexec_fn=pinned(machines(args)[1]))
     except subprocess.TimeoutExpired:
         raise Failed(f"{' '.join(argv)} ran past {args.run_timeout} s") from None
     cpu = cluster.cpu() - cpu0
@@ -767,6 +823,8 @@ def main():
     ap.add_argument("--only", choices=["throughput", "failover"], action="append")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy every server's log into DIR at the end")
     ap.add_argument("--quick", action="store_true", help="50k requests at -P 1, 1 round")
+    ap.add_argument("--pin", type=int, default=0, metavar="K",
+                    help="three machines of K cores each, redis-benchmark on the cores left (see above)")
     ap.add_argument("--threads", action="store_true",
                     help="after each run, CPU and context switches per operation by thread name")
     args = ap.parse_args()
@@ -792,6 +850,9 @@ def main():
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     machine_line(args, systems)
+    cores, client = machines(args)
+    if cores:
+        print(f"pinned: machines on cores {cores}, redis-benchmark on {client}")
     start = time.time()
     rounds_out, failures = [], []
     with tempfile.TemporaryDirectory(prefix="shoal-cluster-bench-") as workdir:
