@@ -341,6 +341,39 @@ def budget_section(args, workdir):
             print("  " + line)
 
 
+def keyspace_section(args, workdir):
+    """KEYS * and a whole SCAN of a few live keys after many keys were
+    written and deleted (by DEL, and by FLUSHALL), against redis-server."""
+    n = 20000 if args.quick else 100000
+    live = [f"live{i}{{la2}}".encode() for i in range(8)]
+    print(f"\n== keyspace walks: KEYS * and a whole SCAN (redis-cli --scan) over {len(live)} live keys after "
+          f"{n:,} keys were written and deleted; fresh server each; seconds")
+    print(f"{'deleted by':<12}{'':>4} | {'shoal KEYS':>11}{'SCAN':>9} | {'redis KEYS':>11}{'SCAN':>9}")
+    for how in ("DEL", "FLUSHALL"):
+        times = {}
+        for name in ("shoal", "redis"):
+            srv = start_shoal(args.shoal, workdir, False) if name == "shoal" else start_redis(workdir, False)
+            try:
+                commands = [["SET", b"gone:%d" % i, "v"] for i in range(n)]
+                commands += [["DEL", b"gone:%d" % i] for i in range(n)] if how == "DEL" else [["FLUSHALL"]]
+                commands += [["SET", k, "v"] for k in live]
+                pipe_commands(srv.port, commands)
+                cli = ["redis-cli", "-p", str(srv.port)]
+                t0 = time.time()
+                keys = subprocess.run(cli + ["KEYS", "*"], capture_output=True, timeout=600).stdout.split()
+                t1 = time.time()
+                scanned = subprocess.run(cli + ["--scan"], capture_output=True,
+                                         timeout=600).stdout.split()
+                t2 = time.time()
+                if sorted(keys) != sorted(live) or sorted(scanned) != sorted(live):
+                    sys.exit(f"{name}: KEYS or SCAN returned {keys[:10]} / {scanned[:10]}, not the live keys")
+                times[name] = (t1 - t0, t2 - t1)
+            finally:
+                srv.stop()
+        s, r = times["shoal"], times["redis"]
+        print(f"{how:<12}{'':>4} | {s[0]:>11.3f}{s[1]:>9.3f} | {r[0]:>11.3f}{r[1]:>9.3f}", flush=True)
+
+
 SCALING_TESTS = [("set", 1), ("set", 16), ("get", 1), ("get", 16)]
 
 
@@ -395,7 +428,7 @@ def main():
     ap.add_argument("--client-cpus", help="cores for redis-benchmark, e.g. 8-15 (default: any)")
     ap.add_argument("--scaling-workers", default="1,2,4,8", help="--only scaling: worker counts")
     ap.add_argument("--quick", action="store_true", help="fewer requests and keys, 1 round")
-    ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget", "scaling"],
+    ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget", "keyspace", "scaling"],
                     action="append")
     ap.add_argument("--tests", help=f"comma-separated subset of {','.join(TESTS)}")
     args = ap.parse_args()
@@ -417,7 +450,7 @@ def main():
     print(f"shoal {subprocess.run([args.shoal, '--version'], capture_output=True, text=True).stdout.strip()}"
           f" vs {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};"
           f" {os.cpu_count()} cores")
-    only = set(args.only or ["none", "fsync", "memory", "collections", "budget"])  # scaling: asked for
+    only = set(args.only or ["none", "fsync", "memory", "collections", "budget", "keyspace"])  # scaling: asked for
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir:
         if "none" in only:
             throughput_section(args, workdir, False)
@@ -429,6 +462,8 @@ def main():
             collections_section(args, workdir)
         if "budget" in only:
             budget_section(args, workdir)
+        if "keyspace" in only:
+            keyspace_section(args, workdir)
         if "scaling" in only:
             scaling_section(args, workdir)
 

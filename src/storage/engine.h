@@ -132,6 +132,8 @@ class Engine {
   // returns the write sequence it covers. Safe to call while others write.
   virtual Result<uint64_t> Sync() = 0;
 
+  // On the data CF, an iterator within one [slot][db] prefix: it turns
+  // invalid where the prefix of its last seek target ends (both directions).
   virtual std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot = nullptr) = 0;
   // An iterator that may cross [slot][db] prefixes of the data CF (slower
   // seeks: for scans of whole slot ranges).

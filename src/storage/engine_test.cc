@@ -149,6 +149,45 @@ TEST_F(EngineTest, DataIteratorStaysWithinPrefix) {
   EXPECT_EQ(v, "3");
 }
 
+// A seek into a prefix with no live key ends there, at once: it does not walk
+// on through the deleted keys of the prefixes after it to a live key (KEYS
+// and SCAN seek all 16384 slots).
+TEST_F(EngineTest, DataIteratorEndsAtItsPrefixPastDeletedKeys) {
+  auto engine = Open();
+  auto slot_key = [](int slot, int i) {
+    return std::string{static_cast<char>(slot >> 8), static_cast<char>(slot & 0xff), 0, 0} + "k" + std::to_string(i);
+  };
+  auto batch = engine->NewBatch();
+  for (int slot = 2; slot < 40; ++slot) {
+    for (int i = 0; i < 50; ++i) batch->Put(Cf::kData, slot_key(slot, i), "x");
+  }
+  batch->Put(Cf::kData, slot_key(0, 0), "first");
+  batch->Put(Cf::kData, slot_key(90, 0), "live");
+  ASSERT_TRUE(engine->Write(*batch).ok());
+  auto deletes = engine->NewBatch();
+  for (int slot = 2; slot < 40; ++slot) {
+    for (int i = 0; i < 50; ++i) deletes->Delete(Cf::kData, slot_key(slot, i));
+  }
+  ASSERT_TRUE(engine->Write(*deletes).ok());
+  auto it = engine->NewIterator(Cf::kData);
+  it->Seek(slot_key(1, 0).substr(0, 4));  // empty slot, deleted keys after it
+  EXPECT_FALSE(it->Valid());
+  it->Seek(slot_key(5, 0).substr(0, 4));  // only deleted keys in the slot
+  EXPECT_FALSE(it->Valid());
+  EXPECT_TRUE(it->status().ok());
+  it->Seek(slot_key(90, 0).substr(0, 4));
+  ASSERT_TRUE(it->Valid());
+  EXPECT_EQ(it->value(), "live");
+  // Backwards too: the last key before the end of slot 10 is not slot 0's.
+  it->SeekForPrev(slot_key(10, 99));
+  EXPECT_FALSE(it->Valid());
+  // A scan iterator still crosses prefixes.
+  auto scan = engine->NewScanIterator(Cf::kData);
+  scan->Seek(slot_key(1, 0).substr(0, 4));
+  ASSERT_TRUE(scan->Valid());
+  EXPECT_EQ(scan->value(), "live");
+}
+
 // The log keeps only its newest entries in memory; older ones are read back
 // from the engine, across the boundary, with byte limits, after conflicts,
 // compaction and a reopen.
