@@ -65,7 +65,8 @@ class RocksSnapshot final : public Snapshot {
 struct WriteBatch::Impl {
   rocksdb::WriteBatch batch;
   const std::vector<rocksdb::ColumnFamilyHandle*>* handles;
-  bool data_range_deleted = false;  // RocksEngine::Write flushes the data memtable
+  // Ranges deleted in the data CF: RocksEngine::Write may flush its memtable.
+  std::vector<std::pair<std::string, std::string>> data_ranges;
 };
 
 WriteBatch::WriteBatch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -73,7 +74,7 @@ WriteBatch::~WriteBatch() = default;
 size_t WriteBatch::Count() const { return static_cast<size_t>(impl_->batch.Count()); }
 void WriteBatch::Clear() {
   impl_->batch.Clear();
-  impl_->data_range_deleted = false;
+  impl_->data_ranges.clear();
 }
 
 void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
@@ -91,7 +92,7 @@ void WriteBatch::DeleteRange(Cf cf, std::string_view begin, std::string_view end
   auto s = impl_->batch.DeleteRange((*impl_->handles)[static_cast<int>(cf)], ToSlice(begin),
                                     ToSlice(end));
   SHOAL_CHECK(s.ok());
-  if (cf == Cf::kData) impl_->data_range_deleted = true;
+  if (cf == Cf::kData) impl_->data_ranges.emplace_back(begin, end);
 }
 
 void WriteBatch::Visit(Visitor& visitor) const {
@@ -131,13 +132,15 @@ class RocksEngineAccess {
     return std::unique_ptr<WriteBatch>(new WriteBatch(std::move(impl)));
   }
   static rocksdb::WriteBatch* Raw(WriteBatch& b) { return &b.impl_->batch; }
-  static bool DataRangeDeleted(const WriteBatch& b) { return b.impl_->data_range_deleted; }
+  static const std::vector<std::pair<std::string, std::string>>& DataRanges(const WriteBatch& b) {
+    return b.impl_->data_ranges;
+  }
 };
 
 namespace {
 
-// A range delete over a memtable holding at least this many entries has the
-// memtable flushed (RocksEngine::Write).
+// Range deletes that cover at least this many entries of the data memtables
+// have them flushed (RocksEngine::MaybeFlushAfterRangeDelete).
 constexpr uint64_t kFlushAfterRangeDeleteEntries = 64;
 
 class RocksEngine final : public Engine {
@@ -169,26 +172,36 @@ class RocksEngine final : public Engine {
     wo.sync = false;
     auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
     if (!s.ok()) return FromRocks(s, "write");
-    if (RocksEngineAccess::DataRangeDeleted(batch)) {
-      // Keys that a range tombstone covers in its own memtable are stepped
-      // over one by one by every seek that meets them (RocksDB reseeks past
-      // a tombstone only for older files), even past the seek's prefix: a
-      // FLUSHALL then made each of KEYS's 16384 seeks walk every deleted key.
-      // A flush drops the covered keys; it is only scheduled here, and only
-      // when the memtable holds enough to matter (a flush per FLUSHALL of a
-      // few keys would pile up small files). If it cannot be scheduled (a
-      // background error), the next write reports that error.
-      rocksdb::ColumnFamilyHandle* data = handles_[static_cast<int>(Cf::kData)];
-      uint64_t entries = 0;
-      if (db_->GetIntProperty(data, rocksdb::DB::Properties::kNumEntriesActiveMemTable, &entries) &&
-          entries >= kFlushAfterRangeDeleteEntries) {
-        rocksdb::FlushOptions fo;
-        fo.wait = false;
-        fo.allow_write_stall = true;
-        (void)db_->Flush(fo, data);
-      }
-    }
+    if (!RocksEngineAccess::DataRanges(batch).empty()) MaybeFlushAfterRangeDelete(RocksEngineAccess::DataRanges(batch));
     return write_seq_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  }
+
+  // Keys that a range tombstone covers in its own memtable are stepped over
+  // one by one by every seek that meets them (RocksDB 7.8 reseeks past a
+  // tombstone only for older memtables and files), even past the seek's
+  // prefix: a FLUSHALL over a memtable of 20k keys made each of KEYS's 16384
+  // seeks walk them all. A flush drops the covered keys. It is scheduled,
+  // not waited for, and only when the ranges cover enough of the memtables
+  // to matter and no flush is pending already (each flush switches the
+  // memtable and adds a file: one per small range delete would stall writes).
+  // If it cannot be scheduled (a background error), the next write says so.
+  void MaybeFlushAfterRangeDelete(const std::vector<std::pair<std::string, std::string>>& ranges) {
+    rocksdb::ColumnFamilyHandle* data = handles_[static_cast<int>(Cf::kData)];
+    uint64_t pending = 0;
+    if (!db_->GetIntProperty(data, rocksdb::DB::Properties::kNumImmutableMemTable, &pending) || pending > 0) {
+      return;
+    }
+    uint64_t covered = 0;
+    for (const auto& [begin, end] : ranges) {
+      uint64_t count = 0, size = 0;
+      db_->GetApproximateMemTableStats(data, rocksdb::Range(ToSlice(begin), ToSlice(end)), &count, &size);
+      covered += count;
+    }
+    if (covered < kFlushAfterRangeDeleteEntries) return;
+    rocksdb::FlushOptions fo;
+    fo.wait = false;
+    fo.allow_write_stall = true;
+    (void)db_->Flush(fo, data);
   }
 
   std::unique_ptr<WriteBatch> NewBatch() override { return RocksEngineAccess::Make(&handles_); }
