@@ -1086,9 +1086,8 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
   }
   // As a keyed read: barriers that leadership moving (or a leader not yet
   // settled in its term, just after a restart) left unconfirmed are asked
-  // again until kRefusedRetryUs after the first try. All are asked at once:
-  // one after another, a node's 16 shards could add up past a client's
-  // timeout when each took its full retry time.
+  // again until kRefusedRetryUs after the first try. All are asked at once,
+  // so a node's shards confirm in one round rather than one after another.
   const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
   std::vector<char> confirmed = co_await ReadBarriers(replicas);
   for (;;) {

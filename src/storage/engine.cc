@@ -172,7 +172,7 @@ class RocksEngine final : public Engine {
     wo.sync = false;
     auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
     if (!s.ok()) return FromRocks(s, "write");
-    if (!RocksEngineAccess::DataRanges(batch).empty()) MaybeFlushAfterRangeDelete(RocksEngineAccess::DataRanges(batch));
+    MaybeFlushAfterRangeDelete(RocksEngineAccess::DataRanges(batch));
     return write_seq_.fetch_add(1, std::memory_order_acq_rel) + 1;
   }
 
@@ -186,6 +186,7 @@ class RocksEngine final : public Engine {
   // memtable and adds a file: one per small range delete would stall writes).
   // If it cannot be scheduled (a background error), the next write says so.
   void MaybeFlushAfterRangeDelete(const std::vector<std::pair<std::string, std::string>>& ranges) {
+    if (ranges.empty()) return;
     rocksdb::ColumnFamilyHandle* data = handles_[static_cast<int>(Cf::kData)];
     uint64_t pending = 0;
     if (!db_->GetIntProperty(data, rocksdb::DB::Properties::kNumImmutableMemTable, &pending) || pending > 0) {
