@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -1709,11 +1710,27 @@ std::optional<raft::Index> SimCourier::Carrying(uint64_t group, raft::NodeId to)
   return std::nullopt;
 }
 
+// The seeds a test runs, [first, last]: its own `count` seeds from `first`,
+// or, for a soak, SHOAL_REPLICA_SIM_SEEDS of them from first +
+// SHOAL_REPLICA_SIM_SHIFT (keep the shift a multiple of 8: some tests vary
+// their faults by seed % 2, 4 or 8). The tests' "it really happened" floors
+// are sums over their seeds, so a soak asks for at least the default count.
+struct SeedRange {
+  uint64_t first = 0;
+  uint64_t last = 0;
+};
+SeedRange Seeds(uint64_t first, uint64_t count) {
+  if (const char* n = std::getenv("SHOAL_REPLICA_SIM_SEEDS")) count = std::max<uint64_t>(count, std::strtoull(n, nullptr, 10));
+  if (const char* shift = std::getenv("SHOAL_REPLICA_SIM_SHIFT")) first += std::strtoull(shift, nullptr, 10);
+  return {first, first + count - 1};
+}
+
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0, streamed = 0, gone = 0, taken = 0, former = 0,
       resumed = 0;
   uint64_t snapshots_seen = 0, read_back = 0, hinted = 0;
-  for (uint64_t seed = 1; seed <= 12; ++seed) {
+  const auto [first_seed, last_seed] = Seeds(1, 12);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;  // half the seeds stream their snapshots in chunks
     sim.slow_images_ = seed % 4 == 0;
@@ -1765,7 +1782,8 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
 // come and go. Every read must be linearizable.
 TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
   int pauses = 0, bursts = 0, deferred = 0, lease = 0, leader = 0, follower = 0, refused = 0, changes = 0;
-  for (uint64_t seed = 301; seed <= 324; ++seed) {
+  const auto [first_seed, last_seed] = Seeds(301, 24);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;
     sim.reads_ = true;
@@ -1809,7 +1827,8 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
       transfers = 0;
   size_t lost = 0, raft_lost = 0;
   uint64_t read_back = 0;
-  for (uint64_t seed = 401; seed <= 416; ++seed) {
+  const auto [first_seed, last_seed] = Seeds(401, 16);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.streamed_ = seed % 2 == 0;
     sim.reads_ = true;
@@ -1868,7 +1887,8 @@ void PlacementMovesLoseNothing(bool storage_faults) {
   int placed_again = 0, kept_members = 0, old_retired = 0;
   uint64_t deferred_images = 0;
   size_t raft_lost = 0;
-  for (uint64_t seed = 101; seed <= 108; ++seed) {
+  const auto [first_seed, last_seed] = Seeds(101, 8);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
     sim.streamed_ = seed % 4 != 3;
@@ -1998,7 +2018,8 @@ void SplitsLoseNothing(bool storage_faults) {
   size_t raft_lost = 0;
   int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
   int claim_waits = 0, joint = 0;
-  for (uint64_t seed = 201; seed <= 208; ++seed) {
+  const auto [first_seed, last_seed] = Seeds(201, 8);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
     sim.splits_ = true;
