@@ -539,10 +539,6 @@ Result<bool> Replica::ResetForRecovery(uint64_t recovery) {
   store_->StageDestroy(*batch);  // the term and vote stay
   batch->Delete(storage::Cf::kRaft, ImportMarkerKey(opts_.group));
   WriteRecovery(recovery, 0, *batch);
-  // Odd while the range is deleted (a seqlock, as an import's): a read
-  // running on another worker meanwhile is refused, not answered from a
-  // half-deleted range.
-  import_gen_.fetch_add(1, std::memory_order_acq_rel);
   Status written = WriteSynced(*batch);
   if (!written.ok()) {
     // The store's memory is already empty: stop rather than run on.
@@ -551,13 +547,10 @@ Result<bool> Replica::ResetForRecovery(uint64_t recovery) {
     FailStop("unsafe recovery reset write failed");
   }
   recovery_ = recovery;
-  // Before the generation is even again: a read confirmed before the reset
-  // but begun after it compares the recovery number it saw before its
-  // barrier (Connection::RunReadOn) and is refused too.
   recovery_pub_.store(recovery, std::memory_order_release);
   void_conf_upto_ = 0;
   split_index_ = 0;
-  import_gen_.fetch_add(1, std::memory_order_acq_rel);
+  import_gen_.fetch_add(2, std::memory_order_acq_rel);  // reads that began before see the change
   spdlog::critical("group {}: this replica (applied {}, log up to {}) is from before unsafe recovery {} of its group "
                    "elsewhere: deleted; it waits to be sent the recovered group's state",
                    opts_.group, applied, last, recovery);

@@ -499,9 +499,8 @@ class Replica {
     return LeaseHolds(now_mono_us) && applied_.load(std::memory_order_acquire) >= commit;
   }
   // Odd while a snapshot is being imported (the range is cleared before its
-  // files are ingested) or the replica is started over for a recovery (its
-  // range deleted): a read that ran while it was odd, or saw it change, may
-  // have seen a half state and must not be answered.
+  // files are ingested): a read that ran while it was odd, or saw it change,
+  // may have seen a half state and must not be answered.
   uint64_t import_generation() const { return import_gen_.load(std::memory_order_acquire); }
   uint64_t published_applied() const { return applied_.load(std::memory_order_acquire); }
   // The group's membership as this replica has applied it (null before the

@@ -591,43 +591,6 @@ TEST_F(ReplicaCluster, ImportGenerationIsOddWhileASnapshotIsHalfIn) {
   EXPECT_EQ(Get(2, "k40"), "40");
 }
 
-// A replica started over for an unsafe recovery deletes its range in one
-// write. The same seqlock covers it: the import generation is odd while that
-// write goes in (a read overlapping it is refused), two higher after, and the
-// recovery number a read saw before its barrier has changed by then (a read
-// confirmed before the reset but run after it is refused as well).
-TEST_F(ReplicaCluster, ImportGenerationIsOddWhileAReplicaIsStartedOver) {
-  for (raft::NodeId id : {1, 2}) AddNode(id, {1, 2, 3});
-  TestNode& c = AddNode(3, {1, 2, 3}, 4096, false, /*faulty=*/true);
-  TickAll(30);
-  size_t l = AwaitLeader();
-  ASSERT_NE(l, SIZE_MAX);
-  ASSERT_EQ(Write(R(l), SetBatch("k", "v")), "+OK\r\n");
-  TickAll(3);
-  if (R(2).is_leader()) {
-    R(2).TransferLeader(1);
-    TickAll(20);
-  }
-  ASSERT_FALSE(R(2).is_leader());
-  ASSERT_EQ(Get(2, "k"), "v");
-  const uint64_t gen = R(2).import_generation(), recovery = R(2).published_recovery();
-  ASSERT_EQ(gen % 2, 0u);
-  int writes = 0;
-  c.faults->BeforeWrite([&] {
-    if (writes++ > 0) return;  // the reset's own write
-    EXPECT_EQ(Get(2, "k"), "v");                   // still whole, but ...
-    EXPECT_EQ(R(2).import_generation(), gen + 1);  // ... a read overlapping the write is refused
-  });
-  auto reset = R(2).ResetForRecovery(1);
-  c.faults->BeforeWrite(nullptr);
-  ASSERT_TRUE(reset.ok()) << reset.status().ToString();
-  ASSERT_TRUE(*reset);
-  EXPECT_GE(writes, 1);
-  EXPECT_EQ(Get(2, "k"), "<none>");
-  EXPECT_EQ(R(2).import_generation(), gen + 2);
-  EXPECT_NE(R(2).published_recovery(), recovery);
-}
-
 // An image's slots stay claimed (Splitter::ClaimImage) from its arrival until
 // its import is in, so that no other replica is created over them on another
 // worker meanwhile; a refused claim drops the snapshot, and the leader sends

@@ -594,13 +594,11 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
   replica::Replica* r = server_.groups().Find(group);
   bool leader_here = r != nullptr && r->published_is_leader();
   bool confirmed = false;
-  uint64_t recovery = 0;  // r's, from before its barrier
   if (cmd.spec.read != nullptr && r != nullptr && (leader_here || readonly_)) {
     // A read that leadership moving left unconfirmed (the leader stepped
     // down, a follower's leader is gone) is asked again, where the key is
     // led by then, until kRefusedRetryUs after the first try.
     const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
-    recovery = r->published_recovery();
     confirmed = co_await ReadBarrier(r);
     while (!confirmed && !killed_ && node::MonoUs() < give_up_us) {
       asio::steady_timer pause(worker_.io(), kRefusedRetryPause);
@@ -609,7 +607,6 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
       r = group != 0 ? server_.groups().Find(group) : nullptr;
       leader_here = r != nullptr && r->published_is_leader();
       if (r == nullptr || !(leader_here || readonly_)) break;
-      recovery = r->published_recovery();
       confirmed = co_await ReadBarrier(r);
     }
     if (group == 0) {
@@ -627,8 +624,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
     } else {
       if (leader_here) server_.cluster().NoteOp(slot);
       replica::Replica* replicas[] = {r};
-      const uint64_t recoveries[] = {recovery};
-      RunReadOn(cmd, args, replicas, recoveries);
+      RunReadOn(cmd, args, replicas);
     }
     co_return;
   }
@@ -1055,23 +1051,17 @@ void Connection::RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard*
 }
 
 void Connection::RunReadOn(const Command& cmd, kv::Args args, std::span<replica::Replica* const> replicas,
-                           std::span<const uint64_t> recoveries, std::span<kv::Shard* const> shards) {
+                           std::span<kv::Shard* const> shards) {
   // A replica installing a snapshot clears its range before the snapshot's
-  // files are in, and one started over for a recovery deletes it: a read
-  // that overlapped either saw a half state. The import generation is odd
-  // meanwhile and changes at each end (a seqlock). A reset that finished
-  // between the barrier and this read changed the replica's recovery number.
-  SHOAL_CHECK(recoveries.size() == replicas.size());
+  // files are in: a read that overlapped that saw a half state. The import
+  // generation is odd meanwhile and changes at each end (a seqlock).
   std::vector<uint64_t> gens;
   for (replica::Replica* r : replicas) gens.push_back(r->import_generation());
   const size_t mark = wbuf_.size();
   bool clean = std::none_of(gens.begin(), gens.end(), [](uint64_t g) { return g % 2 == 1; });
   if (clean) RunRead(cmd, args, shards);
   std::atomic_thread_fence(std::memory_order_acquire);
-  for (size_t i = 0; i < replicas.size(); ++i) {
-    clean = clean && replicas[i]->import_generation() == gens[i] &&
-            replicas[i]->published_recovery() == recoveries[i];
-  }
+  for (size_t i = 0; i < replicas.size(); ++i) clean = clean && replicas[i]->import_generation() == gens[i];
   if (!clean) {
     wbuf_.resize(mark);
     writer_.Error("TRYAGAIN a snapshot was being installed on this replica during the read; retry");
@@ -1099,8 +1089,6 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
   // again until kRefusedRetryUs after the first try. All are asked at once,
   // so a node's shards confirm in one round rather than one after another.
   const int64_t give_up_us = node::MonoUs() + kRefusedRetryUs;
-  std::vector<uint64_t> recoveries;
-  for (replica::Replica* r : replicas) recoveries.push_back(r->published_recovery());
   std::vector<char> confirmed = co_await ReadBarriers(replicas);
   for (;;) {
     std::vector<size_t> unconfirmed;
@@ -1137,7 +1125,7 @@ asio::awaitable<void> Connection::RunKeylessRead(const Command& cmd, kv::Args ar
   // Counts (DBSIZE) are of the shards this node leads for a cluster-aware
   // client (as Redis Cluster's per-node answers), of all for a plain one.
   std::vector<kv::Shard*> counted = cluster_aware_ ? server_.LedShards() : server_.LocalShards();
-  RunReadOn(cmd, args, replicas, recoveries, counted);
+  RunReadOn(cmd, args, replicas, counted);
 }
 
 bool Connection::PrepareWrite(const Command& cmd, kv::Args args, kv::Entry* entry, resp::Writer* errors,

@@ -124,13 +124,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string Refusal(const Command* cmd, kv::Args args) const;
   // Runs a read on `shards` (the keyed read's shard, or the keyless read's).
   void RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard* const> shards);
-  // Runs it unless a snapshot import overlapped it on one of `replicas`, or
-  // one was started over for a recovery since its read barrier was asked
-  // (`recoveries`: their published_recovery() from before it): then a
-  // TRYAGAIN error. `shards`: as RunRead (for a keyed read, the node's
-  // shards as before: reads find the key's shard themselves).
+  // Runs it unless a snapshot import overlapped it on one of `replicas`
+  // (then a TRYAGAIN error); `shards`: as RunRead (for a keyed read, the
+  // node's shards as before: reads find the key's shard themselves).
   void RunReadOn(const Command& cmd, kv::Args args, std::span<replica::Replica* const> replicas,
-                 std::span<const uint64_t> recoveries, std::span<kv::Shard* const> shards = {});
+                 std::span<kv::Shard* const> shards = {});
   // Keyless reads (KEYS, SCAN, DBSIZE, RANDOMKEY): each shard read passes a
   // read barrier first.
   asio::awaitable<void> RunKeylessRead(const Command& cmd, kv::Args args);

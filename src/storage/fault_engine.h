@@ -32,8 +32,6 @@ class FaultEngine final : public Engine {
   // Called before each IngestSst reaches the store (a look at the state
   // just before a snapshot's file goes in).
   void BeforeIngest(std::function<void(Cf)> f) { before_ingest_ = std::move(f); }
-  // Called before each Write reaches the store (what others saw just before).
-  void BeforeWrite(std::function<void()> f) { before_write_ = std::move(f); }
   // The next IngestSst fails (once).
   void FailNextIngest() { fail_ingests_.store(1); }
   // The next write that changes a key of `cf` fails (once).
@@ -83,7 +81,6 @@ class FaultEngine final : public Engine {
     return inner_->Get(cf, key, value, snapshot);
   }
   Result<uint64_t> Write(WriteBatch& batch) override {
-    if (before_write_) before_write_();
     if (Take(fail_writes_) || TakeCf(batch)) {
       writes_failed_.fetch_add(1);
       return Status::IOError("injected write failure");
@@ -188,7 +185,6 @@ class FaultEngine final : public Engine {
   size_t raft_writes_lost_ = 0;
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;
-  std::function<void()> before_write_;
   std::vector<Undo> undo_;  // one per unsynced write, oldest first
 };
 
