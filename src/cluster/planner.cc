@@ -624,7 +624,11 @@ class Planner {
       if (n.state != NodeState::kDraining) continue;
       bool holds = Has(view_.meta_voters, n.id) || Has(view_.meta_actual_voters, n.id);
       for (const ShardView& s : view_.shards) {
-        holds |= Has(Members(targets_[s.id].m), n.id) || Has(Members(s.actual), n.id);
+        // A shard with no leader known has no known members either: the node
+        // may still hold one of its voters (the want may already have moved
+        // on), and a removed node retires its replicas, perhaps a majority's
+        // last copy. It waits until every shard's leader has reported.
+        holds |= !s.reported || Has(Members(targets_[s.id].m), n.id) || Has(Members(s.actual), n.id);
       }
       for (const Move& m : out_) holds |= m.kind == MoveKind::kSetMetaVoters && Has(m.target.voters, n.id);
       if (holds) continue;

@@ -1138,6 +1138,31 @@ class ReplicaSim {
     return acked;
   }
 
+  // Prints the placement's want and every node's state and replica (a
+  // failed run's state, for whoever replays its seed).
+  void Dump() {
+    auto ids = [](const std::vector<raft::NodeId>& v) {
+      std::string o;
+      for (raft::NodeId x : v) o += " " + std::to_string(x);
+      return o;
+    };
+    auto u = [](uint64_t x) { return static_cast<unsigned long long>(x); };
+    std::printf("step %llu: placement wants voters%s, learners%s\n", u(step_), ids(want_.voters).c_str(),
+                ids(want_.learners).c_str());
+    for (auto& n : nodes_) {
+      std::printf("node %llu (member %llu): up %d joined %d lost %d draining %d removed %d\n", u(n.id), u(Member(n.id)),
+                  n.up, n.joined, n.lost, n.draining, n.removed);
+      if (!n.replica) continue;
+      replica::Replica& r = *n.replica;
+      const raft::ConfState cs = r.raft().tracker().conf_state();
+      std::printf("  replica: role %d term %llu leader %llu commit %llu applied %llu log %llu-%llu voters%s outgoing%s "
+                  "learners%s retired %d\n",
+                  static_cast<int>(r.raft().role()), u(r.raft().term()), u(r.raft().lead()), u(r.raft().log().committed()),
+                  u(r.state_machine().applied_index()), u(r.store().first_index()), u(r.store().last_index()),
+                  ids(cs.voters).c_str(), ids(cs.voters_outgoing).c_str(), ids(cs.learners).c_str(), r.retired());
+    }
+  }
+
   SimNode& Leader(uint64_t group = kGroup) {
     SimNode* best = nullptr;
     for (auto& n : nodes_) {
@@ -1910,6 +1935,7 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     for (const auto& e : sim.events_) events += e + "; ";
     SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
     SimNode& l = sim.Leader();
+    if (!(l.replica && l.replica->is_leader())) sim.Dump();  // no leader: print what the group is left with
     ASSERT_TRUE(l.replica && l.replica->is_leader());
     raft::ConfState cs = l.replica->raft().tracker().conf_state();
     EXPECT_TRUE(cs.voters_outgoing.empty());
