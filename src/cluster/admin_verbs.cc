@@ -503,6 +503,18 @@ Cluster::AdminStep Cluster::AdminNodeState(const std::string& sub, const std::ve
       return AdminStep::Reply(AdminError("ERR removing node " + Hex(node->id()) +
                              " would leave the meta shard without a majority of live voters"));
     }
+    if (state[node->id()] == NodeState::kDraining) {
+      // A shard with no leader known has no known members: the draining
+      // node may still hold one of its voters (the drain's moves planned,
+      // not carried out), and a removed node is never started again. (An
+      // up node is checked below: silent, and its shards led elsewhere.)
+      for (const ShardView& s : view.shards) {
+        if (s.reported) continue;
+        return AdminStep::Reply(AdminError("ERR shard " + std::to_string(s.id) + " has no leader known, so its "
+                               "replicas are not known either: node " + Hex(node->id()) + " may hold one it needs; "
+                               "retry once it has a leader, or after down-after-ms if the node is gone"));
+      }
+    }
     if (holds && state[node->id()] == NodeState::kUp) {
       // Up until down-after-ms, but a node silent for a few seconds (its
       // process ended, or it is cut off) is as good as dead for an operator

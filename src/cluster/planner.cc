@@ -626,8 +626,9 @@ class Planner {
       for (const ShardView& s : view_.shards) {
         // A shard with no leader known has no known members either: the node
         // may still hold one of its voters (the want may already have moved
-        // on), and a removed node retires its replicas, perhaps a majority's
-        // last copy. It waits until every shard's leader has reported.
+        // on), and a removed node is never started again, which can leave the
+        // group without a majority for good. It waits until every shard's
+        // leader has reported.
         holds |= !s.reported || Has(Members(targets_[s.id].m), n.id) || Has(Members(s.actual), n.id);
       }
       for (const Move& m : out_) holds |= m.kind == MoveKind::kSetMetaVoters && Has(m.target.voters, n.id);
