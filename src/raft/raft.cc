@@ -438,9 +438,13 @@ bool Raft::restore(const Snapshot& s) {
       std::count(cs.voters.begin(), cs.voters.end(), id_) +
           std::count(cs.voters_outgoing.begin(), cs.voters_outgoing.end(), id_) +
           std::count(cs.learners.begin(), cs.learners.end(), id_) > 0;
-  // A snapshot that excludes us is ignored, unless we have no configuration
-  // yet (a new replica): it then learns the group and replays its own addition.
-  if (!member && !prs_.config().voters.empty()) return false;
+  // A snapshot that excludes us is ignored while our own configuration names
+  // us (we were removed since, or it is stale). A new replica, with no
+  // configuration yet or one from an earlier snapshot that left it out too,
+  // takes it: it learns the group and replays its own addition from the
+  // entries after it. (Ignoring a second such snapshot left a replica whose
+  // leader had compacted past both forever behind.)
+  if (!member && prs_.is_member(id_)) return false;
   if (log_.match_term(s.meta.index, s.meta.term)) {
     log_.commit_to(s.meta.index);  // we already have it: fast-forward commit
     return false;

@@ -218,6 +218,45 @@ TEST(RaftTest, LearnerCatchesUpByteSnapshotAndIsPromoted) {
   EXPECT_EQ(c.applied(4).back(), "after");
 }
 
+// A new replica may be sent a snapshot from before its own addition (by a
+// leader that compacted before it proposed it, or a former one) and takes
+// it: it has no configuration yet. If the leader has since compacted past
+// that snapshot again, but still before the addition, all it can send is a
+// newer snapshot that also leaves the replica out. The replica must take it
+// too (its own configuration does not name it either), or it never catches
+// up: it ignored each one and the leader sent it again forever (found by the
+// simulation soak, seeds 1073556 and 1129535).
+TEST(RaftTest, NewReplicaTakesEverySnapshotUntilItsAdditionArrives) {
+  TestCluster c(3);
+  c.campaign(1);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.propose(1, "a" + std::to_string(i)).ok());
+  const Index first = c.raft(1).log().applied();
+  ASSERT_TRUE(c.storage(1).create_snapshot(first, c.raft(1).tracker().conf_state(), "first").ok());
+  ASSERT_TRUE(c.storage(1).compact(first).ok());
+  // n4, created empty, is handed the first snapshot: it leaves n4 out.
+  c.add(4, ConfState{});
+  ASSERT_TRUE(c.node(4)
+                  .step(Message{.type = MessageType::kSnap, .to = 4, .from = 1, .term = c.raft(1).term(),
+                                .snapshot = *c.storage(1).snapshot()})
+                  .ok());
+  c.deliver();
+  ASSERT_EQ(c.raft(4).log().committed(), first);
+  ASSERT_FALSE(c.raft(4).tracker().is_member(4));
+  // The leader moves on and compacts again before it adds n4.
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.propose(1, "b" + std::to_string(i)).ok());
+  const Index second = c.raft(1).log().applied();
+  ASSERT_TRUE(c.storage(1).create_snapshot(second, c.raft(1).tracker().conf_state(), "second").ok());
+  ASSERT_TRUE(c.storage(1).compact(second).ok());
+  ASSERT_TRUE(c.node(1).propose_conf_change({{{ConfChangeType::kAddLearner, 4}}}).ok());
+  c.deliver();
+  c.tick_all(5);
+  EXPECT_EQ(c.storage(4).snapshot()->data, "second");
+  EXPECT_TRUE(c.raft(4).tracker().is_member(4));  // it replayed its own addition
+  EXPECT_EQ(c.raft(4).log().committed(), c.raft(1).log().committed());
+  ASSERT_TRUE(c.propose(1, "after").ok());
+  EXPECT_EQ(c.applied(4).back(), "after");
+}
+
 // Raft ids are node ids: a replica deleted from a node and created anew
 // there has its predecessor's id, and an acknowledgement of the deleted one
 // that arrives late is credited to the new, empty one (here: the leader's
