@@ -257,6 +257,7 @@ Status Cluster::OpenMeta(bool bootstrap, const proto::MetaState* initial) {
   ro.group = 0;
   ro.node_id = node_id_;
   ro.tick_ms = groups_->options().tick_ms;
+  ro.commit_lone_appends = !groups_->options().fsync;
   ro.stopping = opts_.stopping;
   if (bootstrap) {
     ro.bootstrap_voters = {node_id_};
@@ -361,6 +362,7 @@ Result<replica::Replica*> Cluster::OpenShardReplica(uint64_t id, uint16_t begin,
   ro.compact_bytes = opts_.log_bytes_per_replica;
   ro.log_cache_bytes = opts_.log_cache_bytes_per_replica;
   ro.courier = opts_.courier;
+  ro.commit_lone_appends = !groups_->options().fsync;
   ro.stopping = opts_.stopping;
   ro.splitter = this;
   if (bootstrap) ro.bootstrap_voters = {ro.node_id};

@@ -140,6 +140,7 @@ void Raft::become_leader() {
   Entry empty{term_, log_.last_index() + 1, EntryType::kNormal, {}};
   log_.append({empty});
   pending_conf_index_ = log_.last_index();
+  maybe_commit_lone();
 }
 
 void Raft::tick() {

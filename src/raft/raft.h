@@ -68,6 +68,16 @@ struct Config {
   // Lease safety margin in ticks for the worst clock drift between replicas
   // over one election timeout (docs/design/raft.md). Must be < election_tick.
   int lease_drift_margin_ticks = 2;
+  // A leader that its configuration names alone (one voter, no learner, not
+  // joint) counts its own entries committed as soon as it appends them, not
+  // once they are persisted: the Ready that hands them out to be stored also
+  // hands them out to be applied. Saves a round per write. The host must
+  // then store a Ready's entries no later than its applies (the same write,
+  // or an earlier one), and may set it only where a reader may see a write
+  // that is not yet synced (durability none): a crash before the sync
+  // loses the entries and their applies together. Nothing else changes: no
+  // message carries such an entry (there is no one to send it to).
+  bool commit_lone_appends = false;
   // Seed of this replica's PRNG (election timeouts). Differ it per replica.
   uint64_t seed = 0;
   // TEST ONLY. Breaks safety: commits entries of previous terms by counting
@@ -224,6 +234,8 @@ class Raft {
   void respond_read(const ReadOnly::Pending& p);
   void release_pending_reads();
   bool append_entries(std::vector<Entry> ents);
+  // commit_lone_appends: a lone leader's appended entries are committed.
+  void maybe_commit_lone();
   bool maybe_commit();
   // After the commit index moved: tells the followers (unless
   // skip_bcast_commit) and sends them what they lack.

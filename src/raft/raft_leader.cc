@@ -61,8 +61,17 @@ bool Raft::append_entries(std::vector<Entry> ents) {
   }
   uncommitted_size_ += size;
   log_.append(ents);
-  // Our own progress advances only in on_persisted(), once the entries are durable.
+  // Our own progress advances only in on_persisted(), once the entries are
+  // durable, unless we are alone and may count them at once.
+  maybe_commit_lone();
   return true;
+}
+
+void Raft::maybe_commit_lone() {
+  if (!config_.commit_lone_appends || role_ != Role::kLeader) return;
+  if (!prs_.is_singleton() || !prs_.is_voter(id_) || prs_.progress().size() != 1) return;
+  Progress* self = prs_.find(id_);
+  if (self != nullptr && self->maybe_update(log_.last_index())) maybe_commit();
 }
 
 void Raft::on_applied(Index index, uint64_t applied_bytes) {

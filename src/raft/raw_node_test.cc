@@ -73,6 +73,59 @@ TEST(RawNodeTest, LeaderDoesNotCountItselfBeforeItsEntriesAreDurable) {
   EXPECT_EQ(n.raft().log().committed(), 2U);
 }
 
+// commit_lone_appends: a lone leader hands its entries out to be stored and
+// applied in the same Ready, one Ready a proposal.
+TEST(RawNodeTest, LoneLeaderCommitsItsAppendsInTheSameReady) {
+  auto s = bootstrapped({1});
+  Config cfg = config(1);
+  cfg.commit_lone_appends = true;
+  auto created = RawNode::create(cfg, s.get());
+  ASSERT_TRUE(created.ok());
+  RawNode& n = **created;
+  n.campaign();
+  ASSERT_EQ(n.raft().role(), Role::kLeader);
+  EXPECT_EQ(n.raft().log().committed(), 2U);  // the leader's empty entry
+  for (std::string v : {"a", "b"}) {
+    ASSERT_TRUE(n.propose(v).ok());
+    EXPECT_EQ(n.raft().log().committed(), n.raft().log().last_index());
+  }
+  Ready rd = n.ready();
+  ASSERT_EQ(rd.entries.size(), 3U);
+  ASSERT_EQ(rd.committed_entries.size(), 3U);
+  EXPECT_EQ(rd.committed_entries.back().data, "b");
+  ASSERT_TRUE(rd.hard_state.has_value());
+  EXPECT_EQ(rd.hard_state->commit, 4U);
+  EXPECT_TRUE(rd.messages.empty());
+  ASSERT_TRUE(s->append(rd.entries).ok());
+  s->set_hard_state(*rd.hard_state);
+  n.advance();
+  EXPECT_EQ(n.raft().log().applied(), 4U);
+  EXPECT_FALSE(n.has_ready());  // no second round to apply them
+}
+
+// Not alone (a learner is being caught up): entries commit once persisted,
+// as without the option; the learner is never told of an unstored entry.
+TEST(RawNodeTest, LeaderWithALearnerWaitsForItsOwnPersistence) {
+  auto s = std::make_unique<MemoryStorage>();
+  ASSERT_TRUE(s->apply_snapshot(bootstrap_snapshot(ConfState{{1}, {}, {2}}, "")).ok());
+  s->set_hard_state(HardState{1, kNoNode, 1});
+  Config cfg = config(1);
+  cfg.commit_lone_appends = true;
+  auto created = RawNode::create(cfg, s.get());
+  ASSERT_TRUE(created.ok());
+  RawNode& n = **created;
+  n.campaign();
+  ASSERT_EQ(n.raft().role(), Role::kLeader);
+  ASSERT_TRUE(n.propose("a").ok());
+  EXPECT_EQ(n.raft().log().committed(), 1U);
+  Ready rd = n.ready();
+  EXPECT_TRUE(rd.committed_entries.empty());
+  for (const Message& m : rd.messages) EXPECT_LE(m.commit, 1U);
+  ASSERT_TRUE(s->append(rd.entries).ok());
+  n.advance();
+  EXPECT_EQ(n.raft().log().committed(), 3U);
+}
+
 TEST(RawNodeTest, RestartRecoversDurableState) {
   auto s = bootstrapped({1});
   {

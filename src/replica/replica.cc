@@ -589,6 +589,7 @@ Status Replica::StartNode() {
   // The meta group tells at once: every node routes by what its meta
   // replica has applied.
   cfg.skip_bcast_commit = opts_.group != 0;
+  cfg.commit_lone_appends = opts_.commit_lone_appends;
   cfg.seed = (opts_.seed != 0 ? opts_.seed : std::random_device{}()) ^ (opts_.group * 0x9E3779B97F4A7C15ULL) ^
              opts_.node_id;
   auto node = raft::RawNode::create(cfg, store_.get());

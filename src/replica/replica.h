@@ -352,6 +352,12 @@ struct ReplicaOptions {
   uint64_t compact_hold_entries = 1 << 16;
   // Creates split children; null: split entries only shrink the range.
   Splitter* splitter = nullptr;
+  // A replica that is its group's only member applies its entries in the
+  // Ready round that logs them (raft::Config::commit_lone_appends): one
+  // storage write a write, not two. Only where durability is none: a
+  // reader may then see an apply before its log entry is synced. The host
+  // stages a Ready's log records no later than its applies (ApplyRound).
+  bool commit_lone_appends = false;
   // Set (true) when this node begins to shut down: from then on no read is
   // served from a lease, because peers take the refused connection to its
   // Raft port as proof that it ended and elect new leaders at once

@@ -1179,6 +1179,83 @@ TEST(ApplyRound, NothingOfAStagedApplyIsSeenBeforeItsWrite) {
   std::filesystem::remove_all(dir);
 }
 
+// commit_lone_appends (durability none): a lone replica answers a write
+// after one Ready round and one storage write, its log entry and its apply
+// together; reopened from that write alone (a kill -9 right after it), it
+// has the value, an applied index its log reaches, and goes on.
+TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_lone_round_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto open_engine = [&] {
+    return std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+  };
+  kv::Limits limits;
+  ReplicaOptions ro;
+  ro.group = 7;
+  ro.node_id = 1;
+  ro.bootstrap_voters = {1};
+  ro.commit_lone_appends = true;
+  int64_t now = 1'000'000;
+  auto round_of = [&](storage::Engine* engine, Replica& r) {
+    ApplyRound round(engine);
+    std::vector<raft::Message> out;
+    bool sync = false;
+    if (!r.BeginReady(round.batch(), &out, &sync)) return uint64_t{0};
+    r.ApplyReady(now, round);
+    round.Flush();
+    r.FinishReady(&out, now);
+    EXPECT_TRUE(out.empty());  // no one to send to
+    return round.writes();
+  };
+  auto lead = [&](storage::Engine* engine, Replica& r) {
+    for (int i = 0; i < 20 && !r.is_leader(); ++i) {
+      now += 50'000;
+      r.Tick(now);
+      while (r.HasReady()) round_of(engine, r);
+    }
+    ASSERT_TRUE(r.is_leader());
+    while (r.HasReady()) round_of(engine, r);
+  };
+  raft::Index written = 0;
+  {
+    auto engine = open_engine();
+    kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+    ASSERT_TRUE(shard.Load().ok());
+    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    lead(engine.get(), *r);
+    for (int i = 0; i < 3; ++i) {
+      std::optional<std::string> reply;
+      auto p = r->Propose(SetBatch("k", "v" + std::to_string(i)), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+      ASSERT_TRUE(p.ok());
+      EXPECT_EQ(round_of(engine.get(), *r), 1u);
+      EXPECT_EQ(reply, "+OK\r\n");
+      EXPECT_EQ(r->published_applied(), p.index);
+      EXPECT_FALSE(r->HasReady());  // no second round to apply it
+      written = p.index;
+    }
+    // Gone without a shutdown: nothing more is written.
+  }
+  {
+    auto engine = open_engine();
+    kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+    ASSERT_TRUE(shard.Load().ok());
+    ro.bootstrap_voters.clear();
+    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    EXPECT_EQ(r->state_machine().applied_index(), written);
+    EXPECT_GE(r->store().last_index(), written);
+    std::string raw;
+    EXPECT_TRUE(engine->Get(storage::Cf::kData, storage::DataKey(0, "k"), &raw).ok());
+    lead(engine.get(), *r);
+    std::optional<std::string> reply;
+    auto p = r->Propose(SetBatch("k2", "after"), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+    ASSERT_TRUE(p.ok());
+    EXPECT_GT(p.index, written);
+    EXPECT_EQ(round_of(engine.get(), *r), 1u);
+    EXPECT_EQ(reply, "+OK\r\n");
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   auto dir = std::filesystem::temp_directory_path() / ("shoal_replica_death_" + std::to_string(::getpid()));
