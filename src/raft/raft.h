@@ -236,6 +236,8 @@ class Raft {
   bool append_entries(std::vector<Entry> ents);
   // commit_lone_appends: a lone leader's appended entries are committed.
   void maybe_commit_lone();
+  // The commit index followers are told: never past our own stored entries.
+  Index commit_for_peers() const;
   bool maybe_commit();
   // After the commit index moved: tells the followers (unless
   // skip_bcast_commit) and sends them what they lack.

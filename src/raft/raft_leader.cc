@@ -67,6 +67,15 @@ bool Raft::append_entries(std::vector<Entry> ents) {
   return true;
 }
 
+Index Raft::commit_for_peers() const {
+  // A lone leader may have counted entries it has not stored yet; if a
+  // member joined since, it must not apply one that a crash of ours could
+  // still take back and replace.
+  const Index committed = log_.committed();
+  if (!config_.commit_lone_appends) return committed;
+  return std::min(committed, log_.stable_last_index().value_or(committed));
+}
+
 void Raft::maybe_commit_lone() {
   if (!config_.commit_lone_appends || role_ != Role::kLeader) return;
   if (!prs_.is_singleton() || !prs_.is_voter(id_) || prs_.progress().size() != 1) return;
@@ -129,7 +138,7 @@ bool Raft::maybe_send_append(NodeId to, bool send_if_empty) {
   if (!prev_term.ok() || !ents.ok()) return send_snapshot(to, *pr);
   if (ents->empty() && !send_if_empty) return false;
   Message m{.type = MessageType::kApp, .to = to, .log_term = *prev_term, .index = prev_index,
-            .entries = std::move(*ents), .commit = log_.committed(), .lease_tick = tick_count_};
+            .entries = std::move(*ents), .commit = commit_for_peers(), .lease_tick = tick_count_};
   if (!m.entries.empty()) {
     const Index last = m.entries.back().index;
     if (pr->state == ProgressState::kReplicate) {
@@ -161,7 +170,7 @@ void Raft::bcast_heartbeat(const std::string& context) {
   for (auto& [id, pr] : prs_.progress()) {
     if (id == id_) continue;
     // Never claim more than the follower is known to hold.
-    const Index commit = std::min(pr.match, log_.committed());
+    const Index commit = std::min(pr.match, commit_for_peers());
     send(Message{.type = MessageType::kHeartbeat, .to = id, .commit = commit,
                  .lease_tick = tick_count_, .context = context});
   }

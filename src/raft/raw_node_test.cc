@@ -126,6 +126,55 @@ TEST(RawNodeTest, LeaderWithALearnerWaitsForItsOwnPersistence) {
   EXPECT_EQ(n.raft().log().committed(), 3U);
 }
 
+// A lone leader gains a learner in the Ready whose entries it committed
+// before storing them: while they are not stored, no message tells the
+// learner they are committed (a crash of the leader could replace them).
+TEST(RawNodeTest, LoneLeaderTellsANewMemberOnlyOfStoredCommits) {
+  auto s = bootstrapped({1});
+  Config cfg = config(1);
+  cfg.commit_lone_appends = true;
+  auto created = RawNode::create(cfg, s.get());
+  ASSERT_TRUE(created.ok());
+  RawNode& n = **created;
+  n.campaign();
+  Ready first = n.ready();
+  ASSERT_TRUE(s->append(first.entries).ok());
+  n.advance();
+  const Index stored = s->last_index();
+  ASSERT_TRUE(n.propose("a").ok());
+  ConfChange cc{{ConfChangeSingle{ConfChangeType::kAddLearner, 2}}};
+  ASSERT_TRUE(n.propose_conf_change(cc).ok());
+  Ready rd = n.ready();
+  ASSERT_EQ(rd.committed_entries.size(), 2U);
+  ASSERT_EQ(rd.committed_entries.back().type, EntryType::kConfChange);
+  n.apply_conf_change(cc);  // applied before the Ready's write is done
+  // The learner answers a heartbeat: the leader sends it entries at once.
+  ASSERT_TRUE(n.step(Message{.type = MessageType::kHeartbeatResp, .from = 2, .term = n.raft().term()}).ok());
+  ASSERT_TRUE(n.step(Message{.type = MessageType::kAppResp, .from = 2, .term = n.raft().term(), .index = 0,
+                             .reject = true, .reject_hint = 0})
+                  .ok());
+  int to_learner = 0;
+  for (const Message& m : n.raft().msgs()) {
+    if (m.to != 2) continue;
+    ++to_learner;
+    EXPECT_LE(m.commit, stored) << "message type " << static_cast<int>(m.type);
+  }
+  EXPECT_GT(to_learner, 0);
+  ASSERT_TRUE(s->append(rd.entries).ok());
+  n.advance();
+  // Stored now: once the learner holds the entries, a heartbeat tells it.
+  ASSERT_TRUE(n.step(Message{.type = MessageType::kAppResp, .from = 2, .term = n.raft().term(),
+                             .index = n.raft().log().last_index()})
+                  .ok());
+  n.tick();
+  Ready next = n.ready();
+  Index told = 0;
+  for (const Message& m : next.messages) {
+    if (m.to == 2) told = std::max(told, m.commit);
+  }
+  EXPECT_EQ(told, n.raft().log().committed());
+}
+
 TEST(RawNodeTest, RestartRecoversDurableState) {
   auto s = bootstrapped({1});
   {

@@ -239,14 +239,20 @@ class ReplicaSim {
               ("shoal_replica_sim_" + std::to_string(::getpid()) + "_" + std::to_string(seed_) + "_" +
                std::to_string(i));
       std::filesystem::remove_all(n.dir);
-      if (i < kFounders) {
+      if (i < founders_) {
         n.joined = true;
         Up(n, /*bootstrap=*/true);
       }
     }
-    want_.voters = {1, 2, 3};
+    want_.voters = Founders();
     // A write, fsync or import that fails stops its node: here a crash of it.
     if (storage_faults_) SetFailStopHandler(ThrowNodeStopped);
+  }
+
+  std::vector<raft::NodeId> Founders() const {
+    std::vector<raft::NodeId> ids;
+    for (int i = 1; i <= founders_; ++i) ids.push_back(static_cast<raft::NodeId>(i));
+    return ids;
   }
 
   // Starts the node's process; it opens its replica if it was bootstrapped,
@@ -303,6 +309,7 @@ class ReplicaSim {
     ro.seed = seed_ * 7919 + restarts_ + 1;
     if (streamed_) ro.courier = &couriers_[n.id - 1];
     ro.splitter = &splitters_[n.id - 1];
+    ro.commit_lone_appends = lone_appends_;
     return ro;
   }
 
@@ -327,7 +334,7 @@ class ReplicaSim {
     n.shard = std::make_unique<kv::Shard>(n.engine.get(), kGroup, 0, storage::kSlotCount, 1024);
     if (!n.shard->Load().ok()) FailStop("opening a shard failed");  // a failed write; the restart opens it again
     replica::ReplicaOptions ro = OptionsOf(n, kGroup);
-    if (bootstrap) ro.bootstrap_voters = {1, 2, 3};
+    if (bootstrap) ro.bootstrap_voters = Founders();
     auto r = replica::Replica::Open(n.engine.get(), ro,
                                     std::make_unique<replica::KvStateMachine>(n.shard.get(), &n.limits));
     if (!r.ok()) FailStop("opening a replica failed");  // a failed write; the restart opens it again
@@ -678,9 +685,12 @@ class ReplicaSim {
         bool expiring = splits_ && rng_() % 3 == 0 && KindOf(key) == KeyKind::kString;
         if (expiring) expiring_ops_.insert(op);
         auto p = r->Propose(SetBatch(key, history_[op].value, expiring),
-                            [this, op, client](bool applied, std::string reply) {
+                            [this, op, client, r](bool applied, std::string reply) {
                               if (applied && WriteApplied(reply)) {
                                 history_[op].response = Now();
+                                // Answered by a group of one member (commit_lone_appends: in the
+                                // round that logged it).
+                                lone_acks_ += r->raft().tracker().progress().size() == 1;
                               } else if (applied && reply.starts_with("-TRYAGAIN")) {
                                 Refused(client, op);  // its slot moved (a split): applied as nothing
                               }
@@ -1180,7 +1190,7 @@ class ReplicaSim {
 
   void PlacementEvents() {
     if (step_ == join_at_[0] || step_ == join_at_[1]) {
-      SimNode& n = nodes_[step_ == join_at_[0] ? 3 : 4];
+      SimNode& n = *Node(join_nodes_[step_ == join_at_[0] ? 0 : 1]);
       n.joined = true;
       Up(n, false);
       events_.push_back("join " + std::to_string(n.id));
@@ -1393,6 +1403,10 @@ class ReplicaSim {
   int old_incarnations_retired_ = 0;  // replicas deleted because their node was placed again
   raft::NodeId preferred_ = 0;
   uint64_t join_at_[2] = {0, 0}, loss_at_ = 0, drain_at_ = 0, outage_at_ = 0, move_back_at_ = 0;
+  raft::NodeId join_nodes_[2] = {4, 5};  // the nodes that join at join_at_
+  int founders_ = kFounders;             // the group's founding voters: nodes 1..founders_
+  bool lone_appends_ = false;            // replicas run with commit_lone_appends (durability none)
+  int lone_acks_ = 0;                    // writes answered by a group of one member
   bool moved_back_ = false;
   std::vector<std::string> events_;
   int moves_ = 0, retired_ = 0, early_retire_ = 0;
@@ -1902,6 +1916,43 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
 namespace shoal::sim {
 namespace {
 
+// After Settle(): one leader; its Raft members are the incarnations the
+// placement names, three voters on live nodes, each holding the leader's
+// data; every other live node holds nothing; the history is linearizable.
+void ExpectSettledAsPlaced(ReplicaSim& sim, int* acked) {
+  SimNode& l = sim.Leader();
+  if (!(l.replica && l.replica->is_leader())) sim.Dump();  // no leader: print what the group is left with
+  ASSERT_TRUE(l.replica && l.replica->is_leader());
+  raft::ConfState cs = l.replica->raft().tracker().conf_state();
+  EXPECT_TRUE(cs.voters_outgoing.empty());
+  // Raft's members are the incarnations the placement names.
+  const cluster::Membership members = sim.WantedMembers();
+  EXPECT_EQ(cs.voters, members.voters);
+  EXPECT_EQ(cs.learners, members.learners);
+  EXPECT_EQ(cs.voters.size(), 3u);
+  EXPECT_EQ(sim.early_retire_, 0);
+  uint64_t applied = l.replica->state_machine().applied_index();
+  for (auto& n : sim.nodes_) {
+    bool member = std::count(cs.voters.begin(), cs.voters.end(), sim.Member(n.id)) +
+                  std::count(cs.learners.begin(), cs.learners.end(), sim.Member(n.id)) > 0;
+    if (member) {
+      EXPECT_TRUE(n.up && !n.lost && !n.removed && !n.draining) << "node " << n.id;
+      ASSERT_TRUE(n.replica) << "node " << n.id;
+      EXPECT_EQ(n.replica->node_id(), sim.Member(n.id)) << "node " << n.id;
+      EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "node " << n.id;
+      EXPECT_TRUE(sim.DataOf(n) == sim.DataOf(l)) << "node " << n.id << " holds other data than its leader";
+      for (int k = 0; k < 3; ++k) {
+        std::string key = "k" + std::to_string(k);
+        EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(l, key)) << "node " << n.id << " " << key;
+      }
+    } else if (n.up) {
+      EXPECT_FALSE(n.replica) << "node " << n.id << " kept a replica it no longer has";
+      for (int k = 0; k < 3; ++k) EXPECT_EQ(sim.ValueOn(n, "k" + std::to_string(k)), "") << "node " << n.id;
+    }
+  }
+  *acked += sim.ExpectLinearizable(l);
+}
+
 // The placement driver and the leaders' membership steps under the same
 // faults, while nodes join, a voter dies for good and a node drains: no
 // acknowledged write is lost, the history stays linearizable, and the group
@@ -1934,37 +1985,7 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     std::string events;
     for (const auto& e : sim.events_) events += e + "; ";
     SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
-    SimNode& l = sim.Leader();
-    if (!(l.replica && l.replica->is_leader())) sim.Dump();  // no leader: print what the group is left with
-    ASSERT_TRUE(l.replica && l.replica->is_leader());
-    raft::ConfState cs = l.replica->raft().tracker().conf_state();
-    EXPECT_TRUE(cs.voters_outgoing.empty());
-    // Raft's members are the incarnations the placement names.
-    const cluster::Membership members = sim.WantedMembers();
-    EXPECT_EQ(cs.voters, members.voters);
-    EXPECT_EQ(cs.learners, members.learners);
-    EXPECT_EQ(cs.voters.size(), 3u);
-    EXPECT_EQ(sim.early_retire_, 0);
-    uint64_t applied = l.replica->state_machine().applied_index();
-    for (auto& n : sim.nodes_) {
-      bool member = std::count(cs.voters.begin(), cs.voters.end(), sim.Member(n.id)) +
-                    std::count(cs.learners.begin(), cs.learners.end(), sim.Member(n.id)) > 0;
-      if (member) {
-        EXPECT_TRUE(n.up && !n.lost && !n.removed && !n.draining) << "node " << n.id;
-        ASSERT_TRUE(n.replica) << "node " << n.id;
-        EXPECT_EQ(n.replica->node_id(), sim.Member(n.id)) << "node " << n.id;
-        EXPECT_EQ(n.replica->state_machine().applied_index(), applied) << "node " << n.id;
-        EXPECT_TRUE(sim.DataOf(n) == sim.DataOf(l)) << "node " << n.id << " holds other data than its leader";
-        for (int k = 0; k < 3; ++k) {
-          std::string key = "k" + std::to_string(k);
-          EXPECT_EQ(sim.ValueOn(n, key), sim.ValueOn(l, key)) << "node " << n.id << " " << key;
-        }
-      } else if (n.up) {
-        EXPECT_FALSE(n.replica) << "node " << n.id << " kept a replica it no longer has";
-        for (int k = 0; k < 3; ++k) EXPECT_EQ(sim.ValueOn(n, "k" + std::to_string(k)), "") << "node " << n.id;
-      }
-    }
-    acked += sim.ExpectLinearizable(l);
+    ExpectSettledAsPlaced(sim, &acked);
     moves += sim.moves_;
     retired += sim.retired_;
     stops += sim.fail_stops_;
@@ -2012,6 +2033,45 @@ TEST(ReplicaSim, PlacementMovesUnderFaultsLoseNothing) { PlacementMovesLoseNothi
 // in crashes, with links cut one way: membership changes and snapshot
 // transfers go on through them.
 TEST(ReplicaSim, PlacementMovesUnderStorageFaultsLoseNothing) { PlacementMovesLoseNothing(true); }
+
+// A group that starts on one node, as a one-node cluster with durability
+// none runs it: its leader commits its entries as it logs them
+// (commit_lone_appends) and answers writes from the round that logged them.
+// Two nodes join and the placement grows the group to three voters (a
+// learner, then a joint change), under the faults of the runs above:
+// crashes here keep what was written, as a process crash does (none's
+// contract). No acknowledged write is lost, no follower learns of a commit
+// its leader has not stored, and every member ends with the same data.
+TEST(ReplicaSim, ALoneGroupThatCommitsAsItLogsGrowsWithoutLoss) {
+  int acked = 0, lone = 0, moves = 0;
+  const auto [first_seed, last_seed] = Seeds(501, 6);
+  for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
+    ReplicaSim sim(seed);
+    sim.founders_ = 1;
+    sim.lone_appends_ = true;
+    sim.join_nodes_[0] = 2;
+    sim.join_nodes_[1] = 3;
+    sim.streamed_ = seed % 2 == 0;
+    sim.placement_ = true;
+    sim.join_at_[0] = 300 + seed * 37 % 600;
+    sim.join_at_[1] = sim.join_at_[0] + 200 + seed * 53 % 600;
+    if (seed % 2 == 1) sim.outage_at_ = 400 + seed * 29 % 1500;
+    sim.Start();
+    sim.Run(3000);
+    sim.Settle();
+    std::string events;
+    for (const auto& e : sim.events_) events += e + "; ";
+    SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
+    ExpectSettledAsPlaced(sim, &acked);
+    lone += sim.lone_acks_;
+    moves += sim.moves_;
+  }
+  EXPECT_GT(lone, 100);  // the lone path answered writes
+  EXPECT_GT(moves, 6);   // ... and the groups grew
+  EXPECT_GT(acked, lone + 100);
+  std::printf("lone sim: %d acknowledged writes, %d of them by a group of one member, %d membership moves\n", acked,
+              lone, moves);
+}
 
 }  // namespace
 }  // namespace shoal::sim
