@@ -18,6 +18,12 @@ Config config(NodeId id) {
   return c;
 }
 
+Config lone_config(NodeId id) {
+  Config c = config(id);
+  c.commit_lone_appends = true;
+  return c;
+}
+
 TEST(RawNodeTest, RejectsBadConfigAndBadMessages) {
   auto s = bootstrapped({1});
   EXPECT_FALSE(RawNode::create(Config{}, s.get()).ok());
@@ -77,9 +83,7 @@ TEST(RawNodeTest, LeaderDoesNotCountItselfBeforeItsEntriesAreDurable) {
 // applied in the same Ready, one Ready a proposal.
 TEST(RawNodeTest, LoneLeaderCommitsItsAppendsInTheSameReady) {
   auto s = bootstrapped({1});
-  Config cfg = config(1);
-  cfg.commit_lone_appends = true;
-  auto created = RawNode::create(cfg, s.get());
+  auto created = RawNode::create(lone_config(1), s.get());
   ASSERT_TRUE(created.ok());
   RawNode& n = **created;
   n.campaign();
@@ -109,9 +113,7 @@ TEST(RawNodeTest, LeaderWithALearnerWaitsForItsOwnPersistence) {
   auto s = std::make_unique<MemoryStorage>();
   ASSERT_TRUE(s->apply_snapshot(bootstrap_snapshot(ConfState{{1}, {}, {2}}, "")).ok());
   s->set_hard_state(HardState{1, kNoNode, 1});
-  Config cfg = config(1);
-  cfg.commit_lone_appends = true;
-  auto created = RawNode::create(cfg, s.get());
+  auto created = RawNode::create(lone_config(1), s.get());
   ASSERT_TRUE(created.ok());
   RawNode& n = **created;
   n.campaign();
@@ -131,9 +133,7 @@ TEST(RawNodeTest, LeaderWithALearnerWaitsForItsOwnPersistence) {
 // learner they are committed (a crash of the leader could replace them).
 TEST(RawNodeTest, LoneLeaderTellsANewMemberOnlyOfStoredCommits) {
   auto s = bootstrapped({1});
-  Config cfg = config(1);
-  cfg.commit_lone_appends = true;
-  auto created = RawNode::create(cfg, s.get());
+  auto created = RawNode::create(lone_config(1), s.get());
   ASSERT_TRUE(created.ok());
   RawNode& n = **created;
   n.campaign();

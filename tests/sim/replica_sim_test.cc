@@ -1764,6 +1764,13 @@ SeedRange Seeds(uint64_t first, uint64_t count) {
   return {first, first + count - 1};
 }
 
+// "seed N events: ...", for a failure's trace.
+std::string SeedTrace(const ReplicaSim& sim, uint64_t seed) {
+  std::string events;
+  for (const auto& e : sim.events_) events += e + "; ";
+  return "seed " + std::to_string(seed) + " events: " + events;
+}
+
 TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
   int total_restarts = 0, total_reroutes = 0, total_changes = 0, acked = 0, streamed = 0, gone = 0, taken = 0, former = 0,
       resumed = 0;
@@ -1876,9 +1883,7 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     sim.Start();
     sim.Run(3000);
     sim.Settle();
-    std::string events;
-    for (const auto& e : sim.events_) events += e + "; ";
-    SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
+    SCOPED_TRACE(SeedTrace(sim, seed));
     sim.ExpectConverged(seed);
     acked += sim.ExpectLinearizable(sim.Leader());
     stops += sim.fail_stops_;
@@ -1982,9 +1987,7 @@ void PlacementMovesLoseNothing(bool storage_faults) {
     sim.Start();
     sim.Run(4000);
     sim.Settle();
-    std::string events;
-    for (const auto& e : sim.events_) events += e + "; ";
-    SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
+    SCOPED_TRACE(SeedTrace(sim, seed));
     ExpectSettledAsPlaced(sim, &acked);
     moves += sim.moves_;
     retired += sim.retired_;
@@ -2059,9 +2062,7 @@ TEST(ReplicaSim, ALoneGroupThatCommitsAsItLogsGrowsWithoutLoss) {
     sim.Start();
     sim.Run(3000);
     sim.Settle();
-    std::string events;
-    for (const auto& e : sim.events_) events += e + "; ";
-    SCOPED_TRACE("seed " + std::to_string(seed) + " events: " + events);
+    SCOPED_TRACE(SeedTrace(sim, seed));
     ExpectSettledAsPlaced(sim, &acked);
     lone += sim.lone_acks_;
     moves += sim.moves_;
