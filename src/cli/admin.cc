@@ -172,6 +172,18 @@ std::vector<std::string> NodeLine(const std::vector<std::string>& status, const 
   return {};
 }
 
+// The shards whose status line says no leader is known, as "3, 7", or "".
+std::string LeaderlessShards(const std::vector<std::string>& status) {
+  std::string ids;
+  for (const auto& l : status) {
+    auto w = Words(l);
+    if (w.size() >= 2 && w[0] == "shard" && l.find("(no leader known)") != std::string::npos) {
+      ids += (ids.empty() ? "" : ", ") + w[1];
+    }
+  }
+  return ids;
+}
+
 int MovesInFlight(const std::vector<std::string>& status) {
   for (const auto& l : status) {
     auto w = Words(l);
@@ -316,9 +328,14 @@ int RunAdmin(const AdminOptions& opts) {
       if (base < 0) base = BytesReceived(st->lines);
       double rate = elapsed() > 0 ? (first - left) / elapsed() : 0;
       std::string eta = rate > 0 ? ", about " + Duration(left / rate) + " left" : "";
+      // A shard with no leader known may still hold the node: the drain
+      // waits for it (docs/OPERATIONS.md), and says which.
+      std::string leaderless = LeaderlessShards(st->lines);
+      if (!leaderless.empty()) leaderless = ", waiting for shard " + leaderless + " (no leader known)";
       progress.Show("draining " + node[1] + ": " + std::to_string(left) + " replicas and " + node[7] +
                     " leaderships left, " + std::to_string(MovesInFlight(st->lines)) + " moves in flight" +
-                    Moved(base, BytesReceived(st->lines), elapsed()) + ", " + Duration(elapsed()) + eta);
+                    Moved(base, BytesReceived(st->lines), elapsed()) + leaderless + ", " + Duration(elapsed()) +
+                    eta);
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     progress.Done("still draining after " + Duration(elapsed()) + "; `shoal admin status` shows where it stands");

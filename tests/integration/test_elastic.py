@@ -1540,6 +1540,58 @@ def test_a_split_an_unsafe_meta_recovery_lost_is_recorded_again(ecl_down15):
         r.close()
 
 
+def test_a_draining_node_stays_while_a_shard_has_no_leader(ecl_down15):
+    """4 nodes. The node to drain and one other are stopped (SIGSTOP; not
+    declared down for 15 s), so the shards that have voters on both lose their
+    leaders. DRAIN of the stopped node is accepted, but the node is not removed
+    while a shard has no leader known (its members are not known: the node may
+    still hold one of its voters), REMOVE of it is refused naming such a shard,
+    and `shoal admin drain` says which shard it waits for. Resumed, the drain
+    finishes and the node is removed."""
+    c = ecl_down15
+    grow(c, 4)
+    ids = ids_of(c, range(4))
+    st = c.admin_status()
+    meta = st.meta_voters()
+    victim, vid = 3, ids[3]
+    # The other stopped node: the meta shard keeps a majority without both.
+    other = next(i for i in range(3) if sum(1 for m in meta if m not in (vid, ids[i])) >= 2)
+    both = [sh.id for sh in st.shards if vid in sh.voters and ids[other] in sh.voters]
+    assert both, st
+    live = [i for i in range(3) if i != other]
+    print(f"[leaderless-drain] stopping node{victim} and node{other}: shards {both} lose their leaders")
+    c.nodes[victim].sigstop()
+    c.nodes[other].sigstop()
+    try:
+        v = c.admin("DRAIN", vid, via=live[0])
+        assert v == [f"draining node {vid}".encode()], v
+
+        def leaderless(s: AdminStatus) -> List[str]:
+            return [] if any(not sh.leader_known for sh in s.shards) else ["every shard has a leader known"]
+        st = c.wait_status(leaderless, 12.0, "a shard with no leader known", via=live[0])
+        assert st.nodes[vid].state == "draining", st
+        err = _expect_error(c, "ERR shard ", "REMOVE", vid, via=live[1])
+        assert "has no leader known" in err and f"node {vid} may hold one it needs" in err, err
+        r = subprocess.run([SHOAL_BIN, "admin", "--host", c.nodes[live[0]].host, "--port",
+                            str(c.nodes[live[0]].port), "drain", vid, "--timeout", "3"],
+                           capture_output=True, timeout=60)
+        out = r.stdout.decode()
+        assert r.returncode == 1 and "still draining after" in out, r
+        assert "(no leader known)" in out and "waiting for shard " in out, out
+        st = c.admin_status(via=live[0])
+        assert st.nodes[vid].state == "draining", f"removed while a shard had no leader known:\n{st}"
+        print(f"[leaderless-drain] refused: {err!r}; drain progress: {out.splitlines()[-2:]!r}")
+    finally:
+        c.nodes[other].sigcont()
+        c.nodes[victim].sigcont()
+
+    def removed(s: AdminStatus) -> List[str]:
+        out = settled(voters=3, up=ids[:3], meta_voters=3)(s)
+        out += [] if s.nodes[vid].state == "removed" else [f"node3 is {s.nodes[vid].state}"]
+        return out + [f"shard {sh.id} still lists node3" for sh in s.shards if vid in sh.members()]
+    c.wait_status(removed, SETTLE_TIMEOUT_S, "node3 drained and removed once the shards have leaders")
+
+
 def test_a_node_of_one_cluster_refuses_to_join_another(tmp_path):
     """A node whose --dir belongs to one cluster, started with --join pointing
     at another cluster, refuses to start with a clear error (its data cannot
