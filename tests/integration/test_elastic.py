@@ -333,6 +333,46 @@ def test_grow_3_to_5_under_writes(ecl):
           f"test took {time.monotonic() - t_begin:.1f} s")
 
 
+@pytest.fixture
+def ecl_none(tmp_path):
+    """As ecl, with --durability none: a one-node cluster's groups have one
+    member, which applies and answers a write in the round that logs it."""
+    yield from running_cluster(tmp_path / "cluster", n=1, shards=SHARDS, extra_args=ELASTIC_ARGS,
+                               durability="none")
+
+
+def test_grow_from_one_node_with_durability_none_under_writes(ecl_none):
+    """Writes answered by one-member groups (durability none: committed as
+    they are logged) while two nodes join and every group grows to three
+    voters: none is lost, and the new nodes serve them."""
+    c = ecl_none
+    t_begin = time.monotonic()
+    data = preload(c, "pre:none", PRELOAD_KEYS)
+    wl = Workload(c, "none", plain_nodes=[0])
+    wl.start()
+    time.sleep(1.0)
+    before = wl.acked_count()
+    assert before > 20, "the writers made no progress on one node"
+    st = grow(c, 3)
+    wl.retarget(range(3))
+    time.sleep(1.0)
+    check_slots_agree(c, st, via=range(3))
+    assert wl.acked_count() > before + 20, "the writers stalled while the cluster grew"
+    wl.finish()
+    wl.assert_no_failed_ops()
+    acked = verify_all(c, wl, data)
+    # Every node holds every shard now: READONLY reads on the new ones see it all.
+    sample = dict(list(acked.items())[:: max(1, len(acked) // 1000)])
+    sample.update(list(data.items())[::10])
+    for i in (1, 2):
+        verified, wrong = readonly_read_all(c, i, sample, timeout=30)
+        assert not wrong, f"stale reads on node{i}:\n" + "\n".join(wrong[:20])
+        assert verified == len(sample), f"node{i} served {verified} of {len(sample)} keys by READONLY reads"
+    print(f"[none] {len(acked)} acknowledged writes ({before} on one node) and {len(data)} preloaded keys "
+          f"verified ({len(sample)} also by READONLY reads on the new nodes); test took "
+          f"{time.monotonic() - t_begin:.1f} s")
+
+
 # --------------------------------------------------------------------------
 # 2. kill -9 one node of 5 for good
 # --------------------------------------------------------------------------
