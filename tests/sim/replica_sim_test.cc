@@ -2100,15 +2100,19 @@ std::pair<int64_t, int64_t> ExpectedCounts(ReplicaSim& sim, SimNode& owner_of_va
 // entry (log kept) or creates it empty after a snapshot taken past the split
 // (log compacted). Writes proposed to the parent for moved slots are refused
 // and retried on the child. Some seeds propose the split twice.
-void SplitsLoseNothing(bool storage_faults) {
+void SplitsLoseNothing(bool storage_faults, bool lone = false) {
   int recounts = 0, stale_recounts = 0, stops = 0;
   size_t raft_lost = 0;
   int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
-  int claim_waits = 0, joint = 0;
-  const auto [first_seed, last_seed] = Seeds(201, 8);
+  int claim_waits = 0, joint = 0, lone_acks = 0;
+  const auto [first_seed, last_seed] = Seeds(lone ? 601 : 201, 8);
   for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
+    if (lone) {  // one node, durability none: both halves are groups of one
+      sim.founders_ = 1;
+      sim.lone_appends_ = true;
+    }
     sim.splits_ = true;
     sim.streamed_ = seed / 2 % 2 == 0;
     sim.compact_entries_ = seed % 2 == 1 ? 16 : 1 << 20;  // odd seeds: laggers need snapshots
@@ -2140,7 +2144,7 @@ void SplitsLoseNothing(bool storage_faults) {
     };
     // Every node holds both groups, split at one place, with the same state.
     auto check_nodes = [&](const char* when) {
-      for (int i = 0; i < kFounders; ++i) {
+      for (int i = 0; i < sim.founders_; ++i) {
         SimNode& n = sim.nodes_[static_cast<size_t>(i)];
         SCOPED_TRACE(std::string(when) + " node " + std::to_string(n.id));
         ASSERT_TRUE(n.replica && n.child_replica);
@@ -2220,6 +2224,7 @@ void SplitsLoseNothing(bool storage_faults) {
     empty += sim.children_empty_;
     claim_waits += sim.claim_waits_;
     joint += sim.joint_rounds_;
+    lone_acks += sim.lone_acks_;
     restarts += sim.restarts_;
     stops += sim.fail_stops_;
     raft_lost += sim.raft_writes_lost_;
@@ -2228,19 +2233,26 @@ void SplitsLoseNothing(bool storage_faults) {
     EXPECT_GT(stops, 8);
     EXPECT_GT(raft_lost, 0u);
   }
-  EXPECT_GT(refusals, 0);      // writes and reads reached the parent after the split
-  EXPECT_GT(lag_log, 0);       // a follower down across the split split through its log
-  EXPECT_GT(lag_snapshot, 0);  // ... and one came back to a log compacted past it
-  EXPECT_GT(empty, 0);
+  EXPECT_GT(refusals, 0);  // writes and reads reached the parent after the split
+  if (lone) {
+    EXPECT_GT(lone_acks, 300);  // answered in the round that logged them
+  } else {
+    EXPECT_GT(lag_log, 0);       // a follower down across the split split through its log
+    EXPECT_GT(lag_snapshot, 0);  // ... and one came back to a log compacted past it
+    EXPECT_GT(empty, 0);
+  }
   EXPECT_GT(restarts, 5);
   EXPECT_GT(acked, 300);
   EXPECT_GT(joint, 100);  // both groups applied in one storage write
-  std::printf("split sim%s: %d rounds applying both groups in one write, 8 splits, %d split proposals, %d children by the split entry, %d created empty for a "
-              "snapshot, %d laggers through the log, %d through a snapshot, %d operations refused (TRYAGAIN), "
-              "%d restarts (%d stopped by a failed disk; %zu log writes lost in crashes), %d acknowledged writes, "
-              "%d key recounts (%d stale), %d child creations held back by an image's claim\n",
-              storage_faults ? " (storage faults)" : "", joint, proposals, by_split, empty, lag_log, lag_snapshot, refusals,
-              restarts, stops, raft_lost, acked, recounts, stale_recounts, claim_waits);
+  std::printf("split sim%s: %d rounds applying both groups in one write, %llu splits, %d split proposals, %d children "
+              "by the split entry, %d created empty for a snapshot, %d laggers through the log, %d through a snapshot, "
+              "%d operations refused (TRYAGAIN), %d restarts (%d stopped by a failed disk; %zu log writes lost in "
+              "crashes), %d acknowledged writes (%d by a group of one member), %d key recounts (%d stale), %d child "
+              "creations held back by an image's claim\n",
+              storage_faults ? " (storage faults)" : lone ? " (one node, durability none)" : "", joint,
+              static_cast<unsigned long long>(last_seed - first_seed + 1), proposals, by_split, empty, lag_log,
+              lag_snapshot, refusals, restarts, stops, raft_lost, acked, lone_acks, recounts, stale_recounts,
+              claim_waits);
 }
 
 TEST(ReplicaSim, SplitsUnderFaultsLoseNothing) { SplitsLoseNothing(false); }
@@ -2248,6 +2260,11 @@ TEST(ReplicaSim, SplitsUnderFaultsLoseNothing) { SplitsLoseNothing(false); }
 // The same on failing disks: a split entry's write, a child's creation or a
 // recount's save that fails stops the node or is done again, never half.
 TEST(ReplicaSim, SplitsUnderStorageFaultsLoseNothing) { SplitsLoseNothing(true); }
+
+// One node with durability none: the parent and its child are groups of one
+// that commit entries as they log them (commit_lone_appends), through the
+// split, restarts and a double split entry.
+TEST(ReplicaSim, SplitsOfGroupsOfOneLoseNothing) { SplitsLoseNothing(false, /*lone=*/true); }
 
 }  // namespace
 }  // namespace shoal::sim
