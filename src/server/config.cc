@@ -168,7 +168,16 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
   if (key == "snapshot-rate-mb") return want_int(&c->snapshot_rate_mb);
   if (key == "split-size-mb") return want_int(&c->split_size_mb);
   if (key == "split-ops") return want_int(&c->split_ops);
-  if (key == "loglevel") return want_str(&c->loglevel);
+  if (key == "loglevel") {
+    Status st = want_str(&c->loglevel);
+    if (!st.ok()) return st;
+    // Redis's "verbose" is taken as "notice" (shoal has nothing between).
+    if (c->loglevel == "verbose") c->loglevel = "notice";
+    if (c->loglevel != "debug" && c->loglevel != "notice" && c->loglevel != "warning") {
+      return Status::InvalidArgument("loglevel must be \"debug\", \"notice\" or \"warning\"");
+    }
+    return Status::Ok();
+  }
   if (key == "maxmemory") return want_mem(&c->maxmemory);
   if (key == "proto-max-bulk-len") return want_mem(&c->proto_max_bulk_len);
   if (key == "client-query-buffer-limit") return want_mem(&c->client_query_buffer_limit);

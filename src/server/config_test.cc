@@ -72,6 +72,14 @@ TEST(Config, RejectsUnknownKeysAndBadValues) {
   EXPECT_NE(s.message().find("unknown setting 'prot'"), std::string::npos);
   auto bad = WriteTemp("bad", "durability = \"sometimes\"\n");
   EXPECT_FALSE(LoadConfigFile(bad, &c).ok());
+  auto level = WriteTemp("level", "loglevel = \"loud\"\n");
+  Status ls = LoadConfigFile(level, &c);
+  EXPECT_NE(ls.message().find("loglevel must be"), std::string::npos) << ls.message();
+  std::filesystem::remove(level);
+  auto verbose = WriteTemp("verbose", "loglevel = \"verbose\"\n");
+  EXPECT_TRUE(LoadConfigFile(verbose, &c).ok());
+  EXPECT_EQ(c.loglevel, "notice");
+  std::filesystem::remove(verbose);
   auto broken = WriteTemp("broken", "port = = 3\n");
   EXPECT_FALSE(LoadConfigFile(broken, &c).ok());
   EXPECT_FALSE(LoadConfigFile("/nonexistent/shoal.toml", &c).ok());

@@ -6,7 +6,9 @@
 #include <asio/post.hpp>
 #include <asio/write.hpp>
 
+#include <netdb.h>
 #include <sched.h>
+#include <sys/socket.h>
 
 #include <filesystem>
 #include <random>
@@ -110,6 +112,43 @@ std::vector<kv::Shard*> Server::LedShards() const {
   return out;
 }
 
+namespace {
+
+// --join's host may be a name (`db1.example:6379`): resolved here, once (a
+// node joins once), to the address the join and its cluster check dial. A
+// name that does not resolve stops the start with a clear error.
+Result<std::string> ResolveJoin(const std::string& join) {
+  if (join.empty()) return join;
+  const size_t colon = join.rfind(':');
+  std::string host = join.substr(0, colon);
+  const std::string port = join.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  asio::error_code ec;
+  (void)asio::ip::make_address(host, ec);
+  if (!ec) return host + ":" + port;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &found);
+  if (rc != 0 || found == nullptr) {
+    return Status::InvalidArgument("join: cannot resolve '" + host + "': " + ::gai_strerror(rc));
+  }
+  std::string address;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {  // IPv4 first, as --bind defaults to it
+    char text[NI_MAXHOST];
+    if (::getnameinfo(a->ai_addr, a->ai_addrlen, text, sizeof(text), nullptr, 0, NI_NUMERICHOST) != 0) continue;
+    if (address.empty() || a->ai_family == AF_INET) address = text;
+    if (a->ai_family == AF_INET) break;
+  }
+  ::freeaddrinfo(found);
+  if (address.empty()) return Status::InvalidArgument("join: '" + host + "' has no usable address");
+  if (address != host) spdlog::info("--join {} resolves to {}", host, address);
+  return address + ":" + port;
+}
+
+}  // namespace
+
 Status Server::Start() {
   start_time_ms_ = RealClock().NowUnixMs();
   run_id_ = RandomRunId();
@@ -188,7 +227,9 @@ Status Server::Start() {
   co.host = config().bind;
   co.port = static_cast<uint16_t>(announced_port());
   if (config().tls_cluster) co.tls = tls_;
-  co.join = config().join;
+  auto join = ResolveJoin(config().join);
+  if (!join.ok()) return join.status();
+  co.join = *join;
   co.secret = config().cluster_secret;
   co.shards = config().shards;
   co.replication_factor = config().replicas;

@@ -39,7 +39,7 @@ import redis
 
 from cluster_util import (AckWriter, AdminStatus, Cluster, ClusterClientWriter, StateMonitor, parse_info,
                           key_slot, readonly_read_all, running_cluster, verify_acked)
-from conftest import SELFTEST, SHOAL_BIN, RespError
+from conftest import SELFTEST, SHOAL_BIN, RespConn, RespError
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(SELFTEST, reason="cluster tests need a real shoal binary")]
@@ -1630,6 +1630,65 @@ def test_a_draining_node_stays_while_a_shard_has_no_leader(ecl_down15):
         out += [] if s.nodes[vid].state == "removed" else [f"node3 is {s.nodes[vid].state}"]
         return out + [f"shard {sh.id} still lists node3" for sh in s.shards if vid in sh.members()]
     c.wait_status(removed, SETTLE_TIMEOUT_S, "node3 drained and removed once the shards have leaders")
+
+
+def test_join_by_host_name(tmp_path):
+    """--join takes a host name (resolved at start: `localhost`), and a name
+    that does not resolve stops the start with an error naming it."""
+    from conftest import HOST, free_port
+    assert HOST == "127.0.0.1"
+    ports = [free_port() for _ in range(4)]
+    procs = []
+
+    def start(i: int, *extra: str) -> subprocess.Popen:
+        argv = [SHOAL_BIN, "server", "--bind", HOST, "--port", str(ports[2 * i]), "--peer-port",
+                str(ports[2 * i + 1]), "--dir", str(tmp_path / f"n{i}"), "--workers", "1", "--shards", "2",
+                *extra]
+        log = open(tmp_path / f"n{i}.log", "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        procs.append(p)
+        return p
+
+    def call(i: int, *args: str) -> object:
+        with RespConn(HOST, ports[2 * i], timeout=5.0) as c:
+            return c.call(*args).value
+
+    def wait(cond, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for _ in range(600):
+            try:
+                if cond():
+                    return
+            except (OSError, ConnectionError, AssertionError):
+                pass
+            assert all(p.poll() is None for p in procs), f"a node exited while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    try:
+        start(0)
+        wait(lambda: call(0, "PING") == "PONG", "node 0")
+        bad = subprocess.run([SHOAL_BIN, "server", "--bind", HOST, "--port", str(ports[2]), "--peer-port",
+                              str(ports[3]), "--dir", str(tmp_path / "bad"), "--join", "no-such-host.invalid:" +
+                              str(ports[0])], capture_output=True, timeout=60)
+        out = (bad.stdout + bad.stderr).decode(errors="replace")
+        assert bad.returncode != 0 and "cannot resolve 'no-such-host.invalid'" in out, out
+        start(1, "--join", f"localhost:{ports[0]}")
+        wait(lambda: b"cluster_known_nodes:2" in call(1, "CLUSTER", "INFO"), "node 1 to join by name")
+        assert call(1, "SET", "{n}joined", "by-name") == "OK"
+        assert call(0, "GET", "{n}joined") == b"by-name"  # a plain client's request is forwarded
+        assert "--join localhost resolves to 127.0.0.1" in (tmp_path / "n1.log").read_text(errors="replace")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+    assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
 
 
 def test_a_node_of_one_cluster_refuses_to_join_another(tmp_path):
