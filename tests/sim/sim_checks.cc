@@ -52,9 +52,13 @@ void SimCluster::check_leaders(Node& n) {
   if (faults_on_ && swarm_.cut_on_election != 0 && rng_.chance(1, swarm_.cut_on_election)) {
     isolate_next_ = n.id;
   }
-  // A new leader must hold every entry committed so far.
+  // A new leader must hold every entry committed in an earlier term (Raft's
+  // Leader Completeness). One elected in a term older than a commit need not:
+  // a candidate may win a term with votes granted before a later term began,
+  // and be deposed as soon as it speaks (seed 2033973).
   const raft::RaftLog& log = r.log();
   for (auto c = committed_terms_.lower_bound(log.first_index()); c != committed_terms_.end(); ++c) {
+    if (committed_in_term_[c->first] >= r.term()) continue;
     auto t = log.term(c->first);
     if (!t.ok() || *t != c->second) {
       fail("leader completeness: " + n_str(n.id) + " leads term " + std::to_string(r.term()) +
@@ -74,6 +78,9 @@ void SimCluster::check_commits(Node& n) {
     auto t = log.term(i);
     if (!t.ok()) continue;
     auto [it, inserted] = committed_terms_.emplace(i, *t);
+    // The term it was committed in: that of the first node seen with it
+    // committed (its leader, which learns of a commit before anyone).
+    if (inserted) committed_in_term_[i] = n.raft->raft().term();
     if (!inserted && it->second != *t) {
       fail("commit safety: index " + std::to_string(i) + " committed with term " + std::to_string(it->second) +
            " but " + n_str(n.id) + " committed term " + std::to_string(*t));

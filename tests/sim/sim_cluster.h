@@ -196,6 +196,7 @@ class SimCluster {
   // Checker state.
   std::map<Term, NodeId> leader_of_term_;
   std::map<Index, Term> committed_terms_;
+  std::map<Index, Term> committed_in_term_;  // the term each index was committed in
   Index global_commit_ = 0;
   std::map<std::pair<Index, Term>, std::pair<uint64_t, Term>> entry_registry_;
   std::vector<uint64_t> history_hash_{0, 0};  // index 1: the bootstrap snapshot  // rolling hash of the applied sequence
