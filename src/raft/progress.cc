@@ -1,6 +1,8 @@
 #include "raft/progress.h"
 
 #include <algorithm>
+#include <array>
+#include <span>
 
 namespace shoal::raft {
 
@@ -121,11 +123,24 @@ std::vector<NodeId> to_vector(const std::set<NodeId>& s) { return {s.begin(), s.
 // Largest v such that a majority of `ids` has value >= v; max for an empty set.
 uint64_t majority_min(const std::set<NodeId>& ids, const std::function<uint64_t(NodeId)>& value) {
   if (ids.empty()) return UINT64_MAX;
-  std::vector<uint64_t> vals;
-  vals.reserve(ids.size());
-  for (NodeId id : ids) vals.push_back(value(id));
-  std::sort(vals.begin(), vals.end(), std::greater<>());
-  return vals[ids.size() / 2];
+  // Asked on every proposal and every published round (commit, lease):
+  // groups have a handful of voters, so the values stay on the stack.
+  constexpr size_t kInline = 16;
+  std::array<uint64_t, kInline> inline_vals;
+  std::vector<uint64_t> heap_vals;
+  std::span<uint64_t> vals;
+  if (ids.size() <= kInline) {
+    vals = std::span<uint64_t>(inline_vals.data(), ids.size());
+  } else {
+    heap_vals.resize(ids.size());
+    vals = heap_vals;
+  }
+  size_t n = 0;
+  for (NodeId id : ids) vals[n++] = value(id);
+  // The median from the top: the value a majority has reached.
+  auto mid = vals.begin() + static_cast<std::ptrdiff_t>(ids.size() / 2);
+  std::nth_element(vals.begin(), mid, vals.end(), std::greater<>());
+  return *mid;
 }
 
 VoteResult majority_tally(const std::set<NodeId>& ids, const std::map<NodeId, bool>& votes) {
@@ -159,11 +174,12 @@ void ProgressTracker::reset_config(const ConfState& cs, Index next_index) {
   progress_.clear();
   for (NodeId id : all_voters()) add_progress(id, next_index, false);
   for (NodeId id : config_.learners) add_progress(id, next_index, true);
+  update_conf_state();
 }
 
-ConfState ProgressTracker::conf_state() const {
-  return ConfState{to_vector(config_.voters), to_vector(config_.voters_outgoing),
-                   to_vector(config_.learners)};
+void ProgressTracker::update_conf_state() {
+  conf_state_ = ConfState{to_vector(config_.voters), to_vector(config_.voters_outgoing),
+                          to_vector(config_.learners)};
 }
 
 bool ProgressTracker::is_voter(NodeId id) const {
@@ -237,6 +253,7 @@ Status ProgressTracker::apply_conf_change(const ConfChange& cc, Index next_index
   if (cc.changes.empty()) {
     config_.voters_outgoing.clear();
     prune_progress();
+    update_conf_state();
     return Status::Ok();
   }
   const std::set<NodeId> old_voters = config_.voters;
@@ -260,6 +277,7 @@ Status ProgressTracker::apply_conf_change(const ConfChange& cc, Index next_index
   // A change of the voter set goes through a joint configuration.
   if (config_.voters != old_voters) config_.voters_outgoing = old_voters;
   prune_progress();
+  update_conf_state();
   return Status::Ok();
 }
 

@@ -119,8 +119,9 @@ class ProgressTracker {
   Status validate_conf_change(const ConfChange& cc) const;
 
   const TrackerConfig& config() const { return config_; }
-  // The configuration as a ConfState (sorted ids).
-  ConfState conf_state() const;
+  // The configuration as a ConfState (sorted ids), kept with it: asked for
+  // on every published round.
+  const ConfState& conf_state() const { return conf_state_; }
   // Voter in either half of the configuration.
   bool is_voter(NodeId id) const;
   // Voter or learner (has a Progress).
@@ -152,8 +153,10 @@ class ProgressTracker {
  private:
   void add_progress(NodeId id, Index next_index, bool learner);
   void prune_progress();
+  void update_conf_state();
 
   TrackerConfig config_;
+  ConfState conf_state_;  // config_ as a ConfState
   std::map<NodeId, Progress> progress_;
   std::map<NodeId, bool> votes_;
   size_t max_inflight_;

@@ -63,6 +63,20 @@ TEST(ProgressTrackerTest, CommittedIsTheQuorumMatch) {
   EXPECT_EQ(t.committed(), 5U);
 }
 
+TEST(ProgressTrackerTest, CommittedForEvenAndLargeGroups) {
+  // Four voters: three of them must hold an entry.
+  ProgressTracker four = tracker({1, 2, 3, 4});
+  const Index four_matches[] = {0, 8, 2, 6, 4};
+  for (NodeId id = 1; id <= 4; ++id) four.find(id)->match = four_matches[id];
+  EXPECT_EQ(four.committed(), 4U);
+  // Seventeen voters (more than fit on the stack): nine must hold it.
+  std::vector<NodeId> ids;
+  for (NodeId id = 1; id <= 17; ++id) ids.push_back(id);
+  ProgressTracker many = tracker(ids);
+  for (NodeId id = 1; id <= 17; ++id) many.find(id)->match = 100 - id;  // 99 ... 83
+  EXPECT_EQ(many.committed(), 91U);  // voters 1..9 hold 91 or more
+}
+
 TEST(ProgressTrackerTest, JointConfigNeedsBothMajorities) {
   ProgressTracker t = tracker({1, 2, 3});
   ASSERT_TRUE(t.apply_conf_change({{{ConfChangeType::kAddVoter, 4},
