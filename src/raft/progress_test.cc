@@ -104,6 +104,25 @@ TEST(ProgressTrackerTest, JointConfigNeedsBothMajorities) {
   EXPECT_EQ(t.conf_state().voters, (std::vector<NodeId>{2, 3, 4, 5}));
 }
 
+TEST(ProgressTrackerTest, ConfStateFollowsEveryChange) {
+  ProgressTracker t = tracker({1, 2, 3});
+  EXPECT_EQ(t.conf_state(), (ConfState{{1, 2, 3}, {}, {}}));
+  // Entering a joint configuration.
+  ASSERT_TRUE(t.apply_conf_change({{{ConfChangeType::kAddVoter, 4}, {ConfChangeType::kRemoveNode, 1}}}, 1).ok());
+  EXPECT_EQ(t.conf_state(), (ConfState{{2, 3, 4}, {1, 2, 3}, {}}));
+  // A rejected change leaves it as it was.
+  EXPECT_FALSE(t.apply_conf_change({{{ConfChangeType::kAddVoter, 5}}}, 1).ok());
+  EXPECT_EQ(t.conf_state(), (ConfState{{2, 3, 4}, {1, 2, 3}, {}}));
+  // Leaving it.
+  ASSERT_TRUE(t.apply_conf_change(ConfChange{}, 1).ok());
+  EXPECT_EQ(t.conf_state(), (ConfState{{2, 3, 4}, {}, {}}));
+  // A learner, then a reset (a snapshot's membership).
+  ASSERT_TRUE(t.apply_conf_change({{{ConfChangeType::kAddLearner, 7}}}, 1).ok());
+  EXPECT_EQ(t.conf_state(), (ConfState{{2, 3, 4}, {}, {7}}));
+  t.reset_config(ConfState{{9}, {}, {8}}, 5);
+  EXPECT_EQ(t.conf_state(), (ConfState{{9}, {}, {8}}));
+}
+
 TEST(ProgressTrackerTest, LearnersDoNotCountAndChangesAreValidated) {
   ProgressTracker t = tracker({1, 2, 3});
   ASSERT_TRUE(t.apply_conf_change({{{ConfChangeType::kAddLearner, 4}}}, 1).ok());
