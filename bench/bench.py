@@ -15,6 +15,12 @@ cores of --server-cpus, redis-server on one of them, redis-benchmark on
 8-15 --bench-threads 4 --clients 200). --server-cpus and --client-cpus pin
 the other sections' servers and clients the same way.
 
+--baseline BINARY runs a second shoal build in the same rounds as --shoal
+(fresh servers each round, the order rotating over the three servers), for
+an A/B of two builds on a machine too noisy to compare separate runs:
+
+  bench/bench.py --shoal NEW --baseline OLD --only none --rounds 4 --tests set,get
+
 Every server it starts listens on 127.0.0.1 only and is stopped by PID."""
 import argparse
 import os
@@ -166,20 +172,26 @@ def run_benchmark(server, test, pipeline, requests, client_cpus=None, threads=No
 def throughput_section(args, workdir, fsync):
     mode = "fsync  vs redis appendfsync always" if fsync else "none   vs redis without persistence"
     print(f"\n== durability {mode}; -c {CLIENTS}, median of {args.rounds} rounds")
+    if args.baseline:
+        print(f"   base = {args.baseline}, run in the same rounds; base/redis and shoal/base on its line")
     print(f"{'test':<10}{'P':>3} | {'shoal ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | "
           f"{'redis ops/s':>12}{'p50':>7}{'p99':>7}{'cpu/100k':>9} | {'ratio':>6}{'cpu ratio':>10}")
+    names = ["shoal", "redis"] + (["base"] if args.baseline else [])
     rows = []
     for test in TESTS:
         for p in PIPELINES:
             n = args.requests * (4 if p > 1 else 1)
             if fsync and p == 1:
                 n = max(n // 4, 20000)
-            results = {"shoal": [], "redis": []}
-            for _ in range(args.rounds):
-                # Fresh servers each round, alternating who goes first.
-                for name in (["shoal", "redis"] if _ % 2 == 0 else ["redis", "shoal"]):
-                    srv = (start_shoal(args.shoal, workdir, fsync, workers=args.workers, cpus=args.server_cpus)
-                           if name == "shoal" else start_redis(workdir, fsync, cpus=args.server_cpus))
+            results = {name: [] for name in names}
+            for rnd in range(args.rounds):
+                # Fresh servers each round; who goes first rotates.
+                for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                    if name == "redis":
+                        srv = start_redis(workdir, fsync, cpus=args.server_cpus)
+                    else:
+                        binary = args.shoal if name == "shoal" else args.baseline
+                        srv = start_shoal(binary, workdir, fsync, workers=args.workers, cpus=args.server_cpus)
                     try:
                         results[name].append(run_benchmark(srv, test, p, n, args.client_cpus, args.bench_threads))
                     finally:
@@ -192,6 +204,13 @@ def throughput_section(args, workdir, fsync):
             print(f"{test:<10}{p:>3} | {s[0]:>12.0f}{s[1]:>7.3f}{s[2]:>7.3f}{s[3]:>9.3f} | "
                   f"{r[0]:>12.0f}{r[1]:>7.3f}{r[2]:>7.3f}{r[3]:>9.3f} | {ratio:>6.2f}{cpu_ratio:>10.2f}",
                   flush=True)
+            if args.baseline:
+                b = med["base"]
+                base_ratio = b[0] / r[0] if r[0] else 0
+                # shoal/base: ops/s ratio and CPU per op ratio (>= 1.0: shoal better on both).
+                print(f"{'  base':<10}{p:>3} | {b[0]:>12.0f}{b[1]:>7.3f}{b[2]:>7.3f}{b[3]:>9.3f} | "
+                      f"{'base/redis':>12} {base_ratio:5.2f}  shoal/base ops {s[0] / b[0] if b[0] else 0:5.2f}"
+                      f"  cpu {b[3] / s[3] if s[3] else 0:5.2f}", flush=True)
     return rows
 
 
@@ -431,6 +450,8 @@ def main():
     ap.add_argument("--only", choices=["none", "fsync", "memory", "collections", "budget", "keyspace", "scaling"],
                     action="append")
     ap.add_argument("--tests", help=f"comma-separated subset of {','.join(TESTS)}")
+    ap.add_argument("--baseline", help="a second shoal binary, run in the same rounds as --shoal in the "
+                    "throughput sections (an A/B of two builds on a noisy machine)")
     args = ap.parse_args()
     if args.tests:
         unknown = set(args.tests.split(",")) - set(TESTS)
@@ -444,6 +465,8 @@ def main():
     args.scaling_workers = [int(w) for w in args.scaling_workers.split(",")]
     if not os.access(args.shoal, os.X_OK):
         sys.exit(f"no shoal binary at {args.shoal}: cmake --preset release && cmake --build build/release")
+    if args.baseline and not os.access(args.baseline, os.X_OK):
+        sys.exit(f"no shoal binary at {args.baseline} (--baseline)")
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: scripts/install-deps.sh installs it")

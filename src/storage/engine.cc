@@ -394,15 +394,11 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   // skiplist memtables take concurrent inserts. A writer that must wait for
   // the write group yields (sched_yield) for a while before it blocks; on
   // this 2-core VM blocking at once measured no better (PERFORMANCE.md,
-  // 2026-12-03), nor did one writer at a time (2026-12-02). Pipelined
-  // writes: one worker's batch goes to the WAL while the previous group's
-  // batches are still inserted into the memtables, instead of the second
-  // worker waiting for the whole write group (a one-node SET at -P 1 spent
-  // 8 % of its samples in JoinBatchGroup; PERFORMANCE.md, 2026-12-03).
-  // A write is still visible to reads when Write returns.
+  // 2026-12-03), nor did one writer at a time (2026-12-02), nor pipelined
+  // writes (2026-12-03, last: fewer samples waiting in the write group, the
+  // same throughput and CPU in interleaved rounds).
   db.allow_concurrent_memtable_write = true;
   db.enable_write_thread_adaptive_yield = true;
-  db.enable_pipelined_write = true;
   db.write_buffer_manager = wbm_;
   db.max_background_jobs = 2;
   db.max_open_files = 2048;
