@@ -139,9 +139,8 @@ TEST_F(EngineTest, FaultEngineLosesOnlyUnsyncedWrites) {
   EXPECT_EQ(Keys(*disk, Cf::kData), "");
 }
 
-// Workers write from several threads at once (pipelined writes: one batch
-// goes to the WAL while another is inserted into the memtables). Each
-// writer sees its batch whole as soon as Write returns, while another
+// Workers write from several threads at once (their batches meet in
+// RocksDB's write group, whatever its write options). Each writer sees its batch whole as soon as Write returns, while another
 // thread ingests a file over keys still in the memtable (RocksDB flushes
 // them first) and range-deletes enough memtable keys to schedule a flush:
 // neither may lose a write or stall a writer for good.
