@@ -93,11 +93,11 @@ class Workload:
     CLUSTER INFO monitor on ``monitor_nodes``."""
 
     def __init__(self, c: Cluster, tag: str, plain_nodes: Sequence[int],
-                 monitor_nodes: Optional[Sequence[int]] = None):
+                 monitor_nodes: Optional[Sequence[int]] = None, deadline_s: float = SAFETY_DEADLINE_S):
         self.c = c
         self.tag = tag
         self.stop_ev = threading.Event()
-        deadline = time.monotonic() + SAFETY_DEADLINE_S
+        deadline = time.monotonic() + deadline_s
         self.plain = AckWriter(c, 0, plain_nodes, self.stop_ev, deadline, key_prefix=f"el:{tag}",
                                interval=0.01, timeout=5.0, retries=30, retry_for=15.0)
         self.rc = ClusterClientWriter(c, self.stop_ev, deadline, prefix=f"el:{tag}:rc",
