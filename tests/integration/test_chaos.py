@@ -2,9 +2,12 @@
 
 The scripted tests each drive one scenario; this one mixes them, the way a
 production cluster meets them: while a plain client, a RedisCluster client
-and three register clients (GET/SET on three keys, one reading from
-replicas with READONLY; recorded for the linearizability checker) keep working, a random sequence of steps is applied
-to a cluster that starts with three nodes:
+and three register clients (GET/SET on three keys, one reading from replicas
+with READONLY; recorded for the linearizability checker) keep working, a
+random sequence of steps is applied to a cluster that starts with three
+nodes (durability fsync), or with one node (durability none: one-member
+groups that answer a write in the round that logs it) that grows through the
+two-node stage as nodes join:
 
 * kill -9 of a node, restarted after a short while, or left dead past
   --down-after-ms (so that its replicas are rebuilt elsewhere when a spare
@@ -14,19 +17,21 @@ to a cluster that starts with three nodes:
 * a node joining (up to five), a node drained (down to three up nodes);
 * a shard's leadership transferred, a shard split (up to 16 shards).
 
-At most one node is dead, paused or cut off at a time, so every shard keeps a
-live majority (a rebuild or a drain in flight may still find it short: the
-clients then see errors, never a lost write). At the end every fault is
-undone and the test checks that placement settles (no shard wedged: every
-shard led, three voters, all on up nodes, no move in flight), that no node
-died by itself, that every acknowledged write is readable with its value, and
-that the register history is linearizable.
+At most one node is dead, paused or cut off at a time. From three running
+nodes up every shard keeps a live majority (a rebuild or a drain in flight
+may still find it short: the clients then see errors, never a lost write);
+below three only a fault the same step undoes is applied (a quick kill -9 and
+restart, or a pause). At the end every fault is undone, nodes join until
+there are three, and the test checks that placement settles (no shard
+wedged: every shard led, three voters, all on up nodes, no move in flight),
+that no node died by itself, that every acknowledged write is readable with
+its value, and that the register history is linearizable.
 
 Environment: SHOAL_CHAOS_SEED (default: a fixed seed, so that CI runs the
 same sequence; 0 = a random one, printed), SHOAL_CHAOS_STEPS (default 10).
 A longer soak: ``for s in $(seq 1 20); do SHOAL_CHAOS_SEED=$s
 SHOAL_CHAOS_STEPS=30 python3 -m pytest -q -s tests/integration/test_chaos.py
-|| break; done``. Every wait is bounded; every process is stopped by PID
+|| break; done`` (``-k 1-node`` or ``-k 3-nodes`` for one of the two). Every wait is bounded; every process is stopped by PID
 (cluster_util).
 """
 
@@ -59,9 +64,15 @@ FINAL_SETTLE_S = SETTLE_TIMEOUT_S + 60.0  # after the last step: rebuilds, a dra
 REGISTER_KEYS = ["chaos:reg:a", "chaos:reg:b", "chaos:reg:{a}c"]
 
 
-@pytest.fixture
-def chaos_cl(tmp_path):
-    yield from running_cluster(tmp_path / "cluster", n=3, shards=SHARDS, extra_args=ELASTIC_ARGS)
+@pytest.fixture(params=[(3, "fsync"), (1, "none")], ids=["3-nodes-fsync", "1-node-none"])
+def chaos_cl(tmp_path, request):
+    """Three nodes with fsync; or one node with durability none (its groups
+    have one member and answer a write in the round that logs it) that grows
+    through the two-node stage (one voter and one learner per shard) as nodes
+    join."""
+    n, durability = request.param
+    yield from running_cluster(tmp_path / "cluster", n=n, shards=SHARDS, extra_args=ELASTIC_ARGS,
+                               durability=durability)
 
 
 class Chaos:
@@ -114,16 +125,19 @@ class Chaos:
             return
         getattr(self, kind)()
 
-    def _victim(self) -> Optional[int]:
+    def _victim(self, brief: bool = False) -> Optional[int]:
+        """A node to fault. From three running nodes up any, keeping two others
+        running (every shard's majority stays up); below three only for a
+        ``brief`` fault that this step undoes (a one- or two-node cluster has
+        no majority without it)."""
         live = self.live()
-        # keep at least two others running: every shard's majority stays up
         running = [i for i, n in enumerate(self.c.nodes) if n.alive()]
-        if len(running) < 3 or not live:
+        if not live or (len(running) < 3 and not brief):
             return None
         return self.rng.choice(live)
 
     def kill_restart(self) -> None:
-        i = self._victim()
+        i = self._victim(brief=True)
         if i is None:
             return
         self.note(f"kill -9 node{i}, restart soon")
@@ -141,7 +155,7 @@ class Chaos:
         self.dead, self.dead_since = i, time.monotonic()
 
     def pause(self) -> None:
-        i = self._victim()
+        i = self._victim(brief=True)
         if i is None:
             return
         self.note(f"SIGSTOP node{i}")
@@ -217,6 +231,8 @@ class Chaos:
         if self.c.rules:
             self.c.heal()
         self.revive()
+        while len(self.c.nodes) - len(self.draining) < 3:  # a cluster begun with one node
+            self.join()
 
 
 def test_random_faults_and_membership_changes(chaos_cl):
@@ -225,12 +241,13 @@ def test_random_faults_and_membership_changes(chaos_cl):
     t0 = time.monotonic()
     print(f"\n[chaos] seed {SEED}, {STEPS} steps (SHOAL_CHAOS_SEED={SEED} reruns this sequence)")
     deadline_s = 60.0 + STEPS * 15.0 + FINAL_SETTLE_S
-    wl = Workload(c, "chaos", plain_nodes=[0, 1, 2], deadline_s=deadline_s)
+    first = list(range(len(c.nodes)))
+    wl = Workload(c, "chaos", plain_nodes=first, deadline_s=deadline_s)
     history = History()
     stop = threading.Event()
     # Two read and write; the third reads with READONLY (replica reads are
     # linearizable too), each starting on another node.
-    regs = [RegisterClient(c, cid, REGISTER_KEYS, [cid % 3, (cid + 1) % 3, (cid + 2) % 3], history, stop,
+    regs = [RegisterClient(c, cid, REGISTER_KEYS, first[cid % len(first):] + first[:cid % len(first)], history, stop,
                            time.monotonic() + deadline_s, readonly=cid == 2, timeout=5.0, interval=0.03,
                            max_ops=4000, seed=SEED + cid)
             for cid in range(3)]
