@@ -1013,7 +1013,8 @@ class _Conn:
 
     @property
     def node_index(self) -> int:
-        return self.nodes[self.pos]
+        nodes = self.nodes  # (another thread may replace the list: retarget)
+        return nodes[self.pos % len(nodes)]
 
     def get(self) -> Optional[RespConn]:
         if self.conn is not None:
@@ -1042,6 +1043,11 @@ class _Conn:
             self.conn.close()
         self.conn = None
         self.rotate()
+
+    def retarget(self, nodes: Sequence[int]) -> None:
+        """Rotate over these nodes from the next connection on (any thread)."""
+        self.pos %= len(nodes)
+        self.nodes = list(nodes)
 
     def rotate(self) -> None:
         self.pos = (self.pos + 1) % len(self.nodes)
@@ -1105,8 +1111,7 @@ class AckWriter(_Worker):
 
     def retarget(self, nodes: Sequence[int]) -> None:
         """Rotate over these nodes from the next connection on."""
-        self.conn.nodes = list(nodes)
-        self.conn.pos %= len(self.conn.nodes)
+        self.conn.retarget(nodes)
 
     def _follow(self, err: str) -> None:
         """After -MOVED/-ASK slot host:port: the next connection goes there."""
