@@ -146,7 +146,7 @@ asio::awaitable<void> Connection::Run() {
       auto [rec, n] = co_await stream_.ReadSome(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_));
       if (rec) break;
       rlen_ += n;
-      stats.net_input_bytes.fetch_add(n, std::memory_order_relaxed);
+      stats.net_input_bytes.Add(worker_.index(), n);
       last_active_ms_ = RealClock().NowUnixMs();
       size_t pos = 0;
       while (pos < rlen_ && !close_after_reply_ && !killed_) {
@@ -176,7 +176,7 @@ asio::awaitable<void> Connection::Run() {
           std::optional<uint16_t> slot = KeysSlot(args_, keys);
           if (!slot) {
             if (!queued_entries_.empty()) co_await FlushWrites();
-            server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+            server_.stats().commands_processed.Add(worker_.index(), 1);
             writer_.Error("CROSSSLOT Keys in request don't hash to the same slot");
             continue;
           }
@@ -197,7 +197,7 @@ asio::awaitable<void> Connection::Run() {
             kv::Entry entry;
             std::string error;
             resp::Writer errors(&error, protocol_);
-            server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+            server_.stats().commands_processed.Add(worker_.index(), 1);
             last_command_ = cmd->spec.name;
             if (!PrepareWrite(*cmd, args_, &entry, &errors)) {
               if (!queued_entries_.empty()) co_await FlushWrites();
@@ -213,6 +213,7 @@ asio::awaitable<void> Connection::Run() {
             continue;
           }
           if (!queued_entries_.empty()) co_await FlushWrites();
+          if (cmd->spec.read != nullptr && r != nullptr && RunReadNow(*cmd, args_, *slot, r)) continue;
           co_await RunKeyed(*cmd, args_, *slot);
           continue;
         }
@@ -258,7 +259,7 @@ asio::awaitable<bool> Connection::FlushReplies() {
     stream_.Close();
     co_return false;
   }
-  server_.stats().net_output_bytes.fetch_add(wbuf_.size(), std::memory_order_relaxed);
+  server_.stats().net_output_bytes.Add(worker_.index(), wbuf_.size());
   wbuf_.clear();
   if (wbuf_.capacity() > kWriteBufferKeepBytes) wbuf_.shrink_to_fit();
   co_return true;
@@ -583,8 +584,23 @@ asio::awaitable<std::vector<char>> Connection::ReadBarriers(std::span<replica::R
   co_return result;
 }
 
+bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r) {
+  // What RunKeyed does for a read whose barrier passes at once, without
+  // its coroutine frames: most reads at a leader with its lease.
+  const bool leader_here = r->published_is_leader();
+  if (!(leader_here || readonly_) || !r->LeaseReadOk(node::MonoUs()) || !r->state_machine().OwnsSlot(slot)) {
+    return false;
+  }
+  server_.stats().commands_processed.Add(worker_.index(), 1);
+  last_command_ = cmd.spec.name;
+  if (leader_here) server_.cluster().NoteOp(slot);
+  replica::Replica* replicas[] = {r};
+  RunReadOn(cmd, args, replicas);
+  return true;
+}
+
 asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot) {
-  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  server_.stats().commands_processed.Add(worker_.index(), 1);
   last_command_ = cmd.spec.name;
   uint64_t group = server_.cluster().GroupOfSlot(slot);
   if (group == 0) {  // group 0 is the meta shard: no shard map yet (joining)
@@ -781,7 +797,7 @@ void Connection::WatchClient(std::shared_ptr<ClientWatch> watch) {
       aside_.resize(had + n);
     }
     if (rec) return gone();
-    server_.stats().net_input_bytes.fetch_add(n, std::memory_order_relaxed);
+    server_.stats().net_input_bytes.Add(worker_.index(), n);
     WatchClient(watch);
   });
 }
@@ -847,7 +863,7 @@ asio::awaitable<void> Connection::ForwardWaiting(uint16_t slot, kv::Args args, i
 }
 
 asio::awaitable<void> Connection::RunBlocking(const Command& cmd, kv::Args args, uint16_t slot) {
-  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  server_.stats().commands_processed.Add(worker_.index(), 1);
   last_command_ = cmd.spec.name;
   uint64_t group = server_.cluster().GroupOfSlot(slot);
   if (group == 0) {
@@ -1055,8 +1071,11 @@ void Connection::RunReadOn(const Command& cmd, kv::Args args, std::span<replica:
   // A replica installing a snapshot clears its range before the snapshot's
   // files are in: a read that overlapped that saw a half state. The import
   // generation is odd meanwhile and changes at each end (a seqlock).
-  std::vector<uint64_t> gens;
-  for (replica::Replica* r : replicas) gens.push_back(r->import_generation());
+  uint64_t few[4];  // a keyed read's one replica: no allocation
+  std::vector<uint64_t> many;
+  if (replicas.size() > std::size(few)) many.resize(replicas.size());
+  const std::span<uint64_t> gens = many.empty() ? std::span<uint64_t>(few, replicas.size()) : std::span<uint64_t>(many);
+  for (size_t i = 0; i < replicas.size(); ++i) gens[i] = replicas[i]->import_generation();
   const size_t mark = wbuf_.size();
   bool clean = std::none_of(gens.begin(), gens.end(), [](uint64_t g) { return g % 2 == 1; });
   if (clean) RunRead(cmd, args, shards);
@@ -1147,7 +1166,7 @@ bool Connection::ExecuteNow(const Command* cmd, kv::Args args, const Command** l
     writer_.Error(refusal);
     return true;
   }
-  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  server_.stats().commands_processed.Add(worker_.index(), 1);
   last_command_ = cmd->spec.name;
   if (cmd->sync) {
     cmd->sync(*this, args, &writer_);
@@ -1318,7 +1337,7 @@ asio::awaitable<void> Connection::Watch(kv::Args args) {
 
 asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::string>> commands,
                                                  std::vector<Watched> watches) {
-  server_.stats().commands_processed.fetch_add(1, std::memory_order_relaxed);
+  server_.stats().commands_processed.Add(worker_.index(), 1);
   // Every command is checked again (a forwarded transaction comes as one
   // SHOAL.EXEC), and the slot of its keys found: the watched keys' too.
   std::vector<std::vector<std::string_view>> views;

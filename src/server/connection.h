@@ -150,6 +150,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // proposed again while this node leads, and its writes with a raw request
   // are run again as new requests once another node leads (bounded in time).
   asio::awaitable<void> FlushWrites();
+  // A keyed read that needs no wait: `r` (the slot's replica here) may
+  // serve it now under its lease. Runs it and returns true; false leaves
+  // it to RunKeyed (a barrier to wait for, or not this node's to serve).
+  bool RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r);
   // Routes and runs a command on keys (all in one slot); see Run().
   asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
   // A blocking command (BLPOP...) on keys of `slot`: applied at once, and

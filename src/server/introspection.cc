@@ -161,9 +161,9 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
   }
   if (w.Begin("Stats")) {
     w.Field("total_connections_received", st.connections_received.load());
-    w.Field("total_commands_processed", st.commands_processed.load());
-    w.Field("total_net_input_bytes", st.net_input_bytes.load());
-    w.Field("total_net_output_bytes", st.net_output_bytes.load());
+    w.Field("total_commands_processed", st.commands_processed.Total());
+    w.Field("total_net_input_bytes", st.net_input_bytes.Total());
+    w.Field("total_net_output_bytes", st.net_output_bytes.Total());
     w.Field("rejected_connections", st.connections_rejected.load());
     w.Field("expired_keys", st.expired_keys.load());
     w.Field("evicted_keys", 0);

@@ -3,6 +3,7 @@
 // syncer. Start() and Stop() are called from the main thread only.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -31,23 +32,48 @@ namespace shoal::server {
 class Connection;
 class Forwarder;
 
+// A counter that every command bumps: one cache line per worker, so two
+// workers never contend for it (one shared line cost a pipelined GET about
+// 1 % of its time in the line's transfers); Total() sums the lines (INFO).
+class PerWorkerCounter {
+ public:
+  void Add(int worker, uint64_t n) {
+    slots_[static_cast<size_t>(worker) % kSlots].v.fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t Total() const {
+    uint64_t sum = 0;
+    for (const Slot& s : slots_) sum += s.v.load(std::memory_order_relaxed);
+    return sum;
+  }
+  void Reset() {
+    for (Slot& s : slots_) s.v.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr size_t kSlots = 64;  // workers beyond share lines, still exact
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> v{0};
+  };
+  std::array<Slot, kSlots> slots_;
+};
+
 // Counters for INFO stats; incremented on workers with relaxed atomics.
 struct Stats {
   std::atomic<uint64_t> connections_received{0};
   std::atomic<uint64_t> connections_rejected{0};
-  std::atomic<uint64_t> commands_processed{0};
+  PerWorkerCounter commands_processed;
   std::atomic<uint64_t> expired_keys{0};
-  std::atomic<uint64_t> net_input_bytes{0};
-  std::atomic<uint64_t> net_output_bytes{0};
+  PerWorkerCounter net_input_bytes;
+  PerWorkerCounter net_output_bytes;
   std::atomic<int64_t> connected_clients{0};
   std::atomic<int64_t> client_buffer_bytes{0};
   void Reset() {
     connections_received = 0;
     connections_rejected = 0;
-    commands_processed = 0;
+    commands_processed.Reset();
     expired_keys = 0;
-    net_input_bytes = 0;
-    net_output_bytes = 0;
+    net_input_bytes.Reset();
+    net_output_bytes.Reset();
   }
 };
 
