@@ -213,6 +213,9 @@ asio::awaitable<void> Connection::Run() {
             continue;
           }
           if (!queued_entries_.empty()) co_await FlushWrites();
+          // `r` was looked up before FlushWrites may have waited: a replica
+          // retired meanwhile is kept alive with no lease (RunReadNow
+          // declines), and a split meanwhile fails its OwnsSlot check.
           if (cmd->spec.read != nullptr && r != nullptr && RunReadNow(*cmd, args_, *slot, r)) continue;
           co_await RunKeyed(*cmd, args_, *slot);
           continue;
