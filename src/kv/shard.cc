@@ -771,6 +771,7 @@ Status Shard::Load() {
     int64_t v = 0;
     if (!DecodeI64(raw, &v)) return Status::Corruption("applied index record");
     applied_index_ = static_cast<uint64_t>(v);
+    recorded_applied_ = applied_index_;
   } else if (s.code() != Code::kNotFound) {
     return s;
   }
@@ -791,6 +792,7 @@ Status Shard::Load() {
 
 void Shard::StageApplied(uint64_t index, storage::WriteBatch& batch) {
   applied_index_ = index;
+  recorded_applied_ = index;
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(index)));
 }
 
@@ -798,6 +800,7 @@ void Shard::StageCommit(storage::WriteBatch& batch, const std::map<uint16_t, App
                         size_t entries, uint64_t applied_to, bool wrote) {
   applied_index_ = applied_to != 0 ? applied_to : applied_index_.load() + entries;
   if (!wrote) return;  // nothing changed: the applied index need not be written either
+  recorded_applied_ = applied_index_;
   batch.Put(storage::Cf::kMeta, MetaKey("applied"), EncodeI64(static_cast<int64_t>(applied_index_.load())));
   for (const auto& [db, d] : deltas) {
     if (d.keys != 0) {

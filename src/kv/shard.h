@@ -333,6 +333,9 @@ class Shard {
                     storage::WriteBatch& batch, std::function<void()>* written);
   // Stages "applied up to index" for a log entry that changes no data.
   void StageApplied(uint64_t index, storage::WriteBatch& batch);
+  // The applied index the stored record holds once what is staged is
+  // written (an apply that changes nothing does not rewrite it).
+  uint64_t recorded_applied() const { return recorded_applied_; }
 
   // The shard's whole state (its slot range's keys, expiry index entries and
   // counters) as one image, for Raft snapshots. Read from a consistent view.
@@ -482,6 +485,7 @@ class Shard {
   // reply buffer) become the error, and the key metadata cache is emptied.
   void FailApply(resp::Writer* reply, size_t mark, size_t entries, const Status& s);
   bool staged_unwritten_ = false;  // a StageBatch whose `written` has not run
+  uint64_t recorded_applied_ = 0;  // recorded_applied()
   struct PendingCount {
     char kind;
     uint16_t db;

@@ -148,7 +148,7 @@ asio::awaitable<void> Groups::Drive(int w) {
     bool needs_sync = false;
     for (replica::Replica* r : dirty) {
       msgs.clear();
-      if (!r->BeginReady(round.batch(), &msgs, &needs_sync)) continue;
+      if (!r->BeginReady(round, &msgs, &needs_sync)) continue;
       begun.push_back(r);
       for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
     }

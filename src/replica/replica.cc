@@ -959,7 +959,16 @@ void Replica::ExpireWaiters(int64_t now_mono_us) {
   }
 }
 
+bool Replica::BeginReady(ApplyRound& round, std::vector<raft::Message>* send, bool* needs_sync) {
+  return BeginReady(round.batch(), send, needs_sync, &round);
+}
+
 bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync) {
+  return BeginReady(batch, send, needs_sync, nullptr);
+}
+
+bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync,
+                         ApplyRound* round) {
   if (ready_ || !node_->has_ready()) return false;
   raft::HardState before = store_->hard_state();
   ready_ = node_->ready();
@@ -1007,7 +1016,26 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     }
     store_->ApplySnapshot(rd.snapshot->meta, batch);
   }
-  if (!rd.entries.empty()) store_->Append(rd.entries, batch);
+  if (!rd.entries.empty()) {
+    // A lone leader's entries, committed as they are logged: their records
+    // are not needed once the round has applied them, since no follower
+    // reads them and a restart starts after them (RaftStore::FinishDeferred).
+    // (A follower catching up may get entries already committed too: it
+    // logs them, so that it can serve them to laggers should it lead.)
+    const bool defer = round != nullptr && opts_.commit_lone_appends && is_leader() && !rd.snapshot &&
+                       rd.hard_state && rd.hard_state->commit >= rd.entries.back().index;
+    store_->Append(rd.entries, batch, defer);
+    if (defer) {
+      round->BeforeWrite([this](storage::WriteBatch& b) {
+        const raft::Index applied = sm_->applied_index();
+        // The log now starts past them: a restart must find them applied
+        // (an apply that changed nothing left the stored index behind).
+        if (store_->FinishDeferred(b, applied) && sm_->recorded_applied_index() < applied) {
+          sm_->StageApplied(applied, b);
+        }
+      });
+    }
+  }
   for (const auto& e : rd.entries) {
     SplitCommand split;
     if (e.type == raft::EntryType::kNormal && SplitCommand::Decode(e.data, &split)) {
@@ -1076,6 +1104,8 @@ void Replica::Route(raft::Message m, std::vector<raft::Message>* send) {
 }
 
 void ApplyRound::Flush() {
+  for (auto& fn : before_) fn(*batch_);
+  before_.clear();
   if (batch_->Count() > 0) {
     auto seq = engine_->Write(*batch_);
     ++writes_;

@@ -49,6 +49,9 @@ class ApplyRound {
 
   storage::WriteBatch& batch() { return *batch_; }
   void After(std::function<void()> fn) { after_.push_back(std::move(fn)); }
+  // Runs once, at the next Flush, just before the batch is written: it may
+  // stage what depends on everything staged by then.
+  void BeforeWrite(std::function<void(storage::WriteBatch&)> fn) { before_.push_back(std::move(fn)); }
   // Writes what is staged (no sync: the log it comes from is durable on a
   // majority already) and runs what waited for it. A failed write stops the
   // node: the applies are in memory already, and the log applies them
@@ -61,6 +64,7 @@ class ApplyRound {
  private:
   storage::Engine* engine_;
   std::unique_ptr<storage::WriteBatch> batch_;
+  std::vector<std::function<void(storage::WriteBatch&)>> before_;
   std::vector<std::function<void()>> after_;
   uint64_t writes_ = 0;
   uint64_t last_seq_ = 0;
@@ -95,6 +99,8 @@ class StateMachine {
   virtual bool HasUnwritten() const { return false; }
   // Stages "applied up to index" for an entry that changes no state.
   virtual void StageApplied(uint64_t index, storage::WriteBatch& batch) = 0;
+  // The applied index that storage holds once what is staged is written.
+  virtual uint64_t recorded_applied_index() const { return applied_index(); }
   // The whole state as of applied_index(), for a snapshot.
   virtual Result<std::string> Export() = 0;
   // Stages replacing the state by an exported image taken at `index`;
@@ -172,6 +178,7 @@ class KvStateMachine final : public StateMachine {
   void StageApplied(uint64_t index, storage::WriteBatch& batch) override {
     shard_->StageApplied(index, batch);
   }
+  uint64_t recorded_applied_index() const override { return shard_->recorded_applied(); }
   Result<std::string> Export() override { return shard_->ExportImage(); }
   Status StageImport(std::string_view image, uint64_t index, storage::WriteBatch& batch,
                      const kv::Shard::ImportMarker& marker) override;
@@ -475,6 +482,12 @@ class Replica {
   // Ready completes (entries, a snapshot, a new term or vote); a changed
   // commit index alone need not be.
   bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync);
+  // The same, into round.batch(); the caller applies with ApplyReady(now,
+  // round). A lone group's entries that this round commits as it logs them
+  // (commit_lone_appends) are logged only if the round's batch is written
+  // before they are applied in it: otherwise the log starts after them
+  // (storage::RaftStore::FinishDeferred), one record fewer per write.
+  bool BeginReady(ApplyRound& round, std::vector<raft::Message>* send, bool* needs_sync);
   // Once the batch is written (not yet durable): applies the committed
   // entries, which a majority already holds durably, and answers their
   // proposals (one storage write of their own).
@@ -549,6 +562,7 @@ class Replica {
   // but the one at `imported`, whose import was just written.
   void MaybeReleaseImage(raft::Index imported = 0);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
+  bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync, ApplyRound* round);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& round);
   // Applies a split entry (the earlier applies are written).
   void ApplySplit(const raft::Entry& e, const SplitCommand& split, storage::WriteBatch& batch);

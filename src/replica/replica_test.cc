@@ -1200,7 +1200,7 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
     ApplyRound round(engine);
     std::vector<raft::Message> out;
     bool sync = false;
-    if (!r.BeginReady(round.batch(), &out, &sync)) return uint64_t{0};
+    if (!r.BeginReady(round, &out, &sync)) return uint64_t{0};
     r.ApplyReady(now, round);
     round.Flush();
     r.FinishReady(&out, now);
@@ -1231,8 +1231,25 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
       EXPECT_EQ(reply, "+OK\r\n");
       EXPECT_EQ(r->published_applied(), p.index);
       EXPECT_FALSE(r->HasReady());  // no second round to apply it
+      // Applied in the write that would have logged it: the log starts
+      // after it instead (RaftStore::FinishDeferred).
+      EXPECT_EQ(r->store().first_index(), p.index + 1);
       written = p.index;
     }
+    // A write that changes nothing leaves the stored applied index alone;
+    // with the log starting past it, the round records it.
+    std::optional<std::string> reply;
+    auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(round_of(engine.get(), *r), 1u);
+    EXPECT_EQ(reply, ":0\r\n");
+    EXPECT_EQ(r->store().first_index(), p.index + 1);
+    written = p.index;
+    std::string prefix(1, 'L');
+    for (int i = 7; i >= 0; --i) prefix.push_back(static_cast<char>(uint64_t{7} >> (8 * i)));
+    auto it = engine->NewIterator(storage::Cf::kRaft);
+    it->Seek(prefix);
+    EXPECT_FALSE(it->Valid() && it->key().starts_with(prefix)) << "a log record is left";
     // Gone without a shutdown: nothing more is written.
   }
   {

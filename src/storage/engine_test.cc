@@ -371,5 +371,92 @@ TEST_F(EngineTest, RaftLogReadsEntriesNoLongerInMemory) {
   check(log, 51, 110, 2, 95);
 }
 
+// A deferred append (a lone group's entries committed as they are logged)
+// leaves no records where the batch that would hold them also holds their
+// applies: the log starts after them, and what it held on disk before goes.
+// Where the batch is written before they are applied, their records are
+// staged as usual. Either way a reopen sees a log without gaps.
+TEST_F(EngineTest, RaftLogDeferredAppendsLeaveNoRecordsOnceApplied) {
+  auto engine = Open();
+  auto log = std::move(RaftStore::Open(engine.get(), 9).value());
+  auto entries = [](raft::Index lo, raft::Index hi) {
+    std::vector<raft::Entry> ents;
+    for (raft::Index i = lo; i <= hi; ++i) {
+      ents.push_back(raft::Entry{.term = 2, .index = i, .type = raft::EntryType::kNormal, .data = "e" + std::to_string(i)});
+    }
+    return ents;
+  };
+  auto records = [&] {
+    std::vector<raft::Index> out;
+    std::string prefix(1, 'L');
+    for (int i = 7; i >= 0; --i) prefix.push_back(static_cast<char>(uint64_t{9} >> (8 * i)));
+    auto it = engine->NewIterator(Cf::kRaft);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      raft::Entry e;
+      EXPECT_TRUE(DecodeRaftEntry(it->value(), &e));
+      out.push_back(e.index);
+    }
+    return out;
+  };
+  auto round = [&](raft::Index lo, raft::Index hi, raft::Index applied_at_write) {
+    auto batch = engine->NewBatch();
+    log->Append(entries(lo, hi), *batch, true);
+    log->SetHardState(raft::HardState{.term = 2, .vote = 1, .commit = hi}, *batch);
+    EXPECT_TRUE(log->has_deferred());
+    log->FinishDeferred(*batch, applied_at_write);
+    EXPECT_FALSE(log->has_deferred());
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  };
+  // Written before they are applied: logged.
+  round(1, 3, 0);
+  EXPECT_EQ(records(), (std::vector<raft::Index>{1, 2, 3}));
+  EXPECT_EQ(log->first_index(), 1U);
+  // Applied in the same write: no records, and 1..3 go with them.
+  round(4, 6, 6);
+  EXPECT_EQ(records(), std::vector<raft::Index>{});
+  EXPECT_EQ(log->first_index(), 7U);
+  EXPECT_EQ(log->last_index(), 6U);
+  EXPECT_EQ(*log->term(6), 2U);
+  EXPECT_EQ(log->log_bytes(), 0U);
+  // Applied only in part: all logged.
+  round(7, 9, 8);
+  EXPECT_EQ(records(), (std::vector<raft::Index>{7, 8, 9}));
+  // A later append stages a pending one itself.
+  {
+    auto batch = engine->NewBatch();
+    log->Append(entries(10, 10), *batch, true);
+    log->Append(entries(11, 12), *batch);
+    EXPECT_FALSE(log->has_deferred());
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  }
+  EXPECT_EQ(records(), (std::vector<raft::Index>{7, 8, 9, 10, 11, 12}));
+  // Applied: the log starts after 13, 7..12 are deleted with it.
+  round(13, 13, 13);
+  EXPECT_EQ(records(), std::vector<raft::Index>{});
+  auto again = std::move(RaftStore::Open(engine.get(), 9).value());
+  EXPECT_EQ(again->first_index(), 14U);
+  EXPECT_EQ(again->last_index(), 13U);
+  EXPECT_EQ(*again->term(13), 2U);
+  EXPECT_EQ(again->hard_state().commit, 13U);
+  // Deferred entries stay in memory until they are written, whatever
+  // Uncache is asked; a snapshot drops them.
+  {
+    auto batch = engine->NewBatch();
+    log->Append(entries(14, 15), *batch, true);
+    log->Uncache(15, 0);
+    EXPECT_EQ(log->cache_start(), 14U);
+    raft::SnapshotMeta meta;
+    meta.index = 20;
+    meta.term = 3;
+    meta.conf_state.voters = {1};
+    log->ApplySnapshot(meta, *batch);
+    EXPECT_FALSE(log->has_deferred());
+    log->FinishDeferred(*batch, 20);
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  }
+  EXPECT_EQ(records(), std::vector<raft::Index>{});
+  EXPECT_EQ(log->first_index(), 21U);
+}
+
 }  // namespace
 }  // namespace shoal::storage

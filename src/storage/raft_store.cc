@@ -107,6 +107,8 @@ void RaftStore::StageDestroy(WriteBatch& batch) {
   cached_bytes_ = 0;
   start_index_ = 0;
   start_term_ = 0;
+  deferred_from_ = 0;
+  logged_upto_ = 0;
   conf_state_ = raft::ConfState{};
 }
 
@@ -164,6 +166,7 @@ Status RaftStore::Load() {
     // All of it in memory for now: the replica drops what it has applied.
     PushCached(std::move(e));
   }
+  logged_upto_ = last_index();
   return it->status();
 }
 
@@ -243,13 +246,15 @@ Result<raft::Snapshot> RaftStore::snapshot() const {
   return snapshot_fn_();
 }
 
-void RaftStore::Append(const std::vector<raft::Entry>& ents, WriteBatch& batch) {
+void RaftStore::Append(const std::vector<raft::Entry>& ents, WriteBatch& batch, bool defer) {
   if (ents.empty()) return;
+  FinishDeferred(batch, 0);  // a pending append is logged first
   raft::Index first = ents.front().index;
   SHOAL_CHECK(first > start_index_ && first <= last_index() + 1);
   // Drop a conflicting suffix: in memory and on disk.
   if (first <= last_index()) {
     batch.DeleteRange(Cf::kRaft, EntryKey(first), EntryKey(last_index() + 1));
+    logged_upto_ = std::min(logged_upto_, first - 1);
     while (!cache_.empty() && cache_.back().index >= first) {
       cached_bytes_ -= raft::entry_size(cache_.back());
       cache_.pop_back();
@@ -258,11 +263,38 @@ void RaftStore::Append(const std::vector<raft::Entry>& ents, WriteBatch& batch) 
       log_bytes_ -= index_.back().size;
       index_.pop_back();
     }
+    defer = false;
   }
   for (const auto& e : ents) {
-    batch.Put(Cf::kRaft, EntryKey(e.index), EncodeRaftEntry(e));
+    if (!defer) batch.Put(Cf::kRaft, EntryKey(e.index), EncodeRaftEntry(e));
     PushCached(e);
   }
+  if (defer) {
+    deferred_from_ = first;
+  } else {
+    logged_upto_ = last_index();
+  }
+}
+
+bool RaftStore::FinishDeferred(WriteBatch& batch, raft::Index applied) {
+  if (deferred_from_ == 0) return false;
+  const raft::Index from = std::max(deferred_from_, start_index_ + 1);
+  const raft::Index last = last_index();
+  deferred_from_ = 0;
+  if (from > last) return false;  // compacted meanwhile
+  if (applied >= last && hard_state_.commit >= last) {
+    // Applied in this write: the log starts after them instead, and what
+    // it still held on disk goes.
+    CompactTo(last, logged_upto_ > start_index_, batch);
+    entries_unlogged_ += last - from + 1;
+    return true;
+  }
+  SHOAL_CHECK(cache_start() <= from);
+  for (const auto& e : cache_) {
+    if (e.index >= from) batch.Put(Cf::kRaft, EntryKey(e.index), EncodeRaftEntry(e));
+  }
+  logged_upto_ = last;
+  return false;
 }
 
 void RaftStore::SetHardState(const raft::HardState& hs, WriteBatch& batch) {
@@ -287,10 +319,9 @@ void RaftStore::ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch)
   cached_bytes_ = 0;
   start_index_ = meta.index;
   start_term_ = meta.term;
-  std::string raw;
-  PutU64(&raw, start_index_);
-  PutU64(&raw, start_term_);
-  batch.Put(Cf::kRaft, Key('S'), raw);
+  deferred_from_ = 0;
+  logged_upto_ = 0;
+  StageStart(batch);
   SetConfState(meta.conf_state, batch);
   if (hard_state_.commit < meta.index) hard_state_.commit = meta.index;
 }
@@ -298,15 +329,23 @@ void RaftStore::ApplySnapshot(const raft::SnapshotMeta& meta, WriteBatch& batch)
 void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
   if (index <= start_index_) return;
   SHOAL_CHECK(index <= last_index());
+  CompactTo(index, true, batch);
+}
+
+void RaftStore::CompactTo(raft::Index index, bool delete_records, WriteBatch& batch) {
   raft::Term t = index_[index - start_index_ - 1].term;
-  batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(index + 1));
-  Uncache(index, 0);
+  if (delete_records) batch.DeleteRange(Cf::kRaft, EntryKey(0), EntryKey(index + 1));
+  DropCached(index, 0);
   while (start_index_ < index) {
     log_bytes_ -= index_.front().size;
     index_.pop_front();
     ++start_index_;
   }
   start_term_ = t;
+  StageStart(batch);
+}
+
+void RaftStore::StageStart(WriteBatch& batch) {
   std::string raw;
   PutU64(&raw, start_index_);
   PutU64(&raw, start_term_);
@@ -314,6 +353,11 @@ void RaftStore::Compact(raft::Index index, WriteBatch& batch) {
 }
 
 void RaftStore::Uncache(raft::Index upto, uint64_t keep_bytes) {
+  if (deferred_from_ != 0) upto = std::min(upto, deferred_from_ - 1);  // not written yet
+  DropCached(upto, keep_bytes);
+}
+
+void RaftStore::DropCached(raft::Index upto, uint64_t keep_bytes) {
   while (!cache_.empty() && cache_.front().index <= upto && cached_bytes_ > keep_bytes) {
     cached_bytes_ -= raft::entry_size(cache_.front());
     cache_.pop_front();

@@ -48,8 +48,21 @@ class RaftStore final : public raft::Storage {
 
   void set_snapshot_fn(SnapshotFn fn) { snapshot_fn_ = std::move(fn); }
 
-  // Appends entries, replacing any conflicting suffix.
-  void Append(const std::vector<raft::Entry>& ents, WriteBatch& batch);
+  // Appends entries, replacing any conflicting suffix. With `defer`, their
+  // records are not staged yet: FinishDeferred must be called before
+  // `batch` is written (a later Append stages them itself).
+  void Append(const std::vector<raft::Entry>& ents, WriteBatch& batch, bool defer = false);
+  // Settles a deferred Append into `batch`, which is about to be written:
+  // where the state machine's applies of every deferred entry are in it or
+  // were written before (applied >= last_index()) and they are committed,
+  // their records are never needed (a lone group: no follower reads them,
+  // and a restart starts after them): the log is compacted past them
+  // instead of holding them. Otherwise their records are staged.
+  // Returns whether it compacted.
+  bool FinishDeferred(WriteBatch& batch, raft::Index applied);
+  bool has_deferred() const { return deferred_from_ != 0; }
+  // Entries whose records FinishDeferred left out, since the store opened.
+  uint64_t entries_unlogged() const { return entries_unlogged_; }
   void SetHardState(const raft::HardState& hs, WriteBatch& batch);
   // Records the membership the state machine has applied.
   void SetConfState(const raft::ConfState& cs, WriteBatch& batch);
@@ -94,6 +107,11 @@ class RaftStore final : public raft::Storage {
   Status ReadStored(raft::Index lo, raft::Index hi, uint64_t max_bytes, std::vector<raft::Entry>* out,
                     uint64_t* size) const;
   void PushCached(raft::Entry e);
+  // Drops entries up to `index` (> start_index_), and their records on
+  // disk where delete_records; stages the new log start.
+  void CompactTo(raft::Index index, bool delete_records, WriteBatch& batch);
+  void StageStart(WriteBatch& batch);
+  void DropCached(raft::Index upto, uint64_t keep_bytes);
 
   Engine* engine_;
   uint64_t group_;
@@ -101,6 +119,13 @@ class RaftStore final : public raft::Storage {
   raft::ConfState conf_state_;
   raft::Index start_index_ = 0;  // index of the last compacted entry
   raft::Term start_term_ = 0;
+  // Entries from here on are in memory only, their records not staged yet
+  // (0: none; Append's defer).
+  raft::Index deferred_from_ = 0;
+  // Records on disk (or staged) run up to here; none above start_index_
+  // where it is not above it.
+  raft::Index logged_upto_ = 0;
+  uint64_t entries_unlogged_ = 0;
   struct EntryInfo {
     raft::Term term;
     uint64_t size;
