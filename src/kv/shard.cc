@@ -892,6 +892,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
                                    std::span<const uint64_t> raft_indices) {
   batch_->Clear();
   const uint64_t applied_before = applied_index_;
+  const uint64_t recorded_before = recorded_applied_;
   const size_t mark = reply->buffer()->size();
   std::function<void()> written;
   Status s = StageBatch(entries, fns, limits, reply, applied_to, raft_indices, *batch_, &written);
@@ -906,6 +907,7 @@ Result<uint64_t> Shard::ApplyBatch(std::span<const Entry> entries, std::span<con
     return seq;
   }
   applied_index_ = applied_before;
+  recorded_applied_ = recorded_before;
   staged_unwritten_ = false;
   FailApply(reply, mark, entries.size(), seq.status());
   return seq.status();
@@ -1420,6 +1422,7 @@ Status Shard::StageDestroy(storage::WriteBatch& batch) {
   Status s = StageClear(batch);
   if (!s.ok()) return s;
   batch.Delete(storage::Cf::kMeta, MetaKey("applied"));
+  recorded_applied_ = 0;
   batch.Delete(storage::Cf::kMeta, MetaKey("range"));
   // The range's sentinel went with the range; an older version's may remain.
   std::string raw;

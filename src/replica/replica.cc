@@ -1278,12 +1278,19 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& r
   // A follower being sent a snapshot resumes from the log right after it:
   // keep those entries (within a bound) or it would need another snapshot.
   raft::Index floor = SnapshotFloor();
+  // The log start never passes the stored applied index: a restart would
+  // find entries neither in the log nor applied (applies that changed
+  // nothing leave that record behind).
+  auto compact = [&](raft::Index to) {
+    if (sm_->recorded_applied_index() < to) sm_->StageApplied(sm_->applied_index(), batch);
+    store_->Compact(to, batch);
+  };
   auto held = [&](raft::Index to) {
     return floor != 0 && to > floor && to - floor <= opts_.compact_hold_entries ? floor : to;
   };
   if (applied >= store_->first_index() + opts_.compact_entries) {
     raft::Index to = held(applied - opts_.compact_entries / 2);
-    if (to >= store_->first_index()) store_->Compact(to, batch);
+    if (to >= store_->first_index()) compact(to);
   }
   if (store_->log_bytes() > opts_.compact_bytes && applied >= store_->first_index() &&
       (floor == 0 || store_->log_bytes() > 16 * opts_.compact_bytes)) {
@@ -1296,7 +1303,7 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& r
       if (kept > opts_.compact_bytes / 4) break;
       --keep_from;
     }
-    if (keep_from > store_->first_index()) store_->Compact(keep_from - 1, batch);
+    if (keep_from > store_->first_index()) compact(keep_from - 1);
   }
   // What is applied here was written to the engine before this round
   // applied it (BeginReady's batch): followers that need it again read it
