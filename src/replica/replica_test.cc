@@ -1273,6 +1273,68 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
   std::filesystem::remove_all(dir);
 }
 
+// Log compaction never moves the log start past the stored applied index:
+// writes that change nothing (DEL of a missing key) do not rewrite that
+// record, so compaction records it. Reopened (a kill -9 after the last
+// write), the replica finds every compacted entry applied.
+TEST(ApplyRound, CompactionPastAppliesThatChangedNothingRecordsTheAppliedIndex) {
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_compact_noop_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto open_engine = [&] {
+    return std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+  };
+  kv::Limits limits;
+  ReplicaOptions ro;
+  ro.group = 7;
+  ro.node_id = 1;
+  ro.bootstrap_voters = {1};
+  ro.compact_entries = 4;
+  int64_t now = 1'000'000;
+  auto round_of = [&](storage::Engine* engine, Replica& r) {
+    ApplyRound round(engine);
+    std::vector<raft::Message> out;
+    bool sync = false;
+    if (!r.BeginReady(round, &out, &sync)) return;
+    r.ApplyReady(now, round);
+    round.Flush();
+    r.FinishReady(&out, now);
+  };
+  raft::Index first = 0;
+  {
+    auto engine = open_engine();
+    kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+    ASSERT_TRUE(shard.Load().ok());
+    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    for (int i = 0; i < 20 && !r->is_leader(); ++i) {
+      now += 50'000;
+      r->Tick(now);
+      while (r->HasReady()) round_of(engine.get(), *r);
+    }
+    ASSERT_TRUE(r->is_leader());
+    ASSERT_TRUE(r->Propose(SetBatch("k", "v"), [](bool, std::string) {}, now).ok());
+    while (r->HasReady()) round_of(engine.get(), *r);
+    for (int i = 0; i < 12; ++i) {
+      std::optional<std::string> reply;
+      auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+      ASSERT_TRUE(p.ok());
+      for (int k = 0; k < 4 && r->HasReady(); ++k) round_of(engine.get(), *r);
+      EXPECT_EQ(reply, ":0\r\n");
+    }
+    first = r->store().first_index();
+    EXPECT_GT(first, 8u);  // compacted past the SET
+  }
+  {
+    auto engine = open_engine();
+    kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+    ASSERT_TRUE(shard.Load().ok());
+    EXPECT_GE(shard.applied_index() + 1, first);
+    ro.bootstrap_voters.clear();
+    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    EXPECT_EQ(r->store().first_index(), first);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   auto dir = std::filesystem::temp_directory_path() / ("shoal_replica_death_" + std::to_string(::getpid()));
