@@ -1183,51 +1183,64 @@ TEST(ApplyRound, NothingOfAStagedApplyIsSeenBeforeItsWrite) {
 // after one Ready round and one storage write, its log entry and its apply
 // together; reopened from that write alone (a kill -9 right after it), it
 // has the value, an applied index its log reaches, and goes on.
-TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
-  auto dir = std::filesystem::temp_directory_path() / ("shoal_lone_round_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  auto open_engine = [&] {
+// One replica of group 7, alone, on an engine in a folder of its own,
+// driven one ApplyRound at a time as node::Groups drives it; the engine is
+// opened anew to model a kill -9 (nothing more is written).
+struct LoneDisk {
+  explicit LoneDisk(const std::string& name)
+      : dir(std::filesystem::temp_directory_path() / (name + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(dir);
+    ro.group = 7;
+    ro.node_id = 1;
+    ro.bootstrap_voters = {1};
+  }
+  ~LoneDisk() { std::filesystem::remove_all(dir); }
+  std::unique_ptr<storage::Engine> OpenEngine() {
     return std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
-  };
-  kv::Limits limits;
-  ReplicaOptions ro;
-  ro.group = 7;
-  ro.node_id = 1;
-  ro.bootstrap_voters = {1};
-  ro.commit_lone_appends = true;
-  int64_t now = 1'000'000;
-  auto round_of = [&](storage::Engine* engine, Replica& r) {
+  }
+  // One round; returns the storage writes it made.
+  uint64_t Round(storage::Engine* engine, Replica& r) {
     ApplyRound round(engine);
     std::vector<raft::Message> out;
     bool sync = false;
-    if (!r.BeginReady(round, &out, &sync)) return uint64_t{0};
+    if (!r.BeginReady(round, &out, &sync)) return 0;
     r.ApplyReady(now, round);
     round.Flush();
     r.FinishReady(&out, now);
     EXPECT_TRUE(out.empty());  // no one to send to
     return round.writes();
-  };
-  auto lead = [&](storage::Engine* engine, Replica& r) {
+  }
+  void Lead(storage::Engine* engine, Replica& r) {
     for (int i = 0; i < 20 && !r.is_leader(); ++i) {
       now += 50'000;
       r.Tick(now);
-      while (r.HasReady()) round_of(engine, r);
+      while (r.HasReady()) Round(engine, r);
     }
     ASSERT_TRUE(r.is_leader());
-    while (r.HasReady()) round_of(engine, r);
-  };
+    while (r.HasReady()) Round(engine, r);
+  }
+
+  std::filesystem::path dir;
+  kv::Limits limits;
+  ReplicaOptions ro;
+  int64_t now = 1'000'000;
+};
+
+TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
+  LoneDisk d("shoal_lone_round_");
+  d.ro.commit_lone_appends = true;
   raft::Index written = 0;
   {
-    auto engine = open_engine();
+    auto engine = d.OpenEngine();
     kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
     ASSERT_TRUE(shard.Load().ok());
-    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
-    lead(engine.get(), *r);
+    auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
+    d.Lead(engine.get(), *r);
     for (int i = 0; i < 3; ++i) {
       std::optional<std::string> reply;
-      auto p = r->Propose(SetBatch("k", "v" + std::to_string(i)), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+      auto p = r->Propose(SetBatch("k", "v" + std::to_string(i)), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, d.now);
       ASSERT_TRUE(p.ok());
-      EXPECT_EQ(round_of(engine.get(), *r), 1u);
+      EXPECT_EQ(d.Round(engine.get(), *r), 1u);
       EXPECT_EQ(reply, "+OK\r\n");
       EXPECT_EQ(r->published_applied(), p.index);
       EXPECT_FALSE(r->HasReady());  // no second round to apply it
@@ -1239,9 +1252,9 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
     // A write that changes nothing leaves the stored applied index alone;
     // with the log starting past it, the round records it.
     std::optional<std::string> reply;
-    auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+    auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, d.now);
     ASSERT_TRUE(p.ok());
-    EXPECT_EQ(round_of(engine.get(), *r), 1u);
+    EXPECT_EQ(d.Round(engine.get(), *r), 1u);
     EXPECT_EQ(reply, ":0\r\n");
     EXPECT_EQ(r->store().first_index(), p.index + 1);
     written = p.index;
@@ -1253,24 +1266,23 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
     // Gone without a shutdown: nothing more is written.
   }
   {
-    auto engine = open_engine();
+    auto engine = d.OpenEngine();
     kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
     ASSERT_TRUE(shard.Load().ok());
-    ro.bootstrap_voters.clear();
-    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    d.ro.bootstrap_voters.clear();
+    auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
     EXPECT_EQ(r->state_machine().applied_index(), written);
     EXPECT_GE(r->store().last_index(), written);
     std::string raw;
     EXPECT_TRUE(engine->Get(storage::Cf::kData, storage::DataKey(0, "k"), &raw).ok());
-    lead(engine.get(), *r);
+    d.Lead(engine.get(), *r);
     std::optional<std::string> reply;
-    auto p = r->Propose(SetBatch("k2", "after"), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+    auto p = r->Propose(SetBatch("k2", "after"), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, d.now);
     ASSERT_TRUE(p.ok());
     EXPECT_GT(p.index, written);
-    EXPECT_EQ(round_of(engine.get(), *r), 1u);
+    EXPECT_EQ(d.Round(engine.get(), *r), 1u);
     EXPECT_EQ(reply, "+OK\r\n");
   }
-  std::filesystem::remove_all(dir);
 }
 
 // Log compaction never moves the log start past the stored applied index:
@@ -1278,61 +1290,36 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
 // record, so compaction records it. Reopened (a kill -9 after the last
 // write), the replica finds every compacted entry applied.
 TEST(ApplyRound, CompactionPastAppliesThatChangedNothingRecordsTheAppliedIndex) {
-  auto dir = std::filesystem::temp_directory_path() / ("shoal_compact_noop_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  auto open_engine = [&] {
-    return std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
-  };
-  kv::Limits limits;
-  ReplicaOptions ro;
-  ro.group = 7;
-  ro.node_id = 1;
-  ro.bootstrap_voters = {1};
-  ro.compact_entries = 4;
-  int64_t now = 1'000'000;
-  auto round_of = [&](storage::Engine* engine, Replica& r) {
-    ApplyRound round(engine);
-    std::vector<raft::Message> out;
-    bool sync = false;
-    if (!r.BeginReady(round, &out, &sync)) return;
-    r.ApplyReady(now, round);
-    round.Flush();
-    r.FinishReady(&out, now);
-  };
+  LoneDisk d("shoal_compact_noop_");
+  d.ro.compact_entries = 4;
   raft::Index first = 0;
   {
-    auto engine = open_engine();
+    auto engine = d.OpenEngine();
     kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
     ASSERT_TRUE(shard.Load().ok());
-    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
-    for (int i = 0; i < 20 && !r->is_leader(); ++i) {
-      now += 50'000;
-      r->Tick(now);
-      while (r->HasReady()) round_of(engine.get(), *r);
-    }
-    ASSERT_TRUE(r->is_leader());
-    ASSERT_TRUE(r->Propose(SetBatch("k", "v"), [](bool, std::string) {}, now).ok());
-    while (r->HasReady()) round_of(engine.get(), *r);
+    auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
+    d.Lead(engine.get(), *r);
+    ASSERT_TRUE(r->Propose(SetBatch("k", "v"), [](bool, std::string) {}, d.now).ok());
+    while (r->HasReady()) d.Round(engine.get(), *r);
     for (int i = 0; i < 12; ++i) {
       std::optional<std::string> reply;
-      auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, now);
+      auto p = r->Propose(WriteBatchOf({"del", "missing"}), [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, d.now);
       ASSERT_TRUE(p.ok());
-      for (int k = 0; k < 4 && r->HasReady(); ++k) round_of(engine.get(), *r);
+      for (int k = 0; k < 4 && r->HasReady(); ++k) d.Round(engine.get(), *r);
       EXPECT_EQ(reply, ":0\r\n");
     }
     first = r->store().first_index();
     EXPECT_GT(first, 8u);  // compacted past the SET
   }
   {
-    auto engine = open_engine();
+    auto engine = d.OpenEngine();
     kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
     ASSERT_TRUE(shard.Load().ok());
     EXPECT_GE(shard.applied_index() + 1, first);
-    ro.bootstrap_voters.clear();
-    auto r = std::move(Replica::Open(engine.get(), ro, std::make_unique<KvStateMachine>(&shard, &limits)).value());
+    d.ro.bootstrap_voters.clear();
+    auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
     EXPECT_EQ(r->store().first_index(), first);
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
