@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/member_id.h"
+#include "common/status.h"
 #include "storage/slot.h"
 
 namespace shoal::cluster {
@@ -403,7 +404,15 @@ void MetaStateMachine::Apply(const raft::Entry& e, std::string* reply) {
   auto batch = engine_->NewBatch();
   Stage(*batch);
   auto seq = engine_->Write(*batch);
-  if (!seq.ok()) spdlog::error("meta state write failed: {}", seq.status().ToString());
+  if (!seq.ok()) {
+    // As a data shard's failed apply: the state in memory (and the reply)
+    // would run ahead of the disk, and the log may be compacted past this
+    // entry by the applied index. Stop; a restart applies the log again.
+    spdlog::critical("meta: writing the state applied at {} failed: {}; stopping this node", e.index,
+                     seq.status().ToString());
+    spdlog::default_logger()->flush();
+    FailStop("meta apply write failed");
+  }
   if (ok) std::atomic_store(&published_, MetaPtr(std::make_shared<proto::MetaState>(state_)));
   if (reply != nullptr) reply->append(ok ? "+OK\r\n" : "-ERR invalid cluster change\r\n");
 }

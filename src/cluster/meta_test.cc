@@ -2,12 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <map>
 #include <tuple>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cluster/cluster_internal.h"
 #include "common/member_id.h"
+#include "storage/fault_engine.h"
 
 namespace shoal::cluster {
 namespace {
@@ -609,6 +613,31 @@ TEST(RecoverySurvivor, OnlyTheFurthestAheadVoterOfALostMajority) {
   reports = {{3, Survivor(3, 9, 900, {1, 2, 3})}, {4, node::LeaderlessReplica{7, 4, 1, 5, 5, {4, 1, 2}, {}, {}, 2}}};
   EXPECT_NE(RefuseSurvivor("7", 3, reports, live).find("is behind"), std::string::npos);
   EXPECT_EQ(RefuseSurvivor("7", 4, reports, live), "");
+}
+
+// A meta apply whose write fails stops the node, as a data shard's does: its
+// state (and the reply) would otherwise run ahead of the disk, with the log
+// free to be compacted past the entry.
+TEST(MetaDeathTest, FailedApplyWriteStopsTheNode) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto dir = std::filesystem::temp_directory_path() / ("shoal_meta_death_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto run = [&] {
+    auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    storage::FaultEngine engine(real.get());
+    MetaStateMachine sm(&engine);
+    SHOAL_CHECK(sm.Load().ok());
+    sm.Apply(raft::Entry{.term = 1, .index = 2, .type = raft::EntryType::kNormal, .data = "not a command"}, nullptr);
+    SHOAL_CHECK(sm.applied_index() == 2);  // a refused entry is applied too, and written
+    engine.FailNextWrites(1);
+    std::string reply;
+    sm.Apply(raft::Entry{.term = 1, .index = 3, .type = raft::EntryType::kNormal, .data = "not a command"}, &reply);
+    SHOAL_CHECK(engine.writes_failed() > 0);  // the write did fail...
+    std::fprintf(stderr, "went on after a failed apply, replying %s\n", reply.c_str());  // ... and the node went on
+    std::exit(0);
+  };
+  EXPECT_DEATH(run(), "meta apply write failed");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
