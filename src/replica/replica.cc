@@ -1027,12 +1027,7 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
     store_->Append(rd.entries, batch, defer);
     if (defer) {
       round->BeforeWrite([this](storage::WriteBatch& b) {
-        const raft::Index applied = sm_->applied_index();
-        // The log now starts past them: a restart must find them applied
-        // (an apply that changed nothing left the stored index behind).
-        if (store_->FinishDeferred(b, applied) && sm_->recorded_applied_index() < applied) {
-          sm_->StageApplied(applied, b);
-        }
+        if (store_->FinishDeferred(b, sm_->applied_index())) RecordAppliedUpTo(store_->first_index() - 1, b);
       });
     }
   }
@@ -1278,11 +1273,8 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& r
   // A follower being sent a snapshot resumes from the log right after it:
   // keep those entries (within a bound) or it would need another snapshot.
   raft::Index floor = SnapshotFloor();
-  // The log start never passes the stored applied index: a restart would
-  // find entries neither in the log nor applied (applies that changed
-  // nothing leave that record behind).
   auto compact = [&](raft::Index to) {
-    if (sm_->recorded_applied_index() < to) sm_->StageApplied(sm_->applied_index(), batch);
+    RecordAppliedUpTo(to, batch);
     store_->Compact(to, batch);
   };
   auto held = [&](raft::Index to) {
@@ -1323,6 +1315,12 @@ void Replica::ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& r
     // Lease reads on other threads read storage once this is published.
     applied_.store(sm_->applied_index(), std::memory_order_release);
   });
+}
+
+void Replica::RecordAppliedUpTo(raft::Index log_start, storage::WriteBatch& batch) {
+  // A restart must find every entry before the log's start applied; an
+  // apply that changed nothing does not rewrite the stored applied index.
+  if (sm_->recorded_applied_index() < log_start) sm_->StageApplied(sm_->applied_index(), batch);
 }
 
 void Replica::ApplySplit(const raft::Entry& e, const SplitCommand& split, storage::WriteBatch& batch) {

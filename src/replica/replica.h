@@ -564,6 +564,9 @@ class Replica {
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync, ApplyRound* round);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& round);
+  // Stages the state machine's applied index where its stored record is
+  // below `log_start` (entries up to it leave the log in `batch`).
+  void RecordAppliedUpTo(raft::Index log_start, storage::WriteBatch& batch);
   // Applies a split entry (the earlier applies are written).
   void ApplySplit(const raft::Entry& e, const SplitCommand& split, storage::WriteBatch& batch);
   // Answers the proposal of the entry at (index, term), if it waits here.
