@@ -721,10 +721,14 @@ def test_move_and_transfer_by_hand(ecl):
 
 def _wait_moved(c: Cluster, shard_id: int, src: str, dst: str) -> None:
     """Until shard ``shard_id``'s replica has moved from ``src`` to ``dst``:
-    no move in flight, ``dst`` a voter, ``src`` gone, three voters."""
+    a leader known, no move in flight, ``dst`` a voter, ``src`` gone, three
+    voters. With no leader known the status lists the voters the metadata
+    wants, not the ones the group has (seen: a move that looked done right
+    after an election, its image not yet sent)."""
     def moved(s: AdminStatus) -> List[str]:
         sh = next(x for x in s.shards if x.id == shard_id)
-        if sh.moving or dst not in sh.voters or src in sh.members() or len(sh.voters) != 3:
+        if (not sh.leader_known or sh.moving or dst not in sh.voters or src in sh.members()
+                or len(sh.voters) != 3):
             return [f"shard {shard_id}: {sh}"]
         return []
     c.wait_status(moved, SETTLE_TIMEOUT_S, f"shard {shard_id} moved to {dst}")
@@ -887,15 +891,6 @@ def test_leader_change_in_the_middle_of_a_copy(slow_one_shard_cl, how):
           f"and took {taken} image(s) on arrival")
     assert term_during > term0, "no other leader was elected while the leader was stopped"
     assert recalled == 0, "the former leader abandoned its transfer"
-    if how == "stall" and taken == 0 and total == at_stop == sent:
-        # A race the scenario cannot rule out: the new leader's log still
-        # held every entry (nothing compacted yet), so it caught the new
-        # replica up by appends before the former leader resumed, and no
-        # image was needed. The writes are still checked; the copy was not.
-        wl.finish()
-        wl.assert_no_failed_ops(unknown_ok=False)
-        verify_all(c, wl, big)
-        pytest.skip("the new leader caught the replica up from its log: no image left to test")
     assert taken >= 1, "the new replica did not take the image on arrival"
     if how == "stall":
         assert at_stop < sent, "the image had all arrived before the leader stalled: nothing was tested"
