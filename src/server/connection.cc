@@ -499,7 +499,7 @@ asio::awaitable<void> Connection::FlushWrites() {
       if (cmd == nullptr) continue;
       std::string before = std::move(wbuf_);
       wbuf_.clear();
-      co_await RunKeyed(*cmd, args, queued[p].slot);
+      co_await RunKeyed(*cmd, args, queued[p].slot, /*inner=*/true);
       rerun[p] = std::move(wbuf_);
       wbuf_ = std::move(before);
     }
@@ -602,9 +602,11 @@ bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, re
   return true;
 }
 
-asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot) {
-  server_.stats().commands_processed.Add(worker_.index(), 1);
-  last_command_ = cmd.spec.name;
+asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot, bool inner) {
+  if (!inner) {
+    server_.stats().commands_processed.Add(worker_.index(), 1);
+    last_command_ = cmd.spec.name;
+  }
   uint64_t group = server_.cluster().GroupOfSlot(slot);
   if (group == 0) {  // group 0 is the meta shard: no shard map yet (joining)
     writer_.Error(server_.cluster().NoShardMapError());
@@ -1324,7 +1326,7 @@ asio::awaitable<void> Connection::Watch(kv::Args args) {
     // MOVED), its reply taken back out of the output.
     const size_t mark = wbuf_.size();
     const std::string_view read[] = {"shoal.fingerprint", args[i]};
-    co_await RunKeyed(*fingerprint, read, slot);
+    co_await RunKeyed(*fingerprint, read, slot, /*inner=*/true);
     std::string reply = wbuf_.substr(mark);
     wbuf_.resize(mark);
     const size_t start = reply.find("\r\n");

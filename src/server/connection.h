@@ -155,7 +155,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // it to RunKeyed (a barrier to wait for, or not this node's to serve).
   bool RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r);
   // Routes and runs a command on keys (all in one slot); see Run().
-  asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot);
+  // `inner`: part of a command already counted (WATCH's reads of its keys,
+  // a queued write run again): not counted again, nor shown as the
+  // connection's last command.
+  asio::awaitable<void> RunKeyed(const Command& cmd, kv::Args args, uint16_t slot, bool inner = false);
   // A blocking command (BLPOP...) on keys of `slot`: applied at once, and
   // again after each write to its keys, until it takes something, its
   // timeout passes, the client leaves or the shard's leadership moves.

@@ -50,6 +50,23 @@ def test_info_sections_and_counters(shoal):
     assert set(r.info("keyspace")) == {"db0"}
 
 
+def test_watch_counts_as_one_command(shoal):
+    """WATCH reads each key's fingerprint the way a keyed read runs; those
+    reads are part of the WATCH, not commands of their own: the counter
+    grows by one for it, and CLIENT LIST shows it as the last command."""
+    a = redis.Redis(host=shoal.host, port=shoal.port, single_connection_client=True)
+    b = redis.Redis(host=shoal.host, port=shoal.port, single_connection_client=True)
+    a_id = a.client_id()
+    before = b.info("stats")["total_commands_processed"]
+    assert a.execute_command("WATCH", "{w}1", "{w}2", "{w}3") in (b"OK", "OK", True)
+    after = b.info("stats")["total_commands_processed"]
+    assert after - before == 2, "WATCH and the INFO that read the counter, nothing else"
+    mine = [c for c in b.client_list() if int(c["id"]) == a_id]
+    assert len(mine) == 1 and mine[0]["cmd"] == "watch", mine
+    a.close()
+    b.close()
+
+
 def test_config_set_changes_limits_at_run_time(shoal):
     r = redis.Redis(host=shoal.host, port=shoal.port)
     assert r.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(512 * 1024 * 1024)}
