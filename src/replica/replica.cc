@@ -874,9 +874,18 @@ void Replica::MaybeReleaseImage(raft::Index imported) {
 raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
   if (retired_) return raft::Proposal{raft::ProposeError::kRemoved, raft::kNoNode, 0, 0};
   const raft::Raft& r = node_->raft();
-  const bool annotated = r.role() == raft::Role::kLeader;
+  // Annotations (write hints) are for followers: a group of one has none,
+  // and a member added later reads no entry proposed before (it is sent a
+  // snapshot, or hints start over, WriteHints).
+  const raft::ConfState& cs = r.tracker().conf_state();
+  const bool alone = cs.voters.size() == 1 && cs.voters_outgoing.empty() && cs.learners.empty();
+  const bool annotated = r.role() == raft::Role::kLeader && !alone;
   const uint64_t index = r.log().last_index() + 1;
-  if (annotated) data = sm_->Annotate(std::move(data), r.term(), index);
+  if (annotated) {
+    data = sm_->Annotate(std::move(data), r.term(), index);
+  } else if (r.role() == raft::Role::kLeader) {
+    sm_->NotAnnotated();
+  }
   raft::Proposal p = node_->propose(std::move(data));
   if (annotated) {
     SHOAL_CHECK(!p.ok() || p.index == index);

@@ -131,6 +131,9 @@ class StateMachine {
   // follows with whether it was appended.
   virtual std::string Annotate(std::string data, uint64_t /*term*/, uint64_t /*index*/) { return data; }
   virtual void Appended(uint64_t /*index*/, bool /*ok*/) {}
+  // A proposal this leader appends without annotating it (a group of one:
+  // no follower to read annotations): what it tracked for them starts over.
+  virtual void NotAnnotated() {}
   // The replica became its group's leader, or stopped being it.
   virtual void LeadershipChanged(bool /*leader*/) {}
   // Whether the state machine holds `slot` now (a data shard's range). Any
@@ -164,6 +167,9 @@ class KvStateMachine final : public StateMachine {
     return hints_.Annotate(std::move(data), term, index);
   }
   void Appended(uint64_t index, bool ok) override { hints_.Appended(index, ok); }
+  // Untracked entries in flight: no hint may be given until they apply,
+  // which a new start of tracking waits for (WriteHints::Annotate).
+  void NotAnnotated() override { hints_.Reset(); }
   void LeadershipChanged(bool leader) override {
     hints_.Reset();
     shard_->SetMetaCacheActive(leader || !HintsOn());

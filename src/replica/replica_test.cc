@@ -7,6 +7,7 @@
 
 #include "common/member_id.h"
 #include "kv/commands.h"
+#include "replica/write_hints.h"
 #include "storage/fault_engine.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
@@ -1283,6 +1284,37 @@ TEST(ApplyRound, LoneReplicaLogsAndAppliesAWriteInOneStorageWrite) {
     EXPECT_EQ(d.Round(engine.get(), *r), 1u);
     EXPECT_EQ(reply, "+OK\r\n");
   }
+}
+
+// Write hints are for followers: a group of one proposes its writes without
+// them (its second SET of a key would otherwise carry the key's state).
+TEST(ApplyRound, LoneLeaderProposesNoWriteHints) {
+  LoneDisk d("shoal_lone_hints_");
+  auto engine = d.OpenEngine();
+  kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+  ASSERT_TRUE(shard.Load().ok());
+  auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
+  d.Lead(engine.get(), *r);
+  raft::Index last = 0;
+  for (int i = 0; i < 2; ++i) {
+    std::optional<std::string> reply;
+    auto p = r->Propose(SetBatch("k", "v" + std::to_string(i)),
+                        [&](bool ok, std::string text) { reply = ok ? text : "failed"; }, d.now);
+    ASSERT_TRUE(p.ok());
+    for (int k = 0; k < 4 && r->HasReady(); ++k) d.Round(engine.get(), *r);
+    EXPECT_EQ(reply, "+OK\r\n");
+    last = p.index;
+  }
+  auto ents = r->store().entries(last, last + 1, UINT64_MAX);
+  ASSERT_TRUE(ents.ok());
+  ASSERT_EQ(ents->size(), 1u);
+  int protocol = 0;
+  size_t n = 0;
+  std::string_view rest;
+  ASSERT_TRUE(WalkKvBatch((*ents)[0].data, &protocol, [&](std::string_view) { return ++n > 0; }, &rest));
+  EXPECT_EQ(n, 1u);
+  EXPECT_TRUE(rest.empty()) << "a hint trailer in a group of one";
+  EXPECT_EQ(shard.hinted_puts(), 0u);
 }
 
 // Log compaction never moves the log start past the stored applied index:
