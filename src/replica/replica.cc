@@ -874,9 +874,10 @@ void Replica::MaybeReleaseImage(raft::Index imported) {
 raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono_us) {
   if (retired_) return raft::Proposal{raft::ProposeError::kRemoved, raft::kNoNode, 0, 0};
   const raft::Raft& r = node_->raft();
-  // Annotations (write hints) are for followers: a group of one has none,
-  // and a member added later reads no entry proposed before (it is sent a
-  // snapshot, or hints start over, WriteHints).
+  // Annotations (write hints) are for followers: a group of one has none.
+  // A member added later that is sent the un-annotated entries reads their
+  // keys itself, and hints start over once all of them are applied
+  // (WriteHints::Annotate).
   const raft::ConfState& cs = r.tracker().conf_state();
   const bool alone = cs.voters.size() == 1 && cs.voters_outgoing.empty() && cs.learners.empty();
   const bool annotated = r.role() == raft::Role::kLeader && !alone;

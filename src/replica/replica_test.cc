@@ -1305,16 +1305,39 @@ TEST(ApplyRound, LoneLeaderProposesNoWriteHints) {
     EXPECT_EQ(reply, "+OK\r\n");
     last = p.index;
   }
-  auto ents = r->store().entries(last, last + 1, UINT64_MAX);
-  ASSERT_TRUE(ents.ok());
-  ASSERT_EQ(ents->size(), 1u);
-  int protocol = 0;
-  size_t n = 0;
-  std::string_view rest;
-  ASSERT_TRUE(WalkKvBatch((*ents)[0].data, &protocol, [&](std::string_view) { return ++n > 0; }, &rest));
-  EXPECT_EQ(n, 1u);
-  EXPECT_TRUE(rest.empty()) << "a hint trailer in a group of one";
+  // The hint trailer that follows the batch's one entry.
+  auto trailer = [&](raft::Index i) {
+    auto ents = r->store().entries(i, i + 1, UINT64_MAX);
+    EXPECT_TRUE(ents.ok() && ents->size() == 1u);
+    int protocol = 0;
+    size_t n = 0;
+    std::string_view rest;
+    EXPECT_TRUE(WalkKvBatch((*ents)[0].data, &protocol, [&](std::string_view) { return ++n > 0; }, &rest));
+    EXPECT_EQ(n, 1u);
+    return std::string(rest);
+  };
+  EXPECT_EQ(trailer(last), "") << "a hint trailer in a group of one";
   EXPECT_EQ(shard.hinted_puts(), 0u);
+  // With a learner (which never answers here), the group is no longer one:
+  // the next SET of the key carries its state again.
+  raft::ConfChange cc{{raft::ConfChangeSingle{raft::ConfChangeType::kAddLearner, 2}}};
+  ASSERT_TRUE(r->ProposeConfChange(cc).ok());
+  auto round = [&] {
+    ApplyRound ar(engine.get());
+    std::vector<raft::Message> out;
+    bool sync = false;
+    if (!r->BeginReady(ar, &out, &sync)) return;
+    r->ApplyReady(d.now, ar);
+    ar.Flush();
+    r->FinishReady(&out, d.now);  // messages to the learner go nowhere
+  };
+  for (int k = 0; k < 8 && r->HasReady(); ++k) round();
+  ASSERT_EQ(r->published_conf()->learners, std::vector<raft::NodeId>{2});
+  auto p = r->Propose(SetBatch("k", "v2"), [](bool, std::string) {}, d.now);
+  ASSERT_TRUE(p.ok());
+  for (int k = 0; k < 8 && r->HasReady(); ++k) round();
+  EXPECT_FALSE(trailer(p.index).empty()) << "no hint once the group has a learner";
+  EXPECT_EQ(shard.hinted_puts(), 1u);  // the leader applies its own hint
 }
 
 // Log compaction never moves the log start past the stored applied index:

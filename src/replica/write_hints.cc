@@ -164,6 +164,9 @@ std::string WriteHints::TrackKey(uint16_t db, std::string_view key) {
 }
 
 void WriteHints::Reset() {
+  // Called for every proposal of a group of one: nothing to clear is the
+  // common case (clearing an emptied map still walks all its buckets).
+  if (term_ == 0 && from_ == 0 && tracked_.empty() && keys_.empty() && opaque_ == 0 && !annotating_) return;
   term_ = 0;
   from_ = 0;
   tracked_.clear();
