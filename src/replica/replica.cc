@@ -878,8 +878,7 @@ raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono
   // A member added later that is sent the un-annotated entries reads their
   // keys itself, and hints start over once all of them are applied
   // (WriteHints::Annotate).
-  const raft::ConfState& cs = r.tracker().conf_state();
-  const bool alone = cs.voters.size() == 1 && cs.voters_outgoing.empty() && cs.learners.empty();
+  const bool alone = r.tracker().is_singleton() && r.tracker().progress().size() == 1;  // no learner either
   const bool annotated = r.role() == raft::Role::kLeader && !alone;
   const uint64_t index = r.log().last_index() + 1;
   if (annotated) {
