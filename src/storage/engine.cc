@@ -1,5 +1,6 @@
 #include "storage/engine.h"
 #include "storage/keys.h"
+#include "storage/slot_memtable.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
@@ -414,6 +415,10 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   // memory and write throughput measured: docs/PERFORMANCE.md, 2026-12-02).
   rocksdb::ColumnFamilyOptions data_cf = cf;
   data_cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kDataKeyPrefixBytes));
+  // A skiplist per [slot][db] found by the prefix's bytes: a write or a read
+  // searches the few keys of its prefix, not one skiplist of every key
+  // (slot_memtable.h; PERFORMANCE.md, "2026-12-04 (late)").
+  data_cf.memtable_factory = NewSlotMemTableFactory(kDataKeyPrefixBytes);
   data_cf.write_buffer_size = static_cast<size_t>(std::clamp<int64_t>(memtable_bytes / 16, 4LL << 20, 16LL << 20));
 
   // The expiry index is only scanned, never looked up by key: no memtable

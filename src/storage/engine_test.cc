@@ -281,6 +281,39 @@ TEST_F(EngineTest, DataIteratorEndsAtItsPrefixPastDeletedKeys) {
   EXPECT_EQ(scan->value(), "live");
 }
 
+// The data memtable's size estimates: a shard's size counts what is still in
+// memory, and a range delete that covers many memtable entries has them
+// flushed away (RocksEngine::MaybeFlushAfterRangeDelete), which needs the
+// memtable to count the entries in a range.
+TEST_F(EngineTest, DataMemtableCountsForSizesAndRangeDeletesFlushIt) {
+  auto engine = Open();
+  auto slot_key = [](int slot, int i) {
+    return std::string{static_cast<char>(slot >> 8), static_cast<char>(slot & 0xff), 0, 0} + "k" + std::to_string(i);
+  };
+  auto slot_end = [](int slot) { return std::string{static_cast<char>(slot >> 8), static_cast<char>((slot & 0xff) + 1)}; };
+  auto sst_count = [&] {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) n += e.path().extension() == ".sst";
+    return n;
+  };
+  auto batch = engine->NewBatch();
+  for (int i = 0; i < 2000; ++i) batch->Put(Cf::kData, slot_key(7, i), std::string(50, 'v'));
+  ASSERT_TRUE(engine->Write(*batch).ok());
+  ASSERT_EQ(sst_count(), 0);  // all of it in the memtable
+  EXPECT_GT(engine->ApproximateSize(Cf::kData, slot_key(7, 0).substr(0, 4), slot_end(7)), 2000u * 50 / 2);
+  EXPECT_EQ(engine->ApproximateSize(Cf::kData, slot_key(9, 0).substr(0, 4), slot_end(9)), 0u);
+
+  auto deletes = engine->NewBatch();
+  deletes->DeleteRange(Cf::kData, slot_key(7, 0).substr(0, 4), slot_end(7));
+  ASSERT_TRUE(engine->Write(*deletes).ok());
+  // The flush is scheduled, not waited for: bounded wait for its file.
+  for (int i = 0; i < 200 && sst_count() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GT(sst_count(), 0);
+  auto it = engine->NewIterator(Cf::kData);
+  it->Seek(slot_key(7, 0).substr(0, 4));
+  EXPECT_FALSE(it->Valid());
+}
+
 // The log keeps only its newest entries in memory; older ones are read back
 // from the engine, across the boundary, with byte limits, after conflicts,
 // compaction and a reopen.

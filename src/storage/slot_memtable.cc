@@ -1,0 +1,596 @@
+#include "storage/slot_memtable.h"
+
+#include "common/status.h"
+
+#include <rocksdb/memtablerep.h>
+#include <rocksdb/slice.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+namespace shoal::storage {
+namespace {
+
+using rocksdb::KeyHandle;
+using rocksdb::MemTableRep;
+using rocksdb::Slice;
+
+// A bucket's skiplist: a node climbs one more level with probability 1/4, up
+// to 8 levels. A prefix holds few keys (a 16 MiB memtable of 100-byte values
+// spread over 16384 slots has about 7 a slot), and a hash-tagged one with
+// 100k keys still finds a key in about 40 steps.
+constexpr int kMaxHeight = 8;
+constexpr size_t kMaxPrefix = 4;
+constexpr size_t kWord = sizeof(void*);
+
+// A skiplist node, placed in the memtable's arena. Its links lie below it,
+// level 0 nearest (level n is n words below `this`), and the memtable entry
+// (the length-prefixed internal key and the value) right above it.
+struct Node {
+  std::atomic<Node*> link0;
+
+  std::atomic<Node*>* Link(int level) {
+    return reinterpret_cast<std::atomic<Node*>*>(reinterpret_cast<char*>(this) - level * kWord);
+  }
+  Node* Next(int level) { return Link(level)->load(std::memory_order_acquire); }
+  const char* Entry() const { return reinterpret_cast<const char*>(this) + kWord; }
+};
+static_assert(sizeof(Node) == kWord && sizeof(std::atomic<Node*>) == kWord);
+
+// The leading bytes of a user key (at most prefix_bytes), and the word made
+// of its first two, zero padded, that indexes the directory. Zero padding
+// keeps the order: a short key sorts before every longer key it starts.
+struct Prefix {
+  int index = 0;
+  uint8_t len = 0;
+  char bytes[kMaxPrefix] = {};
+};
+
+// Every key of one prefix, as a skiplist. Writers of a bucket take turns on
+// `busy`; readers never wait.
+struct Bucket {
+  explicit Bucket(const Prefix& p) : index(p.index), len(p.len) { std::memcpy(key, p.bytes, kMaxPrefix); }
+
+  // links[kMaxHeight - 1 - n] is the head's link at level n, so that head()
+  // is laid out as a Node.
+  std::array<std::atomic<Node*>, kMaxHeight> links{};
+  std::atomic<Bucket*> next{nullptr};  // the next bucket of the same index word, in order
+  std::atomic<int> height{1};
+  std::atomic<uint64_t> count{0};  // entries, for size estimates
+  std::atomic_flag busy;
+  int index;
+  uint8_t len;
+  char key[kMaxPrefix];
+
+  Node* head() { return reinterpret_cast<Node*>(&links[kMaxHeight - 1]); }
+};
+
+// The buckets of 256 index words that share their first byte.
+struct Leaf {
+  std::array<std::atomic<Bucket*>, 256> first{};  // each word's first bucket
+  std::array<std::atomic<uint64_t>, 4> used{};    // which words have one
+};
+
+using Bits = std::array<std::atomic<uint64_t>, 4>;
+
+// The lowest set bit at or after `from` (0..256), or -1.
+int FirstSetFrom(const Bits& bits, int from) {
+  for (int w = from >> 6; w < 4; ++w) {
+    uint64_t word = bits[w].load(std::memory_order_acquire);
+    if (w == from >> 6) word &= ~uint64_t{0} << (from & 63);
+    if (word != 0) return w * 64 + std::countr_zero(word);
+  }
+  return -1;
+}
+
+// The highest set bit at or before `from` (-1..255), or -1.
+int LastSetUpTo(const Bits& bits, int from) {
+  for (int w = from >> 6; w >= 0 && from >= 0; --w) {
+    uint64_t word = bits[w].load(std::memory_order_acquire);
+    if (w == from >> 6 && (from & 63) != 63) word &= (uint64_t{2} << (from & 63)) - 1;
+    if (word != 0) return w * 64 + 63 - std::countl_zero(word);
+  }
+  return -1;
+}
+
+// RocksDB hands a point lookup its key as a LookupKey, whose accessors are
+// inline in a header it does not install, and MemTableRep's own Get leaks
+// the iterator it makes (librocksdb 7.8). A LookupKey begins with three
+// pointers: the memtable key (a varint32 length, then the internal key), the
+// internal key, and their end. Every lookup checks that they agree, so a
+// librocksdb laid out otherwise stops the node instead of misreading keys.
+struct LookupKeyView {
+  const char* start;
+  const char* kstart;
+  const char* end;
+};
+
+void ReadLookupKey(const rocksdb::LookupKey& k, Slice* internal_key, const char** memtable_key) {
+  const auto& v = *reinterpret_cast<const LookupKeyView*>(&k);
+  uint32_t len = 0;
+  const char* p = v.start;
+  for (int shift = 0; shift <= 28 && p < v.kstart; shift += 7) {
+    auto byte = static_cast<uint8_t>(*p++);
+    len |= static_cast<uint32_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) break;
+  }
+  SHOAL_CHECK(p == v.kstart && v.end >= v.kstart && len == static_cast<size_t>(v.end - v.kstart) && len >= 8);
+  *internal_key = Slice(v.kstart, len);
+  *memtable_key = v.start;
+}
+
+void SetBit(Bits& bits, int i) { bits[i >> 6].fetch_or(uint64_t{1} << (i & 63), std::memory_order_release); }
+
+int RandomHeight() {
+  thread_local uint64_t state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<uintptr_t>(&state);
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  uint64_t r = state;
+  int height = 1;
+  while (height < kMaxHeight && (r & 3) == 0) {
+    ++height;
+    r >>= 2;
+  }
+  return height;
+}
+
+class SlotMemTableRep final : public MemTableRep {
+ public:
+  SlotMemTableRep(const KeyComparator& cmp, rocksdb::Allocator* allocator, size_t prefix_bytes)
+      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes) {}
+
+  // A node with its links and room for `len` entry bytes; its height waits
+  // in its level-0 link until Insert.
+  KeyHandle Allocate(const size_t len, char** buf) override {
+    int height = RandomHeight();
+    char* raw = AllocateAligned(height * kWord + len);
+    for (int i = 0; i < height; ++i) new (raw + i * kWord) std::atomic<Node*>(nullptr);
+    auto* node = reinterpret_cast<Node*>(raw + (height - 1) * kWord);
+    node->link0.store(reinterpret_cast<Node*>(static_cast<uintptr_t>(height)), std::memory_order_relaxed);
+    *buf = raw + height * kWord;
+    return node;
+  }
+
+  void Insert(KeyHandle handle) override { Add(static_cast<Node*>(handle)); }
+  void InsertConcurrently(KeyHandle handle) override { Add(static_cast<Node*>(handle)); }
+
+  bool Contains(const char* entry) const override {
+    Bucket* b = Exact(PrefixOf(UserKey(entry)));
+    if (b == nullptr) return false;
+    Node* n = FindLess(b, [&](const char* e) { return cmp_(e, entry) < 0; })->Next(0);
+    return n != nullptr && cmp_(n->Entry(), entry) == 0;
+  }
+
+  // Every version of a user key lies in one bucket, so a lookup ends with
+  // its bucket.
+  void Get(const rocksdb::LookupKey& k, void* arg, bool (*callback)(void* arg, const char* entry)) override {
+    Slice internal_key;
+    const char* memtable_key = nullptr;
+    ReadLookupKey(k, &internal_key, &memtable_key);
+    Bucket* b = Exact(PrefixOf(UserKeyOfInternal(internal_key)));
+    if (b == nullptr) return;
+    Node* n = FindLess(b, [&](const char* e) { return cmp_(e, memtable_key) < 0; })->Next(0);
+    for (; n != nullptr && callback(arg, n->Entry()); n = n->Next(0)) {
+    }
+  }
+
+  // Entries between two internal keys: whole buckets by their counts, the
+  // end buckets by their skiplists' levels. The engine counts what a range
+  // delete covers with it (to flush covered keys away), and splits size
+  // shards with it.
+  uint64_t ApproximateNumEntries(const Slice& start_ikey, const Slice& end_ikey) override {
+    Prefix first = PrefixOf(UserKeyOfInternal(start_ikey));
+    Prefix last = PrefixOf(UserKeyOfInternal(end_ikey));
+    Bucket* b = Exact(first);
+    if (b == nullptr) b = FirstAfter(first);
+    uint64_t n = 0;
+    for (; b != nullptr && Compare(last, *b) >= 0; b = After(b)) {
+      uint64_t count = b->count.load(std::memory_order_relaxed);
+      uint64_t below_start = Compare(first, *b) == 0 ? EstimateBelow(b, start_ikey) : 0;
+      uint64_t below_end = Compare(last, *b) == 0 ? std::min(count, EstimateBelow(b, end_ikey)) : count;
+      if (below_end > below_start) n += below_end - below_start;
+    }
+    return n;
+  }
+
+  size_t ApproximateMemoryUsage() override { return sizeof(*this); }
+
+  Iterator* GetIterator(rocksdb::Arena* arena) override;
+
+  Prefix PrefixOf(Slice user_key) const {
+    Prefix p;
+    p.len = static_cast<uint8_t>(std::min(prefix_bytes_, user_key.size()));
+    std::memcpy(p.bytes, user_key.data(), p.len);
+    p.index = static_cast<uint8_t>(p.bytes[0]) << 8 | static_cast<uint8_t>(p.bytes[1]);
+    return p;
+  }
+  Slice UserKeyOfInternal(const Slice& internal_key) const {
+    return Slice(internal_key.data(), internal_key.size() - 8);
+  }
+
+  // Negative, zero or positive as p sorts before, with or after b's prefix.
+  static int Compare(const Prefix& p, const Bucket& b) {
+    int c = std::memcmp(p.bytes, b.key, std::min(p.len, b.len));
+    if (c != 0) return c;
+    return static_cast<int>(p.len) - static_cast<int>(b.len);
+  }
+
+  Bucket* Exact(const Prefix& p) const {
+    Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire);
+    if (leaf == nullptr) return nullptr;
+    for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire); b != nullptr;
+         b = b->next.load(std::memory_order_acquire)) {
+      int c = Compare(p, *b);
+      if (c == 0) return b;
+      if (c < 0) return nullptr;
+    }
+    return nullptr;
+  }
+
+  // The first bucket at an index word >= index.
+  Bucket* FirstFromIndex(int index) const {
+    while (index <= 0xffff) {
+      int l = index >> 8;
+      if (Leaf* leaf = leaves_[l].load(std::memory_order_acquire)) {
+        int i = FirstSetFrom(leaf->used, index & 255);
+        if (i >= 0) return leaf->first[i].load(std::memory_order_acquire);
+      }
+      l = FirstSetFrom(used_, l + 1);
+      if (l < 0) return nullptr;
+      index = l << 8;
+    }
+    return nullptr;
+  }
+
+  // The last bucket at an index word <= index.
+  Bucket* LastUpToIndex(int index) const {
+    while (index >= 0) {
+      int l = index >> 8;
+      if (Leaf* leaf = leaves_[l].load(std::memory_order_acquire)) {
+        int i = LastSetUpTo(leaf->used, index & 255);
+        if (i >= 0) {
+          Bucket* b = leaf->first[i].load(std::memory_order_acquire);
+          while (Bucket* n = b->next.load(std::memory_order_acquire)) b = n;
+          return b;
+        }
+      }
+      l = LastSetUpTo(used_, l - 1);
+      if (l < 0) return nullptr;
+      index = (l << 8) | 255;
+    }
+    return nullptr;
+  }
+
+  // The first bucket whose prefix sorts after p.
+  Bucket* FirstAfter(const Prefix& p) const {
+    if (Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire)) {
+      for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire); b != nullptr;
+           b = b->next.load(std::memory_order_acquire)) {
+        if (Compare(p, *b) < 0) return b;
+      }
+    }
+    return FirstFromIndex(p.index + 1);
+  }
+
+  // The last bucket whose prefix sorts before p.
+  Bucket* LastBefore(const Prefix& p) const {
+    Bucket* last = nullptr;
+    if (Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire)) {
+      for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire);
+           b != nullptr && Compare(p, *b) > 0; b = b->next.load(std::memory_order_acquire)) {
+        last = b;
+      }
+    }
+    return last != nullptr ? last : LastUpToIndex(p.index - 1);
+  }
+
+  Bucket* After(Bucket* b) const {
+    Bucket* n = b->next.load(std::memory_order_acquire);
+    return n != nullptr ? n : FirstFromIndex(b->index + 1);
+  }
+
+  Bucket* Before(Bucket* b) const {
+    Leaf* leaf = leaves_[b->index >> 8].load(std::memory_order_acquire);
+    Bucket* prev = nullptr;
+    for (Bucket* x = leaf->first[b->index & 255].load(std::memory_order_acquire); x != b;
+         x = x->next.load(std::memory_order_acquire)) {
+      prev = x;
+    }
+    return prev != nullptr ? prev : LastUpToIndex(b->index - 1);
+  }
+
+  // The last node of b that `less` (x < target) holds for, or b's head.
+  template <class Less>
+  static Node* FindLess(Bucket* b, const Less& less) {
+    Node* x = b->head();
+    int level = b->height.load(std::memory_order_relaxed) - 1;
+    while (true) {
+      Node* next = x->Next(level);
+      if (next != nullptr && less(next->Entry())) {
+        x = next;
+      } else if (level == 0) {
+        return x;
+      } else {
+        --level;
+      }
+    }
+  }
+
+  static Node* Last(Bucket* b) {
+    Node* x = b->head();
+    int level = b->height.load(std::memory_order_relaxed) - 1;
+    while (true) {
+      Node* next = x->Next(level);
+      if (next != nullptr) {
+        x = next;
+      } else if (level == 0) {
+        return x == b->head() ? nullptr : x;
+      } else {
+        --level;
+      }
+    }
+  }
+
+  // About how many of b's entries sort before ikey: the steps taken at
+  // each level of the search, a step at level n standing for 4^n entries.
+  uint64_t EstimateBelow(Bucket* b, const Slice& ikey) const {
+    Node* x = b->head();
+    int level = b->height.load(std::memory_order_relaxed) - 1;
+    uint64_t n = 0;
+    while (true) {
+      Node* next = x->Next(level);
+      if (next != nullptr && cmp_(next->Entry(), ikey) < 0) {
+        x = next;
+        ++n;
+      } else if (level == 0) {
+        return n;
+      } else {
+        n *= 4;
+        --level;
+      }
+    }
+  }
+
+  const KeyComparator& cmp() const { return cmp_; }
+
+ private:
+  char* AllocateAligned(size_t bytes) {
+    char* raw = nullptr;
+    MemTableRep::Allocate(bytes + kWord - 1, &raw);
+    auto at = (reinterpret_cast<uintptr_t>(raw) + kWord - 1) & ~(uintptr_t{kWord} - 1);
+    return reinterpret_cast<char*>(at);
+  }
+
+  Bucket* BucketFor(const Prefix& p) {
+    if (Bucket* b = Exact(p)) return b;
+    std::lock_guard<std::mutex> lock(grow_mu_);
+    if (Bucket* b = Exact(p)) return b;
+    int l = p.index >> 8;
+    Leaf* leaf = leaves_[l].load(std::memory_order_relaxed);
+    if (leaf == nullptr) {
+      leaf = new (AllocateAligned(sizeof(Leaf))) Leaf();
+      leaves_[l].store(leaf, std::memory_order_release);
+    }
+    auto* b = new (AllocateAligned(sizeof(Bucket))) Bucket(p);
+    std::atomic<Bucket*>* at = &leaf->first[p.index & 255];
+    for (Bucket* x = at->load(std::memory_order_relaxed); x != nullptr && Compare(p, *x) > 0;
+         x = at->load(std::memory_order_relaxed)) {
+      at = &x->next;
+    }
+    b->next.store(at->load(std::memory_order_relaxed), std::memory_order_relaxed);
+    at->store(b, std::memory_order_release);
+    SetBit(leaf->used, p.index & 255);
+    SetBit(used_, l);
+    return b;
+  }
+
+  void Add(Node* x) {
+    int height = static_cast<int>(reinterpret_cast<uintptr_t>(x->link0.load(std::memory_order_relaxed)));
+    const char* entry = x->Entry();
+    Bucket* b = BucketFor(PrefixOf(UserKey(entry)));
+    // Two writers rarely meet on one prefix: the second spins, yielding.
+    while (b->busy.test_and_set(std::memory_order_acquire)) {
+      while (b->busy.test(std::memory_order_relaxed)) std::this_thread::yield();
+    }
+    Node* prev[kMaxHeight];
+    int top = b->height.load(std::memory_order_relaxed);
+    Node* at = b->head();
+    for (int level = top - 1; level >= 0; --level) {
+      for (Node* next = at->Next(level); next != nullptr && cmp_(next->Entry(), entry) < 0; next = at->Next(level)) {
+        at = next;
+      }
+      prev[level] = at;
+    }
+    for (int level = top; level < height; ++level) prev[level] = b->head();
+    if (height > top) b->height.store(height, std::memory_order_relaxed);
+    for (int level = 0; level < height; ++level) {
+      x->Link(level)->store(prev[level]->Link(level)->load(std::memory_order_relaxed), std::memory_order_relaxed);
+      prev[level]->Link(level)->store(x, std::memory_order_release);
+    }
+    b->count.fetch_add(1, std::memory_order_relaxed);
+    b->busy.clear(std::memory_order_release);
+  }
+
+  const KeyComparator& cmp_;
+  const size_t prefix_bytes_;
+  std::array<std::atomic<Leaf*>, 256> leaves_{};
+  Bits used_{};  // which leaves hold a bucket
+  std::mutex grow_mu_;
+};
+
+// Storage for iterators that RocksDB places "in an arena": their owner runs
+// the destructor and frees nothing. The storage cannot be handed on from
+// within the destructor (the base class's destructor runs after it), so each
+// thread holds the block whose destructor it ran last and recycles it at
+// its next call, when that destructor has surely returned.
+class IteratorBlocks {
+ public:
+  ~IteratorBlocks() {
+    ::operator delete(retiring_);
+    for (void* p : spare_) ::operator delete(p);
+  }
+  void* Take(size_t size) {
+    Settle();
+    if (spare_.empty()) return ::operator new(size);
+    void* p = spare_.back();
+    spare_.pop_back();
+    return p;
+  }
+  void Retire(void* p) {
+    Settle();
+    retiring_ = p;
+  }
+
+ private:
+  static constexpr size_t kKeep = 8;
+  void Settle() {
+    if (retiring_ == nullptr) return;
+    if (spare_.size() < kKeep) {
+      spare_.push_back(retiring_);
+    } else {
+      ::operator delete(retiring_);
+    }
+    retiring_ = nullptr;
+  }
+  void* retiring_ = nullptr;
+  std::vector<void*> spare_;
+};
+
+thread_local IteratorBlocks iterator_blocks;
+
+// Walks the whole memtable in order: through a bucket's skiplist, then on to
+// the next non-empty bucket. Prefix iterators are this same iterator; a
+// caller that wants one prefix stops where the prefix changes.
+class SlotIterator final : public MemTableRep::Iterator {
+ public:
+  SlotIterator(SlotMemTableRep* rep, bool in_arena) : rep_(rep), in_arena_(in_arena) {}
+  ~SlotIterator() override {
+    if (in_arena_) iterator_blocks.Retire(this);
+  }
+
+  bool Valid() const override { return node_ != nullptr; }
+  const char* key() const override { return node_->Entry(); }
+
+  void Next() override {
+    if (Node* n = node_->Next(0)) {
+      node_ = n;
+      return;
+    }
+    ToFirstFrom(rep_->After(bucket_));
+  }
+
+  void Prev() override {
+    Node* p = FindLess(bucket_, node_->Entry());
+    if (p != bucket_->head()) {
+      node_ = p;
+      return;
+    }
+    ToLastFrom(rep_->Before(bucket_));
+  }
+
+  void Seek(const Slice& internal_key, const char* memtable_key) override {
+    Prefix p = rep_->PrefixOf(rep_->UserKeyOfInternal(internal_key));
+    Bucket* b = rep_->Exact(p);
+    if (b == nullptr) return ToFirstFrom(rep_->FirstAfter(p));
+    Node* n = memtable_key != nullptr ? FindLess(b, memtable_key)->Next(0) : FindLess(b, internal_key)->Next(0);
+    if (n != nullptr) {
+      bucket_ = b;
+      node_ = n;
+      return;
+    }
+    ToFirstFrom(rep_->After(b));
+  }
+
+  void SeekForPrev(const Slice& internal_key, const char* memtable_key) override {
+    Prefix p = rep_->PrefixOf(rep_->UserKeyOfInternal(internal_key));
+    Bucket* b = rep_->Exact(p);
+    if (b == nullptr) return ToLastFrom(rep_->LastBefore(p));
+    Node* x = memtable_key != nullptr ? FindLess(b, memtable_key) : FindLess(b, internal_key);
+    Node* n = x->Next(0);
+    bool equal = n != nullptr && (memtable_key != nullptr ? rep_->cmp()(n->Entry(), memtable_key) == 0
+                                                          : rep_->cmp()(n->Entry(), internal_key) == 0);
+    if (equal) {
+      bucket_ = b;
+      node_ = n;
+    } else if (x != b->head()) {
+      bucket_ = b;
+      node_ = x;
+    } else {
+      ToLastFrom(rep_->Before(b));
+    }
+  }
+
+  void SeekToFirst() override { ToFirstFrom(rep_->FirstFromIndex(0)); }
+  void SeekToLast() override { ToLastFrom(rep_->LastUpToIndex(0xffff)); }
+
+ private:
+  template <class Target>
+  Node* FindLess(Bucket* b, const Target& target) const {
+    return SlotMemTableRep::FindLess(b, [&](const char* e) { return rep_->cmp()(e, target) < 0; });
+  }
+
+  void ToFirstFrom(Bucket* b) {
+    for (; b != nullptr; b = rep_->After(b)) {
+      if (Node* n = b->head()->Next(0)) {
+        bucket_ = b;
+        node_ = n;
+        return;
+      }
+    }
+    node_ = nullptr;
+  }
+
+  void ToLastFrom(Bucket* b) {
+    for (; b != nullptr; b = rep_->Before(b)) {
+      if (Node* n = SlotMemTableRep::Last(b)) {
+        bucket_ = b;
+        node_ = n;
+        return;
+      }
+    }
+    node_ = nullptr;
+  }
+
+  SlotMemTableRep* rep_;
+  bool in_arena_;
+  Bucket* bucket_ = nullptr;
+  Node* node_ = nullptr;
+};
+
+MemTableRep::Iterator* SlotMemTableRep::GetIterator(rocksdb::Arena* arena) {
+  if (arena == nullptr) return new SlotIterator(this, false);
+  return new (iterator_blocks.Take(sizeof(SlotIterator))) SlotIterator(this, true);
+}
+
+class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
+ public:
+  explicit SlotMemTableFactory(size_t prefix_bytes) : prefix_bytes_(prefix_bytes) {}
+
+  using MemTableRepFactory::CreateMemTableRep;
+  MemTableRep* CreateMemTableRep(const MemTableRep::KeyComparator& cmp, rocksdb::Allocator* allocator,
+                                 const rocksdb::SliceTransform*, rocksdb::Logger*) override {
+    return new SlotMemTableRep(cmp, allocator, prefix_bytes_);
+  }
+  const char* Name() const override { return "ShoalSlotMemTable"; }
+  bool IsInsertConcurrentlySupported() const override { return true; }
+
+ private:
+  size_t prefix_bytes_;
+};
+
+}  // namespace
+
+std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes) {
+  return std::make_shared<SlotMemTableFactory>(std::clamp<size_t>(prefix_bytes, 1, kMaxPrefix));
+}
+
+}  // namespace shoal::storage
