@@ -129,8 +129,18 @@ void ReadLookupKey(const rocksdb::LookupKey& k, Slice* internal_key, const char*
 
 void SetBit(Bits& bits, int i) { bits[i >> 6].fetch_or(uint64_t{1} << (i & 63), std::memory_order_release); }
 
+// Each thread's generator is seeded from the order threads first insert,
+// not from addresses: a run's skiplists (and so its size estimates) repeat.
+uint64_t NextSeed() {
+  static std::atomic<uint64_t> threads{0};
+  uint64_t z = (threads.fetch_add(1, std::memory_order_relaxed) + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (z ^ (z >> 31)) | 1;
+}
+
 int RandomHeight() {
-  thread_local uint64_t state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<uintptr_t>(&state);
+  thread_local uint64_t state = NextSeed();
   state ^= state << 13;
   state ^= state >> 7;
   state ^= state << 17;
@@ -184,7 +194,7 @@ class SlotMemTableRep final : public MemTableRep {
   }
 
   // Entries between two internal keys: whole buckets by their counts, the
-  // end buckets by their skiplists' levels. The engine counts what a range
+  // end buckets counted (or estimated, past 4096 entries). The engine counts what a range
   // delete covers with it (to flush covered keys away), and splits size
   // shards with it.
   uint64_t ApproximateNumEntries(const Slice& start_ikey, const Slice& end_ikey) override {
@@ -194,10 +204,14 @@ class SlotMemTableRep final : public MemTableRep {
     if (b == nullptr) b = FirstAfter(first);
     uint64_t n = 0;
     for (; b != nullptr && Compare(last, *b) >= 0; b = After(b)) {
-      uint64_t count = b->count.load(std::memory_order_relaxed);
-      uint64_t below_start = Compare(first, *b) == 0 ? EstimateBelow(b, start_ikey) : 0;
-      uint64_t below_end = Compare(last, *b) == 0 ? std::min(count, EstimateBelow(b, end_ikey)) : count;
-      if (below_end > below_start) n += below_end - below_start;
+      const uint64_t count = b->count.load(std::memory_order_relaxed);
+      const bool starts_here = Compare(first, *b) == 0;
+      const bool ends_here = Compare(last, *b) == 0;
+      if (!starts_here && !ends_here) {
+        n += count;
+      } else {
+        n += std::min(count, CountBetween(b, starts_here ? &start_ikey : nullptr, ends_here ? &end_ikey : nullptr));
+      }
     }
     return n;
   }
@@ -340,6 +354,25 @@ class SlotMemTableRep final : public MemTableRep {
     }
   }
 
+  // How many of b's entries lie in [start, end) (null: open): counted, up
+  // to kCountedEntries; past them, estimated from the skiplist's levels, as
+  // RocksDB's skiplist does (an estimate that may be off by 4x either way,
+  // and is not monotonic: a range's two estimates may even come out
+  // reversed), and never less than what was counted.
+  static constexpr uint64_t kCountedEntries = 4096;
+  uint64_t CountBetween(Bucket* b, const Slice* start, const Slice* end) const {
+    Node* x = start != nullptr ? FindLess(b, [&](const char* e) { return cmp_(e, *start) < 0; })->Next(0)
+                               : b->head()->Next(0);
+    uint64_t n = 0;
+    for (; x != nullptr && n < kCountedEntries; x = x->Next(0), ++n) {
+      if (end != nullptr && cmp_(x->Entry(), *end) >= 0) return n;
+    }
+    if (x == nullptr) return n;
+    const uint64_t below_start = start != nullptr ? EstimateBelow(b, *start) : 0;
+    const uint64_t below_end = end != nullptr ? EstimateBelow(b, *end) : b->count.load(std::memory_order_relaxed);
+    return std::max(n, below_end > below_start ? below_end - below_start : 0);
+  }
+
   // About how many of b's entries sort before ikey: the steps taken at
   // each level of the search, a step at level n standing for 4^n entries.
   uint64_t EstimateBelow(Bucket* b, const Slice& ikey) const {
@@ -432,13 +465,21 @@ class SlotMemTableRep final : public MemTableRep {
 // within the destructor (the base class's destructor runs after it), so each
 // thread holds the block whose destructor it ran last and recycles it at
 // its next call, when that destructor has surely returned.
+// Set once a thread's blocks are gone (thread exit): an iterator made or
+// destroyed after that, by another thread_local's destructor, takes plain
+// storage, or leaves its block to the process.
+thread_local bool iterator_blocks_gone = false;
+
 class IteratorBlocks {
  public:
   ~IteratorBlocks() {
-    ::operator delete(retiring_);
+    Settle();
     for (void* p : spare_) ::operator delete(p);
+    spare_.clear();
+    iterator_blocks_gone = true;
   }
   void* Take(size_t size) {
+    if (iterator_blocks_gone) return ::operator new(size);
     Settle();
     if (spare_.empty()) return ::operator new(size);
     void* p = spare_.back();
@@ -446,6 +487,7 @@ class IteratorBlocks {
     return p;
   }
   void Retire(void* p) {
+    if (iterator_blocks_gone) return;
     Settle();
     retiring_ = p;
   }
