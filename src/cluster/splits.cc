@@ -178,8 +178,9 @@ void Cluster::MeasureLoad(int64_t now) {
       };
       l.bytes = size_of(b, e);
       // Where the size halves (a binary search over slots). Small ranges
-      // are mostly in memtables, whose size estimates are too coarse to
-      // find a median: those split in the middle.
+      // are mostly in memtables, whose sizes RocksDB estimates from entry
+      // counts and an average entry size, too coarse to find a median:
+      // those split in the middle.
       uint32_t lo = b + 1u, hi = e - 1u;
       while (e - b >= 2 && lo < hi && l.bytes >= (64ULL << 20)) {
         uint32_t mid = lo + (hi - lo) / 2;
