@@ -186,7 +186,7 @@ class SlotMemTableRep final : public MemTableRep {
     Slice internal_key;
     const char* memtable_key = nullptr;
     ReadLookupKey(k, &internal_key, &memtable_key);
-    Bucket* b = Exact(PrefixOf(UserKeyOfInternal(internal_key)));
+    Bucket* b = Exact(PrefixOfInternal(internal_key));
     if (b == nullptr) return;
     Node* n = FindLess(b, [&](const char* e) { return cmp_(e, memtable_key) < 0; })->Next(0);
     for (; n != nullptr && callback(arg, n->Entry()); n = n->Next(0)) {
@@ -194,12 +194,12 @@ class SlotMemTableRep final : public MemTableRep {
   }
 
   // Entries between two internal keys: whole buckets by their counts, the
-  // end buckets counted (or estimated, past 4096 entries). The engine counts what a range
-  // delete covers with it (to flush covered keys away), and splits size
-  // shards with it.
+  // end buckets counted (or estimated, past 4096 entries). The engine
+  // counts what a range delete covers with it (to flush covered keys away),
+  // and splits size shards with it.
   uint64_t ApproximateNumEntries(const Slice& start_ikey, const Slice& end_ikey) override {
-    Prefix first = PrefixOf(UserKeyOfInternal(start_ikey));
-    Prefix last = PrefixOf(UserKeyOfInternal(end_ikey));
+    Prefix first = PrefixOfInternal(start_ikey);
+    Prefix last = PrefixOfInternal(end_ikey);
     Bucket* b = Exact(first);
     if (b == nullptr) b = FirstAfter(first);
     uint64_t n = 0;
@@ -227,8 +227,9 @@ class SlotMemTableRep final : public MemTableRep {
     p.index = static_cast<uint8_t>(p.bytes[0]) << 8 | static_cast<uint8_t>(p.bytes[1]);
     return p;
   }
-  Slice UserKeyOfInternal(const Slice& internal_key) const {
-    return Slice(internal_key.data(), internal_key.size() - 8);
+  // The prefix of an internal key (a user key and its 8-byte sequence and type).
+  Prefix PrefixOfInternal(const Slice& internal_key) const {
+    return PrefixOf(Slice(internal_key.data(), internal_key.size() - 8));
   }
 
   // Negative, zero or positive as p sorts before, with or after b's prefix.
@@ -540,7 +541,7 @@ class SlotIterator final : public MemTableRep::Iterator {
   }
 
   void Seek(const Slice& internal_key, const char* memtable_key) override {
-    Prefix p = rep_->PrefixOf(rep_->UserKeyOfInternal(internal_key));
+    Prefix p = rep_->PrefixOfInternal(internal_key);
     Bucket* b = rep_->Exact(p);
     if (b == nullptr) return ToFirstFrom(rep_->FirstAfter(p));
     Node* n = memtable_key != nullptr ? FindLess(b, memtable_key)->Next(0) : FindLess(b, internal_key)->Next(0);
@@ -553,7 +554,7 @@ class SlotIterator final : public MemTableRep::Iterator {
   }
 
   void SeekForPrev(const Slice& internal_key, const char* memtable_key) override {
-    Prefix p = rep_->PrefixOf(rep_->UserKeyOfInternal(internal_key));
+    Prefix p = rep_->PrefixOfInternal(internal_key);
     Bucket* b = rep_->Exact(p);
     if (b == nullptr) return ToLastFrom(rep_->LastBefore(p));
     Node* x = memtable_key != nullptr ? FindLess(b, memtable_key) : FindLess(b, internal_key);
