@@ -6,6 +6,8 @@
 //                                                        -> element value (a hash field's)
 //   expiry CF: [expire_at_ms u64 BE][db u16 BE][user key] -> "" (an index, checked before use)
 //   meta   CF: ascii names                                -> values (applied index, counters)
+//   raft   CF: [kind u8][group u64 BE]                    -> a group's record (hard state, log start, ...)
+//              ['L'][group u64 BE][index u64 BE]          -> a log entry
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,10 @@ namespace shoal::storage {
 
 inline constexpr size_t kDataKeyPrefixBytes = 4;
 inline constexpr size_t kExpiryKeyPrefixBytes = 10;
+// The memtable buckets of the Raft and meta column families: a group's
+// record, or its log; a meta record (names are shorter than this).
+inline constexpr size_t kRaftKeyPrefixBytes = 9;
+inline constexpr size_t kMetaKeyPrefixBytes = 32;
 
 void PutU16BE(std::string* out, uint16_t v);
 void PutU64BE(std::string* out, uint64_t v);

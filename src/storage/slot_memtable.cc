@@ -28,7 +28,12 @@ using rocksdb::Slice;
 // spread over 16384 slots has about 7 a slot), and a hash-tagged one with
 // 100k keys still finds a key in about 40 steps.
 constexpr int kMaxHeight = 8;
-constexpr size_t kMaxPrefix = 4;
+constexpr size_t kMaxPrefix = 32;
+// Prefixes longer than this are whole record keys (the meta and Raft column
+// families), thousands of them sharing their first two bytes: their buckets
+// are found by a hash of the prefix, and kept in order by a skiplist of
+// buckets instead of the directory's lists.
+constexpr size_t kHashedPrefix = 4;
 constexpr size_t kWord = sizeof(void*);
 
 // A skiplist node, placed in the memtable's arena. Its links lie below it,
@@ -55,9 +60,13 @@ struct Prefix {
 };
 
 // Every key of one prefix, as a skiplist. Writers of a bucket take turns on
-// `busy`; readers never wait.
+// `busy`; readers never wait. The prefix's bytes follow the bucket. With
+// long prefixes, `next` is also level 0 of the skiplist of buckets, whose
+// higher links lie below the bucket (level n is n words below `this`).
 struct Bucket {
-  explicit Bucket(const Prefix& p) : index(p.index), len(p.len) { std::memcpy(key, p.bytes, kMaxPrefix); }
+  Bucket(const Prefix& p, int order_height) : index(p.index), len(p.len), order_height(order_height) {
+    std::memcpy(reinterpret_cast<char*>(this + 1), p.bytes, p.len);
+  }
 
   // links[kMaxHeight - 1 - n] is the head's link at level n, so that head()
   // is laid out as a Node.
@@ -68,10 +77,16 @@ struct Bucket {
   std::atomic_flag busy;
   int index;
   uint8_t len;
-  char key[kMaxPrefix];
+  uint8_t order_height;  // long prefixes: levels in the skiplist of buckets
 
   Node* head() { return reinterpret_cast<Node*>(&links[kMaxHeight - 1]); }
+  const char* key() const { return reinterpret_cast<const char*>(this + 1); }
+  std::atomic<Bucket*>* Up(int level) {
+    return level == 0 ? &next
+                      : reinterpret_cast<std::atomic<Bucket*>*>(reinterpret_cast<char*>(this) - level * kWord);
+  }
 };
+static_assert(sizeof(Bucket) % kWord == 0);
 
 // The buckets of 256 index words that share their first byte.
 struct Leaf {
@@ -156,7 +171,7 @@ int RandomHeight() {
 class SlotMemTableRep final : public MemTableRep {
  public:
   SlotMemTableRep(const KeyComparator& cmp, rocksdb::Allocator* allocator, size_t prefix_bytes)
-      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes) {}
+      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes), hashed_(prefix_bytes > kHashedPrefix) {}
 
   // A node with its links and room for `len` entry bytes; its height waits
   // in its level-0 link until Insert.
@@ -234,12 +249,18 @@ class SlotMemTableRep final : public MemTableRep {
 
   // Negative, zero or positive as p sorts before, with or after b's prefix.
   static int Compare(const Prefix& p, const Bucket& b) {
-    int c = std::memcmp(p.bytes, b.key, std::min(p.len, b.len));
+    int c = std::memcmp(p.bytes, b.key(), std::min(p.len, b.len));
     if (c != 0) return c;
     return static_cast<int>(p.len) - static_cast<int>(b.len);
   }
 
   Bucket* Exact(const Prefix& p) const {
+    if (hashed_) return Hashed(p);
+    return Listed(p);
+  }
+
+  // A bucket through its index word's sorted list.
+  Bucket* Listed(const Prefix& p) const {
     Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire);
     if (leaf == nullptr) return nullptr;
     for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire); b != nullptr;
@@ -249,6 +270,25 @@ class SlotMemTableRep final : public MemTableRep {
       if (c < 0) return nullptr;
     }
     return nullptr;
+  }
+
+  // A bucket through the hash table (long prefixes). A table holds every
+  // bucket made before it was published, and tables are never freed (they
+  // are in the arena), so a reader holding an old one misses only buckets
+  // made while it reads, as if it had read before them.
+  Bucket* Hashed(const Prefix& p) const {
+    const Table* t = table_.load(std::memory_order_acquire);
+    if (t == nullptr) return nullptr;
+    for (size_t i = Hash(p) & t->mask;; i = (i + 1) & t->mask) {
+      Bucket* b = t->slots[i].load(std::memory_order_acquire);
+      if (b == nullptr || Compare(p, *b) == 0) return b;
+    }
+  }
+
+  static size_t Hash(const Prefix& p) {
+    uint64_t h = 0xcbf29ce484222325ull ^ p.len;
+    for (size_t i = 0; i < p.len; ++i) h = (h ^ static_cast<uint8_t>(p.bytes[i])) * 0x100000001b3ull;
+    return static_cast<size_t>(h ^ (h >> 29));
   }
 
   // The first bucket at an index word >= index.
@@ -285,8 +325,25 @@ class SlotMemTableRep final : public MemTableRep {
     return nullptr;
   }
 
+  Bucket* FirstBucket() const {
+    return hashed_ ? order_head_[0].load(std::memory_order_acquire) : FirstFromIndex(0);
+  }
+
+  Bucket* LastBucket() const {
+    if (!hashed_) return LastUpToIndex(0xffff);
+    Bucket* x = nullptr;
+    for (int level = kMaxHeight - 1; level >= 0; --level) {
+      while (Bucket* n = OrderLink(x, level)->load(std::memory_order_acquire)) x = n;
+    }
+    return x;
+  }
+
   // The first bucket whose prefix sorts after p.
   Bucket* FirstAfter(const Prefix& p) const {
+    if (hashed_) {
+      Bucket* x = OrderedBefore(p, true);
+      return OrderLink(x, 0)->load(std::memory_order_acquire);
+    }
     if (Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire)) {
       for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire); b != nullptr;
            b = b->next.load(std::memory_order_acquire)) {
@@ -298,6 +355,7 @@ class SlotMemTableRep final : public MemTableRep {
 
   // The last bucket whose prefix sorts before p.
   Bucket* LastBefore(const Prefix& p) const {
+    if (hashed_) return OrderedBefore(p, false);
     Bucket* last = nullptr;
     if (Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire)) {
       for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire);
@@ -310,10 +368,11 @@ class SlotMemTableRep final : public MemTableRep {
 
   Bucket* After(Bucket* b) const {
     Bucket* n = b->next.load(std::memory_order_acquire);
-    return n != nullptr ? n : FirstFromIndex(b->index + 1);
+    return n != nullptr || hashed_ ? n : FirstFromIndex(b->index + 1);
   }
 
   Bucket* Before(Bucket* b) const {
+    if (hashed_) return OrderedBefore(PrefixOfBucket(*b), false);
     Leaf* leaf = leaves_[b->index >> 8].load(std::memory_order_acquire);
     Bucket* prev = nullptr;
     for (Bucket* x = leaf->first[b->index & 255].load(std::memory_order_acquire); x != b;
@@ -321,6 +380,35 @@ class SlotMemTableRep final : public MemTableRep {
       prev = x;
     }
     return prev != nullptr ? prev : LastUpToIndex(b->index - 1);
+  }
+
+  // The skiplist of buckets (long prefixes). A null bucket is its head.
+  std::atomic<Bucket*>* OrderLink(Bucket* x, int level) const {
+    return x == nullptr ? &order_head_[level] : x->Up(level);
+  }
+
+  // The last bucket whose prefix sorts before p (with `or_equal`, not after
+  // it), or null.
+  Bucket* OrderedBefore(const Prefix& p, bool or_equal, Bucket** prev = nullptr) const {
+    Bucket* x = nullptr;
+    for (int level = kMaxHeight - 1; level >= 0; --level) {
+      for (Bucket* n = OrderLink(x, level)->load(std::memory_order_acquire); n != nullptr;
+           n = OrderLink(x, level)->load(std::memory_order_acquire)) {
+        int c = Compare(p, *n);
+        if (c < 0 || (c == 0 && !or_equal)) break;
+        x = n;
+      }
+      if (prev != nullptr) prev[level] = x;
+    }
+    return x;
+  }
+
+  static Prefix PrefixOfBucket(const Bucket& b) {
+    Prefix q;
+    q.index = b.index;
+    q.len = b.len;
+    std::memcpy(q.bytes, b.key(), b.len);
+    return q;
   }
 
   // The last node of b that `less` (x < target) holds for, or b's head.
@@ -408,13 +496,14 @@ class SlotMemTableRep final : public MemTableRep {
     if (Bucket* b = Exact(p)) return b;
     std::lock_guard<std::mutex> lock(grow_mu_);
     if (Bucket* b = Exact(p)) return b;
+    if (hashed_) return NewOrderedBucket(p);
     int l = p.index >> 8;
     Leaf* leaf = leaves_[l].load(std::memory_order_relaxed);
     if (leaf == nullptr) {
       leaf = new (AllocateAligned(sizeof(Leaf))) Leaf();
       leaves_[l].store(leaf, std::memory_order_release);
     }
-    auto* b = new (AllocateAligned(sizeof(Bucket))) Bucket(p);
+    auto* b = new (AllocateAligned(sizeof(Bucket) + p.len)) Bucket(p, 1);
     std::atomic<Bucket*>* at = &leaf->first[p.index & 255];
     for (Bucket* x = at->load(std::memory_order_relaxed); x != nullptr && Compare(p, *x) > 0;
          x = at->load(std::memory_order_relaxed)) {
@@ -425,6 +514,60 @@ class SlotMemTableRep final : public MemTableRep {
     SetBit(leaf->used, p.index & 255);
     SetBit(used_, l);
     return b;
+  }
+
+  // Under grow_mu_: a bucket linked into the skiplist of buckets (bottom
+  // level first), then into the hash table. A bucket found in the table is
+  // in the order, so an iterator can step from it both ways; one in the
+  // order but not yet in the table is empty, as no writer can find it.
+  Bucket* NewOrderedBucket(const Prefix& p) {
+    Bucket* prev[kMaxHeight];
+    OrderedBefore(p, false, prev);
+    const int height = RandomHeight();
+    char* raw = AllocateAligned((height - 1) * kWord + sizeof(Bucket) + p.len);
+    auto* b = new (raw + (height - 1) * kWord) Bucket(p, height);
+    for (int level = 0; level < height; ++level) {
+      auto* link = b->Up(level);
+      if (level > 0) new (link) std::atomic<Bucket*>(nullptr);
+      link->store(OrderLink(prev[level], level)->load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    for (int level = 0; level < height; ++level) OrderLink(prev[level], level)->store(b, std::memory_order_release);
+    AddHashed(b, p);
+    return b;
+  }
+
+  // Under grow_mu_. A table at most half full; a full one is copied into
+  // one twice its size, which is published once it holds every bucket.
+  struct Table {
+    size_t mask;
+    size_t used;
+    std::atomic<Bucket*> slots[1];
+  };
+  Table* NewTable(size_t slots) {
+    auto* t = reinterpret_cast<Table*>(AllocateAligned(sizeof(Table) + (slots - 1) * sizeof(std::atomic<Bucket*>)));
+    t->mask = slots - 1;
+    t->used = 0;
+    for (size_t i = 0; i < slots; ++i) new (&t->slots[i]) std::atomic<Bucket*>(nullptr);
+    return t;
+  }
+  static void Place(Table* t, Bucket* b, size_t hash) {
+    size_t i = hash & t->mask;
+    while (t->slots[i].load(std::memory_order_relaxed) != nullptr) i = (i + 1) & t->mask;
+    t->slots[i].store(b, std::memory_order_release);
+    ++t->used;
+  }
+  void AddHashed(Bucket* b, const Prefix& p) {
+    Table* t = table_.load(std::memory_order_relaxed);
+    if (t == nullptr || (t->used + 1) * 2 > t->mask + 1) {
+      Table* bigger = NewTable(t == nullptr ? 64 : (t->mask + 1) * 2);
+      for (size_t i = 0; t != nullptr && i <= t->mask; ++i) {
+        Bucket* old = t->slots[i].load(std::memory_order_relaxed);
+        if (old != nullptr) Place(bigger, old, Hash(PrefixOfBucket(*old)));
+      }
+      table_.store(bigger, std::memory_order_release);
+      t = bigger;
+    }
+    Place(t, b, Hash(p));
   }
 
   void Add(Node* x) {
@@ -456,9 +599,14 @@ class SlotMemTableRep final : public MemTableRep {
 
   const KeyComparator& cmp_;
   const size_t prefix_bytes_;
+  const bool hashed_;
+  // Short prefixes: the directory.
   std::array<std::atomic<Leaf*>, 256> leaves_{};
   Bits used_{};  // which leaves hold a bucket
   std::mutex grow_mu_;
+  // Long prefixes: the hash table, and the head of the skiplist of buckets.
+  std::atomic<Table*> table_{nullptr};
+  mutable std::array<std::atomic<Bucket*>, kMaxHeight> order_head_{};
 };
 
 // Storage for iterators that RocksDB places "in an arena": their owner runs
@@ -572,8 +720,8 @@ class SlotIterator final : public MemTableRep::Iterator {
     }
   }
 
-  void SeekToFirst() override { ToFirstFrom(rep_->FirstFromIndex(0)); }
-  void SeekToLast() override { ToLastFrom(rep_->LastUpToIndex(0xffff)); }
+  void SeekToFirst() override { ToFirstFrom(rep_->FirstBucket()); }
+  void SeekToLast() override { ToLastFrom(rep_->LastBucket()); }
 
  private:
   template <class Target>

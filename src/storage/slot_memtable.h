@@ -1,7 +1,11 @@
-// A RocksDB memtable for the data column family: a skiplist per key prefix
-// ([slot][db], kDataKeyPrefixBytes), found through a directory indexed by the
-// prefix's bytes instead of by a search of one big skiplist
-// (docs/design/storage.md, "The data memtable").
+// A RocksDB memtable: a skiplist per key prefix, found through a directory
+// indexed by the prefix's bytes instead of by a search of one big skiplist
+// (docs/design/storage.md, "The data memtable"). The data column family's
+// prefix is [slot][db] (kDataKeyPrefixBytes). The meta and Raft column
+// families use whole record keys as prefixes: each round rewrites the same
+// few records, so a bucket holds the versions of one record, and a new
+// version, which sorts before the older ones, is placed at its bucket's
+// head rather than at the end of a search through every record's versions.
 //
 // The order it iterates is the comparator's total order, in both directions,
 // for prefix and total-order iterators alike: a prefix's keys are one
@@ -20,8 +24,9 @@ class MemTableRepFactory;
 
 namespace shoal::storage {
 
-// `prefix_bytes` (1..4): how many leading bytes of a user key pick its bucket.
-// The column family's comparator must be bytewise.
+// `prefix_bytes` (1..32): how many leading bytes of a user key pick its
+// bucket. Past 4, buckets are also found by a hash of the prefix. The column
+// family's comparator must be bytewise.
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes);
 
 }  // namespace shoal::storage

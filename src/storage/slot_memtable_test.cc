@@ -1,28 +1,32 @@
-// The data memtable against a model (std::map), through a real RocksDB: every
-// way our code reads (point, forward and reverse scans, prefix and total
-// order, seeks to targets between, before and after the keys), with flushes,
-// and with writers inserting concurrently while a reader scans.
+// The memtable against a model (std::map), through a real RocksDB: every way
+// our code reads (point, forward and reverse scans, prefix and total order,
+// seeks to targets between, before and after the keys), with flushes, and
+// with writers inserting concurrently while a reader scans. Both kinds of
+// prefix: the data's four bytes, and whole record keys (the meta and Raft
+// column families), where thousands of buckets share their first two bytes.
 #include "storage/slot_memtable.h"
+
+#include "storage/keys.h"
 
 #include <gtest/gtest.h>
 #include <rocksdb/db.h>
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
 
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace shoal::storage {
 namespace {
-
-constexpr size_t kPrefix = 4;
 
 class SlotMemTableTest : public ::testing::Test {
  protected:
@@ -37,11 +41,14 @@ class SlotMemTableTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Open(size_t write_buffer = 64 << 20) {
+  // `prefix` past 4: record keys, as the meta and Raft column families
+  // (which read in total order only: no prefix extractor).
+  void Open(size_t write_buffer = 64 << 20, size_t prefix = 4) {
+    prefix_ = prefix;
     rocksdb::Options o;
     o.create_if_missing = true;
-    o.memtable_factory = NewSlotMemTableFactory(kPrefix);
-    o.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kPrefix));
+    o.memtable_factory = NewSlotMemTableFactory(prefix_);
+    if (!Records()) o.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(prefix_));
     o.memtable_whole_key_filtering = true;
     o.memtable_prefix_bloom_size_ratio = 0.05;
     o.allow_concurrent_memtable_write = true;
@@ -52,13 +59,23 @@ class SlotMemTableTest : public ::testing::Test {
     db_.reset(raw);
   }
 
+  bool Records() const { return prefix_ > 4; }
+
   // A key from a small alphabet, so that prefixes repeat and collide on
   // their first two bytes; with `short_keys`, some are shorter than a prefix
-  // (RocksDB's prefix iterators assert that every key has one).
-  static std::string RandomKey(std::mt19937& rng, bool short_keys) {
+  // (RocksDB's prefix iterators assert that every key has one). Records, as
+  // the Raft and meta column families write them, for one of 700 groups or
+  // shards, all with the same first two bytes; two meta names are longer
+  // than a prefix and alike up to past it (one bucket).
+  std::string RandomKey(std::mt19937& rng, bool short_keys) const {
+    if (Records()) {
+      std::string k = RecordKey(rng() % 700, rng() % 5);
+      if (short_keys && rng() % 8 == 0) k.resize(rng() % k.size());
+      return k;
+    }
     static const char kBytes[] = {'\x00', '\x01', '\x7f', '\x80', '\xff'};
     std::string k;
-    size_t len = short_keys && rng() % 8 == 0 ? rng() % (kPrefix + 1) : kPrefix + rng() % 5;
+    size_t len = short_keys && rng() % 8 == 0 ? rng() % (prefix_ + 1) : prefix_ + rng() % 5;
     for (size_t i = 0; i < len; ++i) {
       k.push_back(i < 2 ? kBytes[rng() % 3] : kBytes[rng() % 5]);
     }
@@ -72,8 +89,25 @@ class SlotMemTableTest : public ::testing::Test {
     return ro;
   }
 
-  static bool SamePrefix(const std::string& a, const std::string& b) {
-    return a.size() >= kPrefix && b.size() >= kPrefix && a.compare(0, kPrefix, b, 0, kPrefix) == 0;
+  // Record `variant` (0..4) of group or shard `id`.
+  std::string RecordKey(uint64_t id, uint32_t variant) const {
+    std::string k;
+    if (prefix_ == kRaftKeyPrefixBytes) {
+      // [kind][group]: a group's records, and its log entries ('L').
+      static const char kKinds[] = {'C', 'H', 'L', 'L', 'S'};
+      k.push_back(kKinds[variant % 5]);
+      PutU64BE(&k, id);
+      if (k[0] == 'L') PutU64BE(&k, variant);
+    } else {
+      static const char* kNames[] = {"a", "applied", "k0", "a-name-longer-than-a-prefix-of-32-bytes-1",
+                                     "a-name-longer-than-a-prefix-of-32-bytes-2"};
+      k = "shard/" + std::to_string(id) + "/" + kNames[variant % 5];
+    }
+    return k;
+  }
+
+  bool SamePrefix(const std::string& a, const std::string& b) const {
+    return a.size() >= prefix_ && b.size() >= prefix_ && a.compare(0, prefix_, b, 0, prefix_) == 0;
   }
 
   // Checks every read against the model: total order, and with
@@ -149,7 +183,7 @@ class SlotMemTableTest : public ::testing::Test {
       }
       // Prefix order, as the data column family reads: within the target's
       // prefix, forwards from a seek and backwards from a seek for prev.
-      if (!prefix_reads || target.size() < kPrefix) continue;
+      if (!prefix_reads || target.size() < prefix_) continue;
       std::unique_ptr<rocksdb::Iterator> pit(db_->NewIterator(Scan(true)));
       std::vector<std::string> want;
       for (auto w = model.lower_bound(target); w != model.end() && SamePrefix(w->first, target); ++w) {
@@ -170,18 +204,13 @@ class SlotMemTableTest : public ::testing::Test {
     }
   }
 
-  std::filesystem::path dir_;
-  std::unique_ptr<rocksdb::DB> db_;
-};
-
-TEST_F(SlotMemTableTest, ReadsMatchAModelInTheMemtable) {
-  Open();
-  std::mt19937 rng(7);
-  std::map<std::string, std::string> model;
-  for (int round = 0; round < 4; ++round) {
-    for (int i = 0; i < 1500; ++i) {
+  // `writes` random keys, one in `delete_one_in` deleted, the rest put, to
+  // the memtable and the model alike.
+  void WriteRandomly(std::mt19937& rng, int round, int writes, unsigned delete_one_in,
+                     std::map<std::string, std::string>& model) {
+    for (int i = 0; i < writes; ++i) {
       std::string k = RandomKey(rng, false);
-      if (rng() % 4 == 0) {
+      if (rng() % delete_one_in == 0) {
         ASSERT_TRUE(db_->Delete(rocksdb::WriteOptions(), k).ok());
         model.erase(k);
       } else {
@@ -190,6 +219,41 @@ TEST_F(SlotMemTableTest, ReadsMatchAModelInTheMemtable) {
         model[k] = v;
       }
     }
+  }
+
+  // A reader scanning in total order, at most 200 times and not once
+  // `done`, that sets `disordered` if a key does not follow the one before.
+  std::thread Scanner(const std::atomic<bool>& done, std::atomic<bool>& disordered) {
+    return std::thread([this, &done, &disordered] {
+      for (int scans = 0; scans < 200 && !done.load(); ++scans) {
+        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Scan(false)));
+        std::string last;
+        bool first = true;
+        for (it->SeekToFirst(); it->Valid(); it->Next()) {
+          std::string k = it->key().ToString();
+          if (!first && !(last < k)) disordered = true;
+          last = std::move(k);
+          first = false;
+        }
+      }
+    });
+  }
+
+  void CheckRecords(size_t prefix);
+  void CheckConcurrentRecords(size_t prefix);
+
+  std::filesystem::path dir_;
+  std::unique_ptr<rocksdb::DB> db_;
+  size_t prefix_ = 4;
+};
+
+TEST_F(SlotMemTableTest, ReadsMatchAModelInTheMemtable) {
+  Open();
+  std::mt19937 rng(7);
+  std::map<std::string, std::string> model;
+  for (int round = 0; round < 4; ++round) {
+    WriteRandomly(rng, round, 1500, 4, model);
+    if (HasFatalFailure()) return;
     CheckAgainst(model, rng, true);
   }
   ASSERT_FALSE(model.empty());
@@ -205,7 +269,7 @@ TEST_F(SlotMemTableTest, KeysShorterThanAPrefixKeepTheOrder) {
     model[k] = "v" + std::to_string(i);
   }
   size_t short_ones = 0;
-  for (const auto& [k, v] : model) short_ones += k.size() < kPrefix;
+  for (const auto& [k, v] : model) short_ones += k.size() < prefix_;
   ASSERT_GT(short_ones, 10u);
   CheckAgainst(model, rng, false);
 }
@@ -278,23 +342,8 @@ TEST_F(SlotMemTableTest, ConcurrentWritersAndAReaderSeeOrderedData) {
   constexpr int kWriters = 4;
   constexpr int kEach = 3000;
   std::atomic<bool> done{false};
-  std::atomic<int> scans{0};
   std::atomic<bool> disordered{false};
-  std::thread reader([&] {
-    // Bounded: at most 200 scans, and none once the writers are done.
-    while (!done.load() && scans.load() < 200) {
-      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Scan(false)));
-      std::string last;
-      bool first = true;
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        std::string k = it->key().ToString();
-        if (!first && !(last < k)) disordered = true;
-        last = std::move(k);
-        first = false;
-      }
-      scans.fetch_add(1);
-    }
-  });
+  std::thread reader = Scanner(done, disordered);
   std::vector<std::thread> writers;
   for (int w = 0; w < kWriters; ++w) {
     writers.emplace_back([&, w] {
@@ -324,6 +373,146 @@ TEST_F(SlotMemTableTest, ConcurrentWritersAndAReaderSeeOrderedData) {
     last = it->key().ToString();
   }
   EXPECT_EQ(count, kWriters * kEach * 2);
+}
+
+// The meta and Raft column families: every round writes a new version of
+// the same records. Thousands of record buckets (their hash table grows
+// several times), versions, deletes, keys that share a bucket, and flushes.
+TEST_F(SlotMemTableTest, RecordBucketsMatchAModel) {
+  for (size_t prefix : {kRaftKeyPrefixBytes, kMetaKeyPrefixBytes}) {
+    SCOPED_TRACE("prefix " + std::to_string(prefix));
+    db_.reset();
+    std::filesystem::remove_all(dir_);
+    CheckRecords(prefix);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(SlotMemTableTest, ConcurrentWritersOfRecordsAndReadersSeeOrderedData) {
+  for (size_t prefix : {kRaftKeyPrefixBytes, kMetaKeyPrefixBytes}) {
+    SCOPED_TRACE("prefix " + std::to_string(prefix));
+    db_.reset();
+    std::filesystem::remove_all(dir_);
+    CheckConcurrentRecords(prefix);
+    if (HasFatalFailure()) return;
+  }
+}
+
+void SlotMemTableTest::CheckRecords(size_t prefix) {
+  Open(256 << 10, prefix);
+  std::mt19937 rng(13);
+  std::map<std::string, std::string> model;
+  for (int round = 0; round < 4; ++round) {
+    WriteRandomly(rng, round, 6000, 6, model);
+    if (HasFatalFailure()) return;
+    CheckAgainst(model, rng, false);
+  }
+  ASSERT_GT(model.size(), 2000u);
+  ASSERT_TRUE(db_->Flush(rocksdb::FlushOptions()).ok());
+  CheckAgainst(model, rng, false);
+}
+
+void SlotMemTableTest::CheckConcurrentRecords(size_t prefix) {
+  Open(64 << 20, prefix);
+  // Records written before the threads start: a seek to one finds it.
+  std::mt19937 pre_rng(300);
+  std::vector<std::string> preloaded;
+  for (int i = 0; i < 300; ++i) {
+    preloaded.push_back(RandomKey(pre_rng, false));
+    ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), preloaded.back(), "pre").ok());
+  }
+  std::set<std::string> before(preloaded.begin(), preloaded.end());
+  std::atomic<bool> done{false};
+  std::atomic<bool> disordered{false};
+  std::thread reader = Scanner(done, disordered);
+  // Writer w writes new records (ids w, w + 4, ...: each write may make a
+  // bucket) and versions of old ones, and says how far it got.
+  constexpr int kWriters = 4;
+  constexpr int kEach = 1500;
+  std::array<std::atomic<int>, kWriters> progress{};
+  // Seeks both ways, to records that exist, to records a writer is about to
+  // make (a seek may land in a bucket being made), and to any target, each
+  // with steps both ways.
+  std::atomic<bool> misplaced{false};
+  std::thread seeker([&] {
+    std::mt19937 rng(400);
+    std::unique_ptr<rocksdb::Iterator> it;
+    for (int i = 0; i < 20000 && !done.load(); ++i) {
+      if (i % 50 == 0) it.reset(db_->NewIterator(Scan(false)));
+      const int kind = static_cast<int>(rng() % 4);
+      const bool known = kind == 0;
+      const int w = static_cast<int>(rng() % kWriters);
+      const int at_write = progress[w].load();
+      const std::string target = known ? preloaded[rng() % preloaded.size()]
+                                 : kind == 3
+                                     ? RandomKey(rng, true)
+                                     : RecordKey(1000 + at_write * kWriters + w, static_cast<uint32_t>(at_write));
+      const bool forward = rng() % 2 == 0;
+      if (forward) {
+        it->Seek(target);
+      } else {
+        it->SeekForPrev(target);
+      }
+      if (known && (!it->Valid() || it->key().ToString() != target)) misplaced = true;
+      // Nothing is deleted, so the records written before the seeker began
+      // bound where a seek may land: at or before the first of them at or
+      // after the target, at or after the last at or before it.
+      if (forward) {
+        auto bound = before.lower_bound(target);
+        if (bound != before.end() && (!it->Valid() || it->key().ToString() > *bound)) misplaced = true;
+      } else {
+        auto bound = before.upper_bound(target);
+        if (bound != before.begin() && (!it->Valid() || it->key().ToString() < *std::prev(bound))) misplaced = true;
+      }
+      if (!it->Valid()) continue;
+      std::string at = it->key().ToString();
+      if (forward ? at < target : at > target) misplaced = true;
+      for (int step = 0; step < 3 && it->Valid(); ++step) {
+        if (forward) {
+          it->Prev();
+        } else {
+          it->Next();
+        }
+        if (!it->Valid()) break;
+        std::string next = it->key().ToString();
+        if (forward ? !(next < at) : !(next > at)) misplaced = true;
+        at = std::move(next);
+      }
+    }
+  });
+  // Writers make buckets at once (growing the hash table under each other's
+  // lookups) and write new versions of each other's records.
+  std::vector<std::set<std::string>> written(kWriters);
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      std::mt19937 rng(200 + w);
+      for (int i = 0; i < kEach; ++i) {
+        progress[w].store(i);
+        std::string k = i % 4 != 3 ? RecordKey(1000 + i * kWriters + w, static_cast<uint32_t>(i)) : RandomKey(rng, false);
+        written[w].insert(k);
+        ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), k, std::to_string(w)).ok());
+      }
+    });
+  }
+  for (auto& t : writers) t.join();
+  done = true;
+  reader.join();
+  seeker.join();
+  EXPECT_FALSE(disordered.load());
+  EXPECT_FALSE(misplaced.load());
+  std::set<std::string> all = before;
+  for (const auto& s : written) all.insert(s.begin(), s.end());
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(Scan(false)));
+  auto want = all.begin();
+  for (it->SeekToFirst(); it->Valid(); it->Next(), ++want) {
+    ASSERT_NE(want, all.end());
+    ASSERT_EQ(it->key().ToString(), *want);
+    std::string v;
+    ASSERT_TRUE(db_->Get(rocksdb::ReadOptions(), *want, &v).ok());
+    ASSERT_EQ(v, it->value().ToString());
+  }
+  EXPECT_EQ(want, all.end());
 }
 
 }  // namespace
