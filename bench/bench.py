@@ -46,10 +46,21 @@ PIPELINES = [1, 16]
 CLIENTS = 50
 
 
+_taken_ports = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port the kernel says is free and this run has not handed out: a
+    server's client and peer ports, asked for one after the other, could
+    otherwise be the same (it exited at start when they were)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _taken_ports:
+            _taken_ports.add(port)
+            return port
+    raise RuntimeError("no free port")
 
 
 def cpu_seconds(pid):
