@@ -64,20 +64,21 @@ struct Prefix {
 // long prefixes, `next` is also level 0 of the skiplist of buckets, whose
 // higher links lie below the bucket (level n is n words below `this`).
 struct Bucket {
-  Bucket(const Prefix& p, int order_height) : index(p.index), len(p.len), order_height(order_height) {
+  explicit Bucket(const Prefix& p) : index(p.index), len(p.len) {
     std::memcpy(reinterpret_cast<char*>(this + 1), p.bytes, p.len);
   }
 
   // links[kMaxHeight - 1 - n] is the head's link at level n, so that head()
   // is laid out as a Node.
   std::array<std::atomic<Node*>, kMaxHeight> links{};
-  std::atomic<Bucket*> next{nullptr};  // the next bucket of the same index word, in order
+  // The next bucket in order: of the same index word, or with long
+  // prefixes the next of all.
+  std::atomic<Bucket*> next{nullptr};
   std::atomic<int> height{1};
   std::atomic<uint64_t> count{0};  // entries, for size estimates
   std::atomic_flag busy;
   int index;
   uint8_t len;
-  uint8_t order_height;  // long prefixes: levels in the skiplist of buckets
 
   Node* head() { return reinterpret_cast<Node*>(&links[kMaxHeight - 1]); }
   const char* key() const { return reinterpret_cast<const char*>(this + 1); }
@@ -280,7 +281,7 @@ class SlotMemTableRep final : public MemTableRep {
     const Table* t = table_.load(std::memory_order_acquire);
     if (t == nullptr) return nullptr;
     for (size_t i = Hash(p) & t->mask;; i = (i + 1) & t->mask) {
-      Bucket* b = t->slots[i].load(std::memory_order_acquire);
+      Bucket* b = t->slots()[i].load(std::memory_order_acquire);
       if (b == nullptr || Compare(p, *b) == 0) return b;
     }
   }
@@ -503,7 +504,7 @@ class SlotMemTableRep final : public MemTableRep {
       leaf = new (AllocateAligned(sizeof(Leaf))) Leaf();
       leaves_[l].store(leaf, std::memory_order_release);
     }
-    auto* b = new (AllocateAligned(sizeof(Bucket) + p.len)) Bucket(p, 1);
+    auto* b = new (AllocateAligned(sizeof(Bucket) + p.len)) Bucket(p);
     std::atomic<Bucket*>* at = &leaf->first[p.index & 255];
     for (Bucket* x = at->load(std::memory_order_relaxed); x != nullptr && Compare(p, *x) > 0;
          x = at->load(std::memory_order_relaxed)) {
@@ -521,53 +522,55 @@ class SlotMemTableRep final : public MemTableRep {
   // in the order, so an iterator can step from it both ways; one in the
   // order but not yet in the table is empty, as no writer can find it.
   Bucket* NewOrderedBucket(const Prefix& p) {
+    Table* t = TableWithRoom();  // allocates first: nothing is half linked if it throws
     Bucket* prev[kMaxHeight];
     OrderedBefore(p, false, prev);
     const int height = RandomHeight();
     char* raw = AllocateAligned((height - 1) * kWord + sizeof(Bucket) + p.len);
-    auto* b = new (raw + (height - 1) * kWord) Bucket(p, height);
+    auto* b = new (raw + (height - 1) * kWord) Bucket(p);
     for (int level = 0; level < height; ++level) {
       auto* link = b->Up(level);
       if (level > 0) new (link) std::atomic<Bucket*>(nullptr);
       link->store(OrderLink(prev[level], level)->load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     for (int level = 0; level < height; ++level) OrderLink(prev[level], level)->store(b, std::memory_order_release);
-    AddHashed(b, p);
+    Place(t, b, Hash(p));
     return b;
   }
 
   // Under grow_mu_. A table at most half full; a full one is copied into
   // one twice its size, which is published once it holds every bucket.
+  // Its slots follow it.
   struct Table {
     size_t mask;
     size_t used;
-    std::atomic<Bucket*> slots[1];
+    std::atomic<Bucket*>* slots() const {
+      return reinterpret_cast<std::atomic<Bucket*>*>(const_cast<Table*>(this) + 1);
+    }
   };
+  static_assert(sizeof(Table) % kWord == 0);
   Table* NewTable(size_t slots) {
-    auto* t = reinterpret_cast<Table*>(AllocateAligned(sizeof(Table) + (slots - 1) * sizeof(std::atomic<Bucket*>)));
-    t->mask = slots - 1;
-    t->used = 0;
-    for (size_t i = 0; i < slots; ++i) new (&t->slots[i]) std::atomic<Bucket*>(nullptr);
+    auto* t = new (AllocateAligned(sizeof(Table) + slots * sizeof(std::atomic<Bucket*>))) Table{slots - 1, 0};
+    for (size_t i = 0; i < slots; ++i) new (&t->slots()[i]) std::atomic<Bucket*>(nullptr);
     return t;
   }
   static void Place(Table* t, Bucket* b, size_t hash) {
     size_t i = hash & t->mask;
-    while (t->slots[i].load(std::memory_order_relaxed) != nullptr) i = (i + 1) & t->mask;
-    t->slots[i].store(b, std::memory_order_release);
+    while (t->slots()[i].load(std::memory_order_relaxed) != nullptr) i = (i + 1) & t->mask;
+    t->slots()[i].store(b, std::memory_order_release);
     ++t->used;
   }
-  void AddHashed(Bucket* b, const Prefix& p) {
+  // The table, with room for one more bucket.
+  Table* TableWithRoom() {
     Table* t = table_.load(std::memory_order_relaxed);
-    if (t == nullptr || (t->used + 1) * 2 > t->mask + 1) {
-      Table* bigger = NewTable(t == nullptr ? 64 : (t->mask + 1) * 2);
-      for (size_t i = 0; t != nullptr && i <= t->mask; ++i) {
-        Bucket* old = t->slots[i].load(std::memory_order_relaxed);
-        if (old != nullptr) Place(bigger, old, Hash(PrefixOfBucket(*old)));
-      }
-      table_.store(bigger, std::memory_order_release);
-      t = bigger;
+    if (t != nullptr && (t->used + 1) * 2 <= t->mask + 1) return t;
+    Table* bigger = NewTable(t == nullptr ? 64 : (t->mask + 1) * 2);
+    for (size_t i = 0; t != nullptr && i <= t->mask; ++i) {
+      Bucket* old = t->slots()[i].load(std::memory_order_relaxed);
+      if (old != nullptr) Place(bigger, old, Hash(PrefixOfBucket(*old)));
     }
-    Place(t, b, Hash(p));
+    table_.store(bigger, std::memory_order_release);
+    return bigger;
   }
 
   void Add(Node* x) {
