@@ -1,0 +1,140 @@
+// Our memtable (storage/slot_memtable.cc) against RocksDB's default skiplist,
+// through a real RocksDB with the WAL off, in the shapes the engine writes:
+// data keys spread over the 16384 slots, new versions of a few Raft and
+// meta records (what every apply round writes), a full scan of a memtable
+// and its flush. Argument 0: RocksDB's skiplist; 1: ours.
+//
+//   build/release/bench/shoal_memtable_bench
+#include <benchmark/benchmark.h>
+#include <rocksdb/db.h>
+#include <rocksdb/memtablerep.h>
+#include <rocksdb/slice_transform.h>
+
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <unistd.h>
+
+#include "storage/keys.h"
+#include "storage/slot_memtable.h"
+
+namespace {
+
+using shoal::storage::kDataKeyPrefixBytes;
+
+struct Db {
+  std::filesystem::path dir;
+  std::unique_ptr<rocksdb::DB> db;
+  ~Db() {
+    db.reset();
+    std::filesystem::remove_all(dir);
+  }
+};
+
+// A fresh database whose memtable is ours (with `prefix` bytes) or the default.
+std::unique_ptr<Db> Open(bool ours, size_t prefix) {
+  auto d = std::make_unique<Db>();
+  static int opened = 0;
+  d->dir = std::filesystem::temp_directory_path() /
+           ("shoal_memtable_bench_" + std::to_string(::getpid()) + "_" + std::to_string(opened++));
+  std::filesystem::remove_all(d->dir);
+  rocksdb::Options o;
+  o.create_if_missing = true;
+  o.allow_concurrent_memtable_write = true;
+  o.write_buffer_size = 512 << 20;  // nothing flushes unless asked
+  if (ours) o.memtable_factory = shoal::storage::NewSlotMemTableFactory(prefix);
+  if (prefix == kDataKeyPrefixBytes) o.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(prefix));
+  rocksdb::DB* raw = nullptr;
+  if (!rocksdb::DB::Open(o, d->dir.string(), &raw).ok()) return nullptr;
+  d->db.reset(raw);
+  return d;
+}
+
+rocksdb::WriteOptions NoWal() {
+  rocksdb::WriteOptions w;
+  w.disableWAL = true;
+  return w;
+}
+
+// A data key of one of 100k keys, in its slot.
+std::string DataKey(uint32_t k) {
+  const uint32_t slot = k % 16384;
+  std::string key{static_cast<char>(slot >> 8), static_cast<char>(slot & 255), 0, 0};
+  return key + "key:" + std::to_string(k);
+}
+
+// Fills a memtable with 300k writes of 100-byte values to 100k data keys.
+void Fill(rocksdb::DB* db) {
+  std::mt19937 rng(1);
+  const std::string v(100, 'x');
+  for (int i = 0; i < 300000; ++i) db->Put(NoWal(), DataKey(rng() % 100000), v);
+}
+
+void BM_DataPut(benchmark::State& state) {
+  auto d = Open(state.range(0) == 1, kDataKeyPrefixBytes);
+  if (!d) return state.SkipWithError("open");
+  std::mt19937 rng(1);
+  const std::string v(100, 'x');
+  for (auto _ : state) d->db->Put(NoWal(), DataKey(rng() % 100000), v);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_DataPut)->Arg(0)->Arg(1);
+
+// A round's records for 16 groups: hard state and log start (raft), the
+// applied index (meta), each a new version of the same key.
+void BM_RecordVersions(benchmark::State& state) {
+  const bool ours = state.range(0) == 1;
+  auto raft = Open(ours, shoal::storage::kRaftKeyPrefixBytes);
+  auto meta = Open(ours, shoal::storage::kMetaKeyPrefixBytes);
+  if (!raft || !meta) return state.SkipWithError("open");
+  uint64_t round = 0;
+  std::string value(25, 'v');
+  for (auto _ : state) {
+    const uint64_t group = round++ % 16;
+    std::memcpy(value.data(), &round, sizeof(round));
+    for (char kind : {'H', 'S'}) {
+      std::string key(1, kind);
+      shoal::storage::PutU64BE(&key, group);
+      raft->db->Put(NoWal(), key, value);
+    }
+    meta->db->Put(NoWal(), "shard/" + std::to_string(group) + "/applied", value);
+  }
+  state.SetItemsProcessed(state.iterations() * 3);
+}
+BENCHMARK(BM_RecordVersions)->Arg(0)->Arg(1);
+
+void BM_ScanMemtable(benchmark::State& state) {
+  auto d = Open(state.range(0) == 1, kDataKeyPrefixBytes);
+  if (!d) return state.SkipWithError("open");
+  Fill(d->db.get());
+  rocksdb::ReadOptions ro;
+  ro.total_order_seek = true;
+  for (auto _ : state) {
+    std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(ro));
+    size_t bytes = 0;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) bytes += it->value().size();
+    benchmark::DoNotOptimize(bytes);
+  }
+}
+BENCHMARK(BM_ScanMemtable)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+void BM_FlushMemtable(benchmark::State& state) {
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto d = Open(state.range(0) == 1, kDataKeyPrefixBytes);
+    if (!d) return state.SkipWithError("open");
+    Fill(d->db.get());
+    state.ResumeTiming();
+    d->db->Flush(rocksdb::FlushOptions());
+    state.PauseTiming();
+    d.reset();
+    state.ResumeTiming();
+  }
+}
+BENCHMARK(BM_FlushMemtable)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->Iterations(5);
+
+}  // namespace
+
+BENCHMARK_MAIN();
