@@ -149,7 +149,10 @@ asio::awaitable<void> Connection::Run() {
       stats.net_input_bytes.Add(worker_.index(), n);
       last_active_ms_ = RealClock().NowUnixMs();
       size_t pos = 0;
+      bool reads_in_row = false;  // the command before was served by RunReadNow
       while (pos < rlen_ && !close_after_reply_ && !killed_) {
+        if (!reads_in_row) read_clock_ = {};
+        reads_in_row = false;
         size_t consumed = 0;
         auto st = parser_.Parse(rbuf_.data() + pos, rlen_ - pos, authenticated_, &args_, &consumed);
         if (st == resp::ParseStatus::kIncomplete) break;
@@ -216,7 +219,10 @@ asio::awaitable<void> Connection::Run() {
           // `r` was looked up before FlushWrites may have waited: a replica
           // retired meanwhile is kept alive with no lease (RunReadNow
           // declines), and a split meanwhile fails its OwnsSlot check.
-          if (cmd->spec.read != nullptr && r != nullptr && RunReadNow(*cmd, args_, *slot, r)) continue;
+          if (cmd->spec.read != nullptr && r != nullptr && RunReadNow(*cmd, args_, *slot, r)) {
+            reads_in_row = true;
+            continue;
+          }
           co_await RunKeyed(*cmd, args_, *slot);
           continue;
         }
@@ -591,14 +597,18 @@ bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, re
   // What RunKeyed does for a read whose barrier passes at once, without
   // its coroutine frames: most reads at a leader with its lease.
   const bool leader_here = r->published_is_leader();
-  if (!(leader_here || readonly_) || !r->LeaseReadOk(node::MonoUs()) || !r->state_machine().OwnsSlot(slot)) {
+  if (read_clock_.mono_us == 0 || read_clock_.reads >= kReadsPerClock) {
+    read_clock_ = ReadClock{node::MonoUs(), RealClock().NowUnixMs(), 0};
+  }
+  if (!(leader_here || readonly_) || !r->LeaseReadOk(read_clock_.mono_us) || !r->state_machine().OwnsSlot(slot)) {
     return false;
   }
+  ++read_clock_.reads;
   server_.stats().commands_processed.Add(worker_.index(), 1);
   last_command_ = cmd.spec.name;
   if (leader_here) server_.cluster().NoteOp(slot);
   replica::Replica* replicas[] = {r};
-  RunReadOn(cmd, args, replicas);
+  RunReadOn(cmd, args, replicas, {}, read_clock_.unix_ms);
   return true;
 }
 
@@ -1065,14 +1075,15 @@ asio::awaitable<void> Connection::RunKeylessWrite(const Command& cmd, kv::Args a
   }
 }
 
-void Connection::RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard* const> shards) {
+void Connection::RunRead(const Command& cmd, kv::Args args, std::span<kv::Shard* const> shards, int64_t now_ms) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  kv::ReadContext ctx{&server_.engine(), db_, RealClock().NowUnixMs(), &server_.limits(), shards, rng()};
+  kv::ReadContext ctx{&server_.engine(), db_, now_ms != 0 ? now_ms : RealClock().NowUnixMs(), &server_.limits(),
+                      shards, rng()};
   cmd.spec.read(ctx, args, &writer_);
 }
 
 void Connection::RunReadOn(const Command& cmd, kv::Args args, std::span<replica::Replica* const> replicas,
-                           std::span<kv::Shard* const> shards) {
+                           std::span<kv::Shard* const> shards, int64_t now_ms) {
   // A replica installing a snapshot clears its range before the snapshot's
   // files are in: a read that overlapped that saw a half state. The import
   // generation is odd meanwhile and changes at each end (a seqlock).
@@ -1083,7 +1094,7 @@ void Connection::RunReadOn(const Command& cmd, kv::Args args, std::span<replica:
   for (size_t i = 0; i < replicas.size(); ++i) gens[i] = replicas[i]->import_generation();
   const size_t mark = wbuf_.size();
   bool clean = std::none_of(gens.begin(), gens.end(), [](uint64_t g) { return g % 2 == 1; });
-  if (clean) RunRead(cmd, args, shards);
+  if (clean) RunRead(cmd, args, shards, now_ms);
   std::atomic_thread_fence(std::memory_order_acquire);
   for (size_t i = 0; i < replicas.size(); ++i) clean = clean && replicas[i]->import_generation() == gens[i];
   if (!clean) {
