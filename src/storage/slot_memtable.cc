@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -169,10 +170,51 @@ int RandomHeight() {
   return height;
 }
 
+// A memtable entry's internal key: a varint32 length, then the key (its
+// value follows).
+inline Slice EntryKey(const char* entry) {
+  uint32_t len = 0;
+  const char* p = entry;
+  for (int shift = 0; shift <= 28; shift += 7) {
+    auto byte = static_cast<uint8_t>(*p++);
+    len |= static_cast<uint32_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) break;
+  }
+  return Slice(p, len);
+}
+
+// The order of internal keys under a bytewise comparator, as a memtable's
+// comparator has it (InternalKeyComparator::CompareKeySeq): user keys
+// bytewise, then sequence numbers descending (the 8-byte trailer less its
+// type byte). Inline, where RocksDB's goes through two virtual calls a
+// compare; checked against it at each memtable's start.
+inline int CompareInternal(const Slice& a, const Slice& b) {
+  const size_t ua = a.size() - 8, ub = b.size() - 8;
+  if (int c = std::memcmp(a.data(), b.data(), std::min(ua, ub)); c != 0) return c;
+  if (ua != ub) return ua < ub ? -1 : 1;
+  uint64_t ta, tb;  // little-endian on disk and here (docs/design/storage.md)
+  std::memcpy(&ta, a.data() + ua, 8);
+  std::memcpy(&tb, b.data() + ub, 8);
+  ta >>= 8;
+  tb >>= 8;
+  return ta > tb ? -1 : (ta < tb ? 1 : 0);
+}
+
 class SlotMemTableRep final : public MemTableRep {
  public:
   SlotMemTableRep(const KeyComparator& cmp, rocksdb::Allocator* allocator, size_t prefix_bytes)
-      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes), hashed_(prefix_bytes > kHashedPrefix) {}
+      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes), hashed_(prefix_bytes > kHashedPrefix) {
+    CheckComparator();
+  }
+
+  // Entries (and an entry against an internal key) in the comparator's order.
+  static int Cmp(const char* a, const char* b) { return CompareInternal(EntryKey(a), EntryKey(b)); }
+  static int Cmp(const char* a, const Slice& internal_key) { return CompareInternal(EntryKey(a), internal_key); }
+
+  Slice UserKey(const char* entry) const override {
+    Slice k = EntryKey(entry);
+    return Slice(k.data(), k.size() - 8);
+  }
 
   // A node with its links and room for `len` entry bytes; its height waits
   // in its level-0 link until Insert.
@@ -192,8 +234,8 @@ class SlotMemTableRep final : public MemTableRep {
   bool Contains(const char* entry) const override {
     Bucket* b = Exact(PrefixOf(UserKey(entry)));
     if (b == nullptr) return false;
-    Node* n = FindLess(b, [&](const char* e) { return cmp_(e, entry) < 0; })->Next(0);
-    return n != nullptr && cmp_(n->Entry(), entry) == 0;
+    Node* n = FindLess(b, [&](const char* e) { return Cmp(e, entry) < 0; })->Next(0);
+    return n != nullptr && Cmp(n->Entry(), entry) == 0;
   }
 
   // Every version of a user key lies in one bucket, so a lookup ends with
@@ -204,7 +246,7 @@ class SlotMemTableRep final : public MemTableRep {
     ReadLookupKey(k, &internal_key, &memtable_key);
     Bucket* b = Exact(PrefixOfInternal(internal_key));
     if (b == nullptr) return;
-    Node* n = FindLess(b, [&](const char* e) { return cmp_(e, memtable_key) < 0; })->Next(0);
+    Node* n = FindLess(b, [&](const char* e) { return Cmp(e, memtable_key) < 0; })->Next(0);
     for (; n != nullptr && callback(arg, n->Entry()); n = n->Next(0)) {
     }
   }
@@ -451,11 +493,11 @@ class SlotMemTableRep final : public MemTableRep {
   // reversed), and never less than what was counted.
   static constexpr uint64_t kCountedEntries = 4096;
   uint64_t CountBetween(Bucket* b, const Slice* start, const Slice* end) const {
-    Node* x = start != nullptr ? FindLess(b, [&](const char* e) { return cmp_(e, *start) < 0; })->Next(0)
+    Node* x = start != nullptr ? FindLess(b, [&](const char* e) { return Cmp(e, *start) < 0; })->Next(0)
                                : b->head()->Next(0);
     uint64_t n = 0;
     for (; x != nullptr && n < kCountedEntries; x = x->Next(0), ++n) {
-      if (end != nullptr && cmp_(x->Entry(), *end) >= 0) return n;
+      if (end != nullptr && Cmp(x->Entry(), *end) >= 0) return n;
     }
     if (x == nullptr) return n;
     const uint64_t below_start = start != nullptr ? EstimateBelow(b, *start) : 0;
@@ -471,7 +513,7 @@ class SlotMemTableRep final : public MemTableRep {
     uint64_t n = 0;
     while (true) {
       Node* next = x->Next(level);
-      if (next != nullptr && cmp_(next->Entry(), ikey) < 0) {
+      if (next != nullptr && Cmp(next->Entry(), ikey) < 0) {
         x = next;
         ++n;
       } else if (level == 0) {
@@ -483,9 +525,30 @@ class SlotMemTableRep final : public MemTableRep {
     }
   }
 
-  const KeyComparator& cmp() const { return cmp_; }
 
  private:
+  // Stops the node unless the column family's comparator orders entries as
+  // Cmp does (a bytewise user comparator): keys of different lengths, bytes
+  // past 0x7f, and versions of one key.
+  void CheckComparator() const {
+    std::vector<std::string> entries;
+    for (const char* user : {"", "a", "ab", "b", "\x01", "\xff", "a\xff"}) {
+      for (uint64_t trailer : {uint64_t{1} << 8 | 1, uint64_t{7} << 8 | 1, uint64_t{7} << 8 | 0}) {
+        std::string e(1, static_cast<char>(std::strlen(user) + 8));
+        e += user;
+        e.append(reinterpret_cast<const char*>(&trailer), 8);
+        entries.push_back(std::move(e));
+      }
+    }
+    auto sign = [](int c) { return (c > 0) - (c < 0); };
+    for (const auto& a : entries) {
+      for (const auto& b : entries) {
+        SHOAL_CHECK(sign(cmp_(a.data(), b.data())) == sign(Cmp(a.data(), b.data())));
+        SHOAL_CHECK(sign(cmp_(a.data(), EntryKey(b.data()))) == sign(Cmp(a.data(), EntryKey(b.data()))));
+      }
+    }
+  }
+
   char* AllocateAligned(size_t bytes) {
     char* raw = nullptr;
     MemTableRep::Allocate(bytes + kWord - 1, &raw);
@@ -585,7 +648,7 @@ class SlotMemTableRep final : public MemTableRep {
     int top = b->height.load(std::memory_order_relaxed);
     Node* at = b->head();
     for (int level = top - 1; level >= 0; --level) {
-      for (Node* next = at->Next(level); next != nullptr && cmp_(next->Entry(), entry) < 0; next = at->Next(level)) {
+      for (Node* next = at->Next(level); next != nullptr && Cmp(next->Entry(), entry) < 0; next = at->Next(level)) {
         at = next;
       }
       prev[level] = at;
@@ -716,8 +779,8 @@ class SlotIterator final : public MemTableRep::Iterator {
     if (b == nullptr) return ToLastFrom(rep_->LastBefore(p));
     Node* x = memtable_key != nullptr ? FindLess(b, memtable_key) : FindLess(b, internal_key);
     Node* n = x->Next(0);
-    bool equal = n != nullptr && (memtable_key != nullptr ? rep_->cmp()(n->Entry(), memtable_key) == 0
-                                                          : rep_->cmp()(n->Entry(), internal_key) == 0);
+    bool equal = n != nullptr && (memtable_key != nullptr ? SlotMemTableRep::Cmp(n->Entry(), memtable_key) == 0
+                                                          : SlotMemTableRep::Cmp(n->Entry(), internal_key) == 0);
     if (equal) {
       bucket_ = b;
       node_ = n;
@@ -735,7 +798,7 @@ class SlotIterator final : public MemTableRep::Iterator {
  private:
   template <class Target>
   Node* FindLess(Bucket* b, const Target& target) const {
-    return SlotMemTableRep::FindLess(b, [&](const char* e) { return rep_->cmp()(e, target) < 0; });
+    return SlotMemTableRep::FindLess(b, [&](const char* e) { return SlotMemTableRep::Cmp(e, target) < 0; });
   }
 
   void ToFirstFrom(Bucket* b) {

@@ -9,6 +9,7 @@
 #include "storage/keys.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/comparator.h>
 #include <rocksdb/db.h>
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
@@ -513,6 +514,26 @@ void SlotMemTableTest::CheckConcurrentRecords(size_t prefix) {
     ASSERT_EQ(v, it->value().ToString());
   }
   EXPECT_EQ(want, all.end());
+}
+
+// Its compares are bytewise, inline: with any other comparator it stops the
+// node when a memtable is made rather than misorder keys.
+TEST(SlotMemTableDeathTest, StopsUnderAComparatorThatIsNotBytewise) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("shoal_slot_memtable_death_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  EXPECT_DEATH(
+      {
+        rocksdb::Options o;
+        o.create_if_missing = true;
+        o.comparator = rocksdb::ReverseBytewiseComparator();
+        o.memtable_factory = NewSlotMemTableFactory(4);
+        rocksdb::DB* raw = nullptr;
+        auto s = rocksdb::DB::Open(o, dir.string(), &raw);
+        delete raw;
+      },
+      "check failed");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
