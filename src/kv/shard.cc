@@ -617,6 +617,7 @@ class TxnView final : public storage::Engine {
   const std::string& dir() const override { return base_->dir(); }
   storage::MemoryUsage Memory() override { return base_->Memory(); }
   int64_t DiskBytes() override { return base_->DiskBytes(); }
+  uint64_t VisibleSeq() override { return base_->VisibleSeq(); }
   uint64_t ApproximateSize(storage::Cf cf, std::string_view b, std::string_view e) override {
     return base_->ApproximateSize(cf, b, e);
   }

@@ -597,12 +597,12 @@ bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, re
   // What RunKeyed does for a read whose barrier passes at once, without
   // its coroutine frames: most reads at a leader with its lease.
   const bool leader_here = r->published_is_leader();
-  if (read_clock_.mono_us == 0 || read_clock_.reads >= kReadsPerClock) {
-    read_clock_ = ReadClock{node::MonoUs(), RealClock().NowUnixMs(), 0};
+  if (!(leader_here || readonly_)) return false;
+  const uint64_t seq = server_.engine().VisibleSeq();
+  if (read_clock_.mono_us == 0 || read_clock_.reads >= kReadsPerClock || read_clock_.seq != seq) {
+    read_clock_ = ReadClock{node::MonoUs(), RealClock().NowUnixMs(), seq, 0};  // the seq first, then the clocks
   }
-  if (!(leader_here || readonly_) || !r->LeaseReadOk(read_clock_.mono_us) || !r->state_machine().OwnsSlot(slot)) {
-    return false;
-  }
+  if (!r->LeaseReadOk(read_clock_.mono_us) || !r->state_machine().OwnsSlot(slot)) return false;
   ++read_clock_.reads;
   server_.stats().commands_processed.Add(worker_.index(), 1);
   last_command_ = cmd.spec.name;

@@ -154,17 +154,25 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // A keyed read that needs no wait: `r` (the slot's replica here) may
   // serve it now under its lease. Runs it and returns true; false leaves
   // it to RunKeyed (a barrier to wait for, or not this node's to serve).
-  // Such reads one after another in a request buffer, with nothing between
-  // them that may wait, share one reading of the clocks (read_clock_), up
-  // to kReadsPerClock of them: the lease is checked, and keys' expiry
-  // judged, as of microseconds before each read instead of nanoseconds,
-  // where the lease keeps a tenth of an election timeout in hand. Two
-  // clock reads were 5% of a pipelined GET's CPU (2026-12-04 (last)).
+  //
+  // Such reads one after another in one request buffer, with nothing
+  // between them that may wait, share one reading of the clocks
+  // (read_clock_; two clock reads were 5% of a pipelined GET's CPU,
+  // PERFORMANCE.md 2026-12-04 (last, after)). Sound because:
+  // - each of them arrived before the reading was taken (Run resets it at
+  //   every read from the socket): a lease that held then made this node
+  //   the only leader from when each read was asked, and the lease itself
+  //   is still loaded per read, so one given up is seen at once;
+  // - the reading is taken anew once the engine's visible writes move on
+  //   (VisibleSeq): a read never sees a write prepared after the time it
+  //   judges expiry by (a TTL above what was set, a key alive past it);
+  // - at most kReadsPerClock share it.
   bool RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r);
   static constexpr int kReadsPerClock = 32;
   struct ReadClock {
     int64_t mono_us = 0;  // 0: not read yet
     int64_t unix_ms = 0;
+    uint64_t seq = 0;  // the engine's VisibleSeq before the clocks were read
     int reads = 0;
   };
   ReadClock read_clock_;

@@ -264,6 +264,8 @@ class RocksEngine final : public Engine {
     return std::make_unique<RocksSnapshot>(db_.get(), db_->GetSnapshot());
   }
 
+  uint64_t VisibleSeq() override { return db_->GetLatestSequenceNumber(); }
+
   uint64_t ApproximateSize(Cf cf, std::string_view begin, std::string_view end) override {
     rocksdb::Range r(ToSlice(begin), ToSlice(end));
     rocksdb::SizeApproximationOptions o;

@@ -154,6 +154,9 @@ class Engine {
   virtual int64_t DiskBytes() = 0;
   // Approximate bytes of cf's keys in [begin, end), memtables included.
   virtual uint64_t ApproximateSize(Cf cf, std::string_view begin, std::string_view end) = 0;
+  // Grows with every write or ingestion, as it becomes visible to reads (a
+  // read that sees a write saw this number reach it first).
+  virtual uint64_t VisibleSeq() = 0;
 
   uint64_t write_seq() const { return write_seq_.load(std::memory_order_acquire); }
   uint64_t durable_seq() const { return durable_seq_.load(std::memory_order_acquire); }

@@ -125,6 +125,7 @@ class FaultEngine final : public Engine {
   std::unique_ptr<Snapshot> NewSnapshot() override { return inner_->NewSnapshot(); }
   MemoryUsage Memory() override { return inner_->Memory(); }
   int64_t DiskBytes() override { return inner_->DiskBytes(); }
+  uint64_t VisibleSeq() override { return inner_->VisibleSeq(); }
   uint64_t ApproximateSize(Cf cf, std::string_view begin, std::string_view end) override {
     return inner_->ApproximateSize(cf, begin, end);
   }
