@@ -213,7 +213,7 @@ bool BitopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* 
   if (op == "not" && args.size() != 4) {
     return reply->Error("ERR BITOP NOT must be called with a single source key."), false;
   }
-  entry->args = {std::string(args[2]), op};
+  SetArgs(entry, std::string(args[2]), op);
   entry->args.insert(entry->args.end(), args.begin() + 3, args.end());
   return true;
 }

@@ -483,8 +483,8 @@ bool RestorePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Wr
       expire_at = INT64_MAX;
     }
   }
-  entry->args = {std::string(args[1]), std::to_string(expire_at), replace ? "1" : "0",
-                 std::to_string(static_cast<int>(d.type))};
+  SetArgs(entry, std::string(args[1]), std::to_string(expire_at), replace ? "1" : "0",
+          std::to_string(static_cast<int>(d.type)));
   for (auto& item : d.items) entry->args.push_back(std::move(item));
   return true;
 }

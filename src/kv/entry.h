@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace shoal::kv {
@@ -31,6 +32,15 @@ struct Entry {
   // appends them to the log entry).
   std::vector<KeyHint> hints = {};
 };
+
+// Sets an entry's arguments, each built once: an initializer list's
+// elements are const, so `args = {...}` copied every string it was given.
+template <class... Parts>
+void SetArgs(Entry* entry, Parts&&... parts) {
+  entry->args.clear();
+  entry->args.reserve(sizeof...(parts));
+  (entry->args.emplace_back(std::forward<Parts>(parts)), ...);
+}
 
 std::string EncodeEntry(const Entry& entry);
 // Returns false if `raw` is not a valid encoding.

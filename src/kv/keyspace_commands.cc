@@ -346,7 +346,7 @@ bool CopyPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Write
     }
   }
   if (db == ctx.db && args[1] == args[2]) return reply->Error(kErrSameObject), false;
-  entry->args = {std::string(args[1]), std::string(args[2]), std::to_string(db), replace ? "1" : "0"};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), std::to_string(db), replace ? "1" : "0");
   return true;
 }
 
@@ -378,7 +378,7 @@ bool MovePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Write
   int64_t db = 0;
   if (!ParseDb(args[2], ctx.limits, &db, reply)) return false;
   if (db == ctx.db) return reply->Error(kErrSameObject), false;
-  entry->args = {std::string(args[1]), std::to_string(db)};
+  SetArgs(entry, std::string(args[1]), std::to_string(db));
   return true;
 }
 
@@ -456,7 +456,7 @@ bool ExpirePrepareImpl(const PrepareContext& ctx, Args args, Entry* entry, resp:
     }
     ms += ctx.now_ms;
   }
-  entry->args = {std::string(args[1]), Int64ToString(ms), std::to_string(flags)};
+  SetArgs(entry, std::string(args[1]), Int64ToString(ms), std::to_string(flags));
   return true;
 }
 bool ExpirePrepare(const PrepareContext& c, Args a, Entry* e, resp::Writer* r) {

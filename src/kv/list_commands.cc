@@ -232,7 +232,7 @@ bool PopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* re
   }
   std::string count;
   if (!ParseOptionalCount(args, &count, reply)) return false;
-  entry->args = {std::string(args[1]), count};
+  SetArgs(entry, std::string(args[1]), count);
   return true;
 }
 
@@ -458,7 +458,7 @@ bool LinsertPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer
     reply->Error(kErrSyntax);
     return false;
   }
-  entry->args = {std::string(args[1]), after ? "A" : "B", std::string(args[3]), std::string(args[4])};
+  SetArgs(entry, std::string(args[1]), after ? "A" : "B", std::string(args[3]), std::string(args[4]));
   return true;
 }
 
@@ -517,12 +517,12 @@ bool LmovePrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* 
     reply->Error(kErrSyntax);
     return false;
   }
-  entry->args = {std::string(args[1]), std::string(args[2]), std::string(1, from), std::string(1, to)};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), std::string(1, from), std::string(1, to));
   return true;
 }
 
 bool RpoplpushPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*) {
-  entry->args = {std::string(args[1]), std::string(args[2]), "R", "L"};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), "R", "L");
   return true;
 }
 

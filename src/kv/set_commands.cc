@@ -289,7 +289,7 @@ bool SpopPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* r
   std::string count;
   if (!ParseOptionalCount(args, &count, reply)) return false;
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  entry->args = {std::string(args[1]), count, std::to_string(rng())};
+  SetArgs(entry, std::string(args[1]), count, std::to_string(rng()));
   return true;
 }
 

@@ -265,7 +265,7 @@ bool SetPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer
       return false;
     }
   }
-  entry->args = {std::string(args[1]), std::string(args[2]), ext.flags, Int64ToString(expire_at)};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), ext.flags, Int64ToString(expire_at));
   return true;
 }
 
@@ -311,7 +311,7 @@ bool SetexPrepareImpl(const PrepareContext& ctx, Args args, Entry* entry, resp::
     reply->Error(*err);
     return false;
   }
-  entry->args = {std::string(args[1]), std::string(args[3]), "", Int64ToString(expire_at)};
+  SetArgs(entry, std::string(args[1]), std::string(args[3]), "", Int64ToString(expire_at));
   return true;
 }
 
@@ -378,7 +378,7 @@ bool GetexPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writ
   } else if (HasFlag(ext.flags, kPersist)) {
     mode = "P";
   }
-  entry->args = {std::string(args[1]), mode, value};
+  SetArgs(entry, std::string(args[1]), mode, value);
   return true;
 }
 
@@ -459,7 +459,7 @@ int64_t CarriedLimit(const Entry& e, size_t at) {
 }
 
 bool AppendPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer*) {
-  entry->args = {std::string(args[1]), std::string(args[2]), std::to_string(ctx.limits->proto_max_bulk_len)};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), std::to_string(ctx.limits->proto_max_bulk_len));
   return true;
 }
 
@@ -491,8 +491,8 @@ bool SetrangePrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::W
   }
   // The length is checked where it is applied, after the key's type (as
   // Redis does: WRONGTYPE comes first), against the limit carried here.
-  entry->args = {std::string(args[1]), std::string(args[2]), std::string(args[3]),
-                 std::to_string(ctx.limits->proto_max_bulk_len)};
+  SetArgs(entry, std::string(args[1]), std::string(args[2]), std::string(args[3]),
+          std::to_string(ctx.limits->proto_max_bulk_len));
   return true;
 }
 
@@ -534,16 +534,16 @@ bool IncrPrepareBy(Args args, Entry* entry, resp::Writer* reply, bool negate) {
     }
     *by = -*by;
   }
-  entry->args = {std::string(args[1]), Int64ToString(*by)};
+  SetArgs(entry, std::string(args[1]), Int64ToString(*by));
   return true;
 }
 
 bool IncrPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*) {
-  entry->args = {std::string(args[1]), "1"};
+  SetArgs(entry, std::string(args[1]), "1");
   return true;
 }
 bool DecrPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer*) {
-  entry->args = {std::string(args[1]), "-1"};
+  SetArgs(entry, std::string(args[1]), "-1");
   return true;
 }
 bool IncrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* reply) {

@@ -667,7 +667,7 @@ bool ZaddPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* r
   for (size_t i = at; i < args.size(); i += 2) {
     if (!ParseDouble(args[i])) return reply->Error(kErrNotFloat), false;
   }
-  entry->args = {std::string(args[1]), std::to_string(flags)};
+  SetArgs(entry, std::string(args[1]), std::to_string(flags));
   entry->args.insert(entry->args.end(), args.begin() + static_cast<std::ptrdiff_t>(at), args.end());
   return true;
 }
@@ -730,7 +730,7 @@ bool ZincrbyPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer
     if (EqualsIgnoreCase(args[2], o)) return reply->Error(kErrSyntax), false;
   }
   if (!ParseDouble(args[2])) return reply->Error(kErrNotFloat), false;
-  entry->args = {std::string(args[1]), std::to_string(kIncr), std::string(args[2]), std::string(args[3])};
+  SetArgs(entry, std::string(args[1]), std::to_string(kIncr), std::string(args[2]), std::string(args[3]));
   return true;
 }
 
