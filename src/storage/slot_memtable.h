@@ -25,7 +25,8 @@ class MemTableRepFactory;
 namespace shoal::storage {
 
 // `prefix_bytes` (1..32): how many leading bytes of a user key pick its
-// bucket. Past 4, buckets are also found by a hash of the prefix. The column
+// bucket. Past 4, buckets are found by a hash of the prefix and kept in order
+// by a skiplist of buckets, instead of the directory. The column
 // family's comparator must be bytewise.
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes);
 
