@@ -38,6 +38,8 @@ constexpr auto kConnectMax = std::chrono::seconds(2);
 // connection it made (Transport::ProbeGone).
 constexpr auto kProbeWatch = std::chrono::milliseconds(100);
 constexpr auto kIdleMax = std::chrono::seconds(30);
+// How often a connection's reads look whether their deadline passed.
+constexpr auto kDeadlineCheck = std::chrono::seconds(1);
 std::chrono::seconds FrameMax(size_t bytes) { return std::chrono::seconds(30 + (bytes >> 20)); }
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
@@ -237,6 +239,9 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   auto backoff = kBackoffMin;
   asio::steady_timer wait(io_);
   std::string frame;
+  // Each frame's write has a deadline (FrameMax), on whichever connection
+  // the stream holds then.
+  MovingDeadline deadline(p->stream.socket(), kDeadlineCheck);
   for (;;) {
     if (p->queue.empty() && p->chunks.empty() && !p->send_leaders) {
       p->signal.expires_at(asio::steady_timer::time_point::max());
@@ -359,9 +364,9 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
     pf.AppendToString(&frame);
     if (!p->session_key.empty()) frame += FrameMac(p->session_key, p->frames_out++, frame);
-    std::optional<Deadline> deadline(std::in_place, p->stream.socket(), FrameMax(frame.size()));
+    deadline.Set(FrameMax(frame.size()));
     auto [ec, written] = co_await p->stream.Write(asio::buffer(frame));
-    deadline.reset();
+    deadline.Clear();
     (void)written;
     if (ec) {
       p->stream.Close();
@@ -624,56 +629,81 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
   }
   const size_t mac_bytes = session_key.empty() ? 0 : kProofBytes;
   uint64_t frames_in = 0;
-  std::string body;
   raft::NodeId from = 0;  // the peer that writes on this connection, once known
+  // Frames are read as they come, many at a time: buf[begin, end) has
+  // arrived and is not yet handled (buf's size is the room to read into).
+  // The room grows with what a frame has brought (1 MiB, then doubling), so
+  // a length that promises much and a sender that sends little hold little
+  // memory.
+  constexpr size_t kReadRoom = 64 * 1024;
+  std::string buf(kReadRoom, '\0');
+  size_t begin = 0, end = 0, handled = 0;
+  // A silent connection is dropped after kIdleMax, a frame that takes too
+  // long to arrive after FrameMax(its length).
+  MovingDeadline deadline(socket, kDeadlineCheck);
   for (;;) {
-    unsigned char head[4];
-    std::optional<Deadline> idle(std::in_place, socket, kIdleMax);
-    auto [ec, n] = co_await stream.Read(asio::buffer(head, 4));
-    idle.reset();
-    if (ec) {
-      MaybeProbeGone(from, ec);
-      co_return;
+    begin += handled;  // the frame handled last time round
+    handled = 0;
+    if (begin == end) {
+      begin = end = 0;
+      if (buf.size() > kReadRoom) {  // a long frame's room is given back
+        buf.resize(kReadRoom);
+        buf.shrink_to_fit();
+      }
     }
-    if (from == 0 && std::string_view(reinterpret_cast<const char*>(head), 4) == kHasSecretMagic.substr(0, 4)) {
-      LogRefusedPeer(Endpoint(socket), "it has a cluster secret and this node runs without one (start every node "
-                                       "with the same cluster-secret-file)");
-      co_return;
+    uint32_t len = 0;
+    size_t want = 0;  // the frame's bytes (head, body and MAC), once its head is here
+    for (;;) {
+      const size_t have = end - begin;
+      if (want == 0 && have >= 4) {
+        const auto* head = reinterpret_cast<const unsigned char*>(buf.data() + begin);
+        if (from == 0 && std::string_view(buf.data() + begin, 4) == kHasSecretMagic.substr(0, 4)) {
+          LogRefusedPeer(Endpoint(socket), "it has a cluster secret and this node runs without one (start every "
+                                           "node with the same cluster-secret-file)");
+          co_return;
+        }
+        len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
+        if (len > opts_.max_frame_bytes) {
+          frames_refused_.fetch_add(1, std::memory_order_relaxed);
+          spdlog::warn("peer frame of {} bytes refused", len);
+          co_return;
+        }
+        want = 4 + size_t{len} + mac_bytes;
+        if (have < want) deadline.Set(FrameMax(len));
+      }
+      if (want != 0 && have >= want) break;
+      if (want == 0) deadline.Set(kIdleMax);
+      // Room to read into: what is here moves to the front, and the room
+      // grows for a frame longer than it.
+      if (begin > 0) {
+        std::memmove(buf.data(), buf.data() + begin, have);
+        begin = 0;
+        end = have;
+      }
+      if (want > buf.size() && end == buf.size()) {
+        buf.resize(std::min(want, end + std::max<size_t>(1 << 20, end)));
+      }
+      auto [ec, n] = co_await stream.ReadSome(asio::buffer(buf.data() + end, buf.size() - end));
+      if (ec) {
+        MaybeProbeGone(from, ec);
+        co_return;
+      }
+      end += n;
     }
-    uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
-    if (len > opts_.max_frame_bytes) {
-      frames_refused_.fetch_add(1, std::memory_order_relaxed);
-      spdlog::warn("peer frame of {} bytes refused", len);
-      co_return;
-    }
-    // The body is read in pieces that grow with what arrived (1 MiB, then
-    // doubling), so a length that promises much and a sender that sends
-    // little hold little memory.
-    const size_t want = 4 + size_t{len} + mac_bytes;
-    body.resize(4);
-    std::memcpy(body.data(), head, 4);
-    std::optional<Deadline> reading(std::in_place, socket, FrameMax(len));
-    asio::error_code ec2;
-    while (!ec2 && body.size() < want) {
-      const size_t have = body.size();
-      body.resize(std::min(want, have + std::max<size_t>(1 << 20, have)));
-      auto [rec, rn] = co_await stream.Read(asio::buffer(body.data() + have, body.size() - have));
-      ec2 = rec;
-    }
-    reading.reset();
-    if (ec2) {
-      MaybeProbeGone(from, ec2);
-      co_return;
-    }
+    deadline.Clear();
+    // The frame, at buf[begin, begin + want): read in place until the next
+    // round (its parse copies out what is kept).
+    handled = want;
+    const std::string_view framed(buf.data() + begin, 4 + size_t{len});
     if (mac_bytes != 0) {
-      const std::string_view framed(body.data(), 4 + size_t{len});
-      if (!ConstantTimeEquals(std::string_view(body).substr(framed.size()), FrameMac(session_key, frames_in++, framed))) {
+      if (!ConstantTimeEquals(std::string_view(buf.data() + begin + framed.size(), mac_bytes),
+                              FrameMac(session_key, frames_in++, framed))) {
         LogRefusedPeer(Endpoint(socket), "a frame's MAC is wrong (changed or added on the way)");
         co_return;
       }
     }
     proto::PeerFrame pf;
-    if (!pf.ParseFromArray(body.data() + 4, static_cast<int>(len)) || pf.version() != kWireVersion || pf.from_node() == 0) {
+    if (!pf.ParseFromArray(framed.data() + 4, static_cast<int>(len)) || pf.version() != kWireVersion || pf.from_node() == 0) {
       frames_refused_.fetch_add(1, std::memory_order_relaxed);
       spdlog::warn("malformed peer frame refused");
       co_return;

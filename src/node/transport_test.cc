@@ -1,5 +1,6 @@
 #include "node/transport.h"
 
+#include "node/codec.h"
 #include "node/deadline.h"
 
 #include <gtest/gtest.h>
@@ -255,6 +256,57 @@ TEST(Transport, AFrameChangedOnTheWayIsRefused) {
   EXPECT_EQ(b.count(), 0u);
 }
 
+// A frame as a peer of cluster 77 sends it: one message for `group`.
+std::string FrameOf(uint64_t group, const raft::Message& m) {
+  proto::PeerFrame pf;
+  pf.set_version(1);
+  pf.set_cluster_id(77);
+  pf.set_from_node(m.from);
+  auto* gm = pf.add_messages();
+  gm->set_group(group);
+  ToProto(m, gm->mutable_msg());
+  std::string body = pf.SerializeAsString();
+  std::string frame;
+  for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(body.size() >> (8 * i)));
+  return frame + body;
+}
+
+// Frames are taken however the bytes arrive: many in one read, one split
+// into pieces of a few bytes, and one longer than the reader's first room.
+TEST(Transport, TakesFramesHoweverTheirBytesArrive) {
+  Endpoint b(2, 77);
+  int fd = ConnectTo(b.t.port());
+  ASSERT_GE(fd, 0);
+  std::string together;
+  for (uint64_t g = 1; g <= 20; ++g) together += FrameOf(g, Heartbeat(1, 2));
+  ASSERT_EQ(write(fd, together.data(), together.size()), static_cast<ssize_t>(together.size()));
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 20; }));
+  std::string pieces;
+  for (uint64_t g = 21; g <= 30; ++g) pieces += FrameOf(g, Heartbeat(1, 2));
+  raft::Message big = Heartbeat(1, 2);
+  big.type = raft::MessageType::kApp;
+  big.entries.push_back(raft::Entry{5, 10, raft::EntryType::kNormal, std::string(300 * 1024, 'x')});
+  pieces += FrameOf(31, big);
+  pieces += FrameOf(32, Heartbeat(1, 2));
+  for (size_t at = 0, step = 1; at < pieces.size(); at += step, step = step % 7 + 1) {
+    if (at > pieces.size() - 30 * 1024 && at < pieces.size() - 29 * 1024) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the long frame's end comes late
+    }
+    const size_t n = std::min(at < 1000 ? step : 16 * 1024, pieces.size() - at);
+    ASSERT_EQ(write(fd, pieces.data() + at, n), static_cast<ssize_t>(n));
+    if (at < 1000) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (at >= 1000) step = n;
+  }
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 32; }));
+  close(fd);
+  std::lock_guard lock(b.mu);
+  for (uint64_t g = 1; g <= 32; ++g) EXPECT_EQ(b.got[g - 1].first, g);
+  ASSERT_EQ(b.got[30].second.entries.size(), 1u);
+  EXPECT_EQ(b.got[30].second.entries[0].data, std::string(300 * 1024, 'x'));
+  EXPECT_EQ(b.got[31].second.commit, 9u);
+  EXPECT_EQ(b.t.frames_refused(), 0u);
+}
+
 TEST(Transport, ReconnectsWhenThePeerComesBack) {
   Endpoint a(1, 77);
   uint16_t port = 0;
@@ -336,6 +388,58 @@ TEST(Deadline, CutsShortAReadThatIsNeverAnswered) {
   }
   EXPECT_FALSE(got);
   EXPECT_EQ(n, 4u);
+  ::close(cfd);
+  ::close(lfd);
+}
+
+// A read under a MovingDeadline ends once the deadline passes (checked
+// every `period`), and not while it is cleared.
+TEST(MovingDeadline, CutsShortAReadOnceItsDeadlinePasses) {
+  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  asio::io_context io;
+  asio::ip::tcp::socket sock(io);
+  sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), ntohs(a.sin_port)));
+  int cfd = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(cfd, 0);
+  char buf[8];
+  asio::error_code got = asio::error::would_block;
+  size_t n = 0;
+  MovingDeadline deadline(sock, std::chrono::milliseconds(20));
+  // Cleared: a read that waits 300 ms for its bytes gets them.
+  deadline.Clear();
+  sock.async_read_some(asio::buffer(buf), [&](const asio::error_code& ec, size_t k) {
+    got = ec;
+    n = k;
+  });
+  asio::steady_timer later(io, std::chrono::milliseconds(300));
+  later.async_wait([&](const asio::error_code&) { EXPECT_EQ(::write(cfd, "pong", 4), 4); });
+  for (int i = 0; i < 100 && n == 0; ++i) io.run_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(got);
+  EXPECT_EQ(n, 4u);
+  EXPECT_FALSE(deadline.expired());
+  // Set: a read that is never answered is cut short after about 200 ms.
+  got = asio::error::would_block;
+  deadline.Set(std::chrono::milliseconds(200));
+  auto start = std::chrono::steady_clock::now();
+  bool done = false;
+  sock.async_read_some(asio::buffer(buf), [&](const asio::error_code& ec, size_t) {
+    got = ec;
+    done = true;
+  });
+  for (int i = 0; i < 250 && !done; ++i) io.run_for(std::chrono::milliseconds(20));
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(got, asio::error::operation_aborted);
+  EXPECT_TRUE(deadline.expired());
+  EXPECT_GE(took, std::chrono::milliseconds(190));
+  EXPECT_LT(took, std::chrono::seconds(3));
   ::close(cfd);
   ::close(lfd);
 }
