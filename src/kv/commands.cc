@@ -56,23 +56,28 @@ const Table& GetTable() {
 
 }  // namespace
 
-std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args) {
-  std::vector<size_t> out;
+void KeyPositionsInto(const CommandSpec& spec, Args args, std::vector<size_t>* out) {
+  out->clear();
   if (spec.first_key > 0) {
     const int argc = static_cast<int>(args.size());
     const int last = spec.last_key >= 0 ? spec.last_key : argc + spec.last_key;
     const int step = spec.key_step > 0 ? spec.key_step : 1;
-    for (int i = spec.first_key; i <= last && i < argc; i += step) out.push_back(static_cast<size_t>(i));
+    for (int i = spec.first_key; i <= last && i < argc; i += step) out->push_back(static_cast<size_t>(i));
   }
   const size_t at = static_cast<size_t>(spec.numkeys_at);
   if (at > 0 && at < args.size()) {
     auto n = ParseInt64(args[at]);
-    if (!n || *n <= 0 || static_cast<uint64_t>(*n) > args.size() - at - 1) return {};
-    for (size_t i = 1; i <= static_cast<size_t>(*n); ++i) out.push_back(at + i);
+    if (!n || *n <= 0 || static_cast<uint64_t>(*n) > args.size() - at - 1) return out->clear();
+    for (size_t i = 1; i <= static_cast<size_t>(*n); ++i) out->push_back(at + i);
   }
   if (spec.option_keys != nullptr) {
-    for (size_t k : spec.option_keys(args)) out.push_back(k);
+    for (size_t k : spec.option_keys(args)) out->push_back(k);
   }
+}
+
+std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args) {
+  std::vector<size_t> out;
+  KeyPositionsInto(spec, args, &out);
   return out;
 }
 

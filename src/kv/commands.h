@@ -81,6 +81,8 @@ struct CommandSpec {
 // The positions in args of every key of a command (empty: keyless, or a
 // count of keys that is not valid, which the command itself rejects).
 std::vector<size_t> KeyPositions(const CommandSpec& spec, Args args);
+// The same into *out (cleared first), whose storage a caller may reuse.
+void KeyPositionsInto(const CommandSpec& spec, Args args, std::vector<size_t>* out);
 
 // Every data command (reads and writes) that the kv layer implements.
 std::span<const CommandSpec> DataCommands();

@@ -12,20 +12,28 @@ constexpr uint32_t kArgsMax = 1u << 24;
 
 }  // namespace
 
-std::string EncodeEntry(const Entry& entry) {
-  std::string out;
+size_t EncodedEntrySize(const Entry& entry) {
   size_t total = 1 + 2 + 2 + 8 + 4;
   for (const auto& a : entry.args) total += 4 + a.size();
-  out.reserve(total);
-  PutFixed<uint8_t>(&out, kEntryVersion);
-  PutFixed<uint16_t>(&out, entry.op);
-  PutFixed<uint16_t>(&out, entry.db);
-  PutFixed<int64_t>(&out, entry.now_ms);
-  PutFixed<uint32_t>(&out, static_cast<uint32_t>(entry.args.size()));
+  return total;
+}
+
+void AppendEncodedEntry(const Entry& entry, std::string* out) {
+  PutFixed<uint8_t>(out, kEntryVersion);
+  PutFixed<uint16_t>(out, entry.op);
+  PutFixed<uint16_t>(out, entry.db);
+  PutFixed<int64_t>(out, entry.now_ms);
+  PutFixed<uint32_t>(out, static_cast<uint32_t>(entry.args.size()));
   for (const auto& a : entry.args) {
-    PutFixed<uint32_t>(&out, static_cast<uint32_t>(a.size()));
-    out.append(a);
+    PutFixed<uint32_t>(out, static_cast<uint32_t>(a.size()));
+    out->append(a);
   }
+}
+
+std::string EncodeEntry(const Entry& entry) {
+  std::string out;
+  out.reserve(EncodedEntrySize(entry));
+  AppendEncodedEntry(entry, &out);
   return out;
 }
 

@@ -43,6 +43,9 @@ void SetArgs(Entry* entry, Parts&&... parts) {
 }
 
 std::string EncodeEntry(const Entry& entry);
+// The same bytes appended to *out, and their count.
+void AppendEncodedEntry(const Entry& entry, std::string* out);
+size_t EncodedEntrySize(const Entry& entry);
 // Returns false if `raw` is not a valid encoding.
 bool DecodeEntry(std::string_view raw, Entry* out);
 

@@ -37,6 +37,27 @@ std::optional<KeyMetaCache::Meta> KeyMetaCache::Find(std::string_view dkey) cons
   return Meta{(slot.flags & 1) != 0, slot.expire_at_ms, (slot.flags & 2) != 0};
 }
 
+void KeyMetaCache::Prefetch(uint16_t db, std::string_view key, bool key_bytes) const {
+  char dkey[64];
+  if (slots_.empty() || key.size() > sizeof(dkey) - storage::kDataKeyPrefixBytes) return;
+  // storage::DataKey's bytes, without an allocation.
+  static_assert(storage::kDataKeyPrefixBytes == 4);
+  const uint16_t key_slot = storage::KeySlot(key);
+  dkey[0] = static_cast<char>(key_slot >> 8);
+  dkey[1] = static_cast<char>(key_slot & 0xff);
+  dkey[2] = static_cast<char>(db >> 8);
+  dkey[3] = static_cast<char>(db & 0xff);
+  std::memcpy(dkey + 4, key.data(), key.size());
+  const std::string_view k(dkey, 4 + key.size());
+  const uint64_t hash = HashOf(k);
+  const Slot& slot = slots_[hash & (slots_.size() - 1)];
+  if (!key_bytes) {
+    __builtin_prefetch(&slot);
+  } else if (slot.hash == hash) {
+    __builtin_prefetch(keys_.data() + slot.key_at);
+  }
+}
+
 KeyMetaCache::KeyMetaCache(size_t max_bytes) : KeyMetaCache(std::make_shared<KeyMetaBudget>(max_bytes)) {}
 
 KeyMetaCache::KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget) : budget_(std::move(budget)) {
@@ -213,7 +234,8 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
   if (IsCollection(nv.type)) touched_.emplace(db, std::string(key));  // its version goes with it
-  const bool staged = staged_.contains(dkey);
+  const auto at = staged_.lower_bound(dkey);  // stays valid: a map's inserts move no node
+  const bool staged = at != staged_.end() && at->first == dkey;
   const KeyHint* hint = staged ? nullptr : HintFor(db, key);
   if (hint != nullptr) {
     old_exists = hint->exists;  // the leader's word: the same on every replica
@@ -243,7 +265,8 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
     }
   }
   batch_->Put(storage::Cf::kData, dkey, encoded);
-  staged_[dkey].raw = std::move(encoded);
+  // GetRaw above may have staged dkey since: then the hint is only a hint.
+  staged_.emplace_hint(at, std::move(dkey), Staged{})->second.raw = std::move(encoded);
   return Status::Ok();
 }
 
@@ -850,7 +873,23 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
   txn->set_collect_changed(watcher_ != nullptr && watcher_->Watching());
   Status s;
   uint64_t last_index = 0, place = 0;
+  // A write's apply looks its key up in the key metadata cache, a cache
+  // miss or two each (its slot, then its bytes): they are fetched ahead.
+  auto prefetch = [&](size_t j, bool key_bytes) {
+    if (j >= entries.size()) return;
+    if (std::optional<std::string_view> key = EntryKey(entries[j])) {
+      meta_cache_.Prefetch(entries[j].db, *key, key_bytes);
+    }
+  };
+  constexpr size_t kAhead = 4;
+  if (entries.size() > 1) {
+    for (size_t j = 0; j < kAhead; ++j) prefetch(j, false);
+  }
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
+    if (entries.size() > 1) {
+      prefetch(i + kAhead, false);
+      prefetch(i + kAhead / 2, true);
+    }
     txn->set_now_ms(entries[i].now_ms);
     // The log entry that carries it (without one: as if one each), and its
     // place there.

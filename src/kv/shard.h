@@ -105,6 +105,10 @@ class KeyMetaCache {
   KeyMetaCache& operator=(const KeyMetaCache&) = delete;
   std::optional<Meta> Find(std::string_view dkey) const;
   void Set(std::string_view dkey, Meta meta);
+  // Starts loading into the CPU's cache what a Find of the data key of
+  // (db, key) will read, a few applies ahead of it: its slot, or (once the
+  // slot is there, `key_bytes`) the key it compares. Changes nothing.
+  void Prefetch(uint16_t db, std::string_view key, bool key_bytes) const;
   // Forgets every key and gives back the table's memory.
   void Clear();
   // Clears, and stops drawing on the budget for good (a retired shard's

@@ -5,6 +5,7 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/clock.h"
@@ -63,7 +64,8 @@ Status Groups::Retire(uint64_t group) {
   Host& h = hosts_[static_cast<size_t>(WorkerOf(group))];
   table_[group].store(nullptr, std::memory_order_release);
   std::erase(h.replicas, r);
-  h.dirty.erase(r);
+  std::erase(h.dirty, r);
+  std::erase(h.draining, r);
   h.retired.insert(r);
   {
     std::lock_guard lock(mu_);
@@ -123,7 +125,7 @@ void Groups::Notify(replica::Replica* r) {
   int w = WorkerOf(r->group());
   Host& h = hosts_[static_cast<size_t>(w)];
   if (!r->HasReady() || h.retired.count(r) != 0) return;
-  h.dirty.insert(r);
+  h.dirty.push_back(r);
   if (h.running) return;
   h.running = true;
   asio::co_spawn(runtime_->worker(w).io(), Drive(w), asio::detached);
@@ -137,12 +139,17 @@ asio::awaitable<void> Groups::Drive(int w) {
   // entries already committed (ApplyRound): a crash keeps an apply only
   // with the log it came from, and a reader sees an apply only once its
   // proposal can be answered.
-  replica::ApplyRound round(engine_);
+  if (h.round == nullptr) h.round = std::make_unique<replica::ApplyRound>(engine_);
+  replica::ApplyRound& round = *h.round;
   std::vector<replica::Replica*> begun;
   std::vector<raft::Message> msgs;
   while (!h.dirty.empty()) {
-    std::set<replica::Replica*> dirty;
+    // Each replica once, in a fixed order (by address).
+    std::vector<replica::Replica*>& dirty = h.draining;
     dirty.swap(h.dirty);
+    h.dirty.clear();
+    std::sort(dirty.begin(), dirty.end());
+    dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
     begun.clear();
     std::vector<GroupMessage> out;
     bool needs_sync = false;
@@ -180,7 +187,7 @@ asio::awaitable<void> Groups::Drive(int w) {
       msgs.clear();
       r->FinishReady(&msgs, now);
       for (auto& m : msgs) after.push_back(GroupMessage{r->group(), std::move(m)});
-      if (r->HasReady() && h.retired.count(r) == 0) h.dirty.insert(r);
+      if (r->HasReady() && h.retired.count(r) == 0) h.dirty.push_back(r);
     }
     transport_->Send(std::move(after));
   }

@@ -68,8 +68,13 @@ class Groups {
  private:
   struct Host {
     std::vector<replica::Replica*> replicas;
-    std::set<replica::Replica*> dirty;
+    // Replicas with work for Drive (a replica may be listed more than once;
+    // Drive takes each once a round), and the list Drive is working through
+    // (kept for its storage).
+    std::vector<replica::Replica*> dirty;
+    std::vector<replica::Replica*> draining;
     std::set<replica::Replica*> retired;
+    std::unique_ptr<replica::ApplyRound> round;  // Drive's, kept between runs
     bool running = false;
   };
   asio::awaitable<void> Drive(int w);

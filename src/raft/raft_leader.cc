@@ -6,6 +6,16 @@
 #include "raft/raft.h"
 
 namespace shoal::raft {
+namespace {
+
+// A vector of one entry, moved in (a braced list would copy its data).
+std::vector<Entry> One(Entry e) {
+  std::vector<Entry> v;
+  v.push_back(std::move(e));
+  return v;
+}
+
+}  // namespace
 
 Proposal Raft::refuse(ProposeError e) const {
   return Proposal{.error = e, .leader_hint = lead_ == id_ ? kNoNode : lead_};
@@ -17,7 +27,7 @@ Proposal Raft::propose(std::string data) {
   if (!prs_.is_member(id_)) return refuse(ProposeError::kRemoved);
   Entry e{term_, log_.last_index() + 1, EntryType::kNormal, std::move(data)};
   const Index index = e.index;
-  if (!append_entries({std::move(e)})) return refuse(ProposeError::kTooManyUncommitted);
+  if (!append_entries(One(std::move(e)))) return refuse(ProposeError::kTooManyUncommitted);
   proposals_unsent_ = true;  // sent with the others of this round (flush_proposals)
   return Proposal{.index = index, .term = term_};
 }
@@ -48,7 +58,7 @@ Proposal Raft::propose_conf_change(const ConfChange& cc) {
   if (!prs_.validate_conf_change(cc).ok()) return refuse(ProposeError::kInvalidConfChange);
   Entry e{term_, log_.last_index() + 1, EntryType::kConfChange, encode_conf_change(cc)};
   const Index index = e.index;
-  if (!append_entries({std::move(e)})) return refuse(ProposeError::kTooManyUncommitted);
+  if (!append_entries(One(std::move(e)))) return refuse(ProposeError::kTooManyUncommitted);
   pending_conf_index_ = index;
   bcast_append();
   return Proposal{.index = index, .term = term_};
@@ -60,7 +70,7 @@ bool Raft::append_entries(std::vector<Entry> ents) {
     return false;
   }
   uncommitted_size_ += size;
-  log_.append(ents);
+  log_.append(std::move(ents));
   // Our own progress advances only in on_persisted(), once the entries are
   // durable, unless we are alone and may count them at once.
   maybe_commit_lone();
@@ -398,7 +408,7 @@ void Raft::maybe_auto_leave_joint() {
   const Index index = e.index;
   // The leave entry bypasses the uncommitted limit: the joint state must end.
   uncommitted_size_ += entry_size(e);
-  log_.append({std::move(e)});
+  log_.append(One(std::move(e)));
   pending_conf_index_ = index;
   bcast_append();
 }

@@ -42,25 +42,24 @@ void Unstable::restore(const Snapshot& s) {
   snapshot_ = s;
 }
 
-void Unstable::truncate_and_append(const std::vector<Entry>& ents) {
+void Unstable::truncate_and_append(std::vector<Entry> ents) {
   if (ents.empty()) return;
   const Index after = ents.front().index;
   if (after == offset_ + entries_.size()) {
-    entries_.insert(entries_.end(), ents.begin(), ents.end());
+    entries_.insert(entries_.end(), std::make_move_iterator(ents.begin()), std::make_move_iterator(ents.end()));
   } else if (after <= offset_) {
     // Replaces the whole unstable part; storage entries >= after are now stale.
     offset_ = after;
-    entries_ = ents;
+    entries_ = std::move(ents);
   } else {
     entries_.resize(after - offset_);
-    entries_.insert(entries_.end(), ents.begin(), ents.end());
+    entries_.insert(entries_.end(), std::make_move_iterator(ents.begin()), std::make_move_iterator(ents.end()));
   }
 }
 
-std::vector<Entry> Unstable::slice(Index lo, Index hi) const {
+std::span<const Entry> Unstable::slice(Index lo, Index hi) const {
   SHOAL_CHECK(lo >= offset_ && hi <= offset_ + entries_.size() && lo <= hi);
-  return {entries_.begin() + static_cast<std::ptrdiff_t>(lo - offset_),
-          entries_.begin() + static_cast<std::ptrdiff_t>(hi - offset_)};
+  return std::span<const Entry>(entries_).subspan(lo - offset_, hi - lo);
 }
 
 RaftLog::RaftLog(const Storage* storage, uint64_t max_applying_bytes)
@@ -125,10 +124,10 @@ std::optional<Index> RaftLog::maybe_append(Index index, Term log_term, Index com
   return last_new;
 }
 
-Index RaftLog::append(const std::vector<Entry>& ents) {
+Index RaftLog::append(std::vector<Entry> ents) {
   if (ents.empty()) return last_index();
   SHOAL_CHECK(ents.front().index - 1 >= committed_);
-  unstable_.truncate_and_append(ents);
+  unstable_.truncate_and_append(std::move(ents));
   return last_index();
 }
 
@@ -166,7 +165,9 @@ Result<std::vector<Entry>> RaftLog::slice(Index lo, Index hi, uint64_t max_bytes
   }
   if (hi > off) {
     uint64_t size = entries_size(out);
-    for (const Entry& e : unstable_.slice(std::max(lo, off), hi)) {
+    const auto fresh = unstable_.slice(std::max(lo, off), hi);
+    out.reserve(out.size() + fresh.size());
+    for (const Entry& e : fresh) {
       size += entry_size(e);
       if (!out.empty() && size > max_bytes) break;
       out.push_back(e);

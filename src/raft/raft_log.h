@@ -4,6 +4,7 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -28,9 +29,10 @@ class Unstable {
   // Replaces everything with an incoming snapshot.
   void restore(const Snapshot& s);
   // Appends ents, discarding any suffix they overwrite.
-  void truncate_and_append(const std::vector<Entry>& ents);
-  // Entries [lo, hi), which must lie inside the unstable part.
-  std::vector<Entry> slice(Index lo, Index hi) const;
+  void truncate_and_append(std::vector<Entry> ents);
+  // Entries [lo, hi), which must lie inside the unstable part (a view,
+  // valid until the unstable part changes).
+  std::span<const Entry> slice(Index lo, Index hi) const;
 
   // Accessors; offset() is the index of entries()[0].
   const std::vector<Entry>& entries() const { return entries_; }
@@ -72,7 +74,7 @@ class RaftLog {
   std::optional<Index> maybe_append(Index index, Term log_term, Index committed,
                                     const std::vector<Entry>& ents);
   // Appends entries that follow the current log (leader side). Returns last index.
-  Index append(const std::vector<Entry>& ents);
+  Index append(std::vector<Entry> ents);
   // First index in ents whose term conflicts with ours, or 0 if none; an
   // index past our last index also counts as a "conflict" (new entry).
   Index find_conflict(const std::vector<Entry>& ents) const;

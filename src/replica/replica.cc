@@ -231,21 +231,21 @@ struct KvStateMachine::Decoded {
 };
 
 bool KvStateMachine::DecodeTogether(std::span<const raft::Entry* const> raft_entries, Decoded* d) const {
+  d->counts.reserve(raft_entries.size());
   for (size_t i = 0; i < raft_entries.size(); ++i) {
-    std::vector<kv::Entry> part;
     int p = 2;
-    if (!DecodeKvBatch(raft_entries[i]->data, &part, &p) || part.empty() || (i > 0 && p != d->protocol)) {
+    size_t added = 0;
+    if (!AppendKvBatch(raft_entries[i]->data, &d->all, &p, &added) || added == 0 || (i > 0 && p != d->protocol)) {
       return false;
     }
     d->protocol = p;
-    for (auto& ke : part) {
-      kv::ApplyFn fn = kv::FindApply(ke.op);
-      if (fn == nullptr || kv::MustApplyAlone(ke.op)) return false;
+    for (size_t k = d->all.size() - added; k < d->all.size(); ++k) {
+      kv::ApplyFn fn = kv::FindApply(d->all[k].op);
+      if (fn == nullptr || kv::MustApplyAlone(d->all[k].op)) return false;
       d->fns.push_back(fn);
-      d->all.push_back(std::move(ke));
       d->indices.push_back(raft_entries[i]->index);
     }
-    d->counts.push_back(part.size());
+    d->counts.push_back(added);
   }
   return !raft_entries.empty();
 }
@@ -1125,9 +1125,14 @@ void ApplyRound::Flush() {
     batch_->Clear();
   }
   // What runs may stage again (a later apply of another group): take them.
+  // (Their vector's storage serves the next round; a Flush from inside one
+  // of them takes fresh storage.)
   auto after = std::move(after_);
+  after_ = std::move(spare_after_);
   after_.clear();
   for (auto& fn : after) fn();
+  after.clear();
+  if (after.capacity() > spare_after_.capacity()) spare_after_ = std::move(after);
 }
 
 void Replica::ApplyReady(int64_t now_mono_us) {

@@ -66,6 +66,7 @@ class ApplyRound {
   std::unique_ptr<storage::WriteBatch> batch_;
   std::vector<std::function<void(storage::WriteBatch&)>> before_;
   std::vector<std::function<void()>> after_;
+  std::vector<std::function<void()>> spare_after_;
   uint64_t writes_ = 0;
   uint64_t last_seq_ = 0;
 };
@@ -225,8 +226,14 @@ class KvStateMachine final : public StateMachine {
 
 // A log entry's data for a batch of writes; `protocol` (2 or 3) is the RESP
 // version the proposer's client speaks, for the replies.
-std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol);
+std::string EncodeKvBatch(std::span<const kv::Entry> entries, int protocol);
+inline std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
+  return EncodeKvBatch(std::span<const kv::Entry>(entries), protocol);
+}
 bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol);
+// As DecodeKvBatch, appending to *entries what it decodes (how many: *added,
+// at least one when true); on false *entries holds what it had plus some.
+bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol, size_t* added);
 
 // A snapshot whose image travels beside the Raft messages: its kSnap
 // message carries this ticket in place of the image.

@@ -97,30 +97,44 @@ bool WalkKvBatch(std::string_view data, int* protocol, const std::function<bool(
   return true;
 }
 
-std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int protocol) {
+std::string EncodeKvBatch(std::span<const kv::Entry> entries, int protocol) {
+  size_t total = 2 + 4;
+  for (const auto& e : entries) total += 4 + kv::EncodedEntrySize(e);
   std::string out;
+  out.reserve(total);
   out.push_back(kKvBatchTag);
   out.push_back(static_cast<char>(protocol));
   PutFixed<uint32_t>(&out, static_cast<uint32_t>(entries.size()));
   for (const auto& e : entries) {
-    std::string enc = kv::EncodeEntry(e);
-    PutFixed<uint32_t>(&out, static_cast<uint32_t>(enc.size()));
-    out += enc;
+    const size_t at = out.size();
+    PutFixed<uint32_t>(&out, 0);  // the length, once known
+    kv::AppendEncodedEntry(e, &out);
+    const auto len = static_cast<uint32_t>(out.size() - at - 4);
+    std::memcpy(out.data() + at, &len, 4);  // PutFixed's byte order: the host's
   }
   AppendHintTrailer(entries, &out);
   return out;
 }
 
-bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol) {
+bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol, size_t* added) {
   std::string_view rest;
-  entries->clear();
-  return WalkKvBatch(
-             data, protocol, [entries](std::string_view raw) { return kv::DecodeEntry(raw, &entries->emplace_back()); },
-             &rest) &&
-         (rest.empty() || DecodeHintTrailer(rest, entries));
+  const size_t base = entries->size();
+  const bool ok =
+      WalkKvBatch(
+          data, protocol, [entries](std::string_view raw) { return kv::DecodeEntry(raw, &entries->emplace_back()); },
+          &rest) &&
+      (rest.empty() || DecodeHintTrailer(rest, std::span<kv::Entry>(*entries).subspan(base)));
+  *added = entries->size() - base;
+  return ok;
 }
 
-void AppendHintTrailer(const std::vector<kv::Entry>& entries, std::string* out) {
+bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol) {
+  size_t added = 0;
+  entries->clear();
+  return AppendKvBatch(data, entries, protocol, &added);
+}
+
+void AppendHintTrailer(std::span<const kv::Entry> entries, std::string* out) {
   uint32_t n = 0;
   for (const auto& e : entries) n += static_cast<uint32_t>(e.hints.size());
   if (n == 0) return;
@@ -136,7 +150,7 @@ void AppendHintTrailer(const std::vector<kv::Entry>& entries, std::string* out) 
   }
 }
 
-bool DecodeHintTrailer(std::string_view in, std::vector<kv::Entry>* entries) {
+bool DecodeHintTrailer(std::string_view in, std::span<kv::Entry> entries) {
   uint32_t n = 0;
   if (in.empty() || in[0] != kHintTag) return false;
   in.remove_prefix(1);
@@ -149,9 +163,9 @@ bool DecodeHintTrailer(std::string_view in, std::vector<kv::Entry>* entries) {
     GetFixed(&in, &h.arg);
     GetFixed(&in, &exists);
     GetFixed(&in, &h.expire_at_ms);
-    if (entry >= entries->size() || h.arg >= (*entries)[entry].args.size() || exists > 1) return false;
+    if (entry >= entries.size() || h.arg >= entries[entry].args.size() || exists > 1) return false;
     h.exists = exists == 1;
-    (*entries)[entry].hints.push_back(h);
+    entries[entry].hints.push_back(h);
   }
   return true;
 }

@@ -38,10 +38,10 @@ bool WalkKvBatch(std::string_view data, int* protocol, const std::function<bool(
 // The hints of a log entry's kv batch follow its entries (EncodeKvBatch):
 //   ['H'][n u32]{[entry u32][arg u32][exists u8][expire_at_ms i64]}*
 // Appends that trailer for the hints of `entries` (nothing if none).
-void AppendHintTrailer(const std::vector<kv::Entry>& entries, std::string* out);
+void AppendHintTrailer(std::span<const kv::Entry> entries, std::string* out);
 // Reads a trailer into the hints of `entries`; false unless `trailer` is
 // exactly one whose hints name existing entries and arguments.
-bool DecodeHintTrailer(std::string_view trailer, std::vector<kv::Entry>* entries);
+bool DecodeHintTrailer(std::string_view trailer, std::span<kv::Entry> entries);
 
 class WriteHints {
  public:

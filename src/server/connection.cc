@@ -170,10 +170,11 @@ asio::awaitable<void> Connection::Run() {
           QueueInMulti(cmd, args_);
           continue;
         }
-        std::vector<size_t> keys;
+        std::vector<size_t>& keys = key_positions_;  // its storage is kept (this loop's alone)
+        keys.clear();
         if (cmd != nullptr && (cmd->spec.read != nullptr || cmd->spec.apply != nullptr) &&
             Refusal(cmd, args_).empty()) {
-          keys = kv::KeyPositions(cmd->spec, args_);
+          kv::KeyPositionsInto(cmd->spec, args_, &keys);
         }
         if (!keys.empty()) {
           std::optional<uint16_t> slot = KeysSlot(args_, keys);
@@ -418,29 +419,66 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
 }
 
 asio::awaitable<void> Connection::FlushWrites() {
+  // The queue's storage is kept for the next batch (spare_*_: a flush that
+  // runs inside this one, a write run again below, takes fresh storage).
   auto queued = std::move(queued_entries_);
+  queued_entries_ = std::move(spare_entries_);
   queued_entries_.clear();
-  const std::string raw = std::move(queued_raw_);
+  std::string raw = std::move(queued_raw_);
+  queued_raw_ = std::move(spare_raw_);
   queued_raw_.clear();
   queued_bytes_ = 0;
   flush_left_refused_ = false;
   if (queued.empty()) co_return;
-  // One batch per shard, in order of first appearance; each write keeps its
-  // position so that replies go out in request order.
-  std::vector<uint64_t> order;
-  std::map<uint64_t, std::vector<size_t>> positions;
-  std::map<uint64_t, std::vector<kv::Entry>> per_group;
-  for (size_t i = 0; i < queued.size(); ++i) {
-    uint64_t g = queued[i].group;
-    if (!positions.contains(g)) order.push_back(g);
-    positions[g].push_back(i);
-    per_group[g].push_back(std::move(queued[i].entry));
+  // One batch per shard, in order of each shard's first write; `pos` lists
+  // the writes' positions batch by batch (runs[b] is batch b's part of it,
+  // and of `entries`), so that replies go out in request order.
+  struct Run {
+    uint64_t group;
+    size_t begin, end;
+  };
+  std::vector<Run> runs;
+  std::vector<uint32_t> pos(queued.size());
+  for (size_t i = 0; i < queued.size(); ++i) pos[i] = static_cast<uint32_t>(i);
+  const bool one_shard = std::all_of(queued.begin(), queued.end(),
+                                     [&](const QueuedWrite& q) { return q.group == queued[0].group; });
+  if (one_shard) {
+    runs.push_back(Run{queued[0].group, 0, queued.size()});
+  } else {
+    std::sort(pos.begin(), pos.end(), [&](uint32_t a, uint32_t b) {
+      return queued[a].group != queued[b].group ? queued[a].group < queued[b].group : a < b;
+    });
+    for (size_t i = 0; i < pos.size(); ++i) {
+      if (i == 0 || queued[pos[i]].group != runs.back().group) runs.push_back(Run{queued[pos[i]].group, i, i});
+      runs.back().end = i + 1;
+    }
+    // Each run starts with its shard's first write.
+    std::sort(runs.begin(), runs.end(), [&](const Run& a, const Run& b) { return pos[a.begin] < pos[b.begin]; });
+    std::vector<uint32_t> by_run;
+    by_run.reserve(pos.size());
+    for (Run& run : runs) {
+      const size_t begin = by_run.size();
+      by_run.insert(by_run.end(), pos.begin() + static_cast<ptrdiff_t>(run.begin),
+                    pos.begin() + static_cast<ptrdiff_t>(run.end));
+      run.begin = begin;
+      run.end = by_run.size();
+    }
+    pos = std::move(by_run);
   }
-  auto batch_of = [&](uint64_t g) {  // r null: the replica just left this node
-    return ShardBatch{server_.groups().Find(g), replica::EncodeKvBatch(per_group[g], protocol_)};
+  std::vector<kv::Entry> entries;
+  entries.reserve(pos.size());
+  for (uint32_t p : pos) entries.push_back(std::move(queued[p].entry));
+  auto batch_of = [&](const Run& run) {  // r null: the replica just left this node
+    return ShardBatch{server_.groups().Find(run.group),
+                      replica::EncodeKvBatch(std::span<const kv::Entry>(entries).subspan(run.begin, run.end - run.begin),
+                                             protocol_)};
+  };
+  auto positions = [&](const Run& run) {
+    return std::span<const uint32_t>(pos).subspan(run.begin, run.end - run.begin);
   };
   std::vector<ShardBatch> batches;
-  for (uint64_t g : order) batches.push_back(batch_of(g));
+  batches.reserve(runs.size());
+  for (const Run& run : runs) batches.push_back(batch_of(run));
   std::vector<ProposeResult> results =
       co_await ProposeAll(&server_.groups(), worker_.io(), std::move(batches), asio::use_awaitable);
   // A refused batch is in no log, so it may be tried again, until
@@ -461,12 +499,12 @@ asio::awaitable<void> Connection::FlushWrites() {
     }
     return server_.commands().Find(args[0]);
   };
-  std::vector<std::optional<std::string>> rerun(queued.size());
-  for (size_t b = 0; b < order.size(); ++b) {
-    const uint64_t g = order[b];
-    const std::vector<size_t>& pos = positions[g];
-    if (results[b].refused &&
-        std::any_of(pos.begin(), pos.end(), [&](size_t p) { return queued[p].caller_reruns; })) {
+  std::vector<std::optional<std::string>> rerun;
+  for (size_t b = 0; b < runs.size(); ++b) {
+    if (!results[b].refused) continue;
+    const uint64_t g = runs[b].group;
+    const auto pos_b = positions(runs[b]);
+    if (std::any_of(pos_b.begin(), pos_b.end(), [&](uint32_t p) { return queued[p].caller_reruns; })) {
       flush_left_refused_ = true;  // prepared again by its caller, not re-proposed stale here
       continue;
     }
@@ -478,15 +516,15 @@ asio::awaitable<void> Connection::FlushWrites() {
       pause_for = std::min(pause_for * 2, kRefusedRetryPauseMax);  // an overloaded leader: fewer tries
       replica::Replica* r = server_.groups().Find(g);
       if (r != nullptr && r->published_is_leader()) {
-        for (size_t k = 0; k < pos.size(); ++k) {
-          const Command* cmd = request_of(queued[pos[k]]);
+        for (size_t k = 0; k < pos_b.size(); ++k) {
+          const Command* cmd = request_of(queued[pos_b[k]]);
           kv::Entry entry;
           std::string error;
           resp::Writer errors(&error, protocol_);
-          if (cmd != nullptr && PrepareWrite(*cmd, args, &entry, &errors)) per_group[g][k] = std::move(entry);
+          if (cmd != nullptr && PrepareWrite(*cmd, args, &entry, &errors)) entries[runs[b].begin + k] = std::move(entry);
         }
         std::vector<ShardBatch> again;
-        again.push_back(batch_of(g));
+        again.push_back(batch_of(runs[b]));
         std::vector<ProposeResult> res =
             co_await ProposeAll(&server_.groups(), worker_.io(), std::move(again), asio::use_awaitable);
         results[b] = std::move(res[0]);
@@ -496,7 +534,8 @@ asio::awaitable<void> Connection::FlushWrites() {
       }
     }
     if (!moved) continue;  // answered, or still refused (TRYAGAIN)
-    for (size_t p : pos) {
+    if (rerun.empty()) rerun.resize(queued.size());
+    for (uint32_t p : pos_b) {
       // Not after the time is up, nor once a split gave its slot to another
       // shard (which may have taken a later write of this pipeline to the
       // same key: this one must not land after it).
@@ -510,16 +549,16 @@ asio::awaitable<void> Connection::FlushWrites() {
       wbuf_ = std::move(before);
     }
   }
-  per_group.clear();
+  entries.clear();
   std::vector<std::string_view> replies(queued.size());
-  for (size_t b = 0; b < order.size(); ++b) {
-    const auto& pos = positions[order[b]];
+  for (size_t b = 0; b < runs.size(); ++b) {
+    const auto pos_b = positions(runs[b]);
     const ProposeResult& res = results[b];
     size_t off = 0;
-    for (size_t k = 0; k < pos.size(); ++k) {
+    for (size_t k = 0; k < pos_b.size(); ++k) {
       std::string_view reply = res.reply;
-      if (rerun[pos[k]]) {
-        reply = *rerun[pos[k]];
+      if (!rerun.empty() && rerun[pos_b[k]]) {
+        reply = *rerun[pos_b[k]];
       } else if (res.applied) {
         size_t len = resp::ScanReply(res.reply.data() + off, res.reply.size() - off);
         if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
@@ -530,10 +569,14 @@ asio::awaitable<void> Connection::FlushWrites() {
           off += len;
         }
       }
-      replies[pos[k]] = reply;
+      replies[pos_b[k]] = reply;
     }
   }
   for (auto r : replies) writer_.Raw(r);
+  queued.clear();
+  if (queued.capacity() > spare_entries_.capacity()) spare_entries_ = std::move(queued);
+  raw.clear();
+  if (raw.capacity() > spare_raw_.capacity()) spare_raw_ = std::move(raw);
 }
 
 asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {

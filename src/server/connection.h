@@ -255,6 +255,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   resp::Writer writer_;
   resp::Parser parser_;
   std::vector<std::string_view> args_;
+  std::vector<size_t> key_positions_;  // Run's, per command
   bool cluster_aware_ = false;
   bool routed_ = false;
   uint64_t leaderless_group_ = 0;   // AwaitLeaderKnown's last wait in vain, and until when
@@ -274,6 +275,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   };
   std::vector<QueuedWrite> queued_entries_;
   std::string queued_raw_;
+  // The last flushed queue's storage, for the next (FlushWrites).
+  std::vector<QueuedWrite> spare_entries_;
+  std::string spare_raw_;
   size_t queued_bytes_ = 0;
   // Set by FlushWrites: a write queued with caller_reruns was refused
   // unlogged (it is in no log); its caller may run it again.
