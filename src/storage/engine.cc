@@ -68,6 +68,9 @@ struct WriteBatch::Impl {
   const std::vector<rocksdb::ColumnFamilyHandle*>* handles;
   // Ranges deleted in the data CF: RocksEngine::Write may flush its memtable.
   std::vector<std::pair<std::string, std::string>> data_ranges;
+  // The [slot][db] prefix of each data key put: RocksEngine::Write has the
+  // memtable's buckets for them fetched into the cache first.
+  std::vector<uint32_t> data_prefixes;
 };
 
 WriteBatch::WriteBatch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -76,10 +79,16 @@ size_t WriteBatch::Count() const { return static_cast<size_t>(impl_->batch.Count
 void WriteBatch::Clear() {
   impl_->batch.Clear();
   impl_->data_ranges.clear();
+  impl_->data_prefixes.clear();
 }
 
 void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
   SHOAL_CHECK(cf != Cf::kData || key.size() >= kDataKeyPrefixBytes);
+  if (cf == Cf::kData) {
+    static_assert(kDataKeyPrefixBytes == 4);
+    const auto* b = reinterpret_cast<const uint8_t*>(key.data());
+    impl_->data_prefixes.push_back(uint32_t{b[0]} << 24 | uint32_t{b[1]} << 16 | uint32_t{b[2]} << 8 | b[3]);
+  }
   auto s = impl_->batch.Put((*impl_->handles)[static_cast<int>(cf)], ToSlice(key), ToSlice(value));
   SHOAL_CHECK(s.ok());
 }
@@ -136,6 +145,7 @@ class RocksEngineAccess {
   static const std::vector<std::pair<std::string, std::string>>& DataRanges(const WriteBatch& b) {
     return b.impl_->data_ranges;
   }
+  static const std::vector<uint32_t>& DataPrefixes(const WriteBatch& b) { return b.impl_->data_prefixes; }
 };
 
 namespace {
@@ -171,6 +181,7 @@ class RocksEngine final : public Engine {
   Result<uint64_t> Write(WriteBatch& batch) override {
     rocksdb::WriteOptions wo;
     wo.sync = false;
+    PrefetchForWrites(data_memtables_.get(), RocksEngineAccess::DataPrefixes(batch));
     auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
     if (!s.ok()) return FromRocks(s, "write");
     MaybeFlushAfterRangeDelete(RocksEngineAccess::DataRanges(batch));
@@ -301,6 +312,8 @@ class RocksEngine final : public Engine {
   }
 
  private:
+  // The data column family's memtable factory (for PrefetchForWrites).
+  std::shared_ptr<rocksdb::MemTableRepFactory> data_memtables_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   std::shared_ptr<rocksdb::Cache> cache_;
@@ -421,6 +434,7 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   // searches the few keys of its prefix, not one skiplist of every key
   // (slot_memtable.h; PERFORMANCE.md, "2026-12-04 (late)").
   data_cf.memtable_factory = NewSlotMemTableFactory(kDataKeyPrefixBytes);
+  data_memtables_ = data_cf.memtable_factory;
   data_cf.write_buffer_size = static_cast<size_t>(std::clamp<int64_t>(memtable_bytes / 16, 4LL << 20, 16LL << 20));
 
   // The expiry index is only scanned, never looked up by key: no memtable

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -200,11 +201,69 @@ inline int CompareInternal(const Slice& a, const Slice& b) {
   return ta > tb ? -1 : (ta < tb ? 1 : 0);
 }
 
+class SlotMemTableRep;
+
+// The newest memtable a factory made (its column family's active one), for
+// PrefetchForWrites; a memtable leaves it when it is destroyed.
+struct Newest {
+  std::mutex mu;
+  SlotMemTableRep* rep = nullptr;
+};
+
 class SlotMemTableRep final : public MemTableRep {
  public:
-  SlotMemTableRep(const KeyComparator& cmp, rocksdb::Allocator* allocator, size_t prefix_bytes)
-      : MemTableRep(allocator), cmp_(cmp), prefix_bytes_(prefix_bytes), hashed_(prefix_bytes > kHashedPrefix) {
+  SlotMemTableRep(const KeyComparator& cmp, rocksdb::Allocator* allocator, size_t prefix_bytes,
+                  std::shared_ptr<Newest> newest = nullptr)
+      : MemTableRep(allocator),
+        cmp_(cmp),
+        prefix_bytes_(prefix_bytes),
+        hashed_(prefix_bytes > kHashedPrefix),
+        newest_(std::move(newest)) {
     CheckComparator();
+    if (newest_ != nullptr) {
+      std::lock_guard lock(newest_->mu);
+      newest_->rep = this;
+    }
+  }
+  ~SlotMemTableRep() override {
+    if (newest_ == nullptr) return;
+    std::lock_guard lock(newest_->mu);
+    if (newest_->rep == this) newest_->rep = nullptr;
+  }
+
+  // Starts loading into the CPU's cache what inserts of keys with these
+  // 4-byte prefixes (big-endian in a word) read first: the directory's word,
+  // the bucket, and the node where the bucket's search starts. Reads only.
+  void PrefetchBuckets(std::span<const uint32_t> prefixes) const {
+    if (hashed_ || prefix_bytes_ != 4) return;
+    constexpr size_t kStep = 32;  // in flight at once, a pass each
+    const Bucket* found[kStep];
+    for (size_t at = 0; at < prefixes.size(); at += kStep) {
+      const size_t n = std::min(kStep, prefixes.size() - at);
+      const uint32_t* p = prefixes.data() + at;
+      auto leaf_of = [&](size_t i) { return leaves_[p[i] >> 24].load(std::memory_order_acquire); };
+      for (size_t i = 0; i < n; ++i) {
+        if (const Leaf* leaf = leaf_of(i)) __builtin_prefetch(&leaf->first[(p[i] >> 16) & 255]);
+      }
+      for (size_t i = 0; i < n; ++i) {
+        const Leaf* leaf = leaf_of(i);
+        found[i] = leaf != nullptr ? leaf->first[(p[i] >> 16) & 255].load(std::memory_order_acquire) : nullptr;
+        if (found[i] == nullptr) continue;
+        __builtin_prefetch(found[i]);
+        __builtin_prefetch(reinterpret_cast<const char*>(found[i]) + 64);
+        __builtin_prefetch(found[i]->key() + 3);
+      }
+      for (size_t i = 0; i < n; ++i) {
+        // A word's buckets are its databases': the first is nearly always it.
+        const Bucket* b = found[i];
+        if (b == nullptr || b->len != 4 || (static_cast<uint32_t>(static_cast<uint8_t>(b->key()[2])) << 8 |
+                                            static_cast<uint8_t>(b->key()[3])) != (p[i] & 0xffff)) {
+          continue;
+        }
+        const int top = b->height.load(std::memory_order_relaxed) - 1;
+        if (const Node* x = const_cast<Bucket*>(b)->head()->Next(top)) __builtin_prefetch(x->Entry());
+      }
+    }
   }
 
   // Entries (and an entry against an internal key) in the comparator's order.
@@ -666,6 +725,7 @@ class SlotMemTableRep final : public MemTableRep {
   const KeyComparator& cmp_;
   const size_t prefix_bytes_;
   const bool hashed_;
+  std::shared_ptr<Newest> newest_;  // null: not its factory's (tests)
   // Short prefixes: the directory.
   std::array<std::atomic<Leaf*>, 256> leaves_{};
   Bits used_{};  // which leaves hold a bucket
@@ -841,16 +901,31 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
   using MemTableRepFactory::CreateMemTableRep;
   MemTableRep* CreateMemTableRep(const MemTableRep::KeyComparator& cmp, rocksdb::Allocator* allocator,
                                  const rocksdb::SliceTransform*, rocksdb::Logger*) override {
-    return new SlotMemTableRep(cmp, allocator, prefix_bytes_);
+    return new SlotMemTableRep(cmp, allocator, prefix_bytes_, newest_);
   }
-  const char* Name() const override { return "ShoalSlotMemTable"; }
+  const char* Name() const override { return kName; }
   bool IsInsertConcurrentlySupported() const override { return true; }
+
+  void PrefetchForWrites(std::span<const uint32_t> prefixes) {
+    // Held while it reads: the memtable is not destroyed meanwhile (its
+    // destructor takes the lock before its arena goes).
+    std::lock_guard lock(newest_->mu);
+    if (newest_->rep != nullptr) newest_->rep->PrefetchBuckets(prefixes);
+  }
+
+  static constexpr const char* kName = "ShoalSlotMemTable";
 
  private:
   size_t prefix_bytes_;
+  std::shared_ptr<Newest> newest_ = std::make_shared<Newest>();
 };
 
 }  // namespace
+
+void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes) {
+  if (factory == nullptr || prefixes.empty() || std::strcmp(factory->Name(), SlotMemTableFactory::kName) != 0) return;
+  static_cast<SlotMemTableFactory*>(factory)->PrefetchForWrites(prefixes);
+}
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes) {
   return std::make_shared<SlotMemTableFactory>(std::clamp<size_t>(prefix_bytes, 1, kMaxPrefix));

@@ -48,7 +48,8 @@ class SlotMemTableTest : public ::testing::Test {
     prefix_ = prefix;
     rocksdb::Options o;
     o.create_if_missing = true;
-    o.memtable_factory = NewSlotMemTableFactory(prefix_);
+    factory_ = NewSlotMemTableFactory(prefix_);
+    o.memtable_factory = factory_;
     if (!Records()) o.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(prefix_));
     o.memtable_whole_key_filtering = true;
     o.memtable_prefix_bloom_size_ratio = 0.05;
@@ -246,6 +247,7 @@ class SlotMemTableTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::unique_ptr<rocksdb::DB> db_;
   size_t prefix_ = 4;
+  std::shared_ptr<rocksdb::MemTableRepFactory> factory_;
 };
 
 TEST_F(SlotMemTableTest, ReadsMatchAModelInTheMemtable) {
@@ -374,6 +376,48 @@ TEST_F(SlotMemTableTest, ConcurrentWritersAndAReaderSeeOrderedData) {
     last = it->key().ToString();
   }
   EXPECT_EQ(count, kWriters * kEach * 2);
+}
+
+// Prefetching for writes reads the newest memtable while others are made
+// and destroyed (flushes every few writes): it must never read one that is
+// gone (ASan would say so), and changes nothing that is read.
+TEST_F(SlotMemTableTest, PrefetchForWritesWhileMemtablesComeAndGo) {
+  Open(64 << 10);
+  std::atomic<bool> done{false};
+  std::thread prefetcher([&] {
+    std::mt19937 rng(7);
+    std::vector<uint32_t> prefixes(100);
+    for (int round = 0; round < 200000 && !done; ++round) {
+      for (auto& p : prefixes) p = static_cast<uint32_t>(rng() % 3) << 16 | static_cast<uint32_t>(rng() % 2);
+      PrefetchForWrites(factory_.get(), prefixes);
+    }
+  });
+  std::map<std::string, std::string> model;
+  std::mt19937 rng(8);
+  for (int i = 0; i < 3000; ++i) {
+    std::string k = std::string{'\x00', static_cast<char>(rng() % 3), '\x00', static_cast<char>(rng() % 2)} +
+                    std::to_string(rng() % 500);
+    std::string v(200 + rng() % 300, static_cast<char>('a' + i % 26));
+    ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), k, v).ok());
+    model[k] = v;
+    if (i % 100 == 99) {
+      ASSERT_TRUE(db_->Flush(rocksdb::FlushOptions()).ok());
+    }
+  }
+  done = true;
+  prefetcher.join();
+  for (const auto& [k, v] : model) {
+    std::string got;
+    ASSERT_TRUE(db_->Get(rocksdb::ReadOptions(), k, &got).ok());
+    EXPECT_EQ(got, v);
+  }
+  // Once the database is closed its memtables are gone: nothing is read.
+  db_.reset();
+  PrefetchForWrites(factory_.get(), std::vector<uint32_t>{0x00010000, 0x00000001});
+  // Another factory's memtables are left alone.
+  auto skiplist = std::shared_ptr<rocksdb::MemTableRepFactory>(new rocksdb::SkipListFactory);
+  PrefetchForWrites(skiplist.get(), std::vector<uint32_t>{1, 2, 3});
+  PrefetchForWrites(nullptr, std::vector<uint32_t>{1});
 }
 
 // The meta and Raft column families: every round writes a new version of
