@@ -67,7 +67,8 @@ class MovingDeadline {
   void Set(std::chrono::steady_clock::duration limit) { state_->at = std::chrono::steady_clock::now() + limit; }
   // No deadline until the next Set.
   void Clear() { state_->at = std::chrono::steady_clock::time_point::max(); }
-  // Whether the deadline passed and the socket's operations were cancelled.
+  // Whether a deadline has passed (the socket's operations were cancelled)
+  // since this was made.
   bool expired() const { return state_->expired; }
 
  private:

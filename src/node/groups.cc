@@ -126,6 +126,11 @@ void Groups::Notify(replica::Replica* r) {
   Host& h = hosts_[static_cast<size_t>(w)];
   if (!r->HasReady() || h.retired.count(r) != 0) return;
   h.dirty.push_back(r);
+  if (h.dirty.size() > 2 * h.replicas.size() + 64) {
+    // Notified again and again while Drive waits (a slow disk): each once.
+    std::sort(h.dirty.begin(), h.dirty.end());
+    h.dirty.erase(std::unique(h.dirty.begin(), h.dirty.end()), h.dirty.end());
+  }
   if (h.running) return;
   h.running = true;
   asio::co_spawn(runtime_->worker(w).io(), Drive(w), asio::detached);

@@ -653,6 +653,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     }
     uint32_t len = 0;
     size_t want = 0;  // the frame's bytes (head, body and MAC), once its head is here
+    bool idle_set = false;  // the wait for this frame's head has its deadline
     for (;;) {
       const size_t have = end - begin;
       if (want == 0 && have >= 4) {
@@ -672,7 +673,10 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
         if (have < want) deadline.Set(FrameMax(len));
       }
       if (want != 0 && have >= want) break;
-      if (want == 0) deadline.Set(kIdleMax);
+      if (want == 0 && !idle_set) {
+        deadline.Set(kIdleMax);  // once a frame: a head sent a byte at a time gains no time
+        idle_set = true;
+      }
       // Room to read into: what is here moves to the front, and the room
       // grows for a frame longer than it.
       if (begin > 0) {

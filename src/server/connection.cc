@@ -433,30 +433,30 @@ asio::awaitable<void> Connection::FlushWrites() {
   // One batch per shard, in order of each shard's first write; `pos` lists
   // the writes' positions batch by batch (runs[b] is batch b's part of it,
   // and of `entries`), so that replies go out in request order.
-  struct Run {
+  struct ShardRun {
     uint64_t group;
     size_t begin, end;
   };
-  std::vector<Run> runs;
+  std::vector<ShardRun> runs;
   std::vector<uint32_t> pos(queued.size());
   for (size_t i = 0; i < queued.size(); ++i) pos[i] = static_cast<uint32_t>(i);
   const bool one_shard = std::all_of(queued.begin(), queued.end(),
                                      [&](const QueuedWrite& q) { return q.group == queued[0].group; });
   if (one_shard) {
-    runs.push_back(Run{queued[0].group, 0, queued.size()});
+    runs.push_back(ShardRun{queued[0].group, 0, queued.size()});
   } else {
     std::sort(pos.begin(), pos.end(), [&](uint32_t a, uint32_t b) {
       return queued[a].group != queued[b].group ? queued[a].group < queued[b].group : a < b;
     });
     for (size_t i = 0; i < pos.size(); ++i) {
-      if (i == 0 || queued[pos[i]].group != runs.back().group) runs.push_back(Run{queued[pos[i]].group, i, i});
+      if (i == 0 || queued[pos[i]].group != runs.back().group) runs.push_back(ShardRun{queued[pos[i]].group, i, i});
       runs.back().end = i + 1;
     }
     // Each run starts with its shard's first write.
-    std::sort(runs.begin(), runs.end(), [&](const Run& a, const Run& b) { return pos[a.begin] < pos[b.begin]; });
+    std::sort(runs.begin(), runs.end(), [&](const ShardRun& a, const ShardRun& b) { return pos[a.begin] < pos[b.begin]; });
     std::vector<uint32_t> by_run;
     by_run.reserve(pos.size());
-    for (Run& run : runs) {
+    for (ShardRun& run : runs) {
       const size_t begin = by_run.size();
       by_run.insert(by_run.end(), pos.begin() + static_cast<ptrdiff_t>(run.begin),
                     pos.begin() + static_cast<ptrdiff_t>(run.end));
@@ -468,17 +468,17 @@ asio::awaitable<void> Connection::FlushWrites() {
   std::vector<kv::Entry> entries;
   entries.reserve(pos.size());
   for (uint32_t p : pos) entries.push_back(std::move(queued[p].entry));
-  auto batch_of = [&](const Run& run) {  // r null: the replica just left this node
+  auto batch_of = [&](const ShardRun& run) {  // r null: the replica just left this node
     return ShardBatch{server_.groups().Find(run.group),
                       replica::EncodeKvBatch(std::span<const kv::Entry>(entries).subspan(run.begin, run.end - run.begin),
                                              protocol_)};
   };
-  auto positions = [&](const Run& run) {
+  auto positions = [&](const ShardRun& run) {
     return std::span<const uint32_t>(pos).subspan(run.begin, run.end - run.begin);
   };
   std::vector<ShardBatch> batches;
   batches.reserve(runs.size());
-  for (const Run& run : runs) batches.push_back(batch_of(run));
+  for (const ShardRun& run : runs) batches.push_back(batch_of(run));
   std::vector<ProposeResult> results =
       co_await ProposeAll(&server_.groups(), worker_.io(), std::move(batches), asio::use_awaitable);
   // A refused batch is in no log, so it may be tried again, until
@@ -573,10 +573,15 @@ asio::awaitable<void> Connection::FlushWrites() {
     }
   }
   for (auto r : replies) writer_.Raw(r);
+  // Kept only while small: an idle connection does not hold a big
+  // pipeline's storage (as wbuf_, kWriteBufferKeepBytes).
   queued.clear();
-  if (queued.capacity() > spare_entries_.capacity()) spare_entries_ = std::move(queued);
+  if (queued.capacity() * sizeof(QueuedWrite) <= kWriteBufferKeepBytes &&
+      queued.capacity() > spare_entries_.capacity()) {
+    spare_entries_ = std::move(queued);
+  }
   raw.clear();
-  if (raw.capacity() > spare_raw_.capacity()) spare_raw_ = std::move(raw);
+  if (raw.capacity() <= kWriteBufferKeepBytes && raw.capacity() > spare_raw_.capacity()) spare_raw_ = std::move(raw);
 }
 
 asio::awaitable<bool> Connection::ReadBarrier(replica::Replica* r) {
