@@ -8,6 +8,20 @@
 namespace shoal::resp {
 namespace {
 
+// A count or length, as ParseInt64 reads it; 1 to 9 digits without a sign
+// or a leading zero (every length a client sends but huge ones) are read
+// here, inline, and anything else by ParseInt64 (3 calls a GET; 2% of a
+// pipelined GET's profile out of line).
+std::optional<int64_t> ParseLength(std::string_view s) {
+  if (s.empty() || s.size() > 9 || s[0] < '1' || s[0] > '9') return ParseInt64(s);
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
 const char* FindCrlf(const char* p, size_t len) {
   const void* r = std::memchr(p, '\r', len);
   while (r != nullptr) {
@@ -145,7 +159,7 @@ ParseStatus Parser::ParseMultibulk(const char* data, size_t len, bool authentica
     if (len > limits_.inline_bytes_max) return Fail("too big mbulk count string");
     return ParseStatus::kIncomplete;
   }
-  auto count = ParseInt64(std::string_view(p + 1, static_cast<size_t>(crlf - p - 1)));
+  auto count = ParseLength(std::string_view(p + 1, static_cast<size_t>(crlf - p - 1)));
   if (!count || *count > INT32_MAX) return Fail("invalid multibulk length");
   if (*count > limits_.multibulk_args_max) return Fail("invalid multibulk length");
   if (!authenticated && *count > limits_.unauthenticated_args_max) {
@@ -172,7 +186,7 @@ ParseStatus Parser::ParseMultibulk(const char* data, size_t len, bool authentica
       args->clear();
       return ParseStatus::kIncomplete;
     }
-    auto blen = ParseInt64(std::string_view(p + 1, static_cast<size_t>(crlf - p - 1)));
+    auto blen = ParseLength(std::string_view(p + 1, static_cast<size_t>(crlf - p - 1)));
     if (!blen || *blen < 0 || *blen > limits_.bulk_bytes_max) return Fail("invalid bulk length");
     if (!authenticated && *blen > limits_.unauthenticated_bulk_bytes_max) {
       return Fail("unauthenticated bulk length");

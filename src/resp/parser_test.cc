@@ -63,6 +63,14 @@ TEST(Parser, ProtocolErrorsMatchRedis) {
   EXPECT_EQ(ParseOne("*1\r\n$-5\r\n").error, "Protocol error: invalid bulk length");
   EXPECT_EQ(ParseOne("*1\r\n+x\r\n").error, "Protocol error: expected '$', got '+'");
   EXPECT_EQ(ParseOne("*1\r\n$1000000000000\r\n").error, "Protocol error: invalid bulk length");
+  // Lengths are whole decimal numbers, short or long.
+  EXPECT_EQ(ParseOne("*2x\r\n").error, "Protocol error: invalid multibulk length");
+  EXPECT_EQ(ParseOne("*1\r\n$3a\r\n").error, "Protocol error: invalid bulk length");
+  EXPECT_EQ(ParseOne("*1\r\n$03\r\nabc\r\n").error, "Protocol error: invalid bulk length");
+  EXPECT_EQ(ParseOne("*1\r\n$\r\n").error, "Protocol error: invalid bulk length");
+  EXPECT_EQ(ParseOne("*1\r\n$999999999\r\n").error, "Protocol error: invalid bulk length");  // over 512 MiB
+  EXPECT_EQ(ParseOne("*1\r\n$0\r\n\r\n").status, ParseStatus::kCommand);
+  EXPECT_EQ(ParseOne("*1\r\n$12\r\nhello world!\r\n").args, (std::vector<std::string>{"hello world!"}));
   EXPECT_EQ(ParseOne("set \"a\r\n").error, "Protocol error: unbalanced quotes in request");
   EXPECT_EQ(ParseOne("*20\r\n", false).error, "Protocol error: unauthenticated multibulk length");
   EXPECT_EQ(ParseOne("*1\r\n$20000\r\n", false).error,
