@@ -336,20 +336,30 @@ TEST(Transport, ReconnectsWhenThePeerComesBack) {
 namespace shoal::node {
 namespace {
 
+// A socket listening on a free loopback port (-1 on failure), and the port.
+int ListenOnLoopback(uint16_t* port) {
+  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (lfd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(lfd, 4) != 0 ||
+      ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(lfd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return lfd;
+}
+
 // A peer that accepts and never answers: a read under a Deadline ends when
 // the deadline passes, cut short (operation_aborted), instead of waiting
 // forever; one that answers in time is not disturbed.
 TEST(Deadline, CutsShortAReadThatIsNeverAnswered) {
-  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  uint16_t port = 0;
+  int lfd = ListenOnLoopback(&port);
   ASSERT_GE(lfd, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  const uint16_t port = ntohs(a.sin_port);
   asio::io_context io;
   asio::ip::tcp::socket sock(io);
   sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));  // the backlog accepts it
@@ -395,18 +405,12 @@ TEST(Deadline, CutsShortAReadThatIsNeverAnswered) {
 // A read under a MovingDeadline ends once the deadline passes (checked
 // every `period`), and not while it is cleared.
 TEST(MovingDeadline, CutsShortAReadOnceItsDeadlinePasses) {
-  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  uint16_t port = 0;
+  int lfd = ListenOnLoopback(&port);
   ASSERT_GE(lfd, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
   asio::io_context io;
   asio::ip::tcp::socket sock(io);
-  sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), ntohs(a.sin_port)));
+  sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
   int cfd = ::accept(lfd, nullptr, nullptr);
   ASSERT_GE(cfd, 0);
   char buf[8];
