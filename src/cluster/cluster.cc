@@ -100,6 +100,7 @@ Cluster::Cluster(ClusterOptions opts, storage::Engine* engine, node::Runtime* ru
                  node::Groups* groups, node::Transport* transport)
     : opts_(std::move(opts)), engine_(engine), runtime_(runtime), groups_(groups), transport_(transport) {
   std::atomic_store(&routing_, RoutingPtr(std::make_shared<RoutingTable>()));
+  for (int w = 0; w < runtime_->size(); ++w) slot_ops_.push_back(std::make_unique<SlotOps>());
 }
 
 Cluster::~Cluster() { Stop(); }

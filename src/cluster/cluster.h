@@ -161,8 +161,14 @@ class Cluster final : public replica::Splitter {
   std::string NoShardMapError() const;
   // Changes whenever a local replica comes, goes or changes its range. Any thread.
   uint64_t LocalRangesSig();
-  // Counts an operation on `slot` served here (load-based splits). Any thread.
-  void NoteOp(uint16_t slot) { slot_ops_[slot].fetch_add(1, std::memory_order_relaxed); }
+  // Counts an operation on `slot` served here (load-based splits). On
+  // worker `worker`'s thread only: each worker counts in an array of its
+  // own, without a locked add or a cache line that the other workers write
+  // (one shared array cost a pipelined GET about 2 % of its time).
+  void NoteOp(int worker, uint16_t slot) {
+    std::atomic<uint32_t>& c = slot_ops_[static_cast<size_t>(worker)]->ops[slot];
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
 
   // replica::Splitter: creates a split's child replica here.
   bool StageSplit(replica::Replica& parent, const replica::SplitCommand& split, const raft::ConfState& conf,
@@ -362,7 +368,10 @@ class Cluster final : public replica::Splitter {
   RoutingPtr routing_;
   std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_group_{};
   std::array<std::atomic<uint32_t>, storage::kSlotCount> local_slot_group_{};
-  std::array<std::atomic<uint32_t>, storage::kSlotCount> slot_ops_{};
+  struct alignas(64) SlotOps {
+    std::array<std::atomic<uint32_t>, storage::kSlotCount> ops{};
+  };
+  std::vector<std::unique_ptr<SlotOps>> slot_ops_;  // per worker (NoteOp)
   // Replicas being opened here (shards_mu_), so that no other thread opens
   // them too: id -> range (a split child's; else unused).
   std::map<uint64_t, std::pair<uint16_t, uint16_t>> opening_;

@@ -134,7 +134,10 @@ void Cluster::MeasureLoad(int64_t now) {
   const double secs = last_load_us_ == 0 ? 0.0 : static_cast<double>(now - last_load_us_) / 1e6;
   last_load_us_ = now;
   std::vector<uint32_t> cur(storage::kSlotCount);
-  for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) cur[slot] = slot_ops_[slot].load(std::memory_order_relaxed);
+  // Summed over the workers' counters (wrapping as each does).
+  for (const auto& w : slot_ops_) {
+    for (uint32_t slot = 0; slot < storage::kSlotCount; ++slot) cur[slot] += w->ops[slot].load(std::memory_order_relaxed);
+  }
   const bool first = last_slot_ops_.size() != cur.size();
   const bool size_due = now - last_size_us_ >= 5'000'000;
   if (size_due) last_size_us_ = now;

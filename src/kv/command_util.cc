@@ -20,14 +20,19 @@ std::string ArityError(std::string_view name) {
 
 bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
               resp::Writer* reply, const storage::Snapshot* snap) {
-  *found = false;
   Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw, snap);
+  return LiveFromRead(s, *raw, ctx.now_ms, value, found, reply);
+}
+
+bool LiveFromRead(const Status& s, const std::string& raw, int64_t now_ms, Value* value, bool* found,
+                  resp::Writer* reply) {
+  *found = false;
   if (s.code() == Code::kNotFound) return true;
-  if (!s.ok() || !DecodeValue(*raw, value)) {
+  if (!s.ok() || !DecodeValue(raw, value)) {
     reply->Error("ERR storage error: " + (s.ok() ? std::string("corrupt value") : s.ToString()));
     return false;
   }
-  *found = !value->ExpiredAt(ctx.now_ms);
+  *found = !value->ExpiredAt(now_ms);
   return true;
 }
 

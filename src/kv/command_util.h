@@ -25,6 +25,10 @@ std::string InvalidExpireError(std::string_view command);
 // With `snap`, reads from that view.
 bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
               resp::Writer* reply, const storage::Snapshot* snap = nullptr);
+// ReadLive's second half: what the read of a value found (`s`, `raw`) at
+// `now_ms`.
+bool LiveFromRead(const Status& s, const std::string& raw, int64_t now_ms, Value* value, bool* found,
+                  resp::Writer* reply);
 
 // Decodes a value fetched by ApplyTxn::GetLive (a corrupt record is a bug).
 Value DecodeOrDie(const std::string& raw);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -115,5 +116,36 @@ std::string SealDumpPayload(std::string_view body);
 
 // The error Redis sends for wrong arity of `name`.
 std::string ArityError(std::string_view name);
+
+// GETs read together. A connection adds the GETs of a pipeline that it can
+// answer at once, reads them with one engine MultiGet, then writes their
+// replies in order: each the reply GET gives (one code for both). Its
+// buffers are kept from one batch to the next.
+class GetBatch {
+ public:
+  // At most this many keys a batch: the caller reads when it is full.
+  static constexpr size_t kMaxKeys = 64;
+  // Adds GET `key` of `db`, whose slot the caller has computed.
+  void Add(uint16_t slot, uint16_t db, std::string_view key);
+  size_t size() const { return ends_.size(); }
+  bool empty() const { return ends_.empty(); }
+  bool full() const { return ends_.size() >= kMaxKeys; }
+  // Reads every key added.
+  void Read(storage::Engine& engine);
+  // GET's reply for the i-th key added, as Read found it, at `now_ms`.
+  void Reply(size_t i, int64_t now_ms, resp::Writer* reply) const;
+  // The i-th key added (without its db and slot).
+  std::string_view key(size_t i) const;
+  // Forgets the keys and values (values larger than a small bound give
+  // their storage back).
+  void Clear();
+
+ private:
+  std::string keys_;  // the data keys, back to back
+  std::vector<size_t> ends_;
+  std::vector<std::string_view> views_;
+  std::vector<std::string> values_;
+  std::vector<Status> statuses_;
+};
 
 }  // namespace shoal::kv

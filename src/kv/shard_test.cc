@@ -1391,6 +1391,42 @@ TEST(Blocking, PopsOfBlockingCommandsAreTheirNonBlockingForm) {
   EXPECT_EQ(KeyPositions(*bzmpop, a2), (std::vector<size_t>{3}));
 }
 
+// A batch of GETs (the connection's pipelined GETs) replies to each key as
+// GET does: strings, missing and expired keys, another type, a large value,
+// a key asked twice, two dbs; a batch after Clear reads afresh.
+TEST(Shard, GetBatchRepliesAsGetDoes) {
+  ShardHarness h("getbatch");
+  h.Run({"set", "s", "v"});
+  h.Run({"set", "big", std::string(10000, 'x')});
+  h.Run({"set", "brief", "b", "px", "100"});
+  h.Run({"hset", "h", "f", "v"});
+  h.Run({"set", "s", "other db"}, 3);
+  h.now_ms += 500;  // "brief" has expired (no expiry applied it yet)
+  struct Ask {
+    std::string key;
+    uint16_t db;
+  };
+  const std::vector<Ask> asks = {{"s", 0},     {"missing", 0}, {"brief", 0}, {"h", 0},
+                                 {"big", 0},   {"s", 3},       {"s", 0},     {"big", 3}};
+  GetBatch batch;
+  for (int round = 0; round < 2; ++round) {
+    for (const Ask& a : asks) batch.Add(storage::KeySlot(a.key), a.db, a.key);
+    ASSERT_EQ(batch.size(), asks.size());
+    batch.Read(h.engine());
+    for (size_t i = 0; i < asks.size(); ++i) {
+      std::string out;
+      resp::Writer w(&out, 2);
+      batch.Reply(i, h.now_ms, &w);
+      EXPECT_EQ(out, h.Run({"get", asks[i].key}, asks[i].db)) << asks[i].key << " in db " << asks[i].db;
+      EXPECT_EQ(batch.key(i), asks[i].key);
+    }
+    batch.Clear();
+    EXPECT_TRUE(batch.empty());
+    h.Run({"set", "missing", "now here"});
+    h.Run({"del", "big"});
+  }
+}
+
 }  // namespace
 
 // The key metadata cache finds what was set, last value wins, across its

@@ -85,14 +85,20 @@ void ReplyStringOrNull(const StringAt& at, resp::Writer* reply) {
 
 // ---- GET, STRLEN, GETRANGE, MGET (reads)
 
-void GetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
-  std::string raw;
+// GET's reply to what a read of its key found (GetRead, GetBatch).
+void ReplyGet(const Status& s, const std::string& raw, int64_t now_ms, resp::Writer* reply) {
   Value v;
   bool found = false;
-  if (!ReadLive(ctx, args[1], &raw, &v, &found, reply)) return;
+  if (!LiveFromRead(s, raw, now_ms, &v, &found, reply)) return;
   if (!found) return reply->NullBulk();
   if (v.type != ValueType::kString) return reply->Error(kErrWrongType);
   reply->Bulk(v.payload);
+}
+
+void GetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
+  std::string raw;
+  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, args[1]), &raw);
+  ReplyGet(s, raw, ctx.now_ms, reply);
 }
 
 void StrlenRead(ReadContext& ctx, Args args, resp::Writer* reply) {
@@ -128,14 +134,23 @@ void GetrangeRead(ReadContext& ctx, Args args, resp::Writer* reply) {
 
 void MgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   // One snapshot: MGET sees a single point in time, as Redis's does.
+  // Read together (one MultiGet: the read view, index and filter blocks
+  // taken once for all the keys).
   auto snap = ctx.engine->NewSnapshot();
+  const size_t n = args.size() - 1;
+  std::vector<std::string> keys;
+  keys.reserve(n);
+  for (size_t i = 1; i < args.size(); ++i) keys.push_back(storage::DataKey(ctx.db, args[i]));
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  std::vector<std::string> raws(n);
+  std::vector<Status> statuses(n);
+  ctx.engine->MultiGet(storage::Cf::kData, views, raws, statuses, snap.get());
   std::string out;
   resp::Writer items(&out, reply->protocol());
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string raw;
-    Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, args[i]), &raw, snap.get());
+  for (size_t i = 0; i < n; ++i) {
+    const Status& s = statuses[i];
     Value v;
-    if (s.ok() && DecodeValue(raw, &v) && !v.ExpiredAt(ctx.now_ms) && v.type == ValueType::kString) {
+    if (s.ok() && DecodeValue(raws[i], &v) && !v.ExpiredAt(ctx.now_ms) && v.type == ValueType::kString) {
       items.Bulk(v.payload);
     } else if (s.ok() || s.code() == Code::kNotFound) {
       items.NullBulk();
@@ -143,7 +158,7 @@ void MgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
       return reply->Error("ERR storage error: " + s.ToString());
     }
   }
-  reply->ArrayHeader(args.size() - 1);
+  reply->ArrayHeader(n);
   reply->Raw(out);
 }
 
@@ -639,6 +654,45 @@ void AppendStringCommands(std::vector<CommandSpec>* out) {
       {"decrby", 3, kWF, 1, 1, 1, "string", 15, nullptr, DecrbyPrepare, IncrApply},
       {"incrbyfloat", 3, kWF, 1, 1, 1, "string", 16, nullptr, nullptr, IncrbyfloatApply},
   });
+}
+
+void GetBatch::Add(uint16_t slot, uint16_t db, std::string_view key) {
+  storage::AppendDataKeyInSlot(&keys_, slot, db, key);
+  ends_.push_back(keys_.size());
+}
+
+void GetBatch::Read(storage::Engine& engine) {
+  // The views are taken once every key is in: keys_ may move while it grows.
+  views_.clear();
+  size_t begin = 0;
+  for (size_t end : ends_) {
+    views_.emplace_back(keys_.data() + begin, end - begin);
+    begin = end;
+  }
+  if (values_.size() < views_.size()) values_.resize(views_.size());
+  statuses_.assign(views_.size(), Status::Ok());
+  engine.MultiGet(storage::Cf::kData, views_, std::span<std::string>(values_.data(), views_.size()), statuses_);
+}
+
+void GetBatch::Reply(size_t i, int64_t now_ms, resp::Writer* reply) const {
+  ReplyGet(statuses_[i], values_[i], now_ms, reply);
+}
+
+std::string_view GetBatch::key(size_t i) const {
+  const size_t begin = i == 0 ? 0 : ends_[i - 1];
+  return std::string_view(keys_).substr(begin + storage::kDataKeyPrefixBytes, ends_[i] - begin - storage::kDataKeyPrefixBytes);
+}
+
+void GetBatch::Clear() {
+  if (keys_.capacity() > 65536) std::string().swap(keys_);
+  keys_.clear();
+  ends_.clear();
+  views_.clear();
+  // A large value read once is not held on to (the others keep their
+  // storage: the next batch reads into it without allocating).
+  for (std::string& v : values_) {
+    if (v.capacity() > 4096) std::string().swap(v);
+  }
 }
 
 }  // namespace shoal::kv

@@ -91,6 +91,7 @@ Connection::Connection(Server& server, node::Worker& worker, asio::ip::tcp::sock
       rbuf_(kReadBufferBytes),
       writer_(&wbuf_, 2),
       parser_(resp::ParserLimits{.bulk_bytes_max = server.config().proto_max_bulk_len}) {
+  get_command_ = server.commands().Find("get");
   asio::error_code ec;
   auto remote = stream_.socket().remote_endpoint(ec);
   if (!ec) addr_ = Endpoint(remote);
@@ -157,6 +158,7 @@ asio::awaitable<void> Connection::Run() {
         auto st = parser_.Parse(rbuf_.data() + pos, rlen_ - pos, authenticated_, &args_, &consumed);
         if (st == resp::ParseStatus::kIncomplete) break;
         if (st == resp::ParseStatus::kError) {
+          if (!queued_reads_.empty() && !ServeQueuedReads()) co_await ServeQueuedReadsSlowly();
           if (!queued_entries_.empty()) co_await FlushWrites();  // their replies come first
           writer_.Error("ERR " + parser_.error());
           close_after_reply_ = true;
@@ -164,7 +166,15 @@ asio::awaitable<void> Connection::Run() {
         }
         pos += consumed;
         if (args_.empty()) continue;
-        const Command* cmd = server_.commands().Find(args_[0]);
+        // A pipeline repeats its command: the last one found is tried first.
+        const Command* cmd = last_found_ != nullptr && EqualsIgnoreCase(args_[0], last_found_->spec.name)
+                                 ? last_found_
+                                 : (last_found_ = server_.commands().Find(args_[0]));
+        // Queued GETs are answered before anything else is (a GET that is
+        // not queued after all serves them below, before it runs).
+        if (!queued_reads_.empty() && (cmd != get_command_ || multi_.active) && !ServeQueuedReads()) {
+          co_await ServeQueuedReadsSlowly();
+        }
         if (multi_.active && !RunsInsideMulti(cmd)) {
           if (!queued_entries_.empty()) co_await FlushWrites();
           QueueInMulti(cmd, args_);
@@ -208,7 +218,7 @@ asio::awaitable<void> Connection::Run() {
               writer_.Raw(error);
               continue;
             }
-            server_.cluster().NoteOp(*slot);
+            server_.cluster().NoteOp(worker_.index(), *slot);
             // Its bytes are kept to run it again if its leader refuses it
             // and leadership moves on; a huge one's are not (TRYAGAIN then).
             std::string_view raw(rbuf_.data() + pos - consumed, consumed <= kRawKeptMax ? consumed : 0);
@@ -220,6 +230,11 @@ asio::awaitable<void> Connection::Run() {
           // `r` was looked up before FlushWrites may have waited: a replica
           // retired meanwhile is kept alive with no lease (RunReadNow
           // declines), and a split meanwhile fails its OwnsSlot check.
+          if (cmd == get_command_ && r != nullptr && QueueRead(args_[1], *slot, r)) {
+            reads_in_row = true;
+            continue;
+          }
+          if (!queued_reads_.empty() && !ServeQueuedReads()) co_await ServeQueuedReadsSlowly();
           if (cmd->spec.read != nullptr && r != nullptr && RunReadNow(*cmd, args_, *slot, r)) {
             reads_in_row = true;
             continue;
@@ -227,10 +242,12 @@ asio::awaitable<void> Connection::Run() {
           co_await RunKeyed(*cmd, args_, *slot);
           continue;
         }
+        if (!queued_reads_.empty() && !ServeQueuedReads()) co_await ServeQueuedReadsSlowly();
         if (!queued_entries_.empty()) co_await FlushWrites();
         const Command* later = nullptr;
         if (!ExecuteNow(cmd, args_, &later)) co_await ExecuteLater(*later, args_);
       }
+      if (!queued_reads_.empty() && !ServeQueuedReads()) co_await ServeQueuedReadsSlowly();
       if (!queued_entries_.empty()) co_await FlushWrites();
       if (pos > 0) {
         std::memmove(rbuf_.data(), rbuf_.data() + pos, rlen_ - pos);
@@ -641,23 +658,89 @@ asio::awaitable<std::vector<char>> Connection::ReadBarriers(std::span<replica::R
   co_return result;
 }
 
-bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r) {
-  // What RunKeyed does for a read whose barrier passes at once, without
-  // its coroutine frames: most reads at a leader with its lease.
-  const bool leader_here = r->published_is_leader();
-  if (!(leader_here || readonly_)) return false;
+bool Connection::LeaseServesNow(replica::Replica* r, uint16_t slot, bool* leader_here) {
+  *leader_here = r->published_is_leader();
+  if (!(*leader_here || readonly_)) return false;
   const uint64_t seq = server_.engine().VisibleSeq();
   if (read_clock_.mono_us == 0 || read_clock_.reads >= kReadsPerClock || read_clock_.seq != seq) {
     read_clock_ = ReadClock{node::MonoUs(), RealClock().NowUnixMs(), seq, 0};  // the seq first, then the clocks
   }
   if (!r->LeaseReadOk(read_clock_.mono_us) || !r->state_machine().OwnsSlot(slot)) return false;
   ++read_clock_.reads;
-  server_.stats().commands_processed.Add(worker_.index(), 1);
-  last_command_ = cmd.spec.name;
-  if (leader_here) server_.cluster().NoteOp(slot);
+  return true;
+}
+
+bool Connection::RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r, bool counted) {
+  // What RunKeyed does for a read whose barrier passes at once, without
+  // its coroutine frames: most reads at a leader with its lease.
+  bool leader_here = false;
+  if (!LeaseServesNow(r, slot, &leader_here)) return false;
+  if (!counted) {
+    server_.stats().commands_processed.Add(worker_.index(), 1);
+    last_command_ = cmd.spec.name;
+  }
+  if (leader_here) server_.cluster().NoteOp(worker_.index(), slot);
   replica::Replica* replicas[] = {r};
   RunReadOn(cmd, args, replicas, {}, read_clock_.unix_ms);
   return true;
+}
+
+bool Connection::QueueRead(std::string_view key, uint16_t slot, replica::Replica* r) {
+  if (get_batch_.full() && !ServeQueuedReads()) return false;  // the caller serves them the slow way first
+  // RunReadNow's checks, which ServeQueuedReads makes again when it reads.
+  bool leader_here = false;
+  if (!LeaseServesNow(r, slot, &leader_here)) return false;
+  server_.stats().commands_processed.Add(worker_.index(), 1);
+  last_command_ = get_command_->spec.name;
+  queued_reads_.push_back(QueuedRead{r, slot});
+  get_batch_.Add(slot, db_, key);
+  return true;
+}
+
+bool Connection::ServeQueuedReads() {
+  // The checks of RunReadNow, made now: the reads happen now. A fresh
+  // reading of the clocks (one for the batch, where RunReadNow shares one
+  // among up to kReadsPerClock reads): a write the reads see was visible
+  // by the time they ran, so prepared (its TTL made absolute) before the
+  // clocks were read give or take the reads' own microseconds, as for a
+  // read served alone.
+  const int64_t mono_us = node::MonoUs();
+  const int64_t unix_ms = RealClock().NowUnixMs();
+  for (const QueuedRead& q : queued_reads_) {
+    if (!q.r->LeaseReadOk(mono_us) || !q.r->state_machine().OwnsSlot(q.slot)) return false;
+  }
+  // As RunReadOn: a read that overlapped a snapshot's import is refused.
+  uint64_t few[kv::GetBatch::kMaxKeys];
+  for (size_t i = 0; i < queued_reads_.size(); ++i) few[i] = queued_reads_[i].r->import_generation();
+  get_batch_.Read(server_.engine());
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (size_t i = 0; i < queued_reads_.size(); ++i) {
+    const QueuedRead& q = queued_reads_[i];
+    if (few[i] % 2 == 1 || q.r->import_generation() != few[i]) {
+      writer_.Error("TRYAGAIN a snapshot was being installed on this replica during the read; retry");
+    } else {
+      get_batch_.Reply(i, unix_ms, &writer_);
+    }
+    if (q.r->published_is_leader()) server_.cluster().NoteOp(worker_.index(), q.slot);  // as RunReadNow
+  }
+  queued_reads_.clear();
+  get_batch_.Clear();
+  return true;
+}
+
+asio::awaitable<void> Connection::ServeQueuedReadsSlowly() {
+  // Seldom: a lease lapsed or a shard split since the GETs were queued.
+  // Each is served as if it had not been queued (already counted).
+  std::vector<std::pair<std::string, QueuedRead>> reads;
+  for (size_t i = 0; i < queued_reads_.size(); ++i) reads.emplace_back(std::string(get_batch_.key(i)), queued_reads_[i]);
+  queued_reads_.clear();
+  get_batch_.Clear();
+  for (const auto& [key, q] : reads) {
+    const std::string_view args[] = {"GET", key};
+    if (RunReadNow(*get_command_, args, q.slot, q.r, /*counted=*/true)) continue;
+    co_await RunKeyed(*get_command_, args, q.slot, /*inner=*/true);
+    read_clock_ = {};  // it may have waited: no later read shares a reading from before
+  }
 }
 
 asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, uint16_t slot, bool inner) {
@@ -701,7 +784,7 @@ asio::awaitable<void> Connection::RunKeyed(const Command& cmd, kv::Args args, ui
       // slot's new shard.
       writer_.Error("TRYAGAIN the key's slot moved to another shard (a split); retry");
     } else {
-      if (leader_here) server_.cluster().NoteOp(slot);
+      if (leader_here) server_.cluster().NoteOp(worker_.index(), slot);
       replica::Replica* replicas[] = {r};
       RunReadOn(cmd, args, replicas);
     }
@@ -1519,7 +1602,7 @@ asio::awaitable<void> Connection::RunTransaction(std::vector<std::vector<std::st
     thread_local std::mt19937_64 rng{std::random_device{}()};
     kv::Entry entry = kv::MakeExecEntry(first_key, now, rng(), items);
     entry.db = db_;
-    server_.cluster().NoteOp(*slot);
+    server_.cluster().NoteOp(worker_.index(), *slot);
     QueueWrite(group, std::move(entry), *slot, {}, /*caller_reruns=*/true);
     const size_t mark = wbuf_.size();
     co_await FlushWrites();

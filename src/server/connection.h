@@ -167,7 +167,32 @@ class Connection : public std::enable_shared_from_this<Connection> {
   //   (VisibleSeq): a read never sees a write prepared after the time it
   //   judges expiry by (a TTL above what was set, a key alive past it);
   // - at most kReadsPerClock share it.
-  bool RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r);
+  // `counted`: already counted (a queued GET served the slow way).
+  bool RunReadNow(const Command& cmd, kv::Args args, uint16_t slot, replica::Replica* r, bool counted = false);
+  // GETs that RunReadNow would serve at once are queued instead, while
+  // nothing else comes between them, and served together (one engine
+  // MultiGet, kv::GetBatch) before anything else is answered or awaited.
+  // Queues GET `key` of `slot` when `r` may serve it now (RunReadNow's
+  // checks); false leaves it to the caller, who serves the queue first.
+  bool QueueRead(std::string_view key, uint16_t slot, replica::Replica* r);
+  // Serves the queued GETs and writes their replies in order, each under
+  // the same checks as RunReadNow at the time of the read: a fresh clock
+  // reading, each replica's lease and ownership of the slot, its import
+  // generation around the read. False, with nothing written, if a check no
+  // longer holds (a lease lapsed, a split): then ServeQueuedReadsSlowly.
+  bool ServeQueuedReads();
+  asio::awaitable<void> ServeQueuedReadsSlowly();
+  struct QueuedRead {
+    replica::Replica* r;
+    uint16_t slot;
+  };
+  std::vector<QueuedRead> queued_reads_;
+  kv::GetBatch get_batch_;
+  const Command* get_command_ = nullptr;  // GET (its reads are queued)
+  const Command* last_found_ = nullptr;   // Run's last command looked up
+  // RunReadNow's (and QueueRead's) checks: `r` may serve a read of `slot`
+  // now under its lease, judged on read_clock_ (taken anew when due).
+  bool LeaseServesNow(replica::Replica* r, uint16_t slot, bool* leader_here);
   static constexpr int kReadsPerClock = 32;
   struct ReadClock {
     int64_t mono_us = 0;  // 0: not read yet

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -123,6 +124,13 @@ class Engine {
   // Reads `key`; NotFound if absent. `snapshot` may be null (latest state).
   virtual Status Get(Cf cf, std::string_view key, std::string* value,
                      const Snapshot* snapshot = nullptr) = 0;
+  // Reads keys[i] into values[i], with statuses[i] as Get's (values and
+  // statuses are as long as keys). The same answers as a Get of each, for
+  // less: RocksDB's MultiGet takes the read view, and searches an index or
+  // filter block, once for all the keys that need it. This default is a
+  // Get of each.
+  virtual void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
+                        std::span<Status> statuses, const Snapshot* snapshot = nullptr);
   // Applies `batch` atomically, without waiting for the disk. The write is
   // visible at once; it is durable once durable_seq() >= the returned seq.
   virtual Result<uint64_t> Write(WriteBatch& batch) = 0;

@@ -80,6 +80,10 @@ class FaultEngine final : public Engine {
   Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr) override {
     return inner_->Get(cf, key, value, snapshot);
   }
+  void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
+                std::span<Status> statuses, const Snapshot* snapshot = nullptr) override {
+    inner_->MultiGet(cf, keys, values, statuses, snapshot);
+  }
   Result<uint64_t> Write(WriteBatch& batch) override {
     if (Take(fail_writes_) || TakeCf(batch)) {
       writes_failed_.fetch_add(1);

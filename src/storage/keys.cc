@@ -27,10 +27,14 @@ uint64_t GetU64BE(const char* p) {
 std::string DataKeyInSlot(uint16_t slot, uint16_t db, std::string_view key) {
   std::string out;
   out.reserve(kDataKeyPrefixBytes + key.size());
-  PutU16BE(&out, slot);
-  PutU16BE(&out, db);
-  out.append(key);
+  AppendDataKeyInSlot(&out, slot, db, key);
   return out;
+}
+
+void AppendDataKeyInSlot(std::string* out, uint16_t slot, uint16_t db, std::string_view key) {
+  PutU16BE(out, slot);
+  PutU16BE(out, db);
+  out->append(key);
 }
 
 std::string DataKey(uint16_t db, std::string_view key) { return DataKeyInSlot(KeySlot(key), db, key); }

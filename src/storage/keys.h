@@ -32,6 +32,8 @@ uint64_t GetU64BE(const char* p);
 std::string DataKey(uint16_t db, std::string_view key);
 // As DataKey, with the slot already known.
 std::string DataKeyInSlot(uint16_t slot, uint16_t db, std::string_view key);
+// Appends DataKeyInSlot(slot, db, key) to *out.
+void AppendDataKeyInSlot(std::string* out, uint16_t slot, uint16_t db, std::string_view key);
 // The prefix of all keys of `db` in `slot`.
 std::string DataSlotDbPrefix(uint16_t slot, uint16_t db);
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from conftest import shoal_available
+from conftest import encode_command, shoal_available
 
 pytestmark = pytest.mark.skipif(not shoal_available(), reason="SHOAL_BIN not set")
 
@@ -230,19 +230,59 @@ def test_two_thousand_concurrent_connections(shoal):
             s.close()
 
 
-def test_pipelined_writes_answer_before_a_protocol_error(shoal):
-    import socket
+def send_and_read_until_closed(shoal, payload):
+    """Sends `payload` on a new connection and returns all it gets until
+    the server closes it (bounded in reads and time)."""
+    got = b""
     with socket.create_connection((shoal.host, shoal.port), timeout=10) as s:
-        s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*1\r\n+bad\r\n")
-        got = b""
-        for _ in range(100):  # bounded: the server answers, then closes
-            chunk = s.recv(4096)
+        s.sendall(payload)
+        for _ in range(1000):
+            chunk = s.recv(65536)
             if not chunk:
                 break
             got += chunk
+    return got
+
+
+def test_pipelined_writes_answer_before_a_protocol_error(shoal):
+    got = send_and_read_until_closed(
+        shoal, b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*1\r\n+bad\r\n")
     assert got == b"+OK\r\n:1\r\n-ERR Protocol error: expected '$', got '+'\r\n"
     r = redis.Redis(host=shoal.host, port=shoal.port)
     assert r.get("a") == b"1" and r.get("n") == b"1"
+
+
+def test_pipelined_gets_answer_in_order_among_other_commands(shoal):
+    """GETs in a pipeline are read together (one MultiGet): each still gets
+    GET's reply, in request order, around writes, other reads, MULTI, SELECT
+    and a protocol error, and past a batch's 64 keys."""
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    big = b"x" * 100_000
+    r.set("s", "v")
+    r.set("big", big)
+    r.hset("h", "f", "v")
+    r.set("gone", "v", px=1)
+    time.sleep(0.05)
+    many = [f"k{i}" for i in range(150)]
+    with redis.Redis(host=shoal.host, port=shoal.port, db=2).pipeline(transaction=False) as p:
+        for k in many[::2]:  # every other one exists
+            p.set(k, f"v{k}")
+        p.execute()
+    pipeline = [("GET", "s"), ("GET", "missing"), ("GET", "h"), ("GET", "gone"), ("GET", "big"),
+                ("SET", "s", "changed"), ("GET", "s"), ("STRLEN", "s"), ("GET", "s"),
+                ("INCR", "n"), ("GET", "n"), ("SELECT", "2"), ("GET", "s")]
+    pipeline += [("GET", k) for k in many]
+    pipeline += [("SELECT", "0"), ("MULTI",), ("GET", "s"), ("EXEC",), ("GET", "s"), ("MGET", "s", "s")]
+    want = [b"$1\r\nv\r\n", b"$-1\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n", b"$-1\r\n",
+            b"$100000\r\n" + big + b"\r\n", b"+OK\r\n", b"$7\r\nchanged\r\n", b":7\r\n",
+            b"$7\r\nchanged\r\n", b":1\r\n", b"$1\r\n1\r\n", b"+OK\r\n", b"$-1\r\n"]
+    want += [(b"$%d\r\nv%s\r\n" % (len(k) + 1, k.encode())) if i % 2 == 0 else b"$-1\r\n" for i, k in enumerate(many)]
+    want += [b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n$7\r\nchanged\r\n", b"$7\r\nchanged\r\n",
+             b"*2\r\n$7\r\nchanged\r\n$7\r\nchanged\r\n"]
+    expected = b"".join(want) + b"-ERR Protocol error: expected '$', got '+'\r\n"
+    payload = b"".join(encode_command(*c) for c in pipeline) + b"*2\r\n$3\r\nGET\r\n+s\r\n"
+    assert send_and_read_until_closed(shoal, payload) == expected
 
 
 def test_client_list_kill_and_setinfo_across_workers(shoal):

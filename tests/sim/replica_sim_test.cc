@@ -215,7 +215,7 @@ struct SimSplitter final : replica::Splitter {
 
 class ReplicaSim {
  public:
-  explicit ReplicaSim(uint64_t seed) : rng_(seed), seed_(seed) {}
+  explicit ReplicaSim(uint64_t seed) : queue_rng_(seed ^ 0x5eed), rng_(seed), seed_(seed) {}
   ~ReplicaSim() {
     for (auto& n : nodes_) {
       Down(n);
@@ -719,6 +719,17 @@ class ReplicaSim {
             Refused(c, op);
             continue;
           }
+          if (queue_rng_() % 2 == 0) {
+            // As Connection::QueueRead: queued with other GETs, and served
+            // with them a little later if the lease still holds then. Now
+            // and then much later: the thread was descheduled in between.
+            const uint64_t wait =
+                !storage_faults_ && queue_rng_() % 16 == 0 ? queue_rng_() % 200 : queue_rng_() % 3;
+            pending_reads_.push_back(PendingRead{op, c, n->id, group, 0, step_ + wait, /*lease=*/true});
+            busy_[c] = true;  // the connection answers it before anything that follows
+            busy_group_[c] = group;
+            continue;
+          }
           history_[op].value = ValueOn(*n, history_[op].key);
           history_[op].response = Now();
           lease_reads_++;
@@ -772,6 +783,7 @@ class ReplicaSim {
     uint64_t group;
     uint64_t import_gen;
     uint64_t due;
+    bool lease = false;  // queued under the leader's lease (not after a ReadIndex)
   };
   struct Deferred {
     raft::NodeId node;
@@ -782,31 +794,72 @@ class ReplicaSim {
 
   bool Paused(const SimNode& n) const { return paused_until_.contains(n.id); }
 
+  // A node's due reads are read together, with one MultiGet, as a
+  // connection serves a pipeline's GETs (Connection::ServeQueuedReads).
   void RunPendingReads() {
-    for (auto it = pending_reads_.begin(); it != pending_reads_.end();) {
-      PendingRead p = *it;
-      SimNode& n = *Node(p.node);
-      if (p.due > step_ || Paused(n)) {
-        ++it;
-        continue;
+    std::map<raft::NodeId, std::vector<PendingRead>> due;
+    std::erase_if(pending_reads_, [&](const PendingRead& p) {
+      if (p.due > step_ || Paused(*Node(p.node))) return false;
+      due[p.node].push_back(p);
+      return true;
+    });
+    for (auto& [id, reads] : due) {
+      SimNode& n = *Node(id);
+      std::vector<PendingRead> served;
+      std::vector<replica::Replica*> replicas;
+      std::vector<std::string> keys;
+      // As ServeQueuedReads: if one queued lease read's lease lapsed, all of
+      // them go the slow way (ServeQueuedReadsSlowly: a barrier, here a
+      // ReadIndex, for each).
+      bool lapsed = false;
+      for (const PendingRead& p : reads) {
+        replica::Replica* r = n.up ? ReplicaOf(n, p.group) : nullptr;
+        lapsed = lapsed || (p.lease && r != nullptr && !r->LeaseReadOk(NowUs()));
       }
-      it = pending_reads_.erase(it);
-      replica::Replica* r = n.up ? ReplicaOf(n, p.group) : nullptr;
-      if (r == nullptr) continue;  // gone: its outcome stays unknown
-      Operation& op = history_[p.op];
-      if (!r->state_machine().OwnsSlot(storage::KeySlot(op.key))) {
-        Refused(p.client, p.op);
-        continue;
+      for (const PendingRead& p : reads) {
+        replica::Replica* r = n.up ? ReplicaOf(n, p.group) : nullptr;
+        if (p.lease) busy_[p.client] = false;  // answered now, or handed on below
+        if (r == nullptr) continue;  // gone: its outcome stays unknown
+        if (p.lease && lapsed) {
+          lapsed_leases_++;
+          const PendingRead q = p;
+          busy_[q.client] = true;
+          r->ReadIndex([this, q, r](bool ok) {
+            busy_[q.client] = false;
+            if (!ok) return;
+            pending_reads_.push_back(
+                PendingRead{q.op, q.client, q.node, q.group, r->import_generation(), step_ + queue_rng_() % 8});
+          }, NowUs());
+          continue;
+        }
+        if (!r->state_machine().OwnsSlot(storage::KeySlot(history_[p.op].key))) {
+          Refused(p.client, p.op);
+          continue;
+        }
+        served.push_back(p);
+        replicas.push_back(r);
+        keys.push_back(ReadKeyOf(history_[p.op].key));
       }
-      uint64_t gen = r->import_generation();
-      std::string value = ValueOn(n, op.key);
-      if (gen != p.import_gen || gen % 2 == 1 || r->import_generation() != gen) {
-        import_refusals_++;  // TRYAGAIN: a snapshot import overlapped the read
-        continue;
+      std::vector<uint64_t> gens;
+      for (replica::Replica* r : replicas) gens.push_back(r->import_generation());
+      std::vector<std::string_view> views(keys.begin(), keys.end());
+      std::vector<std::string> raws(keys.size());
+      std::vector<Status> statuses(keys.size());
+      n.engine->MultiGet(storage::Cf::kData, views, raws, statuses);
+      batched_reads_ += served.size() > 1 ? served.size() : 0;
+      for (size_t i = 0; i < served.size(); ++i) {
+        const PendingRead& p = served[i];
+        const uint64_t gen = gens[i];
+        if ((!p.lease && gen != p.import_gen) || gen % 2 == 1 || replicas[i]->import_generation() != gen) {
+          import_refusals_++;  // TRYAGAIN: a snapshot import overlapped the read
+          continue;
+        }
+        SHOAL_CHECK(statuses[i].ok() || statuses[i].code() == Code::kNotFound);
+        Operation& op = history_[p.op];
+        op.value = statuses[i].ok() ? ReadValueOf(op.key, raws[i]) : "";
+        op.response = Now();
+        (p.lease ? queued_lease_reads_ : replicas[i]->published_is_leader() ? leader_reads_ : follower_reads_)++;
       }
-      op.value = std::move(value);
-      op.response = Now();
-      (ReplicaOf(n, p.group)->published_is_leader() ? leader_reads_ : follower_reads_)++;
     }
   }
 
@@ -850,7 +903,9 @@ class ReplicaSim {
   std::vector<PendingRead> pending_reads_;
   std::vector<Deferred> deferred_;
   int pauses_ = 0, bursts_ = 0, deferred_rounds_ = 0, lease_reads_ = 0, leader_reads_ = 0, follower_reads_ = 0,
-      import_refusals_ = 0;
+      import_refusals_ = 0, queued_lease_reads_ = 0, lapsed_leases_ = 0;
+  size_t batched_reads_ = 0;  // reads served in a MultiGet of two or more
+  std::mt19937_64 queue_rng_;  // queued lease reads: rng_'s draws stay as they were
 
   void Reroute(int c, uint64_t group, raft::NodeId hint) {
     raft::NodeId& believed = believed_leader_[c][group == kChild];
@@ -1832,7 +1887,9 @@ TEST(ReplicaSim, SeedsAreLinearizableAndConverge) {
 // entry before its leader has applied it), nodes restart and partitions
 // come and go. Every read must be linearizable.
 TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
-  int pauses = 0, bursts = 0, deferred = 0, lease = 0, leader = 0, follower = 0, refused = 0, changes = 0;
+  int pauses = 0, bursts = 0, deferred = 0, lease = 0, leader = 0, follower = 0, refused = 0, changes = 0,
+      queued = 0, lapsed = 0;
+  size_t batched = 0;
   const auto [first_seed, last_seed] = Seeds(301, 24);
   for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
@@ -1853,8 +1910,13 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
     follower += sim.follower_reads_;
     refused += sim.import_refusals_;
     changes += sim.leader_changes_;
+    queued += sim.queued_lease_reads_;
+    lapsed += sim.lapsed_leases_;
+    batched += sim.batched_reads_;
   }
   // What the test is about really happened.
+  EXPECT_GT(queued, 300);
+  EXPECT_GT(batched, 50u);
   EXPECT_GT(pauses, 20);
   EXPECT_GT(bursts, 20);
   EXPECT_GT(deferred, 1000);
@@ -1862,9 +1924,10 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
   EXPECT_GT(follower, 300);
   EXPECT_GT(leader, 20);
   EXPECT_GT(changes, 10);
-  std::printf("read sim: %d lease reads, %d leader and %d follower ReadIndex reads, %d refused (import), %d pauses, "
-              "%d resumed, %d late applies, %d leader changes\n",
-              lease, leader, follower, refused, pauses, bursts, deferred, changes);
+  std::printf("read sim: %d lease reads (%d more queued, %d of them after their lease lapsed), %d leader and %d "
+              "follower ReadIndex reads, %zu served in batches, %d refused (import), %d pauses, %d resumed, %d late "
+              "applies, %d leader changes\n",
+              lease, queued, lapsed, leader, follower, batched, refused, pauses, bursts, deferred, changes);
 }
 
 // Failing disks on leaders and followers alike: a write or an fsync fails
