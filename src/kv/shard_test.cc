@@ -1425,6 +1425,15 @@ TEST(Shard, GetBatchRepliesAsGetDoes) {
     h.Run({"set", "missing", "now here"});
     h.Run({"del", "big"});
   }
+  for (const Ask& a : asks) {  // batches of one key each (a GET alone)
+    batch.Add(storage::KeySlot(a.key), a.db, a.key);
+    batch.Read(h.engine());
+    std::string out;
+    resp::Writer w(&out, 2);
+    batch.Reply(0, h.now_ms, &w);
+    EXPECT_EQ(out, h.Run({"get", a.key}, a.db)) << a.key << " alone in db " << a.db;
+    batch.Clear();
+  }
 }
 
 }  // namespace
