@@ -46,13 +46,17 @@ bool DecodeInto(std::string_view raw, uint16_t* op, uint16_t* db, int64_t* now_m
   if (!GetFixed(&raw, &version) || version != kEntryVersion) return false;
   if (!GetFixed(&raw, op) || !GetFixed(&raw, db) || !GetFixed(&raw, now_ms)) return false;
   if (!GetFixed(&raw, &argc) || argc > kArgsMax) return false;
-  args->clear();
-  if (argc > raw.size() / 4) return false;  // each argument needs at least its length
-  args->reserve(argc);
+  if (argc > raw.size() / 4) {  // each argument needs at least its length
+    args->clear();
+    return false;
+  }
+  // Strings already there are assigned, keeping their storage (an entry
+  // decoded again: replica::KvStateMachine's kept batch).
+  args->resize(argc);
   for (uint32_t i = 0; i < argc; ++i) {
     uint32_t len = 0;
     if (!GetFixed(&raw, &len) || raw.size() < len) return false;
-    args->emplace_back(raw.substr(0, len));
+    (*args)[i] = raw.substr(0, len);
     raw.remove_prefix(len);
   }
   return raw.empty();

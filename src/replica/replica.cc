@@ -223,23 +223,48 @@ void KvStateMachine::Apply(const raft::Entry& e, std::string* reply) {
 }
 
 struct KvStateMachine::Decoded {
-  std::vector<kv::Entry> all;
+  std::vector<kv::Entry> all;  // [0, used) decoded; past it, kept for reuse
+  size_t used = 0;
   std::vector<kv::ApplyFn> fns;
   std::vector<size_t> counts;     // kv entries in each log entry
   std::vector<uint64_t> indices;  // each kv entry's log entry
   int protocol = 2;
+
+  std::span<const kv::Entry> entries() const { return std::span<const kv::Entry>(all.data(), used); }
+  // Ready for another batch, keeping up to kKeptBytes of the entries'
+  // storage (a batch of large values gives it back).
+  void Reset() {
+    static constexpr size_t kKeptBytes = 64 << 10;
+    size_t kept = 0, n = 0;
+    for (; n < all.size() && kept <= kKeptBytes; ++n) {
+      kept += sizeof(kv::Entry) + all[n].args.capacity() * sizeof(std::string);
+      for (const std::string& a : all[n].args) kept += a.capacity();
+    }
+    all.resize(n);
+    used = 0;
+    fns.clear();
+    counts.clear();
+    indices.clear();
+    protocol = 2;
+  }
 };
+
+KvStateMachine::KvStateMachine(kv::Shard* shard, const kv::Limits* limits, const std::atomic<bool>* hints_on)
+    : shard_(shard), limits_(limits), hints_on_(hints_on), hints_(shard) {}
+
+KvStateMachine::~KvStateMachine() = default;
 
 bool KvStateMachine::DecodeTogether(std::span<const raft::Entry* const> raft_entries, Decoded* d) const {
   d->counts.reserve(raft_entries.size());
   for (size_t i = 0; i < raft_entries.size(); ++i) {
     int p = 2;
     size_t added = 0;
-    if (!AppendKvBatch(raft_entries[i]->data, &d->all, &p, &added) || added == 0 || (i > 0 && p != d->protocol)) {
+    if (!AppendKvBatch(raft_entries[i]->data, &d->all, &d->used, &p, &added) || added == 0 ||
+        (i > 0 && p != d->protocol)) {
       return false;
     }
     d->protocol = p;
-    for (size_t k = d->all.size() - added; k < d->all.size(); ++k) {
+    for (size_t k = d->used - added; k < d->used; ++k) {
       kv::ApplyFn fn = kv::FindApply(d->all[k].op);
       if (fn == nullptr || kv::MustApplyAlone(d->all[k].op)) return false;
       d->fns.push_back(fn);
@@ -276,20 +301,25 @@ void KvStateMachine::ApplyMany(std::span<const raft::Entry* const> raft_entries,
   }
   std::string out;
   resp::Writer w(&out, d.protocol);
-  auto seq = shard_->ApplyBatch(d.all, d.fns, *limits_, &w, raft_entries.back()->index, d.indices);
+  auto seq = shard_->ApplyBatch(d.entries(), d.fns, *limits_, &w, raft_entries.back()->index, d.indices);
   if (!seq.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, seq.status());
   SplitReplies(d, out, replies);
 }
 
 bool KvStateMachine::StageMany(std::span<const raft::Entry* const> raft_entries,
                                std::span<std::string* const> replies, ApplyRound& round) {
-  Decoded d;
+  // The entries are decoded into those of this state machine's last batch,
+  // whose writes (and what `written` holds of them) are behind it: the
+  // round was written before a second run of a group (ApplyCommitted).
+  if (staged_ == nullptr) staged_ = std::make_unique<Decoded>();
+  Decoded& d = *staged_;
+  d.Reset();
   if (!DecodeTogether(raft_entries, &d)) return false;
   std::string out;
   resp::Writer w(&out, d.protocol);
   std::function<void()> written;
-  Status s = shard_->StageBatch(d.all, d.fns, *limits_, &w, raft_entries.back()->index, d.indices, round.batch(),
-                                &written);
+  Status s = shard_->StageBatch(d.entries(), d.fns, *limits_, &w, raft_entries.back()->index, d.indices,
+                                round.batch(), &written);
   if (!s.ok()) ApplyFailed(shard_->id(), raft_entries.back()->index, s);
   round.After(std::move(written));
   SplitReplies(d, out, replies);

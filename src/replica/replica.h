@@ -158,8 +158,8 @@ class KvStateMachine final : public StateMachine {
   // keep no key metadata cache (the hints replace it). Off: every replica
   // finds the state itself, as builds before write hints do; the cluster
   // turns them on once every node reads them (cluster::kFeatureWriteHints).
-  KvStateMachine(kv::Shard* shard, const kv::Limits* limits, const std::atomic<bool>* hints_on = nullptr)
-      : shard_(shard), limits_(limits), hints_on_(hints_on), hints_(shard) {}
+  KvStateMachine(kv::Shard* shard, const kv::Limits* limits, const std::atomic<bool>* hints_on = nullptr);
+  ~KvStateMachine() override;
   std::string Annotate(std::string data, uint64_t term, uint64_t index) override {
     if (!HintsOn()) {
       hints_.Reset();  // when they come on, tracking starts over
@@ -222,6 +222,9 @@ class KvStateMachine final : public StateMachine {
   const kv::Limits* limits_;
   const std::atomic<bool>* hints_on_;
   WriteHints hints_;
+  // StageMany's decoded entries, kept for the next round (their storage is
+  // decoded into again, up to a bound: fewer allocations per write).
+  std::unique_ptr<Decoded> staged_;
 };
 
 // A log entry's data for a batch of writes; `protocol` (2 or 3) is the RESP
@@ -231,9 +234,12 @@ inline std::string EncodeKvBatch(const std::vector<kv::Entry>& entries, int prot
   return EncodeKvBatch(std::span<const kv::Entry>(entries), protocol);
 }
 bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol);
-// As DecodeKvBatch, appending to *entries what it decodes (how many: *added,
-// at least one when true); on false *entries holds what it had plus some.
-bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol, size_t* added);
+// As DecodeKvBatch, into (*entries)[*used] on, advancing *used (how many:
+// *added, at least one when true); entries from *used on are kept ones,
+// decoded into again (their strings keep their storage), and the vector
+// grows as needed. On false *used counts what it had plus some.
+bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, size_t* used, int* protocol,
+                   size_t* added);
 
 // A snapshot whose image travels beside the Raft messages: its kSnap
 // message carries this ticket in place of the image.

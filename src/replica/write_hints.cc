@@ -116,22 +116,25 @@ std::string EncodeKvBatch(std::span<const kv::Entry> entries, int protocol) {
   return out;
 }
 
-bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol, size_t* added) {
+bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, size_t* used, int* protocol,
+                   size_t* added) {
   std::string_view rest;
-  const size_t base = entries->size();
-  const bool ok =
-      WalkKvBatch(
-          data, protocol, [entries](std::string_view raw) { return kv::DecodeEntry(raw, &entries->emplace_back()); },
-          &rest) &&
-      (rest.empty() || DecodeHintTrailer(rest, std::span<kv::Entry>(*entries).subspan(base)));
-  *added = entries->size() - base;
+  const size_t base = *used;
+  auto decode = [entries, used](std::string_view raw) {
+    if (*used == entries->size()) entries->emplace_back();
+    return kv::DecodeEntry(raw, &(*entries)[(*used)++]);
+  };
+  const bool ok = WalkKvBatch(data, protocol, decode, &rest) &&
+                  (rest.empty() || DecodeHintTrailer(rest, std::span<kv::Entry>(*entries).subspan(base, *used - base)));
+  *added = *used - base;
   return ok;
 }
 
 bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* protocol) {
-  size_t added = 0;
-  entries->clear();
-  return AppendKvBatch(data, entries, protocol, &added);
+  size_t used = 0, added = 0;
+  const bool ok = AppendKvBatch(data, entries, &used, protocol, &added);
+  entries->resize(used);
+  return ok;
 }
 
 void AppendHintTrailer(std::span<const kv::Entry> entries, std::string* out) {

@@ -117,6 +117,52 @@ TEST_F(WriteHintsTest, TrailerRoundTripsAndGarbageIsRefused) {
   EXPECT_EQ(EncodeKvBatch({Prepare({"set", "a", "1"})}, 2).find('H', 6), std::string::npos);
 }
 
+// Decoding into entries kept from an earlier batch (KvStateMachine::StageMany)
+// gives what decoding into fresh ones gives: no argument, hint or field of
+// the earlier batch is left over, and entries past the end stay kept.
+TEST_F(WriteHintsTest, BatchesDecodeIntoKeptEntriesAsIntoFreshOnes) {
+  std::vector<kv::Entry> first = {Prepare({"mset", "k1", std::string(300, 'a'), "k2", "b"}),
+                                  Prepare({"set", "long key of the first batch", "v", "px", "100"}),
+                                  Prepare({"set", "c", "3"})};
+  first[0].hints = {kv::KeyHint{0, true, 77}};
+  first[1].hints = {kv::KeyHint{0, false, 0}};
+  std::vector<kv::Entry> second = {Prepare({"set", "x", "1"}), Prepare({"incr", "n"})};
+  second[1].hints = {kv::KeyHint{0, true, 0}};
+  const std::string enc1 = EncodeKvBatch(first, 2), enc2 = EncodeKvBatch(second, 3);
+
+  std::vector<kv::Entry> kept;
+  size_t used = 0, added = 0;
+  int protocol = 0;
+  ASSERT_TRUE(AppendKvBatch(enc1, &kept, &used, &protocol, &added));
+  EXPECT_EQ(used, 3u);
+  EXPECT_EQ(added, 3u);
+  used = 0;
+  ASSERT_TRUE(AppendKvBatch(enc2, &kept, &used, &protocol, &added));
+  EXPECT_EQ(used, 2u);
+  EXPECT_EQ(added, 2u);
+  EXPECT_EQ(protocol, 3);
+  EXPECT_EQ(kept.size(), 3u);  // the third is kept for a later batch
+  std::vector<kv::Entry> fresh;
+  ASSERT_TRUE(DecodeKvBatch(enc2, &fresh, &protocol));
+  ASSERT_EQ(fresh.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(kept[i].op, fresh[i].op) << i;
+    EXPECT_EQ(kept[i].db, fresh[i].db) << i;
+    EXPECT_EQ(kept[i].now_ms, fresh[i].now_ms) << i;
+    EXPECT_EQ(kept[i].args, fresh[i].args) << i;
+    EXPECT_EQ(kept[i].hints, fresh[i].hints) << i;
+    EXPECT_EQ(kept[i].args, second[i].args) << i;
+  }
+  // Appended after what is there: the first batch again, after the second.
+  ASSERT_TRUE(AppendKvBatch(enc1, &kept, &used, &protocol, &added));
+  EXPECT_EQ(used, 5u);
+  EXPECT_EQ(added, 3u);
+  EXPECT_EQ(kept[2].args, first[0].args);
+  EXPECT_EQ(kept[2].hints, first[0].hints);
+  EXPECT_EQ(kept[4].args, first[2].args);
+  EXPECT_TRUE(kept[4].hints.empty());
+}
+
 TEST_F(WriteHintsTest, BlindWritesCarryTheCommittedStateOfTheirKeys) {
   Apply(Batch({{"set", "a", "old", "px", "100000"}, {"hset", "h", "f", "v"}}));  // index 1
   WriteHints hints(shard_.get());
