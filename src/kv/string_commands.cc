@@ -671,10 +671,6 @@ void GetBatch::Read(storage::Engine& engine) {
   }
   if (values_.size() < views_.size()) values_.resize(views_.size());
   statuses_.assign(views_.size(), Status::Ok());
-  if (views_.size() == 1) {  // a GET alone (not pipelined): a MultiGet would only add its sorting
-    statuses_[0] = engine.Get(storage::Cf::kData, views_[0], &values_[0]);
-    return;
-  }
   engine.MultiGet(storage::Cf::kData, views_, std::span<std::string>(values_.data(), views_.size()), statuses_);
 }
 

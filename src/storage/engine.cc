@@ -182,6 +182,10 @@ class RocksEngine final : public Engine {
   void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
                 std::span<Status> statuses, const Snapshot* snapshot) override {
     SHOAL_CHECK(values.size() == keys.size() && statuses.size() == keys.size());
+    if (keys.size() == 1) {  // a GET alone (not pipelined): MultiGet's sort and setup would cost it about 10 %
+      statuses[0] = Get(cf, keys[0], &values[0], snapshot);
+      return;
+    }
     rocksdb::ReadOptions ro;
     if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
     // RocksDB reads a batch of up to 32 keys together. The pinned values
