@@ -93,7 +93,13 @@ struct Transport::Peer {
   std::deque<SnapshotChunk> chunks;
   bool send_leaders = false;
   bool writer_running = false;
+  raft::NodeId id = 0;
   uint64_t frames_in = 0;  // frames read from this peer (ProbeGone)
+  // frames_in when a connection from this peer last ended by its side
+  // (closed or reset); kNever while it has sent frames since, or never did.
+  static constexpr uint64_t kNever = ~uint64_t{0};
+  uint64_t frames_at_close = kNever;
+  bool reported_gone = false;  // since its last frame
   std::string refusal;     // why the last handshake with it failed (logged once)
   // With a secret: the key of the current connection, and how many frames
   // went out on it (each frame's MAC covers its number).
@@ -154,7 +160,10 @@ raft::NodeId Transport::NodeFor(raft::NodeId member) const {
 
 Transport::Peer& Transport::PeerFor(raft::NodeId id) {
   auto& p = peers_[id];
-  if (!p) p = std::make_unique<Peer>(io_, opts_.tls);
+  if (!p) {
+    p = std::make_unique<Peer>(io_, opts_.tls);
+    p->id = id;
+  }
   return *p;
 }
 
@@ -253,6 +262,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     if (!p->stream.socket().is_open()) {
       asio::ip::tcp::socket s(io_);
       asio::error_code ec = co_await Dial(p->host, p->port, s);
+      if (ec == asio::error::connection_refused) RefusedAfterClose(*p);
       if (ec) {
         p->queue.clear();  // Raft resends what matters
         p->chunks.clear();  // so do snapshot senders
@@ -549,7 +559,6 @@ asio::awaitable<asio::error_code> Transport::Dial(const std::string& host, uint1
 asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   auto it = peers_.find(node);
   if (it == peers_.end() || it->second->port == 0 || !gone_) co_return;
-  const uint64_t frames_at_close = it->second->frames_in;
   const std::string host = it->second->host;
   const uint16_t port = it->second->port;
   asio::steady_timer wait(io_);
@@ -557,17 +566,17 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   // close before its listening socket does, and a probe in between is taken
   // into the backlog, then reset. So a probe that connects is watched
   // briefly: a live peer keeps an accepted connection open (it waits 30 s
-  // for a frame); one reset or closed at once is probed again.
+  // for a frame); one reset or closed at once is probed again. A probe that
+  // gives up is not the last word: the next refused dial of this peer's
+  // writer counts as well (RefusedAfterClose).
   for (int attempt = 0; attempt < 3; ++attempt) {
     asio::ip::tcp::socket s(io_);
     asio::error_code cec = co_await Dial(host, port, s);
     if (stopped_) co_return;
+    auto p = peers_.find(node);
+    if (p == peers_.end()) co_return;
     if (cec == asio::error::connection_refused) {
-      auto p = peers_.find(node);
-      if (p != peers_.end() && p->second->frames_in != frames_at_close) co_return;  // it spoke again since
-      peers_gone_.fetch_add(1, std::memory_order_relaxed);
-      spdlog::info("node {:016x} is gone: it closed its connection and its Raft port refuses connections", node);
-      gone_(node);
+      RefusedAfterClose(*p->second);
       co_return;
     }
     if (cec) co_return;  // silent or unreachable: Raft's timeouts decide
@@ -582,10 +591,26 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   }
 }
 
+void Transport::RefusedAfterClose(Peer& p) {
+  // The evidence that the peer's process ended: a connection from it ended
+  // by its side, no frame came from it since, and now its Raft port refuses
+  // a connection. Reported once until it speaks again.
+  if (stopped_ || !gone_ || p.reported_gone || p.frames_at_close == Peer::kNever ||
+      p.frames_in != p.frames_at_close) {
+    return;
+  }
+  p.reported_gone = true;
+  peers_gone_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::info("node {:016x} is gone: it closed its connection and its Raft port refuses connections", p.id);
+  gone_(p.id);
+}
+
 void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
   // The peer's end closed or reset the connection (not our own deadline):
   // its process may have ended. Its Raft port tells.
   if (from != 0 && !stopped_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
+    Peer& p = PeerFor(from);
+    p.frames_at_close = p.frames_in;
     asio::co_spawn(io_, ProbeGone(from), asio::detached);
   }
 }
@@ -719,7 +744,12 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       co_return;
     }
     from = pf.from_node();
-    ++PeerFor(from).frames_in;
+    {
+      Peer& p = PeerFor(from);
+      ++p.frames_in;
+      p.frames_at_close = Peer::kNever;
+      p.reported_gone = false;
+    }
     if (!pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
       Peer& p = PeerFor(pf.from_node());
       if (p.port == 0) {

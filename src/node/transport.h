@@ -116,8 +116,9 @@ class Transport {
   // Called on the transport thread when a peer's process is known to have
   // ended: the connection it had open to this node was closed or reset by
   // its end (at exit the kernel closes a process's sockets), then a new
-  // connection to its Raft port is refused, and no frame came from it in
-  // between. A link cut or a stopped process shows neither (Raft's
+  // connection to its Raft port (a probe, or this node's writer redialing)
+  // is refused, and no frame came from it in between. Once per peer until
+  // it speaks again. A link cut or a stopped process shows neither (Raft's
   // timeouts notice those); a firewall that rejects connections does:
   // docs/OPERATIONS.md.
   using GoneFn = std::function<void(raft::NodeId node)>;
@@ -172,6 +173,9 @@ class Transport {
   // Whether `node`'s Raft port refuses a connection now (see GoneFn).
   asio::awaitable<void> ProbeGone(raft::NodeId node);
   void MaybeProbeGone(raft::NodeId from, const asio::error_code& ec);
+  // A dial of `p` was refused: reports it gone if a connection from it
+  // ended by its side and it has sent nothing since.
+  void RefusedAfterClose(Peer& p);
 
   TransportOptions opts_;
   DeliverFn deliver_;

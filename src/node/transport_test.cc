@@ -256,12 +256,17 @@ TEST(Transport, AFrameChangedOnTheWayIsRefused) {
   EXPECT_EQ(b.count(), 0u);
 }
 
-// A frame as a peer of cluster 77 sends it: one message for `group`.
-std::string FrameOf(uint64_t group, const raft::Message& m) {
+// A frame as a peer of cluster 77 sends it: one message for `group`, and
+// where the sender listens for peers when `peer_port` is not 0.
+std::string FrameOf(uint64_t group, const raft::Message& m, uint16_t peer_port = 0) {
   proto::PeerFrame pf;
   pf.set_version(1);
   pf.set_cluster_id(77);
   pf.set_from_node(m.from);
+  if (peer_port != 0) {
+    pf.set_from_host("127.0.0.1");
+    pf.set_from_peer_port(peer_port);
+  }
   auto* gm = pf.add_messages();
   gm->set_group(group);
   ToProto(m, gm->mutable_msg());
@@ -351,6 +356,53 @@ int ListenOnLoopback(uint16_t* port) {
   }
   *port = ntohs(a.sin_port);
   return lfd;
+}
+
+// A peer is reported gone only on the evidence that its process ended: a
+// connection from it ended by its side, nothing came from it since, and its
+// Raft port refused a connection. Here the peer (node 2) is played with
+// plain sockets: its Raft port still takes connections (into the backlog)
+// when its connection ends, so the probe finds it alive; it is reported once
+// its port refuses this node's writer, and only once.
+TEST(Transport, APeerIsGoneWhenItsConnectionEndedAndItsPortRefuses) {
+  Endpoint a(1, 77);
+  std::atomic<int> gone{0};
+  a.t.set_gone_handler([&](raft::NodeId node) {
+    EXPECT_EQ(node, 2u);
+    ++gone;
+  });
+  uint16_t port = 0;
+  int lfd = ListenOnLoopback(&port);
+  ASSERT_GE(lfd, 0);
+  auto speak = [&] {
+    int fd = ConnectTo(a.t.port());
+    EXPECT_GE(fd, 0);
+    const std::string frame = FrameOf(1, Heartbeat(2, 1), port);
+    EXPECT_EQ(write(fd, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+    return fd;
+  };
+  int fd = speak();
+  ASSERT_TRUE(WaitFor([&] { return a.count() == 1; }));
+  close(fd);  // its connection ends; its port still takes connections
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(gone.load(), 0);
+
+  close(lfd);  // now its port refuses: this node's writer, dialing it again, is told
+  ASSERT_TRUE(WaitFor([&] { return gone.load() == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));  // refused again and again: once
+  EXPECT_EQ(gone.load(), 1);
+
+  // It speaks again: its port still refuses, but that alone is not enough.
+  fd = speak();
+  ASSERT_TRUE(WaitFor([&] { return a.count() == 2; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(gone.load(), 1);
+
+  close(fd);  // its connection ends once more: the probe is refused at once
+  ASSERT_TRUE(WaitFor([&] { return gone.load() == 2; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(gone.load(), 2);
+  EXPECT_EQ(a.t.peers_gone(), 2u);
 }
 
 // A peer that accepts and never answers: a read under a Deadline ends when
