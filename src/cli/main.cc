@@ -44,7 +44,8 @@ void AddServerFlags(CLI::App* cmd, ServerFlags* f) {
   cmd->add_option("--bind", f->bind, "Address to listen on (default 127.0.0.1)");
   cmd->add_option("--port", f->port, "TCP port (default 6379)");
   cmd->add_option("--dir", f->dir, "Data directory (default ./shoal-data)");
-  cmd->add_option("--workers", f->workers, "Worker threads (default: one per core this process may run on)");
+  cmd->add_option("--workers", f->workers,
+                  "Worker threads (default: one fewer than the cores this process may run on, at least one)");
   cmd->add_option("--durability", f->durability,
                   "fsync: acknowledge writes once on disk (default); none: leave it to the OS")
       ->check(CLI::IsMember({"fsync", "none"}));

@@ -15,7 +15,7 @@ struct Config {
   std::string bind = "127.0.0.1";  // safe by default: loopback only
   int port = 6379;
   std::string dir = "./shoal-data";
-  int workers = 0;                  // 0: one per core
+  int workers = 0;                  // 0: one fewer than the usable cores, at least one
   Durability durability = Durability::kFsync;
   std::string requirepass;          // empty: no AUTH needed
   int databases = 16;

@@ -31,14 +31,22 @@ constexpr size_t kExpireBatchKeys = 128;
 constexpr int kExpireBatchesPerCycle = 8;
 constexpr int64_t kExpireCycleBudgetUs = 2000;
 
-// The cores this process may run on (taskset, a container's cpuset), which
-// is what one worker per core means; all online cores if that is unknown.
+// The cores this process may run on (taskset, a container's cpuset); all
+// online cores if that is unknown.
 int UsableCores() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
   return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
+
+// Workers by default: one per usable core but one. The node's other threads
+// (RocksDB's flushes and compactions, the WAL syncer, the peer transport,
+// snapshot transfers) and the kernel's network processing need a core of
+// their own: on 2 cores, one worker served every single-node test with less
+// CPU per request than two, and SET -P 1 with 1.4x the throughput
+// (docs/PERFORMANCE.md, 2026-12-05, "one worker fewer than cores").
+int DefaultWorkers() { return std::max(1, UsableCores() - 1); }
 
 std::string RandomRunId() {
   std::random_device rd;
@@ -158,7 +166,7 @@ Status Server::Start() {
   auto engine = storage::Engine::Open({.dir = config().dir, .memory_budget_bytes = config().maxmemory});
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
-  int workers = config().workers > 0 ? config().workers : UsableCores();
+  int workers = config().workers > 0 ? config().workers : DefaultWorkers();
   worker_states_.resize(static_cast<size_t>(workers));
   runtime_ = std::make_unique<node::Runtime>(workers);
   syncer_ = std::make_unique<node::WalSyncer>(engine_.get(), runtime_.get());
@@ -275,11 +283,11 @@ Status Server::Start() {
   groups_->Start();
   cluster_->Start();
   for (int w = 0; w < workers; ++w) StartActiveExpiry(w);
-  spdlog::info("shoal {} node {} listening on {}:{}{} (peers {}{}) with {} workers, dir {}, durability {}",
+  spdlog::info("shoal {} node {} listening on {}:{}{} (peers {}{}) with {} worker{}, dir {}, durability {}",
                SHOAL_VERSION, cluster::NodeName(cluster_->node_id()).substr(0, 16), config().bind,
                config().plain_port_off() ? std::string("(no plain-text port)") : std::to_string(bound_port_),
                bound_tls_port_ != 0 ? " and TLS " + std::to_string(bound_tls_port_) : std::string(),
-               transport_->port(), config().tls_cluster ? ", TLS" : "", workers, config().dir,
+               transport_->port(), config().tls_cluster ? ", TLS" : "", workers, workers == 1 ? "" : "s", config().dir,
                DurabilityName(config().durability));
   return Status::Ok();
 }
