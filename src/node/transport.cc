@@ -37,6 +37,9 @@ constexpr auto kConnectMax = std::chrono::seconds(2);
 // How long a probe of a peer that closed its connection watches the
 // connection it made (Transport::ProbeGone).
 constexpr auto kProbeWatch = std::chrono::milliseconds(100);
+// How long after a peer's connection ended a refused dial of its Raft port
+// still shows that its process ended (a few of its writer's redials).
+constexpr auto kGoneEvidenceMax = std::chrono::seconds(2);
 constexpr auto kIdleMax = std::chrono::seconds(30);
 // How often a connection's reads look whether their deadline passed.
 constexpr auto kDeadlineCheck = std::chrono::seconds(1);
@@ -99,6 +102,11 @@ struct Transport::Peer {
   // (closed or reset); kNever while it has sent frames since, or never did.
   static constexpr uint64_t kNever = ~uint64_t{0};
   uint64_t frames_at_close = kNever;
+  // Where it listened and when, at that close: only a refusal there, and
+  // soon after, counts (RefusedAfterClose).
+  std::string host_at_close;
+  uint16_t port_at_close = 0;
+  std::chrono::steady_clock::time_point closed_at;
   bool reported_gone = false;  // since its last frame
   std::string refusal;     // why the last handshake with it failed (logged once)
   // With a secret: the key of the current connection, and how many frames
@@ -262,7 +270,7 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
     if (!p->stream.socket().is_open()) {
       asio::ip::tcp::socket s(io_);
       asio::error_code ec = co_await Dial(p->host, p->port, s);
-      if (ec == asio::error::connection_refused) RefusedAfterClose(*p);
+      if (ec == asio::error::connection_refused) RefusedAfterClose(*p, p->host, p->port);
       if (ec) {
         p->queue.clear();  // Raft resends what matters
         p->chunks.clear();  // so do snapshot senders
@@ -576,7 +584,7 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
     auto p = peers_.find(node);
     if (p == peers_.end()) co_return;
     if (cec == asio::error::connection_refused) {
-      RefusedAfterClose(*p->second);
+      RefusedAfterClose(*p->second, host, port);
       co_return;
     }
     if (cec) co_return;  // silent or unreachable: Raft's timeouts decide
@@ -591,12 +599,15 @@ asio::awaitable<void> Transport::ProbeGone(raft::NodeId node) {
   }
 }
 
-void Transport::RefusedAfterClose(Peer& p) {
+void Transport::RefusedAfterClose(Peer& p, const std::string& host, uint16_t port) {
   // The evidence that the peer's process ended: a connection from it ended
-  // by its side, no frame came from it since, and now its Raft port refuses
-  // a connection. Reported once until it speaks again.
+  // by its side, no frame came from it since, and now the Raft port where it
+  // listened then refuses a connection, soon after (a stale address given
+  // later, or a refusal long after, proves nothing). Reported once until it
+  // speaks again.
   if (stopped_ || !gone_ || p.reported_gone || p.frames_at_close == Peer::kNever ||
-      p.frames_in != p.frames_at_close) {
+      p.frames_in != p.frames_at_close || host != p.host_at_close || port != p.port_at_close ||
+      std::chrono::steady_clock::now() - p.closed_at > kGoneEvidenceMax) {
     return;
   }
   p.reported_gone = true;
@@ -611,6 +622,9 @@ void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
   if (from != 0 && !stopped_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
     Peer& p = PeerFor(from);
     p.frames_at_close = p.frames_in;
+    p.host_at_close = p.host;
+    p.port_at_close = p.port;
+    p.closed_at = std::chrono::steady_clock::now();
     asio::co_spawn(io_, ProbeGone(from), asio::detached);
   }
 }

@@ -173,9 +173,10 @@ class Transport {
   // Whether `node`'s Raft port refuses a connection now (see GoneFn).
   asio::awaitable<void> ProbeGone(raft::NodeId node);
   void MaybeProbeGone(raft::NodeId from, const asio::error_code& ec);
-  // A dial of `p` was refused: reports it gone if a connection from it
-  // ended by its side and it has sent nothing since.
-  void RefusedAfterClose(Peer& p);
+  // A dial of `p` at host:port was refused: reports it gone if a connection
+  // from it ended by its side at most 2 s ago, while it listened there, and
+  // it has sent nothing since.
+  void RefusedAfterClose(Peer& p, const std::string& host, uint16_t port);
 
   TransportOptions opts_;
   DeliverFn deliver_;

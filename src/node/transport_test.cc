@@ -365,8 +365,8 @@ int ListenOnLoopback(uint16_t* port) {
 // when its connection ends, so the probe finds it alive; it is reported once
 // its port refuses this node's writer, and only once.
 TEST(Transport, APeerIsGoneWhenItsConnectionEndedAndItsPortRefuses) {
+  std::atomic<int> gone{0};  // outlives the transport that counts into it
   Endpoint a(1, 77);
-  std::atomic<int> gone{0};
   a.t.set_gone_handler([&](raft::NodeId node) {
     EXPECT_EQ(node, 2u);
     ++gone;
