@@ -53,7 +53,9 @@ struct PrepareContext {
 
 using ReadFn = void (*)(ReadContext& ctx, Args args, resp::Writer* reply);
 // Fills *entry (op and db are set by the caller) and returns true, or writes
-// an error reply and returns false.
+// an error reply and returns false. *entry may hold an earlier write's
+// arguments (it is recycled for their storage): a prepare sets `args` whole
+// (SetArgs, args.assign, or clear first), never only appends to them.
 using PrepareFn = bool (*)(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer* reply);
 
 struct CommandSpec {

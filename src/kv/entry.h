@@ -35,11 +35,14 @@ struct Entry {
 
 // Sets an entry's arguments, each built once: an initializer list's
 // elements are const, so `args = {...}` copied every string it was given.
+// The entry may be a recycled one (a connection reuses its flushed writes'
+// entries): the arguments it keeps are assigned over, so their storage is
+// reused where a view or a literal is given, and any beyond are dropped.
 template <class... Parts>
 void SetArgs(Entry* entry, Parts&&... parts) {
-  entry->args.clear();
-  entry->args.reserve(sizeof...(parts));
-  (entry->args.emplace_back(std::forward<Parts>(parts)), ...);
+  entry->args.resize(sizeof...(parts));
+  size_t i = 0;
+  ((entry->args[i++] = std::forward<Parts>(parts)), ...);
 }
 
 std::string EncodeEntry(const Entry& entry);

@@ -280,7 +280,7 @@ bool SetPrepare(const PrepareContext& ctx, Args args, Entry* entry, resp::Writer
       return false;
     }
   }
-  SetArgs(entry, std::string(args[1]), std::string(args[2]), ext.flags, Int64ToString(expire_at));
+  SetArgs(entry, args[1], args[2], ext.flags, Int64ToString(expire_at));
   return true;
 }
 

@@ -27,6 +27,10 @@ namespace {
 
 constexpr size_t kReadBufferBytes = 16 * 1024;
 constexpr size_t kWriteBufferKeepBytes = 64 * 1024;
+// Flushed writes' entries kept for the next writes to be prepared into:
+// what a pipeline of 16 SETs of 100-byte values holds, about 4 KiB.
+constexpr size_t kSpareEntryBytes = 8 * 1024;
+constexpr size_t kSpareEntriesMax = 64;
 // A pipeline's writes are applied in batches of at most this much.
 constexpr size_t kWriteBatchEntriesMax = 512;
 constexpr size_t kWriteBatchBytesMax = 4 * 1024 * 1024;
@@ -208,7 +212,7 @@ asio::awaitable<void> Connection::Run() {
           if (cmd->spec.apply != nullptr && r != nullptr && r->published_is_leader()) {
             // Writes queue up and are proposed together (one log entry),
             // until something else must see them or the queue is full.
-            kv::Entry entry;
+            kv::Entry entry = TakeEntry();
             std::string error;
             resp::Writer errors(&error, protocol_);
             server_.stats().commands_processed.Add(worker_.index(), 1);
@@ -363,6 +367,38 @@ void Connection::LogIn(std::string user, std::string password) {
   auth_password_ = std::move(password);
   auth_key_ = Sha256Hex(auth_password_);
   user_epoch_ = 0;  // look the user up again
+}
+
+namespace {
+// The heap storage an entry's arguments hold (strings past the inline
+// buffer, and the vector's own).
+size_t EntryStorage(const kv::Entry& e) {
+  size_t bytes = e.args.capacity() * sizeof(std::string);
+  for (const std::string& a : e.args) {
+    if (a.capacity() > std::string().capacity()) bytes += a.capacity() + 1;
+  }
+  return bytes;
+}
+}  // namespace
+
+kv::Entry Connection::TakeEntry() {
+  if (spare_writes_.empty()) return {};
+  kv::Entry e = std::move(spare_writes_.back());
+  spare_writes_.pop_back();
+  spare_writes_bytes_ -= std::min(spare_writes_bytes_, EntryStorage(e));
+  e.hints.clear();
+  return e;
+}
+
+void Connection::KeepEntries(std::vector<kv::Entry>* entries) {
+  for (kv::Entry& e : *entries) {
+    if (spare_writes_.size() >= kSpareEntriesMax) break;
+    const size_t bytes = EntryStorage(e);
+    if (spare_writes_bytes_ + bytes > kSpareEntryBytes) continue;
+    spare_writes_bytes_ += bytes;
+    spare_writes_.push_back(std::move(e));
+  }
+  entries->clear();
 }
 
 void Connection::QueueWrite(uint64_t group, kv::Entry entry, uint16_t slot, std::string_view raw,
@@ -566,7 +602,7 @@ asio::awaitable<void> Connection::FlushWrites() {
       wbuf_ = std::move(before);
     }
   }
-  entries.clear();
+  KeepEntries(&entries);
   std::vector<std::string_view> replies(queued.size());
   for (size_t b = 0; b < runs.size(); ++b) {
     const auto pos_b = positions(runs[b]);

@@ -300,9 +300,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   };
   std::vector<QueuedWrite> queued_entries_;
   std::string queued_raw_;
-  // The last flushed queue's storage, for the next (FlushWrites).
+  // The last flushed queue's storage, for the next (FlushWrites), and its
+  // writes' entries, whose argument strings the next writes are prepared
+  // into (TakeEntry; at most kSpareEntryBytes of them).
   std::vector<QueuedWrite> spare_entries_;
   std::string spare_raw_;
+  std::vector<kv::Entry> spare_writes_;
+  size_t spare_writes_bytes_ = 0;
+  kv::Entry TakeEntry();
+  void KeepEntries(std::vector<kv::Entry>* entries);
   size_t queued_bytes_ = 0;
   // Set by FlushWrites: a write queued with caller_reruns was refused
   // unlogged (it is in no log); its caller may run it again.
