@@ -1546,3 +1546,81 @@ TEST(KeyMetaCacheTest, ShardsShareOneBudgetAndTheWrittenOnesGetIt) {
 }
 
 }  // namespace shoal::kv
+
+namespace shoal::kv {
+namespace {
+
+// Splits a command line on spaces.
+std::vector<std::string> Words(std::string_view line) {
+  std::vector<std::string> out;
+  std::istringstream in{std::string(line)};
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+// A connection prepares writes into entries that held earlier writes (their
+// strings' storage is reused): every prepare must give the same entry into
+// such a one as into a fresh one, so it sets `args` whole (kv::PrepareFn).
+// Every write command with a prepare has a sample here, so one added later
+// is checked too.
+TEST(Prepare, IntoAnEntryThatHeldAnotherWriteAsIntoAFreshOne) {
+  const std::vector<std::string_view> samples = {
+      "set k v", "set k v ex 10 nx get", "set k v keepttl xx", "setex k 10 v", "psetex k 100 v",
+      "getex k", "getex k px 100", "getex k persist", "mset a 1 b 2", "msetnx a 1 b 2", "append k v",
+      "setrange k 3 v", "incr k", "decr k", "incrby k 5", "decrby k 5", "incrbyfloat k 1.5",
+      "setbit k 7 1", "bitop and d a b", "bitop not d a", "bitfield k set u8 0 200 get u4 0",
+      "hset h f v g w", "hmset h f v", "hincrby h f 2", "hincrbyfloat h f 1.5", "hdel h f",
+      "hsetnx h f v", "move k 1", "expire k 10", "expire k 10 nx", "pexpire k 100", "expireat k 4000000000",
+      "pexpireat k 4000000000000", "persist k", "del a b", "unlink a b", "rename a b", "renamenx a b",
+      "copy a b replace", "lpush l a b", "rpush l a b", "lpushx l a", "rpushx l a", "lpop l", "rpop l 2",
+      "lset l 0 v", "ltrim l 0 1", "lrem l 0 a", "linsert l before a b", "lmove a b left right",
+      "rpoplpush a b", "lmpop 2 a b left count 2", "blpop a b 0", "brpop a 1", "blmove a b left right 0",
+      "brpoplpush a b 0", "blmpop 0 1 a right", "sadd s a b", "srem s a", "spop s", "spop s 2",
+      "smove s t a", "sinterstore d s t", "sunionstore d s t", "sdiffstore d s t", "zadd z 1 a 2 b",
+      "zadd z xx gt ch incr 1 a", "zincrby z 1 a", "zrem z a", "zpopmin z", "zpopmax z 2",
+      "zremrangebyrank z 0 1", "zremrangebyscore z 0 1", "zremrangebylex z [a [b",
+      "zrangestore d z 0 -1", "zunionstore d 2 z y weights 1 2", "zinterstore d 2 z y aggregate max",
+      "zdiffstore d 2 z y", "zmpop 1 z min count 2", "bzpopmin z 0", "bzpopmax z 1", "bzmpop 0 1 z max",
+      "pfadd p a b", "pfmerge p q", "getdel k", "getset k v", "setnx k v", "hincrby h f -1",
+      "restore r 0 x", "expiretime k", "flushdb", "flushall", "swapdb 0 1", "sort k store d",
+  };
+  Limits limits;
+  PrepareContext pctx{0, 1'700'000'000'000, &limits};
+  std::set<std::string_view> covered;
+  for (std::string_view line : samples) {
+    const std::vector<std::string> words = Words(line);
+    const CommandSpec* spec = nullptr;
+    for (const auto& s : DataCommands()) {
+      if (s.name == words[0]) spec = &s;
+    }
+    if (spec == nullptr || spec->prepare == nullptr) continue;  // a sample of a command without one
+    covered.insert(spec->name);
+    std::vector<std::string_view> args(words.begin(), words.end());
+    std::string fresh_reply, used_reply;
+    resp::Writer fresh_w(&fresh_reply, 2), used_w(&used_reply, 2);
+    Entry fresh;
+    const bool fresh_ok = spec->prepare(pctx, args, &fresh, &fresh_w);
+    Entry used;
+    used.args.assign(9, std::string(300, 'x'));  // another write's arguments, longer and more
+    used.args[0] = "k";
+    const bool used_ok = spec->prepare(pctx, args, &used, &used_w);
+    EXPECT_EQ(fresh_ok, used_ok) << line;
+    EXPECT_EQ(fresh_reply, used_reply) << line;
+    if (fresh_ok && used_ok) {
+      if (spec->name == "spop") {  // its last argument is a random seed, drawn anew each time
+        ASSERT_EQ(fresh.args.size(), used.args.size()) << line;
+        fresh.args.pop_back();
+        used.args.pop_back();
+      }
+      EXPECT_EQ(fresh.args, used.args) << line;
+    }
+  }
+  for (const auto& s : DataCommands()) {
+    if (s.prepare != nullptr) {
+      EXPECT_TRUE(covered.count(s.name)) << "no sample prepares " << s.name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shoal::kv
