@@ -763,10 +763,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       ++p.frames_in;
       p.frames_at_close = Peer::kNever;
       p.reported_gone = false;
-    }
-    if (!pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
-      Peer& p = PeerFor(pf.from_node());
-      if (p.port == 0) {
+      if (p.port == 0 && !pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
         p.host = pf.from_host();
         p.port = static_cast<uint16_t>(pf.from_peer_port());
       }
