@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <tuple>
@@ -620,7 +621,13 @@ TEST(RecoverySurvivor, OnlyTheFurthestAheadVoterOfALostMajority) {
 // free to be compacted past the entry.
 TEST(MetaDeathTest, FailedApplyWriteStopsTheNode) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  auto dir = std::filesystem::temp_directory_path() / ("shoal_meta_death_" + std::to_string(::getpid()));
+  // The dying child is this program run again: it takes its directory from
+  // the parent's environment, so that the parent removes what it wrote.
+  if (std::getenv("SHOAL_META_DEATH_DIR") == nullptr) {
+    auto mine = std::filesystem::temp_directory_path() / ("shoal_meta_death_" + std::to_string(::getpid()));
+    ::setenv("SHOAL_META_DEATH_DIR", mine.c_str(), 1);
+  }
+  const std::filesystem::path dir = std::getenv("SHOAL_META_DEATH_DIR");
   std::filesystem::remove_all(dir);
   auto run = [&] {
     auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());

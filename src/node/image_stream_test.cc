@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "node/snapshot_streams.h"
 
@@ -14,10 +15,21 @@ namespace shoal::node {
 namespace {
 namespace fs = std::filesystem;
 
+// Removes the directories TempDir made when the test program ends.
+class TempDirs : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    for (const auto& d : made) fs::remove_all(d);
+  }
+  std::vector<fs::path> made;
+};
+TempDirs* const g_temp_dirs = static_cast<TempDirs*>(::testing::AddGlobalTestEnvironment(new TempDirs));
+
 std::string TempDir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("shoal_image_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(d);
   fs::create_directories(d);
+  g_temp_dirs->made.push_back(d);
   return d.string();
 }
 
