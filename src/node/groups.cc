@@ -136,6 +136,35 @@ void Groups::Notify(replica::Replica* r) {
   asio::co_spawn(runtime_->worker(w).io(), Drive(w), asio::detached);
 }
 
+void Groups::FinishUnsynced(int w, std::vector<replica::Replica*>& begun, uint64_t seq) {
+  Host& h = hosts_[static_cast<size_t>(w)];
+  std::vector<std::pair<replica::Replica*, replica::Replica::SyncReport>> reports;
+  const int64_t now = MonoUs();
+  std::erase_if(begun, [&](replica::Replica* r) {
+    if (!r->MayFinishUnsynced()) return false;
+    reports.emplace_back(r, r->FinishUnsynced(now));
+    if (r->HasReady() && h.retired.count(r) == 0) h.dirty.push_back(r);
+    return true;
+  });
+  if (reports.empty()) return;
+  syncer_->Kick(seq);
+  asio::co_spawn(runtime_->worker(w).io(), ReportSynced(w, seq, std::move(reports)), asio::detached);
+}
+
+asio::awaitable<void> Groups::ReportSynced(int w, uint64_t seq,
+                                           std::vector<std::pair<replica::Replica*, replica::Replica::SyncReport>> reports) {
+  Worker& worker = runtime_->worker(w);
+  WalSyncer* syncer = syncer_;
+  co_await worker.WaitDurable(*engine_, seq, [syncer, seq] { syncer->Kick(seq); });
+  if (worker.io().stopped()) co_return;
+  Host& h = hosts_[static_cast<size_t>(w)];
+  for (auto& [r, report] : reports) {
+    if (h.retired.count(r) != 0) continue;  // kept alive, no longer driven
+    r->Synced(report);
+    Notify(r);
+  }
+}
+
 asio::awaitable<void> Groups::Drive(int w) {
   Host& h = hosts_[static_cast<size_t>(w)];
   Worker& worker = runtime_->worker(w);
@@ -175,8 +204,16 @@ asio::awaitable<void> Groups::Drive(int w) {
     if (logged) {
       const uint64_t seq = round.writes() > writes_before ? round.last_seq() : engine_->write_seq();
       if (needs_sync && opts_.fsync && engine_->durable_seq() < seq) {
-        WalSyncer* syncer = syncer_;
-        co_await worker.WaitDurable(*engine_, seq, [syncer] { syncer->Kick(); });
+        // Leaders whose new entries are all that waits for the disk finish
+        // now, and the next rounds go on while the sync runs; the others
+        // (votes, acknowledgements, snapshots) wait for it.
+        FinishUnsynced(w, begun, seq);
+        if (!begun.empty()) {
+          WalSyncer* syncer = syncer_;
+          co_await worker.WaitDurable(*engine_, seq, [syncer, seq] { syncer->Kick(seq); });
+        } else {
+          co_await asio::post(worker.io(), asio::use_awaitable);
+        }
         if (worker.io().stopped()) co_return;
       } else {
         // Let the worker's other work (connections queueing proposals, peer

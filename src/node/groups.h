@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "node/runtime.h"
@@ -78,6 +79,12 @@ class Groups {
     bool running = false;
   };
   asio::awaitable<void> Drive(int w);
+  // Finishes the Readys of `begun` that may finish before the write of
+  // storage sequence `seq` is synced (Replica::MayFinishUnsynced), takes
+  // them out of `begun`, and reports the sync to them when it comes.
+  void FinishUnsynced(int w, std::vector<replica::Replica*>& begun, uint64_t seq);
+  asio::awaitable<void> ReportSynced(int w, uint64_t seq,
+                                     std::vector<std::pair<replica::Replica*, replica::Replica::SyncReport>> reports);
   asio::awaitable<void> TickLoop(int w);
 
   Runtime* runtime_;

@@ -81,10 +81,10 @@ void WalSyncer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void WalSyncer::Kick() {
+void WalSyncer::Kick(uint64_t seq) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (wanted_) return;
+    if (wanted_ || (syncing_ && syncing_upto_ >= seq)) return;
     wanted_ = true;
   }
   cv_.notify_one();
@@ -97,6 +97,9 @@ void WalSyncer::Loop() {
       cv_.wait(lock, [this] { return wanted_ || stop_; });
       if (stop_) return;
       wanted_ = false;
+      // Engine::Sync covers at least what was written before it starts.
+      syncing_ = true;
+      syncing_upto_ = engine_->write_seq();
     }
     if (engine_->durable_seq() >= engine_->write_seq()) {
       // Nothing new; still wake waiters, who re-check their sequence.
@@ -112,6 +115,12 @@ void WalSyncer::Loop() {
         FailStop("WAL sync failed");
       }
       syncs_.fetch_add(1, std::memory_order_relaxed);
+    }
+    {
+      // Before the workers are told: a Kick(seq) from here on asks again,
+      // and a worker that asked before is told below.
+      std::lock_guard<std::mutex> lock(mu_);
+      syncing_ = false;
     }
     for (int i = 0; i < runtime_->size(); ++i) {
       Worker& w = runtime_->worker(i);

@@ -113,8 +113,10 @@ class WalSyncer {
   ~WalSyncer();
   void Start();
   void Stop();
-  // Asks for a sync of everything written so far. Any thread; cheap.
-  void Kick();
+  // Asks for a sync that covers storage sequence `seq`: none more if the
+  // one under way does (those waiting are told when it ends). Any thread;
+  // cheap.
+  void Kick(uint64_t seq);
   uint64_t syncs() const { return syncs_.load(std::memory_order_relaxed); }
 
  private:
@@ -125,6 +127,8 @@ class WalSyncer {
   std::condition_variable cv_;
   bool wanted_ = false;
   bool stop_ = false;
+  bool syncing_ = false;       // a sync is under way ...
+  uint64_t syncing_upto_ = 0;  // ... and covers at least this sequence
   std::atomic<uint64_t> syncs_{0};
   std::thread thread_;
 };

@@ -93,7 +93,7 @@ void Raft::reset(Term term) {
   const Index next = log_.last_index() + 1;
   for (auto& [id, pr] : prs_.progress()) {
     Progress fresh(next, config_.max_inflight_msgs, config_.max_inflight_bytes, pr.is_learner);
-    if (id == id_) fresh.match = log_.stable_last_index().value_or(0);
+    if (id == id_) fresh.match = synced_last_index();
     pr = std::move(fresh);
   }
   pending_conf_index_ = 0;
@@ -131,7 +131,7 @@ void Raft::become_leader() {
   role_ = Role::kLeader;
   if (Progress* self = prs_.find(id_)) {
     self->become_replicate();
-    self->match = log_.stable_last_index().value_or(0);
+    self->match = synced_last_index();
     self->next = log_.last_index() + 1;
   }
   for (auto& [id, pr] : prs_.progress()) pr.lease_ack_tick = 0;

@@ -155,8 +155,17 @@ class Raft {
   Proposal propose_conf_change(const ConfChange& cc);
   // Applies a committed membership change; returns the resulting ConfState.
   ConfState apply_conf_change(const ConfChange& cc);
-  // Entries up to (last_index, last_term) and any snapshot are durable.
-  void on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index snapshot_index);
+  // Entries up to (last_index, last_term) and any snapshot are stored;
+  // `synced`: their write was synced, and so every write before it (a Ready
+  // with entries, a snapshot or a new term or vote; one with none of them
+  // is not synced).
+  void on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index snapshot_index, bool synced);
+  // A leader's entries [first, last] are written, not yet synced: they are
+  // stored, but count for this node toward commitment only once on_synced()
+  // reports them.
+  void on_written(Index first, Index last, Term last_term);
+  // The log up to (index, term) is on disk.
+  void on_synced(Index index, Term term);
   // Committed entries up to `index` were handed to the application.
   void on_applied(Index index, uint64_t applied_bytes);
 
@@ -255,6 +264,8 @@ class Raft {
   void step_down_if_removed();
   void maybe_auto_leave_joint();
   Proposal refuse(ProposeError e) const;
+  // The last index this node may count as its own on disk.
+  Index synced_last_index() const;
 
   Config config_;
   NodeId id_;
@@ -289,6 +300,9 @@ class Raft {
   std::vector<Message> msgs_after_persist_;
   std::vector<ReadState> read_states_;
   bool proposals_unsent_ = false;  // entries proposed since the last flush_proposals()
+  // The first stored entry not known to be on disk (on_written), 0 if none:
+  // the entries before it, up to the stable last index, are.
+  Index unsynced_from_ = 0;
 };
 
 }  // namespace shoal::raft

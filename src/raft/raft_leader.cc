@@ -99,15 +99,45 @@ void Raft::on_applied(Index index, uint64_t applied_bytes) {
   maybe_auto_leave_joint();
 }
 
-void Raft::on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index snapshot_index) {
+Index Raft::synced_last_index() const {
+  const Index stable = log_.stable_last_index().value_or(0);
+  return unsynced_from_ == 0 ? stable : std::min(stable, unsynced_from_ - 1);
+}
+
+void Raft::on_written(Index first, Index last, Term last_term) {
+  SHOAL_CHECK(role_ == Role::kLeader && first > 0 && first <= last);
+  log_.stable_to(last, last_term);
+  unsynced_from_ = unsynced_from_ == 0 ? first : std::min(unsynced_from_, first);
+}
+
+void Raft::on_synced(Index index, Term term) {
+  if (unsynced_from_ == 0) return;  // a persisted Ready since covered it
+  // A report of entries replaced since (this node lost its term and took
+  // another leader's log) says nothing of what is there now. Compacted
+  // entries were committed, so they are the same in every log.
+  if (index >= log_.first_index() && !log_.match_term(index, term)) return;
+  // (While a snapshot waits to be stored, its own synced Ready decides.)
+  const auto stable = log_.stable_last_index();
+  if (!stable) return;
+  unsynced_from_ = index >= *stable ? 0 : std::max(unsynced_from_, index + 1);
+  if (role_ != Role::kLeader) return;
+  Progress* self = prs_.find(id_);
+  if (self == nullptr) return;
+  const Index before = log_.committed();
+  if (self->maybe_update(synced_last_index()) && maybe_commit()) bcast_commit(before);
+}
+
+void Raft::on_persisted(std::optional<std::pair<Index, Term>> last_entry, Index snapshot_index, bool synced) {
   if (snapshot_index > 0) log_.stable_snap_to(snapshot_index);
   if (last_entry) log_.stable_to(last_entry->first, last_entry->second);
+  // Its write was synced, and with it every write before it.
+  if (synced) unsynced_from_ = 0;
   if (role_ != Role::kLeader) return;
   Progress* self = prs_.find(id_);
   auto stable = log_.stable_last_index();
   if (self == nullptr || !stable) return;
   const Index before = log_.committed();
-  if (self->maybe_update(*stable) && maybe_commit()) bcast_commit(before);
+  if (self->maybe_update(synced_last_index()) && maybe_commit()) bcast_commit(before);
 }
 
 void Raft::bcast_commit(Index committed_before) {

@@ -64,8 +64,10 @@ Ready RawNode::ready() {
     rd.soft_state = r.soft_state();
     prev_soft_state_ = r.soft_state();
   }
+  bool new_term_or_vote = false;
   if (r.hard_state() != prev_hard_state_) {
     rd.hard_state = r.hard_state();
+    new_term_or_vote = rd.hard_state->term != prev_hard_state_.term || rd.hard_state->vote != prev_hard_state_.vote;
     prev_hard_state_ = r.hard_state();
   }
   rd.entries = r.log().unstable_entries();
@@ -80,6 +82,9 @@ Ready RawNode::ready() {
 
   handed_last_entry_.reset();
   if (!rd.entries.empty()) handed_last_entry_ = {{rd.entries.back().index, rd.entries.back().term}};
+  handed_first_index_ = rd.entries.empty() ? 0 : rd.entries.front().index;
+  handed_new_term_or_vote_ = new_term_or_vote;
+  handed_waits_for_disk_ = new_term_or_vote || rd.snapshot || !rd.messages_after_persist.empty();
   handed_snapshot_index_ = rd.snapshot ? rd.snapshot->meta.index : 0;
   handed_applied_index_ = 0;
   handed_applied_bytes_ = entries_size(rd.committed_entries);
@@ -91,12 +96,26 @@ Ready RawNode::ready() {
 void RawNode::advance() {
   SHOAL_CHECK(ready_outstanding_);
   ready_outstanding_ = false;
-  raft_.on_persisted(handed_last_entry_, handed_snapshot_index_);
+  raft_.on_persisted(handed_last_entry_, handed_snapshot_index_,
+                     handed_last_entry_.has_value() || handed_snapshot_index_ > 0 || handed_new_term_or_vote_);
   if (handed_snapshot_index_ > 0 && handed_snapshot_index_ > raft_.log().applied()) {
     raft_.on_applied(handed_snapshot_index_, 0);
   }
   if (handed_applied_index_ > 0) raft_.on_applied(handed_applied_index_, handed_applied_bytes_);
 }
+
+bool RawNode::may_advance_unsynced() const {
+  return ready_outstanding_ && !handed_waits_for_disk_ && raft_.role() == Role::kLeader;
+}
+
+void RawNode::advance_unsynced() {
+  SHOAL_CHECK(may_advance_unsynced());
+  ready_outstanding_ = false;
+  if (handed_last_entry_) raft_.on_written(handed_first_index_, handed_last_entry_->first, handed_last_entry_->second);
+  if (handed_applied_index_ > 0) raft_.on_applied(handed_applied_index_, handed_applied_bytes_);
+}
+
+void RawNode::synced(Index index, Term term) { raft_.on_synced(index, term); }
 
 NodeStatus RawNode::status() const {
   return NodeStatus{raft_.id(),

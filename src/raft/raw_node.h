@@ -10,6 +10,11 @@
 //     only then send rd.messages_after_persist;
 //     apply rd.snapshot and rd.committed_entries (in order), serve rd.read_states;
 //     advance(rd).
+// A leader's Ready that holds nothing but its own log to wait for the disk
+// (may_advance_unsynced()) may instead be advanced once written, before its
+// sync (advance_unsynced()); the leader counts those entries as its own
+// toward their commitment only once synced() reports them on disk, while
+// its followers store them meanwhile (the Raft thesis, 10.2.1).
 #pragma once
 
 #include <memory>
@@ -100,6 +105,16 @@ class RawNode {
   // Declares everything in the last Ready handled: its state durable, its
   // committed entries and snapshot applied.
   void advance();
+  // Whether the outstanding Ready may be advanced before its writes are
+  // synced: this node leads, and the Ready holds no message to send after
+  // them (a vote, an acknowledgement), no snapshot and no new term or vote.
+  bool may_advance_unsynced() const;
+  // As advance(), for a Ready that may_advance_unsynced(), written but not
+  // yet synced: its entries count toward commitment for this node once
+  // synced() reports them.
+  void advance_unsynced();
+  // This node's log up to (index, term) is on disk (after advance_unsynced()).
+  void synced(Index index, Term term);
 
   // A snapshot of this replica's state for status pages and tests.
   NodeStatus status() const;
@@ -115,6 +130,9 @@ class RawNode {
   bool ready_outstanding_ = false;
   // What the outstanding Ready handed out, for advance().
   std::optional<std::pair<Index, Term>> handed_last_entry_;
+  Index handed_first_index_ = 0;
+  bool handed_new_term_or_vote_ = false;
+  bool handed_waits_for_disk_ = false;  // anything besides the log waits for the write
   Index handed_snapshot_index_ = 0;
   Index handed_applied_index_ = 0;
   uint64_t handed_applied_bytes_ = 0;

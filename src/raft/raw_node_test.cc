@@ -194,5 +194,196 @@ TEST(RawNodeTest, RestartRecoversDurableState) {
   EXPECT_EQ(n->raft().role(), Role::kFollower);
 }
 
+
+// A Ready handled by a plain host: written, synced, advanced.
+void Persist(RawNode& n, MemoryStorage& s, const Ready& rd) {
+  if (rd.snapshot) SHOAL_CHECK(s.apply_snapshot(*rd.snapshot).ok());
+  SHOAL_CHECK(s.append(rd.entries).ok());
+  if (rd.hard_state) s.set_hard_state(*rd.hard_state);
+  (void)n;
+}
+
+// A leader whose Ready holds only its own entries to store may advance it
+// once written; it counts those entries toward commitment only once
+// synced() reports them, and a Ready with nothing to store advanced
+// meanwhile does not count them either.
+TEST(RawNodeTest, LoneLeaderCountsAnUnsyncedWriteOnlyOnceSynced) {
+  auto s = bootstrapped({1});
+  auto created = RawNode::create(config(1), s.get());
+  ASSERT_TRUE(created.ok());
+  RawNode& n = **created;
+  n.campaign();
+  ASSERT_EQ(n.raft().role(), Role::kLeader);
+  Ready rd = n.ready();
+  EXPECT_FALSE(n.may_advance_unsynced());  // a new term and vote: synced first
+  Persist(n, *s, rd);
+  n.advance();
+  while (n.has_ready()) {
+    rd = n.ready();
+    Persist(n, *s, rd);
+    n.advance();
+  }
+  ASSERT_EQ(n.raft().log().committed(), 2U);
+  const Term term = n.raft().term();
+
+  ASSERT_TRUE(n.propose("a").ok());
+  rd = n.ready();
+  ASSERT_EQ(rd.entries.size(), 1U);
+  ASSERT_TRUE(n.may_advance_unsynced());
+  Persist(n, *s, rd);
+  n.advance_unsynced();
+  EXPECT_EQ(n.raft().log().committed(), 2U);
+  ASSERT_TRUE(n.propose("b").ok());
+  rd = n.ready();
+  ASSERT_EQ(rd.entries.size(), 1U);
+  EXPECT_EQ(rd.entries[0].index, 4U);  // "a" is not handed again
+  Persist(n, *s, rd);
+  n.advance_unsynced();
+  EXPECT_EQ(n.raft().log().committed(), 2U);
+
+  n.synced(3, term);
+  EXPECT_EQ(n.raft().log().committed(), 3U);
+  rd = n.ready();
+  EXPECT_TRUE(rd.entries.empty());
+  ASSERT_EQ(rd.committed_entries.size(), 1U);
+  EXPECT_EQ(rd.committed_entries[0].data, "a");
+  Persist(n, *s, rd);
+  n.advance();  // nothing synced: "b" still waits for its report
+  EXPECT_EQ(n.raft().log().committed(), 3U);
+  n.synced(4, term + 1);  // not the entry there: ignored
+  EXPECT_EQ(n.raft().log().committed(), 3U);
+  n.synced(4, term);
+  EXPECT_EQ(n.raft().log().committed(), 4U);
+}
+
+// A follower's Ready (an acknowledgement to send after it) and a
+// candidate's (a new term and vote) wait for the disk.
+TEST(RawNodeTest, OnlyALeadersOwnEntriesMayBeAdvancedUnsynced) {
+  auto s = bootstrapped({1, 2, 3});
+  auto created = RawNode::create(config(2), s.get());
+  ASSERT_TRUE(created.ok());
+  RawNode& n = **created;
+  ASSERT_TRUE(n.step(Message{.type = MessageType::kApp, .to = 2, .from = 1, .term = 2, .log_term = 1, .index = 1,
+                             .entries = {Entry{2, 2, EntryType::kNormal, "x"}}, .commit = 1})
+                  .ok());
+  Ready rd = n.ready();
+  ASSERT_EQ(rd.entries.size(), 1U);
+  ASSERT_FALSE(rd.messages_after_persist.empty());
+  EXPECT_FALSE(n.may_advance_unsynced());
+  Persist(n, *s, rd);
+  n.advance();
+  n.campaign();
+  rd = n.ready();
+  EXPECT_FALSE(n.may_advance_unsynced());
+  Persist(n, *s, rd);
+  n.advance();
+}
+
+// Three voters: a leader that has not synced its entries commits them on
+// its two followers' acknowledgements, not on one; and once it loses its
+// term and wins another, it counts as its own only what was synced.
+TEST(RawNodeTest, LeaderWritesInParallelWithItsFollowers) {
+  std::map<NodeId, std::unique_ptr<MemoryStorage>> st;
+  std::map<NodeId, std::unique_ptr<RawNode>> nodes;
+  for (NodeId id : {1, 2, 3}) {
+    st[id] = bootstrapped({1, 2, 3});
+    Config c = config(id);
+    c.pre_vote = false;
+    c.check_quorum = false;
+    auto created = RawNode::create(c, st[id].get());
+    ASSERT_TRUE(created.ok());
+    nodes[id] = std::move(*created);
+  }
+  RawNode& leader = *nodes[1];
+  MemoryStorage& ls = *st[1];
+  std::vector<Message> net;
+  // Followers (and the leader, when `sync_leader`) store, sync and advance
+  // every Ready; messages to `cut` are dropped.
+  auto drive = [&](NodeId id) {
+    RawNode& n = *nodes[id];
+    while (n.has_ready()) {
+      Ready rd = n.ready();
+      Persist(n, *st[id], rd);
+      for (auto& m : rd.messages) net.push_back(m);
+      for (auto& m : rd.messages_after_persist) net.push_back(m);
+      n.advance();
+    }
+  };
+  auto deliver = [&](NodeId only_to) {
+    std::vector<Message> now;
+    now.swap(net);
+    for (auto& m : now) {
+      if (only_to != 0 && m.to != only_to) {
+        net.push_back(m);
+        continue;
+      }
+      ASSERT_TRUE(nodes[m.to]->step(m).ok());
+    }
+  };
+  leader.campaign();
+  for (int i = 0; i < 10; ++i) {
+    for (NodeId id : {1, 2, 3}) drive(id);
+    deliver(0);
+  }
+  ASSERT_EQ(leader.raft().role(), Role::kLeader);
+  const Term term = leader.raft().term();
+  const Index k = leader.raft().log().last_index() + 1;
+  ASSERT_EQ(leader.raft().log().committed(), k - 1);
+
+  // The leader's write of k is not synced; one follower stores it.
+  ASSERT_TRUE(leader.propose("x").ok());
+  Ready rd = leader.ready();
+  ASSERT_TRUE(leader.may_advance_unsynced());
+  Persist(leader, ls, rd);
+  for (auto& m : rd.messages) net.push_back(m);
+  leader.advance_unsynced();
+  deliver(2);
+  drive(2);
+  deliver(1);
+  EXPECT_EQ(leader.raft().log().committed(), k - 1);
+  // The second follower stores it too: a majority has it on disk.
+  deliver(3);
+  drive(3);
+  deliver(1);
+  EXPECT_EQ(leader.raft().log().committed(), k);
+  drive(1);
+  deliver(0);
+  for (NodeId id : {2, 3}) drive(id);
+  deliver(0);
+
+  // k + 1: one follower and the leader's own sync make the majority.
+  ASSERT_TRUE(leader.propose("y").ok());
+  rd = leader.ready();
+  ASSERT_TRUE(leader.may_advance_unsynced());
+  Persist(leader, ls, rd);
+  for (auto& m : rd.messages) net.push_back(m);
+  leader.advance_unsynced();
+  deliver(2);
+  drive(2);
+  deliver(1);
+  EXPECT_EQ(leader.raft().log().committed(), k);
+  leader.synced(k + 1, term);
+  EXPECT_EQ(leader.raft().log().committed(), k + 1);
+  net.clear();
+
+  // k + 2 is written, never synced, and reaches no follower; the leader
+  // loses its term and wins the next one before any Ready of it is synced:
+  // it counts only k + 1 as its own.
+  ASSERT_TRUE(leader.propose("z").ok());
+  rd = leader.ready();
+  ASSERT_TRUE(leader.may_advance_unsynced());
+  Persist(leader, ls, rd);
+  leader.advance_unsynced();
+  ASSERT_TRUE(leader.step(Message{.type = MessageType::kHeartbeat, .to = 1, .from = 2, .term = term + 1}).ok());
+  ASSERT_EQ(leader.raft().role(), Role::kFollower);
+  leader.campaign();
+  for (NodeId from : {2, 3}) {
+    ASSERT_TRUE(leader.step(Message{.type = MessageType::kVoteResp, .to = 1, .from = from, .term = term + 2}).ok());
+  }
+  ASSERT_EQ(leader.raft().role(), Role::kLeader);
+  EXPECT_EQ(leader.raft().tracker().progress().at(1).match, k + 1);
+  EXPECT_EQ(leader.raft().log().last_index(), k + 3);  // z, and the new term's empty entry
+}
+
 }  // namespace
 }  // namespace shoal::raft

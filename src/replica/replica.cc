@@ -1195,6 +1195,27 @@ void Replica::ApplyReady(int64_t, ApplyRound& round) {
 }
 
 void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us) {
+  FinishReady(send, now_mono_us, true);
+}
+
+bool Replica::MayFinishUnsynced() const {
+  return ready_.has_value() && !retired_ && !ready_->entries.empty() && node_->may_advance_unsynced();
+}
+
+Replica::SyncReport Replica::FinishUnsynced(int64_t now_mono_us) {
+  SHOAL_CHECK(MayFinishUnsynced());  // so nothing waits to be sent after the write
+  const SyncReport report{ready_->entries.back().index, ready_->entries.back().term};
+  std::vector<raft::Message> none;
+  FinishReady(&none, now_mono_us, false);
+  SHOAL_CHECK(none.empty());
+  return report;
+}
+
+void Replica::Synced(const SyncReport& report) {
+  if (!retired_) node_->synced(report.index, report.term);
+}
+
+void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us, bool synced) {
   SHOAL_CHECK(ready_.has_value());
   raft::Ready& rd = *ready_;
   if (retired_) {  // its state was deleted meanwhile: it promises nothing
@@ -1204,7 +1225,11 @@ void Replica::FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us)
   }
   for (auto& m : rd.messages_after_persist) Route(std::move(m), send);
   ready_.reset();
-  node_->advance();
+  if (synced) {
+    node_->advance();
+  } else {
+    node_->advance_unsynced();
+  }
   MaybeReleaseImage();
   for (raft::NodeId to : snapshots_sent_) node_->report_snapshot(to, false);
   snapshots_sent_.clear();

@@ -10,7 +10,9 @@
 //   ApplyReady(now, round) stages the committed entries' applies behind it;
 //   the host writes the round once (ApplyRound::Flush: then proposals and
 //   reads are answered) and syncs it; FinishReady sends what had to wait
-//   and advances.
+//   and advances. A leader with nothing but its own entries waiting for the
+//   disk may instead finish once written (MayFinishUnsynced,
+//   FinishUnsynced) and hear of the sync later (Synced).
 #pragma once
 
 #include <atomic>
@@ -520,6 +522,20 @@ class Replica {
   // Once the batch is durable: *send gets the messages that had to wait, and
   // Raft learns that the Ready is handled.
   void FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us);
+  // Whether the outstanding Ready may finish before the round's write is
+  // synced: a leader's whose new log entries are all that waits for the
+  // disk (raft::RawNode::may_advance_unsynced). The host then calls
+  // FinishUnsynced once the round is written, and Synced with what it
+  // returned once that write is synced: meanwhile the leader goes on to its
+  // next rounds, and counts the entries as its own toward their commitment
+  // only once synced (its followers store them in parallel).
+  bool MayFinishUnsynced() const;
+  struct SyncReport {
+    raft::Index index = 0;
+    raft::Term term = 0;
+  };
+  SyncReport FinishUnsynced(int64_t now_mono_us);
+  void Synced(const SyncReport& report);
 
   const raft::Raft& raft() const { return node_->raft(); }
   const storage::RaftStore& store() const { return *store_; }
@@ -582,6 +598,7 @@ class Replica {
   void MaybeReleaseImage(raft::Index imported = 0);
   void WriteRecovery(uint64_t recovery, raft::Index void_upto, storage::WriteBatch& batch);
   bool BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync, ApplyRound* round);
+  void FinishReady(std::vector<raft::Message>* send, int64_t now_mono_us, bool synced);
   void ApplyCommitted(const std::vector<raft::Entry>& ents, ApplyRound& round);
   // Stages the state machine's applied index where its stored record is
   // below `log_start` (entries up to it leave the log in `batch`).

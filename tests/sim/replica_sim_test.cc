@@ -525,6 +525,7 @@ class ReplicaSim {
       Faults();
       GoneNotices();
       FinishDeferred();
+      ReportSyncs();
       if (clients_) Clients();
       Deliver();
       RunPendingReads();
@@ -791,6 +792,15 @@ class ReplicaSim {
     uint64_t due;
     bool needs_sync;
   };
+  // A leader's round finished before its sync (Replica::FinishUnsynced):
+  // the sync comes `due`, then the leader hears of it (as node::Groups::
+  // ReportSynced); a crash before then loses the report and, maybe, the write.
+  struct SyncDue {
+    raft::NodeId node;
+    uint64_t group;
+    uint64_t due;
+    replica::Replica::SyncReport report;
+  };
 
   bool Paused(const SimNode& n) const { return paused_until_.contains(n.id); }
 
@@ -885,7 +895,27 @@ class ReplicaSim {
     }
   }
 
+  void ReportSyncs() {
+    std::vector<SyncDue> due;
+    std::erase_if(sync_due_, [&](const SyncDue& d) {
+      if (d.due > step_ || Paused(*Node(d.node))) return false;
+      due.push_back(d);
+      return true;
+    });
+    for (const SyncDue& d : due) {
+      SimNode& n = *Node(d.node);
+      replica::Replica* r = ReplicaOf(n, d.group);
+      if (r == nullptr) continue;
+      OnNode(n, [&] {
+        Durable(n);
+        r->Synced(d.report);
+        syncs_reported_++;
+      });
+    }
+  }
+
   void DropDeferred(raft::NodeId node, uint64_t group) {
+    std::erase_if(sync_due_, [&](const SyncDue& d) { return d.node == node && (group == 0 || d.group == group); });
     std::erase_if(deferred_, [&](const Deferred& d) { return d.node == node && (group == 0 || d.group == group); });
   }
 
@@ -902,6 +932,8 @@ class ReplicaSim {
   std::map<raft::NodeId, uint64_t> tick_burst_;
   std::vector<PendingRead> pending_reads_;
   std::vector<Deferred> deferred_;
+  std::vector<SyncDue> sync_due_;
+  int unsynced_finishes_ = 0, syncs_reported_ = 0;
   int pauses_ = 0, bursts_ = 0, deferred_rounds_ = 0, lease_reads_ = 0, leader_reads_ = 0, follower_reads_ = 0,
       import_refusals_ = 0, queued_lease_reads_ = 0, lapsed_leases_ = 0;
   size_t batched_reads_ = 0;  // reads served in a MultiGet of two or more
@@ -1128,9 +1160,15 @@ class ReplicaSim {
     joint_rounds_ += std::count_if(begun.begin(), begun.end(), [](const Begun& b) { return !b.deferred; }) >= 2;
     for (Begun& b : begun) {
       if (b.deferred) continue;
-      if (b.needs_sync) Durable(n);
       std::vector<raft::Message> out;
-      b.r->FinishReady(&out, NowUs());
+      if (b.needs_sync && !lone_appends_ && b.r->MayFinishUnsynced() && rng_() % 3 != 0) {
+        // As node::Groups: a leader goes on before its own entries are synced.
+        sync_due_.push_back(SyncDue{n.id, b.group, step_ + 1 + rng_() % 8, b.r->FinishUnsynced(NowUs())});
+        unsynced_finishes_++;
+      } else {
+        if (b.needs_sync) Durable(n);
+        b.r->FinishReady(&out, NowUs());
+      }
       Send(out, b.group);
     }
   }
@@ -1938,7 +1976,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
 // converge.
 TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
-      transfers = 0;
+      transfers = 0, unsynced = 0, reported = 0;
   size_t lost = 0, raft_lost = 0;
   uint64_t read_back = 0;
   const auto [first_seed, last_seed] = Seeds(401, 16);
@@ -1965,8 +2003,12 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     follower += sim.follower_reads_;
     changes += sim.leader_changes_;
     read_back += sim.EntriesReadBack();
+    unsynced += sim.unsynced_finishes_;
+    reported += sim.syncs_reported_;
   }
   EXPECT_GT(read_back, 100u);  // entries sent from the engine's copy, between faults
+  EXPECT_GT(unsynced, 1000);   // leaders' rounds finished before their sync ...
+  EXPECT_GT(reported, 500);    // ... and told of it later
   EXPECT_GT(stops, 20);
   EXPECT_GT(losing, 10);
   EXPECT_GT(lost, 50u);
@@ -1978,9 +2020,10 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   EXPECT_GT(acked, 500);
   std::printf("storage sim: %d disk faults injected, %d nodes stopped by them, %d crashes lost %zu unsynced writes "
               "(%zu of the log or hard state), %d one-way cuts, %d leadership transfers, %d lease and %d follower "
-              "reads, %d acknowledged writes, %d leader changes, %llu log entries read back from the engine\n",
+              "reads, %d acknowledged writes, %d leader changes, %llu log entries read back from the engine, %d "
+              "leader rounds finished before their sync (%d told of it later)\n",
               disk_faults, stops, losing, lost, raft_lost, oneway, transfers, lease, follower, acked, changes,
-              static_cast<unsigned long long>(read_back));
+              static_cast<unsigned long long>(read_back), unsynced, reported);
 }
 
 }  // namespace
@@ -2172,19 +2215,21 @@ std::pair<int64_t, int64_t> ExpectedCounts(ReplicaSim& sim, SimNode& owner_of_va
 // entry (log kept) or creates it empty after a snapshot taken past the split
 // (log compacted). Writes proposed to the parent for moved slots are refused
 // and retried on the child. Some seeds propose the split twice.
-void SplitsLoseNothing(bool storage_faults, bool lone = false) {
+// `lone`: one node, whose groups have one member each; with durability
+// none unless `lone_fsync`.
+void SplitsLoseNothing(bool storage_faults, bool lone = false, bool lone_fsync = false) {
   int recounts = 0, stale_recounts = 0, stops = 0;
   size_t raft_lost = 0;
   int proposals = 0, acked = 0, refusals = 0, by_split = 0, empty = 0, lag_log = 0, lag_snapshot = 0, restarts = 0;
-  int claim_waits = 0, joint = 0, lone_acks = 0;
+  int claim_waits = 0, joint = 0, lone_acks = 0, unsynced = 0;
   uint64_t unlogged = 0;
-  const auto [first_seed, last_seed] = Seeds(lone ? (storage_faults ? 701 : 601) : 201, 8);
+  const auto [first_seed, last_seed] = Seeds(lone ? (lone_fsync ? 801 : storage_faults ? 701 : 601) : 201, 8);
   for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
     sim.storage_faults_ = storage_faults;
-    if (lone) {  // one node, durability none: both halves are groups of one
+    if (lone) {  // one node: both halves are groups of one
       sim.founders_ = 1;
-      sim.lone_appends_ = true;
+      sim.lone_appends_ = !lone_fsync;
     }
     sim.splits_ = true;
     sim.streamed_ = seed / 2 % 2 == 0;
@@ -2302,17 +2347,23 @@ void SplitsLoseNothing(bool storage_faults, bool lone = false) {
     restarts += sim.restarts_;
     stops += sim.fail_stops_;
     raft_lost += sim.raft_writes_lost_;
+    unsynced += sim.unsynced_finishes_;
   }
   if (storage_faults) {
-    EXPECT_GT(stops, 8);
-    if (!lone) {
+    EXPECT_GT(stops, lone_fsync ? 4 : 8);
+    if (!lone || lone_fsync) {
       EXPECT_GT(raft_lost, 0u);  // (none: a crash keeps what was written)
     }
   }
   EXPECT_GT(refusals, 0);  // writes and reads reached the parent after the split
   if (lone) {
-    EXPECT_GT(lone_acks, 300);  // answered in the round that logged them
-    EXPECT_GT(unlogged, 300u);  // ... most never logged (RaftStore::FinishDeferred)
+    EXPECT_GT(lone_acks, 300);  // answered by a group of one member
+    if (lone_fsync) {
+      EXPECT_GT(unsynced, 300);  // rounds finished before their sync (Replica::FinishUnsynced)
+      std::printf("split sim (one node, fsync): %d rounds finished before their sync\n", unsynced);
+    } else {
+      EXPECT_GT(unlogged, 300u);  // ... most in the round that logged them, never logged (RaftStore::FinishDeferred)
+    }
   } else {
     EXPECT_GT(lag_log, 0);       // a follower down across the split split through its log
     EXPECT_GT(lag_snapshot, 0);  // ... and one came back to a log compacted past it
@@ -2327,7 +2378,9 @@ void SplitsLoseNothing(bool storage_faults, bool lone = false) {
               "crashes), %d acknowledged writes (%d by a group of one member), %d key recounts (%d stale), %d child "
               "creations held back by an image's claim, %llu entries applied in the write that would have logged "
               "them\n",
-              storage_faults ? (lone ? " (one node, durability none, storage faults)" : " (storage faults)")
+              storage_faults ? (lone_fsync ? " (one node, fsync, storage faults)"
+                                : lone     ? " (one node, durability none, storage faults)"
+                                           : " (storage faults)")
               : lone         ? " (one node, durability none)"
                              : "",
               joint,
@@ -2353,6 +2406,13 @@ TEST(ReplicaSim, SplitsOfGroupsOfOneLoseNothing) { SplitsLoseNothing(false, /*lo
 // its applies still to come.
 TEST(ReplicaSim, SplitsOfGroupsOfOneUnderStorageFaultsLoseNothing) {
   SplitsLoseNothing(true, /*lone=*/true);
+}
+
+// One node with fsync: its groups of one count their own entries committed
+// only once synced, while their next rounds go on (Replica::FinishUnsynced);
+// crashes lose what was not synced.
+TEST(ReplicaSim, SplitsOfGroupsOfOneWithFsyncUnderStorageFaultsLoseNothing) {
+  SplitsLoseNothing(true, /*lone=*/true, /*lone_fsync=*/true);
 }
 
 }  // namespace
