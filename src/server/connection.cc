@@ -452,20 +452,29 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
             finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n", true});
             continue;
           }
-          asio::post(groups->WorkerFor(r->group()).io(),
-                     [r, groups, finish, data = std::move(batches[i].data)]() mutable {
-                       auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
-                         finish(ProposeResult{applied, std::move(reply)});
-                       }, node::MonoUs());
-                       if (!p.ok()) {
-                         finish(ProposeResult{false,
-                                              std::string("-TRYAGAIN the shard's leader moved (") +
-                                                  raft::to_string(p.error) + "); retry\r\n",
-                                              true});
-                         return;
-                       }
-                       groups->Notify(r);
-                     });
+          auto propose = [r, groups, finish, data = std::move(batches[i].data)]() mutable {
+            auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
+              finish(ProposeResult{applied, std::move(reply)});
+            }, node::MonoUs());
+            if (!p.ok()) {
+              finish(ProposeResult{false,
+                                   std::string("-TRYAGAIN the shard's leader moved (") + raft::to_string(p.error) +
+                                       "); retry\r\n",
+                                   true});
+              return;
+            }
+            groups->Notify(r);
+          };
+          // On the replica's own worker (every write with one worker) it is
+          // proposed at once, not behind the handlers queued meanwhile; its
+          // outcome still comes back through `home`'s queue, so the awaiting
+          // coroutine never resumes inside a Ready round.
+          asio::io_context& owner = groups->WorkerFor(r->group()).io();
+          if (owner.get_executor().running_in_this_thread()) {
+            propose();
+          } else {
+            asio::post(owner, std::move(propose));
+          }
         }
       },
       token, std::move(batches));
