@@ -442,6 +442,10 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
         auto state = std::make_shared<State>(std::move(handler), batches.size());
         for (size_t i = 0; i < batches.size(); ++i) {
           replica::Replica* r = batches[i].replica;
+          // Always a post, never a dispatch: `finish` may run inside this
+          // initiation (a proposal made at once, below, whose group applies
+          // it in the same call) or inside a Ready round (its apply), where
+          // the awaiting coroutine must not resume.
           auto finish = [state, i, &home](ProposeResult res) {
             asio::post(home, [state, i, res = std::move(res)]() mutable {
               state->results[i] = std::move(res);
