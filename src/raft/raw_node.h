@@ -103,7 +103,9 @@ class RawNode {
   // Returns the next batch. Must not be called again before advance().
   Ready ready();
   // Declares everything in the last Ready handled: its state durable, its
-  // committed entries and snapshot applied.
+  // committed entries and snapshot applied. A Ready with entries, a snapshot
+  // or a new term or vote counts as synced, and with it every write before
+  // it (entries advanced unsynced included); one with none of them does not.
   void advance();
   // Whether the outstanding Ready may be advanced before its writes are
   // synced: this node leads, and the Ready holds no message to send after
