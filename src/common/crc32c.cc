@@ -3,6 +3,10 @@
 #include <array>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
 namespace shoal {
 namespace {
 
@@ -24,12 +28,8 @@ constexpr Tables MakeTables() {
 
 constexpr Tables kT = MakeTables();
 
-}  // namespace
-
-uint32_t Crc32c(std::string_view data, uint32_t crc) {
+uint32_t Tables8(const unsigned char* p, size_t n, uint32_t crc) {
   crc = ~crc;
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  size_t n = data.size();
   for (; n >= 8; p += 8, n -= 8) {
     uint32_t lo = 0, hi = 0;
     std::memcpy(&lo, p, 4);  // little endian, as the tables assume
@@ -40,6 +40,46 @@ uint32_t Crc32c(std::string_view data, uint32_t crc) {
   }
   for (; n > 0; ++p, --n) crc = kT[0][(crc ^ *p) & 0xFF] ^ (crc >> 8);
   return ~crc;
+}
+
+#if defined(__x86_64__)
+// The SSE 4.2 instruction computes the same polynomial, eight bytes a step
+// (about ten times the tables' speed).
+__attribute__((target("sse4.2"))) uint32_t Sse42(const unsigned char* p, size_t n, uint32_t crc) {
+  uint64_t c = ~crc;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t v = 0;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+  }
+  auto c32 = static_cast<uint32_t>(c);
+  for (; n > 0; ++p, --n) c32 = _mm_crc32_u8(c32, *p);
+  return ~c32;
+}
+
+bool HasSse42() {
+  // cpu_init: this may run before libgcc's own constructor has (a static
+  // initializer that checksums something).
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2") != 0;
+  }();
+  return has;
+}
+#endif
+
+}  // namespace
+
+uint32_t Crc32c(std::string_view data, uint32_t crc) {
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+#if defined(__x86_64__)
+  if (HasSse42()) return Sse42(p, data.size(), crc);
+#endif
+  return Tables8(p, data.size(), crc);
+}
+
+uint32_t Crc32cPortable(std::string_view data, uint32_t crc) {
+  return Tables8(reinterpret_cast<const unsigned char*>(data.data()), data.size(), crc);
 }
 
 }  // namespace shoal

@@ -78,5 +78,20 @@ TEST(Crc32c, MatchesTheStandardCheckValueAndContinues) {
   EXPECT_EQ(Crc32c(std::string(32, '\0')), 0x8A9136AAu);  // RFC 3720 B.4: 32 bytes of zeros
 }
 
+TEST(Crc32c, TheCpusInstructionAgreesWithTheTables) {
+  EXPECT_EQ(Crc32cPortable("123456789"), 0xE3069283u);
+  std::string big;
+  for (int i = 0; i < 4096; ++i) big.push_back(static_cast<char>((i * 7919) >> 3));
+  // Every length and start (alignment) up to a few words, and continued.
+  for (size_t at = 0; at < 17; ++at) {
+    for (size_t len = 0; len < 80; ++len) {
+      std::string_view part(big.data() + at, len);
+      ASSERT_EQ(Crc32c(part), Crc32cPortable(part)) << at << " " << len;
+      ASSERT_EQ(Crc32c(part, 0x12345678u), Crc32cPortable(part, 0x12345678u)) << at << " " << len;
+    }
+  }
+  EXPECT_EQ(Crc32c(big), Crc32cPortable(big));
+}
+
 }  // namespace
 }  // namespace shoal
