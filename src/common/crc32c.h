@@ -1,7 +1,7 @@
 // CRC-32C (Castagnoli), as iSCSI and RocksDB use it: a checksum of bytes
 // that travel between nodes (snapshot images), checked before anything
 // parses them, and of every record RocksDB writes to its WAL
-// (storage/engine.cc hands RocksDB's own CRC-32C to this one).
+// (storage/rocksdb_crc.cc hands RocksDB's own CRC-32C to this one).
 #pragma once
 
 #include <cstdint>

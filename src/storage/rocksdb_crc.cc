@@ -11,6 +11,13 @@
 
 #include "common/crc32c.h"
 
+extern "C" uint32_t __real__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data, size_t n);
+
 extern "C" uint32_t __wrap__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data, size_t n) {
+#if defined(__x86_64__)
   return shoal::Crc32c(std::string_view(data, n), crc);
+#else
+  // Elsewhere ours has no instruction to use, and RocksDB may have one.
+  return __real__ZN7rocksdb6crc32c6ExtendEjPKcm(crc, data, n);
+#endif
 }
