@@ -21,6 +21,8 @@ namespace {
 
 // How long a proposal or read may wait before its client is told.
 constexpr int64_t kWriteTimeoutUs = 8'000'000;
+// ProposeJoined's entries stop growing here (a write past it goes alone).
+constexpr size_t kJoinedEntryBytesMax = 1 << 20;
 constexpr int64_t kReadTimeoutUs = 3'000'000;
 
 // A committed entry that cannot be applied here: going on would let this
@@ -925,6 +927,85 @@ raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono
   return p;
 }
 
+void Replica::ProposeJoined(std::string batch, JoinedFn done, int64_t now_mono_us) {
+  const raft::Raft& r = node_->raft();
+  if (retired_ || r.role() != raft::Role::kLeader) {
+    done(raft::Proposal{retired_ ? raft::ProposeError::kRemoved : raft::ProposeError::kNotLeader, r.lead(), 0, 0},
+         false, {});
+    return;
+  }
+  uint32_t count = 0;
+  char protocol = 0;
+  const bool joinable = JoinableKvBatch(batch, &count, &protocol) && batch.size() <= kJoinedEntryBytesMax;
+  joined_.push_back(JoinedWrite{std::move(batch), std::move(done), now_mono_us, count, !joinable});
+}
+
+void Replica::RefuseQueued(raft::ProposeError why) {
+  auto queued = std::move(joined_);
+  joined_.clear();
+  for (JoinedWrite& w : queued) w.done(raft::Proposal{why, raft::kNoNode, 0, 0}, false, {});
+}
+
+void Replica::ProposeQueued() {
+  if (joined_.empty()) return;
+  auto queued = std::move(joined_);
+  joined_.clear();  // what a callback queues from here on waits for the next round
+  for (size_t i = 0; i < queued.size();) {
+    // A run of joinable writes of one protocol, within the entry's bytes.
+    size_t j = i + 1;
+    if (!queued[i].alone) {
+      size_t bytes = queued[i].batch.size();
+      while (j < queued.size() && !queued[j].alone && queued[j].batch[1] == queued[i].batch[1] &&
+             bytes + queued[j].batch.size() - 6 <= kJoinedEntryBytesMax) {
+        bytes += queued[j].batch.size() - 6;
+        ++j;
+      }
+    }
+    const std::span<JoinedWrite> run(queued.data() + i, j - i);
+    const int64_t queued_us = run.front().queued_us;  // the oldest: its deadline counts
+    i = j;
+    if (run.size() == 1) {
+      JoinedFn done = std::move(run.front().done);
+      raft::Proposal p = Propose(std::move(run.front().batch), [done](bool applied, std::string reply) {
+        done(raft::Proposal{}, applied, std::move(reply));
+      }, queued_us);
+      if (!p.ok()) done(p, false, {});
+      continue;
+    }
+    std::vector<std::string_view> batches;
+    batches.reserve(run.size());
+    for (const JoinedWrite& w : run) batches.push_back(w.batch);
+    std::string joined = JoinKvBatches(batches);
+    // Each write's replies: its kv entries' replies, in order, from the
+    // entry's (one per kv entry).
+    auto parts = std::make_shared<std::vector<std::pair<uint32_t, JoinedFn>>>();
+    parts->reserve(run.size());
+    for (JoinedWrite& w : run) parts->emplace_back(w.count, std::move(w.done));
+    raft::Proposal p = Propose(std::move(joined), [parts](bool applied, std::string reply) {
+      size_t off = 0;
+      for (auto& [count, done] : *parts) {
+        if (!applied) {
+          done(raft::Proposal{}, false, reply);
+          continue;
+        }
+        const size_t start = off;
+        for (uint32_t k = 0; k < count; ++k) {
+          const size_t len = resp::ScanReply(reply.data() + off, reply.size() - off);
+          if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
+            off = reply.size();  // the write sees a malformed reply, and says so
+            break;
+          }
+          off += len;
+        }
+        done(raft::Proposal{}, true, reply.substr(start, off - start));
+      }
+    }, queued_us);
+    if (!p.ok()) {
+      for (auto& [count, done] : *parts) done(p, false, {});
+    }
+  }
+}
+
 void Replica::ReadIndex(ReadFn done, int64_t now_mono_us) {
   if (retired_) return done(false);
   const raft::Raft& r = node_->raft();
@@ -965,6 +1046,7 @@ Status Replica::StageDestroy(storage::WriteBatch& batch) {
   leader_.store(raft::kNoNode, std::memory_order_release);
   lease_until_us_.store(0, std::memory_order_release);
   FailWaiters("-TIMEOUT the shard's replica left this node; the write's outcome is unknown\r\n");
+  RefuseQueued(raft::ProposeError::kRemoved);
   return Status::Ok();
 }
 
@@ -1008,7 +1090,9 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
 
 bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>* send, bool* needs_sync,
                          ApplyRound* round) {
-  if (ready_ || !node_->has_ready()) return false;
+  if (ready_) return false;
+  ProposeQueued();
+  if (!node_->has_ready()) return false;
   raft::HardState before = store_->hard_state();
   ready_ = node_->ready();
   raft::Ready& rd = *ready_;

@@ -242,6 +242,12 @@ bool DecodeKvBatch(std::string_view data, std::vector<kv::Entry>* entries, int* 
 // grows as needed. On false *used counts what it had plus some.
 bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, size_t* used, int* protocol,
                    size_t* added);
+// Whether `batch` is a kv batch without hints: then *count is its number of
+// kv entries and its protocol byte *protocol, and JoinKvBatches may join it.
+bool JoinableKvBatch(std::string_view batch, uint32_t* count, char* protocol);
+// One kv batch of the entries of `batches`, in order: all joinable, of one
+// protocol.
+std::string JoinKvBatches(std::span<const std::string_view> batches);
 
 // A snapshot whose image travels beside the Raft messages: its kSnap
 // message carries this ticket in place of the image.
@@ -399,6 +405,10 @@ struct ReplicaOptions {
 // outcome is unknown).
 using ReplyFn = std::function<void(bool applied, std::string reply)>;
 using ReadFn = std::function<void(bool ok)>;
+// The outcome of a write queued with Replica::ProposeJoined: `refused` says
+// why it was never proposed (it is in no log) when !refused.ok(); otherwise
+// applied and reply are as ReplyFn's, for this write's own kv entries.
+using JoinedFn = std::function<void(raft::Proposal refused, bool applied, std::string reply)>;
 
 class Replica {
  public:
@@ -418,6 +428,20 @@ class Replica {
   // Proposes `data`; done(reply) runs once the entry is applied here, or with
   // an error reply if it cannot be. Returns the refusal (not leader...).
   raft::Proposal Propose(std::string data, ReplyFn done, int64_t now_mono_us);
+  // Queues `batch`, an encoded kv batch (EncodeKvBatch) of one client, for
+  // the log entry that the next Ready round (BeginReady) proposes with the
+  // others queued meanwhile: one entry a round for the writes of many
+  // connections, each of which gets the replies of its own kv entries. An
+  // entry costs a leader the same whatever it holds (its append, a pending
+  // write, its decode at apply), and pipelined writes over 16 shards made
+  // about two SETs an entry. A batch that cannot be joined (with hints, or
+  // one entry's worth) goes alone, in its turn. Refused at once, or in that
+  // round, when this replica does not lead or is retired. Write batches
+  // whose kv entries must be applied alone (kv::MustApplyAlone) go through
+  // Propose instead.
+  void ProposeJoined(std::string batch, JoinedFn done, int64_t now_mono_us);
+  // Writes queued by ProposeJoined, not yet proposed.
+  size_t joined_queued() const { return joined_.size(); }
   // Calls done(true) once a linearizable read may be served from local state:
   // everything committed when it was called is applied here. On the leader
   // within its lease that needs no message; otherwise the leader confirms
@@ -496,7 +520,7 @@ class Replica {
   // Fails proposals and reads that waited past their deadline.
   void ExpireWaiters(int64_t now_mono_us);
 
-  bool HasReady() const { return !ready_ && node_->has_ready(); }
+  bool HasReady() const { return !ready_ && (node_->has_ready() || !joined_.empty()); }
   // Stages this Ready's durable state into batch; messages that may leave
   // now go to *send. Returns false if there was nothing to do.
   // *needs_sync is set when the staged state must be durable before the
@@ -659,6 +683,18 @@ class Replica {
   raft::Index void_conf_upto_ = 0;   // membership changes at or below: void (recovered)
   uint64_t force_refused_ = 0;       // the recovery whose refusal was logged
   std::map<raft::Index, PendingWrite> writes_;
+  // ProposeJoined's queue, proposed by the next BeginReady.
+  struct JoinedWrite {
+    std::string batch;
+    JoinedFn done;
+    int64_t queued_us;
+    uint32_t count;  // its kv entries (each has one reply)
+    bool alone;      // proposed as it is
+  };
+  std::vector<JoinedWrite> joined_;
+  void ProposeQueued();
+  // Refuses every queued write with `why`.
+  void RefuseQueued(raft::ProposeError why);
   std::map<std::string, PendingRead> reads_;
   uint64_t next_read_ = 0;
   // Read contexts are <nonce>:<counter>, unique across replicas and their

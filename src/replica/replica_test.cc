@@ -372,6 +372,83 @@ TEST_F(ReplicaCluster, EntriesAppliedTogetherKeepTheirOwnReplies) {
   EXPECT_EQ(Get(0, "n"), "12");
 }
 
+// Writes queued with ProposeJoined before a round share one log entry
+// (those of one protocol), on every replica, and each gets its own replies.
+TEST_F(ReplicaCluster, JoinedWritesShareAnEntryAndKeepTheirOwnReplies) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t leader = AwaitLeader();
+  ASSERT_NE(leader, SIZE_MAX);
+  auto entry_of = [](std::vector<std::string> words) {
+    std::vector<kv::Entry> out;
+    int protocol = 0;
+    EXPECT_TRUE(DecodeKvBatch(WriteBatchOf(std::move(words)), &out, &protocol));
+    return out.at(0);
+  };
+  // Four clients' writes: two entries, one, one that fails, and one of RESP3.
+  const std::vector<std::string> batches = {
+      EncodeKvBatch({entry_of({"incr", "n"}), entry_of({"incr", "n"})}, 2), WriteBatchOf({"set", "s", "x"}),
+      WriteBatchOf({"incr", "s"}), EncodeKvBatch({entry_of({"incrby", "n", "10"})}, 3)};
+  std::vector<std::string> replies(batches.size(), "<no answer>");
+  const raft::Index before = R(leader).raft().log().last_index();
+  for (size_t i = 0; i < batches.size(); ++i) {
+    R(leader).ProposeJoined(batches[i], [&replies, i](raft::Proposal refused, bool applied, std::string r) {
+      replies[i] = !refused.ok() ? "refused" : applied ? r : "failed " + r;
+    }, now_);
+  }
+  EXPECT_EQ(R(leader).joined_queued(), 4u);
+  EXPECT_TRUE(R(leader).HasReady());
+  Pump();
+  EXPECT_EQ(replies[0], ":1\r\n:2\r\n");
+  EXPECT_EQ(replies[1], "+OK\r\n");
+  EXPECT_EQ(replies[2], "-ERR value is not an integer or out of range\r\n");
+  EXPECT_EQ(replies[3], ":12\r\n");
+  // The RESP2 writes in one entry, the RESP3 one in the next.
+  EXPECT_EQ(R(leader).raft().log().last_index(), before + 2);
+  TickAll(2);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(Get(i, "n"), "12") << i;
+    EXPECT_EQ(Get(i, "s"), "x") << i;
+  }
+  // A follower refuses at once, naming the leader.
+  raft::Proposal refused;
+  R((leader + 1) % 3).ProposeJoined(SetBatch("k", "v"), [&](raft::Proposal r, bool, std::string) { refused = r; }, now_);
+  EXPECT_EQ(refused.error, raft::ProposeError::kNotLeader);
+  EXPECT_EQ(refused.leader_hint, ids_[leader]);
+  EXPECT_EQ(R((leader + 1) % 3).joined_queued(), 0u);
+}
+
+// What is queued when the round comes and the leader cannot propose (here:
+// it is handing its leadership over) is refused, never proposed; so is what
+// a replica leaving the node still holds.
+TEST_F(ReplicaCluster, JoinedWritesTheLeaderCannotProposeAreRefused) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t leader = AwaitLeader();
+  ASSERT_NE(leader, SIZE_MAX);
+  std::vector<raft::ProposeError> why;
+  auto done = [&why](raft::Proposal refused, bool, std::string) { why.push_back(refused.error); };
+  R(leader).ProposeJoined(SetBatch("a", "1"), done, now_);
+  R(leader).ProposeJoined(SetBatch("b", "2"), done, now_);
+  down_.insert(ids_[(leader + 1) % 3]);  // the transferee does not answer: the transfer stays under way
+  R(leader).TransferLeader(ids_[(leader + 1) % 3]);
+  const raft::Index before = R(leader).raft().log().last_index();
+  Pump();
+  EXPECT_EQ(why, (std::vector<raft::ProposeError>{raft::ProposeError::kTransferring, raft::ProposeError::kTransferring}));
+  EXPECT_EQ(R(leader).raft().log().last_index(), before);
+  down_.clear();
+
+  why.clear();
+  TickAll(60);
+  leader = AwaitLeader();
+  ASSERT_NE(leader, SIZE_MAX);
+  R(leader).ProposeJoined(SetBatch("c", "3"), done, now_);
+  auto batch = nodes_[leader]->engine->NewBatch();
+  ASSERT_TRUE(R(leader).StageDestroy(*batch).ok());
+  EXPECT_EQ(why, std::vector<raft::ProposeError>{raft::ProposeError::kRemoved});
+  EXPECT_EQ(R(leader).joined_queued(), 0u);
+}
+
 TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
@@ -1508,6 +1585,80 @@ TEST(SplitCommand, RoundTripAndRejectsOtherData) {
   EXPECT_FALSE(SplitCommand::Decode(enc + "x", &out));
   EXPECT_FALSE(SplitCommand::Decode(SplitCommand{0, 5}.Encode(), &out));  // no group 0
   EXPECT_FALSE(SplitCommand::Decode(SetBatch("k", "v"), &out));
+}
+
+// A lone leader's joined writes: one entry, one storage write, their own
+// replies; a batch with hints, or one past the entry's bytes, goes alone.
+TEST(ApplyRound, LoneLeaderJoinsQueuedWritesIntoOneEntry) {
+  LoneDisk d("shoal_lone_joined_");
+  d.ro.commit_lone_appends = true;
+  auto engine = d.OpenEngine();
+  kv::Shard shard(engine.get(), 7, 0, storage::kSlotCount);
+  ASSERT_TRUE(shard.Load().ok());
+  auto r = std::move(Replica::Open(engine.get(), d.ro, std::make_unique<KvStateMachine>(&shard, &d.limits)).value());
+  d.Lead(engine.get(), *r);
+  std::vector<std::string> replies;
+  auto queue = [&](std::string batch) {
+    const size_t i = replies.size();
+    replies.emplace_back("<no answer>");
+    r->ProposeJoined(std::move(batch), [&replies, i](raft::Proposal refused, bool applied, std::string text) {
+      replies[i] = !refused.ok() ? "refused" : applied ? text : "failed " + text;
+    }, d.now);
+  };
+  for (int i = 0; i < 10; ++i) queue(SetBatch("k" + std::to_string(i), "v"));
+  raft::Index before = r->raft().log().last_index();
+  EXPECT_EQ(d.Round(engine.get(), *r), 1u);
+  EXPECT_EQ(r->raft().log().last_index(), before + 1);
+  EXPECT_EQ(replies, std::vector<std::string>(10, "+OK\r\n"));
+  EXPECT_EQ(shard.KeyCount(0), 10);
+
+  // With hints (a trailer naming entries by position), and past 1 MiB: alone.
+  replies.clear();
+  kv::Entry hinted;
+  {
+    std::vector<kv::Entry> out;
+    int protocol = 0;
+    ASSERT_TRUE(DecodeKvBatch(SetBatch("h", "v"), &out, &protocol));
+    hinted = out[0];
+  }
+  hinted.hints.push_back(kv::KeyHint{0, false, 0});
+  queue(SetBatch("a", "1"));
+  queue(EncodeKvBatch({hinted}, 2));
+  queue(SetBatch("b", "2"));
+  queue(SetBatch("big1", std::string(600 << 10, 'x')));
+  queue(SetBatch("big2", std::string(600 << 10, 'y')));
+  before = r->raft().log().last_index();
+  while (r->HasReady()) d.Round(engine.get(), *r);
+  EXPECT_EQ(r->raft().log().last_index(), before + 4);  // a | hinted | b, big1 | big2
+  EXPECT_EQ(replies, std::vector<std::string>(5, "+OK\r\n"));
+  EXPECT_EQ(shard.KeyCount(0), 15);
+}
+
+TEST(KvBatch, JoinsBatchesWithoutHints) {
+  kv::Entry a{5, 2, 99, {"x", "y"}}, b{6, 0, 100, {"z"}};
+  const std::string one = EncodeKvBatch({a, b}, 2), two = EncodeKvBatch({b}, 2);
+  uint32_t count = 0;
+  char protocol = 0;
+  ASSERT_TRUE(JoinableKvBatch(one, &count, &protocol));
+  EXPECT_EQ(count, 2u);
+  EXPECT_EQ(protocol, 2);
+  const std::vector<std::string_view> parts = {one, two};
+  const std::string joined = JoinKvBatches(parts);
+  std::vector<kv::Entry> out;
+  int p = 0;
+  ASSERT_TRUE(DecodeKvBatch(joined, &out, &p));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].args, a.args);
+  EXPECT_EQ(out[1].op, b.op);
+  EXPECT_EQ(out[2].now_ms, b.now_ms);
+  EXPECT_EQ(joined, EncodeKvBatch({a, b, b}, 2));
+  // Not joinable: hints, a cut batch, no entries, garbage.
+  kv::Entry h = a;
+  h.hints.push_back(kv::KeyHint{0, true, 0});
+  EXPECT_FALSE(JoinableKvBatch(EncodeKvBatch({h}, 2), &count, &protocol));
+  for (size_t cut = 0; cut < one.size(); ++cut) EXPECT_FALSE(JoinableKvBatch(one.substr(0, cut), &count, &protocol)) << cut;
+  EXPECT_FALSE(JoinableKvBatch(EncodeKvBatch(std::vector<kv::Entry>{}, 2), &count, &protocol));
+  EXPECT_FALSE(JoinableKvBatch("garbage!", &count, &protocol));
 }
 
 TEST(KvBatch, RoundTripAndRejectsGarbage) {

@@ -116,6 +116,40 @@ std::string EncodeKvBatch(std::span<const kv::Entry> entries, int protocol) {
   return out;
 }
 
+bool JoinableKvBatch(std::string_view batch, uint32_t* count, char* protocol) {
+  if (batch.size() < 6 || batch[0] != kKvBatchTag || (batch[1] != 2 && batch[1] != 3)) return false;
+  *protocol = batch[1];
+  std::string_view rest = batch.substr(2);
+  uint32_t n = 0;
+  if (!GetFixed(&rest, &n) || n == 0 || n > rest.size() / 4) return false;
+  for (uint32_t i = 0; i < n; ++i) {  // lengths only: nothing is decoded
+    uint32_t len = 0;
+    if (!GetFixed(&rest, &len) || len > rest.size()) return false;
+    rest.remove_prefix(len);
+  }
+  *count = n;
+  return rest.empty();  // a hint trailer would name entries by position
+}
+
+std::string JoinKvBatches(std::span<const std::string_view> batches) {
+  SHOAL_CHECK(!batches.empty());
+  size_t bytes = 6;
+  uint32_t n = 0;
+  for (std::string_view b : batches) {
+    bytes += b.size() - 6;
+    uint32_t part = 0;
+    std::memcpy(&part, b.data() + 2, 4);
+    n += part;
+  }
+  std::string out;
+  out.reserve(bytes);
+  out.push_back(kKvBatchTag);
+  out.push_back(batches[0][1]);
+  PutFixed<uint32_t>(&out, n);
+  for (std::string_view b : batches) out.append(b.substr(6));
+  return out;
+}
+
 bool AppendKvBatch(std::string_view data, std::vector<kv::Entry>* entries, size_t* used, int* protocol,
                    size_t* added) {
   std::string_view rest;

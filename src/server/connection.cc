@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/secret.h"
 #include "resp/reply_scan.h"
+#include "kv/commands.h"
 #include "kv/transaction.h"
 #include "node/deadline.h"
 #include "node/runtime.h"
@@ -426,6 +427,9 @@ struct ProposeResult {
 struct ShardBatch {
   replica::Replica* replica;
   std::string data;
+  // Joined with other connections' writes into one log entry
+  // (Replica::ProposeJoined): none of its writes must be applied alone.
+  bool joinable = false;
 };
 
 template <typename Token>
@@ -456,7 +460,21 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
             finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n", true});
             continue;
           }
-          auto propose = [r, groups, finish, data = std::move(batches[i].data)]() mutable {
+          auto propose = [r, groups, finish, data = std::move(batches[i].data), joinable = batches[i].joinable]() mutable {
+            if (joinable) {
+              r->ProposeJoined(std::move(data), [finish](raft::Proposal refused, bool applied, std::string reply) {
+                if (refused.ok()) {
+                  finish(ProposeResult{applied, std::move(reply)});
+                } else {
+                  finish(ProposeResult{false,
+                                       std::string("-TRYAGAIN the shard's leader moved (") +
+                                           raft::to_string(refused.error) + "); retry\r\n",
+                                       true});
+                }
+              }, node::MonoUs());
+              groups->Notify(r);
+              return;
+            }
             auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
               finish(ProposeResult{applied, std::move(reply)});
             }, node::MonoUs());
@@ -535,9 +553,9 @@ asio::awaitable<void> Connection::FlushWrites() {
   entries.reserve(pos.size());
   for (uint32_t p : pos) entries.push_back(std::move(queued[p].entry));
   auto batch_of = [&](const ShardRun& run) {  // r null: the replica just left this node
-    return ShardBatch{server_.groups().Find(run.group),
-                      replica::EncodeKvBatch(std::span<const kv::Entry>(entries).subspan(run.begin, run.end - run.begin),
-                                             protocol_)};
+    const auto part = std::span<const kv::Entry>(entries).subspan(run.begin, run.end - run.begin);
+    return ShardBatch{server_.groups().Find(run.group), replica::EncodeKvBatch(part, protocol_),
+                      std::none_of(part.begin(), part.end(), [](const kv::Entry& e) { return kv::MustApplyAlone(e.op); })};
   };
   auto positions = [&](const ShardRun& run) {
     return std::span<const uint32_t>(pos).subspan(run.begin, run.end - run.begin);

@@ -687,27 +687,31 @@ class ReplicaSim {
         int client = c;
         bool expiring = splits_ && rng_() % 3 == 0 && KindOf(key) == KeyKind::kString;
         if (expiring) expiring_ops_.insert(op);
-        auto p = r->Propose(SetBatch(key, history_[op].value, expiring),
-                            [this, op, client, r](bool applied, std::string reply) {
-                              if (applied && WriteApplied(reply)) {
-                                history_[op].response = Now();
-                                // Answered by a group of one member (commit_lone_appends: in the
-                                // round that logged it).
-                                lone_acks_ += r->raft().tracker().progress().size() == 1;
-                              } else if (applied && reply.starts_with("-TRYAGAIN")) {
-                                Refused(client, op);  // its slot moved (a split): applied as nothing
-                              }
-                              busy_[client] = false;
-                            },
-                            static_cast<int64_t>(step_) * 10'000);
-        if (!p.ok()) {
-          history_.pop_back();  // refused: never in the log
-          expiring_ops_.erase(op);
-          Reroute(c, group, p.leader_hint);
-          continue;
-        }
+        // As a connection's: joined with the other clients' writes queued
+        // for the group's next round (Replica::ProposeJoined). Busy first:
+        // a refusal may come at once.
         busy_[c] = true;
         busy_group_[c] = group;
+        r->ProposeJoined(SetBatch(key, history_[op].value, expiring),
+                         [this, op, client, r, group](raft::Proposal refused, bool applied, std::string reply) {
+                           busy_[client] = false;
+                           if (!refused.ok()) {
+                             refused_ops_.insert(op);  // never in the log
+                             expiring_ops_.erase(op);
+                             joined_refusals_++;
+                             Reroute(client, group, refused.leader_hint);
+                             return;
+                           }
+                           if (applied && WriteApplied(reply)) {
+                             history_[op].response = Now();
+                             // Answered by a group of one member (commit_lone_appends: in the
+                             // round that logged it).
+                             lone_acks_ += r->raft().tracker().progress().size() == 1;
+                           } else if (applied && reply.starts_with("-TRYAGAIN")) {
+                             Refused(client, op);  // its slot moved (a split): applied as nothing
+                           }
+                         },
+                         static_cast<int64_t>(step_) * 10'000);
       } else {
         if (!r->is_leader() && n->id == believed) {  // reads go to the leader (routing)
           history_.pop_back();
@@ -1133,6 +1137,7 @@ class ReplicaSim {
       replica::Replica* r = ReplicaOf(n, group);
       std::vector<raft::Message> out;
       bool needs_sync = false;
+      if (r != nullptr && r->joined_queued() >= 2) joined_rounds_++;  // clients' writes joined in one entry
       if (r == nullptr || !r->BeginReady(round, &out, &needs_sync)) continue;
       Send(out, group);
       begun.push_back(Begun{group, r, needs_sync, false, r->store().entries_unlogged()});
@@ -1238,11 +1243,20 @@ class ReplicaSim {
       uint64_t t = Now();
       history_.push_back(Operation{history_.size(), false, key, ValueOn(at, key), t, Now()});
     }
-    auto result = check_linearizable(history_);
+    auto result = check_linearizable(History());
     EXPECT_TRUE(result.ok) << "seed " << seed_ << ": " << result.key << "\n" << result.explain;
     int acked = 0;
     for (const auto& op : history_) acked += op.is_write && op.response != kNeverReturned;
     return acked;
+  }
+
+  // The operations that happened: refused ones (in no log) left out.
+  std::vector<Operation> History() const {
+    std::vector<Operation> out;
+    for (const auto& op : history_) {
+      if (!refused_ops_.contains(op.id)) out.push_back(op);
+    }
+    return out;
   }
 
   // Prints the placement's want and every node's state and replica (a
@@ -1504,6 +1518,8 @@ class ReplicaSim {
   int founders_ = kFounders;             // the group's founding voters: nodes 1..founders_
   bool lone_appends_ = false;            // replicas run with commit_lone_appends (durability none)
   int lone_acks_ = 0;                    // writes answered by a group of one member
+  int joined_rounds_ = 0;                // rounds that proposed two clients' writes or more together
+  int joined_refusals_ = 0;              // queued writes refused when their round came
   uint64_t unlogged_ = 0;                // entries applied in the write that would have logged them
   bool moved_back_ = false;
   std::vector<std::string> events_;
@@ -1938,7 +1954,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
     sim.Run(3000);
     sim.Settle();
     sim.ExpectConverged(seed);
-    auto result = check_linearizable(sim.history_);
+    auto result = check_linearizable(sim.History());
     EXPECT_TRUE(result.ok) << "seed " << seed << ": " << result.key << "\n" << result.explain;
     pauses += sim.pauses_;
     bursts += sim.bursts_;
@@ -1976,7 +1992,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
 // converge.
 TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
-      transfers = 0, unsynced = 0, reported = 0;
+      transfers = 0, unsynced = 0, reported = 0, joined = 0, joined_refused = 0;
   size_t lost = 0, raft_lost = 0;
   uint64_t read_back = 0;
   const auto [first_seed, last_seed] = Seeds(401, 16);
@@ -2005,7 +2021,13 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     read_back += sim.EntriesReadBack();
     unsynced += sim.unsynced_finishes_;
     reported += sim.syncs_reported_;
+    joined += sim.joined_rounds_;
+    joined_refused += sim.joined_refusals_;
   }
+  EXPECT_GT(joined, 100);       // clients' writes proposed together in one entry
+  EXPECT_GT(joined_refused, 5);  // ... and queued writes refused when their round came
+  std::printf("storage sim: %d rounds joined two clients' writes or more into one entry, %d queued writes refused\n",
+              joined, joined_refused);
   EXPECT_GT(read_back, 100u);  // entries sent from the engine's copy, between faults
   EXPECT_GT(unsynced, 1000);   // leaders' rounds finished before their sync ...
   EXPECT_GT(reported, 500);    // ... and told of it later
@@ -2350,7 +2372,9 @@ void SplitsLoseNothing(bool storage_faults, bool lone = false, bool lone_fsync =
     unsynced += sim.unsynced_finishes_;
   }
   if (storage_faults) {
-    EXPECT_GT(stops, lone_fsync ? 4 : 8);
+    // One node writes less than three: 6-13 stops over four ranges of
+    // eight seeds when alone, which a threshold of 8 made a coin toss.
+    EXPECT_GT(stops, lone ? 4 : 8);
     if (!lone || lone_fsync) {
       EXPECT_GT(raft_lost, 0u);  // (none: a crash keeps what was written)
     }
