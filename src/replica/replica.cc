@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -923,7 +924,19 @@ raft::Proposal Replica::Propose(std::string data, ReplyFn done, int64_t now_mono
     SHOAL_CHECK(!p.ok() || p.index == index);
     sm_->Appended(index, p.ok());
   }
-  if (p.ok()) writes_[p.index] = PendingWrite{p.term, std::move(done), now_mono_us + kWriteTimeoutUs};
+  if (p.ok()) {
+    PendingWrite w{p.term, std::move(done), now_mono_us + kWriteTimeoutUs};
+    auto it = writes_.find(p.index);
+    if (it == writes_.end()) {
+      writes_.emplace(p.index, std::move(w));
+    } else {
+      // A write proposed at this index in an earlier term, whose entry this
+      // log has since replaced with another leader's (Raft truncated it: it
+      // was never committed), and not answered yet: it is told so now.
+      PendingWrite dropped = std::exchange(it->second, std::move(w));
+      dropped.done(false, "-TRYAGAIN the write was dropped by a leader change; retry\r\n");
+    }
+  }
   return p;
 }
 
@@ -943,7 +956,8 @@ void Replica::ProposeJoined(std::string batch, JoinedFn done, int64_t now_mono_u
 void Replica::RefuseQueued(raft::ProposeError why) {
   auto queued = std::move(joined_);
   joined_.clear();
-  for (JoinedWrite& w : queued) w.done(raft::Proposal{why, raft::kNoNode, 0, 0}, false, {});
+  const raft::NodeId hint = retired_ ? raft::kNoNode : node_->raft().lead();
+  for (JoinedWrite& w : queued) w.done(raft::Proposal{why, hint, 0, 0}, false, {});
 }
 
 void Replica::ProposeQueued() {
@@ -1060,6 +1074,25 @@ void Replica::FailWaiters(const std::string& reply) {
 }
 
 void Replica::ExpireWaiters(int64_t now_mono_us) {
+  // Queued writes wait for the next round (BeginReady); while the worker's
+  // rounds are held up (a stalled disk), they are answered here: refused
+  // once this replica no longer leads (in no log: the connection retries
+  // where the shard is led now), and after the write timeout told so.
+  if (!joined_.empty() && node_->raft().role() != raft::Role::kLeader) {
+    RefuseQueued(raft::ProposeError::kNotLeader);
+  }
+  if (!joined_.empty() && joined_.front().queued_us + kWriteTimeoutUs <= now_mono_us) {
+    auto queued = std::move(joined_);
+    joined_.clear();
+    for (JoinedWrite& w : queued) {
+      if (w.queued_us + kWriteTimeoutUs > now_mono_us) {
+        joined_.push_back(std::move(w));
+        continue;
+      }
+      w.done(raft::Proposal{}, false,
+             "-TRYAGAIN the write waited too long for its shard's next round and was never logged; retry\r\n");
+    }
+  }
   for (auto it = writes_.begin(); it != writes_.end();) {
     if (it->second.deadline_us > now_mono_us) {
       ++it;

@@ -449,6 +449,79 @@ TEST_F(ReplicaCluster, JoinedWritesTheLeaderCannotProposeAreRefused) {
   EXPECT_EQ(R(leader).joined_queued(), 0u);
 }
 
+// Queued writes are answered while the worker's rounds are held up (a
+// stalled disk): refused once the replica no longer leads, and told after
+// the write timeout that they were never logged.
+TEST_F(ReplicaCluster, QueuedWritesAreAnsweredWhileRoundsAreHeldUp) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  size_t leader = AwaitLeader();
+  ASSERT_NE(leader, SIZE_MAX);
+  std::vector<std::string> got;
+  auto done = [&got](raft::Proposal refused, bool applied, std::string reply) {
+    got.push_back(!refused.ok() ? std::string("refused ") + raft::to_string(refused.error) : applied ? reply : "failed " + reply);
+  };
+  const raft::Index before = R(leader).raft().log().last_index();
+  R(leader).ProposeJoined(SetBatch("a", "1"), done, now_);
+  R(leader).ProposeJoined(SetBatch("b", "2"), done, now_ + 1'000'000);
+  // No round runs (no Pump): ticks answer them.
+  R(leader).Tick(now_ + 7'999'999);
+  EXPECT_TRUE(got.empty());
+  R(leader).Tick(now_ + 8'000'000);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0].starts_with("failed -TRYAGAIN the write waited too long")) << got[0];
+  EXPECT_EQ(R(leader).joined_queued(), 1u);
+  // A newer term's heartbeat: a follower now, it refuses what is left.
+  raft::Message hb;
+  hb.type = raft::MessageType::kHeartbeat;
+  hb.from = ids_[(leader + 1) % 3];
+  hb.to = ids_[leader];
+  hb.term = R(leader).raft().term() + 1;
+  R(leader).Step(hb, now_ + 8'000'000);
+  ASSERT_FALSE(R(leader).is_leader());
+  R(leader).Tick(now_ + 8'050'000);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[1], std::string("refused ") + raft::to_string(raft::ProposeError::kNotLeader));
+  EXPECT_EQ(R(leader).joined_queued(), 0u);
+  EXPECT_EQ(R(leader).raft().log().last_index(), before);
+}
+
+// A pending write whose entry a later leader's log replaced, still pending
+// when this replica leads again and proposes at its index, is answered
+// (dropped) and not forgotten: its connection would wait for good.
+TEST_F(ReplicaCluster, WriteWhoseIndexIsProposedAgainIsAnswered) {
+  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+  TickAll(60);
+  MakeNode0Lead();
+  ASSERT_TRUE(R(0).is_leader());
+  ASSERT_EQ(Write(R(0), SetBatch("k0", "0")), "+OK\r\n");
+  // Node 1 logs three writes its followers never hear of.
+  down_ = {2, 3};
+  std::vector<std::string> replies(3, "<no answer>");
+  const raft::Index first = R(0).raft().log().last_index() + 1;
+  for (int i = 0; i < 3; ++i) {
+    auto p = R(0).Propose(SetBatch("x" + std::to_string(i), "lost"), [&replies, i](bool ok, std::string r) {
+      replies[i] = ok ? r : "refused " + r;
+    }, now_);
+    ASSERT_TRUE(p.ok());
+    ASSERT_EQ(p.index, first + static_cast<raft::Index>(i));
+  }
+  Pump();
+  // Nodes 2 and 3 elect a leader of their own, whose first entry replaces
+  // node 1's at `first`; node 1 comes back, follows, then leads again.
+  down_ = {1};
+  TickAll(80);
+  down_.clear();
+  TickAll(5);
+  ASSERT_FALSE(R(0).is_leader());
+  EXPECT_TRUE(replies[0].starts_with("refused -TRYAGAIN")) << replies[0];
+  MakeNode0Lead();
+  ASSERT_TRUE(R(0).is_leader());
+  ASSERT_EQ(Write(R(0), SetBatch("k1", "1")), "+OK\r\n");
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(replies[i].starts_with("refused -TRYAGAIN")) << i << ": " << replies[i];
+  for (size_t n = 0; n < 3; ++n) EXPECT_EQ(Get(n, "x2"), "<none>") << n;
+}
+
 TEST_F(ReplicaCluster, LinearizableReadOnAFollower) {
   for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
   TickAll(60);
