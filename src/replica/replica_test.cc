@@ -298,6 +298,13 @@ class ReplicaCluster : public ::testing::Test {
     for (int t = 0; t < 200 && LeaderIndex() == SIZE_MAX; ++t) TickAll(1);
     return LeaderIndex();
   }
+  // Nodes 1-3, founders of the group, with a leader: its index (SIZE_MAX
+  // if none was elected).
+  size_t ThreeNodesWithALeader() {
+    for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
+    TickAll(60);
+    return AwaitLeader();
+  }
   // Moves the leadership to node index 0 (at most 5 transfers; an election
   // may leave no leader for a moment, so each try awaits one first).
   void MakeNode0Lead() {
@@ -375,9 +382,7 @@ TEST_F(ReplicaCluster, EntriesAppliedTogetherKeepTheirOwnReplies) {
 // Writes queued with ProposeJoined before a round share one log entry
 // (those of one protocol), on every replica, and each gets its own replies.
 TEST_F(ReplicaCluster, JoinedWritesShareAnEntryAndKeepTheirOwnReplies) {
-  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
-  TickAll(60);
-  size_t leader = AwaitLeader();
+  size_t leader = ThreeNodesWithALeader();
   ASSERT_NE(leader, SIZE_MAX);
   auto entry_of = [](std::vector<std::string> words) {
     std::vector<kv::Entry> out;
@@ -422,9 +427,7 @@ TEST_F(ReplicaCluster, JoinedWritesShareAnEntryAndKeepTheirOwnReplies) {
 // it is handing its leadership over) is refused, never proposed; so is what
 // a replica leaving the node still holds.
 TEST_F(ReplicaCluster, JoinedWritesTheLeaderCannotProposeAreRefused) {
-  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
-  TickAll(60);
-  size_t leader = AwaitLeader();
+  size_t leader = ThreeNodesWithALeader();
   ASSERT_NE(leader, SIZE_MAX);
   std::vector<raft::ProposeError> why;
   auto done = [&why](raft::Proposal refused, bool, std::string) { why.push_back(refused.error); };
@@ -453,9 +456,7 @@ TEST_F(ReplicaCluster, JoinedWritesTheLeaderCannotProposeAreRefused) {
 // stalled disk): refused once the replica no longer leads, and told after
 // the write timeout that they were never logged.
 TEST_F(ReplicaCluster, QueuedWritesAreAnsweredWhileRoundsAreHeldUp) {
-  for (raft::NodeId id : {1, 2, 3}) AddNode(id, {1, 2, 3});
-  TickAll(60);
-  size_t leader = AwaitLeader();
+  size_t leader = ThreeNodesWithALeader();
   ASSERT_NE(leader, SIZE_MAX);
   std::vector<std::string> got;
   auto done = [&got](raft::Proposal refused, bool applied, std::string reply) {
