@@ -15,6 +15,10 @@
 # those keys instead of SETs (the warm-up still writes them). PROFILE=FILE records the
 # first -P 16 run with `perf record -a -g` into FILE (and PROFILE_P1=FILE
 # the -P 1 run; PERF_OPTS replaces "-a -g"). Every node it starts is stopped by PID on exit.
+# Its ops/s are redis-benchmark's, which in cluster mode (a thread per master)
+# are rounded to its 250 ms timer: short runs read up to 15 % low. Compare
+# the CPU per request here, and rates with bench/cluster_bench.py (which
+# measures them from the servers' counters).
 set -euo pipefail
 BIN=${1:?usage: cluster_cpu.sh BINARY [MAXMEMORY] [ROUNDS]}
 MM=${2:-1gb}
