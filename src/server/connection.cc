@@ -460,17 +460,17 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
             finish(ProposeResult{false, "-TRYAGAIN the shard's replica left this node; retry\r\n", true});
             continue;
           }
-          auto propose = [r, groups, finish, data = std::move(batches[i].data), joinable = batches[i].joinable]() mutable {
+          // A refusal: the batch is in no log, and may be tried again.
+          auto refused = [](const raft::Proposal& p) {
+            return ProposeResult{false, std::string("-TRYAGAIN the shard's leader moved (") + raft::to_string(p.error) +
+                                            "); retry\r\n",
+                                 true};
+          };
+          auto propose = [r, groups, finish, refused, data = std::move(batches[i].data),
+                          joinable = batches[i].joinable]() mutable {
             if (joinable) {
-              r->ProposeJoined(std::move(data), [finish](raft::Proposal refused, bool applied, std::string reply) {
-                if (refused.ok()) {
-                  finish(ProposeResult{applied, std::move(reply)});
-                } else {
-                  finish(ProposeResult{false,
-                                       std::string("-TRYAGAIN the shard's leader moved (") +
-                                           raft::to_string(refused.error) + "); retry\r\n",
-                                       true});
-                }
+              r->ProposeJoined(std::move(data), [finish, refused](raft::Proposal p, bool applied, std::string reply) {
+                finish(p.ok() ? ProposeResult{applied, std::move(reply)} : refused(p));
               }, node::MonoUs());
               groups->Notify(r);
               return;
@@ -478,13 +478,7 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
             auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
               finish(ProposeResult{applied, std::move(reply)});
             }, node::MonoUs());
-            if (!p.ok()) {
-              finish(ProposeResult{false,
-                                   std::string("-TRYAGAIN the shard's leader moved (") + raft::to_string(p.error) +
-                                       "); retry\r\n",
-                                   true});
-              return;
-            }
+            if (!p.ok()) return finish(refused(p));
             groups->Notify(r);
           };
           // On the replica's own worker (every write with one worker) it is
