@@ -278,18 +278,25 @@ bool KvStateMachine::DecodeTogether(std::span<const raft::Entry* const> raft_ent
   return !raft_entries.empty();
 }
 
+namespace {
+// Where the `count` replies starting at `off` of `out` end (one per kv
+// entry); out.size() if they are cut short or malformed (the writer of the
+// part then sees a malformed reply, and says so).
+size_t RepliesEnd(std::string_view out, size_t off, size_t count) {
+  for (size_t k = 0; k < count; ++k) {
+    const size_t len = resp::ScanReply(out.data() + off, out.size() - off);
+    if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) return out.size();
+    off += len;
+  }
+  return off;
+}
+}  // namespace
+
 void KvStateMachine::SplitReplies(const Decoded& d, std::string_view out, std::span<std::string* const> replies) {
   size_t off = 0;
   for (size_t i = 0; i < d.counts.size(); ++i) {
-    size_t start = off;
-    for (size_t k = 0; k < d.counts[i]; ++k) {
-      size_t len = resp::ScanReply(out.data() + off, out.size() - off);
-      if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
-        off = out.size();
-        break;
-      }
-      off += len;
-    }
+    const size_t start = off;
+    off = RepliesEnd(out, off, d.counts[i]);
     if (replies[i] != nullptr) replies[i]->append(out.substr(start, off - start));
   }
 }
@@ -1003,14 +1010,7 @@ void Replica::ProposeQueued() {
           continue;
         }
         const size_t start = off;
-        for (uint32_t k = 0; k < count; ++k) {
-          const size_t len = resp::ScanReply(reply.data() + off, reply.size() - off);
-          if (len == resp::kReplyIncomplete || len == resp::kReplyMalformed) {
-            off = reply.size();  // the write sees a malformed reply, and says so
-            break;
-          }
-          off += len;
-        }
+        off = RepliesEnd(reply, off, count);
         done(raft::Proposal{}, true, reply.substr(start, off - start));
       }
     }, queued_us);
