@@ -20,7 +20,10 @@ std::string ArityError(std::string_view name) {
 
 bool ReadLive(ReadContext& ctx, std::string_view key, std::string* raw, Value* value, bool* found,
               resp::Writer* reply, const storage::Snapshot* snap) {
-  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw, snap);
+  // At the latest state, through the value cache (what GET reads, other
+  // reads of a key's value fill too).
+  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, key), raw, snap,
+                             snap == nullptr ? storage::ReadVia::kCache : storage::ReadVia::kStore);
   return LiveFromRead(s, *raw, ctx.now_ms, value, found, reply);
 }
 

@@ -609,7 +609,8 @@ class TxnView final : public storage::Engine {
  public:
   explicit TxnView(ApplyTxn* txn) : base_(txn->engine_), staging_(&txn->staged_, &txn->elements_), cleared_(&txn->cleared_) {}
 
-  Status Get(storage::Cf cf, std::string_view key, std::string* value, const storage::Snapshot*) override {
+  Status Get(storage::Cf cf, std::string_view key, std::string* value, const storage::Snapshot*,
+             storage::ReadVia) override {
     if (cf == storage::Cf::kData) {
       if (const auto* staged = staging_.Find(key)) {
         if (!*staged) return Status::NotFound("deleted in this transaction");

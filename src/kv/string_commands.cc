@@ -97,7 +97,8 @@ void ReplyGet(const Status& s, const std::string& raw, int64_t now_ms, resp::Wri
 
 void GetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   std::string raw;
-  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, args[1]), &raw);
+  Status s = ctx.engine->Get(storage::Cf::kData, storage::DataKey(ctx.db, args[1]), &raw, nullptr,
+                             storage::ReadVia::kCache);
   ReplyGet(s, raw, ctx.now_ms, reply);
 }
 
@@ -671,7 +672,8 @@ void GetBatch::Read(storage::Engine& engine) {
   }
   if (values_.size() < views_.size()) values_.resize(views_.size());
   statuses_.assign(views_.size(), Status::Ok());
-  engine.MultiGet(storage::Cf::kData, views_, std::span<std::string>(values_.data(), views_.size()), statuses_);
+  engine.MultiGet(storage::Cf::kData, views_, std::span<std::string>(values_.data(), views_.size()), statuses_,
+                  nullptr, storage::ReadVia::kCache);
 }
 
 void GetBatch::Reply(size_t i, int64_t now_ms, resp::Writer* reply) const {

@@ -124,7 +124,7 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
   }
   if (w.Begin("Memory")) {
     storage::MemoryUsage m = server.engine().Memory();
-    int64_t used = m.block_cache_bytes + m.table_readers_bytes + st.client_buffer_bytes.load();
+    int64_t used = m.block_cache_bytes + m.value_cache_bytes + m.table_readers_bytes + st.client_buffer_bytes.load();
     int64_t rss = ResidentBytes();
     w.Field("used_memory", used);
     w.Field("used_memory_human", Human(used));
@@ -139,6 +139,10 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("storage_block_cache_capacity", m.cache_capacity_bytes);
     w.Field("storage_memtable_bytes", m.memtable_bytes);
     w.Field("storage_table_readers_bytes", m.table_readers_bytes);
+    w.Field("storage_value_cache_bytes", m.value_cache_bytes);
+    w.Field("storage_value_cache_capacity", m.value_cache_capacity_bytes);
+    w.Field("storage_value_cache_hits", static_cast<int64_t>(m.value_cache_hits));
+    w.Field("storage_value_cache_misses", static_cast<int64_t>(m.value_cache_misses));
     w.Field("client_buffers_bytes", st.client_buffer_bytes.load());
     // From the shared budget's counter: the caches themselves belong to
     // their workers.

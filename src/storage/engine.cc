@@ -1,6 +1,7 @@
 #include "storage/engine.h"
 #include "storage/keys.h"
 #include "storage/slot_memtable.h"
+#include "storage/value_cache.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
@@ -72,6 +73,21 @@ struct WriteBatch::Impl {
   // The [slot][db] prefix of each data key put: RocksEngine::Write has the
   // memtable's buckets for them fetched into the cache first.
   std::vector<uint32_t> data_prefixes;
+  // The data keys put or deleted, back to back, and where each ends: the
+  // value cache forgets them around the write. Past ValueCache's
+  // kWriteKeysMax, only that there were more (the cache then forgets all).
+  std::string data_keys;
+  std::vector<uint32_t> data_key_ends;
+  bool many_data_keys = false;
+  void AddDataKey(std::string_view key) {
+    if (many_data_keys) return;
+    if (data_key_ends.size() == ValueCache::kWriteKeysMax) {
+      many_data_keys = true;
+      return;
+    }
+    data_keys.append(key);
+    data_key_ends.push_back(static_cast<uint32_t>(data_keys.size()));
+  }
 };
 
 WriteBatch::WriteBatch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -81,6 +97,10 @@ void WriteBatch::Clear() {
   impl_->batch.Clear();
   impl_->data_ranges.clear();
   impl_->data_prefixes.clear();
+  if (impl_->data_keys.capacity() > (1 << 20)) std::string().swap(impl_->data_keys);
+  impl_->data_keys.clear();
+  impl_->data_key_ends.clear();
+  impl_->many_data_keys = false;
 }
 
 void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
@@ -89,12 +109,14 @@ void WriteBatch::Put(Cf cf, std::string_view key, std::string_view value) {
     static_assert(kDataKeyPrefixBytes == 4);
     const auto* b = reinterpret_cast<const uint8_t*>(key.data());
     impl_->data_prefixes.push_back(uint32_t{b[0]} << 24 | uint32_t{b[1]} << 16 | uint32_t{b[2]} << 8 | b[3]);
+    impl_->AddDataKey(key);
   }
   auto s = impl_->batch.Put((*impl_->handles)[static_cast<int>(cf)], ToSlice(key), ToSlice(value));
   SHOAL_CHECK(s.ok());
 }
 
 void WriteBatch::Delete(Cf cf, std::string_view key) {
+  if (cf == Cf::kData) impl_->AddDataKey(key);
   auto s = impl_->batch.Delete((*impl_->handles)[static_cast<int>(cf)], ToSlice(key));
   SHOAL_CHECK(s.ok());
 }
@@ -147,6 +169,18 @@ class RocksEngineAccess {
     return b.impl_->data_ranges;
   }
   static const std::vector<uint32_t>& DataPrefixes(const WriteBatch& b) { return b.impl_->data_prefixes; }
+  // Whether the batch deletes a range of data or has more data keys than
+  // DataKeys gives.
+  static bool ManyDataKeys(const WriteBatch& b) { return b.impl_->many_data_keys || !b.impl_->data_ranges.empty(); }
+  // The data keys the batch puts or deletes, as views into it.
+  static void DataKeys(const WriteBatch& b, std::vector<std::string_view>* out) {
+    out->clear();
+    uint32_t begin = 0;
+    for (uint32_t end : b.impl_->data_key_ends) {
+      out->emplace_back(b.impl_->data_keys.data() + begin, end - begin);
+      begin = end;
+    }
+  }
 };
 
 namespace {
@@ -170,7 +204,75 @@ class RocksEngine final : public Engine {
 
   Status OpenDb(const EngineOptions& options);
 
-  Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot) override {
+  Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot, ReadVia via) override {
+    if (!ViaValueCache(cf, snapshot, via)) return StoreGet(cf, key, value, snapshot);
+    if (values_->Find(key, value)) {
+      values_->Count(1, 0);
+      return Status::Ok();
+    }
+    values_->Count(0, 1);
+    const ValueCache::Ticket ticket = values_->BeginRead(key);
+    Status s = StoreGet(cf, key, value, nullptr);
+    if (s.ok()) values_->Fill(ticket, key, *value);
+    return s;
+  }
+
+  void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
+                std::span<Status> statuses, const Snapshot* snapshot, ReadVia via) override {
+    SHOAL_CHECK(values.size() == keys.size() && statuses.size() == keys.size());
+    if (!ViaValueCache(cf, snapshot, via)) return StoreMultiGet(cf, keys, values, statuses, snapshot);
+    // The keys are read in their order, as a connection's commands run: a
+    // later key's answer is never older than an earlier one's. So each key
+    // takes a ticket before it is looked up; when some miss, they are read
+    // from the store together, and the hits must still be the store's
+    // after that read (their tickets Unchanged), or the whole batch is read
+    // from the store.
+    thread_local std::vector<ValueCache::Ticket> tickets;
+    thread_local std::vector<size_t> missed;
+    thread_local std::vector<std::string_view> missed_keys;
+    thread_local std::vector<std::string> missed_values;
+    thread_local std::vector<Status> missed_statuses;
+    tickets.clear();
+    missed.clear();
+    missed_keys.clear();
+    for (size_t i = 0; i < keys.size(); ++i) {
+      tickets.push_back(values_->BeginRead(keys[i]));
+      if (values_->Find(keys[i], &values[i])) {
+        statuses[i] = Status::Ok();
+      } else {
+        missed.push_back(i);
+      }
+    }
+    values_->Count(keys.size() - missed.size(), missed.size());
+    if (missed.empty()) return;
+    for (size_t i : missed) missed_keys.push_back(keys[i]);
+    if (missed_values.size() < missed.size()) missed_values.resize(missed.size());
+    missed_statuses.assign(missed.size(), Status::Ok());
+    StoreMultiGet(cf, missed_keys, std::span<std::string>(missed_values.data(), missed.size()), missed_statuses,
+                  nullptr);
+    bool hits_hold = true;
+    for (size_t i = 0, j = 0; i < keys.size() && hits_hold; ++i) {
+      if (j < missed.size() && missed[j] == i) {
+        ++j;
+      } else {
+        hits_hold = values_->Unchanged(tickets[i]);
+      }
+    }
+    if (!hits_hold) return StoreMultiGet(cf, keys, values, statuses, nullptr);  // a write raced the batch
+    for (size_t j = 0; j < missed.size(); ++j) {
+      const size_t i = missed[j];
+      values[i].swap(missed_values[j]);
+      statuses[i] = std::move(missed_statuses[j]);
+      if (statuses[i].ok()) values_->Fill(tickets[i], keys[i], values[i]);
+    }
+  }
+
+ private:
+  bool ViaValueCache(Cf cf, const Snapshot* snapshot, ReadVia via) const {
+    return via == ReadVia::kCache && cf == Cf::kData && snapshot == nullptr && values_ != nullptr;
+  }
+
+  Status StoreGet(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot) {
     SHOAL_CHECK(cf != Cf::kData || key.size() >= kDataKeyPrefixBytes);
     rocksdb::ReadOptions ro;
     if (snapshot) ro.snapshot = static_cast<const RocksSnapshot*>(snapshot)->get();
@@ -179,11 +281,10 @@ class RocksEngine final : public Engine {
     return FromRocks(s, "get");
   }
 
-  void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
-                std::span<Status> statuses, const Snapshot* snapshot) override {
-    SHOAL_CHECK(values.size() == keys.size() && statuses.size() == keys.size());
+  void StoreMultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
+                     std::span<Status> statuses, const Snapshot* snapshot) {
     if (keys.size() == 1) {  // a GET alone (not pipelined): MultiGet's sort and setup would cost it about 10 %
-      statuses[0] = Get(cf, keys[0], &values[0], snapshot);
+      statuses[0] = StoreGet(cf, keys[0], &values[0], snapshot);
       return;
     }
     rocksdb::ReadOptions ro;
@@ -225,11 +326,23 @@ class RocksEngine final : public Engine {
     }
   }
 
+
+ public:
   Result<uint64_t> Write(WriteBatch& batch) override {
     rocksdb::WriteOptions wo;
     wo.sync = false;
     PrefetchForWrites(data_memtables_.get(), RocksEngineAccess::DataPrefixes(batch));
+    // The value cache forgets the batch's data keys (all of them, for a
+    // range deletion) before the store changes, and takes no value of them
+    // until the write is done (value_cache.h).
+    thread_local std::vector<std::string_view> data_keys;
+    thread_local ValueCache::Writing writing;
+    if (values_ != nullptr) {
+      RocksEngineAccess::DataKeys(batch, &data_keys);
+      values_->BeginWrite(data_keys, RocksEngineAccess::ManyDataKeys(batch), &writing);
+    }
     auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
+    if (values_ != nullptr) values_->EndWrite(&writing);
     if (!s.ok()) return FromRocks(s, "write");
     MaybeFlushAfterRangeDelete(RocksEngineAccess::DataRanges(batch));
     return write_seq_.fetch_add(1, std::memory_order_acq_rel) + 1;
@@ -312,7 +425,11 @@ class RocksEngine final : public Engine {
     io.write_global_seqno = false;
     io.allow_blocking_flush = true;  // overlapping memtable data is flushed first
     io.verify_checksums_before_ingest = verify;
+    const bool data = cf == Cf::kData && values_ != nullptr;
+    ValueCache::Writing writing;
+    if (data) values_->BeginWrite({}, /*all=*/true, &writing);
     auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
+    if (data) values_->EndWrite(&writing);
     return FromRocks(s, "ingest " + path);
   }
 
@@ -338,6 +455,12 @@ class RocksEngine final : public Engine {
     MemoryUsage m;
     m.block_cache_bytes = static_cast<int64_t>(cache_->GetUsage());
     m.cache_capacity_bytes = static_cast<int64_t>(cache_->GetCapacity());
+    if (values_ != nullptr) {
+      m.value_cache_bytes = static_cast<int64_t>(values_->usage());
+      m.value_cache_capacity_bytes = static_cast<int64_t>(values_->capacity());
+      m.value_cache_hits = values_->hits();
+      m.value_cache_misses = values_->misses();
+    }
     uint64_t v = 0;
     for (auto* h : handles_) {
       if (db_->GetIntProperty(h, rocksdb::DB::Properties::kSizeAllMemTables, &v)) {
@@ -365,6 +488,8 @@ class RocksEngine final : public Engine {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   std::shared_ptr<rocksdb::Cache> cache_;
   std::shared_ptr<rocksdb::WriteBufferManager> wbm_;
+  // Values that clients read (ReadVia::kCache).
+  std::unique_ptr<ValueCache> values_;
   std::mutex sync_mu_;
   std::string dir_;
 };
@@ -409,10 +534,14 @@ std::unique_ptr<SstWriter> RocksEngine::NewSstWriter(Cf cf, const std::string& p
 
 Status RocksEngine::OpenDb(const EngineOptions& options) {
   int64_t budget = std::max<int64_t>(options.memory_budget_bytes, 32LL << 20);
-  // Half the budget for RocksDB's cache, memtables included; the rest covers
-  // the process itself, compaction buffers and client buffers.
-  int64_t cache_bytes = budget / 2;
+  // Half the budget for caches: a sixteenth of it for the values clients
+  // read (ValueCache), the rest for RocksDB's cache, memtables included. The
+  // other half covers the process itself, compaction buffers and client
+  // buffers.
+  int64_t value_cache_bytes = budget / 16;
+  int64_t cache_bytes = budget / 2 - value_cache_bytes;
   int64_t memtable_bytes = budget / 4;
+  values_ = std::make_unique<ValueCache>(static_cast<size_t>(value_cache_bytes));
   // Few cache shards: a shard must hold the largest block we cache (index and
   // filter partitions), or such blocks would be read from disk on every Get.
   int shard_bits = 0;
@@ -546,9 +675,9 @@ Result<SstBounds> ReadSstBounds(const std::string& path) {
 }
 
 void Engine::MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
-                      std::span<Status> statuses, const Snapshot* snapshot) {
+                      std::span<Status> statuses, const Snapshot* snapshot, ReadVia via) {
   SHOAL_CHECK(values.size() == keys.size() && statuses.size() == keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) statuses[i] = Get(cf, keys[i], &values[i], snapshot);
+  for (size_t i = 0; i < keys.size(); ++i) statuses[i] = Get(cf, keys[i], &values[i], snapshot, via);
 }
 
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {

@@ -105,7 +105,17 @@ struct MemoryUsage {
   int64_t memtable_bytes = 0;
   int64_t table_readers_bytes = 0;
   int64_t cache_capacity_bytes = 0;
+  int64_t value_cache_bytes = 0;  // ReadVia::kCache's values, apart from the block cache
+  int64_t value_cache_capacity_bytes = 0;
+  uint64_t value_cache_hits = 0;
+  uint64_t value_cache_misses = 0;
 };
+
+// Where a point read of the data CF at the latest state (no snapshot) looks.
+// kStore: the store alone (apply's reads, which a write of the key follows).
+// kCache: a cache of values first, which a miss fills (clients' reads:
+// GET). Either answers what the store holds at the time of the read.
+enum class ReadVia : uint8_t { kStore, kCache };
 
 // The first, last and next-to-last keys of an SST file (before_last is
 // empty for a file of one key), read through its index; an error if the file
@@ -122,15 +132,17 @@ class Engine {
   virtual ~Engine() = default;
 
   // Reads `key`; NotFound if absent. `snapshot` may be null (latest state).
-  virtual Status Get(Cf cf, std::string_view key, std::string* value,
-                     const Snapshot* snapshot = nullptr) = 0;
+  // `via` matters only for the data CF at the latest state.
+  virtual Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr,
+                     ReadVia via = ReadVia::kStore) = 0;
   // Reads keys[i] into values[i], with statuses[i] as Get's (values and
   // statuses are as long as keys). The same answers as a Get of each, for
   // less: RocksDB's MultiGet takes the read view, and searches an index or
   // filter block, once for all the keys that need it. This default is a
   // Get of each.
   virtual void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
-                        std::span<Status> statuses, const Snapshot* snapshot = nullptr);
+                        std::span<Status> statuses, const Snapshot* snapshot = nullptr,
+                        ReadVia via = ReadVia::kStore);
   // Applies `batch` atomically, without waiting for the disk. The write is
   // visible at once; it is durable once durable_seq() >= the returned seq.
   virtual Result<uint64_t> Write(WriteBatch& batch) = 0;

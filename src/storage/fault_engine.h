@@ -77,12 +77,14 @@ class FaultEngine final : public Engine {
     return undone;
   }
 
-  Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr) override {
-    return inner_->Get(cf, key, value, snapshot);
+  Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr,
+             ReadVia via = ReadVia::kStore) override {
+    return inner_->Get(cf, key, value, snapshot, via);
   }
   void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
-                std::span<Status> statuses, const Snapshot* snapshot = nullptr) override {
-    inner_->MultiGet(cf, keys, values, statuses, snapshot);
+                std::span<Status> statuses, const Snapshot* snapshot = nullptr,
+                ReadVia via = ReadVia::kStore) override {
+    inner_->MultiGet(cf, keys, values, statuses, snapshot, via);
   }
   Result<uint64_t> Write(WriteBatch& batch) override {
     if (Take(fail_writes_) || TakeCf(batch)) {

@@ -285,6 +285,71 @@ def test_pipelined_gets_answer_in_order_among_other_commands(shoal):
     assert send_and_read_until_closed(shoal, payload) == expected
 
 
+def test_repeated_reads_hit_the_value_cache_and_see_every_write(shoal):
+    """GETs of a key already read come from the engine's value cache
+    (INFO's storage_value_cache_hits grows), and every kind of write, on
+    any connection, is seen by the next read."""
+    r = redis.Redis(host=shoal.host, port=shoal.port)
+    w = redis.Redis(host=shoal.host, port=shoal.port)
+
+    def hits():
+        return r.info("memory")["storage_value_cache_hits"]
+
+    w.set("vc", "1")
+    assert r.get("vc") == b"1"
+    before = hits()
+    for _ in range(5):
+        assert r.get("vc") == b"1"
+    assert hits() >= before + 5
+    w.set("vc", "2")
+    assert r.get("vc") == b"2"
+    w.append("vc", "3")
+    assert r.get("vc") == b"23"
+    w.incr("vc")
+    assert r.get("vc") == b"24"
+    w.delete("vc")
+    assert r.get("vc") is None
+    w.hset("vc", "f", "v")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        r.get("vc")
+    w.delete("vc")
+    w.set("vc", "short-lived", px=200)
+    assert r.get("vc") == b"short-lived"
+    assert r.get("vc") == b"short-lived"
+    time.sleep(0.3)
+    assert r.get("vc") is None  # the cached value carries its expiry
+    keys = [f"vc{i}" for i in range(200)]
+    def write(items, delete=()):  # keys of many slots: one pipeline, not MSET
+        with w.pipeline(transaction=False) as p:
+            for k, v in items:
+                p.set(k, v)
+            for k in delete:
+                p.delete(k)
+            p.execute()
+
+    write([(k, k) for k in keys])
+    for _ in range(2):
+        with r.pipeline(transaction=False) as p:
+            for k in keys:
+                p.get(k)
+            assert p.execute() == [k.encode() for k in keys]
+    write([(k, k + "-new") for k in keys[::2]], delete=keys[1::4])
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.get(k)
+        got = p.execute()
+    for i, k in enumerate(keys):
+        want = (k + "-new").encode() if i % 2 == 0 else (None if i % 4 == 1 else k.encode())
+        assert got[i] == want, k
+    w.flushall()
+    assert r.get(keys[0]) is None
+    w.set(keys[0], "after flush")
+    assert r.get(keys[0]) == b"after flush"
+    mem = r.info("memory")
+    assert 0 < mem["storage_value_cache_bytes"] <= mem["storage_value_cache_capacity"]
+    assert mem["storage_value_cache_misses"] > 0
+
+
 def test_client_list_kill_and_setinfo_across_workers(shoal):
     import socket
     admin = redis.Redis(host=shoal.host, port=shoal.port)

@@ -859,7 +859,8 @@ class ReplicaSim {
       std::vector<std::string_view> views(keys.begin(), keys.end());
       std::vector<std::string> raws(keys.size());
       std::vector<Status> statuses(keys.size());
-      n.engine->MultiGet(storage::Cf::kData, views, raws, statuses);
+      // Through the engine's value cache, as a connection's GETs read.
+      n.engine->MultiGet(storage::Cf::kData, views, raws, statuses, nullptr, storage::ReadVia::kCache);
       batched_reads_ += served.size() > 1 ? served.size() : 0;
       for (size_t i = 0; i < served.size(); ++i) {
         const PendingRead& p = served[i];
@@ -1762,6 +1763,10 @@ class ReplicaSim {
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
     Status s = n.engine->Get(storage::Cf::kData, ReadKeyOf(key), &raw);
+    // The value cache answers what the store holds.
+    std::string cached;
+    Status c = n.engine->Get(storage::Cf::kData, ReadKeyOf(key), &cached, nullptr, storage::ReadVia::kCache);
+    SHOAL_CHECK(c.code() == s.code() && (!s.ok() || cached == raw));
     return s.ok() ? ReadValueOf(key, raw) : "";
   }
 

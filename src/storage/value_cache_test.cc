@@ -1,0 +1,354 @@
+#include "storage/value_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "storage/engine.h"
+
+namespace shoal::storage {
+namespace {
+
+TEST(ValueCache, KeepsWhatAReadFoundUntilAWriteOfItsKey) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  EXPECT_FALSE(cache.Find("k1", &v));
+  auto t = cache.BeginRead("k1");
+  cache.Fill(t, "k1", "v1");
+  ASSERT_TRUE(cache.Find("k1", &v));
+  EXPECT_EQ(v, "v1");
+  const std::string_view keys[] = {"k1"};
+  cache.BeginWrite(keys, false, &w);
+  EXPECT_FALSE(cache.Find("k1", &v));  // forgotten before the store changes
+  cache.EndWrite(&w);
+  EXPECT_FALSE(cache.Find("k1", &v));
+  EXPECT_EQ(cache.usage(), 0u);
+  // A write of another key leaves an entry be.
+  auto t2 = cache.BeginRead("k2");
+  cache.Fill(t2, "k2", "v2");
+  cache.BeginWrite(keys, false, &w);
+  cache.EndWrite(&w);
+  ASSERT_TRUE(cache.Find("k2", &v));
+  EXPECT_EQ(v, "v2");
+}
+
+TEST(ValueCache, AReadThatAWriteOverlapsDoesNotFill) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  const std::string_view keys[] = {"k1"};
+  // The write began after the read did: what the read found may be old.
+  auto before = cache.BeginRead("k1");
+  cache.BeginWrite(keys, false, &w);
+  cache.EndWrite(&w);
+  cache.Fill(before, "k1", "old");
+  EXPECT_FALSE(cache.Find("k1", &v));
+  // The write is in flight when the read begins.
+  cache.BeginWrite(keys, false, &w);
+  auto during = cache.BeginRead("k1");
+  EXPECT_FALSE(cache.Unchanged(during));
+  cache.Fill(during, "k1", "old");
+  cache.EndWrite(&w);
+  EXPECT_FALSE(cache.Find("k1", &v));
+  // A read after the write fills.
+  auto after = cache.BeginRead("k1");
+  cache.Fill(after, "k1", "new");
+  ASSERT_TRUE(cache.Find("k1", &v));
+  EXPECT_EQ(v, "new");
+}
+
+TEST(ValueCache, AWriteOverARangeForgetsEveryKey) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  for (std::string k : {"a", "b", "c"}) {
+    auto t = cache.BeginRead(k);
+    cache.Fill(t, k, "v" + k);
+  }
+  ASSERT_TRUE(cache.Find("b", &v));
+  auto before = cache.BeginRead("d");
+  cache.BeginWrite({}, /*all=*/true, &w);
+  for (std::string k : {"a", "b", "c"}) EXPECT_FALSE(cache.Find(k, &v)) << k;
+  EXPECT_FALSE(cache.Unchanged(cache.BeginRead("a")));
+  cache.EndWrite(&w);
+  cache.Fill(before, "d", "old");  // began before the range write
+  EXPECT_FALSE(cache.Find("d", &v));
+  auto t = cache.BeginRead("a");
+  cache.Fill(t, "a", "new");
+  ASSERT_TRUE(cache.Find("a", &v));
+  EXPECT_EQ(v, "new");
+}
+
+TEST(ValueCache, ABatchOfManyKeysForgetsEveryKeyAndCountsOncePerStripe) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  auto t = cache.BeginRead("kept");
+  cache.Fill(t, "kept", "v");
+  // One key many times: its stripe counts the write once.
+  std::vector<std::string_view> same(ValueCache::kWriteKeysMax, "other");
+  cache.BeginWrite(same, false, &w);
+  EXPECT_EQ(w.stripes.size(), 1u);
+  cache.EndWrite(&w);
+  EXPECT_TRUE(cache.Unchanged(cache.BeginRead("other")));
+  ASSERT_TRUE(cache.Find("kept", &v));
+  // More keys than kWriteKeysMax: every key is forgotten.
+  std::vector<std::string> names;
+  for (size_t i = 0; i <= ValueCache::kWriteKeysMax; ++i) names.push_back("many" + std::to_string(i));
+  std::vector<std::string_view> many(names.begin(), names.end());
+  cache.BeginWrite(many, false, &w);
+  EXPECT_TRUE(w.all);
+  EXPECT_FALSE(cache.Find("kept", &v));
+  cache.EndWrite(&w);
+  EXPECT_FALSE(cache.Find("kept", &v));
+}
+
+TEST(ValueCache, LargeKeysAndValuesAreNotKept) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  const std::string big_key(ValueCache::kKeyBytesMax + 1, 'k');
+  auto t = cache.BeginRead(big_key);
+  cache.Fill(t, big_key, "v");
+  EXPECT_FALSE(cache.Find(big_key, &v));
+  auto t2 = cache.BeginRead("k");
+  cache.Fill(t2, "k", std::string(ValueCache::kValueBytesMax + 1, 'v'));
+  EXPECT_FALSE(cache.Find("k", &v));
+  EXPECT_EQ(cache.usage(), 0u);
+}
+
+TEST(ValueCache, StaysWithinItsCapacity) {
+  ValueCache cache(256 << 10);
+  for (int i = 0; i < 20000; ++i) {
+    const std::string k = "key" + std::to_string(i);
+    auto t = cache.BeginRead(k);
+    cache.Fill(t, k, std::string(100, 'v'));
+  }
+  EXPECT_LE(cache.usage(), cache.capacity());
+  EXPECT_GT(cache.usage(), cache.capacity() / 2);
+  std::string v;
+  EXPECT_TRUE(cache.Find("key19999", &v));
+}
+
+class ValueCacheEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("shoal_value_cache_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    engine_ = std::move(Engine::Open({.dir = (dir_ / "db").string(), .memory_budget_bytes = 64 << 20}).value());
+  }
+  void TearDown() override {
+    engine_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  // What a client's read finds: "" for NotFound.
+  std::string Cached(std::string_view key) {
+    std::string v;
+    Status s = engine_->Get(Cf::kData, key, &v, nullptr, ReadVia::kCache);
+    EXPECT_TRUE(s.ok() || s.code() == Code::kNotFound) << s.ToString();
+    return s.ok() ? v : "";
+  }
+  void Put(std::string_view key, std::string_view value) {
+    auto b = engine_->NewBatch();
+    b->Put(Cf::kData, key, value);
+    ASSERT_TRUE(engine_->Write(*b).ok());
+  }
+  std::filesystem::path dir_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(ValueCacheEngineTest, ReadsSeeEveryKindOfWrite) {
+  Put("sl01a", "1");
+  Put("sl01b", "2");
+  EXPECT_EQ(Cached("sl01a"), "1");
+  EXPECT_EQ(Cached("sl01a"), "1");  // a hit
+  MemoryUsage m = engine_->Memory();
+  EXPECT_EQ(m.value_cache_hits, 1u);
+  EXPECT_EQ(m.value_cache_misses, 1u);
+  EXPECT_GT(m.value_cache_bytes, 0);
+  EXPECT_GT(m.value_cache_capacity_bytes, 0);
+
+  Put("sl01a", "3");
+  EXPECT_EQ(Cached("sl01a"), "3");
+  auto b = engine_->NewBatch();
+  b->Delete(Cf::kData, "sl01a");
+  ASSERT_TRUE(engine_->Write(*b).ok());
+  EXPECT_EQ(Cached("sl01a"), "");
+
+  // A range deletion, then a file ingested over the range.
+  EXPECT_EQ(Cached("sl01b"), "2");
+  b->Clear();
+  b->DeleteRange(Cf::kData, "sl01", "sl02");
+  ASSERT_TRUE(engine_->Write(*b).ok());
+  EXPECT_EQ(Cached("sl01b"), "");
+  Put("sl01b", "4");
+  EXPECT_EQ(Cached("sl01b"), "4");
+  const std::string sst = (dir_ / "in.sst").string();
+  auto file = engine_->NewSstWriter(Cf::kData, sst);
+  ASSERT_TRUE(file->Put("sl01b", "5").ok());
+  ASSERT_TRUE(file->Finish().ok());
+  ASSERT_TRUE(engine_->IngestSst(Cf::kData, sst, /*verify=*/false).ok());
+  EXPECT_EQ(Cached("sl01b"), "5");
+
+  // MultiGet: hits, misses and absent keys together, in the caller's order.
+  Put("sl01c", "6");
+  std::vector<std::string_view> keys = {"sl01c", "sl01b", "sl01x", "sl01b"};
+  std::vector<std::string> values(keys.size());
+  std::vector<Status> statuses(keys.size());
+  engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
+  EXPECT_EQ(values[0], "6");
+  EXPECT_EQ(values[1], "5");
+  EXPECT_EQ(statuses[2].code(), Code::kNotFound);
+  EXPECT_EQ(values[3], "5");
+  Put("sl01c", "7");
+  engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
+  EXPECT_EQ(values[0], "7");
+  EXPECT_TRUE(statuses[0].ok());
+}
+
+// Readers through the cache against a writer of a few keys, with range
+// deletions: no read returns a value older than one a read that finished
+// before it began returned, or than the last write done before it began.
+TEST_F(ValueCacheEngineTest, ConcurrentReadsAreLinearizable) {
+  constexpr int kKeys = 4;
+  constexpr int kSteps = 4000;
+  constexpr int kReaders = 2;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto key = [](int k) { return "sl01key" + std::to_string(k); };
+  // Per key: the step of the last write done (a put writes its step as the
+  // value; a deletion is recorded as its step with deleted set), and the
+  // newest step a finished read returned.
+  struct KeyState {
+    std::atomic<int64_t> done_step{0};
+    std::atomic<bool> done_deleted{true};
+    std::atomic<int64_t> seen_step{0};
+  };
+  std::vector<KeyState> state(kKeys);
+  std::atomic<int64_t> deletes_begun{0}, deletes_done{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::atomic<int64_t> reads{0};
+
+  std::thread writer([&] {
+    auto b = engine_->NewBatch();
+    for (int step = 1; step <= kSteps && std::chrono::steady_clock::now() < deadline; ++step) {
+      b->Clear();
+      if (step % 97 == 0) {
+        deletes_begun.fetch_add(1);
+        b->DeleteRange(Cf::kData, "sl01", "sl02");
+        if (!engine_->Write(*b).ok()) ++failures;
+        for (auto& s : state) {
+          s.done_deleted.store(true);
+          s.done_step.store(step);
+        }
+        deletes_done.fetch_add(1);
+      } else {
+        const int k = step % kKeys;
+        b->Put(Cf::kData, key(k), std::to_string(step));
+        if (!engine_->Write(*b).ok()) ++failures;
+        state[k].done_deleted.store(false);
+        state[k].done_step.store(step);
+      }
+    }
+    stop.store(true);
+  });
+  auto reader = [&](int r) {
+    std::vector<std::string> values(kKeys);
+    std::vector<Status> statuses(kKeys);
+    std::vector<std::string> names;
+    for (int k = 0; k < kKeys; ++k) names.push_back(key(k));
+    std::vector<std::string_view> views(names.begin(), names.end());
+    for (int i = 0; !stop.load() && std::chrono::steady_clock::now() < deadline; ++i) {
+      int64_t done[kKeys], seen[kKeys];
+      bool deleted[kKeys];
+      const int64_t deletes = deletes_done.load();
+      for (int k = 0; k < kKeys; ++k) {
+        deleted[k] = state[k].done_deleted.load();
+        done[k] = state[k].done_step.load();
+        seen[k] = state[k].seen_step.load();
+      }
+      if ((i + r) % 2 == 0) {
+        engine_->MultiGet(Cf::kData, views, values, statuses, nullptr, ReadVia::kCache);
+      } else {
+        for (int k = 0; k < kKeys; ++k) statuses[k] = engine_->Get(Cf::kData, views[k], &values[k], nullptr, ReadVia::kCache);
+      }
+      // A deletion not known to be done when the read began may explain an
+      // absent key.
+      const bool deletes_overlapped = deletes_begun.load() != deletes;
+      for (int k = 0; k < kKeys; ++k) {
+        if (statuses[k].ok()) {
+          const int64_t v = std::stoll(values[k]);
+          if (v < done[k] || v < seen[k]) {
+            ADD_FAILURE() << "key " << k << " read step " << v << " after step " << done[k] << " was done and "
+                          << seen[k] << " was read";
+            ++failures;
+          }
+          int64_t prev = state[k].seen_step.load();
+          while (prev < v && !state[k].seen_step.compare_exchange_weak(prev, v)) {
+          }
+        } else if (statuses[k].code() != Code::kNotFound) {
+          ++failures;
+        } else if (!deleted[k] && !deletes_overlapped) {
+          ADD_FAILURE() << "key " << k << " not found after step " << done[k] << " put it";
+          ++failures;
+        }
+      }
+      ++reads;
+    }
+  };
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) readers.emplace_back(reader, r);
+  writer.join();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(reads.load(), 100);
+  const MemoryUsage m = engine_->Memory();
+  EXPECT_GT(m.value_cache_hits, 0u);  // the cache answered some of them
+}
+
+// A batch of reads (a connection's pipelined GETs) answers in its order
+// when some keys hit and others miss: b is always written before a, so a
+// batch reading a then b never finds a newer than b, even while another
+// reader keeps b in the cache and a keeps missing.
+TEST_F(ValueCacheEngineTest, MultiGetAnswersInTheOrderOfItsKeys) {
+  Put("sl01a", "0");
+  Put("sl01b", "0");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int i = 1; i <= 20000 && std::chrono::steady_clock::now() < deadline; ++i) {
+      Put("sl01b", std::to_string(i));
+      Put("sl01a", std::to_string(i));
+    }
+    stop.store(true);
+  });
+  std::thread warm([&] {
+    while (!stop.load()) Cached("sl01b");
+  });
+  std::vector<std::string_view> keys = {"sl01a", "sl01b"};
+  std::vector<std::string> v(2);
+  std::vector<Status> st(2);
+  int bad = 0, batches = 0;
+  while (!stop.load()) {
+    engine_->MultiGet(Cf::kData, keys, v, st, nullptr, ReadVia::kCache);
+    ASSERT_TRUE(st[0].ok() && st[1].ok());
+    bad += std::stoll(v[0]) > std::stoll(v[1]) ? 1 : 0;
+    ++batches;
+  }
+  writer.join();
+  warm.join();
+  EXPECT_EQ(bad, 0) << "of " << batches;
+  EXPECT_GT(batches, 100);
+}
+
+}  // namespace
+}  // namespace shoal::storage
