@@ -293,7 +293,8 @@ class SlotMemTableRep final : public MemTableRep {
   bool Contains(const char* entry) const override {
     Bucket* b = Exact(PrefixOf(UserKey(entry)));
     if (b == nullptr) return false;
-    Node* n = FindLess(b, [&](const char* e) { return Cmp(e, entry) < 0; })->Next(0);
+    Node* n = nullptr;
+    FindLess(b, [&](const char* e) { return Cmp(e, entry) < 0; }, &n);
     return n != nullptr && Cmp(n->Entry(), entry) == 0;
   }
 
@@ -305,7 +306,8 @@ class SlotMemTableRep final : public MemTableRep {
     ReadLookupKey(k, &internal_key, &memtable_key);
     Bucket* b = Exact(PrefixOfInternal(internal_key));
     if (b == nullptr) return;
-    Node* n = FindLess(b, [&](const char* e) { return Cmp(e, memtable_key) < 0; })->Next(0);
+    Node* n = nullptr;
+    FindLess(b, [&](const char* e) { return Cmp(e, memtable_key) < 0; }, &n);
     for (; n != nullptr && callback(arg, n->Entry()); n = n->Next(0)) {
     }
   }
@@ -513,9 +515,15 @@ class SlotMemTableRep final : public MemTableRep {
     return q;
   }
 
-  // The last node of b that `less` (x < target) holds for, or b's head.
+  // The last node of b that `less` (x < target) holds for, or b's head;
+  // *after (if asked): the node after it that `less` was found false for,
+  // or null. A lookup must take *after, not the returned node's Next(0)
+  // read again: a writer may have linked a node in between since, one that
+  // `less` holds for (a newer version of the key, above a reader's
+  // sequence number), which RocksDB's point lookup would take as its
+  // answer (it trusts the position and does not check the sequence).
   template <class Less>
-  static Node* FindLess(Bucket* b, const Less& less) {
+  static Node* FindLess(Bucket* b, const Less& less, Node** after = nullptr) {
     Node* x = b->head();
     int level = b->height.load(std::memory_order_relaxed) - 1;
     while (true) {
@@ -523,6 +531,7 @@ class SlotMemTableRep final : public MemTableRep {
       if (next != nullptr && less(next->Entry())) {
         x = next;
       } else if (level == 0) {
+        if (after != nullptr) *after = next;
         return x;
       } else {
         --level;
@@ -552,8 +561,8 @@ class SlotMemTableRep final : public MemTableRep {
   // reversed), and never less than what was counted.
   static constexpr uint64_t kCountedEntries = 4096;
   uint64_t CountBetween(Bucket* b, const Slice* start, const Slice* end) const {
-    Node* x = start != nullptr ? FindLess(b, [&](const char* e) { return Cmp(e, *start) < 0; })->Next(0)
-                               : b->head()->Next(0);
+    Node* x = b->head()->Next(0);
+    if (start != nullptr) FindLess(b, [&](const char* e) { return Cmp(e, *start) < 0; }, &x);
     uint64_t n = 0;
     for (; x != nullptr && n < kCountedEntries; x = x->Next(0), ++n) {
       if (end != nullptr && Cmp(x->Entry(), *end) >= 0) return n;
@@ -824,7 +833,12 @@ class SlotIterator final : public MemTableRep::Iterator {
     Prefix p = rep_->PrefixOfInternal(internal_key);
     Bucket* b = rep_->Exact(p);
     if (b == nullptr) return ToFirstFrom(rep_->FirstAfter(p));
-    Node* n = memtable_key != nullptr ? FindLess(b, memtable_key)->Next(0) : FindLess(b, internal_key)->Next(0);
+    Node* n = nullptr;
+    if (memtable_key != nullptr) {
+      FindLess(b, memtable_key, &n);
+    } else {
+      FindLess(b, internal_key, &n);
+    }
     if (n != nullptr) {
       bucket_ = b;
       node_ = n;
@@ -837,8 +851,8 @@ class SlotIterator final : public MemTableRep::Iterator {
     Prefix p = rep_->PrefixOfInternal(internal_key);
     Bucket* b = rep_->Exact(p);
     if (b == nullptr) return ToLastFrom(rep_->LastBefore(p));
-    Node* x = memtable_key != nullptr ? FindLess(b, memtable_key) : FindLess(b, internal_key);
-    Node* n = x->Next(0);
+    Node* n = nullptr;
+    Node* x = memtable_key != nullptr ? FindLess(b, memtable_key, &n) : FindLess(b, internal_key, &n);
     bool equal = n != nullptr && (memtable_key != nullptr ? SlotMemTableRep::Cmp(n->Entry(), memtable_key) == 0
                                                           : SlotMemTableRep::Cmp(n->Entry(), internal_key) == 0);
     if (equal) {
@@ -857,8 +871,8 @@ class SlotIterator final : public MemTableRep::Iterator {
 
  private:
   template <class Target>
-  Node* FindLess(Bucket* b, const Target& target) const {
-    return SlotMemTableRep::FindLess(b, [&](const char* e) { return SlotMemTableRep::Cmp(e, target) < 0; });
+  Node* FindLess(Bucket* b, const Target& target, Node** after = nullptr) const {
+    return SlotMemTableRep::FindLess(b, [&](const char* e) { return SlotMemTableRep::Cmp(e, target) < 0; }, after);
   }
 
   void ToFirstFrom(Bucket* b) {
