@@ -237,7 +237,7 @@ class RocksEngine final : public Engine {
     missed_keys.clear();
     for (size_t i = 0; i < keys.size(); ++i) {
       tickets.push_back(values_->BeginRead(keys[i]));
-      if (values_->Find(keys[i], &values[i])) {
+      if (values_->Find(tickets.back(), keys[i], &values[i])) {
         statuses[i] = Status::Ok();
       } else {
         missed.push_back(i);

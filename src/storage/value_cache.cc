@@ -1,7 +1,5 @@
 #include "storage/value_cache.h"
 
-#include <rocksdb/cache.h>
-
 #include <bitset>
 #include <cstdlib>
 #include <cstring>
@@ -12,20 +10,28 @@
 
 namespace shoal::storage {
 
-// A cached value: one allocation, its bytes after the header.
+// A cached value: one allocation, the key's bytes and then the value's
+// after the header.
 struct ValueCache::Entry {
-  Stripe* stripe;
-  uint32_t size;
+  uint64_t epoch;
+  uint32_t key_size;
+  uint32_t value_size;
+  bool referenced;  // CLOCK's bit: found since the hand last passed
   char* bytes() { return reinterpret_cast<char*>(this + 1); }
+  std::string_view key() { return {bytes(), key_size}; }
+  std::string_view value() { return {bytes() + key_size, value_size}; }
 };
 
-// Holds a stripe's spin lock: over a writer's change of its state and erase
-// of a key, or a fill's check and insert.
+// Holds a stripe's spin lock: over its table, a writer's change of its
+// state and erase of a key, a fill's check and insert, a lookup's probe and
+// copy (of at most kValueBytesMax).
 class ValueCache::Locked {
  public:
   explicit Locked(Stripe& s) : s_(s) {
     for (int spins = 0; s_.lock.exchange(1, std::memory_order_acquire) != 0;) {
-      if (++spins % 64 == 0) std::this_thread::yield();
+      while (s_.lock.load(std::memory_order_relaxed) != 0) {
+        if (++spins % 64 == 0) std::this_thread::yield();
+      }
     }
   }
   ~Locked() { s_.lock.store(0, std::memory_order_release); }
@@ -38,10 +44,15 @@ class ValueCache::Locked {
 
 namespace {
 
-constexpr size_t kEpochBytes = 8;
-constexpr size_t kCacheKeyBytesMax = kEpochBytes + ValueCache::kKeyBytesMax;
+constexpr uint32_t kFirstSlots = 8;
+// A hash's low bits pick its stripe; those from here, its home slot.
+constexpr int kHomeShift = 32;
 
-rocksdb::Slice ToSlice(const char* data, size_t n) { return rocksdb::Slice(data, n); }
+uint32_t StripeCount(size_t capacity, uint32_t min, uint32_t max, size_t bytes_each) {
+  uint32_t n = min;
+  while (n < max && capacity / (2 * n) >= bytes_each) n *= 2;
+  return n;
+}
 
 // This thread's counter (threads take them in turn).
 size_t CounterIndex(size_t counters) {
@@ -53,52 +64,144 @@ size_t CounterIndex(size_t counters) {
 }  // namespace
 
 ValueCache::ValueCache(size_t capacity_bytes)
-    : stripes_(std::make_unique<Stripe[]>(kStripes)),
-      counters_(std::make_unique<Counter[]>(kCounters)),
-      // 16 shards of RocksDB's LRU cache: lookups from several workers
-      // seldom meet on one shard's mutex.
-      cache_(rocksdb::NewLRUCache(capacity_bytes, /*num_shard_bits=*/4, /*strict_capacity_limit=*/false,
-                                  /*high_pri_pool_ratio=*/0.0)) {}
+    : capacity_(capacity_bytes),
+      stripe_count_(StripeCount(capacity_bytes, kStripesMin, kStripesMax, kStripeBytes)),
+      stripe_bytes_max_(capacity_bytes / stripe_count_),
+      stripes_(std::make_unique<Stripe[]>(stripe_count_)),
+      counters_(std::make_unique<Counter[]>(kCounters)) {
+  static_assert(kStripesMax <= (uint64_t{1} << kHomeShift));
+}
 
 ValueCache::~ValueCache() {
-  cache_.reset();  // its entries' deleters count on stripes_
+  for (uint32_t i = 0; i < stripe_count_; ++i) Clear(stripes_[i]);
 }
 
-void ValueCache::DeleteEntry(const rocksdb::Slice& /*key*/, void* value) {
-  auto* e = static_cast<Entry*>(value);
-  e->stripe->entries.fetch_sub(1, std::memory_order_relaxed);
+uint64_t ValueCache::HashOf(std::string_view key) { return std::hash<std::string_view>{}(key); }
+
+size_t ValueCache::ChargeOf(const Entry* e) { return sizeof(Entry) + e->key_size + e->value_size; }
+
+size_t ValueCache::GrowthFor(const Stripe& s) {
+  if (!s.slots) return kFirstSlots * sizeof(Slot);
+  const size_t size = size_t{s.mask} + 1;
+  return (s.count + 1) * 4 > size * 3 ? size * sizeof(Slot) : 0;  // doubling adds as many slots
+}
+
+size_t ValueCache::Probe(const Stripe& s, uint64_t hash, std::string_view key) {
+  size_t i = (hash >> kHomeShift) & s.mask;
+  while (s.slots[i].entry != nullptr) {
+    if (s.slots[i].hash == hash && s.slots[i].entry->key() == key) return i;
+    i = (i + 1) & s.mask;
+  }
+  return i;
+}
+
+void ValueCache::RemoveAt(Stripe& s, size_t i) {
+  Entry* e = s.slots[i].entry;
+  const size_t charge = ChargeOf(e);
+  s.bytes -= charge;
+  usage_.fetch_sub(static_cast<int64_t>(charge), std::memory_order_relaxed);
   std::free(e);
+  if (--s.count == 0) {  // an empty stripe gives its table back
+    s.slots[i] = Slot{};
+    Clear(s);
+    return;
+  }
+  // Backward shift: each later entry of the run moves into the hole unless
+  // its home lies cyclically in (hole, its slot].
+  size_t hole = i;
+  for (size_t j = (i + 1) & s.mask; s.slots[j].entry != nullptr; j = (j + 1) & s.mask) {
+    const size_t home = (s.slots[j].hash >> kHomeShift) & s.mask;
+    const bool stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+    if (!stays) {
+      s.slots[hole] = s.slots[j];
+      hole = j;
+    }
+  }
+  s.slots[hole] = Slot{};
 }
 
-uint32_t ValueCache::StripeOf(std::string_view key) {
-  return static_cast<uint32_t>(std::hash<std::string_view>{}(key) % kStripes);
+void ValueCache::Grow(Stripe& s) {
+  const uint32_t old_size = s.slots ? s.mask + 1 : 0;
+  const uint32_t size = old_size != 0 ? old_size * 2 : kFirstSlots;
+  auto slots = std::make_unique<Slot[]>(size);  // before anything changes: it may throw
+  const uint32_t mask = size - 1;
+  for (uint32_t i = 0; i < old_size; ++i) {
+    if (s.slots[i].entry == nullptr) continue;
+    size_t j = (s.slots[i].hash >> kHomeShift) & mask;
+    while (slots[j].entry != nullptr) j = (j + 1) & mask;
+    slots[j] = s.slots[i];
+  }
+  const size_t added = (size - old_size) * sizeof(Slot);
+  s.slots = std::move(slots);
+  s.mask = mask;
+  s.bytes += added;
+  usage_.fetch_add(static_cast<int64_t>(added), std::memory_order_relaxed);
 }
 
-size_t ValueCache::CacheKey(uint64_t epoch, std::string_view key, char* out) {
-  std::memcpy(out, &epoch, kEpochBytes);
-  std::memcpy(out + kEpochBytes, key.data(), key.size());
-  return kEpochBytes + key.size();
+bool ValueCache::MakeRoom(Stripe& s, size_t charge) {
+  // The table an empty stripe would need, and the entry, must fit at all.
+  if (charge + kFirstSlots * sizeof(Slot) > stripe_bytes_max_) return false;
+  const uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
+  // Each step of the hand clears the bit it passes, so within two passes of
+  // steps every entry left has been removed or the room is there. (A
+  // removal does not step: a later entry may have moved into the slot.)
+  for (size_t steps = 0; s.count > 0 && s.bytes + charge + GrowthFor(s) > stripe_bytes_max_;) {
+    SHOAL_CHECK(steps <= 2 * (size_t{s.mask} + 1));
+    const size_t i = s.hand & s.mask;
+    Entry* e = s.slots[i].entry;
+    if (e != nullptr && (!e->referenced || e->epoch != epoch)) {
+      RemoveAt(s, i);
+      continue;
+    }
+    if (e != nullptr) e->referenced = false;
+    ++s.hand;
+    ++steps;
+  }
+  if (s.bytes + charge + GrowthFor(s) > stripe_bytes_max_) return false;
+  if (GrowthFor(s) != 0) Grow(s);
+  return true;
+}
+
+void ValueCache::Clear(Stripe& s) {
+  if (!s.slots) return;
+  for (uint32_t i = 0; i <= s.mask; ++i) std::free(s.slots[i].entry);
+  s.slots.reset();
+  usage_.fetch_sub(static_cast<int64_t>(s.bytes), std::memory_order_relaxed);
+  s.mask = s.count = s.hand = 0;
+  s.bytes = 0;
 }
 
 bool ValueCache::Find(std::string_view key, std::string* value) {
   if (!Cacheable(key)) return false;
-  char ck[kCacheKeyBytesMax];
-  const uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
-  rocksdb::Cache::Handle* h = cache_->Lookup(ToSlice(ck, CacheKey(epoch, key, ck)));
-  if (h == nullptr) return false;
-  auto* e = static_cast<Entry*>(cache_->Value(h));
-  value->assign(e->bytes(), e->size);
-  cache_->Release(h);
-  // A write over a range moves the epoch before it changes the store: if it
-  // moved while we looked, the entry may already be out of date.
-  return epoch_.load(std::memory_order_seq_cst) == epoch;
+  Ticket t;
+  t.cacheable = true;
+  t.hash = HashOf(key);
+  t.stripe = StripeOf(t.hash);
+  return Find(t, key, value);
+}
+
+bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* value) {
+  if (!ticket.cacheable) return false;
+  const uint64_t hash = ticket.hash;
+  Stripe& s = stripes_[ticket.stripe];
+  Locked locked(s);
+  if (s.count == 0) return false;
+  Entry* e = s.slots[Probe(s, hash, key)].entry;
+  // Writes of the key erase it under this lock before they change the
+  // store, and a range write moves the epoch before it does: an entry of
+  // the epoch read here is the store's value at least until this load.
+  if (e == nullptr || e->epoch != epoch_.load(std::memory_order_seq_cst)) return false;
+  e->referenced = true;
+  value->assign(e->value());
+  return true;
 }
 
 ValueCache::Ticket ValueCache::BeginRead(std::string_view key) const {
   Ticket t;
   if (!Cacheable(key)) return t;
   t.cacheable = true;
-  t.stripe = StripeOf(key);
+  t.hash = HashOf(key);
+  t.stripe = StripeOf(t.hash);
   // Either may move after the other is read: any move of the state after
   // it was read fails Unchanged and Fill, and a range write moves every
   // stripe's state before it moves the epoch.
@@ -115,26 +218,35 @@ bool ValueCache::Unchanged(const Ticket& ticket) const {
 
 void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_view value) {
   if (!ticket.cacheable || (ticket.state >> kWritingShift) != 0 || value.size() > kValueBytesMax) return;
-  SHOAL_CHECK(Cacheable(key) && StripeOf(key) == ticket.stripe);
-  char ck[kCacheKeyBytesMax];
-  const size_t ck_size = CacheKey(ticket.epoch, key, ck);
-  Stripe& s = stripes_[ticket.stripe];
-  // Allocated before the lock is taken; freed unused if the fill is late.
-  auto* e = static_cast<Entry*>(std::malloc(sizeof(Entry) + value.size()));
+  SHOAL_CHECK(Cacheable(key));
+  // Made before the lock is taken; freed unused if the fill is late.
+  auto* e = static_cast<Entry*>(std::malloc(sizeof(Entry) + key.size() + value.size()));
   SHOAL_CHECK(e != nullptr);
-  e->stripe = &s;
-  e->size = static_cast<uint32_t>(value.size());
-  std::memcpy(e->bytes(), value.data(), value.size());
+  e->epoch = ticket.epoch;
+  e->key_size = static_cast<uint32_t>(key.size());
+  e->value_size = static_cast<uint32_t>(value.size());
+  e->referenced = false;
+  std::memcpy(e->bytes(), key.data(), key.size());
+  std::memcpy(e->bytes() + key.size(), value.data(), value.size());
+  const size_t charge = ChargeOf(e);
+  Stripe& s = stripes_[ticket.stripe];
   {
     Locked locked(s);
     // A write of the stripe began since the ticket (it may have changed
     // the store after the read): not kept. Writers change the state under
     // this lock, so none can begin between this check and the insert.
     if (s.state.load(std::memory_order_relaxed) == ticket.state) {
-      s.entries.fetch_add(1, std::memory_order_relaxed);
-      auto st = cache_->Insert(ToSlice(ck, ck_size), e, sizeof(Entry) + value.size() + ck_size, DeleteEntry);
-      SHOAL_CHECK(st.ok());  // no strict capacity limit: an insert always succeeds
-      return;
+      if (s.count > 0) {
+        const size_t i = Probe(s, ticket.hash, key);
+        if (s.slots[i].entry != nullptr) RemoveAt(s, i);  // of an older epoch, or filled meanwhile
+      }
+      if (MakeRoom(s, charge)) {
+        s.slots[Probe(s, ticket.hash, key)] = Slot{ticket.hash, e};
+        ++s.count;
+        s.bytes += charge;
+        usage_.fetch_add(static_cast<int64_t>(charge), std::memory_order_relaxed);
+        return;
+      }
     }
   }
   std::free(e);
@@ -144,22 +256,22 @@ void ValueCache::BeginWrite(std::span<const std::string_view> keys, bool all, Wr
   writing->stripes.clear();
   writing->all = all || keys.size() > kWriteKeysMax;
   if (writing->all) {
-    for (uint32_t i = 0; i < kStripes; ++i) {
+    for (uint32_t i = 0; i < stripe_count_; ++i) {
       Locked locked(stripes_[i]);
       stripes_[i].state.fetch_add(kBegin, std::memory_order_seq_cst);
     }
     // After every stripe: a fill whose ticket predates this cannot add (its
-    // stripe's state moved), and one whose ticket has the new epoch has a
-    // state with this write in flight (BeginRead reads the epoch last).
+    // stripe's state moved), nor can one whose ticket is taken while this is
+    // in flight. The old epoch's entries are evicted first as room is needed.
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     return;
   }
   // Each stripe counts this write once (its writes in flight stay few).
-  thread_local std::bitset<kStripes> marked;
-  char ck[kCacheKeyBytesMax];
+  thread_local std::bitset<kStripesMax> marked;
   for (std::string_view key : keys) {
     if (!Cacheable(key)) continue;
-    const uint32_t i = StripeOf(key);
+    const uint64_t hash = HashOf(key);
+    const uint32_t i = StripeOf(hash);
     Stripe& s = stripes_[i];
     Locked locked(s);
     if (!marked[i]) {
@@ -167,8 +279,9 @@ void ValueCache::BeginWrite(std::span<const std::string_view> keys, bool all, Wr
       writing->stripes.push_back(i);
       s.state.fetch_add(kBegin, std::memory_order_seq_cst);
     }
-    if (s.entries.load(std::memory_order_relaxed) > 0) {
-      cache_->Erase(ToSlice(ck, CacheKey(epoch_.load(std::memory_order_seq_cst), key, ck)));
+    if (s.count > 0) {
+      const size_t at = Probe(s, hash, key);
+      if (s.slots[at].entry != nullptr) RemoveAt(s, at);
     }
   }
   for (uint32_t i : writing->stripes) marked[i] = false;
@@ -181,7 +294,7 @@ void ValueCache::EndWrite(Writing* writing) {
     SHOAL_CHECK((before >> kWritingShift) > 0);
   };
   if (writing->all) {
-    for (uint32_t i = 0; i < kStripes; ++i) end(stripes_[i]);
+    for (uint32_t i = 0; i < stripe_count_; ++i) end(stripes_[i]);
   } else {
     for (uint32_t i : writing->stripes) end(stripes_[i]);
   }
@@ -189,8 +302,26 @@ void ValueCache::EndWrite(Writing* writing) {
   writing->all = false;
 }
 
-size_t ValueCache::usage() const { return cache_->GetUsage(); }
-size_t ValueCache::capacity() const { return cache_->GetCapacity(); }
+bool ValueCache::ConsistentForTest() {
+  for (uint32_t i = 0; i < stripe_count_; ++i) {
+    Stripe& s = stripes_[i];
+    Locked locked(s);
+    uint32_t n = 0;
+    size_t bytes = s.slots ? (size_t{s.mask} + 1) * sizeof(Slot) : 0;
+    for (uint32_t j = 0; s.slots && j <= s.mask; ++j) {
+      Entry* e = s.slots[j].entry;
+      if (e == nullptr) continue;
+      ++n;
+      bytes += ChargeOf(e);
+      if (StripeOf(s.slots[j].hash) != i || HashOf(e->key()) != s.slots[j].hash ||
+          Probe(s, s.slots[j].hash, e->key()) != j) {
+        return false;
+      }
+    }
+    if (n != s.count || bytes != s.bytes || bytes > stripe_bytes_max_ || (n == 0) != !s.slots) return false;
+  }
+  return true;
+}
 
 void ValueCache::Count(uint64_t hits, uint64_t misses) {
   Counter& c = counters_[CounterIndex(kCounters)];

@@ -141,9 +141,72 @@ TEST(ValueCache, HitsAreTheLatestValueUnderRandomOperations) {
       for (auto& [k, val] : model) val = "r" + std::to_string(step);
       cache.EndWrite(&w);
     }
+    if (step % 10000 == 0) {
+      ASSERT_TRUE(cache.ConsistentForTest()) << "at step " << step;
+    }
   }
+  EXPECT_TRUE(cache.ConsistentForTest());
   EXPECT_GT(hits, 1000);
   EXPECT_LE(cache.usage(), cache.capacity());
+}
+
+// The engine's cache at the smallest budget (maxmemory 32mb: 2 MiB).
+TEST(ValueCache, KeepsAValueOfTheLargestCacheableSize) {
+  ValueCache cache(2 << 20);
+  const std::string k(16, 'k'), v(ValueCache::kValueBytesMax, 'v');
+  cache.Fill(cache.BeginRead(k), k, v);
+  std::string got;
+  ASSERT_TRUE(cache.Find(k, &got));
+  EXPECT_EQ(got, v);
+  EXPECT_TRUE(cache.ConsistentForTest());
+}
+
+// A large value evicts what it needs from its stripe, even after every
+// entry there was found lately (CLOCK's second pass).
+TEST(ValueCache, MakesRoomForALargeValueAmongRecentlyFoundOnes) {
+  ValueCache cache(4 << 20);  // 64 stripes of 64 KiB
+  std::vector<std::string> keys;
+  std::string big;
+  // Keys of one stripe (the hash's low 6 bits).
+  for (int i = 0; keys.size() < 12 || big.empty(); ++i) {
+    std::string k = "k" + std::to_string(i);
+    if ((std::hash<std::string_view>{}(k) & 63) != 0) continue;
+    if (keys.size() < 12) {
+      keys.push_back(k);
+    } else {
+      big = k;
+    }
+  }
+  std::string v;
+  for (auto& k : keys) cache.Fill(cache.BeginRead(k), k, std::string(5000, 'v'));
+  for (auto& k : keys) ASSERT_TRUE(cache.Find(k, &v)) << k;
+  cache.Fill(cache.BeginRead(big), big, std::string(ValueCache::kValueBytesMax, 'b'));
+  ASSERT_TRUE(cache.Find(big, &v));
+  int kept = 0;
+  for (auto& k : keys) kept += cache.Find(k, &v) ? 1 : 0;
+  EXPECT_GE(kept, 8);  // only what the big value needed went
+  EXPECT_TRUE(cache.ConsistentForTest());
+}
+
+// What a stripe's table takes is charged too, and given back when the
+// stripe is emptied.
+TEST(ValueCache, ChargesItsTablesAndGivesThemBack) {
+  ValueCache cache(4 << 20);
+  ValueCache::Writing w;
+  std::vector<std::string> names;
+  for (int i = 0; i < 20000; ++i) names.push_back("t" + std::to_string(i));
+  for (auto& k : names) cache.Fill(cache.BeginRead(k), k, "");
+  EXPECT_LE(cache.usage(), cache.capacity());
+  EXPECT_GT(cache.usage(), 20000u * 24);
+  EXPECT_TRUE(cache.ConsistentForTest());
+  std::vector<std::string_view> keys(names.begin(), names.end());
+  for (size_t at = 0; at < keys.size(); at += ValueCache::kWriteKeysMax) {
+    auto part = std::span(keys).subspan(at, std::min(ValueCache::kWriteKeysMax, keys.size() - at));
+    cache.BeginWrite(part, false, &w);
+    cache.EndWrite(&w);
+  }
+  EXPECT_EQ(cache.usage(), 0u);
+  EXPECT_TRUE(cache.ConsistentForTest());
 }
 
 TEST(ValueCache, LargeKeysAndValuesAreNotKept) {
