@@ -400,8 +400,10 @@ class SlotMemTableRep final : public MemTableRep {
     while (index <= 0xffff) {
       int l = index >> 8;
       if (Leaf* leaf = leaves_[l].load(std::memory_order_acquire)) {
-        int i = FirstSetFrom(leaf->used, index & 255);
-        if (i >= 0) return leaf->first[i].load(std::memory_order_acquire);
+        // A word's bit is set before its first bucket is linked (BucketFor).
+        for (int i = FirstSetFrom(leaf->used, index & 255); i >= 0; i = FirstSetFrom(leaf->used, i + 1)) {
+          if (Bucket* b = leaf->first[i].load(std::memory_order_acquire)) return b;
+        }
       }
       l = FirstSetFrom(used_, l + 1);
       if (l < 0) return nullptr;
@@ -415,9 +417,9 @@ class SlotMemTableRep final : public MemTableRep {
     while (index >= 0) {
       int l = index >> 8;
       if (Leaf* leaf = leaves_[l].load(std::memory_order_acquire)) {
-        int i = LastSetUpTo(leaf->used, index & 255);
-        if (i >= 0) {
+        for (int i = LastSetUpTo(leaf->used, index & 255); i >= 0; i = LastSetUpTo(leaf->used, i - 1)) {
           Bucket* b = leaf->first[i].load(std::memory_order_acquire);
+          if (b == nullptr) continue;  // its bucket not linked yet
           while (Bucket* n = b->next.load(std::memory_order_acquire)) b = n;
           return b;
         }
@@ -445,8 +447,9 @@ class SlotMemTableRep final : public MemTableRep {
   // The first bucket whose prefix sorts after p.
   Bucket* FirstAfter(const Prefix& p) const {
     if (hashed_) {
-      Bucket* x = OrderedBefore(p, true);
-      return OrderLink(x, 0)->load(std::memory_order_acquire);
+      Bucket* after = nullptr;  // the one compared, not the link read again (see FindLess)
+      OrderedBefore(p, true, nullptr, &after);
+      return after;
     }
     if (Leaf* leaf = leaves_[p.index >> 8].load(std::memory_order_acquire)) {
       for (Bucket* b = leaf->first[p.index & 255].load(std::memory_order_acquire); b != nullptr;
@@ -492,17 +495,19 @@ class SlotMemTableRep final : public MemTableRep {
   }
 
   // The last bucket whose prefix sorts before p (with `or_equal`, not after
-  // it), or null.
-  Bucket* OrderedBefore(const Prefix& p, bool or_equal, Bucket** prev = nullptr) const {
+  // it), or null; *after (if asked): the bucket after it that was compared,
+  // or null.
+  Bucket* OrderedBefore(const Prefix& p, bool or_equal, Bucket** prev = nullptr, Bucket** after = nullptr) const {
     Bucket* x = nullptr;
     for (int level = kMaxHeight - 1; level >= 0; --level) {
-      for (Bucket* n = OrderLink(x, level)->load(std::memory_order_acquire); n != nullptr;
-           n = OrderLink(x, level)->load(std::memory_order_acquire)) {
+      Bucket* n = OrderLink(x, level)->load(std::memory_order_acquire);
+      for (; n != nullptr; n = OrderLink(x, level)->load(std::memory_order_acquire)) {
         int c = Compare(p, *n);
         if (c < 0 || (c == 0 && !or_equal)) break;
         x = n;
       }
       if (prev != nullptr) prev[level] = x;
+      if (level == 0 && after != nullptr) *after = n;
     }
     return x;
   }
@@ -642,9 +647,12 @@ class SlotMemTableRep final : public MemTableRep {
       at = &x->next;
     }
     b->next.store(at->load(std::memory_order_relaxed), std::memory_order_relaxed);
-    at->store(b, std::memory_order_release);
+    // The bits before the link: a writer that finds the bucket (Exact, no
+    // lock) may insert at once, and a scan must not step over it then.
+    // Scans skip a word whose bit is set and whose first bucket is not yet.
     SetBit(leaf->used, p.index & 255);
     SetBit(used_, l);
+    at->store(b, std::memory_order_release);
     return b;
   }
 
