@@ -1,6 +1,7 @@
 // Our memtable (storage/slot_memtable.cc) against RocksDB's default skiplist,
 // through a real RocksDB with the WAL off, in the shapes the engine writes:
-// data keys spread over the 16384 slots, new versions of a few Raft and
+// data keys spread over the 16384 slots, keys that share one hash tag (one
+// slot: redis-benchmark --cluster's), new versions of a few Raft and
 // meta records (what every apply round writes), a full scan of a memtable
 // and its flush. Argument 0: RocksDB's skiplist; 1: ours.
 //
@@ -10,6 +11,7 @@
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -81,6 +83,31 @@ void BM_DataPut(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_DataPut)->Arg(0)->Arg(1);
+
+// 300k writes of 100k keys that share one hash tag, so one slot and one of
+// our memtable's skiplists, as `redis-benchmark --cluster` writes them (each
+// node's keys carry one tag): the search of a large bucket, not of ~7 keys.
+void BM_HotSlotPut(benchmark::State& state) {
+  const std::string v(100, 'x');
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto d = Open(state.range(0) == 1, kDataKeyPrefixBytes);
+    if (!d) return state.SkipWithError("open");
+    std::mt19937 rng(1);
+    const std::string slot{0x12, 0x34, 0, 0};
+    state.ResumeTiming();
+    for (int i = 0; i < 300000; ++i) {
+      char key[32];
+      const int len = std::snprintf(key, sizeof(key), "key:{06S}:%012u", static_cast<unsigned>(rng() % 100000));
+      d->db->Put(NoWal(), slot + std::string(key, len), v);
+    }
+    state.PauseTiming();
+    d.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * 300000);
+}
+BENCHMARK(BM_HotSlotPut)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->Iterations(3);
 
 // A round's records for 16 groups: hard state and log start (raft), the
 // applied index (meta), each a new version of the same key.
