@@ -80,7 +80,9 @@ struct WriteBatch::Impl {
   std::vector<uint32_t> data_key_ends;
   bool many_data_keys = false;
   void AddDataKey(std::string_view key) {
-    if (many_data_keys) return;
+    // A collection's elements are never cached: an HSET of thousands of
+    // fields does not count as a write of every key.
+    if (many_data_keys || ValueCache::IsElementKey(key)) return;
     if (data_key_ends.size() == ValueCache::kWriteKeysMax) {
       many_data_keys = true;
       return;
@@ -169,9 +171,13 @@ class RocksEngineAccess {
     return b.impl_->data_ranges;
   }
   static const std::vector<uint32_t>& DataPrefixes(const WriteBatch& b) { return b.impl_->data_prefixes; }
-  // Whether the batch deletes a range of data or has more data keys than
-  // DataKeys gives.
-  static bool ManyDataKeys(const WriteBatch& b) { return b.impl_->many_data_keys || !b.impl_->data_ranges.empty(); }
+  // Whether the batch has more data keys than DataKeys gives.
+  static bool ManyDataKeys(const WriteBatch& b) { return b.impl_->many_data_keys; }
+  // The data ranges the batch deletes, as views into it.
+  static void DataRangeViews(const WriteBatch& b, std::vector<ValueCache::Range>* out) {
+    out->clear();
+    for (const auto& [begin, end] : b.impl_->data_ranges) out->push_back(ValueCache::Range{begin, end});
+  }
   // The data keys the batch puts or deletes, as views into it.
   static void DataKeys(const WriteBatch& b, std::vector<std::string_view>* out) {
     out->clear();
@@ -332,14 +338,16 @@ class RocksEngine final : public Engine {
     rocksdb::WriteOptions wo;
     wo.sync = false;
     PrefetchForWrites(data_memtables_.get(), RocksEngineAccess::DataPrefixes(batch));
-    // The value cache forgets the batch's data keys (all of them, for a
-    // range deletion) before the store changes, and takes no value of them
+    // The value cache forgets the batch's data keys (and those inside its
+    // range deletions) before the store changes, and takes no value of them
     // until the write is done (value_cache.h).
     thread_local std::vector<std::string_view> data_keys;
+    thread_local std::vector<ValueCache::Range> data_ranges;
     thread_local ValueCache::Writing writing;
     if (values_ != nullptr) {
       RocksEngineAccess::DataKeys(batch, &data_keys);
-      values_->BeginWrite(data_keys, RocksEngineAccess::ManyDataKeys(batch), &writing);
+      RocksEngineAccess::DataRangeViews(batch, &data_ranges);
+      values_->BeginWrite(data_keys, data_ranges, RocksEngineAccess::ManyDataKeys(batch), &writing);
     }
     auto s = db_->Write(wo, RocksEngineAccess::Raw(batch));
     if (values_ != nullptr) values_->EndWrite(&writing);
@@ -427,7 +435,16 @@ class RocksEngine final : public Engine {
     io.verify_checksums_before_ingest = verify;
     const bool data = cf == Cf::kData && values_ != nullptr;
     ValueCache::Writing writing;
-    if (data) values_->BeginWrite({}, /*all=*/true, &writing);
+    if (data) {
+      // The cache forgets what lies between the file's first and last keys
+      // (everything, if they cannot be read or the file deletes keys: its
+      // live keys would not bound what it changes).
+      auto bounds = ReadSstBounds(path);
+      const bool known = bounds.ok() && bounds.value().deletions == 0;
+      std::string end = known ? bounds.value().last + std::string(1, '\0') : std::string();
+      const ValueCache::Range range{known ? std::string_view(bounds.value().first) : std::string_view(), end};
+      values_->BeginWrite({}, std::span(&range, known ? 1 : 0), /*all=*/!known, &writing);
+    }
     auto s = db_->IngestExternalFile(handles_[static_cast<int>(cf)], {path}, io);
     if (data) values_->EndWrite(&writing);
     return FromRocks(s, "ingest " + path);
@@ -671,6 +688,7 @@ Result<SstBounds> ReadSstBounds(const std::string& path) {
   it->Prev();
   if (!it->status().ok()) return FromRocks(it->status(), "read " + path);
   if (it->Valid()) b.before_last = it->key().ToString();
+  if (auto props = reader.GetTableProperties()) b.deletions = props->num_deletions + props->num_range_deletions;
   return b;
 }
 

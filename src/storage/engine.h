@@ -94,7 +94,9 @@ class Snapshot {
 class SstWriter {
  public:
   virtual ~SstWriter() = default;
-  // Keys must come in strictly increasing order.
+  // Keys must come in strictly increasing order. Puts only: what an
+  // ingested file changes is its first to last key (the value cache forgets
+  // that range; a file with deletions would make it forget everything).
   virtual Status Put(std::string_view key, std::string_view value) = 0;
   // Finishes and syncs the file; fails if no key was added.
   virtual Status Finish() = 0;
@@ -122,6 +124,7 @@ enum class ReadVia : uint8_t { kStore, kCache };
 // cannot be read or holds no key.
 struct SstBounds {
   std::string first, last, before_last;
+  uint64_t deletions = 0;  // point and range deletions (the keys above are the live ones only)
 };
 Result<SstBounds> ReadSstBounds(const std::string& path);
 

@@ -1,5 +1,6 @@
 #include "storage/value_cache.h"
 
+#include <algorithm>
 #include <bitset>
 #include <cstdlib>
 #include <cstring>
@@ -13,7 +14,6 @@ namespace shoal::storage {
 // A cached value: one allocation, the key's bytes and then the value's
 // after the header.
 struct ValueCache::Entry {
-  uint64_t epoch;
   uint32_t key_size;
   uint32_t value_size;
   bool referenced;  // CLOCK's bit: found since the hand last passed
@@ -141,7 +141,6 @@ void ValueCache::Grow(Stripe& s) {
 bool ValueCache::MakeRoom(Stripe& s, size_t charge) {
   // The table an empty stripe would need, and the entry, must fit at all.
   if (charge + kFirstSlots * sizeof(Slot) > stripe_bytes_max_) return false;
-  const uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
   // Each step of the hand clears the bit it passes, so within two passes of
   // steps every entry left has been removed or the room is there. (A
   // removal does not step: a later entry may have moved into the slot.)
@@ -149,7 +148,7 @@ bool ValueCache::MakeRoom(Stripe& s, size_t charge) {
     SHOAL_CHECK(steps <= 2 * (size_t{s.mask} + 1));
     const size_t i = s.hand & s.mask;
     Entry* e = s.slots[i].entry;
-    if (e != nullptr && (!e->referenced || e->epoch != epoch)) {
+    if (e != nullptr && !e->referenced) {
       RemoveAt(s, i);
       continue;
     }
@@ -187,10 +186,10 @@ bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* v
   Locked locked(s);
   if (s.count == 0) return false;
   Entry* e = s.slots[Probe(s, hash, key)].entry;
-  // Writes of the key erase it under this lock before they change the
-  // store, and a range write moves the epoch before it does: an entry of
-  // the epoch read here is the store's value at least until this load.
-  if (e == nullptr || e->epoch != epoch_.load(std::memory_order_seq_cst)) return false;
+  // Writes of the key (range writes included) erase it under this lock
+  // before they change the store: an entry found here is the store's value
+  // at least until this load.
+  if (e == nullptr) return false;
   e->referenced = true;
   value->assign(e->value());
   return true;
@@ -202,18 +201,14 @@ ValueCache::Ticket ValueCache::BeginRead(std::string_view key) const {
   t.cacheable = true;
   t.hash = HashOf(key);
   t.stripe = StripeOf(t.hash);
-  // Either may move after the other is read: any move of the state after
-  // it was read fails Unchanged and Fill, and a range write moves every
-  // stripe's state before it moves the epoch.
+  // Any move of the state after it was read fails Unchanged and Fill.
   t.state = stripes_[t.stripe].state.load(std::memory_order_seq_cst);
-  t.epoch = epoch_.load(std::memory_order_seq_cst);
   return t;
 }
 
 bool ValueCache::Unchanged(const Ticket& ticket) const {
   return ticket.cacheable && (ticket.state >> kWritingShift) == 0 &&
-         stripes_[ticket.stripe].state.load(std::memory_order_seq_cst) == ticket.state &&
-         epoch_.load(std::memory_order_seq_cst) == ticket.epoch;
+         stripes_[ticket.stripe].state.load(std::memory_order_seq_cst) == ticket.state;
 }
 
 void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_view value) {
@@ -222,7 +217,6 @@ void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_vi
   // Made before the lock is taken; freed unused if the fill is late.
   auto* e = static_cast<Entry*>(std::malloc(sizeof(Entry) + key.size() + value.size()));
   SHOAL_CHECK(e != nullptr);
-  e->epoch = ticket.epoch;
   e->key_size = static_cast<uint32_t>(key.size());
   e->value_size = static_cast<uint32_t>(value.size());
   e->referenced = false;
@@ -238,7 +232,7 @@ void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_vi
     if (s.state.load(std::memory_order_relaxed) == ticket.state) {
       if (s.count > 0) {
         const size_t i = Probe(s, ticket.hash, key);
-        if (s.slots[i].entry != nullptr) RemoveAt(s, i);  // of an older epoch, or filled meanwhile
+        if (s.slots[i].entry != nullptr) RemoveAt(s, i);  // filled meanwhile
       }
       if (MakeRoom(s, charge)) {
         s.slots[Probe(s, ticket.hash, key)] = Slot{ticket.hash, e};
@@ -252,19 +246,54 @@ void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_vi
   std::free(e);
 }
 
-void ValueCache::BeginWrite(std::span<const std::string_view> keys, bool all, Writing* writing) {
-  writing->stripes.clear();
-  writing->all = all || keys.size() > kWriteKeysMax;
-  if (writing->all) {
-    for (uint32_t i = 0; i < stripe_count_; ++i) {
-      Locked locked(stripes_[i]);
-      stripes_[i].state.fetch_add(kBegin, std::memory_order_seq_cst);
+void ValueCache::EraseIn(Stripe& s, std::span<const Range> ranges) {
+  // A removal shifts later entries back into the slot: it is looked at
+  // again. Entries before it stay where they were looked at.
+  for (uint32_t i = 0; s.count > 0 && i <= s.mask;) {
+    Entry* e = s.slots[i].entry;
+    const bool inside = e != nullptr && std::any_of(ranges.begin(), ranges.end(), [&](const Range& r) {
+                          return e->key() >= r.begin && e->key() < r.end;
+                        });
+    if (inside) {
+      RemoveAt(s, i);
+    } else {
+      ++i;
     }
-    // After every stripe: a fill whose ticket predates this cannot add (its
-    // stripe's state moved), nor can one whose ticket is taken while this is
-    // in flight. The old epoch's entries are evicted first as room is needed.
-    epoch_.fetch_add(1, std::memory_order_seq_cst);
-    return;
+  }
+}
+
+void ValueCache::BeginWrite(std::span<const std::string_view> keys, std::span<const Range> ranges, bool all,
+                            Writing* writing) {
+  writing->stripes.clear();
+  // A range whose two ends share their [slot][db] prefix, and that prefix is
+  // of elements, holds nothing but elements: nothing cached.
+  thread_local std::vector<Range> erase;
+  erase.clear();
+  for (const Range& r : ranges) {
+    const bool elements = r.begin.size() >= kDataKeyPrefixBytes && r.end.size() >= kDataKeyPrefixBytes &&
+                          r.begin.substr(0, kDataKeyPrefixBytes) == r.end.substr(0, kDataKeyPrefixBytes) &&
+                          IsElementKey(r.begin);
+    if (!elements && r.begin < r.end) erase.push_back(r);
+  }
+  const bool every = all || keys.size() > kWriteKeysMax;
+  writing->all = every || !erase.empty();
+  if (writing->all) {
+    // Each stripe, under its lock: marked (a fill whose ticket predates
+    // this cannot add, nor can one whose ticket is taken while this is in
+    // flight), then its entries inside the write erased. A stripe not yet
+    // reached still answers the store's value: the store changes only
+    // after every stripe is.
+    for (uint32_t i = 0; i < stripe_count_; ++i) {
+      Stripe& s = stripes_[i];
+      Locked locked(s);
+      s.state.fetch_add(kBegin, std::memory_order_seq_cst);
+      if (every) {
+        Clear(s);
+      } else if (s.count > 0) {
+        EraseIn(s, erase);
+      }
+    }
+    if (every) return;
   }
   // Each stripe counts this write once (its writes in flight stay few).
   thread_local std::bitset<kStripesMax> marked;
@@ -274,7 +303,7 @@ void ValueCache::BeginWrite(std::span<const std::string_view> keys, bool all, Wr
     const uint32_t i = StripeOf(hash);
     Stripe& s = stripes_[i];
     Locked locked(s);
-    if (!marked[i]) {
+    if (!writing->all && !marked[i]) {
       marked[i] = true;
       writing->stripes.push_back(i);
       s.state.fetch_add(kBegin, std::memory_order_seq_cst);

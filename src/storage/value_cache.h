@@ -10,9 +10,11 @@
 //   no read may add an entry for it while the write is in flight (its
 //   stripe's count of writes in flight) or if a write of its stripe began
 //   after the read did (the stripe's generation: a ticket);
-// - a write over a range (a range deletion, an ingested file) moves the
-//   cache to a new epoch before the store changes: entries of the old one
-//   are never answered again, and go as eviction reaches them.
+// - a write over a range (a range deletion, an ingested file) counts as a
+//   write of every stripe, and erases the entries inside the range before
+//   the store changes (all of them, if the range is not known). A range of
+//   collection elements only is no write to the cache: elements are never
+//   cached (Cacheable).
 // Each stripe holds its keys' entries in a hash table of its own (linear
 // probing) under its spin lock, and evicts by CLOCK within its share of the
 // capacity: a hit is one lock, one probe and a copy, with no list to relink
@@ -32,6 +34,8 @@
 #include <string_view>
 #include <vector>
 
+#include "storage/keys.h"
+
 namespace shoal::storage {
 
 class ValueCache {
@@ -45,17 +49,21 @@ class ValueCache {
   ValueCache(const ValueCache&) = delete;
   ValueCache& operator=(const ValueCache&) = delete;
 
-  static bool Cacheable(std::string_view key) { return key.size() <= kKeyBytesMax; }
+  // Data keys of values up to kKeyBytesMax bytes; not a collection's
+  // elements (storage/keys.h), whose ranges are deleted whole.
+  static bool Cacheable(std::string_view key) { return key.size() <= kKeyBytesMax && !IsElementKey(key); }
+  static bool IsElementKey(std::string_view key) {
+    return key.size() >= kDataKeyPrefixBytes && (static_cast<uint8_t>(key[2]) & (kElementDbFlag >> 8)) != 0;
+  }
 
   // The value cached for `key` into *value; false if none (or the key is
   // not Cacheable).
   bool Find(std::string_view key, std::string* value);
 
   // Taken before a read of `key` (a lookup, or the store): the state of
-  // its stripe and the epoch. Lock-free.
+  // its stripe. Lock-free.
   struct Ticket {
     uint64_t state = 0;  // the stripe's (writes in flight, generation)
-    uint64_t epoch = 0;
     uint64_t hash = 0;  // the key's
     uint32_t stripe = 0;
     bool cacheable = false;
@@ -63,8 +71,8 @@ class ValueCache {
   Ticket BeginRead(std::string_view key) const;
   // Find, for a key whose ticket was just taken (its hash reused).
   bool Find(const Ticket& ticket, std::string_view key, std::string* value);
-  // Whether no write of the ticket's stripe was in flight when it was taken
-  // or has begun since, and no range write either: a value read after the
+  // Whether no write of the ticket's stripe (range writes included) was in
+  // flight when it was taken or has begun since: a value read after the
   // ticket is still the store's.
   bool Unchanged(const Ticket& ticket) const;
   // Adds what a read of the store found after `ticket`, if Unchanged (under
@@ -72,16 +80,22 @@ class ValueCache {
   void Fill(const Ticket& ticket, std::string_view key, std::string_view value);
 
   // Writers, around their write to the store: BeginWrite before it (erases
-  // the keys' entries), EndWrite after it, success or not, with the same
-  // keys. `all`: the write covers a range of keys, or more than
-  // kWriteKeysMax (every stripe, a new epoch); `keys` is then ignored.
+  // the entries of `keys`, and of every key in `ranges`), EndWrite after
+  // it, success or not. `all`: the write may change any key (an ingested
+  // file of unknown bounds), and so does one of more than kWriteKeysMax
+  // keys: every entry is erased. A range write, or an `all` one, marks
+  // every stripe.
   static constexpr size_t kWriteKeysMax = 4096;
+  struct Range {
+    std::string_view begin, end;  // [begin, end)
+  };
   // What BeginWrite marked, for EndWrite (reusable).
   struct Writing {
     std::vector<uint32_t> stripes;  // each once
     bool all = false;
   };
-  void BeginWrite(std::span<const std::string_view> keys, bool all, Writing* writing);
+  void BeginWrite(std::span<const std::string_view> keys, std::span<const Range> ranges, bool all,
+                  Writing* writing);
   void EndWrite(Writing* writing);
 
   size_t usage() const { return static_cast<size_t>(std::max<int64_t>(0, usage_.load(std::memory_order_relaxed))); }
@@ -142,8 +156,9 @@ class ValueCache {
   static size_t Probe(const Stripe& s, uint64_t hash, std::string_view key);
   // Under the lock: removes the entry at slot i.
   void RemoveAt(Stripe& s, size_t i);
-  // Under the lock: evicts (CLOCK; an entry of an old epoch as if not
-  // found lately) until an entry of `charge` bytes, and the table's growth
+  // Under the lock: removes every entry whose key lies in one of `ranges`.
+  void EraseIn(Stripe& s, std::span<const Range> ranges);
+  // Under the lock: evicts (CLOCK) until an entry of `charge` bytes, and the table's growth
   // if it needs one, fit in the stripe's share; then grows the table if it
   // must. False (nothing more evicted) if the entry cannot fit.
   bool MakeRoom(Stripe& s, size_t charge);
@@ -157,7 +172,6 @@ class ValueCache {
   const uint32_t stripe_count_;    // a power of two
   const size_t stripe_bytes_max_;  // capacity_ / stripe_count_
   std::unique_ptr<Stripe[]> stripes_;
-  std::atomic<uint64_t> epoch_{1};
   std::atomic<int64_t> usage_{0};
   std::unique_ptr<Counter[]> counters_;
 };

@@ -26,7 +26,7 @@ TEST(ValueCache, KeepsWhatAReadFoundUntilAWriteOfItsKey) {
   ASSERT_TRUE(cache.Find("k1", &v));
   EXPECT_EQ(v, "v1");
   const std::string_view keys[] = {"k1"};
-  cache.BeginWrite(keys, false, &w);
+  cache.BeginWrite(keys, {}, false, &w);
   EXPECT_FALSE(cache.Find("k1", &v));  // forgotten before the store changes
   cache.EndWrite(&w);
   EXPECT_FALSE(cache.Find("k1", &v));
@@ -34,7 +34,7 @@ TEST(ValueCache, KeepsWhatAReadFoundUntilAWriteOfItsKey) {
   // A write of another key leaves an entry be.
   auto t2 = cache.BeginRead("k2");
   cache.Fill(t2, "k2", "v2");
-  cache.BeginWrite(keys, false, &w);
+  cache.BeginWrite(keys, {}, false, &w);
   cache.EndWrite(&w);
   ASSERT_TRUE(cache.Find("k2", &v));
   EXPECT_EQ(v, "v2");
@@ -47,12 +47,12 @@ TEST(ValueCache, AReadThatAWriteOverlapsDoesNotFill) {
   const std::string_view keys[] = {"k1"};
   // The write began after the read did: what the read found may be old.
   auto before = cache.BeginRead("k1");
-  cache.BeginWrite(keys, false, &w);
+  cache.BeginWrite(keys, {}, false, &w);
   cache.EndWrite(&w);
   cache.Fill(before, "k1", "old");
   EXPECT_FALSE(cache.Find("k1", &v));
   // The write is in flight when the read begins.
-  cache.BeginWrite(keys, false, &w);
+  cache.BeginWrite(keys, {}, false, &w);
   auto during = cache.BeginRead("k1");
   EXPECT_FALSE(cache.Unchanged(during));
   cache.Fill(during, "k1", "old");
@@ -75,7 +75,7 @@ TEST(ValueCache, AWriteOverARangeForgetsEveryKey) {
   }
   ASSERT_TRUE(cache.Find("b", &v));
   auto before = cache.BeginRead("d");
-  cache.BeginWrite({}, /*all=*/true, &w);
+  cache.BeginWrite({}, {}, /*all=*/true, &w);
   for (std::string k : {"a", "b", "c"}) EXPECT_FALSE(cache.Find(k, &v)) << k;
   EXPECT_FALSE(cache.Unchanged(cache.BeginRead("a")));
   cache.EndWrite(&w);
@@ -95,7 +95,7 @@ TEST(ValueCache, ABatchOfManyKeysForgetsEveryKeyAndCountsOncePerStripe) {
   cache.Fill(t, "kept", "v");
   // One key many times: its stripe counts the write once.
   std::vector<std::string_view> same(ValueCache::kWriteKeysMax, "other");
-  cache.BeginWrite(same, false, &w);
+  cache.BeginWrite(same, {}, false, &w);
   EXPECT_EQ(w.stripes.size(), 1u);
   cache.EndWrite(&w);
   EXPECT_TRUE(cache.Unchanged(cache.BeginRead("other")));
@@ -104,15 +104,79 @@ TEST(ValueCache, ABatchOfManyKeysForgetsEveryKeyAndCountsOncePerStripe) {
   std::vector<std::string> names;
   for (size_t i = 0; i <= ValueCache::kWriteKeysMax; ++i) names.push_back("many" + std::to_string(i));
   std::vector<std::string_view> many(names.begin(), names.end());
-  cache.BeginWrite(many, false, &w);
+  cache.BeginWrite(many, {}, false, &w);
   EXPECT_TRUE(w.all);
   EXPECT_FALSE(cache.Find("kept", &v));
+  EXPECT_EQ(cache.usage(), 0u);  // given back at once
   cache.EndWrite(&w);
   EXPECT_FALSE(cache.Find("kept", &v));
 }
 
+// A range write forgets the keys inside its ranges, gives their memory
+// back, and keeps every other entry; while it is in flight no read of any
+// stripe fills, nor does one that began before it.
+TEST(ValueCache, ARangeWriteForgetsTheKeysInsideItAndKeepsTheRest) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  std::vector<std::string> names;
+  for (int i = 0; i < 300; ++i) names.push_back("sl" + std::to_string(10 + i % 3) + "k" + std::to_string(i));
+  for (const std::string& k : names) cache.Fill(cache.BeginRead(k), k, "v" + k);
+  const size_t full = cache.usage();
+  auto before = cache.BeginRead("sl11new");
+  const ValueCache::Range ranges[] = {{"sl11", "sl12"}};
+  const std::string_view point[] = {"sl10k0"};
+  cache.BeginWrite(point, ranges, false, &w);
+  EXPECT_TRUE(w.all);
+  EXPECT_FALSE(cache.Unchanged(cache.BeginRead("sl10k3")));  // every stripe is written
+  for (const std::string& k : names) {
+    const bool inside = k.starts_with("sl11") || k == "sl10k0";
+    EXPECT_EQ(cache.Find(k, &v), !inside) << k;
+    if (!inside) {
+      EXPECT_EQ(v, "v" + k);
+    }
+  }
+  EXPECT_LT(cache.usage() + 101 * 12, full);  // the entries of 101 keys and values of 6 bytes or more
+  EXPECT_TRUE(cache.ConsistentForTest());
+  cache.EndWrite(&w);
+  cache.Fill(before, "sl11new", "old");  // began before the range write
+  EXPECT_FALSE(cache.Find("sl11new", &v));
+  cache.Fill(cache.BeginRead("sl11new"), "sl11new", "new");
+  ASSERT_TRUE(cache.Find("sl11new", &v));
+  EXPECT_EQ(v, "new");
+}
+
+// A collection's elements are never cached, so a range of them only (both
+// ends under one [slot][db] prefix with the element flag) writes nothing
+// of the cache; a range that reaches past that prefix erases as any other.
+TEST(ValueCache, ARangeOfElementsOnlyLeavesTheCacheBe) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v;
+  const std::string slot_db("\x00\x07\x00\x00", 4);
+  const std::string element_db("\x00\x07\x80\x00", 4);
+  const std::string length("\x00\x00\x00\x01", 4);
+  EXPECT_FALSE(ValueCache::Cacheable(element_db + length + "hf"));
+  const std::string key = slot_db + "h";
+  cache.Fill(cache.BeginRead(key), key, "header");
+  const std::string lo = element_db + length + "h", hi = element_db + length + "i";
+  const ValueCache::Range elements[] = {{lo, hi}};
+  cache.BeginWrite({}, elements, false, &w);
+  EXPECT_FALSE(w.all);
+  EXPECT_TRUE(cache.Unchanged(cache.BeginRead(key)));
+  cache.EndWrite(&w);
+  ASSERT_TRUE(cache.Find(key, &v));
+  EXPECT_EQ(v, "header");
+  const std::string past("\x00\x08\x00\x00", 4);
+  const ValueCache::Range slot[] = {{slot_db, past}};
+  cache.BeginWrite({}, slot, false, &w);
+  EXPECT_TRUE(w.all);
+  EXPECT_FALSE(cache.Find(key, &v));
+  cache.EndWrite(&w);
+}
+
 // Random fills, writes and range writes against a model of the store: a
-// hit is always the model's value, through eviction and epochs.
+// hit is always the model's value, through eviction and range writes.
 TEST(ValueCache, HitsAreTheLatestValueUnderRandomOperations) {
   ValueCache cache(64 << 10);  // eviction all the time
   ValueCache::Writing w;
@@ -131,13 +195,21 @@ TEST(ValueCache, HitsAreTheLatestValueUnderRandomOperations) {
         auto t = cache.BeginRead(key);
         cache.Fill(t, key, model[key]);
       }
-    } else if (op < 99) {
+    } else if (op < 97) {
       const std::string_view keys[] = {key};
-      cache.BeginWrite(keys, false, &w);
+      cache.BeginWrite(keys, {}, false, &w);
       model[key] = std::to_string(step) + std::string(rng() % 40, 'v');
       cache.EndWrite(&w);
+    } else if (op < 99) {
+      // A range of keys: "k1" up to "k2" holds k1, k10.., k100.., k1000...
+      const ValueCache::Range ranges[] = {{"k1", "k2"}};
+      cache.BeginWrite({}, ranges, false, &w);
+      for (auto& [k, val] : model) {
+        if (k >= "k1" && k < "k2") val = "r" + std::to_string(step);
+      }
+      cache.EndWrite(&w);
     } else {
-      cache.BeginWrite({}, true, &w);
+      cache.BeginWrite({}, {}, true, &w);
       for (auto& [k, val] : model) val = "r" + std::to_string(step);
       cache.EndWrite(&w);
     }
@@ -202,7 +274,7 @@ TEST(ValueCache, ChargesItsTablesAndGivesThemBack) {
   std::vector<std::string_view> keys(names.begin(), names.end());
   for (size_t at = 0; at < keys.size(); at += ValueCache::kWriteKeysMax) {
     auto part = std::span(keys).subspan(at, std::min(ValueCache::kWriteKeysMax, keys.size() - at));
-    cache.BeginWrite(part, false, &w);
+    cache.BeginWrite(part, {}, false, &w);
     cache.EndWrite(&w);
   }
   EXPECT_EQ(cache.usage(), 0u);
@@ -313,6 +385,53 @@ TEST_F(ValueCacheEngineTest, ReadsSeeEveryKindOfWrite) {
   engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
   EXPECT_EQ(values[0], "7");
   EXPECT_TRUE(statuses[0].ok());
+}
+
+// Range writes (a range deletion, an ingested file) forget what lies inside
+// them, give its memory back, and leave every other value cached.
+TEST_F(ValueCacheEngineTest, RangeWritesKeepWhatLiesOutsideThem) {
+  Put("sl01a", "1");
+  Put("sl02a", "2");
+  Put("sl03a", "3");
+  EXPECT_EQ(Cached("sl01a"), "1");
+  EXPECT_EQ(Cached("sl02a"), "2");
+  EXPECT_EQ(Cached("sl03a"), "3");
+  const int64_t three = engine_->Memory().value_cache_bytes;
+  auto b = engine_->NewBatch();
+  b->DeleteRange(Cf::kData, "sl01", "sl02");
+  ASSERT_TRUE(engine_->Write(*b).ok());
+  EXPECT_LT(engine_->Memory().value_cache_bytes, three);
+  uint64_t hits = engine_->Memory().value_cache_hits;
+  EXPECT_EQ(Cached("sl02a"), "2");
+  EXPECT_EQ(Cached("sl03a"), "3");
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 2);
+  EXPECT_EQ(Cached("sl01a"), "");
+
+  const std::string sst = (dir_ / "in.sst").string();
+  auto file = engine_->NewSstWriter(Cf::kData, sst);
+  ASSERT_TRUE(file->Put("sl03a", "4").ok());
+  ASSERT_TRUE(file->Put("sl03b", "5").ok());
+  ASSERT_TRUE(file->Finish().ok());
+  ASSERT_TRUE(engine_->IngestSst(Cf::kData, sst, /*verify=*/false).ok());
+  hits = engine_->Memory().value_cache_hits;
+  EXPECT_EQ(Cached("sl02a"), "2");  // outside the file's keys: still a hit
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 1);
+  EXPECT_EQ(Cached("sl03a"), "4");  // inside: read again
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 1);
+}
+
+// A batch of more elements than kWriteKeysMax (an HSET of thousands of
+// fields) writes no cached key: the cache keeps its values.
+TEST_F(ValueCacheEngineTest, ABatchOfManyElementsKeepsTheCache) {
+  Put("sl05a", "1");
+  EXPECT_EQ(Cached("sl05a"), "1");
+  auto b = engine_->NewBatch();
+  const std::string element_db("sl\x80\x00", 4);
+  for (size_t i = 0; i <= ValueCache::kWriteKeysMax; ++i) b->Put(Cf::kData, element_db + "h" + std::to_string(i), "v");
+  ASSERT_TRUE(engine_->Write(*b).ok());
+  const uint64_t hits = engine_->Memory().value_cache_hits;
+  EXPECT_EQ(Cached("sl05a"), "1");
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 1);
 }
 
 // Readers through the cache against a writer of a few keys, with range

@@ -341,7 +341,19 @@ def test_repeated_reads_hit_the_value_cache_and_see_every_write(shoal):
     for i, k in enumerate(keys):
         want = (k + "-new").encode() if i % 2 == 0 else (None if i % 4 == 1 else k.encode())
         assert got[i] == want, k
+    # A collection deleted whole (over 1024 elements: its elements go by a
+    # range deletion) leaves the other keys' cached values be.
+    w.hset("vc-big", mapping={f"f{i}": "v" for i in range(1100)})
+    assert r.get(keys[0]) == (keys[0] + "-new").encode()
+    before = hits()
+    assert w.delete("vc-big") == 1
+    assert r.get(keys[0]) == (keys[0] + "-new").encode()
+    assert hits() == before + 1
+    assert r.hlen("vc-big") == 0
+    # FLUSHALL erases every cached value and gives their memory back.
+    assert r.info("memory")["storage_value_cache_bytes"] > 0
     w.flushall()
+    assert r.info("memory")["storage_value_cache_bytes"] == 0
     assert r.get(keys[0]) is None
     w.set(keys[0], "after flush")
     assert r.get(keys[0]) == b"after flush"
