@@ -11,6 +11,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -50,6 +53,9 @@ constexpr size_t kChunkQueueMax = 64;
 // A frame takes queued messages and snapshot chunks up to about this many
 // payload bytes, so heartbeats and gossip do not wait behind much.
 constexpr uint64_t kFrameSoftBytes = 8 << 20;
+// Send()'s callers write frames of messages up to this many payload bytes
+// themselves (SendNow); larger ones go by the writer.
+constexpr uint64_t kDirectBytesMax = 64 << 10;
 
 uint64_t PayloadBytes(const raft::Message& m) {
   return raft::entries_size(m.entries) + m.snapshot.data.size() + m.context.size();
@@ -92,6 +98,19 @@ struct Transport::Peer {
   uint16_t port = 0;
   Stream stream;  // the outgoing connection
   asio::steady_timer signal;
+  // Shared with Send()'s callers, under `mu`: the queue; the descriptor of
+  // the connection while it is open, in plain text, and its writer waits
+  // with nothing to write (-1 otherwise), on which a caller of Send() may
+  // write a frame itself (SendNow); the end of such a frame that the socket
+  // did not take, which the writer writes first; the session key and
+  // frame count while `idle_fd` is set; and how many of Send()'s posts
+  // carry messages for this peer that are not yet in its queue (SendNow
+  // writes nothing before them, so each thread's messages keep their order).
+  std::mutex mu;
+  int idle_fd = -1;
+  std::string tail;
+  bool tail_whole = false;  // the socket took none of it: the writer counts the frame
+  std::atomic<int> posted{0};
   std::vector<GroupMessage> queue;
   std::deque<SnapshotChunk> chunks;
   bool send_leaders = false;
@@ -151,7 +170,9 @@ void Transport::Stop() {
   stopped_ = true;
   io_.stop();
   if (thread_.joinable()) thread_.join();
-  peers_.clear();
+  // The connections close now; the peers themselves stay until the
+  // transport is destroyed, as Send() may still look them up meanwhile.
+  for (auto& [id, p] : peers_) CloseOutgoing(*p);
   acceptor_.reset();
 }
 
@@ -167,12 +188,22 @@ raft::NodeId Transport::NodeFor(raft::NodeId member) const {
 }
 
 Transport::Peer& Transport::PeerFor(raft::NodeId id) {
-  auto& p = peers_[id];
-  if (!p) {
-    p = std::make_unique<Peer>(io_, opts_.tls);
-    p->id = id;
+  if (auto it = peers_.find(id); it != peers_.end()) return *it->second;
+  auto p = std::make_unique<Peer>(io_, opts_.tls);
+  p->id = id;
+  Peer& added = *p;
+  std::unique_lock lock(peers_mu_);
+  peers_.emplace(id, std::move(p));
+  return added;
+}
+
+void Transport::CloseOutgoing(Peer& p) {
+  {
+    std::lock_guard lock(p.mu);
+    p.idle_fd = -1;
+    p.tail.clear();
   }
-  return *p;
+  p.stream.Close();
 }
 
 void Transport::Wake(Peer& p) {
@@ -190,27 +221,142 @@ void Transport::SetAddress(raft::NodeId id, const std::string& host, uint16_t po
   asio::post(io_, [this, id, host, port] {
     Peer& p = PeerFor(id);
     if (p.host == host && p.port == port) return;
-    p.host = host;
-    p.port = port;
-    p.stream.Close();  // reconnect to the new address
+    {
+      std::unique_lock lock(peers_mu_);
+      p.host = host;
+      p.port = port;
+    }
+    CloseOutgoing(p);  // reconnect to the new address
     Wake(p);
   });
 }
 
 void Transport::Send(std::vector<GroupMessage> msgs) {
   if (msgs.empty()) return;
-  asio::post(io_, [this, msgs = std::move(msgs)]() mutable {
+  SendNow(msgs);
+  if (msgs.empty()) return;
+  // What is left goes to the writers. Each known peer counts the post until
+  // its messages are queued, so that this thread's next SendNow writes
+  // nothing for it before them.
+  std::vector<Peer*> counted;
+  {
+    std::shared_lock lock(peers_mu_);
+    for (const auto& gm : msgs) {
+      auto it = peers_.find(NodeFor(gm.msg.to));
+      if (it == peers_.end() || std::find(counted.begin(), counted.end(), it->second.get()) != counted.end()) continue;
+      counted.push_back(it->second.get());
+      it->second->posted.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  asio::post(io_, [this, msgs = std::move(msgs), counted = std::move(counted)]() mutable {
     std::map<raft::NodeId, Peer*> touched;
     for (auto& gm : msgs) {
       if (SameNode(gm.msg.to, node_id())) continue;
       const raft::NodeId to = NodeFor(gm.msg.to);
       Peer& p = PeerFor(to);
+      std::lock_guard lock(p.mu);
       if (p.queue.size() >= kQueueMax) continue;
       touched[to] = &p;
       p.queue.push_back(std::move(gm));
     }
+    for (Peer* p : counted) p->posted.fetch_sub(1, std::memory_order_release);
     for (auto& [id, p] : touched) Wake(*p);
   });
+}
+
+bool Transport::IdleLocked(const Peer& p) {
+  return p.idle_fd >= 0 && p.queue.empty() && p.tail.empty() && p.posted.load(std::memory_order_acquire) == 0;
+}
+
+void Transport::SendNow(std::vector<GroupMessage>& msgs) {
+  const raft::NodeId self = node_id();
+  // Each message's peer, by the message's place (a peer, once added, lives
+  // as long as the transport).
+  std::vector<Peer*> dest(msgs.size(), nullptr);
+  std::vector<Peer*> order;  // the peers, in the order they first appear
+  {
+    std::shared_lock peers(peers_mu_);
+    if (peers_.empty()) return;
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      if (SameNode(msgs[i].msg.to, self)) continue;
+      auto it = peers_.find(NodeFor(msgs[i].msg.to));
+      if (it == peers_.end()) continue;
+      dest[i] = it->second.get();
+      if (std::find(order.begin(), order.end(), dest[i]) == order.end()) order.push_back(dest[i]);
+    }
+  }
+  std::vector<bool> sent(msgs.size(), false);
+  bool any = false;
+  std::string frame;
+  for (Peer* p : order) {
+    {
+      // A look, never a wait: a writer busy with the peer takes its messages.
+      std::unique_lock lock(p->mu, std::try_to_lock);
+      if (!lock.owns_lock() || !IdleLocked(*p)) continue;
+    }
+    uint64_t payload = 0;
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      if (dest[i] == p) payload += PayloadBytes(msgs[i].msg);
+    }
+    // Large entries go by the writer, whose writes have deadlines.
+    if (payload > kDirectBytesMax) continue;
+    // Encoded before the lock is taken to write it, so that the transport
+    // thread never waits for an encoding.
+    proto::PeerFrame pf;
+    FrameHeader(pf);
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      if (dest[i] != p) continue;
+      auto* out = pf.add_messages();
+      out->set_group(msgs[i].group);
+      ToProto(msgs[i].msg, out->mutable_msg());
+    }
+    frame.clear();
+    Encode(pf, &frame);
+    std::unique_lock lock(p->mu, std::try_to_lock);
+    if (!lock.owns_lock() || !IdleLocked(*p)) continue;  // the writer woke meanwhile
+    Mac(*p, &frame);
+    for (size_t i = 0; i < msgs.size(); ++i) sent[i] = sent[i] || dest[i] == p;
+    any = true;
+    const ssize_t n = ::send(p->idle_fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      frames_sent_.fetch_add(1, std::memory_order_relaxed);
+      frames_direct_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (n == static_cast<ssize_t>(frame.size())) continue;
+    // The socket took part of the frame or none (full, or the connection
+    // failed): its writer writes the rest first, on this connection, or
+    // finds it broken and dials again (Raft resends what is lost).
+    if (n > 0) direct_rests_.fetch_add(1, std::memory_order_relaxed);
+    p->tail = frame.substr(n > 0 ? static_cast<size_t>(n) : 0);
+    p->tail_whole = n <= 0;
+    p->idle_fd = -1;
+    asio::post(io_, [this, p] { Wake(*p); });
+  }
+  if (!any) return;
+  std::vector<GroupMessage> left;
+  left.reserve(msgs.size());
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    if (!sent[i]) left.push_back(std::move(msgs[i]));
+  }
+  msgs.swap(left);
+}
+
+void Transport::FrameHeader(proto::PeerFrame& pf) const {
+  pf.set_version(kWireVersion);
+  pf.set_cluster_id(cluster_id());
+  pf.set_from_node(node_id());
+  pf.set_from_host(opts_.bind_host);
+  pf.set_from_peer_port(port_);
+}
+
+void Transport::Encode(const proto::PeerFrame& pf, std::string* frame) {
+  uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
+  for (int i = 3; i >= 0; --i) frame->push_back(static_cast<char>(n >> (8 * i)));
+  pf.AppendToString(frame);
+}
+
+void Transport::Mac(Peer& p, std::string* frame) {
+  if (!p.session_key.empty()) *frame += FrameMac(p.session_key, p.frames_out++, *frame);
 }
 
 void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
@@ -229,7 +375,10 @@ void Transport::SetLocalTransfers(NodeStats stats) {
       // The meta replica changed recovery: what it queued before must not
       // reach a peer after the new number has (peers judge meta messages by
       // the number they last heard from this node).
-      for (auto& [id, p] : peers_) std::erase_if(p->queue, [](const GroupMessage& gm) { return gm.group == 0; });
+      for (auto& [id, p] : peers_) {
+        std::lock_guard lock(p->mu);
+        std::erase_if(p->queue, [](const GroupMessage& gm) { return gm.group == 0; });
+      }
     }
     local_transfers_ = stats;
   });
@@ -252,6 +401,98 @@ asio::awaitable<void> Transport::GossipLoop() {
   }
 }
 
+void Transport::DropQueued(Peer& p) {
+  {
+    std::lock_guard lock(p.mu);
+    p.queue.clear();
+  }
+  p.chunks.clear();
+  p.send_leaders = false;
+}
+
+void Transport::BuildFrame(Peer& p, std::string* frame) {
+  proto::PeerFrame pf;
+  FrameHeader(pf);
+  uint64_t payload = 0;
+  size_t taken = 0;
+  for (; taken < p.queue.size(); ++taken) {
+    auto& gm = p.queue[taken];
+    uint64_t bytes = PayloadBytes(gm.msg);
+    if (taken > 0 && payload + bytes > kFrameSoftBytes) break;
+    if (bytes + (1 << 20) > opts_.max_frame_bytes) {
+      // The peer would refuse the frame and drop the connection with
+      // everything else queued on it; Raft resends (only inline
+      // snapshots, the meta shard's, can be this large).
+      spdlog::error("group {}: a {} byte message to member {:016x} is over the frame limit; dropped", gm.group,
+                    bytes, gm.msg.to);
+      continue;
+    }
+    payload += bytes;
+    auto* out = pf.add_messages();
+    out->set_group(gm.group);
+    ToProto(gm.msg, out->mutable_msg());
+  }
+  p.queue.erase(p.queue.begin(), p.queue.begin() + static_cast<long>(taken));
+  // Snapshot chunks share the frame budget; at least one goes each frame.
+  while (!p.chunks.empty() && (pf.chunks_size() == 0 || payload + p.chunks.front().data.size() <= kFrameSoftBytes)) {
+    SnapshotChunk& c = p.chunks.front();
+    payload += c.data.size();
+    auto* out = pf.add_chunks();
+    out->set_kind(static_cast<uint32_t>(c.kind));
+    out->set_group(c.group);
+    out->set_from(c.from);
+    out->set_to(c.to);
+    out->set_export_id(c.export_id);
+    out->set_offset(c.offset);
+    out->set_total(c.total);
+    out->set_data(std::move(c.data));
+    out->set_done(c.done);
+    out->set_refused(c.refused);
+    out->set_resync(c.resync);
+    p.chunks.pop_front();
+  }
+  if (p.send_leaders) {
+    p.send_leaders = false;
+    pf.set_has_leaders(true);
+    pf.set_has_transfers(true);
+    pf.set_transfers_sending(local_transfers_.sending);
+    pf.set_transfer_bytes_sent(local_transfers_.bytes_sent);
+    pf.set_transfer_bytes_received(local_transfers_.bytes_received);
+    pf.set_meta_recovery(local_transfers_.meta_recovery);
+    pf.set_features(local_transfers_.features);
+    for (uint64_t id : local_transfers_.removed) pf.add_removed_nodes(id);
+    for (const LeaderlessReplica& r : local_transfers_.leaderless) {
+      auto* l = pf.add_leaderless();
+      l->set_group(r.group);
+      l->set_member(r.member);
+      l->set_last_term(r.last_term);
+      l->set_last_index(r.last_index);
+      l->set_applied(r.applied);
+      for (raft::NodeId v : r.voters) l->add_voters(v);
+      for (raft::NodeId v : r.voters_outgoing) l->add_voters_outgoing(v);
+      for (raft::NodeId v : r.learners) l->add_learners(v);
+      l->set_recovery(r.recovery);
+    }
+    for (const LeaderReport& r : local_leaders_) {
+      auto* l = pf.add_leaders();
+      l->set_group(r.group);
+      l->set_term(r.term);
+      for (raft::NodeId v : r.voters) l->add_voters(v);
+      for (raft::NodeId v : r.learners) l->add_learners(v);
+      l->set_joint(r.joint);
+      l->set_slot_begin(r.slot_begin);
+      l->set_slot_end(r.slot_end);
+      l->set_bytes(r.bytes);
+      l->set_ops_per_sec(r.ops_per_sec);
+      l->set_split_slot(r.split_slot);
+      l->set_load_measured(r.load_measured);
+      l->set_recovery(r.recovery);
+    }
+  }
+  Encode(pf, frame);
+  Mac(p, frame);
+}
+
 asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   auto backoff = kBackoffMin;
   asio::steady_timer wait(io_);
@@ -260,21 +501,28 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
   // the stream holds then.
   MovingDeadline deadline(p->stream.socket(), kDeadlineCheck);
   for (;;) {
-    if (p->queue.empty() && p->chunks.empty() && !p->send_leaders) {
-      p->signal.expires_at(asio::steady_timer::time_point::max());
-      auto [ec] = co_await p->signal.async_wait(as_tuple(asio::use_awaitable));
-      (void)ec;
-      if (stopped_) co_return;
-      continue;
+    {
+      std::unique_lock lock(p->mu);
+      if (p->queue.empty() && p->chunks.empty() && !p->send_leaders && p->tail.empty()) {
+        // Nothing to write: until Wake, Send()'s callers may write on the
+        // connection themselves.
+        if (p->stream.socket().is_open() && !p->stream.tls()) p->idle_fd = p->stream.socket().native_handle();
+        lock.unlock();
+        p->signal.expires_at(asio::steady_timer::time_point::max());
+        auto [ec] = co_await p->signal.async_wait(as_tuple(asio::use_awaitable));
+        (void)ec;
+        if (stopped_) co_return;
+        lock.lock();
+        p->idle_fd = -1;  // the writer's again
+        continue;
+      }
     }
     if (!p->stream.socket().is_open()) {
       asio::ip::tcp::socket s(io_);
       asio::error_code ec = co_await Dial(p->host, p->port, s);
       if (ec == asio::error::connection_refused) RefusedAfterClose(*p, p->host, p->port);
       if (ec) {
-        p->queue.clear();  // Raft resends what matters
-        p->chunks.clear();  // so do snapshot senders
-        p->send_leaders = false;
+        DropQueued(*p);  // Raft resends what matters, and snapshot senders their chunks
         wait.expires_after(backoff);
         co_await wait.async_wait(as_tuple(asio::use_awaitable));
         backoff = std::min(backoff * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kBackoffMax));
@@ -284,10 +532,8 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       s.set_option(asio::ip::tcp::no_delay(true), ec);
       p->stream.Reset(std::move(s));
       if (!co_await DialerHandshake(*p, p->stream)) {
-        p->stream.Close();
-        p->queue.clear();
-        p->chunks.clear();
-        p->send_leaders = false;
+        CloseOutgoing(*p);
+        DropQueued(*p);
         wait.expires_after(kBackoffMax);
         co_await wait.async_wait(as_tuple(asio::use_awaitable));
         if (stopped_) co_return;
@@ -295,102 +541,27 @@ asio::awaitable<void> Transport::WriteLoop(Peer* p) {
       }
       backoff = kBackoffMin;
     }
-    proto::PeerFrame pf;
-    pf.set_version(kWireVersion);
-    pf.set_cluster_id(cluster_id());
-    pf.set_from_node(node_id());
-    pf.set_from_host(opts_.bind_host);
-    pf.set_from_peer_port(port_);
-    uint64_t payload = 0;
-    size_t taken = 0;
-    for (; taken < p->queue.size(); ++taken) {
-      auto& gm = p->queue[taken];
-      uint64_t bytes = PayloadBytes(gm.msg);
-      if (taken > 0 && payload + bytes > kFrameSoftBytes) break;
-      if (bytes + (1 << 20) > opts_.max_frame_bytes) {
-        // The peer would refuse the frame and drop the connection with
-        // everything else queued on it; Raft resends (only inline
-        // snapshots, the meta shard's, can be this large).
-        spdlog::error("group {}: a {} byte message to member {:016x} is over the frame limit; dropped", gm.group,
-                      bytes, gm.msg.to);
-        continue;
-      }
-      payload += bytes;
-      auto* out = pf.add_messages();
-      out->set_group(gm.group);
-      ToProto(gm.msg, out->mutable_msg());
-    }
-    p->queue.erase(p->queue.begin(), p->queue.begin() + static_cast<long>(taken));
-    // Snapshot chunks share the frame budget; at least one goes each frame.
-    while (!p->chunks.empty() && (pf.chunks_size() == 0 || payload + p->chunks.front().data.size() <= kFrameSoftBytes)) {
-      SnapshotChunk& c = p->chunks.front();
-      payload += c.data.size();
-      auto* out = pf.add_chunks();
-      out->set_kind(static_cast<uint32_t>(c.kind));
-      out->set_group(c.group);
-      out->set_from(c.from);
-      out->set_to(c.to);
-      out->set_export_id(c.export_id);
-      out->set_offset(c.offset);
-      out->set_total(c.total);
-      out->set_data(std::move(c.data));
-      out->set_done(c.done);
-      out->set_refused(c.refused);
-      out->set_resync(c.resync);
-      p->chunks.pop_front();
-    }
-    if (p->send_leaders) {
-      p->send_leaders = false;
-      pf.set_has_leaders(true);
-      pf.set_has_transfers(true);
-      pf.set_transfers_sending(local_transfers_.sending);
-      pf.set_transfer_bytes_sent(local_transfers_.bytes_sent);
-      pf.set_transfer_bytes_received(local_transfers_.bytes_received);
-      pf.set_meta_recovery(local_transfers_.meta_recovery);
-      pf.set_features(local_transfers_.features);
-      for (uint64_t id : local_transfers_.removed) pf.add_removed_nodes(id);
-      for (const LeaderlessReplica& r : local_transfers_.leaderless) {
-        auto* l = pf.add_leaderless();
-        l->set_group(r.group);
-        l->set_member(r.member);
-        l->set_last_term(r.last_term);
-        l->set_last_index(r.last_index);
-        l->set_applied(r.applied);
-        for (raft::NodeId v : r.voters) l->add_voters(v);
-        for (raft::NodeId v : r.voters_outgoing) l->add_voters_outgoing(v);
-        for (raft::NodeId v : r.learners) l->add_learners(v);
-        l->set_recovery(r.recovery);
-      }
-      for (const LeaderReport& r : local_leaders_) {
-        auto* l = pf.add_leaders();
-        l->set_group(r.group);
-        l->set_term(r.term);
-        for (raft::NodeId v : r.voters) l->add_voters(v);
-        for (raft::NodeId v : r.learners) l->add_learners(v);
-        l->set_joint(r.joint);
-        l->set_slot_begin(r.slot_begin);
-        l->set_slot_end(r.slot_end);
-        l->set_bytes(r.bytes);
-        l->set_ops_per_sec(r.ops_per_sec);
-        l->set_split_slot(r.split_slot);
-        l->set_load_measured(r.load_measured);
-        l->set_recovery(r.recovery);
-      }
-    }
     frame.clear();
-    uint32_t n = static_cast<uint32_t>(pf.ByteSizeLong());
-    for (int i = 3; i >= 0; --i) frame.push_back(static_cast<char>(n >> (8 * i)));
-    pf.AppendToString(&frame);
-    if (!p->session_key.empty()) frame += FrameMac(p->session_key, p->frames_out++, frame);
+    bool rest = false;  // the rest of a frame that SendNow began (and counted)
+    {
+      std::lock_guard lock(p->mu);
+      if (!p->tail.empty()) {
+        frame.swap(p->tail);
+        rest = !p->tail_whole;
+      } else {
+        BuildFrame(*p, &frame);
+      }
+    }
     deadline.Set(FrameMax(frame.size()));
     auto [ec, written] = co_await p->stream.Write(asio::buffer(frame));
     deadline.Clear();
     (void)written;
     if (ec) {
-      p->stream.Close();
+      CloseOutgoing(*p);
       if (stopped_) co_return;
       continue;
     }
+    if (rest) continue;
     frames_sent_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -764,6 +935,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       p.frames_at_close = Peer::kNever;
       p.reported_gone = false;
       if (p.port == 0 && !pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
+        std::unique_lock lock(peers_mu_);
         p.host = pf.from_host();
         p.port = static_cast<uint16_t>(pf.from_peer_port());
       }

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -310,6 +311,122 @@ TEST(Transport, TakesFramesHoweverTheirBytesArrive) {
   EXPECT_EQ(b.got[30].second.entries[0].data, std::string(300 * 1024, 'x'));
   EXPECT_EQ(b.got[31].second.commit, 9u);
   EXPECT_EQ(b.t.frames_refused(), 0u);
+}
+
+// Messages from one thread arrive in the order sent, whether Send() wrote
+// their frame itself (the connection idle), left the rest of a frame the
+// socket did not take to the writer, or queued them behind the writer's
+// frames. b stops reading until a's socket is full, then frames of every
+// size go while a second thread sends heartbeats beside them.
+void SendsKeepTheirOrder(const std::string& secret) {
+  std::atomic<bool> hold{true}, held{false};
+  std::mutex mu;
+  std::map<uint64_t, std::vector<uint64_t>> seen;  // group -> commits, as delivered
+  Transport b(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1", .peer_port = 0, .secret = secret},
+              [&](std::vector<GroupMessage> ms) {
+                if (hold.load()) {
+                  held = true;
+                  WaitFor([&] { return !hold.load(); }, 10000);
+                  held = false;
+                }
+                std::lock_guard lock(mu);
+                for (auto& gm : ms) seen[gm.group].push_back(gm.msg.commit);
+              },
+              [](raft::NodeId, std::vector<LeaderReport>) {});
+  b.set_cluster_id(77);
+  ASSERT_TRUE(b.Start().ok());
+  struct Release {  // b reads again before it stops, however the test ends
+    std::atomic<bool>& hold;
+    ~Release() { hold = false; }
+  } release{hold};
+  Endpoint a(1, 77, secret);
+  a.t.SetAddress(2, "127.0.0.1", b.port());
+  uint64_t large = 0;
+  auto send_large = [&](size_t bytes) {
+    raft::Message m = Heartbeat(1, 2);
+    m.type = raft::MessageType::kApp;
+    m.commit = ++large;
+    m.entries.push_back(raft::Entry{5, large, raft::EntryType::kNormal, std::string(bytes, static_cast<char>('a' + large % 26))});
+    a.t.Send({GroupMessage{1, std::move(m)}});
+  };
+  auto delivered = [&](uint64_t group) {
+    std::lock_guard lock(mu);
+    return seen[group].size();
+  };
+  // Frames Send() writes itself while b does not read, until one finds the
+  // socket full. A gossip frame may wake the writer meanwhile and take a
+  // frame that fills it: then b reads again and it starts over.
+  for (int attempt = 0; attempt < 5 && a.t.direct_rests() == 0; ++attempt) {
+    hold = true;
+    ASSERT_TRUE(WaitFor([&] {
+      a.t.Send({GroupMessage{3, Heartbeat(1, 2)}});  // b stops reading on it
+      return held.load();
+    }));
+    for (int i = 0; i < 1000 && a.t.direct_rests() == 0; ++i) {
+      const uint64_t direct = a.t.frames_sent_direct();
+      send_large(40 * 1024);
+      if (a.t.frames_sent_direct() == direct && a.t.direct_rests() == 0) break;  // the writer's
+    }
+    hold = false;
+    ASSERT_TRUE(WaitFor([&] { return delivered(1) == large; }, 20000));
+  }
+  ASSERT_GT(a.t.direct_rests(), 0u);
+  hold = true;
+  constexpr uint64_t kSmall = 400;
+  std::thread beside([&] {
+    for (uint64_t i = 1; i <= kSmall; ++i) {
+      raft::Message m = Heartbeat(1, 2);
+      m.commit = i;
+      a.t.Send({GroupMessage{2, std::move(m)}});
+      if (i % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (i == 100) hold = false;
+    }
+  });
+  // Every fourth is too large for Send() to write.
+  for (int i = 0; i < 80; ++i) send_large(i % 4 == 0 ? 300 * 1024 : 40 * 1024);
+  beside.join();
+  hold = false;
+  ASSERT_TRUE(WaitFor([&] { return delivered(1) == large && delivered(2) == kSmall; }, 20000));
+  std::lock_guard lock(mu);
+  for (uint64_t i = 1; i <= large; ++i) ASSERT_EQ(seen[1][i - 1], i);
+  for (uint64_t i = 1; i <= kSmall; ++i) ASSERT_EQ(seen[2][i - 1], i);
+  EXPECT_GT(a.t.frames_sent(), a.t.frames_sent_direct());  // the writer wrote some
+  EXPECT_EQ(b.frames_refused(), 0u);
+  EXPECT_EQ(b.peers_refused(), 0u);
+}
+
+TEST(Transport, SendsKeepTheirOrderHoweverTheirFramesLeave) { SendsKeepTheirOrder(""); }
+
+TEST(Transport, SendsKeepTheirOrderHoweverTheirFramesLeaveWithTheSecret) { SendsKeepTheirOrder(kSecret); }
+
+// One Send() to two peers, where one peer's messages leave at once and the
+// other's go to its writer (too large to write at once): those arrive whole.
+TEST(Transport, MessagesLeftToTheWriterArriveWhole) {
+  Endpoint a(1, 77), b(2, 77), c(3, 77);
+  a.t.SetAddress(2, "127.0.0.1", b.t.port());
+  a.t.SetAddress(3, "127.0.0.1", c.t.port());
+  a.t.Send({GroupMessage{1, Heartbeat(1, 2)}, GroupMessage{1, Heartbeat(1, 3)}});
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 1 && c.count() == 1; }));
+  constexpr int kRounds = 20;
+  for (int i = 0; i < kRounds; ++i) {
+    raft::Message app = Heartbeat(1, 2);
+    app.type = raft::MessageType::kApp;
+    app.commit = static_cast<uint64_t>(i);
+    app.context = "transfer";
+    app.entries.push_back(raft::Entry{5, 10, raft::EntryType::kNormal, std::string(100 * 1024, 'e')});
+    a.t.Send({GroupMessage{1, std::move(app)}, GroupMessage{1, Heartbeat(1, 3)}});
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 1 + kRounds && c.count() == 1 + kRounds; }));
+  EXPECT_GT(a.t.frames_sent_direct(), 0u);  // c's heartbeats, for the most part
+  std::lock_guard lock(b.mu);
+  for (int i = 1; i <= kRounds; ++i) {
+    const raft::Message& m = b.got[static_cast<size_t>(i)].second;
+    EXPECT_EQ(m.commit, static_cast<uint64_t>(i - 1));
+    EXPECT_EQ(m.context, "transfer");
+    ASSERT_EQ(m.entries.size(), 1u);
+    EXPECT_EQ(m.entries[0].data, std::string(100 * 1024, 'e'));
+  }
 }
 
 TEST(Transport, ReconnectsWhenThePeerComesBack) {

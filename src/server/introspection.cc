@@ -217,6 +217,9 @@ std::string BuildInfo(Server& server, const std::vector<std::string>& sections) 
     w.Field("elections_started", campaigns);
     w.Field("elections_for_gone_leader", campaigns_gone);
     w.Field("peers_seen_gone", server.transport().peers_gone());
+    w.Field("peer_frames_sent", server.transport().frames_sent());
+    // Of those, frames a worker wrote itself (the connection had nothing queued).
+    w.Field("peer_frames_sent_direct", server.transport().frames_sent_direct());
     w.Field("peer_frames_refused", server.transport().frames_refused());
     w.Field("peer_connections_refused", server.transport().peers_refused());
     w.Field("cluster_secret", server.config().cluster_secret.empty() ? "no" : "yes");
