@@ -233,21 +233,10 @@ void Transport::SetAddress(raft::NodeId id, const std::string& host, uint16_t po
 
 void Transport::Send(std::vector<GroupMessage> msgs) {
   if (msgs.empty()) return;
-  SendNow(msgs);
+  // What SendNow leaves goes to the writers; the peers it counted the post
+  // on are told when their messages are queued.
+  std::vector<Peer*> counted = SendNow(msgs);
   if (msgs.empty()) return;
-  // What is left goes to the writers. Each known peer counts the post until
-  // its messages are queued, so that this thread's next SendNow writes
-  // nothing for it before them.
-  std::vector<Peer*> counted;
-  {
-    std::shared_lock lock(peers_mu_);
-    for (const auto& gm : msgs) {
-      auto it = peers_.find(NodeFor(gm.msg.to));
-      if (it == peers_.end() || std::find(counted.begin(), counted.end(), it->second.get()) != counted.end()) continue;
-      counted.push_back(it->second.get());
-      it->second->posted.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
   asio::post(io_, [this, msgs = std::move(msgs), counted = std::move(counted)]() mutable {
     std::map<raft::NodeId, Peer*> touched;
     for (auto& gm : msgs) {
@@ -268,7 +257,7 @@ bool Transport::IdleLocked(const Peer& p) {
   return p.idle_fd >= 0 && p.queue.empty() && p.tail.empty() && p.posted.load(std::memory_order_acquire) == 0;
 }
 
-void Transport::SendNow(std::vector<GroupMessage>& msgs) {
+std::vector<Transport::Peer*> Transport::SendNow(std::vector<GroupMessage>& msgs) {
   const raft::NodeId self = node_id();
   // Each message's peer, by the message's place (a peer, once added, lives
   // as long as the transport).
@@ -276,7 +265,7 @@ void Transport::SendNow(std::vector<GroupMessage>& msgs) {
   std::vector<Peer*> order;  // the peers, in the order they first appear
   {
     std::shared_lock peers(peers_mu_);
-    if (peers_.empty()) return;
+    if (peers_.empty()) return {};
     for (size_t i = 0; i < msgs.size(); ++i) {
       if (SameNode(msgs[i].msg.to, self)) continue;
       auto it = peers_.find(NodeFor(msgs[i].msg.to));
@@ -332,13 +321,22 @@ void Transport::SendNow(std::vector<GroupMessage>& msgs) {
     p->idle_fd = -1;
     asio::post(io_, [this, p] { Wake(*p); });
   }
-  if (!any) return;
+  // Each peer with messages left counts their post until they are queued,
+  // so that this thread's next SendNow writes nothing for it before them.
+  std::vector<Peer*> counted;
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    if (sent[i] || dest[i] == nullptr || std::find(counted.begin(), counted.end(), dest[i]) != counted.end()) continue;
+    counted.push_back(dest[i]);
+    dest[i]->posted.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (!any) return counted;
   std::vector<GroupMessage> left;
   left.reserve(msgs.size());
   for (size_t i = 0; i < msgs.size(); ++i) {
     if (!sent[i]) left.push_back(std::move(msgs[i]));
   }
   msgs.swap(left);
+  return counted;
 }
 
 void Transport::FrameHeader(proto::PeerFrame& pf) const {

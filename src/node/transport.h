@@ -172,8 +172,9 @@ class Transport {
   raft::NodeId NodeFor(raft::NodeId member) const;
   void Wake(Peer& p);
   // Send()'s own writes: the messages of `msgs` whose peer's connection is
-  // idle leave in a frame written here; the others are left in `msgs`.
-  void SendNow(std::vector<GroupMessage>& msgs);
+  // idle leave in a frame written here; the others are left in `msgs`, and
+  // their known peers, returned, count one more post on its way (Peer::posted).
+  std::vector<Peer*> SendNow(std::vector<GroupMessage>& msgs);
   // The frame's fields that say who sends it.
   void FrameHeader(proto::PeerFrame& pf) const;
   // Appends [length][pf] to frame.
