@@ -10,13 +10,17 @@
 #include <rocksdb/db.h>
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
+#include <rocksdb/write_batch.h>
 
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 #include <unistd.h>
 
 #include "storage/keys.h"
@@ -108,6 +112,52 @@ void BM_HotSlotPut(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 300000);
 }
 BENCHMARK(BM_HotSlotPut)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->Iterations(3);
+
+// The same writes in batches of range(0) keys, as a round writes them,
+// each batch's bucket prefetched as the engine does (PrefetchForWrites);
+// with range(1) = 1 the batch's keys are passed as well, and their inserts'
+// searches are walked ahead, side by side.
+void BM_HotSlotBatchPut(benchmark::State& state) {
+  const std::string v(100, 'x');
+  const size_t batch = static_cast<size_t>(state.range(0));
+  const bool walk = state.range(1) == 1;
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto d = Open(true, kDataKeyPrefixBytes);
+    if (!d) return state.SkipWithError("open");
+    rocksdb::MemTableRepFactory* factory = d->db->GetOptions().memtable_factory.get();
+    std::mt19937 rng(1);
+    const std::string slot{0x12, 0x34, 0, 0};
+    std::vector<std::string> keys(batch);
+    std::vector<std::string_view> views(batch);
+    const std::vector<uint32_t> prefixes(batch, 0x12340000u);
+    state.ResumeTiming();
+    for (int i = 0; i < 300000; i += static_cast<int>(batch)) {
+      rocksdb::WriteBatch wb;
+      for (size_t k = 0; k < batch; ++k) {
+        char key[32];
+        const int len = std::snprintf(key, sizeof(key), "key:{06S}:%012u", static_cast<unsigned>(rng() % 100000));
+        keys[k] = slot + std::string(key, len);
+        views[k] = keys[k];
+        wb.Put(keys[k], v);
+      }
+      shoal::storage::PrefetchForWrites(factory, prefixes, walk ? std::span<const std::string_view>(views)
+                                                                : std::span<const std::string_view>());
+      d->db->Write(NoWal(), &wb);
+    }
+    state.PauseTiming();
+    d.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * 300000);
+}
+BENCHMARK(BM_HotSlotBatchPut)
+    ->Args({8, 0})
+    ->Args({8, 1})
+    ->Args({64, 0})
+    ->Args({64, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(3);
 
 // A round's records for 16 groups: hard state and log start (raft), the
 // applied index (meta), each a new version of the same key.

@@ -337,15 +337,15 @@ class RocksEngine final : public Engine {
   Result<uint64_t> Write(WriteBatch& batch) override {
     rocksdb::WriteOptions wo;
     wo.sync = false;
-    PrefetchForWrites(data_memtables_.get(), RocksEngineAccess::DataPrefixes(batch));
+    thread_local std::vector<std::string_view> data_keys;
+    RocksEngineAccess::DataKeys(batch, &data_keys);
+    PrefetchForWrites(data_memtables_.get(), RocksEngineAccess::DataPrefixes(batch), data_keys);
     // The value cache forgets the batch's data keys (and those inside its
     // range deletions) before the store changes, and takes no value of them
     // until the write is done (value_cache.h).
-    thread_local std::vector<std::string_view> data_keys;
     thread_local std::vector<ValueCache::Range> data_ranges;
     thread_local ValueCache::Writing writing;
     if (values_ != nullptr) {
-      RocksEngineAccess::DataKeys(batch, &data_keys);
       RocksEngineAccess::DataRangeViews(batch, &data_ranges);
       values_->BeginWrite(data_keys, data_ranges, RocksEngineAccess::ManyDataKeys(batch), &writing);
     }

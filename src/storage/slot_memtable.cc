@@ -15,6 +15,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -184,6 +185,24 @@ inline Slice EntryKey(const char* entry) {
   return Slice(p, len);
 }
 
+// memcmp's sign for n bytes, inline: a hot bucket's keys share their first
+// dozen bytes or more (the prefix, a hash tag), and a search compares a key
+// some 35 times, where a call to the library's memcmp cost more than the
+// bytes. Words are compared as big-endian numbers.
+static_assert(std::endian::native == std::endian::little);
+inline int CompareBytes(const char* a, const char* b, size_t n) {
+  for (; n >= 8; n -= 8, a += 8, b += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a, 8);
+    std::memcpy(&y, b, 8);
+    if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
+  }
+  for (; n > 0; --n, ++a, ++b) {
+    if (*a != *b) return static_cast<uint8_t>(*a) < static_cast<uint8_t>(*b) ? -1 : 1;
+  }
+  return 0;
+}
+
 // The order of internal keys under a bytewise comparator, as a memtable's
 // comparator has it (InternalKeyComparator::CompareKeySeq): user keys
 // bytewise, then sequence numbers descending (the 8-byte trailer less its
@@ -191,7 +210,7 @@ inline Slice EntryKey(const char* entry) {
 // compare; checked against it at each memtable's start.
 inline int CompareInternal(const Slice& a, const Slice& b) {
   const size_t ua = a.size() - 8, ub = b.size() - 8;
-  if (int c = std::memcmp(a.data(), b.data(), std::min(ua, ub)); c != 0) return c;
+  if (int c = CompareBytes(a.data(), b.data(), std::min(ua, ub)); c != 0) return c;
   if (ua != ub) return ua < ub ? -1 : 1;
   uint64_t ta, tb;  // little-endian on disk and here (docs/design/storage.md)
   std::memcpy(&ta, a.data() + ua, 8);
@@ -264,6 +283,73 @@ class SlotMemTableRep final : public MemTableRep {
         if (const Node* x = const_cast<Bucket*>(b)->head()->Next(top)) __builtin_prefetch(x->Entry());
       }
     }
+  }
+
+  static constexpr size_t kWalks = 16;  // PrefetchPaths's walks side by side
+
+  // Walks ahead of a write the searches its inserts of these data user keys
+  // will make, many side by side, each step starting the load of the node
+  // the walk reads next: a search through a big bucket (a hash-tagged slot
+  // holds a memtable's worth of keys) is some 35 loads, each of which
+  // waits for the one before it; walked together, different keys' loads
+  // overlap, and the inserts then find their nodes in the cache. Keys of
+  // small buckets are left to PrefetchBuckets. Reads only.
+  void PrefetchPaths(std::span<const std::string_view> keys) const {
+    if (hashed_ || prefix_bytes_ != 4) return;
+    constexpr uint64_t kWalkFrom = 64;  // keys in a bucket, below which one search is cheap
+    constexpr int kMaxSteps = 256;      // a bound per walk (about 40 in a full bucket)
+    struct Walk {
+      Node* at;
+      int level;
+      int steps;
+      std::string_view key;
+    };
+    Walk walks[kWalks];
+    for (size_t from = 0; from < keys.size(); from += kWalks) {
+      size_t n = 0;
+      for (size_t i = from; i < keys.size() && i < from + kWalks; ++i) {
+        const std::string_view key = keys[i];
+        if (key.size() < prefix_bytes_) continue;
+        Bucket* b = Listed(PrefixOf(Slice(key.data(), key.size())));
+        if (b == nullptr || b->count.load(std::memory_order_relaxed) < kWalkFrom) continue;
+        walks[n] = Walk{b->head(), b->height.load(std::memory_order_relaxed) - 1, 0, key};
+        Touch(walks[n].at->Next(walks[n].level));
+        ++n;
+      }
+      for (size_t live = n; live > 0;) {
+        live = 0;
+        for (size_t i = 0; i < n; ++i) {
+          Walk& w = walks[i];
+          if (w.level < 0) continue;
+          Node* next = w.at->Next(w.level);
+          if (next != nullptr && ++w.steps < kMaxSteps && UserKeyBefore(next->Entry(), w.key)) {
+            w.at = next;
+          } else if (--w.level < 0) {
+            continue;
+          }
+          Touch(w.at->Next(w.level));
+          ++live;
+        }
+      }
+    }
+  }
+
+  // Starts loading node x (its links below it, its entry's key above).
+  static void Touch(const Node* x) {
+    if (x == nullptr) return;
+    const char* p = reinterpret_cast<const char*>(x);
+    __builtin_prefetch(p - (kMaxHeight - 1) * kWord);
+    __builtin_prefetch(p + kWord);
+    __builtin_prefetch(p + kWord + 48);
+  }
+
+  // Whether an entry's user key sorts before `key` (a new version of the
+  // same key is inserted before the entry's).
+  static bool UserKeyBefore(const char* entry, std::string_view key) {
+    const Slice k = EntryKey(entry);
+    const size_t n = k.size() - 8;
+    const int c = CompareBytes(k.data(), key.data(), std::min(n, key.size()));
+    return c < 0 || (c == 0 && n < key.size());
   }
 
   // Entries (and an entry against an internal key) in the comparator's order.
@@ -928,14 +1014,28 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
   const char* Name() const override { return kName; }
   bool IsInsertConcurrentlySupported() const override { return true; }
 
-  void PrefetchForWrites(std::span<const uint32_t> prefixes) {
+  void PrefetchForWrites(std::span<const uint32_t> prefixes, std::span<const std::string_view> keys) {
     // Held while it reads: the memtable is not destroyed meanwhile (its
     // destructor takes the lock before its arena goes).
-    std::lock_guard lock(newest_->mu);
-    if (newest_->rep != nullptr) newest_->rep->PrefetchBuckets(prefixes);
+    {
+      std::lock_guard lock(newest_->mu);
+      if (newest_->rep == nullptr) return;
+      newest_->rep->PrefetchBuckets(prefixes);
+    }
+    // The walks take the lock a group at a time (another writer's prefetch,
+    // a memtable's switch or its end wait for one group at most), and stop
+    // after the first kWalkKeys keys: a bigger batch's first paths would
+    // leave the cache before its last keys' inserts anyway.
+    keys = keys.first(std::min(keys.size(), kWalkKeys));
+    for (size_t from = 0; from < keys.size(); from += SlotMemTableRep::kWalks) {
+      std::lock_guard lock(newest_->mu);
+      if (newest_->rep == nullptr) return;
+      newest_->rep->PrefetchPaths(keys.subspan(from, std::min(SlotMemTableRep::kWalks, keys.size() - from)));
+    }
   }
 
   static constexpr const char* kName = "ShoalSlotMemTable";
+  static constexpr size_t kWalkKeys = 256;
 
  private:
   size_t prefix_bytes_;
@@ -944,9 +1044,13 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
 
 }  // namespace
 
-void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes) {
-  if (factory == nullptr || prefixes.empty() || std::strcmp(factory->Name(), SlotMemTableFactory::kName) != 0) return;
-  static_cast<SlotMemTableFactory*>(factory)->PrefetchForWrites(prefixes);
+void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
+                       std::span<const std::string_view> keys) {
+  if (factory == nullptr || (prefixes.empty() && keys.empty()) ||
+      std::strcmp(factory->Name(), SlotMemTableFactory::kName) != 0) {
+    return;
+  }
+  static_cast<SlotMemTableFactory*>(factory)->PrefetchForWrites(prefixes, keys);
 }
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string_view>
 
 namespace rocksdb {
 class MemTableRepFactory;
@@ -35,9 +36,14 @@ std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefi
 // Starts loading into the CPU's cache what writes of keys with these 4-byte
 // prefixes (big-endian in a word) will read first in the newest memtable
 // that `factory` made (its column family's active one): their buckets. A
-// write's three cache misses there were most of its insert's time. Reads
-// only, any thread; nothing for a factory not made above, or with another
-// prefix length.
-void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes);
+// write's three cache misses there were most of its insert's time. Of the
+// user `keys` (those of the same writes) whose buckets hold many keys, it
+// also walks the searches their inserts will make, side by side, so that
+// their cache misses overlap (a hash-tagged slot's bucket holds a
+// memtable's worth of keys: some 35 misses an insert, one after another).
+// Reads only, any thread; nothing for a factory not made above, or with
+// another prefix length.
+void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
+                       std::span<const std::string_view> keys = {});
 
 }  // namespace shoal::storage

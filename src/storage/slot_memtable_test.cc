@@ -22,7 +22,9 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -277,6 +279,37 @@ TEST_F(SlotMemTableTest, KeysShorterThanAPrefixKeepTheOrder) {
   CheckAgainst(model, rng, false);
 }
 
+// Hash-tagged keys: a few buckets of thousands of keys that share a long
+// stretch after the prefix and differ in tails of any length and any bytes
+// (the word-wise compare, its tail and its ties of length), written in
+// batches whose searches are walked first (PrefetchForWrites with keys).
+TEST_F(SlotMemTableTest, KeysSharingLongStretchesKeepTheOrder) {
+  Open();
+  std::mt19937 rng(13);
+  static const char kBytes[] = {'\x00', '\x01', '\x7f', '\x80', '\xff', 'a'};
+  std::map<std::string, std::string> model;
+  for (int batch = 0; batch < 300; ++batch) {
+    rocksdb::WriteBatch wb;
+    std::vector<std::string> keys;
+    for (int i = 0; i < 1 + static_cast<int>(rng() % 60); ++i) {
+      std::string k{'\x00', static_cast<char>(rng() % 2), '\x00', '\x00'};
+      k += rng() % 4 == 0 ? "{user:1000}:" : "{user:1000}:key:0000000";
+      for (size_t n = rng() % 21; n > 0; --n) k.push_back(kBytes[rng() % 6]);
+      std::string v = "v" + std::to_string(batch) + "." + std::to_string(i);
+      ASSERT_TRUE(wb.Put(k, v).ok());
+      model[k] = v;
+      keys.push_back(std::move(k));
+    }
+    std::vector<std::string_view> views(keys.begin(), keys.end());
+    std::vector<uint32_t> prefixes;
+    for (const auto& k : keys) prefixes.push_back(static_cast<uint32_t>(static_cast<uint8_t>(k[1])) << 16);
+    PrefetchForWrites(factory_.get(), prefixes, views);
+    ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &wb).ok());
+  }
+  ASSERT_GT(model.size(), 1500u);
+  CheckAgainst(model, rng, true);
+}
+
 TEST_F(SlotMemTableTest, FlushesInOrderAndReadsAcrossMemtablesAndFiles) {
   Open(64 << 10);  // small memtables: many flushes, reads merge memtables and files
   std::mt19937 rng(11);
@@ -387,9 +420,19 @@ TEST_F(SlotMemTableTest, PrefetchForWritesWhileMemtablesComeAndGo) {
   std::thread prefetcher([&] {
     std::mt19937 rng(7);
     std::vector<uint32_t> prefixes(100);
+    std::vector<std::string> keys(100);
+    std::vector<std::string_view> views(100);
     for (int round = 0; round < 200000 && !done; ++round) {
-      for (auto& p : prefixes) p = static_cast<uint32_t>(rng() % 3) << 16 | static_cast<uint32_t>(rng() % 2);
-      PrefetchForWrites(factory_.get(), prefixes);
+      for (size_t i = 0; i < prefixes.size(); ++i) {
+        prefixes[i] = static_cast<uint32_t>(rng() % 3) << 16 | static_cast<uint32_t>(rng() % 2);
+        // The searches of these keys are walked too once their buckets are
+        // big, while the writer below inserts into them.
+        keys[i] = std::string{'\x00', static_cast<char>(prefixes[i] >> 16), '\x00',
+                              static_cast<char>(prefixes[i] & 1)} + std::to_string(rng() % 500);
+        views[i] = keys[i];
+      }
+      PrefetchForWrites(factory_.get(), prefixes, round % 2 == 0 ? std::span<const std::string_view>(views)
+                                                                 : std::span<const std::string_view>());
     }
   });
   std::map<std::string, std::string> model;
