@@ -20,6 +20,8 @@ namespace shoal::cli {
 namespace {
 
 constexpr size_t kReplyBytesMax = 64 << 20;
+// How long a TRYAGAIN answer is asked again before it is reported.
+constexpr int kTryAgainSeconds = 10;
 
 // A reply as the admin verbs produce them: a status, an error, a bulk
 // string, or an array of those.
@@ -266,9 +268,18 @@ int RunAdmin(const AdminOptions& opts) {
       return 2;
     }
   }
+  // A TRYAGAIN (another cluster change being applied, the meta shard busy,
+  // a move in flight) changed nothing: asked again every 200 ms, for up to
+  // kTryAgainSeconds, before it is reported.
   auto admin = [&](std::vector<std::string> args) -> std::optional<Reply> {
     args.insert(args.begin(), "SHOAL.ADMIN");
+    const auto first = std::chrono::steady_clock::now();
     auto r = call(args);
+    while (r && r->type == '-' && r->text.rfind("TRYAGAIN", 0) == 0 &&
+           std::chrono::steady_clock::now() - first < std::chrono::seconds(kTryAgainSeconds)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      r = call(args);
+    }
     if (r && r->type == '-') std::cerr << "shoal admin: " << r->text << "\n";
     return r && r->type != '-' ? r : std::nullopt;
   };
