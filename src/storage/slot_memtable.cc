@@ -293,7 +293,8 @@ class SlotMemTableRep final : public MemTableRep {
   // holds a memtable's worth of keys) is some 35 loads, each of which
   // waits for the one before it; walked together, different keys' loads
   // overlap, and the inserts then find their nodes in the cache. Keys of
-  // small buckets are left to PrefetchBuckets. Reads only.
+  // small buckets are left to PrefetchBuckets. Takes the first kWalks keys
+  // (the factory hands them a group at a time, under its lock). Reads only.
   void PrefetchPaths(std::span<const std::string_view> keys) const {
     if (hashed_ || prefix_bytes_ != 4) return;
     constexpr uint64_t kWalkFrom = 64;  // keys in a bucket, below which one search is cheap
@@ -305,31 +306,28 @@ class SlotMemTableRep final : public MemTableRep {
       std::string_view key;
     };
     Walk walks[kWalks];
-    for (size_t from = 0; from < keys.size(); from += kWalks) {
-      size_t n = 0;
-      for (size_t i = from; i < keys.size() && i < from + kWalks; ++i) {
-        const std::string_view key = keys[i];
-        if (key.size() < prefix_bytes_) continue;
-        Bucket* b = Listed(PrefixOf(Slice(key.data(), key.size())));
-        if (b == nullptr || b->count.load(std::memory_order_relaxed) < kWalkFrom) continue;
-        walks[n] = Walk{b->head(), b->height.load(std::memory_order_relaxed) - 1, 0, key};
-        Touch(walks[n].at->Next(walks[n].level));
-        ++n;
-      }
-      for (size_t live = n; live > 0;) {
-        live = 0;
-        for (size_t i = 0; i < n; ++i) {
-          Walk& w = walks[i];
-          if (w.level < 0) continue;
-          Node* next = w.at->Next(w.level);
-          if (next != nullptr && ++w.steps < kMaxSteps && UserKeyBefore(next->Entry(), w.key)) {
-            w.at = next;
-          } else if (--w.level < 0) {
-            continue;
-          }
-          Touch(w.at->Next(w.level));
-          ++live;
+    size_t n = 0;
+    for (const std::string_view key : keys.first(std::min(keys.size(), kWalks))) {
+      if (key.size() < prefix_bytes_) continue;
+      Bucket* b = Listed(PrefixOf(Slice(key.data(), key.size())));
+      if (b == nullptr || b->count.load(std::memory_order_relaxed) < kWalkFrom) continue;
+      walks[n] = Walk{b->head(), b->height.load(std::memory_order_relaxed) - 1, 0, key};
+      Touch(walks[n].at->Next(walks[n].level));
+      ++n;
+    }
+    for (size_t live = n; live > 0;) {
+      live = 0;
+      for (size_t i = 0; i < n; ++i) {
+        Walk& w = walks[i];
+        if (w.level < 0) continue;
+        Node* next = w.at->Next(w.level);
+        if (next != nullptr && ++w.steps < kMaxSteps && UserKeyBefore(next->Entry(), w.key)) {
+          w.at = next;
+        } else if (--w.level < 0) {
+          continue;
         }
+        Touch(w.at->Next(w.level));
+        ++live;
       }
     }
   }
