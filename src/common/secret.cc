@@ -61,23 +61,58 @@ std::string SessionKey(std::string_view secret, std::string_view challenge, std:
   return Proof(secret, "shoal peer session v1", challenge, nonce);
 }
 
-std::string FrameMac(std::string_view key, uint64_t seq, std::string_view frame) {
+FrameMacer::FrameMacer(std::string_view key) {
   static EVP_MAC* const kHmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(kHmac);
   char digest[] = "SHA256";
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0), OSSL_PARAM_construct_end()};
+  ctx_ = kHmac != nullptr ? EVP_MAC_CTX_new(kHmac) : nullptr;
+  if (ctx_ == nullptr ||
+      EVP_MAC_init(ctx_, reinterpret_cast<const unsigned char*>(key.data()), key.size(), params) != 1) {
+    EVP_MAC_CTX_free(ctx_);
+    ctx_ = nullptr;
+    throw std::runtime_error("HMAC-SHA256 failed in libcrypto");
+  }
+}
+
+FrameMacer::~FrameMacer() { EVP_MAC_CTX_free(ctx_); }
+
+FrameMacer& FrameMacer::operator=(FrameMacer&& o) noexcept {
+  if (this != &o) {
+    EVP_MAC_CTX_free(ctx_);
+    ctx_ = o.ctx_;
+    o.ctx_ = nullptr;
+  }
+  return *this;
+}
+
+void FrameMacer::Compute(uint64_t seq, std::string_view frame, unsigned char* mac) {
   unsigned char s[8];
   for (int i = 0; i < 8; ++i) s[i] = static_cast<unsigned char>(seq >> (56 - 8 * i));
-  unsigned char out[EVP_MAX_MD_SIZE];
   size_t len = 0;
-  const bool ok = ctx != nullptr &&
-                  EVP_MAC_init(ctx, reinterpret_cast<const unsigned char*>(key.data()), key.size(), params) == 1 &&
-                  EVP_MAC_update(ctx, s, sizeof s) == 1 &&
-                  EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(frame.data()), frame.size()) == 1 &&
-                  EVP_MAC_final(ctx, out, &len, sizeof out) == 1;
-  EVP_MAC_CTX_free(ctx);
+  // A null key starts a new message under the key the constructor set.
+  const bool ok = ctx_ != nullptr && EVP_MAC_init(ctx_, nullptr, 0, nullptr) == 1 &&
+                  EVP_MAC_update(ctx_, s, sizeof s) == 1 &&
+                  EVP_MAC_update(ctx_, reinterpret_cast<const unsigned char*>(frame.data()), frame.size()) == 1 &&
+                  EVP_MAC_final(ctx_, mac, &len, kProofBytes) == 1 && len == kProofBytes;
   if (!ok) throw std::runtime_error("HMAC-SHA256 failed in libcrypto");
-  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+void FrameMacer::Append(uint64_t seq, std::string_view frame, std::string* out) {
+  unsigned char mac[kProofBytes];
+  Compute(seq, frame, mac);
+  out->append(reinterpret_cast<const char*>(mac), sizeof mac);
+}
+
+bool FrameMacer::Verify(uint64_t seq, std::string_view frame, std::string_view mac) {
+  unsigned char want[kProofBytes];
+  Compute(seq, frame, want);
+  return mac.size() == kProofBytes && CRYPTO_memcmp(mac.data(), want, kProofBytes) == 0;
+}
+
+std::string FrameMac(std::string_view key, uint64_t seq, std::string_view frame) {
+  std::string out;
+  FrameMacer(key).Append(seq, frame, &out);
+  return out;
 }
 
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {

@@ -9,6 +9,8 @@
 
 #include "common/status.h"
 
+struct evp_mac_ctx_st;  // OpenSSL's EVP_MAC_CTX
+
 namespace shoal {
 
 constexpr size_t kNonceBytes = 32;
@@ -39,6 +41,31 @@ std::string JoinReplyProof(std::string_view secret, std::string_view challenge, 
 // frame can be added, replayed or changed on the way.
 std::string SessionKey(std::string_view secret, std::string_view challenge, std::string_view nonce);
 std::string FrameMac(std::string_view key, uint64_t seq, std::string_view frame);
+
+// FrameMac with one key over many frames: the keyed HMAC state is set up
+// once, so a frame then costs its hash alone (no allocation, no lookup of
+// the algorithm). One per connection and direction; not thread-safe.
+class FrameMacer {
+ public:
+  FrameMacer() = default;  // no key: empty(), and nothing to compute
+  explicit FrameMacer(std::string_view key);
+  ~FrameMacer();
+  FrameMacer(FrameMacer&& o) noexcept : ctx_(o.ctx_) { o.ctx_ = nullptr; }
+  FrameMacer& operator=(FrameMacer&& o) noexcept;
+  FrameMacer(const FrameMacer&) = delete;
+  FrameMacer& operator=(const FrameMacer&) = delete;
+
+  bool empty() const { return ctx_ == nullptr; }
+  // Appends FrameMac(key, seq, frame), kProofBytes, to *out.
+  void Append(uint64_t seq, std::string_view frame, std::string* out);
+  // Whether `mac` is FrameMac(key, seq, frame), compared in constant time.
+  bool Verify(uint64_t seq, std::string_view frame, std::string_view mac);
+
+ private:
+  void Compute(uint64_t seq, std::string_view frame, unsigned char* mac);  // kProofBytes at `mac`
+
+  ::evp_mac_ctx_st* ctx_ = nullptr;
+};
 
 // Constant-time comparison of any two strings (their lengths may leak).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);

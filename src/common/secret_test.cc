@@ -1,6 +1,8 @@
 #include "common/secret.h"
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <sys/stat.h>
 
@@ -49,6 +51,60 @@ TEST(Secret, FrameMacCoversKeySequenceAndBytes) {
   EXPECT_TRUE(ConstantTimeEquals("abc", "abc"));
   EXPECT_FALSE(ConstantTimeEquals("abc", "abd"));
   EXPECT_FALSE(ConstantTimeEquals("abc", "ab"));
+}
+
+// HMAC-SHA256(key, seq as 8 big-endian bytes || frame) by OpenSSL's
+// one-shot function: what every frame's MAC must be.
+std::string OneShotFrameMac(std::string_view key, uint64_t seq, std::string_view frame) {
+  std::string msg;
+  for (int i = 7; i >= 0; --i) msg.push_back(static_cast<char>(seq >> (8 * i)));
+  msg.append(frame);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(msg.data()),
+       msg.size(), out, &len);
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+TEST(Secret, FrameMacerReusedGivesEachFrameItsOwnMac) {
+  const std::string k = SessionKey("0123456789abcdef", "challenge", "nonce");
+  FrameMacer macer(k);
+  ASSERT_FALSE(macer.empty());
+  // Frames of sizes around SHA-256's 64-byte blocks and its padding, one
+  // after another on the same state.
+  uint64_t seq = 0;
+  for (size_t size : {0, 1, 47, 55, 56, 63, 64, 65, 119, 1000, 100000, 3}) {
+    std::string frame(size, '\0');
+    for (size_t i = 0; i < size; ++i) frame[i] = static_cast<char>(i * 131 + size);
+    std::string out = "prefix";
+    macer.Append(seq, frame, &out);
+    ASSERT_EQ(out.substr(0, 6), "prefix");
+    const std::string mac = out.substr(6);
+    EXPECT_EQ(mac, OneShotFrameMac(k, seq, frame)) << size;
+    EXPECT_EQ(mac, FrameMac(k, seq, frame)) << size;
+    EXPECT_TRUE(macer.Verify(seq, frame, mac)) << size;
+    EXPECT_FALSE(macer.Verify(seq + 1, frame, mac)) << size;
+    std::string bad = mac;
+    bad[size % bad.size()] ^= 1;
+    EXPECT_FALSE(macer.Verify(seq, frame, bad)) << size;
+    EXPECT_FALSE(macer.Verify(seq, frame, mac.substr(1))) << size;
+    if (size > 0) {
+      std::string changed = frame;
+      changed[size / 2] ^= 0x40;
+      EXPECT_FALSE(macer.Verify(seq, changed, mac)) << size;
+    }
+    seq += 1 + size;  // numbers far apart as well as next to each other
+  }
+  // A frame whose MAC is appended to the frame's own string.
+  std::string frame = "frame bytes";
+  const std::string expected = frame + OneShotFrameMac(k, 9, frame);
+  macer.Append(9, frame, &frame);
+  EXPECT_EQ(frame, expected);
+
+  FrameMacer moved = std::move(macer);
+  EXPECT_TRUE(macer.empty());  // NOLINT(bugprone-use-after-move): moved-from is empty by contract
+  EXPECT_TRUE(moved.Verify(9, "frame bytes", expected.substr(11)));
+  EXPECT_TRUE(FrameMacer().empty());
 }
 
 TEST(Secret, NoncesDiffer) {

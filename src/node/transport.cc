@@ -130,7 +130,7 @@ struct Transport::Peer {
   std::string refusal;     // why the last handshake with it failed (logged once)
   // With a secret: the key of the current connection, and how many frames
   // went out on it (each frame's MAC covers its number).
-  std::string session_key;
+  FrameMacer mac_out;
   uint64_t frames_out = 0;
 };
 
@@ -354,7 +354,7 @@ void Transport::Encode(const proto::PeerFrame& pf, std::string* frame) {
 }
 
 void Transport::Mac(Peer& p, std::string* frame) {
-  if (!p.session_key.empty()) *frame += FrameMac(p.session_key, p.frames_out++, *frame);
+  if (!p.mac_out.empty()) p.mac_out.Append(p.frames_out++, *frame, frame);
 }
 
 void Transport::SendChunk(raft::NodeId to, SnapshotChunk c) {
@@ -634,9 +634,9 @@ asio::awaitable<bool> Transport::DialerHandshake(Peer& p, Stream& s) {
     if (!ProofsEqual(proof, Proof(opts_.secret, kAcceptorRole, challenge, nonce))) {
       co_return refuse("it did not prove the cluster secret: the secrets differ, or it is not a member");
     }
-    p.session_key = SessionKey(opts_.secret, challenge, nonce);
+    p.mac_out = FrameMacer(SessionKey(opts_.secret, challenge, nonce));
   } else {
-    p.session_key.clear();
+    p.mac_out = FrameMacer();
   }
   p.frames_out = 0;
   if (!p.refusal.empty()) spdlog::info("peer {}: connected again, the cluster secret is proved", where);
@@ -836,6 +836,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     if (!proved) co_return;
   }
   const size_t mac_bytes = session_key.empty() ? 0 : kProofBytes;
+  FrameMacer mac_in = session_key.empty() ? FrameMacer() : FrameMacer(session_key);
   uint64_t frames_in = 0;
   raft::NodeId from = 0;  // the peer that writes on this connection, once known
   // Frames are read as they come, many at a time: buf[begin, end) has
@@ -908,8 +909,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     handled = want;
     const std::string_view framed(buf.data() + begin, 4 + size_t{len});
     if (mac_bytes != 0) {
-      if (!ConstantTimeEquals(std::string_view(buf.data() + begin + framed.size(), mac_bytes),
-                              FrameMac(session_key, frames_in++, framed))) {
+      if (!mac_in.Verify(frames_in++, framed, std::string_view(buf.data() + begin + framed.size(), mac_bytes))) {
         LogRefusedPeer(Endpoint(socket), "a frame's MAC is wrong (changed or added on the way)");
         co_return;
       }
