@@ -161,6 +161,12 @@ Status SetFromNode(const std::string& key, const toml::node& node, Config* c) {
     if (s.ok()) c->tls_cluster = v == "yes";
     return s;
   }
+  if (key == "wal-zero-ahead") {
+    std::string v;
+    Status s = want_yes_no(&v, false);
+    if (s.ok()) c->wal_zero_ahead = v == "yes";
+    return s;
+  }
   if (key == "shards") return want_int(&c->shards);
   if (key == "replicas") return want_int(&c->replicas);
   if (key == "tick-ms") return want_int(&c->tick_ms);

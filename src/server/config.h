@@ -17,6 +17,9 @@ struct Config {
   std::string dir = "./shoal-data";
   int workers = 0;                  // 0: one fewer than the usable cores, at least one
   Durability durability = Durability::kFsync;
+  // WAL files written ahead with zeros, so that a sync overwrites blocks
+  // already on disk (storage/wal_file.h); no: RocksDB appends them alone.
+  bool wal_zero_ahead = true;
   std::string requirepass;          // empty: no AUTH needed
   int databases = 16;
   int64_t maxmemory = 1LL << 30;    // memory budget (RocksDB cache + memtables + buffers)

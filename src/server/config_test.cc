@@ -35,6 +35,23 @@ TEST(Config, LoadsToml) {
   std::filesystem::remove(path);
 }
 
+TEST(Config, WalZeroAheadIsYesOrNo) {
+  Config c;
+  EXPECT_TRUE(c.wal_zero_ahead);
+  auto path = WriteTemp("walzero", "wal-zero-ahead = \"no\"\n");
+  ASSERT_TRUE(LoadConfigFile(path, &c).ok());
+  std::filesystem::remove(path);
+  EXPECT_FALSE(c.wal_zero_ahead);
+  path = WriteTemp("walzero2", "wal-zero-ahead = true\n");
+  ASSERT_TRUE(LoadConfigFile(path, &c).ok());
+  std::filesystem::remove(path);
+  EXPECT_TRUE(c.wal_zero_ahead);
+  path = WriteTemp("walzero3", "wal-zero-ahead = \"sometimes\"\n");
+  Status st = LoadConfigFile(path, &c);
+  std::filesystem::remove(path);
+  EXPECT_NE(st.message().find("wal-zero-ahead must be yes or no"), std::string::npos) << st.message();
+}
+
 TEST(Config, TlsSettingsAreCheckedTogether) {
   Config c;
   auto path = WriteTemp("tls", "tls-port = 7002\ntls-cert-file = \"n.crt\"\ntls-key-file = \"n.key\"\n"

@@ -163,7 +163,10 @@ Status Server::Start() {
   std::error_code fs_ec;
   std::filesystem::create_directories(config().dir, fs_ec);
   if (fs_ec) return Status::IOError("cannot create dir " + config().dir + ": " + fs_ec.message());
-  auto engine = storage::Engine::Open({.dir = config().dir, .memory_budget_bytes = config().maxmemory});
+  auto engine = storage::Engine::Open({.dir = config().dir,
+                                       .memory_budget_bytes = config().maxmemory,
+                                       .zero_ahead_wal = config().wal_zero_ahead,
+                                       .note = [](const std::string& line) { spdlog::info("opening storage: {}", line); }});
   if (!engine.ok()) return engine.status();
   engine_ = std::move(engine).value();
   int workers = config().workers > 0 ? config().workers : DefaultWorkers();

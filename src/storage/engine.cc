@@ -2,6 +2,7 @@
 #include "storage/keys.h"
 #include "storage/slot_memtable.h"
 #include "storage/value_cache.h"
+#include "storage/wal_file.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
@@ -501,6 +502,8 @@ class RocksEngine final : public Engine {
  private:
   // The data column family's memtable factory (for PrefetchForWrites).
   std::shared_ptr<rocksdb::MemTableRepFactory> data_memtables_;
+  // The file system RocksDB writes through (wal_file.h); outlives db_.
+  std::unique_ptr<rocksdb::Env> env_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   std::shared_ptr<rocksdb::Cache> cache_;
@@ -613,6 +616,10 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   db.max_open_files = 2048;
   db.avoid_unnecessary_blocking_io = true;
   db.keep_log_file_num = 4;
+  if (options.zero_ahead_wal) {
+    env_ = NewZeroAheadWalEnv();
+    db.env = env_.get();
+  }
   db.max_total_wal_size = static_cast<uint64_t>(memtable_bytes * 2);
 
   // The data CF has a [slot][db] prefix extractor: every scan of ours stays
@@ -660,6 +667,12 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   cfs.emplace_back(kCfNames[2], meta_cf);
   cfs.emplace_back(kCfNames[3], small_cf);
   static_assert(kCfCount == 4);
+  // Whether or not this run writes zeros ahead, the last one may have.
+  auto trimmed = TrimWalTails(options.dir);
+  if (!trimmed.ok()) return trimmed.status();
+  if (options.note) {
+    for (const std::string& line : trimmed.value()) options.note("WAL " + line);
+  }
   rocksdb::DB* raw = nullptr;
   dir_ = options.dir;
   auto s = rocksdb::DB::Open(db, options.dir, cfs, &handles_, &raw);

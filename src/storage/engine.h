@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -26,6 +27,11 @@ struct EngineOptions {
   // cache of 1/2 of this (memtables at most 1/4); the rest is left for the
   // process, compaction buffers and client buffers.
   int64_t memory_budget_bytes = 1LL << 30;
+  // WAL files written ahead with zeros, so that a sync overwrites blocks
+  // already on disk (wal_file.h); off, RocksDB appends them as it does alone.
+  bool zero_ahead_wal = true;
+  // Told a line for each WAL that opening cut after a crash (wal_file.h).
+  std::function<void(const std::string&)> note = nullptr;
 };
 
 // A set of changes applied atomically by Engine::Write. Made by

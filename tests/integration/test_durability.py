@@ -284,3 +284,38 @@ def test_restart_empty_dir_and_flushall(shoal_factory, durability):
             assert c.call("DBSIZE").value == 0
         c.call("SELECT", 1)
         assert c.call("KEYS", "*").value == [b"after-flush"]
+
+
+def test_a_second_server_on_a_running_servers_dir_is_refused(shoal_factory):
+    """A second shoal started on the data directory of one that runs stops
+    before it changes anything there (RocksDB's lock on the directory, taken
+    also around the cut of a crashed WAL's gap): the first goes on serving,
+    and its writes survive a kill -9."""
+    import subprocess
+    from conftest import HOST, SHOAL_BIN, free_port
+    srv = shoal_factory(durability="fsync")
+    with srv.client() as c:
+        for i in range(300):
+            assert c.call("SET", f"k{i}", f"v{i}").value == "OK"
+    argv = [SHOAL_BIN, "server", "--bind", HOST, "--port", str(free_port()), "--peer-port",
+            str(free_port()), "--dir", str(srv.dir), "--durability", "fsync"]
+    second = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    text = out.decode("utf-8", "replace")
+    assert second.returncode != 0, text
+    assert "lock" in text.lower(), text
+    with srv.client() as c:
+        for i in range(300):
+            assert c.call("GET", f"k{i}").value == f"v{i}".encode()
+        for i in range(300, 400):
+            assert c.call("SET", f"k{i}", f"v{i}").value == "OK"
+    srv.kill9()
+    srv.start()
+    with srv.client() as c:
+        for i in range(400):
+            assert c.call("GET", f"k{i}").value == f"v{i}".encode(), i
