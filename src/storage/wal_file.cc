@@ -58,8 +58,9 @@ class ZeroAheadWalFile final : public rocksdb::FSWritableFileOwnerWrapper {
   IOStatus Truncate(uint64_t size, const IOOptions& options, IODebugContext* dbg) override {
     IOStatus s = target()->Truncate(size, options, dbg);
     if (s.ok()) {
+      // The file now ends at `size`: the zeros after it went with the rest.
       end_ = size;
-      zeroed_ = std::max(zeroed_, size);
+      zeroed_ = size;
     }
     return s;
   }
