@@ -96,18 +96,28 @@ void Groups::DeliverAll(std::vector<GroupMessage> msgs) {
     if (gm.group >= kMaxGroups) continue;
     per[static_cast<size_t>(WorkerOf(gm.group))].push_back(std::move(gm));
   }
+  auto step = [this](std::vector<GroupMessage>& ms) {
+    const int64_t now = MonoUs();
+    for (auto& gm : ms) {
+      replica::Replica* r = Find(gm.group);
+      if (r == nullptr) continue;  // not created here yet: the leader retries
+      r->Step(std::move(gm.msg), now);
+      Notify(r);
+    }
+  };
+  // Called on a worker (TransportOptions::readers): its own messages are
+  // stepped at once, after the others are on their way.
+  int here = -1;
   for (size_t w = 0; w < n; ++w) {
     if (per[w].empty()) continue;
-    asio::post(runtime_->worker(static_cast<int>(w)).io(), [this, ms = std::move(per[w])]() mutable {
-      const int64_t now = MonoUs();
-      for (auto& gm : ms) {
-        replica::Replica* r = Find(gm.group);
-        if (r == nullptr) continue;  // not created here yet: the leader retries
-        r->Step(std::move(gm.msg), now);
-        Notify(r);
-      }
-    });
+    asio::io_context& io = runtime_->worker(static_cast<int>(w)).io();
+    if (io.get_executor().running_in_this_thread()) {
+      here = static_cast<int>(w);
+      continue;
+    }
+    asio::post(io, [step, ms = std::move(per[w])]() mutable { step(ms); });
   }
+  if (here >= 0) step(per[static_cast<size_t>(here)]);
 }
 
 void Groups::PeerGone(raft::NodeId node) {

@@ -56,7 +56,8 @@ class Groups {
   // hold its pointer); Find() no longer returns it.
   Status Retire(uint64_t group);
   // Hands received messages to their groups' workers, one hand-off per
-  // worker (a frame from a peer carries messages of many groups). Any thread.
+  // worker (a frame from a peer carries messages of many groups); called on
+  // a worker, its own groups' messages are stepped at once. Any thread.
   void DeliverAll(std::vector<GroupMessage> msgs);
   // Node `node` has ended (Transport's gone handler): every replica here that
   // it led stands for election (Replica::PeerGone). Any thread.

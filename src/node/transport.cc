@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -116,9 +117,12 @@ struct Transport::Peer {
   bool send_leaders = false;
   bool writer_running = false;
   raft::NodeId id = 0;
-  uint64_t frames_in = 0;  // frames read from this peer (ProbeGone)
-  // frames_in when a connection from this peer last ended by its side
-  // (closed or reset); kNever while it has sent frames since, or never did.
+  // Frames read from this peer (ProbeGone), counted by whichever thread
+  // reads its connection.
+  std::atomic<uint64_t> frames_in{0};
+  // The rest is the transport thread's. frames_in when a connection from
+  // this peer last ended by its side (closed or reset), kNever if none did:
+  // it has sent frames since while frames_in is past it.
   static constexpr uint64_t kNever = ~uint64_t{0};
   uint64_t frames_at_close = kNever;
   // Where it listened and when, at that close: only a refusal there, and
@@ -126,7 +130,9 @@ struct Transport::Peer {
   std::string host_at_close;
   uint16_t port_at_close = 0;
   std::chrono::steady_clock::time_point closed_at;
-  bool reported_gone = false;  // since its last frame
+  // frames_in when it was reported gone (kNever: not yet): it has not spoken
+  // since while frames_in is still that.
+  uint64_t frames_at_report = kNever;
   std::string refusal;     // why the last handshake with it failed (logged once)
   // With a secret: the key of the current connection, and how many frames
   // went out on it (each frame's MAC covers its number).
@@ -774,12 +780,13 @@ void Transport::RefusedAfterClose(Peer& p, const std::string& host, uint16_t por
   // listened then refuses a connection, soon after (a stale address given
   // later, or a refusal long after, proves nothing). Reported once until it
   // speaks again.
-  if (stopped_ || !gone_ || p.reported_gone || p.frames_at_close == Peer::kNever ||
-      p.frames_in != p.frames_at_close || host != p.host_at_close || port != p.port_at_close ||
+  const uint64_t frames_in = p.frames_in.load(std::memory_order_relaxed);
+  if (stopped_ || !gone_ || p.frames_at_report == frames_in || p.frames_at_close == Peer::kNever ||
+      frames_in != p.frames_at_close || host != p.host_at_close || port != p.port_at_close ||
       std::chrono::steady_clock::now() - p.closed_at > kGoneEvidenceMax) {
     return;
   }
-  p.reported_gone = true;
+  p.frames_at_report = frames_in;
   peers_gone_.fetch_add(1, std::memory_order_relaxed);
   spdlog::info("node {:016x} is gone: it closed its connection and its Raft port refuses connections", p.id);
   gone_(p.id);
@@ -790,7 +797,7 @@ void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
   // its process may have ended. Its Raft port tells.
   if (from != 0 && !stopped_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
     Peer& p = PeerFor(from);
-    p.frames_at_close = p.frames_in;
+    p.frames_at_close = p.frames_in.load(std::memory_order_relaxed);
     p.host_at_close = p.host;
     p.port_at_close = p.port;
     p.closed_at = std::chrono::steady_clock::now();
@@ -799,6 +806,7 @@ void Transport::MaybeProbeGone(raft::NodeId from, const asio::error_code& ec) {
 }
 
 asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
+  const uint64_t serial = ++accepted_;
   Stream stream(std::move(accepted), opts_.tls);
   asio::ip::tcp::socket& socket = stream.socket();
   std::string session_key;
@@ -835,6 +843,72 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     if (--handshakes_by_ip_[ip] == 0) handshakes_by_ip_.erase(ip);
     if (!proved) co_return;
   }
+  if (opts_.readers.empty() || stream.tls()) {
+    co_await ReadFrames(stream, std::move(session_key), serial);
+    co_return;
+  }
+  // The connection moves to a reader (its descriptor, with nothing pending
+  // on it: the handshake read exactly its own bytes).
+  asio::io_context& reader = *opts_.readers[next_reader_++ % opts_.readers.size()];
+  asio::error_code ec;
+  const auto protocol = socket.local_endpoint(ec).protocol();
+  if (ec) co_return;
+  const int fd = socket.release(ec);
+  if (ec) co_return;
+  asio::ip::tcp::socket moved(reader);
+  moved.assign(protocol, fd, ec);
+  if (ec) {
+    ::close(fd);
+    co_return;
+  }
+  asio::co_spawn(reader, ReadMoved(std::move(moved), std::move(session_key), serial), asio::detached);
+}
+
+asio::awaitable<void> Transport::ReadMoved(asio::ip::tcp::socket socket, std::string session_key, uint64_t serial) {
+  Stream stream(std::move(socket));
+  co_await ReadFrames(stream, std::move(session_key), serial);
+}
+
+bool Transport::Superseded(raft::NodeId from, uint64_t serial) {
+  std::lock_guard lock(latest_mu_);
+  uint64_t& latest = latest_[from];
+  if (serial < latest) return true;
+  latest = serial;
+  return false;
+}
+
+void Transport::OnTransportThread(std::function<void()> fn) {
+  if (io_.get_executor().running_in_this_thread()) {
+    fn();
+  } else {
+    asio::post(io_, std::move(fn));
+  }
+}
+
+void Transport::NoteFrame(raft::NodeId from, const proto::PeerFrame& pf) {
+  {
+    std::shared_lock lock(peers_mu_);
+    auto it = peers_.find(from);
+    if (it != peers_.end() && (it->second->port != 0 || pf.from_host().empty() || pf.from_peer_port() == 0)) {
+      it->second->frames_in.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  // A peer not known yet, or whose address is not: the transport thread
+  // adds it and learns where it listens from the frame.
+  OnTransportThread([this, from, host = pf.from_host(), port = pf.from_peer_port()] {
+    Peer& p = PeerFor(from);
+    p.frames_in.fetch_add(1, std::memory_order_relaxed);
+    if (p.port == 0 && !host.empty() && port != 0 && port < 65536) {
+      std::unique_lock lock(peers_mu_);
+      p.host = host;
+      p.port = static_cast<uint16_t>(port);
+    }
+  });
+}
+
+asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::string session_key, uint64_t serial) {
+  asio::ip::tcp::socket& socket = stream.socket();
   const size_t mac_bytes = session_key.empty() ? 0 : kProofBytes;
   FrameMacer mac_in = session_key.empty() ? FrameMacer() : FrameMacer(session_key);
   uint64_t frames_in = 0;
@@ -868,8 +942,10 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       if (want == 0 && have >= 4) {
         const auto* head = reinterpret_cast<const unsigned char*>(buf.data() + begin);
         if (from == 0 && std::string_view(buf.data() + begin, 4) == kHasSecretMagic.substr(0, 4)) {
-          LogRefusedPeer(Endpoint(socket), "it has a cluster secret and this node runs without one (start every "
-                                           "node with the same cluster-secret-file)");
+          OnTransportThread([this, who = Endpoint(socket)] {
+            LogRefusedPeer(who, "it has a cluster secret and this node runs without one (start every node with the "
+                                "same cluster-secret-file)");
+          });
           co_return;
         }
         len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
@@ -898,7 +974,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       }
       auto [ec, n] = co_await stream.ReadSome(asio::buffer(buf.data() + end, buf.size() - end));
       if (ec) {
-        MaybeProbeGone(from, ec);
+        OnTransportThread([this, from, ec] { MaybeProbeGone(from, ec); });
         co_return;
       }
       end += n;
@@ -910,7 +986,9 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     const std::string_view framed(buf.data() + begin, 4 + size_t{len});
     if (mac_bytes != 0) {
       if (!mac_in.Verify(frames_in++, framed, std::string_view(buf.data() + begin + framed.size(), mac_bytes))) {
-        LogRefusedPeer(Endpoint(socket), "a frame's MAC is wrong (changed or added on the way)");
+        OnTransportThread([this, who = Endpoint(socket)] {
+          LogRefusedPeer(who, "a frame's MAC is wrong (changed or added on the way)");
+        });
         co_return;
       }
     }
@@ -927,17 +1005,8 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
       co_return;
     }
     from = pf.from_node();
-    {
-      Peer& p = PeerFor(from);
-      ++p.frames_in;
-      p.frames_at_close = Peer::kNever;
-      p.reported_gone = false;
-      if (p.port == 0 && !pf.from_host().empty() && pf.from_peer_port() != 0 && pf.from_peer_port() < 65536) {
-        std::unique_lock lock(peers_mu_);
-        p.host = pf.from_host();
-        p.port = static_cast<uint16_t>(pf.from_peer_port());
-      }
-    }
+    if (Superseded(from, serial)) co_return;  // (closed by us: no probe)
+    NoteFrame(from, pf);
     if (pf.messages_size() > 0) {
       std::vector<GroupMessage> got;
       got.reserve(static_cast<size_t>(pf.messages_size()));

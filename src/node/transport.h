@@ -4,6 +4,9 @@
 // outgoing connection per peer, opened from this node's bind address and
 // re-opened with backoff; frames of another cluster are refused. Runs on a
 // thread of its own; Send() and the setters may be called from any thread.
+// The frames of an accepted connection are read on that thread too, or, with
+// TransportOptions::readers, on a worker once the connection is proved: the
+// messages for that worker's groups are then stepped without a hand-off.
 // Send() writes a frame itself, on the calling thread, when the connection
 // is open, in plain text, and its writer has nothing queued: a worker's
 // messages then leave without waking the transport thread (one hand-off less
@@ -101,25 +104,33 @@ struct TransportOptions {
   // certificate the CA signed; a peer that cannot is refused and logged.
   // The cluster secret, if any, is then proved inside TLS.
   std::shared_ptr<TlsContext> tls{};
+  // Where accepted connections' frames are read once the connection is
+  // proved, each connection on the next of these in turn (a node with one
+  // worker passes it). Empty, or with TLS: on the transport thread. The
+  // handlers below then run on the reading thread, so they must be
+  // thread-safe, and they may still run after Stop(): the readers must be
+  // stopped (their threads joined) before the transport is destroyed.
+  std::vector<asio::io_context*> readers{};
 };
 
 class Transport {
  public:
-  // Called on the transport thread with the well-formed messages of each
+  // Called on the thread that reads the connection (the transport thread or
+  // one of TransportOptions::readers) with the well-formed messages of each
   // frame received (one call per frame, so the receiver can hand a frame's
   // messages to each worker at once).
   using DeliverFn = std::function<void(std::vector<GroupMessage> msgs)>;
-  // Called on the transport thread with a peer's complete leadership list
+  // Called on the reading thread with a peer's complete leadership list
   // (every gossip round, so also a heartbeat of that peer).
   using LeadersFn = std::function<void(raft::NodeId from, std::vector<LeaderReport>)>;
 
-  // Called on the transport thread with a snapshot chunk from peer `from`.
+  // Called on the reading thread with a snapshot chunk from peer `from`.
   using ChunkFn = std::function<void(raft::NodeId from, SnapshotChunk)>;
 
   Transport(TransportOptions opts, DeliverFn deliver, LeadersFn leaders);
   // Where snapshot chunks go; set before Start (chunks are dropped without).
   void set_chunk_handler(ChunkFn fn) { chunks_ = std::move(fn); }
-  // Called on the transport thread with a peer's transfer counters.
+  // Called on the reading thread with a peer's transfer counters.
   using TransfersFn = std::function<void(raft::NodeId from, NodeStats)>;
   void set_transfers_handler(TransfersFn fn) { transfers_ = std::move(fn); }
   // Called on the transport thread when a peer's process is known to have
@@ -192,7 +203,25 @@ class Transport {
   // The next frame for p's writer, from what waits (under p.mu).
   void BuildFrame(Peer& p, std::string* frame);
   asio::awaitable<void> AcceptLoop();
+  // An accepted connection: its handshake, then its frames (ReadFrames),
+  // here or on a reader.
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
+  // A proved plain connection's frames, on the reader that `socket` is of.
+  asio::awaitable<void> ReadMoved(asio::ip::tcp::socket socket, std::string session_key, uint64_t serial);
+  // The frames of a proved connection, on whichever thread owns `stream`:
+  // what only the transport thread may touch goes there (OnTransportThread).
+  // `serial` orders the connections accepted (Superseded).
+  asio::awaitable<void> ReadFrames(Stream& stream, std::string session_key, uint64_t serial);
+  // Whether a connection accepted later than connection `serial` has
+  // brought a frame from `from`: a peer writes on one connection at a time,
+  // so what is left to read on an older one is older than what it sent
+  // since, and is dropped with that connection (any thread).
+  bool Superseded(raft::NodeId from, uint64_t serial);
+  // A frame from `from` arrived (any thread): counts it for ProbeGone and
+  // learns the peer's address from it if none is known.
+  void NoteFrame(raft::NodeId from, const proto::PeerFrame& pf);
+  // Runs fn on the transport thread: at once when called there.
+  void OnTransportThread(std::function<void()> fn);
   asio::awaitable<void> WriteLoop(Peer* p);
   // The start of every connection (see TransportOptions::secret): false
   // when the other side is refused (logged) or went away.
@@ -238,6 +267,10 @@ class Transport {
   std::atomic<uint64_t> peers_gone_{0};
   std::atomic<uint64_t> peers_refused_{0};
   std::map<std::string, std::chrono::steady_clock::time_point> refusals_logged_;  // transport thread
+  size_t next_reader_ = 0;                     // transport thread: the reader the next connection goes to
+  uint64_t accepted_ = 0;                      // transport thread: connections accepted
+  std::mutex latest_mu_;
+  std::map<raft::NodeId, uint64_t> latest_;  // under latest_mu_: each peer's latest connection with a frame
   int handshakes_ = 0;                         // transport thread: connections not yet proved
   std::map<std::string, int> handshakes_by_ip_;
   std::map<std::string, std::pair<int64_t, int>> tls_starts_by_ip_;  // transport thread: second, count

@@ -19,12 +19,43 @@
 namespace shoal::node {
 namespace {
 
+// A worker's event loop on a thread of its own, where a transport may read
+// its accepted connections (TransportOptions::readers), as a node's does.
+struct Reader {
+  Reader() : guard(io.get_executor()), thread([this] { io.run(); }) {}
+  ~Reader() { Stop(); }
+  void Stop() {
+    guard.reset();
+    io.stop();
+    if (thread.joinable()) thread.join();
+  }
+  asio::io_context io{1};
+  asio::executor_work_guard<asio::io_context::executor_type> guard;
+  std::thread thread;
+};
+
+// Each transport test runs twice: reading connections on the transport
+// thread, and on a worker.
+bool g_on_worker = false;
+class TransportReads : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { g_on_worker = GetParam(); }
+};
+std::vector<asio::io_context*> ReadersOf(Reader& r) {
+  return g_on_worker ? std::vector<asio::io_context*>{&r.io} : std::vector<asio::io_context*>{};
+}
+
 // A transport whose deliveries are recorded.
 struct Endpoint {
   explicit Endpoint(raft::NodeId id, uint64_t cluster, std::string secret = "")
-      : t(TransportOptions{.node_id = id, .bind_host = "127.0.0.1", .peer_port = 0, .secret = std::move(secret)},
+      : t(TransportOptions{.node_id = id,
+                           .bind_host = "127.0.0.1",
+                           .peer_port = 0,
+                           .secret = std::move(secret),
+                           .readers = ReadersOf(reader)},
           [this](std::vector<GroupMessage> msgs) {
             std::lock_guard lock(mu);
+            delivered_on = std::this_thread::get_id();
             for (auto& gm : msgs) got.emplace_back(gm.group, std::move(gm.msg));
           },
           [this](raft::NodeId from, std::vector<LeaderReport> l) {
@@ -35,13 +66,20 @@ struct Endpoint {
     t.set_cluster_id(cluster);
     EXPECT_TRUE(t.Start().ok());
   }
+  // As a node stops: the transport, then the workers.
+  ~Endpoint() {
+    t.Stop();
+    reader.Stop();
+  }
   size_t count() {
     std::lock_guard lock(mu);
     return got.size();
   }
+  Reader reader;
   Transport t;
   std::mutex mu;
   std::vector<std::pair<uint64_t, raft::Message>> got;
+  std::thread::id delivered_on;  // the thread of the last delivery
   raft::NodeId leaders_from = 0;
   std::vector<LeaderReport> leaders;
 };
@@ -81,7 +119,7 @@ bool WaitFor(Cond cond, int ms = 3000) {
   return cond();
 }
 
-TEST(Transport, DeliversBatchedMessagesAndLeadershipGossip) {
+TEST_P(TransportReads, DeliversBatchedMessagesAndLeadershipGossip) {
   Endpoint a(1, 77), b(2, 77);
   a.t.SetAddress(2, "127.0.0.1", b.t.port());
   a.t.SetLocalLeaders({LeaderReport{4, 3, {1, 2, 5}, {7}, true}});
@@ -94,6 +132,8 @@ TEST(Transport, DeliversBatchedMessagesAndLeadershipGossip) {
     EXPECT_EQ(b.got[4].first, 5u);
     EXPECT_EQ(b.got[4].second.commit, 9u);
     EXPECT_EQ(b.got[4].second.from, 1u);
+    // Read where the options say: on the worker given, or not.
+    EXPECT_EQ(b.delivered_on == b.reader.thread.get_id(), g_on_worker);
   }
   ASSERT_TRUE(WaitFor([&] {
     std::lock_guard lock(b.mu);
@@ -112,7 +152,7 @@ TEST(Transport, DeliversBatchedMessagesAndLeadershipGossip) {
   ASSERT_TRUE(WaitFor([&] { return a.count() == 1; }));
 }
 
-TEST(Transport, RefusesAnotherClustersFrames) {
+TEST_P(TransportReads, RefusesAnotherClustersFrames) {
   Endpoint a(1, 77), b(2, 88);
   a.t.SetAddress(2, "127.0.0.1", b.t.port());
   a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
@@ -120,7 +160,7 @@ TEST(Transport, RefusesAnotherClustersFrames) {
   EXPECT_EQ(b.count(), 0u);
 }
 
-TEST(Transport, SurvivesGarbageOnThePeerPort) {
+TEST_P(TransportReads, SurvivesGarbageOnThePeerPort) {
   Endpoint b(2, 77);
   const std::string inputs[] = {
       std::string("\x00\x00\x00\x05hello", 9),          // not a protobuf frame
@@ -145,7 +185,7 @@ TEST(Transport, SurvivesGarbageOnThePeerPort) {
 
 constexpr const char* kSecret = "0123456789abcdef-secret";
 
-TEST(Transport, PeersThatProveTheSecretTalk) {
+TEST_P(TransportReads, PeersThatProveTheSecretTalk) {
   Endpoint a(1, 77, kSecret), b(2, 77, kSecret);
   a.t.SetAddress(2, "127.0.0.1", b.t.port());
   a.t.Send({GroupMessage{1, Heartbeat(1, 2)}});
@@ -158,7 +198,7 @@ TEST(Transport, PeersThatProveTheSecretTalk) {
 // A node with another secret, or none, is refused by one with a secret, and
 // a node with a secret will not talk to one without: nothing is delivered
 // either way, and each side counts the refusal.
-TEST(Transport, PeersWithoutTheSecretAreRefusedBothWays) {
+TEST_P(TransportReads, PeersWithoutTheSecretAreRefusedBothWays) {
   Endpoint b(2, 77, kSecret);
   Endpoint wrong(1, 77, "another-secret-of-16-bytes"), none(3, 77);
   wrong.t.SetAddress(2, "127.0.0.1", b.t.port());
@@ -186,7 +226,7 @@ TEST(Transport, PeersWithoutTheSecretAreRefusedBothWays) {
 
 // Someone who reads the greeting and sends a well-formed frame of the right
 // cluster without the handshake's proof injects nothing.
-TEST(Transport, AFrameWithoutTheProofIsNotTaken) {
+TEST_P(TransportReads, AFrameWithoutTheProofIsNotTaken) {
   Endpoint b(2, 77, kSecret);
   int fd = ConnectTo(b.t.port());
   ASSERT_GE(fd, 0);
@@ -207,7 +247,7 @@ TEST(Transport, AFrameWithoutTheProofIsNotTaken) {
 // Someone on the path who lets the handshake through and then changes one
 // byte of a frame gets nothing delivered: each frame carries a MAC keyed by
 // the connection's session key.
-TEST(Transport, AFrameChangedOnTheWayIsRefused) {
+TEST_P(TransportReads, AFrameChangedOnTheWayIsRefused) {
   Endpoint a(1, 77, kSecret), b(2, 77, kSecret);
   // A relay from a to b on a port of its own, flipping the 20th byte a
   // sends after its 72-byte answer to the challenge.
@@ -279,7 +319,7 @@ std::string FrameOf(uint64_t group, const raft::Message& m, uint16_t peer_port =
 
 // Frames are taken however the bytes arrive: many in one read, one split
 // into pieces of a few bytes, and one longer than the reader's first room.
-TEST(Transport, TakesFramesHoweverTheirBytesArrive) {
+TEST_P(TransportReads, TakesFramesHoweverTheirBytesArrive) {
   Endpoint b(2, 77);
   int fd = ConnectTo(b.t.port());
   ASSERT_GE(fd, 0);
@@ -313,6 +353,41 @@ TEST(Transport, TakesFramesHoweverTheirBytesArrive) {
   EXPECT_EQ(b.t.frames_refused(), 0u);
 }
 
+// A peer writes on one connection at a time: once a newer connection from
+// it has brought a frame, what comes on an older one is older than that and
+// is not taken, and the older connection is closed.
+TEST_P(TransportReads, AnOlderConnectionOfAPeerIsDroppedOnceANewerOneSpoke) {
+  Endpoint b(2, 77);
+  int old_fd = ConnectTo(b.t.port());
+  ASSERT_GE(old_fd, 0);
+  std::string frame = FrameOf(1, Heartbeat(1, 2));
+  ASSERT_EQ(write(old_fd, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 1; }));
+  int new_fd = ConnectTo(b.t.port());
+  ASSERT_GE(new_fd, 0);
+  frame = FrameOf(2, Heartbeat(1, 2));
+  ASSERT_EQ(write(new_fd, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 2; }));
+  frame = FrameOf(3, Heartbeat(1, 2));
+  ASSERT_EQ(write(old_fd, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  timeval tv{3, 0};
+  setsockopt(old_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[64];
+  ssize_t n = 0;
+  for (int reads = 0; reads < 10 && (n = read(old_fd, buf, sizeof buf)) > 0; ++reads) {
+  }  // the greeting, then the end: closed on it
+  EXPECT_EQ(n, 0);
+  frame = FrameOf(4, Heartbeat(1, 2));
+  ASSERT_EQ(write(new_fd, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  ASSERT_TRUE(WaitFor([&] { return b.count() == 3; }));
+  close(old_fd);
+  close(new_fd);
+  std::lock_guard lock(b.mu);
+  EXPECT_EQ(b.got[0].first, 1u);
+  EXPECT_EQ(b.got[1].first, 2u);
+  EXPECT_EQ(b.got[2].first, 4u);
+}
+
 // Messages from one thread arrive in the order sent, whether Send() wrote
 // their frame itself (the connection idle), left the rest of a frame the
 // socket did not take to the writer, or queued them behind the writer's
@@ -322,7 +397,12 @@ void SendsKeepTheirOrder(const std::string& secret) {
   std::atomic<bool> hold{true}, held{false};
   std::mutex mu;
   std::map<uint64_t, std::vector<uint64_t>> seen;  // group -> commits, as delivered
-  Transport b(TransportOptions{.node_id = 2, .bind_host = "127.0.0.1", .peer_port = 0, .secret = secret},
+  Reader reader;
+  Transport b(TransportOptions{.node_id = 2,
+                               .bind_host = "127.0.0.1",
+                               .peer_port = 0,
+                               .secret = secret,
+                               .readers = ReadersOf(reader)},
               [&](std::vector<GroupMessage> ms) {
                 if (hold.load()) {
                   held = true;
@@ -335,6 +415,14 @@ void SendsKeepTheirOrder(const std::string& secret) {
               [](raft::NodeId, std::vector<LeaderReport>) {});
   b.set_cluster_id(77);
   ASSERT_TRUE(b.Start().ok());
+  struct StopBoth {  // as a node stops: the transport, then the workers
+    Transport& b;
+    Reader& reader;
+    ~StopBoth() {
+      b.Stop();
+      reader.Stop();
+    }
+  } stop_both{b, reader};
   struct Release {  // b reads again before it stops, however the test ends
     std::atomic<bool>& hold;
     ~Release() { hold = false; }
@@ -395,13 +483,13 @@ void SendsKeepTheirOrder(const std::string& secret) {
   EXPECT_EQ(b.peers_refused(), 0u);
 }
 
-TEST(Transport, SendsKeepTheirOrderHoweverTheirFramesLeave) { SendsKeepTheirOrder(""); }
+TEST_P(TransportReads, SendsKeepTheirOrderHoweverTheirFramesLeave) { SendsKeepTheirOrder(""); }
 
-TEST(Transport, SendsKeepTheirOrderHoweverTheirFramesLeaveWithTheSecret) { SendsKeepTheirOrder(kSecret); }
+TEST_P(TransportReads, SendsKeepTheirOrderHoweverTheirFramesLeaveWithTheSecret) { SendsKeepTheirOrder(kSecret); }
 
 // One Send() to two peers, where one peer's messages leave at once and the
 // other's go to its writer (too large to write at once): those arrive whole.
-TEST(Transport, MessagesLeftToTheWriterArriveWhole) {
+TEST_P(TransportReads, MessagesLeftToTheWriterArriveWhole) {
   Endpoint a(1, 77), b(2, 77), c(3, 77);
   a.t.SetAddress(2, "127.0.0.1", b.t.port());
   a.t.SetAddress(3, "127.0.0.1", c.t.port());
@@ -429,7 +517,7 @@ TEST(Transport, MessagesLeftToTheWriterArriveWhole) {
   }
 }
 
-TEST(Transport, ReconnectsWhenThePeerComesBack) {
+TEST_P(TransportReads, ReconnectsWhenThePeerComesBack) {
   Endpoint a(1, 77);
   uint16_t port = 0;
   {
@@ -481,7 +569,7 @@ int ListenOnLoopback(uint16_t* port) {
 // plain sockets: its Raft port still takes connections (into the backlog)
 // when its connection ends, so the probe finds it alive; it is reported once
 // its port refuses this node's writer, and only once.
-TEST(Transport, APeerIsGoneWhenItsConnectionEndedAndItsPortRefuses) {
+TEST_P(TransportReads, APeerIsGoneWhenItsConnectionEndedAndItsPortRefuses) {
   std::atomic<int> gone{0};  // outlives the transport that counts into it
   Endpoint a(1, 77);
   a.t.set_gone_handler([&](raft::NodeId node) {
@@ -616,6 +704,11 @@ TEST(MovingDeadline, CutsShortAReadOnceItsDeadlinePasses) {
   ::close(cfd);
   ::close(lfd);
 }
+
+INSTANTIATE_TEST_SUITE_P(, TransportReads, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "OnAWorker" : "OnTheTransportThread";
+                         });
 
 }  // namespace
 }  // namespace shoal::node

@@ -183,6 +183,11 @@ Status Server::Start() {
   to.peer_port = static_cast<uint16_t>(config().effective_peer_port());
   to.secret = config().cluster_secret;
   if (config().tls_cluster) to.tls = tls_;
+  // With one worker, peers' frames are read on it: it steps their messages
+  // without waking another thread. With more, a frame carries messages for
+  // every worker's groups, and a worker that reads it would hold them all up
+  // whenever it is busy: the transport thread reads.
+  if (runtime_->size() == 1) to.readers.push_back(&runtime_->worker(0).io());
   transport_ = std::make_unique<node::Transport>(
       to,
       [this](std::vector<node::GroupMessage> msgs) {
