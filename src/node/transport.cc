@@ -47,6 +47,13 @@ constexpr auto kGoneEvidenceMax = std::chrono::seconds(2);
 constexpr auto kIdleMax = std::chrono::seconds(30);
 // How often a connection's reads look whether their deadline passed.
 constexpr auto kDeadlineCheck = std::chrono::seconds(1);
+// A connection's first room to read frames into.
+constexpr size_t kReadRoom = 64 * 1024;
+// Frames longer than this (snapshot chunks, large entries) are read on the
+// transport thread, and a connection goes back to its reader once it has
+// brought none for kLongFramesGone.
+constexpr uint32_t kLongFrame = 256 * 1024;
+constexpr auto kLongFramesGone = std::chrono::seconds(1);
 std::chrono::seconds FrameMax(size_t bytes) { return std::chrono::seconds(30 + (bytes >> 20)); }
 // Messages queued for an unreachable peer beyond this are dropped (Raft resends).
 constexpr size_t kQueueMax = 8192;
@@ -90,6 +97,22 @@ std::string Endpoint(const asio::ip::tcp::socket& s) {
 }
 
 }  // namespace
+
+// What reading a proved connection needs, kept across its moves between
+// the transport thread and its reader (TransportOptions::readers).
+struct Transport::Reading {
+  uint64_t serial = 0;  // see Superseded
+  asio::io_context* reader = nullptr;  // where it is read when not on the transport thread (null: never)
+  size_t mac_bytes = 0;
+  FrameMacer mac_in;
+  uint64_t frames_in = 0;  // frames read on it (each frame's MAC covers its number)
+  raft::NodeId from = 0;   // the peer that writes on it, once known
+  // buf[begin, end) has arrived and is not yet handled (buf's size is the
+  // room to read into); the frame at begin was handled if `handled` is not 0.
+  std::string buf;
+  size_t begin = 0, end = 0, handled = 0;
+  std::chrono::steady_clock::time_point long_frame_at{};  // the last frame over kLongFrame
+};
 
 struct Transport::Peer {
   Peer(asio::io_context& io, std::shared_ptr<TlsContext> tls) : stream(asio::ip::tcp::socket(io), std::move(tls)), signal(io) {
@@ -843,30 +866,42 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
     if (--handshakes_by_ip_[ip] == 0) handshakes_by_ip_.erase(ip);
     if (!proved) co_return;
   }
+  auto reading = std::make_unique<Reading>();
+  reading->serial = serial;
+  if (!session_key.empty()) {
+    reading->mac_bytes = kProofBytes;
+    reading->mac_in = FrameMacer(session_key);
+  }
   if (opts_.readers.empty() || stream.tls()) {
-    co_await ReadFrames(stream, std::move(session_key), serial);
+    co_await ReadFrames(stream, std::move(reading));
     co_return;
   }
-  // The connection moves to a reader (its descriptor, with nothing pending
-  // on it: the handshake read exactly its own bytes).
-  asio::io_context& reader = *opts_.readers[next_reader_++ % opts_.readers.size()];
+  // A plain connection moves to a reader (its descriptor, with nothing
+  // pending on it: the handshake read exactly its own bytes).
+  reading->reader = opts_.readers[next_reader_++ % opts_.readers.size()];
+  asio::io_context& to = *reading->reader;
+  MoveReading(stream, to, std::move(reading));
+}
+
+void Transport::MoveReading(Stream& stream, asio::io_context& to, std::unique_ptr<Reading> reading) {
+  asio::ip::tcp::socket& socket = stream.socket();
   asio::error_code ec;
   const auto protocol = socket.local_endpoint(ec).protocol();
-  if (ec) co_return;
+  if (ec) return;
   const int fd = socket.release(ec);
-  if (ec) co_return;
-  asio::ip::tcp::socket moved(reader);
+  if (ec) return;
+  asio::ip::tcp::socket moved(to);
   moved.assign(protocol, fd, ec);
   if (ec) {
     ::close(fd);
-    co_return;
+    return;
   }
-  asio::co_spawn(reader, ReadMoved(std::move(moved), std::move(session_key), serial), asio::detached);
+  asio::co_spawn(to, ReadMoved(std::move(moved), std::move(reading)), asio::detached);
 }
 
-asio::awaitable<void> Transport::ReadMoved(asio::ip::tcp::socket socket, std::string session_key, uint64_t serial) {
+asio::awaitable<void> Transport::ReadMoved(asio::ip::tcp::socket socket, std::unique_ptr<Reading> reading) {
   Stream stream(std::move(socket));
-  co_await ReadFrames(stream, std::move(session_key), serial);
+  co_await ReadFrames(stream, std::move(reading));
 }
 
 bool Transport::Superseded(raft::NodeId from, uint64_t serial) {
@@ -907,20 +942,28 @@ void Transport::NoteFrame(raft::NodeId from, const proto::PeerFrame& pf) {
   });
 }
 
-asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::string session_key, uint64_t serial) {
+asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::unique_ptr<Reading> reading) {
   asio::ip::tcp::socket& socket = stream.socket();
-  const size_t mac_bytes = session_key.empty() ? 0 : kProofBytes;
-  FrameMacer mac_in = session_key.empty() ? FrameMacer() : FrameMacer(session_key);
-  uint64_t frames_in = 0;
-  raft::NodeId from = 0;  // the peer that writes on this connection, once known
+  Reading& r = *reading;
+  const size_t mac_bytes = r.mac_bytes;
+  FrameMacer& mac_in = r.mac_in;
+  uint64_t& frames_in = r.frames_in;
+  raft::NodeId& from = r.from;  // the peer that writes on this connection, once known
   // Frames are read as they come, many at a time: buf[begin, end) has
   // arrived and is not yet handled (buf's size is the room to read into).
   // The room grows with what a frame has brought (1 MiB, then doubling), so
   // a length that promises much and a sender that sends little hold little
   // memory.
-  constexpr size_t kReadRoom = 64 * 1024;
-  std::string buf(kReadRoom, '\0');
-  size_t begin = 0, end = 0, handled = 0;
+  std::string& buf = r.buf;
+  if (buf.empty()) buf.assign(kReadRoom, '\0');
+  size_t& begin = r.begin;
+  size_t& end = r.end;
+  size_t& handled = r.handled;
+  // On its reader, a connection goes back to the transport thread for a long
+  // frame (a snapshot chunk: reading, checking and parsing megabytes would
+  // hold up the reader's clients), and returns once its frames have been
+  // short for a while.
+  const bool on_reader = r.reader != nullptr && !io_.get_executor().running_in_this_thread();
   // A silent connection is dropped after kIdleMax, a frame that takes too
   // long to arrive after FrameMax(its length).
   MovingDeadline deadline(socket, kDeadlineCheck);
@@ -955,6 +998,13 @@ asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::string session_
           co_return;
         }
         want = 4 + size_t{len} + mac_bytes;
+        if (len > kLongFrame) {
+          r.long_frame_at = std::chrono::steady_clock::now();
+          if (on_reader) {
+            MoveReading(stream, io_, std::move(reading));
+            co_return;
+          }
+        }
         if (have < want) deadline.Set(FrameMax(len));
       }
       if (want != 0 && have >= want) break;
@@ -1005,7 +1055,7 @@ asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::string session_
       co_return;
     }
     from = pf.from_node();
-    if (Superseded(from, serial)) co_return;  // (closed by us: no probe)
+    if (Superseded(from, r.serial)) co_return;  // (closed by us: no probe)
     NoteFrame(from, pf);
     if (pf.messages_size() > 0) {
       std::vector<GroupMessage> got;
@@ -1059,6 +1109,12 @@ asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::string session_
                                        l.split_slot(), l.load_measured(), l.recovery()});
       }
       leaders_(pf.from_node(), std::move(leaders));
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (len > kLongFrame) r.long_frame_at = now;  // (however long its body took to come)
+    if (r.reader != nullptr && !on_reader && now - r.long_frame_at > kLongFramesGone) {
+      MoveReading(stream, *r.reader, std::move(reading));  // (the frame is handled: `handled` says so)
+      co_return;
     }
   }
 }

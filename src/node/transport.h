@@ -6,7 +6,9 @@
 // thread of its own; Send() and the setters may be called from any thread.
 // The frames of an accepted connection are read on that thread too, or, with
 // TransportOptions::readers, on a worker once the connection is proved: the
-// messages for that worker's groups are then stepped without a hand-off.
+// messages for that worker's groups are then stepped without a hand-off
+// (long frames, such as snapshot chunks, are still read on the transport
+// thread: the connection moves there and back).
 // Send() writes a frame itself, on the calling thread, when the connection
 // is open, in plain text, and its writer has nothing queued: a worker's
 // messages then leave without waking the transport thread (one hand-off less
@@ -106,7 +108,9 @@ struct TransportOptions {
   std::shared_ptr<TlsContext> tls{};
   // Where accepted connections' frames are read once the connection is
   // proved, each connection on the next of these in turn (a node with one
-  // worker passes it). Empty, or with TLS: on the transport thread. The
+  // worker passes it); frames over 256 KiB (snapshot chunks) are still
+  // read on the transport thread, the connection moving there and back.
+  // Empty, or with TLS: on the transport thread. The
   // handlers below then run on the reading thread, so they must be
   // thread-safe, and they may still run after Stop(): the readers must be
   // stopped (their threads joined) before the transport is destroyed.
@@ -203,15 +207,17 @@ class Transport {
   // The next frame for p's writer, from what waits (under p.mu).
   void BuildFrame(Peer& p, std::string* frame);
   asio::awaitable<void> AcceptLoop();
+  struct Reading;
   // An accepted connection: its handshake, then its frames (ReadFrames),
   // here or on a reader.
   asio::awaitable<void> ReadLoop(asio::ip::tcp::socket socket);
-  // A proved plain connection's frames, on the reader that `socket` is of.
-  asio::awaitable<void> ReadMoved(asio::ip::tcp::socket socket, std::string session_key, uint64_t serial);
+  // Moves a proved plain connection, and what reading it needs, to `to`
+  // (the transport's io_context or a reader), where ReadFrames goes on.
+  void MoveReading(Stream& stream, asio::io_context& to, std::unique_ptr<Reading> reading);
+  asio::awaitable<void> ReadMoved(asio::ip::tcp::socket socket, std::unique_ptr<Reading> reading);
   // The frames of a proved connection, on whichever thread owns `stream`:
   // what only the transport thread may touch goes there (OnTransportThread).
-  // `serial` orders the connections accepted (Superseded).
-  asio::awaitable<void> ReadFrames(Stream& stream, std::string session_key, uint64_t serial);
+  asio::awaitable<void> ReadFrames(Stream& stream, std::unique_ptr<Reading> reading);
   // Whether a connection accepted later than connection `serial` has
   // brought a frame from `from`: a peer writes on one connection at a time,
   // so what is left to read on an older one is older than what it sent

@@ -353,6 +353,74 @@ TEST_P(TransportReads, TakesFramesHoweverTheirBytesArrive) {
   EXPECT_EQ(b.t.frames_refused(), 0u);
 }
 
+// A frame over 256 KiB (a snapshot chunk) is not read on the worker: the
+// connection moves to the transport thread for it, and back to the worker
+// once its frames have been short for a second. Every frame arrives, in
+// order, also when frames on either side of a move come in one read.
+TEST_P(TransportReads, LongFramesAreReadOffTheWorker) {
+  Endpoint b(2, 77);
+  int fd = ConnectTo(b.t.port());
+  ASSERT_GE(fd, 0);
+  raft::Message big = Heartbeat(1, 2);
+  big.type = raft::MessageType::kApp;
+  big.entries.push_back(raft::Entry{5, 10, raft::EntryType::kNormal, std::string(300 * 1024, 'x')});
+  uint64_t sent = 0;
+  // Frames for the next groups, in one write; waits until all arrived.
+  auto send = [&](std::initializer_list<const raft::Message*> ms) {
+    std::string frames;
+    for (const raft::Message* m : ms) frames += FrameOf(++sent, *m);
+    EXPECT_EQ(write(fd, frames.data(), frames.size()), static_cast<ssize_t>(frames.size()));
+    return WaitFor([&] { return b.count() == sent; });
+  };
+  auto on_worker = [&] {
+    std::lock_guard lock(b.mu);
+    return b.delivered_on == b.reader.thread.get_id();
+  };
+  const raft::Message hb = Heartbeat(1, 2);
+  ASSERT_TRUE(send({&hb}));
+  EXPECT_EQ(on_worker(), g_on_worker);
+  ASSERT_TRUE(send({&hb, &big, &hb}));  // a short one before the move, one after it
+  EXPECT_FALSE(on_worker());
+  ASSERT_TRUE(send({&hb}));  // within a second of the long one: still off the worker
+  EXPECT_FALSE(on_worker());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  ASSERT_TRUE(send({&hb, &hb, &hb}));  // the first read there, the rest after the move back
+  EXPECT_EQ(on_worker(), g_on_worker);
+  ASSERT_TRUE(send({&big}));
+  EXPECT_FALSE(on_worker());
+  close(fd);
+  std::lock_guard lock(b.mu);
+  ASSERT_EQ(b.got.size(), 9u);
+  for (uint64_t g = 1; g <= 9; ++g) EXPECT_EQ(b.got[g - 1].first, g);
+  ASSERT_EQ(b.got[2].second.entries.size(), 1u);
+  EXPECT_EQ(b.got[2].second.entries[0].data, std::string(300 * 1024, 'x'));
+  EXPECT_EQ(b.got[8].second.entries.at(0).data.size(), 300u * 1024);
+  EXPECT_EQ(b.t.frames_refused(), 0u);
+}
+
+// The same with the cluster secret: each frame's MAC covers its number on
+// the connection, which carries on across the moves.
+TEST_P(TransportReads, LongFramesWithTheSecretKeepTheirMacs) {
+  Endpoint a(1, 77, kSecret), b(2, 77, kSecret);
+  a.t.SetAddress(2, "127.0.0.1", b.t.port());
+  raft::Message big = Heartbeat(1, 2);
+  big.type = raft::MessageType::kApp;
+  big.entries.push_back(raft::Entry{5, 10, raft::EntryType::kNormal, std::string(300 * 1024, 'y')});
+  uint64_t group = 0;
+  for (int i = 0; i < 3; ++i) {
+    a.t.Send({GroupMessage{++group, Heartbeat(1, 2)}});
+    a.t.Send({GroupMessage{++group, big}});
+    a.t.Send({GroupMessage{++group, Heartbeat(1, 2)}});
+    ASSERT_TRUE(WaitFor([&] { return b.count() == group; }));
+    if (i == 1) std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // back to the worker
+  }
+  std::lock_guard lock(b.mu);
+  ASSERT_EQ(b.got.size(), 9u);
+  for (uint64_t g = 1; g <= 9; ++g) EXPECT_EQ(b.got[g - 1].first, g);
+  EXPECT_EQ(b.got[7].second.entries.at(0).data, std::string(300 * 1024, 'y'));
+  EXPECT_EQ(b.t.peers_refused() + b.t.frames_refused(), 0u);
+}
+
 // A peer writes on one connection at a time: once a newer connection from
 // it has brought a frame, what comes on an older one is older than that and
 // is not taken, and the older connection is closed.
