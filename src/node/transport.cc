@@ -1024,7 +1024,7 @@ asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::unique_ptr<Read
       }
       auto [ec, n] = co_await stream.ReadSome(asio::buffer(buf.data() + end, buf.size() - end));
       if (ec) {
-        OnTransportThread([this, from, ec] { MaybeProbeGone(from, ec); });
+        OnTransportThread([this, from, err = ec] { MaybeProbeGone(from, err); });
         co_return;
       }
       end += n;
