@@ -103,8 +103,7 @@ std::string Endpoint(const asio::ip::tcp::socket& s) {
 struct Transport::Reading {
   uint64_t serial = 0;  // see Superseded
   asio::io_context* reader = nullptr;  // where it is read when not on the transport thread (null: never)
-  size_t mac_bytes = 0;
-  FrameMacer mac_in;
+  FrameMacer mac_in;  // keyed with the session key; empty without a secret
   uint64_t frames_in = 0;  // frames read on it (each frame's MAC covers its number)
   raft::NodeId from = 0;   // the peer that writes on it, once known
   // buf[begin, end) has arrived and is not yet handled (buf's size is the
@@ -868,10 +867,7 @@ asio::awaitable<void> Transport::ReadLoop(asio::ip::tcp::socket accepted) {
   }
   auto reading = std::make_unique<Reading>();
   reading->serial = serial;
-  if (!session_key.empty()) {
-    reading->mac_bytes = kProofBytes;
-    reading->mac_in = FrameMacer(session_key);
-  }
+  if (!session_key.empty()) reading->mac_in = FrameMacer(session_key);
   if (opts_.readers.empty() || stream.tls()) {
     co_await ReadFrames(stream, std::move(reading));
     co_return;
@@ -945,8 +941,8 @@ void Transport::NoteFrame(raft::NodeId from, const proto::PeerFrame& pf) {
 asio::awaitable<void> Transport::ReadFrames(Stream& stream, std::unique_ptr<Reading> reading) {
   asio::ip::tcp::socket& socket = stream.socket();
   Reading& r = *reading;
-  const size_t mac_bytes = r.mac_bytes;
   FrameMacer& mac_in = r.mac_in;
+  const size_t mac_bytes = mac_in.empty() ? 0 : kProofBytes;
   uint64_t& frames_in = r.frames_in;
   raft::NodeId& from = r.from;  // the peer that writes on this connection, once known
   // Frames are read as they come, many at a time: buf[begin, end) has
