@@ -1,0 +1,213 @@
+// What this machine charges for the operations a replicated, durable write
+// is made of, measured apart from shoal: a system call, a read that finds
+// nothing, one thread waking another (on the same core and on another), a
+// loopback TCP round trip, and a small WAL append with its sync. A
+// three-node write on one machine pays each of these several times (wake-ups
+// between threads and processes, loopback frames, one sync a round on every
+// node), so these numbers tell how far that write can go here, and they let
+// two machines (this 2-core VM, a 16-core device) be compared on more than
+// their core count. Each figure is wall time and CPU time (user + system of
+// the whole process) per operation.
+//
+//   build/release/bench/shoal_machine_costs [--dir DIR] [--rounds N]
+//
+// --dir: where the sync test writes its 64 MiB file (default: the current
+// directory, which should be on the disk shoal's data would use).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+double CpuSeconds() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+  return s(r.ru_utime) + s(r.ru_stime);
+}
+
+double WallSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void Report(const char* what, int n, double wall, double cpu) {
+  std::printf("%-52s %9.2f us wall %9.2f us cpu\n", what, wall / n * 1e6, cpu / n * 1e6);
+}
+
+// Runs body(n) and reports its wall and CPU time per operation.
+void Measure(const char* what, int n, const std::function<void(int)>& body) {
+  const double c0 = CpuSeconds(), w0 = WallSeconds();
+  body(n);
+  Report(what, n, WallSeconds() - w0, CpuSeconds() - c0);
+}
+
+bool Pin(pthread_t t, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(t, sizeof(set), &set) == 0;
+}
+
+// Two threads hand a token back and forth through eventfds (a blocking read
+// each way): one round trip is two wake-ups, as a worker and its WAL syncer
+// pay for each sync. `cpus`: where each thread runs (-1: anywhere).
+void WakeRoundTrips(const char* what, int n, int cpu_a, int cpu_b) {
+  const int to_b = eventfd(0, 0), to_a = eventfd(0, 0);
+  if (to_b < 0 || to_a < 0) return std::perror("eventfd");
+  std::thread other([&] {
+    if (cpu_b >= 0) Pin(pthread_self(), cpu_b);
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) {
+      if (read(to_b, &v, 8) != 8 || write(to_a, &v, 8) != 8) return;
+    }
+  });
+  if (cpu_a >= 0) Pin(pthread_self(), cpu_a);
+  usleep(2000);  // the other thread is waiting before the clock starts
+  Measure(what, n, [&](int count) {
+    uint64_t v = 1;
+    for (int i = 0; i < count; ++i) {
+      if (write(to_b, &v, 8) != 8 || read(to_a, &v, 8) != 8) return;
+    }
+  });
+  other.join();
+  if (cpu_a >= 0) {
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
+    pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
+  }
+  close(to_b);
+  close(to_a);
+}
+
+// A connected loopback TCP pair (127.0.0.1), or {-1, -1}.
+std::pair<int, int> LoopbackPair() {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (listener < 0 || bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(listener, 1) != 0 ||
+      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::perror("listen");
+    return {-1, -1};
+  }
+  const int client = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    std::perror("connect");
+    return {-1, -1};
+  }
+  const int server = accept(listener, nullptr, nullptr);
+  close(listener);
+  const int one = 1;
+  setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return {client, server};
+}
+
+// 100-byte requests answered by 5-byte replies between two threads over
+// loopback TCP: the shape of a client's SET and its +OK, or of a Raft append
+// and its acknowledgement between two nodes on one machine.
+void TcpRoundTrips(int n) {
+  const std::pair<int, int> pair = LoopbackPair();
+  const int client = pair.first, server = pair.second;
+  if (client < 0) return;
+  std::thread echo([fd = server, n] {
+    char buf[256];
+    for (int i = 0; i < n; ++i) {
+      if (recv(fd, buf, 100, MSG_WAITALL) != 100 || send(fd, "+OK\r\n", 5, 0) != 5) return;
+    }
+  });
+  usleep(2000);
+  Measure("loopback TCP round trip (100 B out, 5 B back)", n, [&](int count) {
+    char req[100];
+    std::memset(req, 'x', sizeof(req));
+    char rep[8];
+    for (int i = 0; i < count; ++i) {
+      if (send(client, req, sizeof(req), 0) != 100 || recv(client, rep, 5, MSG_WAITALL) != 5) return;
+    }
+  });
+  echo.join();
+  // A read that finds nothing, as an event loop's speculative read after a reply.
+  fcntl(server, F_SETFL, O_NONBLOCK);
+  Measure("recv() on an empty socket (EAGAIN)", n * 10, [&](int count) {
+    char buf[4096];
+    for (int i = 0; i < count; ++i) {
+      if (recv(server, buf, sizeof(buf), 0) >= 0) return;
+    }
+  });
+  close(client);
+  close(server);
+}
+
+// Appends of 1,500 bytes (a round's log entry), each followed by
+// fdatasync, to a file written with zeros first (as shoal's WAL is: the
+// syncs then commit no metadata).
+void SyncedAppends(const std::string& dir, int n) {
+  const std::string path = dir + "/shoal_machine_costs." + std::to_string(getpid());
+  constexpr size_t kFile = 64 << 20, kRecord = 1500;
+  const int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR, 0644);
+  if (fd < 0) return std::perror(path.c_str());
+  std::vector<char> zeros(1 << 20, 0);
+  for (size_t at = 0; at < kFile; at += zeros.size()) {
+    if (write(fd, zeros.data(), zeros.size()) != static_cast<ssize_t>(zeros.size())) {
+      std::perror("write");
+      close(fd);
+      unlink(path.c_str());
+      return;
+    }
+  }
+  fsync(fd);
+  std::vector<char> record(kRecord, 'r');
+  const int count = std::min<int>(n, static_cast<int>(kFile / kRecord));
+  Measure("1,500-byte append + fdatasync (pre-zeroed file)", count, [&](int k) {
+    for (int i = 0; i < k; ++i) {
+      if (pwrite(fd, record.data(), kRecord, static_cast<off_t>(i * kRecord)) != static_cast<ssize_t>(kRecord) ||
+          fdatasync(fd) != 0) {
+        std::perror("append");
+        return;
+      }
+    }
+  });
+  close(fd);
+  unlink(path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir = ".";
+  int rounds = 20000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--dir") == 0) dir = argv[i + 1];
+    if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::max(100, std::atoi(argv[i + 1]));
+  }
+  const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("%d CPUs online; %d rounds a test (syncs: %d)\n", cpus, rounds, rounds / 10);
+  Measure("system call (getppid)", rounds * 10, [](int count) {
+    for (int i = 0; i < count; ++i) (void)getppid();
+  });
+  WakeRoundTrips("thread wake round trip, anywhere", rounds, -1, -1);
+  WakeRoundTrips("thread wake round trip, one CPU for both", rounds, 0, 0);
+  if (cpus > 1) WakeRoundTrips("thread wake round trip, CPU 0 and CPU 1", rounds, 0, 1);
+  TcpRoundTrips(rounds);
+  SyncedAppends(dir, rounds / 10);
+  return 0;
+}
