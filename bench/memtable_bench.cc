@@ -116,11 +116,14 @@ BENCHMARK(BM_HotSlotPut)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->Iterati
 // The same writes in batches of range(0) keys, as a round writes them,
 // each batch's bucket prefetched as the engine does (PrefetchForWrites);
 // with range(1) = 1 the batch's keys are passed as well, and their inserts'
-// searches are walked ahead, side by side.
+// searches are walked ahead, side by side, each insert then carrying on from
+// its walk; with 2, the same for new keys in ascending order (a load in key
+// order: a batch's keys all fall in one gap, past the keys loaded before).
 void BM_HotSlotBatchPut(benchmark::State& state) {
   const std::string v(100, 'x');
   const size_t batch = static_cast<size_t>(state.range(0));
-  const bool walk = state.range(1) == 1;
+  const bool walk = state.range(1) >= 1;
+  const bool ascending = state.range(1) == 2;
   for (auto _ : state) {
     state.PauseTiming();
     auto d = Open(true, kDataKeyPrefixBytes);
@@ -136,7 +139,8 @@ void BM_HotSlotBatchPut(benchmark::State& state) {
       rocksdb::WriteBatch wb;
       for (size_t k = 0; k < batch; ++k) {
         char key[32];
-        const int len = std::snprintf(key, sizeof(key), "key:{06S}:%012u", static_cast<unsigned>(rng() % 100000));
+        const unsigned n = ascending ? static_cast<unsigned>(i) + static_cast<unsigned>(k) : static_cast<unsigned>(rng() % 100000);
+        const int len = std::snprintf(key, sizeof(key), "key:{06S}:%012u", n);
         keys[k] = slot + std::string(key, len);
         views[k] = keys[k];
         wb.Put(keys[k], v);
@@ -156,6 +160,7 @@ BENCHMARK(BM_HotSlotBatchPut)
     ->Args({8, 1})
     ->Args({64, 0})
     ->Args({64, 1})
+    ->Args({64, 2})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3);
 

@@ -220,6 +220,52 @@ inline int CompareInternal(const Slice& a, const Slice& b) {
   return ta > tb ? -1 : (ta < tb ? 1 : 0);
 }
 
+// What a thread's walks (SlotMemTableRep::PrefetchPaths) found, for the
+// inserts that follow them on that thread: for each walked key, the node at
+// each level where its search went down. Every such node lies before the
+// key (and stays in its memtable, which frees no node), so an insert of the
+// key may carry its search on from them instead of walking the bucket again,
+// after checking that the hint is of its memtable (by id: one may be freed
+// and another made at its address), its bucket and its key. The nodes a
+// walk passed are in the cache then, and the insert steps only past what
+// was linked in since (another key of the batch, another writer's). Hints
+// come in the batch's order; an insert whose key is not the next hint's (a
+// key of a small bucket, a collection's element, another writer's batch)
+// searches from the head and leaves the hint.
+constexpr size_t kHintKeyMax = 48;
+constexpr int kHintSteps = 8;  // a level's steps from a hint before a search instead
+constexpr size_t kWalkKeys = 256;  // the keys of a write that are walked
+
+struct PathHint {
+  uint64_t rep;
+  const Bucket* bucket;
+  int top;  // the bucket's height when walked
+  uint8_t key_len;
+  char key[kHintKeyMax];
+  Node* prev[kMaxHeight];  // below `top`: where the search went down
+};
+
+// Constant-initialized (no guard on each access of the thread_local): the
+// array is zeros until a thread walks (and its pages untouched until then).
+struct PathHints {
+  std::array<PathHint, kWalkKeys> hints;
+  size_t size = 0;
+  size_t next = 0;
+  uint64_t taken = 0;  // ever, on this thread
+  uint64_t steps = 0;  // the steps forward of the inserts that took one
+  // At each level, the node this write's hinted inserts linked there last
+  // (null: none yet): a batch's keys that fall in one gap were all walked
+  // to the same nodes, and each carries on past the one linked before it.
+  uint64_t last_rep = 0;
+  const Bucket* last_bucket = nullptr;
+  Node* last[kMaxHeight] = {};
+  void Reset() {
+    size = next = 0;
+    last_rep = 0;
+  }
+};
+thread_local PathHints path_hints;
+
 class SlotMemTableRep;
 
 // The newest memtable a factory made (its column family's active one), for
@@ -303,7 +349,10 @@ class SlotMemTableRep final : public MemTableRep {
       Node* at;
       int level;
       int steps;
+      int top;
+      const Bucket* bucket;
       std::string_view key;
+      Node* prev[kMaxHeight];
     };
     Walk walks[kWalks];
     size_t n = 0;
@@ -311,7 +360,13 @@ class SlotMemTableRep final : public MemTableRep {
       if (key.size() < prefix_bytes_) continue;
       Bucket* b = Listed(PrefixOf(Slice(key.data(), key.size())));
       if (b == nullptr || b->count.load(std::memory_order_relaxed) < kWalkFrom) continue;
-      walks[n] = Walk{b->head(), b->height.load(std::memory_order_relaxed) - 1, 0, key};
+      const int top = b->height.load(std::memory_order_relaxed);
+      walks[n].at = b->head();
+      walks[n].level = top - 1;
+      walks[n].steps = 0;
+      walks[n].top = top;
+      walks[n].bucket = b;
+      walks[n].key = key;
       Touch(walks[n].at->Next(walks[n].level));
       ++n;
     }
@@ -321,14 +376,29 @@ class SlotMemTableRep final : public MemTableRep {
         Walk& w = walks[i];
         if (w.level < 0) continue;
         Node* next = w.at->Next(w.level);
+        // Past kMaxSteps a walk goes straight down: its nodes still lie
+        // before its key, and an insert's search from the top passes them.
         if (next != nullptr && ++w.steps < kMaxSteps && UserKeyBefore(next->Entry(), w.key)) {
           w.at = next;
-        } else if (--w.level < 0) {
-          continue;
+        } else {
+          w.prev[w.level] = w.at;
+          if (--w.level < 0) continue;
         }
         Touch(w.at->Next(w.level));
         ++live;
       }
+    }
+    PathHints& hints = path_hints;
+    for (size_t i = 0; i < n && hints.size < kWalkKeys; ++i) {
+      const Walk& w = walks[i];
+      if (w.key.size() > kHintKeyMax) continue;
+      PathHint& h = hints.hints[hints.size++];
+      h.rep = id_;
+      h.bucket = w.bucket;
+      h.top = w.top;
+      h.key_len = static_cast<uint8_t>(w.key.size());
+      std::memcpy(h.key, w.key.data(), w.key.size());
+      std::copy(w.prev, w.prev + w.top, h.prev);
     }
   }
 
@@ -796,6 +866,21 @@ class SlotMemTableRep final : public MemTableRep {
     return bigger;
   }
 
+  // The thread's next hint, if it is for this insert (its memtable, bucket
+  // and user key); taken then.
+  const PathHint* TakeHint(const Bucket* b, const char* entry) const {
+    PathHints& hints = path_hints;
+    if (hints.next == hints.size) return nullptr;
+    const PathHint& h = hints.hints[hints.next];
+    const Slice user = UserKey(entry);
+    if (h.rep != id_ || h.bucket != b || user.size() != h.key_len || std::memcmp(user.data(), h.key, h.key_len) != 0) {
+      return nullptr;
+    }
+    ++hints.next;
+    ++hints.taken;
+    return &h;
+  }
+
   void Add(Node* x) {
     int height = static_cast<int>(reinterpret_cast<uintptr_t>(x->link0.load(std::memory_order_relaxed)));
     const char* entry = x->Entry();
@@ -806,12 +891,54 @@ class SlotMemTableRep final : public MemTableRep {
     }
     Node* prev[kMaxHeight];
     int top = b->height.load(std::memory_order_relaxed);
-    Node* at = b->head();
-    for (int level = top - 1; level >= 0; --level) {
+    const PathHint* hint = TakeHint(b, entry);
+    // A walked key first tries the levels it is linked at only (one, for
+    // three nodes in four), each from where its walk went down, stepping
+    // past what was linked in since (another key of the batch, another
+    // writer's): a fresh walk's nodes are those read last, in the cache.
+    bool found = hint != nullptr;
+    PathHints& hints = path_hints;
+    const bool follows = found && hints.last_rep == id_ && hints.last_bucket == b;
+    for (int level = 0; found && level < std::min(height, top); ++level) {
+      Node* at = level < hint->top ? hint->prev[level] : b->head();
+      // The node linked last at this level, if it lies between: further on.
+      if (Node* l = follows ? hints.last[level] : nullptr;
+          l != nullptr && Cmp(l->Entry(), entry) < 0 && (at == b->head() || Cmp(l->Entry(), at->Entry()) > 0)) {
+        at = l;
+      }
+      int steps = 0;
       for (Node* next = at->Next(level); next != nullptr && Cmp(next->Entry(), entry) < 0; next = at->Next(level)) {
+        if (++steps > kHintSteps) {
+          found = false;  // much came in since (a batch's keys in one gap)
+          break;
+        }
         at = next;
       }
+      hints.steps += static_cast<uint64_t>(std::min(steps, kHintSteps));
       prev[level] = at;
+    }
+    if (!found) {
+      // From the top down, as a search from the head, but where the walk
+      // went down at a node further on, from there: each level's steps are
+      // then as few as in any search.
+      Node* at = b->head();
+      for (int level = top - 1; level >= 0; --level) {
+        if (hint != nullptr && level < hint->top) {
+          Node* h = hint->prev[level];
+          // The walk went down at h, at or after where it went down a level
+          // up: while the search stands there, h is as far or further.
+          if (h != b->head() && (at == b->head() || (level + 1 < hint->top && at == hint->prev[level + 1]) ||
+                                 Cmp(h->Entry(), at->Entry()) > 0)) {
+            at = h;
+          }
+        }
+        for (Node* next = at->Next(level); next != nullptr && Cmp(next->Entry(), entry) < 0;
+             next = at->Next(level)) {
+          at = next;
+          if (hint != nullptr) ++hints.steps;
+        }
+        prev[level] = at;
+      }
     }
     for (int level = top; level < height; ++level) prev[level] = b->head();
     if (height > top) b->height.store(height, std::memory_order_relaxed);
@@ -819,10 +946,24 @@ class SlotMemTableRep final : public MemTableRep {
       x->Link(level)->store(prev[level]->Link(level)->load(std::memory_order_relaxed), std::memory_order_relaxed);
       prev[level]->Link(level)->store(x, std::memory_order_release);
     }
+    if (hint != nullptr) {
+      if (!follows) {
+        hints.last_rep = id_;
+        hints.last_bucket = b;
+        std::fill(std::begin(hints.last), std::end(hints.last), nullptr);
+      }
+      for (int level = 0; level < height; ++level) hints.last[level] = x;
+    }
     b->count.fetch_add(1, std::memory_order_relaxed);
     b->busy.clear(std::memory_order_release);
   }
 
+  static uint64_t NextId() {
+    static std::atomic<uint64_t> made{0};
+    return made.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+
+  const uint64_t id_ = NextId();  // never 0, never reused
   const KeyComparator& cmp_;
   const size_t prefix_bytes_;
   const bool hashed_;
@@ -1033,7 +1174,6 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
   }
 
   static constexpr const char* kName = "ShoalSlotMemTable";
-  static constexpr size_t kWalkKeys = 256;
 
  private:
   size_t prefix_bytes_;
@@ -1044,12 +1184,15 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
 
 void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
                        std::span<const std::string_view> keys) {
+  path_hints.Reset();  // the last write's are spent, or were for another
   if (factory == nullptr || (prefixes.empty() && keys.empty()) ||
       std::strcmp(factory->Name(), SlotMemTableFactory::kName) != 0) {
     return;
   }
   static_cast<SlotMemTableFactory*>(factory)->PrefetchForWrites(prefixes, keys);
 }
+
+WalkedInserts WalkedInsertsOnThisThread() { return WalkedInserts{path_hints.taken, path_hints.steps}; }
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes) {
   return std::make_shared<SlotMemTableFactory>(std::clamp<size_t>(prefix_bytes, 1, kMaxPrefix));

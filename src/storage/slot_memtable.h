@@ -43,7 +43,18 @@ std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefi
 // memtable's worth of keys: some 35 misses an insert, one after another).
 // Reads only, any thread; nothing for a factory not made above, or with
 // another prefix length.
+// The walks also leave, for this thread's inserts that follow, where each
+// key's search went down at each level: an insert of such a key in that
+// memtable starts from there, stepping past what was linked in since.
 void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
                        std::span<const std::string_view> keys = {});
+
+// The inserts on the calling thread that started from a walk, and the
+// steps forward they took (tests).
+struct WalkedInserts {
+  uint64_t inserts = 0;
+  uint64_t steps = 0;
+};
+WalkedInserts WalkedInsertsOnThisThread();
 
 }  // namespace shoal::storage

@@ -14,6 +14,7 @@
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/slice_transform.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -308,6 +309,154 @@ TEST_F(SlotMemTableTest, KeysSharingLongStretchesKeepTheOrder) {
   }
   ASSERT_GT(model.size(), 1500u);
   CheckAgainst(model, rng, true);
+}
+
+// An insert whose key was walked (PrefetchForWrites with keys) carries on
+// from where the walk went down. Walks that do not match the write that
+// follows (another order, other keys, none at all, another memtable since),
+// and writes linked in between a walk and its insert (a key of the batch,
+// another write, a bucket grown a level), must leave the order and every
+// key's newest value as they would be, and cost an insert few steps.
+TEST_F(SlotMemTableTest, InsertsCarryOnFromTheirWalksPastWhatCameSince) {
+  Open();
+  std::mt19937 rng(21);
+  std::map<std::string, std::string> model;
+  auto key = [&] {
+    // Mostly one big bucket (a hash tag), some keys of small ones (never
+    // walked: under 64 keys each).
+    std::string k{'\x00', rng() % 8 == 0 ? static_cast<char>(2 + rng() % 200) : '\x01', '\x00', '\x00'};
+    return k + "{tag}:key:" + std::to_string(rng() % 3000);
+  };
+  auto put = [&](rocksdb::WriteBatch& wb, const std::string& k, const std::string& v) {
+    if (rng() % 10 == 0) {
+      ASSERT_TRUE(wb.Delete(k).ok());
+      model.erase(k);
+    } else {
+      ASSERT_TRUE(wb.Put(k, v).ok());
+      model[k] = v;
+    }
+  };
+  // Walks `walked`, then writes `keys` (values tagged with `tag`).
+  auto write = [&](const std::vector<std::string>& walked, const std::vector<std::string>& keys,
+                   const std::string& tag) {
+    std::vector<std::string_view> views(walked.begin(), walked.end());
+    std::vector<uint32_t> prefixes;
+    for (const auto& k : walked) prefixes.push_back(static_cast<uint32_t>(static_cast<uint8_t>(k[1])) << 16);
+    PrefetchForWrites(factory_.get(), prefixes, views);
+    rocksdb::WriteBatch wb;
+    for (size_t i = 0; i < keys.size(); ++i) put(wb, keys[i], tag + "." + std::to_string(i));
+    ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &wb).ok());
+  };
+  for (int i = 0; i < 3000; ++i) {  // the big bucket is walked from 64 keys on
+    std::string k = key();
+    ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), k, "fill").ok());
+    model[k] = "fill";
+  }
+  const WalkedInserts before = WalkedInsertsOnThisThread();
+  for (int round = 0; round < 400; ++round) {
+    std::vector<std::string> keys;
+    const int n = 1 + static_cast<int>(rng() % 40);
+    for (int i = 0; i < n; ++i) {
+      keys.push_back(key());
+      if (rng() % 6 == 0) keys.push_back(keys.back());  // a key twice in a batch
+    }
+    std::vector<std::string> walked = keys;
+    const int kind = static_cast<int>(rng() % 6);
+    if (kind == 1) std::shuffle(walked.begin(), walked.end(), rng);  // another order
+    if (kind == 2) {
+      for (auto& k : walked) k = key();  // other keys
+    }
+    if (kind == 3) walked.clear();  // no walk: last round's walks are not this one's
+    std::vector<std::string_view> views(walked.begin(), walked.end());
+    std::vector<uint32_t> prefixes;
+    for (const auto& k : walked) prefixes.push_back(static_cast<uint32_t>(static_cast<uint8_t>(k[1])) << 16);
+    PrefetchForWrites(factory_.get(), prefixes, views);
+    if (kind == 4) {  // another write between the walk and its write
+      rocksdb::WriteBatch between;
+      for (int i = 0; i < 20; ++i) put(between, key(), "between" + std::to_string(round) + "." + std::to_string(i));
+      ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &between).ok());
+    }
+    if (kind == 5) {  // walked in another memtable
+      ASSERT_TRUE(db_->Flush(rocksdb::FlushOptions()).ok());
+    }
+    rocksdb::WriteBatch wb;
+    for (size_t i = 0; i < keys.size(); ++i) put(wb, keys[i], "v" + std::to_string(round) + "." + std::to_string(i));
+    ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &wb).ok());
+  }
+  // Most inserts into the big bucket in rounds that walked them carried on
+  // from their walk.
+  const WalkedInserts mixed = WalkedInsertsOnThisThread();
+  EXPECT_GT(mixed.inserts - before.inserts, 1200u);
+
+  // The rounds may have flushed lately: the big bucket gets 100 keys more in
+  // the active memtable, so that it is walked (from 64 keys) below.
+  for (int i = 0; i < 100; ++i) {
+    const std::string k = std::string{'\x00', '\x01', '\x00', '\x00'} + "{tag}:key:" + std::to_string(i);
+    ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), k, "refill").ok());
+    model[k] = "refill";
+  }
+
+  // 256 new keys, in order, all in one gap of the big bucket: each walk went
+  // down at the same nodes, so the insert of the i-th would step past the
+  // i - 1 linked before it on level 0. It carries on from the node linked
+  // last instead (and past a few steps, it would search from the top).
+  {
+    std::vector<std::string> keys;
+    for (int i = 0; i < 256; ++i) {
+      char tail[8];
+      std::snprintf(tail, sizeof(tail), "a%03d", i);
+      keys.push_back(std::string{'\x00', '\x01', '\x00', '\x00'} + "{tag}:key:1500" + tail);
+    }
+    const WalkedInserts start = WalkedInsertsOnThisThread();
+    write(keys, keys, "gap");
+    const WalkedInserts end = WalkedInsertsOnThisThread();
+    ASSERT_GT(end.inserts - start.inserts, 200u);
+    EXPECT_LT(end.steps - start.steps, 2 * (end.inserts - start.inserts)) << end.steps - start.steps;
+  }
+
+  // Another write puts 200 keys in the gap a key was walked to, between its
+  // walk and its insert: that insert takes a few steps from its walk, then
+  // searches from the top.
+  {
+    const std::string gap = std::string{'\x00', '\x01', '\x00', '\x00'} + "{tag}:key:2500";
+    std::vector<std::string> crowd;
+    for (int i = 0; i < 200; ++i) {
+      char tail[8];
+      std::snprintf(tail, sizeof(tail), "b%03d", i);
+      crowd.push_back(gap + tail);
+    }
+    const std::vector<std::string> last{gap + "c"};
+    std::vector<std::string_view> views(last.begin(), last.end());
+    PrefetchForWrites(factory_.get(), std::vector<uint32_t>{0x00010000}, views);
+    rocksdb::WriteBatch between;
+    for (size_t i = 0; i < crowd.size(); ++i) put(between, crowd[i], "crowd." + std::to_string(i));
+    ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &between).ok());  // not walked: takes no hint
+    const WalkedInserts start = WalkedInsertsOnThisThread();
+    rocksdb::WriteBatch wb;
+    put(wb, last[0], "after the crowd");
+    ASSERT_TRUE(db_->Write(rocksdb::WriteOptions(), &wb).ok());
+    const WalkedInserts end = WalkedInsertsOnThisThread();
+    ASSERT_EQ(end.inserts - start.inserts, 1u);
+    EXPECT_LT(end.steps - start.steps, 64u);
+  }
+
+  // Fresh buckets of 70 keys, each then given 256 walked keys in one batch:
+  // the bucket grows levels that its walks did not see.
+  for (int b = 0; b < 8; ++b) {
+    const std::string prefix{'\x00', static_cast<char>(0xf0 + b), '\x00', '\x00'};
+    std::vector<std::string> fill, keys;
+    for (int i = 0; i < 70; ++i) fill.push_back(prefix + "fill:" + std::to_string(rng()));
+    write({}, fill, "fill" + std::to_string(b));
+    for (int i = 0; i < 256; ++i) keys.push_back(prefix + "new:" + std::to_string(rng()));
+    write(keys, keys, "grown" + std::to_string(b));
+  }
+
+  CheckAgainst(model, rng, true);
+  for (const auto& [k, v] : model) {
+    std::string got;
+    ASSERT_TRUE(db_->Get(rocksdb::ReadOptions(), k, &got).ok()) << k;
+    ASSERT_EQ(got, v) << k;
+  }
 }
 
 TEST_F(SlotMemTableTest, FlushesInOrderAndReadsAcrossMemtablesAndFiles) {
