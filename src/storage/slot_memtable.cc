@@ -377,7 +377,7 @@ class SlotMemTableRep final : public MemTableRep {
         if (w.level < 0) continue;
         Node* next = w.at->Next(w.level);
         // Past kMaxSteps a walk goes straight down: its nodes still lie
-        // before its key, and an insert's search from the top passes them.
+        // before its key (and an insert from them soon searches instead).
         if (next != nullptr && ++w.steps < kMaxSteps && UserKeyBefore(next->Entry(), w.key)) {
           w.at = next;
         } else {
@@ -917,21 +917,9 @@ class SlotMemTableRep final : public MemTableRep {
       hints.steps += static_cast<uint64_t>(std::min(steps, kHintSteps));
       prev[level] = at;
     }
-    if (!found) {
-      // From the top down, as a search from the head, but where the walk
-      // went down at a node further on, from there: each level's steps are
-      // then as few as in any search.
+    if (!found) {  // no hint, or much came in since its walk: from the head
       Node* at = b->head();
       for (int level = top - 1; level >= 0; --level) {
-        if (hint != nullptr && level < hint->top) {
-          Node* h = hint->prev[level];
-          // The walk went down at h, at or after where it went down a level
-          // up: while the search stands there, h is as far or further.
-          if (h != b->head() && (at == b->head() || (level + 1 < hint->top && at == hint->prev[level + 1]) ||
-                                 Cmp(h->Entry(), at->Entry()) > 0)) {
-            at = h;
-          }
-        }
         for (Node* next = at->Next(level); next != nullptr && Cmp(next->Entry(), entry) < 0;
              next = at->Next(level)) {
           at = next;
