@@ -41,11 +41,12 @@ std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefi
 // also walks the searches their inserts will make, side by side, so that
 // their cache misses overlap (a hash-tagged slot's bucket holds a
 // memtable's worth of keys: some 35 misses an insert, one after another).
-// Reads only, any thread; nothing for a factory not made above, or with
-// another prefix length.
 // The walks also leave, for this thread's inserts that follow, where each
 // key's search went down at each level: an insert of such a key in that
 // memtable starts from there, stepping past what was linked in since.
+// Reads the memtable only (the hints are the calling thread's own), any
+// thread; nothing for a factory not made above, or with another prefix
+// length.
 void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
                        std::span<const std::string_view> keys = {});
 
