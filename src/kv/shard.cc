@@ -58,6 +58,10 @@ void KeyMetaCache::Prefetch(uint16_t db, std::string_view key, bool key_bytes) c
   }
 }
 
+void KeyMetaCache::PrefetchSlot(std::string_view dkey) const {
+  if (!slots_.empty()) __builtin_prefetch(&slots_[HashOf(dkey) & (slots_.size() - 1)]);
+}
+
 KeyMetaCache::KeyMetaCache(size_t max_bytes) : KeyMetaCache(std::make_shared<KeyMetaBudget>(max_bytes)) {}
 
 KeyMetaCache::KeyMetaCache(std::shared_ptr<KeyMetaBudget> budget) : budget_(std::move(budget)) {
@@ -165,28 +169,86 @@ int64_t ExpiryOf(const std::optional<std::string>& raw) {
   return DecodeValue(*raw, &v) ? v.expire_at_ms : 0;
 }
 
-KeyMetaCache::Meta MetaOf(const std::optional<std::string>& raw) {
+// A stored value's metadata (one that does not decode still exists).
+KeyMetaCache::Meta MetaOfStored(std::string_view raw) {
   Value v;
-  if (!raw || !DecodeValue(*raw, &v)) return {raw.has_value(), 0, false};
+  if (!DecodeValue(raw, &v)) return {true, 0, false};
   return {true, v.expire_at_ms, IsCollection(v.type)};
+}
+
+KeyMetaCache::Meta MetaOf(const std::optional<std::string>& raw) {
+  return raw ? MetaOfStored(*raw) : KeyMetaCache::Meta{false, 0, false};
 }
 
 }  // namespace
 
 std::optional<KeyMetaCache::Meta> Shard::CommittedMeta(uint16_t db, std::string_view key) {
-  SHOAL_CHECK(!staged_unwritten_);
-  const std::string dkey = storage::DataKey(db, key);
-  if (auto meta = meta_cache_.Find(dkey)) return meta;
-  std::string raw;
-  Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
-  if (s.code() == Code::kNotFound) {
-    meta_cache_.Set(dkey, {false, 0, false});
-    return KeyMetaCache::Meta{false, 0, false};
-  }
-  if (!s.ok()) return std::nullopt;
-  KeyMetaCache::Meta meta = MetaOf(raw);
-  meta_cache_.Set(dkey, meta);
+  const KeyRef k{db, key};
+  std::optional<KeyMetaCache::Meta> meta;
+  CommittedMetas(std::span<const KeyRef>(&k, 1), std::span<std::optional<KeyMetaCache::Meta>>(&meta, 1));
   return meta;
+}
+
+void Shard::CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional<KeyMetaCache::Meta>> out) {
+  SHOAL_CHECK(!staged_unwritten_ && out.size() == keys.size());
+  // Kept for the thread's next call (no allocation a key once warm), up to
+  // a bound.
+  thread_local std::vector<std::string> dkeys;
+  thread_local std::vector<size_t> missed;
+  thread_local std::vector<std::string_view> reads;
+  thread_local std::vector<std::string> values;
+  thread_local std::vector<Status> statuses;
+  if (dkeys.size() < keys.size()) dkeys.resize(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    dkeys[i].clear();
+    storage::AppendDataKeyInSlot(&dkeys[i], storage::KeySlot(keys[i].key), keys[i].db, keys[i].key);
+    if (keys.size() > 1) meta_cache_.PrefetchSlot(dkeys[i]);  // its cache misses overlap the others'
+  }
+  missed.clear();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out[i] = meta_cache_.Find(dkeys[i]);
+    if (!out[i]) missed.push_back(i);
+  }
+  if (!missed.empty()) {
+    // Each missing key read once (a batch may name one twice), in one
+    // MultiGet.
+    std::sort(missed.begin(), missed.end(), [](size_t a, size_t b) { return dkeys[a] < dkeys[b]; });
+    reads.clear();
+    for (size_t j = 0; j < missed.size(); ++j) {
+      if (j == 0 || dkeys[missed[j]] != dkeys[missed[j - 1]]) reads.push_back(dkeys[missed[j]]);
+    }
+    values.resize(reads.size());
+    statuses.resize(reads.size());
+    engine_->MultiGet(storage::Cf::kData, reads, std::span<std::string>(values.data(), reads.size()),
+                      std::span<Status>(statuses.data(), reads.size()));
+    size_t r = 0;
+    for (size_t j = 0; j < missed.size(); ++j) {
+      if (j > 0 && dkeys[missed[j]] != dkeys[missed[j - 1]]) ++r;
+      std::optional<KeyMetaCache::Meta>& meta = out[missed[j]];
+      if (statuses[r].code() == Code::kNotFound) {
+        meta = KeyMetaCache::Meta{false, 0, false};
+      } else if (statuses[r].ok()) {
+        meta = MetaOfStored(values[r]);
+      } else {
+        continue;  // a storage error: unknown, and not cached
+      }
+      meta_cache_.Set(dkeys[missed[j]], *meta);
+    }
+  }
+  if (keys.size() > 256) {  // a huge batch (an MSET of many keys): its buffers go
+    std::vector<std::string>().swap(dkeys);
+    std::vector<size_t>().swap(missed);
+    std::vector<std::string_view>().swap(reads);
+    std::vector<std::string>().swap(values);
+    std::vector<Status>().swap(statuses);
+  }
+  // Nor is a long key or a large value.
+  for (std::string& b : dkeys) {
+    if (b.capacity() > 4096) std::string().swap(b);
+  }
+  for (std::string& b : values) {
+    if (b.capacity() > 4096) std::string().swap(b);
+  }
 }
 
 Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
@@ -200,7 +262,7 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
     return std::optional<std::string>();
   }
   if (!s.ok()) return s;
-  shard_->meta_cache_.Set(dkey, MetaOf(raw));
+  shard_->meta_cache_.Set(dkey, MetaOfStored(raw));
   staged_.emplace(dkey, Staged{raw});
   return std::optional<std::string>(std::move(raw));
 }

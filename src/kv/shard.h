@@ -109,6 +109,8 @@ class KeyMetaCache {
   // (db, key) will read, a few applies ahead of it: its slot, or (once the
   // slot is there, `key_bytes`) the key it compares. Changes nothing.
   void Prefetch(uint16_t db, std::string_view key, bool key_bytes) const;
+  // Starts loading the table slot where a Find of dkey begins. Changes nothing.
+  void PrefetchSlot(std::string_view dkey) const;
   // Forgets every key and gives back the table's memory.
   void Clear();
   // Clears, and stops drawing on the budget for good (a retired shard's
@@ -450,6 +452,15 @@ class Shard {
   // that the leader proposes (the cache, else a read, which fills it);
   // nullopt on a storage error. Owner thread, not while staged_unwritten().
   std::optional<KeyMetaCache::Meta> CommittedMeta(uint16_t db, std::string_view key);
+  struct KeyRef {
+    uint16_t db;
+    std::string_view key;
+  };
+  // CommittedMeta of each of `keys` (out[i] for keys[i]), with the keys the
+  // cache does not know read from storage together: one MultiGet, which
+  // checks each file's filter once for all of them (a read of a missing key
+  // costs about half a Get's in batches of 16: docs/PERFORMANCE.md).
+  void CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional<KeyMetaCache::Meta>> out);
   // Blind writes applied with a hint instead of the cache or a read.
   uint64_t hinted_puts() const { return hinted_puts_.load(std::memory_order_relaxed); }
   uint32_t id() const { return id_; }

@@ -208,10 +208,15 @@ bool DecodeHintTrailer(std::string_view in, std::span<kv::Entry> entries) {
 }
 
 std::string WriteHints::TrackKey(uint16_t db, std::string_view key) {
-  std::string k(2 + key.size(), '\0');
-  std::memcpy(k.data(), &db, 2);
-  std::memcpy(k.data() + 2, key.data(), key.size());
+  std::string k;
+  TrackKeyInto(db, key, &k);
   return k;
+}
+
+void WriteHints::TrackKeyInto(uint16_t db, std::string_view key, std::string* out) {
+  out->resize(2 + key.size());
+  std::memcpy(out->data(), &db, 2);
+  std::memcpy(out->data() + 2, key.data(), key.size());
 }
 
 void WriteHints::Reset() {
@@ -273,6 +278,51 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
     auto it = here.find(k);
     return it == here.end() ? std::nullopt : std::optional<size_t>(it->second);
   };
+  auto step_of = [](Keys keys) -> size_t { return keys == Keys::kPairs ? 2 : 1; };
+  auto end_of = [](const kv::EntryView& e, Keys keys) -> size_t {
+    return keys == Keys::kAll || keys == Keys::kPairs ? e.args.size() : std::min<size_t>(1, e.args.size());
+  };
+  // An entry whose (first) key's slot moved away (a split) is refused at
+  // apply (Shard::StageBatch): it changes nothing, so nothing is known.
+  auto blind_of = [this](const kv::EntryView& e, Keys keys) {
+    return (keys == Keys::kFirst || (keys == Keys::kPairs && e.op == KnownOps().mset)) && !e.args.empty() &&
+           shard_->OwnsSlot(storage::KeySlot(e.args[0]));
+  };
+  // The applied state of the keys the loop below may look up (blind writes'
+  // keys not in flight, in its order; a few more, as it skips a key written
+  // earlier in the batch), read together: what the key metadata cache
+  // lacks in one MultiGet rather than a Get each (most of a bulk load's
+  // keys are new).
+  std::vector<kv::Shard::KeyRef> wanted;
+  std::vector<std::pair<size_t, size_t>> wanted_at;  // (entry, argument) of each
+  std::vector<std::optional<kv::KeyMetaCache::Meta>> known;
+  if (eligible) {
+    std::string k;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const kv::EntryView& e = views[i];
+      const Keys keys = KeysOf(e);
+      if (keys == Keys::kOpaque) break;  // no hints after it
+      if (!blind_of(e, keys)) continue;
+      const size_t end = end_of(e, keys);
+      size_t n = 0;
+      for (size_t a = 0; a < end && n < kMaxHintsPerEntry; a += step_of(keys)) {
+        TrackKeyInto(e.db, e.args[a], &k);
+        if (keys_.count(k) != 0) continue;
+        wanted.push_back(kv::Shard::KeyRef{e.db, e.args[a]});
+        wanted_at.emplace_back(i, a);
+        ++n;
+      }
+    }
+    known.resize(wanted.size());
+    if (!wanted.empty()) shard_->CommittedMetas(wanted, known);
+  }
+  size_t next_known = 0;
+  auto committed_meta = [&](size_t i, size_t a) -> std::optional<kv::KeyMetaCache::Meta> {
+    const std::pair<size_t, size_t> at(i, a);
+    while (next_known < wanted_at.size() && wanted_at[next_known] < at) ++next_known;
+    if (next_known < wanted_at.size() && wanted_at[next_known] == at) return known[next_known];
+    return shard_->CommittedMeta(views[i].db, views[i].args[a]);
+  };
   for (size_t i = 0; i < views.size(); ++i) {
     const kv::EntryView& e = views[i];
     const Keys keys = KeysOf(e);
@@ -281,12 +331,9 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
       eligible = false;
       continue;
     }
-    const size_t step = keys == Keys::kPairs ? 2 : 1;
-    const size_t end = keys == Keys::kAll || keys == Keys::kPairs ? e.args.size() : std::min<size_t>(1, e.args.size());
-    // An entry whose (first) key's slot moved away (a split) is refused at
-    // apply (Shard::StageBatch): it changes nothing, so nothing is known.
-    const bool blind = (keys == Keys::kFirst || (keys == Keys::kPairs && e.op == KnownOps().mset)) &&
-                       !e.args.empty() && shard_->OwnsSlot(storage::KeySlot(e.args[0]));
+    const size_t step = step_of(keys);
+    const size_t end = end_of(e, keys);
+    const bool blind = blind_of(e, keys);
     // A blind write's outcome (PutString): the key holds a string with that
     // expiry, or is gone if the expiry has passed at the entry's time.
     int64_t expire_at = 0;
@@ -308,8 +355,7 @@ std::string WriteHints::Annotate(std::string data, uint64_t term, uint64_t index
           // The state before it: what the last write in flight leaves (if
           // known), else what is applied.
           auto it = keys_.find(k);
-          std::optional<kv::KeyMetaCache::Meta> meta =
-              it != keys_.end() ? it->second.after : shard_->CommittedMeta(e.db, e.args[a]);
+          std::optional<kv::KeyMetaCache::Meta> meta = it != keys_.end() ? it->second.after : committed_meta(i, a);
           if (meta && !meta->collection) {
             if (hinted.size() <= i) hinted.resize(i + 1);
             hinted[i].hints.push_back(kv::KeyHint{static_cast<uint32_t>(a), meta->exists, meta->expire_at_ms});

@@ -74,6 +74,7 @@ class WriteHints {
   void Prune();
   void Track(Tracked t);
   static std::string TrackKey(uint16_t db, std::string_view key);
+  static void TrackKeyInto(uint16_t db, std::string_view key, std::string* out);
   kv::Shard* shard_;
   uint64_t term_ = 0;
   // Every entry of term_ after this index was proposed through Annotate.

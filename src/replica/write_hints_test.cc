@@ -7,6 +7,7 @@
 
 #include "kv/commands.h"
 #include "replica/replica.h"
+#include "storage/fault_engine.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
 
@@ -22,11 +23,19 @@ class WriteHintsTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
     engine_ = std::move(storage::Engine::Open({.dir = dir_.string(), .memory_budget_bytes = 64 << 20}).value());
-    shard_ = std::make_unique<kv::Shard>(engine_.get(), 0, 0, storage::kSlotCount);
+    fault_ = std::make_unique<storage::FaultEngine>(engine_.get());
+    OpenShard();
+  }
+  // A shard over the store as it is, with an empty key metadata cache (a
+  // restart's).
+  void OpenShard() {
+    shard_.reset();
+    shard_ = std::make_unique<kv::Shard>(fault_.get(), 0, 0, storage::kSlotCount);
     ASSERT_TRUE(shard_->Load().ok());
   }
   void TearDown() override {
     shard_.reset();
+    fault_.reset();
     engine_.reset();
     std::filesystem::remove_all(dir_);
   }
@@ -84,6 +93,7 @@ class WriteHintsTest : public ::testing::Test {
   kv::Limits limits_;
   std::filesystem::path dir_;
   std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<storage::FaultEngine> fault_;  // over engine_
   std::unique_ptr<kv::Shard> shard_;
 };
 
@@ -180,6 +190,67 @@ TEST_F(WriteHintsTest, BlindWritesCarryTheCommittedStateOfTheirKeys) {
   EXPECT_TRUE(out[3].hints.empty());  // a hash: replacing it must find its fields
   EXPECT_EQ(out[4].hints, (std::vector<kv::KeyHint>{{0, false, 0}, {4, false, 0}}));  // a: written before
   EXPECT_EQ(out[5].hints, (std::vector<kv::KeyHint>{{0, false, 0}}));
+}
+
+TEST_F(WriteHintsTest, AProposalReadsTheKeysTheCacheLacksTogether) {
+  Apply(Batch({{"set", "a", "old", "px", "100000"}, {"set", "b", "old"}, {"hset", "h", "f", "v"}}));  // index 1
+  OpenShard();  // nothing cached
+  WriteHints hints(shard_.get());
+  uint64_t calls = fault_->read_calls(), keys = fault_->keys_read();
+  auto out = Decode(Propose(hints,
+                            Batch({{"set", "a", "x"},
+                                   {"set", "h", "s"},
+                                   {"mset", "c", "1", "b", "2", "d", "3"},
+                                   {"set", "c", "3"},
+                                   {"setex", "e", "10", "v"},
+                                   {"set", "a", "y", "nx"}}),
+                            1, 2));
+  // One read for the six keys the cache lacked, c once though named twice
+  // (its second write has no hint: c is written before it in the batch).
+  EXPECT_EQ(fault_->read_calls() - calls, 1u);
+  EXPECT_EQ(fault_->keys_read() - keys, 6u);  // a, h, c, b, d, e
+  ASSERT_EQ(out.size(), 6u);
+  EXPECT_EQ(out[0].hints, (std::vector<kv::KeyHint>{{0, true, now_ms_ + 100000}}));
+  EXPECT_TRUE(out[1].hints.empty());  // a hash
+  EXPECT_EQ(out[2].hints, (std::vector<kv::KeyHint>{{0, false, 0}, {2, true, 0}, {4, false, 0}}));
+  EXPECT_TRUE(out[3].hints.empty());
+  EXPECT_EQ(out[4].hints, (std::vector<kv::KeyHint>{{0, false, 0}}));
+  EXPECT_TRUE(out[5].hints.empty());  // not blind
+  // What was read is cached.
+  calls = fault_->read_calls();
+  for (const char* key : {"a", "b", "c", "d", "e", "h"}) EXPECT_TRUE(shard_->CommittedMeta(0, key).has_value());
+  EXPECT_EQ(fault_->read_calls(), calls);
+  EXPECT_TRUE(shard_->CommittedMeta(0, "h")->collection);
+}
+
+TEST_F(WriteHintsTest, ALargeProposalIsReadInOneGoToo) {
+  std::vector<std::vector<std::string>> sets;
+  for (int i = 0; i < 300; ++i) sets.push_back({"set", "k" + std::to_string(i), "v"});
+  WriteHints hints(shard_.get());
+  const uint64_t calls = fault_->read_calls(), keys = fault_->keys_read();
+  auto out = Decode(Propose(hints, Batch(sets), 1, 1));
+  EXPECT_EQ(fault_->read_calls() - calls, 1u);
+  EXPECT_EQ(fault_->keys_read() - keys, 300u);
+  ASSERT_EQ(out.size(), 300u);
+  for (const auto& e : out) EXPECT_EQ(e.hints, (std::vector<kv::KeyHint>{{0, false, 0}}));
+}
+
+TEST_F(WriteHintsTest, AKeyThatCannotBeReadGetsNoHintAndIsReadAgainLater) {
+  Apply(Batch({{"set", "f", "old", "px", "100000"}}));  // index 1
+  OpenShard();
+  fault_->FailReadsOf(storage::Cf::kData, storage::DataKey(0, "f"));
+  WriteHints hints(shard_.get());
+  auto out = Decode(hints.Annotate(Batch({{"set", "f", "1"}, {"set", "g", "1"}}), 1, 2));
+  hints.Appended(2, false);
+  EXPECT_TRUE(out[0].hints.empty());  // unknown: the followers read it themselves
+  EXPECT_EQ(out[1].hints, (std::vector<kv::KeyHint>{{0, false, 0}}));
+  fault_->ClearFaults();
+  const uint64_t calls = fault_->read_calls();
+  out = Decode(hints.Annotate(Batch({{"set", "f", "2"}, {"set", "g", "2"}}), 1, 2));
+  hints.Appended(2, false);
+  EXPECT_EQ(fault_->read_calls() - calls, 1u);  // f, not cached after its failure; g is
+  EXPECT_EQ(out[0].hints, (std::vector<kv::KeyHint>{{0, true, now_ms_ + 100000}}));
+  EXPECT_EQ(out[1].hints, (std::vector<kv::KeyHint>{{0, false, 0}}));
 }
 
 TEST_F(WriteHintsTest, KeysWithWritesInFlightGetNoHintUntilTheyApply) {

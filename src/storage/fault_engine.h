@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -36,7 +37,20 @@ class FaultEngine final : public Engine {
   void FailNextIngest() { fail_ingests_.store(1); }
   // The next write that changes a key of `cf` fails (once).
   void FailNextWriteTo(Cf cf) { fail_to_cf_.store(static_cast<int>(cf)); }
+  // Every read of `key` in `cf` (Get, or its place in a MultiGet) fails with
+  // an IOError until ClearFaults.
+  void FailReadsOf(Cf cf, std::string key) {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    failing_read_ = CfKey{cf, std::move(key)};
+  }
+  // Get and MultiGet calls, and the keys they asked for.
+  uint64_t read_calls() const { return read_calls_.load(); }
+  uint64_t keys_read() const { return keys_read_.load(); }
   void ClearFaults() {
+    {
+      std::lock_guard<std::mutex> lock(read_mu_);
+      failing_read_.reset();
+    }
     fail_writes_.store(0);
     fail_syncs_.store(0);
     fail_to_cf_.store(-1);
@@ -79,12 +93,20 @@ class FaultEngine final : public Engine {
 
   Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot = nullptr,
              ReadVia via = ReadVia::kStore) override {
+    read_calls_.fetch_add(1);
+    keys_read_.fetch_add(1);
+    if (FailsRead(cf, key)) return Status::IOError("injected read failure");
     return inner_->Get(cf, key, value, snapshot, via);
   }
   void MultiGet(Cf cf, std::span<const std::string_view> keys, std::span<std::string> values,
                 std::span<Status> statuses, const Snapshot* snapshot = nullptr,
                 ReadVia via = ReadVia::kStore) override {
+    read_calls_.fetch_add(1);
+    keys_read_.fetch_add(keys.size());
     inner_->MultiGet(cf, keys, values, statuses, snapshot, via);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (FailsRead(cf, keys[i])) statuses[i] = Status::IOError("injected read failure");
+    }
   }
   Result<uint64_t> Write(WriteBatch& batch) override {
     if (Take(fail_writes_) || TakeCf(batch)) {
@@ -157,6 +179,11 @@ class FaultEngine final : public Engine {
     return t.yes && fail_to_cf_.compare_exchange_strong(cf, -1);
   }
 
+  bool FailsRead(Cf cf, std::string_view key) {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    return failing_read_ && failing_read_->first == cf && failing_read_->second == key;
+  }
+
   using CfKey = std::pair<Cf, std::string>;
   using Undo = std::map<CfKey, std::optional<std::string>>;  // nullopt: absent before
 
@@ -193,6 +220,9 @@ class FaultEngine final : public Engine {
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;
   std::vector<Undo> undo_;  // one per unsynced write, oldest first
+  std::mutex read_mu_;  // reads run on any thread
+  std::optional<CfKey> failing_read_;
+  std::atomic<uint64_t> read_calls_{0}, keys_read_{0};
 };
 
 }  // namespace shoal::storage
