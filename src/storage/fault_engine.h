@@ -43,6 +43,9 @@ class FaultEngine final : public Engine {
     std::lock_guard<std::mutex> lock(read_mu_);
     failing_read_ = CfKey{cf, std::move(key)};
   }
+  // The next n MultiGet calls report an IOError for every key (a batched
+  // read that failed: a write hint's lookups, a pipeline's GETs).
+  void FailNextMultiGets(int n) { fail_multigets_.store(n); }
   // Get and MultiGet calls, and the keys they asked for.
   uint64_t read_calls() const { return read_calls_.load(); }
   uint64_t keys_read() const { return keys_read_.load(); }
@@ -55,6 +58,7 @@ class FaultEngine final : public Engine {
     fail_syncs_.store(0);
     fail_to_cf_.store(-1);
     fail_ingests_.store(0);
+    fail_multigets_.store(0);
   }
   int writes_failed() const { return writes_failed_.load(); }
 
@@ -104,8 +108,9 @@ class FaultEngine final : public Engine {
     read_calls_.fetch_add(1);
     keys_read_.fetch_add(keys.size());
     inner_->MultiGet(cf, keys, values, statuses, snapshot, via);
+    const bool all = Take(fail_multigets_);
     for (size_t i = 0; i < keys.size(); ++i) {
-      if (FailsRead(cf, keys[i])) statuses[i] = Status::IOError("injected read failure");
+      if (all || FailsRead(cf, keys[i])) statuses[i] = Status::IOError("injected read failure");
     }
   }
   Result<uint64_t> Write(WriteBatch& batch) override {
@@ -215,7 +220,8 @@ class FaultEngine final : public Engine {
   }
 
   Engine* inner_;
-  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1}, fail_ingests_{0};
+  std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1}, fail_ingests_{0},
+      fail_multigets_{0};
   size_t raft_writes_lost_ = 0;
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;

@@ -215,7 +215,8 @@ struct SimSplitter final : replica::Splitter {
 
 class ReplicaSim {
  public:
-  explicit ReplicaSim(uint64_t seed) : queue_rng_(seed ^ 0x5eed), rng_(seed), seed_(seed) {}
+  explicit ReplicaSim(uint64_t seed)
+      : queue_rng_(seed ^ 0x5eed), read_fault_rng_(seed ^ 0xfa17), rng_(seed), seed_(seed) {}
   ~ReplicaSim() {
     for (auto& n : nodes_) {
       Down(n);
@@ -623,6 +624,17 @@ class ReplicaSim {
         disk_faults_++;
       }
     }
+    // Batched reads that fail now and then: a leader's write-hint lookups
+    // (its followers then read those keys themselves) or a node's pipelined
+    // GETs (answered with an error). Drawn apart, so that the schedules of
+    // the other faults stay as they were.
+    if (read_fault_rng_() % 64 == 0) {
+      SimNode& n = nodes_[read_fault_rng_() % kMaxNodes];
+      if (n.up && n.faults != nullptr) {
+        n.faults->FailNextMultiGets(1);
+        read_faults_++;
+      }
+    }
     if (!placement_ && pct(rng_) < 4) {
       // Leaderships move now and then, as the placement moves them (where it
       // runs, it does so itself): TimeoutNow lets the transferee win at
@@ -869,7 +881,11 @@ class ReplicaSim {
           import_refusals_++;  // TRYAGAIN: a snapshot import overlapped the read
           continue;
         }
-        SHOAL_CHECK(statuses[i].ok() || statuses[i].code() == Code::kNotFound);
+        if (!statuses[i].ok() && statuses[i].code() != Code::kNotFound) {
+          SHOAL_CHECK(storage_faults_);
+          read_errors_++;  // the client is told of the error: no answer to check
+          continue;
+        }
         Operation& op = history_[p.op];
         op.value = statuses[i].ok() ? ReadValueOf(op.key, raws[i]) : "";
         op.response = Now();
@@ -928,6 +944,7 @@ class ReplicaSim {
   raft::NodeId oneway_from_ = 0, oneway_to_ = 0;
   uint64_t oneway_heal_at_ = 0;
   int disk_faults_ = 0, fail_stops_ = 0, crashes_losing_ = 0, oneway_cuts_ = 0, transfers_ = 0;
+  int read_faults_ = 0, read_errors_ = 0;  // batched reads failed on purpose; client reads they failed
   int joint_rounds_ = 0;  // DriveNode rounds that applied both groups in one write
   uint64_t images_deferred_ = 0;  // images Raft asked for while a round's applies were unwritten
   size_t writes_lost_ = 0, raft_writes_lost_ = 0;  // undone by crashes; of them, log or hard state writes
@@ -943,6 +960,7 @@ class ReplicaSim {
       import_refusals_ = 0, queued_lease_reads_ = 0, lapsed_leases_ = 0;
   size_t batched_reads_ = 0;  // reads served in a MultiGet of two or more
   std::mt19937_64 queue_rng_;  // queued lease reads: rng_'s draws stay as they were
+  std::mt19937_64 read_fault_rng_;  // failed batched reads (StorageFaults), the same
 
   void Reroute(int c, uint64_t group, raft::NodeId hint) {
     raft::NodeId& believed = believed_leader_[c][group == kChild];
@@ -1997,7 +2015,7 @@ TEST(ReplicaSim, LeaseAndFollowerReadsStayLinearizableThroughStalls) {
 // converge.
 TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
-      transfers = 0, unsynced = 0, reported = 0, joined = 0, joined_refused = 0;
+      transfers = 0, unsynced = 0, reported = 0, joined = 0, joined_refused = 0, read_faults = 0, read_errors = 0;
   size_t lost = 0, raft_lost = 0;
   uint64_t read_back = 0;
   const auto [first_seed, last_seed] = Seeds(401, 16);
@@ -2028,7 +2046,12 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     reported += sim.syncs_reported_;
     joined += sim.joined_rounds_;
     joined_refused += sim.joined_refusals_;
+    read_faults += sim.read_faults_;
+    read_errors += sim.read_errors_;
   }
+  EXPECT_GT(read_faults, 50);  // batched reads failed: write hints' lookups, pipelined GETs
+  std::printf("storage sim: %d batched reads failed on purpose, %d client reads answered with their error\n",
+              read_faults, read_errors);
   EXPECT_GT(joined, 100);       // clients' writes proposed together in one entry
   EXPECT_GT(joined_refused, 5);  // ... and queued writes refused when their round came
   std::printf("storage sim: %d rounds joined two clients' writes or more into one entry, %d queued writes refused\n",
