@@ -209,6 +209,7 @@ void Shard::CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional
     out[i] = meta_cache_.Find(dkeys[i]);
     if (!out[i]) missed.push_back(i);
   }
+  size_t read = 0;  // values filled by this call
   if (!missed.empty()) {
     // Each missing key read once (a batch may name one twice), in one
     // MultiGet.
@@ -217,8 +218,9 @@ void Shard::CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional
     for (size_t j = 0; j < missed.size(); ++j) {
       if (j == 0 || dkeys[missed[j]] != dkeys[missed[j - 1]]) reads.push_back(dkeys[missed[j]]);
     }
-    values.resize(reads.size());
-    statuses.resize(reads.size());
+    read = reads.size();
+    values.resize(read);
+    statuses.resize(read);
     engine_->MultiGet(storage::Cf::kData, reads, std::span<std::string>(values.data(), reads.size()),
                       std::span<Status>(statuses.data(), reads.size()));
     size_t r = 0;
@@ -242,12 +244,12 @@ void Shard::CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional
     std::vector<std::string>().swap(values);
     std::vector<Status>().swap(statuses);
   }
-  // Nor is a long key or a large value.
-  for (std::string& b : dkeys) {
-    if (b.capacity() > 4096) std::string().swap(b);
+  // Nor is a long key or a large value (only this call's can be one).
+  for (size_t i = 0; i < std::min(keys.size(), dkeys.size()); ++i) {
+    if (dkeys[i].capacity() > 4096) std::string().swap(dkeys[i]);
   }
-  for (std::string& b : values) {
-    if (b.capacity() > 4096) std::string().swap(b);
+  for (size_t i = 0; i < std::min(read, values.size()); ++i) {
+    if (values[i].capacity() > 4096) std::string().swap(values[i]);
   }
 }
 
