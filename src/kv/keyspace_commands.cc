@@ -525,13 +525,15 @@ bool FlushPrepare(const PrepareContext&, Args args, Entry* entry, resp::Writer* 
 }
 
 Status FlushdbApply(ApplyTxn& txn, const Entry& e, const Limits&, resp::Writer* reply) {
-  txn.Flush(e.db);
+  Status s = txn.Flush(e.db);
+  if (!s.ok()) return s;
   reply->Simple("OK");
   return Status::Ok();
 }
 
 Status FlushallApply(ApplyTxn& txn, const Entry&, const Limits&, resp::Writer* reply) {
-  txn.Flush(std::nullopt);
+  Status s = txn.Flush(std::nullopt);
+  if (!s.ok()) return s;
   reply->Simple("OK");
   return Status::Ok();
 }

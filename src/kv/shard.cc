@@ -477,7 +477,9 @@ Status ApplyTxn::ForEachElement(uint16_t db, std::string_view key,
       if (have_stored && std::string_view(staged->first) == it->key()) it->Next();
       const auto& [ekey, value] = *staged;
       ++staged;
-      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return Status::Ok();
+      // Stopped on a staged element: what storage held before it must have
+      // been read (a stored read that failed may have left it out).
+      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return it->status();
     } else {
       if (!fn(it->key().substr(prefix.size()), it->value())) return Status::Ok();
       it->Next();
@@ -515,7 +517,9 @@ Status ApplyTxn::ForEachElementReverse(uint16_t db, std::string_view key,
       if (have_stored && std::string_view(staged->first) == it->key()) it->Prev();
       const auto& [ekey, value] = *staged;
       ++staged;
-      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return Status::Ok();
+      // Stopped on a staged element: what storage held before it must have
+      // been read (a stored read that failed may have left it out).
+      if (value && !fn(std::string_view(ekey).substr(prefix.size()), *value)) return it->status();
     } else {
       if (!fn(it->key().substr(prefix.size()), it->value())) return Status::Ok();
       it->Prev();
@@ -585,8 +589,8 @@ class Staging {
 // (transactions read little; correctness over speed).
 class OverlayIterator final : public storage::Iterator {
  public:
-  OverlayIterator(std::unique_ptr<storage::Iterator> base, Staging staging, const Ranges* cleared)
-      : base_(std::move(base)), staging_(staging), cleared_(cleared) {}
+  OverlayIterator(std::unique_ptr<storage::Iterator> base, Staging staging, const Ranges* cleared, Status* failure)
+      : base_(std::move(base)), staging_(staging), cleared_(cleared), failure_(failure) {}
 
   void Seek(std::string_view target) override { SeekAfter(target, false); }
   void SeekToFirst() override { Seek({}); }
@@ -596,7 +600,7 @@ class OverlayIterator final : public storage::Iterator {
   void Prev() override { SeekBefore(key_, true); }
   std::string_view key() const override { return key_; }
   std::string_view value() const override { return value_; }
-  Status status() const override { return base_->status(); }
+  Status status() const override { return failed_; }
 
  private:
   // The first key at (or, if strict, after) t.
@@ -644,7 +648,14 @@ class OverlayIterator final : public storage::Iterator {
   }
 
   void Take(const std::optional<Staging::Ref>& o, bool base_wins) {
-    valid_ = base_wins || o.has_value();
+    // Every move seeks the store again, and a seek clears its error: one
+    // that failed ends the walk here, or the stored keys between it and
+    // the next staged one would be skipped with nothing reported.
+    if (failed_.ok()) {
+      failed_ = base_->status();
+      if (!failed_.ok() && failure_ != nullptr && failure_->ok()) *failure_ = failed_;
+    }
+    valid_ = failed_.ok() && (base_wins || o.has_value());
     if (!valid_) return;
     if (base_wins) {
       key_.assign(base_->key());
@@ -658,7 +669,9 @@ class OverlayIterator final : public storage::Iterator {
   std::unique_ptr<storage::Iterator> base_;
   Staging staging_;
   const Ranges* cleared_;
+  Status* failure_;  // where the view keeps its first failed read (or null)
   bool valid_ = false;
+  Status failed_;  // the first error of the store under it
   std::string key_, value_;
 };
 
@@ -671,7 +684,8 @@ class NoSnapshot final : public storage::Snapshot {};
 // maps in place: valid until the apply writes again.
 class TxnView final : public storage::Engine {
  public:
-  explicit TxnView(ApplyTxn* txn) : base_(txn->engine_), staging_(&txn->staged_, &txn->elements_), cleared_(&txn->cleared_) {}
+  TxnView(ApplyTxn* txn, Status* failure)
+      : base_(txn->engine_), staging_(&txn->staged_, &txn->elements_), cleared_(&txn->cleared_), failure_(failure) {}
 
   Status Get(storage::Cf cf, std::string_view key, std::string* value, const storage::Snapshot*,
              storage::ReadVia) override {
@@ -683,17 +697,19 @@ class TxnView final : public storage::Engine {
       }
       if (RangeOf(*cleared_, key) != nullptr) return Status::NotFound("deleted in this transaction");
     }
-    return base_->Get(cf, key, value);
+    Status s = base_->Get(cf, key, value);
+    if (!s.ok() && s.code() != Code::kNotFound && failure_ != nullptr && failure_->ok()) *failure_ = s;
+    return s;
   }
   std::unique_ptr<storage::Iterator> NewIterator(storage::Cf cf, const storage::Snapshot*) override {
     auto base = base_->NewIterator(cf);
     if (cf != storage::Cf::kData) return base;
-    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_);
+    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_, failure_);
   }
   std::unique_ptr<storage::Iterator> NewScanIterator(storage::Cf cf, const storage::Snapshot*) override {
     auto base = base_->NewScanIterator(cf);
     if (cf != storage::Cf::kData) return base;
-    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_);
+    return std::make_unique<OverlayIterator>(std::move(base), staging_, cleared_, failure_);
   }
   std::unique_ptr<storage::Snapshot> NewSnapshot() override { return std::make_unique<NoSnapshot>(); }
   // A read view: nothing writes through it.
@@ -714,11 +730,14 @@ class TxnView final : public storage::Engine {
   storage::Engine* base_;
   Staging staging_;
   const Ranges* cleared_;
+  Status* failure_;
 };
 
-std::unique_ptr<storage::Engine> ApplyTxn::NewReadView() { return std::make_unique<TxnView>(this); }
+std::unique_ptr<storage::Engine> ApplyTxn::NewReadView(Status* failure) {
+  return std::make_unique<TxnView>(this, failure);
+}
 
-void ApplyTxn::Flush(std::optional<uint16_t> db) {
+Status ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   ++shard_->recount_generation_;  // a recount under way counted keys this removes
   staged_.clear();
@@ -745,20 +764,25 @@ void ApplyTxn::Flush(std::optional<uint16_t> db) {
         }
         batch_->Delete(storage::Cf::kData, it->key());
       }
+      // Each slot's seek clears the last one's error: a read that failed
+      // would leave keys this replica alone keeps.
+      if (!it->status().ok()) return it->status();
       // The elements of its collections: their own prefix in the slot.
       prefix = storage::DataSlotDbPrefix(static_cast<uint16_t>(slot), static_cast<uint16_t>(*db | storage::kElementDbFlag));
       for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
         batch_->Delete(storage::Cf::kData, it->key());
       }
+      if (!it->status().ok()) return it->status();
     }
     reset(*db);
-    return;
+    return Status::Ok();
   }
   batch_->DeleteRange(storage::Cf::kData, storage::DataSlotDbPrefix(begin, 0),
                       storage::DataSlotDbPrefix(static_cast<uint16_t>(end), 0));
   for (int d = 0; d < kDatabasesMax; ++d) {
     if (shard_->KeyCount(static_cast<uint16_t>(d)) != 0) reset(static_cast<uint16_t>(d));
   }
+  return Status::Ok();
 }
 
 void ApplyTxn::DropExpiryIndex(uint16_t db, std::string_view key, int64_t expire_at_ms) {

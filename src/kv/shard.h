@@ -171,8 +171,9 @@ class ApplyTxn {
   // Deletes key; *existed says whether a live value was there.
   Status Delete(uint16_t db, std::string_view key, bool* existed);
   // Deletes every key of the shard in `db`, or in all databases if nullopt.
-  // Must be the only entry of its apply (see ApplyBatch).
-  void Flush(std::optional<uint16_t> db);
+  // Must be the only entry of its apply (see ApplyBatch). Fails if a read
+  // of the keys to delete fails.
+  Status Flush(std::optional<uint16_t> db);
   // Removes the expiry index entry of key at `expire_at_ms` (a stale hint).
   void DropExpiryIndex(uint16_t db, std::string_view key, int64_t expire_at_ms);
 
@@ -221,7 +222,11 @@ class ApplyTxn {
   // A read-only view of the store as this apply has changed it so far (for
   // reads inside a transaction, MULTI ... EXEC). Valid while the apply
   // runs and until its next write; snapshots of it are the view itself.
-  std::unique_ptr<storage::Engine> NewReadView();
+  // With `failure`, the view keeps there the first of its reads that
+  // failed in storage (a Get's error, an iterator's): an apply that writes
+  // what it read (SORT ... STORE) must then fail, not write what one
+  // replica alone read.
+  std::unique_ptr<storage::Engine> NewReadView(Status* failure = nullptr);
   Shard* shard() const { return shard_; }
 
   struct Counts {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "kv/commands.h"
+#include "storage/fault_engine.h"
 #include "storage/keys.h"
 #include "storage/slot.h"
 
@@ -21,8 +22,10 @@ namespace {
 // writes through prepare + apply.
 class ShardHarness {
  public:
+  // With `faults`, the shard's engine is a storage::FaultEngine (faults()).
   explicit ShardHarness(const std::string& name, uint16_t slot_begin = 0,
-                        uint16_t slot_end = storage::kSlotCount) {
+                        uint16_t slot_end = storage::kSlotCount, bool faults = false)
+      : with_faults_(faults) {
     dir_ = std::filesystem::temp_directory_path() /
            ("shoal_shard_test_" + std::to_string(::getpid()) + "_" + name);
     std::filesystem::remove_all(dir_);
@@ -31,6 +34,7 @@ class ShardHarness {
   ~ShardHarness() {
     shard_.reset();
     engine_.reset();
+    disk_.reset();
     std::filesystem::remove_all(dir_);
   }
   // (Re)opens the engine and shard 0; [begin, end) is the range a shard
@@ -38,7 +42,14 @@ class ShardHarness {
   void Open(uint16_t begin = 0, uint16_t end = storage::kSlotCount) {
     shard_.reset();
     engine_.reset();
+    disk_.reset();
     engine_ = std::move(storage::Engine::Open({.dir = dir_.string(), .memory_budget_bytes = 64 << 20}).value());
+    if (with_faults_) {
+      disk_ = std::move(engine_);
+      auto layer = std::make_unique<storage::FaultEngine>(disk_.get());
+      faults_ = layer.get();
+      engine_ = std::move(layer);
+    }
     shard_ = std::make_unique<Shard>(engine_.get(), 0, begin, end);
     EXPECT_TRUE(shard_->Load().ok());
   }
@@ -80,6 +91,21 @@ class ShardHarness {
 
   Shard& shard() { return *shard_; }
   storage::Engine& engine() { return *engine_; }
+  storage::FaultEngine& faults() { return *faults_; }
+  // Applies one write as a replica does, and returns the apply's status (a
+  // failure stops a replica: nothing of the entry is written).
+  Status ApplyOnly(std::vector<std::string> words, std::string* reply = nullptr, uint16_t db = 0) {
+    Entry entry;
+    for (const auto& spec : DataCommands()) {
+      if (spec.name == words[0]) entry.op = spec.op;
+    }
+    entry.db = db;
+    entry.now_ms = now_ms;
+    entry.args.assign(words.begin() + 1, words.end());
+    std::string out;
+    resp::Writer w(reply != nullptr ? reply : &out, 2);
+    return shard_->Apply(entry, FindApply(entry.op), limits_, &w).status();
+  }
   Limits& limits() { return limits_; }
   // Splits shard 0 at `slot` into `child` as the log entry after the last
   // applied one, as a replica does: stage, write, finish.
@@ -130,6 +156,9 @@ class ShardHarness {
  private:
   std::filesystem::path dir_;
   Limits limits_;
+  bool with_faults_ = false;
+  std::unique_ptr<storage::Engine> disk_;  // under engine_ when it is a FaultEngine
+  storage::FaultEngine* faults_ = nullptr;
   std::unique_ptr<storage::Engine> engine_;
   std::unique_ptr<Shard> shard_;
 };
@@ -1620,6 +1649,131 @@ TEST(Prepare, IntoAnEntryThatHeldAnotherWriteAsIntoAFreshOne) {
       EXPECT_TRUE(covered.count(s.name)) << "no sample prepares " << s.name;
     }
   }
+}
+
+// Reads that fail in an apply fail the apply (a replica then stops, and
+// applies the entry again at restart, from its intact log): a failed read
+// taken for "nothing there" would let this replica alone apply the entry
+// otherwise than the others, and nothing would tell.
+Entry EntryOf(std::vector<std::string> words, int64_t now_ms) {
+  const CommandSpec* spec = nullptr;
+  for (const auto& s : DataCommands()) {
+    if (s.name == words[0]) spec = &s;
+  }
+  SHOAL_CHECK(spec != nullptr);
+  Entry e;
+  e.op = spec->op;
+  e.now_ms = now_ms;
+  std::vector<std::string_view> args(words.begin(), words.end());
+  Limits limits;
+  PrepareContext ctx{0, now_ms, &limits};
+  std::string out;
+  resp::Writer w(&out, 2);
+  if (spec->prepare) {
+    SHOAL_CHECK(spec->prepare(ctx, args, &e, &w));
+  } else {
+    e.args.assign(words.begin() + 1, words.end());
+  }
+  return e;
+}
+
+TEST(ReadFailures, AFlushdbThatCannotReadItsKeysFailsAndDeletesNothing) {
+  // The shard's range starts at the first key's slot: the read that fails
+  // is of keys (each slot's own seek would otherwise hide it).
+  const uint16_t first = storage::KeySlot("k0");
+  ShardHarness h("read_fail_flushdb", first, storage::kSlotCount, /*faults=*/true);
+  std::vector<std::string> keys;
+  for (int i = 0; keys.size() < 20; ++i) {
+    std::string k = "k" + std::to_string(i);
+    if (storage::KeySlot(k) >= first) keys.push_back(k);
+  }
+  for (const auto& k : keys) h.Run({"set", k, "v"});
+  h.Run({"hset", "k0", "f", "v"}, 1);  // elements in another database stay either way
+  h.faults().FailNextIterators(1);
+  EXPECT_FALSE(h.ApplyOnly({"flushdb"}).ok());
+  for (const auto& k : keys) EXPECT_EQ(h.Stored(k), "v") << k;
+  EXPECT_EQ(h.Run({"dbsize"}), ":20\r\n");
+  h.faults().ClearFaults();
+  EXPECT_TRUE(h.ApplyOnly({"flushdb"}).ok());
+  for (const auto& k : keys) EXPECT_EQ(h.Stored(k), "<none>") << k;
+  EXPECT_EQ(h.Run({"dbsize"}), ":0\r\n");
+  EXPECT_EQ(h.Run({"hget", "k0", "f"}, 1), "$1\r\nv\r\n");
+}
+
+TEST(ReadFailures, ASortThatCannotReadItsSourceStoresNothingAndFails) {
+  ShardHarness h("read_fail_sort", 0, storage::kSlotCount, /*faults=*/true);
+  h.Run({"rpush", "{s}src", "c", "a", "b"});
+  const std::vector<std::string> sort = {"sort", "{s}src", "alpha", "store", "{s}dst"};
+  h.faults().FailNextIterators(1);  // the list's elements
+  EXPECT_FALSE(h.ApplyOnly(sort).ok());
+  h.faults().FailNextGets(1);  // the list's record
+  EXPECT_FALSE(h.ApplyOnly(sort).ok());
+  EXPECT_EQ(h.Run({"exists", "{s}dst"}), ":0\r\n");
+  h.faults().ClearFaults();
+  std::string reply;
+  EXPECT_TRUE(h.ApplyOnly(sort, &reply).ok());
+  EXPECT_EQ(reply, ":3\r\n");
+  EXPECT_EQ(h.Run({"lrange", "{s}dst", "0", "-1"}), "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+}
+
+// A pop that stops on an element this apply staged must still have read
+// what storage holds before it: ZADD then ZPOPMIN in one apply pops the
+// stored minimum, or fails if it cannot be read (it popped the staged
+// member, on this replica alone).
+TEST(ReadFailures, APopStoppingOnAStagedElementFailsIfStorageWasNotRead) {
+  ShardHarness h("read_fail_zpop", 0, storage::kSlotCount, /*faults=*/true);
+  h.Run({"zadd", "{z}k", "1", "a", "2", "b"});
+  h.Run({"rpush", "{z}l", "a", "b"});
+  const std::vector<Entry> zset = {EntryOf({"zadd", "{z}k", "5", "x"}, h.now_ms), EntryOf({"zpopmin", "{z}k"}, h.now_ms)};
+  const std::vector<Entry> list = {EntryOf({"rpush", "{z}l", "d"}, h.now_ms), EntryOf({"lpop", "{z}l"}, h.now_ms)};
+  for (const auto* entries : {&zset, &list}) {
+    std::vector<ApplyFn> fns;
+    for (const Entry& e : *entries) fns.push_back(FindApply(e.op));
+    std::string replies;
+    resp::Writer w(&replies);
+    h.faults().FailNextIterators(1);
+    EXPECT_FALSE(h.shard().ApplyBatch(*entries, fns, Limits{}, &w).ok()) << replies;
+    h.faults().ClearFaults();
+    replies.clear();
+    ASSERT_TRUE(h.shard().ApplyBatch(*entries, fns, Limits{}, &w).ok());
+    EXPECT_EQ(replies, entries == &zset ? ":1\r\n*2\r\n$1\r\na\r\n$1\r\n1\r\n" : ":3\r\n$1\r\na\r\n");
+  }
+  EXPECT_EQ(h.Run({"zrange", "{z}k", "0", "-1"}), "*2\r\n$1\r\nb\r\n$1\r\nx\r\n");
+  EXPECT_EQ(h.Run({"lrange", "{z}l", "0", "-1"}), "*2\r\n$1\r\nb\r\n$1\r\nd\r\n");
+}
+
+// A transaction's read walks the store under its staged writes; a seek
+// that failed ends the walk with the error, not with the stored keys
+// before the next staged one left out.
+TEST(ReadFailures, ATransactionsWalkReportsAStoreReadThatFailed) {
+  ShardHarness h("read_fail_overlay", 0, storage::kSlotCount, /*faults=*/true);
+  h.Run({"rpush", "{t}l", "a", "b", "c"});
+  auto batch = h.engine().NewBatch();
+  ApplyTxn txn(&h.shard(), &h.engine(), batch.get(), h.now_ms);
+  // Staged after the list's record and before its elements (same slot).
+  ASSERT_TRUE(txn.Put(0, "{t}zz", EncodeValue(ValueType::kString, 0, "v")).ok());
+  Status failed;
+  auto view = txn.NewReadView(&failed);
+  h.faults().FailNextIterators(1);
+  auto it = view->NewIterator(storage::Cf::kData);
+  std::vector<std::string> walked;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) walked.emplace_back(it->key());
+  EXPECT_FALSE(it->status().ok());
+  EXPECT_FALSE(failed.ok()) << "the view keeps the failure for the apply";
+  EXPECT_TRUE(walked.empty()) << walked.size() << " keys walked past a failed seek";
+}
+
+// A stored value that does not decode is an error for MGET as for GET, not
+// a missing key.
+TEST(ReadFailures, MgetAnswersAValueThatDoesNotDecodeAsGetDoes) {
+  ShardHarness h("read_fail_mget");
+  h.Run({"set", "good", "v"});
+  auto batch = h.engine().NewBatch();
+  batch->Put(storage::Cf::kData, storage::DataKey(0, "bad"), std::string("\xff\xfe", 2));
+  ASSERT_TRUE(h.engine().Write(*batch).ok());
+  EXPECT_EQ(h.Run({"get", "bad"}), "-ERR storage error: corrupt value\r\n");
+  EXPECT_EQ(h.Run({"mget", "good", "bad"}), "-ERR storage error: corrupt value\r\n");
+  EXPECT_EQ(h.Run({"mget", "good", "none"}), "*2\r\n$1\r\nv\r\n$-1\r\n");
 }
 
 }  // namespace

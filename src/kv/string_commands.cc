@@ -151,12 +151,16 @@ void MgetRead(ReadContext& ctx, Args args, resp::Writer* reply) {
   for (size_t i = 0; i < n; ++i) {
     const Status& s = statuses[i];
     Value v;
-    if (s.ok() && DecodeValue(raws[i], &v) && !v.ExpiredAt(ctx.now_ms) && v.type == ValueType::kString) {
-      items.Bulk(v.payload);
-    } else if (s.ok() || s.code() == Code::kNotFound) {
+    if (s.code() == Code::kNotFound) {
       items.NullBulk();
+    } else if (!s.ok() || !DecodeValue(raws[i], &v)) {
+      // As GET answers it (LiveFromRead): a value that does not decode is
+      // an error, not a missing key.
+      return reply->Error("ERR storage error: " + (s.ok() ? std::string("corrupt value") : s.ToString()));
+    } else if (!v.ExpiredAt(ctx.now_ms) && v.type == ValueType::kString) {
+      items.Bulk(v.payload);
     } else {
-      return reply->Error("ERR storage error: " + s.ToString());
+      items.NullBulk();
     }
   }
   reply->ArrayHeader(n);

@@ -1170,10 +1170,16 @@ Status SortApply(ApplyTxn& txn, const Entry& e, const Limits& limits, resp::Writ
   if (!ParseSort(args, false, &o, reply)) return Status::Ok();
   std::vector<std::string> out;
   {
-    std::unique_ptr<storage::Engine> view = txn.NewReadView();
+    Status failed;
+    std::unique_ptr<storage::Engine> view = txn.NewReadView(&failed);
     Shard* shards[] = {txn.shard()};
     ReadContext ctx{view.get(), e.db, e.now_ms, &limits, shards, 0};
-    if (!SortElements(ctx, args[1], o, &out, reply)) return Status::Ok();
+    const bool sorted = SortElements(ctx, args[1], o, &out, reply);
+    // A read that failed here is no answer to store (nor to refuse with):
+    // the apply fails, as any apply's failed read does. Without STORE the
+    // error is only the reply (the leader's is the one sent).
+    if (!failed.ok() && o.store_at != 0) return failed;
+    if (!sorted) return Status::Ok();
   }
   if (o.store_at == 0) {
     ReplyElements(out, reply);

@@ -194,6 +194,9 @@ void Cluster(Connection& c, Args args, resp::Writer* r) {
       ++count;
       if (sub == "getkeysinslot") keys.emplace_back(it->key().substr(prefix.size()));
     }
+    // A read that failed is no count: a tool emptying a slot would take it
+    // for done.
+    if (!it->status().ok()) return r->Error("ERR storage error: " + it->status().ToString());
     if (sub == "countkeysinslot") return r->Integer(count);
     r->ArrayHeader(keys.size());
     for (const auto& k : keys) r->Bulk(k);

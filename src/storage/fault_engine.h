@@ -46,6 +46,16 @@ class FaultEngine final : public Engine {
   // The next n MultiGet calls report an IOError for every key (a batched
   // read that failed: a write hint's lookups, a pipeline's GETs).
   void FailNextMultiGets(int n) { fail_multigets_.store(n); }
+  // The next n Get calls fail with an IOError (a key's read for an apply,
+  // a client's GET, whether a replica's state is on disk).
+  void FailNextGets(int n) { fail_gets_.store(n); }
+  // The next n iterators (NewIterator, NewScanIterator) fail their first
+  // positioning: invalid, with an IOError status, until positioned again
+  // (a scan, the Raft log read back, an image's export).
+  void FailNextIterators(int n) { fail_iterators_.store(n); }
+  // Reads failed on purpose so far: Get calls, iterators.
+  uint64_t gets_failed() const { return gets_failed_.load(); }
+  uint64_t iterators_failed() const { return iterators_failed_.load(); }
   // Get and MultiGet calls, and the keys they asked for.
   uint64_t read_calls() const { return read_calls_.load(); }
   uint64_t keys_read() const { return keys_read_.load(); }
@@ -59,6 +69,8 @@ class FaultEngine final : public Engine {
     fail_to_cf_.store(-1);
     fail_ingests_.store(0);
     fail_multigets_.store(0);
+    fail_gets_.store(0);
+    fail_iterators_.store(0);
   }
   int writes_failed() const { return writes_failed_.load(); }
 
@@ -99,6 +111,10 @@ class FaultEngine final : public Engine {
              ReadVia via = ReadVia::kStore) override {
     read_calls_.fetch_add(1);
     keys_read_.fetch_add(1);
+    if (Take(fail_gets_)) {
+      gets_failed_.fetch_add(1);
+      return Status::IOError("injected read failure");
+    }
     if (FailsRead(cf, key)) return Status::IOError("injected read failure");
     return inner_->Get(cf, key, value, snapshot, via);
   }
@@ -137,10 +153,10 @@ class FaultEngine final : public Engine {
     return seq;
   }
   std::unique_ptr<Iterator> NewIterator(Cf cf, const Snapshot* snapshot = nullptr) override {
-    return inner_->NewIterator(cf, snapshot);
+    return MaybeFailing(inner_->NewIterator(cf, snapshot));
   }
   std::unique_ptr<Iterator> NewScanIterator(Cf cf, const Snapshot* snapshot = nullptr) override {
-    return inner_->NewScanIterator(cf, snapshot);
+    return MaybeFailing(inner_->NewScanIterator(cf, snapshot));
   }
   std::unique_ptr<SstWriter> NewSstWriter(Cf cf, const std::string& path) override {
     return inner_->NewSstWriter(cf, path);
@@ -184,6 +200,55 @@ class FaultEngine final : public Engine {
     return t.yes && fail_to_cf_.compare_exchange_strong(cf, -1);
   }
 
+  // An iterator whose first positioning fails, as one whose read of a
+  // block failed: invalid, with an IOError status, until it is positioned
+  // again (as RocksDB's: a seek clears the error, and may then succeed).
+  class FailingIterator final : public Iterator {
+   public:
+    explicit FailingIterator(std::unique_ptr<Iterator> inner) : inner_(std::move(inner)) {}
+    void Seek(std::string_view target) override {
+      if (!Fails()) inner_->Seek(target);
+    }
+    void SeekToFirst() override {
+      if (!Fails()) inner_->SeekToFirst();
+    }
+    void SeekForPrev(std::string_view target) override {
+      if (!Fails()) inner_->SeekForPrev(target);
+    }
+    bool Valid() const override { return !failed_ && inner_->Valid(); }
+    void Next() override {
+      SHOAL_CHECK(Valid());
+      inner_->Next();
+    }
+    void Prev() override {
+      SHOAL_CHECK(Valid());
+      inner_->Prev();
+    }
+    std::string_view key() const override {
+      SHOAL_CHECK(Valid());
+      return inner_->key();
+    }
+    std::string_view value() const override {
+      SHOAL_CHECK(Valid());
+      return inner_->value();
+    }
+    Status status() const override { return failed_ ? Status::IOError("injected read failure") : inner_->status(); }
+
+   private:
+    bool Fails() {
+      failed_ = !positioned_;
+      positioned_ = true;
+      return failed_;
+    }
+    std::unique_ptr<Iterator> inner_;
+    bool positioned_ = false, failed_ = false;
+  };
+  std::unique_ptr<Iterator> MaybeFailing(std::unique_ptr<Iterator> it) {
+    if (!Take(fail_iterators_)) return it;
+    iterators_failed_.fetch_add(1);
+    return std::make_unique<FailingIterator>(std::move(it));
+  }
+
   bool FailsRead(Cf cf, std::string_view key) {
     std::lock_guard<std::mutex> lock(read_mu_);
     return failing_read_ && failing_read_->first == cf && failing_read_->second == key;
@@ -221,14 +286,14 @@ class FaultEngine final : public Engine {
 
   Engine* inner_;
   std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1}, fail_ingests_{0},
-      fail_multigets_{0};
+      fail_multigets_{0}, fail_gets_{0}, fail_iterators_{0};
   size_t raft_writes_lost_ = 0;
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;
   std::vector<Undo> undo_;  // one per unsynced write, oldest first
   std::mutex read_mu_;  // reads run on any thread
   std::optional<CfKey> failing_read_;
-  std::atomic<uint64_t> read_calls_{0}, keys_read_{0};
+  std::atomic<uint64_t> read_calls_{0}, keys_read_{0}, gets_failed_{0}, iterators_failed_{0};
 };
 
 }  // namespace shoal::storage
