@@ -67,6 +67,17 @@ void Cluster::FinishSplit(replica::Replica& parent, const replica::SplitCommand&
     range = it->second;
   }
   auto r = OpenShardReplica(split.child, range.first, range.second, false, 0, 0);  // ends the claim
+  if (!r.ok() && r.status().code() != Code::kAborted) {
+    // Its state is written and the parent has shrunk: a node that went on
+    // without the child would leave it a member short (with one more down,
+    // no leader, and its slots no owner) until a restart, which opens it.
+    // (Aborted: refused on purpose, an overlap or another member's state;
+    // a restart would leave it closed too.)
+    spdlog::critical("shard {}: split child {} could not be opened: {}; stopping this node (a restart opens it)",
+                     parent.group(), split.child, r.status().ToString());
+    spdlog::default_logger()->flush();
+    FailStop("opening a split's child failed");
+  }
   if (!r.ok() || *r == nullptr) {
     spdlog::critical("shard {}: split child {} could not be opened: {}", parent.group(), split.child,
                      r.ok() ? "gone" : r.status().ToString());

@@ -61,6 +61,12 @@ std::vector<replica::Replica*> Groups::All() const {
 Status Groups::Retire(uint64_t group) {
   replica::Replica* r = Find(group);
   if (r == nullptr) return Status::NotFound("group " + std::to_string(group));
+  // Staged first, while the replica still runs: a read that fails here
+  // (its range, the expiry index) changes nothing of it, and it stays (the
+  // caller tries again later).
+  auto batch = engine_->NewBatch();
+  Status s = r->StageDestroy(*batch);
+  if (!s.ok()) return s;
   Host& h = hosts_[static_cast<size_t>(WorkerOf(group))];
   table_[group].store(nullptr, std::memory_order_release);
   std::erase(h.replicas, r);
@@ -78,14 +84,17 @@ Status Groups::Retire(uint64_t group) {
     }
   }
   // Written after any round of this worker that staged the replica's state,
-  // so nothing of it survives.
-  auto batch = engine_->NewBatch();
-  Status s = r->StageDestroy(*batch);
-  if (!s.ok()) return s;
-  auto seq = engine_->Write(*batch);
-  if (!seq.ok()) return seq.status();
-  auto synced = engine_->Sync();
-  return synced.ok() ? Status::Ok() : synced.status();
+  // so nothing of it survives. The replica no longer runs here: a write or
+  // a sync that fails stops the node, as after any failed write (at
+  // restart the replica opens from what is on disk, and is removed again).
+  s = engine_->Write(*batch).status();
+  if (s.ok()) s = engine_->Sync().status();
+  if (!s.ok()) {
+    spdlog::critical("group {}: removing this node's replica failed: {}; stopping this node", group, s.ToString());
+    spdlog::default_logger()->flush();
+    FailStop("retiring a replica failed");
+  }
+  return Status::Ok();
 }
 
 void Groups::DeliverAll(std::vector<GroupMessage> msgs) {

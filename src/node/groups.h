@@ -53,7 +53,9 @@ class Groups {
   // Stops driving `group`'s replica and deletes its durable state (log,
   // hard state, data) with one synced write. Call on the group's worker.
   // The object stays alive, never driven again (other threads may still
-  // hold its pointer); Find() no longer returns it.
+  // hold its pointer); Find() no longer returns it. A read that fails
+  // while staging the deletion leaves the replica running (the error is
+  // returned); a write or sync that fails stops the node (FailStop).
   Status Retire(uint64_t group);
   // Hands received messages to their groups' workers, one hand-off per
   // worker (a frame from a peer carries messages of many groups); called on

@@ -173,8 +173,15 @@ Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCo
   if (storage::RaftStore::HasState(engine, split.child)) {
     return Status::InvalidArgument("group " + std::to_string(split.child) + " already has state here");
   }
+  // A read that failed here stops the node, as a failed apply does: the
+  // split would otherwise shrink the parent and leave no child on this
+  // node, and with one more member short of its child (down across the
+  // split, or failing the same way) the child has no majority to elect a
+  // leader and its slots no owner. At restart the split applies again (a
+  // store that stays unreadable, or corrupt, keeps the node down until it
+  // is repaired, as any apply's does).
   auto store = storage::RaftStore::Open(engine, split.child);
-  if (!store.ok()) return store.status();
+  if (!store.ok()) ApplyFailed(parent.id(), index, store.status());
   Status s = parent.StageSplit(static_cast<uint32_t>(split.child), split.slot, index, batch);
   if (!s.ok()) return s;
   (*store)->ApplySnapshot(raft::SnapshotMeta{.index = 1, .term = 1, .conf_state = conf}, batch);

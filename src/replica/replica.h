@@ -349,7 +349,8 @@ Result<StoredIncarnation> ReadIncarnation(storage::Engine* engine, uint64_t grou
 // `recovery` > 0 (the child of a parent forced by an unsafe recovery, its
 // membership this node alone) the child belongs to that recovery of its
 // own from the start, as a forced replica does. Fails (nothing staged) if
-// the child already has Raft state here.
+// the child already has Raft state here; a read that fails stops the node
+// (the split applies again at restart).
 Status StageSplitChild(storage::Engine* engine, kv::Shard& parent, const SplitCommand& split,
                        const raft::ConfState& conf, uint64_t index, storage::WriteBatch& batch,
                        uint64_t recovery = 0, const StoredIncarnation& member = {});

@@ -1574,6 +1574,68 @@ TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
   std::filesystem::remove_all(dir);
 }
 
+// The directory of a death test's store: the dying child is this program
+// run again, and takes it from the parent's environment, so that the
+// parent removes what it wrote.
+std::filesystem::path DeathDir(const char* name) {
+  if (std::getenv(name) == nullptr) {
+    auto mine = std::filesystem::temp_directory_path() / (std::string(name) + "_" + std::to_string(::getpid()));
+    ::setenv(name, mine.c_str(), 1);
+  }
+  return std::getenv(name);
+}
+
+// Whether a group has state here is read from disk before a replica is
+// created over it (a split's child, an empty replica waiting for an
+// image): a read that fails is no answer, and taken for "none" it would
+// let a new replica overwrite the old one's log and votes.
+TEST(ReplicaDeathTest, AStateCheckThatCannotReadStopsTheNode) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::filesystem::path dir = DeathDir("SHOAL_STATE_CHECK_DEATH_DIR");
+  std::filesystem::remove_all(dir);
+  auto run = [&] {
+    auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    storage::FaultEngine engine(real.get());
+    SHOAL_CHECK(!storage::RaftStore::HasState(&engine, 7));  // none yet: a plain "no"
+    engine.FailNextGets(1);
+    const bool has = storage::RaftStore::HasState(&engine, 7);
+    std::fprintf(stderr, "a failed read answered %d\n", has);
+    std::exit(0);
+  };
+  EXPECT_DEATH(run(), "reading the Raft state of group 7 failed: IOError: injected read failure");
+  std::filesystem::remove_all(dir);
+}
+
+// A split whose child's state cannot be read on this node stops the node
+// (its log intact: at restart the split applies again) rather than only
+// shrinking the parent: with one more member short of its child (down
+// across the split, or failing alike) the child could elect no leader and
+// its slots would have no owner (the simulation's split tests under
+// storage faults found it).
+TEST(ReplicaDeathTest, ASplitWhoseChildCannotBeReadStopsTheNode) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::filesystem::path dir = DeathDir("SHOAL_SPLIT_DEATH_DIR");
+  std::filesystem::remove_all(dir);
+  auto run = [&] {
+    auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
+    storage::FaultEngine engine(real.get());
+    kv::Shard parent(&engine, 3, 0, storage::kSlotCount);
+    SHOAL_CHECK(parent.Load().ok());
+    raft::ConfState conf;
+    conf.voters = {1, 2, 3};
+    SplitCommand split;
+    split.child = 4;
+    split.slot = 8000;
+    auto batch = engine.NewBatch();
+    engine.FailNextIterators(1);  // the child's Raft state, read as a store opens it
+    Status s = StageSplitChild(&engine, parent, split, conf, 10, *batch);
+    std::fprintf(stderr, "the split went on: %s\n", s.ToString().c_str());
+    std::exit(0);
+  };
+  EXPECT_DEATH(run(), "stopping: apply failed");  // after "group 3: applying the log up to 10 failed" (its log)
+  std::filesystem::remove_all(dir);
+}
+
 // A replica's incarnation (its Raft member id, common/member_id.h) is kept
 // on disk with its state: a restart reopens the same member, no other
 // member opens over that state, and deleting the replica leaves the record

@@ -90,8 +90,17 @@ bool RaftStore::HasState(Engine* engine, uint64_t group) {
   std::string raw;
   // 'P': a snapshot import a crash interrupted before the replica's first
   // state was written (the replica's Init finishes it).
-  return engine->Get(Cf::kRaft, probe.Key('C'), &raw).ok() || engine->Get(Cf::kRaft, probe.Key('S'), &raw).ok() ||
-         engine->Get(Cf::kRaft, probe.Key('P'), &raw).ok();
+  for (char kind : {'C', 'S', 'P'}) {
+    Status s = engine->Get(Cf::kRaft, probe.Key(kind), &raw);
+    if (s.ok()) return true;
+    if (s.code() != Code::kNotFound) {
+      // A read that failed is no answer: taken for "no state", it would
+      // let a replica be created anew over this one's log and votes.
+      const std::string why = "reading the Raft state of group " + std::to_string(group) + " failed: " + s.ToString();
+      FailStop(why.c_str());
+    }
+  }
+  return false;
 }
 
 void RaftStore::StageDestroy(WriteBatch& batch) {

@@ -35,7 +35,8 @@ class RaftStore final : public raft::Storage {
   // Loads group's state; an unknown group starts empty (no members).
   static Result<std::unique_ptr<RaftStore>> Open(Engine* engine, uint64_t group);
 
-  // Whether `group` has a log or a membership here (was a member).
+  // Whether `group` has a log or a membership here (was a member). A read
+  // that fails stops the node (FailStop): no answer is safe to act on.
   static bool HasState(Engine* engine, uint64_t group);
   // raft::Storage
   Result<raft::InitialState> initial_state() const override;

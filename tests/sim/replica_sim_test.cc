@@ -216,7 +216,11 @@ struct SimSplitter final : replica::Splitter {
 class ReplicaSim {
  public:
   explicit ReplicaSim(uint64_t seed)
-      : queue_rng_(seed ^ 0x5eed), read_fault_rng_(seed ^ 0xfa17), rng_(seed), seed_(seed) {}
+      : queue_rng_(seed ^ 0x5eed),
+        read_fault_rng_(seed ^ 0xfa17),
+        store_read_rng_(seed ^ 0x9e75),
+        rng_(seed),
+        seed_(seed) {}
   ~ReplicaSim() {
     for (auto& n : nodes_) {
       Down(n);
@@ -320,7 +324,9 @@ class ReplicaSim {
   // memory any more), counted as they close.
   void CountReadBack(SimNode& n) {
     for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
-      if (r != nullptr) entries_read_back_ += r->store().entries_read();
+      if (r == nullptr) continue;
+      entries_read_back_ += r->store().entries_read();
+      log_read_errors_ += r->store().read_errors();
     }
   }
   uint64_t EntriesReadBack() {
@@ -331,6 +337,17 @@ class ReplicaSim {
       }
     }
     return entries_read_back_ + live;
+  }
+  // Reads of the log back from the engine that failed (the follower that
+  // needed those entries is sent a snapshot instead).
+  uint64_t LogReadErrors() {
+    uint64_t live = 0;
+    for (auto& n : nodes_) {
+      for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
+        if (r != nullptr) live += r->store().read_errors();
+      }
+    }
+    return log_read_errors_ + live;
   }
 
   void OpenReplica(SimNode& n, bool bootstrap) {
@@ -378,6 +395,10 @@ class ReplicaSim {
     // them up again (node::SnapshotStreams::ResumeExports).
     for (auto& im : images_) im.parked |= im.from == n.id;
     n.shard.reset();
+    if (n.faults != nullptr) {
+      gets_failed_ += n.faults->gets_failed();
+      iterators_failed_ += n.faults->iterators_failed();
+    }
     n.engine.reset();
     n.faults = nullptr;
     n.disk.reset();
@@ -396,7 +417,7 @@ class ReplicaSim {
       crashes_losing_ += lost > 0;
       // A split's staging not synced yet is lost too: its entry applies
       // again at restart and stages the child once more.
-      if (splits_staged_[n.id] > 0 && !storage::RaftStore::HasState(n.engine.get(), kChild)) {
+      if (splits_staged_[n.id] > 0 && !storage::RaftStore::HasState(&Store(n), kChild)) {
         splits_staged_[n.id] = 0;
         events_.push_back("node " + std::to_string(n.id) + " lost its unsynced split at " + std::to_string(step_));
       }
@@ -440,6 +461,7 @@ class ReplicaSim {
       return true;
     } catch (const NodeStopped& e) {
       fail_stops_++;
+      stop_reasons_[e.why]++;
       events_.push_back("node " + std::to_string(n.id) + " stopped at " + std::to_string(step_) + ": " + e.why);
       Crash(n);
       restarts_++;
@@ -635,6 +657,18 @@ class ReplicaSim {
         read_faults_++;
       }
     }
+    // A node's next Get fails now and then (an apply's read of a key: the
+    // node stops itself; a client's GET: its error), and so does its next
+    // iterator's first seek (the Raft log read back for a follower: a
+    // snapshot instead; a recount; an image's export; a replica's opening).
+    if (store_read_rng_() % 128 == 0) {
+      SimNode& n = nodes_[store_read_rng_() % kMaxNodes];
+      if (n.up && n.faults != nullptr) n.faults->FailNextGets(1);
+    }
+    if (store_read_rng_() % 64 == 0) {
+      SimNode& n = nodes_[store_read_rng_() % kMaxNodes];
+      if (n.up && n.faults != nullptr) n.faults->FailNextIterators(1);
+    }
     if (!placement_ && pct(rng_) < 4) {
       // Leaderships move now and then, as the placement moves them (where it
       // runs, it does so itself): TimeoutNow lets the transferee win at
@@ -747,9 +781,7 @@ class ReplicaSim {
             busy_group_[c] = group;
             continue;
           }
-          history_[op].value = ValueOn(*n, history_[op].key);
-          history_[op].response = Now();
-          lease_reads_++;
+          if (ClientRead(*n, op)) lease_reads_++;
           continue;
         }
         int client = c;
@@ -778,9 +810,7 @@ class ReplicaSim {
             Refused(client, op);
             return;
           }
-          history_[op].value = ValueOn(*node, history_[op].key);
-          history_[op].response = Now();
-          reads_ok_++;
+          if (ClientRead(*node, op)) reads_ok_++;
         }, static_cast<int64_t>(step_) * 10'000);
       }
     }
@@ -944,7 +974,19 @@ class ReplicaSim {
   raft::NodeId oneway_from_ = 0, oneway_to_ = 0;
   uint64_t oneway_heal_at_ = 0;
   int disk_faults_ = 0, fail_stops_ = 0, crashes_losing_ = 0, oneway_cuts_ = 0, transfers_ = 0;
-  int read_faults_ = 0, read_errors_ = 0;  // batched reads failed on purpose; client reads they failed
+  int read_faults_ = 0, read_errors_ = 0;  // batched reads failed on purpose; client reads failed
+  std::map<std::string, int> stop_reasons_;  // fail-stops by their reason
+  int retire_read_errors_ = 0;  // retirements put off by a read that failed
+  // Gets and iterators failed on purpose, of nodes since stopped:
+  // FailedReads() adds those of the nodes up.
+  uint64_t gets_failed_ = 0, iterators_failed_ = 0;
+  std::pair<uint64_t, uint64_t> FailedReads() const {
+    uint64_t gets = gets_failed_, its = iterators_failed_;
+    for (const auto& n : nodes_) {
+      if (n.faults != nullptr) gets += n.faults->gets_failed(), its += n.faults->iterators_failed();
+    }
+    return {gets, its};
+  }
   int joint_rounds_ = 0;  // DriveNode rounds that applied both groups in one write
   uint64_t images_deferred_ = 0;  // images Raft asked for while a round's applies were unwritten
   size_t writes_lost_ = 0, raft_writes_lost_ = 0;  // undone by crashes; of them, log or hard state writes
@@ -961,6 +1003,8 @@ class ReplicaSim {
   size_t batched_reads_ = 0;  // reads served in a MultiGet of two or more
   std::mt19937_64 queue_rng_;  // queued lease reads: rng_'s draws stay as they were
   std::mt19937_64 read_fault_rng_;  // failed batched reads (StorageFaults), the same
+  // Failed single reads and iterators (StorageFaults), drawn apart too.
+  std::mt19937_64 store_read_rng_;
 
   void Reroute(int c, uint64_t group, raft::NodeId hint) {
     raft::NodeId& believed = believed_leader_[c][group == kChild];
@@ -1491,11 +1535,18 @@ class ReplicaSim {
         }
         OnNode(n, [&] {
           auto batch = n.engine->NewBatch();
-          SHOAL_CHECK(n.replica->StageDestroy(*batch).ok());
+          // As node::Groups::Retire: a read that fails while staging leaves
+          // the replica running (tried again later); a failed write stops
+          // the node.
+          if (!n.replica->StageDestroy(*batch).ok()) {
+            retire_read_errors_++;
+            return;
+          }
           if (!n.engine->Write(*batch).ok()) FailStop("retiring a replica failed");
           Durable(n);  // as node::Groups::Retire
           DropDeferred(n.id, kGroup);
           entries_read_back_ += n.replica->store().entries_read();
+          log_read_errors_ += n.replica->store().read_errors();
           n.replica.reset();
           n.shard.reset();
           retired_++;
@@ -1581,9 +1632,12 @@ class ReplicaSim {
       }
       std::atomic<bool> stop{false};
       auto counted = it->job.count(stop);
-      SHOAL_CHECK(counted.ok());
+      // A scan that failed (a read error) leaves the shard needing its
+      // recount: a later round starts another, as Cluster::RecountLoop.
+      SHOAL_CHECK(counted.ok() || (storage_faults_ && counted.status().code() == Code::kIOError));
+      if (!counted.ok()) recounts_failed_++;
       kv::Shard* sh = ShardOf(*Node(it->node), it->group);
-      if (sh != nullptr) {
+      if (sh != nullptr && counted.ok()) {
         auto done = sh->FinishRecount(it->job.generation, *counted);
         // Not saved (a failed write): the shard still needs its recount.
         (done.ok() && *done ? recounts_done_ : recounts_stale_)++;
@@ -1662,7 +1716,9 @@ class ReplicaSim {
   void EnsureChildren() {
     for (auto& n : nodes_) {
       if (!n.up || !n.joined || n.child_replica) continue;
-      if (storage::RaftStore::HasState(n.engine.get(), kChild)) {
+      bool has_state = false;
+      if (!OnNode(n, [&] { has_state = storage::RaftStore::HasState(n.engine.get(), kChild); })) continue;
+      if (has_state) {
         OnNode(n, [&] { OpenChild(n); });
         continue;
       }
@@ -1733,7 +1789,7 @@ class ReplicaSim {
   bool double_split_ = false;
   uint64_t lag_steps_ = 0;  // 0: no follower is down across the split
   uint64_t compact_entries_ = 16;  // snapshots happen often
-  uint64_t entries_read_back_ = 0;
+  uint64_t entries_read_back_ = 0, log_read_errors_ = 0;
   std::vector<std::string> keys_;
   bool split_proposed_ = false, lagger_back_ = false;
   uint64_t last_split_proposal_ = 0;
@@ -1746,7 +1802,7 @@ class ReplicaSim {
   std::map<raft::NodeId, std::string> child_origin_;
   bool knows_split_[3] = {false, false, false};
   std::vector<Recount> recounts_;
-  int recounts_done_ = 0, recounts_stale_ = 0;
+  int recounts_done_ = 0, recounts_stale_ = 0, recounts_failed_ = 0;
   std::set<size_t> refused_ops_;   // refused with TRYAGAIN: they never happened
   std::set<size_t> expiring_ops_;  // writes with an expiry
 
@@ -1770,9 +1826,13 @@ class ReplicaSim {
   }
 
   // Every key and value of a node's data column family.
+  // What a node's store holds, read past its fault layer (the checks' reads
+  // must not take the faults meant for the node's own reads).
+  static storage::Engine& Store(SimNode& n) { return n.faults != nullptr ? *n.disk : *n.engine; }
+
   std::map<std::string, std::string> DataOf(SimNode& n, storage::Cf cf = storage::Cf::kData) {
     std::map<std::string, std::string> out;
-    auto it = n.engine->NewScanIterator(cf);
+    auto it = Store(n).NewScanIterator(cf);
     for (it->SeekToFirst(); it->Valid(); it->Next()) out.emplace(it->key(), it->value());
     SHOAL_CHECK(it->status().ok());
     return out;
@@ -1780,12 +1840,32 @@ class ReplicaSim {
 
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
-    Status s = n.engine->Get(storage::Cf::kData, ReadKeyOf(key), &raw);
+    Status s = Store(n).Get(storage::Cf::kData, ReadKeyOf(key), &raw);
     // The value cache answers what the store holds.
     std::string cached;
-    Status c = n.engine->Get(storage::Cf::kData, ReadKeyOf(key), &cached, nullptr, storage::ReadVia::kCache);
+    Status c = Store(n).Get(storage::Cf::kData, ReadKeyOf(key), &cached, nullptr, storage::ReadVia::kCache);
     SHOAL_CHECK(c.code() == s.code() && (!s.ok() || cached == raw));
+    SHOAL_CHECK(s.ok() || s.code() == Code::kNotFound);
     return s.ok() ? ReadValueOf(key, raw) : "";
+  }
+
+  // A client's GET as a connection serves it (through the value cache, and
+  // the node's fault layer): false if the read failed (the client is told
+  // of the error, and the history has no answer to check).
+  bool ClientRead(SimNode& n, size_t op) {
+    std::string raw;
+    Status s = n.engine->Get(storage::Cf::kData, ReadKeyOf(history_[op].key), &raw, nullptr,
+                             storage::ReadVia::kCache);
+    if (!s.ok() && s.code() != Code::kNotFound) {
+      SHOAL_CHECK(storage_faults_);
+      read_errors_++;
+      return false;
+    }
+    history_[op].value = s.ok() ? ReadValueOf(history_[op].key, raw) : "";
+    history_[op].response = Now();
+    // What the value cache answered is what the store holds.
+    SHOAL_CHECK(history_[op].value == ValueOn(n, history_[op].key));
+    return true;
   }
 
   std::mt19937_64 rng_;
@@ -2017,7 +2097,8 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
   int stops = 0, disk_faults = 0, losing = 0, oneway = 0, lease = 0, follower = 0, acked = 0, changes = 0,
       transfers = 0, unsynced = 0, reported = 0, joined = 0, joined_refused = 0, read_faults = 0, read_errors = 0;
   size_t lost = 0, raft_lost = 0;
-  uint64_t read_back = 0;
+  uint64_t read_back = 0, gets_failed = 0, iterators_failed = 0, log_read_errors = 0;
+  std::map<std::string, int> stop_reasons;
   const auto [first_seed, last_seed] = Seeds(401, 16);
   for (uint64_t seed = first_seed; seed <= last_seed; ++seed) {
     ReplicaSim sim(seed);
@@ -2048,8 +2129,23 @@ TEST(ReplicaSim, StorageFaultsLoseNoAcknowledgedWrite) {
     joined_refused += sim.joined_refusals_;
     read_faults += sim.read_faults_;
     read_errors += sim.read_errors_;
+    const auto [gets, iterators] = sim.FailedReads();
+    gets_failed += gets;
+    iterators_failed += iterators;
+    log_read_errors += sim.LogReadErrors();
+    for (const auto& [why, count] : sim.stop_reasons_) stop_reasons[why.starts_with("reading the Raft state") ? "reading a replica's Raft state failed" : why] += count;
   }
   EXPECT_GT(read_faults, 50);  // batched reads failed: write hints' lookups, pipelined GETs
+  EXPECT_GT(gets_failed, 50u);  // single reads failed: applies' reads, hints' lookups, GETs
+  EXPECT_GT(iterators_failed, 20u);  // scans failed: the Raft log read back, images, openings
+  EXPECT_GT(log_read_errors, 5u);  // the log read back for a follower failed: a snapshot instead
+  EXPECT_GT(stop_reasons["apply failed"], 20);  // an apply's read failed: the node stopped, then applied again
+  std::printf("storage sim: %llu single reads and %llu iterators failed on purpose; %llu reads of the log back "
+              "failed\n", static_cast<unsigned long long>(gets_failed),
+              static_cast<unsigned long long>(iterators_failed), static_cast<unsigned long long>(log_read_errors));
+  std::string reasons;
+  for (const auto& [why, count] : stop_reasons) reasons += " " + why + " " + std::to_string(count) + ";";
+  std::printf("storage sim: nodes stopped:%s\n", reasons.c_str());
   std::printf("storage sim: %d batched reads failed on purpose, %d client reads answered with their error\n",
               read_faults, read_errors);
   EXPECT_GT(joined, 100);       // clients' writes proposed together in one entry
