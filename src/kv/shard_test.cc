@@ -1689,8 +1689,11 @@ TEST(ReadFailures, AFlushdbThatCannotReadItsKeysFailsAndDeletesNothing) {
   }
   for (const auto& k : keys) h.Run({"set", k, "v"});
   h.Run({"hset", "k0", "f", "v"}, 1);  // elements in another database stay either way
-  h.faults().FailNextIterators(1);
-  EXPECT_FALSE(h.ApplyOnly({"flushdb"}).ok());
+  // The first seek, a step within the first slot's keys, later slots' seeks.
+  for (int at : {0, 1, 2, 7, 100, 5000}) {
+    h.faults().FailNextIterators(1, at);
+    EXPECT_FALSE(h.ApplyOnly({"flushdb"}).ok()) << "failing move " << at;
+  }
   for (const auto& k : keys) EXPECT_EQ(h.Stored(k), "v") << k;
   EXPECT_EQ(h.Run({"dbsize"}), ":20\r\n");
   h.faults().ClearFaults();

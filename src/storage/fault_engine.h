@@ -49,11 +49,16 @@ class FaultEngine final : public Engine {
   // The next n Get calls fail with an IOError (a key's read for an apply,
   // a client's GET, whether a replica's state is on disk).
   void FailNextGets(int n) { fail_gets_.store(n); }
-  // The next n iterators (NewIterator, NewScanIterator) fail their first
-  // positioning: invalid, with an IOError status, until positioned again
-  // (a scan, the Raft log read back, an image's export).
-  void FailNextIterators(int n) { fail_iterators_.store(n); }
-  // Reads failed on purpose so far: Get calls, iterators.
+  // The next n iterators (NewIterator, NewScanIterator) each fail their
+  // move number `at` (0: the first seek; seeks and steps count): invalid,
+  // with an IOError status, until positioned again (a scan, the Raft log
+  // read back, an image's export). One that is not moved that far does
+  // not fail.
+  void FailNextIterators(int n, int at = 0) {
+    fail_iterators_at_.store(at);
+    fail_iterators_.store(n);
+  }
+  // Reads failed on purpose so far: Get calls, iterators' moves.
   uint64_t gets_failed() const { return gets_failed_.load(); }
   uint64_t iterators_failed() const { return iterators_failed_.load(); }
   // Get and MultiGet calls, and the keys they asked for.
@@ -200,12 +205,14 @@ class FaultEngine final : public Engine {
     return t.yes && fail_to_cf_.compare_exchange_strong(cf, -1);
   }
 
-  // An iterator whose first positioning fails, as one whose read of a
-  // block failed: invalid, with an IOError status, until it is positioned
-  // again (as RocksDB's: a seek clears the error, and may then succeed).
+  // An iterator whose move number `fail_at` fails (0: its first seek; a
+  // seek or a step, Next or Prev, is a move), as one whose read of a block
+  // failed: invalid, with an IOError status, until it is positioned again
+  // (as RocksDB's: a seek clears the error, and may then succeed).
   class FailingIterator final : public Iterator {
    public:
-    explicit FailingIterator(std::unique_ptr<Iterator> inner) : inner_(std::move(inner)) {}
+    FailingIterator(std::unique_ptr<Iterator> inner, int fail_at, std::atomic<uint64_t>* failures)
+        : inner_(std::move(inner)), fail_at_(fail_at), failures_(failures) {}
     void Seek(std::string_view target) override {
       if (!Fails()) inner_->Seek(target);
     }
@@ -218,11 +225,11 @@ class FaultEngine final : public Engine {
     bool Valid() const override { return !failed_ && inner_->Valid(); }
     void Next() override {
       SHOAL_CHECK(Valid());
-      inner_->Next();
+      if (!Fails()) inner_->Next();
     }
     void Prev() override {
       SHOAL_CHECK(Valid());
-      inner_->Prev();
+      if (!Fails()) inner_->Prev();
     }
     std::string_view key() const override {
       SHOAL_CHECK(Valid());
@@ -236,17 +243,18 @@ class FaultEngine final : public Engine {
 
    private:
     bool Fails() {
-      failed_ = !positioned_;
-      positioned_ = true;
+      failed_ = moves_++ == fail_at_;
+      if (failed_) failures_->fetch_add(1);
       return failed_;
     }
     std::unique_ptr<Iterator> inner_;
-    bool positioned_ = false, failed_ = false;
+    int fail_at_, moves_ = 0;
+    std::atomic<uint64_t>* failures_;
+    bool failed_ = false;
   };
   std::unique_ptr<Iterator> MaybeFailing(std::unique_ptr<Iterator> it) {
     if (!Take(fail_iterators_)) return it;
-    iterators_failed_.fetch_add(1);
-    return std::make_unique<FailingIterator>(std::move(it));
+    return std::make_unique<FailingIterator>(std::move(it), fail_iterators_at_.load(), &iterators_failed_);
   }
 
   bool FailsRead(Cf cf, std::string_view key) {
@@ -286,7 +294,7 @@ class FaultEngine final : public Engine {
 
   Engine* inner_;
   std::atomic<int> fail_writes_{0}, fail_syncs_{0}, writes_failed_{0}, fail_to_cf_{-1}, fail_ingests_{0},
-      fail_multigets_{0}, fail_gets_{0}, fail_iterators_{0};
+      fail_multigets_{0}, fail_gets_{0}, fail_iterators_{0}, fail_iterators_at_{0};
   size_t raft_writes_lost_ = 0;
   bool track_ = false;
   std::function<void(Cf)> before_ingest_;

@@ -219,6 +219,7 @@ class ReplicaSim {
       : queue_rng_(seed ^ 0x5eed),
         read_fault_rng_(seed ^ 0xfa17),
         store_read_rng_(seed ^ 0x9e75),
+        walk_fault_rng_(seed ^ 0x3a1c),
         rng_(seed),
         seed_(seed) {}
   ~ReplicaSim() {
@@ -659,8 +660,9 @@ class ReplicaSim {
     }
     // A node's next Get fails now and then (an apply's read of a key: the
     // node stops itself; a client's GET: its error), and so does its next
-    // iterator's first seek (the Raft log read back for a follower: a
-    // snapshot instead; a recount; an image's export; a replica's opening).
+    // iterator, at its first seek or a few moves on (the Raft log read back
+    // for a follower: a snapshot instead; a recount; an image's export; a
+    // replica's opening).
     if (store_read_rng_() % 128 == 0) {
       SimNode& n = nodes_[store_read_rng_() % kMaxNodes];
       if (n.up && n.faults != nullptr) n.faults->FailNextGets(1);
@@ -668,6 +670,12 @@ class ReplicaSim {
     if (store_read_rng_() % 64 == 0) {
       SimNode& n = nodes_[store_read_rng_() % kMaxNodes];
       if (n.up && n.faults != nullptr) n.faults->FailNextIterators(1);
+    }
+    // ... or a few moves on (a walk cut short): a stream of its own again.
+    if (walk_fault_rng_() % 128 == 0) {
+      SimNode& n = nodes_[walk_fault_rng_() % kMaxNodes];
+      const int at = 1 + static_cast<int>(walk_fault_rng_() % 8);
+      if (n.up && n.faults != nullptr) n.faults->FailNextIterators(1, at);
     }
     if (!placement_ && pct(rng_) < 4) {
       // Leaderships move now and then, as the placement moves them (where it
@@ -1005,6 +1013,7 @@ class ReplicaSim {
   std::mt19937_64 read_fault_rng_;  // failed batched reads (StorageFaults), the same
   // Failed single reads and iterators (StorageFaults), drawn apart too.
   std::mt19937_64 store_read_rng_;
+  std::mt19937_64 walk_fault_rng_;  // iterators failed a few moves on
 
   void Reroute(int c, uint64_t group, raft::NodeId hint) {
     raft::NodeId& believed = believed_leader_[c][group == kChild];
