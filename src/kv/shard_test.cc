@@ -18,6 +18,30 @@
 namespace shoal::kv {
 namespace {
 
+// A write as its prepare makes it (the entry a replica applies).
+Entry EntryOf(std::vector<std::string> words, int64_t now_ms, uint16_t db = 0) {
+  const CommandSpec* spec = nullptr;
+  for (const auto& s : DataCommands()) {
+    if (s.name == words[0]) spec = &s;
+  }
+  SHOAL_CHECK(spec != nullptr);
+  Entry e;
+  e.op = spec->op;
+  e.db = db;
+  e.now_ms = now_ms;
+  std::vector<std::string_view> args(words.begin(), words.end());
+  Limits limits;
+  PrepareContext ctx{db, now_ms, &limits};
+  std::string out;
+  resp::Writer w(&out, 2);
+  if (spec->prepare) {
+    SHOAL_CHECK(spec->prepare(ctx, args, &e, &w));
+  } else {
+    e.args.assign(words.begin() + 1, words.end());
+  }
+  return e;
+}
+
 // Runs commands against one shard the way the server does: reads directly,
 // writes through prepare + apply.
 class ShardHarness {
@@ -95,13 +119,7 @@ class ShardHarness {
   // Applies one write as a replica does, and returns the apply's status (a
   // failure stops a replica: nothing of the entry is written).
   Status ApplyOnly(std::vector<std::string> words, std::string* reply = nullptr, uint16_t db = 0) {
-    Entry entry;
-    for (const auto& spec : DataCommands()) {
-      if (spec.name == words[0]) entry.op = spec.op;
-    }
-    entry.db = db;
-    entry.now_ms = now_ms;
-    entry.args.assign(words.begin() + 1, words.end());
+    const Entry entry = EntryOf(std::move(words), now_ms, db);
     std::string out;
     resp::Writer w(reply != nullptr ? reply : &out, 2);
     return shard_->Apply(entry, FindApply(entry.op), limits_, &w).status();
@@ -1655,27 +1673,6 @@ TEST(Prepare, IntoAnEntryThatHeldAnotherWriteAsIntoAFreshOne) {
 // applies the entry again at restart, from its intact log): a failed read
 // taken for "nothing there" would let this replica alone apply the entry
 // otherwise than the others, and nothing would tell.
-Entry EntryOf(std::vector<std::string> words, int64_t now_ms) {
-  const CommandSpec* spec = nullptr;
-  for (const auto& s : DataCommands()) {
-    if (s.name == words[0]) spec = &s;
-  }
-  SHOAL_CHECK(spec != nullptr);
-  Entry e;
-  e.op = spec->op;
-  e.now_ms = now_ms;
-  std::vector<std::string_view> args(words.begin(), words.end());
-  Limits limits;
-  PrepareContext ctx{0, now_ms, &limits};
-  std::string out;
-  resp::Writer w(&out, 2);
-  if (spec->prepare) {
-    SHOAL_CHECK(spec->prepare(ctx, args, &e, &w));
-  } else {
-    e.args.assign(words.begin() + 1, words.end());
-  }
-  return e;
-}
 
 TEST(ReadFailures, AFlushdbThatCannotReadItsKeysFailsAndDeletesNothing) {
   // The shard's range starts at the first key's slot: the read that fails
