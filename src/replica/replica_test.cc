@@ -1523,15 +1523,20 @@ TEST(ApplyRound, CompactionPastAppliesThatChangedNothingRecordsTheAppliedIndex) 
   }
 }
 
+// The directory of a death test's store: the dying child is this program
+// run again, and takes it from the parent's environment, so that the
+// parent removes what it wrote.
+std::filesystem::path DeathDir(const char* name) {
+  if (std::getenv(name) == nullptr) {
+    auto mine = std::filesystem::temp_directory_path() / (std::string(name) + "_" + std::to_string(::getpid()));
+    ::setenv(name, mine.c_str(), 1);
+  }
+  return std::getenv(name);
+}
+
 TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  // The dying child is this program run again: it takes its directory from
-  // the parent's environment, so that the parent removes what it wrote.
-  if (std::getenv("SHOAL_REPLICA_DEATH_DIR") == nullptr) {
-    auto mine = std::filesystem::temp_directory_path() / ("shoal_replica_death_" + std::to_string(::getpid()));
-    ::setenv("SHOAL_REPLICA_DEATH_DIR", mine.c_str(), 1);
-  }
-  const std::filesystem::path dir = std::getenv("SHOAL_REPLICA_DEATH_DIR");
+  const std::filesystem::path dir = DeathDir("SHOAL_REPLICA_DEATH_DIR");
   std::filesystem::remove_all(dir);
   auto run = [&] {
     auto real = std::move(storage::Engine::Open({.dir = dir.string(), .memory_budget_bytes = 32 << 20}).value());
@@ -1572,17 +1577,6 @@ TEST(ReplicaDeathTest, FailedApplyWriteStopsTheNode) {
   };
   EXPECT_DEATH(run(), "apply write failed");
   std::filesystem::remove_all(dir);
-}
-
-// The directory of a death test's store: the dying child is this program
-// run again, and takes it from the parent's environment, so that the
-// parent removes what it wrote.
-std::filesystem::path DeathDir(const char* name) {
-  if (std::getenv(name) == nullptr) {
-    auto mine = std::filesystem::temp_directory_path() / (std::string(name) + "_" + std::to_string(::getpid()));
-    ::setenv(name, mine.c_str(), 1);
-  }
-  return std::getenv(name);
 }
 
 // Whether a group has state here is read from disk before a replica is

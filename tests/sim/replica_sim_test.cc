@@ -330,25 +330,24 @@ class ReplicaSim {
       log_read_errors_ += r->store().read_errors();
     }
   }
-  uint64_t EntriesReadBack() {
+  // `count` summed over the replicas of the nodes up.
+  template <typename F>
+  uint64_t OverLiveReplicas(F count) {
     uint64_t live = 0;
     for (auto& n : nodes_) {
       for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
-        if (r != nullptr) live += r->store().entries_read();
+        if (r != nullptr) live += count(*r);
       }
     }
-    return entries_read_back_ + live;
+    return live;
+  }
+  uint64_t EntriesReadBack() {
+    return entries_read_back_ + OverLiveReplicas([](const replica::Replica& r) { return r.store().entries_read(); });
   }
   // Reads of the log back from the engine that failed (the follower that
   // needed those entries is sent a snapshot instead).
   uint64_t LogReadErrors() {
-    uint64_t live = 0;
-    for (auto& n : nodes_) {
-      for (const auto* r : {n.replica.get(), n.child_replica.get()}) {
-        if (r != nullptr) live += r->store().read_errors();
-      }
-    }
-    return log_read_errors_ + live;
+    return log_read_errors_ + OverLiveReplicas([](const replica::Replica& r) { return r.store().read_errors(); });
   }
 
   void OpenReplica(SimNode& n, bool bootstrap) {
