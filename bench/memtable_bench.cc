@@ -161,6 +161,8 @@ BENCHMARK(BM_HotSlotBatchPut)
     ->Args({64, 0})
     ->Args({64, 1})
     ->Args({64, 2})
+    ->Args({1024, 0})
+    ->Args({1024, 1})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3);
 

@@ -234,7 +234,11 @@ inline int CompareInternal(const Slice& a, const Slice& b) {
 // searches from the head and leaves the hint.
 constexpr size_t kHintKeyMax = 48;
 constexpr int kHintSteps = 8;  // a level's steps from a hint before a search instead
-constexpr size_t kWalkKeys = 256;  // the keys of a write that are walked
+// The keys of a write that are walked. Under `redis-benchmark --cluster -c 50
+// -P 16` a node's write carries 200 keys on average, up to about 1,100, all
+// in its hash-tagged slots; with 256 walked, a quarter searched from the
+// head, cold (docs/PERFORMANCE.md, twenty-ninth session).
+constexpr size_t kWalkKeys = 1024;
 
 struct PathHint {
   uint64_t rep;
@@ -245,8 +249,8 @@ struct PathHint {
   Node* prev[kMaxHeight];  // below `top`: where the search went down
 };
 
-// Constant-initialized (no guard on each access of the thread_local): the
-// array is zeros until a thread walks (and its pages untouched until then).
+// A thread's hints, made at its first walk (140 KiB: only the threads that
+// write hot slots have them).
 struct PathHints {
   std::array<PathHint, kWalkKeys> hints;
   size_t size = 0;
@@ -264,7 +268,24 @@ struct PathHints {
     last_rep = 0;
   }
 };
-thread_local PathHints path_hints;
+// Constant-initialized, as a plain pointer: no guard on each access.
+thread_local PathHints* path_hints = nullptr;
+
+// Frees a thread's hints when it ends.
+struct PathHintsOwner {
+  ~PathHintsOwner() {
+    delete path_hints;
+    path_hints = nullptr;
+  }
+};
+
+PathHints& HintsForWalks() {
+  if (path_hints == nullptr) {
+    thread_local PathHintsOwner owner;
+    path_hints = new PathHints();
+  }
+  return *path_hints;
+}
 
 class SlotMemTableRep;
 
@@ -388,7 +409,7 @@ class SlotMemTableRep final : public MemTableRep {
         ++live;
       }
     }
-    PathHints& hints = path_hints;
+    PathHints& hints = HintsForWalks();
     for (size_t i = 0; i < n && hints.size < kWalkKeys; ++i) {
       const Walk& w = walks[i];
       if (w.key.size() > kHintKeyMax) continue;
@@ -869,7 +890,8 @@ class SlotMemTableRep final : public MemTableRep {
   // The thread's next hint, if it is for this insert (its memtable, bucket
   // and user key); taken then.
   const PathHint* TakeHint(const Bucket* b, const char* entry) const {
-    PathHints& hints = path_hints;
+    if (path_hints == nullptr) return nullptr;  // this thread never walked
+    PathHints& hints = *path_hints;
     if (hints.next == hints.size) return nullptr;
     const PathHint& h = hints.hints[hints.next];
     const Slice user = UserKey(entry);
@@ -897,12 +919,12 @@ class SlotMemTableRep final : public MemTableRep {
     // past what was linked in since (another key of the batch, another
     // writer's): a fresh walk's nodes are those read last, in the cache.
     bool found = hint != nullptr;
-    PathHints& hints = path_hints;
-    const bool follows = found && hints.last_rep == id_ && hints.last_bucket == b;
+    PathHints* hints = path_hints;  // not null when a hint was taken
+    const bool follows = found && hints->last_rep == id_ && hints->last_bucket == b;
     for (int level = 0; found && level < std::min(height, top); ++level) {
       Node* at = level < hint->top ? hint->prev[level] : b->head();
       // The node linked last at this level, if it lies between: further on.
-      if (Node* l = follows ? hints.last[level] : nullptr;
+      if (Node* l = follows ? hints->last[level] : nullptr;
           l != nullptr && Cmp(l->Entry(), entry) < 0 && (at == b->head() || Cmp(l->Entry(), at->Entry()) > 0)) {
         at = l;
       }
@@ -914,7 +936,7 @@ class SlotMemTableRep final : public MemTableRep {
         }
         at = next;
       }
-      hints.steps += static_cast<uint64_t>(std::min(steps, kHintSteps));
+      hints->steps += static_cast<uint64_t>(std::min(steps, kHintSteps));
       prev[level] = at;
     }
     if (!found) {  // no hint, or much came in since its walk: from the head
@@ -923,7 +945,7 @@ class SlotMemTableRep final : public MemTableRep {
         for (Node* next = at->Next(level); next != nullptr && Cmp(next->Entry(), entry) < 0;
              next = at->Next(level)) {
           at = next;
-          if (hint != nullptr) ++hints.steps;
+          if (hint != nullptr) ++hints->steps;
         }
         prev[level] = at;
       }
@@ -936,11 +958,11 @@ class SlotMemTableRep final : public MemTableRep {
     }
     if (hint != nullptr) {
       if (!follows) {
-        hints.last_rep = id_;
-        hints.last_bucket = b;
-        std::fill(std::begin(hints.last), std::end(hints.last), nullptr);
+        hints->last_rep = id_;
+        hints->last_bucket = b;
+        std::fill(std::begin(hints->last), std::end(hints->last), nullptr);
       }
-      for (int level = 0; level < height; ++level) hints.last[level] = x;
+      for (int level = 0; level < height; ++level) hints->last[level] = x;
     }
     b->count.fetch_add(1, std::memory_order_relaxed);
     b->busy.clear(std::memory_order_release);
@@ -1152,7 +1174,8 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
     // The walks take the lock a group at a time (another writer's prefetch,
     // a memtable's switch or its end wait for one group at most), and stop
     // after the first kWalkKeys keys: a bigger batch's first paths would
-    // leave the cache before its last keys' inserts anyway.
+    // leave the nearer caches before its last keys' inserts (at 1,024, the
+    // last keys' inserts still find theirs).
     keys = keys.first(std::min(keys.size(), kWalkKeys));
     for (size_t from = 0; from < keys.size(); from += SlotMemTableRep::kWalks) {
       std::lock_guard lock(newest_->mu);
@@ -1172,7 +1195,7 @@ class SlotMemTableFactory final : public rocksdb::MemTableRepFactory {
 
 void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uint32_t> prefixes,
                        std::span<const std::string_view> keys) {
-  path_hints.Reset();  // the last write's are spent, or were for another
+  if (path_hints != nullptr) path_hints->Reset();  // the last write's are spent, or were for another
   if (factory == nullptr || (prefixes.empty() && keys.empty()) ||
       std::strcmp(factory->Name(), SlotMemTableFactory::kName) != 0) {
     return;
@@ -1180,7 +1203,10 @@ void PrefetchForWrites(rocksdb::MemTableRepFactory* factory, std::span<const uin
   static_cast<SlotMemTableFactory*>(factory)->PrefetchForWrites(prefixes, keys);
 }
 
-WalkedInserts WalkedInsertsOnThisThread() { return WalkedInserts{path_hints.taken, path_hints.steps}; }
+WalkedInserts WalkedInsertsOnThisThread() {
+  if (path_hints == nullptr) return {};
+  return WalkedInserts{path_hints->taken, path_hints->steps};
+}
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewSlotMemTableFactory(size_t prefix_bytes) {
   return std::make_shared<SlotMemTableFactory>(std::clamp<size_t>(prefix_bytes, 1, kMaxPrefix));
