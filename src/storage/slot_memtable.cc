@@ -249,7 +249,7 @@ struct PathHint {
   Node* prev[kMaxHeight];  // below `top`: where the search went down
 };
 
-// A thread's hints, made at its first walk (140 KiB: only the threads that
+// A thread's hints, made at its first walk (136 KiB: only the threads that
 // write hot slots have them).
 struct PathHints {
   std::array<PathHint, kWalkKeys> hints;
@@ -271,20 +271,27 @@ struct PathHints {
 // Constant-initialized, as a plain pointer: no guard on each access.
 thread_local PathHints* path_hints = nullptr;
 
+// Set once a thread's hints are freed (its thread_local objects are being
+// destroyed): a write after that, from another such destructor, walks
+// without leaving hints rather than making some that nothing would free.
+thread_local bool path_hints_gone = false;
+
 // Frees a thread's hints when it ends.
 struct PathHintsOwner {
   ~PathHintsOwner() {
     delete path_hints;
     path_hints = nullptr;
+    path_hints_gone = true;
   }
 };
 
-PathHints& HintsForWalks() {
-  if (path_hints == nullptr) {
+// The thread's hints, made at its first walk; null once they are gone.
+PathHints* HintsForWalks() {
+  if (path_hints == nullptr && !path_hints_gone) {
     thread_local PathHintsOwner owner;
     path_hints = new PathHints();
   }
-  return *path_hints;
+  return path_hints;
 }
 
 class SlotMemTableRep;
@@ -409,7 +416,10 @@ class SlotMemTableRep final : public MemTableRep {
         ++live;
       }
     }
-    PathHints& hints = HintsForWalks();
+    if (n == 0) return;  // no hot bucket: a thread that writes none has no hints
+    PathHints* made = HintsForWalks();
+    if (made == nullptr) return;
+    PathHints& hints = *made;
     for (size_t i = 0; i < n && hints.size < kWalkKeys; ++i) {
       const Walk& w = walks[i];
       if (w.key.size() > kHintKeyMax) continue;
