@@ -60,11 +60,13 @@ const kv::CommandSpec& Spec(std::string_view name) {
   return kv::DataCommands()[0];
 }
 
-// An eighth of the keys, picked by a hash of their names (the slots of a
+// A quarter of the keys, picked by a hash of their names (the slots of a
 // test's keys, CRCs of names that differ in a digit, fall in patterns), are
-// hashes rewritten whole: their write is one transaction, MULTI DEL key
-// HSET key f vN gvN vN hvN vN EXEC, whose DEL walks and deletes the fields
-// the last write left (a walk that storage faults may fail).
+// collections rewritten whole: their write is one transaction, MULTI DEL
+// key HSET key f vN gvN vN hvN vN EXEC for hashes, MULTI DEL key ZADD key N
+// f N gvN N hvN EXEC for sorted sets (an eighth each), whose DEL walks and
+// deletes the elements the last write left (a walk that storage faults may
+// fail). Their reads read field or member f.
 // Of the other keys, half (by slot, so a seed's random draws stay as they
 // were) are collections: a quarter hashes, whose write is HSET key f value and whose
 // read reads field f, and a quarter sorted sets, whose write is ZADD key N f
@@ -72,19 +74,23 @@ const kv::CommandSpec& Spec(std::string_view name) {
 // entry in score order too). Their elements are keys of their own, so
 // snapshots, splits and storage faults carry them. An eighth are bitmaps:
 // the write of vN is BITFIELD key SET u32 0 N, the read its first 4 bytes.
-enum class KeyKind { kString, kHash, kZset, kBitmap, kRewrittenHash };
+enum class KeyKind { kString, kHash, kZset, kBitmap, kRewrittenHash, kRewrittenZset };
 KeyKind KindOf(const std::string& key) {
   uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, then mixed (splitmix64's finish)
   for (const char c : key) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
   h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
   h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
   if ((h ^ (h >> 31)) % 8 == 0) return KeyKind::kRewrittenHash;
+  if ((h ^ (h >> 31)) % 8 == 1) return KeyKind::kRewrittenZset;
   const uint16_t slot = storage::KeySlot(key);
   if (slot % 8 == 4) return KeyKind::kBitmap;
   return slot % 2 == 0 ? KeyKind::kString : (slot % 4 == 1 ? KeyKind::kHash : KeyKind::kZset);
 }
 bool IsHash(const std::string& key) {
   return KindOf(key) == KeyKind::kHash || KindOf(key) == KeyKind::kRewrittenHash;
+}
+bool IsZset(const std::string& key) {
+  return KindOf(key) == KeyKind::kZset || KindOf(key) == KeyKind::kRewrittenZset;
 }
 
 // The stored key a read of `key` looks at (its field or member f for a collection).
@@ -94,6 +100,7 @@ std::string ReadKeyOf(const std::string& key) {
     case KeyKind::kRewrittenHash:
       return storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kHash, "f"));
     case KeyKind::kZset:
+    case KeyKind::kRewrittenZset:
       return storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kZSet, "f"));
     case KeyKind::kString:
     case KeyKind::kBitmap:
@@ -105,7 +112,7 @@ std::string ReadKeyOf(const std::string& key) {
 // The value a read finds in `raw`, read at ReadKeyOf(key).
 std::string ReadValueOf(const std::string& key, const std::string& raw) {
   if (IsHash(key)) return raw;
-  if (KindOf(key) == KeyKind::kZset) return "v" + std::to_string(static_cast<int64_t>(kv::DecodeScore(raw)));
+  if (IsZset(key)) return "v" + std::to_string(static_cast<int64_t>(kv::DecodeScore(raw)));
   kv::Value v;
   if (!kv::DecodeValue(raw, &v)) return "";
   if (KindOf(key) == KeyKind::kBitmap) {
@@ -141,13 +148,15 @@ kv::Entry Prepared(std::vector<std::string_view> args, int64_t now_ms) {
 
 std::string SetBatch(const std::string& key, const std::string& value, bool expiring = false) {
   const KeyKind kind = KindOf(key);
-  if (kind == KeyKind::kRewrittenHash) {
+  if (kind == KeyKind::kRewrittenHash || kind == KeyKind::kRewrittenZset) {
     std::vector<kv::ExecItem> items(2);
     for (auto& item : items) item.kind = kv::ExecItem::Kind::kWrite;
     items[0].write = Prepared({"del", key}, 1000);
-    // Fields named after the write too: one that a DEL's walk missed stays.
-    const std::string g = "g" + value, h = "h" + value;
-    items[1].write = Prepared({"hset", key, "f", value, g, value, h, value}, 1000);
+    // Elements named after the write too: one that a DEL's walk missed stays.
+    const std::string g = "g" + value, h = "h" + value, n = value.substr(1);
+    items[1].write = kind == KeyKind::kRewrittenHash
+                         ? Prepared({"hset", key, "f", value, g, value, h, value}, 1000)
+                         : Prepared({"zadd", key, n, "f", n, g, n, h}, 1000);
     return replica::EncodeKvBatch({kv::MakeExecEntry(key, 1000, 7, items)}, 2);
   }
   const kv::CommandSpec& spec = Spec(kind == KeyKind::kHash   ? "hset"
@@ -172,8 +181,8 @@ std::string SetBatch(const std::string& key, const std::string& value, bool expi
 }
 
 // Whether a write's reply says it took effect (OK for SET, a count for HSET
-// and ZADD, the old field for BITFIELD SET, DEL's and HSET's counts for a
-// hash's rewrite).
+// and ZADD, the old field for BITFIELD SET, DEL's and HSET's or ZADD's
+// counts for a collection's rewrite).
 bool WriteApplied(const std::string& reply) {
   return reply == "+OK\r\n" || reply == ":0\r\n" || reply == ":1\r\n" || reply.starts_with("*1\r\n:") ||
          reply == "*2\r\n:0\r\n:3\r\n" || reply == "*2\r\n:1\r\n:3\r\n";
@@ -1901,22 +1910,29 @@ class ReplicaSim {
     return out;
   }
 
-  // A rewritten hash holds exactly the fields of the write it shows (vN:
-  // f, gvN and hvN), or nothing: its rewrite's DEL left no field behind.
+  // A rewritten collection holds exactly the elements of the write it shows
+  // (vN: f, gvN and hvN, with a sorted set's score-order entries at N), or
+  // nothing: its rewrite's DEL left no element behind.
   void ExpectWholeRewrite(SimNode& n, const std::string& key) {
-    if (KindOf(key) != KeyKind::kRewrittenHash) return;
+    const KeyKind kind = KindOf(key);
+    if (kind != KeyKind::kRewrittenHash && kind != KeyKind::kRewrittenZset) return;
     const std::string v = ValueOn(n, key);
     std::vector<std::string> want;
     if (!v.empty()) {
-      for (const std::string& field : {std::string("f"), "g" + v, "h" + v}) {
-        want.push_back(storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kHash, field)));
+      for (const std::string& name : {std::string("f"), "g" + v, "h" + v}) {
+        if (kind == KeyKind::kRewrittenHash) {
+          want.push_back(storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kHash, name)));
+        } else {
+          want.push_back(storage::ElementKey(0, key, kv::NameOf(kv::ValueType::kZSet, name)));
+          want.push_back(storage::ElementKey(0, key, kv::ScoreName(std::stod(v.substr(1)), name)));
+        }
       }
       std::sort(want.begin(), want.end());
       rewrites_seen_++;
     }
     EXPECT_EQ(ElementsOn(n, key), want) << "node " << n.id << " " << key << "=" << v;
   }
-  int rewrites_seen_ = 0;  // rewritten hashes found whole by ExpectWholeRewrite
+  int rewrites_seen_ = 0;  // rewritten collections found whole by ExpectWholeRewrite
 
   std::string ValueOn(SimNode& n, const std::string& key) {
     std::string raw;
@@ -2584,7 +2600,7 @@ void SplitsLoseNothing(bool storage_faults, bool lone = false, bool lone_fsync =
   std::string reasons;
   for (const auto& [why, count] : stop_reasons) reasons += " " + why + " " + std::to_string(count) + ";";
   if (storage_faults) std::printf("split sim: nodes stopped:%s\n", reasons.c_str());
-  EXPECT_GT(rewrites, 0);  // hashes rewritten whole (MULTI DEL HSET EXEC) were checked
+  EXPECT_GT(rewrites, 0);  // collections rewritten whole (MULTI DEL HSET/ZADD EXEC) were checked
   if (storage_faults) {
     // One node writes less than three: 6-13 stops over four ranges of
     // eight seeds when alone, which a threshold of 8 made a coin toss.
@@ -2615,7 +2631,7 @@ void SplitsLoseNothing(bool storage_faults, bool lone = false, bool lone_fsync =
               "%d operations refused (TRYAGAIN), %d restarts (%d stopped by a failed disk; %zu log writes lost in "
               "crashes), %d acknowledged writes (%d by a group of one member), %d key recounts (%d stale), %d child "
               "creations held back by an image's claim, %llu entries applied in the write that would have logged "
-              "them, %d rewritten hashes checked whole\n",
+              "them, %d rewritten collections checked whole\n",
               storage_faults ? (lone_fsync ? " (one node, fsync, storage faults)"
                                 : lone     ? " (one node, durability none, storage faults)"
                                            : " (storage faults)")
