@@ -130,11 +130,11 @@ std::string ReadValueOf(const std::string& key, const std::string& raw) {
 // A command prepared as a connection prepares it (it must be valid).
 kv::Entry Prepared(std::vector<std::string_view> args, int64_t now_ms) {
   static kv::Limits limits;
-  kv::Entry e;
-  e.op = Spec(args[0]).op;
-  e.now_ms = now_ms;
   const kv::CommandSpec& spec = Spec(args[0]);
   SHOAL_CHECK(spec.name == args[0]);
+  kv::Entry e;
+  e.op = spec.op;
+  e.now_ms = now_ms;
   if (!spec.prepare) {  // its arguments as they are (Connection::PrepareWrite)
     e.args.assign(args.begin() + 1, args.end());
     return e;
@@ -159,25 +159,13 @@ std::string SetBatch(const std::string& key, const std::string& value, bool expi
                          : Prepared({"zadd", key, n, "f", n, g, n, h}, 1000);
     return replica::EncodeKvBatch({kv::MakeExecEntry(key, 1000, 7, items)}, 2);
   }
-  const kv::CommandSpec& spec = Spec(kind == KeyKind::kHash   ? "hset"
-                                     : kind == KeyKind::kZset ? "zadd"
-                                     : kind == KeyKind::kBitmap ? "bitfield"
-                                                                : "set");
-  kv::Entry e;
-  e.op = spec.op;
-  e.now_ms = 1000;
-  static kv::Limits limits;
   const std::string score = value.substr(1);  // values are vN
   std::vector<std::string_view> args = {"set", key, value};
   if (kind == KeyKind::kHash) args = {"hset", key, "f", value};
   if (kind == KeyKind::kZset) args = {"zadd", key, score, "f"};
   if (kind == KeyKind::kBitmap) args = {"bitfield", key, "set", "u32", "0", score};
   if (expiring && kind == KeyKind::kString) args.insert(args.end(), {"px", "1000000000"});
-  std::string err;
-  resp::Writer w(&err, 2);
-  kv::PrepareContext ctx{0, e.now_ms, &limits};
-  SHOAL_CHECK(spec.prepare(ctx, args, &e, &w));
-  return replica::EncodeKvBatch({e}, 2);
+  return replica::EncodeKvBatch({Prepared(args, 1000)}, 2);
 }
 
 // Whether a write's reply says it took effect (OK for SET, a count for HSET
