@@ -253,19 +253,19 @@ void Shard::CommittedMetas(std::span<const KeyRef> keys, std::span<std::optional
   }
 }
 
-Result<std::optional<std::string>> ApplyTxn::GetRaw(const std::string& dkey) {
-  auto it = staged_.find(dkey);
-  if (it != staged_.end()) return it->second.raw;
+Result<std::optional<std::string>> ApplyTxn::GetRaw(std::string_view dkey) {
+  const uint64_t hash = StagedValues::Hash(dkey);
+  if (const StagedValues::Item* item = staged_.Find(dkey, hash)) return item->raw;
   std::string raw;
   Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
   if (s.code() == Code::kNotFound) {
-    staged_.emplace(dkey, Staged{std::nullopt});  // remembered: a command reads, then writes
+    staged_.Emplace(dkey, hash);  // remembered (as absent): a command reads, then writes
     shard_->meta_cache_.Set(dkey, {false, 0, false});
     return std::optional<std::string>();
   }
   if (!s.ok()) return s;
   shard_->meta_cache_.Set(dkey, MetaOfStored(raw));
-  staged_.emplace(dkey, Staged{raw});
+  staged_.Emplace(dkey, hash)->raw = raw;
   return std::optional<std::string>(std::move(raw));
 }
 
@@ -298,8 +298,8 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   Value nv;
   SHOAL_CHECK(DecodeValue(encoded, &nv));
   if (IsCollection(nv.type)) touched_.emplace(db, std::string(key));  // its version goes with it
-  const auto at = staged_.lower_bound(dkey);  // stays valid: a map's inserts move no node
-  const bool staged = at != staged_.end() && at->first == dkey;
+  const uint64_t hash = StagedValues::Hash(dkey);
+  const bool staged = staged_.Find(dkey, hash) != nullptr;
   const KeyHint* hint = staged ? nullptr : HintFor(db, key);
   if (hint != nullptr) {
     old_exists = hint->exists;  // the leader's word: the same on every replica
@@ -330,7 +330,7 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
   }
   batch_->Put(storage::Cf::kData, dkey, encoded);
   // GetRaw above may have staged dkey since: then the hint is only a hint.
-  staged_.emplace_hint(at, std::move(dkey), Staged{})->second.raw = std::move(encoded);
+  staged_.Emplace(dkey, hash)->raw = std::move(encoded);
   return Status::Ok();
 }
 
@@ -352,14 +352,12 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
     batch_->Delete(storage::Cf::kExpiry, storage::ExpiryKey(ov.expire_at_ms, db, key));
   }
   batch_->Delete(storage::Cf::kData, dkey);
-  staged_[dkey].raw.reset();
+  staged_.Emplace(dkey)->raw.reset();
   return Status::Ok();
 }
 
 void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
-  for (const auto& [dkey, staged] : staged_) {
-    cache->Set(dkey, MetaOf(staged.raw));
-  }
+  staged_.ForEach([cache](const StagedValues::Item& item) { cache->Set(item.key, MetaOf(item.raw)); });
 }
 
 Status ApplyTxn::DropElementsOf(uint16_t db, std::string_view key, const std::string& old) {
@@ -545,7 +543,7 @@ const std::pair<std::string, std::string>* RangeOf(const Ranges& ranges, std::st
 // writes (disjoint key spaces), in key order.
 class Staging {
  public:
-  using Data = std::map<std::string, ApplyTxn::Staged>;
+  using Data = StagedValues;
   using Elements = std::map<std::string, std::optional<std::string>>;
   struct Ref {
     std::string_view key;
@@ -556,27 +554,26 @@ class Staging {
   // The staged value of key (nullptr: not staged).
   const std::optional<std::string>* Find(std::string_view key) const {
     if (auto it = elements_->find(std::string(key)); it != elements_->end()) return &it->second;
-    if (auto it = data_->find(std::string(key)); it != data_->end()) return &it->second.raw;
+    if (const StagedValues::Item* item = data_->Find(key)) return &item->raw;
     return nullptr;
   }
   // The first staged key at (strict: after) target.
   std::optional<Ref> After(const std::string& target, bool strict) const {
-    auto d = strict ? data_->upper_bound(target) : data_->lower_bound(target);
+    const StagedValues::Item* d = data_->After(target, strict);
     auto e = strict ? elements_->upper_bound(target) : elements_->lower_bound(target);
-    const bool has_d = d != data_->end(), has_e = e != elements_->end();
-    if (!has_d && !has_e) return std::nullopt;
-    if (has_d && (!has_e || d->first < e->first)) return Ref{d->first, &d->second.raw};
+    const bool has_e = e != elements_->end();
+    if (d == nullptr && !has_e) return std::nullopt;
+    if (d != nullptr && (!has_e || d->key < e->first)) return Ref{d->key, &d->raw};
     return Ref{e->first, &e->second};
   }
   // The last staged key at (strict: before) target.
   std::optional<Ref> Before(const std::string& target, bool strict) const {
-    auto d = strict ? data_->lower_bound(target) : data_->upper_bound(target);
+    const StagedValues::Item* d = data_->Before(target, strict);
     auto e = strict ? elements_->lower_bound(target) : elements_->upper_bound(target);
-    const bool has_d = d != data_->begin(), has_e = e != elements_->begin();
-    if (!has_d && !has_e) return std::nullopt;
-    if (has_d) --d;
+    const bool has_e = e != elements_->begin();
+    if (d == nullptr && !has_e) return std::nullopt;
     if (has_e) --e;
-    if (has_d && (!has_e || d->first > e->first)) return Ref{d->first, &d->second.raw};
+    if (d != nullptr && (!has_e || d->key > std::string_view(e->first))) return Ref{d->key, &d->raw};
     return Ref{e->first, &e->second};
   }
 
@@ -740,7 +737,7 @@ std::unique_ptr<storage::Engine> ApplyTxn::NewReadView(Status* failure) {
 Status ApplyTxn::Flush(std::optional<uint16_t> db) {
   SHOAL_CHECK(batch_->Count() == 0);  // alone in its batch (kCmdNoBatch)
   ++shard_->recount_generation_;  // a recount under way counted keys this removes
-  staged_.clear();
+  staged_.Clear();
   elements_.clear();
   cleared_.clear();
   shard_->meta_cache_.Clear();

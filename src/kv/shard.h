@@ -21,6 +21,7 @@
 
 #include "common/status.h"
 #include "kv/entry.h"
+#include "kv/staged_values.h"
 #include "kv/value.h"
 #include "resp/writer.h"
 #include "storage/engine.h"
@@ -237,12 +238,8 @@ class ApplyTxn {
   // Records the final state of every key this apply touched.
   void PublishTo(KeyMetaCache* cache) const;
 
-  struct Staged {
-    std::optional<std::string> raw;  // nullopt: deleted
-  };
-
  private:
-  Result<std::optional<std::string>> GetRaw(const std::string& dkey);
+  Result<std::optional<std::string>> GetRaw(std::string_view dkey);
   // The current entry's hint for key in db, if it carries one.
   const KeyHint* HintFor(uint16_t db, std::string_view key) const;
   // Deletes the elements of key, whose value was `old` (if a collection).
@@ -252,7 +249,7 @@ class ApplyTxn {
   storage::WriteBatch* batch_;
   int64_t now_ms_;
   const Entry* entry_ = nullptr;
-  std::map<std::string, Staged> staged_;  // by data key: values read or written in this apply
+  StagedValues staged_;  // by data key: values read or written in this apply
   std::map<std::string, std::optional<std::string>> elements_;  // by element key: written in this apply
   // Element key ranges [first, second) deleted by a range tombstone in this apply.
   std::vector<std::pair<std::string, std::string>> cleared_;
