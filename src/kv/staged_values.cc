@@ -86,20 +86,11 @@ void StagedValues::Grow(size_t items) {
 }
 
 void StagedValues::Clear() {
-  for (size_t i = 0; i < size_; ++i) At(i).raw.reset();  // frees the values now
-  // A big apply's memory goes; a small one's stays for the next.
-  if (size_ > BlockStart(5)) {
-    blocks_.clear();
-    std::vector<uint64_t>().swap(table_);
-  } else {
-    std::fill(table_.begin(), table_.end(), 0);
-  }
-  if (chunks_.size() > 1 || chunk_size_ > kFirstChunk) {
-    chunks_.clear();
-    chunk_used_ = chunk_size_ = kArenaChunk;
-  } else {
-    chunk_used_ = chunks_.empty() ? kArenaChunk : 0;
-  }
+  for (Item& item : first_) item.raw.reset();
+  blocks_.clear();
+  std::vector<uint64_t>().swap(table_);
+  chunks_.clear();
+  chunk_used_ = chunk_size_ = kArenaChunk;
   size_ = 0;
   order_.clear();
 }

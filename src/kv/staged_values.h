@@ -42,7 +42,8 @@ class StagedValues {
   // The item of key, made (raw nullopt) if there was none; `*made` says so.
   Item* Emplace(std::string_view key, uint64_t hash, bool* made = nullptr);
   Item* Emplace(std::string_view key, bool* made = nullptr) { return Emplace(key, Hash(key), made); }
-  // Forgets every item; keeps the memory of a small one for reuse.
+  // Forgets every item and frees their memory (an apply that flushes a
+  // database: its staged values before the flush no longer count).
   void Clear();
 
   // Calls fn(const Item&) for every item, in the order they were made.

@@ -95,8 +95,7 @@ TEST(StagedValuesTest, OrderedQueriesAgreeWithAMap) {
   }
 }
 
-// A big apply's memory is freed by Clear, a small one's reused; either way
-// what was cleared is gone and new items are whole.
+// Whatever was staged, Clear forgets it all, and new items are whole.
 TEST(StagedValuesTest, ClearForgetsEverythingWhateverItsSize) {
   StagedValues v;
   for (int n : {3, 5000, 70, 0, 300}) {
@@ -113,10 +112,9 @@ TEST(StagedValuesTest, ClearForgetsEverythingWhateverItsSize) {
   }
 }
 
-// Few items with many key bytes: Clear keeps the blocks and drops the
-// arena's chunks; the keys made after it are whole, and so are those made
-// after a key longer than a chunk.
-TEST(StagedValuesTest, KeysStayWholeAcrossClearsThatKeepBlocksAndDropChunks) {
+// Few items with many key bytes, over several arena chunks and Clears: the
+// keys stay whole, and so do those made after a key longer than a chunk.
+TEST(StagedValuesTest, KeysStayWholeAcrossChunksAndClears) {
   StagedValues v;
   for (int round = 0; round < 3; ++round) {
     std::vector<std::string> keys;
