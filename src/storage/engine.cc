@@ -641,7 +641,7 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   // level), and each compaction rewrites that level whole, so merging eight
   // flushes into it at once rewrites it half as often. Three nodes under SET
   // -P 16: the data family's compaction CPU -33 %, RocksDB's threads about
-  // 1 us less a SET over the cluster; reads that miss the memtables and
+  // 0.8 us less a SET over the cluster; reads that miss the memtables and
   // caches check up to four more level-0 filters (pinned), and a node at 1M
   // keys holds 5-15 MiB more (PERFORMANCE.md, thirty-first session).
   data_cf.level0_file_num_compaction_trigger = 8;
