@@ -637,9 +637,9 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
   data_memtables_ = data_cf.memtable_factory;
   data_cf.write_buffer_size = static_cast<size_t>(std::clamp<int64_t>(memtable_bytes / 16, 4LL << 20, 16LL << 20));
   // Eight level-0 files before a compaction, not RocksDB's four: data that
-  // fits the budget is overwritten in place (all of it lands in the bottom
-  // level), and each compaction rewrites that level whole, so merging eight
-  // flushes into it at once rewrites it half as often. Three nodes under SET
+  // fits the budget all lives in the bottom level, which each compaction
+  // rewrites whole, so merging eight flushes into it at once rewrites it
+  // half as often. Three nodes under SET
   // -P 16: the data family's compaction CPU -33 %, RocksDB's threads about
   // 0.8 us less a SET over the cluster; reads that miss the memtables and
   // caches check up to four more level-0 filters (pinned), and a node at 1M
