@@ -620,7 +620,16 @@ Status RocksEngine::OpenDb(const EngineOptions& options) {
     env_ = NewZeroAheadWalEnv();
     db.env = env_.get();
   }
-  db.max_total_wal_size = static_cast<uint64_t>(memtable_bytes * 2);
+  // RocksDB keeps a WAL until every column family with writes in it has
+  // flushed them; past this total it flushes the families that hold the
+  // oldest. The meta family's small memtable fills slowly (a few records a
+  // round), so at twice the memtable budget a node kept up to 512 MiB of
+  // WAL at the default 1gb, all read again at a restart. Now half the
+  // memtable budget (128 MiB at 1gb), at least 64 MiB (a full 16 MiB data
+  // memtable spans some 32 MiB of WAL) and never more than before
+  // (PERFORMANCE.md, thirty-second session).
+  db.max_total_wal_size = static_cast<uint64_t>(
+      std::min<int64_t>(memtable_bytes * 2, std::max<int64_t>(memtable_bytes / 2, 64LL << 20)));
 
   // The data CF has a [slot][db] prefix extractor: every scan of ours stays
   // within one prefix, and the memtable's bloom filter answers most misses.
