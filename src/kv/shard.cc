@@ -16,30 +16,25 @@
 
 namespace shoal::kv {
 
-uint64_t KeyMetaCache::HashOf(std::string_view dkey) {
-  uint64_t h = std::hash<std::string_view>{}(dkey);
-  return h == 0 ? 1 : h;
-}
-
-size_t KeyMetaCache::Probe(std::string_view dkey, uint64_t hash) const {
+size_t KeyMetaCache::Probe(std::string_view dkey, uint64_t stored) const {
   const size_t mask = slots_.size() - 1;
-  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+  for (size_t i = stored & mask;; i = (i + 1) & mask) {
     const Slot& slot = slots_[i];
     if (slot.hash == 0) return i;
-    if (slot.hash == hash && std::string_view(keys_).substr(slot.key_at, slot.key_len) == dkey) return i;
+    if (slot.hash == stored && std::string_view(keys_).substr(slot.key_at, slot.key_len) == dkey) return i;
   }
 }
 
-std::optional<KeyMetaCache::Meta> KeyMetaCache::Find(std::string_view dkey) const {
+std::optional<KeyMetaCache::Meta> KeyMetaCache::Find(std::string_view dkey, uint64_t hash) const {
   if (size_ == 0) return std::nullopt;
-  const Slot& slot = slots_[Probe(dkey, HashOf(dkey))];
+  const Slot& slot = slots_[Probe(dkey, Stored(hash))];
   if (slot.hash == 0) return std::nullopt;
   return Meta{(slot.flags & 1) != 0, slot.expire_at_ms, (slot.flags & 2) != 0};
 }
 
-void KeyMetaCache::Prefetch(uint16_t db, std::string_view key, bool key_bytes) const {
+uint64_t KeyMetaCache::DataKeyHash(uint16_t db, std::string_view key) {
   char dkey[64];
-  if (slots_.empty() || key.size() > sizeof(dkey) - storage::kDataKeyPrefixBytes) return;
+  if (key.size() > sizeof(dkey) - storage::kDataKeyPrefixBytes) return Hash(storage::DataKey(db, key));
   // storage::DataKey's bytes, without an allocation.
   static_assert(storage::kDataKeyPrefixBytes == 4);
   const uint16_t key_slot = storage::KeySlot(key);
@@ -48,18 +43,18 @@ void KeyMetaCache::Prefetch(uint16_t db, std::string_view key, bool key_bytes) c
   dkey[2] = static_cast<char>(db >> 8);
   dkey[3] = static_cast<char>(db & 0xff);
   std::memcpy(dkey + 4, key.data(), key.size());
-  const std::string_view k(dkey, 4 + key.size());
-  const uint64_t hash = HashOf(k);
-  const Slot& slot = slots_[hash & (slots_.size() - 1)];
-  if (!key_bytes) {
-    __builtin_prefetch(&slot);
-  } else if (slot.hash == hash) {
-    __builtin_prefetch(keys_.data() + slot.key_at);
-  }
+  return Hash(std::string_view(dkey, 4 + key.size()));
 }
 
-void KeyMetaCache::PrefetchSlot(std::string_view dkey) const {
-  if (!slots_.empty()) __builtin_prefetch(&slots_[HashOf(dkey) & (slots_.size() - 1)]);
+void KeyMetaCache::PrefetchSlot(uint64_t hash) const {
+  if (!slots_.empty()) __builtin_prefetch(&slots_[Stored(hash) & (slots_.size() - 1)]);
+}
+
+void KeyMetaCache::PrefetchKey(uint64_t hash) const {
+  if (slots_.empty()) return;
+  const uint64_t stored = Stored(hash);
+  const Slot& slot = slots_[stored & (slots_.size() - 1)];
+  if (slot.hash == stored) __builtin_prefetch(keys_.data() + slot.key_at);
 }
 
 KeyMetaCache::KeyMetaCache(size_t max_bytes) : KeyMetaCache(std::make_shared<KeyMetaBudget>(max_bytes)) {}
@@ -103,9 +98,9 @@ bool KeyMetaCache::MakeRoom(size_t charge) {
   return true;
 }
 
-void KeyMetaCache::Set(std::string_view dkey, Meta meta) {
+void KeyMetaCache::Set(std::string_view dkey, uint64_t key_hash, Meta meta) {
   if (dkey.size() > UINT16_MAX) return;  // such a key is never cached
-  const uint64_t hash = HashOf(dkey);
+  const uint64_t hash = Stored(key_hash);
   size_t i = slots_.empty() ? 0 : Probe(dkey, hash);
   if (slots_.empty() || slots_[i].hash == 0) {  // a new key
     if (keys_.size() + dkey.size() > UINT32_MAX) Clear();
@@ -260,11 +255,11 @@ Result<std::optional<std::string>> ApplyTxn::GetRaw(std::string_view dkey) {
   Status s = engine_->Get(storage::Cf::kData, dkey, &raw);
   if (s.code() == Code::kNotFound) {
     staged_.Emplace(dkey, hash);  // remembered (as absent): a command reads, then writes
-    shard_->meta_cache_.Set(dkey, {false, 0, false});
+    shard_->meta_cache_.Set(dkey, hash, {false, 0, false});
     return std::optional<std::string>();
   }
   if (!s.ok()) return s;
-  shard_->meta_cache_.Set(dkey, MetaOfStored(raw));
+  shard_->meta_cache_.Set(dkey, hash, MetaOfStored(raw));
   staged_.Emplace(dkey, hash)->raw = raw;
   return std::optional<std::string>(std::move(raw));
 }
@@ -305,7 +300,7 @@ Status ApplyTxn::Put(uint16_t db, std::string_view key, std::string encoded) {
     old_exists = hint->exists;  // the leader's word: the same on every replica
     old_exp = hint->expire_at_ms;
     shard_->hinted_puts_.store(shard_->hinted_puts_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  } else if (!staged && (meta = shard_->meta_cache_.Find(dkey)) && !meta->collection) {
+  } else if (!staged && (meta = shard_->meta_cache_.Find(dkey, hash)) && !meta->collection) {
     old_exists = meta->exists;  // a blind write needs only this, not the value
     old_exp = meta->expire_at_ms;
   } else {
@@ -357,7 +352,23 @@ Status ApplyTxn::Delete(uint16_t db, std::string_view key, bool* existed) {
 }
 
 void ApplyTxn::PublishTo(KeyMetaCache* cache) const {
-  staged_.ForEach([cache](const StagedValues::Item& item) { cache->Set(item.key, MetaOf(item.raw)); });
+  // After the round's storage write (its memtable inserts) the table's
+  // slots are out of the CPU's cache again: they are fetched ahead, as in
+  // StageBatch. Items keep their keys' hashes (the same hash).
+  constexpr size_t kAhead = 4;
+  const size_t n = staged_.size();
+  const bool prefetching = n > 1 && !cache->empty();
+  if (prefetching) {
+    for (size_t j = 0; j < std::min(n, kAhead); ++j) cache->PrefetchSlot(staged_.Nth(j).hash);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (prefetching) {
+      if (i + kAhead < n) cache->PrefetchSlot(staged_.Nth(i + kAhead).hash);
+      if (i + kAhead / 2 < n) cache->PrefetchKey(staged_.Nth(i + kAhead / 2).hash);
+    }
+    const StagedValues::Item& item = staged_.Nth(i);
+    cache->Set(item.key, item.hash, MetaOf(item.raw));
+  }
 }
 
 Status ApplyTxn::DropElementsOf(uint16_t db, std::string_view key, const std::string& old) {
@@ -960,21 +971,26 @@ Status Shard::StageBatch(std::span<const Entry> entries, std::span<const ApplyFn
   Status s;
   uint64_t last_index = 0, place = 0;
   // A write's apply looks its key up in the key metadata cache, a cache
-  // miss or two each (its slot, then its bytes): they are fetched ahead.
-  auto prefetch = [&](size_t j, bool key_bytes) {
-    if (j >= entries.size()) return;
-    if (std::optional<std::string_view> key = EntryKey(entries[j])) {
-      meta_cache_.Prefetch(entries[j].db, *key, key_bytes);
-    }
-  };
+  // miss or two each (its slot, then its bytes): they are fetched ahead,
+  // each key hashed once for both.
   constexpr size_t kAhead = 4;
-  if (entries.size() > 1) {
-    for (size_t j = 0; j < kAhead; ++j) prefetch(j, false);
+  uint64_t ahead[kAhead] = {};  // entry j's key hash at j % kAhead (0: none)
+  auto prefetch_slot = [&](size_t j) {
+    if (j >= entries.size()) return;
+    std::optional<std::string_view> key = EntryKey(entries[j]);
+    ahead[j % kAhead] = key ? KeyMetaCache::DataKeyHash(entries[j].db, *key) : 0;
+    if (key) meta_cache_.PrefetchSlot(ahead[j % kAhead]);
+  };
+  const bool prefetching = entries.size() > 1 && !meta_cache_.empty();
+  if (prefetching) {
+    for (size_t j = 0; j < kAhead; ++j) prefetch_slot(j);
   }
   for (size_t i = 0; i < entries.size() && s.ok(); ++i) {
-    if (entries.size() > 1) {
-      prefetch(i + kAhead, false);
-      prefetch(i + kAhead / 2, true);
+    if (prefetching) {
+      if (i + kAhead / 2 < entries.size() && ahead[(i + kAhead / 2) % kAhead] != 0) {
+        meta_cache_.PrefetchKey(ahead[(i + kAhead / 2) % kAhead]);
+      }
+      prefetch_slot(i + kAhead);  // after its ring place was read (i % kAhead)
     }
     txn->set_now_ms(entries[i].now_ms);
     // The log entry that carries it (without one: as if one each), and its

@@ -104,14 +104,23 @@ class KeyMetaCache {
   ~KeyMetaCache();
   KeyMetaCache(const KeyMetaCache&) = delete;
   KeyMetaCache& operator=(const KeyMetaCache&) = delete;
-  std::optional<Meta> Find(std::string_view dkey) const;
-  void Set(std::string_view dkey, Meta meta);
-  // Starts loading into the CPU's cache what a Find of the data key of
-  // (db, key) will read, a few applies ahead of it: its slot, or (once the
-  // slot is there, `key_bytes`) the key it compares. Changes nothing.
-  void Prefetch(uint16_t db, std::string_view key, bool key_bytes) const;
-  // Starts loading the table slot where a Find of dkey begins. Changes nothing.
-  void PrefetchSlot(std::string_view dkey) const;
+  // A data key's hash as the calls below take it: StagedValues::Hash, so
+  // that an apply's lookups and ApplyTxn::PublishTo use the hashes its
+  // staged values keep instead of hashing the key again.
+  static uint64_t Hash(std::string_view dkey) { return StagedValues::Hash(dkey); }
+  // The hash of the data key of (db, key), made without an allocation.
+  static uint64_t DataKeyHash(uint16_t db, std::string_view key);
+  std::optional<Meta> Find(std::string_view dkey) const { return Find(dkey, Hash(dkey)); }
+  std::optional<Meta> Find(std::string_view dkey, uint64_t hash) const;
+  void Set(std::string_view dkey, Meta meta) { Set(dkey, Hash(dkey), meta); }
+  void Set(std::string_view dkey, uint64_t hash, Meta meta);
+  // Start loading into the CPU's cache what a Find or Set of the key with
+  // this hash reads, a few keys ahead of it: the table slot where its
+  // search begins, then (once that slot is there) the key bytes it
+  // compares. Change nothing.
+  void PrefetchSlot(uint64_t hash) const;
+  void PrefetchKey(uint64_t hash) const;
+  void PrefetchSlot(std::string_view dkey) const { PrefetchSlot(Hash(dkey)); }
   // Forgets every key and gives back the table's memory.
   void Clear();
   // Clears, and stops drawing on the budget for good (a retired shard's
@@ -122,6 +131,7 @@ class KeyMetaCache {
   // blind writes the read (the budget goes to the shards this node leads).
   void SetActive(bool active);
   size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
   size_t bytes() const { return bytes_; }
 
  private:
@@ -135,9 +145,11 @@ class KeyMetaCache {
     uint16_t key_len = 0;
     uint8_t flags = 0;  // 1: exists, 2: collection
   };
-  static uint64_t HashOf(std::string_view dkey);
-  // The slot holding dkey, or the empty one where it would go.
-  size_t Probe(std::string_view dkey, uint64_t hash) const;
+  // What a slot holds of a key's Hash (never 0, which marks an empty slot).
+  static uint64_t Stored(uint64_t hash) { return hash == 0 ? 1 : hash; }
+  // The slot holding dkey (`stored`: Stored(its hash)), or the empty one
+  // where it would go.
+  size_t Probe(std::string_view dkey, uint64_t stored) const;
   void Grow();
   // Whether a new key may be added (after a start over where this cache
   // holds its share of a spent budget).

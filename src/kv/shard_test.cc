@@ -435,6 +435,40 @@ TEST(Shard, BlindWritesKeepCountersAndExpiryIndexExact) {
   EXPECT_EQ(h.Run({"get", "k"}), "$2\r\nv4\r\n");
 }
 
+TEST(Shard, ABatchPublishesEveryKeysStateToTheMetadataCache) {
+  // A batch long enough for the cache's look-ahead, with keys the
+  // allocation-free hash does not take (over 60 bytes) and one key twice.
+  ShardHarness h("publish");
+  auto key = [](int i) { return (i % 7 == 0 ? std::string(70, 'L') : std::string("key:")) + std::to_string(i); };
+  std::vector<Entry> first;
+  for (int i = 0; i < 40; ++i) {
+    first.push_back(i % 3 == 0 ? EntryOf({"set", key(i), "v", "px", "100000"}, h.now_ms)
+                               : EntryOf({"set", key(i), "v"}, h.now_ms));
+  }
+  first.push_back(EntryOf({"set", key(5), "again", "px", "100000"}, h.now_ms));  // 5 now expires
+  std::vector<ApplyFn> fns;
+  for (const Entry& e : first) fns.push_back(FindApply(e.op));
+  std::string replies;
+  resp::Writer w(&replies);
+  ASSERT_TRUE(h.shard().ApplyBatch(first, fns, Limits{}, &w).ok());
+  EXPECT_EQ(h.shard().meta_cache_size(), 40u);
+  for (int i = 0; i < 40; ++i) {
+    std::optional<KeyMetaCache::Meta> meta = h.shard().CommittedMeta(0, key(i));
+    ASSERT_TRUE(meta.has_value()) << i;
+    EXPECT_TRUE(meta->exists) << i;
+    EXPECT_EQ(meta->expire_at_ms != 0, i % 3 == 0 || i == 5) << i;
+  }
+  EXPECT_EQ(h.shard().meta_cache_size(), 40u);  // every answer above came from the cache
+  // A second batch writes blind on what the first published: the counters
+  // and the expiry index stay exact.
+  std::vector<Entry> second;
+  for (int i = 0; i < 40; ++i) second.push_back(EntryOf({"set", key(i), "w"}, h.now_ms));
+  ASSERT_TRUE(h.shard().ApplyBatch(second, std::span<const ApplyFn>(fns).first(second.size()), Limits{}, &w).ok());
+  EXPECT_EQ(h.Run({"dbsize"}), ":40\r\n");
+  EXPECT_EQ(h.shard().ExpiresCount(0), 0);
+  EXPECT_EQ(h.Run({"get", key(7)}), "$1\r\nw\r\n");
+}
+
 TEST(Shard, ScanVisitsEveryKeyOnce) {
   ShardHarness h("scan");
   for (int i = 0; i < 300; ++i) h.Run({"set", "key:" + std::to_string(i), "v"});
@@ -1543,6 +1577,38 @@ TEST(KeyMetaCacheTest, FindsWhatWasSetWithinItsBound) {
   EXPECT_FALSE(tiny.Find(std::string(200, 'y')).has_value());
   EXPECT_EQ(tiny.Find("a")->expire_at_ms, 3);
   EXPECT_EQ(tiny.bytes(), 1 + KeyMetaBudget::kEntryBytes);
+}
+
+TEST(KeyMetaCacheTest, HashedCallsAgreeWithTheirKeys) {
+  // The data key's hash made without an allocation is its Hash, for short
+  // keys and long ones (which take the allocating path).
+  for (const std::string& key : {std::string("a"), std::string("{tag}k:1"), std::string(60, 'z'), std::string(61, 'z'),
+                                 std::string(300, 'q')}) {
+    for (uint16_t db : {0, 3, 300}) {
+      EXPECT_EQ(KeyMetaCache::DataKeyHash(db, key), KeyMetaCache::Hash(storage::DataKey(db, key))) << key.size();
+    }
+  }
+  KeyMetaCache cache(1000 * kMetaCharge9);
+  cache.PrefetchSlot(KeyMetaCache::Hash("x"));  // empty: nothing to fetch (a sanitizer build checks the reads)
+  cache.PrefetchKey(KeyMetaCache::Hash("x"));
+  for (int i = 0; i < 500; ++i) {
+    const std::string k = MetaKey9(i);
+    if (i % 2 == 0) {
+      cache.Set(k, KeyMetaCache::Hash(k), {true, i, false});
+    } else {
+      cache.Set(k, {true, i, false});
+    }
+  }
+  for (int i = 0; i < 500; ++i) {
+    const std::string k = MetaKey9(i);
+    cache.PrefetchSlot(KeyMetaCache::Hash(k));
+    cache.PrefetchKey(KeyMetaCache::Hash(k));
+    ASSERT_TRUE(cache.Find(k, KeyMetaCache::Hash(k)).has_value()) << i;
+    EXPECT_EQ(cache.Find(k, KeyMetaCache::Hash(k))->expire_at_ms, i);
+    EXPECT_EQ(cache.Find(k)->expire_at_ms, i);
+  }
+  EXPECT_EQ(cache.size(), 500u);
+  EXPECT_FALSE(cache.Find("absent", KeyMetaCache::Hash("absent")).has_value());
 }
 
 TEST(KeyMetaCacheTest, ShardsShareOneBudgetAndTheWrittenOnesGetIt) {

@@ -16,8 +16,6 @@ bool SameHash(uint64_t slot, uint64_t hash) { return (slot >> 32) == (hash & 0xf
 
 }  // namespace
 
-uint64_t StagedValues::Hash(std::string_view key) { return std::hash<std::string_view>{}(key); }
-
 StagedValues::Item* StagedValues::Find(std::string_view key, uint64_t hash) {
   if (table_.empty()) {
     for (size_t i = 0; i < size_; ++i) {

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,7 +35,7 @@ class StagedValues {
 
   // A key's hash, for the calls below that take one (a caller that looks a
   // key up and then stages it hashes it once).
-  static uint64_t Hash(std::string_view key);
+  static uint64_t Hash(std::string_view key) { return std::hash<std::string_view>{}(key); }
   // The item of key, or null.
   Item* Find(std::string_view key, uint64_t hash);
   Item* Find(std::string_view key) { return Find(key, Hash(key)); }
@@ -46,6 +47,8 @@ class StagedValues {
   // database: its staged values before the flush no longer count).
   void Clear();
 
+  // The i-th item made (i < size()).
+  const Item& Nth(size_t i) const { return At(i); }
   // Calls fn(const Item&) for every item, in the order they were made.
   template <typename Fn>
   void ForEach(Fn&& fn) const {
