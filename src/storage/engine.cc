@@ -213,14 +213,19 @@ class RocksEngine final : public Engine {
 
   Status Get(Cf cf, std::string_view key, std::string* value, const Snapshot* snapshot, ReadVia via) override {
     if (!ViaValueCache(cf, snapshot, via)) return StoreGet(cf, key, value, snapshot);
-    if (values_->Find(key, value)) {
+    bool absent = false;
+    if (values_->Find(key, value, &absent)) {
       values_->Count(1, 0);
-      return Status::Ok();
+      return absent ? Status::NotFound("") : Status::Ok();
     }
     values_->Count(0, 1);
     const ValueCache::Ticket ticket = values_->BeginRead(key);
     Status s = StoreGet(cf, key, value, nullptr);
-    if (s.ok()) values_->Fill(ticket, key, *value);
+    if (s.ok()) {
+      values_->Fill(ticket, key, *value);
+    } else if (s.code() == Code::kNotFound) {
+      values_->FillAbsent(ticket, key);
+    }
     return s;
   }
 
@@ -244,8 +249,9 @@ class RocksEngine final : public Engine {
     missed_keys.clear();
     for (size_t i = 0; i < keys.size(); ++i) {
       tickets.push_back(values_->BeginRead(keys[i]));
-      if (values_->Find(tickets.back(), keys[i], &values[i])) {
-        statuses[i] = Status::Ok();
+      bool absent = false;
+      if (values_->Find(tickets.back(), keys[i], &values[i], &absent)) {
+        statuses[i] = absent ? Status::NotFound("") : Status::Ok();
       } else {
         missed.push_back(i);
       }
@@ -270,7 +276,11 @@ class RocksEngine final : public Engine {
       const size_t i = missed[j];
       values[i].swap(missed_values[j]);
       statuses[i] = std::move(missed_statuses[j]);
-      if (statuses[i].ok()) values_->Fill(tickets[i], keys[i], values[i]);
+      if (statuses[i].ok()) {
+        values_->Fill(tickets[i], keys[i], values[i]);
+      } else if (statuses[i].code() == Code::kNotFound) {
+        values_->FillAbsent(tickets[i], keys[i]);
+      }
     }
   }
 

@@ -17,6 +17,7 @@ struct ValueCache::Entry {
   uint32_t key_size;
   uint32_t value_size;
   bool referenced;  // CLOCK's bit: found since the hand last passed
+  bool absent;      // the key has no value in the store (value_size 0)
   char* bytes() { return reinterpret_cast<char*>(this + 1); }
   std::string_view key() { return {bytes(), key_size}; }
   std::string_view value() { return {bytes() + key_size, value_size}; }
@@ -170,16 +171,16 @@ void ValueCache::Clear(Stripe& s) {
   s.bytes = 0;
 }
 
-bool ValueCache::Find(std::string_view key, std::string* value) {
+bool ValueCache::Find(std::string_view key, std::string* value, bool* absent) {
   if (!Cacheable(key)) return false;
   Ticket t;
   t.cacheable = true;
   t.hash = HashOf(key);
   t.stripe = StripeOf(t.hash);
-  return Find(t, key, value);
+  return Find(t, key, value, absent);
 }
 
-bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* value) {
+bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* value, bool* absent) {
   if (!ticket.cacheable) return false;
   const uint64_t hash = ticket.hash;
   Stripe& s = stripes_[ticket.stripe];
@@ -189,9 +190,14 @@ bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* v
   // Writes of the key (range writes included) erase it under this lock
   // before they change the store: an entry found here is the store's value
   // at least until this load.
-  if (e == nullptr) return false;
+  if (e == nullptr || (e->absent && absent == nullptr)) return false;
   e->referenced = true;
-  value->assign(e->value());
+  if (e->absent) {
+    *absent = true;
+  } else {
+    if (absent != nullptr) *absent = false;
+    value->assign(e->value());
+  }
   return true;
 }
 
@@ -212,6 +218,12 @@ bool ValueCache::Unchanged(const Ticket& ticket) const {
 }
 
 void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_view value) {
+  Insert(ticket, key, value, /*absent=*/false);
+}
+
+void ValueCache::FillAbsent(const Ticket& ticket, std::string_view key) { Insert(ticket, key, {}, /*absent=*/true); }
+
+void ValueCache::Insert(const Ticket& ticket, std::string_view key, std::string_view value, bool absent) {
   if (!ticket.cacheable || (ticket.state >> kWritingShift) != 0 || value.size() > kValueBytesMax) return;
   SHOAL_CHECK(Cacheable(key));
   // Made before the lock is taken; freed unused if the fill is late.
@@ -220,8 +232,9 @@ void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_vi
   e->key_size = static_cast<uint32_t>(key.size());
   e->value_size = static_cast<uint32_t>(value.size());
   e->referenced = false;
+  e->absent = absent;
   std::memcpy(e->bytes(), key.data(), key.size());
-  std::memcpy(e->bytes() + key.size(), value.data(), value.size());
+  if (!value.empty()) std::memcpy(e->bytes() + key.size(), value.data(), value.size());
   const size_t charge = ChargeOf(e);
   Stripe& s = stripes_[ticket.stripe];
   {
@@ -234,7 +247,11 @@ void ValueCache::Fill(const Ticket& ticket, std::string_view key, std::string_vi
         const size_t i = Probe(s, ticket.hash, key);
         if (s.slots[i].entry != nullptr) RemoveAt(s, i);  // filled meanwhile
       }
-      if (MakeRoom(s, charge)) {
+      // An absence takes only room that is free: values are never evicted
+      // for one (GETs of many keys that do not exist would push out the
+      // values clients read); the hand evicts absences as it does values.
+      const bool fits = !absent || s.bytes + charge + GrowthFor(s) <= stripe_bytes_max_;
+      if (fits && MakeRoom(s, charge)) {
         s.slots[Probe(s, ticket.hash, key)] = Slot{ticket.hash, e};
         ++s.count;
         s.bytes += charge;

@@ -4,8 +4,12 @@
 // GET's hit where redis-server spends 1.0). docs/design/storage.md, "The
 // value cache", gives the protocol and why it is linearizable.
 //
-// The invariant: an entry the cache holds for a key is the key's value in
-// the store at every moment a lookup can find it. Writers keep it:
+// An entry is a key's value, or that the key has none (an absence: a GET of
+// a key that does not exist is answered without the store's searches too;
+// absences take only free room, never evicting a value).
+//
+// The invariant: an entry the cache holds for a key is the key's value (or
+// absence) in the store at every moment a lookup can find it. Writers keep it:
 // - a write of a key erases the key's entry before the store changes, and
 //   no read may add an entry for it while the write is in flight (its
 //   stripe's count of writes in flight) or if a write of its stripe began
@@ -57,8 +61,10 @@ class ValueCache {
   }
 
   // The value cached for `key` into *value; false if none (or the key is
-  // not Cacheable).
-  bool Find(std::string_view key, std::string* value);
+  // not Cacheable). The cache also keeps that a key is absent (FillAbsent):
+  // with `absent`, such an entry is found (true, *absent set, *value left
+  // as it was); without, it reads as none.
+  bool Find(std::string_view key, std::string* value, bool* absent = nullptr);
 
   // Taken before a read of `key` (a lookup, or the store): the state of
   // its stripe. Lock-free.
@@ -70,7 +76,7 @@ class ValueCache {
   };
   Ticket BeginRead(std::string_view key) const;
   // Find, for a key whose ticket was just taken (its hash reused).
-  bool Find(const Ticket& ticket, std::string_view key, std::string* value);
+  bool Find(const Ticket& ticket, std::string_view key, std::string* value, bool* absent = nullptr);
   // Whether no write of the ticket's stripe (range writes included) was in
   // flight when it was taken or has begun since: a value read after the
   // ticket is still the store's.
@@ -78,6 +84,11 @@ class ValueCache {
   // Adds what a read of the store found after `ticket`, if Unchanged (under
   // the stripe's lock).
   void Fill(const Ticket& ticket, std::string_view key, std::string_view value);
+  // As Fill, for a read of the store that found no value for `key`: its
+  // absence is kept as an entry (GETs of keys that do not exist skip the
+  // store's memtable, filter and index searches as hits do). Writers erase
+  // it as they erase a value.
+  void FillAbsent(const Ticket& ticket, std::string_view key);
 
   // Writers, around their write to the store: BeginWrite before it (erases
   // the entries of `keys`, and of every key in `ranges`), EndWrite after
@@ -167,6 +178,7 @@ class ValueCache {
   void Grow(Stripe& s);
   void Clear(Stripe& s);
   static size_t ChargeOf(const Entry* e);
+  void Insert(const Ticket& ticket, std::string_view key, std::string_view value, bool absent);
 
   const size_t capacity_;
   const uint32_t stripe_count_;    // a power of two

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -38,6 +39,52 @@ TEST(ValueCache, KeepsWhatAReadFoundUntilAWriteOfItsKey) {
   cache.EndWrite(&w);
   ASSERT_TRUE(cache.Find("k2", &v));
   EXPECT_EQ(v, "v2");
+}
+
+TEST(ValueCache, KeepsThatAKeyIsAbsentUntilAWriteOfIt) {
+  ValueCache cache(1 << 20);
+  ValueCache::Writing w;
+  std::string v = "untouched";
+  bool absent = false;
+  auto t = cache.BeginRead("k1");
+  cache.FillAbsent(t, "k1");
+  EXPECT_FALSE(cache.Find("k1", &v));  // a caller that cannot take an absence sees none
+  ASSERT_TRUE(cache.Find("k1", &v, &absent));
+  EXPECT_TRUE(absent);
+  EXPECT_EQ(v, "untouched");
+  EXPECT_GT(cache.usage(), 0u);
+  // A write of the key forgets its absence before the store changes.
+  const std::string_view keys[] = {"k1"};
+  cache.BeginWrite(keys, {}, false, &w);
+  EXPECT_FALSE(cache.Find("k1", &v, &absent));
+  cache.EndWrite(&w);
+  EXPECT_EQ(cache.usage(), 0u);
+  // An absence read before a write began is not kept.
+  auto before = cache.BeginRead("k1");
+  cache.BeginWrite(keys, {}, false, &w);
+  cache.EndWrite(&w);
+  cache.FillAbsent(before, "k1");
+  EXPECT_FALSE(cache.Find("k1", &v, &absent));
+  // A value read later takes the absence's place, and the other way round.
+  auto t2 = cache.BeginRead("k1");
+  cache.FillAbsent(t2, "k1");
+  cache.Fill(cache.BeginRead("k1"), "k1", "v1");
+  ASSERT_TRUE(cache.Find("k1", &v, &absent));
+  EXPECT_FALSE(absent);
+  EXPECT_EQ(v, "v1");
+  cache.FillAbsent(cache.BeginRead("k1"), "k1");
+  ASSERT_TRUE(cache.Find("k1", &v, &absent));
+  EXPECT_TRUE(absent);
+  // A range write forgets the absences inside it and keeps the rest.
+  cache.FillAbsent(cache.BeginRead("a5"), "a5");
+  cache.FillAbsent(cache.BeginRead("b5"), "b5");
+  const ValueCache::Range range{"a", "b"};
+  cache.BeginWrite({}, std::span(&range, 1), false, &w);
+  cache.EndWrite(&w);
+  EXPECT_FALSE(cache.Find("a5", &v, &absent));
+  EXPECT_TRUE(cache.Find("b5", &v, &absent));
+  EXPECT_TRUE(absent);
+  EXPECT_TRUE(cache.ConsistentForTest());
 }
 
 TEST(ValueCache, AReadThatAWriteOverlapsDoesNotFill) {
@@ -176,36 +223,55 @@ TEST(ValueCache, ARangeOfElementsOnlyLeavesTheCacheBe) {
 }
 
 // Random fills, writes and range writes against a model of the store: a
-// hit is always the model's value, through eviction and range writes.
+// hit is always the model's value, or its absence, through eviction and
+// range writes.
 TEST(ValueCache, HitsAreTheLatestValueUnderRandomOperations) {
   ValueCache cache(64 << 10);  // eviction all the time
   ValueCache::Writing w;
-  std::map<std::string, std::string> model;
+  std::map<std::string, std::optional<std::string>> model;  // nullopt (or not in it): absent
   std::mt19937_64 rng(7);
-  int hits = 0;
+  int hits = 0, absent_hits = 0;
   for (int step = 0; step < 200000; ++step) {
     const std::string key = "k" + std::to_string(rng() % 3000);
     const uint64_t op = rng() % 100;
     std::string v;
+    bool absent = false;
     if (op < 50) {
-      if (cache.Find(key, &v)) {
-        ASSERT_EQ(v, model[key]) << key << " at step " << step;
-        ++hits;
+      const std::optional<std::string> stored = model.contains(key) ? model[key] : std::nullopt;
+      if (cache.Find(key, &v, &absent)) {
+        if (absent) {
+          ASSERT_FALSE(stored.has_value()) << key << " at step " << step;
+          ++absent_hits;
+        } else {
+          ASSERT_TRUE(stored.has_value()) << key << " at step " << step;
+          ASSERT_EQ(v, *stored) << key << " at step " << step;
+          ++hits;
+        }
       } else {
         auto t = cache.BeginRead(key);
-        cache.Fill(t, key, model[key]);
+        if (stored) {
+          cache.Fill(t, key, *stored);
+        } else {
+          cache.FillAbsent(t, key);
+        }
       }
     } else if (op < 97) {
       const std::string_view keys[] = {key};
       cache.BeginWrite(keys, {}, false, &w);
-      model[key] = std::to_string(step) + std::string(rng() % 40, 'v');
+      if (op < 85) {
+        model[key] = std::to_string(step) + std::string(rng() % 40, 'v');
+      } else {
+        model[key] = std::nullopt;  // deleted
+      }
       cache.EndWrite(&w);
     } else if (op < 99) {
-      // A range of keys: "k1" up to "k2" holds k1, k10.., k100.., k1000...
+      // A range of keys: "k1" up to "k2" holds k1, k10.., k100.., k1000...:
+      // written, or deleted.
       const ValueCache::Range ranges[] = {{"k1", "k2"}};
+      const bool del = step % 2 == 0;
       cache.BeginWrite({}, ranges, false, &w);
-      for (auto& [k, val] : model) {
-        if (k >= "k1" && k < "k2") val = "r" + std::to_string(step);
+      for (auto& [k, val] : model) {  // a key not in the model stays absent
+        if (k >= "k1" && k < "k2") val = del ? std::nullopt : std::optional<std::string>("r" + std::to_string(step));
       }
       cache.EndWrite(&w);
     } else {
@@ -219,7 +285,42 @@ TEST(ValueCache, HitsAreTheLatestValueUnderRandomOperations) {
   }
   EXPECT_TRUE(cache.ConsistentForTest());
   EXPECT_GT(hits, 1000);
+  EXPECT_GT(absent_hits, 20);  // few: a full cache takes an absence only where a removal left room
   EXPECT_LE(cache.usage(), cache.capacity());
+}
+
+// Absences take free room only: a stripe full of values keeps them.
+TEST(ValueCache, AnAbsenceNeverEvictsAValue) {
+  ValueCache cache(64 << 10);  // 64 stripes of 1 KiB
+  std::string v;
+  bool absent = false;
+  // Values until nothing more fits without eviction, each found since.
+  std::vector<std::string> keys;
+  for (int i = 0; i < 2000; ++i) {
+    const std::string k = "v" + std::to_string(i);
+    cache.Fill(cache.BeginRead(k), k, std::string(100, 'x'));
+    keys.push_back(k);
+  }
+  for (const std::string& k : keys) cache.Find(k, &v);  // every CLOCK bit set where kept
+  const size_t usage = cache.usage();
+  size_t kept = 0;
+  for (const std::string& k : keys) kept += cache.Find(k, &v) ? 1 : 0;
+  ASSERT_GT(kept, 100u);
+  for (int i = 0; i < 5000; ++i) {
+    const std::string k = "absent" + std::to_string(i);
+    cache.FillAbsent(cache.BeginRead(k), k);
+  }
+  size_t still = 0;
+  for (const std::string& k : keys) still += cache.Find(k, &v) ? 1 : 0;
+  EXPECT_EQ(still, kept);  // no value went for an absence
+  EXPECT_LE(cache.usage(), cache.capacity());
+  EXPECT_GE(cache.usage(), usage);
+  // With room free again, absences are kept.
+  ValueCache roomy(1 << 20);
+  roomy.FillAbsent(roomy.BeginRead("a"), "a");
+  EXPECT_TRUE(roomy.Find("a", &v, &absent));
+  EXPECT_TRUE(absent);
+  EXPECT_TRUE(cache.ConsistentForTest());
 }
 
 // The engine's cache at the smallest budget (maxmemory 32mb: 2 MiB).
@@ -385,6 +486,62 @@ TEST_F(ValueCacheEngineTest, ReadsSeeEveryKindOfWrite) {
   engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
   EXPECT_EQ(values[0], "7");
   EXPECT_TRUE(statuses[0].ok());
+}
+
+// A read that finds no value keeps the key's absence: the next read of it
+// is a hit and says NotFound, until a write of the key.
+TEST_F(ValueCacheEngineTest, AKeyFoundAbsentIsAHitUntilItIsWritten) {
+  EXPECT_EQ(Cached("sl07a"), "");
+  EXPECT_EQ(Cached("sl07a"), "");
+  MemoryUsage m = engine_->Memory();
+  EXPECT_EQ(m.value_cache_misses, 1u);
+  EXPECT_EQ(m.value_cache_hits, 1u);
+  Put("sl07a", "1");
+  EXPECT_EQ(Cached("sl07a"), "1");
+  // In a MultiGet: the absence found by the first is a hit in the second.
+  std::vector<std::string_view> keys = {"sl07a", "sl07b", "sl07c"};
+  std::vector<std::string> values(keys.size());
+  std::vector<Status> statuses(keys.size());
+  engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
+  EXPECT_TRUE(statuses[0].ok());
+  EXPECT_EQ(statuses[1].code(), Code::kNotFound);
+  EXPECT_EQ(statuses[2].code(), Code::kNotFound);
+  const uint64_t hits = engine_->Memory().value_cache_hits;
+  engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 3);
+  EXPECT_EQ(statuses[1].code(), Code::kNotFound);
+  Put("sl07b", "2");
+  auto b = engine_->NewBatch();
+  b->DeleteRange(Cf::kData, "sl07a", "sl07b");
+  ASSERT_TRUE(engine_->Write(*b).ok());
+  engine_->MultiGet(Cf::kData, keys, values, statuses, nullptr, ReadVia::kCache);
+  EXPECT_EQ(statuses[0].code(), Code::kNotFound);
+  ASSERT_TRUE(statuses[1].ok());
+  EXPECT_EQ(values[1], "2");
+  EXPECT_EQ(statuses[2].code(), Code::kNotFound);
+  // A store read (no cache) agrees.
+  std::string v;
+  EXPECT_EQ(engine_->Get(Cf::kData, "sl07b", &v).code(), Code::kOk);
+  EXPECT_EQ(v, "2");
+}
+
+// A file ingested over keys whose absence is cached makes their values
+// visible: the absences inside its range are erased.
+TEST_F(ValueCacheEngineTest, AnIngestedFileReplacesTheAbsencesInsideItsRange) {
+  EXPECT_EQ(Cached("sl08m"), "");
+  EXPECT_EQ(Cached("sl08m"), "");  // a hit: the absence is cached
+  EXPECT_EQ(Cached("sl09a"), "");  // outside the file's range
+  const uint64_t hits = engine_->Memory().value_cache_hits;
+  const std::string sst = (dir_ / "in8.sst").string();
+  auto file = engine_->NewSstWriter(Cf::kData, sst);
+  ASSERT_TRUE(file->Put("sl08a", "a").ok());
+  ASSERT_TRUE(file->Put("sl08m", "m").ok());
+  ASSERT_TRUE(file->Put("sl08z", "z").ok());
+  ASSERT_TRUE(file->Finish().ok());
+  ASSERT_TRUE(engine_->IngestSst(Cf::kData, sst, /*verify=*/false).ok());
+  EXPECT_EQ(Cached("sl08m"), "m");
+  EXPECT_EQ(Cached("sl09a"), "");
+  EXPECT_EQ(engine_->Memory().value_cache_hits, hits + 1);  // sl09a's absence stayed
 }
 
 // Range writes (a range deletion, an ingested file) forget what lies inside
