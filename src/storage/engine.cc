@@ -247,10 +247,14 @@ class RocksEngine final : public Engine {
     tickets.clear();
     missed.clear();
     missed_keys.clear();
+    // Every ticket is taken before the first lookup (earlier than needed:
+    // a write after it can only fail more hits' Unchanged), so that the
+    // lookups' cache misses are fetched together first.
+    for (size_t i = 0; i < keys.size(); ++i) tickets.push_back(values_->BeginRead(keys[i]));
+    if (keys.size() > 1) values_->Prefetch(tickets);
     for (size_t i = 0; i < keys.size(); ++i) {
-      tickets.push_back(values_->BeginRead(keys[i]));
       bool absent = false;
-      if (values_->Find(tickets.back(), keys[i], &values[i], &absent)) {
+      if (values_->Find(tickets[i], keys[i], &values[i], &absent)) {
         statuses[i] = absent ? Status::NotFound("") : Status::Ok();
       } else {
         missed.push_back(i);

@@ -201,6 +201,30 @@ bool ValueCache::Find(const Ticket& ticket, std::string_view key, std::string* v
   return true;
 }
 
+void ValueCache::Prefetch(std::span<const Ticket> tickets) {
+  // Two passes: the entries' addresses are in the slots the first fetches.
+  // Each look holds the stripe's lock (the table may be replaced).
+  for (const Ticket& t : tickets) {
+    if (!t.cacheable) continue;
+    Stripe& s = stripes_[t.stripe];
+    Locked locked(s);
+    if (s.slots) __builtin_prefetch(&s.slots[(t.hash >> kHomeShift) & s.mask]);
+  }
+  for (const Ticket& t : tickets) {
+    if (!t.cacheable) continue;
+    Stripe& s = stripes_[t.stripe];
+    Locked locked(s);
+    if (!s.slots) continue;
+    const Slot& slot = s.slots[(t.hash >> kHomeShift) & s.mask];
+    if (slot.entry != nullptr && slot.hash == t.hash) {
+      // The header and key, and a small value's bytes after them.
+      __builtin_prefetch(slot.entry);
+      __builtin_prefetch(reinterpret_cast<const char*>(slot.entry) + 64);
+      __builtin_prefetch(reinterpret_cast<const char*>(slot.entry) + 128);
+    }
+  }
+}
+
 ValueCache::Ticket ValueCache::BeginRead(std::string_view key) const {
   Ticket t;
   if (!Cacheable(key)) return t;

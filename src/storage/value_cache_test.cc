@@ -87,6 +87,41 @@ TEST(ValueCache, KeepsThatAKeyIsAbsentUntilAWriteOfIt) {
   EXPECT_TRUE(cache.ConsistentForTest());
 }
 
+TEST(ValueCache, PrefetchChangesNothing) {
+  ValueCache cache(1 << 20);
+  std::vector<ValueCache::Ticket> tickets;
+  const std::string long_key(ValueCache::kKeyBytesMax + 1, 'L');  // not cacheable
+  tickets.push_back(cache.BeginRead("p0"));
+  tickets.push_back(cache.BeginRead(long_key));
+  cache.Prefetch(tickets);  // every stripe empty, no table
+  for (int i = 0; i < 100; ++i) {
+    const std::string k = "p" + std::to_string(i);
+    if (i % 3 == 0) {
+      cache.FillAbsent(cache.BeginRead(k), k);
+    } else {
+      cache.Fill(cache.BeginRead(k), k, "v" + std::to_string(i));
+    }
+  }
+  const size_t usage = cache.usage();
+  tickets.clear();
+  for (int i = 0; i < 120; ++i) tickets.push_back(cache.BeginRead("p" + std::to_string(i)));
+  tickets.push_back(cache.BeginRead(long_key));
+  cache.Prefetch(tickets);
+  EXPECT_EQ(cache.usage(), usage);
+  for (int i = 0; i < 120; ++i) {
+    std::string v;
+    bool absent = false;
+    const bool found = cache.Find(tickets[i], "p" + std::to_string(i), &v, &absent);
+    EXPECT_EQ(found, i < 100) << i;
+    if (found) {
+      EXPECT_EQ(absent, i % 3 == 0) << i;
+      EXPECT_EQ(v, absent ? "" : "v" + std::to_string(i)) << i;
+    }
+    EXPECT_TRUE(cache.Unchanged(tickets[i]));
+  }
+  EXPECT_TRUE(cache.ConsistentForTest());
+}
+
 TEST(ValueCache, AReadThatAWriteOverlapsDoesNotFill) {
   ValueCache cache(1 << 20);
   ValueCache::Writing w;
