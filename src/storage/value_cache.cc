@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bitset>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -217,10 +218,11 @@ void ValueCache::Prefetch(std::span<const Ticket> tickets) {
     if (!s.slots) continue;
     const Slot& slot = s.slots[(t.hash >> kHomeShift) & s.mask];
     if (slot.entry != nullptr && slot.hash == t.hash) {
-      // The header and key, and a small value's bytes after them.
-      __builtin_prefetch(slot.entry);
-      __builtin_prefetch(reinterpret_cast<const char*>(slot.entry) + 64);
-      __builtin_prefetch(reinterpret_cast<const char*>(slot.entry) + 128);
+      // The header and key, and a small value's bytes after them (the
+      // lines may lie past a short entry's end: a prefetch never faults,
+      // and the addresses are made as integers, not as pointers past it).
+      const auto at = reinterpret_cast<uintptr_t>(slot.entry);
+      for (uintptr_t line = 0; line < 3; ++line) __builtin_prefetch(reinterpret_cast<const void*>(at + 64 * line));
     }
   }
 }
