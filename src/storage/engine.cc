@@ -221,11 +221,7 @@ class RocksEngine final : public Engine {
     values_->Count(0, 1);
     const ValueCache::Ticket ticket = values_->BeginRead(key);
     Status s = StoreGet(cf, key, value, nullptr);
-    if (s.ok()) {
-      values_->Fill(ticket, key, *value);
-    } else if (s.code() == Code::kNotFound) {
-      values_->FillAbsent(ticket, key);
-    }
+    FillFromStore(ticket, key, s, *value);
     return s;
   }
 
@@ -280,15 +276,22 @@ class RocksEngine final : public Engine {
       const size_t i = missed[j];
       values[i].swap(missed_values[j]);
       statuses[i] = std::move(missed_statuses[j]);
-      if (statuses[i].ok()) {
-        values_->Fill(tickets[i], keys[i], values[i]);
-      } else if (statuses[i].code() == Code::kNotFound) {
-        values_->FillAbsent(tickets[i], keys[i]);
-      }
+      FillFromStore(tickets[i], keys[i], statuses[i], values[i]);
     }
   }
 
  private:
+  // Adds what a read of the store after `ticket` found for key: its value,
+  // or its absence (an error adds nothing).
+  void FillFromStore(const ValueCache::Ticket& ticket, std::string_view key, const Status& s,
+                     std::string_view value) {
+    if (s.ok()) {
+      values_->Fill(ticket, key, value);
+    } else if (s.code() == Code::kNotFound) {
+      values_->FillAbsent(ticket, key);
+    }
+  }
+
   bool ViaValueCache(Cf cf, const Snapshot* snapshot, ReadVia via) const {
     return via == ReadVia::kCache && cf == Cf::kData && snapshot == nullptr && values_ != nullptr;
   }
