@@ -155,10 +155,13 @@ asio::awaitable<void> Connection::Run() {
       stats.net_input_bytes.Add(worker_.index(), n);
       last_active_ms_ = RealClock().NowUnixMs();
       size_t pos = 0;
-      bool reads_in_row = false;  // the command before was served by RunReadNow
+      bool reads_in_row = false;   // the command before was served by RunReadNow
+      bool writes_in_row = false;  // the command before was a queued write
       while (pos < rlen_ && !close_after_reply_ && !killed_) {
         if (!reads_in_row) read_clock_ = {};
         reads_in_row = false;
+        if (!writes_in_row) write_clock_ = {};
+        writes_in_row = false;
         size_t consumed = 0;
         auto st = parser_.Parse(rbuf_.data() + pos, rlen_ - pos, authenticated_, &args_, &consumed);
         if (st == resp::ParseStatus::kIncomplete) break;
@@ -218,7 +221,11 @@ asio::awaitable<void> Connection::Run() {
             resp::Writer errors(&error, protocol_);
             server_.stats().commands_processed.Add(worker_.index(), 1);
             last_command_ = cmd->spec.name;
-            if (!PrepareWrite(*cmd, args_, &entry, &errors)) {
+            if (write_clock_.unix_ms == 0 || write_clock_.writes >= kWritesPerClock) {
+              write_clock_ = WriteClock{RealClock().NowUnixMs(), 0};
+            }
+            ++write_clock_.writes;
+            if (!PrepareWrite(*cmd, args_, &entry, &errors, write_clock_.unix_ms)) {
               if (!queued_entries_.empty()) co_await FlushWrites();
               writer_.Raw(error);
               continue;
@@ -228,7 +235,11 @@ asio::awaitable<void> Connection::Run() {
             // and leadership moves on; a huge one's are not (TRYAGAIN then).
             std::string_view raw(rbuf_.data() + pos - consumed, consumed <= kRawKeptMax ? consumed : 0);
             QueueWrite(group, std::move(entry), *slot, raw);
-            if (WritesQueueFull()) co_await FlushWrites();
+            if (WritesQueueFull()) {
+              co_await FlushWrites();
+            } else {
+              writes_in_row = true;
+            }
             continue;
           }
           if (!queued_entries_.empty()) co_await FlushWrites();
