@@ -201,21 +201,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     int reads = 0;
   };
   ReadClock read_clock_;
-  // Writes queued one after another in one request buffer, with nothing
-  // between them that may wait or read, share one reading of the wall
-  // clock as their entries' now_ms (one reading a write was about 1% of a
-  // pipelined SET's CPU). Each of them arrived before the reading, and
-  // their entries apply in order in one round, as writes within one
-  // millisecond already share a reading; a read or an await between them
-  // (Run resets it) takes a new one, so that no write is judged by a time
-  // before a read this connection was served. At most kWritesPerClock
-  // share it.
-  static constexpr int kWritesPerClock = 64;
-  struct WriteClock {
-    int64_t unix_ms = 0;  // 0: not read yet
-    int writes = 0;
-  };
-  WriteClock write_clock_;
   // Routes and runs a command on keys (all in one slot); see Run().
   // `inner`: part of a command already counted (WATCH's reads of its keys,
   // a queued write run again): not counted again, nor shown as the
