@@ -105,14 +105,21 @@ void Groups::DeliverAll(std::vector<GroupMessage> msgs) {
     if (gm.group >= kMaxGroups) continue;
     per[static_cast<size_t>(WorkerOf(gm.group))].push_back(std::move(gm));
   }
+  // Every message of a worker is stepped before its round starts: a frame
+  // carries messages of many groups (heartbeats, one group's entries and
+  // another's acknowledgements), and they share one Ready round, one
+  // storage write and one frame to each peer.
   auto step = [this](std::vector<GroupMessage>& ms) {
     const int64_t now = MonoUs();
+    int w = -1;
     for (auto& gm : ms) {
       replica::Replica* r = Find(gm.group);
       if (r == nullptr) continue;  // not created here yet: the leader retries
       r->Step(std::move(gm.msg), now);
-      Notify(r);
+      w = WorkerOf(r->group());
+      Mark(w, r);
     }
+    if (w >= 0) Kick(w);
   };
   // Called on a worker (TransportOptions::readers): its own messages are
   // stepped at once, after the others are on their way.
@@ -134,14 +141,20 @@ void Groups::PeerGone(raft::NodeId node) {
     asio::post(runtime_->worker(w).io(), [this, w, node] {
       Host& h = hosts_[static_cast<size_t>(w)];
       for (replica::Replica* r : std::vector<replica::Replica*>(h.replicas)) {
-        if (h.retired.count(r) == 0 && r->PeerGone(node, MonoUs())) Notify(r);
+        if (h.retired.count(r) == 0 && r->PeerGone(node, MonoUs())) Mark(w, r);
       }
+      Kick(w);
     });
   }
 }
 
 void Groups::Notify(replica::Replica* r) {
-  int w = WorkerOf(r->group());
+  const int w = WorkerOf(r->group());
+  Mark(w, r);
+  Kick(w);
+}
+
+void Groups::Mark(int w, replica::Replica* r) {
   Host& h = hosts_[static_cast<size_t>(w)];
   if (!r->HasReady() || h.retired.count(r) != 0) return;
   h.dirty.push_back(r);
@@ -150,8 +163,14 @@ void Groups::Notify(replica::Replica* r) {
     std::sort(h.dirty.begin(), h.dirty.end());
     h.dirty.erase(std::unique(h.dirty.begin(), h.dirty.end()), h.dirty.end());
   }
-  if (h.running) return;
+}
+
+void Groups::Kick(int w) {
+  Host& h = hosts_[static_cast<size_t>(w)];
+  if (h.running || h.dirty.empty()) return;
   h.running = true;
+  // Drive starts here and now (co_spawn dispatches on this thread): a
+  // round for everything Marked so far.
   asio::co_spawn(runtime_->worker(w).io(), Drive(w), asio::detached);
 }
 
@@ -180,8 +199,9 @@ asio::awaitable<void> Groups::ReportSynced(int w, uint64_t seq,
   for (auto& [r, report] : reports) {
     if (h.retired.count(r) != 0) continue;  // kept alive, no longer driven
     r->Synced(report);
-    Notify(r);
+    Mark(w, r);
   }
+  Kick(w);
 }
 
 asio::awaitable<void> Groups::Drive(int w) {
@@ -212,7 +232,16 @@ asio::awaitable<void> Groups::Drive(int w) {
       begun.push_back(r);
       for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
     }
-    transport_->Send(std::move(out));
+    // A round that logs entries, a snapshot or a vote sends what needs no
+    // wait for the disk (a leader's entries, its heartbeats) before its
+    // storage write: the entries reach the followers while the leader
+    // writes and syncs them itself. A round that only commits and applies
+    // sends it with its responses after the write, one frame to each peer
+    // rather than two (heartbeats and their responses, most of all).
+    if (needs_sync) {
+      transport_->Send(std::move(out));
+      out.clear();
+    }
     const bool logged = round.batch().Count() > 0;
     const uint64_t writes_before = round.writes();
     // Committed entries are durable on a majority already: apply them now,
@@ -220,6 +249,18 @@ asio::awaitable<void> Groups::Drive(int w) {
     const int64_t applied_at = MonoUs();
     for (replica::Replica* r : begun) r->ApplyReady(applied_at, round);
     round.Flush();
+    // The responses of the Readys begun (after their durability, where
+    // they need it), and whatever of `out` is still here.
+    auto finish = [&] {
+      const int64_t now = MonoUs();
+      for (replica::Replica* r : begun) {
+        msgs.clear();
+        r->FinishReady(&msgs, now);
+        for (auto& m : msgs) out.push_back(GroupMessage{r->group(), std::move(m)});
+        if (r->HasReady() && h.retired.count(r) == 0) h.dirty.push_back(r);
+      }
+      transport_->Send(std::move(out));
+    };
     if (logged) {
       const uint64_t seq = round.writes() > writes_before ? round.last_seq() : engine_->write_seq();
       if (needs_sync && opts_.fsync && engine_->durable_seq() < seq) {
@@ -234,23 +275,18 @@ asio::awaitable<void> Groups::Drive(int w) {
           co_await asio::post(worker.io(), asio::use_awaitable);
         }
         if (worker.io().stopped()) co_return;
+        finish();
       } else {
+        finish();
         // Let the worker's other work (connections queueing proposals, peer
         // messages) run before the next round, so rounds stay batched as they
         // are while an fsync is awaited.
         co_await asio::post(worker.io(), asio::use_awaitable);
         if (worker.io().stopped()) co_return;
       }
+    } else {
+      finish();
     }
-    int64_t now = MonoUs();
-    std::vector<GroupMessage> after;
-    for (replica::Replica* r : begun) {
-      msgs.clear();
-      r->FinishReady(&msgs, now);
-      for (auto& m : msgs) after.push_back(GroupMessage{r->group(), std::move(m)});
-      if (r->HasReady() && h.retired.count(r) == 0) h.dirty.push_back(r);
-    }
-    transport_->Send(std::move(after));
   }
   h.running = false;
 }
@@ -272,8 +308,9 @@ asio::awaitable<void> Groups::TickLoop(int w) {
     int64_t now = MonoUs();
     for (replica::Replica* r : h.replicas) {
       r->Tick(now);
-      Notify(r);
+      Mark(w, r);
     }
+    Kick(w);  // one round for every group's heartbeats: a frame to each peer
     if (tick_hook_) tick_hook_(w);
   }
 }

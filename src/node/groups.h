@@ -81,6 +81,11 @@ class Groups {
     std::unique_ptr<replica::ApplyRound> round;  // Drive's, kept between runs
     bool running = false;
   };
+  // Lists r (a replica of worker w with work) for w's next Drive round;
+  // starts nothing. Kick then starts the round if none runs: a loop over
+  // many replicas marks them all first, so they share one round.
+  void Mark(int w, replica::Replica* r);
+  void Kick(int w);
   asio::awaitable<void> Drive(int w);
   // Finishes the Readys of `begun` that may finish before the write of
   // storage sequence `seq` is synced (Replica::MayFinishUnsynced), takes

@@ -1189,3 +1189,38 @@ def test_write_hints_come_on_once_every_node_reads_them(tmp_path, monkeypatch):
     finally:
         problems = cl_.teardown()
     assert not problems, problems
+
+
+def test_idle_heartbeats_share_one_frame_per_peer(tmp_path):
+    """Every group a worker holds ticks at once: the heartbeats of all the
+    groups it leads leave in one frame to each peer, and the answers to a
+    peer's frame in one frame back (node::Groups::Drive). Idle, a node of a
+    48-shard cluster then sends a few frames a tick, not one a group (some
+    64 a tick when each group's round sent its own)."""
+    shards, tick_s = 48, 0.05
+    cl_ = Cluster(tmp_path / "idle", n=3, shards=shards)
+    try:
+        cl_.start()
+        cl_.wait_stable_leaders()
+        workers = max(1, cl_.workers)
+
+        def frames_sent():
+            return [int(parse_info(n.call("INFO", "raft"))["peer_frames_sent"]) for n in cl_.nodes]
+
+        # Snapshots of the new replicas and the leaders' moves may still be
+        # under way: take the quietest of up to ten windows of one second.
+        best = None
+        for _ in range(10):
+            before, t0 = frames_sent(), time.monotonic()
+            time.sleep(1.0)
+            after, dt = frames_sent(), time.monotonic() - t0
+            per_tick = max(a - b for a, b in zip(after, before)) / (dt / tick_s)
+            best = per_tick if best is None else min(best, per_tick)
+            if best <= 6 * workers:
+                break
+        # Each worker: a frame of heartbeats to each of two peers, a frame
+        # of answers to each peer's heartbeats; gossip is 2 frames a 100 ms.
+        assert best <= 6 * workers, f"{best:.1f} peer frames a tick from the busiest node"
+    finally:
+        problems = cl_.teardown()
+    assert not problems, problems

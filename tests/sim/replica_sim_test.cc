@@ -1234,7 +1234,9 @@ class ReplicaSim {
 
   // One Ready round of a node's replicas, as node::Groups runs it: the log
   // appends of both groups, then their applies, staged into one batch and
-  // written once (replica::ApplyRound).
+  // written once (replica::ApplyRound). A round that logs something (any
+  // of its Readys needs a sync) sends its messages before the write; any
+  // other sends them with its responses, after the write (Groups::Drive).
   void DriveNode(SimNode& n) {
     if (n.engine == nullptr) return;  // down
     replica::ApplyRound round(n.engine.get());
@@ -1244,6 +1246,7 @@ class ReplicaSim {
       bool needs_sync;
       bool deferred;
       uint64_t unlogged_before;
+      std::vector<raft::Message> held;  // sent with the responses
     };
     std::vector<Begun> begun;
     for (uint64_t group : {kGroup, kChild}) {
@@ -1252,8 +1255,14 @@ class ReplicaSim {
       bool needs_sync = false;
       if (r != nullptr && r->joined_queued() >= 2) joined_rounds_++;  // clients' writes joined in one entry
       if (r == nullptr || !r->BeginReady(round, &out, &needs_sync)) continue;
-      Send(out, group);
-      begun.push_back(Begun{group, r, needs_sync, false, r->store().entries_unlogged()});
+      begun.push_back(Begun{group, r, needs_sync, false, r->store().entries_unlogged(), std::move(out)});
+    }
+    const bool logs = std::any_of(begun.begin(), begun.end(), [](const Begun& b) { return b.needs_sync; });
+    if (logs) {
+      for (Begun& b : begun) {
+        Send(b.held, b.group);
+        b.held.clear();
+      }
     }
     // A slow worker applies later (stalls); with storage faults the WAL sync
     // also comes a step or more after the write, so crashes fall in between.
@@ -1265,6 +1274,8 @@ class ReplicaSim {
     if (deferring) round.Flush();  // the log now, those applies later
     for (Begun& b : begun) {
       if (b.deferred) {
+        Send(b.held, b.group);
+        b.held.clear();
         deferred_.push_back(Deferred{n.id, b.group, step_ + 1 + rng_() % 12, b.needs_sync});
         deferred_rounds_++;
       } else {
@@ -1278,7 +1289,7 @@ class ReplicaSim {
     joint_rounds_ += std::count_if(begun.begin(), begun.end(), [](const Begun& b) { return !b.deferred; }) >= 2;
     for (Begun& b : begun) {
       if (b.deferred) continue;
-      std::vector<raft::Message> out;
+      std::vector<raft::Message> out = std::move(b.held);
       if (b.needs_sync && !lone_appends_ && b.r->MayFinishUnsynced() && rng_() % 3 != 0) {
         // As node::Groups: a leader goes on before its own entries are synced.
         sync_due_.push_back(SyncDue{n.id, b.group, step_ + 1 + rng_() % 8, b.r->FinishUnsynced(NowUs())});
