@@ -154,6 +154,18 @@ void Groups::Notify(replica::Replica* r) {
   Kick(w);
 }
 
+void Groups::NotifySoon(replica::Replica* r) {
+  const int w = WorkerOf(r->group());
+  Mark(w, r);
+  Host& h = hosts_[static_cast<size_t>(w)];
+  if (h.running || h.kick_posted || h.dirty.empty()) return;
+  h.kick_posted = true;
+  asio::post(runtime_->worker(w).io(), [this, w] {
+    hosts_[static_cast<size_t>(w)].kick_posted = false;
+    Kick(w);
+  });
+}
+
 void Groups::Mark(int w, replica::Replica* r) {
   Host& h = hosts_[static_cast<size_t>(w)];
   if (!r->HasReady() || h.retired.count(r) != 0) return;

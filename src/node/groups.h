@@ -66,6 +66,9 @@ class Groups {
   void PeerGone(raft::NodeId node);
   // The replica has work to drive; call on its worker's thread.
   void Notify(replica::Replica* r);
+  // As Notify, but a round not yet running starts after the handlers
+  // already queued on the worker (the other connections' proposals join it).
+  void NotifySoon(replica::Replica* r);
   // fn runs on every worker after each tick, with the worker index.
   void SetTickHook(std::function<void(int worker)> fn) { tick_hook_ = std::move(fn); }
 
@@ -80,6 +83,7 @@ class Groups {
     std::set<replica::Replica*> retired;
     std::unique_ptr<replica::ApplyRound> round;  // Drive's, kept between runs
     bool running = false;
+    bool kick_posted = false;
   };
   // Lists r (a replica of worker w with work) for w's next Drive round;
   // starts nothing. Kick then starts the round if none runs: a loop over

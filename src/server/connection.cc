@@ -495,19 +495,21 @@ auto ProposeAll(node::Groups* groups, asio::io_context& home, std::vector<ShardB
               r->ProposeJoined(std::move(data), [finish, refused](raft::Proposal p, bool applied, std::string reply) {
                 finish(p.ok() ? ProposeResult{applied, std::move(reply)} : refused(p));
               }, node::MonoUs());
-              groups->Notify(r);
+              groups->NotifySoon(r);
               return;
             }
             auto p = r->Propose(std::move(data), [finish](bool applied, std::string reply) {
               finish(ProposeResult{applied, std::move(reply)});
             }, node::MonoUs());
             if (!p.ok()) return finish(refused(p));
-            groups->Notify(r);
+            groups->NotifySoon(r);
           };
           // On the replica's own worker (every write with one worker) it is
           // proposed at once, not behind the handlers queued meanwhile; its
           // outcome still comes back through `home`'s queue, so the awaiting
-          // coroutine never resumes inside a Ready round.
+          // coroutine never resumes inside a Ready round. The round that
+          // carries it starts behind those handlers (NotifySoon), so the
+          // writes they hold join it.
           asio::io_context& owner = groups->WorkerFor(r->group()).io();
           if (owner.get_executor().running_in_this_thread()) {
             propose();
