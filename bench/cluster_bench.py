@@ -8,7 +8,8 @@ goes on: redis-benchmark's own figure is rounded to its 250 ms timer in cluster 
 --reported-rate prints that one instead), then failover: the time from kill -9 of the process that
 leads a key's slot until a client writing that key every 10 ms gets its first
 acknowledged write, and whether the last write acknowledged before the kill
-survived.
+survived (--failover-signal stop: SIGSTOP instead, a process that hangs
+with its connections open, resumed with SIGCONT once measured).
 
   bench/cluster_bench.py --shoal build/release/src/cli/shoal [--quick]
 
@@ -39,6 +40,9 @@ CLIENTS = 50
 SHOAL_HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 REDIS_NODES = 6
 WRITE_INTERVAL = 0.010
+STOPPED_TIMEOUT = 0.05  # the failover writer's socket timeout after a SIGSTOP
+VERB = {"kill": "killed", "stop": "stopped"}
+EVENT = {"kill": "kill", "stop": "stop"}
 FAILOVER_TAG = "{fo}"  # both failover keys share this hash tag, hence one slot
 
 
@@ -230,6 +234,13 @@ class Node:
 
     def kill9(self):
         os.kill(self.proc.pid, signal.SIGKILL)
+
+    def freeze(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -635,7 +646,10 @@ class SlotWriter:
         self.conn = None
 
     def refresh(self):
-        for n in self.cluster.nodes:
+        # The node that just failed is asked last, as cluster clients do: a
+        # stopped process would hold each question for the whole timeout.
+        nodes = sorted(self.cluster.nodes, key=lambda n: (n.host, n.port) == self.target)
+        for n in nodes:
             try:
                 for start, end, master, *_ in call(n.host, n.port, "CLUSTER", "SLOTS",
                                                    timeout=self.timeout):
@@ -672,13 +686,16 @@ class SlotWriter:
 
 
 def measure_failover(cluster, args):
-    """kill -9 the node leading FAILOVER_TAG's slot while writing it every 10 ms."""
+    """kill -9 (or SIGSTOP) the node leading FAILOVER_TAG's slot while writing it every 10 ms."""
     key, probe = f"{FAILOVER_TAG}:last", f"{FAILOVER_TAG}:probe"
     slot = key_slot(key)
     victim = cluster.slot_owner(slot)
     if victim is None:
         raise Failed(f"{cluster.name}: no node owns slot {slot} in CLUSTER SLOTS")
-    writer = SlotWriter(cluster, slot, timeout=1.0)
+    # A stopped leader answers nothing and closes nothing: the writer's
+    # timeout bounds how soon it gives up on it, so it is short there (and
+    # the figure's resolution is about two of them).
+    writer = SlotWriter(cluster, slot, timeout=1.0 if args.failover_signal == "kill" else STOPPED_TIMEOUT)
     # Steady state first: 100 consecutive acknowledged writes (about a second).
     acked, streak, deadline = None, 0, time.time() + 20
     i = 0
@@ -696,7 +713,19 @@ def measure_failover(cluster, args):
     # The node that acknowledged them is the one to kill (the slot's owner at this moment).
     victim = cluster.node_at(*writer.target) or victim
     t0 = time.monotonic()
-    victim.kill9()
+    if args.failover_signal == "kill":
+        victim.kill9()
+    else:
+        victim.freeze()
+    try:
+        return _after_failure(writer, victim, key, probe, slot, acked, i, t0, args)
+    finally:
+        victim.thaw()  # a stopped process resumes, to be stopped by SIGTERM with the rest
+
+
+def _after_failure(writer, victim, key, probe, slot, acked, i, t0, args):
+    """Writes every 10 ms from t0 until one is acknowledged, then checks the last one
+    acknowledged before the failure."""
     failed, errors, recovered = 0, {}, None
     while time.monotonic() - t0 < args.failover_timeout:
         tick = time.monotonic()
@@ -779,7 +808,7 @@ def run_system(system, workdir, args):
             out["failover"] = fo
             when = f"{fo['seconds']:.2f} s" if fo["seconds"] is not None else \
                 f"no write acknowledged within {args.failover_timeout} s"
-            print(f"   failover: killed {fo['victim'].name} ({fo['victim'].addr}); {when}", flush=True)
+            print(f"   failover: {VERB[args.failover_signal]} {fo['victim'].name} ({fo['victim'].addr}); {when}", flush=True)
     finally:
         cluster.stop()
     return out
@@ -813,9 +842,11 @@ def print_report(args, rounds_out, systems):
               "(cluster-wide; >= 1.0: shoal at least as good)")
 
     if "failover" in args.only:
-        print(f"\n== failover: kill -9 the node leading slot {key_slot(FAILOVER_TAG)} (keys "
+        how = "kill -9" if args.failover_signal == "kill" else \
+            f"SIGSTOP (the writer's timeout {STOPPED_TIMEOUT * 1000:.0f} ms)"
+        print(f"\n== failover: {how} the node leading slot {key_slot(FAILOVER_TAG)} (keys "
               f"{FAILOVER_TAG}:*) while writing it every {WRITE_INTERVAL * 1000:.0f} ms; time from the "
-              f"kill to the first acknowledged write (bounded at {args.failover_timeout} s)")
+              f"signal to the first acknowledged write (bounded at {args.failover_timeout} s)")
         times = {}
         for s in systems:
             for k, r in enumerate(rounds_out):
@@ -830,14 +861,14 @@ def print_report(args, rounds_out, systems):
                 errs = ", ".join(f"{e} x{c}" for e, c in sorted(fo["errors"].items(), key=lambda x: -x[1]))
                 extra = f" (cluster-node-timeout {args.node_timeout} ms)" if s == "redis" else ""
                 to = "{}:{}".format(*fo["new_target"])
-                print(f"{s:<6} round {k + 1}: {when}{extra}; killed {fo['victim'].name} "
+                print(f"{s:<6} round {k + 1}: {when}{extra}; {VERB[args.failover_signal]} {fo['victim'].name} "
                       f"{fo['victim'].addr}, writes then went to {to}; "
                       f"{fo['failed']} failed attempts ({errs or 'none'}); last write acknowledged "
-                      f"before the kill (value {fo['acked']}): {kept}")
+                      f"before the {EVENT[args.failover_signal]} (value {fo['acked']}): {kept}")
         for s in systems:
             if s in times:
                 t = sorted(times[s])
-                print(f"{s}: median {statistics.median(t):.3f} s over {len(t)} kill(s) "
+                print(f"{s}: median {statistics.median(t):.3f} s over {len(t)} {EVENT[args.failover_signal]}(s) "
                       f"(min {t[0]:.3f}, max {t[-1]:.3f})")
         if "shoal" in times and "redis" in times:
             sm, rm = statistics.median(times["shoal"]), statistics.median(times["redis"])
@@ -903,6 +934,8 @@ def main():
     ap.add_argument("--ready-timeout", type=int, default=60, help="seconds for a cluster to become ready")
     ap.add_argument("--failover-timeout", type=float, default=40.0,
                     help="seconds to wait for the first write after the kill")
+    ap.add_argument("--failover-signal", choices=["kill", "stop"], default="kill",
+                    help="kill: kill -9 the slot's leader (default); stop: SIGSTOP it (SIGCONT after)")
     ap.add_argument("--run-timeout", type=int, default=600, help="seconds for one redis-benchmark run")
     ap.add_argument("--systems", choices=["shoal", "redis"], action="append",
                     help="measure only this system (repeatable; default both)")

@@ -25,6 +25,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <array>
+#include <barrier>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -220,6 +224,93 @@ void SyncedAppends(const std::string& dir, int n) {
   unlink(path.c_str());
 }
 
+
+// Three threads, each with a pre-zeroed file of its own, append 1,500
+// bytes and fdatasync at the same moment, round after round: three nodes
+// on one machine syncing the entries of one write. Its commit waits for the
+// second of the three syncs (a majority), a client of a lone write for the
+// same plus the hops between. Reports the median time from the round's
+// start to the first, second and third sync's return. Run with one thread
+// first, for the same wake-up and a sync of its own: what a disk of each
+// node's own would give.
+void ConcurrentSyncs(const std::string& dir, int n, int threads_n) {
+  constexpr int kMaxThreads = 3;
+  const int kThreads = std::min(threads_n, kMaxThreads);
+  constexpr size_t kFile = 16 << 20, kRecord = 1500;
+  const int count = std::min<int>(n, static_cast<int>(kFile / kRecord));
+  std::vector<int> fds;
+  std::vector<std::string> paths;
+  std::vector<char> zeros(1 << 20, 0);
+  bool ok = true;
+  for (int t = 0; t < kThreads && ok; ++t) {
+    paths.push_back(dir + "/shoal_machine_costs." + std::to_string(getpid()) + "." + std::to_string(t));
+    const int fd = open(paths.back().c_str(), O_CREAT | O_TRUNC | O_RDWR, 0644);
+    if (fd < 0) {
+      std::perror(paths.back().c_str());
+      paths.pop_back();
+      ok = false;
+      break;
+    }
+    fds.push_back(fd);
+    for (size_t at = 0; at < kFile && ok; at += zeros.size()) {
+      ok = write(fd, zeros.data(), zeros.size()) == static_cast<ssize_t>(zeros.size());
+    }
+    ok = ok && fsync(fd) == 0;
+  }
+  // done[i][t]: when thread t's sync of round i returned, from the round's start.
+  std::vector<std::array<double, kMaxThreads>> done(static_cast<size_t>(count));
+  std::vector<double> start(static_cast<size_t>(count));
+  std::atomic<bool> failed{!ok};
+  std::barrier sync_point(kThreads + 1);
+  std::vector<std::thread> threads;
+  std::vector<char> record(kRecord, 'r');
+  for (int t = 0; t < kThreads && ok; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < count; ++i) {
+        sync_point.arrive_and_wait();  // the round starts
+        if (!failed.load()) {
+          const off_t at = static_cast<off_t>(static_cast<size_t>(i) * kRecord);
+          if (pwrite(fds[static_cast<size_t>(t)], record.data(), kRecord, at) != static_cast<ssize_t>(kRecord) ||
+              fdatasync(fds[static_cast<size_t>(t)]) != 0) {
+            std::perror("append");
+            failed.store(true);
+          }
+        }
+        done[static_cast<size_t>(i)][static_cast<size_t>(t)] = WallSeconds();
+        sync_point.arrive_and_wait();  // the round ends
+      }
+    });
+  }
+  const double c0 = CpuSeconds(), w0 = WallSeconds();
+  for (int i = 0; i < count && ok; ++i) {
+    start[static_cast<size_t>(i)] = WallSeconds();
+    sync_point.arrive_and_wait();
+    sync_point.arrive_and_wait();
+  }
+  const double wall = WallSeconds() - w0, cpu = CpuSeconds() - c0;
+  for (auto& th : threads) th.join();
+  for (const int fd : fds) close(fd);
+  for (const auto& path : paths) unlink(path.c_str());
+  if (failed.load() || count == 0) return;
+  char title[80];
+  std::snprintf(title, sizeof(title), "%d thread%s, each append + fdatasync its own file", kThreads,
+                kThreads == 1 ? " (woken for each)" : "s at once");
+  Report(title, count * kThreads, wall, cpu);
+  const char* names[kMaxThreads] = {"  median to the first sync's return", "  median to the second (a majority of three)",
+                                 "  median to the third"};
+  for (int k = 0; k < kThreads; ++k) {
+    std::vector<double> at;
+    at.reserve(static_cast<size_t>(count));
+    for (int i = 0; i < count; ++i) {
+      auto d = done[static_cast<size_t>(i)];
+      std::sort(d.begin(), d.begin() + kThreads);
+      at.push_back(d[static_cast<size_t>(k)] - start[static_cast<size_t>(i)]);
+    }
+    std::nth_element(at.begin(), at.begin() + static_cast<ptrdiff_t>(at.size() / 2), at.end());
+    std::printf("%-52s %9.2f us wall\n", names[k], at[at.size() / 2] * 1e6);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -239,5 +330,7 @@ int main(int argc, char** argv) {
   if (cpus > 1) WakeRoundTrips("thread wake round trip, CPU 0 and CPU 1", rounds, 0, 1);
   TcpRoundTrips(rounds);
   SyncedAppends(dir, rounds / 10);
+  ConcurrentSyncs(dir, rounds / 10, 1);
+  ConcurrentSyncs(dir, rounds / 10, 3);
   return 0;
 }
