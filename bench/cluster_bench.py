@@ -42,7 +42,6 @@ REDIS_NODES = 6
 WRITE_INTERVAL = 0.010
 STOPPED_TIMEOUT = 0.05  # the failover writer's socket timeout after a SIGSTOP
 VERB = {"kill": "killed", "stop": "stopped"}
-EVENT = {"kill": "kill", "stop": "stop"}
 FAILOVER_TAG = "{fo}"  # both failover keys share this hash tag, hence one slot
 
 
@@ -864,11 +863,11 @@ def print_report(args, rounds_out, systems):
                 print(f"{s:<6} round {k + 1}: {when}{extra}; {VERB[args.failover_signal]} {fo['victim'].name} "
                       f"{fo['victim'].addr}, writes then went to {to}; "
                       f"{fo['failed']} failed attempts ({errs or 'none'}); last write acknowledged "
-                      f"before the {EVENT[args.failover_signal]} (value {fo['acked']}): {kept}")
+                      f"before the {args.failover_signal} (value {fo['acked']}): {kept}")
         for s in systems:
             if s in times:
                 t = sorted(times[s])
-                print(f"{s}: median {statistics.median(t):.3f} s over {len(t)} {EVENT[args.failover_signal]}(s) "
+                print(f"{s}: median {statistics.median(t):.3f} s over {len(t)} {args.failover_signal}(s) "
                       f"(min {t[0]:.3f}, max {t[-1]:.3f})")
         if "shoal" in times and "redis" in times:
             sm, rm = statistics.median(times["shoal"]), statistics.median(times["redis"])

@@ -165,21 +165,32 @@ void TcpRoundTrips(int n) {
 // Appends of 1,500 bytes (a round's log entry), each followed by
 // fdatasync, to a file written with zeros first (as shoal's WAL is: the
 // syncs then commit no metadata).
-void SyncedAppends(const std::string& dir, int n) {
-  const std::string path = dir + "/shoal_machine_costs." + std::to_string(getpid());
-  constexpr size_t kFile = 64 << 20, kRecord = 1500;
+// A new file of `bytes` zeros at `path`, written and synced; -1 (said why,
+// and removed) if that fails.
+int OpenZeroedFile(const std::string& path, size_t bytes) {
   const int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR, 0644);
-  if (fd < 0) return std::perror(path.c_str());
+  if (fd < 0) {
+    std::perror(path.c_str());
+    return -1;
+  }
   std::vector<char> zeros(1 << 20, 0);
-  for (size_t at = 0; at < kFile; at += zeros.size()) {
+  for (size_t at = 0; at < bytes; at += zeros.size()) {
     if (write(fd, zeros.data(), zeros.size()) != static_cast<ssize_t>(zeros.size())) {
       std::perror("write");
       close(fd);
       unlink(path.c_str());
-      return;
+      return -1;
     }
   }
   fsync(fd);
+  return fd;
+}
+
+void SyncedAppends(const std::string& dir, int n) {
+  const std::string path = dir + "/shoal_machine_costs." + std::to_string(getpid());
+  constexpr size_t kFile = 64 << 20, kRecord = 1500;
+  const int fd = OpenZeroedFile(path, kFile);
+  if (fd < 0) return;
   std::vector<char> record(kRecord, 'r');
   const int count = std::min<int>(n, static_cast<int>(kFile / kRecord));
   Measure("1,500-byte append + fdatasync (pre-zeroed file)", count, [&](int k) {
@@ -224,7 +235,6 @@ void SyncedAppends(const std::string& dir, int n) {
   unlink(path.c_str());
 }
 
-
 // Three threads, each with a pre-zeroed file of its own, append 1,500
 // bytes and fdatasync at the same moment, round after round: three nodes
 // on one machine syncing the entries of one write. Its commit waits for the
@@ -240,22 +250,14 @@ void ConcurrentSyncs(const std::string& dir, int n, int threads_n) {
   const int count = std::min<int>(n, static_cast<int>(kFile / kRecord));
   std::vector<int> fds;
   std::vector<std::string> paths;
-  std::vector<char> zeros(1 << 20, 0);
   bool ok = true;
   for (int t = 0; t < kThreads && ok; ++t) {
-    paths.push_back(dir + "/shoal_machine_costs." + std::to_string(getpid()) + "." + std::to_string(t));
-    const int fd = open(paths.back().c_str(), O_CREAT | O_TRUNC | O_RDWR, 0644);
-    if (fd < 0) {
-      std::perror(paths.back().c_str());
-      paths.pop_back();
-      ok = false;
-      break;
-    }
+    const std::string path = dir + "/shoal_machine_costs." + std::to_string(getpid()) + "." + std::to_string(t);
+    const int fd = OpenZeroedFile(path, kFile);
+    ok = fd >= 0;
+    if (!ok) break;
     fds.push_back(fd);
-    for (size_t at = 0; at < kFile && ok; at += zeros.size()) {
-      ok = write(fd, zeros.data(), zeros.size()) == static_cast<ssize_t>(zeros.size());
-    }
-    ok = ok && fsync(fd) == 0;
+    paths.push_back(path);
   }
   // done[i][t]: when thread t's sync of round i returned, from the round's start.
   std::vector<std::array<double, kMaxThreads>> done(static_cast<size_t>(count));
