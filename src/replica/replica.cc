@@ -1201,10 +1201,20 @@ bool Replica::BeginReady(storage::WriteBatch& batch, std::vector<raft::Message>*
       lease_until_us_.store(0, std::memory_order_release);
     }
   }
-  if (rd.hard_state) {
-    store_->SetHardState(*rd.hard_state, batch);
-  } else if (rd.snapshot) {
-    store_->SetHardState(store_->hard_state(), batch);
+  // A new commit index alone is not written (NoteHardState), except where
+  // the entries to apply hold a membership change or a split: should the
+  // node stop before their apply is written, its restart applies them at
+  // once, as it did when every commit index was written. Nothing else would
+  // tell it: a replica removed hears from no leader again, and a split's
+  // guard against images from before it (the snapshot function) reads it.
+  const bool landmark = std::any_of(rd.committed_entries.begin(), rd.committed_entries.end(), [](const raft::Entry& e) {
+    SplitCommand split;
+    return e.type == raft::EntryType::kConfChange || SplitCommand::Decode(e.data, &split);
+  });
+  if (rd.snapshot || landmark) {
+    store_->SetHardState(rd.hard_state ? *rd.hard_state : store_->hard_state(), batch);
+  } else if (rd.hard_state) {
+    store_->NoteHardState(*rd.hard_state, batch);
   }
   for (auto& m : rd.messages) Route(std::move(m), send);
   // Images this replica was sending as leader go on after it loses its

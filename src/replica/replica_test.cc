@@ -799,6 +799,70 @@ TEST_F(ReplicaCluster, RestartRecoversLogAndState) {
   EXPECT_EQ(Get(0, "a"), "2");
 }
 
+// A commit index that moved alone is not written (RaftStore::NoteHardState):
+// a follower restarted after writes has applied past the commit index its
+// record holds. It opens, applies nothing twice (the entries between are
+// handed to it again and skipped), and goes on with its group.
+TEST_F(ReplicaCluster, FollowerRestartedPastItsWrittenCommitAppliesNothingTwice) {
+  const size_t l = ThreeNodesWithALeader();
+  ASSERT_NE(l, SIZE_MAX);
+  const size_t f = (l + 1) % 3;
+  for (int i = 1; i <= 6; ++i) {
+    ASSERT_EQ(Write(R(l), WriteBatchOf({"incr", "n"})), ":" + std::to_string(i) + "\r\n");
+  }
+  TickAll(3);  // the followers learn the last commit index and apply
+  ASSERT_EQ(Get(f, "n"), "6");
+  const uint64_t applied = R(f).state_machine().applied_index();
+  {
+    auto stored = storage::RaftStore::Open(nodes_[f]->engine.get(), 7);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_LT((*stored)->hard_state().commit, applied);
+    EXPECT_EQ((*stored)->hard_state().term, R(f).raft().term());
+  }
+  auto& n = *nodes_[f];
+  n.replica.reset();
+  n.shard = std::make_unique<kv::Shard>(n.engine.get(), 7, 0, storage::kSlotCount);
+  ASSERT_TRUE(n.shard->Load().ok());
+  ReplicaOptions ro;
+  ro.group = 7;
+  ro.node_id = ids_[f];
+  auto reopened = Replica::Open(n.engine.get(), ro, std::make_unique<KvStateMachine>(n.shard.get(), &n.limits));
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  n.replica = std::move(reopened).value();
+  EXPECT_EQ(R(f).state_machine().applied_index(), applied);
+  TickAll(3);
+  EXPECT_EQ(Get(f, "n"), "6");
+  const size_t leader = AwaitLeader();
+  ASSERT_NE(leader, SIZE_MAX);
+  ASSERT_EQ(Write(R(leader), WriteBatchOf({"incr", "n"})), ":7\r\n");
+  TickAll(3);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(Get(i, "n"), "7") << "node " << ids_[i];
+    EXPECT_EQ(R(i).state_machine().applied_index(), R(leader).state_machine().applied_index());
+  }
+}
+
+// ... but where the entries to apply hold a membership change, the commit
+// index that covers it is written with them: a replica that stops before
+// their apply is written applies them at restart without a leader.
+TEST_F(ReplicaCluster, CommitIndexCoveringAMembershipChangeIsWritten) {
+  const size_t l = ThreeNodesWithALeader();
+  ASSERT_NE(l, SIZE_MAX);
+  ASSERT_EQ(Write(R(l), SetBatch("k", "v")), "+OK\r\n");
+  raft::ConfChange cc;
+  cc.changes = {{raft::ConfChangeType::kAddLearner, 4}};
+  ASSERT_TRUE(R(l).ProposeConfChange(cc).ok());
+  TickAll(3);
+  const raft::Index at = R(l).store().last_index();
+  ASSERT_EQ(R(l).raft().tracker().conf_state().learners, std::vector<raft::NodeId>{4});
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_GE(R(i).state_machine().applied_index(), at) << "node " << ids_[i];
+    auto stored = storage::RaftStore::Open(nodes_[i]->engine.get(), 7);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_GE((*stored)->hard_state().commit, at) << "node " << ids_[i];
+  }
+}
+
 TEST_F(ReplicaCluster, SnapshotImportInterruptedByACrashIsFinishedAtRestart) {
   AddNode(1, {1});
   TickAll(2);

@@ -487,6 +487,35 @@ TEST_F(EngineTest, RaftLogReadsEntriesNoLongerInMemory) {
 // applies: the log starts after them, and what it held on disk before goes.
 // Where the batch is written before they are applied, their records are
 // staged as usual. Either way a reopen sees a log without gaps.
+// A hard state whose commit index alone moved is kept in memory
+// (NoteHardState); a new term or vote is written. At load the commit index
+// is at least the log's start, which is committed.
+TEST_F(EngineTest, RaftHardStateWritesTermAndVoteNotACommitAlone) {
+  auto engine = Open();
+  auto log = std::move(RaftStore::Open(engine.get(), 4).value());
+  auto write = [&](auto&& stage) {
+    auto batch = engine->NewBatch();
+    stage(*batch);
+    ASSERT_TRUE(engine->Write(*batch).ok());
+  };
+  auto stored = [&] { return std::move(RaftStore::Open(engine.get(), 4).value())->hard_state(); };
+  std::vector<raft::Entry> ents;
+  for (raft::Index i = 1; i <= 5; ++i) ents.push_back(raft::Entry{.term = 2, .index = i, .type = raft::EntryType::kNormal, .data = "e"});
+  write([&](WriteBatch& b) {
+    log->Append(ents, b);
+    log->NoteHardState(raft::HardState{.term = 2, .vote = 1, .commit = 1}, b);
+  });
+  EXPECT_EQ(stored(), (raft::HardState{.term = 2, .vote = 1, .commit = 1}));
+  write([&](WriteBatch& b) { log->NoteHardState(raft::HardState{.term = 2, .vote = 1, .commit = 4}, b); });
+  EXPECT_EQ(log->hard_state().commit, 4u);
+  EXPECT_EQ(stored(), (raft::HardState{.term = 2, .vote = 1, .commit = 1}));
+  // Compacted up to 3: committed, whatever the record says.
+  write([&](WriteBatch& b) { log->Compact(3, b); });
+  EXPECT_EQ(stored(), (raft::HardState{.term = 2, .vote = 1, .commit = 3}));
+  write([&](WriteBatch& b) { log->NoteHardState(raft::HardState{.term = 3, .vote = 2, .commit = 5}, b); });
+  EXPECT_EQ(stored(), (raft::HardState{.term = 3, .vote = 2, .commit = 5}));
+}
+
 TEST_F(EngineTest, RaftLogDeferredAppendsLeaveNoRecordsOnceApplied) {
   auto engine = Open();
   auto log = std::move(RaftStore::Open(engine.get(), 9).value());

@@ -157,6 +157,10 @@ Status RaftStore::Load() {
   } else if (s.code() != Code::kNotFound) {
     return s;
   }
+  // The commit index is not written with every change (NoteHardState): what
+  // the log has compacted is committed.
+  written_ = hard_state_;
+  if (!hard_state_.empty()) hard_state_.commit = std::max<raft::Index>(hard_state_.commit, start_index_);
   s = engine_->Get(Cf::kRaft, Key('C'), &raw);
   if (s.ok()) {
     if (!DecodeConfState(raw, &conf_state_)) return Status::Corruption("membership");
@@ -306,8 +310,17 @@ bool RaftStore::FinishDeferred(WriteBatch& batch, raft::Index applied) {
   return false;
 }
 
+void RaftStore::NoteHardState(const raft::HardState& hs, WriteBatch& batch) {
+  if (hs.term == written_.term && hs.vote == written_.vote) {
+    hard_state_ = hs;
+    return;
+  }
+  SetHardState(hs, batch);
+}
+
 void RaftStore::SetHardState(const raft::HardState& hs, WriteBatch& batch) {
   hard_state_ = hs;
+  written_ = hs;
   std::string raw(1, kVersion);
   PutU64(&raw, hs.term);
   PutU64(&raw, hs.vote);

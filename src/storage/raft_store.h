@@ -64,7 +64,15 @@ class RaftStore final : public raft::Storage {
   bool has_deferred() const { return deferred_from_ != 0; }
   // Entries whose records FinishDeferred left out, since the store opened.
   uint64_t entries_unlogged() const { return entries_unlogged_; }
+  // Writes the whole hard state.
   void SetHardState(const raft::HardState& hs, WriteBatch& batch);
+  // Takes a Ready's hard state: written where its term or vote differs from
+  // the last one written, and otherwise (a new commit index alone) kept in
+  // memory. Raft needs the term and vote on disk before this node speaks in
+  // that term; the commit index need not be durable (a restarted replica
+  // learns it again from its leader, and Load puts it at least at the log's
+  // start, which is committed). Written, it cost a record per group a round.
+  void NoteHardState(const raft::HardState& hs, WriteBatch& batch);
   // Records the membership the state machine has applied.
   void SetConfState(const raft::ConfState& cs, WriteBatch& batch);
   // Replaces the whole log by a snapshot's position and membership.
@@ -117,6 +125,7 @@ class RaftStore final : public raft::Storage {
   Engine* engine_;
   uint64_t group_;
   raft::HardState hard_state_;
+  raft::HardState written_;  // the hard state record on disk (or staged)
   raft::ConfState conf_state_;
   raft::Index start_index_ = 0;  // index of the last compacted entry
   raft::Term start_term_ = 0;
