@@ -482,11 +482,6 @@ TEST_F(EngineTest, RaftLogReadsEntriesNoLongerInMemory) {
   check(log, 51, 110, 2, 95);
 }
 
-// A deferred append (a lone group's entries committed as they are logged)
-// leaves no records where the batch that would hold them also holds their
-// applies: the log starts after them, and what it held on disk before goes.
-// Where the batch is written before they are applied, their records are
-// staged as usual. Either way a reopen sees a log without gaps.
 // A hard state whose commit index alone moved is kept in memory
 // (NoteHardState); a new term or vote is written. At load the commit index
 // is at least the log's start, which is committed.
@@ -516,6 +511,11 @@ TEST_F(EngineTest, RaftHardStateWritesTermAndVoteNotACommitAlone) {
   EXPECT_EQ(stored(), (raft::HardState{.term = 3, .vote = 2, .commit = 5}));
 }
 
+// A deferred append (a lone group's entries committed as they are logged)
+// leaves no records where the batch that would hold them also holds their
+// applies: the log starts after them, and what it held on disk before goes.
+// Where the batch is written before they are applied, their records are
+// staged as usual. Either way a reopen sees a log without gaps.
 TEST_F(EngineTest, RaftLogDeferredAppendsLeaveNoRecordsOnceApplied) {
   auto engine = Open();
   auto log = std::move(RaftStore::Open(engine.get(), 9).value());
